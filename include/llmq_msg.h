@@ -1,0 +1,198 @@
+/*  llmq_msg.h - one wire protocol message (proto/PROTOCOL.md, v1).
+
+    A message is a header (a msgpack map with `v`, `t` and typed fields, all
+    listed once in llmq_proto.def) plus an optional opaque payload frame. On a
+    ROUTER socket it also carries the peer's routing id.
+
+    The codec copies every decoded string out of the frame, so a message never
+    points into socket memory. The payload is kept as the zframe it arrived in
+    and can be moved to another message without a copy (zero-copy forwarding).
+    No msgpack type appears in this header: only proto/ knows the wire layout.
+
+    Ownership: llmq_msg_new and llmq_msg_recv return objects the caller owns;
+    `const char *` results are borrowed from the message and live until the
+    field is set again or the message is destroyed; `zframe_t **` arguments
+    take the frame and NULL the caller's pointer, even on failure.
+*/
+#ifndef LLMQ_MSG_H_INCLUDED
+#define LLMQ_MSG_H_INCLUDED
+
+#include <czmq.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define LLMQ_PROTOCOL_VERSION 1
+/*  Largest header frame the codec decodes; larger ones are bad_message. */
+#define LLMQ_MAX_HEADER_SIZE (64 * 1024)
+/*  Largest whole message a socket accepts (ZMQ_MAXMSGSIZE): 64 MiB. */
+#define LLMQ_MAX_FRAME_SIZE (64LL * 1024 * 1024)
+
+/*  Message types. LLMQ_MSG_INVALID is what llmq_msg_recv returns for input
+    it could not decode: the routing id (if any) is set so the receiver can
+    reply with an `error` {code: bad_message}, and llmq_msg_invalid_reason()
+    says why. It is never encoded. */
+typedef enum {
+    LLMQ_MSG_INVALID = 0,
+#define LLMQ_MSG(ID, name, payload, required) LLMQ_MSG_##ID,
+#include "llmq_proto.def"
+    LLMQ_MSG_COUNT
+} llmq_msg_type_t;
+
+/*  Field ids, one per LLMQ_FIELD line: LLMQ_F_<name>. */
+typedef enum {
+#define LLMQ_FIELD(name, group, key, kind, max) LLMQ_F_##name,
+#include "llmq_proto.def"
+    LLMQ_F_COUNT
+} llmq_field_t;
+
+/*  Normalised error codes: LLMQ_ERR_<ID>. LLMQ_ERR_NONE is 0. */
+typedef enum {
+    LLMQ_ERR_NONE = 0,
+#define LLMQ_ERR(ID, code, retryable) LLMQ_ERR_##ID,
+#include "llmq_proto.def"
+    LLMQ_ERR_COUNT
+} llmq_err_t;
+
+typedef struct _llmq_msg_t llmq_msg_t;
+
+/*  Create an empty message of the given type. Returns NULL on bad type. */
+llmq_msg_t *llmq_msg_new(llmq_msg_type_t type);
+
+/*  Destroy a message and everything it owns; NULLs *self_p. Idempotent. */
+void llmq_msg_destroy(llmq_msg_t **self_p);
+
+/*  Deep copy (fields, routing id and payload). Caller owns the copy. */
+llmq_msg_t *llmq_msg_dup(const llmq_msg_t *self);
+
+llmq_msg_type_t llmq_msg_type(const llmq_msg_t *self);
+
+/*  The `t` name of a type ("req", "batch.add"), or "invalid". */
+const char *llmq_msg_type_name(llmq_msg_type_t type);
+
+/*  Type for a `t` name, LLMQ_MSG_INVALID if unknown. */
+llmq_msg_type_t llmq_msg_type_from_name(const char *name);
+
+/*  For LLMQ_MSG_INVALID messages: a human-readable reason (never NULL). */
+const char *llmq_msg_invalid_reason(const llmq_msg_t *self);
+
+/*  True if the field is set. */
+bool llmq_msg_has(const llmq_msg_t *self, llmq_field_t field);
+
+/*  Unset a field. */
+void llmq_msg_clear(llmq_msg_t *self, llmq_field_t field);
+
+/*  Typed accessors, generated from llmq_proto.def:
+      STR   const char *llmq_msg_<f>(msg)           NULL if absent
+            void llmq_msg_set_<f>(msg, const char *) NULL clears; copies
+      INT   int64_t llmq_msg_<f>(msg)               0 if absent
+            void llmq_msg_set_<f>(msg, int64_t)
+      BOOL  bool llmq_msg_<f>(msg)                  false if absent
+            void llmq_msg_set_<f>(msg, bool)
+      DBL   double llmq_msg_<f>(msg)                0.0 if absent
+            void llmq_msg_set_<f>(msg, double)
+      RAW   const uint8_t *llmq_msg_<f>(msg, size_t *size)  NULL if absent
+            void llmq_msg_set_<f>(msg, const void *data, size_t size)
+            (data must be one complete msgpack value; copied)
+      STRS  size_t llmq_msg_<f>_count(msg)
+            const char *llmq_msg_<f>_at(msg, size_t index)
+            void llmq_msg_set_<f>(msg, const char *const *items, size_t count)
+    Setting a value longer than the field's limit truncates nothing: the
+    message fails to encode (llmq_msg_encode returns NULL). */
+#define LLMQ_ACCESSOR_STR(name)                                             \
+    const char *llmq_msg_##name(const llmq_msg_t *self);                    \
+    void llmq_msg_set_##name(llmq_msg_t *self, const char *value);
+#define LLMQ_ACCESSOR_INT(name)                                             \
+    int64_t llmq_msg_##name(const llmq_msg_t *self);                        \
+    void llmq_msg_set_##name(llmq_msg_t *self, int64_t value);
+#define LLMQ_ACCESSOR_BOOL(name)                                            \
+    bool llmq_msg_##name(const llmq_msg_t *self);                           \
+    void llmq_msg_set_##name(llmq_msg_t *self, bool value);
+#define LLMQ_ACCESSOR_DBL(name)                                             \
+    double llmq_msg_##name(const llmq_msg_t *self);                         \
+    void llmq_msg_set_##name(llmq_msg_t *self, double value);
+#define LLMQ_ACCESSOR_RAW(name)                                             \
+    const uint8_t *llmq_msg_##name(const llmq_msg_t *self, size_t *size);   \
+    void llmq_msg_set_##name(llmq_msg_t *self, const void *data, size_t size);
+#define LLMQ_ACCESSOR_STRS(name)                                            \
+    size_t llmq_msg_##name##_count(const llmq_msg_t *self);                 \
+    const char *llmq_msg_##name##_at(const llmq_msg_t *self, size_t index); \
+    void llmq_msg_set_##name(llmq_msg_t *self, const char *const *items,    \
+                             size_t count);
+#define LLMQ_FIELD(name, group, key, kind, max) LLMQ_ACCESSOR_##kind(name)
+#include "llmq_proto.def"
+
+/*  Payload frame (borrowed; NULL if none). */
+zframe_t *llmq_msg_payload(const llmq_msg_t *self);
+
+/*  Set the payload, taking the frame (NULL removes it). */
+void llmq_msg_set_payload(llmq_msg_t *self, zframe_t **payload_p);
+
+/*  Set the payload from bytes (copied). */
+void llmq_msg_set_payload_mem(llmq_msg_t *self, const void *data, size_t size);
+
+/*  Remove the payload and give it to the caller (NULL if none). This is how
+    the broker forwards a payload to another peer without copying it. */
+zframe_t *llmq_msg_take_payload(llmq_msg_t *self);
+
+/*  Routing id of the peer on a ROUTER socket (borrowed; NULL if none). */
+zframe_t *llmq_msg_routing_id(const llmq_msg_t *self);
+
+/*  Set the routing id (copied). On send through a ROUTER it is the first
+    frame. */
+void llmq_msg_set_routing_id(llmq_msg_t *self, const zframe_t *routing_id);
+
+/*  Encode the header map (not the payload, not the routing id) into a new
+    frame. Returns NULL, with a reason in errbuf (may be NULL), if a required
+    field is missing, a value exceeds its limit or the type is invalid. */
+zframe_t *llmq_msg_encode(const llmq_msg_t *self, char *errbuf, size_t errlen);
+
+/*  Decode a header from bytes. Returns a new message, or NULL with a reason
+    in errbuf (may be NULL). Never reads past size, never allocates more than
+    a small multiple of size, never asserts on input. Enforces the type's
+    required fields, value kinds and limits, and the payload rule when
+    has_payload says whether a payload frame followed. Unknown keys are
+    skipped. */
+llmq_msg_t *llmq_msg_decode(const void *data, size_t size, bool has_payload,
+                            char *errbuf, size_t errlen);
+
+/*  Send on a socket: [routing id] + header + [payload]. Destroys the message
+    and NULLs *self_p whether or not the send worked. Returns 0 or -1 (encode
+    failure is -1 and is logged through zsys_warning). A ROUTER socket needs
+    a routing id. */
+int llmq_msg_send(llmq_msg_t **self_p, void *sock);
+
+/*  Receive one message. On a ROUTER socket (zsock_type == ZMQ_ROUTER) the
+    first frame is taken as the routing id. A message that does not decode,
+    or has more frames than the protocol allows, comes back as a message of
+    type LLMQ_MSG_INVALID, with its routing id and reason, and with the `id`
+    field set if the header had a readable one. Returns NULL only if the
+    receive was interrupted. */
+llmq_msg_t *llmq_msg_recv(void *sock);
+
+/*  Error codes: the wire string ("rate_limited"), whether it is retryable by
+    default, and the code for a wire string (LLMQ_ERR_NONE if unknown). */
+const char *llmq_err_name(llmq_err_t err);
+bool llmq_err_retryable(llmq_err_t err);
+llmq_err_t llmq_err_from_name(const char *name);
+
+/*  Convenience: fill a `res` as a failure: ok=false, error {code, message,
+    status (0 = absent), retryable = the code's default}. message is copied;
+    it must never hold a secret. */
+void llmq_msg_set_failure(llmq_msg_t *self, llmq_err_t err, int status,
+                          const char *message);
+
+/*  Print the message on stderr in a readable form (for debugging). */
+void llmq_msg_print(const llmq_msg_t *self);
+
+/*  Self test; returns 0 on success. */
+int llmq_msg_test(bool verbose);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Installs every Debian package llmq needs to build, test and run.
+# Idempotent: runs `apt-get update` at most once and installs only what is missing.
+set -euo pipefail
+
+PACKAGES=(
+  build-essential cmake pkg-config git
+  libzmq3-dev libczmq-dev libmsgpack-dev libcurl4-openssl-dev
+  libcjson-dev libcyaml-dev libevent-dev libsqlite3-dev
+  clang libclang-rt-14-dev valgrind
+  python3 python3-zmq python3-msgpack
+  curl procps
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "setup: all ${#PACKAGES[@]} packages present"
+  exit 0
+fi
+
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+echo "setup: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+echo "setup: done"
