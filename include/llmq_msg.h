@@ -86,6 +86,13 @@ bool llmq_msg_has(const llmq_msg_t *self, llmq_field_t field);
 /*  Unset a field. */
 void llmq_msg_clear(llmq_msg_t *self, llmq_field_t field);
 
+/*  The field table of llmq_proto.def: C name ("usage_cost_usd"), map key
+    ("cost_usd") and group ("usage", or NULL for a top-level key). NULL for
+    an unknown field id. Strings are static. */
+const char *llmq_msg_field_name(llmq_field_t field);
+const char *llmq_msg_field_key(llmq_field_t field);
+const char *llmq_msg_field_group(llmq_field_t field);
+
 /*  Typed accessors, generated from llmq_proto.def:
       STR   const char *llmq_msg_<f>(msg)           NULL if absent
             void llmq_msg_set_<f>(msg, const char *) NULL clears; copies
