@@ -9,7 +9,8 @@ PACKAGES=(
   libcjson-dev libcyaml-dev libevent-dev libsqlite3-dev
   clang libclang-rt-14-dev valgrind
   python3 python3-zmq python3-msgpack
-  curl procps
+  curl procps wrk
+  prometheus
 )
 
 missing=()
