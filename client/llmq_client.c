@@ -1,0 +1,1212 @@
+/*  llmq_client.c - the llmq client: requests over one DEALER socket.
+
+    Design. The client owns no thread: every public call pumps the socket
+    itself (s_pump), so a program that never calls in is never surprised by
+    a callback. Outstanding requests live in a list in submission order (it
+    owns them) plus a hash from id to request; each keeps its msgpack
+    payload so it can be resent unchanged. Finished results wait in a ready
+    list until poll() takes them or, when a result callback is set, until
+    the end of the pump hands them to it.
+
+    Reliability is the lazy pirate pattern with heartbeats (ZeroMQ guide,
+    chapter 4). Any message from the broker is a sign of life. While
+    requests are outstanding and the broker has been silent for
+    LLMQ_CLIENT_HEARTBEAT_MS, the client pings it; after `timeout` ms of
+    silence it replaces the socket (same routing id, so the broker sees the
+    same client) and resends every outstanding request in submission order.
+    The broker ignores a resent id it still has pending, and an answer for
+    an id that is no longer outstanding is dropped here: each request gets
+    exactly one result. Slow answers are not failures: only silence counts.
+*/
+#include "llmq_client.h"
+#include "llmq_msg.h"
+#include "llmq_value.h"
+
+#include <czmq.h>
+#include <errno.h>
+#include <inttypes.h>
+
+/*  One outstanding request. */
+typedef struct {
+    char *id;                  /* client id, unique among outstanding */
+    llmq_op_t op;              /* operation */
+    char *model;               /* model name */
+    zframe_t *payload;         /* msgpack body, kept for resends */
+    char *pool;                /* optional pool, or NULL */
+    char *trace;               /* optional traceparent, or NULL */
+    int64_t deadline_ms;       /* relative deadline at first send, 0: none */
+    int64_t priority;          /* priority */
+    int max_attempts;          /* 0: broker default */
+    bool cache;                /* cache allowed */
+    llmq_chunk_fn *on_chunk;   /* stream callback, or NULL */
+    void *chunk_arg;           /* its argument */
+    void *arg;                 /* caller's argument, returned in the result */
+    int64_t sent_at;           /* zclock_mono() at first send */
+    int64_t last_seq;          /* highest chunk seq delivered, -1: none */
+    int resends;               /* times resent after reconnects */
+    void *handle;              /* our item in self->order */
+} s_request_t;
+
+struct _llmq_client_t {
+    char *endpoint;            /* broker frontend endpoint */
+    char routing_id[40];       /* stable across reconnects */
+    zsock_t *sock;             /* DEALER to the broker */
+    zlistx_t *order;           /* s_request_t, submission order (owns) */
+    zhashx_t *pending;         /* id -> s_request_t (borrowed from order) */
+    zlistx_t *ready;           /* finished llmq_result_t (owns) */
+    size_t window;             /* max outstanding */
+    int timeout_ms;            /* broker liveness */
+    int heartbeat_ms;          /* ping interval while silent */
+    int give_up_ms;            /* 0: never give up */
+    bool verbose;              /* log reconnects and drops */
+    llmq_result_fn *callback;  /* result callback, or NULL (poll mode) */
+    void *callback_arg;        /* its argument */
+    int hold;                  /* >0: keep results in ready (infer running) */
+    uint64_t next_id;          /* request id counter */
+    int64_t last_recv;         /* last sign of life (reset on reconnect) */
+    int64_t last_heard;        /* last real message, for give-up */
+    int64_t last_ping;         /* last ping sent */
+    llmq_client_stats_t stats; /* counters */
+    bool got_pong;             /* a pong arrived since the last ping() */
+    char *pong_version;        /* "broker version" from the last pong */
+    cJSON *status;             /* last status reply, or NULL */
+};
+
+static int s_pump(llmq_client_t *self, int timeout_ms);
+static void s_drain_to_callback(llmq_client_t *self);
+
+static void
+s_request_destroy(s_request_t **self_p)
+{
+    if (self_p && *self_p) {
+        s_request_t *self = *self_p;
+        free(self->id);
+        free(self->model);
+        free(self->pool);
+        free(self->trace);
+        zframe_destroy(&self->payload);
+        free(self);
+        *self_p = NULL;
+    }
+}
+
+static void
+s_request_destructor(void **item)
+{
+    s_request_destroy((s_request_t **) item);
+}
+
+static void
+s_result_destructor(void **item)
+{
+    llmq_result_destroy((llmq_result_t **) item);
+}
+
+static char *
+s_strdup_or_null(const char *s)
+{
+    return s ? strdup(s) : NULL;
+}
+
+/*  A fresh DEALER with our routing id. ZMQ_MAXMSGSIZE bounds what a broker
+    (or anything else at that address) can make us allocate; linger 0 so a
+    dead broker never blocks destroy; a large send HWM so a full window of
+    resends never blocks, and a send timeout as a last guard. */
+static zsock_t *
+s_socket_new(llmq_client_t *self)
+{
+    zsock_t *sock = zsock_new(ZMQ_DEALER);
+    if (!sock)
+        return NULL;
+    zsock_set_identity(sock, self->routing_id);
+    zsock_set_maxmsgsize(sock, (int) LLMQ_MAX_FRAME_SIZE);
+    zsock_set_linger(sock, 0);
+    zsock_set_sndhwm(sock, 100000);
+    zsock_set_rcvhwm(sock, 100000);
+    zsock_set_sndtimeo(sock, 1000);
+    if (zsock_connect(sock, "%s", self->endpoint) != 0) {
+        zsock_destroy(&sock);
+        return NULL;
+    }
+    return sock;
+}
+
+//  --------------------------------------------------------------------------
+//  Create a client
+
+llmq_client_t *
+llmq_client_new(const char *endpoint)
+{
+    llmq_client_t *self = (llmq_client_t *) calloc(1, sizeof(*self));
+    if (!self)
+        return NULL;
+    self->endpoint = strdup(endpoint ? endpoint : LLMQ_DEFAULT_ENDPOINT);
+    //  A random routing id: unique per client object, kept on reconnect.
+    //  It starts with a non-zero byte as ZeroMQ requires.
+    uint64_t r1 = (uint64_t) randof(0x7fffffff) << 32 ^ (uint64_t) randof(0x7fffffff);
+    uint64_t r2 = (uint64_t) getpid() << 20 ^ (uint64_t) zclock_usecs();
+    snprintf(self->routing_id, sizeof(self->routing_id), "llmq-%016" PRIx64 "%04" PRIx64,
+             r1 ^ r2, (uint64_t) randof(0xffff));
+    self->order = zlistx_new();
+    self->pending = zhashx_new();
+    self->ready = zlistx_new();
+    if (!self->endpoint || !self->order || !self->pending || !self->ready) {
+        llmq_client_destroy(&self);
+        return NULL;
+    }
+    zlistx_set_destructor(self->order, s_request_destructor);
+    zlistx_set_destructor(self->ready, s_result_destructor);
+    self->window = LLMQ_CLIENT_WINDOW;
+    self->timeout_ms = LLMQ_CLIENT_TIMEOUT_MS;
+    self->heartbeat_ms = LLMQ_CLIENT_HEARTBEAT_MS;
+    self->sock = s_socket_new(self);
+    if (!self->sock) {
+        llmq_client_destroy(&self);
+        return NULL;
+    }
+    self->last_recv = self->last_heard = zclock_mono();
+    return self;
+}
+
+//  --------------------------------------------------------------------------
+//  Destroy a client
+
+void
+llmq_client_destroy(llmq_client_t **self_p)
+{
+    if (self_p && *self_p) {
+        llmq_client_t *self = *self_p;
+        zsock_destroy(&self->sock);
+        zhashx_destroy(&self->pending);
+        zlistx_destroy(&self->order);
+        zlistx_destroy(&self->ready);
+        cJSON_Delete(self->status);
+        free(self->pong_version);
+        free(self->endpoint);
+        free(self);
+        *self_p = NULL;
+    }
+}
+
+void
+llmq_client_set_timeout(llmq_client_t *self, int timeout_ms)
+{
+    self->timeout_ms = timeout_ms < 100 ? 100 : timeout_ms;
+    //  Ping a few times within one liveness period.
+    self->heartbeat_ms = self->timeout_ms / 3 < LLMQ_CLIENT_HEARTBEAT_MS
+                             ? self->timeout_ms / 3
+                             : LLMQ_CLIENT_HEARTBEAT_MS;
+}
+
+void
+llmq_client_set_window(llmq_client_t *self, size_t window)
+{
+    self->window = window < 1 ? 1 : window;
+}
+
+void
+llmq_client_set_give_up(llmq_client_t *self, int give_up_ms)
+{
+    self->give_up_ms = give_up_ms < 0 ? 0 : give_up_ms;
+}
+
+void
+llmq_client_set_verbose(llmq_client_t *self, bool verbose)
+{
+    self->verbose = verbose;
+}
+
+void
+llmq_client_set_callback(llmq_client_t *self, llmq_result_fn *fn, void *arg)
+{
+    self->callback = fn;
+    self->callback_arg = arg;
+}
+
+const char *
+llmq_client_endpoint(const llmq_client_t *self)
+{
+    return self->endpoint;
+}
+
+const char *
+llmq_client_routing_id(const llmq_client_t *self)
+{
+    return self->routing_id;
+}
+
+void
+llmq_client_stats(const llmq_client_t *self, llmq_client_stats_t *stats)
+{
+    *stats = self->stats;
+}
+
+//  --------------------------------------------------------------------------
+//  Sending
+
+static void
+s_send_ping(llmq_client_t *self)
+{
+    llmq_msg_t *msg = llmq_msg_new(LLMQ_MSG_PING);
+    llmq_msg_send(&msg, zsock_resolve(self->sock));
+    self->last_ping = zclock_mono();
+    self->stats.pings++;
+}
+
+/*  Send (or resend) one request. A failed send is not fatal: the request
+    stays outstanding and the next reconnect resends it. */
+static void
+s_send_request(llmq_client_t *self, s_request_t *req)
+{
+    llmq_msg_t *msg = llmq_msg_new(LLMQ_MSG_REQ);
+    if (!msg)
+        return;
+    llmq_msg_set_id(msg, req->id);
+    llmq_msg_set_op(msg, llmq_op_name(req->op));
+    llmq_msg_set_model(msg, req->model);
+    if (req->pool)
+        llmq_msg_set_pool(msg, req->pool);
+    if (req->trace)
+        llmq_msg_set_trace(msg, req->trace);
+    if (req->deadline_ms > 0) {
+        //  Relative deadline: what is left of it now.
+        int64_t left = req->deadline_ms - (zclock_mono() - req->sent_at);
+        llmq_msg_set_deadline_ms(msg, left > 1 ? left : 1);
+    }
+    if (req->priority)
+        llmq_msg_set_priority(msg, req->priority);
+    if (req->max_attempts > 0)
+        llmq_msg_set_max_attempts(msg, req->max_attempts);
+    if (req->cache)
+        llmq_msg_set_cache(msg, true);
+    if (req->on_chunk)
+        llmq_msg_set_stream(msg, true);
+    zframe_t *payload = zframe_dup(req->payload);
+    llmq_msg_set_payload(msg, &payload);
+    if (llmq_msg_send(&msg, zsock_resolve(self->sock)) != 0 && self->verbose)
+        zsys_warning("llmq_client: send of %s failed, will resend", req->id);
+}
+
+/*  The broker has been silent too long: new socket, same identity, resend
+    everything outstanding in submission order. */
+static void
+s_reconnect(llmq_client_t *self)
+{
+    if (self->verbose)
+        zsys_info("llmq_client: broker %s silent for %d ms, reconnecting and "
+                  "resending %zu requests",
+                  self->endpoint, self->timeout_ms, zlistx_size(self->order));
+    zsock_t *sock = s_socket_new(self);
+    if (!sock)
+        return;                 //  try again on the next timer
+    zsock_destroy(&self->sock);
+    self->sock = sock;
+    self->stats.reconnects++;
+    s_request_t *req = (s_request_t *) zlistx_first(self->order);
+    while (req) {
+        req->resends++;
+        self->stats.resent++;
+        s_send_request(self, req);
+        req = (s_request_t *) zlistx_next(self->order);
+    }
+    self->last_recv = zclock_mono();
+    s_send_ping(self);
+}
+
+//  --------------------------------------------------------------------------
+//  Results
+
+/*  Finish a request: take it off the outstanding lists, queue its result. */
+static void
+s_finish(llmq_client_t *self, s_request_t *req, llmq_result_t *result)
+{
+    result->id = strdup(req->id);
+    result->arg = req->arg;
+    result->op = req->op;
+    result->resends = req->resends;
+    result->elapsed_ms = zclock_mono() - req->sent_at;
+    zhashx_delete(self->pending, req->id);
+    zlistx_delete(self->order, req->handle);     //  destroys req
+    zlistx_add_end(self->ready, result);
+    self->stats.results++;
+}
+
+static void
+s_set_error(llmq_result_t *result, const char *code, const char *message,
+            int status, bool retryable)
+{
+    result->ok = false;
+    free(result->error_code);
+    free(result->error_message);
+    result->error_code = strdup(code ? code : "internal");
+    result->error_message = strdup(message ? message : "");
+    result->error_status = status;
+    result->error_retryable = retryable;
+}
+
+static void
+s_handle_res(llmq_client_t *self, llmq_msg_t *msg)
+{
+    const char *id = llmq_msg_id(msg);
+    s_request_t *req = id ? (s_request_t *) zhashx_lookup(self->pending, id) : NULL;
+    if (!req) {
+        //  A late answer to something already answered (a resend's twin).
+        self->stats.duplicates++;
+        return;
+    }
+    llmq_result_t *result = (llmq_result_t *) calloc(1, sizeof(*result));
+    if (!result)
+        return;
+    result->ok = llmq_msg_ok(msg);
+    result->prompt_tokens = llmq_msg_usage_prompt_tokens(msg);
+    result->completion_tokens = llmq_msg_usage_completion_tokens(msg);
+    result->total_tokens = llmq_msg_usage_total_tokens(msg);
+    if (!result->total_tokens)
+        result->total_tokens = result->prompt_tokens + result->completion_tokens;
+    result->cost_usd = llmq_msg_usage_cost_usd(msg);
+    result->latency_ms = llmq_msg_latency_ms(msg);
+    result->attempts = (int) llmq_msg_attempts(msg);
+    result->attempt = (int) llmq_msg_attempt(msg);
+    result->worker = s_strdup_or_null(llmq_msg_worker(msg));
+    result->cached = llmq_msg_cached(msg);
+    zframe_t *payload = llmq_msg_payload(msg);
+    if (payload && zframe_size(payload) > 0) {
+        char reason[128] = "";
+        result->body = llmq_value_to_json(zframe_data(payload),
+                                          zframe_size(payload), reason,
+                                          sizeof(reason));
+        if (!result->body && result->ok)
+            s_set_error(result, "internal", "response body is not valid msgpack",
+                        0, true);
+    }
+    if (!llmq_msg_ok(msg)) {
+        const char *code = llmq_msg_error_code(msg);
+        s_set_error(result, code ? code : "internal", llmq_msg_error_message(msg),
+                    (int) llmq_msg_error_status(msg),
+                    llmq_msg_has(msg, LLMQ_F_error_retryable)
+                        ? llmq_msg_error_retryable(msg)
+                        : llmq_err_retryable(llmq_err_from_name(code)));
+    }
+    s_finish(self, req, result);
+}
+
+static void
+s_handle_chunk(llmq_client_t *self, llmq_msg_t *msg)
+{
+    const char *id = llmq_msg_id(msg);
+    s_request_t *req = id ? (s_request_t *) zhashx_lookup(self->pending, id) : NULL;
+    if (!req || !req->on_chunk)
+        return;
+    //  After a resend the stream may start again: deliver each seq once.
+    int64_t seq = llmq_msg_seq(msg);
+    if (seq <= req->last_seq)
+        return;
+    req->last_seq = seq;
+    zframe_t *payload = llmq_msg_payload(msg);
+    if (!payload)
+        return;
+    cJSON *chunk = llmq_value_to_json(zframe_data(payload), zframe_size(payload),
+                                      NULL, 0);
+    if (!chunk)
+        return;
+    const char *delta = "";
+    cJSON *choice = cJSON_GetArrayItem(cJSON_GetObjectItem(chunk, "choices"), 0);
+    cJSON *content = cJSON_GetObjectItem(cJSON_GetObjectItem(choice, "delta"), "content");
+    if (!cJSON_IsString(content))
+        content = cJSON_GetObjectItem(choice, "text");
+    if (cJSON_IsString(content))
+        delta = content->valuestring;
+    req->on_chunk(req->id, chunk, delta, req->chunk_arg);
+    cJSON_Delete(chunk);
+}
+
+static void
+s_handle_error(llmq_client_t *self, llmq_msg_t *msg)
+{
+    const char *id = llmq_msg_id(msg);
+    s_request_t *req = id ? (s_request_t *) zhashx_lookup(self->pending, id) : NULL;
+    if (!req) {
+        if (self->verbose)
+            zsys_warning("llmq_client: broker error %s: %s", llmq_msg_code(msg),
+                         llmq_msg_message(msg));
+        return;
+    }
+    llmq_result_t *result = (llmq_result_t *) calloc(1, sizeof(*result));
+    if (!result)
+        return;
+    const char *code = llmq_msg_code(msg);
+    s_set_error(result, code, llmq_msg_message(msg), 0,
+                llmq_err_retryable(llmq_err_from_name(code)));
+    s_finish(self, req, result);
+}
+
+static void
+s_handle(llmq_client_t *self, llmq_msg_t *msg)
+{
+    switch (llmq_msg_type(msg)) {
+    case LLMQ_MSG_RES:
+        s_handle_res(self, msg);
+        break;
+    case LLMQ_MSG_CHUNK:
+        s_handle_chunk(self, msg);
+        break;
+    case LLMQ_MSG_PONG: {
+        self->got_pong = true;
+        free(self->pong_version);
+        const char *broker = llmq_msg_broker(msg);
+        const char *version = llmq_msg_version(msg);
+        self->pong_version = zsys_sprintf("%s %s", broker ? broker : "?",
+                                          version ? version : "?");
+        break;
+    }
+    case LLMQ_MSG_STATUS: {
+        zframe_t *payload = llmq_msg_payload(msg);
+        cJSON_Delete(self->status);
+        self->status = payload ? llmq_value_to_json(zframe_data(payload),
+                                                    zframe_size(payload), NULL, 0)
+                               : NULL;
+        if (!self->status)
+            self->status = cJSON_CreateObject();
+        break;
+    }
+    case LLMQ_MSG_ERROR:
+        s_handle_error(self, msg);
+        break;
+    default:
+        if (self->verbose)
+            zsys_warning("llmq_client: dropped %s message (%s)",
+                         llmq_msg_type_name(llmq_msg_type(msg)),
+                         llmq_msg_type(msg) == LLMQ_MSG_INVALID
+                             ? llmq_msg_invalid_reason(msg)
+                             : "unexpected");
+        break;
+    }
+}
+
+/*  Fail everything outstanding (give-up): the only way a request ends
+    without the broker's answer. */
+static void
+s_give_up(llmq_client_t *self)
+{
+    s_request_t *req;
+    while ((req = (s_request_t *) zlistx_first(self->order))) {
+        llmq_result_t *result = (llmq_result_t *) calloc(1, sizeof(*result));
+        if (!result)
+            return;
+        s_set_error(result, "timeout", "broker unreachable", 0, true);
+        s_finish(self, req, result);
+    }
+}
+
+/*  Heartbeat timers: run after every wait. */
+static void
+s_timers(llmq_client_t *self)
+{
+    if (zlistx_size(self->order) == 0)
+        return;
+    int64_t now = zclock_mono();
+    if (self->give_up_ms && now - self->last_heard >= self->give_up_ms) {
+        s_give_up(self);
+        return;
+    }
+    int64_t silent = now - self->last_recv;
+    if (silent >= self->timeout_ms)
+        s_reconnect(self);
+    else if (silent >= self->heartbeat_ms && now - self->last_ping >= self->heartbeat_ms)
+        s_send_ping(self);
+}
+
+/*  Wait up to timeout_ms (-1: the heartbeat period) for input, handle all
+    that is there, then run the timers. Returns 0, or -1 if interrupted. */
+static int
+s_pump(llmq_client_t *self, int timeout_ms)
+{
+    int wait = self->heartbeat_ms / 4 > 0 ? self->heartbeat_ms / 4 : 1;
+    if (timeout_ms >= 0 && timeout_ms < wait)
+        wait = timeout_ms;
+    zmq_pollitem_t item = {zsock_resolve(self->sock), 0, ZMQ_POLLIN, 0};
+    int rc = zmq_poll(&item, 1, wait);
+    if (rc == -1 && errno == EINTR)
+        return -1;
+    //  Read everything queued, without blocking, before timers run: a busy
+    //  socket is a live broker.
+    int budget = 10000;
+    while (rc > 0 && budget-- > 0 && (zsock_events(self->sock) & ZMQ_POLLIN)) {
+        llmq_msg_t *msg = llmq_msg_recv(zsock_resolve(self->sock));
+        if (!msg)
+            return -1;
+        self->last_recv = self->last_heard = zclock_mono();
+        s_handle(self, msg);
+        llmq_msg_destroy(&msg);
+    }
+    s_timers(self);
+    s_drain_to_callback(self);
+    return 0;
+}
+
+static void
+s_drain_to_callback(llmq_client_t *self)
+{
+    if (!self->callback || self->hold > 0)
+        return;
+    llmq_result_t *result;
+    while ((result = (llmq_result_t *) zlistx_detach(self->ready, NULL))) {
+        self->callback(result, self->callback_arg);
+        llmq_result_destroy(&result);
+    }
+}
+
+//  --------------------------------------------------------------------------
+//  Ping and status
+
+int
+llmq_client_ping(llmq_client_t *self, int timeout_ms, char **version_p)
+{
+    int64_t start = zclock_mono();
+    self->got_pong = false;
+    s_send_ping(self);
+    while (!self->got_pong) {
+        int64_t left = timeout_ms - (zclock_mono() - start);
+        if (left <= 0 || s_pump(self, (int) left) != 0)
+            return -1;
+    }
+    if (version_p)
+        *version_p = s_strdup_or_null(self->pong_version);
+    return (int) (zclock_mono() - start);
+}
+
+cJSON *
+llmq_client_status(llmq_client_t *self, int timeout_ms)
+{
+    cJSON_Delete(self->status);
+    self->status = NULL;
+    llmq_msg_t *msg = llmq_msg_new(LLMQ_MSG_STATUS);
+    llmq_msg_send(&msg, zsock_resolve(self->sock));
+    int64_t start = zclock_mono();
+    while (!self->status) {
+        int64_t left = timeout_ms - (zclock_mono() - start);
+        if (left <= 0 || s_pump(self, (int) left) != 0)
+            return NULL;
+    }
+    cJSON *status = self->status;
+    self->status = NULL;
+    return status;
+}
+
+//  --------------------------------------------------------------------------
+//  Submit
+
+/*  Take payload; queue and send the request. */
+static int
+s_submit(llmq_client_t *self, llmq_op_t op, const char *model,
+         zframe_t **payload_p, const llmq_opts_t *opts, void *arg)
+{
+    zframe_t *payload = *payload_p;
+    *payload_p = NULL;
+    if (!payload || !model || !*model || (int) op < 0 || op > LLMQ_OP_EMBEDDING) {
+        zframe_destroy(&payload);
+        return -1;
+    }
+    //  Window full: pump until a slot frees up.
+    while (zlistx_size(self->order) >= self->window)
+        if (s_pump(self, -1) != 0) {
+            zframe_destroy(&payload);
+            return -1;
+        }
+    s_request_t *req = (s_request_t *) calloc(1, sizeof(*req));
+    if (!req) {
+        zframe_destroy(&payload);
+        return -1;
+    }
+    req->id = zsys_sprintf("r%" PRIu64, ++self->next_id);
+    req->op = op;
+    req->model = strdup(model);
+    req->payload = payload;
+    req->last_seq = -1;
+    req->arg = arg;
+    if (opts) {
+        req->pool = s_strdup_or_null(opts->pool);
+        req->trace = s_strdup_or_null(opts->trace);
+        req->deadline_ms = opts->deadline_ms;
+        req->priority = opts->priority;
+        req->max_attempts = opts->max_attempts;
+        req->cache = opts->cache;
+        req->on_chunk = opts->on_chunk;
+        req->chunk_arg = opts->chunk_arg;
+    }
+    req->sent_at = zclock_mono();
+    //  Coming back from idle: the liveness clock starts now, not at the
+    //  last message we happened to receive long ago.
+    if (zlistx_size(self->order) == 0)
+        self->last_recv = self->last_heard = req->sent_at;
+    req->handle = zlistx_add_end(self->order, req);
+    zhashx_insert(self->pending, req->id, req);
+    self->stats.sent++;
+    s_send_request(self, req);
+    return 0;
+}
+
+int
+llmq_client_submit(llmq_client_t *self, llmq_op_t op, const char *model,
+                   const cJSON *body, const llmq_opts_t *opts, void *arg)
+{
+    if (!body)
+        return -1;
+    zframe_t *payload = llmq_value_from_json(body);
+    return s_submit(self, op, model, &payload, opts, arg);
+}
+
+int
+llmq_client_submit_text(llmq_client_t *self, llmq_op_t op, const char *model,
+                        const char *json, size_t len, const llmq_opts_t *opts,
+                        void *arg)
+{
+    if (!json)
+        return -1;
+    zframe_t *payload = llmq_value_from_json_text(json, len, NULL, 0);
+    return s_submit(self, op, model, &payload, opts, arg);
+}
+
+//  --------------------------------------------------------------------------
+//  Poll, wait, cancel
+
+llmq_result_t *
+llmq_client_poll(llmq_client_t *self, int timeout_ms)
+{
+    int64_t start = zclock_mono();
+    while (zlistx_size(self->ready) == 0) {
+        if (zlistx_size(self->order) == 0)
+            return NULL;
+        int left = -1;
+        if (timeout_ms >= 0) {
+            left = (int) (timeout_ms - (zclock_mono() - start));
+            if (left < 0)
+                return NULL;
+        }
+        if (s_pump(self, left) != 0)
+            return NULL;
+        if (timeout_ms == 0)
+            break;
+    }
+    return (llmq_result_t *) zlistx_detach(self->ready, NULL);
+}
+
+size_t
+llmq_client_wait(llmq_client_t *self, int timeout_ms)
+{
+    int64_t start = zclock_mono();
+    while (zlistx_size(self->order) > 0) {
+        int left = -1;
+        if (timeout_ms >= 0) {
+            left = (int) (timeout_ms - (zclock_mono() - start));
+            if (left < 0)
+                break;
+        }
+        if (s_pump(self, left) != 0)
+            break;
+    }
+    s_drain_to_callback(self);
+    return zlistx_size(self->order);
+}
+
+size_t
+llmq_client_outstanding(const llmq_client_t *self)
+{
+    return zlistx_size(self->order);
+}
+
+size_t
+llmq_client_ready(const llmq_client_t *self)
+{
+    return zlistx_size(self->ready);
+}
+
+int
+llmq_client_cancel(llmq_client_t *self, const char *id)
+{
+    if (!id || !zhashx_lookup(self->pending, id))
+        return -1;
+    llmq_msg_t *msg = llmq_msg_new(LLMQ_MSG_CANCEL);
+    llmq_msg_set_id(msg, id);
+    return llmq_msg_send(&msg, zsock_resolve(self->sock));
+}
+
+//  --------------------------------------------------------------------------
+//  Synchronous calls
+
+/*  Take the ready result whose arg is in [lo, hi), or NULL. */
+static llmq_result_t *
+s_take_ready(llmq_client_t *self, const void *lo, const void *hi)
+{
+    llmq_result_t *result = (llmq_result_t *) zlistx_first(self->ready);
+    while (result) {
+        if ((const char *) result->arg >= (const char *) lo
+            && (const char *) result->arg < (const char *) hi) {
+            void *handle = zlistx_cursor(self->ready);
+            return (llmq_result_t *) zlistx_detach(self->ready, handle);
+        }
+        result = (llmq_result_t *) zlistx_next(self->ready);
+    }
+    return NULL;
+}
+
+/*  Submit with a private token as arg and pump until its result is back. */
+static llmq_result_t *
+s_infer(llmq_client_t *self, llmq_op_t op, const char *model,
+        zframe_t **payload_p, const llmq_opts_t *opts)
+{
+    char token;
+    self->hold++;
+    llmq_result_t *result = NULL;
+    if (s_submit(self, op, model, payload_p, opts, &token) == 0) {
+        while (!(result = s_take_ready(self, &token, &token + 1)))
+            if (s_pump(self, -1) != 0)
+                break;
+        //  Interrupted: the request stays outstanding; its result will be
+        //  dropped when it comes, since nobody holds the token any more.
+    }
+    self->hold--;
+    if (result)
+        result->arg = NULL;
+    s_drain_to_callback(self);
+    return result;
+}
+
+llmq_result_t *
+llmq_infer(llmq_client_t *self, llmq_op_t op, const char *model,
+           const cJSON *body, const llmq_opts_t *opts)
+{
+    if (!body)
+        return NULL;
+    zframe_t *payload = llmq_value_from_json(body);
+    return s_infer(self, op, model, &payload, opts);
+}
+
+llmq_result_t *
+llmq_infer_text(llmq_client_t *self, llmq_op_t op, const char *model,
+                const char *json, const llmq_opts_t *opts)
+{
+    if (!json)
+        return NULL;
+    zframe_t *payload = llmq_value_from_json_text(json, strlen(json), NULL, 0);
+    return s_infer(self, op, model, &payload, opts);
+}
+
+llmq_result_t *
+llmq_stream(llmq_client_t *self, const char *model, const cJSON *body,
+            llmq_chunk_fn *on_chunk, void *arg)
+{
+    llmq_opts_t opts = {0};
+    opts.on_chunk = on_chunk;
+    opts.chunk_arg = arg;
+    return llmq_infer(self, LLMQ_OP_CHAT, model, body, on_chunk ? &opts : NULL);
+}
+
+llmq_result_t **
+llmq_infer_many(llmq_client_t *self, llmq_op_t op, const char *model,
+                const cJSON *const *bodies, size_t count,
+                const llmq_opts_t *opts)
+{
+    llmq_result_t **results = (llmq_result_t **) calloc(count ? count : 1,
+                                                        sizeof(*results));
+    //  Each request's arg points at its own slot: results land by index.
+    char *slots = (char *) calloc(count ? count : 1, 1);
+    if (!results || !slots) {
+        free(results);
+        free(slots);
+        return NULL;
+    }
+    self->hold++;
+    size_t submitted = 0, done = 0;
+    bool interrupted = false;
+    while (done < count && !interrupted) {
+        //  Keep the window full; submit() itself pumps when it is.
+        while (submitted < count
+               && zlistx_size(self->order) < self->window) {
+            llmq_result_t *failed = NULL;
+            if (llmq_client_submit(self, op, model, bodies[submitted], opts,
+                                   slots + submitted) != 0) {
+                failed = (llmq_result_t *) calloc(1, sizeof(*failed));
+                if (failed)
+                    s_set_error(failed, "invalid_request",
+                                "request body could not be encoded", 0, false);
+                results[submitted] = failed;
+                done++;
+            }
+            submitted++;
+        }
+        llmq_result_t *result;
+        while ((result = s_take_ready(self, slots, slots + count))) {
+            size_t index = (size_t) ((char *) result->arg - slots);
+            result->arg = NULL;
+            results[index] = result;
+            done++;
+        }
+        if (done < count && s_pump(self, -1) != 0)
+            interrupted = true;
+    }
+    self->hold--;
+    free(slots);
+    if (interrupted) {
+        for (size_t i = 0; i < count; i++)
+            llmq_result_destroy(&results[i]);
+        free(results);
+        return NULL;
+    }
+    return results;
+}
+
+//  --------------------------------------------------------------------------
+//  Results and names
+
+void
+llmq_result_destroy(llmq_result_t **self_p)
+{
+    if (self_p && *self_p) {
+        llmq_result_t *self = *self_p;
+        free(self->id);
+        cJSON_Delete(self->body);
+        free(self->worker);
+        free(self->error_code);
+        free(self->error_message);
+        free(self);
+        *self_p = NULL;
+    }
+}
+
+const char *
+llmq_result_text(const llmq_result_t *self)
+{
+    if (!self || !self->ok || !self->body)
+        return NULL;
+    cJSON *choice = cJSON_GetArrayItem(cJSON_GetObjectItem(self->body, "choices"), 0);
+    cJSON *content = cJSON_GetObjectItem(cJSON_GetObjectItem(choice, "message"), "content");
+    if (!cJSON_IsString(content))
+        content = cJSON_GetObjectItem(choice, "text");
+    return cJSON_IsString(content) ? content->valuestring : NULL;
+}
+
+static const char *s_op_names[] = {"chat", "completion", "embedding"};
+
+const char *
+llmq_op_name(llmq_op_t op)
+{
+    return (int) op >= 0 && op <= LLMQ_OP_EMBEDDING ? s_op_names[op] : "chat";
+}
+
+int
+llmq_op_from_name(const char *name)
+{
+    for (int i = 0; name && i < 3; i++)
+        if (streq(name, s_op_names[i]))
+            return i;
+    return -1;
+}
+
+//  --------------------------------------------------------------------------
+//  Selftest: a fake broker actor on a real TCP socket. It answers ping with
+//  pong and every req with an ok res echoing the request body; told "HOLD"
+//  it swallows everything (a hung or dead broker), told "RELEASE" it answers
+//  everything it swallowed, resends included, so the client sees duplicates.
+
+static void
+s_fake_res(zsock_t *router, llmq_msg_t *req)
+{
+    if (llmq_msg_stream(req)) {
+        for (int seq = 0; seq < 3; seq++) {
+            llmq_msg_t *chunk = llmq_msg_new(LLMQ_MSG_CHUNK);
+            llmq_msg_set_routing_id(chunk, llmq_msg_routing_id(req));
+            llmq_msg_set_id(chunk, llmq_msg_id(req));
+            llmq_msg_set_seq(chunk, seq);
+            char text[64];
+            snprintf(text, sizeof(text),
+                     "{\"choices\":[{\"delta\":{\"content\":\"t%d \"}}]}", seq);
+            zframe_t *payload = llmq_value_from_json_text(text, strlen(text), NULL, 0);
+            llmq_msg_set_payload(chunk, &payload);
+            llmq_msg_send(&chunk, zsock_resolve(router));
+        }
+    }
+    llmq_msg_t *res = llmq_msg_new(LLMQ_MSG_RES);
+    llmq_msg_set_routing_id(res, llmq_msg_routing_id(req));
+    llmq_msg_set_id(res, llmq_msg_id(req));
+    zframe_t *body = llmq_msg_payload(req);
+    cJSON *json = body ? llmq_value_to_json(zframe_data(body), zframe_size(body),
+                                            NULL, 0)
+                       : NULL;
+    cJSON *fail = cJSON_GetObjectItem(json, "fail");
+    if (cJSON_IsString(fail)) {
+        llmq_msg_set_failure(res, llmq_err_from_name(fail->valuestring), 400,
+                             "asked to fail");
+    }
+    else {
+        llmq_msg_set_ok(res, true);
+        llmq_msg_set_usage_prompt_tokens(res, 3);
+        llmq_msg_set_usage_completion_tokens(res, 4);
+        llmq_msg_set_usage_total_tokens(res, 7);
+        llmq_msg_set_usage_cost_usd(res, 0.5);
+        llmq_msg_set_worker(res, "fake");
+        llmq_msg_set_attempts(res, 1);
+        cJSON *answer = cJSON_CreateObject();
+        cJSON *choices = cJSON_AddArrayToObject(answer, "choices");
+        cJSON *choice = cJSON_CreateObject();
+        cJSON_AddItemToArray(choices, choice);
+        cJSON *message = cJSON_AddObjectToObject(choice, "message");
+        cJSON *echo = cJSON_GetObjectItem(json, "echo");
+        cJSON_AddStringToObject(message, "content",
+                                cJSON_IsString(echo) ? echo->valuestring : "?");
+        zframe_t *payload = llmq_value_from_json(answer);
+        llmq_msg_set_payload(res, &payload);
+        cJSON_Delete(answer);
+    }
+    cJSON_Delete(json);
+    llmq_msg_send(&res, zsock_resolve(router));
+}
+
+static void
+s_fake_broker(zsock_t *pipe, void *args)
+{
+    (void) args;
+    zsock_t *router = zsock_new(ZMQ_ROUTER);
+    //  A reconnecting client reuses its routing id: let the new connection
+    //  take it over from the old one.
+    zsock_set_router_handover(router, 1);
+    int port = zsock_bind(router, "tcp://127.0.0.1:*");
+    zsock_signal(pipe, 0);
+    zsock_send(pipe, "i", port);
+    zpoller_t *poller = zpoller_new(pipe, router, NULL);
+    zlistx_t *held = zlistx_new();
+    zlistx_set_destructor(held, (zlistx_destructor_fn *) llmq_msg_destroy);
+    bool holding = false;
+    while (true) {
+        zsock_t *which = (zsock_t *) zpoller_wait(poller, -1);
+        if (which == pipe) {
+            char *command = zstr_recv(pipe);
+            if (!command || streq(command, "$TERM")) {
+                zstr_free(&command);
+                break;
+            }
+            if (streq(command, "HOLD"))
+                holding = true;
+            else if (streq(command, "RELEASE")) {
+                holding = false;
+                llmq_msg_t *req;
+                while ((req = (llmq_msg_t *) zlistx_detach(held, NULL))) {
+                    s_fake_res(router, req);
+                    llmq_msg_destroy(&req);
+                }
+            }
+            zstr_free(&command);
+            zsock_signal(pipe, 0);
+        }
+        else if (which == router) {
+            llmq_msg_t *msg = llmq_msg_recv(zsock_resolve(router));
+            if (!msg)
+                break;
+            if (holding && llmq_msg_type(msg) == LLMQ_MSG_REQ)
+                zlistx_add_end(held, msg);
+            else {
+                if (llmq_msg_type(msg) == LLMQ_MSG_PING && !holding) {
+                    llmq_msg_t *pong = llmq_msg_new(LLMQ_MSG_PONG);
+                    llmq_msg_set_routing_id(pong, llmq_msg_routing_id(msg));
+                    llmq_msg_set_broker(pong, "fake");
+                    llmq_msg_set_version(pong, "0");
+                    llmq_msg_set_time_ms(pong, zclock_time());
+                    llmq_msg_send(&pong, zsock_resolve(router));
+                }
+                else if (llmq_msg_type(msg) == LLMQ_MSG_REQ)
+                    s_fake_res(router, msg);
+                llmq_msg_destroy(&msg);
+            }
+        }
+        else
+            break;
+    }
+    zlistx_destroy(&held);
+    zpoller_destroy(&poller);
+    zsock_destroy(&router);
+}
+
+static int s_test_callbacks = 0;
+static void
+s_test_callback(llmq_result_t *result, void *arg)
+{
+    (void) arg;
+    if (result->ok)
+        s_test_callbacks++;
+}
+
+static int s_test_chunks = 0;
+static void
+s_test_chunk(const char *id, const cJSON *chunk, const char *delta, void *arg)
+{
+    (void) id;
+    (void) chunk;
+    (void) arg;
+    if (*delta == 't')
+        s_test_chunks++;
+}
+
+#define CHECK(cond)                                                          \
+    do {                                                                     \
+        if (!(cond)) {                                                       \
+            fprintf(stderr, "llmq_client_test: %s:%d: %s\n", __FILE__,       \
+                    __LINE__, #cond);                                        \
+            failures++;                                                      \
+        }                                                                    \
+    } while (0)
+
+int
+llmq_client_test(bool verbose)
+{
+    int failures = 0;
+    printf(" * llmq_client: ");
+    zactor_t *broker = zactor_new(s_fake_broker, NULL);
+    int port = 0;
+    zsock_recv(broker, "i", &port);
+    char endpoint[64];
+    snprintf(endpoint, sizeof(endpoint), "tcp://127.0.0.1:%d", port);
+
+    llmq_client_t *client = llmq_client_new(endpoint);
+    CHECK(client);
+    llmq_client_set_verbose(client, verbose);
+    llmq_client_set_timeout(client, 300);
+    char *version = NULL;
+    CHECK(llmq_client_ping(client, 5000, &version) >= 0);
+    CHECK(version && streq(version, "fake 0"));
+    free(version);
+
+    //  Synchronous, ok and failed.
+    llmq_result_t *result = llmq_infer_text(client, LLMQ_OP_CHAT, "m",
+                                            "{\"echo\":\"hello\"}", NULL);
+    CHECK(result && result->ok);
+    CHECK(result && streq(llmq_result_text(result), "hello"));
+    CHECK(result && result->total_tokens == 7 && result->cost_usd == 0.5);
+    CHECK(result && result->worker && streq(result->worker, "fake"));
+    llmq_result_destroy(&result);
+    result = llmq_infer_text(client, LLMQ_OP_CHAT, "m",
+                             "{\"fail\":\"invalid_request\"}", NULL);
+    CHECK(result && !result->ok);
+    CHECK(result && streq(result->error_code, "invalid_request"));
+    CHECK(result && result->error_status == 400 && !result->error_retryable);
+    llmq_result_destroy(&result);
+    CHECK(llmq_infer_text(client, LLMQ_OP_CHAT, "m", "{broken", NULL) == NULL);
+    CHECK(llmq_client_submit_text(client, LLMQ_OP_CHAT, NULL, "{}", 2, NULL, NULL) == -1);
+
+    //  Streaming.
+    cJSON *body = cJSON_Parse("{\"echo\":\"streamed\"}");
+    result = llmq_stream(client, "m", body, s_test_chunk, NULL);
+    CHECK(result && result->ok && s_test_chunks == 3);
+    llmq_result_destroy(&result);
+
+    //  Async with a small window, results matched by arg.
+    llmq_client_set_window(client, 4);
+    int args[50];
+    for (int i = 0; i < 50; i++) {
+        args[i] = i;
+        char json[64];
+        snprintf(json, sizeof(json), "{\"echo\":\"n%d\"}", i);
+        CHECK(llmq_client_submit_text(client, LLMQ_OP_CHAT, "m", json,
+                                      strlen(json), NULL, &args[i]) == 0);
+        CHECK(llmq_client_outstanding(client) <= 4);
+    }
+    int seen = 0;
+    bool matched = true;
+    while ((result = llmq_client_poll(client, 5000))) {
+        char expect[16];
+        snprintf(expect, sizeof(expect), "n%d", *(int *) result->arg);
+        if (!llmq_result_text(result) || !streq(llmq_result_text(result), expect))
+            matched = false;
+        seen++;
+        llmq_result_destroy(&result);
+    }
+    CHECK(seen == 50 && matched);
+
+    //  Batch helper: input order.
+    llmq_client_set_window(client, 8);
+    cJSON *bodies[20];
+    for (int i = 0; i < 20; i++) {
+        char json[64];
+        snprintf(json, sizeof(json), "{\"echo\":\"b%d\"}", i);
+        bodies[i] = cJSON_Parse(json);
+    }
+    llmq_result_t **many = llmq_infer_many(client, LLMQ_OP_CHAT, "m",
+                                           (const cJSON *const *) bodies, 20, NULL);
+    CHECK(many);
+    for (int i = 0; many && i < 20; i++) {
+        char expect[16];
+        snprintf(expect, sizeof(expect), "b%d", i);
+        CHECK(many[i] && many[i]->ok && streq(llmq_result_text(many[i]), expect));
+        llmq_result_destroy(&many[i]);
+    }
+    free(many);
+    for (int i = 0; i < 20; i++)
+        cJSON_Delete(bodies[i]);
+
+    //  Callback mode.
+    llmq_client_set_callback(client, s_test_callback, NULL);
+    for (int i = 0; i < 10; i++)
+        llmq_client_submit(client, LLMQ_OP_CHAT, "m", body, NULL, NULL);
+    CHECK(llmq_client_wait(client, 5000) == 0);
+    CHECK(s_test_callbacks == 10);
+    llmq_client_set_callback(client, NULL, NULL);
+
+    //  Lazy pirate: the broker goes silent with requests outstanding; the
+    //  client must reconnect and resend, and after the broker answers
+    //  everything (originals and resends) each request has one result.
+    llmq_client_set_window(client, 100);
+    zstr_send(broker, "HOLD");
+    zsock_wait(broker);
+    for (int i = 0; i < 10; i++)
+        llmq_client_submit(client, LLMQ_OP_CHAT, "m", body, NULL, NULL);
+    llmq_client_stats_t stats;
+    llmq_client_stats(client, &stats);
+    uint64_t reconnects = stats.reconnects;
+    //  Pump until the client has reconnected at least once.
+    while (stats.reconnects == reconnects) {
+        CHECK(llmq_client_poll(client, 100) == NULL);
+        llmq_client_stats(client, &stats);
+    }
+    CHECK(stats.resent >= 10);
+    zstr_send(broker, "RELEASE");
+    zsock_wait(broker);
+    seen = 0;
+    while ((result = llmq_client_poll(client, 5000))) {
+        seen += result->ok;
+        llmq_result_destroy(&result);
+    }
+    CHECK(seen == 10);
+    //  Late twins of the resent requests arrive after their results: pump
+    //  until the client has seen at least one and dropped it.
+    body = (cJSON_Delete(body), cJSON_Parse("{\"echo\":\"x\"}"));
+    for (int tries = 0; tries < 50 && stats.duplicates == 0; tries++) {
+        result = llmq_infer(client, LLMQ_OP_CHAT, "m", body, NULL);
+        llmq_result_destroy(&result);
+        llmq_client_stats(client, &stats);
+    }
+    CHECK(stats.duplicates >= 1);
+    CHECK(llmq_client_outstanding(client) == 0);
+
+    //  Give-up: a silent broker fails outstanding requests only when asked.
+    llmq_client_set_give_up(client, 500);
+    zstr_send(broker, "HOLD");
+    zsock_wait(broker);
+    result = llmq_infer(client, LLMQ_OP_CHAT, "m", body, NULL);
+    CHECK(result && !result->ok && streq(result->error_code, "timeout"));
+    llmq_result_destroy(&result);
+    cJSON_Delete(body);
+
+    llmq_client_destroy(&client);
+    llmq_client_destroy(&client);
+    zactor_destroy(&broker);
+
+    //  A client to nowhere: ping times out, nothing crashes.
+    client = llmq_client_new("tcp://127.0.0.1:1");
+    CHECK(client && llmq_client_ping(client, 100, NULL) == -1);
+    llmq_client_destroy(&client);
+    CHECK(llmq_client_new("bogus://") == NULL);
+    CHECK(llmq_op_from_name("embedding") == LLMQ_OP_EMBEDDING);
+    CHECK(llmq_op_from_name("nope") == -1);
+
+    printf(failures ? "FAILED\n" : "OK\n");
+    return failures ? 1 : 0;
+}

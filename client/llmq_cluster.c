@@ -1,0 +1,462 @@
+/*  llmq_cluster.c - embedded local cluster: broker + workers (+ llmq-sim)
+    as child processes of the CLI.
+
+    Design. Every server binary of the suite prints one `ready <binary>
+    key=value ...` line on stdout once it listens, with the real addresses
+    of ports given as 0 / `*`. The cluster starts the children in
+    dependency order (sim, broker, workers), reading each ready line with a
+    poll() timeout, so nothing here sleeps to "give it time". A child's
+    stdout pipe stays open for its lifetime (closing it would kill the
+    child with SIGPIPE on its next print); its stderr goes to a log file.
+
+    A child must never outlive the CLI: PR_SET_PDEATHSIG kills it when we
+    die, even by kill -9, and destroy() stops it politely first. fork() runs
+    in a process that has ZeroMQ threads, so the child only calls
+    async-signal-safe functions before exec: everything (argv, paths) is
+    prepared before the fork.
+*/
+#include "llmq_cluster.h"
+
+#include <czmq.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#define LLMQ_CLUSTER_MAX_CHILDREN 66
+#define LLMQ_CLUSTER_READY_MS 20000
+
+typedef struct {
+    pid_t pid;                 /* process id, 0 when reaped */
+    int out_fd;                /* read end of its stdout pipe */
+    char name[32];             /* "broker", "worker-3", "sim" */
+    char log[512];             /* log file path ("" when verbose) */
+} s_child_t;
+
+struct _llmq_cluster_t {
+    s_child_t children[LLMQ_CLUSTER_MAX_CHILDREN];   /* started children */
+    int count;                 /* how many */
+    char log_dir[256];         /* private temp directory for logs */
+    char *endpoint;            /* broker frontend */
+    char *backend;             /* broker backend */
+    char *sim_url;             /* llmq-sim base URL, or NULL */
+    char *provider;            /* provider of the workers */
+    char *model;               /* model the workers serve */
+    bool verbose;              /* children's stderr to ours */
+};
+
+/*  Value of key=... in a ready line, fresh, or NULL. */
+static char *
+s_ready_value(const char *line, const char *key)
+{
+    size_t keylen = strlen(key);
+    const char *p = line;
+    while ((p = strstr(p, key))) {
+        if ((p == line || p[-1] == ' ') && p[keylen] == '=') {
+            p += keylen + 1;
+            size_t len = strcspn(p, " \r\n");
+            char *value = (char *) malloc(len + 1);
+            if (value) {
+                memcpy(value, p, len);
+                value[len] = 0;
+            }
+            return value;
+        }
+        p += keylen;
+    }
+    return NULL;
+}
+
+char *
+llmq_cluster_find_binary(const char *name)
+{
+    char path[8400];
+    const char *bin_dir = getenv("LLMQ_BIN_DIR");
+    if (bin_dir && *bin_dir) {
+        snprintf(path, sizeof(path), "%s/%s", bin_dir, name);
+        if (access(path, X_OK) == 0)
+            return strdup(path);
+    }
+    char self_path[4096];
+    ssize_t len = readlink("/proc/self/exe", self_path, sizeof(self_path) - 1);
+    if (len > 0) {
+        self_path[len] = 0;
+        char *slash = strrchr(self_path, '/');
+        if (slash) {
+            *slash = 0;
+            snprintf(path, sizeof(path), "%s/%s", self_path, name);
+            if (access(path, X_OK) == 0)
+                return strdup(path);
+        }
+    }
+    const char *env_path = getenv("PATH");
+    char *copy = strdup(env_path ? env_path : "/usr/local/bin:/usr/bin:/bin");
+    char *save = NULL;
+    for (char *dir = strtok_r(copy, ":", &save); dir; dir = strtok_r(NULL, ":", &save)) {
+        snprintf(path, sizeof(path), "%s/%s", *dir ? dir : ".", name);
+        if (access(path, X_OK) == 0) {
+            free(copy);
+            return strdup(path);
+        }
+    }
+    free(copy);
+    return NULL;
+}
+
+/*  Last bytes of a child's log, for error messages. */
+static void
+s_log_tail(const s_child_t *child, char *buffer, size_t size)
+{
+    buffer[0] = 0;
+    if (!*child->log)
+        return;
+    int fd = open(child->log, O_RDONLY);
+    if (fd < 0)
+        return;
+    off_t end = lseek(fd, 0, SEEK_END);
+    off_t start = end > (off_t) size - 1 ? end - (off_t) size + 1 : 0;
+    ssize_t got = pread(fd, buffer, size - 1, start);
+    close(fd);
+    buffer[got > 0 ? got : 0] = 0;
+    //  Keep the last line or two: the reason is usually there.
+    for (char *p = buffer; *p; p++)
+        if (*p == '\n' && p[1])
+            *p = ' ';
+}
+
+/*  Start one child; argv[0] is the binary name, resolved here. Returns the
+    child or NULL with err set. */
+static s_child_t *
+s_spawn(llmq_cluster_t *self, const char *name, char **argv, char *err,
+        size_t errlen)
+{
+    if (self->count >= LLMQ_CLUSTER_MAX_CHILDREN) {
+        snprintf(err, errlen, "too many processes");
+        return NULL;
+    }
+    char *path = llmq_cluster_find_binary(argv[0]);
+    if (!path) {
+        snprintf(err, errlen, "cannot find %s (looked in $LLMQ_BIN_DIR, next to "
+                              "llmq, and on PATH)", argv[0]);
+        return NULL;
+    }
+    s_child_t *child = &self->children[self->count];
+    memset(child, 0, sizeof(*child));
+    snprintf(child->name, sizeof(child->name), "%s", name);
+    if (!self->verbose)
+        snprintf(child->log, sizeof(child->log), "%s/%s.log", self->log_dir, name);
+    int fds[2];
+    if (pipe(fds) != 0 || fcntl(fds[0], F_SETFD, FD_CLOEXEC) != 0
+        || fcntl(fds[1], F_SETFD, FD_CLOEXEC) != 0) {
+        snprintf(err, errlen, "pipe: %s", strerror(errno));
+        free(path);
+        return NULL;
+    }
+    pid_t parent = getpid();
+    pid_t pid = fork();
+    if (pid < 0) {
+        snprintf(err, errlen, "fork: %s", strerror(errno));
+        close(fds[0]);
+        close(fds[1]);
+        free(path);
+        return NULL;
+    }
+    if (pid == 0) {
+        //  Child: async-signal-safe calls only.
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (getppid() != parent)
+            _exit(127);
+        dup2(fds[1], STDOUT_FILENO);
+        int devnull = open("/dev/null", O_RDONLY);
+        if (devnull >= 0)
+            dup2(devnull, STDIN_FILENO);
+        if (child->log[0]) {
+            int log = open(child->log, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+            if (log >= 0)
+                dup2(log, STDERR_FILENO);
+        }
+        sigset_t none;
+        sigemptyset(&none);
+        sigprocmask(SIG_SETMASK, &none, NULL);
+        signal(SIGPIPE, SIG_DFL);
+        execv(path, argv);
+        _exit(127);
+    }
+    close(fds[1]);
+    free(path);
+    child->pid = pid;
+    child->out_fd = fds[0];
+    self->count++;
+    return child;
+}
+
+/*  Wait for the child's ready line; returns it (fresh) or NULL with err. */
+static char *
+s_wait_ready(s_child_t *child, char *err, size_t errlen)
+{
+    char line[1024];
+    size_t used = 0;
+    int64_t deadline = zclock_mono() + LLMQ_CLUSTER_READY_MS;
+    while (true) {
+        int64_t left = deadline - zclock_mono();
+        if (left <= 0) {
+            snprintf(err, errlen, "%s did not get ready within %d s", child->name,
+                     LLMQ_CLUSTER_READY_MS / 1000);
+            return NULL;
+        }
+        struct pollfd pfd = {child->out_fd, POLLIN, 0};
+        int rc = poll(&pfd, 1, (int) left);
+        if (rc < 0 && errno == EINTR) {
+            snprintf(err, errlen, "interrupted");
+            return NULL;
+        }
+        if (rc <= 0)
+            continue;
+        ssize_t got = read(child->out_fd, line + used, sizeof(line) - 1 - used);
+        if (got <= 0) {
+            char tail[300];
+            s_log_tail(child, tail, sizeof(tail));
+            snprintf(err, errlen, "%s exited before it was ready%s%s", child->name,
+                     *tail ? ": " : "", tail);
+            return NULL;
+        }
+        used += (size_t) got;
+        line[used] = 0;
+        char *newline;
+        //  Skip anything printed before the ready line.
+        while ((newline = strchr(line, '\n'))) {
+            *newline = 0;
+            if (strncmp(line, "ready ", 6) == 0)
+                return strdup(line);
+            used -= (size_t) (newline + 1 - line);
+            memmove(line, newline + 1, used + 1);
+        }
+        if (used >= sizeof(line) - 1)
+            used = 0;
+    }
+}
+
+static void
+s_stop_all(llmq_cluster_t *self)
+{
+    //  Workers first, so they leave the broker cleanly, then the rest.
+    for (int i = self->count - 1; i >= 0; i--)
+        if (self->children[i].pid > 0)
+            kill(self->children[i].pid, SIGTERM);
+    int64_t deadline = zclock_mono() + 3000;
+    bool alive = true;
+    while (alive) {
+        alive = false;
+        for (int i = 0; i < self->count; i++) {
+            s_child_t *child = &self->children[i];
+            if (child->pid > 0) {
+                if (waitpid(child->pid, NULL, WNOHANG) == 0)
+                    alive = true;
+                else
+                    child->pid = 0;
+            }
+        }
+        if (alive && zclock_mono() >= deadline) {
+            for (int i = 0; i < self->count; i++)
+                if (self->children[i].pid > 0) {
+                    kill(self->children[i].pid, SIGKILL);
+                    waitpid(self->children[i].pid, NULL, 0);
+                    self->children[i].pid = 0;
+                }
+            alive = false;
+        }
+        if (alive)
+            zclock_sleep(10);       //  reaping, not waiting for readiness
+    }
+}
+
+//  --------------------------------------------------------------------------
+//  Start a cluster
+
+llmq_cluster_t *
+llmq_cluster_new(const llmq_cluster_opts_t *opts, char *err, size_t errlen)
+{
+    llmq_cluster_t *self = (llmq_cluster_t *) calloc(1, sizeof(*self));
+    if (!self) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    self->verbose = opts->verbose;
+    snprintf(self->log_dir, sizeof(self->log_dir), "%s/llmq-cluster-XXXXXX",
+             getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
+    if (!mkdtemp(self->log_dir)) {
+        snprintf(err, errlen, "cannot create a log directory: %s", strerror(errno));
+        free(self);
+        return NULL;
+    }
+    const char *api_key = getenv("OPENAI_API_KEY");
+    const char *provider = opts->provider;
+    if (!provider)
+        provider = (api_key && *api_key) ? "openai" : "sim";
+    self->provider = strdup(provider);
+    bool simulated = streq(provider, "sim");
+    const char *model = opts->model;
+    if (!model)
+        model = simulated ? "sim-model" : streq(provider, "anthropic")
+                                              ? "claude-3-5-haiku-latest"
+                                          : streq(provider, "echo") ? "echo"
+                                                                    : "gpt-4o-mini";
+    self->model = strdup(model);
+    const char *base_url = opts->base_url;
+    if (!base_url && streq(provider, "openai"))
+        base_url = getenv("OPENAI_BASE_URL");
+    if (!base_url && streq(provider, "anthropic"))
+        base_url = getenv("ANTHROPIC_BASE_URL");
+    char *line = NULL;
+
+    //  1. The simulator, when it is the provider and no URL was given.
+    if (simulated && !base_url) {
+        char latency[32];
+        snprintf(latency, sizeof(latency), "%d",
+                 opts->sim_latency_ms > 0 ? opts->sim_latency_ms : 50);
+        char *argv[] = {"llmq-sim", "--port", "0", "--latency-ms", latency, NULL};
+        s_child_t *child = s_spawn(self, "sim", argv, err, errlen);
+        if (!child || !(line = s_wait_ready(child, err, errlen)))
+            goto failed;
+        self->sim_url = s_ready_value(line, "url");
+        zstr_free(&line);
+        if (!self->sim_url) {
+            snprintf(err, errlen, "llmq-sim printed no url");
+            goto failed;
+        }
+        base_url = self->sim_url;
+    }
+
+    //  2. The broker on ephemeral ports.
+    {
+        char *argv[8] = {"llmq-broker", "--frontend", "tcp://127.0.0.1:*",
+                         "--backend", "tcp://127.0.0.1:*", NULL, NULL, NULL};
+        if (opts->config) {
+            argv[5] = "--config";
+            argv[6] = (char *) opts->config;
+        }
+        s_child_t *child = s_spawn(self, "broker", argv, err, errlen);
+        if (!child || !(line = s_wait_ready(child, err, errlen)))
+            goto failed;
+        self->endpoint = s_ready_value(line, "frontend");
+        self->backend = s_ready_value(line, "backend");
+        zstr_free(&line);
+        if (!self->endpoint || !self->backend) {
+            snprintf(err, errlen, "llmq-broker printed no frontend/backend");
+            goto failed;
+        }
+    }
+
+    //  3. The workers, started together, then awaited one by one.
+    {
+        int workers = opts->workers > 0 ? opts->workers : 4;
+        if (workers > LLMQ_CLUSTER_MAX_CHILDREN - 2)
+            workers = LLMQ_CLUSTER_MAX_CHILDREN - 2;
+        char capacity[32];
+        snprintf(capacity, sizeof(capacity), "%d", opts->capacity);
+        int first = self->count;
+        for (int i = 0; i < workers; i++) {
+            char *argv[16];
+            int argc = 0;
+            argv[argc++] = "llmq-worker";
+            argv[argc++] = "--broker";
+            argv[argc++] = self->backend;
+            argv[argc++] = "--provider";
+            argv[argc++] = self->provider;
+            argv[argc++] = "--model";
+            argv[argc++] = self->model;
+            if (base_url) {
+                argv[argc++] = "--base-url";
+                argv[argc++] = (char *) base_url;
+            }
+            if (opts->capacity > 0) {
+                argv[argc++] = "--capacity";
+                argv[argc++] = capacity;
+            }
+            if (opts->config) {
+                argv[argc++] = "--config";
+                argv[argc++] = (char *) opts->config;
+            }
+            argv[argc] = NULL;
+            char name[32];
+            snprintf(name, sizeof(name), "worker-%d", i + 1);
+            if (!s_spawn(self, name, argv, err, errlen))
+                goto failed;
+        }
+        for (int i = first; i < self->count; i++) {
+            if (!(line = s_wait_ready(&self->children[i], err, errlen)))
+                goto failed;
+            zstr_free(&line);
+        }
+    }
+    return self;
+
+failed:
+    zstr_free(&line);
+    llmq_cluster_destroy(&self);
+    return NULL;
+}
+
+void
+llmq_cluster_destroy(llmq_cluster_t **self_p)
+{
+    if (self_p && *self_p) {
+        llmq_cluster_t *self = *self_p;
+        s_stop_all(self);
+        for (int i = 0; i < self->count; i++) {
+            close(self->children[i].out_fd);
+            if (*self->children[i].log)
+                unlink(self->children[i].log);
+        }
+        rmdir(self->log_dir);
+        free(self->endpoint);
+        free(self->backend);
+        free(self->sim_url);
+        free(self->provider);
+        free(self->model);
+        free(self);
+        *self_p = NULL;
+    }
+}
+
+void
+llmq_cluster_signal(llmq_cluster_t *self)
+{
+    for (int i = 0; self && i < self->count; i++)
+        if (self->children[i].pid > 0)
+            kill(self->children[i].pid, SIGTERM);
+}
+
+const char *
+llmq_cluster_endpoint(const llmq_cluster_t *self)
+{
+    return self->endpoint;
+}
+
+const char *
+llmq_cluster_provider(const llmq_cluster_t *self)
+{
+    return self->provider;
+}
+
+const char *
+llmq_cluster_model(const llmq_cluster_t *self)
+{
+    return self->model;
+}
+
+bool
+llmq_cluster_simulated(const llmq_cluster_t *self)
+{
+    return streq(self->provider, "sim");
+}
+
+const char *
+llmq_cluster_log_dir(const llmq_cluster_t *self)
+{
+    return self->log_dir;
+}

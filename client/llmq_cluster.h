@@ -1,0 +1,72 @@
+/*  llmq_cluster.h - an embedded local cluster: a broker, N workers and (for
+    the default provider) an llmq-sim, started as child processes.
+
+    `llmq run` and `llmq chat` use it when no broker was given and none
+    answers at the default endpoint. The binaries are looked up in
+    $LLMQ_BIN_DIR, next to the running executable (/proc/self/exe), then on
+    PATH. Each child is started with ephemeral ports; the cluster waits for
+    its `ready` line on stdout and reads the real addresses from it. The
+    children die with the parent (PR_SET_PDEATHSIG) even on kill -9, and
+    llmq_cluster_destroy() stops them. Their stderr goes to log files in a
+    private temp directory (or to our stderr when verbose).
+
+    Provider choice when opts->provider is NULL: `openai` when
+    OPENAI_API_KEY is set (at OPENAI_BASE_URL when set), else `sim` with a
+    local llmq-sim, whose results are labelled as simulated.
+
+    Ownership: the cluster object belongs to the caller; string results are
+    borrowed from it.
+*/
+#ifndef LLMQ_CLUSTER_H_INCLUDED
+#define LLMQ_CLUSTER_H_INCLUDED
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct {
+    int workers;               /* worker processes, default 4 */
+    int capacity;              /* per worker, 0: the worker's default */
+    const char *provider;      /* openai, anthropic, echo, sim; NULL: auto */
+    const char *base_url;      /* provider URL; NULL: env or sim */
+    const char *model;         /* model the workers serve; NULL: default */
+    const char *config;        /* YAML config passed to broker and workers */
+    int sim_latency_ms;        /* llmq-sim latency, default 50 */
+    bool verbose;              /* children's stderr to ours */
+} llmq_cluster_opts_t;
+
+typedef struct _llmq_cluster_t llmq_cluster_t;
+
+/*  Start a cluster. Returns NULL with a reason in err on failure (children
+    already started are stopped). */
+llmq_cluster_t *llmq_cluster_new(const llmq_cluster_opts_t *opts, char *err,
+                                 size_t errlen);
+
+/*  Stop every child (SIGTERM, then SIGKILL after a grace period) and free
+    the cluster. NULLs *self_p. Idempotent. */
+void llmq_cluster_destroy(llmq_cluster_t **self_p);
+
+/*  Send SIGTERM to every child; async-signal-safe (for signal handlers). */
+void llmq_cluster_signal(llmq_cluster_t *self);
+
+/*  The broker frontend endpoint clients connect to. */
+const char *llmq_cluster_endpoint(const llmq_cluster_t *self);
+/*  The provider and model the workers serve. */
+const char *llmq_cluster_provider(const llmq_cluster_t *self);
+const char *llmq_cluster_model(const llmq_cluster_t *self);
+/*  True when the provider is the simulator (results are simulated). */
+bool llmq_cluster_simulated(const llmq_cluster_t *self);
+/*  Directory holding the children's logs. */
+const char *llmq_cluster_log_dir(const llmq_cluster_t *self);
+
+/*  Find a binary of the llmq suite (LLMQ_BIN_DIR, next to this executable,
+    PATH). Returns a fresh path or NULL. */
+char *llmq_cluster_find_binary(const char *name);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,698 @@
+/*  llmq_jsonl.c - input and output lines of `llmq run`, and resume.
+
+    Design. Input is read whole into items (a line that cannot be used is an
+    item with an error, answered by an error line). Output is appended one
+    whole line per write() as results arrive, so a crash or kill -9 leaves
+    a prefix of whole lines plus at most one partial line; resume keeps the
+    valid complete lines, drops the rest, and the finished run rewrites the
+    file in input order through a temp file and rename(), so a reader never
+    sees a half-written file.
+*/
+#include "llmq_jsonl.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+struct _llmq_jsonl_writer_t {
+    int fd;                    /* O_APPEND file descriptor */
+    int64_t last_sync;         /* zclock_mono() of the last fsync */
+    bool dirty;                /* written since the last fsync */
+};
+
+uint64_t
+llmq_jsonl_fnv1a(const void *data, size_t size)
+{
+    const uint8_t *p = (const uint8_t *) data;
+    uint64_t hash = 0xcbf29ce484222325ULL;
+    for (size_t i = 0; i < size; i++) {
+        hash ^= p[i];
+        hash *= 0x100000001b3ULL;
+    }
+    return hash;
+}
+
+void
+llmq_jsonl_item_destroy(llmq_jsonl_item_t **self_p)
+{
+    if (self_p && *self_p) {
+        llmq_jsonl_item_t *self = *self_p;
+        free(self->custom_id);
+        free(self->model);
+        cJSON_Delete(self->body);
+        free(self->error);
+        free(self);
+        *self_p = NULL;
+    }
+}
+
+static void
+s_item_fail(llmq_jsonl_item_t *self, const char *reason)
+{
+    free(self->error);
+    self->error = strdup(reason);
+    cJSON_Delete(self->body);
+    self->body = NULL;
+}
+
+/*  A chat body with one user message (and an optional system message). */
+static cJSON *
+s_chat_body(const char *prompt, const char *system)
+{
+    cJSON *body = cJSON_CreateObject();
+    cJSON *messages = cJSON_AddArrayToObject(body, "messages");
+    if (system) {
+        cJSON *sys = cJSON_CreateObject();
+        cJSON_AddStringToObject(sys, "role", "system");
+        cJSON_AddStringToObject(sys, "content", system);
+        cJSON_AddItemToArray(messages, sys);
+    }
+    cJSON *user = cJSON_CreateObject();
+    cJSON_AddStringToObject(user, "role", "user");
+    cJSON_AddStringToObject(user, "content", prompt);
+    cJSON_AddItemToArray(messages, user);
+    return body;
+}
+
+/*  Strip the query string and a trailing slash, then match the op. */
+static int
+s_op_from_url(const char *url)
+{
+    char path[128];
+    snprintf(path, sizeof(path), "%s", url);
+    char *query = strchr(path, '?');
+    if (query)
+        *query = 0;
+    size_t len = strlen(path);
+    if (len > 1 && path[len - 1] == '/')
+        path[len - 1] = 0;
+    if (streq(path, "/v1/chat/completions") || streq(path, "/chat/completions"))
+        return LLMQ_OP_CHAT;
+    if (streq(path, "/v1/completions") || streq(path, "/completions"))
+        return LLMQ_OP_COMPLETION;
+    if (streq(path, "/v1/embeddings") || streq(path, "/embeddings"))
+        return LLMQ_OP_EMBEDDING;
+    return -1;
+}
+
+static void
+s_parse_object(llmq_jsonl_item_t *self, cJSON *json)
+{
+    cJSON *custom_id = cJSON_GetObjectItem(json, "custom_id");
+    if (custom_id && !cJSON_IsNull(custom_id)) {
+        if (!cJSON_IsString(custom_id) || !*custom_id->valuestring) {
+            s_item_fail(self, "custom_id must be a non-empty string");
+            return;
+        }
+        if (strlen(custom_id->valuestring) > LLMQ_JSONL_MAX_ID) {
+            s_item_fail(self, "custom_id is longer than 512 bytes");
+            return;
+        }
+        free(self->custom_id);
+        self->custom_id = strdup(custom_id->valuestring);
+    }
+    cJSON *url = cJSON_GetObjectItem(json, "url");
+    cJSON *body = cJSON_GetObjectItem(json, "body");
+    cJSON *prompt = cJSON_GetObjectItem(json, "prompt");
+    if (url || body) {
+        //  OpenAI Batch API input line.
+        cJSON *method = cJSON_GetObjectItem(json, "method");
+        if (method && (!cJSON_IsString(method) || !streq(method->valuestring, "POST"))) {
+            s_item_fail(self, "method must be POST");
+            return;
+        }
+        int op = LLMQ_OP_CHAT;
+        if (url) {
+            if (!cJSON_IsString(url)
+                || (op = s_op_from_url(url->valuestring)) < 0) {
+                s_item_fail(self, "unsupported url (use /v1/chat/completions, "
+                                  "/v1/completions or /v1/embeddings)");
+                return;
+            }
+        }
+        if (!cJSON_IsObject(body)) {
+            s_item_fail(self, "body must be a JSON object");
+            return;
+        }
+        self->op = (llmq_op_t) op;
+        self->body = cJSON_Duplicate(body, true);
+    }
+    else if (prompt) {
+        if (!cJSON_IsString(prompt)) {
+            s_item_fail(self, "prompt must be a string");
+            return;
+        }
+        cJSON *system = cJSON_GetObjectItem(json, "system");
+        self->body = s_chat_body(prompt->valuestring,
+                                 cJSON_IsString(system) ? system->valuestring : NULL);
+        //  Carry the usual sampling fields over to the body.
+        const char *keep[] = {"model", "max_tokens", "temperature", "top_p",
+                              "seed", "stop", NULL};
+        for (int i = 0; keep[i]; i++) {
+            cJSON *value = cJSON_GetObjectItem(json, keep[i]);
+            if (value)
+                cJSON_AddItemToObject(self->body, keep[i], cJSON_Duplicate(value, true));
+        }
+    }
+    else if (cJSON_IsArray(cJSON_GetObjectItem(json, "messages"))) {
+        self->body = cJSON_Duplicate(json, true);
+        cJSON_DeleteItemFromObject(self->body, "custom_id");
+    }
+    else {
+        s_item_fail(self, "line has none of url/body, prompt or messages");
+        return;
+    }
+    if (!self->body) {
+        s_item_fail(self, "out of memory");
+        return;
+    }
+    cJSON *model = cJSON_GetObjectItem(self->body, "model");
+    if (model && cJSON_IsString(model) && *model->valuestring)
+        self->model = strdup(model->valuestring);
+    else if (model && !cJSON_IsNull(model))
+        s_item_fail(self, "model must be a non-empty string");
+}
+
+llmq_jsonl_item_t *
+llmq_jsonl_parse_line(const char *line, size_t len, size_t line_no)
+{
+    llmq_jsonl_item_t *self = (llmq_jsonl_item_t *) calloc(1, sizeof(*self));
+    if (!self)
+        return NULL;
+    self->line_no = line_no;
+    self->op = LLMQ_OP_CHAT;
+    self->custom_id = zsys_sprintf("line-%zu", line_no);
+    while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r'))
+        len--;
+    size_t start = 0;
+    while (start < len && (line[start] == ' ' || line[start] == '\t'))
+        start++;
+    if (start < len && line[start] == '{') {
+        cJSON *json = cJSON_ParseWithLength(line + start, len - start);
+        if (!json || !cJSON_IsObject(json))
+            s_item_fail(self, "line is not valid JSON");
+        else
+            s_parse_object(self, json);
+        cJSON_Delete(json);
+    }
+    else {
+        //  Plain text: the whole line is the prompt.
+        char *prompt = (char *) malloc(len + 1);
+        if (prompt) {
+            memcpy(prompt, line, len);
+            prompt[len] = 0;
+            if (strlen(prompt) != len)
+                s_item_fail(self, "line holds a NUL byte");
+            else
+                self->body = s_chat_body(prompt, NULL);
+            free(prompt);
+        }
+    }
+    return self;
+}
+
+static void
+s_item_destructor(void **item)
+{
+    llmq_jsonl_item_destroy((llmq_jsonl_item_t **) item);
+}
+
+zlistx_t *
+llmq_jsonl_read_input(const char *path, char *err, size_t errlen)
+{
+    FILE *file = streq(path, "-") ? stdin : fopen(path, "r");
+    if (!file) {
+        snprintf(err, errlen, "cannot open %s: %s", path, strerror(errno));
+        return NULL;
+    }
+    zlistx_t *items = zlistx_new();
+    zlistx_set_destructor(items, s_item_destructor);
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t len;
+    size_t line_no = 0;
+    while ((len = getline(&line, &cap, file)) >= 0) {
+        line_no++;
+        bool blank = true;
+        for (ssize_t i = 0; i < len && blank; i++)
+            if (!isspace((unsigned char) line[i]))
+                blank = false;
+        if (blank)
+            continue;
+        llmq_jsonl_item_t *item = llmq_jsonl_parse_line(line, (size_t) len, line_no);
+        if (item)
+            zlistx_add_end(items, item);
+    }
+    bool failed = ferror(file);
+    free(line);
+    if (file != stdin)
+        fclose(file);
+    if (failed) {
+        snprintf(err, errlen, "read error on %s", path);
+        zlistx_destroy(&items);
+    }
+    return items;
+}
+
+//  --------------------------------------------------------------------------
+//  Output lines
+
+static char *
+s_print_line(cJSON *json)
+{
+    char *text = cJSON_PrintUnformatted(json);
+    cJSON_Delete(json);
+    if (!text)
+        return NULL;
+    char *line = zsys_sprintf("%s\n", text);
+    free(text);
+    return line;
+}
+
+static cJSON *
+s_line_new(const char *custom_id, const char *request_id)
+{
+    cJSON *json = cJSON_CreateObject();
+    char id[64];
+    snprintf(id, sizeof(id), "batch_req_%016" PRIx64,
+             llmq_jsonl_fnv1a(custom_id, strlen(custom_id)));
+    cJSON_AddStringToObject(json, "id", id);
+    cJSON_AddStringToObject(json, "custom_id", custom_id);
+    (void) request_id;
+    return json;
+}
+
+char *
+llmq_jsonl_ok_line(const char *custom_id, const char *request_id,
+                   const cJSON *body)
+{
+    cJSON *json = s_line_new(custom_id, request_id);
+    cJSON *response = cJSON_AddObjectToObject(json, "response");
+    cJSON_AddNumberToObject(response, "status_code", 200);
+    cJSON *body_id = cJSON_GetObjectItem(body, "id");
+    cJSON_AddStringToObject(response, "request_id",
+                            request_id ? request_id
+                            : cJSON_IsString(body_id) ? body_id->valuestring
+                                                      : "");
+    cJSON_AddItemToObject(response, "body",
+                          body ? cJSON_Duplicate(body, true) : cJSON_CreateObject());
+    cJSON_AddNullToObject(json, "error");
+    return s_print_line(json);
+}
+
+char *
+llmq_jsonl_error_line(const char *custom_id, const char *request_id,
+                      const char *code, const char *message, int status)
+{
+    cJSON *json = s_line_new(custom_id, request_id);
+    if (status > 0) {
+        //  The provider answered: keep its status, as OpenAI's output does.
+        cJSON *response = cJSON_AddObjectToObject(json, "response");
+        cJSON_AddNumberToObject(response, "status_code", status);
+        cJSON_AddStringToObject(response, "request_id", request_id ? request_id : "");
+        cJSON *body = cJSON_AddObjectToObject(response, "body");
+        cJSON *error = cJSON_AddObjectToObject(body, "error");
+        cJSON_AddStringToObject(error, "message", message ? message : "");
+        cJSON_AddStringToObject(error, "type", code ? code : "internal");
+    }
+    else
+        cJSON_AddNullToObject(json, "response");
+    cJSON *error = cJSON_AddObjectToObject(json, "error");
+    cJSON_AddStringToObject(error, "code", code ? code : "internal");
+    cJSON_AddStringToObject(error, "message", message ? message : "");
+    return s_print_line(json);
+}
+
+char *
+llmq_jsonl_result_line(const char *custom_id, const llmq_result_t *result)
+{
+    if (result->ok)
+        return llmq_jsonl_ok_line(custom_id, NULL, result->body);
+    return llmq_jsonl_error_line(custom_id, result->id, result->error_code,
+                                 result->error_message, result->error_status);
+}
+
+//  --------------------------------------------------------------------------
+//  Resume
+
+zhashx_t *
+llmq_jsonl_scan_output(const char *path, bool retry_failed, size_t *dropped_p,
+                       char *err, size_t errlen)
+{
+    size_t dropped = 0;
+    zhashx_t *lines = zhashx_new();
+    zhashx_set_destructor(lines, (zhashx_destructor_fn *) zstr_free);
+    FILE *file = fopen(path, "r");
+    if (!file) {
+        if (errno != ENOENT) {
+            snprintf(err, errlen, "cannot read %s: %s", path, strerror(errno));
+            zhashx_destroy(&lines);
+        }
+        if (dropped_p)
+            *dropped_p = 0;
+        return lines;
+    }
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t len;
+    while ((len = getline(&line, &cap, file)) >= 0) {
+        //  A line without its newline is what a kill leaves behind.
+        if (len == 0 || line[len - 1] != '\n') {
+            dropped++;
+            continue;
+        }
+        cJSON *json = cJSON_ParseWithLength(line, (size_t) len);
+        cJSON *custom_id = cJSON_GetObjectItem(json, "custom_id");
+        cJSON *error = cJSON_GetObjectItem(json, "error");
+        if (!cJSON_IsObject(json) || !cJSON_IsString(custom_id)
+            || !cJSON_HasObjectItem(json, "response")
+            || (retry_failed && error && !cJSON_IsNull(error))) {
+            dropped++;
+        }
+        else if (zhashx_lookup(lines, custom_id->valuestring))
+            dropped++;
+        else
+            zhashx_insert(lines, custom_id->valuestring, strdup(line));
+        cJSON_Delete(json);
+    }
+    free(line);
+    fclose(file);
+    if (dropped_p)
+        *dropped_p = dropped;
+    return lines;
+}
+
+static int
+s_write_all(int fd, const char *data, size_t size)
+{
+    while (size > 0) {
+        ssize_t rc = write(fd, data, size);
+        if (rc < 0) {
+            if (errno == EINTR)
+                continue;
+            return -1;
+        }
+        data += rc;
+        size -= (size_t) rc;
+    }
+    return 0;
+}
+
+int
+llmq_jsonl_write_ordered(const char *path, zlistx_t *items, zhashx_t *lines)
+{
+    char *temp = zsys_sprintf("%s.tmp.%d", path, (int) getpid());
+    int fd = open(temp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd < 0) {
+        free(temp);
+        return -1;
+    }
+    //  Buffer the writes: a large file in one pass, not one syscall a line.
+    size_t cap = 1 << 20, used = 0;
+    char *buffer = (char *) malloc(cap);
+    int rc = buffer ? 0 : -1;
+    zhashx_t *written = zhashx_new();
+    llmq_jsonl_item_t *item = items ? (llmq_jsonl_item_t *) zlistx_first(items) : NULL;
+    const char *line = NULL;
+    //  Pass 1: input order; pass 2: lines of other runs, kept.
+    for (int pass = 0; pass < 2 && rc == 0; pass++) {
+        if (pass == 1)
+            line = (const char *) zhashx_first(lines);
+        while (rc == 0) {
+            const char *key;
+            if (pass == 0) {
+                if (!item)
+                    break;
+                key = item->custom_id;
+                line = (const char *) zhashx_lookup(lines, key);
+                item = (llmq_jsonl_item_t *) zlistx_next(items);
+            }
+            else {
+                if (!line)
+                    break;
+                key = (const char *) zhashx_cursor(lines);
+            }
+            if (line && !zhashx_lookup(written, key)) {
+                zhashx_insert(written, key, (void *) line);
+                size_t size = strlen(line);
+                if (used + size > cap) {
+                    rc = s_write_all(fd, buffer, used);
+                    used = 0;
+                }
+                if (size > cap)
+                    rc = rc ? rc : s_write_all(fd, line, size);
+                else {
+                    memcpy(buffer + used, line, size);
+                    used += size;
+                }
+            }
+            if (pass == 1)
+                line = (const char *) zhashx_next(lines);
+        }
+    }
+    if (rc == 0 && used)
+        rc = s_write_all(fd, buffer, used);
+    if (rc == 0)
+        rc = fsync(fd);
+    if (close(fd) != 0)
+        rc = -1;
+    if (rc == 0)
+        rc = rename(temp, path);
+    if (rc != 0)
+        unlink(temp);
+    zhashx_destroy(&written);
+    free(buffer);
+    free(temp);
+    return rc;
+}
+
+//  --------------------------------------------------------------------------
+//  Appender
+
+llmq_jsonl_writer_t *
+llmq_jsonl_writer_new(const char *path)
+{
+    int fd = open(path, O_WRONLY | O_CREAT | O_APPEND, 0644);
+    if (fd < 0)
+        return NULL;
+    llmq_jsonl_writer_t *self = (llmq_jsonl_writer_t *) calloc(1, sizeof(*self));
+    if (!self) {
+        close(fd);
+        return NULL;
+    }
+    self->fd = fd;
+    self->last_sync = zclock_mono();
+    return self;
+}
+
+void
+llmq_jsonl_writer_destroy(llmq_jsonl_writer_t **self_p)
+{
+    if (self_p && *self_p) {
+        llmq_jsonl_writer_t *self = *self_p;
+        if (self->dirty)
+            fsync(self->fd);
+        close(self->fd);
+        free(self);
+        *self_p = NULL;
+    }
+}
+
+int
+llmq_jsonl_writer_write(llmq_jsonl_writer_t *self, const char *line)
+{
+    self->dirty = true;
+    return s_write_all(self->fd, line, strlen(line));
+}
+
+int
+llmq_jsonl_writer_sync(llmq_jsonl_writer_t *self, int interval_ms)
+{
+    int64_t now = zclock_mono();
+    if (!self->dirty || now - self->last_sync < interval_ms)
+        return 0;
+    self->last_sync = now;
+    self->dirty = false;
+    return fsync(self->fd);
+}
+
+//  --------------------------------------------------------------------------
+//  Selftest
+
+#define CHECK(cond)                                                          \
+    do {                                                                     \
+        if (!(cond)) {                                                       \
+            fprintf(stderr, "llmq_jsonl_test: %s:%d: %s\n", __FILE__,        \
+                    __LINE__, #cond);                                        \
+            failures++;                                                      \
+        }                                                                    \
+    } while (0)
+
+static llmq_jsonl_item_t *
+s_parse(const char *line, size_t line_no)
+{
+    return llmq_jsonl_parse_line(line, strlen(line), line_no);
+}
+
+int
+llmq_jsonl_test(bool verbose)
+{
+    (void) verbose;
+    int failures = 0;
+    printf(" * llmq_jsonl: ");
+
+    //  OpenAI Batch input lines.
+    llmq_jsonl_item_t *item = s_parse(
+        "{\"custom_id\":\"a1\",\"method\":\"POST\",\"url\":\"/v1/chat/completions\","
+        "\"body\":{\"model\":\"gpt-4o-mini\",\"messages\":[{\"role\":\"user\","
+        "\"content\":\"hi\"}]}}\n", 1);
+    CHECK(item && !item->error && streq(item->custom_id, "a1"));
+    CHECK(item->op == LLMQ_OP_CHAT && streq(item->model, "gpt-4o-mini"));
+    CHECK(cJSON_IsArray(cJSON_GetObjectItem(item->body, "messages")));
+    llmq_jsonl_item_destroy(&item);
+    item = s_parse("{\"custom_id\":\"e\",\"url\":\"/v1/embeddings\",\"body\":"
+                   "{\"input\":\"x\"}}", 2);
+    CHECK(item && !item->error && item->op == LLMQ_OP_EMBEDDING && !item->model);
+    llmq_jsonl_item_destroy(&item);
+    item = s_parse("{\"url\":\"/v1/completions\",\"body\":{\"prompt\":\"x\"}}\r\n", 7);
+    CHECK(item && !item->error && item->op == LLMQ_OP_COMPLETION);
+    CHECK(streq(item->custom_id, "line-7"));
+    llmq_jsonl_item_destroy(&item);
+    //  Prompt lines, messages lines, plain text.
+    item = s_parse("{\"prompt\":\"Why?\",\"max_tokens\":5,\"system\":\"be brief\"}", 3);
+    CHECK(item && !item->error && streq(item->custom_id, "line-3"));
+    cJSON *messages = cJSON_GetObjectItem(item->body, "messages");
+    CHECK(cJSON_GetArraySize(messages) == 2);
+    CHECK(streq(cJSON_GetObjectItem(cJSON_GetArrayItem(messages, 1), "content")->valuestring,
+                "Why?"));
+    CHECK(cJSON_GetObjectItem(item->body, "max_tokens")->valueint == 5);
+    llmq_jsonl_item_destroy(&item);
+    item = s_parse("{\"custom_id\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"q\"}]}", 4);
+    CHECK(item && !item->error && streq(item->custom_id, "m"));
+    CHECK(!cJSON_HasObjectItem(item->body, "custom_id"));
+    llmq_jsonl_item_destroy(&item);
+    item = s_parse("What is 2+2?\n", 5);
+    CHECK(item && !item->error && streq(item->custom_id, "line-5"));
+    messages = cJSON_GetObjectItem(item->body, "messages");
+    CHECK(streq(cJSON_GetObjectItem(cJSON_GetArrayItem(messages, 0), "content")->valuestring,
+                "What is 2+2?"));
+    llmq_jsonl_item_destroy(&item);
+    //  Bad lines become items with an error, never a crash.
+    const char *bad[] = {
+        "{\"custom_id\":",
+        "{\"custom_id\":5,\"prompt\":\"x\"}",
+        "{\"url\":\"/v1/images\",\"body\":{}}",
+        "{\"url\":\"/v1/chat/completions\",\"body\":[]}",
+        "{\"method\":\"GET\",\"url\":\"/v1/chat/completions\",\"body\":{}}",
+        "{\"prompt\":42}",
+        "{\"nothing\":true}",
+        "{\"prompt\":\"x\",\"model\":7}",
+        NULL};
+    for (int i = 0; bad[i]; i++) {
+        item = s_parse(bad[i], 10 + (size_t) i);
+        CHECK(item && item->error && !item->body);
+        if (item && !item->error)
+            fprintf(stderr, "accepted: %s\n", bad[i]);
+        llmq_jsonl_item_destroy(&item);
+    }
+    char nul_line[] = "ab\0cd";
+    item = llmq_jsonl_parse_line(nul_line, 5, 1);
+    CHECK(item && item->error);
+    llmq_jsonl_item_destroy(&item);
+
+    //  Output lines.
+    cJSON *body = cJSON_Parse("{\"id\":\"chatcmpl-1\",\"choices\":[]}");
+    char *line = llmq_jsonl_ok_line("a1", NULL, body);
+    cJSON *json = cJSON_Parse(line);
+    CHECK(line && line[strlen(line) - 1] == '\n' && !strchr(line, '\n')[1]);
+    CHECK(json && cJSON_IsNull(cJSON_GetObjectItem(json, "error")));
+    cJSON *response = cJSON_GetObjectItem(json, "response");
+    CHECK(cJSON_GetObjectItem(response, "status_code")->valueint == 200);
+    CHECK(streq(cJSON_GetObjectItem(response, "request_id")->valuestring, "chatcmpl-1"));
+    CHECK(strncmp(cJSON_GetObjectItem(json, "id")->valuestring, "batch_req_", 10) == 0);
+    cJSON_Delete(json);
+    cJSON_Delete(body);
+    free(line);
+    line = llmq_jsonl_error_line("b2", "r9", "invalid_request", "bad \"thing\"", 400);
+    json = cJSON_Parse(line);
+    CHECK(json && streq(cJSON_GetObjectItem(cJSON_GetObjectItem(json, "error"), "code")->valuestring,
+                        "invalid_request"));
+    CHECK(cJSON_GetObjectItem(cJSON_GetObjectItem(json, "response"), "status_code")->valueint == 400);
+    cJSON_Delete(json);
+    free(line);
+    line = llmq_jsonl_error_line("c3", NULL, "timeout", "gone", 0);
+    json = cJSON_Parse(line);
+    CHECK(json && cJSON_IsNull(cJSON_GetObjectItem(json, "response")));
+    cJSON_Delete(json);
+    free(line);
+
+    //  Resume: whole lines kept, a partial last line and garbage dropped.
+    char path[] = "/tmp/llmq-jsonl-test-XXXXXX";
+    int fd = mkstemp(path);
+    CHECK(fd >= 0);
+    close(fd);
+    llmq_jsonl_writer_t *writer = llmq_jsonl_writer_new(path);
+    CHECK(writer);
+    char *ok1 = llmq_jsonl_ok_line("x1", "r1", NULL);
+    char *err2 = llmq_jsonl_error_line("x2", "r2", "provider_error", "boom", 500);
+    char *ok3 = llmq_jsonl_ok_line("x3", "r3", NULL);
+    llmq_jsonl_writer_write(writer, ok3);
+    llmq_jsonl_writer_write(writer, err2);
+    llmq_jsonl_writer_write(writer, "not json\n");
+    llmq_jsonl_writer_write(writer, ok1);
+    llmq_jsonl_writer_write(writer, ok1);           //  duplicate: first wins
+    llmq_jsonl_writer_write(writer, "{\"id\":\"batch_req_1\",\"custom_id\":\"x4\",\"resp");
+    CHECK(llmq_jsonl_writer_sync(writer, 0) == 0);
+    llmq_jsonl_writer_destroy(&writer);
+    char err[256] = "";
+    size_t dropped = 0;
+    zhashx_t *lines = llmq_jsonl_scan_output(path, false, &dropped, err, sizeof(err));
+    CHECK(lines && zhashx_size(lines) == 3 && dropped == 3);
+    CHECK(zhashx_lookup(lines, "x1") && zhashx_lookup(lines, "x2"));
+    CHECK(!zhashx_lookup(lines, "x4"));
+    zhashx_destroy(&lines);
+    lines = llmq_jsonl_scan_output(path, true, &dropped, err, sizeof(err));
+    CHECK(lines && zhashx_size(lines) == 2 && !zhashx_lookup(lines, "x2"));
+
+    //  Ordered rewrite: input order, then foreign lines.
+    zlistx_t *items = zlistx_new();
+    zlistx_set_destructor(items, s_item_destructor);
+    const char *order[] = {"x1", "x9", "x2", NULL};    //  x3 is foreign
+    for (int i = 0; order[i]; i++) {
+        item = s_parse("hello", (size_t) i + 1);
+        free(item->custom_id);
+        item->custom_id = strdup(order[i]);
+        zlistx_add_end(items, item);
+    }
+    zhashx_insert(lines, "x2", strdup(err2));
+    CHECK(llmq_jsonl_write_ordered(path, items, lines) == 0);
+    FILE *file = fopen(path, "r");
+    char buffer[4096];
+    size_t size = fread(buffer, 1, sizeof(buffer) - 1, file);
+    buffer[size] = 0;
+    fclose(file);
+    size_t expect = strlen(ok1) + strlen(err2) + strlen(ok3);
+    CHECK(size == expect);
+    CHECK(strncmp(buffer, ok1, strlen(ok1)) == 0);
+    CHECK(strncmp(buffer + strlen(ok1), err2, strlen(err2)) == 0);
+    CHECK(strncmp(buffer + strlen(ok1) + strlen(err2), ok3, strlen(ok3)) == 0);
+    zlistx_destroy(&items);
+    zhashx_destroy(&lines);
+    free(ok1);
+    free(err2);
+    free(ok3);
+    unlink(path);
+
+    //  A missing output file is an empty table; a missing input is an error.
+    lines = llmq_jsonl_scan_output("/nonexistent/llmq/out.jsonl", false, &dropped,
+                                   err, sizeof(err));
+    CHECK(lines && zhashx_size(lines) == 0);
+    zhashx_destroy(&lines);
+    CHECK(llmq_jsonl_read_input("/nonexistent/llmq/in.jsonl", err, sizeof(err)) == NULL);
+    CHECK(strstr(err, "cannot open"));
+
+    printf(failures ? "FAILED\n" : "OK\n");
+    return failures ? 1 : 0;
+}

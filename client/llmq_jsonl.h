@@ -1,0 +1,97 @@
+/*  llmq_jsonl.h - JSONL files of `llmq run`: input lines, output lines,
+    resume.
+
+    Input lines (one request each; blank lines are skipped):
+      - OpenAI Batch API: {"custom_id", "method": "POST", "url", "body"};
+        url decides the op: /v1/chat/completions, /v1/completions,
+        /v1/embeddings;
+      - {"prompt": "...", "model"?, "system"?, "max_tokens"?,
+        "temperature"?, "custom_id"?}: a chat with one user message;
+      - {"messages": [...], ...}: a chat body as is;
+      - any line not starting with '{': the whole line is a user prompt.
+    A missing custom_id becomes "line-<n>" (n: 1-based line number). A line
+    that cannot be understood still becomes an item, with `error` set, so
+    that it is answered by an error line instead of aborting the run.
+
+    Output lines follow the OpenAI Batch output format:
+      {"id", "custom_id", "response": {"status_code", "request_id", "body"},
+       "error": null}
+    and for failures "response": null (or the provider's status and error
+    body) with "error": {"code", "message"}.
+
+    Ownership: items, lines and tables returned belong to the caller.
+*/
+#ifndef LLMQ_JSONL_H_INCLUDED
+#define LLMQ_JSONL_H_INCLUDED
+
+#include "llmq_client.h"
+#include <czmq.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/*  Longest custom_id accepted. */
+#define LLMQ_JSONL_MAX_ID 512
+
+typedef struct {
+    size_t line_no;            /* 1-based line number in the input */
+    char *custom_id;           /* given or "line-<n>" */
+    llmq_op_t op;              /* from url, default chat */
+    char *model;               /* body.model, or NULL */
+    cJSON *body;               /* request body (owned), NULL if error */
+    char *error;               /* why the line is unusable, or NULL */
+} llmq_jsonl_item_t;
+
+/*  Parse one input line (len bytes, no newline needed). Never NULL except
+    out of memory; a bad line comes back with error set. */
+llmq_jsonl_item_t *llmq_jsonl_parse_line(const char *line, size_t len,
+                                         size_t line_no);
+void llmq_jsonl_item_destroy(llmq_jsonl_item_t **self_p);
+
+/*  Read an input file into a list of items (the list owns them). Returns
+    NULL with a reason in err if the file cannot be read. */
+zlistx_t *llmq_jsonl_read_input(const char *path, char *err, size_t errlen);
+
+/*  Output lines, each ending with '\n'. request_id may be NULL. */
+char *llmq_jsonl_ok_line(const char *custom_id, const char *request_id,
+                         const cJSON *body);
+char *llmq_jsonl_error_line(const char *custom_id, const char *request_id,
+                            const char *code, const char *message,
+                            int status);
+/*  Output line for a client result. */
+char *llmq_jsonl_result_line(const char *custom_id, const llmq_result_t *result);
+
+/*  Resume: read an output file and keep its complete, valid lines (a
+    partial last line, as a kill leaves, and unparsable lines are dropped;
+    with retry_failed, error lines are dropped too so they run again).
+    Returns a table custom_id -> line (with '\n'; first wins), empty if the
+    file does not exist, NULL with err on a read error. dropped_p receives
+    how many lines were dropped. */
+zhashx_t *llmq_jsonl_scan_output(const char *path, bool retry_failed,
+                                 size_t *dropped_p, char *err, size_t errlen);
+
+/*  Write lines atomically to path (temp file, fsync, rename): first the
+    lines of the items in order (those present in `lines`), then any other
+    line of `lines` (kept so that nothing is lost). Returns 0 or -1. */
+int llmq_jsonl_write_ordered(const char *path, zlistx_t *items,
+                             zhashx_t *lines);
+
+/*  Appender: every line goes out in one write() on an O_APPEND fd, so a
+    kill leaves whole lines plus at most one partial line. */
+typedef struct _llmq_jsonl_writer_t llmq_jsonl_writer_t;
+llmq_jsonl_writer_t *llmq_jsonl_writer_new(const char *path);
+void llmq_jsonl_writer_destroy(llmq_jsonl_writer_t **self_p);
+int llmq_jsonl_writer_write(llmq_jsonl_writer_t *self, const char *line);
+/*  fsync if the last sync is older than interval_ms (0: now). */
+int llmq_jsonl_writer_sync(llmq_jsonl_writer_t *self, int interval_ms);
+
+/*  FNV-1a 64 of bytes (ids of output lines). */
+uint64_t llmq_jsonl_fnv1a(const void *data, size_t size);
+
+int llmq_jsonl_test(bool verbose);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,863 @@
+/*  main.c - the `llmq` command line: run, chat, status, ping.
+
+    `llmq run IN.jsonl -o OUT.jsonl` is the main job: it streams every input
+    line through the broker with a window of outstanding requests, appends
+    each result to OUT as it arrives (one whole line per write, so a kill
+    leaves a valid prefix), and when the run ends rewrites OUT in input
+    order (temp file + rename). A rerun skips custom_ids already in OUT.
+    With no --broker and no broker answering at the default endpoint, it
+    starts an embedded local cluster (llmq_cluster) and stops it at exit.
+
+    Exit codes (documented in --help and client/README.md):
+      0  every line ok          1  some lines failed (error lines written)
+      2  usage or config error  3  broker unreachable or other fatal error
+    130 interrupted (SIGINT/SIGTERM); OUT stays valid and resumable.
+*/
+#include "llmq.h"
+#include "llmq_cluster.h"
+#include "llmq_jsonl.h"
+#include "llmq_progress.h"
+
+#include <czmq.h>
+#include <getopt.h>
+#include <signal.h>
+#include <unistd.h>
+
+#define EXIT_OK 0
+#define EXIT_FAILED_LINES 1
+#define EXIT_USAGE 2
+#define EXIT_FATAL 3
+#define EXIT_INTERRUPTED 130
+
+static volatile sig_atomic_t s_interrupted = 0;
+
+static void
+s_on_signal(int signum)
+{
+    (void) signum;
+    s_interrupted = 1;
+}
+
+/*  Catch SIGINT/SIGTERM ourselves (not CZMQ's handler): blocking calls
+    return EINTR and the command winds down, stopping its cluster. */
+static void
+s_install_signals(void)
+{
+    zsys_init();
+    zsys_handler_set(NULL);
+    struct sigaction action;
+    memset(&action, 0, sizeof(action));
+    action.sa_handler = s_on_signal;
+    sigemptyset(&action.sa_mask);
+    sigaction(SIGINT, &action, NULL);
+    sigaction(SIGTERM, &action, NULL);
+    signal(SIGPIPE, SIG_IGN);
+}
+
+/*  Options shared by the commands. */
+typedef struct {
+    const char *broker;        /* --broker, or NULL */
+    const char *model;         /* --model, or NULL */
+    const char *config;        /* --config, or NULL */
+    const char *provider;      /* --provider for the embedded cluster */
+    const char *base_url;      /* --base-url for the embedded cluster */
+    const char *output;        /* run: -o */
+    int workers;               /* embedded cluster workers */
+    int capacity;              /* embedded cluster per-worker capacity */
+    int sim_latency_ms;        /* embedded llmq-sim latency */
+    int concurrency;           /* run: window */
+    int max_attempts;          /* broker dispatch attempts */
+    int64_t deadline_ms;       /* per-request deadline */
+    int timeout_ms;            /* broker liveness */
+    int give_up_s;             /* fail when the broker is silent this long */
+    bool quiet;                /* no progress bar, no summary */
+    bool retry_failed;         /* run: redo error lines of OUT */
+    bool verbose;              /* log more, children's stderr through */
+    bool json;                 /* status: raw JSON */
+    bool no_stream;            /* chat: wait for the whole answer */
+    const char *system;        /* chat: system prompt */
+    int max_tokens;            /* chat: max_tokens */
+} s_opts_t;
+
+enum {
+    OPT_BROKER = 1000, OPT_MODEL, OPT_CONFIG, OPT_PROVIDER, OPT_BASE_URL,
+    OPT_WORKERS, OPT_CAPACITY, OPT_SIM_LATENCY, OPT_CONCURRENCY,
+    OPT_MAX_ATTEMPTS, OPT_DEADLINE, OPT_TIMEOUT, OPT_GIVE_UP, OPT_QUIET,
+    OPT_RETRY_FAILED, OPT_VERBOSE, OPT_JSON, OPT_NO_STREAM, OPT_SYSTEM,
+    OPT_MAX_TOKENS, OPT_HELP
+};
+
+static const struct option s_long_options[] = {
+    {"broker", required_argument, NULL, OPT_BROKER},
+    {"model", required_argument, NULL, OPT_MODEL},
+    {"config", required_argument, NULL, OPT_CONFIG},
+    {"provider", required_argument, NULL, OPT_PROVIDER},
+    {"base-url", required_argument, NULL, OPT_BASE_URL},
+    {"workers", required_argument, NULL, OPT_WORKERS},
+    {"capacity", required_argument, NULL, OPT_CAPACITY},
+    {"sim-latency-ms", required_argument, NULL, OPT_SIM_LATENCY},
+    {"output", required_argument, NULL, 'o'},
+    {"concurrency", required_argument, NULL, OPT_CONCURRENCY},
+    {"max-attempts", required_argument, NULL, OPT_MAX_ATTEMPTS},
+    {"deadline-ms", required_argument, NULL, OPT_DEADLINE},
+    {"timeout", required_argument, NULL, OPT_TIMEOUT},
+    {"give-up", required_argument, NULL, OPT_GIVE_UP},
+    {"quiet", no_argument, NULL, OPT_QUIET},
+    {"retry-failed", no_argument, NULL, OPT_RETRY_FAILED},
+    {"verbose", no_argument, NULL, OPT_VERBOSE},
+    {"json", no_argument, NULL, OPT_JSON},
+    {"no-stream", no_argument, NULL, OPT_NO_STREAM},
+    {"system", required_argument, NULL, OPT_SYSTEM},
+    {"max-tokens", required_argument, NULL, OPT_MAX_TOKENS},
+    {"help", no_argument, NULL, OPT_HELP},
+    {NULL, 0, NULL, 0}};
+
+static const char *s_usage_main =
+    "usage: llmq <command> [options]\n"
+    "\n"
+    "Commands:\n"
+    "  run IN.jsonl -o OUT.jsonl   run every line of IN through the broker, write OUT\n"
+    "  chat \"prompt\"               ask one question, stream the answer\n"
+    "  status                      workers, queues and counters of a broker\n"
+    "  ping                        check that a broker answers\n"
+    "\n"
+    "Options: llmq <command> --help.  llmq --version prints the version.\n"
+    "With no --broker (and no LLMQ_BROKER), run and chat use the broker at\n"
+    LLMQ_DEFAULT_ENDPOINT " if one answers, else start an embedded local cluster\n"
+    "(broker + workers, and llmq-sim unless OPENAI_API_KEY is set).\n"
+    "\n"
+    "Exit codes: 0 ok; 1 some lines/requests failed; 2 usage or config error;\n"
+    "3 broker unreachable or other fatal error; 130 interrupted.\n";
+
+static const char *s_usage_cluster =
+    "Broker and embedded cluster:\n"
+    "  --broker EP          broker frontend (default: $LLMQ_BROKER, else "
+    LLMQ_DEFAULT_ENDPOINT "\n"
+    "                       if it answers, else an embedded local cluster)\n"
+    "  --model M            model (default: the input's, else the cluster's:\n"
+    "                       gpt-4o-mini for openai, sim-model for the simulator)\n"
+    "  --workers N          embedded cluster: worker processes (default 4)\n"
+    "  --capacity N         embedded cluster: requests in flight per worker\n"
+    "  --provider P         embedded cluster: openai, anthropic, echo, sim\n"
+    "                       (default: openai if OPENAI_API_KEY is set, else sim)\n"
+    "  --base-url URL       embedded cluster: provider URL (default OPENAI_BASE_URL)\n"
+    "  --config FILE        embedded cluster: YAML config for broker and workers\n"
+    "  --sim-latency-ms N   embedded llmq-sim latency (default 50)\n"
+    "  --timeout MS         broker liveness: reconnect and resend after MS of\n"
+    "                       silence (default 3000)\n"
+    "  --verbose            log reconnects; children's logs to stderr\n"
+    "  --help               this help\n";
+
+static void
+s_help(const char *command)
+{
+    if (!command) {
+        printf("%s", s_usage_main);
+        return;
+    }
+    if (streq(command, "run")) {
+        printf("usage: llmq run IN.jsonl -o OUT.jsonl [options]\n\n"
+               "Input lines: OpenAI Batch API {custom_id, method, url, body} (url:\n"
+               "/v1/chat/completions, /v1/completions, /v1/embeddings), or {\"prompt\": ...},\n"
+               "or {\"messages\": [...]}, or plain text (one prompt per line). A missing\n"
+               "custom_id is \"line-<n>\". Output: OpenAI Batch output lines {id, custom_id,\n"
+               "response {status_code, request_id, body}, error}, appended as results\n"
+               "arrive, rewritten in input order at the end. A failed line is an error\n"
+               "line. Rerunning skips custom_ids already in OUT (resume).\n\n"
+               "Run options:\n"
+               "  -o, --output OUT     output file (required)\n"
+               "  --concurrency N      requests outstanding at once (default 64)\n"
+               "  --max-attempts N     broker dispatch attempts per request\n"
+               "  --deadline-ms N      per-request deadline\n"
+               "  --retry-failed       on resume, run error lines of OUT again\n"
+               "  --give-up S          exit 3 if the broker is silent S seconds\n"
+               "                       (default 300; 0: never)\n"
+               "  --quiet              no progress bar and no summary\n\n%s\n"
+               "Exit codes: 0 all lines ok; 1 some lines failed; 2 usage/config error;\n"
+               "3 broker unreachable or fatal; 130 interrupted (rerun to resume).\n",
+               s_usage_cluster);
+    }
+    else if (streq(command, "chat")) {
+        printf("usage: llmq chat \"prompt\" [options]\n\n"
+               "Streams the answer to stdout as it is generated.\n\n"
+               "Chat options:\n"
+               "  --system TEXT        system prompt\n"
+               "  --max-tokens N       max_tokens\n"
+               "  --no-stream          wait for the whole answer\n\n%s",
+               s_usage_cluster);
+    }
+    else if (streq(command, "status")) {
+        printf("usage: llmq status [--broker EP] [--json]\n\n"
+               "Prints the broker's workers, queues and counters as tables.\n"
+               "  --broker EP          broker frontend (default %s)\n"
+               "  --json               print the raw status JSON\n"
+               "  --help               this help\n",
+               LLMQ_DEFAULT_ENDPOINT);
+    }
+    else if (streq(command, "ping")) {
+        printf("usage: llmq ping [--broker EP] [--timeout MS]\n\n"
+               "Pings the broker; prints its name, version and the round trip.\n"
+               "Exit 0 if it answered, 3 if not.\n"
+               "  --broker EP          broker frontend (default %s)\n"
+               "  --timeout MS         how long to wait (default 3000)\n"
+               "  --help               this help\n",
+               LLMQ_DEFAULT_ENDPOINT);
+    }
+}
+
+/*  Parse a non-negative integer option; -1 on error. */
+static long
+s_number(const char *text, const char *name)
+{
+    char *end = NULL;
+    long value = strtol(text, &end, 10);
+    if (!*text || *end || value < 0) {
+        fprintf(stderr, "llmq: %s wants a non-negative integer, not '%s'\n", name, text);
+        return -1;
+    }
+    return value;
+}
+
+/*  Parse options for a command; positional arguments stay in argv from
+    *first_p on. Returns 0, 1 (help printed), or -1 (usage error). */
+static int
+s_parse(const char *command, int argc, char **argv, s_opts_t *opts, int *first_p)
+{
+    optind = 1;
+    opterr = 0;
+    int c;
+    while ((c = getopt_long(argc, argv, "o:hq", s_long_options, NULL)) != -1) {
+        long n = 0;
+        switch (c) {
+        case OPT_BROKER: opts->broker = optarg; break;
+        case OPT_MODEL: opts->model = optarg; break;
+        case OPT_CONFIG: opts->config = optarg; break;
+        case OPT_PROVIDER: opts->provider = optarg; break;
+        case OPT_BASE_URL: opts->base_url = optarg; break;
+        case 'o': opts->output = optarg; break;
+        case OPT_SYSTEM: opts->system = optarg; break;
+        case OPT_QUIET:
+        case 'q': opts->quiet = true; break;
+        case OPT_RETRY_FAILED: opts->retry_failed = true; break;
+        case OPT_VERBOSE: opts->verbose = true; break;
+        case OPT_JSON: opts->json = true; break;
+        case OPT_NO_STREAM: opts->no_stream = true; break;
+        case OPT_HELP:
+        case 'h': s_help(command); return 1;
+        case OPT_WORKERS: case OPT_CAPACITY: case OPT_SIM_LATENCY:
+        case OPT_CONCURRENCY: case OPT_MAX_ATTEMPTS: case OPT_DEADLINE:
+        case OPT_TIMEOUT: case OPT_GIVE_UP: case OPT_MAX_TOKENS:
+            if ((n = s_number(optarg, argv[optind - 1])) < 0)
+                return -1;
+            if (c == OPT_WORKERS) opts->workers = (int) n;
+            if (c == OPT_CAPACITY) opts->capacity = (int) n;
+            if (c == OPT_SIM_LATENCY) opts->sim_latency_ms = (int) n;
+            if (c == OPT_CONCURRENCY) opts->concurrency = (int) n;
+            if (c == OPT_MAX_ATTEMPTS) opts->max_attempts = (int) n;
+            if (c == OPT_DEADLINE) opts->deadline_ms = n;
+            if (c == OPT_TIMEOUT) opts->timeout_ms = (int) n;
+            if (c == OPT_GIVE_UP) opts->give_up_s = (int) n;
+            if (c == OPT_MAX_TOKENS) opts->max_tokens = (int) n;
+            break;
+        case ':':
+            fprintf(stderr, "llmq %s: option %s needs a value\n", command, argv[optind - 1]);
+            return -1;
+        default:
+            fprintf(stderr, "llmq %s: unknown option '%s' (see llmq %s --help)\n",
+                    command, argv[optind - 1], command);
+            return -1;
+        }
+    }
+    if (opts->workers > 64) {
+        fprintf(stderr, "llmq: --workers is at most 64\n");
+        return -1;
+    }
+    *first_p = optind;
+    return 0;
+}
+
+//  --------------------------------------------------------------------------
+//  Connecting: the given broker, the default one, or an embedded cluster
+
+typedef struct {
+    llmq_client_t *client;     /* connected client */
+    llmq_cluster_t *cluster;   /* embedded cluster, or NULL */
+    char *model;               /* default model for lines without one */
+    bool simulated;            /* results come from llmq-sim */
+} s_conn_t;
+
+static void
+s_conn_close(s_conn_t *conn)
+{
+    llmq_client_destroy(&conn->client);
+    llmq_cluster_destroy(&conn->cluster);
+    free(conn->model);
+    conn->model = NULL;
+}
+
+/*  Learn the default model and whether the provider is simulated from the
+    broker's status: the first worker's first model. */
+static void
+s_learn_from_status(s_conn_t *conn)
+{
+    cJSON *status = llmq_client_status(conn->client, 2000);
+    cJSON *worker = NULL;
+    cJSON_ArrayForEach(worker, cJSON_GetObjectItem(status, "workers")) {
+        cJSON *provider = cJSON_GetObjectItem(worker, "provider");
+        if (cJSON_IsString(provider) && streq(provider->valuestring, "sim"))
+            conn->simulated = true;
+        cJSON *model = cJSON_GetArrayItem(cJSON_GetObjectItem(worker, "models"), 0);
+        if (!conn->model && cJSON_IsString(model))
+            conn->model = strdup(model->valuestring);
+    }
+    cJSON_Delete(status);
+}
+
+/*  Returns 0 or an exit code. allow_cluster: start one if no broker. */
+static int
+s_connect(const s_opts_t *opts, s_conn_t *conn, bool allow_cluster)
+{
+    const char *endpoint = opts->broker;
+    if (!endpoint && getenv("LLMQ_BROKER") && *getenv("LLMQ_BROKER"))
+        endpoint = getenv("LLMQ_BROKER");
+    if (!endpoint) {
+        //  Is a broker already listening at the default address?
+        llmq_client_t *probe = llmq_client_new(LLMQ_DEFAULT_ENDPOINT);
+        if (probe && llmq_client_ping(probe, 300, NULL) >= 0)
+            endpoint = LLMQ_DEFAULT_ENDPOINT;
+        llmq_client_destroy(&probe);
+    }
+    if (!endpoint && !allow_cluster)
+        endpoint = LLMQ_DEFAULT_ENDPOINT;
+    if (!endpoint) {
+        if (s_interrupted)
+            return EXIT_INTERRUPTED;
+        llmq_cluster_opts_t copts = {0};
+        copts.workers = opts->workers;
+        copts.capacity = opts->capacity;
+        copts.provider = opts->provider;
+        copts.base_url = opts->base_url;
+        copts.model = opts->model;
+        copts.config = opts->config;
+        copts.sim_latency_ms = opts->sim_latency_ms;
+        copts.verbose = opts->verbose;
+        char err[512] = "";
+        conn->cluster = llmq_cluster_new(&copts, err, sizeof(err));
+        if (!conn->cluster) {
+            if (s_interrupted)
+                return EXIT_INTERRUPTED;
+            fprintf(stderr, "llmq: cannot start the local cluster: %s\n", err);
+            return EXIT_FATAL;
+        }
+        endpoint = llmq_cluster_endpoint(conn->cluster);
+        conn->simulated = llmq_cluster_simulated(conn->cluster);
+        conn->model = strdup(llmq_cluster_model(conn->cluster));
+        if (!opts->quiet)
+            fprintf(stderr, "llmq: started a local cluster: broker %s, %d workers, "
+                            "provider %s%s, model %s\n",
+                    endpoint, opts->workers > 0 ? opts->workers : 4,
+                    llmq_cluster_provider(conn->cluster),
+                    conn->simulated ? " (llmq-sim, SIMULATED results)" : "",
+                    conn->model);
+    }
+    conn->client = llmq_client_new(endpoint);
+    if (!conn->client) {
+        fprintf(stderr, "llmq: bad broker endpoint '%s'\n", endpoint);
+        return EXIT_USAGE;
+    }
+    llmq_client_set_verbose(conn->client, opts->verbose);
+    if (opts->timeout_ms > 0)
+        llmq_client_set_timeout(conn->client, opts->timeout_ms);
+    int wait = opts->timeout_ms > 0 ? opts->timeout_ms : 5000;
+    if (llmq_client_ping(conn->client, wait, NULL) < 0) {
+        if (s_interrupted)
+            return EXIT_INTERRUPTED;
+        fprintf(stderr, "llmq: broker %s does not answer (waited %d ms)\n", endpoint, wait);
+        return EXIT_FATAL;
+    }
+    if (!conn->cluster)
+        s_learn_from_status(conn);
+    if (opts->model) {
+        free(conn->model);
+        conn->model = strdup(opts->model);
+    }
+    if (!conn->model)
+        conn->model = strdup("gpt-4o-mini");
+    return 0;
+}
+
+//  --------------------------------------------------------------------------
+//  llmq run
+
+static int
+s_cmd_run(s_opts_t *opts, int argc, char **argv)
+{
+    if (argc != 1 || !opts->output) {
+        fprintf(stderr, "llmq run: need one input file and -o OUT (see llmq run --help)\n");
+        return EXIT_USAGE;
+    }
+    const char *input = argv[0];
+    char err[512] = "";
+    zlistx_t *items = llmq_jsonl_read_input(input, err, sizeof(err));
+    if (!items) {
+        fprintf(stderr, "llmq run: %s\n", err);
+        return EXIT_USAGE;
+    }
+    size_t dropped = 0;
+    zhashx_t *lines = llmq_jsonl_scan_output(opts->output, opts->retry_failed, &dropped,
+                                             err, sizeof(err));
+    if (!lines) {
+        fprintf(stderr, "llmq run: %s\n", err);
+        zlistx_destroy(&items);
+        return EXIT_USAGE;
+    }
+    //  A kill leaves a partial last line: rewrite OUT with the whole lines
+    //  before appending to it.
+    if (dropped > 0 && llmq_jsonl_write_ordered(opts->output, items, lines) != 0) {
+        fprintf(stderr, "llmq run: cannot rewrite %s: %s\n", opts->output, strerror(errno));
+        zhashx_destroy(&lines);
+        zlistx_destroy(&items);
+        return EXIT_FATAL;
+    }
+
+    //  What is left to do: not in OUT yet, first occurrence of its custom_id.
+    size_t total_items = zlistx_size(items), resumed = 0, resumed_failed = 0, duplicates = 0;
+    llmq_jsonl_item_t **todo = (llmq_jsonl_item_t **) calloc(total_items + 1, sizeof(*todo));
+    size_t todo_count = 0;
+    zhashx_t *seen = zhashx_new();
+    llmq_jsonl_item_t *item = (llmq_jsonl_item_t *) zlistx_first(items);
+    while (item) {
+        if (zhashx_lookup(seen, item->custom_id)) {
+            duplicates++;
+            fprintf(stderr, "llmq run: line %zu: duplicate custom_id '%s' skipped\n",
+                    item->line_no, item->custom_id);
+        }
+        else {
+            zhashx_insert(seen, item->custom_id, item);
+            const char *line = (const char *) zhashx_lookup(lines, item->custom_id);
+            if (line) {
+                resumed++;
+                //  An error line kept by the resume is still a failed line.
+                if (!strstr(line, "\"error\":null"))
+                    resumed_failed++;
+            }
+            else
+                todo[todo_count++] = item;
+        }
+        item = (llmq_jsonl_item_t *) zlistx_next(items);
+    }
+    zhashx_destroy(&seen);
+
+    int rc = EXIT_OK;
+    s_conn_t conn = {0};
+    llmq_jsonl_writer_t *writer = NULL;
+    llmq_progress_t *progress = NULL;
+    if (todo_count > 0) {
+        rc = s_connect(opts, &conn, true);
+        if (rc != 0)
+            goto done;
+        writer = llmq_jsonl_writer_new(opts->output);
+        if (!writer) {
+            fprintf(stderr, "llmq run: cannot write %s: %s\n", opts->output, strerror(errno));
+            rc = EXIT_FATAL;
+            goto done;
+        }
+    }
+    progress = llmq_progress_new(todo_count, resumed,
+                                 !opts->quiet && isatty(STDERR_FILENO));
+    if (todo_count > 0) {
+        int window = opts->concurrency > 0 ? opts->concurrency : 64;
+        llmq_client_set_window(conn.client, (size_t) window);
+        int give_up_s = opts->give_up_s >= 0 ? opts->give_up_s : 300;
+        llmq_client_set_give_up(conn.client, give_up_s * 1000);
+        llmq_opts_t ropts = {0};
+        ropts.max_attempts = opts->max_attempts;
+        ropts.deadline_ms = opts->deadline_ms;
+        size_t next = 0, finished = 0;
+        bool unreachable = false;
+        uint64_t reconnects = 0;
+        while (finished < todo_count && !s_interrupted && !unreachable) {
+            //  Fill the window. Lines that failed to parse are answered here.
+            while (next < todo_count && llmq_client_outstanding(conn.client) < (size_t) window
+                   && !s_interrupted) {
+                item = todo[next++];
+                char *line = NULL;
+                llmq_result_t *failure = NULL;
+                if (!item->error) {
+                    const char *model = opts->model ? opts->model
+                                        : item->model ? item->model
+                                                      : conn.model;
+                    //  The body names the model the broker routes on.
+                    cJSON_DeleteItemFromObject(item->body, "model");
+                    cJSON_AddStringToObject(item->body, "model", model);
+                    if (llmq_client_submit(conn.client, item->op, model, item->body,
+                                           &ropts, item) == 0) {
+                        //  Sent: free the body now, the client keeps its own copy.
+                        cJSON_Delete(item->body);
+                        item->body = NULL;
+                        continue;
+                    }
+                    if (s_interrupted)
+                        break;
+                    line = llmq_jsonl_error_line(item->custom_id, NULL, "invalid_request",
+                                                 "request body could not be encoded", 0);
+                }
+                else
+                    line = llmq_jsonl_error_line(item->custom_id, NULL, "invalid_request",
+                                                 item->error, 0);
+                llmq_jsonl_writer_write(writer, line);
+                zhashx_update(lines, item->custom_id, line);
+                llmq_progress_add(progress, failure);
+                finished++;
+            }
+            llmq_result_t *result = llmq_client_poll(conn.client, 100);
+            while (result) {
+                item = (llmq_jsonl_item_t *) result->arg;
+                if (!result->ok && streq(result->error_code, "timeout")
+                    && result->error_message
+                    && streq(result->error_message, "broker unreachable")) {
+                    //  Not the line's fault: leave it out of OUT so a rerun
+                    //  runs it.
+                    unreachable = true;
+                }
+                else {
+                    char *line = llmq_jsonl_result_line(item->custom_id, result);
+                    if (line) {
+                        llmq_jsonl_writer_write(writer, line);
+                        zhashx_update(lines, item->custom_id, line);
+                    }
+                    llmq_progress_add(progress, result);
+                    finished++;
+                }
+                llmq_result_destroy(&result);
+                result = llmq_client_poll(conn.client, 0);
+            }
+            llmq_client_stats_t stats;
+            llmq_client_stats(conn.client, &stats);
+            if (stats.reconnects != reconnects) {
+                reconnects = stats.reconnects;
+                llmq_progress_note(progress, "broker silent: reconnected, resent");
+            }
+            llmq_jsonl_writer_sync(writer, 1000);
+            llmq_progress_draw(progress, false);
+        }
+        if (unreachable) {
+            llmq_progress_clear(progress);
+            fprintf(stderr, "llmq run: broker silent for %d s, giving up; rerun the "
+                            "same command to resume\n", give_up_s);
+            rc = EXIT_FATAL;
+        }
+        if (s_interrupted) {
+            llmq_progress_clear(progress);
+            fprintf(stderr, "llmq run: interrupted; %s holds the finished lines, rerun "
+                            "the same command to resume\n", opts->output);
+            rc = EXIT_INTERRUPTED;
+        }
+    }
+    llmq_jsonl_writer_destroy(&writer);
+    //  The final file: whole lines in input order, atomically replaced.
+    if (llmq_jsonl_write_ordered(opts->output, items, lines) != 0) {
+        fprintf(stderr, "llmq run: cannot rewrite %s in order: %s\n", opts->output,
+                strerror(errno));
+        rc = EXIT_FATAL;
+    }
+    size_t failed = llmq_progress_failed(progress) + duplicates + resumed_failed;
+    if (!opts->quiet)
+        llmq_progress_summary(progress, stdout, opts->output,
+                              conn.simulated ? "SIMULATED results (llmq-sim): no real "
+                                               "model was called"
+                                             : NULL);
+    if (rc == EXIT_OK && failed > 0)
+        rc = EXIT_FAILED_LINES;
+
+done:
+    llmq_progress_destroy(&progress);
+    llmq_jsonl_writer_destroy(&writer);
+    s_conn_close(&conn);
+    free(todo);
+    zhashx_destroy(&lines);
+    zlistx_destroy(&items);
+    return rc;
+}
+
+//  --------------------------------------------------------------------------
+//  llmq chat
+
+static void
+s_print_chunk(const char *id, const cJSON *chunk, const char *delta, void *arg)
+{
+    (void) id;
+    (void) chunk;
+    *(bool *) arg = true;
+    fputs(delta, stdout);
+    fflush(stdout);
+}
+
+static int
+s_cmd_chat(s_opts_t *opts, int argc, char **argv)
+{
+    if (argc < 1) {
+        fprintf(stderr, "llmq chat: need a prompt (see llmq chat --help)\n");
+        return EXIT_USAGE;
+    }
+    //  Several words without quotes are one prompt.
+    size_t size = 1;
+    for (int i = 0; i < argc; i++)
+        size += strlen(argv[i]) + 1;
+    char *prompt = (char *) calloc(1, size);
+    for (int i = 0; i < argc; i++) {
+        if (i)
+            strcat(prompt, " ");
+        strcat(prompt, argv[i]);
+    }
+    opts->quiet = true;     //  no cluster banner in the middle of an answer
+    s_conn_t conn = {0};
+    int rc = s_connect(opts, &conn, true);
+    if (rc != 0) {
+        free(prompt);
+        s_conn_close(&conn);
+        return rc;
+    }
+    llmq_client_set_give_up(conn.client, (opts->give_up_s > 0 ? opts->give_up_s : 60) * 1000);
+    cJSON *body = cJSON_CreateObject();
+    cJSON_AddStringToObject(body, "model", conn.model);
+    cJSON *messages = cJSON_AddArrayToObject(body, "messages");
+    if (opts->system) {
+        cJSON *system = cJSON_CreateObject();
+        cJSON_AddStringToObject(system, "role", "system");
+        cJSON_AddStringToObject(system, "content", opts->system);
+        cJSON_AddItemToArray(messages, system);
+    }
+    cJSON *user = cJSON_CreateObject();
+    cJSON_AddStringToObject(user, "role", "user");
+    cJSON_AddStringToObject(user, "content", prompt);
+    cJSON_AddItemToArray(messages, user);
+    if (opts->max_tokens > 0)
+        cJSON_AddNumberToObject(body, "max_tokens", opts->max_tokens);
+    bool streamed = false;
+    llmq_result_t *result = opts->no_stream
+                                ? llmq_infer(conn.client, LLMQ_OP_CHAT, conn.model, body, NULL)
+                                : llmq_stream(conn.client, conn.model, body, s_print_chunk,
+                                              &streamed);
+    if (!result)
+        rc = s_interrupted ? EXIT_INTERRUPTED : EXIT_FATAL;
+    else if (!result->ok) {
+        if (streamed)
+            printf("\n");
+        fprintf(stderr, "llmq chat: %s: %s\n", result->error_code,
+                result->error_message ? result->error_message : "");
+        rc = streq(result->error_code, "timeout") ? EXIT_FATAL : EXIT_FAILED_LINES;
+    }
+    else {
+        if (!streamed) {
+            const char *text = llmq_result_text(result);
+            fputs(text ? text : "", stdout);
+        }
+        printf("\n");
+        if (opts->verbose || conn.simulated)
+            fprintf(stderr, "[%s%s, %" PRId64 " tokens, $%.6f, %" PRId64 " ms%s]\n",
+                    conn.model, result->worker ? "" : "", result->total_tokens,
+                    result->cost_usd, result->elapsed_ms,
+                    conn.simulated ? ", SIMULATED by llmq-sim" : "");
+    }
+    llmq_result_destroy(&result);
+    cJSON_Delete(body);
+    free(prompt);
+    s_conn_close(&conn);
+    return rc;
+}
+
+//  --------------------------------------------------------------------------
+//  llmq status and ping
+
+static const char *
+s_json_text(cJSON *value, char *buffer, size_t size)
+{
+    buffer[0] = 0;
+    if (cJSON_IsString(value))
+        snprintf(buffer, size, "%s", value->valuestring);
+    else if (cJSON_IsBool(value))
+        snprintf(buffer, size, "%s", cJSON_IsTrue(value) ? "yes" : "no");
+    else if (cJSON_IsNumber(value)) {
+        if (value->valuedouble == (double) (int64_t) value->valuedouble)
+            snprintf(buffer, size, "%" PRId64, (int64_t) value->valuedouble);
+        else
+            snprintf(buffer, size, "%.3f", value->valuedouble);
+    }
+    else if (cJSON_IsArray(value)) {
+        cJSON *item;
+        size_t used = 0;
+        cJSON_ArrayForEach(item, value) {
+            char part[128];
+            s_json_text(item, part, sizeof(part));
+            used += (size_t) snprintf(buffer + used, used < size ? size - used : 0, "%s%s",
+                                      used ? "," : "", part);
+            if (used >= size)
+                break;
+        }
+    }
+    else if (value && !cJSON_IsNull(value)) {
+        char *text = cJSON_PrintUnformatted(value);
+        snprintf(buffer, size, "%s", text ? text : "");
+        free(text);
+    }
+    return buffer;
+}
+
+/*  Print an array of objects as a table with the given columns. */
+static void
+s_table(const char *title, cJSON *rows, const char *const *columns)
+{
+    int ncol = 0;
+    while (columns[ncol])
+        ncol++;
+    int width[16] = {0};
+    for (int c = 0; c < ncol; c++)
+        width[c] = (int) strlen(columns[c]);
+    char cell[256];
+    cJSON *row;
+    cJSON_ArrayForEach(row, rows)
+        for (int c = 0; c < ncol; c++) {
+            int len = (int) strlen(s_json_text(cJSON_GetObjectItem(row, columns[c]), cell,
+                                               sizeof(cell)));
+            if (len > width[c])
+                width[c] = len > 40 ? 40 : len;
+        }
+    printf("%s (%d)\n", title, cJSON_GetArraySize(rows));
+    if (cJSON_GetArraySize(rows) == 0) {
+        printf("  (none)\n\n");
+        return;
+    }
+    printf(" ");
+    for (int c = 0; c < ncol; c++) {
+        char upper[64];
+        snprintf(upper, sizeof(upper), "%s", columns[c]);
+        for (char *p = upper; *p; p++)
+            *p = (char) (*p == '_' ? '-' : toupper((unsigned char) *p));
+        printf(" %-*s", width[c], upper);
+    }
+    printf("\n");
+    cJSON_ArrayForEach(row, rows) {
+        printf(" ");
+        for (int c = 0; c < ncol; c++)
+            printf(" %-*.*s", width[c], width[c],
+                   s_json_text(cJSON_GetObjectItem(row, columns[c]), cell, sizeof(cell)));
+        printf("\n");
+    }
+    printf("\n");
+}
+
+static int
+s_cmd_status(s_opts_t *opts)
+{
+    s_conn_t conn = {0};
+    opts->quiet = true;
+    int rc = s_connect(opts, &conn, false);
+    if (rc != 0) {
+        s_conn_close(&conn);
+        return rc;
+    }
+    cJSON *status = llmq_client_status(conn.client, 3000);
+    if (!status) {
+        fprintf(stderr, "llmq status: no status reply from %s\n",
+                llmq_client_endpoint(conn.client));
+        s_conn_close(&conn);
+        return EXIT_FATAL;
+    }
+    if (opts->json) {
+        char *text = cJSON_Print(status);
+        printf("%s\n", text);
+        free(text);
+    }
+    else {
+        char buffer[256];
+        printf("broker %s", s_json_text(cJSON_GetObjectItem(status, "broker"), buffer,
+                                        sizeof(buffer)));
+        printf(" version %s", s_json_text(cJSON_GetObjectItem(status, "version"), buffer,
+                                          sizeof(buffer)));
+        cJSON *uptime = cJSON_GetObjectItem(status, "uptime_ms");
+        if (cJSON_IsNumber(uptime))
+            printf(", up %.1f s", uptime->valuedouble / 1000.0);
+        printf(" at %s\n\n", llmq_client_endpoint(conn.client));
+        const char *worker_columns[] = {"name", "pool", "provider", "models", "capacity",
+                                        "credit", "in_flight", "healthy", NULL};
+        s_table("workers", cJSON_GetObjectItem(status, "workers"), worker_columns);
+        const char *queue_columns[] = {"model", "pool", "depth", NULL};
+        s_table("queues", cJSON_GetObjectItem(status, "queues"), queue_columns);
+        cJSON *counters = cJSON_GetObjectItem(status, "counters");
+        printf("counters\n");
+        cJSON *counter;
+        cJSON_ArrayForEach(counter, counters)
+            printf("  %-16s %s\n", counter->string,
+                   s_json_text(counter, buffer, sizeof(buffer)));
+    }
+    cJSON_Delete(status);
+    s_conn_close(&conn);
+    return EXIT_OK;
+}
+
+static int
+s_cmd_ping(s_opts_t *opts)
+{
+    const char *endpoint = opts->broker ? opts->broker
+                           : getenv("LLMQ_BROKER") ? getenv("LLMQ_BROKER")
+                                                   : LLMQ_DEFAULT_ENDPOINT;
+    llmq_client_t *client = llmq_client_new(endpoint);
+    if (!client) {
+        fprintf(stderr, "llmq ping: bad endpoint '%s'\n", endpoint);
+        return EXIT_USAGE;
+    }
+    char *version = NULL;
+    int ms = llmq_client_ping(client, opts->timeout_ms > 0 ? opts->timeout_ms : 3000, &version);
+    llmq_client_destroy(&client);
+    if (ms < 0) {
+        fprintf(stderr, "llmq ping: no answer from %s\n", endpoint);
+        return s_interrupted ? EXIT_INTERRUPTED : EXIT_FATAL;
+    }
+    printf("pong from %s (%s) in %d ms\n", endpoint, version ? version : "?", ms);
+    free(version);
+    return EXIT_OK;
+}
+
+int
+main(int argc, char **argv)
+{
+    if (argc < 2) {
+        fprintf(stderr, "%s", s_usage_main);
+        return EXIT_USAGE;
+    }
+    const char *command = argv[1];
+    if (streq(command, "--help") || streq(command, "-h") || streq(command, "help")) {
+        s_help(argc > 2 ? argv[2] : NULL);
+        return EXIT_OK;
+    }
+    if (streq(command, "--version") || streq(command, "version")) {
+        printf("llmq %s\n", LLMQ_VERSION_STRING);
+        return EXIT_OK;
+    }
+    if (!streq(command, "run") && !streq(command, "chat") && !streq(command, "status")
+        && !streq(command, "ping")) {
+        fprintf(stderr, "llmq: unknown command '%s'\n\n%s", command, s_usage_main);
+        return EXIT_USAGE;
+    }
+    s_opts_t opts = {0};
+    opts.give_up_s = -1;
+    int first = 0;
+    int rc = s_parse(command, argc - 1, argv + 1, &opts, &first);
+    if (rc != 0)
+        return rc > 0 ? EXIT_OK : EXIT_USAGE;
+    s_install_signals();
+    int rest = argc - 1 - first;
+    char **args = argv + 1 + first;
+    if (streq(command, "run"))
+        rc = s_cmd_run(&opts, rest, args);
+    else if (streq(command, "chat"))
+        rc = s_cmd_chat(&opts, rest, args);
+    else if (streq(command, "status"))
+        rc = rest ? EXIT_USAGE : s_cmd_status(&opts);
+    else
+        rc = rest ? EXIT_USAGE : s_cmd_ping(&opts);
+    if (rc == EXIT_USAGE && rest && (streq(command, "status") || streq(command, "ping")))
+        fprintf(stderr, "llmq %s: takes no arguments\n", command);
+    return rc;
+}

@@ -1,0 +1,221 @@
+/*  llmq_client.h - the llmq client API: talk to an llmq broker.
+
+    A client is one DEALER socket connected to the broker's frontend, with a
+    stable random routing id. Requests are OpenAI-style bodies (JSON in, as a
+    cJSON tree or text); results carry the response body, token usage, cost,
+    latency, attempts and the worker that served them, or an error {code,
+    message, status, retryable} with the protocol's normalised codes.
+
+    Three ways to use it:
+      - synchronous: llmq_infer() sends one request and waits for its result;
+        llmq_stream() does the same and calls back for every streamed chunk;
+      - asynchronous: llmq_client_submit() keeps up to `window` requests
+        outstanding (it pumps the socket while the window is full), and
+        llmq_client_poll() hands back results as they complete (or a result
+        callback receives them);
+      - batch helper: llmq_infer_many() runs N requests through the window and
+        returns their results in input order.
+
+    Reliability (lazy pirate, with heartbeats): the client has no thread; all
+    work happens inside its calls. While requests are outstanding it pings
+    the broker whenever the broker has been silent for a second; if the broker
+    stays silent for the liveness timeout (default 3 s) the client closes its
+    socket, opens a new one with the SAME routing id and resends every
+    outstanding request. The broker ignores a resend of a request it still
+    has pending and a late duplicate answer is dropped by the client, so each
+    request gets exactly one result. A long generation is not a failure by
+    itself: only broker silence causes a resend. A request is never lost; the
+    optional give-up time (default: never) is the only way outstanding
+    requests fail without an answer.
+
+    Ownership: llmq_client_new() and every llmq_result_t returned belong to
+    the caller (llmq_result_destroy). `const` arguments are borrowed and
+    copied when kept. Results given to a result callback are borrowed: they
+    are destroyed when the callback returns.
+*/
+#ifndef LLMQ_CLIENT_H_INCLUDED
+#define LLMQ_CLIENT_H_INCLUDED
+
+#include <cjson/cJSON.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/*  Defaults. */
+#define LLMQ_DEFAULT_ENDPOINT "tcp://127.0.0.1:5555"
+#define LLMQ_CLIENT_WINDOW 256          /* outstanding requests */
+#define LLMQ_CLIENT_HEARTBEAT_MS 1000   /* ping when silent this long */
+#define LLMQ_CLIENT_TIMEOUT_MS 3000     /* broker dead when silent this long */
+
+typedef enum {
+    LLMQ_OP_CHAT = 0,
+    LLMQ_OP_COMPLETION,
+    LLMQ_OP_EMBEDDING
+} llmq_op_t;
+
+/*  One finished request. Fields that the broker did not send are 0/NULL. */
+typedef struct {
+    char *id;                  /* the client's request id */
+    void *arg;                 /* the caller's argument given at submit */
+    llmq_op_t op;              /* what was asked */
+    bool ok;                   /* true: body holds the response */
+    cJSON *body;               /* OpenAI-style response body (owned), or NULL */
+    int64_t prompt_tokens;     /* usage */
+    int64_t completion_tokens;
+    int64_t total_tokens;
+    double cost_usd;           /* cost as priced by the worker */
+    int64_t latency_ms;        /* broker: receive to answer */
+    int64_t elapsed_ms;        /* client: first send to result */
+    int attempts;              /* provider HTTP attempts (worker retries) */
+    int attempt;               /* broker dispatch attempt (requeues) */
+    int resends;               /* times this client resent it (reconnects) */
+    char *worker;              /* worker that answered, or NULL */
+    bool cached;               /* answered from the broker's cache */
+    char *error_code;          /* protocol code ("rate_limited"), NULL if ok */
+    char *error_message;       /* provider or broker message, never a secret */
+    int error_status;          /* provider HTTP status, 0 if none */
+    bool error_retryable;      /* the same request may succeed later */
+} llmq_result_t;
+
+/*  Streaming: called for each chunk in order. chunk is one OpenAI
+    `chat.completion.chunk` object (borrowed); delta is its first choice's
+    delta.content (or text), "" when none. */
+typedef void(llmq_chunk_fn)(const char *id, const cJSON *chunk,
+                            const char *delta, void *arg);
+
+/*  Result callback: result is borrowed and destroyed after the call. */
+typedef void(llmq_result_fn)(llmq_result_t *result, void *arg);
+
+/*  Per-request options; pass NULL for defaults. Zero fields mean "unset". */
+typedef struct {
+    const char *pool;          /* route to this provider pool */
+    int64_t deadline_ms;       /* relative deadline; 0: none */
+    int64_t priority;          /* higher first */
+    int max_attempts;          /* broker dispatch attempts; 0: broker default */
+    bool cache;                /* allow the broker's response cache */
+    const char *trace;         /* W3C traceparent */
+    llmq_chunk_fn *on_chunk;   /* non-NULL: ask for a stream */
+    void *chunk_arg;           /* argument for on_chunk */
+} llmq_opts_t;
+
+typedef struct _llmq_client_t llmq_client_t;
+
+/*  Counters, for progress displays and tests. */
+typedef struct {
+    uint64_t sent;             /* requests sent the first time */
+    uint64_t resent;           /* requests resent after a reconnect */
+    uint64_t reconnects;       /* sockets replaced */
+    uint64_t results;          /* results delivered */
+    uint64_t duplicates;       /* answers for ids no longer outstanding */
+    uint64_t pings;            /* pings sent */
+} llmq_client_stats_t;
+
+/*  Create a client connected to endpoint (NULL: LLMQ_DEFAULT_ENDPOINT).
+    Connecting is asynchronous: this succeeds even if no broker is up yet.
+    Returns NULL on a bad endpoint. */
+llmq_client_t *llmq_client_new(const char *endpoint);
+
+/*  Destroy the client; outstanding requests are abandoned (the broker still
+    runs them). NULLs *self_p. Idempotent. */
+void llmq_client_destroy(llmq_client_t **self_p);
+
+/*  Settings. timeout: broker liveness (ms, >= 100). window: max outstanding
+    requests (>= 1). give_up: fail outstanding requests with error `timeout`
+    after the broker has been silent this long (0: never, the default).
+    verbose: log reconnects and drops through zsys. */
+void llmq_client_set_timeout(llmq_client_t *self, int timeout_ms);
+void llmq_client_set_window(llmq_client_t *self, size_t window);
+void llmq_client_set_give_up(llmq_client_t *self, int give_up_ms);
+void llmq_client_set_verbose(llmq_client_t *self, bool verbose);
+
+/*  Deliver results to fn instead of the poll queue (NULL: back to polling). */
+void llmq_client_set_callback(llmq_client_t *self, llmq_result_fn *fn,
+                              void *arg);
+
+const char *llmq_client_endpoint(const llmq_client_t *self);
+const char *llmq_client_routing_id(const llmq_client_t *self);
+void llmq_client_stats(const llmq_client_t *self, llmq_client_stats_t *stats);
+
+/*  Ping the broker; returns the round trip in ms (>= 0) or -1 if no pong
+    came within timeout_ms. version_p, if not NULL, receives a fresh copy of
+    the broker's "name version" string on success. */
+int llmq_client_ping(llmq_client_t *self, int timeout_ms, char **version_p);
+
+/*  Ask for the broker's status; returns its JSON (caller owns) or NULL. */
+cJSON *llmq_client_status(llmq_client_t *self, int timeout_ms);
+
+/*  Submit one request. body is an OpenAI request body (copied). Blocks,
+    pumping the socket, while the window is full. Returns 0, or -1 on bad
+    arguments (the request is then not sent and no result will come).
+    arg comes back in the result, so the caller can match results to
+    requests without knowing ids. */
+int llmq_client_submit(llmq_client_t *self, llmq_op_t op, const char *model,
+                       const cJSON *body, const llmq_opts_t *opts, void *arg);
+
+/*  Same with the body as JSON text of len bytes. */
+int llmq_client_submit_text(llmq_client_t *self, llmq_op_t op,
+                            const char *model, const char *json, size_t len,
+                            const llmq_opts_t *opts, void *arg);
+
+/*  Next finished result (caller owns), waiting up to timeout_ms (-1: until
+    one is ready). Returns NULL on timeout, on interrupt, or at once when
+    nothing is outstanding and nothing is ready. */
+llmq_result_t *llmq_client_poll(llmq_client_t *self, int timeout_ms);
+
+/*  Pump until nothing is outstanding or timeout_ms passed (-1: no limit).
+    Returns the number still outstanding (0: all done). */
+size_t llmq_client_wait(llmq_client_t *self, int timeout_ms);
+
+/*  Requests sent and not answered yet; results ready for poll. */
+size_t llmq_client_outstanding(const llmq_client_t *self);
+size_t llmq_client_ready(const llmq_client_t *self);
+
+/*  Cancel an outstanding request by id; its result (error `cancelled`) still
+    arrives. Returns 0, or -1 if the id is not outstanding. */
+int llmq_client_cancel(llmq_client_t *self, const char *id);
+
+/*  Synchronous inference: send and wait for this request's result (other
+    results stay queued for poll). Returns NULL only on bad arguments or an
+    interrupt; failures come back as a result with ok == false. */
+llmq_result_t *llmq_infer(llmq_client_t *self, llmq_op_t op,
+                          const char *model, const cJSON *body,
+                          const llmq_opts_t *opts);
+llmq_result_t *llmq_infer_text(llmq_client_t *self, llmq_op_t op,
+                               const char *model, const char *json,
+                               const llmq_opts_t *opts);
+
+/*  Streaming chat: like llmq_infer, calling on_chunk for every chunk. */
+llmq_result_t *llmq_stream(llmq_client_t *self, const char *model,
+                           const cJSON *body, llmq_chunk_fn *on_chunk,
+                           void *arg);
+
+/*  Run count requests through the window; returns a new array of count
+    results in input order (free each with llmq_result_destroy, then the
+    array with free), or NULL on bad arguments or an interrupt. */
+llmq_result_t **llmq_infer_many(llmq_client_t *self, llmq_op_t op,
+                                const char *model,
+                                const cJSON *const *bodies, size_t count,
+                                const llmq_opts_t *opts);
+
+/*  Destroy a result; NULLs *self_p. Idempotent. */
+void llmq_result_destroy(llmq_result_t **self_p);
+
+/*  The answer's text: choices[0].message.content (chat), choices[0].text
+    (completion), or NULL (embeddings, failures). Borrowed from the body. */
+const char *llmq_result_text(const llmq_result_t *self);
+
+/*  "chat", "completion", "embedding"; and back (-1 if unknown). */
+const char *llmq_op_name(llmq_op_t op);
+int llmq_op_from_name(const char *name);
+
+/*  Self test against an in-process fake broker; returns 0 on success. */
+int llmq_client_test(bool verbose);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
