@@ -734,10 +734,11 @@ static int s_dec_int(s_decoder_t *d, llmq_field_t f, const llmq_mp_item_t *it)
 static int s_dec_scalar(s_decoder_t *d, llmq_field_t f,
                         const llmq_mp_item_t *it)
 {
-    s_value_t v = {.b = it->b};
+    s_value_t v = {.i = 0};
     if (s_fields[f].kind == S_BOOL) {
         if (it->kind != LLMQ_MP_BOOL)
             return s_wrong_type(d, f, "boolean");
+        v.b = it->b;
     } else if (it->kind == LLMQ_MP_FLOAT)
         v.d = it->d;
     else if (it->kind == LLMQ_MP_UINT)
