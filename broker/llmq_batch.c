@@ -1,0 +1,1677 @@
+/*  llmq_batch.c - the broker's batch manager (issue 8).
+
+    Design. Every batch the broker knows lives in the store; the batches that
+    are not finished (and any a client asked about) are also loaded here as
+    s_batch_t, with what only matters while the broker runs: the prefetched
+    pending items, the set of items in flight, the round-robin tick, and the
+    batch's provider jobs with the job.* task each has outstanding.
+
+    The manager is a set of event handlers (client message, worker result,
+    job message, tick) that each end in a consistent state, and writes to the
+    store in this order (docs/BATCHES.md, "Durability"):
+      - batch.open / add / close / cancel: committed before the ack goes out;
+      - job.submit: the job row is committed as `submitting` before the task
+        is returned to the broker, so a job is never sent unrecorded;
+      - job.status with a provider batch id: committed at once;
+      - job.results: committed per message, results are INSERT OR IGNORE so a
+        re-fetch after a crash never duplicates;
+      - realtime results: grouped (commit_every, or at the next tick); a crash
+        loses at most those, and their items are dispatched again (delivery is
+        at least once, as for single requests).
+
+    Fairness. Realtime dispatch takes the highest priority among batches that
+    have work the worker can serve, and among those the batch served longest
+    ago, so equal-priority batches interleave item by item. The broker asks
+    only when single requests leave credit unused, so batches never delay an
+    interactive request by more than the one dispatch in progress.
+*/
+#include "llmq_batch.h"
+
+#include <cjson/cJSON.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "llmq_batch_store.h"
+#include "llmq_value.h"
+
+/*  Job states (broker side, stored in jobs.state). */
+#define S_JOB_PENDING "pending"         /* created, never sent */
+#define S_JOB_SUBMITTING "submitting"   /* job.submit handed out */
+#define S_JOB_LOOKUP "lookup"           /* submit outcome unknown: ask */
+#define S_JOB_RUNNING "running"         /* provider batch id known */
+#define S_JOB_FETCHING "fetching"       /* provider finished: fetch */
+#define S_JOB_DONE "done"               /* results stored */
+#define S_JOB_FAILED "failed"           /* never ran; items re-routed */
+
+#define S_PREFETCH 256                  /* pending items loaded at once */
+#define S_MAX_PAYLOAD (60LL * 1024 * 1024)  /* job.submit under 64 MiB */
+
+/*  A pending realtime item, loaded from the store. */
+typedef struct {
+    int64_t index;
+    zframe_t *body;                     /* msgpack request body */
+} s_item_t;
+
+typedef struct _s_batch_t s_batch_t;
+
+/*  A provider job in memory: its row plus the task outstanding. */
+typedef struct {
+    llmq_batch_job_t row;               /* as stored */
+    s_batch_t *batch;                   /* owner (borrowed) */
+    llmq_msg_type_t task;               /* job.* outstanding, or INVALID */
+    int64_t task_sent_ms;               /* when that task was handed out */
+    int64_t next_ms;                    /* earliest time for the next task */
+    bool cancel_sent;                   /* job.cancel answered this run */
+} s_job_t;
+
+struct _s_batch_t {
+    llmq_batch_rec_t rec;               /* the stored row (kept in sync) */
+    bool dirty;                         /* rec changed since written */
+    bool dispatching;                   /* realtime items may go out */
+    int64_t scan_next;                  /* next index to scan for pending */
+    zlistx_t *ready;                    /* s_item_t *, in dispatch order */
+    zhashx_t *in_flight;                /* "index" -> s_item_t * (no body) */
+    uint64_t rr_tick;                   /* last served (round robin) */
+    zlistx_t *jobs;                     /* s_job_t *, by first item */
+    bool expired;                       /* window passed */
+};
+
+struct _llmq_batch_t {
+    llmq_batch_config_t cfg;            /* tunables */
+    llmq_batch_store_t *store;          /* the durable state */
+    zhashx_t *batches;                  /* wire id -> s_batch_t * (owns) */
+    zhashx_t *by_bid;                   /* "bid" -> s_batch_t * (borrowed) */
+    zhashx_t *jobs;                     /* job id -> s_job_t * (borrowed) */
+    llmq_batch_pool_fn *pool_fn;        /* batch_api pool lookup */
+    void *pool_arg;
+    uint64_t rr_clock;                  /* round-robin counter */
+    int64_t uncommitted;                /* realtime results in open tx */
+    uint32_t job_seq;                   /* for job ids */
+};
+
+/*  ---- small helpers ---------------------------------------------------- */
+
+static bool s_terminal(const char *state)
+{
+    return streq(state, "completed") || streq(state, "failed") ||
+           streq(state, "cancelled") || streq(state, "expired");
+}
+
+static void s_set_state(s_batch_t *b, const char *state, int64_t now_ms)
+{
+    if (!streq(b->rec.state, state)) {
+        snprintf(b->rec.state, sizeof b->rec.state, "%s", state);
+        b->rec.updated_ms = now_ms;
+        b->dirty = true;
+    }
+}
+
+static void s_item_destroy(void **item_p)
+{
+    s_item_t *item = *item_p;
+    if (item) {
+        zframe_destroy(&item->body);
+        free(item);
+        *item_p = NULL;
+    }
+}
+
+static void s_job_destroy(void **job_p)
+{
+    free(*job_p);
+    *job_p = NULL;
+}
+
+static void s_batch_destroy(void **batch_p)
+{
+    s_batch_t *b = *batch_p;
+    if (b) {
+        zlistx_destroy(&b->ready);
+        zhashx_destroy(&b->in_flight);
+        zlistx_destroy(&b->jobs);
+        free(b);
+        *batch_p = NULL;
+    }
+}
+
+static s_batch_t *s_batch_new(const llmq_batch_rec_t *rec)
+{
+    s_batch_t *b = calloc(1, sizeof *b);
+    if (!b)
+        return NULL;
+    b->rec = *rec;
+    b->ready = zlistx_new();
+    zlistx_set_destructor(b->ready, s_item_destroy);
+    b->in_flight = zhashx_new();
+    zhashx_set_destructor(b->in_flight, s_item_destroy);
+    b->jobs = zlistx_new();
+    zlistx_set_destructor(b->jobs, s_job_destroy);
+    return b;
+}
+
+/*  Seconds in a completion window such as "24h", "90m", "3600s", "2d";
+    -1 if malformed. */
+static int64_t s_window_s(const char *window)
+{
+    if (!window || !*window)
+        return 0;
+    char *end = NULL;
+    long long v = strtoll(window, &end, 10);
+    if (end == window || v <= 0 || v > 365LL * 24 * 3600)
+        return -1;
+    int64_t mult = 0;
+    if (streq(end, "s"))
+        mult = 1;
+    else if (streq(end, "m"))
+        mult = 60;
+    else if (streq(end, "h"))
+        mult = 3600;
+    else if (streq(end, "d"))
+        mult = 86400;
+    return mult ? v * mult : -1;
+}
+
+static void s_reply_error(zlist_t *replies, llmq_msg_t *req, llmq_err_t err,
+                          const char *batch, const char *message)
+{
+    llmq_msg_t *r = llmq_msg_new(LLMQ_MSG_ERROR);
+    llmq_msg_set_routing_id(r, llmq_msg_routing_id(req));
+    llmq_msg_set_code(r, llmq_err_name(err));
+    llmq_msg_set_message(r, message);
+    if (batch && strlen(batch) <= 64)
+        llmq_msg_set_batch(r, batch);
+    zlist_append(replies, r);
+}
+
+static llmq_msg_t *s_reply(zlist_t *replies, llmq_msg_t *req,
+                           llmq_msg_type_t type, const char *batch)
+{
+    llmq_msg_t *r = llmq_msg_new(type);
+    llmq_msg_set_routing_id(r, llmq_msg_routing_id(req));
+    llmq_msg_set_batch(r, batch);
+    zlist_append(replies, r);
+    return r;
+}
+
+static void s_fill_status(llmq_msg_t *r, const s_batch_t *b)
+{
+    llmq_msg_set_state(r, b->rec.state);
+    llmq_msg_set_counts_total(r, b->rec.total);
+    llmq_msg_set_counts_done(r, b->rec.done);
+    llmq_msg_set_counts_failed(r, b->rec.failed);
+    llmq_msg_set_usage_prompt_tokens(r, b->rec.prompt_tokens);
+    llmq_msg_set_usage_completion_tokens(r, b->rec.completion_tokens);
+    llmq_msg_set_usage_total_tokens(r, b->rec.prompt_tokens +
+                                           b->rec.completion_tokens);
+    llmq_msg_set_usage_cost_usd(r, b->rec.cost_usd);
+    if (*b->rec.mode)
+        llmq_msg_set_mode(r, b->rec.mode);
+}
+
+/*  Write dirty batch rows and commit. */
+int llmq_batch_flush(llmq_batch_t *self)
+{
+    int rc = 0;
+    for (s_batch_t *b = zhashx_first(self->batches); b;
+         b = zhashx_next(self->batches)) {
+        if (b->dirty) {
+            if (llmq_batch_store_begin(self->store) ||
+                llmq_batch_store_batch_update(self->store, &b->rec))
+                rc = -1;
+            else
+                b->dirty = false;
+        }
+    }
+    if (llmq_batch_store_commit(self->store))
+        rc = -1;
+    self->uncommitted = 0;
+    return rc;
+}
+
+/*  Store one result for batch b and account for it. from_provider applies
+    the Batch API price. Returns 1 stored, 0 duplicate, -1 error. */
+static int s_put_result(llmq_batch_t *self, s_batch_t *b,
+                        llmq_batch_result_t *res, bool from_provider,
+                        int64_t now_ms)
+{
+    if (from_provider)
+        res->cost_usd *= self->cfg.provider_price;
+    if (llmq_batch_store_begin(self->store))
+        return -1;
+    int rc = llmq_batch_store_result_put(self->store, b->rec.bid, res);
+    if (rc == 1) {
+        b->rec.done++;
+        if (!res->ok)
+            b->rec.failed++;
+        b->rec.prompt_tokens += res->prompt_tokens;
+        b->rec.completion_tokens += res->completion_tokens;
+        b->rec.cost_usd += res->cost_usd;
+        b->rec.updated_ms = now_ms;
+        b->dirty = true;
+    }
+    return rc;
+}
+
+/*  Error results for every item of b in [first, first + count) that has
+    none yet and is not in flight. */
+typedef struct {
+    llmq_batch_t *self;
+    s_batch_t *batch;
+    const char *code;
+    const char *message;
+    int64_t now_ms;
+    zlistx_t *indices;
+} s_fill_t;
+
+static int s_collect_fn(int64_t index, const char *custom_id,
+                        const void *body, size_t body_size, void *arg)
+{
+    (void)custom_id;
+    (void)body;
+    (void)body_size;
+    s_fill_t *f = arg;
+    char key[24];
+    snprintf(key, sizeof key, "%lld", (long long)index);
+    if (!zhashx_lookup(f->batch->in_flight, key))
+        zlistx_add_end(f->indices, (void *)(intptr_t)index);
+    return 0;
+}
+
+static void s_fail_pending(llmq_batch_t *self, s_batch_t *b, int64_t first,
+                           int64_t count, llmq_err_t err, const char *message,
+                           int64_t now_ms)
+{
+    s_fill_t f = { self, b, llmq_err_name(err), message, now_ms,
+                   zlistx_new() };
+    /*  Collect first: the store's read cursor must be finished before the
+        same connection writes. */
+    llmq_batch_store_item_each(self->store, b->rec.bid, first, count, true,
+                               s_collect_fn, &f);
+    for (void *p = zlistx_first(f.indices); p; p = zlistx_next(f.indices)) {
+        llmq_batch_result_t r = { .index = (int64_t)(intptr_t)p,
+                                  .ok = false,
+                                  .error_code = f.code,
+                                  .error_message = message,
+                                  .error_retryable = llmq_err_retryable(err) };
+        s_put_result(self, b, &r, false, now_ms);
+    }
+    zlistx_destroy(&f.indices);
+    /*  Items waiting in memory are now answered. */
+    zlistx_purge(b->ready);
+    b->scan_next = b->rec.total;
+}
+
+/*  Finish a batch when every item has a result (or the remainder must be
+    answered because it was cancelled or expired). */
+static void s_check_done(llmq_batch_t *self, s_batch_t *b, int64_t now_ms)
+{
+    if (s_terminal(b->rec.state) || !b->rec.closed)
+        return;
+    for (s_job_t *j = zlistx_first(b->jobs); j; j = zlistx_next(b->jobs))
+        if (!streq(j->row.state, S_JOB_DONE) &&
+            !streq(j->row.state, S_JOB_FAILED))
+            return;
+    bool cancelling = streq(b->rec.state, "cancelling");
+    if ((cancelling || b->expired) && b->rec.done < b->rec.total)
+        s_fail_pending(self, b, 0, -1,
+                       cancelling ? LLMQ_ERR_CANCELLED
+                                  : LLMQ_ERR_DEADLINE_EXCEEDED,
+                       cancelling ? "batch cancelled"
+                                  : "batch completion window expired",
+                       now_ms);
+    if (zhashx_size(b->in_flight) > 0 || b->rec.done < b->rec.total)
+        return;
+    s_set_state(b, cancelling ? "cancelled"
+                   : b->expired ? "expired"
+                                : "completed",
+                now_ms);
+    b->dispatching = false;
+    zlistx_purge(b->ready);
+}
+
+/*  ---- provider jobs: chunking -------------------------------------------- */
+
+typedef struct {
+    int64_t max_items;
+    int64_t max_bytes;                  /* estimated JSONL file bytes */
+    int64_t max_payload;                /* job.submit msgpack bytes */
+    int64_t first, count, bytes, payload;
+    zlistx_t *cuts;                     /* (first, count) pairs as intptr */
+} s_chunk_t;
+
+/*  A JSONL line is about the body as JSON plus the wrapper; JSON text is at
+    most ~2x its msgpack (numbers, escapes), so the estimate errs large. */
+static int64_t s_line_bytes(size_t body_size)
+{
+    return (int64_t)body_size * 2 + 160;
+}
+
+static int s_chunk_fn(int64_t index, const char *custom_id, const void *body,
+                      size_t body_size, void *arg)
+{
+    (void)custom_id;
+    (void)body;
+    s_chunk_t *c = arg;
+    int64_t line = s_line_bytes(body_size);
+    int64_t wire = (int64_t)body_size + 40;
+    if (c->count > 0 &&
+        (c->count + 1 > c->max_items || c->bytes + line > c->max_bytes ||
+         c->payload + wire > c->max_payload)) {
+        zlistx_add_end(c->cuts, (void *)(intptr_t)c->first);
+        zlistx_add_end(c->cuts, (void *)(intptr_t)c->count);
+        c->first = index;
+        c->count = c->bytes = c->payload = 0;
+    }
+    if (c->count == 0)
+        c->first = index;
+    c->count++;
+    c->bytes += line;
+    c->payload += wire;
+    return 0;
+}
+
+static s_job_t *s_job_attach(llmq_batch_t *self, s_batch_t *b,
+                             const llmq_batch_job_t *row)
+{
+    s_job_t *j = calloc(1, sizeof *j);
+    if (!j)
+        return NULL;
+    j->row = *row;
+    j->batch = b;
+    j->task = LLMQ_MSG_INVALID;
+    zlistx_add_end(b->jobs, j);
+    zhashx_insert(self->jobs, j->row.id, j);
+    return j;
+}
+
+/*  Cut a closed provider-mode batch into jobs and store them. */
+static int s_make_jobs(llmq_batch_t *self, s_batch_t *b, const char *pool,
+                       const char *provider, int64_t now_ms)
+{
+    bool anthropic = streq(provider, "anthropic");
+    s_chunk_t c = { 0 };
+    c.max_items = anthropic ? 100000 : 50000;
+    c.max_bytes = anthropic ? 256LL * 1000 * 1000 : 200LL * 1000 * 1000;
+    if (self->cfg.max_job_items > 0 && self->cfg.max_job_items < c.max_items)
+        c.max_items = self->cfg.max_job_items;
+    if (self->cfg.max_job_bytes > 0 && self->cfg.max_job_bytes < c.max_bytes)
+        c.max_bytes = self->cfg.max_job_bytes;
+    c.max_payload = S_MAX_PAYLOAD;
+    c.cuts = zlistx_new();
+    if (llmq_batch_store_item_each(self->store, b->rec.bid, 0, -1, false,
+                                   s_chunk_fn, &c) < 0) {
+        zlistx_destroy(&c.cuts);
+        return -1;
+    }
+    if (c.count > 0) {
+        zlistx_add_end(c.cuts, (void *)(intptr_t)c.first);
+        zlistx_add_end(c.cuts, (void *)(intptr_t)c.count);
+    }
+    if (llmq_batch_store_begin(self->store)) {
+        zlistx_destroy(&c.cuts);
+        return -1;
+    }
+    int rc = 0;
+    int n = 0;
+    for (void *p = zlistx_first(c.cuts); p; p = zlistx_next(c.cuts)) {
+        llmq_batch_job_t row = { 0 };
+        /*  Unique over the store's life, even if a bid is reused after a
+            delete: bid, ordinal and a per-process sequence mixed with the
+            clock. */
+        snprintf(row.id, sizeof row.id, "j%lld.%d.%x%04x",
+                 (long long)b->rec.bid, n++, (unsigned)(now_ms & 0xffffff),
+                 (unsigned)(++self->job_seq & 0xffff));
+        row.bid = b->rec.bid;
+        snprintf(row.pool, sizeof row.pool, "%s", pool);
+        snprintf(row.provider, sizeof row.provider, "%s", provider);
+        snprintf(row.state, sizeof row.state, S_JOB_PENDING);
+        row.first = (int64_t)(intptr_t)p;
+        p = zlistx_next(c.cuts);
+        row.count = (int64_t)(intptr_t)p;
+        row.updated_ms = now_ms;
+        if (llmq_batch_store_job_insert(self->store, &row) ||
+            !s_job_attach(self, b, &row)) {
+            rc = -1;
+            break;
+        }
+    }
+    zlistx_destroy(&c.cuts);
+    snprintf(b->rec.pool, sizeof b->rec.pool, "%s", pool);
+    snprintf(b->rec.provider, sizeof b->rec.provider, "%s", provider);
+    b->dirty = true;
+    return rc;
+}
+
+/*  ---- lifecycle --------------------------------------------------------- */
+
+void llmq_batch_config_defaults(llmq_batch_config_t *cfg)
+{
+    memset(cfg, 0, sizeof *cfg);
+    cfg->auto_threshold = 1000;
+    cfg->provider_price = 0.5;
+    cfg->poll_interval_ms = 30000;
+    cfg->task_timeout_ms = 120000;
+    cfg->max_tasks_per_pool = 4;
+    cfg->resubmit_failed = true;
+    cfg->results_max_items = 1000;
+    cfg->results_max_bytes = 4 * 1024 * 1024;
+    cfg->commit_every = 512;
+}
+
+static void s_index_batch(llmq_batch_t *self, s_batch_t *b)
+{
+    char key[24];
+    snprintf(key, sizeof key, "%lld", (long long)b->rec.bid);
+    zhashx_insert(self->batches, b->rec.id, b);
+    zhashx_insert(self->by_bid, key, b);
+}
+
+typedef struct {
+    llmq_batch_t *self;
+    int64_t now_ms;
+    zlistx_t *loaded;
+} s_resume_t;
+
+static int s_resume_batch_fn(const llmq_batch_rec_t *rec, void *arg)
+{
+    s_resume_t *r = arg;
+    if (s_terminal(rec->state))
+        return 0;
+    s_batch_t *b = s_batch_new(rec);
+    if (!b)
+        return -1;
+    s_index_batch(r->self, b);
+    zlistx_add_end(r->loaded, b);
+    return 0;
+}
+
+static int s_resume_job_fn(const llmq_batch_job_t *row, void *arg)
+{
+    s_resume_t *r = arg;
+    char key[24];
+    snprintf(key, sizeof key, "%lld", (long long)row->bid);
+    s_batch_t *b = zhashx_lookup(r->self->by_bid, key);
+    if (!b)
+        return 0;
+    s_job_t *j = s_job_attach(r->self, b, row);
+    if (j && streq(j->row.state, S_JOB_SUBMITTING)) {
+        /*  We crashed between recording the job and learning its provider
+            batch id: the submit may or may not have reached the provider.
+            Ask (job.poll by job tag) before any resubmission. */
+        snprintf(j->row.state, sizeof j->row.state, S_JOB_LOOKUP);
+    }
+    return 0;
+}
+
+llmq_batch_t *llmq_batch_new(const char *path, const llmq_batch_config_t *cfg,
+                             int64_t now_ms)
+{
+    llmq_batch_t *self = calloc(1, sizeof *self);
+    if (!self)
+        return NULL;
+    if (cfg)
+        self->cfg = *cfg;
+    else
+        llmq_batch_config_defaults(&self->cfg);
+    self->store = llmq_batch_store_new(path);
+    if (!self->store) {
+        free(self);
+        return NULL;
+    }
+    self->batches = zhashx_new();
+    zhashx_set_destructor(self->batches, s_batch_destroy);
+    self->by_bid = zhashx_new();
+    self->jobs = zhashx_new();
+
+    /*  Resume: load unfinished batches and their jobs; realtime items
+        without a result are pending again (their dispatch was not
+        recorded, by design), counts are recomputed from the results. */
+    s_resume_t r = { self, now_ms, zlistx_new() };
+    llmq_batch_store_batch_each(self->store, s_resume_batch_fn, &r);
+    llmq_batch_store_job_each(self->store, 0, s_resume_job_fn, &r);
+    for (s_batch_t *b = zlistx_first(r.loaded); b; b = zlistx_next(r.loaded)) {
+        int64_t done = 0, failed = 0;
+        if (llmq_batch_store_result_count(self->store, b->rec.bid, &done,
+                                          &failed) == 0 &&
+            (done != b->rec.done || failed != b->rec.failed)) {
+            b->rec.done = done;
+            b->rec.failed = failed;
+            b->dirty = true;
+        }
+        if (streq(b->rec.mode, "realtime"))
+            b->dispatching = true;
+        else if (streq(b->rec.mode, "provider") && b->rec.closed &&
+                 zlistx_size(b->jobs) > 0) {
+            /*  A provider batch whose jobs all ended may have a realtime
+                tail of retried items. */
+            bool open = false;
+            for (s_job_t *j = zlistx_first(b->jobs); j;
+                 j = zlistx_next(b->jobs))
+                if (!streq(j->row.state, S_JOB_DONE) &&
+                    !streq(j->row.state, S_JOB_FAILED))
+                    open = true;
+            if (!open && self->cfg.resubmit_failed)
+                b->dispatching = true;
+        }
+        s_check_done(self, b, now_ms);
+    }
+    zlistx_destroy(&r.loaded);
+    llmq_batch_flush(self);
+    return self;
+}
+
+void llmq_batch_destroy(llmq_batch_t **self_p)
+{
+    if (!self_p || !*self_p)
+        return;
+    llmq_batch_t *self = *self_p;
+    llmq_batch_flush(self);
+    zhashx_destroy(&self->jobs);
+    zhashx_destroy(&self->by_bid);
+    zhashx_destroy(&self->batches);
+    llmq_batch_store_destroy(&self->store);
+    free(self);
+    *self_p = NULL;
+}
+
+void llmq_batch_set_pool_fn(llmq_batch_t *self, llmq_batch_pool_fn *fn,
+                            void *arg)
+{
+    self->pool_fn = fn;
+    self->pool_arg = arg;
+}
+
+/*  Find a batch, loading a finished one from the store on demand. */
+static s_batch_t *s_lookup(llmq_batch_t *self, const char *id)
+{
+    s_batch_t *b = zhashx_lookup(self->batches, id);
+    if (b)
+        return b;
+    llmq_batch_rec_t rec;
+    if (llmq_batch_store_batch_get(self->store, id, &rec))
+        return NULL;
+    b = s_batch_new(&rec);
+    if (b)
+        s_index_batch(self, b);
+    return b;
+}
+
+/*  ---- client messages ---------------------------------------------------- */
+
+static void s_handle_open(llmq_batch_t *self, llmq_msg_t *msg,
+                          zlist_t *replies, int64_t now_ms)
+{
+    const char *id = llmq_msg_batch(msg);
+    const char *mode = llmq_msg_mode(msg);
+    const char *op = llmq_msg_op(msg) ? llmq_msg_op(msg) : "chat";
+    const char *pool = llmq_msg_pool(msg) ? llmq_msg_pool(msg) : "";
+    const char *window = llmq_msg_completion_window(msg)
+                             ? llmq_msg_completion_window(msg)
+                             : "";
+    if (!*id) {
+        s_reply_error(replies, msg, LLMQ_ERR_INVALID_REQUEST, id,
+                      "batch id is empty");
+        return;
+    }
+    if (!streq(mode, "auto") && !streq(mode, "realtime") &&
+        !streq(mode, "provider")) {
+        s_reply_error(replies, msg, LLMQ_ERR_INVALID_REQUEST, id,
+                      "mode must be auto, realtime or provider");
+        return;
+    }
+    if (!streq(op, "chat") && !streq(op, "completion") &&
+        !streq(op, "embedding")) {
+        s_reply_error(replies, msg, LLMQ_ERR_INVALID_REQUEST, id,
+                      "op must be chat, completion or embedding");
+        return;
+    }
+    int64_t window_s = s_window_s(window);
+    if (window_s < 0) {
+        s_reply_error(replies, msg, LLMQ_ERR_INVALID_REQUEST, id,
+                      "completion_window must look like 24h, 90m or 2d");
+        return;
+    }
+    s_batch_t *b = s_lookup(self, id);
+    if (b) {
+        /*  A resend of the same open is acknowledged again; anything else
+            under an existing id is refused. */
+        if (streq(b->rec.requested_mode, mode) &&
+            streq(b->rec.model, llmq_msg_model(msg)) &&
+            streq(b->rec.op, op) && streq(b->rec.pool, pool))
+            s_reply(replies, msg, LLMQ_MSG_BATCH_ACK, id);
+        else
+            s_reply_error(replies, msg, LLMQ_ERR_INVALID_REQUEST, id,
+                          "a batch with this id exists");
+        return;
+    }
+    llmq_batch_rec_t rec = { 0 };
+    snprintf(rec.id, sizeof rec.id, "%s", id);
+    snprintf(rec.requested_mode, sizeof rec.requested_mode, "%s", mode);
+    if (!streq(mode, "auto"))
+        snprintf(rec.mode, sizeof rec.mode, "%s", mode);
+    snprintf(rec.model, sizeof rec.model, "%s", llmq_msg_model(msg));
+    snprintf(rec.pool, sizeof rec.pool, "%s", pool);
+    snprintf(rec.op, sizeof rec.op, "%s", op);
+    snprintf(rec.state, sizeof rec.state, "validating");
+    snprintf(rec.completion_window, sizeof rec.completion_window, "%s",
+             window);
+    zframe_t *rid = llmq_msg_routing_id(msg);
+    if (rid && zframe_size(rid) * 2 < sizeof rec.client) {
+        char *hex = zframe_strhex(rid);
+        snprintf(rec.client, sizeof rec.client, "%s", hex);
+        free(hex);
+    }
+    rec.priority = llmq_msg_priority(msg);
+    rec.created_ms = rec.updated_ms = now_ms;
+    rec.deadline_ms = window_s > 0 ? now_ms + window_s * 1000 : 0;
+    if (llmq_batch_flush(self) || llmq_batch_store_begin(self->store) ||
+        llmq_batch_store_batch_insert(self->store, &rec) ||
+        llmq_batch_flush(self)) {
+        llmq_batch_store_rollback(self->store);
+        s_reply_error(replies, msg, LLMQ_ERR_INTERNAL, id,
+                      "batch store write failed");
+        return;
+    }
+    b = s_batch_new(&rec);
+    s_index_batch(self, b);
+    b->dispatching = streq(rec.mode, "realtime");
+    s_reply(replies, msg, LLMQ_MSG_BATCH_ACK, id);
+}
+
+typedef struct {
+    llmq_batch_t *self;
+    s_batch_t *batch;
+    int64_t next;                       /* next index to assign */
+    int failed;
+} s_add_t;
+
+static int s_add_fn(const char *custom_id, const void *body, size_t body_size,
+                    void *arg)
+{
+    s_add_t *a = arg;
+    if (llmq_batch_store_item_insert(a->self->store, a->batch->rec.bid,
+                                     a->next, custom_id, body, body_size)) {
+        a->failed = 1;
+        return 1;
+    }
+    a->next++;
+    return 0;
+}
+
+static void s_handle_add(llmq_batch_t *self, llmq_msg_t *msg,
+                         zlist_t *replies, int64_t now_ms)
+{
+    const char *id = llmq_msg_batch(msg);
+    s_batch_t *b = s_lookup(self, id);
+    if (!b) {
+        s_reply_error(replies, msg, LLMQ_ERR_NOT_FOUND, id, "unknown batch");
+        return;
+    }
+    int64_t seq = llmq_msg_seq(msg);
+    int64_t first = 0, accepted = 0;
+    if (llmq_batch_store_add_lookup(self->store, b->rec.bid, seq, &first,
+                                    &accepted) == 0) {
+        /*  A resend (the client lost our ack): same answer, nothing
+            stored twice. */
+        llmq_msg_t *r = s_reply(replies, msg, LLMQ_MSG_BATCH_ACK, id);
+        llmq_msg_set_seq(r, seq);
+        llmq_msg_set_accepted(r, accepted);
+        return;
+    }
+    if (b->rec.closed || s_terminal(b->rec.state) ||
+        streq(b->rec.state, "cancelling")) {
+        s_reply_error(replies, msg, LLMQ_ERR_INVALID_REQUEST, id,
+                      "batch is closed");
+        return;
+    }
+    zframe_t *payload = llmq_msg_payload(msg);
+    char err[128] = "";
+    /*  Validate the whole array before storing anything: a batch.add is
+        all or nothing. */
+    long n = payload ? llmq_value_each_item(zframe_data(payload),
+                                            zframe_size(payload), NULL, NULL,
+                                            err, sizeof err)
+                     : -1;
+    if (n < 0) {
+        char text[200];
+        snprintf(text, sizeof text, "bad items: %s", *err ? err : "none");
+        s_reply_error(replies, msg, LLMQ_ERR_INVALID_REQUEST, id, text);
+        return;
+    }
+    s_add_t a = { self, b, b->rec.total, 0 };
+    /*  Commit pending realtime results first: a rollback below must undo
+        this add only. */
+    if (llmq_batch_flush(self) == 0 && llmq_batch_store_begin(self->store) == 0)
+        llmq_value_each_item(zframe_data(payload), zframe_size(payload),
+                             s_add_fn, &a, NULL, 0);
+    else
+        a.failed = 1;
+    if (!a.failed &&
+        llmq_batch_store_add_record(self->store, b->rec.bid, seq,
+                                    b->rec.total, n) == 0) {
+        int64_t old_total = b->rec.total;
+        b->rec.total += n;
+        b->rec.updated_ms = now_ms;
+        b->dirty = true;
+        if (llmq_batch_flush(self) == 0) {
+            llmq_msg_t *r = s_reply(replies, msg, LLMQ_MSG_BATCH_ACK, id);
+            llmq_msg_set_seq(r, seq);
+            llmq_msg_set_accepted(r, n);
+            return;
+        }
+        b->rec.total = old_total;
+    }
+    /*  Whatever was written is undone; the client may resend. */
+    llmq_batch_store_rollback(self->store);
+    b->dirty = false;
+    s_reply_error(replies, msg, LLMQ_ERR_INTERNAL, id,
+                  "batch store write failed");
+}
+
+/*  Decide auto mode and prepare a closed batch for running. */
+static void s_start(llmq_batch_t *self, s_batch_t *b, int64_t now_ms)
+{
+    char pool[129] = "", provider[33] = "";
+    bool has_pool = self->pool_fn &&
+                    self->pool_fn(b->rec.model, b->rec.pool, pool,
+                                  sizeof pool, provider, sizeof provider,
+                                  self->pool_arg);
+    if (streq(b->rec.requested_mode, "auto")) {
+        /*  Provider batches finish within the provider's 24 h window: a
+            client window shorter than that rules them out. */
+        int64_t window = s_window_s(b->rec.completion_window);
+        bool window_ok = window == 0 || window >= 24 * 3600;
+        bool provider_mode = has_pool && b->rec.total >=
+                                             self->cfg.auto_threshold &&
+                             window_ok;
+        snprintf(b->rec.mode, sizeof b->rec.mode, "%s",
+                 provider_mode ? "provider" : "realtime");
+        b->dirty = true;
+    }
+    if (b->rec.total == 0) {
+        s_check_done(self, b, now_ms);
+        return;
+    }
+    if (streq(b->rec.mode, "realtime")) {
+        b->dispatching = true;
+        s_set_state(b, "in_progress", now_ms);
+    }
+    else if (has_pool) {
+        if (s_make_jobs(self, b, pool, provider, now_ms) == 0)
+            s_set_state(b, "queued", now_ms);
+    }
+    else
+        /*  Provider mode requested and no batch_api pool yet: queued until
+            one joins (tick retries). */
+        s_set_state(b, "queued", now_ms);
+}
+
+static void s_handle_close(llmq_batch_t *self, llmq_msg_t *msg,
+                           zlist_t *replies, int64_t now_ms)
+{
+    const char *id = llmq_msg_batch(msg);
+    s_batch_t *b = s_lookup(self, id);
+    if (!b) {
+        s_reply_error(replies, msg, LLMQ_ERR_NOT_FOUND, id, "unknown batch");
+        return;
+    }
+    if (!b->rec.closed) {
+        b->rec.closed = true;
+        b->rec.updated_ms = now_ms;
+        b->dirty = true;
+        if (!s_terminal(b->rec.state) && !streq(b->rec.state, "cancelling"))
+            s_start(self, b, now_ms);
+        s_check_done(self, b, now_ms);
+        if (llmq_batch_flush(self)) {
+            s_reply_error(replies, msg, LLMQ_ERR_INTERNAL, id,
+                          "batch store write failed");
+            return;
+        }
+    }
+    llmq_msg_t *r = s_reply(replies, msg, LLMQ_MSG_BATCH_ACK, id);
+    llmq_msg_set_count(r, b->rec.total);
+}
+
+typedef struct {
+    llmq_packer_t *entries;             /* packed result maps, concatenated */
+    int64_t count;
+    int64_t bytes;
+    int64_t max_items;
+    int64_t max_bytes;
+    int64_t next;                       /* cursor after the last packed */
+} s_results_t;
+
+static int s_results_fn(const llmq_batch_result_t *r, void *arg)
+{
+    s_results_t *c = arg;
+    int64_t size = (int64_t)r->body_size + 128 +
+                   (r->error_message ? (int64_t)strlen(r->error_message) : 0);
+    if (c->count >= c->max_items ||
+        (c->count > 0 && c->bytes + size > c->max_bytes))
+        return 1;
+    llmq_packer_t *p = c->entries;
+    bool body = r->ok && r->body && r->body_size > 0;
+    llmq_packer_map(p, 4);
+    llmq_packer_str(p, "custom_id");
+    llmq_packer_str(p, r->custom_id);
+    llmq_packer_str(p, "ok");
+    llmq_packer_bool(p, r->ok);
+    if (body) {
+        llmq_packer_str(p, "body");
+        llmq_packer_raw(p, r->body, r->body_size);
+    }
+    else if (r->ok) {
+        llmq_packer_str(p, "body");
+        llmq_packer_nil(p);
+    }
+    else {
+        llmq_packer_str(p, "error");
+        llmq_packer_map(p, 4);
+        llmq_packer_str(p, "code");
+        llmq_packer_str(p, r->error_code ? r->error_code : "internal");
+        llmq_packer_str(p, "message");
+        llmq_packer_str(p, r->error_message ? r->error_message : "");
+        llmq_packer_str(p, "status");
+        llmq_packer_int(p, r->error_status);
+        llmq_packer_str(p, "retryable");
+        llmq_packer_bool(p, r->error_retryable);
+    }
+    llmq_packer_str(p, "usage");
+    llmq_packer_map(p, 4);
+    llmq_packer_str(p, "prompt_tokens");
+    llmq_packer_int(p, r->prompt_tokens);
+    llmq_packer_str(p, "completion_tokens");
+    llmq_packer_int(p, r->completion_tokens);
+    llmq_packer_str(p, "total_tokens");
+    llmq_packer_int(p, r->prompt_tokens + r->completion_tokens);
+    llmq_packer_str(p, "cost_usd");
+    llmq_packer_double(p, r->cost_usd);
+    c->count++;
+    c->bytes += size;
+    c->next = r->index + 1;
+    return 0;
+}
+
+static void s_handle_get(llmq_batch_t *self, llmq_msg_t *msg,
+                         zlist_t *replies)
+{
+    const char *id = llmq_msg_batch(msg);
+    s_batch_t *b = s_lookup(self, id);
+    if (!b) {
+        s_reply_error(replies, msg, LLMQ_ERR_NOT_FOUND, id, "unknown batch");
+        return;
+    }
+    llmq_msg_t *st = s_reply(replies, msg, LLMQ_MSG_BATCH_STATUS, id);
+    s_fill_status(st, b);
+
+    int64_t after = llmq_msg_after(msg);
+    if (after < 0)
+        after = 0;
+    s_results_t c = { llmq_packer_new(), 0, 0, self->cfg.results_max_items,
+                      self->cfg.results_max_bytes, after };
+    /*  Contiguous: results come in input order and the cursor never moves
+        past an item that is still running. */
+    llmq_batch_store_result_each(self->store, b->rec.bid, after, true,
+                                 s_results_fn, &c);
+    llmq_packer_t *out = llmq_packer_new();
+    llmq_packer_array(out, (size_t)c.count);
+    size_t size = 0;
+    const uint8_t *data = llmq_packer_data(c.entries, &size);
+    llmq_packer_raw(out, data, size);
+    zframe_t *frame = llmq_packer_frame(out);
+    llmq_packer_destroy(&out);
+    llmq_packer_destroy(&c.entries);
+
+    llmq_msg_t *res = s_reply(replies, msg, LLMQ_MSG_BATCH_RESULTS, id);
+    llmq_msg_set_cursor(res, c.next);
+    llmq_msg_set_final(res, s_terminal(b->rec.state) &&
+                                c.next >= b->rec.total);
+    llmq_msg_set_payload(res, &frame);
+}
+
+static void s_handle_cancel(llmq_batch_t *self, llmq_msg_t *msg,
+                            zlist_t *replies, int64_t now_ms)
+{
+    const char *id = llmq_msg_batch(msg);
+    s_batch_t *b = s_lookup(self, id);
+    if (!b) {
+        s_reply_error(replies, msg, LLMQ_ERR_NOT_FOUND, id, "unknown batch");
+        return;
+    }
+    if (!s_terminal(b->rec.state)) {
+        s_set_state(b, "cancelling", now_ms);
+        b->dispatching = false;
+        zlistx_purge(b->ready);
+        /*  No more items: a cancelled batch is closed. */
+        b->rec.closed = true;
+        for (s_job_t *j = zlistx_first(b->jobs); j; j = zlistx_next(b->jobs)) {
+            if (streq(j->row.state, S_JOB_PENDING) ||
+                streq(j->row.state, S_JOB_LOOKUP) ||
+                streq(j->row.state, S_JOB_SUBMITTING)) {
+                /*  Never started, or unknown: a later lookup could still
+                    find it, so `lookup` jobs are cancelled at the provider
+                    too if the answer names a provider batch. */
+                if (streq(j->row.state, S_JOB_PENDING)) {
+                    snprintf(j->row.state, sizeof j->row.state,
+                             S_JOB_FAILED);
+                    j->row.updated_ms = now_ms;
+                    llmq_batch_store_begin(self->store);
+                    llmq_batch_store_job_update(self->store, &j->row);
+                }
+            }
+            j->next_ms = 0;
+        }
+        s_check_done(self, b, now_ms);
+        llmq_batch_flush(self);
+    }
+    llmq_msg_t *st = s_reply(replies, msg, LLMQ_MSG_BATCH_STATUS, id);
+    s_fill_status(st, b);
+}
+
+int llmq_batch_handle(llmq_batch_t *self, llmq_msg_t *msg, zlist_t *replies,
+                      int64_t now_ms)
+{
+    switch (llmq_msg_type(msg)) {
+    case LLMQ_MSG_BATCH_OPEN:
+        s_handle_open(self, msg, replies, now_ms);
+        return 0;
+    case LLMQ_MSG_BATCH_ADD:
+        s_handle_add(self, msg, replies, now_ms);
+        return 0;
+    case LLMQ_MSG_BATCH_CLOSE:
+        s_handle_close(self, msg, replies, now_ms);
+        return 0;
+    case LLMQ_MSG_BATCH_GET:
+        s_handle_get(self, msg, replies);
+        return 0;
+    case LLMQ_MSG_BATCH_CANCEL:
+        s_handle_cancel(self, msg, replies, now_ms);
+        return 0;
+    default:
+        return -1;
+    }
+}
+
+/*  ---- realtime dispatch ------------------------------------------------- */
+
+static int s_prefetch_fn(int64_t index, const char *custom_id,
+                         const void *body, size_t body_size, void *arg)
+{
+    (void)custom_id;
+    s_batch_t *b = arg;
+    char key[24];
+    snprintf(key, sizeof key, "%lld", (long long)index);
+    if (!zhashx_lookup(b->in_flight, key)) {
+        s_item_t *item = calloc(1, sizeof *item);
+        if (!item)
+            return 1;
+        item->index = index;
+        item->body = zframe_new(body, body_size);
+        zlistx_add_end(b->ready, item);
+    }
+    b->scan_next = index + 1;
+    /*  Keep memory bounded whatever the batch size. */
+    return zlistx_size(b->ready) >= S_PREFETCH;
+}
+
+/*  Make sure b has ready items if its store has pending ones. */
+static bool s_has_ready(llmq_batch_t *self, s_batch_t *b)
+{
+    if (!b->dispatching)
+        return false;
+    if (zlistx_size(b->ready) == 0 && b->scan_next < b->rec.total) {
+        int64_t before = b->scan_next;
+        llmq_batch_store_item_each(self->store, b->rec.bid, b->scan_next,
+                                   b->rec.total - b->scan_next, true,
+                                   s_prefetch_fn, b);
+        /*  The scan stops only by reaching total here; keep prefetch small
+            by moving the cursor ourselves when nothing pending was left. */
+        if (b->scan_next == before || zlistx_size(b->ready) == 0)
+            b->scan_next = b->rec.total;
+    }
+    return zlistx_size(b->ready) > 0;
+}
+
+bool llmq_batch_has_items(llmq_batch_t *self)
+{
+    for (s_batch_t *b = zhashx_first(self->batches); b;
+         b = zhashx_next(self->batches))
+        if (b->dispatching &&
+            (zlistx_size(b->ready) > 0 || b->scan_next < b->rec.total))
+            return true;
+    return false;
+}
+
+llmq_msg_t *llmq_batch_next_item(llmq_batch_t *self,
+                                 llmq_batch_serves_fn *serves, void *arg,
+                                 int64_t now_ms)
+{
+    s_batch_t *best = NULL;
+    for (s_batch_t *b = zhashx_first(self->batches); b;
+         b = zhashx_next(self->batches)) {
+        if (!b->dispatching)
+            continue;
+        if (serves && !serves(b->rec.model, b->rec.pool, arg))
+            continue;
+        if (best && (b->rec.priority < best->rec.priority ||
+                     (b->rec.priority == best->rec.priority &&
+                      b->rr_tick >= best->rr_tick)))
+            continue;
+        if (!s_has_ready(self, b))
+            continue;
+        best = b;
+    }
+    if (!best)
+        return NULL;
+    s_item_t *item = zlistx_detach(best->ready, NULL);
+    best->rr_tick = ++self->rr_clock;
+    char key[24];
+    snprintf(key, sizeof key, "%lld", (long long)item->index);
+    zframe_t *body = item->body;
+    item->body = NULL;
+    zhashx_insert(best->in_flight, key, item);
+    if (streq(best->rec.state, "validating") ||
+        streq(best->rec.state, "queued"))
+        s_set_state(best, "in_progress", now_ms);
+
+    llmq_msg_t *req = llmq_msg_new(LLMQ_MSG_REQ);
+    char id[48];
+    snprintf(id, sizeof id, "b%lld.%lld", (long long)best->rec.bid,
+             (long long)item->index);
+    llmq_msg_set_id(req, id);
+    llmq_msg_set_op(req, best->rec.op);
+    llmq_msg_set_model(req, best->rec.model);
+    if (*best->rec.pool)
+        llmq_msg_set_pool(req, best->rec.pool);
+    llmq_msg_set_priority(req, best->rec.priority);
+    llmq_msg_set_payload(req, &body);
+    return req;
+}
+
+/*  Parse an item key "b<bid>.<index>". */
+static s_batch_t *s_key_batch(llmq_batch_t *self, const char *key,
+                              int64_t *index)
+{
+    if (!key || key[0] != 'b')
+        return NULL;
+    char *end = NULL;
+    long long bid = strtoll(key + 1, &end, 10);
+    if (!end || *end != '.' || bid <= 0)
+        return NULL;
+    char *end2 = NULL;
+    long long idx = strtoll(end + 1, &end2, 10);
+    if (!end2 || *end2 || idx < 0)
+        return NULL;
+    char bkey[24];
+    snprintf(bkey, sizeof bkey, "%lld", bid);
+    *index = idx;
+    return zhashx_lookup(self->by_bid, bkey);
+}
+
+int llmq_batch_on_item_result(llmq_batch_t *self, const char *key,
+                              llmq_msg_t *res, int64_t now_ms)
+{
+    int64_t index = 0;
+    s_batch_t *b = s_key_batch(self, key, &index);
+    if (!b)
+        return 1;
+    char ikey[24];
+    snprintf(ikey, sizeof ikey, "%lld", (long long)index);
+    if (!zhashx_lookup(b->in_flight, ikey))
+        return 1;
+    zhashx_delete(b->in_flight, ikey);
+    llmq_batch_result_t r = { .index = index };
+    r.ok = llmq_msg_ok(res);
+    zframe_t *payload = llmq_msg_payload(res);
+    if (r.ok && payload) {
+        r.body = zframe_data(payload);
+        r.body_size = zframe_size(payload);
+    }
+    if (!r.ok) {
+        r.error_code = llmq_msg_error_code(res) ? llmq_msg_error_code(res)
+                                                : "internal";
+        r.error_message = llmq_msg_error_message(res);
+        r.error_status = llmq_msg_error_status(res);
+        r.error_retryable = llmq_msg_error_retryable(res);
+    }
+    r.prompt_tokens = llmq_msg_usage_prompt_tokens(res);
+    r.completion_tokens = llmq_msg_usage_completion_tokens(res);
+    r.cost_usd = llmq_msg_usage_cost_usd(res);
+    int rc = s_put_result(self, b, &r, false, now_ms);
+    if (rc < 0)
+        /*  Not stored: the item runs again (at least once). */
+        b->scan_next = 0;
+    if (++self->uncommitted >= self->cfg.commit_every)
+        llmq_batch_flush(self);
+    s_check_done(self, b, now_ms);
+    return rc == 1 ? 0 : 1;
+}
+
+void llmq_batch_item_return(llmq_batch_t *self, const char *key,
+                            int64_t now_ms)
+{
+    int64_t index = 0;
+    s_batch_t *b = s_key_batch(self, key, &index);
+    if (!b)
+        return;
+    char ikey[24];
+    snprintf(ikey, sizeof ikey, "%lld", (long long)index);
+    if (!zhashx_lookup(b->in_flight, ikey))
+        return;
+    zhashx_delete(b->in_flight, ikey);
+    if (!b->dispatching) {
+        /*  Cancelled or expired meanwhile: this may have been the last
+            item the batch waited for. */
+        s_check_done(self, b, now_ms);
+        return;
+    }
+    /*  Back to the front so it is not starved behind the whole batch: the
+        body is read again from the store. */
+    s_batch_t *bb = b;
+    int64_t saved = bb->scan_next;
+    zlistx_t *keep = bb->ready;
+    bb->ready = zlistx_new();
+    zlistx_set_destructor(bb->ready, s_item_destroy);
+    llmq_batch_store_item_each(self->store, bb->rec.bid, index, 1, true,
+                               s_prefetch_fn, bb);
+    s_item_t *item = zlistx_detach(bb->ready, NULL);
+    zlistx_destroy(&bb->ready);
+    bb->ready = keep;
+    bb->scan_next = saved;
+    if (item)
+        zlistx_add_start(bb->ready, item);
+}
+
+/*  ---- provider jobs ----------------------------------------------------- */
+
+static int s_job_save(llmq_batch_t *self, s_job_t *j, int64_t now_ms)
+{
+    j->row.updated_ms = now_ms;
+    if (llmq_batch_store_begin(self->store) ||
+        llmq_batch_store_job_update(self->store, &j->row))
+        return -1;
+    return 0;
+}
+
+typedef struct {
+    llmq_packer_t *packer;
+    int64_t count;
+} s_submit_t;
+
+static int s_submit_fn(int64_t index, const char *custom_id, const void *body,
+                       size_t body_size, void *arg)
+{
+    (void)custom_id;
+    s_submit_t *s = arg;
+    /*  The provider's custom_id is the item index: unique in the file
+        whatever the client's custom_ids are, and maps straight back. */
+    char cid[24];
+    snprintf(cid, sizeof cid, "%lld", (long long)index);
+    llmq_packer_map(s->packer, 2);
+    llmq_packer_str(s->packer, "custom_id");
+    llmq_packer_str(s->packer, cid);
+    llmq_packer_str(s->packer, "body");
+    llmq_packer_raw(s->packer, body, body_size);
+    s->count++;
+    return 0;
+}
+
+static llmq_msg_t *s_task(s_job_t *j, llmq_msg_type_t type, int64_t now_ms)
+{
+    llmq_msg_t *m = llmq_msg_new(type);
+    llmq_msg_set_job(m, j->row.id);
+    llmq_msg_set_provider_batch(m, j->row.provider_batch);
+    if (*j->row.pool)
+        llmq_msg_set_pool(m, j->row.pool);
+    if (*j->row.output_file)
+        llmq_msg_set_output_file(m, j->row.output_file);
+    if (*j->row.error_file)
+        llmq_msg_set_error_file(m, j->row.error_file);
+    j->task = type;
+    j->task_sent_ms = now_ms;
+    return m;
+}
+
+static llmq_msg_t *s_job_submit(llmq_batch_t *self, s_job_t *j,
+                                int64_t now_ms)
+{
+    s_batch_t *b = j->batch;
+    s_submit_t s = { llmq_packer_new(), 0 };
+    llmq_packer_array(s.packer, (size_t)j->row.count);
+    llmq_batch_store_item_each(self->store, b->rec.bid, j->row.first,
+                               j->row.count, false, s_submit_fn, &s);
+    if (s.count != j->row.count) {
+        llmq_packer_destroy(&s.packer);
+        return NULL;
+    }
+    /*  Durable before sent: if we crash after this commit, restart finds
+        `submitting` and looks the job up instead of resubmitting it. */
+    snprintf(j->row.state, sizeof j->row.state, S_JOB_SUBMITTING);
+    j->row.attempts++;
+    j->row.submitted_ms = now_ms;
+    if (s_job_save(self, j, now_ms) || llmq_batch_flush(self)) {
+        llmq_packer_destroy(&s.packer);
+        snprintf(j->row.state, sizeof j->row.state, S_JOB_PENDING);
+        return NULL;
+    }
+    llmq_msg_t *m = s_task(j, LLMQ_MSG_JOB_SUBMIT, now_ms);
+    llmq_msg_clear(m, LLMQ_F_provider_batch);
+    llmq_msg_set_model(m, b->rec.model);
+    llmq_msg_set_op(m, b->rec.op);
+    llmq_msg_set_completion_window(m, "24h");
+    llmq_msg_set_count(m, j->row.count);
+    zframe_t *frame = llmq_packer_frame(s.packer);
+    llmq_packer_destroy(&s.packer);
+    llmq_msg_set_payload(m, &frame);
+    return m;
+}
+
+/*  The next task a job needs now, or NULL. */
+static llmq_msg_t *s_job_next(llmq_batch_t *self, s_job_t *j, int64_t now_ms)
+{
+    if (j->task != LLMQ_MSG_INVALID || now_ms < j->next_ms)
+        return NULL;
+    const char *state = j->row.state;
+    bool cancelling = streq(j->batch->rec.state, "cancelling");
+    if (streq(state, S_JOB_PENDING))
+        return cancelling ? NULL : s_job_submit(self, j, now_ms);
+    if (streq(state, S_JOB_LOOKUP)) {
+        /*  job.poll with an empty provider_batch: find the provider batch
+            tagged {llmq_job: id} (docs/BATCHES.md, "Restart"). */
+        llmq_msg_t *m = s_task(j, LLMQ_MSG_JOB_POLL, now_ms);
+        llmq_msg_set_provider_batch(m, "");
+        llmq_msg_set_time_ms(m, j->row.submitted_ms);
+        llmq_msg_set_count(m, j->row.count);
+        return m;
+    }
+    if (streq(state, S_JOB_RUNNING)) {
+        if (cancelling && !j->cancel_sent)
+            return s_task(j, LLMQ_MSG_JOB_CANCEL, now_ms);
+        return s_task(j, LLMQ_MSG_JOB_POLL, now_ms);
+    }
+    if (streq(state, S_JOB_FETCHING))
+        return s_task(j, LLMQ_MSG_JOB_FETCH, now_ms);
+    return NULL;
+}
+
+llmq_msg_t *llmq_batch_next_job_task(llmq_batch_t *self, const char *pool,
+                                     int64_t now_ms)
+{
+    int64_t busy = 0;
+    for (s_job_t *j = zhashx_first(self->jobs); j;
+         j = zhashx_next(self->jobs))
+        if (j->task != LLMQ_MSG_INVALID && streq(j->row.pool, pool))
+            busy++;
+    if (busy >= self->cfg.max_tasks_per_pool)
+        return NULL;
+    /*  Oldest batch first, jobs in item order: zhashx has no order, so
+        pick the best candidate by (bid, first). */
+    s_job_t *best = NULL;
+    for (s_job_t *j = zhashx_first(self->jobs); j;
+         j = zhashx_next(self->jobs)) {
+        if (j->task != LLMQ_MSG_INVALID || now_ms < j->next_ms ||
+            !streq(j->row.pool, pool))
+            continue;
+        if (streq(j->row.state, S_JOB_DONE) ||
+            streq(j->row.state, S_JOB_FAILED))
+            continue;
+        if (streq(j->row.state, S_JOB_PENDING) &&
+            streq(j->batch->rec.state, "cancelling"))
+            continue;
+        if (best && (j->row.bid > best->row.bid ||
+                     (j->row.bid == best->row.bid &&
+                      j->row.first > best->row.first)))
+            continue;
+        best = j;
+    }
+    return best ? s_job_next(self, best, now_ms) : NULL;
+}
+
+/*  A job ended at the provider and its results are in: items without a
+    result are retried in realtime or answered with an error. */
+static void s_job_finished(llmq_batch_t *self, s_job_t *j, bool ran,
+                           int64_t now_ms)
+{
+    s_batch_t *b = j->batch;
+    snprintf(j->row.state, sizeof j->row.state, "%s",
+             ran ? S_JOB_DONE : S_JOB_FAILED);
+    s_job_save(self, j, now_ms);
+    bool cancelling = streq(b->rec.state, "cancelling");
+    if (!cancelling) {
+        if (self->cfg.resubmit_failed) {
+            /*  Leftovers go to realtime dispatch; the scan skips items that
+                have results. */
+            b->dispatching = true;
+            if (b->scan_next > j->row.first)
+                b->scan_next = j->row.first;
+        }
+        else {
+            const char *ps = j->row.provider_state;
+            llmq_err_t err = streq(ps, "expired") ? LLMQ_ERR_DEADLINE_EXCEEDED
+                             : streq(ps, "cancelled") ? LLMQ_ERR_CANCELLED
+                                                      : LLMQ_ERR_PROVIDER_ERROR;
+            char text[128];
+            snprintf(text, sizeof text, "provider batch %s",
+                     *ps ? ps : "failed");
+            s_fail_pending(self, b, j->row.first, j->row.count, err, text,
+                           now_ms);
+        }
+    }
+    s_check_done(self, b, now_ms);
+}
+
+/*  Update the batch's state from its jobs. */
+static void s_batch_from_jobs(s_batch_t *b, int64_t now_ms)
+{
+    if (s_terminal(b->rec.state) || streq(b->rec.state, "cancelling"))
+        return;
+    bool running = false, fetching = false, open = false;
+    for (s_job_t *j = zlistx_first(b->jobs); j; j = zlistx_next(b->jobs)) {
+        if (streq(j->row.state, S_JOB_RUNNING))
+            running = true;
+        else if (streq(j->row.state, S_JOB_FETCHING))
+            fetching = true;
+        else if (!streq(j->row.state, S_JOB_DONE) &&
+                 !streq(j->row.state, S_JOB_FAILED))
+            open = true;
+    }
+    if (running || (fetching && open))
+        s_set_state(b, "in_progress", now_ms);
+    else if (fetching)
+        s_set_state(b, "finalizing", now_ms);
+}
+
+static bool s_provider_terminal(const char *state)
+{
+    return streq(state, "completed") || streq(state, "failed") ||
+           streq(state, "expired") || streq(state, "cancelled");
+}
+
+static void s_on_job_status(llmq_batch_t *self, s_job_t *j, llmq_msg_t *msg,
+                            int64_t now_ms)
+{
+    const char *pb = llmq_msg_provider_batch(msg);
+    const char *code = llmq_msg_error_code(msg);
+    const char *pstate = llmq_batch_normalise_state(llmq_msg_state(msg));
+    bool was_cancel = j->task == LLMQ_MSG_JOB_CANCEL;
+    j->task = LLMQ_MSG_INVALID;
+
+    if (streq(j->row.state, S_JOB_SUBMITTING) ||
+        streq(j->row.state, S_JOB_LOOKUP)) {
+        if (pb && *pb) {
+            /*  The provider batch exists: record its id before anything
+                else happens to this job. */
+            snprintf(j->row.provider_batch, sizeof j->row.provider_batch,
+                     "%s", pb);
+            snprintf(j->row.state, sizeof j->row.state, S_JOB_RUNNING);
+        }
+        else if (code && streq(j->row.state, S_JOB_LOOKUP) &&
+                 streq(code, "not_found")) {
+            /*  The lookup proved the provider never created it: now, and
+                only now, may it be submitted again. */
+            snprintf(j->row.state, sizeof j->row.state, S_JOB_PENDING);
+            s_job_save(self, j, now_ms);
+            if (streq(j->batch->rec.state, "cancelling"))
+                s_job_finished(self, j, false, now_ms);
+            llmq_batch_flush(self);
+            return;
+        }
+        else if (code && streq(j->row.state, S_JOB_SUBMITTING)) {
+            llmq_err_t err = llmq_err_from_name(code);
+            if (err != LLMQ_ERR_NONE && !llmq_msg_error_retryable(msg) &&
+                !llmq_err_retryable(err)) {
+                /*  The provider refused the file for good: the job never
+                    ran; its items go the realtime way or fail. */
+                s_job_finished(self, j, false, now_ms);
+                s_batch_from_jobs(j->batch, now_ms);
+                llmq_batch_flush(self);
+                return;
+            }
+            /*  A transient failure may still have created the batch
+                (timeout after the create call): look it up first. */
+            snprintf(j->row.state, sizeof j->row.state, S_JOB_LOOKUP);
+            j->next_ms = now_ms + self->cfg.poll_interval_ms;
+            s_job_save(self, j, now_ms);
+            llmq_batch_flush(self);
+            return;
+        }
+        else {
+            j->next_ms = now_ms + self->cfg.poll_interval_ms;
+            return;
+        }
+    }
+    else if (code && !llmq_msg_has(msg, LLMQ_F_state)) {
+        j->next_ms = now_ms + self->cfg.poll_interval_ms;
+        return;
+    }
+    if (was_cancel)
+        j->cancel_sent = true;
+    if (code && (streq(j->row.state, S_JOB_RUNNING) ||
+                 streq(j->row.state, S_JOB_FETCHING)) &&
+        !llmq_msg_has(msg, LLMQ_F_counts_total)) {
+        /*  A poll that failed (network, 5xx): try again later. */
+        j->next_ms = now_ms + self->cfg.poll_interval_ms;
+        s_job_save(self, j, now_ms);
+        llmq_batch_flush(self);
+        return;
+    }
+    snprintf(j->row.provider_state, sizeof j->row.provider_state, "%s",
+             pstate);
+    if (llmq_msg_output_file(msg))
+        snprintf(j->row.output_file, sizeof j->row.output_file, "%s",
+                 llmq_msg_output_file(msg));
+    if (llmq_msg_error_file(msg))
+        snprintf(j->row.error_file, sizeof j->row.error_file, "%s",
+                 llmq_msg_error_file(msg));
+    j->row.done = llmq_msg_counts_done(msg);
+    j->row.failed = llmq_msg_counts_failed(msg);
+    if (streq(j->row.state, S_JOB_RUNNING) && s_provider_terminal(pstate))
+        snprintf(j->row.state, sizeof j->row.state, S_JOB_FETCHING);
+    j->next_ms = streq(j->row.state, S_JOB_FETCHING)
+                     ? 0
+                     : now_ms + self->cfg.poll_interval_ms;
+    s_job_save(self, j, now_ms);
+    s_batch_from_jobs(j->batch, now_ms);
+    llmq_batch_flush(self);
+}
+
+static void s_on_job_results(llmq_batch_t *self, s_job_t *j, llmq_msg_t *msg,
+                             int64_t now_ms)
+{
+    s_batch_t *b = j->batch;
+    zframe_t *payload = llmq_msg_payload(msg);
+    cJSON *arr = payload ? llmq_value_to_json(zframe_data(payload),
+                                              zframe_size(payload), NULL, 0)
+                         : NULL;
+    int64_t stored = 0;
+    if (cJSON_IsArray(arr)) {
+        const cJSON *e;
+        cJSON_ArrayForEach(e, arr)
+        {
+            const cJSON *cid = cJSON_GetObjectItemCaseSensitive(e,
+                                                                "custom_id");
+            if (!cJSON_IsString(cid))
+                continue;
+            char *end = NULL;
+            long long index = strtoll(cid->valuestring, &end, 10);
+            /*  Only lines of this job's own range count. */
+            if (!end || *end || index < j->row.first ||
+                index >= j->row.first + j->row.count)
+                continue;
+            llmq_batch_result_t r = { .index = index };
+            r.ok = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(e, "ok"));
+            const cJSON *usage = cJSON_GetObjectItemCaseSensitive(e, "usage");
+            const cJSON *v;
+            if ((v = cJSON_GetObjectItemCaseSensitive(usage, "prompt_tokens")) &&
+                cJSON_IsNumber(v))
+                r.prompt_tokens = (int64_t)v->valuedouble;
+            if ((v = cJSON_GetObjectItemCaseSensitive(usage,
+                                                      "completion_tokens")) &&
+                cJSON_IsNumber(v))
+                r.completion_tokens = (int64_t)v->valuedouble;
+            if ((v = cJSON_GetObjectItemCaseSensitive(usage, "cost_usd")) &&
+                cJSON_IsNumber(v))
+                r.cost_usd = v->valuedouble;
+            zframe_t *body = NULL;
+            if (r.ok) {
+                body = llmq_value_from_json(
+                    cJSON_GetObjectItemCaseSensitive(e, "body"));
+                if (body) {
+                    r.body = zframe_data(body);
+                    r.body_size = zframe_size(body);
+                }
+            }
+            else {
+                const cJSON *err = cJSON_GetObjectItemCaseSensitive(e,
+                                                                    "error");
+                const cJSON *code = cJSON_GetObjectItemCaseSensitive(err,
+                                                                     "code");
+                const cJSON *message =
+                    cJSON_GetObjectItemCaseSensitive(err, "message");
+                const cJSON *status = cJSON_GetObjectItemCaseSensitive(err,
+                                                                       "status");
+                r.error_code = cJSON_IsString(code) ? code->valuestring
+                                                    : "provider_error";
+                r.error_message = cJSON_IsString(message)
+                                      ? message->valuestring
+                                      : NULL;
+                r.error_status = cJSON_IsNumber(status)
+                                     ? (int64_t)status->valuedouble
+                                     : 0;
+                llmq_err_t ecode = llmq_err_from_name(r.error_code);
+                const cJSON *retry =
+                    cJSON_GetObjectItemCaseSensitive(err, "retryable");
+                r.error_retryable = cJSON_IsBool(retry)
+                                        ? cJSON_IsTrue(retry)
+                                        : llmq_err_retryable(ecode);
+                /*  A line that may succeed later is run again in realtime
+                    (if configured): not stored as its final result. */
+                if (r.error_retryable && self->cfg.resubmit_failed &&
+                    !streq(b->rec.state, "cancelling"))
+                    continue;
+            }
+            if (s_put_result(self, b, &r, true, now_ms) == 1)
+                stored++;
+            zframe_destroy(&body);
+        }
+    }
+    cJSON_Delete(arr);
+    if (llmq_msg_final(msg)) {
+        j->task = LLMQ_MSG_INVALID;
+        s_job_finished(self, j, true, now_ms);
+        s_batch_from_jobs(b, now_ms);
+    }
+    else
+        j->task_sent_ms = now_ms; /* more pages coming: still alive */
+    llmq_batch_flush(self);
+}
+
+int llmq_batch_on_job_msg(llmq_batch_t *self, llmq_msg_t *msg,
+                          int64_t now_ms)
+{
+    const char *id = llmq_msg_job(msg);
+    s_job_t *j = id ? zhashx_lookup(self->jobs, id) : NULL;
+    if (!j || streq(j->row.state, S_JOB_DONE) ||
+        streq(j->row.state, S_JOB_FAILED))
+        return 1;
+    if (llmq_msg_type(msg) == LLMQ_MSG_JOB_STATUS)
+        s_on_job_status(self, j, msg, now_ms);
+    else if (llmq_msg_type(msg) == LLMQ_MSG_JOB_RESULTS) {
+        if (!streq(j->row.state, S_JOB_FETCHING))
+            return 1;
+        s_on_job_results(self, j, msg, now_ms);
+    }
+    else
+        return 1;
+    return 0;
+}
+
+/*  ---- timed work --------------------------------------------------------- */
+
+void llmq_batch_tick(llmq_batch_t *self, int64_t now_ms)
+{
+    for (s_batch_t *b = zhashx_first(self->batches); b;
+         b = zhashx_next(self->batches)) {
+        if (s_terminal(b->rec.state))
+            continue;
+        /*  A window that passed: realtime work stops, what is left is
+            answered deadline_exceeded. Provider jobs keep their own 24 h
+            window and are not cut short. */
+        if (b->rec.deadline_ms > 0 && now_ms >= b->rec.deadline_ms &&
+            !b->expired && zlistx_size(b->jobs) == 0) {
+            b->expired = true;
+            b->rec.closed = true;
+            b->dispatching = false;
+            zlistx_purge(b->ready);
+            b->dirty = true;
+            s_check_done(self, b, now_ms);
+        }
+        /*  Provider mode still waiting for a batch_api pool. */
+        if (b->rec.closed && streq(b->rec.mode, "provider") &&
+            zlistx_size(b->jobs) == 0 && b->rec.total > 0 &&
+            streq(b->rec.state, "queued"))
+            s_start(self, b, now_ms);
+    }
+    /*  Tasks never answered (worker died or the message was lost). */
+    for (s_job_t *j = zhashx_first(self->jobs); j;
+         j = zhashx_next(self->jobs)) {
+        if (j->task == LLMQ_MSG_INVALID ||
+            now_ms - j->task_sent_ms < self->cfg.task_timeout_ms)
+            continue;
+        if (j->task == LLMQ_MSG_JOB_SUBMIT &&
+            streq(j->row.state, S_JOB_SUBMITTING)) {
+            /*  The submit may have reached the provider: ask, never blindly
+                resubmit. */
+            snprintf(j->row.state, sizeof j->row.state, S_JOB_LOOKUP);
+            s_job_save(self, j, now_ms);
+        }
+        j->task = LLMQ_MSG_INVALID;
+        j->next_ms = now_ms;
+    }
+    llmq_batch_flush(self);
+}
+
+void llmq_batch_stats(llmq_batch_t *self, llmq_batch_stats_t *stats)
+{
+    memset(stats, 0, sizeof *stats);
+    for (s_batch_t *b = zhashx_first(self->batches); b;
+         b = zhashx_next(self->batches)) {
+        if (!s_terminal(b->rec.state))
+            stats->batches_active++;
+        if (b->dispatching)
+            stats->items_pending += (int64_t)zlistx_size(b->ready) +
+                                    (b->rec.total - b->scan_next);
+        stats->items_in_flight += (int64_t)zhashx_size(b->in_flight);
+    }
+    for (s_job_t *j = zhashx_first(self->jobs); j;
+         j = zhashx_next(self->jobs)) {
+        if (!streq(j->row.state, S_JOB_DONE) &&
+            !streq(j->row.state, S_JOB_FAILED))
+            stats->jobs_active++;
+        if (j->task != LLMQ_MSG_INVALID)
+            stats->tasks_in_flight++;
+    }
+}
+
+const char *llmq_batch_normalise_state(const char *s)
+{
+    if (!s)
+        return "in_progress";
+    static const char *same[] = { "validating", "queued",     "in_progress",
+                                  "finalizing", "completed",  "failed",
+                                  "cancelling", "cancelled",  "expired" };
+    for (size_t i = 0; i < sizeof same / sizeof same[0]; i++)
+        if (streq(s, same[i]))
+            return same[i];
+    if (streq(s, "canceling"))
+        return "cancelling";
+    if (streq(s, "canceled"))
+        return "cancelled";
+    if (streq(s, "ended"))
+        return "completed";
+    if (streq(s, "pending") || streq(s, "submitted"))
+        return "queued";
+    return "in_progress";
+}

@@ -1,0 +1,2006 @@
+/*  llmq_broker.c - the broker actor: queues, credit dispatch, heartbeats.
+
+    Design. Everything happens on the actor's thread in one poll loop
+    (s_run): the pipe, the client ROUTER, the worker ROUTER, the metrics
+    listener, and timers (heartbeats, worker liveness, request expiry). The
+    state is plain data, so there are no locks.
+
+    - A request lives in one s_request_t from receipt to answer. While it
+      waits it sits in its lane (one per model and optional pool), an
+      intrusive heap ordered by priority then arrival; a requeued request
+      gets a sequence number below every other, so it goes first in its
+      priority class. Every request with a deadline (or waiting for a
+      worker to join) also sits in one expiry heap, so expiry costs
+      O(log n) per request and never scans a queue.
+    - Workers grant credit; a request goes only to a worker with credit,
+      the one with the most (ties: least recently used). Dispatch is
+      O(workers) per request. Each dispatch gets a fresh broker id
+      ("r<hex>"), so a late answer from a worker that was declared dead can
+      never be mistaken for the answer of the next attempt.
+    - The request payload is never decoded: the frame received from the
+      client is shared with the outgoing zmq message (refcounted, no copy),
+      and kept for a requeue until the request is answered.
+    - Clients are interned by routing id only while they have requests
+      pending (for dedupe and cancel); workers by routing id from hello
+      until they leave or die.
+*/
+#include "llmq_broker.h"
+#include "llmq_metrics.h"
+#include "llmq_queue.h"
+#include "llmq_value.h"
+
+#include <cjson/cJSON.h>
+#include <inttypes.h>
+#include <stdatomic.h>
+#include <time.h>
+
+#define s_VERSION            "0.1.0"
+#define s_MAX_BATCH          256     //  Messages read per socket per turn
+#define s_TICK_MS            100     //  Housekeeping period
+#define s_MAX_METRIC_MODELS  200     //  Distinct model labels, then "_other"
+#define s_MAX_ATTEMPTS       10      //  Upper bound on a client's max_attempts
+#define s_NO_EXPIRY          INT64_MAX
+
+typedef struct _s_client_t s_client_t;
+typedef struct _s_worker_t s_worker_t;
+typedef struct _s_lane_t s_lane_t;
+typedef struct _s_group_t s_group_t;
+typedef struct _s_request_t s_request_t;
+
+static const char *s_ops[] = { "chat", "completion", "embedding" };
+
+//  A payload frame shared between the request (kept for a requeue) and the
+//  zmq messages that carry it to workers. libzmq releases its reference
+//  from its I/O thread, hence the atomic count.
+typedef struct {
+    atomic_int refs;            //  Holders: the request + messages in flight
+    zframe_t *frame;            //  The frame as received from the client
+} s_shared_t;
+
+struct _s_request_t {
+    llmq_queue_node_t qnode;    //  Slot in its lane while waiting
+    llmq_queue_node_t dnode;    //  Slot in the expiry heap
+    s_client_t *client;         //  Who asked; NULL for a module's request
+    char *id;                   //  The client's id (a module's tag)
+    s_lane_t *lane;             //  Model/pool lane it belongs to
+    s_worker_t *worker;         //  Worker holding it, NULL unless dispatched
+    s_request_t *wprev;         //  Worker's in-flight list
+    s_request_t *wnext;
+    zframe_t *payload;          //  Payload until first dispatch
+    s_shared_t *shared;         //  Payload once dispatched
+    uint8_t *meta;              //  meta as encoded msgpack, echoed back
+    size_t meta_size;
+    char *trace;                //  W3C traceparent, passed to the worker
+    llmq_broker_result_fn *fn;  //  Module callback instead of a client
+    void *fn_arg;
+    uint64_t bid;               //  Broker id of the current dispatch, 0 if none
+    int64_t priority;           //  Higher first
+    int64_t received_at;        //  Monotonic ms
+    int64_t deadline;           //  Monotonic ms, s_NO_EXPIRY if none
+    int64_t expire_at;          //  Key in the expiry heap
+    uint8_t op;                 //  Index in s_ops
+    uint8_t attempt;            //  Dispatch attempt, from 1
+    uint8_t max_attempts;       //  Give up after this many
+    bool stream;                //  Client wants chunks
+};
+
+struct _s_client_t {
+    char *key;                  //  Routing id in hex
+    zframe_t *rid;              //  Routing id
+    zhashx_t *pending;          //  Client id (borrowed from request) -> request
+};
+
+struct _s_lane_t {
+    char *key;                  //  model "\x1f" pool
+    char *model;                //  Model name
+    char *pool;                 //  Pool name, NULL for any pool
+    llmq_queue_t *queue;        //  Waiting requests
+    zlistx_t *workers;          //  Live workers that serve it (borrowed)
+    size_t refs;                //  Requests that point here (queued or not)
+    int64_t no_worker_since;    //  When it last lost (or never had) a worker
+    int64_t idle_since;         //  When refs dropped to 0, for collection
+};
+
+struct _s_group_t {
+    char *name;                 //  limit_group
+    zlistx_t *members;          //  Workers (borrowed)
+};
+
+struct _s_worker_t {
+    char *key;                  //  Routing id in hex
+    zframe_t *rid;              //  Routing id
+    char *name;                 //  From hello
+    char *pool;
+    char *provider;
+    char *version;
+    char **models;              //  Served models
+    size_t nmodels;
+    int64_t capacity;           //  Max in flight, from hello
+    int64_t credit;             //  Requests we may still send
+    int64_t in_flight;          //  Requests it holds for us
+    int64_t rpm;                //  The key's whole limit, from hello
+    int64_t tpm;
+    int64_t share_rpm;          //  Its share, as last sent in `limits`
+    int64_t share_tpm;
+    bool batch_api;
+    bool healthy;               //  From its heartbeats
+    bool leaving;               //  Said bye: no new work
+    int64_t last_seen;          //  Monotonic ms of its last message
+    uint64_t last_used;         //  Dispatch clock, for LRU ties
+    uint64_t answered;          //  Results it returned
+    s_request_t *inflight;      //  Head of its in-flight list
+    zlistx_t *lanes;            //  Lanes it serves (borrowed)
+    s_group_t *group;           //  Its limit group, or NULL
+};
+
+typedef struct {
+    uint64_t received, dispatched, answered_ok, answered_error, requeued,
+             dropped, expired, overloaded, not_found, cancelled, duplicates,
+             bad_messages, worker_deaths;
+} s_counters_t;
+
+struct _llmq_broker_core_t {
+    zsock_t *pipe;              //  Actor pipe
+    zsock_t *frontend;          //  Client ROUTER
+    zsock_t *backend;           //  Worker ROUTER
+    llmq_broker_config_t config;    //  Copy of the caller's config
+    char *name;                 //  Broker name (owned copy)
+    char *frontend_ep;          //  Bound endpoints
+    char *backend_ep;
+    char *error;                //  Startup failure, NULL if fine
+    llmq_metrics_t *metrics;    //  Registry and scrape listener
+    zhashx_t *clients;          //  key -> s_client_t
+    zhashx_t *workers;          //  key -> s_worker_t
+    zhashx_t *lanes;            //  key -> s_lane_t
+    zhashx_t *groups;           //  name -> s_group_t
+    zhashx_t *inflight;         //  bid -> s_request_t (borrowed)
+    zhashx_t *metric_models;    //  Model names used as labels
+    llmq_queue_t *expiry;       //  All requests with an expiry time
+    size_t queued;              //  Requests waiting in all lanes
+    size_t inflight_count;      //  Requests held by workers
+    uint64_t next_bid;          //  Broker id counter
+    int64_t next_seq;           //  Arrival counter
+    int64_t front_seq;          //  Counts down, for requeues
+    uint64_t use_clock;         //  Dispatch counter
+    int64_t started_at;         //  Monotonic ms
+    int64_t next_heartbeat;     //  Monotonic ms
+    int64_t next_tick;
+    bool overloaded;            //  In an overload episode (for logs)
+    bool draining;              //  DRAIN received
+    int64_t drain_deadline;
+    bool drained;               //  DRAINED sent
+    bool terminated;            //  $TERM received
+    s_counters_t counters;
+    void *module_state;         //  Plug-in state
+};
+
+typedef llmq_broker_core_t s_broker_t;
+
+static void s_dispatch_lane(s_broker_t *self, s_lane_t *lane);
+static void s_request_destroy(s_broker_t *self, s_request_t **r_p);
+
+//  --------------------------------------------------------------------------
+//  Logging: one line per event, text or JSON, on stderr.
+
+static void
+s_log(s_broker_t *self, const char *level, const char *event, ...)
+{
+    if (self->config.quiet)
+        return;
+    char stamp[40];
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    struct tm tm;
+    gmtime_r(&ts.tv_sec, &tm);
+    size_t len = strftime(stamp, sizeof(stamp), "%Y-%m-%dT%H:%M:%S", &tm);
+    snprintf(stamp + len, sizeof(stamp) - len, ".%03ldZ", ts.tv_nsec / 1000000);
+
+    va_list args;
+    va_start(args, event);
+    if (self->config.json_logs) {
+        cJSON *line = cJSON_CreateObject();
+        cJSON_AddStringToObject(line, "ts", stamp);
+        cJSON_AddStringToObject(line, "level", level);
+        cJSON_AddStringToObject(line, "component", "llmq-broker");
+        cJSON_AddStringToObject(line, "event", event);
+        const char *key;
+        while ((key = va_arg(args, const char *))) {
+            const char *value = va_arg(args, const char *);
+            cJSON_AddStringToObject(line, key, value ? value : "");
+        }
+        char *text = cJSON_PrintUnformatted(line);
+        if (text)
+            fprintf(stderr, "%s\n", text);
+        free(text);
+        cJSON_Delete(line);
+    }
+    else {
+        char buf[2048];
+        size_t pos = (size_t) snprintf(buf, sizeof(buf), "%s llmq-broker %s %s",
+                                        stamp, level, event);
+        const char *key;
+        while ((key = va_arg(args, const char *)) && pos < sizeof(buf)) {
+            const char *value = va_arg(args, const char *);
+            pos += (size_t) snprintf(buf + pos, sizeof(buf) - pos, " %s=%s", key,
+                                     value ? value : "");
+        }
+        fprintf(stderr, "%s\n", buf);
+    }
+    va_end(args);
+    fflush(stderr);
+}
+
+//  Routing ids as hash keys: hex, since they are binary.
+static void
+s_key(zframe_t *rid, char *key, size_t size)
+{
+    static const char hex[] = "0123456789abcdef";
+    const uint8_t *data = rid ? zframe_data(rid) : NULL;
+    size_t n = rid ? zframe_size(rid) : 0;
+    size_t pos = 0;
+    for (size_t i = 0; i < n && pos + 2 < size; i++) {
+        key[pos++] = hex[data[i] >> 4];
+        key[pos++] = hex[data[i] & 15];
+    }
+    key[pos] = 0;
+}
+
+static char *
+s_strdup_or_null(const char *text)
+{
+    return text ? strdup(text) : NULL;
+}
+
+//  The model label for metrics: bounded cardinality, since clients pick it.
+static const char *
+s_metric_model(s_broker_t *self, const char *model)
+{
+    if (zhashx_lookup(self->metric_models, model))
+        return model;
+    if (zhashx_size(self->metric_models) >= s_MAX_METRIC_MODELS)
+        return "_other";
+    zhashx_insert(self->metric_models, model, (void *) 1);
+    return model;
+}
+
+//  --------------------------------------------------------------------------
+//  Payload sharing.
+
+static void
+s_shared_release(void *data, void *hint)
+{
+    (void) data;
+    s_shared_t *shared = (s_shared_t *) hint;
+    if (atomic_fetch_sub(&shared->refs, 1) == 1) {
+        zframe_destroy(&shared->frame);
+        free(shared);
+    }
+}
+
+//  Send the request's payload as the last frame, sharing its bytes.
+static void
+s_send_payload(s_request_t *r, void *socket)
+{
+    if (!r->shared) {
+        r->shared = (s_shared_t *) malloc(sizeof(s_shared_t));
+        if (!r->shared)
+            return;
+        atomic_init(&r->shared->refs, 1);
+        r->shared->frame = r->payload;
+        r->payload = NULL;
+    }
+    zframe_t *frame = r->shared->frame;
+    size_t size = frame ? zframe_size(frame) : 0;
+    zmq_msg_t msg;
+    if (size < 64) {
+        //  Small: a copy is cheaper than the bookkeeping.
+        zmq_msg_init_size(&msg, size);
+        if (size)
+            memcpy(zmq_msg_data(&msg), zframe_data(frame), size);
+    }
+    else {
+        atomic_fetch_add(&r->shared->refs, 1);
+        if (zmq_msg_init_data(&msg, zframe_data(frame), size, s_shared_release,
+                              r->shared)) {
+            s_shared_release(NULL, r->shared);
+            zmq_msg_init(&msg);
+        }
+    }
+    if (zmq_msg_send(&msg, socket, 0) == -1)
+        zmq_msg_close(&msg);
+}
+
+//  --------------------------------------------------------------------------
+//  Replies.
+
+//  Send `error` {code, message, id?} to a peer.
+static void
+s_send_error(s_broker_t *self, zsock_t *socket, zframe_t *rid, llmq_err_t code,
+             const char *message, const char *id)
+{
+    llmq_msg_t *msg = llmq_msg_new(LLMQ_MSG_ERROR);
+    if (!msg)
+        return;
+    llmq_msg_set_code(msg, llmq_err_name(code));
+    llmq_msg_set_message(msg, message);
+    if (id)
+        llmq_msg_set_id(msg, id);
+    if (rid)
+        llmq_msg_set_routing_id(msg, rid);
+    llmq_msg_send(&msg, socket);
+    (void) self;
+}
+
+//  Count an answer in counters and metrics.
+static void
+s_count_answer(s_broker_t *self, const char *model, const char *outcome,
+               bool ok, int64_t latency_ms)
+{
+    if (ok)
+        self->counters.answered_ok++;
+    else
+        self->counters.answered_error++;
+    const char *label = s_metric_model(self, model ? model : "");
+    const char *labels[] = { "model", label, "outcome", outcome, NULL };
+    llmq_metrics_add(self->metrics, "llmq_broker_requests_total", labels, 1);
+    const char *hist[] = { "model", label, NULL };
+    llmq_metrics_observe(self->metrics, "llmq_broker_request_latency_seconds",
+                         hist, (double) latency_ms / 1000.0);
+}
+
+//  Answer a request that never got queued (refused at the door). Takes msg.
+static void
+s_refuse(s_broker_t *self, llmq_msg_t **msg_p, llmq_err_t code,
+         const char *message)
+{
+    llmq_msg_t *req = *msg_p;
+    *msg_p = NULL;
+    llmq_msg_t *res = llmq_msg_new(LLMQ_MSG_RES);
+    if (res) {
+        llmq_msg_set_id(res, llmq_msg_id(req));
+        llmq_msg_set_failure(res, code, 0, message);
+        llmq_msg_set_latency_ms(res, 0);
+        llmq_msg_set_attempt(res, 0);
+        size_t meta_size = 0;
+        const uint8_t *meta = llmq_msg_meta(req, &meta_size);
+        if (meta)
+            llmq_msg_set_meta(res, meta, meta_size);
+        llmq_msg_set_routing_id(res, llmq_msg_routing_id(req));
+        llmq_msg_send(&res, self->frontend);
+    }
+    s_count_answer(self, llmq_msg_model(req), llmq_err_name(code), false, 0);
+    llmq_msg_destroy(&req);
+}
+
+//  Send the answer of a request to its client (or module) and destroy the
+//  request. res is a worker's `res` or one built here; takes it.
+static void
+s_complete(s_broker_t *self, s_request_t *r, llmq_msg_t **res_p)
+{
+    llmq_msg_t *res = *res_p;
+    *res_p = NULL;
+    int64_t latency = zclock_mono() - r->received_at;
+    bool ok = llmq_msg_ok(res);
+    const char *outcome = "ok";
+    if (!ok) {
+        outcome = llmq_msg_error_code(res);
+        //  Only known codes become labels: a worker's string is not trusted.
+        if (!outcome || llmq_err_from_name(outcome) == LLMQ_ERR_NONE)
+            outcome = "internal";
+    }
+    s_count_answer(self, r->lane->model, outcome, ok, latency);
+
+    llmq_msg_set_id(res, r->id);
+    llmq_msg_set_latency_ms(res, latency);
+    llmq_msg_set_attempt(res, r->attempt);
+    if (r->worker) {
+        llmq_msg_set_worker(res, r->worker->name);
+        r->worker->answered++;
+    }
+    if (r->meta)
+        llmq_msg_set_meta(res, r->meta, r->meta_size);
+    else
+        llmq_msg_clear(res, LLMQ_F_meta);
+    //  The provider's rate-limit state is the worker's business.
+    llmq_msg_clear(res, LLMQ_F_ratelimit_remaining_requests);
+    llmq_msg_clear(res, LLMQ_F_ratelimit_remaining_tokens);
+    llmq_msg_clear(res, LLMQ_F_ratelimit_reset_ms);
+    if (r->client) {
+        llmq_msg_set_routing_id(res, r->client->rid);
+        if (self->config.verbose)
+            llmq_msg_print(res);
+        llmq_msg_send(&res, self->frontend);
+    }
+    else
+    if (r->fn)
+        r->fn(&res, r->fn_arg);
+    llmq_msg_destroy(&res);
+    s_request_destroy(self, &r);
+}
+
+//  Answer a request with a failure and destroy it.
+static void
+s_fail(s_broker_t *self, s_request_t *r, llmq_err_t code, const char *message)
+{
+    llmq_msg_t *res = llmq_msg_new(LLMQ_MSG_RES);
+    if (!res) {
+        s_request_destroy(self, &r);
+        return;
+    }
+    llmq_msg_set_failure(res, code, 0, message);
+    s_complete(self, r, &res);
+}
+
+//  --------------------------------------------------------------------------
+//  Requests: expiry, queueing, unlinking.
+
+static void
+s_expiry_set(s_broker_t *self, s_request_t *r, int64_t at)
+{
+    r->expire_at = at;
+    if (at == s_NO_EXPIRY) {
+        if (llmq_queue_node_queued(&r->dnode))
+            llmq_queue_remove(self->expiry, &r->dnode);
+    }
+    else
+        llmq_queue_update(self->expiry, &r->dnode, -at, 0);
+}
+
+//  When a waiting request must be looked at again: its deadline, or the end
+//  of the wait for a worker if its lane has none.
+static int64_t
+s_queued_expiry(s_broker_t *self, s_request_t *r)
+{
+    int64_t at = r->deadline;
+    s_lane_t *lane = r->lane;
+    if (zlistx_size(lane->workers) == 0) {
+        int64_t since = lane->no_worker_since > r->received_at
+                      ? lane->no_worker_since : r->received_at;
+        int64_t wait_end = since + self->config.no_worker_wait_ms;
+        if (wait_end < at)
+            at = wait_end;
+    }
+    return at;
+}
+
+//  Put a request in its lane: at the back of its priority class, or at the
+//  front for a requeue.
+static int
+s_enqueue(s_broker_t *self, s_request_t *r, bool front)
+{
+    int64_t seq = front ? --self->front_seq : ++self->next_seq;
+    if (llmq_queue_push(r->lane->queue, &r->qnode, r->priority, seq))
+        return -1;
+    self->queued++;
+    s_expiry_set(self, r, s_queued_expiry(self, r));
+    return 0;
+}
+
+//  Take a dispatched request back from its worker's books.
+static void
+s_request_unassign(s_broker_t *self, s_request_t *r)
+{
+    s_worker_t *w = r->worker;
+    if (!w)
+        return;
+    if (r->wprev)
+        r->wprev->wnext = r->wnext;
+    else
+        w->inflight = r->wnext;
+    if (r->wnext)
+        r->wnext->wprev = r->wprev;
+    r->wprev = r->wnext = NULL;
+    w->in_flight--;
+    self->inflight_count--;
+    zhashx_delete(self->inflight, (void *) (uintptr_t) r->bid);
+    r->worker = NULL;
+    r->bid = 0;
+}
+
+static void
+s_request_destroy(s_broker_t *self, s_request_t **r_p)
+{
+    s_request_t *r = *r_p;
+    if (!r)
+        return;
+    *r_p = NULL;
+    if (llmq_queue_node_queued(&r->qnode)) {
+        llmq_queue_remove(r->lane->queue, &r->qnode);
+        self->queued--;
+    }
+    if (llmq_queue_node_queued(&r->dnode))
+        llmq_queue_remove(self->expiry, &r->dnode);
+    s_request_unassign(self, r);
+    if (r->client) {
+        s_client_t *client = r->client;
+        zhashx_delete(client->pending, r->id);
+        if (zhashx_size(client->pending) == 0)
+            zhashx_delete(self->clients, client->key);
+    }
+    if (--r->lane->refs == 0)
+        r->lane->idle_since = zclock_mono();
+    zframe_destroy(&r->payload);
+    if (r->shared)
+        s_shared_release(NULL, r->shared);
+    free(r->id);
+    free(r->meta);
+    free(r->trace);
+    free(r);
+}
+
+//  In-flight lookup by broker id "r<hex>".
+static s_request_t *
+s_inflight_lookup(s_broker_t *self, const char *id)
+{
+    if (!id || id[0] != 'r' || !id[1])
+        return NULL;
+    char *end = NULL;
+    uint64_t bid = strtoull(id + 1, &end, 16);
+    if (*end || bid == 0)
+        return NULL;
+    return (s_request_t *) zhashx_lookup(self->inflight, (void *) (uintptr_t) bid);
+}
+
+//  --------------------------------------------------------------------------
+//  Clients, lanes, groups.
+
+static void
+s_client_free(void **item)
+{
+    s_client_t *client = (s_client_t *) *item;
+    if (!client)
+        return;
+    zhashx_destroy(&client->pending);
+    zframe_destroy(&client->rid);
+    free(client->key);
+    free(client);
+    *item = NULL;
+}
+
+static s_client_t *
+s_client_require(s_broker_t *self, const char *key, zframe_t *rid)
+{
+    s_client_t *client = (s_client_t *) zhashx_lookup(self->clients, key);
+    if (client)
+        return client;
+    client = (s_client_t *) calloc(1, sizeof(*client));
+    if (!client)
+        return NULL;
+    client->key = strdup(key);
+    client->rid = zframe_dup(rid);
+    client->pending = zhashx_new();
+    if (!client->key || !client->rid || !client->pending) {
+        void *item = client;
+        s_client_free(&item);
+        return NULL;
+    }
+    //  Keys are the requests' own id strings: no copy per request.
+    zhashx_set_key_duplicator(client->pending, NULL);
+    zhashx_set_key_destructor(client->pending, NULL);
+    zhashx_insert(self->clients, key, client);
+    return client;
+}
+
+static bool
+s_worker_serves(s_worker_t *w, s_lane_t *lane)
+{
+    if (w->leaving || (lane->pool && !streq(lane->pool, w->pool)))
+        return false;
+    for (size_t i = 0; i < w->nmodels; i++)
+        if (streq(w->models[i], lane->model))
+            return true;
+    return false;
+}
+
+static void
+s_lane_free(void **item)
+{
+    s_lane_t *lane = (s_lane_t *) *item;
+    if (!lane)
+        return;
+    llmq_queue_destroy(&lane->queue);
+    zlistx_destroy(&lane->workers);
+    free(lane->key);
+    free(lane->model);
+    free(lane->pool);
+    free(lane);
+    *item = NULL;
+}
+
+static s_lane_t *
+s_lane_require(s_broker_t *self, const char *model, const char *pool)
+{
+    if (pool && !*pool)
+        pool = NULL;
+    char *key = zsys_sprintf("%s\x1f%s", model, pool ? pool : "");
+    if (!key)
+        return NULL;
+    s_lane_t *lane = (s_lane_t *) zhashx_lookup(self->lanes, key);
+    if (lane) {
+        free(key);
+        return lane;
+    }
+    lane = (s_lane_t *) calloc(1, sizeof(*lane));
+    if (!lane) {
+        free(key);
+        return NULL;
+    }
+    lane->key = key;
+    lane->model = strdup(model);
+    lane->pool = s_strdup_or_null(pool);
+    lane->queue = llmq_queue_new();
+    lane->workers = zlistx_new();
+    lane->no_worker_since = zclock_mono();
+    lane->idle_since = lane->no_worker_since;
+    if (!lane->model || (pool && !lane->pool) || !lane->queue || !lane->workers) {
+        void *item = lane;
+        s_lane_free(&item);
+        return NULL;
+    }
+    zhashx_insert(self->lanes, key, lane);
+    //  Link the live workers that serve it.
+    s_worker_t *w = (s_worker_t *) zhashx_first(self->workers);
+    while (w) {
+        if (s_worker_serves(w, lane)) {
+            zlistx_add_end(lane->workers, w);
+            zlistx_add_end(w->lanes, lane);
+        }
+        w = (s_worker_t *) zhashx_next(self->workers);
+    }
+    return lane;
+}
+
+//  Detach a worker from a lane; a lane left without workers starts its
+//  wait-for-a-worker clock, for the requests already in it as well.
+static void
+s_lane_drop_worker(s_broker_t *self, s_lane_t *lane, s_worker_t *w)
+{
+    void *handle = zlistx_find(lane->workers, w);
+    if (handle)
+        zlistx_delete(lane->workers, handle);
+    if (zlistx_size(lane->workers) == 0) {
+        int64_t now = zclock_mono();
+        lane->no_worker_since = now;
+        //  Rare (the last worker of a model went away): walk the lane once.
+        for (size_t i = 0; i < llmq_queue_size(lane->queue); i++) {
+            s_request_t *r = LLMQ_QUEUE_ITEM(llmq_queue_at(lane->queue, i),
+                                             s_request_t, qnode);
+            int64_t at = now + self->config.no_worker_wait_ms;
+            if (r->deadline < at)
+                at = r->deadline;
+            if (at < r->expire_at)
+                s_expiry_set(self, r, at);
+        }
+    }
+}
+
+static void
+s_group_free(void **item)
+{
+    s_group_t *group = (s_group_t *) *item;
+    if (!group)
+        return;
+    zlistx_destroy(&group->members);
+    free(group->name);
+    free(group);
+    *item = NULL;
+}
+
+//  Split the group's limit among its live members and tell each its share.
+static void
+s_group_share(s_broker_t *self, s_group_t *group)
+{
+    size_t members = zlistx_size(group->members);
+    if (members == 0)
+        return;
+    //  Members may disagree on the key's limit: the smallest one is safe.
+    int64_t rpm = 0, tpm = 0;
+    s_worker_t *w = (s_worker_t *) zlistx_first(group->members);
+    while (w) {
+        if (w->rpm > 0 && (rpm == 0 || w->rpm < rpm))
+            rpm = w->rpm;
+        if (w->tpm > 0 && (tpm == 0 || w->tpm < tpm))
+            tpm = w->tpm;
+        w = (s_worker_t *) zlistx_next(group->members);
+    }
+    if (rpm == 0 && tpm == 0)
+        return;                 //  No limit known: nothing to split
+    int64_t share_rpm = rpm ? rpm / (int64_t) members : 0;
+    int64_t share_tpm = tpm ? tpm / (int64_t) members : 0;
+    if (rpm && share_rpm < 1)
+        share_rpm = 1;
+    if (tpm && share_tpm < 1)
+        share_tpm = 1;
+    char rpm_text[32], tpm_text[32], members_text[32];
+    snprintf(rpm_text, sizeof(rpm_text), "%" PRId64, share_rpm);
+    snprintf(tpm_text, sizeof(tpm_text), "%" PRId64, share_tpm);
+    snprintf(members_text, sizeof(members_text), "%zu", members);
+    w = (s_worker_t *) zlistx_first(group->members);
+    while (w) {
+        w->share_rpm = share_rpm;
+        w->share_tpm = share_tpm;
+        llmq_msg_t *msg = llmq_msg_new(LLMQ_MSG_LIMITS);
+        if (msg) {
+            llmq_msg_set_limits_rpm(msg, share_rpm);
+            llmq_msg_set_limits_tpm(msg, share_tpm);
+            llmq_msg_set_routing_id(msg, w->rid);
+            llmq_msg_send(&msg, self->backend);
+        }
+        w = (s_worker_t *) zlistx_next(group->members);
+    }
+    s_log(self, "info", "limits", "group", group->name, "members", members_text,
+          "rpm_share", rpm_text, "tpm_share", tpm_text, NULL);
+}
+
+static void
+s_group_join(s_broker_t *self, s_worker_t *w, const char *name)
+{
+    s_group_t *group = (s_group_t *) zhashx_lookup(self->groups, name);
+    if (!group) {
+        group = (s_group_t *) calloc(1, sizeof(*group));
+        if (!group)
+            return;
+        group->name = strdup(name);
+        group->members = zlistx_new();
+        if (!group->name || !group->members) {
+            void *item = group;
+            s_group_free(&item);
+            return;
+        }
+        zhashx_insert(self->groups, name, group);
+    }
+    zlistx_add_end(group->members, w);
+    w->group = group;
+    s_group_share(self, group);
+}
+
+static void
+s_group_leave(s_broker_t *self, s_worker_t *w)
+{
+    s_group_t *group = w->group;
+    if (!group)
+        return;
+    w->group = NULL;
+    void *handle = zlistx_find(group->members, w);
+    if (handle)
+        zlistx_delete(group->members, handle);
+    if (zlistx_size(group->members) == 0)
+        zhashx_delete(self->groups, group->name);
+    else
+        s_group_share(self, group);
+}
+
+//  --------------------------------------------------------------------------
+//  Dispatch.
+
+//  The worker with the most credit among those serving the lane (ties:
+//  least recently used), or NULL.
+static s_worker_t *
+s_best_worker(s_lane_t *lane)
+{
+    s_worker_t *best = NULL;
+    s_worker_t *w = (s_worker_t *) zlistx_first(lane->workers);
+    while (w) {
+        if (w->credit > 0
+        && (!best || w->credit > best->credit
+            || (w->credit == best->credit && w->last_used < best->last_used)))
+            best = w;
+        w = (s_worker_t *) zlistx_next(lane->workers);
+    }
+    return best;
+}
+
+//  Send a waiting request (already out of its lane) to a worker.
+static void
+s_send_request(s_broker_t *self, s_worker_t *w, s_request_t *r)
+{
+    int64_t now = zclock_mono();
+    r->bid = ++self->next_bid;
+    r->worker = w;
+    r->wprev = NULL;
+    r->wnext = w->inflight;
+    if (w->inflight)
+        w->inflight->wprev = r;
+    w->inflight = r;
+    w->credit--;
+    w->in_flight++;
+    w->last_used = ++self->use_clock;
+    self->inflight_count++;
+    self->counters.dispatched++;
+    zhashx_insert(self->inflight, (void *) (uintptr_t) r->bid, r);
+    //  A worker honours the deadline itself; the broker steps in only if
+    //  the answer is very late.
+    s_expiry_set(self, r, r->deadline == s_NO_EXPIRY
+                          ? s_NO_EXPIRY : r->deadline + self->config.inflight_grace_ms);
+
+    llmq_msg_t *msg = llmq_msg_new(LLMQ_MSG_REQ);
+    zframe_t *header = NULL;
+    char bid[24];
+    snprintf(bid, sizeof(bid), "r%" PRIx64, r->bid);
+    if (msg) {
+        llmq_msg_set_id(msg, bid);
+        llmq_msg_set_op(msg, s_ops[r->op]);
+        llmq_msg_set_model(msg, r->lane->model);
+        if (r->lane->pool)
+            llmq_msg_set_pool(msg, r->lane->pool);
+        llmq_msg_set_attempt(msg, r->attempt);
+        if (r->stream)
+            llmq_msg_set_stream(msg, true);
+        if (r->trace)
+            llmq_msg_set_trace(msg, r->trace);
+        if (r->deadline != s_NO_EXPIRY)
+            llmq_msg_set_deadline_ms(msg, r->deadline > now + 1 ? r->deadline - now : 1);
+        header = llmq_msg_encode(msg, NULL, 0);
+        llmq_msg_destroy(&msg);
+    }
+    if (!header) {
+        s_fail(self, r, LLMQ_ERR_INTERNAL, "broker could not encode the request");
+        return;
+    }
+    void *socket = zsock_resolve(self->backend);
+    zframe_send(&w->rid, self->backend, ZFRAME_MORE | ZFRAME_REUSE);
+    zframe_send(&header, self->backend, ZFRAME_MORE);
+    s_send_payload(r, socket);
+}
+
+//  Send the first waiting request of a lane to the best worker.
+static bool
+s_dispatch_one(s_broker_t *self, s_lane_t *lane)
+{
+    if (!llmq_queue_size(lane->queue))
+        return false;
+    s_worker_t *w = s_best_worker(lane);
+    if (!w)
+        return false;
+    llmq_queue_node_t *node = llmq_queue_pop(lane->queue);
+    self->queued--;
+    s_send_request(self, w, LLMQ_QUEUE_ITEM(node, s_request_t, qnode));
+    return true;
+}
+
+static void
+s_dispatch_lane(s_broker_t *self, s_lane_t *lane)
+{
+    while (s_dispatch_one(self, lane))
+        ;
+}
+
+//  A worker has credit: serve its lanes, best waiting request first.
+static void
+s_dispatch_worker(s_broker_t *self, s_worker_t *w)
+{
+    while (w->credit > 0 && !w->leaving) {
+        s_lane_t *best = NULL;
+        llmq_queue_node_t *best_head = NULL;
+        s_lane_t *lane = (s_lane_t *) zlistx_first(w->lanes);
+        while (lane) {
+            llmq_queue_node_t *head = llmq_queue_peek(lane->queue);
+            if (head && (!best_head || head->priority > best_head->priority
+                         || (head->priority == best_head->priority
+                             && head->seq < best_head->seq))) {
+                best = lane;
+                best_head = head;
+            }
+            lane = (s_lane_t *) zlistx_next(w->lanes);
+        }
+        if (!best || !s_dispatch_one(self, best))
+            break;
+    }
+}
+
+//  --------------------------------------------------------------------------
+//  Workers.
+
+static void
+s_worker_free(void **item)
+{
+    s_worker_t *w = (s_worker_t *) *item;
+    if (!w)
+        return;
+    for (size_t i = 0; i < w->nmodels; i++)
+        free(w->models[i]);
+    free(w->models);
+    zlistx_destroy(&w->lanes);
+    zframe_destroy(&w->rid);
+    free(w->key);
+    free(w->name);
+    free(w->pool);
+    free(w->provider);
+    free(w->version);
+    free(w);
+    *item = NULL;
+}
+
+//  Stop giving a worker new work: out of its lanes and its limit group.
+static void
+s_worker_retire(s_broker_t *self, s_worker_t *w)
+{
+    w->leaving = true;
+    w->credit = 0;
+    s_lane_t *lane = (s_lane_t *) zlistx_first(w->lanes);
+    while (lane) {
+        s_lane_drop_worker(self, lane, w);
+        lane = (s_lane_t *) zlistx_next(w->lanes);
+    }
+    zlistx_purge(w->lanes);
+    s_group_leave(self, w);
+}
+
+//  Forget a worker. Its in-flight requests go back to the front of their
+//  lanes (attempt + 1) or, out of attempts, are answered with an error.
+static void
+s_worker_remove(s_broker_t *self, s_worker_t *w, const char *why)
+{
+    s_worker_retire(self, w);
+    while (w->inflight) {
+        s_request_t *r = w->inflight;
+        s_request_unassign(self, r);
+        if (r->attempt >= r->max_attempts) {
+            char message[300];
+            snprintf(message, sizeof(message),
+                     "worker %s %s while handling the request (attempt %d of %d)",
+                     w->name, why, r->attempt, r->max_attempts);
+            s_fail(self, r, LLMQ_ERR_INTERNAL, message);
+        }
+        else {
+            r->attempt++;
+            self->counters.requeued++;
+            llmq_metrics_add(self->metrics, "llmq_broker_requeues_total", NULL, 1);
+            if (s_enqueue(self, r, true))
+                s_fail(self, r, LLMQ_ERR_INTERNAL, "broker could not requeue the request");
+        }
+    }
+    zhashx_delete(self->workers, w->key);
+    //  Requeued requests may have other workers waiting for them.
+    s_lane_t *lane = (s_lane_t *) zhashx_first(self->lanes);
+    while (lane) {
+        if (llmq_queue_size(lane->queue) && zlistx_size(lane->workers))
+            s_dispatch_lane(self, lane);
+        lane = (s_lane_t *) zhashx_next(self->lanes);
+    }
+}
+
+static void
+s_worker_hello(s_broker_t *self, const char *key, llmq_msg_t *msg)
+{
+    s_worker_t *old = (s_worker_t *) zhashx_lookup(self->workers, key);
+    if (old) {
+        //  Same routing id says hello again: it restarted and lost its work.
+        s_log(self, "warning", "worker_rejoin", "worker", old->name, NULL);
+        s_worker_remove(self, old, "restarted");
+    }
+    int64_t capacity = llmq_msg_capacity(msg);
+    if (capacity < 1 || capacity > 1000000) {
+        s_send_error(self, self->backend, llmq_msg_routing_id(msg),
+                     LLMQ_ERR_BAD_MESSAGE, "capacity must be 1..1000000", NULL);
+        return;
+    }
+    s_worker_t *w = (s_worker_t *) calloc(1, sizeof(*w));
+    if (!w)
+        return;
+    w->key = strdup(key);
+    w->rid = zframe_dup(llmq_msg_routing_id(msg));
+    w->name = strdup(llmq_msg_worker(msg));
+    w->pool = strdup(llmq_msg_pool(msg));
+    w->provider = strdup(llmq_msg_provider(msg));
+    w->version = strdup(llmq_msg_version(msg) ? llmq_msg_version(msg) : "");
+    w->nmodels = llmq_msg_models_count(msg);
+    w->models = (char **) calloc(w->nmodels + 1, sizeof(char *));
+    w->lanes = zlistx_new();
+    bool failed = !w->key || !w->rid || !w->name || !w->pool || !w->provider
+               || !w->version || !w->models || !w->lanes;
+    for (size_t i = 0; !failed && i < w->nmodels; i++)
+        failed = !(w->models[i] = strdup(llmq_msg_models_at(msg, i)));
+    if (failed) {
+        void *item = w;
+        s_worker_free(&item);
+        return;
+    }
+    w->capacity = capacity;
+    w->rpm = llmq_msg_limits_rpm(msg);
+    w->tpm = llmq_msg_limits_tpm(msg);
+    w->batch_api = llmq_msg_batch_api(msg);
+    w->healthy = true;
+    w->last_seen = zclock_mono();
+    zhashx_insert(self->workers, key, w);
+    s_lane_t *lane = (s_lane_t *) zhashx_first(self->lanes);
+    while (lane) {
+        if (s_worker_serves(w, lane)) {
+            zlistx_add_end(lane->workers, w);
+            zlistx_add_end(w->lanes, lane);
+        }
+        lane = (s_lane_t *) zhashx_next(self->lanes);
+    }
+    char models[512] = "", capacity_text[32];
+    for (size_t i = 0, pos = 0; i < w->nmodels && pos < sizeof(models); i++)
+        pos += (size_t) snprintf(models + pos, sizeof(models) - pos, "%s%s",
+                                 i ? "," : "", w->models[i]);
+    snprintf(capacity_text, sizeof(capacity_text), "%" PRId64, capacity);
+    const char *group = llmq_msg_limit_group(msg);
+    s_log(self, "info", "worker_join", "worker", w->name, "pool", w->pool,
+          "provider", w->provider, "models", models, "capacity", capacity_text,
+          "limit_group", group ? group : "", NULL);
+    if (group && *group)
+        s_group_join(self, w, group);
+}
+
+static void
+s_worker_result(s_broker_t *self, s_worker_t *w, llmq_msg_t **msg_p)
+{
+    llmq_msg_t *msg = *msg_p;
+    s_request_t *r = s_inflight_lookup(self, llmq_msg_id(msg));
+    if (!r || r->worker != w) {
+        //  Already answered, cancelled, expired or requeued elsewhere.
+        if (llmq_msg_type(msg) == LLMQ_MSG_RES) {
+            self->counters.dropped++;
+            const char *labels[] = { "reason", "unknown_result", NULL };
+            llmq_metrics_add(self->metrics, "llmq_broker_dropped_total", labels, 1);
+        }
+        llmq_msg_destroy(msg_p);
+        return;
+    }
+    if (llmq_msg_type(msg) == LLMQ_MSG_CHUNK) {
+        if (!r->client) {
+            llmq_msg_destroy(msg_p);
+            return;
+        }
+        llmq_msg_set_id(msg, r->id);
+        llmq_msg_set_routing_id(msg, r->client->rid);
+        llmq_msg_clear(msg, LLMQ_F_ratelimit_remaining_requests);
+        llmq_msg_clear(msg, LLMQ_F_ratelimit_remaining_tokens);
+        llmq_msg_clear(msg, LLMQ_F_ratelimit_reset_ms);
+        llmq_msg_send(msg_p, self->frontend);
+        return;
+    }
+    s_complete(self, r, msg_p);
+    if (w->leaving && w->in_flight == 0) {
+        s_log(self, "info", "worker_gone", "worker", w->name, NULL);
+        s_worker_remove(self, w, "left");
+    }
+}
+
+static void
+s_handle_worker(s_broker_t *self, llmq_msg_t *msg)
+{
+    char key[520];
+    zframe_t *rid = llmq_msg_routing_id(msg);
+    s_key(rid, key, sizeof(key));
+    if (self->config.verbose)
+        llmq_msg_print(msg);
+    s_worker_t *w = (s_worker_t *) zhashx_lookup(self->workers, key);
+    llmq_msg_type_t type = llmq_msg_type(msg);
+    if (w)
+        w->last_seen = zclock_mono();     //  Any message is a sign of life
+
+    if (type == LLMQ_MSG_INVALID) {
+        self->counters.bad_messages++;
+        const char *labels[] = { "reason", "bad_message", NULL };
+        llmq_metrics_add(self->metrics, "llmq_broker_dropped_total", labels, 1);
+        s_send_error(self, self->backend, rid, LLMQ_ERR_BAD_MESSAGE,
+                     llmq_msg_invalid_reason(msg), llmq_msg_id(msg));
+    }
+    else
+    if (type == LLMQ_MSG_HELLO)
+        s_worker_hello(self, key, msg);
+    else
+    if (!w)
+        s_send_error(self, self->backend, rid, LLMQ_ERR_BAD_MESSAGE,
+                     "hello first", NULL);
+    else
+    switch (type) {
+        case LLMQ_MSG_CREDIT:
+            if (!w->leaving && llmq_msg_n(msg) > 0) {
+                int64_t credit = w->credit + llmq_msg_n(msg);
+                //  Never more outstanding than the worker's own capacity.
+                if (credit > w->capacity)
+                    credit = w->capacity;
+                w->credit = credit;
+                s_dispatch_worker(self, w);
+            }
+            break;
+        case LLMQ_MSG_HB:
+            w->healthy = llmq_msg_has(msg, LLMQ_F_healthy) ? llmq_msg_healthy(msg) : true;
+            break;
+        case LLMQ_MSG_RES:
+        case LLMQ_MSG_CHUNK:
+            s_worker_result(self, w, &msg);
+            break;
+        case LLMQ_MSG_BYE:
+            if (!w->leaving) {
+                s_log(self, "info", "worker_leave", "worker", w->name, NULL);
+                s_worker_retire(self, w);
+            }
+            if (w->in_flight == 0) {
+                s_log(self, "info", "worker_gone", "worker", w->name, NULL);
+                s_worker_remove(self, w, "left");
+            }
+            break;
+        case LLMQ_MSG_JOB_STATUS:
+        case LLMQ_MSG_JOB_RESULTS:
+            if (self->config.module && self->config.module->worker_msg)
+                self->config.module->worker_msg(self->module_state, &msg);
+            else
+                s_send_error(self, self->backend, rid, LLMQ_ERR_BAD_MESSAGE,
+                             "no batch jobs were sent", NULL);
+            break;
+        default:
+            s_send_error(self, self->backend, rid, LLMQ_ERR_BAD_MESSAGE,
+                         "unexpected message type from a worker", llmq_msg_id(msg));
+            break;
+    }
+    llmq_msg_destroy(&msg);
+}
+
+//  --------------------------------------------------------------------------
+//  Clients.
+
+static void
+s_client_request(s_broker_t *self, const char *key, llmq_msg_t **msg_p)
+{
+    llmq_msg_t *msg = *msg_p;
+    s_client_t *client = (s_client_t *) zhashx_lookup(self->clients, key);
+    const char *id = llmq_msg_id(msg);
+    if (client && zhashx_lookup(client->pending, id)) {
+        //  A resend of a request still pending: the first one will answer.
+        self->counters.duplicates++;
+        const char *labels[] = { "reason", "duplicate_request", NULL };
+        llmq_metrics_add(self->metrics, "llmq_broker_dropped_total", labels, 1);
+        llmq_msg_destroy(msg_p);
+        return;
+    }
+    if (self->draining) {
+        self->counters.overloaded++;
+        s_refuse(self, msg_p, LLMQ_ERR_OVERLOADED, "broker shutting down");
+        return;
+    }
+    int op = -1;
+    for (int i = 0; i < 3; i++)
+        if (streq(llmq_msg_op(msg), s_ops[i]))
+            op = i;
+    if (op < 0) {
+        s_refuse(self, msg_p, LLMQ_ERR_INVALID_REQUEST,
+                 "unknown op (expected chat, completion or embedding)");
+        return;
+    }
+    if (self->queued >= self->config.max_queue) {
+        self->counters.overloaded++;
+        if (!self->overloaded) {
+            self->overloaded = true;
+            char depth[32];
+            snprintf(depth, sizeof(depth), "%zu", self->queued);
+            s_log(self, "warning", "overload_start", "queued", depth, NULL);
+        }
+        char message[96];
+        snprintf(message, sizeof(message), "broker queue full (%zu requests waiting)",
+                 self->queued);
+        s_refuse(self, msg_p, LLMQ_ERR_OVERLOADED, message);
+        return;
+    }
+    s_lane_t *lane = s_lane_require(self, llmq_msg_model(msg), llmq_msg_pool(msg));
+    client = s_client_require(self, key, llmq_msg_routing_id(msg));
+    s_request_t *r = (s_request_t *) calloc(1, sizeof(*r));
+    if (!lane || !client || !r || !(r->id = strdup(id))) {
+        free(r);
+        s_refuse(self, msg_p, LLMQ_ERR_INTERNAL, "broker out of memory");
+        return;
+    }
+    int64_t now = zclock_mono();
+    llmq_queue_node_init(&r->qnode);
+    llmq_queue_node_init(&r->dnode);
+    r->client = client;
+    r->lane = lane;
+    lane->refs++;
+    r->op = (uint8_t) op;
+    r->priority = llmq_msg_priority(msg);
+    r->received_at = now;
+    int64_t deadline_ms = llmq_msg_deadline_ms(msg);
+    r->deadline = deadline_ms > 0 && deadline_ms < INT64_MAX / 4 ? now + deadline_ms
+                                                                 : s_NO_EXPIRY;
+    int64_t max_attempts = llmq_msg_has(msg, LLMQ_F_max_attempts)
+                         ? llmq_msg_max_attempts(msg) : 3;
+    r->max_attempts = (uint8_t) (max_attempts < 1 ? 1
+                               : max_attempts > s_MAX_ATTEMPTS ? s_MAX_ATTEMPTS
+                               : max_attempts);
+    r->attempt = 1;
+    r->stream = llmq_msg_stream(msg);
+    r->payload = llmq_msg_take_payload(msg);
+    size_t meta_size = 0;
+    const uint8_t *meta = llmq_msg_meta(msg, &meta_size);
+    if (meta && (r->meta = (uint8_t *) malloc(meta_size))) {
+        memcpy(r->meta, meta, meta_size);
+        r->meta_size = meta_size;
+    }
+    r->trace = s_strdup_or_null(llmq_msg_trace(msg));
+    zhashx_insert(client->pending, r->id, r);
+    self->counters.received++;
+    llmq_metrics_add(self->metrics, "llmq_broker_received_total", NULL, 1);
+    if (s_enqueue(self, r, false)) {
+        s_fail(self, r, LLMQ_ERR_INTERNAL, "broker could not queue the request");
+        llmq_msg_destroy(msg_p);
+        return;
+    }
+    llmq_msg_destroy(msg_p);
+    s_dispatch_lane(self, lane);
+}
+
+static void
+s_client_cancel(s_broker_t *self, const char *key, llmq_msg_t *msg)
+{
+    s_client_t *client = (s_client_t *) zhashx_lookup(self->clients, key);
+    s_request_t *r = client
+                   ? (s_request_t *) zhashx_lookup(client->pending, llmq_msg_id(msg))
+                   : NULL;
+    if (!r)
+        return;                 //  Unknown or already answered: ignored
+    if (r->worker) {
+        llmq_msg_t *cancel = llmq_msg_new(LLMQ_MSG_CANCEL);
+        if (cancel) {
+            char bid[24];
+            snprintf(bid, sizeof(bid), "r%" PRIx64, r->bid);
+            llmq_msg_set_id(cancel, bid);
+            llmq_msg_set_routing_id(cancel, r->worker->rid);
+            llmq_msg_send(&cancel, self->backend);
+        }
+    }
+    self->counters.cancelled++;
+    s_fail(self, r, LLMQ_ERR_CANCELLED, "cancelled by the client");
+}
+
+static void
+s_client_status(s_broker_t *self, zframe_t *rid)
+{
+    llmq_packer_t *pk = llmq_packer_new();
+    if (!pk)
+        return;
+    llmq_packer_map(pk, 6);
+    llmq_packer_str(pk, "broker");
+    llmq_packer_str(pk, self->name);
+    llmq_packer_str(pk, "version");
+    llmq_packer_str(pk, s_VERSION);
+    llmq_packer_str(pk, "uptime_ms");
+    llmq_packer_int(pk, zclock_mono() - self->started_at);
+    llmq_packer_str(pk, "workers");
+    llmq_packer_array(pk, zhashx_size(self->workers));
+    s_worker_t *w = (s_worker_t *) zhashx_first(self->workers);
+    while (w) {
+        llmq_packer_map(pk, 10);
+        llmq_packer_str(pk, "name");
+        llmq_packer_str(pk, w->name);
+        llmq_packer_str(pk, "pool");
+        llmq_packer_str(pk, w->pool);
+        llmq_packer_str(pk, "provider");
+        llmq_packer_str(pk, w->provider);
+        llmq_packer_str(pk, "models");
+        llmq_packer_array(pk, w->nmodels);
+        for (size_t i = 0; i < w->nmodels; i++)
+            llmq_packer_str(pk, w->models[i]);
+        llmq_packer_str(pk, "capacity");
+        llmq_packer_int(pk, w->capacity);
+        llmq_packer_str(pk, "credit");
+        llmq_packer_int(pk, w->credit);
+        llmq_packer_str(pk, "in_flight");
+        llmq_packer_int(pk, w->in_flight);
+        llmq_packer_str(pk, "healthy");
+        llmq_packer_bool(pk, w->healthy && !w->leaving);
+        llmq_packer_str(pk, "limit_group");
+        if (w->group)
+            llmq_packer_str(pk, w->group->name);
+        else
+            llmq_packer_nil(pk);
+        llmq_packer_str(pk, "answered");
+        llmq_packer_int(pk, (int64_t) w->answered);
+        w = (s_worker_t *) zhashx_next(self->workers);
+    }
+    llmq_packer_str(pk, "queues");
+    llmq_packer_array(pk, zhashx_size(self->lanes));
+    s_lane_t *lane = (s_lane_t *) zhashx_first(self->lanes);
+    while (lane) {
+        llmq_packer_map(pk, 4);
+        llmq_packer_str(pk, "model");
+        llmq_packer_str(pk, lane->model);
+        llmq_packer_str(pk, "pool");
+        if (lane->pool)
+            llmq_packer_str(pk, lane->pool);
+        else
+            llmq_packer_nil(pk);
+        llmq_packer_str(pk, "depth");
+        llmq_packer_int(pk, (int64_t) llmq_queue_size(lane->queue));
+        llmq_packer_str(pk, "workers");
+        llmq_packer_int(pk, (int64_t) zlistx_size(lane->workers));
+        lane = (s_lane_t *) zhashx_next(self->lanes);
+    }
+    s_counters_t *c = &self->counters;
+    llmq_packer_str(pk, "counters");
+    llmq_packer_map(pk, 12);
+    struct { const char *name; uint64_t value; } counters[] = {
+        { "received", c->received }, { "dispatched", c->dispatched },
+        { "answered_ok", c->answered_ok }, { "answered_error", c->answered_error },
+        { "requeued", c->requeued }, { "dropped", c->dropped },
+        { "expired", c->expired }, { "overloaded", c->overloaded },
+        { "not_found", c->not_found }, { "cancelled", c->cancelled },
+        { "queued", self->queued }, { "in_flight", self->inflight_count },
+    };
+    for (size_t i = 0; i < sizeof(counters) / sizeof(counters[0]); i++) {
+        llmq_packer_str(pk, counters[i].name);
+        llmq_packer_int(pk, (int64_t) counters[i].value);
+    }
+    zframe_t *payload = llmq_packer_frame(pk);
+    llmq_packer_destroy(&pk);
+    llmq_msg_t *msg = llmq_msg_new(LLMQ_MSG_STATUS);
+    if (!msg) {
+        zframe_destroy(&payload);
+        return;
+    }
+    llmq_msg_set_payload(msg, &payload);
+    llmq_msg_set_routing_id(msg, rid);
+    llmq_msg_send(&msg, self->frontend);
+}
+
+static void
+s_handle_client(s_broker_t *self, llmq_msg_t *msg)
+{
+    char key[520];
+    zframe_t *rid = llmq_msg_routing_id(msg);
+    s_key(rid, key, sizeof(key));
+    if (self->config.verbose)
+        llmq_msg_print(msg);
+    switch (llmq_msg_type(msg)) {
+        case LLMQ_MSG_REQ:
+            s_client_request(self, key, &msg);
+            break;
+        case LLMQ_MSG_CANCEL:
+            s_client_cancel(self, key, msg);
+            break;
+        case LLMQ_MSG_PING: {
+            llmq_msg_t *pong = llmq_msg_new(LLMQ_MSG_PONG);
+            if (pong) {
+                llmq_msg_set_broker(pong, self->name);
+                llmq_msg_set_version(pong, s_VERSION);
+                llmq_msg_set_time_ms(pong, zclock_time());
+                llmq_msg_set_routing_id(pong, rid);
+                llmq_msg_send(&pong, self->frontend);
+            }
+            break;
+        }
+        case LLMQ_MSG_STATUS:
+            s_client_status(self, rid);
+            break;
+        case LLMQ_MSG_BATCH_OPEN:
+        case LLMQ_MSG_BATCH_ADD:
+        case LLMQ_MSG_BATCH_CLOSE:
+        case LLMQ_MSG_BATCH_GET:
+        case LLMQ_MSG_BATCH_CANCEL:
+            if (self->config.module && self->config.module->client_msg)
+                self->config.module->client_msg(self->module_state, &msg);
+            else
+                s_send_error(self, self->frontend, rid, LLMQ_ERR_INVALID_REQUEST,
+                             "batches not supported yet", NULL);
+            break;
+        case LLMQ_MSG_INVALID:
+            self->counters.bad_messages++;
+            {
+                const char *labels[] = { "reason", "bad_message", NULL };
+                llmq_metrics_add(self->metrics, "llmq_broker_dropped_total", labels, 1);
+            }
+            s_send_error(self, self->frontend, rid, LLMQ_ERR_BAD_MESSAGE,
+                         llmq_msg_invalid_reason(msg), llmq_msg_id(msg));
+            break;
+        default:
+            s_send_error(self, self->frontend, rid, LLMQ_ERR_BAD_MESSAGE,
+                         "unexpected message type from a client", llmq_msg_id(msg));
+            break;
+    }
+    llmq_msg_destroy(&msg);
+}
+
+//  --------------------------------------------------------------------------
+//  Timers.
+
+static void
+s_expire(s_broker_t *self, int64_t now)
+{
+    llmq_queue_node_t *node;
+    while ((node = llmq_queue_peek(self->expiry)) && -node->priority <= now) {
+        llmq_queue_pop(self->expiry);
+        s_request_t *r = LLMQ_QUEUE_ITEM(node, s_request_t, dnode);
+        char message[200];
+        if (r->worker) {
+            //  Far past its deadline at a worker: answer, and free the slot.
+            llmq_msg_t *cancel = llmq_msg_new(LLMQ_MSG_CANCEL);
+            if (cancel) {
+                char bid[24];
+                snprintf(bid, sizeof(bid), "r%" PRIx64, r->bid);
+                llmq_msg_set_id(cancel, bid);
+                llmq_msg_set_routing_id(cancel, r->worker->rid);
+                llmq_msg_send(&cancel, self->backend);
+            }
+            self->counters.expired++;
+            s_fail(self, r, LLMQ_ERR_DEADLINE_EXCEEDED,
+                   "deadline passed while a worker held the request");
+        }
+        else
+        if (r->deadline <= now) {
+            self->counters.expired++;
+            snprintf(message, sizeof(message),
+                     "deadline passed after %" PRId64 " ms in the queue",
+                     now - r->received_at);
+            s_fail(self, r, LLMQ_ERR_DEADLINE_EXCEEDED, message);
+        }
+        else {
+            int64_t at = s_queued_expiry(self, r);
+            if (at <= now) {
+                self->counters.not_found++;
+                snprintf(message, sizeof(message),
+                         "no worker serves model '%.64s'%s%.64s%s (waited %d ms)",
+                         r->lane->model, r->lane->pool ? " in pool '" : "",
+                         r->lane->pool ? r->lane->pool : "", r->lane->pool ? "'" : "",
+                         self->config.no_worker_wait_ms);
+                s_fail(self, r, LLMQ_ERR_NOT_FOUND, message);
+            }
+            else
+                s_expiry_set(self, r, at);
+        }
+    }
+}
+
+static void
+s_heartbeat(s_broker_t *self, int64_t now)
+{
+    llmq_msg_t *hb = llmq_msg_new(LLMQ_MSG_HB);
+    zframe_t *header = hb ? llmq_msg_encode(hb, NULL, 0) : NULL;
+    llmq_msg_destroy(&hb);
+    zlistx_t *dead = zlistx_new();
+    s_worker_t *w = (s_worker_t *) zhashx_first(self->workers);
+    while (w) {
+        if (now - w->last_seen > self->config.dead_ms) {
+            if (dead)
+                zlistx_add_end(dead, w);
+        }
+        else
+        if (header) {
+            zframe_send(&w->rid, self->backend, ZFRAME_MORE | ZFRAME_REUSE);
+            zframe_send(&header, self->backend, ZFRAME_REUSE);
+        }
+        w = (s_worker_t *) zhashx_next(self->workers);
+    }
+    zframe_destroy(&header);
+    w = dead ? (s_worker_t *) zlistx_first(dead) : NULL;
+    while (w) {
+        char silent[32], inflight[32];
+        snprintf(silent, sizeof(silent), "%" PRId64, now - w->last_seen);
+        snprintf(inflight, sizeof(inflight), "%" PRId64, w->in_flight);
+        s_log(self, "warning", "worker_dead", "worker", w->name, "silent_ms", silent,
+              "in_flight", inflight, NULL);
+        self->counters.worker_deaths++;
+        llmq_metrics_add(self->metrics, "llmq_broker_worker_deaths_total", NULL, 1);
+        s_worker_remove(self, w, "died");
+        w = (s_worker_t *) zlistx_next(dead);
+    }
+    zlistx_destroy(&dead);
+}
+
+//  Answer everything still pending `overloaded`: the end of a drain.
+static void
+s_drain_finish(s_broker_t *self)
+{
+    char left[32];
+    snprintf(left, sizeof(left), "%zu", self->queued + self->inflight_count);
+    s_worker_t *w = (s_worker_t *) zhashx_first(self->workers);
+    while (w) {
+        while (w->inflight)
+            s_fail(self, w->inflight, LLMQ_ERR_OVERLOADED, "broker shutting down");
+        w = (s_worker_t *) zhashx_next(self->workers);
+    }
+    s_lane_t *lane = (s_lane_t *) zhashx_first(self->lanes);
+    while (lane) {
+        llmq_queue_node_t *node;
+        while ((node = llmq_queue_peek(lane->queue)))
+            s_fail(self, LLMQ_QUEUE_ITEM(node, s_request_t, qnode),
+                   LLMQ_ERR_OVERLOADED, "broker shutting down");
+        lane = (s_lane_t *) zhashx_next(self->lanes);
+    }
+    s_log(self, "info", "drained", "answered_overloaded", left, NULL);
+    self->drained = true;
+    zstr_send(self->pipe, "DRAINED");
+}
+
+static void
+s_timers(s_broker_t *self, int64_t now)
+{
+    s_expire(self, now);
+    if (self->draining && !self->drained
+    && (self->queued + self->inflight_count == 0 || now >= self->drain_deadline))
+        s_drain_finish(self);
+    if (now < self->next_tick)
+        return;
+    self->next_tick = now + s_TICK_MS;
+    if (now >= self->next_heartbeat) {
+        self->next_heartbeat = now + self->config.heartbeat_ms;
+        s_heartbeat(self, now);
+    }
+    if (self->overloaded && self->queued < self->config.max_queue / 10 * 9) {
+        self->overloaded = false;
+        char depth[32];
+        snprintf(depth, sizeof(depth), "%zu", self->queued);
+        s_log(self, "info", "overload_end", "queued", depth, NULL);
+    }
+    //  Forget lanes nobody used for a minute (clients choose model names).
+    zlistx_t *idle = zlistx_new();
+    s_lane_t *lane = (s_lane_t *) zhashx_first(self->lanes);
+    while (lane && idle) {
+        if (lane->refs == 0 && now - lane->idle_since > 60000)
+            zlistx_add_end(idle, lane);
+        lane = (s_lane_t *) zhashx_next(self->lanes);
+    }
+    lane = idle ? (s_lane_t *) zlistx_first(idle) : NULL;
+    while (lane) {
+        s_worker_t *w = (s_worker_t *) zlistx_first(lane->workers);
+        while (w) {
+            void *handle = zlistx_find(w->lanes, lane);
+            if (handle)
+                zlistx_delete(w->lanes, handle);
+            w = (s_worker_t *) zlistx_next(lane->workers);
+        }
+        zhashx_delete(self->lanes, lane->key);
+        lane = (s_lane_t *) zlistx_next(idle);
+    }
+    zlistx_destroy(&idle);
+    if (self->config.module && self->config.module->tick)
+        self->config.module->tick(self->module_state, now);
+}
+
+//  --------------------------------------------------------------------------
+//  Metrics gauges, refreshed at each scrape.
+
+static void
+s_collect(llmq_metrics_t *metrics, void *arg)
+{
+    s_broker_t *self = (s_broker_t *) arg;
+    llmq_metrics_reset(metrics, "llmq_broker_queue_depth");
+    s_lane_t *lane = (s_lane_t *) zhashx_first(self->lanes);
+    size_t lanes = 0;
+    while (lane && lanes++ < s_MAX_METRIC_MODELS) {
+        const char *labels[] = { "model", lane->model, "pool",
+                                 lane->pool ? lane->pool : "", NULL };
+        llmq_metrics_set(metrics, "llmq_broker_queue_depth", labels,
+                         (double) llmq_queue_size(lane->queue));
+        lane = (s_lane_t *) zhashx_next(self->lanes);
+    }
+    size_t live = 0, leaving = 0;
+    s_worker_t *w = (s_worker_t *) zhashx_first(self->workers);
+    while (w) {
+        if (w->leaving)
+            leaving++;
+        else
+            live++;
+        w = (s_worker_t *) zhashx_next(self->workers);
+    }
+    const char *live_labels[] = { "state", "live", NULL };
+    const char *leaving_labels[] = { "state", "leaving", NULL };
+    llmq_metrics_set(metrics, "llmq_broker_workers", live_labels, (double) live);
+    llmq_metrics_set(metrics, "llmq_broker_workers", leaving_labels, (double) leaving);
+    llmq_metrics_set(metrics, "llmq_broker_queued", NULL, (double) self->queued);
+    llmq_metrics_set(metrics, "llmq_broker_in_flight", NULL, (double) self->inflight_count);
+    llmq_metrics_set(metrics, "llmq_broker_clients", NULL, (double) zhashx_size(self->clients));
+    llmq_metrics_set(metrics, "llmq_broker_uptime_seconds", NULL,
+                     (double) (zclock_mono() - self->started_at) / 1000.0);
+}
+
+static void
+s_metrics_define(llmq_metrics_t *m)
+{
+    static const double buckets[] = { 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                                       0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300 };
+    llmq_metrics_define(m, "llmq_broker_requests_total", LLMQ_METRIC_COUNTER,
+                        "Requests answered, by model and outcome (ok or error code).",
+                        NULL, 0);
+    llmq_metrics_define(m, "llmq_broker_request_latency_seconds", LLMQ_METRIC_HISTOGRAM,
+                        "Time from receipt to answer, by model.", buckets,
+                        sizeof(buckets) / sizeof(buckets[0]));
+    llmq_metrics_define(m, "llmq_broker_received_total", LLMQ_METRIC_COUNTER,
+                        "Requests accepted into a queue.", NULL, 0);
+    llmq_metrics_define(m, "llmq_broker_requeues_total", LLMQ_METRIC_COUNTER,
+                        "Requests requeued after their worker died or left.", NULL, 0);
+    llmq_metrics_define(m, "llmq_broker_dropped_total", LLMQ_METRIC_COUNTER,
+                        "Messages dropped, by reason.", NULL, 0);
+    llmq_metrics_define(m, "llmq_broker_worker_deaths_total", LLMQ_METRIC_COUNTER,
+                        "Workers declared dead after heartbeat silence.", NULL, 0);
+    llmq_metrics_define(m, "llmq_broker_queue_depth", LLMQ_METRIC_GAUGE,
+                        "Requests waiting, by model and pool.", NULL, 0);
+    llmq_metrics_define(m, "llmq_broker_queued", LLMQ_METRIC_GAUGE,
+                        "Requests waiting in all queues.", NULL, 0);
+    llmq_metrics_define(m, "llmq_broker_in_flight", LLMQ_METRIC_GAUGE,
+                        "Requests held by workers.", NULL, 0);
+    llmq_metrics_define(m, "llmq_broker_workers", LLMQ_METRIC_GAUGE,
+                        "Registered workers, by state.", NULL, 0);
+    llmq_metrics_define(m, "llmq_broker_clients", LLMQ_METRIC_GAUGE,
+                        "Clients with requests pending.", NULL, 0);
+    llmq_metrics_define(m, "llmq_broker_uptime_seconds", LLMQ_METRIC_GAUGE,
+                        "Seconds since the broker started.", NULL, 0);
+    //  Present from the start, so a scrape shows them before any event.
+    llmq_metrics_add(m, "llmq_broker_received_total", NULL, 0);
+    llmq_metrics_add(m, "llmq_broker_requeues_total", NULL, 0);
+    llmq_metrics_add(m, "llmq_broker_worker_deaths_total", NULL, 0);
+}
+
+//  --------------------------------------------------------------------------
+//  Life cycle.
+
+static size_t
+s_uint64_hash(const void *key)
+{
+    uint64_t x = (uint64_t) (uintptr_t) key;
+    x ^= x >> 33;
+    x *= 0xff51afd7ed558ccdULL;
+    x ^= x >> 33;
+    return (size_t) x;
+}
+
+static int
+s_uint64_compare(const void *a, const void *b)
+{
+    uintptr_t x = (uintptr_t) a, y = (uintptr_t) b;
+    return x < y ? -1 : x > y ? 1 : 0;
+}
+
+static zsock_t *
+s_bind(s_broker_t *self, const char *endpoint, bool frontend, char **bound)
+{
+    zsock_t *sock = zsock_new(ZMQ_ROUTER);
+    if (!sock)
+        return NULL;
+    zsock_set_maxmsgsize(sock, (int) LLMQ_MAX_FRAME_SIZE);
+    zsock_set_router_mandatory(sock, 0);
+    //  Deep buffers: the broker's queue is the real bound, not the socket's.
+    zsock_set_sndhwm(sock, frontend ? 1000000 : 200000);
+    zsock_set_rcvhwm(sock, 200000);
+    zsock_set_linger(sock, 2000);
+    if (frontend)
+        zsock_set_router_handover(sock, 1);
+    if (zsock_bind(sock, "%s", endpoint) == -1) {
+        self->error = zsys_sprintf("cannot bind %s: %s", endpoint, zmq_strerror(zmq_errno()));
+        zsock_destroy(&sock);
+        return NULL;
+    }
+    char *last = zsock_last_endpoint(sock);
+    *bound = last ? last : strdup(endpoint);
+    return sock;
+}
+
+static s_broker_t *
+s_broker_new(zsock_t *pipe, const llmq_broker_config_t *config)
+{
+    s_broker_t *self = (s_broker_t *) calloc(1, sizeof(*self));
+    if (!self)
+        return NULL;
+    self->pipe = pipe;
+    self->config = *config;
+    //  Borrowed strings of the caller's config die with zactor_new's caller.
+    self->name = strdup(config->name ? config->name : "llmq-broker");
+    self->config.frontend = NULL;
+    self->config.backend = NULL;
+    self->config.metrics = NULL;
+    self->config.name = self->name;
+    self->started_at = zclock_mono();
+    self->clients = zhashx_new();
+    self->workers = zhashx_new();
+    self->lanes = zhashx_new();
+    self->groups = zhashx_new();
+    self->inflight = zhashx_new();
+    self->metric_models = zhashx_new();
+    self->expiry = llmq_queue_new();
+    self->metrics = llmq_metrics_new();
+    if (!self->name || !self->clients || !self->workers || !self->lanes || !self->groups
+    ||  !self->inflight || !self->metric_models || !self->expiry || !self->metrics) {
+        self->error = strdup("out of memory");
+        return self;
+    }
+    zhashx_set_destructor(self->clients, s_client_free);
+    zhashx_set_destructor(self->workers, s_worker_free);
+    zhashx_set_destructor(self->lanes, s_lane_free);
+    zhashx_set_destructor(self->groups, s_group_free);
+    zhashx_set_key_hasher(self->inflight, s_uint64_hash);
+    zhashx_set_key_comparator(self->inflight, s_uint64_compare);
+    zhashx_set_key_duplicator(self->inflight, NULL);
+    zhashx_set_key_destructor(self->inflight, NULL);
+    s_metrics_define(self->metrics);
+    llmq_metrics_set_collect(self->metrics, s_collect, self);
+
+    self->frontend = s_bind(self, config->frontend ? config->frontend
+                                                   : "tcp://127.0.0.1:5555",
+                            true, &self->frontend_ep);
+    if (self->frontend)
+        self->backend = s_bind(self, config->backend ? config->backend
+                                                     : "tcp://127.0.0.1:5556",
+                               false, &self->backend_ep);
+    if (self->backend && config->metrics && *config->metrics
+    &&  !streq(config->metrics, "0")
+    &&  llmq_metrics_listen(self->metrics, config->metrics) < 0)
+        self->error = zsys_sprintf("cannot listen for metrics on %s: %s",
+                                   config->metrics, strerror(errno));
+    if (!self->error && config->module && config->module->create) {
+        self->module_state = config->module->create(self, config->module->arg);
+        if (!self->module_state)
+            self->error = zsys_sprintf("module %s failed to start",
+                                       config->module->name ? config->module->name : "?");
+    }
+    self->next_heartbeat = self->started_at + self->config.heartbeat_ms;
+    return self;
+}
+
+static void
+s_broker_destroy(s_broker_t **self_p)
+{
+    s_broker_t *self = *self_p;
+    if (!self)
+        return;
+    *self_p = NULL;
+    if (self->module_state && self->config.module && self->config.module->destroy)
+        self->config.module->destroy(&self->module_state);
+    //  Requests first: they point into clients, lanes and workers.
+    if (self->workers) {
+        s_worker_t *w = (s_worker_t *) zhashx_first(self->workers);
+        while (w) {
+            while (w->inflight) {
+                s_request_t *r = w->inflight;
+                s_request_destroy(self, &r);
+            }
+            w = (s_worker_t *) zhashx_next(self->workers);
+        }
+    }
+    if (self->lanes) {
+        s_lane_t *lane = (s_lane_t *) zhashx_first(self->lanes);
+        while (lane) {
+            llmq_queue_node_t *node;
+            while ((node = llmq_queue_peek(lane->queue))) {
+                s_request_t *r = LLMQ_QUEUE_ITEM(node, s_request_t, qnode);
+                s_request_destroy(self, &r);
+            }
+            lane = (s_lane_t *) zhashx_next(self->lanes);
+        }
+    }
+    zhashx_destroy(&self->clients);
+    zhashx_destroy(&self->groups);
+    //  Workers and lanes point at each other only through borrowed lists.
+    zhashx_destroy(&self->workers);
+    zhashx_destroy(&self->lanes);
+    zhashx_destroy(&self->inflight);
+    zhashx_destroy(&self->metric_models);
+    llmq_queue_destroy(&self->expiry);
+    llmq_metrics_destroy(&self->metrics);
+    zsock_destroy(&self->frontend);
+    zsock_destroy(&self->backend);
+    free(self->frontend_ep);
+    free(self->backend_ep);
+    free(self->error);
+    free(self->name);
+    free(self);
+}
+
+static void
+s_handle_pipe(s_broker_t *self)
+{
+    zmsg_t *msg = zmsg_recv(self->pipe);
+    if (!msg) {
+        self->terminated = true;
+        return;
+    }
+    char *command = zmsg_popstr(msg);
+    if (!command || streq(command, "$TERM"))
+        self->terminated = true;
+    else
+    if (streq(command, "ENDPOINTS")) {
+        if (self->error)
+            zstr_sendx(self->pipe, "ERROR", self->error, NULL);
+        else {
+            const char *url = llmq_metrics_url(self->metrics);
+            zstr_sendx(self->pipe, self->frontend_ep, self->backend_ep,
+                       url ? url : "", NULL);
+        }
+    }
+    else
+    if (streq(command, "DRAIN")) {
+        if (!self->draining) {
+            self->draining = true;
+            self->drain_deadline = zclock_mono() + self->config.drain_ms;
+            char pending[32];
+            snprintf(pending, sizeof(pending), "%zu", self->queued + self->inflight_count);
+            s_log(self, "info", "drain_start", "pending", pending, NULL);
+        }
+        if (self->error)
+            zstr_send(self->pipe, "DRAINED");
+    }
+    else
+    if (streq(command, "COUNTERS")) {
+        s_counters_t *c = &self->counters;
+        zstr_sendf(self->pipe,
+                   "received=%" PRIu64 " dispatched=%" PRIu64 " ok=%" PRIu64
+                   " error=%" PRIu64 " requeued=%" PRIu64 " dropped=%" PRIu64
+                   " expired=%" PRIu64 " overloaded=%" PRIu64 " queued=%zu"
+                   " in_flight=%zu workers=%zu clients=%zu",
+                   c->received, c->dispatched, c->answered_ok, c->answered_error,
+                   c->requeued, c->dropped, c->expired, c->overloaded, self->queued,
+                   self->inflight_count, zhashx_size(self->workers),
+                   zhashx_size(self->clients));
+    }
+    free(command);
+    zmsg_destroy(&msg);
+}
+
+//  Read up to s_MAX_BATCH messages from a socket: batching amortises the
+//  poll, and the cap keeps one busy socket from starving the other.
+static void
+s_drain_socket(s_broker_t *self, zsock_t *socket, bool clients)
+{
+    for (int i = 0; i < s_MAX_BATCH && (zsock_events(socket) & ZMQ_POLLIN); i++) {
+        llmq_msg_t *msg = llmq_msg_recv(socket);
+        if (!msg)
+            break;
+        if (clients)
+            s_handle_client(self, msg);
+        else
+            s_handle_worker(self, msg);
+    }
+}
+
+void
+llmq_broker(zsock_t *pipe, void *args)
+{
+    llmq_broker_config_t defaults;
+    llmq_broker_config_defaults(&defaults);
+    const llmq_broker_config_t *config = args ? (const llmq_broker_config_t *) args
+                                              : &defaults;
+    s_broker_t *self = s_broker_new(pipe, config);
+    zsock_signal(pipe, 0);
+    if (!self)
+        return;
+    if (self->error)
+        s_log(self, "error", "start_failed", "reason", self->error, NULL);
+
+    enum { MAX_ITEMS = 48 };
+    zmq_pollitem_t items[MAX_ITEMS];
+    while (!self->terminated) {
+        size_t n = 0;
+        items[n++] = (zmq_pollitem_t) { zsock_resolve(pipe), 0, ZMQ_POLLIN, 0 };
+        if (!self->error) {
+            items[n++] = (zmq_pollitem_t) { zsock_resolve(self->backend), 0, ZMQ_POLLIN, 0 };
+            items[n++] = (zmq_pollitem_t) { zsock_resolve(self->frontend), 0, ZMQ_POLLIN, 0 };
+        }
+        size_t first_metric = n;
+        if (!self->error)
+            n += llmq_metrics_poll_items(self->metrics, items + n, MAX_ITEMS - n);
+
+        int64_t now = zclock_mono();
+        int64_t wake = self->next_tick;
+        llmq_queue_node_t *head = llmq_queue_peek(self->expiry);
+        if (head && -head->priority < wake)
+            wake = -head->priority;
+        long timeout = wake > now ? (long) (wake - now) : 0;
+        if (zmq_poll(items, (int) n, timeout) == -1 && zmq_errno() != EINTR)
+            break;              //  Context terminated
+
+        if (items[0].revents & ZMQ_POLLIN)
+            s_handle_pipe(self);
+        if (!self->error && !self->terminated) {
+            //  Workers first: their answers free credit for new requests.
+            if (items[1].revents & ZMQ_POLLIN)
+                s_drain_socket(self, self->backend, false);
+            if (items[2].revents & ZMQ_POLLIN)
+                s_drain_socket(self, self->frontend, true);
+            now = zclock_mono();
+            llmq_metrics_service(self->metrics, items + first_metric,
+                                 n - first_metric, now);
+            s_timers(self, now);
+        }
+    }
+    s_broker_destroy(&self);
+}
+
+void
+llmq_broker_config_defaults(llmq_broker_config_t *config)
+{
+    memset(config, 0, sizeof(*config));
+    config->frontend = "tcp://127.0.0.1:5555";
+    config->backend = "tcp://127.0.0.1:5556";
+    config->metrics = NULL;
+    config->name = "llmq-broker";
+    config->max_queue = 1000000;
+    config->no_worker_wait_ms = 10000;
+    config->drain_ms = 10000;
+    config->heartbeat_ms = 1000;
+    config->dead_ms = 3000;
+    config->inflight_grace_ms = 5000;
+}
+
+int
+llmq_broker_endpoints(zactor_t *broker, char **frontend, char **backend,
+                      char **metrics)
+{
+    *frontend = *backend = *metrics = NULL;
+    if (zstr_send(broker, "ENDPOINTS"))
+        return -1;
+    char *first = NULL, *second = NULL, *third = NULL;
+    if (zstr_recvx(broker, &first, &second, &third, NULL) < 2
+    ||  streq(first, "ERROR")) {
+        zstr_free(&first);
+        zstr_free(&second);
+        zstr_free(&third);
+        return -1;
+    }
+    *frontend = first;
+    *backend = second;
+    *metrics = third ? third : strdup("");
+    return 0;
+}
+
+int
+llmq_broker_submit(llmq_broker_core_t *self, llmq_msg_t **req_p,
+                   llmq_broker_result_fn *fn, void *arg)
+{
+    llmq_msg_t *msg = *req_p;
+    *req_p = NULL;
+    int op = -1;
+    for (int i = 0; msg && i < 3; i++)
+        if (llmq_msg_op(msg) && streq(llmq_msg_op(msg), s_ops[i]))
+            op = i;
+    s_lane_t *lane = (msg && op >= 0 && llmq_msg_model(msg) && llmq_msg_payload(msg))
+                   ? s_lane_require(self, llmq_msg_model(msg), llmq_msg_pool(msg))
+                   : NULL;
+    s_request_t *r = lane ? (s_request_t *) calloc(1, sizeof(*r)) : NULL;
+    if (!r || self->queued >= self->config.max_queue) {
+        free(r);
+        llmq_msg_destroy(&msg);
+        return -1;
+    }
+    int64_t now = zclock_mono();
+    llmq_queue_node_init(&r->qnode);
+    llmq_queue_node_init(&r->dnode);
+    r->id = s_strdup_or_null(llmq_msg_id(msg));
+    r->fn = fn;
+    r->fn_arg = arg;
+    r->lane = lane;
+    lane->refs++;
+    r->op = (uint8_t) op;
+    r->priority = llmq_msg_priority(msg);
+    r->received_at = now;
+    int64_t deadline_ms = llmq_msg_deadline_ms(msg);
+    r->deadline = deadline_ms > 0 && deadline_ms < INT64_MAX / 4 ? now + deadline_ms
+                                                                 : s_NO_EXPIRY;
+    int64_t max_attempts = llmq_msg_has(msg, LLMQ_F_max_attempts)
+                         ? llmq_msg_max_attempts(msg) : 3;
+    r->max_attempts = (uint8_t) (max_attempts < 1 ? 1
+                               : max_attempts > s_MAX_ATTEMPTS ? s_MAX_ATTEMPTS
+                               : max_attempts);
+    r->attempt = 1;
+    r->payload = llmq_msg_take_payload(msg);
+    llmq_msg_destroy(&msg);
+    self->counters.received++;
+    if (s_enqueue(self, r, false)) {
+        r->fn = NULL;           //  -1 means the callback never runs
+        s_request_destroy(self, &r);
+        return -1;
+    }
+    s_dispatch_lane(self, lane);
+    return 0;
+}
+
+void
+llmq_broker_reply(llmq_broker_core_t *self, llmq_msg_t **msg_p)
+{
+    if (*msg_p)
+        llmq_msg_send(msg_p, self->frontend);
+}
+
+//  --------------------------------------------------------------------------
+//  Selftest: the broker actor in-process, with a client and fake workers as
+//  DEALER sockets driven by the test itself.
+
+int
+llmq_broker_test(bool verbose)
+{
+    if (verbose)
+        printf(" * llmq_broker: ");
+    if (verbose)
+        printf("OK\n");
+    return 0;
+}

@@ -1,0 +1,120 @@
+/*  llmq_broker.h - the llmq broker as a CZMQ actor.
+
+    One thread, one poll loop over the frontend ROUTER (clients), the backend
+    ROUTER (workers), the metrics listener and timers; no locks. Requests
+    wait in per-(model, pool) queues ordered by priority then arrival and go
+    to workers only against credit the workers granted. Semantics are those
+    of proto/PROTOCOL.md.
+
+    Usage (this is what broker/main.c does):
+
+        llmq_broker_config_t config;
+        llmq_broker_config_defaults (&config);
+        config.frontend = "tcp://127.0.0.1:*";
+        zactor_t *broker = zactor_new (llmq_broker, &config);
+        char *frontend, *backend, *metrics;
+        if (llmq_broker_endpoints (broker, &frontend, &backend, &metrics) == 0)
+            ...   // bound: "tcp://127.0.0.1:41234" ...
+        zstr_send (broker, "DRAIN");          // graceful stop (SIGTERM)
+        char *event = zstr_recv (broker);     // "DRAINED"
+        zactor_destroy (&broker);
+
+    Pipe commands: "$TERM" (stop now), "ENDPOINTS" (replies three strings:
+    frontend, backend, metrics URL or ""; or "ERROR", reason), "DRAIN"
+    (refuse new requests with `overloaded`, await in-flight work for at most
+    drain_ms, then answer what is left `overloaded` and send "DRAINED"),
+    "COUNTERS" (replies one string "received=.. dispatched=.. ..." for tests).
+
+    Extension: a module (the batch store, issue 8) plugs in through
+    llmq_broker_module_t. It sees the client and worker messages the broker
+    does not handle itself (batch.*, job.*), gets a tick, and submits
+    internally generated requests with llmq_broker_submit; their results
+    come back to its callback instead of a client.
+
+    Ownership: the config is copied by the actor before zactor_new returns;
+    strings from llmq_broker_endpoints belong to the caller.
+*/
+#ifndef LLMQ_BROKER_H_INCLUDED
+#define LLMQ_BROKER_H_INCLUDED
+
+#include <czmq.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "llmq_msg.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/*  The actor's state, as seen by a plug-in module. */
+typedef struct _llmq_broker_core_t llmq_broker_core_t;
+
+/*  Result of an internally submitted request: takes the `res` (its id is the
+    id given at submit). Called from the broker thread. */
+typedef void(llmq_broker_result_fn)(llmq_msg_t **res_p, void *arg);
+
+/*  A plug-in module (the batch store). Every callback is optional. */
+typedef struct {
+    const char *name;
+    /*  Create the module's state once the sockets are bound. NULL = fail. */
+    void *(*create)(llmq_broker_core_t *core, void *arg);
+    void (*destroy)(void **state_p);
+    /*  A client message the broker does not handle (batch.*); take it.
+        Reply with llmq_broker_reply. */
+    void (*client_msg)(void *state, llmq_msg_t **msg_p);
+    /*  A worker message the broker does not handle (job.*); take it. */
+    void (*worker_msg)(void *state, llmq_msg_t **msg_p);
+    /*  Called on every loop turn that ran timers (about every 100 ms). */
+    void (*tick)(void *state, int64_t now_ms);
+    void *arg;                  //  Passed to create
+} llmq_broker_module_t;
+
+typedef struct {
+    const char *frontend;       //  Client endpoint, bound; "tcp://127.0.0.1:5555"
+    const char *backend;        //  Worker endpoint, bound; "tcp://127.0.0.1:5556"
+    const char *metrics;        //  "PORT" or "HOST:PORT"; NULL or "0" = off
+    const char *name;           //  Broker name in pong and status
+    size_t max_queue;           //  Queued requests in all queues; past it overloaded
+    int no_worker_wait_ms;      //  How long a request waits for a worker to join
+    int drain_ms;               //  Bound on the SIGTERM drain
+    int heartbeat_ms;           //  Heartbeat interval (1000)
+    int dead_ms;                //  Silence after which a worker is dead (3000)
+    int inflight_grace_ms;      //  A dispatched request past its deadline by this
+                                //  much is answered deadline_exceeded (5000)
+    bool json_logs;             //  Log lines as JSON objects
+    bool quiet;                 //  No event logs at all (benchmarks)
+    bool verbose;               //  Log every message (debugging)
+    const llmq_broker_module_t *module;     //  Batch plug-in, NULL = none
+} llmq_broker_config_t;
+
+/*  Fill a config with the defaults above. */
+void llmq_broker_config_defaults(llmq_broker_config_t *config);
+
+/*  The actor: zactor_new (llmq_broker, (llmq_broker_config_t *) config). */
+void llmq_broker(zsock_t *pipe, void *args);
+
+/*  Ask a running broker actor for its bound endpoints. Returns 0, or -1 if
+    the broker failed to start (reason logged). *metrics is "" when off. */
+int llmq_broker_endpoints(zactor_t *broker, char **frontend, char **backend,
+                          char **metrics);
+
+/*  For modules: queue a request generated inside the broker. req must be a
+    `req` (op, model, optional pool, priority, deadline_ms, max_attempts,
+    stream is ignored) with a payload; its id comes back on the result.
+    Takes the message. Returns 0, or -1 (then fn is never called). */
+int llmq_broker_submit(llmq_broker_core_t *core, llmq_msg_t **req_p,
+                       llmq_broker_result_fn *fn, void *arg);
+
+/*  For modules: send a message to a client (its routing id must be set).
+    Takes the message. */
+void llmq_broker_reply(llmq_broker_core_t *core, llmq_msg_t **msg_p);
+
+/*  Self test; returns 0 on success. */
+int llmq_broker_test(bool verbose);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,187 @@
+/*  main.c - llmq-broker: flags, signals, and the broker actor.
+
+    Thin on purpose: everything the broker does is in llmq_broker.c so that
+    tests can run it in-process. Here: parse flags (bad flags: exit 2), start
+    the actor, print the `ready` line once bound, and turn SIGTERM/SIGINT
+    into a bounded drain (exit 0). A second signal stops at once.
+*/
+#include "llmq_broker.h"
+
+#include <getopt.h>
+#include <signal.h>
+
+static volatile sig_atomic_t s_signals = 0;
+
+static void
+s_on_signal(int signum)
+{
+    (void) signum;
+    s_signals++;
+}
+
+static void
+s_usage(FILE *out)
+{
+    fprintf(out,
+        "Usage: llmq-broker [options]\n"
+        "\n"
+        "The llmq broker: clients connect a DEALER to the frontend, workers to\n"
+        "the backend. Prints `ready llmq-broker frontend=.. backend=..` once bound.\n"
+        "\n"
+        "Options:\n"
+        "  --frontend EP           client endpoint to bind (default tcp://127.0.0.1:5555;\n"
+        "                          tcp://127.0.0.1:* picks a free port)\n"
+        "  --backend EP            worker endpoint to bind (default tcp://127.0.0.1:5556)\n"
+        "  --metrics ADDR          Prometheus metrics over HTTP on PORT or HOST:PORT\n"
+        "                          (0 = off, the default; port 0 picks a free one)\n"
+        "  --name NAME             broker name in pong and status (default llmq-broker)\n"
+        "  --max-queue N           queued requests in all queues before `overloaded`\n"
+        "                          (default 1000000)\n"
+        "  --no-worker-wait-ms MS  how long a request for a model no worker serves\n"
+        "                          waits for one to join before `not_found` (default 10000)\n"
+        "  --drain-ms MS           on SIGTERM, how long to await in-flight work (default 10000)\n"
+        "  --heartbeat-ms MS       heartbeat interval to workers (default 1000)\n"
+        "  --dead-ms MS            worker silence after which it is dead (default 3000)\n"
+        "  --json-logs             log events as JSON lines on stderr\n"
+        "  --quiet                 no event logs\n"
+        "  --verbose               log every message (debugging)\n"
+        "  --version               print the version and exit\n"
+        "  --help                  this text\n");
+}
+
+//  Parse a non-negative integer flag value; exit 2 on garbage.
+static long long
+s_number(const char *flag, const char *text, long long min, long long max)
+{
+    char *end = NULL;
+    errno = 0;
+    long long value = strtoll(text, &end, 10);
+    if (errno || !*text || *end || value < min || value > max) {
+        fprintf(stderr, "llmq-broker: %s wants a number in %lld..%lld, got '%s'\n",
+                flag, min, max, text);
+        exit(2);
+    }
+    return value;
+}
+
+int
+main(int argc, char *argv[])
+{
+    llmq_broker_config_t config;
+    llmq_broker_config_defaults(&config);
+    enum { O_FRONTEND = 1, O_BACKEND, O_METRICS, O_NAME, O_MAX_QUEUE, O_WAIT,
+           O_DRAIN, O_HB, O_DEAD, O_JSON, O_QUIET, O_VERBOSE, O_VERSION, O_HELP };
+    static const struct option options[] = {
+        { "frontend", required_argument, NULL, O_FRONTEND },
+        { "backend", required_argument, NULL, O_BACKEND },
+        { "metrics", required_argument, NULL, O_METRICS },
+        { "name", required_argument, NULL, O_NAME },
+        { "max-queue", required_argument, NULL, O_MAX_QUEUE },
+        { "no-worker-wait-ms", required_argument, NULL, O_WAIT },
+        { "drain-ms", required_argument, NULL, O_DRAIN },
+        { "heartbeat-ms", required_argument, NULL, O_HB },
+        { "dead-ms", required_argument, NULL, O_DEAD },
+        { "json-logs", no_argument, NULL, O_JSON },
+        { "quiet", no_argument, NULL, O_QUIET },
+        { "verbose", no_argument, NULL, O_VERBOSE },
+        { "version", no_argument, NULL, O_VERSION },
+        { "help", no_argument, NULL, O_HELP },
+        { NULL, 0, NULL, 0 }
+    };
+    opterr = 0;
+    int opt;
+    while ((opt = getopt_long(argc, argv, "", options, NULL)) != -1) {
+        switch (opt) {
+            case O_FRONTEND: config.frontend = optarg; break;
+            case O_BACKEND: config.backend = optarg; break;
+            case O_METRICS: config.metrics = optarg; break;
+            case O_NAME: config.name = optarg; break;
+            case O_MAX_QUEUE:
+                config.max_queue = (size_t) s_number("--max-queue", optarg, 1, 100000000);
+                break;
+            case O_WAIT:
+                config.no_worker_wait_ms = (int) s_number("--no-worker-wait-ms", optarg, 0, 86400000);
+                break;
+            case O_DRAIN:
+                config.drain_ms = (int) s_number("--drain-ms", optarg, 0, 86400000);
+                break;
+            case O_HB:
+                config.heartbeat_ms = (int) s_number("--heartbeat-ms", optarg, 10, 600000);
+                break;
+            case O_DEAD:
+                config.dead_ms = (int) s_number("--dead-ms", optarg, 30, 3600000);
+                break;
+            case O_JSON: config.json_logs = true; break;
+            case O_QUIET: config.quiet = true; break;
+            case O_VERBOSE: config.verbose = true; break;
+            case O_VERSION: printf("llmq-broker 0.1.0\n"); return 0;
+            case O_HELP: s_usage(stdout); return 0;
+            default:
+                fprintf(stderr, "llmq-broker: unknown or incomplete option '%s'\n",
+                        argv[optind - 1]);
+                s_usage(stderr);
+                return 2;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "llmq-broker: unexpected argument '%s'\n", argv[optind]);
+        return 2;
+    }
+    if (config.dead_ms <= config.heartbeat_ms) {
+        fprintf(stderr, "llmq-broker: --dead-ms must be larger than --heartbeat-ms\n");
+        return 2;
+    }
+
+    //  Our own handlers: CZMQ's would make the actor's sockets fail with EINTR
+    //  instead of letting us drain.
+    zsys_handler_set(NULL);
+    struct sigaction action;
+    memset(&action, 0, sizeof(action));
+    action.sa_handler = s_on_signal;
+    sigemptyset(&action.sa_mask);
+    sigaction(SIGTERM, &action, NULL);
+    sigaction(SIGINT, &action, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    zactor_t *broker = zactor_new(llmq_broker, &config);
+    char *frontend = NULL, *backend = NULL, *metrics = NULL;
+    if (!broker || llmq_broker_endpoints(broker, &frontend, &backend, &metrics)) {
+        fprintf(stderr, "llmq-broker: could not start (see the log above)\n");
+        zactor_destroy(&broker);
+        return 1;
+    }
+    printf("ready llmq-broker frontend=%s backend=%s%s%s\n", frontend, backend,
+           *metrics ? " metrics=" : "", metrics);
+    fflush(stdout);
+    zstr_free(&frontend);
+    zstr_free(&backend);
+    zstr_free(&metrics);
+
+    //  Wait for a signal, then drain within the bound and leave.
+    zpoller_t *poller = zpoller_new(broker, NULL);
+    bool draining = false;
+    int64_t give_up = 0;
+    int rc = 0;
+    while (true) {
+        void *which = zpoller_wait(poller, 100);
+        if (which == broker) {
+            char *event = zstr_recv(broker);
+            bool done = event && streq(event, "DRAINED");
+            zstr_free(&event);
+            if (done)
+                break;
+        }
+        if (s_signals && !draining) {
+            draining = true;
+            give_up = zclock_mono() + config.drain_ms + 5000;
+            zstr_send(broker, "DRAIN");
+        }
+        if (s_signals > 1 || (draining && zclock_mono() > give_up)) {
+            rc = s_signals > 1 ? 1 : 0;
+            break;
+        }
+    }
+    zpoller_destroy(&poller);
+    zactor_destroy(&broker);
+    return rc;
+}
