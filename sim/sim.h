@@ -146,6 +146,10 @@ int sim_exec_line(sim_t *sim, sim_op_t op, const cJSON *body, struct evbuffer *o
 int sim_auth(sim_t *sim, struct evhttp_request *req, int route, bool anthropic,
              uint64_t *keyhash);
 
+//  Sends a reply with the given content type and counts it under route.
+//  body is drained, not taken.
+void sim_reply(sim_t *sim, struct evhttp_request *req, int route, int status,
+               const char *ctype, struct evbuffer *body);
 //  Sends a JSON reply and counts it under route. Takes no ownership of body
 //  (it is drained).
 void sim_reply_json(sim_t *sim, struct evhttp_request *req, int route,

@@ -305,13 +305,20 @@ s_header(struct evhttp_request *req, const char *name, const char *value)
 }
 
 void
-sim_reply_json(sim_t *sim, struct evhttp_request *req, int route, int status,
-               struct evbuffer *body)
+sim_reply(sim_t *sim, struct evhttp_request *req, int route, int status,
+          const char *ctype, struct evbuffer *body)
 {
-    s_header(req, "Content-Type", "application/json");
+    s_header(req, "Content-Type", ctype);
     s_count(sim, route, status);
     evhttp_send_reply(req, status, NULL, body);
     s_done(sim);
+}
+
+void
+sim_reply_json(sim_t *sim, struct evhttp_request *req, int route, int status,
+               struct evbuffer *body)
+{
+    sim_reply(sim, req, route, status, "application/json", body);
 }
 
 void
