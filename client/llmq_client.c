@@ -51,6 +51,8 @@ struct _llmq_client_t {
     char *endpoint;            /* broker frontend endpoint */
     char routing_id[40];       /* stable across reconnects */
     zsock_t *sock;             /* DEALER to the broker */
+    zsock_t *monitor;          /* PAIR receiving sock's connection events */
+    unsigned monitor_seq;      /* makes monitor endpoints unique */
     zlistx_t *order;           /* s_request_t, submission order (owns) */
     zhashx_t *pending;         /* id -> s_request_t (borrowed from order) */
     zlistx_t *ready;           /* finished llmq_result_t (owns) */
@@ -131,6 +133,33 @@ s_socket_new(llmq_client_t *self)
     return sock;
 }
 
+/*  Watch the socket's connection events. A broker that restarts comes back
+    on the same address and answers pings, so silence alone would never
+    tell us it forgot our requests: a dropped connection does. */
+static zsock_t *
+s_monitor_new(llmq_client_t *self, zsock_t *sock)
+{
+    char endpoint[96];
+    snprintf(endpoint, sizeof(endpoint), "inproc://llmq-client-monitor-%p-%u",
+             (void *) self, ++self->monitor_seq);
+    if (zmq_socket_monitor(zsock_resolve(sock), endpoint, ZMQ_EVENT_DISCONNECTED) != 0)
+        return NULL;
+    zsock_t *monitor = zsock_new(ZMQ_PAIR);
+    if (monitor && zsock_connect(monitor, "%s", endpoint) != 0)
+        zsock_destroy(&monitor);
+    return monitor;
+}
+
+/*  Close the socket and its monitor. */
+static void
+s_socket_close(llmq_client_t *self)
+{
+    if (self->sock)
+        zmq_socket_monitor(zsock_resolve(self->sock), NULL, 0);
+    zsock_destroy(&self->monitor);
+    zsock_destroy(&self->sock);
+}
+
 //  --------------------------------------------------------------------------
 //  Create a client
 
@@ -164,6 +193,7 @@ llmq_client_new(const char *endpoint)
         llmq_client_destroy(&self);
         return NULL;
     }
+    self->monitor = s_monitor_new(self, self->sock);
     self->last_recv = self->last_heard = zclock_mono();
     return self;
 }
@@ -176,7 +206,7 @@ llmq_client_destroy(llmq_client_t **self_p)
 {
     if (self_p && *self_p) {
         llmq_client_t *self = *self_p;
-        zsock_destroy(&self->sock);
+        s_socket_close(self);
         zhashx_destroy(&self->pending);
         zlistx_destroy(&self->order);
         zlistx_destroy(&self->ready);
@@ -287,20 +317,21 @@ s_send_request(llmq_client_t *self, s_request_t *req)
         zsys_warning("llmq_client: send of %s failed, will resend", req->id);
 }
 
-/*  The broker has been silent too long: new socket, same identity, resend
-    everything outstanding in submission order. */
+/*  The broker has been silent too long, or our connection to it dropped:
+    new socket, same identity, resend everything outstanding in submission
+    order. */
 static void
-s_reconnect(llmq_client_t *self)
+s_reconnect(llmq_client_t *self, const char *why)
 {
     if (self->verbose)
-        zsys_info("llmq_client: broker %s silent for %d ms, reconnecting and "
-                  "resending %zu requests",
-                  self->endpoint, self->timeout_ms, zlistx_size(self->order));
+        zsys_info("llmq_client: broker %s %s, reconnecting and resending %zu "
+                  "requests", self->endpoint, why, zlistx_size(self->order));
     zsock_t *sock = s_socket_new(self);
     if (!sock)
         return;                 //  try again on the next timer
-    zsock_destroy(&self->sock);
+    s_socket_close(self);
     self->sock = sock;
+    self->monitor = s_monitor_new(self, sock);
     self->stats.reconnects++;
     s_request_t *req = (s_request_t *) zlistx_first(self->order);
     while (req) {
@@ -511,7 +542,7 @@ s_timers(llmq_client_t *self)
     }
     int64_t silent = now - self->last_recv;
     if (silent >= self->timeout_ms)
-        s_reconnect(self);
+        s_reconnect(self, "silent");
     else if (silent >= self->heartbeat_ms && now - self->last_ping >= self->heartbeat_ms)
         s_send_ping(self);
 }
@@ -524,10 +555,28 @@ s_pump(llmq_client_t *self, int timeout_ms)
     int wait = self->heartbeat_ms / 4 > 0 ? self->heartbeat_ms / 4 : 1;
     if (timeout_ms >= 0 && timeout_ms < wait)
         wait = timeout_ms;
-    zmq_pollitem_t item = {zsock_resolve(self->sock), 0, ZMQ_POLLIN, 0};
-    int rc = zmq_poll(&item, 1, wait);
+    zmq_pollitem_t items[2] = {{zsock_resolve(self->sock), 0, ZMQ_POLLIN, 0},
+                               {self->monitor ? zsock_resolve(self->monitor) : NULL,
+                                0, ZMQ_POLLIN, 0}};
+    int rc = zmq_poll(items, self->monitor ? 2 : 1, wait);
     if (rc == -1 && errno == EINTR)
         return -1;
+    if (rc > 0 && self->monitor && (items[1].revents & ZMQ_POLLIN)) {
+        //  Connection dropped (broker crashed or restarted): whatever it
+        //  held for us may be gone. Only outstanding work needs a resend.
+        bool dropped = false;
+        while (zsock_events(self->monitor) & ZMQ_POLLIN) {
+            zmsg_t *event = zmsg_recv(self->monitor);
+            if (!event)
+                return -1;
+            zmsg_destroy(&event);
+            dropped = true;
+        }
+        if (dropped && zlistx_size(self->order) > 0) {
+            s_reconnect(self, "disconnected");
+            return 0;
+        }
+    }
     //  Read everything queued, without blocking, before timers run: a busy
     //  socket is a live broker.
     int budget = 10000;
@@ -965,12 +1014,13 @@ s_fake_res(zsock_t *router, llmq_msg_t *req)
 static void
 s_fake_broker(zsock_t *pipe, void *args)
 {
-    (void) args;
+    int want = args ? *(int *) args : 0;
     zsock_t *router = zsock_new(ZMQ_ROUTER);
     //  A reconnecting client reuses its routing id: let the new connection
     //  take it over from the old one.
     zsock_set_router_handover(router, 1);
-    int port = zsock_bind(router, "tcp://127.0.0.1:*");
+    int port = want ? zsock_bind(router, "tcp://127.0.0.1:%d", want)
+                    : zsock_bind(router, "tcp://127.0.0.1:*");
     zsock_signal(pipe, 0);
     zsock_send(pipe, "i", port);
     zpoller_t *poller = zpoller_new(pipe, router, NULL);
@@ -1193,6 +1243,33 @@ llmq_client_test(bool verbose)
     result = llmq_infer(client, LLMQ_OP_CHAT, "m", body, NULL);
     CHECK(result && !result->ok && streq(result->error_code, "timeout"));
     llmq_result_destroy(&result);
+
+    //  Broker restart: the new broker answers pings, so silence never
+    //  comes; the dropped connection must make the client resend.
+    llmq_client_set_give_up(client, 0);
+    llmq_client_set_timeout(client, 60000);
+    zstr_send(broker, "RELEASE");
+    zsock_wait(broker);
+    CHECK(llmq_client_ping(client, 5000, NULL) >= 0);
+    zstr_send(broker, "HOLD");
+    zsock_wait(broker);
+    for (int i = 0; i < 5; i++)
+        llmq_client_submit(client, LLMQ_OP_CHAT, "m", body, NULL, NULL);
+    //  Make sure the held broker got them before it dies.
+    CHECK(llmq_client_poll(client, 200) == NULL);
+    zactor_destroy(&broker);
+    broker = zactor_new(s_fake_broker, &port);
+    int port2 = 0;
+    zsock_recv(broker, "i", &port2);
+    CHECK(port2 == port);
+    seen = 0;
+    while ((result = llmq_client_poll(client, 10000))) {
+        seen += result->ok;
+        llmq_result_destroy(&result);
+    }
+    CHECK(seen == 5);
+    llmq_client_stats(client, &stats);
+    CHECK(stats.reconnects >= 2);
     cJSON_Delete(body);
 
     llmq_client_destroy(&client);

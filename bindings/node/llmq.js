@@ -104,9 +104,33 @@ class Client {
       sendHighWaterMark: 100000,
       receiveHighWaterMark: 100000,
     });
+    // A restarted broker answers pings but has forgotten our requests: a
+    // dropped connection, not silence, is what tells us.
+    sock.events.on("disconnect", () => {
+      if (sock === this.sock && !this.closed && this.pending.size > 0) {
+        setImmediate(() => {
+          if (sock === this.sock && !this.closed && this.pending.size > 0) this._reconnect();
+        });
+      }
+    });
     sock.connect(this.endpoint);
     this.sock = sock;
     this._receiveLoop(sock);
+  }
+
+  /** Lazy pirate: new socket, same identity, resend everything. */
+  _reconnect() {
+    this._connect();
+    this.reconnects++;
+    for (const req of this.pending.values()) {
+      req.resends++;
+      this.resent++;
+      this._sendRequest(req);
+    }
+    const now = Date.now();
+    this.lastRecv = now;
+    this._send({ t: "ping" });
+    this.lastPing = now;
   }
 
   async _receiveLoop(sock) {
@@ -229,17 +253,7 @@ class Client {
     }
     const silent = now - this.lastRecv;
     if (silent >= this.timeout) {
-      // Lazy pirate: new socket, same identity, resend everything.
-      this._connect();
-      this.reconnects++;
-      for (const req of this.pending.values()) {
-        req.resends++;
-        this.resent++;
-        this._sendRequest(req);
-      }
-      this.lastRecv = now;
-      this._send({ t: "ping" });
-      this.lastPing = now;
+      this._reconnect();
     } else if (silent >= this.heartbeat && now - this.lastPing >= this.heartbeat) {
       this._send({ t: "ping" });
       this.lastPing = now;

@@ -91,6 +91,7 @@ class Client:
         self.routing_id = b"llmq-py-" + os.urandom(8).hex().encode()
         self.ctx = context or zmq.Context.instance()
         self.sock = None
+        self.monitor = None
         self._pending = collections.OrderedDict()   # id -> request dict
         self._ready = collections.deque()            # finished Results
         self._next = 0
@@ -107,21 +108,34 @@ class Client:
 
     # -- socket ----------------------------------------------------------
     def _connect(self):
-        if self.sock is not None:
-            self.sock.close(linger=0)
+        self._close_socket()
         s = self.ctx.socket(zmq.DEALER)
         s.setsockopt(zmq.ROUTING_ID, self.routing_id)
         s.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE)
         s.setsockopt(zmq.LINGER, 0)
         s.setsockopt(zmq.SNDHWM, 100000)
         s.setsockopt(zmq.RCVHWM, 100000)
+        # A restarted broker answers pings but has forgotten our requests:
+        # a dropped connection, not silence, is what tells us.
+        self.monitor = s.get_monitor_socket(zmq.EVENT_DISCONNECTED)
         s.connect(self.endpoint)
         self.sock = s
+        self.poller = zmq.Poller()
+        self.poller.register(self.sock, zmq.POLLIN)
+        self.poller.register(self.monitor, zmq.POLLIN)
 
-    def close(self):
-        if self.sock is not None:
+    def _close_socket(self):
+        if getattr(self, "sock", None) is not None:
+            try:
+                self.sock.disable_monitor()
+            except zmq.ZMQError:
+                pass
+            self.monitor.close(linger=0)
             self.sock.close(linger=0)
             self.sock = None
+
+    def close(self):
+        self._close_socket()
 
     def __enter__(self):
         return self
@@ -154,7 +168,19 @@ class Client:
     def _pump(self, timeout):
         """Wait up to timeout seconds for input, handle it, run timers."""
         wait = min(timeout, self.heartbeat / 4) if timeout is not None else self.heartbeat / 4
-        if self.sock.poll(max(0, int(wait * 1000)), zmq.POLLIN):
+        events = dict(self.poller.poll(max(0, int(wait * 1000))))
+        if self.monitor in events:
+            dropped = False
+            while True:
+                try:
+                    self.monitor.recv_multipart(zmq.NOBLOCK)
+                    dropped = True
+                except zmq.Again:
+                    break
+            if dropped and self._pending:
+                self._reconnect()
+                return
+        if self.sock in events:
             while True:
                 try:
                     frames = self.sock.recv_multipart(zmq.NOBLOCK)
@@ -226,19 +252,23 @@ class Client:
             return
         silent = now - self._last_recv
         if silent >= self.timeout:
-            # Lazy pirate: new socket, same identity, resend everything.
-            self._connect()
-            self.reconnects += 1
-            for req in self._pending.values():
-                req["resends"] += 1
-                self.resent += 1
-                self._send_request(req)
-            self._last_recv = now
-            self._send({"t": "ping"})
-            self._last_ping = now
+            self._reconnect()
         elif silent >= self.heartbeat and now - self._last_ping >= self.heartbeat:
             self._send({"t": "ping"})
             self._last_ping = now
+
+    def _reconnect(self):
+        """Lazy pirate: new socket, same identity, resend everything."""
+        self._connect()
+        self.reconnects += 1
+        for req in self._pending.values():
+            req["resends"] += 1
+            self.resent += 1
+            self._send_request(req)
+        now = time.monotonic()
+        self._last_recv = now
+        self._send({"t": "ping"})
+        self._last_ping = now
 
     # -- public API ------------------------------------------------------
     def ping(self, timeout=3.0):
