@@ -99,6 +99,25 @@ static bool s_terminal(const char *state)
            streq(state, "cancelled") || streq(state, "expired");
 }
 
+/*  A growable array of integers (zlistx cannot hold index 0). */
+typedef struct {
+    int64_t *v;
+    size_t n, cap;
+} s_ints_t;
+
+static void s_ints_push(s_ints_t *a, int64_t x)
+{
+    if (a->n == a->cap) {
+        size_t cap = a->cap ? a->cap * 2 : 64;
+        int64_t *v = realloc(a->v, cap * sizeof *v);
+        if (!v)
+            return; /* out of memory: the item is retried later */
+        a->v = v;
+        a->cap = cap;
+    }
+    a->v[a->n++] = x;
+}
+
 static void s_set_state(s_batch_t *b, const char *state, int64_t now_ms)
 {
     if (!streq(b->rec.state, state)) {
@@ -262,7 +281,7 @@ typedef struct {
     const char *code;
     const char *message;
     int64_t now_ms;
-    zlistx_t *indices;
+    s_ints_t indices;
 } s_fill_t;
 
 static int s_collect_fn(int64_t index, const char *custom_id,
@@ -275,7 +294,7 @@ static int s_collect_fn(int64_t index, const char *custom_id,
     char key[24];
     snprintf(key, sizeof key, "%lld", (long long)index);
     if (!zhashx_lookup(f->batch->in_flight, key))
-        zlistx_add_end(f->indices, (void *)(intptr_t)index);
+        s_ints_push(&f->indices, index);
     return 0;
 }
 
@@ -283,21 +302,20 @@ static void s_fail_pending(llmq_batch_t *self, s_batch_t *b, int64_t first,
                            int64_t count, llmq_err_t err, const char *message,
                            int64_t now_ms)
 {
-    s_fill_t f = { self, b, llmq_err_name(err), message, now_ms,
-                   zlistx_new() };
+    s_fill_t f = { self, b, llmq_err_name(err), message, now_ms, { 0 } };
     /*  Collect first: the store's read cursor must be finished before the
         same connection writes. */
     llmq_batch_store_item_each(self->store, b->rec.bid, first, count, true,
                                s_collect_fn, &f);
-    for (void *p = zlistx_first(f.indices); p; p = zlistx_next(f.indices)) {
-        llmq_batch_result_t r = { .index = (int64_t)(intptr_t)p,
+    for (size_t i = 0; i < f.indices.n; i++) {
+        llmq_batch_result_t r = { .index = f.indices.v[i],
                                   .ok = false,
                                   .error_code = f.code,
                                   .error_message = message,
                                   .error_retryable = llmq_err_retryable(err) };
         s_put_result(self, b, &r, false, now_ms);
     }
-    zlistx_destroy(&f.indices);
+    free(f.indices.v);
     /*  Items waiting in memory are now answered. */
     zlistx_purge(b->ready);
     b->scan_next = b->rec.total;
@@ -338,7 +356,7 @@ typedef struct {
     int64_t max_bytes;                  /* estimated JSONL file bytes */
     int64_t max_payload;                /* job.submit msgpack bytes */
     int64_t first, count, bytes, payload;
-    zlistx_t *cuts;                     /* (first, count) pairs as intptr */
+    s_ints_t cuts;                      /* (first, count) pairs */
 } s_chunk_t;
 
 /*  A JSONL line is about the body as JSON plus the wrapper; JSON text is at
@@ -359,8 +377,8 @@ static int s_chunk_fn(int64_t index, const char *custom_id, const void *body,
     if (c->count > 0 &&
         (c->count + 1 > c->max_items || c->bytes + line > c->max_bytes ||
          c->payload + wire > c->max_payload)) {
-        zlistx_add_end(c->cuts, (void *)(intptr_t)c->first);
-        zlistx_add_end(c->cuts, (void *)(intptr_t)c->count);
+        s_ints_push(&c->cuts, c->first);
+        s_ints_push(&c->cuts, c->count);
         c->first = index;
         c->count = c->bytes = c->payload = 0;
     }
@@ -399,23 +417,22 @@ static int s_make_jobs(llmq_batch_t *self, s_batch_t *b, const char *pool,
     if (self->cfg.max_job_bytes > 0 && self->cfg.max_job_bytes < c.max_bytes)
         c.max_bytes = self->cfg.max_job_bytes;
     c.max_payload = S_MAX_PAYLOAD;
-    c.cuts = zlistx_new();
     if (llmq_batch_store_item_each(self->store, b->rec.bid, 0, -1, false,
                                    s_chunk_fn, &c) < 0) {
-        zlistx_destroy(&c.cuts);
+        free(c.cuts.v);
         return -1;
     }
     if (c.count > 0) {
-        zlistx_add_end(c.cuts, (void *)(intptr_t)c.first);
-        zlistx_add_end(c.cuts, (void *)(intptr_t)c.count);
+        s_ints_push(&c.cuts, c.first);
+        s_ints_push(&c.cuts, c.count);
     }
-    if (llmq_batch_store_begin(self->store)) {
-        zlistx_destroy(&c.cuts);
+    if (c.cuts.n % 2 || llmq_batch_store_begin(self->store)) {
+        free(c.cuts.v);
         return -1;
     }
     int rc = 0;
     int n = 0;
-    for (void *p = zlistx_first(c.cuts); p; p = zlistx_next(c.cuts)) {
+    for (size_t i = 0; i + 1 < c.cuts.n; i += 2) {
         llmq_batch_job_t row = { 0 };
         /*  Unique over the store's life, even if a bid is reused after a
             delete: bid, ordinal and a per-process sequence mixed with the
@@ -427,9 +444,8 @@ static int s_make_jobs(llmq_batch_t *self, s_batch_t *b, const char *pool,
         snprintf(row.pool, sizeof row.pool, "%s", pool);
         snprintf(row.provider, sizeof row.provider, "%s", provider);
         snprintf(row.state, sizeof row.state, S_JOB_PENDING);
-        row.first = (int64_t)(intptr_t)p;
-        p = zlistx_next(c.cuts);
-        row.count = (int64_t)(intptr_t)p;
+        row.first = c.cuts.v[i];
+        row.count = c.cuts.v[i + 1];
         row.updated_ms = now_ms;
         if (llmq_batch_store_job_insert(self->store, &row) ||
             !s_job_attach(self, b, &row)) {
@@ -437,7 +453,7 @@ static int s_make_jobs(llmq_batch_t *self, s_batch_t *b, const char *pool,
             break;
         }
     }
-    zlistx_destroy(&c.cuts);
+    free(c.cuts.v);
     snprintf(b->rec.pool, sizeof b->rec.pool, "%s", pool);
     snprintf(b->rec.provider, sizeof b->rec.provider, "%s", provider);
     b->dirty = true;
@@ -1381,6 +1397,9 @@ static void s_batch_from_jobs(s_batch_t *b, int64_t now_ms)
         s_set_state(b, "in_progress", now_ms);
     else if (fetching)
         s_set_state(b, "finalizing", now_ms);
+    else if (!open && b->dispatching)
+        /*  Every job ended; retried lines run in realtime now. */
+        s_set_state(b, "in_progress", now_ms);
 }
 
 static bool s_provider_terminal(const char *state)
@@ -1674,4 +1693,768 @@ const char *llmq_batch_normalise_state(const char *s)
     if (streq(s, "pending") || streq(s, "submitted"))
         return "queued";
     return "in_progress";
+}
+
+/*  ---- selftest ---------------------------------------------------------- */
+
+#define S_CHECK(expr)                                                       \
+    do {                                                                    \
+        if (!(expr)) {                                                      \
+            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__,          \
+                    __LINE__, #expr);                                       \
+            abort();                                                        \
+        }                                                                   \
+    } while (0)
+
+/*  The test's pool table: one batch_api pool for "gpt-batch". */
+static bool s_test_pool_fn(const char *model, const char *pool,
+                           char *pool_out, size_t pool_size,
+                           char *provider_out, size_t provider_size,
+                           void *arg)
+{
+    const char *provider = arg;
+    if (!streq(model, "gpt-batch") || (*pool && !streq(pool, "oa")))
+        return false;
+    snprintf(pool_out, pool_size, "oa");
+    snprintf(provider_out, provider_size, "%s", provider);
+    return true;
+}
+
+static bool s_test_serves_fn(const char *model, const char *pool, void *arg)
+{
+    (void)pool;
+    return !arg || streq(model, (const char *)arg);
+}
+
+/*  Run one client message and return its first reply (the list keeps the
+    rest for the caller to look at; it is purged on the next call). */
+static llmq_msg_t *s_t_run(llmq_batch_t *m, zlist_t *replies, llmq_msg_t *msg,
+                           int64_t now)
+{
+    llmq_msg_t *r;
+    while ((r = zlist_pop(replies)))
+        llmq_msg_destroy(&r);
+    S_CHECK(llmq_batch_handle(m, msg, replies, now) == 0);
+    llmq_msg_destroy(&msg);
+    return zlist_first(replies);
+}
+
+static llmq_msg_t *s_t_open(llmq_batch_t *m, zlist_t *replies, const char *id,
+                            const char *mode, const char *model,
+                            const char *window, int64_t priority, int64_t now)
+{
+    llmq_msg_t *msg = llmq_msg_new(LLMQ_MSG_BATCH_OPEN);
+    llmq_msg_set_batch(msg, id);
+    llmq_msg_set_mode(msg, mode);
+    llmq_msg_set_model(msg, model);
+    if (window)
+        llmq_msg_set_completion_window(msg, window);
+    llmq_msg_set_priority(msg, priority);
+    zframe_t *rid = zframe_new("client-1", 8);
+    llmq_msg_set_routing_id(msg, rid);
+    zframe_destroy(&rid);
+    return s_t_run(m, replies, msg, now);
+}
+
+static llmq_msg_t *s_t_add(llmq_batch_t *m, zlist_t *replies, const char *id,
+                           int64_t seq, int64_t first, int64_t n, int64_t now)
+{
+    llmq_packer_t *p = llmq_packer_new();
+    llmq_packer_array(p, (size_t)n);
+    for (int64_t i = first; i < first + n; i++) {
+        char cid[32], text[48];
+        snprintf(cid, sizeof cid, "c%lld", (long long)i);
+        snprintf(text, sizeof text, "question %lld", (long long)i);
+        llmq_packer_map(p, 2);
+        llmq_packer_str(p, "custom_id");
+        llmq_packer_str(p, cid);
+        llmq_packer_str(p, "body");
+        llmq_packer_map(p, 2);
+        llmq_packer_str(p, "max_tokens");
+        llmq_packer_int(p, 16);
+        llmq_packer_str(p, "messages");
+        llmq_packer_array(p, 1);
+        llmq_packer_map(p, 2);
+        llmq_packer_str(p, "role");
+        llmq_packer_str(p, "user");
+        llmq_packer_str(p, "content");
+        llmq_packer_str(p, text);
+    }
+    zframe_t *frame = llmq_packer_frame(p);
+    llmq_packer_destroy(&p);
+    llmq_msg_t *msg = llmq_msg_new(LLMQ_MSG_BATCH_ADD);
+    llmq_msg_set_batch(msg, id);
+    llmq_msg_set_seq(msg, seq);
+    llmq_msg_set_payload(msg, &frame);
+    return s_t_run(m, replies, msg, now);
+}
+
+static llmq_msg_t *s_t_simple(llmq_batch_t *m, zlist_t *replies,
+                              llmq_msg_type_t type, const char *id,
+                              int64_t now)
+{
+    llmq_msg_t *msg = llmq_msg_new(type);
+    llmq_msg_set_batch(msg, id);
+    return s_t_run(m, replies, msg, now);
+}
+
+/*  A worker's answer to a dispatched item: ok for most, a permanent error
+    for every 10th item. */
+static llmq_msg_t *s_t_res(llmq_msg_t *req)
+{
+    const char *key = llmq_msg_id(req);
+    const char *dot = strchr(key, '.');
+    long long index = dot ? atoll(dot + 1) : -1;
+    llmq_msg_t *res = llmq_msg_new(LLMQ_MSG_RES);
+    llmq_msg_set_id(res, key);
+    if (index % 10 == 9) {
+        llmq_msg_set_failure(res, LLMQ_ERR_CONTEXT_LENGTH, 400, "too long");
+        return res;
+    }
+    llmq_msg_set_ok(res, true);
+    llmq_msg_set_usage_prompt_tokens(res, 10);
+    llmq_msg_set_usage_completion_tokens(res, 5);
+    llmq_msg_set_usage_cost_usd(res, 0.01);
+    llmq_packer_t *p = llmq_packer_new();
+    llmq_packer_map(p, 1);
+    llmq_packer_str(p, "echo");
+    llmq_packer_int(p, index);
+    zframe_t *frame = llmq_packer_frame(p);
+    llmq_packer_destroy(&p);
+    llmq_msg_set_payload(res, &frame);
+    return res;
+}
+
+/*  Fetch every result with batch.get, following the cursor; check they come
+    in input order. Returns how many were fetched; *final set when the
+    broker said final. Counts failures in *failed. */
+static int64_t s_t_get_all(llmq_batch_t *m, zlist_t *replies, const char *id,
+                           bool *final, int64_t *failed, int64_t now)
+{
+    int64_t after = 0, seen = 0;
+    *final = false;
+    *failed = 0;
+    for (int round = 0; round < 100000; round++) {
+        llmq_msg_t *msg = llmq_msg_new(LLMQ_MSG_BATCH_GET);
+        llmq_msg_set_batch(msg, id);
+        llmq_msg_set_after(msg, after);
+        llmq_msg_t *st = s_t_run(m, replies, msg, now);
+        S_CHECK(st && llmq_msg_type(st) == LLMQ_MSG_BATCH_STATUS);
+        llmq_msg_t *rs = zlist_next(replies);
+        S_CHECK(rs && llmq_msg_type(rs) == LLMQ_MSG_BATCH_RESULTS);
+        zframe_t *payload = llmq_msg_payload(rs);
+        cJSON *arr = llmq_value_to_json(zframe_data(payload),
+                                        zframe_size(payload), NULL, 0);
+        S_CHECK(cJSON_IsArray(arr));
+        const cJSON *e;
+        cJSON_ArrayForEach(e, arr)
+        {
+            char want[32];
+            snprintf(want, sizeof want, "c%lld", (long long)(after + 0));
+            const cJSON *cid = cJSON_GetObjectItem(e, "custom_id");
+            S_CHECK(cJSON_IsString(cid) && streq(cid->valuestring, want));
+            if (!cJSON_IsTrue(cJSON_GetObjectItem(e, "ok"))) {
+                S_CHECK(cJSON_IsObject(cJSON_GetObjectItem(e, "error")));
+                (*failed)++;
+            }
+            else
+                S_CHECK(cJSON_GetObjectItem(e, "body"));
+            after++;
+            seen++;
+        }
+        int n = cJSON_GetArraySize(arr);
+        cJSON_Delete(arr);
+        S_CHECK(llmq_msg_cursor(rs) == after);
+        if (llmq_msg_final(rs)) {
+            *final = true;
+            break;
+        }
+        if (n == 0)
+            break;
+    }
+    return seen;
+}
+
+/*  Answer a job task the way a worker does against a provider whose batch
+    finished with every line ok except every 1000th (a permanent 400) and
+    every 997th (a retryable 500). */
+static void s_t_job_results(llmq_batch_t *m, llmq_msg_t *task, int64_t first,
+                            int64_t count, int64_t page, bool final,
+                            int64_t now)
+{
+    for (int64_t at = first; at < first + count; at += page) {
+        int64_t n = at + page > first + count ? first + count - at : page;
+        llmq_packer_t *p = llmq_packer_new();
+        llmq_packer_array(p, (size_t)n);
+        for (int64_t i = at; i < at + n; i++) {
+            char cid[24];
+            snprintf(cid, sizeof cid, "%lld", (long long)i);
+            bool perm = i % 1000 == 999, transient = i % 997 == 996;
+            llmq_packer_map(p, 4);
+            llmq_packer_str(p, "custom_id");
+            llmq_packer_str(p, cid);
+            llmq_packer_str(p, "ok");
+            llmq_packer_bool(p, !perm && !transient);
+            if (perm || transient) {
+                llmq_packer_str(p, "error");
+                llmq_packer_map(p, 3);
+                llmq_packer_str(p, "code");
+                llmq_packer_str(p, perm ? "invalid_request"
+                                        : "provider_error");
+                llmq_packer_str(p, "message");
+                llmq_packer_str(p, "line failed");
+                llmq_packer_str(p, "status");
+                llmq_packer_int(p, perm ? 400 : 500);
+            }
+            else {
+                llmq_packer_str(p, "body");
+                llmq_packer_map(p, 1);
+                llmq_packer_str(p, "echo");
+                llmq_packer_int(p, i);
+            }
+            llmq_packer_str(p, "usage");
+            llmq_packer_map(p, 3);
+            llmq_packer_str(p, "prompt_tokens");
+            llmq_packer_int(p, 10);
+            llmq_packer_str(p, "completion_tokens");
+            llmq_packer_int(p, 5);
+            llmq_packer_str(p, "cost_usd");
+            llmq_packer_double(p, 0.002);
+        }
+        zframe_t *frame = llmq_packer_frame(p);
+        llmq_packer_destroy(&p);
+        llmq_msg_t *r = llmq_msg_new(LLMQ_MSG_JOB_RESULTS);
+        llmq_msg_set_job(r, llmq_msg_job(task));
+        llmq_msg_set_final(r, final && at + n >= first + count);
+        llmq_msg_set_payload(r, &frame);
+        S_CHECK(llmq_batch_on_job_msg(m, r, now) == 0);
+        llmq_msg_destroy(&r);
+    }
+}
+
+static llmq_msg_t *s_t_job_status(const char *job, const char *pb,
+                                  const char *state, int64_t total)
+{
+    llmq_msg_t *r = llmq_msg_new(LLMQ_MSG_JOB_STATUS);
+    llmq_msg_set_job(r, job);
+    llmq_msg_set_state(r, state);
+    if (pb)
+        llmq_msg_set_provider_batch(r, pb);
+    llmq_msg_set_counts_total(r, total);
+    llmq_msg_set_counts_done(r, streq(state, "completed") ? total : 0);
+    if (streq(state, "completed"))
+        llmq_msg_set_output_file(r, "file-out");
+    return r;
+}
+
+static int s_t_count_jobs(const llmq_batch_job_t *job, void *arg)
+{
+    (void)job;
+    (*(int *)arg)++;
+    return 0;
+}
+
+static void s_test_realtime(const char *path, bool verbose)
+{
+    zlist_t *replies = zlist_new();
+    int64_t now = 1000000;
+    llmq_batch_t *m = llmq_batch_new(path, NULL, now);
+    S_CHECK(m);
+
+    /*  Bad input: unknown batch, bad mode, bad window, bad items. */
+    llmq_msg_t *r = s_t_simple(m, replies, LLMQ_MSG_BATCH_GET, "nope", now);
+    S_CHECK(llmq_msg_type(r) == LLMQ_MSG_ERROR &&
+            streq(llmq_msg_code(r), "not_found"));
+    r = s_t_open(m, replies, "x", "fast", "gpt", NULL, 0, now);
+    S_CHECK(streq(llmq_msg_code(r), "invalid_request"));
+    r = s_t_open(m, replies, "x", "auto", "gpt", "soon", 0, now);
+    S_CHECK(streq(llmq_msg_code(r), "invalid_request"));
+    S_CHECK(llmq_batch_handle(m, r, replies, now) == -1); /* not batch.* */
+
+    /*  Two realtime batches of equal priority and one of higher. */
+    r = s_t_open(m, replies, "rt1", "realtime", "gpt", NULL, 0, now);
+    S_CHECK(llmq_msg_type(r) == LLMQ_MSG_BATCH_ACK);
+    S_CHECK(llmq_msg_routing_id(r) &&
+            zframe_streq(llmq_msg_routing_id(r), "client-1"));
+    r = s_t_open(m, replies, "rt1", "realtime", "gpt", NULL, 0, now);
+    S_CHECK(llmq_msg_type(r) == LLMQ_MSG_BATCH_ACK); /* resend */
+    r = s_t_open(m, replies, "rt1", "realtime", "other", NULL, 0, now);
+    S_CHECK(llmq_msg_type(r) == LLMQ_MSG_ERROR); /* clash */
+    r = s_t_add(m, replies, "rt1", 1, 0, 300, now);
+    S_CHECK(llmq_msg_type(r) == LLMQ_MSG_BATCH_ACK);
+    S_CHECK(llmq_msg_seq(r) == 1 && llmq_msg_accepted(r) == 300);
+    r = s_t_add(m, replies, "rt1", 1, 0, 300, now); /* resend */
+    S_CHECK(llmq_msg_accepted(r) == 300);
+    r = s_t_add(m, replies, "rt1", 2, 300, 200, now);
+    S_CHECK(llmq_msg_accepted(r) == 200);
+    /*  A malformed add is refused whole. */
+    llmq_msg_t *bad = llmq_msg_new(LLMQ_MSG_BATCH_ADD);
+    llmq_msg_set_batch(bad, "rt1");
+    llmq_msg_set_seq(bad, 3);
+    llmq_msg_set_payload_mem(bad, "\x91\x81\xa4" "body" "\x01", 8);
+    r = s_t_run(m, replies, bad, now);
+    S_CHECK(llmq_msg_type(r) == LLMQ_MSG_ERROR &&
+            streq(llmq_msg_code(r), "invalid_request"));
+    r = s_t_simple(m, replies, LLMQ_MSG_BATCH_CLOSE, "rt1", now);
+    S_CHECK(llmq_msg_type(r) == LLMQ_MSG_BATCH_ACK && llmq_msg_count(r) == 500);
+    r = s_t_add(m, replies, "rt1", 4, 500, 1, now);
+    S_CHECK(llmq_msg_type(r) == LLMQ_MSG_ERROR); /* closed */
+
+    r = s_t_open(m, replies, "rt2", "realtime", "gpt", NULL, 0, now);
+    r = s_t_add(m, replies, "rt2", 1, 0, 100, now);
+    r = s_t_simple(m, replies, LLMQ_MSG_BATCH_CLOSE, "rt2", now);
+    r = s_t_open(m, replies, "hi", "realtime", "gpt", NULL, 9, now);
+    r = s_t_add(m, replies, "hi", 1, 0, 3, now);
+    r = s_t_simple(m, replies, LLMQ_MSG_BATCH_CLOSE, "hi", now);
+    r = s_t_open(m, replies, "other", "realtime", "llama", NULL, 20, now);
+    r = s_t_add(m, replies, "other", 1, 0, 2, now);
+    S_CHECK(llmq_batch_has_items(m));
+
+    /*  A worker serving only "gpt": the high-priority batch first, then
+        rt1 and rt2 alternate; "llama" items never go to it. */
+    zlistx_t *reqs = zlistx_new();
+    for (int i = 0; i < 3; i++) {
+        llmq_msg_t *req = llmq_batch_next_item(m, s_test_serves_fn, "gpt",
+                                               now);
+        S_CHECK(req && streq(llmq_msg_model(req), "gpt"));
+        S_CHECK(llmq_msg_priority(req) == 9);
+        zlistx_add_end(reqs, req);
+    }
+    char prev = 0;
+    int alternations = 0;
+    for (int i = 0; i < 100; i++) {
+        llmq_msg_t *req = llmq_batch_next_item(m, s_test_serves_fn, "gpt",
+                                               now);
+        S_CHECK(req && llmq_msg_payload(req));
+        char which = strncmp(llmq_msg_id(req), "b2.", 3) == 0 ? 'a' : 'b';
+        if (prev && which != prev)
+            alternations++;
+        prev = which;
+        zlistx_add_end(reqs, req);
+    }
+    S_CHECK(alternations == 99);
+    /*  Answer all in flight; one item is given back and re-dispatched. */
+    llmq_msg_t *req = zlistx_first(reqs);
+    llmq_batch_item_return(m, llmq_msg_id(req), now);
+    llmq_msg_t *again = llmq_batch_next_item(m, s_test_serves_fn, "gpt", now);
+    S_CHECK(again && streq(llmq_msg_id(again), llmq_msg_id(req)));
+    llmq_msg_destroy(&again);
+    for (req = zlistx_first(reqs); req; req = zlistx_next(reqs)) {
+        llmq_msg_t *res = s_t_res(req);
+        S_CHECK(llmq_batch_on_item_result(m, llmq_msg_id(req), res, now) ==
+                0);
+        /*  A duplicate answer is dropped. */
+        S_CHECK(llmq_batch_on_item_result(m, llmq_msg_id(req), res, now) ==
+                1);
+        llmq_msg_destroy(&res);
+        llmq_msg_destroy(&req);
+    }
+    zlistx_purge(reqs);
+    S_CHECK(llmq_batch_on_item_result(m, "b99.1", NULL, now) == 1);
+    S_CHECK(llmq_batch_on_item_result(m, "junk", NULL, now) == 1);
+
+    /*  Dispatch a few more of rt1 and "crash" with them in flight. */
+    for (int i = 0; i < 5; i++)
+        zlistx_add_end(reqs, llmq_batch_next_item(m, s_test_serves_fn, "gpt",
+                                                  now));
+    llmq_batch_destroy(&m);
+    for (req = zlistx_first(reqs); req; req = zlistx_next(reqs))
+        llmq_msg_destroy(&req);
+    zlistx_destroy(&reqs);
+
+    /*  Restart: everything not answered is dispatched again. */
+    m = llmq_batch_new(path, NULL, now);
+    S_CHECK(m);
+    int64_t served = 0;
+    while ((req = llmq_batch_next_item(m, s_test_serves_fn, "gpt", now))) {
+        llmq_msg_t *res = s_t_res(req);
+        S_CHECK(llmq_batch_on_item_result(m, llmq_msg_id(req), res, now) ==
+                0);
+        llmq_msg_destroy(&res);
+        llmq_msg_destroy(&req);
+        served++;
+    }
+    S_CHECK(served == 500 + 100 + 3 - 103 + 0); /* 103 answered before */
+    bool final = false;
+    int64_t failed = 0;
+    S_CHECK(s_t_get_all(m, replies, "rt1", &final, &failed, now) == 500);
+    S_CHECK(final && failed == 50);
+    r = s_t_simple(m, replies, LLMQ_MSG_BATCH_GET, "rt2", now);
+    S_CHECK(streq(llmq_msg_state(r), "completed"));
+    S_CHECK(llmq_msg_counts_total(r) == 100 && llmq_msg_counts_done(r) == 100);
+    S_CHECK(llmq_msg_counts_failed(r) == 10);
+    S_CHECK(llmq_msg_usage_prompt_tokens(r) == 900);
+    S_CHECK(llmq_msg_usage_cost_usd(r) > 0.899 &&
+            llmq_msg_usage_cost_usd(r) < 0.901); /* no discount */
+    /*  Results page by page with a small limit. */
+    llmq_batch_destroy(&m);
+    llmq_batch_config_t cfg;
+    llmq_batch_config_defaults(&cfg);
+    cfg.results_max_items = 7;
+    m = llmq_batch_new(path, &cfg, now);
+    S_CHECK(s_t_get_all(m, replies, "rt1", &final, &failed, now) == 500);
+    S_CHECK(final);
+
+    /*  Cancel with an item in flight: cancelling until it is answered,
+        then cancelled; the rest answered `cancelled`. Cancel reaches the
+        llama batch, which no worker serves. */
+    r = s_t_open(m, replies, "c1", "realtime", "gpt", NULL, 0, now);
+    r = s_t_add(m, replies, "c1", 1, 0, 50, now);
+    req = llmq_batch_next_item(m, s_test_serves_fn, "gpt", now);
+    S_CHECK(req && strstr(llmq_msg_id(req), ".0"));
+    r = s_t_simple(m, replies, LLMQ_MSG_BATCH_CANCEL, "c1", now);
+    S_CHECK(llmq_msg_type(r) == LLMQ_MSG_BATCH_STATUS);
+    S_CHECK(streq(llmq_msg_state(r), "cancelling"));
+    S_CHECK(llmq_batch_next_item(m, s_test_serves_fn, "gpt", now) == NULL);
+    llmq_msg_t *res = s_t_res(req);
+    S_CHECK(llmq_batch_on_item_result(m, llmq_msg_id(req), res, now) == 0);
+    llmq_msg_destroy(&res);
+    llmq_msg_destroy(&req);
+    r = s_t_simple(m, replies, LLMQ_MSG_BATCH_GET, "c1", now);
+    S_CHECK(streq(llmq_msg_state(r), "cancelled"));
+    S_CHECK(llmq_msg_counts_done(r) == 50 && llmq_msg_counts_failed(r) == 49);
+    S_CHECK(s_t_get_all(m, replies, "c1", &final, &failed, now) == 50);
+    S_CHECK(final && failed == 49);
+
+    /*  Expiry: a 1-minute window passes with items left. */
+    r = s_t_open(m, replies, "ex", "realtime", "gpt", "1m", 0, now);
+    r = s_t_add(m, replies, "ex", 1, 0, 10, now);
+    req = llmq_batch_next_item(m, s_test_serves_fn, "gpt", now);
+    llmq_batch_tick(m, now + 59000);
+    r = s_t_simple(m, replies, LLMQ_MSG_BATCH_GET, "ex", now);
+    S_CHECK(streq(llmq_msg_state(r), "in_progress"));
+    llmq_batch_tick(m, now + 61000);
+    /*  The item in flight comes back after the deadline: still stored. */
+    res = s_t_res(req);
+    S_CHECK(llmq_batch_on_item_result(m, llmq_msg_id(req), res, now) == 0);
+    llmq_msg_destroy(&res);
+    llmq_msg_destroy(&req);
+    r = s_t_simple(m, replies, LLMQ_MSG_BATCH_GET, "ex", now);
+    S_CHECK(streq(llmq_msg_state(r), "expired"));
+    S_CHECK(llmq_msg_counts_done(r) == 10 && llmq_msg_counts_failed(r) == 9);
+
+    llmq_batch_stats_t stats;
+    llmq_batch_stats(m, &stats);
+    S_CHECK(stats.items_in_flight == 0);
+    S_CHECK(stats.batches_active == 1); /* "other": nobody serves llama */
+    llmq_batch_destroy(&m);
+    llmq_batch_destroy(&m);
+    while ((r = zlist_pop(replies)))
+        llmq_msg_destroy(&r);
+    zlist_destroy(&replies);
+    if (verbose)
+        printf("realtime ok; ");
+}
+
+static void s_test_provider(const char *path, bool verbose)
+{
+    zlist_t *replies = zlist_new();
+    int64_t now = 5000000;
+    llmq_batch_config_t cfg;
+    llmq_batch_config_defaults(&cfg);
+    cfg.poll_interval_ms = 1000;
+    cfg.results_max_items = 100000;
+    cfg.results_max_bytes = 64 * 1024 * 1024;
+    llmq_batch_t *m = llmq_batch_new(path, &cfg, now);
+    S_CHECK(m);
+    llmq_batch_set_pool_fn(m, s_test_pool_fn, "openai");
+
+    /*  Auto below the threshold, with a short window, or for a model no
+        batch_api pool serves: realtime. */
+    llmq_msg_t *r = s_t_open(m, replies, "a-small", "auto", "gpt-batch", NULL,
+                             0, now);
+    r = s_t_add(m, replies, "a-small", 1, 0, 999, now);
+    r = s_t_simple(m, replies, LLMQ_MSG_BATCH_CLOSE, "a-small", now);
+    r = s_t_simple(m, replies, LLMQ_MSG_BATCH_GET, "a-small", now);
+    S_CHECK(streq(llmq_msg_mode(r), "realtime"));
+    r = s_t_open(m, replies, "a-hurry", "auto", "gpt-batch", "1h", 0, now);
+    r = s_t_add(m, replies, "a-hurry", 1, 0, 1000, now);
+    r = s_t_simple(m, replies, LLMQ_MSG_BATCH_CLOSE, "a-hurry", now);
+    r = s_t_simple(m, replies, LLMQ_MSG_BATCH_GET, "a-hurry", now);
+    S_CHECK(streq(llmq_msg_mode(r), "realtime"));
+    r = s_t_open(m, replies, "a-nopool", "auto", "gpt", NULL, 0, now);
+    r = s_t_add(m, replies, "a-nopool", 1, 0, 1000, now);
+    r = s_t_simple(m, replies, LLMQ_MSG_BATCH_CLOSE, "a-nopool", now);
+    r = s_t_simple(m, replies, LLMQ_MSG_BATCH_GET, "a-nopool", now);
+    S_CHECK(streq(llmq_msg_mode(r), "realtime"));
+    r = s_t_simple(m, replies, LLMQ_MSG_BATCH_CANCEL, "a-small", now);
+    r = s_t_simple(m, replies, LLMQ_MSG_BATCH_CANCEL, "a-hurry", now);
+    r = s_t_simple(m, replies, LLMQ_MSG_BATCH_CANCEL, "a-nopool", now);
+    S_CHECK(streq(llmq_msg_state(r), "cancelled"));
+
+    /*  120,000 items in auto mode with a 24 h window: provider mode, three
+        OpenAI jobs of at most 50,000. */
+    const int64_t total = 120000;
+    r = s_t_open(m, replies, "big", "auto", "gpt-batch", "24h", 0, now);
+    S_CHECK(llmq_msg_type(r) == LLMQ_MSG_BATCH_ACK);
+    for (int64_t seq = 0; seq < 12; seq++) {
+        r = s_t_add(m, replies, "big", seq, seq * 10000, 10000, now);
+        S_CHECK(llmq_msg_accepted(r) == 10000);
+    }
+    r = s_t_simple(m, replies, LLMQ_MSG_BATCH_CLOSE, "big", now);
+    S_CHECK(llmq_msg_count(r) == total);
+    r = s_t_simple(m, replies, LLMQ_MSG_BATCH_GET, "big", now);
+    S_CHECK(streq(llmq_msg_mode(r), "provider"));
+    S_CHECK(streq(llmq_msg_state(r), "queued"));
+    S_CHECK(llmq_batch_next_item(m, s_test_serves_fn, "gpt-batch", now) ==
+            NULL);
+    S_CHECK(llmq_batch_next_job_task(m, "elsewhere", now) == NULL);
+
+    /*  First task: job.submit of items 0..49999, recorded `submitting`
+        before we see it (a second connection reads the file). */
+    llmq_msg_t *t1 = llmq_batch_next_job_task(m, "oa", now);
+    S_CHECK(t1 && llmq_msg_type(t1) == LLMQ_MSG_JOB_SUBMIT);
+    S_CHECK(streq(llmq_msg_model(t1), "gpt-batch"));
+    S_CHECK(streq(llmq_msg_completion_window(t1), "24h"));
+    S_CHECK(llmq_msg_count(t1) == 50000);
+    zframe_t *payload = llmq_msg_payload(t1);
+    S_CHECK(llmq_value_each_item(zframe_data(payload), zframe_size(payload),
+                                 NULL, NULL, NULL, 0) == 50000);
+    llmq_batch_store_t *peek = llmq_batch_store_new(path);
+    llmq_batch_job_t row;
+    S_CHECK(llmq_batch_store_job_get(peek, llmq_msg_job(t1), &row) == 0);
+    S_CHECK(streq(row.state, "submitting") && row.attempts == 1);
+    S_CHECK(row.first == 0 && row.count == 50000);
+    int jobs = 0;
+    llmq_batch_store_job_each(peek, row.bid, s_t_count_jobs, &jobs);
+    S_CHECK(jobs == 3);
+    llmq_batch_store_destroy(&peek);
+    char job1[65];
+    snprintf(job1, sizeof job1, "%s", llmq_msg_job(t1));
+    llmq_msg_destroy(&t1);
+
+    /*  Crash before the worker answers. On restart the job is looked up
+        (job.poll with no provider batch), never resubmitted blindly. */
+    llmq_batch_destroy(&m);
+    m = llmq_batch_new(path, &cfg, now);
+    llmq_batch_set_pool_fn(m, s_test_pool_fn, "openai");
+    llmq_msg_t *t = llmq_batch_next_job_task(m, "oa", now);
+    S_CHECK(t && llmq_msg_type(t) == LLMQ_MSG_JOB_POLL);
+    S_CHECK(streq(llmq_msg_job(t), job1));
+    S_CHECK(streq(llmq_msg_provider_batch(t), ""));
+    S_CHECK(llmq_msg_count(t) == 50000);
+    llmq_msg_destroy(&t);
+    /*  Not found at the provider: now it may be submitted again. */
+    llmq_msg_t *st = llmq_msg_new(LLMQ_MSG_JOB_STATUS);
+    llmq_msg_set_job(st, job1);
+    llmq_msg_set_state(st, "failed");
+    llmq_msg_set_code(st, "x"); /* top-level noise is ignored */
+    llmq_msg_set_error_code(st, "not_found");
+    S_CHECK(llmq_batch_on_job_msg(m, st, now) == 0);
+    llmq_msg_destroy(&st);
+    zlistx_t *tasks = zlistx_new();
+    while ((t = llmq_batch_next_job_task(m, "oa", now)))
+        zlistx_add_end(tasks, t);
+    S_CHECK(zlistx_size(tasks) == 3);
+    int n = 0;
+    const char *pbs[] = { "batch_A", "batch_B", "batch_C" };
+    char ids[3][65];
+    for (t = zlistx_first(tasks); t; t = zlistx_next(tasks), n++) {
+        S_CHECK(llmq_msg_type(t) == LLMQ_MSG_JOB_SUBMIT);
+        S_CHECK(llmq_msg_count(t) == (n < 2 ? 50000 : 20000));
+        snprintf(ids[n], sizeof ids[n], "%s", llmq_msg_job(t));
+        st = s_t_job_status(ids[n], pbs[n], "validating", 0);
+        S_CHECK(llmq_batch_on_job_msg(m, st, now) == 0);
+        llmq_msg_destroy(&st);
+        llmq_msg_destroy(&t);
+    }
+    zlistx_destroy(&tasks);
+    S_CHECK(streq(ids[0], job1));
+    r = s_t_simple(m, replies, LLMQ_MSG_BATCH_GET, "big", now);
+    S_CHECK(streq(llmq_msg_state(r), "in_progress"));
+    /*  Nothing to do until the poll interval passes. */
+    S_CHECK(llmq_batch_next_job_task(m, "oa", now + 10) == NULL);
+
+    /*  Crash again while running: the provider ids survive; restart polls
+        them at once. */
+    llmq_batch_destroy(&m);
+    now += 5000;
+    m = llmq_batch_new(path, &cfg, now);
+    llmq_batch_set_pool_fn(m, s_test_pool_fn, "openai");
+    llmq_msg_t *polls[3];
+    for (int round = 0; round < 3; round++) {
+        polls[round] = llmq_batch_next_job_task(m, "oa", now);
+        S_CHECK(polls[round] &&
+                llmq_msg_type(polls[round]) == LLMQ_MSG_JOB_POLL);
+    }
+    for (int round = 0; round < 3; round++) {
+        t = polls[round];
+        const char *pb = llmq_msg_provider_batch(t);
+        S_CHECK(streq(pb, pbs[0]) || streq(pb, pbs[1]) || streq(pb, pbs[2]));
+        st = s_t_job_status(llmq_msg_job(t), pb, "completed",
+                            streq(pb, "batch_C") ? 20000 : 50000);
+        S_CHECK(llmq_batch_on_job_msg(m, st, now) == 0);
+        llmq_msg_destroy(&st);
+        llmq_msg_destroy(&t);
+    }
+    r = s_t_simple(m, replies, LLMQ_MSG_BATCH_GET, "big", now);
+    S_CHECK(streq(llmq_msg_state(r), "finalizing"));
+    /*  Fetch: results in pages of 5000; a crash after the first job's
+        results and a re-fetch stores nothing twice. */
+    t = llmq_batch_next_job_task(m, "oa", now);
+    S_CHECK(t && llmq_msg_type(t) == LLMQ_MSG_JOB_FETCH);
+    S_CHECK(streq(llmq_msg_output_file(t), "file-out"));
+    S_CHECK(streq(llmq_msg_job(t), ids[0]));
+    s_t_job_results(m, t, 0, 30000, 5000, false, now);
+    llmq_msg_destroy(&t);
+    llmq_batch_destroy(&m);
+    m = llmq_batch_new(path, &cfg, now);
+    llmq_batch_set_pool_fn(m, s_test_pool_fn, "openai");
+    for (int round = 0; round < 3; round++) {
+        t = llmq_batch_next_job_task(m, "oa", now);
+        S_CHECK(t && llmq_msg_type(t) == LLMQ_MSG_JOB_FETCH);
+        int64_t first = streq(llmq_msg_job(t), ids[0])   ? 0
+                        : streq(llmq_msg_job(t), ids[1]) ? 50000
+                                                         : 100000;
+        /*  Results arrive in any order within a job. */
+        s_t_job_results(m, t, first, first == 100000 ? 20000 : 50000, 5000,
+                        true, now);
+        llmq_msg_destroy(&t);
+    }
+    S_CHECK(llmq_batch_next_job_task(m, "oa", now + 100000) == NULL);
+    /*  Transient failures (every 997th) run again in realtime. */
+    r = s_t_simple(m, replies, LLMQ_MSG_BATCH_GET, "big", now);
+    int64_t transient = 0, perm = 0;
+    for (int64_t i = 0; i < total; i++) {
+        if (i % 1000 == 999)
+            perm++;
+        else if (i % 997 == 996)
+            transient++;
+    }
+    S_CHECK(llmq_msg_counts_done(r) == total - transient);
+    S_CHECK(llmq_msg_counts_failed(r) == perm);
+    S_CHECK(streq(llmq_msg_state(r), "in_progress"));
+    int64_t served = 0;
+    llmq_msg_t *req;
+    while ((req = llmq_batch_next_item(m, s_test_serves_fn, "gpt-batch",
+                                       now))) {
+        const char *dot = strchr(llmq_msg_id(req), '.');
+        S_CHECK(atoll(dot + 1) % 997 == 996 && atoll(dot + 1) % 1000 != 999);
+        llmq_msg_t *res = llmq_msg_new(LLMQ_MSG_RES);
+        llmq_msg_set_id(res, llmq_msg_id(req));
+        llmq_msg_set_ok(res, true);
+        llmq_msg_set_usage_cost_usd(res, 0.002);
+        llmq_msg_set_payload_mem(res, "\x80", 1);
+        S_CHECK(llmq_batch_on_item_result(m, llmq_msg_id(req), res, now) ==
+                0);
+        llmq_msg_destroy(&res);
+        llmq_msg_destroy(&req);
+        served++;
+    }
+    S_CHECK(served == transient);
+    bool final = false;
+    int64_t failed = 0;
+    S_CHECK(s_t_get_all(m, replies, "big", &final, &failed, now) == total);
+    S_CHECK(final && failed == perm);
+    r = s_t_simple(m, replies, LLMQ_MSG_BATCH_GET, "big", now);
+    S_CHECK(streq(llmq_msg_state(r), "completed"));
+    /*  Provider lines at half price, realtime retries at full price. */
+    double want = (double)(total - transient) * 0.001 +
+                  (double)transient * 0.002;
+    S_CHECK(llmq_msg_usage_cost_usd(r) > want - 1e-6 &&
+            llmq_msg_usage_cost_usd(r) < want + 1e-6);
+
+    /*  Anthropic limits: 120,000 items -> 2 jobs (100,000 + 20,000). A
+        submit timeout turns into a lookup; cancel reaches the provider. */
+    llmq_batch_set_pool_fn(m, s_test_pool_fn, "anthropic");
+    r = s_t_open(m, replies, "anth", "provider", "gpt-batch", NULL, 0, now);
+    for (int64_t seq = 0; seq < 12; seq++)
+        r = s_t_add(m, replies, "anth", seq, seq * 10000, 10000, now);
+    r = s_t_simple(m, replies, LLMQ_MSG_BATCH_CLOSE, "anth", now);
+    llmq_msg_t *a1 = llmq_batch_next_job_task(m, "oa", now);
+    llmq_msg_t *a2 = llmq_batch_next_job_task(m, "oa", now);
+    S_CHECK(a1 && a2 && llmq_msg_count(a1) == 100000 &&
+            llmq_msg_count(a2) == 20000);
+    S_CHECK(llmq_batch_next_job_task(m, "oa", now) == NULL);
+    st = s_t_job_status(llmq_msg_job(a1), "msgbatch_1", "in_progress", 0);
+    S_CHECK(llmq_batch_on_job_msg(m, st, now) == 0);
+    llmq_msg_destroy(&st);
+    llmq_batch_tick(m, now + cfg.task_timeout_ms + 1);
+    t = llmq_batch_next_job_task(m, "oa", now + cfg.task_timeout_ms + 1);
+    S_CHECK(t && llmq_msg_type(t) == LLMQ_MSG_JOB_POLL);
+    if (streq(llmq_msg_job(t), llmq_msg_job(a1))) {
+        llmq_msg_destroy(&t);
+        t = llmq_batch_next_job_task(m, "oa", now + cfg.task_timeout_ms + 1);
+    }
+    S_CHECK(t && streq(llmq_msg_job(t), llmq_msg_job(a2)));
+    S_CHECK(streq(llmq_msg_provider_batch(t), "")); /* lookup */
+    st = s_t_job_status(llmq_msg_job(a2), "msgbatch_2", "in_progress", 0);
+    S_CHECK(llmq_batch_on_job_msg(m, st, now) == 0);
+    llmq_msg_destroy(&st);
+    llmq_msg_destroy(&t);
+    now += cfg.task_timeout_ms + 2;
+    /*  Drain any poll left outstanding, then cancel. */
+    llmq_batch_tick(m, now + cfg.task_timeout_ms + 1);
+    now += cfg.task_timeout_ms + 2;
+    r = s_t_simple(m, replies, LLMQ_MSG_BATCH_CANCEL, "anth", now);
+    S_CHECK(streq(llmq_msg_state(r), "cancelling"));
+    polls[0] = llmq_batch_next_job_task(m, "oa", now);
+    polls[1] = llmq_batch_next_job_task(m, "oa", now);
+    for (int round = 0; round < 2; round++) {
+        t = polls[round];
+        S_CHECK(t && llmq_msg_type(t) == LLMQ_MSG_JOB_CANCEL);
+        st = s_t_job_status(llmq_msg_job(t), llmq_msg_provider_batch(t),
+                            "cancelled", 0);
+        S_CHECK(llmq_batch_on_job_msg(m, st, now) == 0);
+        llmq_msg_destroy(&st);
+        llmq_msg_destroy(&t);
+    }
+    polls[0] = llmq_batch_next_job_task(m, "oa", now);
+    polls[1] = llmq_batch_next_job_task(m, "oa", now);
+    for (int round = 0; round < 2; round++) {
+        t = polls[round];
+        S_CHECK(t && llmq_msg_type(t) == LLMQ_MSG_JOB_FETCH);
+        /*  The first job got 10 lines done before the cancel. */
+        bool first_job = streq(llmq_msg_job(t), llmq_msg_job(a1));
+        s_t_job_results(m, t, first_job ? 0 : 100000, first_job ? 10 : 0,
+                        5000, true, now);
+        if (!first_job) {
+            llmq_msg_t *fin = llmq_msg_new(LLMQ_MSG_JOB_RESULTS);
+            llmq_msg_set_job(fin, llmq_msg_job(t));
+            llmq_msg_set_final(fin, true);
+            llmq_msg_set_payload_mem(fin, "\x90", 1);
+            S_CHECK(llmq_batch_on_job_msg(m, fin, now) == 0);
+            llmq_msg_destroy(&fin);
+        }
+        llmq_msg_destroy(&t);
+    }
+    llmq_msg_destroy(&a1);
+    llmq_msg_destroy(&a2);
+    r = s_t_simple(m, replies, LLMQ_MSG_BATCH_GET, "anth", now);
+    S_CHECK(streq(llmq_msg_state(r), "cancelled"));
+    S_CHECK(llmq_msg_counts_done(r) == total);
+    S_CHECK(llmq_msg_counts_failed(r) == total - 10);
+
+    /*  A late message for a finished job is dropped. */
+    st = s_t_job_status(ids[0], "batch_A", "completed", 1);
+    S_CHECK(llmq_batch_on_job_msg(m, st, now) == 1);
+    llmq_msg_destroy(&st);
+
+    S_CHECK(streq(llmq_batch_normalise_state("ended"), "completed"));
+    S_CHECK(streq(llmq_batch_normalise_state("canceling"), "cancelling"));
+    S_CHECK(streq(llmq_batch_normalise_state(NULL), "in_progress"));
+    llmq_msg_t *m1;
+    while ((m1 = zlist_pop(replies)))
+        llmq_msg_destroy(&m1);
+    zlist_destroy(&replies);
+    llmq_batch_destroy(&m);
+    if (verbose)
+        printf("provider ok; ");
+}
+
+int llmq_batch_test(bool verbose)
+{
+    printf(" * llmq_batch: ");
+    char dir[] = "/tmp/llmq-batch-XXXXXX";
+    S_CHECK(mkdtemp(dir));
+    char path[256];
+    snprintf(path, sizeof path, "%s/batches.db", dir);
+    s_test_realtime(path, verbose);
+    s_test_provider(path, verbose);
+    char cmd[300];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    if (system(cmd) != 0)
+        zsys_warning("could not remove %s", dir);
+    printf("OK\n");
+    return 0;
 }

@@ -1,14 +1,20 @@
 /*  selftest.c - runs the batch classes' selftests (issue 8).
 
     Usage: llmq_batch_selftest [-v] [store|batch|api ...]
-    With no class names it runs every class built into this executable.
+    With no class names it runs every class built into this executable
+    (each executable is built with the classes it can link: see
+    CMakeLists.txt).
     The `api` test needs llmq-sim: it is found in $LLMQ_BIN_DIR.
 */
 #include <czmq.h>
 
+#ifdef LLMQ_BATCH_STORE
 #include "llmq_batch_store.h"
-#ifdef LLMQ_BATCH_FULL
+#endif
+#ifdef LLMQ_BATCH_MANAGER
 #include "llmq_batch.h"
+#endif
+#ifdef LLMQ_BATCH_API
 #include "llmq_batch_api.h"
 #endif
 
@@ -18,9 +24,13 @@ typedef struct {
 } s_test_t;
 
 static const s_test_t s_tests[] = {
+#ifdef LLMQ_BATCH_STORE
     { "store", llmq_batch_store_test },
-#ifdef LLMQ_BATCH_FULL
+#endif
+#ifdef LLMQ_BATCH_MANAGER
     { "batch", llmq_batch_test },
+#endif
+#ifdef LLMQ_BATCH_API
     { "api", llmq_batch_api_test },
 #endif
 };
