@@ -1,6 +1,6 @@
 /*  proto_codec - extended tests of the wire codec (proto/llmq_msg.c).
 
-    Usage: proto_codec roundtrip|malformed|sockets [-v]
+    Usage: proto_codec roundtrip|malformed|sockets|echo [-v]
 
     roundtrip  every message type with every field of llmq_proto.def set,
                encoded and decoded back, field by field; limits at and just
@@ -10,6 +10,8 @@
                wrong types per field, oversized values, huge claimed counts,
                nesting bombs, bad v/t, missing required fields, payload rule,
                non-map and oversized headers, ext values, bad RAW values.
+    echo       a tiny ROUTER server for tests/proto/interop.py (Python
+               pyzmq + msgpack client against the C codec).
     sockets    real ROUTER/DEALER over tcp://127.0.0.1:*, CZMQ and raw libzmq
                sockets, payload forwarding, INVALID for garbage (and the
                next message still arrives whole).
@@ -945,6 +947,93 @@ static void s_test_sockets(void)
     printf("proto_codec sockets: %d cases\n", s_checked);
 }
 
+/*  ---- echo server for the Python interop test ------------------------- */
+
+static int s_count_item(const char *custom_id, const void *body,
+                        size_t body_size, void *arg)
+{
+    (void) custom_id;
+    (void) body;
+    (void) body_size;
+    (void) arg;
+    return 0;
+}
+
+/*  The answer a tiny broker would give; NULL for no answer. */
+static llmq_msg_t *s_echo_answer(llmq_msg_t *msg)
+{
+    llmq_msg_t *out = NULL;
+    zframe_t *payload = llmq_msg_payload(msg);
+    if (llmq_msg_type(msg) == LLMQ_MSG_INVALID) {
+        out = llmq_msg_new(LLMQ_MSG_ERROR);
+        llmq_msg_set_code(out, llmq_err_name(LLMQ_ERR_BAD_MESSAGE));
+        llmq_msg_set_message(out, llmq_msg_invalid_reason(msg));
+        llmq_msg_set_id(out, llmq_msg_id(msg));
+    } else if (llmq_msg_type(msg) == LLMQ_MSG_PING) {
+        out = llmq_msg_new(LLMQ_MSG_PONG);
+        llmq_msg_set_broker(out, "proto-echo");
+        llmq_msg_set_version(out, "0.1.0");
+        llmq_msg_set_time_ms(out, zclock_time());
+    } else if (llmq_msg_type(msg) == LLMQ_MSG_REQ) {
+        /* the body goes through JSON and back, as a worker does it */
+        char *json = llmq_value_to_json_text(zframe_data(payload),
+                                             zframe_size(payload), NULL, 0);
+        out = llmq_msg_new(LLMQ_MSG_RES);
+        llmq_msg_set_id(out, llmq_msg_id(msg));
+        size_t size;
+        const uint8_t *meta = llmq_msg_meta(msg, &size);
+        llmq_msg_set_meta(out, meta, size);
+        if (json) {
+            zframe_t *body = llmq_value_from_json_text(json, strlen(json),
+                                                       NULL, 0);
+            llmq_msg_set_ok(out, true);
+            llmq_msg_set_usage_total_tokens(out, (int64_t) strlen(json));
+            llmq_msg_set_usage_cost_usd(out, 0.5);
+            llmq_msg_set_payload(out, &body);
+        } else
+            llmq_msg_set_failure(out, LLMQ_ERR_INVALID_REQUEST, 0,
+                                 "body is not JSON-compatible");
+        free(json);
+    } else if (llmq_msg_type(msg) == LLMQ_MSG_BATCH_ADD) {
+        out = llmq_msg_new(LLMQ_MSG_BATCH_ACK);
+        llmq_msg_set_batch(out, llmq_msg_batch(msg));
+        llmq_msg_set_seq(out, llmq_msg_seq(msg));
+        llmq_msg_set_accepted(out, llmq_value_each_item(
+                                       zframe_data(payload),
+                                       zframe_size(payload), s_count_item,
+                                       NULL, NULL, 0));
+    } else if (llmq_msg_type(msg) == LLMQ_MSG_HELLO) {
+        out = llmq_msg_new(LLMQ_MSG_CREDIT); /* abuse: report models count */
+        llmq_msg_set_n(out, (int64_t) llmq_msg_models_count(msg));
+    }
+    if (out)
+        llmq_msg_set_routing_id(out, llmq_msg_routing_id(msg));
+    return out;
+}
+
+/*  Serve until a `bye`: what the interop test talks to. */
+static void s_echo(void)
+{
+    zsock_t *router = zsock_new(ZMQ_ROUTER);
+    int port = zsock_bind(router, "tcp://127.0.0.1:*");
+    CHECK(port > 0);
+    printf("ready proto_codec endpoint=tcp://127.0.0.1:%d\n", port);
+    fflush(stdout);
+    zsock_set_rcvtimeo(router, 30000); /* the test is gone: stop */
+    while (true) {
+        llmq_msg_t *msg = llmq_msg_recv(router);
+        if (!msg || llmq_msg_type(msg) == LLMQ_MSG_BYE) {
+            llmq_msg_destroy(&msg);
+            break;
+        }
+        llmq_msg_t *out = s_echo_answer(msg);
+        if (out)
+            llmq_msg_send(&out, router);
+        llmq_msg_destroy(&msg);
+    }
+    zsock_destroy(&router);
+}
+
 int main(int argc, char **argv)
 {
     const char *which = argc > 1 ? argv[1] : "";
@@ -955,8 +1044,10 @@ int main(int argc, char **argv)
         s_test_malformed();
     else if (streq(which, "sockets"))
         s_test_sockets();
+    else if (streq(which, "echo"))
+        s_echo();
     else {
-        fprintf(stderr, "usage: proto_codec roundtrip|malformed|sockets [-v]\n");
+        fprintf(stderr, "usage: proto_codec roundtrip|malformed|sockets|echo [-v]\n");
         return 2;
     }
     zsys_shutdown();
