@@ -1,0 +1,128 @@
+#!/usr/bin/python3
+"""client.cli: the `llmq` command line: --help and --version, usage errors
+(exit 2), an unreachable broker (exit 3), status and ping against a real
+broker, chat streaming, and the embedded local cluster: `llmq run` with no
+broker starts llmq-broker, workers and llmq-sim, labels the results as
+simulated, and leaves no child behind, also when it is interrupted."""
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from clusterlib import (MODEL, Cluster, bin_path, chat_hash, check, run_llmq, verify_output,  # noqa
+                        wait_until, write_input)
+import llmq  # noqa
+
+
+def embedded_endpoint(stderr):
+    for line in stderr.splitlines():
+        if "started a local cluster: broker " in line:
+            return line.split("broker ", 1)[1].split(",", 1)[0]
+    return None
+
+
+def gone(endpoint):
+    c = llmq.Client(endpoint)
+    try:
+        return c.ping(timeout=0.3) is None
+    finally:
+        c.close()
+
+
+def main():
+    tmp = tempfile.mkdtemp(prefix="llmq-client-cli-")
+    # --help everywhere, --version
+    for args in (["--help"], ["run", "--help"], ["chat", "--help"], ["status", "--help"],
+                 ["ping", "--help"]):
+        rc, out, err = run_llmq(args)
+        check(rc == 0 and "usage: llmq" in out, "%r: rc %d, %s" % (args, rc, out))
+    rc, out, _ = run_llmq(["run", "--help"])
+    for flag in ("--output", "--concurrency", "--broker", "--model", "--workers", "--config",
+                 "--max-attempts", "--deadline-ms", "--quiet", "Exit codes"):
+        check(flag in out, "run --help lacks %s" % flag)
+    rc, out, _ = run_llmq(["--version"])
+    check(rc == 0 and out.startswith("llmq 0."), "--version: %r" % out)
+
+    # usage errors: exit 2 with a message
+    inp = os.path.join(tmp, "in.jsonl")
+    expect = write_input(inp, 40, fault_every=(0, 0))
+    for args in (["bogus"], ["run"], ["run", inp], ["run", inp, "-o", "x", "--nope"],
+                 ["run", inp, "-o", "x", "--concurrency", "lots"],
+                 ["run", "/nonexistent/in.jsonl", "-o", os.path.join(tmp, "x.jsonl")],
+                 ["chat"], ["status", "extra"]):
+        rc, out, err = run_llmq(args)
+        check(rc == 2 and err.strip(), "%r: rc %d (expected 2), stderr %r" % (args, rc, err))
+
+    # unreachable broker: exit 3
+    rc, _, err = run_llmq(["ping", "--broker", "tcp://127.0.0.1:1", "--timeout", "300"])
+    check(rc == 3 and "no answer" in err, "ping unreachable: %d %r" % (rc, err))
+    rc, _, err = run_llmq(["run", inp, "-o", os.path.join(tmp, "u.jsonl"), "--broker",
+                           "tcp://127.0.0.1:1", "--timeout", "300"])
+    check(rc == 3 and "does not answer" in err, "run unreachable: %d %r" % (rc, err))
+
+    cluster = Cluster(workers=2, capacity=8)
+    try:
+        fe = cluster.broker.frontend
+        rc, out, err = run_llmq(["ping", "--broker", fe])
+        check(rc == 0 and "pong from" in out and "llmq-broker" in out, "ping: %r %r" % (out, err))
+        rc, out, err = run_llmq(["status", "--broker", fe])
+        check(rc == 0 and "workers (2)" in out and "NAME" in out and "counters" in out
+              and MODEL in out, "status table:\n%s" % out)
+        rc, out, err = run_llmq(["status", "--broker", fe, "--json"])
+        check(rc == 0 and '"workers"' in out, "status --json")
+        rc, out, err = run_llmq(["chat", "--broker", fe, "--model", MODEL, "hi", "there"])
+        want = "sim-" + chat_hash(MODEL, [{"role": "user", "content": "hi there"}])
+        check(rc == 0 and out.startswith(want), "chat: rc %d out %r err %r" % (rc, out, err))
+        rc, out, err = run_llmq(["chat", "--broker", fe, "--model", MODEL, "--no-stream", "hi there"])
+        check(rc == 0 and out.startswith(want), "chat --no-stream: %r" % out)
+        rc, out, err = run_llmq(["chat", "--broker", fe, "--model", MODEL, "x [[sim:fail=400]]"])
+        check(rc == 1 and "invalid_request" in err, "chat error: %d %r" % (rc, err))
+    finally:
+        cluster.close()
+
+    # The embedded cluster: no --broker, nothing at the default endpoint
+    # (skipped if something answers there: that broker would be used).
+    probe = llmq.Client(llmq.DEFAULT_ENDPOINT)
+    default_taken = probe.ping(timeout=0.3) is not None
+    probe.close()
+    if default_taken:
+        print("client.cli: a broker answers at %s; embedded cluster checks skipped"
+              % llmq.DEFAULT_ENDPOINT)
+        return
+    env = {"OPENAI_API_KEY": "", "LLMQ_BIN_DIR": os.path.dirname(bin_path("llmq"))}
+    out_path = os.path.join(tmp, "embedded.jsonl")
+    rc, out, err = run_llmq(["run", inp, "-o", out_path, "--workers", "2"], env=env)
+    check(rc == 0, "embedded run: rc %d\n%s\n%s" % (rc, out, err))
+    check("SIMULATED results (llmq-sim)" in out, "no simulated label:\n%s" % out)
+    check("40 ok, 0 failed" in out, "summary:\n%s" % out)
+    # sim-model is the default model of the simulator cluster
+    verify = {cid: v for cid, v in expect.items()}
+    verify_output(out_path, verify)
+    endpoint = embedded_endpoint(err)
+    check(endpoint and gone(endpoint), "embedded broker %r still answers after exit" % endpoint)
+
+    # SIGTERM in the middle of an embedded run: children stop, OUT stays valid.
+    big = os.path.join(tmp, "big.jsonl")
+    write_input(big, 3000, fault_every=(0, 0))
+    out_path = os.path.join(tmp, "interrupted.jsonl")
+    p = subprocess.Popen([bin_path("llmq"), "run", big, "-o", out_path, "--workers", "1",
+                          "--capacity", "2", "--sim-latency-ms", "20"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         env=dict(os.environ, **env))
+    wait_until("some finished lines",
+               lambda: os.path.exists(out_path) and os.path.getsize(out_path) > 2000, 60)
+    p.send_signal(signal.SIGTERM)
+    out, err = p.communicate(timeout=30)
+    check(p.returncode == 130, "interrupted run: rc %d %r" % (p.returncode, err[-300:]))
+    endpoint = embedded_endpoint(err.decode())
+    check(endpoint and gone(endpoint), "embedded broker survived SIGTERM")
+    with open(out_path, "rb") as f:
+        data = f.read()
+    check(data.endswith(b"\n") and data.count(b"\n") >= 10, "interrupted OUT not whole lines")
+    print("client.cli: ok")
+
+
+if __name__ == "__main__":
+    main()
