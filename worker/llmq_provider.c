@@ -1,0 +1,1126 @@
+/*  llmq_provider.c - the provider object, its dispatchers, and what the
+    providers share: rate-limit header parsing, error classification, key
+    scrubbing, token estimates and the streaming assembler.
+
+    Design: providers differ in how a request and an answer look; they agree
+    on almost everything else. Both OpenAI and Anthropic error bodies carry
+    {error: {type, code?, message}}, so one classifier serves both; both
+    families of rate-limit headers are read by one function; both streams
+    become OpenAI chunks and one assembler turns chunks into the final body.
+*/
+/*  strptime() for HTTP dates in retry-after. */
+#ifndef _XOPEN_SOURCE
+#define _XOPEN_SOURCE 700
+#endif
+#include "llmq_provider.h"
+
+#include <ctype.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/time.h>
+#include <time.h>
+
+struct _llmq_provider_t {
+    const llmq_provider_ops_t *ops;  /* the kind's vtable */
+    char *kind;                      /* as configured (sim stays "sim") */
+    char *base_url;                  /* without trailing slash */
+    char *api_key;                   /* secret: never logged or sent */
+    char *anthropic_version;         /* anthropic-version header */
+    int64_t default_max_tokens;      /* when a request sets none */
+};
+
+llmq_op_t
+llmq_op_from_name(const char *name)
+{
+    if (!name)
+        return LLMQ_OP_UNKNOWN;
+    if (strcmp(name, "chat") == 0)
+        return LLMQ_OP_CHAT;
+    if (strcmp(name, "completion") == 0)
+        return LLMQ_OP_COMPLETION;
+    if (strcmp(name, "embedding") == 0)
+        return LLMQ_OP_EMBEDDING;
+    return LLMQ_OP_UNKNOWN;
+}
+
+void
+llmq_usage_init(llmq_usage_t *usage)
+{
+    usage->prompt_tokens = -1;
+    usage->completion_tokens = -1;
+    usage->total_tokens = -1;
+}
+
+void
+llmq_perr_set(llmq_perr_t *err, llmq_err_t code, int status, bool retryable,
+              const char *fmt, ...)
+{
+    err->code = code;
+    err->status = status;
+    err->retryable = retryable;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err->message, sizeof err->message, fmt, ap);
+    va_end(ap);
+}
+
+void
+llmq_http_reset(llmq_http_t *http)
+{
+    free(http->url);
+    free(http->body);
+    if (http->headers)
+        curl_slist_free_all(http->headers);
+    memset(http, 0, sizeof *http);
+}
+
+static char *
+s_strdup0(const char *s)
+{
+    return strdup(s ? s : "");
+}
+
+llmq_provider_t *
+llmq_provider_new(const llmq_provider_config_t *config, char *errbuf,
+                  size_t errlen)
+{
+    const llmq_provider_ops_t *ops = NULL;
+    const char *kind = config->kind ? config->kind : "";
+    if (strcmp(kind, "openai") == 0 || strcmp(kind, "sim") == 0)
+        ops = &llmq_provider_openai_ops;
+    else if (strcmp(kind, "anthropic") == 0)
+        ops = &llmq_provider_anthropic_ops;
+    else if (strcmp(kind, "echo") == 0)
+        ops = &llmq_provider_echo_ops;
+    else {
+        if (errbuf)
+            snprintf(errbuf, errlen,
+                     "unknown provider '%s' (openai, anthropic, echo, sim)", kind);
+        return NULL;
+    }
+    if (ops->http && (!config->base_url || !*config->base_url)) {
+        if (errbuf)
+            snprintf(errbuf, errlen, "provider %s needs a base URL", kind);
+        return NULL;
+    }
+    llmq_provider_t *self = calloc(1, sizeof *self);
+    if (!self)
+        return NULL;
+    self->ops = ops;
+    self->kind = s_strdup0(kind);
+    self->base_url = s_strdup0(config->base_url);
+    size_t n = strlen(self->base_url);
+    while (n > 0 && self->base_url[n - 1] == '/')
+        self->base_url[--n] = 0;
+    self->api_key = s_strdup0(config->api_key);
+    self->anthropic_version = s_strdup0(config->anthropic_version
+                                            ? config->anthropic_version
+                                            : "2023-06-01");
+    self->default_max_tokens =
+        config->default_max_tokens > 0 ? config->default_max_tokens : 1024;
+    return self;
+}
+
+void
+llmq_provider_destroy(llmq_provider_t **self_p)
+{
+    if (self_p && *self_p) {
+        llmq_provider_t *self = *self_p;
+        if (self->api_key) {
+            /*  Wipe the secret so a core dump holds it for less time. */
+            volatile char *p = self->api_key;
+            while (*p)
+                *p++ = 0;
+        }
+        free(self->api_key);
+        free(self->kind);
+        free(self->base_url);
+        free(self->anthropic_version);
+        free(self);
+        *self_p = NULL;
+    }
+}
+
+const llmq_provider_ops_t *
+llmq_provider_ops(const llmq_provider_t *self)
+{
+    return self->ops;
+}
+
+const char *
+llmq_provider_kind(const llmq_provider_t *self)
+{
+    return self->kind;
+}
+
+const char *
+llmq_provider_base_url(const llmq_provider_t *self)
+{
+    return self->base_url;
+}
+
+const char *
+llmq_provider_api_key(const llmq_provider_t *self)
+{
+    return self->api_key;
+}
+
+const char *
+llmq_provider_anthropic_version(const llmq_provider_t *self)
+{
+    return self->anthropic_version;
+}
+
+int64_t
+llmq_provider_default_max_tokens(const llmq_provider_t *self)
+{
+    return self->default_max_tokens;
+}
+
+bool
+llmq_provider_uses_http(const llmq_provider_t *self)
+{
+    return self->ops->http;
+}
+
+int
+llmq_provider_build(const llmq_provider_t *self, const llmq_call_t *call,
+                    llmq_http_t *http, llmq_perr_t *err)
+{
+    if (!self->ops->build) {
+        llmq_perr_set(err, LLMQ_ERR_INTERNAL, 0, false, "provider cannot build");
+        return -1;
+    }
+    return self->ops->build(self, call, http, err);
+}
+
+cJSON *
+llmq_provider_parse(const llmq_provider_t *self, const llmq_call_t *call,
+                    const char *body, size_t size, llmq_usage_t *usage,
+                    llmq_perr_t *err)
+{
+    llmq_usage_init(usage);
+    return self->ops->parse(self, call, body, size, usage, err);
+}
+
+void
+llmq_provider_classify(const llmq_provider_t *self, int status,
+                       const char *body, size_t size, llmq_perr_t *err)
+{
+    if (self->ops->classify)
+        self->ops->classify(self, status, body, size, err);
+    else
+        llmq_classify_http(self, status, body, size, err);
+    llmq_provider_scrub(self, err->message);
+}
+
+int
+llmq_provider_health(const llmq_provider_t *self, llmq_http_t *http)
+{
+    return self->ops->health ? self->ops->health(self, http) : -1;
+}
+
+cJSON *
+llmq_provider_answer(const llmq_provider_t *self, const llmq_call_t *call,
+                     llmq_usage_t *usage, llmq_perr_t *err)
+{
+    llmq_usage_init(usage);
+    if (!self->ops->answer) {
+        llmq_perr_set(err, LLMQ_ERR_INTERNAL, 0, false, "provider needs HTTP");
+        return NULL;
+    }
+    return self->ops->answer(self, call, usage, err);
+}
+
+/*  --- streaming ---------------------------------------------------------- */
+
+llmq_stream_t *
+llmq_stream_new(const llmq_provider_t *provider, const llmq_call_t *call)
+{
+    llmq_stream_t *self = calloc(1, sizeof *self);
+    if (!self)
+        return NULL;
+    self->provider = provider;
+    self->op = call->op;
+    self->model = s_strdup0(call->model);
+    self->asm_ = llmq_assembler_new(call->op);
+    self->input_tokens = -1;
+    self->output_tokens = -1;
+    if (!self->asm_ || !self->model) {
+        llmq_stream_destroy(&self);
+        return NULL;
+    }
+    return self;
+}
+
+void
+llmq_stream_destroy(llmq_stream_t **self_p)
+{
+    if (self_p && *self_p) {
+        llmq_stream_t *self = *self_p;
+        llmq_assembler_destroy(&self->asm_);
+        free(self->model);
+        free(self->msg_id);
+        free(self->stop_reason);
+        free(self);
+        *self_p = NULL;
+    }
+}
+
+int
+llmq_stream_event(llmq_stream_t *self, const char *event, const char *data,
+                  size_t size, llmq_chunk_fn *emit, void *arg, llmq_perr_t *err)
+{
+    if (self->done)
+        return 1;
+    int rc = self->provider->ops->stream_event(self, event, data, size, emit,
+                                               arg, err);
+    if (rc == 1)
+        self->done = true;
+    return rc;
+}
+
+cJSON *
+llmq_stream_finish(llmq_stream_t *self, llmq_usage_t *usage, llmq_perr_t *err)
+{
+    llmq_usage_init(usage);
+    if (!self->done) {
+        llmq_perr_set(err, LLMQ_ERR_PROVIDER_ERROR, 200, true,
+                      "stream ended before its last event");
+        return NULL;
+    }
+    return llmq_assembler_result(self->asm_, usage);
+}
+
+int64_t
+llmq_stream_chunks(const llmq_stream_t *self)
+{
+    return self->chunks;
+}
+
+/*  --- rate-limit headers ------------------------------------------------ */
+
+int64_t
+llmq_parse_duration_ms(const char *text, size_t len)
+{
+    /*  Sequence of <number><unit>, units h, m, s, ms (OpenAI: "6m0s",
+        "1.5s", "120ms"). A bare number is seconds. */
+    double total = 0;
+    size_t i = 0;
+    bool any = false;
+    while (i < len && isspace((unsigned char) text[i]))
+        i++;
+    while (i < len && !isspace((unsigned char) text[i])) {
+        char num[32];
+        size_t n = 0;
+        while (i < len && (isdigit((unsigned char) text[i]) || text[i] == '.')
+               && n < sizeof num - 1)
+            num[n++] = text[i++];
+        num[n] = 0;
+        if (n == 0)
+            return -1;
+        double v = strtod(num, NULL);
+        if (i + 1 < len && text[i] == 'm' && text[i + 1] == 's') {
+            total += v;
+            i += 2;
+        }
+        else if (i < len && text[i] == 'h') {
+            total += v * 3600000.0;
+            i++;
+        }
+        else if (i < len && text[i] == 'm') {
+            total += v * 60000.0;
+            i++;
+        }
+        else if (i < len && text[i] == 's') {
+            total += v * 1000.0;
+            i++;
+        }
+        else if (i == len || isspace((unsigned char) text[i])) {
+            total += v * 1000.0;
+        }
+        else
+            return -1;
+        any = true;
+    }
+    return any ? (int64_t) (total + 0.5) : -1;
+}
+
+/*  RFC 3339 ("2026-11-22T03:00:00Z") -> ms from now; -1 if malformed. */
+static int64_t
+s_rfc3339_in_ms(const char *text)
+{
+    struct tm tm;
+    memset(&tm, 0, sizeof tm);
+    int y, mo, d, h, mi;
+    double s;
+    if (sscanf(text, "%d-%d-%dT%d:%d:%lf", &y, &mo, &d, &h, &mi, &s) != 6)
+        return -1;
+    tm.tm_year = y - 1900;
+    tm.tm_mon = mo - 1;
+    tm.tm_mday = d;
+    tm.tm_hour = h;
+    tm.tm_min = mi;
+    tm.tm_sec = 0;
+    time_t t = timegm(&tm);
+    struct timeval now;
+    gettimeofday(&now, NULL);
+    double at = (double) t * 1000.0 + s * 1000.0;
+    double nowms = (double) now.tv_sec * 1000.0 + now.tv_usec / 1000.0;
+    return at > nowms ? (int64_t) (at - nowms) : 0;
+}
+
+static bool
+s_name_is(const char *name, size_t len, const char *want)
+{
+    return strlen(want) == len && strncasecmp(name, want, len) == 0;
+}
+
+void
+llmq_ratelimit_header(llmq_ratelimit_t *rl, const char *name, size_t name_len,
+                      const char *value, size_t value_len)
+{
+    if (name_len < 11)
+        return;
+    char v[128];
+    while (value_len && isspace((unsigned char) value[value_len - 1]))
+        value_len--;
+    while (value_len && isspace((unsigned char) *value)) {
+        value++;
+        value_len--;
+    }
+    if (value_len >= sizeof v)
+        return;
+    memcpy(v, value, value_len);
+    v[value_len] = 0;
+    char *end;
+    if (s_name_is(name, name_len, "retry-after-ms")) {
+        double ms = strtod(v, &end);
+        if (end != v && ms >= 0)
+            rl->retry_after_ms = (int64_t) ms;
+        return;
+    }
+    if (s_name_is(name, name_len, "retry-after")) {
+        /*  retry-after-ms is more precise: keep it if already seen. */
+        if (rl->retry_after_ms >= 0)
+            return;
+        double sec = strtod(v, &end);
+        if (end != v && *end == 0 && sec >= 0)
+            rl->retry_after_ms = (int64_t) (sec * 1000.0);
+        else {
+            struct tm tm;
+            memset(&tm, 0, sizeof tm);
+            if (strptime(v, "%a, %d %b %Y %H:%M:%S", &tm)) {
+                time_t at = timegm(&tm);
+                time_t now = time(NULL);
+                rl->retry_after_ms = at > now ? (int64_t) (at - now) * 1000 : 0;
+            }
+        }
+        return;
+    }
+    int64_t num = strtoll(v, &end, 10);
+    bool is_num = end != v && *end == 0;
+    if (s_name_is(name, name_len, "x-ratelimit-limit-requests")
+        || s_name_is(name, name_len, "anthropic-ratelimit-requests-limit")) {
+        if (is_num)
+            rl->limit_requests = num;
+    }
+    else if (s_name_is(name, name_len, "x-ratelimit-limit-tokens")
+             || s_name_is(name, name_len, "anthropic-ratelimit-tokens-limit")) {
+        if (is_num)
+            rl->limit_tokens = num;
+    }
+    else if (s_name_is(name, name_len, "x-ratelimit-remaining-requests")
+             || s_name_is(name, name_len, "anthropic-ratelimit-requests-remaining")) {
+        if (is_num)
+            rl->remaining_requests = num;
+    }
+    else if (s_name_is(name, name_len, "x-ratelimit-remaining-tokens")
+             || s_name_is(name, name_len, "anthropic-ratelimit-tokens-remaining")) {
+        if (is_num)
+            rl->remaining_tokens = num;
+    }
+    else if (s_name_is(name, name_len, "x-ratelimit-reset-requests"))
+        rl->reset_requests_ms = llmq_parse_duration_ms(v, value_len);
+    else if (s_name_is(name, name_len, "x-ratelimit-reset-tokens"))
+        rl->reset_tokens_ms = llmq_parse_duration_ms(v, value_len);
+    else if (s_name_is(name, name_len, "anthropic-ratelimit-requests-reset"))
+        rl->reset_requests_ms = s_rfc3339_in_ms(v);
+    else if (s_name_is(name, name_len, "anthropic-ratelimit-tokens-reset"))
+        rl->reset_tokens_ms = s_rfc3339_in_ms(v);
+}
+
+/*  --- errors -------------------------------------------------------------- */
+
+static bool
+s_contains_ci(const char *hay, const char *needle)
+{
+    if (!hay)
+        return false;
+    size_t n = strlen(needle);
+    for (; *hay; hay++)
+        if (strncasecmp(hay, needle, n) == 0)
+            return true;
+    return false;
+}
+
+void
+llmq_classify_http(const llmq_provider_t *self, int status, const char *body,
+                   size_t size, llmq_perr_t *err)
+{
+    (void) self;
+    /*  Pull type, code and message out of the provider's error body. */
+    const char *type = NULL, *code = NULL, *message = NULL;
+    cJSON *json = body && size ? cJSON_ParseWithLength(body, size) : NULL;
+    const cJSON *e = json ? cJSON_GetObjectItemCaseSensitive(json, "error") : NULL;
+    if (cJSON_IsObject(e)) {
+        const cJSON *x = cJSON_GetObjectItemCaseSensitive(e, "type");
+        type = cJSON_IsString(x) ? x->valuestring : NULL;
+        x = cJSON_GetObjectItemCaseSensitive(e, "code");
+        code = cJSON_IsString(x) ? x->valuestring : NULL;
+        x = cJSON_GetObjectItemCaseSensitive(e, "message");
+        message = cJSON_IsString(x) ? x->valuestring : NULL;
+    }
+    else if (cJSON_IsString(e))
+        message = e->valuestring;
+    else if (json) {
+        const cJSON *x = cJSON_GetObjectItemCaseSensitive(json, "message");
+        message = cJSON_IsString(x) ? x->valuestring : NULL;
+    }
+    char text[400];
+    if (message)
+        snprintf(text, sizeof text, "%s", message);
+    else if (body && size && !json) {
+        /*  A non-JSON error page: keep a printable prefix. */
+        size_t n = size < 200 ? size : 200, k = 0;
+        for (size_t i = 0; i < n && k < sizeof text - 1; i++)
+            text[k++] = isprint((unsigned char) body[i]) ? body[i] : ' ';
+        text[k] = 0;
+    }
+    else
+        snprintf(text, sizeof text, "HTTP %d", status);
+
+    llmq_err_t c;
+    bool retryable;
+    if (status == 401 || status == 403) {
+        c = LLMQ_ERR_AUTH;
+        retryable = false;
+    }
+    else if (status == 429) {
+        /*  No quota left is not fixed by waiting. */
+        bool quota = s_contains_ci(code, "insufficient_quota")
+                     || s_contains_ci(type, "insufficient_quota");
+        c = LLMQ_ERR_RATE_LIMITED;
+        retryable = !quota;
+    }
+    else if (status == 408) {
+        c = LLMQ_ERR_TIMEOUT;
+        retryable = true;
+    }
+    else if (status == 409 || status >= 500) {
+        c = LLMQ_ERR_PROVIDER_ERROR;
+        retryable = true;
+    }
+    else if (status >= 400) {
+        retryable = false;
+        if (s_contains_ci(code, "context_length") || s_contains_ci(message, "context length")
+            || s_contains_ci(message, "context window")
+            || s_contains_ci(message, "prompt is too long")
+            || s_contains_ci(message, "maximum context"))
+            c = LLMQ_ERR_CONTEXT_LENGTH;
+        else if (s_contains_ci(code, "content_filter") || s_contains_ci(code, "content_policy")
+                 || s_contains_ci(message, "content filter")
+                 || s_contains_ci(message, "content management policy"))
+            c = LLMQ_ERR_CONTENT_FILTER;
+        else
+            c = LLMQ_ERR_INVALID_REQUEST;
+    }
+    else {
+        c = LLMQ_ERR_PROVIDER_ERROR;
+        retryable = true;
+    }
+    llmq_perr_set(err, c, status, retryable, "%s", text);
+    cJSON_Delete(json);
+}
+
+void
+llmq_classify_curl(CURLcode code, const char *detail, llmq_perr_t *err)
+{
+    const char *what = detail && *detail ? detail : curl_easy_strerror(code);
+    if (code == CURLE_OPERATION_TIMEDOUT)
+        llmq_perr_set(err, LLMQ_ERR_TIMEOUT, 0, true, "provider timed out: %s", what);
+    else
+        llmq_perr_set(err, LLMQ_ERR_PROVIDER_ERROR, 0, true,
+                      "provider connection failed: %s", what);
+}
+
+void
+llmq_provider_scrub(const llmq_provider_t *self, char *text)
+{
+    if (!self || !text || !self->api_key || strlen(self->api_key) < 4)
+        return;
+    size_t klen = strlen(self->api_key);
+    char *hit;
+    while ((hit = strstr(text, self->api_key))) {
+        memcpy(hit, "***", 3);
+        memmove(hit + 3, hit + klen, strlen(hit + klen) + 1);
+    }
+}
+
+/*  --- token estimate ------------------------------------------------------ */
+
+static int64_t
+s_text_chars(const cJSON *item, int depth)
+{
+    if (!item || depth > 16)
+        return 0;
+    if (cJSON_IsString(item))
+        return (int64_t) strlen(item->valuestring);
+    int64_t n = 0;
+    if (cJSON_IsArray(item) || cJSON_IsObject(item)) {
+        const cJSON *c;
+        cJSON_ArrayForEach(c, item) {
+            /*  Count text, not structure (role names, types, ids). */
+            if (c->string && (strcmp(c->string, "role") == 0
+                              || strcmp(c->string, "type") == 0
+                              || strcmp(c->string, "name") == 0))
+                continue;
+            n += s_text_chars(c, depth + 1);
+        }
+    }
+    return n;
+}
+
+int64_t
+llmq_estimate_tokens(const cJSON *body, int64_t default_max_tokens)
+{
+    int64_t chars = 0;
+    static const char *fields[] = {"messages", "prompt", "input", "system"};
+    for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++)
+        chars += s_text_chars(cJSON_GetObjectItemCaseSensitive(body, fields[i]), 0);
+    int64_t out = default_max_tokens;
+    const cJSON *mt = cJSON_GetObjectItemCaseSensitive(body, "max_tokens");
+    if (!cJSON_IsNumber(mt))
+        mt = cJSON_GetObjectItemCaseSensitive(body, "max_completion_tokens");
+    if (cJSON_IsNumber(mt) && mt->valuedouble >= 0)
+        out = (int64_t) mt->valuedouble;
+    if (cJSON_GetObjectItemCaseSensitive(body, "input"))
+        out = 0;  /* embeddings produce no tokens */
+    return (chars + 3) / 4 + out;
+}
+
+void
+llmq_usage_from_json(const cJSON *u, llmq_usage_t *usage)
+{
+    if (!cJSON_IsObject(u))
+        return;
+    const cJSON *x = cJSON_GetObjectItemCaseSensitive(u, "prompt_tokens");
+    if (cJSON_IsNumber(x))
+        usage->prompt_tokens = (int64_t) x->valuedouble;
+    x = cJSON_GetObjectItemCaseSensitive(u, "completion_tokens");
+    if (cJSON_IsNumber(x))
+        usage->completion_tokens = (int64_t) x->valuedouble;
+    x = cJSON_GetObjectItemCaseSensitive(u, "total_tokens");
+    if (cJSON_IsNumber(x))
+        usage->total_tokens = (int64_t) x->valuedouble;
+    if (usage->total_tokens < 0 && usage->prompt_tokens >= 0)
+        usage->total_tokens = usage->prompt_tokens
+                              + (usage->completion_tokens > 0 ? usage->completion_tokens : 0);
+}
+
+/*  --- chunk assembler ----------------------------------------------------- */
+
+#define S_MAX_CHOICES 16
+
+typedef struct {
+    bool used;           /* a chunk named this index */
+    char *role;          /* delta.role, first seen */
+    char *text;          /* content (chat) or text (completion) so far */
+    size_t len;          /* its length */
+    size_t cap;          /* its allocation */
+    bool has_text;       /* any content arrived */
+    char *finish;        /* finish_reason */
+    cJSON *tool_calls;   /* array built from tool_call deltas */
+} s_choice_t;
+
+struct _llmq_assembler_t {
+    llmq_op_t op;                          /* chat or completion */
+    char *id;                              /* from the first chunk */
+    char *model;                           /* from the first chunk */
+    int64_t created;                       /* from the first chunk */
+    llmq_usage_t usage;                    /* from the usage chunk */
+    s_choice_t choices[S_MAX_CHOICES];     /* by index */
+};
+
+llmq_assembler_t *
+llmq_assembler_new(llmq_op_t op)
+{
+    llmq_assembler_t *self = calloc(1, sizeof *self);
+    if (!self)
+        return NULL;
+    self->op = op;
+    llmq_usage_init(&self->usage);
+    return self;
+}
+
+void
+llmq_assembler_destroy(llmq_assembler_t **self_p)
+{
+    if (self_p && *self_p) {
+        llmq_assembler_t *self = *self_p;
+        for (int i = 0; i < S_MAX_CHOICES; i++) {
+            free(self->choices[i].role);
+            free(self->choices[i].text);
+            free(self->choices[i].finish);
+            cJSON_Delete(self->choices[i].tool_calls);
+        }
+        free(self->id);
+        free(self->model);
+        free(self);
+        *self_p = NULL;
+    }
+}
+
+static void
+s_append_text(s_choice_t *ch, const char *s)
+{
+    size_t n = strlen(s);
+    if (ch->len + n + 1 > ch->cap) {
+        size_t cap = ch->cap ? ch->cap * 2 : 256;
+        while (cap < ch->len + n + 1)
+            cap *= 2;
+        char *nt = realloc(ch->text, cap);
+        if (!nt)
+            return;
+        ch->text = nt;
+        ch->cap = cap;
+    }
+    memcpy(ch->text + ch->len, s, n + 1);
+    ch->len += n;
+    ch->has_text = true;
+}
+
+static void
+s_set_str(char **dst, const cJSON *src)
+{
+    if (cJSON_IsString(src)) {
+        free(*dst);
+        *dst = strdup(src->valuestring);
+    }
+}
+
+/*  Merge one tool_calls delta array into the choice's array. */
+static void
+s_merge_tools(s_choice_t *ch, const cJSON *deltas)
+{
+    if (!ch->tool_calls)
+        ch->tool_calls = cJSON_CreateArray();
+    const cJSON *d;
+    cJSON_ArrayForEach(d, deltas) {
+        const cJSON *ix = cJSON_GetObjectItemCaseSensitive(d, "index");
+        int index = cJSON_IsNumber(ix) ? (int) ix->valuedouble
+                                       : cJSON_GetArraySize(ch->tool_calls);
+        if (index < 0 || index > 127)
+            continue;
+        while (cJSON_GetArraySize(ch->tool_calls) <= index) {
+            cJSON *t = cJSON_CreateObject();
+            cJSON_AddStringToObject(t, "id", "");
+            cJSON_AddStringToObject(t, "type", "function");
+            cJSON *f = cJSON_AddObjectToObject(t, "function");
+            cJSON_AddStringToObject(f, "name", "");
+            cJSON_AddStringToObject(f, "arguments", "");
+            cJSON_AddItemToArray(ch->tool_calls, t);
+        }
+        cJSON *t = cJSON_GetArrayItem(ch->tool_calls, index);
+        const cJSON *id = cJSON_GetObjectItemCaseSensitive(d, "id");
+        if (cJSON_IsString(id))
+            cJSON_ReplaceItemInObjectCaseSensitive(t, "id", cJSON_CreateString(id->valuestring));
+        const cJSON *fd = cJSON_GetObjectItemCaseSensitive(d, "function");
+        cJSON *f = cJSON_GetObjectItemCaseSensitive(t, "function");
+        const cJSON *name = cJSON_GetObjectItemCaseSensitive(fd, "name");
+        if (cJSON_IsString(name))
+            cJSON_ReplaceItemInObjectCaseSensitive(f, "name", cJSON_CreateString(name->valuestring));
+        const cJSON *args = cJSON_GetObjectItemCaseSensitive(fd, "arguments");
+        if (cJSON_IsString(args) && *args->valuestring) {
+            const cJSON *old = cJSON_GetObjectItemCaseSensitive(f, "arguments");
+            size_t a = strlen(old->valuestring), b = strlen(args->valuestring);
+            char *joined = malloc(a + b + 1);
+            if (joined) {
+                memcpy(joined, old->valuestring, a);
+                memcpy(joined + a, args->valuestring, b + 1);
+                cJSON_ReplaceItemInObjectCaseSensitive(f, "arguments", cJSON_CreateString(joined));
+                free(joined);
+            }
+        }
+    }
+}
+
+void
+llmq_assembler_add(llmq_assembler_t *self, const cJSON *chunk)
+{
+    if (!self->id)
+        s_set_str(&self->id, cJSON_GetObjectItemCaseSensitive(chunk, "id"));
+    if (!self->model)
+        s_set_str(&self->model, cJSON_GetObjectItemCaseSensitive(chunk, "model"));
+    const cJSON *cr = cJSON_GetObjectItemCaseSensitive(chunk, "created");
+    if (!self->created && cJSON_IsNumber(cr))
+        self->created = (int64_t) cr->valuedouble;
+    llmq_usage_from_json(cJSON_GetObjectItemCaseSensitive(chunk, "usage"), &self->usage);
+    const cJSON *c;
+    cJSON_ArrayForEach(c, cJSON_GetObjectItemCaseSensitive(chunk, "choices")) {
+        const cJSON *ix = cJSON_GetObjectItemCaseSensitive(c, "index");
+        int index = cJSON_IsNumber(ix) ? (int) ix->valuedouble : 0;
+        if (index < 0 || index >= S_MAX_CHOICES)
+            continue;
+        s_choice_t *ch = &self->choices[index];
+        ch->used = true;
+        const cJSON *fr = cJSON_GetObjectItemCaseSensitive(c, "finish_reason");
+        s_set_str(&ch->finish, fr);
+        if (self->op == LLMQ_OP_COMPLETION) {
+            const cJSON *t = cJSON_GetObjectItemCaseSensitive(c, "text");
+            if (cJSON_IsString(t))
+                s_append_text(ch, t->valuestring);
+            continue;
+        }
+        const cJSON *delta = cJSON_GetObjectItemCaseSensitive(c, "delta");
+        if (!cJSON_IsObject(delta))
+            continue;
+        if (!ch->role)
+            s_set_str(&ch->role, cJSON_GetObjectItemCaseSensitive(delta, "role"));
+        const cJSON *content = cJSON_GetObjectItemCaseSensitive(delta, "content");
+        if (cJSON_IsString(content))
+            s_append_text(ch, content->valuestring);
+        const cJSON *tools = cJSON_GetObjectItemCaseSensitive(delta, "tool_calls");
+        if (cJSON_IsArray(tools))
+            s_merge_tools(ch, tools);
+    }
+}
+
+cJSON *
+llmq_assembler_result(llmq_assembler_t *self, llmq_usage_t *usage)
+{
+    cJSON *r = cJSON_CreateObject();
+    cJSON_AddStringToObject(r, "id", self->id ? self->id : "");
+    cJSON_AddStringToObject(r, "object", self->op == LLMQ_OP_COMPLETION
+                                             ? "text_completion"
+                                             : "chat.completion");
+    cJSON_AddNumberToObject(r, "created", (double) self->created);
+    cJSON_AddStringToObject(r, "model", self->model ? self->model : "");
+    cJSON *choices = cJSON_AddArrayToObject(r, "choices");
+    for (int i = 0; i < S_MAX_CHOICES; i++) {
+        s_choice_t *ch = &self->choices[i];
+        if (!ch->used)
+            continue;
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddNumberToObject(o, "index", i);
+        if (self->op == LLMQ_OP_COMPLETION)
+            cJSON_AddStringToObject(o, "text", ch->text ? ch->text : "");
+        else {
+            cJSON *m = cJSON_AddObjectToObject(o, "message");
+            cJSON_AddStringToObject(m, "role", ch->role ? ch->role : "assistant");
+            if (ch->has_text || !ch->tool_calls)
+                cJSON_AddStringToObject(m, "content", ch->text ? ch->text : "");
+            else
+                cJSON_AddNullToObject(m, "content");
+            if (ch->tool_calls)
+                cJSON_AddItemToObject(m, "tool_calls", cJSON_Duplicate(ch->tool_calls, true));
+        }
+        if (ch->finish)
+            cJSON_AddStringToObject(o, "finish_reason", ch->finish);
+        else
+            cJSON_AddNullToObject(o, "finish_reason");
+        cJSON_AddItemToArray(choices, o);
+    }
+    if (self->usage.prompt_tokens >= 0 || self->usage.completion_tokens >= 0) {
+        cJSON *u = cJSON_AddObjectToObject(r, "usage");
+        cJSON_AddNumberToObject(u, "prompt_tokens",
+                                (double) (self->usage.prompt_tokens > 0 ? self->usage.prompt_tokens : 0));
+        cJSON_AddNumberToObject(u, "completion_tokens",
+                                (double) (self->usage.completion_tokens > 0 ? self->usage.completion_tokens : 0));
+        cJSON_AddNumberToObject(u, "total_tokens",
+                                (double) (self->usage.total_tokens > 0 ? self->usage.total_tokens : 0));
+    }
+    if (usage)
+        *usage = self->usage;
+    return r;
+}
+
+/*  --- selftest ----------------------------------------------------------- */
+
+#define CHECK(cond)                                                         \
+    do {                                                                    \
+        if (!(cond)) {                                                      \
+            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, \
+                    #cond);                                                 \
+            return -1;                                                      \
+        }                                                                   \
+    } while (0)
+
+static int
+s_test_collect(const cJSON *chunk, void *arg)
+{
+    int *n = arg;
+    (*n)++;
+    return cJSON_IsObject(chunk) ? 0 : 1;
+}
+
+static const char *
+s_test_str(const cJSON *root, const char *path)
+{
+    /*  "a.b.0.c": walk objects and arrays. */
+    char buf[128];
+    snprintf(buf, sizeof buf, "%s", path);
+    const cJSON *at = root;
+    for (char *tok = strtok(buf, "."); tok && at; tok = strtok(NULL, "."))
+        at = (*tok >= '0' && *tok <= '9') ? cJSON_GetArrayItem(at, atoi(tok))
+                                          : cJSON_GetObjectItemCaseSensitive(at, tok);
+    return cJSON_IsString(at) ? at->valuestring : NULL;
+}
+
+static bool
+s_test_has_header(const struct curl_slist *h, const char *line)
+{
+    for (; h; h = h->next)
+        if (strcmp(h->data, line) == 0)
+            return true;
+    return false;
+}
+
+int
+llmq_provider_test(bool verbose)
+{
+    if (verbose)
+        printf(" * llmq_provider: ");
+    /*  Durations and headers. */
+    CHECK(llmq_parse_duration_ms("6m0s", 4) == 360000);
+    CHECK(llmq_parse_duration_ms("1.5s", 4) == 1500);
+    CHECK(llmq_parse_duration_ms("120ms", 5) == 120);
+    CHECK(llmq_parse_duration_ms("1h2m3s", 6) == 3723000);
+    CHECK(llmq_parse_duration_ms("2", 1) == 2000);
+    CHECK(llmq_parse_duration_ms("abc", 3) == -1);
+    CHECK(llmq_parse_duration_ms("", 0) == -1);
+    llmq_ratelimit_t rl;
+    llmq_ratelimit_init(&rl);
+    struct { const char *n, *v; } hs[] = {
+        {"X-RateLimit-Limit-Requests", "500"}, {"x-ratelimit-remaining-requests", " 499\r\n"},
+        {"x-ratelimit-reset-requests", "120ms"}, {"x-ratelimit-limit-tokens", "10000"},
+        {"x-ratelimit-remaining-tokens", "9000"}, {"x-ratelimit-reset-tokens", "6m0s"},
+        {"retry-after", "2"}, {"content-type", "application/json"},
+        {"x-ratelimit-remaining-tokens", "bogus"},
+    };
+    for (size_t i = 0; i < sizeof hs / sizeof hs[0]; i++)
+        llmq_ratelimit_header(&rl, hs[i].n, strlen(hs[i].n), hs[i].v, strlen(hs[i].v));
+    CHECK(rl.limit_requests == 500 && rl.remaining_requests == 499);
+    CHECK(rl.reset_requests_ms == 120 && rl.limit_tokens == 10000);
+    CHECK(rl.remaining_tokens == 9000 && rl.reset_tokens_ms == 360000);
+    CHECK(rl.retry_after_ms == 2000);
+    llmq_ratelimit_init(&rl);
+    llmq_ratelimit_header(&rl, "retry-after-ms", 14, "250", 3);
+    llmq_ratelimit_header(&rl, "retry-after", 11, "9", 1);
+    CHECK(rl.retry_after_ms == 250);
+    llmq_ratelimit_header(&rl, "anthropic-ratelimit-requests-remaining", 38, "7", 1);
+    llmq_ratelimit_header(&rl, "anthropic-ratelimit-tokens-reset", 32,
+                          "2000-01-01T00:00:00Z", 20);
+    CHECK(rl.remaining_requests == 7 && rl.reset_tokens_ms == 0);
+
+    /*  Providers and the key. */
+    const char *key = "sk-test-KEY-0123456789";
+    llmq_provider_config_t pc = {"openai", "http://127.0.0.1:1/v1/", key, NULL, 0};
+    char errbuf[128];
+    llmq_provider_t *p = llmq_provider_new(&pc, errbuf, sizeof errbuf);
+    CHECK(p);
+    CHECK(strcmp(llmq_provider_base_url(p), "http://127.0.0.1:1/v1") == 0);
+    CHECK(llmq_provider_uses_http(p));
+    pc.kind = "nope";
+    CHECK(llmq_provider_new(&pc, errbuf, sizeof errbuf) == NULL);
+    CHECK(strstr(errbuf, "nope"));
+    char text[128];
+    snprintf(text, sizeof text, "bad key %s and %s!", key, key);
+    llmq_provider_scrub(p, text);
+    CHECK(strcmp(text, "bad key *** and ***!") == 0);
+
+    /*  Classification table. */
+    llmq_perr_t err;
+    struct { int status; const char *body; llmq_err_t code; bool retry; } cases[] = {
+        {400, "{\"error\":{\"message\":\"bad\",\"type\":\"invalid_request_error\"}}", LLMQ_ERR_INVALID_REQUEST, false},
+        {400, "{\"error\":{\"message\":\"too long\",\"code\":\"context_length_exceeded\"}}", LLMQ_ERR_CONTEXT_LENGTH, false},
+        {400, "{\"type\":\"error\",\"error\":{\"type\":\"invalid_request_error\",\"message\":\"prompt is too long: 300000 tokens\"}}", LLMQ_ERR_CONTEXT_LENGTH, false},
+        {400, "{\"error\":{\"message\":\"no\",\"code\":\"content_filter\"}}", LLMQ_ERR_CONTENT_FILTER, false},
+        {404, "{\"error\":{\"message\":\"model not found\"}}", LLMQ_ERR_INVALID_REQUEST, false},
+        {422, "", LLMQ_ERR_INVALID_REQUEST, false},
+        {401, "{\"error\":{\"message\":\"Incorrect API key provided: sk-test-KEY-0123456789\"}}", LLMQ_ERR_AUTH, false},
+        {403, "", LLMQ_ERR_AUTH, false},
+        {408, "", LLMQ_ERR_TIMEOUT, true},
+        {409, "", LLMQ_ERR_PROVIDER_ERROR, true},
+        {429, "{\"error\":{\"message\":\"slow down\",\"type\":\"requests\"}}", LLMQ_ERR_RATE_LIMITED, true},
+        {429, "{\"error\":{\"message\":\"quota\",\"code\":\"insufficient_quota\"}}", LLMQ_ERR_RATE_LIMITED, false},
+        {500, "<html>oops</html>", LLMQ_ERR_PROVIDER_ERROR, true},
+        {529, "{\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}", LLMQ_ERR_PROVIDER_ERROR, true},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        llmq_provider_classify(p, cases[i].status, cases[i].body, strlen(cases[i].body), &err);
+        if (err.code != cases[i].code || err.retryable != cases[i].retry) {
+            fprintf(stderr, "case %zu: %d -> %s\n", i, cases[i].status, llmq_err_name(err.code));
+            return -1;
+        }
+        CHECK(err.status == cases[i].status);
+        CHECK(!strstr(err.message, key));
+    }
+    llmq_classify_curl(CURLE_OPERATION_TIMEDOUT, NULL, &err);
+    CHECK(err.code == LLMQ_ERR_TIMEOUT && err.retryable);
+    llmq_classify_curl(CURLE_COULDNT_CONNECT, NULL, &err);
+    CHECK(err.code == LLMQ_ERR_PROVIDER_ERROR && err.retryable);
+
+    /*  OpenAI request building: model from the header, stream forced. */
+    cJSON *body = cJSON_Parse("{\"model\":\"x\",\"stream\":true,\"max_tokens\":10,"
+                              "\"messages\":[{\"role\":\"system\",\"content\":\"be brief\"},"
+                              "{\"role\":\"user\",\"content\":\"hello world!\"}]}");
+    CHECK(llmq_estimate_tokens(body, 1024) == (20 + 3) / 4 + 10);
+    llmq_call_t call = {LLMQ_OP_CHAT, "gpt-test", false, body};
+    llmq_http_t http;
+    memset(&http, 0, sizeof http);
+    CHECK(llmq_provider_build(p, &call, &http, &err) == 0);
+    CHECK(strcmp(http.url, "http://127.0.0.1:1/v1/chat/completions") == 0);
+    CHECK(http.post && strstr(http.body, "\"model\":\"gpt-test\""));
+    CHECK(!strstr(http.body, "stream"));
+    CHECK(s_test_has_header(http.headers, "Authorization: Bearer sk-test-KEY-0123456789"));
+    llmq_http_reset(&http);
+    call.stream = true;
+    CHECK(llmq_provider_build(p, &call, &http, &err) == 0);
+    CHECK(strstr(http.body, "\"stream\":true,\"stream_options\":{\"include_usage\":true}"));
+    llmq_http_reset(&http);
+    CHECK(llmq_provider_health(p, &http) == 0);
+    CHECK(strcmp(http.url, "http://127.0.0.1:1/v1/models") == 0 && !http.post);
+    llmq_http_reset(&http);
+
+    /*  OpenAI parse: good, malformed, missing choices. */
+    llmq_usage_t usage;
+    const char *ok = "{\"id\":\"c1\",\"object\":\"chat.completion\",\"choices\":[{\"index\":0,"
+                     "\"message\":{\"role\":\"assistant\",\"content\":\"hi\"},\"finish_reason\":\"stop\"}],"
+                     "\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":1,\"total_tokens\":6}}";
+    cJSON *res = llmq_provider_parse(p, &call, ok, strlen(ok), &usage, &err);
+    CHECK(res && usage.prompt_tokens == 5 && usage.completion_tokens == 1 && usage.total_tokens == 6);
+    cJSON_Delete(res);
+    CHECK(!llmq_provider_parse(p, &call, "{\"choices\":[", 12, &usage, &err));
+    CHECK(err.code == LLMQ_ERR_PROVIDER_ERROR && err.retryable);
+    CHECK(!llmq_provider_parse(p, &call, "{}", 2, &usage, &err));
+
+    /*  OpenAI stream -> chunks -> assembled body. */
+    const char *events[] = {
+        "{\"id\":\"s1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"},\"finish_reason\":null}]}",
+        "{\"id\":\"s1\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hel\"},\"finish_reason\":null}]}",
+        "{\"id\":\"s1\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"lo\"},\"finish_reason\":\"stop\"}]}",
+        "{\"id\":\"s1\",\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":2,\"total_tokens\":5}}",
+        "[DONE]",
+    };
+    llmq_stream_t *st = llmq_stream_new(p, &call);
+    int chunks = 0;
+    for (size_t i = 0; i < 5; i++) {
+        int rc = llmq_stream_event(st, "message", events[i], strlen(events[i]),
+                                   s_test_collect, &chunks, &err);
+        CHECK(rc == (i == 4 ? 1 : 0));
+    }
+    CHECK(chunks == 4 && llmq_stream_chunks(st) == 4);
+    res = llmq_stream_finish(st, &usage, &err);
+    CHECK(res);
+    CHECK(strcmp(s_test_str(res, "choices.0.message.content"), "Hello") == 0);
+    CHECK(strcmp(s_test_str(res, "choices.0.finish_reason"), "stop") == 0);
+    CHECK(strcmp(s_test_str(res, "object"), "chat.completion") == 0);
+    CHECK(usage.total_tokens == 5);
+    cJSON_Delete(res);
+    llmq_stream_destroy(&st);
+    /*  A stream cut before [DONE] is a provider error; broken JSON too. */
+    st = llmq_stream_new(p, &call);
+    CHECK(llmq_stream_event(st, "message", events[1], strlen(events[1]), NULL, NULL, &err) == 0);
+    CHECK(!llmq_stream_finish(st, &usage, &err) && err.retryable);
+    CHECK(llmq_stream_event(st, "message", "{oops", 5, NULL, NULL, &err) == -1);
+    llmq_stream_destroy(&st);
+    llmq_provider_destroy(&p);
+    CHECK(p == NULL);
+
+    /*  Anthropic translation both ways. */
+    llmq_provider_config_t ac = {"anthropic", "http://127.0.0.1:1/v1", key, NULL, 512};
+    p = llmq_provider_new(&ac, errbuf, sizeof errbuf);
+    CHECK(p);
+    call.stream = false;
+    CHECK(llmq_provider_build(p, &call, &http, &err) == 0);
+    CHECK(strcmp(http.url, "http://127.0.0.1:1/v1/messages") == 0);
+    cJSON *sent = cJSON_Parse(http.body);
+    CHECK(strcmp(s_test_str(sent, "system"), "be brief") == 0);
+    CHECK(strcmp(s_test_str(sent, "messages.0.role"), "user") == 0);
+    CHECK(cJSON_GetArraySize(cJSON_GetObjectItem(sent, "messages")) == 1);
+    CHECK(cJSON_GetObjectItem(sent, "max_tokens")->valueint == 10);
+    cJSON_Delete(sent);
+    CHECK(s_test_has_header(http.headers, "x-api-key: sk-test-KEY-0123456789"));
+    CHECK(s_test_has_header(http.headers, "anthropic-version: 2023-06-01"));
+    llmq_http_reset(&http);
+    llmq_call_t emb = {LLMQ_OP_EMBEDDING, "m", false, body};
+    CHECK(llmq_provider_build(p, &emb, &http, &err) == -1);
+    CHECK(err.code == LLMQ_ERR_INVALID_REQUEST && !err.retryable);
+    const char *amsg = "{\"id\":\"msg_1\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"claude\","
+                       "\"content\":[{\"type\":\"text\",\"text\":\"Hi \"},{\"type\":\"text\",\"text\":\"there\"},"
+                       "{\"type\":\"tool_use\",\"id\":\"tu1\",\"name\":\"f\",\"input\":{\"a\":1}}],"
+                       "\"stop_reason\":\"tool_use\",\"usage\":{\"input_tokens\":7,\"output_tokens\":3}}";
+    res = llmq_provider_parse(p, &call, amsg, strlen(amsg), &usage, &err);
+    CHECK(res);
+    CHECK(strcmp(s_test_str(res, "choices.0.message.content"), "Hi there") == 0);
+    CHECK(strcmp(s_test_str(res, "choices.0.finish_reason"), "tool_calls") == 0);
+    CHECK(strcmp(s_test_str(res, "choices.0.message.tool_calls.0.function.arguments"), "{\"a\":1}") == 0);
+    CHECK(usage.prompt_tokens == 7 && usage.completion_tokens == 3 && usage.total_tokens == 10);
+    cJSON_Delete(res);
+    const char *aevents[][2] = {
+        {"message_start", "{\"type\":\"message_start\",\"message\":{\"id\":\"msg_2\",\"model\":\"claude\",\"usage\":{\"input_tokens\":4,\"output_tokens\":1}}}"},
+        {"content_block_start", "{\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}"},
+        {"ping", "{\"type\":\"ping\"}"},
+        {"content_block_delta", "{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Yo\"}}"},
+        {"content_block_stop", "{\"type\":\"content_block_stop\",\"index\":0}"},
+        {"message_delta", "{\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"max_tokens\"},\"usage\":{\"output_tokens\":2}}"},
+        {"message_stop", "{\"type\":\"message_stop\"}"},
+    };
+    call.stream = true;
+    st = llmq_stream_new(p, &call);
+    chunks = 0;
+    for (size_t i = 0; i < 7; i++) {
+        int rc = llmq_stream_event(st, aevents[i][0], aevents[i][1], strlen(aevents[i][1]),
+                                   s_test_collect, &chunks, &err);
+        CHECK(rc == (i == 6 ? 1 : 0));
+    }
+    CHECK(chunks == 4);
+    res = llmq_stream_finish(st, &usage, &err);
+    CHECK(res && strcmp(s_test_str(res, "choices.0.message.content"), "Yo") == 0);
+    CHECK(strcmp(s_test_str(res, "choices.0.finish_reason"), "length") == 0);
+    CHECK(strcmp(s_test_str(res, "id"), "msg_2") == 0);
+    CHECK(usage.prompt_tokens == 4 && usage.completion_tokens == 2);
+    cJSON_Delete(res);
+    llmq_stream_destroy(&st);
+    st = llmq_stream_new(p, &call);
+    const char *aerr = "{\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}";
+    CHECK(llmq_stream_event(st, "error", aerr, strlen(aerr), NULL, NULL, &err) == -1);
+    CHECK(err.code == LLMQ_ERR_PROVIDER_ERROR && err.retryable);
+    llmq_stream_destroy(&st);
+    llmq_provider_destroy(&p);
+
+    /*  Echo: at once, deterministic, no HTTP. */
+    llmq_provider_config_t ec = {"echo", NULL, NULL, NULL, 0};
+    p = llmq_provider_new(&ec, errbuf, sizeof errbuf);
+    CHECK(p && !llmq_provider_uses_http(p));
+    call.stream = false;
+    res = llmq_provider_answer(p, &call, &usage, &err);
+    cJSON *res2 = llmq_provider_answer(p, &call, &usage, &err);
+    CHECK(res && res2);
+    CHECK(strcmp(s_test_str(res, "choices.0.message.content"), "echo: hello world!") == 0);
+    CHECK(strcmp(s_test_str(res, "id"), s_test_str(res2, "id")) == 0);
+    CHECK(usage.completion_tokens > 0);
+    cJSON_Delete(res);
+    cJSON_Delete(res2);
+    llmq_provider_destroy(&p);
+    cJSON_Delete(body);
+    llmq_provider_destroy(&p);
+
+    if (verbose)
+        printf("OK\n");
+    return 0;
+}

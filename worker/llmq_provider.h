@@ -1,0 +1,235 @@
+/*  llmq_provider.h - one LLM provider behind a small vtable.
+
+    A worker holds exactly one provider. The worker owns the I/O (libcurl
+    multi, retries, limiter); the provider only translates:
+      build     OpenAI-shaped request (cJSON) -> URL, headers, JSON body
+      parse     HTTP 200 body -> OpenAI-shaped response (cJSON) + usage
+      stream    SSE events -> OpenAI chat.completion.chunk objects, and at
+                the end the assembled chat.completion + usage
+      classify  HTTP status + error body -> llmq_err_t, retryable, message
+      headers   rate-limit headers -> llmq_ratelimit_t
+      health    the GET {base}/models request
+      answer    providers without HTTP (echo) answer here at once
+      batch     Batch API calls (issue 8; not yet: return -1)
+    Providers: openai (any OpenAI-compatible base URL; `sim` is openai at
+    llmq-sim), anthropic (Messages API, translated both ways) and echo.
+
+    Secrets: the API key lives only in this object and in the header list
+    handed to libcurl. No function here puts it in a message, and
+    llmq_provider_scrub() removes it from any text that came back from the
+    provider before it is logged or sent.
+
+    Ownership: cJSON trees returned belong to the caller; `const` inputs are
+    borrowed; llmq_http_t fields belong to the struct (llmq_http_reset).
+*/
+#ifndef LLMQ_PROVIDER_H_INCLUDED
+#define LLMQ_PROVIDER_H_INCLUDED
+
+#include <cjson/cJSON.h>
+#include <curl/curl.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "llmq_limiter.h"
+#include "llmq_msg.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum {
+    LLMQ_OP_CHAT = 0,
+    LLMQ_OP_COMPLETION,
+    LLMQ_OP_EMBEDDING,
+    LLMQ_OP_UNKNOWN
+} llmq_op_t;
+
+/*  "chat", "completion", "embedding" -> op; LLMQ_OP_UNKNOWN otherwise. */
+llmq_op_t llmq_op_from_name(const char *name);
+
+/*  Token usage of one answer; -1 where the provider said nothing. */
+typedef struct {
+    int64_t prompt_tokens;
+    int64_t completion_tokens;
+    int64_t total_tokens;
+} llmq_usage_t;
+
+void llmq_usage_init(llmq_usage_t *usage);
+
+/*  A classified failure. code LLMQ_ERR_NONE means no failure. */
+typedef struct {
+    llmq_err_t code;     /* normalised protocol code */
+    int status;          /* HTTP status, 0 if none */
+    bool retryable;      /* may the worker try again */
+    char message[512];   /* human readable, never holds the key */
+} llmq_perr_t;
+
+void llmq_perr_set(llmq_perr_t *err, llmq_err_t code, int status,
+                   bool retryable, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+
+/*  One HTTP request to make. */
+typedef struct {
+    char *url;                    /* full URL */
+    bool post;                    /* POST with body, else GET */
+    struct curl_slist *headers;   /* includes auth: never log it */
+    char *body;                   /* JSON text (POST) */
+    size_t body_len;              /* its length */
+} llmq_http_t;
+
+/*  Free what an llmq_http_t holds and zero it. */
+void llmq_http_reset(llmq_http_t *http);
+
+/*  One request as the worker hands it to the provider. */
+typedef struct {
+    llmq_op_t op;         /* chat, completion, embedding */
+    const char *model;    /* the req's model (wins over body.model) */
+    bool stream;          /* relay chunks */
+    const cJSON *body;    /* OpenAI-shaped request body */
+} llmq_call_t;
+
+/*  Emitted once per OpenAI chunk while streaming; the chunk is borrowed.
+    Return 0 to go on. */
+typedef int(llmq_chunk_fn)(const cJSON *chunk, void *arg);
+
+typedef struct _llmq_provider_t llmq_provider_t;
+typedef struct _llmq_stream_t llmq_stream_t;
+
+/*  Provider settings (strings borrowed for the call to new; copied). */
+typedef struct {
+    const char *kind;             /* openai, anthropic, echo, sim */
+    const char *base_url;         /* e.g. https://api.openai.com/v1 */
+    const char *api_key;          /* may be NULL or "" (echo, local servers) */
+    const char *anthropic_version;   /* anthropic-version header */
+    int64_t default_max_tokens;   /* anthropic needs max_tokens */
+} llmq_provider_config_t;
+
+typedef struct {
+    const char *kind;
+    bool http;   /* false: answer() instead of HTTP */
+    int (*build)(const llmq_provider_t *self, const llmq_call_t *call,
+                 llmq_http_t *http, llmq_perr_t *err);
+    cJSON *(*parse)(const llmq_provider_t *self, const llmq_call_t *call,
+                    const char *body, size_t size, llmq_usage_t *usage,
+                    llmq_perr_t *err);
+    /*  Streaming: one SSE event; emits zero or more OpenAI chunks. Returns
+        0 to go on, 1 when the stream is complete, -1 on error (err set). */
+    int (*stream_event)(llmq_stream_t *stream, const char *event,
+                        const char *data, size_t size, llmq_chunk_fn *emit,
+                        void *arg, llmq_perr_t *err);
+    void (*classify)(const llmq_provider_t *self, int status,
+                     const char *body, size_t size, llmq_perr_t *err);
+    int (*health)(const llmq_provider_t *self, llmq_http_t *http);
+    cJSON *(*answer)(const llmq_provider_t *self, const llmq_call_t *call,
+                     llmq_usage_t *usage, llmq_perr_t *err);
+} llmq_provider_ops_t;
+
+extern const llmq_provider_ops_t llmq_provider_openai_ops;
+extern const llmq_provider_ops_t llmq_provider_anthropic_ops;
+extern const llmq_provider_ops_t llmq_provider_echo_ops;
+
+/*  Create a provider of the given kind. NULL (and a reason in errbuf) if
+    the kind is unknown or a required setting is missing. */
+llmq_provider_t *llmq_provider_new(const llmq_provider_config_t *config,
+                                   char *errbuf, size_t errlen);
+
+/*  Destroy; wipes the key; NULLs *self_p. Idempotent. */
+void llmq_provider_destroy(llmq_provider_t **self_p);
+
+/*  Accessors (borrowed). */
+const llmq_provider_ops_t *llmq_provider_ops(const llmq_provider_t *self);
+const char *llmq_provider_kind(const llmq_provider_t *self);
+const char *llmq_provider_base_url(const llmq_provider_t *self);
+const char *llmq_provider_api_key(const llmq_provider_t *self);
+const char *llmq_provider_anthropic_version(const llmq_provider_t *self);
+int64_t llmq_provider_default_max_tokens(const llmq_provider_t *self);
+
+/*  Thin dispatchers over the vtable. */
+bool llmq_provider_uses_http(const llmq_provider_t *self);
+int llmq_provider_build(const llmq_provider_t *self, const llmq_call_t *call,
+                        llmq_http_t *http, llmq_perr_t *err);
+cJSON *llmq_provider_parse(const llmq_provider_t *self, const llmq_call_t *call,
+                           const char *body, size_t size, llmq_usage_t *usage,
+                           llmq_perr_t *err);
+void llmq_provider_classify(const llmq_provider_t *self, int status,
+                            const char *body, size_t size, llmq_perr_t *err);
+int llmq_provider_health(const llmq_provider_t *self, llmq_http_t *http);
+cJSON *llmq_provider_answer(const llmq_provider_t *self, const llmq_call_t *call,
+                            llmq_usage_t *usage, llmq_perr_t *err);
+
+/*  Streaming state for one transfer: new, feed events, finish. finish()
+    returns the assembled final body (chat.completion or text_completion)
+    with the usage seen in the stream, or NULL with err set. */
+llmq_stream_t *llmq_stream_new(const llmq_provider_t *provider,
+                               const llmq_call_t *call);
+void llmq_stream_destroy(llmq_stream_t **self_p);
+int llmq_stream_event(llmq_stream_t *self, const char *event, const char *data,
+                      size_t size, llmq_chunk_fn *emit, void *arg,
+                      llmq_perr_t *err);
+cJSON *llmq_stream_finish(llmq_stream_t *self, llmq_usage_t *usage,
+                          llmq_perr_t *err);
+/*  Chunks emitted so far. */
+int64_t llmq_stream_chunks(const llmq_stream_t *self);
+
+/*  --- helpers shared by the providers ---------------------------------- */
+
+/*  Apply one response header to rl (x-ratelimit-*, anthropic-ratelimit-*,
+    retry-after, retry-after-ms). Names are case-insensitive. */
+void llmq_ratelimit_header(llmq_ratelimit_t *rl, const char *name,
+                           size_t name_len, const char *value,
+                           size_t value_len);
+
+/*  Parse an OpenAI duration ("6m0s", "1.5s", "120ms", "2h3m") into ms;
+    -1 if malformed. */
+int64_t llmq_parse_duration_ms(const char *text, size_t len);
+
+/*  Common error classification (OpenAI and Anthropic error bodies). */
+void llmq_classify_http(const llmq_provider_t *self, int status,
+                        const char *body, size_t size, llmq_perr_t *err);
+
+/*  Classify a libcurl failure (timeout, connection refused, reset). */
+void llmq_classify_curl(CURLcode code, const char *detail, llmq_perr_t *err);
+
+/*  Replace every occurrence of the provider's API key in text (in place)
+    by "***". */
+void llmq_provider_scrub(const llmq_provider_t *self, char *text);
+
+/*  Estimated tokens of a request: prompt characters / 4 + max_tokens
+    (default_max_tokens when the body sets none). */
+int64_t llmq_estimate_tokens(const cJSON *body, int64_t default_max_tokens);
+
+/*  Read usage {prompt_tokens, completion_tokens, total_tokens} from an
+    OpenAI body's "usage" member. */
+void llmq_usage_from_json(const cJSON *usage_obj, llmq_usage_t *usage);
+
+/*  Internal to the providers: the chunk assembler used by both streaming
+    implementations. */
+typedef struct _llmq_assembler_t llmq_assembler_t;
+llmq_assembler_t *llmq_assembler_new(llmq_op_t op);
+void llmq_assembler_destroy(llmq_assembler_t **self_p);
+void llmq_assembler_add(llmq_assembler_t *self, const cJSON *chunk);
+cJSON *llmq_assembler_result(llmq_assembler_t *self, llmq_usage_t *usage);
+
+/*  A provider's private stream state hangs off this common head. */
+struct _llmq_stream_t {
+    const llmq_provider_t *provider;  /* borrowed */
+    llmq_op_t op;                     /* of the call */
+    char *model;                      /* of the call */
+    llmq_assembler_t *asm_;           /* builds the final body */
+    int64_t chunks;                   /* emitted so far */
+    bool done;                        /* saw the end of the stream */
+    char *msg_id;                     /* anthropic: message id */
+    int64_t input_tokens;             /* anthropic: from message_start */
+    int64_t output_tokens;            /* anthropic: from message_delta */
+    char *stop_reason;                /* anthropic: finish reason (mapped) */
+    int tool_index;                   /* anthropic: next tool call index */
+    int block_tool[64];               /* anthropic: block -> tool index + 1 */
+};
+
+int llmq_provider_test(bool verbose);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

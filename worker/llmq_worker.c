@@ -1,0 +1,1698 @@
+/*  llmq_worker.c - the worker engine (see llmq_worker.h).
+
+    Design. One thread runs one loop:
+
+        wait   zmq_poll over the DEALER, an epoll fd holding every curl
+               socket, and a wake pipe (signals); the timeout is the nearest
+               of: heartbeat, curl's timer, a retry coming due, the limiter's
+               next start, a health probe, the drain deadline
+        curl   epoll events -> curl_multi_socket_action; finished transfers
+               -> s_transfer_done (parse, classify, retry or answer)
+        zmq    drain the DEALER: req, cancel, limits, hb, error
+        timers retries due, heartbeat, broker liveness, breaker probe
+        start  jobs waiting for the limiter start as it allows
+        credit grant what the limiter lets start within ~1 s, coalesced
+
+    A request ("job") lives from its `req` until its one `res`: QUEUED
+    (waiting for the limiter or the breaker), RUNNING (an HTTP attempt on
+    curl), WAITING (backoff before the next attempt, in a min-heap by due
+    time). The broker's credit counts jobs held, so capacity bounds memory:
+    jobs keep only the built HTTP request and the answer being received.
+
+    Retries happen here, never in the broker: 408/409/429/5xx, timeouts,
+    connection errors and broken JSON, with exponential backoff and full
+    jitter, at least the provider's retry-after, up to max_attempts and the
+    request's deadline. A stream that already relayed chunks is never
+    retried (the client has seen them).
+*/
+#include "llmq_worker.h"
+
+#include <curl/curl.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include "llmq_limiter.h"
+#include "llmq_msg.h"
+#include "llmq_provider.h"
+#include "llmq_sse.h"
+#include "llmq_value.h"
+#include "llmq_wlog.h"
+
+#ifndef LLMQ_VERSION_STRING
+#define LLMQ_VERSION_STRING "0.1.0"
+#endif
+
+/*  Largest answer body kept in memory; beyond it the attempt fails. */
+#define S_MAX_BODY (64 * 1024 * 1024)
+/*  Largest SSE event. */
+#define S_MAX_EVENT (8 * 1024 * 1024)
+/*  A broker silent for this many heartbeats is dead. */
+#define S_HB_LIVENESS 3
+/*  Messages read from the DEALER per loop turn, so curl is served too. */
+#define S_ZMQ_BATCH 4096
+#define S_NO_HEAP ((size_t) -1)
+
+typedef enum { S_QUEUED, S_RUNNING, S_WAITING } s_state_t;
+
+typedef struct _s_worker_t s_worker_t;
+
+typedef struct {
+    s_worker_t *worker;         /* back pointer, for curl callbacks */
+    char *id;                   /* broker's request id (key in jobs) */
+    llmq_op_t op;               /* chat, completion, embedding */
+    char *model;                /* the req's model */
+    bool stream;                /* relay chunks */
+    bool probe;                 /* a health probe, not a request */
+    int64_t received_ms;        /* when the req arrived */
+    int64_t deadline_at;        /* 0 = none */
+    int attempts;               /* HTTP attempts started */
+    int64_t estimate;           /* tokens, for the limiter */
+    s_state_t state;            /* where it is */
+    llmq_http_t http;           /* the request, built once */
+    CURL *easy;                 /* while RUNNING */
+    char *buf;                  /* answer body (or error body) */
+    size_t len;                 /* its length */
+    size_t cap;                 /* its allocation */
+    long status;                /* HTTP status of this attempt */
+    bool deadline_cut;          /* this attempt's timeout is the deadline */
+    llmq_ratelimit_t rl;        /* this attempt's rate-limit headers */
+    llmq_perr_t err;            /* last failure */
+    bool stream_failed;         /* stream parse failed (err set) */
+    llmq_sse_t *sse;            /* stream parser, per attempt */
+    llmq_stream_t *st;          /* stream state, per attempt */
+    int64_t seq;                /* next chunk seq */
+    size_t heap_ix;             /* index in the retry heap */
+    int64_t due_ms;             /* WAITING: when to try again */
+    void *queue_handle;         /* QUEUED: handle in the start queue */
+} s_job_t;
+
+struct _s_worker_t {
+    llmq_worker_config_t *cfg;  /* owned */
+    llmq_provider_t *provider;  /* owned */
+    llmq_limiter_t *limiter;    /* owned */
+    llmq_breaker_t *breaker;    /* owned */
+    zsock_t *dealer;            /* to the broker; NULL until joined */
+    CURLM *multi;               /* every transfer */
+    int epfd;                   /* curl's sockets */
+    int64_t curl_due;           /* curl's timer, -1 = none */
+    zhashx_t *jobs;             /* id -> s_job_t, every request held */
+    zlistx_t *queue;            /* s_job_t waiting to start, FIFO */
+    s_job_t **heap;             /* WAITING jobs, min-heap by due_ms */
+    size_t heap_len;
+    size_t heap_cap;
+    CURL **pool;                /* idle easy handles */
+    size_t pool_len;
+    size_t pool_cap;
+    s_job_t *probe;             /* health probe in flight, or NULL */
+    int64_t probe_at;           /* next start-up probe, 0 = none */
+    int64_t probe_backoff;      /* start-up probe backoff */
+    bool joined;                /* hello sent on the current socket */
+    int64_t outstanding;        /* credit granted, not yet used */
+    int64_t hb_at;              /* next heartbeat */
+    int64_t broker_seen;        /* last message from the broker */
+    int64_t limiter_at;         /* next limiter retry for the queue, 0 none */
+    int64_t avg_tokens;         /* running mean of estimates (credit) */
+    bool draining;              /* SIGTERM seen, bye sent */
+    int64_t drain_at;           /* drain deadline */
+    int exit_code;              /* what run() returns */
+    bool done;                  /* leave the loop */
+    uint64_t rng;               /* jitter */
+    uint64_t answered;          /* counters, for the log */
+    uint64_t failed;
+};
+
+/*  Wake pipe and stop requests, shared with the signal handler. */
+static volatile sig_atomic_t s_stop_requests = 0;
+static int s_wake[2] = {-1, -1};
+
+/*  --- small helpers -------------------------------------------------------- */
+
+static int64_t
+s_now(void)
+{
+    return zclock_mono();
+}
+
+static uint64_t
+s_rand(s_worker_t *self)
+{
+    /*  xorshift64*: jitter needs spread, not secrecy. */
+    uint64_t x = self->rng;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    self->rng = x;
+    return x * 2685821657736338717ULL;
+}
+
+static int64_t
+s_min_due(int64_t a, int64_t b)
+{
+    if (a <= 0)
+        return b;
+    if (b <= 0)
+        return a;
+    return a < b ? a : b;
+}
+
+/*  --- retry heap ---------------------------------------------------------- */
+
+static void
+s_heap_swap(s_worker_t *self, size_t a, size_t b)
+{
+    s_job_t *t = self->heap[a];
+    self->heap[a] = self->heap[b];
+    self->heap[b] = t;
+    self->heap[a]->heap_ix = a;
+    self->heap[b]->heap_ix = b;
+}
+
+static void
+s_heap_up(s_worker_t *self, size_t i)
+{
+    while (i > 0) {
+        size_t p = (i - 1) / 2;
+        if (self->heap[p]->due_ms <= self->heap[i]->due_ms)
+            break;
+        s_heap_swap(self, i, p);
+        i = p;
+    }
+}
+
+static void
+s_heap_down(s_worker_t *self, size_t i)
+{
+    for (;;) {
+        size_t l = 2 * i + 1, r = l + 1, m = i;
+        if (l < self->heap_len && self->heap[l]->due_ms < self->heap[m]->due_ms)
+            m = l;
+        if (r < self->heap_len && self->heap[r]->due_ms < self->heap[m]->due_ms)
+            m = r;
+        if (m == i)
+            break;
+        s_heap_swap(self, i, m);
+        i = m;
+    }
+}
+
+static int
+s_heap_push(s_worker_t *self, s_job_t *job)
+{
+    if (self->heap_len == self->heap_cap) {
+        size_t cap = self->heap_cap ? self->heap_cap * 2 : 64;
+        s_job_t **nh = realloc(self->heap, cap * sizeof *nh);
+        if (!nh)
+            return -1;
+        self->heap = nh;
+        self->heap_cap = cap;
+    }
+    job->heap_ix = self->heap_len;
+    self->heap[self->heap_len++] = job;
+    s_heap_up(self, job->heap_ix);
+    return 0;
+}
+
+static void
+s_heap_remove(s_worker_t *self, s_job_t *job)
+{
+    size_t i = job->heap_ix;
+    if (i == S_NO_HEAP || i >= self->heap_len)
+        return;
+    job->heap_ix = S_NO_HEAP;
+    self->heap_len--;
+    if (i == self->heap_len)
+        return;
+    self->heap[i] = self->heap[self->heap_len];
+    self->heap[i]->heap_ix = i;
+    s_heap_down(self, i);
+    s_heap_up(self, i);
+}
+
+/*  --- easy handle pool ------------------------------------------------------ */
+
+static CURL *
+s_easy_get(s_worker_t *self)
+{
+    if (self->pool_len > 0)
+        return self->pool[--self->pool_len];
+    return curl_easy_init();
+}
+
+static void
+s_easy_put(s_worker_t *self, CURL *easy)
+{
+    if (!easy)
+        return;
+    /*  Keep at most capacity idle handles: enough for a full load again. */
+    if (self->pool_len >= (size_t) self->cfg->capacity + 1) {
+        curl_easy_cleanup(easy);
+        return;
+    }
+    if (self->pool_len == self->pool_cap) {
+        size_t cap = self->pool_cap ? self->pool_cap * 2 : 64;
+        CURL **np = realloc(self->pool, cap * sizeof *np);
+        if (!np) {
+            curl_easy_cleanup(easy);
+            return;
+        }
+        self->pool = np;
+        self->pool_cap = cap;
+    }
+    curl_easy_reset(easy);
+    self->pool[self->pool_len++] = easy;
+}
+
+/*  --- jobs -------------------------------------------------------------------- */
+
+static void
+s_job_reset_attempt(s_job_t *job)
+{
+    job->len = 0;
+    job->status = 0;
+    job->deadline_cut = false;
+    job->stream_failed = false;
+    llmq_ratelimit_init(&job->rl);
+    llmq_sse_destroy(&job->sse);
+    llmq_stream_destroy(&job->st);
+}
+
+static void
+s_job_free(s_job_t **job_p)
+{
+    s_job_t *job = *job_p;
+    if (!job)
+        return;
+    llmq_http_reset(&job->http);
+    llmq_sse_destroy(&job->sse);
+    llmq_stream_destroy(&job->st);
+    free(job->buf);
+    free(job->id);
+    free(job->model);
+    free(job);
+    *job_p = NULL;
+}
+
+/*  Take a job out of whatever it is waiting in (queue, heap, curl). Does
+    not free it or remove it from the jobs table. */
+static void
+s_job_detach(s_worker_t *self, s_job_t *job, bool release_tokens)
+{
+    if (job->queue_handle) {
+        zlistx_delete(self->queue, job->queue_handle);
+        job->queue_handle = NULL;
+    }
+    s_heap_remove(self, job);
+    if (job->easy) {
+        curl_multi_remove_handle(self->multi, job->easy);
+        s_easy_put(self, job->easy);
+        job->easy = NULL;
+        if (!job->probe)
+            llmq_limiter_release(self->limiter, job->estimate,
+                                 release_tokens ? 0 : -1, s_now());
+    }
+}
+
+/*  --- messages to the broker --------------------------------------------- */
+
+static void
+s_send(s_worker_t *self, llmq_msg_t **msg_p)
+{
+    if (!self->dealer) {
+        llmq_msg_destroy(msg_p);
+        return;
+    }
+    if (llmq_msg_send(msg_p, self->dealer) != 0)
+        llmq_wlog(LLMQ_LOG_WARN, "send to broker failed (queue full or encode error)");
+}
+
+static void
+s_send_hello(s_worker_t *self)
+{
+    llmq_msg_t *m = llmq_msg_new(LLMQ_MSG_HELLO);
+    llmq_msg_set_worker(m, self->cfg->name);
+    llmq_msg_set_pool(m, self->cfg->pool);
+    llmq_msg_set_provider(m, self->cfg->provider);
+    llmq_msg_set_models(m, (const char *const *) self->cfg->models, self->cfg->models_count);
+    llmq_msg_set_capacity(m, self->cfg->capacity);
+    if (self->cfg->rpm || self->cfg->tpm) {
+        llmq_msg_set_limits_rpm(m, self->cfg->rpm);
+        llmq_msg_set_limits_tpm(m, self->cfg->tpm);
+    }
+    if (self->cfg->limit_group)
+        llmq_msg_set_limit_group(m, self->cfg->limit_group);
+    llmq_msg_set_batch_api(m, self->cfg->batch_api);
+    llmq_msg_set_version(m, LLMQ_VERSION_STRING);
+    s_send(self, &m);
+    self->joined = true;
+    self->outstanding = 0;
+}
+
+static bool
+s_healthy(s_worker_t *self)
+{
+    return llmq_breaker_state(self->breaker) != LLMQ_BREAKER_OPEN;
+}
+
+static void
+s_send_hb(s_worker_t *self)
+{
+    llmq_msg_t *m = llmq_msg_new(LLMQ_MSG_HB);
+    llmq_msg_set_healthy(m, s_healthy(self));
+    llmq_msg_set_in_flight(m, (int64_t) zhashx_size(self->jobs));
+    s_send(self, &m);
+}
+
+static void
+s_set_ratelimit(llmq_msg_t *m, const llmq_ratelimit_t *rl)
+{
+    if (rl->remaining_requests >= 0)
+        llmq_msg_set_ratelimit_remaining_requests(m, rl->remaining_requests);
+    if (rl->remaining_tokens >= 0)
+        llmq_msg_set_ratelimit_remaining_tokens(m, rl->remaining_tokens);
+    int64_t reset = rl->reset_requests_ms;
+    if (rl->reset_tokens_ms > reset)
+        reset = rl->reset_tokens_ms;
+    if (reset >= 0)
+        llmq_msg_set_ratelimit_reset_ms(m, reset);
+}
+
+/*  The one answer to a request: ok with body, or the failure in job->err.
+    Removes the job from the table and frees it. */
+static void
+s_answer(s_worker_t *self, s_job_t *job, cJSON *body, const llmq_usage_t *usage)
+{
+    llmq_msg_t *m = llmq_msg_new(LLMQ_MSG_RES);
+    llmq_msg_set_id(m, job->id);
+    llmq_msg_set_worker(m, self->cfg->name);
+    llmq_msg_set_attempts(m, job->attempts);
+    llmq_msg_set_latency_ms(m, s_now() - job->received_ms);
+    s_set_ratelimit(m, &job->rl);
+    if (body) {
+        llmq_msg_set_ok(m, true);
+        if (usage) {
+            int64_t p = usage->prompt_tokens > 0 ? usage->prompt_tokens : 0;
+            int64_t c = usage->completion_tokens > 0 ? usage->completion_tokens : 0;
+            int64_t t = usage->total_tokens >= 0 ? usage->total_tokens : p + c;
+            llmq_msg_set_usage_prompt_tokens(m, p);
+            llmq_msg_set_usage_completion_tokens(m, c);
+            llmq_msg_set_usage_total_tokens(m, t);
+            llmq_msg_set_usage_cost_usd(m, llmq_worker_config_cost(self->cfg, job->model,
+                                                                   p, c, false));
+        }
+        zframe_t *payload = llmq_value_from_json(body);
+        if (payload)
+            llmq_msg_set_payload(m, &payload);
+        else {
+            /*  Cannot happen for a parsed body short of memory: say so. */
+            llmq_msg_set_ok(m, false);
+            llmq_msg_set_failure(m, LLMQ_ERR_INTERNAL, 0, "cannot encode the answer");
+        }
+        self->answered++;
+        llmq_wlog(LLMQ_LOG_DEBUG, "res %s ok attempts=%d", job->id, job->attempts);
+    }
+    else {
+        llmq_err_t code = job->err.code ? job->err.code : LLMQ_ERR_INTERNAL;
+        llmq_provider_scrub(self->provider, job->err.message);
+        llmq_msg_set_ok(m, false);
+        llmq_msg_set_failure(m, code, job->err.status, job->err.message);
+        llmq_msg_set_error_retryable(m, job->err.retryable);
+        self->failed++;
+        llmq_wlog(LLMQ_LOG_DEBUG, "res %s failed %s status=%d attempts=%d: %s", job->id,
+                  llmq_err_name(code), job->err.status, job->attempts, job->err.message);
+    }
+    s_send(self, &m);
+    /*  The table's destructor frees the job. */
+    zhashx_delete(self->jobs, job->id);
+}
+
+static void
+s_fail(s_worker_t *self, s_job_t *job, llmq_err_t code, int status, bool retryable,
+       const char *message)
+{
+    llmq_perr_set(&job->err, code, status, retryable, "%s", message);
+    s_answer(self, job, NULL, NULL);
+}
+
+/*  --- streaming ------------------------------------------------------------- */
+
+static int
+s_emit_chunk(const cJSON *chunk, void *arg)
+{
+    s_job_t *job = arg;
+    s_worker_t *self = job->worker;
+    llmq_msg_t *m = llmq_msg_new(LLMQ_MSG_CHUNK);
+    llmq_msg_set_id(m, job->id);
+    llmq_msg_set_seq(m, job->seq++);
+    zframe_t *payload = llmq_value_from_json(chunk);
+    if (!payload) {
+        llmq_msg_destroy(&m);
+        return -1;
+    }
+    llmq_msg_set_payload(m, &payload);
+    s_send(self, &m);
+    return 0;
+}
+
+static int
+s_sse_event(const char *event, const char *data, size_t size, void *arg)
+{
+    s_job_t *job = arg;
+    int rc = llmq_stream_event(job->st, event, data, size, s_emit_chunk, job, &job->err);
+    if (rc < 0) {
+        job->stream_failed = true;
+        return -1;
+    }
+    return 0;
+}
+
+/*  --- curl callbacks ---------------------------------------------------------- */
+
+static size_t
+s_on_write(char *data, size_t size, size_t nmemb, void *arg)
+{
+    s_job_t *job = arg;
+    size_t n = size * nmemb;
+    if (!job->status)
+        curl_easy_getinfo(job->easy, CURLINFO_RESPONSE_CODE, &job->status);
+    if (job->st && job->status >= 200 && job->status < 300) {
+        if (!job->sse)
+            job->sse = llmq_sse_new(s_sse_event, job, S_MAX_EVENT);
+        if (!job->sse || llmq_sse_feed(job->sse, data, n) != 0) {
+            if (!job->stream_failed) {
+                job->stream_failed = true;
+                llmq_perr_set(&job->err, LLMQ_ERR_PROVIDER_ERROR, 200, true,
+                              "provider stream could not be parsed");
+            }
+            return 0;  /* aborts the transfer */
+        }
+        return n;
+    }
+    if (job->len + n > S_MAX_BODY)
+        return 0;
+    if (job->len + n + 1 > job->cap) {
+        size_t cap = job->cap ? job->cap : 2048;
+        while (cap < job->len + n + 1)
+            cap *= 2;
+        char *nb = realloc(job->buf, cap);
+        if (!nb)
+            return 0;
+        job->buf = nb;
+        job->cap = cap;
+    }
+    memcpy(job->buf + job->len, data, n);
+    job->len += n;
+    job->buf[job->len] = 0;
+    return n;
+}
+
+static size_t
+s_on_header(char *data, size_t size, size_t nmemb, void *arg)
+{
+    s_job_t *job = arg;
+    size_t n = size * nmemb;
+    if (n > 5 && memcmp(data, "HTTP/", 5) == 0) {
+        /*  A new response (after 100 Continue or a redirect): start over. */
+        llmq_ratelimit_init(&job->rl);
+        return n;
+    }
+    const char *colon = memchr(data, ':', n);
+    if (colon)
+        llmq_ratelimit_header(&job->rl, data, (size_t) (colon - data), colon + 1,
+                              n - (size_t) (colon - data) - 1);
+    return n;
+}
+
+static int
+s_on_socket(CURL *easy, curl_socket_t fd, int what, void *userp, void *socketp)
+{
+    (void) easy;
+    (void) socketp;
+    s_worker_t *self = userp;
+    if (what == CURL_POLL_REMOVE) {
+        epoll_ctl(self->epfd, EPOLL_CTL_DEL, fd, NULL);
+        return 0;
+    }
+    struct epoll_event ev;
+    memset(&ev, 0, sizeof ev);
+    ev.data.fd = fd;
+    if (what & CURL_POLL_IN)
+        ev.events |= EPOLLIN;
+    if (what & CURL_POLL_OUT)
+        ev.events |= EPOLLOUT;
+    if (epoll_ctl(self->epfd, EPOLL_CTL_MOD, fd, &ev) != 0 && errno == ENOENT)
+        epoll_ctl(self->epfd, EPOLL_CTL_ADD, fd, &ev);
+    return 0;
+}
+
+static int
+s_on_timer(CURLM *multi, long timeout_ms, void *userp)
+{
+    (void) multi;
+    s_worker_t *self = userp;
+    self->curl_due = timeout_ms < 0 ? -1 : s_now() + timeout_ms;
+    return 0;
+}
+
+/*  --- attempts ------------------------------------------------------------------ */
+
+static int
+s_start_transfer(s_worker_t *self, s_job_t *job, int64_t now)
+{
+    CURL *easy = s_easy_get(self);
+    if (!easy)
+        return -1;
+    s_job_reset_attempt(job);
+    int64_t timeout = self->cfg->timeout_ms;
+    if (job->probe && timeout > 10000)
+        timeout = 10000;  /* a health check answers fast or not at all */
+    if (job->deadline_at > 0 && job->deadline_at - now < timeout) {
+        timeout = job->deadline_at - now;
+        if (timeout < 1)
+            timeout = 1;
+        job->deadline_cut = true;
+    }
+    if (job->stream && !job->probe) {
+        llmq_call_t call = {job->op, job->model, true, NULL};
+        job->st = llmq_stream_new(self->provider, &call);
+    }
+    curl_easy_setopt(easy, CURLOPT_URL, job->http.url);
+    curl_easy_setopt(easy, CURLOPT_HTTPHEADER, job->http.headers);
+    if (job->http.post) {
+        curl_easy_setopt(easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t) job->http.body_len);
+        curl_easy_setopt(easy, CURLOPT_POSTFIELDS, job->http.body);
+    }
+    curl_easy_setopt(easy, CURLOPT_WRITEFUNCTION, s_on_write);
+    curl_easy_setopt(easy, CURLOPT_WRITEDATA, job);
+    curl_easy_setopt(easy, CURLOPT_HEADERFUNCTION, s_on_header);
+    curl_easy_setopt(easy, CURLOPT_HEADERDATA, job);
+    curl_easy_setopt(easy, CURLOPT_PRIVATE, job);
+    curl_easy_setopt(easy, CURLOPT_TIMEOUT_MS, (long) timeout);
+    curl_easy_setopt(easy, CURLOPT_CONNECTTIMEOUT_MS, (long) self->cfg->connect_timeout_ms);
+    curl_easy_setopt(easy, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(easy, CURLOPT_HTTP_VERSION, (long) CURL_HTTP_VERSION_2TLS);
+    curl_easy_setopt(easy, CURLOPT_PIPEWAIT, 1L);
+    curl_easy_setopt(easy, CURLOPT_TCP_KEEPALIVE, 1L);
+    curl_easy_setopt(easy, CURLOPT_TCP_NODELAY, 1L);
+    /*  Small receive buffer: answers are a few KB, and 10,000 transfers at
+        the default 16 KB each would be most of our memory. */
+    curl_easy_setopt(easy, CURLOPT_BUFFERSIZE, 8192L);
+    curl_easy_setopt(easy, CURLOPT_USERAGENT, "llmq-worker/" LLMQ_VERSION_STRING);
+    job->easy = easy;
+    job->state = S_RUNNING;
+    job->attempts++;
+    if (curl_multi_add_handle(self->multi, easy) != CURLM_OK) {
+        job->easy = NULL;
+        s_easy_put(self, easy);
+        return -1;
+    }
+    return 0;
+}
+
+/*  Start queued jobs as the breaker and the limiter allow. */
+static void
+s_pump(s_worker_t *self, int64_t now)
+{
+    self->limiter_at = 0;
+    s_job_t *job;
+    while ((job = zlistx_first(self->queue))) {
+        if (job->deadline_at > 0 && now >= job->deadline_at) {
+            zlistx_delete(self->queue, job->queue_handle);
+            job->queue_handle = NULL;
+            char text[600];
+            if (job->attempts)
+                snprintf(text, sizeof text, "deadline reached after %d attempts; last: %s",
+                         job->attempts, job->err.message);
+            else
+                snprintf(text, sizeof text, "deadline reached before the request could start");
+            s_fail(self, job, LLMQ_ERR_DEADLINE_EXCEEDED, job->err.status, false, text);
+            continue;
+        }
+        int64_t allowance = llmq_breaker_allowance(self->breaker,
+                                                   llmq_limiter_running(self->limiter));
+        if (allowance == 0 && llmq_breaker_state(self->breaker) == LLMQ_BREAKER_OPEN) {
+            /*  The circuit is open: do not keep work the broker could send
+                elsewhere. Answer with the last failure (retryable). */
+            zlistx_delete(self->queue, job->queue_handle);
+            job->queue_handle = NULL;
+            if (!job->attempts)
+                llmq_perr_set(&job->err, LLMQ_ERR_PROVIDER_ERROR, 0, true,
+                              "circuit open: the provider is failing");
+            job->err.retryable = true;
+            s_answer(self, job, NULL, NULL);
+            continue;
+        }
+        if (allowance == 0)
+            return;
+        int64_t wait = 0;
+        if (!llmq_limiter_acquire(self->limiter, job->estimate, now, &wait)) {
+            if (wait > 0)
+                self->limiter_at = now + wait;
+            return;
+        }
+        zlistx_delete(self->queue, job->queue_handle);
+        job->queue_handle = NULL;
+        if (s_start_transfer(self, job, now) != 0) {
+            llmq_limiter_release(self->limiter, job->estimate, 0, now);
+            s_fail(self, job, LLMQ_ERR_INTERNAL, 0, true, "cannot start an HTTP transfer");
+        }
+    }
+}
+
+static void
+s_enqueue(s_worker_t *self, s_job_t *job, bool front)
+{
+    job->state = S_QUEUED;
+    job->queue_handle = front ? zlistx_add_start(self->queue, job)
+                              : zlistx_add_end(self->queue, job);
+}
+
+/*  Backoff before attempt n+1: full jitter over base * 2^(n-1), capped. */
+static int64_t
+s_backoff(s_worker_t *self, int attempts)
+{
+    int64_t ceiling = self->cfg->retry_base_ms;
+    for (int i = 1; i < attempts && ceiling < self->cfg->retry_cap_ms; i++)
+        ceiling *= 2;
+    if (ceiling > self->cfg->retry_cap_ms)
+        ceiling = self->cfg->retry_cap_ms;
+    if (ceiling <= 0)
+        return 0;
+    return (int64_t) (s_rand(self) % (uint64_t) (ceiling + 1));
+}
+
+/*  Is this failure the provider's health (counts for the breaker)? */
+static bool
+s_is_provider_failure(const llmq_perr_t *err)
+{
+    if (err->status == 429 || err->code == LLMQ_ERR_RATE_LIMITED)
+        return false;
+    return err->code == LLMQ_ERR_PROVIDER_ERROR || err->code == LLMQ_ERR_TIMEOUT;
+}
+
+static void s_probe_done(s_worker_t *self, s_job_t *job, CURLcode rc);
+
+/*  A transfer ended: answer, or retry, or fail. */
+static void
+s_transfer_done(s_worker_t *self, s_job_t *job, CURLcode rc, const char *detail)
+{
+    int64_t now = s_now();
+    if (job->probe) {
+        s_probe_done(self, job, rc);
+        return;
+    }
+    curl_multi_remove_handle(self->multi, job->easy);
+    s_easy_put(self, job->easy);
+    job->easy = NULL;
+    llmq_limiter_observe(self->limiter, &job->rl, now);
+
+    cJSON *body = NULL;
+    llmq_usage_t usage;
+    llmq_usage_init(&usage);
+    if (job->stream_failed) {
+        /*  err already set by the stream parser */
+    }
+    else if (rc == CURLE_OK && job->status >= 200 && job->status < 300) {
+        llmq_call_t call = {job->op, job->model, job->stream, NULL};
+        if (job->st) {
+            if (job->sse)
+                llmq_sse_finish(job->sse);
+            body = llmq_stream_finish(job->st, &usage, &job->err);
+        }
+        else
+            body = llmq_provider_parse(self->provider, &call, job->buf ? job->buf : "",
+                                       job->len, &usage, &job->err);
+    }
+    else if (rc == CURLE_OK)
+        llmq_provider_classify(self->provider, (int) job->status, job->buf, job->len,
+                               &job->err);
+    else if (rc == CURLE_OPERATION_TIMEDOUT && job->deadline_cut)
+        llmq_perr_set(&job->err, LLMQ_ERR_DEADLINE_EXCEEDED, 0, false,
+                      "deadline reached during attempt %d", job->attempts);
+    else
+        llmq_classify_curl(rc, detail, &job->err);
+
+    int64_t actual = body && usage.total_tokens >= 0 ? usage.total_tokens : -1;
+    llmq_limiter_release(self->limiter, job->estimate, actual, now);
+
+    if (body) {
+        if (llmq_breaker_success(self->breaker, now))
+            llmq_wlog(LLMQ_LOG_INFO, "circuit closed: provider answers again");
+        s_answer(self, job, body, &usage);
+        cJSON_Delete(body);
+        return;
+    }
+    llmq_provider_scrub(self->provider, job->err.message);
+    if (s_is_provider_failure(&job->err)) {
+        if (llmq_breaker_failure(self->breaker, now))
+            llmq_wlog(LLMQ_LOG_WARN, "circuit open after %lld consecutive failures (last: %s: %s);"
+                      " no credit until a health probe passes",
+                      (long long) self->cfg->breaker_failures, llmq_err_name(job->err.code),
+                      job->err.message);
+    }
+    bool chunks_seen = job->st && llmq_stream_chunks(job->st) > 0;
+    bool again = job->err.retryable && job->attempts < self->cfg->max_attempts
+                 && !chunks_seen && !(self->draining && now >= self->drain_at);
+    if (!again) {
+        llmq_wlog(LLMQ_LOG_DEBUG, "request %s: %s after %d attempts", job->id,
+                  llmq_err_name(job->err.code), job->attempts);
+        s_answer(self, job, NULL, NULL);
+        return;
+    }
+    int64_t delay = s_backoff(self, job->attempts);
+    if (job->rl.retry_after_ms > delay)
+        delay = job->rl.retry_after_ms;
+    if (job->deadline_at > 0 && now + delay >= job->deadline_at) {
+        char text[600];
+        snprintf(text, sizeof text, "deadline reached after %d attempts; last: %s",
+                 job->attempts, job->err.message);
+        s_fail(self, job, LLMQ_ERR_DEADLINE_EXCEEDED, job->err.status, false, text);
+        return;
+    }
+    llmq_wlog(LLMQ_LOG_DEBUG, "request %s: attempt %d failed (%s %d), retry in %lld ms",
+              job->id, job->attempts, llmq_err_name(job->err.code), job->err.status,
+              (long long) delay);
+    job->state = S_WAITING;
+    job->due_ms = now + delay;
+    if (s_heap_push(self, job) != 0)
+        s_answer(self, job, NULL, NULL);
+}
+
+static void
+s_check_multi(s_worker_t *self)
+{
+    CURLMsg *msg;
+    int left;
+    while ((msg = curl_multi_info_read(self->multi, &left))) {
+        if (msg->msg != CURLMSG_DONE)
+            continue;
+        s_job_t *job = NULL;
+        curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **) &job);
+        if (job)
+            s_transfer_done(self, job, msg->data.result, NULL);
+    }
+}
+
+/*  --- health probe ---------------------------------------------------------------- */
+
+static void
+s_probe_start(s_worker_t *self)
+{
+    s_job_t *job = calloc(1, sizeof *job);
+    if (!job)
+        return;
+    job->worker = self;
+    job->probe = true;
+    job->heap_ix = S_NO_HEAP;
+    job->received_ms = s_now();
+    if (llmq_provider_health(self->provider, &job->http) != 0
+        || s_start_transfer(self, job, s_now()) != 0) {
+        s_job_free(&job);
+        return;
+    }
+    self->probe = job;
+    llmq_breaker_probe_started(self->breaker);
+}
+
+/*  The probe's outcome: 0 ok, 3 key rejected, 4 unreachable or failing. */
+static int
+s_probe_outcome(s_worker_t *self, s_job_t *job, CURLcode rc, char *text, size_t len)
+{
+    const char *base = llmq_provider_base_url(self->provider);
+    if (rc != CURLE_OK) {
+        snprintf(text, len, "provider %s unreachable: %s", base, curl_easy_strerror(rc));
+        return LLMQ_WORKER_EXIT_UNREACHABLE;
+    }
+    if (job->status == 401 || job->status == 403) {
+        snprintf(text, len, "API key rejected by %s (%ld)", base, job->status);
+        return LLMQ_WORKER_EXIT_AUTH;
+    }
+    if (job->status >= 200 && job->status < 300) {
+        snprintf(text, len, "provider %s answers (%ld)", base, job->status);
+        return 0;
+    }
+    if (job->status == 404) {
+        /*  Some OpenAI-compatible servers have no /models: they are up. */
+        snprintf(text, len, "provider %s is up (no /models: %ld)", base, job->status);
+        return 0;
+    }
+    snprintf(text, len, "provider %s unhealthy: HTTP %ld", base, job->status);
+    return LLMQ_WORKER_EXIT_UNREACHABLE;
+}
+
+static void s_join(s_worker_t *self);
+
+static void
+s_probe_done(s_worker_t *self, s_job_t *job, CURLcode rc)
+{
+    int64_t now = s_now();
+    curl_multi_remove_handle(self->multi, job->easy);
+    s_easy_put(self, job->easy);
+    job->easy = NULL;
+    self->probe = NULL;
+    char text[600];
+    int outcome = s_probe_outcome(self, job, rc, text, sizeof text);
+    llmq_provider_scrub(self->provider, text);
+    s_job_free(&job);
+
+    if (self->cfg->check_only) {
+        if (outcome == 0)
+            printf("ok: %s\n", text);
+        else
+            fprintf(stderr, "llmq-worker: %s\n", text);
+        fflush(stdout);
+        self->exit_code = outcome;
+        self->done = true;
+        return;
+    }
+    if (outcome == LLMQ_WORKER_EXIT_AUTH) {
+        llmq_wlog(LLMQ_LOG_ERROR, "%s", text);
+        self->exit_code = LLMQ_WORKER_EXIT_AUTH;
+        self->done = true;
+        return;
+    }
+    if (!self->dealer) {
+        /*  Start-up check. */
+        if (outcome == 0) {
+            llmq_wlog(LLMQ_LOG_INFO, "%s", text);
+            self->probe_at = 0;
+            s_join(self);
+        }
+        else {
+            llmq_wlog(LLMQ_LOG_WARN, "%s; checking again in %lld ms", text,
+                      (long long) self->probe_backoff);
+            self->probe_at = now + self->probe_backoff;
+            self->probe_backoff *= 2;
+            if (self->probe_backoff > self->cfg->breaker_cooldown_ms)
+                self->probe_backoff = self->cfg->breaker_cooldown_ms;
+        }
+        return;
+    }
+    llmq_breaker_probe_result(self->breaker, outcome == 0, now);
+    if (outcome == 0)
+        llmq_wlog(LLMQ_LOG_INFO, "health probe passed (%s): circuit half-open, one trial request",
+                  text);
+    else
+        llmq_wlog(LLMQ_LOG_WARN, "health probe failed: %s; circuit stays open", text);
+}
+
+/*  --- the broker connection ------------------------------------------------------- */
+
+static int
+s_connect(s_worker_t *self)
+{
+    zsock_destroy(&self->dealer);
+    self->dealer = zsock_new(ZMQ_DEALER);
+    if (!self->dealer)
+        return -1;
+    zsock_set_linger(self->dealer, 0);
+    zsock_set_sndhwm(self->dealer, 1000000);
+    zsock_set_rcvhwm(self->dealer, 1000000);
+    zsock_set_sndtimeo(self->dealer, 0);
+    zsock_set_maxmsgsize(self->dealer, LLMQ_MAX_FRAME_SIZE);
+    zsock_set_identity(self->dealer, self->cfg->identity);
+    zsock_set_reconnect_ivl(self->dealer, 100);
+    zsock_set_reconnect_ivl_max(self->dealer, 2000);
+    if (zsock_connect(self->dealer, "%s", self->cfg->broker) != 0) {
+        llmq_wlog(LLMQ_LOG_ERROR, "cannot connect to broker %s", self->cfg->broker);
+        zsock_destroy(&self->dealer);
+        return -1;
+    }
+    self->broker_seen = s_now();
+    s_send_hello(self);
+    return 0;
+}
+
+static void s_grant_credit(s_worker_t *self, int64_t now);
+
+/*  Health check passed: join the broker and say we are ready. */
+static void
+s_join(s_worker_t *self)
+{
+    if (s_connect(self) != 0) {
+        self->exit_code = LLMQ_WORKER_EXIT_FAILURE;
+        self->done = true;
+        return;
+    }
+    self->hb_at = s_now() + self->cfg->heartbeat_ms;
+    llmq_wlog(LLMQ_LOG_INFO, "joined %s as %s (pool %s, provider %s, capacity %lld)",
+              self->cfg->broker, self->cfg->name, self->cfg->pool, self->cfg->provider,
+              (long long) self->cfg->capacity);
+    printf("ready llmq-worker worker=%s\n", self->cfg->name);
+    fflush(stdout);
+    s_grant_credit(self, s_now());
+}
+
+/*  --- requests from the broker ------------------------------------------------------- */
+
+static void
+s_answer_now(s_worker_t *self, s_job_t *job, const cJSON *body)
+{
+    /*  echo: no HTTP. A streamed request gets its answer as one chunk. */
+    llmq_call_t call = {job->op, job->model, job->stream, body};
+    llmq_usage_t usage;
+    job->attempts = 1;
+    cJSON *answer = llmq_provider_answer(self->provider, &call, &usage, &job->err);
+    if (!answer) {
+        s_answer(self, job, NULL, NULL);
+        return;
+    }
+    if (job->stream && job->op != LLMQ_OP_EMBEDDING) {
+        cJSON *chunk = cJSON_Duplicate(answer, true);
+        cJSON_ReplaceItemInObjectCaseSensitive(chunk, "object",
+                                               cJSON_CreateString("chat.completion.chunk"));
+        cJSON *c;
+        cJSON_ArrayForEach(c, cJSON_GetObjectItemCaseSensitive(chunk, "choices")) {
+            cJSON *msg = cJSON_DetachItemFromObjectCaseSensitive(c, "message");
+            if (msg)
+                cJSON_AddItemToObject(c, "delta", msg);
+        }
+        s_emit_chunk(chunk, job);
+        cJSON_Delete(chunk);
+    }
+    s_answer(self, job, answer, &usage);
+    cJSON_Delete(answer);
+}
+
+static void
+s_on_req(s_worker_t *self, llmq_msg_t *msg)
+{
+    int64_t now = s_now();
+    const char *id = llmq_msg_id(msg);
+    if (self->outstanding > 0)
+        self->outstanding--;
+    if (zhashx_lookup(self->jobs, id)) {
+        llmq_wlog(LLMQ_LOG_WARN, "req %s is already in flight: ignored", id);
+        return;
+    }
+    s_job_t *job = calloc(1, sizeof *job);
+    if (!job)
+        return;
+    job->worker = self;
+    job->id = strdup(id);
+    job->model = strdup(llmq_msg_model(msg));
+    job->op = llmq_op_from_name(llmq_msg_op(msg));
+    job->stream = llmq_msg_stream(msg);
+    job->received_ms = now;
+    job->heap_ix = S_NO_HEAP;
+    llmq_ratelimit_init(&job->rl);
+    if (llmq_msg_deadline_ms(msg) > 0)
+        job->deadline_at = now + llmq_msg_deadline_ms(msg);
+    if (!job->id || !job->model) {
+        s_job_free(&job);
+        return;
+    }
+    zhashx_insert(self->jobs, job->id, job);
+
+    if (job->op == LLMQ_OP_UNKNOWN) {
+        char text[128];
+        snprintf(text, sizeof text, "unknown op '%.32s' (chat, completion, embedding)",
+                 llmq_msg_op(msg));
+        s_fail(self, job, LLMQ_ERR_INVALID_REQUEST, 0, false, text);
+        return;
+    }
+    zframe_t *payload = llmq_msg_payload(msg);
+    char why[128] = "";
+    cJSON *body = payload ? llmq_value_to_json(zframe_data(payload), zframe_size(payload),
+                                               why, sizeof why)
+                          : NULL;
+    if (!cJSON_IsObject(body)) {
+        cJSON_Delete(body);
+        char text[200];
+        snprintf(text, sizeof text, "request payload must be a msgpack map%s%s",
+                 *why ? ": " : "", why);
+        s_fail(self, job, LLMQ_ERR_INVALID_REQUEST, 0, false, text);
+        return;
+    }
+    if (!llmq_provider_uses_http(self->provider)) {
+        s_answer_now(self, job, body);
+        cJSON_Delete(body);
+        return;
+    }
+    job->estimate = llmq_estimate_tokens(body, self->cfg->default_max_tokens);
+    self->avg_tokens = (self->avg_tokens * 15 + job->estimate) / 16;
+    llmq_call_t call = {job->op, job->model, job->stream, body};
+    int rc = llmq_provider_build(self->provider, &call, &job->http, &job->err);
+    cJSON_Delete(body);
+    if (rc != 0) {
+        s_answer(self, job, NULL, NULL);
+        return;
+    }
+    s_enqueue(self, job, false);
+    s_pump(self, now);
+}
+
+static void
+s_on_cancel(s_worker_t *self, llmq_msg_t *msg)
+{
+    s_job_t *job = zhashx_lookup(self->jobs, llmq_msg_id(msg));
+    if (!job)
+        return;
+    s_job_detach(self, job, true);
+    s_fail(self, job, LLMQ_ERR_CANCELLED, 0, false, "cancelled");
+}
+
+static void
+s_handle_broker(s_worker_t *self, llmq_msg_t *msg)
+{
+    self->broker_seen = s_now();
+    switch (llmq_msg_type(msg)) {
+    case LLMQ_MSG_REQ:
+        s_on_req(self, msg);
+        break;
+    case LLMQ_MSG_CANCEL:
+        s_on_cancel(self, msg);
+        break;
+    case LLMQ_MSG_LIMITS:
+        llmq_limiter_set_rates(self->limiter, llmq_msg_limits_rpm(msg),
+                               llmq_msg_limits_tpm(msg), s_now());
+        llmq_wlog(LLMQ_LOG_INFO, "limits from broker: rpm %lld, tpm %lld",
+                  (long long) llmq_msg_limits_rpm(msg), (long long) llmq_msg_limits_tpm(msg));
+        break;
+    case LLMQ_MSG_HB:
+        break;
+    case LLMQ_MSG_ERROR:
+        llmq_wlog(LLMQ_LOG_WARN, "broker error %s: %s", llmq_msg_code(msg),
+                  llmq_msg_message(msg));
+        /*  The broker does not know us (it restarted): hello again. */
+        if (!llmq_msg_id(msg) && !self->draining)
+            s_send_hello(self);
+        break;
+    case LLMQ_MSG_JOB_SUBMIT:
+    case LLMQ_MSG_JOB_POLL:
+    case LLMQ_MSG_JOB_FETCH:
+    case LLMQ_MSG_JOB_CANCEL: {
+        /*  Provider Batch API jobs are issue 8: answer, never hang. */
+        llmq_msg_t *m = llmq_msg_new(LLMQ_MSG_JOB_STATUS);
+        llmq_msg_set_job(m, llmq_msg_job(msg));
+        if (llmq_msg_provider_batch(msg))
+            llmq_msg_set_provider_batch(m, llmq_msg_provider_batch(msg));
+        llmq_msg_set_state(m, "failed");
+        llmq_msg_set_error_code(m, llmq_err_name(LLMQ_ERR_INVALID_REQUEST));
+        llmq_msg_set_error_message(m, "this worker does not run provider Batch API jobs");
+        llmq_msg_set_error_retryable(m, false);
+        s_send(self, &m);
+        break;
+    }
+    case LLMQ_MSG_INVALID:
+        llmq_wlog(LLMQ_LOG_WARN, "undecodable message from broker: %s",
+                  llmq_msg_invalid_reason(msg));
+        break;
+    default:
+        llmq_wlog(LLMQ_LOG_DEBUG, "ignored '%s' from broker",
+                  llmq_msg_type_name(llmq_msg_type(msg)));
+        break;
+    }
+}
+
+/*  --- credit ---------------------------------------------------------------------------- */
+
+static void
+s_grant_credit(s_worker_t *self, int64_t now)
+{
+    if (!self->dealer || !self->joined || self->draining)
+        return;
+    int64_t held = (int64_t) zhashx_size(self->jobs);
+    int64_t slots = self->cfg->capacity - held - self->outstanding;
+    if (slots <= 0)
+        return;
+    int64_t queued = (int64_t) zlistx_size(self->queue);
+    int64_t avail = llmq_limiter_available(self->limiter, self->avg_tokens, 1000,
+                                           self->cfg->capacity, now);
+    int64_t allowance = llmq_breaker_allowance(self->breaker,
+                                               llmq_limiter_running(self->limiter));
+    if (allowance >= 0 && allowance < avail)
+        avail = allowance;
+    int64_t grant = avail - queued - self->outstanding;
+    if (grant > slots)
+        grant = slots;
+    if (grant <= 0)
+        return;
+    /*  Coalesce: while the broker still holds credit, wait for a useful
+        amount rather than sending one credit per finished request. */
+    int64_t batch = self->cfg->capacity / 32;
+    if (self->outstanding > 0 && grant < batch)
+        return;
+    llmq_msg_t *m = llmq_msg_new(LLMQ_MSG_CREDIT);
+    llmq_msg_set_n(m, grant);
+    s_send(self, &m);
+    self->outstanding += grant;
+}
+
+/*  --- the loop ------------------------------------------------------------------------- */
+
+static void
+s_on_signal(int sig)
+{
+    (void) sig;
+    llmq_worker_stop();
+}
+
+void
+llmq_worker_stop(void)
+{
+    s_stop_requests++;
+    if (s_wake[1] >= 0) {
+        char c = 1;
+        ssize_t rc = write(s_wake[1], &c, 1);
+        (void) rc;
+    }
+}
+
+static void
+s_start_drain(s_worker_t *self, int64_t now)
+{
+    self->draining = true;
+    self->drain_at = now + self->cfg->drain_ms;
+    if (self->dealer) {
+        llmq_msg_t *m = llmq_msg_new(LLMQ_MSG_BYE);
+        s_send(self, &m);
+    }
+    llmq_wlog(LLMQ_LOG_INFO, "stopping: bye sent, draining %zu requests (up to %lld ms)",
+              zhashx_size(self->jobs), (long long) self->cfg->drain_ms);
+}
+
+/*  Drain deadline: whatever is left is answered as failed (retryable, so
+    the broker can send it elsewhere). */
+static void
+s_abandon_all(s_worker_t *self)
+{
+    s_job_t *job = zhashx_first(self->jobs);
+    while (job) {
+        s_job_detach(self, job, false);
+        s_fail(self, job, LLMQ_ERR_OVERLOADED, 0, true,
+               "worker stopped before the request finished");
+        job = zhashx_first(self->jobs);
+    }
+}
+
+static void
+s_timers(s_worker_t *self, int64_t now)
+{
+    /*  Retries due: to the front of the start queue. */
+    while (self->heap_len > 0 && self->heap[0]->due_ms <= now) {
+        s_job_t *job = self->heap[0];
+        s_heap_remove(self, job);
+        s_enqueue(self, job, true);
+    }
+    if (self->dealer && now >= self->hb_at) {
+        s_send_hb(self);
+        self->hb_at = now + self->cfg->heartbeat_ms;
+    }
+    if (self->dealer && now - self->broker_seen > S_HB_LIVENESS * self->cfg->heartbeat_ms) {
+        llmq_wlog(LLMQ_LOG_WARN, "broker %s silent for %lld ms: reconnecting", self->cfg->broker,
+                  (long long) (now - self->broker_seen));
+        if (s_connect(self) != 0) {
+            self->exit_code = LLMQ_WORKER_EXIT_FAILURE;
+            self->done = true;
+            return;
+        }
+        if (self->draining) {
+            llmq_msg_t *m = llmq_msg_new(LLMQ_MSG_BYE);
+            s_send(self, &m);
+        }
+    }
+    if (!self->probe) {
+        if (!self->dealer && self->probe_at && now >= self->probe_at)
+            s_probe_start(self);
+        else if (self->dealer && llmq_breaker_probe_due(self->breaker, now))
+            s_probe_start(self);
+    }
+}
+
+static int64_t
+s_next_wake(s_worker_t *self, int64_t now)
+{
+    int64_t due = now + self->cfg->heartbeat_ms;
+    if (self->dealer)
+        due = s_min_due(due, self->hb_at);
+    if (self->curl_due >= 0)
+        due = s_min_due(due, self->curl_due > now ? self->curl_due : now);
+    if (self->heap_len)
+        due = s_min_due(due, self->heap[0]->due_ms);
+    if (self->limiter_at && zlistx_size(self->queue))
+        due = s_min_due(due, self->limiter_at);
+    if (!self->dealer && self->probe_at)
+        due = s_min_due(due, self->probe_at);
+    int64_t probe_in = self->dealer ? llmq_breaker_probe_in(self->breaker, now) : -1;
+    if (probe_in >= 0)
+        due = s_min_due(due, now + probe_in);
+    if (self->draining)
+        due = s_min_due(due, self->drain_at);
+    return due > now ? due - now : 0;
+}
+
+static void
+s_curl_events(s_worker_t *self)
+{
+    struct epoll_event evs[512];
+    int running;
+    for (int round = 0; round < 64; round++) {
+        int n = epoll_wait(self->epfd, evs, 512, 0);
+        if (n <= 0)
+            break;
+        for (int i = 0; i < n; i++) {
+            int mask = 0;
+            if (evs[i].events & EPOLLIN)
+                mask |= CURL_CSELECT_IN;
+            if (evs[i].events & EPOLLOUT)
+                mask |= CURL_CSELECT_OUT;
+            if (evs[i].events & (EPOLLERR | EPOLLHUP))
+                mask |= CURL_CSELECT_ERR;
+            curl_multi_socket_action(self->multi, evs[i].data.fd, mask, &running);
+        }
+        s_check_multi(self);
+        if (n < 512)
+            break;
+    }
+}
+
+int
+llmq_worker_run(llmq_worker_t *self_)
+{
+    s_worker_t *self = (s_worker_t *) self_;
+    int64_t now = s_now();
+    if (llmq_provider_uses_http(self->provider)) {
+        s_probe_start(self);
+        if (!self->probe) {
+            llmq_wlog(LLMQ_LOG_ERROR, "cannot start the health check");
+            return LLMQ_WORKER_EXIT_FAILURE;
+        }
+    }
+    else if (self->cfg->check_only) {
+        printf("ok: provider %s needs no HTTP\n", self->cfg->provider);
+        return 0;
+    }
+    else
+        s_join(self);
+
+    while (!self->done) {
+        if (s_stop_requests > 0 && !self->draining) {
+            if (self->cfg->check_only || !self->dealer) {
+                self->exit_code = LLMQ_WORKER_EXIT_OK;
+                break;
+            }
+            s_start_drain(self, s_now());
+        }
+        if (s_stop_requests > 1 && self->draining)
+            self->drain_at = 0;
+        if (self->draining && zhashx_size(self->jobs) == 0)
+            break;
+
+        now = s_now();
+        zmq_pollitem_t items[3];
+        int nitems = 0;
+        items[nitems++] = (zmq_pollitem_t) {NULL, self->epfd, ZMQ_POLLIN, 0};
+        items[nitems++] = (zmq_pollitem_t) {NULL, s_wake[0], ZMQ_POLLIN, 0};
+        if (self->dealer)
+            items[nitems++] = (zmq_pollitem_t) {zsock_resolve(self->dealer), 0, ZMQ_POLLIN, 0};
+        int rc = zmq_poll(items, nitems, (long) s_next_wake(self, now));
+        if (rc < 0 && errno != EINTR) {
+            llmq_wlog(LLMQ_LOG_ERROR, "poll failed: %s", zmq_strerror(errno));
+            self->exit_code = LLMQ_WORKER_EXIT_FAILURE;
+            break;
+        }
+        if (rc > 0 && (items[1].revents & ZMQ_POLLIN)) {
+            char drain[64];
+            while (read(s_wake[0], drain, sizeof drain) > 0)
+                ;
+        }
+        /*  curl: sockets, then its timer. */
+        if (rc > 0 && (items[0].revents & ZMQ_POLLIN))
+            s_curl_events(self);
+        now = s_now();
+        if (self->curl_due >= 0 && now >= self->curl_due) {
+            int running;
+            self->curl_due = -1;
+            curl_multi_socket_action(self->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+            s_check_multi(self);
+        }
+        /*  The broker: everything waiting, in bounded batches. */
+        for (int i = 0; self->dealer && i < S_ZMQ_BATCH
+                        && (zsock_events(self->dealer) & ZMQ_POLLIN); i++) {
+            llmq_msg_t *msg = llmq_msg_recv(self->dealer);
+            if (!msg)
+                break;
+            s_handle_broker(self, msg);
+            llmq_msg_destroy(&msg);
+        }
+        now = s_now();
+        s_timers(self, now);
+        s_pump(self, now);
+        s_grant_credit(self, now);
+        if (self->draining) {
+            if (zhashx_size(self->jobs) == 0)
+                break;
+            if (now >= self->drain_at) {
+                llmq_wlog(LLMQ_LOG_WARN, "drain time over: %zu requests answered as failed",
+                          zhashx_size(self->jobs));
+                s_abandon_all(self);
+                break;
+            }
+        }
+    }
+    if (self->draining)
+        llmq_wlog(LLMQ_LOG_INFO, "stopped: %llu answered, %llu failed",
+                  (unsigned long long) self->answered, (unsigned long long) self->failed);
+    if (self->dealer) {
+        /*  Let the last answers and the bye reach the broker. */
+        zsock_set_linger(self->dealer, 2000);
+        zsock_destroy(&self->dealer);
+    }
+    return self->exit_code;
+}
+
+/*  --- new / destroy ---------------------------------------------------------------------- */
+
+static void
+s_raise_nofile(int64_t capacity)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+        return;
+    rlim_t want = rl.rlim_max;
+    if (rl.rlim_cur < want) {
+        rl.rlim_cur = want;
+        setrlimit(RLIMIT_NOFILE, &rl);
+        getrlimit(RLIMIT_NOFILE, &rl);
+    }
+    if ((int64_t) rl.rlim_cur < capacity + 64)
+        llmq_wlog(LLMQ_LOG_WARN, "open file limit %llu is below capacity %lld + 64: "
+                  "connections will queue", (unsigned long long) rl.rlim_cur,
+                  (long long) capacity);
+}
+
+static void
+s_job_destructor(void **item)
+{
+    s_job_t *job = *item;
+    s_job_free(&job);
+    *item = NULL;
+}
+
+llmq_worker_t *
+llmq_worker_new(llmq_worker_config_t **config_p, char *errbuf, size_t errlen)
+{
+    llmq_worker_config_t *cfg = *config_p;
+    *config_p = NULL;
+    if (!cfg)
+        return NULL;
+    s_worker_t *self = calloc(1, sizeof *self);
+    if (!self) {
+        llmq_worker_config_destroy(&cfg);
+        return NULL;
+    }
+    self->cfg = cfg;
+    self->epfd = -1;
+    self->curl_due = -1;
+    self->exit_code = LLMQ_WORKER_EXIT_OK;
+    self->rng = (uint64_t) zclock_time() ^ ((uint64_t) getpid() << 32) ^ 0x9E3779B97F4A7C15ULL;
+    self->avg_tokens = cfg->default_max_tokens / 4;
+    self->probe_backoff = 1000;
+    s_stop_requests = 0;
+    llmq_provider_config_t pc = {cfg->provider, cfg->base_url, cfg->api_key,
+                                 cfg->anthropic_version, cfg->default_max_tokens};
+    self->provider = llmq_provider_new(&pc, errbuf, errlen);
+    self->limiter = llmq_limiter_new(cfg->rpm, cfg->tpm, cfg->capacity, cfg->burst_ms, s_now());
+    self->breaker = llmq_breaker_new(cfg->breaker_failures, cfg->breaker_cooldown_ms);
+    self->jobs = zhashx_new();
+    self->queue = zlistx_new();
+    self->epfd = epoll_create1(EPOLL_CLOEXEC);
+    if (curl_global_init(CURL_GLOBAL_DEFAULT) == CURLE_OK)
+        self->multi = curl_multi_init();
+    if (s_wake[0] < 0 && pipe(s_wake) == 0) {
+        fcntl(s_wake[0], F_SETFL, O_NONBLOCK);
+        fcntl(s_wake[1], F_SETFL, O_NONBLOCK);
+    }
+    if (!self->provider || !self->limiter || !self->breaker || !self->jobs || !self->queue
+        || self->epfd < 0 || !self->multi || s_wake[0] < 0) {
+        if (errbuf && !*errbuf)
+            snprintf(errbuf, errlen, "cannot set up the worker (out of memory or fds)");
+        llmq_worker_t *w = (llmq_worker_t *) self;
+        llmq_worker_destroy(&w);
+        return NULL;
+    }
+    zhashx_set_destructor(self->jobs, s_job_destructor);
+    curl_multi_setopt(self->multi, CURLMOPT_SOCKETFUNCTION, s_on_socket);
+    curl_multi_setopt(self->multi, CURLMOPT_SOCKETDATA, self);
+    curl_multi_setopt(self->multi, CURLMOPT_TIMERFUNCTION, s_on_timer);
+    curl_multi_setopt(self->multi, CURLMOPT_TIMERDATA, self);
+    curl_multi_setopt(self->multi, CURLMOPT_MAX_HOST_CONNECTIONS, (long) cfg->capacity);
+    curl_multi_setopt(self->multi, CURLMOPT_MAXCONNECTS, (long) cfg->capacity);
+    curl_multi_setopt(self->multi, CURLMOPT_PIPELINING, (long) CURLPIPE_MULTIPLEX);
+    s_raise_nofile(cfg->capacity);
+
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = s_on_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+    return (llmq_worker_t *) self;
+}
+
+void
+llmq_worker_destroy(llmq_worker_t **self_p)
+{
+    if (!self_p || !*self_p)
+        return;
+    s_worker_t *self = (s_worker_t *) *self_p;
+    if (self->jobs) {
+        s_job_t *job = zhashx_first(self->jobs);
+        while (job) {
+            s_job_detach(self, job, false);
+            job = zhashx_next(self->jobs);
+        }
+        zhashx_destroy(&self->jobs);
+    }
+    if (self->probe) {
+        s_job_detach(self, self->probe, false);
+        s_job_free(&self->probe);
+    }
+    zlistx_destroy(&self->queue);
+    free(self->heap);
+    for (size_t i = 0; i < self->pool_len; i++)
+        curl_easy_cleanup(self->pool[i]);
+    free(self->pool);
+    if (self->multi)
+        curl_multi_cleanup(self->multi);
+    if (self->epfd >= 0)
+        close(self->epfd);
+    zsock_destroy(&self->dealer);
+    llmq_provider_destroy(&self->provider);
+    llmq_limiter_destroy(&self->limiter);
+    llmq_breaker_destroy(&self->breaker);
+    llmq_worker_config_destroy(&self->cfg);
+    free(self);
+    *self_p = NULL;
+}
+
+/*  --- selftest ------------------------------------------------------------------------
+    The engine with the echo provider, driven through a ROUTER in this
+    process: hello, credit, req -> res, a stream, cancel of an unknown id,
+    heartbeat, a bad payload, limits, bye on stop. The worker runs on a
+    thread of its own for the test only. */
+
+#include <pthread.h>
+
+#define CHECK(cond)                                                         \
+    do {                                                                    \
+        if (!(cond)) {                                                      \
+            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, \
+                    #cond);                                                 \
+            goto fail;                                                      \
+        }                                                                   \
+    } while (0)
+
+static void *
+s_test_thread(void *arg)
+{
+    llmq_worker_t *w = arg;
+    static int rc;
+    rc = llmq_worker_run(w);
+    return &rc;
+}
+
+/*  Next message of a type from the worker, skipping heartbeats and credit
+    unless asked for; NULL after timeout_ms. */
+static llmq_msg_t *
+s_test_expect(zsock_t *router, llmq_msg_type_t type, int timeout_ms, int64_t *credit)
+{
+    int64_t until = zclock_mono() + timeout_ms;
+    zpoller_t *poller = zpoller_new(router, NULL);
+    llmq_msg_t *found = NULL;
+    while (!found && zclock_mono() < until) {
+        if (!zpoller_wait(poller, (int) (until - zclock_mono())))
+            break;
+        llmq_msg_t *m = llmq_msg_recv(router);
+        if (!m)
+            break;
+        if (llmq_msg_type(m) == LLMQ_MSG_CREDIT && credit)
+            *credit += llmq_msg_n(m);
+        if (llmq_msg_type(m) == type)
+            found = m;
+        else
+            llmq_msg_destroy(&m);
+    }
+    zpoller_destroy(&poller);
+    return found;
+}
+
+int
+llmq_worker_test(bool verbose)
+{
+    if (verbose)
+        printf(" * llmq_worker: ");
+    int result = -1;
+    llmq_worker_t *w = NULL;
+    llmq_msg_t *m = NULL;
+    pthread_t thread;
+    bool started = false;
+    zsock_t *router = zsock_new(ZMQ_ROUTER);
+    int port = router ? zsock_bind(router, "tcp://127.0.0.1:*") : -1;
+    char endpoint[64];
+    snprintf(endpoint, sizeof endpoint, "tcp://127.0.0.1:%d", port);
+    char *argv[] = {"llmq-worker", "--provider", "echo", "--broker", endpoint,
+                    "--name", "selftest", "--model", "m1", "--capacity", "64", NULL};
+    char err[256] = "";
+    llmq_worker_config_t *cfg = NULL;
+    CHECK(port > 0);
+    CHECK(llmq_worker_config_load(&cfg, 11, argv, err, sizeof err) == 0);
+    llmq_wlog_setup("llmq-worker", false, verbose);
+    w = llmq_worker_new(&cfg, err, sizeof err);
+    CHECK(w && cfg == NULL);
+    CHECK(pthread_create(&thread, NULL, s_test_thread, w) == 0);
+    started = true;
+
+    int64_t credit = 0;
+    m = s_test_expect(router, LLMQ_MSG_HELLO, 5000, &credit);
+    CHECK(m);
+    CHECK(streq(llmq_msg_worker(m), "selftest"));
+    CHECK(streq(llmq_msg_provider(m), "echo"));
+    CHECK(llmq_msg_capacity(m) == 64);
+    CHECK(llmq_msg_models_count(m) == 1 && streq(llmq_msg_models_at(m, 0), "m1"));
+    zframe_t *rid = zframe_dup(llmq_msg_routing_id(m));
+    llmq_msg_destroy(&m);
+    while (credit < 1) {
+        m = s_test_expect(router, LLMQ_MSG_CREDIT, 5000, NULL);
+        CHECK(m);
+        credit += llmq_msg_n(m);
+        llmq_msg_destroy(&m);
+    }
+    CHECK(credit == 64);
+
+    /*  A chat request. */
+    m = llmq_msg_new(LLMQ_MSG_REQ);
+    llmq_msg_set_routing_id(m, rid);
+    llmq_msg_set_id(m, "r1");
+    llmq_msg_set_op(m, "chat");
+    llmq_msg_set_model(m, "m1");
+    const char *body = "{\"messages\":[{\"role\":\"user\",\"content\":\"ping\"}]}";
+    zframe_t *payload = llmq_value_from_json_text(body, strlen(body), NULL, 0);
+    llmq_msg_set_payload(m, &payload);
+    CHECK(llmq_msg_send(&m, router) == 0);
+    m = s_test_expect(router, LLMQ_MSG_RES, 5000, &credit);
+    CHECK(m && streq(llmq_msg_id(m), "r1") && llmq_msg_ok(m));
+    CHECK(streq(llmq_msg_worker(m), "selftest") && llmq_msg_attempts(m) == 1);
+    CHECK(llmq_msg_usage_total_tokens(m) > 0);
+    payload = llmq_msg_payload(m);
+    char *json = llmq_value_to_json_text(zframe_data(payload), zframe_size(payload), NULL, 0);
+    CHECK(json && strstr(json, "echo: ping"));
+    free(json);
+    llmq_msg_destroy(&m);
+
+    /*  A stream: one chunk, then the res. */
+    m = llmq_msg_new(LLMQ_MSG_REQ);
+    llmq_msg_set_routing_id(m, rid);
+    llmq_msg_set_id(m, "r2");
+    llmq_msg_set_op(m, "chat");
+    llmq_msg_set_model(m, "m1");
+    llmq_msg_set_stream(m, true);
+    payload = llmq_value_from_json_text(body, strlen(body), NULL, 0);
+    llmq_msg_set_payload(m, &payload);
+    CHECK(llmq_msg_send(&m, router) == 0);
+    m = s_test_expect(router, LLMQ_MSG_CHUNK, 5000, &credit);
+    CHECK(m && streq(llmq_msg_id(m), "r2") && llmq_msg_seq(m) == 0);
+    llmq_msg_destroy(&m);
+    m = s_test_expect(router, LLMQ_MSG_RES, 5000, &credit);
+    CHECK(m && streq(llmq_msg_id(m), "r2") && llmq_msg_ok(m));
+    llmq_msg_destroy(&m);
+
+    /*  A payload that is not a map, an unknown op, a cancel for nothing. */
+    m = llmq_msg_new(LLMQ_MSG_CANCEL);
+    llmq_msg_set_routing_id(m, rid);
+    llmq_msg_set_id(m, "nothing");
+    CHECK(llmq_msg_send(&m, router) == 0);
+    m = llmq_msg_new(LLMQ_MSG_REQ);
+    llmq_msg_set_routing_id(m, rid);
+    llmq_msg_set_id(m, "r3");
+    llmq_msg_set_op(m, "chat");
+    llmq_msg_set_model(m, "m1");
+    payload = llmq_value_from_json_text("[1,2]", 5, NULL, 0);
+    llmq_msg_set_payload(m, &payload);
+    CHECK(llmq_msg_send(&m, router) == 0);
+    m = s_test_expect(router, LLMQ_MSG_RES, 5000, &credit);
+    CHECK(m && streq(llmq_msg_id(m), "r3") && !llmq_msg_ok(m));
+    CHECK(streq(llmq_msg_error_code(m), "invalid_request") && !llmq_msg_error_retryable(m));
+    llmq_msg_destroy(&m);
+    m = llmq_msg_new(LLMQ_MSG_REQ);
+    llmq_msg_set_routing_id(m, rid);
+    llmq_msg_set_id(m, "r4");
+    llmq_msg_set_op(m, "dance");
+    llmq_msg_set_model(m, "m1");
+    payload = llmq_value_from_json_text("{}", 2, NULL, 0);
+    llmq_msg_set_payload(m, &payload);
+    CHECK(llmq_msg_send(&m, router) == 0);
+    m = s_test_expect(router, LLMQ_MSG_RES, 5000, &credit);
+    CHECK(m && streq(llmq_msg_id(m), "r4") && streq(llmq_msg_error_code(m), "invalid_request"));
+    llmq_msg_destroy(&m);
+
+    /*  Limits and heartbeats; an error without id makes it say hello again. */
+    m = llmq_msg_new(LLMQ_MSG_LIMITS);
+    llmq_msg_set_routing_id(m, rid);
+    llmq_msg_set_limits_rpm(m, 600);
+    CHECK(llmq_msg_send(&m, router) == 0);
+    m = s_test_expect(router, LLMQ_MSG_HB, 3000, &credit);
+    CHECK(m && llmq_msg_healthy(m) && llmq_msg_in_flight(m) == 0);
+    llmq_msg_destroy(&m);
+    m = llmq_msg_new(LLMQ_MSG_ERROR);
+    llmq_msg_set_routing_id(m, rid);
+    llmq_msg_set_code(m, "bad_message");
+    llmq_msg_set_message(m, "hello first");
+    CHECK(llmq_msg_send(&m, router) == 0);
+    m = s_test_expect(router, LLMQ_MSG_HELLO, 3000, &credit);
+    CHECK(m);
+    llmq_msg_destroy(&m);
+
+    /*  Stop: bye, then the thread ends with 0. */
+    llmq_worker_stop();
+    m = s_test_expect(router, LLMQ_MSG_BYE, 3000, &credit);
+    CHECK(m);
+    llmq_msg_destroy(&m);
+    void *rv = NULL;
+    pthread_join(thread, &rv);
+    started = false;
+    CHECK(rv && *(int *) rv == 0);
+    zframe_destroy(&rid);
+    result = 0;
+fail:
+    if (started) {
+        llmq_worker_stop();
+        llmq_worker_stop();
+        pthread_join(thread, NULL);
+    }
+    llmq_msg_destroy(&m);
+    llmq_worker_destroy(&w);
+    llmq_worker_config_destroy(&cfg);
+    zsock_destroy(&router);
+    if (verbose)
+        printf(result == 0 ? "OK\n" : "FAILED\n");
+    return result;
+}
