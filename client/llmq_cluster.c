@@ -274,6 +274,71 @@ s_stop_all(llmq_cluster_t *self)
     }
 }
 
+/*  A top-level scalar `key: value` of a YAML file (fresh), or NULL. The
+    workers parse the file fully (libcyaml); the cluster only needs to know
+    the provider, its URL and the first model, to decide whether to start
+    a simulator and what model to default to. */
+static char *
+s_yaml_value(const char *path, const char *key, bool first_list_item)
+{
+    FILE *file = path ? fopen(path, "r") : NULL;
+    if (!file)
+        return NULL;
+    char line[1024];
+    char *value = NULL;
+    bool in_list = false;
+    size_t keylen = strlen(key);
+    while (!value && fgets(line, sizeof(line), file)) {
+        char *hash = strstr(line, " #");
+        if (hash)
+            *hash = 0;
+        char *p = line;
+        if (in_list) {
+            while (*p == ' ' || *p == '\t')
+                p++;
+            if (*p == '-')
+                p++;
+            else if (p != line || !*p || *p == '\n')
+                continue;
+            else
+                break;              //  back at top level: empty list
+        }
+        else if (strncmp(line, key, keylen) == 0 && line[keylen] == ':') {
+            p = line + keylen + 1;
+            while (*p == ' ' || *p == '\t')
+                p++;
+            if (first_list_item && (*p == '\n' || !*p)) {
+                in_list = true;
+                continue;
+            }
+            if (first_list_item && *p == '[')
+                p++;
+        }
+        else
+            continue;
+        while (*p == ' ' || *p == '\t')
+            p++;
+        size_t len = strcspn(p, first_list_item ? ",]\r\n" : "\r\n");
+        while (len > 0 && (p[len - 1] == ' ' || p[len - 1] == '\t'))
+            len--;
+        if (len >= 2 && (p[0] == '"' || p[0] == '\'') && p[len - 1] == p[0]) {
+            p++;
+            len -= 2;
+        }
+        if (len > 0) {
+            value = (char *) malloc(len + 1);
+            if (value) {
+                memcpy(value, p, len);
+                value[len] = 0;
+            }
+        }
+        else if (!in_list)
+            break;
+    }
+    fclose(file);
+    return value;
+}
+
 //  --------------------------------------------------------------------------
 //  Start a cluster
 
@@ -294,24 +359,31 @@ llmq_cluster_new(const llmq_cluster_opts_t *opts, char *err, size_t errlen)
         return NULL;
     }
     const char *api_key = getenv("OPENAI_API_KEY");
-    const char *provider = opts->provider;
+    char *file_provider = s_yaml_value(opts->config, "provider", false);
+    char *file_base_url = s_yaml_value(opts->config, "base_url", false);
+    char *file_model = s_yaml_value(opts->config, "models", true);
+    const char *provider = opts->provider ? opts->provider : file_provider;
     if (!provider)
         provider = (api_key && *api_key) ? "openai" : "sim";
     self->provider = strdup(provider);
     bool simulated = streq(provider, "sim");
-    const char *model = opts->model;
+    const char *model = opts->model ? opts->model : file_model;
     if (!model)
         model = simulated ? "sim-model" : streq(provider, "anthropic")
                                               ? "claude-3-5-haiku-latest"
                                           : streq(provider, "echo") ? "echo"
                                                                     : "gpt-4o-mini";
     self->model = strdup(model);
-    const char *base_url = opts->base_url;
+    //  Models named on the command line: the default plus the input's,
+    //  unless the config file lists the models itself.
+    bool pass_models = !file_model || opts->model;
+    const char *base_url = opts->base_url ? opts->base_url : file_base_url;
     if (!base_url && streq(provider, "openai"))
         base_url = getenv("OPENAI_BASE_URL");
     if (!base_url && streq(provider, "anthropic"))
         base_url = getenv("ANTHROPIC_BASE_URL");
     char *line = NULL;
+    char *sim_base = NULL;
 
     //  1. The simulator, when it is the provider and no URL was given.
     if (simulated && !base_url) {
@@ -328,17 +400,15 @@ llmq_cluster_new(const llmq_cluster_opts_t *opts, char *err, size_t errlen)
             snprintf(err, errlen, "llmq-sim printed no url");
             goto failed;
         }
-        base_url = self->sim_url;
+        //  An OpenAI base URL ends in /v1 (as OPENAI_BASE_URL does).
+        sim_base = zsys_sprintf("%s/v1", self->sim_url);
+        base_url = sim_base;
     }
 
     //  2. The broker on ephemeral ports.
     {
-        char *argv[8] = {"llmq-broker", "--frontend", "tcp://127.0.0.1:*",
-                         "--backend", "tcp://127.0.0.1:*", NULL, NULL, NULL};
-        if (opts->config) {
-            argv[5] = "--config";
-            argv[6] = (char *) opts->config;
-        }
+        char *argv[] = {"llmq-broker", "--frontend", "tcp://127.0.0.1:*",
+                        "--backend", "tcp://127.0.0.1:*", NULL};
         s_child_t *child = s_spawn(self, "broker", argv, err, errlen);
         if (!child || !(line = s_wait_ready(child, err, errlen)))
             goto failed;
@@ -359,16 +429,24 @@ llmq_cluster_new(const llmq_cluster_opts_t *opts, char *err, size_t errlen)
         char capacity[32];
         snprintf(capacity, sizeof(capacity), "%d", opts->capacity);
         int first = self->count;
-        for (int i = 0; i < workers; i++) {
-            char *argv[16];
-            int argc = 0;
+        size_t cap = 16 + 2 * (opts->models_count < 256 ? opts->models_count : 256);
+        char **argv = (char **) calloc(cap, sizeof(char *));
+        for (int i = 0; argv && i < workers; i++) {
+            size_t argc = 0;
             argv[argc++] = "llmq-worker";
             argv[argc++] = "--broker";
             argv[argc++] = self->backend;
             argv[argc++] = "--provider";
             argv[argc++] = self->provider;
-            argv[argc++] = "--model";
-            argv[argc++] = self->model;
+            if (pass_models) {
+                argv[argc++] = "--model";
+                argv[argc++] = self->model;
+                for (size_t m = 0; m < opts->models_count && m < 256; m++)
+                    if (!streq(opts->models[m], self->model)) {
+                        argv[argc++] = "--model";
+                        argv[argc++] = (char *) opts->models[m];
+                    }
+            }
             if (base_url) {
                 argv[argc++] = "--base-url";
                 argv[argc++] = (char *) base_url;
@@ -384,19 +462,34 @@ llmq_cluster_new(const llmq_cluster_opts_t *opts, char *err, size_t errlen)
             argv[argc] = NULL;
             char name[32];
             snprintf(name, sizeof(name), "worker-%d", i + 1);
-            if (!s_spawn(self, name, argv, err, errlen))
+            if (!s_spawn(self, name, argv, err, errlen)) {
+                free(argv);
                 goto failed;
+            }
         }
+        if (!argv) {
+            snprintf(err, errlen, "out of memory");
+            goto failed;
+        }
+        free(argv);
         for (int i = first; i < self->count; i++) {
             if (!(line = s_wait_ready(&self->children[i], err, errlen)))
                 goto failed;
             zstr_free(&line);
         }
     }
+    free(sim_base);
+    free(file_provider);
+    free(file_base_url);
+    free(file_model);
     return self;
 
 failed:
     zstr_free(&line);
+    free(sim_base);
+    free(file_provider);
+    free(file_base_url);
+    free(file_model);
     llmq_cluster_destroy(&self);
     return NULL;
 }

@@ -10,9 +10,12 @@
     llmq_cluster_destroy() stops them. Their stderr goes to log files in a
     private temp directory (or to our stderr when verbose).
 
-    Provider choice when opts->provider is NULL: `openai` when
-    OPENAI_API_KEY is set (at OPENAI_BASE_URL when set), else `sim` with a
-    local llmq-sim, whose results are labelled as simulated.
+    Provider choice when opts->provider is NULL: the config file's
+    `provider:`, else `openai` when OPENAI_API_KEY is set (at
+    OPENAI_BASE_URL when set), else `sim` with a local llmq-sim, whose
+    results are labelled as simulated. With a config file, its `models:`
+    and `base_url:` are used unless options override them (the file is read
+    for these three top-level keys only; the workers read all of it).
 
     Ownership: the cluster object belongs to the caller; string results are
     borrowed from it.
@@ -32,8 +35,10 @@ typedef struct {
     int capacity;              /* per worker, 0: the worker's default */
     const char *provider;      /* openai, anthropic, echo, sim; NULL: auto */
     const char *base_url;      /* provider URL; NULL: env or sim */
-    const char *model;         /* model the workers serve; NULL: default */
-    const char *config;        /* YAML config passed to broker and workers */
+    const char *model;         /* default model; NULL: the provider's */
+    const char *const *models; /* more models the workers serve (input's) */
+    size_t models_count;       /* how many */
+    const char *config;        /* worker YAML config (llmq-worker --config) */
     int sim_latency_ms;        /* llmq-sim latency, default 50 */
     bool verbose;              /* children's stderr to ours */
 } llmq_cluster_opts_t;

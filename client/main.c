@@ -122,7 +122,7 @@ static const char *s_usage_main =
     "  ping                        check that a broker answers\n"
     "\n"
     "Options: llmq <command> --help.  llmq --version prints the version.\n"
-    "With no --broker (and no LLMQ_BROKER), run and chat use the broker at\n"
+    "With no --broker (and no LLMQ_ENDPOINT), run and chat use the broker at\n"
     LLMQ_DEFAULT_ENDPOINT " if one answers, else start an embedded local cluster\n"
     "(broker + workers, and llmq-sim unless OPENAI_API_KEY is set).\n"
     "\n"
@@ -131,7 +131,7 @@ static const char *s_usage_main =
 
 static const char *s_usage_cluster =
     "Broker and embedded cluster:\n"
-    "  --broker EP          broker frontend (default: $LLMQ_BROKER, else "
+    "  --broker EP          broker frontend (default: $LLMQ_ENDPOINT, else "
     LLMQ_DEFAULT_ENDPOINT "\n"
     "                       if it answers, else an embedded local cluster)\n"
     "  --model M            model (default: the input's, else the cluster's:\n"
@@ -141,7 +141,8 @@ static const char *s_usage_cluster =
     "  --provider P         embedded cluster: openai, anthropic, echo, sim\n"
     "                       (default: openai if OPENAI_API_KEY is set, else sim)\n"
     "  --base-url URL       embedded cluster: provider URL (default OPENAI_BASE_URL)\n"
-    "  --config FILE        embedded cluster: YAML config for broker and workers\n"
+    "  --config FILE        embedded cluster: llmq-worker YAML config (provider,\n"
+    "                       base_url, models, limits, pricing; see examples/llmq.yaml)\n"
     "  --sim-latency-ms N   embedded llmq-sim latency (default 50)\n"
     "  --timeout MS         broker liveness: reconnect and resend after MS of\n"
     "                       silence (default 3000)\n"
@@ -313,13 +314,15 @@ s_learn_from_status(s_conn_t *conn)
     cJSON_Delete(status);
 }
 
-/*  Returns 0 or an exit code. allow_cluster: start one if no broker. */
+/*  Returns 0 or an exit code. allow_cluster: start one if no broker;
+    models: the models the input names, for the cluster's workers. */
 static int
-s_connect(const s_opts_t *opts, s_conn_t *conn, bool allow_cluster)
+s_connect(const s_opts_t *opts, s_conn_t *conn, bool allow_cluster,
+          const char *const *models, size_t models_count)
 {
     const char *endpoint = opts->broker;
-    if (!endpoint && getenv("LLMQ_BROKER") && *getenv("LLMQ_BROKER"))
-        endpoint = getenv("LLMQ_BROKER");
+    if (!endpoint && getenv("LLMQ_ENDPOINT") && *getenv("LLMQ_ENDPOINT"))
+        endpoint = getenv("LLMQ_ENDPOINT");
     if (!endpoint) {
         //  Is a broker already listening at the default address?
         llmq_client_t *probe = llmq_client_new(LLMQ_DEFAULT_ENDPOINT);
@@ -338,6 +341,8 @@ s_connect(const s_opts_t *opts, s_conn_t *conn, bool allow_cluster)
         copts.provider = opts->provider;
         copts.base_url = opts->base_url;
         copts.model = opts->model;
+        copts.models = models;
+        copts.models_count = models_count;
         copts.config = opts->config;
         copts.sim_latency_ms = opts->sim_latency_ms;
         copts.verbose = opts->verbose;
@@ -453,7 +458,20 @@ s_cmd_run(s_opts_t *opts, int argc, char **argv)
     llmq_jsonl_writer_t *writer = NULL;
     llmq_progress_t *progress = NULL;
     if (todo_count > 0) {
-        rc = s_connect(opts, &conn, true);
+        //  The models the lines name: an embedded cluster must serve them.
+        zhashx_t *named = zhashx_new();
+        for (size_t i = 0; i < todo_count && !opts->model; i++)
+            if (todo[i]->model && zhashx_size(named) < 256)
+                zhashx_insert(named, todo[i]->model, todo[i]->model);
+        size_t models_count = zhashx_size(named);
+        const char **models = (const char **) calloc(models_count + 1, sizeof(char *));
+        size_t m = 0;
+        for (const char *name = (const char *) zhashx_first(named); name && models;
+             name = (const char *) zhashx_next(named))
+            models[m++] = name;
+        rc = s_connect(opts, &conn, true, models, models ? models_count : 0);
+        free(models);
+        zhashx_destroy(&named);
         if (rc != 0)
             goto done;
         writer = llmq_jsonl_writer_new(opts->output);
@@ -612,7 +630,7 @@ s_cmd_chat(s_opts_t *opts, int argc, char **argv)
     }
     opts->quiet = true;     //  no cluster banner in the middle of an answer
     s_conn_t conn = {0};
-    int rc = s_connect(opts, &conn, true);
+    int rc = s_connect(opts, &conn, true, NULL, 0);
     if (rc != 0) {
         free(prompt);
         s_conn_close(&conn);
@@ -752,7 +770,7 @@ s_cmd_status(s_opts_t *opts)
 {
     s_conn_t conn = {0};
     opts->quiet = true;
-    int rc = s_connect(opts, &conn, false);
+    int rc = s_connect(opts, &conn, false, NULL, 0);
     if (rc != 0) {
         s_conn_close(&conn);
         return rc;
@@ -800,7 +818,7 @@ static int
 s_cmd_ping(s_opts_t *opts)
 {
     const char *endpoint = opts->broker ? opts->broker
-                           : getenv("LLMQ_BROKER") ? getenv("LLMQ_BROKER")
+                           : getenv("LLMQ_ENDPOINT") ? getenv("LLMQ_ENDPOINT")
                                                    : LLMQ_DEFAULT_ENDPOINT;
     llmq_client_t *client = llmq_client_new(endpoint);
     if (!client) {

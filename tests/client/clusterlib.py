@@ -145,7 +145,7 @@ class Broker(Proc):
 class Worker(Proc):
     def __init__(self, backend, sim_url, capacity=32, model=MODEL, *flags):
         super().__init__([bin_path("llmq-worker"), "--broker", backend, "--provider", "sim",
-                          "--base-url", sim_url, "--model", model,
+                          "--base-url", sim_url + "/v1", "--model", model,
                           "--capacity", str(capacity), *flags],
                          env={"OPENAI_API_KEY": "sk-test-key"})
 
@@ -221,7 +221,7 @@ class Cluster:
 def run_llmq(args, timeout=120, env=None):
     """Run the llmq CLI; returns (rc, stdout, stderr)."""
     full_env = dict(os.environ)
-    full_env.pop("LLMQ_BROKER", None)
+    full_env.pop("LLMQ_ENDPOINT", None)
     full_env.update(env or {})
     p = subprocess.run([bin_path("llmq"), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                        timeout=timeout, env=full_env)
