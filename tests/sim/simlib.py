@@ -101,10 +101,13 @@ class Sim:
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
-                self.proc.wait(timeout=10)
+                rc = self.proc.wait(timeout=20)
+                # a clean shutdown also means no sanitizer report (leaks, UB)
+                check(rc == 0, "llmq-sim exited with %d on SIGTERM" % rc)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+                check(False, "llmq-sim did not stop on SIGTERM")
         self.proc.stdout.close()
 
     def __enter__(self):

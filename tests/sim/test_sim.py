@@ -622,7 +622,51 @@ def g_batch_anthropic():
         check(types == ["succeeded", "expired"], "expired result")
 
 
-GROUPS = {"openai": g_openai, "anthropic": g_anthropic, "auth": g_auth, "limits": g_limits,
+def g_cli():
+    import subprocess
+    from simlib import BIN
+    r = subprocess.run([BIN, "--help"], capture_output=True, text=True, timeout=10)
+    check(r.returncode == 0, "--help exits 0")
+    for flag in ("--host", "--port", "--latency-ms", "--jitter-ms", "--tokens-per-sec", "--rpm", "--tpm",
+                 "--api-key", "--models", "--p500", "--p503", "--p429", "--phang", "--pmalformed",
+                 "--preset", "--hang-ms", "--seed", "--batch-validate-ms", "--batch-progress-ms",
+                 "--batch-finalize-ms", "--batch-expire-ms", "--max-body", "--max-file-store",
+                 "--quiet", "--help", "fail=CODExN", "hang=N", "malformed=N", "reset=N",
+                 "delay_ms=N", "context_length"):
+        check(flag in r.stdout, "--help mentions " + flag)
+    for bad in (["--nope"], ["--p500", "2"], ["--port", "x"], ["--latency-ms"], ["extra"],
+                ["--p500", "0.6", "--p503", "0.6"], ["--api-key", ""]):
+        r = subprocess.run([BIN, *bad], capture_output=True, text=True, timeout=10)
+        check(r.returncode == 2 and "llmq-sim:" in r.stderr, "bad flags exit 2: %s" % bad)
+    with Sim("--max-body", "2048") as s:
+        st, h, b = s.request("POST", "/v1/chat/completions", raw=b"x" * 5000,
+                             headers={"Content-Type": "application/json"})
+        check(st == 413, "body over --max-body -> 413")
+        st, h, b = chat(s, "still fine")
+        check(st == 200, "server fine after oversized body")
+        # garbage on the wire never kills the server
+        for junk in (b"\x00\xff\r\n\r\n", b"POST /v1/chat/completions HTTP/1.1\r\nContent-Length: -5\r\n\r\n",
+                     b"GET / HTTP/1.1\r\n" + b"X: " + b"y" * 100000 + b"\r\n\r\n"):
+            c = _socket.create_connection((s.host, s.port), timeout=5)
+            try:
+                c.sendall(junk)
+                c.shutdown(_socket.SHUT_WR)
+                while c.recv(65536):
+                    pass
+            except OSError:
+                pass
+            c.close()
+        st, h, b = chat(s, "after junk")
+        check(st == 200, "server fine after junk input")
+        for bad_body in ({"model": 5, "messages": []}, {"model": "m", "messages": [5]},
+                         {"model": "m", "messages": [{"role": "user", "content": 7}]},
+                         {"model": "m", "messages": MSGS, "stream": "yes"},
+                         [1, 2], "str", None):
+            st, h, b = s.json("POST", "/v1/chat/completions", raw=json.dumps(bad_body).encode())
+            check(st == 400 and "error" in b, "bad body %r -> 400" % (bad_body,))
+
+
+GROUPS = {"cli": g_cli, "openai": g_openai, "anthropic": g_anthropic, "auth": g_auth, "limits": g_limits,
           "faults": g_faults, "directives": g_directives, "stats": g_stats,
           "batch_openai": g_batch_openai, "batch_anthropic": g_batch_anthropic}
 
