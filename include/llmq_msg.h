@@ -110,25 +110,25 @@ const char *llmq_msg_field_group(llmq_field_t field);
             void llmq_msg_set_<f>(msg, const char *const *items, size_t count)
     Setting a value longer than the field's limit truncates nothing: the
     message fails to encode (llmq_msg_encode returns NULL). */
-#define LLMQ_ACCESSOR_STR(name)                                             \
-    const char *llmq_msg_##name(const llmq_msg_t *self);                    \
+#define LLMQ_ACCESSOR_STR(name)                                                \
+    const char *llmq_msg_##name(const llmq_msg_t *self);                       \
     void llmq_msg_set_##name(llmq_msg_t *self, const char *value);
-#define LLMQ_ACCESSOR_INT(name)                                             \
-    int64_t llmq_msg_##name(const llmq_msg_t *self);                        \
+#define LLMQ_ACCESSOR_INT(name)                                                \
+    int64_t llmq_msg_##name(const llmq_msg_t *self);                           \
     void llmq_msg_set_##name(llmq_msg_t *self, int64_t value);
-#define LLMQ_ACCESSOR_BOOL(name)                                            \
-    bool llmq_msg_##name(const llmq_msg_t *self);                           \
+#define LLMQ_ACCESSOR_BOOL(name)                                               \
+    bool llmq_msg_##name(const llmq_msg_t *self);                              \
     void llmq_msg_set_##name(llmq_msg_t *self, bool value);
-#define LLMQ_ACCESSOR_DBL(name)                                             \
-    double llmq_msg_##name(const llmq_msg_t *self);                         \
+#define LLMQ_ACCESSOR_DBL(name)                                                \
+    double llmq_msg_##name(const llmq_msg_t *self);                            \
     void llmq_msg_set_##name(llmq_msg_t *self, double value);
-#define LLMQ_ACCESSOR_RAW(name)                                             \
-    const uint8_t *llmq_msg_##name(const llmq_msg_t *self, size_t *size);   \
+#define LLMQ_ACCESSOR_RAW(name)                                                \
+    const uint8_t *llmq_msg_##name(const llmq_msg_t *self, size_t *size);      \
     void llmq_msg_set_##name(llmq_msg_t *self, const void *data, size_t size);
-#define LLMQ_ACCESSOR_STRS(name)                                            \
-    size_t llmq_msg_##name##_count(const llmq_msg_t *self);                 \
-    const char *llmq_msg_##name##_at(const llmq_msg_t *self, size_t index); \
-    void llmq_msg_set_##name(llmq_msg_t *self, const char *const *items,    \
+#define LLMQ_ACCESSOR_STRS(name)                                               \
+    size_t llmq_msg_##name##_count(const llmq_msg_t *self);                    \
+    const char *llmq_msg_##name##_at(const llmq_msg_t *self, size_t index);    \
+    void llmq_msg_set_##name(llmq_msg_t *self, const char *const *items,       \
                              size_t count);
 #define LLMQ_FIELD(name, group, key, kind, max) LLMQ_ACCESSOR_##kind(name)
 #include "llmq_proto.def"

@@ -46,8 +46,8 @@ zframe_t *llmq_value_from_json(const cJSON *json);
 
 /*  Parse JSON text (len bytes, need not be NUL-terminated) and encode it as
     msgpack. NULL with a reason in errbuf on a JSON syntax error. */
-zframe_t *llmq_value_from_json_text(const char *text, size_t len,
-                                    char *errbuf, size_t errlen);
+zframe_t *llmq_value_from_json_text(const char *text, size_t len, char *errbuf,
+                                    size_t errlen);
 
 /*  True if data is exactly one well-formed msgpack value within the limits
     above (what llmq_msg uses to check RAW fields and payloads). */

@@ -54,14 +54,14 @@ typedef struct {
 static inline void llmq_mp_init(llmq_mp_reader_t *r, const void *data,
                                 size_t size)
 {
-    r->p = (const uint8_t *) data;
+    r->p = (const uint8_t *)data;
     r->end = r->p + size;
     r->err = NULL;
 }
 
 static inline size_t llmq_mp_left(const llmq_mp_reader_t *r)
 {
-    return (size_t) (r->end - r->p);
+    return (size_t)(r->end - r->p);
 }
 
 static inline int llmq_mp_fail(llmq_mp_reader_t *r, const char *reason)
@@ -74,7 +74,7 @@ static inline int llmq_mp_fail(llmq_mp_reader_t *r, const char *reason)
 /*  Read an unsigned big-endian number of n bytes (1, 2, 4 or 8). */
 static inline int llmq_mp_be(llmq_mp_reader_t *r, int n, uint64_t *out)
 {
-    if (llmq_mp_left(r) < (size_t) n)
+    if (llmq_mp_left(r) < (size_t)n)
         return llmq_mp_fail(r, "truncated");
     uint64_t v = 0;
     for (int k = 0; k < n; k++)
@@ -91,7 +91,7 @@ static inline int llmq_mp_body(llmq_mp_reader_t *r, llmq_mp_item_t *it,
     if (len > llmq_mp_left(r))
         return llmq_mp_fail(r, "truncated");
     it->ptr = r->p;
-    it->len = (uint32_t) len;
+    it->len = (uint32_t)len;
     r->p += len;
     return 0;
 }
@@ -104,7 +104,7 @@ static inline int llmq_mp_count(llmq_mp_reader_t *r, llmq_mp_item_t *it,
     if (need > llmq_mp_left(r))
         return llmq_mp_fail(r, "count exceeds bytes left");
     it->kind = kind;
-    it->len = (uint32_t) n;
+    it->len = (uint32_t)n;
     return 0;
 }
 
@@ -121,7 +121,7 @@ static inline int llmq_mp_sized(llmq_mp_reader_t *r, llmq_mp_item_t *it,
         uint64_t type;
         if (llmq_mp_be(r, 1, &type))
             return -1;
-        it->ext_type = (int8_t) (uint8_t) type;
+        it->ext_type = (int8_t)(uint8_t)type;
     }
     return llmq_mp_body(r, it, n);
 }
@@ -133,7 +133,7 @@ static inline int llmq_mp_fixext(llmq_mp_reader_t *r, llmq_mp_item_t *it,
     if (llmq_mp_be(r, 1, &type))
         return -1;
     it->kind = LLMQ_MP_EXT;
-    it->ext_type = (int8_t) (uint8_t) type;
+    it->ext_type = (int8_t)(uint8_t)type;
     return llmq_mp_body(r, it, len);
 }
 
@@ -146,7 +146,7 @@ static inline int llmq_mp_number(llmq_mp_reader_t *r, llmq_mp_item_t *it,
             return -1;
         it->kind = LLMQ_MP_FLOAT;
         if (b == 0xca) {
-            uint32_t w = (uint32_t) v;
+            uint32_t w = (uint32_t)v;
             float f;
             memcpy(&f, &w, sizeof f);
             it->d = f;
@@ -164,12 +164,12 @@ static inline int llmq_mp_number(llmq_mp_reader_t *r, llmq_mp_item_t *it,
     }
     /* sign-extend int8..int64 */
     int shift = 64 - 8 * width;
-    int64_t s = (int64_t) (v << shift) >> shift;
+    int64_t s = (int64_t)(v << shift) >> shift;
     it->kind = s < 0 ? LLMQ_MP_INT : LLMQ_MP_UINT;
     if (s < 0)
         it->i = s;
     else
-        it->u = (uint64_t) s;
+        it->u = (uint64_t)s;
     return 0;
 }
 
@@ -182,7 +182,7 @@ static inline int llmq_mp_fixed(llmq_mp_reader_t *r, llmq_mp_item_t *it,
         it->u = b;
     } else if (b >= 0xe0) {
         it->kind = LLMQ_MP_INT;
-        it->i = (int8_t) b;
+        it->i = (int8_t)b;
     } else if (b <= 0x8f)
         return llmq_mp_count(r, it, LLMQ_MP_MAP, b & 0x0f);
     else if (b <= 0x9f)
@@ -216,17 +216,29 @@ static inline int llmq_mp_read(llmq_mp_reader_t *r, llmq_mp_item_t *it)
     if (b <= 0xc3 || b >= 0xe0)
         return llmq_mp_fixed(r, it, b);
     switch (b) {
-    case 0xc4: case 0xc5: case 0xc6:
+    case 0xc4:
+    case 0xc5:
+    case 0xc6:
         return llmq_mp_sized(r, it, LLMQ_MP_BIN, 1 << (b - 0xc4));
-    case 0xc7: case 0xc8: case 0xc9:
+    case 0xc7:
+    case 0xc8:
+    case 0xc9:
         return llmq_mp_sized(r, it, LLMQ_MP_EXT, 1 << (b - 0xc7));
-    case 0xd4: case 0xd5: case 0xd6: case 0xd7: case 0xd8:
+    case 0xd4:
+    case 0xd5:
+    case 0xd6:
+    case 0xd7:
+    case 0xd8:
         return llmq_mp_fixext(r, it, 1u << (b - 0xd4));
-    case 0xd9: case 0xda: case 0xdb:
+    case 0xd9:
+    case 0xda:
+    case 0xdb:
         return llmq_mp_sized(r, it, LLMQ_MP_STR, 1 << (b - 0xd9));
-    case 0xdc: case 0xdd:
+    case 0xdc:
+    case 0xdd:
         return llmq_mp_sized(r, it, LLMQ_MP_ARRAY, b == 0xdc ? 2 : 4);
-    case 0xde: case 0xdf:
+    case 0xde:
+    case 0xdf:
         return llmq_mp_sized(r, it, LLMQ_MP_MAP, b == 0xde ? 2 : 4);
     default: /* 0xca..0xd3: floats, uints, ints */
         return llmq_mp_number(r, it, b);
@@ -244,7 +256,7 @@ static inline int llmq_mp_skip(llmq_mp_reader_t *r, int max_depth)
         return 0;
     if (max_depth <= 0)
         return llmq_mp_fail(r, "nesting too deep");
-    uint64_t n = it.kind == LLMQ_MP_MAP ? (uint64_t) it.len * 2 : it.len;
+    uint64_t n = it.kind == LLMQ_MP_MAP ? (uint64_t)it.len * 2 : it.len;
     for (uint64_t k = 0; k < n; k++)
         if (llmq_mp_skip(r, max_depth - 1))
             return -1;
@@ -263,7 +275,7 @@ static inline bool llmq_mp_utf8(const uint8_t *s, size_t len)
             continue;
         }
         int n = c >= 0xf0 ? 3 : c >= 0xe0 ? 2 : 1;
-        if (c < 0xc2 || c > 0xf4 || len - k <= (size_t) n)
+        if (c < 0xc2 || c > 0xf4 || len - k <= (size_t)n)
             return false;
         uint32_t cp = c & (0x3f >> n);
         for (int j = 1; j <= n; j++) {

@@ -45,15 +45,15 @@ typedef struct {
 } s_field_t;
 
 static const s_field_t s_fields[LLMQ_F_COUNT] = {
-#define LLMQ_FIELD(name, group, key, kind, max)                              \
+#define LLMQ_FIELD(name, group, key, kind, max)                                \
     {#name, group, key, S_##kind, max},
 #include "llmq_proto.def"
 };
 
 /*  Required fields per message type, each list ending with -1. */
 #define LLMQ_REQ(field) LLMQ_F_##field,
-#define LLMQ_MSG(ID, name, payload, required)                                \
-    static const int s_req_##ID[] = {required -1};
+#define LLMQ_MSG(ID, name, payload, required)                                  \
+    static const int s_req_##ID[] = {required - 1};
 #include "llmq_proto.def"
 static const int s_req_INVALID[] = {-1};
 
@@ -65,7 +65,7 @@ typedef struct {
 
 static const s_msgdef_t s_msgs[LLMQ_MSG_COUNT] = {
     {"invalid", S_PAYLOAD_NONE, s_req_INVALID},
-#define LLMQ_MSG(ID, name, payload, required)                                \
+#define LLMQ_MSG(ID, name, payload, required)                                  \
     {name, S_PAYLOAD_##payload, s_req_##ID},
 #include "llmq_proto.def"
 };
@@ -86,10 +86,10 @@ static const s_errdef_t s_errs[LLMQ_ERR_COUNT] = {
 typedef struct {
     bool set; /* field present */
     union {
-        char *s;    /* STR */
-        int64_t i;  /* INT */
-        bool b;     /* BOOL */
-        double d;   /* DBL */
+        char *s;   /* STR */
+        int64_t i; /* INT */
+        bool b;    /* BOOL */
+        double d;  /* DBL */
         struct {
             uint8_t *data;
             size_t size;
@@ -102,18 +102,18 @@ typedef struct {
 } s_value_t;
 
 struct _llmq_msg_t {
-    llmq_msg_type_t type;            /* LLMQ_MSG_INVALID for bad input */
-    zframe_t *routing_id;            /* ROUTER peer, or NULL */
-    zframe_t *payload;               /* opaque payload frame, or NULL */
-    char *reason;                    /* why the input was INVALID */
-    s_value_t values[LLMQ_F_COUNT];  /* one slot per field of the .def */
+    llmq_msg_type_t type;           /* LLMQ_MSG_INVALID for bad input */
+    zframe_t *routing_id;           /* ROUTER peer, or NULL */
+    zframe_t *payload;              /* opaque payload frame, or NULL */
+    char *reason;                   /* why the input was INVALID */
+    s_value_t values[LLMQ_F_COUNT]; /* one slot per field of the .def */
 };
 
 llmq_msg_t *llmq_msg_new(llmq_msg_type_t type)
 {
-    if ((int) type < 0 || type >= LLMQ_MSG_COUNT)
+    if ((int)type < 0 || type >= LLMQ_MSG_COUNT)
         return NULL;
-    llmq_msg_t *self = (llmq_msg_t *) calloc(1, sizeof *self);
+    llmq_msg_t *self = (llmq_msg_t *)calloc(1, sizeof *self);
     if (self)
         self->type = type;
     return self;
@@ -147,7 +147,7 @@ void llmq_msg_destroy(llmq_msg_t **self_p)
         return;
     llmq_msg_t *self = *self_p;
     for (int f = 0; f < LLMQ_F_COUNT; f++)
-        s_unset(self, (llmq_field_t) f);
+        s_unset(self, (llmq_field_t)f);
     zframe_destroy(&self->routing_id);
     zframe_destroy(&self->payload);
     free(self->reason);
@@ -160,7 +160,7 @@ void llmq_msg_destroy(llmq_msg_t **self_p)
 static int s_set_strn(llmq_msg_t *self, llmq_field_t f, const char *s,
                       size_t len)
 {
-    char *copy = (char *) malloc(len + 1);
+    char *copy = (char *)malloc(len + 1);
     if (!copy)
         return -1;
     memcpy(copy, s, len);
@@ -174,7 +174,7 @@ static int s_set_strn(llmq_msg_t *self, llmq_field_t f, const char *s,
 static int s_set_raw(llmq_msg_t *self, llmq_field_t f, const void *data,
                      size_t size)
 {
-    uint8_t *copy = (uint8_t *) malloc(size ? size : 1);
+    uint8_t *copy = (uint8_t *)malloc(size ? size : 1);
     if (!copy)
         return -1;
     if (size)
@@ -189,7 +189,7 @@ static int s_set_raw(llmq_msg_t *self, llmq_field_t f, const void *data,
 static int s_set_strs(llmq_msg_t *self, llmq_field_t f,
                       const char *const *items, size_t count)
 {
-    char **copy = (char **) calloc(count ? count : 1, sizeof(char *));
+    char **copy = (char **)calloc(count ? count : 1, sizeof(char *));
     if (!copy)
         return -1;
     for (size_t k = 0; k < count; k++) {
@@ -226,67 +226,66 @@ static const s_value_t *s_get(const llmq_msg_t *self, llmq_field_t f)
 #undef LLMQ_ACCESSOR_DBL
 #undef LLMQ_ACCESSOR_RAW
 #undef LLMQ_ACCESSOR_STRS
-#define LLMQ_ACCESSOR_STR(name)                                             \
-    const char *llmq_msg_##name(const llmq_msg_t *self)                     \
-    {                                                                       \
-        const s_value_t *v = s_get(self, LLMQ_F_##name);                    \
-        return v ? v->s : NULL;                                             \
-    }                                                                       \
-    void llmq_msg_set_##name(llmq_msg_t *self, const char *value)           \
-    {                                                                       \
-        if (value)                                                          \
-            s_set_strn(self, LLMQ_F_##name, value, strlen(value));          \
-        else                                                                \
-            s_unset(self, LLMQ_F_##name);                                   \
+#define LLMQ_ACCESSOR_STR(name)                                                \
+    const char *llmq_msg_##name(const llmq_msg_t *self)                        \
+    {                                                                          \
+        const s_value_t *v = s_get(self, LLMQ_F_##name);                       \
+        return v ? v->s : NULL;                                                \
+    }                                                                          \
+    void llmq_msg_set_##name(llmq_msg_t *self, const char *value)              \
+    {                                                                          \
+        if (value)                                                             \
+            s_set_strn(self, LLMQ_F_##name, value, strlen(value));             \
+        else                                                                   \
+            s_unset(self, LLMQ_F_##name);                                      \
     }
-#define LLMQ_ACCESSOR_SCALAR(name, ctype, member)                           \
-    ctype llmq_msg_##name(const llmq_msg_t *self)                           \
-    {                                                                       \
-        const s_value_t *v = s_get(self, LLMQ_F_##name);                    \
-        return v ? v->member : (ctype) 0;                                   \
-    }                                                                       \
-    void llmq_msg_set_##name(llmq_msg_t *self, ctype value)                 \
-    {                                                                       \
-        s_value_t v = {.member = value};                                    \
-        s_set_scalar(self, LLMQ_F_##name, v);                               \
+#define LLMQ_ACCESSOR_SCALAR(name, ctype, member)                              \
+    ctype llmq_msg_##name(const llmq_msg_t *self)                              \
+    {                                                                          \
+        const s_value_t *v = s_get(self, LLMQ_F_##name);                       \
+        return v ? v->member : (ctype)0;                                       \
+    }                                                                          \
+    void llmq_msg_set_##name(llmq_msg_t *self, ctype value)                    \
+    {                                                                          \
+        s_value_t v = {.member = value};                                       \
+        s_set_scalar(self, LLMQ_F_##name, v);                                  \
     }
 #define LLMQ_ACCESSOR_INT(name) LLMQ_ACCESSOR_SCALAR(name, int64_t, i)
 #define LLMQ_ACCESSOR_BOOL(name) LLMQ_ACCESSOR_SCALAR(name, bool, b)
 #define LLMQ_ACCESSOR_DBL(name) LLMQ_ACCESSOR_SCALAR(name, double, d)
-#define LLMQ_ACCESSOR_RAW(name)                                             \
-    const uint8_t *llmq_msg_##name(const llmq_msg_t *self, size_t *size)    \
-    {                                                                       \
-        const s_value_t *v = s_get(self, LLMQ_F_##name);                    \
-        if (size)                                                           \
-            *size = v ? v->raw.size : 0;                                    \
-        return v ? v->raw.data : NULL;                                      \
-    }                                                                       \
-    void llmq_msg_set_##name(llmq_msg_t *self, const void *data,            \
-                             size_t size)                                   \
-    {                                                                       \
-        if (data)                                                           \
-            s_set_raw(self, LLMQ_F_##name, data, size);                     \
-        else                                                                \
-            s_unset(self, LLMQ_F_##name);                                   \
+#define LLMQ_ACCESSOR_RAW(name)                                                \
+    const uint8_t *llmq_msg_##name(const llmq_msg_t *self, size_t *size)       \
+    {                                                                          \
+        const s_value_t *v = s_get(self, LLMQ_F_##name);                       \
+        if (size)                                                              \
+            *size = v ? v->raw.size : 0;                                       \
+        return v ? v->raw.data : NULL;                                         \
+    }                                                                          \
+    void llmq_msg_set_##name(llmq_msg_t *self, const void *data, size_t size)  \
+    {                                                                          \
+        if (data)                                                              \
+            s_set_raw(self, LLMQ_F_##name, data, size);                        \
+        else                                                                   \
+            s_unset(self, LLMQ_F_##name);                                      \
     }
-#define LLMQ_ACCESSOR_STRS(name)                                            \
-    size_t llmq_msg_##name##_count(const llmq_msg_t *self)                  \
-    {                                                                       \
-        const s_value_t *v = s_get(self, LLMQ_F_##name);                    \
-        return v ? v->strs.count : 0;                                       \
-    }                                                                       \
-    const char *llmq_msg_##name##_at(const llmq_msg_t *self, size_t index)  \
-    {                                                                       \
-        const s_value_t *v = s_get(self, LLMQ_F_##name);                    \
-        return v && index < v->strs.count ? v->strs.items[index] : NULL;    \
-    }                                                                       \
-    void llmq_msg_set_##name(llmq_msg_t *self, const char *const *items,    \
-                             size_t count)                                  \
-    {                                                                       \
-        if (items || count == 0)                                            \
-            s_set_strs(self, LLMQ_F_##name, items, items ? count : 0);      \
-        else                                                                \
-            s_unset(self, LLMQ_F_##name);                                   \
+#define LLMQ_ACCESSOR_STRS(name)                                               \
+    size_t llmq_msg_##name##_count(const llmq_msg_t *self)                     \
+    {                                                                          \
+        const s_value_t *v = s_get(self, LLMQ_F_##name);                       \
+        return v ? v->strs.count : 0;                                          \
+    }                                                                          \
+    const char *llmq_msg_##name##_at(const llmq_msg_t *self, size_t index)     \
+    {                                                                          \
+        const s_value_t *v = s_get(self, LLMQ_F_##name);                       \
+        return v && index < v->strs.count ? v->strs.items[index] : NULL;       \
+    }                                                                          \
+    void llmq_msg_set_##name(llmq_msg_t *self, const char *const *items,       \
+                             size_t count)                                     \
+    {                                                                          \
+        if (items || count == 0)                                               \
+            s_set_strs(self, LLMQ_F_##name, items, items ? count : 0);         \
+        else                                                                   \
+            s_unset(self, LLMQ_F_##name);                                      \
     }
 #define LLMQ_FIELD(name, group, key, kind, max) LLMQ_ACCESSOR_##kind(name)
 #include "llmq_proto.def"
@@ -302,17 +301,16 @@ llmq_msg_t *llmq_msg_dup(const llmq_msg_t *self)
         return NULL;
     int rc = 0;
     for (int f = 0; f < LLMQ_F_COUNT && rc == 0; f++) {
-        const s_value_t *v = s_get(self, (llmq_field_t) f);
+        const s_value_t *v = s_get(self, (llmq_field_t)f);
         if (!v)
             continue;
         if (s_fields[f].kind == S_STR)
-            rc = s_set_strn(copy, (llmq_field_t) f, v->s, strlen(v->s));
+            rc = s_set_strn(copy, (llmq_field_t)f, v->s, strlen(v->s));
         else if (s_fields[f].kind == S_RAW)
-            rc = s_set_raw(copy, (llmq_field_t) f, v->raw.data, v->raw.size);
+            rc = s_set_raw(copy, (llmq_field_t)f, v->raw.data, v->raw.size);
         else if (s_fields[f].kind == S_STRS)
-            rc = s_set_strs(copy, (llmq_field_t) f,
-                            (const char *const *) v->strs.items,
-                            v->strs.count);
+            rc = s_set_strs(copy, (llmq_field_t)f,
+                            (const char *const *)v->strs.items, v->strs.count);
         else
             copy->values[f] = *v;
     }
@@ -334,7 +332,7 @@ llmq_msg_type_t llmq_msg_type(const llmq_msg_t *self)
 
 const char *llmq_msg_type_name(llmq_msg_type_t type)
 {
-    if ((int) type < 0 || type >= LLMQ_MSG_COUNT)
+    if ((int)type < 0 || type >= LLMQ_MSG_COUNT)
         return "invalid";
     return s_msgs[type].name;
 }
@@ -344,7 +342,7 @@ static llmq_msg_type_t s_type_from_namen(const char *name, size_t len)
     for (int t = 1; t < LLMQ_MSG_COUNT; t++)
         if (strlen(s_msgs[t].name) == len &&
             memcmp(s_msgs[t].name, name, len) == 0)
-            return (llmq_msg_type_t) t;
+            return (llmq_msg_type_t)t;
     return LLMQ_MSG_INVALID;
 }
 
@@ -364,34 +362,34 @@ const char *llmq_msg_invalid_reason(const llmq_msg_t *self)
 
 bool llmq_msg_has(const llmq_msg_t *self, llmq_field_t field)
 {
-    if ((int) field < 0 || field >= LLMQ_F_COUNT)
+    if ((int)field < 0 || field >= LLMQ_F_COUNT)
         return false;
     return s_get(self, field) != NULL;
 }
 
 void llmq_msg_clear(llmq_msg_t *self, llmq_field_t field)
 {
-    if (self && (int) field >= 0 && field < LLMQ_F_COUNT)
+    if (self && (int)field >= 0 && field < LLMQ_F_COUNT)
         s_unset(self, field);
 }
 
 const char *llmq_msg_field_name(llmq_field_t field)
 {
-    if ((int) field < 0 || field >= LLMQ_F_COUNT)
+    if ((int)field < 0 || field >= LLMQ_F_COUNT)
         return NULL;
     return s_fields[field].name;
 }
 
 const char *llmq_msg_field_key(llmq_field_t field)
 {
-    if ((int) field < 0 || field >= LLMQ_F_COUNT)
+    if ((int)field < 0 || field >= LLMQ_F_COUNT)
         return NULL;
     return s_fields[field].key;
 }
 
 const char *llmq_msg_field_group(llmq_field_t field)
 {
-    if ((int) field < 0 || field >= LLMQ_F_COUNT)
+    if ((int)field < 0 || field >= LLMQ_F_COUNT)
         return NULL;
     return s_fields[field].group;
 }
@@ -442,7 +440,7 @@ void llmq_msg_set_routing_id(llmq_msg_t *self, const zframe_t *routing_id)
         return;
     zframe_destroy(&self->routing_id);
     if (routing_id)
-        self->routing_id = zframe_dup((zframe_t *) routing_id);
+        self->routing_id = zframe_dup((zframe_t *)routing_id);
 }
 
 /*  ---- encode ----------------------------------------------------------- */
@@ -480,7 +478,7 @@ static int s_check_field(const llmq_msg_t *self, llmq_field_t f, char *errbuf,
         if (len > def->max)
             return s_errf(errbuf, errlen, "'%s' too long (%zu > %zu bytes)",
                           name, len, def->max);
-        if (!llmq_mp_utf8((const uint8_t *) v->s, len))
+        if (!llmq_mp_utf8((const uint8_t *)v->s, len))
             return s_errf(errbuf, errlen, "'%s' invalid UTF-8", name);
     } else if (def->kind == S_RAW) {
         if (v->raw.size > def->max)
@@ -494,7 +492,7 @@ static int s_check_field(const llmq_msg_t *self, llmq_field_t f, char *errbuf,
                           name, v->strs.count, def->max);
         for (size_t k = 0; k < v->strs.count; k++)
             if (strlen(v->strs.items[k]) > S_MAX_STRS_ITEM ||
-                !llmq_mp_utf8((const uint8_t *) v->strs.items[k],
+                !llmq_mp_utf8((const uint8_t *)v->strs.items[k],
                               strlen(v->strs.items[k])))
                 return s_errf(errbuf, errlen, "'%s' bad item %zu", name, k);
     }
@@ -508,11 +506,10 @@ static int s_check(const llmq_msg_t *self, char *errbuf, size_t errlen)
     for (const int *r = s_msgs[self->type].required; *r >= 0; r++)
         if (!self->values[*r].set)
             return s_errf(errbuf, errlen, "missing required '%s'",
-                          s_field_label((llmq_field_t) *r, label,
-                                        sizeof label));
+                          s_field_label((llmq_field_t)*r, label, sizeof label));
     for (int f = 0; f < LLMQ_F_COUNT; f++)
         if (self->values[f].set &&
-            s_check_field(self, (llmq_field_t) f, errbuf, errlen))
+            s_check_field(self, (llmq_field_t)f, errbuf, errlen))
             return -1;
     return 0;
 }
@@ -545,7 +542,7 @@ static void s_pack_value(msgpack_packer *pk, msgpack_sbuffer *sbuf,
         msgpack_pack_double(pk, v->d);
         break;
     case S_RAW:
-        msgpack_sbuffer_write(sbuf, (const char *) v->raw.data, v->raw.size);
+        msgpack_sbuffer_write(sbuf, (const char *)v->raw.data, v->raw.size);
         break;
     case S_STRS:
         msgpack_pack_array(pk, v->strs.count);
@@ -642,13 +639,13 @@ zframe_t *llmq_msg_encode(const llmq_msg_t *self, char *errbuf, size_t errlen)
 /*  ---- decode ----------------------------------------------------------- */
 
 typedef struct {
-    llmq_mp_reader_t r;  /* over the header bytes */
-    llmq_msg_t *msg;     /* fields land here; type is set at the end */
-    char reason[160];    /* first failure, formatted */
-    bool has_v;          /* `v` seen */
-    int64_t v;           /* its value */
-    const uint8_t *t;    /* `t` bytes, borrowed from the input */
-    uint32_t t_len;      /* their length */
+    llmq_mp_reader_t r; /* over the header bytes */
+    llmq_msg_t *msg;    /* fields land here; type is set at the end */
+    char reason[160];   /* first failure, formatted */
+    bool has_v;         /* `v` seen */
+    int64_t v;          /* its value */
+    const uint8_t *t;   /* `t` bytes, borrowed from the input */
+    uint32_t t_len;     /* their length */
 } s_decoder_t;
 
 static int s_fail(s_decoder_t *d, const char *fmt, ...)
@@ -713,7 +710,7 @@ static int s_dec_str(s_decoder_t *d, llmq_field_t f, const llmq_mp_item_t *it)
         return s_fail(d, "'%s' contains NUL", name);
     if (!llmq_mp_utf8(it->ptr, it->len))
         return s_fail(d, "'%s' invalid UTF-8", name);
-    if (s_set_strn(d->msg, f, (const char *) it->ptr, it->len))
+    if (s_set_strn(d->msg, f, (const char *)it->ptr, it->len))
         return s_fail(d, "out of memory");
     return 0;
 }
@@ -722,9 +719,9 @@ static int s_dec_int(s_decoder_t *d, llmq_field_t f, const llmq_mp_item_t *it)
 {
     s_value_t v = {.i = it->i};
     if (it->kind == LLMQ_MP_UINT) {
-        if (it->u > (uint64_t) INT64_MAX)
+        if (it->u > (uint64_t)INT64_MAX)
             return s_fail(d, "'%s' out of range", s_fields[f].key);
-        v.i = (int64_t) it->u;
+        v.i = (int64_t)it->u;
     } else if (it->kind != LLMQ_MP_INT)
         return s_wrong_type(d, f, "integer");
     s_set_scalar(d->msg, f, v);
@@ -742,24 +739,23 @@ static int s_dec_scalar(s_decoder_t *d, llmq_field_t f,
     } else if (it->kind == LLMQ_MP_FLOAT)
         v.d = it->d;
     else if (it->kind == LLMQ_MP_UINT)
-        v.d = (double) it->u;
+        v.d = (double)it->u;
     else if (it->kind == LLMQ_MP_INT)
-        v.d = (double) it->i;
+        v.d = (double)it->i;
     else
         return s_wrong_type(d, f, "number");
     s_set_scalar(d->msg, f, v);
     return 0;
 }
 
-static int s_dec_strs(s_decoder_t *d, llmq_field_t f,
-                      const llmq_mp_item_t *it)
+static int s_dec_strs(s_decoder_t *d, llmq_field_t f, const llmq_mp_item_t *it)
 {
     if (it->kind != LLMQ_MP_ARRAY)
         return s_wrong_type(d, f, "array of strings");
     if (it->len > s_fields[f].max)
         return s_fail(d, "'%s' too many items (%u > %zu)", s_fields[f].key,
                       it->len, s_fields[f].max);
-    char **items = (char **) calloc(it->len ? it->len : 1, sizeof(char *));
+    char **items = (char **)calloc(it->len ? it->len : 1, sizeof(char *));
     if (!items)
         return s_fail(d, "out of memory");
     for (uint32_t k = 0; k < it->len; k++) {
@@ -767,7 +763,8 @@ static int s_dec_strs(s_decoder_t *d, llmq_field_t f,
         if (llmq_mp_read(&d->r, &s) ||
             (s.kind != LLMQ_MP_STR && s.kind != LLMQ_MP_BIN) ||
             s.len > S_MAX_STRS_ITEM || memchr(s.ptr, 0, s.len) ||
-            !llmq_mp_utf8(s.ptr, s.len) || !(items[k] = strndup((const char *) s.ptr, s.len))) {
+            !llmq_mp_utf8(s.ptr, s.len) ||
+            !(items[k] = strndup((const char *)s.ptr, s.len))) {
             s_free_strs(items, k);
             return d->r.err ? s_fail_reader(d)
                             : s_fail(d, "'%s' bad item %u", s_fields[f].key, k);
@@ -786,7 +783,7 @@ static int s_dec_raw(s_decoder_t *d, llmq_field_t f)
     const uint8_t *start = d->r.p;
     if (llmq_mp_skip(&d->r, S_MAX_DEPTH))
         return s_fail_reader(d);
-    size_t size = (size_t) (d->r.p - start);
+    size_t size = (size_t)(d->r.p - start);
     if (size > s_fields[f].max)
         return s_fail(d, "'%s' too large (%zu > %zu bytes)", s_fields[f].key,
                       size, s_fields[f].max);
@@ -846,7 +843,7 @@ static int s_dec_group(s_decoder_t *d, const char *group)
         if (s_read_key(d, &key))
             return -1;
         int f = s_find_field(group, key.ptr, key.len);
-        if (f >= 0 && s_dec_field(d, (llmq_field_t) f))
+        if (f >= 0 && s_dec_field(d, (llmq_field_t)f))
             return -1;
         if (f < 0 && llmq_mp_skip(&d->r, S_MAX_DEPTH - 2))
             return s_fail_reader(d);
@@ -883,7 +880,7 @@ static int s_dec_entry(s_decoder_t *d)
         return s_dec_vt(d, &key);
     int f = s_find_field(NULL, key.ptr, key.len);
     if (f >= 0)
-        return s_dec_field(d, (llmq_field_t) f);
+        return s_dec_field(d, (llmq_field_t)f);
     const char *group = s_find_group(key.ptr, key.len);
     if (group)
         return s_dec_group(d, group);
@@ -913,21 +910,20 @@ static int s_dec_finish(s_decoder_t *d, bool has_payload)
     if (!d->has_v)
         return s_fail(d, "missing 'v'");
     if (d->v != LLMQ_PROTOCOL_VERSION)
-        return s_fail(d, "unsupported version %lld", (long long) d->v);
+        return s_fail(d, "unsupported version %lld", (long long)d->v);
     if (!d->t)
         return s_fail(d, "missing 't'");
-    llmq_msg_type_t type = s_type_from_namen((const char *) d->t, d->t_len);
+    llmq_msg_type_t type = s_type_from_namen((const char *)d->t, d->t_len);
     if (type == LLMQ_MSG_INVALID)
-        return s_fail(d, "unknown type '%.*s'",
-                      (int) (d->t_len > S_MAX_TYPE_NAME ? S_MAX_TYPE_NAME
-                                                        : d->t_len),
-                      (const char *) d->t);
+        return s_fail(
+            d, "unknown type '%.*s'",
+            (int)(d->t_len > S_MAX_TYPE_NAME ? S_MAX_TYPE_NAME : d->t_len),
+            (const char *)d->t);
     char label[64];
     for (const int *r = s_msgs[type].required; *r >= 0; r++)
         if (!d->msg->values[*r].set)
             return s_fail(d, "missing required '%s'",
-                          s_field_label((llmq_field_t) *r, label,
-                                        sizeof label));
+                          s_field_label((llmq_field_t)*r, label, sizeof label));
     if (has_payload && s_msgs[type].payload == S_PAYLOAD_NONE)
         return s_fail(d, "payload not allowed for '%s'", s_msgs[type].name);
     if (!has_payload && s_msgs[type].payload == S_PAYLOAD_REQ)
@@ -1033,8 +1029,7 @@ int llmq_msg_send(llmq_msg_t **self_p, void *sock)
     reply can name the request. Only a top-level string <= 64 bytes. */
 static void s_salvage_id(llmq_msg_t *msg, const void *data, size_t size)
 {
-    if (llmq_msg_has(msg, LLMQ_F_id) || !data ||
-        size > LLMQ_MAX_HEADER_SIZE)
+    if (llmq_msg_has(msg, LLMQ_F_id) || !data || size > LLMQ_MAX_HEADER_SIZE)
         return;
     llmq_mp_reader_t r;
     llmq_mp_item_t it, key, val;
@@ -1048,9 +1043,9 @@ static void s_salvage_id(llmq_msg_t *msg, const void *data, size_t size)
                      memcmp(key.ptr, "id", 2) == 0;
         const uint8_t *mark = r.p;
         if (is_id && llmq_mp_read(&r, &val) == 0 && val.kind == LLMQ_MP_STR &&
-            val.len <= s_fields[LLMQ_F_id].max && !memchr(val.ptr, 0, val.len) &&
-            llmq_mp_utf8(val.ptr, val.len)) {
-            s_set_strn(msg, LLMQ_F_id, (const char *) val.ptr, val.len);
+            val.len <= s_fields[LLMQ_F_id].max &&
+            !memchr(val.ptr, 0, val.len) && llmq_mp_utf8(val.ptr, val.len)) {
+            s_set_strn(msg, LLMQ_F_id, (const char *)val.ptr, val.len);
             return;
         }
         r.p = mark;
@@ -1126,14 +1121,14 @@ llmq_msg_t *llmq_msg_recv(void *sock)
 
 const char *llmq_err_name(llmq_err_t err)
 {
-    if ((int) err < 0 || err >= LLMQ_ERR_COUNT)
+    if ((int)err < 0 || err >= LLMQ_ERR_COUNT)
         return "unknown";
     return s_errs[err].name;
 }
 
 bool llmq_err_retryable(llmq_err_t err)
 {
-    if ((int) err <= 0 || err >= LLMQ_ERR_COUNT)
+    if ((int)err <= 0 || err >= LLMQ_ERR_COUNT)
         return false;
     return s_errs[err].retryable;
 }
@@ -1144,7 +1139,7 @@ llmq_err_t llmq_err_from_name(const char *name)
         return LLMQ_ERR_NONE;
     for (int e = 1; e < LLMQ_ERR_COUNT; e++)
         if (strcmp(s_errs[e].name, name) == 0)
-            return (llmq_err_t) e;
+            return (llmq_err_t)e;
     return LLMQ_ERR_NONE;
 }
 
@@ -1169,14 +1164,14 @@ static void s_print_field(const llmq_msg_t *self, int f)
 {
     const s_value_t *v = &self->values[f];
     char label[64];
-    fprintf(stderr, "    %s: ", s_field_label((llmq_field_t) f, label,
-                                               sizeof label));
+    fprintf(stderr,
+            "    %s: ", s_field_label((llmq_field_t)f, label, sizeof label));
     switch (s_fields[f].kind) {
     case S_STR:
         fprintf(stderr, "\"%s\"\n", v->s);
         break;
     case S_INT:
-        fprintf(stderr, "%lld\n", (long long) v->i);
+        fprintf(stderr, "%lld\n", (long long)v->i);
         break;
     case S_BOOL:
         fprintf(stderr, "%s\n", v->b ? "true" : "false");
@@ -1217,13 +1212,13 @@ void llmq_msg_print(const llmq_msg_t *self)
 /*  ---- selftest ---------------------------------------------------------- */
 
 /*  Checks that stay on in release builds (NDEBUG removes assert). */
-#define S_TEST(cond)                                                         \
-    do {                                                                     \
-        if (!(cond)) {                                                       \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, \
-                    #cond);                                                  \
-            abort();                                                         \
-        }                                                                    \
+#define S_TEST(cond)                                                           \
+    do {                                                                       \
+        if (!(cond)) {                                                         \
+            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__,   \
+                    #cond);                                                    \
+            abort();                                                           \
+        }                                                                      \
     } while (0)
 
 /*  Encode, decode, compare the fields that matter. */
@@ -1284,8 +1279,8 @@ static void s_test_failure(void)
     llmq_msg_set_id(res, "x");
     llmq_msg_set_failure(res, LLMQ_ERR_RATE_LIMITED, 429, "slow down");
     zframe_t *frame = llmq_msg_encode(res, NULL, 0);
-    llmq_msg_t *back = llmq_msg_decode(zframe_data(frame), zframe_size(frame),
-                                       false, NULL, 0);
+    llmq_msg_t *back =
+        llmq_msg_decode(zframe_data(frame), zframe_size(frame), false, NULL, 0);
     S_TEST(back && !llmq_msg_ok(back) && llmq_msg_has(back, LLMQ_F_ok));
     S_TEST(streq(llmq_msg_error_code(back), "rate_limited"));
     S_TEST(llmq_msg_error_status(back) == 429);
@@ -1304,10 +1299,12 @@ static void s_test_decode_errors(void)
 {
     char err[160];
     /* {"v": 1, "t": "ping"} truncated at every length */
-    uint8_t ping[] = {0x82, 0xa1, 'v', 0x01, 0xa1, 't', 0xa4, 'p', 'i', 'n', 'g'};
+    uint8_t ping[] = {0x82, 0xa1, 'v', 0x01, 0xa1, 't',
+                      0xa4, 'p',  'i', 'n',  'g'};
     for (size_t n = 0; n < sizeof ping; n++)
         S_TEST(!llmq_msg_decode(ping, n, false, err, sizeof err));
-    llmq_msg_t *msg = llmq_msg_decode(ping, sizeof ping, false, err, sizeof err);
+    llmq_msg_t *msg =
+        llmq_msg_decode(ping, sizeof ping, false, err, sizeof err);
     S_TEST(msg && llmq_msg_type(msg) == LLMQ_MSG_PING);
     llmq_msg_destroy(&msg);
     /* a map claiming 4 billion entries */

@@ -47,7 +47,7 @@ static int s_text(llmq_mp_reader_t *r, const llmq_mp_item_t *it, char **copy)
     if (!llmq_mp_utf8(it->ptr, it->len))
         return llmq_mp_fail(r, "invalid UTF-8");
     if (copy) {
-        *copy = (char *) malloc(it->len + 1u);
+        *copy = (char *)malloc(it->len + 1u);
         if (!*copy)
             return llmq_mp_fail(r, "out of memory");
         memcpy(*copy, it->ptr, it->len);
@@ -58,14 +58,13 @@ static int s_text(llmq_mp_reader_t *r, const llmq_mp_item_t *it, char **copy)
 
 static cJSON *s_json_int(int64_t i, uint64_t u, bool is_unsigned)
 {
-    if (is_unsigned ? (double) u <= S_EXACT_INT
-                    : (double) i >= -S_EXACT_INT)
-        return cJSON_CreateNumber(is_unsigned ? (double) u : (double) i);
+    if (is_unsigned ? (double)u <= S_EXACT_INT : (double)i >= -S_EXACT_INT)
+        return cJSON_CreateNumber(is_unsigned ? (double)u : (double)i);
     char text[32];
     if (is_unsigned)
-        snprintf(text, sizeof text, "%llu", (unsigned long long) u);
+        snprintf(text, sizeof text, "%llu", (unsigned long long)u);
     else
-        snprintf(text, sizeof text, "%lld", (long long) i);
+        snprintf(text, sizeof text, "%lld", (long long)i);
     return cJSON_CreateRaw(text);
 }
 
@@ -94,8 +93,7 @@ static int s_walk_scalar(llmq_mp_reader_t *r, const llmq_mp_item_t *it,
     return out && !*out ? llmq_mp_fail(r, "out of memory") : 0;
 }
 
-static int s_walk_array(llmq_mp_reader_t *r, uint32_t n, int depth,
-                        cJSON *arr)
+static int s_walk_array(llmq_mp_reader_t *r, uint32_t n, int depth, cJSON *arr)
 {
     for (uint32_t k = 0; k < n; k++) {
         cJSON *item = NULL;
@@ -144,8 +142,8 @@ static int s_walk(llmq_mp_reader_t *r, int depth, cJSON **out)
         return llmq_mp_fail(r, "nesting too deep");
     cJSON *node = NULL;
     if (out) {
-        node = it.kind == LLMQ_MP_MAP ? cJSON_CreateObject()
-                                      : cJSON_CreateArray();
+        node =
+            it.kind == LLMQ_MP_MAP ? cJSON_CreateObject() : cJSON_CreateArray();
         if (!node)
             return llmq_mp_fail(r, "out of memory");
     }
@@ -161,8 +159,8 @@ static int s_walk(llmq_mp_reader_t *r, int depth, cJSON **out)
 }
 
 /*  Walk the whole buffer as exactly one value. */
-static int s_walk_all(const void *data, size_t size, cJSON **out,
-                      char *errbuf, size_t errlen)
+static int s_walk_all(const void *data, size_t size, cJSON **out, char *errbuf,
+                      size_t errlen)
 {
     llmq_mp_reader_t r;
     llmq_mp_init(&r, data, size);
@@ -242,7 +240,7 @@ static int s_item_field(llmq_mp_reader_t *r, s_item_t *item)
         return -1;
     if (key.len == 4 && memcmp(key.ptr, "body", 4) == 0) {
         item->body = start;
-        item->body_size = (size_t) (r->p - start);
+        item->body_size = (size_t)(r->p - start);
     }
     return 0;
 }
@@ -297,7 +295,7 @@ long llmq_value_each_item(const void *data, size_t size, llmq_item_fn *fn,
 
 llmq_packer_t *llmq_packer_new(void)
 {
-    llmq_packer_t *self = (llmq_packer_t *) calloc(1, sizeof *self);
+    llmq_packer_t *self = (llmq_packer_t *)calloc(1, sizeof *self);
     if (!self)
         return NULL;
     msgpack_sbuffer_init(&self->sbuf);
@@ -364,7 +362,7 @@ void llmq_packer_nil(llmq_packer_t *self)
 void llmq_packer_raw(llmq_packer_t *self, const void *data, size_t size)
 {
     if (size)
-        msgpack_sbuffer_write(&self->sbuf, (const char *) data, size);
+        msgpack_sbuffer_write(&self->sbuf, (const char *)data, size);
 }
 
 /*  A JSON number: an integer when it is integral and fits int64 (so
@@ -373,7 +371,7 @@ static void s_pack_number(llmq_packer_t *self, double d)
 {
     if (isfinite(d) && d == floor(d) && d >= -9223372036854775808.0 &&
         d < 9223372036854775808.0)
-        llmq_packer_int(self, (int64_t) d);
+        llmq_packer_int(self, (int64_t)d);
     else
         llmq_packer_double(self, d);
 }
@@ -405,8 +403,8 @@ static int s_pack_raw(llmq_packer_t *self, const char *text, int depth)
     return rc;
 }
 
-static int s_pack_children(llmq_packer_t *self, const cJSON *json,
-                           int depth, bool keys)
+static int s_pack_children(llmq_packer_t *self, const cJSON *json, int depth,
+                           bool keys)
 {
     size_t n = 0;
     for (const cJSON *c = json->child; c; c = c->next)
@@ -463,7 +461,7 @@ const uint8_t *llmq_packer_data(const llmq_packer_t *self, size_t *size)
 {
     if (size)
         *size = self->sbuf.size;
-    return (const uint8_t *) self->sbuf.data;
+    return (const uint8_t *)self->sbuf.data;
 }
 
 zframe_t *llmq_packer_frame(llmq_packer_t *self)
@@ -490,16 +488,16 @@ zframe_t *llmq_value_from_json(const cJSON *json)
     return frame;
 }
 
-zframe_t *llmq_value_from_json_text(const char *text, size_t len,
-                                    char *errbuf, size_t errlen)
+zframe_t *llmq_value_from_json_text(const char *text, size_t len, char *errbuf,
+                                    size_t errlen)
 {
     const char *end = NULL;
-    cJSON *json = text ? cJSON_ParseWithLengthOpts(text, len, &end, false)
-                       : NULL;
+    cJSON *json =
+        text ? cJSON_ParseWithLengthOpts(text, len, &end, false) : NULL;
     if (!json) {
         char reason[96];
         snprintf(reason, sizeof reason, "JSON syntax error at byte %zu",
-                 text && end ? (size_t) (end - text) : (size_t) 0);
+                 text && end ? (size_t)(end - text) : (size_t)0);
         s_err(errbuf, errlen, reason);
         return NULL;
     }
@@ -521,13 +519,13 @@ zframe_t *llmq_value_from_json_text(const char *text, size_t len,
 /*  ---- selftest ---------------------------------------------------------- */
 
 /*  Checks that stay on in release builds (NDEBUG removes assert). */
-#define S_TEST(cond)                                                         \
-    do {                                                                     \
-        if (!(cond)) {                                                       \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, \
-                    #cond);                                                  \
-            abort();                                                         \
-        }                                                                    \
+#define S_TEST(cond)                                                           \
+    do {                                                                       \
+        if (!(cond)) {                                                         \
+            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__,   \
+                    #cond);                                                    \
+            abort();                                                           \
+        }                                                                      \
     } while (0)
 
 static int s_test_item(const char *custom_id, const void *body,
@@ -535,24 +533,25 @@ static int s_test_item(const char *custom_id, const void *body,
 {
     char *json = llmq_value_to_json_text(body, body_size, NULL, 0);
     S_TEST(json);
-    zlistx_add_end((zlistx_t *) arg, json);
+    zlistx_add_end((zlistx_t *)arg, json);
     free(json);
-    (void) custom_id;
+    (void)custom_id;
     return 0;
 }
 
 static void s_test_json(void)
 {
-    const char *text = "{\"model\":\"m\",\"max_tokens\":100,\"temperature\":0.5,"
-                       "\"stream\":false,\"stop\":null,\"big\":9007199254740993,"
-                       "\"messages\":[{\"role\":\"user\",\"content\":\"hi \\u00e9\"}]}";
+    const char *text =
+        "{\"model\":\"m\",\"max_tokens\":100,\"temperature\":0.5,"
+        "\"stream\":false,\"stop\":null,\"big\":9007199254740993,"
+        "\"messages\":[{\"role\":\"user\",\"content\":\"hi \\u00e9\"}]}";
     char err[128];
-    zframe_t *frame = llmq_value_from_json_text(text, strlen(text), err,
-                                                sizeof err);
+    zframe_t *frame =
+        llmq_value_from_json_text(text, strlen(text), err, sizeof err);
     S_TEST(frame);
     S_TEST(llmq_value_is_valid(zframe_data(frame), zframe_size(frame)));
-    char *back = llmq_value_to_json_text(zframe_data(frame),
-                                         zframe_size(frame), err, sizeof err);
+    char *back = llmq_value_to_json_text(zframe_data(frame), zframe_size(frame),
+                                         err, sizeof err);
     S_TEST(back);
     S_TEST(strstr(back, "\"max_tokens\":100,"));
     S_TEST(strstr(back, "\"temperature\":0.5"));
@@ -591,7 +590,8 @@ static void s_test_malformed(void)
     const uint8_t trailing[] = {0xc0, 0xc0};
     S_TEST(!llmq_value_to_json(trailing, sizeof trailing, err, sizeof err));
     S_TEST(strstr(err, "trailing bytes"));
-    const uint8_t big[] = {0xcf, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff};
+    const uint8_t big[] = {0xcf, 0xff, 0xff, 0xff, 0xff,
+                           0xff, 0xff, 0xff, 0xff};
     char *text = llmq_value_to_json_text(big, sizeof big, NULL, 0);
     S_TEST(text && streq(text, "18446744073709551615"));
     free(text);
@@ -615,16 +615,17 @@ static void s_test_items(void)
     size_t size;
     const uint8_t *data = llmq_packer_data(pk, &size);
     zlistx_t *bodies = zlistx_new();
-    zlistx_set_destructor(bodies, (zlistx_destructor_fn *) zstr_free);
-    zlistx_set_duplicator(bodies, (zlistx_duplicator_fn *) strdup);
+    zlistx_set_destructor(bodies, (zlistx_destructor_fn *)zstr_free);
+    zlistx_set_duplicator(bodies, (zlistx_duplicator_fn *)strdup);
     char err[128];
     S_TEST(llmq_value_each_item(data, size, s_test_item, bodies, err,
                                 sizeof err) == 2);
-    S_TEST(streq((char *) zlistx_first(bodies), "{\"n\":0}"));
-    S_TEST(streq((char *) zlistx_next(bodies), "{\"n\":1}"));
+    S_TEST(streq((char *)zlistx_first(bodies), "{\"n\":0}"));
+    S_TEST(streq((char *)zlistx_next(bodies), "{\"n\":1}"));
     /* truncated anywhere: -1, never a crash */
     for (size_t n = 0; n < size; n++)
-        S_TEST(llmq_value_each_item(data, n, NULL, NULL, err, sizeof err) == -1);
+        S_TEST(llmq_value_each_item(data, n, NULL, NULL, err, sizeof err) ==
+               -1);
     zlistx_destroy(&bodies);
     llmq_packer_reset(pk);
     llmq_packer_array(pk, 1);

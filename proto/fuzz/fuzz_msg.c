@@ -20,9 +20,9 @@
 static int s_item(const char *custom_id, const void *body, size_t body_size,
                   void *arg)
 {
-    (void) custom_id;
-    (void) body;
-    *(size_t *) arg += body_size;
+    (void)custom_id;
+    (void)body;
+    *(size_t *)arg += body_size;
     return 0;
 }
 
@@ -87,7 +87,7 @@ static int s_run_file(const char *path)
         fprintf(stderr, "fuzz_corpus_run: cannot open %s\n", path);
         return -1;
     }
-    uint8_t *buf = (uint8_t *) malloc(1 << 20);
+    uint8_t *buf = (uint8_t *)malloc(1 << 20);
     size_t n = buf ? fread(buf, 1, 1 << 20, f) : 0;
     fclose(f);
     LLVMFuzzerTestOneInput(buf, n);

@@ -17,8 +17,8 @@
 #include <string.h>
 
 #define LLMQ_REQ(field) LLMQ_F_##field,
-#define LLMQ_MSG(ID, name, payload, required)                                \
-    static const int s_req_##ID[] = {required -1};
+#define LLMQ_MSG(ID, name, payload, required)                                  \
+    static const int s_req_##ID[] = {required - 1};
 #include "llmq_proto.def"
 
 typedef struct {
@@ -31,7 +31,7 @@ static const seed_t s_seeds[] = {
 #define LLMQ_PAYLOAD_NONE false
 #define LLMQ_PAYLOAD_OPT true
 #define LLMQ_PAYLOAD_REQ true
-#define LLMQ_MSG(ID, name, payload, required)                                \
+#define LLMQ_MSG(ID, name, payload, required)                                  \
     {LLMQ_MSG_##ID, LLMQ_PAYLOAD_##payload, s_req_##ID},
 #include "llmq_proto.def"
 };
@@ -68,22 +68,22 @@ static void s_set(llmq_msg_t *msg, int f)
     static const char *models[] = {"gpt-4o-mini", "claude-3-5-haiku"};
     static const uint8_t meta[] = {0x81, 0xa3, 'r', 'u', 'n', 0x07};
     int n = 0;
-#define LLMQ_SEED_STR(name)                                                 \
-    {                                                                       \
-        char text[64];                                                      \
-        size_t len = strlen(#name) < s_max(f) ? strlen(#name) : s_max(f);   \
-        memcpy(text, #name, len);                                           \
-        text[len] = 0;                                                      \
-        llmq_msg_set_##name(msg, text);                                     \
+#define LLMQ_SEED_STR(name)                                                    \
+    {                                                                          \
+        char text[64];                                                         \
+        size_t len = strlen(#name) < s_max(f) ? strlen(#name) : s_max(f);      \
+        memcpy(text, #name, len);                                              \
+        text[len] = 0;                                                         \
+        llmq_msg_set_##name(msg, text);                                        \
     }
 #define LLMQ_SEED_INT(name) llmq_msg_set_##name(msg, f * 37 - 100);
 #define LLMQ_SEED_BOOL(name) llmq_msg_set_##name(msg, f % 2);
 #define LLMQ_SEED_DBL(name) llmq_msg_set_##name(msg, 0.5 + f);
 #define LLMQ_SEED_RAW(name) llmq_msg_set_##name(msg, meta, sizeof meta);
 #define LLMQ_SEED_STRS(name) llmq_msg_set_##name(msg, models, 2);
-#define LLMQ_FIELD(name, group, key, kind, max)                             \
-    if (f == n++)                                                           \
-        LLMQ_SEED_##kind(name)
+#define LLMQ_FIELD(name, group, key, kind, max)                                \
+    if (f == n++)                                                              \
+    LLMQ_SEED_##kind(name)
 #include "llmq_proto.def"
 }
 
@@ -120,8 +120,8 @@ static void s_messages(void)
 static void s_json(const char *name, const char *json)
 {
     char err[256];
-    zframe_t *frame = llmq_value_from_json_text(json, strlen(json), err,
-                                                sizeof err);
+    zframe_t *frame =
+        llmq_value_from_json_text(json, strlen(json), err, sizeof err);
     if (!frame) {
         fprintf(stderr, "fuzz_make_corpus: %s: %s\n", name, err);
         exit(1);
@@ -132,10 +132,11 @@ static void s_json(const char *name, const char *json)
 
 static void s_values(void)
 {
-    s_json("value-chat-request",
-           "{\"model\":\"gpt-4o-mini\",\"temperature\":0.2,\"max_tokens\":64,"
-           "\"messages\":[{\"role\":\"system\",\"content\":\"Be brief.\"},"
-           "{\"role\":\"user\",\"content\":\"Caf\\u00e9?\"}],\"stream\":false}");
+    s_json(
+        "value-chat-request",
+        "{\"model\":\"gpt-4o-mini\",\"temperature\":0.2,\"max_tokens\":64,"
+        "\"messages\":[{\"role\":\"system\",\"content\":\"Be brief.\"},"
+        "{\"role\":\"user\",\"content\":\"Caf\\u00e9?\"}],\"stream\":false}");
     s_json("value-chat-response",
            "{\"id\":\"chatcmpl-1\",\"object\":\"chat.completion\","
            "\"created\":1732240000,\"model\":\"gpt-4o-mini\",\"choices\":[{"
@@ -154,13 +155,15 @@ static void s_values(void)
            "[{\"custom_id\":\"req-1\",\"ok\":false,\"error\":{\"code\":"
            "\"rate_limited\",\"message\":\"429\",\"status\":429,\"retryable\":"
            "true},\"usage\":{\"total_tokens\":0}}]");
-    s_json("value-status",
-           "{\"broker\":\"b1\",\"version\":\"0.1.0\",\"uptime_ms\":1200,"
-           "\"workers\":[{\"name\":\"w1\",\"pool\":\"sim\",\"provider\":\"sim\","
-           "\"models\":[\"m\"],\"capacity\":64,\"credit\":3,\"in_flight\":61,"
-           "\"healthy\":true,\"limit_group\":null}],\"queues\":[{\"model\":"
-           "\"m\",\"pool\":\"sim\",\"depth\":0}],\"counters\":{\"received\":1}}");
-    s_json("value-scalars", "[null,true,false,0,-1,127,128,-33,65536,1.5,\"\"]");
+    s_json(
+        "value-status",
+        "{\"broker\":\"b1\",\"version\":\"0.1.0\",\"uptime_ms\":1200,"
+        "\"workers\":[{\"name\":\"w1\",\"pool\":\"sim\",\"provider\":\"sim\","
+        "\"models\":[\"m\"],\"capacity\":64,\"credit\":3,\"in_flight\":61,"
+        "\"healthy\":true,\"limit_group\":null}],\"queues\":[{\"model\":"
+        "\"m\",\"pool\":\"sim\",\"depth\":0}],\"counters\":{\"received\":1}}");
+    s_json("value-scalars",
+           "[null,true,false,0,-1,127,128,-33,65536,1.5,\"\"]");
 }
 
 /*  Broken on purpose: the fuzzer mutates these into their neighbours. */

@@ -29,13 +29,13 @@
 /*  A string literal and its size (which may include NUL bytes). */
 #define BYTES(s) s, sizeof(s) - 1
 
-#define CHECK(cond)                                                          \
-    do {                                                                     \
-        if (!(cond)) {                                                       \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, \
-                    #cond);                                                  \
-            abort();                                                         \
-        }                                                                    \
+#define CHECK(cond)                                                            \
+    do {                                                                       \
+        if (!(cond)) {                                                         \
+            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__,   \
+                    #cond);                                                    \
+            abort();                                                           \
+        }                                                                      \
     } while (0)
 
 static bool s_verbose = false;
@@ -55,8 +55,8 @@ static const field_info_t s_info[LLMQ_F_COUNT] = {
 
 typedef enum { P_NONE, P_OPT, P_REQ } payload_t;
 #define LLMQ_REQ(field) LLMQ_F_##field,
-#define LLMQ_MSG(ID, name, payload, required)                                \
-    static const int s_req_##ID[] = {required -1};
+#define LLMQ_MSG(ID, name, payload, required)                                  \
+    static const int s_req_##ID[] = {required - 1};
 #include "llmq_proto.def"
 typedef struct {
     llmq_msg_type_t type;
@@ -64,7 +64,7 @@ typedef struct {
     const int *required;
 } msg_info_t;
 static const msg_info_t s_msgs[] = {
-#define LLMQ_MSG(ID, name, payload, required)                                \
+#define LLMQ_MSG(ID, name, payload, required)                                  \
     {LLMQ_MSG_##ID, P_##payload, s_req_##ID},
 #include "llmq_proto.def"
 };
@@ -76,11 +76,11 @@ static const msg_info_t s_msgs[] = {
     limit counts bytes, not characters. */
 static char *s_text(size_t len, char fill)
 {
-    char *s = (char *) malloc(len + 1);
+    char *s = (char *)malloc(len + 1);
     size_t k = 0;
     while (k + 2 <= len && k < 8) {
-        s[k++] = (char) 0xc3;
-        s[k++] = (char) 0xa9; /* e-acute */
+        s[k++] = (char)0xc3;
+        s[k++] = (char)0xa9; /* e-acute */
     }
     while (k < len)
         s[k++] = fill;
@@ -92,34 +92,35 @@ static char *s_text(size_t len, char fill)
     sized kinds. Generated setters via the .def, dispatched on the id. */
 static void s_set(llmq_msg_t *msg, int f, size_t size)
 {
-    char *text = s_text(size, (char) ('a' + f % 26));
+    char *text = s_text(size, (char)('a' + f % 26));
     const char *items[300];
     char item[40];
     llmq_packer_t *pk = llmq_packer_new();
     int n = 0;
 #define LLMQ_ACCESS_STR(name) llmq_msg_set_##name(msg, text);
-#define LLMQ_ACCESS_INT(name) llmq_msg_set_##name(msg, f % 2 ? -1000000007LL * f : INT64_MAX - f);
+#define LLMQ_ACCESS_INT(name)                                                  \
+    llmq_msg_set_##name(msg, f % 2 ? -1000000007LL * f : INT64_MAX - f);
 #define LLMQ_ACCESS_BOOL(name) llmq_msg_set_##name(msg, f % 2 == 0);
 #define LLMQ_ACCESS_DBL(name) llmq_msg_set_##name(msg, 0.125 * f);
-#define LLMQ_ACCESS_RAW(name)                                               \
-    {                                                                       \
-        llmq_packer_map(pk, 1);                                             \
-        llmq_packer_str(pk, "pad");                                         \
-        llmq_packer_strn(pk, text, size > 8 ? size - 8 : 0);                \
-        size_t raw_size;                                                    \
-        const uint8_t *raw = llmq_packer_data(pk, &raw_size);               \
-        llmq_msg_set_##name(msg, raw, raw_size);                            \
+#define LLMQ_ACCESS_RAW(name)                                                  \
+    {                                                                          \
+        llmq_packer_map(pk, 1);                                                \
+        llmq_packer_str(pk, "pad");                                            \
+        llmq_packer_strn(pk, text, size > 8 ? size - 8 : 0);                   \
+        size_t raw_size;                                                       \
+        const uint8_t *raw = llmq_packer_data(pk, &raw_size);                  \
+        llmq_msg_set_##name(msg, raw, raw_size);                               \
     }
-#define LLMQ_ACCESS_STRS(name)                                              \
-    {                                                                       \
-        snprintf(item, sizeof item, "model-%d", f);                         \
-        for (size_t k = 0; k < size && k < 300; k++)                        \
-            items[k] = item;                                                \
-        llmq_msg_set_##name(msg, items, size);                              \
+#define LLMQ_ACCESS_STRS(name)                                                 \
+    {                                                                          \
+        snprintf(item, sizeof item, "model-%d", f);                            \
+        for (size_t k = 0; k < size && k < 300; k++)                           \
+            items[k] = item;                                                   \
+        llmq_msg_set_##name(msg, items, size);                                 \
     }
-#define LLMQ_FIELD(name, group, key, kind, max)                             \
-    if (f == n++)                                                           \
-        LLMQ_ACCESS_##kind(name)
+#define LLMQ_FIELD(name, group, key, kind, max)                                \
+    if (f == n++)                                                              \
+    LLMQ_ACCESS_##kind(name)
 #include "llmq_proto.def"
     llmq_packer_destroy(&pk);
     free(text);
@@ -136,30 +137,32 @@ static bool s_same(const llmq_msg_t *a, const llmq_msg_t *b, int f)
 {
     int n = 0;
     size_t sa, sb;
-    if (llmq_msg_has(a, (llmq_field_t) f) != llmq_msg_has(b, (llmq_field_t) f))
+    if (llmq_msg_has(a, (llmq_field_t)f) != llmq_msg_has(b, (llmq_field_t)f))
         return false;
-#define LLMQ_SAME_STR(name) return s_streq(llmq_msg_##name(a), llmq_msg_##name(b));
+#define LLMQ_SAME_STR(name)                                                    \
+    return s_streq(llmq_msg_##name(a), llmq_msg_##name(b));
 #define LLMQ_SAME_INT(name) return llmq_msg_##name(a) == llmq_msg_##name(b);
 #define LLMQ_SAME_BOOL(name) return llmq_msg_##name(a) == llmq_msg_##name(b);
 #define LLMQ_SAME_DBL(name) return llmq_msg_##name(a) == llmq_msg_##name(b);
-#define LLMQ_SAME_RAW(name)                                                 \
-    {                                                                       \
-        const uint8_t *ra = llmq_msg_##name(a, &sa);                        \
-        const uint8_t *rb = llmq_msg_##name(b, &sb);                        \
-        return sa == sb && (sa == 0 || memcmp(ra, rb, sa) == 0);           \
+#define LLMQ_SAME_RAW(name)                                                    \
+    {                                                                          \
+        const uint8_t *ra = llmq_msg_##name(a, &sa);                           \
+        const uint8_t *rb = llmq_msg_##name(b, &sb);                           \
+        return sa == sb && (sa == 0 || memcmp(ra, rb, sa) == 0);               \
     }
-#define LLMQ_SAME_STRS(name)                                                \
-    {                                                                       \
-        if (llmq_msg_##name##_count(a) != llmq_msg_##name##_count(b))       \
-            return false;                                                   \
-        for (size_t k = 0; k < llmq_msg_##name##_count(a); k++)             \
-            if (!s_streq(llmq_msg_##name##_at(a, k), llmq_msg_##name##_at(b, k))) \
-                return false;                                               \
-        return true;                                                        \
+#define LLMQ_SAME_STRS(name)                                                   \
+    {                                                                          \
+        if (llmq_msg_##name##_count(a) != llmq_msg_##name##_count(b))          \
+            return false;                                                      \
+        for (size_t k = 0; k < llmq_msg_##name##_count(a); k++)                \
+            if (!s_streq(llmq_msg_##name##_at(a, k),                           \
+                         llmq_msg_##name##_at(b, k)))                          \
+                return false;                                                  \
+        return true;                                                           \
     }
-#define LLMQ_FIELD(name, group, key, kind, max)                             \
-    if (f == n++)                                                           \
-        LLMQ_SAME_##kind(name)
+#define LLMQ_FIELD(name, group, key, kind, max)                                \
+    if (f == n++)                                                              \
+    LLMQ_SAME_##kind(name)
 #include "llmq_proto.def"
     return false;
 }
@@ -257,9 +260,8 @@ static void s_limits(void)
         if (!frame)
             fprintf(stderr, "%s at limit: %s\n", llmq_msg_field_name(f), err);
         CHECK(frame);
-        llmq_msg_t *back = llmq_msg_decode(zframe_data(frame),
-                                           zframe_size(frame), false, err,
-                                           sizeof err);
+        llmq_msg_t *back = llmq_msg_decode(
+            zframe_data(frame), zframe_size(frame), false, err, sizeof err);
         CHECK(back && s_same(msg, back, f));
         llmq_msg_destroy(&back);
         zframe_destroy(&frame);
@@ -289,13 +291,13 @@ static void s_test_roundtrip(void)
     llmq_msg_set_id(msg, "a");
     llmq_msg_set_id(msg, NULL);
     CHECK(!llmq_msg_has(msg, LLMQ_F_id));
-    CHECK(llmq_msg_new((llmq_msg_type_t) 999) == NULL);
+    CHECK(llmq_msg_new((llmq_msg_type_t)999) == NULL);
     CHECK(streq(llmq_msg_type_name(LLMQ_MSG_INVALID), "invalid"));
     CHECK(llmq_msg_encode(msg, NULL, 0) == NULL); /* res needs id, ok */
     llmq_msg_destroy(&msg);
     /* every error code round-trips by name */
     for (int e = 1; e < LLMQ_ERR_COUNT; e++)
-        CHECK((int) llmq_err_from_name(llmq_err_name((llmq_err_t) e)) == e);
+        CHECK((int)llmq_err_from_name(llmq_err_name((llmq_err_t)e)) == e);
     printf("proto_codec roundtrip: %d cases, %zu message types, %d fields\n",
            s_checked, S_MSGS, LLMQ_F_COUNT);
 }
@@ -349,21 +351,21 @@ static void s_pack_wrong(llmq_packer_t *pk, int f)
 
 static void s_pack_nil(llmq_packer_t *pk, int f)
 {
-    (void) f;
+    (void)f;
     llmq_packer_nil(pk);
 }
 
 /*  The key of field f, written as it appears in the header: top-level
     fields as key: value, grouped ones as group: {key: value}. */
-typedef void (value_fn)(llmq_packer_t *pk, int f);
+typedef void(value_fn)(llmq_packer_t *pk, int f);
 static void s_pack_field(llmq_packer_t *pk, int f, value_fn *fn)
 {
-    const char *group = llmq_msg_field_group((llmq_field_t) f);
+    const char *group = llmq_msg_field_group((llmq_field_t)f);
     if (group) {
         llmq_packer_str(pk, group);
         llmq_packer_map(pk, 1);
     }
-    llmq_packer_str(pk, llmq_msg_field_key((llmq_field_t) f));
+    llmq_packer_str(pk, llmq_msg_field_key((llmq_field_t)f));
     fn(pk, f);
 }
 
@@ -394,8 +396,8 @@ static void s_expect(llmq_packer_t *pk, bool has_payload, const char *reason,
     char err[256] = "";
     llmq_msg_t *msg = llmq_msg_decode(data, size, has_payload, err, sizeof err);
     if (msg || !strstr(err, reason)) {
-        fprintf(stderr, "case '%s': expected '%s', got %s '%s'\n", what,
-                reason, msg ? "a message" : "error", err);
+        fprintf(stderr, "case '%s': expected '%s', got %s '%s'\n", what, reason,
+                msg ? "a message" : "error", err);
         abort();
     }
     if (s_verbose)
@@ -430,11 +432,11 @@ static void s_truncations(void)
         size_t size = zframe_size(frame);
         /* a copy of exactly n bytes, so ASan sees any read past the end */
         for (size_t n = 0; n < size; n++) {
-            uint8_t *cut = (uint8_t *) malloc(n ? n : 1);
+            uint8_t *cut = (uint8_t *)malloc(n ? n : 1);
             memcpy(cut, zframe_data(frame), n);
             char err[256] = "";
-            llmq_msg_t *bad = llmq_msg_decode(n ? cut : NULL, n, true, err,
-                                              sizeof err);
+            llmq_msg_t *bad =
+                llmq_msg_decode(n ? cut : NULL, n, true, err, sizeof err);
             CHECK(bad == NULL && err[0]);
             free(cut);
             s_checked++;
@@ -480,12 +482,12 @@ static void s_oversized(llmq_packer_t *pk)
         if (kind != K_STR && kind != K_STRS && kind != K_RAW)
             continue;
         s_pack_header(pk, hb, -1, 1);
-        const char *group = llmq_msg_field_group((llmq_field_t) f);
+        const char *group = llmq_msg_field_group((llmq_field_t)f);
         if (group) {
             llmq_packer_str(pk, group);
             llmq_packer_map(pk, 1);
         }
-        llmq_packer_str(pk, llmq_msg_field_key((llmq_field_t) f));
+        llmq_packer_str(pk, llmq_msg_field_key((llmq_field_t)f));
         char *text = s_text(max + 1, 'z');
         if (kind == K_STR)
             llmq_packer_str(pk, text);
@@ -499,8 +501,9 @@ static void s_oversized(llmq_packer_t *pk)
         free(text);
         snprintf(what, sizeof what, "oversized %s", llmq_msg_field_name(f));
         s_expect(pk, false,
-                 kind == K_STR ? "too long"
-                               : kind == K_RAW ? "too large" : "too many items",
+                 kind == K_STR   ? "too long"
+                 : kind == K_RAW ? "too large"
+                                 : "too many items",
                  what);
     }
     /* one STRS item over 256 bytes */
@@ -544,14 +547,18 @@ static void s_huge_counts(llmq_packer_t *pk)
     for (size_t k = 0; k < 4; k++) {
         s_pack_header(pk, hb, -1, 1);
         llmq_packer_str(pk, where[k]);
-        llmq_packer_raw(pk, k % 2 ? "\xdf\xff\xff\xff\xff" : "\xdd\xff\xff\xff\xff", 5);
+        llmq_packer_raw(
+            pk, k % 2 ? "\xdf\xff\xff\xff\xff" : "\xdd\xff\xff\xff\xff", 5);
         llmq_packer_int(pk, 1);
         s_expect(pk, false, "count exceeds bytes left", where[k]);
     }
     /* a str that claims more bytes than the header has */
     s_pack_header(pk, hb, -1, 1);
     llmq_packer_str(pk, "worker");
-    llmq_packer_raw(pk, "\xda\xff\xff" "abc", 6);
+    llmq_packer_raw(pk,
+                    "\xda\xff\xff"
+                    "abc",
+                    6);
     s_expect(pk, false, "truncated", "str16 past the end");
 }
 
@@ -599,14 +606,20 @@ static void s_version_type(llmq_packer_t *pk)
         {"v=2", BYTES("\x82\xa1v\x02\xa1t\xa2hb"), "unsupported version 2"},
         {"v=0", BYTES("\x82\xa1v\x00\xa1t\xa2hb"), "unsupported version 0"},
         {"v=-1", BYTES("\x82\xa1v\xff\xa1t\xa2hb"), "unsupported version -1"},
-        {"v huge", BYTES("\x82\xa1v\xcf\xff\xff\xff\xff\xff\xff\xff\xff\xa1t\xa2hb"), "unsupported version"},
-        {"v string", BYTES("\x82\xa1v\xa1" "1\xa1t\xa2hb"), "'v' wrong type"},
+        {"v huge",
+         BYTES("\x82\xa1v\xcf\xff\xff\xff\xff\xff\xff\xff\xff\xa1t\xa2hb"),
+         "unsupported version"},
+        {"v string",
+         BYTES("\x82\xa1v\xa1"
+               "1\xa1t\xa2hb"),
+         "'v' wrong type"},
         {"v float", BYTES("\x82\xa1v\xcb\x3f\xf0\0\0\0\0\0\0\xa1t\xa2hb"),
          "'v' wrong type"},
         {"no v", BYTES("\x81\xa1t\xa2hb"), "missing 'v'"},
         {"no t", BYTES("\x81\xa1v\x01"), "missing 't'"},
         {"t int", BYTES("\x82\xa1v\x01\xa1t\x05"), "'t' wrong type"},
-        {"unknown t", BYTES("\x82\xa1v\x01\xa1t\xa4nope"), "unknown type 'nope'"},
+        {"unknown t", BYTES("\x82\xa1v\x01\xa1t\xa4nope"),
+         "unknown type 'nope'"},
         {"t empty", BYTES("\x82\xa1v\x01\xa1t\xa0"), "unknown type ''"},
         {"t case", BYTES("\x82\xa1v\x01\xa1t\xa2HB"), "unknown type 'HB'"},
         {"empty header", BYTES(""), "empty header"},
@@ -620,10 +633,15 @@ static void s_version_type(llmq_packer_t *pk)
          "map key is not a string"},
         {"trailing", BYTES("\x82\xa1v\x01\xa1t\xa2hb\xc0"),
          "trailing bytes after header"},
-        {"two headers", BYTES("\x82\xa1v\x01\xa1t\xa2hb\x82\xa1v\x01\xa1t\xa2hb"),
+        {"two headers",
+         BYTES("\x82\xa1v\x01\xa1t\xa2hb\x82\xa1v\x01\xa1t\xa2hb"),
          "trailing bytes after header"},
-        {"int out of range", BYTES("\x83\xa1v\x01\xa1t\xa2hb\xa1n\xcf\xff\0\0\0\0\0\0\0"), "'n' out of range"},
-        {"NUL in string", BYTES("\x83\xa1v\x01\xa1t\xa2hb\xa6worker\xa3" "a\0b"),
+        {"int out of range",
+         BYTES("\x83\xa1v\x01\xa1t\xa2hb\xa1n\xcf\xff\0\0\0\0\0\0\0"),
+         "'n' out of range"},
+        {"NUL in string",
+         BYTES("\x83\xa1v\x01\xa1t\xa2hb\xa6worker\xa3"
+               "a\0b"),
          "'worker' contains NUL"},
         {"bad UTF-8", BYTES("\x83\xa1v\x01\xa1t\xa2hb\xa6worker\xa2\xc3\x28"),
          "'worker' invalid UTF-8"},
@@ -722,7 +740,8 @@ static void s_tolerated(llmq_packer_t *pk)
     llmq_packer_reset(pk);
     /* bin accepted for strings and keys; float accepted for DBL only */
     llmq_packer_raw(pk, BYTES("\x84\xc4\x01v\x01\xa1t\xa2hb\xa2id\xc4\x02ok"
-                              "\xa5usage\x81\xa8" "cost_usd\x05"));
+                              "\xa5usage\x81\xa8"
+                              "cost_usd\x05"));
     data = llmq_packer_data(pk, &size);
     msg = llmq_msg_decode(data, size, false, NULL, 0);
     CHECK(msg && streq(llmq_msg_id(msg), "ok"));
@@ -790,9 +809,9 @@ static void s_sockets_all_types(zsock_t *router, zsock_t *dealer)
 static void s_sockets_forward(zsock_t *router, zsock_t *dealer)
 {
     size_t big = 1 << 20;
-    char *body = (char *) malloc(big);
+    char *body = (char *)malloc(big);
     memset(body, 'x', big);
-    body[0] = (char) 0xdb; /* str32 header: the payload is one msgpack str */
+    body[0] = (char)0xdb; /* str32 header: the payload is one msgpack str */
     body[1] = 0;
     body[2] = 0x0f;
     body[3] = 0xff;
@@ -843,7 +862,8 @@ static void s_sockets_garbage(zsock_t *router, zsock_t *dealer)
     };
     for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
         const char *const *f = cases[k].frames;
-        CHECK(zsock_send(dealer, cases[k].picture, f[0], f[1], f[2], f[3]) == 0);
+        CHECK(zsock_send(dealer, cases[k].picture, f[0], f[1], f[2], f[3]) ==
+              0);
         llmq_msg_t *bad = s_recv(router);
         CHECK(llmq_msg_type(bad) == LLMQ_MSG_INVALID);
         CHECK(strstr(llmq_msg_invalid_reason(bad), cases[k].reason));
@@ -952,10 +972,10 @@ static void s_test_sockets(void)
 static int s_count_item(const char *custom_id, const void *body,
                         size_t body_size, void *arg)
 {
-    (void) custom_id;
-    (void) body;
-    (void) body_size;
-    (void) arg;
+    (void)custom_id;
+    (void)body;
+    (void)body_size;
+    (void)arg;
     return 0;
 }
 
@@ -984,10 +1004,10 @@ static llmq_msg_t *s_echo_answer(llmq_msg_t *msg)
         const uint8_t *meta = llmq_msg_meta(msg, &size);
         llmq_msg_set_meta(out, meta, size);
         if (json) {
-            zframe_t *body = llmq_value_from_json_text(json, strlen(json),
-                                                       NULL, 0);
+            zframe_t *body =
+                llmq_value_from_json_text(json, strlen(json), NULL, 0);
             llmq_msg_set_ok(out, true);
-            llmq_msg_set_usage_total_tokens(out, (int64_t) strlen(json));
+            llmq_msg_set_usage_total_tokens(out, (int64_t)strlen(json));
             llmq_msg_set_usage_cost_usd(out, 0.5);
             llmq_msg_set_payload(out, &body);
         } else
@@ -998,13 +1018,13 @@ static llmq_msg_t *s_echo_answer(llmq_msg_t *msg)
         out = llmq_msg_new(LLMQ_MSG_BATCH_ACK);
         llmq_msg_set_batch(out, llmq_msg_batch(msg));
         llmq_msg_set_seq(out, llmq_msg_seq(msg));
-        llmq_msg_set_accepted(out, llmq_value_each_item(
-                                       zframe_data(payload),
-                                       zframe_size(payload), s_count_item,
-                                       NULL, NULL, 0));
+        llmq_msg_set_accepted(out, llmq_value_each_item(zframe_data(payload),
+                                                        zframe_size(payload),
+                                                        s_count_item, NULL,
+                                                        NULL, 0));
     } else if (llmq_msg_type(msg) == LLMQ_MSG_HELLO) {
         out = llmq_msg_new(LLMQ_MSG_CREDIT); /* abuse: report models count */
-        llmq_msg_set_n(out, (int64_t) llmq_msg_models_count(msg));
+        llmq_msg_set_n(out, (int64_t)llmq_msg_models_count(msg));
     }
     if (out)
         llmq_msg_set_routing_id(out, llmq_msg_routing_id(msg));
@@ -1047,7 +1067,8 @@ int main(int argc, char **argv)
     else if (streq(which, "echo"))
         s_echo();
     else {
-        fprintf(stderr, "usage: proto_codec roundtrip|malformed|sockets|echo [-v]\n");
+        fprintf(stderr,
+                "usage: proto_codec roundtrip|malformed|sockets|echo [-v]\n");
         return 2;
     }
     zsys_shutdown();

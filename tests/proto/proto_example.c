@@ -50,7 +50,7 @@ static char *s_dump(zframe_t *frame)
 {
     const uint8_t *data = zframe_data(frame);
     size_t size = zframe_size(frame);
-    char *out = (char *) calloc(1, (size / 16 + 1) * 80 + 1);
+    char *out = (char *)calloc(1, (size / 16 + 1) * 80 + 1);
     char *p = out;
     for (size_t off = 0; off < size; off += 16) {
         p += sprintf(p, "%04zx:", off);
@@ -58,7 +58,7 @@ static char *s_dump(zframe_t *frame)
             p += k < size ? sprintf(p, " %02x", data[k]) : sprintf(p, "   ");
         p += sprintf(p, "  |");
         for (size_t k = off; k < off + 16 && k < size; k++)
-            *p++ = data[k] >= 0x20 && data[k] < 0x7f ? (char) data[k] : '.';
+            *p++ = data[k] >= 0x20 && data[k] < 0x7f ? (char)data[k] : '.';
         p += sprintf(p, "|\n");
     }
     return out;
@@ -69,7 +69,7 @@ static char *s_read(const char *path)
     FILE *f = fopen(path, "rb");
     if (!f)
         return NULL;
-    char *text = (char *) calloc(1, 1 << 20);
+    char *text = (char *)calloc(1, 1 << 20);
     if (fread(text, 1, (1 << 20) - 1, f) == 0)
         text[0] = 0;
     fclose(f);
@@ -85,8 +85,10 @@ int main(int argc, char **argv)
         char *doc = s_read(argv[2]);
         for (int k = 0; k < 2; k++)
             if (!doc || !strstr(doc, dumps[k])) {
-                fprintf(stderr, "proto_example: %s does not show this %s "
-                        "header:\n%s", argv[2], k ? "res" : "req", dumps[k]);
+                fprintf(stderr,
+                        "proto_example: %s does not show this %s "
+                        "header:\n%s",
+                        argv[2], k ? "res" : "req", dumps[k]);
                 rc = 1;
             }
         free(doc);
