@@ -42,7 +42,10 @@
 #define S_JOB_LOOKUP "lookup"           /* submit outcome unknown: ask */
 #define S_JOB_RUNNING "running"         /* provider batch id known */
 #define S_JOB_FETCHING "fetching"       /* provider finished: fetch */
-#define S_JOB_DONE "done"               /* results stored */
+#define S_JOB_CLEANUP "cleanup"         /* results stored; provider files
+                                           to delete (job.cancel, mode
+                                           cleanup) */
+#define S_JOB_DONE "done"               /* results stored, files gone */
 #define S_JOB_FAILED "failed"           /* never ran; items re-routed */
 
 #define S_PREFETCH 256                  /* pending items loaded at once */
@@ -92,6 +95,12 @@ struct _llmq_batch_t {
 };
 
 /*  ---- small helpers ---------------------------------------------------- */
+
+/*  A job whose items are settled (its results are stored or re-routed). */
+#define S_JOB_OVER(j)                                                       \
+    (streq((j)->row.state, S_JOB_DONE) ||                                   \
+     streq((j)->row.state, S_JOB_FAILED) ||                                 \
+     streq((j)->row.state, S_JOB_CLEANUP))
 
 static bool s_terminal(const char *state)
 {
@@ -328,8 +337,7 @@ static void s_check_done(llmq_batch_t *self, s_batch_t *b, int64_t now_ms)
     if (s_terminal(b->rec.state) || !b->rec.closed)
         return;
     for (s_job_t *j = zlistx_first(b->jobs); j; j = zlistx_next(b->jobs))
-        if (!streq(j->row.state, S_JOB_DONE) &&
-            !streq(j->row.state, S_JOB_FAILED))
+        if (!S_JOB_OVER(j))
             return;
     bool cancelling = streq(b->rec.state, "cancelling");
     if ((cancelling || b->expired) && b->rec.done < b->rec.total)
@@ -565,8 +573,7 @@ llmq_batch_t *llmq_batch_new(const char *path, const llmq_batch_config_t *cfg,
             bool open = false;
             for (s_job_t *j = zlistx_first(b->jobs); j;
                  j = zlistx_next(b->jobs))
-                if (!streq(j->row.state, S_JOB_DONE) &&
-                    !streq(j->row.state, S_JOB_FAILED))
+                if (!S_JOB_OVER(j))
                     open = true;
             if (!open && self->cfg.resubmit_failed)
                 b->dispatching = true;
@@ -1309,6 +1316,14 @@ static llmq_msg_t *s_job_next(llmq_batch_t *self, s_job_t *j, int64_t now_ms)
     }
     if (streq(state, S_JOB_FETCHING))
         return s_task(j, LLMQ_MSG_JOB_FETCH, now_ms);
+    if (streq(state, S_JOB_CLEANUP)) {
+        /*  Only now that the results are committed may the provider's
+            copies (input, output and error files) go: a crash before this
+            point re-fetches them. */
+        llmq_msg_t *m = s_task(j, LLMQ_MSG_JOB_CANCEL, now_ms);
+        llmq_msg_set_mode(m, "cleanup");
+        return m;
+    }
     return NULL;
 }
 
@@ -1352,7 +1367,7 @@ static void s_job_finished(llmq_batch_t *self, s_job_t *j, bool ran,
 {
     s_batch_t *b = j->batch;
     snprintf(j->row.state, sizeof j->row.state, "%s",
-             ran ? S_JOB_DONE : S_JOB_FAILED);
+             ran ? S_JOB_CLEANUP : S_JOB_FAILED);
     s_job_save(self, j, now_ms);
     bool cancelling = streq(b->rec.state, "cancelling");
     if (!cancelling) {
@@ -1389,8 +1404,7 @@ static void s_batch_from_jobs(s_batch_t *b, int64_t now_ms)
             running = true;
         else if (streq(j->row.state, S_JOB_FETCHING))
             fetching = true;
-        else if (!streq(j->row.state, S_JOB_DONE) &&
-                 !streq(j->row.state, S_JOB_FAILED))
+        else if (!S_JOB_OVER(j))
             open = true;
     }
     if (running || (fetching && open))
@@ -1416,6 +1430,18 @@ static void s_on_job_status(llmq_batch_t *self, s_job_t *j, llmq_msg_t *msg,
     const char *pstate = llmq_batch_normalise_state(llmq_msg_state(msg));
     bool was_cancel = j->task == LLMQ_MSG_JOB_CANCEL;
     j->task = LLMQ_MSG_INVALID;
+
+    if (streq(j->row.state, S_JOB_CLEANUP)) {
+        /*  Cleanup answered; a failed delete only leaves a file at the
+            provider (logged), it never holds the batch back. */
+        if (code)
+            zsys_warning("batch: job %s cleanup failed: %s", j->row.id,
+                         code);
+        snprintf(j->row.state, sizeof j->row.state, S_JOB_DONE);
+        s_job_save(self, j, now_ms);
+        llmq_batch_flush(self);
+        return;
+    }
 
     if (streq(j->row.state, S_JOB_SUBMITTING) ||
         streq(j->row.state, S_JOB_LOOKUP)) {
@@ -1666,8 +1692,7 @@ void llmq_batch_stats(llmq_batch_t *self, llmq_batch_stats_t *stats)
     }
     for (s_job_t *j = zhashx_first(self->jobs); j;
          j = zhashx_next(self->jobs)) {
-        if (!streq(j->row.state, S_JOB_DONE) &&
-            !streq(j->row.state, S_JOB_FAILED))
+        if (!S_JOB_OVER(j))
             stats->jobs_active++;
         if (j->task != LLMQ_MSG_INVALID)
             stats->tasks_in_flight++;
@@ -1945,6 +1970,25 @@ static llmq_msg_t *s_t_job_status(const char *job, const char *pb,
     if (streq(state, "completed"))
         llmq_msg_set_output_file(r, "file-out");
     return r;
+}
+
+/*  Answer every cleanup task (job.cancel, mode cleanup) outstanding. */
+static int s_t_cleanups(llmq_batch_t *m, int64_t now)
+{
+    int n = 0;
+    llmq_msg_t *t;
+    while ((t = llmq_batch_next_job_task(m, "oa", now))) {
+        S_CHECK(llmq_msg_type(t) == LLMQ_MSG_JOB_CANCEL);
+        S_CHECK(streq(llmq_msg_mode(t), "cleanup"));
+        llmq_msg_t *st = llmq_msg_new(LLMQ_MSG_JOB_STATUS);
+        llmq_msg_set_job(st, llmq_msg_job(t));
+        llmq_msg_set_state(st, "completed");
+        S_CHECK(llmq_batch_on_job_msg(m, st, now) == 0);
+        llmq_msg_destroy(&st);
+        llmq_msg_destroy(&t);
+        n++;
+    }
+    return n;
 }
 
 static int s_t_count_jobs(const llmq_batch_job_t *job, void *arg)
@@ -2300,8 +2344,10 @@ static void s_test_provider(const char *path, bool verbose)
     llmq_batch_destroy(&m);
     m = llmq_batch_new(path, &cfg, now);
     llmq_batch_set_pool_fn(m, s_test_pool_fn, "openai");
+    for (int round = 0; round < 3; round++)
+        polls[round] = llmq_batch_next_job_task(m, "oa", now);
     for (int round = 0; round < 3; round++) {
-        t = llmq_batch_next_job_task(m, "oa", now);
+        t = polls[round];
         S_CHECK(t && llmq_msg_type(t) == LLMQ_MSG_JOB_FETCH);
         int64_t first = streq(llmq_msg_job(t), ids[0])   ? 0
                         : streq(llmq_msg_job(t), ids[1]) ? 50000
@@ -2311,6 +2357,8 @@ static void s_test_provider(const char *path, bool verbose)
                         true, now);
         llmq_msg_destroy(&t);
     }
+    /*  Provider files are deleted only after the results are stored. */
+    S_CHECK(s_t_cleanups(m, now) == 3);
     S_CHECK(llmq_batch_next_job_task(m, "oa", now + 100000) == NULL);
     /*  Transient failures (every 997th) run again in realtime. */
     r = s_t_simple(m, replies, LLMQ_MSG_BATCH_GET, "big", now);
@@ -2420,6 +2468,7 @@ static void s_test_provider(const char *path, bool verbose)
     }
     llmq_msg_destroy(&a1);
     llmq_msg_destroy(&a2);
+    S_CHECK(s_t_cleanups(m, now) == 2);
     r = s_t_simple(m, replies, LLMQ_MSG_BATCH_GET, "anth", now);
     S_CHECK(streq(llmq_msg_state(r), "cancelled"));
     S_CHECK(llmq_msg_counts_done(r) == total);
