@@ -20,8 +20,11 @@
           has no metadata); job.status with its id, or error not_found
       job.fetch {job, provider_batch}      ->  job.results pages {job, final}
           + [{custom_id, ok, body | error, usage}], bodies in OpenAI shape
-          whatever the provider; then the batch's files are deleted
+          whatever the provider (custom_id as the broker sent it)
       job.cancel {job, provider_batch}     ->  job.status
+      job.cancel {job, provider_batch, mode: "cleanup"}  ->  delete the
+          batch's input, output and error files (sent by the broker once
+          the results are committed)  ->  job.status
 
     A task that fails answers job.status {job, provider_batch, state:
     "failed", error {code, message, status, retryable}} with no counts: the

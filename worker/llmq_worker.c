@@ -742,19 +742,24 @@ s_transfer_done(s_worker_t *self, s_job_t *job, CURLcode rc, const char *detail)
     llmq_limiter_release(self->limiter, job->estimate, actual, now);
 
     if (body) {
-        if (llmq_breaker_success(self->breaker, now))
+        if (llmq_breaker_success(self->breaker, now)) {
             llmq_wlog(LLMQ_LOG_INFO, "circuit closed: provider answers again");
+            s_send_hb(self);
+        }
         s_answer(self, job, body, &usage);
         cJSON_Delete(body);
         return;
     }
     llmq_provider_scrub(self->provider, job->err.message);
     if (s_is_provider_failure(&job->err)) {
-        if (llmq_breaker_failure(self->breaker, now))
+        if (llmq_breaker_failure(self->breaker, now)) {
             llmq_wlog(LLMQ_LOG_WARN, "circuit open after %lld consecutive failures (last: %s: %s);"
                       " no credit until a health probe passes",
                       (long long) self->cfg->breaker_failures, llmq_err_name(job->err.code),
                       job->err.message);
+            /*  Tell the broker now, not at the next heartbeat. */
+            s_send_hb(self);
+        }
     }
     bool chunks_seen = job->st && llmq_stream_chunks(job->st) > 0;
     bool again = job->err.retryable && job->attempts < self->cfg->max_attempts

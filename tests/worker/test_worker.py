@@ -1,0 +1,386 @@
+"""Integration tests: the real llmq-worker against the real llmq-sim, driven
+through a ROUTER harness that speaks the wire protocol (wharness.py).
+
+Usage: test_worker.py GROUP  (one ctest per group: worker.<group>)."""
+import os
+import re
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from wharness import Harness, Sim, check, content, read_line  # noqa: E402
+
+FAST = ["--retry-base-ms", "20", "--retry-cap-ms", "100"]
+
+
+def with_sim(sim_flags, worker_flags, fn, env=None):
+    sim = Sim(*sim_flags)
+    h = None
+    try:
+        h = Harness("--provider", "sim", "--base-url", sim.base, "--model", "sim-small",
+                    *worker_flags, env=env)
+        fn(sim, h)
+        check(h.terminate() == 0, "worker exit code on SIGTERM")
+    finally:
+        if h:
+            h.close()
+        sim.close()
+
+
+def t_success(sim, h):
+    hello = h.hello
+    check(hello["provider"] == "sim" and hello["models"] == ["sim-small"], "hello fields")
+    check(hello["capacity"] == 256 and hello["version"], "hello capacity/version")
+    check(h.credit > 0, "credit after hello")
+    for i in range(5):
+        hd, body = h.chat("ok%d" % i, "hello %d" % i)
+        check(hd["ok"] is True, "ok: %r" % (hd,))
+        check(content(body).startswith("sim-"), "content from the sim")
+        check(hd["attempts"] == 1 and hd["worker"] == hello["worker"], "attempts/worker")
+        u = hd["usage"]
+        check(u["prompt_tokens"] > 0 and u["completion_tokens"] > 0 and
+              u["total_tokens"] == u["prompt_tokens"] + u["completion_tokens"], "usage")
+        check(abs(u["cost_usd"] - (u["prompt_tokens"] * 1.0 + u["completion_tokens"] * 2.0) / 1e6) < 1e-12,
+              "cost from the pricing table: %r" % u)
+        check(hd["latency_ms"] >= 0, "latency")
+    # completion and embedding ops
+    h.req("c1", {"prompt": "once upon", "max_tokens": 8}, op="completion")
+    hd, body = h.result("c1")
+    check(hd["ok"] and body["object"] == "text_completion", "completion: %r" % (body,))
+    h.req("e1", {"input": ["a", "b"]}, op="embedding", model="text-embedding-3-small")
+    hd, body = h.result("e1")
+    check(hd["ok"] and len(body["data"]) == 2, "embedding: %r" % (body,))
+    # heartbeats carry health and in-flight
+    h.wait(lambda: len(h.hbs) > 0, 5, "heartbeat")
+    check(h.hbs[-1]["healthy"] is True and "in_flight" in h.hbs[-1], "hb fields")
+
+
+def success():
+    cfg = tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False)
+    cfg.write("pricing:\n  - {model: sim-small, input: 1.0, output: 2.0}\n")
+    cfg.close()
+    try:
+        with_sim([], ["--config", cfg.name], t_success)
+    finally:
+        os.unlink(cfg.name)
+
+
+def t_stream(sim, h):
+    h.req("s1", {"messages": [{"role": "user", "content": "tell me"}], "max_tokens": 12}, stream=True)
+    hd, body = h.result("s1")
+    check(hd["ok"], "stream res ok")
+    chunks = h.chunks.get("s1", [])
+    check(len(chunks) >= 3, "chunks relayed: %d" % len(chunks))
+    check([c[0]["seq"] for c in chunks] == list(range(len(chunks))), "seq 0..n in order")
+    text = "".join((c[1]["choices"][0]["delta"].get("content") or "")
+                   for c in chunks if c[1].get("choices"))
+    check(text == content(body) and text.startswith("sim-"), "assembled body = chunks")
+    check(hd["usage"]["completion_tokens"] > 0, "stream usage")
+    check(body["usage"]["total_tokens"] == hd["usage"]["total_tokens"], "usage in body")
+
+
+def stream():
+    with_sim([], [], t_stream)
+
+
+def t_faults(sim, h):
+    # 500 twice, then success: three attempts
+    hd, body = h.chat("f500", "[[sim:fail=500x2]] please")
+    check(hd["ok"] and hd["attempts"] == 3, "500x2 then ok: %r" % (hd,))
+    # 503 and 529 are retried too
+    hd, _ = h.chat("f503", "[[sim:fail=503x1]] please")
+    check(hd["ok"] and hd["attempts"] == 2, "503x1: %r" % (hd,))
+    # 429 with retry-after 1: retried after at least that long
+    hd, _ = h.chat("f429", "[[sim:fail=429x1]] please")
+    check(hd["ok"] and hd["attempts"] == 2, "429x1: %r" % (hd,))
+    check(hd["latency_ms"] >= 900, "retry-after honoured (%d ms)" % hd["latency_ms"])
+    # hang -> timeout -> retry
+    hd, _ = h.chat("fhang", "[[sim:hang=1]] please")
+    check(hd["ok"] and hd["attempts"] == 2, "hang then ok: %r" % (hd,))
+    # broken JSON once, then fine; broken every time: provider_error after retries
+    hd, _ = h.chat("fmal", "[[sim:malformed=1]] please")
+    check(hd["ok"] and hd["attempts"] == 2, "malformed then ok: %r" % (hd,))
+    hd, _ = h.chat("fmal9", "[[sim:malformed=9]] please")
+    check(not hd["ok"] and hd["error"]["code"] == "provider_error" and hd["attempts"] == 3,
+          "malformed always: %r" % (hd,))
+    check(hd["error"]["retryable"] is True, "provider_error is retryable")
+    # connection reset once
+    hd, _ = h.chat("freset", "[[sim:reset=1]] please")
+    # (curl itself may resend on a fresh connection when a reused one died)
+    check(hd["ok"] and hd["attempts"] in (1, 2), "reset then ok: %r" % (hd,))
+    # permanent 400: one attempt, not retryable, provider status kept
+    hd, _ = h.chat("f400", "[[sim:fail=400]] please")
+    check(not hd["ok"] and hd["attempts"] == 1, "400 not retried: %r" % (hd,))
+    e = hd["error"]
+    check(e["code"] == "invalid_request" and e["status"] == 400 and e["retryable"] is False,
+          "400 classified: %r" % (e,))
+    hd, _ = h.chat("fctx", "[[sim:context_length]] please")
+    check(hd["error"]["code"] == "context_length" and hd["attempts"] == 1, "context_length: %r" % (hd,))
+    hd, _ = h.chat("f401", "[[sim:fail=401]] please")
+    check(hd["error"]["code"] == "auth" and hd["attempts"] == 1, "401 -> auth: %r" % (hd,))
+    # 500 every time: provider_error after max attempts
+    hd, _ = h.chat("f500x9", "[[sim:fail=500x9]] please")
+    check(not hd["ok"] and hd["error"]["code"] == "provider_error" and hd["error"]["status"] == 500
+          and hd["attempts"] == 3, "500 always: %r" % (hd,))
+    # a deadline shorter than a hang: deadline_exceeded, never a late answer
+    h.req("fdl", {"messages": [{"role": "user", "content": "[[sim:hang=1]] slow"}]}, deadline_ms=300)
+    hd, _ = h.result("fdl")
+    check(not hd["ok"] and hd["error"]["code"] == "deadline_exceeded", "deadline: %r" % (hd,))
+    # cancel: the transfer is aborted and answered cancelled
+    h.req("fcan", {"messages": [{"role": "user", "content": "[[sim:delay_ms=5000]] wait"}]})
+    h.pump(0.2)
+    h.send("cancel", id="fcan")
+    hd, _ = h.result("fcan", timeout=3)
+    check(hd["error"]["code"] == "cancelled", "cancel: %r" % (hd,))
+    # bad payload
+    h.wait(lambda: h.credit > 0, 10, "credit")
+    h.credit -= 1
+    h.send("req", [1, 2, 3], id="fbad", op="chat", model="sim-small")
+    hd, _ = h.result("fbad")
+    check(hd["error"]["code"] == "invalid_request", "bad payload: %r" % (hd,))
+
+
+def faults():
+    with_sim([], FAST + ["--timeout-ms", "700", "--max-attempts", "3",
+                         "--breaker-failures", "100"], t_faults)
+
+
+def t_rpm(sim, h):
+    check(h.hello["limits"]["rpm"] == 120, "hello announces the key's rpm")
+    n = 12
+    for i in range(n):
+        h.req("r%d" % i, {"messages": [{"role": "user", "content": "n %d" % i}], "max_tokens": 4},
+              timeout=30)
+    for i in range(n):
+        hd, _ = h.result("r%d" % i)
+        check(hd["ok"] and hd["attempts"] == 1, "rpm request ok: %r" % (hd,))
+    st = sim.stats()
+    check(st["rate_limited_429"] == 0, "no 429 from the sim: %r" % st)
+    # every credit was backed by the limiter: never more than its burst + 1 s
+    check(max(m[0]["n"] for m in h.received if m[0]["t"] == "credit") <= 4,
+          "credit follows the limiter")
+
+
+def rpm():
+    # 120 rpm = 2/s: 12 requests take about 5 s and must never trip the sim
+    with_sim(["--rpm", "120"], ["--rpm", "120"], t_rpm)
+
+
+def t_breaker(sim, h):
+    # three final failures in a row (one attempt each) open the circuit
+    for i in range(3):
+        hd, _ = h.chat("b%d" % i, "[[sim:fail=500x1]] breaker %d" % i)
+        check(not hd["ok"] and hd["error"]["code"] == "provider_error", "failure %d" % i)
+    h.wait(lambda: h.hbs and h.hbs[-1]["healthy"] is False, 5, "hb healthy=false")
+    # no credit while open (the harness counts what it was granted)
+    granted = sum(m[0]["n"] for m in h.received if m[0]["t"] == "credit")
+    h.pump(0.3)
+    check(sum(m[0]["n"] for m in h.received if m[0]["t"] == "credit") == granted or
+          h.hbs[-1]["healthy"], "no credit while the circuit is open")
+    # the health probe after the cool-down half-opens it: one credit, a trial
+    h.wait(lambda: h.credit > 0 and h.hbs[-1]["healthy"] is True, 10, "half-open")
+    hd, _ = h.chat("trial", "all good now")
+    check(hd["ok"], "trial request ok")
+    h.wait(lambda: h.credit >= 8, 5, "credit after the circuit closed")
+    hd, _ = h.chat("after", "still good")
+    check(hd["ok"], "closed again")
+    log = h.stderr()
+    check("circuit open" in log and "circuit closed" in log, "breaker transitions logged")
+
+
+def breaker():
+    with_sim([], FAST + ["--max-attempts", "1", "--breaker-failures", "3",
+                         "--breaker-cooldown-ms", "1500"], t_breaker)
+
+
+KEY = "sk-llmq-SECRET-7f3a9c2e41d8b6"
+
+
+def t_secrets(sim, h):
+    h.chat("k1", "hello")
+    h.chat("k2", "[[sim:fail=500x9]] x")
+    h.chat("k3", "[[sim:fail=400]] x")
+    h.chat("k4", "[[sim:fail=401]] x")
+    h.chat("k5", "[[sim:malformed=9]] x")
+    h.req("k6", {"messages": [{"role": "user", "content": "s"}]}, stream=True)
+    h.result("k6")
+
+
+def secrets():
+    sim = Sim("--api-key", KEY)
+    h = None
+    try:
+        h = Harness("--provider", "openai", "--base-url", sim.base, "--model", "sim-small",
+                    "--verbose", *FAST, "--max-attempts", "2", env={"OPENAI_API_KEY": KEY})
+        t_secrets(sim, h)
+        check(h.terminate() == 0, "exit 0")
+        everything = h.stdout + h.stderr() + repr(h.received)
+        check(KEY not in everything, "the API key leaked")
+        check(KEY[8:20] not in everything, "part of the API key leaked")
+        h.close()
+        h = None
+        # a rejected key: clear error, exit code 3, and still no key
+        h = Harness("--provider", "openai", "--base-url", sim.base, "--model", "m",
+                    env={"OPENAI_API_KEY": KEY + "-wrong"}, wait_ready=False)
+        rc = h.proc.wait(timeout=20)
+        err = h.stderr()
+        check(rc == 3, "exit code 3 for a rejected key, got %d: %s" % (rc, err))
+        check("API key rejected by %s (401)" % sim.base in err, "clear message: %s" % err)
+        check(KEY not in err and KEY not in h.proc.stdout.read().decode(), "key in output")
+    finally:
+        if h:
+            h.close()
+        sim.close()
+
+
+def t_drain(sim, h):
+    for i in range(5):
+        h.req("d%d" % i, {"messages": [{"role": "user", "content": "[[sim:delay_ms=1500]] %d" % i}]})
+    h.pump(0.3)
+    h.sigterm()
+    h.wait(lambda: any(m[0]["t"] == "bye" for m in h.received), 5, "bye")
+    rc = h.terminate(timeout=20)
+    check(rc == 0, "exit 0 after drain")
+    for i in range(5):
+        check(h.results.get("d%d" % i, ({}, None))[0].get("ok"), "in-flight d%d finished" % i)
+    bye_at = next(i for i, m in enumerate(h.received) if m[0]["t"] == "bye")
+    check(not any(m[0]["t"] == "credit" for m in h.received[bye_at:]), "no credit after bye")
+
+
+def drain():
+    sim = Sim()
+    h = Harness("--provider", "sim", "--base-url", sim.base, "--model", "sim-small")
+    try:
+        t_drain(sim, h)
+        # a drain bound: requests still running at the bound are answered failed
+        h.close()
+        h = Harness("--provider", "sim", "--base-url", sim.base, "--model", "sim-small",
+                    "--drain-ms", "300")
+        h.req("x", {"messages": [{"role": "user", "content": "[[sim:delay_ms=5000]] x"}]})
+        h.pump(0.2)
+        rc = h.terminate(timeout=10)
+        check(rc == 0, "exit 0 at the drain bound")
+        hd = h.results["x"][0]
+        check(not hd["ok"] and hd["error"]["retryable"], "abandoned request answered: %r" % hd)
+    finally:
+        h.close()
+        sim.close()
+
+
+def t_anthropic(sim, h):
+    hd, body = h.chat("a1", "hi claude")
+    check(hd["ok"] and content(body).startswith("sim-"), "anthropic chat: %r" % (body,))
+    check(body["object"] == "chat.completion" and body["choices"][0]["finish_reason"] in ("stop", "length"),
+          "OpenAI shape")
+    check(hd["usage"]["total_tokens"] == hd["usage"]["prompt_tokens"] + hd["usage"]["completion_tokens"],
+          "usage names")
+    h.req("a2", {"messages": [{"role": "system", "content": "be brief"},
+                              {"role": "user", "content": "stream please"}]}, stream=True)
+    hd, body = h.result("a2")
+    chunks = h.chunks.get("a2", [])
+    text = "".join((c[1]["choices"][0]["delta"].get("content") or "")
+                   for c in chunks if c[1].get("choices"))
+    check(hd["ok"] and text == content(body) and text.startswith("sim-"), "anthropic stream")
+    check(hd["usage"]["completion_tokens"] > 0, "stream usage")
+    h.req("a3", {"input": "x"}, op="embedding")
+    hd, _ = h.result("a3")
+    check(hd["error"]["code"] == "invalid_request" and hd["attempts"] == 0, "no embeddings: %r" % (hd,))
+    hd, _ = h.chat("a4", "[[sim:fail=529x1]] overloaded")
+    check(hd["ok"] and hd["attempts"] == 2, "529 retried: %r" % (hd,))
+
+
+def anthropic():
+    sim = Sim()
+    h = None
+    try:
+        h = Harness("--provider", "anthropic", "--base-url", sim.base, "--model", "claude-x",
+                    *FAST, env={"ANTHROPIC_API_KEY": "sk-ant-test"})
+        t_anthropic(sim, h)
+        check(h.terminate() == 0, "exit 0")
+    finally:
+        if h:
+            h.close()
+        sim.close()
+
+
+def cli():
+    import subprocess
+    from wharness import WORKER
+    r = subprocess.run([WORKER, "--help"], capture_output=True, text=True, timeout=10)
+    check(r.returncode == 0, "--help exits 0")
+    for flag in ["--broker", "--name", "--pool", "--provider", "--base-url", "--model", "--capacity",
+                 "--rpm", "--tpm", "--limit-group", "--max-attempts", "--timeout-ms",
+                 "--retry-base-ms", "--retry-cap-ms", "--breaker-failures", "--breaker-cooldown-ms",
+                 "--drain-ms", "--config", "--verbose", "--json-logs", "--help", "--check-only"]:
+        check(flag in r.stdout, "--help lists " + flag)
+    r = subprocess.run([WORKER, "--capacity", "lots"], capture_output=True, text=True, timeout=10)
+    check(r.returncode == 2 and "--capacity" in r.stderr, "bad flag: exit 2")
+    r = subprocess.run([WORKER, "--no-such-flag"], capture_output=True, text=True, timeout=10)
+    check(r.returncode == 2, "unknown flag: exit 2")
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+        f.write("provider: sim\ncapacity: 8\nretry:\n  max_attempts: many\n")
+    try:
+        r = subprocess.run([WORKER, "--config", f.name], capture_output=True, text=True, timeout=10)
+        check(r.returncode == 2 and ("%s:4:" % f.name) in r.stderr, "config error names file:line: %s"
+              % r.stderr)
+    finally:
+        os.unlink(f.name)
+    ex = os.path.join(os.environ.get("LLMQ_SOURCE_DIR", "."), "examples", "worker.yaml")
+    if os.path.exists(ex):
+        sim = Sim()
+        try:
+            r = subprocess.run([WORKER, "--config", ex, "--base-url", sim.base, "--check-only"],
+                               capture_output=True, text=True, timeout=20,
+                               env=dict(os.environ, OPENAI_API_KEY="sk-x"))
+            check(r.returncode == 0 and r.stdout.startswith("ok:"), "example config checks: %s %s"
+                  % (r.stdout, r.stderr))
+        finally:
+            sim.close()
+    # unreachable provider with --check-only: exit 4
+    r = subprocess.run([WORKER, "--provider", "sim", "--base-url", "http://127.0.0.1:1/v1",
+                        "--check-only"], capture_output=True, text=True, timeout=20)
+    check(r.returncode == 4 and "unreachable" in r.stderr, "unreachable: %d %s" % (r.returncode, r.stderr))
+    # JSON logs are JSON
+    sim = Sim()
+    try:
+        h = Harness("--provider", "sim", "--base-url", sim.base, "--json-logs")
+        h.terminate()
+        import json
+        lines = [ln for ln in h.stderr().splitlines() if ln.strip()]
+        check(lines and all(json.loads(ln)["component"] == "llmq-worker" for ln in lines), "json logs")
+        h.close()
+    finally:
+        sim.close()
+
+
+def reconnect():
+    """The broker goes silent: the worker says hello again on a new socket; a
+    broker `error` (it forgot us) also brings a new hello."""
+    sim = Sim()
+    h = Harness("--provider", "sim", "--base-url", sim.base, "--model", "sim-small",
+                heartbeats=False)
+    try:
+        hellos = lambda: sum(1 for m in h.received if m[0]["t"] == "hello")
+        check(hellos() == 1, "one hello")
+        h.send("error", code="bad_message", message="hello first")
+        h.wait(lambda: hellos() == 2, 5, "hello after error")
+        # we never answer heartbeats: after 3 s of silence it reconnects
+        h.wait(lambda: hellos() == 3, 10, "hello after broker silence")
+        h.heartbeats = True
+        hd, _ = h.chat("after", "still there")
+        check(hd["ok"], "serves after reconnect")
+        check(h.terminate() == 0, "exit 0")
+    finally:
+        h.close()
+        sim.close()
+
+
+GROUPS = {"success": success, "stream": stream, "faults": faults, "rpm": rpm,
+          "circuit": breaker, "secrets": secrets, "drain": drain, "anthropic": anthropic,
+          "cli": cli, "reconnect": reconnect}
+
+if __name__ == "__main__":
+    names = sys.argv[1:] or list(GROUPS)
+    for n in names:
+        GROUPS[n]()
+        print("worker.%s: OK" % n)
