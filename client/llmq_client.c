@@ -1019,8 +1019,14 @@ s_fake_broker(zsock_t *pipe, void *args)
     //  A reconnecting client reuses its routing id: let the new connection
     //  take it over from the old one.
     zsock_set_router_handover(router, 1);
-    int port = want ? zsock_bind(router, "tcp://127.0.0.1:%d", want)
-                    : zsock_bind(router, "tcp://127.0.0.1:*");
+    int port = want ? -1 : zsock_bind(router, "tcp://127.0.0.1:*");
+    if (want) {
+        //  The previous broker's socket is closed by ZeroMQ's I/O thread
+        //  after it returned: retry until the port is free again.
+        for (int tries = 0; tries < 500 && port < 0; tries++)
+            if ((port = zsock_bind(router, "tcp://127.0.0.1:%d", want)) < 0)
+                zclock_sleep(10);
+    }
     zsock_signal(pipe, 0);
     zsock_send(pipe, "i", port);
     zpoller_t *poller = zpoller_new(pipe, router, NULL);
@@ -1037,6 +1043,11 @@ s_fake_broker(zsock_t *pipe, void *args)
             }
             if (streq(command, "HOLD"))
                 holding = true;
+            else if (streq(command, "COUNT")) {
+                zstr_free(&command);
+                zsock_send(pipe, "i", (int) zlistx_size(held));
+                continue;
+            }
             else if (streq(command, "RELEASE")) {
                 holding = false;
                 llmq_msg_t *req;
@@ -1217,6 +1228,15 @@ llmq_client_test(bool verbose)
         llmq_client_stats(client, &stats);
     }
     CHECK(stats.resent >= 10);
+    //  Release only once the broker holds originals and resends, or its
+    //  answers could race the new connection's handshake.
+    int held = 0;
+    for (int tries = 0; tries < 500 && held < 20; tries++) {
+        llmq_client_poll(client, 10);
+        zstr_send(broker, "COUNT");
+        zsock_recv(broker, "i", &held);
+    }
+    CHECK(held >= 20);
     zstr_send(broker, "RELEASE");
     zsock_wait(broker);
     seen = 0;

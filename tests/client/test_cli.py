@@ -111,8 +111,13 @@ def main():
                           "--capacity", "2", "--sim-latency-ms", "20"],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          env=dict(os.environ, **env))
-    wait_until("some finished lines",
-               lambda: os.path.exists(out_path) and os.path.getsize(out_path) > 2000, 60)
+    def lines_done():
+        try:
+            with open(out_path, "rb") as f:
+                return f.read().count(b"\n") >= 10
+        except FileNotFoundError:
+            return False
+    wait_until("some finished lines", lines_done, 60)
     p.send_signal(signal.SIGTERM)
     out, err = p.communicate(timeout=30)
     check(p.returncode == 130, "interrupted run: rc %d %r" % (p.returncode, err[-300:]))
