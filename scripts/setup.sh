@@ -11,6 +11,7 @@ PACKAGES=(
   python3 python3-zmq python3-msgpack
   curl procps wrk
   prometheus
+  gnuplot-nox python3-aiohttp
 )
 
 missing=()
