@@ -223,9 +223,15 @@ def run_llmq(args, timeout=120, env=None):
     full_env = dict(os.environ)
     full_env.pop("LLMQ_ENDPOINT", None)
     full_env.update(env or {})
+    # Under ASan/UBSan a report must not pass for exit code 1 ("some lines
+    # failed"): give sanitizer failures their own code and look for reports.
+    full_env["ASAN_OPTIONS"] = full_env.get("ASAN_OPTIONS", "") + ":exitcode=86"
     p = subprocess.run([bin_path("llmq"), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                        timeout=timeout, env=full_env)
-    return p.returncode, p.stdout.decode(errors="replace"), p.stderr.decode(errors="replace")
+    stderr = p.stderr.decode(errors="replace")
+    check(p.returncode != 86 and "Sanitizer" not in stderr and "runtime error:" not in stderr,
+          "sanitizer report from llmq %s:\n%s" % (" ".join(args), stderr[-3000:]))
+    return p.returncode, p.stdout.decode(errors="replace"), stderr
 
 
 def read_jsonl(path):
