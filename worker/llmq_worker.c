@@ -63,6 +63,21 @@ typedef enum { S_QUEUED, S_RUNNING, S_WAITING } s_state_t;
 
 typedef struct _s_worker_t s_worker_t;
 
+/*  libcurl 7.88 looks for a reusable connection by walking every connection
+    to the host, so one multi handle with 10,000 connections to one provider
+    spends its time in that walk. Transfers are spread over shards of at
+    most S_SHARD_CONNS connections, each its own multi handle (own
+    connection cache), all in the one epoll set. */
+#define S_SHARD_CONNS 256
+
+typedef struct {
+    s_worker_t *worker;         /* back pointer, for curl callbacks */
+    CURLM *multi;               /* this shard's transfers and connections */
+    uint32_t index;             /* in worker->shards, tagged into epoll data */
+    int64_t due;                /* curl's timer for this multi, -1 = none */
+    size_t running;             /* transfers on it */
+} s_shard_t;
+
 typedef struct {
     s_worker_t *worker;         /* back pointer, for curl callbacks */
     char *id;                   /* broker's request id (key in jobs) */
@@ -77,6 +92,7 @@ typedef struct {
     s_state_t state;            /* where it is */
     llmq_http_t http;           /* the request, built once */
     CURL *easy;                 /* while RUNNING */
+    s_shard_t *shard;           /* the multi it runs on, while RUNNING */
     char *buf;                  /* answer body (or error body) */
     size_t len;                 /* its length */
     size_t cap;                 /* its allocation */
@@ -99,9 +115,9 @@ struct _s_worker_t {
     llmq_limiter_t *limiter;    /* owned */
     llmq_breaker_t *breaker;    /* owned */
     zsock_t *dealer;            /* to the broker; NULL until joined */
-    CURLM *multi;               /* every transfer */
-    int epfd;                   /* curl's sockets */
-    int64_t curl_due;           /* curl's timer, -1 = none */
+    s_shard_t *shards;          /* curl multi handles */
+    size_t nshards;
+    int epfd;                   /* every curl socket of every shard */
     zhashx_t *jobs;             /* id -> s_job_t, every request held */
     zlistx_t *queue;            /* s_job_t waiting to start, FIFO */
     s_job_t **heap;             /* WAITING jobs, min-heap by due_ms */
@@ -310,7 +326,8 @@ s_job_detach(s_worker_t *self, s_job_t *job, bool release_tokens)
     }
     s_heap_remove(self, job);
     if (job->easy) {
-        curl_multi_remove_handle(self->multi, job->easy);
+        curl_multi_remove_handle(job->shard->multi, job->easy);
+        job->shard->running--;
         s_easy_put(self, job->easy);
         job->easy = NULL;
         if (!job->probe)
@@ -534,14 +551,15 @@ s_on_socket(CURL *easy, curl_socket_t fd, int what, void *userp, void *socketp)
 {
     (void) easy;
     (void) socketp;
-    s_worker_t *self = userp;
+    s_shard_t *shard = userp;
+    s_worker_t *self = shard->worker;
     if (what == CURL_POLL_REMOVE) {
         epoll_ctl(self->epfd, EPOLL_CTL_DEL, fd, NULL);
         return 0;
     }
     struct epoll_event ev;
     memset(&ev, 0, sizeof ev);
-    ev.data.fd = fd;
+    ev.data.u64 = ((uint64_t) shard->index << 32) | (uint32_t) fd;
     if (what & CURL_POLL_IN)
         ev.events |= EPOLLIN;
     if (what & CURL_POLL_OUT)
@@ -555,8 +573,8 @@ static int
 s_on_timer(CURLM *multi, long timeout_ms, void *userp)
 {
     (void) multi;
-    s_worker_t *self = userp;
-    self->curl_due = timeout_ms < 0 ? -1 : s_now() + timeout_ms;
+    s_shard_t *shard = userp;
+    shard->due = timeout_ms < 0 ? -1 : s_now() + timeout_ms;
     return 0;
 }
 
@@ -604,14 +622,21 @@ s_start_transfer(s_worker_t *self, s_job_t *job, int64_t now)
         the default 16 KB each would be most of our memory. */
     curl_easy_setopt(easy, CURLOPT_BUFFERSIZE, 8192L);
     curl_easy_setopt(easy, CURLOPT_USERAGENT, "llmq-worker/" LLMQ_VERSION_STRING);
+    /*  The least busy shard. */
+    s_shard_t *shard = &self->shards[0];
+    for (size_t i = 1; i < self->nshards; i++)
+        if (self->shards[i].running < shard->running)
+            shard = &self->shards[i];
     job->easy = easy;
+    job->shard = shard;
     job->state = S_RUNNING;
     job->attempts++;
-    if (curl_multi_add_handle(self->multi, easy) != CURLM_OK) {
+    if (curl_multi_add_handle(shard->multi, easy) != CURLM_OK) {
         job->easy = NULL;
         s_easy_put(self, easy);
         return -1;
     }
+    shard->running++;
     return 0;
 }
 
@@ -707,7 +732,8 @@ s_transfer_done(s_worker_t *self, s_job_t *job, CURLcode rc, const char *detail)
         s_probe_done(self, job, rc);
         return;
     }
-    curl_multi_remove_handle(self->multi, job->easy);
+    curl_multi_remove_handle(job->shard->multi, job->easy);
+    job->shard->running--;
     s_easy_put(self, job->easy);
     job->easy = NULL;
     llmq_limiter_observe(self->limiter, &job->rl, now);
@@ -790,11 +816,11 @@ s_transfer_done(s_worker_t *self, s_job_t *job, CURLcode rc, const char *detail)
 }
 
 static void
-s_check_multi(s_worker_t *self)
+s_check_multi(s_worker_t *self, s_shard_t *shard)
 {
     CURLMsg *msg;
     int left;
-    while ((msg = curl_multi_info_read(self->multi, &left))) {
+    while ((msg = curl_multi_info_read(shard->multi, &left))) {
         if (msg->msg != CURLMSG_DONE)
             continue;
         s_job_t *job = NULL;
@@ -857,7 +883,8 @@ static void
 s_probe_done(s_worker_t *self, s_job_t *job, CURLcode rc)
 {
     int64_t now = s_now();
-    curl_multi_remove_handle(self->multi, job->easy);
+    curl_multi_remove_handle(job->shard->multi, job->easy);
+    job->shard->running--;
     s_easy_put(self, job->easy);
     job->easy = NULL;
     self->probe = NULL;
@@ -1237,8 +1264,9 @@ s_next_wake(s_worker_t *self, int64_t now)
     int64_t due = now + self->cfg->heartbeat_ms;
     if (self->dealer)
         due = s_min_due(due, self->hb_at);
-    if (self->curl_due >= 0)
-        due = s_min_due(due, self->curl_due > now ? self->curl_due : now);
+    for (size_t i = 0; i < self->nshards; i++)
+        if (self->shards[i].due >= 0)
+            due = s_min_due(due, self->shards[i].due > now ? self->shards[i].due : now);
     if (self->heap_len)
         due = s_min_due(due, self->heap[0]->due_ms);
     if (self->limiter_at && zlistx_size(self->queue))
@@ -1270,9 +1298,13 @@ s_curl_events(s_worker_t *self)
                 mask |= CURL_CSELECT_OUT;
             if (evs[i].events & (EPOLLERR | EPOLLHUP))
                 mask |= CURL_CSELECT_ERR;
-            curl_multi_socket_action(self->multi, evs[i].data.fd, mask, &running);
+            uint32_t ix = (uint32_t) (evs[i].data.u64 >> 32);
+            curl_socket_t fd = (curl_socket_t) (evs[i].data.u64 & 0xffffffffu);
+            if (ix < self->nshards)
+                curl_multi_socket_action(self->shards[ix].multi, fd, mask, &running);
         }
-        s_check_multi(self);
+        for (size_t i = 0; i < self->nshards; i++)
+            s_check_multi(self, &self->shards[i]);
         if (n < 512)
             break;
     }
@@ -1332,11 +1364,14 @@ llmq_worker_run(llmq_worker_t *self_)
         if (rc > 0 && (items[0].revents & ZMQ_POLLIN))
             s_curl_events(self);
         now = s_now();
-        if (self->curl_due >= 0 && now >= self->curl_due) {
-            int running;
-            self->curl_due = -1;
-            curl_multi_socket_action(self->multi, CURL_SOCKET_TIMEOUT, 0, &running);
-            s_check_multi(self);
+        for (size_t i = 0; i < self->nshards; i++) {
+            s_shard_t *shard = &self->shards[i];
+            if (shard->due >= 0 && now >= shard->due) {
+                int running;
+                shard->due = -1;
+                curl_multi_socket_action(shard->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+                s_check_multi(self, shard);
+            }
         }
         /*  The broker: everything waiting, in bounded batches. */
         for (int i = 0; self->dealer && i < S_ZMQ_BATCH
@@ -1415,7 +1450,6 @@ llmq_worker_new(llmq_worker_config_t **config_p, char *errbuf, size_t errlen)
     }
     self->cfg = cfg;
     self->epfd = -1;
-    self->curl_due = -1;
     self->exit_code = LLMQ_WORKER_EXIT_OK;
     self->rng = (uint64_t) zclock_time() ^ ((uint64_t) getpid() << 32) ^ 0x9E3779B97F4A7C15ULL;
     self->avg_tokens = cfg->default_max_tokens / 4;
@@ -1429,14 +1463,23 @@ llmq_worker_new(llmq_worker_config_t **config_p, char *errbuf, size_t errlen)
     self->jobs = zhashx_new();
     self->queue = zlistx_new();
     self->epfd = epoll_create1(EPOLL_CLOEXEC);
-    if (curl_global_init(CURL_GLOBAL_DEFAULT) == CURLE_OK)
-        self->multi = curl_multi_init();
+    bool curl_ok = curl_global_init(CURL_GLOBAL_DEFAULT) == CURLE_OK;
+    self->nshards = (size_t) (cfg->capacity + S_SHARD_CONNS - 1) / S_SHARD_CONNS;
+    self->shards = calloc(self->nshards, sizeof(s_shard_t));
+    for (size_t i = 0; curl_ok && self->shards && i < self->nshards; i++) {
+        s_shard_t *shard = &self->shards[i];
+        shard->worker = self;
+        shard->index = (uint32_t) i;
+        shard->due = -1;
+        shard->multi = curl_multi_init();
+        curl_ok = shard->multi != NULL;
+    }
     if (s_wake[0] < 0 && pipe(s_wake) == 0) {
         fcntl(s_wake[0], F_SETFL, O_NONBLOCK);
         fcntl(s_wake[1], F_SETFL, O_NONBLOCK);
     }
     if (!self->provider || !self->limiter || !self->breaker || !self->jobs || !self->queue
-        || self->epfd < 0 || !self->multi || s_wake[0] < 0) {
+        || self->epfd < 0 || !self->shards || !curl_ok || s_wake[0] < 0) {
         if (errbuf && !*errbuf)
             snprintf(errbuf, errlen, "cannot set up the worker (out of memory or fds)");
         llmq_worker_t *w = (llmq_worker_t *) self;
@@ -1444,13 +1487,17 @@ llmq_worker_new(llmq_worker_config_t **config_p, char *errbuf, size_t errlen)
         return NULL;
     }
     zhashx_set_destructor(self->jobs, s_job_destructor);
-    curl_multi_setopt(self->multi, CURLMOPT_SOCKETFUNCTION, s_on_socket);
-    curl_multi_setopt(self->multi, CURLMOPT_SOCKETDATA, self);
-    curl_multi_setopt(self->multi, CURLMOPT_TIMERFUNCTION, s_on_timer);
-    curl_multi_setopt(self->multi, CURLMOPT_TIMERDATA, self);
-    curl_multi_setopt(self->multi, CURLMOPT_MAX_HOST_CONNECTIONS, (long) cfg->capacity);
-    curl_multi_setopt(self->multi, CURLMOPT_MAXCONNECTS, (long) cfg->capacity);
-    curl_multi_setopt(self->multi, CURLMOPT_PIPELINING, (long) CURLPIPE_MULTIPLEX);
+    long per_shard = (long) ((cfg->capacity + (int64_t) self->nshards - 1) / (int64_t) self->nshards);
+    for (size_t i = 0; i < self->nshards; i++) {
+        CURLM *multi = self->shards[i].multi;
+        curl_multi_setopt(multi, CURLMOPT_SOCKETFUNCTION, s_on_socket);
+        curl_multi_setopt(multi, CURLMOPT_SOCKETDATA, &self->shards[i]);
+        curl_multi_setopt(multi, CURLMOPT_TIMERFUNCTION, s_on_timer);
+        curl_multi_setopt(multi, CURLMOPT_TIMERDATA, &self->shards[i]);
+        curl_multi_setopt(multi, CURLMOPT_MAX_HOST_CONNECTIONS, per_shard);
+        curl_multi_setopt(multi, CURLMOPT_MAXCONNECTS, per_shard);
+        curl_multi_setopt(multi, CURLMOPT_PIPELINING, (long) CURLPIPE_MULTIPLEX);
+    }
     s_raise_nofile(cfg->capacity);
 
     struct sigaction sa;
@@ -1486,8 +1533,10 @@ llmq_worker_destroy(llmq_worker_t **self_p)
     for (size_t i = 0; i < self->pool_len; i++)
         curl_easy_cleanup(self->pool[i]);
     free(self->pool);
-    if (self->multi)
-        curl_multi_cleanup(self->multi);
+    for (size_t i = 0; self->shards && i < self->nshards; i++)
+        if (self->shards[i].multi)
+            curl_multi_cleanup(self->shards[i].multi);
+    free(self->shards);
     if (self->epfd >= 0)
         close(self->epfd);
     zsock_destroy(&self->dealer);
