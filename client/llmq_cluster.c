@@ -274,68 +274,96 @@ s_stop_all(llmq_cluster_t *self)
     }
 }
 
-/*  A top-level scalar `key: value` of a YAML file (fresh), or NULL. The
-    workers parse the file fully (libcyaml); the cluster only needs to know
-    the provider, its URL and the first model, to decide whether to start
-    a simulator and what model to default to. */
-static char *
-s_yaml_value(const char *path, const char *key, bool first_list_item)
+/*  Append one YAML scalar (trimmed, unquoted) to values if not empty. */
+static void
+s_yaml_add(zlist_t *values, const char *p, size_t len)
+{
+    while (len > 0 && (*p == ' ' || *p == '\t')) {
+        p++;
+        len--;
+    }
+    while (len > 0 && (p[len - 1] == ' ' || p[len - 1] == '\t'))
+        len--;
+    if (len >= 2 && (p[0] == '"' || p[0] == '\'') && p[len - 1] == p[0]) {
+        p++;
+        len -= 2;
+    }
+    if (len > 0) {
+        char *value = (char *) malloc(len + 1);
+        if (value) {
+            memcpy(value, p, len);
+            value[len] = 0;
+            zlist_append(values, value);
+        }
+    }
+}
+
+/*  The values of a top-level key of a YAML file: `key: value`, `key: [a,
+    b]` or `key:` followed by `- a` lines. The workers parse the file fully
+    (libcyaml); the cluster only needs the provider, its URL and the models,
+    to decide whether to start a simulator and which models to serve.
+    Returns a list of fresh strings (empty if absent), NULL if no file. */
+static zlist_t *
+s_yaml_values(const char *path, const char *key)
 {
     FILE *file = path ? fopen(path, "r") : NULL;
     if (!file)
         return NULL;
+    zlist_t *values = zlist_new();
+    zlist_autofree(values);
     char line[1024];
-    char *value = NULL;
     bool in_list = false;
     size_t keylen = strlen(key);
-    while (!value && fgets(line, sizeof(line), file)) {
+    while (fgets(line, sizeof(line), file)) {
         char *hash = strstr(line, " #");
         if (hash)
             *hash = 0;
-        char *p = line;
+        line[strcspn(line, "\r\n")] = 0;
         if (in_list) {
+            char *p = line;
             while (*p == ' ' || *p == '\t')
                 p++;
             if (*p == '-')
-                p++;
-            else if (p != line || !*p || *p == '\n')
-                continue;
-            else
-                break;              //  back at top level: empty list
-        }
-        else if (strncmp(line, key, keylen) == 0 && line[keylen] == ':') {
-            p = line + keylen + 1;
-            while (*p == ' ' || *p == '\t')
-                p++;
-            if (first_list_item && (*p == '\n' || !*p)) {
-                in_list = true;
-                continue;
-            }
-            if (first_list_item && *p == '[')
-                p++;
-        }
-        else
+                s_yaml_add(values, p + 1, strlen(p + 1));
+            else if (p == line && *p && *p != '#')
+                break;              //  the next top-level key: list ended
             continue;
+        }
+        if (strncmp(line, key, keylen) != 0 || line[keylen] != ':')
+            continue;
+        char *p = line + keylen + 1;
         while (*p == ' ' || *p == '\t')
             p++;
-        size_t len = strcspn(p, first_list_item ? ",]\r\n" : "\r\n");
-        while (len > 0 && (p[len - 1] == ' ' || p[len - 1] == '\t'))
-            len--;
-        if (len >= 2 && (p[0] == '"' || p[0] == '\'') && p[len - 1] == p[0]) {
+        if (!*p)
+            in_list = true;         //  a block list follows
+        else if (*p == '[') {
             p++;
-            len -= 2;
-        }
-        if (len > 0) {
-            value = (char *) malloc(len + 1);
-            if (value) {
-                memcpy(value, p, len);
-                value[len] = 0;
+            p[strcspn(p, "]")] = 0;
+            for (char *item = p; item;) {
+                char *comma = strchr(item, ',');
+                s_yaml_add(values, item, comma ? (size_t) (comma - item) : strlen(item));
+                item = comma ? comma + 1 : NULL;
             }
-        }
-        else if (!in_list)
             break;
+        }
+        else {
+            s_yaml_add(values, p, strlen(p));
+            break;
+        }
     }
     fclose(file);
+    return values;
+}
+
+/*  First value of a key (fresh) or NULL. */
+static char *
+s_yaml_value(const char *path, const char *key)
+{
+    zlist_t *values = s_yaml_values(path, key);
+    char *value = NULL;
+    if (values && zlist_size(values) > 0)
+        value = strdup((char *) zlist_first(values));
+    zlist_destroy(&values);
     return value;
 }
 
@@ -359,9 +387,10 @@ llmq_cluster_new(const llmq_cluster_opts_t *opts, char *err, size_t errlen)
         return NULL;
     }
     const char *api_key = getenv("OPENAI_API_KEY");
-    char *file_provider = s_yaml_value(opts->config, "provider", false);
-    char *file_base_url = s_yaml_value(opts->config, "base_url", false);
-    char *file_model = s_yaml_value(opts->config, "models", true);
+    char *file_provider = s_yaml_value(opts->config, "provider");
+    char *file_base_url = s_yaml_value(opts->config, "base_url");
+    zlist_t *file_models = s_yaml_values(opts->config, "models");
+    const char *file_model = file_models ? (const char *) zlist_first(file_models) : NULL;
     const char *provider = opts->provider ? opts->provider : file_provider;
     if (!provider)
         provider = (api_key && *api_key) ? "openai" : "sim";
@@ -374,9 +403,6 @@ llmq_cluster_new(const llmq_cluster_opts_t *opts, char *err, size_t errlen)
                                           : streq(provider, "echo") ? "echo"
                                                                     : "gpt-4o-mini";
     self->model = strdup(model);
-    //  Models named on the command line: the default plus the input's,
-    //  unless the config file lists the models itself.
-    bool pass_models = !file_model || opts->model;
     const char *base_url = opts->base_url ? opts->base_url : file_base_url;
     if (!base_url && streq(provider, "openai"))
         base_url = getenv("OPENAI_BASE_URL");
@@ -429,7 +455,13 @@ llmq_cluster_new(const llmq_cluster_opts_t *opts, char *err, size_t errlen)
         char capacity[32];
         snprintf(capacity, sizeof(capacity), "%d", opts->capacity);
         int first = self->count;
-        size_t cap = 16 + 2 * (opts->models_count < 256 ? opts->models_count : 256);
+        //  Every worker serves the default model, the config file's models
+        //  (flags replace the file's list, so they are repeated here) and
+        //  the models the input names.
+        size_t nfile = file_models ? zlist_size(file_models) : 0;
+        if (nfile > 256)
+            nfile = 256;
+        size_t cap = 16 + 2 * (nfile + (opts->models_count < 256 ? opts->models_count : 256));
         char **argv = (char **) calloc(cap, sizeof(char *));
         for (int i = 0; argv && i < workers; i++) {
             size_t argc = 0;
@@ -438,15 +470,21 @@ llmq_cluster_new(const llmq_cluster_opts_t *opts, char *err, size_t errlen)
             argv[argc++] = self->backend;
             argv[argc++] = "--provider";
             argv[argc++] = self->provider;
-            if (pass_models) {
-                argv[argc++] = "--model";
-                argv[argc++] = self->model;
-                for (size_t m = 0; m < opts->models_count && m < 256; m++)
-                    if (!streq(opts->models[m], self->model)) {
-                        argv[argc++] = "--model";
-                        argv[argc++] = (char *) opts->models[m];
-                    }
+            argv[argc++] = "--model";
+            argv[argc++] = self->model;
+            const char *extra = file_models ? (const char *) zlist_first(file_models) : NULL;
+            for (size_t m = 0; extra && m < nfile; m++) {
+                if (!streq(extra, self->model)) {
+                    argv[argc++] = "--model";
+                    argv[argc++] = (char *) extra;
+                }
+                extra = (const char *) zlist_next(file_models);
             }
+            for (size_t m = 0; m < opts->models_count && m < 256; m++)
+                if (!streq(opts->models[m], self->model)) {
+                    argv[argc++] = "--model";
+                    argv[argc++] = (char *) opts->models[m];
+                }
             if (base_url) {
                 argv[argc++] = "--base-url";
                 argv[argc++] = (char *) base_url;
@@ -481,7 +519,7 @@ llmq_cluster_new(const llmq_cluster_opts_t *opts, char *err, size_t errlen)
     free(sim_base);
     free(file_provider);
     free(file_base_url);
-    free(file_model);
+    zlist_destroy(&file_models);
     return self;
 
 failed:
@@ -489,7 +527,7 @@ failed:
     free(sim_base);
     free(file_provider);
     free(file_base_url);
-    free(file_model);
+    zlist_destroy(&file_models);
     llmq_cluster_destroy(&self);
     return NULL;
 }

@@ -11,8 +11,8 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from clusterlib import (MODEL, Cluster, bin_path, chat_hash, check, run_llmq, verify_output,  # noqa
-                        wait_until, write_input)
+from clusterlib import (MODEL, Cluster, bin_path, chat_hash, check, read_jsonl, run_llmq,  # noqa
+                        verify_output, wait_until, write_input)
 import llmq  # noqa
 
 
@@ -102,6 +102,25 @@ def main():
     verify_output(out_path, verify)
     endpoint = embedded_endpoint(err)
     check(endpoint and gone(endpoint), "embedded broker %r still answers after exit" % endpoint)
+
+    # Models named by the input are served by the embedded workers; a
+    # config file gives the provider and the default model.
+    mixed = os.path.join(tmp, "mixed.jsonl")
+    with open(mixed, "w") as f:
+        f.write('{"custom_id": "a", "prompt": "x", "model": "custom-model"}\n')
+        f.write("plain text line\n")
+    config = os.path.join(tmp, "llmq.yaml")
+    with open(config, "w") as f:
+        f.write("provider: sim   # the cluster starts llmq-sim for it\n"
+                "models:\n  - config-model\ncapacity: 8\n")
+    out_path = os.path.join(tmp, "mixed-out.jsonl")
+    rc, out, err = run_llmq(["run", mixed, "-o", out_path, "--workers", "1", "--config", config],
+                            env=env)
+    check(rc == 0 and "SIMULATED" in out, "config run: %d\n%s\n%s" % (rc, out, err))
+    rows = {r["custom_id"]: r for r in read_jsonl(out_path)}
+    check(rows["a"]["response"]["body"]["model"] == "custom-model", "input model: %r" % rows["a"])
+    check(rows["line-2"]["response"]["body"]["model"] == "config-model",
+          "config default model: %r" % rows["line-2"])
 
     # SIGTERM in the middle of an embedded run: children stop, OUT stays valid.
     big = os.path.join(tmp, "big.jsonl")
