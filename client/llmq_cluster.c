@@ -30,6 +30,9 @@
 #define LLMQ_CLUSTER_MAX_CHILDREN 66
 #define LLMQ_CLUSTER_READY_MS 20000
 
+/*  Set when a child exited with code 2 (it rejected its flags or config). */
+static bool s_config_error = false;
+
 typedef struct {
     pid_t pid;                 /* process id, 0 when reaped */
     int out_fd;                /* read end of its stdout pipe */
@@ -222,6 +225,13 @@ s_wait_ready(s_child_t *child, char *err, size_t errlen)
             s_log_tail(child, tail, sizeof(tail));
             snprintf(err, errlen, "%s exited before it was ready%s%s", child->name,
                      *tail ? ": " : "", tail);
+            //  Exit code 2 is the suite's "bad flags or config".
+            int status = 0;
+            if (waitpid(child->pid, &status, 0) == child->pid) {
+                child->pid = 0;
+                if (WIFEXITED(status) && WEXITSTATUS(status) == 2)
+                    s_config_error = true;
+            }
             return NULL;
         }
         used += (size_t) got;
@@ -373,6 +383,7 @@ s_yaml_value(const char *path, const char *key)
 llmq_cluster_t *
 llmq_cluster_new(const llmq_cluster_opts_t *opts, char *err, size_t errlen)
 {
+    s_config_error = false;
     llmq_cluster_t *self = (llmq_cluster_t *) calloc(1, sizeof(*self));
     if (!self) {
         snprintf(err, errlen, "out of memory");
@@ -523,12 +534,16 @@ llmq_cluster_new(const llmq_cluster_opts_t *opts, char *err, size_t errlen)
     return self;
 
 failed:
+    if (s_config_error)
+        errno = EINVAL;
     zstr_free(&line);
     free(sim_base);
     free(file_provider);
     free(file_base_url);
     zlist_destroy(&file_models);
+    int saved = errno;
     llmq_cluster_destroy(&self);
+    errno = saved;
     return NULL;
 }
 

@@ -46,7 +46,8 @@ typedef struct {
 typedef struct _llmq_cluster_t llmq_cluster_t;
 
 /*  Start a cluster. Returns NULL with a reason in err on failure (children
-    already started are stopped). */
+    already started are stopped); errno is then EINVAL if a child rejected
+    its flags or configuration (it exited with code 2). */
 llmq_cluster_t *llmq_cluster_new(const llmq_cluster_opts_t *opts, char *err,
                                  size_t errlen);
 

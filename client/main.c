@@ -19,6 +19,7 @@
 #include "llmq_progress.h"
 
 #include <czmq.h>
+#include <errno.h>
 #include <getopt.h>
 #include <signal.h>
 #include <unistd.h>
@@ -351,8 +352,9 @@ s_connect(const s_opts_t *opts, s_conn_t *conn, bool allow_cluster,
         if (!conn->cluster) {
             if (s_interrupted)
                 return EXIT_INTERRUPTED;
+            bool config_error = errno == EINVAL;
             fprintf(stderr, "llmq: cannot start the local cluster: %s\n", err);
-            return EXIT_FATAL;
+            return config_error ? EXIT_USAGE : EXIT_FATAL;
         }
         endpoint = llmq_cluster_endpoint(conn->cluster);
         conn->simulated = llmq_cluster_simulated(conn->cluster);

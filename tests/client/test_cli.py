@@ -122,6 +122,13 @@ def main():
     check(rows["line-2"]["response"]["body"]["model"] == "config-model",
           "config default model: %r" % rows["line-2"])
 
+    # A config the workers reject is a config error: exit 2, no child left.
+    with open(config, "w") as f:
+        f.write("provider: sim\nbogus_key: 1\n")
+    rc, out, err = run_llmq(["run", mixed, "-o", out_path + ".bad", "--workers", "1",
+                             "--config", config], env=env)
+    check(rc == 2 and "bogus_key" in err, "bad config: %d %r" % (rc, err))
+
     # SIGTERM in the middle of an embedded run: children stop, OUT stays valid.
     big = os.path.join(tmp, "big.jsonl")
     write_input(big, 3000, fault_every=(0, 0))
