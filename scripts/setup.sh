@@ -3,6 +3,11 @@
 # Idempotent: runs `apt-get update` at most once and installs only what is missing.
 set -euo pipefail
 
+# Node client dependencies (bindings/node: npm ci from its lock file), run on
+# every exit path once the Debian packages are in place.
+_llmq_node_install="$(cd "$(dirname "$0")/.." && pwd)/bindings/node/install.sh"
+trap '[ -f "$_llmq_node_install" ] && { bash "$_llmq_node_install" || echo "setup: npm ci for bindings/node failed"; }' EXIT
+
 PACKAGES=(
   build-essential cmake pkg-config git
   libzmq3-dev libczmq-dev libmsgpack-dev libcurl4-openssl-dev
