@@ -42,6 +42,7 @@ llmq_jsonl_item_destroy(llmq_jsonl_item_t **self_p)
         free(self->custom_id);
         free(self->model);
         cJSON_Delete(self->body);
+        free(self->line);
         free(self->error);
         free(self);
         *self_p = NULL;
@@ -219,8 +220,25 @@ s_item_destructor(void **item)
     llmq_jsonl_item_destroy((llmq_jsonl_item_t **) item);
 }
 
+cJSON *
+llmq_jsonl_item_body(llmq_jsonl_item_t *self)
+{
+    if (!self->body && self->line && !self->error) {
+        llmq_jsonl_item_t *again = llmq_jsonl_parse_line(self->line, strlen(self->line),
+                                                         self->line_no);
+        if (again) {
+            self->body = again->body;
+            again->body = NULL;
+            llmq_jsonl_item_destroy(&again);
+        }
+    }
+    free(self->line);
+    self->line = NULL;
+    return self->body;
+}
+
 zlistx_t *
-llmq_jsonl_read_input(const char *path, char *err, size_t errlen)
+llmq_jsonl_read_input(const char *path, bool keep_bodies, char *err, size_t errlen)
 {
     FILE *file = streq(path, "-") ? stdin : fopen(path, "r");
     if (!file) {
@@ -242,6 +260,16 @@ llmq_jsonl_read_input(const char *path, char *err, size_t errlen)
         if (blank)
             continue;
         llmq_jsonl_item_t *item = llmq_jsonl_parse_line(line, (size_t) len, line_no);
+        if (item && item->body && !keep_bodies) {
+            //  Keep the text, parse again at submit time.
+            item->line = (char *) malloc((size_t) len + 1);
+            if (item->line) {
+                memcpy(item->line, line, (size_t) len);
+                item->line[len] = 0;
+                cJSON_Delete(item->body);
+                item->body = NULL;
+            }
+        }
         if (item)
             zlistx_add_end(items, item);
     }
@@ -685,12 +713,32 @@ llmq_jsonl_test(bool verbose)
     free(ok3);
     unlink(path);
 
+    //  Input file with lazy bodies: blank lines skipped, bodies parsed on use.
+    char in_path[] = "/tmp/llmq-jsonl-in-XXXXXX";
+    fd = mkstemp(in_path);
+    const char *input = "first prompt\n\n   \n{\"custom_id\":\"c\",\"prompt\":\"p\"}\n{bad\nlast";
+    CHECK(write(fd, input, strlen(input)) == (ssize_t) strlen(input));
+    close(fd);
+    items = llmq_jsonl_read_input(in_path, false, err, sizeof(err));
+    CHECK(items && zlistx_size(items) == 4);
+    item = items ? (llmq_jsonl_item_t *) zlistx_first(items) : NULL;
+    CHECK(item && !item->body && item->line && streq(item->custom_id, "line-1"));
+    CHECK(item && llmq_jsonl_item_body(item) && !item->line);
+    item = items ? (llmq_jsonl_item_t *) zlistx_next(items) : NULL;
+    CHECK(item && streq(item->custom_id, "c") && item->line_no == 4);
+    item = items ? (llmq_jsonl_item_t *) zlistx_next(items) : NULL;
+    CHECK(item && item->error && !item->line && !llmq_jsonl_item_body(item));
+    item = items ? (llmq_jsonl_item_t *) zlistx_next(items) : NULL;
+    CHECK(item && streq(item->custom_id, "line-6") && llmq_jsonl_item_body(item));
+    zlistx_destroy(&items);
+    unlink(in_path);
+
     //  A missing output file is an empty table; a missing input is an error.
     lines = llmq_jsonl_scan_output("/nonexistent/llmq/out.jsonl", false, &dropped,
                                    err, sizeof(err));
     CHECK(lines && zhashx_size(lines) == 0);
     zhashx_destroy(&lines);
-    CHECK(llmq_jsonl_read_input("/nonexistent/llmq/in.jsonl", err, sizeof(err)) == NULL);
+    CHECK(llmq_jsonl_read_input("/nonexistent/llmq/in.jsonl", false, err, sizeof(err)) == NULL);
     CHECK(strstr(err, "cannot open"));
 
     printf(failures ? "FAILED\n" : "OK\n");

@@ -39,7 +39,9 @@ typedef struct {
     char *custom_id;           /* given or "line-<n>" */
     llmq_op_t op;              /* from url, default chat */
     char *model;               /* body.model, or NULL */
-    cJSON *body;               /* request body (owned), NULL if error */
+    cJSON *body;               /* request body (owned), or NULL: error, or
+                                  not parsed yet (see line) */
+    char *line;                /* the raw line while body is not kept */
     char *error;               /* why the line is unusable, or NULL */
 } llmq_jsonl_item_t;
 
@@ -49,9 +51,17 @@ llmq_jsonl_item_t *llmq_jsonl_parse_line(const char *line, size_t len,
                                          size_t line_no);
 void llmq_jsonl_item_destroy(llmq_jsonl_item_t **self_p);
 
-/*  Read an input file into a list of items (the list owns them). Returns
+/*  Read an input file ("-": stdin) into a list of items (the list owns
+    them). With keep_bodies false, each usable item keeps its raw line
+    instead of its parsed body (a JSON tree is several times larger than
+    its text): llmq_jsonl_item_body() parses it when it is needed. Returns
     NULL with a reason in err if the file cannot be read. */
-zlistx_t *llmq_jsonl_read_input(const char *path, char *err, size_t errlen);
+zlistx_t *llmq_jsonl_read_input(const char *path, bool keep_bodies, char *err,
+                                size_t errlen);
+
+/*  The item's body, parsed from its raw line if needed (borrowed: it stays
+    in the item; the raw line is freed). NULL for an item with an error. */
+cJSON *llmq_jsonl_item_body(llmq_jsonl_item_t *self);
 
 /*  Output lines, each ending with '\n'. request_id may be NULL. */
 char *llmq_jsonl_ok_line(const char *custom_id, const char *request_id,

@@ -405,7 +405,7 @@ s_cmd_run(s_opts_t *opts, int argc, char **argv)
     }
     const char *input = argv[0];
     char err[512] = "";
-    zlistx_t *items = llmq_jsonl_read_input(input, err, sizeof(err));
+    zlistx_t *items = llmq_jsonl_read_input(input, false, err, sizeof(err));
     if (!items) {
         fprintf(stderr, "llmq run: %s\n", err);
         return EXIT_USAGE;
@@ -503,14 +503,15 @@ s_cmd_run(s_opts_t *opts, int argc, char **argv)
                 item = todo[next++];
                 char *line = NULL;
                 llmq_result_t *failure = NULL;
-                if (!item->error) {
+                cJSON *body = item->error ? NULL : llmq_jsonl_item_body(item);
+                if (body) {
                     const char *model = opts->model ? opts->model
                                         : item->model ? item->model
                                                       : conn.model;
                     //  The body names the model the broker routes on.
-                    cJSON_DeleteItemFromObject(item->body, "model");
-                    cJSON_AddStringToObject(item->body, "model", model);
-                    if (llmq_client_submit(conn.client, item->op, model, item->body,
+                    cJSON_DeleteItemFromObject(body, "model");
+                    cJSON_AddStringToObject(body, "model", model);
+                    if (llmq_client_submit(conn.client, item->op, model, body,
                                            &ropts, item) == 0) {
                         //  Sent: free the body now, the client keeps its own copy.
                         cJSON_Delete(item->body);
@@ -524,7 +525,8 @@ s_cmd_run(s_opts_t *opts, int argc, char **argv)
                 }
                 else
                     line = llmq_jsonl_error_line(item->custom_id, NULL, "invalid_request",
-                                                 item->error, 0);
+                                                 item->error ? item->error : "out of memory",
+                                                 0);
                 llmq_jsonl_writer_write(writer, line);
                 zhashx_update(lines, item->custom_id, line);
                 llmq_progress_add(progress, failure);
