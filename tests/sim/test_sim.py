@@ -298,6 +298,29 @@ def g_faults():
         check(s.stats()["requests"]["/v1/chat/completions"].get("hang") == 1, "hang counted")
     with Sim("--phang", "1", "--hang-ms", "200") as s:
         check(expect_reset(lambda: chat(s, "h", timeout=20)), "hang-ms closes the connection")
+    with Sim() as s:
+        # /_reset releases hung requests: their clients see the connection close
+        res = {}
+        t = threading.Thread(target=lambda: res.update(
+            closed=expect_reset(lambda: chat(s, "z [[sim:hang=1]]", timeout=20))))
+        t.start()
+        poll(lambda: s.stats()["in_flight"] == 1, what="hung request held")
+        s.reset()
+        t.join(20)
+        check(res.get("closed") is True, "/_reset closes hung connections")
+        check(s.stats()["in_flight"] == 0, "nothing in flight after /_reset")
+    # a client leaving in the middle of a paced stream is noticed and cleaned up
+    with Sim("--tokens-per-sec", "20") as s:
+        c = s.conn()
+        body = {"model": "m", "max_tokens": 40, "stream": True,
+                "messages": [{"role": "user", "content": "long [[sim:tokens=40]]"}]}
+        c.request("POST", "/v1/chat/completions", json.dumps(body),
+                  {"Authorization": "Bearer " + KEY, "Content-Type": "application/json"})
+        r = c.getresponse()
+        check(r.status == 200 and r.readline().startswith(b"data: "), "paced stream started")
+        c.sock.shutdown(_socket.SHUT_RDWR)
+        c.close()
+        poll(lambda: s.stats()["in_flight"] == 0, what="abandoned stream released")
     with Sim("--p500", "0.5", "--seed", "7") as s:
         codes = [chat(s, "mix %d" % i)[0] for i in range(100)]
         check(200 in codes and 500 in codes and set(codes) <= {200, 500}, "p500 0.5 mixes")
