@@ -25,6 +25,7 @@
 #include <getopt.h>
 #include <inttypes.h>
 #include <math.h>
+#include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <arpa/inet.h>
@@ -736,6 +737,9 @@ s_ratelimit(sim_t *sim, struct evhttp_request *req, int route, bool anthropic,
     if (!over_r && !over_t)
         return 0;
     int64_t secs = (reset_ms + 999) / 1000;
+    snprintf(v, sizeof(v), "%" PRId64, reset_ms > 0 ? reset_ms : 1);
+    if (!anthropic)
+        s_header(req, "retry-after-ms", v);
     snprintf(v, sizeof(v), "%" PRId64, secs < 1 ? 1 : secs);
     s_header(req, "retry-after", v);
     sim->limited_by_limit++;
@@ -971,8 +975,11 @@ s_handle_gen(sim_t *sim, struct evhttp_request *req, int route, sim_op_t op)
     if (act == A_FAIL) {
         status = stat_code = fail_code;
         s_fail_body(out, anth, fail_code, ctx, &r);
-        if (fail_code == 429)
+        if (fail_code == 429) {
             s_header(req, "retry-after", "1");
+            if (!anth)
+                s_header(req, "retry-after-ms", "1000");
+        }
     }
     else {
         char *text = r.op == SIM_OP_EMBEDDING ? NULL : sim_text(r.hash, r.out_tokens);
@@ -1522,8 +1529,17 @@ s_listen(const char *host, int port, int *bound_port)
     sa.sin_family = AF_INET;
     sa.sin_port = htons((uint16_t) port);
     if (inet_pton(AF_INET, host, &sa.sin_addr) != 1) {
-        fprintf(stderr, "llmq-sim: --host must be an IPv4 address, got '%s'\n", host);
-        return -1;
+        //  A name such as "localhost": take its first IPv4 address.
+        struct addrinfo hints, *ai = NULL;
+        memset(&hints, 0, sizeof(hints));
+        hints.ai_family = AF_INET;
+        hints.ai_socktype = SOCK_STREAM;
+        if (getaddrinfo(host, NULL, &hints, &ai) != 0 || !ai) {
+            fprintf(stderr, "llmq-sim: --host: cannot resolve '%s' to an IPv4 address\n", host);
+            return -2;
+        }
+        sa.sin_addr = ((struct sockaddr_in *) ai->ai_addr)->sin_addr;
+        freeaddrinfo(ai);
     }
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0)
@@ -1592,7 +1608,7 @@ main(int argc, char **argv)
     int port = 0;
     int fd = s_listen(c->host, c->port, &port);
     if (fd < 0)
-        return 1;
+        return fd == -2 ? 2 : 1;
     if (!evhttp_accept_socket_with_handle(sim->http, fd)) {
         fprintf(stderr, "llmq-sim: cannot accept on socket\n");
         return 1;

@@ -207,6 +207,7 @@ def g_limits():
         check(st == 429 and b["error"]["code"] == "rate_limit_exceeded"
               and b["error"]["type"] == "requests", "429 past rpm")
         check(int(h.get("retry-after", "0")) >= 1, "retry-after seconds")
+        check(0 < int(h.get("retry-after-ms", "0")) <= 60000, "retry-after-ms")
         check(h.get("x-ratelimit-remaining-requests") == "0", "remaining 0 on 429")
         st, h, b = chat(s, "x4", key="other-key")
         check(st == 200, "limits are per API key")
@@ -271,7 +272,8 @@ def g_faults():
             check(st == code and set(b["error"]) == {"message", "type", "param", "code"},
                   "%s -> %d with OpenAI error body" % (flag, code))
             if code == 429:
-                check(h.get("retry-after") == "1", "p429 retry-after 1")
+                check(h.get("retry-after") == "1" and h.get("retry-after-ms") == "1000",
+                      "p429 retry-after 1")
             st, h, b = s.request("POST", "/v1/messages",
                                  {"model": "c", "max_tokens": 4, "messages": [{"role": "user", "content": "a"}]},
                                  anthropic=True)
