@@ -369,7 +369,7 @@ def g_directives():
         check(st == 500, "two directives in one block")
         # delay_ms: the request is pending (in flight) while the delay runs
         res = {}
-        t = threading.Thread(target=lambda: res.update(r=chat(s, "l [[sim:delay_ms=1500]]")))
+        t = threading.Thread(target=lambda: res.update(r=chat(s, "l [[sim:delay_ms=3000]]")))
         t.start()
         poll(lambda: s.stats()["in_flight"] == 1, what="delayed request in flight")
         t.join(10)
@@ -410,7 +410,9 @@ def g_stats():
         st = s.stats()
         check(st["double_billed"] == 0 and st["total"] == 1, "reset clears stats")
     # concurrency: replies come from timers, so many requests are in flight at once
-    with Sim("--latency-ms", "400", "--jitter-ms", "50") as s:
+    # a long latency keeps the test robust on a slow machine: all N must be
+    # in flight at once before the first timer fires
+    with Sim("--latency-ms", "2500", "--jitter-ms", "50") as s:
         N = 40
         res = []
         lock = threading.Lock()
@@ -563,7 +565,7 @@ def g_batch_openai():
         st, h, b = s.json("POST", "/v1/files", raw=b"x", headers={"Content-Type": "text/plain"})
         check(st == 400, "upload needs multipart")
     # expiry: a hung line never completes, the window closes
-    with Sim(*FAST, "--batch-expire-ms", "400") as s:
+    with Sim(*FAST, "--batch-expire-ms", "1500") as s:
         st, f = upload(s, jsonl([batch_line("ok", "fine"), batch_line("stuck", "x [[sim:hang=1]]")]))
         st, h, b = s.json("POST", "/v1/batches", {"input_file_id": f["id"], "endpoint": "/v1/chat/completions",
                                                   "completion_window": "24h"})
@@ -634,7 +636,7 @@ def g_batch_anthropic():
         st, h, raw = s.request("GET", "/v1/messages/batches/%s/results" % bid, anthropic=True)
         types = {json.loads(x)["result"]["type"] for x in raw.decode().splitlines()}
         check("canceled" in types, "canceled results")
-    with Sim(*FAST, "--batch-expire-ms", "400") as s:
+    with Sim(*FAST, "--batch-expire-ms", "1500") as s:
         reqs = [{"custom_id": "ok", "params": {"model": "c", "max_tokens": 8,
                  "messages": [{"role": "user", "content": "fine"}]}},
                 {"custom_id": "stuck", "params": {"model": "c", "max_tokens": 8,
