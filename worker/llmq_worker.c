@@ -1040,8 +1040,15 @@ s_on_req(s_worker_t *self, llmq_msg_t *msg)
         s_job_free(&job);
         return;
     }
+    bool over = (int64_t) zhashx_size(self->jobs) >= self->cfg->capacity;
     zhashx_insert(self->jobs, job->id, job);
 
+    if (over) {
+        /*  The broker sent more than the credit we granted. */
+        s_fail(self, job, LLMQ_ERR_OVERLOADED, 0, true,
+               "worker at capacity: request sent without credit");
+        return;
+    }
     if (job->op == LLMQ_OP_UNKNOWN) {
         char text[128];
         snprintf(text, sizeof text, "unknown op '%.32s' (chat, completion, embedding)",
