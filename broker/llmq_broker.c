@@ -33,6 +33,9 @@
 #include <inttypes.h>
 #include <stdatomic.h>
 #include <time.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 
 #define s_VERSION            "0.1.0"
 #define s_MAX_BATCH          256     //  Messages read per socket per turn
@@ -49,12 +52,19 @@ typedef struct _s_request_t s_request_t;
 
 static const char *s_ops[] = { "chat", "completion", "embedding" };
 
-//  A payload frame shared between the request (kept for a requeue) and the
-//  zmq messages that carry it to workers. libzmq releases its reference
-//  from its I/O thread, hence the atomic count.
+//  A payload shared between the request (kept for a requeue) and the zmq
+//  messages that carry it to workers. libzmq releases its reference from
+//  its I/O thread, hence the atomic count. It holds either the frame as
+//  received (no copy: the fast path, dispatched at once) or a compact copy
+//  of the bytes: a request that has to wait gets one, because a received
+//  frame pins libzmq's whole shared receive buffer (about 18 KB for every
+//  7 KB of messages), which would more than double the memory of a long
+//  queue.
 typedef struct {
     atomic_int refs;            //  Holders: the request + messages in flight
-    zframe_t *frame;            //  The frame as received from the client
+    zframe_t *frame;            //  The frame as received, or NULL
+    size_t size;                //  Size of data when frame is NULL
+    uint8_t data[];             //  Compact copy when frame is NULL
 } s_shared_t;
 
 struct _s_request_t {
@@ -165,6 +175,7 @@ struct _llmq_broker_core_t {
     int64_t started_at;         //  Monotonic ms
     int64_t next_heartbeat;     //  Monotonic ms
     int64_t next_tick;
+    int64_t next_trim;          //  Monotonic ms of the next malloc_trim
     bool overloaded;            //  In an overload episode (for logs)
     bool draining;              //  DRAIN received
     int64_t drain_deadline;
@@ -277,6 +288,24 @@ s_shared_release(void *data, void *hint)
     }
 }
 
+//  Give a waiting request a compact copy of its payload (see s_shared_t).
+static void
+s_payload_compact(s_request_t *r)
+{
+    if (!r->payload || r->shared)
+        return;
+    size_t size = zframe_size(r->payload);
+    s_shared_t *shared = (s_shared_t *) malloc(sizeof(s_shared_t) + size);
+    if (!shared)
+        return;                 //  Keep the frame: costs memory, still works
+    atomic_init(&shared->refs, 1);
+    shared->frame = NULL;
+    shared->size = size;
+    memcpy(shared->data, zframe_data(r->payload), size);
+    zframe_destroy(&r->payload);
+    r->shared = shared;
+}
+
 //  Send the request's payload as the last frame, sharing its bytes.
 static void
 s_send_payload(s_request_t *r, void *socket)
@@ -287,21 +316,22 @@ s_send_payload(s_request_t *r, void *socket)
             return;
         atomic_init(&r->shared->refs, 1);
         r->shared->frame = r->payload;
+        r->shared->size = 0;
         r->payload = NULL;
     }
     zframe_t *frame = r->shared->frame;
-    size_t size = frame ? zframe_size(frame) : 0;
+    size_t size = frame ? zframe_size(frame) : r->shared->size;
+    void *data = frame ? zframe_data(frame) : r->shared->data;
     zmq_msg_t msg;
     if (size < 64) {
         //  Small: a copy is cheaper than the bookkeeping.
         zmq_msg_init_size(&msg, size);
         if (size)
-            memcpy(zmq_msg_data(&msg), zframe_data(frame), size);
+            memcpy(zmq_msg_data(&msg), data, size);
     }
     else {
         atomic_fetch_add(&r->shared->refs, 1);
-        if (zmq_msg_init_data(&msg, zframe_data(frame), size, s_shared_release,
-                              r->shared)) {
+        if (zmq_msg_init_data(&msg, data, size, s_shared_release, r->shared)) {
             s_shared_release(NULL, r->shared);
             zmq_msg_init(&msg);
         }
@@ -612,27 +642,25 @@ s_lane_require(s_broker_t *self, const char *model, const char *pool)
 {
     if (pool && !*pool)
         pool = NULL;
-    char *key = zsys_sprintf("%s\x1f%s", model, pool ? pool : "");
-    if (!key)
-        return NULL;
+    //  On the hot path: the key is built on the stack (model <= 256 bytes,
+    //  pool <= 128 by the protocol's limits).
+    char key[512];
+    snprintf(key, sizeof(key), "%s\x1f%s", model, pool ? pool : "");
     s_lane_t *lane = (s_lane_t *) zhashx_lookup(self->lanes, key);
-    if (lane) {
-        free(key);
+    if (lane)
         return lane;
-    }
     lane = (s_lane_t *) calloc(1, sizeof(*lane));
-    if (!lane) {
-        free(key);
+    if (!lane)
         return NULL;
-    }
-    lane->key = key;
+    lane->key = strdup(key);
     lane->model = strdup(model);
     lane->pool = s_strdup_or_null(pool);
     lane->queue = llmq_queue_new();
     lane->workers = zlistx_new();
     lane->no_worker_since = zclock_mono();
     lane->idle_since = lane->no_worker_since;
-    if (!lane->model || (pool && !lane->pool) || !lane->queue || !lane->workers) {
+    if (!lane->key || !lane->model || (pool && !lane->pool) || !lane->queue
+    ||  !lane->workers) {
         void *item = lane;
         s_lane_free(&item);
         return NULL;
@@ -1213,6 +1241,9 @@ s_client_request(s_broker_t *self, const char *key, llmq_msg_t **msg_p)
     r->trace = s_strdup_or_null(llmq_msg_trace(msg));
     zhashx_insert(client->pending, r->id, r);
     self->counters.received++;
+    //  Only a request that must wait pays for a copy of its payload.
+    if (llmq_queue_size(lane->queue) || !s_best_worker(lane))
+        s_payload_compact(r);
     llmq_metrics_add(self->metrics, "llmq_broker_received_total", NULL, 1);
     if (s_enqueue(self, r, false)) {
         s_fail(self, r, LLMQ_ERR_INTERNAL, "broker could not queue the request");
@@ -1545,6 +1576,15 @@ s_timers(s_broker_t *self, int64_t now)
         lane = (s_lane_t *) zlistx_next(idle);
     }
     zlistx_destroy(&idle);
+    //  A burst that backs up in libzmq's pipes leaves freed receive buffers
+    //  scattered between long-lived requests, and glibc keeps such pages.
+    //  While a large queue exists, hand them back now and then.
+#ifdef __GLIBC__
+    if (self->queued > 10000 && now >= self->next_trim) {
+        self->next_trim = now + 5000;
+        malloc_trim(0);
+    }
+#endif
     if (self->config.module && self->config.module->tick)
         self->config.module->tick(self->module_state, now);
 }
@@ -1975,6 +2015,8 @@ llmq_broker_submit(llmq_broker_core_t *self, llmq_msg_t **req_p,
     r->payload = llmq_msg_take_payload(msg);
     llmq_msg_destroy(&msg);
     self->counters.received++;
+    if (llmq_queue_size(lane->queue) || !s_best_worker(lane))
+        s_payload_compact(r);
     if (s_enqueue(self, r, false)) {
         r->fn = NULL;           //  -1 means the callback never runs
         s_request_destroy(self, &r);

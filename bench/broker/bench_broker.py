@@ -1,0 +1,300 @@
+#!/usr/bin/python3
+"""bench_broker.py - llmq-broker against a raw zmq_proxy, in the same run.
+
+    bench_broker.py [--bin DIR] [--trials 3] [--smoke] [--json OUT]
+
+Parts (each trial runs both systems back to back, alternating which goes
+first, so that machine noise hits both):
+  throughput  C clients x N requests (1 KB payload, window W each) through
+              W workers: llmq-broker with credit-based echo workers, and
+              llmq-bench-broker's raw zmq_proxy ROUTER-DEALER with the same
+              echo workers in raw mode. Reports req/s, p50/p99 latency,
+              and the middle process's CPU per request (utime+stime).
+  load        latency at fixed offered loads (1k and 5k req/s in total).
+  memory      1,000,000 queued 1 KB requests (no worker for their model):
+              broker RSS and ping round trips while the queue is full.
+
+Prints a Markdown summary (median of the trials, min..max, ratios) and
+optionally writes all raw numbers as JSON.
+"""
+import argparse
+import json
+import os
+import select
+import statistics
+import subprocess
+import sys
+import time
+
+import msgpack
+import zmq
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def start(argv):
+    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    deadline = time.time() + 20
+    while time.time() < deadline:
+        r, _, _ = select.select([p.stdout], [], [], 0.2)
+        if r:
+            line = p.stdout.readline()
+            if line.startswith("ready "):
+                return p, dict(x.split("=", 1) for x in line.split()[2:] if "=" in x)
+            if not line:
+                break
+    p.kill()
+    raise RuntimeError("no ready line from %s" % argv[0])
+
+
+def cpu_seconds(pid):
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def rss_mb(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    return 0.0
+
+
+def stop(procs):
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+    for p in procs:
+        try:
+            p.wait(10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def run_system(a, system, requests, window, rate=0):
+    """One run of `system` (broker or raw); returns a dict of numbers."""
+    bench = os.path.join(a.bin, "llmq-bench-broker")
+    if system == "broker":
+        mid, ep = start([os.path.join(a.bin, "llmq-broker"), "--quiet",
+                         "--frontend", "tcp://127.0.0.1:*", "--backend", "tcp://127.0.0.1:*"])
+        wmode = "llmq"
+    else:
+        mid, ep = start([bench, "proxy"])
+        wmode = "raw"
+    procs = [mid]
+    try:
+        for _ in range(a.workers):
+            w, _ = start([bench, "worker", "--connect", ep["backend"], "--mode", wmode,
+                          "--capacity", str(a.capacity)])
+            procs.append(w)
+        if system == "broker":
+            # Wait until the broker has every worker (status), not a sleep.
+            s = zmq.Context.instance().socket(zmq.DEALER)
+            s.setsockopt(zmq.LINGER, 0)
+            s.connect(ep["frontend"])
+            while True:
+                s.send(msgpack.packb({"v": 1, "t": "status"}))
+                frames = s.recv_multipart()
+                if len(msgpack.unpackb(frames[1])["workers"]) == a.workers:
+                    break
+            s.close()
+        cpu0 = cpu_seconds(mid.pid)
+        clients = []
+        for _ in range(a.clients):
+            argv = [bench, "client", "--connect", ep["frontend"], "--requests", str(requests),
+                    "--window", str(window), "--size", str(a.size)]
+            if rate:
+                argv += ["--rate", str(rate)]
+            c, _ = start(argv)
+            clients.append(c)
+        results = []
+        for c in clients:
+            out, _ = c.communicate(timeout=600)
+            results.append(json.loads(out.strip().splitlines()[-1]))
+        cpu1 = cpu_seconds(mid.pid)
+    finally:
+        stop(procs)
+    total = sum(r["count"] for r in results)
+    seconds = max(r["seconds"] for r in results)
+    return {
+        "system": system, "requests": total, "errors": sum(r["errors"] for r in results),
+        "seconds": seconds, "rps": total / seconds,
+        "p50_us": statistics.median(r["p50_us"] for r in results),
+        "p99_us": max(r["p99_us"] for r in results),
+        "cpu_us_per_req": (cpu1 - cpu0) * 1e6 / max(1, total),
+    }
+
+
+def memory_part(a, count):
+    """Queue `count` 1 KB requests with no worker; RSS and ping latency."""
+    broker, ep = start([os.path.join(a.bin, "llmq-broker"), "--quiet",
+                        "--frontend", "tcp://127.0.0.1:*", "--backend", "tcp://127.0.0.1:*",
+                        "--max-queue", str(count + 10), "--no-worker-wait-ms", "86400000",
+                        "--drain-ms", "0"])
+    try:
+        rss0 = rss_mb(broker.pid)
+        ctx = zmq.Context.instance()
+        s = ctx.socket(zmq.DEALER)
+        s.setsockopt(zmq.SNDHWM, 0)
+        s.setsockopt(zmq.LINGER, 0)
+        s.setsockopt(zmq.IDENTITY, b"memory-client")
+        s.connect(ep["frontend"])
+        body = msgpack.packb({"messages": [{"role": "user", "content": "x" * 990}]})
+        assert 1000 <= len(body) <= 1024, len(body)
+        t0 = time.time()
+        for i in range(count):
+            s.send_multipart([msgpack.packb({"v": 1, "t": "req", "id": "m%d" % i, "op": "chat",
+                                             "model": "nobody-serves-this"}), body])
+        ping = ctx.socket(zmq.DEALER)
+        ping.setsockopt(zmq.LINGER, 0)
+        ping.connect(ep["frontend"])
+        queued = 0
+        while queued < count:
+            ping.send(msgpack.packb({"v": 1, "t": "status"}))
+            if not ping.poll(60000):
+                raise RuntimeError("status not answered")
+            frames = ping.recv_multipart()
+            queued = msgpack.unpackb(frames[1])["counters"]["queued"]
+        fill_s = time.time() - t0
+        # The broker hands freed receive buffers back to the OS every 5 s
+        # while its queue is large: report the settled RSS (and the peak).
+        rss_peak = rss_mb(broker.pid)
+        settle = time.time() + 12
+        rss1 = rss_peak
+        while time.time() < settle:
+            ping.send(msgpack.packb({"v": 1, "t": "ping"}))
+            ping.poll(10000)
+            ping.recv_multipart()
+            rss1 = rss_mb(broker.pid)
+            rss_peak = max(rss_peak, rss1)
+            time.sleep(0.5)
+        rtts = []
+        for _ in range(20):
+            t = time.perf_counter()
+            ping.send(msgpack.packb({"v": 1, "t": "ping"}))
+            if not ping.poll(10000):
+                raise RuntimeError("ping not answered")
+            ping.recv_multipart()
+            rtts.append((time.perf_counter() - t) * 1000)
+        s.close()
+        ping.close()
+    finally:
+        broker.kill()
+        broker.wait()
+    return {"queued": count, "fill_seconds": fill_s, "rss_idle_mb": rss0, "rss_mb": rss1,
+            "rss_peak_mb": rss_peak,
+            "bytes_per_request": (rss1 - rss0) * 1024 * 1024 / count,
+            "ping_ms_median": statistics.median(rtts), "ping_ms_max": max(rtts)}
+
+
+def med(values):
+    return statistics.median(values), min(values), max(values)
+
+
+def fmt(values, f="%.0f"):
+    m, lo, hi = med(values)
+    return (f + " (" + f + ".." + f + ")") % (m, lo, hi)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--bin", default=os.environ.get("LLMQ_BIN_DIR",
+                                                    os.path.join(HERE, "../../build/bin")))
+    ap.add_argument("--trials", type=int, default=3)
+    ap.add_argument("--clients", type=int, default=4)
+    ap.add_argument("--workers", type=int, default=4)
+    ap.add_argument("--capacity", type=int, default=64)
+    ap.add_argument("--requests", type=int, default=50000, help="per client")
+    ap.add_argument("--window", type=int, default=128, help="outstanding per client")
+    ap.add_argument("--size", type=int, default=1024)
+    ap.add_argument("--memory", type=int, default=1000000, help="queued requests (0 = skip)")
+    ap.add_argument("--parts", default="throughput,load,memory")
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes: checks the script works")
+    ap.add_argument("--json", help="write raw numbers here")
+    a = ap.parse_args()
+    if a.smoke:
+        a.trials, a.requests, a.memory = 1, 2000, 20000
+    parts = a.parts.split(",")
+    out = {"config": vars(a), "throughput": [], "load": [], "memory": None}
+
+    if "throughput" in parts:
+        for t in range(a.trials):
+            order = ["broker", "raw"] if t % 2 == 0 else ["raw", "broker"]
+            for system in order:
+                r = run_system(a, system, a.requests, a.window)
+                r["trial"] = t
+                out["throughput"].append(r)
+                print("throughput trial %d %-6s %8.0f req/s p50 %6.0f us p99 %6.0f us "
+                      "cpu %5.1f us/req errors %d" % (t, system, r["rps"], r["p50_us"],
+                                                      r["p99_us"], r["cpu_us_per_req"], r["errors"]),
+                      file=sys.stderr)
+    if "load" in parts:
+        for total_rate in (1000, 5000):
+            per_client = total_rate // a.clients
+            n = per_client * (2 if a.smoke else 5)
+            for t in range(a.trials):
+                for system in (["broker", "raw"] if t % 2 == 0 else ["raw", "broker"]):
+                    r = run_system(a, system, n, 1000000, rate=per_client)
+                    r.update(trial=t, offered=total_rate)
+                    out["load"].append(r)
+                    print("load %5d/s trial %d %-6s p50 %6.0f us p99 %6.0f us cpu %5.1f us/req"
+                          % (total_rate, t, system, r["p50_us"], r["p99_us"], r["cpu_us_per_req"]),
+                          file=sys.stderr)
+    if "memory" in parts and a.memory:
+        out["memory"] = memory_part(a, a.memory)
+        print("memory:", out["memory"], file=sys.stderr)
+
+    # ---- Markdown summary
+    lines = []
+    th = out["throughput"]
+    if th:
+        b = [r for r in th if r["system"] == "broker"]
+        r_ = [r for r in th if r["system"] == "raw"]
+        ratios = [x["rps"] / y["rps"] for x, y in zip(sorted(b, key=lambda r: r["trial"]),
+                                                      sorted(r_, key=lambda r: r["trial"]))]
+        cpu_ratios = [x["cpu_us_per_req"] / y["cpu_us_per_req"]
+                      for x, y in zip(sorted(b, key=lambda r: r["trial"]),
+                                      sorted(r_, key=lambda r: r["trial"]))]
+        lines += ["| %d clients x %d workers, %d B payload, window %d | llmq-broker | raw zmq_proxy | ratio |"
+                  % (a.clients, a.workers, a.size, a.window),
+                  "|---|---|---|---|",
+                  "| throughput, req/s | %s | %s | %s |" % (fmt([x["rps"] for x in b]),
+                                                            fmt([x["rps"] for x in r_]),
+                                                            fmt(ratios, "%.2f")),
+                  "| latency p50, us | %s | %s | |" % (fmt([x["p50_us"] for x in b]),
+                                                      fmt([x["p50_us"] for x in r_])),
+                  "| latency p99, us | %s | %s | |" % (fmt([x["p99_us"] for x in b]),
+                                                      fmt([x["p99_us"] for x in r_])),
+                  "| middle CPU per request, us | %s | %s | %s |"
+                  % (fmt([x["cpu_us_per_req"] for x in b], "%.1f"),
+                     fmt([x["cpu_us_per_req"] for x in r_], "%.1f"), fmt(cpu_ratios, "%.2f"))]
+    for total_rate in (1000, 5000):
+        ld = [r for r in out["load"] if r["offered"] == total_rate]
+        if not ld:
+            continue
+        b = [r for r in ld if r["system"] == "broker"]
+        r_ = [r for r in ld if r["system"] == "raw"]
+        lines += ["| offered %d req/s: p50 / p99 latency, us | %s / %s | %s / %s | |"
+                  % (total_rate, fmt([x["p50_us"] for x in b]), fmt([x["p99_us"] for x in b]),
+                     fmt([x["p50_us"] for x in r_]), fmt([x["p99_us"] for x in r_]))]
+    if out["memory"]:
+        m = out["memory"]
+        lines += ["", "Memory: %d queued 1 KB requests: broker RSS %.0f MB (peak %.0f MB, idle "
+                  "%.0f MB, %.0f bytes per queued request), filled in %.1f s; ping while "
+                  "full: median %.2f ms, max %.2f ms."
+                  % (m["queued"], m["rss_mb"], m["rss_peak_mb"], m["rss_idle_mb"],
+                     m["bytes_per_request"],
+                     m["fill_seconds"], m["ping_ms_median"], m["ping_ms_max"])]
+    print("\n".join(lines))
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(out, f, indent=1)
+    errors = sum(r["errors"] for r in out["throughput"] + out["load"])
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
