@@ -545,9 +545,12 @@ s_stream_step(s_pending_t *p)
     sim_t *sim = p->sim;
     struct evhttp_request *req = p->req;
     if (evhttp_request_get_connection(req) == NULL) {
-        //  Client gone: count what was promised, free the request.
-        if (!p->started)
+        //  Client gone. Like a real provider we did the work and bill it,
+        //  so a client that times out and retries shows up as double billed.
+        if (!p->started) {
             s_count(sim, p->route, 200);
+            s_bill(sim, p->bill_key);
+        }
         evhttp_send_reply_end(req);
         s_done(sim);
         return true;
