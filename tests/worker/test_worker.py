@@ -375,7 +375,40 @@ def reconnect():
         sim.close()
 
 
-GROUPS = {"success": success, "stream": stream, "faults": faults, "rpm": rpm,
+def t_load(sim, h):
+    """Many requests at once, mixed faults, streams and cancels: every one is
+    answered exactly once (the harness rejects a second res)."""
+    kinds = ["plain", "[[sim:fail=500x1]]", "[[sim:malformed=1]]", "[[sim:fail=429x1]]",
+             "[[sim:fail=400]]", "stream", "cancel", "[[sim:reset=1]]"]
+    ids = []
+    for i in range(400):
+        kind = kinds[i % len(kinds)]
+        rid = "L%d" % i
+        text = "load %d %s" % (i, "" if kind in ("plain", "stream", "cancel") else kind)
+        if kind == "cancel":
+            text += " [[sim:delay_ms=3000]]"
+        h.req(rid, {"messages": [{"role": "user", "content": text}], "max_tokens": 8},
+              stream=(kind == "stream"))
+        if kind == "cancel":
+            h.send("cancel", id=rid)
+        ids.append((rid, kind))
+    for rid, kind in ids:
+        hd, body = h.result(rid, timeout=40)
+        if kind == "[[sim:fail=400]]":
+            check(hd["error"]["code"] == "invalid_request", "400 under load")
+        elif kind == "cancel":
+            check(hd["error"]["code"] == "cancelled", "cancel under load: %r" % hd)
+        else:
+            check(hd["ok"] and content(body).startswith("sim-"), "ok under load: %r" % (hd,))
+    check(sim.stats()["double_billed"] == 0, "nothing answered 200 twice")
+
+
+def load():
+    with_sim([], FAST + ["--capacity", "64", "--max-attempts", "3", "--breaker-failures", "1000"],
+             t_load)
+
+
+GROUPS = {"load": load, "success": success, "stream": stream, "faults": faults, "rpm": rpm,
           "circuit": breaker, "secrets": secrets, "drain": drain, "anthropic": anthropic,
           "cli": cli, "reconnect": reconnect}
 
