@@ -1096,8 +1096,15 @@ s_anthropic_create(sim_batches_t *self, struct evhttp_request *req)
         return;
     }
     s_batch_t *b = s_batch_new(self, K_ANTHROPIC);
-    b->lines = b ? calloc((size_t) n, sizeof(s_line_t)) : NULL;
+    if (b)
+        b->lines = calloc((size_t) n, sizeof(s_line_t));
     if (!b || !b->lines) {
+        if (b) {
+            //  Already listed: leave it ended rather than half built.
+            b->state = B_FAILED;
+            b->failed_at = sim_wall_ms();
+            evtimer_del(b->expire);
+        }
         sim_reply_error(sim, req, SIM_R_MBATCHES, true, 500, "out of memory", NULL, NULL);
         cJSON_Delete(body);
         return;
