@@ -28,6 +28,7 @@
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -596,7 +597,9 @@ static int s_build_fn(const char *custom_id, const void *body,
     return b->buf.failed;
 }
 
-static void s_start_submit(s_task_t **task_p, llmq_msg_t *msg)
+/*  Returns 0 if the HTTP work started, 1 if the task was answered (failed)
+    at once. */
+static int s_start_submit(s_task_t **task_p, llmq_msg_t *msg)
 {
     s_task_t *t = *task_p;
     self_t *self = t->owner;
@@ -604,7 +607,7 @@ static void s_start_submit(s_task_t **task_p, llmq_msg_t *msg)
         (self->kind == K_ANTHROPIC && !streq(t->op, "chat"))) {
         s_fail(task_p, LLMQ_ERR_INVALID_REQUEST, 0,
                "op not supported by this provider's Batch API");
-        return;
+        return 1;
     }
     zframe_t *payload = llmq_msg_payload(msg);
     s_build_t b = { .task = t };
@@ -621,18 +624,19 @@ static void s_start_submit(s_task_t **task_p, llmq_msg_t *msg)
                  *b.err ? b.err : *err ? err : n == 0 ? "empty" : "none");
         free(b.buf.data);
         s_fail(task_p, LLMQ_ERR_INVALID_REQUEST, 0, text);
-        return;
+        return 1;
     }
     if (self->kind == K_ANTHROPIC) {
         s_buf_add(&b.buf, "]}", 2);
         if (b.buf.failed) {
             free(b.buf.data);
             s_fail(task_p, LLMQ_ERR_INTERNAL, 0, "out of memory");
-            return;
+            return 1;
         }
-        s_task_call(task_p, ST_CREATE, "POST", "/messages/batches",
-                    b.buf.data, NULL);
-        return;
+        return s_task_call(task_p, ST_CREATE, "POST", "/messages/batches",
+                           b.buf.data, NULL)
+                   ? 1
+                   : 0;
     }
     /*  OpenAI: the create call's body is ready now; the upload goes
         first. */
@@ -665,9 +669,10 @@ static void s_start_submit(s_task_t **task_p, llmq_msg_t *msg)
         if (mime)
             curl_mime_free(mime);
         s_fail(task_p, LLMQ_ERR_INTERNAL, 0, "out of memory");
-        return;
+        return 1;
     }
-    s_task_call(task_p, ST_UPLOAD, "POST", "/files", NULL, mime);
+    return s_task_call(task_p, ST_UPLOAD, "POST", "/files", NULL, mime) ? 1
+                                                                         : 0;
 }
 
 /*  ---- fetch ------------------------------------------------------------- */
@@ -1246,8 +1251,7 @@ int llmq_batch_api_handle(llmq_batch_api_t *self, llmq_msg_t *msg)
     int rc = 0;
     switch (type) {
     case LLMQ_MSG_JOB_SUBMIT:
-        s_start_submit(&t, msg);
-        break;
+        return s_start_submit(&t, msg);
     case LLMQ_MSG_JOB_POLL:
         if (!*t->pb) {
             snprintf(route, sizeof route, "%s?limit=100", base);
@@ -1354,6 +1358,8 @@ static pid_t s_sim_start(char *url, size_t size)
     pid_t pid = fork();
     S_CHECK(pid >= 0);
     if (pid == 0) {
+        /*  If the test dies (a failed check aborts), the sim goes too. */
+        prctl(PR_SET_PDEATHSIG, SIGTERM);
         dup2(fds[1], 1);
         close(fds[0]);
         close(fds[1]);
