@@ -73,18 +73,6 @@ def count_ok(path):
     return ok
 
 
-def ensure_node():
-    nodedir = os.path.join(HERE, "node")
-    if shutil.which("node") is None:
-        return "node not installed"
-    if not os.path.isdir(os.path.join(nodedir, "node_modules", "openai")):
-        r = subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--silent"], cwd=nodedir,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=300)
-        if r.returncode != 0:
-            return "npm ci failed: " + r.stderr.strip()[-200:]
-    return None
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bin", default=None, help="llmq binaries (default $LLMQ_BIN_DIR or build-bench/bin)")
@@ -107,7 +95,7 @@ def main():
     bindir = benchlib.bin_dir(args.bin)
     benchlib.raise_nofile()
     if "node" in variants:
-        err = ensure_node()
+        err = benchlib.ensure_npm(os.path.join(HERE, "node"), "openai")
         if err:
             print("e2e: skipping node: %s" % err, file=sys.stderr)
             variants.remove("node")

@@ -130,11 +130,37 @@ def start(cmd, timeout=15, env=None, stderr=None, name=None):
             return Proc(popen, line.strip(), name)
 
 
-def stop_all(procs):
-    """Stop every Proc in PROCS, last started first."""
-    for p in reversed(procs):
-        if p is not None:
-            p.stop()
+def stop_all(procs, timeout=5):
+    """Stop every Proc in PROCS: SIGTERM to all (last started first), then
+    SIGKILL to whatever still runs TIMEOUT seconds later."""
+    procs = [p for p in reversed(procs) if p is not None]
+    for p in procs:
+        if p.popen.poll() is None:
+            try:
+                p.popen.send_signal(signal.SIGTERM)
+            except OSError:
+                pass
+    deadline = time.monotonic() + timeout
+    for p in procs:
+        try:
+            p.popen.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.popen.kill()
+            p.popen.wait()
+
+
+def ensure_npm(nodedir, module):
+    """Install NODEDIR's locked npm dependencies (`npm ci`) unless MODULE is
+    already in its node_modules. Returns None, or why node cannot be used."""
+    import shutil
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        return "node/npm not installed"
+    if not os.path.isdir(os.path.join(nodedir, "node_modules", module)):
+        r = subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--silent"], cwd=nodedir,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=300)
+        if r.returncode != 0:
+            return "npm ci failed: " + r.stderr.strip()[-200:]
+    return None
 
 
 # ---------------------------------------------------------------------------

@@ -1,0 +1,208 @@
+#!/usr/bin/python3
+"""Collects the data behind the plots of BENCHMARKS.md, then draws them.
+
+    bench/plot/collect.py [--runs 3] [--smoke] [--out DIR] [--no-plot]
+
+Three series, each point the median of --runs runs (min and max kept too):
+
+  workers-echo.dat   max req/s through llmq-broker and through the raw
+                     zmq_proxy baseline (llmq-bench-broker proxy) against the
+                     number of echo workers (1, 2, 4, 8): 1 client, 1 KB
+                     payloads, window 512 (bench/broker's load generator).
+  workers-sim.dat    req/s of `llmq run` (5,000 prompts, 2,048 outstanding)
+                     against the number of llmq-workers (capacity 256 each)
+                     serving llmq-sim at 200 ms latency: what adding a
+                     worker buys when the provider is slow.
+  latency-load.dat   p50 and p99 latency against offered load (open loop,
+                     paced sends) through llmq-broker and the raw proxy, with
+                     2 echo workers and 1 KB payloads.
+
+Then runs plot.gp (gnuplot, Debian's gnuplot-nox) to write the PNGs next to
+the data. Each .dat starts with a comment naming the machine and load.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "lib"))
+import benchlib  # noqa: E402
+
+
+def echo_cluster(bindir, system, nworkers, capacity, log):
+    """Start llmq-broker (or the raw proxy) and NWORKERS echo workers.
+    Returns (procs, frontend)."""
+    gen = os.path.join(bindir, "llmq-bench-broker")
+    if system == "broker":
+        mid = benchlib.start([os.path.join(bindir, "llmq-broker"), "--quiet",
+                              "--frontend", "tcp://127.0.0.1:*", "--backend", "tcp://127.0.0.1:*"],
+                             stderr=log)
+        mode = "llmq"
+    else:
+        mid = benchlib.start([gen, "proxy", "--frontend", "tcp://127.0.0.1:*",
+                              "--backend", "tcp://127.0.0.1:*"], stderr=log)
+        mode = "raw"
+    procs = [mid]
+    for _ in range(nworkers):
+        procs.append(benchlib.start([gen, "worker", "--connect", mid.ready["backend"], "--mode", mode,
+                                     "--capacity", str(capacity)], stderr=log))
+    return procs, mid.ready["frontend"]
+
+
+def gen_client(bindir, frontend, requests, window, rate=0, warmup=True):
+    """Run the load generator once; returns its JSON summary."""
+    gen = os.path.join(bindir, "llmq-bench-broker")
+    if warmup:
+        # connections, worker hellos and credit settle before the measured run
+        subprocess.run([gen, "client", "--connect", frontend, "--requests", "200", "--window", "50"],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
+    cmd = [gen, "client", "--connect", frontend, "--requests", str(requests), "--window", str(window)]
+    if rate:
+        cmd += ["--rate", str(rate)]
+    r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, timeout=300)
+    for line in r.stdout.splitlines():
+        if line.startswith("{"):
+            return json.loads(line)
+    raise RuntimeError("load generator printed no result (rc %s)" % r.returncode)
+
+
+def write_dat(path, comment, columns, rows):
+    """Write one series, and show it on stdout too (run-all keeps that)."""
+    with open(path, "w") as f:
+        f.write("%s\n# %s\n" % (comment, " ".join(columns)))
+        for row in rows:
+            f.write(" ".join(benchlib.fmt(x, 3) if isinstance(x, float) else str(x) for x in row) + "\n")
+    with open(path) as f:
+        print("%s:\n```\n%s```" % (os.path.basename(path), f.read()))
+
+
+def series_workers_echo(a, bindir, log):
+    rows = []
+    for n in a.echo_workers:
+        row = [n]
+        for system in ("broker", "raw"):
+            vals = []
+            for _ in range(a.runs):
+                procs, fe = echo_cluster(bindir, system, n, 256, log)
+                try:
+                    vals.append(gen_client(bindir, fe, a.echo_requests, 512)["rps"])
+                finally:
+                    benchlib.stop_all(procs)
+            row += list(benchlib.stats(vals))
+            print("plot: echo %d workers %s: %.0f req/s" % (n, system, row[-3]), file=sys.stderr)
+        rows.append(row)
+    write_dat(os.path.join(a.out, "workers-echo.dat"), benchlib.header("throughput against echo workers"),
+              ["workers", "broker_med", "broker_min", "broker_max", "raw_med", "raw_min", "raw_max"], rows)
+
+
+def series_workers_sim(a, bindir, log):
+    tmp = tempfile.mkdtemp(prefix="llmq-bench-plot-")
+    src = os.path.join(tmp, "in.jsonl")
+    with open(src, "w") as f:
+        for i in range(a.sim_lines):
+            f.write(json.dumps({"custom_id": "p%d" % i, "method": "POST", "url": "/v1/chat/completions",
+                                "body": {"model": "sim-model", "max_tokens": 16,
+                                         "messages": [{"role": "user", "content": "plot prompt %d" % i}]}}) + "\n")
+    sim = benchlib.start([os.path.join(bindir, "llmq-sim"), "--port", "0", "--quiet",
+                          "--latency-ms", str(a.sim_latency)], stderr=log)
+    env = dict(os.environ, LLMQ_API_KEY="bench-key")
+    rows = []
+    try:
+        for n in a.sim_workers:
+            vals = []
+            for rnd in range(a.runs):
+                broker = benchlib.start([os.path.join(bindir, "llmq-broker"), "--quiet",
+                                         "--frontend", "tcp://127.0.0.1:*", "--backend", "tcp://127.0.0.1:*"],
+                                        stderr=log)
+                procs = [broker]
+                try:
+                    for i in range(n):
+                        procs.append(benchlib.start(
+                            [os.path.join(bindir, "llmq-worker"), "--broker", broker.ready["backend"],
+                             "--provider", "openai", "--base-url", sim.ready["url"] + "/v1",
+                             "--model", "sim-model", "--capacity", "256", "--name", "plot-w%d" % i],
+                            env=env, stderr=log))
+                    dst = os.path.join(tmp, "out-%d-%d.jsonl" % (n, rnd))
+                    wall, _, rc = benchlib.run_timed(
+                        [os.path.join(bindir, "llmq"), "run", src, "-o", dst, "--broker",
+                         broker.ready["frontend"], "--concurrency", "2048", "--quiet"], timeout=300)
+                    if rc != 0:
+                        raise RuntimeError("llmq run failed (%s) with %d workers" % (rc, n))
+                    vals.append(a.sim_lines / wall)
+                finally:
+                    benchlib.stop_all(procs)
+            rows.append([n] + list(benchlib.stats(vals)) + [256 * n / (a.sim_latency / 1000.0)])
+            print("plot: sim %d workers: %.0f req/s" % (n, rows[-1][1]), file=sys.stderr)
+    finally:
+        benchlib.stop_all([sim])
+    write_dat(os.path.join(a.out, "workers-sim.dat"),
+              benchlib.header("llmq run throughput against llmq-workers, llmq-sim %d ms" % a.sim_latency),
+              ["workers", "med", "min", "max", "ceiling"], rows)
+
+
+def series_latency_load(a, bindir, log):
+    rows = []
+    for rate in a.rates:
+        row = [rate]
+        for system in ("broker", "raw"):
+            p50s, p99s = [], []
+            for _ in range(a.runs):
+                procs, fe = echo_cluster(bindir, system, 2, 256, log)
+                try:
+                    r = gen_client(bindir, fe, max(1000, int(rate * a.seconds)), 1000000, rate=rate)
+                finally:
+                    benchlib.stop_all(procs)
+                p50s.append(r["p50_us"] / 1000.0)
+                p99s.append(r["p99_us"] / 1000.0)
+            row += list(benchlib.stats(p50s)) + list(benchlib.stats(p99s))
+            print("plot: %d req/s %s: p50 %.2f ms p99 %.2f ms" % (rate, system, row[-6], row[-3]),
+                  file=sys.stderr)
+        rows.append(row)
+    cols = ["offered"]
+    for s in ("broker", "raw"):
+        for p in ("p50", "p99"):
+            cols += ["%s_%s_med" % (s, p), "%s_%s_min" % (s, p), "%s_%s_max" % (s, p)]
+    write_dat(os.path.join(a.out, "latency-load.dat"),
+              benchlib.header("latency against offered load, 2 echo workers, 1 KB (ms)"), cols, rows)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--bin", default=None)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--out", default=HERE)
+    ap.add_argument("--series", default="workers-echo,workers-sim,latency-load")
+    ap.add_argument("--smoke", action="store_true")
+    ap.add_argument("--no-plot", action="store_true")
+    a = ap.parse_args()
+    a.echo_workers, a.echo_requests = [1, 2, 4, 8], 50000
+    a.sim_workers, a.sim_lines, a.sim_latency = [1, 2, 4, 8], 5000, 200
+    a.rates, a.seconds = [1000, 2000, 5000, 10000, 20000], 2.0
+    if a.smoke:
+        a.runs, a.echo_workers, a.echo_requests = 1, [1, 2], 2000
+        a.sim_workers, a.sim_lines, a.sim_latency = [1, 2], 300, 50
+        a.rates, a.seconds = [1000, 5000], 0.5
+    bindir = benchlib.bin_dir(a.bin)
+    benchlib.raise_nofile()
+    os.makedirs(a.out, exist_ok=True)
+    series = a.series.split(",")
+    with open(os.path.join(a.out, "collect.log"), "w") as log:
+        if "workers-echo" in series:
+            series_workers_echo(a, bindir, log)
+        if "workers-sim" in series:
+            series_workers_sim(a, bindir, log)
+        if "latency-load" in series:
+            series_latency_load(a, bindir, log)
+    os.remove(os.path.join(a.out, "collect.log"))
+    if not a.no_plot:
+        r = subprocess.run(["gnuplot", "-e", "dir='%s'; simlines=%d; simlat=%d" % (a.out, a.sim_lines, a.sim_latency),
+                            os.path.join(HERE, "plot.gp")])
+        return r.returncode
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

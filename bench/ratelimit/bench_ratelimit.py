@@ -1,0 +1,215 @@
+#!/usr/bin/python3
+"""Rate-limit use (issue 7, part 4): how much of a provider's requests-per-
+minute limit llmq sustains, and how many 429s it provokes on the way.
+
+    bench/ratelimit/bench_ratelimit.py [--rpm 600] [--seconds 120] [--runs 3] [--smoke]
+
+llmq-sim enforces `--rpm R` per API key over fixed 60 s windows and sends
+the x-ratelimit-* headers (sim/README.md, "Rate limits"). A window opens at
+the key's first request, so in the D = 120 s after the first request a
+client can be answered at most 2R times: "fraction of R" = answered 200 in
+those D seconds / (R * ceil(D / 60)), at most 1.
+
+Setups (each its own llmq-sim, llmq-broker, worker(s) and `llmq run` of a
+file far longer than D allows, --concurrency 1000, so demand always exceeds
+the limit):
+  worker-rpm     1 worker, `--rpm R` configured (token bucket in the worker)
+  headers        1 worker, no limit configured: it learns from the response
+                 headers, 429s and retry-after (adaptive throttling)
+  group-rpm      2 workers, `--rpm R --limit-group g`: the broker splits R
+  group-headers  2 workers on the same key, no limit configured
+  sdk            the baseline: no llmq, bench/e2e/node/client.mjs (the official
+                 `openai` SDK, its default 2 retries honouring retry-after,
+                 p-limit 1000) straight at the sim
+Every setup and run goes at the same time (the load is ~R/60 req/s each, so
+they do not disturb each other): the whole part takes D plus a few seconds.
+Counted from the sim's /_stats at D: answered 200 and 429s sent. Also from
+the client's output at D: lines that failed (429 after the worker's retries).
+"""
+import argparse
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "lib"))
+import benchlib  # noqa: E402
+
+SETUPS = {
+    "worker-rpm": (1, True, False),
+    "headers": (1, False, False),
+    "group-rpm": (2, True, True),
+    "group-headers": (2, False, False),
+    "sdk": (0, False, False),
+}
+NAMES = {
+    "worker-rpm": "1 worker, `--rpm R` configured",
+    "headers": "1 worker, headers only (no limit configured)",
+    "group-rpm": "2 workers, `--rpm R --limit-group g`",
+    "group-headers": "2 workers, same key, headers only",
+    "sdk": "baseline: `openai` npm SDK + p-limit(1000), no broker",
+}
+
+
+def stats(url):
+    with urllib.request.urlopen(url + "/_stats", timeout=10) as r:
+        return json.loads(r.read())
+
+
+def out_counts(path):
+    ok = failed = 0
+    try:
+        with open(path) as f:
+            for line in f:
+                try:
+                    d = json.loads(line)
+                except ValueError:
+                    continue
+                if (d.get("response") or {}).get("status_code") == 200:
+                    ok += 1
+                else:
+                    failed += 1
+    except OSError:
+        pass
+    return ok, failed
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--bin", default=None)
+    ap.add_argument("--rpm", type=int, default=600)
+    ap.add_argument("--seconds", type=float, default=120.0)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--setups", default=",".join(SETUPS))
+    ap.add_argument("--smoke", action="store_true", help="R=120 over 4 s, 1 run")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    if args.smoke:
+        args.rpm, args.seconds, args.runs = 120, 4.0, 1
+    bindir = benchlib.bin_dir(args.bin)
+    benchlib.raise_nofile()
+    setups = args.setups.split(",")
+    if "sdk" in setups:
+        err = benchlib.ensure_npm(os.path.join(HERE, "..", "e2e", "node"), "openai")
+        if err:
+            print("ratelimit: skipping the sdk baseline: %s" % err, file=sys.stderr)
+            setups.remove("sdk")
+    tmp = tempfile.mkdtemp(prefix="llmq-bench-rl-")
+    log = open(os.path.join(tmp, "servers.log"), "w")
+    lines = int(args.rpm * args.seconds / 60 * 3) + 200
+    src = os.path.join(tmp, "in.jsonl")
+    with open(src, "w") as f:
+        for i in range(lines):
+            f.write(json.dumps({"custom_id": "r%d" % i, "method": "POST", "url": "/v1/chat/completions",
+                                "body": {"model": "sim-model", "max_tokens": 8,
+                                         "messages": [{"role": "user", "content": "rate %d" % i}]}}) + "\n")
+    procs, runs = [], []
+    env = dict(os.environ, LLMQ_API_KEY="bench-key")
+    try:
+        # ---- start every setup's servers
+        for name in setups:
+            nworkers, configured, group = SETUPS[name]
+            for rnd in range(args.runs):
+                sim = benchlib.start([os.path.join(bindir, "llmq-sim"), "--port", "0", "--quiet",
+                                      "--latency-ms", "50", "--rpm", str(args.rpm)], stderr=log)
+                out = os.path.join(tmp, "out-%s-%d.jsonl" % (name, rnd))
+                if name == "sdk":
+                    procs.append(sim)
+                    runs.append({"setup": name, "round": rnd, "sim": sim, "out": out,
+                                 "cmd": ["node", os.path.join(HERE, "..", "e2e", "node", "client.mjs"),
+                                         src, out, sim.ready["url"] + "/v1", "1000"]})
+                    continue
+                broker = benchlib.start([os.path.join(bindir, "llmq-broker"), "--quiet",
+                                         "--frontend", "tcp://127.0.0.1:*", "--drain-ms", "200",
+                                         "--backend", "tcp://127.0.0.1:*"], stderr=log)
+                procs += [sim, broker]
+                for i in range(nworkers):
+                    cmd = [os.path.join(bindir, "llmq-worker"), "--broker", broker.ready["backend"],
+                           "--provider", "openai", "--base-url", sim.ready["url"] + "/v1",
+                           "--model", "sim-model", "--name", "%s-%d-w%d" % (name, rnd, i), "--drain-ms", "200"]
+                    if configured:
+                        cmd += ["--rpm", str(args.rpm)]
+                    if group:
+                        cmd += ["--limit-group", "g"]
+                    procs.append(benchlib.start(cmd, env=env, stderr=log))
+                runs.append({"setup": name, "round": rnd, "sim": sim, "out": out,
+                             "cmd": [os.path.join(bindir, "llmq"), "run", src, "-o", out, "--broker",
+                                     broker.ready["frontend"], "--concurrency", "1000", "--quiet"]})
+        # ---- start every client, then take each setup's figures D after its first request
+        for r in runs:
+            r["client"] = subprocess.Popen(
+                r["cmd"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log)
+            r["t0"] = None
+        deadline = time.monotonic() + args.seconds + 30
+        pending = list(runs)
+        while pending and time.monotonic() < deadline:
+            now = time.monotonic()
+            for r in list(pending):
+                url = r["sim"].ready["url"]
+                if r["t0"] is None:
+                    if stats(url)["total"] > 0:
+                        r["t0"] = now
+                elif now >= r["t0"] + args.seconds - 0.05:
+                    st = stats(url)
+                    ok, failed = out_counts(r["out"])
+                    r.update(answered=st["answered_ok"], r429=st["rate_limited_by_limit"],
+                             r429_all=st["rate_limited_429"], client_ok=ok, client_failed=failed,
+                             load=benchlib.loadavg())
+                    r["client"].kill()
+                    r["client"].wait()
+                    pending.remove(r)
+            waits = [r["t0"] + args.seconds - 0.05 - time.monotonic() for r in pending if r["t0"] is not None]
+            waiting_t0 = any(r["t0"] is None for r in pending)
+            time.sleep(0.02 if waiting_t0 or not waits else max(0.0, min(min(waits), 1.0)))
+    finally:
+        for r in runs:
+            if "client" in r and r["client"].poll() is None:
+                r["client"].kill()
+                r["client"].wait()
+        benchlib.stop_all(procs)
+        log.close()
+
+    print(benchlib.header("rate-limit use, llmq-sim --rpm %d, %g s after the first request"
+                          % (args.rpm, args.seconds)))
+    print()
+    print("| setup | answered 200 | fraction of R | 429s from the sim | lines failed (client) |")
+    print("|---|---|---|---|---|")
+    # Fixed 60 s windows, the first opening at the first request: at most
+    # R per started window.
+    cap = args.rpm * math.ceil(args.seconds / 60)
+    failures = []
+    summary = {}
+    for name in setups:
+        rs = [r for r in runs if r["setup"] == name and "answered" in r]
+        if len(rs) < args.runs:
+            failures.append("%s: %d of %d runs finished" % (name, len(rs), args.runs))
+        if not rs:
+            continue
+        fr = [r["answered"] / cap for r in rs]
+        summary[name] = [{k: r[k] for k in ("round", "answered", "r429", "r429_all", "client_ok",
+                                              "client_failed", "load")} for r in rs]
+        print("| %s | %s | %s | %s | %s |" % (
+            NAMES[name], benchlib.fmt_mmm([r["answered"] for r in rs], 0), benchlib.fmt_mmm(fr, 3),
+            benchlib.fmt_mmm([r["r429"] for r in rs], 0), benchlib.fmt_mmm([r["client_failed"] for r in rs], 0)))
+    print()
+    print("Ceiling: %d answers (R = %d per started 60 s window, %g s); %d runs of each setup at once."
+          % (cap, args.rpm, args.seconds, args.runs))
+    if failures:
+        print()
+        print("FAILURES: " + "; ".join(failures))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"args": vars(args), "results": summary, "failures": failures,
+                       "machine": benchlib.machine()}, f, indent=1)
+    shutil.rmtree(tmp, ignore_errors=True)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
