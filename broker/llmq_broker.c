@@ -109,6 +109,8 @@ struct _s_lane_t {
     size_t refs;                //  Requests that point here (queued or not)
     int64_t no_worker_since;    //  When it last lost (or never had) a worker
     int64_t idle_since;         //  When refs dropped to 0, for collection
+    llmq_metric_series_t *m_ok;         //  requests_total{model, outcome="ok"}
+    llmq_metric_series_t *m_latency;    //  latency histogram {model}
 };
 
 struct _s_group_t {
@@ -418,7 +420,15 @@ s_complete(s_broker_t *self, s_request_t *r, llmq_msg_t **res_p)
         if (!outcome || llmq_err_from_name(outcome) == LLMQ_ERR_NONE)
             outcome = "internal";
     }
-    s_count_answer(self, r->lane->model, outcome, ok, latency);
+    s_lane_t *lane = r->lane;
+    if (ok && lane->m_ok) {
+        //  The common case, through the lane's cached series.
+        self->counters.answered_ok++;
+        llmq_metrics_series_add(lane->m_ok, 1);
+        llmq_metrics_series_observe(lane->m_latency, (double) latency / 1000.0);
+    }
+    else
+        s_count_answer(self, lane->model, outcome, ok, latency);
 
     llmq_msg_set_id(res, r->id);
     llmq_msg_set_latency_ms(res, latency);
@@ -558,6 +568,23 @@ s_request_destroy(s_broker_t *self, s_request_t **r_p)
     free(r);
 }
 
+//  Format a broker id "r<hex>" (snprintf is measurable on this path).
+static void
+s_bid_text(uint64_t bid, char out[24])
+{
+    static const char hex[] = "0123456789abcdef";
+    char digits[17];
+    int n = 0;
+    do {
+        digits[n++] = hex[bid & 15];
+        bid >>= 4;
+    } while (bid);
+    out[0] = 'r';
+    for (int i = 0; i < n; i++)
+        out[1 + i] = digits[n - 1 - i];
+    out[1 + n] = 0;
+}
+
 //  In-flight lookup by broker id "r<hex>".
 static s_request_t *
 s_inflight_lookup(s_broker_t *self, const char *id)
@@ -666,6 +693,13 @@ s_lane_require(s_broker_t *self, const char *model, const char *pool)
         return NULL;
     }
     zhashx_insert(self->lanes, key, lane);
+    const char *label = s_metric_model(self, model);
+    const char *ok_labels[] = { "model", label, "outcome", "ok", NULL };
+    const char *model_labels[] = { "model", label, NULL };
+    lane->m_ok = llmq_metrics_series(self->metrics, "llmq_broker_requests_total", ok_labels);
+    lane->m_latency = llmq_metrics_series(self->metrics,
+                                          "llmq_broker_request_latency_seconds",
+                                          model_labels);
     //  Link the live workers that serve it.
     s_worker_t *w = (s_worker_t *) zhashx_first(self->workers);
     while (w) {
@@ -844,7 +878,7 @@ s_send_request(s_broker_t *self, s_worker_t *w, s_request_t *r)
     llmq_msg_t *msg = llmq_msg_new(LLMQ_MSG_REQ);
     zframe_t *header = NULL;
     char bid[24];
-    snprintf(bid, sizeof(bid), "r%" PRIx64, r->bid);
+    s_bid_text(r->bid, bid);
     if (msg) {
         llmq_msg_set_id(msg, bid);
         llmq_msg_set_op(msg, s_ops[r->op]);
@@ -1267,7 +1301,7 @@ s_client_cancel(s_broker_t *self, const char *key, llmq_msg_t *msg)
         llmq_msg_t *cancel = llmq_msg_new(LLMQ_MSG_CANCEL);
         if (cancel) {
             char bid[24];
-            snprintf(bid, sizeof(bid), "r%" PRIx64, r->bid);
+            s_bid_text(r->bid, bid);
             llmq_msg_set_id(cancel, bid);
             llmq_msg_set_routing_id(cancel, r->worker->rid);
             llmq_msg_send(&cancel, self->backend);
@@ -1440,7 +1474,7 @@ s_expire(s_broker_t *self, int64_t now)
             llmq_msg_t *cancel = llmq_msg_new(LLMQ_MSG_CANCEL);
             if (cancel) {
                 char bid[24];
-                snprintf(bid, sizeof(bid), "r%" PRIx64, r->bid);
+                s_bid_text(r->bid, bid);
                 llmq_msg_set_id(cancel, bid);
                 llmq_msg_set_routing_id(cancel, r->worker->rid);
                 llmq_msg_send(&cancel, self->backend);

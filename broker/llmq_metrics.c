@@ -26,20 +26,24 @@
 #define s_CONN_TIMEOUT   5000
 #define s_LABELS_MAX     1024
 
-typedef struct {
+typedef struct _s_family_t s_family_t;
+
+struct _llmq_metric_series_t {
     double value;               //  Counter or gauge value; histogram sum
     uint64_t count;             //  Histogram: observations
     uint64_t *buckets;          //  Histogram: per-bucket counts (not cumulative)
-} s_series_t;
+    s_family_t *family;         //  Its family (bounds, type)
+};
+typedef llmq_metric_series_t s_series_t;
 
-typedef struct {
+struct _s_family_t {
     char *name;                 //  Family name
     char *help;                 //  HELP text
     llmq_metric_type_t type;    //  Counter, gauge or histogram
     double bounds[s_MAX_BUCKETS];   //  Histogram upper bounds
     size_t nbounds;             //  How many bounds
     zhashx_t *series;           //  Label string -> s_series_t
-} s_family_t;
+};
 
 typedef struct {
     int fd;                     //  Accepted socket
@@ -127,6 +131,7 @@ s_series_require(s_family_t *family, const char *const *labels)
     series = (s_series_t *) calloc(1, sizeof(*series));
     if (!series)
         return NULL;
+    series->family = family;
     if (family->type == LLMQ_METRIC_HISTOGRAM) {
         series->buckets = (uint64_t *) calloc(family->nbounds + 1, sizeof(uint64_t));
         if (!series->buckets) {
@@ -242,6 +247,35 @@ llmq_metrics_observe(llmq_metrics_t *self, const char *name,
     s_series_t *series = s_series_require(family, labels);
     if (!series)
         return;
+    size_t i = 0;
+    while (i < family->nbounds && value > family->bounds[i])
+        i++;
+    series->buckets[i]++;
+    series->count++;
+    series->value += value;
+}
+
+llmq_metric_series_t *
+llmq_metrics_series(llmq_metrics_t *self, const char *name,
+                    const char *const *labels)
+{
+    s_family_t *family = s_family(self, name);
+    return family ? s_series_require(family, labels) : NULL;
+}
+
+void
+llmq_metrics_series_add(llmq_metric_series_t *series, double value)
+{
+    if (series && series->family->type != LLMQ_METRIC_HISTOGRAM)
+        series->value += value;
+}
+
+void
+llmq_metrics_series_observe(llmq_metric_series_t *series, double value)
+{
+    if (!series || series->family->type != LLMQ_METRIC_HISTOGRAM)
+        return;
+    s_family_t *family = series->family;
     size_t i = 0;
     while (i < family->nbounds && value > family->bounds[i])
         i++;
@@ -594,6 +628,12 @@ llmq_metrics_test(bool verbose)
     llmq_metrics_observe(self, "t_latency_seconds", ok, 50);
     llmq_metrics_set(self, "t_depth", NULL, 7);
     llmq_metrics_add(self, "nope", NULL, 1);
+    llmq_metric_series_t *handle = llmq_metrics_series(self, "t_requests_total", ok);
+    llmq_metrics_series_add(handle, 1);
+    llmq_metrics_series_add(handle, -1);
+    llmq_metrics_series_observe(handle, 1);             //  wrong type: ignored
+    if (!handle || llmq_metrics_series(self, "nope", NULL))
+        goto done;
     if (llmq_metrics_value(self, "t_requests_total", ok) != 3
     ||  llmq_metrics_value(self, "t_depth", NULL) != 7)
         goto done;

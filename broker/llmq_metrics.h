@@ -65,6 +65,17 @@ void llmq_metrics_set(llmq_metrics_t *self, const char *name,
 void llmq_metrics_observe(llmq_metrics_t *self, const char *name,
                           const char *const *labels, double value);
 
+/*  A handle on one series, for hot paths: no label formatting or lookup
+    per update. Borrowed; valid until the family is reset or the registry
+    destroyed. NULL for an unknown family or past the series cap. */
+typedef struct _llmq_metric_series_t llmq_metric_series_t;
+llmq_metric_series_t *llmq_metrics_series(llmq_metrics_t *self, const char *name,
+                                          const char *const *labels);
+/*  Add to a counter/gauge series handle; observe into a histogram one.
+    A NULL handle is a no-op. */
+void llmq_metrics_series_add(llmq_metric_series_t *series, double value);
+void llmq_metrics_series_observe(llmq_metric_series_t *series, double value);
+
 /*  Forget every series of a family (for gauges rebuilt by collect). */
 void llmq_metrics_reset(llmq_metrics_t *self, const char *name);
 

@@ -306,9 +306,9 @@ def t_priority_deadline():
         h, _ = c.recv(timeout=10)
         order.append((h["id"], h["ok"], h.get("error", {}).get("code")))
     print("order:", order)
-    ids = [o[0] for o in order]
-    # low0 was dispatched before high arrived; high comes right after it.
-    assert ids.index("high") <= 1, ids
+    served = [o[0] for o in order if o[1]]
+    # At most low0 was dispatched before high arrived; high comes next.
+    assert served.index("high") <= 1, served
     late = [o for o in order if o[0] == "late"][0]
     assert late[1] is False and late[2] == "deadline_exceeded", late
     assert all(o[1] for o in order if o[0] != "late")
