@@ -812,7 +812,7 @@ s_decide(sim_t *sim, const sim_req_t *r, int *fail_code, bool *context_length)
     if (x < (acc += c->p429)) { *fail_code = 429; return A_FAIL; }
     if (x < (acc += c->phang)) return A_HANG;
     if (x < (acc += c->pmalformed)) return A_MALFORMED;
-    if (x < (acc += c->preset)) return A_RESET;
+    if (x < acc + c->preset) return A_RESET;
     return A_OK;
 }
 
@@ -1653,11 +1653,13 @@ main(int argc, char **argv)
         fprintf(stderr, "llmq-sim: stopping (%" PRIu64 " requests served)\n", sim->total);
     //  Pending replies first (they point at requests), then the server
     //  (which closes connections and frees their requests).
-    while (sim->pending) {
-        s_pending_t *p = sim->pending;
+    s_pending_t *p = sim->pending;
+    while (p) {
+        s_pending_t *next = p->next;
         if (evhttp_request_get_connection(p->req) == NULL)
             evhttp_request_free(p->req);
         s_pending_free(p);
+        p = next;
     }
     evhttp_free(sim->http);
     sim_batches_destroy(&sim->batches);
