@@ -1,5 +1,5 @@
-/*  sim.h — internal interface of llmq-sim, the OpenAI- and Anthropic-compatible
-    HTTP simulator.
+/*  sim.h — internal interface of llmq-sim, the OpenAI- and
+    Anthropic-compatible HTTP simulator.
 
     llmq-sim is one process, one libevent loop: evhttp parses requests, the
     handlers answer at once or arm a timer (latency, token rate, directives),
@@ -32,41 +32,41 @@
 
 //  What an endpoint does with a request body.
 typedef enum {
-    SIM_OP_CHAT = 0,       //  POST /v1/chat/completions
-    SIM_OP_COMPLETION,     //  POST /v1/completions
-    SIM_OP_EMBEDDING,      //  POST /v1/embeddings
-    SIM_OP_MESSAGES        //  POST /v1/messages (Anthropic)
+    SIM_OP_CHAT = 0,   //  POST /v1/chat/completions
+    SIM_OP_COMPLETION, //  POST /v1/completions
+    SIM_OP_EMBEDDING,  //  POST /v1/embeddings
+    SIM_OP_MESSAGES    //  POST /v1/messages (Anthropic)
 } sim_op_t;
 
 //  Directives found in the request's text: [[sim:key=value,...]].
 typedef struct {
-    int fail_code;         //  HTTP status to fail with (0: none)
-    int fail_times;        //  fail the first N arrivals; 0 = every arrival
-    int hang;              //  never answer the first N arrivals
-    int malformed;         //  broken JSON for the first N arrivals
-    int reset;             //  close the connection for the first N arrivals
-    int delay_ms;          //  extra delay on every arrival
-    int tokens;            //  force the output token count (still <= max_tokens)
-    bool context_length;   //  400 context_length_exceeded, every arrival
-    bool counted;          //  some directive depends on the arrival count
+    int fail_code;       //  HTTP status to fail with (0: none)
+    int fail_times;      //  fail the first N arrivals; 0 = every arrival
+    int hang;            //  never answer the first N arrivals
+    int malformed;       //  broken JSON for the first N arrivals
+    int reset;           //  close the connection for the first N arrivals
+    int delay_ms;        //  extra delay on every arrival
+    int tokens;          //  force the output token count (still <= max_tokens)
+    bool context_length; //  400 context_length_exceeded, every arrival
+    bool counted;        //  some directive depends on the arrival count
 } sim_dir_t;
 
 //  A parsed generation request: everything needed to answer it.
 typedef struct {
     sim_op_t op;
-    char model[SIM_MODEL_MAX];  //  request's model (truncated if longer)
-    uint64_t hash;         //  FNV-1a 64 of the canonical request text
-    size_t prompt_chars;   //  bytes of message contents (usage rule)
-    int prompt_tokens;     //  ceil(prompt_chars / 4), min 1
-    int max_tokens;        //  the request's cap (default 16)
-    int out_tokens;        //  words we will emit
-    bool length_cut;       //  out_tokens was cut by max_tokens
-    bool stream;           //  SSE answer
-    bool include_usage;    //  stream_options.include_usage (OpenAI)
-    int dims;              //  embeddings: vector dimension
-    int n_inputs;          //  embeddings: number of input strings
-    uint64_t *input_hash;  //  embeddings: hash per input (owned)
-    sim_dir_t dir;         //  directives
+    char model[SIM_MODEL_MAX]; //  request's model (truncated if longer)
+    uint64_t hash;             //  FNV-1a 64 of the canonical request text
+    size_t prompt_chars;       //  bytes of message contents (usage rule)
+    int prompt_tokens;         //  ceil(prompt_chars / 4), min 1
+    int max_tokens;            //  the request's cap (default 16)
+    int out_tokens;            //  words we will emit
+    bool length_cut;           //  out_tokens was cut by max_tokens
+    bool stream;               //  SSE answer
+    bool include_usage;        //  stream_options.include_usage (OpenAI)
+    int dims;                  //  embeddings: vector dimension
+    int n_inputs;              //  embeddings: number of input strings
+    uint64_t *input_hash;      //  embeddings: hash per input (owned)
+    sim_dir_t dir;             //  directives
 } sim_req_t;
 
 //  --- sim_gen.c ----------------------------------------------------------
@@ -78,8 +78,8 @@ uint64_t sim_fnv(uint64_t h, const void *data, size_t len);
 //  Parses and validates a request body for op. Returns 0, or -1 with a
 //  message in err and the offending parameter name in *param (may be NULL).
 //  On success the caller must sim_req_free(r).
-int sim_req_parse(sim_req_t *r, sim_op_t op, const cJSON *body,
-                  char *err, size_t errlen, const char **param);
+int sim_req_parse(sim_req_t *r, sim_op_t op, const cJSON *body, char *err,
+                  size_t errlen, const char **param);
 void sim_req_free(sim_req_t *r);
 
 //  The reply text: "sim-<16 hex of hash>" then count-1 filler words, joined
@@ -94,8 +94,8 @@ void sim_body_chat(struct evbuffer *out, const sim_req_t *r, const char *id,
                    long created, const char *text);
 void sim_body_completion(struct evbuffer *out, const sim_req_t *r,
                          const char *id, long created, const char *text);
-void sim_body_messages(struct evbuffer *out, const sim_req_t *r,
-                       const char *id, const char *text);
+void sim_body_messages(struct evbuffer *out, const sim_req_t *r, const char *id,
+                       const char *text);
 void sim_body_embeddings(struct evbuffer *out, const sim_req_t *r);
 //  Dispatches on r->op.
 void sim_body(struct evbuffer *out, const sim_req_t *r, const char *id,
@@ -112,7 +112,8 @@ void sim_sse_tail(struct evbuffer *out, const sim_req_t *r, const char *id,
 //  Error bodies in each API's shape. param and code may be NULL (-> null).
 void sim_err_openai(struct evbuffer *out, const char *message, const char *type,
                     const char *param, const char *code);
-void sim_err_anthropic(struct evbuffer *out, const char *type, const char *message);
+void sim_err_anthropic(struct evbuffer *out, const char *type,
+                       const char *message);
 //  The OpenAI error type / Anthropic error type for an HTTP status.
 const char *sim_openai_type(int status);
 const char *sim_anthropic_type(int status);
@@ -139,7 +140,8 @@ uint64_t sim_next_id(sim_t *sim);
 //  the API's shape) to out and returns its HTTP status; returns 0 when the
 //  line is stuck (hang directive: it never completes). A 200 counts for
 //  double billing like a realtime answer.
-int sim_exec_line(sim_t *sim, sim_op_t op, const cJSON *body, struct evbuffer *out);
+int sim_exec_line(sim_t *sim, sim_op_t op, const cJSON *body,
+                  struct evbuffer *out);
 
 //  Checks the API key (OpenAI: Authorization Bearer; Anthropic: x-api-key
 //  and anthropic-version). Returns 0, or -1 after answering 401/400.
@@ -161,11 +163,25 @@ void sim_reply_error(sim_t *sim, struct evhttp_request *req, int route,
 
 //  Routes, for statistics. Order matches s_route_names in sim_main.c.
 enum {
-    SIM_R_CHAT = 0, SIM_R_COMPLETIONS, SIM_R_EMBEDDINGS, SIM_R_MESSAGES,
-    SIM_R_MODELS, SIM_R_FILES, SIM_R_FILE, SIM_R_FILE_CONTENT,
-    SIM_R_BATCHES, SIM_R_BATCH, SIM_R_BATCH_CANCEL,
-    SIM_R_MBATCHES, SIM_R_MBATCH, SIM_R_MBATCH_RESULTS, SIM_R_MBATCH_CANCEL,
-    SIM_R_STATS, SIM_R_RESET, SIM_R_HEALTH, SIM_R_OTHER,
+    SIM_R_CHAT = 0,
+    SIM_R_COMPLETIONS,
+    SIM_R_EMBEDDINGS,
+    SIM_R_MESSAGES,
+    SIM_R_MODELS,
+    SIM_R_FILES,
+    SIM_R_FILE,
+    SIM_R_FILE_CONTENT,
+    SIM_R_BATCHES,
+    SIM_R_BATCH,
+    SIM_R_BATCH_CANCEL,
+    SIM_R_MBATCHES,
+    SIM_R_MBATCH,
+    SIM_R_MBATCH_RESULTS,
+    SIM_R_MBATCH_CANCEL,
+    SIM_R_STATS,
+    SIM_R_RESET,
+    SIM_R_HEALTH,
+    SIM_R_OTHER,
     SIM_R_COUNT
 };
 
@@ -174,19 +190,22 @@ enum {
 typedef struct sim_batches_s sim_batches_t;
 
 typedef struct {
-    int64_t validate_ms;    //  time in "validating"
-    int64_t progress_ms;    //  time to process all lines
-    int64_t finalize_ms;    //  time in "finalizing" / "cancelling"
-    int64_t expire_ms;      //  completion window
-    int64_t max_store;      //  bytes of files kept in memory
+    int64_t validate_ms; //  time in "validating"
+    int64_t progress_ms; //  time to process all lines
+    int64_t finalize_ms; //  time in "finalizing" / "cancelling"
+    int64_t expire_ms;   //  completion window
+    int64_t max_store;   //  bytes of files kept in memory
 } sim_batch_cfg_t;
 
 sim_batches_t *sim_batches_new(sim_t *sim, const sim_batch_cfg_t *cfg);
 void sim_batches_destroy(sim_batches_t **self_p);
 //  Route handlers; path is the request path, req is answered.
-void sim_batches_files(sim_batches_t *self, struct evhttp_request *req, const char *path);
-void sim_batches_openai(sim_batches_t *self, struct evhttp_request *req, const char *path);
-void sim_batches_anthropic(sim_batches_t *self, struct evhttp_request *req, const char *path);
+void sim_batches_files(sim_batches_t *self, struct evhttp_request *req,
+                       const char *path);
+void sim_batches_openai(sim_batches_t *self, struct evhttp_request *req,
+                        const char *path);
+void sim_batches_anthropic(sim_batches_t *self, struct evhttp_request *req,
+                           const char *path);
 //  Appends the "batches" and "files" members (with leading comma) to /_stats.
 void sim_batches_stats(sim_batches_t *self, struct evbuffer *out);
 

@@ -26,15 +26,15 @@
 #define S_ANTHROPIC_MAX_LINES 100000
 
 typedef struct s_file {
-    struct s_file *next;       //  in self->files (newest first)
+    struct s_file *next; //  in self->files (newest first)
     char id[40];
     char *filename;
     char purpose[32];
-    char *data;                //  content (owned)
+    char *data; //  content (owned)
     size_t len;
-    int64_t created;           //  unix seconds
-    int refs;                  //  store + batches using it
-    bool listed;               //  still in the store (not deleted)
+    int64_t created; //  unix seconds
+    int refs;        //  store + batches using it
+    bool listed;     //  still in the store (not deleted)
 } s_file_t;
 
 //  Line states.
@@ -42,48 +42,53 @@ enum { L_PENDING = 0, L_DONE, L_STUCK };
 
 typedef struct {
     char *custom_id;
-    cJSON *body;               //  request body (owned)
+    cJSON *body; //  request body (owned)
     int state;
-    int status;                //  HTTP status of the answer (L_DONE)
-    char *result;              //  answer body JSON (owned, L_DONE)
+    int status;   //  HTTP status of the answer (L_DONE)
+    char *result; //  answer body JSON (owned, L_DONE)
 } s_line_t;
 
 typedef enum { K_OPENAI, K_ANTHROPIC } s_kind_t;
 
 //  OpenAI statuses; Anthropic maps them to in_progress / canceling / ended.
 typedef enum {
-    B_VALIDATING, B_FAILED, B_IN_PROGRESS, B_FINALIZING, B_COMPLETED,
-    B_EXPIRED, B_CANCELLING, B_CANCELLED
+    B_VALIDATING,
+    B_FAILED,
+    B_IN_PROGRESS,
+    B_FINALIZING,
+    B_COMPLETED,
+    B_EXPIRED,
+    B_CANCELLING,
+    B_CANCELLED
 } s_state_t;
 
-static const char *s_state_names[] = {
-    "validating", "failed", "in_progress", "finalizing", "completed",
-    "expired", "cancelling", "cancelled"
-};
+static const char *s_state_names[] = {"validating", "failed",    "in_progress",
+                                      "finalizing", "completed", "expired",
+                                      "cancelling", "cancelled"};
 
 typedef struct s_batch {
-    struct s_batch *next;      //  in self->batches (newest first)
+    struct s_batch *next; //  in self->batches (newest first)
     sim_batches_t *owner;
     s_kind_t kind;
     char id[48];
     char endpoint[64];
     sim_op_t op;
-    s_file_t *input;           //  OpenAI: input file (a reference)
+    s_file_t *input; //  OpenAI: input file (a reference)
     char completion_window[16];
-    cJSON *metadata;           //  OpenAI metadata (owned) or NULL
+    cJSON *metadata; //  OpenAI metadata (owned) or NULL
     s_state_t state;
     //  wall-clock ms, 0 = not yet
     int64_t created_at, in_progress_at, finalizing_at, completed_at, failed_at,
-            expired_at, cancelling_at, cancelled_at, expires_at;
+        expired_at, cancelling_at, cancelled_at, expires_at;
     s_line_t *lines;
     int n_lines;
-    int next_line;             //  processing cursor
+    int next_line; //  processing cursor
     int n_ok, n_err, n_stuck, n_expired, n_cancelled;
     char output_file_id[40];
     char error_file_id[40];
-    char *errors_json;         //  validation errors (OpenAI "errors")
-    struct event *timer;       //  phase timer
-    struct event *expire;      //  completion window
+    char *errors_json;    //  validation errors (OpenAI "errors")
+    struct event *timer;  //  phase timer
+    struct event *expire; //  completion window
 } s_batch_t;
 
 struct sim_batches_s {
@@ -91,7 +96,7 @@ struct sim_batches_s {
     sim_batch_cfg_t cfg;
     s_file_t *files;
     s_batch_t *batches;
-    int64_t store_bytes;       //  bytes of listed files
+    int64_t store_bytes; //  bytes of listed files
     uint64_t created[2], completed[2], failed[2], expired[2], cancelled[2];
     uint64_t lines_ok, lines_err;
 };
@@ -99,30 +104,31 @@ struct sim_batches_s {
 static void s_phase(evutil_socket_t fd, short what, void *arg);
 static void s_expire(evutil_socket_t fd, short what, void *arg);
 
-//  --- files -------------------------------------------------------------------
+//  --- files
+//  -------------------------------------------------------------------
 
-static void
-s_file_unref(sim_batches_t *self, s_file_t *f)
+static void s_file_unref(sim_batches_t *self, s_file_t *f)
 {
     if (--f->refs > 0)
         return;
-    (void) self;
+    (void)self;
     free(f->filename);
     free(f->data);
     free(f);
 }
 
 //  Stores data (taken) as a new file; NULL when over the store bound.
-static s_file_t *
-s_file_add(sim_batches_t *self, const char *filename, const char *purpose,
-           char *data, size_t len, bool force)
+static s_file_t *s_file_add(sim_batches_t *self, const char *filename,
+                            const char *purpose, char *data, size_t len,
+                            bool force)
 {
-    if (!force && self->store_bytes + (int64_t) len > self->cfg.max_store)
+    if (!force && self->store_bytes + (int64_t)len > self->cfg.max_store)
         return NULL;
     s_file_t *f = calloc(1, sizeof(*f));
     if (!f)
         return NULL;
-    snprintf(f->id, sizeof(f->id), "file-sim%012" PRIx64, sim_next_id(self->sim));
+    snprintf(f->id, sizeof(f->id), "file-sim%012" PRIx64,
+             sim_next_id(self->sim));
     f->filename = strdup(filename ? filename : "file.jsonl");
     snprintf(f->purpose, sizeof(f->purpose), "%s", purpose);
     f->data = data;
@@ -132,12 +138,11 @@ s_file_add(sim_batches_t *self, const char *filename, const char *purpose,
     f->listed = true;
     f->next = self->files;
     self->files = f;
-    self->store_bytes += (int64_t) len;
+    self->store_bytes += (int64_t)len;
     return f;
 }
 
-static s_file_t *
-s_file_find(sim_batches_t *self, const char *id, size_t idlen)
+static s_file_t *s_file_find(sim_batches_t *self, const char *id, size_t idlen)
 {
     for (s_file_t *f = self->files; f; f = f->next)
         if (strlen(f->id) == idlen && memcmp(f->id, id, idlen) == 0)
@@ -145,44 +150,47 @@ s_file_find(sim_batches_t *self, const char *id, size_t idlen)
     return NULL;
 }
 
-static void
-s_file_json(struct evbuffer *out, const s_file_t *f)
+static void s_file_json(struct evbuffer *out, const s_file_t *f)
 {
-    evbuffer_add_printf(out, "{\"id\":\"%s\",\"object\":\"file\",\"bytes\":%zu,\"created_at\":%" PRId64
-                        ",\"filename\":", f->id, f->len, f->created);
+    evbuffer_add_printf(out,
+                        "{\"id\":\"%s\",\"object\":\"file\",\"bytes\":%zu,"
+                        "\"created_at\":%" PRId64 ",\"filename\":",
+                        f->id, f->len, f->created);
     sim_json_str(out, f->filename);
-    evbuffer_add_printf(out, ",\"purpose\":\"%s\",\"status\":\"processed\",\"status_details\":null}",
-                        f->purpose);
+    evbuffer_add_printf(
+        out,
+        ",\"purpose\":\"%s\",\"status\":\"processed\",\"status_details\":null}",
+        f->purpose);
 }
 
 //  Finds a part's parameter value (name="x") in its header block.
-static char *
-s_disposition_param(const char *hdr, size_t hlen, const char *param)
+static char *s_disposition_param(const char *hdr, size_t hlen,
+                                 const char *param)
 {
     char key[32];
     int klen = snprintf(key, sizeof(key), "%s=\"", param);
-    for (size_t i = 0; i + (size_t) klen <= hlen; i++) {
-        if (memcmp(hdr + i, key, (size_t) klen) != 0)
+    for (size_t i = 0; i + (size_t)klen <= hlen; i++) {
+        if (memcmp(hdr + i, key, (size_t)klen) != 0)
             continue;
         //  make sure we matched "name=" and not the tail of "filename="
         if (i > 0 && hdr[i - 1] != ' ' && hdr[i - 1] != ';')
             continue;
         const char *v = hdr + i + klen;
-        const char *e = memchr(v, '"', hlen - (size_t) (v - hdr));
+        const char *e = memchr(v, '"', hlen - (size_t)(v - hdr));
         if (!e)
             return NULL;
-        return strndup(v, (size_t) (e - v));
+        return strndup(v, (size_t)(e - v));
     }
     return NULL;
 }
 
-static const char *
-s_mem_find(const char *hay, size_t hlen, const char *needle, size_t nlen)
+static const char *s_mem_find(const char *hay, size_t hlen, const char *needle,
+                              size_t nlen)
 {
     if (hlen < nlen)
         return NULL;
     for (const char *p = hay; p + nlen <= hay + hlen; p++) {
-        p = memchr(p, needle[0], (size_t) (hay + hlen - p));
+        p = memchr(p, needle[0], (size_t)(hay + hlen - p));
         if (!p || p + nlen > hay + hlen)
             return NULL;
         if (memcmp(p, needle, nlen) == 0)
@@ -192,15 +200,17 @@ s_mem_find(const char *hay, size_t hlen, const char *needle, size_t nlen)
 }
 
 //  POST /v1/files: multipart/form-data with "purpose" and "file".
-static void
-s_files_upload(sim_batches_t *self, struct evhttp_request *req)
+static void s_files_upload(sim_batches_t *self, struct evhttp_request *req)
 {
     sim_t *sim = self->sim;
-    const char *ctype = evhttp_find_header(evhttp_request_get_input_headers(req), "Content-Type");
+    const char *ctype = evhttp_find_header(
+        evhttp_request_get_input_headers(req), "Content-Type");
     const char *b = ctype ? strstr(ctype, "boundary=") : NULL;
     if (!ctype || strncasecmp(ctype, "multipart/form-data", 19) != 0 || !b) {
-        sim_reply_error(sim, req, SIM_R_FILES, false, 400,
-                        "Expected a multipart/form-data body with 'purpose' and 'file'.", NULL, NULL);
+        sim_reply_error(
+            sim, req, SIM_R_FILES, false, 400,
+            "Expected a multipart/form-data body with 'purpose' and 'file'.",
+            NULL, NULL);
         return;
     }
     b += 9;
@@ -211,16 +221,18 @@ s_files_upload(sim_batches_t *self, struct evhttp_request *req)
         blen = strcspn(b, "\"");
     }
     if (blen == 0 || blen > 200) {
-        sim_reply_error(sim, req, SIM_R_FILES, false, 400, "Bad multipart boundary.", NULL, NULL);
+        sim_reply_error(sim, req, SIM_R_FILES, false, 400,
+                        "Bad multipart boundary.", NULL, NULL);
         return;
     }
-    int dlen = snprintf(delim, sizeof(delim), "\r\n--%.*s", (int) blen, b);
+    int dlen = snprintf(delim, sizeof(delim), "\r\n--%.*s", (int)blen, b);
     struct evbuffer *in = evhttp_request_get_input_buffer(req);
     size_t len = evbuffer_get_length(in);
     //  A leading CRLF lets every delimiter, the first one too, be "\r\n--B".
     char *body = malloc(len + 3);
     if (!body) {
-        sim_reply_error(sim, req, SIM_R_FILES, false, 500, "out of memory", NULL, NULL);
+        sim_reply_error(sim, req, SIM_R_FILES, false, 500, "out of memory",
+                        NULL, NULL);
         return;
     }
     body[0] = '\r';
@@ -230,26 +242,27 @@ s_files_upload(sim_batches_t *self, struct evhttp_request *req)
     char *purpose = NULL, *filename = NULL;
     const char *fdata = NULL;
     size_t flen = 0;
-    const char *p = s_mem_find(body, len, delim, (size_t) dlen);
+    const char *p = s_mem_find(body, len, delim, (size_t)dlen);
     while (p) {
         p += dlen;
-        if ((size_t) (body + len - p) >= 2 && p[0] == '-' && p[1] == '-')
-            break;                                   //  closing delimiter
-        const char *hend = s_mem_find(p, (size_t) (body + len - p), "\r\n\r\n", 4);
+        if ((size_t)(body + len - p) >= 2 && p[0] == '-' && p[1] == '-')
+            break; //  closing delimiter
+        const char *hend =
+            s_mem_find(p, (size_t)(body + len - p), "\r\n\r\n", 4);
         if (!hend)
             break;
         const char *content = hend + 4;
-        const char *next = s_mem_find(content, (size_t) (body + len - content), delim, (size_t) dlen);
+        const char *next = s_mem_find(content, (size_t)(body + len - content),
+                                      delim, (size_t)dlen);
         if (!next)
             break;
-        char *name = s_disposition_param(p, (size_t) (hend - p), "name");
+        char *name = s_disposition_param(p, (size_t)(hend - p), "name");
         if (name && strcmp(name, "purpose") == 0 && !purpose)
-            purpose = strndup(content, (size_t) (next - content));
-        else
-        if (name && strcmp(name, "file") == 0 && !fdata) {
-            filename = s_disposition_param(p, (size_t) (hend - p), "filename");
+            purpose = strndup(content, (size_t)(next - content));
+        else if (name && strcmp(name, "file") == 0 && !fdata) {
+            filename = s_disposition_param(p, (size_t)(hend - p), "filename");
             fdata = content;
-            flen = (size_t) (next - content);
+            flen = (size_t)(next - content);
         }
         free(name);
         p = next;
@@ -266,11 +279,13 @@ s_files_upload(sim_batches_t *self, struct evhttp_request *req)
         memcpy(copy, fdata, flen);
         copy[flen] = 0;
     }
-    s_file_t *f = copy ? s_file_add(self, filename, purpose, copy, flen, false) : NULL;
+    s_file_t *f =
+        copy ? s_file_add(self, filename, purpose, copy, flen, false) : NULL;
     if (!f) {
         free(copy);
         sim_reply_error(sim, req, SIM_R_FILES, false, 413,
-                        "File storage limit reached (--max-file-store).", "file", NULL);
+                        "File storage limit reached (--max-file-store).",
+                        "file", NULL);
         goto done;
     }
     struct evbuffer *out = evbuffer_new();
@@ -283,8 +298,8 @@ done:
     free(body);
 }
 
-void
-sim_batches_files(sim_batches_t *self, struct evhttp_request *req, const char *path)
+void sim_batches_files(sim_batches_t *self, struct evhttp_request *req,
+                       const char *path)
 {
     sim_t *sim = self->sim;
     enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
@@ -292,11 +307,14 @@ sim_batches_files(sim_batches_t *self, struct evhttp_request *req, const char *p
     const char *id = is_root ? NULL : path + 10;
     size_t idlen = id ? strcspn(id, "/") : 0;
     bool content = id && strcmp(id + idlen, "/content") == 0;
-    int route = is_root ? SIM_R_FILES : content ? SIM_R_FILE_CONTENT : SIM_R_FILE;
+    int route = is_root   ? SIM_R_FILES
+                : content ? SIM_R_FILE_CONTENT
+                          : SIM_R_FILE;
     if (sim_auth(sim, req, route, false, NULL))
         return;
     if (id && id[idlen] && !content) {
-        sim_reply_error(sim, req, SIM_R_OTHER, false, 404, "Unknown request URL.", NULL, "unknown_url");
+        sim_reply_error(sim, req, SIM_R_OTHER, false, 404,
+                        "Unknown request URL.", NULL, "unknown_url");
         return;
     }
     if (is_root && cmd == EVHTTP_REQ_POST) {
@@ -320,98 +338,110 @@ sim_batches_files(sim_batches_t *self, struct evhttp_request *req, const char *p
     s_file_t *f = id ? s_file_find(self, id, idlen) : NULL;
     if (!is_root && !f && (cmd == EVHTTP_REQ_GET || cmd == EVHTTP_REQ_DELETE)) {
         char msg[128];
-        snprintf(msg, sizeof(msg), "No such File object: %.*s", (int) (idlen > 60 ? 60 : idlen), id);
+        snprintf(msg, sizeof(msg), "No such File object: %.*s",
+                 (int)(idlen > 60 ? 60 : idlen), id);
         sim_reply_error(sim, req, route, false, 404, msg, "id", NULL);
-    }
-    else
-    if (f && content && cmd == EVHTTP_REQ_GET) {
+    } else if (f && content && cmd == EVHTTP_REQ_GET) {
         evbuffer_add(out, f->data, f->len);
         sim_reply(sim, req, route, 200, "application/octet-stream", out);
-    }
-    else
-    if (f && !content && cmd == EVHTTP_REQ_GET) {
+    } else if (f && !content && cmd == EVHTTP_REQ_GET) {
         s_file_json(out, f);
         sim_reply_json(sim, req, route, 200, out);
-    }
-    else
-    if (f && !content && cmd == EVHTTP_REQ_DELETE) {
+    } else if (f && !content && cmd == EVHTTP_REQ_DELETE) {
         s_file_t **pp = &self->files;
         while (*pp != f)
             pp = &(*pp)->next;
         *pp = f->next;
         f->listed = false;
-        self->store_bytes -= (int64_t) f->len;
-        evbuffer_add_printf(out, "{\"id\":\"%s\",\"object\":\"file\",\"deleted\":true}", f->id);
+        self->store_bytes -= (int64_t)f->len;
+        evbuffer_add_printf(
+            out, "{\"id\":\"%s\",\"object\":\"file\",\"deleted\":true}", f->id);
         sim_reply_json(sim, req, route, 200, out);
         s_file_unref(self, f);
-    }
-    else
-        sim_reply_error(sim, req, route, false, 405, "Method not allowed.", NULL, NULL);
+    } else
+        sim_reply_error(sim, req, route, false, 405, "Method not allowed.",
+                        NULL, NULL);
     evbuffer_free(out);
 }
 
-//  --- batch engine -------------------------------------------------------------
+//  --- batch engine
+//  -------------------------------------------------------------
 
-static void
-s_time_or_null(struct evbuffer *out, const char *name, int64_t ms, bool first)
+static void s_time_or_null(struct evbuffer *out, const char *name, int64_t ms,
+                           bool first)
 {
     if (ms)
-        evbuffer_add_printf(out, "%s\"%s\":%" PRId64, first ? "" : ",", name, ms / 1000);
+        evbuffer_add_printf(out, "%s\"%s\":%" PRId64, first ? "" : ",", name,
+                            ms / 1000);
     else
         evbuffer_add_printf(out, "%s\"%s\":null", first ? "" : ",", name);
 }
 
-static void
-s_rfc_or_null(struct evbuffer *out, const char *name, int64_t ms)
+static void s_rfc_or_null(struct evbuffer *out, const char *name, int64_t ms)
 {
     if (ms) {
         char t[48];
         sim_rfc3339(t, sizeof(t), ms);
         evbuffer_add_printf(out, ",\"%s\":\"%s\"", name, t);
-    }
-    else
+    } else
         evbuffer_add_printf(out, ",\"%s\":null", name);
 }
 
-static const char *
-s_anthropic_status(s_state_t st)
+static const char *s_anthropic_status(s_state_t st)
 {
     switch (st) {
-        case B_CANCELLING: return "canceling";
-        case B_COMPLETED: case B_EXPIRED: case B_CANCELLED: case B_FAILED: return "ended";
-        default: return "in_progress";
+    case B_CANCELLING:
+        return "canceling";
+    case B_COMPLETED:
+    case B_EXPIRED:
+    case B_CANCELLED:
+    case B_FAILED:
+        return "ended";
+    default:
+        return "in_progress";
     }
 }
 
-static void
-s_batch_json(struct evbuffer *out, const s_batch_t *b)
+static void s_batch_json(struct evbuffer *out, const s_batch_t *b)
 {
     sim_batches_t *self = b->owner;
     if (b->kind == K_ANTHROPIC) {
         int done = b->n_ok + b->n_err + b->n_expired + b->n_cancelled;
-        evbuffer_add_printf(out, "{\"id\":\"%s\",\"type\":\"message_batch\",\"processing_status\":\"%s\","
-            "\"request_counts\":{\"processing\":%d,\"succeeded\":%d,\"errored\":%d,\"canceled\":%d,"
-            "\"expired\":%d}", b->id, s_anthropic_status(b->state), b->n_lines - done,
-            b->n_ok, b->n_err, b->n_cancelled, b->n_expired);
-        int64_t ended = b->completed_at ? b->completed_at : b->expired_at ? b->expired_at
-                      : b->cancelled_at;
+        evbuffer_add_printf(out,
+                            "{\"id\":\"%s\",\"type\":\"message_batch\","
+                            "\"processing_status\":\"%s\","
+                            "\"request_counts\":{\"processing\":%d,"
+                            "\"succeeded\":%d,\"errored\":%d,\"canceled\":%d,"
+                            "\"expired\":%d}",
+                            b->id, s_anthropic_status(b->state),
+                            b->n_lines - done, b->n_ok, b->n_err,
+                            b->n_cancelled, b->n_expired);
+        int64_t ended = b->completed_at ? b->completed_at
+                        : b->expired_at ? b->expired_at
+                                        : b->cancelled_at;
         s_rfc_or_null(out, "ended_at", ended);
         s_rfc_or_null(out, "created_at", b->created_at);
         s_rfc_or_null(out, "expires_at", b->expires_at);
         s_rfc_or_null(out, "cancel_initiated_at", b->cancelling_at);
         evbuffer_add_printf(out, ",\"archived_at\":null,\"results_url\":");
         if (ended)
-            evbuffer_add_printf(out, "\"%s/v1/messages/batches/%s/results\"}", sim_url(self->sim), b->id);
+            evbuffer_add_printf(out, "\"%s/v1/messages/batches/%s/results\"}",
+                                sim_url(self->sim), b->id);
         else
             evbuffer_add_printf(out, "null}");
         return;
     }
-    evbuffer_add_printf(out, "{\"id\":\"%s\",\"object\":\"batch\",\"endpoint\":\"%s\",\"errors\":%s,"
-        "\"input_file_id\":\"%s\",\"completion_window\":\"%s\",\"status\":\"%s\",",
+    evbuffer_add_printf(
+        out,
+        "{\"id\":\"%s\",\"object\":\"batch\",\"endpoint\":\"%s\",\"errors\":%s,"
+        "\"input_file_id\":\"%s\",\"completion_window\":\"%s\",\"status\":\"%"
+        "s\",",
         b->id, b->endpoint, b->errors_json ? b->errors_json : "null",
-        b->input ? b->input->id : "", b->completion_window, s_state_names[b->state]);
+        b->input ? b->input->id : "", b->completion_window,
+        s_state_names[b->state]);
     if (b->output_file_id[0])
-        evbuffer_add_printf(out, "\"output_file_id\":\"%s\",", b->output_file_id);
+        evbuffer_add_printf(out, "\"output_file_id\":\"%s\",",
+                            b->output_file_id);
     else
         evbuffer_add_printf(out, "\"output_file_id\":null,");
     if (b->error_file_id[0])
@@ -427,19 +457,20 @@ s_batch_json(struct evbuffer *out, const s_batch_t *b)
     s_time_or_null(out, "expired_at", b->expired_at, false);
     s_time_or_null(out, "cancelling_at", b->cancelling_at, false);
     s_time_or_null(out, "cancelled_at", b->cancelled_at, false);
-    evbuffer_add_printf(out, ",\"request_counts\":{\"total\":%d,\"completed\":%d,\"failed\":%d},"
-                        "\"metadata\":", b->n_lines, b->n_ok, b->n_err + b->n_expired);
+    evbuffer_add_printf(
+        out,
+        ",\"request_counts\":{\"total\":%d,\"completed\":%d,\"failed\":%d},"
+        "\"metadata\":",
+        b->n_lines, b->n_ok, b->n_err + b->n_expired);
     if (b->metadata) {
         char *m = cJSON_PrintUnformatted(b->metadata);
         evbuffer_add_printf(out, "%s}", m ? m : "null");
         free(m);
-    }
-    else
+    } else
         evbuffer_add_printf(out, "null}");
 }
 
-static void
-s_batch_free(s_batch_t *b)
+static void s_batch_free(s_batch_t *b)
 {
     if (b->timer)
         event_free(b->timer);
@@ -458,15 +489,16 @@ s_batch_free(s_batch_t *b)
     free(b);
 }
 
-static s_batch_t *
-s_batch_new(sim_batches_t *self, s_kind_t kind)
+static s_batch_t *s_batch_new(sim_batches_t *self, s_kind_t kind)
 {
     s_batch_t *b = calloc(1, sizeof(*b));
     if (!b)
         return NULL;
     b->owner = self;
     b->kind = kind;
-    snprintf(b->id, sizeof(b->id), kind == K_OPENAI ? "batch_sim%012" PRIx64 : "msgbatch_sim%012" PRIx64,
+    snprintf(b->id, sizeof(b->id),
+             kind == K_OPENAI ? "batch_sim%012" PRIx64
+                              : "msgbatch_sim%012" PRIx64,
              sim_next_id(self->sim));
     b->created_at = sim_wall_ms();
     b->expires_at = b->created_at + self->cfg.expire_ms;
@@ -476,7 +508,8 @@ s_batch_new(sim_batches_t *self, s_kind_t kind)
         s_batch_free(b);
         return NULL;
     }
-    struct timeval tv = { self->cfg.expire_ms / 1000, (self->cfg.expire_ms % 1000) * 1000 };
+    struct timeval tv = {self->cfg.expire_ms / 1000,
+                         (self->cfg.expire_ms % 1000) * 1000};
     evtimer_add(b->expire, &tv);
     b->next = self->batches;
     self->batches = b;
@@ -484,23 +517,21 @@ s_batch_new(sim_batches_t *self, s_kind_t kind)
     return b;
 }
 
-static void
-s_arm(s_batch_t *b, int64_t ms)
+static void s_arm(s_batch_t *b, int64_t ms)
 {
-    struct timeval tv = { ms / 1000, (ms % 1000) * 1000 };
+    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
     evtimer_add(b->timer, &tv);
 }
 
-static bool
-s_terminal(s_state_t st)
+static bool s_terminal(s_state_t st)
 {
-    return st == B_FAILED || st == B_COMPLETED || st == B_EXPIRED || st == B_CANCELLED;
+    return st == B_FAILED || st == B_COMPLETED || st == B_EXPIRED ||
+           st == B_CANCELLED;
 }
 
 //  Validates an OpenAI input file into lines. Returns NULL or an "errors"
 //  JSON object (fresh string).
-static char *
-s_validate_openai(s_batch_t *b)
+static char *s_validate_openai(s_batch_t *b)
 {
     const char *data = b->input->data;
     size_t len = b->input->len;
@@ -509,7 +540,7 @@ s_validate_openai(s_batch_t *b)
     const char *code = NULL;
     const char *p = data, *end = data + len;
     while (p < end) {
-        const char *nl = memchr(p, '\n', (size_t) (end - p));
+        const char *nl = memchr(p, '\n', (size_t)(end - p));
         const char *le = nl ? nl : end;
         lineno++;
         const char *q = p;
@@ -519,39 +550,35 @@ s_validate_openai(s_batch_t *b)
             p = le + 1;
             continue;
         }
-        cJSON *line = cJSON_ParseWithLength(p, (size_t) (le - p));
+        cJSON *line = cJSON_ParseWithLength(p, (size_t)(le - p));
         const cJSON *cid = cJSON_GetObjectItemCaseSensitive(line, "custom_id");
         const cJSON *method = cJSON_GetObjectItemCaseSensitive(line, "method");
         const cJSON *url = cJSON_GetObjectItemCaseSensitive(line, "url");
         cJSON *body = cJSON_GetObjectItemCaseSensitive(line, "body");
         if (!cJSON_IsObject(line)) {
             code = "invalid_json_line";
-            snprintf(msg, sizeof(msg), "This line is not parseable as valid JSON.");
-        }
-        else
-        if (!cJSON_IsString(cid) || !cid->valuestring[0]) {
+            snprintf(msg, sizeof(msg),
+                     "This line is not parseable as valid JSON.");
+        } else if (!cJSON_IsString(cid) || !cid->valuestring[0]) {
             code = "missing_required_parameter";
-            snprintf(msg, sizeof(msg), "Missing required parameter: 'custom_id'.");
-        }
-        else
-        if (!cJSON_IsString(method) || strcmp(method->valuestring, "POST") != 0) {
+            snprintf(msg, sizeof(msg),
+                     "Missing required parameter: 'custom_id'.");
+        } else if (!cJSON_IsString(method) ||
+                   strcmp(method->valuestring, "POST") != 0) {
             code = "invalid_method";
             snprintf(msg, sizeof(msg), "The method must be POST.");
-        }
-        else
-        if (!cJSON_IsString(url) || strcmp(url->valuestring, b->endpoint) != 0) {
+        } else if (!cJSON_IsString(url) ||
+                   strcmp(url->valuestring, b->endpoint) != 0) {
             code = "mismatched_endpoint";
-            snprintf(msg, sizeof(msg), "The url must match the batch endpoint %s.", b->endpoint);
-        }
-        else
-        if (!cJSON_IsObject(body)) {
+            snprintf(msg, sizeof(msg),
+                     "The url must match the batch endpoint %s.", b->endpoint);
+        } else if (!cJSON_IsObject(body)) {
             code = "missing_required_parameter";
             snprintf(msg, sizeof(msg), "Missing required parameter: 'body'.");
-        }
-        else
-        if (b->n_lines >= S_OPENAI_MAX_LINES) {
+        } else if (b->n_lines >= S_OPENAI_MAX_LINES) {
             code = "too_many_requests";
-            snprintf(msg, sizeof(msg), "A batch may hold at most %d requests.", S_OPENAI_MAX_LINES);
+            snprintf(msg, sizeof(msg), "A batch may hold at most %d requests.",
+                     S_OPENAI_MAX_LINES);
         }
         if (code) {
             cJSON_Delete(line);
@@ -559,7 +586,7 @@ s_validate_openai(s_batch_t *b)
         }
         if (b->n_lines == cap) {
             cap = cap ? cap * 2 : 64;
-            s_line_t *nl2 = realloc(b->lines, sizeof(s_line_t) * (size_t) cap);
+            s_line_t *nl2 = realloc(b->lines, sizeof(s_line_t) * (size_t)cap);
             if (!nl2) {
                 cJSON_Delete(line);
                 code = "internal";
@@ -583,19 +610,21 @@ s_validate_openai(s_batch_t *b)
     //  Duplicate custom_ids: sort-free check with a small hash table.
     if (!code && b->n_lines > 1) {
         size_t tcap = 1;
-        while (tcap < (size_t) b->n_lines * 2)
+        while (tcap < (size_t)b->n_lines * 2)
             tcap <<= 1;
         int *t = malloc(tcap * sizeof(int));
         if (t) {
             memset(t, -1, tcap * sizeof(int));
             for (int i = 0; i < b->n_lines && !code; i++) {
                 const char *c = b->lines[i].custom_id;
-                size_t j = (size_t) sim_fnv(SIM_FNV_OFFSET, c, strlen(c)) & (tcap - 1);
+                size_t j =
+                    (size_t)sim_fnv(SIM_FNV_OFFSET, c, strlen(c)) & (tcap - 1);
                 while (t[j] >= 0) {
                     if (strcmp(b->lines[t[j]].custom_id, c) == 0) {
                         code = "duplicate_custom_id";
                         lineno = i + 1;
-                        snprintf(msg, sizeof(msg), "The custom_id '%.100s' is not unique.", c);
+                        snprintf(msg, sizeof(msg),
+                                 "The custom_id '%.100s' is not unique.", c);
                         break;
                     }
                     j = (j + 1) & (tcap - 1);
@@ -608,7 +637,9 @@ s_validate_openai(s_batch_t *b)
     if (!code)
         return NULL;
     struct evbuffer *e = evbuffer_new();
-    evbuffer_add_printf(e, "{\"object\":\"list\",\"data\":[{\"code\":\"%s\",\"message\":", code);
+    evbuffer_add_printf(
+        e,
+        "{\"object\":\"list\",\"data\":[{\"code\":\"%s\",\"message\":", code);
     sim_json_str(e, msg);
     evbuffer_add_printf(e, ",\"param\":null,\"line\":");
     if (lineno)
@@ -626,8 +657,7 @@ s_validate_openai(s_batch_t *b)
 }
 
 //  Answers the next slice of lines. Returns true when no line is pending.
-static bool
-s_process_slice(s_batch_t *b)
+static bool s_process_slice(s_batch_t *b)
 {
     sim_batches_t *self = b->owner;
     int per_tick = (b->n_lines + 19) / 20;
@@ -650,16 +680,14 @@ s_process_slice(s_batch_t *b)
         if (l->result) {
             evbuffer_remove(out, l->result, n);
             l->result[n] = 0;
-        }
-        else
+        } else
             evbuffer_drain(out, n);
         l->state = L_DONE;
         l->status = status;
         if (status == 200) {
             b->n_ok++;
             self->lines_ok++;
-        }
-        else {
+        } else {
             b->n_err++;
             self->lines_err++;
         }
@@ -668,16 +696,14 @@ s_process_slice(s_batch_t *b)
     return b->next_line >= b->n_lines;
 }
 
-static void
-s_custom_id(struct evbuffer *out, const s_line_t *l)
+static void s_custom_id(struct evbuffer *out, const s_line_t *l)
 {
     sim_json_str(out, l->custom_id);
 }
 
 //  Builds the result files (OpenAI) at the end of a batch. Lines not done
 //  are written to the error file as expired when the batch expired.
-static void
-s_write_openai_files(s_batch_t *b)
+static void s_write_openai_files(s_batch_t *b)
 {
     sim_batches_t *self = b->owner;
     struct evbuffer *ok = evbuffer_new(), *err = evbuffer_new();
@@ -686,24 +712,30 @@ s_write_openai_files(s_batch_t *b)
         uint64_t n = sim_next_id(self->sim);
         if (l->state == L_DONE) {
             struct evbuffer *dst = l->status == 200 ? ok : err;
-            evbuffer_add_printf(dst, "{\"id\":\"batch_req_sim%012" PRIx64 "\",\"custom_id\":", n);
+            evbuffer_add_printf(
+                dst,
+                "{\"id\":\"batch_req_sim%012" PRIx64 "\",\"custom_id\":", n);
             s_custom_id(dst, l);
-            evbuffer_add_printf(dst, ",\"response\":{\"status_code\":%d,\"request_id\":\"req_sim%012"
-                                PRIx64 "\",\"body\":%s},\"error\":null}\n",
+            evbuffer_add_printf(dst,
+                                ",\"response\":{\"status_code\":%d,\"request_"
+                                "id\":\"req_sim%012" PRIx64
+                                "\",\"body\":%s},\"error\":null}\n",
                                 l->status, n, l->result ? l->result : "null");
-        }
-        else
-        if (b->state == B_EXPIRED) {
-            evbuffer_add_printf(err, "{\"id\":\"batch_req_sim%012" PRIx64 "\",\"custom_id\":", n);
+        } else if (b->state == B_EXPIRED) {
+            evbuffer_add_printf(
+                err,
+                "{\"id\":\"batch_req_sim%012" PRIx64 "\",\"custom_id\":", n);
             s_custom_id(err, l);
-            evbuffer_add_printf(err, ",\"response\":null,\"error\":{\"code\":\"batch_expired\","
-                                "\"message\":\"This request could not be executed before the "
-                                "completion window expired.\"}}\n");
+            evbuffer_add_printf(
+                err,
+                ",\"response\":null,\"error\":{\"code\":\"batch_expired\","
+                "\"message\":\"This request could not be executed before the "
+                "completion window expired.\"}}\n");
         }
     }
-    struct evbuffer *bufs[2] = { ok, err };
-    char *ids[2] = { b->output_file_id, b->error_file_id };
-    const char *suffix[2] = { "output", "error" };
+    struct evbuffer *bufs[2] = {ok, err};
+    char *ids[2] = {b->output_file_id, b->error_file_id};
+    const char *suffix[2] = {"output", "error"};
     for (int k = 0; k < 2; k++) {
         size_t n = evbuffer_get_length(bufs[k]);
         if (n == 0)
@@ -727,8 +759,7 @@ s_write_openai_files(s_batch_t *b)
 }
 
 //  Ends a batch in state st (completed, expired or cancelled).
-static void
-s_finish(s_batch_t *b, s_state_t st)
+static void s_finish(s_batch_t *b, s_state_t st)
 {
     sim_batches_t *self = b->owner;
     int64_t now = sim_wall_ms();
@@ -739,21 +770,17 @@ s_finish(s_batch_t *b, s_state_t st)
             continue;
         if (st == B_EXPIRED)
             b->n_expired++;
-        else
-        if (st == B_CANCELLED)
+        else if (st == B_CANCELLED)
             b->n_cancelled++;
     }
     b->state = st;
     if (st == B_COMPLETED) {
         b->completed_at = now;
         self->completed[b->kind]++;
-    }
-    else
-    if (st == B_EXPIRED) {
+    } else if (st == B_EXPIRED) {
         b->expired_at = now;
         self->expired[b->kind]++;
-    }
-    else {
+    } else {
         b->cancelled_at = now;
         self->cancelled[b->kind]++;
     }
@@ -762,75 +789,73 @@ s_finish(s_batch_t *b, s_state_t st)
 }
 
 //  Phase timer: one step of the state machine.
-static void
-s_phase(evutil_socket_t fd, short what, void *arg)
+static void s_phase(evutil_socket_t fd, short what, void *arg)
 {
-    (void) fd;
-    (void) what;
+    (void)fd;
+    (void)what;
     s_batch_t *b = arg;
     sim_batches_t *self = b->owner;
     int64_t now = sim_wall_ms();
     switch (b->state) {
-        case B_VALIDATING:
-            if (b->kind == K_OPENAI) {
-                b->errors_json = s_validate_openai(b);
-                if (b->errors_json) {
-                    b->state = B_FAILED;
-                    b->failed_at = now;
-                    self->failed[b->kind]++;
-                    evtimer_del(b->expire);
-                    return;
-                }
-            }
-            b->state = B_IN_PROGRESS;
-            b->in_progress_at = now;
-            s_arm(b, 0);
-            return;
-        case B_IN_PROGRESS: {
-            if (!s_process_slice(b)) {
-                s_arm(b, self->cfg.progress_ms / 20);
+    case B_VALIDATING:
+        if (b->kind == K_OPENAI) {
+            b->errors_json = s_validate_openai(b);
+            if (b->errors_json) {
+                b->state = B_FAILED;
+                b->failed_at = now;
+                self->failed[b->kind]++;
+                evtimer_del(b->expire);
                 return;
             }
-            if (b->n_stuck > 0)
-                return;                      //  only expiry ends it now
-            b->state = B_FINALIZING;
-            b->finalizing_at = now;
-            s_arm(b, self->cfg.finalize_ms);
+        }
+        b->state = B_IN_PROGRESS;
+        b->in_progress_at = now;
+        s_arm(b, 0);
+        return;
+    case B_IN_PROGRESS: {
+        if (!s_process_slice(b)) {
+            s_arm(b, self->cfg.progress_ms / 20);
             return;
         }
-        case B_FINALIZING:
-            s_finish(b, B_COMPLETED);
-            return;
-        case B_CANCELLING:
-            s_finish(b, B_CANCELLED);
-            return;
-        default:
-            return;
+        if (b->n_stuck > 0)
+            return; //  only expiry ends it now
+        b->state = B_FINALIZING;
+        b->finalizing_at = now;
+        s_arm(b, self->cfg.finalize_ms);
+        return;
+    }
+    case B_FINALIZING:
+        s_finish(b, B_COMPLETED);
+        return;
+    case B_CANCELLING:
+        s_finish(b, B_CANCELLED);
+        return;
+    default:
+        return;
     }
 }
 
-static void
-s_expire(evutil_socket_t fd, short what, void *arg)
+static void s_expire(evutil_socket_t fd, short what, void *arg)
 {
-    (void) fd;
-    (void) what;
+    (void)fd;
+    (void)what;
     s_batch_t *b = arg;
     if (!s_terminal(b->state))
         s_finish(b, B_EXPIRED);
 }
 
-static s_batch_t *
-s_batch_find(sim_batches_t *self, s_kind_t kind, const char *id, size_t idlen)
+static s_batch_t *s_batch_find(sim_batches_t *self, s_kind_t kind,
+                               const char *id, size_t idlen)
 {
     for (s_batch_t *b = self->batches; b; b = b->next)
-        if (b->kind == kind && strlen(b->id) == idlen && memcmp(b->id, id, idlen) == 0)
+        if (b->kind == kind && strlen(b->id) == idlen &&
+            memcmp(b->id, id, idlen) == 0)
             return b;
     return NULL;
 }
 
 //  Starts cancelling; false when the batch already ended.
-static bool
-s_cancel(s_batch_t *b)
+static bool s_cancel(s_batch_t *b)
 {
     if (s_terminal(b->state) || b->state == B_CANCELLING)
         return b->state == B_CANCELLING;
@@ -841,19 +866,18 @@ s_cancel(s_batch_t *b)
     return true;
 }
 
-static cJSON *
-s_body_json(struct evhttp_request *req)
+static cJSON *s_body_json(struct evhttp_request *req)
 {
     struct evbuffer *in = evhttp_request_get_input_buffer(req);
     size_t len = evbuffer_get_length(in);
     if (!len)
         return NULL;
-    return cJSON_ParseWithLength((const char *) evbuffer_pullup(in, -1), len);
+    return cJSON_ParseWithLength((const char *)evbuffer_pullup(in, -1), len);
 }
 
 //  ?limit=N&after=ID for list routes.
-static void
-s_list_params(struct evhttp_request *req, int *limit, char *after, size_t cap)
+static void s_list_params(struct evhttp_request *req, int *limit, char *after,
+                          size_t cap)
 {
     *limit = 20;
     after[0] = 0;
@@ -880,14 +904,16 @@ s_list_params(struct evhttp_request *req, int *limit, char *after, size_t cap)
     }
 }
 
-static void
-s_list(sim_batches_t *self, struct evhttp_request *req, s_kind_t kind, int route)
+static void s_list(sim_batches_t *self, struct evhttp_request *req,
+                   s_kind_t kind, int route)
 {
     int limit;
     char after[96];
     s_list_params(req, &limit, after, sizeof(after));
     struct evbuffer *out = evbuffer_new();
-    evbuffer_add_printf(out, kind == K_OPENAI ? "{\"object\":\"list\",\"data\":[" : "{\"data\":[");
+    evbuffer_add_printf(out, kind == K_OPENAI
+                                 ? "{\"object\":\"list\",\"data\":["
+                                 : "{\"data\":[");
     s_batch_t *b = self->batches;
     if (after[0]) {
         while (b && !(b->kind == kind && strcmp(b->id, after) == 0))
@@ -911,58 +937,60 @@ s_list(sim_batches_t *self, struct evhttp_request *req, s_kind_t kind, int route
     for (; b; b = b->next)
         if (b->kind == kind)
             more = true;
-    evbuffer_add_printf(out, "],\"first_id\":%s%s%s,\"last_id\":%s%s%s,\"has_more\":%s}",
-                        first ? "\"" : "", first ? first : "null", first ? "\"" : "",
-                        last ? "\"" : "", last ? last : "null", last ? "\"" : "",
-                        more ? "true" : "false");
+    evbuffer_add_printf(
+        out, "],\"first_id\":%s%s%s,\"last_id\":%s%s%s,\"has_more\":%s}",
+        first ? "\"" : "", first ? first : "null", first ? "\"" : "",
+        last ? "\"" : "", last ? last : "null", last ? "\"" : "",
+        more ? "true" : "false");
     sim_reply_json(self->sim, req, route, 200, out);
     evbuffer_free(out);
 }
 
 //  --- OpenAI routes ----------------------------------------------------------
 
-static void
-s_openai_create(sim_batches_t *self, struct evhttp_request *req)
+static void s_openai_create(sim_batches_t *self, struct evhttp_request *req)
 {
     sim_t *sim = self->sim;
     cJSON *body = s_body_json(req);
-    const cJSON *file_id = cJSON_GetObjectItemCaseSensitive(body, "input_file_id");
+    const cJSON *file_id =
+        cJSON_GetObjectItemCaseSensitive(body, "input_file_id");
     const cJSON *endpoint = cJSON_GetObjectItemCaseSensitive(body, "endpoint");
-    const cJSON *window = cJSON_GetObjectItemCaseSensitive(body, "completion_window");
+    const cJSON *window =
+        cJSON_GetObjectItemCaseSensitive(body, "completion_window");
     cJSON *metadata = cJSON_GetObjectItemCaseSensitive(body, "metadata");
     sim_op_t op = SIM_OP_CHAT;
     const char *msg = NULL, *param = NULL;
     s_file_t *f = NULL;
     if (!cJSON_IsObject(body))
         msg = "The request body must be a JSON object.";
-    else
-    if (!cJSON_IsString(file_id))
-        msg = "Missing required parameter: 'input_file_id'.", param = "input_file_id";
-    else
-    if (!cJSON_IsString(endpoint))
+    else if (!cJSON_IsString(file_id))
+        msg = "Missing required parameter: 'input_file_id'.",
+        param = "input_file_id";
+    else if (!cJSON_IsString(endpoint))
         msg = "Missing required parameter: 'endpoint'.", param = "endpoint";
-    else
-    if (!cJSON_IsString(window) || strcmp(window->valuestring, "24h") != 0)
-        msg = "Invalid 'completion_window': only '24h' is supported.", param = "completion_window";
-    else
-    if (metadata && !cJSON_IsNull(metadata) && !cJSON_IsObject(metadata))
+    else if (!cJSON_IsString(window) || strcmp(window->valuestring, "24h") != 0)
+        msg = "Invalid 'completion_window': only '24h' is supported.",
+        param = "completion_window";
+    else if (metadata && !cJSON_IsNull(metadata) && !cJSON_IsObject(metadata))
         msg = "Invalid 'metadata': expected an object.", param = "metadata";
     else {
         if (strcmp(endpoint->valuestring, "/v1/chat/completions") == 0)
             op = SIM_OP_CHAT;
-        else
-        if (strcmp(endpoint->valuestring, "/v1/completions") == 0)
+        else if (strcmp(endpoint->valuestring, "/v1/completions") == 0)
             op = SIM_OP_COMPLETION;
-        else
-        if (strcmp(endpoint->valuestring, "/v1/embeddings") == 0)
+        else if (strcmp(endpoint->valuestring, "/v1/embeddings") == 0)
             op = SIM_OP_EMBEDDING;
         else
-            msg = "Invalid 'endpoint': expected /v1/chat/completions, /v1/completions or "
-                  "/v1/embeddings.", param = "endpoint";
+            msg = "Invalid 'endpoint': expected /v1/chat/completions, "
+                  "/v1/completions or "
+                  "/v1/embeddings.",
+            param = "endpoint";
         if (!msg) {
-            f = s_file_find(self, file_id->valuestring, strlen(file_id->valuestring));
+            f = s_file_find(self, file_id->valuestring,
+                            strlen(file_id->valuestring));
             if (!f)
-                msg = "Invalid 'input_file_id': no such file.", param = "input_file_id";
+                msg = "Invalid 'input_file_id': no such file.",
+                param = "input_file_id";
         }
     }
     if (msg) {
@@ -972,7 +1000,8 @@ s_openai_create(sim_batches_t *self, struct evhttp_request *req)
     }
     s_batch_t *b = s_batch_new(self, K_OPENAI);
     if (!b) {
-        sim_reply_error(sim, req, SIM_R_BATCHES, false, 500, "out of memory", NULL, NULL);
+        sim_reply_error(sim, req, SIM_R_BATCHES, false, 500, "out of memory",
+                        NULL, NULL);
         cJSON_Delete(body);
         return;
     }
@@ -992,8 +1021,8 @@ s_openai_create(sim_batches_t *self, struct evhttp_request *req)
     evbuffer_free(out);
 }
 
-void
-sim_batches_openai(sim_batches_t *self, struct evhttp_request *req, const char *path)
+void sim_batches_openai(sim_batches_t *self, struct evhttp_request *req,
+                        const char *path)
 {
     sim_t *sim = self->sim;
     enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
@@ -1001,35 +1030,42 @@ sim_batches_openai(sim_batches_t *self, struct evhttp_request *req, const char *
     const char *id = is_root ? NULL : path + 12;
     size_t idlen = id ? strcspn(id, "/") : 0;
     bool cancel = id && strcmp(id + idlen, "/cancel") == 0;
-    int route = is_root ? SIM_R_BATCHES : cancel ? SIM_R_BATCH_CANCEL : SIM_R_BATCH;
+    int route = is_root  ? SIM_R_BATCHES
+                : cancel ? SIM_R_BATCH_CANCEL
+                         : SIM_R_BATCH;
     if (sim_auth(sim, req, route, false, NULL))
         return;
     if ((id && id[idlen] && !cancel) || (id && idlen == 0)) {
-        sim_reply_error(sim, req, SIM_R_OTHER, false, 404, "Unknown request URL.", NULL, "unknown_url");
+        sim_reply_error(sim, req, SIM_R_OTHER, false, 404,
+                        "Unknown request URL.", NULL, "unknown_url");
         return;
     }
     if (is_root) {
         if (cmd == EVHTTP_REQ_POST)
             s_openai_create(self, req);
-        else
-        if (cmd == EVHTTP_REQ_GET)
+        else if (cmd == EVHTTP_REQ_GET)
             s_list(self, req, K_OPENAI, route);
         else
-            sim_reply_error(sim, req, route, false, 405, "Method not allowed.", NULL, NULL);
+            sim_reply_error(sim, req, route, false, 405, "Method not allowed.",
+                            NULL, NULL);
         return;
     }
-    if ((cancel && cmd != EVHTTP_REQ_POST) || (!cancel && cmd != EVHTTP_REQ_GET)) {
-        sim_reply_error(sim, req, route, false, 405, "Method not allowed.", NULL, NULL);
+    if ((cancel && cmd != EVHTTP_REQ_POST) ||
+        (!cancel && cmd != EVHTTP_REQ_GET)) {
+        sim_reply_error(sim, req, route, false, 405, "Method not allowed.",
+                        NULL, NULL);
         return;
     }
     s_batch_t *b = s_batch_find(self, K_OPENAI, id, idlen);
     if (!b) {
-        sim_reply_error(sim, req, route, false, 404, "No such Batch object.", "batch_id", NULL);
+        sim_reply_error(sim, req, route, false, 404, "No such Batch object.",
+                        "batch_id", NULL);
         return;
     }
     if (cancel && !s_cancel(b)) {
         char msg[96];
-        snprintf(msg, sizeof(msg), "Cannot cancel a batch with status '%s'.", s_state_names[b->state]);
+        snprintf(msg, sizeof(msg), "Cannot cancel a batch with status '%s'.",
+                 s_state_names[b->state]);
         sim_reply_error(sim, req, route, false, 409, msg, NULL, NULL);
         return;
     }
@@ -1039,10 +1075,10 @@ sim_batches_openai(sim_batches_t *self, struct evhttp_request *req, const char *
     evbuffer_free(out);
 }
 
-//  --- Anthropic routes ---------------------------------------------------------
+//  --- Anthropic routes
+//  ---------------------------------------------------------
 
-static void
-s_anthropic_create(sim_batches_t *self, struct evhttp_request *req)
+static void s_anthropic_create(sim_batches_t *self, struct evhttp_request *req)
 {
     sim_t *sim = self->sim;
     cJSON *body = s_body_json(req);
@@ -1051,36 +1087,48 @@ s_anthropic_create(sim_batches_t *self, struct evhttp_request *req)
     int n = cJSON_IsArray(requests) ? cJSON_GetArraySize(requests) : 0;
     if (!cJSON_IsObject(body) || !cJSON_IsArray(requests))
         snprintf(msg, sizeof(msg), "requests: Field required");
-    else
-    if (n == 0 || n > S_ANTHROPIC_MAX_LINES)
-        snprintf(msg, sizeof(msg), "requests: must hold 1 to %d items", S_ANTHROPIC_MAX_LINES);
+    else if (n == 0 || n > S_ANTHROPIC_MAX_LINES)
+        snprintf(msg, sizeof(msg), "requests: must hold 1 to %d items",
+                 S_ANTHROPIC_MAX_LINES);
     int i = 0;
     const cJSON *it;
     if (!msg[0]) {
-        cJSON_ArrayForEach(it, requests) {
-            const cJSON *cid = cJSON_GetObjectItemCaseSensitive(it, "custom_id");
-            const cJSON *params = cJSON_GetObjectItemCaseSensitive(it, "params");
-            if (!cJSON_IsString(cid) || !cid->valuestring[0] || strlen(cid->valuestring) > 64) {
-                snprintf(msg, sizeof(msg), "requests.%d.custom_id: must be a string of 1 to 64 characters", i);
+        cJSON_ArrayForEach(it, requests)
+        {
+            const cJSON *cid =
+                cJSON_GetObjectItemCaseSensitive(it, "custom_id");
+            const cJSON *params =
+                cJSON_GetObjectItemCaseSensitive(it, "params");
+            if (!cJSON_IsString(cid) || !cid->valuestring[0] ||
+                strlen(cid->valuestring) > 64) {
+                snprintf(msg, sizeof(msg),
+                         "requests.%d.custom_id: must be a string of 1 to 64 "
+                         "characters",
+                         i);
                 break;
             }
             if (!cJSON_IsObject(params)) {
-                snprintf(msg, sizeof(msg), "requests.%d.params: Field required", i);
+                snprintf(msg, sizeof(msg), "requests.%d.params: Field required",
+                         i);
                 break;
             }
             //  Same checks as POST /v1/messages, so a bad item fails the batch.
             sim_req_t r;
             char err[200];
             const char *param;
-            if (sim_req_parse(&r, SIM_OP_MESSAGES, params, err, sizeof(err), &param)) {
+            if (sim_req_parse(&r, SIM_OP_MESSAGES, params, err, sizeof(err),
+                              &param)) {
                 snprintf(msg, sizeof(msg), "requests.%d.params.%s", i, err);
                 break;
             }
             sim_req_free(&r);
             for (const cJSON *o = requests->child; o != it; o = o->next) {
-                const cJSON *ocid = cJSON_GetObjectItemCaseSensitive(o, "custom_id");
-                if (n <= 2000 && strcmp(ocid->valuestring, cid->valuestring) == 0) {
-                    snprintf(msg, sizeof(msg), "requests: custom_id '%.64s' is not unique",
+                const cJSON *ocid =
+                    cJSON_GetObjectItemCaseSensitive(o, "custom_id");
+                if (n <= 2000 &&
+                    strcmp(ocid->valuestring, cid->valuestring) == 0) {
+                    snprintf(msg, sizeof(msg),
+                             "requests: custom_id '%.64s' is not unique",
                              cid->valuestring);
                     break;
                 }
@@ -1097,7 +1145,7 @@ s_anthropic_create(sim_batches_t *self, struct evhttp_request *req)
     }
     s_batch_t *b = s_batch_new(self, K_ANTHROPIC);
     if (b)
-        b->lines = calloc((size_t) n, sizeof(s_line_t));
+        b->lines = calloc((size_t)n, sizeof(s_line_t));
     if (!b || !b->lines) {
         if (b) {
             //  Already listed: leave it ended rather than half built.
@@ -1105,22 +1153,26 @@ s_anthropic_create(sim_batches_t *self, struct evhttp_request *req)
             b->failed_at = sim_wall_ms();
             evtimer_del(b->expire);
         }
-        sim_reply_error(sim, req, SIM_R_MBATCHES, true, 500, "out of memory", NULL, NULL);
+        sim_reply_error(sim, req, SIM_R_MBATCHES, true, 500, "out of memory",
+                        NULL, NULL);
         cJSON_Delete(body);
         return;
     }
     snprintf(b->endpoint, sizeof(b->endpoint), "/v1/messages");
     b->op = SIM_OP_MESSAGES;
     i = 0;
-    cJSON_ArrayForEach(it, requests) {
+    cJSON_ArrayForEach(it, requests)
+    {
         const cJSON *cid = cJSON_GetObjectItemCaseSensitive(it, "custom_id");
         b->lines[i].custom_id = strdup(cid->valuestring);
-        b->lines[i].body = cJSON_DetachItemFromObjectCaseSensitive((cJSON *) it, "params");
+        b->lines[i].body =
+            cJSON_DetachItemFromObjectCaseSensitive((cJSON *)it, "params");
         i++;
     }
     b->n_lines = n;
     cJSON_Delete(body);
-    //  Anthropic has no validating state: the validate time is spent in_progress.
+    //  Anthropic has no validating state: the validate time is spent
+    //  in_progress.
     b->state = B_VALIDATING;
     s_arm(b, self->cfg.validate_ms);
     struct evbuffer *out = evbuffer_new();
@@ -1129,13 +1181,14 @@ s_anthropic_create(sim_batches_t *self, struct evhttp_request *req)
     evbuffer_free(out);
 }
 
-static void
-s_anthropic_results(sim_batches_t *self, struct evhttp_request *req, s_batch_t *b)
+static void s_anthropic_results(sim_batches_t *self, struct evhttp_request *req,
+                                s_batch_t *b)
 {
     sim_t *sim = self->sim;
     if (!s_terminal(b->state)) {
         sim_reply_error(sim, req, SIM_R_MBATCH_RESULTS, true, 400,
-                        "Message batch results are not yet available: the batch has not ended.",
+                        "Message batch results are not yet available: the "
+                        "batch has not ended.",
                         NULL, NULL);
         return;
     }
@@ -1145,20 +1198,24 @@ s_anthropic_results(sim_batches_t *self, struct evhttp_request *req, s_batch_t *
         evbuffer_add_printf(out, "{\"custom_id\":");
         s_custom_id(out, l);
         if (l->state == L_DONE && l->status == 200)
-            evbuffer_add_printf(out, ",\"result\":{\"type\":\"succeeded\",\"message\":%s}}\n", l->result);
-        else
-        if (l->state == L_DONE)
-            evbuffer_add_printf(out, ",\"result\":{\"type\":\"errored\",\"error\":%s}}\n", l->result);
+            evbuffer_add_printf(
+                out, ",\"result\":{\"type\":\"succeeded\",\"message\":%s}}\n",
+                l->result);
+        else if (l->state == L_DONE)
+            evbuffer_add_printf(
+                out, ",\"result\":{\"type\":\"errored\",\"error\":%s}}\n",
+                l->result);
         else
             evbuffer_add_printf(out, ",\"result\":{\"type\":\"%s\"}}\n",
-                                b->state == B_CANCELLED ? "canceled" : "expired");
+                                b->state == B_CANCELLED ? "canceled"
+                                                        : "expired");
     }
     sim_reply(sim, req, SIM_R_MBATCH_RESULTS, 200, "application/x-jsonl", out);
     evbuffer_free(out);
 }
 
-void
-sim_batches_anthropic(sim_batches_t *self, struct evhttp_request *req, const char *path)
+void sim_batches_anthropic(sim_batches_t *self, struct evhttp_request *req,
+                           const char *path)
 {
     sim_t *sim = self->sim;
     enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
@@ -1167,31 +1224,37 @@ sim_batches_anthropic(sim_batches_t *self, struct evhttp_request *req, const cha
     size_t idlen = id ? strcspn(id, "/") : 0;
     bool cancel = id && strcmp(id + idlen, "/cancel") == 0;
     bool results = id && strcmp(id + idlen, "/results") == 0;
-    int route = is_root ? SIM_R_MBATCHES : cancel ? SIM_R_MBATCH_CANCEL
-              : results ? SIM_R_MBATCH_RESULTS : SIM_R_MBATCH;
+    int route = is_root   ? SIM_R_MBATCHES
+                : cancel  ? SIM_R_MBATCH_CANCEL
+                : results ? SIM_R_MBATCH_RESULTS
+                          : SIM_R_MBATCH;
     if (sim_auth(sim, req, route, true, NULL))
         return;
     if ((id && id[idlen] && !cancel && !results) || (id && idlen == 0)) {
-        sim_reply_error(sim, req, SIM_R_OTHER, true, 404, "Unknown request URL.", NULL, NULL);
+        sim_reply_error(sim, req, SIM_R_OTHER, true, 404,
+                        "Unknown request URL.", NULL, NULL);
         return;
     }
     if (is_root) {
         if (cmd == EVHTTP_REQ_POST)
             s_anthropic_create(self, req);
-        else
-        if (cmd == EVHTTP_REQ_GET)
+        else if (cmd == EVHTTP_REQ_GET)
             s_list(self, req, K_ANTHROPIC, route);
         else
-            sim_reply_error(sim, req, route, true, 405, "Method not allowed.", NULL, NULL);
+            sim_reply_error(sim, req, route, true, 405, "Method not allowed.",
+                            NULL, NULL);
         return;
     }
-    if ((cancel && cmd != EVHTTP_REQ_POST) || (!cancel && cmd != EVHTTP_REQ_GET)) {
-        sim_reply_error(sim, req, route, true, 405, "Method not allowed.", NULL, NULL);
+    if ((cancel && cmd != EVHTTP_REQ_POST) ||
+        (!cancel && cmd != EVHTTP_REQ_GET)) {
+        sim_reply_error(sim, req, route, true, 405, "Method not allowed.", NULL,
+                        NULL);
         return;
     }
     s_batch_t *b = s_batch_find(self, K_ANTHROPIC, id, idlen);
     if (!b) {
-        sim_reply_error(sim, req, route, true, 404, "message batch not found", NULL, NULL);
+        sim_reply_error(sim, req, route, true, 404, "message batch not found",
+                        NULL, NULL);
         return;
     }
     if (results) {
@@ -1199,7 +1262,8 @@ sim_batches_anthropic(sim_batches_t *self, struct evhttp_request *req, const cha
         return;
     }
     if (cancel && !s_cancel(b)) {
-        sim_reply_error(sim, req, route, true, 409, "Message batch has already ended.", NULL, NULL);
+        sim_reply_error(sim, req, route, true, 409,
+                        "Message batch has already ended.", NULL, NULL);
         return;
     }
     struct evbuffer *out = evbuffer_new();
@@ -1208,10 +1272,10 @@ sim_batches_anthropic(sim_batches_t *self, struct evhttp_request *req, const cha
     evbuffer_free(out);
 }
 
-//  --- lifecycle and stats ------------------------------------------------------
+//  --- lifecycle and stats
+//  ------------------------------------------------------
 
-sim_batches_t *
-sim_batches_new(sim_t *sim, const sim_batch_cfg_t *cfg)
+sim_batches_t *sim_batches_new(sim_t *sim, const sim_batch_cfg_t *cfg)
 {
     sim_batches_t *self = calloc(1, sizeof(*self));
     if (!self)
@@ -1221,8 +1285,7 @@ sim_batches_new(sim_t *sim, const sim_batch_cfg_t *cfg)
     return self;
 }
 
-void
-sim_batches_destroy(sim_batches_t **self_p)
+void sim_batches_destroy(sim_batches_t **self_p)
 {
     sim_batches_t *self = *self_p;
     if (!self)
@@ -1241,20 +1304,24 @@ sim_batches_destroy(sim_batches_t **self_p)
     *self_p = NULL;
 }
 
-void
-sim_batches_stats(sim_batches_t *self, struct evbuffer *out)
+void sim_batches_stats(sim_batches_t *self, struct evbuffer *out)
 {
     int nfiles = 0;
     for (s_file_t *f = self->files; f; f = f->next)
         nfiles++;
-    const char *names[2] = { "openai", "anthropic" };
+    const char *names[2] = {"openai", "anthropic"};
     evbuffer_add_printf(out, ",\"batches\":{");
     for (int k = 0; k < 2; k++)
-        evbuffer_add_printf(out, "%s\"%s\":{\"created\":%" PRIu64 ",\"completed\":%" PRIu64
-                            ",\"failed\":%" PRIu64 ",\"expired\":%" PRIu64 ",\"cancelled\":%" PRIu64 "}",
-                            k ? "," : "", names[k], self->created[k], self->completed[k],
-                            self->failed[k], self->expired[k], self->cancelled[k]);
-    evbuffer_add_printf(out, ",\"lines_ok\":%" PRIu64 ",\"lines_error\":%" PRIu64 "}"
+        evbuffer_add_printf(
+            out,
+            "%s\"%s\":{\"created\":%" PRIu64 ",\"completed\":%" PRIu64
+            ",\"failed\":%" PRIu64 ",\"expired\":%" PRIu64
+            ",\"cancelled\":%" PRIu64 "}",
+            k ? "," : "", names[k], self->created[k], self->completed[k],
+            self->failed[k], self->expired[k], self->cancelled[k]);
+    evbuffer_add_printf(out,
+                        ",\"lines_ok\":%" PRIu64 ",\"lines_error\":%" PRIu64 "}"
                         ",\"files\":{\"count\":%d,\"bytes\":%" PRId64 "}",
-                        self->lines_ok, self->lines_err, nfiles, self->store_bytes);
+                        self->lines_ok, self->lines_err, nfiles,
+                        self->store_bytes);
 }

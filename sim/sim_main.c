@@ -44,20 +44,20 @@
 //  --- configuration -----------------------------------------------------
 
 typedef struct {
-    const char *host;          //  listen address
-    int port;                  //  listen port (0 = ephemeral)
-    int64_t latency_ms;        //  fixed latency per answer
-    int64_t jitter_ms;         //  + uniform 0..jitter
-    double tokens_per_sec;     //  output rate (0 = instant)
-    int64_t rpm, tpm;          //  limits per API key (0 = none)
-    char **api_keys;           //  accepted keys (NULL = any non-empty)
+    const char *host;      //  listen address
+    int port;              //  listen port (0 = ephemeral)
+    int64_t latency_ms;    //  fixed latency per answer
+    int64_t jitter_ms;     //  + uniform 0..jitter
+    double tokens_per_sec; //  output rate (0 = instant)
+    int64_t rpm, tpm;      //  limits per API key (0 = none)
+    char **api_keys;       //  accepted keys (NULL = any non-empty)
     int n_api_keys;
-    char **models;             //  accepted models (NULL = any)
+    char **models; //  accepted models (NULL = any)
     int n_models;
     double p500, p503, p429, phang, pmalformed, preset;
     uint64_t seed;
-    int64_t hang_ms;           //  drop a hung connection after this (0 = never)
-    int64_t max_body;          //  request body limit in bytes
+    int64_t hang_ms;  //  drop a hung connection after this (0 = never)
+    int64_t max_body; //  request body limit in bytes
     sim_batch_cfg_t batch;
     bool quiet;
 } s_cfg_t;
@@ -68,12 +68,11 @@ typedef struct {
 typedef struct {
     uint64_t *keys;
     uint64_t *vals;
-    size_t cap;                //  power of two
+    size_t cap; //  power of two
     size_t n;
 } s_map_t;
 
-static void
-s_map_clear(s_map_t *m)
+static void s_map_clear(s_map_t *m)
 {
     free(m->keys);
     free(m->vals);
@@ -82,8 +81,7 @@ s_map_clear(s_map_t *m)
 
 //  Returns the value slot for key, creating it (value 0) when create is
 //  true; NULL if absent (or out of memory).
-static uint64_t *
-s_map_slot(s_map_t *m, uint64_t key, bool create)
+static uint64_t *s_map_slot(s_map_t *m, uint64_t key, bool create)
 {
     if (key == 0)
         key = 1;
@@ -133,49 +131,49 @@ s_map_slot(s_map_t *m, uint64_t key, bool create)
 typedef enum { P_REPLY, P_STREAM, P_RESET } s_pkind_t;
 
 typedef struct s_pending {
-    struct s_pending *prev, *next;  //  in sim->pending
+    struct s_pending *prev, *next; //  in sim->pending
     sim_t *sim;
     struct event timer;
     struct evhttp_request *req;
     s_pkind_t kind;
     int route;
-    int status;                     //  P_REPLY: HTTP status
-    int stat_code;                  //  code counted in stats (status or S_*)
-    struct evbuffer *body;          //  P_REPLY: body to send
-    uint64_t bill_key;              //  counted for double billing on 200
+    int status;            //  P_REPLY: HTTP status
+    int stat_code;         //  code counted in stats (status or S_*)
+    struct evbuffer *body; //  P_REPLY: body to send
+    uint64_t bill_key;     //  counted for double billing on 200
     bool bill;
     //  P_STREAM
-    sim_req_t r;                    //  (no embeddings: input_hash is NULL)
+    sim_req_t r; //  (no embeddings: input_hash is NULL)
     char id[48];
     long created;
-    char *text;                     //  whole reply text
-    size_t pos;                     //  next byte of text to stream
+    char *text; //  whole reply text
+    size_t pos; //  next byte of text to stream
     bool started;
-    int64_t interval_ms;            //  between tokens
+    int64_t interval_ms; //  between tokens
 } s_pending_t;
 
 //  Per-connection record, found by evhttp_connection pointer.
 typedef struct s_conn {
-    struct s_conn *next;            //  bucket chain
+    struct s_conn *next; //  bucket chain
     struct evhttp_connection *evcon;
     sim_t *sim;
-    struct evhttp_request *hung;    //  request held by a hang, or NULL
-    struct event *watch;            //  EOF watch while hung
-    struct event *hang_timer;       //  --hang-ms
+    struct evhttp_request *hung; //  request held by a hang, or NULL
+    struct event *watch;         //  EOF watch while hung
+    struct event *hang_timer;    //  --hang-ms
 } s_conn_t;
 
 #define S_CONN_BUCKETS 65536
-#define S_MAX_KEYS 100000           //  rate-limit windows tracked
+#define S_MAX_KEYS 100000 //  rate-limit windows tracked
 #define S_STATS_CODES 24
-#define S_MAX_BILLED 8000000        //  request keys remembered (~256 MB)
+#define S_MAX_BILLED 8000000 //  request keys remembered (~256 MB)
 
 //  Stats codes that are not HTTP statuses.
 enum { S_HANG = 1, S_RESET = 2, S_MALFORMED = 3 };
 
 typedef struct {
-    uint64_t key;                   //  hash of the API key
-    int64_t start;                  //  window start (monotonic ms)
-    int64_t reqs, toks;             //  used in this window
+    uint64_t key;       //  hash of the API key
+    int64_t start;      //  window start (monotonic ms)
+    int64_t reqs, toks; //  used in this window
 } s_window_t;
 
 struct sim_s {
@@ -186,17 +184,20 @@ struct sim_s {
     char url[128];
     uint64_t rng;
     uint64_t next_id;
-    s_pending_t *pending;           //  all waiting replies
-    s_conn_t **conns;               //  S_CONN_BUCKETS chains
-    s_map_t arrivals;               //  request key -> arrivals (directives)
-    s_map_t billed;                 //  request keys answered 200
-    s_map_t window_ix;              //  api key hash -> index in windows
+    s_pending_t *pending; //  all waiting replies
+    s_conn_t **conns;     //  S_CONN_BUCKETS chains
+    s_map_t arrivals;     //  request key -> arrivals (directives)
+    s_map_t billed;       //  request keys answered 200
+    s_map_t window_ix;    //  api key hash -> index in windows
     s_window_t *windows;
     size_t n_windows, cap_windows;
     sim_batches_t *batches;
-    const struct timeval *latency_tv;   //  common timeout for --latency-ms
+    const struct timeval *latency_tv; //  common timeout for --latency-ms
     //  statistics
-    struct { int code; uint64_t count; } stats[SIM_R_COUNT][S_STATS_CODES];
+    struct {
+        int code;
+        uint64_t count;
+    } stats[SIM_R_COUNT][S_STATS_CODES];
     uint64_t total, rate_limited, limited_by_limit, double_billed, answered_ok;
     uint64_t prompt_tokens, completion_tokens;
     int64_t in_flight, peak_concurrent, connections, peak_connections;
@@ -204,69 +205,73 @@ struct sim_s {
 };
 
 static const char *s_route_names[SIM_R_COUNT] = {
-    "/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/messages",
-    "/v1/models", "/v1/files", "/v1/files/{id}", "/v1/files/{id}/content",
-    "/v1/batches", "/v1/batches/{id}", "/v1/batches/{id}/cancel",
-    "/v1/messages/batches", "/v1/messages/batches/{id}",
-    "/v1/messages/batches/{id}/results", "/v1/messages/batches/{id}/cancel",
-    "/_stats", "/_reset", "/health", "other"
-};
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/embeddings",
+    "/v1/messages",
+    "/v1/models",
+    "/v1/files",
+    "/v1/files/{id}",
+    "/v1/files/{id}/content",
+    "/v1/batches",
+    "/v1/batches/{id}",
+    "/v1/batches/{id}/cancel",
+    "/v1/messages/batches",
+    "/v1/messages/batches/{id}",
+    "/v1/messages/batches/{id}/results",
+    "/v1/messages/batches/{id}/cancel",
+    "/_stats",
+    "/_reset",
+    "/health",
+    "other"};
 
 static const char *s_default_models[] = {
     "sim-small", "sim-large", "gpt-4o-mini", "text-embedding-3-small",
-    "claude-3-5-haiku-20241022"
-};
+    "claude-3-5-haiku-20241022"};
 
 //  --- helpers ---------------------------------------------------------------
 
-int64_t
-sim_mono_ms(void)
+int64_t sim_mono_ms(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-int64_t
-sim_wall_ms(void)
+int64_t sim_wall_ms(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-struct event_base *
-sim_base(sim_t *sim)
+struct event_base *sim_base(sim_t *sim)
 {
     return sim->base;
 }
 
-const char *
-sim_url(sim_t *sim)
+const char *sim_url(sim_t *sim)
 {
     return sim->url;
 }
 
-uint64_t
-sim_next_id(sim_t *sim)
+uint64_t sim_next_id(sim_t *sim)
 {
     return ++sim->next_id;
 }
 
 //  Uniform double in [0, 1).
-static double
-s_rand01(sim_t *sim)
+static double s_rand01(sim_t *sim)
 {
     uint64_t x = sim->rng;
     x ^= x >> 12;
     x ^= x << 25;
     x ^= x >> 27;
     sim->rng = x;
-    return (double) ((x * 0x2545F4914F6CDD1DULL) >> 11) / 9007199254740992.0;
+    return (double)((x * 0x2545F4914F6CDD1DULL) >> 11) / 9007199254740992.0;
 }
 
-static void
-s_count(sim_t *sim, int route, int code)
+static void s_count(sim_t *sim, int route, int code)
 {
     sim->total++;
     if (code == 429)
@@ -285,20 +290,19 @@ s_count(sim_t *sim, int route, int code)
 }
 
 //  A request left our hands (answered, reset, or dropped).
-static void
-s_done(sim_t *sim)
+static void s_done(sim_t *sim)
 {
     sim->in_flight--;
 }
 
 //  A 200 answer for request key: counts double billing.
-static void
-s_bill(sim_t *sim, uint64_t key)
+static void s_bill(sim_t *sim, uint64_t key)
 {
     sim->answered_ok++;
     //  Past the bound only keys already known are checked, so a very long
     //  load test cannot eat the machine's memory; /_stats says so.
-    uint64_t *slot = s_map_slot(&sim->billed, key, sim->billed.n < S_MAX_BILLED);
+    uint64_t *slot =
+        s_map_slot(&sim->billed, key, sim->billed.n < S_MAX_BILLED);
     if (!slot)
         return;
     if (*slot)
@@ -306,15 +310,14 @@ s_bill(sim_t *sim, uint64_t key)
     *slot = 1;
 }
 
-static void
-s_header(struct evhttp_request *req, const char *name, const char *value)
+static void s_header(struct evhttp_request *req, const char *name,
+                     const char *value)
 {
     evhttp_add_header(evhttp_request_get_output_headers(req), name, value);
 }
 
-void
-sim_reply(sim_t *sim, struct evhttp_request *req, int route, int status,
-          const char *ctype, struct evbuffer *body)
+void sim_reply(sim_t *sim, struct evhttp_request *req, int route, int status,
+               const char *ctype, struct evbuffer *body)
 {
     s_header(req, "Content-Type", ctype);
     s_count(sim, route, status);
@@ -322,16 +325,15 @@ sim_reply(sim_t *sim, struct evhttp_request *req, int route, int status,
     s_done(sim);
 }
 
-void
-sim_reply_json(sim_t *sim, struct evhttp_request *req, int route, int status,
-               struct evbuffer *body)
+void sim_reply_json(sim_t *sim, struct evhttp_request *req, int route,
+                    int status, struct evbuffer *body)
 {
     sim_reply(sim, req, route, status, "application/json", body);
 }
 
-void
-sim_reply_error(sim_t *sim, struct evhttp_request *req, int route, bool anthropic,
-                int status, const char *message, const char *param, const char *code)
+void sim_reply_error(sim_t *sim, struct evhttp_request *req, int route,
+                     bool anthropic, int status, const char *message,
+                     const char *param, const char *code)
 {
     struct evbuffer *body = evbuffer_new();
     if (anthropic)
@@ -342,16 +344,16 @@ sim_reply_error(sim_t *sim, struct evhttp_request *req, int route, bool anthropi
     evbuffer_free(body);
 }
 
-//  --- connections -------------------------------------------------------------
+//  --- connections
+//  -------------------------------------------------------------
 
-static size_t
-s_conn_bucket(struct evhttp_connection *evcon)
+static size_t s_conn_bucket(struct evhttp_connection *evcon)
 {
-    return (size_t) (((uintptr_t) evcon >> 4) * 0x9E3779B97F4A7C15ULL >> 48) & (S_CONN_BUCKETS - 1);
+    return (size_t)(((uintptr_t)evcon >> 4) * 0x9E3779B97F4A7C15ULL >> 48) &
+           (S_CONN_BUCKETS - 1);
 }
 
-static s_conn_t *
-s_conn_find(sim_t *sim, struct evhttp_connection *evcon)
+static s_conn_t *s_conn_find(sim_t *sim, struct evhttp_connection *evcon)
 {
     for (s_conn_t *c = sim->conns[s_conn_bucket(evcon)]; c; c = c->next)
         if (c->evcon == evcon)
@@ -359,8 +361,7 @@ s_conn_find(sim_t *sim, struct evhttp_connection *evcon)
     return NULL;
 }
 
-static void
-s_conn_closed(struct evhttp_connection *evcon, void *arg)
+static void s_conn_closed(struct evhttp_connection *evcon, void *arg)
 {
     s_conn_t *conn = arg;
     sim_t *sim = conn->sim;
@@ -385,8 +386,7 @@ s_conn_closed(struct evhttp_connection *evcon, void *arg)
 }
 
 //  The connection record of a request; created (and counted) on first sight.
-static s_conn_t *
-s_conn_of(sim_t *sim, struct evhttp_request *req)
+static s_conn_t *s_conn_of(sim_t *sim, struct evhttp_request *req)
 {
     struct evhttp_connection *evcon = evhttp_request_get_connection(req);
     if (!evcon)
@@ -408,17 +408,16 @@ s_conn_of(sim_t *sim, struct evhttp_request *req)
     return conn;
 }
 
-static void
-s_hang_watch(evutil_socket_t fd, short what, void *arg)
+static void s_hang_watch(evutil_socket_t fd, short what, void *arg)
 {
-    (void) what;
+    (void)what;
     s_conn_t *conn = arg;
     char ch;
     ssize_t n = recv(fd, &ch, 1, MSG_PEEK | MSG_DONTWAIT);
-    if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR))
-        evhttp_connection_free(conn->evcon);     //  -> s_conn_closed
-    else
-    if (n > 0) {
+    if (n == 0 ||
+        (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR))
+        evhttp_connection_free(conn->evcon); //  -> s_conn_closed
+    else if (n > 0) {
         //  The client pipelined another request; we cannot tell EOF any
         //  more, so stop watching (the hang timer, if any, still applies).
         event_free(conn->watch);
@@ -426,18 +425,16 @@ s_hang_watch(evutil_socket_t fd, short what, void *arg)
     }
 }
 
-static void
-s_hang_expired(evutil_socket_t fd, short what, void *arg)
+static void s_hang_expired(evutil_socket_t fd, short what, void *arg)
 {
-    (void) fd;
-    (void) what;
+    (void)fd;
+    (void)what;
     s_conn_t *conn = arg;
-    evhttp_connection_free(conn->evcon);         //  -> s_conn_closed
+    evhttp_connection_free(conn->evcon); //  -> s_conn_closed
 }
 
 //  Holds req forever (or --hang-ms): no answer, ever.
-static void
-s_hang(sim_t *sim, struct evhttp_request *req, int route)
+static void s_hang(sim_t *sim, struct evhttp_request *req, int route)
 {
     s_count(sim, route, S_HANG);
     s_conn_t *conn = s_conn_of(sim, req);
@@ -455,21 +452,22 @@ s_hang(sim_t *sim, struct evhttp_request *req, int route)
     struct bufferevent *bev = evhttp_connection_get_bufferevent(conn->evcon);
     evutil_socket_t fd = bev ? bufferevent_getfd(bev) : -1;
     if (fd >= 0) {
-        conn->watch = event_new(sim->base, fd, EV_READ | EV_PERSIST, s_hang_watch, conn);
+        conn->watch =
+            event_new(sim->base, fd, EV_READ | EV_PERSIST, s_hang_watch, conn);
         if (conn->watch)
             event_add(conn->watch, NULL);
     }
     if (sim->cfg.hang_ms > 0) {
         conn->hang_timer = evtimer_new(sim->base, s_hang_expired, conn);
-        struct timeval tv = { sim->cfg.hang_ms / 1000, (sim->cfg.hang_ms % 1000) * 1000 };
+        struct timeval tv = {sim->cfg.hang_ms / 1000,
+                             (sim->cfg.hang_ms % 1000) * 1000};
         if (conn->hang_timer)
             evtimer_add(conn->hang_timer, &tv);
     }
 }
 
 //  Closes the request's connection abruptly (RST, no answer).
-static void
-s_reset_now(sim_t *sim, struct evhttp_request *req, int route)
+static void s_reset_now(sim_t *sim, struct evhttp_request *req, int route)
 {
     s_count(sim, route, S_RESET);
     struct evhttp_connection *evcon = evhttp_request_get_connection(req);
@@ -477,12 +475,11 @@ s_reset_now(sim_t *sim, struct evhttp_request *req, int route)
         struct bufferevent *bev = evhttp_connection_get_bufferevent(evcon);
         evutil_socket_t fd = bev ? bufferevent_getfd(bev) : -1;
         if (fd >= 0) {
-            struct linger lg = { 1, 0 };
+            struct linger lg = {1, 0};
             setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
         }
         evhttp_connection_free(evcon);
-    }
-    else
+    } else
         evhttp_request_free(req);
     s_done(sim);
 }
@@ -491,8 +488,8 @@ s_reset_now(sim_t *sim, struct evhttp_request *req, int route)
 
 static void s_pending_fire(evutil_socket_t fd, short what, void *arg);
 
-static s_pending_t *
-s_pending_new(sim_t *sim, struct evhttp_request *req, s_pkind_t kind, int route)
+static s_pending_t *s_pending_new(sim_t *sim, struct evhttp_request *req,
+                                  s_pkind_t kind, int route)
 {
     s_pending_t *p = calloc(1, sizeof(*p));
     if (!p)
@@ -509,8 +506,7 @@ s_pending_new(sim_t *sim, struct evhttp_request *req, s_pkind_t kind, int route)
     return p;
 }
 
-static void
-s_pending_free(s_pending_t *p)
+static void s_pending_free(s_pending_t *p)
 {
     sim_t *sim = p->sim;
     evtimer_del(&p->timer);
@@ -526,10 +522,9 @@ s_pending_free(s_pending_t *p)
     free(p);
 }
 
-static void
-s_pending_arm(s_pending_t *p, int64_t ms)
+static void s_pending_arm(s_pending_t *p, int64_t ms)
 {
-    struct timeval tv = { ms / 1000, (ms % 1000) * 1000 };
+    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
     //  Most timers wait exactly --latency-ms: libevent keeps timers of one
     //  "common timeout" in a FIFO queue instead of its heap, O(1) each.
     if (ms > 0 && ms == p->sim->cfg.latency_ms && p->sim->latency_tv)
@@ -539,8 +534,7 @@ s_pending_arm(s_pending_t *p, int64_t ms)
 }
 
 //  Sends the next piece of a stream; returns true when the stream is over.
-static bool
-s_stream_step(s_pending_t *p)
+static bool s_stream_step(s_pending_t *p)
 {
     sim_t *sim = p->sim;
     struct evhttp_request *req = p->req;
@@ -573,7 +567,8 @@ s_stream_step(s_pending_t *p)
         size_t end = p->pos + 1;
         while (end < len && p->text[end] != ' ')
             end++;
-        sim_sse_word(out, &p->r, p->id, p->created, p->text + p->pos, end - p->pos);
+        sim_sse_word(out, &p->r, p->id, p->created, p->text + p->pos,
+                     end - p->pos);
         p->pos = end;
     } while (p->interval_ms == 0);
     bool over = p->pos >= len;
@@ -588,40 +583,39 @@ s_stream_step(s_pending_t *p)
     return over;
 }
 
-static void
-s_pending_fire(evutil_socket_t fd, short what, void *arg)
+static void s_pending_fire(evutil_socket_t fd, short what, void *arg)
 {
-    (void) fd;
-    (void) what;
+    (void)fd;
+    (void)what;
     s_pending_t *p = arg;
     sim_t *sim = p->sim;
     switch (p->kind) {
-        case P_REPLY:
-            if (p->bill)
-                s_bill(sim, p->bill_key);
-            s_header(p->req, "Content-Type", "application/json");
-            s_count(sim, p->route, p->stat_code);
-            evhttp_send_reply(p->req, p->status, NULL, p->body);
-            s_done(sim);
-            break;
-        case P_RESET:
-            s_reset_now(sim, p->req, p->route);
-            break;
-        case P_STREAM:
-            if (!s_stream_step(p)) {
-                s_pending_arm(p, p->interval_ms);
-                return;
-            }
-            break;
+    case P_REPLY:
+        if (p->bill)
+            s_bill(sim, p->bill_key);
+        s_header(p->req, "Content-Type", "application/json");
+        s_count(sim, p->route, p->stat_code);
+        evhttp_send_reply(p->req, p->status, NULL, p->body);
+        s_done(sim);
+        break;
+    case P_RESET:
+        s_reset_now(sim, p->req, p->route);
+        break;
+    case P_STREAM:
+        if (!s_stream_step(p)) {
+            s_pending_arm(p, p->interval_ms);
+            return;
+        }
+        break;
     }
     s_pending_free(p);
 }
 
-//  --- auth and rate limits ----------------------------------------------------
+//  --- auth and rate limits
+//  ----------------------------------------------------
 
-int
-sim_auth(sim_t *sim, struct evhttp_request *req, int route, bool anthropic,
-         uint64_t *keyhash)
+int sim_auth(sim_t *sim, struct evhttp_request *req, int route, bool anthropic,
+             uint64_t *keyhash)
 {
     struct evkeyvalq *in = evhttp_request_get_input_headers(req);
     const char *key = NULL;
@@ -644,17 +638,22 @@ sim_auth(sim_t *sim, struct evhttp_request *req, int route, bool anthropic,
     }
     if (!ok) {
         //  Never echo the key back: it may be a real secret sent by mistake.
-        const char *msg = (key && *key)
-            ? (anthropic ? "invalid x-api-key" : "Incorrect API key provided.")
-            : (anthropic ? "x-api-key header is required"
-                         : "You didn't provide an API key. You need to provide your API key in an "
-                           "Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).");
-        sim_reply_error(sim, req, route, anthropic, 401, msg, NULL, "invalid_api_key");
+        const char *msg =
+            (key && *key)
+                ? (anthropic ? "invalid x-api-key"
+                             : "Incorrect API key provided.")
+                : (anthropic ? "x-api-key header is required"
+                             : "You didn't provide an API key. You need to "
+                               "provide your API key in an "
+                               "Authorization header using Bearer auth (i.e. "
+                               "Authorization: Bearer YOUR_KEY).");
+        sim_reply_error(sim, req, route, anthropic, 401, msg, NULL,
+                        "invalid_api_key");
         return -1;
     }
     if (anthropic && !evhttp_find_header(in, "anthropic-version")) {
-        sim_reply_error(sim, req, route, true, 400, "anthropic-version: header is required",
-                        NULL, NULL);
+        sim_reply_error(sim, req, route, true, 400,
+                        "anthropic-version: header is required", NULL, NULL);
         return -1;
     }
     if (keyhash)
@@ -662,13 +661,13 @@ sim_auth(sim_t *sim, struct evhttp_request *req, int route, bool anthropic,
     return 0;
 }
 
-static s_window_t *
-s_window(sim_t *sim, uint64_t keyhash)
+static s_window_t *s_window(sim_t *sim, uint64_t keyhash)
 {
     uint64_t *ix = s_map_slot(&sim->window_ix, keyhash, false);
     if (!ix) {
-        if (sim->n_windows >= S_MAX_KEYS || !(ix = s_map_slot(&sim->window_ix, keyhash, true)))
-            return &sim->windows[0];             //  shared overflow window
+        if (sim->n_windows >= S_MAX_KEYS ||
+            !(ix = s_map_slot(&sim->window_ix, keyhash, true)))
+            return &sim->windows[0]; //  shared overflow window
         if (sim->n_windows == sim->cap_windows) {
             size_t ncap = sim->cap_windows * 2;
             s_window_t *nw = realloc(sim->windows, ncap * sizeof(s_window_t));
@@ -689,9 +688,8 @@ s_window(sim_t *sim, uint64_t keyhash)
 //  the previous window ended. A request is admitted when one more request
 //  fits under rpm and its tokens (prompt + completion) fit under tpm; 429s
 //  consume nothing. Adds the rate-limit headers; returns -1 after a 429.
-static int
-s_ratelimit(sim_t *sim, struct evhttp_request *req, int route, bool anthropic,
-            uint64_t keyhash, int64_t tokens)
+static int s_ratelimit(sim_t *sim, struct evhttp_request *req, int route,
+                       bool anthropic, uint64_t keyhash, int64_t tokens)
 {
     if (!sim->cfg.rpm && !sim->cfg.tpm)
         return 0;
@@ -721,12 +719,12 @@ s_ratelimit(sim_t *sim, struct evhttp_request *req, int route, bool anthropic,
         if (sim->cfg.tpm) {
             snprintf(v, sizeof(v), "%" PRId64, sim->cfg.tpm);
             s_header(req, "anthropic-ratelimit-tokens-limit", v);
-            snprintf(v, sizeof(v), "%" PRId64, sim->cfg.tpm - w->toks > 0 ? sim->cfg.tpm - w->toks : 0);
+            snprintf(v, sizeof(v), "%" PRId64,
+                     sim->cfg.tpm - w->toks > 0 ? sim->cfg.tpm - w->toks : 0);
             s_header(req, "anthropic-ratelimit-tokens-remaining", v);
             s_header(req, "anthropic-ratelimit-tokens-reset", reset);
         }
-    }
-    else {
+    } else {
         sim_duration(reset, sizeof(reset), reset_ms);
         if (sim->cfg.rpm) {
             snprintf(v, sizeof(v), "%" PRId64, sim->cfg.rpm);
@@ -738,7 +736,8 @@ s_ratelimit(sim_t *sim, struct evhttp_request *req, int route, bool anthropic,
         if (sim->cfg.tpm) {
             snprintf(v, sizeof(v), "%" PRId64, sim->cfg.tpm);
             s_header(req, "x-ratelimit-limit-tokens", v);
-            snprintf(v, sizeof(v), "%" PRId64, sim->cfg.tpm - w->toks > 0 ? sim->cfg.tpm - w->toks : 0);
+            snprintf(v, sizeof(v), "%" PRId64,
+                     sim->cfg.tpm - w->toks > 0 ? sim->cfg.tpm - w->toks : 0);
             s_header(req, "x-ratelimit-remaining-tokens", v);
             s_header(req, "x-ratelimit-reset-tokens", reset);
         }
@@ -754,32 +753,37 @@ s_ratelimit(sim_t *sim, struct evhttp_request *req, int route, bool anthropic,
     sim->limited_by_limit++;
     char msg[256];
     if (over_r)
-        snprintf(msg, sizeof(msg), "Rate limit reached on requests per min (RPM): Limit %" PRId64
+        snprintf(msg, sizeof(msg),
+                 "Rate limit reached on requests per min (RPM): Limit %" PRId64
                  ", Used %" PRId64 ", Requested 1. Please try again in %s.",
                  sim->cfg.rpm, w->reqs, v);
     else
-        snprintf(msg, sizeof(msg), "Rate limit reached on tokens per min (TPM): Limit %" PRId64
-                 ", Used %" PRId64 ", Requested %" PRId64 ". Please try again in %ss.",
+        snprintf(msg, sizeof(msg),
+                 "Rate limit reached on tokens per min (TPM): Limit %" PRId64
+                 ", Used %" PRId64 ", Requested %" PRId64
+                 ". Please try again in %ss.",
                  sim->cfg.tpm, w->toks, tokens, v);
     if (anthropic)
         sim_reply_error(sim, req, route, true, 429, msg, NULL, NULL);
     else {
         struct evbuffer *body = evbuffer_new();
-        sim_err_openai(body, msg, over_r ? "requests" : "tokens", NULL, "rate_limit_exceeded");
+        sim_err_openai(body, msg, over_r ? "requests" : "tokens", NULL,
+                       "rate_limit_exceeded");
         sim_reply_json(sim, req, route, 429, body);
         evbuffer_free(body);
     }
     return -1;
 }
 
-//  --- generation routes -------------------------------------------------------
+//  --- generation routes
+//  -------------------------------------------------------
 
 typedef enum { A_OK, A_FAIL, A_HANG, A_MALFORMED, A_RESET } s_action_t;
 
 //  Decides what happens to this arrival: directives first, then the fault
 //  flags (one uniform draw against cumulative probabilities).
-static s_action_t
-s_decide(sim_t *sim, const sim_req_t *r, int *fail_code, bool *context_length)
+static s_action_t s_decide(sim_t *sim, const sim_req_t *r, int *fail_code,
+                           bool *context_length)
 {
     const sim_dir_t *d = &r->dir;
     *context_length = false;
@@ -793,13 +797,13 @@ s_decide(sim_t *sim, const sim_req_t *r, int *fail_code, bool *context_length)
         uint64_t *slot = s_map_slot(&sim->arrivals, r->hash, true);
         k = slot ? ++*slot : 1;
     }
-    if (d->reset && k <= (uint64_t) d->reset)
+    if (d->reset && k <= (uint64_t)d->reset)
         return A_RESET;
-    if (d->hang && k <= (uint64_t) d->hang)
+    if (d->hang && k <= (uint64_t)d->hang)
         return A_HANG;
-    if (d->malformed && k <= (uint64_t) d->malformed)
+    if (d->malformed && k <= (uint64_t)d->malformed)
         return A_MALFORMED;
-    if (d->fail_code && (d->fail_times == 0 || k <= (uint64_t) d->fail_times)) {
+    if (d->fail_code && (d->fail_times == 0 || k <= (uint64_t)d->fail_times)) {
         *fail_code = d->fail_code;
         return A_FAIL;
     }
@@ -807,64 +811,92 @@ s_decide(sim_t *sim, const sim_req_t *r, int *fail_code, bool *context_length)
     if (c->p500 + c->p503 + c->p429 + c->phang + c->pmalformed + c->preset <= 0)
         return A_OK;
     double x = s_rand01(sim), acc = 0;
-    if (x < (acc += c->p500)) { *fail_code = 500; return A_FAIL; }
-    if (x < (acc += c->p503)) { *fail_code = 503; return A_FAIL; }
-    if (x < (acc += c->p429)) { *fail_code = 429; return A_FAIL; }
-    if (x < (acc += c->phang)) return A_HANG;
-    if (x < (acc += c->pmalformed)) return A_MALFORMED;
-    if (x < acc + c->preset) return A_RESET;
+    if (x < (acc += c->p500)) {
+        *fail_code = 500;
+        return A_FAIL;
+    }
+    if (x < (acc += c->p503)) {
+        *fail_code = 503;
+        return A_FAIL;
+    }
+    if (x < (acc += c->p429)) {
+        *fail_code = 429;
+        return A_FAIL;
+    }
+    if (x < (acc += c->phang))
+        return A_HANG;
+    if (x < (acc += c->pmalformed))
+        return A_MALFORMED;
+    if (x < acc + c->preset)
+        return A_RESET;
     return A_OK;
 }
 
-static const char *
-s_fail_message(int code)
+static const char *s_fail_message(int code)
 {
     switch (code) {
-        case 400: return "Simulated bad request.";
-        case 401: return "Incorrect API key provided.";
-        case 403: return "Simulated permission denied.";
-        case 404: return "Simulated not found.";
-        case 408: return "Simulated request timeout.";
-        case 409: return "Simulated conflict.";
-        case 422: return "Simulated unprocessable entity.";
-        case 429: return "Rate limit reached (simulated). Please try again in 1s.";
-        case 500: return "The server had an error while processing your request. Sorry about that!";
-        case 502: return "Bad gateway.";
-        case 503: return "The engine is currently overloaded, please try again later.";
-        case 504: return "Gateway timeout.";
-        case 529: return "Overloaded";
-        default:  return "Simulated error.";
+    case 400:
+        return "Simulated bad request.";
+    case 401:
+        return "Incorrect API key provided.";
+    case 403:
+        return "Simulated permission denied.";
+    case 404:
+        return "Simulated not found.";
+    case 408:
+        return "Simulated request timeout.";
+    case 409:
+        return "Simulated conflict.";
+    case 422:
+        return "Simulated unprocessable entity.";
+    case 429:
+        return "Rate limit reached (simulated). Please try again in 1s.";
+    case 500:
+        return "The server had an error while processing your request. Sorry "
+               "about that!";
+    case 502:
+        return "Bad gateway.";
+    case 503:
+        return "The engine is currently overloaded, please try again later.";
+    case 504:
+        return "Gateway timeout.";
+    case 529:
+        return "Overloaded";
+    default:
+        return "Simulated error.";
     }
 }
 
 //  The error body of a failure decided by s_decide.
-static void
-s_fail_body(struct evbuffer *out, bool anthropic, int code, bool context_length,
-            const sim_req_t *r)
+static void s_fail_body(struct evbuffer *out, bool anthropic, int code,
+                        bool context_length, const sim_req_t *r)
 {
     if (context_length) {
         char msg[256];
-        snprintf(msg, sizeof(msg), anthropic
-                 ? "prompt is too long: %d tokens > 8192 maximum"
-                 : "This model's maximum context length is 8192 tokens. However, your messages "
-                   "resulted in %d tokens. Please reduce the length of the messages.",
+        snprintf(msg, sizeof(msg),
+                 anthropic ? "prompt is too long: %d tokens > 8192 maximum"
+                           : "This model's maximum context length is 8192 "
+                             "tokens. However, your messages "
+                             "resulted in %d tokens. Please reduce the length "
+                             "of the messages.",
                  r->prompt_tokens + 8192);
         if (anthropic)
             sim_err_anthropic(out, "invalid_request_error", msg);
         else
-            sim_err_openai(out, msg, "invalid_request_error", "messages", "context_length_exceeded");
+            sim_err_openai(out, msg, "invalid_request_error", "messages",
+                           "context_length_exceeded");
         return;
     }
     if (anthropic)
         sim_err_anthropic(out, sim_anthropic_type(code), s_fail_message(code));
     else
         sim_err_openai(out, s_fail_message(code), sim_openai_type(code), NULL,
-                       code == 429 ? "rate_limit_exceeded"
-                       : code == 401 ? "invalid_api_key" : NULL);
+                       code == 429   ? "rate_limit_exceeded"
+                       : code == 401 ? "invalid_api_key"
+                                     : NULL);
 }
 
-static bool
-s_model_ok(sim_t *sim, const char *model)
+static bool s_model_ok(sim_t *sim, const char *model)
 {
     if (!sim->cfg.n_models)
         return true;
@@ -874,16 +906,17 @@ s_model_ok(sim_t *sim, const char *model)
     return false;
 }
 
-static void
-s_make_id(sim_t *sim, sim_op_t op, char *id, size_t cap)
+static void s_make_id(sim_t *sim, sim_op_t op, char *id, size_t cap)
 {
-    const char *prefix = op == SIM_OP_CHAT ? "chatcmpl-sim" : op == SIM_OP_COMPLETION
-                       ? "cmpl-sim" : op == SIM_OP_MESSAGES ? "msg_sim" : "emb-sim";
+    const char *prefix = op == SIM_OP_CHAT         ? "chatcmpl-sim"
+                         : op == SIM_OP_COMPLETION ? "cmpl-sim"
+                         : op == SIM_OP_MESSAGES   ? "msg_sim"
+                                                   : "emb-sim";
     snprintf(id, cap, "%s%012" PRIx64, prefix, sim_next_id(sim));
 }
 
-static void
-s_handle_gen(sim_t *sim, struct evhttp_request *req, int route, sim_op_t op)
+static void s_handle_gen(sim_t *sim, struct evhttp_request *req, int route,
+                         sim_op_t op)
 {
     bool anth = op == SIM_OP_MESSAGES;
     uint64_t keyhash = 0;
@@ -891,12 +924,14 @@ s_handle_gen(sim_t *sim, struct evhttp_request *req, int route, sim_op_t op)
         return;
     struct evbuffer *in = evhttp_request_get_input_buffer(req);
     size_t len = evbuffer_get_length(in);
-    const char *data = len ? (const char *) evbuffer_pullup(in, -1) : "";
+    const char *data = len ? (const char *)evbuffer_pullup(in, -1) : "";
     cJSON *body = cJSON_ParseWithLength(data, len);
     if (!body) {
         sim_reply_error(sim, req, route, anth, 400,
-                        "We could not parse the JSON body of your request. (HINT: This likely means "
-                        "you aren't using your HTTP library correctly.)", NULL, NULL);
+                        "We could not parse the JSON body of your request. "
+                        "(HINT: This likely means "
+                        "you aren't using your HTTP library correctly.)",
+                        NULL, NULL);
         return;
     }
     sim_req_t r;
@@ -910,13 +945,18 @@ s_handle_gen(sim_t *sim, struct evhttp_request *req, int route, sim_op_t op)
     }
     if (!s_model_ok(sim, r.model)) {
         char msg[SIM_MODEL_MAX + 96];
-        snprintf(msg, sizeof(msg), anth ? "model: %s"
-                 : "The model `%s` does not exist or you do not have access to it.", r.model);
-        sim_reply_error(sim, req, route, anth, 404, msg, anth ? NULL : "model", "model_not_found");
+        snprintf(msg, sizeof(msg),
+                 anth ? "model: %s"
+                      : "The model `%s` does not exist or you do not have "
+                        "access to it.",
+                 r.model);
+        sim_reply_error(sim, req, route, anth, 404, msg, anth ? NULL : "model",
+                        "model_not_found");
         sim_req_free(&r);
         return;
     }
-    if (s_ratelimit(sim, req, route, anth, keyhash, r.prompt_tokens + r.out_tokens)) {
+    if (s_ratelimit(sim, req, route, anth, keyhash,
+                    r.prompt_tokens + r.out_tokens)) {
         sim_req_free(&r);
         return;
     }
@@ -935,10 +975,11 @@ s_handle_gen(sim_t *sim, struct evhttp_request *req, int route, sim_op_t op)
     }
     int64_t delay = sim->cfg.latency_ms + r.dir.delay_ms;
     if (sim->cfg.jitter_ms > 0)
-        delay += (int64_t) (s_rand01(sim) * (double) (sim->cfg.jitter_ms + 1));
+        delay += (int64_t)(s_rand01(sim) * (double)(sim->cfg.jitter_ms + 1));
     int64_t per_token = sim->cfg.tokens_per_sec > 0
-                      ? (int64_t) llround(1000.0 / sim->cfg.tokens_per_sec) : 0;
-    long created = (long) (sim_wall_ms() / 1000);
+                            ? (int64_t)llround(1000.0 / sim->cfg.tokens_per_sec)
+                            : 0;
+    long created = (long)(sim_wall_ms() / 1000);
 
     if (act == A_RESET) {
         s_pending_t *p = s_pending_new(sim, req, P_RESET, route);
@@ -956,13 +997,14 @@ s_handle_gen(sim_t *sim, struct evhttp_request *req, int route, sim_op_t op)
             free(text);
             if (p)
                 s_pending_free(p);
-            sim_reply_error(sim, req, route, anth, 500, "out of memory", NULL, NULL);
+            sim_reply_error(sim, req, route, anth, 500, "out of memory", NULL,
+                            NULL);
             sim_req_free(&r);
             return;
         }
-        sim->prompt_tokens += (uint64_t) r.prompt_tokens;
-        sim->completion_tokens += (uint64_t) r.out_tokens;
-        p->r = r;                          //  no embeddings here: nothing owned
+        sim->prompt_tokens += (uint64_t)r.prompt_tokens;
+        sim->completion_tokens += (uint64_t)r.out_tokens;
+        p->r = r; //  no embeddings here: nothing owned
         p->text = text;
         p->interval_ms = per_token;
         p->created = created;
@@ -971,8 +1013,7 @@ s_handle_gen(sim_t *sim, struct evhttp_request *req, int route, sim_op_t op)
         if (delay == 0 && per_token == 0) {
             if (s_stream_step(p))
                 s_pending_free(p);
-        }
-        else
+        } else
             s_pending_arm(p, delay);
         return;
     }
@@ -989,9 +1030,9 @@ s_handle_gen(sim_t *sim, struct evhttp_request *req, int route, sim_op_t op)
             if (!anth)
                 s_header(req, "retry-after-ms", "1000");
         }
-    }
-    else {
-        char *text = r.op == SIM_OP_EMBEDDING ? NULL : sim_text(r.hash, r.out_tokens);
+    } else {
+        char *text =
+            r.op == SIM_OP_EMBEDDING ? NULL : sim_text(r.hash, r.out_tokens);
         sim_body(out, &r, id, created, text ? text : "");
         free(text);
         if (act == A_MALFORMED) {
@@ -1002,11 +1043,10 @@ s_handle_gen(sim_t *sim, struct evhttp_request *req, int route, sim_op_t op)
             evbuffer_free(out);
             out = cut;
             stat_code = S_MALFORMED;
-        }
-        else {
+        } else {
             bill = true;
-            sim->prompt_tokens += (uint64_t) r.prompt_tokens;
-            sim->completion_tokens += (uint64_t) r.out_tokens;
+            sim->prompt_tokens += (uint64_t)r.prompt_tokens;
+            sim->completion_tokens += (uint64_t)r.out_tokens;
             if (op != SIM_OP_EMBEDDING)
                 delay += per_token * r.out_tokens;
         }
@@ -1019,14 +1059,13 @@ s_handle_gen(sim_t *sim, struct evhttp_request *req, int route, sim_op_t op)
         evhttp_send_reply(req, status, NULL, out);
         s_done(sim);
         evbuffer_free(out);
-    }
-    else {
+    } else {
         s_pending_t *p = s_pending_new(sim, req, P_REPLY, route);
         if (!p) {
             evbuffer_free(out);
-            sim_reply_error(sim, req, route, anth, 500, "out of memory", NULL, NULL);
-        }
-        else {
+            sim_reply_error(sim, req, route, anth, 500, "out of memory", NULL,
+                            NULL);
+        } else {
             p->status = status;
             p->stat_code = stat_code;
             p->body = out;
@@ -1038,8 +1077,8 @@ s_handle_gen(sim_t *sim, struct evhttp_request *req, int route, sim_op_t op)
     sim_req_free(&r);
 }
 
-int
-sim_exec_line(sim_t *sim, sim_op_t op, const cJSON *body, struct evbuffer *out)
+int sim_exec_line(sim_t *sim, sim_op_t op, const cJSON *body,
+                  struct evbuffer *out)
 {
     bool anth = op == SIM_OP_MESSAGES;
     sim_req_t r;
@@ -1054,12 +1093,16 @@ sim_exec_line(sim_t *sim, sim_op_t op, const cJSON *body, struct evbuffer *out)
     }
     if (!s_model_ok(sim, r.model)) {
         char msg[SIM_MODEL_MAX + 96];
-        snprintf(msg, sizeof(msg), anth ? "model: %s"
-                 : "The model `%s` does not exist or you do not have access to it.", r.model);
+        snprintf(msg, sizeof(msg),
+                 anth ? "model: %s"
+                      : "The model `%s` does not exist or you do not have "
+                        "access to it.",
+                 r.model);
         if (anth)
             sim_err_anthropic(out, "not_found_error", msg);
         else
-            sim_err_openai(out, msg, "invalid_request_error", "model", "model_not_found");
+            sim_err_openai(out, msg, "invalid_request_error", "model",
+                           "model_not_found");
         sim_req_free(&r);
         return 404;
     }
@@ -1074,17 +1117,16 @@ sim_exec_line(sim_t *sim, sim_op_t op, const cJSON *body, struct evbuffer *out)
             act = A_FAIL;
             code = 400;
             ctx = true;
-        }
-        else {
+        } else {
             uint64_t k = 0;
             if (d->counted) {
                 uint64_t *slot = s_map_slot(&sim->arrivals, r.hash, true);
                 k = slot ? ++*slot : 1;
             }
-            if (d->hang && k <= (uint64_t) d->hang)
+            if (d->hang && k <= (uint64_t)d->hang)
                 act = A_HANG;
-            else
-            if (d->fail_code && (d->fail_times == 0 || k <= (uint64_t) d->fail_times)) {
+            else if (d->fail_code &&
+                     (d->fail_times == 0 || k <= (uint64_t)d->fail_times)) {
                 act = A_FAIL;
                 code = d->fail_code;
             }
@@ -1102,37 +1144,41 @@ sim_exec_line(sim_t *sim, sim_op_t op, const cJSON *body, struct evbuffer *out)
     char id[48];
     s_make_id(sim, op, id, sizeof(id));
     char *text = op == SIM_OP_EMBEDDING ? NULL : sim_text(r.hash, r.out_tokens);
-    sim_body(out, &r, id, (long) (sim_wall_ms() / 1000), text ? text : "");
+    sim_body(out, &r, id, (long)(sim_wall_ms() / 1000), text ? text : "");
     free(text);
     s_bill(sim, r.hash);
-    sim->prompt_tokens += (uint64_t) r.prompt_tokens;
-    sim->completion_tokens += (uint64_t) r.out_tokens;
+    sim->prompt_tokens += (uint64_t)r.prompt_tokens;
+    sim->completion_tokens += (uint64_t)r.out_tokens;
     sim_req_free(&r);
     return 200;
 }
 
-//  --- other routes ------------------------------------------------------------
+//  --- other routes
+//  ------------------------------------------------------------
 
-static void
-s_handle_models(sim_t *sim, struct evhttp_request *req, const char *path)
+static void s_handle_models(sim_t *sim, struct evhttp_request *req,
+                            const char *path)
 {
     struct evkeyvalq *in = evhttp_request_get_input_headers(req);
-    bool anth = evhttp_find_header(in, "x-api-key") && evhttp_find_header(in, "anthropic-version");
+    bool anth = evhttp_find_header(in, "x-api-key") &&
+                evhttp_find_header(in, "anthropic-version");
     if (sim_auth(sim, req, SIM_R_MODELS, anth, NULL))
         return;
-    const char **names = sim->cfg.n_models ? (const char **) sim->cfg.models : s_default_models;
-    int n = sim->cfg.n_models ? sim->cfg.n_models
-                              : (int) (sizeof(s_default_models) / sizeof(s_default_models[0]));
+    const char **names =
+        sim->cfg.n_models ? (const char **)sim->cfg.models : s_default_models;
+    int n = sim->cfg.n_models
+                ? sim->cfg.n_models
+                : (int)(sizeof(s_default_models) / sizeof(s_default_models[0]));
     const char *one = strncmp(path, "/v1/models/", 11) == 0 ? path + 11 : NULL;
     struct evbuffer *out = evbuffer_new();
-    long created = (long) (sim->started_ms / 1000);
+    long created = (long)(sim->started_ms / 1000);
     char date[48];
     sim_rfc3339(date, sizeof(date), sim->started_ms);
     if (one) {
         if (!s_model_ok(sim, one)) {
             evbuffer_free(out);
-            sim_reply_error(sim, req, SIM_R_MODELS, anth, 404, "model not found", "model",
-                            "model_not_found");
+            sim_reply_error(sim, req, SIM_R_MODELS, anth, 404,
+                            "model not found", "model", "model_not_found");
             return;
         }
         if (anth) {
@@ -1141,30 +1187,34 @@ s_handle_models(sim_t *sim, struct evhttp_request *req, const char *path)
             evbuffer_add_printf(out, ",\"display_name\":");
             sim_json_str(out, one);
             evbuffer_add_printf(out, ",\"created_at\":\"%s\"}", date);
-        }
-        else {
+        } else {
             evbuffer_add_printf(out, "{\"id\":");
             sim_json_str(out, one);
-            evbuffer_add_printf(out, ",\"object\":\"model\",\"created\":%ld,\"owned_by\":\"llmq-sim\"}",
+            evbuffer_add_printf(out,
+                                ",\"object\":\"model\",\"created\":%ld,\"owned_"
+                                "by\":\"llmq-sim\"}",
                                 created);
         }
         sim_reply_json(sim, req, SIM_R_MODELS, 200, out);
         evbuffer_free(out);
         return;
     }
-    evbuffer_add_printf(out, anth ? "{\"data\":[" : "{\"object\":\"list\",\"data\":[");
+    evbuffer_add_printf(out, anth ? "{\"data\":["
+                                  : "{\"object\":\"list\",\"data\":[");
     for (int i = 0; i < n; i++) {
         if (anth) {
-            evbuffer_add_printf(out, "%s{\"type\":\"model\",\"id\":", i ? "," : "");
+            evbuffer_add_printf(out,
+                                "%s{\"type\":\"model\",\"id\":", i ? "," : "");
             sim_json_str(out, names[i]);
             evbuffer_add_printf(out, ",\"display_name\":");
             sim_json_str(out, names[i]);
             evbuffer_add_printf(out, ",\"created_at\":\"%s\"}", date);
-        }
-        else {
+        } else {
             evbuffer_add_printf(out, "%s{\"id\":", i ? "," : "");
             sim_json_str(out, names[i]);
-            evbuffer_add_printf(out, ",\"object\":\"model\",\"created\":%ld,\"owned_by\":\"llmq-sim\"}",
+            evbuffer_add_printf(out,
+                                ",\"object\":\"model\",\"created\":%ld,\"owned_"
+                                "by\":\"llmq-sim\"}",
                                 created);
         }
     }
@@ -1174,15 +1224,13 @@ s_handle_models(sim_t *sim, struct evhttp_request *req, const char *path)
         evbuffer_add_printf(out, ",\"last_id\":");
         sim_json_str(out, names[n - 1]);
         evbuffer_add_printf(out, "}");
-    }
-    else
+    } else
         evbuffer_add_printf(out, "]}");
     sim_reply_json(sim, req, SIM_R_MODELS, 200, out);
     evbuffer_free(out);
 }
 
-static void
-s_handle_stats(sim_t *sim, struct evhttp_request *req)
+static void s_handle_stats(sim_t *sim, struct evhttp_request *req)
 {
     struct evbuffer *out = evbuffer_new();
     evbuffer_add_printf(out, "{\"requests\":{");
@@ -1190,32 +1238,40 @@ s_handle_stats(sim_t *sim, struct evhttp_request *req)
     for (int r = 0; r < SIM_R_COUNT; r++) {
         if (!sim->stats[r][0].code)
             continue;
-        evbuffer_add_printf(out, "%s\"%s\":{", first_route ? "" : ",", s_route_names[r]);
+        evbuffer_add_printf(out, "%s\"%s\":{", first_route ? "" : ",",
+                            s_route_names[r]);
         first_route = false;
         for (int i = 0; i < S_STATS_CODES && sim->stats[r][i].code; i++) {
             int code = sim->stats[r][i].code;
-            const char *name = code == S_HANG ? "hang" : code == S_RESET ? "reset"
-                             : code == S_MALFORMED ? "malformed" : NULL;
+            const char *name = code == S_HANG        ? "hang"
+                               : code == S_RESET     ? "reset"
+                               : code == S_MALFORMED ? "malformed"
+                                                     : NULL;
             if (name)
-                evbuffer_add_printf(out, "%s\"%s\":%" PRIu64, i ? "," : "", name,
-                                    sim->stats[r][i].count);
+                evbuffer_add_printf(out, "%s\"%s\":%" PRIu64, i ? "," : "",
+                                    name, sim->stats[r][i].count);
             else
-                evbuffer_add_printf(out, "%s\"%d\":%" PRIu64, i ? "," : "", code,
-                                    sim->stats[r][i].count);
+                evbuffer_add_printf(out, "%s\"%d\":%" PRIu64, i ? "," : "",
+                                    code, sim->stats[r][i].count);
         }
         evbuffer_add_printf(out, "}");
     }
-    evbuffer_add_printf(out, "},\"total\":%" PRIu64 ",\"rate_limited_429\":%" PRIu64
+    evbuffer_add_printf(
+        out,
+        "},\"total\":%" PRIu64 ",\"rate_limited_429\":%" PRIu64
         ",\"rate_limited_by_limit\":%" PRIu64 ",\"peak_concurrent\":%" PRId64
-        ",\"in_flight\":%" PRId64 ",\"connections\":%" PRId64 ",\"peak_connections\":%" PRId64
-        ",\"answered_ok\":%" PRIu64 ",\"double_billed\":%" PRIu64 ",\"billing_saturated\":%s"
+        ",\"in_flight\":%" PRId64 ",\"connections\":%" PRId64
+        ",\"peak_connections\":%" PRId64 ",\"answered_ok\":%" PRIu64
+        ",\"double_billed\":%" PRIu64 ",\"billing_saturated\":%s"
         ",\"tokens\":{\"prompt\":%" PRIu64 ",\"completion\":%" PRIu64 "}"
         ",\"uptime_ms\":%" PRId64,
-        sim->total, sim->rate_limited, sim->limited_by_limit, sim->peak_concurrent,
-        sim->in_flight - 1,          //  not counting this /_stats request
-        sim->connections, sim->peak_connections, sim->answered_ok, sim->double_billed,
-        sim->billed.n >= S_MAX_BILLED ? "true" : "false",
-        sim->prompt_tokens, sim->completion_tokens, sim_mono_ms() - sim->started_ms);
+        sim->total, sim->rate_limited, sim->limited_by_limit,
+        sim->peak_concurrent,
+        sim->in_flight - 1, //  not counting this /_stats request
+        sim->connections, sim->peak_connections, sim->answered_ok,
+        sim->double_billed, sim->billed.n >= S_MAX_BILLED ? "true" : "false",
+        sim->prompt_tokens, sim->completion_tokens,
+        sim_mono_ms() - sim->started_ms);
     sim_batches_stats(sim->batches, out);
     evbuffer_add_printf(out, "}");
     sim_reply_json(sim, req, SIM_R_STATS, 200, out);
@@ -1224,15 +1280,14 @@ s_handle_stats(sim_t *sim, struct evhttp_request *req)
 
 //  Clears statistics, directive counters, billing memory and rate-limit
 //  windows, and drops hung requests (their connections are closed).
-static void
-s_handle_reset(sim_t *sim, struct evhttp_request *req)
+static void s_handle_reset(sim_t *sim, struct evhttp_request *req)
 {
     for (size_t b = 0; b < S_CONN_BUCKETS; b++) {
         s_conn_t *c = sim->conns[b];
         while (c) {
             s_conn_t *next = c->next;
             if (c->hung)
-                evhttp_connection_free(c->evcon);   //  -> s_conn_closed frees c
+                evhttp_connection_free(c->evcon); //  -> s_conn_closed frees c
             c = next;
         }
     }
@@ -1254,8 +1309,7 @@ s_handle_reset(sim_t *sim, struct evhttp_request *req)
 }
 
 //  One entry point for every request: route by method and path.
-static void
-s_on_request(struct evhttp_request *req, void *arg)
+static void s_on_request(struct evhttp_request *req, void *arg)
 {
     sim_t *sim = arg;
     if (++sim->in_flight > sim->peak_concurrent)
@@ -1270,56 +1324,61 @@ s_on_request(struct evhttp_request *req, void *arg)
     int bad_method_route = -1;
 
     if (strcmp(path, "/v1/chat/completions") == 0) {
-        if (post) { s_handle_gen(sim, req, SIM_R_CHAT, SIM_OP_CHAT); return; }
+        if (post) {
+            s_handle_gen(sim, req, SIM_R_CHAT, SIM_OP_CHAT);
+            return;
+        }
         bad_method_route = SIM_R_CHAT;
-    }
-    else
-    if (strcmp(path, "/v1/messages") == 0) {
-        if (post) { s_handle_gen(sim, req, SIM_R_MESSAGES, SIM_OP_MESSAGES); return; }
+    } else if (strcmp(path, "/v1/messages") == 0) {
+        if (post) {
+            s_handle_gen(sim, req, SIM_R_MESSAGES, SIM_OP_MESSAGES);
+            return;
+        }
         bad_method_route = SIM_R_MESSAGES;
-    }
-    else
-    if (strcmp(path, "/v1/completions") == 0) {
-        if (post) { s_handle_gen(sim, req, SIM_R_COMPLETIONS, SIM_OP_COMPLETION); return; }
+    } else if (strcmp(path, "/v1/completions") == 0) {
+        if (post) {
+            s_handle_gen(sim, req, SIM_R_COMPLETIONS, SIM_OP_COMPLETION);
+            return;
+        }
         bad_method_route = SIM_R_COMPLETIONS;
-    }
-    else
-    if (strcmp(path, "/v1/embeddings") == 0) {
-        if (post) { s_handle_gen(sim, req, SIM_R_EMBEDDINGS, SIM_OP_EMBEDDING); return; }
+    } else if (strcmp(path, "/v1/embeddings") == 0) {
+        if (post) {
+            s_handle_gen(sim, req, SIM_R_EMBEDDINGS, SIM_OP_EMBEDDING);
+            return;
+        }
         bad_method_route = SIM_R_EMBEDDINGS;
-    }
-    else
-    if (strcmp(path, "/v1/models") == 0 || strncmp(path, "/v1/models/", 11) == 0) {
-        if (get) { s_handle_models(sim, req, path); return; }
+    } else if (strcmp(path, "/v1/models") == 0 ||
+               strncmp(path, "/v1/models/", 11) == 0) {
+        if (get) {
+            s_handle_models(sim, req, path);
+            return;
+        }
         bad_method_route = SIM_R_MODELS;
-    }
-    else
-    if (strcmp(path, "/v1/files") == 0 || strncmp(path, "/v1/files/", 10) == 0) {
+    } else if (strcmp(path, "/v1/files") == 0 ||
+               strncmp(path, "/v1/files/", 10) == 0) {
         sim_batches_files(sim->batches, req, path);
         return;
-    }
-    else
-    if (strcmp(path, "/v1/batches") == 0 || strncmp(path, "/v1/batches/", 12) == 0) {
+    } else if (strcmp(path, "/v1/batches") == 0 ||
+               strncmp(path, "/v1/batches/", 12) == 0) {
         sim_batches_openai(sim->batches, req, path);
         return;
-    }
-    else
-    if (strcmp(path, "/v1/messages/batches") == 0 || strncmp(path, "/v1/messages/batches/", 21) == 0) {
+    } else if (strcmp(path, "/v1/messages/batches") == 0 ||
+               strncmp(path, "/v1/messages/batches/", 21) == 0) {
         sim_batches_anthropic(sim->batches, req, path);
         return;
-    }
-    else
-    if (strcmp(path, "/_stats") == 0) {
-        if (get) { s_handle_stats(sim, req); return; }
+    } else if (strcmp(path, "/_stats") == 0) {
+        if (get) {
+            s_handle_stats(sim, req);
+            return;
+        }
         bad_method_route = SIM_R_STATS;
-    }
-    else
-    if (strcmp(path, "/_reset") == 0) {
-        if (post) { s_handle_reset(sim, req); return; }
+    } else if (strcmp(path, "/_reset") == 0) {
+        if (post) {
+            s_handle_reset(sim, req);
+            return;
+        }
         bad_method_route = SIM_R_RESET;
-    }
-    else
-    if (strcmp(path, "/health") == 0) {
+    } else if (strcmp(path, "/health") == 0) {
         struct evbuffer *out = evbuffer_new();
         evbuffer_add_printf(out, "{\"status\":\"ok\"}");
         sim_reply_json(sim, req, SIM_R_HEALTH, 200, out);
@@ -1327,113 +1386,166 @@ s_on_request(struct evhttp_request *req, void *arg)
         return;
     }
     if (bad_method_route >= 0) {
-        sim_reply_error(sim, req, bad_method_route, false, 405, "Method not allowed.", NULL, NULL);
+        sim_reply_error(sim, req, bad_method_route, false, 405,
+                        "Method not allowed.", NULL, NULL);
         return;
     }
     char msg[300];
     snprintf(msg, sizeof(msg), "Unknown request URL: %.200s.", path);
-    sim_reply_error(sim, req, SIM_R_OTHER, false, 404, msg, NULL, "unknown_url");
+    sim_reply_error(sim, req, SIM_R_OTHER, false, 404, msg, NULL,
+                    "unknown_url");
 }
 
 //  --- flags and main -------------------------------------------------------
 
-static void
-s_usage(FILE *f)
+static void s_usage(FILE *f)
 {
-    fprintf(f,
-"usage: llmq-sim [flags]\n"
-"OpenAI- and Anthropic-compatible HTTP simulator (one event loop, replies from timers).\n"
-"\n"
-"server\n"
-"  --host ADDR             listen address (default 127.0.0.1)\n"
-"  --port N                listen port (default 8089; 0 = ephemeral). Prints\n"
-"                          'ready llmq-sim url=http://HOST:PORT' once listening\n"
-"  --max-body BYTES        largest request body (default 268435456)\n"
-"  --quiet                 no log lines on stderr\n"
-"  --help                  this text\n"
-"timing\n"
-"  --latency-ms N          fixed latency before each answer (default 0)\n"
-"  --jitter-ms N           + uniform random 0..N ms (default 0)\n"
-"  --tokens-per-sec R      output token rate; adds tokens/R to whole answers and\n"
-"                          paces SSE events (default 0 = instant)\n"
-"auth and limits\n"
-"  --api-key KEY           accepted key (repeatable); default: any non-empty key\n"
-"  --models A,B,...        accepted models (others: 404 model_not_found); default: any\n"
-"  --rpm N                 requests per minute per API key (0 = unlimited)\n"
-"  --tpm N                 tokens per minute per API key (0 = unlimited); a request\n"
-"                          costs prompt_tokens + completion_tokens\n"
-"faults (probabilities 0..1, one draw per generation request)\n"
-"  --p500 P --p503 P --p429 P   answer with that status (429 with retry-after: 1)\n"
-"  --phang P               never answer (see --hang-ms)\n"
-"  --pmalformed P          200 with truncated JSON\n"
-"  --preset P              close the connection with a TCP reset\n"
-"  --hang-ms N             close a hung connection after N ms (default 0 = never)\n"
-"  --seed N                random seed for faults and jitter (default 1)\n"
-"batches\n"
-"  --batch-validate-ms N   time in 'validating' (default 1000)\n"
-"  --batch-progress-ms N   time to process all lines (default 5000)\n"
-"  --batch-finalize-ms N   time in 'finalizing'/'cancelling' (default 1000)\n"
-"  --batch-expire-ms N     completion window (default 86400000)\n"
-"  --max-file-store BYTES  memory for files and batch results (default 1073741824)\n"
-"\n"
-"directives, anywhere in a message's text: [[sim:key=value,...]]\n"
-"  fail=CODE        fail every arrival with CODE (400, 401, 403, 404, 429, 500, 503, 529...)\n"
-"  fail=CODExN      fail the first N arrivals of this same request, then succeed\n"
-"  hang=N           never answer the first N arrivals\n"
-"  malformed=N      broken JSON for the first N arrivals\n"
-"  reset=N          reset the connection for the first N arrivals\n"
-"  delay_ms=N       add N ms to every arrival\n"
-"  tokens=N         emit N output tokens (still capped by max_tokens)\n"
-"  context_length   400 context_length_exceeded, every arrival\n"
-"\n"
-"routes: POST /v1/chat/completions /v1/completions /v1/embeddings /v1/messages;\n"
-"GET /v1/models; files: POST/GET /v1/files, GET/DELETE /v1/files/{id}, GET /v1/files/{id}/content;\n"
-"POST/GET /v1/batches, GET /v1/batches/{id}, POST /v1/batches/{id}/cancel;\n"
-"POST/GET /v1/messages/batches, GET /v1/messages/batches/{id}[/results], POST .../{id}/cancel;\n"
-"GET /_stats, POST /_reset, GET /health. Details: sim/README.md\n");
+    fprintf(
+        f,
+        "usage: llmq-sim [flags]\n"
+        "OpenAI- and Anthropic-compatible HTTP simulator (one event loop, "
+        "replies from timers).\n"
+        "\n"
+        "server\n"
+        "  --host ADDR             listen address (default 127.0.0.1)\n"
+        "  --port N                listen port (default 8089; 0 = ephemeral). "
+        "Prints\n"
+        "                          'ready llmq-sim url=http://HOST:PORT' once "
+        "listening\n"
+        "  --max-body BYTES        largest request body (default 268435456)\n"
+        "  --quiet                 no log lines on stderr\n"
+        "  --help                  this text\n"
+        "timing\n"
+        "  --latency-ms N          fixed latency before each answer (default "
+        "0)\n"
+        "  --jitter-ms N           + uniform random 0..N ms (default 0)\n"
+        "  --tokens-per-sec R      output token rate; adds tokens/R to whole "
+        "answers and\n"
+        "                          paces SSE events (default 0 = instant)\n"
+        "auth and limits\n"
+        "  --api-key KEY           accepted key (repeatable); default: any "
+        "non-empty key\n"
+        "  --models A,B,...        accepted models (others: 404 "
+        "model_not_found); default: any\n"
+        "  --rpm N                 requests per minute per API key (0 = "
+        "unlimited)\n"
+        "  --tpm N                 tokens per minute per API key (0 = "
+        "unlimited); a request\n"
+        "                          costs prompt_tokens + completion_tokens\n"
+        "faults (probabilities 0..1, one draw per generation request)\n"
+        "  --p500 P --p503 P --p429 P   answer with that status (429 with "
+        "retry-after: 1)\n"
+        "  --phang P               never answer (see --hang-ms)\n"
+        "  --pmalformed P          200 with truncated JSON\n"
+        "  --preset P              close the connection with a TCP reset\n"
+        "  --hang-ms N             close a hung connection after N ms (default "
+        "0 = never)\n"
+        "  --seed N                random seed for faults and jitter (default "
+        "1)\n"
+        "batches\n"
+        "  --batch-validate-ms N   time in 'validating' (default 1000)\n"
+        "  --batch-progress-ms N   time to process all lines (default 5000)\n"
+        "  --batch-finalize-ms N   time in 'finalizing'/'cancelling' (default "
+        "1000)\n"
+        "  --batch-expire-ms N     completion window (default 86400000)\n"
+        "  --max-file-store BYTES  memory for files and batch results (default "
+        "1073741824)\n"
+        "\n"
+        "directives, anywhere in a message's text: [[sim:key=value,...]]\n"
+        "  fail=CODE        fail every arrival with CODE (400, 401, 403, 404, "
+        "429, 500, 503, 529...)\n"
+        "  fail=CODExN      fail the first N arrivals of this same request, "
+        "then succeed\n"
+        "  hang=N           never answer the first N arrivals\n"
+        "  malformed=N      broken JSON for the first N arrivals\n"
+        "  reset=N          reset the connection for the first N arrivals\n"
+        "  delay_ms=N       add N ms to every arrival\n"
+        "  tokens=N         emit N output tokens (still capped by max_tokens)\n"
+        "  context_length   400 context_length_exceeded, every arrival\n"
+        "\n"
+        "routes: POST /v1/chat/completions /v1/completions /v1/embeddings "
+        "/v1/messages;\n"
+        "GET /v1/models; files: POST/GET /v1/files, GET/DELETE /v1/files/{id}, "
+        "GET /v1/files/{id}/content;\n"
+        "POST/GET /v1/batches, GET /v1/batches/{id}, POST "
+        "/v1/batches/{id}/cancel;\n"
+        "POST/GET /v1/messages/batches, GET "
+        "/v1/messages/batches/{id}[/results], POST .../{id}/cancel;\n"
+        "GET /_stats, POST /_reset, GET /health. Details: sim/README.md\n");
 }
 
-static int
-s_num(const char *flag, const char *s, double lo, double hi, double *out)
+static int s_num(const char *flag, const char *s, double lo, double hi,
+                 double *out)
 {
     char *end = NULL;
     errno = 0;
     double v = strtod(s, &end);
     if (errno || !end || end == s || *end || v < lo || v > hi || v != v) {
-        fprintf(stderr, "llmq-sim: bad value for --%s: '%s' (expected %g..%g)\n", flag, s, lo, hi);
+        fprintf(stderr,
+                "llmq-sim: bad value for --%s: '%s' (expected %g..%g)\n", flag,
+                s, lo, hi);
         return -1;
     }
     *out = v;
     return 0;
 }
 
-static int
-s_parse_flags(s_cfg_t *c, int argc, char **argv)
+static int s_parse_flags(s_cfg_t *c, int argc, char **argv)
 {
     enum {
-        F_HOST = 256, F_PORT, F_LAT, F_JIT, F_TPS, F_RPM, F_TPM, F_KEY, F_MODELS,
-        F_P500, F_P503, F_P429, F_PHANG, F_PMAL, F_PRESET, F_HANGMS, F_SEED,
-        F_BVAL, F_BPROG, F_BFIN, F_BEXP, F_MAXBODY, F_STORE, F_QUIET, F_HELP
+        F_HOST = 256,
+        F_PORT,
+        F_LAT,
+        F_JIT,
+        F_TPS,
+        F_RPM,
+        F_TPM,
+        F_KEY,
+        F_MODELS,
+        F_P500,
+        F_P503,
+        F_P429,
+        F_PHANG,
+        F_PMAL,
+        F_PRESET,
+        F_HANGMS,
+        F_SEED,
+        F_BVAL,
+        F_BPROG,
+        F_BFIN,
+        F_BEXP,
+        F_MAXBODY,
+        F_STORE,
+        F_QUIET,
+        F_HELP
     };
     static const struct option opts[] = {
-        { "host", required_argument, 0, F_HOST }, { "port", required_argument, 0, F_PORT },
-        { "latency-ms", required_argument, 0, F_LAT }, { "jitter-ms", required_argument, 0, F_JIT },
-        { "tokens-per-sec", required_argument, 0, F_TPS }, { "rpm", required_argument, 0, F_RPM },
-        { "tpm", required_argument, 0, F_TPM }, { "api-key", required_argument, 0, F_KEY },
-        { "models", required_argument, 0, F_MODELS },
-        { "p500", required_argument, 0, F_P500 }, { "p503", required_argument, 0, F_P503 },
-        { "p429", required_argument, 0, F_P429 }, { "phang", required_argument, 0, F_PHANG },
-        { "pmalformed", required_argument, 0, F_PMAL }, { "preset", required_argument, 0, F_PRESET },
-        { "hang-ms", required_argument, 0, F_HANGMS }, { "seed", required_argument, 0, F_SEED },
-        { "batch-validate-ms", required_argument, 0, F_BVAL },
-        { "batch-progress-ms", required_argument, 0, F_BPROG },
-        { "batch-finalize-ms", required_argument, 0, F_BFIN },
-        { "batch-expire-ms", required_argument, 0, F_BEXP },
-        { "max-body", required_argument, 0, F_MAXBODY },
-        { "max-file-store", required_argument, 0, F_STORE },
-        { "quiet", no_argument, 0, F_QUIET }, { "help", no_argument, 0, F_HELP },
-        { 0, 0, 0, 0 }
-    };
+        {"host", required_argument, 0, F_HOST},
+        {"port", required_argument, 0, F_PORT},
+        {"latency-ms", required_argument, 0, F_LAT},
+        {"jitter-ms", required_argument, 0, F_JIT},
+        {"tokens-per-sec", required_argument, 0, F_TPS},
+        {"rpm", required_argument, 0, F_RPM},
+        {"tpm", required_argument, 0, F_TPM},
+        {"api-key", required_argument, 0, F_KEY},
+        {"models", required_argument, 0, F_MODELS},
+        {"p500", required_argument, 0, F_P500},
+        {"p503", required_argument, 0, F_P503},
+        {"p429", required_argument, 0, F_P429},
+        {"phang", required_argument, 0, F_PHANG},
+        {"pmalformed", required_argument, 0, F_PMAL},
+        {"preset", required_argument, 0, F_PRESET},
+        {"hang-ms", required_argument, 0, F_HANGMS},
+        {"seed", required_argument, 0, F_SEED},
+        {"batch-validate-ms", required_argument, 0, F_BVAL},
+        {"batch-progress-ms", required_argument, 0, F_BPROG},
+        {"batch-finalize-ms", required_argument, 0, F_BFIN},
+        {"batch-expire-ms", required_argument, 0, F_BEXP},
+        {"max-body", required_argument, 0, F_MAXBODY},
+        {"max-file-store", required_argument, 0, F_STORE},
+        {"quiet", no_argument, 0, F_QUIET},
+        {"help", no_argument, 0, F_HELP},
+        {0, 0, 0, 0}};
     int ch;
     double v;
     opterr = 0;
@@ -1442,84 +1554,159 @@ s_parse_flags(s_cfg_t *c, int argc, char **argv)
         for (const struct option *o = opts; o->name; o++)
             if (o->val == ch)
                 name = o->name;
-#define NUM(lo, hi) do { if (s_num(name, optarg, (lo), (hi), &v)) return -1; } while (0)
+#define NUM(lo, hi)                                                            \
+    do {                                                                       \
+        if (s_num(name, optarg, (lo), (hi), &v))                               \
+            return -1;                                                         \
+    } while (0)
         switch (ch) {
-            case F_HOST: c->host = optarg; break;
-            case F_PORT: NUM(0, 65535); c->port = (int) v; break;
-            case F_LAT: NUM(0, 3600000); c->latency_ms = (int64_t) v; break;
-            case F_JIT: NUM(0, 3600000); c->jitter_ms = (int64_t) v; break;
-            case F_TPS: NUM(0, 1e9); c->tokens_per_sec = v; break;
-            case F_RPM: NUM(0, 1e15); c->rpm = (int64_t) v; break;
-            case F_TPM: NUM(0, 1e15); c->tpm = (int64_t) v; break;
-            case F_KEY: {
-                if (!*optarg) {
-                    fprintf(stderr, "llmq-sim: --api-key must not be empty\n");
-                    return -1;
-                }
-                char **k = realloc(c->api_keys, sizeof(char *) * (size_t) (c->n_api_keys + 1));
+        case F_HOST:
+            c->host = optarg;
+            break;
+        case F_PORT:
+            NUM(0, 65535);
+            c->port = (int)v;
+            break;
+        case F_LAT:
+            NUM(0, 3600000);
+            c->latency_ms = (int64_t)v;
+            break;
+        case F_JIT:
+            NUM(0, 3600000);
+            c->jitter_ms = (int64_t)v;
+            break;
+        case F_TPS:
+            NUM(0, 1e9);
+            c->tokens_per_sec = v;
+            break;
+        case F_RPM:
+            NUM(0, 1e15);
+            c->rpm = (int64_t)v;
+            break;
+        case F_TPM:
+            NUM(0, 1e15);
+            c->tpm = (int64_t)v;
+            break;
+        case F_KEY: {
+            if (!*optarg) {
+                fprintf(stderr, "llmq-sim: --api-key must not be empty\n");
+                return -1;
+            }
+            char **k = realloc(c->api_keys,
+                               sizeof(char *) * (size_t)(c->n_api_keys + 1));
+            if (!k)
+                return -1;
+            c->api_keys = k;
+            c->api_keys[c->n_api_keys++] = optarg;
+            break;
+        }
+        case F_MODELS: {
+            char *list = strdup(optarg), *save = NULL;
+            for (char *m = strtok_r(list, ",", &save); m;
+                 m = strtok_r(NULL, ",", &save)) {
+                char **k = realloc(c->models,
+                                   sizeof(char *) * (size_t)(c->n_models + 1));
                 if (!k)
                     return -1;
-                c->api_keys = k;
-                c->api_keys[c->n_api_keys++] = optarg;
-                break;
+                c->models = k;
+                c->models[c->n_models++] = strdup(m);
             }
-            case F_MODELS: {
-                char *list = strdup(optarg), *save = NULL;
-                for (char *m = strtok_r(list, ",", &save); m; m = strtok_r(NULL, ",", &save)) {
-                    char **k = realloc(c->models, sizeof(char *) * (size_t) (c->n_models + 1));
-                    if (!k)
-                        return -1;
-                    c->models = k;
-                    c->models[c->n_models++] = strdup(m);
-                }
-                free(list);
-                break;
-            }
-            case F_P500: NUM(0, 1); c->p500 = v; break;
-            case F_P503: NUM(0, 1); c->p503 = v; break;
-            case F_P429: NUM(0, 1); c->p429 = v; break;
-            case F_PHANG: NUM(0, 1); c->phang = v; break;
-            case F_PMAL: NUM(0, 1); c->pmalformed = v; break;
-            case F_PRESET: NUM(0, 1); c->preset = v; break;
-            case F_HANGMS: NUM(0, 1e12); c->hang_ms = (int64_t) v; break;
-            case F_SEED: NUM(0, 1.8e19); c->seed = (uint64_t) v; break;
-            case F_BVAL: NUM(0, 1e12); c->batch.validate_ms = (int64_t) v; break;
-            case F_BPROG: NUM(0, 1e12); c->batch.progress_ms = (int64_t) v; break;
-            case F_BFIN: NUM(0, 1e12); c->batch.finalize_ms = (int64_t) v; break;
-            case F_BEXP: NUM(1, 1e12); c->batch.expire_ms = (int64_t) v; break;
-            case F_MAXBODY: NUM(1024, 1e12); c->max_body = (int64_t) v; break;
-            case F_STORE: NUM(0, 1e13); c->batch.max_store = (int64_t) v; break;
-            case F_QUIET: c->quiet = true; break;
-            case F_HELP: s_usage(stdout); exit(0);
-            default:
-                fprintf(stderr, "llmq-sim: unknown or incomplete flag '%s' (see --help)\n",
-                        argv[optind - 1]);
-                return -1;
+            free(list);
+            break;
+        }
+        case F_P500:
+            NUM(0, 1);
+            c->p500 = v;
+            break;
+        case F_P503:
+            NUM(0, 1);
+            c->p503 = v;
+            break;
+        case F_P429:
+            NUM(0, 1);
+            c->p429 = v;
+            break;
+        case F_PHANG:
+            NUM(0, 1);
+            c->phang = v;
+            break;
+        case F_PMAL:
+            NUM(0, 1);
+            c->pmalformed = v;
+            break;
+        case F_PRESET:
+            NUM(0, 1);
+            c->preset = v;
+            break;
+        case F_HANGMS:
+            NUM(0, 1e12);
+            c->hang_ms = (int64_t)v;
+            break;
+        case F_SEED:
+            NUM(0, 1.8e19);
+            c->seed = (uint64_t)v;
+            break;
+        case F_BVAL:
+            NUM(0, 1e12);
+            c->batch.validate_ms = (int64_t)v;
+            break;
+        case F_BPROG:
+            NUM(0, 1e12);
+            c->batch.progress_ms = (int64_t)v;
+            break;
+        case F_BFIN:
+            NUM(0, 1e12);
+            c->batch.finalize_ms = (int64_t)v;
+            break;
+        case F_BEXP:
+            NUM(1, 1e12);
+            c->batch.expire_ms = (int64_t)v;
+            break;
+        case F_MAXBODY:
+            NUM(1024, 1e12);
+            c->max_body = (int64_t)v;
+            break;
+        case F_STORE:
+            NUM(0, 1e13);
+            c->batch.max_store = (int64_t)v;
+            break;
+        case F_QUIET:
+            c->quiet = true;
+            break;
+        case F_HELP:
+            s_usage(stdout);
+            exit(0);
+        default:
+            fprintf(stderr,
+                    "llmq-sim: unknown or incomplete flag '%s' (see --help)\n",
+                    argv[optind - 1]);
+            return -1;
         }
 #undef NUM
     }
     if (optind < argc) {
-        fprintf(stderr, "llmq-sim: unexpected argument '%s' (see --help)\n", argv[optind]);
+        fprintf(stderr, "llmq-sim: unexpected argument '%s' (see --help)\n",
+                argv[optind]);
         return -1;
     }
-    if (c->p500 + c->p503 + c->p429 + c->phang + c->pmalformed + c->preset > 1.0 + 1e-9) {
-        fprintf(stderr, "llmq-sim: fault probabilities add up to more than 1\n");
+    if (c->p500 + c->p503 + c->p429 + c->phang + c->pmalformed + c->preset >
+        1.0 + 1e-9) {
+        fprintf(stderr,
+                "llmq-sim: fault probabilities add up to more than 1\n");
         return -1;
     }
     return 0;
 }
 
-static void
-s_on_signal(evutil_socket_t sig, short what, void *arg)
+static void s_on_signal(evutil_socket_t sig, short what, void *arg)
 {
-    (void) sig;
-    (void) what;
-    event_base_loopbreak(((sim_t *) arg)->base);
+    (void)sig;
+    (void)what;
+    event_base_loopbreak(((sim_t *)arg)->base);
 }
 
 //  Raise the fd limit so 10,000+ connections fit.
-static void
-s_raise_nofile(void)
+static void s_raise_nofile(void)
 {
     struct rlimit rl;
     if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
@@ -1530,13 +1717,12 @@ s_raise_nofile(void)
 
 //  Our own listening socket: evhttp's bind uses a backlog of 128, too small
 //  for a thousand connections arriving at once.
-static int
-s_listen(const char *host, int port, int *bound_port)
+static int s_listen(const char *host, int port, int *bound_port)
 {
     struct sockaddr_in sa;
     memset(&sa, 0, sizeof(sa));
     sa.sin_family = AF_INET;
-    sa.sin_port = htons((uint16_t) port);
+    sa.sin_port = htons((uint16_t)port);
     if (inet_pton(AF_INET, host, &sa.sin_addr) != 1) {
         //  A name such as "localhost": take its first IPv4 address.
         struct addrinfo hints, *ai = NULL;
@@ -1544,10 +1730,13 @@ s_listen(const char *host, int port, int *bound_port)
         hints.ai_family = AF_INET;
         hints.ai_socktype = SOCK_STREAM;
         if (getaddrinfo(host, NULL, &hints, &ai) != 0 || !ai) {
-            fprintf(stderr, "llmq-sim: --host: cannot resolve '%s' to an IPv4 address\n", host);
+            fprintf(
+                stderr,
+                "llmq-sim: --host: cannot resolve '%s' to an IPv4 address\n",
+                host);
             return -2;
         }
-        sa.sin_addr = ((struct sockaddr_in *) ai->ai_addr)->sin_addr;
+        sa.sin_addr = ((struct sockaddr_in *)ai->ai_addr)->sin_addr;
         freeaddrinfo(ai);
     }
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -1555,21 +1744,21 @@ s_listen(const char *host, int port, int *bound_port)
         return -1;
     int on = 1;
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof(on));
-    if (bind(fd, (struct sockaddr *) &sa, sizeof(sa)) || listen(fd, 4096)) {
-        fprintf(stderr, "llmq-sim: cannot listen on %s:%d: %s\n", host, port, strerror(errno));
+    if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) || listen(fd, 4096)) {
+        fprintf(stderr, "llmq-sim: cannot listen on %s:%d: %s\n", host, port,
+                strerror(errno));
         close(fd);
         return -1;
     }
     socklen_t len = sizeof(sa);
-    getsockname(fd, (struct sockaddr *) &sa, &len);
+    getsockname(fd, (struct sockaddr *)&sa, &len);
     *bound_port = ntohs(sa.sin_port);
     return fd;
 }
 
-int
-main(int argc, char **argv)
+int main(int argc, char **argv)
 {
-    static sim_t s_sim;              //  big (stats table): keep it off the stack
+    static sim_t s_sim; //  big (stats table): keep it off the stack
     sim_t *sim = &s_sim;
     s_cfg_t *c = &sim->cfg;
     c->host = "127.0.0.1";
@@ -1592,12 +1781,13 @@ main(int argc, char **argv)
     //  the epoll changelist below) a request costs 15-20% less CPU here.
     mallopt(M_MXFAST, 0);
 #endif
-    sim->rng = c->seed ? c->seed * 0x9E3779B97F4A7C15ULL : 0x853c49e6748fea9bULL;
+    sim->rng =
+        c->seed ? c->seed * 0x9E3779B97F4A7C15ULL : 0x853c49e6748fea9bULL;
     sim->started_ms = sim_mono_ms();
     sim->conns = calloc(S_CONN_BUCKETS, sizeof(s_conn_t *));
     sim->cap_windows = 64;
     sim->windows = calloc(sim->cap_windows, sizeof(s_window_t));
-    sim->n_windows = 1;              //  [0] is the shared overflow window
+    sim->n_windows = 1; //  [0] is the shared overflow window
     sim->windows[0].start = -1;
     //  The changelist folds evhttp's many read/write enable toggles per
     //  request into at most one epoll_ctl per fd per loop iteration.
@@ -1625,13 +1815,15 @@ main(int argc, char **argv)
     evhttp_set_gencb(sim->http, s_on_request, sim);
     evhttp_set_max_body_size(sim->http, c->max_body);
     evhttp_set_max_headers_size(sim->http, 65536);
-    evhttp_set_allowed_methods(sim->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_DELETE
-                                          | EVHTTP_REQ_HEAD | EVHTTP_REQ_PUT);
+    evhttp_set_allowed_methods(sim->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST |
+                                              EVHTTP_REQ_DELETE |
+                                              EVHTTP_REQ_HEAD | EVHTTP_REQ_PUT);
     //  Idle keep-alive connections are closed after 10 minutes.
     evhttp_set_timeout(sim->http, 600);
     snprintf(sim->url, sizeof(sim->url), "http://%s:%d", c->host, port);
     if (c->latency_ms > 0) {
-        struct timeval tv = { c->latency_ms / 1000, (c->latency_ms % 1000) * 1000 };
+        struct timeval tv = {c->latency_ms / 1000,
+                             (c->latency_ms % 1000) * 1000};
         sim->latency_tv = event_base_init_common_timeout(sim->base, &tv);
     }
     sim->batches = sim_batches_new(sim, &c->batch);
@@ -1643,14 +1835,18 @@ main(int argc, char **argv)
     printf("ready llmq-sim url=%s\n", sim->url);
     fflush(stdout);
     if (!c->quiet)
-        fprintf(stderr, "llmq-sim: listening on %s (latency %" PRId64 " ms, jitter %" PRId64
-                " ms, %g tokens/s, rpm %" PRId64 ", tpm %" PRId64 ")\n", sim->url,
-                c->latency_ms, c->jitter_ms, c->tokens_per_sec, c->rpm, c->tpm);
+        fprintf(stderr,
+                "llmq-sim: listening on %s (latency %" PRId64
+                " ms, jitter %" PRId64 " ms, %g tokens/s, rpm %" PRId64
+                ", tpm %" PRId64 ")\n",
+                sim->url, c->latency_ms, c->jitter_ms, c->tokens_per_sec,
+                c->rpm, c->tpm);
 
     event_base_dispatch(sim->base);
 
     if (!c->quiet)
-        fprintf(stderr, "llmq-sim: stopping (%" PRIu64 " requests served)\n", sim->total);
+        fprintf(stderr, "llmq-sim: stopping (%" PRIu64 " requests served)\n",
+                sim->total);
     //  Pending replies first (they point at requests), then the server
     //  (which closes connections and frees their requests).
     s_pending_t *p = sim->pending;
