@@ -33,6 +33,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <time.h>
@@ -60,6 +61,7 @@ typedef struct {
     int64_t max_body; //  request body limit in bytes
     sim_batch_cfg_t batch;
     bool quiet;
+    bool exit_with_parent;     //  SIGTERM ourselves when the parent dies
 } s_cfg_t;
 
 //  --- small maps ----------------------------------------------------------
@@ -1414,6 +1416,8 @@ static void s_usage(FILE *f)
         "listening\n"
         "  --max-body BYTES        largest request body (default 268435456)\n"
         "  --quiet                 no log lines on stderr\n"
+        "  --exit-with-parent      stop when the process that started it dies\n"
+        "                          (tests: no orphan left if the test aborts)\n"
         "  --help                  this text\n"
         "timing\n"
         "  --latency-ms N          fixed latency before each answer (default "
@@ -1517,6 +1521,7 @@ static int s_parse_flags(s_cfg_t *c, int argc, char **argv)
         F_MAXBODY,
         F_STORE,
         F_QUIET,
+        F_PARENT,
         F_HELP
     };
     static const struct option opts[] = {
@@ -1544,6 +1549,7 @@ static int s_parse_flags(s_cfg_t *c, int argc, char **argv)
         {"max-body", required_argument, 0, F_MAXBODY},
         {"max-file-store", required_argument, 0, F_STORE},
         {"quiet", no_argument, 0, F_QUIET},
+        {"exit-with-parent", no_argument, 0, F_PARENT},
         {"help", no_argument, 0, F_HELP},
         {0, 0, 0, 0}};
     int ch;
@@ -1673,6 +1679,9 @@ static int s_parse_flags(s_cfg_t *c, int argc, char **argv)
         case F_QUIET:
             c->quiet = true;
             break;
+        case F_PARENT:
+            c->exit_with_parent = true;
+            break;
         case F_HELP:
             s_usage(stdout);
             exit(0);
@@ -1773,6 +1782,13 @@ int main(int argc, char **argv)
     if (s_parse_flags(c, argc, argv))
         return 2;
 
+    if (c->exit_with_parent) {
+        //  The parent may already be gone (then we were reparented).
+        pid_t parent = getppid();
+        prctl(PR_SET_PDEATHSIG, SIGTERM);
+        if (getppid() != parent || parent == 1)
+            return 0;
+    }
     signal(SIGPIPE, SIG_IGN);
     s_raise_nofile();
 #ifdef __GLIBC__

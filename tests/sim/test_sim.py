@@ -658,13 +658,29 @@ def g_cli():
                  "--api-key", "--models", "--p500", "--p503", "--p429", "--phang", "--pmalformed",
                  "--preset", "--hang-ms", "--seed", "--batch-validate-ms", "--batch-progress-ms",
                  "--batch-finalize-ms", "--batch-expire-ms", "--max-body", "--max-file-store",
-                 "--quiet", "--help", "fail=CODExN", "hang=N", "malformed=N", "reset=N",
+                 "--quiet", "--exit-with-parent", "--help", "fail=CODExN", "hang=N", "malformed=N", "reset=N",
                  "delay_ms=N", "context_length"):
         check(flag in r.stdout, "--help mentions " + flag)
     for bad in (["--nope"], ["--p500", "2"], ["--port", "x"], ["--latency-ms"], ["extra"],
                 ["--p500", "0.6", "--p503", "0.6"], ["--api-key", ""]):
         r = subprocess.run([BIN, *bad], capture_output=True, text=True, timeout=10)
         check(r.returncode == 2 and "llmq-sim:" in r.stderr, "bad flags exit 2: %s" % bad)
+    # --exit-with-parent: the simulator stops when its parent dies
+    sh = subprocess.Popen(["/bin/sh", "-c", BIN + " --port 0 --quiet --exit-with-parent & echo $!; read x"],
+                          stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    pid = int(sh.stdout.readline())
+    check(sh.stdout.readline().startswith(b"ready llmq-sim"), "child sim ready")
+    sh.stdin.close()
+    sh.wait(10)
+    sh.stdout.close()
+
+    def gone():
+        try:
+            with open("/proc/%d/stat" % pid) as f:
+                return f.read().split(")")[-1].split()[0] in ("Z", "X")
+        except OSError:
+            return True
+    poll(gone, what="llmq-sim exits with its parent")
     with Sim("--max-body", "2048") as s:
         st, h, b = s.request("POST", "/v1/chat/completions", raw=b"x" * 5000,
                              headers={"Content-Type": "application/json"})
