@@ -61,7 +61,7 @@ typedef struct {
     int64_t max_body; //  request body limit in bytes
     sim_batch_cfg_t batch;
     bool quiet;
-    bool exit_with_parent;     //  SIGTERM ourselves when the parent dies
+    bool exit_with_parent; //  SIGTERM ourselves when the parent dies
 } s_cfg_t;
 
 //  --- small maps ----------------------------------------------------------
