@@ -18,21 +18,20 @@
 #include <string.h>
 
 struct _llmq_limiter_t {
-    int64_t cfg_rpm;       /* configured requests per minute (0 = none) */
-    int64_t cfg_tpm;       /* configured tokens per minute (0 = none) */
-    int64_t learned_rpm;   /* from x-ratelimit-limit-requests (0 = none) */
-    int64_t learned_tpm;   /* from x-ratelimit-limit-tokens (0 = none) */
-    int64_t concurrency;   /* most attempts at once (0 = unlimited) */
-    int64_t burst_ms;      /* bucket size, in ms of rate */
-    double req_level;      /* requests in the bucket */
-    double tok_level;      /* tokens in the bucket (may be negative: debt) */
-    int64_t last_ms;       /* time of the last refill */
-    int64_t paused_until;  /* no starts before this time */
-    int64_t running;       /* attempts running */
+    int64_t cfg_rpm;      /* configured requests per minute (0 = none) */
+    int64_t cfg_tpm;      /* configured tokens per minute (0 = none) */
+    int64_t learned_rpm;  /* from x-ratelimit-limit-requests (0 = none) */
+    int64_t learned_tpm;  /* from x-ratelimit-limit-tokens (0 = none) */
+    int64_t concurrency;  /* most attempts at once (0 = unlimited) */
+    int64_t burst_ms;     /* bucket size, in ms of rate */
+    double req_level;     /* requests in the bucket */
+    double tok_level;     /* tokens in the bucket (may be negative: debt) */
+    int64_t last_ms;      /* time of the last refill */
+    int64_t paused_until; /* no starts before this time */
+    int64_t running;      /* attempts running */
 };
 
-void
-llmq_ratelimit_init(llmq_ratelimit_t *rl)
+void llmq_ratelimit_init(llmq_ratelimit_t *rl)
 {
     rl->limit_requests = -1;
     rl->limit_tokens = -1;
@@ -43,28 +42,24 @@ llmq_ratelimit_init(llmq_ratelimit_t *rl)
     rl->retry_after_ms = -1;
 }
 
-static double
-s_cap(int64_t rate, int64_t burst_ms)
+static double s_cap(int64_t rate, int64_t burst_ms)
 {
-    double cap = (double) rate * (double) burst_ms / 60000.0;
+    double cap = (double)rate * (double)burst_ms / 60000.0;
     return cap < 1.0 ? 1.0 : cap;
 }
 
-int64_t
-llmq_limiter_rpm(const llmq_limiter_t *self)
+int64_t llmq_limiter_rpm(const llmq_limiter_t *self)
 {
     return self->cfg_rpm > 0 ? self->cfg_rpm : self->learned_rpm;
 }
 
-int64_t
-llmq_limiter_tpm(const llmq_limiter_t *self)
+int64_t llmq_limiter_tpm(const llmq_limiter_t *self)
 {
     return self->cfg_tpm > 0 ? self->cfg_tpm : self->learned_tpm;
 }
 
 /*  Bring both buckets up to now. */
-static void
-s_refill(llmq_limiter_t *self, int64_t now_ms)
+static void s_refill(llmq_limiter_t *self, int64_t now_ms)
 {
     int64_t dt = now_ms - self->last_ms;
     if (dt <= 0)
@@ -74,21 +69,20 @@ s_refill(llmq_limiter_t *self, int64_t now_ms)
     int64_t tpm = llmq_limiter_tpm(self);
     if (rpm > 0) {
         double cap = s_cap(rpm, self->burst_ms);
-        self->req_level += (double) rpm * (double) dt / 60000.0;
+        self->req_level += (double)rpm * (double)dt / 60000.0;
         if (self->req_level > cap)
             self->req_level = cap;
     }
     if (tpm > 0) {
         double cap = s_cap(tpm, self->burst_ms);
-        self->tok_level += (double) tpm * (double) dt / 60000.0;
+        self->tok_level += (double)tpm * (double)dt / 60000.0;
         if (self->tok_level > cap)
             self->tok_level = cap;
     }
 }
 
-llmq_limiter_t *
-llmq_limiter_new(int64_t rpm, int64_t tpm, int64_t concurrency,
-                 int64_t burst_ms, int64_t now_ms)
+llmq_limiter_t *llmq_limiter_new(int64_t rpm, int64_t tpm, int64_t concurrency,
+                                 int64_t burst_ms, int64_t now_ms)
 {
     llmq_limiter_t *self = calloc(1, sizeof *self);
     if (!self)
@@ -103,8 +97,7 @@ llmq_limiter_new(int64_t rpm, int64_t tpm, int64_t concurrency,
     return self;
 }
 
-void
-llmq_limiter_destroy(llmq_limiter_t **self_p)
+void llmq_limiter_destroy(llmq_limiter_t **self_p)
 {
     if (self_p && *self_p) {
         free(*self_p);
@@ -112,9 +105,8 @@ llmq_limiter_destroy(llmq_limiter_t **self_p)
     }
 }
 
-void
-llmq_limiter_set_rates(llmq_limiter_t *self, int64_t rpm, int64_t tpm,
-                       int64_t now_ms)
+void llmq_limiter_set_rates(llmq_limiter_t *self, int64_t rpm, int64_t tpm,
+                            int64_t now_ms)
 {
     s_refill(self, now_ms);
     self->cfg_rpm = rpm > 0 ? rpm : 0;
@@ -128,9 +120,8 @@ llmq_limiter_set_rates(llmq_limiter_t *self, int64_t rpm, int64_t tpm,
         self->tok_level = tcap;
 }
 
-bool
-llmq_limiter_acquire(llmq_limiter_t *self, int64_t tokens, int64_t now_ms,
-                     int64_t *wait_ms)
+bool llmq_limiter_acquire(llmq_limiter_t *self, int64_t tokens, int64_t now_ms,
+                          int64_t *wait_ms)
 {
     s_refill(self, now_ms);
     int64_t wait = 0;
@@ -139,15 +130,17 @@ llmq_limiter_acquire(llmq_limiter_t *self, int64_t tokens, int64_t now_ms,
     int64_t rpm = llmq_limiter_rpm(self);
     int64_t tpm = llmq_limiter_tpm(self);
     if (rpm > 0 && self->req_level < 1.0) {
-        int64_t w = (int64_t) ((1.0 - self->req_level) * 60000.0 / (double) rpm) + 1;
+        int64_t w =
+            (int64_t)((1.0 - self->req_level) * 60000.0 / (double)rpm) + 1;
         if (w > wait)
             wait = w;
     }
     if (tpm > 0 && tokens > 0) {
         double cap = s_cap(tpm, self->burst_ms);
-        double need = (double) tokens < cap ? (double) tokens : cap;
+        double need = (double)tokens < cap ? (double)tokens : cap;
         if (self->tok_level < need) {
-            int64_t w = (int64_t) ((need - self->tok_level) * 60000.0 / (double) tpm) + 1;
+            int64_t w =
+                (int64_t)((need - self->tok_level) * 60000.0 / (double)tpm) + 1;
             if (w > wait)
                 wait = w;
         }
@@ -165,31 +158,30 @@ llmq_limiter_acquire(llmq_limiter_t *self, int64_t tokens, int64_t now_ms,
     if (rpm > 0)
         self->req_level -= 1.0;
     if (tpm > 0 && tokens > 0)
-        self->tok_level -= (double) tokens;
+        self->tok_level -= (double)tokens;
     self->running++;
     if (wait_ms)
         *wait_ms = 0;
     return true;
 }
 
-void
-llmq_limiter_release(llmq_limiter_t *self, int64_t estimate, int64_t actual,
-                     int64_t now_ms)
+void llmq_limiter_release(llmq_limiter_t *self, int64_t estimate,
+                          int64_t actual, int64_t now_ms)
 {
     s_refill(self, now_ms);
     if (self->running > 0)
         self->running--;
     if (actual >= 0 && llmq_limiter_tpm(self) > 0) {
-        self->tok_level -= (double) (actual - estimate);
+        self->tok_level -= (double)(actual - estimate);
         double cap = s_cap(llmq_limiter_tpm(self), self->burst_ms);
         if (self->tok_level > cap)
             self->tok_level = cap;
     }
 }
 
-int64_t
-llmq_limiter_available(llmq_limiter_t *self, int64_t tokens,
-                       int64_t horizon_ms, int64_t ceiling, int64_t now_ms)
+int64_t llmq_limiter_available(llmq_limiter_t *self, int64_t tokens,
+                               int64_t horizon_ms, int64_t ceiling,
+                               int64_t now_ms)
 {
     s_refill(self, now_ms);
     int64_t n = ceiling;
@@ -201,24 +193,24 @@ llmq_limiter_available(llmq_limiter_t *self, int64_t tokens,
         n = self->concurrency - self->running;
     int64_t rpm = llmq_limiter_rpm(self);
     if (rpm > 0) {
-        double can = self->req_level + (double) rpm * (double) t / 60000.0;
-        if ((double) n > can)
-            n = (int64_t) can;
+        double can = self->req_level + (double)rpm * (double)t / 60000.0;
+        if ((double)n > can)
+            n = (int64_t)can;
     }
     int64_t tpm = llmq_limiter_tpm(self);
     if (tpm > 0 && tokens > 0) {
         double cap = s_cap(tpm, self->burst_ms);
-        double per = (double) tokens < cap ? (double) tokens : cap;
-        double can = (self->tok_level + (double) tpm * (double) t / 60000.0) / per;
-        if ((double) n > can)
-            n = (int64_t) can;
+        double per = (double)tokens < cap ? (double)tokens : cap;
+        double can =
+            (self->tok_level + (double)tpm * (double)t / 60000.0) / per;
+        if ((double)n > can)
+            n = (int64_t)can;
     }
     return n > 0 ? n : 0;
 }
 
-void
-llmq_limiter_observe(llmq_limiter_t *self, const llmq_ratelimit_t *rl,
-                     int64_t now_ms)
+void llmq_limiter_observe(llmq_limiter_t *self, const llmq_ratelimit_t *rl,
+                          int64_t now_ms)
 {
     s_refill(self, now_ms);
     /*  Learn the key's rates when none were configured. */
@@ -236,42 +228,39 @@ llmq_limiter_observe(llmq_limiter_t *self, const llmq_ratelimit_t *rl,
     }
     /*  The provider's counters only lower ours. */
     if (rl->remaining_requests >= 0) {
-        if (llmq_limiter_rpm(self) > 0
-            && self->req_level > (double) rl->remaining_requests)
-            self->req_level = (double) rl->remaining_requests;
+        if (llmq_limiter_rpm(self) > 0 &&
+            self->req_level > (double)rl->remaining_requests)
+            self->req_level = (double)rl->remaining_requests;
         if (rl->remaining_requests == 0)
-            llmq_limiter_pause(self,
-                               rl->reset_requests_ms > 0 ? rl->reset_requests_ms : 1000,
-                               now_ms);
+            llmq_limiter_pause(
+                self, rl->reset_requests_ms > 0 ? rl->reset_requests_ms : 1000,
+                now_ms);
     }
     if (rl->remaining_tokens >= 0) {
-        if (llmq_limiter_tpm(self) > 0
-            && self->tok_level > (double) rl->remaining_tokens)
-            self->tok_level = (double) rl->remaining_tokens;
+        if (llmq_limiter_tpm(self) > 0 &&
+            self->tok_level > (double)rl->remaining_tokens)
+            self->tok_level = (double)rl->remaining_tokens;
         if (rl->remaining_tokens == 0)
-            llmq_limiter_pause(self,
-                               rl->reset_tokens_ms > 0 ? rl->reset_tokens_ms : 1000,
-                               now_ms);
+            llmq_limiter_pause(
+                self, rl->reset_tokens_ms > 0 ? rl->reset_tokens_ms : 1000,
+                now_ms);
     }
     if (rl->retry_after_ms > 0)
         llmq_limiter_pause(self, rl->retry_after_ms, now_ms);
 }
 
-void
-llmq_limiter_pause(llmq_limiter_t *self, int64_t ms, int64_t now_ms)
+void llmq_limiter_pause(llmq_limiter_t *self, int64_t ms, int64_t now_ms)
 {
     if (ms > 0 && now_ms + ms > self->paused_until)
         self->paused_until = now_ms + ms;
 }
 
-int64_t
-llmq_limiter_paused_for(const llmq_limiter_t *self, int64_t now_ms)
+int64_t llmq_limiter_paused_for(const llmq_limiter_t *self, int64_t now_ms)
 {
     return self->paused_until > now_ms ? self->paused_until - now_ms : 0;
 }
 
-int64_t
-llmq_limiter_running(const llmq_limiter_t *self)
+int64_t llmq_limiter_running(const llmq_limiter_t *self)
 {
     return self->running;
 }
@@ -279,16 +268,15 @@ llmq_limiter_running(const llmq_limiter_t *self)
 /*  --- circuit breaker --------------------------------------------------- */
 
 struct _llmq_breaker_t {
-    llmq_breaker_state_t state;  /* closed, open or half-open */
-    int64_t threshold;           /* consecutive failures that open it */
-    int64_t cooldown_ms;         /* open this long before a probe */
-    int64_t failures;            /* consecutive failures so far */
-    int64_t opened_ms;           /* when it (re)opened or the last probe failed */
-    bool probing;                /* a health probe is running */
+    llmq_breaker_state_t state; /* closed, open or half-open */
+    int64_t threshold;          /* consecutive failures that open it */
+    int64_t cooldown_ms;        /* open this long before a probe */
+    int64_t failures;           /* consecutive failures so far */
+    int64_t opened_ms; /* when it (re)opened or the last probe failed */
+    bool probing;      /* a health probe is running */
 };
 
-llmq_breaker_t *
-llmq_breaker_new(int64_t failures, int64_t cooldown_ms)
+llmq_breaker_t *llmq_breaker_new(int64_t failures, int64_t cooldown_ms)
 {
     llmq_breaker_t *self = calloc(1, sizeof *self);
     if (!self)
@@ -298,8 +286,7 @@ llmq_breaker_new(int64_t failures, int64_t cooldown_ms)
     return self;
 }
 
-void
-llmq_breaker_destroy(llmq_breaker_t **self_p)
+void llmq_breaker_destroy(llmq_breaker_t **self_p)
 {
     if (self_p && *self_p) {
         free(*self_p);
@@ -307,35 +294,34 @@ llmq_breaker_destroy(llmq_breaker_t **self_p)
     }
 }
 
-llmq_breaker_state_t
-llmq_breaker_state(const llmq_breaker_t *self)
+llmq_breaker_state_t llmq_breaker_state(const llmq_breaker_t *self)
 {
     return self->state;
 }
 
-const char *
-llmq_breaker_state_name(const llmq_breaker_t *self)
+const char *llmq_breaker_state_name(const llmq_breaker_t *self)
 {
     switch (self->state) {
-    case LLMQ_BREAKER_CLOSED: return "closed";
-    case LLMQ_BREAKER_OPEN: return "open";
-    case LLMQ_BREAKER_HALF_OPEN: return "half-open";
+    case LLMQ_BREAKER_CLOSED:
+        return "closed";
+    case LLMQ_BREAKER_OPEN:
+        return "open";
+    case LLMQ_BREAKER_HALF_OPEN:
+        return "half-open";
     }
     return "?";
 }
 
-void
-llmq_breaker_trip(llmq_breaker_t *self, int64_t now_ms)
+void llmq_breaker_trip(llmq_breaker_t *self, int64_t now_ms)
 {
     self->state = LLMQ_BREAKER_OPEN;
     self->opened_ms = now_ms;
     self->probing = false;
 }
 
-bool
-llmq_breaker_success(llmq_breaker_t *self, int64_t now_ms)
+bool llmq_breaker_success(llmq_breaker_t *self, int64_t now_ms)
 {
-    (void) now_ms;
+    (void)now_ms;
     self->failures = 0;
     /*  An answer from an attempt started before the breaker opened says the
         provider works again, as a trial would. */
@@ -347,38 +333,38 @@ llmq_breaker_success(llmq_breaker_t *self, int64_t now_ms)
     return false;
 }
 
-bool
-llmq_breaker_failure(llmq_breaker_t *self, int64_t now_ms)
+bool llmq_breaker_failure(llmq_breaker_t *self, int64_t now_ms)
 {
     self->failures++;
-    if (self->state == LLMQ_BREAKER_HALF_OPEN
-        || (self->state == LLMQ_BREAKER_CLOSED && self->failures >= self->threshold)) {
+    if (self->state == LLMQ_BREAKER_HALF_OPEN ||
+        (self->state == LLMQ_BREAKER_CLOSED &&
+         self->failures >= self->threshold)) {
         llmq_breaker_trip(self, now_ms);
         return true;
     }
     return false;
 }
 
-int64_t
-llmq_breaker_allowance(const llmq_breaker_t *self, int64_t running)
+int64_t llmq_breaker_allowance(const llmq_breaker_t *self, int64_t running)
 {
     switch (self->state) {
-    case LLMQ_BREAKER_CLOSED: return -1;
-    case LLMQ_BREAKER_HALF_OPEN: return running > 0 ? 0 : 1;
-    case LLMQ_BREAKER_OPEN: return 0;
+    case LLMQ_BREAKER_CLOSED:
+        return -1;
+    case LLMQ_BREAKER_HALF_OPEN:
+        return running > 0 ? 0 : 1;
+    case LLMQ_BREAKER_OPEN:
+        return 0;
     }
     return 0;
 }
 
-bool
-llmq_breaker_probe_due(const llmq_breaker_t *self, int64_t now_ms)
+bool llmq_breaker_probe_due(const llmq_breaker_t *self, int64_t now_ms)
 {
-    return self->state == LLMQ_BREAKER_OPEN && !self->probing
-           && now_ms - self->opened_ms >= self->cooldown_ms;
+    return self->state == LLMQ_BREAKER_OPEN && !self->probing &&
+           now_ms - self->opened_ms >= self->cooldown_ms;
 }
 
-int64_t
-llmq_breaker_probe_in(const llmq_breaker_t *self, int64_t now_ms)
+int64_t llmq_breaker_probe_in(const llmq_breaker_t *self, int64_t now_ms)
 {
     if (self->state != LLMQ_BREAKER_OPEN || self->probing)
         return -1;
@@ -386,14 +372,12 @@ llmq_breaker_probe_in(const llmq_breaker_t *self, int64_t now_ms)
     return left > 0 ? left : 0;
 }
 
-void
-llmq_breaker_probe_started(llmq_breaker_t *self)
+void llmq_breaker_probe_started(llmq_breaker_t *self)
 {
     self->probing = true;
 }
 
-void
-llmq_breaker_probe_result(llmq_breaker_t *self, bool ok, int64_t now_ms)
+void llmq_breaker_probe_result(llmq_breaker_t *self, bool ok, int64_t now_ms)
 {
     self->probing = false;
     if (self->state != LLMQ_BREAKER_OPEN)
@@ -406,17 +390,16 @@ llmq_breaker_probe_result(llmq_breaker_t *self, bool ok, int64_t now_ms)
 
 /*  --- selftests ---------------------------------------------------------- */
 
-#define CHECK(cond)                                                         \
-    do {                                                                    \
-        if (!(cond)) {                                                      \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, \
-                    #cond);                                                 \
-            return -1;                                                      \
-        }                                                                   \
+#define CHECK(cond)                                                            \
+    do {                                                                       \
+        if (!(cond)) {                                                         \
+            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__,   \
+                    #cond);                                                    \
+            return -1;                                                         \
+        }                                                                      \
     } while (0)
 
-int
-llmq_limiter_test(bool verbose)
+int llmq_limiter_test(bool verbose)
 {
     if (verbose)
         printf(" * llmq_limiter: ");
@@ -496,7 +479,7 @@ llmq_limiter_test(bool verbose)
     rl.retry_after_ms = 2000;
     llmq_limiter_observe(lim, &rl, now);
     CHECK(llmq_limiter_paused_for(lim, now) == 2000);
-    llmq_limiter_pause(lim, 100, now);  /* pauses only lengthen */
+    llmq_limiter_pause(lim, 100, now); /* pauses only lengthen */
     CHECK(llmq_limiter_paused_for(lim, now) == 2000);
     /*  A configured rate wins over the learned one. */
     llmq_limiter_set_rates(lim, 30, 0, now);
@@ -510,8 +493,7 @@ llmq_limiter_test(bool verbose)
     return 0;
 }
 
-int
-llmq_breaker_test(bool verbose)
+int llmq_breaker_test(bool verbose)
 {
     if (verbose)
         printf(" * llmq_breaker: ");
@@ -522,10 +504,10 @@ llmq_breaker_test(bool verbose)
     CHECK(llmq_breaker_allowance(br, 10) == -1);
     CHECK(!llmq_breaker_failure(br, now));
     CHECK(!llmq_breaker_failure(br, now));
-    CHECK(!llmq_breaker_success(br, now));   /* resets the count */
+    CHECK(!llmq_breaker_success(br, now)); /* resets the count */
     CHECK(!llmq_breaker_failure(br, now));
     CHECK(!llmq_breaker_failure(br, now));
-    CHECK(llmq_breaker_failure(br, now));    /* third in a row opens */
+    CHECK(llmq_breaker_failure(br, now)); /* third in a row opens */
     CHECK(llmq_breaker_state(br) == LLMQ_BREAKER_OPEN);
     CHECK(strcmp(llmq_breaker_state_name(br), "open") == 0);
     CHECK(llmq_breaker_allowance(br, 0) == 0);
@@ -534,7 +516,7 @@ llmq_breaker_test(bool verbose)
     CHECK(llmq_breaker_probe_due(br, now + 1000));
     llmq_breaker_probe_started(br);
     CHECK(!llmq_breaker_probe_due(br, now + 1000));
-    llmq_breaker_probe_result(br, false, now + 1000);  /* cool down again */
+    llmq_breaker_probe_result(br, false, now + 1000); /* cool down again */
     CHECK(llmq_breaker_state(br) == LLMQ_BREAKER_OPEN);
     CHECK(!llmq_breaker_probe_due(br, now + 1500));
     CHECK(llmq_breaker_probe_due(br, now + 2000));
@@ -543,11 +525,11 @@ llmq_breaker_test(bool verbose)
     CHECK(llmq_breaker_state(br) == LLMQ_BREAKER_HALF_OPEN);
     CHECK(llmq_breaker_allowance(br, 0) == 1);
     CHECK(llmq_breaker_allowance(br, 1) == 0);
-    CHECK(llmq_breaker_failure(br, now + 2100));      /* trial failed */
+    CHECK(llmq_breaker_failure(br, now + 2100)); /* trial failed */
     CHECK(llmq_breaker_state(br) == LLMQ_BREAKER_OPEN);
     llmq_breaker_probe_result(br, true, now + 3100);
     CHECK(llmq_breaker_state(br) == LLMQ_BREAKER_HALF_OPEN);
-    CHECK(llmq_breaker_success(br, now + 3200));      /* trial worked */
+    CHECK(llmq_breaker_success(br, now + 3200)); /* trial worked */
     CHECK(llmq_breaker_state(br) == LLMQ_BREAKER_CLOSED);
     llmq_breaker_trip(br, now);
     CHECK(llmq_breaker_state(br) == LLMQ_BREAKER_OPEN);

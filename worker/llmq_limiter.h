@@ -27,13 +27,13 @@ extern "C" {
 
 /*  Rate-limit facts read from one provider response. -1 means "not sent". */
 typedef struct {
-    int64_t limit_requests;      /* requests per window the key may make */
-    int64_t limit_tokens;        /* tokens per window */
-    int64_t remaining_requests;  /* requests left in the window */
-    int64_t remaining_tokens;    /* tokens left in the window */
-    int64_t reset_requests_ms;   /* until the request window is full again */
-    int64_t reset_tokens_ms;     /* until the token window is full again */
-    int64_t retry_after_ms;      /* retry-after / retry-after-ms */
+    int64_t limit_requests;     /* requests per window the key may make */
+    int64_t limit_tokens;       /* tokens per window */
+    int64_t remaining_requests; /* requests left in the window */
+    int64_t remaining_tokens;   /* tokens left in the window */
+    int64_t reset_requests_ms;  /* until the request window is full again */
+    int64_t reset_tokens_ms;    /* until the token window is full again */
+    int64_t retry_after_ms;     /* retry-after / retry-after-ms */
 } llmq_ratelimit_t;
 
 /*  Set every field to -1. */

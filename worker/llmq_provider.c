@@ -24,16 +24,15 @@
 #include <time.h>
 
 struct _llmq_provider_t {
-    const llmq_provider_ops_t *ops;  /* the kind's vtable */
-    char *kind;                      /* as configured (sim stays "sim") */
-    char *base_url;                  /* without trailing slash */
-    char *api_key;                   /* secret: never logged or sent */
-    char *anthropic_version;         /* anthropic-version header */
-    int64_t default_max_tokens;      /* when a request sets none */
+    const llmq_provider_ops_t *ops; /* the kind's vtable */
+    char *kind;                     /* as configured (sim stays "sim") */
+    char *base_url;                 /* without trailing slash */
+    char *api_key;                  /* secret: never logged or sent */
+    char *anthropic_version;        /* anthropic-version header */
+    int64_t default_max_tokens;     /* when a request sets none */
 };
 
-llmq_op_t
-llmq_op_from_name(const char *name)
+llmq_op_t llmq_op_from_name(const char *name)
 {
     if (!name)
         return LLMQ_OP_UNKNOWN;
@@ -46,17 +45,15 @@ llmq_op_from_name(const char *name)
     return LLMQ_OP_UNKNOWN;
 }
 
-void
-llmq_usage_init(llmq_usage_t *usage)
+void llmq_usage_init(llmq_usage_t *usage)
 {
     usage->prompt_tokens = -1;
     usage->completion_tokens = -1;
     usage->total_tokens = -1;
 }
 
-void
-llmq_perr_set(llmq_perr_t *err, llmq_err_t code, int status, bool retryable,
-              const char *fmt, ...)
+void llmq_perr_set(llmq_perr_t *err, llmq_err_t code, int status,
+                   bool retryable, const char *fmt, ...)
 {
     err->code = code;
     err->status = status;
@@ -67,8 +64,7 @@ llmq_perr_set(llmq_perr_t *err, llmq_err_t code, int status, bool retryable,
     va_end(ap);
 }
 
-void
-llmq_http_reset(llmq_http_t *http)
+void llmq_http_reset(llmq_http_t *http)
 {
     free(http->url);
     free(http->body);
@@ -77,15 +73,13 @@ llmq_http_reset(llmq_http_t *http)
     memset(http, 0, sizeof *http);
 }
 
-static char *
-s_strdup0(const char *s)
+static char *s_strdup0(const char *s)
 {
     return strdup(s ? s : "");
 }
 
-llmq_provider_t *
-llmq_provider_new(const llmq_provider_config_t *config, char *errbuf,
-                  size_t errlen)
+llmq_provider_t *llmq_provider_new(const llmq_provider_config_t *config,
+                                   char *errbuf, size_t errlen)
 {
     const llmq_provider_ops_t *ops = NULL;
     const char *kind = config->kind ? config->kind : "";
@@ -98,7 +92,8 @@ llmq_provider_new(const llmq_provider_config_t *config, char *errbuf,
     else {
         if (errbuf)
             snprintf(errbuf, errlen,
-                     "unknown provider '%s' (openai, anthropic, echo, sim)", kind);
+                     "unknown provider '%s' (openai, anthropic, echo, sim)",
+                     kind);
         return NULL;
     }
     if (ops->http && (!config->base_url || !*config->base_url)) {
@@ -116,16 +111,14 @@ llmq_provider_new(const llmq_provider_config_t *config, char *errbuf,
     while (n > 0 && self->base_url[n - 1] == '/')
         self->base_url[--n] = 0;
     self->api_key = s_strdup0(config->api_key);
-    self->anthropic_version = s_strdup0(config->anthropic_version
-                                            ? config->anthropic_version
-                                            : "2023-06-01");
+    self->anthropic_version = s_strdup0(
+        config->anthropic_version ? config->anthropic_version : "2023-06-01");
     self->default_max_tokens =
         config->default_max_tokens > 0 ? config->default_max_tokens : 1024;
     return self;
 }
 
-void
-llmq_provider_destroy(llmq_provider_t **self_p)
+void llmq_provider_destroy(llmq_provider_t **self_p)
 {
     if (self_p && *self_p) {
         llmq_provider_t *self = *self_p;
@@ -144,71 +137,62 @@ llmq_provider_destroy(llmq_provider_t **self_p)
     }
 }
 
-const llmq_provider_ops_t *
-llmq_provider_ops(const llmq_provider_t *self)
+const llmq_provider_ops_t *llmq_provider_ops(const llmq_provider_t *self)
 {
     return self->ops;
 }
 
-const char *
-llmq_provider_kind(const llmq_provider_t *self)
+const char *llmq_provider_kind(const llmq_provider_t *self)
 {
     return self->kind;
 }
 
-const char *
-llmq_provider_base_url(const llmq_provider_t *self)
+const char *llmq_provider_base_url(const llmq_provider_t *self)
 {
     return self->base_url;
 }
 
-const char *
-llmq_provider_api_key(const llmq_provider_t *self)
+const char *llmq_provider_api_key(const llmq_provider_t *self)
 {
     return self->api_key;
 }
 
-const char *
-llmq_provider_anthropic_version(const llmq_provider_t *self)
+const char *llmq_provider_anthropic_version(const llmq_provider_t *self)
 {
     return self->anthropic_version;
 }
 
-int64_t
-llmq_provider_default_max_tokens(const llmq_provider_t *self)
+int64_t llmq_provider_default_max_tokens(const llmq_provider_t *self)
 {
     return self->default_max_tokens;
 }
 
-bool
-llmq_provider_uses_http(const llmq_provider_t *self)
+bool llmq_provider_uses_http(const llmq_provider_t *self)
 {
     return self->ops->http;
 }
 
-int
-llmq_provider_build(const llmq_provider_t *self, const llmq_call_t *call,
-                    llmq_http_t *http, llmq_perr_t *err)
+int llmq_provider_build(const llmq_provider_t *self, const llmq_call_t *call,
+                        llmq_http_t *http, llmq_perr_t *err)
 {
     if (!self->ops->build) {
-        llmq_perr_set(err, LLMQ_ERR_INTERNAL, 0, false, "provider cannot build");
+        llmq_perr_set(err, LLMQ_ERR_INTERNAL, 0, false,
+                      "provider cannot build");
         return -1;
     }
     return self->ops->build(self, call, http, err);
 }
 
-cJSON *
-llmq_provider_parse(const llmq_provider_t *self, const llmq_call_t *call,
-                    const char *body, size_t size, llmq_usage_t *usage,
-                    llmq_perr_t *err)
+cJSON *llmq_provider_parse(const llmq_provider_t *self, const llmq_call_t *call,
+                           const char *body, size_t size, llmq_usage_t *usage,
+                           llmq_perr_t *err)
 {
     llmq_usage_init(usage);
     return self->ops->parse(self, call, body, size, usage, err);
 }
 
-void
-llmq_provider_classify(const llmq_provider_t *self, int status,
-                       const char *body, size_t size, llmq_perr_t *err)
+void llmq_provider_classify(const llmq_provider_t *self, int status,
+                            const char *body, size_t size, llmq_perr_t *err)
 {
     if (self->ops->classify)
         self->ops->classify(self, status, body, size, err);
@@ -217,15 +201,14 @@ llmq_provider_classify(const llmq_provider_t *self, int status,
     llmq_provider_scrub(self, err->message);
 }
 
-int
-llmq_provider_health(const llmq_provider_t *self, llmq_http_t *http)
+int llmq_provider_health(const llmq_provider_t *self, llmq_http_t *http)
 {
     return self->ops->health ? self->ops->health(self, http) : -1;
 }
 
-cJSON *
-llmq_provider_answer(const llmq_provider_t *self, const llmq_call_t *call,
-                     llmq_usage_t *usage, llmq_perr_t *err)
+cJSON *llmq_provider_answer(const llmq_provider_t *self,
+                            const llmq_call_t *call, llmq_usage_t *usage,
+                            llmq_perr_t *err)
 {
     llmq_usage_init(usage);
     if (!self->ops->answer) {
@@ -237,8 +220,8 @@ llmq_provider_answer(const llmq_provider_t *self, const llmq_call_t *call,
 
 /*  --- streaming ---------------------------------------------------------- */
 
-llmq_stream_t *
-llmq_stream_new(const llmq_provider_t *provider, const llmq_call_t *call)
+llmq_stream_t *llmq_stream_new(const llmq_provider_t *provider,
+                               const llmq_call_t *call)
 {
     llmq_stream_t *self = calloc(1, sizeof *self);
     if (!self)
@@ -256,8 +239,7 @@ llmq_stream_new(const llmq_provider_t *provider, const llmq_call_t *call)
     return self;
 }
 
-void
-llmq_stream_destroy(llmq_stream_t **self_p)
+void llmq_stream_destroy(llmq_stream_t **self_p)
 {
     if (self_p && *self_p) {
         llmq_stream_t *self = *self_p;
@@ -270,9 +252,9 @@ llmq_stream_destroy(llmq_stream_t **self_p)
     }
 }
 
-int
-llmq_stream_event(llmq_stream_t *self, const char *event, const char *data,
-                  size_t size, llmq_chunk_fn *emit, void *arg, llmq_perr_t *err)
+int llmq_stream_event(llmq_stream_t *self, const char *event, const char *data,
+                      size_t size, llmq_chunk_fn *emit, void *arg,
+                      llmq_perr_t *err)
 {
     if (self->done)
         return 1;
@@ -283,8 +265,8 @@ llmq_stream_event(llmq_stream_t *self, const char *event, const char *data,
     return rc;
 }
 
-cJSON *
-llmq_stream_finish(llmq_stream_t *self, llmq_usage_t *usage, llmq_perr_t *err)
+cJSON *llmq_stream_finish(llmq_stream_t *self, llmq_usage_t *usage,
+                          llmq_perr_t *err)
 {
     llmq_usage_init(usage);
     if (!self->done) {
@@ -295,29 +277,27 @@ llmq_stream_finish(llmq_stream_t *self, llmq_usage_t *usage, llmq_perr_t *err)
     return llmq_assembler_result(self->asm_, usage);
 }
 
-int64_t
-llmq_stream_chunks(const llmq_stream_t *self)
+int64_t llmq_stream_chunks(const llmq_stream_t *self)
 {
     return self->chunks;
 }
 
 /*  --- rate-limit headers ------------------------------------------------ */
 
-int64_t
-llmq_parse_duration_ms(const char *text, size_t len)
+int64_t llmq_parse_duration_ms(const char *text, size_t len)
 {
     /*  Sequence of <number><unit>, units h, m, s, ms (OpenAI: "6m0s",
         "1.5s", "120ms"). A bare number is seconds. */
     double total = 0;
     size_t i = 0;
     bool any = false;
-    while (i < len && isspace((unsigned char) text[i]))
+    while (i < len && isspace((unsigned char)text[i]))
         i++;
-    while (i < len && !isspace((unsigned char) text[i])) {
+    while (i < len && !isspace((unsigned char)text[i])) {
         char num[32];
         size_t n = 0;
-        while (i < len && (isdigit((unsigned char) text[i]) || text[i] == '.')
-               && n < sizeof num - 1)
+        while (i < len && (isdigit((unsigned char)text[i]) || text[i] == '.') &&
+               n < sizeof num - 1)
             num[n++] = text[i++];
         num[n] = 0;
         if (n == 0)
@@ -326,32 +306,26 @@ llmq_parse_duration_ms(const char *text, size_t len)
         if (i + 1 < len && text[i] == 'm' && text[i + 1] == 's') {
             total += v;
             i += 2;
-        }
-        else if (i < len && text[i] == 'h') {
+        } else if (i < len && text[i] == 'h') {
             total += v * 3600000.0;
             i++;
-        }
-        else if (i < len && text[i] == 'm') {
+        } else if (i < len && text[i] == 'm') {
             total += v * 60000.0;
             i++;
-        }
-        else if (i < len && text[i] == 's') {
+        } else if (i < len && text[i] == 's') {
             total += v * 1000.0;
             i++;
-        }
-        else if (i == len || isspace((unsigned char) text[i])) {
+        } else if (i == len || isspace((unsigned char)text[i])) {
             total += v * 1000.0;
-        }
-        else
+        } else
             return -1;
         any = true;
     }
-    return any ? (int64_t) (total + 0.5) : -1;
+    return any ? (int64_t)(total + 0.5) : -1;
 }
 
 /*  RFC 3339 ("2026-11-22T03:00:00Z") -> ms from now; -1 if malformed. */
-static int64_t
-s_rfc3339_in_ms(const char *text)
+static int64_t s_rfc3339_in_ms(const char *text)
 {
     struct tm tm;
     memset(&tm, 0, sizeof tm);
@@ -368,27 +342,25 @@ s_rfc3339_in_ms(const char *text)
     time_t t = timegm(&tm);
     struct timeval now;
     gettimeofday(&now, NULL);
-    double at = (double) t * 1000.0 + s * 1000.0;
-    double nowms = (double) now.tv_sec * 1000.0 + now.tv_usec / 1000.0;
-    return at > nowms ? (int64_t) (at - nowms) : 0;
+    double at = (double)t * 1000.0 + s * 1000.0;
+    double nowms = (double)now.tv_sec * 1000.0 + now.tv_usec / 1000.0;
+    return at > nowms ? (int64_t)(at - nowms) : 0;
 }
 
-static bool
-s_name_is(const char *name, size_t len, const char *want)
+static bool s_name_is(const char *name, size_t len, const char *want)
 {
     return strlen(want) == len && strncasecmp(name, want, len) == 0;
 }
 
-void
-llmq_ratelimit_header(llmq_ratelimit_t *rl, const char *name, size_t name_len,
-                      const char *value, size_t value_len)
+void llmq_ratelimit_header(llmq_ratelimit_t *rl, const char *name,
+                           size_t name_len, const char *value, size_t value_len)
 {
     if (name_len < 11)
         return;
     char v[128];
-    while (value_len && isspace((unsigned char) value[value_len - 1]))
+    while (value_len && isspace((unsigned char)value[value_len - 1]))
         value_len--;
-    while (value_len && isspace((unsigned char) *value)) {
+    while (value_len && isspace((unsigned char)*value)) {
         value++;
         value_len--;
     }
@@ -400,7 +372,7 @@ llmq_ratelimit_header(llmq_ratelimit_t *rl, const char *name, size_t name_len,
     if (s_name_is(name, name_len, "retry-after-ms")) {
         double ms = strtod(v, &end);
         if (end != v && ms >= 0)
-            rl->retry_after_ms = (int64_t) ms;
+            rl->retry_after_ms = (int64_t)ms;
         return;
     }
     if (s_name_is(name, name_len, "retry-after")) {
@@ -409,41 +381,39 @@ llmq_ratelimit_header(llmq_ratelimit_t *rl, const char *name, size_t name_len,
             return;
         double sec = strtod(v, &end);
         if (end != v && *end == 0 && sec >= 0)
-            rl->retry_after_ms = (int64_t) (sec * 1000.0);
+            rl->retry_after_ms = (int64_t)(sec * 1000.0);
         else {
             struct tm tm;
             memset(&tm, 0, sizeof tm);
             if (strptime(v, "%a, %d %b %Y %H:%M:%S", &tm)) {
                 time_t at = timegm(&tm);
                 time_t now = time(NULL);
-                rl->retry_after_ms = at > now ? (int64_t) (at - now) * 1000 : 0;
+                rl->retry_after_ms = at > now ? (int64_t)(at - now) * 1000 : 0;
             }
         }
         return;
     }
     int64_t num = strtoll(v, &end, 10);
     bool is_num = end != v && *end == 0;
-    if (s_name_is(name, name_len, "x-ratelimit-limit-requests")
-        || s_name_is(name, name_len, "anthropic-ratelimit-requests-limit")) {
+    if (s_name_is(name, name_len, "x-ratelimit-limit-requests") ||
+        s_name_is(name, name_len, "anthropic-ratelimit-requests-limit")) {
         if (is_num)
             rl->limit_requests = num;
-    }
-    else if (s_name_is(name, name_len, "x-ratelimit-limit-tokens")
-             || s_name_is(name, name_len, "anthropic-ratelimit-tokens-limit")) {
+    } else if (s_name_is(name, name_len, "x-ratelimit-limit-tokens") ||
+               s_name_is(name, name_len, "anthropic-ratelimit-tokens-limit")) {
         if (is_num)
             rl->limit_tokens = num;
-    }
-    else if (s_name_is(name, name_len, "x-ratelimit-remaining-requests")
-             || s_name_is(name, name_len, "anthropic-ratelimit-requests-remaining")) {
+    } else if (s_name_is(name, name_len, "x-ratelimit-remaining-requests") ||
+               s_name_is(name, name_len,
+                         "anthropic-ratelimit-requests-remaining")) {
         if (is_num)
             rl->remaining_requests = num;
-    }
-    else if (s_name_is(name, name_len, "x-ratelimit-remaining-tokens")
-             || s_name_is(name, name_len, "anthropic-ratelimit-tokens-remaining")) {
+    } else if (s_name_is(name, name_len, "x-ratelimit-remaining-tokens") ||
+               s_name_is(name, name_len,
+                         "anthropic-ratelimit-tokens-remaining")) {
         if (is_num)
             rl->remaining_tokens = num;
-    }
-    else if (s_name_is(name, name_len, "x-ratelimit-reset-requests"))
+    } else if (s_name_is(name, name_len, "x-ratelimit-reset-requests"))
         rl->reset_requests_ms = llmq_parse_duration_ms(v, value_len);
     else if (s_name_is(name, name_len, "x-ratelimit-reset-tokens"))
         rl->reset_tokens_ms = llmq_parse_duration_ms(v, value_len);
@@ -455,8 +425,7 @@ llmq_ratelimit_header(llmq_ratelimit_t *rl, const char *name, size_t name_len,
 
 /*  --- errors -------------------------------------------------------------- */
 
-static bool
-s_contains_ci(const char *hay, const char *needle)
+static bool s_contains_ci(const char *hay, const char *needle)
 {
     if (!hay)
         return false;
@@ -467,15 +436,15 @@ s_contains_ci(const char *hay, const char *needle)
     return false;
 }
 
-void
-llmq_classify_http(const llmq_provider_t *self, int status, const char *body,
-                   size_t size, llmq_perr_t *err)
+void llmq_classify_http(const llmq_provider_t *self, int status,
+                        const char *body, size_t size, llmq_perr_t *err)
 {
-    (void) self;
+    (void)self;
     /*  Pull type, code and message out of the provider's error body. */
     const char *type = NULL, *code = NULL, *message = NULL;
     cJSON *json = body && size ? cJSON_ParseWithLength(body, size) : NULL;
-    const cJSON *e = json ? cJSON_GetObjectItemCaseSensitive(json, "error") : NULL;
+    const cJSON *e =
+        json ? cJSON_GetObjectItemCaseSensitive(json, "error") : NULL;
     if (cJSON_IsObject(e)) {
         const cJSON *x = cJSON_GetObjectItemCaseSensitive(e, "type");
         type = cJSON_IsString(x) ? x->valuestring : NULL;
@@ -483,8 +452,7 @@ llmq_classify_http(const llmq_provider_t *self, int status, const char *body,
         code = cJSON_IsString(x) ? x->valuestring : NULL;
         x = cJSON_GetObjectItemCaseSensitive(e, "message");
         message = cJSON_IsString(x) ? x->valuestring : NULL;
-    }
-    else if (cJSON_IsString(e))
+    } else if (cJSON_IsString(e))
         message = e->valuestring;
     else if (json) {
         const cJSON *x = cJSON_GetObjectItemCaseSensitive(json, "message");
@@ -497,10 +465,9 @@ llmq_classify_http(const llmq_provider_t *self, int status, const char *body,
         /*  A non-JSON error page: keep a printable prefix. */
         size_t n = size < 200 ? size : 200, k = 0;
         for (size_t i = 0; i < n && k < sizeof text - 1; i++)
-            text[k++] = isprint((unsigned char) body[i]) ? body[i] : ' ';
+            text[k++] = isprint((unsigned char)body[i]) ? body[i] : ' ';
         text[k] = 0;
-    }
-    else
+    } else
         snprintf(text, sizeof text, "HTTP %d", status);
 
     llmq_err_t c;
@@ -508,37 +475,34 @@ llmq_classify_http(const llmq_provider_t *self, int status, const char *body,
     if (status == 401 || status == 403) {
         c = LLMQ_ERR_AUTH;
         retryable = false;
-    }
-    else if (status == 429) {
+    } else if (status == 429) {
         /*  No quota left is not fixed by waiting. */
-        bool quota = s_contains_ci(code, "insufficient_quota")
-                     || s_contains_ci(type, "insufficient_quota");
+        bool quota = s_contains_ci(code, "insufficient_quota") ||
+                     s_contains_ci(type, "insufficient_quota");
         c = LLMQ_ERR_RATE_LIMITED;
         retryable = !quota;
-    }
-    else if (status == 408) {
+    } else if (status == 408) {
         c = LLMQ_ERR_TIMEOUT;
         retryable = true;
-    }
-    else if (status == 409 || status >= 500) {
+    } else if (status == 409 || status >= 500) {
         c = LLMQ_ERR_PROVIDER_ERROR;
         retryable = true;
-    }
-    else if (status >= 400) {
+    } else if (status >= 400) {
         retryable = false;
-        if (s_contains_ci(code, "context_length") || s_contains_ci(message, "context length")
-            || s_contains_ci(message, "context window")
-            || s_contains_ci(message, "prompt is too long")
-            || s_contains_ci(message, "maximum context"))
+        if (s_contains_ci(code, "context_length") ||
+            s_contains_ci(message, "context length") ||
+            s_contains_ci(message, "context window") ||
+            s_contains_ci(message, "prompt is too long") ||
+            s_contains_ci(message, "maximum context"))
             c = LLMQ_ERR_CONTEXT_LENGTH;
-        else if (s_contains_ci(code, "content_filter") || s_contains_ci(code, "content_policy")
-                 || s_contains_ci(message, "content filter")
-                 || s_contains_ci(message, "content management policy"))
+        else if (s_contains_ci(code, "content_filter") ||
+                 s_contains_ci(code, "content_policy") ||
+                 s_contains_ci(message, "content filter") ||
+                 s_contains_ci(message, "content management policy"))
             c = LLMQ_ERR_CONTENT_FILTER;
         else
             c = LLMQ_ERR_INVALID_REQUEST;
-    }
-    else {
+    } else {
         c = LLMQ_ERR_PROVIDER_ERROR;
         retryable = true;
     }
@@ -546,19 +510,18 @@ llmq_classify_http(const llmq_provider_t *self, int status, const char *body,
     cJSON_Delete(json);
 }
 
-void
-llmq_classify_curl(CURLcode code, const char *detail, llmq_perr_t *err)
+void llmq_classify_curl(CURLcode code, const char *detail, llmq_perr_t *err)
 {
     const char *what = detail && *detail ? detail : curl_easy_strerror(code);
     if (code == CURLE_OPERATION_TIMEDOUT)
-        llmq_perr_set(err, LLMQ_ERR_TIMEOUT, 0, true, "provider timed out: %s", what);
+        llmq_perr_set(err, LLMQ_ERR_TIMEOUT, 0, true, "provider timed out: %s",
+                      what);
     else
         llmq_perr_set(err, LLMQ_ERR_PROVIDER_ERROR, 0, true,
                       "provider connection failed: %s", what);
 }
 
-void
-llmq_provider_scrub(const llmq_provider_t *self, char *text)
+void llmq_provider_scrub(const llmq_provider_t *self, char *text)
 {
     if (!self || !text || !self->api_key || strlen(self->api_key) < 4)
         return;
@@ -572,21 +535,21 @@ llmq_provider_scrub(const llmq_provider_t *self, char *text)
 
 /*  --- token estimate ------------------------------------------------------ */
 
-static int64_t
-s_text_chars(const cJSON *item, int depth)
+static int64_t s_text_chars(const cJSON *item, int depth)
 {
     if (!item || depth > 16)
         return 0;
     if (cJSON_IsString(item))
-        return (int64_t) strlen(item->valuestring);
+        return (int64_t)strlen(item->valuestring);
     int64_t n = 0;
     if (cJSON_IsArray(item) || cJSON_IsObject(item)) {
         const cJSON *c;
-        cJSON_ArrayForEach(c, item) {
+        cJSON_ArrayForEach(c, item)
+        {
             /*  Count text, not structure (role names, types, ids). */
-            if (c->string && (strcmp(c->string, "role") == 0
-                              || strcmp(c->string, "type") == 0
-                              || strcmp(c->string, "name") == 0))
+            if (c->string && (strcmp(c->string, "role") == 0 ||
+                              strcmp(c->string, "type") == 0 ||
+                              strcmp(c->string, "name") == 0))
                 continue;
             n += s_text_chars(c, depth + 1);
         }
@@ -594,41 +557,41 @@ s_text_chars(const cJSON *item, int depth)
     return n;
 }
 
-int64_t
-llmq_estimate_tokens(const cJSON *body, int64_t default_max_tokens)
+int64_t llmq_estimate_tokens(const cJSON *body, int64_t default_max_tokens)
 {
     int64_t chars = 0;
     static const char *fields[] = {"messages", "prompt", "input", "system"};
     for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++)
-        chars += s_text_chars(cJSON_GetObjectItemCaseSensitive(body, fields[i]), 0);
+        chars +=
+            s_text_chars(cJSON_GetObjectItemCaseSensitive(body, fields[i]), 0);
     int64_t out = default_max_tokens;
     const cJSON *mt = cJSON_GetObjectItemCaseSensitive(body, "max_tokens");
     if (!cJSON_IsNumber(mt))
         mt = cJSON_GetObjectItemCaseSensitive(body, "max_completion_tokens");
     if (cJSON_IsNumber(mt) && mt->valuedouble >= 0)
-        out = (int64_t) mt->valuedouble;
+        out = (int64_t)mt->valuedouble;
     if (cJSON_GetObjectItemCaseSensitive(body, "input"))
-        out = 0;  /* embeddings produce no tokens */
+        out = 0; /* embeddings produce no tokens */
     return (chars + 3) / 4 + out;
 }
 
-void
-llmq_usage_from_json(const cJSON *u, llmq_usage_t *usage)
+void llmq_usage_from_json(const cJSON *u, llmq_usage_t *usage)
 {
     if (!cJSON_IsObject(u))
         return;
     const cJSON *x = cJSON_GetObjectItemCaseSensitive(u, "prompt_tokens");
     if (cJSON_IsNumber(x))
-        usage->prompt_tokens = (int64_t) x->valuedouble;
+        usage->prompt_tokens = (int64_t)x->valuedouble;
     x = cJSON_GetObjectItemCaseSensitive(u, "completion_tokens");
     if (cJSON_IsNumber(x))
-        usage->completion_tokens = (int64_t) x->valuedouble;
+        usage->completion_tokens = (int64_t)x->valuedouble;
     x = cJSON_GetObjectItemCaseSensitive(u, "total_tokens");
     if (cJSON_IsNumber(x))
-        usage->total_tokens = (int64_t) x->valuedouble;
+        usage->total_tokens = (int64_t)x->valuedouble;
     if (usage->total_tokens < 0 && usage->prompt_tokens >= 0)
-        usage->total_tokens = usage->prompt_tokens
-                              + (usage->completion_tokens > 0 ? usage->completion_tokens : 0);
+        usage->total_tokens =
+            usage->prompt_tokens +
+            (usage->completion_tokens > 0 ? usage->completion_tokens : 0);
 }
 
 /*  --- chunk assembler ----------------------------------------------------- */
@@ -636,27 +599,26 @@ llmq_usage_from_json(const cJSON *u, llmq_usage_t *usage)
 #define S_MAX_CHOICES 16
 
 typedef struct {
-    bool used;           /* a chunk named this index */
-    char *role;          /* delta.role, first seen */
-    char *text;          /* content (chat) or text (completion) so far */
-    size_t len;          /* its length */
-    size_t cap;          /* its allocation */
-    bool has_text;       /* any content arrived */
-    char *finish;        /* finish_reason */
-    cJSON *tool_calls;   /* array built from tool_call deltas */
+    bool used;         /* a chunk named this index */
+    char *role;        /* delta.role, first seen */
+    char *text;        /* content (chat) or text (completion) so far */
+    size_t len;        /* its length */
+    size_t cap;        /* its allocation */
+    bool has_text;     /* any content arrived */
+    char *finish;      /* finish_reason */
+    cJSON *tool_calls; /* array built from tool_call deltas */
 } s_choice_t;
 
 struct _llmq_assembler_t {
-    llmq_op_t op;                          /* chat or completion */
-    char *id;                              /* from the first chunk */
-    char *model;                           /* from the first chunk */
-    int64_t created;                       /* from the first chunk */
-    llmq_usage_t usage;                    /* from the usage chunk */
-    s_choice_t choices[S_MAX_CHOICES];     /* by index */
+    llmq_op_t op;                      /* chat or completion */
+    char *id;                          /* from the first chunk */
+    char *model;                       /* from the first chunk */
+    int64_t created;                   /* from the first chunk */
+    llmq_usage_t usage;                /* from the usage chunk */
+    s_choice_t choices[S_MAX_CHOICES]; /* by index */
 };
 
-llmq_assembler_t *
-llmq_assembler_new(llmq_op_t op)
+llmq_assembler_t *llmq_assembler_new(llmq_op_t op)
 {
     llmq_assembler_t *self = calloc(1, sizeof *self);
     if (!self)
@@ -666,8 +628,7 @@ llmq_assembler_new(llmq_op_t op)
     return self;
 }
 
-void
-llmq_assembler_destroy(llmq_assembler_t **self_p)
+void llmq_assembler_destroy(llmq_assembler_t **self_p)
 {
     if (self_p && *self_p) {
         llmq_assembler_t *self = *self_p;
@@ -684,8 +645,7 @@ llmq_assembler_destroy(llmq_assembler_t **self_p)
     }
 }
 
-static void
-s_append_text(s_choice_t *ch, const char *s)
+static void s_append_text(s_choice_t *ch, const char *s)
 {
     size_t n = strlen(s);
     if (ch->len + n + 1 > ch->cap) {
@@ -703,8 +663,7 @@ s_append_text(s_choice_t *ch, const char *s)
     ch->has_text = true;
 }
 
-static void
-s_set_str(char **dst, const cJSON *src)
+static void s_set_str(char **dst, const cJSON *src)
 {
     if (cJSON_IsString(src)) {
         free(*dst);
@@ -713,15 +672,15 @@ s_set_str(char **dst, const cJSON *src)
 }
 
 /*  Merge one tool_calls delta array into the choice's array. */
-static void
-s_merge_tools(s_choice_t *ch, const cJSON *deltas)
+static void s_merge_tools(s_choice_t *ch, const cJSON *deltas)
 {
     if (!ch->tool_calls)
         ch->tool_calls = cJSON_CreateArray();
     const cJSON *d;
-    cJSON_ArrayForEach(d, deltas) {
+    cJSON_ArrayForEach(d, deltas)
+    {
         const cJSON *ix = cJSON_GetObjectItemCaseSensitive(d, "index");
-        int index = cJSON_IsNumber(ix) ? (int) ix->valuedouble
+        int index = cJSON_IsNumber(ix) ? (int)ix->valuedouble
                                        : cJSON_GetArraySize(ch->tool_calls);
         if (index < 0 || index > 127)
             continue;
@@ -737,12 +696,14 @@ s_merge_tools(s_choice_t *ch, const cJSON *deltas)
         cJSON *t = cJSON_GetArrayItem(ch->tool_calls, index);
         const cJSON *id = cJSON_GetObjectItemCaseSensitive(d, "id");
         if (cJSON_IsString(id))
-            cJSON_ReplaceItemInObjectCaseSensitive(t, "id", cJSON_CreateString(id->valuestring));
+            cJSON_ReplaceItemInObjectCaseSensitive(
+                t, "id", cJSON_CreateString(id->valuestring));
         const cJSON *fd = cJSON_GetObjectItemCaseSensitive(d, "function");
         cJSON *f = cJSON_GetObjectItemCaseSensitive(t, "function");
         const cJSON *name = cJSON_GetObjectItemCaseSensitive(fd, "name");
         if (cJSON_IsString(name))
-            cJSON_ReplaceItemInObjectCaseSensitive(f, "name", cJSON_CreateString(name->valuestring));
+            cJSON_ReplaceItemInObjectCaseSensitive(
+                f, "name", cJSON_CreateString(name->valuestring));
         const cJSON *args = cJSON_GetObjectItemCaseSensitive(fd, "arguments");
         if (cJSON_IsString(args) && *args->valuestring) {
             const cJSON *old = cJSON_GetObjectItemCaseSensitive(f, "arguments");
@@ -751,28 +712,31 @@ s_merge_tools(s_choice_t *ch, const cJSON *deltas)
             if (joined) {
                 memcpy(joined, old->valuestring, a);
                 memcpy(joined + a, args->valuestring, b + 1);
-                cJSON_ReplaceItemInObjectCaseSensitive(f, "arguments", cJSON_CreateString(joined));
+                cJSON_ReplaceItemInObjectCaseSensitive(
+                    f, "arguments", cJSON_CreateString(joined));
                 free(joined);
             }
         }
     }
 }
 
-void
-llmq_assembler_add(llmq_assembler_t *self, const cJSON *chunk)
+void llmq_assembler_add(llmq_assembler_t *self, const cJSON *chunk)
 {
     if (!self->id)
         s_set_str(&self->id, cJSON_GetObjectItemCaseSensitive(chunk, "id"));
     if (!self->model)
-        s_set_str(&self->model, cJSON_GetObjectItemCaseSensitive(chunk, "model"));
+        s_set_str(&self->model,
+                  cJSON_GetObjectItemCaseSensitive(chunk, "model"));
     const cJSON *cr = cJSON_GetObjectItemCaseSensitive(chunk, "created");
     if (!self->created && cJSON_IsNumber(cr))
-        self->created = (int64_t) cr->valuedouble;
-    llmq_usage_from_json(cJSON_GetObjectItemCaseSensitive(chunk, "usage"), &self->usage);
+        self->created = (int64_t)cr->valuedouble;
+    llmq_usage_from_json(cJSON_GetObjectItemCaseSensitive(chunk, "usage"),
+                         &self->usage);
     const cJSON *c;
-    cJSON_ArrayForEach(c, cJSON_GetObjectItemCaseSensitive(chunk, "choices")) {
+    cJSON_ArrayForEach(c, cJSON_GetObjectItemCaseSensitive(chunk, "choices"))
+    {
         const cJSON *ix = cJSON_GetObjectItemCaseSensitive(c, "index");
-        int index = cJSON_IsNumber(ix) ? (int) ix->valuedouble : 0;
+        int index = cJSON_IsNumber(ix) ? (int)ix->valuedouble : 0;
         if (index < 0 || index >= S_MAX_CHOICES)
             continue;
         s_choice_t *ch = &self->choices[index];
@@ -789,25 +753,27 @@ llmq_assembler_add(llmq_assembler_t *self, const cJSON *chunk)
         if (!cJSON_IsObject(delta))
             continue;
         if (!ch->role)
-            s_set_str(&ch->role, cJSON_GetObjectItemCaseSensitive(delta, "role"));
-        const cJSON *content = cJSON_GetObjectItemCaseSensitive(delta, "content");
+            s_set_str(&ch->role,
+                      cJSON_GetObjectItemCaseSensitive(delta, "role"));
+        const cJSON *content =
+            cJSON_GetObjectItemCaseSensitive(delta, "content");
         if (cJSON_IsString(content))
             s_append_text(ch, content->valuestring);
-        const cJSON *tools = cJSON_GetObjectItemCaseSensitive(delta, "tool_calls");
+        const cJSON *tools =
+            cJSON_GetObjectItemCaseSensitive(delta, "tool_calls");
         if (cJSON_IsArray(tools))
             s_merge_tools(ch, tools);
     }
 }
 
-cJSON *
-llmq_assembler_result(llmq_assembler_t *self, llmq_usage_t *usage)
+cJSON *llmq_assembler_result(llmq_assembler_t *self, llmq_usage_t *usage)
 {
     cJSON *r = cJSON_CreateObject();
     cJSON_AddStringToObject(r, "id", self->id ? self->id : "");
-    cJSON_AddStringToObject(r, "object", self->op == LLMQ_OP_COMPLETION
-                                             ? "text_completion"
-                                             : "chat.completion");
-    cJSON_AddNumberToObject(r, "created", (double) self->created);
+    cJSON_AddStringToObject(r, "object",
+                            self->op == LLMQ_OP_COMPLETION ? "text_completion"
+                                                           : "chat.completion");
+    cJSON_AddNumberToObject(r, "created", (double)self->created);
     cJSON_AddStringToObject(r, "model", self->model ? self->model : "");
     cJSON *choices = cJSON_AddArrayToObject(r, "choices");
     for (int i = 0; i < S_MAX_CHOICES; i++) {
@@ -820,13 +786,15 @@ llmq_assembler_result(llmq_assembler_t *self, llmq_usage_t *usage)
             cJSON_AddStringToObject(o, "text", ch->text ? ch->text : "");
         else {
             cJSON *m = cJSON_AddObjectToObject(o, "message");
-            cJSON_AddStringToObject(m, "role", ch->role ? ch->role : "assistant");
+            cJSON_AddStringToObject(m, "role",
+                                    ch->role ? ch->role : "assistant");
             if (ch->has_text || !ch->tool_calls)
                 cJSON_AddStringToObject(m, "content", ch->text ? ch->text : "");
             else
                 cJSON_AddNullToObject(m, "content");
             if (ch->tool_calls)
-                cJSON_AddItemToObject(m, "tool_calls", cJSON_Duplicate(ch->tool_calls, true));
+                cJSON_AddItemToObject(m, "tool_calls",
+                                      cJSON_Duplicate(ch->tool_calls, true));
         }
         if (ch->finish)
             cJSON_AddStringToObject(o, "finish_reason", ch->finish);
@@ -837,11 +805,17 @@ llmq_assembler_result(llmq_assembler_t *self, llmq_usage_t *usage)
     if (self->usage.prompt_tokens >= 0 || self->usage.completion_tokens >= 0) {
         cJSON *u = cJSON_AddObjectToObject(r, "usage");
         cJSON_AddNumberToObject(u, "prompt_tokens",
-                                (double) (self->usage.prompt_tokens > 0 ? self->usage.prompt_tokens : 0));
+                                (double)(self->usage.prompt_tokens > 0
+                                             ? self->usage.prompt_tokens
+                                             : 0));
         cJSON_AddNumberToObject(u, "completion_tokens",
-                                (double) (self->usage.completion_tokens > 0 ? self->usage.completion_tokens : 0));
+                                (double)(self->usage.completion_tokens > 0
+                                             ? self->usage.completion_tokens
+                                             : 0));
         cJSON_AddNumberToObject(u, "total_tokens",
-                                (double) (self->usage.total_tokens > 0 ? self->usage.total_tokens : 0));
+                                (double)(self->usage.total_tokens > 0
+                                             ? self->usage.total_tokens
+                                             : 0));
     }
     if (usage)
         *usage = self->usage;
@@ -850,38 +824,36 @@ llmq_assembler_result(llmq_assembler_t *self, llmq_usage_t *usage)
 
 /*  --- selftest ----------------------------------------------------------- */
 
-#define CHECK(cond)                                                         \
-    do {                                                                    \
-        if (!(cond)) {                                                      \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, \
-                    #cond);                                                 \
-            return -1;                                                      \
-        }                                                                   \
+#define CHECK(cond)                                                            \
+    do {                                                                       \
+        if (!(cond)) {                                                         \
+            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__,   \
+                    #cond);                                                    \
+            return -1;                                                         \
+        }                                                                      \
     } while (0)
 
-static int
-s_test_collect(const cJSON *chunk, void *arg)
+static int s_test_collect(const cJSON *chunk, void *arg)
 {
     int *n = arg;
     (*n)++;
     return cJSON_IsObject(chunk) ? 0 : 1;
 }
 
-static const char *
-s_test_str(const cJSON *root, const char *path)
+static const char *s_test_str(const cJSON *root, const char *path)
 {
     /*  "a.b.0.c": walk objects and arrays. */
     char buf[128];
     snprintf(buf, sizeof buf, "%s", path);
     const cJSON *at = root;
     for (char *tok = strtok(buf, "."); tok && at; tok = strtok(NULL, "."))
-        at = (*tok >= '0' && *tok <= '9') ? cJSON_GetArrayItem(at, atoi(tok))
-                                          : cJSON_GetObjectItemCaseSensitive(at, tok);
+        at = (*tok >= '0' && *tok <= '9')
+                 ? cJSON_GetArrayItem(at, atoi(tok))
+                 : cJSON_GetObjectItemCaseSensitive(at, tok);
     return cJSON_IsString(at) ? at->valuestring : NULL;
 }
 
-static bool
-s_test_has_header(const struct curl_slist *h, const char *line)
+static bool s_test_has_header(const struct curl_slist *h, const char *line)
 {
     for (; h; h = h->next)
         if (strcmp(h->data, line) == 0)
@@ -889,8 +861,7 @@ s_test_has_header(const struct curl_slist *h, const char *line)
     return false;
 }
 
-int
-llmq_provider_test(bool verbose)
+int llmq_provider_test(bool verbose)
 {
     if (verbose)
         printf(" * llmq_provider: ");
@@ -904,15 +875,22 @@ llmq_provider_test(bool verbose)
     CHECK(llmq_parse_duration_ms("", 0) == -1);
     llmq_ratelimit_t rl;
     llmq_ratelimit_init(&rl);
-    struct { const char *n, *v; } hs[] = {
-        {"X-RateLimit-Limit-Requests", "500"}, {"x-ratelimit-remaining-requests", " 499\r\n"},
-        {"x-ratelimit-reset-requests", "120ms"}, {"x-ratelimit-limit-tokens", "10000"},
-        {"x-ratelimit-remaining-tokens", "9000"}, {"x-ratelimit-reset-tokens", "6m0s"},
-        {"retry-after", "2"}, {"content-type", "application/json"},
+    struct {
+        const char *n, *v;
+    } hs[] = {
+        {"X-RateLimit-Limit-Requests", "500"},
+        {"x-ratelimit-remaining-requests", " 499\r\n"},
+        {"x-ratelimit-reset-requests", "120ms"},
+        {"x-ratelimit-limit-tokens", "10000"},
+        {"x-ratelimit-remaining-tokens", "9000"},
+        {"x-ratelimit-reset-tokens", "6m0s"},
+        {"retry-after", "2"},
+        {"content-type", "application/json"},
         {"x-ratelimit-remaining-tokens", "bogus"},
     };
     for (size_t i = 0; i < sizeof hs / sizeof hs[0]; i++)
-        llmq_ratelimit_header(&rl, hs[i].n, strlen(hs[i].n), hs[i].v, strlen(hs[i].v));
+        llmq_ratelimit_header(&rl, hs[i].n, strlen(hs[i].n), hs[i].v,
+                              strlen(hs[i].v));
     CHECK(rl.limit_requests == 500 && rl.remaining_requests == 499);
     CHECK(rl.reset_requests_ms == 120 && rl.limit_tokens == 10000);
     CHECK(rl.remaining_tokens == 9000 && rl.reset_tokens_ms == 360000);
@@ -921,14 +899,16 @@ llmq_provider_test(bool verbose)
     llmq_ratelimit_header(&rl, "retry-after-ms", 14, "250", 3);
     llmq_ratelimit_header(&rl, "retry-after", 11, "9", 1);
     CHECK(rl.retry_after_ms == 250);
-    llmq_ratelimit_header(&rl, "anthropic-ratelimit-requests-remaining", 38, "7", 1);
+    llmq_ratelimit_header(&rl, "anthropic-ratelimit-requests-remaining", 38,
+                          "7", 1);
     llmq_ratelimit_header(&rl, "anthropic-ratelimit-tokens-reset", 32,
                           "2000-01-01T00:00:00Z", 20);
     CHECK(rl.remaining_requests == 7 && rl.reset_tokens_ms == 0);
 
     /*  Providers and the key. */
     const char *key = "sk-test-KEY-0123456789";
-    llmq_provider_config_t pc = {"openai", "http://127.0.0.1:1/v1/", key, NULL, 0};
+    llmq_provider_config_t pc = {"openai", "http://127.0.0.1:1/v1/", key, NULL,
+                                 0};
     char errbuf[128];
     llmq_provider_t *p = llmq_provider_new(&pc, errbuf, sizeof errbuf);
     CHECK(p);
@@ -944,26 +924,52 @@ llmq_provider_test(bool verbose)
 
     /*  Classification table. */
     llmq_perr_t err;
-    struct { int status; const char *body; llmq_err_t code; bool retry; } cases[] = {
-        {400, "{\"error\":{\"message\":\"bad\",\"type\":\"invalid_request_error\"}}", LLMQ_ERR_INVALID_REQUEST, false},
-        {400, "{\"error\":{\"message\":\"too long\",\"code\":\"context_length_exceeded\"}}", LLMQ_ERR_CONTEXT_LENGTH, false},
-        {400, "{\"type\":\"error\",\"error\":{\"type\":\"invalid_request_error\",\"message\":\"prompt is too long: 300000 tokens\"}}", LLMQ_ERR_CONTEXT_LENGTH, false},
-        {400, "{\"error\":{\"message\":\"no\",\"code\":\"content_filter\"}}", LLMQ_ERR_CONTENT_FILTER, false},
-        {404, "{\"error\":{\"message\":\"model not found\"}}", LLMQ_ERR_INVALID_REQUEST, false},
+    struct {
+        int status;
+        const char *body;
+        llmq_err_t code;
+        bool retry;
+    } cases[] = {
+        {400,
+         "{\"error\":{\"message\":\"bad\",\"type\":\"invalid_request_error\"}}",
+         LLMQ_ERR_INVALID_REQUEST, false},
+        {400,
+         "{\"error\":{\"message\":\"too "
+         "long\",\"code\":\"context_length_exceeded\"}}",
+         LLMQ_ERR_CONTEXT_LENGTH, false},
+        {400,
+         "{\"type\":\"error\",\"error\":{\"type\":\"invalid_request_error\","
+         "\"message\":\"prompt is too long: 300000 tokens\"}}",
+         LLMQ_ERR_CONTEXT_LENGTH, false},
+        {400, "{\"error\":{\"message\":\"no\",\"code\":\"content_filter\"}}",
+         LLMQ_ERR_CONTENT_FILTER, false},
+        {404, "{\"error\":{\"message\":\"model not found\"}}",
+         LLMQ_ERR_INVALID_REQUEST, false},
         {422, "", LLMQ_ERR_INVALID_REQUEST, false},
-        {401, "{\"error\":{\"message\":\"Incorrect API key provided: sk-test-KEY-0123456789\"}}", LLMQ_ERR_AUTH, false},
+        {401,
+         "{\"error\":{\"message\":\"Incorrect API key provided: "
+         "sk-test-KEY-0123456789\"}}",
+         LLMQ_ERR_AUTH, false},
         {403, "", LLMQ_ERR_AUTH, false},
         {408, "", LLMQ_ERR_TIMEOUT, true},
         {409, "", LLMQ_ERR_PROVIDER_ERROR, true},
-        {429, "{\"error\":{\"message\":\"slow down\",\"type\":\"requests\"}}", LLMQ_ERR_RATE_LIMITED, true},
-        {429, "{\"error\":{\"message\":\"quota\",\"code\":\"insufficient_quota\"}}", LLMQ_ERR_RATE_LIMITED, false},
+        {429, "{\"error\":{\"message\":\"slow down\",\"type\":\"requests\"}}",
+         LLMQ_ERR_RATE_LIMITED, true},
+        {429,
+         "{\"error\":{\"message\":\"quota\",\"code\":\"insufficient_quota\"}}",
+         LLMQ_ERR_RATE_LIMITED, false},
         {500, "<html>oops</html>", LLMQ_ERR_PROVIDER_ERROR, true},
-        {529, "{\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}", LLMQ_ERR_PROVIDER_ERROR, true},
+        {529,
+         "{\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\","
+         "\"message\":\"Overloaded\"}}",
+         LLMQ_ERR_PROVIDER_ERROR, true},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        llmq_provider_classify(p, cases[i].status, cases[i].body, strlen(cases[i].body), &err);
+        llmq_provider_classify(p, cases[i].status, cases[i].body,
+                               strlen(cases[i].body), &err);
         if (err.code != cases[i].code || err.retryable != cases[i].retry) {
-            fprintf(stderr, "case %zu: %d -> %s\n", i, cases[i].status, llmq_err_name(err.code));
+            fprintf(stderr, "case %zu: %d -> %s\n", i, cases[i].status,
+                    llmq_err_name(err.code));
             return -1;
         }
         CHECK(err.status == cases[i].status);
@@ -975,9 +981,10 @@ llmq_provider_test(bool verbose)
     CHECK(err.code == LLMQ_ERR_PROVIDER_ERROR && err.retryable);
 
     /*  OpenAI request building: model from the header, stream forced. */
-    cJSON *body = cJSON_Parse("{\"model\":\"x\",\"stream\":true,\"max_tokens\":10,"
-                              "\"messages\":[{\"role\":\"system\",\"content\":\"be brief\"},"
-                              "{\"role\":\"user\",\"content\":\"hello world!\"}]}");
+    cJSON *body = cJSON_Parse(
+        "{\"model\":\"x\",\"stream\":true,\"max_tokens\":10,"
+        "\"messages\":[{\"role\":\"system\",\"content\":\"be brief\"},"
+        "{\"role\":\"user\",\"content\":\"hello world!\"}]}");
     CHECK(llmq_estimate_tokens(body, 1024) == (20 + 3) / 4 + 10);
     llmq_call_t call = {LLMQ_OP_CHAT, "gpt-test", false, body};
     llmq_http_t http;
@@ -986,11 +993,14 @@ llmq_provider_test(bool verbose)
     CHECK(strcmp(http.url, "http://127.0.0.1:1/v1/chat/completions") == 0);
     CHECK(http.post && strstr(http.body, "\"model\":\"gpt-test\""));
     CHECK(!strstr(http.body, "stream"));
-    CHECK(s_test_has_header(http.headers, "Authorization: Bearer sk-test-KEY-0123456789"));
+    CHECK(s_test_has_header(http.headers,
+                            "Authorization: Bearer sk-test-KEY-0123456789"));
     llmq_http_reset(&http);
     call.stream = true;
     CHECK(llmq_provider_build(p, &call, &http, &err) == 0);
-    CHECK(strstr(http.body, "\"stream\":true,\"stream_options\":{\"include_usage\":true}"));
+    CHECK(
+        strstr(http.body,
+               "\"stream\":true,\"stream_options\":{\"include_usage\":true}"));
     llmq_http_reset(&http);
     CHECK(llmq_provider_health(p, &http) == 0);
     CHECK(strcmp(http.url, "http://127.0.0.1:1/v1/models") == 0 && !http.post);
@@ -998,11 +1008,15 @@ llmq_provider_test(bool verbose)
 
     /*  OpenAI parse: good, malformed, missing choices. */
     llmq_usage_t usage;
-    const char *ok = "{\"id\":\"c1\",\"object\":\"chat.completion\",\"choices\":[{\"index\":0,"
-                     "\"message\":{\"role\":\"assistant\",\"content\":\"hi\"},\"finish_reason\":\"stop\"}],"
-                     "\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":1,\"total_tokens\":6}}";
+    const char *ok = "{\"id\":\"c1\",\"object\":\"chat.completion\","
+                     "\"choices\":[{\"index\":0,"
+                     "\"message\":{\"role\":\"assistant\",\"content\":\"hi\"},"
+                     "\"finish_reason\":\"stop\"}],"
+                     "\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":1,"
+                     "\"total_tokens\":6}}";
     cJSON *res = llmq_provider_parse(p, &call, ok, strlen(ok), &usage, &err);
-    CHECK(res && usage.prompt_tokens == 5 && usage.completion_tokens == 1 && usage.total_tokens == 6);
+    CHECK(res && usage.prompt_tokens == 5 && usage.completion_tokens == 1 &&
+          usage.total_tokens == 6);
     cJSON_Delete(res);
     CHECK(!llmq_provider_parse(p, &call, "{\"choices\":[", 12, &usage, &err));
     CHECK(err.code == LLMQ_ERR_PROVIDER_ERROR && err.retryable);
@@ -1010,10 +1024,15 @@ llmq_provider_test(bool verbose)
 
     /*  OpenAI stream -> chunks -> assembled body. */
     const char *events[] = {
-        "{\"id\":\"s1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"},\"finish_reason\":null}]}",
-        "{\"id\":\"s1\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hel\"},\"finish_reason\":null}]}",
-        "{\"id\":\"s1\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"lo\"},\"finish_reason\":\"stop\"}]}",
-        "{\"id\":\"s1\",\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":2,\"total_tokens\":5}}",
+        "{\"id\":\"s1\",\"object\":\"chat.completion.chunk\",\"created\":1,"
+        "\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"role\":"
+        "\"assistant\",\"content\":\"\"},\"finish_reason\":null}]}",
+        "{\"id\":\"s1\",\"choices\":[{\"index\":0,\"delta\":{\"content\":"
+        "\"Hel\"},\"finish_reason\":null}]}",
+        "{\"id\":\"s1\",\"choices\":[{\"index\":0,\"delta\":{\"content\":"
+        "\"lo\"},\"finish_reason\":\"stop\"}]}",
+        "{\"id\":\"s1\",\"choices\":[],\"usage\":{\"prompt_tokens\":3,"
+        "\"completion_tokens\":2,\"total_tokens\":5}}",
         "[DONE]",
     };
     llmq_stream_t *st = llmq_stream_new(p, &call);
@@ -1034,7 +1053,8 @@ llmq_provider_test(bool verbose)
     llmq_stream_destroy(&st);
     /*  A stream cut before [DONE] is a provider error; broken JSON too. */
     st = llmq_stream_new(p, &call);
-    CHECK(llmq_stream_event(st, "message", events[1], strlen(events[1]), NULL, NULL, &err) == 0);
+    CHECK(llmq_stream_event(st, "message", events[1], strlen(events[1]), NULL,
+                            NULL, &err) == 0);
     CHECK(!llmq_stream_finish(st, &usage, &err) && err.retryable);
     CHECK(llmq_stream_event(st, "message", "{oops", 5, NULL, NULL, &err) == -1);
     llmq_stream_destroy(&st);
@@ -1042,7 +1062,8 @@ llmq_provider_test(bool verbose)
     CHECK(p == NULL);
 
     /*  Anthropic translation both ways. */
-    llmq_provider_config_t ac = {"anthropic", "http://127.0.0.1:1/v1", key, NULL, 512};
+    llmq_provider_config_t ac = {"anthropic", "http://127.0.0.1:1/v1", key,
+                                 NULL, 512};
     p = llmq_provider_new(&ac, errbuf, sizeof errbuf);
     CHECK(p);
     call.stream = false;
@@ -1060,45 +1081,66 @@ llmq_provider_test(bool verbose)
     llmq_call_t emb = {LLMQ_OP_EMBEDDING, "m", false, body};
     CHECK(llmq_provider_build(p, &emb, &http, &err) == -1);
     CHECK(err.code == LLMQ_ERR_INVALID_REQUEST && !err.retryable);
-    const char *amsg = "{\"id\":\"msg_1\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"claude\","
-                       "\"content\":[{\"type\":\"text\",\"text\":\"Hi \"},{\"type\":\"text\",\"text\":\"there\"},"
-                       "{\"type\":\"tool_use\",\"id\":\"tu1\",\"name\":\"f\",\"input\":{\"a\":1}}],"
-                       "\"stop_reason\":\"tool_use\",\"usage\":{\"input_tokens\":7,\"output_tokens\":3}}";
+    const char *amsg = "{\"id\":\"msg_1\",\"type\":\"message\",\"role\":"
+                       "\"assistant\",\"model\":\"claude\","
+                       "\"content\":[{\"type\":\"text\",\"text\":\"Hi "
+                       "\"},{\"type\":\"text\",\"text\":\"there\"},"
+                       "{\"type\":\"tool_use\",\"id\":\"tu1\",\"name\":\"f\","
+                       "\"input\":{\"a\":1}}],"
+                       "\"stop_reason\":\"tool_use\",\"usage\":{\"input_"
+                       "tokens\":7,\"output_tokens\":3}}";
     res = llmq_provider_parse(p, &call, amsg, strlen(amsg), &usage, &err);
     CHECK(res);
-    CHECK(strcmp(s_test_str(res, "choices.0.message.content"), "Hi there") == 0);
-    CHECK(strcmp(s_test_str(res, "choices.0.finish_reason"), "tool_calls") == 0);
-    CHECK(strcmp(s_test_str(res, "choices.0.message.tool_calls.0.function.arguments"), "{\"a\":1}") == 0);
-    CHECK(usage.prompt_tokens == 7 && usage.completion_tokens == 3 && usage.total_tokens == 10);
+    CHECK(strcmp(s_test_str(res, "choices.0.message.content"), "Hi there") ==
+          0);
+    CHECK(strcmp(s_test_str(res, "choices.0.finish_reason"), "tool_calls") ==
+          0);
+    CHECK(strcmp(s_test_str(
+                     res, "choices.0.message.tool_calls.0.function.arguments"),
+                 "{\"a\":1}") == 0);
+    CHECK(usage.prompt_tokens == 7 && usage.completion_tokens == 3 &&
+          usage.total_tokens == 10);
     cJSON_Delete(res);
     const char *aevents[][2] = {
-        {"message_start", "{\"type\":\"message_start\",\"message\":{\"id\":\"msg_2\",\"model\":\"claude\",\"usage\":{\"input_tokens\":4,\"output_tokens\":1}}}"},
-        {"content_block_start", "{\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}"},
+        {"message_start",
+         "{\"type\":\"message_start\",\"message\":{\"id\":\"msg_2\",\"model\":"
+         "\"claude\",\"usage\":{\"input_tokens\":4,\"output_tokens\":1}}}"},
+        {"content_block_start",
+         "{\"type\":\"content_block_start\",\"index\":0,\"content_block\":{"
+         "\"type\":\"text\",\"text\":\"\"}}"},
         {"ping", "{\"type\":\"ping\"}"},
-        {"content_block_delta", "{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Yo\"}}"},
+        {"content_block_delta",
+         "{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":"
+         "\"text_delta\",\"text\":\"Yo\"}}"},
         {"content_block_stop", "{\"type\":\"content_block_stop\",\"index\":0}"},
-        {"message_delta", "{\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"max_tokens\"},\"usage\":{\"output_tokens\":2}}"},
+        {"message_delta",
+         "{\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"max_"
+         "tokens\"},\"usage\":{\"output_tokens\":2}}"},
         {"message_stop", "{\"type\":\"message_stop\"}"},
     };
     call.stream = true;
     st = llmq_stream_new(p, &call);
     chunks = 0;
     for (size_t i = 0; i < 7; i++) {
-        int rc = llmq_stream_event(st, aevents[i][0], aevents[i][1], strlen(aevents[i][1]),
-                                   s_test_collect, &chunks, &err);
+        int rc = llmq_stream_event(st, aevents[i][0], aevents[i][1],
+                                   strlen(aevents[i][1]), s_test_collect,
+                                   &chunks, &err);
         CHECK(rc == (i == 6 ? 1 : 0));
     }
     CHECK(chunks == 4);
     res = llmq_stream_finish(st, &usage, &err);
-    CHECK(res && strcmp(s_test_str(res, "choices.0.message.content"), "Yo") == 0);
+    CHECK(res &&
+          strcmp(s_test_str(res, "choices.0.message.content"), "Yo") == 0);
     CHECK(strcmp(s_test_str(res, "choices.0.finish_reason"), "length") == 0);
     CHECK(strcmp(s_test_str(res, "id"), "msg_2") == 0);
     CHECK(usage.prompt_tokens == 4 && usage.completion_tokens == 2);
     cJSON_Delete(res);
     llmq_stream_destroy(&st);
     st = llmq_stream_new(p, &call);
-    const char *aerr = "{\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}";
-    CHECK(llmq_stream_event(st, "error", aerr, strlen(aerr), NULL, NULL, &err) == -1);
+    const char *aerr = "{\"type\":\"error\",\"error\":{\"type\":\"overloaded_"
+                       "error\",\"message\":\"Overloaded\"}}";
+    CHECK(llmq_stream_event(st, "error", aerr, strlen(aerr), NULL, NULL,
+                            &err) == -1);
     CHECK(err.code == LLMQ_ERR_PROVIDER_ERROR && err.retryable);
     llmq_stream_destroy(&st);
     llmq_provider_destroy(&p);
@@ -1111,7 +1153,8 @@ llmq_provider_test(bool verbose)
     res = llmq_provider_answer(p, &call, &usage, &err);
     cJSON *res2 = llmq_provider_answer(p, &call, &usage, &err);
     CHECK(res && res2);
-    CHECK(strcmp(s_test_str(res, "choices.0.message.content"), "echo: hello world!") == 0);
+    CHECK(strcmp(s_test_str(res, "choices.0.message.content"),
+                 "echo: hello world!") == 0);
     CHECK(strcmp(s_test_str(res, "id"), s_test_str(res2, "id")) == 0);
     CHECK(usage.completion_tokens > 0);
     cJSON_Delete(res);

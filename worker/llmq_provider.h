@@ -59,10 +59,10 @@ void llmq_usage_init(llmq_usage_t *usage);
 
 /*  A classified failure. code LLMQ_ERR_NONE means no failure. */
 typedef struct {
-    llmq_err_t code;     /* normalised protocol code */
-    int status;          /* HTTP status, 0 if none */
-    bool retryable;      /* may the worker try again */
-    char message[512];   /* human readable, never holds the key */
+    llmq_err_t code;   /* normalised protocol code */
+    int status;        /* HTTP status, 0 if none */
+    bool retryable;    /* may the worker try again */
+    char message[512]; /* human readable, never holds the key */
 } llmq_perr_t;
 
 void llmq_perr_set(llmq_perr_t *err, llmq_err_t code, int status,
@@ -71,11 +71,11 @@ void llmq_perr_set(llmq_perr_t *err, llmq_err_t code, int status,
 
 /*  One HTTP request to make. */
 typedef struct {
-    char *url;                    /* full URL */
-    bool post;                    /* POST with body, else GET */
-    struct curl_slist *headers;   /* includes auth: never log it */
-    char *body;                   /* JSON text (POST) */
-    size_t body_len;              /* its length */
+    char *url;                  /* full URL */
+    bool post;                  /* POST with body, else GET */
+    struct curl_slist *headers; /* includes auth: never log it */
+    char *body;                 /* JSON text (POST) */
+    size_t body_len;            /* its length */
 } llmq_http_t;
 
 /*  Free what an llmq_http_t holds and zero it. */
@@ -83,10 +83,10 @@ void llmq_http_reset(llmq_http_t *http);
 
 /*  One request as the worker hands it to the provider. */
 typedef struct {
-    llmq_op_t op;         /* chat, completion, embedding */
-    const char *model;    /* the req's model (wins over body.model) */
-    bool stream;          /* relay chunks */
-    const cJSON *body;    /* OpenAI-shaped request body */
+    llmq_op_t op;      /* chat, completion, embedding */
+    const char *model; /* the req's model (wins over body.model) */
+    bool stream;       /* relay chunks */
+    const cJSON *body; /* OpenAI-shaped request body */
 } llmq_call_t;
 
 /*  Emitted once per OpenAI chunk while streaming; the chunk is borrowed.
@@ -98,16 +98,16 @@ typedef struct _llmq_stream_t llmq_stream_t;
 
 /*  Provider settings (strings borrowed for the call to new; copied). */
 typedef struct {
-    const char *kind;             /* openai, anthropic, echo, sim */
-    const char *base_url;         /* e.g. https://api.openai.com/v1 */
-    const char *api_key;          /* may be NULL or "" (echo, local servers) */
-    const char *anthropic_version;   /* anthropic-version header */
-    int64_t default_max_tokens;   /* anthropic needs max_tokens */
+    const char *kind;              /* openai, anthropic, echo, sim */
+    const char *base_url;          /* e.g. https://api.openai.com/v1 */
+    const char *api_key;           /* may be NULL or "" (echo, local servers) */
+    const char *anthropic_version; /* anthropic-version header */
+    int64_t default_max_tokens;    /* anthropic needs max_tokens */
 } llmq_provider_config_t;
 
 typedef struct {
     const char *kind;
-    bool http;   /* false: answer() instead of HTTP */
+    bool http; /* false: answer() instead of HTTP */
     int (*build)(const llmq_provider_t *self, const llmq_call_t *call,
                  llmq_http_t *http, llmq_perr_t *err);
     cJSON *(*parse)(const llmq_provider_t *self, const llmq_call_t *call,
@@ -118,8 +118,8 @@ typedef struct {
     int (*stream_event)(llmq_stream_t *stream, const char *event,
                         const char *data, size_t size, llmq_chunk_fn *emit,
                         void *arg, llmq_perr_t *err);
-    void (*classify)(const llmq_provider_t *self, int status,
-                     const char *body, size_t size, llmq_perr_t *err);
+    void (*classify)(const llmq_provider_t *self, int status, const char *body,
+                     size_t size, llmq_perr_t *err);
     int (*health)(const llmq_provider_t *self, llmq_http_t *http);
     cJSON *(*answer)(const llmq_provider_t *self, const llmq_call_t *call,
                      llmq_usage_t *usage, llmq_perr_t *err);
@@ -155,8 +155,9 @@ cJSON *llmq_provider_parse(const llmq_provider_t *self, const llmq_call_t *call,
 void llmq_provider_classify(const llmq_provider_t *self, int status,
                             const char *body, size_t size, llmq_perr_t *err);
 int llmq_provider_health(const llmq_provider_t *self, llmq_http_t *http);
-cJSON *llmq_provider_answer(const llmq_provider_t *self, const llmq_call_t *call,
-                            llmq_usage_t *usage, llmq_perr_t *err);
+cJSON *llmq_provider_answer(const llmq_provider_t *self,
+                            const llmq_call_t *call, llmq_usage_t *usage,
+                            llmq_perr_t *err);
 
 /*  Streaming state for one transfer: new, feed events, finish. finish()
     returns the assembled final body (chat.completion or text_completion)
@@ -213,18 +214,18 @@ cJSON *llmq_assembler_result(llmq_assembler_t *self, llmq_usage_t *usage);
 
 /*  A provider's private stream state hangs off this common head. */
 struct _llmq_stream_t {
-    const llmq_provider_t *provider;  /* borrowed */
-    llmq_op_t op;                     /* of the call */
-    char *model;                      /* of the call */
-    llmq_assembler_t *asm_;           /* builds the final body */
-    int64_t chunks;                   /* emitted so far */
-    bool done;                        /* saw the end of the stream */
-    char *msg_id;                     /* anthropic: message id */
-    int64_t input_tokens;             /* anthropic: from message_start */
-    int64_t output_tokens;            /* anthropic: from message_delta */
-    char *stop_reason;                /* anthropic: finish reason (mapped) */
-    int tool_index;                   /* anthropic: next tool call index */
-    int block_tool[64];               /* anthropic: block -> tool index + 1 */
+    const llmq_provider_t *provider; /* borrowed */
+    llmq_op_t op;                    /* of the call */
+    char *model;                     /* of the call */
+    llmq_assembler_t *asm_;          /* builds the final body */
+    int64_t chunks;                  /* emitted so far */
+    bool done;                       /* saw the end of the stream */
+    char *msg_id;                    /* anthropic: message id */
+    int64_t input_tokens;            /* anthropic: from message_start */
+    int64_t output_tokens;           /* anthropic: from message_delta */
+    char *stop_reason;               /* anthropic: finish reason (mapped) */
+    int tool_index;                  /* anthropic: next tool call index */
+    int block_tool[64];              /* anthropic: block -> tool index + 1 */
 };
 
 int llmq_provider_test(bool verbose);

@@ -21,8 +21,7 @@
 #include <string.h>
 #include <time.h>
 
-static char *
-s_url(const llmq_provider_t *self, const char *route)
+static char *s_url(const llmq_provider_t *self, const char *route)
 {
     const char *base = llmq_provider_base_url(self);
     size_t n = strlen(base) + strlen(route) + 1;
@@ -32,8 +31,8 @@ s_url(const llmq_provider_t *self, const char *route)
     return url;
 }
 
-static struct curl_slist *
-s_headers(const llmq_provider_t *self, struct curl_slist *headers)
+static struct curl_slist *s_headers(const llmq_provider_t *self,
+                                    struct curl_slist *headers)
 {
     char line[128];
     snprintf(line, sizeof line, "anthropic-version: %s",
@@ -54,8 +53,7 @@ s_headers(const llmq_provider_t *self, struct curl_slist *headers)
 }
 
 /*  Append text to the growing system prompt. */
-static void
-s_add_system(char **system, const cJSON *content)
+static void s_add_system(char **system, const cJSON *content)
 {
     char buf[256];
     const char *text = NULL;
@@ -66,7 +64,8 @@ s_add_system(char **system, const cJSON *content)
         /*  Join the text parts. */
         size_t len = 0;
         const cJSON *p;
-        cJSON_ArrayForEach(p, content) {
+        cJSON_ArrayForEach(p, content)
+        {
             const cJSON *t = cJSON_GetObjectItemCaseSensitive(p, "text");
             if (cJSON_IsString(t))
                 len += strlen(t->valuestring);
@@ -74,14 +73,15 @@ s_add_system(char **system, const cJSON *content)
         owned = calloc(1, len + 1);
         if (!owned)
             return;
-        cJSON_ArrayForEach(p, content) {
+        cJSON_ArrayForEach(p, content)
+        {
             const cJSON *t = cJSON_GetObjectItemCaseSensitive(p, "text");
             if (cJSON_IsString(t))
                 strcat(owned, t->valuestring);
         }
         text = owned;
     }
-    (void) buf;
+    (void)buf;
     if (!text)
         return;
     size_t old = *system ? strlen(*system) : 0;
@@ -98,16 +98,17 @@ s_add_system(char **system, const cJSON *content)
 }
 
 /*  OpenAI content (string or parts) -> Anthropic content. */
-static cJSON *
-s_content(const cJSON *content)
+static cJSON *s_content(const cJSON *content)
 {
     if (cJSON_IsString(content))
         return cJSON_CreateString(content->valuestring);
     cJSON *blocks = cJSON_CreateArray();
     const cJSON *p;
-    cJSON_ArrayForEach(p, content) {
+    cJSON_ArrayForEach(p, content)
+    {
         const cJSON *type = cJSON_GetObjectItemCaseSensitive(p, "type");
-        if (cJSON_IsString(type) && strcmp(type->valuestring, "image_url") == 0) {
+        if (cJSON_IsString(type) &&
+            strcmp(type->valuestring, "image_url") == 0) {
             const cJSON *iu = cJSON_GetObjectItemCaseSensitive(p, "image_url");
             const cJSON *url = cJSON_GetObjectItemCaseSensitive(iu, "url");
             if (cJSON_IsString(url)) {
@@ -126,11 +127,12 @@ s_content(const cJSON *content)
 }
 
 /*  OpenAI messages -> Anthropic messages + system. */
-static int
-s_messages(const cJSON *messages, cJSON *out, char **system, llmq_perr_t *err)
+static int s_messages(const cJSON *messages, cJSON *out, char **system,
+                      llmq_perr_t *err)
 {
     const cJSON *m;
-    cJSON_ArrayForEach(m, messages) {
+    cJSON_ArrayForEach(m, messages)
+    {
         const cJSON *role = cJSON_GetObjectItemCaseSensitive(m, "role");
         const cJSON *content = cJSON_GetObjectItemCaseSensitive(m, "content");
         if (!cJSON_IsString(role)) {
@@ -149,14 +151,16 @@ s_messages(const cJSON *messages, cJSON *out, char **system, llmq_perr_t *err)
             cJSON *blocks = cJSON_AddArrayToObject(am, "content");
             cJSON *b = cJSON_CreateObject();
             cJSON_AddStringToObject(b, "type", "tool_result");
-            const cJSON *tid = cJSON_GetObjectItemCaseSensitive(m, "tool_call_id");
-            cJSON_AddStringToObject(b, "tool_use_id", cJSON_IsString(tid) ? tid->valuestring : "");
+            const cJSON *tid =
+                cJSON_GetObjectItemCaseSensitive(m, "tool_call_id");
+            cJSON_AddStringToObject(
+                b, "tool_use_id", cJSON_IsString(tid) ? tid->valuestring : "");
             if (content)
                 cJSON_AddItemToObject(b, "content", s_content(content));
             cJSON_AddItemToArray(blocks, b);
-        }
-        else if (strcmp(r, "assistant") == 0
-                 && cJSON_IsArray(cJSON_GetObjectItemCaseSensitive(m, "tool_calls"))) {
+        } else if (strcmp(r, "assistant") == 0 &&
+                   cJSON_IsArray(
+                       cJSON_GetObjectItemCaseSensitive(m, "tool_calls"))) {
             cJSON_AddStringToObject(am, "role", "assistant");
             cJSON *blocks = cJSON_AddArrayToObject(am, "content");
             if (cJSON_IsString(content) && *content->valuestring) {
@@ -166,33 +170,42 @@ s_messages(const cJSON *messages, cJSON *out, char **system, llmq_perr_t *err)
                 cJSON_AddItemToArray(blocks, b);
             }
             const cJSON *tc;
-            cJSON_ArrayForEach(tc, cJSON_GetObjectItemCaseSensitive(m, "tool_calls")) {
-                const cJSON *f = cJSON_GetObjectItemCaseSensitive(tc, "function");
+            cJSON_ArrayForEach(
+                tc, cJSON_GetObjectItemCaseSensitive(m, "tool_calls"))
+            {
+                const cJSON *f =
+                    cJSON_GetObjectItemCaseSensitive(tc, "function");
                 const cJSON *id = cJSON_GetObjectItemCaseSensitive(tc, "id");
                 const cJSON *name = cJSON_GetObjectItemCaseSensitive(f, "name");
-                const cJSON *args = cJSON_GetObjectItemCaseSensitive(f, "arguments");
+                const cJSON *args =
+                    cJSON_GetObjectItemCaseSensitive(f, "arguments");
                 cJSON *b = cJSON_CreateObject();
                 cJSON_AddStringToObject(b, "type", "tool_use");
-                cJSON_AddStringToObject(b, "id", cJSON_IsString(id) ? id->valuestring : "");
-                cJSON_AddStringToObject(b, "name", cJSON_IsString(name) ? name->valuestring : "");
-                cJSON *input = cJSON_IsString(args) ? cJSON_Parse(args->valuestring) : NULL;
-                cJSON_AddItemToObject(b, "input", input ? input : cJSON_CreateObject());
+                cJSON_AddStringToObject(
+                    b, "id", cJSON_IsString(id) ? id->valuestring : "");
+                cJSON_AddStringToObject(
+                    b, "name", cJSON_IsString(name) ? name->valuestring : "");
+                cJSON *input = cJSON_IsString(args)
+                                   ? cJSON_Parse(args->valuestring)
+                                   : NULL;
+                cJSON_AddItemToObject(b, "input",
+                                      input ? input : cJSON_CreateObject());
                 cJSON_AddItemToArray(blocks, b);
             }
-        }
-        else {
-            cJSON_AddStringToObject(am, "role", strcmp(r, "assistant") == 0 ? "assistant" : "user");
-            cJSON_AddItemToObject(am, "content", content ? s_content(content)
-                                                         : cJSON_CreateString(""));
+        } else {
+            cJSON_AddStringToObject(
+                am, "role", strcmp(r, "assistant") == 0 ? "assistant" : "user");
+            cJSON_AddItemToObject(am, "content",
+                                  content ? s_content(content)
+                                          : cJSON_CreateString(""));
         }
         cJSON_AddItemToArray(out, am);
     }
     return 0;
 }
 
-static int
-s_build(const llmq_provider_t *self, const llmq_call_t *call, llmq_http_t *http,
-        llmq_perr_t *err)
+static int s_build(const llmq_provider_t *self, const llmq_call_t *call,
+                   llmq_http_t *http, llmq_perr_t *err)
 {
     if (call->op == LLMQ_OP_EMBEDDING) {
         llmq_perr_set(err, LLMQ_ERR_INVALID_REQUEST, 0, false,
@@ -211,19 +224,21 @@ s_build(const llmq_provider_t *self, const llmq_call_t *call, llmq_http_t *http,
     }
     cJSON *body = cJSON_CreateObject();
     const cJSON *model = cJSON_GetObjectItemCaseSensitive(in, "model");
-    cJSON_AddStringToObject(body, "model", call->model && *call->model ? call->model
-                                           : cJSON_IsString(model) ? model->valuestring : "");
+    cJSON_AddStringToObject(body, "model",
+                            call->model && *call->model ? call->model
+                            : cJSON_IsString(model)     ? model->valuestring
+                                                        : "");
     char *system = NULL;
     cJSON *messages = cJSON_AddArrayToObject(body, "messages");
     if (call->op == LLMQ_OP_COMPLETION) {
         const cJSON *prompt = cJSON_GetObjectItemCaseSensitive(in, "prompt");
         cJSON *um = cJSON_CreateObject();
         cJSON_AddStringToObject(um, "role", "user");
-        cJSON_AddStringToObject(um, "content", cJSON_IsString(prompt) ? prompt->valuestring : "");
+        cJSON_AddStringToObject(
+            um, "content", cJSON_IsString(prompt) ? prompt->valuestring : "");
         cJSON_AddItemToArray(messages, um);
-    }
-    else if (s_messages(cJSON_GetObjectItemCaseSensitive(in, "messages"), messages,
-                        &system, err)) {
+    } else if (s_messages(cJSON_GetObjectItemCaseSensitive(in, "messages"),
+                          messages, &system, err)) {
         cJSON_Delete(body);
         free(system);
         return -1;
@@ -235,9 +250,10 @@ s_build(const llmq_provider_t *self, const llmq_call_t *call, llmq_http_t *http,
     const cJSON *mt = cJSON_GetObjectItemCaseSensitive(in, "max_tokens");
     if (!cJSON_IsNumber(mt))
         mt = cJSON_GetObjectItemCaseSensitive(in, "max_completion_tokens");
-    cJSON_AddNumberToObject(body, "max_tokens",
-                            cJSON_IsNumber(mt) ? mt->valuedouble
-                                               : (double) llmq_provider_default_max_tokens(self));
+    cJSON_AddNumberToObject(
+        body, "max_tokens",
+        cJSON_IsNumber(mt) ? mt->valuedouble
+                           : (double)llmq_provider_default_max_tokens(self));
     static const char *same[] = {"temperature", "top_p", "top_k", "metadata"};
     for (size_t i = 0; i < sizeof same / sizeof same[0]; i++) {
         const cJSON *v = cJSON_GetObjectItemCaseSensitive(in, same[i]);
@@ -248,39 +264,45 @@ s_build(const llmq_provider_t *self, const llmq_call_t *call, llmq_http_t *http,
     if (cJSON_IsString(stop)) {
         cJSON *ss = cJSON_AddArrayToObject(body, "stop_sequences");
         cJSON_AddItemToArray(ss, cJSON_CreateString(stop->valuestring));
-    }
-    else if (cJSON_IsArray(stop))
-        cJSON_AddItemToObject(body, "stop_sequences", cJSON_Duplicate(stop, true));
+    } else if (cJSON_IsArray(stop))
+        cJSON_AddItemToObject(body, "stop_sequences",
+                              cJSON_Duplicate(stop, true));
     const cJSON *tools = cJSON_GetObjectItemCaseSensitive(in, "tools");
     const cJSON *choice = cJSON_GetObjectItemCaseSensitive(in, "tool_choice");
-    bool no_tools = cJSON_IsString(choice) && strcmp(choice->valuestring, "none") == 0;
+    bool no_tools =
+        cJSON_IsString(choice) && strcmp(choice->valuestring, "none") == 0;
     if (cJSON_IsArray(tools) && !no_tools) {
         cJSON *at = cJSON_AddArrayToObject(body, "tools");
         const cJSON *t;
-        cJSON_ArrayForEach(t, tools) {
+        cJSON_ArrayForEach(t, tools)
+        {
             const cJSON *f = cJSON_GetObjectItemCaseSensitive(t, "function");
             if (!cJSON_IsObject(f))
                 continue;
             cJSON *a = cJSON_CreateObject();
             const cJSON *name = cJSON_GetObjectItemCaseSensitive(f, "name");
-            const cJSON *desc = cJSON_GetObjectItemCaseSensitive(f, "description");
-            const cJSON *params = cJSON_GetObjectItemCaseSensitive(f, "parameters");
-            cJSON_AddStringToObject(a, "name", cJSON_IsString(name) ? name->valuestring : "");
+            const cJSON *desc =
+                cJSON_GetObjectItemCaseSensitive(f, "description");
+            const cJSON *params =
+                cJSON_GetObjectItemCaseSensitive(f, "parameters");
+            cJSON_AddStringToObject(
+                a, "name", cJSON_IsString(name) ? name->valuestring : "");
             if (cJSON_IsString(desc))
                 cJSON_AddStringToObject(a, "description", desc->valuestring);
             if (cJSON_IsObject(params))
-                cJSON_AddItemToObject(a, "input_schema", cJSON_Duplicate(params, true));
+                cJSON_AddItemToObject(a, "input_schema",
+                                      cJSON_Duplicate(params, true));
             else {
                 cJSON *schema = cJSON_AddObjectToObject(a, "input_schema");
                 cJSON_AddStringToObject(schema, "type", "object");
             }
             cJSON_AddItemToArray(at, a);
         }
-        if (cJSON_IsString(choice) && strcmp(choice->valuestring, "required") == 0) {
+        if (cJSON_IsString(choice) &&
+            strcmp(choice->valuestring, "required") == 0) {
             cJSON *tc = cJSON_AddObjectToObject(body, "tool_choice");
             cJSON_AddStringToObject(tc, "type", "any");
-        }
-        else if (cJSON_IsObject(choice)) {
+        } else if (cJSON_IsObject(choice)) {
             const cJSON *name = cJSON_GetObjectItemCaseSensitive(
                 cJSON_GetObjectItemCaseSensitive(choice, "function"), "name");
             if (cJSON_IsString(name)) {
@@ -309,8 +331,7 @@ s_build(const llmq_provider_t *self, const llmq_call_t *call, llmq_http_t *http,
     return 0;
 }
 
-static const char *
-s_finish_reason(const char *stop_reason)
+static const char *s_finish_reason(const char *stop_reason)
 {
     if (!stop_reason)
         return NULL;
@@ -320,26 +341,29 @@ s_finish_reason(const char *stop_reason)
         return "tool_calls";
     if (strcmp(stop_reason, "refusal") == 0)
         return "content_filter";
-    return "stop";  /* end_turn, stop_sequence, pause_turn */
+    return "stop"; /* end_turn, stop_sequence, pause_turn */
 }
 
-static cJSON *
-s_parse(const llmq_provider_t *self, const llmq_call_t *call, const char *body,
-        size_t size, llmq_usage_t *usage, llmq_perr_t *err)
+static cJSON *s_parse(const llmq_provider_t *self, const llmq_call_t *call,
+                      const char *body, size_t size, llmq_usage_t *usage,
+                      llmq_perr_t *err)
 {
-    (void) self;
+    (void)self;
     cJSON *in = cJSON_ParseWithLength(body, size);
-    const cJSON *content = in ? cJSON_GetObjectItemCaseSensitive(in, "content") : NULL;
+    const cJSON *content =
+        in ? cJSON_GetObjectItemCaseSensitive(in, "content") : NULL;
     if (!cJSON_IsObject(in) || !cJSON_IsArray(content)) {
         cJSON_Delete(in);
         llmq_perr_set(err, LLMQ_ERR_PROVIDER_ERROR, 200, true,
-                      "provider answered with malformed JSON (%zu bytes)", size);
+                      "provider answered with malformed JSON (%zu bytes)",
+                      size);
         return NULL;
     }
     /*  Join text blocks; collect tool_use blocks. */
     size_t len = 0;
     const cJSON *b;
-    cJSON_ArrayForEach(b, content) {
+    cJSON_ArrayForEach(b, content)
+    {
         const cJSON *t = cJSON_GetObjectItemCaseSensitive(b, "text");
         if (cJSON_IsString(t))
             len += strlen(t->valuestring);
@@ -347,7 +371,8 @@ s_parse(const llmq_provider_t *self, const llmq_call_t *call, const char *body,
     char *text = calloc(1, len + 1);
     cJSON *tool_calls = cJSON_CreateArray();
     bool any_text = false;
-    cJSON_ArrayForEach(b, content) {
+    cJSON_ArrayForEach(b, content)
+    {
         const cJSON *type = cJSON_GetObjectItemCaseSensitive(b, "type");
         if (!cJSON_IsString(type))
             continue;
@@ -357,16 +382,18 @@ s_parse(const llmq_provider_t *self, const llmq_call_t *call, const char *body,
                 strcat(text, t->valuestring);
                 any_text = true;
             }
-        }
-        else if (strcmp(type->valuestring, "tool_use") == 0) {
+        } else if (strcmp(type->valuestring, "tool_use") == 0) {
             cJSON *tc = cJSON_CreateObject();
             const cJSON *id = cJSON_GetObjectItemCaseSensitive(b, "id");
             const cJSON *name = cJSON_GetObjectItemCaseSensitive(b, "name");
-            cJSON_AddStringToObject(tc, "id", cJSON_IsString(id) ? id->valuestring : "");
+            cJSON_AddStringToObject(tc, "id",
+                                    cJSON_IsString(id) ? id->valuestring : "");
             cJSON_AddStringToObject(tc, "type", "function");
             cJSON *f = cJSON_AddObjectToObject(tc, "function");
-            cJSON_AddStringToObject(f, "name", cJSON_IsString(name) ? name->valuestring : "");
-            char *args = cJSON_PrintUnformatted(cJSON_GetObjectItemCaseSensitive(b, "input"));
+            cJSON_AddStringToObject(
+                f, "name", cJSON_IsString(name) ? name->valuestring : "");
+            char *args = cJSON_PrintUnformatted(
+                cJSON_GetObjectItemCaseSensitive(b, "input"));
             cJSON_AddStringToObject(f, "arguments", args ? args : "{}");
             free(args);
             cJSON_AddItemToArray(tool_calls, tc);
@@ -375,30 +402,34 @@ s_parse(const llmq_provider_t *self, const llmq_call_t *call, const char *body,
     const cJSON *u = cJSON_GetObjectItemCaseSensitive(in, "usage");
     const cJSON *it = cJSON_GetObjectItemCaseSensitive(u, "input_tokens");
     const cJSON *ot = cJSON_GetObjectItemCaseSensitive(u, "output_tokens");
-    usage->prompt_tokens = cJSON_IsNumber(it) ? (int64_t) it->valuedouble : 0;
-    usage->completion_tokens = cJSON_IsNumber(ot) ? (int64_t) ot->valuedouble : 0;
+    usage->prompt_tokens = cJSON_IsNumber(it) ? (int64_t)it->valuedouble : 0;
+    usage->completion_tokens =
+        cJSON_IsNumber(ot) ? (int64_t)ot->valuedouble : 0;
     usage->total_tokens = usage->prompt_tokens + usage->completion_tokens;
 
     const cJSON *id = cJSON_GetObjectItemCaseSensitive(in, "id");
     const cJSON *model = cJSON_GetObjectItemCaseSensitive(in, "model");
     const cJSON *sr = cJSON_GetObjectItemCaseSensitive(in, "stop_reason");
-    const char *finish = s_finish_reason(cJSON_IsString(sr) ? sr->valuestring : NULL);
+    const char *finish =
+        s_finish_reason(cJSON_IsString(sr) ? sr->valuestring : NULL);
 
     cJSON *r = cJSON_CreateObject();
     cJSON_AddStringToObject(r, "id", cJSON_IsString(id) ? id->valuestring : "");
-    cJSON_AddStringToObject(r, "object", call->op == LLMQ_OP_COMPLETION
-                                             ? "text_completion" : "chat.completion");
-    cJSON_AddNumberToObject(r, "created", (double) time(NULL));
-    cJSON_AddStringToObject(r, "model", cJSON_IsString(model) ? model->valuestring
-                                        : call->model ? call->model : "");
+    cJSON_AddStringToObject(r, "object",
+                            call->op == LLMQ_OP_COMPLETION ? "text_completion"
+                                                           : "chat.completion");
+    cJSON_AddNumberToObject(r, "created", (double)time(NULL));
+    cJSON_AddStringToObject(r, "model",
+                            cJSON_IsString(model) ? model->valuestring
+                            : call->model         ? call->model
+                                                  : "");
     cJSON *choices = cJSON_AddArrayToObject(r, "choices");
     cJSON *c = cJSON_CreateObject();
     cJSON_AddNumberToObject(c, "index", 0);
     if (call->op == LLMQ_OP_COMPLETION) {
         cJSON_AddStringToObject(c, "text", text ? text : "");
         cJSON_Delete(tool_calls);
-    }
-    else {
+    } else {
         cJSON *msg = cJSON_AddObjectToObject(c, "message");
         cJSON_AddStringToObject(msg, "role", "assistant");
         if (any_text || cJSON_GetArraySize(tool_calls) == 0)
@@ -416,9 +447,10 @@ s_parse(const llmq_provider_t *self, const llmq_call_t *call, const char *body,
         cJSON_AddNullToObject(c, "finish_reason");
     cJSON_AddItemToArray(choices, c);
     cJSON *ou = cJSON_AddObjectToObject(r, "usage");
-    cJSON_AddNumberToObject(ou, "prompt_tokens", (double) usage->prompt_tokens);
-    cJSON_AddNumberToObject(ou, "completion_tokens", (double) usage->completion_tokens);
-    cJSON_AddNumberToObject(ou, "total_tokens", (double) usage->total_tokens);
+    cJSON_AddNumberToObject(ou, "prompt_tokens", (double)usage->prompt_tokens);
+    cJSON_AddNumberToObject(ou, "completion_tokens",
+                            (double)usage->completion_tokens);
+    cJSON_AddNumberToObject(ou, "total_tokens", (double)usage->total_tokens);
     free(text);
     cJSON_Delete(in);
     return r;
@@ -426,13 +458,12 @@ s_parse(const llmq_provider_t *self, const llmq_call_t *call, const char *body,
 
 /*  An empty OpenAI chunk for this stream: {id, object, created, model,
     choices: [{index 0, delta {}, finish_reason null}]}; returns the delta. */
-static cJSON *
-s_chunk(llmq_stream_t *st, cJSON **delta)
+static cJSON *s_chunk(llmq_stream_t *st, cJSON **delta)
 {
     cJSON *c = cJSON_CreateObject();
     cJSON_AddStringToObject(c, "id", st->msg_id ? st->msg_id : "");
     cJSON_AddStringToObject(c, "object", "chat.completion.chunk");
-    cJSON_AddNumberToObject(c, "created", (double) time(NULL));
+    cJSON_AddNumberToObject(c, "created", (double)time(NULL));
     cJSON_AddStringToObject(c, "model", st->model ? st->model : "");
     cJSON *choices = cJSON_AddArrayToObject(c, "choices");
     if (delta) {
@@ -445,19 +476,23 @@ s_chunk(llmq_stream_t *st, cJSON **delta)
     return c;
 }
 
-static int
-s_emit(llmq_stream_t *st, cJSON *chunk, llmq_chunk_fn *emit, void *arg,
-       llmq_perr_t *err)
+static int s_emit(llmq_stream_t *st, cJSON *chunk, llmq_chunk_fn *emit,
+                  void *arg, llmq_perr_t *err)
 {
     if (st->op == LLMQ_OP_COMPLETION) {
         /*  text_completion chunks: choices[].text instead of delta. */
-        cJSON_ReplaceItemInObjectCaseSensitive(chunk, "object",
-                                               cJSON_CreateString("text_completion"));
+        cJSON_ReplaceItemInObjectCaseSensitive(
+            chunk, "object", cJSON_CreateString("text_completion"));
         cJSON *ch;
-        cJSON_ArrayForEach(ch, cJSON_GetObjectItemCaseSensitive(chunk, "choices")) {
+        cJSON_ArrayForEach(ch,
+                           cJSON_GetObjectItemCaseSensitive(chunk, "choices"))
+        {
             cJSON *delta = cJSON_DetachItemFromObjectCaseSensitive(ch, "delta");
-            const cJSON *content = cJSON_GetObjectItemCaseSensitive(delta, "content");
-            cJSON_AddStringToObject(ch, "text", cJSON_IsString(content) ? content->valuestring : "");
+            const cJSON *content =
+                cJSON_GetObjectItemCaseSensitive(delta, "content");
+            cJSON_AddStringToObject(
+                ch, "text",
+                cJSON_IsString(content) ? content->valuestring : "");
             cJSON_Delete(delta);
         }
     }
@@ -472,9 +507,9 @@ s_emit(llmq_stream_t *st, cJSON *chunk, llmq_chunk_fn *emit, void *arg,
     return 0;
 }
 
-static int
-s_stream_event(llmq_stream_t *st, const char *event, const char *data,
-               size_t size, llmq_chunk_fn *emit, void *arg, llmq_perr_t *err)
+static int s_stream_event(llmq_stream_t *st, const char *event,
+                          const char *data, size_t size, llmq_chunk_fn *emit,
+                          void *arg, llmq_perr_t *err)
 {
     cJSON *ev = cJSON_ParseWithLength(data, size);
     if (!cJSON_IsObject(ev)) {
@@ -501,21 +536,20 @@ s_stream_event(llmq_stream_t *st, const char *event, const char *data,
         const cJSON *it = cJSON_GetObjectItemCaseSensitive(u, "input_tokens");
         const cJSON *ot = cJSON_GetObjectItemCaseSensitive(u, "output_tokens");
         if (cJSON_IsNumber(it))
-            st->input_tokens = (int64_t) it->valuedouble;
+            st->input_tokens = (int64_t)it->valuedouble;
         if (cJSON_IsNumber(ot))
-            st->output_tokens = (int64_t) ot->valuedouble;
+            st->output_tokens = (int64_t)ot->valuedouble;
         cJSON *c = s_chunk(st, &delta);
         cJSON_AddStringToObject(delta, "role", "assistant");
         cJSON_AddStringToObject(delta, "content", "");
         rc = s_emit(st, c, emit, arg, err);
-    }
-    else if (strcmp(type, "content_block_start") == 0) {
+    } else if (strcmp(type, "content_block_start") == 0) {
         const cJSON *ix = cJSON_GetObjectItemCaseSensitive(ev, "index");
         const cJSON *cb = cJSON_GetObjectItemCaseSensitive(ev, "content_block");
         const cJSON *cbt = cJSON_GetObjectItemCaseSensitive(cb, "type");
-        int block = cJSON_IsNumber(ix) ? (int) ix->valuedouble : -1;
-        if (cJSON_IsString(cbt) && strcmp(cbt->valuestring, "tool_use") == 0
-            && block >= 0 && block < 64) {
+        int block = cJSON_IsNumber(ix) ? (int)ix->valuedouble : -1;
+        if (cJSON_IsString(cbt) && strcmp(cbt->valuestring, "tool_use") == 0 &&
+            block >= 0 && block < 64) {
             int tool = st->tool_index++;
             st->block_tool[block] = tool + 1;
             const cJSON *id = cJSON_GetObjectItemCaseSensitive(cb, "id");
@@ -524,43 +558,48 @@ s_stream_event(llmq_stream_t *st, const char *event, const char *data,
             cJSON *tcs = cJSON_AddArrayToObject(delta, "tool_calls");
             cJSON *tc = cJSON_CreateObject();
             cJSON_AddNumberToObject(tc, "index", tool);
-            cJSON_AddStringToObject(tc, "id", cJSON_IsString(id) ? id->valuestring : "");
+            cJSON_AddStringToObject(tc, "id",
+                                    cJSON_IsString(id) ? id->valuestring : "");
             cJSON_AddStringToObject(tc, "type", "function");
             cJSON *f = cJSON_AddObjectToObject(tc, "function");
-            cJSON_AddStringToObject(f, "name", cJSON_IsString(name) ? name->valuestring : "");
+            cJSON_AddStringToObject(
+                f, "name", cJSON_IsString(name) ? name->valuestring : "");
             cJSON_AddStringToObject(f, "arguments", "");
             cJSON_AddItemToArray(tcs, tc);
             rc = s_emit(st, c, emit, arg, err);
         }
-    }
-    else if (strcmp(type, "content_block_delta") == 0) {
+    } else if (strcmp(type, "content_block_delta") == 0) {
         const cJSON *ix = cJSON_GetObjectItemCaseSensitive(ev, "index");
         const cJSON *d = cJSON_GetObjectItemCaseSensitive(ev, "delta");
         const cJSON *dt = cJSON_GetObjectItemCaseSensitive(d, "type");
-        int block = cJSON_IsNumber(ix) ? (int) ix->valuedouble : -1;
+        int block = cJSON_IsNumber(ix) ? (int)ix->valuedouble : -1;
         if (cJSON_IsString(dt) && strcmp(dt->valuestring, "text_delta") == 0) {
             const cJSON *text = cJSON_GetObjectItemCaseSensitive(d, "text");
             cJSON *c = s_chunk(st, &delta);
-            cJSON_AddStringToObject(delta, "content", cJSON_IsString(text) ? text->valuestring : "");
+            cJSON_AddStringToObject(delta, "content",
+                                    cJSON_IsString(text) ? text->valuestring
+                                                         : "");
             rc = s_emit(st, c, emit, arg, err);
-        }
-        else if (cJSON_IsString(dt) && strcmp(dt->valuestring, "input_json_delta") == 0
-                 && block >= 0 && block < 64 && st->block_tool[block] > 0) {
-            const cJSON *pj = cJSON_GetObjectItemCaseSensitive(d, "partial_json");
+        } else if (cJSON_IsString(dt) &&
+                   strcmp(dt->valuestring, "input_json_delta") == 0 &&
+                   block >= 0 && block < 64 && st->block_tool[block] > 0) {
+            const cJSON *pj =
+                cJSON_GetObjectItemCaseSensitive(d, "partial_json");
             cJSON *c = s_chunk(st, &delta);
             cJSON *tcs = cJSON_AddArrayToObject(delta, "tool_calls");
             cJSON *tc = cJSON_CreateObject();
             cJSON_AddNumberToObject(tc, "index", st->block_tool[block] - 1);
             cJSON *f = cJSON_AddObjectToObject(tc, "function");
-            cJSON_AddStringToObject(f, "arguments", cJSON_IsString(pj) ? pj->valuestring : "");
+            cJSON_AddStringToObject(f, "arguments",
+                                    cJSON_IsString(pj) ? pj->valuestring : "");
             cJSON_AddItemToArray(tcs, tc);
             rc = s_emit(st, c, emit, arg, err);
         }
-    }
-    else if (strcmp(type, "message_delta") == 0) {
+    } else if (strcmp(type, "message_delta") == 0) {
         const cJSON *d = cJSON_GetObjectItemCaseSensitive(ev, "delta");
         const cJSON *sr = cJSON_GetObjectItemCaseSensitive(d, "stop_reason");
-        const char *finish = s_finish_reason(cJSON_IsString(sr) ? sr->valuestring : NULL);
+        const char *finish =
+            s_finish_reason(cJSON_IsString(sr) ? sr->valuestring : NULL);
         if (finish) {
             free(st->stop_reason);
             st->stop_reason = strdup(finish);
@@ -568,13 +607,14 @@ s_stream_event(llmq_stream_t *st, const char *event, const char *data,
         const cJSON *ot = cJSON_GetObjectItemCaseSensitive(
             cJSON_GetObjectItemCaseSensitive(ev, "usage"), "output_tokens");
         if (cJSON_IsNumber(ot))
-            st->output_tokens = (int64_t) ot->valuedouble;
-    }
-    else if (strcmp(type, "message_stop") == 0) {
+            st->output_tokens = (int64_t)ot->valuedouble;
+    } else if (strcmp(type, "message_stop") == 0) {
         cJSON *c = s_chunk(st, &delta);
-        cJSON *ch = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(c, "choices"), 0);
+        cJSON *ch = cJSON_GetArrayItem(
+            cJSON_GetObjectItemCaseSensitive(c, "choices"), 0);
         cJSON_ReplaceItemInObjectCaseSensitive(
-            ch, "finish_reason", cJSON_CreateString(st->stop_reason ? st->stop_reason : "stop"));
+            ch, "finish_reason",
+            cJSON_CreateString(st->stop_reason ? st->stop_reason : "stop"));
         rc = s_emit(st, c, emit, arg, err);
         if (rc == 0) {
             /*  The usage chunk, as OpenAI's include_usage sends it. */
@@ -582,23 +622,26 @@ s_stream_event(llmq_stream_t *st, const char *event, const char *data,
             cJSON *u = cJSON_AddObjectToObject(c, "usage");
             int64_t in = st->input_tokens > 0 ? st->input_tokens : 0;
             int64_t out = st->output_tokens > 0 ? st->output_tokens : 0;
-            cJSON_AddNumberToObject(u, "prompt_tokens", (double) in);
-            cJSON_AddNumberToObject(u, "completion_tokens", (double) out);
-            cJSON_AddNumberToObject(u, "total_tokens", (double) (in + out));
+            cJSON_AddNumberToObject(u, "prompt_tokens", (double)in);
+            cJSON_AddNumberToObject(u, "completion_tokens", (double)out);
+            cJSON_AddNumberToObject(u, "total_tokens", (double)(in + out));
             rc = s_emit(st, c, emit, arg, err);
         }
         if (rc == 0)
             rc = 1;
-    }
-    else if (strcmp(type, "error") == 0) {
+    } else if (strcmp(type, "error") == 0) {
         char *text = cJSON_PrintUnformatted(ev);
         const cJSON *et = cJSON_GetObjectItemCaseSensitive(
             cJSON_GetObjectItemCaseSensitive(ev, "error"), "type");
-        int status = cJSON_IsString(et) && strcmp(et->valuestring, "overloaded_error") == 0
-                         ? 529 : 500;
-        if (cJSON_IsString(et) && strcmp(et->valuestring, "rate_limit_error") == 0)
+        int status = cJSON_IsString(et) &&
+                             strcmp(et->valuestring, "overloaded_error") == 0
+                         ? 529
+                         : 500;
+        if (cJSON_IsString(et) &&
+            strcmp(et->valuestring, "rate_limit_error") == 0)
             status = 429;
-        llmq_classify_http(st->provider, status, text, text ? strlen(text) : 0, err);
+        llmq_classify_http(st->provider, status, text, text ? strlen(text) : 0,
+                           err);
         llmq_provider_scrub(st->provider, err->message);
         free(text);
         rc = -1;
@@ -608,8 +651,7 @@ s_stream_event(llmq_stream_t *st, const char *event, const char *data,
     return rc;
 }
 
-static int
-s_health(const llmq_provider_t *self, llmq_http_t *http)
+static int s_health(const llmq_provider_t *self, llmq_http_t *http)
 {
     http->url = s_url(self, "/models");
     http->post = false;

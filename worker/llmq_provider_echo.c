@@ -12,20 +12,18 @@
 #include <string.h>
 
 /*  FNV-1a, to give echo ids and vectors that depend on the input. */
-static uint64_t
-s_hash(const char *s)
+static uint64_t s_hash(const char *s)
 {
     uint64_t h = 1469598103934665603ULL;
     for (; s && *s; s++) {
-        h ^= (unsigned char) *s;
+        h ^= (unsigned char)*s;
         h *= 1099511628211ULL;
     }
     return h;
 }
 
 /*  Text of a message content: a string, or the text parts of an array. */
-static void
-s_content_text(const cJSON *content, char *out, size_t outlen)
+static void s_content_text(const cJSON *content, char *out, size_t outlen)
 {
     out[0] = 0;
     if (cJSON_IsString(content)) {
@@ -34,18 +32,18 @@ s_content_text(const cJSON *content, char *out, size_t outlen)
     }
     const cJSON *part;
     size_t len = 0;
-    cJSON_ArrayForEach(part, content) {
+    cJSON_ArrayForEach(part, content)
+    {
         const cJSON *t = cJSON_GetObjectItemCaseSensitive(part, "text");
         if (cJSON_IsString(t) && len < outlen)
             len += snprintf(out + len, outlen - len, "%s", t->valuestring);
     }
 }
 
-static cJSON *
-s_answer(const llmq_provider_t *self, const llmq_call_t *call,
-         llmq_usage_t *usage, llmq_perr_t *err)
+static cJSON *s_answer(const llmq_provider_t *self, const llmq_call_t *call,
+                       llmq_usage_t *usage, llmq_perr_t *err)
 {
-    (void) self;
+    (void)self;
     if (!cJSON_IsObject(call->body)) {
         llmq_perr_set(err, LLMQ_ERR_INVALID_REQUEST, 0, false,
                       "request payload must be a map (an OpenAI request body)");
@@ -53,34 +51,38 @@ s_answer(const llmq_provider_t *self, const llmq_call_t *call,
     }
     char *prompt_json = cJSON_PrintUnformatted(call->body);
     uint64_t h = s_hash(prompt_json);
-    int64_t prompt_tokens = prompt_json ? ((int64_t) strlen(prompt_json) + 3) / 4 : 0;
+    int64_t prompt_tokens =
+        prompt_json ? ((int64_t)strlen(prompt_json) + 3) / 4 : 0;
     free(prompt_json);
     char id[40];
-    snprintf(id, sizeof id, "echo-%016llx", (unsigned long long) h);
+    snprintf(id, sizeof id, "echo-%016llx", (unsigned long long)h);
     const char *model = call->model ? call->model : "echo";
 
     cJSON *r = cJSON_CreateObject();
     if (call->op == LLMQ_OP_EMBEDDING) {
         cJSON_AddStringToObject(r, "object", "list");
         cJSON *data = cJSON_AddArrayToObject(r, "data");
-        const cJSON *input = cJSON_GetObjectItemCaseSensitive(call->body, "input");
+        const cJSON *input =
+            cJSON_GetObjectItemCaseSensitive(call->body, "input");
         int n = cJSON_IsArray(input) ? cJSON_GetArraySize(input) : 1;
         for (int i = 0; i < n && i < 4096; i++) {
             cJSON *e = cJSON_CreateObject();
             cJSON_AddStringToObject(e, "object", "embedding");
             cJSON_AddNumberToObject(e, "index", i);
             cJSON *v = cJSON_AddArrayToObject(e, "embedding");
-            uint64_t x = h + (uint64_t) i;
+            uint64_t x = h + (uint64_t)i;
             for (int k = 0; k < 8; k++) {
                 x = x * 6364136223846793005ULL + 1442695040888963407ULL;
-                cJSON_AddItemToArray(v, cJSON_CreateNumber((double) (x >> 40) / 16777216.0 - 0.5));
+                cJSON_AddItemToArray(
+                    v,
+                    cJSON_CreateNumber((double)(x >> 40) / 16777216.0 - 0.5));
             }
             cJSON_AddItemToArray(data, e);
         }
         cJSON_AddStringToObject(r, "model", model);
         cJSON *u = cJSON_AddObjectToObject(r, "usage");
-        cJSON_AddNumberToObject(u, "prompt_tokens", (double) prompt_tokens);
-        cJSON_AddNumberToObject(u, "total_tokens", (double) prompt_tokens);
+        cJSON_AddNumberToObject(u, "prompt_tokens", (double)prompt_tokens);
+        cJSON_AddNumberToObject(u, "total_tokens", (double)prompt_tokens);
         usage->prompt_tokens = prompt_tokens;
         usage->completion_tokens = 0;
         usage->total_tokens = prompt_tokens;
@@ -90,25 +92,28 @@ s_answer(const llmq_provider_t *self, const llmq_call_t *call,
     char text[1024];
     char reply[1100];
     if (call->op == LLMQ_OP_COMPLETION)
-        s_content_text(cJSON_GetObjectItemCaseSensitive(call->body, "prompt"), text,
-                       sizeof text);
+        s_content_text(cJSON_GetObjectItemCaseSensitive(call->body, "prompt"),
+                       text, sizeof text);
     else {
         /*  The last user message. */
         text[0] = 0;
         const cJSON *m;
-        cJSON_ArrayForEach(m, cJSON_GetObjectItemCaseSensitive(call->body, "messages")) {
+        cJSON_ArrayForEach(
+            m, cJSON_GetObjectItemCaseSensitive(call->body, "messages"))
+        {
             const cJSON *role = cJSON_GetObjectItemCaseSensitive(m, "role");
             if (cJSON_IsString(role) && strcmp(role->valuestring, "user") == 0)
-                s_content_text(cJSON_GetObjectItemCaseSensitive(m, "content"), text,
-                               sizeof text);
+                s_content_text(cJSON_GetObjectItemCaseSensitive(m, "content"),
+                               text, sizeof text);
         }
     }
     snprintf(reply, sizeof reply, "echo: %s", text);
-    int64_t completion_tokens = ((int64_t) strlen(reply) + 3) / 4;
+    int64_t completion_tokens = ((int64_t)strlen(reply) + 3) / 4;
 
     cJSON_AddStringToObject(r, "id", id);
-    cJSON_AddStringToObject(r, "object", call->op == LLMQ_OP_COMPLETION
-                                             ? "text_completion" : "chat.completion");
+    cJSON_AddStringToObject(r, "object",
+                            call->op == LLMQ_OP_COMPLETION ? "text_completion"
+                                                           : "chat.completion");
     cJSON_AddNumberToObject(r, "created", 0);
     cJSON_AddStringToObject(r, "model", model);
     cJSON *choices = cJSON_AddArrayToObject(r, "choices");
@@ -124,9 +129,10 @@ s_answer(const llmq_provider_t *self, const llmq_call_t *call,
     cJSON_AddStringToObject(c, "finish_reason", "stop");
     cJSON_AddItemToArray(choices, c);
     cJSON *u = cJSON_AddObjectToObject(r, "usage");
-    cJSON_AddNumberToObject(u, "prompt_tokens", (double) prompt_tokens);
-    cJSON_AddNumberToObject(u, "completion_tokens", (double) completion_tokens);
-    cJSON_AddNumberToObject(u, "total_tokens", (double) (prompt_tokens + completion_tokens));
+    cJSON_AddNumberToObject(u, "prompt_tokens", (double)prompt_tokens);
+    cJSON_AddNumberToObject(u, "completion_tokens", (double)completion_tokens);
+    cJSON_AddNumberToObject(u, "total_tokens",
+                            (double)(prompt_tokens + completion_tokens));
     usage->prompt_tokens = prompt_tokens;
     usage->completion_tokens = completion_tokens;
     usage->total_tokens = prompt_tokens + completion_tokens;

@@ -13,19 +13,21 @@
 #include <stdlib.h>
 #include <string.h>
 
-static const char *
-s_route(llmq_op_t op)
+static const char *s_route(llmq_op_t op)
 {
     switch (op) {
-    case LLMQ_OP_CHAT: return "/chat/completions";
-    case LLMQ_OP_COMPLETION: return "/completions";
-    case LLMQ_OP_EMBEDDING: return "/embeddings";
-    default: return NULL;
+    case LLMQ_OP_CHAT:
+        return "/chat/completions";
+    case LLMQ_OP_COMPLETION:
+        return "/completions";
+    case LLMQ_OP_EMBEDDING:
+        return "/embeddings";
+    default:
+        return NULL;
     }
 }
 
-static char *
-s_url(const llmq_provider_t *self, const char *route)
+static char *s_url(const llmq_provider_t *self, const char *route)
 {
     const char *base = llmq_provider_base_url(self);
     size_t n = strlen(base) + strlen(route) + 1;
@@ -36,8 +38,8 @@ s_url(const llmq_provider_t *self, const char *route)
 }
 
 /*  Authorization header; the only place the key is formatted. */
-static struct curl_slist *
-s_auth(const llmq_provider_t *self, struct curl_slist *headers)
+static struct curl_slist *s_auth(const llmq_provider_t *self,
+                                 struct curl_slist *headers)
 {
     const char *key = llmq_provider_api_key(self);
     if (key && *key) {
@@ -53,9 +55,8 @@ s_auth(const llmq_provider_t *self, struct curl_slist *headers)
     return headers;
 }
 
-static int
-s_build(const llmq_provider_t *self, const llmq_call_t *call, llmq_http_t *http,
-        llmq_perr_t *err)
+static int s_build(const llmq_provider_t *self, const llmq_call_t *call,
+                   llmq_http_t *http, llmq_perr_t *err)
 {
     const char *route = s_route(call->op);
     if (!route) {
@@ -96,21 +97,23 @@ s_build(const llmq_provider_t *self, const llmq_call_t *call, llmq_http_t *http,
     http->headers = curl_slist_append(NULL, "Content-Type: application/json");
     http->headers = curl_slist_append(http->headers, "Expect:");
     if (call->stream)
-        http->headers = curl_slist_append(http->headers, "Accept: text/event-stream");
+        http->headers =
+            curl_slist_append(http->headers, "Accept: text/event-stream");
     http->headers = s_auth(self, http->headers);
     return 0;
 }
 
-static cJSON *
-s_parse(const llmq_provider_t *self, const llmq_call_t *call, const char *body,
-        size_t size, llmq_usage_t *usage, llmq_perr_t *err)
+static cJSON *s_parse(const llmq_provider_t *self, const llmq_call_t *call,
+                      const char *body, size_t size, llmq_usage_t *usage,
+                      llmq_perr_t *err)
 {
-    (void) self;
+    (void)self;
     cJSON *json = cJSON_ParseWithLength(body, size);
     if (!cJSON_IsObject(json)) {
         cJSON_Delete(json);
         llmq_perr_set(err, LLMQ_ERR_PROVIDER_ERROR, 200, true,
-                      "provider answered with malformed JSON (%zu bytes)", size);
+                      "provider answered with malformed JSON (%zu bytes)",
+                      size);
         return NULL;
     }
     const char *need = call->op == LLMQ_OP_EMBEDDING ? "data" : "choices";
@@ -120,15 +123,16 @@ s_parse(const llmq_provider_t *self, const llmq_call_t *call, const char *body,
                       "provider answer has no '%s' array", need);
         return NULL;
     }
-    llmq_usage_from_json(cJSON_GetObjectItemCaseSensitive(json, "usage"), usage);
+    llmq_usage_from_json(cJSON_GetObjectItemCaseSensitive(json, "usage"),
+                         usage);
     return json;
 }
 
-static int
-s_stream_event(llmq_stream_t *st, const char *event, const char *data,
-               size_t size, llmq_chunk_fn *emit, void *arg, llmq_perr_t *err)
+static int s_stream_event(llmq_stream_t *st, const char *event,
+                          const char *data, size_t size, llmq_chunk_fn *emit,
+                          void *arg, llmq_perr_t *err)
 {
-    (void) event;
+    (void)event;
     if (size == 6 && memcmp(data, "[DONE]", 6) == 0)
         return 1;
     cJSON *chunk = cJSON_ParseWithLength(data, size);
@@ -141,7 +145,8 @@ s_stream_event(llmq_stream_t *st, const char *event, const char *data,
     const cJSON *e = cJSON_GetObjectItemCaseSensitive(chunk, "error");
     if (e) {
         char *text = cJSON_PrintUnformatted(chunk);
-        llmq_classify_http(st->provider, 500, text, text ? strlen(text) : 0, err);
+        llmq_classify_http(st->provider, 500, text, text ? strlen(text) : 0,
+                           err);
         free(text);
         llmq_provider_scrub(st->provider, err->message);
         cJSON_Delete(chunk);
@@ -158,8 +163,7 @@ s_stream_event(llmq_stream_t *st, const char *event, const char *data,
     return 0;
 }
 
-static int
-s_health(const llmq_provider_t *self, llmq_http_t *http)
+static int s_health(const llmq_provider_t *self, llmq_http_t *http)
 {
     http->url = s_url(self, "/models");
     http->post = false;

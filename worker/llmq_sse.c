@@ -13,24 +13,23 @@
 #include <string.h>
 
 struct _llmq_sse_t {
-    llmq_sse_fn *fn;     /* callback per event */
-    void *arg;           /* its argument */
-    size_t max;          /* bound on a line and on an event's data */
-    char *line;          /* the line being read (not terminated) */
-    size_t line_len;     /* its length */
-    size_t line_cap;     /* its allocation */
-    char *data;          /* data lines of the current event, joined by LF */
-    size_t data_len;     /* its length */
-    size_t data_cap;     /* its allocation */
-    bool has_data;       /* a data field was seen */
-    char event[64];      /* the current event's name ("" = message) */
-    bool after_cr;       /* the last byte fed was a CR */
-    bool broken;         /* an event outgrew max */
-    size_t count;        /* events dispatched */
+    llmq_sse_fn *fn; /* callback per event */
+    void *arg;       /* its argument */
+    size_t max;      /* bound on a line and on an event's data */
+    char *line;      /* the line being read (not terminated) */
+    size_t line_len; /* its length */
+    size_t line_cap; /* its allocation */
+    char *data;      /* data lines of the current event, joined by LF */
+    size_t data_len; /* its length */
+    size_t data_cap; /* its allocation */
+    bool has_data;   /* a data field was seen */
+    char event[64];  /* the current event's name ("" = message) */
+    bool after_cr;   /* the last byte fed was a CR */
+    bool broken;     /* an event outgrew max */
+    size_t count;    /* events dispatched */
 };
 
-llmq_sse_t *
-llmq_sse_new(llmq_sse_fn *fn, void *arg, size_t max_event)
+llmq_sse_t *llmq_sse_new(llmq_sse_fn *fn, void *arg, size_t max_event)
 {
     llmq_sse_t *self = calloc(1, sizeof *self);
     if (!self)
@@ -41,8 +40,7 @@ llmq_sse_new(llmq_sse_fn *fn, void *arg, size_t max_event)
     return self;
 }
 
-void
-llmq_sse_destroy(llmq_sse_t **self_p)
+void llmq_sse_destroy(llmq_sse_t **self_p)
 {
     if (self_p && *self_p) {
         llmq_sse_t *self = *self_p;
@@ -54,9 +52,8 @@ llmq_sse_destroy(llmq_sse_t **self_p)
 }
 
 /*  Append to a growable buffer, bounded by max. */
-static int
-s_append(char **buf, size_t *len, size_t *cap, const char *src, size_t n,
-         size_t max)
+static int s_append(char **buf, size_t *len, size_t *cap, const char *src,
+                    size_t n, size_t max)
 {
     if (*len + n + 1 > max)
         return -1;
@@ -77,15 +74,15 @@ s_append(char **buf, size_t *len, size_t *cap, const char *src, size_t n,
 }
 
 /*  One complete line: dispatch on blank, else apply the field. */
-static int
-s_line(llmq_sse_t *self, const char *line, size_t len)
+static int s_line(llmq_sse_t *self, const char *line, size_t len)
 {
     if (len == 0) {
         int rc = 0;
         if (self->has_data) {
             self->count++;
             rc = self->fn(self->event[0] ? self->event : "message",
-                          self->data ? self->data : "", self->data_len, self->arg);
+                          self->data ? self->data : "", self->data_len,
+                          self->arg);
         }
         self->data_len = 0;
         if (self->data)
@@ -95,9 +92,9 @@ s_line(llmq_sse_t *self, const char *line, size_t len)
         return rc;
     }
     if (line[0] == ':')
-        return 0;  /* comment, e.g. ": keep-alive" */
+        return 0; /* comment, e.g. ": keep-alive" */
     const char *colon = memchr(line, ':', len);
-    size_t name_len = colon ? (size_t) (colon - line) : len;
+    size_t name_len = colon ? (size_t)(colon - line) : len;
     const char *value = colon ? colon + 1 : line + len;
     size_t value_len = colon ? len - name_len - 1 : 0;
     if (value_len && value[0] == ' ') {
@@ -105,18 +102,17 @@ s_line(llmq_sse_t *self, const char *line, size_t len)
         value_len--;
     }
     if (name_len == 4 && memcmp(line, "data", 4) == 0) {
-        if ((self->has_data
-             && s_append(&self->data, &self->data_len, &self->data_cap, "\n", 1,
-                         self->max))
-            || s_append(&self->data, &self->data_len, &self->data_cap, value,
-                        value_len, self->max)) {
+        if ((self->has_data && s_append(&self->data, &self->data_len,
+                                        &self->data_cap, "\n", 1, self->max)) ||
+            s_append(&self->data, &self->data_len, &self->data_cap, value,
+                     value_len, self->max)) {
             self->broken = true;
             return -1;
         }
         self->has_data = true;
-    }
-    else if (name_len == 5 && memcmp(line, "event", 5) == 0) {
-        size_t n = value_len < sizeof self->event - 1 ? value_len : sizeof self->event - 1;
+    } else if (name_len == 5 && memcmp(line, "event", 5) == 0) {
+        size_t n = value_len < sizeof self->event - 1 ? value_len
+                                                      : sizeof self->event - 1;
         memcpy(self->event, value, n);
         self->event[n] = 0;
     }
@@ -124,14 +120,13 @@ s_line(llmq_sse_t *self, const char *line, size_t len)
     return 0;
 }
 
-int
-llmq_sse_feed(llmq_sse_t *self, const char *data, size_t size)
+int llmq_sse_feed(llmq_sse_t *self, const char *data, size_t size)
 {
     if (self->broken)
         return -1;
     size_t i = 0;
     if (self->after_cr && size > 0 && data[0] == '\n')
-        i = 1;  /* second half of a CRLF split across feeds */
+        i = 1; /* second half of a CRLF split across feeds */
     self->after_cr = false;
     while (i < size) {
         /*  Find the next line end from i. */
@@ -139,8 +134,8 @@ llmq_sse_feed(llmq_sse_t *self, const char *data, size_t size)
         while (j < size && data[j] != '\n' && data[j] != '\r')
             j++;
         if (j == size) {
-            if (s_append(&self->line, &self->line_len, &self->line_cap, data + i,
-                         size - i, self->max)) {
+            if (s_append(&self->line, &self->line_len, &self->line_cap,
+                         data + i, size - i, self->max)) {
                 self->broken = true;
                 return -1;
             }
@@ -148,15 +143,14 @@ llmq_sse_feed(llmq_sse_t *self, const char *data, size_t size)
         }
         int rc;
         if (self->line_len) {
-            if (s_append(&self->line, &self->line_len, &self->line_cap, data + i,
-                         j - i, self->max)) {
+            if (s_append(&self->line, &self->line_len, &self->line_cap,
+                         data + i, j - i, self->max)) {
                 self->broken = true;
                 return -1;
             }
             rc = s_line(self, self->line, self->line_len);
             self->line_len = 0;
-        }
-        else
+        } else
             rc = s_line(self, data + i, j - i);
         if (self->broken)
             return -1;
@@ -173,8 +167,7 @@ llmq_sse_feed(llmq_sse_t *self, const char *data, size_t size)
     return 0;
 }
 
-int
-llmq_sse_finish(llmq_sse_t *self)
+int llmq_sse_finish(llmq_sse_t *self)
 {
     self->line_len = 0;
     self->data_len = 0;
@@ -183,56 +176,53 @@ llmq_sse_finish(llmq_sse_t *self)
     return 0;
 }
 
-size_t
-llmq_sse_count(const llmq_sse_t *self)
+size_t llmq_sse_count(const llmq_sse_t *self)
 {
     return self->count;
 }
 
 /*  --- selftest ----------------------------------------------------------- */
 
-#define CHECK(cond)                                                         \
-    do {                                                                    \
-        if (!(cond)) {                                                      \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, \
-                    #cond);                                                 \
-            return -1;                                                      \
-        }                                                                   \
+#define CHECK(cond)                                                            \
+    do {                                                                       \
+        if (!(cond)) {                                                         \
+            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__,   \
+                    #cond);                                                    \
+            return -1;                                                         \
+        }                                                                      \
     } while (0)
 
 typedef struct {
-    char log[4096];  /* "event=data|" per event */
-    int stop_at;     /* return 7 at this event number (1-based), 0 = never */
+    char log[4096]; /* "event=data|" per event */
+    int stop_at;    /* return 7 at this event number (1-based), 0 = never */
     int seen;
 } s_test_sink_t;
 
-static int
-s_test_fn(const char *event, const char *data, size_t size, void *arg)
+static int s_test_fn(const char *event, const char *data, size_t size,
+                     void *arg)
 {
     s_test_sink_t *sink = arg;
     size_t len = strlen(sink->log);
     snprintf(sink->log + len, sizeof sink->log - len, "%s=%.*s|", event,
-             (int) size, data);
+             (int)size, data);
     sink->seen++;
     return sink->stop_at && sink->seen == sink->stop_at ? 7 : 0;
 }
 
-int
-llmq_sse_test(bool verbose)
+int llmq_sse_test(bool verbose)
 {
     if (verbose)
         printf(" * llmq_sse: ");
-    const char *stream =
-        ": comment\r\n"
-        "data: {\"a\":1}\r\n\r\n"
-        "event: message_start\n"
-        "data: x\n"
-        "data:y\n"
-        "\n"
-        "id: 5\rretry: 10\rdata\r\r"
-        "event: ping\n\n"          /* no data: not dispatched */
-        "data: [DONE]\n\n"
-        "data: partial";           /* never ended: dropped at finish */
+    const char *stream = ": comment\r\n"
+                         "data: {\"a\":1}\r\n\r\n"
+                         "event: message_start\n"
+                         "data: x\n"
+                         "data:y\n"
+                         "\n"
+                         "id: 5\rretry: 10\rdata\r\r"
+                         "event: ping\n\n" /* no data: not dispatched */
+                         "data: [DONE]\n\n"
+                         "data: partial"; /* never ended: dropped at finish */
     const char *expect =
         "message={\"a\":1}|message_start=x\ny|message=|message=[DONE]|";
 
@@ -281,7 +271,8 @@ llmq_sse_test(bool verbose)
     llmq_sse_destroy(&sse);
     memset(&sink, 0, sizeof sink);
     sse = llmq_sse_new(s_test_fn, &sink, 16);
-    CHECK(llmq_sse_feed(sse, "data: 0123456\ndata: 0123456\ndata: 0123456\n", 42) == -1);
+    CHECK(llmq_sse_feed(sse, "data: 0123456\ndata: 0123456\ndata: 0123456\n",
+                        42) == -1);
     llmq_sse_destroy(&sse);
 
     if (verbose)

@@ -8,12 +8,11 @@
 #include <sys/time.h>
 #include <time.h>
 
-static const char *s_name = "llmq-worker";  /* printed on every line */
-static bool s_json = false;                  /* JSON lines instead of text */
-static bool s_verbose = false;               /* print debug lines */
+static const char *s_name = "llmq-worker"; /* printed on every line */
+static bool s_json = false;                /* JSON lines instead of text */
+static bool s_verbose = false;             /* print debug lines */
 
-void
-llmq_wlog_setup(const char *name, bool json, bool verbose)
+void llmq_wlog_setup(const char *name, bool json, bool verbose)
 {
     if (name)
         s_name = name;
@@ -21,14 +20,12 @@ llmq_wlog_setup(const char *name, bool json, bool verbose)
     s_verbose = verbose;
 }
 
-bool
-llmq_wlog_verbose(void)
+bool llmq_wlog_verbose(void)
 {
     return s_verbose;
 }
 
-void
-llmq_wlog(llmq_log_level_t level, const char *fmt, ...)
+void llmq_wlog(llmq_log_level_t level, const char *fmt, ...)
 {
     if (level == LLMQ_LOG_DEBUG && !s_verbose)
         return;
@@ -45,7 +42,7 @@ llmq_wlog(llmq_log_level_t level, const char *fmt, ...)
     gmtime_r(&tv.tv_sec, &tm);
     char ts[40];
     size_t n = strftime(ts, sizeof ts, "%Y-%m-%dT%H:%M:%S", &tm);
-    snprintf(ts + n, sizeof ts - n, ".%03dZ", (int) (tv.tv_usec / 1000));
+    snprintf(ts + n, sizeof ts - n, ".%03dZ", (int)(tv.tv_usec / 1000));
     if (s_json) {
         cJSON *o = cJSON_CreateObject();
         cJSON_AddStringToObject(o, "ts", ts);
@@ -57,7 +54,6 @@ llmq_wlog(llmq_log_level_t level, const char *fmt, ...)
             fprintf(stderr, "%s\n", line);
         free(line);
         cJSON_Delete(o);
-    }
-    else
+    } else
         fprintf(stderr, "%s %c %s: %s\n", ts, letters[level], s_name, msg);
 }

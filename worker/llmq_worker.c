@@ -57,7 +57,7 @@
 #define S_HB_LIVENESS 3
 /*  Messages read from the DEALER per loop turn, so curl is served too. */
 #define S_ZMQ_BATCH 4096
-#define S_NO_HEAP ((size_t) -1)
+#define S_NO_HEAP ((size_t)-1)
 
 typedef enum { S_QUEUED, S_RUNNING, S_WAITING } s_state_t;
 
@@ -71,76 +71,76 @@ typedef struct _s_worker_t s_worker_t;
 #define S_SHARD_CONNS 256
 
 typedef struct {
-    s_worker_t *worker;         /* back pointer, for curl callbacks */
-    CURLM *multi;               /* this shard's transfers and connections */
-    uint32_t index;             /* in worker->shards, tagged into epoll data */
-    int64_t due;                /* curl's timer for this multi, -1 = none */
-    size_t running;             /* transfers on it */
+    s_worker_t *worker; /* back pointer, for curl callbacks */
+    CURLM *multi;       /* this shard's transfers and connections */
+    uint32_t index;     /* in worker->shards, tagged into epoll data */
+    int64_t due;        /* curl's timer for this multi, -1 = none */
+    size_t running;     /* transfers on it */
 } s_shard_t;
 
 typedef struct {
-    s_worker_t *worker;         /* back pointer, for curl callbacks */
-    char *id;                   /* broker's request id (key in jobs) */
-    llmq_op_t op;               /* chat, completion, embedding */
-    char *model;                /* the req's model */
-    bool stream;                /* relay chunks */
-    bool probe;                 /* a health probe, not a request */
-    int64_t received_ms;        /* when the req arrived */
-    int64_t deadline_at;        /* 0 = none */
-    int attempts;               /* HTTP attempts started */
-    int64_t estimate;           /* tokens, for the limiter */
-    s_state_t state;            /* where it is */
-    llmq_http_t http;           /* the request, built once */
-    CURL *easy;                 /* while RUNNING */
-    s_shard_t *shard;           /* the multi it runs on, while RUNNING */
-    char *buf;                  /* answer body (or error body) */
-    size_t len;                 /* its length */
-    size_t cap;                 /* its allocation */
-    long status;                /* HTTP status of this attempt */
-    bool deadline_cut;          /* this attempt's timeout is the deadline */
-    llmq_ratelimit_t rl;        /* this attempt's rate-limit headers */
-    llmq_perr_t err;            /* last failure */
-    bool stream_failed;         /* stream parse failed (err set) */
-    llmq_sse_t *sse;            /* stream parser, per attempt */
-    llmq_stream_t *st;          /* stream state, per attempt */
-    int64_t seq;                /* next chunk seq */
-    size_t heap_ix;             /* index in the retry heap */
-    int64_t due_ms;             /* WAITING: when to try again */
-    void *queue_handle;         /* QUEUED: handle in the start queue */
+    s_worker_t *worker;  /* back pointer, for curl callbacks */
+    char *id;            /* broker's request id (key in jobs) */
+    llmq_op_t op;        /* chat, completion, embedding */
+    char *model;         /* the req's model */
+    bool stream;         /* relay chunks */
+    bool probe;          /* a health probe, not a request */
+    int64_t received_ms; /* when the req arrived */
+    int64_t deadline_at; /* 0 = none */
+    int attempts;        /* HTTP attempts started */
+    int64_t estimate;    /* tokens, for the limiter */
+    s_state_t state;     /* where it is */
+    llmq_http_t http;    /* the request, built once */
+    CURL *easy;          /* while RUNNING */
+    s_shard_t *shard;    /* the multi it runs on, while RUNNING */
+    char *buf;           /* answer body (or error body) */
+    size_t len;          /* its length */
+    size_t cap;          /* its allocation */
+    long status;         /* HTTP status of this attempt */
+    bool deadline_cut;   /* this attempt's timeout is the deadline */
+    llmq_ratelimit_t rl; /* this attempt's rate-limit headers */
+    llmq_perr_t err;     /* last failure */
+    bool stream_failed;  /* stream parse failed (err set) */
+    llmq_sse_t *sse;     /* stream parser, per attempt */
+    llmq_stream_t *st;   /* stream state, per attempt */
+    int64_t seq;         /* next chunk seq */
+    size_t heap_ix;      /* index in the retry heap */
+    int64_t due_ms;      /* WAITING: when to try again */
+    void *queue_handle;  /* QUEUED: handle in the start queue */
 } s_job_t;
 
 struct _s_worker_t {
-    llmq_worker_config_t *cfg;  /* owned */
-    llmq_provider_t *provider;  /* owned */
-    llmq_limiter_t *limiter;    /* owned */
-    llmq_breaker_t *breaker;    /* owned */
-    zsock_t *dealer;            /* to the broker; NULL until joined */
-    s_shard_t *shards;          /* curl multi handles */
+    llmq_worker_config_t *cfg; /* owned */
+    llmq_provider_t *provider; /* owned */
+    llmq_limiter_t *limiter;   /* owned */
+    llmq_breaker_t *breaker;   /* owned */
+    zsock_t *dealer;           /* to the broker; NULL until joined */
+    s_shard_t *shards;         /* curl multi handles */
     size_t nshards;
-    int epfd;                   /* every curl socket of every shard */
-    zhashx_t *jobs;             /* id -> s_job_t, every request held */
-    zlistx_t *queue;            /* s_job_t waiting to start, FIFO */
-    s_job_t **heap;             /* WAITING jobs, min-heap by due_ms */
+    int epfd;        /* every curl socket of every shard */
+    zhashx_t *jobs;  /* id -> s_job_t, every request held */
+    zlistx_t *queue; /* s_job_t waiting to start, FIFO */
+    s_job_t **heap;  /* WAITING jobs, min-heap by due_ms */
     size_t heap_len;
     size_t heap_cap;
-    CURL **pool;                /* idle easy handles */
+    CURL **pool; /* idle easy handles */
     size_t pool_len;
     size_t pool_cap;
-    s_job_t *probe;             /* health probe in flight, or NULL */
-    int64_t probe_at;           /* next start-up probe, 0 = none */
-    int64_t probe_backoff;      /* start-up probe backoff */
-    bool joined;                /* hello sent on the current socket */
-    int64_t outstanding;        /* credit granted, not yet used */
-    int64_t hb_at;              /* next heartbeat */
-    int64_t broker_seen;        /* last message from the broker */
-    int64_t limiter_at;         /* next limiter retry for the queue, 0 none */
-    int64_t avg_tokens;         /* running mean of estimates (credit) */
-    bool draining;              /* SIGTERM seen, bye sent */
-    int64_t drain_at;           /* drain deadline */
-    int exit_code;              /* what run() returns */
-    bool done;                  /* leave the loop */
-    uint64_t rng;               /* jitter */
-    uint64_t answered;          /* counters, for the log */
+    s_job_t *probe;        /* health probe in flight, or NULL */
+    int64_t probe_at;      /* next start-up probe, 0 = none */
+    int64_t probe_backoff; /* start-up probe backoff */
+    bool joined;           /* hello sent on the current socket */
+    int64_t outstanding;   /* credit granted, not yet used */
+    int64_t hb_at;         /* next heartbeat */
+    int64_t broker_seen;   /* last message from the broker */
+    int64_t limiter_at;    /* next limiter retry for the queue, 0 none */
+    int64_t avg_tokens;    /* running mean of estimates (credit) */
+    bool draining;         /* SIGTERM seen, bye sent */
+    int64_t drain_at;      /* drain deadline */
+    int exit_code;         /* what run() returns */
+    bool done;             /* leave the loop */
+    uint64_t rng;          /* jitter */
+    uint64_t answered;     /* counters, for the log */
     uint64_t failed;
 };
 
@@ -148,16 +148,15 @@ struct _s_worker_t {
 static volatile sig_atomic_t s_stop_requests = 0;
 static int s_wake[2] = {-1, -1};
 
-/*  --- small helpers -------------------------------------------------------- */
+/*  --- small helpers --------------------------------------------------------
+ */
 
-static int64_t
-s_now(void)
+static int64_t s_now(void)
 {
     return zclock_mono();
 }
 
-static uint64_t
-s_rand(s_worker_t *self)
+static uint64_t s_rand(s_worker_t *self)
 {
     /*  xorshift64*: jitter needs spread, not secrecy. */
     uint64_t x = self->rng;
@@ -168,8 +167,7 @@ s_rand(s_worker_t *self)
     return x * 2685821657736338717ULL;
 }
 
-static int64_t
-s_min_due(int64_t a, int64_t b)
+static int64_t s_min_due(int64_t a, int64_t b)
 {
     if (a <= 0)
         return b;
@@ -180,8 +178,7 @@ s_min_due(int64_t a, int64_t b)
 
 /*  --- retry heap ---------------------------------------------------------- */
 
-static void
-s_heap_swap(s_worker_t *self, size_t a, size_t b)
+static void s_heap_swap(s_worker_t *self, size_t a, size_t b)
 {
     s_job_t *t = self->heap[a];
     self->heap[a] = self->heap[b];
@@ -190,8 +187,7 @@ s_heap_swap(s_worker_t *self, size_t a, size_t b)
     self->heap[b]->heap_ix = b;
 }
 
-static void
-s_heap_up(s_worker_t *self, size_t i)
+static void s_heap_up(s_worker_t *self, size_t i)
 {
     while (i > 0) {
         size_t p = (i - 1) / 2;
@@ -202,8 +198,7 @@ s_heap_up(s_worker_t *self, size_t i)
     }
 }
 
-static void
-s_heap_down(s_worker_t *self, size_t i)
+static void s_heap_down(s_worker_t *self, size_t i)
 {
     for (;;) {
         size_t l = 2 * i + 1, r = l + 1, m = i;
@@ -218,8 +213,7 @@ s_heap_down(s_worker_t *self, size_t i)
     }
 }
 
-static int
-s_heap_push(s_worker_t *self, s_job_t *job)
+static int s_heap_push(s_worker_t *self, s_job_t *job)
 {
     if (self->heap_len == self->heap_cap) {
         size_t cap = self->heap_cap ? self->heap_cap * 2 : 64;
@@ -235,8 +229,7 @@ s_heap_push(s_worker_t *self, s_job_t *job)
     return 0;
 }
 
-static void
-s_heap_remove(s_worker_t *self, s_job_t *job)
+static void s_heap_remove(s_worker_t *self, s_job_t *job)
 {
     size_t i = job->heap_ix;
     if (i == S_NO_HEAP || i >= self->heap_len)
@@ -251,23 +244,22 @@ s_heap_remove(s_worker_t *self, s_job_t *job)
     s_heap_up(self, i);
 }
 
-/*  --- easy handle pool ------------------------------------------------------ */
+/*  --- easy handle pool ------------------------------------------------------
+ */
 
-static CURL *
-s_easy_get(s_worker_t *self)
+static CURL *s_easy_get(s_worker_t *self)
 {
     if (self->pool_len > 0)
         return self->pool[--self->pool_len];
     return curl_easy_init();
 }
 
-static void
-s_easy_put(s_worker_t *self, CURL *easy)
+static void s_easy_put(s_worker_t *self, CURL *easy)
 {
     if (!easy)
         return;
     /*  Keep at most capacity idle handles: enough for a full load again. */
-    if (self->pool_len >= (size_t) self->cfg->capacity + 1) {
+    if (self->pool_len >= (size_t)self->cfg->capacity + 1) {
         curl_easy_cleanup(easy);
         return;
     }
@@ -285,10 +277,10 @@ s_easy_put(s_worker_t *self, CURL *easy)
     self->pool[self->pool_len++] = easy;
 }
 
-/*  --- jobs -------------------------------------------------------------------- */
+/*  --- jobs
+ * -------------------------------------------------------------------- */
 
-static void
-s_job_reset_attempt(s_job_t *job)
+static void s_job_reset_attempt(s_job_t *job)
 {
     job->len = 0;
     job->status = 0;
@@ -299,8 +291,7 @@ s_job_reset_attempt(s_job_t *job)
     llmq_stream_destroy(&job->st);
 }
 
-static void
-s_job_free(s_job_t **job_p)
+static void s_job_free(s_job_t **job_p)
 {
     s_job_t *job = *job_p;
     if (!job)
@@ -317,8 +308,7 @@ s_job_free(s_job_t **job_p)
 
 /*  Take a job out of whatever it is waiting in (queue, heap, curl). Does
     not free it or remove it from the jobs table. */
-static void
-s_job_detach(s_worker_t *self, s_job_t *job, bool release_tokens)
+static void s_job_detach(s_worker_t *self, s_job_t *job, bool release_tokens)
 {
     if (job->queue_handle) {
         zlistx_delete(self->queue, job->queue_handle);
@@ -338,25 +328,25 @@ s_job_detach(s_worker_t *self, s_job_t *job, bool release_tokens)
 
 /*  --- messages to the broker --------------------------------------------- */
 
-static void
-s_send(s_worker_t *self, llmq_msg_t **msg_p)
+static void s_send(s_worker_t *self, llmq_msg_t **msg_p)
 {
     if (!self->dealer) {
         llmq_msg_destroy(msg_p);
         return;
     }
     if (llmq_msg_send(msg_p, self->dealer) != 0)
-        llmq_wlog(LLMQ_LOG_WARN, "send to broker failed (queue full or encode error)");
+        llmq_wlog(LLMQ_LOG_WARN,
+                  "send to broker failed (queue full or encode error)");
 }
 
-static void
-s_send_hello(s_worker_t *self)
+static void s_send_hello(s_worker_t *self)
 {
     llmq_msg_t *m = llmq_msg_new(LLMQ_MSG_HELLO);
     llmq_msg_set_worker(m, self->cfg->name);
     llmq_msg_set_pool(m, self->cfg->pool);
     llmq_msg_set_provider(m, self->cfg->provider);
-    llmq_msg_set_models(m, (const char *const *) self->cfg->models, self->cfg->models_count);
+    llmq_msg_set_models(m, (const char *const *)self->cfg->models,
+                        self->cfg->models_count);
     llmq_msg_set_capacity(m, self->cfg->capacity);
     if (self->cfg->rpm || self->cfg->tpm) {
         llmq_msg_set_limits_rpm(m, self->cfg->rpm);
@@ -371,23 +361,20 @@ s_send_hello(s_worker_t *self)
     self->outstanding = 0;
 }
 
-static bool
-s_healthy(s_worker_t *self)
+static bool s_healthy(s_worker_t *self)
 {
     return llmq_breaker_state(self->breaker) != LLMQ_BREAKER_OPEN;
 }
 
-static void
-s_send_hb(s_worker_t *self)
+static void s_send_hb(s_worker_t *self)
 {
     llmq_msg_t *m = llmq_msg_new(LLMQ_MSG_HB);
     llmq_msg_set_healthy(m, s_healthy(self));
-    llmq_msg_set_in_flight(m, (int64_t) zhashx_size(self->jobs));
+    llmq_msg_set_in_flight(m, (int64_t)zhashx_size(self->jobs));
     s_send(self, &m);
 }
 
-static void
-s_set_ratelimit(llmq_msg_t *m, const llmq_ratelimit_t *rl)
+static void s_set_ratelimit(llmq_msg_t *m, const llmq_ratelimit_t *rl)
 {
     if (rl->remaining_requests >= 0)
         llmq_msg_set_ratelimit_remaining_requests(m, rl->remaining_requests);
@@ -402,8 +389,8 @@ s_set_ratelimit(llmq_msg_t *m, const llmq_ratelimit_t *rl)
 
 /*  The one answer to a request: ok with body, or the failure in job->err.
     Removes the job from the table and frees it. */
-static void
-s_answer(s_worker_t *self, s_job_t *job, cJSON *body, const llmq_usage_t *usage)
+static void s_answer(s_worker_t *self, s_job_t *job, cJSON *body,
+                     const llmq_usage_t *usage)
 {
     llmq_msg_t *m = llmq_msg_new(LLMQ_MSG_RES);
     llmq_msg_set_id(m, job->id);
@@ -415,13 +402,14 @@ s_answer(s_worker_t *self, s_job_t *job, cJSON *body, const llmq_usage_t *usage)
         llmq_msg_set_ok(m, true);
         if (usage) {
             int64_t p = usage->prompt_tokens > 0 ? usage->prompt_tokens : 0;
-            int64_t c = usage->completion_tokens > 0 ? usage->completion_tokens : 0;
+            int64_t c =
+                usage->completion_tokens > 0 ? usage->completion_tokens : 0;
             int64_t t = usage->total_tokens >= 0 ? usage->total_tokens : p + c;
             llmq_msg_set_usage_prompt_tokens(m, p);
             llmq_msg_set_usage_completion_tokens(m, c);
             llmq_msg_set_usage_total_tokens(m, t);
-            llmq_msg_set_usage_cost_usd(m, llmq_worker_config_cost(self->cfg, job->model,
-                                                                   p, c, false));
+            llmq_msg_set_usage_cost_usd(
+                m, llmq_worker_config_cost(self->cfg, job->model, p, c, false));
         }
         zframe_t *payload = llmq_value_from_json(body);
         if (payload)
@@ -429,38 +417,39 @@ s_answer(s_worker_t *self, s_job_t *job, cJSON *body, const llmq_usage_t *usage)
         else {
             /*  Cannot happen for a parsed body short of memory: say so. */
             llmq_msg_set_ok(m, false);
-            llmq_msg_set_failure(m, LLMQ_ERR_INTERNAL, 0, "cannot encode the answer");
+            llmq_msg_set_failure(m, LLMQ_ERR_INTERNAL, 0,
+                                 "cannot encode the answer");
         }
         self->answered++;
-        llmq_wlog(LLMQ_LOG_DEBUG, "res %s ok attempts=%d", job->id, job->attempts);
-    }
-    else {
+        llmq_wlog(LLMQ_LOG_DEBUG, "res %s ok attempts=%d", job->id,
+                  job->attempts);
+    } else {
         llmq_err_t code = job->err.code ? job->err.code : LLMQ_ERR_INTERNAL;
         llmq_provider_scrub(self->provider, job->err.message);
         llmq_msg_set_ok(m, false);
         llmq_msg_set_failure(m, code, job->err.status, job->err.message);
         llmq_msg_set_error_retryable(m, job->err.retryable);
         self->failed++;
-        llmq_wlog(LLMQ_LOG_DEBUG, "res %s failed %s status=%d attempts=%d: %s", job->id,
-                  llmq_err_name(code), job->err.status, job->attempts, job->err.message);
+        llmq_wlog(LLMQ_LOG_DEBUG, "res %s failed %s status=%d attempts=%d: %s",
+                  job->id, llmq_err_name(code), job->err.status, job->attempts,
+                  job->err.message);
     }
     s_send(self, &m);
     /*  The table's destructor frees the job. */
     zhashx_delete(self->jobs, job->id);
 }
 
-static void
-s_fail(s_worker_t *self, s_job_t *job, llmq_err_t code, int status, bool retryable,
-       const char *message)
+static void s_fail(s_worker_t *self, s_job_t *job, llmq_err_t code, int status,
+                   bool retryable, const char *message)
 {
     llmq_perr_set(&job->err, code, status, retryable, "%s", message);
     s_answer(self, job, NULL, NULL);
 }
 
-/*  --- streaming ------------------------------------------------------------- */
+/*  --- streaming -------------------------------------------------------------
+ */
 
-static int
-s_emit_chunk(const cJSON *chunk, void *arg)
+static int s_emit_chunk(const cJSON *chunk, void *arg)
 {
     s_job_t *job = arg;
     s_worker_t *self = job->worker;
@@ -477,11 +466,12 @@ s_emit_chunk(const cJSON *chunk, void *arg)
     return 0;
 }
 
-static int
-s_sse_event(const char *event, const char *data, size_t size, void *arg)
+static int s_sse_event(const char *event, const char *data, size_t size,
+                       void *arg)
 {
     s_job_t *job = arg;
-    int rc = llmq_stream_event(job->st, event, data, size, s_emit_chunk, job, &job->err);
+    int rc = llmq_stream_event(job->st, event, data, size, s_emit_chunk, job,
+                               &job->err);
     if (rc < 0) {
         job->stream_failed = true;
         return -1;
@@ -489,10 +479,10 @@ s_sse_event(const char *event, const char *data, size_t size, void *arg)
     return 0;
 }
 
-/*  --- curl callbacks ---------------------------------------------------------- */
+/*  --- curl callbacks
+ * ---------------------------------------------------------- */
 
-static size_t
-s_on_write(char *data, size_t size, size_t nmemb, void *arg)
+static size_t s_on_write(char *data, size_t size, size_t nmemb, void *arg)
 {
     s_job_t *job = arg;
     size_t n = size * nmemb;
@@ -507,7 +497,7 @@ s_on_write(char *data, size_t size, size_t nmemb, void *arg)
                 llmq_perr_set(&job->err, LLMQ_ERR_PROVIDER_ERROR, 200, true,
                               "provider stream could not be parsed");
             }
-            return 0;  /* aborts the transfer */
+            return 0; /* aborts the transfer */
         }
         return n;
     }
@@ -529,8 +519,7 @@ s_on_write(char *data, size_t size, size_t nmemb, void *arg)
     return n;
 }
 
-static size_t
-s_on_header(char *data, size_t size, size_t nmemb, void *arg)
+static size_t s_on_header(char *data, size_t size, size_t nmemb, void *arg)
 {
     s_job_t *job = arg;
     size_t n = size * nmemb;
@@ -541,16 +530,16 @@ s_on_header(char *data, size_t size, size_t nmemb, void *arg)
     }
     const char *colon = memchr(data, ':', n);
     if (colon)
-        llmq_ratelimit_header(&job->rl, data, (size_t) (colon - data), colon + 1,
-                              n - (size_t) (colon - data) - 1);
+        llmq_ratelimit_header(&job->rl, data, (size_t)(colon - data), colon + 1,
+                              n - (size_t)(colon - data) - 1);
     return n;
 }
 
-static int
-s_on_socket(CURL *easy, curl_socket_t fd, int what, void *userp, void *socketp)
+static int s_on_socket(CURL *easy, curl_socket_t fd, int what, void *userp,
+                       void *socketp)
 {
-    (void) easy;
-    (void) socketp;
+    (void)easy;
+    (void)socketp;
     s_shard_t *shard = userp;
     s_worker_t *self = shard->worker;
     if (what == CURL_POLL_REMOVE) {
@@ -559,7 +548,7 @@ s_on_socket(CURL *easy, curl_socket_t fd, int what, void *userp, void *socketp)
     }
     struct epoll_event ev;
     memset(&ev, 0, sizeof ev);
-    ev.data.u64 = ((uint64_t) shard->index << 32) | (uint32_t) fd;
+    ev.data.u64 = ((uint64_t)shard->index << 32) | (uint32_t)fd;
     if (what & CURL_POLL_IN)
         ev.events |= EPOLLIN;
     if (what & CURL_POLL_OUT)
@@ -569,19 +558,18 @@ s_on_socket(CURL *easy, curl_socket_t fd, int what, void *userp, void *socketp)
     return 0;
 }
 
-static int
-s_on_timer(CURLM *multi, long timeout_ms, void *userp)
+static int s_on_timer(CURLM *multi, long timeout_ms, void *userp)
 {
-    (void) multi;
+    (void)multi;
     s_shard_t *shard = userp;
     shard->due = timeout_ms < 0 ? -1 : s_now() + timeout_ms;
     return 0;
 }
 
-/*  --- attempts ------------------------------------------------------------------ */
+/*  --- attempts
+ * ------------------------------------------------------------------ */
 
-static int
-s_start_transfer(s_worker_t *self, s_job_t *job, int64_t now)
+static int s_start_transfer(s_worker_t *self, s_job_t *job, int64_t now)
 {
     CURL *easy = s_easy_get(self);
     if (!easy)
@@ -589,7 +577,7 @@ s_start_transfer(s_worker_t *self, s_job_t *job, int64_t now)
     s_job_reset_attempt(job);
     int64_t timeout = self->cfg->timeout_ms;
     if (job->probe && timeout > 10000)
-        timeout = 10000;  /* a health check answers fast or not at all */
+        timeout = 10000; /* a health check answers fast or not at all */
     if (job->deadline_at > 0 && job->deadline_at - now < timeout) {
         timeout = job->deadline_at - now;
         if (timeout < 1)
@@ -603,7 +591,8 @@ s_start_transfer(s_worker_t *self, s_job_t *job, int64_t now)
     curl_easy_setopt(easy, CURLOPT_URL, job->http.url);
     curl_easy_setopt(easy, CURLOPT_HTTPHEADER, job->http.headers);
     if (job->http.post) {
-        curl_easy_setopt(easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t) job->http.body_len);
+        curl_easy_setopt(easy, CURLOPT_POSTFIELDSIZE_LARGE,
+                         (curl_off_t)job->http.body_len);
         curl_easy_setopt(easy, CURLOPT_POSTFIELDS, job->http.body);
     }
     curl_easy_setopt(easy, CURLOPT_WRITEFUNCTION, s_on_write);
@@ -611,17 +600,19 @@ s_start_transfer(s_worker_t *self, s_job_t *job, int64_t now)
     curl_easy_setopt(easy, CURLOPT_HEADERFUNCTION, s_on_header);
     curl_easy_setopt(easy, CURLOPT_HEADERDATA, job);
     curl_easy_setopt(easy, CURLOPT_PRIVATE, job);
-    curl_easy_setopt(easy, CURLOPT_TIMEOUT_MS, (long) timeout);
-    curl_easy_setopt(easy, CURLOPT_CONNECTTIMEOUT_MS, (long) self->cfg->connect_timeout_ms);
+    curl_easy_setopt(easy, CURLOPT_TIMEOUT_MS, (long)timeout);
+    curl_easy_setopt(easy, CURLOPT_CONNECTTIMEOUT_MS,
+                     (long)self->cfg->connect_timeout_ms);
     curl_easy_setopt(easy, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(easy, CURLOPT_HTTP_VERSION, (long) CURL_HTTP_VERSION_2TLS);
+    curl_easy_setopt(easy, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
     curl_easy_setopt(easy, CURLOPT_PIPEWAIT, 1L);
     curl_easy_setopt(easy, CURLOPT_TCP_KEEPALIVE, 1L);
     curl_easy_setopt(easy, CURLOPT_TCP_NODELAY, 1L);
     /*  Small receive buffer: answers are a few KB, and 10,000 transfers at
         the default 16 KB each would be most of our memory. */
     curl_easy_setopt(easy, CURLOPT_BUFFERSIZE, 8192L);
-    curl_easy_setopt(easy, CURLOPT_USERAGENT, "llmq-worker/" LLMQ_VERSION_STRING);
+    curl_easy_setopt(easy, CURLOPT_USERAGENT,
+                     "llmq-worker/" LLMQ_VERSION_STRING);
     /*  The least busy shard. */
     s_shard_t *shard = &self->shards[0];
     for (size_t i = 1; i < self->nshards; i++)
@@ -641,8 +632,7 @@ s_start_transfer(s_worker_t *self, s_job_t *job, int64_t now)
 }
 
 /*  Start queued jobs as the breaker and the limiter allow. */
-static void
-s_pump(s_worker_t *self, int64_t now)
+static void s_pump(s_worker_t *self, int64_t now)
 {
     self->limiter_at = 0;
     s_job_t *job;
@@ -652,16 +642,20 @@ s_pump(s_worker_t *self, int64_t now)
             job->queue_handle = NULL;
             char text[600];
             if (job->attempts)
-                snprintf(text, sizeof text, "deadline reached after %d attempts; last: %s",
+                snprintf(text, sizeof text,
+                         "deadline reached after %d attempts; last: %s",
                          job->attempts, job->err.message);
             else
-                snprintf(text, sizeof text, "deadline reached before the request could start");
-            s_fail(self, job, LLMQ_ERR_DEADLINE_EXCEEDED, job->err.status, false, text);
+                snprintf(text, sizeof text,
+                         "deadline reached before the request could start");
+            s_fail(self, job, LLMQ_ERR_DEADLINE_EXCEEDED, job->err.status,
+                   false, text);
             continue;
         }
-        int64_t allowance = llmq_breaker_allowance(self->breaker,
-                                                   llmq_limiter_running(self->limiter));
-        if (allowance == 0 && llmq_breaker_state(self->breaker) == LLMQ_BREAKER_OPEN) {
+        int64_t allowance = llmq_breaker_allowance(
+            self->breaker, llmq_limiter_running(self->limiter));
+        if (allowance == 0 &&
+            llmq_breaker_state(self->breaker) == LLMQ_BREAKER_OPEN) {
             /*  The circuit is open: do not keep work the broker could send
                 elsewhere. Answer with the last failure (retryable). */
             zlistx_delete(self->queue, job->queue_handle);
@@ -685,13 +679,13 @@ s_pump(s_worker_t *self, int64_t now)
         job->queue_handle = NULL;
         if (s_start_transfer(self, job, now) != 0) {
             llmq_limiter_release(self->limiter, job->estimate, 0, now);
-            s_fail(self, job, LLMQ_ERR_INTERNAL, 0, true, "cannot start an HTTP transfer");
+            s_fail(self, job, LLMQ_ERR_INTERNAL, 0, true,
+                   "cannot start an HTTP transfer");
         }
     }
 }
 
-static void
-s_enqueue(s_worker_t *self, s_job_t *job, bool front)
+static void s_enqueue(s_worker_t *self, s_job_t *job, bool front)
 {
     job->state = S_QUEUED;
     job->queue_handle = front ? zlistx_add_start(self->queue, job)
@@ -699,8 +693,7 @@ s_enqueue(s_worker_t *self, s_job_t *job, bool front)
 }
 
 /*  Backoff before attempt n+1: full jitter over base * 2^(n-1), capped. */
-static int64_t
-s_backoff(s_worker_t *self, int attempts)
+static int64_t s_backoff(s_worker_t *self, int attempts)
 {
     int64_t ceiling = self->cfg->retry_base_ms;
     for (int i = 1; i < attempts && ceiling < self->cfg->retry_cap_ms; i++)
@@ -709,23 +702,23 @@ s_backoff(s_worker_t *self, int attempts)
         ceiling = self->cfg->retry_cap_ms;
     if (ceiling <= 0)
         return 0;
-    return (int64_t) (s_rand(self) % (uint64_t) (ceiling + 1));
+    return (int64_t)(s_rand(self) % (uint64_t)(ceiling + 1));
 }
 
 /*  Is this failure the provider's health (counts for the breaker)? */
-static bool
-s_is_provider_failure(const llmq_perr_t *err)
+static bool s_is_provider_failure(const llmq_perr_t *err)
 {
     if (err->status == 429 || err->code == LLMQ_ERR_RATE_LIMITED)
         return false;
-    return err->code == LLMQ_ERR_PROVIDER_ERROR || err->code == LLMQ_ERR_TIMEOUT;
+    return err->code == LLMQ_ERR_PROVIDER_ERROR ||
+           err->code == LLMQ_ERR_TIMEOUT;
 }
 
 static void s_probe_done(s_worker_t *self, s_job_t *job, CURLcode rc);
 
 /*  A transfer ended: answer, or retry, or fail. */
-static void
-s_transfer_done(s_worker_t *self, s_job_t *job, CURLcode rc, const char *detail)
+static void s_transfer_done(s_worker_t *self, s_job_t *job, CURLcode rc,
+                            const char *detail)
 {
     int64_t now = s_now();
     if (job->probe) {
@@ -743,21 +736,19 @@ s_transfer_done(s_worker_t *self, s_job_t *job, CURLcode rc, const char *detail)
     llmq_usage_init(&usage);
     if (job->stream_failed) {
         /*  err already set by the stream parser */
-    }
-    else if (rc == CURLE_OK && job->status >= 200 && job->status < 300) {
+    } else if (rc == CURLE_OK && job->status >= 200 && job->status < 300) {
         llmq_call_t call = {job->op, job->model, job->stream, NULL};
         if (job->st) {
             if (job->sse)
                 llmq_sse_finish(job->sse);
             body = llmq_stream_finish(job->st, &usage, &job->err);
-        }
-        else
-            body = llmq_provider_parse(self->provider, &call, job->buf ? job->buf : "",
-                                       job->len, &usage, &job->err);
-    }
-    else if (rc == CURLE_OK)
-        llmq_provider_classify(self->provider, (int) job->status, job->buf, job->len,
-                               &job->err);
+        } else
+            body = llmq_provider_parse(self->provider, &call,
+                                       job->buf ? job->buf : "", job->len,
+                                       &usage, &job->err);
+    } else if (rc == CURLE_OK)
+        llmq_provider_classify(self->provider, (int)job->status, job->buf,
+                               job->len, &job->err);
     else if (rc == CURLE_OPERATION_TIMEDOUT && job->deadline_cut)
         llmq_perr_set(&job->err, LLMQ_ERR_DEADLINE_EXCEEDED, 0, false,
                       "deadline reached during attempt %d", job->attempts);
@@ -779,17 +770,20 @@ s_transfer_done(s_worker_t *self, s_job_t *job, CURLcode rc, const char *detail)
     llmq_provider_scrub(self->provider, job->err.message);
     if (s_is_provider_failure(&job->err)) {
         if (llmq_breaker_failure(self->breaker, now)) {
-            llmq_wlog(LLMQ_LOG_WARN, "circuit open after %lld consecutive failures (last: %s: %s);"
-                      " no credit until a health probe passes",
-                      (long long) self->cfg->breaker_failures, llmq_err_name(job->err.code),
-                      job->err.message);
+            llmq_wlog(
+                LLMQ_LOG_WARN,
+                "circuit open after %lld consecutive failures (last: %s: %s);"
+                " no credit until a health probe passes",
+                (long long)self->cfg->breaker_failures,
+                llmq_err_name(job->err.code), job->err.message);
             /*  Tell the broker now, not at the next heartbeat. */
             s_send_hb(self);
         }
     }
     bool chunks_seen = job->st && llmq_stream_chunks(job->st) > 0;
-    bool again = job->err.retryable && job->attempts < self->cfg->max_attempts
-                 && !chunks_seen && !(self->draining && now >= self->drain_at);
+    bool again = job->err.retryable &&
+                 job->attempts < self->cfg->max_attempts && !chunks_seen &&
+                 !(self->draining && now >= self->drain_at);
     if (!again) {
         llmq_wlog(LLMQ_LOG_DEBUG, "request %s: %s after %d attempts", job->id,
                   llmq_err_name(job->err.code), job->attempts);
@@ -801,22 +795,24 @@ s_transfer_done(s_worker_t *self, s_job_t *job, CURLcode rc, const char *detail)
         delay = job->rl.retry_after_ms;
     if (job->deadline_at > 0 && now + delay >= job->deadline_at) {
         char text[600];
-        snprintf(text, sizeof text, "deadline reached after %d attempts; last: %s",
-                 job->attempts, job->err.message);
-        s_fail(self, job, LLMQ_ERR_DEADLINE_EXCEEDED, job->err.status, false, text);
+        snprintf(text, sizeof text,
+                 "deadline reached after %d attempts; last: %s", job->attempts,
+                 job->err.message);
+        s_fail(self, job, LLMQ_ERR_DEADLINE_EXCEEDED, job->err.status, false,
+               text);
         return;
     }
-    llmq_wlog(LLMQ_LOG_DEBUG, "request %s: attempt %d failed (%s %d), retry in %lld ms",
-              job->id, job->attempts, llmq_err_name(job->err.code), job->err.status,
-              (long long) delay);
+    llmq_wlog(LLMQ_LOG_DEBUG,
+              "request %s: attempt %d failed (%s %d), retry in %lld ms",
+              job->id, job->attempts, llmq_err_name(job->err.code),
+              job->err.status, (long long)delay);
     job->state = S_WAITING;
     job->due_ms = now + delay;
     if (s_heap_push(self, job) != 0)
         s_answer(self, job, NULL, NULL);
 }
 
-static void
-s_check_multi(s_worker_t *self, s_shard_t *shard)
+static void s_check_multi(s_worker_t *self, s_shard_t *shard)
 {
     CURLMsg *msg;
     int left;
@@ -824,16 +820,16 @@ s_check_multi(s_worker_t *self, s_shard_t *shard)
         if (msg->msg != CURLMSG_DONE)
             continue;
         s_job_t *job = NULL;
-        curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **) &job);
+        curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&job);
         if (job)
             s_transfer_done(self, job, msg->data.result, NULL);
     }
 }
 
-/*  --- health probe ---------------------------------------------------------------- */
+/*  --- health probe
+ * ---------------------------------------------------------------- */
 
-static void
-s_probe_start(s_worker_t *self)
+static void s_probe_start(s_worker_t *self)
 {
     s_job_t *job = calloc(1, sizeof *job);
     if (!job)
@@ -842,8 +838,8 @@ s_probe_start(s_worker_t *self)
     job->probe = true;
     job->heap_ix = S_NO_HEAP;
     job->received_ms = s_now();
-    if (llmq_provider_health(self->provider, &job->http) != 0
-        || s_start_transfer(self, job, s_now()) != 0) {
+    if (llmq_provider_health(self->provider, &job->http) != 0 ||
+        s_start_transfer(self, job, s_now()) != 0) {
         s_job_free(&job);
         return;
     }
@@ -852,12 +848,13 @@ s_probe_start(s_worker_t *self)
 }
 
 /*  The probe's outcome: 0 ok, 3 key rejected, 4 unreachable or failing. */
-static int
-s_probe_outcome(s_worker_t *self, s_job_t *job, CURLcode rc, char *text, size_t len)
+static int s_probe_outcome(s_worker_t *self, s_job_t *job, CURLcode rc,
+                           char *text, size_t len)
 {
     const char *base = llmq_provider_base_url(self->provider);
     if (rc != CURLE_OK) {
-        snprintf(text, len, "provider %s unreachable: %s", base, curl_easy_strerror(rc));
+        snprintf(text, len, "provider %s unreachable: %s", base,
+                 curl_easy_strerror(rc));
         return LLMQ_WORKER_EXIT_UNREACHABLE;
     }
     if (job->status == 401 || job->status == 403) {
@@ -870,7 +867,8 @@ s_probe_outcome(s_worker_t *self, s_job_t *job, CURLcode rc, char *text, size_t 
     }
     if (job->status == 404) {
         /*  Some OpenAI-compatible servers have no /models: they are up. */
-        snprintf(text, len, "provider %s is up (no /models: %ld)", base, job->status);
+        snprintf(text, len, "provider %s is up (no /models: %ld)", base,
+                 job->status);
         return 0;
     }
     snprintf(text, len, "provider %s unhealthy: HTTP %ld", base, job->status);
@@ -879,8 +877,7 @@ s_probe_outcome(s_worker_t *self, s_job_t *job, CURLcode rc, char *text, size_t 
 
 static void s_join(s_worker_t *self);
 
-static void
-s_probe_done(s_worker_t *self, s_job_t *job, CURLcode rc)
+static void s_probe_done(s_worker_t *self, s_job_t *job, CURLcode rc)
 {
     int64_t now = s_now();
     curl_multi_remove_handle(job->shard->multi, job->easy);
@@ -915,10 +912,9 @@ s_probe_done(s_worker_t *self, s_job_t *job, CURLcode rc)
             llmq_wlog(LLMQ_LOG_INFO, "%s", text);
             self->probe_at = 0;
             s_join(self);
-        }
-        else {
+        } else {
             llmq_wlog(LLMQ_LOG_WARN, "%s; checking again in %lld ms", text,
-                      (long long) self->probe_backoff);
+                      (long long)self->probe_backoff);
             self->probe_at = now + self->probe_backoff;
             self->probe_backoff *= 2;
             if (self->probe_backoff > self->cfg->breaker_cooldown_ms)
@@ -928,16 +924,19 @@ s_probe_done(s_worker_t *self, s_job_t *job, CURLcode rc)
     }
     llmq_breaker_probe_result(self->breaker, outcome == 0, now);
     if (outcome == 0)
-        llmq_wlog(LLMQ_LOG_INFO, "health probe passed (%s): circuit half-open, one trial request",
-                  text);
+        llmq_wlog(
+            LLMQ_LOG_INFO,
+            "health probe passed (%s): circuit half-open, one trial request",
+            text);
     else
-        llmq_wlog(LLMQ_LOG_WARN, "health probe failed: %s; circuit stays open", text);
+        llmq_wlog(LLMQ_LOG_WARN, "health probe failed: %s; circuit stays open",
+                  text);
 }
 
-/*  --- the broker connection ------------------------------------------------------- */
+/*  --- the broker connection
+ * ------------------------------------------------------- */
 
-static int
-s_connect(s_worker_t *self)
+static int s_connect(s_worker_t *self)
 {
     zsock_destroy(&self->dealer);
     self->dealer = zsock_new(ZMQ_DEALER);
@@ -952,7 +951,8 @@ s_connect(s_worker_t *self)
     zsock_set_reconnect_ivl(self->dealer, 100);
     zsock_set_reconnect_ivl_max(self->dealer, 2000);
     if (zsock_connect(self->dealer, "%s", self->cfg->broker) != 0) {
-        llmq_wlog(LLMQ_LOG_ERROR, "cannot connect to broker %s", self->cfg->broker);
+        llmq_wlog(LLMQ_LOG_ERROR, "cannot connect to broker %s",
+                  self->cfg->broker);
         zsock_destroy(&self->dealer);
         return -1;
     }
@@ -964,8 +964,7 @@ s_connect(s_worker_t *self)
 static void s_grant_credit(s_worker_t *self, int64_t now);
 
 /*  Health check passed: join the broker and say we are ready. */
-static void
-s_join(s_worker_t *self)
+static void s_join(s_worker_t *self)
 {
     if (s_connect(self) != 0) {
         self->exit_code = LLMQ_WORKER_EXIT_FAILURE;
@@ -973,34 +972,38 @@ s_join(s_worker_t *self)
         return;
     }
     self->hb_at = s_now() + self->cfg->heartbeat_ms;
-    llmq_wlog(LLMQ_LOG_INFO, "joined %s as %s (pool %s, provider %s, capacity %lld)",
-              self->cfg->broker, self->cfg->name, self->cfg->pool, self->cfg->provider,
-              (long long) self->cfg->capacity);
+    llmq_wlog(LLMQ_LOG_INFO,
+              "joined %s as %s (pool %s, provider %s, capacity %lld)",
+              self->cfg->broker, self->cfg->name, self->cfg->pool,
+              self->cfg->provider, (long long)self->cfg->capacity);
     printf("ready llmq-worker worker=%s\n", self->cfg->name);
     fflush(stdout);
     s_grant_credit(self, s_now());
 }
 
-/*  --- requests from the broker ------------------------------------------------------- */
+/*  --- requests from the broker
+ * ------------------------------------------------------- */
 
-static void
-s_answer_now(s_worker_t *self, s_job_t *job, const cJSON *body)
+static void s_answer_now(s_worker_t *self, s_job_t *job, const cJSON *body)
 {
     /*  echo: no HTTP. A streamed request gets its answer as one chunk. */
     llmq_call_t call = {job->op, job->model, job->stream, body};
     llmq_usage_t usage;
     job->attempts = 1;
-    cJSON *answer = llmq_provider_answer(self->provider, &call, &usage, &job->err);
+    cJSON *answer =
+        llmq_provider_answer(self->provider, &call, &usage, &job->err);
     if (!answer) {
         s_answer(self, job, NULL, NULL);
         return;
     }
     if (job->stream && job->op != LLMQ_OP_EMBEDDING) {
         cJSON *chunk = cJSON_Duplicate(answer, true);
-        cJSON_ReplaceItemInObjectCaseSensitive(chunk, "object",
-                                               cJSON_CreateString("chat.completion.chunk"));
+        cJSON_ReplaceItemInObjectCaseSensitive(
+            chunk, "object", cJSON_CreateString("chat.completion.chunk"));
         cJSON *c;
-        cJSON_ArrayForEach(c, cJSON_GetObjectItemCaseSensitive(chunk, "choices")) {
+        cJSON_ArrayForEach(c,
+                           cJSON_GetObjectItemCaseSensitive(chunk, "choices"))
+        {
             cJSON *msg = cJSON_DetachItemFromObjectCaseSensitive(c, "message");
             if (msg)
                 cJSON_AddItemToObject(c, "delta", msg);
@@ -1012,8 +1015,7 @@ s_answer_now(s_worker_t *self, s_job_t *job, const cJSON *body)
     cJSON_Delete(answer);
 }
 
-static void
-s_on_req(s_worker_t *self, llmq_msg_t *msg)
+static void s_on_req(s_worker_t *self, llmq_msg_t *msg)
 {
     int64_t now = s_now();
     const char *id = llmq_msg_id(msg);
@@ -1040,7 +1042,7 @@ s_on_req(s_worker_t *self, llmq_msg_t *msg)
         s_job_free(&job);
         return;
     }
-    bool over = (int64_t) zhashx_size(self->jobs) >= self->cfg->capacity;
+    bool over = (int64_t)zhashx_size(self->jobs) >= self->cfg->capacity;
     zhashx_insert(self->jobs, job->id, job);
 
     if (over) {
@@ -1051,16 +1053,18 @@ s_on_req(s_worker_t *self, llmq_msg_t *msg)
     }
     if (job->op == LLMQ_OP_UNKNOWN) {
         char text[128];
-        snprintf(text, sizeof text, "unknown op '%.32s' (chat, completion, embedding)",
+        snprintf(text, sizeof text,
+                 "unknown op '%.32s' (chat, completion, embedding)",
                  llmq_msg_op(msg));
         s_fail(self, job, LLMQ_ERR_INVALID_REQUEST, 0, false, text);
         return;
     }
     zframe_t *payload = llmq_msg_payload(msg);
     char why[128] = "";
-    cJSON *body = payload ? llmq_value_to_json(zframe_data(payload), zframe_size(payload),
-                                               why, sizeof why)
-                          : NULL;
+    cJSON *body =
+        payload ? llmq_value_to_json(zframe_data(payload), zframe_size(payload),
+                                     why, sizeof why)
+                : NULL;
     if (!cJSON_IsObject(body)) {
         cJSON_Delete(body);
         char text[200];
@@ -1087,8 +1091,7 @@ s_on_req(s_worker_t *self, llmq_msg_t *msg)
     s_pump(self, now);
 }
 
-static void
-s_on_cancel(s_worker_t *self, llmq_msg_t *msg)
+static void s_on_cancel(s_worker_t *self, llmq_msg_t *msg)
 {
     s_job_t *job = zhashx_lookup(self->jobs, llmq_msg_id(msg));
     if (!job)
@@ -1097,8 +1100,7 @@ s_on_cancel(s_worker_t *self, llmq_msg_t *msg)
     s_fail(self, job, LLMQ_ERR_CANCELLED, 0, false, "cancelled");
 }
 
-static void
-s_handle_broker(s_worker_t *self, llmq_msg_t *msg)
+static void s_handle_broker(s_worker_t *self, llmq_msg_t *msg)
 {
     self->broker_seen = s_now();
     switch (llmq_msg_type(msg)) {
@@ -1112,7 +1114,8 @@ s_handle_broker(s_worker_t *self, llmq_msg_t *msg)
         llmq_limiter_set_rates(self->limiter, llmq_msg_limits_rpm(msg),
                                llmq_msg_limits_tpm(msg), s_now());
         llmq_wlog(LLMQ_LOG_INFO, "limits from broker: rpm %lld, tpm %lld",
-                  (long long) llmq_msg_limits_rpm(msg), (long long) llmq_msg_limits_tpm(msg));
+                  (long long)llmq_msg_limits_rpm(msg),
+                  (long long)llmq_msg_limits_tpm(msg));
         break;
     case LLMQ_MSG_HB:
         break;
@@ -1134,7 +1137,8 @@ s_handle_broker(s_worker_t *self, llmq_msg_t *msg)
             llmq_msg_set_provider_batch(m, llmq_msg_provider_batch(msg));
         llmq_msg_set_state(m, "failed");
         llmq_msg_set_error_code(m, llmq_err_name(LLMQ_ERR_INVALID_REQUEST));
-        llmq_msg_set_error_message(m, "this worker does not run provider Batch API jobs");
+        llmq_msg_set_error_message(
+            m, "this worker does not run provider Batch API jobs");
         llmq_msg_set_error_retryable(m, false);
         s_send(self, &m);
         break;
@@ -1150,22 +1154,23 @@ s_handle_broker(s_worker_t *self, llmq_msg_t *msg)
     }
 }
 
-/*  --- credit ---------------------------------------------------------------------------- */
+/*  --- credit
+ * ----------------------------------------------------------------------------
+ */
 
-static void
-s_grant_credit(s_worker_t *self, int64_t now)
+static void s_grant_credit(s_worker_t *self, int64_t now)
 {
     if (!self->dealer || !self->joined || self->draining)
         return;
-    int64_t held = (int64_t) zhashx_size(self->jobs);
+    int64_t held = (int64_t)zhashx_size(self->jobs);
     int64_t slots = self->cfg->capacity - held - self->outstanding;
     if (slots <= 0)
         return;
-    int64_t queued = (int64_t) zlistx_size(self->queue);
-    int64_t avail = llmq_limiter_available(self->limiter, self->avg_tokens, 1000,
-                                           self->cfg->capacity, now);
-    int64_t allowance = llmq_breaker_allowance(self->breaker,
-                                               llmq_limiter_running(self->limiter));
+    int64_t queued = (int64_t)zlistx_size(self->queue);
+    int64_t avail = llmq_limiter_available(self->limiter, self->avg_tokens,
+                                           1000, self->cfg->capacity, now);
+    int64_t allowance = llmq_breaker_allowance(
+        self->breaker, llmq_limiter_running(self->limiter));
     if (allowance >= 0 && allowance < avail)
         avail = allowance;
     int64_t grant = avail - queued - self->outstanding;
@@ -1184,28 +1189,26 @@ s_grant_credit(s_worker_t *self, int64_t now)
     self->outstanding += grant;
 }
 
-/*  --- the loop ------------------------------------------------------------------------- */
+/*  --- the loop
+ * ------------------------------------------------------------------------- */
 
-static void
-s_on_signal(int sig)
+static void s_on_signal(int sig)
 {
-    (void) sig;
+    (void)sig;
     llmq_worker_stop();
 }
 
-void
-llmq_worker_stop(void)
+void llmq_worker_stop(void)
 {
     s_stop_requests++;
     if (s_wake[1] >= 0) {
         char c = 1;
         ssize_t rc = write(s_wake[1], &c, 1);
-        (void) rc;
+        (void)rc;
     }
 }
 
-static void
-s_start_drain(s_worker_t *self, int64_t now)
+static void s_start_drain(s_worker_t *self, int64_t now)
 {
     self->draining = true;
     self->drain_at = now + self->cfg->drain_ms;
@@ -1213,14 +1216,14 @@ s_start_drain(s_worker_t *self, int64_t now)
         llmq_msg_t *m = llmq_msg_new(LLMQ_MSG_BYE);
         s_send(self, &m);
     }
-    llmq_wlog(LLMQ_LOG_INFO, "stopping: bye sent, draining %zu requests (up to %lld ms)",
-              zhashx_size(self->jobs), (long long) self->cfg->drain_ms);
+    llmq_wlog(LLMQ_LOG_INFO,
+              "stopping: bye sent, draining %zu requests (up to %lld ms)",
+              zhashx_size(self->jobs), (long long)self->cfg->drain_ms);
 }
 
 /*  Drain deadline: whatever is left is answered as failed (retryable, so
     the broker can send it elsewhere). */
-static void
-s_abandon_all(s_worker_t *self)
+static void s_abandon_all(s_worker_t *self)
 {
     s_job_t *job = zhashx_first(self->jobs);
     while (job) {
@@ -1231,8 +1234,7 @@ s_abandon_all(s_worker_t *self)
     }
 }
 
-static void
-s_timers(s_worker_t *self, int64_t now)
+static void s_timers(s_worker_t *self, int64_t now)
 {
     /*  Retries due: to the front of the start queue. */
     while (self->heap_len > 0 && self->heap[0]->due_ms <= now) {
@@ -1244,9 +1246,10 @@ s_timers(s_worker_t *self, int64_t now)
         s_send_hb(self);
         self->hb_at = now + self->cfg->heartbeat_ms;
     }
-    if (self->dealer && now - self->broker_seen > S_HB_LIVENESS * self->cfg->heartbeat_ms) {
-        llmq_wlog(LLMQ_LOG_WARN, "broker %s silent for %lld ms: reconnecting", self->cfg->broker,
-                  (long long) (now - self->broker_seen));
+    if (self->dealer &&
+        now - self->broker_seen > S_HB_LIVENESS * self->cfg->heartbeat_ms) {
+        llmq_wlog(LLMQ_LOG_WARN, "broker %s silent for %lld ms: reconnecting",
+                  self->cfg->broker, (long long)(now - self->broker_seen));
         if (s_connect(self) != 0) {
             self->exit_code = LLMQ_WORKER_EXIT_FAILURE;
             self->done = true;
@@ -1265,22 +1268,23 @@ s_timers(s_worker_t *self, int64_t now)
     }
 }
 
-static int64_t
-s_next_wake(s_worker_t *self, int64_t now)
+static int64_t s_next_wake(s_worker_t *self, int64_t now)
 {
     int64_t due = now + self->cfg->heartbeat_ms;
     if (self->dealer)
         due = s_min_due(due, self->hb_at);
     for (size_t i = 0; i < self->nshards; i++)
         if (self->shards[i].due >= 0)
-            due = s_min_due(due, self->shards[i].due > now ? self->shards[i].due : now);
+            due = s_min_due(due, self->shards[i].due > now ? self->shards[i].due
+                                                           : now);
     if (self->heap_len)
         due = s_min_due(due, self->heap[0]->due_ms);
     if (self->limiter_at && zlistx_size(self->queue))
         due = s_min_due(due, self->limiter_at);
     if (!self->dealer && self->probe_at)
         due = s_min_due(due, self->probe_at);
-    int64_t probe_in = self->dealer ? llmq_breaker_probe_in(self->breaker, now) : -1;
+    int64_t probe_in =
+        self->dealer ? llmq_breaker_probe_in(self->breaker, now) : -1;
     if (probe_in >= 0)
         due = s_min_due(due, now + probe_in);
     if (self->draining)
@@ -1288,8 +1292,7 @@ s_next_wake(s_worker_t *self, int64_t now)
     return due > now ? due - now : 0;
 }
 
-static void
-s_curl_events(s_worker_t *self)
+static void s_curl_events(s_worker_t *self)
 {
     struct epoll_event evs[512];
     int running;
@@ -1305,10 +1308,11 @@ s_curl_events(s_worker_t *self)
                 mask |= CURL_CSELECT_OUT;
             if (evs[i].events & (EPOLLERR | EPOLLHUP))
                 mask |= CURL_CSELECT_ERR;
-            uint32_t ix = (uint32_t) (evs[i].data.u64 >> 32);
-            curl_socket_t fd = (curl_socket_t) (evs[i].data.u64 & 0xffffffffu);
+            uint32_t ix = (uint32_t)(evs[i].data.u64 >> 32);
+            curl_socket_t fd = (curl_socket_t)(evs[i].data.u64 & 0xffffffffu);
             if (ix < self->nshards)
-                curl_multi_socket_action(self->shards[ix].multi, fd, mask, &running);
+                curl_multi_socket_action(self->shards[ix].multi, fd, mask,
+                                         &running);
         }
         for (size_t i = 0; i < self->nshards; i++)
             s_check_multi(self, &self->shards[i]);
@@ -1317,10 +1321,9 @@ s_curl_events(s_worker_t *self)
     }
 }
 
-int
-llmq_worker_run(llmq_worker_t *self_)
+int llmq_worker_run(llmq_worker_t *self_)
 {
-    s_worker_t *self = (s_worker_t *) self_;
+    s_worker_t *self = (s_worker_t *)self_;
     int64_t now = s_now();
     if (llmq_provider_uses_http(self->provider)) {
         s_probe_start(self);
@@ -1328,12 +1331,10 @@ llmq_worker_run(llmq_worker_t *self_)
             llmq_wlog(LLMQ_LOG_ERROR, "cannot start the health check");
             return LLMQ_WORKER_EXIT_FAILURE;
         }
-    }
-    else if (self->cfg->check_only) {
+    } else if (self->cfg->check_only) {
         printf("ok: provider %s needs no HTTP\n", self->cfg->provider);
         return 0;
-    }
-    else
+    } else
         s_join(self);
 
     while (!self->done) {
@@ -1352,11 +1353,12 @@ llmq_worker_run(llmq_worker_t *self_)
         now = s_now();
         zmq_pollitem_t items[3];
         int nitems = 0;
-        items[nitems++] = (zmq_pollitem_t) {NULL, self->epfd, ZMQ_POLLIN, 0};
-        items[nitems++] = (zmq_pollitem_t) {NULL, s_wake[0], ZMQ_POLLIN, 0};
+        items[nitems++] = (zmq_pollitem_t){NULL, self->epfd, ZMQ_POLLIN, 0};
+        items[nitems++] = (zmq_pollitem_t){NULL, s_wake[0], ZMQ_POLLIN, 0};
         if (self->dealer)
-            items[nitems++] = (zmq_pollitem_t) {zsock_resolve(self->dealer), 0, ZMQ_POLLIN, 0};
-        int rc = zmq_poll(items, nitems, (long) s_next_wake(self, now));
+            items[nitems++] =
+                (zmq_pollitem_t){zsock_resolve(self->dealer), 0, ZMQ_POLLIN, 0};
+        int rc = zmq_poll(items, nitems, (long)s_next_wake(self, now));
         if (rc < 0 && errno != EINTR) {
             llmq_wlog(LLMQ_LOG_ERROR, "poll failed: %s", zmq_strerror(errno));
             self->exit_code = LLMQ_WORKER_EXIT_FAILURE;
@@ -1376,13 +1378,15 @@ llmq_worker_run(llmq_worker_t *self_)
             if (shard->due >= 0 && now >= shard->due) {
                 int running;
                 shard->due = -1;
-                curl_multi_socket_action(shard->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+                curl_multi_socket_action(shard->multi, CURL_SOCKET_TIMEOUT, 0,
+                                         &running);
                 s_check_multi(self, shard);
             }
         }
         /*  The broker: everything waiting, in bounded batches. */
-        for (int i = 0; self->dealer && i < S_ZMQ_BATCH
-                        && (zsock_events(self->dealer) & ZMQ_POLLIN); i++) {
+        for (int i = 0; self->dealer && i < S_ZMQ_BATCH &&
+                        (zsock_events(self->dealer) & ZMQ_POLLIN);
+             i++) {
             llmq_msg_t *msg = llmq_msg_recv(self->dealer);
             if (!msg)
                 break;
@@ -1397,7 +1401,8 @@ llmq_worker_run(llmq_worker_t *self_)
             if (zhashx_size(self->jobs) == 0)
                 break;
             if (now >= self->drain_at) {
-                llmq_wlog(LLMQ_LOG_WARN, "drain time over: %zu requests answered as failed",
+                llmq_wlog(LLMQ_LOG_WARN,
+                          "drain time over: %zu requests answered as failed",
                           zhashx_size(self->jobs));
                 s_abandon_all(self);
                 break;
@@ -1406,7 +1411,8 @@ llmq_worker_run(llmq_worker_t *self_)
     }
     if (self->draining)
         llmq_wlog(LLMQ_LOG_INFO, "stopped: %llu answered, %llu failed",
-                  (unsigned long long) self->answered, (unsigned long long) self->failed);
+                  (unsigned long long)self->answered,
+                  (unsigned long long)self->failed);
     if (self->dealer) {
         /*  Let the last answers and the bye reach the broker. */
         zsock_set_linger(self->dealer, 2000);
@@ -1415,10 +1421,10 @@ llmq_worker_run(llmq_worker_t *self_)
     return self->exit_code;
 }
 
-/*  --- new / destroy ---------------------------------------------------------------------- */
+/*  --- new / destroy
+ * ---------------------------------------------------------------------- */
 
-static void
-s_raise_nofile(int64_t capacity)
+static void s_raise_nofile(int64_t capacity)
 {
     struct rlimit rl;
     if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
@@ -1429,22 +1435,22 @@ s_raise_nofile(int64_t capacity)
         setrlimit(RLIMIT_NOFILE, &rl);
         getrlimit(RLIMIT_NOFILE, &rl);
     }
-    if ((int64_t) rl.rlim_cur < capacity + 64)
-        llmq_wlog(LLMQ_LOG_WARN, "open file limit %llu is below capacity %lld + 64: "
-                  "connections will queue", (unsigned long long) rl.rlim_cur,
-                  (long long) capacity);
+    if ((int64_t)rl.rlim_cur < capacity + 64)
+        llmq_wlog(LLMQ_LOG_WARN,
+                  "open file limit %llu is below capacity %lld + 64: "
+                  "connections will queue",
+                  (unsigned long long)rl.rlim_cur, (long long)capacity);
 }
 
-static void
-s_job_destructor(void **item)
+static void s_job_destructor(void **item)
 {
     s_job_t *job = *item;
     s_job_free(&job);
     *item = NULL;
 }
 
-llmq_worker_t *
-llmq_worker_new(llmq_worker_config_t **config_p, char *errbuf, size_t errlen)
+llmq_worker_t *llmq_worker_new(llmq_worker_config_t **config_p, char *errbuf,
+                               size_t errlen)
 {
     llmq_worker_config_t *cfg = *config_p;
     *config_p = NULL;
@@ -1458,25 +1464,29 @@ llmq_worker_new(llmq_worker_config_t **config_p, char *errbuf, size_t errlen)
     self->cfg = cfg;
     self->epfd = -1;
     self->exit_code = LLMQ_WORKER_EXIT_OK;
-    self->rng = (uint64_t) zclock_time() ^ ((uint64_t) getpid() << 32) ^ 0x9E3779B97F4A7C15ULL;
+    self->rng = (uint64_t)zclock_time() ^ ((uint64_t)getpid() << 32) ^
+                0x9E3779B97F4A7C15ULL;
     self->avg_tokens = cfg->default_max_tokens / 4;
     self->probe_backoff = 1000;
     s_stop_requests = 0;
     llmq_provider_config_t pc = {cfg->provider, cfg->base_url, cfg->api_key,
-                                 cfg->anthropic_version, cfg->default_max_tokens};
+                                 cfg->anthropic_version,
+                                 cfg->default_max_tokens};
     self->provider = llmq_provider_new(&pc, errbuf, errlen);
-    self->limiter = llmq_limiter_new(cfg->rpm, cfg->tpm, cfg->capacity, cfg->burst_ms, s_now());
-    self->breaker = llmq_breaker_new(cfg->breaker_failures, cfg->breaker_cooldown_ms);
+    self->limiter = llmq_limiter_new(cfg->rpm, cfg->tpm, cfg->capacity,
+                                     cfg->burst_ms, s_now());
+    self->breaker =
+        llmq_breaker_new(cfg->breaker_failures, cfg->breaker_cooldown_ms);
     self->jobs = zhashx_new();
     self->queue = zlistx_new();
     self->epfd = epoll_create1(EPOLL_CLOEXEC);
     bool curl_ok = curl_global_init(CURL_GLOBAL_DEFAULT) == CURLE_OK;
-    self->nshards = (size_t) (cfg->capacity + S_SHARD_CONNS - 1) / S_SHARD_CONNS;
+    self->nshards = (size_t)(cfg->capacity + S_SHARD_CONNS - 1) / S_SHARD_CONNS;
     self->shards = calloc(self->nshards, sizeof(s_shard_t));
     for (size_t i = 0; curl_ok && self->shards && i < self->nshards; i++) {
         s_shard_t *shard = &self->shards[i];
         shard->worker = self;
-        shard->index = (uint32_t) i;
+        shard->index = (uint32_t)i;
         shard->due = -1;
         shard->multi = curl_multi_init();
         curl_ok = shard->multi != NULL;
@@ -1485,16 +1495,19 @@ llmq_worker_new(llmq_worker_config_t **config_p, char *errbuf, size_t errlen)
         fcntl(s_wake[0], F_SETFL, O_NONBLOCK);
         fcntl(s_wake[1], F_SETFL, O_NONBLOCK);
     }
-    if (!self->provider || !self->limiter || !self->breaker || !self->jobs || !self->queue
-        || self->epfd < 0 || !self->shards || !curl_ok || s_wake[0] < 0) {
+    if (!self->provider || !self->limiter || !self->breaker || !self->jobs ||
+        !self->queue || self->epfd < 0 || !self->shards || !curl_ok ||
+        s_wake[0] < 0) {
         if (errbuf && !*errbuf)
-            snprintf(errbuf, errlen, "cannot set up the worker (out of memory or fds)");
-        llmq_worker_t *w = (llmq_worker_t *) self;
+            snprintf(errbuf, errlen,
+                     "cannot set up the worker (out of memory or fds)");
+        llmq_worker_t *w = (llmq_worker_t *)self;
         llmq_worker_destroy(&w);
         return NULL;
     }
     zhashx_set_destructor(self->jobs, s_job_destructor);
-    long per_shard = (long) ((cfg->capacity + (int64_t) self->nshards - 1) / (int64_t) self->nshards);
+    long per_shard = (long)((cfg->capacity + (int64_t)self->nshards - 1) /
+                            (int64_t)self->nshards);
     for (size_t i = 0; i < self->nshards; i++) {
         CURLM *multi = self->shards[i].multi;
         curl_multi_setopt(multi, CURLMOPT_SOCKETFUNCTION, s_on_socket);
@@ -1503,7 +1516,7 @@ llmq_worker_new(llmq_worker_config_t **config_p, char *errbuf, size_t errlen)
         curl_multi_setopt(multi, CURLMOPT_TIMERDATA, &self->shards[i]);
         curl_multi_setopt(multi, CURLMOPT_MAX_HOST_CONNECTIONS, per_shard);
         curl_multi_setopt(multi, CURLMOPT_MAXCONNECTS, per_shard);
-        curl_multi_setopt(multi, CURLMOPT_PIPELINING, (long) CURLPIPE_MULTIPLEX);
+        curl_multi_setopt(multi, CURLMOPT_PIPELINING, (long)CURLPIPE_MULTIPLEX);
     }
     s_raise_nofile(cfg->capacity);
 
@@ -1514,15 +1527,14 @@ llmq_worker_new(llmq_worker_config_t **config_p, char *errbuf, size_t errlen)
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
-    return (llmq_worker_t *) self;
+    return (llmq_worker_t *)self;
 }
 
-void
-llmq_worker_destroy(llmq_worker_t **self_p)
+void llmq_worker_destroy(llmq_worker_t **self_p)
 {
     if (!self_p || !*self_p)
         return;
-    s_worker_t *self = (s_worker_t *) *self_p;
+    s_worker_t *self = (s_worker_t *)*self_p;
     if (self->jobs) {
         s_job_t *job = zhashx_first(self->jobs);
         while (job) {
@@ -1555,25 +1567,25 @@ llmq_worker_destroy(llmq_worker_t **self_p)
     *self_p = NULL;
 }
 
-/*  --- selftest ------------------------------------------------------------------------
-    The engine with the echo provider, driven through a ROUTER in this
-    process: hello, credit, req -> res, a stream, cancel of an unknown id,
-    heartbeat, a bad payload, limits, bye on stop. The worker runs on a
-    thread of its own for the test only. */
+/*  --- selftest
+   ------------------------------------------------------------------------ The
+   engine with the echo provider, driven through a ROUTER in this process:
+   hello, credit, req -> res, a stream, cancel of an unknown id, heartbeat, a
+   bad payload, limits, bye on stop. The worker runs on a thread of its own for
+   the test only. */
 
 #include <pthread.h>
 
-#define CHECK(cond)                                                         \
-    do {                                                                    \
-        if (!(cond)) {                                                      \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, \
-                    #cond);                                                 \
-            goto fail;                                                      \
-        }                                                                   \
+#define CHECK(cond)                                                            \
+    do {                                                                       \
+        if (!(cond)) {                                                         \
+            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__,   \
+                    #cond);                                                    \
+            goto fail;                                                         \
+        }                                                                      \
     } while (0)
 
-static void *
-s_test_thread(void *arg)
+static void *s_test_thread(void *arg)
 {
     llmq_worker_t *w = arg;
     static int rc;
@@ -1583,14 +1595,14 @@ s_test_thread(void *arg)
 
 /*  Next message of a type from the worker, skipping heartbeats and credit
     unless asked for; NULL after timeout_ms. */
-static llmq_msg_t *
-s_test_expect(zsock_t *router, llmq_msg_type_t type, int timeout_ms, int64_t *credit)
+static llmq_msg_t *s_test_expect(zsock_t *router, llmq_msg_type_t type,
+                                 int timeout_ms, int64_t *credit)
 {
     int64_t until = zclock_mono() + timeout_ms;
     zpoller_t *poller = zpoller_new(router, NULL);
     llmq_msg_t *found = NULL;
     while (!found && zclock_mono() < until) {
-        if (!zpoller_wait(poller, (int) (until - zclock_mono())))
+        if (!zpoller_wait(poller, (int)(until - zclock_mono())))
             break;
         llmq_msg_t *m = llmq_msg_recv(router);
         if (!m)
@@ -1606,8 +1618,7 @@ s_test_expect(zsock_t *router, llmq_msg_type_t type, int timeout_ms, int64_t *cr
     return found;
 }
 
-int
-llmq_worker_test(bool verbose)
+int llmq_worker_test(bool verbose)
 {
     if (verbose)
         printf(" * llmq_worker: ");
@@ -1620,8 +1631,9 @@ llmq_worker_test(bool verbose)
     int port = router ? zsock_bind(router, "tcp://127.0.0.1:*") : -1;
     char endpoint[64];
     snprintf(endpoint, sizeof endpoint, "tcp://127.0.0.1:%d", port);
-    char *argv[] = {"llmq-worker", "--provider", "echo", "--broker", endpoint,
-                    "--name", "selftest", "--model", "m1", "--capacity", "64", NULL};
+    char *argv[] = {"llmq-worker", "--provider", "echo",     "--broker",
+                    endpoint,      "--name",     "selftest", "--model",
+                    "m1",          "--capacity", "64",       NULL};
     char err[256] = "";
     llmq_worker_config_t *cfg = NULL;
     CHECK(port > 0);
@@ -1638,7 +1650,8 @@ llmq_worker_test(bool verbose)
     CHECK(streq(llmq_msg_worker(m), "selftest"));
     CHECK(streq(llmq_msg_provider(m), "echo"));
     CHECK(llmq_msg_capacity(m) == 64);
-    CHECK(llmq_msg_models_count(m) == 1 && streq(llmq_msg_models_at(m, 0), "m1"));
+    CHECK(llmq_msg_models_count(m) == 1 &&
+          streq(llmq_msg_models_at(m, 0), "m1"));
     zframe_t *rid = zframe_dup(llmq_msg_routing_id(m));
     llmq_msg_destroy(&m);
     while (credit < 1) {
@@ -1655,7 +1668,8 @@ llmq_worker_test(bool verbose)
     llmq_msg_set_id(m, "r1");
     llmq_msg_set_op(m, "chat");
     llmq_msg_set_model(m, "m1");
-    const char *body = "{\"messages\":[{\"role\":\"user\",\"content\":\"ping\"}]}";
+    const char *body =
+        "{\"messages\":[{\"role\":\"user\",\"content\":\"ping\"}]}";
     zframe_t *payload = llmq_value_from_json_text(body, strlen(body), NULL, 0);
     llmq_msg_set_payload(m, &payload);
     CHECK(llmq_msg_send(&m, router) == 0);
@@ -1664,7 +1678,8 @@ llmq_worker_test(bool verbose)
     CHECK(streq(llmq_msg_worker(m), "selftest") && llmq_msg_attempts(m) == 1);
     CHECK(llmq_msg_usage_total_tokens(m) > 0);
     payload = llmq_msg_payload(m);
-    char *json = llmq_value_to_json_text(zframe_data(payload), zframe_size(payload), NULL, 0);
+    char *json = llmq_value_to_json_text(zframe_data(payload),
+                                         zframe_size(payload), NULL, 0);
     CHECK(json && strstr(json, "echo: ping"));
     free(json);
     llmq_msg_destroy(&m);
@@ -1701,7 +1716,8 @@ llmq_worker_test(bool verbose)
     CHECK(llmq_msg_send(&m, router) == 0);
     m = s_test_expect(router, LLMQ_MSG_RES, 5000, &credit);
     CHECK(m && streq(llmq_msg_id(m), "r3") && !llmq_msg_ok(m));
-    CHECK(streq(llmq_msg_error_code(m), "invalid_request") && !llmq_msg_error_retryable(m));
+    CHECK(streq(llmq_msg_error_code(m), "invalid_request") &&
+          !llmq_msg_error_retryable(m));
     llmq_msg_destroy(&m);
     m = llmq_msg_new(LLMQ_MSG_REQ);
     llmq_msg_set_routing_id(m, rid);
@@ -1712,7 +1728,8 @@ llmq_worker_test(bool verbose)
     llmq_msg_set_payload(m, &payload);
     CHECK(llmq_msg_send(&m, router) == 0);
     m = s_test_expect(router, LLMQ_MSG_RES, 5000, &credit);
-    CHECK(m && streq(llmq_msg_id(m), "r4") && streq(llmq_msg_error_code(m), "invalid_request"));
+    CHECK(m && streq(llmq_msg_id(m), "r4") &&
+          streq(llmq_msg_error_code(m), "invalid_request"));
     llmq_msg_destroy(&m);
 
     /*  Limits and heartbeats; an error without id makes it say hello again. */
@@ -1740,7 +1757,7 @@ llmq_worker_test(bool verbose)
     void *rv = NULL;
     pthread_join(thread, &rv);
     started = false;
-    CHECK(rv && *(int *) rv == 0);
+    CHECK(rv && *(int *)rv == 0);
     zframe_destroy(&rid);
     result = 0;
 fail:

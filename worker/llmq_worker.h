@@ -22,11 +22,13 @@
 extern "C" {
 #endif
 
-/*  Exit codes of llmq_worker_run (and of the llmq-worker process). */
-#define LLMQ_WORKER_EXIT_OK          0   /* stopped (SIGTERM, drained) */
-#define LLMQ_WORKER_EXIT_FAILURE     1   /* could not set up */
-#define LLMQ_WORKER_EXIT_AUTH        3   /* the provider rejected the key */
-#define LLMQ_WORKER_EXIT_UNREACHABLE 4   /* --check-only: provider unreachable */
+/*  Exit codes of llmq_worker_run (and of the llmq-worker process):
+    stopped cleanly (SIGTERM, drained); could not set up; the provider
+    rejected the API key; --check-only found the provider unreachable. */
+#define LLMQ_WORKER_EXIT_OK 0
+#define LLMQ_WORKER_EXIT_FAILURE 1
+#define LLMQ_WORKER_EXIT_AUTH 3
+#define LLMQ_WORKER_EXIT_UNREACHABLE 4
 
 typedef struct _llmq_worker_t llmq_worker_t;
 

@@ -63,69 +63,79 @@ static const cyaml_schema_field_t s_limits_fields[] = {
     CYAML_FIELD_INT("rpm", CYAML_FLAG_OPTIONAL, s_y_limits_t, rpm),
     CYAML_FIELD_INT("tpm", CYAML_FLAG_OPTIONAL, s_y_limits_t, tpm),
     CYAML_FIELD_INT("burst_ms", CYAML_FLAG_OPTIONAL, s_y_limits_t, burst_ms),
-    CYAML_FIELD_END
-};
+    CYAML_FIELD_END};
 
 static const cyaml_schema_field_t s_retry_fields[] = {
-    CYAML_FIELD_INT("max_attempts", CYAML_FLAG_OPTIONAL, s_y_retry_t, max_attempts),
+    CYAML_FIELD_INT("max_attempts", CYAML_FLAG_OPTIONAL, s_y_retry_t,
+                    max_attempts),
     CYAML_FIELD_INT("base_ms", CYAML_FLAG_OPTIONAL, s_y_retry_t, base_ms),
     CYAML_FIELD_INT("cap_ms", CYAML_FLAG_OPTIONAL, s_y_retry_t, cap_ms),
-    CYAML_FIELD_END
-};
+    CYAML_FIELD_END};
 
 static const cyaml_schema_field_t s_breaker_fields[] = {
     CYAML_FIELD_INT("failures", CYAML_FLAG_OPTIONAL, s_y_breaker_t, failures),
-    CYAML_FIELD_INT("cooldown_ms", CYAML_FLAG_OPTIONAL, s_y_breaker_t, cooldown_ms),
-    CYAML_FIELD_END
-};
+    CYAML_FIELD_INT("cooldown_ms", CYAML_FLAG_OPTIONAL, s_y_breaker_t,
+                    cooldown_ms),
+    CYAML_FIELD_END};
 
 static const cyaml_schema_field_t s_anthropic_fields[] = {
-    CYAML_FIELD_STRING_PTR("version", CYAML_FLAG_OPTIONAL, s_y_anthropic_t, version, 1, 64),
+    CYAML_FIELD_STRING_PTR("version", CYAML_FLAG_OPTIONAL, s_y_anthropic_t,
+                           version, 1, 64),
     CYAML_FIELD_INT("default_max_tokens", CYAML_FLAG_OPTIONAL, s_y_anthropic_t,
                     default_max_tokens),
-    CYAML_FIELD_END
-};
+    CYAML_FIELD_END};
 
 static const cyaml_schema_field_t s_price_fields[] = {
-    CYAML_FIELD_STRING_PTR("model", CYAML_FLAG_DEFAULT, llmq_price_t, model, 1, 256),
+    CYAML_FIELD_STRING_PTR("model", CYAML_FLAG_DEFAULT, llmq_price_t, model, 1,
+                           256),
     CYAML_FIELD_FLOAT("input", CYAML_FLAG_OPTIONAL, llmq_price_t, input),
     CYAML_FIELD_FLOAT("output", CYAML_FLAG_OPTIONAL, llmq_price_t, output),
-    CYAML_FIELD_FLOAT("batch_discount", CYAML_FLAG_OPTIONAL, llmq_price_t, batch_discount),
-    CYAML_FIELD_END
-};
+    CYAML_FIELD_FLOAT("batch_discount", CYAML_FLAG_OPTIONAL, llmq_price_t,
+                      batch_discount),
+    CYAML_FIELD_END};
 
 static const cyaml_schema_value_t s_price_entry = {
     CYAML_VALUE_MAPPING(CYAML_FLAG_DEFAULT, llmq_price_t, s_price_fields),
 };
 
 static const cyaml_schema_field_t s_top_fields[] = {
-    CYAML_FIELD_STRING_PTR("broker", CYAML_FLAG_OPTIONAL, s_yaml_t, broker, 1, 1024),
+    CYAML_FIELD_STRING_PTR("broker", CYAML_FLAG_OPTIONAL, s_yaml_t, broker, 1,
+                           1024),
     CYAML_FIELD_STRING_PTR("name", CYAML_FLAG_OPTIONAL, s_yaml_t, name, 1, 100),
     CYAML_FIELD_STRING_PTR("pool", CYAML_FLAG_OPTIONAL, s_yaml_t, pool, 1, 128),
-    CYAML_FIELD_STRING_PTR("provider", CYAML_FLAG_OPTIONAL, s_yaml_t, provider, 1, 32),
-    CYAML_FIELD_STRING_PTR("base_url", CYAML_FLAG_OPTIONAL, s_yaml_t, base_url, 1, 1024),
-    CYAML_FIELD_STRING_PTR("api_key", CYAML_FLAG_OPTIONAL, s_yaml_t, api_key, 0, 1024),
-    CYAML_FIELD_STRING_PTR("api_key_env", CYAML_FLAG_OPTIONAL, s_yaml_t, api_key_env, 1, 256),
-    CYAML_FIELD_STRING_PTR("limit_group", CYAML_FLAG_OPTIONAL, s_yaml_t, limit_group, 1, 128),
-    CYAML_FIELD_SEQUENCE("models", CYAML_FLAG_POINTER | CYAML_FLAG_OPTIONAL, s_yaml_t,
-                         models, &s_string_entry, 0, 256),
+    CYAML_FIELD_STRING_PTR("provider", CYAML_FLAG_OPTIONAL, s_yaml_t, provider,
+                           1, 32),
+    CYAML_FIELD_STRING_PTR("base_url", CYAML_FLAG_OPTIONAL, s_yaml_t, base_url,
+                           1, 1024),
+    CYAML_FIELD_STRING_PTR("api_key", CYAML_FLAG_OPTIONAL, s_yaml_t, api_key, 0,
+                           1024),
+    CYAML_FIELD_STRING_PTR("api_key_env", CYAML_FLAG_OPTIONAL, s_yaml_t,
+                           api_key_env, 1, 256),
+    CYAML_FIELD_STRING_PTR("limit_group", CYAML_FLAG_OPTIONAL, s_yaml_t,
+                           limit_group, 1, 128),
+    CYAML_FIELD_SEQUENCE("models", CYAML_FLAG_POINTER | CYAML_FLAG_OPTIONAL,
+                         s_yaml_t, models, &s_string_entry, 0, 256),
     CYAML_FIELD_INT("capacity", CYAML_FLAG_OPTIONAL, s_yaml_t, capacity),
     CYAML_FIELD_INT("timeout_ms", CYAML_FLAG_OPTIONAL, s_yaml_t, timeout_ms),
-    CYAML_FIELD_INT("connect_timeout_ms", CYAML_FLAG_OPTIONAL, s_yaml_t, connect_timeout_ms),
+    CYAML_FIELD_INT("connect_timeout_ms", CYAML_FLAG_OPTIONAL, s_yaml_t,
+                    connect_timeout_ms),
     CYAML_FIELD_INT("drain_ms", CYAML_FLAG_OPTIONAL, s_yaml_t, drain_ms),
-    CYAML_FIELD_INT("heartbeat_ms", CYAML_FLAG_OPTIONAL, s_yaml_t, heartbeat_ms),
+    CYAML_FIELD_INT("heartbeat_ms", CYAML_FLAG_OPTIONAL, s_yaml_t,
+                    heartbeat_ms),
     CYAML_FIELD_BOOL("batch_api", CYAML_FLAG_OPTIONAL, s_yaml_t, batch_api),
     CYAML_FIELD_BOOL("verbose", CYAML_FLAG_OPTIONAL, s_yaml_t, verbose),
     CYAML_FIELD_BOOL("json_logs", CYAML_FLAG_OPTIONAL, s_yaml_t, json_logs),
-    CYAML_FIELD_MAPPING("limits", CYAML_FLAG_OPTIONAL, s_yaml_t, limits, s_limits_fields),
-    CYAML_FIELD_MAPPING("retry", CYAML_FLAG_OPTIONAL, s_yaml_t, retry, s_retry_fields),
-    CYAML_FIELD_MAPPING("breaker", CYAML_FLAG_OPTIONAL, s_yaml_t, breaker, s_breaker_fields),
+    CYAML_FIELD_MAPPING("limits", CYAML_FLAG_OPTIONAL, s_yaml_t, limits,
+                        s_limits_fields),
+    CYAML_FIELD_MAPPING("retry", CYAML_FLAG_OPTIONAL, s_yaml_t, retry,
+                        s_retry_fields),
+    CYAML_FIELD_MAPPING("breaker", CYAML_FLAG_OPTIONAL, s_yaml_t, breaker,
+                        s_breaker_fields),
     CYAML_FIELD_MAPPING("anthropic", CYAML_FLAG_OPTIONAL, s_yaml_t, anthropic,
                         s_anthropic_fields),
-    CYAML_FIELD_SEQUENCE("pricing", CYAML_FLAG_POINTER | CYAML_FLAG_OPTIONAL, s_yaml_t,
-                         pricing, &s_price_entry, 0, 4096),
-    CYAML_FIELD_END
-};
+    CYAML_FIELD_SEQUENCE("pricing", CYAML_FLAG_POINTER | CYAML_FLAG_OPTIONAL,
+                         s_yaml_t, pricing, &s_price_entry, 0, 4096),
+    CYAML_FIELD_END};
 
 static const cyaml_schema_value_t s_top_schema = {
     CYAML_VALUE_MAPPING(CYAML_FLAG_POINTER, s_yaml_t, s_top_fields),
@@ -136,8 +146,8 @@ typedef struct {
     char text[1024];
 } s_log_t;
 
-static void
-s_cyaml_log(cyaml_log_t level, void *ctx, const char *fmt, va_list args)
+static void s_cyaml_log(cyaml_log_t level, void *ctx, const char *fmt,
+                        va_list args)
 {
     if (level < CYAML_LOG_ERROR)
         return;
@@ -147,10 +157,10 @@ s_cyaml_log(cyaml_log_t level, void *ctx, const char *fmt, va_list args)
         vsnprintf(log->text + n, sizeof log->text - n, fmt, args);
 }
 
-/*  --- helpers -------------------------------------------------------------- */
+/*  --- helpers --------------------------------------------------------------
+ */
 
-static void
-s_set(char **dst, const char *value)
+static void s_set(char **dst, const char *value)
 {
     if (!value)
         return;
@@ -161,8 +171,7 @@ s_set(char **dst, const char *value)
     *dst = copy;
 }
 
-static void
-s_wipe(char *s)
+static void s_wipe(char *s)
 {
     if (s) {
         volatile char *p = s;
@@ -171,8 +180,7 @@ s_wipe(char *s)
     }
 }
 
-static void
-s_models_clear(llmq_worker_config_t *self)
+static void s_models_clear(llmq_worker_config_t *self)
 {
     for (size_t i = 0; i < self->models_count; i++)
         free(self->models[i]);
@@ -181,10 +189,10 @@ s_models_clear(llmq_worker_config_t *self)
     self->models_count = 0;
 }
 
-static void
-s_models_add(llmq_worker_config_t *self, const char *model)
+static void s_models_add(llmq_worker_config_t *self, const char *model)
 {
-    char **nm = realloc(self->models, (self->models_count + 1) * sizeof(char *));
+    char **nm =
+        realloc(self->models, (self->models_count + 1) * sizeof(char *));
     if (!nm)
         return;
     self->models = nm;
@@ -194,30 +202,30 @@ s_models_add(llmq_worker_config_t *self, const char *model)
 }
 
 /*  "a,b,c" -> models. */
-static void
-s_models_csv(llmq_worker_config_t *self, const char *csv)
+static void s_models_csv(llmq_worker_config_t *self, const char *csv)
 {
     s_models_clear(self);
     char *copy = strdup(csv);
     if (!copy)
         return;
     char *save = NULL;
-    for (char *tok = strtok_r(copy, ", ", &save); tok; tok = strtok_r(NULL, ", ", &save))
+    for (char *tok = strtok_r(copy, ", ", &save); tok;
+         tok = strtok_r(NULL, ", ", &save))
         s_models_add(self, tok);
     free(copy);
 }
 
 /*  Strict integer in [lo, hi]; -1 with a message otherwise. */
-static int
-s_int(const char *what, const char *text, int64_t lo, int64_t hi, int64_t *out,
-      char *errbuf, size_t errlen)
+static int s_int(const char *what, const char *text, int64_t lo, int64_t hi,
+                 int64_t *out, char *errbuf, size_t errlen)
 {
     char *end = NULL;
     errno = 0;
     long long v = text ? strtoll(text, &end, 10) : 0;
     if (!text || !*text || *end || errno || v < lo || v > hi) {
-        snprintf(errbuf, errlen, "%s: expected an integer from %lld to %lld, got '%s'",
-                 what, (long long) lo, (long long) hi, text ? text : "");
+        snprintf(errbuf, errlen,
+                 "%s: expected an integer from %lld to %lld, got '%s'", what,
+                 (long long)lo, (long long)hi, text ? text : "");
         return -1;
     }
     *out = v;
@@ -226,8 +234,7 @@ s_int(const char *what, const char *text, int64_t lo, int64_t hi, int64_t *out,
 
 /*  --- defaults, file, env, flags ----------------------------------------- */
 
-static void
-s_defaults(llmq_worker_config_t *self)
+static void s_defaults(llmq_worker_config_t *self)
 {
     s_set(&self->broker, "tcp://127.0.0.1:5556");
     self->capacity = 256;
@@ -246,8 +253,7 @@ s_defaults(llmq_worker_config_t *self)
 }
 
 /*  Line (1-based) of the first "key:" in the file, 0 if none. */
-static long
-s_key_line(const char *path, const char *key)
+static long s_key_line(const char *path, const char *key)
 {
     FILE *f = fopen(path, "r");
     if (!f)
@@ -267,8 +273,8 @@ s_key_line(const char *path, const char *key)
     return found;
 }
 
-static int
-s_load_file(llmq_worker_config_t *self, const char *path, char *errbuf, size_t errlen)
+static int s_load_file(llmq_worker_config_t *self, const char *path,
+                       char *errbuf, size_t errlen)
 {
     s_log_t log = {{0}};
     cyaml_config_t cc = {
@@ -279,7 +285,8 @@ s_load_file(llmq_worker_config_t *self, const char *path, char *errbuf, size_t e
         .flags = CYAML_CFG_DEFAULT,
     };
     s_yaml_t *y = NULL;
-    cyaml_err_t rc = cyaml_load_file(path, &cc, &s_top_schema, (cyaml_data_t **) &y, NULL);
+    cyaml_err_t rc =
+        cyaml_load_file(path, &cc, &s_top_schema, (cyaml_data_t **)&y, NULL);
     if (rc != CYAML_OK) {
         /*  Find "line: N" (libcyaml backtrace) or "line N" (libyaml). */
         long line = 0;
@@ -308,7 +315,8 @@ s_load_file(llmq_worker_config_t *self, const char *path, char *errbuf, size_t e
                 line = at_line;
         }
         if (rc == CYAML_ERR_FILE_OPEN)
-            snprintf(errbuf, errlen, "%s: cannot open: %s", path, strerror(errno));
+            snprintf(errbuf, errlen, "%s: cannot open: %s", path,
+                     strerror(errno));
         else if (line > 0)
             snprintf(errbuf, errlen, "%s:%ld: %s", path, line, first);
         else
@@ -316,7 +324,7 @@ s_load_file(llmq_worker_config_t *self, const char *path, char *errbuf, size_t e
         return -1;
     }
     if (!y)
-        return 0;  /* empty document */
+        return 0; /* empty document */
     s_set(&self->broker, y->broker);
     s_set(&self->name, y->name);
     s_set(&self->pool, y->pool);
@@ -334,7 +342,9 @@ s_load_file(llmq_worker_config_t *self, const char *path, char *errbuf, size_t e
         for (unsigned i = 0; i < y->models_count; i++)
             s_models_add(self, y->models[i]);
     }
-#define S_INT(dst, src) if (src) self->dst = src
+#define S_INT(dst, src)                                                        \
+    if (src)                                                                   \
+    self->dst = src
     S_INT(capacity, y->capacity);
     S_INT(timeout_ms, y->timeout_ms);
     S_INT(connect_timeout_ms, y->connect_timeout_ms);
@@ -360,12 +370,14 @@ s_load_file(llmq_worker_config_t *self, const char *path, char *errbuf, size_t e
             for (unsigned i = 0; i < y->pricing_count; i++) {
                 self->pricing[i] = y->pricing[i];
                 self->pricing[i].model = strdup(y->pricing[i].model);
-                if (self->pricing[i].input < 0 || self->pricing[i].output < 0
-                    || self->pricing[i].batch_discount < 0
-                    || self->pricing[i].batch_discount > 1) {
+                if (self->pricing[i].input < 0 || self->pricing[i].output < 0 ||
+                    self->pricing[i].batch_discount < 0 ||
+                    self->pricing[i].batch_discount > 1) {
                     snprintf(errbuf, errlen,
-                             "%s: pricing for '%s': prices must be >= 0 and batch_discount "
-                             "within 0..1", path, y->pricing[i].model);
+                             "%s: pricing for '%s': prices must be >= 0 and "
+                             "batch_discount "
+                             "within 0..1",
+                             path, y->pricing[i].model);
                     self->pricing_count = i + 1;
                     cyaml_free(&cc, &s_top_schema, y, 0);
                     return -1;
@@ -379,8 +391,7 @@ s_load_file(llmq_worker_config_t *self, const char *path, char *errbuf, size_t e
 }
 
 /*  LLMQ_* variables over the file. */
-static int
-s_load_env(llmq_worker_config_t *self, char *errbuf, size_t errlen)
+static int s_load_env(llmq_worker_config_t *self, char *errbuf, size_t errlen)
 {
     const char *v;
     s_set(&self->broker, getenv("LLMQ_BROKER"));
@@ -391,11 +402,14 @@ s_load_env(llmq_worker_config_t *self, char *errbuf, size_t errlen)
     s_set(&self->limit_group, getenv("LLMQ_LIMIT_GROUP"));
     if ((v = getenv("LLMQ_MODELS")) && *v)
         s_models_csv(self, v);
-    if ((v = getenv("LLMQ_CAPACITY")) && s_int("LLMQ_CAPACITY", v, 1, 100000, &self->capacity, errbuf, errlen))
+    if ((v = getenv("LLMQ_CAPACITY")) &&
+        s_int("LLMQ_CAPACITY", v, 1, 100000, &self->capacity, errbuf, errlen))
         return -1;
-    if ((v = getenv("LLMQ_RPM")) && s_int("LLMQ_RPM", v, 0, INT64_MAX / 2, &self->rpm, errbuf, errlen))
+    if ((v = getenv("LLMQ_RPM")) &&
+        s_int("LLMQ_RPM", v, 0, INT64_MAX / 2, &self->rpm, errbuf, errlen))
         return -1;
-    if ((v = getenv("LLMQ_TPM")) && s_int("LLMQ_TPM", v, 0, INT64_MAX / 2, &self->tpm, errbuf, errlen))
+    if ((v = getenv("LLMQ_TPM")) &&
+        s_int("LLMQ_TPM", v, 0, INT64_MAX / 2, &self->tpm, errbuf, errlen))
         return -1;
     if ((v = getenv("LLMQ_JSON_LOGS")) && *v && strcmp(v, "0") != 0)
         self->json_logs = true;
@@ -403,11 +417,35 @@ s_load_env(llmq_worker_config_t *self, char *errbuf, size_t errlen)
 }
 
 enum {
-    F_BROKER = 1000, F_NAME, F_POOL, F_PROVIDER, F_BASE_URL, F_MODEL, F_CAPACITY,
-    F_RPM, F_TPM, F_BURST, F_GROUP, F_ATTEMPTS, F_TIMEOUT, F_CONNECT_TIMEOUT,
-    F_RETRY_BASE, F_RETRY_CAP, F_BRK_FAIL, F_BRK_COOL, F_DRAIN, F_CONFIG,
-    F_VERBOSE, F_JSON, F_HELP, F_VERSION, F_CHECK, F_KEY_ENV, F_MAX_TOKENS,
-    F_BATCH_API, F_HB
+    F_BROKER = 1000,
+    F_NAME,
+    F_POOL,
+    F_PROVIDER,
+    F_BASE_URL,
+    F_MODEL,
+    F_CAPACITY,
+    F_RPM,
+    F_TPM,
+    F_BURST,
+    F_GROUP,
+    F_ATTEMPTS,
+    F_TIMEOUT,
+    F_CONNECT_TIMEOUT,
+    F_RETRY_BASE,
+    F_RETRY_CAP,
+    F_BRK_FAIL,
+    F_BRK_COOL,
+    F_DRAIN,
+    F_CONFIG,
+    F_VERBOSE,
+    F_JSON,
+    F_HELP,
+    F_VERSION,
+    F_CHECK,
+    F_KEY_ENV,
+    F_MAX_TOKENS,
+    F_BATCH_API,
+    F_HB
 };
 
 static const struct option s_options[] = {
@@ -440,58 +478,79 @@ static const struct option s_options[] = {
     {"json-logs", no_argument, 0, F_JSON},
     {"version", no_argument, 0, F_VERSION},
     {"help", no_argument, 0, F_HELP},
-    {0, 0, 0, 0}
-};
+    {0, 0, 0, 0}};
 
-void
-llmq_worker_config_usage(FILE *out)
+void llmq_worker_config_usage(FILE *out)
 {
-    fprintf(out,
-"usage: llmq-worker [flags]\n"
-"Connects to an llmq broker and serves requests with one provider.\n"
-"Precedence: defaults < OPENAI_*/ANTHROPIC_* env < --config FILE < LLMQ_* env < flags.\n"
-"\n"
-"  --broker ENDPOINT        broker backend (default tcp://127.0.0.1:5556; env LLMQ_BROKER)\n"
-"  --name NAME              worker name (default <pool>-<host>-<pid>; env LLMQ_WORKER_NAME)\n"
-"  --pool NAME              provider instance name (default: the provider; env LLMQ_POOL)\n"
-"  --provider KIND          openai | anthropic | echo | sim (default sim; env LLMQ_PROVIDER)\n"
-"                           sim = openai at http://127.0.0.1:8089/v1 with a dummy key\n"
-"  --base-url URL           provider base URL (env LLMQ_BASE_URL, OPENAI_BASE_URL,\n"
-"                           ANTHROPIC_BASE_URL)\n"
-"  --model NAME             a model this worker serves (repeatable; env LLMQ_MODELS=a,b)\n"
-"  --capacity N             most requests in flight (default 256; env LLMQ_CAPACITY)\n"
-"  --rpm N                  requests per minute of the API key (0 = unlimited; env LLMQ_RPM)\n"
-"  --tpm N                  tokens per minute of the API key (0 = unlimited; env LLMQ_TPM)\n"
-"  --burst-ms N             limiter bucket: this many ms of the rate at once (default 1000)\n"
-"  --limit-group NAME       workers sharing one key share its rpm/tpm (env LLMQ_LIMIT_GROUP)\n"
-"  --max-attempts N         HTTP attempts per request (default 4)\n"
-"  --timeout-ms N           one attempt's timeout (default 120000)\n"
-"  --connect-timeout-ms N   connect timeout (default 10000)\n"
-"  --retry-base-ms N        backoff base, full jitter (default 1000)\n"
-"  --retry-cap-ms N         backoff cap (default 30000)\n"
-"  --breaker-failures N     consecutive failures that open the circuit (default 5)\n"
-"  --breaker-cooldown-ms N  open circuit: health probe after this (default 30000)\n"
-"  --drain-ms N             on SIGTERM, finish in-flight work within this (default 30000)\n"
-"  --heartbeat-ms N         heartbeat interval (default 1000; the broker expects 1000)\n"
-"  --api-key-env VAR        read the API key from this variable (default: LLMQ_API_KEY,\n"
-"                           then OPENAI_API_KEY or ANTHROPIC_API_KEY)\n"
-"  --default-max-tokens N   max_tokens when a request sets none (anthropic; default 1024)\n"
-"  --batch-api              announce that this pool can run provider Batch API jobs\n"
-"  --config FILE            YAML config (env LLMQ_CONFIG); see examples/worker.yaml\n"
-"  --check-only             check the provider (GET /models), print the result, exit\n"
-"                           (0 ok, 3 key rejected, 4 unreachable)\n"
-"  --verbose                debug logs\n"
-"  --json-logs              JSON log lines (env LLMQ_JSON_LOGS=1)\n"
-"  --version                print the version\n"
-"  --help                   this text\n"
-"Exit codes: 0 ok, 2 bad flags or config, 3 API key rejected, 4 provider unreachable\n"
-"(--check-only), 1 other failure.\n");
+    fprintf(
+        out,
+        "usage: llmq-worker [flags]\n"
+        "Connects to an llmq broker and serves requests with one provider.\n"
+        "Precedence: defaults < OPENAI_*/ANTHROPIC_* env < --config FILE < "
+        "LLMQ_* env < flags.\n"
+        "\n"
+        "  --broker ENDPOINT        broker backend (default "
+        "tcp://127.0.0.1:5556; env LLMQ_BROKER)\n"
+        "  --name NAME              worker name (default <pool>-<host>-<pid>; "
+        "env LLMQ_WORKER_NAME)\n"
+        "  --pool NAME              provider instance name (default: the "
+        "provider; env LLMQ_POOL)\n"
+        "  --provider KIND          openai | anthropic | echo | sim (default "
+        "sim; env LLMQ_PROVIDER)\n"
+        "                           sim = openai at http://127.0.0.1:8089/v1 "
+        "with a dummy key\n"
+        "  --base-url URL           provider base URL (env LLMQ_BASE_URL, "
+        "OPENAI_BASE_URL,\n"
+        "                           ANTHROPIC_BASE_URL)\n"
+        "  --model NAME             a model this worker serves (repeatable; "
+        "env LLMQ_MODELS=a,b)\n"
+        "  --capacity N             most requests in flight (default 256; env "
+        "LLMQ_CAPACITY)\n"
+        "  --rpm N                  requests per minute of the API key (0 = "
+        "unlimited; env LLMQ_RPM)\n"
+        "  --tpm N                  tokens per minute of the API key (0 = "
+        "unlimited; env LLMQ_TPM)\n"
+        "  --burst-ms N             limiter bucket: this many ms of the rate "
+        "at once (default 1000)\n"
+        "  --limit-group NAME       workers sharing one key share its rpm/tpm "
+        "(env LLMQ_LIMIT_GROUP)\n"
+        "  --max-attempts N         HTTP attempts per request (default 4)\n"
+        "  --timeout-ms N           one attempt's timeout (default 120000)\n"
+        "  --connect-timeout-ms N   connect timeout (default 10000)\n"
+        "  --retry-base-ms N        backoff base, full jitter (default 1000)\n"
+        "  --retry-cap-ms N         backoff cap (default 30000)\n"
+        "  --breaker-failures N     consecutive failures that open the circuit "
+        "(default 5)\n"
+        "  --breaker-cooldown-ms N  open circuit: health probe after this "
+        "(default 30000)\n"
+        "  --drain-ms N             on SIGTERM, finish in-flight work within "
+        "this (default 30000)\n"
+        "  --heartbeat-ms N         heartbeat interval (default 1000; the "
+        "broker expects 1000)\n"
+        "  --api-key-env VAR        read the API key from this variable "
+        "(default: LLMQ_API_KEY,\n"
+        "                           then OPENAI_API_KEY or ANTHROPIC_API_KEY)\n"
+        "  --default-max-tokens N   max_tokens when a request sets none "
+        "(anthropic; default 1024)\n"
+        "  --batch-api              announce that this pool can run provider "
+        "Batch API jobs\n"
+        "  --config FILE            YAML config (env LLMQ_CONFIG); see "
+        "examples/worker.yaml\n"
+        "  --check-only             check the provider (GET /models), print "
+        "the result, exit\n"
+        "                           (0 ok, 3 key rejected, 4 unreachable)\n"
+        "  --verbose                debug logs\n"
+        "  --json-logs              JSON log lines (env LLMQ_JSON_LOGS=1)\n"
+        "  --version                print the version\n"
+        "  --help                   this text\n"
+        "Exit codes: 0 ok, 2 bad flags or config, 3 API key rejected, 4 "
+        "provider unreachable\n"
+        "(--check-only), 1 other failure.\n");
 }
 
 /*  The final touches once every layer is in: provider defaults, key,
     names, checks. */
-static int
-s_finish(llmq_worker_config_t *self, char *errbuf, size_t errlen)
+static int s_finish(llmq_worker_config_t *self, char *errbuf, size_t errlen)
 {
     if (!self->provider)
         s_set(&self->provider, "sim");
@@ -501,13 +560,16 @@ s_finish(llmq_worker_config_t *self, char *errbuf, size_t errlen)
     bool sim = strcmp(kind, "sim") == 0;
     bool echo = strcmp(kind, "echo") == 0;
     if (!openai && !anthropic && !sim && !echo) {
-        snprintf(errbuf, errlen, "--provider: unknown provider '%s' (openai, anthropic, echo, sim)",
-                 kind);
+        snprintf(
+            errbuf, errlen,
+            "--provider: unknown provider '%s' (openai, anthropic, echo, sim)",
+            kind);
         return -1;
     }
-    const char *default_url = openai ? "https://api.openai.com/v1"
+    const char *default_url = openai      ? "https://api.openai.com/v1"
                               : anthropic ? "https://api.anthropic.com/v1"
-                              : sim ? "http://127.0.0.1:8089/v1" : NULL;
+                              : sim       ? "http://127.0.0.1:8089/v1"
+                                          : NULL;
     if (!self->base_url && default_url)
         s_set(&self->base_url, default_url);
 
@@ -516,12 +578,13 @@ s_finish(llmq_worker_config_t *self, char *errbuf, size_t errlen)
     if (self->api_key_env) {
         key = getenv(self->api_key_env);
         if (!key) {
-            snprintf(errbuf, errlen, "api_key_env: variable %s is not set", self->api_key_env);
+            snprintf(errbuf, errlen, "api_key_env: variable %s is not set",
+                     self->api_key_env);
             return -1;
         }
     }
     if (!key && self->api_key)
-        key = NULL;  /* keep the file's */
+        key = NULL; /* keep the file's */
     else if (!key && getenv("LLMQ_API_KEY"))
         key = getenv("LLMQ_API_KEY");
     else if (!key && openai)
@@ -536,11 +599,14 @@ s_finish(llmq_worker_config_t *self, char *errbuf, size_t errlen)
         s_set(&self->api_key, "sk-llmq-sim");
     if (!self->api_key)
         s_set(&self->api_key, "");
-    /*  Official endpoints need a key; local OpenAI-compatible servers may not. */
-    if (!*self->api_key && default_url && strcmp(self->base_url, default_url) == 0
-        && (openai || anthropic)) {
-        snprintf(errbuf, errlen, "no API key for %s: set %s (or LLMQ_API_KEY, or api_key_env)",
-                 self->base_url, openai ? "OPENAI_API_KEY" : "ANTHROPIC_API_KEY");
+    /*  Official endpoints need a key; local OpenAI-compatible servers may not.
+     */
+    if (!*self->api_key && default_url &&
+        strcmp(self->base_url, default_url) == 0 && (openai || anthropic)) {
+        snprintf(errbuf, errlen,
+                 "no API key for %s: set %s (or LLMQ_API_KEY, or api_key_env)",
+                 self->base_url,
+                 openai ? "OPENAI_API_KEY" : "ANTHROPIC_API_KEY");
         return -1;
     }
     if (!self->pool)
@@ -550,12 +616,11 @@ s_finish(llmq_worker_config_t *self, char *errbuf, size_t errlen)
     host[sizeof host - 1] = 0;
     char buf[300];
     if (!self->name) {
-        snprintf(buf, sizeof buf, "%s-%s-%d", self->pool, host, (int) getpid());
+        snprintf(buf, sizeof buf, "%s-%s-%d", self->pool, host, (int)getpid());
         s_set(&self->name, buf);
         s_set(&self->identity, buf);
-    }
-    else {
-        snprintf(buf, sizeof buf, "%s-%s-%d", self->name, host, (int) getpid());
+    } else {
+        snprintf(buf, sizeof buf, "%s-%s-%d", self->name, host, (int)getpid());
         s_set(&self->identity, buf);
     }
     if (strlen(self->name) > 128 || strlen(self->pool) > 128) {
@@ -572,23 +637,27 @@ s_finish(llmq_worker_config_t *self, char *errbuf, size_t errlen)
         if (echo || sim)
             s_models_add(self, "*");
         else {
-            snprintf(errbuf, errlen, "--model: name at least one model this worker serves");
+            snprintf(errbuf, errlen,
+                     "--model: name at least one model this worker serves");
             return -1;
         }
     }
     for (size_t i = 0; i < self->models_count; i++)
         if (strlen(self->models[i]) > 256) {
-            snprintf(errbuf, errlen, "--model: a model name is at most 256 bytes");
+            snprintf(errbuf, errlen,
+                     "--model: a model name is at most 256 bytes");
             return -1;
         }
-    if (self->capacity < 1 || self->capacity > 100000 || self->max_attempts < 1
-        || self->timeout_ms < 1 || self->connect_timeout_ms < 1 || self->retry_base_ms < 0
-        || self->retry_cap_ms < self->retry_base_ms || self->breaker_failures < 1
-        || self->breaker_cooldown_ms < 1 || self->drain_ms < 0 || self->heartbeat_ms < 10
-        || self->rpm < 0 || self->tpm < 0 || self->burst_ms < 1
-        || self->default_max_tokens < 1) {
+    if (self->capacity < 1 || self->capacity > 100000 ||
+        self->max_attempts < 1 || self->timeout_ms < 1 ||
+        self->connect_timeout_ms < 1 || self->retry_base_ms < 0 ||
+        self->retry_cap_ms < self->retry_base_ms ||
+        self->breaker_failures < 1 || self->breaker_cooldown_ms < 1 ||
+        self->drain_ms < 0 || self->heartbeat_ms < 10 || self->rpm < 0 ||
+        self->tpm < 0 || self->burst_ms < 1 || self->default_max_tokens < 1) {
         snprintf(errbuf, errlen,
-                 "invalid numbers: capacity 1..100000, max_attempts >= 1, timeouts >= 1, "
+                 "invalid numbers: capacity 1..100000, max_attempts >= 1, "
+                 "timeouts >= 1, "
                  "retry cap >= base, breaker failures >= 1, rpm/tpm >= 0");
         return -1;
     }
@@ -599,9 +668,8 @@ s_finish(llmq_worker_config_t *self, char *errbuf, size_t errlen)
     return 0;
 }
 
-int
-llmq_worker_config_load(llmq_worker_config_t **config_p, int argc, char **argv,
-                        char *errbuf, size_t errlen)
+int llmq_worker_config_load(llmq_worker_config_t **config_p, int argc,
+                            char **argv, char *errbuf, size_t errlen)
 {
     *config_p = NULL;
     llmq_worker_config_t *self = calloc(1, sizeof *self);
@@ -630,14 +698,16 @@ llmq_worker_config_load(llmq_worker_config_t **config_p, int argc, char **argv,
         if (c == F_CONFIG)
             config_file = optarg;
         if (c == '?' || c == ':') {
-            snprintf(errbuf, errlen, "unknown flag or missing value: '%s' (see --help)",
+            snprintf(errbuf, errlen,
+                     "unknown flag or missing value: '%s' (see --help)",
                      argv[optind - 1]);
             llmq_worker_config_destroy(&self);
             return LLMQ_CONFIG_ERROR;
         }
     }
     if (optind < argc) {
-        snprintf(errbuf, errlen, "unexpected argument '%s' (see --help)", argv[optind]);
+        snprintf(errbuf, errlen, "unexpected argument '%s' (see --help)",
+                 argv[optind]);
         llmq_worker_config_destroy(&self);
         return LLMQ_CONFIG_ERROR;
     }
@@ -675,38 +745,97 @@ llmq_worker_config_load(llmq_worker_config_t **config_p, int argc, char **argv,
         int64_t lo = 1, hi = INT64_MAX / 2;
         const char *flag = argv[optind - 1];
         switch (c) {
-        case F_BROKER: s_set(&self->broker, optarg); break;
-        case F_NAME: s_set(&self->name, optarg); break;
-        case F_POOL: s_set(&self->pool, optarg); break;
-        case F_PROVIDER: s_set(&self->provider, optarg); break;
-        case F_BASE_URL: s_set(&self->base_url, optarg); break;
-        case F_GROUP: s_set(&self->limit_group, optarg); break;
-        case F_KEY_ENV: s_set(&self->api_key_env, optarg); break;
+        case F_BROKER:
+            s_set(&self->broker, optarg);
+            break;
+        case F_NAME:
+            s_set(&self->name, optarg);
+            break;
+        case F_POOL:
+            s_set(&self->pool, optarg);
+            break;
+        case F_PROVIDER:
+            s_set(&self->provider, optarg);
+            break;
+        case F_BASE_URL:
+            s_set(&self->base_url, optarg);
+            break;
+        case F_GROUP:
+            s_set(&self->limit_group, optarg);
+            break;
+        case F_KEY_ENV:
+            s_set(&self->api_key_env, optarg);
+            break;
         case F_MODEL:
             if (!models_from_flags)
                 s_models_clear(self);
             models_from_flags = true;
             s_models_add(self, optarg);
             break;
-        case F_CAPACITY: num = &self->capacity; hi = 100000; break;
-        case F_RPM: num = &self->rpm; lo = 0; break;
-        case F_TPM: num = &self->tpm; lo = 0; break;
-        case F_BURST: num = &self->burst_ms; break;
-        case F_ATTEMPTS: num = &self->max_attempts; hi = 100; break;
-        case F_TIMEOUT: num = &self->timeout_ms; break;
-        case F_CONNECT_TIMEOUT: num = &self->connect_timeout_ms; break;
-        case F_RETRY_BASE: num = &self->retry_base_ms; lo = 0; break;
-        case F_RETRY_CAP: num = &self->retry_cap_ms; lo = 0; break;
-        case F_BRK_FAIL: num = &self->breaker_failures; break;
-        case F_BRK_COOL: num = &self->breaker_cooldown_ms; break;
-        case F_DRAIN: num = &self->drain_ms; lo = 0; break;
-        case F_HB: num = &self->heartbeat_ms; lo = 10; break;
-        case F_MAX_TOKENS: num = &self->default_max_tokens; break;
-        case F_BATCH_API: self->batch_api = true; break;
-        case F_CHECK: self->check_only = true; break;
-        case F_VERBOSE: self->verbose = true; break;
-        case F_JSON: self->json_logs = true; break;
-        default: break;
+        case F_CAPACITY:
+            num = &self->capacity;
+            hi = 100000;
+            break;
+        case F_RPM:
+            num = &self->rpm;
+            lo = 0;
+            break;
+        case F_TPM:
+            num = &self->tpm;
+            lo = 0;
+            break;
+        case F_BURST:
+            num = &self->burst_ms;
+            break;
+        case F_ATTEMPTS:
+            num = &self->max_attempts;
+            hi = 100;
+            break;
+        case F_TIMEOUT:
+            num = &self->timeout_ms;
+            break;
+        case F_CONNECT_TIMEOUT:
+            num = &self->connect_timeout_ms;
+            break;
+        case F_RETRY_BASE:
+            num = &self->retry_base_ms;
+            lo = 0;
+            break;
+        case F_RETRY_CAP:
+            num = &self->retry_cap_ms;
+            lo = 0;
+            break;
+        case F_BRK_FAIL:
+            num = &self->breaker_failures;
+            break;
+        case F_BRK_COOL:
+            num = &self->breaker_cooldown_ms;
+            break;
+        case F_DRAIN:
+            num = &self->drain_ms;
+            lo = 0;
+            break;
+        case F_HB:
+            num = &self->heartbeat_ms;
+            lo = 10;
+            break;
+        case F_MAX_TOKENS:
+            num = &self->default_max_tokens;
+            break;
+        case F_BATCH_API:
+            self->batch_api = true;
+            break;
+        case F_CHECK:
+            self->check_only = true;
+            break;
+        case F_VERBOSE:
+            self->verbose = true;
+            break;
+        case F_JSON:
+            self->json_logs = true;
+            break;
+        default:
+            break;
         }
         if (num) {
             /*  getopt_long points flag at the value when given as --x=v. */
@@ -714,7 +843,7 @@ llmq_worker_config_load(llmq_worker_config_t **config_p, int argc, char **argv,
             for (const struct option *o = s_options; o->name; o++)
                 if (o->val == c)
                     snprintf(what, sizeof what, "--%s", o->name);
-            (void) flag;
+            (void)flag;
             if (s_int(what, optarg, lo, hi, num, errbuf, errlen)) {
                 llmq_worker_config_destroy(&self);
                 return LLMQ_CONFIG_ERROR;
@@ -729,8 +858,7 @@ llmq_worker_config_load(llmq_worker_config_t **config_p, int argc, char **argv,
     return 0;
 }
 
-void
-llmq_worker_config_destroy(llmq_worker_config_t **self_p)
+void llmq_worker_config_destroy(llmq_worker_config_t **self_p)
 {
     if (!self_p || !*self_p)
         return;
@@ -755,9 +883,9 @@ llmq_worker_config_destroy(llmq_worker_config_t **self_p)
     *self_p = NULL;
 }
 
-double
-llmq_worker_config_cost(const llmq_worker_config_t *self, const char *model,
-                        int64_t prompt_tokens, int64_t completion_tokens, bool batch)
+double llmq_worker_config_cost(const llmq_worker_config_t *self,
+                               const char *model, int64_t prompt_tokens,
+                               int64_t completion_tokens, bool batch)
 {
     if (!model)
         return 0;
@@ -771,16 +899,18 @@ llmq_worker_config_cost(const llmq_worker_config_t *self, const char *model,
             break;
         }
         /*  Longest matching "prefix*" wins; "*" matches all. */
-        if (n > 0 && p->model[n - 1] == '*' && strncmp(p->model, model, n - 1) == 0
-            && (!best || n > best_len)) {
+        if (n > 0 && p->model[n - 1] == '*' &&
+            strncmp(p->model, model, n - 1) == 0 && (!best || n > best_len)) {
             best = p;
             best_len = n;
         }
     }
     if (!best)
         return 0;
-    double cost = (double) (prompt_tokens > 0 ? prompt_tokens : 0) * best->input / 1e6
-                  + (double) (completion_tokens > 0 ? completion_tokens : 0) * best->output / 1e6;
+    double cost =
+        (double)(prompt_tokens > 0 ? prompt_tokens : 0) * best->input / 1e6 +
+        (double)(completion_tokens > 0 ? completion_tokens : 0) * best->output /
+            1e6;
     if (batch)
         cost *= 1.0 - best->batch_discount;
     return cost;
@@ -788,17 +918,16 @@ llmq_worker_config_cost(const llmq_worker_config_t *self, const char *model,
 
 /*  --- selftest ------------------------------------------------------------ */
 
-#define CHECK(cond)                                                         \
-    do {                                                                    \
-        if (!(cond)) {                                                      \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, \
-                    #cond);                                                 \
-            return -1;                                                      \
-        }                                                                   \
+#define CHECK(cond)                                                            \
+    do {                                                                       \
+        if (!(cond)) {                                                         \
+            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__,   \
+                    #cond);                                                    \
+            return -1;                                                         \
+        }                                                                      \
     } while (0)
 
-static int
-s_test_write(const char *path, const char *text)
+static int s_test_write(const char *path, const char *text)
 {
     FILE *f = fopen(path, "w");
     if (!f)
@@ -808,17 +937,18 @@ s_test_write(const char *path, const char *text)
     return 0;
 }
 
-int
-llmq_worker_config_test(bool verbose)
+int llmq_worker_config_test(bool verbose)
 {
     if (verbose)
         printf(" * llmq_worker_config: ");
     /*  Start from a known environment. */
-    static const char *vars[] = {"LLMQ_BROKER", "LLMQ_WORKER_NAME", "LLMQ_POOL",
-        "LLMQ_PROVIDER", "LLMQ_BASE_URL", "LLMQ_LIMIT_GROUP", "LLMQ_MODELS",
-        "LLMQ_CAPACITY", "LLMQ_RPM", "LLMQ_TPM", "LLMQ_JSON_LOGS", "LLMQ_CONFIG",
-        "LLMQ_API_KEY", "OPENAI_API_KEY", "OPENAI_BASE_URL", "ANTHROPIC_API_KEY",
-        "ANTHROPIC_BASE_URL", "LLMQ_TEST_KEY"};
+    static const char *vars[] = {
+        "LLMQ_BROKER",       "LLMQ_WORKER_NAME",   "LLMQ_POOL",
+        "LLMQ_PROVIDER",     "LLMQ_BASE_URL",      "LLMQ_LIMIT_GROUP",
+        "LLMQ_MODELS",       "LLMQ_CAPACITY",      "LLMQ_RPM",
+        "LLMQ_TPM",          "LLMQ_JSON_LOGS",     "LLMQ_CONFIG",
+        "LLMQ_API_KEY",      "OPENAI_API_KEY",     "OPENAI_BASE_URL",
+        "ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL", "LLMQ_TEST_KEY"};
     for (size_t i = 0; i < sizeof vars / sizeof vars[0]; i++)
         unsetenv(vars[i]);
     char err[512];
@@ -836,8 +966,10 @@ llmq_worker_config_test(bool verbose)
     CHECK(cfg == NULL);
 
     /*  openai needs a key at the official URL; SDK variables are read. */
-    char *a1[] = {"llmq-worker", "--provider", "openai", "--model", "gpt-x", NULL};
-    CHECK(llmq_worker_config_load(&cfg, 5, a1, err, sizeof err) == LLMQ_CONFIG_ERROR);
+    char *a1[] = {"llmq-worker", "--provider", "openai",
+                  "--model",     "gpt-x",      NULL};
+    CHECK(llmq_worker_config_load(&cfg, 5, a1, err, sizeof err) ==
+          LLMQ_CONFIG_ERROR);
     CHECK(strstr(err, "OPENAI_API_KEY"));
     setenv("OPENAI_API_KEY", "sk-from-env", 1);
     setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1", 1);
@@ -851,30 +983,34 @@ llmq_worker_config_test(bool verbose)
     int fd = mkstemp(path);
     CHECK(fd >= 0);
     close(fd);
-    CHECK(s_test_write(path,
-        "broker: tcp://10.0.0.1:5556\n"
-        "provider: openai\n"
-        "base_url: http://file/v1\n"
-        "api_key_env: LLMQ_TEST_KEY\n"
-        "models: [m1, m2]\n"
-        "capacity: 100\n"
-        "limits: {rpm: 600, tpm: 90000}\n"
-        "retry:\n  max_attempts: 7\n  base_ms: 10\n  cap_ms: 100\n"
-        "breaker: {failures: 2, cooldown_ms: 500}\n"
-        "pricing:\n"
-        "  - {model: m1, input: 1.0, output: 2.0, batch_discount: 0.5}\n"
-        "  - {model: \"m*\", input: 10, output: 10}\n") == 0);
+    CHECK(s_test_write(
+              path,
+              "broker: tcp://10.0.0.1:5556\n"
+              "provider: openai\n"
+              "base_url: http://file/v1\n"
+              "api_key_env: LLMQ_TEST_KEY\n"
+              "models: [m1, m2]\n"
+              "capacity: 100\n"
+              "limits: {rpm: 600, tpm: 90000}\n"
+              "retry:\n  max_attempts: 7\n  base_ms: 10\n  cap_ms: 100\n"
+              "breaker: {failures: 2, cooldown_ms: 500}\n"
+              "pricing:\n"
+              "  - {model: m1, input: 1.0, output: 2.0, batch_discount: 0.5}\n"
+              "  - {model: \"m*\", input: 10, output: 10}\n") == 0);
     setenv("LLMQ_TEST_KEY", "sk-named", 1);
     setenv("LLMQ_CAPACITY", "50", 1);
-    char *a2[] = {"llmq-worker", "--config", path, "--rpm", "60", "--model", "m3", NULL};
+    char *a2[] = {"llmq-worker", "--config", path, "--rpm",
+                  "60",          "--model",  "m3", NULL};
     CHECK(llmq_worker_config_load(&cfg, 7, a2, err, sizeof err) == 0);
     CHECK(strcmp(cfg->broker, "tcp://10.0.0.1:5556") == 0);
-    CHECK(strcmp(cfg->base_url, "http://file/v1") == 0);  /* file beats SDK env */
+    CHECK(strcmp(cfg->base_url, "http://file/v1") ==
+          0); /* file beats SDK env */
     CHECK(strcmp(cfg->api_key, "sk-named") == 0);
-    CHECK(cfg->capacity == 50);                            /* env beats file */
-    CHECK(cfg->rpm == 60 && cfg->tpm == 90000);            /* flag beats file */
+    CHECK(cfg->capacity == 50);                 /* env beats file */
+    CHECK(cfg->rpm == 60 && cfg->tpm == 90000); /* flag beats file */
     CHECK(cfg->models_count == 1 && strcmp(cfg->models[0], "m3") == 0);
-    CHECK(cfg->max_attempts == 7 && cfg->retry_base_ms == 10 && cfg->retry_cap_ms == 100);
+    CHECK(cfg->max_attempts == 7 && cfg->retry_base_ms == 10 &&
+          cfg->retry_cap_ms == 100);
     CHECK(cfg->breaker_failures == 2 && cfg->breaker_cooldown_ms == 500);
     CHECK(cfg->pricing_count == 2);
     double cost = llmq_worker_config_cost(cfg, "m1", 1000000, 500000, false);
@@ -888,34 +1024,42 @@ llmq_worker_config_test(bool verbose)
     unsetenv("LLMQ_CAPACITY");
 
     /*  Bad files name the line. */
-    CHECK(s_test_write(path, "provider: openai\ncapacity: 10\nbogus_key: 1\n") == 0);
+    CHECK(s_test_write(path,
+                       "provider: openai\ncapacity: 10\nbogus_key: 1\n") == 0);
     char *a3[] = {"llmq-worker", "--config", path, NULL};
-    CHECK(llmq_worker_config_load(&cfg, 3, a3, err, sizeof err) == LLMQ_CONFIG_ERROR);
+    CHECK(llmq_worker_config_load(&cfg, 3, a3, err, sizeof err) ==
+          LLMQ_CONFIG_ERROR);
     char want[300];
     snprintf(want, sizeof want, "%s:3:", path);
     if (verbose)
         printf("[%s] ", err);
     CHECK(strncmp(err, want, strlen(want)) == 0);
     CHECK(s_test_write(path, "provider: openai\ncapacity: lots\n") == 0);
-    CHECK(llmq_worker_config_load(&cfg, 3, a3, err, sizeof err) == LLMQ_CONFIG_ERROR);
+    CHECK(llmq_worker_config_load(&cfg, 3, a3, err, sizeof err) ==
+          LLMQ_CONFIG_ERROR);
     snprintf(want, sizeof want, "%s:2:", path);
     CHECK(strncmp(err, want, strlen(want)) == 0);
     CHECK(s_test_write(path, "provider: [unclosed\n") == 0);
-    CHECK(llmq_worker_config_load(&cfg, 3, a3, err, sizeof err) == LLMQ_CONFIG_ERROR);
+    CHECK(llmq_worker_config_load(&cfg, 3, a3, err, sizeof err) ==
+          LLMQ_CONFIG_ERROR);
     CHECK(strncmp(err, path, strlen(path)) == 0);
     unlink(path);
-    CHECK(llmq_worker_config_load(&cfg, 3, a3, err, sizeof err) == LLMQ_CONFIG_ERROR);
+    CHECK(llmq_worker_config_load(&cfg, 3, a3, err, sizeof err) ==
+          LLMQ_CONFIG_ERROR);
     CHECK(strstr(err, "cannot open"));
 
     /*  Bad flags. */
     char *a4[] = {"llmq-worker", "--capacity", "0", NULL};
-    CHECK(llmq_worker_config_load(&cfg, 3, a4, err, sizeof err) == LLMQ_CONFIG_ERROR);
+    CHECK(llmq_worker_config_load(&cfg, 3, a4, err, sizeof err) ==
+          LLMQ_CONFIG_ERROR);
     CHECK(strstr(err, "--capacity"));
     char *a5[] = {"llmq-worker", "--frobnicate", NULL};
-    CHECK(llmq_worker_config_load(&cfg, 2, a5, err, sizeof err) == LLMQ_CONFIG_ERROR);
+    CHECK(llmq_worker_config_load(&cfg, 2, a5, err, sizeof err) ==
+          LLMQ_CONFIG_ERROR);
     CHECK(strstr(err, "--frobnicate"));
     char *a6[] = {"llmq-worker", "--provider", "nope", NULL};
-    CHECK(llmq_worker_config_load(&cfg, 3, a6, err, sizeof err) == LLMQ_CONFIG_ERROR);
+    CHECK(llmq_worker_config_load(&cfg, 3, a6, err, sizeof err) ==
+          LLMQ_CONFIG_ERROR);
     CHECK(cfg == NULL);
 
     for (size_t i = 0; i < sizeof vars / sizeof vars[0]; i++)

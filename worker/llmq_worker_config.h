@@ -25,51 +25,51 @@ extern "C" {
 
 /*  Price of one model, USD per million tokens. */
 typedef struct {
-    char *model;            /* exact name, "prefix*", or "*" */
-    double input;           /* per 1M prompt tokens */
-    double output;          /* per 1M completion tokens */
-    double batch_discount;  /* fraction off through a Batch API (0.5) */
+    char *model;           /* exact name, "prefix*", or "*" */
+    double input;          /* per 1M prompt tokens */
+    double output;         /* per 1M completion tokens */
+    double batch_discount; /* fraction off through a Batch API (0.5) */
 } llmq_price_t;
 
 typedef struct {
-    char *config_file;          /* the YAML file read, or NULL */
-    char *broker;               /* backend endpoint */
-    char *name;                 /* worker name (hello.worker, res.worker) */
-    char *identity;             /* ZMQ routing id */
-    char *pool;                 /* provider instance name */
-    char *provider;             /* openai, anthropic, echo, sim */
-    char *base_url;             /* provider base URL */
-    char *api_key;              /* secret, may be "" */
-    char *api_key_env;          /* name of the variable holding the key */
-    char **models;              /* models served */
+    char *config_file; /* the YAML file read, or NULL */
+    char *broker;      /* backend endpoint */
+    char *name;        /* worker name (hello.worker, res.worker) */
+    char *identity;    /* ZMQ routing id */
+    char *pool;        /* provider instance name */
+    char *provider;    /* openai, anthropic, echo, sim */
+    char *base_url;    /* provider base URL */
+    char *api_key;     /* secret, may be "" */
+    char *api_key_env; /* name of the variable holding the key */
+    char **models;     /* models served */
     size_t models_count;
-    int64_t capacity;           /* most requests held at once */
-    int64_t rpm;                /* requests per minute of the key, 0 = none */
-    int64_t tpm;                /* tokens per minute of the key, 0 = none */
-    int64_t burst_ms;           /* limiter bucket size in ms of rate */
-    char *limit_group;          /* workers sharing one key */
-    int64_t max_attempts;       /* HTTP attempts per request */
-    int64_t timeout_ms;         /* one attempt */
-    int64_t connect_timeout_ms; /* TCP + TLS connect */
-    int64_t retry_base_ms;      /* backoff base */
-    int64_t retry_cap_ms;       /* backoff cap */
-    int64_t breaker_failures;   /* consecutive failures that open it */
-    int64_t breaker_cooldown_ms;/* open this long before a probe */
-    int64_t drain_ms;           /* SIGTERM: finish in-flight within this */
-    int64_t heartbeat_ms;       /* hb interval (protocol: 1000) */
-    int64_t default_max_tokens; /* anthropic max_tokens, token estimates */
-    char *anthropic_version;    /* anthropic-version header */
-    bool batch_api;             /* the pool can run provider batches */
-    llmq_price_t *pricing;      /* price table */
+    int64_t capacity;            /* most requests held at once */
+    int64_t rpm;                 /* requests per minute of the key, 0 = none */
+    int64_t tpm;                 /* tokens per minute of the key, 0 = none */
+    int64_t burst_ms;            /* limiter bucket size in ms of rate */
+    char *limit_group;           /* workers sharing one key */
+    int64_t max_attempts;        /* HTTP attempts per request */
+    int64_t timeout_ms;          /* one attempt */
+    int64_t connect_timeout_ms;  /* TCP + TLS connect */
+    int64_t retry_base_ms;       /* backoff base */
+    int64_t retry_cap_ms;        /* backoff cap */
+    int64_t breaker_failures;    /* consecutive failures that open it */
+    int64_t breaker_cooldown_ms; /* open this long before a probe */
+    int64_t drain_ms;            /* SIGTERM: finish in-flight within this */
+    int64_t heartbeat_ms;        /* hb interval (protocol: 1000) */
+    int64_t default_max_tokens;  /* anthropic max_tokens, token estimates */
+    char *anthropic_version;     /* anthropic-version header */
+    bool batch_api;              /* the pool can run provider batches */
+    llmq_price_t *pricing;       /* price table */
     size_t pricing_count;
-    bool verbose;               /* debug logs */
-    bool json_logs;             /* JSON log lines */
-    bool check_only;            /* health check, print, exit */
+    bool verbose;    /* debug logs */
+    bool json_logs;  /* JSON log lines */
+    bool check_only; /* health check, print, exit */
 } llmq_worker_config_t;
 
 /*  Outcomes of llmq_worker_config_load besides 0. */
-#define LLMQ_CONFIG_HELP  1    /* --help or --version printed: exit 0 */
-#define LLMQ_CONFIG_ERROR 2    /* message in errbuf: exit 2 */
+#define LLMQ_CONFIG_HELP 1  /* --help or --version printed: exit 0 */
+#define LLMQ_CONFIG_ERROR 2 /* message in errbuf: exit 2 */
 
 /*  Build the config from argv, the environment and the YAML file. Returns
     0 with *config_p set, LLMQ_CONFIG_HELP, or LLMQ_CONFIG_ERROR with a

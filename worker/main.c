@@ -8,8 +8,7 @@
 #include "llmq_worker.h"
 #include "llmq_worker_config.h"
 
-int
-main(int argc, char **argv)
+int main(int argc, char **argv)
 {
     char err[1024] = "";
     llmq_worker_config_t *cfg = NULL;

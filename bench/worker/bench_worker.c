@@ -25,11 +25,10 @@
 extern char **environ;
 
 /*  utime + stime of a process in ms, -1 if unreadable. */
-static int64_t
-s_cpu_ms(pid_t pid)
+static int64_t s_cpu_ms(pid_t pid)
 {
     char path[64], buf[2048];
-    snprintf(path, sizeof path, "/proc/%d/stat", (int) pid);
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
     FILE *f = fopen(path, "r");
     if (!f)
         return -1;
@@ -52,15 +51,14 @@ s_cpu_ms(pid_t pid)
         }
     }
     long hz = sysconf(_SC_CLK_TCK);
-    return (int64_t) ((utime + stime) * 1000 / (unsigned long) hz);
+    return (int64_t)((utime + stime) * 1000 / (unsigned long)hz);
 }
 
 /*  VmRSS in KB. */
-static int64_t
-s_rss_kb(pid_t pid)
+static int64_t s_rss_kb(pid_t pid)
 {
     char path[64], line[256];
-    snprintf(path, sizeof path, "/proc/%d/status", (int) pid);
+    snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
     FILE *f = fopen(path, "r");
     if (!f)
         return -1;
@@ -72,11 +70,11 @@ s_rss_kb(pid_t pid)
     return kb;
 }
 
-int
-main(int argc, char **argv)
+int main(int argc, char **argv)
 {
     if (argc < 4) {
-        fprintf(stderr, "usage: bench_worker WORKER_BIN SIM_BASE_URL CAPACITY [SECONDS] [WARMUP]\n");
+        fprintf(stderr, "usage: bench_worker WORKER_BIN SIM_BASE_URL CAPACITY "
+                        "[SECONDS] [WARMUP]\n");
         return 2;
     }
     const char *worker_bin = argv[1];
@@ -93,9 +91,22 @@ main(int argc, char **argv)
     char endpoint[64], cap_text[32];
     snprintf(endpoint, sizeof endpoint, "tcp://127.0.0.1:%d", port);
     snprintf(cap_text, sizeof cap_text, "%d", capacity);
-    char *wargv[] = {(char *) worker_bin, "--broker", endpoint, "--provider", "sim",
-                     "--base-url", (char *) base_url, "--model", "sim-small",
-                     "--capacity", cap_text, "--timeout-ms", "60000", "--name", "bench", NULL};
+    char *wargv[] = {(char *)worker_bin,
+                     "--broker",
+                     endpoint,
+                     "--provider",
+                     "sim",
+                     "--base-url",
+                     (char *)base_url,
+                     "--model",
+                     "sim-small",
+                     "--capacity",
+                     cap_text,
+                     "--timeout-ms",
+                     "60000",
+                     "--name",
+                     "bench",
+                     NULL};
     posix_spawn_file_actions_t fa;
     posix_spawn_file_actions_init(&fa);
     posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
@@ -108,7 +119,8 @@ main(int argc, char **argv)
     zframe_t *rid = NULL;
     int64_t credit = 0, in_flight = 0, sent = 0, done = 0, failed = 0, seq = 0;
     int64_t start = zclock_mono(), measure_at = 0, end_at = 0;
-    int64_t cpu0 = 0, done0 = 0, rss_idle = 0, rss_peak = 0, inflight_at_peak = 0;
+    int64_t cpu0 = 0, done0 = 0, rss_idle = 0, rss_peak = 0,
+            inflight_at_peak = 0;
     int64_t max_in_flight = 0, lat_sum = 0;
     char body[160];
     while (true) {
@@ -129,10 +141,13 @@ main(int argc, char **argv)
             llmq_msg_set_op(m, "chat");
             llmq_msg_set_model(m, "sim-small");
             llmq_msg_set_attempt(m, 1);
-            int n = snprintf(body, sizeof body,
-                             "{\"messages\":[{\"role\":\"user\",\"content\":\"bench %" PRId64
-                             "\"}],\"max_tokens\":16}", seq++);
-            zframe_t *payload = llmq_value_from_json_text(body, (size_t) n, NULL, 0);
+            int n = snprintf(
+                body, sizeof body,
+                "{\"messages\":[{\"role\":\"user\",\"content\":\"bench %" PRId64
+                "\"}],\"max_tokens\":16}",
+                seq++);
+            zframe_t *payload =
+                llmq_value_from_json_text(body, (size_t)n, NULL, 0);
             llmq_msg_set_payload(m, &payload);
             llmq_msg_send(&m, router);
             credit--;
@@ -165,8 +180,7 @@ main(int argc, char **argv)
                 if (llmq_msg_ok(m)) {
                     done++;
                     lat_sum += llmq_msg_latency_ms(m);
-                }
-                else
+                } else
                     failed++;
                 break;
             case LLMQ_MSG_HB: {
@@ -196,15 +210,22 @@ main(int argc, char **argv)
     }
     int64_t cpu1 = s_cpu_ms(pid);
     int64_t completed = done - done0;
-    double rate = (double) completed / seconds;
-    double cpu_us = completed ? (double) (cpu1 - cpu0) * 1000.0 / (double) completed : 0;
-    double rss_per = inflight_at_peak ? (double) (rss_peak - rss_idle) / (double) inflight_at_peak : 0;
-    printf("capacity=%d seconds=%d completed=%" PRId64 " failed=%" PRId64 " req_per_s=%.0f "
-           "cpu_us_per_req=%.1f cpu_pct=%.0f rss_idle_kb=%" PRId64 " rss_load_kb=%" PRId64
-           " in_flight=%" PRId64 " max_in_flight=%" PRId64 " rss_kb_per_in_flight=%.1f worker_latency_ms=%.0f\n",
+    double rate = (double)completed / seconds;
+    double cpu_us =
+        completed ? (double)(cpu1 - cpu0) * 1000.0 / (double)completed : 0;
+    double rss_per = inflight_at_peak ? (double)(rss_peak - rss_idle) /
+                                            (double)inflight_at_peak
+                                      : 0;
+    printf("capacity=%d seconds=%d completed=%" PRId64 " failed=%" PRId64
+           " req_per_s=%.0f "
+           "cpu_us_per_req=%.1f cpu_pct=%.0f rss_idle_kb=%" PRId64
+           " rss_load_kb=%" PRId64 " in_flight=%" PRId64
+           " max_in_flight=%" PRId64
+           " rss_kb_per_in_flight=%.1f worker_latency_ms=%.0f\n",
            capacity, seconds, completed, failed, rate, cpu_us,
-           (double) (cpu1 - cpu0) / (seconds * 10.0), rss_idle, rss_peak,
-           inflight_at_peak, max_in_flight, rss_per, done ? (double) lat_sum / done : 0.0);
+           (double)(cpu1 - cpu0) / (seconds * 10.0), rss_idle, rss_peak,
+           inflight_at_peak, max_in_flight, rss_per,
+           done ? (double)lat_sum / done : 0.0);
     kill(pid, SIGTERM);
     kill(pid, SIGTERM);
     int status;

@@ -161,9 +161,23 @@ def t_rpm(sim, h):
           "credit follows the limiter")
 
 
+def t_tpm(sim, h):
+    # ~30 tokens per request (prompt ~10 + max_tokens 20) at 6,000 tokens/min
+    # (100/s): 20 requests take several seconds and must never trip the sim
+    for i in range(20):
+        h.req("t%d" % i, {"messages": [{"role": "user", "content": "tokens please, number %d" % i}],
+                          "max_tokens": 20}, timeout=30)
+    for i in range(20):
+        hd, _ = h.result("t%d" % i)
+        check(hd["ok"] and hd["attempts"] == 1, "tpm request ok: %r" % (hd,))
+    st = sim.stats()
+    check(st["rate_limited_429"] == 0, "no 429 from the sim: %r" % st)
+
+
 def rpm():
     # 120 rpm = 2/s: 12 requests take about 5 s and must never trip the sim
     with_sim(["--rpm", "120"], ["--rpm", "120"], t_rpm)
+    with_sim(["--tpm", "6000"], ["--tpm", "6000"], t_tpm)
 
 
 def t_breaker(sim, h):

@@ -9,8 +9,7 @@
 #include "llmq_worker.h"
 #include "llmq_worker_config.h"
 
-int
-main(int argc, char **argv)
+int main(int argc, char **argv)
 {
     const char *which = argc > 1 ? argv[1] : "all";
     bool all = strcmp(which, "all") == 0;
