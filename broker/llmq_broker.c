@@ -1328,7 +1328,7 @@ s_client_status(s_broker_t *self, zframe_t *rid)
     llmq_packer_array(pk, zhashx_size(self->workers));
     s_worker_t *w = (s_worker_t *) zhashx_first(self->workers);
     while (w) {
-        llmq_packer_map(pk, 10);
+        llmq_packer_map(pk, 11);
         llmq_packer_str(pk, "name");
         llmq_packer_str(pk, w->name);
         llmq_packer_str(pk, "pool");
@@ -1354,6 +1354,13 @@ s_client_status(s_broker_t *self, zframe_t *rid)
             llmq_packer_nil(pk);
         llmq_packer_str(pk, "answered");
         llmq_packer_int(pk, (int64_t) w->answered);
+        //  Its share of the limit group (0 = none sent, unlimited).
+        llmq_packer_str(pk, "limits");
+        llmq_packer_map(pk, 2);
+        llmq_packer_str(pk, "rpm");
+        llmq_packer_int(pk, w->share_rpm);
+        llmq_packer_str(pk, "tpm");
+        llmq_packer_int(pk, w->share_tpm);
         w = (s_worker_t *) zhashx_next(self->workers);
     }
     llmq_packer_str(pk, "queues");

@@ -490,7 +490,7 @@ def t_limit_group():
     if not (have("llmq-worker") and have("llmq-sim")):
         print("SKIP: llmq-worker or llmq-sim not built")
         return
-    rpm = 120
+    rpm = 240
     sim = Proc([os.path.join(BIN, "llmq-sim"), "--port", "0", "--rpm", str(rpm)], "llmq-sim")
     b = broker("--quiet")
     env = dict(os.environ, OPENAI_API_KEY="sk-test-limit-group")
@@ -500,15 +500,22 @@ def t_limit_group():
                 "--limit-group", "key1", "--rpm", str(rpm)], "llmq-worker", env=env)
           for i in range(2)]
     c = Client(b.ready["frontend"])
-    # The group's rpm split in two: each worker starts at most rpm/2 a minute
-    # (burst included), so 90 requests must not provoke a single 429.
-    answers = run_load(c, 90, 90, model="sim-model", timeout=120)
+    # Both workers joined and each got half of the key's rpm from the broker.
+    while True:
+        c.send({"v": 1, "t": "status"})
+        h, p = c.recv()
+        shares = [w.get("limits", {}).get("rpm") for w in p["workers"]]
+        if len(shares) == 2 and shares == [rpm // 2, rpm // 2]:
+            break
+    # Together they start at most rpm a minute (plus the limiter's burst):
+    # 60 requests in one window must not provoke a single 429.
+    answers = run_load(c, 60, 60, model="sim-model", timeout=100)
     ok = sum(1 for h in answers.values() if h["ok"])
     stats = json.loads(urllib.request.urlopen(sim.ready["url"] + "/_stats", timeout=5).read())
-    print("limit group: ok", ok, "sim stats", {k: stats.get(k) for k in
-                                                ("rate_limited_429", "double_billed")})
+    print("limit group: shares", shares, "ok", ok, "sim stats",
+          {k: stats.get(k) for k in ("rate_limited_429", "double_billed")})
     assert stats.get("rate_limited_429", 0) == 0, stats
-    assert ok == 90, [h for h in answers.values() if not h["ok"]][:3]
+    assert ok == 60, [h for h in answers.values() if not h["ok"]][:3]
     for w in ws:
         w.stop()
     b.stop()
