@@ -2,7 +2,11 @@
 """Rate-limit use (issue 7, part 4): how much of a provider's requests-per-
 minute limit llmq sustains, and how many 429s it provokes on the way.
 
-    bench/ratelimit/bench_ratelimit.py [--rpm 600] [--seconds 120] [--runs 3] [--smoke]
+    bench/ratelimit/bench_ratelimit.py [--rpm 600,120] [--seconds 120] [--runs 3] [--smoke]
+
+Two limits by default: R = 600 (more than the 256 requests a worker starts
+at once: adaptive throttling can learn the limit before it is hit) and
+R = 120 (less than that burst: only a configured limit avoids 429s).
 
 llmq-sim enforces `--rpm R` per API key over fixed 60 s windows and sends
 the x-ratelimit-* headers (sim/README.md, "Rate limits"). A window opens at
@@ -83,7 +87,7 @@ def out_counts(path):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bin", default=None)
-    ap.add_argument("--rpm", type=int, default=600)
+    ap.add_argument("--rpm", default="600,120", help="R values, comma-separated (all run at once)")
     ap.add_argument("--seconds", type=float, default=120.0)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--setups", default=",".join(SETUPS))
@@ -91,7 +95,8 @@ def main():
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     if args.smoke:
-        args.rpm, args.seconds, args.runs = 120, 4.0, 1
+        args.rpm, args.seconds, args.runs = "120", 4.0, 1
+    rpms = [int(x) for x in str(args.rpm).split(",")]
     bindir = benchlib.bin_dir(args.bin)
     benchlib.raise_nofile()
     setups = args.setups.split(",")
@@ -102,26 +107,27 @@ def main():
             setups.remove("sdk")
     tmp = tempfile.mkdtemp(prefix="llmq-bench-rl-")
     log = open(os.path.join(tmp, "servers.log"), "w")
-    lines = int(args.rpm * args.seconds / 60 * 3) + 200
-    src = os.path.join(tmp, "in.jsonl")
-    with open(src, "w") as f:
-        for i in range(lines):
-            f.write(json.dumps({"custom_id": "r%d" % i, "method": "POST", "url": "/v1/chat/completions",
-                                "body": {"model": "sim-model", "max_tokens": 8,
-                                         "messages": [{"role": "user", "content": "rate %d" % i}]}}) + "\n")
+    srcs = {}
+    for rpm in rpms:
+        srcs[rpm] = os.path.join(tmp, "in-%d.jsonl" % rpm)
+        with open(srcs[rpm], "w") as f:
+            for i in range(int(rpm * max(args.seconds, 60) / 60 * 3) + 200):
+                f.write(json.dumps({"custom_id": "r%d" % i, "method": "POST", "url": "/v1/chat/completions",
+                                    "body": {"model": "sim-model", "max_tokens": 8,
+                                             "messages": [{"role": "user", "content": "rate %d" % i}]}}) + "\n")
     procs, runs = [], []
     env = dict(os.environ, LLMQ_API_KEY="bench-key")
     try:
         # ---- start every setup's servers
-        for name in setups:
-            nworkers, configured, group = SETUPS[name]
-            for rnd in range(args.runs):
+        for rpm, name, rnd in [(r, n, i) for r in rpms for n in setups for i in range(args.runs)]:
+                nworkers, configured, group = SETUPS[name]
+                src = srcs[rpm]
                 sim = benchlib.start([os.path.join(bindir, "llmq-sim"), "--port", "0", "--quiet",
-                                      "--latency-ms", "50", "--rpm", str(args.rpm)], stderr=log)
-                out = os.path.join(tmp, "out-%s-%d.jsonl" % (name, rnd))
+                                      "--latency-ms", "50", "--rpm", str(rpm)], stderr=log)
+                out = os.path.join(tmp, "out-%d-%s-%d.jsonl" % (rpm, name, rnd))
                 if name == "sdk":
                     procs.append(sim)
-                    runs.append({"setup": name, "round": rnd, "sim": sim, "out": out,
+                    runs.append({"setup": name, "round": rnd, "rpm": rpm, "sim": sim, "out": out,
                                  "cmd": ["node", os.path.join(HERE, "..", "e2e", "node", "client.mjs"),
                                          src, out, sim.ready["url"] + "/v1", "1000"]})
                     continue
@@ -134,11 +140,11 @@ def main():
                            "--provider", "openai", "--base-url", sim.ready["url"] + "/v1",
                            "--model", "sim-model", "--name", "%s-%d-w%d" % (name, rnd, i), "--drain-ms", "200"]
                     if configured:
-                        cmd += ["--rpm", str(args.rpm)]
+                        cmd += ["--rpm", str(rpm)]
                     if group:
                         cmd += ["--limit-group", "g"]
                     procs.append(benchlib.start(cmd, env=env, stderr=log))
-                runs.append({"setup": name, "round": rnd, "sim": sim, "out": out,
+                runs.append({"setup": name, "round": rnd, "rpm": rpm, "sim": sim, "out": out,
                              "cmd": [os.path.join(bindir, "llmq"), "run", src, "-o", out, "--broker",
                                      broker.ready["frontend"], "--concurrency", "1000", "--quiet"]})
         # ---- start every client, then take each setup's figures D after its first request
@@ -175,31 +181,33 @@ def main():
         benchlib.stop_all(procs)
         log.close()
 
-    print(benchlib.header("rate-limit use, llmq-sim --rpm %d, %g s after the first request"
-                          % (args.rpm, args.seconds)))
+    print(benchlib.header("rate-limit use, llmq-sim --rpm R, %g s after the first request" % args.seconds))
     print()
-    print("| setup | answered 200 | fraction of R | 429s from the sim | lines failed (client) |")
-    print("|---|---|---|---|---|")
-    # Fixed 60 s windows, the first opening at the first request: at most
-    # R per started window.
-    cap = args.rpm * math.ceil(args.seconds / 60)
+    print("| R | setup | answered 200 (ceiling) | fraction of R | 429s from the sim | lines failed (client) |")
+    print("|---|---|---|---|---|---|")
     failures = []
     summary = {}
-    for name in setups:
-        rs = [r for r in runs if r["setup"] == name and "answered" in r]
-        if len(rs) < args.runs:
-            failures.append("%s: %d of %d runs finished" % (name, len(rs), args.runs))
-        if not rs:
-            continue
-        fr = [r["answered"] / cap for r in rs]
-        summary[name] = [{k: r[k] for k in ("round", "answered", "r429", "r429_all", "client_ok",
-                                              "client_failed", "load")} for r in rs]
-        print("| %s | %s | %s | %s | %s |" % (
-            NAMES[name], benchlib.fmt_mmm([r["answered"] for r in rs], 0), benchlib.fmt_mmm(fr, 3),
-            benchlib.fmt_mmm([r["r429"] for r in rs], 0), benchlib.fmt_mmm([r["client_failed"] for r in rs], 0)))
+    for rpm in rpms:
+        # Fixed 60 s windows, the first opening at the first request: at
+        # most R per started window.
+        cap = rpm * math.ceil(args.seconds / 60)
+        for name in setups:
+            rs = [r for r in runs if r["setup"] == name and r["rpm"] == rpm and "answered" in r]
+            if len(rs) < args.runs:
+                failures.append("R=%d %s: %d of %d runs finished" % (rpm, name, len(rs), args.runs))
+            if not rs:
+                continue
+            fr = [r["answered"] / cap for r in rs]
+            summary["%d/%s" % (rpm, name)] = [
+                {k: r[k] for k in ("round", "answered", "r429", "r429_all", "client_ok",
+                                   "client_failed", "load")} for r in rs]
+            print("| %d | %s | %s (%d) | %s | %s | %s |" % (
+                rpm, NAMES[name], benchlib.fmt_mmm([r["answered"] for r in rs], 0), cap,
+                benchlib.fmt_mmm(fr, 3), benchlib.fmt_mmm([r["r429"] for r in rs], 0),
+                benchlib.fmt_mmm([r["client_failed"] for r in rs], 0)))
     print()
-    print("Ceiling: %d answers (R = %d per started 60 s window, %g s); %d runs of each setup at once."
-          % (cap, args.rpm, args.seconds, args.runs))
+    print("Ceiling: R per started 60 s window of the sim in %g s; %d runs of each setup, all at once."
+          % (args.seconds, args.runs))
     if failures:
         print()
         print("FAILURES: " + "; ".join(failures))
