@@ -33,7 +33,7 @@ s_usage(FILE *out)
         "                          tcp://127.0.0.1:* picks a free port)\n"
         "  --backend EP            worker endpoint to bind (default tcp://127.0.0.1:5556)\n"
         "  --metrics ADDR          Prometheus metrics over HTTP on PORT or HOST:PORT\n"
-        "                          (0 = off, the default; port 0 picks a free one)\n"
+        "                          (0 = off, the default; HOST:0 picks a free port)\n"
         "  --name NAME             broker name in pong and status (default llmq-broker)\n"
         "  --max-queue N           queued requests in all queues before `overloaded`\n"
         "                          (default 1000000)\n"
