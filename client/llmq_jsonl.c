@@ -232,8 +232,6 @@ llmq_jsonl_item_body(llmq_jsonl_item_t *self)
             llmq_jsonl_item_destroy(&again);
         }
     }
-    free(self->line);
-    self->line = NULL;
     return self->body;
 }
 
@@ -723,7 +721,7 @@ llmq_jsonl_test(bool verbose)
     CHECK(items && zlistx_size(items) == 4);
     item = items ? (llmq_jsonl_item_t *) zlistx_first(items) : NULL;
     CHECK(item && !item->body && item->line && streq(item->custom_id, "line-1"));
-    CHECK(item && llmq_jsonl_item_body(item) && !item->line);
+    CHECK(item && llmq_jsonl_item_body(item) && item->line);
     item = items ? (llmq_jsonl_item_t *) zlistx_next(items) : NULL;
     CHECK(item && streq(item->custom_id, "c") && item->line_no == 4);
     item = items ? (llmq_jsonl_item_t *) zlistx_next(items) : NULL;

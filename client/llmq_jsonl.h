@@ -60,7 +60,9 @@ zlistx_t *llmq_jsonl_read_input(const char *path, bool keep_bodies, char *err,
                                 size_t errlen);
 
 /*  The item's body, parsed from its raw line if needed (borrowed: it stays
-    in the item; the raw line is freed). NULL for an item with an error. */
+    in the item until the caller deletes it and sets item->body to NULL;
+    the raw line stays too, so the body can be parsed again for a retry).
+    NULL for an item with an error. */
 cJSON *llmq_jsonl_item_body(llmq_jsonl_item_t *self);
 
 /*  Output lines, each ending with '\n'. request_id may be NULL. */

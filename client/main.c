@@ -396,6 +396,23 @@ s_connect(const s_opts_t *opts, s_conn_t *conn, bool allow_cluster,
 //  --------------------------------------------------------------------------
 //  llmq run
 
+/*  How often a line answered `overloaded` is sent again (after about
+    250 ms, 500 ms, 1 s ... 8 s, jittered) before its error line is
+    written. */
+#define S_OVERLOADED_RETRIES 6
+
+typedef struct {
+    size_t index;              /* position in todo */
+    int64_t due;               /* zclock_mono() time to send it again */
+} s_retry_t;
+
+static void
+s_retry_destructor(void **item)
+{
+    free(*item);
+    *item = NULL;
+}
+
 static int
 s_cmd_run(s_opts_t *opts, int argc, char **argv)
 {
@@ -493,16 +510,35 @@ s_cmd_run(s_opts_t *opts, int argc, char **argv)
         llmq_opts_t ropts = {0};
         ropts.max_attempts = opts->max_attempts;
         ropts.deadline_ms = opts->deadline_ms;
-        size_t next = 0, finished = 0;
+        size_t next = 0, finished = 0, retried = 0;
         bool unreachable = false;
+        //  Lines answered `overloaded`, waiting to be sent again.
+        zlistx_t *retries = zlistx_new();
+        zlistx_set_destructor(retries, s_retry_destructor);
+        int *tries = (int *) calloc(todo_count, sizeof(int));
+        //  The window in use: `window`, shrunk while the broker answers
+        //  `overloaded` (congestion control, as TCP does: AIMD).
+        double cwnd = window;
+        int64_t last_cut = 0;
         uint64_t reconnects = 0;
         while (finished < todo_count && !s_interrupted && !unreachable) {
-            //  Fill the window. Lines that failed to parse are answered here.
-            while (next < todo_count && llmq_client_outstanding(conn.client) < (size_t) window
-                   && !s_interrupted) {
-                item = todo[next++];
+            //  Fill the window: lines due for a retry first, then new ones.
+            //  Lines that cannot be sent are answered here.
+            while (llmq_client_outstanding(conn.client) < (size_t) cwnd && !s_interrupted) {
+                size_t index;
+                s_retry_t *retry = (s_retry_t *) zlistx_first(retries);
+                while (retry && retry->due > zclock_mono())
+                    retry = (s_retry_t *) zlistx_next(retries);
+                if (retry) {
+                    index = retry->index;
+                    zlistx_delete(retries, zlistx_cursor(retries));
+                }
+                else if (next < todo_count)
+                    index = next++;
+                else
+                    break;
+                item = todo[index];
                 char *line = NULL;
-                llmq_result_t *failure = NULL;
                 cJSON *body = item->error ? NULL : llmq_jsonl_item_body(item);
                 if (body) {
                     const char *model = opts->model ? opts->model
@@ -511,13 +547,13 @@ s_cmd_run(s_opts_t *opts, int argc, char **argv)
                     //  The body names the model the broker routes on.
                     cJSON_DeleteItemFromObject(body, "model");
                     cJSON_AddStringToObject(body, "model", model);
-                    if (llmq_client_submit(conn.client, item->op, model, body,
-                                           &ropts, item) == 0) {
-                        //  Sent: free the body now, the client keeps its own copy.
-                        cJSON_Delete(item->body);
-                        item->body = NULL;
+                    int rc_submit = llmq_client_submit(conn.client, item->op, model, body,
+                                                       &ropts, &todo[index]);
+                    //  The client keeps its own copy: free the tree now.
+                    cJSON_Delete(item->body);
+                    item->body = NULL;
+                    if (rc_submit == 0)
                         continue;
-                    }
                     if (s_interrupted)
                         break;
                     line = llmq_jsonl_error_line(item->custom_id, NULL, "invalid_request",
@@ -529,12 +565,18 @@ s_cmd_run(s_opts_t *opts, int argc, char **argv)
                                                  0);
                 llmq_jsonl_writer_write(writer, line);
                 zhashx_update(lines, item->custom_id, line);
-                llmq_progress_add(progress, failure);
+                llmq_progress_add(progress, NULL);
                 finished++;
+            }
+            if (llmq_client_outstanding(conn.client) == 0 && zlistx_size(retries) > 0) {
+                //  Only backed-off retries are left: wait for the first.
+                zclock_sleep(50);
+                continue;
             }
             llmq_result_t *result = llmq_client_poll(conn.client, 100);
             while (result) {
-                item = (llmq_jsonl_item_t *) result->arg;
+                size_t index = (size_t) ((llmq_jsonl_item_t **) result->arg - todo);
+                item = todo[index];
                 if (!result->ok && streq(result->error_code, "timeout")
                     && result->error_message
                     && streq(result->error_message, "broker unreachable")) {
@@ -542,12 +584,38 @@ s_cmd_run(s_opts_t *opts, int argc, char **argv)
                     //  runs it.
                     unreachable = true;
                 }
+                else if (!result->ok && streq(result->error_code, "overloaded")
+                         && tries[index] < S_OVERLOADED_RETRIES) {
+                    //  No room right now (a full queue): a capacity problem,
+                    //  not the line's. Try again later, backing off.
+                    s_retry_t *again = (s_retry_t *) calloc(1, sizeof(*again));
+                    //  Fewer in flight (halve at most every 250 ms) and a
+                    //  jittered backoff, so retries do not come back as
+                    //  one herd.
+                    if (zclock_mono() - last_cut >= 250) {
+                        cwnd = cwnd / 2 < 1 ? 1 : cwnd / 2;
+                        last_cut = zclock_mono();
+                    }
+                    if (again) {
+                        int64_t delay = (int64_t) 250 << tries[index];
+                        again->index = index;
+                        again->due = zclock_mono() + delay / 2 + randof((int) (delay / 2) + 1);
+                        zlistx_add_end(retries, again);
+                        tries[index]++;
+                        retried++;
+                    }
+                }
                 else {
                     char *line = llmq_jsonl_result_line(item->custom_id, result);
                     if (line) {
                         llmq_jsonl_writer_write(writer, line);
                         zhashx_update(lines, item->custom_id, line);
                     }
+                    free(item->line);
+                    item->line = NULL;
+                    //  Window back up by one per window of answers.
+                    if (cwnd < window)
+                        cwnd += 1.0 / cwnd;
                     llmq_progress_add(progress, result);
                     finished++;
                 }
@@ -563,6 +631,10 @@ s_cmd_run(s_opts_t *opts, int argc, char **argv)
             llmq_jsonl_writer_sync(writer, 1000);
             llmq_progress_draw(progress, false);
         }
+        zlistx_destroy(&retries);
+        free(tries);
+        if (retried && opts->verbose)
+            fprintf(stderr, "llmq run: %zu overloaded answers retried\n", retried);
         if (unreachable) {
             llmq_progress_clear(progress);
             fprintf(stderr, "llmq run: broker silent for %d s, giving up; rerun the "

@@ -153,11 +153,11 @@ class Worker(Proc):
 class Cluster:
     """sim + broker + n workers. close() stops everything."""
 
-    def __init__(self, workers=2, capacity=32, sim_flags=()):
+    def __init__(self, workers=2, capacity=32, sim_flags=(), broker_flags=()):
         self.procs = []
         self.sim = Sim("--latency-ms", "5", *sim_flags)
         self.procs.append(self.sim)
-        self.broker = Broker()
+        self.broker = Broker("tcp://127.0.0.1:*", "tcp://127.0.0.1:*", *broker_flags)
         self.procs.append(self.broker)
         self.workers = []
         for _ in range(workers):

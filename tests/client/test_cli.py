@@ -82,6 +82,19 @@ def main():
     finally:
         cluster.close()
 
+    # A broker whose queue is tiny answers `overloaded`: llmq run backs off
+    # and sends those lines again, so they still end ok.
+    small = Cluster(workers=1, capacity=2, broker_flags=("--max-queue", "4"))
+    try:
+        out_path = os.path.join(tmp, "overloaded.jsonl")
+        rc, out, err = run_llmq(["run", inp, "-o", out_path, "--broker", small.broker.frontend,
+                                 "--model", MODEL, "--concurrency", "32", "--verbose"])
+        check(rc == 0, "overloaded run: rc %d\n%s\n%s" % (rc, out, err[-2000:]))
+        check("overloaded answers retried" in err, "no overloaded retries seen: %s" % err[-500:])
+        verify_output(out_path, expect)
+    finally:
+        small.close()
+
     # The embedded cluster: no --broker, nothing at the default endpoint
     # (skipped if something answers there: that broker would be used).
     probe = llmq.Client(llmq.DEFAULT_ENDPOINT)
