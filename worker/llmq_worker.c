@@ -38,6 +38,7 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include "llmq_batch_api.h"
 #include "llmq_limiter.h"
 #include "llmq_msg.h"
 #include "llmq_provider.h"
@@ -116,6 +117,7 @@ struct _s_worker_t {
     llmq_breaker_t *breaker;   /* owned */
     zsock_t *dealer;           /* to the broker; NULL until joined */
     s_shard_t *shards;         /* curl multi handles */
+    llmq_batch_api_t *batch;   /* provider Batch API tasks, or NULL */
     size_t nshards;
     int epfd;        /* every curl socket of every shard */
     zhashx_t *jobs;  /* id -> s_job_t, every request held */
@@ -339,6 +341,12 @@ static void s_send(s_worker_t *self, llmq_msg_t **msg_p)
                   "send to broker failed (queue full or encode error)");
 }
 
+/*  The Batch API class answers through here. */
+static void s_batch_send(llmq_msg_t **msg_p, void *arg)
+{
+    s_send((s_worker_t *)arg, msg_p);
+}
+
 static void s_send_hello(s_worker_t *self)
 {
     llmq_msg_t *m = llmq_msg_new(LLMQ_MSG_HELLO);
@@ -354,7 +362,7 @@ static void s_send_hello(s_worker_t *self)
     }
     if (self->cfg->limit_group)
         llmq_msg_set_limit_group(m, self->cfg->limit_group);
-    llmq_msg_set_batch_api(m, self->cfg->batch_api);
+    llmq_msg_set_batch_api(m, self->batch != NULL);
     llmq_msg_set_version(m, LLMQ_VERSION_STRING);
     s_send(self, &m);
     self->joined = true;
@@ -819,6 +827,10 @@ static void s_check_multi(s_worker_t *self, s_shard_t *shard)
     while ((msg = curl_multi_info_read(shard->multi, &left))) {
         if (msg->msg != CURLMSG_DONE)
             continue;
+        /*  Batch API transfers share the multi: theirs first. */
+        if (self->batch && llmq_batch_api_done(self->batch, msg->easy_handle,
+                                               msg->data.result))
+            continue;
         s_job_t *job = NULL;
         curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&job);
         if (job)
@@ -1130,7 +1142,9 @@ static void s_handle_broker(s_worker_t *self, llmq_msg_t *msg)
     case LLMQ_MSG_JOB_POLL:
     case LLMQ_MSG_JOB_FETCH:
     case LLMQ_MSG_JOB_CANCEL: {
-        /*  Provider Batch API jobs are issue 8: answer, never hang. */
+        if (self->batch && llmq_batch_api_handle(self->batch, msg) >= 0)
+            break;
+        /*  No Batch API here (not announced): answer, never hang. */
         llmq_msg_t *m = llmq_msg_new(LLMQ_MSG_JOB_STATUS);
         llmq_msg_set_job(m, llmq_msg_job(msg));
         if (llmq_msg_provider_batch(msg))
@@ -1347,7 +1361,8 @@ int llmq_worker_run(llmq_worker_t *self_)
         }
         if (s_stop_requests > 1 && self->draining)
             self->drain_at = 0;
-        if (self->draining && zhashx_size(self->jobs) == 0)
+        if (self->draining && zhashx_size(self->jobs) == 0 &&
+            (!self->batch || llmq_batch_api_active(self->batch) == 0))
             break;
 
         now = s_now();
@@ -1398,7 +1413,8 @@ int llmq_worker_run(llmq_worker_t *self_)
         s_pump(self, now);
         s_grant_credit(self, now);
         if (self->draining) {
-            if (zhashx_size(self->jobs) == 0)
+            if (zhashx_size(self->jobs) == 0 &&
+                (!self->batch || llmq_batch_api_active(self->batch) == 0))
                 break;
             if (now >= self->drain_at) {
                 llmq_wlog(LLMQ_LOG_WARN,
@@ -1519,6 +1535,24 @@ llmq_worker_t *llmq_worker_new(llmq_worker_config_t **config_p, char *errbuf,
         curl_multi_setopt(multi, CURLMOPT_PIPELINING, (long)CURLPIPE_MULTIPLEX);
     }
     s_raise_nofile(cfg->capacity);
+    if (cfg->batch_api) {
+        /*  Provider Batch API tasks (issue 8) run on the first shard. */
+        llmq_batch_api_config_t bc = {cfg->provider,
+                                      cfg->base_url,
+                                      cfg->api_key,
+                                      cfg->anthropic_version,
+                                      cfg->default_max_tokens,
+                                      0,
+                                      0,
+                                      cfg->verbose};
+        if (llmq_provider_uses_http(self->provider))
+            self->batch = llmq_batch_api_new(&bc, self->shards[0].multi,
+                                             s_batch_send, self);
+        if (!self->batch)
+            llmq_wlog(LLMQ_LOG_WARN,
+                      "provider %s has no Batch API here: batch_api off",
+                      cfg->provider);
+    }
 
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
@@ -1543,6 +1577,7 @@ void llmq_worker_destroy(llmq_worker_t **self_p)
         }
         zhashx_destroy(&self->jobs);
     }
+    llmq_batch_api_destroy(&self->batch);
     if (self->probe) {
         s_job_detach(self, self->probe, false);
         s_job_free(&self->probe);
