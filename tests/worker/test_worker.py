@@ -141,7 +141,7 @@ def t_faults(sim, h):
 
 
 def faults():
-    with_sim([], FAST + ["--timeout-ms", "700", "--max-attempts", "3",
+    with_sim([], FAST + ["--timeout-ms", "1500", "--max-attempts", "3",
                          "--breaker-failures", "100"], t_faults)
 
 
