@@ -488,17 +488,18 @@ s_cmd_run(s_opts_t *opts, int argc, char **argv)
         for (const char *name = (const char *) zhashx_first(named); name && models;
              name = (const char *) zhashx_next(named))
             models[m++] = name;
-        rc = s_connect(opts, &conn, true, models, models ? models_count : 0);
+        //  Can we write OUT? Find out before starting anything.
+        writer = llmq_jsonl_writer_new(opts->output);
+        if (!writer) {
+            fprintf(stderr, "llmq run: cannot write %s: %s\n", opts->output, strerror(errno));
+            rc = EXIT_USAGE;
+        }
+        else
+            rc = s_connect(opts, &conn, true, models, models ? models_count : 0);
         free(models);
         zhashx_destroy(&named);
         if (rc != 0)
             goto done;
-        writer = llmq_jsonl_writer_new(opts->output);
-        if (!writer) {
-            fprintf(stderr, "llmq run: cannot write %s: %s\n", opts->output, strerror(errno));
-            rc = EXIT_FATAL;
-            goto done;
-        }
     }
     progress = llmq_progress_new(todo_count, resumed,
                                  !opts->quiet && isatty(STDERR_FILENO));
@@ -749,8 +750,8 @@ s_cmd_chat(s_opts_t *opts, int argc, char **argv)
         }
         printf("\n");
         if (opts->verbose || conn.simulated)
-            fprintf(stderr, "[%s%s, %" PRId64 " tokens, $%.6f, %" PRId64 " ms%s]\n",
-                    conn.model, result->worker ? "" : "", result->total_tokens,
+            fprintf(stderr, "[%s on %s, %" PRId64 " tokens, $%.6f, %" PRId64 " ms%s]\n",
+                    conn.model, result->worker ? result->worker : "?", result->total_tokens,
                     result->cost_usd, result->elapsed_ms,
                     conn.simulated ? ", SIMULATED by llmq-sim" : "");
     }
