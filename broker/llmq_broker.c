@@ -43,6 +43,7 @@
 #define s_MAX_METRIC_MODELS  200     //  Distinct model labels, then "_other"
 #define s_MAX_ATTEMPTS       10      //  Upper bound on a client's max_attempts
 #define s_NO_EXPIRY          INT64_MAX
+#define s_COMPACT_ABOVE      4096    //  Queue length from which payloads are compacted
 
 typedef struct _s_client_t s_client_t;
 typedef struct _s_worker_t s_worker_t;
@@ -672,7 +673,12 @@ s_lane_require(s_broker_t *self, const char *model, const char *pool)
     //  On the hot path: the key is built on the stack (model <= 256 bytes,
     //  pool <= 128 by the protocol's limits).
     char key[512];
-    snprintf(key, sizeof(key), "%s\x1f%s", model, pool ? pool : "");
+    size_t model_len = strnlen(model, 256), pool_len = pool ? strnlen(pool, 128) : 0;
+    memcpy(key, model, model_len);
+    key[model_len] = 0x1f;
+    if (pool_len)
+        memcpy(key + model_len + 1, pool, pool_len);
+    key[model_len + 1 + pool_len] = 0;
     s_lane_t *lane = (s_lane_t *) zhashx_lookup(self->lanes, key);
     if (lane)
         return lane;
@@ -1275,8 +1281,10 @@ s_client_request(s_broker_t *self, const char *key, llmq_msg_t **msg_p)
     r->trace = s_strdup_or_null(llmq_msg_trace(msg));
     zhashx_insert(client->pending, r->id, r);
     self->counters.received++;
-    //  Only a request that must wait pays for a copy of its payload.
-    if (llmq_queue_size(lane->queue) || !s_best_worker(lane))
+    //  Only a request that must wait in a long queue pays for a copy of its
+    //  payload: in a short one the pinned receive buffers cost little.
+    if (self->queued >= s_COMPACT_ABOVE
+    &&  (llmq_queue_size(lane->queue) || !s_best_worker(lane)))
         s_payload_compact(r);
     llmq_metrics_add(self->metrics, "llmq_broker_received_total", NULL, 1);
     if (s_enqueue(self, r, false)) {
@@ -2059,7 +2067,8 @@ llmq_broker_submit(llmq_broker_core_t *self, llmq_msg_t **req_p,
     r->payload = llmq_msg_take_payload(msg);
     llmq_msg_destroy(&msg);
     self->counters.received++;
-    if (llmq_queue_size(lane->queue) || !s_best_worker(lane))
+    if (self->queued >= s_COMPACT_ABOVE
+    &&  (llmq_queue_size(lane->queue) || !s_best_worker(lane)))
         s_payload_compact(r);
     if (s_enqueue(self, r, false)) {
         r->fn = NULL;           //  -1 means the callback never runs
