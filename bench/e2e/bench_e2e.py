@@ -10,7 +10,12 @@ after round (so slow drift of the machine hits all of them alike):
 
   llmq     `llmq run IN -o OUT --broker EP --concurrency W*C` against an
            llmq-broker with W llmq-workers (provider openai at the sim,
-           capacity C each): W*C requests in flight.
+           capacity C each): W*C requests in flight. Broker and workers are
+           started once and stay up between rounds, as a cluster would.
+  embedded `llmq run IN -o OUT --provider openai --base-url SIM --workers W
+           --capacity C --concurrency W*C`: the one-command form, which
+           starts its own broker and workers and stops them at the end
+           (start-up and shutdown included in the time and CPU).
   aiohttp  bench/e2e/aiohttp_client.py: asyncio + aiohttp, W*C at once.
   node     bench/e2e/node/client.mjs: the official `openai` npm SDK with
            p-limit(W*C) (npm ci is run once if node_modules is missing).
@@ -82,7 +87,7 @@ def main():
     ap.add_argument("--latency-ms", type=int, default=200)
     ap.add_argument("--workers", type=int, default=4)
     ap.add_argument("--capacity", type=int, default=256)
-    ap.add_argument("--variants", default="llmq,aiohttp,node,seq")
+    ap.add_argument("--variants", default="llmq,embedded,aiohttp,node,seq")
     ap.add_argument("--smoke", action="store_true", help="a few seconds: 300 lines, 1 run, 20 sequential")
     ap.add_argument("--json", default=None, help="write the raw numbers here")
     ap.add_argument("--timeout", type=int, default=300, help="per client run, seconds")
@@ -133,12 +138,19 @@ def main():
             if variant == "llmq":
                 cmd = [os.path.join(bindir, "llmq"), "run", src, "-o", dst, "--broker",
                        broker.ready["frontend"], "--concurrency", str(conc), "--quiet"]
+            elif variant == "embedded":
+                cmd = [os.path.join(bindir, "llmq"), "run", src, "-o", dst, "--provider", "openai",
+                       "--base-url", sim_url + "/v1", "--workers", str(args.workers),
+                       "--capacity", str(args.capacity), "--concurrency", str(conc), "--quiet"]
             elif variant == "aiohttp":
                 cmd = [PY, os.path.join(HERE, "aiohttp_client.py"), src, dst, sim_url + "/v1", str(conc)]
             elif variant == "node":
                 cmd = ["node", os.path.join(HERE, "node", "client.mjs"), src, dst, sim_url + "/v1", str(conc)]
             sim0, cl0 = sim.cpu(), benchlib.cpu_seconds(cluster)
-            wall, cpu, rc = benchlib.run_timed(cmd, timeout=args.timeout, stderr=log)
+            # embedded: the key its workers send; no LLMQ_ENDPOINT, so it starts its own cluster
+            venv = dict(os.environ, OPENAI_API_KEY="bench-key")
+            venv.pop("LLMQ_ENDPOINT", None)
+            wall, cpu, rc = benchlib.run_timed(cmd, timeout=args.timeout, stderr=log, env=venv)
             sim1, cl1 = sim.cpu(), benchlib.cpu_seconds(cluster)
             st = http(sim_url + "/_stats")
             ok = count_ok(dst)
@@ -202,6 +214,7 @@ def main():
     print("|---|---|---|---|---|---|---|---|---|")
     base = results.get("llmq") or []
     names = {"llmq": "`llmq run` (broker + %d workers)" % args.workers,
+             "embedded": "`llmq run`, embedded cluster (%d workers, start-up included)" % args.workers,
              "aiohttp": "Python asyncio + aiohttp", "node": "`openai` npm SDK + p-limit",
              "seq": "sequential loop (%d lines, extrapolated)" % args.seq_lines}
     for v in variants:
