@@ -2181,6 +2181,37 @@ static void s_test_realtime(const char *path, bool verbose)
     llmq_batch_stats(m, &stats);
     S_CHECK(stats.items_in_flight == 0);
     S_CHECK(stats.batches_active == 1); /* "other": nobody serves llama */
+
+    /*  A larger realtime batch end to end through the manager: batch.add,
+        dispatch, results, batch.get. Numbers printed, never asserted. */
+    const int64_t bulk = 20000;
+    int64_t t0 = zclock_usecs();
+    r = s_t_open(m, replies, "bulk", "realtime", "gpt", NULL, 0, now);
+    for (int64_t seq = 0; seq < bulk / 5000; seq++)
+        r = s_t_add(m, replies, "bulk", seq, seq * 5000, 5000, now);
+    r = s_t_simple(m, replies, LLMQ_MSG_BATCH_CLOSE, "bulk", now);
+    int64_t t1 = zclock_usecs();
+    int64_t answered = 0;
+    while ((req = llmq_batch_next_item(m, s_test_serves_fn, "gpt", now))) {
+        res = s_t_res(req);
+        S_CHECK(llmq_batch_on_item_result(m, llmq_msg_id(req), res, now) ==
+                0);
+        llmq_msg_destroy(&res);
+        llmq_msg_destroy(&req);
+        answered++;
+    }
+    llmq_batch_flush(m);
+    int64_t t2 = zclock_usecs();
+    S_CHECK(answered == bulk);
+    S_CHECK(s_t_get_all(m, replies, "bulk", &final, &failed, now) == bulk);
+    int64_t t3 = zclock_usecs();
+    S_CHECK(final && failed == bulk / 10);
+    if (verbose || getenv("LLMQ_BENCH"))
+        printf("\n   manager, %lld items: batch.add %.0f items/s, dispatch+"
+               "result %.0f items/s, batch.get %.0f results/s\n   ",
+               (long long)bulk, bulk * 1e6 / (double)(t1 - t0 + 1),
+               bulk * 1e6 / (double)(t2 - t1 + 1),
+               bulk * 1e6 / (double)(t3 - t2 + 1));
     llmq_batch_destroy(&m);
     llmq_batch_destroy(&m);
     while ((r = zlist_pop(replies)))
