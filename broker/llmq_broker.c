@@ -1817,6 +1817,9 @@ s_broker_new(zsock_t *pipe, const llmq_broker_config_t *config)
                                        config->module->name ? config->module->name : "?");
     }
     self->next_heartbeat = self->started_at + self->config.heartbeat_ms;
+    if (!self->error)
+        s_log(self, "info", "start", "frontend", self->frontend_ep, "backend",
+              self->backend_ep, "metrics", llmq_metrics_url(self->metrics), NULL);
     return self;
 }
 

@@ -374,6 +374,10 @@ def t_malformed():
     for i in range(3000):
         bad.s.send(garbage[i % len(garbage)])
     bad.s.send_multipart([pack({"v": 1, "t": "ping"}), b"x", b"y"])
+    # Over ZMQ_MAXMSGSIZE (64 MiB): the broker's socket drops that peer.
+    huge = Client(b.ready["frontend"], "huge-client")
+    huge.s.send_multipart([pack({"v": 1, "t": "req", "id": "h", "op": "chat", "model": "m"}),
+                           b"\x00" * (65 * 1024 * 1024)])
     answers = run_load(good, 300, 16)
     assert len(answers) == 300 and all(h["ok"] for h in answers.values())
     errors = 0
@@ -388,6 +392,11 @@ def t_malformed():
     assert errors >= 3000
     good.send({"v": 1, "t": "ping"})
     assert good.recv()[0]["t"] == "pong"
+    try:
+        h, _ = huge.recv(timeout=0.5)
+        raise AssertionError("the oversized request was answered: %r" % h)
+    except TimeoutError:
+        pass
     w.stop()
     assert b.stop() == 0
 
