@@ -89,6 +89,7 @@ struct _s_request_t {
     int64_t received_at;        //  Monotonic ms
     int64_t deadline;           //  Monotonic ms, s_NO_EXPIRY if none
     int64_t expire_at;          //  Key in the expiry heap
+    bool from_module;           //  Came from the module's next_item
     uint8_t op;                 //  Index in s_ops
     uint8_t attempt;            //  Dispatch attempt, from 1
     uint8_t max_attempts;       //  Give up after this many
@@ -451,6 +452,11 @@ s_complete(s_broker_t *self, s_request_t *r, llmq_msg_t **res_p)
         if (self->config.verbose)
             llmq_msg_print(res);
         llmq_msg_send(&res, self->frontend);
+    }
+    else
+    if (r->from_module) {
+        if (self->config.module->item_result)
+            self->config.module->item_result(self->module_state, &res);
     }
     else
     if (r->fn)
@@ -933,6 +939,62 @@ s_dispatch_lane(s_broker_t *self, s_lane_t *lane)
         ;
 }
 
+static bool
+s_serves(const char *model, const char *pool, void *arg)
+{
+    s_worker_t *w = (s_worker_t *) arg;
+    if (!model || (pool && *pool && !streq(pool, w->pool)))
+        return false;
+    for (size_t i = 0; i < w->nmodels; i++)
+        if (streq(w->models[i], model))
+            return true;
+    return false;
+}
+
+//  Spare credit and no waiting request: ask the module for items.
+static void
+s_dispatch_module(s_broker_t *self, s_worker_t *w)
+{
+    while (w->credit > 0 && !self->draining) {
+        llmq_msg_t *msg = self->config.module->next_item(self->module_state,
+                                                         s_serves, w);
+        if (!msg)
+            break;
+        int op = -1;
+        for (int i = 0; i < 3; i++)
+            if (llmq_msg_op(msg) && streq(llmq_msg_op(msg), s_ops[i]))
+                op = i;
+        const char *model = llmq_msg_model(msg);
+        s_lane_t *lane = op >= 0 && model && llmq_msg_id(msg)
+                       && s_serves(model, llmq_msg_pool(msg), w)
+                       ? s_lane_require(self, model, llmq_msg_pool(msg)) : NULL;
+        s_request_t *r = lane ? (s_request_t *) calloc(1, sizeof(*r)) : NULL;
+        if (!r || !(r->id = strdup(llmq_msg_id(msg)))) {
+            //  A module bug, not the worker's: give the item back, stop asking.
+            if (self->config.module->item_returned && llmq_msg_id(msg))
+                self->config.module->item_returned(self->module_state, llmq_msg_id(msg));
+            free(r);
+            llmq_msg_destroy(&msg);
+            break;
+        }
+        llmq_queue_node_init(&r->qnode);
+        llmq_queue_node_init(&r->dnode);
+        r->from_module = true;
+        r->lane = lane;
+        lane->refs++;
+        r->op = (uint8_t) op;
+        r->priority = llmq_msg_priority(msg);
+        r->received_at = zclock_mono();
+        r->deadline = s_NO_EXPIRY;
+        r->attempt = 1;
+        r->max_attempts = 1;
+        r->payload = llmq_msg_take_payload(msg);
+        llmq_msg_destroy(&msg);
+        self->counters.received++;
+        s_send_request(self, w, r);
+    }
+}
+
 //  A worker has credit: serve its lanes, best waiting request first.
 static void
 s_dispatch_worker(s_broker_t *self, s_worker_t *w)
@@ -954,6 +1016,9 @@ s_dispatch_worker(s_broker_t *self, s_worker_t *w)
         if (!best || !s_dispatch_one(self, best))
             break;
     }
+    if (w->credit > 0 && !w->leaving && self->config.module
+    &&  self->config.module->next_item)
+        s_dispatch_module(self, w);
 }
 
 //  --------------------------------------------------------------------------
@@ -1003,6 +1068,12 @@ s_worker_remove(s_broker_t *self, s_worker_t *w, const char *why)
     while (w->inflight) {
         s_request_t *r = w->inflight;
         s_request_unassign(self, r);
+        if (r->from_module) {
+            if (self->config.module->item_returned)
+                self->config.module->item_returned(self->module_state, r->id);
+            s_request_destroy(self, &r);
+        }
+        else
         if (r->attempt >= r->max_attempts) {
             char message[300];
             snprintf(message, sizeof(message),
@@ -1567,8 +1638,17 @@ s_drain_finish(s_broker_t *self)
     snprintf(left, sizeof(left), "%zu", self->queued + self->inflight_count);
     s_worker_t *w = (s_worker_t *) zhashx_first(self->workers);
     while (w) {
-        while (w->inflight)
-            s_fail(self, w->inflight, LLMQ_ERR_OVERLOADED, "broker shutting down");
+        while (w->inflight) {
+            s_request_t *r = w->inflight;
+            if (r->from_module) {
+                //  The module keeps its items for the next run.
+                if (self->config.module->item_returned)
+                    self->config.module->item_returned(self->module_state, r->id);
+                s_request_destroy(self, &r);
+            }
+            else
+                s_fail(self, r, LLMQ_ERR_OVERLOADED, "broker shutting down");
+        }
         w = (s_worker_t *) zhashx_next(self->workers);
     }
     s_lane_t *lane = (s_lane_t *) zhashx_first(self->lanes);
@@ -1636,6 +1716,15 @@ s_timers(s_broker_t *self, int64_t now)
 #endif
     if (self->config.module && self->config.module->tick)
         self->config.module->tick(self->module_state, now);
+    //  Work a module gained since (a batch closed) goes to idle credit.
+    if (self->config.module && self->config.module->next_item) {
+        s_worker_t *w = (s_worker_t *) zhashx_first(self->workers);
+        while (w) {
+            if (w->credit > 0 && !w->leaving)
+                s_dispatch_module(self, w);
+            w = (s_worker_t *) zhashx_next(self->workers);
+        }
+    }
 }
 
 //  --------------------------------------------------------------------------
@@ -2262,6 +2351,82 @@ s_t_failed_with(llmq_msg_t *msg, const char *id, const char *code)
     return ok;
 }
 
+//  A test module: hands out five items once a client opened a "batch", and
+//  tells that client `batch.status` when all five came back.
+typedef struct {
+    llmq_broker_core_t *core;
+    zframe_t *client;           //  Who sent batch.open
+    int handed, done;
+} s_t_module_t;
+
+static void *
+s_t_module_create(llmq_broker_core_t *core, void *arg)
+{
+    (void) arg;
+    s_t_module_t *self = (s_t_module_t *) calloc(1, sizeof(*self));
+    if (self)
+        self->core = core;
+    return self;
+}
+
+static void
+s_t_module_destroy(void **state_p)
+{
+    s_t_module_t *self = (s_t_module_t *) *state_p;
+    if (self) {
+        zframe_destroy(&self->client);
+        free(self);
+        *state_p = NULL;
+    }
+}
+
+static void
+s_t_module_client(void *state, llmq_msg_t **msg_p)
+{
+    s_t_module_t *self = (s_t_module_t *) state;
+    zframe_destroy(&self->client);
+    self->client = zframe_dup(llmq_msg_routing_id(*msg_p));
+    llmq_msg_t *ack = llmq_msg_new(LLMQ_MSG_BATCH_ACK);
+    llmq_msg_set_batch(ack, "b");
+    llmq_msg_set_routing_id(ack, self->client);
+    llmq_broker_reply(self->core, &ack);
+    llmq_msg_destroy(msg_p);
+}
+
+static llmq_msg_t *
+s_t_module_next(void *state, llmq_broker_serves_fn *serves, void *serves_arg)
+{
+    s_t_module_t *self = (s_t_module_t *) state;
+    if (!self->client || self->handed >= 5 || !serves("m1", NULL, serves_arg)
+    ||  serves("other-model", NULL, serves_arg))
+        return NULL;
+    llmq_msg_t *req = llmq_msg_new(LLMQ_MSG_REQ);
+    char id[16];
+    snprintf(id, sizeof(id), "item%d", self->handed++);
+    llmq_msg_set_id(req, id);
+    llmq_msg_set_op(req, "chat");
+    llmq_msg_set_model(req, "m1");
+    llmq_msg_set_payload_mem(req, "\xa4item", 5);
+    return req;
+}
+
+static void
+s_t_module_result(void *state, llmq_msg_t **res_p)
+{
+    s_t_module_t *self = (s_t_module_t *) state;
+    if (llmq_msg_ok(*res_p) && strncmp(llmq_msg_id(*res_p), "item", 4) == 0)
+        self->done++;
+    llmq_msg_destroy(res_p);
+    if (self->done == 5) {
+        llmq_msg_t *status = llmq_msg_new(LLMQ_MSG_BATCH_STATUS);
+        llmq_msg_set_batch(status, "b");
+        llmq_msg_set_state(status, "completed");
+        llmq_msg_set_counts_done(status, self->done);
+        llmq_msg_set_routing_id(status, self->client);
+        llmq_broker_reply(self->core, &status);
+    }
+}
+
 #define T_CHECK(cond) \
     do { if (!(cond)) { printf("\n   check failed at line %d: %s\n", __LINE__, #cond); \
                         goto done; } } while (0)
@@ -2499,6 +2664,54 @@ llmq_broker_test(bool verbose)
             llmq_msg_destroy(&m);
         }
         zsock_destroy(&client2);
+        T_CHECK(good);
+    }
+    //  A module's items fill spare credit and come back to it.
+    {
+        static llmq_broker_module_t module = {
+            .name = "test", .create = s_t_module_create,
+            .destroy = s_t_module_destroy, .client_msg = s_t_module_client,
+            .next_item = s_t_module_next, .item_result = s_t_module_result };
+        llmq_broker_config_t mconfig = config;
+        mconfig.max_queue = 100;
+        mconfig.module = &module;
+        zactor_t *modular = zactor_new(llmq_broker, &mconfig);
+        char *fe = NULL, *be = NULL, *me = NULL;
+        bool good = llmq_broker_endpoints(modular, &fe, &be, &me) == 0;
+        zsock_t *client3 = good ? s_t_peer(fe, NULL) : NULL;
+        zsock_t *worker = good ? s_t_peer(be, "worker-mod") : NULL;
+        if (good) {
+            s_t_hello(worker, "mod", "m1", 2, NULL, 0);
+            s_t_credit(worker, 2);
+            m = llmq_msg_new(LLMQ_MSG_BATCH_OPEN);
+            llmq_msg_set_batch(m, "b");
+            llmq_msg_set_mode(m, "realtime");
+            llmq_msg_set_model(m, "m1");
+            llmq_msg_send(&m, client3);
+            m = s_t_expect(client3, LLMQ_MSG_BATCH_ACK, 5000);
+            good = m != NULL;
+            llmq_msg_destroy(&m);
+        }
+        //  The worker answers five items, two at a time (its credit).
+        for (int i = 0; i < 5 && good; i++) {
+            m = s_t_expect(worker, LLMQ_MSG_REQ, 5000);
+            good = m && llmq_msg_attempt(m) == 1;
+            if (good) {
+                s_t_answer(worker, &m);
+                s_t_credit(worker, 1);
+            }
+        }
+        if (good) {
+            m = s_t_expect(client3, LLMQ_MSG_BATCH_STATUS, 5000);
+            good = m && llmq_msg_counts_done(m) == 5;
+            llmq_msg_destroy(&m);
+        }
+        zsock_destroy(&client3);
+        zsock_destroy(&worker);
+        zactor_destroy(&modular);
+        zstr_free(&fe);
+        zstr_free(&be);
+        zstr_free(&me);
         T_CHECK(good);
     }
     rc = 0;

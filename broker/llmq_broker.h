@@ -25,11 +25,13 @@
     drain_ms, then answer what is left `overloaded` and send "DRAINED"),
     "COUNTERS" (replies one string "received=.. dispatched=.. ..." for tests).
 
-    Extension: a module (the batch store, issue 8) plugs in through
+    Extension: a module (the batch manager, issue 8) plugs in through
     llmq_broker_module_t. It sees the client and worker messages the broker
-    does not handle itself (batch.*, job.*), gets a tick, and submits
-    internally generated requests with llmq_broker_submit; their results
-    come back to its callback instead of a client.
+    does not handle itself (batch.*, job.*) and gets a tick. It feeds work
+    two ways: pull (next_item: spare worker credit that no waiting client
+    request wants is offered to it; results come back to item_result, a
+    dead worker's items to item_returned), or push (llmq_broker_submit
+    queues a request like a client's; its result comes to a callback).
 
     Ownership: the config is copied by the actor before zactor_new returns;
     strings from llmq_broker_endpoints belong to the caller.
@@ -55,6 +57,10 @@ typedef struct _llmq_broker_core_t llmq_broker_core_t;
     id given at submit). Called from the broker thread. */
 typedef void(llmq_broker_result_fn)(llmq_msg_t **res_p, void *arg);
 
+/*  What a worker serves, for a module choosing work for it. */
+typedef bool(llmq_broker_serves_fn)(const char *model, const char *pool,
+                                    void *arg);
+
 /*  A plug-in module (the batch store). Every callback is optional. */
 typedef struct {
     const char *name;
@@ -68,6 +74,19 @@ typedef struct {
     void (*worker_msg)(void *state, llmq_msg_t **msg_p);
     /*  Called on every loop turn that ran timers (about every 100 ms). */
     void (*tick)(void *state, int64_t now_ms);
+    /*  Pull dispatch: a worker has credit that no waiting request wants
+        (client requests always go first). Return a `req` (id = the
+        module's key, op, model, optional pool and priority, payload) that
+        serves(model, pool, serves_arg) accepts, or NULL. The broker sends
+        it to that worker at once, never queues it. */
+    llmq_msg_t *(*next_item)(void *state, llmq_broker_serves_fn *serves,
+                             void *serves_arg);
+    /*  The worker's `res` for an item from next_item (id = the key); take
+        it. Late or duplicate answers are dropped before this. */
+    void (*item_result)(void *state, llmq_msg_t **res_p);
+    /*  An item's worker died or left: the module takes it back (the broker
+        does not requeue module items, so their order stays the module's). */
+    void (*item_returned)(void *state, const char *id);
     void *arg;                  //  Passed to create
 } llmq_broker_module_t;
 
