@@ -186,6 +186,7 @@ def worker_main(argv):
     s.send(pack({"v": 1, "t": "credit", "n": a.capacity}))
     print("ready fake-worker worker=%s" % a.name, flush=True)
     pending = []            # (due time, id, payload frame)
+    streams = set()         # ids that asked for chunks
     next_hb = time.time() + a.hb_ms / 1000.0
     while True:
         now = time.time()
@@ -197,6 +198,8 @@ def worker_main(argv):
                 frames = s.recv_multipart()
                 h = unpack(frames[0])
                 if h["t"] == "req":
+                    if h.get("stream"):
+                        streams.add(h["id"])
                     pending.append((time.time() + a.delay_ms / 1000.0, h["id"], frames[1]))
                     pending.sort(key=lambda x: x[0])
                 elif h["t"] == "cancel":
@@ -215,6 +218,11 @@ def worker_main(argv):
         done = 0
         while pending and pending[0][0] <= now:
             _, rid, payload = pending.pop(0)
+            if rid in streams:
+                streams.discard(rid)
+                for seq in range(3):
+                    s.send_multipart([pack({"v": 1, "t": "chunk", "id": rid, "seq": seq}),
+                                      pack({"object": "chat.completion.chunk", "n": seq})])
             s.send_multipart([pack({"v": 1, "t": "res", "id": rid, "ok": True,
                                     "usage": {"prompt_tokens": 1, "completion_tokens": 1,
                                               "total_tokens": 2}}), payload])
@@ -341,6 +349,26 @@ def t_cancel():
     w = fake_worker(b.ready["backend"], "w2", capacity=1, delay_ms=0)
     h, _ = c.recv(timeout=10)
     assert h["id"] == "after" and h["ok"], h
+    w.stop()
+    assert b.stop() == 0
+
+
+def t_stream():
+    """A streamed request: chunks come through in order, then one res."""
+    b = broker("--quiet")
+    w = fake_worker(b.ready["backend"], "w", capacity=4, delay_ms=10)
+    c = Client(b.ready["frontend"])
+    c.req("s1", stream=True, meta={"row": 7})
+    c.req("plain")
+    got = []
+    while len([g for g in got if g[0]["t"] == "res"]) < 2:
+        got.append(c.recv(timeout=10))
+    s1 = [(h["t"], h.get("seq"), p) for h, p in got if h["id"] == "s1"]
+    print("stream:", s1)
+    assert [x[:2] for x in s1] == [("chunk", 0), ("chunk", 1), ("chunk", 2), ("res", None)], s1
+    res = [h for h, p in got if h["id"] == "s1" and h["t"] == "res"][0]
+    assert res["ok"] and res["meta"] == {"row": 7} and res["worker"] == "w", res
+    assert not [h for h, p in got if h["id"] == "plain" and h["t"] == "chunk"]
     w.stop()
     assert b.stop() == 0
 
@@ -534,7 +562,7 @@ def t_limit_group():
 CASES = {
     "spread": t_spread, "kill9": t_kill9, "join": t_join,
     "priority_deadline": t_priority_deadline, "cancel": t_cancel,
-    "overload": t_overload, "malformed": t_malformed, "metrics": t_metrics,
+    "overload": t_overload, "stream": t_stream, "malformed": t_malformed, "metrics": t_metrics,
     "sigterm": t_sigterm, "real_echo": t_real_echo, "limit_group": t_limit_group,
 }
 
