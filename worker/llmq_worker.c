@@ -108,6 +108,7 @@ typedef struct {
     size_t heap_ix;      /* index in the retry heap */
     int64_t due_ms;      /* WAITING: when to try again */
     void *queue_handle;  /* QUEUED: handle in the start queue */
+    int64_t queued_ms;   /* QUEUED: since when */
 } s_job_t;
 
 struct _s_worker_t {
@@ -639,6 +640,29 @@ static int s_start_transfer(s_worker_t *self, s_job_t *job, int64_t now)
     return 0;
 }
 
+/*  The circuit is open: queued work waits for the provider to come back
+    (the broker may still hold credit granted before, and failing those
+    requests at once would turn this worker into a black hole), but at most
+    two cool-downs (one probe); then it is answered with its last failure,
+   retryable, so the broker can send it elsewhere. */
+static void s_expire_held(s_worker_t *self, int64_t now)
+{
+    s_job_t *job = zlistx_first(self->queue);
+    while (job) {
+        s_job_t *next = zlistx_next(self->queue);
+        if (now - job->queued_ms >= 2 * self->cfg->breaker_cooldown_ms) {
+            zlistx_delete(self->queue, job->queue_handle);
+            job->queue_handle = NULL;
+            if (!job->attempts)
+                llmq_perr_set(&job->err, LLMQ_ERR_PROVIDER_ERROR, 0, true,
+                              "circuit open: the provider is failing");
+            job->err.retryable = true;
+            s_answer(self, job, NULL, NULL);
+        }
+        job = next;
+    }
+}
+
 /*  Start queued jobs as the breaker and the limiter allow. */
 static void s_pump(s_worker_t *self, int64_t now)
 {
@@ -662,21 +686,11 @@ static void s_pump(s_worker_t *self, int64_t now)
         }
         int64_t allowance = llmq_breaker_allowance(
             self->breaker, llmq_limiter_running(self->limiter));
-        if (allowance == 0 &&
-            llmq_breaker_state(self->breaker) == LLMQ_BREAKER_OPEN) {
-            /*  The circuit is open: do not keep work the broker could send
-                elsewhere. Answer with the last failure (retryable). */
-            zlistx_delete(self->queue, job->queue_handle);
-            job->queue_handle = NULL;
-            if (!job->attempts)
-                llmq_perr_set(&job->err, LLMQ_ERR_PROVIDER_ERROR, 0, true,
-                              "circuit open: the provider is failing");
-            job->err.retryable = true;
-            s_answer(self, job, NULL, NULL);
-            continue;
-        }
-        if (allowance == 0)
+        if (allowance == 0) {
+            if (llmq_breaker_state(self->breaker) == LLMQ_BREAKER_OPEN)
+                s_expire_held(self, now);
             return;
+        }
         int64_t wait = 0;
         if (!llmq_limiter_acquire(self->limiter, job->estimate, now, &wait)) {
             if (wait > 0)
@@ -696,6 +710,7 @@ static void s_pump(s_worker_t *self, int64_t now)
 static void s_enqueue(s_worker_t *self, s_job_t *job, bool front)
 {
     job->state = S_QUEUED;
+    job->queued_ms = s_now();
     job->queue_handle = front ? zlistx_add_start(self->queue, job)
                               : zlistx_add_end(self->queue, job);
 }

@@ -31,7 +31,7 @@ def t_success(sim, h):
     hello = h.hello
     check(hello["provider"] == "sim" and hello["models"] == ["sim-small"], "hello fields")
     check(hello["capacity"] == 256 and hello["version"], "hello capacity/version")
-    check(h.credit > 0, "credit after hello")
+    h.wait(lambda: h.credit > 0, 10, "credit after hello")
     for i in range(5):
         hd, body = h.chat("ok%d" % i, "hello %d" % i)
         check(hd["ok"] is True, "ok: %r" % (hd,))
@@ -191,10 +191,13 @@ def t_breaker(sim, h):
     h.pump(0.3)
     check(sum(m[0]["n"] for m in h.received if m[0]["t"] == "credit") == granted or
           h.hbs[-1]["healthy"], "no credit while the circuit is open")
-    # the health probe after the cool-down half-opens it: one credit, a trial
-    h.wait(lambda: h.credit > 0 and h.hbs[-1]["healthy"] is True, 10, "half-open")
-    hd, _ = h.chat("trial", "all good now")
-    check(hd["ok"], "trial request ok")
+    # a request sent now (on credit granted before) is held, not failed: the
+    # health probe after the cool-down half-opens the circuit and it becomes
+    # the trial request
+    h.req("held", {"messages": [{"role": "user", "content": "all good now"}]})
+    hd, _ = h.result("held", timeout=15)
+    check(hd["ok"] and hd["attempts"] == 1, "held request served after recovery: %r" % (hd,))
+    h.wait(lambda: h.hbs[-1]["healthy"] is True, 5, "healthy again")
     h.wait(lambda: h.credit >= 8, 5, "credit after the circuit closed")
     hd, _ = h.chat("after", "still good")
     check(hd["ok"], "closed again")
@@ -205,6 +208,26 @@ def t_breaker(sim, h):
 def breaker():
     with_sim([], FAST + ["--max-attempts", "1", "--breaker-failures", "3",
                          "--breaker-cooldown-ms", "1500"], t_breaker)
+    # the provider stays down: held work is answered (retryable) after two
+    # cool-downs, and the worker keeps probing, unhealthy
+    sim = Sim()
+    h = Harness("--provider", "sim", "--base-url", sim.base, "--model", "sim-small",
+                *FAST, "--max-attempts", "1", "--breaker-failures", "2",
+                "--breaker-cooldown-ms", "400")
+    try:
+        for i in range(2):
+            h.chat("d%d" % i, "[[sim:fail=500x1]] down %d" % i)
+        h.wait(lambda: h.hbs and h.hbs[-1]["healthy"] is False, 5, "open")
+        sim.close()
+        h.req("held", {"messages": [{"role": "user", "content": "anyone?"}]})
+        hd, _ = h.result("held", timeout=10)
+        check(not hd["ok"] and hd["error"]["retryable"] and hd["error"]["code"] == "provider_error",
+              "held request answered retryable: %r" % (hd,))
+        check("health probe failed" in h.stderr(), "probes go on")
+        check(h.terminate() == 0, "exit 0")
+    finally:
+        h.close()
+        sim.close()
 
 
 KEY = "sk-llmq-SECRET-7f3a9c2e41d8b6"
