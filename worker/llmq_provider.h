@@ -10,9 +10,9 @@
       headers   rate-limit headers -> llmq_ratelimit_t
       health    the GET {base}/models request
       answer    providers without HTTP (echo) answer here at once
-      batch     Batch API calls (issue 8; not yet: return -1)
     Providers: openai (any OpenAI-compatible base URL; `sim` is openai at
     llmq-sim), anthropic (Messages API, translated both ways) and echo.
+    Provider Batch APIs (job.* tasks) are the separate llmq_batch_api class.
 
     Secrets: the API key lives only in this object and in the header list
     handed to libcurl. No function here puts it in a message, and

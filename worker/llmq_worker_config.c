@@ -661,6 +661,20 @@ static int s_finish(llmq_worker_config_t *self, char *errbuf, size_t errlen)
                  "retry cap >= base, breaker failures >= 1, rpm/tpm >= 0");
         return -1;
     }
+    if (self->base_url && strncmp(self->base_url, "http://", 7) != 0 &&
+        strncmp(self->base_url, "https://", 8) != 0) {
+        snprintf(errbuf, errlen,
+                 "--base-url: expected http://... or https://..., got '%s'",
+                 self->base_url);
+        return -1;
+    }
+    if (self->broker && !strstr(self->broker, "://")) {
+        snprintf(errbuf, errlen,
+                 "--broker: expected an endpoint such as tcp://host:5556, "
+                 "got '%s'",
+                 self->broker);
+        return -1;
+    }
     if (!self->broker || !*self->broker) {
         snprintf(errbuf, errlen, "--broker: an endpoint is needed");
         return -1;
@@ -1057,6 +1071,14 @@ int llmq_worker_config_test(bool verbose)
     CHECK(llmq_worker_config_load(&cfg, 2, a5, err, sizeof err) ==
           LLMQ_CONFIG_ERROR);
     CHECK(strstr(err, "--frobnicate"));
+    char *a7[] = {"llmq-worker", "--broker", "localhost:5556", NULL};
+    CHECK(llmq_worker_config_load(&cfg, 3, a7, err, sizeof err) ==
+          LLMQ_CONFIG_ERROR);
+    CHECK(strstr(err, "--broker"));
+    char *a8[] = {"llmq-worker", "--base-url", "api.openai.com", NULL};
+    CHECK(llmq_worker_config_load(&cfg, 3, a8, err, sizeof err) ==
+          LLMQ_CONFIG_ERROR);
+    CHECK(strstr(err, "--base-url"));
     char *a6[] = {"llmq-worker", "--provider", "nope", NULL};
     CHECK(llmq_worker_config_load(&cfg, 3, a6, err, sizeof err) ==
           LLMQ_CONFIG_ERROR);
