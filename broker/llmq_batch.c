@@ -1531,7 +1531,17 @@ static void s_on_job_results(llmq_batch_t *self, s_job_t *j, llmq_msg_t *msg,
                                               zframe_size(payload), NULL, 0)
                          : NULL;
     int64_t stored = 0;
-    if (cJSON_IsArray(arr)) {
+    if (!cJSON_IsArray(arr)) {
+        /*  A page we cannot read proves nothing, not even `final`: were it
+            honoured, the job's items would look unanswered and run (and be
+            paid for) again. Drop it; the fetch task times out and runs
+            again. */
+        zsys_warning("batch: job %s: unreadable job.results dropped",
+                     j->row.id);
+        cJSON_Delete(arr);
+        return;
+    }
+    {
         const cJSON *e;
         cJSON_ArrayForEach(e, arr)
         {
@@ -2370,6 +2380,21 @@ static void s_test_provider(const char *path, bool verbose)
     S_CHECK(t && llmq_msg_type(t) == LLMQ_MSG_JOB_FETCH);
     S_CHECK(streq(llmq_msg_output_file(t), "file-out"));
     S_CHECK(streq(llmq_msg_job(t), ids[0]));
+    /*  Garbage pages are dropped, `final` included: nothing settles. */
+    llmq_msg_t *junk = llmq_msg_new(LLMQ_MSG_JOB_RESULTS);
+    llmq_msg_set_job(junk, ids[0]);
+    llmq_msg_set_final(junk, true);
+    llmq_msg_set_payload_mem(junk, "\xc1\x00", 2);
+    llmq_batch_on_job_msg(m, junk, now);
+    llmq_msg_set_payload_mem(junk, "\x92\x01", 2); /* truncated */
+    llmq_batch_on_job_msg(m, junk, now);
+    /*  Readable, but ids that are not this job's: nothing stored. */
+    llmq_msg_set_final(junk, false);
+    llmq_msg_set_payload_mem(junk, "\x91\x81\xa9" "custom_id\xa3" "abc", 16);
+    llmq_batch_on_job_msg(m, junk, now);
+    llmq_msg_destroy(&junk);
+    r = s_t_simple(m, replies, LLMQ_MSG_BATCH_GET, "big", now);
+    S_CHECK(llmq_msg_counts_done(r) == 0);
     s_t_job_results(m, t, 0, 30000, 5000, false, now);
     llmq_msg_destroy(&t);
     llmq_batch_destroy(&m);
