@@ -1552,14 +1552,14 @@ llmq_worker_t *llmq_worker_new(llmq_worker_config_t **config_p, char *errbuf,
     s_raise_nofile(cfg->capacity);
     if (cfg->batch_api) {
         /*  Provider Batch API tasks (issue 8) run on the first shard. */
-        llmq_batch_api_config_t bc = {cfg->provider,
-                                      cfg->base_url,
-                                      cfg->api_key,
-                                      cfg->anthropic_version,
-                                      cfg->default_max_tokens,
-                                      0,
-                                      0,
-                                      cfg->verbose};
+        llmq_batch_api_config_t bc = {
+            .kind = cfg->provider,
+            .base_url = cfg->base_url,
+            .api_key = cfg->api_key,
+            .anthropic_version = cfg->anthropic_version,
+            .default_max_tokens = cfg->default_max_tokens,
+            .verbose = cfg->verbose,
+        };
         if (llmq_provider_uses_http(self->provider))
             self->batch = llmq_batch_api_new(&bc, self->shards[0].multi,
                                              s_batch_send, self);
