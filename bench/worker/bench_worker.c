@@ -7,7 +7,7 @@
     /proc), and worker RSS per in-flight request ((RSS under load - RSS
     idle) / in-flight).
 
-    usage: bench_worker WORKER_BIN SIM_BASE_URL CAPACITY [SECONDS] [WARMUP]
+    usage: bench_worker WORKER_BIN SIM_BASE_URL|echo CAPACITY [SECONDS] [WARMUP]
 */
 #include <czmq.h>
 #include <inttypes.h>
@@ -107,6 +107,12 @@ int main(int argc, char **argv)
                      "--name",
                      "bench",
                      NULL};
+    if (strcmp(base_url, "echo") == 0) {
+        /*  The echo provider: the worker's own cost without HTTP. */
+        wargv[4] = "echo";
+        wargv[5] = "--pool";
+        wargv[6] = "echo";
+    }
     posix_spawn_file_actions_t fa;
     posix_spawn_file_actions_init(&fa);
     posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One llmq-worker against llmq-sim at 1 s latency, kept full at 2,000 and
 # 10,000 requests in flight: req/s, worker CPU per request, worker RSS per
-# in-flight request. Usage: bench/worker/run.sh [BUILD_DIR] [SECONDS] [RUNS]
+# in-flight request; and the echo provider's cost without HTTP. Usage: bench/worker/run.sh [BUILD_DIR] [SECONDS] [RUNS]
 set -euo pipefail
 BUILD=${1:-build}
 SECONDS_RUN=${2:-20}
@@ -9,6 +9,9 @@ RUNS=${3:-3}
 BIN=$BUILD/bin
 ulimit -n "$(ulimit -Hn)"
 cmake --build "$BUILD" --target llmq-worker llmq-sim bench_worker -j2 >/dev/null
+
+echo "echo provider (no HTTP), 256 in flight:"
+"$BIN/bench_worker" "$BIN/llmq-worker" echo 256 "$SECONDS_RUN" 2 2>/dev/null
 
 for cap in 2000 10000; do
   for run in $(seq "$RUNS"); do
