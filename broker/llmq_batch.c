@@ -474,7 +474,7 @@ void llmq_batch_config_defaults(llmq_batch_config_t *cfg)
 {
     memset(cfg, 0, sizeof *cfg);
     cfg->auto_threshold = 1000;
-    cfg->provider_price = 0.5;
+    cfg->provider_price = 1.0;
     cfg->poll_interval_ms = 30000;
     cfg->task_timeout_ms = 120000;
     cfg->max_tasks_per_pool = 4;
@@ -1246,6 +1246,8 @@ static llmq_msg_t *s_task(s_job_t *j, llmq_msg_type_t type, int64_t now_ms)
     llmq_msg_t *m = llmq_msg_new(type);
     llmq_msg_set_job(m, j->row.id);
     llmq_msg_set_provider_batch(m, j->row.provider_batch);
+    /*  The worker prices result lines by model. */
+    llmq_msg_set_model(m, j->batch->rec.model);
     if (*j->row.pool)
         llmq_msg_set_pool(m, j->row.pool);
     if (*j->row.output_file)
@@ -2237,6 +2239,7 @@ static void s_test_provider(const char *path, bool verbose)
     int64_t now = 5000000;
     llmq_batch_config_t cfg;
     llmq_batch_config_defaults(&cfg);
+    cfg.provider_price = 0.5; /* as if the worker reported list prices */
     cfg.poll_interval_ms = 1000;
     cfg.results_max_items = 100000;
     cfg.results_max_bytes = 64 * 1024 * 1024;

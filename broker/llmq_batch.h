@@ -44,8 +44,11 @@ typedef struct _llmq_batch_t llmq_batch_t;
 typedef struct {
     int64_t auto_threshold;     /* auto -> provider at >= this many items
                                    (default 1000) */
-    double provider_price;      /* cost multiplier for provider-mode
-                                   results: the Batch API discount (0.5) */
+    double provider_price;      /* multiplier on the cost_usd workers
+                                   report for provider-mode results (1.0:
+                                   the worker's price table already applies
+                                   the Batch API discount; 0.5 if workers
+                                   report list prices) */
     int64_t poll_interval_ms;   /* job.poll period per running job (30 s) */
     int64_t task_timeout_ms;    /* a job task unanswered this long is
                                    handed out again (120 s) */

@@ -101,6 +101,8 @@ struct _llmq_batch_api_t {
     int64_t timeout_ms;
     int64_t results_page;
     bool verbose;
+    llmq_batch_api_cost_fn *cost;       /* result pricing, or NULL */
+    void *cost_arg;                     /* for cost() */
     CURLM *multi;                       /* the worker's (borrowed) */
     llmq_batch_api_send_fn *send;
     void *send_arg;
@@ -717,14 +719,26 @@ static void s_result(s_task_t *t, const char *custom_id, bool ok,
         llmq_packer_str(p, "retryable");
         llmq_packer_bool(p, retryable);
     }
+    self_t *self = t->owner;
+    double cost = 0;
+    if (self->cost && (prompt_tokens || completion_tokens)) {
+        const char *model = *t->model ? t->model : NULL;
+        if (!model && body)
+            model = s_str(body, "model");
+        if (model)
+            cost = self->cost(model, prompt_tokens, completion_tokens,
+                              self->cost_arg);
+    }
     llmq_packer_str(p, "usage");
-    llmq_packer_map(p, 3);
+    llmq_packer_map(p, 4);
     llmq_packer_str(p, "prompt_tokens");
     llmq_packer_int(p, prompt_tokens);
     llmq_packer_str(p, "completion_tokens");
     llmq_packer_int(p, completion_tokens);
     llmq_packer_str(p, "total_tokens");
     llmq_packer_int(p, prompt_tokens + completion_tokens);
+    llmq_packer_str(p, "cost_usd");
+    llmq_packer_double(p, cost);
     size_t after = 0;
     llmq_packer_data(p, &after);
     t->page_count++;
@@ -1186,6 +1200,13 @@ llmq_batch_api_t *llmq_batch_api_new(const llmq_batch_api_config_t *cfg,
     return self;
 }
 
+void llmq_batch_api_set_cost(llmq_batch_api_t *self,
+                             llmq_batch_api_cost_fn *fn, void *arg)
+{
+    self->cost = fn;
+    self->cost_arg = arg;
+}
+
 void llmq_batch_api_destroy(llmq_batch_api_t **self_p)
 {
     if (!self_p || !*self_p)
@@ -1596,6 +1617,15 @@ static cJSON *s_http_get(const char *url)
     return json;
 }
 
+/*  $1 per million tokens in and out, half price in a batch. */
+static double s_test_cost(const char *model, int64_t prompt_tokens,
+                          int64_t completion_tokens, void *arg)
+{
+    (void)arg;
+    S_CHECK(streq(model, "gpt-4o-mini"));
+    return (double)(prompt_tokens + completion_tokens) * 0.5e-6;
+}
+
 static const cJSON *s_by_cid(const cJSON *arr, const char *cid)
 {
     const cJSON *e;
@@ -1642,6 +1672,7 @@ int llmq_batch_api_test(bool verbose)
 
     llmq_batch_api_t *oa = llmq_batch_api_new(&cfg, multi, s_test_send,
                                               &sink);
+    llmq_batch_api_set_cost(oa, s_test_cost, NULL);
     cfg.kind = "anthropic";
     llmq_batch_api_t *an = llmq_batch_api_new(&cfg, multi, s_test_send,
                                               &sink);
@@ -1713,6 +1744,11 @@ int llmq_batch_api_test(bool verbose)
             const cJSON *usage = cJSON_GetObjectItemCaseSensitive(e,
                                                                   "usage");
             S_CHECK(s_int(usage, "prompt_tokens") > 0);
+            const cJSON *cost = cJSON_GetObjectItemCaseSensitive(usage,
+                                                                 "cost_usd");
+            S_CHECK(cJSON_IsNumber(cost) &&
+                    cost->valuedouble ==
+                        (double)s_int(usage, "total_tokens") * 0.5e-6);
         }
     }
     S_CHECK(streq(s_err_code(s_by_cid(res, "3")), "invalid_request"));

@@ -63,6 +63,13 @@ typedef struct {
     bool verbose;               /* log each call (never its headers) */
 } llmq_batch_api_config_t;
 
+/*  Price of one result line in USD, Batch API discount included: the
+    worker passes its price table (llmq_worker_config_cost with batch =
+    true). */
+typedef double(llmq_batch_api_cost_fn)(const char *model,
+                                       int64_t prompt_tokens,
+                                       int64_t completion_tokens, void *arg);
+
 /*  Where answers go: the worker sends the message to the broker. The
     callback takes the message (and NULLs *msg_p). */
 typedef void(llmq_batch_api_send_fn)(llmq_msg_t **msg_p, void *arg);
@@ -72,6 +79,11 @@ typedef void(llmq_batch_api_send_fn)(llmq_msg_t **msg_p, void *arg);
 llmq_batch_api_t *llmq_batch_api_new(const llmq_batch_api_config_t *cfg,
                                      CURLM *multi,
                                      llmq_batch_api_send_fn *send, void *arg);
+
+/*  Price results with fn (usage.cost_usd of each job.results line);
+    without it the cost is 0. */
+void llmq_batch_api_set_cost(llmq_batch_api_t *self,
+                             llmq_batch_api_cost_fn *fn, void *arg);
 
 /*  Abort every transfer (removing its handle from the multi) and free.
     Tasks in progress get no answer: the broker's task timeout covers

@@ -159,6 +159,15 @@ static bool s_pool_fn(const char *model, const char *pool, char *pool_out,
     return true;
 }
 
+/*  The worker's price: $1 per million tokens, half price in a batch. */
+static double s_cost(const char *model, int64_t prompt_tokens,
+                     int64_t completion_tokens, void *arg)
+{
+    (void)model;
+    (void)arg;
+    return (double)(prompt_tokens + completion_tokens) * 0.5e-6;
+}
+
 static s_rig_t *s_rig_new(const char *db, const char *url,
                           const char *provider)
 {
@@ -186,6 +195,7 @@ static s_rig_t *s_rig_new(const char *db, const char *url,
                                    .verbose = s_verbose };
     rig->api = llmq_batch_api_new(&ac, rig->multi, s_to_broker, rig);
     CHECK(rig->api);
+    llmq_batch_api_set_cost(rig->api, s_cost, NULL);
     return rig;
 }
 
@@ -395,6 +405,12 @@ static int64_t s_check_results(s_rig_t *rig, const char *batch,
             CHECK(llmq_msg_counts_total(st) == total);
             CHECK(llmq_msg_counts_done(st) == total);
             CHECK(llmq_msg_counts_failed(st) == failed);
+            /*  Batch usage and cost: the sum of the lines, at the Batch
+                API price the worker reported. */
+            double want = (double)llmq_msg_usage_total_tokens(st) * 0.5e-6;
+            CHECK(llmq_msg_usage_total_tokens(st) > 0);
+            CHECK(llmq_msg_usage_cost_usd(st) > want * 0.999999 &&
+                  llmq_msg_usage_cost_usd(st) < want * 1.000001);
         }
         s_replies_destroy(&r);
     }
