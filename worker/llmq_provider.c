@@ -1145,6 +1145,57 @@ int llmq_provider_test(bool verbose)
     llmq_stream_destroy(&st);
     llmq_provider_destroy(&p);
 
+    /*  Bad input never crashes: every prefix and a byte-flipped copy of
+        the sample answers and events, through every parser. */
+    llmq_provider_config_t oc = {"openai", "http://127.0.0.1:1/v1", key, NULL,
+                                 0};
+    llmq_provider_t *po = llmq_provider_new(&oc, errbuf, sizeof errbuf);
+    llmq_provider_t *pa = llmq_provider_new(&ac, errbuf, sizeof errbuf);
+    CHECK(po && pa);
+    const char *samples[] = {ok,
+                             amsg,
+                             events[0],
+                             events[3],
+                             aevents[0][1],
+                             aevents[1][1],
+                             aevents[3][1],
+                             aevents[5][1]};
+    for (size_t i = 0; i < sizeof samples / sizeof samples[0]; i++) {
+        size_t n = strlen(samples[i]);
+        char *copy = malloc(n + 1);
+        CHECK(copy);
+        for (int flip = 0; flip < 2; flip++) {
+            memcpy(copy, samples[i], n + 1);
+            if (flip)
+                for (size_t k = 0; k < n; k += 7)
+                    copy[k] ^= 0x20;
+            for (size_t cut = 0; cut <= n; cut++) {
+                llmq_provider_t *both[] = {po, pa};
+                for (int b = 0; b < 2; b++) {
+                    llmq_call_t c = {cut % 2 ? LLMQ_OP_COMPLETION
+                                             : LLMQ_OP_CHAT,
+                                     "m", true, NULL};
+                    cJSON *r = llmq_provider_parse(both[b], &c, copy, cut,
+                                                   &usage, &err);
+                    cJSON_Delete(r);
+                    llmq_provider_classify(both[b], 500, copy, cut, &err);
+                    llmq_stream_t *fs = llmq_stream_new(both[b], &c);
+                    CHECK(fs);
+                    llmq_stream_event(fs, "message_start", copy, cut,
+                                      s_test_collect, &chunks, &err);
+                    llmq_stream_event(fs, "content_block_delta", copy, cut,
+                                      s_test_collect, &chunks, &err);
+                    r = llmq_stream_finish(fs, &usage, &err);
+                    cJSON_Delete(r);
+                    llmq_stream_destroy(&fs);
+                }
+            }
+        }
+        free(copy);
+    }
+    llmq_provider_destroy(&po);
+    llmq_provider_destroy(&pa);
+
     /*  Echo: at once, deterministic, no HTTP. */
     llmq_provider_config_t ec = {"echo", NULL, NULL, NULL, 0};
     p = llmq_provider_new(&ec, errbuf, sizeof errbuf);
