@@ -1042,6 +1042,22 @@ static void s_answer_now(s_worker_t *self, s_job_t *job, const cJSON *body)
     cJSON_Delete(answer);
 }
 
+/*  Pass the request's W3C trace context on to the provider. Only a
+    well-formed traceparent (hex digits and dashes) goes into a header, so a
+    client cannot inject header lines. */
+static void s_add_traceparent(s_job_t *job, const char *trace)
+{
+    if (!trace || strlen(trace) != 55)
+        return;
+    for (const char *c = trace; *c; c++)
+        if (!((*c >= '0' && *c <= '9') || (*c >= 'a' && *c <= 'f') ||
+              *c == '-'))
+            return;
+    char line[80];
+    snprintf(line, sizeof line, "traceparent: %s", trace);
+    job->http.headers = curl_slist_append(job->http.headers, line);
+}
+
 static void s_on_req(s_worker_t *self, llmq_msg_t *msg)
 {
     int64_t now = s_now();
@@ -1114,6 +1130,7 @@ static void s_on_req(s_worker_t *self, llmq_msg_t *msg)
         s_answer(self, job, NULL, NULL);
         return;
     }
+    s_add_traceparent(job, llmq_msg_trace(msg));
     s_enqueue(self, job, false);
     s_pump(self, now);
 }

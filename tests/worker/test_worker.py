@@ -132,6 +132,12 @@ def t_faults(sim, h):
     h.send("cancel", id="fcan")
     hd, _ = h.result("fcan", timeout=3)
     check(hd["error"]["code"] == "cancelled", "cancel: %r" % (hd,))
+    # trace context: a good traceparent is passed on, a bad one ignored
+    tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    h.req("ftrace", {"messages": [{"role": "user", "content": "t"}]}, trace=tp)
+    check(h.result("ftrace")[0]["ok"], "traceparent")
+    h.req("fbadtrace", {"messages": [{"role": "user", "content": "t"}]}, trace="x\r\nX-Evil: 1")
+    check(h.result("fbadtrace")[0]["ok"], "bad trace ignored")
     # bad payload
     h.wait(lambda: h.credit > 0, 10, "credit")
     h.credit -= 1
