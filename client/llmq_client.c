@@ -68,6 +68,8 @@ struct _llmq_client_t {
     int64_t last_recv;         /* last sign of life (reset on reconnect) */
     int64_t last_heard;        /* last real message, for give-up */
     int64_t last_ping;         /* last ping sent */
+    int64_t last_reconnect;    /* last socket replacement */
+    bool dropped;              /* connection dropped, reconnect pending */
     llmq_client_stats_t stats; /* counters */
     bool got_pong;             /* a pong arrived since the last ping() */
     char *pong_version;        /* "broker version" from the last pong */
@@ -333,6 +335,8 @@ s_reconnect(llmq_client_t *self, const char *why)
     self->sock = sock;
     self->monitor = s_monitor_new(self, sock);
     self->stats.reconnects++;
+    self->dropped = false;
+    self->last_reconnect = zclock_mono();
     s_request_t *req = (s_request_t *) zlistx_first(self->order);
     while (req) {
         req->resends++;
@@ -533,15 +537,19 @@ s_give_up(llmq_client_t *self)
 static void
 s_timers(llmq_client_t *self)
 {
-    if (zlistx_size(self->order) == 0)
+    if (zlistx_size(self->order) == 0) {
+        self->dropped = false;      //  nothing to resend
         return;
+    }
     int64_t now = zclock_mono();
     if (self->give_up_ms && now - self->last_heard >= self->give_up_ms) {
         s_give_up(self);
         return;
     }
     int64_t silent = now - self->last_recv;
-    if (silent >= self->timeout_ms)
+    if (self->dropped && now - self->last_reconnect >= self->heartbeat_ms)
+        s_reconnect(self, "disconnected");
+    else if (silent >= self->timeout_ms)
         s_reconnect(self, "silent");
     else if (silent >= self->heartbeat_ms && now - self->last_ping >= self->heartbeat_ms)
         s_send_ping(self);
@@ -572,10 +580,10 @@ s_pump(llmq_client_t *self, int timeout_ms)
             zmsg_destroy(&event);
             dropped = true;
         }
-        if (dropped && zlistx_size(self->order) > 0) {
-            s_reconnect(self, "disconnected");
-            return 0;
-        }
+        //  Reconnect at once, but not more than once per heartbeat (a
+        //  peer that is not a broker could drop us in a tight loop).
+        if (dropped && zlistx_size(self->order) > 0)
+            self->dropped = true;
     }
     //  Read everything queued, without blocking, before timers run: a busy
     //  socket is a live broker.

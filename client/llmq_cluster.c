@@ -578,6 +578,19 @@ llmq_cluster_signal(llmq_cluster_t *self)
 }
 
 const char *
+llmq_cluster_dead(llmq_cluster_t *self)
+{
+    for (int i = 0; i < self->count; i++) {
+        s_child_t *child = &self->children[i];
+        if (child->pid > 0 && waitpid(child->pid, NULL, WNOHANG) == child->pid) {
+            child->pid = 0;
+            return child->name;
+        }
+    }
+    return NULL;
+}
+
+const char *
 llmq_cluster_endpoint(const llmq_cluster_t *self)
 {
     return self->endpoint;

@@ -58,6 +58,10 @@ void llmq_cluster_destroy(llmq_cluster_t **self_p);
 /*  Send SIGTERM to every child; async-signal-safe (for signal handlers). */
 void llmq_cluster_signal(llmq_cluster_t *self);
 
+/*  The name ("broker", "sim", "worker-2") of a child that has exited since
+    the last call (it is reaped), or NULL when all still run. Borrowed. */
+const char *llmq_cluster_dead(llmq_cluster_t *self);
+
 /*  The broker frontend endpoint clients connect to. */
 const char *llmq_cluster_endpoint(const llmq_cluster_t *self);
 /*  The provider and model the workers serve. */

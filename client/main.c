@@ -512,7 +512,8 @@ s_cmd_run(s_opts_t *opts, int argc, char **argv)
         ropts.max_attempts = opts->max_attempts;
         ropts.deadline_ms = opts->deadline_ms;
         size_t next = 0, finished = 0, retried = 0;
-        bool unreachable = false;
+        bool unreachable = false, cluster_died = false;
+        int dead_workers = 0, live_workers = opts->workers > 0 ? opts->workers : 4;
         //  Lines answered `overloaded`, waiting to be sent again.
         zlistx_t *retries = zlistx_new();
         zlistx_set_destructor(retries, s_retry_destructor);
@@ -623,6 +624,21 @@ s_cmd_run(s_opts_t *opts, int argc, char **argv)
                 llmq_result_destroy(&result);
                 result = llmq_client_poll(conn.client, 0);
             }
+            //  An embedded cluster nobody restarts: a dead broker or sim
+            //  ends the run (OUT stays resumable); a dead worker leaves
+            //  the others to carry on.
+            const char *dead = conn.cluster ? llmq_cluster_dead(conn.cluster) : NULL;
+            if (dead) {
+                llmq_progress_clear(progress);
+                fprintf(stderr, "llmq run: the local cluster's %s exited (logs: %s)\n", dead,
+                        llmq_cluster_log_dir(conn.cluster));
+                if (!strncmp(dead, "worker", 6) && ++dead_workers < live_workers)
+                    llmq_progress_note(progress, "a local worker exited");
+                else {
+                    unreachable = true;
+                    cluster_died = true;
+                }
+            }
             llmq_client_stats_t stats;
             llmq_client_stats(conn.client, &stats);
             if (stats.reconnects != reconnects) {
@@ -638,8 +654,11 @@ s_cmd_run(s_opts_t *opts, int argc, char **argv)
             fprintf(stderr, "llmq run: %zu overloaded answers retried\n", retried);
         if (unreachable) {
             llmq_progress_clear(progress);
-            fprintf(stderr, "llmq run: broker silent for %d s, giving up; rerun the "
-                            "same command to resume\n", give_up_s);
+            if (cluster_died)
+                fprintf(stderr, "llmq run: stopping; rerun the same command to resume\n");
+            else
+                fprintf(stderr, "llmq run: broker silent for %d s, giving up; rerun the "
+                                "same command to resume\n", give_up_s);
             rc = EXIT_FATAL;
         }
         if (s_interrupted) {
