@@ -348,6 +348,14 @@ static void s_batch_send(llmq_msg_t **msg_p, void *arg)
     s_send((s_worker_t *)arg, msg_p);
 }
 
+/*  Batch API results are priced from our table, discount included. */
+static double s_batch_cost(const char *model, int64_t prompt_tokens,
+                           int64_t completion_tokens, void *arg)
+{
+    return llmq_worker_config_cost((const llmq_worker_config_t *)arg, model,
+                                   prompt_tokens, completion_tokens, true);
+}
+
 static void s_send_hello(s_worker_t *self)
 {
     llmq_msg_t *m = llmq_msg_new(LLMQ_MSG_HELLO);
@@ -1580,7 +1588,9 @@ llmq_worker_t *llmq_worker_new(llmq_worker_config_t **config_p, char *errbuf,
         if (llmq_provider_uses_http(self->provider))
             self->batch = llmq_batch_api_new(&bc, self->shards[0].multi,
                                              s_batch_send, self);
-        if (!self->batch)
+        if (self->batch)
+            llmq_batch_api_set_cost(self->batch, s_batch_cost, cfg);
+        else
             llmq_wlog(LLMQ_LOG_WARN,
                       "provider %s has no Batch API here: batch_api off",
                       cfg->provider);

@@ -457,8 +457,12 @@ def batchapi():
     shared curl multi, job.* routing, answers through the DEALER)."""
     sim = Sim("--batch-validate-ms", "50", "--batch-progress-ms", "150",
               "--batch-finalize-ms", "30")
+    cfg = tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False)
+    cfg.write("pricing:\n  - {model: sim-small, input: 1.0, output: 2.0, batch_discount: 0.5}\n")
+    cfg.close()
     h = Harness("--provider", "sim", "--base-url", sim.base, "--model", "sim-small",
-                "--batch-api")
+                "--batch-api", "--config", cfg.name)
+    os.unlink(cfg.name)
     try:
         check(h.hello["batch_api"] is True, "hello announces batch_api")
         items = [{"custom_id": "c%d" % i,
@@ -484,6 +488,10 @@ def batchapi():
         got = [r for m in res() for r in (m[1] or [])]
         check(sorted(r["custom_id"] for r in got) == ["c0", "c1", "c2"] and all(r["ok"] for r in got),
               "results: %r" % got)
+        for r in got:
+            u = r["usage"]
+            want = (u["prompt_tokens"] * 1.0 + u["completion_tokens"] * 2.0) / 1e6 * 0.5
+            check(abs(u.get("cost_usd", 0) - want) < 1e-12, "batch price with discount: %r" % u)
         check(h.terminate() == 0, "exit 0")
     finally:
         h.close()
