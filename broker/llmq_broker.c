@@ -43,6 +43,7 @@
 #define s_MAX_METRIC_MODELS  200     //  Distinct model labels, then "_other"
 #define s_MAX_ATTEMPTS       10      //  Upper bound on a client's max_attempts
 #define s_NO_EXPIRY          INT64_MAX
+#define s_MAX_STATUS_QUEUES  1000    //  Lanes listed in a status reply
 #define s_COMPACT_ABOVE      4096    //  Queue length from which payloads are compacted
 
 typedef struct _s_client_t s_client_t;
@@ -1442,10 +1443,15 @@ s_client_status(s_broker_t *self, zframe_t *rid)
         llmq_packer_int(pk, w->share_tpm);
         w = (s_worker_t *) zhashx_next(self->workers);
     }
+    //  Clients choose model names: list at most s_MAX_STATUS_QUEUES lanes,
+    //  so the reply stays small whatever they send.
+    size_t lanes = zhashx_size(self->lanes);
+    if (lanes > s_MAX_STATUS_QUEUES)
+        lanes = s_MAX_STATUS_QUEUES;
     llmq_packer_str(pk, "queues");
-    llmq_packer_array(pk, zhashx_size(self->lanes));
+    llmq_packer_array(pk, lanes);
     s_lane_t *lane = (s_lane_t *) zhashx_first(self->lanes);
-    while (lane) {
+    while (lane && lanes--) {
         llmq_packer_map(pk, 4);
         llmq_packer_str(pk, "model");
         llmq_packer_str(pk, lane->model);

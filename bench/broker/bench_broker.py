@@ -11,6 +11,8 @@ first, so that machine noise hits both):
               echo workers in raw mode. Reports req/s, p50/p99 latency,
               and the middle process's CPU per request (utime+stime).
   load        latency at fixed offered loads (1k and 5k req/s in total).
+  real        (opt-in, with throughput) the broker again with real
+              `llmq-worker --provider echo` processes instead of bench workers.
   memory      1,000,000 queued 1 KB requests (no worker for their model):
               broker RSS and ping round trips while the queue is full.
 
@@ -77,7 +79,7 @@ def stop(procs):
 def run_system(a, system, requests, window, rate=0):
     """One run of `system` (broker or raw); returns a dict of numbers."""
     bench = os.path.join(a.bin, "llmq-bench-broker")
-    if system == "broker":
+    if system.startswith("broker"):
         mid, ep = start([os.path.join(a.bin, "llmq-broker"), "--quiet",
                          "--frontend", "tcp://127.0.0.1:*", "--backend", "tcp://127.0.0.1:*"])
         wmode = "llmq"
@@ -86,11 +88,18 @@ def run_system(a, system, requests, window, rate=0):
         wmode = "raw"
     procs = [mid]
     try:
-        for _ in range(a.workers):
-            w, _ = start([bench, "worker", "--connect", ep["backend"], "--mode", wmode,
-                          "--capacity", str(a.capacity)])
+        for i in range(a.workers):
+            if system == "broker+llmq-worker":
+                # The real worker with its echo provider (no HTTP).
+                argv = [os.path.join(a.bin, "llmq-worker"), "--broker", ep["backend"],
+                        "--provider", "echo", "--model", "bench", "--name", "echo%d" % i,
+                        "--capacity", str(a.capacity)]
+            else:
+                argv = [bench, "worker", "--connect", ep["backend"], "--mode", wmode,
+                        "--capacity", str(a.capacity)]
+            w, _ = start(argv)
             procs.append(w)
-        if system == "broker":
+        if system.startswith("broker"):
             # Wait until the broker has every worker (status), not a sleep.
             s = zmq.Context.instance().socket(zmq.DEALER)
             s.setsockopt(zmq.LINGER, 0)
@@ -220,9 +229,12 @@ def main():
     parts = a.parts.split(",")
     out = {"config": vars(a), "throughput": [], "load": [], "memory": None}
 
+    real = "real" in parts and os.access(os.path.join(a.bin, "llmq-worker"), os.X_OK)
     if "throughput" in parts:
         for t in range(a.trials):
             order = ["broker", "raw"] if t % 2 == 0 else ["raw", "broker"]
+            if real:
+                order.append("broker+llmq-worker")
             for system in order:
                 r = run_system(a, system, a.requests, a.window)
                 r["trial"] = t
@@ -271,6 +283,15 @@ def main():
                   "| middle CPU per request, us | %s | %s | %s |"
                   % (fmt([x["cpu_us_per_req"] for x in b], "%.1f"),
                      fmt([x["cpu_us_per_req"] for x in r_], "%.1f"), fmt(cpu_ratios, "%.2f"))]
+        rw = sorted([r for r in th if r["system"] == "broker+llmq-worker"],
+                    key=lambda r: r["trial"])
+        if rw:
+            rw_ratios = [x["rps"] / y["rps"] for x, y in zip(rw, sorted(r_, key=lambda r: r["trial"]))]
+            lines += ["| with %d real `llmq-worker --provider echo`: req/s; p50 / p99 us; "
+                      "broker CPU us/req | %s; %s / %s; %s | | %s |"
+                      % (a.workers, fmt([x["rps"] for x in rw]), fmt([x["p50_us"] for x in rw]),
+                         fmt([x["p99_us"] for x in rw]),
+                         fmt([x["cpu_us_per_req"] for x in rw], "%.1f"), fmt(rw_ratios, "%.2f"))]
     for total_rate in (1000, 5000):
         ld = [r for r in out["load"] if r["offered"] == total_rate]
         if not ld:

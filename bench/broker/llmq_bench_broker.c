@@ -164,16 +164,20 @@ s_client(s_args_t *args)
     long n = args->requests;
     int64_t *sent_at = (int64_t *) calloc((size_t) n, sizeof(int64_t));
     int64_t *latency = (int64_t *) calloc((size_t) n, sizeof(int64_t));
-    //  A msgpack bin payload of the requested size (header included).
-    size_t size = (size_t) (args->size > 8 ? args->size : 8);
+    //  A chat request body of exactly the requested size, in msgpack:
+    //  {"messages": [{"role": "user", "content": "xxx..."}]}, so that real
+    //  workers (llmq-worker --provider echo) accept it too.
+    size_t size = (size_t) (args->size < 64 ? 64 : args->size > 60000 ? 60000 : args->size);
     uint8_t *body = (uint8_t *) malloc(size);
-    body[0] = 0xc6;
-    uint32_t len = (uint32_t) (size - 5);
-    body[1] = (uint8_t) (len >> 24);
-    body[2] = (uint8_t) (len >> 16);
-    body[3] = (uint8_t) (len >> 8);
-    body[4] = (uint8_t) len;
-    memset(body + 5, 'x', size - 5);
+    static const uint8_t head[] = {
+        0x81, 0xa8, 'm', 'e', 's', 's', 'a', 'g', 'e', 's', 0x91, 0x82,
+        0xa4, 'r', 'o', 'l', 'e', 0xa4, 'u', 's', 'e', 'r',
+        0xa7, 'c', 'o', 'n', 't', 'e', 'n', 't', 0xda };
+    memcpy(body, head, sizeof(head));
+    size_t len = size - sizeof(head) - 2;
+    body[sizeof(head)] = (uint8_t) (len >> 8);
+    body[sizeof(head) + 1] = (uint8_t) len;
+    memset(body + sizeof(head) + 2, 'x', len);
     printf("ready llmq-bench-broker client=%s\n", identity);
     fflush(stdout);
 
