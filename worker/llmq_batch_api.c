@@ -70,6 +70,9 @@ typedef struct {
     char error_file[257];
     char uploaded[257];                 /* submit: file to clean on error */
     char *create_body;                  /* submit: JSON for the create call */
+    char *upload;                       /* submit: the JSONL file */
+    size_t upload_len;
+    size_t upload_pos;                  /* read position of curl */
     int pages;                          /* lookup pages read */
     llmq_packer_t *page;                /* fetch: result maps being packed */
     int64_t page_count;
@@ -137,6 +140,7 @@ static void s_task_destroy(s_task_t **task_p)
     if (!t)
         return;
     free(t->create_body);
+    free(t->upload);
     llmq_packer_destroy(&t->page);
     t->owner->tasks--;
     free(t);
@@ -226,6 +230,28 @@ static size_t s_write_cb(char *ptr, size_t size, size_t nmemb, void *arg)
     return n;
 }
 
+/*  curl reads the upload from the task's buffer. */
+static size_t s_read_cb(char *buffer, size_t size, size_t nitems, void *arg)
+{
+    s_task_t *t = arg;
+    size_t n = size * nitems;
+    size_t left = t->upload_len - t->upload_pos;
+    if (n > left)
+        n = left;
+    memcpy(buffer, t->upload + t->upload_pos, n);
+    t->upload_pos += n;
+    return n;
+}
+
+static int s_seek_cb(void *arg, curl_off_t offset, int origin)
+{
+    s_task_t *t = arg;
+    if (origin != SEEK_SET || offset < 0 || (size_t)offset > t->upload_len)
+        return CURL_SEEKFUNC_FAIL;
+    t->upload_pos = (size_t)offset;
+    return CURL_SEEKFUNC_OK;
+}
+
 static void s_call_free(s_call_t **call_p)
 {
     s_call_t *c = *call_p;
@@ -300,6 +326,22 @@ static int s_call(self_t *self, s_task_t *task, s_step_t step,
         curl_easy_setopt(c->easy, CURLOPT_POSTFIELDS, body);
         curl_easy_setopt(c->easy, CURLOPT_POSTFIELDSIZE_LARGE,
                          (curl_off_t)strlen(body));
+    }
+    if (step == ST_UPLOAD && task && task->upload) {
+        /*  multipart/form-data: purpose=batch, file=<the JSONL>. */
+        mime = c->mime = curl_mime_init(c->easy);
+        curl_mimepart *part = curl_mime_addpart(mime);
+        curl_mime_name(part, "purpose");
+        curl_mime_data(part, "batch", CURL_ZERO_TERMINATED);
+        part = curl_mime_addpart(mime);
+        curl_mime_name(part, "file");
+        char filename[96];
+        snprintf(filename, sizeof filename, "llmq-%s.jsonl", task->job);
+        curl_mime_filename(part, filename);
+        curl_mime_type(part, "application/jsonl");
+        task->upload_pos = 0;
+        curl_mime_data_cb(part, (curl_off_t)task->upload_len, s_read_cb,
+                          s_seek_cb, NULL, task);
     }
     if (mime)
         curl_easy_setopt(c->easy, CURLOPT_MIMEPOST, mime);
@@ -650,31 +692,16 @@ static int s_start_submit(s_task_t **task_p, llmq_msg_t *msg)
     t->create_body = cJSON_PrintUnformatted(create);
     cJSON_Delete(create);
 
-    curl_mime *mime = NULL;
-    CURL *tmp = curl_easy_init(); /* a mime needs a handle to be made */
-    if (tmp) {
-        mime = curl_mime_init(tmp);
-        curl_mimepart *part = curl_mime_addpart(mime);
-        curl_mime_name(part, "purpose");
-        curl_mime_data(part, "batch", CURL_ZERO_TERMINATED);
-        part = curl_mime_addpart(mime);
-        curl_mime_name(part, "file");
-        char filename[96];
-        snprintf(filename, sizeof filename, "llmq-%s.jsonl", t->job);
-        curl_mime_filename(part, filename);
-        curl_mime_type(part, "application/jsonl");
-        curl_mime_data(part, b.buf.data, b.buf.len);
-        curl_easy_cleanup(tmp);
-    }
-    free(b.buf.data);
-    if (!mime || !t->create_body) {
-        if (mime)
-            curl_mime_free(mime);
+    /*  The JSONL stays in the task and curl reads it from there (no copy
+        of a file that may be 200 MB). */
+    t->upload = b.buf.data;
+    t->upload_len = b.buf.len;
+    if (!t->create_body) {
         s_fail(task_p, LLMQ_ERR_INTERNAL, 0, "out of memory");
         return 1;
     }
-    return s_task_call(task_p, ST_UPLOAD, "POST", "/files", NULL, mime) ? 1
-                                                                         : 0;
+    return s_task_call(task_p, ST_UPLOAD, "POST", "/files", NULL, NULL) ? 1
+                                                                          : 0;
 }
 
 /*  ---- fetch ------------------------------------------------------------- */
@@ -1030,6 +1057,9 @@ static void s_on_call(s_call_t *c, CURLcode result)
             return;
         }
         snprintf(t->uploaded, sizeof t->uploaded, "%s", id);
+        free(t->upload); /* uploaded: the memory can go now */
+        t->upload = NULL;
+        t->upload_len = 0;
         cJSON *create = cJSON_Parse(t->create_body);
         cJSON_AddStringToObject(create, "input_file_id", id);
         char *body = cJSON_PrintUnformatted(create);
