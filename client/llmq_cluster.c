@@ -303,7 +303,8 @@ s_yaml_add(zlist_t *values, const char *p, size_t len)
         if (value) {
             memcpy(value, p, len);
             value[len] = 0;
-            zlist_append(values, value);
+            zlist_append(values, value);    //  an autofree list copies it
+            free(value);
         }
     }
 }
