@@ -28,23 +28,23 @@
 
 /*  One outstanding request. */
 typedef struct {
-    char *id;                  /* client id, unique among outstanding */
-    llmq_op_t op;              /* operation */
-    char *model;               /* model name */
-    zframe_t *payload;         /* msgpack body, kept for resends */
-    char *pool;                /* optional pool, or NULL */
-    char *trace;               /* optional traceparent, or NULL */
-    int64_t deadline_ms;       /* relative deadline at first send, 0: none */
-    int64_t priority;          /* priority */
-    int max_attempts;          /* 0: broker default */
-    bool cache;                /* cache allowed */
-    llmq_chunk_fn *on_chunk;   /* stream callback, or NULL */
-    void *chunk_arg;           /* its argument */
-    void *arg;                 /* caller's argument, returned in the result */
-    int64_t sent_at;           /* zclock_mono() at first send */
-    int64_t last_seq;          /* highest chunk seq delivered, -1: none */
-    int resends;               /* times resent after reconnects */
-    void *handle;              /* our item in self->order */
+    char *id;                /* client id, unique among outstanding */
+    llmq_op_t op;            /* operation */
+    char *model;             /* model name */
+    zframe_t *payload;       /* msgpack body, kept for resends */
+    char *pool;              /* optional pool, or NULL */
+    char *trace;             /* optional traceparent, or NULL */
+    int64_t deadline_ms;     /* relative deadline at first send, 0: none */
+    int64_t priority;        /* priority */
+    int max_attempts;        /* 0: broker default */
+    bool cache;              /* cache allowed */
+    llmq_chunk_fn *on_chunk; /* stream callback, or NULL */
+    void *chunk_arg;         /* its argument */
+    void *arg;               /* caller's argument, returned in the result */
+    int64_t sent_at;         /* zclock_mono() at first send */
+    int64_t last_seq;        /* highest chunk seq delivered, -1: none */
+    int resends;             /* times resent after reconnects */
+    void *handle;            /* our item in self->order */
 } s_request_t;
 
 struct _llmq_client_t {
@@ -79,8 +79,7 @@ struct _llmq_client_t {
 static int s_pump(llmq_client_t *self, int timeout_ms);
 static void s_drain_to_callback(llmq_client_t *self);
 
-static void
-s_request_destroy(s_request_t **self_p)
+static void s_request_destroy(s_request_t **self_p)
 {
     if (self_p && *self_p) {
         s_request_t *self = *self_p;
@@ -94,20 +93,17 @@ s_request_destroy(s_request_t **self_p)
     }
 }
 
-static void
-s_request_destructor(void **item)
+static void s_request_destructor(void **item)
 {
-    s_request_destroy((s_request_t **) item);
+    s_request_destroy((s_request_t **)item);
 }
 
-static void
-s_result_destructor(void **item)
+static void s_result_destructor(void **item)
 {
-    llmq_result_destroy((llmq_result_t **) item);
+    llmq_result_destroy((llmq_result_t **)item);
 }
 
-static char *
-s_strdup_or_null(const char *s)
+static char *s_strdup_or_null(const char *s)
 {
     return s ? strdup(s) : NULL;
 }
@@ -116,14 +112,13 @@ s_strdup_or_null(const char *s)
     (or anything else at that address) can make us allocate; linger 0 so a
     dead broker never blocks destroy; a large send HWM so a full window of
     resends never blocks, and a send timeout as a last guard. */
-static zsock_t *
-s_socket_new(llmq_client_t *self)
+static zsock_t *s_socket_new(llmq_client_t *self)
 {
     zsock_t *sock = zsock_new(ZMQ_DEALER);
     if (!sock)
         return NULL;
     zsock_set_identity(sock, self->routing_id);
-    zsock_set_maxmsgsize(sock, (int) LLMQ_MAX_FRAME_SIZE);
+    zsock_set_maxmsgsize(sock, (int)LLMQ_MAX_FRAME_SIZE);
     zsock_set_linger(sock, 0);
     zsock_set_sndhwm(sock, 100000);
     zsock_set_rcvhwm(sock, 100000);
@@ -138,13 +133,13 @@ s_socket_new(llmq_client_t *self)
 /*  Watch the socket's connection events. A broker that restarts comes back
     on the same address and answers pings, so silence alone would never
     tell us it forgot our requests: a dropped connection does. */
-static zsock_t *
-s_monitor_new(llmq_client_t *self, zsock_t *sock)
+static zsock_t *s_monitor_new(llmq_client_t *self, zsock_t *sock)
 {
     char endpoint[96];
     snprintf(endpoint, sizeof(endpoint), "inproc://llmq-client-monitor-%p-%u",
-             (void *) self, ++self->monitor_seq);
-    if (zmq_socket_monitor(zsock_resolve(sock), endpoint, ZMQ_EVENT_DISCONNECTED) != 0)
+             (void *)self, ++self->monitor_seq);
+    if (zmq_socket_monitor(zsock_resolve(sock), endpoint,
+                           ZMQ_EVENT_DISCONNECTED) != 0)
         return NULL;
     zsock_t *monitor = zsock_new(ZMQ_PAIR);
     if (monitor && zsock_connect(monitor, "%s", endpoint) != 0)
@@ -153,8 +148,7 @@ s_monitor_new(llmq_client_t *self, zsock_t *sock)
 }
 
 /*  Close the socket and its monitor. */
-static void
-s_socket_close(llmq_client_t *self)
+static void s_socket_close(llmq_client_t *self)
 {
     if (self->sock)
         zmq_socket_monitor(zsock_resolve(self->sock), NULL, 0);
@@ -165,19 +159,20 @@ s_socket_close(llmq_client_t *self)
 //  --------------------------------------------------------------------------
 //  Create a client
 
-llmq_client_t *
-llmq_client_new(const char *endpoint)
+llmq_client_t *llmq_client_new(const char *endpoint)
 {
-    llmq_client_t *self = (llmq_client_t *) calloc(1, sizeof(*self));
+    llmq_client_t *self = (llmq_client_t *)calloc(1, sizeof(*self));
     if (!self)
         return NULL;
     self->endpoint = strdup(endpoint ? endpoint : LLMQ_DEFAULT_ENDPOINT);
     //  A random routing id: unique per client object, kept on reconnect.
     //  It starts with a non-zero byte as ZeroMQ requires.
-    uint64_t r1 = (uint64_t) randof(0x7fffffff) << 32 ^ (uint64_t) randof(0x7fffffff);
-    uint64_t r2 = (uint64_t) getpid() << 20 ^ (uint64_t) zclock_usecs();
-    snprintf(self->routing_id, sizeof(self->routing_id), "llmq-%016" PRIx64 "%04" PRIx64,
-             r1 ^ r2, (uint64_t) randof(0xffff));
+    uint64_t r1 =
+        (uint64_t)randof(0x7fffffff) << 32 ^ (uint64_t)randof(0x7fffffff);
+    uint64_t r2 = (uint64_t)getpid() << 20 ^ (uint64_t)zclock_usecs();
+    snprintf(self->routing_id, sizeof(self->routing_id),
+             "llmq-%016" PRIx64 "%04" PRIx64, r1 ^ r2,
+             (uint64_t)randof(0xffff));
     self->order = zlistx_new();
     self->pending = zhashx_new();
     self->ready = zlistx_new();
@@ -203,8 +198,7 @@ llmq_client_new(const char *endpoint)
 //  --------------------------------------------------------------------------
 //  Destroy a client
 
-void
-llmq_client_destroy(llmq_client_t **self_p)
+void llmq_client_destroy(llmq_client_t **self_p)
 {
     if (self_p && *self_p) {
         llmq_client_t *self = *self_p;
@@ -220,8 +214,7 @@ llmq_client_destroy(llmq_client_t **self_p)
     }
 }
 
-void
-llmq_client_set_timeout(llmq_client_t *self, int timeout_ms)
+void llmq_client_set_timeout(llmq_client_t *self, int timeout_ms)
 {
     self->timeout_ms = timeout_ms < 100 ? 100 : timeout_ms;
     //  Ping a few times within one liveness period.
@@ -230,45 +223,39 @@ llmq_client_set_timeout(llmq_client_t *self, int timeout_ms)
                              : LLMQ_CLIENT_HEARTBEAT_MS;
 }
 
-void
-llmq_client_set_window(llmq_client_t *self, size_t window)
+void llmq_client_set_window(llmq_client_t *self, size_t window)
 {
     self->window = window < 1 ? 1 : window;
 }
 
-void
-llmq_client_set_give_up(llmq_client_t *self, int give_up_ms)
+void llmq_client_set_give_up(llmq_client_t *self, int give_up_ms)
 {
     self->give_up_ms = give_up_ms < 0 ? 0 : give_up_ms;
 }
 
-void
-llmq_client_set_verbose(llmq_client_t *self, bool verbose)
+void llmq_client_set_verbose(llmq_client_t *self, bool verbose)
 {
     self->verbose = verbose;
 }
 
-void
-llmq_client_set_callback(llmq_client_t *self, llmq_result_fn *fn, void *arg)
+void llmq_client_set_callback(llmq_client_t *self, llmq_result_fn *fn,
+                              void *arg)
 {
     self->callback = fn;
     self->callback_arg = arg;
 }
 
-const char *
-llmq_client_endpoint(const llmq_client_t *self)
+const char *llmq_client_endpoint(const llmq_client_t *self)
 {
     return self->endpoint;
 }
 
-const char *
-llmq_client_routing_id(const llmq_client_t *self)
+const char *llmq_client_routing_id(const llmq_client_t *self)
 {
     return self->routing_id;
 }
 
-void
-llmq_client_stats(const llmq_client_t *self, llmq_client_stats_t *stats)
+void llmq_client_stats(const llmq_client_t *self, llmq_client_stats_t *stats)
 {
     *stats = self->stats;
 }
@@ -276,8 +263,7 @@ llmq_client_stats(const llmq_client_t *self, llmq_client_stats_t *stats)
 //  --------------------------------------------------------------------------
 //  Sending
 
-static void
-s_send_ping(llmq_client_t *self)
+static void s_send_ping(llmq_client_t *self)
 {
     llmq_msg_t *msg = llmq_msg_new(LLMQ_MSG_PING);
     llmq_msg_send(&msg, zsock_resolve(self->sock));
@@ -287,8 +273,7 @@ s_send_ping(llmq_client_t *self)
 
 /*  Send (or resend) one request. A failed send is not fatal: the request
     stays outstanding and the next reconnect resends it. */
-static void
-s_send_request(llmq_client_t *self, s_request_t *req)
+static void s_send_request(llmq_client_t *self, s_request_t *req)
 {
     llmq_msg_t *msg = llmq_msg_new(LLMQ_MSG_REQ);
     if (!msg)
@@ -322,27 +307,27 @@ s_send_request(llmq_client_t *self, s_request_t *req)
 /*  The broker has been silent too long, or our connection to it dropped:
     new socket, same identity, resend everything outstanding in submission
     order. */
-static void
-s_reconnect(llmq_client_t *self, const char *why)
+static void s_reconnect(llmq_client_t *self, const char *why)
 {
     if (self->verbose)
         zsys_info("llmq_client: broker %s %s, reconnecting and resending %zu "
-                  "requests", self->endpoint, why, zlistx_size(self->order));
+                  "requests",
+                  self->endpoint, why, zlistx_size(self->order));
     zsock_t *sock = s_socket_new(self);
     if (!sock)
-        return;                 //  try again on the next timer
+        return; //  try again on the next timer
     s_socket_close(self);
     self->sock = sock;
     self->monitor = s_monitor_new(self, sock);
     self->stats.reconnects++;
     self->dropped = false;
     self->last_reconnect = zclock_mono();
-    s_request_t *req = (s_request_t *) zlistx_first(self->order);
+    s_request_t *req = (s_request_t *)zlistx_first(self->order);
     while (req) {
         req->resends++;
         self->stats.resent++;
         s_send_request(self, req);
-        req = (s_request_t *) zlistx_next(self->order);
+        req = (s_request_t *)zlistx_next(self->order);
     }
     self->last_recv = zclock_mono();
     s_send_ping(self);
@@ -352,8 +337,8 @@ s_reconnect(llmq_client_t *self, const char *why)
 //  Results
 
 /*  Finish a request: take it off the outstanding lists, queue its result. */
-static void
-s_finish(llmq_client_t *self, s_request_t *req, llmq_result_t *result)
+static void s_finish(llmq_client_t *self, s_request_t *req,
+                     llmq_result_t *result)
 {
     result->id = strdup(req->id);
     result->arg = req->arg;
@@ -361,14 +346,13 @@ s_finish(llmq_client_t *self, s_request_t *req, llmq_result_t *result)
     result->resends = req->resends;
     result->elapsed_ms = zclock_mono() - req->sent_at;
     zhashx_delete(self->pending, req->id);
-    zlistx_delete(self->order, req->handle);     //  destroys req
+    zlistx_delete(self->order, req->handle); //  destroys req
     zlistx_add_end(self->ready, result);
     self->stats.results++;
 }
 
-static void
-s_set_error(llmq_result_t *result, const char *code, const char *message,
-            int status, bool retryable)
+static void s_set_error(llmq_result_t *result, const char *code,
+                        const char *message, int status, bool retryable)
 {
     result->ok = false;
     free(result->error_code);
@@ -379,17 +363,17 @@ s_set_error(llmq_result_t *result, const char *code, const char *message,
     result->error_retryable = retryable;
 }
 
-static void
-s_handle_res(llmq_client_t *self, llmq_msg_t *msg)
+static void s_handle_res(llmq_client_t *self, llmq_msg_t *msg)
 {
     const char *id = llmq_msg_id(msg);
-    s_request_t *req = id ? (s_request_t *) zhashx_lookup(self->pending, id) : NULL;
+    s_request_t *req =
+        id ? (s_request_t *)zhashx_lookup(self->pending, id) : NULL;
     if (!req) {
         //  A late answer to something already answered (a resend's twin).
         self->stats.duplicates++;
         return;
     }
-    llmq_result_t *result = (llmq_result_t *) calloc(1, sizeof(*result));
+    llmq_result_t *result = (llmq_result_t *)calloc(1, sizeof(*result));
     if (!result)
         return;
     result->ok = llmq_msg_ok(msg);
@@ -397,27 +381,28 @@ s_handle_res(llmq_client_t *self, llmq_msg_t *msg)
     result->completion_tokens = llmq_msg_usage_completion_tokens(msg);
     result->total_tokens = llmq_msg_usage_total_tokens(msg);
     if (!result->total_tokens)
-        result->total_tokens = result->prompt_tokens + result->completion_tokens;
+        result->total_tokens =
+            result->prompt_tokens + result->completion_tokens;
     result->cost_usd = llmq_msg_usage_cost_usd(msg);
     result->latency_ms = llmq_msg_latency_ms(msg);
-    result->attempts = (int) llmq_msg_attempts(msg);
-    result->attempt = (int) llmq_msg_attempt(msg);
+    result->attempts = (int)llmq_msg_attempts(msg);
+    result->attempt = (int)llmq_msg_attempt(msg);
     result->worker = s_strdup_or_null(llmq_msg_worker(msg));
     result->cached = llmq_msg_cached(msg);
     zframe_t *payload = llmq_msg_payload(msg);
     if (payload && zframe_size(payload) > 0) {
         char reason[128] = "";
-        result->body = llmq_value_to_json(zframe_data(payload),
-                                          zframe_size(payload), reason,
-                                          sizeof(reason));
+        result->body = llmq_value_to_json(
+            zframe_data(payload), zframe_size(payload), reason, sizeof(reason));
         if (!result->body && result->ok)
-            s_set_error(result, "internal", "response body is not valid msgpack",
-                        0, true);
+            s_set_error(result, "internal",
+                        "response body is not valid msgpack", 0, true);
     }
     if (!llmq_msg_ok(msg)) {
         const char *code = llmq_msg_error_code(msg);
-        s_set_error(result, code ? code : "internal", llmq_msg_error_message(msg),
-                    (int) llmq_msg_error_status(msg),
+        s_set_error(result, code ? code : "internal",
+                    llmq_msg_error_message(msg),
+                    (int)llmq_msg_error_status(msg),
                     llmq_msg_has(msg, LLMQ_F_error_retryable)
                         ? llmq_msg_error_retryable(msg)
                         : llmq_err_retryable(llmq_err_from_name(code)));
@@ -425,11 +410,11 @@ s_handle_res(llmq_client_t *self, llmq_msg_t *msg)
     s_finish(self, req, result);
 }
 
-static void
-s_handle_chunk(llmq_client_t *self, llmq_msg_t *msg)
+static void s_handle_chunk(llmq_client_t *self, llmq_msg_t *msg)
 {
     const char *id = llmq_msg_id(msg);
-    s_request_t *req = id ? (s_request_t *) zhashx_lookup(self->pending, id) : NULL;
+    s_request_t *req =
+        id ? (s_request_t *)zhashx_lookup(self->pending, id) : NULL;
     if (!req || !req->on_chunk)
         return;
     //  After a resend the stream may start again: deliver each seq once.
@@ -440,13 +425,15 @@ s_handle_chunk(llmq_client_t *self, llmq_msg_t *msg)
     zframe_t *payload = llmq_msg_payload(msg);
     if (!payload)
         return;
-    cJSON *chunk = llmq_value_to_json(zframe_data(payload), zframe_size(payload),
-                                      NULL, 0);
+    cJSON *chunk =
+        llmq_value_to_json(zframe_data(payload), zframe_size(payload), NULL, 0);
     if (!chunk)
         return;
     const char *delta = "";
-    cJSON *choice = cJSON_GetArrayItem(cJSON_GetObjectItem(chunk, "choices"), 0);
-    cJSON *content = cJSON_GetObjectItem(cJSON_GetObjectItem(choice, "delta"), "content");
+    cJSON *choice =
+        cJSON_GetArrayItem(cJSON_GetObjectItem(chunk, "choices"), 0);
+    cJSON *content =
+        cJSON_GetObjectItem(cJSON_GetObjectItem(choice, "delta"), "content");
     if (!cJSON_IsString(content))
         content = cJSON_GetObjectItem(choice, "text");
     if (cJSON_IsString(content))
@@ -455,18 +442,18 @@ s_handle_chunk(llmq_client_t *self, llmq_msg_t *msg)
     cJSON_Delete(chunk);
 }
 
-static void
-s_handle_error(llmq_client_t *self, llmq_msg_t *msg)
+static void s_handle_error(llmq_client_t *self, llmq_msg_t *msg)
 {
     const char *id = llmq_msg_id(msg);
-    s_request_t *req = id ? (s_request_t *) zhashx_lookup(self->pending, id) : NULL;
+    s_request_t *req =
+        id ? (s_request_t *)zhashx_lookup(self->pending, id) : NULL;
     if (!req) {
         if (self->verbose)
             zsys_warning("llmq_client: broker error %s: %s", llmq_msg_code(msg),
                          llmq_msg_message(msg));
         return;
     }
-    llmq_result_t *result = (llmq_result_t *) calloc(1, sizeof(*result));
+    llmq_result_t *result = (llmq_result_t *)calloc(1, sizeof(*result));
     if (!result)
         return;
     const char *code = llmq_msg_code(msg);
@@ -475,8 +462,7 @@ s_handle_error(llmq_client_t *self, llmq_msg_t *msg)
     s_finish(self, req, result);
 }
 
-static void
-s_handle(llmq_client_t *self, llmq_msg_t *msg)
+static void s_handle(llmq_client_t *self, llmq_msg_t *msg)
 {
     switch (llmq_msg_type(msg)) {
     case LLMQ_MSG_RES:
@@ -497,9 +483,10 @@ s_handle(llmq_client_t *self, llmq_msg_t *msg)
     case LLMQ_MSG_STATUS: {
         zframe_t *payload = llmq_msg_payload(msg);
         cJSON_Delete(self->status);
-        self->status = payload ? llmq_value_to_json(zframe_data(payload),
-                                                    zframe_size(payload), NULL, 0)
-                               : NULL;
+        self->status = payload
+                           ? llmq_value_to_json(zframe_data(payload),
+                                                zframe_size(payload), NULL, 0)
+                           : NULL;
         if (!self->status)
             self->status = cJSON_CreateObject();
         break;
@@ -520,12 +507,11 @@ s_handle(llmq_client_t *self, llmq_msg_t *msg)
 
 /*  Fail everything outstanding (give-up): the only way a request ends
     without the broker's answer. */
-static void
-s_give_up(llmq_client_t *self)
+static void s_give_up(llmq_client_t *self)
 {
     s_request_t *req;
-    while ((req = (s_request_t *) zlistx_first(self->order))) {
-        llmq_result_t *result = (llmq_result_t *) calloc(1, sizeof(*result));
+    while ((req = (s_request_t *)zlistx_first(self->order))) {
+        llmq_result_t *result = (llmq_result_t *)calloc(1, sizeof(*result));
         if (!result)
             return;
         s_set_error(result, "timeout", "broker unreachable", 0, true);
@@ -534,11 +520,10 @@ s_give_up(llmq_client_t *self)
 }
 
 /*  Heartbeat timers: run after every wait. */
-static void
-s_timers(llmq_client_t *self)
+static void s_timers(llmq_client_t *self)
 {
     if (zlistx_size(self->order) == 0) {
-        self->dropped = false;      //  nothing to resend
+        self->dropped = false; //  nothing to resend
         return;
     }
     int64_t now = zclock_mono();
@@ -551,21 +536,22 @@ s_timers(llmq_client_t *self)
         s_reconnect(self, "disconnected");
     else if (silent >= self->timeout_ms)
         s_reconnect(self, "silent");
-    else if (silent >= self->heartbeat_ms && now - self->last_ping >= self->heartbeat_ms)
+    else if (silent >= self->heartbeat_ms &&
+             now - self->last_ping >= self->heartbeat_ms)
         s_send_ping(self);
 }
 
 /*  Wait up to timeout_ms (-1: the heartbeat period) for input, handle all
     that is there, then run the timers. Returns 0, or -1 if interrupted. */
-static int
-s_pump(llmq_client_t *self, int timeout_ms)
+static int s_pump(llmq_client_t *self, int timeout_ms)
 {
     int wait = self->heartbeat_ms / 4 > 0 ? self->heartbeat_ms / 4 : 1;
     if (timeout_ms >= 0 && timeout_ms < wait)
         wait = timeout_ms;
-    zmq_pollitem_t items[2] = {{zsock_resolve(self->sock), 0, ZMQ_POLLIN, 0},
-                               {self->monitor ? zsock_resolve(self->monitor) : NULL,
-                                0, ZMQ_POLLIN, 0}};
+    zmq_pollitem_t items[2] = {
+        {zsock_resolve(self->sock), 0, ZMQ_POLLIN, 0},
+        {self->monitor ? zsock_resolve(self->monitor) : NULL, 0, ZMQ_POLLIN,
+         0}};
     int rc = zmq_poll(items, self->monitor ? 2 : 1, wait);
     if (rc == -1 && errno == EINTR)
         return -1;
@@ -601,13 +587,12 @@ s_pump(llmq_client_t *self, int timeout_ms)
     return 0;
 }
 
-static void
-s_drain_to_callback(llmq_client_t *self)
+static void s_drain_to_callback(llmq_client_t *self)
 {
     if (!self->callback || self->hold > 0)
         return;
     llmq_result_t *result;
-    while ((result = (llmq_result_t *) zlistx_detach(self->ready, NULL))) {
+    while ((result = (llmq_result_t *)zlistx_detach(self->ready, NULL))) {
         self->callback(result, self->callback_arg);
         llmq_result_destroy(&result);
     }
@@ -616,24 +601,22 @@ s_drain_to_callback(llmq_client_t *self)
 //  --------------------------------------------------------------------------
 //  Ping and status
 
-int
-llmq_client_ping(llmq_client_t *self, int timeout_ms, char **version_p)
+int llmq_client_ping(llmq_client_t *self, int timeout_ms, char **version_p)
 {
     int64_t start = zclock_mono();
     self->got_pong = false;
     s_send_ping(self);
     while (!self->got_pong) {
         int64_t left = timeout_ms - (zclock_mono() - start);
-        if (left <= 0 || s_pump(self, (int) left) != 0)
+        if (left <= 0 || s_pump(self, (int)left) != 0)
             return -1;
     }
     if (version_p)
         *version_p = s_strdup_or_null(self->pong_version);
-    return (int) (zclock_mono() - start);
+    return (int)(zclock_mono() - start);
 }
 
-cJSON *
-llmq_client_status(llmq_client_t *self, int timeout_ms)
+cJSON *llmq_client_status(llmq_client_t *self, int timeout_ms)
 {
     cJSON_Delete(self->status);
     self->status = NULL;
@@ -642,7 +625,7 @@ llmq_client_status(llmq_client_t *self, int timeout_ms)
     int64_t start = zclock_mono();
     while (!self->status) {
         int64_t left = timeout_ms - (zclock_mono() - start);
-        if (left <= 0 || s_pump(self, (int) left) != 0)
+        if (left <= 0 || s_pump(self, (int)left) != 0)
             return NULL;
     }
     cJSON *status = self->status;
@@ -654,13 +637,13 @@ llmq_client_status(llmq_client_t *self, int timeout_ms)
 //  Submit
 
 /*  Take payload; queue and send the request. */
-static int
-s_submit(llmq_client_t *self, llmq_op_t op, const char *model,
-         zframe_t **payload_p, const llmq_opts_t *opts, void *arg)
+static int s_submit(llmq_client_t *self, llmq_op_t op, const char *model,
+                    zframe_t **payload_p, const llmq_opts_t *opts, void *arg)
 {
     zframe_t *payload = *payload_p;
     *payload_p = NULL;
-    if (!payload || !model || !*model || (int) op < 0 || op > LLMQ_OP_EMBEDDING) {
+    if (!payload || !model || !*model || (int)op < 0 ||
+        op > LLMQ_OP_EMBEDDING) {
         zframe_destroy(&payload);
         return -1;
     }
@@ -670,7 +653,7 @@ s_submit(llmq_client_t *self, llmq_op_t op, const char *model,
             zframe_destroy(&payload);
             return -1;
         }
-    s_request_t *req = (s_request_t *) calloc(1, sizeof(*req));
+    s_request_t *req = (s_request_t *)calloc(1, sizeof(*req));
     if (!req) {
         zframe_destroy(&payload);
         return -1;
@@ -703,9 +686,8 @@ s_submit(llmq_client_t *self, llmq_op_t op, const char *model,
     return 0;
 }
 
-int
-llmq_client_submit(llmq_client_t *self, llmq_op_t op, const char *model,
-                   const cJSON *body, const llmq_opts_t *opts, void *arg)
+int llmq_client_submit(llmq_client_t *self, llmq_op_t op, const char *model,
+                       const cJSON *body, const llmq_opts_t *opts, void *arg)
 {
     if (!body)
         return -1;
@@ -713,10 +695,9 @@ llmq_client_submit(llmq_client_t *self, llmq_op_t op, const char *model,
     return s_submit(self, op, model, &payload, opts, arg);
 }
 
-int
-llmq_client_submit_text(llmq_client_t *self, llmq_op_t op, const char *model,
-                        const char *json, size_t len, const llmq_opts_t *opts,
-                        void *arg)
+int llmq_client_submit_text(llmq_client_t *self, llmq_op_t op,
+                            const char *model, const char *json, size_t len,
+                            const llmq_opts_t *opts, void *arg)
 {
     if (!json)
         return -1;
@@ -727,8 +708,7 @@ llmq_client_submit_text(llmq_client_t *self, llmq_op_t op, const char *model,
 //  --------------------------------------------------------------------------
 //  Poll, wait, cancel
 
-llmq_result_t *
-llmq_client_poll(llmq_client_t *self, int timeout_ms)
+llmq_result_t *llmq_client_poll(llmq_client_t *self, int timeout_ms)
 {
     int64_t start = zclock_mono();
     while (zlistx_size(self->ready) == 0) {
@@ -736,7 +716,7 @@ llmq_client_poll(llmq_client_t *self, int timeout_ms)
             return NULL;
         int left = -1;
         if (timeout_ms >= 0) {
-            left = (int) (timeout_ms - (zclock_mono() - start));
+            left = (int)(timeout_ms - (zclock_mono() - start));
             if (left < 0)
                 return NULL;
         }
@@ -745,17 +725,16 @@ llmq_client_poll(llmq_client_t *self, int timeout_ms)
         if (timeout_ms == 0)
             break;
     }
-    return (llmq_result_t *) zlistx_detach(self->ready, NULL);
+    return (llmq_result_t *)zlistx_detach(self->ready, NULL);
 }
 
-size_t
-llmq_client_wait(llmq_client_t *self, int timeout_ms)
+size_t llmq_client_wait(llmq_client_t *self, int timeout_ms)
 {
     int64_t start = zclock_mono();
     while (zlistx_size(self->order) > 0) {
         int left = -1;
         if (timeout_ms >= 0) {
-            left = (int) (timeout_ms - (zclock_mono() - start));
+            left = (int)(timeout_ms - (zclock_mono() - start));
             if (left < 0)
                 break;
         }
@@ -766,20 +745,17 @@ llmq_client_wait(llmq_client_t *self, int timeout_ms)
     return zlistx_size(self->order);
 }
 
-size_t
-llmq_client_outstanding(const llmq_client_t *self)
+size_t llmq_client_outstanding(const llmq_client_t *self)
 {
     return zlistx_size(self->order);
 }
 
-size_t
-llmq_client_ready(const llmq_client_t *self)
+size_t llmq_client_ready(const llmq_client_t *self)
 {
     return zlistx_size(self->ready);
 }
 
-int
-llmq_client_cancel(llmq_client_t *self, const char *id)
+int llmq_client_cancel(llmq_client_t *self, const char *id)
 {
     if (!id || !zhashx_lookup(self->pending, id))
         return -1;
@@ -792,25 +768,25 @@ llmq_client_cancel(llmq_client_t *self, const char *id)
 //  Synchronous calls
 
 /*  Take the ready result whose arg is in [lo, hi), or NULL. */
-static llmq_result_t *
-s_take_ready(llmq_client_t *self, const void *lo, const void *hi)
+static llmq_result_t *s_take_ready(llmq_client_t *self, const void *lo,
+                                   const void *hi)
 {
-    llmq_result_t *result = (llmq_result_t *) zlistx_first(self->ready);
+    llmq_result_t *result = (llmq_result_t *)zlistx_first(self->ready);
     while (result) {
-        if ((const char *) result->arg >= (const char *) lo
-            && (const char *) result->arg < (const char *) hi) {
+        if ((const char *)result->arg >= (const char *)lo &&
+            (const char *)result->arg < (const char *)hi) {
             void *handle = zlistx_cursor(self->ready);
-            return (llmq_result_t *) zlistx_detach(self->ready, handle);
+            return (llmq_result_t *)zlistx_detach(self->ready, handle);
         }
-        result = (llmq_result_t *) zlistx_next(self->ready);
+        result = (llmq_result_t *)zlistx_next(self->ready);
     }
     return NULL;
 }
 
 /*  Submit with a private token as arg and pump until its result is back. */
-static llmq_result_t *
-s_infer(llmq_client_t *self, llmq_op_t op, const char *model,
-        zframe_t **payload_p, const llmq_opts_t *opts)
+static llmq_result_t *s_infer(llmq_client_t *self, llmq_op_t op,
+                              const char *model, zframe_t **payload_p,
+                              const llmq_opts_t *opts)
 {
     char token;
     self->hold++;
@@ -829,9 +805,8 @@ s_infer(llmq_client_t *self, llmq_op_t op, const char *model,
     return result;
 }
 
-llmq_result_t *
-llmq_infer(llmq_client_t *self, llmq_op_t op, const char *model,
-           const cJSON *body, const llmq_opts_t *opts)
+llmq_result_t *llmq_infer(llmq_client_t *self, llmq_op_t op, const char *model,
+                          const cJSON *body, const llmq_opts_t *opts)
 {
     if (!body)
         return NULL;
@@ -839,9 +814,9 @@ llmq_infer(llmq_client_t *self, llmq_op_t op, const char *model,
     return s_infer(self, op, model, &payload, opts);
 }
 
-llmq_result_t *
-llmq_infer_text(llmq_client_t *self, llmq_op_t op, const char *model,
-                const char *json, const llmq_opts_t *opts)
+llmq_result_t *llmq_infer_text(llmq_client_t *self, llmq_op_t op,
+                               const char *model, const char *json,
+                               const llmq_opts_t *opts)
 {
     if (!json)
         return NULL;
@@ -849,9 +824,9 @@ llmq_infer_text(llmq_client_t *self, llmq_op_t op, const char *model,
     return s_infer(self, op, model, &payload, opts);
 }
 
-llmq_result_t *
-llmq_stream(llmq_client_t *self, const char *model, const cJSON *body,
-            llmq_chunk_fn *on_chunk, void *arg)
+llmq_result_t *llmq_stream(llmq_client_t *self, const char *model,
+                           const cJSON *body, llmq_chunk_fn *on_chunk,
+                           void *arg)
 {
     llmq_opts_t opts = {0};
     opts.on_chunk = on_chunk;
@@ -859,15 +834,14 @@ llmq_stream(llmq_client_t *self, const char *model, const cJSON *body,
     return llmq_infer(self, LLMQ_OP_CHAT, model, body, on_chunk ? &opts : NULL);
 }
 
-llmq_result_t **
-llmq_infer_many(llmq_client_t *self, llmq_op_t op, const char *model,
-                const cJSON *const *bodies, size_t count,
-                const llmq_opts_t *opts)
+llmq_result_t **llmq_infer_many(llmq_client_t *self, llmq_op_t op,
+                                const char *model, const cJSON *const *bodies,
+                                size_t count, const llmq_opts_t *opts)
 {
-    llmq_result_t **results = (llmq_result_t **) calloc(count ? count : 1,
-                                                        sizeof(*results));
+    llmq_result_t **results =
+        (llmq_result_t **)calloc(count ? count : 1, sizeof(*results));
     //  Each request's arg points at its own slot: results land by index.
-    char *slots = (char *) calloc(count ? count : 1, 1);
+    char *slots = (char *)calloc(count ? count : 1, 1);
     if (!results || !slots) {
         free(results);
         free(slots);
@@ -878,12 +852,11 @@ llmq_infer_many(llmq_client_t *self, llmq_op_t op, const char *model,
     bool interrupted = false;
     while (done < count && !interrupted) {
         //  Keep the window full; submit() itself pumps when it is.
-        while (submitted < count
-               && zlistx_size(self->order) < self->window) {
+        while (submitted < count && zlistx_size(self->order) < self->window) {
             llmq_result_t *failed = NULL;
             if (llmq_client_submit(self, op, model, bodies[submitted], opts,
                                    slots + submitted) != 0) {
-                failed = (llmq_result_t *) calloc(1, sizeof(*failed));
+                failed = (llmq_result_t *)calloc(1, sizeof(*failed));
                 if (failed)
                     s_set_error(failed, "invalid_request",
                                 "request body could not be encoded", 0, false);
@@ -894,7 +867,7 @@ llmq_infer_many(llmq_client_t *self, llmq_op_t op, const char *model,
         }
         llmq_result_t *result;
         while ((result = s_take_ready(self, slots, slots + count))) {
-            size_t index = (size_t) ((char *) result->arg - slots);
+            size_t index = (size_t)((char *)result->arg - slots);
             result->arg = NULL;
             results[index] = result;
             done++;
@@ -916,8 +889,7 @@ llmq_infer_many(llmq_client_t *self, llmq_op_t op, const char *model,
 //  --------------------------------------------------------------------------
 //  Results and names
 
-void
-llmq_result_destroy(llmq_result_t **self_p)
+void llmq_result_destroy(llmq_result_t **self_p)
 {
     if (self_p && *self_p) {
         llmq_result_t *self = *self_p;
@@ -931,13 +903,14 @@ llmq_result_destroy(llmq_result_t **self_p)
     }
 }
 
-const char *
-llmq_result_text(const llmq_result_t *self)
+const char *llmq_result_text(const llmq_result_t *self)
 {
     if (!self || !self->ok || !self->body)
         return NULL;
-    cJSON *choice = cJSON_GetArrayItem(cJSON_GetObjectItem(self->body, "choices"), 0);
-    cJSON *content = cJSON_GetObjectItem(cJSON_GetObjectItem(choice, "message"), "content");
+    cJSON *choice =
+        cJSON_GetArrayItem(cJSON_GetObjectItem(self->body, "choices"), 0);
+    cJSON *content =
+        cJSON_GetObjectItem(cJSON_GetObjectItem(choice, "message"), "content");
     if (!cJSON_IsString(content))
         content = cJSON_GetObjectItem(choice, "text");
     return cJSON_IsString(content) ? content->valuestring : NULL;
@@ -945,14 +918,12 @@ llmq_result_text(const llmq_result_t *self)
 
 static const char *s_op_names[] = {"chat", "completion", "embedding"};
 
-const char *
-llmq_op_name(llmq_op_t op)
+const char *llmq_op_name(llmq_op_t op)
 {
-    return (int) op >= 0 && op <= LLMQ_OP_EMBEDDING ? s_op_names[op] : "chat";
+    return (int)op >= 0 && op <= LLMQ_OP_EMBEDDING ? s_op_names[op] : "chat";
 }
 
-int
-llmq_op_from_name(const char *name)
+int llmq_op_from_name(const char *name)
 {
     for (int i = 0; name && i < 3; i++)
         if (streq(name, s_op_names[i]))
@@ -966,8 +937,7 @@ llmq_op_from_name(const char *name)
 //  it swallows everything (a hung or dead broker), told "RELEASE" it answers
 //  everything it swallowed, resends included, so the client sees duplicates.
 
-static void
-s_fake_res(zsock_t *router, llmq_msg_t *req)
+static void s_fake_res(zsock_t *router, llmq_msg_t *req)
 {
     if (llmq_msg_stream(req)) {
         for (int seq = 0; seq < 3; seq++) {
@@ -978,7 +948,8 @@ s_fake_res(zsock_t *router, llmq_msg_t *req)
             char text[64];
             snprintf(text, sizeof(text),
                      "{\"choices\":[{\"delta\":{\"content\":\"t%d \"}}]}", seq);
-            zframe_t *payload = llmq_value_from_json_text(text, strlen(text), NULL, 0);
+            zframe_t *payload =
+                llmq_value_from_json_text(text, strlen(text), NULL, 0);
             llmq_msg_set_payload(chunk, &payload);
             llmq_msg_send(&chunk, zsock_resolve(router));
         }
@@ -987,15 +958,14 @@ s_fake_res(zsock_t *router, llmq_msg_t *req)
     llmq_msg_set_routing_id(res, llmq_msg_routing_id(req));
     llmq_msg_set_id(res, llmq_msg_id(req));
     zframe_t *body = llmq_msg_payload(req);
-    cJSON *json = body ? llmq_value_to_json(zframe_data(body), zframe_size(body),
-                                            NULL, 0)
-                       : NULL;
+    cJSON *json =
+        body ? llmq_value_to_json(zframe_data(body), zframe_size(body), NULL, 0)
+             : NULL;
     cJSON *fail = cJSON_GetObjectItem(json, "fail");
     if (cJSON_IsString(fail)) {
         llmq_msg_set_failure(res, llmq_err_from_name(fail->valuestring), 400,
                              "asked to fail");
-    }
-    else {
+    } else {
         llmq_msg_set_ok(res, true);
         llmq_msg_set_usage_prompt_tokens(res, 3);
         llmq_msg_set_usage_completion_tokens(res, 4);
@@ -1019,10 +989,9 @@ s_fake_res(zsock_t *router, llmq_msg_t *req)
     llmq_msg_send(&res, zsock_resolve(router));
 }
 
-static void
-s_fake_broker(zsock_t *pipe, void *args)
+static void s_fake_broker(zsock_t *pipe, void *args)
 {
-    int want = args ? *(int *) args : 0;
+    int want = args ? *(int *)args : 0;
     zsock_t *router = zsock_new(ZMQ_ROUTER);
     //  A reconnecting client reuses its routing id: let the new connection
     //  take it over from the old one.
@@ -1039,10 +1008,10 @@ s_fake_broker(zsock_t *pipe, void *args)
     zsock_send(pipe, "i", port);
     zpoller_t *poller = zpoller_new(pipe, router, NULL);
     zlistx_t *held = zlistx_new();
-    zlistx_set_destructor(held, (zlistx_destructor_fn *) llmq_msg_destroy);
+    zlistx_set_destructor(held, (zlistx_destructor_fn *)llmq_msg_destroy);
     bool holding = false;
     while (true) {
-        zsock_t *which = (zsock_t *) zpoller_wait(poller, -1);
+        zsock_t *which = (zsock_t *)zpoller_wait(poller, -1);
         if (which == pipe) {
             char *command = zstr_recv(pipe);
             if (!command || streq(command, "$TERM")) {
@@ -1053,21 +1022,19 @@ s_fake_broker(zsock_t *pipe, void *args)
                 holding = true;
             else if (streq(command, "COUNT")) {
                 zstr_free(&command);
-                zsock_send(pipe, "i", (int) zlistx_size(held));
+                zsock_send(pipe, "i", (int)zlistx_size(held));
                 continue;
-            }
-            else if (streq(command, "RELEASE")) {
+            } else if (streq(command, "RELEASE")) {
                 holding = false;
                 llmq_msg_t *req;
-                while ((req = (llmq_msg_t *) zlistx_detach(held, NULL))) {
+                while ((req = (llmq_msg_t *)zlistx_detach(held, NULL))) {
                     s_fake_res(router, req);
                     llmq_msg_destroy(&req);
                 }
             }
             zstr_free(&command);
             zsock_signal(pipe, 0);
-        }
-        else if (which == router) {
+        } else if (which == router) {
             llmq_msg_t *msg = llmq_msg_recv(zsock_resolve(router));
             if (!msg)
                 break;
@@ -1081,13 +1048,11 @@ s_fake_broker(zsock_t *pipe, void *args)
                     llmq_msg_set_version(pong, "0");
                     llmq_msg_set_time_ms(pong, zclock_time());
                     llmq_msg_send(&pong, zsock_resolve(router));
-                }
-                else if (llmq_msg_type(msg) == LLMQ_MSG_REQ)
+                } else if (llmq_msg_type(msg) == LLMQ_MSG_REQ)
                     s_fake_res(router, msg);
                 llmq_msg_destroy(&msg);
             }
-        }
-        else
+        } else
             break;
     }
     zlistx_destroy(&held);
@@ -1096,36 +1061,34 @@ s_fake_broker(zsock_t *pipe, void *args)
 }
 
 static int s_test_callbacks = 0;
-static void
-s_test_callback(llmq_result_t *result, void *arg)
+static void s_test_callback(llmq_result_t *result, void *arg)
 {
-    (void) arg;
+    (void)arg;
     if (result->ok)
         s_test_callbacks++;
 }
 
 static int s_test_chunks = 0;
-static void
-s_test_chunk(const char *id, const cJSON *chunk, const char *delta, void *arg)
+static void s_test_chunk(const char *id, const cJSON *chunk, const char *delta,
+                         void *arg)
 {
-    (void) id;
-    (void) chunk;
-    (void) arg;
+    (void)id;
+    (void)chunk;
+    (void)arg;
     if (*delta == 't')
         s_test_chunks++;
 }
 
-#define CHECK(cond)                                                          \
-    do {                                                                     \
-        if (!(cond)) {                                                       \
-            fprintf(stderr, "llmq_client_test: %s:%d: %s\n", __FILE__,       \
-                    __LINE__, #cond);                                        \
-            failures++;                                                      \
-        }                                                                    \
+#define CHECK(cond)                                                            \
+    do {                                                                       \
+        if (!(cond)) {                                                         \
+            fprintf(stderr, "llmq_client_test: %s:%d: %s\n", __FILE__,         \
+                    __LINE__, #cond);                                          \
+            failures++;                                                        \
+        }                                                                      \
     } while (0)
 
-int
-llmq_client_test(bool verbose)
+int llmq_client_test(bool verbose)
 {
     int failures = 0;
     printf(" * llmq_client: ");
@@ -1159,7 +1122,8 @@ llmq_client_test(bool verbose)
     CHECK(result && result->error_status == 400 && !result->error_retryable);
     llmq_result_destroy(&result);
     CHECK(llmq_infer_text(client, LLMQ_OP_CHAT, "m", "{broken", NULL) == NULL);
-    CHECK(llmq_client_submit_text(client, LLMQ_OP_CHAT, NULL, "{}", 2, NULL, NULL) == -1);
+    CHECK(llmq_client_submit_text(client, LLMQ_OP_CHAT, NULL, "{}", 2, NULL,
+                                  NULL) == -1);
 
     //  Streaming.
     cJSON *body = cJSON_Parse("{\"echo\":\"streamed\"}");
@@ -1182,8 +1146,9 @@ llmq_client_test(bool verbose)
     bool matched = true;
     while ((result = llmq_client_poll(client, 5000))) {
         char expect[16];
-        snprintf(expect, sizeof(expect), "n%d", *(int *) result->arg);
-        if (!llmq_result_text(result) || !streq(llmq_result_text(result), expect))
+        snprintf(expect, sizeof(expect), "n%d", *(int *)result->arg);
+        if (!llmq_result_text(result) ||
+            !streq(llmq_result_text(result), expect))
             matched = false;
         seen++;
         llmq_result_destroy(&result);
@@ -1198,13 +1163,14 @@ llmq_client_test(bool verbose)
         snprintf(json, sizeof(json), "{\"echo\":\"b%d\"}", i);
         bodies[i] = cJSON_Parse(json);
     }
-    llmq_result_t **many = llmq_infer_many(client, LLMQ_OP_CHAT, "m",
-                                           (const cJSON *const *) bodies, 20, NULL);
+    llmq_result_t **many = llmq_infer_many(
+        client, LLMQ_OP_CHAT, "m", (const cJSON *const *)bodies, 20, NULL);
     CHECK(many);
     for (int i = 0; many && i < 20; i++) {
         char expect[16];
         snprintf(expect, sizeof(expect), "b%d", i);
-        CHECK(many[i] && many[i]->ok && streq(llmq_result_text(many[i]), expect));
+        CHECK(many[i] && many[i]->ok &&
+              streq(llmq_result_text(many[i]), expect));
         llmq_result_destroy(&many[i]);
     }
     free(many);

@@ -34,27 +34,26 @@
 static bool s_config_error = false;
 
 typedef struct {
-    pid_t pid;                 /* process id, 0 when reaped */
-    int out_fd;                /* read end of its stdout pipe */
-    char name[32];             /* "broker", "worker-3", "sim" */
-    char log[512];             /* log file path ("" when verbose) */
+    pid_t pid;     /* process id, 0 when reaped */
+    int out_fd;    /* read end of its stdout pipe */
+    char name[32]; /* "broker", "worker-3", "sim" */
+    char log[512]; /* log file path ("" when verbose) */
 } s_child_t;
 
 struct _llmq_cluster_t {
-    s_child_t children[LLMQ_CLUSTER_MAX_CHILDREN];   /* started children */
-    int count;                 /* how many */
-    char log_dir[256];         /* private temp directory for logs */
-    char *endpoint;            /* broker frontend */
-    char *backend;             /* broker backend */
-    char *sim_url;             /* llmq-sim base URL, or NULL */
-    char *provider;            /* provider of the workers */
-    char *model;               /* model the workers serve */
-    bool verbose;              /* children's stderr to ours */
+    s_child_t children[LLMQ_CLUSTER_MAX_CHILDREN]; /* started children */
+    int count;                                     /* how many */
+    char log_dir[256]; /* private temp directory for logs */
+    char *endpoint;    /* broker frontend */
+    char *backend;     /* broker backend */
+    char *sim_url;     /* llmq-sim base URL, or NULL */
+    char *provider;    /* provider of the workers */
+    char *model;       /* model the workers serve */
+    bool verbose;      /* children's stderr to ours */
 };
 
 /*  Value of key=... in a ready line, fresh, or NULL. */
-static char *
-s_ready_value(const char *line, const char *key)
+static char *s_ready_value(const char *line, const char *key)
 {
     size_t keylen = strlen(key);
     const char *p = line;
@@ -62,7 +61,7 @@ s_ready_value(const char *line, const char *key)
         if ((p == line || p[-1] == ' ') && p[keylen] == '=') {
             p += keylen + 1;
             size_t len = strcspn(p, " \r\n");
-            char *value = (char *) malloc(len + 1);
+            char *value = (char *)malloc(len + 1);
             if (value) {
                 memcpy(value, p, len);
                 value[len] = 0;
@@ -74,8 +73,7 @@ s_ready_value(const char *line, const char *key)
     return NULL;
 }
 
-char *
-llmq_cluster_find_binary(const char *name)
+char *llmq_cluster_find_binary(const char *name)
 {
     char path[8400];
     const char *bin_dir = getenv("LLMQ_BIN_DIR");
@@ -99,7 +97,8 @@ llmq_cluster_find_binary(const char *name)
     const char *env_path = getenv("PATH");
     char *copy = strdup(env_path ? env_path : "/usr/local/bin:/usr/bin:/bin");
     char *save = NULL;
-    for (char *dir = strtok_r(copy, ":", &save); dir; dir = strtok_r(NULL, ":", &save)) {
+    for (char *dir = strtok_r(copy, ":", &save); dir;
+         dir = strtok_r(NULL, ":", &save)) {
         snprintf(path, sizeof(path), "%s/%s", *dir ? dir : ".", name);
         if (access(path, X_OK) == 0) {
             free(copy);
@@ -111,8 +110,7 @@ llmq_cluster_find_binary(const char *name)
 }
 
 /*  Last bytes of a child's log, for error messages. */
-static void
-s_log_tail(const s_child_t *child, char *buffer, size_t size)
+static void s_log_tail(const s_child_t *child, char *buffer, size_t size)
 {
     buffer[0] = 0;
     if (!*child->log)
@@ -121,7 +119,7 @@ s_log_tail(const s_child_t *child, char *buffer, size_t size)
     if (fd < 0)
         return;
     off_t end = lseek(fd, 0, SEEK_END);
-    off_t start = end > (off_t) size - 1 ? end - (off_t) size + 1 : 0;
+    off_t start = end > (off_t)size - 1 ? end - (off_t)size + 1 : 0;
     ssize_t got = pread(fd, buffer, size - 1, start);
     close(fd);
     buffer[got > 0 ? got : 0] = 0;
@@ -133,9 +131,8 @@ s_log_tail(const s_child_t *child, char *buffer, size_t size)
 
 /*  Start one child; argv[0] is the binary name, resolved here. Returns the
     child or NULL with err set. */
-static s_child_t *
-s_spawn(llmq_cluster_t *self, const char *name, char **argv, char *err,
-        size_t errlen)
+static s_child_t *s_spawn(llmq_cluster_t *self, const char *name, char **argv,
+                          char *err, size_t errlen)
 {
     if (self->count >= LLMQ_CLUSTER_MAX_CHILDREN) {
         snprintf(err, errlen, "too many processes");
@@ -143,18 +140,21 @@ s_spawn(llmq_cluster_t *self, const char *name, char **argv, char *err,
     }
     char *path = llmq_cluster_find_binary(argv[0]);
     if (!path) {
-        snprintf(err, errlen, "cannot find %s (looked in $LLMQ_BIN_DIR, next to "
-                              "llmq, and on PATH)", argv[0]);
+        snprintf(err, errlen,
+                 "cannot find %s (looked in $LLMQ_BIN_DIR, next to "
+                 "llmq, and on PATH)",
+                 argv[0]);
         return NULL;
     }
     s_child_t *child = &self->children[self->count];
     memset(child, 0, sizeof(*child));
     snprintf(child->name, sizeof(child->name), "%s", name);
     if (!self->verbose)
-        snprintf(child->log, sizeof(child->log), "%s/%s.log", self->log_dir, name);
+        snprintf(child->log, sizeof(child->log), "%s/%s.log", self->log_dir,
+                 name);
     int fds[2];
-    if (pipe(fds) != 0 || fcntl(fds[0], F_SETFD, FD_CLOEXEC) != 0
-        || fcntl(fds[1], F_SETFD, FD_CLOEXEC) != 0) {
+    if (pipe(fds) != 0 || fcntl(fds[0], F_SETFD, FD_CLOEXEC) != 0 ||
+        fcntl(fds[1], F_SETFD, FD_CLOEXEC) != 0) {
         snprintf(err, errlen, "pipe: %s", strerror(errno));
         free(path);
         return NULL;
@@ -198,8 +198,7 @@ s_spawn(llmq_cluster_t *self, const char *name, char **argv, char *err,
 }
 
 /*  Wait for the child's ready line; returns it (fresh) or NULL with err. */
-static char *
-s_wait_ready(s_child_t *child, char *err, size_t errlen)
+static char *s_wait_ready(s_child_t *child, char *err, size_t errlen)
 {
     char line[1024];
     size_t used = 0;
@@ -207,12 +206,12 @@ s_wait_ready(s_child_t *child, char *err, size_t errlen)
     while (true) {
         int64_t left = deadline - zclock_mono();
         if (left <= 0) {
-            snprintf(err, errlen, "%s did not get ready within %d s", child->name,
-                     LLMQ_CLUSTER_READY_MS / 1000);
+            snprintf(err, errlen, "%s did not get ready within %d s",
+                     child->name, LLMQ_CLUSTER_READY_MS / 1000);
             return NULL;
         }
         struct pollfd pfd = {child->out_fd, POLLIN, 0};
-        int rc = poll(&pfd, 1, (int) left);
+        int rc = poll(&pfd, 1, (int)left);
         if (rc < 0 && errno == EINTR) {
             snprintf(err, errlen, "interrupted");
             return NULL;
@@ -223,8 +222,8 @@ s_wait_ready(s_child_t *child, char *err, size_t errlen)
         if (got <= 0) {
             char tail[300];
             s_log_tail(child, tail, sizeof(tail));
-            snprintf(err, errlen, "%s exited before it was ready%s%s", child->name,
-                     *tail ? ": " : "", tail);
+            snprintf(err, errlen, "%s exited before it was ready%s%s",
+                     child->name, *tail ? ": " : "", tail);
             //  Exit code 2 is the suite's "bad flags or config".
             int status = 0;
             if (waitpid(child->pid, &status, 0) == child->pid) {
@@ -234,7 +233,7 @@ s_wait_ready(s_child_t *child, char *err, size_t errlen)
             }
             return NULL;
         }
-        used += (size_t) got;
+        used += (size_t)got;
         line[used] = 0;
         char *newline;
         //  Skip anything printed before the ready line.
@@ -242,7 +241,7 @@ s_wait_ready(s_child_t *child, char *err, size_t errlen)
             *newline = 0;
             if (strncmp(line, "ready ", 6) == 0)
                 return strdup(line);
-            used -= (size_t) (newline + 1 - line);
+            used -= (size_t)(newline + 1 - line);
             memmove(line, newline + 1, used + 1);
         }
         if (used >= sizeof(line) - 1)
@@ -250,8 +249,7 @@ s_wait_ready(s_child_t *child, char *err, size_t errlen)
     }
 }
 
-static void
-s_stop_all(llmq_cluster_t *self)
+static void s_stop_all(llmq_cluster_t *self)
 {
     //  Workers first, so they leave the broker cleanly, then the rest.
     for (int i = self->count - 1; i >= 0; i--)
@@ -280,13 +278,12 @@ s_stop_all(llmq_cluster_t *self)
             alive = false;
         }
         if (alive)
-            zclock_sleep(10);       //  reaping, not waiting for readiness
+            zclock_sleep(10); //  reaping, not waiting for readiness
     }
 }
 
 /*  Append one YAML scalar (trimmed, unquoted) to values if not empty. */
-static void
-s_yaml_add(zlist_t *values, const char *p, size_t len)
+static void s_yaml_add(zlist_t *values, const char *p, size_t len)
 {
     while (len > 0 && (*p == ' ' || *p == '\t')) {
         p++;
@@ -299,11 +296,11 @@ s_yaml_add(zlist_t *values, const char *p, size_t len)
         len -= 2;
     }
     if (len > 0) {
-        char *value = (char *) malloc(len + 1);
+        char *value = (char *)malloc(len + 1);
         if (value) {
             memcpy(value, p, len);
             value[len] = 0;
-            zlist_append(values, value);    //  an autofree list copies it
+            zlist_append(values, value); //  an autofree list copies it
             free(value);
         }
     }
@@ -314,8 +311,7 @@ s_yaml_add(zlist_t *values, const char *p, size_t len)
     (libcyaml); the cluster only needs the provider, its URL and the models,
     to decide whether to start a simulator and which models to serve.
     Returns a list of fresh strings (empty if absent), NULL if no file. */
-static zlist_t *
-s_yaml_values(const char *path, const char *key)
+static zlist_t *s_yaml_values(const char *path, const char *key)
 {
     FILE *file = path ? fopen(path, "r") : NULL;
     if (!file)
@@ -337,7 +333,7 @@ s_yaml_values(const char *path, const char *key)
             if (*p == '-')
                 s_yaml_add(values, p + 1, strlen(p + 1));
             else if (p == line && *p && *p != '#')
-                break;              //  the next top-level key: list ended
+                break; //  the next top-level key: list ended
             continue;
         }
         if (strncmp(line, key, keylen) != 0 || line[keylen] != ':')
@@ -346,18 +342,18 @@ s_yaml_values(const char *path, const char *key)
         while (*p == ' ' || *p == '\t')
             p++;
         if (!*p)
-            in_list = true;         //  a block list follows
+            in_list = true; //  a block list follows
         else if (*p == '[') {
             p++;
             p[strcspn(p, "]")] = 0;
             for (char *item = p; item;) {
                 char *comma = strchr(item, ',');
-                s_yaml_add(values, item, comma ? (size_t) (comma - item) : strlen(item));
+                s_yaml_add(values, item,
+                           comma ? (size_t)(comma - item) : strlen(item));
                 item = comma ? comma + 1 : NULL;
             }
             break;
-        }
-        else {
+        } else {
             s_yaml_add(values, p, strlen(p));
             break;
         }
@@ -367,13 +363,12 @@ s_yaml_values(const char *path, const char *key)
 }
 
 /*  First value of a key (fresh) or NULL. */
-static char *
-s_yaml_value(const char *path, const char *key)
+static char *s_yaml_value(const char *path, const char *key)
 {
     zlist_t *values = s_yaml_values(path, key);
     char *value = NULL;
     if (values && zlist_size(values) > 0)
-        value = strdup((char *) zlist_first(values));
+        value = strdup((char *)zlist_first(values));
     zlist_destroy(&values);
     return value;
 }
@@ -381,11 +376,11 @@ s_yaml_value(const char *path, const char *key)
 //  --------------------------------------------------------------------------
 //  Start a cluster
 
-llmq_cluster_t *
-llmq_cluster_new(const llmq_cluster_opts_t *opts, char *err, size_t errlen)
+llmq_cluster_t *llmq_cluster_new(const llmq_cluster_opts_t *opts, char *err,
+                                 size_t errlen)
 {
     s_config_error = false;
-    llmq_cluster_t *self = (llmq_cluster_t *) calloc(1, sizeof(*self));
+    llmq_cluster_t *self = (llmq_cluster_t *)calloc(1, sizeof(*self));
     if (!self) {
         snprintf(err, errlen, "out of memory");
         return NULL;
@@ -394,7 +389,8 @@ llmq_cluster_new(const llmq_cluster_opts_t *opts, char *err, size_t errlen)
     snprintf(self->log_dir, sizeof(self->log_dir), "%s/llmq-cluster-XXXXXX",
              getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
     if (!mkdtemp(self->log_dir)) {
-        snprintf(err, errlen, "cannot create a log directory: %s", strerror(errno));
+        snprintf(err, errlen, "cannot create a log directory: %s",
+                 strerror(errno));
         free(self);
         return NULL;
     }
@@ -402,7 +398,8 @@ llmq_cluster_new(const llmq_cluster_opts_t *opts, char *err, size_t errlen)
     char *file_provider = s_yaml_value(opts->config, "provider");
     char *file_base_url = s_yaml_value(opts->config, "base_url");
     zlist_t *file_models = s_yaml_values(opts->config, "models");
-    const char *file_model = file_models ? (const char *) zlist_first(file_models) : NULL;
+    const char *file_model =
+        file_models ? (const char *)zlist_first(file_models) : NULL;
     const char *provider = opts->provider ? opts->provider : file_provider;
     if (!provider)
         provider = (api_key && *api_key) ? "openai" : "sim";
@@ -410,10 +407,10 @@ llmq_cluster_new(const llmq_cluster_opts_t *opts, char *err, size_t errlen)
     bool simulated = streq(provider, "sim");
     const char *model = opts->model ? opts->model : file_model;
     if (!model)
-        model = simulated ? "sim-model" : streq(provider, "anthropic")
-                                              ? "claude-3-5-haiku-latest"
-                                          : streq(provider, "echo") ? "echo"
-                                                                    : "gpt-4o-mini";
+        model = simulated                      ? "sim-model"
+                : streq(provider, "anthropic") ? "claude-3-5-haiku-latest"
+                : streq(provider, "echo")      ? "echo"
+                                               : "gpt-4o-mini";
     self->model = strdup(model);
     const char *base_url = opts->base_url ? opts->base_url : file_base_url;
     if (!base_url && streq(provider, "openai"))
@@ -428,7 +425,8 @@ llmq_cluster_new(const llmq_cluster_opts_t *opts, char *err, size_t errlen)
         char latency[32];
         snprintf(latency, sizeof(latency), "%d",
                  opts->sim_latency_ms > 0 ? opts->sim_latency_ms : 50);
-        char *argv[] = {"llmq-sim", "--port", "0", "--latency-ms", latency, NULL};
+        char *argv[] = {"llmq-sim",     "--port", "0",
+                        "--latency-ms", latency,  NULL};
         s_child_t *child = s_spawn(self, "sim", argv, err, errlen);
         if (!child || !(line = s_wait_ready(child, err, errlen)))
             goto failed;
@@ -445,8 +443,8 @@ llmq_cluster_new(const llmq_cluster_opts_t *opts, char *err, size_t errlen)
 
     //  2. The broker on ephemeral ports.
     {
-        char *argv[] = {"llmq-broker", "--frontend", "tcp://127.0.0.1:*",
-                        "--backend", "tcp://127.0.0.1:*", NULL};
+        char *argv[] = {"llmq-broker", "--frontend",        "tcp://127.0.0.1:*",
+                        "--backend",   "tcp://127.0.0.1:*", NULL};
         s_child_t *child = s_spawn(self, "broker", argv, err, errlen);
         if (!child || !(line = s_wait_ready(child, err, errlen)))
             goto failed;
@@ -473,8 +471,10 @@ llmq_cluster_new(const llmq_cluster_opts_t *opts, char *err, size_t errlen)
         size_t nfile = file_models ? zlist_size(file_models) : 0;
         if (nfile > 256)
             nfile = 256;
-        size_t cap = 16 + 2 * (nfile + (opts->models_count < 256 ? opts->models_count : 256));
-        char **argv = (char **) calloc(cap, sizeof(char *));
+        size_t cap =
+            16 +
+            2 * (nfile + (opts->models_count < 256 ? opts->models_count : 256));
+        char **argv = (char **)calloc(cap, sizeof(char *));
         for (int i = 0; argv && i < workers; i++) {
             size_t argc = 0;
             argv[argc++] = "llmq-worker";
@@ -484,22 +484,23 @@ llmq_cluster_new(const llmq_cluster_opts_t *opts, char *err, size_t errlen)
             argv[argc++] = self->provider;
             argv[argc++] = "--model";
             argv[argc++] = self->model;
-            const char *extra = file_models ? (const char *) zlist_first(file_models) : NULL;
+            const char *extra =
+                file_models ? (const char *)zlist_first(file_models) : NULL;
             for (size_t m = 0; extra && m < nfile; m++) {
                 if (!streq(extra, self->model)) {
                     argv[argc++] = "--model";
-                    argv[argc++] = (char *) extra;
+                    argv[argc++] = (char *)extra;
                 }
-                extra = (const char *) zlist_next(file_models);
+                extra = (const char *)zlist_next(file_models);
             }
             for (size_t m = 0; m < opts->models_count && m < 256; m++)
                 if (!streq(opts->models[m], self->model)) {
                     argv[argc++] = "--model";
-                    argv[argc++] = (char *) opts->models[m];
+                    argv[argc++] = (char *)opts->models[m];
                 }
             if (base_url) {
                 argv[argc++] = "--base-url";
-                argv[argc++] = (char *) base_url;
+                argv[argc++] = (char *)base_url;
             }
             if (opts->capacity > 0) {
                 argv[argc++] = "--capacity";
@@ -507,7 +508,7 @@ llmq_cluster_new(const llmq_cluster_opts_t *opts, char *err, size_t errlen)
             }
             if (opts->config) {
                 argv[argc++] = "--config";
-                argv[argc++] = (char *) opts->config;
+                argv[argc++] = (char *)opts->config;
             }
             argv[argc] = NULL;
             char name[32];
@@ -548,8 +549,7 @@ failed:
     return NULL;
 }
 
-void
-llmq_cluster_destroy(llmq_cluster_t **self_p)
+void llmq_cluster_destroy(llmq_cluster_t **self_p)
 {
     if (self_p && *self_p) {
         llmq_cluster_t *self = *self_p;
@@ -570,20 +570,19 @@ llmq_cluster_destroy(llmq_cluster_t **self_p)
     }
 }
 
-void
-llmq_cluster_signal(llmq_cluster_t *self)
+void llmq_cluster_signal(llmq_cluster_t *self)
 {
     for (int i = 0; self && i < self->count; i++)
         if (self->children[i].pid > 0)
             kill(self->children[i].pid, SIGTERM);
 }
 
-const char *
-llmq_cluster_dead(llmq_cluster_t *self)
+const char *llmq_cluster_dead(llmq_cluster_t *self)
 {
     for (int i = 0; i < self->count; i++) {
         s_child_t *child = &self->children[i];
-        if (child->pid > 0 && waitpid(child->pid, NULL, WNOHANG) == child->pid) {
+        if (child->pid > 0 &&
+            waitpid(child->pid, NULL, WNOHANG) == child->pid) {
             child->pid = 0;
             return child->name;
         }
@@ -591,32 +590,27 @@ llmq_cluster_dead(llmq_cluster_t *self)
     return NULL;
 }
 
-const char *
-llmq_cluster_endpoint(const llmq_cluster_t *self)
+const char *llmq_cluster_endpoint(const llmq_cluster_t *self)
 {
     return self->endpoint;
 }
 
-const char *
-llmq_cluster_provider(const llmq_cluster_t *self)
+const char *llmq_cluster_provider(const llmq_cluster_t *self)
 {
     return self->provider;
 }
 
-const char *
-llmq_cluster_model(const llmq_cluster_t *self)
+const char *llmq_cluster_model(const llmq_cluster_t *self)
 {
     return self->model;
 }
 
-bool
-llmq_cluster_simulated(const llmq_cluster_t *self)
+bool llmq_cluster_simulated(const llmq_cluster_t *self)
 {
     return streq(self->provider, "sim");
 }
 
-const char *
-llmq_cluster_log_dir(const llmq_cluster_t *self)
+const char *llmq_cluster_log_dir(const llmq_cluster_t *self)
 {
     return self->log_dir;
 }

@@ -17,15 +17,14 @@
 #include <unistd.h>
 
 struct _llmq_jsonl_writer_t {
-    int fd;                    /* O_APPEND file descriptor */
-    int64_t last_sync;         /* zclock_mono() of the last fsync */
-    bool dirty;                /* written since the last fsync */
+    int fd;            /* O_APPEND file descriptor */
+    int64_t last_sync; /* zclock_mono() of the last fsync */
+    bool dirty;        /* written since the last fsync */
 };
 
-uint64_t
-llmq_jsonl_fnv1a(const void *data, size_t size)
+uint64_t llmq_jsonl_fnv1a(const void *data, size_t size)
 {
-    const uint8_t *p = (const uint8_t *) data;
+    const uint8_t *p = (const uint8_t *)data;
     uint64_t hash = 0xcbf29ce484222325ULL;
     for (size_t i = 0; i < size; i++) {
         hash ^= p[i];
@@ -34,8 +33,7 @@ llmq_jsonl_fnv1a(const void *data, size_t size)
     return hash;
 }
 
-void
-llmq_jsonl_item_destroy(llmq_jsonl_item_t **self_p)
+void llmq_jsonl_item_destroy(llmq_jsonl_item_t **self_p)
 {
     if (self_p && *self_p) {
         llmq_jsonl_item_t *self = *self_p;
@@ -49,8 +47,7 @@ llmq_jsonl_item_destroy(llmq_jsonl_item_t **self_p)
     }
 }
 
-static void
-s_item_fail(llmq_jsonl_item_t *self, const char *reason)
+static void s_item_fail(llmq_jsonl_item_t *self, const char *reason)
 {
     free(self->error);
     self->error = strdup(reason);
@@ -59,8 +56,7 @@ s_item_fail(llmq_jsonl_item_t *self, const char *reason)
 }
 
 /*  A chat body with one user message (and an optional system message). */
-static cJSON *
-s_chat_body(const char *prompt, const char *system)
+static cJSON *s_chat_body(const char *prompt, const char *system)
 {
     cJSON *body = cJSON_CreateObject();
     cJSON *messages = cJSON_AddArrayToObject(body, "messages");
@@ -78,8 +74,7 @@ s_chat_body(const char *prompt, const char *system)
 }
 
 /*  Strip the query string and a trailing slash, then match the op. */
-static int
-s_op_from_url(const char *url)
+static int s_op_from_url(const char *url)
 {
     char path[128];
     snprintf(path, sizeof(path), "%s", url);
@@ -98,8 +93,7 @@ s_op_from_url(const char *url)
     return -1;
 }
 
-static void
-s_parse_object(llmq_jsonl_item_t *self, cJSON *json)
+static void s_parse_object(llmq_jsonl_item_t *self, cJSON *json)
 {
     cJSON *custom_id = cJSON_GetObjectItem(json, "custom_id");
     if (custom_id && !cJSON_IsNull(custom_id)) {
@@ -120,14 +114,15 @@ s_parse_object(llmq_jsonl_item_t *self, cJSON *json)
     if (url || body) {
         //  OpenAI Batch API input line.
         cJSON *method = cJSON_GetObjectItem(json, "method");
-        if (method && (!cJSON_IsString(method) || !streq(method->valuestring, "POST"))) {
+        if (method &&
+            (!cJSON_IsString(method) || !streq(method->valuestring, "POST"))) {
             s_item_fail(self, "method must be POST");
             return;
         }
         int op = LLMQ_OP_CHAT;
         if (url) {
-            if (!cJSON_IsString(url)
-                || (op = s_op_from_url(url->valuestring)) < 0) {
+            if (!cJSON_IsString(url) ||
+                (op = s_op_from_url(url->valuestring)) < 0) {
                 s_item_fail(self, "unsupported url (use /v1/chat/completions, "
                                   "/v1/completions or /v1/embeddings)");
                 return;
@@ -137,31 +132,30 @@ s_parse_object(llmq_jsonl_item_t *self, cJSON *json)
             s_item_fail(self, "body must be a JSON object");
             return;
         }
-        self->op = (llmq_op_t) op;
+        self->op = (llmq_op_t)op;
         self->body = cJSON_Duplicate(body, true);
-    }
-    else if (prompt) {
+    } else if (prompt) {
         if (!cJSON_IsString(prompt)) {
             s_item_fail(self, "prompt must be a string");
             return;
         }
         cJSON *system = cJSON_GetObjectItem(json, "system");
-        self->body = s_chat_body(prompt->valuestring,
-                                 cJSON_IsString(system) ? system->valuestring : NULL);
+        self->body =
+            s_chat_body(prompt->valuestring,
+                        cJSON_IsString(system) ? system->valuestring : NULL);
         //  Carry the usual sampling fields over to the body.
         const char *keep[] = {"model", "max_tokens", "temperature", "top_p",
-                              "seed", "stop", NULL};
+                              "seed",  "stop",       NULL};
         for (int i = 0; keep[i]; i++) {
             cJSON *value = cJSON_GetObjectItem(json, keep[i]);
             if (value)
-                cJSON_AddItemToObject(self->body, keep[i], cJSON_Duplicate(value, true));
+                cJSON_AddItemToObject(self->body, keep[i],
+                                      cJSON_Duplicate(value, true));
         }
-    }
-    else if (cJSON_IsArray(cJSON_GetObjectItem(json, "messages"))) {
+    } else if (cJSON_IsArray(cJSON_GetObjectItem(json, "messages"))) {
         self->body = cJSON_Duplicate(json, true);
         cJSON_DeleteItemFromObject(self->body, "custom_id");
-    }
-    else {
+    } else {
         s_item_fail(self, "line has none of url/body, prompt or messages");
         return;
     }
@@ -176,10 +170,10 @@ s_parse_object(llmq_jsonl_item_t *self, cJSON *json)
         s_item_fail(self, "model must be a non-empty string");
 }
 
-llmq_jsonl_item_t *
-llmq_jsonl_parse_line(const char *line, size_t len, size_t line_no)
+llmq_jsonl_item_t *llmq_jsonl_parse_line(const char *line, size_t len,
+                                         size_t line_no)
 {
-    llmq_jsonl_item_t *self = (llmq_jsonl_item_t *) calloc(1, sizeof(*self));
+    llmq_jsonl_item_t *self = (llmq_jsonl_item_t *)calloc(1, sizeof(*self));
     if (!self)
         return NULL;
     self->line_no = line_no;
@@ -197,10 +191,9 @@ llmq_jsonl_parse_line(const char *line, size_t len, size_t line_no)
         else
             s_parse_object(self, json);
         cJSON_Delete(json);
-    }
-    else {
+    } else {
         //  Plain text: the whole line is the prompt.
-        char *prompt = (char *) malloc(len + 1);
+        char *prompt = (char *)malloc(len + 1);
         if (prompt) {
             memcpy(prompt, line, len);
             prompt[len] = 0;
@@ -214,18 +207,16 @@ llmq_jsonl_parse_line(const char *line, size_t len, size_t line_no)
     return self;
 }
 
-static void
-s_item_destructor(void **item)
+static void s_item_destructor(void **item)
 {
-    llmq_jsonl_item_destroy((llmq_jsonl_item_t **) item);
+    llmq_jsonl_item_destroy((llmq_jsonl_item_t **)item);
 }
 
-cJSON *
-llmq_jsonl_item_body(llmq_jsonl_item_t *self)
+cJSON *llmq_jsonl_item_body(llmq_jsonl_item_t *self)
 {
     if (!self->body && self->line && !self->error) {
-        llmq_jsonl_item_t *again = llmq_jsonl_parse_line(self->line, strlen(self->line),
-                                                         self->line_no);
+        llmq_jsonl_item_t *again = llmq_jsonl_parse_line(
+            self->line, strlen(self->line), self->line_no);
         if (again) {
             self->body = again->body;
             again->body = NULL;
@@ -235,8 +226,8 @@ llmq_jsonl_item_body(llmq_jsonl_item_t *self)
     return self->body;
 }
 
-zlistx_t *
-llmq_jsonl_read_input(const char *path, bool keep_bodies, char *err, size_t errlen)
+zlistx_t *llmq_jsonl_read_input(const char *path, bool keep_bodies, char *err,
+                                size_t errlen)
 {
     FILE *file = streq(path, "-") ? stdin : fopen(path, "r");
     if (!file) {
@@ -253,16 +244,17 @@ llmq_jsonl_read_input(const char *path, bool keep_bodies, char *err, size_t errl
         line_no++;
         bool blank = true;
         for (ssize_t i = 0; i < len && blank; i++)
-            if (!isspace((unsigned char) line[i]))
+            if (!isspace((unsigned char)line[i]))
                 blank = false;
         if (blank)
             continue;
-        llmq_jsonl_item_t *item = llmq_jsonl_parse_line(line, (size_t) len, line_no);
+        llmq_jsonl_item_t *item =
+            llmq_jsonl_parse_line(line, (size_t)len, line_no);
         if (item && item->body && !keep_bodies) {
             //  Keep the text, parse again at submit time.
-            item->line = (char *) malloc((size_t) len + 1);
+            item->line = (char *)malloc((size_t)len + 1);
             if (item->line) {
-                memcpy(item->line, line, (size_t) len);
+                memcpy(item->line, line, (size_t)len);
                 item->line[len] = 0;
                 cJSON_Delete(item->body);
                 item->body = NULL;
@@ -285,8 +277,7 @@ llmq_jsonl_read_input(const char *path, bool keep_bodies, char *err, size_t errl
 //  --------------------------------------------------------------------------
 //  Output lines
 
-static char *
-s_print_line(cJSON *json)
+static char *s_print_line(cJSON *json)
 {
     char *text = cJSON_PrintUnformatted(json);
     cJSON_Delete(json);
@@ -297,8 +288,7 @@ s_print_line(cJSON *json)
     return line;
 }
 
-static cJSON *
-s_line_new(const char *custom_id, const char *request_id)
+static cJSON *s_line_new(const char *custom_id, const char *request_id)
 {
     cJSON *json = cJSON_CreateObject();
     char id[64];
@@ -306,44 +296,43 @@ s_line_new(const char *custom_id, const char *request_id)
              llmq_jsonl_fnv1a(custom_id, strlen(custom_id)));
     cJSON_AddStringToObject(json, "id", id);
     cJSON_AddStringToObject(json, "custom_id", custom_id);
-    (void) request_id;
+    (void)request_id;
     return json;
 }
 
-char *
-llmq_jsonl_ok_line(const char *custom_id, const char *request_id,
-                   const cJSON *body)
+char *llmq_jsonl_ok_line(const char *custom_id, const char *request_id,
+                         const cJSON *body)
 {
     cJSON *json = s_line_new(custom_id, request_id);
     cJSON *response = cJSON_AddObjectToObject(json, "response");
     cJSON_AddNumberToObject(response, "status_code", 200);
     cJSON *body_id = cJSON_GetObjectItem(body, "id");
     cJSON_AddStringToObject(response, "request_id",
-                            request_id ? request_id
+                            request_id                ? request_id
                             : cJSON_IsString(body_id) ? body_id->valuestring
                                                       : "");
     cJSON_AddItemToObject(response, "body",
-                          body ? cJSON_Duplicate(body, true) : cJSON_CreateObject());
+                          body ? cJSON_Duplicate(body, true)
+                               : cJSON_CreateObject());
     cJSON_AddNullToObject(json, "error");
     return s_print_line(json);
 }
 
-char *
-llmq_jsonl_error_line(const char *custom_id, const char *request_id,
-                      const char *code, const char *message, int status)
+char *llmq_jsonl_error_line(const char *custom_id, const char *request_id,
+                            const char *code, const char *message, int status)
 {
     cJSON *json = s_line_new(custom_id, request_id);
     if (status > 0) {
         //  The provider answered: keep its status, as OpenAI's output does.
         cJSON *response = cJSON_AddObjectToObject(json, "response");
         cJSON_AddNumberToObject(response, "status_code", status);
-        cJSON_AddStringToObject(response, "request_id", request_id ? request_id : "");
+        cJSON_AddStringToObject(response, "request_id",
+                                request_id ? request_id : "");
         cJSON *body = cJSON_AddObjectToObject(response, "body");
         cJSON *error = cJSON_AddObjectToObject(body, "error");
         cJSON_AddStringToObject(error, "message", message ? message : "");
         cJSON_AddStringToObject(error, "type", code ? code : "internal");
-    }
-    else
+    } else
         cJSON_AddNullToObject(json, "response");
     cJSON *error = cJSON_AddObjectToObject(json, "error");
     cJSON_AddStringToObject(error, "code", code ? code : "internal");
@@ -351,8 +340,7 @@ llmq_jsonl_error_line(const char *custom_id, const char *request_id,
     return s_print_line(json);
 }
 
-char *
-llmq_jsonl_result_line(const char *custom_id, const llmq_result_t *result)
+char *llmq_jsonl_result_line(const char *custom_id, const llmq_result_t *result)
 {
     if (result->ok)
         return llmq_jsonl_ok_line(custom_id, NULL, result->body);
@@ -363,13 +351,12 @@ llmq_jsonl_result_line(const char *custom_id, const llmq_result_t *result)
 //  --------------------------------------------------------------------------
 //  Resume
 
-zhashx_t *
-llmq_jsonl_scan_output(const char *path, bool retry_failed, size_t *dropped_p,
-                       char *err, size_t errlen)
+zhashx_t *llmq_jsonl_scan_output(const char *path, bool retry_failed,
+                                 size_t *dropped_p, char *err, size_t errlen)
 {
     size_t dropped = 0;
     zhashx_t *lines = zhashx_new();
-    zhashx_set_destructor(lines, (zhashx_destructor_fn *) zstr_free);
+    zhashx_set_destructor(lines, (zhashx_destructor_fn *)zstr_free);
     FILE *file = fopen(path, "r");
     if (!file) {
         if (errno != ENOENT) {
@@ -389,15 +376,14 @@ llmq_jsonl_scan_output(const char *path, bool retry_failed, size_t *dropped_p,
             dropped++;
             continue;
         }
-        cJSON *json = cJSON_ParseWithLength(line, (size_t) len);
+        cJSON *json = cJSON_ParseWithLength(line, (size_t)len);
         cJSON *custom_id = cJSON_GetObjectItem(json, "custom_id");
         cJSON *error = cJSON_GetObjectItem(json, "error");
-        if (!cJSON_IsObject(json) || !cJSON_IsString(custom_id)
-            || !cJSON_HasObjectItem(json, "response")
-            || (retry_failed && error && !cJSON_IsNull(error))) {
+        if (!cJSON_IsObject(json) || !cJSON_IsString(custom_id) ||
+            !cJSON_HasObjectItem(json, "response") ||
+            (retry_failed && error && !cJSON_IsNull(error))) {
             dropped++;
-        }
-        else if (zhashx_lookup(lines, custom_id->valuestring))
+        } else if (zhashx_lookup(lines, custom_id->valuestring))
             dropped++;
         else
             zhashx_insert(lines, custom_id->valuestring, strdup(line));
@@ -410,8 +396,7 @@ llmq_jsonl_scan_output(const char *path, bool retry_failed, size_t *dropped_p,
     return lines;
 }
 
-static int
-s_write_all(int fd, const char *data, size_t size)
+static int s_write_all(int fd, const char *data, size_t size)
 {
     while (size > 0) {
         ssize_t rc = write(fd, data, size);
@@ -421,15 +406,14 @@ s_write_all(int fd, const char *data, size_t size)
             return -1;
         }
         data += rc;
-        size -= (size_t) rc;
+        size -= (size_t)rc;
     }
     return 0;
 }
 
-int
-llmq_jsonl_write_ordered(const char *path, zlistx_t *items, zhashx_t *lines)
+int llmq_jsonl_write_ordered(const char *path, zlistx_t *items, zhashx_t *lines)
 {
-    char *temp = zsys_sprintf("%s.tmp.%d", path, (int) getpid());
+    char *temp = zsys_sprintf("%s.tmp.%d", path, (int)getpid());
     int fd = open(temp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
     if (fd < 0) {
         free(temp);
@@ -437,31 +421,31 @@ llmq_jsonl_write_ordered(const char *path, zlistx_t *items, zhashx_t *lines)
     }
     //  Buffer the writes: a large file in one pass, not one syscall a line.
     size_t cap = 1 << 20, used = 0;
-    char *buffer = (char *) malloc(cap);
+    char *buffer = (char *)malloc(cap);
     int rc = buffer ? 0 : -1;
     zhashx_t *written = zhashx_new();
-    llmq_jsonl_item_t *item = items ? (llmq_jsonl_item_t *) zlistx_first(items) : NULL;
+    llmq_jsonl_item_t *item =
+        items ? (llmq_jsonl_item_t *)zlistx_first(items) : NULL;
     const char *line = NULL;
     //  Pass 1: input order; pass 2: lines of other runs, kept.
     for (int pass = 0; pass < 2 && rc == 0; pass++) {
         if (pass == 1)
-            line = (const char *) zhashx_first(lines);
+            line = (const char *)zhashx_first(lines);
         while (rc == 0) {
             const char *key;
             if (pass == 0) {
                 if (!item)
                     break;
                 key = item->custom_id;
-                line = (const char *) zhashx_lookup(lines, key);
-                item = (llmq_jsonl_item_t *) zlistx_next(items);
-            }
-            else {
+                line = (const char *)zhashx_lookup(lines, key);
+                item = (llmq_jsonl_item_t *)zlistx_next(items);
+            } else {
                 if (!line)
                     break;
-                key = (const char *) zhashx_cursor(lines);
+                key = (const char *)zhashx_cursor(lines);
             }
             if (line && !zhashx_lookup(written, key)) {
-                zhashx_insert(written, key, (void *) line);
+                zhashx_insert(written, key, (void *)line);
                 size_t size = strlen(line);
                 if (used + size > cap) {
                     rc = s_write_all(fd, buffer, used);
@@ -475,7 +459,7 @@ llmq_jsonl_write_ordered(const char *path, zlistx_t *items, zhashx_t *lines)
                 }
             }
             if (pass == 1)
-                line = (const char *) zhashx_next(lines);
+                line = (const char *)zhashx_next(lines);
         }
     }
     if (rc == 0 && used)
@@ -497,13 +481,12 @@ llmq_jsonl_write_ordered(const char *path, zlistx_t *items, zhashx_t *lines)
 //  --------------------------------------------------------------------------
 //  Appender
 
-llmq_jsonl_writer_t *
-llmq_jsonl_writer_new(const char *path)
+llmq_jsonl_writer_t *llmq_jsonl_writer_new(const char *path)
 {
     int fd = open(path, O_WRONLY | O_CREAT | O_APPEND, 0644);
     if (fd < 0)
         return NULL;
-    llmq_jsonl_writer_t *self = (llmq_jsonl_writer_t *) calloc(1, sizeof(*self));
+    llmq_jsonl_writer_t *self = (llmq_jsonl_writer_t *)calloc(1, sizeof(*self));
     if (!self) {
         close(fd);
         return NULL;
@@ -513,8 +496,7 @@ llmq_jsonl_writer_new(const char *path)
     return self;
 }
 
-void
-llmq_jsonl_writer_destroy(llmq_jsonl_writer_t **self_p)
+void llmq_jsonl_writer_destroy(llmq_jsonl_writer_t **self_p)
 {
     if (self_p && *self_p) {
         llmq_jsonl_writer_t *self = *self_p;
@@ -526,15 +508,13 @@ llmq_jsonl_writer_destroy(llmq_jsonl_writer_t **self_p)
     }
 }
 
-int
-llmq_jsonl_writer_write(llmq_jsonl_writer_t *self, const char *line)
+int llmq_jsonl_writer_write(llmq_jsonl_writer_t *self, const char *line)
 {
     self->dirty = true;
     return s_write_all(self->fd, line, strlen(line));
 }
 
-int
-llmq_jsonl_writer_sync(llmq_jsonl_writer_t *self, int interval_ms)
+int llmq_jsonl_writer_sync(llmq_jsonl_writer_t *self, int interval_ms)
 {
     int64_t now = zclock_mono();
     if (!self->dirty || now - self->last_sync < interval_ms)
@@ -547,62 +527,70 @@ llmq_jsonl_writer_sync(llmq_jsonl_writer_t *self, int interval_ms)
 //  --------------------------------------------------------------------------
 //  Selftest
 
-#define CHECK(cond)                                                          \
-    do {                                                                     \
-        if (!(cond)) {                                                       \
-            fprintf(stderr, "llmq_jsonl_test: %s:%d: %s\n", __FILE__,        \
-                    __LINE__, #cond);                                        \
-            failures++;                                                      \
-        }                                                                    \
+#define CHECK(cond)                                                            \
+    do {                                                                       \
+        if (!(cond)) {                                                         \
+            fprintf(stderr, "llmq_jsonl_test: %s:%d: %s\n", __FILE__,          \
+                    __LINE__, #cond);                                          \
+            failures++;                                                        \
+        }                                                                      \
     } while (0)
 
-static llmq_jsonl_item_t *
-s_parse(const char *line, size_t line_no)
+static llmq_jsonl_item_t *s_parse(const char *line, size_t line_no)
 {
     return llmq_jsonl_parse_line(line, strlen(line), line_no);
 }
 
-int
-llmq_jsonl_test(bool verbose)
+int llmq_jsonl_test(bool verbose)
 {
-    (void) verbose;
+    (void)verbose;
     int failures = 0;
     printf(" * llmq_jsonl: ");
 
     //  OpenAI Batch input lines.
     llmq_jsonl_item_t *item = s_parse(
-        "{\"custom_id\":\"a1\",\"method\":\"POST\",\"url\":\"/v1/chat/completions\","
+        "{\"custom_id\":\"a1\",\"method\":\"POST\",\"url\":\"/v1/chat/"
+        "completions\","
         "\"body\":{\"model\":\"gpt-4o-mini\",\"messages\":[{\"role\":\"user\","
-        "\"content\":\"hi\"}]}}\n", 1);
+        "\"content\":\"hi\"}]}}\n",
+        1);
     CHECK(item && !item->error && streq(item->custom_id, "a1"));
     CHECK(item->op == LLMQ_OP_CHAT && streq(item->model, "gpt-4o-mini"));
     CHECK(cJSON_IsArray(cJSON_GetObjectItem(item->body, "messages")));
     llmq_jsonl_item_destroy(&item);
     item = s_parse("{\"custom_id\":\"e\",\"url\":\"/v1/embeddings\",\"body\":"
-                   "{\"input\":\"x\"}}", 2);
-    CHECK(item && !item->error && item->op == LLMQ_OP_EMBEDDING && !item->model);
+                   "{\"input\":\"x\"}}",
+                   2);
+    CHECK(item && !item->error && item->op == LLMQ_OP_EMBEDDING &&
+          !item->model);
     llmq_jsonl_item_destroy(&item);
-    item = s_parse("{\"url\":\"/v1/completions\",\"body\":{\"prompt\":\"x\"}}\r\n", 7);
+    item = s_parse(
+        "{\"url\":\"/v1/completions\",\"body\":{\"prompt\":\"x\"}}\r\n", 7);
     CHECK(item && !item->error && item->op == LLMQ_OP_COMPLETION);
     CHECK(streq(item->custom_id, "line-7"));
     llmq_jsonl_item_destroy(&item);
     //  Prompt lines, messages lines, plain text.
-    item = s_parse("{\"prompt\":\"Why?\",\"max_tokens\":5,\"system\":\"be brief\"}", 3);
+    item = s_parse(
+        "{\"prompt\":\"Why?\",\"max_tokens\":5,\"system\":\"be brief\"}", 3);
     CHECK(item && !item->error && streq(item->custom_id, "line-3"));
     cJSON *messages = cJSON_GetObjectItem(item->body, "messages");
     CHECK(cJSON_GetArraySize(messages) == 2);
-    CHECK(streq(cJSON_GetObjectItem(cJSON_GetArrayItem(messages, 1), "content")->valuestring,
+    CHECK(streq(cJSON_GetObjectItem(cJSON_GetArrayItem(messages, 1), "content")
+                    ->valuestring,
                 "Why?"));
     CHECK(cJSON_GetObjectItem(item->body, "max_tokens")->valueint == 5);
     llmq_jsonl_item_destroy(&item);
-    item = s_parse("{\"custom_id\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"q\"}]}", 4);
+    item = s_parse("{\"custom_id\":\"m\",\"messages\":[{\"role\":\"user\","
+                   "\"content\":\"q\"}]}",
+                   4);
     CHECK(item && !item->error && streq(item->custom_id, "m"));
     CHECK(!cJSON_HasObjectItem(item->body, "custom_id"));
     llmq_jsonl_item_destroy(&item);
     item = s_parse("What is 2+2?\n", 5);
     CHECK(item && !item->error && streq(item->custom_id, "line-5"));
     messages = cJSON_GetObjectItem(item->body, "messages");
-    CHECK(streq(cJSON_GetObjectItem(cJSON_GetArrayItem(messages, 0), "content")->valuestring,
+    CHECK(streq(cJSON_GetObjectItem(cJSON_GetArrayItem(messages, 0), "content")
+                    ->valuestring,
                 "What is 2+2?"));
     llmq_jsonl_item_destroy(&item);
     //  Bad lines become items with an error, never a crash.
@@ -617,7 +605,7 @@ llmq_jsonl_test(bool verbose)
         "{\"prompt\":\"x\",\"model\":7}",
         NULL};
     for (int i = 0; bad[i]; i++) {
-        item = s_parse(bad[i], 10 + (size_t) i);
+        item = s_parse(bad[i], 10 + (size_t)i);
         CHECK(item && item->error && !item->body);
         if (item && !item->error)
             fprintf(stderr, "accepted: %s\n", bad[i]);
@@ -636,16 +624,23 @@ llmq_jsonl_test(bool verbose)
     CHECK(json && cJSON_IsNull(cJSON_GetObjectItem(json, "error")));
     cJSON *response = cJSON_GetObjectItem(json, "response");
     CHECK(cJSON_GetObjectItem(response, "status_code")->valueint == 200);
-    CHECK(streq(cJSON_GetObjectItem(response, "request_id")->valuestring, "chatcmpl-1"));
-    CHECK(strncmp(cJSON_GetObjectItem(json, "id")->valuestring, "batch_req_", 10) == 0);
+    CHECK(streq(cJSON_GetObjectItem(response, "request_id")->valuestring,
+                "chatcmpl-1"));
+    CHECK(strncmp(cJSON_GetObjectItem(json, "id")->valuestring, "batch_req_",
+                  10) == 0);
     cJSON_Delete(json);
     cJSON_Delete(body);
     free(line);
-    line = llmq_jsonl_error_line("b2", "r9", "invalid_request", "bad \"thing\"", 400);
+    line = llmq_jsonl_error_line("b2", "r9", "invalid_request", "bad \"thing\"",
+                                 400);
     json = cJSON_Parse(line);
-    CHECK(json && streq(cJSON_GetObjectItem(cJSON_GetObjectItem(json, "error"), "code")->valuestring,
-                        "invalid_request"));
-    CHECK(cJSON_GetObjectItem(cJSON_GetObjectItem(json, "response"), "status_code")->valueint == 400);
+    CHECK(json &&
+          streq(cJSON_GetObjectItem(cJSON_GetObjectItem(json, "error"), "code")
+                    ->valuestring,
+                "invalid_request"));
+    CHECK(cJSON_GetObjectItem(cJSON_GetObjectItem(json, "response"),
+                              "status_code")
+              ->valueint == 400);
     cJSON_Delete(json);
     free(line);
     line = llmq_jsonl_error_line("c3", NULL, "timeout", "gone", 0);
@@ -662,19 +657,22 @@ llmq_jsonl_test(bool verbose)
     llmq_jsonl_writer_t *writer = llmq_jsonl_writer_new(path);
     CHECK(writer);
     char *ok1 = llmq_jsonl_ok_line("x1", "r1", NULL);
-    char *err2 = llmq_jsonl_error_line("x2", "r2", "provider_error", "boom", 500);
+    char *err2 =
+        llmq_jsonl_error_line("x2", "r2", "provider_error", "boom", 500);
     char *ok3 = llmq_jsonl_ok_line("x3", "r3", NULL);
     llmq_jsonl_writer_write(writer, ok3);
     llmq_jsonl_writer_write(writer, err2);
     llmq_jsonl_writer_write(writer, "not json\n");
     llmq_jsonl_writer_write(writer, ok1);
-    llmq_jsonl_writer_write(writer, ok1);           //  duplicate: first wins
-    llmq_jsonl_writer_write(writer, "{\"id\":\"batch_req_1\",\"custom_id\":\"x4\",\"resp");
+    llmq_jsonl_writer_write(writer, ok1); //  duplicate: first wins
+    llmq_jsonl_writer_write(
+        writer, "{\"id\":\"batch_req_1\",\"custom_id\":\"x4\",\"resp");
     CHECK(llmq_jsonl_writer_sync(writer, 0) == 0);
     llmq_jsonl_writer_destroy(&writer);
     char err[256] = "";
     size_t dropped = 0;
-    zhashx_t *lines = llmq_jsonl_scan_output(path, false, &dropped, err, sizeof(err));
+    zhashx_t *lines =
+        llmq_jsonl_scan_output(path, false, &dropped, err, sizeof(err));
     CHECK(lines && zhashx_size(lines) == 3 && dropped == 3);
     CHECK(zhashx_lookup(lines, "x1") && zhashx_lookup(lines, "x2"));
     CHECK(!zhashx_lookup(lines, "x4"));
@@ -685,9 +683,9 @@ llmq_jsonl_test(bool verbose)
     //  Ordered rewrite: input order, then foreign lines.
     zlistx_t *items = zlistx_new();
     zlistx_set_destructor(items, s_item_destructor);
-    const char *order[] = {"x1", "x9", "x2", NULL};    //  x3 is foreign
+    const char *order[] = {"x1", "x9", "x2", NULL}; //  x3 is foreign
     for (int i = 0; order[i]; i++) {
-        item = s_parse("hello", (size_t) i + 1);
+        item = s_parse("hello", (size_t)i + 1);
         free(item->custom_id);
         item->custom_id = strdup(order[i]);
         zlistx_add_end(items, item);
@@ -714,29 +712,33 @@ llmq_jsonl_test(bool verbose)
     //  Input file with lazy bodies: blank lines skipped, bodies parsed on use.
     char in_path[] = "/tmp/llmq-jsonl-in-XXXXXX";
     fd = mkstemp(in_path);
-    const char *input = "first prompt\n\n   \n{\"custom_id\":\"c\",\"prompt\":\"p\"}\n{bad\nlast";
-    CHECK(write(fd, input, strlen(input)) == (ssize_t) strlen(input));
+    const char *input = "first prompt\n\n   "
+                        "\n{\"custom_id\":\"c\",\"prompt\":\"p\"}\n{bad\nlast";
+    CHECK(write(fd, input, strlen(input)) == (ssize_t)strlen(input));
     close(fd);
     items = llmq_jsonl_read_input(in_path, false, err, sizeof(err));
     CHECK(items && zlistx_size(items) == 4);
-    item = items ? (llmq_jsonl_item_t *) zlistx_first(items) : NULL;
-    CHECK(item && !item->body && item->line && streq(item->custom_id, "line-1"));
+    item = items ? (llmq_jsonl_item_t *)zlistx_first(items) : NULL;
+    CHECK(item && !item->body && item->line &&
+          streq(item->custom_id, "line-1"));
     CHECK(item && llmq_jsonl_item_body(item) && item->line);
-    item = items ? (llmq_jsonl_item_t *) zlistx_next(items) : NULL;
+    item = items ? (llmq_jsonl_item_t *)zlistx_next(items) : NULL;
     CHECK(item && streq(item->custom_id, "c") && item->line_no == 4);
-    item = items ? (llmq_jsonl_item_t *) zlistx_next(items) : NULL;
+    item = items ? (llmq_jsonl_item_t *)zlistx_next(items) : NULL;
     CHECK(item && item->error && !item->line && !llmq_jsonl_item_body(item));
-    item = items ? (llmq_jsonl_item_t *) zlistx_next(items) : NULL;
-    CHECK(item && streq(item->custom_id, "line-6") && llmq_jsonl_item_body(item));
+    item = items ? (llmq_jsonl_item_t *)zlistx_next(items) : NULL;
+    CHECK(item && streq(item->custom_id, "line-6") &&
+          llmq_jsonl_item_body(item));
     zlistx_destroy(&items);
     unlink(in_path);
 
     //  A missing output file is an empty table; a missing input is an error.
-    lines = llmq_jsonl_scan_output("/nonexistent/llmq/out.jsonl", false, &dropped,
-                                   err, sizeof(err));
+    lines = llmq_jsonl_scan_output("/nonexistent/llmq/out.jsonl", false,
+                                   &dropped, err, sizeof(err));
     CHECK(lines && zhashx_size(lines) == 0);
     zhashx_destroy(&lines);
-    CHECK(llmq_jsonl_read_input("/nonexistent/llmq/in.jsonl", false, err, sizeof(err)) == NULL);
+    CHECK(llmq_jsonl_read_input("/nonexistent/llmq/in.jsonl", false, err,
+                                sizeof(err)) == NULL);
     CHECK(strstr(err, "cannot open"));
 
     printf(failures ? "FAILED\n" : "OK\n");

@@ -35,14 +35,14 @@ extern "C" {
 #define LLMQ_JSONL_MAX_ID 512
 
 typedef struct {
-    size_t line_no;            /* 1-based line number in the input */
-    char *custom_id;           /* given or "line-<n>" */
-    llmq_op_t op;              /* from url, default chat */
-    char *model;               /* body.model, or NULL */
-    cJSON *body;               /* request body (owned), or NULL: error, or
-                                  not parsed yet (see line) */
-    char *line;                /* the raw line while body is not kept */
-    char *error;               /* why the line is unusable, or NULL */
+    size_t line_no;  /* 1-based line number in the input */
+    char *custom_id; /* given or "line-<n>" */
+    llmq_op_t op;    /* from url, default chat */
+    char *model;     /* body.model, or NULL */
+    cJSON *body;     /* request body (owned), or NULL: error, or
+                        not parsed yet (see line) */
+    char *line;      /* the raw line while body is not kept */
+    char *error;     /* why the line is unusable, or NULL */
 } llmq_jsonl_item_t;
 
 /*  Parse one input line (len bytes, no newline needed). Never NULL except
@@ -69,10 +69,10 @@ cJSON *llmq_jsonl_item_body(llmq_jsonl_item_t *self);
 char *llmq_jsonl_ok_line(const char *custom_id, const char *request_id,
                          const cJSON *body);
 char *llmq_jsonl_error_line(const char *custom_id, const char *request_id,
-                            const char *code, const char *message,
-                            int status);
+                            const char *code, const char *message, int status);
 /*  Output line for a client result. */
-char *llmq_jsonl_result_line(const char *custom_id, const llmq_result_t *result);
+char *llmq_jsonl_result_line(const char *custom_id,
+                             const llmq_result_t *result);
 
 /*  Resume: read an output file and keep its complete, valid lines (a
     partial last line, as a kill leaves, and unparsable lines are dropped;

@@ -32,17 +32,15 @@
 
 static volatile sig_atomic_t s_interrupted = 0;
 
-static void
-s_on_signal(int signum)
+static void s_on_signal(int signum)
 {
-    (void) signum;
+    (void)signum;
     s_interrupted = 1;
 }
 
 /*  Catch SIGINT/SIGTERM ourselves (not CZMQ's handler): blocking calls
     return EINTR and the command winds down, stopping its cluster. */
-static void
-s_install_signals(void)
+static void s_install_signals(void)
 {
     zsys_init();
     zsys_handler_set(NULL);
@@ -57,35 +55,51 @@ s_install_signals(void)
 
 /*  Options shared by the commands. */
 typedef struct {
-    const char *broker;        /* --broker, or NULL */
-    const char *model;         /* --model, or NULL */
-    const char *config;        /* --config, or NULL */
-    const char *provider;      /* --provider for the embedded cluster */
-    const char *base_url;      /* --base-url for the embedded cluster */
-    const char *output;        /* run: -o */
-    int workers;               /* embedded cluster workers */
-    int capacity;              /* embedded cluster per-worker capacity */
-    int sim_latency_ms;        /* embedded llmq-sim latency */
-    int concurrency;           /* run: window */
-    int max_attempts;          /* broker dispatch attempts */
-    int64_t deadline_ms;       /* per-request deadline */
-    int timeout_ms;            /* broker liveness */
-    int give_up_s;             /* fail when the broker is silent this long */
-    bool quiet;                /* no progress bar, no summary */
-    bool retry_failed;         /* run: redo error lines of OUT */
-    bool verbose;              /* log more, children's stderr through */
-    bool json;                 /* status: raw JSON */
-    bool no_stream;            /* chat: wait for the whole answer */
-    const char *system;        /* chat: system prompt */
-    int max_tokens;            /* chat: max_tokens */
+    const char *broker;   /* --broker, or NULL */
+    const char *model;    /* --model, or NULL */
+    const char *config;   /* --config, or NULL */
+    const char *provider; /* --provider for the embedded cluster */
+    const char *base_url; /* --base-url for the embedded cluster */
+    const char *output;   /* run: -o */
+    int workers;          /* embedded cluster workers */
+    int capacity;         /* embedded cluster per-worker capacity */
+    int sim_latency_ms;   /* embedded llmq-sim latency */
+    int concurrency;      /* run: window */
+    int max_attempts;     /* broker dispatch attempts */
+    int64_t deadline_ms;  /* per-request deadline */
+    int timeout_ms;       /* broker liveness */
+    int give_up_s;        /* fail when the broker is silent this long */
+    bool quiet;           /* no progress bar, no summary */
+    bool retry_failed;    /* run: redo error lines of OUT */
+    bool verbose;         /* log more, children's stderr through */
+    bool json;            /* status: raw JSON */
+    bool no_stream;       /* chat: wait for the whole answer */
+    const char *system;   /* chat: system prompt */
+    int max_tokens;       /* chat: max_tokens */
 } s_opts_t;
 
 enum {
-    OPT_BROKER = 1000, OPT_MODEL, OPT_CONFIG, OPT_PROVIDER, OPT_BASE_URL,
-    OPT_WORKERS, OPT_CAPACITY, OPT_SIM_LATENCY, OPT_CONCURRENCY,
-    OPT_MAX_ATTEMPTS, OPT_DEADLINE, OPT_TIMEOUT, OPT_GIVE_UP, OPT_QUIET,
-    OPT_RETRY_FAILED, OPT_VERBOSE, OPT_JSON, OPT_NO_STREAM, OPT_SYSTEM,
-    OPT_MAX_TOKENS, OPT_HELP
+    OPT_BROKER = 1000,
+    OPT_MODEL,
+    OPT_CONFIG,
+    OPT_PROVIDER,
+    OPT_BASE_URL,
+    OPT_WORKERS,
+    OPT_CAPACITY,
+    OPT_SIM_LATENCY,
+    OPT_CONCURRENCY,
+    OPT_MAX_ATTEMPTS,
+    OPT_DEADLINE,
+    OPT_TIMEOUT,
+    OPT_GIVE_UP,
+    OPT_QUIET,
+    OPT_RETRY_FAILED,
+    OPT_VERBOSE,
+    OPT_JSON,
+    OPT_NO_STREAM,
+    OPT_SYSTEM,
+    OPT_MAX_TOKENS,
+    OPT_HELP
 };
 
 static const struct option s_long_options[] = {
@@ -117,14 +131,16 @@ static const char *s_usage_main =
     "usage: llmq <command> [options]\n"
     "\n"
     "Commands:\n"
-    "  run IN.jsonl -o OUT.jsonl   run every line of IN through the broker, write OUT\n"
+    "  run IN.jsonl -o OUT.jsonl   run every line of IN through the broker, "
+    "write OUT\n"
     "  chat \"prompt\"               ask one question, stream the answer\n"
     "  status                      workers, queues and counters of a broker\n"
     "  ping                        check that a broker answers\n"
     "\n"
     "Options: llmq <command> --help.  llmq --version prints the version.\n"
-    "With no --broker (and no LLMQ_ENDPOINT), run and chat use the broker at\n"
-    LLMQ_DEFAULT_ENDPOINT " if one answers, else start an embedded local cluster\n"
+    "With no --broker (and no LLMQ_ENDPOINT), run and chat use the broker "
+    "at\n" LLMQ_DEFAULT_ENDPOINT
+    " if one answers, else start an embedded local cluster\n"
     "(broker + workers, and llmq-sim unless OPENAI_API_KEY is set).\n"
     "\n"
     "Exit codes: 0 ok; 1 some lines/requests failed; 2 usage or config error;\n"
@@ -132,54 +148,66 @@ static const char *s_usage_main =
 
 static const char *s_usage_cluster =
     "Broker and embedded cluster:\n"
-    "  --broker EP          broker frontend (default: $LLMQ_ENDPOINT, else "
-    LLMQ_DEFAULT_ENDPOINT "\n"
+    "  --broker EP          broker frontend (default: $LLMQ_ENDPOINT, "
+    "else " LLMQ_DEFAULT_ENDPOINT "\n"
     "                       if it answers, else an embedded local cluster)\n"
     "  --model M            model (default: the input's, else the cluster's:\n"
-    "                       gpt-4o-mini for openai, sim-model for the simulator)\n"
+    "                       gpt-4o-mini for openai, sim-model for the "
+    "simulator)\n"
     "  --workers N          embedded cluster: worker processes (default 4)\n"
     "  --capacity N         embedded cluster: requests in flight per worker\n"
     "  --provider P         embedded cluster: openai, anthropic, echo, sim\n"
-    "                       (default: openai if OPENAI_API_KEY is set, else sim)\n"
-    "  --base-url URL       embedded cluster: provider URL (default OPENAI_BASE_URL)\n"
-    "  --config FILE        embedded cluster: llmq-worker YAML config (provider,\n"
-    "                       base_url, models, limits, pricing; see examples/llmq.yaml)\n"
+    "                       (default: openai if OPENAI_API_KEY is set, else "
+    "sim)\n"
+    "  --base-url URL       embedded cluster: provider URL (default "
+    "OPENAI_BASE_URL)\n"
+    "  --config FILE        embedded cluster: llmq-worker YAML config "
+    "(provider,\n"
+    "                       base_url, models, limits, pricing; see "
+    "examples/llmq.yaml)\n"
     "  --sim-latency-ms N   embedded llmq-sim latency (default 50)\n"
     "  --timeout MS         broker liveness: reconnect and resend after MS of\n"
     "                       silence (default 3000)\n"
     "  --verbose            log reconnects; children's logs to stderr\n"
     "  --help               this help\n";
 
-static void
-s_help(const char *command)
+static void s_help(const char *command)
 {
     if (!command) {
         printf("%s", s_usage_main);
         return;
     }
     if (streq(command, "run")) {
-        printf("usage: llmq run IN.jsonl -o OUT.jsonl [options]\n\n"
-               "Input lines: OpenAI Batch API {custom_id, method, url, body} (url:\n"
-               "/v1/chat/completions, /v1/completions, /v1/embeddings), or {\"prompt\": ...},\n"
-               "or {\"messages\": [...]}, or plain text (one prompt per line). A missing\n"
-               "custom_id is \"line-<n>\". Output: OpenAI Batch output lines {id, custom_id,\n"
-               "response {status_code, request_id, body}, error}, appended as results\n"
-               "arrive, rewritten in input order at the end. A failed line is an error\n"
-               "line. Rerunning skips custom_ids already in OUT (resume).\n\n"
-               "Run options:\n"
-               "  -o, --output OUT     output file (required)\n"
-               "  --concurrency N      requests outstanding at once (default 64)\n"
-               "  --max-attempts N     broker dispatch attempts per request\n"
-               "  --deadline-ms N      per-request deadline\n"
-               "  --retry-failed       on resume, run error lines of OUT again\n"
-               "  --give-up S          exit 3 if the broker is silent S seconds\n"
-               "                       (default 300; 0: never)\n"
-               "  --quiet              no progress bar and no summary\n\n%s\n"
-               "Exit codes: 0 all lines ok; 1 some lines failed; 2 usage/config error;\n"
-               "3 broker unreachable or fatal; 130 interrupted (rerun to resume).\n",
-               s_usage_cluster);
-    }
-    else if (streq(command, "chat")) {
+        printf(
+            "usage: llmq run IN.jsonl -o OUT.jsonl [options]\n\n"
+            "Input lines: OpenAI Batch API {custom_id, method, url, body} "
+            "(url:\n"
+            "/v1/chat/completions, /v1/completions, /v1/embeddings), or "
+            "{\"prompt\": ...},\n"
+            "or {\"messages\": [...]}, or plain text (one prompt per line). A "
+            "missing\n"
+            "custom_id is \"line-<n>\". Output: OpenAI Batch output lines {id, "
+            "custom_id,\n"
+            "response {status_code, request_id, body}, error}, appended as "
+            "results\n"
+            "arrive, rewritten in input order at the end. A failed line is an "
+            "error\n"
+            "line. Rerunning skips custom_ids already in OUT (resume).\n\n"
+            "Run options:\n"
+            "  -o, --output OUT     output file (required)\n"
+            "  --concurrency N      requests outstanding at once (default 64)\n"
+            "  --max-attempts N     broker dispatch attempts per request\n"
+            "  --deadline-ms N      per-request deadline\n"
+            "  --retry-failed       on resume, run error lines of OUT again\n"
+            "  --give-up S          exit 3 if the broker is silent S seconds\n"
+            "                       (default 300; 0: never)\n"
+            "  --quiet              no progress bar and no summary\n\n%s\n"
+            "Exit codes: 0 all lines ok; 1 some lines failed; 2 usage/config "
+            "error;\n"
+            "3 broker unreachable or fatal; 130 interrupted (rerun to "
+            "resume).\n",
+            s_usage_cluster);
+    } else if (streq(command, "chat")) {
         printf("usage: llmq chat \"prompt\" [options]\n\n"
                "Streams the answer to stdout as it is generated.\n\n"
                "Chat options:\n"
@@ -187,43 +215,42 @@ s_help(const char *command)
                "  --max-tokens N       max_tokens\n"
                "  --no-stream          wait for the whole answer\n\n%s",
                s_usage_cluster);
-    }
-    else if (streq(command, "status")) {
+    } else if (streq(command, "status")) {
         printf("usage: llmq status [--broker EP] [--json]\n\n"
                "Prints the broker's workers, queues and counters as tables.\n"
                "  --broker EP          broker frontend (default %s)\n"
                "  --json               print the raw status JSON\n"
                "  --help               this help\n",
                LLMQ_DEFAULT_ENDPOINT);
-    }
-    else if (streq(command, "ping")) {
-        printf("usage: llmq ping [--broker EP] [--timeout MS]\n\n"
-               "Pings the broker; prints its name, version and the round trip.\n"
-               "Exit 0 if it answered, 3 if not.\n"
-               "  --broker EP          broker frontend (default %s)\n"
-               "  --timeout MS         how long to wait (default 3000)\n"
-               "  --help               this help\n",
-               LLMQ_DEFAULT_ENDPOINT);
+    } else if (streq(command, "ping")) {
+        printf(
+            "usage: llmq ping [--broker EP] [--timeout MS]\n\n"
+            "Pings the broker; prints its name, version and the round trip.\n"
+            "Exit 0 if it answered, 3 if not.\n"
+            "  --broker EP          broker frontend (default %s)\n"
+            "  --timeout MS         how long to wait (default 3000)\n"
+            "  --help               this help\n",
+            LLMQ_DEFAULT_ENDPOINT);
     }
 }
 
 /*  Parse a non-negative integer option; -1 on error. */
-static long
-s_number(const char *text, const char *name)
+static long s_number(const char *text, const char *name)
 {
     char *end = NULL;
     long value = strtol(text, &end, 10);
     if (!*text || *end || value < 0) {
-        fprintf(stderr, "llmq: %s wants a non-negative integer, not '%s'\n", name, text);
+        fprintf(stderr, "llmq: %s wants a non-negative integer, not '%s'\n",
+                name, text);
         return -1;
     }
     return value;
 }
 
 /*  Parse options for a command; positional arguments stay in argv from
-    *first_p on. Returns 0, 1 (help printed), or -1 (usage error). */
-static int
-s_parse(const char *command, int argc, char **argv, s_opts_t *opts, int *first_p)
+ *first_p on. Returns 0, 1 (help printed), or -1 (usage error). */
+static int s_parse(const char *command, int argc, char **argv, s_opts_t *opts,
+                   int *first_p)
 {
     optind = 1;
     opterr = 0;
@@ -231,41 +258,84 @@ s_parse(const char *command, int argc, char **argv, s_opts_t *opts, int *first_p
     while ((c = getopt_long(argc, argv, "o:hq", s_long_options, NULL)) != -1) {
         long n = 0;
         switch (c) {
-        case OPT_BROKER: opts->broker = optarg; break;
-        case OPT_MODEL: opts->model = optarg; break;
-        case OPT_CONFIG: opts->config = optarg; break;
-        case OPT_PROVIDER: opts->provider = optarg; break;
-        case OPT_BASE_URL: opts->base_url = optarg; break;
-        case 'o': opts->output = optarg; break;
-        case OPT_SYSTEM: opts->system = optarg; break;
+        case OPT_BROKER:
+            opts->broker = optarg;
+            break;
+        case OPT_MODEL:
+            opts->model = optarg;
+            break;
+        case OPT_CONFIG:
+            opts->config = optarg;
+            break;
+        case OPT_PROVIDER:
+            opts->provider = optarg;
+            break;
+        case OPT_BASE_URL:
+            opts->base_url = optarg;
+            break;
+        case 'o':
+            opts->output = optarg;
+            break;
+        case OPT_SYSTEM:
+            opts->system = optarg;
+            break;
         case OPT_QUIET:
-        case 'q': opts->quiet = true; break;
-        case OPT_RETRY_FAILED: opts->retry_failed = true; break;
-        case OPT_VERBOSE: opts->verbose = true; break;
-        case OPT_JSON: opts->json = true; break;
-        case OPT_NO_STREAM: opts->no_stream = true; break;
+        case 'q':
+            opts->quiet = true;
+            break;
+        case OPT_RETRY_FAILED:
+            opts->retry_failed = true;
+            break;
+        case OPT_VERBOSE:
+            opts->verbose = true;
+            break;
+        case OPT_JSON:
+            opts->json = true;
+            break;
+        case OPT_NO_STREAM:
+            opts->no_stream = true;
+            break;
         case OPT_HELP:
-        case 'h': s_help(command); return 1;
-        case OPT_WORKERS: case OPT_CAPACITY: case OPT_SIM_LATENCY:
-        case OPT_CONCURRENCY: case OPT_MAX_ATTEMPTS: case OPT_DEADLINE:
-        case OPT_TIMEOUT: case OPT_GIVE_UP: case OPT_MAX_TOKENS:
+        case 'h':
+            s_help(command);
+            return 1;
+        case OPT_WORKERS:
+        case OPT_CAPACITY:
+        case OPT_SIM_LATENCY:
+        case OPT_CONCURRENCY:
+        case OPT_MAX_ATTEMPTS:
+        case OPT_DEADLINE:
+        case OPT_TIMEOUT:
+        case OPT_GIVE_UP:
+        case OPT_MAX_TOKENS:
             if ((n = s_number(optarg, argv[optind - 1])) < 0)
                 return -1;
-            if (c == OPT_WORKERS) opts->workers = (int) n;
-            if (c == OPT_CAPACITY) opts->capacity = (int) n;
-            if (c == OPT_SIM_LATENCY) opts->sim_latency_ms = (int) n;
-            if (c == OPT_CONCURRENCY) opts->concurrency = (int) n;
-            if (c == OPT_MAX_ATTEMPTS) opts->max_attempts = (int) n;
-            if (c == OPT_DEADLINE) opts->deadline_ms = n;
-            if (c == OPT_TIMEOUT) opts->timeout_ms = (int) n;
-            if (c == OPT_GIVE_UP) opts->give_up_s = (int) n;
-            if (c == OPT_MAX_TOKENS) opts->max_tokens = (int) n;
+            if (c == OPT_WORKERS)
+                opts->workers = (int)n;
+            if (c == OPT_CAPACITY)
+                opts->capacity = (int)n;
+            if (c == OPT_SIM_LATENCY)
+                opts->sim_latency_ms = (int)n;
+            if (c == OPT_CONCURRENCY)
+                opts->concurrency = (int)n;
+            if (c == OPT_MAX_ATTEMPTS)
+                opts->max_attempts = (int)n;
+            if (c == OPT_DEADLINE)
+                opts->deadline_ms = n;
+            if (c == OPT_TIMEOUT)
+                opts->timeout_ms = (int)n;
+            if (c == OPT_GIVE_UP)
+                opts->give_up_s = (int)n;
+            if (c == OPT_MAX_TOKENS)
+                opts->max_tokens = (int)n;
             break;
         case ':':
-            fprintf(stderr, "llmq %s: option %s needs a value\n", command, argv[optind - 1]);
+            fprintf(stderr, "llmq %s: option %s needs a value\n", command,
+                    argv[optind - 1]);
             return -1;
         default:
-            fprintf(stderr, "llmq %s: unknown option '%s' (see llmq %s --help)\n",
+            fprintf(stderr,
+                    "llmq %s: unknown option '%s' (see llmq %s --help)\n",
                     command, argv[optind - 1], command);
             return -1;
         }
@@ -282,14 +352,13 @@ s_parse(const char *command, int argc, char **argv, s_opts_t *opts, int *first_p
 //  Connecting: the given broker, the default one, or an embedded cluster
 
 typedef struct {
-    llmq_client_t *client;     /* connected client */
-    llmq_cluster_t *cluster;   /* embedded cluster, or NULL */
-    char *model;               /* default model for lines without one */
-    bool simulated;            /* results come from llmq-sim */
+    llmq_client_t *client;   /* connected client */
+    llmq_cluster_t *cluster; /* embedded cluster, or NULL */
+    char *model;             /* default model for lines without one */
+    bool simulated;          /* results come from llmq-sim */
 } s_conn_t;
 
-static void
-s_conn_close(s_conn_t *conn)
+static void s_conn_close(s_conn_t *conn)
 {
     llmq_client_destroy(&conn->client);
     llmq_cluster_destroy(&conn->cluster);
@@ -299,16 +368,17 @@ s_conn_close(s_conn_t *conn)
 
 /*  Learn the default model and whether the provider is simulated from the
     broker's status: the first worker's first model. */
-static void
-s_learn_from_status(s_conn_t *conn)
+static void s_learn_from_status(s_conn_t *conn)
 {
     cJSON *status = llmq_client_status(conn->client, 2000);
     cJSON *worker = NULL;
-    cJSON_ArrayForEach(worker, cJSON_GetObjectItem(status, "workers")) {
+    cJSON_ArrayForEach(worker, cJSON_GetObjectItem(status, "workers"))
+    {
         cJSON *provider = cJSON_GetObjectItem(worker, "provider");
         if (cJSON_IsString(provider) && streq(provider->valuestring, "sim"))
             conn->simulated = true;
-        cJSON *model = cJSON_GetArrayItem(cJSON_GetObjectItem(worker, "models"), 0);
+        cJSON *model =
+            cJSON_GetArrayItem(cJSON_GetObjectItem(worker, "models"), 0);
         if (!conn->model && cJSON_IsString(model))
             conn->model = strdup(model->valuestring);
     }
@@ -317,9 +387,8 @@ s_learn_from_status(s_conn_t *conn)
 
 /*  Returns 0 or an exit code. allow_cluster: start one if no broker;
     models: the models the input names, for the cluster's workers. */
-static int
-s_connect(const s_opts_t *opts, s_conn_t *conn, bool allow_cluster,
-          const char *const *models, size_t models_count)
+static int s_connect(const s_opts_t *opts, s_conn_t *conn, bool allow_cluster,
+                     const char *const *models, size_t models_count)
 {
     const char *endpoint = opts->broker;
     if (!endpoint && getenv("LLMQ_ENDPOINT") && *getenv("LLMQ_ENDPOINT"))
@@ -360,8 +429,9 @@ s_connect(const s_opts_t *opts, s_conn_t *conn, bool allow_cluster,
         conn->simulated = llmq_cluster_simulated(conn->cluster);
         conn->model = strdup(llmq_cluster_model(conn->cluster));
         if (!opts->quiet)
-            fprintf(stderr, "llmq: started a local cluster: broker %s, %d workers, "
-                            "provider %s%s, model %s\n",
+            fprintf(stderr,
+                    "llmq: started a local cluster: broker %s, %d workers, "
+                    "provider %s%s, model %s\n",
                     endpoint, opts->workers > 0 ? opts->workers : 4,
                     llmq_cluster_provider(conn->cluster),
                     conn->simulated ? " (llmq-sim, SIMULATED results)" : "",
@@ -379,7 +449,8 @@ s_connect(const s_opts_t *opts, s_conn_t *conn, bool allow_cluster,
     if (llmq_client_ping(conn->client, wait, NULL) < 0) {
         if (s_interrupted)
             return EXIT_INTERRUPTED;
-        fprintf(stderr, "llmq: broker %s does not answer (waited %d ms)\n", endpoint, wait);
+        fprintf(stderr, "llmq: broker %s does not answer (waited %d ms)\n",
+                endpoint, wait);
         return EXIT_FATAL;
     }
     if (!conn->cluster)
@@ -402,22 +473,22 @@ s_connect(const s_opts_t *opts, s_conn_t *conn, bool allow_cluster,
 #define S_OVERLOADED_RETRIES 6
 
 typedef struct {
-    size_t index;              /* position in todo */
-    int64_t due;               /* zclock_mono() time to send it again */
+    size_t index; /* position in todo */
+    int64_t due;  /* zclock_mono() time to send it again */
 } s_retry_t;
 
-static void
-s_retry_destructor(void **item)
+static void s_retry_destructor(void **item)
 {
     free(*item);
     *item = NULL;
 }
 
-static int
-s_cmd_run(s_opts_t *opts, int argc, char **argv)
+static int s_cmd_run(s_opts_t *opts, int argc, char **argv)
 {
     if (argc != 1 || !opts->output) {
-        fprintf(stderr, "llmq run: need one input file and -o OUT (see llmq run --help)\n");
+        fprintf(
+            stderr,
+            "llmq run: need one input file and -o OUT (see llmq run --help)\n");
         return EXIT_USAGE;
     }
     const char *input = argv[0];
@@ -428,8 +499,8 @@ s_cmd_run(s_opts_t *opts, int argc, char **argv)
         return EXIT_USAGE;
     }
     size_t dropped = 0;
-    zhashx_t *lines = llmq_jsonl_scan_output(opts->output, opts->retry_failed, &dropped,
-                                             err, sizeof(err));
+    zhashx_t *lines = llmq_jsonl_scan_output(opts->output, opts->retry_failed,
+                                             &dropped, err, sizeof(err));
     if (!lines) {
         fprintf(stderr, "llmq run: %s\n", err);
         zlistx_destroy(&items);
@@ -437,38 +508,42 @@ s_cmd_run(s_opts_t *opts, int argc, char **argv)
     }
     //  A kill leaves a partial last line: rewrite OUT with the whole lines
     //  before appending to it.
-    if (dropped > 0 && llmq_jsonl_write_ordered(opts->output, items, lines) != 0) {
-        fprintf(stderr, "llmq run: cannot rewrite %s: %s\n", opts->output, strerror(errno));
+    if (dropped > 0 &&
+        llmq_jsonl_write_ordered(opts->output, items, lines) != 0) {
+        fprintf(stderr, "llmq run: cannot rewrite %s: %s\n", opts->output,
+                strerror(errno));
         zhashx_destroy(&lines);
         zlistx_destroy(&items);
         return EXIT_FATAL;
     }
 
     //  What is left to do: not in OUT yet, first occurrence of its custom_id.
-    size_t total_items = zlistx_size(items), resumed = 0, resumed_failed = 0, duplicates = 0;
-    llmq_jsonl_item_t **todo = (llmq_jsonl_item_t **) calloc(total_items + 1, sizeof(*todo));
+    size_t total_items = zlistx_size(items), resumed = 0, resumed_failed = 0,
+           duplicates = 0;
+    llmq_jsonl_item_t **todo =
+        (llmq_jsonl_item_t **)calloc(total_items + 1, sizeof(*todo));
     size_t todo_count = 0;
     zhashx_t *seen = zhashx_new();
-    llmq_jsonl_item_t *item = (llmq_jsonl_item_t *) zlistx_first(items);
+    llmq_jsonl_item_t *item = (llmq_jsonl_item_t *)zlistx_first(items);
     while (item) {
         if (zhashx_lookup(seen, item->custom_id)) {
             duplicates++;
-            fprintf(stderr, "llmq run: line %zu: duplicate custom_id '%s' skipped\n",
+            fprintf(stderr,
+                    "llmq run: line %zu: duplicate custom_id '%s' skipped\n",
                     item->line_no, item->custom_id);
-        }
-        else {
+        } else {
             zhashx_insert(seen, item->custom_id, item);
-            const char *line = (const char *) zhashx_lookup(lines, item->custom_id);
+            const char *line =
+                (const char *)zhashx_lookup(lines, item->custom_id);
             if (line) {
                 resumed++;
                 //  An error line kept by the resume is still a failed line.
                 if (!strstr(line, "\"error\":null"))
                     resumed_failed++;
-            }
-            else
+            } else
                 todo[todo_count++] = item;
         }
-        item = (llmq_jsonl_item_t *) zlistx_next(items);
+        item = (llmq_jsonl_item_t *)zlistx_next(items);
     }
     zhashx_destroy(&seen);
 
@@ -483,19 +558,21 @@ s_cmd_run(s_opts_t *opts, int argc, char **argv)
             if (todo[i]->model && zhashx_size(named) < 256)
                 zhashx_insert(named, todo[i]->model, todo[i]->model);
         size_t models_count = zhashx_size(named);
-        const char **models = (const char **) calloc(models_count + 1, sizeof(char *));
+        const char **models =
+            (const char **)calloc(models_count + 1, sizeof(char *));
         size_t m = 0;
-        for (const char *name = (const char *) zhashx_first(named); name && models;
-             name = (const char *) zhashx_next(named))
+        for (const char *name = (const char *)zhashx_first(named);
+             name && models; name = (const char *)zhashx_next(named))
             models[m++] = name;
         //  Can we write OUT? Find out before starting anything.
         writer = llmq_jsonl_writer_new(opts->output);
         if (!writer) {
-            fprintf(stderr, "llmq run: cannot write %s: %s\n", opts->output, strerror(errno));
+            fprintf(stderr, "llmq run: cannot write %s: %s\n", opts->output,
+                    strerror(errno));
             rc = EXIT_USAGE;
-        }
-        else
-            rc = s_connect(opts, &conn, true, models, models ? models_count : 0);
+        } else
+            rc =
+                s_connect(opts, &conn, true, models, models ? models_count : 0);
         free(models);
         zhashx_destroy(&named);
         if (rc != 0)
@@ -505,7 +582,7 @@ s_cmd_run(s_opts_t *opts, int argc, char **argv)
                                  !opts->quiet && isatty(STDERR_FILENO));
     if (todo_count > 0) {
         int window = opts->concurrency > 0 ? opts->concurrency : 64;
-        llmq_client_set_window(conn.client, (size_t) window);
+        llmq_client_set_window(conn.client, (size_t)window);
         int give_up_s = opts->give_up_s >= 0 ? opts->give_up_s : 300;
         llmq_client_set_give_up(conn.client, give_up_s * 1000);
         llmq_opts_t ropts = {0};
@@ -513,11 +590,12 @@ s_cmd_run(s_opts_t *opts, int argc, char **argv)
         ropts.deadline_ms = opts->deadline_ms;
         size_t next = 0, finished = 0, retried = 0;
         bool unreachable = false, cluster_died = false;
-        int dead_workers = 0, live_workers = opts->workers > 0 ? opts->workers : 4;
+        int dead_workers = 0,
+            live_workers = opts->workers > 0 ? opts->workers : 4;
         //  Lines answered `overloaded`, waiting to be sent again.
         zlistx_t *retries = zlistx_new();
         zlistx_set_destructor(retries, s_retry_destructor);
-        int *tries = (int *) calloc(todo_count, sizeof(int));
+        int *tries = (int *)calloc(todo_count, sizeof(int));
         //  The window in use: `window`, shrunk while the broker answers
         //  `overloaded` (congestion control, as TCP does: AIMD).
         double cwnd = window;
@@ -526,16 +604,16 @@ s_cmd_run(s_opts_t *opts, int argc, char **argv)
         while (finished < todo_count && !s_interrupted && !unreachable) {
             //  Fill the window: lines due for a retry first, then new ones.
             //  Lines that cannot be sent are answered here.
-            while (llmq_client_outstanding(conn.client) < (size_t) cwnd && !s_interrupted) {
+            while (llmq_client_outstanding(conn.client) < (size_t)cwnd &&
+                   !s_interrupted) {
                 size_t index;
-                s_retry_t *retry = (s_retry_t *) zlistx_first(retries);
+                s_retry_t *retry = (s_retry_t *)zlistx_first(retries);
                 while (retry && retry->due > zclock_mono())
-                    retry = (s_retry_t *) zlistx_next(retries);
+                    retry = (s_retry_t *)zlistx_next(retries);
                 if (retry) {
                     index = retry->index;
                     zlistx_delete(retries, zlistx_cursor(retries));
-                }
-                else if (next < todo_count)
+                } else if (next < todo_count)
                     index = next++;
                 else
                     break;
@@ -543,14 +621,15 @@ s_cmd_run(s_opts_t *opts, int argc, char **argv)
                 char *line = NULL;
                 cJSON *body = item->error ? NULL : llmq_jsonl_item_body(item);
                 if (body) {
-                    const char *model = opts->model ? opts->model
+                    const char *model = opts->model   ? opts->model
                                         : item->model ? item->model
                                                       : conn.model;
                     //  The body names the model the broker routes on.
                     cJSON_DeleteItemFromObject(body, "model");
                     cJSON_AddStringToObject(body, "model", model);
-                    int rc_submit = llmq_client_submit(conn.client, item->op, model, body,
-                                                       &ropts, &todo[index]);
+                    int rc_submit =
+                        llmq_client_submit(conn.client, item->op, model, body,
+                                           &ropts, &todo[index]);
                     //  The client keeps its own copy: free the tree now.
                     cJSON_Delete(item->body);
                     item->body = NULL;
@@ -558,39 +637,41 @@ s_cmd_run(s_opts_t *opts, int argc, char **argv)
                         continue;
                     if (s_interrupted)
                         break;
-                    line = llmq_jsonl_error_line(item->custom_id, NULL, "invalid_request",
-                                                 "request body could not be encoded", 0);
-                }
-                else
-                    line = llmq_jsonl_error_line(item->custom_id, NULL, "invalid_request",
-                                                 item->error ? item->error : "out of memory",
-                                                 0);
+                    line = llmq_jsonl_error_line(
+                        item->custom_id, NULL, "invalid_request",
+                        "request body could not be encoded", 0);
+                } else
+                    line = llmq_jsonl_error_line(
+                        item->custom_id, NULL, "invalid_request",
+                        item->error ? item->error : "out of memory", 0);
                 llmq_jsonl_writer_write(writer, line);
                 zhashx_update(lines, item->custom_id, line);
                 llmq_progress_add(progress, NULL);
                 finished++;
             }
-            if (llmq_client_outstanding(conn.client) == 0 && zlistx_size(retries) > 0) {
+            if (llmq_client_outstanding(conn.client) == 0 &&
+                zlistx_size(retries) > 0) {
                 //  Only backed-off retries are left: wait for the first.
                 zclock_sleep(50);
                 continue;
             }
             llmq_result_t *result = llmq_client_poll(conn.client, 100);
             while (result) {
-                size_t index = (size_t) ((llmq_jsonl_item_t **) result->arg - todo);
+                size_t index =
+                    (size_t)((llmq_jsonl_item_t **)result->arg - todo);
                 item = todo[index];
-                if (!result->ok && streq(result->error_code, "timeout")
-                    && result->error_message
-                    && streq(result->error_message, "broker unreachable")) {
+                if (!result->ok && streq(result->error_code, "timeout") &&
+                    result->error_message &&
+                    streq(result->error_message, "broker unreachable")) {
                     //  Not the line's fault: leave it out of OUT so a rerun
                     //  runs it.
                     unreachable = true;
-                }
-                else if (!result->ok && streq(result->error_code, "overloaded")
-                         && tries[index] < S_OVERLOADED_RETRIES) {
+                } else if (!result->ok &&
+                           streq(result->error_code, "overloaded") &&
+                           tries[index] < S_OVERLOADED_RETRIES) {
                     //  No room right now (a full queue): a capacity problem,
                     //  not the line's. Try again later, backing off.
-                    s_retry_t *again = (s_retry_t *) calloc(1, sizeof(*again));
+                    s_retry_t *again = (s_retry_t *)calloc(1, sizeof(*again));
                     //  Fewer in flight (halve at most every 250 ms) and a
                     //  jittered backoff, so retries do not come back as
                     //  one herd.
@@ -599,16 +680,17 @@ s_cmd_run(s_opts_t *opts, int argc, char **argv)
                         last_cut = zclock_mono();
                     }
                     if (again) {
-                        int64_t delay = (int64_t) 250 << tries[index];
+                        int64_t delay = (int64_t)250 << tries[index];
                         again->index = index;
-                        again->due = zclock_mono() + delay / 2 + randof((int) (delay / 2) + 1);
+                        again->due = zclock_mono() + delay / 2 +
+                                     randof((int)(delay / 2) + 1);
                         zlistx_add_end(retries, again);
                         tries[index]++;
                         retried++;
                     }
-                }
-                else {
-                    char *line = llmq_jsonl_result_line(item->custom_id, result);
+                } else {
+                    char *line =
+                        llmq_jsonl_result_line(item->custom_id, result);
                     if (line) {
                         llmq_jsonl_writer_write(writer, line);
                         zhashx_update(lines, item->custom_id, line);
@@ -627,12 +709,15 @@ s_cmd_run(s_opts_t *opts, int argc, char **argv)
             //  An embedded cluster nobody restarts: a dead broker or sim
             //  ends the run (OUT stays resumable); a dead worker leaves
             //  the others to carry on.
-            const char *dead = conn.cluster ? llmq_cluster_dead(conn.cluster) : NULL;
+            const char *dead =
+                conn.cluster ? llmq_cluster_dead(conn.cluster) : NULL;
             if (dead) {
                 llmq_progress_clear(progress);
-                fprintf(stderr, "llmq run: the local cluster's %s exited (logs: %s)\n", dead,
-                        llmq_cluster_log_dir(conn.cluster));
-                if (!strncmp(dead, "worker", 6) && ++dead_workers < live_workers)
+                fprintf(stderr,
+                        "llmq run: the local cluster's %s exited (logs: %s)\n",
+                        dead, llmq_cluster_log_dir(conn.cluster));
+                if (!strncmp(dead, "worker", 6) &&
+                    ++dead_workers < live_workers)
                     llmq_progress_note(progress, "a local worker exited");
                 else {
                     unreachable = true;
@@ -643,7 +728,8 @@ s_cmd_run(s_opts_t *opts, int argc, char **argv)
             llmq_client_stats(conn.client, &stats);
             if (stats.reconnects != reconnects) {
                 reconnects = stats.reconnects;
-                llmq_progress_note(progress, "broker silent: reconnected, resent");
+                llmq_progress_note(progress,
+                                   "broker silent: reconnected, resent");
             }
             llmq_jsonl_writer_sync(writer, 1000);
             llmq_progress_draw(progress, false);
@@ -651,36 +737,46 @@ s_cmd_run(s_opts_t *opts, int argc, char **argv)
         zlistx_destroy(&retries);
         free(tries);
         if (retried && opts->verbose)
-            fprintf(stderr, "llmq run: %zu overloaded answers retried\n", retried);
+            fprintf(stderr, "llmq run: %zu overloaded answers retried\n",
+                    retried);
         if (unreachable) {
             llmq_progress_clear(progress);
             if (cluster_died)
-                fprintf(stderr, "llmq run: stopping; rerun the same command to resume\n");
+                fprintf(
+                    stderr,
+                    "llmq run: stopping; rerun the same command to resume\n");
             else
-                fprintf(stderr, "llmq run: broker silent for %d s, giving up; rerun the "
-                                "same command to resume\n", give_up_s);
+                fprintf(
+                    stderr,
+                    "llmq run: broker silent for %d s, giving up; rerun the "
+                    "same command to resume\n",
+                    give_up_s);
             rc = EXIT_FATAL;
         }
         if (s_interrupted) {
             llmq_progress_clear(progress);
-            fprintf(stderr, "llmq run: interrupted; %s holds the finished lines, rerun "
-                            "the same command to resume\n", opts->output);
+            fprintf(stderr,
+                    "llmq run: interrupted; %s holds the finished lines, rerun "
+                    "the same command to resume\n",
+                    opts->output);
             rc = EXIT_INTERRUPTED;
         }
     }
     llmq_jsonl_writer_destroy(&writer);
     //  The final file: whole lines in input order, atomically replaced.
     if (llmq_jsonl_write_ordered(opts->output, items, lines) != 0) {
-        fprintf(stderr, "llmq run: cannot rewrite %s in order: %s\n", opts->output,
-                strerror(errno));
+        fprintf(stderr, "llmq run: cannot rewrite %s in order: %s\n",
+                opts->output, strerror(errno));
         rc = EXIT_FATAL;
     }
-    size_t failed = llmq_progress_failed(progress) + duplicates + resumed_failed;
+    size_t failed =
+        llmq_progress_failed(progress) + duplicates + resumed_failed;
     if (!opts->quiet)
         llmq_progress_summary(progress, stdout, opts->output,
-                              conn.simulated ? "SIMULATED results (llmq-sim): no real "
-                                               "model was called"
-                                             : NULL);
+                              conn.simulated
+                                  ? "SIMULATED results (llmq-sim): no real "
+                                    "model was called"
+                                  : NULL);
     if (rc == EXIT_OK && failed > 0)
         rc = EXIT_FAILED_LINES;
 
@@ -697,18 +793,17 @@ done:
 //  --------------------------------------------------------------------------
 //  llmq chat
 
-static void
-s_print_chunk(const char *id, const cJSON *chunk, const char *delta, void *arg)
+static void s_print_chunk(const char *id, const cJSON *chunk, const char *delta,
+                          void *arg)
 {
-    (void) id;
-    (void) chunk;
-    *(bool *) arg = true;
+    (void)id;
+    (void)chunk;
+    *(bool *)arg = true;
     fputs(delta, stdout);
     fflush(stdout);
 }
 
-static int
-s_cmd_chat(s_opts_t *opts, int argc, char **argv)
+static int s_cmd_chat(s_opts_t *opts, int argc, char **argv)
 {
     if (argc < 1) {
         fprintf(stderr, "llmq chat: need a prompt (see llmq chat --help)\n");
@@ -718,13 +813,13 @@ s_cmd_chat(s_opts_t *opts, int argc, char **argv)
     size_t size = 1;
     for (int i = 0; i < argc; i++)
         size += strlen(argv[i]) + 1;
-    char *prompt = (char *) calloc(1, size);
+    char *prompt = (char *)calloc(1, size);
     for (int i = 0; i < argc; i++) {
         if (i)
             strcat(prompt, " ");
         strcat(prompt, argv[i]);
     }
-    opts->quiet = true;     //  no cluster banner in the middle of an answer
+    opts->quiet = true; //  no cluster banner in the middle of an answer
     s_conn_t conn = {0};
     int rc = s_connect(opts, &conn, true, NULL, 0);
     if (rc != 0) {
@@ -732,7 +827,8 @@ s_cmd_chat(s_opts_t *opts, int argc, char **argv)
         s_conn_close(&conn);
         return rc;
     }
-    llmq_client_set_give_up(conn.client, (opts->give_up_s > 0 ? opts->give_up_s : 60) * 1000);
+    llmq_client_set_give_up(
+        conn.client, (opts->give_up_s > 0 ? opts->give_up_s : 60) * 1000);
     cJSON *body = cJSON_CreateObject();
     cJSON_AddStringToObject(body, "model", conn.model);
     cJSON *messages = cJSON_AddArrayToObject(body, "messages");
@@ -749,10 +845,11 @@ s_cmd_chat(s_opts_t *opts, int argc, char **argv)
     if (opts->max_tokens > 0)
         cJSON_AddNumberToObject(body, "max_tokens", opts->max_tokens);
     bool streamed = false;
-    llmq_result_t *result = opts->no_stream
-                                ? llmq_infer(conn.client, LLMQ_OP_CHAT, conn.model, body, NULL)
-                                : llmq_stream(conn.client, conn.model, body, s_print_chunk,
-                                              &streamed);
+    llmq_result_t *result =
+        opts->no_stream
+            ? llmq_infer(conn.client, LLMQ_OP_CHAT, conn.model, body, NULL)
+            : llmq_stream(conn.client, conn.model, body, s_print_chunk,
+                          &streamed);
     if (!result)
         rc = s_interrupted ? EXIT_INTERRUPTED : EXIT_FATAL;
     else if (!result->ok) {
@@ -760,18 +857,19 @@ s_cmd_chat(s_opts_t *opts, int argc, char **argv)
             printf("\n");
         fprintf(stderr, "llmq chat: %s: %s\n", result->error_code,
                 result->error_message ? result->error_message : "");
-        rc = streq(result->error_code, "timeout") ? EXIT_FATAL : EXIT_FAILED_LINES;
-    }
-    else {
+        rc = streq(result->error_code, "timeout") ? EXIT_FATAL
+                                                  : EXIT_FAILED_LINES;
+    } else {
         if (!streamed) {
             const char *text = llmq_result_text(result);
             fputs(text ? text : "", stdout);
         }
         printf("\n");
         if (opts->verbose || conn.simulated)
-            fprintf(stderr, "[%s on %s, %" PRId64 " tokens, $%.6f, %" PRId64 " ms%s]\n",
-                    conn.model, result->worker ? result->worker : "?", result->total_tokens,
-                    result->cost_usd, result->elapsed_ms,
+            fprintf(stderr,
+                    "[%s on %s, %" PRId64 " tokens, $%.6f, %" PRId64 " ms%s]\n",
+                    conn.model, result->worker ? result->worker : "?",
+                    result->total_tokens, result->cost_usd, result->elapsed_ms,
                     conn.simulated ? ", SIMULATED by llmq-sim" : "");
     }
     llmq_result_destroy(&result);
@@ -784,8 +882,7 @@ s_cmd_chat(s_opts_t *opts, int argc, char **argv)
 //  --------------------------------------------------------------------------
 //  llmq status and ping
 
-static const char *
-s_json_text(cJSON *value, char *buffer, size_t size)
+static const char *s_json_text(cJSON *value, char *buffer, size_t size)
 {
     buffer[0] = 0;
     if (cJSON_IsString(value))
@@ -793,24 +890,24 @@ s_json_text(cJSON *value, char *buffer, size_t size)
     else if (cJSON_IsBool(value))
         snprintf(buffer, size, "%s", cJSON_IsTrue(value) ? "yes" : "no");
     else if (cJSON_IsNumber(value)) {
-        if (value->valuedouble == (double) (int64_t) value->valuedouble)
-            snprintf(buffer, size, "%" PRId64, (int64_t) value->valuedouble);
+        if (value->valuedouble == (double)(int64_t)value->valuedouble)
+            snprintf(buffer, size, "%" PRId64, (int64_t)value->valuedouble);
         else
             snprintf(buffer, size, "%.3f", value->valuedouble);
-    }
-    else if (cJSON_IsArray(value)) {
+    } else if (cJSON_IsArray(value)) {
         cJSON *item;
         size_t used = 0;
-        cJSON_ArrayForEach(item, value) {
+        cJSON_ArrayForEach(item, value)
+        {
             char part[128];
             s_json_text(item, part, sizeof(part));
-            used += (size_t) snprintf(buffer + used, used < size ? size - used : 0, "%s%s",
-                                      used ? "," : "", part);
+            used +=
+                (size_t)snprintf(buffer + used, used < size ? size - used : 0,
+                                 "%s%s", used ? "," : "", part);
             if (used >= size)
                 break;
         }
-    }
-    else if (value && !cJSON_IsNull(value)) {
+    } else if (value && !cJSON_IsNull(value)) {
         char *text = cJSON_PrintUnformatted(value);
         snprintf(buffer, size, "%s", text ? text : "");
         free(text);
@@ -819,24 +916,23 @@ s_json_text(cJSON *value, char *buffer, size_t size)
 }
 
 /*  Print an array of objects as a table with the given columns. */
-static void
-s_table(const char *title, cJSON *rows, const char *const *columns)
+static void s_table(const char *title, cJSON *rows, const char *const *columns)
 {
     int ncol = 0;
     while (columns[ncol])
         ncol++;
     int width[16] = {0};
     for (int c = 0; c < ncol; c++)
-        width[c] = (int) strlen(columns[c]);
+        width[c] = (int)strlen(columns[c]);
     char cell[256];
     cJSON *row;
-    cJSON_ArrayForEach(row, rows)
-        for (int c = 0; c < ncol; c++) {
-            int len = (int) strlen(s_json_text(cJSON_GetObjectItem(row, columns[c]), cell,
-                                               sizeof(cell)));
-            if (len > width[c])
-                width[c] = len > 40 ? 40 : len;
-        }
+    cJSON_ArrayForEach(row, rows) for (int c = 0; c < ncol; c++)
+    {
+        int len = (int)strlen(s_json_text(cJSON_GetObjectItem(row, columns[c]),
+                                          cell, sizeof(cell)));
+        if (len > width[c])
+            width[c] = len > 40 ? 40 : len;
+    }
     printf("%s (%d)\n", title, cJSON_GetArraySize(rows));
     if (cJSON_GetArraySize(rows) == 0) {
         printf("  (none)\n\n");
@@ -847,22 +943,23 @@ s_table(const char *title, cJSON *rows, const char *const *columns)
         char upper[64];
         snprintf(upper, sizeof(upper), "%s", columns[c]);
         for (char *p = upper; *p; p++)
-            *p = (char) (*p == '_' ? '-' : toupper((unsigned char) *p));
+            *p = (char)(*p == '_' ? '-' : toupper((unsigned char)*p));
         printf(" %-*s", width[c], upper);
     }
     printf("\n");
-    cJSON_ArrayForEach(row, rows) {
+    cJSON_ArrayForEach(row, rows)
+    {
         printf(" ");
         for (int c = 0; c < ncol; c++)
             printf(" %-*.*s", width[c], width[c],
-                   s_json_text(cJSON_GetObjectItem(row, columns[c]), cell, sizeof(cell)));
+                   s_json_text(cJSON_GetObjectItem(row, columns[c]), cell,
+                               sizeof(cell)));
         printf("\n");
     }
     printf("\n");
 }
 
-static int
-s_cmd_status(s_opts_t *opts)
+static int s_cmd_status(s_opts_t *opts)
 {
     s_conn_t conn = {0};
     opts->quiet = true;
@@ -882,20 +979,22 @@ s_cmd_status(s_opts_t *opts)
         char *text = cJSON_Print(status);
         printf("%s\n", text);
         free(text);
-    }
-    else {
+    } else {
         char buffer[256];
-        printf("broker %s", s_json_text(cJSON_GetObjectItem(status, "broker"), buffer,
-                                        sizeof(buffer)));
-        printf(" version %s", s_json_text(cJSON_GetObjectItem(status, "version"), buffer,
-                                          sizeof(buffer)));
+        printf("broker %s", s_json_text(cJSON_GetObjectItem(status, "broker"),
+                                        buffer, sizeof(buffer)));
+        printf(" version %s",
+               s_json_text(cJSON_GetObjectItem(status, "version"), buffer,
+                           sizeof(buffer)));
         cJSON *uptime = cJSON_GetObjectItem(status, "uptime_ms");
         if (cJSON_IsNumber(uptime))
             printf(", up %.1f s", uptime->valuedouble / 1000.0);
         printf(" at %s\n\n", llmq_client_endpoint(conn.client));
-        const char *worker_columns[] = {"name", "pool", "provider", "models", "capacity",
-                                        "credit", "in_flight", "healthy", NULL};
-        s_table("workers", cJSON_GetObjectItem(status, "workers"), worker_columns);
+        const char *worker_columns[] = {"name",      "pool",     "provider",
+                                        "models",    "capacity", "credit",
+                                        "in_flight", "healthy",  NULL};
+        s_table("workers", cJSON_GetObjectItem(status, "workers"),
+                worker_columns);
         const char *queue_columns[] = {"model", "pool", "depth", NULL};
         s_table("queues", cJSON_GetObjectItem(status, "queues"), queue_columns);
         cJSON *counters = cJSON_GetObjectItem(status, "counters");
@@ -910,38 +1009,39 @@ s_cmd_status(s_opts_t *opts)
     return EXIT_OK;
 }
 
-static int
-s_cmd_ping(s_opts_t *opts)
+static int s_cmd_ping(s_opts_t *opts)
 {
-    const char *endpoint = opts->broker ? opts->broker
+    const char *endpoint = opts->broker              ? opts->broker
                            : getenv("LLMQ_ENDPOINT") ? getenv("LLMQ_ENDPOINT")
-                                                   : LLMQ_DEFAULT_ENDPOINT;
+                                                     : LLMQ_DEFAULT_ENDPOINT;
     llmq_client_t *client = llmq_client_new(endpoint);
     if (!client) {
         fprintf(stderr, "llmq ping: bad endpoint '%s'\n", endpoint);
         return EXIT_USAGE;
     }
     char *version = NULL;
-    int ms = llmq_client_ping(client, opts->timeout_ms > 0 ? opts->timeout_ms : 3000, &version);
+    int ms = llmq_client_ping(
+        client, opts->timeout_ms > 0 ? opts->timeout_ms : 3000, &version);
     llmq_client_destroy(&client);
     if (ms < 0) {
         fprintf(stderr, "llmq ping: no answer from %s\n", endpoint);
         return s_interrupted ? EXIT_INTERRUPTED : EXIT_FATAL;
     }
-    printf("pong from %s (%s) in %d ms\n", endpoint, version ? version : "?", ms);
+    printf("pong from %s (%s) in %d ms\n", endpoint, version ? version : "?",
+           ms);
     free(version);
     return EXIT_OK;
 }
 
-int
-main(int argc, char **argv)
+int main(int argc, char **argv)
 {
     if (argc < 2) {
         fprintf(stderr, "%s", s_usage_main);
         return EXIT_USAGE;
     }
     const char *command = argv[1];
-    if (streq(command, "--help") || streq(command, "-h") || streq(command, "help")) {
+    if (streq(command, "--help") || streq(command, "-h") ||
+        streq(command, "help")) {
         s_help(argc > 2 ? argv[2] : NULL);
         return EXIT_OK;
     }
@@ -949,9 +1049,10 @@ main(int argc, char **argv)
         printf("llmq %s\n", LLMQ_VERSION_STRING);
         return EXIT_OK;
     }
-    if (!streq(command, "run") && !streq(command, "chat") && !streq(command, "status")
-        && !streq(command, "ping")) {
-        fprintf(stderr, "llmq: unknown command '%s'\n\n%s", command, s_usage_main);
+    if (!streq(command, "run") && !streq(command, "chat") &&
+        !streq(command, "status") && !streq(command, "ping")) {
+        fprintf(stderr, "llmq: unknown command '%s'\n\n%s", command,
+                s_usage_main);
         return EXIT_USAGE;
     }
     s_opts_t opts = {0};
@@ -971,7 +1072,8 @@ main(int argc, char **argv)
         rc = rest ? EXIT_USAGE : s_cmd_status(&opts);
     else
         rc = rest ? EXIT_USAGE : s_cmd_ping(&opts);
-    if (rc == EXIT_USAGE && rest && (streq(command, "status") || streq(command, "ping")))
+    if (rc == EXIT_USAGE && rest &&
+        (streq(command, "status") || streq(command, "ping")))
         fprintf(stderr, "llmq %s: takes no arguments\n", command);
     return rc;
 }

@@ -47,9 +47,9 @@ extern "C" {
 
 /*  Defaults. */
 #define LLMQ_DEFAULT_ENDPOINT "tcp://127.0.0.1:5555"
-#define LLMQ_CLIENT_WINDOW 256          /* outstanding requests */
-#define LLMQ_CLIENT_HEARTBEAT_MS 1000   /* ping when silent this long */
-#define LLMQ_CLIENT_TIMEOUT_MS 3000     /* broker dead when silent this long */
+#define LLMQ_CLIENT_WINDOW 256        /* outstanding requests */
+#define LLMQ_CLIENT_HEARTBEAT_MS 1000 /* ping when silent this long */
+#define LLMQ_CLIENT_TIMEOUT_MS 3000   /* broker dead when silent this long */
 
 typedef enum {
     LLMQ_OP_CHAT = 0,
@@ -59,26 +59,26 @@ typedef enum {
 
 /*  One finished request. Fields that the broker did not send are 0/NULL. */
 typedef struct {
-    char *id;                  /* the client's request id */
-    void *arg;                 /* the caller's argument given at submit */
-    llmq_op_t op;              /* what was asked */
-    bool ok;                   /* true: body holds the response */
-    cJSON *body;               /* OpenAI-style response body (owned), or NULL */
-    int64_t prompt_tokens;     /* usage */
+    char *id;              /* the client's request id */
+    void *arg;             /* the caller's argument given at submit */
+    llmq_op_t op;          /* what was asked */
+    bool ok;               /* true: body holds the response */
+    cJSON *body;           /* OpenAI-style response body (owned), or NULL */
+    int64_t prompt_tokens; /* usage */
     int64_t completion_tokens;
     int64_t total_tokens;
-    double cost_usd;           /* cost as priced by the worker */
-    int64_t latency_ms;        /* broker: receive to answer */
-    int64_t elapsed_ms;        /* client: first send to result */
-    int attempts;              /* provider HTTP attempts (worker retries) */
-    int attempt;               /* broker dispatch attempt (requeues) */
-    int resends;               /* times this client resent it (reconnects) */
-    char *worker;              /* worker that answered, or NULL */
-    bool cached;               /* answered from the broker's cache */
-    char *error_code;          /* protocol code ("rate_limited"), NULL if ok */
-    char *error_message;       /* provider or broker message, never a secret */
-    int error_status;          /* provider HTTP status, 0 if none */
-    bool error_retryable;      /* the same request may succeed later */
+    double cost_usd;      /* cost as priced by the worker */
+    int64_t latency_ms;   /* broker: receive to answer */
+    int64_t elapsed_ms;   /* client: first send to result */
+    int attempts;         /* provider HTTP attempts (worker retries) */
+    int attempt;          /* broker dispatch attempt (requeues) */
+    int resends;          /* times this client resent it (reconnects) */
+    char *worker;         /* worker that answered, or NULL */
+    bool cached;          /* answered from the broker's cache */
+    char *error_code;     /* protocol code ("rate_limited"), NULL if ok */
+    char *error_message;  /* provider or broker message, never a secret */
+    int error_status;     /* provider HTTP status, 0 if none */
+    bool error_retryable; /* the same request may succeed later */
 } llmq_result_t;
 
 /*  Streaming: called for each chunk in order. chunk is one OpenAI
@@ -92,26 +92,26 @@ typedef void(llmq_result_fn)(llmq_result_t *result, void *arg);
 
 /*  Per-request options; pass NULL for defaults. Zero fields mean "unset". */
 typedef struct {
-    const char *pool;          /* route to this provider pool */
-    int64_t deadline_ms;       /* relative deadline; 0: none */
-    int64_t priority;          /* higher first */
-    int max_attempts;          /* broker dispatch attempts; 0: broker default */
-    bool cache;                /* allow the broker's response cache */
-    const char *trace;         /* W3C traceparent */
-    llmq_chunk_fn *on_chunk;   /* non-NULL: ask for a stream */
-    void *chunk_arg;           /* argument for on_chunk */
+    const char *pool;        /* route to this provider pool */
+    int64_t deadline_ms;     /* relative deadline; 0: none */
+    int64_t priority;        /* higher first */
+    int max_attempts;        /* broker dispatch attempts; 0: broker default */
+    bool cache;              /* allow the broker's response cache */
+    const char *trace;       /* W3C traceparent */
+    llmq_chunk_fn *on_chunk; /* non-NULL: ask for a stream */
+    void *chunk_arg;         /* argument for on_chunk */
 } llmq_opts_t;
 
 typedef struct _llmq_client_t llmq_client_t;
 
 /*  Counters, for progress displays and tests. */
 typedef struct {
-    uint64_t sent;             /* requests sent the first time */
-    uint64_t resent;           /* requests resent after a reconnect */
-    uint64_t reconnects;       /* sockets replaced */
-    uint64_t results;          /* results delivered */
-    uint64_t duplicates;       /* answers for ids no longer outstanding */
-    uint64_t pings;            /* pings sent */
+    uint64_t sent;       /* requests sent the first time */
+    uint64_t resent;     /* requests resent after a reconnect */
+    uint64_t reconnects; /* sockets replaced */
+    uint64_t results;    /* results delivered */
+    uint64_t duplicates; /* answers for ids no longer outstanding */
+    uint64_t pings;      /* pings sent */
 } llmq_client_stats_t;
 
 /*  Create a client connected to endpoint (NULL: LLMQ_DEFAULT_ENDPOINT).
@@ -181,9 +181,8 @@ int llmq_client_cancel(llmq_client_t *self, const char *id);
 /*  Synchronous inference: send and wait for this request's result (other
     results stay queued for poll). Returns NULL only on bad arguments or an
     interrupt; failures come back as a result with ok == false. */
-llmq_result_t *llmq_infer(llmq_client_t *self, llmq_op_t op,
-                          const char *model, const cJSON *body,
-                          const llmq_opts_t *opts);
+llmq_result_t *llmq_infer(llmq_client_t *self, llmq_op_t op, const char *model,
+                          const cJSON *body, const llmq_opts_t *opts);
 llmq_result_t *llmq_infer_text(llmq_client_t *self, llmq_op_t op,
                                const char *model, const char *json,
                                const llmq_opts_t *opts);
@@ -197,9 +196,8 @@ llmq_result_t *llmq_stream(llmq_client_t *self, const char *model,
     results in input order (free each with llmq_result_destroy, then the
     array with free), or NULL on bad arguments or an interrupt. */
 llmq_result_t **llmq_infer_many(llmq_client_t *self, llmq_op_t op,
-                                const char *model,
-                                const cJSON *const *bodies, size_t count,
-                                const llmq_opts_t *opts);
+                                const char *model, const cJSON *const *bodies,
+                                size_t count, const llmq_opts_t *opts);
 
 /*  Destroy a result; NULLs *self_p. Idempotent. */
 void llmq_result_destroy(llmq_result_t **self_p);

@@ -4,8 +4,7 @@
 
 #include <string.h>
 
-int
-main(int argc, char **argv)
+int main(int argc, char **argv)
 {
     bool verbose = argc > 1 && strcmp(argv[1], "-v") == 0;
     int failures = 0;
