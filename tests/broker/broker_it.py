@@ -522,6 +522,47 @@ def t_real_echo():
     assert b.stop() == 0
 
 
+def t_real_sim():
+    """Real llmq-workers against llmq-sim over HTTP: load follows capacity,
+    and a kill -9 mid-run loses nothing (each request answered once)."""
+    if not (have("llmq-worker") and have("llmq-sim")):
+        print("SKIP: llmq-worker or llmq-sim not built")
+        return
+    sim = Proc([os.path.join(BIN, "llmq-sim"), "--port", "0", "--latency-ms", "40"], "llmq-sim")
+    b = broker("--quiet", "--heartbeat-ms", "200", "--dead-ms", "1500")
+    env = dict(os.environ, OPENAI_API_KEY="sk-test-real-sim")
+
+    def worker(name, cap):
+        return Proc([os.path.join(BIN, "llmq-worker"), "--broker", b.ready["backend"],
+                     "--provider", "sim", "--base-url", sim.ready["url"] + "/v1",
+                     "--model", "sim-model", "--capacity", str(cap), "--name", name],
+                    "llmq-worker", env=env)
+    ws = [worker("s4", 4), worker("s12", 12), worker("victim", 8)]
+    c = Client(b.ready["frontend"])
+    killed = []
+
+    def on_answer(n):
+        if n == 300 and not killed:
+            ws[2].kill9()
+            killed.append(True)
+    answers = run_load(c, 1200, 48, model="sim-model", timeout=100, on_answer=on_answer)
+    counts = count_by_worker(answers)
+    bad = [h for h in answers.values() if not h["ok"]]
+    stats = json.loads(urllib.request.urlopen(sim.ready["url"] + "/_stats", timeout=5).read())
+    print("real sim:", counts, "errors", len(bad), "double_billed", stats.get("double_billed"))
+    assert not bad, bad[:3]
+    assert counts.get("s12", 0) > counts.get("s4", 0) > 0, counts
+    try:
+        h, _ = c.recv(timeout=1.0)
+        raise AssertionError("extra message %r" % h)
+    except TimeoutError:
+        pass
+    for w in ws[:2]:
+        w.stop()
+    assert b.stop() == 0
+    sim.stop()
+
+
 def t_limit_group():
     """Two real workers in one limit group stay within llmq-sim's --rpm."""
     if not (have("llmq-worker") and have("llmq-sim")):
@@ -563,7 +604,7 @@ CASES = {
     "spread": t_spread, "kill9": t_kill9, "join": t_join,
     "priority_deadline": t_priority_deadline, "cancel": t_cancel,
     "overload": t_overload, "stream": t_stream, "malformed": t_malformed, "metrics": t_metrics,
-    "sigterm": t_sigterm, "real_echo": t_real_echo, "limit_group": t_limit_group,
+    "sigterm": t_sigterm, "real_echo": t_real_echo, "real_sim": t_real_sim, "limit_group": t_limit_group,
 }
 
 
