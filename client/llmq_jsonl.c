@@ -181,6 +181,11 @@ llmq_jsonl_item_t *llmq_jsonl_parse_line(const char *line, size_t len,
     self->custom_id = zsys_sprintf("line-%zu", line_no);
     while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r'))
         len--;
+    //  A UTF-8 byte order mark (editors on Windows write one) is not text.
+    if (len >= 3 && memcmp(line, "\xEF\xBB\xBF", 3) == 0) {
+        line += 3;
+        len -= 3;
+    }
     size_t start = 0;
     while (start < len && (line[start] == ' ' || line[start] == '\t'))
         start++;
@@ -585,6 +590,9 @@ int llmq_jsonl_test(bool verbose)
                    4);
     CHECK(item && !item->error && streq(item->custom_id, "m"));
     CHECK(!cJSON_HasObjectItem(item->body, "custom_id"));
+    llmq_jsonl_item_destroy(&item);
+    item = s_parse("\xEF\xBB\xBF{\"custom_id\":\"bom\",\"prompt\":\"x\"}", 1);
+    CHECK(item && !item->error && streq(item->custom_id, "bom"));
     llmq_jsonl_item_destroy(&item);
     item = s_parse("What is 2+2?\n", 5);
     CHECK(item && !item->error && streq(item->custom_id, "line-5"));
