@@ -478,6 +478,7 @@ void llmq_batch_config_defaults(llmq_batch_config_t *cfg)
     cfg->poll_interval_ms = 30000;
     cfg->task_timeout_ms = 120000;
     cfg->max_tasks_per_pool = 4;
+    cfg->submit_grace_ms = 30 * 60 * 1000;
     cfg->resubmit_failed = true;
     cfg->results_max_items = 1000;
     cfg->results_max_bytes = 4 * 1024 * 1024;
@@ -1455,9 +1456,19 @@ static void s_on_job_status(llmq_batch_t *self, s_job_t *j, llmq_msg_t *msg,
             snprintf(j->row.state, sizeof j->row.state, S_JOB_RUNNING);
         }
         else if (code && streq(j->row.state, S_JOB_LOOKUP) &&
+                 streq(code, "not_found") &&
+                 now_ms - j->row.submitted_ms < self->cfg.submit_grace_ms) {
+            /*  Not there yet proves nothing while the first submit may
+                still be uploading (a slow 200 MB file outlives a task
+                timeout): ask again later. */
+            j->next_ms = now_ms + self->cfg.poll_interval_ms;
+            return;
+        }
+        else if (code && streq(j->row.state, S_JOB_LOOKUP) &&
                  streq(code, "not_found")) {
-            /*  The lookup proved the provider never created it: now, and
-                only now, may it be submitted again. */
+            /*  The lookup proved the provider never created it, and no
+                submit of it can still be running: now, and only now, may
+                it be submitted again. */
             snprintf(j->row.state, sizeof j->row.state, S_JOB_PENDING);
             s_job_save(self, j, now_ms);
             if (streq(j->batch->rec.state, "cancelling"))
@@ -2322,17 +2333,38 @@ static void s_test_provider(const char *path, bool verbose)
     S_CHECK(streq(llmq_msg_provider_batch(t), ""));
     S_CHECK(llmq_msg_count(t) == 50000);
     llmq_msg_destroy(&t);
-    /*  Not found at the provider: now it may be submitted again. */
+    /*  Not found at the provider, but the first submit may still be
+        uploading: no resubmission within the grace period, only another
+        lookup later. */
     llmq_msg_t *st = llmq_msg_new(LLMQ_MSG_JOB_STATUS);
     llmq_msg_set_job(st, job1);
     llmq_msg_set_state(st, "failed");
     llmq_msg_set_code(st, "x"); /* top-level noise is ignored */
     llmq_msg_set_error_code(st, "not_found");
     S_CHECK(llmq_batch_on_job_msg(m, st, now) == 0);
-    llmq_msg_destroy(&st);
     zlistx_t *tasks = zlistx_new();
-    while ((t = llmq_batch_next_job_task(m, "oa", now)))
+    while ((t = llmq_batch_next_job_task(m, "oa", now))) {
+        /*  The other jobs go ahead; job 1 is not submitted again. */
+        S_CHECK(llmq_msg_type(t) == LLMQ_MSG_JOB_SUBMIT);
+        S_CHECK(!streq(llmq_msg_job(t), job1));
         zlistx_add_end(tasks, t);
+    }
+    S_CHECK(zlistx_size(tasks) == 2);
+    now += cfg.poll_interval_ms;
+    t = llmq_batch_next_job_task(m, "oa", now);
+    S_CHECK(t && llmq_msg_type(t) == LLMQ_MSG_JOB_POLL);
+    S_CHECK(streq(llmq_msg_job(t), job1));
+    S_CHECK(streq(llmq_msg_provider_batch(t), ""));
+    llmq_msg_destroy(&t);
+    /*  Past the grace period, not found is proof: submit again. */
+    now += cfg.submit_grace_ms;
+    S_CHECK(llmq_batch_on_job_msg(m, st, now) == 0);
+    llmq_msg_destroy(&st);
+    t = llmq_batch_next_job_task(m, "oa", now);
+    S_CHECK(t && llmq_msg_type(t) == LLMQ_MSG_JOB_SUBMIT);
+    S_CHECK(streq(llmq_msg_job(t), job1));
+    zlistx_add_start(tasks, t);
+    S_CHECK(llmq_batch_next_job_task(m, "oa", now) == NULL);
     S_CHECK(zlistx_size(tasks) == 3);
     int n = 0;
     const char *pbs[] = { "batch_A", "batch_B", "batch_C" };

@@ -53,6 +53,10 @@ typedef struct {
     int64_t task_timeout_ms;    /* a job task unanswered this long is
                                    handed out again (120 s) */
     int64_t max_tasks_per_pool; /* job tasks outstanding per pool (4) */
+    int64_t submit_grace_ms;    /* a lookup that finds nothing proves a job
+                                   absent only this long after its submit
+                                   was handed out: beyond the worker's
+                                   upload + create timeouts (30 min) */
     bool resubmit_failed;       /* provider lines that failed retryably or
                                    expired: run them in realtime (true) or
                                    report them as errors (false) */

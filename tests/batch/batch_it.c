@@ -67,7 +67,7 @@ static pid_t s_sim_start(char *url, size_t size)
         close(fds[0]);
         close(fds[1]);
         execl(path, "llmq-sim", "--port", "0", "--quiet", "--api-key", KEY,
-              "--batch-validate-ms", "100", "--batch-progress-ms", "1500",
+              "--batch-validate-ms", "100", "--batch-progress-ms", "1000",
               "--batch-finalize-ms", "100", (char *)NULL);
         _exit(127);
     }
@@ -169,18 +169,20 @@ static double s_cost(const char *model, int64_t prompt_tokens,
 }
 
 static s_rig_t *s_rig_new(const char *db, const char *url,
-                          const char *provider)
+                          const char *provider, int tasks)
 {
     s_rig_t *rig = calloc(1, sizeof *rig);
     llmq_batch_config_t bc;
     llmq_batch_config_defaults(&bc);
     bc.poll_interval_ms = 150;
-    bc.task_timeout_ms = 2000;
+    /*  Generous: a loaded machine (sanitizers, parallel tests) must not
+        turn a slow upload into a lookup. */
+    bc.task_timeout_ms = 30000;
     bc.results_max_items = 5000;
     bc.resubmit_failed = false; /* no realtime worker in this rig */
-    /*  One task at a time: the crash points below are then exact (no
-        second upload half done when the broker dies). */
-    bc.max_tasks_per_pool = 1;
+    /*  Broker 1 runs one task at a time, so its crash point is exact (no
+        second upload half done when it dies). */
+    bc.max_tasks_per_pool = tasks;
     rig->mgr = llmq_batch_new(db, &bc, s_now());
     CHECK(rig->mgr);
     rig->pool = "pool-1";
@@ -497,7 +499,7 @@ int main(int argc, char *argv[])
     CHECK(child >= 0);
     if (child == 0) {
         close(fds[0]);
-        s_rig = s_rig_new(db, url, "openai");
+        s_rig = s_rig_new(db, url, "openai", 1);
         s_submit(s_rig, "big", "gpt-4o-mini", TOTAL);
         s_rig->freeze_on_submit = true;
         s_rig->freeze_fd = fds[1];
@@ -524,7 +526,7 @@ int main(int argc, char *argv[])
     CHECK(child >= 0);
     if (child == 0) {
         close(fds[0]);
-        s_rig = s_rig_new(db, url, "openai");
+        s_rig = s_rig_new(db, url, "openai", 4);
         llmq_batch_store_t *peek = llmq_batch_store_new(db);
         while (true) {
             s_rig_step(s_rig);
@@ -553,8 +555,9 @@ int main(int argc, char *argv[])
            (s_now() - t0) / 1000.0);
 
     /*  Broker 3: resumes polling, fetches, cleans up. */
-    s_rig = s_rig_new(db, url, "openai");
+    s_rig = s_rig_new(db, url, "openai", 4);
     s_run_until_done(s_rig, "big");
+    printf("batch completed (%.1f s)\n", (s_now() - t0) / 1000.0);
     int64_t failed = s_check_results(s_rig, "big", TOTAL);
     CHECK(failed == TOTAL / PERM_EVERY);
     stats = s_sim_stats(url);
@@ -575,7 +578,7 @@ int main(int argc, char *argv[])
 
     /*  Anthropic Message Batches through the same manager. */
     s_rig_destroy(&s_rig);
-    s_rig = s_rig_new(db, url, "anthropic");
+    s_rig = s_rig_new(db, url, "anthropic", 4);
     s_submit(s_rig, "claude", "claude-3-5-haiku", 2500);
     s_run_until_done(s_rig, "claude");
     int64_t an_failed = 0;
