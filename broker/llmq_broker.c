@@ -43,6 +43,7 @@
 #define s_MAX_METRIC_MODELS  200     //  Distinct model labels, then "_other"
 #define s_MAX_ATTEMPTS       10      //  Upper bound on a client's max_attempts
 #define s_NO_EXPIRY          INT64_MAX
+#define s_END                ((const char *) NULL)  //  Ends s_log's key/value list
 #define s_MAX_STATUS_QUEUES  1000    //  Lanes listed in a status reply
 #define s_COMPACT_ABOVE      4096    //  Queue length from which payloads are compacted
 
@@ -804,7 +805,7 @@ s_group_share(s_broker_t *self, s_group_t *group)
         w = (s_worker_t *) zlistx_next(group->members);
     }
     s_log(self, "info", "limits", "group", group->name, "members", members_text,
-          "rpm_share", rpm_text, "tpm_share", tpm_text, NULL);
+          "rpm_share", rpm_text, "tpm_share", tpm_text, s_END);
 }
 
 static void
@@ -1106,7 +1107,7 @@ s_worker_hello(s_broker_t *self, const char *key, llmq_msg_t *msg)
     s_worker_t *old = (s_worker_t *) zhashx_lookup(self->workers, key);
     if (old) {
         //  Same routing id says hello again: it restarted and lost its work.
-        s_log(self, "warning", "worker_rejoin", "worker", old->name, NULL);
+        s_log(self, "warning", "worker_rejoin", "worker", old->name, s_END);
         s_worker_remove(self, old, "restarted");
     }
     int64_t capacity = llmq_msg_capacity(msg);
@@ -1159,7 +1160,7 @@ s_worker_hello(s_broker_t *self, const char *key, llmq_msg_t *msg)
     const char *group = llmq_msg_limit_group(msg);
     s_log(self, "info", "worker_join", "worker", w->name, "pool", w->pool,
           "provider", w->provider, "models", models, "capacity", capacity_text,
-          "limit_group", group ? group : "", NULL);
+          "limit_group", group ? group : "", s_END);
     if (group && *group)
         s_group_join(self, w, group);
 }
@@ -1194,7 +1195,7 @@ s_worker_result(s_broker_t *self, s_worker_t *w, llmq_msg_t **msg_p)
     }
     s_complete(self, r, msg_p);
     if (w->leaving && w->in_flight == 0) {
-        s_log(self, "info", "worker_gone", "worker", w->name, NULL);
+        s_log(self, "info", "worker_gone", "worker", w->name, s_END);
         s_worker_remove(self, w, "left");
     }
 }
@@ -1247,11 +1248,11 @@ s_handle_worker(s_broker_t *self, llmq_msg_t *msg)
             break;
         case LLMQ_MSG_BYE:
             if (!w->leaving) {
-                s_log(self, "info", "worker_leave", "worker", w->name, NULL);
+                s_log(self, "info", "worker_leave", "worker", w->name, s_END);
                 s_worker_retire(self, w);
             }
             if (w->in_flight == 0) {
-                s_log(self, "info", "worker_gone", "worker", w->name, NULL);
+                s_log(self, "info", "worker_gone", "worker", w->name, s_END);
                 s_worker_remove(self, w, "left");
             }
             break;
@@ -1308,7 +1309,7 @@ s_client_request(s_broker_t *self, const char *key, llmq_msg_t **msg_p)
             self->overloaded = true;
             char depth[32];
             snprintf(depth, sizeof(depth), "%zu", self->queued);
-            s_log(self, "warning", "overload_start", "queued", depth, NULL);
+            s_log(self, "warning", "overload_start", "queued", depth, s_END);
         }
         char message[96];
         snprintf(message, sizeof(message), "broker queue full (%zu requests waiting)",
@@ -1627,7 +1628,7 @@ s_heartbeat(s_broker_t *self, int64_t now)
         snprintf(silent, sizeof(silent), "%" PRId64, now - w->last_seen);
         snprintf(inflight, sizeof(inflight), "%" PRId64, w->in_flight);
         s_log(self, "warning", "worker_dead", "worker", w->name, "silent_ms", silent,
-              "in_flight", inflight, NULL);
+              "in_flight", inflight, s_END);
         self->counters.worker_deaths++;
         llmq_metrics_add(self->metrics, "llmq_broker_worker_deaths_total", NULL, 1);
         s_worker_remove(self, w, "died");
@@ -1665,7 +1666,7 @@ s_drain_finish(s_broker_t *self)
                    LLMQ_ERR_OVERLOADED, "broker shutting down");
         lane = (s_lane_t *) zhashx_next(self->lanes);
     }
-    s_log(self, "info", "drained", "answered_overloaded", left, NULL);
+    s_log(self, "info", "drained", "answered_overloaded", left, s_END);
     self->drained = true;
     zstr_send(self->pipe, "DRAINED");
 }
@@ -1688,7 +1689,7 @@ s_timers(s_broker_t *self, int64_t now)
         self->overloaded = false;
         char depth[32];
         snprintf(depth, sizeof(depth), "%zu", self->queued);
-        s_log(self, "info", "overload_end", "queued", depth, NULL);
+        s_log(self, "info", "overload_end", "queued", depth, s_END);
     }
     //  Forget lanes nobody used for a minute (clients choose model names).
     zlistx_t *idle = zlistx_new();
@@ -1914,7 +1915,7 @@ s_broker_new(zsock_t *pipe, const llmq_broker_config_t *config)
     self->next_heartbeat = self->started_at + self->config.heartbeat_ms;
     if (!self->error)
         s_log(self, "info", "start", "frontend", self->frontend_ep, "backend",
-              self->backend_ep, "metrics", llmq_metrics_url(self->metrics), NULL);
+              self->backend_ep, "metrics", llmq_metrics_url(self->metrics), s_END);
     return self;
 }
 
@@ -1995,7 +1996,7 @@ s_handle_pipe(s_broker_t *self)
             self->drain_deadline = zclock_mono() + self->config.drain_ms;
             char pending[32];
             snprintf(pending, sizeof(pending), "%zu", self->queued + self->inflight_count);
-            s_log(self, "info", "drain_start", "pending", pending, NULL);
+            s_log(self, "info", "drain_start", "pending", pending, s_END);
         }
         if (self->error)
             zstr_send(self->pipe, "DRAINED");
@@ -2045,7 +2046,7 @@ llmq_broker(zsock_t *pipe, void *args)
     if (!self)
         return;
     if (self->error)
-        s_log(self, "error", "start_failed", "reason", self->error, NULL);
+        s_log(self, "error", "start_failed", "reason", self->error, s_END);
 
     enum { MAX_ITEMS = 48 };
     zmq_pollitem_t items[MAX_ITEMS];

@@ -98,7 +98,7 @@ s_labels(const char *const *labels, char *buf, size_t size)
         if (pos + strlen(key) + 8 >= size)
             break;
         pos += snprintf(buf + pos, size - pos, "%s%s=\"", pos ? "," : "", key);
-        for (size_t j = 0; value[j] && j < 200 && pos + 4 < size; j++) {
+        for (size_t j = 0; j < 200 && value[j] && pos + 4 < size; j++) {
             char c = value[j];
             if (c == '\\' || c == '"') {
                 buf[pos++] = '\\';
