@@ -498,7 +498,100 @@ def batchapi():
         sim.close()
 
 
-GROUPS = {"batchapi": batchapi, "load": load, "success": success, "stream": stream, "faults": faults, "rpm": rpm,
+def broker():
+    """The whole path: a client DEALER -> the real llmq-broker -> two real
+    llmq-workers (one limit group) -> the real llmq-sim, and back."""
+    import subprocess
+    import msgpack
+    import zmq
+    from wharness import BIN_DIR
+    sim = Sim()
+    key = "sk-llmq-BROKER-TEST-91c0ffee"
+    procs, logs = [], []
+    try:
+        br = subprocess.Popen([os.path.join(BIN_DIR, "llmq-broker"), "--frontend", "tcp://127.0.0.1:*",
+                               "--backend", "tcp://127.0.0.1:*"],
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        procs.append(br)
+        line = read_line(br, 10)
+        check(line and line.startswith("ready llmq-broker"), "broker ready: %r" % line)
+        fields = dict(kv.split("=", 1) for kv in line.split()[2:])
+        for i in range(2):
+            log = tempfile.NamedTemporaryFile(prefix="llmq-worker-b-", delete=False)
+            logs.append(log)
+            w = subprocess.Popen([os.path.join(BIN_DIR, "llmq-worker"), "--broker", fields["backend"],
+                                  "--provider", "openai", "--base-url", sim.base, "--model", "sim-small",
+                                  "--limit-group", "g", "--rpm", "6000", "--verbose"] + FAST,
+                                 stdout=subprocess.PIPE, stderr=log,
+                                 env=dict(os.environ, OPENAI_API_KEY=key))
+            procs.append(w)
+            check((read_line(w, 20) or "").startswith("ready llmq-worker"), "worker ready")
+        ctx = zmq.Context.instance()
+        c = ctx.socket(zmq.DEALER)
+        c.linger = 0
+        c.connect(fields["frontend"])
+        out = {}
+
+        def send(rid, text, **kw):
+            h = {"v": 1, "t": "req", "id": rid, "op": "chat", "model": "sim-small"}
+            h.update(kw)
+            c.send_multipart([msgpack.packb(h), msgpack.packb(
+                {"messages": [{"role": "user", "content": text}], "max_tokens": 8})])
+
+        def collect(n, timeout=30):
+            import time
+            deadline = time.monotonic() + timeout
+            while sum(1 for v in out.values() if "res" in v) < n:
+                check(time.monotonic() < deadline, "answers through the broker: %r" % out)
+                if c.poll(200):
+                    fr = c.recv_multipart()
+                    h = msgpack.unpackb(fr[0], raw=False)
+                    p = msgpack.unpackb(fr[1], raw=False) if len(fr) > 1 else None
+                    d = out.setdefault(h.get("id"), {})
+                    if h["t"] == "chunk":
+                        d.setdefault("chunks", []).append(p)
+                    else:
+                        d[h["t"]] = (h, p)
+
+        for i in range(20):
+            send("ok%d" % i, "through the broker %d" % i)
+        send("st", "stream it", stream=True)
+        send("f500", "[[sim:fail=500x2]] flaky")
+        send("f400", "[[sim:fail=400]] bad")
+        collect(23)
+        workers = set()
+        for i in range(20):
+            h, p = out["ok%d" % i]["res"]
+            check(h["ok"] and content(p).startswith("sim-"), "ok through the broker: %r" % (h,))
+            workers.add(h["worker"])
+        h, p = out["st"]["res"]
+        check(h["ok"] and len(out["st"].get("chunks", [])) >= 3, "stream through the broker")
+        check(out["f500"]["res"][0]["ok"] and out["f500"]["res"][0]["attempts"] == 3, "retried in the worker")
+        e = out["f400"]["res"][0]["error"]
+        check(e["code"] == "invalid_request" and e["status"] == 400, "400 through the broker: %r" % e)
+        for w in procs[1:]:
+            w.terminate()
+            check(w.wait(timeout=20) == 0, "worker exit 0")
+        everything = repr(out)
+        for log in logs:
+            log.flush()
+            everything += open(log.name, errors="replace").read()
+        check("limits from broker: rpm 3000" in everything, "group share applied")
+        check(key not in everything, "the API key leaked")
+        c.close()
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+            p.stdout.close()
+        for log in logs:
+            log.close()
+            os.unlink(log.name)
+        sim.close()
+
+
+GROUPS = {"broker": broker, "batchapi": batchapi, "load": load, "success": success, "stream": stream, "faults": faults, "rpm": rpm,
           "circuit": breaker, "secrets": secrets, "drain": drain, "anthropic": anthropic,
           "cli": cli, "reconnect": reconnect}
 
