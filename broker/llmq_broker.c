@@ -74,7 +74,8 @@ struct _s_request_t {
     llmq_queue_node_t qnode;    //  Slot in its lane while waiting
     llmq_queue_node_t dnode;    //  Slot in the expiry heap
     s_client_t *client;         //  Who asked; NULL for a module's request
-    char *id;                   //  The client's id (a module's tag)
+    char *id;                   //  The client's id (a module's tag), stored
+                                //  right after the struct (s_request_new)
     s_lane_t *lane;             //  Model/pool lane it belongs to
     s_worker_t *worker;         //  Worker holding it, NULL unless dispatched
     s_request_t *wprev;         //  Worker's in-flight list
@@ -86,7 +87,8 @@ struct _s_request_t {
     char *trace;                //  W3C traceparent, passed to the worker
     llmq_broker_result_fn *fn;  //  Module callback instead of a client
     void *fn_arg;
-    uint64_t bid;               //  Broker id of the current dispatch, 0 if none
+    uint64_t bid;               //  Broker id of the current dispatch, 0 if none:
+                                //  dispatch counter << 32 | in-flight slot
     int64_t priority;           //  Higher first
     int64_t received_at;        //  Monotonic ms
     int64_t deadline;           //  Monotonic ms, s_NO_EXPIRY if none
@@ -169,7 +171,10 @@ struct _llmq_broker_core_t {
     zhashx_t *workers;          //  key -> s_worker_t
     zhashx_t *lanes;            //  key -> s_lane_t
     zhashx_t *groups;           //  name -> s_group_t
-    zhashx_t *inflight;         //  bid -> s_request_t (borrowed)
+    s_request_t **slots;        //  In-flight requests by slot (low half of bid)
+    uint32_t *free_slots;       //  Stack of free slot numbers
+    size_t nslots;              //  Slots allocated
+    size_t nfree;               //  Entries in free_slots
     zhashx_t *metric_models;    //  Model names used as labels
     llmq_queue_t *expiry;       //  All requests with an expiry time
     size_t queued;              //  Requests waiting in all lanes
@@ -541,7 +546,9 @@ s_request_unassign(s_broker_t *self, s_request_t *r)
     r->wprev = r->wnext = NULL;
     w->in_flight--;
     self->inflight_count--;
-    zhashx_delete(self->inflight, (void *) (uintptr_t) r->bid);
+    uint32_t slot = (uint32_t) r->bid;
+    self->slots[slot] = NULL;
+    self->free_slots[self->nfree++] = slot;
     r->worker = NULL;
     r->bid = 0;
 }
@@ -571,7 +578,6 @@ s_request_destroy(s_broker_t *self, s_request_t **r_p)
     zframe_destroy(&r->payload);
     if (r->shared)
         s_shared_release(NULL, r->shared);
-    free(r->id);
     free(r->meta);
     free(r->trace);
     free(r);
@@ -594,6 +600,24 @@ s_bid_text(uint64_t bid, char out[24])
     out[1 + n] = 0;
 }
 
+//  A zeroed request with its id stored inline (one allocation), NULL id
+//  allowed. Returns NULL if out of memory.
+static s_request_t *
+s_request_new(const char *id)
+{
+    size_t len = id ? strlen(id) + 1 : 0;
+    s_request_t *r = (s_request_t *) calloc(1, sizeof(s_request_t) + len);
+    if (!r)
+        return NULL;
+    if (id) {
+        r->id = (char *) (r + 1);
+        memcpy(r->id, id, len);
+    }
+    llmq_queue_node_init(&r->qnode);
+    llmq_queue_node_init(&r->dnode);
+    return r;
+}
+
 //  In-flight lookup by broker id "r<hex>".
 static s_request_t *
 s_inflight_lookup(s_broker_t *self, const char *id)
@@ -604,7 +628,11 @@ s_inflight_lookup(s_broker_t *self, const char *id)
     uint64_t bid = strtoull(id + 1, &end, 16);
     if (*end || bid == 0)
         return NULL;
-    return (s_request_t *) zhashx_lookup(self->inflight, (void *) (uintptr_t) bid);
+    //  A slot number plus the dispatch that used it: O(1), no hashing, and a
+    //  stale id (an earlier dispatch of the same slot) never matches.
+    uint32_t slot = (uint32_t) bid;
+    s_request_t *r = slot < self->nslots ? self->slots[slot] : NULL;
+    return r && r->bid == bid ? r : NULL;
 }
 
 //  --------------------------------------------------------------------------
@@ -866,12 +894,43 @@ s_best_worker(s_lane_t *lane)
     return best;
 }
 
+//  Double the in-flight slot table (free slots are handed out from a stack).
+static int
+s_slots_grow(s_broker_t *self)
+{
+    size_t grown = self->nslots ? self->nslots * 2 : 1024;
+    if (grown > UINT32_MAX)
+        return -1;
+    s_request_t **slots = (s_request_t **) realloc(self->slots, grown * sizeof(*slots));
+    if (!slots)
+        return -1;
+    self->slots = slots;
+    uint32_t *free_slots = (uint32_t *) realloc(self->free_slots,
+                                                grown * sizeof(*free_slots));
+    if (!free_slots)
+        return -1;
+    self->free_slots = free_slots;
+    //  Hand out low numbers first.
+    for (size_t i = grown; i > self->nslots; i--) {
+        self->slots[i - 1] = NULL;
+        self->free_slots[self->nfree++] = (uint32_t) (i - 1);
+    }
+    self->nslots = grown;
+    return 0;
+}
+
 //  Send a waiting request (already out of its lane) to a worker.
 static void
 s_send_request(s_broker_t *self, s_worker_t *w, s_request_t *r)
 {
     int64_t now = zclock_mono();
-    r->bid = ++self->next_bid;
+    if (self->nfree == 0 && s_slots_grow(self)) {
+        s_fail(self, r, LLMQ_ERR_INTERNAL, "broker out of memory");
+        return;
+    }
+    uint32_t slot = self->free_slots[--self->nfree];
+    self->slots[slot] = r;
+    r->bid = (++self->next_bid << 32) | slot;
     r->worker = w;
     r->wprev = NULL;
     r->wnext = w->inflight;
@@ -883,7 +942,6 @@ s_send_request(s_broker_t *self, s_worker_t *w, s_request_t *r)
     w->last_used = ++self->use_clock;
     self->inflight_count++;
     self->counters.dispatched++;
-    zhashx_insert(self->inflight, (void *) (uintptr_t) r->bid, r);
     //  A worker honours the deadline itself; the broker steps in only if
     //  the answer is very late.
     s_expiry_set(self, r, r->deadline == s_NO_EXPIRY
@@ -970,8 +1028,8 @@ s_dispatch_module(s_broker_t *self, s_worker_t *w)
         s_lane_t *lane = op >= 0 && model && llmq_msg_id(msg)
                        && s_serves(model, llmq_msg_pool(msg), w)
                        ? s_lane_require(self, model, llmq_msg_pool(msg)) : NULL;
-        s_request_t *r = lane ? (s_request_t *) calloc(1, sizeof(*r)) : NULL;
-        if (!r || !(r->id = strdup(llmq_msg_id(msg)))) {
+        s_request_t *r = lane ? s_request_new(llmq_msg_id(msg)) : NULL;
+        if (!r) {
             //  A module bug, not the worker's: give the item back, stop asking.
             if (self->config.module->item_returned && llmq_msg_id(msg))
                 self->config.module->item_returned(self->module_state, llmq_msg_id(msg));
@@ -1319,8 +1377,8 @@ s_client_request(s_broker_t *self, const char *key, llmq_msg_t **msg_p)
     }
     s_lane_t *lane = s_lane_require(self, llmq_msg_model(msg), llmq_msg_pool(msg));
     client = s_client_require(self, key, llmq_msg_routing_id(msg));
-    s_request_t *r = (s_request_t *) calloc(1, sizeof(*r));
-    if (!lane || !client || !r || !(r->id = strdup(id))) {
+    s_request_t *r = s_request_new(id);
+    if (!lane || !client || !r) {
         free(r);
         s_refuse(self, msg_p, LLMQ_ERR_INTERNAL, "broker out of memory");
         return;
@@ -1811,23 +1869,6 @@ s_metrics_define(llmq_metrics_t *m)
 //  --------------------------------------------------------------------------
 //  Life cycle.
 
-static size_t
-s_uint64_hash(const void *key)
-{
-    uint64_t x = (uint64_t) (uintptr_t) key;
-    x ^= x >> 33;
-    x *= 0xff51afd7ed558ccdULL;
-    x ^= x >> 33;
-    return (size_t) x;
-}
-
-static int
-s_uint64_compare(const void *a, const void *b)
-{
-    uintptr_t x = (uintptr_t) a, y = (uintptr_t) b;
-    return x < y ? -1 : x > y ? 1 : 0;
-}
-
 static zsock_t *
 s_bind(s_broker_t *self, const char *endpoint, bool frontend, char **bound)
 {
@@ -1874,12 +1915,11 @@ s_broker_new(zsock_t *pipe, const llmq_broker_config_t *config)
     self->workers = zhashx_new();
     self->lanes = zhashx_new();
     self->groups = zhashx_new();
-    self->inflight = zhashx_new();
     self->metric_models = zhashx_new();
     self->expiry = llmq_queue_new();
     self->metrics = llmq_metrics_new();
     if (!self->name || !self->clients || !self->workers || !self->lanes || !self->groups
-    ||  !self->inflight || !self->metric_models || !self->expiry || !self->metrics) {
+    ||  !self->metric_models || !self->expiry || !self->metrics) {
         self->error = strdup("out of memory");
         return self;
     }
@@ -1887,10 +1927,6 @@ s_broker_new(zsock_t *pipe, const llmq_broker_config_t *config)
     zhashx_set_destructor(self->workers, s_worker_free);
     zhashx_set_destructor(self->lanes, s_lane_free);
     zhashx_set_destructor(self->groups, s_group_free);
-    zhashx_set_key_hasher(self->inflight, s_uint64_hash);
-    zhashx_set_key_comparator(self->inflight, s_uint64_compare);
-    zhashx_set_key_duplicator(self->inflight, NULL);
-    zhashx_set_key_destructor(self->inflight, NULL);
     s_metrics_define(self->metrics);
     llmq_metrics_set_collect(self->metrics, s_collect, self);
 
@@ -1955,7 +1991,8 @@ s_broker_destroy(s_broker_t **self_p)
     //  Workers and lanes point at each other only through borrowed lists.
     zhashx_destroy(&self->workers);
     zhashx_destroy(&self->lanes);
-    zhashx_destroy(&self->inflight);
+    free(self->slots);
+    free(self->free_slots);
     zhashx_destroy(&self->metric_models);
     llmq_queue_destroy(&self->expiry);
     llmq_metrics_destroy(&self->metrics);
@@ -2137,7 +2174,7 @@ llmq_broker_submit(llmq_broker_core_t *self, llmq_msg_t **req_p,
     s_lane_t *lane = (msg && op >= 0 && llmq_msg_model(msg) && llmq_msg_payload(msg))
                    ? s_lane_require(self, llmq_msg_model(msg), llmq_msg_pool(msg))
                    : NULL;
-    s_request_t *r = lane ? (s_request_t *) calloc(1, sizeof(*r)) : NULL;
+    s_request_t *r = lane ? s_request_new(llmq_msg_id(msg)) : NULL;
     if (!r || self->queued >= self->config.max_queue) {
         free(r);
         llmq_msg_destroy(&msg);
@@ -2146,7 +2183,6 @@ llmq_broker_submit(llmq_broker_core_t *self, llmq_msg_t **req_p,
     int64_t now = zclock_mono();
     llmq_queue_node_init(&r->qnode);
     llmq_queue_node_init(&r->dnode);
-    r->id = s_strdup_or_null(llmq_msg_id(msg));
     r->fn = fn;
     r->fn_arg = arg;
     r->lane = lane;
