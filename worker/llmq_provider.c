@@ -201,6 +201,14 @@ void llmq_provider_classify(const llmq_provider_t *self, int status,
     llmq_provider_scrub(self, err->message);
 }
 
+void llmq_provider_header(const llmq_provider_t *self, llmq_ratelimit_t *rl,
+                          const char *name, size_t name_len, const char *value,
+                          size_t value_len)
+{
+    if (self->ops->header)
+        self->ops->header(rl, name, name_len, value, value_len);
+}
+
 int llmq_provider_health(const llmq_provider_t *self, llmq_http_t *http)
 {
     return self->ops->health ? self->ops->health(self, http) : -1;

@@ -120,6 +120,9 @@ typedef struct {
                         void *arg, llmq_perr_t *err);
     void (*classify)(const llmq_provider_t *self, int status, const char *body,
                      size_t size, llmq_perr_t *err);
+    /*  One response header: rate-limit facts into rl. */
+    void (*header)(llmq_ratelimit_t *rl, const char *name, size_t name_len,
+                   const char *value, size_t value_len);
     int (*health)(const llmq_provider_t *self, llmq_http_t *http);
     cJSON *(*answer)(const llmq_provider_t *self, const llmq_call_t *call,
                      llmq_usage_t *usage, llmq_perr_t *err);
@@ -155,6 +158,9 @@ cJSON *llmq_provider_parse(const llmq_provider_t *self, const llmq_call_t *call,
 void llmq_provider_classify(const llmq_provider_t *self, int status,
                             const char *body, size_t size, llmq_perr_t *err);
 int llmq_provider_health(const llmq_provider_t *self, llmq_http_t *http);
+void llmq_provider_header(const llmq_provider_t *self, llmq_ratelimit_t *rl,
+                          const char *name, size_t name_len, const char *value,
+                          size_t value_len);
 cJSON *llmq_provider_answer(const llmq_provider_t *self,
                             const llmq_call_t *call, llmq_usage_t *usage,
                             llmq_perr_t *err);

@@ -666,6 +666,7 @@ const llmq_provider_ops_t llmq_provider_anthropic_ops = {
     .parse = s_parse,
     .stream_event = s_stream_event,
     .classify = llmq_classify_http,
+    .header = llmq_ratelimit_header,
     .health = s_health,
     .answer = NULL,
 };

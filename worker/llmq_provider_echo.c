@@ -146,6 +146,7 @@ const llmq_provider_ops_t llmq_provider_echo_ops = {
     .parse = NULL,
     .stream_event = NULL,
     .classify = llmq_classify_http,
+    .header = llmq_ratelimit_header,
     .health = NULL,
     .answer = s_answer,
 };

@@ -547,8 +547,9 @@ static size_t s_on_header(char *data, size_t size, size_t nmemb, void *arg)
     }
     const char *colon = memchr(data, ':', n);
     if (colon)
-        llmq_ratelimit_header(&job->rl, data, (size_t)(colon - data), colon + 1,
-                              n - (size_t)(colon - data) - 1);
+        llmq_provider_header(job->worker->provider, &job->rl, data,
+                             (size_t)(colon - data), colon + 1,
+                             n - (size_t)(colon - data) - 1);
     return n;
 }
 
