@@ -401,6 +401,20 @@ def t_malformed():
                pack({"v": 1, "t": "ping"}) + b"trailing", os.urandom(2000)]
     for i in range(3000):
         bad.s.send(garbage[i % len(garbage)])
+    # Garbage on the worker side too: from a stranger, and from a peer that
+    # said hello and then misbehaves (results for ids it never got, huge
+    # credit, messages only clients send).
+    rogue = Client(b.ready["backend"], "rogue-worker")
+    for i in range(500):
+        rogue.s.send(garbage[i % len(garbage)])
+    rogue.send({"v": 1, "t": "hello", "worker": "rogue", "pool": "p", "provider": "echo",
+                "models": ["other"], "capacity": 1})
+    rogue.send({"v": 1, "t": "credit", "n": 10 ** 12})
+    rogue.send({"v": 1, "t": "res", "id": "r1", "ok": True}, {"x": 1})
+    rogue.send({"v": 1, "t": "res", "id": "r99999999999", "ok": True}, {"x": 1})
+    rogue.send({"v": 1, "t": "chunk", "id": "rzz", "seq": 1}, {"x": 1})
+    rogue.send({"v": 1, "t": "req", "id": "x", "op": "chat", "model": "m"}, {"x": 1})
+    rogue.send({"v": 1, "t": "job.status", "job": "j", "state": "completed"})
     bad.s.send_multipart([pack({"v": 1, "t": "ping"}), b"x", b"y"])
     # Over ZMQ_MAXMSGSIZE (64 MiB): the broker's socket drops that peer.
     huge = Client(b.ready["frontend"], "huge-client")
