@@ -510,6 +510,14 @@ void llmq_classify_http(const llmq_provider_t *self, int status,
             c = LLMQ_ERR_CONTENT_FILTER;
         else
             c = LLMQ_ERR_INVALID_REQUEST;
+    } else if (status >= 300) {
+        /*  Redirects are not followed: the base URL is wrong, and asking
+            again will not change that. */
+        c = LLMQ_ERR_PROVIDER_ERROR;
+        retryable = false;
+        snprintf(text, sizeof text,
+                 "provider answered HTTP %d (a redirect: check the base URL)",
+                 status);
     } else {
         c = LLMQ_ERR_PROVIDER_ERROR;
         retryable = true;
@@ -961,6 +969,7 @@ int llmq_provider_test(bool verbose)
         {403, "", LLMQ_ERR_AUTH, false},
         {408, "", LLMQ_ERR_TIMEOUT, true},
         {409, "", LLMQ_ERR_PROVIDER_ERROR, true},
+        {301, "", LLMQ_ERR_PROVIDER_ERROR, false},
         {429, "{\"error\":{\"message\":\"slow down\",\"type\":\"requests\"}}",
          LLMQ_ERR_RATE_LIMITED, true},
         {429,
