@@ -14,9 +14,14 @@
     LLMQ_CLIENT_HEARTBEAT_MS, the client pings it; after `timeout` ms of
     silence it replaces the socket (same routing id, so the broker sees the
     same client) and resends every outstanding request in submission order.
+    Silence is not enough on its own: a broker restarted on the same port
+    answers pings at once, yet has lost everything we sent the old one. So
+    a socket monitor watches for the connection dropping, and a drop with
+    requests outstanding triggers the same reconnect and resend (at most
+    once per heartbeat, so a peer that keeps dropping us is not hammered).
     The broker ignores a resent id it still has pending, and an answer for
     an id that is no longer outstanding is dropped here: each request gets
-    exactly one result. Slow answers are not failures: only silence counts.
+    exactly one result. Slow answers are not failures.
 */
 #include "llmq_client.h"
 #include "llmq_msg.h"

@@ -19,12 +19,14 @@
     Reliability (lazy pirate, with heartbeats): the client has no thread; all
     work happens inside its calls. While requests are outstanding it pings
     the broker whenever the broker has been silent for a second; if the broker
-    stays silent for the liveness timeout (default 3 s) the client closes its
-    socket, opens a new one with the SAME routing id and resends every
-    outstanding request. The broker ignores a resend of a request it still
-    has pending and a late duplicate answer is dropped by the client, so each
-    request gets exactly one result. A long generation is not a failure by
-    itself: only broker silence causes a resend. A request is never lost; the
+    stays silent for the liveness timeout (default 3 s), or the TCP
+    connection to it drops (a restarted broker answers pings, but it has
+    forgotten our requests), the client closes its socket, opens a new one
+    with the SAME routing id and resends every outstanding request. The
+    broker ignores a resend of a request it still has pending and a late
+    duplicate answer is dropped by the client, so each request gets exactly
+    one result. A long generation is not a failure by itself: only broker
+    silence or a dropped connection causes a resend. A request is never lost; the
     optional give-up time (default: never) is the only way outstanding
     requests fail without an answer.
 
