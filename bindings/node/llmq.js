@@ -14,8 +14,9 @@
     submit() resolves when the result arrives (it waits for room in the
     window first). Reliability is the lazy pirate of the C client: while
     requests are outstanding the client pings a silent broker every second;
-    after `timeout` ms of silence it opens a new socket with the same
-    routing id and resends everything outstanding; answers for ids it no
+    after `timeout` ms of silence, or when the connection drops (a restarted
+    broker answers pings but has lost our requests), it opens a new socket
+    with the same routing id and resends everything outstanding; answers for ids it no
     longer waits for are dropped, so each request resolves exactly once.
 */
 "use strict";

@@ -18,8 +18,9 @@ msgpack, as Debian ships them (python3-zmq, python3-msgpack; run with
 
 Reliability is the same lazy pirate as the C client: while requests are
 outstanding the client pings a silent broker every second; after `timeout`
-seconds of silence it opens a new socket with the same routing id and
-resends every outstanding request. The broker ignores resends of requests it
+seconds of silence, or when the connection drops (a restarted broker answers
+pings but has lost our requests), it opens a new socket with the same
+routing id and resends every outstanding request. The broker ignores resends of requests it
 still has pending and the client drops answers for ids it no longer waits
 for, so each request gets exactly one result.
 """
