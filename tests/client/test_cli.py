@@ -80,6 +80,12 @@ def main():
         check(rc == 0 and out.startswith(want), "chat --no-stream: %r" % out)
         rc, out, err = run_llmq(["chat", "--broker", fe, "--model", MODEL, "x [[sim:fail=400]]"])
         check(rc == 1 and "invalid_request" in err, "chat error: %d %r" % (rc, err))
+        # The C API example (examples/llmq_example.c) against the same cluster.
+        p = subprocess.run([bin_path("llmq_example"), fe, MODEL], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, timeout=60)
+        out = p.stdout.decode()
+        check(p.returncode == 0 and "sync: sim-" in out and "async: 20 of 20" in out
+              and "stream: sim-" in out, "llmq_example: %d %r %r" % (p.returncode, out, p.stderr))
     finally:
         cluster.close()
 
