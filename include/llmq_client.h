@@ -30,6 +30,9 @@
     optional give-up time (default: never) is the only way outstanding
     requests fail without an answer.
 
+    Threads: a client is not thread-safe (it is one ZeroMQ socket); use it
+    from one thread at a time, or one client per thread.
+
     Ownership: llmq_client_new() and every llmq_result_t returned belong to
     the caller (llmq_result_destroy). `const` arguments are borrowed and
     copied when kept. Results given to a result callback are borrowed: they
