@@ -193,6 +193,7 @@ struct _llmq_broker_core_t {
     bool drained;               //  DRAINED sent
     bool terminated;            //  $TERM received
     s_counters_t counters;
+    llmq_msg_t *req_header;     //  Reused header of every `req` to a worker
     void *module_state;         //  Plug-in state
 };
 
@@ -947,7 +948,9 @@ s_send_request(s_broker_t *self, s_worker_t *w, s_request_t *r)
     s_expiry_set(self, r, r->deadline == s_NO_EXPIRY
                           ? s_NO_EXPIRY : r->deadline + self->config.inflight_grace_ms);
 
-    llmq_msg_t *msg = llmq_msg_new(LLMQ_MSG_REQ);
+    //  One `req` header object, reused: every field is set or cleared here,
+    //  which is cheaper than a new message per dispatch.
+    llmq_msg_t *msg = self->req_header;
     zframe_t *header = NULL;
     char bid[24];
     s_bid_text(r->bid, bid);
@@ -955,17 +958,18 @@ s_send_request(s_broker_t *self, s_worker_t *w, s_request_t *r)
         llmq_msg_set_id(msg, bid);
         llmq_msg_set_op(msg, s_ops[r->op]);
         llmq_msg_set_model(msg, r->lane->model);
-        if (r->lane->pool)
-            llmq_msg_set_pool(msg, r->lane->pool);
+        llmq_msg_set_pool(msg, r->lane->pool);          //  NULL clears
         llmq_msg_set_attempt(msg, r->attempt);
         if (r->stream)
             llmq_msg_set_stream(msg, true);
-        if (r->trace)
-            llmq_msg_set_trace(msg, r->trace);
+        else
+            llmq_msg_clear(msg, LLMQ_F_stream);
+        llmq_msg_set_trace(msg, r->trace);              //  NULL clears
         if (r->deadline != s_NO_EXPIRY)
             llmq_msg_set_deadline_ms(msg, r->deadline > now + 1 ? r->deadline - now : 1);
+        else
+            llmq_msg_clear(msg, LLMQ_F_deadline_ms);
         header = llmq_msg_encode(msg, NULL, 0);
-        llmq_msg_destroy(&msg);
     }
     if (!header) {
         s_fail(self, r, LLMQ_ERR_INTERNAL, "broker could not encode the request");
@@ -1376,7 +1380,8 @@ s_client_request(s_broker_t *self, const char *key, llmq_msg_t **msg_p)
         return;
     }
     s_lane_t *lane = s_lane_require(self, llmq_msg_model(msg), llmq_msg_pool(msg));
-    client = s_client_require(self, key, llmq_msg_routing_id(msg));
+    if (!client)
+        client = s_client_require(self, key, llmq_msg_routing_id(msg));
     s_request_t *r = s_request_new(id);
     if (!lane || !client || !r) {
         free(r);
@@ -1917,9 +1922,10 @@ s_broker_new(zsock_t *pipe, const llmq_broker_config_t *config)
     self->groups = zhashx_new();
     self->metric_models = zhashx_new();
     self->expiry = llmq_queue_new();
+    self->req_header = llmq_msg_new(LLMQ_MSG_REQ);
     self->metrics = llmq_metrics_new();
     if (!self->name || !self->clients || !self->workers || !self->lanes || !self->groups
-    ||  !self->metric_models || !self->expiry || !self->metrics) {
+    ||  !self->metric_models || !self->req_header || !self->expiry || !self->metrics) {
         self->error = strdup("out of memory");
         return self;
     }
@@ -1995,6 +2001,7 @@ s_broker_destroy(s_broker_t **self_p)
     free(self->free_slots);
     zhashx_destroy(&self->metric_models);
     llmq_queue_destroy(&self->expiry);
+    llmq_msg_destroy(&self->req_header);
     llmq_metrics_destroy(&self->metrics);
     zsock_destroy(&self->frontend);
     zsock_destroy(&self->backend);

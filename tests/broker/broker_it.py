@@ -486,19 +486,22 @@ def t_sigterm():
             break
         c.send({"v": 1, "t": "status"})
     b.p.send_signal(signal.SIGTERM)
-    # The broker is draining once it refuses new work.
-    while True:
-        c.req("new")
-        h, _ = c.recv(timeout=10)
-        if h["id"] == "new":
-            assert h["error"]["code"] == "overloaded" and "shutting down" in h["error"]["message"]
-            break
+    # The broker is draining once it refuses new work. Until it has seen the
+    # signal a new request may still be queued: every answer is kept.
     got = {}
-    while len(got) < 4:
+    refused = None
+    n = 0
+    while refused is None or len([k for k in got if k.startswith("inflight")]) < 4:
+        if refused is None:
+            c.req("new%d" % n)
+            n += 1
         h, _ = c.recv(timeout=10)
-        if h["id"].startswith("inflight"):
-            got[h["id"]] = h
-    assert all(h["ok"] for h in got.values()), got
+        got[h["id"]] = h
+        if h["id"].startswith("new") and not h["ok"]:
+            assert h["error"]["code"] == "overloaded", h
+            assert "shutting down" in h["error"]["message"], h
+            refused = h
+    assert all(got["inflight%d" % i]["ok"] for i in range(4)), got
     assert b.p.wait(15) == 0
     w.stop()
 
