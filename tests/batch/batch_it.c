@@ -603,6 +603,85 @@ int main(int argc, char *argv[])
     printf("2,500 items through Anthropic Message Batches (%.1f s)\n",
            (s_now() - t0) / 1000.0);
 
+    /*  Cancel reaches the provider: a batch with a line that never
+        answers is cancelled by the client; the provider batch is
+        cancelled, its partial results fetched, the rest answered
+        `cancelled`. */
+    s_rig_destroy(&s_rig);
+    s_rig = s_rig_new(db, url, "openai", 4);
+    {
+        llmq_msg_t *open = llmq_msg_new(LLMQ_MSG_BATCH_OPEN);
+        llmq_msg_set_batch(open, "stuck");
+        llmq_msg_set_mode(open, "provider");
+        llmq_msg_set_model(open, "gpt-4o-mini");
+        zlist_t *r = s_client(s_rig, open);
+        s_replies_destroy(&r);
+        llmq_packer_t *p = llmq_packer_new();
+        llmq_packer_array(p, 50);
+        for (int i = 0; i < 50; i++) {
+            char cid[16];
+            snprintf(cid, sizeof cid, "s%d", i);
+            llmq_packer_map(p, 2);
+            llmq_packer_str(p, "custom_id");
+            llmq_packer_str(p, cid);
+            llmq_packer_str(p, "body");
+            llmq_packer_map(p, 1);
+            llmq_packer_str(p, "messages");
+            llmq_packer_array(p, 1);
+            llmq_packer_map(p, 2);
+            llmq_packer_str(p, "role");
+            llmq_packer_str(p, "user");
+            llmq_packer_str(p, "content");
+            llmq_packer_str(p, i == 49 ? "stuck [[sim:hang=1]]" : "fine");
+        }
+        zframe_t *items = llmq_packer_frame(p);
+        llmq_packer_destroy(&p);
+        llmq_msg_t *add = llmq_msg_new(LLMQ_MSG_BATCH_ADD);
+        llmq_msg_set_batch(add, "stuck");
+        llmq_msg_set_seq(add, 1);
+        llmq_msg_set_payload(add, &items);
+        r = s_client(s_rig, add);
+        s_replies_destroy(&r);
+        llmq_msg_t *close = llmq_msg_new(LLMQ_MSG_BATCH_CLOSE);
+        llmq_msg_set_batch(close, "stuck");
+        r = s_client(s_rig, close);
+        s_replies_destroy(&r);
+        /*  Run until the provider batch is in progress. */
+        int64_t start = s_now();
+        while (true) {
+            s_rig_step(s_rig);
+            char *state = s_batch_state(s_rig, "stuck");
+            bool running = streq(state, "in_progress");
+            free(state);
+            if (running)
+                break;
+            CHECK(s_now() - start < 30000);
+        }
+        llmq_msg_t *cancel = llmq_msg_new(LLMQ_MSG_BATCH_CANCEL);
+        llmq_msg_set_batch(cancel, "stuck");
+        r = s_client(s_rig, cancel);
+        CHECK(streq(llmq_msg_state(zlist_first(r)), "cancelling"));
+        s_replies_destroy(&r);
+        s_run_until_done(s_rig, "stuck");
+        llmq_msg_t *get = llmq_msg_new(LLMQ_MSG_BATCH_GET);
+        llmq_msg_set_batch(get, "stuck");
+        r = s_client(s_rig, get);
+        llmq_msg_t *st = zlist_first(r);
+        CHECK(streq(llmq_msg_state(st), "cancelled"));
+        CHECK(llmq_msg_counts_done(st) == 50);
+        CHECK(llmq_msg_counts_failed(st) >= 1); /* the stuck line at least */
+        llmq_msg_t *res = zlist_next(r);
+        CHECK(llmq_msg_final(res) && llmq_msg_cursor(res) == 50);
+        s_replies_destroy(&r);
+    }
+    stats = s_sim_stats(url);
+    CHECK(s_num(stats, "batches", "openai", "cancelled") == 1);
+    CHECK(s_num(stats, "double_billed", NULL, NULL) == 0);
+    CHECK(s_num(stats, "files", "count", NULL) == 0);
+    cJSON_Delete(stats);
+    printf("cancel reached the provider (%.1f s)\n",
+           (s_now() - t0) / 1000.0);
+
     s_rig_destroy(&s_rig);
     kill(sim, SIGTERM);
     waitpid(sim, NULL, 0);
