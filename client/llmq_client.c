@@ -49,6 +49,7 @@ typedef struct {
     int64_t sent_at;         /* zclock_mono() at first send */
     int64_t last_seq;        /* highest chunk seq delivered, -1: none */
     int resends;             /* times resent after reconnects */
+    bool orphan;             /* its caller gave up waiting: drop the result */
     void *handle;            /* our item in self->order */
 } s_request_t;
 
@@ -350,8 +351,13 @@ static void s_finish(llmq_client_t *self, s_request_t *req,
     result->op = req->op;
     result->resends = req->resends;
     result->elapsed_ms = zclock_mono() - req->sent_at;
+    bool orphan = req->orphan;
     zhashx_delete(self->pending, req->id);
     zlistx_delete(self->order, req->handle); //  destroys req
+    if (orphan) {
+        llmq_result_destroy(&result);
+        return;
+    }
     zlistx_add_end(self->ready, result);
     self->stats.results++;
 }
@@ -788,6 +794,25 @@ static llmq_result_t *s_take_ready(llmq_client_t *self, const void *lo,
     return NULL;
 }
 
+/*  A synchronous call was interrupted: nobody will collect the results of
+    its requests (args in [lo, hi)), so drop those that are ready and mark
+    the outstanding ones to be dropped when they finish. */
+static void s_orphan(llmq_client_t *self, const void *lo, const void *hi)
+{
+    llmq_result_t *result;
+    while ((result = s_take_ready(self, lo, hi)))
+        llmq_result_destroy(&result);
+    s_request_t *req = (s_request_t *)zlistx_first(self->order);
+    while (req) {
+        if ((const char *)req->arg >= (const char *)lo &&
+            (const char *)req->arg < (const char *)hi) {
+            req->orphan = true;
+            req->arg = NULL;
+        }
+        req = (s_request_t *)zlistx_next(self->order);
+    }
+}
+
 /*  Submit with a private token as arg and pump until its result is back. */
 static llmq_result_t *s_infer(llmq_client_t *self, llmq_op_t op,
                               const char *model, zframe_t **payload_p,
@@ -798,10 +823,13 @@ static llmq_result_t *s_infer(llmq_client_t *self, llmq_op_t op,
     llmq_result_t *result = NULL;
     if (s_submit(self, op, model, payload_p, opts, &token) == 0) {
         while (!(result = s_take_ready(self, &token, &token + 1)))
-            if (s_pump(self, -1) != 0)
+            if (s_pump(self, -1) != 0) {
+                //  Interrupted: the token dies with this call.
+                result = s_take_ready(self, &token, &token + 1);
+                if (!result)
+                    s_orphan(self, &token, &token + 1);
                 break;
-        //  Interrupted: the request stays outstanding; its result will be
-        //  dropped when it comes, since nobody holds the token any more.
+            }
     }
     self->hold--;
     if (result)
@@ -880,6 +908,8 @@ llmq_result_t **llmq_infer_many(llmq_client_t *self, llmq_op_t op,
         if (done < count && s_pump(self, -1) != 0)
             interrupted = true;
     }
+    if (interrupted)
+        s_orphan(self, slots, slots + count);
     self->hold--;
     free(slots);
     if (interrupted) {
