@@ -86,6 +86,8 @@ class Client {
     this.lastPing = 0;
     this.pongWaiters = [];
     this.statusWaiters = [];
+    this.dropped = false;
+    this.lastReconnect = 0;
     this.reconnects = 0;
     this.resent = 0;
     this.duplicates = 0;
@@ -107,12 +109,9 @@ class Client {
     });
     // A restarted broker answers pings but has forgotten our requests: a
     // dropped connection, not silence, is what tells us.
+    // The reconnect itself happens in _timers, at most once per heartbeat.
     sock.events.on("disconnect", () => {
-      if (sock === this.sock && !this.closed && this.pending.size > 0) {
-        setImmediate(() => {
-          if (sock === this.sock && !this.closed && this.pending.size > 0) this._reconnect();
-        });
-      }
+      if (sock === this.sock && !this.closed && this.pending.size > 0) this.dropped = true;
     });
     sock.connect(this.endpoint);
     this.sock = sock;
@@ -122,6 +121,8 @@ class Client {
   /** Lazy pirate: new socket, same identity, resend everything. */
   _reconnect() {
     this._connect();
+    this.dropped = false;
+    this.lastReconnect = Date.now();
     this.reconnects++;
     for (const req of this.pending.values()) {
       req.resends++;
@@ -243,7 +244,11 @@ class Client {
   }
 
   _timers() {
-    if (this.closed || this.pending.size === 0) return;
+    if (this.closed) return;
+    if (this.pending.size === 0) {
+      this.dropped = false;
+      return;
+    }
     const now = Date.now();
     if (this.giveUp && now - this.lastHeard >= this.giveUp) {
       for (const req of [...this.pending.values()]) {
@@ -253,7 +258,9 @@ class Client {
       return;
     }
     const silent = now - this.lastRecv;
-    if (silent >= this.timeout) {
+    if (this.dropped && now - this.lastReconnect >= this.heartbeat) {
+      this._reconnect();
+    } else if (silent >= this.timeout) {
       this._reconnect();
     } else if (silent >= this.heartbeat && now - this.lastPing >= this.heartbeat) {
       this._send({ t: "ping" });

@@ -101,6 +101,8 @@ class Client:
         self._last_ping = 0.0
         self._pong = None
         self._status = None
+        self._dropped = False
+        self._last_reconnect = 0.0
         self.reconnects = 0
         self.resent = 0
         self.duplicates = 0
@@ -179,8 +181,7 @@ class Client:
                 except zmq.Again:
                     break
             if dropped and self._pending:
-                self._reconnect()
-                return
+                self._dropped = True    # reconnect in _timers, once per heartbeat
         if self.sock in events:
             while True:
                 try:
@@ -241,6 +242,7 @@ class Client:
 
     def _timers(self):
         if not self._pending:
+            self._dropped = False
             return
         now = time.monotonic()
         if self.give_up and now - self._last_heard >= self.give_up:
@@ -252,7 +254,9 @@ class Client:
             self._pending.clear()
             return
         silent = now - self._last_recv
-        if silent >= self.timeout:
+        if self._dropped and now - self._last_reconnect >= self.heartbeat:
+            self._reconnect()
+        elif silent >= self.timeout:
             self._reconnect()
         elif silent >= self.heartbeat and now - self._last_ping >= self.heartbeat:
             self._send({"t": "ping"})
@@ -261,6 +265,8 @@ class Client:
     def _reconnect(self):
         """Lazy pirate: new socket, same identity, resend everything."""
         self._connect()
+        self._dropped = False
+        self._last_reconnect = time.monotonic()
         self.reconnects += 1
         for req in self._pending.values():
             req["resends"] += 1
