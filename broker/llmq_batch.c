@@ -1045,15 +1045,34 @@ static bool s_has_ready(llmq_batch_t *self, s_batch_t *b)
 {
     if (!b->dispatching)
         return false;
-    if (zlistx_size(b->ready) == 0 && b->scan_next < b->rec.total) {
+    while (zlistx_size(b->ready) == 0 && b->scan_next < b->rec.total) {
+        /*  Items of provider jobs still open belong to the provider (a
+            job that ended early must not pull its neighbours into
+            realtime): scan only the segments between open jobs. */
+        int64_t end = b->rec.total;
+        bool jumped = false;
+        for (s_job_t *j = zlistx_first(b->jobs); j; j = zlistx_next(b->jobs)) {
+            if (S_JOB_OVER(j))
+                continue;
+            int64_t jend = j->row.first + j->row.count;
+            if (b->scan_next >= j->row.first && b->scan_next < jend) {
+                b->scan_next = jend;
+                jumped = true;
+                break;
+            }
+            if (j->row.first > b->scan_next && j->row.first < end)
+                end = j->row.first;
+        }
+        if (jumped)
+            continue;
         int64_t before = b->scan_next;
         llmq_batch_store_item_each(self->store, b->rec.bid, b->scan_next,
-                                   b->rec.total - b->scan_next, true,
-                                   s_prefetch_fn, b);
-        /*  The scan stops only by reaching total here; keep prefetch small
-            by moving the cursor ourselves when nothing pending was left. */
-        if (b->scan_next == before || zlistx_size(b->ready) == 0)
-            b->scan_next = b->rec.total;
+                                   end - b->scan_next, true, s_prefetch_fn,
+                                   b);
+        /*  Nothing pending (or all in flight) in this segment: go past it.
+            Otherwise the prefetch stopped at its limit with items ready. */
+        if (zlistx_size(b->ready) == 0 || b->scan_next == before)
+            b->scan_next = end;
     }
     return zlistx_size(b->ready) > 0;
 }
@@ -2448,6 +2467,28 @@ static void s_test_provider(const char *path, bool verbose)
         /*  Results arrive in any order within a job. */
         s_t_job_results(m, t, first, first == 100000 ? 20000 : 50000, 5000,
                         true, now);
+        if (round == 0) {
+            /*  Job 1 ended, jobs 2 and 3 still run at the provider: the
+                realtime retries take job 1's lines only. */
+            S_CHECK(first == 0);
+            zlistx_t *taken = zlistx_new();
+            llmq_msg_t *rq;
+            while ((rq = llmq_batch_next_item(m, s_test_serves_fn,
+                                              "gpt-batch", now))) {
+                const char *dot = strchr(llmq_msg_id(rq), '.');
+                S_CHECK(atoll(dot + 1) < 50000);
+                zlistx_add_end(taken, rq);
+            }
+            int64_t want = 0;
+            for (int64_t i = 0; i < 50000; i++)
+                want += i % 997 == 996 && i % 1000 != 999;
+            S_CHECK((int64_t)zlistx_size(taken) == want);
+            while ((rq = zlistx_detach(taken, NULL))) {
+                llmq_batch_item_return(m, llmq_msg_id(rq), now);
+                llmq_msg_destroy(&rq);
+            }
+            zlistx_destroy(&taken);
+        }
         llmq_msg_destroy(&t);
     }
     /*  Provider files are deleted only after the results are stored. */
