@@ -1349,23 +1349,38 @@ static llmq_msg_t *s_job_next(llmq_batch_t *self, s_job_t *j, int64_t now_ms)
     return NULL;
 }
 
-llmq_msg_t *llmq_batch_next_job_task(llmq_batch_t *self, const char *pool,
-                                     int64_t now_ms)
+/*  Tasks outstanding for a pool. */
+static int64_t s_pool_busy(llmq_batch_t *self, const char *pool)
 {
     int64_t busy = 0;
     for (s_job_t *j = zhashx_first(self->jobs); j;
          j = zhashx_next(self->jobs))
         if (j->task != LLMQ_MSG_INVALID && streq(j->row.pool, pool))
             busy++;
-    if (busy >= self->cfg.max_tasks_per_pool)
+    return busy;
+}
+
+llmq_msg_t *llmq_batch_next_job_task(llmq_batch_t *self, const char *pool,
+                                     int64_t now_ms)
+{
+    if (pool && s_pool_busy(self, pool) >= self->cfg.max_tasks_per_pool)
         return NULL;
     /*  Oldest batch first, jobs in item order: zhashx has no order, so
-        pick the best candidate by (bid, first). */
+        pick the best candidate by (bid, first). The candidates are copied
+        out first: s_pool_busy iterates the same hash, which would reset
+        this loop's cursor. */
+    size_t n = zhashx_size(self->jobs), k = 0;
+    s_job_t **cand = n ? calloc(n, sizeof *cand) : NULL;
+    if (!cand)
+        return NULL;
+    for (s_job_t *j = zhashx_first(self->jobs); j && k < n;
+         j = zhashx_next(self->jobs))
+        cand[k++] = j;
     s_job_t *best = NULL;
-    for (s_job_t *j = zhashx_first(self->jobs); j;
-         j = zhashx_next(self->jobs)) {
+    for (size_t i = 0; i < k; i++) {
+        s_job_t *j = cand[i];
         if (j->task != LLMQ_MSG_INVALID || now_ms < j->next_ms ||
-            !streq(j->row.pool, pool))
+            (pool && !streq(j->row.pool, pool)))
             continue;
         if (streq(j->row.state, S_JOB_DONE) ||
             streq(j->row.state, S_JOB_FAILED))
@@ -1377,9 +1392,32 @@ llmq_msg_t *llmq_batch_next_job_task(llmq_batch_t *self, const char *pool,
                      (j->row.bid == best->row.bid &&
                       j->row.first > best->row.first)))
             continue;
+        if (!pool &&
+            s_pool_busy(self, j->row.pool) >= self->cfg.max_tasks_per_pool)
+            continue;
         best = j;
     }
+    free(cand);
     return best ? s_job_next(self, best, now_ms) : NULL;
+}
+
+void llmq_batch_task_unsent(llmq_batch_t *self, llmq_msg_t *task,
+                            int64_t now_ms)
+{
+    const char *id = task ? llmq_msg_job(task) : NULL;
+    s_job_t *j = id ? zhashx_lookup(self->jobs, id) : NULL;
+    if (!j || j->task != llmq_msg_type(task))
+        return;
+    if (j->task == LLMQ_MSG_JOB_SUBMIT &&
+        streq(j->row.state, S_JOB_SUBMITTING)) {
+        /*  It never left the broker: the provider cannot have it. */
+        snprintf(j->row.state, sizeof j->row.state, S_JOB_PENDING);
+        j->row.attempts--;
+        s_job_save(self, j, now_ms);
+        llmq_batch_flush(self);
+    }
+    j->task = LLMQ_MSG_INVALID;
+    j->next_ms = now_ms + self->cfg.poll_interval_ms;
 }
 
 /*  A job ended at the provider and its results are in: items without a
@@ -2322,8 +2360,28 @@ static void s_test_provider(const char *path, bool verbose)
 
     /*  First task: job.submit of items 0..49999, recorded `submitting`
         before we see it (a second connection reads the file). */
-    llmq_msg_t *t1 = llmq_batch_next_job_task(m, "oa", now);
+    /*  A task the broker could not send (no worker of the pool left) is
+        given back: a submit goes back to pending, as if never made. */
+    llmq_msg_t *t1 = llmq_batch_next_job_task(m, NULL, now); /* any pool */
     S_CHECK(t1 && llmq_msg_type(t1) == LLMQ_MSG_JOB_SUBMIT);
+    S_CHECK(streq(llmq_msg_pool(t1), "oa"));
+    char first_job[65];
+    snprintf(first_job, sizeof first_job, "%s", llmq_msg_job(t1));
+    llmq_batch_task_unsent(m, t1, now);
+    llmq_msg_destroy(&t1);
+    /*  Given back for later: the other jobs come first now. */
+    int others = 0;
+    while ((t1 = llmq_batch_next_job_task(m, "oa", now))) {
+        S_CHECK(!streq(llmq_msg_job(t1), first_job));
+        llmq_batch_task_unsent(m, t1, now);
+        llmq_msg_destroy(&t1);
+        others++;
+    }
+    S_CHECK(others == 2);
+    now += cfg.poll_interval_ms;
+    t1 = llmq_batch_next_job_task(m, "oa", now);
+    S_CHECK(t1 && llmq_msg_type(t1) == LLMQ_MSG_JOB_SUBMIT);
+    S_CHECK(streq(llmq_msg_job(t1), first_job));
     S_CHECK(streq(llmq_msg_model(t1), "gpt-batch"));
     S_CHECK(streq(llmq_msg_completion_window(t1), "24h"));
     S_CHECK(llmq_msg_count(t1) == 50000);

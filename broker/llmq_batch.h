@@ -139,6 +139,13 @@ void llmq_batch_item_return(llmq_batch_t *self, const char *key,
     is returned. */
 llmq_msg_t *llmq_batch_next_job_task(llmq_batch_t *self, const char *pool,
                                      int64_t now_ms);
+/*  (pool NULL: a task for any pool; it carries `pool`.) */
+
+/*  The broker could not send a task next_job_task gave it (no live worker
+    of that pool): take it back. A job.submit returns to `pending` (it never
+    left); others are retried after poll_interval_ms. task is borrowed. */
+void llmq_batch_task_unsent(llmq_batch_t *self, llmq_msg_t *task,
+                            int64_t now_ms);
 
 /*  A worker's job.status or job.results. Returns 0 if it was for a known
     job, 1 if dropped. */
