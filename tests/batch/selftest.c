@@ -1,6 +1,6 @@
 /*  selftest.c - runs the batch classes' selftests (issue 8).
 
-    Usage: llmq_batch_selftest [-v] [store|batch|api ...]
+    Usage: llmq_batch_selftest [-v] [store|batch|api|module ...]
     With no class names it runs every class built into this executable
     (each executable is built with the classes it can link: see
     CMakeLists.txt).
@@ -17,6 +17,9 @@
 #ifdef LLMQ_BATCH_API
 #include "llmq_batch_api.h"
 #endif
+#ifdef LLMQ_BATCH_MODULE
+#include "llmq_batch_module.h"
+#endif
 
 typedef struct {
     const char *name;
@@ -32,6 +35,9 @@ static const s_test_t s_tests[] = {
 #endif
 #ifdef LLMQ_BATCH_API
     { "api", llmq_batch_api_test },
+#endif
+#ifdef LLMQ_BATCH_MODULE
+    { "module", llmq_batch_module_test },
 #endif
 };
 
