@@ -76,6 +76,8 @@ struct _s_batch_t {
     int64_t scan_next;                  /* next index to scan for pending */
     zlistx_t *ready;                    /* s_item_t *, in dispatch order */
     zhashx_t *in_flight;                /* "index" -> s_item_t * (no body) */
+    zhashx_t *retries;                  /* "index" -> failed rounds so far
+                                           (intptr_t, retryable failures) */
     uint64_t rr_tick;                   /* last served (round robin) */
     zlistx_t *jobs;                     /* s_job_t *, by first item */
     bool expired;                       /* window passed */
@@ -158,6 +160,7 @@ static void s_batch_destroy(void **batch_p)
     if (b) {
         zlistx_destroy(&b->ready);
         zhashx_destroy(&b->in_flight);
+        zhashx_destroy(&b->retries);
         zlistx_destroy(&b->jobs);
         free(b);
         *batch_p = NULL;
@@ -174,6 +177,7 @@ static s_batch_t *s_batch_new(const llmq_batch_rec_t *rec)
     zlistx_set_destructor(b->ready, s_item_destroy);
     b->in_flight = zhashx_new();
     zhashx_set_destructor(b->in_flight, s_item_destroy);
+    b->retries = zhashx_new();
     b->jobs = zlistx_new();
     zlistx_set_destructor(b->jobs, s_job_destroy);
     return b;
@@ -483,6 +487,7 @@ void llmq_batch_config_defaults(llmq_batch_config_t *cfg)
     cfg->results_max_items = 1000;
     cfg->results_max_bytes = 4 * 1024 * 1024;
     cfg->commit_every = 512;
+    cfg->item_attempts = 3;
 }
 
 static void s_index_batch(llmq_batch_t *self, s_batch_t *b)
@@ -1153,6 +1158,27 @@ static s_batch_t *s_key_batch(llmq_batch_t *self, const char *key,
     return zhashx_lookup(self->by_bid, bkey);
 }
 
+/*  Put an item (not in flight, no result) back among the ready ones; its
+    body is read again from the store. */
+static void s_requeue(llmq_batch_t *self, s_batch_t *b, int64_t index,
+                      bool front)
+{
+    int64_t saved = b->scan_next;
+    zlistx_t *keep = b->ready;
+    b->ready = zlistx_new();
+    zlistx_set_destructor(b->ready, s_item_destroy);
+    llmq_batch_store_item_each(self->store, b->rec.bid, index, 1, true,
+                               s_prefetch_fn, b);
+    s_item_t *item = zlistx_detach(b->ready, NULL);
+    zlistx_destroy(&b->ready);
+    b->ready = keep;
+    b->scan_next = saved;
+    if (item && front)
+        zlistx_add_start(b->ready, item);
+    else if (item)
+        zlistx_add_end(b->ready, item);
+}
+
 int llmq_batch_on_item_result(llmq_batch_t *self, const char *key,
                               llmq_msg_t *res, int64_t now_ms)
 {
@@ -1179,6 +1205,18 @@ int llmq_batch_on_item_result(llmq_batch_t *self, const char *key,
         r.error_status = llmq_msg_error_status(res);
         r.error_retryable = llmq_msg_error_retryable(res);
     }
+    if (!r.ok && r.error_retryable && b->dispatching) {
+        /*  The worker already retried with backoff; a failure that may
+            pass later gets another round (behind the ready items) before
+            it becomes the item's result. */
+        intptr_t tries = (intptr_t)zhashx_lookup(b->retries, ikey);
+        if (tries + 1 < self->cfg.item_attempts) {
+            zhashx_update(b->retries, ikey, (void *)(tries + 1));
+            s_requeue(self, b, index, false);
+            return 2;
+        }
+    }
+    zhashx_delete(b->retries, ikey);
     r.prompt_tokens = llmq_msg_usage_prompt_tokens(res);
     r.completion_tokens = llmq_msg_usage_completion_tokens(res);
     r.cost_usd = llmq_msg_usage_cost_usd(res);
@@ -1210,21 +1248,8 @@ void llmq_batch_item_return(llmq_batch_t *self, const char *key,
         s_check_done(self, b, now_ms);
         return;
     }
-    /*  Back to the front so it is not starved behind the whole batch: the
-        body is read again from the store. */
-    s_batch_t *bb = b;
-    int64_t saved = bb->scan_next;
-    zlistx_t *keep = bb->ready;
-    bb->ready = zlistx_new();
-    zlistx_set_destructor(bb->ready, s_item_destroy);
-    llmq_batch_store_item_each(self->store, bb->rec.bid, index, 1, true,
-                               s_prefetch_fn, bb);
-    s_item_t *item = zlistx_detach(bb->ready, NULL);
-    zlistx_destroy(&bb->ready);
-    bb->ready = keep;
-    bb->scan_next = saved;
-    if (item)
-        zlistx_add_start(bb->ready, item);
+    /*  Back to the front so it is not starved behind the whole batch. */
+    s_requeue(self, b, index, true);
 }
 
 /*  ---- provider jobs ----------------------------------------------------- */
@@ -2256,6 +2281,36 @@ static void s_test_realtime(const char *path, bool verbose)
     r = s_t_simple(m, replies, LLMQ_MSG_BATCH_GET, "ex", now);
     S_CHECK(streq(llmq_msg_state(r), "expired"));
     S_CHECK(llmq_msg_counts_done(r) == 10 && llmq_msg_counts_failed(r) == 9);
+
+    /*  A retryable failure gets more rounds (3 in all), behind the other
+        items; then it is the item's result. */
+    r = s_t_open(m, replies, "rtry", "realtime", "gpt", NULL, 0, now);
+    r = s_t_add(m, replies, "rtry", 1, 0, 3, now);
+    r = s_t_simple(m, replies, LLMQ_MSG_BATCH_CLOSE, "rtry", now);
+    int rounds = 0;
+    while ((req = llmq_batch_next_item(m, s_test_serves_fn, "gpt", now))) {
+        bool first = strstr(llmq_msg_id(req), ".0") != NULL &&
+                     *(strstr(llmq_msg_id(req), ".0") + 2) == 0;
+        if (first) {
+            res = llmq_msg_new(LLMQ_MSG_RES);
+            llmq_msg_set_id(res, llmq_msg_id(req));
+            llmq_msg_set_failure(res, LLMQ_ERR_PROVIDER_ERROR, 503, "busy");
+            rounds++;
+            S_CHECK(llmq_batch_on_item_result(m, llmq_msg_id(req), res,
+                                              now) == (rounds < 3 ? 2 : 0));
+        }
+        else {
+            res = s_t_res(req);
+            S_CHECK(llmq_batch_on_item_result(m, llmq_msg_id(req), res,
+                                              now) == 0);
+        }
+        llmq_msg_destroy(&res);
+        llmq_msg_destroy(&req);
+    }
+    S_CHECK(rounds == 3);
+    r = s_t_simple(m, replies, LLMQ_MSG_BATCH_GET, "rtry", now);
+    S_CHECK(streq(llmq_msg_state(r), "completed"));
+    S_CHECK(llmq_msg_counts_done(r) == 3 && llmq_msg_counts_failed(r) == 1);
 
     llmq_batch_stats_t stats;
     llmq_batch_stats(m, &stats);

@@ -65,6 +65,8 @@ typedef struct {
     int64_t results_max_items;  /* per batch.results message (1000) */
     int64_t results_max_bytes;  /* per batch.results payload (4 MiB) */
     int64_t commit_every;       /* realtime results per transaction (512) */
+    int64_t item_attempts;      /* rounds a realtime item gets when its
+                                   worker answers a retryable failure (3) */
 } llmq_batch_config_t;
 
 /*  Fill cfg with the defaults above. */
@@ -122,8 +124,9 @@ llmq_msg_t *llmq_batch_next_item(llmq_batch_t *self,
 bool llmq_batch_has_items(llmq_batch_t *self);
 
 /*  The final `res` for an item key: stores the result (ok body or error,
-    usage). Unknown keys and duplicates are dropped. Returns 0 if stored, 1
-    if dropped. */
+    usage). A retryable failure (error.retryable) puts the item back for
+    another round, up to item_attempts rounds. Unknown keys and duplicates
+    are dropped. Returns 0 if stored, 1 if dropped, 2 if queued again. */
 int llmq_batch_on_item_result(llmq_batch_t *self, const char *key,
                               llmq_msg_t *res, int64_t now_ms);
 
