@@ -267,7 +267,9 @@ def main():
         r_ = [r for r in th if r["system"] == "raw"]
         ratios = [x["rps"] / y["rps"] for x, y in zip(sorted(b, key=lambda r: r["trial"]),
                                                       sorted(r_, key=lambda r: r["trial"]))]
-        cpu_ratios = [x["cpu_us_per_req"] / y["cpu_us_per_req"]
+        # (A tiny --smoke run can measure 0 CPU ticks: no ratio then.)
+        cpu_ratios = [x["cpu_us_per_req"] / y["cpu_us_per_req"] if y["cpu_us_per_req"]
+                      else float("nan")
                       for x, y in zip(sorted(b, key=lambda r: r["trial"]),
                                       sorted(r_, key=lambda r: r["trial"]))]
         lines += ["| %d clients x %d workers, %d B payload, window %d | llmq-broker | raw zmq_proxy | ratio |"
