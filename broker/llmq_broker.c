@@ -195,6 +195,7 @@ struct _llmq_broker_core_t {
     s_counters_t counters;
     llmq_msg_t *req_header;     //  Reused header of every `req` to a worker
     void *module_state;         //  Plug-in state
+    uint64_t job_rr;            //  Round robin of batch job tasks
 };
 
 typedef llmq_broker_core_t s_broker_t;
@@ -2226,6 +2227,64 @@ llmq_broker_reply(llmq_broker_core_t *self, llmq_msg_t **msg_p)
 {
     if (*msg_p)
         llmq_msg_send(msg_p, self->frontend);
+}
+
+//  Provider batch jobs (issue 8): a worker is a candidate when it said
+//  batch_api in its hello, is alive and healthy, and is not leaving.
+static bool
+s_job_worker_ok(s_worker_t *w)
+{
+    return w->batch_api && !w->leaving && w->healthy;
+}
+
+bool
+llmq_broker_batch_pool(llmq_broker_core_t *self, const char *model,
+                       const char *pool, char *pool_out, size_t pool_size,
+                       char *provider_out, size_t provider_size)
+{
+    if (!model || !*model)
+        return false;
+    for (s_worker_t *w = (s_worker_t *) zhashx_first(self->workers); w;
+         w = (s_worker_t *) zhashx_next(self->workers)) {
+        if (!s_job_worker_ok(w) || !s_serves(model, pool, w))
+            continue;
+        snprintf(pool_out, pool_size, "%s", w->pool ? w->pool : "");
+        snprintf(provider_out, provider_size, "%s", w->provider ? w->provider : "");
+        return true;
+    }
+    return false;
+}
+
+int
+llmq_broker_send_job(llmq_broker_core_t *self, const char *pool,
+                     llmq_msg_t **msg_p)
+{
+    //  Round robin over the pool's candidates: job tasks use no credit, so
+    //  spreading them is all the balancing they get.
+    size_t count = 0;
+    for (s_worker_t *w = (s_worker_t *) zhashx_first(self->workers); w;
+         w = (s_worker_t *) zhashx_next(self->workers))
+        if (s_job_worker_ok(w) && streq(w->pool ? w->pool : "", pool ? pool : ""))
+            count++;
+    if (count == 0 || !*msg_p)
+        return -1;
+    size_t pick = (size_t) (self->job_rr++ % count);
+    for (s_worker_t *w = (s_worker_t *) zhashx_first(self->workers); w;
+         w = (s_worker_t *) zhashx_next(self->workers)) {
+        if (!s_job_worker_ok(w) || !streq(w->pool ? w->pool : "", pool ? pool : ""))
+            continue;
+        if (pick-- > 0)
+            continue;
+        llmq_msg_set_routing_id(*msg_p, w->rid);
+        if (self->config.verbose)
+            llmq_msg_print(*msg_p);
+        //  A failed send destroys the message too: count it as lost, the
+        //  manager re-issues the task after its timeout.
+        if (llmq_msg_send(msg_p, self->backend))
+            s_log(self, "warning", "job_send_failed", "worker", w->name, s_END);
+        return 0;
+    }
+    return -1;
 }
 
 //  --------------------------------------------------------------------------

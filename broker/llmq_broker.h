@@ -130,6 +130,19 @@ int llmq_broker_submit(llmq_broker_core_t *core, llmq_msg_t **req_p,
     Takes the message. */
 void llmq_broker_reply(llmq_broker_core_t *core, llmq_msg_t **msg_p);
 
+/*  For modules (provider batches): a live, healthy, not leaving worker
+    with batch_api that serves model (and pool, if not NULL or ""): copy
+    its pool and provider kind, return true. */
+bool llmq_broker_batch_pool(llmq_broker_core_t *core, const char *model,
+                            const char *pool, char *pool_out, size_t pool_size,
+                            char *provider_out, size_t provider_size);
+
+/*  For modules: send msg (a job.* task) to one of pool's batch_api workers,
+    round robin. Takes the message and returns 0 (a failed send counts as a
+    lost task); -1 if there is no such worker (msg then untouched). */
+int llmq_broker_send_job(llmq_broker_core_t *core, const char *pool,
+                         llmq_msg_t **msg_p);
+
 /*  Self test; returns 0 on success. */
 int llmq_broker_test(bool verbose);
 

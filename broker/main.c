@@ -6,6 +6,7 @@
     into a bounded drain (exit 0). A second signal stops at once.
 */
 #include "llmq_broker.h"
+#include "llmq_batch_module.h"
 
 #include <getopt.h>
 #include <signal.h>
@@ -42,6 +43,20 @@ s_usage(FILE *out)
         "  --drain-ms MS           on SIGTERM, how long to await in-flight work (default 10000)\n"
         "  --heartbeat-ms MS       heartbeat interval to workers (default 1000)\n"
         "  --dead-ms MS            worker silence after which it is dead (default 3000)\n"
+        "  --batch-db FILE         SQLite file of the durable batches (default\n"
+        "                          ./llmq-batches.db; --batch-db none turns batches off)\n"
+        "  --batch-threshold N     auto batches of at least N items go to a provider's\n"
+        "                          Batch API when a batch_api pool serves the model\n"
+        "                          (default 1000)\n"
+        "  --batch-poll-ms MS      poll period of a running provider job (default 30000)\n"
+        "  --batch-task-timeout-ms MS  a job task unanswered this long is re-issued\n"
+        "                          (default 120000)\n"
+        "  --batch-submit-grace-ms MS  a lookup miss resubmits a job only this long\n"
+        "                          after its submit (default 1800000)\n"
+        "  --batch-provider-price X  multiplier on provider-mode costs reported by\n"
+        "                          workers (default 1.0: workers report the discount)\n"
+        "  --batch-no-resubmit     provider lines that failed retryably or expired are\n"
+        "                          reported as errors instead of rerun in realtime\n"
         "  --json-logs             log events as JSON lines on stderr\n"
         "  --quiet                 no event logs\n"
         "  --verbose               log every message (debugging)\n"
@@ -69,8 +84,12 @@ main(int argc, char *argv[])
 {
     llmq_broker_config_t config;
     llmq_broker_config_defaults(&config);
+    const char *batch_db = "llmq-batches.db";
+    llmq_batch_module_arg_t barg;
+    llmq_batch_module_arg_defaults(&barg, batch_db);
     enum { O_FRONTEND = 1, O_BACKEND, O_METRICS, O_NAME, O_MAX_QUEUE, O_WAIT,
-           O_DRAIN, O_HB, O_DEAD, O_JSON, O_QUIET, O_VERBOSE, O_VERSION, O_HELP };
+           O_DRAIN, O_HB, O_DEAD, O_JSON, O_QUIET, O_VERBOSE, O_VERSION, O_HELP,
+           O_BDB, O_BTHRESH, O_BPOLL, O_BTASK, O_BGRACE, O_BPRICE, O_BNORESUB };
     static const struct option options[] = {
         { "frontend", required_argument, NULL, O_FRONTEND },
         { "backend", required_argument, NULL, O_BACKEND },
@@ -81,6 +100,13 @@ main(int argc, char *argv[])
         { "drain-ms", required_argument, NULL, O_DRAIN },
         { "heartbeat-ms", required_argument, NULL, O_HB },
         { "dead-ms", required_argument, NULL, O_DEAD },
+        { "batch-db", required_argument, NULL, O_BDB },
+        { "batch-threshold", required_argument, NULL, O_BTHRESH },
+        { "batch-poll-ms", required_argument, NULL, O_BPOLL },
+        { "batch-task-timeout-ms", required_argument, NULL, O_BTASK },
+        { "batch-submit-grace-ms", required_argument, NULL, O_BGRACE },
+        { "batch-provider-price", required_argument, NULL, O_BPRICE },
+        { "batch-no-resubmit", no_argument, NULL, O_BNORESUB },
         { "json-logs", no_argument, NULL, O_JSON },
         { "quiet", no_argument, NULL, O_QUIET },
         { "verbose", no_argument, NULL, O_VERBOSE },
@@ -111,6 +137,30 @@ main(int argc, char *argv[])
             case O_DEAD:
                 config.dead_ms = (int) s_number("--dead-ms", optarg, 30, 3600000);
                 break;
+            case O_BDB: batch_db = optarg; break;
+            case O_BTHRESH:
+                barg.config.auto_threshold = s_number("--batch-threshold", optarg, 1, 1000000000);
+                break;
+            case O_BPOLL:
+                barg.config.poll_interval_ms = s_number("--batch-poll-ms", optarg, 10, 86400000);
+                break;
+            case O_BTASK:
+                barg.config.task_timeout_ms = s_number("--batch-task-timeout-ms", optarg, 100, 86400000);
+                break;
+            case O_BGRACE:
+                barg.config.submit_grace_ms = s_number("--batch-submit-grace-ms", optarg, 0, 86400000LL * 30);
+                break;
+            case O_BPRICE: {
+                char *end = NULL;
+                double price = strtod(optarg, &end);
+                if (!*optarg || *end || !(price >= 0 && price <= 100)) {
+                    fprintf(stderr, "llmq-broker: --batch-provider-price wants a number in 0..100, got '%s'\n", optarg);
+                    return 2;
+                }
+                barg.config.provider_price = price;
+                break;
+            }
+            case O_BNORESUB: barg.config.resubmit_failed = false; break;
             case O_JSON: config.json_logs = true; break;
             case O_QUIET: config.quiet = true; break;
             case O_VERBOSE: config.verbose = true; break;
@@ -130,6 +180,17 @@ main(int argc, char *argv[])
     if (config.dead_ms <= config.heartbeat_ms) {
         fprintf(stderr, "llmq-broker: --dead-ms must be larger than --heartbeat-ms\n");
         return 2;
+    }
+
+    //  Durable batches (docs/BATCHES.md): the batch manager as the broker's
+    //  plug-in, with provider mode through the broker's batch_api workers.
+    llmq_broker_module_t bmod;
+    if (!streq(batch_db, "none")) {
+        barg.path = batch_db;
+        barg.pool_lookup = llmq_broker_batch_pool;
+        barg.send_worker = llmq_broker_send_job;
+        llmq_batch_module_init(&bmod, &barg);
+        config.module = &bmod;
     }
 
     //  Our own handlers: CZMQ's would make the actor's sockets fail with EINTR
