@@ -133,6 +133,7 @@ struct _s_worker_t {
     int64_t probe_at;      /* next start-up probe, 0 = none */
     int64_t probe_backoff; /* start-up probe backoff */
     bool joined;           /* hello sent on the current socket */
+    int64_t hello_at;      /* when the last hello went out */
     int64_t outstanding;   /* credit granted, not yet used */
     int64_t hb_at;         /* next heartbeat */
     int64_t broker_seen;   /* last message from the broker */
@@ -375,6 +376,9 @@ static void s_send_hello(s_worker_t *self)
     llmq_msg_set_version(m, LLMQ_VERSION_STRING);
     s_send(self, &m);
     self->joined = true;
+    self->hello_at = s_now();
+    /*  The broker starts (or restarts) our credit at 0 on every hello; the
+        main loop grants every free slot again, once (s_grant_credit). */
     self->outstanding = 0;
 }
 
@@ -1175,8 +1179,14 @@ static void s_handle_broker(s_worker_t *self, llmq_msg_t *msg)
     case LLMQ_MSG_ERROR:
         llmq_wlog(LLMQ_LOG_WARN, "broker error %s: %s", llmq_msg_code(msg),
                   llmq_msg_message(msg));
-        /*  The broker does not know us (it restarted): hello again. */
-        if (!llmq_msg_id(msg) && !self->draining)
+        /*  The broker does not know us (it restarted): hello again. Every
+            message we sent before the broker saw our hello comes back as one
+            such error; one hello answers them all, so further ones within
+            a heartbeat interval of it are stale and ignored. */
+        if (!llmq_msg_id(msg) && !self->draining && llmq_msg_message(msg) &&
+            streq(llmq_msg_message(msg), "hello first") &&
+            (!self->joined ||
+             s_now() - self->hello_at >= self->cfg->heartbeat_ms))
             s_send_hello(self);
         break;
     case LLMQ_MSG_JOB_SUBMIT:

@@ -398,15 +398,34 @@ def cli():
 
 def reconnect():
     """The broker goes silent: the worker says hello again on a new socket; a
-    broker `error` (it forgot us) also brings a new hello."""
+    broker `error` (it forgot us) also brings a new hello: one, however many
+    "hello first" errors arrive (one per message sent before it), and after
+    it credit for every free slot, granted once."""
     sim = Sim()
     h = Harness("--provider", "sim", "--base-url", sim.base, "--model", "sim-small",
-                heartbeats=False)
+                "--capacity", "8", heartbeats=False)
     try:
         hellos = lambda: sum(1 for m in h.received if m[0]["t"] == "hello")
         check(hellos() == 1, "one hello")
-        h.send("error", code="bad_message", message="hello first")
+        h.wait(lambda: h.credit == 8, 5, "credit for every slot")
+        # The first heartbeat comes one interval after the hello: from then on
+        # a "hello first" is not a stale echo of the hello's own round trip.
+        h.wait(lambda: len(h.hbs) >= 1, 5, "first heartbeat")
+        for _ in range(5):
+            h.send("error", code="bad_message", message="hello first")
         h.wait(lambda: hellos() == 2, 5, "hello after error")
+        h.wait(lambda: h.credit == 8, 5, "credit again after hello")
+        # Until the next heartbeat: no second hello, no extra credit (the
+        # harness resets its credit count at each hello, as the broker does).
+        n_hb = len(h.hbs)
+        h.wait(lambda: len(h.hbs) > n_hb, 5, "next heartbeat")
+        check(hellos() == 2, "one hello for five errors, got %d" % hellos())
+        check(h.credit == 8, "credit granted once after hello: %d" % h.credit)
+        # An error that is not "hello first" brings no hello.
+        h.send("error", code="bad_message", message="unexpected message type from a worker")
+        n_hb = len(h.hbs)
+        h.wait(lambda: len(h.hbs) > n_hb, 5, "heartbeat after other error")
+        check(hellos() == 2, "no hello for another error")
         # we never answer heartbeats: after 3 s of silence it reconnects
         h.wait(lambda: hellos() == 3, 10, "hello after broker silence")
         h.heartbeats = True
