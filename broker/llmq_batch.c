@@ -923,10 +923,63 @@ static int s_results_fn(const llmq_batch_result_t *r, void *arg)
     return 0;
 }
 
+/*  batch.get with batch "" lists the batches: one batch.status each (the
+    1,000 most recent, oldest first), then batch.ack {batch "", count}. */
+typedef struct {
+    llmq_batch_t *self;
+    zlist_t *list;
+} s_list_t;
+
+#define S_LIST_MAX 1000
+
+static int s_list_fn(const llmq_batch_rec_t *rec, void *arg)
+{
+    s_list_t *l = arg;
+    /*  The in-memory record is newer than the row of an active batch. */
+    s_batch_t *live = zhashx_lookup(l->self->batches, rec->id);
+    llmq_msg_t *st = llmq_msg_new(LLMQ_MSG_BATCH_STATUS);
+    if (!st)
+        return 1;
+    s_batch_t tmp;
+    memset(&tmp, 0, sizeof tmp);
+    tmp.rec = *rec;
+    llmq_msg_set_batch(st, rec->id);
+    s_fill_status(st, live ? live : &tmp);
+    if (*rec->model)
+        llmq_msg_set_model(st, rec->model);
+    zlist_append(l->list, st);
+    if (zlist_size(l->list) > S_LIST_MAX) {
+        llmq_msg_t *old = zlist_pop(l->list);
+        llmq_msg_destroy(&old);
+    }
+    return 0;
+}
+
+static void s_handle_list(llmq_batch_t *self, llmq_msg_t *msg,
+                          zlist_t *replies)
+{
+    s_list_t l = { self, zlist_new() };
+    llmq_batch_store_batch_each(self->store, s_list_fn, &l);
+    int64_t count = 0;
+    llmq_msg_t *st;
+    while ((st = zlist_pop(l.list))) {
+        llmq_msg_set_routing_id(st, llmq_msg_routing_id(msg));
+        zlist_append(replies, st);
+        count++;
+    }
+    zlist_destroy(&l.list);
+    llmq_msg_t *ack = s_reply(replies, msg, LLMQ_MSG_BATCH_ACK, "");
+    llmq_msg_set_count(ack, count);
+}
+
 static void s_handle_get(llmq_batch_t *self, llmq_msg_t *msg,
                          zlist_t *replies)
 {
     const char *id = llmq_msg_batch(msg);
+    if (!*id) {
+        s_handle_list(self, msg, replies);
+        return;
+    }
     s_batch_t *b = s_lookup(self, id);
     if (!b) {
         s_reply_error(replies, msg, LLMQ_ERR_NOT_FOUND, id, "unknown batch");

@@ -80,6 +80,8 @@ struct _llmq_client_t {
     bool got_pong;             /* a pong arrived since the last ping() */
     char *pong_version;        /* "broker version" from the last pong */
     cJSON *status;             /* last status reply, or NULL */
+    zlist_t *batch_in;         /* batch.* replies awaiting a batch call */
+    char batch_error[600];     /* last batch call failure */
 };
 
 static int s_pump(llmq_client_t *self, int timeout_ms);
@@ -213,6 +215,10 @@ void llmq_client_destroy(llmq_client_t **self_p)
         zlistx_destroy(&self->order);
         zlistx_destroy(&self->ready);
         cJSON_Delete(self->status);
+        llmq_msg_t *bm;
+        while (self->batch_in && (bm = (llmq_msg_t *)zlist_pop(self->batch_in)))
+            llmq_msg_destroy(&bm);
+        zlist_destroy(&self->batch_in);
         free(self->pong_version);
         free(self->endpoint);
         free(self);
@@ -475,7 +481,18 @@ static void s_handle_error(llmq_client_t *self, llmq_msg_t *msg)
 
 static void s_handle(llmq_client_t *self, llmq_msg_t *msg)
 {
-    switch (llmq_msg_type(msg)) {
+    //  Answers to batch calls wait for the call to look at them.
+    llmq_msg_type_t type = llmq_msg_type(msg);
+    if (self->batch_in &&
+        (type == LLMQ_MSG_BATCH_ACK || type == LLMQ_MSG_BATCH_STATUS ||
+         type == LLMQ_MSG_BATCH_RESULTS ||
+         (type == LLMQ_MSG_ERROR && !llmq_msg_id(msg)))) {
+        llmq_msg_t *copy = llmq_msg_dup(msg);
+        if (copy)
+            zlist_append(self->batch_in, copy);
+        return;
+    }
+    switch (type) {
     case LLMQ_MSG_RES:
         s_handle_res(self, msg);
         break;
@@ -964,6 +981,402 @@ int llmq_op_from_name(const char *name)
         if (streq(name, s_op_names[i]))
             return i;
     return -1;
+}
+
+//  --------------------------------------------------------------------------
+//  Batches: one batch.* message, one answer (two for batch.get, n + 1 for
+//  the list). Every batch message is idempotent on the broker, so a call
+//  that hears nothing for the liveness timeout resends on a fresh socket
+//  (the broker may have restarted) until the give-up time.
+
+#define S_BATCH_GIVE_UP_MS 60000
+
+bool llmq_batch_state_final(const char *state)
+{
+    return state && (streq(state, "completed") || streq(state, "cancelled") ||
+                     streq(state, "expired") || streq(state, "failed"));
+}
+
+const char *llmq_batch_error(const llmq_client_t *self)
+{
+    return self->batch_error;
+}
+
+static void s_batch_drop_in(llmq_client_t *self)
+{
+    llmq_msg_t *m;
+    while ((m = (llmq_msg_t *)zlist_pop(self->batch_in)))
+        llmq_msg_destroy(&m);
+}
+
+/*  Send msg (taken) and collect the answers for its batch into out until one
+    of type `last` arrives (for an add: with the same seq). An error naming
+    the batch (or naming nothing) ends the call with -1. */
+static int s_batch_call(llmq_client_t *self, llmq_msg_t *msg,
+                        llmq_msg_type_t last, zlist_t *out)
+{
+    self->batch_error[0] = '\0';
+    if (!msg)
+        return -1;
+    if (!self->batch_in && !(self->batch_in = zlist_new())) {
+        llmq_msg_destroy(&msg);
+        return -1;
+    }
+    char batch[80];
+    snprintf(batch, sizeof batch, "%s", llmq_msg_batch(msg) ? llmq_msg_batch(msg) : "");
+    bool is_add = llmq_msg_type(msg) == LLMQ_MSG_BATCH_ADD;
+    int64_t seq = llmq_msg_seq(msg);
+    bool is_list = llmq_msg_type(msg) == LLMQ_MSG_BATCH_GET && !*batch;
+    int give_up = self->give_up_ms > 0 ? self->give_up_ms : S_BATCH_GIVE_UP_MS;
+    int64_t start = zclock_mono();
+    int rc = -1;
+    while (rc == -1) {
+        s_batch_drop_in(self);
+        llmq_msg_t *copy = llmq_msg_dup(msg);
+        if (!copy || llmq_msg_send(&copy, zsock_resolve(self->sock))) {
+            snprintf(self->batch_error, sizeof self->batch_error,
+                     "internal: cannot send %s",
+                     llmq_msg_type_name(llmq_msg_type(msg)));
+            break;
+        }
+        int64_t attempt_start = zclock_mono();
+        bool done = false;
+        while (!done) {
+            int64_t now = zclock_mono();
+            if (now - start >= give_up) {
+                snprintf(self->batch_error, sizeof self->batch_error,
+                         "timeout: broker %s did not answer", self->endpoint);
+                goto finish;
+            }
+            if (now - attempt_start >= self->timeout_ms)
+                break;          //  silent: resend on a new socket
+            if (s_pump(self, (int)(self->timeout_ms - (now - attempt_start))) != 0) {
+                snprintf(self->batch_error, sizeof self->batch_error,
+                         "interrupted: batch call interrupted");
+                goto finish;
+            }
+            llmq_msg_t *m;
+            while (!done && (m = (llmq_msg_t *)zlist_pop(self->batch_in))) {
+                const char *mb = llmq_msg_batch(m);
+                llmq_msg_type_t t = llmq_msg_type(m);
+                if (t == LLMQ_MSG_ERROR && (!mb || streq(mb, batch))) {
+                    snprintf(self->batch_error, sizeof self->batch_error,
+                             "%s: %s", llmq_msg_code(m) ? llmq_msg_code(m) : "error",
+                             llmq_msg_message(m) ? llmq_msg_message(m) : "");
+                    llmq_msg_destroy(&m);
+                    rc = -2;
+                    done = true;
+                }
+                else
+                if (!mb || (!streq(mb, batch) && !(is_list && t == LLMQ_MSG_BATCH_STATUS))
+                ||  (is_add && t == LLMQ_MSG_BATCH_ACK && llmq_msg_seq(m) != seq))
+                    llmq_msg_destroy(&m);       //  stale: an earlier call's
+                else {
+                    bool end = t == last;
+                    zlist_append(out, m);
+                    if (end) {
+                        rc = 0;
+                        done = true;
+                    }
+                }
+            }
+        }
+        if (rc == -1) {
+            //  Nothing complete: forget partial answers, resend.
+            llmq_msg_t *m;
+            while ((m = (llmq_msg_t *)zlist_pop(out)))
+                llmq_msg_destroy(&m);
+            s_reconnect(self, "silent on a batch call");
+        }
+    }
+finish:
+    llmq_msg_destroy(&msg);
+    s_batch_drop_in(self);
+    if (rc != 0) {
+        llmq_msg_t *m;
+        while ((m = (llmq_msg_t *)zlist_pop(out)))
+            llmq_msg_destroy(&m);
+    }
+    return rc == 0 ? 0 : -1;
+}
+
+static void s_batch_status_fill(llmq_batch_status_t *st, const llmq_msg_t *m)
+{
+    memset(st, 0, sizeof *st);
+    snprintf(st->batch, sizeof st->batch, "%s", llmq_msg_batch(m) ? llmq_msg_batch(m) : "");
+    snprintf(st->state, sizeof st->state, "%s", llmq_msg_state(m) ? llmq_msg_state(m) : "");
+    snprintf(st->mode, sizeof st->mode, "%s", llmq_msg_mode(m) ? llmq_msg_mode(m) : "");
+    snprintf(st->model, sizeof st->model, "%s", llmq_msg_model(m) ? llmq_msg_model(m) : "");
+    st->total = llmq_msg_counts_total(m);
+    st->done = llmq_msg_counts_done(m);
+    st->failed = llmq_msg_counts_failed(m);
+    st->prompt_tokens = llmq_msg_usage_prompt_tokens(m);
+    st->completion_tokens = llmq_msg_usage_completion_tokens(m);
+    st->total_tokens = llmq_msg_usage_total_tokens(m);
+    st->cost_usd = llmq_msg_usage_cost_usd(m);
+}
+
+static int s_batch_simple(llmq_client_t *self, llmq_msg_t *msg,
+                          llmq_msg_type_t last, llmq_msg_t **answer_p)
+{
+    zlist_t *out = zlist_new();
+    if (!out) {
+        llmq_msg_destroy(&msg);
+        return -1;
+    }
+    int rc = s_batch_call(self, msg, last, out);
+    llmq_msg_t *m;
+    while ((m = (llmq_msg_t *)zlist_pop(out))) {
+        if (answer_p && !*answer_p && llmq_msg_type(m) == last)
+            *answer_p = m;
+        else
+            llmq_msg_destroy(&m);
+    }
+    zlist_destroy(&out);
+    return rc;
+}
+
+int llmq_batch_open(llmq_client_t *self, const char *batch, const char *model,
+                    const llmq_batch_opts_t *opts)
+{
+    if (!batch || !*batch || !model)
+        return -1;
+    llmq_msg_t *msg = llmq_msg_new(LLMQ_MSG_BATCH_OPEN);
+    llmq_msg_set_batch(msg, batch);
+    llmq_msg_set_model(msg, model);
+    llmq_msg_set_mode(msg, opts && opts->mode ? opts->mode : "auto");
+    if (opts && opts->pool)
+        llmq_msg_set_pool(msg, opts->pool);
+    if (opts && opts->op)
+        llmq_msg_set_op(msg, opts->op);
+    if (opts && opts->completion_window)
+        llmq_msg_set_completion_window(msg, opts->completion_window);
+    if (opts && opts->priority)
+        llmq_msg_set_priority(msg, opts->priority);
+    return s_batch_simple(self, msg, LLMQ_MSG_BATCH_ACK, NULL);
+}
+
+int llmq_batch_add(llmq_client_t *self, const char *batch, int64_t seq,
+                   const cJSON *items, int64_t *accepted_p)
+{
+    if (!batch || !cJSON_IsArray(items))
+        return -1;
+    zframe_t *payload = llmq_value_from_json(items);
+    if (!payload)
+        return -1;
+    llmq_msg_t *msg = llmq_msg_new(LLMQ_MSG_BATCH_ADD);
+    llmq_msg_set_batch(msg, batch);
+    llmq_msg_set_seq(msg, seq);
+    llmq_msg_set_payload(msg, &payload);
+    llmq_msg_t *ack = NULL;
+    int rc = s_batch_simple(self, msg, LLMQ_MSG_BATCH_ACK, &ack);
+    if (rc == 0 && accepted_p)
+        *accepted_p = llmq_msg_accepted(ack);
+    llmq_msg_destroy(&ack);
+    return rc;
+}
+
+int llmq_batch_close(llmq_client_t *self, const char *batch, int64_t *count_p)
+{
+    if (!batch)
+        return -1;
+    llmq_msg_t *msg = llmq_msg_new(LLMQ_MSG_BATCH_CLOSE);
+    llmq_msg_set_batch(msg, batch);
+    llmq_msg_t *ack = NULL;
+    int rc = s_batch_simple(self, msg, LLMQ_MSG_BATCH_ACK, &ack);
+    if (rc == 0 && count_p)
+        *count_p = llmq_msg_count(ack);
+    llmq_msg_destroy(&ack);
+    return rc;
+}
+
+int llmq_batch_cancel(llmq_client_t *self, const char *batch,
+                      llmq_batch_status_t *status)
+{
+    if (!batch)
+        return -1;
+    llmq_msg_t *msg = llmq_msg_new(LLMQ_MSG_BATCH_CANCEL);
+    llmq_msg_set_batch(msg, batch);
+    llmq_msg_t *st = NULL;
+    int rc = s_batch_simple(self, msg, LLMQ_MSG_BATCH_STATUS, &st);
+    if (rc == 0 && status)
+        s_batch_status_fill(status, st);
+    llmq_msg_destroy(&st);
+    return rc;
+}
+
+/*  One result entry {custom_id, ok, body | error, usage} as a client result. */
+static llmq_result_t *s_batch_result(const cJSON *entry)
+{
+    llmq_result_t *r = (llmq_result_t *)calloc(1, sizeof(*r));
+    if (!r)
+        return NULL;
+    const cJSON *cid = cJSON_GetObjectItemCaseSensitive(entry, "custom_id");
+    r->id = strdup(cJSON_IsString(cid) ? cid->valuestring : "");
+    r->ok = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(entry, "ok"));
+    const cJSON *body = cJSON_GetObjectItemCaseSensitive(entry, "body");
+    if (body && !cJSON_IsNull(body))
+        r->body = cJSON_Duplicate(body, true);
+    const cJSON *usage = cJSON_GetObjectItemCaseSensitive(entry, "usage");
+    const cJSON *v;
+    if ((v = cJSON_GetObjectItemCaseSensitive(usage, "prompt_tokens")) && cJSON_IsNumber(v))
+        r->prompt_tokens = (int64_t)v->valuedouble;
+    if ((v = cJSON_GetObjectItemCaseSensitive(usage, "completion_tokens")) && cJSON_IsNumber(v))
+        r->completion_tokens = (int64_t)v->valuedouble;
+    if ((v = cJSON_GetObjectItemCaseSensitive(usage, "total_tokens")) && cJSON_IsNumber(v))
+        r->total_tokens = (int64_t)v->valuedouble;
+    if ((v = cJSON_GetObjectItemCaseSensitive(usage, "cost_usd")) && cJSON_IsNumber(v))
+        r->cost_usd = v->valuedouble;
+    if (!r->ok) {
+        const cJSON *err = cJSON_GetObjectItemCaseSensitive(entry, "error");
+        const cJSON *code = cJSON_GetObjectItemCaseSensitive(err, "code");
+        const cJSON *message = cJSON_GetObjectItemCaseSensitive(err, "message");
+        const cJSON *status = cJSON_GetObjectItemCaseSensitive(err, "status");
+        s_set_error(r, cJSON_IsString(code) ? code->valuestring : "internal",
+                    cJSON_IsString(message) ? message->valuestring : "",
+                    cJSON_IsNumber(status) ? (int)status->valuedouble : 0,
+                    cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(err, "retryable")));
+    }
+    return r;
+}
+
+int llmq_batch_get(llmq_client_t *self, const char *batch, int64_t after,
+                   llmq_batch_status_t *status, llmq_result_t ***results_p,
+                   size_t *count_p, int64_t *cursor_p, bool *final_p)
+{
+    if (!batch || !*batch)
+        return -1;
+    llmq_msg_t *msg = llmq_msg_new(LLMQ_MSG_BATCH_GET);
+    llmq_msg_set_batch(msg, batch);
+    llmq_msg_set_after(msg, after);
+    zlist_t *out = zlist_new();
+    if (!out) {
+        llmq_msg_destroy(&msg);
+        return -1;
+    }
+    int rc = s_batch_call(self, msg, LLMQ_MSG_BATCH_RESULTS, out);
+    llmq_msg_t *m;
+    while ((m = (llmq_msg_t *)zlist_pop(out))) {
+        if (llmq_msg_type(m) == LLMQ_MSG_BATCH_STATUS && status)
+            s_batch_status_fill(status, m);
+        else
+        if (llmq_msg_type(m) == LLMQ_MSG_BATCH_RESULTS) {
+            if (cursor_p)
+                *cursor_p = llmq_msg_cursor(m);
+            if (final_p)
+                *final_p = llmq_msg_final(m);
+            if (results_p) {
+                zframe_t *payload = llmq_msg_payload(m);
+                cJSON *array = payload ? llmq_value_to_json(zframe_data(payload),
+                                                           zframe_size(payload), NULL, 0)
+                                       : NULL;
+                size_t n = (size_t)cJSON_GetArraySize(array);
+                llmq_result_t **results =
+                    (llmq_result_t **)calloc(n ? n : 1, sizeof(*results));
+                size_t k = 0;
+                const cJSON *entry;
+                cJSON_ArrayForEach(entry, array) {
+                    llmq_result_t *r = results ? s_batch_result(entry) : NULL;
+                    if (r)
+                        results[k++] = r;
+                }
+                cJSON_Delete(array);
+                *results_p = results;
+                if (count_p)
+                    *count_p = k;
+                if (!results)
+                    rc = -1;
+            }
+        }
+        llmq_msg_destroy(&m);
+    }
+    zlist_destroy(&out);
+    return rc;
+}
+
+llmq_result_t **llmq_batch_results(llmq_client_t *self, const char *batch,
+                                   size_t *count_p)
+{
+    *count_p = 0;
+    size_t count = 0, size = 0;
+    llmq_result_t **all = NULL;
+    int64_t after = 0;
+    while (true) {
+        llmq_batch_status_t st;
+        llmq_result_t **page = NULL;
+        size_t n = 0;
+        int64_t cursor = after;
+        bool final = false;
+        if (llmq_batch_get(self, batch, after, &st, &page, &n, &cursor, &final))
+            goto failed;
+        if (!llmq_batch_state_final(st.state) && after == 0) {
+            for (size_t i = 0; i < n; i++)
+                llmq_result_destroy(&page[i]);
+            free(page);
+            snprintf(self->batch_error, sizeof self->batch_error,
+                     "not_finished: batch %s is %s (%lld of %lld done)", batch,
+                     st.state, (long long)st.done, (long long)st.total);
+            goto failed;
+        }
+        if (count + n > size) {
+            size_t grow = (count + n) * 2 + 16;
+            llmq_result_t **bigger = (llmq_result_t **)realloc(all, grow * sizeof(*all));
+            if (!bigger) {
+                for (size_t i = 0; i < n; i++)
+                    llmq_result_destroy(&page[i]);
+                free(page);
+                goto failed;
+            }
+            all = bigger;
+            size = grow;
+        }
+        for (size_t i = 0; i < n; i++)
+            all[count++] = page[i];
+        free(page);
+        if (final)
+            break;
+        if (cursor <= after && n == 0) {
+            snprintf(self->batch_error, sizeof self->batch_error,
+                     "internal: batch %s results stopped at %lld", batch,
+                     (long long)after);
+            goto failed;
+        }
+        after = cursor;
+    }
+    *count_p = count;
+    if (!all)
+        all = (llmq_result_t **)calloc(1, sizeof(*all));
+    return all;
+failed:
+    for (size_t i = 0; i < count; i++)
+        llmq_result_destroy(&all[i]);
+    free(all);
+    return NULL;
+}
+
+llmq_batch_status_t *llmq_batch_list(llmq_client_t *self, size_t *count_p)
+{
+    *count_p = 0;
+    llmq_msg_t *msg = llmq_msg_new(LLMQ_MSG_BATCH_GET);
+    llmq_msg_set_batch(msg, "");        //  "" = list (PROTOCOL.md)
+    zlist_t *out = zlist_new();
+    if (!out) {
+        llmq_msg_destroy(&msg);
+        return NULL;
+    }
+    int rc = s_batch_call(self, msg, LLMQ_MSG_BATCH_ACK, out);
+    llmq_batch_status_t *list = rc == 0
+        ? (llmq_batch_status_t *)calloc(zlist_size(out) + 1, sizeof(*list)) : NULL;
+    size_t n = 0;
+    llmq_msg_t *m;
+    while ((m = (llmq_msg_t *)zlist_pop(out))) {
+        if (list && llmq_msg_type(m) == LLMQ_MSG_BATCH_STATUS)
+            s_batch_status_fill(&list[n++], m);
+        llmq_msg_destroy(&m);
+    }
+    zlist_destroy(&out);
+    *count_p = n;
+    return list;
 }
 
 //  --------------------------------------------------------------------------

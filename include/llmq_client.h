@@ -215,6 +215,64 @@ const char *llmq_result_text(const llmq_result_t *self);
 const char *llmq_op_name(llmq_op_t op);
 int llmq_op_from_name(const char *name);
 
+/*  Batches (docs/BATCHES.md): durable broker-side batches. The broker
+    stores every item and result, so the client may disconnect and fetch
+    results later from any connection. Every call sends one batch.* message
+    and waits for its answer; all of them are idempotent on the broker, so a
+    call resends (on a fresh socket) when the broker stays silent for the
+    liveness timeout, until the give-up time (default 60 s). They return 0,
+    or -1 with the reason in llmq_batch_error(). */
+typedef struct {
+    const char *mode;              /* "auto" (NULL), "realtime", "provider" */
+    const char *pool;              /* restrict to a pool, or NULL */
+    const char *op;                /* "chat" (NULL), "completion", "embedding" */
+    const char *completion_window; /* e.g. "24h", or NULL */
+    int64_t priority;              /* as for requests */
+} llmq_batch_opts_t;
+
+typedef struct {
+    char batch[65];
+    char state[17];   /* validating queued in_progress finalizing completed
+                         cancelling cancelled expired failed */
+    char mode[17];    /* resolved: realtime or provider ("" before close) */
+    char model[257];  /* set by llmq_batch_list only */
+    int64_t total, done, failed;
+    int64_t prompt_tokens, completion_tokens, total_tokens;
+    double cost_usd;  /* with the Batch API discount for provider batches */
+} llmq_batch_status_t;
+
+/*  True for completed, cancelled, expired and failed. */
+bool llmq_batch_state_final(const char *state);
+
+int llmq_batch_open(llmq_client_t *self, const char *batch, const char *model,
+                    const llmq_batch_opts_t *opts);
+/*  Add items: a JSON array of {custom_id, body} (all or nothing). seq is the
+    caller's counter of adds for this batch (0, 1, 2 ...): resending the same
+    seq stores nothing twice. accepted_p (may be NULL) gets the items stored. */
+int llmq_batch_add(llmq_client_t *self, const char *batch, int64_t seq,
+                   const cJSON *items, int64_t *accepted_p);
+/*  No more items; count_p (may be NULL) gets the batch's item count. */
+int llmq_batch_close(llmq_client_t *self, const char *batch, int64_t *count_p);
+/*  Status, and (if results_p) one page of results in input order from index
+    `after`: a new array of *count_p results (id = custom_id; free each with
+    llmq_result_destroy, then the array), *cursor_p to pass as the next
+    `after`, *final_p true when the batch is finished and read to its end. */
+int llmq_batch_get(llmq_client_t *self, const char *batch, int64_t after,
+                   llmq_batch_status_t *status, llmq_result_t ***results_p,
+                   size_t *count_p, int64_t *cursor_p, bool *final_p);
+/*  Every result of a finished batch, in input order (reads all pages).
+    NULL with llmq_batch_error() set if the batch is unknown or not
+    finished yet. */
+llmq_result_t **llmq_batch_results(llmq_client_t *self, const char *batch,
+                                   size_t *count_p);
+int llmq_batch_cancel(llmq_client_t *self, const char *batch,
+                      llmq_batch_status_t *status);
+/*  The broker's batches (the 1,000 most recent, oldest first): a new array
+    of *count_p entries (free it), or NULL on failure (count 0: empty). */
+llmq_batch_status_t *llmq_batch_list(llmq_client_t *self, size_t *count_p);
+/*  "code: message" of the last failed batch call ("" if none). */
+const char *llmq_batch_error(const llmq_client_t *self);
+
 /*  Self test against an in-process fake broker; returns 0 on success. */
 int llmq_client_test(bool verbose);
 
