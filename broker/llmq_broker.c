@@ -677,15 +677,23 @@ s_client_require(s_broker_t *self, const char *key, zframe_t *rid)
     return client;
 }
 
+//  A worker serves a model it names, or any model if it names "*" (sim and
+//  echo workers started without --model).
+static bool
+s_models_match(s_worker_t *w, const char *model)
+{
+    for (size_t i = 0; i < w->nmodels; i++)
+        if (streq(w->models[i], model) || streq(w->models[i], "*"))
+            return true;
+    return false;
+}
+
 static bool
 s_worker_serves(s_worker_t *w, s_lane_t *lane)
 {
     if (w->leaving || (lane->pool && !streq(lane->pool, w->pool)))
         return false;
-    for (size_t i = 0; i < w->nmodels; i++)
-        if (streq(w->models[i], lane->model))
-            return true;
-    return false;
+    return s_models_match(w, lane->model);
 }
 
 static void
@@ -879,15 +887,16 @@ s_group_leave(s_broker_t *self, s_worker_t *w)
 //  --------------------------------------------------------------------------
 //  Dispatch.
 
-//  The worker with the most credit among those serving the lane (ties:
-//  least recently used), or NULL.
+//  The worker with the most credit among the healthy ones serving the lane
+//  (ties: least recently used), or NULL. An unhealthy worker keeps its
+//  credit but gets nothing new until a heartbeat says it is healthy again.
 static s_worker_t *
 s_best_worker(s_lane_t *lane)
 {
     s_worker_t *best = NULL;
     s_worker_t *w = (s_worker_t *) zlistx_first(lane->workers);
     while (w) {
-        if (w->credit > 0
+        if (w->credit > 0 && w->healthy
         && (!best || w->credit > best->credit
             || (w->credit == best->credit && w->last_used < best->last_used)))
             best = w;
@@ -1010,17 +1019,14 @@ s_serves(const char *model, const char *pool, void *arg)
     s_worker_t *w = (s_worker_t *) arg;
     if (!model || (pool && *pool && !streq(pool, w->pool)))
         return false;
-    for (size_t i = 0; i < w->nmodels; i++)
-        if (streq(w->models[i], model))
-            return true;
-    return false;
+    return s_models_match(w, model);
 }
 
 //  Spare credit and no waiting request: ask the module for items.
 static void
 s_dispatch_module(s_broker_t *self, s_worker_t *w)
 {
-    while (w->credit > 0 && !self->draining) {
+    while (w->credit > 0 && w->healthy && !self->draining) {
         llmq_msg_t *msg = self->config.module->next_item(self->module_state,
                                                          s_serves, w);
         if (!msg)
@@ -1064,7 +1070,7 @@ s_dispatch_module(s_broker_t *self, s_worker_t *w)
 static void
 s_dispatch_worker(s_broker_t *self, s_worker_t *w)
 {
-    while (w->credit > 0 && !w->leaving) {
+    while (w->credit > 0 && w->healthy && !w->leaving) {
         s_lane_t *best = NULL;
         llmq_queue_node_t *best_head = NULL;
         s_lane_t *lane = (s_lane_t *) zlistx_first(w->lanes);
@@ -1081,7 +1087,7 @@ s_dispatch_worker(s_broker_t *self, s_worker_t *w)
         if (!best || !s_dispatch_one(self, best))
             break;
     }
-    if (w->credit > 0 && !w->leaving && self->config.module
+    if (w->credit > 0 && w->healthy && !w->leaving && self->config.module
     &&  self->config.module->next_item)
         s_dispatch_module(self, w);
 }
@@ -1164,19 +1170,109 @@ s_worker_remove(s_broker_t *self, s_worker_t *w, const char *why)
     }
 }
 
+//  A repeated hello from a registered routing id. Routing ids carry the
+//  worker's pid, so this is the same process (it answered a stale "hello
+//  first", or reconnected after a silence): it still holds its in-flight
+//  requests, which stay where they are. Its registration is refreshed and
+//  its credit reset to 0, as the worker re-grants its free slots after every
+//  hello (the credit cap in s_handle_worker absorbs requests still on their
+//  way against the old credit).
+static void
+s_worker_refresh(s_broker_t *self, s_worker_t *w, llmq_msg_t *msg, int64_t capacity)
+{
+    size_t nmodels = llmq_msg_models_count(msg);
+    char **models = (char **) calloc(nmodels + 1, sizeof(char *));
+    char *name = strdup(llmq_msg_worker(msg));
+    char *pool = strdup(llmq_msg_pool(msg));
+    char *provider = strdup(llmq_msg_provider(msg));
+    char *version = strdup(llmq_msg_version(msg) ? llmq_msg_version(msg) : "");
+    bool failed = !models || !name || !pool || !provider || !version;
+    for (size_t i = 0; !failed && i < nmodels; i++)
+        failed = !(models[i] = strdup(llmq_msg_models_at(msg, i)));
+    if (failed) {
+        //  Out of memory: keep the old registration, only the credit reset.
+        for (size_t i = 0; models && i < nmodels; i++)
+            free(models[i]);
+        free(models);
+        free(name);
+        free(pool);
+        free(provider);
+        free(version);
+        w->credit = 0;
+        return;
+    }
+    for (size_t i = 0; i < w->nmodels; i++)
+        free(w->models[i]);
+    free(w->models);
+    free(w->name);
+    free(w->pool);
+    free(w->provider);
+    free(w->version);
+    w->models = models;
+    w->nmodels = nmodels;
+    w->name = name;
+    w->pool = pool;
+    w->provider = provider;
+    w->version = version;
+    w->capacity = capacity;
+    w->credit = 0;
+    w->batch_api = llmq_msg_batch_api(msg);
+    w->leaving = false;         //  A hello after bye: it serves again
+
+    //  Lanes: leave those it no longer serves, join the new ones.
+    //  (Out of memory for the new list: it stays in its old lanes.)
+    zlistx_t *keep = zlistx_new();
+    s_lane_t *lane = keep ? (s_lane_t *) zlistx_first(w->lanes) : NULL;
+    while (lane) {
+        if (s_worker_serves(w, lane))
+            zlistx_add_end(keep, lane);
+        else
+            s_lane_drop_worker(self, lane, w);
+        lane = (s_lane_t *) zlistx_next(w->lanes);
+    }
+    if (keep) {
+        zlistx_destroy(&w->lanes);
+        w->lanes = keep;
+    }
+    lane = (s_lane_t *) zhashx_first(self->lanes);
+    while (lane) {
+        if (s_worker_serves(w, lane) && !zlistx_find(w->lanes, lane)) {
+            zlistx_add_end(lane->workers, w);
+            zlistx_add_end(w->lanes, lane);
+        }
+        lane = (s_lane_t *) zhashx_next(self->lanes);
+    }
+    //  Limit group: rejoin only if it or the key's limit changed.
+    const char *group = llmq_msg_limit_group(msg);
+    if (group && !*group)
+        group = NULL;
+    int64_t rpm = llmq_msg_limits_rpm(msg), tpm = llmq_msg_limits_tpm(msg);
+    bool same_group = w->group ? group && streq(w->group->name, group) : !group;
+    if (!same_group || rpm != w->rpm || tpm != w->tpm) {
+        s_group_leave(self, w);
+        w->rpm = rpm;
+        w->tpm = tpm;
+        if (group)
+            s_group_join(self, w, group);
+    }
+    char in_flight[32];
+    snprintf(in_flight, sizeof(in_flight), "%" PRId64, w->in_flight);
+    s_log(self, "info", "worker_hello_again", "worker", w->name,
+          "in_flight", in_flight, s_END);
+}
+
 static void
 s_worker_hello(s_broker_t *self, const char *key, llmq_msg_t *msg)
 {
-    s_worker_t *old = (s_worker_t *) zhashx_lookup(self->workers, key);
-    if (old) {
-        //  Same routing id says hello again: it restarted and lost its work.
-        s_log(self, "warning", "worker_rejoin", "worker", old->name, s_END);
-        s_worker_remove(self, old, "restarted");
-    }
     int64_t capacity = llmq_msg_capacity(msg);
     if (capacity < 1 || capacity > 1000000) {
         s_send_error(self, self->backend, llmq_msg_routing_id(msg),
                      LLMQ_ERR_BAD_MESSAGE, "capacity must be 1..1000000", NULL);
+        return;
+    }
+    s_worker_t *old = (s_worker_t *) zhashx_lookup(self->workers, key);
+    if (old) {
+        s_worker_refresh(self, old, msg, capacity);
         return;
     }
     s_worker_t *w = (s_worker_t *) calloc(1, sizeof(*w));
@@ -1294,17 +1390,31 @@ s_handle_worker(s_broker_t *self, llmq_msg_t *msg)
     switch (type) {
         case LLMQ_MSG_CREDIT:
             if (!w->leaving && llmq_msg_n(msg) > 0) {
-                int64_t credit = w->credit + llmq_msg_n(msg);
-                //  Never more outstanding than the worker's own capacity.
-                if (credit > w->capacity)
-                    credit = w->capacity;
-                w->credit = credit;
+                //  Never more outstanding than the worker's own capacity:
+                //  credit + in flight (sent, not answered) <= capacity. After
+                //  a repeated hello the worker re-grants its free slots while
+                //  requests we sent against the old credit may still be on
+                //  the way to it; they are in in_flight, so this cap keeps
+                //  the total within what the worker accepts.
+                int64_t room = w->capacity - w->in_flight;
+                int64_t n = llmq_msg_n(msg);
+                int64_t credit = n > room - w->credit ? room : w->credit + n;
+                w->credit = credit > 0 ? credit : 0;
                 s_dispatch_worker(self, w);
             }
             break;
-        case LLMQ_MSG_HB:
+        case LLMQ_MSG_HB: {
+            bool was_healthy = w->healthy;
             w->healthy = llmq_msg_has(msg, LLMQ_F_healthy) ? llmq_msg_healthy(msg) : true;
+            if (w->healthy && !was_healthy) {
+                s_log(self, "info", "worker_healthy", "worker", w->name, s_END);
+                s_dispatch_worker(self, w);
+            }
+            else
+            if (!w->healthy && was_healthy)
+                s_log(self, "warning", "worker_unhealthy", "worker", w->name, s_END);
             break;
+        }
         case LLMQ_MSG_RES:
         case LLMQ_MSG_CHUNK:
             s_worker_result(self, w, &msg);
@@ -1791,7 +1901,7 @@ s_timers(s_broker_t *self, int64_t now)
     if (self->config.module && self->config.module->next_item) {
         s_worker_t *w = (s_worker_t *) zhashx_first(self->workers);
         while (w) {
-            if (w->credit > 0 && !w->leaving)
+            if (w->credit > 0 && w->healthy && !w->leaving)
                 s_dispatch_module(self, w);
             w = (s_worker_t *) zhashx_next(self->workers);
         }

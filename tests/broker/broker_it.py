@@ -303,24 +303,190 @@ def t_join():
 def t_priority_deadline():
     """Higher priority goes first; a deadline expires a queued request."""
     b = broker("--quiet")
-    w = fake_worker(b.ready["backend"], "slow", capacity=1, delay_ms=100)
     c = Client(b.ready["frontend"])
     for i in range(6):
         c.req("low%d" % i, priority=0)
     c.req("late", priority=0, deadline_ms=150)
     c.req("high", priority=10)
+    # The pong comes after the broker queued all eight (one connection, in
+    # order), so no request can be dispatched before "high" arrived, however
+    # slow this machine is: the worker joins only now.
+    c.send({"v": 1, "t": "ping"})
+    h, _ = c.recv(timeout=10)
+    assert h["t"] == "pong", h
+    w = fake_worker(b.ready["backend"], "slow", capacity=1, delay_ms=100)
     order = []
     while len(order) < 8:
         h, _ = c.recv(timeout=10)
         order.append((h["id"], h["ok"], h.get("error", {}).get("code")))
     print("order:", order)
+    # Dispatch order: only the served answers (the expired one may come at
+    # any point).
     served = [o[0] for o in order if o[1]]
-    # At most low0 was dispatched before high arrived; high comes next.
-    assert served.index("high") <= 1, served
+    assert served == ["high"] + ["low%d" % i for i in range(6)], served
     late = [o for o in order if o[0] == "late"][0]
     assert late[1] is False and late[2] == "deadline_exceeded", late
     assert all(o[1] for o in order if o[0] != "late")
     w.stop()
+    assert b.stop() == 0
+
+
+class RawWorker:
+    """A worker socket driven step by step by the test."""
+
+    def __init__(self, backend, name, models=("m",), capacity=2, pool="fake"):
+        self.s = zmq.Context.instance().socket(zmq.DEALER)
+        self.s.setsockopt(zmq.IDENTITY, ("%s-%d" % (name, os.getpid())).encode())
+        self.s.setsockopt(zmq.LINGER, 0)
+        self.s.connect(backend)
+        self.name, self.pool = name, pool
+        self.hello(models, capacity)
+
+    def send(self, header, payload=None):
+        header = dict({"v": 1}, **header)
+        self.s.send_multipart([pack(header)] + ([payload] if payload is not None else []))
+
+    def hello(self, models, capacity):
+        self.send({"t": "hello", "worker": self.name, "pool": self.pool, "provider": "echo",
+                   "models": list(models), "capacity": capacity, "version": "test"})
+
+    def sync(self):
+        """Returns once the broker handled everything sent before: an unknown
+        message type is answered with an error, in order. Returns the reqs
+        received meanwhile."""
+        self.send({"t": "sync.probe"})
+        reqs = []
+        while True:
+            if not self.s.poll(10000):
+                raise TimeoutError("no error for the sync probe")
+            frames = self.s.recv_multipart()
+            h = unpack(frames[0])
+            if h["t"] == "req":
+                reqs.append((h, frames[1]))
+            elif h["t"] == "error" and "sync.probe" in h.get("message", ""):
+                return reqs
+
+    def expect_req(self, timeout=10):
+        while True:
+            if not self.s.poll(int(timeout * 1000)):
+                raise TimeoutError("no req")
+            frames = self.s.recv_multipart()
+            h = unpack(frames[0])
+            if h["t"] == "req":
+                return h, frames[1]
+
+    def answer(self, req):
+        h, payload = req
+        self.send({"t": "res", "id": h["id"], "ok": True}, payload)
+
+    def close(self):
+        self.s.close()
+
+
+def status(client):
+    client.send({"v": 1, "t": "status"})
+    while True:
+        h, p = client.recv(timeout=10)
+        if h["t"] == "status":
+            return p
+
+
+def t_rehello():
+    """A repeated hello from the same routing id (the same process) refreshes
+    the worker's registration and resets its credit, but keeps its in-flight
+    requests: nothing is requeued, credit never exceeds free capacity."""
+    b = broker("--quiet")
+    c = Client(b.ready["frontend"])
+    w = RawWorker(b.ready["backend"], "rw", capacity=2)
+    w.send({"t": "credit", "n": 2})
+    c.req("a")
+    c.req("b")
+    held = [w.expect_req(), w.expect_req()]
+    # The worker says hello again (a stale "hello first") and re-grants what
+    # it believes free, as if the two requests were still on their way.
+    w.hello(["m", "m2"], 2)
+    w.send({"t": "credit", "n": 2})
+    c.req("c")
+    got = w.sync()
+    st = status(c)
+    me = [x for x in st["workers"] if x["name"] == "rw"][0]
+    assert me["in_flight"] == 2 and me["credit"] == 0, me
+    assert sorted(me["models"]) == ["m", "m2"], me
+    assert not got, "req beyond capacity: %r" % got
+    for r in held:
+        w.answer(r)
+    answers = {}
+    for _ in range(2):
+        h, _ = c.recv()
+        answers[h["id"]] = h
+    assert all(h["ok"] and h.get("attempt", 1) == 1 for h in answers.values()), answers
+    # Slots free: credit again; "c" and a request for the new model arrive.
+    w.send({"t": "credit", "n": 2})
+    c.req("d", model="m2")
+    reqs = [w.expect_req(), w.expect_req()]
+    assert sorted(r[0]["model"] for r in reqs) == ["m", "m2"], reqs
+    for r in reqs:
+        w.answer(r)
+    for _ in range(2):
+        h, _ = c.recv()
+        assert h["ok"] and h["id"] in ("c", "d") and h.get("attempt", 1) == 1, h
+    st = status(c)
+    assert st["counters"]["requeued"] == 0, st["counters"]
+    w.close()
+    assert b.stop() == 0
+
+
+def t_wildcard():
+    """A worker announcing model "*" serves any model (in its pool); a model
+    nobody serves still waits, then gets not_found."""
+    b = broker("--quiet", "--no-worker-wait-ms", "300")
+    c = Client(b.ready["frontend"])
+    w = RawWorker(b.ready["backend"], "any", models=["*"], capacity=4, pool="p1")
+    c.req("early", model="queued-first")       # lane exists before the worker
+    w.send({"t": "credit", "n": 4})
+    c.req("x", model="some-model")
+    c.req("y", model="other", pool="p1")
+    c.req("z", model="nobody", pool="p2")       # no worker in pool p2
+    seen = {}
+    for _ in range(3):
+        h, p = w.expect_req()
+        seen[h["model"]] = (h, p)
+        w.answer((h, p))
+    assert sorted(seen) == ["other", "queued-first", "some-model"], seen
+    got = {}
+    for _ in range(4):
+        h, _ = c.recv()
+        got[h["id"]] = h
+    assert all(got[i]["ok"] for i in ("early", "x", "y")), got
+    assert got["z"]["error"]["code"] == "not_found", got["z"]
+    w.close()
+    assert b.stop() == 0
+
+
+def t_unhealthy():
+    """A worker whose heartbeat says healthy=false gets no new requests; its
+    credit is kept and used once a heartbeat says healthy again."""
+    b = broker("--quiet")
+    c = Client(b.ready["frontend"])
+    w = RawWorker(b.ready["backend"], "sick", capacity=2)
+    w.send({"t": "credit", "n": 2})
+    w.send({"t": "hb", "healthy": False, "in_flight": 0})
+    assert not w.sync()
+    c.req("u1")
+    c.req("u2")
+    st = status(c)
+    me = [x for x in st["workers"] if x["name"] == "sick"][0]
+    assert me["credit"] == 2 and not me["healthy"], me
+    assert sum(q["depth"] for q in st["queues"]) == 2, st["queues"]
+    assert not w.sync(), "req to an unhealthy worker"
+    w.send({"t": "hb", "healthy": True, "in_flight": 0})
+    reqs = [w.expect_req(), w.expect_req()]
+    for r in reqs:
+        w.answer(r)
+    for _ in range(2):
+        h, _ = c.recv()
+        assert h["ok"], h
+    w.close()
     assert b.stop() == 0
 
 
@@ -622,6 +788,7 @@ def t_limit_group():
 CASES = {
     "spread": t_spread, "kill9": t_kill9, "join": t_join,
     "priority_deadline": t_priority_deadline, "cancel": t_cancel,
+    "rehello": t_rehello, "wildcard": t_wildcard, "unhealthy": t_unhealthy,
     "overload": t_overload, "stream": t_stream, "malformed": t_malformed, "metrics": t_metrics,
     "sigterm": t_sigterm, "real_echo": t_real_echo, "real_sim": t_real_sim, "limit_group": t_limit_group,
 }
