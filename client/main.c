@@ -76,6 +76,8 @@ typedef struct {
     bool no_stream;       /* chat: wait for the whole answer */
     const char *system;   /* chat: system prompt */
     int max_tokens;       /* chat: max_tokens */
+    const char *mode;     /* batch, run: auto | realtime | provider */
+    bool detach;          /* batch submit: print the id and leave */
 } s_opts_t;
 
 enum {
@@ -99,6 +101,8 @@ enum {
     OPT_NO_STREAM,
     OPT_SYSTEM,
     OPT_MAX_TOKENS,
+    OPT_MODE,
+    OPT_DETACH,
     OPT_HELP
 };
 
@@ -124,6 +128,8 @@ static const struct option s_long_options[] = {
     {"no-stream", no_argument, NULL, OPT_NO_STREAM},
     {"system", required_argument, NULL, OPT_SYSTEM},
     {"max-tokens", required_argument, NULL, OPT_MAX_TOKENS},
+    {"mode", required_argument, NULL, OPT_MODE},
+    {"detach", no_argument, NULL, OPT_DETACH},
     {"help", no_argument, NULL, OPT_HELP},
     {NULL, 0, NULL, 0}};
 
@@ -135,6 +141,7 @@ static const char *s_usage_main =
     "write OUT\n"
     "  chat \"prompt\"               ask one question, stream the answer\n"
     "  status                      workers, queues and counters of a broker\n"
+    "  batch submit|status|results|cancel|list   durable broker-side batches\n"
     "  ping                        check that a broker answers\n"
     "\n"
     "Options: llmq <command> --help.  llmq --version prints the version.\n"
@@ -199,6 +206,11 @@ static void s_help(const char *command)
             "  --max-attempts N     broker dispatch attempts per request\n"
             "  --deadline-ms N      per-request deadline\n"
             "  --retry-failed       on resume, run error lines of OUT again\n"
+            "  --mode M             run the file as one durable broker batch "
+            "(auto,\n"
+            "                       realtime, provider: see llmq batch --help) "
+            "and wait\n"
+            "                       with a progress display of its states\n"
             "  --give-up S          exit 3 if the broker is silent S seconds\n"
             "                       (default 300; 0: never)\n"
             "  --quiet              no progress bar and no summary\n\n%s\n"
@@ -207,6 +219,52 @@ static void s_help(const char *command)
             "3 broker unreachable or fatal; 130 interrupted (rerun to "
             "resume).\n",
             s_usage_cluster);
+    } else if (streq(command, "batch")) {
+        printf(
+            "usage: llmq batch submit FILE [--mode auto|realtime|provider] "
+            "[--detach]\n"
+            "                         [--model M] [-o OUT.jsonl]\n"
+            "       llmq batch status ID [--json]\n"
+            "       llmq batch results ID -o OUT.jsonl\n"
+            "       llmq batch wait ID\n"
+            "       llmq batch cancel ID\n"
+            "       llmq batch list\n\n"
+            "A batch lives in the broker (SQLite): it survives client "
+            "disconnects and\n"
+            "broker restarts. submit sends FILE's lines (as for llmq run; one "
+            "model and\n"
+            "one op per batch), prints the batch id on stdout, then (without "
+            "--detach)\n"
+            "shows the batch's state and counts until it is finished and writes "
+            "the\n"
+            "results, in input order, in the OpenAI Batch output format to OUT "
+            "(default\n"
+            "FILE.out.jsonl). results waits for the batch in the same way. "
+            "Modes: realtime\n"
+            "(items dispatched like requests, behind interactive ones), "
+            "provider (the\n"
+            "provider's Batch API through a worker pool with batch_api: half "
+            "price, up\n"
+            "to 24 h), auto (provider for large batches when a pool supports "
+            "it; the\n"
+            "default). Usage and cost are shown per batch, Batch API discount "
+            "applied.\n\n"
+            "  --mode M             auto (default), realtime, provider\n"
+            "  --detach             submit: print the id and exit\n"
+            "  --model M            model of every item (default: the "
+            "input's, else the\n"
+            "                       broker's first worker's)\n"
+            "  -o, --output OUT     results file\n"
+            "  --json               status: one JSON line\n"
+            "  --broker EP          broker frontend (default $LLMQ_ENDPOINT, "
+            "else %s)\n"
+            "  --quiet              no progress display\n"
+            "  --help               this help\n\n"
+            "Exit codes: 0 ok; 1 some items failed (or the batch was "
+            "cancelled/expired);\n"
+            "2 usage error; 3 broker unreachable; 130 interrupted (the batch "
+            "goes on).\n",
+            LLMQ_DEFAULT_ENDPOINT);
     } else if (streq(command, "chat")) {
         printf("usage: llmq chat \"prompt\" [options]\n\n"
                "Streams the answer to stdout as it is generated.\n\n"
@@ -278,6 +336,12 @@ static int s_parse(const char *command, int argc, char **argv, s_opts_t *opts,
             break;
         case OPT_SYSTEM:
             opts->system = optarg;
+            break;
+        case OPT_MODE:
+            opts->mode = optarg;
+            break;
+        case OPT_DETACH:
+            opts->detach = true;
             break;
         case OPT_QUIET:
         case 'q':
@@ -483,6 +547,9 @@ static void s_retry_destructor(void **item)
     *item = NULL;
 }
 
+static int s_batch_submit(s_opts_t *opts, const char *input,
+                          const char *output, bool detach);
+
 static int s_cmd_run(s_opts_t *opts, int argc, char **argv)
 {
     if (argc != 1 || !opts->output) {
@@ -491,6 +558,9 @@ static int s_cmd_run(s_opts_t *opts, int argc, char **argv)
             "llmq run: need one input file and -o OUT (see llmq run --help)\n");
         return EXIT_USAGE;
     }
+    //  --mode: the file as one durable broker batch (llmq batch submit).
+    if (opts->mode)
+        return s_batch_submit(opts, argv[0], opts->output, false);
     const char *input = argv[0];
     char err[512] = "";
     zlistx_t *items = llmq_jsonl_read_input(input, false, err, sizeof(err));
@@ -1033,6 +1103,346 @@ static int s_cmd_ping(s_opts_t *opts)
     return EXIT_OK;
 }
 
+//  --------------------------------------------------------------------------
+//  llmq batch: durable broker-side batches (docs/BATCHES.md)
+
+/*  Draw the batch's progress on stderr: redrawn in place on a terminal,
+    else one line whenever the state or counts change. */
+static void s_batch_progress(const llmq_batch_status_t *st, bool tty,
+                             char *last, size_t last_size)
+{
+    char line[400];
+    snprintf(line, sizeof line,
+             "batch %s: %s%s%s%s  %lld/%lld done, %lld failed, %lld tokens, $%.6f",
+             st->batch, st->state, *st->mode ? " (" : "", st->mode,
+             *st->mode ? ")" : "", (long long)st->done, (long long)st->total,
+             (long long)st->failed, (long long)st->total_tokens, st->cost_usd);
+    if (streq(line, last))
+        return;
+    snprintf(last, last_size, "%s", line);
+    if (tty)
+        fprintf(stderr, "\r\033[K%s", line);
+    else
+        fprintf(stderr, "%s\n", line);
+    fflush(stderr);
+}
+
+static void s_batch_summary(const llmq_batch_status_t *st)
+{
+    fprintf(stderr,
+            "batch %s %s: %lld items, %lld ok, %lld failed; mode %s\n"
+            "usage: %lld prompt + %lld completion = %lld tokens; cost $%.6f%s\n",
+            st->batch, st->state, (long long)st->total,
+            (long long)(st->done - st->failed), (long long)st->failed,
+            *st->mode ? st->mode : "-", (long long)st->prompt_tokens,
+            (long long)st->completion_tokens, (long long)st->total_tokens,
+            st->cost_usd,
+            streq(st->mode, "provider")
+                ? " (provider Batch API price, batch discount applied)"
+                : "");
+}
+
+/*  Wait until the batch is finished, showing its progress. 0, or an exit
+    code. */
+static int s_batch_wait(s_opts_t *opts, llmq_client_t *client,
+                        const char *id, llmq_batch_status_t *st)
+{
+    bool tty = isatty(2) && !opts->quiet;
+    char last[400] = "";
+    while (true) {
+        if (llmq_batch_get(client, id, INT64_MAX / 2, st, NULL, NULL, NULL,
+                           NULL)) {
+            if (tty)
+                fprintf(stderr, "\n");
+            fprintf(stderr, "llmq batch: %s\n", llmq_batch_error(client));
+            return s_interrupted ? EXIT_INTERRUPTED : EXIT_FATAL;
+        }
+        if (!opts->quiet)
+            s_batch_progress(st, tty, last, sizeof last);
+        if (llmq_batch_state_final(st->state))
+            break;
+        //  Poll period of the display, not a wait for an event.
+        for (int i = 0; i < 10 && !s_interrupted; i++)
+            zclock_sleep(50);
+        if (s_interrupted) {
+            if (tty)
+                fprintf(stderr, "\n");
+            fprintf(stderr, "llmq batch: interrupted; the batch goes on: "
+                            "llmq batch results %s -o OUT\n", id);
+            return EXIT_INTERRUPTED;
+        }
+    }
+    if (tty && !opts->quiet)
+        fprintf(stderr, "\n");
+    return EXIT_OK;
+}
+
+/*  Fetch every result (input order) and write OUT atomically. */
+static int s_batch_write(llmq_client_t *client, const char *id,
+                         const char *output, size_t *failed_p)
+{
+    size_t count = 0;
+    llmq_result_t **results = llmq_batch_results(client, id, &count);
+    if (!results) {
+        fprintf(stderr, "llmq batch: %s\n", llmq_batch_error(client));
+        return EXIT_FATAL;
+    }
+    char *tmp = zsys_sprintf("%s.tmp", output);
+    FILE *file = tmp ? fopen(tmp, "w") : NULL;
+    int rc = file ? EXIT_OK : EXIT_FATAL;
+    size_t failed = 0;
+    for (size_t i = 0; i < count; i++) {
+        if (!results[i]->ok)
+            failed++;
+        char *line = file ? llmq_jsonl_result_line(results[i]->id, results[i]) : NULL;
+        if (line && fputs(line, file) < 0)
+            rc = EXIT_FATAL;
+        free(line);
+        llmq_result_destroy(&results[i]);
+    }
+    free(results);
+    if (file && (fflush(file) || fsync(fileno(file))))
+        rc = EXIT_FATAL;
+    if (file && fclose(file))
+        rc = EXIT_FATAL;
+    if (rc == EXIT_OK && rename(tmp, output))
+        rc = EXIT_FATAL;
+    if (rc != EXIT_OK)
+        fprintf(stderr, "llmq batch: cannot write %s: %s\n", output,
+                strerror(errno));
+    zstr_free(&tmp);
+    *failed_p = failed;
+    return rc;
+}
+
+/*  Send the lines of input as a new batch; print its id; unless detached,
+    wait and write the results to output. */
+static int s_batch_submit(s_opts_t *opts, const char *input,
+                          const char *output, bool detach)
+{
+    const char *mode = opts->mode ? opts->mode : "auto";
+    if (!streq(mode, "auto") && !streq(mode, "realtime") &&
+        !streq(mode, "provider")) {
+        fprintf(stderr, "llmq batch: --mode is auto, realtime or provider\n");
+        return EXIT_USAGE;
+    }
+    char err[512] = "";
+    zlistx_t *items = llmq_jsonl_read_input(input, false, err, sizeof(err));
+    if (!items) {
+        fprintf(stderr, "llmq batch: %s\n", err);
+        return EXIT_USAGE;
+    }
+    //  One model and one op per batch (the provider's rule too).
+    const char *model = opts->model;
+    int op = -1;
+    for (llmq_jsonl_item_t *item = (llmq_jsonl_item_t *)zlistx_first(items);
+         item; item = (llmq_jsonl_item_t *)zlistx_next(items)) {
+        if (item->error) {
+            fprintf(stderr, "llmq batch: line %zu: %s\n", item->line_no,
+                    item->error);
+            zlistx_destroy(&items);
+            return EXIT_USAGE;
+        }
+        if (op >= 0 && (int)item->op != op) {
+            fprintf(stderr, "llmq batch: line %zu: one batch has one op (url)\n",
+                    item->line_no);
+            zlistx_destroy(&items);
+            return EXIT_USAGE;
+        }
+        op = (int)item->op;
+        if (!model && item->model)
+            model = item->model;
+    }
+    if (zlistx_size(items) == 0) {
+        fprintf(stderr, "llmq batch: %s has no lines\n", input);
+        zlistx_destroy(&items);
+        return EXIT_USAGE;
+    }
+    s_conn_t conn = {0};
+    int rc = s_connect(opts, &conn, false, NULL, 0);
+    if (rc) {
+        zlistx_destroy(&items);
+        return rc;
+    }
+    if (!model)
+        model = conn.model;
+    char id[40];
+    snprintf(id, sizeof id, "b-%08x%08x", (unsigned)randof(0x7fffffff),
+             (unsigned)(zclock_usecs() & 0x7fffffff));
+    llmq_batch_opts_t bopts = {0};
+    bopts.mode = mode;
+    bopts.op = llmq_op_name((llmq_op_t)(op < 0 ? 0 : op));
+    if (opts->deadline_ms > 0)
+        fprintf(stderr, "llmq batch: --deadline-ms is ignored for batches\n");
+    if (llmq_batch_open(conn.client, id, model, &bopts)) {
+        fprintf(stderr, "llmq batch: open: %s\n", llmq_batch_error(conn.client));
+        rc = EXIT_FATAL;
+        goto done;
+    }
+    //  Adds of at most 1,000 items or about 8 MB of JSON.
+    int64_t seq = 0;
+    cJSON *chunk = cJSON_CreateArray();
+    size_t chunk_bytes = 0;
+    llmq_jsonl_item_t *item = (llmq_jsonl_item_t *)zlistx_first(items);
+    while (true) {
+        bool flush = !item || cJSON_GetArraySize(chunk) >= 1000 ||
+                     chunk_bytes > 8 * 1024 * 1024;
+        if (flush && cJSON_GetArraySize(chunk) > 0) {
+            if (llmq_batch_add(conn.client, id, seq++, chunk, NULL)) {
+                fprintf(stderr, "llmq batch: add: %s\n",
+                        llmq_batch_error(conn.client));
+                rc = EXIT_FATAL;
+                break;
+            }
+            cJSON_Delete(chunk);
+            chunk = cJSON_CreateArray();
+            chunk_bytes = 0;
+        }
+        if (!item || s_interrupted)
+            break;
+        cJSON *body = llmq_jsonl_item_body(item);
+        cJSON *entry = cJSON_CreateObject();
+        cJSON_AddStringToObject(entry, "custom_id", item->custom_id);
+        cJSON_AddItemToObject(entry, "body", cJSON_Duplicate(body, true));
+        cJSON_AddItemToArray(chunk, entry);
+        chunk_bytes += item->line ? strlen(item->line) : 256;
+        if (item->body && item->line) {
+            cJSON_Delete(item->body);
+            item->body = NULL;
+        }
+        item = (llmq_jsonl_item_t *)zlistx_next(items);
+    }
+    cJSON_Delete(chunk);
+    if (rc)
+        goto done;
+    if (s_interrupted) {
+        rc = EXIT_INTERRUPTED;
+        goto done;
+    }
+    int64_t count = 0;
+    if (llmq_batch_close(conn.client, id, &count)) {
+        fprintf(stderr, "llmq batch: close: %s\n", llmq_batch_error(conn.client));
+        rc = EXIT_FATAL;
+        goto done;
+    }
+    printf("%s\n", id);
+    fflush(stdout);
+    if (!opts->quiet)
+        fprintf(stderr, "llmq batch: %s: %lld items, model %s, mode %s\n", id,
+                (long long)count, model, mode);
+    if (detach)
+        goto done;
+    llmq_batch_status_t st;
+    rc = s_batch_wait(opts, conn.client, id, &st);
+    if (rc == EXIT_OK) {
+        size_t failed = 0;
+        rc = s_batch_write(conn.client, id, output, &failed);
+        if (!opts->quiet)
+            s_batch_summary(&st);
+        if (rc == EXIT_OK && (failed || !streq(st.state, "completed")))
+            rc = EXIT_FAILED_LINES;
+    }
+done:
+    s_conn_close(&conn);
+    zlistx_destroy(&items);
+    return rc;
+}
+
+static int s_cmd_batch(s_opts_t *opts, int argc, char **argv)
+{
+    const char *sub = argc > 0 ? argv[0] : "";
+    bool needs_id = streq(sub, "status") || streq(sub, "results") ||
+                    streq(sub, "cancel") || streq(sub, "wait");
+    if (streq(sub, "submit")) {
+        if (argc != 2) {
+            fprintf(stderr, "llmq batch submit: need one input file\n");
+            return EXIT_USAGE;
+        }
+        char *fallback = NULL;
+        const char *output = opts->output;
+        if (!output && !opts->detach)
+            output = fallback = zsys_sprintf("%s.out.jsonl", argv[1]);
+        int rc = s_batch_submit(opts, argv[1], output, opts->detach);
+        zstr_free(&fallback);
+        return rc;
+    }
+    if (needs_id ? argc != 2 : (!streq(sub, "list") || argc != 1)) {
+        fprintf(stderr, "llmq batch: see llmq batch --help\n");
+        return EXIT_USAGE;
+    }
+    if (streq(sub, "results") && !opts->output) {
+        fprintf(stderr, "llmq batch results: need -o OUT.jsonl\n");
+        return EXIT_USAGE;
+    }
+    s_conn_t conn = {0};
+    int rc = s_connect(opts, &conn, false, NULL, 0);
+    if (rc)
+        return rc;
+    llmq_batch_status_t st;
+    if (streq(sub, "status")) {
+        if (llmq_batch_get(conn.client, argv[1], INT64_MAX / 2, &st, NULL,
+                           NULL, NULL, NULL)) {
+            fprintf(stderr, "llmq batch: %s\n", llmq_batch_error(conn.client));
+            rc = strncmp(llmq_batch_error(conn.client), "not_found", 9) ? EXIT_FATAL
+                                                                       : EXIT_FAILED_LINES;
+        } else if (opts->json) {
+            printf("{\"batch\":\"%s\",\"state\":\"%s\",\"mode\":\"%s\","
+                   "\"total\":%lld,\"done\":%lld,\"failed\":%lld,"
+                   "\"prompt_tokens\":%lld,\"completion_tokens\":%lld,"
+                   "\"total_tokens\":%lld,\"cost_usd\":%.6f}\n",
+                   st.batch, st.state, st.mode, (long long)st.total,
+                   (long long)st.done, (long long)st.failed,
+                   (long long)st.prompt_tokens, (long long)st.completion_tokens,
+                   (long long)st.total_tokens, st.cost_usd);
+        } else {
+            printf("batch     %s\nstate     %s\nmode      %s\nitems     %lld "
+                   "(%lld done, %lld failed)\ntokens    %lld prompt + %lld "
+                   "completion = %lld\ncost      $%.6f%s\n",
+                   st.batch, st.state, *st.mode ? st.mode : "-",
+                   (long long)st.total, (long long)st.done, (long long)st.failed,
+                   (long long)st.prompt_tokens, (long long)st.completion_tokens,
+                   (long long)st.total_tokens, st.cost_usd,
+                   streq(st.mode, "provider") ? " (Batch API price)" : "");
+        }
+    } else if (streq(sub, "results") || streq(sub, "wait")) {
+        rc = s_batch_wait(opts, conn.client, argv[1], &st);
+        if (rc == EXIT_OK && streq(sub, "results")) {
+            size_t failed = 0;
+            rc = s_batch_write(conn.client, argv[1], opts->output, &failed);
+            if (!opts->quiet)
+                s_batch_summary(&st);
+            if (rc == EXIT_OK && (failed || !streq(st.state, "completed")))
+                rc = EXIT_FAILED_LINES;
+        }
+    } else if (streq(sub, "cancel")) {
+        if (llmq_batch_cancel(conn.client, argv[1], &st)) {
+            fprintf(stderr, "llmq batch: %s\n", llmq_batch_error(conn.client));
+            rc = EXIT_FATAL;
+        } else
+            printf("%s %s\n", st.batch, st.state);
+    } else {
+        size_t n = 0;
+        llmq_batch_status_t *list = llmq_batch_list(conn.client, &n);
+        if (!list) {
+            fprintf(stderr, "llmq batch: %s\n", llmq_batch_error(conn.client));
+            rc = EXIT_FATAL;
+        } else {
+            printf("%-24s %-12s %-9s %-20s %10s %10s %8s %12s\n", "BATCH",
+                   "STATE", "MODE", "MODEL", "ITEMS", "DONE", "FAILED",
+                   "COST_USD");
+            for (size_t i = 0; i < n; i++)
+                printf("%-24s %-12s %-9s %-20s %10lld %10lld %8lld %12.6f\n",
+                       list[i].batch, list[i].state,
+                       *list[i].mode ? list[i].mode : "-", list[i].model,
+                       (long long)list[i].total, (long long)list[i].done,
+                       (long long)list[i].failed, list[i].cost_usd);
+        }
+        free(list);
+    }
+    s_conn_close(&conn);
+    return rc;
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 2) {
@@ -1050,7 +1460,8 @@ int main(int argc, char **argv)
         return EXIT_OK;
     }
     if (!streq(command, "run") && !streq(command, "chat") &&
-        !streq(command, "status") && !streq(command, "ping")) {
+        !streq(command, "status") && !streq(command, "ping") &&
+        !streq(command, "batch")) {
         fprintf(stderr, "llmq: unknown command '%s'\n\n%s", command,
                 s_usage_main);
         return EXIT_USAGE;
@@ -1068,6 +1479,8 @@ int main(int argc, char **argv)
         rc = s_cmd_run(&opts, rest, args);
     else if (streq(command, "chat"))
         rc = s_cmd_chat(&opts, rest, args);
+    else if (streq(command, "batch"))
+        rc = s_cmd_batch(&opts, rest, args);
     else if (streq(command, "status"))
         rc = rest ? EXIT_USAGE : s_cmd_status(&opts);
     else
