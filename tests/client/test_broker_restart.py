@@ -23,12 +23,7 @@ def main():
     cluster = Cluster(workers=2, capacity=8)
     try:
         args = [bin_path("llmq"), "run", inp, "-o", out, "--broker", cluster.broker.frontend,
-                "--model", "sim-model", "--concurrency", "32", "--timeout", "1500",
-                # A worker may say hello more than once after the restart and
-                # the broker requeues its in-flight requests each time
-                # (attempt + 1): leave room for that; the client's resend is
-                # what this test is about.
-                "--max-attempts", "10"]
+                "--model", "sim-model", "--concurrency", "32", "--timeout", "1500"]
         proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         wait_until("300 finished lines", lambda: len(complete_lines(out)) >= 300, 60)
         cluster.restart_broker()
