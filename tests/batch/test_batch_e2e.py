@@ -1,0 +1,301 @@
+"""batch.e2e.*: durable batches through the real processes (issue 8):
+llmq-sim (OpenAI batch endpoints), llmq-broker (--batch-db), llmq-worker
+--batch-api and the `llmq batch` CLI. One scenario per run:
+
+  provider  a provider-mode batch comes back in input order, per-item
+            permanent errors reported, one provider batch, files cleaned
+  restart   broker kill -9 while the provider batch runs, restart on the
+            same db: the batch completes, nothing lost, nothing submitted
+            twice (sim /_stats: created == 1, double_billed == 0)
+  detach    `llmq batch submit --detach`, then `llmq batch results` later
+            from another process; `llmq batch list` shows it
+  cancel    `llmq batch cancel` reaches the provider; unfinished items are
+            answered `cancelled`
+  auto      auto mode: a small batch runs realtime, a large one (above
+            --batch-threshold, with a batch_api pool) goes to the provider
+  fairness  a realtime batch of 50,000 items and one worker of capacity 1:
+            an interactive request sent mid-batch runs before at most a
+            couple of further batch items (measured by the simulator's
+            answer order, not by time)
+
+Waits are polls with deadlines (clusterlib.wait_until), never sleeps.
+"""
+import json
+import os
+import shutil
+import signal
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "client"))
+import clusterlib as cl  # noqa: E402
+from clusterlib import check, fail, wait_until  # noqa: E402
+
+MODEL = cl.MODEL
+SIM_FAST = ("--batch-validate-ms", "50", "--batch-progress-ms", "300",
+            "--batch-finalize-ms", "50")
+BROKER_FAST = ("--batch-poll-ms", "50", "--batch-task-timeout-ms", "3000")
+
+
+class Setup:
+    def __init__(self, sim_flags=SIM_FAST, broker_flags=(), workers=(("--batch-api",),),
+                 capacity=8, sim_latency="0"):
+        self.dir = tempfile.mkdtemp(prefix="llmq-batch-e2e-")
+        self.db = os.path.join(self.dir, "batches.db")
+        self.procs = []
+        self.sim = cl.Sim("--latency-ms", sim_latency, *sim_flags)
+        self.procs.append(self.sim)
+        self.broker_flags = ("--batch-db", self.db) + BROKER_FAST + tuple(broker_flags)
+        self.broker = cl.Broker("tcp://127.0.0.1:*", "tcp://127.0.0.1:*", *self.broker_flags)
+        self.procs.append(self.broker)
+        for flags in workers:
+            w = cl.Worker(self.broker.backend, self.sim.url, capacity, MODEL, *flags)
+            self.procs.append(w)
+        self.wait_workers(len(workers))
+
+    def wait_workers(self, n):
+        def ready():
+            c = cl.llmq.Client(self.broker.frontend)
+            try:
+                s = c.status(timeout=3.0)
+            finally:
+                c.close()
+            return s and len([w for w in s.get("workers", []) if w.get("healthy", True)]) >= n
+        wait_until("%d workers" % n, ready, 30)
+
+    def restart_broker(self):
+        fe, be = self.broker.frontend, self.broker.backend
+        self.broker.kill(signal.SIGKILL)
+        self.procs.remove(self.broker)
+        self.broker = cl.Broker(fe, be, *self.broker_flags)
+        self.procs.append(self.broker)
+
+    def llmq(self, *args, timeout=120):
+        return cl.run_llmq([*args, "--broker", self.broker.frontend], timeout=timeout)
+
+    def status(self, bid):
+        rc, out, err = self.llmq("batch", "status", bid, "--json")
+        check(rc == 0, "llmq batch status %s: rc %d: %s" % (bid, rc, err))
+        return json.loads(out)
+
+    def path(self, name):
+        return os.path.join(self.dir, name)
+
+    def close(self):
+        for p in reversed(self.procs):
+            p.kill(signal.SIGTERM)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def write_items(path, n, bad=(), tag="q"):
+    """n OpenAI batch input lines; indexes in bad carry a permanent provider
+    error (context length). Returns the custom_ids in order."""
+    ids = []
+    with open(path, "w") as f:
+        for i in range(n):
+            cid = "%s-%05d" % (tag, i)
+            text = "%s question %d" % (tag, i)
+            if i in bad:
+                text += " [[sim:context_length]]"
+            f.write(json.dumps({"custom_id": cid, "method": "POST", "url": "/v1/chat/completions",
+                                "body": {"model": MODEL, "max_tokens": 8,
+                                         "messages": [{"role": "user", "content": text}]}}) + "\n")
+            ids.append(cid)
+    return ids
+
+
+def check_results(path, ids, bad=(), cancelled_ok=False):
+    rows = cl.read_jsonl(path)
+    got = [r["custom_id"] for r in rows]
+    check(got == ids, "results not in input order or incomplete: %d rows for %d ids, first "
+          "difference %r" % (len(got), len(ids),
+                             next(((a, b) for a, b in zip(got, ids) if a != b), None)))
+    errors = {}
+    for i, r in enumerate(rows):
+        if i in bad:
+            check(r["error"] is not None, "%s should have failed: %r" % (r["custom_id"], r))
+            errors[i] = r["error"]["code"]
+        elif r["error"] is not None:
+            if cancelled_ok and r["error"]["code"] == "cancelled":
+                errors[i] = "cancelled"
+                continue
+            fail("%s failed: %r" % (r["custom_id"], r["error"]))
+        else:
+            check(r["response"]["status_code"] == 200, "%s: status" % r["custom_id"])
+            check(r["response"]["body"]["choices"][0]["message"]["content"].startswith("sim-"),
+                  "%s: not a sim answer" % r["custom_id"])
+    return rows, errors
+
+
+def submit(s, infile, *flags, detach=True):
+    args = ["batch", "submit", infile, "--quiet", *flags]
+    if detach:
+        args.append("--detach")
+    rc, out, err = s.llmq(*args)
+    check(rc in (0, 1) and out.strip(), "batch submit: rc %d: %s" % (rc, err))
+    return out.split()[0], rc, err
+
+
+def t_provider():
+    s = Setup()
+    try:
+        bad = {3, 77, 150}
+        ids = write_items(s.path("in.jsonl"), 200, bad)
+        rc, out, err = s.llmq("batch", "submit", s.path("in.jsonl"), "--mode", "provider",
+                              "-o", s.path("out.jsonl"))
+        check(rc == 1, "3 items fail: exit 1, got %d: %s" % (rc, err))
+        bid = out.split()[0]
+        check("provider" in err and "completed" in err, "progress shows the states: %s" % err)
+        _, errors = check_results(s.path("out.jsonl"), ids, bad)
+        check(set(errors) == bad, "per-item errors: %r" % errors)
+        st = s.status(bid)
+        check(st["state"] == "completed" and st["mode"] == "provider", "status: %r" % st)
+        check(st["total"] == 200 and st["done"] == 200 and st["failed"] == 3, "counts: %r" % st)
+        check(st["total_tokens"] > 0, "usage counted: %r" % st)
+        stats = s.sim.stats()
+        check(stats["batches"]["openai"]["created"] == 1, "one provider batch: %r" % stats["batches"])
+        check(stats["double_billed"] == 0, "double billed")
+        # The generation endpoint was never used: everything went through the Batch API.
+        check("/v1/chat/completions" not in stats["requests"], "realtime calls: %r" % stats["requests"])
+        # Cleanup deletes the provider files once the results are committed.
+        wait_until("provider files deleted",
+                   lambda: s.sim.stats()["requests"].get("/v1/files/{id}", {}).get("200", 0) >= 2, 30)
+    finally:
+        s.close()
+
+
+def t_restart():
+    # Long enough at the provider for the kill to land while it runs.
+    s = Setup(sim_flags=("--batch-validate-ms", "50", "--batch-progress-ms", "2500",
+                         "--batch-finalize-ms", "50"))
+    try:
+        bad = {10, 250}
+        ids = write_items(s.path("in.jsonl"), 300, bad)
+        bid, _, _ = submit(s, s.path("in.jsonl"), "--mode", "provider")
+        wait_until("the provider batch created",
+                   lambda: s.sim.stats()["batches"]["openai"]["created"] == 1, 30)
+        wait_until("the broker to know it runs",
+                   lambda: s.status(bid)["state"] in ("in_progress", "finalizing", "completed"), 30)
+        s.restart_broker()
+        rc, out, err = s.llmq("batch", "results", bid, "-o", s.path("out.jsonl"), "--quiet")
+        check(rc == 1, "results after restart: exit 1 (2 bad items), got %d: %s" % (rc, err))
+        _, errors = check_results(s.path("out.jsonl"), ids, bad)
+        check(set(errors) == bad, "per-item errors: %r" % errors)
+        stats = s.sim.stats()
+        check(stats["batches"]["openai"]["created"] == 1,
+              "submitted once: %r" % stats["batches"])
+        check(stats["double_billed"] == 0, "double billed")
+        check(stats["batches"]["lines_ok"] + stats["batches"]["lines_error"] == 300,
+              "each line ran once: %r" % stats["batches"])
+    finally:
+        s.close()
+
+
+def t_detach():
+    s = Setup()
+    try:
+        ids = write_items(s.path("in.jsonl"), 120, tag="d")
+        bid, rc, err = submit(s, s.path("in.jsonl"), "--mode", "realtime")
+        check(rc == 0, "detached submit exits 0: %s" % err)
+        rc, out, err = s.llmq("batch", "results", bid, "-o", s.path("out.jsonl"), "--quiet")
+        check(rc == 0, "results: rc %d: %s" % (rc, err))
+        check_results(s.path("out.jsonl"), ids)
+        st = s.status(bid)
+        check(st["mode"] == "realtime" and st["state"] == "completed", "status: %r" % st)
+        rc, out, err = s.llmq("batch", "list")
+        check(rc == 0 and bid in out and "completed" in out, "list: %s %s" % (out, err))
+        rc, out, err = s.llmq("batch", "status", "no-such-batch")
+        check(rc != 0 and "not_found" in err, "unknown batch: rc %d %s" % (rc, err))
+    finally:
+        s.close()
+
+
+def t_cancel():
+    # The provider would take a minute: the cancel has to reach it.
+    s = Setup(sim_flags=("--batch-validate-ms", "50", "--batch-progress-ms", "60000",
+                         "--batch-finalize-ms", "50"))
+    try:
+        ids = write_items(s.path("in.jsonl"), 50, tag="c")
+        bid, _, _ = submit(s, s.path("in.jsonl"), "--mode", "provider")
+        wait_until("the provider batch running",
+                   lambda: s.status(bid)["state"] == "in_progress"
+                   and s.sim.stats()["batches"]["openai"]["created"] == 1, 30)
+        rc, out, err = s.llmq("batch", "cancel", bid)
+        check(rc == 0 and out.split()[1] in ("cancelling", "cancelled"), "cancel: %s %s" % (out, err))
+        rc, out, err = s.llmq("batch", "results", bid, "-o", s.path("out.jsonl"), "--quiet")
+        check(rc == 1, "cancelled batch: exit 1, got %d: %s" % (rc, err))
+        rows, errors = check_results(s.path("out.jsonl"), ids, cancelled_ok=True)
+        check(s.status(bid)["state"] == "cancelled", "state cancelled")
+        check(len(errors) > 0, "unfinished items answered cancelled")
+        wait_until("cancel reached the provider",
+                   lambda: s.sim.stats()["batches"]["openai"]["cancelled"] == 1, 30)
+    finally:
+        s.close()
+
+
+def t_auto():
+    s = Setup(broker_flags=("--batch-threshold", "40"))
+    try:
+        small = write_items(s.path("small.jsonl"), 10, tag="s")
+        large = write_items(s.path("large.jsonl"), 60, tag="l")
+        rc, out, err = s.llmq("batch", "submit", s.path("small.jsonl"), "-o", s.path("small.out"),
+                              "--quiet")
+        check(rc == 0, "small: rc %d %s" % (rc, err))
+        check(s.status(out.split()[0])["mode"] == "realtime", "small batch -> realtime")
+        check_results(s.path("small.out"), small)
+        # `llmq run --mode auto` is the same path, with the progress display.
+        rc, out, err = s.llmq("run", s.path("large.jsonl"), "-o", s.path("large.out"),
+                              "--mode", "auto")
+        check(rc == 0, "large: rc %d %s" % (rc, err))
+        check(s.status(out.split()[0])["mode"] == "provider", "large batch -> provider")
+        check("(provider)" in err, "progress shows the provider mode: %s" % err)
+        check_results(s.path("large.out"), large)
+        check(s.sim.stats()["batches"]["openai"]["created"] == 1, "one provider batch")
+    finally:
+        s.close()
+
+
+def t_fairness():
+    # One worker, capacity 1: every dispatch slot is visible in the order
+    # of the simulator's response ids (a counter in arrival order).
+    s = Setup(workers=((),), capacity=1, sim_latency="3")
+    try:
+        n = 50000
+        ids = write_items(s.path("big.jsonl"), n, tag="f")
+        bid, _, _ = submit(s, s.path("big.jsonl"), "--mode", "realtime")
+        wait_until("the batch running", lambda: s.status(bid)["done"] >= 30, 60)
+        client = cl.llmq.Client(s.broker.frontend)
+        try:
+            before = s.status(bid)["done"]
+            res = client.infer("chat", MODEL, {"model": MODEL, "messages": [
+                {"role": "user", "content": "interactive"}]})
+        finally:
+            client.close()
+        check(res.ok, "interactive request failed: %r" % res.error)
+        mark = res.body["id"]
+        rc, out, err = s.llmq("batch", "cancel", bid)
+        check(rc == 0, "cancel: %s" % err)
+        rc, out, err = s.llmq("batch", "results", bid, "-o", s.path("big.out"), "--quiet",
+                              timeout=60)
+        rows = cl.read_jsonl(s.path("big.out"))
+        check([r["custom_id"] for r in rows] == ids, "cancelled batch: every item answered in order")
+        # Batch items that reached the simulator after `before` was read and
+        # before the interactive request did.
+        ahead = [i for i, r in enumerate(rows)
+                 if i >= before and r["error"] is None and r["response"]["body"]["id"] < mark]
+        print("interactive answered after %d further batch items (done before: %d)"
+              % (len(ahead), before))
+        check(len(ahead) <= 3, "interactive request waited for %d batch items" % len(ahead))
+    finally:
+        s.close()
+
+
+SCENARIOS = {"provider": t_provider, "restart": t_restart, "detach": t_detach,
+             "cancel": t_cancel, "auto": t_auto, "fairness": t_fairness}
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2 or sys.argv[1] not in SCENARIOS:
+        print("usage: test_batch_e2e.py " + "|".join(SCENARIOS), file=sys.stderr)
+        sys.exit(2)
+    SCENARIOS[sys.argv[1]]()
+    print("ok " + sys.argv[1])
