@@ -290,7 +290,31 @@ def t_fairness():
         s.close()
 
 
-SCENARIOS = {"provider": t_provider, "restart": t_restart, "detach": t_detach,
+def t_large():
+    # The scenario through the real processes: 120,000 items in an
+    # auto batch -> 3 OpenAI provider batches (50k, 50k, 20k), every result
+    # in input order, permanent errors reported.
+    s = Setup()
+    try:
+        n = 120000
+        bad = {5, 50007, 119999}
+        ids = write_items(s.path("in.jsonl"), n, bad, tag="L")
+        rc, out, err = s.llmq("batch", "submit", s.path("in.jsonl"), "-o", s.path("out.jsonl"),
+                              "--quiet", timeout=150)
+        check(rc == 1, "3 items fail: exit 1, got %d: %s" % (rc, err))
+        _, errors = check_results(s.path("out.jsonl"), ids, bad)
+        check(set(errors) == bad, "per-item errors: %r" % errors)
+        check(s.status(out.split()[0])["mode"] == "provider", "auto -> provider")
+        stats = s.sim.stats()
+        check(stats["batches"]["openai"]["created"] == 3, "3 provider batches: %r" % stats["batches"])
+        check(stats["double_billed"] == 0, "double billed")
+        check(stats["batches"]["lines_ok"] + stats["batches"]["lines_error"] == n,
+              "each line ran once: %r" % stats["batches"])
+    finally:
+        s.close()
+
+
+SCENARIOS = {"large": t_large, "provider": t_provider, "restart": t_restart, "detach": t_detach,
              "cancel": t_cancel, "auto": t_auto, "fairness": t_fairness}
 
 if __name__ == "__main__":
