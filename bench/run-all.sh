@@ -120,8 +120,10 @@ for p in "${parts[@]}"; do
       else run_part ratelimit 400 $py "$here/ratelimit/bench_ratelimit.py" --json "$results/ratelimit.json"; fi ;;
     plot)
       # Smoke draws into results/ so the committed PNGs stay those of the full run.
-      if [ $smoke = 1 ]; then run_part plot 120 $py "$here/plot/collect.py" --smoke --out "$results/plot"
-      else run_part plot 900 $py "$here/plot/collect.py"; fi ;;
+      # With e2e's JSON from this run (or an earlier one) it also draws e2e.png.
+      if [ $smoke = 1 ]; then run_part plot 120 $py "$here/plot/collect.py" --smoke --out "$results/plot" \
+                                --e2e-json "$results/e2e.json"
+      else run_part plot 900 $py "$here/plot/collect.py" --e2e-json "$results/e2e.json"; fi ;;
   esac
 done
 

@@ -17,6 +17,9 @@ Three series, each point the median of --runs runs (min and max kept too):
                      paced sends) through llmq-broker and the raw proxy, with
                      2 echo workers and 1 KB payloads.
 
+  e2e.dat            with --e2e-json FILE (bench_e2e.py's --json output, run-all
+                     passes it): wall time and CPU of each end-to-end client.
+
 Then runs plot.gp (gnuplot, Debian's gnuplot-nox) to write the PNGs next to
 the data. Each .dat starts with a comment naming the machine and load.
 """
@@ -169,6 +172,23 @@ def series_latency_load(a, bindir, log):
               benchlib.header("latency against offered load, 2 echo workers, 1 KB (ms)"), cols, rows)
 
 
+def series_e2e(a):
+    """Bars of the end-to-end part from its JSON (medians, min, max)."""
+    with open(a.e2e_json) as f:
+        d = json.load(f)
+    labels = {"llmq": "llmq run", "embedded": "llmq run (embedded)", "aiohttp": "asyncio+aiohttp",
+              "node": "openai SDK", "seq": "sequential"}
+    rows = []
+    for v in ("llmq", "embedded", "aiohttp", "node"):
+        rs = d["results"].get(v) or []
+        if rs:
+            rows.append(['"%s"' % labels[v]] + list(benchlib.stats([r["wall_s"] for r in rs]))
+                        + list(benchlib.stats([r["cpu_s"] for r in rs])))
+    write_dat(os.path.join(a.out, "e2e.dat"), "# end to end (from %s), %s" % (
+                  os.path.basename(a.e2e_json), d.get("machine", "")),
+              ["client", "wall_med", "wall_min", "wall_max", "cpu_med", "cpu_min", "cpu_max"], rows)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bin", default=None)
@@ -177,7 +197,10 @@ def main():
     ap.add_argument("--series", default="workers-echo,workers-sim,latency-load")
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--no-plot", action="store_true")
+    ap.add_argument("--e2e-json", default=None, help="also plot bench_e2e.py's results from this file")
     a = ap.parse_args()
+    if a.series == "":
+        a.series = "none"
     a.echo_workers, a.echo_requests = [1, 2, 4, 8], 50000
     a.sim_workers, a.sim_lines, a.sim_latency = [1, 2, 4, 8], 5000, 200
     a.rates, a.seconds = [1000, 2000, 5000, 10000, 20000], 2.0
@@ -196,6 +219,8 @@ def main():
             series_workers_sim(a, bindir, log)
         if "latency-load" in series:
             series_latency_load(a, bindir, log)
+        if a.e2e_json and os.path.exists(a.e2e_json):
+            series_e2e(a)
     os.remove(os.path.join(a.out, "collect.log"))
     if not a.no_plot:
         r = subprocess.run(["gnuplot", "-e", "dir='%s'; simlines=%d; simlat=%d" % (a.out, a.sim_lines, a.sim_latency),

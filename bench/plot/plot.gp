@@ -43,4 +43,26 @@ plot dir."/latency-load.dat" using 1:2:3:4 title "llmq-broker p50" lw 2 pt 7 lc 
      ""                      using 1:5:6:7 title "llmq-broker p99" lw 2 pt 7 dt 2 lc 1, \
      ""                      using 1:8:9:10 title "raw zmq_proxy p50" lw 2 pt 5 lc 2, \
      ""                      using 1:11:12:13 title "raw zmq_proxy p99" lw 2 pt 5 dt 2 lc 2
+
+# ---- end to end: wall time and CPU per client (if e2e.dat exists)
+if (system("test -f ".dir."/e2e.dat && echo 1") eq "1") {
+  set terminal pngcairo size 1000,460 font "DejaVu Sans,10" noenhanced
+  set output dir."/e2e.png"
+  unset logscale
+  set xtics auto
+  set multiplot layout 1,2 title "End to end: 10,000 prompts, llmq-sim at 200 ms, 1,024 in flight"
+  set style data histograms
+  set style histogram errorbars gap 1 lw 1
+  set style fill solid 0.6 border -1
+  set key off
+  set yrange [0:*]
+  set xtics rotate by -20
+  set title "wall time, s (lower is better)"
+  set ylabel "s"
+  unset xlabel
+  plot dir."/e2e.dat" using 2:3:4:xtic(1) lc 1
+  set title "CPU, s: client + broker + workers (sim apart)"
+  plot dir."/e2e.dat" using 5:6:7:xtic(1) lc 2
+  unset multiplot
+}
 unset output
