@@ -20,6 +20,7 @@ set xlabel "echo workers"
 set ylabel "requests/s"
 set xtics (1, 2, 4, 8)
 set logscale x 2
+set xrange [0.8:10]
 set yrange [0:*]
 plot dir."/workers-echo.dat" using 1:2:3:4 title "llmq-broker" lw 2 pt 7, \
      ""                      using 1:5:6:7 title "raw zmq_proxy (no queue, no credit)" lw 2 pt 5
@@ -37,6 +38,7 @@ set xlabel "offered load, requests/s"
 set ylabel "latency, ms (log)"
 set logscale xy
 set xtics auto
+set xrange [700:30000]
 set yrange [*:*]
 set key top left
 plot dir."/latency-load.dat" using 1:2:3:4 title "llmq-broker p50" lw 2 pt 7 lc 1, \
@@ -50,6 +52,7 @@ if (system("test -f ".dir."/e2e.dat && echo 1") eq "1") {
   set output dir."/e2e.png"
   unset logscale
   set xtics auto
+  set autoscale x
   set multiplot layout 1,2 title "End to end: 10,000 prompts, llmq-sim at 200 ms, 1,024 in flight"
   set style data histograms
   set style histogram errorbars gap 1 lw 1
