@@ -150,6 +150,26 @@ class Worker(Proc):
                          env={"OPENAI_API_KEY": "sk-test-key"})
 
 
+def _low_port():
+    """A free port below the kernel's (32768+) and ZeroMQ's (49152+)
+    ephemeral ranges: restart_broker binds the same ports again after a
+    kill -9, and no process of a test running in parallel can be handed such
+    a port in between (as it can a freed ephemeral one)."""
+    import random
+    import socket
+    for _ in range(200):
+        port = random.randint(20000, 32000)
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            s.bind(("127.0.0.1", port))
+            return port
+        except OSError:
+            continue
+        finally:
+            s.close()
+    raise RuntimeError("no free port in 20000..32000")
+
+
 class Cluster:
     """sim + broker + n workers. close() stops everything."""
 
@@ -157,7 +177,8 @@ class Cluster:
         self.procs = []
         self.sim = Sim("--latency-ms", "5", *sim_flags)
         self.procs.append(self.sim)
-        self.broker = Broker("tcp://127.0.0.1:*", "tcp://127.0.0.1:*", *broker_flags)
+        self.broker = Broker("tcp://127.0.0.1:%d" % _low_port(),
+                             "tcp://127.0.0.1:%d" % _low_port(), *broker_flags)
         self.procs.append(self.broker)
         self.workers = []
         for _ in range(workers):
