@@ -444,9 +444,12 @@ llmq_cluster_t *llmq_cluster_new(const llmq_cluster_opts_t *opts, char *err,
     //  2. The broker on ephemeral ports.
     {
         //  No durable batches in a throwaway cluster (no file in the cwd).
+        //  Its own name tells it apart from any other broker that later
+        //  gets the same ephemeral port.
         char *argv[] = {"llmq-broker", "--frontend",        "tcp://127.0.0.1:*",
                         "--backend",   "tcp://127.0.0.1:*", "--batch-db",
-                        "none",        NULL};
+                        "none",        "--name",            "llmq-local",
+                        NULL};
         s_child_t *child = s_spawn(self, "broker", argv, err, errlen);
         if (!child || !(line = s_wait_ready(child, err, errlen)))
             goto failed;
