@@ -61,6 +61,12 @@ NAMES = {
 }
 
 
+# t0 is when a poll of the sim first saw a request, a little after the
+# request itself (polls of up to 50 setups in turn), so the figures are taken
+# this much before t0 + D: never inside a third 60 s window of the sim.
+MARGIN_S = 0.5
+
+
 def stats(url):
     with urllib.request.urlopen(url + "/_stats", timeout=10) as r:
         return json.loads(r.read())
@@ -161,7 +167,7 @@ def main():
                 if r["t0"] is None:
                     if stats(url)["total"] > 0:
                         r["t0"] = now
-                elif now >= r["t0"] + args.seconds - 0.05:
+                elif now >= r["t0"] + args.seconds - MARGIN_S:
                     st = stats(url)
                     ok, failed = out_counts(r["out"])
                     r.update(answered=st["answered_ok"], r429=st["rate_limited_by_limit"],
@@ -170,7 +176,7 @@ def main():
                     r["client"].kill()
                     r["client"].wait()
                     pending.remove(r)
-            waits = [r["t0"] + args.seconds - 0.05 - time.monotonic() for r in pending if r["t0"] is not None]
+            waits = [r["t0"] + args.seconds - MARGIN_S - time.monotonic() for r in pending if r["t0"] is not None]
             waiting_t0 = any(r["t0"] is None for r in pending)
             time.sleep(0.02 if waiting_t0 or not waits else max(0.0, min(min(waits), 1.0)))
     finally:
