@@ -13,6 +13,8 @@ llmq-sim (OpenAI batch endpoints), llmq-broker (--batch-db), llmq-worker
             answered `cancelled`
   auto      auto mode: a small batch runs realtime, a large one (above
             --batch-threshold, with a batch_api pool) goes to the provider
+  anthropic the same through an anthropic worker (Message Batches)
+  large     120,000 items in an auto batch -> 3 OpenAI provider batches
   fairness  a realtime batch of 50,000 items and one worker of capacity 1:
             an interactive request sent mid-batch runs before at most a
             couple of further batch items (measured by the simulator's
@@ -87,7 +89,7 @@ class Setup:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def write_items(path, n, bad=(), tag="q"):
+def write_items(path, n, bad=(), tag="q", model=MODEL):
     """n OpenAI batch input lines; indexes in bad carry a permanent provider
     error (context length). Returns the custom_ids in order."""
     ids = []
@@ -98,7 +100,7 @@ def write_items(path, n, bad=(), tag="q"):
             if i in bad:
                 text += " [[sim:context_length]]"
             f.write(json.dumps({"custom_id": cid, "method": "POST", "url": "/v1/chat/completions",
-                                "body": {"model": MODEL, "max_tokens": 8,
+                                "body": {"model": model, "max_tokens": 8,
                                          "messages": [{"role": "user", "content": text}]}}) + "\n")
             ids.append(cid)
     return ids
@@ -319,7 +321,32 @@ def t_large():
         s.close()
 
 
-SCENARIOS = {"large": t_large, "provider": t_provider, "restart": t_restart, "detach": t_detach,
+def t_anthropic():
+    # Anthropic Message Batches through an anthropic worker: results come
+    # back OpenAI-shaped, in input order, the permanent error reported.
+    s = Setup(workers=())
+    try:
+        w = cl.Proc([cl.bin_path("llmq-worker"), "--broker", s.broker.backend, "--provider",
+                     "anthropic", "--base-url", s.sim.url + "/v1", "--model", "claude-sim",
+                     "--batch-api"], env={"ANTHROPIC_API_KEY": "sk-ant-test"})
+        s.procs.append(w)
+        s.wait_workers(1)
+        bad = {4}
+        ids = write_items(s.path("in.jsonl"), 40, bad, tag="a", model="claude-sim")
+        rc, out, err = s.llmq("batch", "submit", s.path("in.jsonl"), "--mode", "provider",
+                              "-o", s.path("out.jsonl"), "--quiet")
+        check(rc == 1, "1 item fails: exit 1, got %d: %s" % (rc, err))
+        rows, errors = check_results(s.path("out.jsonl"), ids, bad)
+        check(errors == {4: "context_length"}, "per-item errors: %r" % errors)
+        check(rows[0]["response"]["body"]["object"] == "chat.completion", "OpenAI-shaped body")
+        stats = s.sim.stats()
+        check(stats["batches"]["anthropic"]["created"] == 1, "one message batch: %r" % stats["batches"])
+        check(stats["batches"]["lines_ok"] + stats["batches"]["lines_error"] == 40, "each line once")
+    finally:
+        s.close()
+
+
+SCENARIOS = {"anthropic": t_anthropic, "large": t_large, "provider": t_provider, "restart": t_restart, "detach": t_detach,
              "cancel": t_cancel, "auto": t_auto, "fairness": t_fairness}
 
 if __name__ == "__main__":
