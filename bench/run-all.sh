@@ -18,7 +18,7 @@
 #
 # --smoke: each part in a few seconds (tiny sizes, one run): checks that the
 # scripts work, measures nothing worth quoting. ctest runs these
-# (bench.smoke.<part>). Without --smoke a whole run takes about 25 minutes on
+# (bench.smoke.<part>). Without --smoke a whole run takes about 20 minutes on
 # 2 cores; each part is bounded by `timeout` and one failing part does not
 # stop the others.
 #
