@@ -446,9 +446,12 @@ llmq_cluster_t *llmq_cluster_new(const llmq_cluster_opts_t *opts, char *err,
         //  No durable batches in a throwaway cluster (no file in the cwd).
         //  Its own name tells it apart from any other broker that later
         //  gets the same ephemeral port.
+        //  The pid makes the name unique among embedded clusters too.
+        char name[64];
+        snprintf(name, sizeof name, "llmq-local-%d", (int)getpid());
         char *argv[] = {"llmq-broker", "--frontend",        "tcp://127.0.0.1:*",
                         "--backend",   "tcp://127.0.0.1:*", "--batch-db",
-                        "none",        "--name",            "llmq-local",
+                        "none",        "--name",            name,
                         NULL};
         s_child_t *child = s_spawn(self, "broker", argv, err, errlen);
         if (!child || !(line = s_wait_ready(child, err, errlen)))

@@ -495,11 +495,11 @@ static int s_connect(const s_opts_t *opts, s_conn_t *conn, bool allow_cluster,
         if (!opts->quiet)
             fprintf(stderr,
                     "llmq: started a local cluster: broker %s, %d workers, "
-                    "provider %s%s, model %s\n",
+                    "provider %s%s, model %s (broker name llmq-local-%d)\n",
                     endpoint, opts->workers > 0 ? opts->workers : 4,
                     llmq_cluster_provider(conn->cluster),
                     conn->simulated ? " (llmq-sim, SIMULATED results)" : "",
-                    conn->model);
+                    conn->model, (int)getpid());
     }
     conn->client = llmq_client_new(endpoint);
     if (!conn->client) {

@@ -349,7 +349,10 @@ static void s_run_until_done(s_rig_t *rig, const char *batch)
     }
     /*  Let the cleanup tasks and the file deletes finish. */
     llmq_batch_stats_t st;
-    for (int i = 0; i < 2000; i++) {
+    //  Bounded by time, not by rounds: under sanitizers on a loaded machine
+    //  2,000 rounds were not always enough for the deletes to reach the sim.
+    int64_t cleanup_start = s_now();
+    while (s_now() - cleanup_start < 60000) {
         s_rig_step(rig);
         llmq_batch_stats(rig->mgr, &st);
         int running = 1;

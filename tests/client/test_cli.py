@@ -17,21 +17,25 @@ import llmq  # noqa
 
 
 def embedded_endpoint(stderr):
+    """(endpoint, broker name) of the embedded cluster llmq reported."""
     for line in stderr.splitlines():
         if "started a local cluster: broker " in line:
-            return line.split("broker ", 1)[1].split(",", 1)[0]
-    return None
+            endpoint = line.split("broker ", 1)[1].split(",", 1)[0]
+            name = line.rsplit("(broker name ", 1)[1].rstrip(")") if "(broker name " in line else None
+            return endpoint, name
+    return None, None
 
 
-def gone(endpoint):
-    """No embedded broker (named llmq-local) answers at endpoint. Another
+def gone(endpoint, name):
+    """The embedded broker `name` no longer answers at endpoint. Another
     broker may: the ephemeral port is free again, and a broker of a test
-    running in parallel may have taken it (zmq hands out tcp://...:* ports
-    from 49152 up)."""
+    running in parallel (another embedded cluster included: each has its
+    own name, llmq-local-<pid>) may have taken it (zmq hands out
+    tcp://...:* ports from 49152 up)."""
     c = llmq.Client(endpoint)
     try:
         pong = c.ping(timeout=0.3)
-        return pong is None or not pong.startswith("llmq-local ")
+        return pong is None or pong.split(" ", 1)[0] != name
     finally:
         c.close()
 
@@ -125,8 +129,9 @@ def main():
     # sim-model is the default model of the simulator cluster
     verify = {cid: v for cid, v in expect.items()}
     verify_output(out_path, verify)
-    endpoint = embedded_endpoint(err)
-    check(endpoint and gone(endpoint), "embedded broker %r still answers after exit" % endpoint)
+    endpoint, name = embedded_endpoint(err)
+    check(endpoint and name and gone(endpoint, name),
+          "embedded broker %r (%r) still answers after exit" % (endpoint, name))
 
     # Models named by the input are served by the embedded workers; a
     # config file gives the provider and the default model.
@@ -172,8 +177,8 @@ def main():
     p.send_signal(signal.SIGTERM)
     out, err = p.communicate(timeout=30)
     check(p.returncode == 130, "interrupted run: rc %d %r" % (p.returncode, err[-300:]))
-    endpoint = embedded_endpoint(err.decode())
-    check(endpoint and gone(endpoint), "embedded broker survived SIGTERM")
+    endpoint, name = embedded_endpoint(err.decode())
+    check(endpoint and name and gone(endpoint, name), "embedded broker survived SIGTERM")
     with open(out_path, "rb") as f:
         data = f.read()
     check(data.endswith(b"\n") and data.count(b"\n") >= 10, "interrupted OUT not whole lines")
