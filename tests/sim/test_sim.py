@@ -668,8 +668,12 @@ def g_cli():
     # --exit-with-parent: the simulator stops when its parent dies
     sh = subprocess.Popen(["/bin/sh", "-c", BIN + " --port 0 --quiet --exit-with-parent & echo $!; read x"],
                           stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-    pid = int(sh.stdout.readline())
-    check(sh.stdout.readline().startswith(b"ready llmq-sim"), "child sim ready")
+    # The pid (from the shell) and the sim's ready line may come in either order.
+    lines = [sh.stdout.readline(), sh.stdout.readline()]
+    ready = [l for l in lines if l.startswith(b"ready llmq-sim")]
+    pids = [l for l in lines if l.strip().isdigit()]
+    check(len(ready) == 1 and len(pids) == 1, "child sim ready and its pid: %r" % lines)
+    pid = int(pids[0])
     sh.stdin.close()
     sh.wait(10)
     sh.stdout.close()
