@@ -37,71 +37,72 @@
 #include "llmq_value.h"
 
 /*  Job states (broker side, stored in jobs.state). */
-#define S_JOB_PENDING "pending"         /* created, never sent */
-#define S_JOB_SUBMITTING "submitting"   /* job.submit handed out */
-#define S_JOB_LOOKUP "lookup"           /* submit outcome unknown: ask */
-#define S_JOB_RUNNING "running"         /* provider batch id known */
-#define S_JOB_FETCHING "fetching"       /* provider finished: fetch */
-#define S_JOB_CLEANUP "cleanup"         /* results stored; provider files
-                                           to delete (job.cancel, mode
-                                           cleanup) */
-#define S_JOB_DONE "done"               /* results stored, files gone */
-#define S_JOB_FAILED "failed"           /* never ran; items re-routed */
+#define S_JOB_PENDING "pending"       /* created, never sent */
+#define S_JOB_SUBMITTING "submitting" /* job.submit handed out */
+#define S_JOB_LOOKUP "lookup"         /* submit outcome unknown: ask */
+#define S_JOB_RUNNING "running"       /* provider batch id known */
+#define S_JOB_FETCHING "fetching"     /* provider finished: fetch */
+#define S_JOB_CLEANUP                                                          \
+    "cleanup"                 /* results stored; provider files                \
+                                 to delete (job.cancel, mode                   \
+                                 cleanup) */
+#define S_JOB_DONE "done"     /* results stored, files gone */
+#define S_JOB_FAILED "failed" /* never ran; items re-routed */
 
-#define S_PREFETCH 256                  /* pending items loaded at once */
-#define S_MAX_PAYLOAD (60LL * 1024 * 1024)  /* job.submit under 64 MiB */
+#define S_PREFETCH 256                     /* pending items loaded at once */
+#define S_MAX_PAYLOAD (60LL * 1024 * 1024) /* job.submit under 64 MiB */
 
 /*  A pending realtime item, loaded from the store. */
 typedef struct {
     int64_t index;
-    zframe_t *body;                     /* msgpack request body */
+    zframe_t *body; /* msgpack request body */
 } s_item_t;
 
 typedef struct _s_batch_t s_batch_t;
 
 /*  A provider job in memory: its row plus the task outstanding. */
 typedef struct {
-    llmq_batch_job_t row;               /* as stored */
-    s_batch_t *batch;                   /* owner (borrowed) */
-    llmq_msg_type_t task;               /* job.* outstanding, or INVALID */
-    int64_t task_sent_ms;               /* when that task was handed out */
-    int64_t next_ms;                    /* earliest time for the next task */
-    bool cancel_sent;                   /* job.cancel answered this run */
+    llmq_batch_job_t row; /* as stored */
+    s_batch_t *batch;     /* owner (borrowed) */
+    llmq_msg_type_t task; /* job.* outstanding, or INVALID */
+    int64_t task_sent_ms; /* when that task was handed out */
+    int64_t next_ms;      /* earliest time for the next task */
+    bool cancel_sent;     /* job.cancel answered this run */
 } s_job_t;
 
 struct _s_batch_t {
-    llmq_batch_rec_t rec;               /* the stored row (kept in sync) */
-    bool dirty;                         /* rec changed since written */
-    bool dispatching;                   /* realtime items may go out */
-    int64_t scan_next;                  /* next index to scan for pending */
-    zlistx_t *ready;                    /* s_item_t *, in dispatch order */
-    zhashx_t *in_flight;                /* "index" -> s_item_t * (no body) */
-    zhashx_t *retries;                  /* "index" -> failed rounds so far
-                                           (intptr_t, retryable failures) */
-    uint64_t rr_tick;                   /* last served (round robin) */
-    zlistx_t *jobs;                     /* s_job_t *, by first item */
-    bool expired;                       /* window passed */
+    llmq_batch_rec_t rec; /* the stored row (kept in sync) */
+    bool dirty;           /* rec changed since written */
+    bool dispatching;     /* realtime items may go out */
+    int64_t scan_next;    /* next index to scan for pending */
+    zlistx_t *ready;      /* s_item_t *, in dispatch order */
+    zhashx_t *in_flight;  /* "index" -> s_item_t * (no body) */
+    zhashx_t *retries;    /* "index" -> failed rounds so far
+                             (intptr_t, retryable failures) */
+    uint64_t rr_tick;     /* last served (round robin) */
+    zlistx_t *jobs;       /* s_job_t *, by first item */
+    bool expired;         /* window passed */
 };
 
 struct _llmq_batch_t {
-    llmq_batch_config_t cfg;            /* tunables */
-    llmq_batch_store_t *store;          /* the durable state */
-    zhashx_t *batches;                  /* wire id -> s_batch_t * (owns) */
-    zhashx_t *by_bid;                   /* "bid" -> s_batch_t * (borrowed) */
-    zhashx_t *jobs;                     /* job id -> s_job_t * (borrowed) */
-    llmq_batch_pool_fn *pool_fn;        /* batch_api pool lookup */
+    llmq_batch_config_t cfg;     /* tunables */
+    llmq_batch_store_t *store;   /* the durable state */
+    zhashx_t *batches;           /* wire id -> s_batch_t * (owns) */
+    zhashx_t *by_bid;            /* "bid" -> s_batch_t * (borrowed) */
+    zhashx_t *jobs;              /* job id -> s_job_t * (borrowed) */
+    llmq_batch_pool_fn *pool_fn; /* batch_api pool lookup */
     void *pool_arg;
-    uint64_t rr_clock;                  /* round-robin counter */
-    int64_t uncommitted;                /* realtime results in open tx */
-    uint32_t job_seq;                   /* for job ids */
+    uint64_t rr_clock;   /* round-robin counter */
+    int64_t uncommitted; /* realtime results in open tx */
+    uint32_t job_seq;    /* for job ids */
 };
 
 /*  ---- small helpers ---------------------------------------------------- */
 
 /*  A job whose items are settled (its results are stored or re-routed). */
-#define S_JOB_OVER(j)                                                       \
-    (streq((j)->row.state, S_JOB_DONE) ||                                   \
-     streq((j)->row.state, S_JOB_FAILED) ||                                 \
+#define S_JOB_OVER(j)                                                          \
+    (streq((j)->row.state, S_JOB_DONE) ||                                      \
+     streq((j)->row.state, S_JOB_FAILED) ||                                    \
      streq((j)->row.state, S_JOB_CLEANUP))
 
 static bool s_terminal(const char *state)
@@ -297,8 +298,8 @@ typedef struct {
     s_ints_t indices;
 } s_fill_t;
 
-static int s_collect_fn(int64_t index, const char *custom_id,
-                        const void *body, size_t body_size, void *arg)
+static int s_collect_fn(int64_t index, const char *custom_id, const void *body,
+                        size_t body_size, void *arg)
 {
     (void)custom_id;
     (void)body;
@@ -315,17 +316,17 @@ static void s_fail_pending(llmq_batch_t *self, s_batch_t *b, int64_t first,
                            int64_t count, llmq_err_t err, const char *message,
                            int64_t now_ms)
 {
-    s_fill_t f = { self, b, llmq_err_name(err), message, now_ms, { 0 } };
+    s_fill_t f = {self, b, llmq_err_name(err), message, now_ms, {0}};
     /*  Collect first: the store's read cursor must be finished before the
         same connection writes. */
     llmq_batch_store_item_each(self->store, b->rec.bid, first, count, true,
                                s_collect_fn, &f);
     for (size_t i = 0; i < f.indices.n; i++) {
-        llmq_batch_result_t r = { .index = f.indices.v[i],
-                                  .ok = false,
-                                  .error_code = f.code,
-                                  .error_message = message,
-                                  .error_retryable = llmq_err_retryable(err) };
+        llmq_batch_result_t r = {.index = f.indices.v[i],
+                                 .ok = false,
+                                 .error_code = f.code,
+                                 .error_message = message,
+                                 .error_retryable = llmq_err_retryable(err)};
         s_put_result(self, b, &r, false, now_ms);
     }
     free(f.indices.v);
@@ -345,17 +346,17 @@ static void s_check_done(llmq_batch_t *self, s_batch_t *b, int64_t now_ms)
             return;
     bool cancelling = streq(b->rec.state, "cancelling");
     if ((cancelling || b->expired) && b->rec.done < b->rec.total)
-        s_fail_pending(self, b, 0, -1,
-                       cancelling ? LLMQ_ERR_CANCELLED
-                                  : LLMQ_ERR_DEADLINE_EXCEEDED,
-                       cancelling ? "batch cancelled"
-                                  : "batch completion window expired",
-                       now_ms);
+        s_fail_pending(
+            self, b, 0, -1,
+            cancelling ? LLMQ_ERR_CANCELLED : LLMQ_ERR_DEADLINE_EXCEEDED,
+            cancelling ? "batch cancelled" : "batch completion window expired",
+            now_ms);
     if (zhashx_size(b->in_flight) > 0 || b->rec.done < b->rec.total)
         return;
-    s_set_state(b, cancelling ? "cancelled"
-                   : b->expired ? "expired"
-                                : "completed",
+    s_set_state(b,
+                cancelling   ? "cancelled"
+                : b->expired ? "expired"
+                             : "completed",
                 now_ms);
     b->dispatching = false;
     zlistx_purge(b->ready);
@@ -365,10 +366,10 @@ static void s_check_done(llmq_batch_t *self, s_batch_t *b, int64_t now_ms)
 
 typedef struct {
     int64_t max_items;
-    int64_t max_bytes;                  /* estimated JSONL file bytes */
-    int64_t max_payload;                /* job.submit msgpack bytes */
+    int64_t max_bytes;   /* estimated JSONL file bytes */
+    int64_t max_payload; /* job.submit msgpack bytes */
     int64_t first, count, bytes, payload;
-    s_ints_t cuts;                      /* (first, count) pairs */
+    s_ints_t cuts; /* (first, count) pairs */
 } s_chunk_t;
 
 /*  A JSONL line is about the body as JSON plus the wrapper; JSON text is at
@@ -421,7 +422,7 @@ static int s_make_jobs(llmq_batch_t *self, s_batch_t *b, const char *pool,
                        const char *provider, int64_t now_ms)
 {
     bool anthropic = streq(provider, "anthropic");
-    s_chunk_t c = { 0 };
+    s_chunk_t c = {0};
     c.max_items = anthropic ? 100000 : 50000;
     c.max_bytes = anthropic ? 256LL * 1000 * 1000 : 200LL * 1000 * 1000;
     if (self->cfg.max_job_items > 0 && self->cfg.max_job_items < c.max_items)
@@ -445,7 +446,7 @@ static int s_make_jobs(llmq_batch_t *self, s_batch_t *b, const char *pool,
     int rc = 0;
     int n = 0;
     for (size_t i = 0; i + 1 < c.cuts.n; i += 2) {
-        llmq_batch_job_t row = { 0 };
+        llmq_batch_job_t row = {0};
         /*  Unique over the store's life, even if a bid is reused after a
             delete: bid, ordinal and a per-process sequence mixed with the
             clock. */
@@ -558,7 +559,7 @@ llmq_batch_t *llmq_batch_new(const char *path, const llmq_batch_config_t *cfg,
     /*  Resume: load unfinished batches and their jobs; realtime items
         without a result are pending again (their dispatch was not
         recorded, by design), counts are recomputed from the results. */
-    s_resume_t r = { self, now_ms, zlistx_new() };
+    s_resume_t r = {self, now_ms, zlistx_new()};
     llmq_batch_store_batch_each(self->store, s_resume_batch_fn, &r);
     llmq_batch_store_job_each(self->store, 0, s_resume_job_fn, &r);
     for (s_batch_t *b = zlistx_first(r.loaded); b; b = zlistx_next(r.loaded)) {
@@ -629,16 +630,15 @@ static s_batch_t *s_lookup(llmq_batch_t *self, const char *id)
 
 /*  ---- client messages ---------------------------------------------------- */
 
-static void s_handle_open(llmq_batch_t *self, llmq_msg_t *msg,
-                          zlist_t *replies, int64_t now_ms)
+static void s_handle_open(llmq_batch_t *self, llmq_msg_t *msg, zlist_t *replies,
+                          int64_t now_ms)
 {
     const char *id = llmq_msg_batch(msg);
     const char *mode = llmq_msg_mode(msg);
     const char *op = llmq_msg_op(msg) ? llmq_msg_op(msg) : "chat";
     const char *pool = llmq_msg_pool(msg) ? llmq_msg_pool(msg) : "";
-    const char *window = llmq_msg_completion_window(msg)
-                             ? llmq_msg_completion_window(msg)
-                             : "";
+    const char *window =
+        llmq_msg_completion_window(msg) ? llmq_msg_completion_window(msg) : "";
     if (!*id) {
         s_reply_error(replies, msg, LLMQ_ERR_INVALID_REQUEST, id,
                       "batch id is empty");
@@ -667,15 +667,15 @@ static void s_handle_open(llmq_batch_t *self, llmq_msg_t *msg,
         /*  A resend of the same open is acknowledged again; anything else
             under an existing id is refused. */
         if (streq(b->rec.requested_mode, mode) &&
-            streq(b->rec.model, llmq_msg_model(msg)) &&
-            streq(b->rec.op, op) && streq(b->rec.pool, pool))
+            streq(b->rec.model, llmq_msg_model(msg)) && streq(b->rec.op, op) &&
+            streq(b->rec.pool, pool))
             s_reply(replies, msg, LLMQ_MSG_BATCH_ACK, id);
         else
             s_reply_error(replies, msg, LLMQ_ERR_INVALID_REQUEST, id,
                           "a batch with this id exists");
         return;
     }
-    llmq_batch_rec_t rec = { 0 };
+    llmq_batch_rec_t rec = {0};
     snprintf(rec.id, sizeof rec.id, "%s", id);
     snprintf(rec.requested_mode, sizeof rec.requested_mode, "%s", mode);
     if (!streq(mode, "auto"))
@@ -684,8 +684,7 @@ static void s_handle_open(llmq_batch_t *self, llmq_msg_t *msg,
     snprintf(rec.pool, sizeof rec.pool, "%s", pool);
     snprintf(rec.op, sizeof rec.op, "%s", op);
     snprintf(rec.state, sizeof rec.state, "validating");
-    snprintf(rec.completion_window, sizeof rec.completion_window, "%s",
-             window);
+    snprintf(rec.completion_window, sizeof rec.completion_window, "%s", window);
     zframe_t *rid = llmq_msg_routing_id(msg);
     if (rid && zframe_size(rid) * 2 < sizeof rec.client) {
         char *hex = zframe_strhex(rid);
@@ -712,7 +711,7 @@ static void s_handle_open(llmq_batch_t *self, llmq_msg_t *msg,
 typedef struct {
     llmq_batch_t *self;
     s_batch_t *batch;
-    int64_t next;                       /* next index to assign */
+    int64_t next; /* next index to assign */
     int failed;
 } s_add_t;
 
@@ -720,8 +719,8 @@ static int s_add_fn(const char *custom_id, const void *body, size_t body_size,
                     void *arg)
 {
     s_add_t *a = arg;
-    if (llmq_batch_store_item_insert(a->self->store, a->batch->rec.bid,
-                                     a->next, custom_id, body, body_size)) {
+    if (llmq_batch_store_item_insert(a->self->store, a->batch->rec.bid, a->next,
+                                     custom_id, body, body_size)) {
         a->failed = 1;
         return 1;
     }
@@ -729,8 +728,8 @@ static int s_add_fn(const char *custom_id, const void *body, size_t body_size,
     return 0;
 }
 
-static void s_handle_add(llmq_batch_t *self, llmq_msg_t *msg,
-                         zlist_t *replies, int64_t now_ms)
+static void s_handle_add(llmq_batch_t *self, llmq_msg_t *msg, zlist_t *replies,
+                         int64_t now_ms)
 {
     const char *id = llmq_msg_batch(msg);
     s_batch_t *b = s_lookup(self, id);
@@ -769,7 +768,7 @@ static void s_handle_add(llmq_batch_t *self, llmq_msg_t *msg,
         s_reply_error(replies, msg, LLMQ_ERR_INVALID_REQUEST, id, text);
         return;
     }
-    s_add_t a = { self, b, b->rec.total, 0 };
+    s_add_t a = {self, b, b->rec.total, 0};
     /*  Commit pending realtime results first: a rollback below must undo
         this add only. */
     if (llmq_batch_flush(self) == 0 && llmq_batch_store_begin(self->store) == 0)
@@ -777,9 +776,8 @@ static void s_handle_add(llmq_batch_t *self, llmq_msg_t *msg,
                              s_add_fn, &a, NULL, 0);
     else
         a.failed = 1;
-    if (!a.failed &&
-        llmq_batch_store_add_record(self->store, b->rec.bid, seq,
-                                    b->rec.total, n) == 0) {
+    if (!a.failed && llmq_batch_store_add_record(self->store, b->rec.bid, seq,
+                                                 b->rec.total, n) == 0) {
         int64_t old_total = b->rec.total;
         b->rec.total += n;
         b->rec.updated_ms = now_ms;
@@ -804,17 +802,15 @@ static void s_start(llmq_batch_t *self, s_batch_t *b, int64_t now_ms)
 {
     char pool[129] = "", provider[33] = "";
     bool has_pool = self->pool_fn &&
-                    self->pool_fn(b->rec.model, b->rec.pool, pool,
-                                  sizeof pool, provider, sizeof provider,
-                                  self->pool_arg);
+                    self->pool_fn(b->rec.model, b->rec.pool, pool, sizeof pool,
+                                  provider, sizeof provider, self->pool_arg);
     if (streq(b->rec.requested_mode, "auto")) {
         /*  Provider batches finish within the provider's 24 h window: a
             client window shorter than that rules them out. */
         int64_t window = s_window_s(b->rec.completion_window);
         bool window_ok = window == 0 || window >= 24 * 3600;
-        bool provider_mode = has_pool && b->rec.total >=
-                                             self->cfg.auto_threshold &&
-                             window_ok;
+        bool provider_mode =
+            has_pool && b->rec.total >= self->cfg.auto_threshold && window_ok;
         snprintf(b->rec.mode, sizeof b->rec.mode, "%s",
                  provider_mode ? "provider" : "realtime");
         b->dirty = true;
@@ -826,12 +822,10 @@ static void s_start(llmq_batch_t *self, s_batch_t *b, int64_t now_ms)
     if (streq(b->rec.mode, "realtime")) {
         b->dispatching = true;
         s_set_state(b, "in_progress", now_ms);
-    }
-    else if (has_pool) {
+    } else if (has_pool) {
         if (s_make_jobs(self, b, pool, provider, now_ms) == 0)
             s_set_state(b, "queued", now_ms);
-    }
-    else
+    } else
         /*  Provider mode requested and no batch_api pool yet: queued until
             one joins (tick retries). */
         s_set_state(b, "queued", now_ms);
@@ -864,12 +858,12 @@ static void s_handle_close(llmq_batch_t *self, llmq_msg_t *msg,
 }
 
 typedef struct {
-    llmq_packer_t *entries;             /* packed result maps, concatenated */
+    llmq_packer_t *entries; /* packed result maps, concatenated */
     int64_t count;
     int64_t bytes;
     int64_t max_items;
     int64_t max_bytes;
-    int64_t next;                       /* cursor after the last packed */
+    int64_t next; /* cursor after the last packed */
 } s_results_t;
 
 static int s_results_fn(const llmq_batch_result_t *r, void *arg)
@@ -890,12 +884,10 @@ static int s_results_fn(const llmq_batch_result_t *r, void *arg)
     if (body) {
         llmq_packer_str(p, "body");
         llmq_packer_raw(p, r->body, r->body_size);
-    }
-    else if (r->ok) {
+    } else if (r->ok) {
         llmq_packer_str(p, "body");
         llmq_packer_nil(p);
-    }
-    else {
+    } else {
         llmq_packer_str(p, "error");
         llmq_packer_map(p, 4);
         llmq_packer_str(p, "code");
@@ -955,10 +947,9 @@ static int s_list_fn(const llmq_batch_rec_t *rec, void *arg)
     return 0;
 }
 
-static void s_handle_list(llmq_batch_t *self, llmq_msg_t *msg,
-                          zlist_t *replies)
+static void s_handle_list(llmq_batch_t *self, llmq_msg_t *msg, zlist_t *replies)
 {
-    s_list_t l = { self, zlist_new() };
+    s_list_t l = {self, zlist_new()};
     llmq_batch_store_batch_each(self->store, s_list_fn, &l);
     int64_t count = 0;
     llmq_msg_t *st;
@@ -972,8 +963,7 @@ static void s_handle_list(llmq_batch_t *self, llmq_msg_t *msg,
     llmq_msg_set_count(ack, count);
 }
 
-static void s_handle_get(llmq_batch_t *self, llmq_msg_t *msg,
-                         zlist_t *replies)
+static void s_handle_get(llmq_batch_t *self, llmq_msg_t *msg, zlist_t *replies)
 {
     const char *id = llmq_msg_batch(msg);
     if (!*id) {
@@ -991,8 +981,9 @@ static void s_handle_get(llmq_batch_t *self, llmq_msg_t *msg,
     int64_t after = llmq_msg_after(msg);
     if (after < 0)
         after = 0;
-    s_results_t c = { llmq_packer_new(), 0, 0, self->cfg.results_max_items,
-                      self->cfg.results_max_bytes, after };
+    s_results_t c = {
+        llmq_packer_new(),           0,    0, self->cfg.results_max_items,
+        self->cfg.results_max_bytes, after};
     /*  Contiguous: results come in input order and the cursor never moves
         past an item that is still running. */
     llmq_batch_store_result_each(self->store, b->rec.bid, after, true,
@@ -1008,8 +999,7 @@ static void s_handle_get(llmq_batch_t *self, llmq_msg_t *msg,
 
     llmq_msg_t *res = s_reply(replies, msg, LLMQ_MSG_BATCH_RESULTS, id);
     llmq_msg_set_cursor(res, c.next);
-    llmq_msg_set_final(res, s_terminal(b->rec.state) &&
-                                c.next >= b->rec.total);
+    llmq_msg_set_final(res, s_terminal(b->rec.state) && c.next >= b->rec.total);
     llmq_msg_set_payload(res, &frame);
 }
 
@@ -1036,8 +1026,7 @@ static void s_handle_cancel(llmq_batch_t *self, llmq_msg_t *msg,
                     find it, so `lookup` jobs are cancelled at the provider
                     too if the answer names a provider batch. */
                 if (streq(j->row.state, S_JOB_PENDING)) {
-                    snprintf(j->row.state, sizeof j->row.state,
-                             S_JOB_FAILED);
+                    snprintf(j->row.state, sizeof j->row.state, S_JOB_FAILED);
                     j->row.updated_ms = now_ms;
                     llmq_batch_store_begin(self->store);
                     llmq_batch_store_job_update(self->store, &j->row);
@@ -1078,8 +1067,8 @@ int llmq_batch_handle(llmq_batch_t *self, llmq_msg_t *msg, zlist_t *replies,
 
 /*  ---- realtime dispatch ------------------------------------------------- */
 
-static int s_prefetch_fn(int64_t index, const char *custom_id,
-                         const void *body, size_t body_size, void *arg)
+static int s_prefetch_fn(int64_t index, const char *custom_id, const void *body,
+                         size_t body_size, void *arg)
 {
     (void)custom_id;
     s_batch_t *b = arg;
@@ -1125,8 +1114,7 @@ static bool s_has_ready(llmq_batch_t *self, s_batch_t *b)
             continue;
         int64_t before = b->scan_next;
         llmq_batch_store_item_each(self->store, b->rec.bid, b->scan_next,
-                                   end - b->scan_next, true, s_prefetch_fn,
-                                   b);
+                                   end - b->scan_next, true, s_prefetch_fn, b);
         /*  Nothing pending (or all in flight) in this segment: go past it.
             Otherwise the prefetch stopped at its limit with items ready. */
         if (zlistx_size(b->ready) == 0 || b->scan_next == before)
@@ -1244,7 +1232,7 @@ int llmq_batch_on_item_result(llmq_batch_t *self, const char *key,
     if (!zhashx_lookup(b->in_flight, ikey))
         return 1;
     zhashx_delete(b->in_flight, ikey);
-    llmq_batch_result_t r = { .index = index };
+    llmq_batch_result_t r = {.index = index};
     r.ok = llmq_msg_ok(res);
     zframe_t *payload = llmq_msg_payload(res);
     if (r.ok && payload) {
@@ -1252,8 +1240,8 @@ int llmq_batch_on_item_result(llmq_batch_t *self, const char *key,
         r.body_size = zframe_size(payload);
     }
     if (!r.ok) {
-        r.error_code = llmq_msg_error_code(res) ? llmq_msg_error_code(res)
-                                                : "internal";
+        r.error_code =
+            llmq_msg_error_code(res) ? llmq_msg_error_code(res) : "internal";
         r.error_message = llmq_msg_error_message(res);
         r.error_status = llmq_msg_error_status(res);
         r.error_retryable = llmq_msg_error_retryable(res);
@@ -1283,8 +1271,7 @@ int llmq_batch_on_item_result(llmq_batch_t *self, const char *key,
     return rc == 1 ? 0 : 1;
 }
 
-void llmq_batch_item_return(llmq_batch_t *self, const char *key,
-                            int64_t now_ms)
+void llmq_batch_item_return(llmq_batch_t *self, const char *key, int64_t now_ms)
 {
     int64_t index = 0;
     s_batch_t *b = s_key_batch(self, key, &index);
@@ -1357,11 +1344,10 @@ static llmq_msg_t *s_task(s_job_t *j, llmq_msg_type_t type, int64_t now_ms)
     return m;
 }
 
-static llmq_msg_t *s_job_submit(llmq_batch_t *self, s_job_t *j,
-                                int64_t now_ms)
+static llmq_msg_t *s_job_submit(llmq_batch_t *self, s_job_t *j, int64_t now_ms)
 {
     s_batch_t *b = j->batch;
-    s_submit_t s = { llmq_packer_new(), 0 };
+    s_submit_t s = {llmq_packer_new(), 0};
     llmq_packer_array(s.packer, (size_t)j->row.count);
     llmq_batch_store_item_each(self->store, b->rec.bid, j->row.first,
                                j->row.count, false, s_submit_fn, &s);
@@ -1431,8 +1417,7 @@ static llmq_msg_t *s_job_next(llmq_batch_t *self, s_job_t *j, int64_t now_ms)
 static int64_t s_pool_busy(llmq_batch_t *self, const char *pool)
 {
     int64_t busy = 0;
-    for (s_job_t *j = zhashx_first(self->jobs); j;
-         j = zhashx_next(self->jobs))
+    for (s_job_t *j = zhashx_first(self->jobs); j; j = zhashx_next(self->jobs))
         if (j->task != LLMQ_MSG_INVALID && streq(j->row.pool, pool))
             busy++;
     return busy;
@@ -1466,9 +1451,9 @@ llmq_msg_t *llmq_batch_next_job_task(llmq_batch_t *self, const char *pool,
         if (streq(j->row.state, S_JOB_PENDING) &&
             streq(j->batch->rec.state, "cancelling"))
             continue;
-        if (best && (j->row.bid > best->row.bid ||
-                     (j->row.bid == best->row.bid &&
-                      j->row.first > best->row.first)))
+        if (best &&
+            (j->row.bid > best->row.bid ||
+             (j->row.bid == best->row.bid && j->row.first > best->row.first)))
             continue;
         if (!pool &&
             s_pool_busy(self, j->row.pool) >= self->cfg.max_tasks_per_pool)
@@ -1515,8 +1500,7 @@ static void s_job_finished(llmq_batch_t *self, s_job_t *j, bool ran,
             b->dispatching = true;
             if (b->scan_next > j->row.first)
                 b->scan_next = j->row.first;
-        }
-        else {
+        } else {
             const char *ps = j->row.provider_state;
             llmq_err_t err = streq(ps, "expired") ? LLMQ_ERR_DEADLINE_EXCEEDED
                              : streq(ps, "cancelled") ? LLMQ_ERR_CANCELLED
@@ -1573,8 +1557,7 @@ static void s_on_job_status(llmq_batch_t *self, s_job_t *j, llmq_msg_t *msg,
         /*  Cleanup answered; a failed delete only leaves a file at the
             provider (logged), it never holds the batch back. */
         if (code)
-            zsys_warning("batch: job %s cleanup failed: %s", j->row.id,
-                         code);
+            zsys_warning("batch: job %s cleanup failed: %s", j->row.id, code);
         snprintf(j->row.state, sizeof j->row.state, S_JOB_DONE);
         s_job_save(self, j, now_ms);
         llmq_batch_flush(self);
@@ -1586,21 +1569,19 @@ static void s_on_job_status(llmq_batch_t *self, s_job_t *j, llmq_msg_t *msg,
         if (pb && *pb) {
             /*  The provider batch exists: record its id before anything
                 else happens to this job. */
-            snprintf(j->row.provider_batch, sizeof j->row.provider_batch,
-                     "%s", pb);
+            snprintf(j->row.provider_batch, sizeof j->row.provider_batch, "%s",
+                     pb);
             snprintf(j->row.state, sizeof j->row.state, S_JOB_RUNNING);
-        }
-        else if (code && streq(j->row.state, S_JOB_LOOKUP) &&
-                 streq(code, "not_found") &&
-                 now_ms - j->row.submitted_ms < self->cfg.submit_grace_ms) {
+        } else if (code && streq(j->row.state, S_JOB_LOOKUP) &&
+                   streq(code, "not_found") &&
+                   now_ms - j->row.submitted_ms < self->cfg.submit_grace_ms) {
             /*  Not there yet proves nothing while the first submit may
                 still be uploading (a slow 200 MB file outlives a task
                 timeout): ask again later. */
             j->next_ms = now_ms + self->cfg.poll_interval_ms;
             return;
-        }
-        else if (code && streq(j->row.state, S_JOB_LOOKUP) &&
-                 streq(code, "not_found")) {
+        } else if (code && streq(j->row.state, S_JOB_LOOKUP) &&
+                   streq(code, "not_found")) {
             /*  The lookup proved the provider never created it, and no
                 submit of it can still be running: now, and only now, may
                 it be submitted again. */
@@ -1610,8 +1591,7 @@ static void s_on_job_status(llmq_batch_t *self, s_job_t *j, llmq_msg_t *msg,
                 s_job_finished(self, j, false, now_ms);
             llmq_batch_flush(self);
             return;
-        }
-        else if (code && streq(j->row.state, S_JOB_SUBMITTING)) {
+        } else if (code && streq(j->row.state, S_JOB_SUBMITTING)) {
             llmq_err_t err = llmq_err_from_name(code);
             if (err != LLMQ_ERR_NONE && !llmq_msg_error_retryable(msg) &&
                 !llmq_err_retryable(err)) {
@@ -1629,20 +1609,19 @@ static void s_on_job_status(llmq_batch_t *self, s_job_t *j, llmq_msg_t *msg,
             s_job_save(self, j, now_ms);
             llmq_batch_flush(self);
             return;
-        }
-        else {
+        } else {
             j->next_ms = now_ms + self->cfg.poll_interval_ms;
             return;
         }
-    }
-    else if (code && !llmq_msg_has(msg, LLMQ_F_state)) {
+    } else if (code && !llmq_msg_has(msg, LLMQ_F_state)) {
         j->next_ms = now_ms + self->cfg.poll_interval_ms;
         return;
     }
     if (was_cancel)
         j->cancel_sent = true;
-    if (code && (streq(j->row.state, S_JOB_RUNNING) ||
-                 streq(j->row.state, S_JOB_FETCHING)) &&
+    if (code &&
+        (streq(j->row.state, S_JOB_RUNNING) ||
+         streq(j->row.state, S_JOB_FETCHING)) &&
         !llmq_msg_has(msg, LLMQ_F_counts_total)) {
         /*  A poll that failed (network, 5xx): try again later. */
         j->next_ms = now_ms + self->cfg.poll_interval_ms;
@@ -1650,8 +1629,7 @@ static void s_on_job_status(llmq_batch_t *self, s_job_t *j, llmq_msg_t *msg,
         llmq_batch_flush(self);
         return;
     }
-    snprintf(j->row.provider_state, sizeof j->row.provider_state, "%s",
-             pstate);
+    snprintf(j->row.provider_state, sizeof j->row.provider_state, "%s", pstate);
     if (llmq_msg_output_file(msg))
         snprintf(j->row.output_file, sizeof j->row.output_file, "%s",
                  llmq_msg_output_file(msg));
@@ -1693,8 +1671,7 @@ static void s_on_job_results(llmq_batch_t *self, s_job_t *j, llmq_msg_t *msg,
         const cJSON *e;
         cJSON_ArrayForEach(e, arr)
         {
-            const cJSON *cid = cJSON_GetObjectItemCaseSensitive(e,
-                                                                "custom_id");
+            const cJSON *cid = cJSON_GetObjectItemCaseSensitive(e, "custom_id");
             if (!cJSON_IsString(cid))
                 continue;
             char *end = NULL;
@@ -1703,11 +1680,12 @@ static void s_on_job_results(llmq_batch_t *self, s_job_t *j, llmq_msg_t *msg,
             if (!end || *end || index < j->row.first ||
                 index >= j->row.first + j->row.count)
                 continue;
-            llmq_batch_result_t r = { .index = index };
+            llmq_batch_result_t r = {.index = index};
             r.ok = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(e, "ok"));
             const cJSON *usage = cJSON_GetObjectItemCaseSensitive(e, "usage");
             const cJSON *v;
-            if ((v = cJSON_GetObjectItemCaseSensitive(usage, "prompt_tokens")) &&
+            if ((v = cJSON_GetObjectItemCaseSensitive(usage,
+                                                      "prompt_tokens")) &&
                 cJSON_IsNumber(v))
                 r.prompt_tokens = (int64_t)v->valuedouble;
             if ((v = cJSON_GetObjectItemCaseSensitive(usage,
@@ -1725,24 +1703,20 @@ static void s_on_job_results(llmq_batch_t *self, s_job_t *j, llmq_msg_t *msg,
                     r.body = zframe_data(body);
                     r.body_size = zframe_size(body);
                 }
-            }
-            else {
-                const cJSON *err = cJSON_GetObjectItemCaseSensitive(e,
-                                                                    "error");
-                const cJSON *code = cJSON_GetObjectItemCaseSensitive(err,
-                                                                     "code");
+            } else {
+                const cJSON *err = cJSON_GetObjectItemCaseSensitive(e, "error");
+                const cJSON *code =
+                    cJSON_GetObjectItemCaseSensitive(err, "code");
                 const cJSON *message =
                     cJSON_GetObjectItemCaseSensitive(err, "message");
-                const cJSON *status = cJSON_GetObjectItemCaseSensitive(err,
-                                                                       "status");
-                r.error_code = cJSON_IsString(code) ? code->valuestring
-                                                    : "provider_error";
-                r.error_message = cJSON_IsString(message)
-                                      ? message->valuestring
-                                      : NULL;
-                r.error_status = cJSON_IsNumber(status)
-                                     ? (int64_t)status->valuedouble
-                                     : 0;
+                const cJSON *status =
+                    cJSON_GetObjectItemCaseSensitive(err, "status");
+                r.error_code =
+                    cJSON_IsString(code) ? code->valuestring : "provider_error";
+                r.error_message =
+                    cJSON_IsString(message) ? message->valuestring : NULL;
+                r.error_status =
+                    cJSON_IsNumber(status) ? (int64_t)status->valuedouble : 0;
                 llmq_err_t ecode = llmq_err_from_name(r.error_code);
                 const cJSON *retry =
                     cJSON_GetObjectItemCaseSensitive(err, "retryable");
@@ -1765,14 +1739,12 @@ static void s_on_job_results(llmq_batch_t *self, s_job_t *j, llmq_msg_t *msg,
         j->task = LLMQ_MSG_INVALID;
         s_job_finished(self, j, true, now_ms);
         s_batch_from_jobs(b, now_ms);
-    }
-    else
+    } else
         j->task_sent_ms = now_ms; /* more pages coming: still alive */
     llmq_batch_flush(self);
 }
 
-int llmq_batch_on_job_msg(llmq_batch_t *self, llmq_msg_t *msg,
-                          int64_t now_ms)
+int llmq_batch_on_job_msg(llmq_batch_t *self, llmq_msg_t *msg, int64_t now_ms)
 {
     const char *id = llmq_msg_job(msg);
     s_job_t *j = id ? zhashx_lookup(self->jobs, id) : NULL;
@@ -1785,8 +1757,7 @@ int llmq_batch_on_job_msg(llmq_batch_t *self, llmq_msg_t *msg,
         if (!streq(j->row.state, S_JOB_FETCHING))
             return 1;
         s_on_job_results(self, j, msg, now_ms);
-    }
-    else
+    } else
         return 1;
     return 0;
 }
@@ -1844,8 +1815,8 @@ void llmq_batch_stats(llmq_batch_t *self, llmq_batch_stats_t *stats)
         if (!s_terminal(b->rec.state))
             stats->batches_active++;
         if (b->dispatching)
-            stats->items_pending += (int64_t)zlistx_size(b->ready) +
-                                    (b->rec.total - b->scan_next);
+            stats->items_pending +=
+                (int64_t)zlistx_size(b->ready) + (b->rec.total - b->scan_next);
         stats->items_in_flight += (int64_t)zhashx_size(b->in_flight);
     }
     for (s_job_t *j = zhashx_first(self->jobs); j;
@@ -1861,9 +1832,9 @@ const char *llmq_batch_normalise_state(const char *s)
 {
     if (!s)
         return "in_progress";
-    static const char *same[] = { "validating", "queued",     "in_progress",
-                                  "finalizing", "completed",  "failed",
-                                  "cancelling", "cancelled",  "expired" };
+    static const char *same[] = {"validating", "queued",    "in_progress",
+                                 "finalizing", "completed", "failed",
+                                 "cancelling", "cancelled", "expired"};
     for (size_t i = 0; i < sizeof same / sizeof same[0]; i++)
         if (streq(s, same[i]))
             return same[i];
@@ -1880,20 +1851,19 @@ const char *llmq_batch_normalise_state(const char *s)
 
 /*  ---- selftest ---------------------------------------------------------- */
 
-#define S_CHECK(expr)                                                       \
-    do {                                                                    \
-        if (!(expr)) {                                                      \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__,          \
-                    __LINE__, #expr);                                       \
-            abort();                                                        \
-        }                                                                   \
+#define S_CHECK(expr)                                                          \
+    do {                                                                       \
+        if (!(expr)) {                                                         \
+            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__,   \
+                    #expr);                                                    \
+            abort();                                                           \
+        }                                                                      \
     } while (0)
 
 /*  The test's pool table: one batch_api pool for "gpt-batch". */
-static bool s_test_pool_fn(const char *model, const char *pool,
-                           char *pool_out, size_t pool_size,
-                           char *provider_out, size_t provider_size,
-                           void *arg)
+static bool s_test_pool_fn(const char *model, const char *pool, char *pool_out,
+                           size_t pool_size, char *provider_out,
+                           size_t provider_size, void *arg)
 {
     const char *provider = arg;
     if (!streq(model, "gpt-batch") || (*pool && !streq(pool, "oa")))
@@ -1973,8 +1943,7 @@ static llmq_msg_t *s_t_add(llmq_batch_t *m, zlist_t *replies, const char *id,
 }
 
 static llmq_msg_t *s_t_simple(llmq_batch_t *m, zlist_t *replies,
-                              llmq_msg_type_t type, const char *id,
-                              int64_t now)
+                              llmq_msg_type_t type, const char *id, int64_t now)
 {
     llmq_msg_t *msg = llmq_msg_new(type);
     llmq_msg_set_batch(msg, id);
@@ -2039,8 +2008,7 @@ static int64_t s_t_get_all(llmq_batch_t *m, zlist_t *replies, const char *id,
             if (!cJSON_IsTrue(cJSON_GetObjectItem(e, "ok"))) {
                 S_CHECK(cJSON_IsObject(cJSON_GetObjectItem(e, "error")));
                 (*failed)++;
-            }
-            else
+            } else
                 S_CHECK(cJSON_GetObjectItem(e, "body"));
             after++;
             seen++;
@@ -2082,14 +2050,12 @@ static void s_t_job_results(llmq_batch_t *m, llmq_msg_t *task, int64_t first,
                 llmq_packer_str(p, "error");
                 llmq_packer_map(p, 3);
                 llmq_packer_str(p, "code");
-                llmq_packer_str(p, perm ? "invalid_request"
-                                        : "provider_error");
+                llmq_packer_str(p, perm ? "invalid_request" : "provider_error");
                 llmq_packer_str(p, "message");
                 llmq_packer_str(p, "line failed");
                 llmq_packer_str(p, "status");
                 llmq_packer_int(p, perm ? 400 : 500);
-            }
-            else {
+            } else {
                 llmq_packer_str(p, "body");
                 llmq_packer_map(p, 1);
                 llmq_packer_str(p, "echo");
@@ -2193,7 +2159,11 @@ static void s_test_realtime(const char *path, bool verbose)
     llmq_msg_t *bad = llmq_msg_new(LLMQ_MSG_BATCH_ADD);
     llmq_msg_set_batch(bad, "rt1");
     llmq_msg_set_seq(bad, 3);
-    llmq_msg_set_payload_mem(bad, "\x91\x81\xa4" "body" "\x01", 8);
+    llmq_msg_set_payload_mem(bad,
+                             "\x91\x81\xa4"
+                             "body"
+                             "\x01",
+                             8);
     r = s_t_run(m, replies, bad, now);
     S_CHECK(llmq_msg_type(r) == LLMQ_MSG_ERROR &&
             streq(llmq_msg_code(r), "invalid_request"));
@@ -2216,8 +2186,7 @@ static void s_test_realtime(const char *path, bool verbose)
         rt1 and rt2 alternate; "llama" items never go to it. */
     zlistx_t *reqs = zlistx_new();
     for (int i = 0; i < 3; i++) {
-        llmq_msg_t *req = llmq_batch_next_item(m, s_test_serves_fn, "gpt",
-                                               now);
+        llmq_msg_t *req = llmq_batch_next_item(m, s_test_serves_fn, "gpt", now);
         S_CHECK(req && streq(llmq_msg_model(req), "gpt"));
         S_CHECK(llmq_msg_priority(req) == 9);
         zlistx_add_end(reqs, req);
@@ -2225,8 +2194,7 @@ static void s_test_realtime(const char *path, bool verbose)
     char prev = 0;
     int alternations = 0;
     for (int i = 0; i < 100; i++) {
-        llmq_msg_t *req = llmq_batch_next_item(m, s_test_serves_fn, "gpt",
-                                               now);
+        llmq_msg_t *req = llmq_batch_next_item(m, s_test_serves_fn, "gpt", now);
         S_CHECK(req && llmq_msg_payload(req));
         char which = strncmp(llmq_msg_id(req), "b2.", 3) == 0 ? 'a' : 'b';
         if (prev && which != prev)
@@ -2243,11 +2211,9 @@ static void s_test_realtime(const char *path, bool verbose)
     llmq_msg_destroy(&again);
     for (req = zlistx_first(reqs); req; req = zlistx_next(reqs)) {
         llmq_msg_t *res = s_t_res(req);
-        S_CHECK(llmq_batch_on_item_result(m, llmq_msg_id(req), res, now) ==
-                0);
+        S_CHECK(llmq_batch_on_item_result(m, llmq_msg_id(req), res, now) == 0);
         /*  A duplicate answer is dropped. */
-        S_CHECK(llmq_batch_on_item_result(m, llmq_msg_id(req), res, now) ==
-                1);
+        S_CHECK(llmq_batch_on_item_result(m, llmq_msg_id(req), res, now) == 1);
         llmq_msg_destroy(&res);
         llmq_msg_destroy(&req);
     }
@@ -2257,8 +2223,8 @@ static void s_test_realtime(const char *path, bool verbose)
 
     /*  Dispatch a few more of rt1 and "crash" with them in flight. */
     for (int i = 0; i < 5; i++)
-        zlistx_add_end(reqs, llmq_batch_next_item(m, s_test_serves_fn, "gpt",
-                                                  now));
+        zlistx_add_end(reqs,
+                       llmq_batch_next_item(m, s_test_serves_fn, "gpt", now));
     llmq_batch_destroy(&m);
     for (req = zlistx_first(reqs); req; req = zlistx_next(reqs))
         llmq_msg_destroy(&req);
@@ -2270,8 +2236,7 @@ static void s_test_realtime(const char *path, bool verbose)
     int64_t served = 0;
     while ((req = llmq_batch_next_item(m, s_test_serves_fn, "gpt", now))) {
         llmq_msg_t *res = s_t_res(req);
-        S_CHECK(llmq_batch_on_item_result(m, llmq_msg_id(req), res, now) ==
-                0);
+        S_CHECK(llmq_batch_on_item_result(m, llmq_msg_id(req), res, now) == 0);
         llmq_msg_destroy(&res);
         llmq_msg_destroy(&req);
         served++;
@@ -2349,13 +2314,12 @@ static void s_test_realtime(const char *path, bool verbose)
             llmq_msg_set_id(res, llmq_msg_id(req));
             llmq_msg_set_failure(res, LLMQ_ERR_PROVIDER_ERROR, 503, "busy");
             rounds++;
-            S_CHECK(llmq_batch_on_item_result(m, llmq_msg_id(req), res,
-                                              now) == (rounds < 3 ? 2 : 0));
-        }
-        else {
+            S_CHECK(llmq_batch_on_item_result(m, llmq_msg_id(req), res, now) ==
+                    (rounds < 3 ? 2 : 0));
+        } else {
             res = s_t_res(req);
-            S_CHECK(llmq_batch_on_item_result(m, llmq_msg_id(req), res,
-                                              now) == 0);
+            S_CHECK(llmq_batch_on_item_result(m, llmq_msg_id(req), res, now) ==
+                    0);
         }
         llmq_msg_destroy(&res);
         llmq_msg_destroy(&req);
@@ -2384,8 +2348,7 @@ static void s_test_realtime(const char *path, bool verbose)
     int64_t answered = 0;
     while ((req = llmq_batch_next_item(m, s_test_serves_fn, "gpt", now))) {
         res = s_t_res(req);
-        S_CHECK(llmq_batch_on_item_result(m, llmq_msg_id(req), res, now) ==
-                0);
+        S_CHECK(llmq_batch_on_item_result(m, llmq_msg_id(req), res, now) == 0);
         llmq_msg_destroy(&res);
         llmq_msg_destroy(&req);
         answered++;
@@ -2427,8 +2390,8 @@ static void s_test_provider(const char *path, bool verbose)
 
     /*  Auto below the threshold, with a short window, or for a model no
         batch_api pool serves: realtime. */
-    llmq_msg_t *r = s_t_open(m, replies, "a-small", "auto", "gpt-batch", NULL,
-                             0, now);
+    llmq_msg_t *r =
+        s_t_open(m, replies, "a-small", "auto", "gpt-batch", NULL, 0, now);
     r = s_t_add(m, replies, "a-small", 1, 0, 999, now);
     r = s_t_simple(m, replies, LLMQ_MSG_BATCH_CLOSE, "a-small", now);
     r = s_t_simple(m, replies, LLMQ_MSG_BATCH_GET, "a-small", now);
@@ -2554,7 +2517,7 @@ static void s_test_provider(const char *path, bool verbose)
     S_CHECK(llmq_batch_next_job_task(m, "oa", now) == NULL);
     S_CHECK(zlistx_size(tasks) == 3);
     int n = 0;
-    const char *pbs[] = { "batch_A", "batch_B", "batch_C" };
+    const char *pbs[] = {"batch_A", "batch_B", "batch_C"};
     char ids[3][65];
     for (t = zlistx_first(tasks); t; t = zlistx_next(tasks), n++) {
         S_CHECK(llmq_msg_type(t) == LLMQ_MSG_JOB_SUBMIT);
@@ -2612,7 +2575,11 @@ static void s_test_provider(const char *path, bool verbose)
     llmq_batch_on_job_msg(m, junk, now);
     /*  Readable, but ids that are not this job's: nothing stored. */
     llmq_msg_set_final(junk, false);
-    llmq_msg_set_payload_mem(junk, "\x91\x81\xa9" "custom_id\xa3" "abc", 16);
+    llmq_msg_set_payload_mem(junk,
+                             "\x91\x81\xa9"
+                             "custom_id\xa3"
+                             "abc",
+                             16);
     llmq_batch_on_job_msg(m, junk, now);
     llmq_msg_destroy(&junk);
     r = s_t_simple(m, replies, LLMQ_MSG_BATCH_GET, "big", now);
@@ -2639,8 +2606,8 @@ static void s_test_provider(const char *path, bool verbose)
             S_CHECK(first == 0);
             zlistx_t *taken = zlistx_new();
             llmq_msg_t *rq;
-            while ((rq = llmq_batch_next_item(m, s_test_serves_fn,
-                                              "gpt-batch", now))) {
+            while ((rq = llmq_batch_next_item(m, s_test_serves_fn, "gpt-batch",
+                                              now))) {
                 const char *dot = strchr(llmq_msg_id(rq), '.');
                 S_CHECK(atoll(dot + 1) < 50000);
                 zlistx_add_end(taken, rq);
@@ -2674,8 +2641,8 @@ static void s_test_provider(const char *path, bool verbose)
     S_CHECK(streq(llmq_msg_state(r), "in_progress"));
     int64_t served = 0;
     llmq_msg_t *req;
-    while ((req = llmq_batch_next_item(m, s_test_serves_fn, "gpt-batch",
-                                       now))) {
+    while (
+        (req = llmq_batch_next_item(m, s_test_serves_fn, "gpt-batch", now))) {
         const char *dot = strchr(llmq_msg_id(req), '.');
         S_CHECK(atoll(dot + 1) % 997 == 996 && atoll(dot + 1) % 1000 != 999);
         llmq_msg_t *res = llmq_msg_new(LLMQ_MSG_RES);
@@ -2683,8 +2650,7 @@ static void s_test_provider(const char *path, bool verbose)
         llmq_msg_set_ok(res, true);
         llmq_msg_set_usage_cost_usd(res, 0.002);
         llmq_msg_set_payload_mem(res, "\x80", 1);
-        S_CHECK(llmq_batch_on_item_result(m, llmq_msg_id(req), res, now) ==
-                0);
+        S_CHECK(llmq_batch_on_item_result(m, llmq_msg_id(req), res, now) == 0);
         llmq_msg_destroy(&res);
         llmq_msg_destroy(&req);
         served++;
@@ -2697,8 +2663,8 @@ static void s_test_provider(const char *path, bool verbose)
     r = s_t_simple(m, replies, LLMQ_MSG_BATCH_GET, "big", now);
     S_CHECK(streq(llmq_msg_state(r), "completed"));
     /*  Provider lines at half price, realtime retries at full price. */
-    double want = (double)(total - transient) * 0.001 +
-                  (double)transient * 0.002;
+    double want =
+        (double)(total - transient) * 0.001 + (double)transient * 0.002;
     S_CHECK(llmq_msg_usage_cost_usd(r) > want - 1e-6 &&
             llmq_msg_usage_cost_usd(r) < want + 1e-6);
 
@@ -2754,8 +2720,8 @@ static void s_test_provider(const char *path, bool verbose)
         S_CHECK(t && llmq_msg_type(t) == LLMQ_MSG_JOB_FETCH);
         /*  The first job got 10 lines done before the cancel. */
         bool first_job = streq(llmq_msg_job(t), llmq_msg_job(a1));
-        s_t_job_results(m, t, first_job ? 0 : 100000, first_job ? 10 : 0,
-                        5000, true, now);
+        s_t_job_results(m, t, first_job ? 0 : 100000, first_job ? 10 : 0, 5000,
+                        true, now);
         if (!first_job) {
             llmq_msg_t *fin = llmq_msg_new(LLMQ_MSG_JOB_RESULTS);
             llmq_msg_set_job(fin, llmq_msg_job(t));

@@ -152,8 +152,7 @@ void llmq_batch_task_unsent(llmq_batch_t *self, llmq_msg_t *task,
 
 /*  A worker's job.status or job.results. Returns 0 if it was for a known
     job, 1 if dropped. */
-int llmq_batch_on_job_msg(llmq_batch_t *self, llmq_msg_t *msg,
-                          int64_t now_ms);
+int llmq_batch_on_job_msg(llmq_batch_t *self, llmq_msg_t *msg, int64_t now_ms);
 
 /*  Timed work: commit realtime results, expire batches past their window,
     retry lost job tasks. Call every 100 ms to 1 s. */
@@ -164,11 +163,11 @@ int llmq_batch_flush(llmq_batch_t *self);
 
 /*  Counters for `status` and metrics. */
 typedef struct {
-    int64_t batches_active;     /* not in a terminal state */
-    int64_t items_pending;      /* realtime items waiting (loaded batches) */
-    int64_t items_in_flight;    /* realtime items dispatched */
-    int64_t jobs_active;        /* provider jobs not done */
-    int64_t tasks_in_flight;    /* job.* messages awaiting an answer */
+    int64_t batches_active;  /* not in a terminal state */
+    int64_t items_pending;   /* realtime items waiting (loaded batches) */
+    int64_t items_in_flight; /* realtime items dispatched */
+    int64_t jobs_active;     /* provider jobs not done */
+    int64_t tasks_in_flight; /* job.* messages awaiting an answer */
 } llmq_batch_stats_t;
 void llmq_batch_stats(llmq_batch_t *self, llmq_batch_stats_t *stats);
 

@@ -15,9 +15,9 @@
 
 /*  The plug-in's state. */
 typedef struct {
-    llmq_broker_core_t *core;           /* the broker (borrowed) */
-    llmq_batch_module_arg_t *arg;       /* the caller's (borrowed) */
-    llmq_batch_t *batches;              /* the manager */
+    llmq_broker_core_t *core;     /* the broker (borrowed) */
+    llmq_batch_module_arg_t *arg; /* the caller's (borrowed) */
+    llmq_batch_t *batches;        /* the manager */
 } s_state_t;
 
 static bool s_pool_fn(const char *model, const char *pool, char *pool_out,
@@ -25,8 +25,8 @@ static bool s_pool_fn(const char *model, const char *pool, char *pool_out,
                       size_t provider_size, void *arg)
 {
     s_state_t *self = arg;
-    return self->arg->pool_lookup(self->core, model, pool, pool_out,
-                                  pool_size, provider_out, provider_size);
+    return self->arg->pool_lookup(self->core, model, pool, pool_out, pool_size,
+                                  provider_out, provider_size);
 }
 
 static void *s_create(llmq_broker_core_t *core, void *arg)
@@ -61,8 +61,7 @@ static void s_client_msg(void *state, llmq_msg_t **msg_p)
 {
     s_state_t *self = state;
     zlist_t *replies = zlist_new();
-    if (llmq_batch_handle(self->batches, *msg_p, replies, zclock_time()) ==
-        0) {
+    if (llmq_batch_handle(self->batches, *msg_p, replies, zclock_time()) == 0) {
         llmq_msg_t *r;
         while ((r = zlist_pop(replies)))
             llmq_broker_reply(self->core, &r);
@@ -146,19 +145,19 @@ void llmq_batch_module_init(llmq_broker_module_t *module,
 
 /*  ---- selftest ---------------------------------------------------------- */
 
-#define S_CHECK(expr)                                                       \
-    do {                                                                    \
-        if (!(expr)) {                                                      \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__,          \
-                    __LINE__, #expr);                                       \
-            abort();                                                        \
-        }                                                                   \
+#define S_CHECK(expr)                                                          \
+    do {                                                                       \
+        if (!(expr)) {                                                         \
+            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__,   \
+                    #expr);                                                    \
+            abort();                                                           \
+        }                                                                      \
     } while (0)
 
 typedef struct {
-    zsock_t *worker;                    /* fake worker (DEALER) */
-    zsock_t *client;                    /* client (DEALER) */
-    int64_t next_beat;                  /* worker heartbeat due */
+    zsock_t *worker;   /* fake worker (DEALER) */
+    zsock_t *client;   /* client (DEALER) */
+    int64_t next_beat; /* worker heartbeat due */
 } s_t_peers_t;
 
 /*  Next message of `type` on sock, skipping heartbeats; the fake worker
@@ -174,7 +173,7 @@ static llmq_msg_t *s_t_expect(s_t_peers_t *p, zsock_t *sock,
             llmq_msg_send(&hb, p->worker);
             p->next_beat = zclock_mono() + 300;
         }
-        zmq_pollitem_t item = { zsock_resolve(sock), 0, ZMQ_POLLIN, 0 };
+        zmq_pollitem_t item = {zsock_resolve(sock), 0, ZMQ_POLLIN, 0};
         if (zmq_poll(&item, 1, 50) <= 0)
             continue;
         llmq_msg_t *msg = llmq_msg_recv(sock);
@@ -219,7 +218,7 @@ static void s_t_connect(s_t_peers_t *p, zactor_t *broker)
     llmq_msg_set_worker(m, "batch-worker");
     llmq_msg_set_pool(m, "p1");
     llmq_msg_set_provider(m, "echo");
-    const char *models[] = { "m1" };
+    const char *models[] = {"m1"};
     llmq_msg_set_models(m, models, 1);
     llmq_msg_set_capacity(m, 4);
     llmq_msg_set_version(m, "test");
@@ -300,10 +299,8 @@ static void s_t_results(s_t_peers_t *p, const char *id, int n)
         llmq_msg_set_batch(m, id);
         llmq_msg_set_after(m, after);
         llmq_msg_send(&m, p->client);
-        llmq_msg_t *st = s_t_expect(p, p->client, LLMQ_MSG_BATCH_STATUS,
-                                    5000);
-        llmq_msg_t *rs = s_t_expect(p, p->client, LLMQ_MSG_BATCH_RESULTS,
-                                    5000);
+        llmq_msg_t *st = s_t_expect(p, p->client, LLMQ_MSG_BATCH_STATUS, 5000);
+        llmq_msg_t *rs = s_t_expect(p, p->client, LLMQ_MSG_BATCH_RESULTS, 5000);
         S_CHECK(st && rs);
         zframe_t *payload = llmq_msg_payload(rs);
         cJSON *arr = llmq_value_to_json(zframe_data(payload),
@@ -355,7 +352,7 @@ int llmq_batch_module_test(bool verbose)
     config.module = &module;
     zactor_t *broker = zactor_new(llmq_broker, &config);
     S_CHECK(broker);
-    s_t_peers_t p = { 0 };
+    s_t_peers_t p = {0};
     s_t_connect(&p, broker);
 
     /*  A realtime batch fills the worker's four slots... */
@@ -366,7 +363,7 @@ int llmq_batch_module_test(bool verbose)
         S_CHECK(held[i]);
     }
     /*  ...an interactive request arrives (ping/pong: the broker has it)...
-        */
+     */
     llmq_msg_t *m = llmq_msg_new(LLMQ_MSG_REQ);
     llmq_msg_set_id(m, "interactive");
     llmq_msg_set_op(m, "chat");
@@ -381,10 +378,9 @@ int llmq_batch_module_test(bool verbose)
     /*  ...and takes the very next free slot, ahead of 196 batch items. */
     s_t_answer(&p, &held[0]);
     m = s_t_expect(&p, p.worker, LLMQ_MSG_REQ, 5000);
-    S_CHECK(m && llmq_msg_payload(m) && zframe_size(llmq_msg_payload(m)) ==
-                                            12);
-    S_CHECK(memcmp(zframe_data(llmq_msg_payload(m)), "\xabinteractive",
-                   12) == 0);
+    S_CHECK(m && llmq_msg_payload(m) && zframe_size(llmq_msg_payload(m)) == 12);
+    S_CHECK(memcmp(zframe_data(llmq_msg_payload(m)), "\xabinteractive", 12) ==
+            0);
     s_t_answer(&p, &m);
     for (int i = 1; i < 4; i++)
         s_t_answer(&p, &held[i]);

@@ -31,8 +31,8 @@ extern "C" {
 #endif
 
 typedef struct {
-    const char *path;               /* SQLite file of the batch store */
-    llmq_batch_config_t config;     /* tunables */
+    const char *path;           /* SQLite file of the batch store */
+    llmq_batch_config_t config; /* tunables */
     /*  Provider mode (both, or neither): a live batch_api worker's pool
         for model (pool "" = any), with its provider kind... */
     bool (*pool_lookup)(llmq_broker_core_t *core, const char *model,

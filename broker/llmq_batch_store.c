@@ -19,7 +19,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#define S_APP_ID 0x6c6c6d71     /* 'llmq' */
+#define S_APP_ID 0x6c6c6d71 /* 'llmq' */
 #define S_SCHEMA_VERSION 1
 #define S_MAX_INDEX 0xffffffffLL
 
@@ -53,15 +53,15 @@ typedef enum {
     ST_COUNT
 } s_stmt_t;
 
-#define S_BATCH_COLS                                                        \
-    "bid, id, mode, requested_mode, model, pool, op, state, "               \
-    "completion_window, provider, client, priority, created_ms, "           \
-    "updated_ms, deadline_ms, closed, total, done, failed, prompt_tokens, " \
+#define S_BATCH_COLS                                                           \
+    "bid, id, mode, requested_mode, model, pool, op, state, "                  \
+    "completion_window, provider, client, priority, created_ms, "              \
+    "updated_ms, deadline_ms, closed, total, done, failed, prompt_tokens, "    \
     "completion_tokens, cost_usd"
 
-#define S_JOB_COLS                                                          \
-    "id, bid, pool, provider, state, provider_state, provider_batch, "      \
-    "input_file, output_file, error_file, first, count, submitted_ms, "     \
+#define S_JOB_COLS                                                             \
+    "id, bid, pool, provider, state, provider_state, provider_batch, "         \
+    "input_file, output_file, error_file, first, count, submitted_ms, "        \
     "updated_ms, attempts, done, failed"
 
 static const char *s_sql[ST_COUNT] = {
@@ -153,10 +153,10 @@ static const char *s_schema =
     "CREATE INDEX IF NOT EXISTS jobs_bid ON jobs (bid, first);";
 
 struct _llmq_batch_store_t {
-    sqlite3 *db;                    /* the one connection */
-    sqlite3_stmt *stmt[ST_COUNT];   /* prepared once, reset after use */
-    bool in_tx;                     /* a transaction is open */
-    char *path;                     /* for log lines */
+    sqlite3 *db;                  /* the one connection */
+    sqlite3_stmt *stmt[ST_COUNT]; /* prepared once, reset after use */
+    bool in_tx;                   /* a transaction is open */
+    char *path;                   /* for log lines */
 };
 
 static int64_t s_key(int64_t bid, int64_t index)
@@ -196,10 +196,9 @@ llmq_batch_store_t *llmq_batch_store_new(const char *path)
     if (!self)
         return NULL;
     self->path = strdup(path ? path : "");
-    int rc = sqlite3_open_v2(self->path, &self->db,
-                             SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE |
-                                 SQLITE_OPEN_NOMUTEX,
-                             NULL);
+    int rc = sqlite3_open_v2(
+        self->path, &self->db,
+        SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
     if (rc != SQLITE_OK) {
         zsys_error("batch store %s: cannot open: %s", self->path,
                    self->db ? sqlite3_errmsg(self->db) : "out of memory");
@@ -211,18 +210,18 @@ llmq_batch_store_t *llmq_batch_store_new(const char *path)
 
     sqlite3_stmt *q = NULL;
     int64_t app_id = 0, version = 0, tables = 0;
-    if (sqlite3_prepare_v2(self->db, "PRAGMA application_id", -1, &q,
-                           NULL) == SQLITE_OK &&
+    if (sqlite3_prepare_v2(self->db, "PRAGMA application_id", -1, &q, NULL) ==
+            SQLITE_OK &&
         sqlite3_step(q) == SQLITE_ROW)
         app_id = sqlite3_column_int64(q, 0);
     sqlite3_finalize(q);
-    if (sqlite3_prepare_v2(self->db, "PRAGMA user_version", -1, &q,
-                           NULL) == SQLITE_OK &&
+    if (sqlite3_prepare_v2(self->db, "PRAGMA user_version", -1, &q, NULL) ==
+            SQLITE_OK &&
         sqlite3_step(q) == SQLITE_ROW)
         version = sqlite3_column_int64(q, 0);
     sqlite3_finalize(q);
-    if (sqlite3_prepare_v2(self->db, "SELECT count(*) FROM sqlite_master",
-                           -1, &q, NULL) == SQLITE_OK &&
+    if (sqlite3_prepare_v2(self->db, "SELECT count(*) FROM sqlite_master", -1,
+                           &q, NULL) == SQLITE_OK &&
         sqlite3_step(q) == SQLITE_ROW)
         tables = sqlite3_column_int64(q, 0);
     else {
@@ -479,8 +478,7 @@ int llmq_batch_store_add_record(llmq_batch_store_t *self, int64_t bid,
 }
 
 int llmq_batch_store_add_lookup(llmq_batch_store_t *self, int64_t bid,
-                                int64_t seq, int64_t *first,
-                                int64_t *accepted)
+                                int64_t seq, int64_t *first, int64_t *accepted)
 {
     sqlite3_stmt *s = self->stmt[ST_ADD_LOOKUP];
     sqlite3_bind_int64(s, 1, bid);
@@ -491,8 +489,7 @@ int llmq_batch_store_add_lookup(llmq_batch_store_t *self, int64_t bid,
             *first = sqlite3_column_int64(s, 0);
         if (accepted)
             *accepted = sqlite3_column_int64(s, 1);
-    }
-    else if (rc != SQLITE_DONE)
+    } else if (rc != SQLITE_DONE)
         s_fail(self, "add lookup");
     sqlite3_reset(s);
     sqlite3_clear_bindings(s);
@@ -524,9 +521,8 @@ int llmq_batch_store_item_insert(llmq_batch_store_t *self, int64_t bid,
 }
 
 long llmq_batch_store_item_each(llmq_batch_store_t *self, int64_t bid,
-                                int64_t first, int64_t count,
-                                bool pending_only, llmq_batch_item_fn *fn,
-                                void *arg)
+                                int64_t first, int64_t count, bool pending_only,
+                                llmq_batch_item_fn *fn, void *arg)
 {
     if (first < 0)
         first = 0;
@@ -568,8 +564,7 @@ int llmq_batch_store_result_put(llmq_batch_store_t *self, int64_t bid,
     sqlite3_bind_int64(s, 1, s_key(bid, res->index));
     sqlite3_bind_int(s, 2, res->ok ? 1 : 0);
     if (res->body)
-        sqlite3_bind_blob(s, 3, res->body, (int)res->body_size,
-                          SQLITE_STATIC);
+        sqlite3_bind_blob(s, 3, res->body, (int)res->body_size, SQLITE_STATIC);
     else
         sqlite3_bind_null(s, 3);
     if (res->error_code)
@@ -603,7 +598,7 @@ long llmq_batch_store_result_each(llmq_batch_store_t *self, int64_t bid,
     int rc;
     int64_t expect = after;
     while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
-        llmq_batch_result_t r = { 0 };
+        llmq_batch_result_t r = {0};
         r.index = sqlite3_column_int64(s, 0) & S_MAX_INDEX;
         if (contiguous && r.index != expect)
             break;
@@ -646,8 +641,7 @@ int llmq_batch_store_result_count(llmq_batch_store_t *self, int64_t bid,
             *done = sqlite3_column_int64(s, 0);
         if (failed)
             *failed = sqlite3_column_int64(s, 1);
-    }
-    else
+    } else
         s_fail(self, "result count");
     sqlite3_reset(s);
     sqlite3_clear_bindings(s);
@@ -744,8 +738,7 @@ int llmq_batch_store_job_get(llmq_batch_store_t *self, const char *id,
 long llmq_batch_store_job_each(llmq_batch_store_t *self, int64_t bid,
                                llmq_batch_job_fn *fn, void *arg)
 {
-    sqlite3_stmt *s = self->stmt[bid > 0 ? ST_JOB_EACH_BATCH
-                                         : ST_JOB_EACH_ALL];
+    sqlite3_stmt *s = self->stmt[bid > 0 ? ST_JOB_EACH_BATCH : ST_JOB_EACH_ALL];
     if (bid > 0)
         sqlite3_bind_int64(s, 1, bid);
     long n = 0;
@@ -770,13 +763,13 @@ long llmq_batch_store_job_each(llmq_batch_store_t *self, int64_t bid,
 
 /*  Selftest checks stay on in release builds (NDEBUG would drop assert()
     and the side effects inside it). */
-#define S_CHECK(expr)                                                       \
-    do {                                                                    \
-        if (!(expr)) {                                                      \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__,          \
-                    __LINE__, #expr);                                       \
-            abort();                                                        \
-        }                                                                   \
+#define S_CHECK(expr)                                                          \
+    do {                                                                       \
+        if (!(expr)) {                                                         \
+            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__,   \
+                    #expr);                                                    \
+            abort();                                                           \
+        }                                                                      \
     } while (0)
 
 static int64_t s_now_us(void)
@@ -787,8 +780,8 @@ static int64_t s_now_us(void)
 }
 
 typedef struct {
-    int64_t next;                   /* index expected next */
-    long bad;                       /* rows out of order or wrong */
+    int64_t next; /* index expected next */
+    long bad;     /* rows out of order or wrong */
     long bytes;
 } s_check_t;
 
@@ -799,7 +792,10 @@ static int s_test_item_fn(int64_t index, const char *custom_id,
     char want[32];
     snprintf(want, sizeof want, "c%lld", (long long)index);
     if (index < c->next || strcmp(custom_id, want) != 0 || body_size < 8 ||
-        memcmp(body, "\xa6" "body", 5) != 0)
+        memcmp(body,
+               "\xa6"
+               "body",
+               5) != 0)
         c->bad++;
     c->next = index + 1;
     c->bytes += (long)body_size;
@@ -846,7 +842,10 @@ static void s_test_body(char *buf, size_t size, int64_t index)
     /*  A msgpack str: 0xa6 "body" + filler; contents do not matter to the
         store, only that bytes come back identical. */
     memset(buf, 'x', size);
-    memcpy(buf, "\xa6" "body", 5);
+    memcpy(buf,
+           "\xa6"
+           "body",
+           5);
     snprintf(buf + 5, size - 5, "%08lld", (long long)index);
 }
 
@@ -862,7 +861,7 @@ int llmq_batch_store_test(bool verbose)
     S_CHECK(store);
 
     /*  A batch row round-trips; a duplicate id is refused. */
-    llmq_batch_rec_t rec = { 0 };
+    llmq_batch_rec_t rec = {0};
     snprintf(rec.id, sizeof rec.id, "b1");
     snprintf(rec.mode, sizeof rec.mode, "realtime");
     snprintf(rec.model, sizeof rec.model, "gpt-4o-mini");
@@ -890,7 +889,7 @@ int llmq_batch_store_test(bool verbose)
         snprintf(cid, sizeof cid, "c%lld", (long long)i);
         s_test_body(body, sizeof body, i);
         S_CHECK(llmq_batch_store_item_insert(store, rec.bid, i, cid, body,
-                                            sizeof body) == 0);
+                                             sizeof body) == 0);
     }
     S_CHECK(llmq_batch_store_add_record(store, rec.bid, 1, 0, n) == 0);
     rec.total = n;
@@ -899,20 +898,20 @@ int llmq_batch_store_test(bool verbose)
     int64_t insert_us = s_now_us() - t0;
     /*  A duplicate index is refused (the caller's seq logic prevents it). */
     S_CHECK(llmq_batch_store_item_insert(store, rec.bid, 5, "c5", body,
-                                        sizeof body) == -1);
+                                         sizeof body) == -1);
     S_CHECK(llmq_batch_store_item_insert(store, rec.bid, -1, "x", body,
-                                        sizeof body) == -1);
+                                         sizeof body) == -1);
 
     int64_t first = -1, accepted = -1;
-    S_CHECK(llmq_batch_store_add_lookup(store, rec.bid, 1, &first,
-                                       &accepted) == 0);
+    S_CHECK(llmq_batch_store_add_lookup(store, rec.bid, 1, &first, &accepted) ==
+            0);
     S_CHECK(first == 0 && accepted == n);
     S_CHECK(llmq_batch_store_add_lookup(store, rec.bid, 2, NULL, NULL) == -1);
 
-    s_check_t check = { 0 };
+    s_check_t check = {0};
     int64_t t2 = s_now_us();
     S_CHECK(llmq_batch_store_item_each(store, rec.bid, 0, -1, false,
-                                      s_test_item_fn, &check) == n);
+                                       s_test_item_fn, &check) == n);
     int64_t t3 = s_now_us();
     S_CHECK(check.bad == 0 && check.next == n);
 
@@ -924,15 +923,14 @@ int llmq_batch_store_test(bool verbose)
     for (int64_t i = n - 1; i >= 0; i--) {
         if (i == 500)
             continue; /* a gap */
-        llmq_batch_result_t r = { .index = i, .ok = i % 7 != 0 };
+        llmq_batch_result_t r = {.index = i, .ok = i % 7 != 0};
         if (r.ok) {
             r.body = body;
             r.body_size = 100;
             r.prompt_tokens = 10;
             r.completion_tokens = 20;
             r.cost_usd = 0.001;
-        }
-        else {
+        } else {
             r.error_code = "timeout";
             r.error_message = "took too long";
             r.error_status = 504;
@@ -945,39 +943,37 @@ int llmq_batch_store_test(bool verbose)
     S_CHECK(llmq_batch_store_commit(store) == 0);
     int64_t results_us = s_now_us() - t0;
     /*  A second result for the same item is dropped. */
-    llmq_batch_result_t again = { .index = 3, .ok = false,
-                                  .error_code = "timeout" };
+    llmq_batch_result_t again = {
+        .index = 3, .ok = false, .error_code = "timeout"};
     S_CHECK(llmq_batch_store_result_put(store, rec.bid, &again) == 0);
 
     memset(&check, 0, sizeof check);
     S_CHECK(llmq_batch_store_result_each(store, rec.bid, 0, true,
-                                        s_test_result_fn, &check) == 500);
+                                         s_test_result_fn, &check) == 500);
     S_CHECK(check.bad == 0 && check.next == 500);
     memset(&check, 0, sizeof check);
     check.next = 501;
     int64_t t4 = s_now_us();
     S_CHECK(llmq_batch_store_result_each(store, rec.bid, 501, true,
-                                        s_test_result_fn,
-                                        &check) == n - 501);
+                                         s_test_result_fn, &check) == n - 501);
     int64_t t5 = s_now_us();
     S_CHECK(check.bad == 0);
     /*  Non-contiguous read from 0 sees every stored result. */
     int left = 1000;
     S_CHECK(llmq_batch_store_result_each(store, rec.bid, 0, false,
-                                        s_test_stop_fn, &left) == 1000);
+                                         s_test_stop_fn, &left) == 1000);
     int64_t done = 0, failed = 0;
-    S_CHECK(llmq_batch_store_result_count(store, rec.bid, &done, &failed) ==
-           0);
+    S_CHECK(llmq_batch_store_result_count(store, rec.bid, &done, &failed) == 0);
     S_CHECK(done == stored && failed == (n + 6) / 7);
     /*  Pending items: only the gap. */
     memset(&check, 0, sizeof check);
     check.next = 0;
     S_CHECK(llmq_batch_store_item_each(store, rec.bid, 0, -1, true,
-                                      s_test_item_fn, &check) == 1);
+                                       s_test_item_fn, &check) == 1);
     S_CHECK(check.next == 501);
 
     /*  Jobs. */
-    llmq_batch_job_t job = { 0 };
+    llmq_batch_job_t job = {0};
     snprintf(job.id, sizeof job.id, "job-1");
     job.bid = rec.bid;
     snprintf(job.state, sizeof job.state, "submitting");
@@ -997,7 +993,7 @@ int llmq_batch_store_test(bool verbose)
     S_CHECK(llmq_batch_store_job_update(store, &ghost) == -1);
     int jobs = 0;
     S_CHECK(llmq_batch_store_job_each(store, rec.bid, s_test_count_job,
-                                     &jobs) == 1);
+                                      &jobs) == 1);
     S_CHECK(jobs == 1);
     llmq_batch_store_destroy(&store);
     S_CHECK(store == NULL);
@@ -1025,7 +1021,7 @@ int llmq_batch_store_test(bool verbose)
         llmq_batch_store_t *cs = llmq_batch_store_new(path);
         if (!cs)
             _exit(3);
-        llmq_batch_rec_t b2 = { 0 };
+        llmq_batch_rec_t b2 = {0};
         snprintf(b2.id, sizeof b2.id, "b2");
         snprintf(b2.state, sizeof b2.state, "validating");
         llmq_batch_store_begin(cs);
@@ -1034,8 +1030,7 @@ int llmq_batch_store_test(bool verbose)
             char cid[32];
             snprintf(cid, sizeof cid, "c%lld", (long long)i);
             s_test_body(body, sizeof body, i);
-            llmq_batch_store_item_insert(cs, b2.bid, i, cid, body,
-                                         sizeof body);
+            llmq_batch_store_item_insert(cs, b2.bid, i, cid, body, sizeof body);
         }
         llmq_batch_store_add_record(cs, b2.bid, 1, 0, 1000);
         llmq_batch_store_commit(cs);
@@ -1044,8 +1039,7 @@ int llmq_batch_store_test(bool verbose)
             char cid[32];
             snprintf(cid, sizeof cid, "c%lld", (long long)i);
             s_test_body(body, sizeof body, i);
-            llmq_batch_store_item_insert(cs, b2.bid, i, cid, body,
-                                         sizeof body);
+            llmq_batch_store_item_insert(cs, b2.bid, i, cid, body, sizeof body);
         }
         _exit(0); /* no commit, no close: as kill -9 would leave it */
     }
@@ -1058,26 +1052,25 @@ int llmq_batch_store_test(bool verbose)
     S_CHECK(llmq_batch_store_batch_get(store, "b2", &b2) == 0);
     memset(&check, 0, sizeof check);
     S_CHECK(llmq_batch_store_item_each(store, b2.bid, 0, -1, false,
-                                      s_test_item_fn, &check) == 1000);
+                                       s_test_item_fn, &check) == 1000);
     S_CHECK(check.bad == 0);
     S_CHECK(llmq_batch_store_add_lookup(store, b2.bid, 1, NULL, &accepted) ==
-           0);
+            0);
     S_CHECK(accepted == 1000);
     /*  The store is writable after the crash. */
     S_CHECK(llmq_batch_store_item_insert(store, b2.bid, 1000, "c1000", body,
-                                        sizeof body) == 0);
+                                         sizeof body) == 0);
 
     int batches = 0;
-    S_CHECK(llmq_batch_store_batch_each(store, s_test_count_batch,
-                                       &batches) == 2);
+    S_CHECK(llmq_batch_store_batch_each(store, s_test_count_batch, &batches) ==
+            2);
     /*  Delete removes a batch and everything it owns. */
     S_CHECK(llmq_batch_store_batch_delete(store, rec.bid) == 0);
     S_CHECK(llmq_batch_store_batch_get(store, "b1", &got) == -1);
     S_CHECK(llmq_batch_store_result_count(store, rec.bid, &done, NULL) == 0);
     S_CHECK(done == 0);
     jobs = 0;
-    S_CHECK(llmq_batch_store_job_each(store, 0, s_test_count_job, &jobs) ==
-           0);
+    S_CHECK(llmq_batch_store_job_each(store, 0, s_test_count_job, &jobs) == 0);
     llmq_batch_store_destroy(&store);
 
     /*  A file that is not a batch store is refused, not modified. */
@@ -1086,7 +1079,7 @@ int llmq_batch_store_test(bool verbose)
     sqlite3 *odb = NULL;
     S_CHECK(sqlite3_open(other, &odb) == SQLITE_OK);
     S_CHECK(sqlite3_exec(odb, "CREATE TABLE t (x)", NULL, NULL, NULL) ==
-           SQLITE_OK);
+            SQLITE_OK);
     sqlite3_close(odb);
     S_CHECK(llmq_batch_store_new(other) == NULL);
     char junk[256];
@@ -1103,8 +1096,8 @@ int llmq_batch_store_test(bool verbose)
         throughput is worth seeing when asked. */
     if (verbose || getenv("LLMQ_BENCH")) {
         printf("\n   %lld items x %zu B body:", (long long)n, sizeof body);
-        printf(" insert %.0f items/s, read %.0f items/s,", n * 1e6 /
-               (double)(insert_us ? insert_us : 1),
+        printf(" insert %.0f items/s, read %.0f items/s,",
+               n * 1e6 / (double)(insert_us ? insert_us : 1),
                n * 1e6 / (double)(t3 - t2 ? t3 - t2 : 1));
         printf(" result put %.0f/s, result read %.0f/s\n   ",
                stored * 1e6 / (double)(results_us ? results_us : 1),

@@ -40,65 +40,65 @@ typedef struct _llmq_batch_store_t llmq_batch_store_t;
 /*  One batch row. Strings are NUL-terminated; sizes follow the wire limits
     in llmq_proto.def. */
 typedef struct {
-    int64_t bid;                    /* store key (rowid), set by insert */
-    char id[65];                    /* wire id (`batch`) */
-    char mode[17];                  /* realtime | provider (resolved) */
-    char requested_mode[17];        /* what the client asked: auto|... */
+    int64_t bid;             /* store key (rowid), set by insert */
+    char id[65];             /* wire id (`batch`) */
+    char mode[17];           /* realtime | provider (resolved) */
+    char requested_mode[17]; /* what the client asked: auto|... */
     char model[257];
-    char pool[129];                 /* empty: any pool */
-    char op[17];                    /* chat | completion | embedding */
-    char state[17];                 /* protocol batch state */
-    char completion_window[17];     /* e.g. "24h"; empty: none */
-    char provider[33];              /* provider kind for provider mode */
-    char client[256];               /* client routing id (hex), optional */
+    char pool[129];             /* empty: any pool */
+    char op[17];                /* chat | completion | embedding */
+    char state[17];             /* protocol batch state */
+    char completion_window[17]; /* e.g. "24h"; empty: none */
+    char provider[33];          /* provider kind for provider mode */
+    char client[256];           /* client routing id (hex), optional */
     int64_t priority;
     int64_t created_ms;
     int64_t updated_ms;
-    int64_t deadline_ms;            /* absolute ms, 0 = none */
-    bool closed;                    /* batch.close seen: no more items */
-    int64_t total;                  /* items stored */
-    int64_t done;                   /* results stored (ok or not) */
-    int64_t failed;                 /* results with ok = false */
+    int64_t deadline_ms; /* absolute ms, 0 = none */
+    bool closed;         /* batch.close seen: no more items */
+    int64_t total;       /* items stored */
+    int64_t done;        /* results stored (ok or not) */
+    int64_t failed;      /* results with ok = false */
     int64_t prompt_tokens;
     int64_t completion_tokens;
-    double cost_usd;                /* with the Batch API discount */
+    double cost_usd; /* with the Batch API discount */
 } llmq_batch_rec_t;
 
 /*  One result row (what batch.results returns per item). */
 typedef struct {
     int64_t index;
     bool ok;
-    const void *body;               /* msgpack response body, or NULL */
+    const void *body; /* msgpack response body, or NULL */
     size_t body_size;
-    const char *error_code;         /* NULL when ok */
+    const char *error_code; /* NULL when ok */
     const char *error_message;
-    int64_t error_status;           /* provider HTTP status, 0 = none */
+    int64_t error_status; /* provider HTTP status, 0 = none */
     bool error_retryable;
     int64_t prompt_tokens;
     int64_t completion_tokens;
     double cost_usd;
-    const char *custom_id;          /* from the item (read side only) */
+    const char *custom_id; /* from the item (read side only) */
 } llmq_batch_result_t;
 
 /*  One provider job row (a chunk of a provider-mode batch). */
 typedef struct {
-    char id[65];                    /* job id on the wire (`job`) */
-    int64_t bid;                    /* owning batch */
-    char pool[129];                 /* pool whose workers run it */
-    char provider[33];              /* openai | anthropic | sim */
-    char state[17];                 /* job state, see llmq_batch.h */
-    char provider_state[17];        /* last normalised provider state */
-    char provider_batch[257];       /* provider's batch id, "" until known */
+    char id[65];              /* job id on the wire (`job`) */
+    int64_t bid;              /* owning batch */
+    char pool[129];           /* pool whose workers run it */
+    char provider[33];        /* openai | anthropic | sim */
+    char state[17];           /* job state, see llmq_batch.h */
+    char provider_state[17];  /* last normalised provider state */
+    char provider_batch[257]; /* provider's batch id, "" until known */
     char input_file[257];
     char output_file[257];
     char error_file[257];
-    int64_t first;                  /* first item index */
-    int64_t count;                  /* number of items */
-    int64_t submitted_ms;           /* when job.submit was last sent */
+    int64_t first;        /* first item index */
+    int64_t count;        /* number of items */
+    int64_t submitted_ms; /* when job.submit was last sent */
     int64_t updated_ms;
-    int64_t attempts;               /* job.submit sends so far */
-    int64_t done;                   /* provider's completed count */
-    int64_t failed;                 /* provider's failed count */
+    int64_t attempts; /* job.submit sends so far */
+    int64_t done;     /* provider's completed count */
+    int64_t failed;   /* provider's failed count */
 } llmq_batch_job_t;
 
 /*  Open (or create) the store at path. Returns NULL, with a log line, if
@@ -138,8 +138,7 @@ long llmq_batch_store_batch_each(llmq_batch_store_t *self,
 int llmq_batch_store_add_record(llmq_batch_store_t *self, int64_t bid,
                                 int64_t seq, int64_t first, int64_t accepted);
 int llmq_batch_store_add_lookup(llmq_batch_store_t *self, int64_t bid,
-                                int64_t seq, int64_t *first,
-                                int64_t *accepted);
+                                int64_t seq, int64_t *first, int64_t *accepted);
 
 /*  Items. insert stores one item (call inside a transaction for speed);
     returns -1 if index is out of range (>= 2^32) or on error. */
@@ -150,12 +149,10 @@ int llmq_batch_store_item_insert(llmq_batch_store_t *self, int64_t bid,
     items that already have a result are skipped. Stops when fn returns
     non-zero. Returns the number of items fn saw, or -1. */
 typedef int(llmq_batch_item_fn)(int64_t index, const char *custom_id,
-                                const void *body, size_t body_size,
-                                void *arg);
+                                const void *body, size_t body_size, void *arg);
 long llmq_batch_store_item_each(llmq_batch_store_t *self, int64_t bid,
-                                int64_t first, int64_t count,
-                                bool pending_only, llmq_batch_item_fn *fn,
-                                void *arg);
+                                int64_t first, int64_t count, bool pending_only,
+                                llmq_batch_item_fn *fn, void *arg);
 
 /*  Results. put stores the first result for an item: returns 1 if stored,
     0 if the item already had one (duplicates are dropped), -1 on error. */

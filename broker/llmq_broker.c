@@ -37,15 +37,15 @@
 #include <malloc.h>
 #endif
 
-#define s_VERSION            "0.1.0"
-#define s_MAX_BATCH          256     //  Messages read per socket per turn
-#define s_TICK_MS            100     //  Housekeeping period
-#define s_MAX_METRIC_MODELS  200     //  Distinct model labels, then "_other"
-#define s_MAX_ATTEMPTS       10      //  Upper bound on a client's max_attempts
-#define s_NO_EXPIRY          INT64_MAX
-#define s_END                ((const char *) NULL)  //  Ends s_log's key/value list
-#define s_MAX_STATUS_QUEUES  1000    //  Lanes listed in a status reply
-#define s_COMPACT_ABOVE      4096    //  Queue length from which payloads are compacted
+#define s_VERSION "0.1.0"
+#define s_MAX_BATCH 256         //  Messages read per socket per turn
+#define s_TICK_MS 100           //  Housekeeping period
+#define s_MAX_METRIC_MODELS 200 //  Distinct model labels, then "_other"
+#define s_MAX_ATTEMPTS 10       //  Upper bound on a client's max_attempts
+#define s_NO_EXPIRY INT64_MAX
+#define s_END ((const char *)NULL) //  Ends s_log's key/value list
+#define s_MAX_STATUS_QUEUES 1000   //  Lanes listed in a status reply
+#define s_COMPACT_ABOVE 4096 //  Queue length from which payloads are compacted
 
 typedef struct _s_client_t s_client_t;
 typedef struct _s_worker_t s_worker_t;
@@ -53,7 +53,7 @@ typedef struct _s_lane_t s_lane_t;
 typedef struct _s_group_t s_group_t;
 typedef struct _s_request_t s_request_t;
 
-static const char *s_ops[] = { "chat", "completion", "embedding" };
+static const char *s_ops[] = {"chat", "completion", "embedding"};
 
 //  A payload shared between the request (kept for a requeue) and the zmq
 //  messages that carry it to workers. libzmq releases its reference from
@@ -64,46 +64,46 @@ static const char *s_ops[] = { "chat", "completion", "embedding" };
 //  7 KB of messages), which would more than double the memory of a long
 //  queue.
 typedef struct {
-    atomic_int refs;            //  Holders: the request + messages in flight
-    zframe_t *frame;            //  The frame as received, or NULL
-    size_t size;                //  Size of data when frame is NULL
-    uint8_t data[];             //  Compact copy when frame is NULL
+    atomic_int refs; //  Holders: the request + messages in flight
+    zframe_t *frame; //  The frame as received, or NULL
+    size_t size;     //  Size of data when frame is NULL
+    uint8_t data[];  //  Compact copy when frame is NULL
 } s_shared_t;
 
 struct _s_request_t {
-    llmq_queue_node_t qnode;    //  Slot in its lane while waiting
-    llmq_queue_node_t dnode;    //  Slot in the expiry heap
-    s_client_t *client;         //  Who asked; NULL for a module's request
-    char *id;                   //  The client's id (a module's tag), stored
-                                //  right after the struct (s_request_new)
-    s_lane_t *lane;             //  Model/pool lane it belongs to
-    s_worker_t *worker;         //  Worker holding it, NULL unless dispatched
-    s_request_t *wprev;         //  Worker's in-flight list
+    llmq_queue_node_t qnode; //  Slot in its lane while waiting
+    llmq_queue_node_t dnode; //  Slot in the expiry heap
+    s_client_t *client;      //  Who asked; NULL for a module's request
+    char *id;                //  The client's id (a module's tag), stored
+                             //  right after the struct (s_request_new)
+    s_lane_t *lane;          //  Model/pool lane it belongs to
+    s_worker_t *worker;      //  Worker holding it, NULL unless dispatched
+    s_request_t *wprev;      //  Worker's in-flight list
     s_request_t *wnext;
-    zframe_t *payload;          //  Payload until first dispatch
-    s_shared_t *shared;         //  Payload once dispatched
-    uint8_t *meta;              //  meta as encoded msgpack, echoed back
+    zframe_t *payload;  //  Payload until first dispatch
+    s_shared_t *shared; //  Payload once dispatched
+    uint8_t *meta;      //  meta as encoded msgpack, echoed back
     size_t meta_size;
-    char *trace;                //  W3C traceparent, passed to the worker
-    llmq_broker_result_fn *fn;  //  Module callback instead of a client
+    char *trace;               //  W3C traceparent, passed to the worker
+    llmq_broker_result_fn *fn; //  Module callback instead of a client
     void *fn_arg;
-    uint64_t bid;               //  Broker id of the current dispatch, 0 if none:
-                                //  dispatch counter << 32 | in-flight slot
-    int64_t priority;           //  Higher first
-    int64_t received_at;        //  Monotonic ms
-    int64_t deadline;           //  Monotonic ms, s_NO_EXPIRY if none
-    int64_t expire_at;          //  Key in the expiry heap
-    bool from_module;           //  Came from the module's next_item
-    uint8_t op;                 //  Index in s_ops
-    uint8_t attempt;            //  Dispatch attempt, from 1
-    uint8_t max_attempts;       //  Give up after this many
-    bool stream;                //  Client wants chunks
+    uint64_t bid;         //  Broker id of the current dispatch, 0 if none:
+                          //  dispatch counter << 32 | in-flight slot
+    int64_t priority;     //  Higher first
+    int64_t received_at;  //  Monotonic ms
+    int64_t deadline;     //  Monotonic ms, s_NO_EXPIRY if none
+    int64_t expire_at;    //  Key in the expiry heap
+    bool from_module;     //  Came from the module's next_item
+    uint8_t op;           //  Index in s_ops
+    uint8_t attempt;      //  Dispatch attempt, from 1
+    uint8_t max_attempts; //  Give up after this many
+    bool stream;          //  Client wants chunks
 };
 
 struct _s_client_t {
-    char *key;                  //  Routing id in hex
-    zframe_t *rid;              //  Routing id
-    zhashx_t *pending;          //  Client id (borrowed from request) -> request
+    char *key;         //  Routing id in hex
+    zframe_t *rid;     //  Routing id
+    zhashx_t *pending; //  Client id (borrowed from request) -> request
 };
 
 struct _s_lane_t {
@@ -115,87 +115,87 @@ struct _s_lane_t {
     size_t refs;                //  Requests that point here (queued or not)
     int64_t no_worker_since;    //  When it last lost (or never had) a worker
     int64_t idle_since;         //  When refs dropped to 0, for collection
-    llmq_metric_series_t *m_ok;         //  requests_total{model, outcome="ok"}
-    llmq_metric_series_t *m_latency;    //  latency histogram {model}
+    llmq_metric_series_t *m_ok; //  requests_total{model, outcome="ok"}
+    llmq_metric_series_t *m_latency; //  latency histogram {model}
 };
 
 struct _s_group_t {
-    char *name;                 //  limit_group
-    zlistx_t *members;          //  Workers (borrowed)
+    char *name;        //  limit_group
+    zlistx_t *members; //  Workers (borrowed)
 };
 
 struct _s_worker_t {
-    char *key;                  //  Routing id in hex
-    zframe_t *rid;              //  Routing id
-    char *name;                 //  From hello
+    char *key;     //  Routing id in hex
+    zframe_t *rid; //  Routing id
+    char *name;    //  From hello
     char *pool;
     char *provider;
     char *version;
-    char **models;              //  Served models
+    char **models; //  Served models
     size_t nmodels;
-    int64_t capacity;           //  Max in flight, from hello
-    int64_t credit;             //  Requests we may still send
-    int64_t in_flight;          //  Requests it holds for us
-    int64_t rpm;                //  The key's whole limit, from hello
+    int64_t capacity;  //  Max in flight, from hello
+    int64_t credit;    //  Requests we may still send
+    int64_t in_flight; //  Requests it holds for us
+    int64_t rpm;       //  The key's whole limit, from hello
     int64_t tpm;
-    int64_t share_rpm;          //  Its share, as last sent in `limits`
+    int64_t share_rpm; //  Its share, as last sent in `limits`
     int64_t share_tpm;
     bool batch_api;
-    bool healthy;               //  From its heartbeats
-    bool leaving;               //  Said bye: no new work
-    int64_t last_seen;          //  Monotonic ms of its last message
-    uint64_t last_used;         //  Dispatch clock, for LRU ties
-    uint64_t answered;          //  Results it returned
-    s_request_t *inflight;      //  Head of its in-flight list
-    zlistx_t *lanes;            //  Lanes it serves (borrowed)
-    s_group_t *group;           //  Its limit group, or NULL
+    bool healthy;          //  From its heartbeats
+    bool leaving;          //  Said bye: no new work
+    int64_t last_seen;     //  Monotonic ms of its last message
+    uint64_t last_used;    //  Dispatch clock, for LRU ties
+    uint64_t answered;     //  Results it returned
+    s_request_t *inflight; //  Head of its in-flight list
+    zlistx_t *lanes;       //  Lanes it serves (borrowed)
+    s_group_t *group;      //  Its limit group, or NULL
 };
 
 typedef struct {
     uint64_t received, dispatched, answered_ok, answered_error, requeued,
-             dropped, expired, overloaded, not_found, cancelled, duplicates,
-             bad_messages, worker_deaths;
+        dropped, expired, overloaded, not_found, cancelled, duplicates,
+        bad_messages, worker_deaths;
 } s_counters_t;
 
 struct _llmq_broker_core_t {
-    zsock_t *pipe;              //  Actor pipe
-    zsock_t *frontend;          //  Client ROUTER
-    zsock_t *backend;           //  Worker ROUTER
-    llmq_broker_config_t config;    //  Copy of the caller's config
-    char *name;                 //  Broker name (owned copy)
-    char *frontend_ep;          //  Bound endpoints
+    zsock_t *pipe;               //  Actor pipe
+    zsock_t *frontend;           //  Client ROUTER
+    zsock_t *backend;            //  Worker ROUTER
+    llmq_broker_config_t config; //  Copy of the caller's config
+    char *name;                  //  Broker name (owned copy)
+    char *frontend_ep;           //  Bound endpoints
     char *backend_ep;
-    char *error;                //  Startup failure, NULL if fine
-    llmq_metrics_t *metrics;    //  Registry and scrape listener
-    zhashx_t *clients;          //  key -> s_client_t
-    zhashx_t *workers;          //  key -> s_worker_t
-    zhashx_t *lanes;            //  key -> s_lane_t
-    zhashx_t *groups;           //  name -> s_group_t
-    s_request_t **slots;        //  In-flight requests by slot (low half of bid)
-    uint32_t *free_slots;       //  Stack of free slot numbers
-    size_t nslots;              //  Slots allocated
-    size_t nfree;               //  Entries in free_slots
-    zhashx_t *metric_models;    //  Model names used as labels
-    llmq_queue_t *expiry;       //  All requests with an expiry time
-    size_t queued;              //  Requests waiting in all lanes
-    size_t inflight_count;      //  Requests held by workers
-    uint64_t next_bid;          //  Broker id counter
-    int64_t next_seq;           //  Arrival counter
-    int64_t front_seq;          //  Counts down, for requeues
-    uint64_t use_clock;         //  Dispatch counter
-    int64_t started_at;         //  Monotonic ms
-    int64_t next_heartbeat;     //  Monotonic ms
+    char *error;             //  Startup failure, NULL if fine
+    llmq_metrics_t *metrics; //  Registry and scrape listener
+    zhashx_t *clients;       //  key -> s_client_t
+    zhashx_t *workers;       //  key -> s_worker_t
+    zhashx_t *lanes;         //  key -> s_lane_t
+    zhashx_t *groups;        //  name -> s_group_t
+    s_request_t **slots;     //  In-flight requests by slot (low half of bid)
+    uint32_t *free_slots;    //  Stack of free slot numbers
+    size_t nslots;           //  Slots allocated
+    size_t nfree;            //  Entries in free_slots
+    zhashx_t *metric_models; //  Model names used as labels
+    llmq_queue_t *expiry;    //  All requests with an expiry time
+    size_t queued;           //  Requests waiting in all lanes
+    size_t inflight_count;   //  Requests held by workers
+    uint64_t next_bid;       //  Broker id counter
+    int64_t next_seq;        //  Arrival counter
+    int64_t front_seq;       //  Counts down, for requeues
+    uint64_t use_clock;      //  Dispatch counter
+    int64_t started_at;      //  Monotonic ms
+    int64_t next_heartbeat;  //  Monotonic ms
     int64_t next_tick;
-    int64_t next_trim;          //  Monotonic ms of the next malloc_trim
-    bool overloaded;            //  In an overload episode (for logs)
-    bool draining;              //  DRAIN received
+    int64_t next_trim; //  Monotonic ms of the next malloc_trim
+    bool overloaded;   //  In an overload episode (for logs)
+    bool draining;     //  DRAIN received
     int64_t drain_deadline;
-    bool drained;               //  DRAINED sent
-    bool terminated;            //  $TERM received
+    bool drained;    //  DRAINED sent
+    bool terminated; //  $TERM received
     s_counters_t counters;
-    llmq_msg_t *req_header;     //  Reused header of every `req` to a worker
-    void *module_state;         //  Plug-in state
-    uint64_t job_rr;            //  Round robin of batch job tasks
+    llmq_msg_t *req_header; //  Reused header of every `req` to a worker
+    void *module_state;     //  Plug-in state
+    uint64_t job_rr;        //  Round robin of batch job tasks
 };
 
 typedef llmq_broker_core_t s_broker_t;
@@ -206,8 +206,7 @@ static void s_request_destroy(s_broker_t *self, s_request_t **r_p);
 //  --------------------------------------------------------------------------
 //  Logging: one line per event, text or JSON, on stderr.
 
-static void
-s_log(s_broker_t *self, const char *level, const char *event, ...)
+static void s_log(s_broker_t *self, const char *level, const char *event, ...)
 {
     if (self->config.quiet)
         return;
@@ -237,16 +236,15 @@ s_log(s_broker_t *self, const char *level, const char *event, ...)
             fprintf(stderr, "%s\n", text);
         free(text);
         cJSON_Delete(line);
-    }
-    else {
+    } else {
         char buf[2048];
-        size_t pos = (size_t) snprintf(buf, sizeof(buf), "%s llmq-broker %s %s",
-                                        stamp, level, event);
+        size_t pos = (size_t)snprintf(buf, sizeof(buf), "%s llmq-broker %s %s",
+                                      stamp, level, event);
         const char *key;
         while ((key = va_arg(args, const char *)) && pos < sizeof(buf)) {
             const char *value = va_arg(args, const char *);
-            pos += (size_t) snprintf(buf + pos, sizeof(buf) - pos, " %s=%s", key,
-                                     value ? value : "");
+            pos += (size_t)snprintf(buf + pos, sizeof(buf) - pos, " %s=%s", key,
+                                    value ? value : "");
         }
         fprintf(stderr, "%s\n", buf);
     }
@@ -255,8 +253,7 @@ s_log(s_broker_t *self, const char *level, const char *event, ...)
 }
 
 //  Routing ids as hash keys: hex, since they are binary.
-static void
-s_key(zframe_t *rid, char *key, size_t size)
+static void s_key(zframe_t *rid, char *key, size_t size)
 {
     static const char hex[] = "0123456789abcdef";
     const uint8_t *data = rid ? zframe_data(rid) : NULL;
@@ -269,32 +266,29 @@ s_key(zframe_t *rid, char *key, size_t size)
     key[pos] = 0;
 }
 
-static char *
-s_strdup_or_null(const char *text)
+static char *s_strdup_or_null(const char *text)
 {
     return text ? strdup(text) : NULL;
 }
 
 //  The model label for metrics: bounded cardinality, since clients pick it.
-static const char *
-s_metric_model(s_broker_t *self, const char *model)
+static const char *s_metric_model(s_broker_t *self, const char *model)
 {
     if (zhashx_lookup(self->metric_models, model))
         return model;
     if (zhashx_size(self->metric_models) >= s_MAX_METRIC_MODELS)
         return "_other";
-    zhashx_insert(self->metric_models, model, (void *) 1);
+    zhashx_insert(self->metric_models, model, (void *)1);
     return model;
 }
 
 //  --------------------------------------------------------------------------
 //  Payload sharing.
 
-static void
-s_shared_release(void *data, void *hint)
+static void s_shared_release(void *data, void *hint)
 {
-    (void) data;
-    s_shared_t *shared = (s_shared_t *) hint;
+    (void)data;
+    s_shared_t *shared = (s_shared_t *)hint;
     if (atomic_fetch_sub(&shared->refs, 1) == 1) {
         zframe_destroy(&shared->frame);
         free(shared);
@@ -302,15 +296,14 @@ s_shared_release(void *data, void *hint)
 }
 
 //  Give a waiting request a compact copy of its payload (see s_shared_t).
-static void
-s_payload_compact(s_request_t *r)
+static void s_payload_compact(s_request_t *r)
 {
     if (!r->payload || r->shared)
         return;
     size_t size = zframe_size(r->payload);
-    s_shared_t *shared = (s_shared_t *) malloc(sizeof(s_shared_t) + size);
+    s_shared_t *shared = (s_shared_t *)malloc(sizeof(s_shared_t) + size);
     if (!shared)
-        return;                 //  Keep the frame: costs memory, still works
+        return; //  Keep the frame: costs memory, still works
     atomic_init(&shared->refs, 1);
     shared->frame = NULL;
     shared->size = size;
@@ -320,11 +313,10 @@ s_payload_compact(s_request_t *r)
 }
 
 //  Send the request's payload as the last frame, sharing its bytes.
-static void
-s_send_payload(s_request_t *r, void *socket)
+static void s_send_payload(s_request_t *r, void *socket)
 {
     if (!r->shared) {
-        r->shared = (s_shared_t *) malloc(sizeof(s_shared_t));
+        r->shared = (s_shared_t *)malloc(sizeof(s_shared_t));
         if (!r->shared)
             return;
         atomic_init(&r->shared->refs, 1);
@@ -341,8 +333,7 @@ s_send_payload(s_request_t *r, void *socket)
         zmq_msg_init_size(&msg, size);
         if (size)
             memcpy(zmq_msg_data(&msg), data, size);
-    }
-    else {
+    } else {
         atomic_fetch_add(&r->shared->refs, 1);
         if (zmq_msg_init_data(&msg, data, size, s_shared_release, r->shared)) {
             s_shared_release(NULL, r->shared);
@@ -357,9 +348,8 @@ s_send_payload(s_request_t *r, void *socket)
 //  Replies.
 
 //  Send `error` {code, message, id?} to a peer.
-static void
-s_send_error(s_broker_t *self, zsock_t *socket, zframe_t *rid, llmq_err_t code,
-             const char *message, const char *id)
+static void s_send_error(s_broker_t *self, zsock_t *socket, zframe_t *rid,
+                         llmq_err_t code, const char *message, const char *id)
 {
     llmq_msg_t *msg = llmq_msg_new(LLMQ_MSG_ERROR);
     if (!msg)
@@ -371,30 +361,28 @@ s_send_error(s_broker_t *self, zsock_t *socket, zframe_t *rid, llmq_err_t code,
     if (rid)
         llmq_msg_set_routing_id(msg, rid);
     llmq_msg_send(&msg, socket);
-    (void) self;
+    (void)self;
 }
 
 //  Count an answer in counters and metrics.
-static void
-s_count_answer(s_broker_t *self, const char *model, const char *outcome,
-               bool ok, int64_t latency_ms)
+static void s_count_answer(s_broker_t *self, const char *model,
+                           const char *outcome, bool ok, int64_t latency_ms)
 {
     if (ok)
         self->counters.answered_ok++;
     else
         self->counters.answered_error++;
     const char *label = s_metric_model(self, model ? model : "");
-    const char *labels[] = { "model", label, "outcome", outcome, NULL };
+    const char *labels[] = {"model", label, "outcome", outcome, NULL};
     llmq_metrics_add(self->metrics, "llmq_broker_requests_total", labels, 1);
-    const char *hist[] = { "model", label, NULL };
+    const char *hist[] = {"model", label, NULL};
     llmq_metrics_observe(self->metrics, "llmq_broker_request_latency_seconds",
-                         hist, (double) latency_ms / 1000.0);
+                         hist, (double)latency_ms / 1000.0);
 }
 
 //  Answer a request that never got queued (refused at the door). Takes msg.
-static void
-s_refuse(s_broker_t *self, llmq_msg_t **msg_p, llmq_err_t code,
-         const char *message)
+static void s_refuse(s_broker_t *self, llmq_msg_t **msg_p, llmq_err_t code,
+                     const char *message)
 {
     llmq_msg_t *req = *msg_p;
     *msg_p = NULL;
@@ -417,8 +405,7 @@ s_refuse(s_broker_t *self, llmq_msg_t **msg_p, llmq_err_t code,
 
 //  Send the answer of a request to its client (or module) and destroy the
 //  request. res is a worker's `res` or one built here; takes it.
-static void
-s_complete(s_broker_t *self, s_request_t *r, llmq_msg_t **res_p)
+static void s_complete(s_broker_t *self, s_request_t *r, llmq_msg_t **res_p)
 {
     llmq_msg_t *res = *res_p;
     *res_p = NULL;
@@ -436,9 +423,8 @@ s_complete(s_broker_t *self, s_request_t *r, llmq_msg_t **res_p)
         //  The common case, through the lane's cached series.
         self->counters.answered_ok++;
         llmq_metrics_series_add(lane->m_ok, 1);
-        llmq_metrics_series_observe(lane->m_latency, (double) latency / 1000.0);
-    }
-    else
+        llmq_metrics_series_observe(lane->m_latency, (double)latency / 1000.0);
+    } else
         s_count_answer(self, lane->model, outcome, ok, latency);
 
     llmq_msg_set_id(res, r->id);
@@ -461,22 +447,18 @@ s_complete(s_broker_t *self, s_request_t *r, llmq_msg_t **res_p)
         if (self->config.verbose)
             llmq_msg_print(res);
         llmq_msg_send(&res, self->frontend);
-    }
-    else
-    if (r->from_module) {
+    } else if (r->from_module) {
         if (self->config.module->item_result)
             self->config.module->item_result(self->module_state, &res);
-    }
-    else
-    if (r->fn)
+    } else if (r->fn)
         r->fn(&res, r->fn_arg);
     llmq_msg_destroy(&res);
     s_request_destroy(self, &r);
 }
 
 //  Answer a request with a failure and destroy it.
-static void
-s_fail(s_broker_t *self, s_request_t *r, llmq_err_t code, const char *message)
+static void s_fail(s_broker_t *self, s_request_t *r, llmq_err_t code,
+                   const char *message)
 {
     llmq_msg_t *res = llmq_msg_new(LLMQ_MSG_RES);
     if (!res) {
@@ -490,28 +472,26 @@ s_fail(s_broker_t *self, s_request_t *r, llmq_err_t code, const char *message)
 //  --------------------------------------------------------------------------
 //  Requests: expiry, queueing, unlinking.
 
-static void
-s_expiry_set(s_broker_t *self, s_request_t *r, int64_t at)
+static void s_expiry_set(s_broker_t *self, s_request_t *r, int64_t at)
 {
     r->expire_at = at;
     if (at == s_NO_EXPIRY) {
         if (llmq_queue_node_queued(&r->dnode))
             llmq_queue_remove(self->expiry, &r->dnode);
-    }
-    else
+    } else
         llmq_queue_update(self->expiry, &r->dnode, -at, 0);
 }
 
 //  When a waiting request must be looked at again: its deadline, or the end
 //  of the wait for a worker if its lane has none.
-static int64_t
-s_queued_expiry(s_broker_t *self, s_request_t *r)
+static int64_t s_queued_expiry(s_broker_t *self, s_request_t *r)
 {
     int64_t at = r->deadline;
     s_lane_t *lane = r->lane;
     if (zlistx_size(lane->workers) == 0) {
         int64_t since = lane->no_worker_since > r->received_at
-                      ? lane->no_worker_since : r->received_at;
+                            ? lane->no_worker_since
+                            : r->received_at;
         int64_t wait_end = since + self->config.no_worker_wait_ms;
         if (wait_end < at)
             at = wait_end;
@@ -521,8 +501,7 @@ s_queued_expiry(s_broker_t *self, s_request_t *r)
 
 //  Put a request in its lane: at the back of its priority class, or at the
 //  front for a requeue.
-static int
-s_enqueue(s_broker_t *self, s_request_t *r, bool front)
+static int s_enqueue(s_broker_t *self, s_request_t *r, bool front)
 {
     int64_t seq = front ? --self->front_seq : ++self->next_seq;
     if (llmq_queue_push(r->lane->queue, &r->qnode, r->priority, seq))
@@ -533,8 +512,7 @@ s_enqueue(s_broker_t *self, s_request_t *r, bool front)
 }
 
 //  Take a dispatched request back from its worker's books.
-static void
-s_request_unassign(s_broker_t *self, s_request_t *r)
+static void s_request_unassign(s_broker_t *self, s_request_t *r)
 {
     s_worker_t *w = r->worker;
     if (!w)
@@ -548,15 +526,14 @@ s_request_unassign(s_broker_t *self, s_request_t *r)
     r->wprev = r->wnext = NULL;
     w->in_flight--;
     self->inflight_count--;
-    uint32_t slot = (uint32_t) r->bid;
+    uint32_t slot = (uint32_t)r->bid;
     self->slots[slot] = NULL;
     self->free_slots[self->nfree++] = slot;
     r->worker = NULL;
     r->bid = 0;
 }
 
-static void
-s_request_destroy(s_broker_t *self, s_request_t **r_p)
+static void s_request_destroy(s_broker_t *self, s_request_t **r_p)
 {
     s_request_t *r = *r_p;
     if (!r)
@@ -586,8 +563,7 @@ s_request_destroy(s_broker_t *self, s_request_t **r_p)
 }
 
 //  Format a broker id "r<hex>" (snprintf is measurable on this path).
-static void
-s_bid_text(uint64_t bid, char out[24])
+static void s_bid_text(uint64_t bid, char out[24])
 {
     static const char hex[] = "0123456789abcdef";
     char digits[17];
@@ -604,15 +580,14 @@ s_bid_text(uint64_t bid, char out[24])
 
 //  A zeroed request with its id stored inline (one allocation), NULL id
 //  allowed. Returns NULL if out of memory.
-static s_request_t *
-s_request_new(const char *id)
+static s_request_t *s_request_new(const char *id)
 {
     size_t len = id ? strlen(id) + 1 : 0;
-    s_request_t *r = (s_request_t *) calloc(1, sizeof(s_request_t) + len);
+    s_request_t *r = (s_request_t *)calloc(1, sizeof(s_request_t) + len);
     if (!r)
         return NULL;
     if (id) {
-        r->id = (char *) (r + 1);
+        r->id = (char *)(r + 1);
         memcpy(r->id, id, len);
     }
     llmq_queue_node_init(&r->qnode);
@@ -621,8 +596,7 @@ s_request_new(const char *id)
 }
 
 //  In-flight lookup by broker id "r<hex>".
-static s_request_t *
-s_inflight_lookup(s_broker_t *self, const char *id)
+static s_request_t *s_inflight_lookup(s_broker_t *self, const char *id)
 {
     if (!id || id[0] != 'r' || !id[1])
         return NULL;
@@ -632,7 +606,7 @@ s_inflight_lookup(s_broker_t *self, const char *id)
         return NULL;
     //  A slot number plus the dispatch that used it: O(1), no hashing, and a
     //  stale id (an earlier dispatch of the same slot) never matches.
-    uint32_t slot = (uint32_t) bid;
+    uint32_t slot = (uint32_t)bid;
     s_request_t *r = slot < self->nslots ? self->slots[slot] : NULL;
     return r && r->bid == bid ? r : NULL;
 }
@@ -640,10 +614,9 @@ s_inflight_lookup(s_broker_t *self, const char *id)
 //  --------------------------------------------------------------------------
 //  Clients, lanes, groups.
 
-static void
-s_client_free(void **item)
+static void s_client_free(void **item)
 {
-    s_client_t *client = (s_client_t *) *item;
+    s_client_t *client = (s_client_t *)*item;
     if (!client)
         return;
     zhashx_destroy(&client->pending);
@@ -653,13 +626,13 @@ s_client_free(void **item)
     *item = NULL;
 }
 
-static s_client_t *
-s_client_require(s_broker_t *self, const char *key, zframe_t *rid)
+static s_client_t *s_client_require(s_broker_t *self, const char *key,
+                                    zframe_t *rid)
 {
-    s_client_t *client = (s_client_t *) zhashx_lookup(self->clients, key);
+    s_client_t *client = (s_client_t *)zhashx_lookup(self->clients, key);
     if (client)
         return client;
-    client = (s_client_t *) calloc(1, sizeof(*client));
+    client = (s_client_t *)calloc(1, sizeof(*client));
     if (!client)
         return NULL;
     client->key = strdup(key);
@@ -679,8 +652,7 @@ s_client_require(s_broker_t *self, const char *key, zframe_t *rid)
 
 //  A worker serves a model it names, or any model if it names "*" (sim and
 //  echo workers started without --model).
-static bool
-s_models_match(s_worker_t *w, const char *model)
+static bool s_models_match(s_worker_t *w, const char *model)
 {
     for (size_t i = 0; i < w->nmodels; i++)
         if (streq(w->models[i], model) || streq(w->models[i], "*"))
@@ -688,18 +660,16 @@ s_models_match(s_worker_t *w, const char *model)
     return false;
 }
 
-static bool
-s_worker_serves(s_worker_t *w, s_lane_t *lane)
+static bool s_worker_serves(s_worker_t *w, s_lane_t *lane)
 {
     if (w->leaving || (lane->pool && !streq(lane->pool, w->pool)))
         return false;
     return s_models_match(w, lane->model);
 }
 
-static void
-s_lane_free(void **item)
+static void s_lane_free(void **item)
 {
-    s_lane_t *lane = (s_lane_t *) *item;
+    s_lane_t *lane = (s_lane_t *)*item;
     if (!lane)
         return;
     llmq_queue_destroy(&lane->queue);
@@ -711,24 +681,25 @@ s_lane_free(void **item)
     *item = NULL;
 }
 
-static s_lane_t *
-s_lane_require(s_broker_t *self, const char *model, const char *pool)
+static s_lane_t *s_lane_require(s_broker_t *self, const char *model,
+                                const char *pool)
 {
     if (pool && !*pool)
         pool = NULL;
     //  On the hot path: the key is built on the stack (model <= 256 bytes,
     //  pool <= 128 by the protocol's limits).
     char key[512];
-    size_t model_len = strnlen(model, 256), pool_len = pool ? strnlen(pool, 128) : 0;
+    size_t model_len = strnlen(model, 256),
+           pool_len = pool ? strnlen(pool, 128) : 0;
     memcpy(key, model, model_len);
     key[model_len] = 0x1f;
     if (pool_len)
         memcpy(key + model_len + 1, pool, pool_len);
     key[model_len + 1 + pool_len] = 0;
-    s_lane_t *lane = (s_lane_t *) zhashx_lookup(self->lanes, key);
+    s_lane_t *lane = (s_lane_t *)zhashx_lookup(self->lanes, key);
     if (lane)
         return lane;
-    lane = (s_lane_t *) calloc(1, sizeof(*lane));
+    lane = (s_lane_t *)calloc(1, sizeof(*lane));
     if (!lane)
         return NULL;
     lane->key = strdup(key);
@@ -738,36 +709,35 @@ s_lane_require(s_broker_t *self, const char *model, const char *pool)
     lane->workers = zlistx_new();
     lane->no_worker_since = zclock_mono();
     lane->idle_since = lane->no_worker_since;
-    if (!lane->key || !lane->model || (pool && !lane->pool) || !lane->queue
-    ||  !lane->workers) {
+    if (!lane->key || !lane->model || (pool && !lane->pool) || !lane->queue ||
+        !lane->workers) {
         void *item = lane;
         s_lane_free(&item);
         return NULL;
     }
     zhashx_insert(self->lanes, key, lane);
     const char *label = s_metric_model(self, model);
-    const char *ok_labels[] = { "model", label, "outcome", "ok", NULL };
-    const char *model_labels[] = { "model", label, NULL };
-    lane->m_ok = llmq_metrics_series(self->metrics, "llmq_broker_requests_total", ok_labels);
-    lane->m_latency = llmq_metrics_series(self->metrics,
-                                          "llmq_broker_request_latency_seconds",
-                                          model_labels);
+    const char *ok_labels[] = {"model", label, "outcome", "ok", NULL};
+    const char *model_labels[] = {"model", label, NULL};
+    lane->m_ok = llmq_metrics_series(self->metrics,
+                                     "llmq_broker_requests_total", ok_labels);
+    lane->m_latency = llmq_metrics_series(
+        self->metrics, "llmq_broker_request_latency_seconds", model_labels);
     //  Link the live workers that serve it.
-    s_worker_t *w = (s_worker_t *) zhashx_first(self->workers);
+    s_worker_t *w = (s_worker_t *)zhashx_first(self->workers);
     while (w) {
         if (s_worker_serves(w, lane)) {
             zlistx_add_end(lane->workers, w);
             zlistx_add_end(w->lanes, lane);
         }
-        w = (s_worker_t *) zhashx_next(self->workers);
+        w = (s_worker_t *)zhashx_next(self->workers);
     }
     return lane;
 }
 
 //  Detach a worker from a lane; a lane left without workers starts its
 //  wait-for-a-worker clock, for the requests already in it as well.
-static void
-s_lane_drop_worker(s_broker_t *self, s_lane_t *lane, s_worker_t *w)
+static void s_lane_drop_worker(s_broker_t *self, s_lane_t *lane, s_worker_t *w)
 {
     void *handle = zlistx_find(lane->workers, w);
     if (handle)
@@ -788,10 +758,9 @@ s_lane_drop_worker(s_broker_t *self, s_lane_t *lane, s_worker_t *w)
     }
 }
 
-static void
-s_group_free(void **item)
+static void s_group_free(void **item)
 {
-    s_group_t *group = (s_group_t *) *item;
+    s_group_t *group = (s_group_t *)*item;
     if (!group)
         return;
     zlistx_destroy(&group->members);
@@ -801,26 +770,25 @@ s_group_free(void **item)
 }
 
 //  Split the group's limit among its live members and tell each its share.
-static void
-s_group_share(s_broker_t *self, s_group_t *group)
+static void s_group_share(s_broker_t *self, s_group_t *group)
 {
     size_t members = zlistx_size(group->members);
     if (members == 0)
         return;
     //  Members may disagree on the key's limit: the smallest one is safe.
     int64_t rpm = 0, tpm = 0;
-    s_worker_t *w = (s_worker_t *) zlistx_first(group->members);
+    s_worker_t *w = (s_worker_t *)zlistx_first(group->members);
     while (w) {
         if (w->rpm > 0 && (rpm == 0 || w->rpm < rpm))
             rpm = w->rpm;
         if (w->tpm > 0 && (tpm == 0 || w->tpm < tpm))
             tpm = w->tpm;
-        w = (s_worker_t *) zlistx_next(group->members);
+        w = (s_worker_t *)zlistx_next(group->members);
     }
     if (rpm == 0 && tpm == 0)
-        return;                 //  No limit known: nothing to split
-    int64_t share_rpm = rpm ? rpm / (int64_t) members : 0;
-    int64_t share_tpm = tpm ? tpm / (int64_t) members : 0;
+        return; //  No limit known: nothing to split
+    int64_t share_rpm = rpm ? rpm / (int64_t)members : 0;
+    int64_t share_tpm = tpm ? tpm / (int64_t)members : 0;
     if (rpm && share_rpm < 1)
         share_rpm = 1;
     if (tpm && share_tpm < 1)
@@ -829,7 +797,7 @@ s_group_share(s_broker_t *self, s_group_t *group)
     snprintf(rpm_text, sizeof(rpm_text), "%" PRId64, share_rpm);
     snprintf(tpm_text, sizeof(tpm_text), "%" PRId64, share_tpm);
     snprintf(members_text, sizeof(members_text), "%zu", members);
-    w = (s_worker_t *) zlistx_first(group->members);
+    w = (s_worker_t *)zlistx_first(group->members);
     while (w) {
         w->share_rpm = share_rpm;
         w->share_tpm = share_tpm;
@@ -840,18 +808,17 @@ s_group_share(s_broker_t *self, s_group_t *group)
             llmq_msg_set_routing_id(msg, w->rid);
             llmq_msg_send(&msg, self->backend);
         }
-        w = (s_worker_t *) zlistx_next(group->members);
+        w = (s_worker_t *)zlistx_next(group->members);
     }
     s_log(self, "info", "limits", "group", group->name, "members", members_text,
           "rpm_share", rpm_text, "tpm_share", tpm_text, s_END);
 }
 
-static void
-s_group_join(s_broker_t *self, s_worker_t *w, const char *name)
+static void s_group_join(s_broker_t *self, s_worker_t *w, const char *name)
 {
-    s_group_t *group = (s_group_t *) zhashx_lookup(self->groups, name);
+    s_group_t *group = (s_group_t *)zhashx_lookup(self->groups, name);
     if (!group) {
-        group = (s_group_t *) calloc(1, sizeof(*group));
+        group = (s_group_t *)calloc(1, sizeof(*group));
         if (!group)
             return;
         group->name = strdup(name);
@@ -868,8 +835,7 @@ s_group_join(s_broker_t *self, s_worker_t *w, const char *name)
     s_group_share(self, group);
 }
 
-static void
-s_group_leave(s_broker_t *self, s_worker_t *w)
+static void s_group_leave(s_broker_t *self, s_worker_t *w)
 {
     s_group_t *group = w->group;
     if (!group)
@@ -890,49 +856,47 @@ s_group_leave(s_broker_t *self, s_worker_t *w)
 //  The worker with the most credit among the healthy ones serving the lane
 //  (ties: least recently used), or NULL. An unhealthy worker keeps its
 //  credit but gets nothing new until a heartbeat says it is healthy again.
-static s_worker_t *
-s_best_worker(s_lane_t *lane)
+static s_worker_t *s_best_worker(s_lane_t *lane)
 {
     s_worker_t *best = NULL;
-    s_worker_t *w = (s_worker_t *) zlistx_first(lane->workers);
+    s_worker_t *w = (s_worker_t *)zlistx_first(lane->workers);
     while (w) {
-        if (w->credit > 0 && w->healthy
-        && (!best || w->credit > best->credit
-            || (w->credit == best->credit && w->last_used < best->last_used)))
+        if (w->credit > 0 && w->healthy &&
+            (!best || w->credit > best->credit ||
+             (w->credit == best->credit && w->last_used < best->last_used)))
             best = w;
-        w = (s_worker_t *) zlistx_next(lane->workers);
+        w = (s_worker_t *)zlistx_next(lane->workers);
     }
     return best;
 }
 
 //  Double the in-flight slot table (free slots are handed out from a stack).
-static int
-s_slots_grow(s_broker_t *self)
+static int s_slots_grow(s_broker_t *self)
 {
     size_t grown = self->nslots ? self->nslots * 2 : 1024;
     if (grown > UINT32_MAX)
         return -1;
-    s_request_t **slots = (s_request_t **) realloc(self->slots, grown * sizeof(*slots));
+    s_request_t **slots =
+        (s_request_t **)realloc(self->slots, grown * sizeof(*slots));
     if (!slots)
         return -1;
     self->slots = slots;
-    uint32_t *free_slots = (uint32_t *) realloc(self->free_slots,
-                                                grown * sizeof(*free_slots));
+    uint32_t *free_slots =
+        (uint32_t *)realloc(self->free_slots, grown * sizeof(*free_slots));
     if (!free_slots)
         return -1;
     self->free_slots = free_slots;
     //  Hand out low numbers first.
     for (size_t i = grown; i > self->nslots; i--) {
         self->slots[i - 1] = NULL;
-        self->free_slots[self->nfree++] = (uint32_t) (i - 1);
+        self->free_slots[self->nfree++] = (uint32_t)(i - 1);
     }
     self->nslots = grown;
     return 0;
 }
 
 //  Send a waiting request (already out of its lane) to a worker.
-static void
-s_send_request(s_broker_t *self, s_worker_t *w, s_request_t *r)
+static void s_send_request(s_broker_t *self, s_worker_t *w, s_request_t *r)
 {
     int64_t now = zclock_mono();
     if (self->nfree == 0 && s_slots_grow(self)) {
@@ -955,8 +919,10 @@ s_send_request(s_broker_t *self, s_worker_t *w, s_request_t *r)
     self->counters.dispatched++;
     //  A worker honours the deadline itself; the broker steps in only if
     //  the answer is very late.
-    s_expiry_set(self, r, r->deadline == s_NO_EXPIRY
-                          ? s_NO_EXPIRY : r->deadline + self->config.inflight_grace_ms);
+    s_expiry_set(self, r,
+                 r->deadline == s_NO_EXPIRY
+                     ? s_NO_EXPIRY
+                     : r->deadline + self->config.inflight_grace_ms);
 
     //  One `req` header object, reused: every field is set or cleared here,
     //  which is cheaper than a new message per dispatch.
@@ -968,21 +934,23 @@ s_send_request(s_broker_t *self, s_worker_t *w, s_request_t *r)
         llmq_msg_set_id(msg, bid);
         llmq_msg_set_op(msg, s_ops[r->op]);
         llmq_msg_set_model(msg, r->lane->model);
-        llmq_msg_set_pool(msg, r->lane->pool);          //  NULL clears
+        llmq_msg_set_pool(msg, r->lane->pool); //  NULL clears
         llmq_msg_set_attempt(msg, r->attempt);
         if (r->stream)
             llmq_msg_set_stream(msg, true);
         else
             llmq_msg_clear(msg, LLMQ_F_stream);
-        llmq_msg_set_trace(msg, r->trace);              //  NULL clears
+        llmq_msg_set_trace(msg, r->trace); //  NULL clears
         if (r->deadline != s_NO_EXPIRY)
-            llmq_msg_set_deadline_ms(msg, r->deadline > now + 1 ? r->deadline - now : 1);
+            llmq_msg_set_deadline_ms(
+                msg, r->deadline > now + 1 ? r->deadline - now : 1);
         else
             llmq_msg_clear(msg, LLMQ_F_deadline_ms);
         header = llmq_msg_encode(msg, NULL, 0);
     }
     if (!header) {
-        s_fail(self, r, LLMQ_ERR_INTERNAL, "broker could not encode the request");
+        s_fail(self, r, LLMQ_ERR_INTERNAL,
+               "broker could not encode the request");
         return;
     }
     void *socket = zsock_resolve(self->backend);
@@ -992,8 +960,7 @@ s_send_request(s_broker_t *self, s_worker_t *w, s_request_t *r)
 }
 
 //  Send the first waiting request of a lane to the best worker.
-static bool
-s_dispatch_one(s_broker_t *self, s_lane_t *lane)
+static bool s_dispatch_one(s_broker_t *self, s_lane_t *lane)
 {
     if (!llmq_queue_size(lane->queue))
         return false;
@@ -1006,29 +973,26 @@ s_dispatch_one(s_broker_t *self, s_lane_t *lane)
     return true;
 }
 
-static void
-s_dispatch_lane(s_broker_t *self, s_lane_t *lane)
+static void s_dispatch_lane(s_broker_t *self, s_lane_t *lane)
 {
     while (s_dispatch_one(self, lane))
         ;
 }
 
-static bool
-s_serves(const char *model, const char *pool, void *arg)
+static bool s_serves(const char *model, const char *pool, void *arg)
 {
-    s_worker_t *w = (s_worker_t *) arg;
+    s_worker_t *w = (s_worker_t *)arg;
     if (!model || (pool && *pool && !streq(pool, w->pool)))
         return false;
     return s_models_match(w, model);
 }
 
 //  Spare credit and no waiting request: ask the module for items.
-static void
-s_dispatch_module(s_broker_t *self, s_worker_t *w)
+static void s_dispatch_module(s_broker_t *self, s_worker_t *w)
 {
     while (w->credit > 0 && w->healthy && !self->draining) {
-        llmq_msg_t *msg = self->config.module->next_item(self->module_state,
-                                                         s_serves, w);
+        llmq_msg_t *msg =
+            self->config.module->next_item(self->module_state, s_serves, w);
         if (!msg)
             break;
         int op = -1;
@@ -1036,14 +1000,16 @@ s_dispatch_module(s_broker_t *self, s_worker_t *w)
             if (llmq_msg_op(msg) && streq(llmq_msg_op(msg), s_ops[i]))
                 op = i;
         const char *model = llmq_msg_model(msg);
-        s_lane_t *lane = op >= 0 && model && llmq_msg_id(msg)
-                       && s_serves(model, llmq_msg_pool(msg), w)
-                       ? s_lane_require(self, model, llmq_msg_pool(msg)) : NULL;
+        s_lane_t *lane = op >= 0 && model && llmq_msg_id(msg) &&
+                                 s_serves(model, llmq_msg_pool(msg), w)
+                             ? s_lane_require(self, model, llmq_msg_pool(msg))
+                             : NULL;
         s_request_t *r = lane ? s_request_new(llmq_msg_id(msg)) : NULL;
         if (!r) {
             //  A module bug, not the worker's: give the item back, stop asking.
             if (self->config.module->item_returned && llmq_msg_id(msg))
-                self->config.module->item_returned(self->module_state, llmq_msg_id(msg));
+                self->config.module->item_returned(self->module_state,
+                                                   llmq_msg_id(msg));
             free(r);
             llmq_msg_destroy(&msg);
             break;
@@ -1053,7 +1019,7 @@ s_dispatch_module(s_broker_t *self, s_worker_t *w)
         r->from_module = true;
         r->lane = lane;
         lane->refs++;
-        r->op = (uint8_t) op;
+        r->op = (uint8_t)op;
         r->priority = llmq_msg_priority(msg);
         r->received_at = zclock_mono();
         r->deadline = s_NO_EXPIRY;
@@ -1067,38 +1033,36 @@ s_dispatch_module(s_broker_t *self, s_worker_t *w)
 }
 
 //  A worker has credit: serve its lanes, best waiting request first.
-static void
-s_dispatch_worker(s_broker_t *self, s_worker_t *w)
+static void s_dispatch_worker(s_broker_t *self, s_worker_t *w)
 {
     while (w->credit > 0 && w->healthy && !w->leaving) {
         s_lane_t *best = NULL;
         llmq_queue_node_t *best_head = NULL;
-        s_lane_t *lane = (s_lane_t *) zlistx_first(w->lanes);
+        s_lane_t *lane = (s_lane_t *)zlistx_first(w->lanes);
         while (lane) {
             llmq_queue_node_t *head = llmq_queue_peek(lane->queue);
-            if (head && (!best_head || head->priority > best_head->priority
-                         || (head->priority == best_head->priority
-                             && head->seq < best_head->seq))) {
+            if (head && (!best_head || head->priority > best_head->priority ||
+                         (head->priority == best_head->priority &&
+                          head->seq < best_head->seq))) {
                 best = lane;
                 best_head = head;
             }
-            lane = (s_lane_t *) zlistx_next(w->lanes);
+            lane = (s_lane_t *)zlistx_next(w->lanes);
         }
         if (!best || !s_dispatch_one(self, best))
             break;
     }
-    if (w->credit > 0 && w->healthy && !w->leaving && self->config.module
-    &&  self->config.module->next_item)
+    if (w->credit > 0 && w->healthy && !w->leaving && self->config.module &&
+        self->config.module->next_item)
         s_dispatch_module(self, w);
 }
 
 //  --------------------------------------------------------------------------
 //  Workers.
 
-static void
-s_worker_free(void **item)
+static void s_worker_free(void **item)
 {
-    s_worker_t *w = (s_worker_t *) *item;
+    s_worker_t *w = (s_worker_t *)*item;
     if (!w)
         return;
     for (size_t i = 0; i < w->nmodels; i++)
@@ -1116,15 +1080,14 @@ s_worker_free(void **item)
 }
 
 //  Stop giving a worker new work: out of its lanes and its limit group.
-static void
-s_worker_retire(s_broker_t *self, s_worker_t *w)
+static void s_worker_retire(s_broker_t *self, s_worker_t *w)
 {
     w->leaving = true;
     w->credit = 0;
-    s_lane_t *lane = (s_lane_t *) zlistx_first(w->lanes);
+    s_lane_t *lane = (s_lane_t *)zlistx_first(w->lanes);
     while (lane) {
         s_lane_drop_worker(self, lane, w);
-        lane = (s_lane_t *) zlistx_next(w->lanes);
+        lane = (s_lane_t *)zlistx_next(w->lanes);
     }
     zlistx_purge(w->lanes);
     s_group_leave(self, w);
@@ -1132,8 +1095,7 @@ s_worker_retire(s_broker_t *self, s_worker_t *w)
 
 //  Forget a worker. Its in-flight requests go back to the front of their
 //  lanes (attempt + 1) or, out of attempts, are answered with an error.
-static void
-s_worker_remove(s_broker_t *self, s_worker_t *w, const char *why)
+static void s_worker_remove(s_broker_t *self, s_worker_t *w, const char *why)
 {
     s_worker_retire(self, w);
     while (w->inflight) {
@@ -1143,30 +1105,30 @@ s_worker_remove(s_broker_t *self, s_worker_t *w, const char *why)
             if (self->config.module->item_returned)
                 self->config.module->item_returned(self->module_state, r->id);
             s_request_destroy(self, &r);
-        }
-        else
-        if (r->attempt >= r->max_attempts) {
+        } else if (r->attempt >= r->max_attempts) {
             char message[300];
-            snprintf(message, sizeof(message),
-                     "worker %s %s while handling the request (attempt %d of %d)",
-                     w->name, why, r->attempt, r->max_attempts);
+            snprintf(
+                message, sizeof(message),
+                "worker %s %s while handling the request (attempt %d of %d)",
+                w->name, why, r->attempt, r->max_attempts);
             s_fail(self, r, LLMQ_ERR_INTERNAL, message);
-        }
-        else {
+        } else {
             r->attempt++;
             self->counters.requeued++;
-            llmq_metrics_add(self->metrics, "llmq_broker_requeues_total", NULL, 1);
+            llmq_metrics_add(self->metrics, "llmq_broker_requeues_total", NULL,
+                             1);
             if (s_enqueue(self, r, true))
-                s_fail(self, r, LLMQ_ERR_INTERNAL, "broker could not requeue the request");
+                s_fail(self, r, LLMQ_ERR_INTERNAL,
+                       "broker could not requeue the request");
         }
     }
     zhashx_delete(self->workers, w->key);
     //  Requeued requests may have other workers waiting for them.
-    s_lane_t *lane = (s_lane_t *) zhashx_first(self->lanes);
+    s_lane_t *lane = (s_lane_t *)zhashx_first(self->lanes);
     while (lane) {
         if (llmq_queue_size(lane->queue) && zlistx_size(lane->workers))
             s_dispatch_lane(self, lane);
-        lane = (s_lane_t *) zhashx_next(self->lanes);
+        lane = (s_lane_t *)zhashx_next(self->lanes);
     }
 }
 
@@ -1177,11 +1139,11 @@ s_worker_remove(s_broker_t *self, s_worker_t *w, const char *why)
 //  its credit reset to 0, as the worker re-grants its free slots after every
 //  hello (the credit cap in s_handle_worker absorbs requests still on their
 //  way against the old credit).
-static void
-s_worker_refresh(s_broker_t *self, s_worker_t *w, llmq_msg_t *msg, int64_t capacity)
+static void s_worker_refresh(s_broker_t *self, s_worker_t *w, llmq_msg_t *msg,
+                             int64_t capacity)
 {
     size_t nmodels = llmq_msg_models_count(msg);
-    char **models = (char **) calloc(nmodels + 1, sizeof(char *));
+    char **models = (char **)calloc(nmodels + 1, sizeof(char *));
     char *name = strdup(llmq_msg_worker(msg));
     char *pool = strdup(llmq_msg_pool(msg));
     char *provider = strdup(llmq_msg_provider(msg));
@@ -1217,30 +1179,30 @@ s_worker_refresh(s_broker_t *self, s_worker_t *w, llmq_msg_t *msg, int64_t capac
     w->capacity = capacity;
     w->credit = 0;
     w->batch_api = llmq_msg_batch_api(msg);
-    w->leaving = false;         //  A hello after bye: it serves again
+    w->leaving = false; //  A hello after bye: it serves again
 
     //  Lanes: leave those it no longer serves, join the new ones.
     //  (Out of memory for the new list: it stays in its old lanes.)
     zlistx_t *keep = zlistx_new();
-    s_lane_t *lane = keep ? (s_lane_t *) zlistx_first(w->lanes) : NULL;
+    s_lane_t *lane = keep ? (s_lane_t *)zlistx_first(w->lanes) : NULL;
     while (lane) {
         if (s_worker_serves(w, lane))
             zlistx_add_end(keep, lane);
         else
             s_lane_drop_worker(self, lane, w);
-        lane = (s_lane_t *) zlistx_next(w->lanes);
+        lane = (s_lane_t *)zlistx_next(w->lanes);
     }
     if (keep) {
         zlistx_destroy(&w->lanes);
         w->lanes = keep;
     }
-    lane = (s_lane_t *) zhashx_first(self->lanes);
+    lane = (s_lane_t *)zhashx_first(self->lanes);
     while (lane) {
         if (s_worker_serves(w, lane) && !zlistx_find(w->lanes, lane)) {
             zlistx_add_end(lane->workers, w);
             zlistx_add_end(w->lanes, lane);
         }
-        lane = (s_lane_t *) zhashx_next(self->lanes);
+        lane = (s_lane_t *)zhashx_next(self->lanes);
     }
     //  Limit group: rejoin only if it or the key's limit changed.
     const char *group = llmq_msg_limit_group(msg);
@@ -1257,12 +1219,11 @@ s_worker_refresh(s_broker_t *self, s_worker_t *w, llmq_msg_t *msg, int64_t capac
     }
     char in_flight[32];
     snprintf(in_flight, sizeof(in_flight), "%" PRId64, w->in_flight);
-    s_log(self, "info", "worker_hello_again", "worker", w->name,
-          "in_flight", in_flight, s_END);
+    s_log(self, "info", "worker_hello_again", "worker", w->name, "in_flight",
+          in_flight, s_END);
 }
 
-static void
-s_worker_hello(s_broker_t *self, const char *key, llmq_msg_t *msg)
+static void s_worker_hello(s_broker_t *self, const char *key, llmq_msg_t *msg)
 {
     int64_t capacity = llmq_msg_capacity(msg);
     if (capacity < 1 || capacity > 1000000) {
@@ -1270,12 +1231,12 @@ s_worker_hello(s_broker_t *self, const char *key, llmq_msg_t *msg)
                      LLMQ_ERR_BAD_MESSAGE, "capacity must be 1..1000000", NULL);
         return;
     }
-    s_worker_t *old = (s_worker_t *) zhashx_lookup(self->workers, key);
+    s_worker_t *old = (s_worker_t *)zhashx_lookup(self->workers, key);
     if (old) {
         s_worker_refresh(self, old, msg, capacity);
         return;
     }
-    s_worker_t *w = (s_worker_t *) calloc(1, sizeof(*w));
+    s_worker_t *w = (s_worker_t *)calloc(1, sizeof(*w));
     if (!w)
         return;
     w->key = strdup(key);
@@ -1285,10 +1246,10 @@ s_worker_hello(s_broker_t *self, const char *key, llmq_msg_t *msg)
     w->provider = strdup(llmq_msg_provider(msg));
     w->version = strdup(llmq_msg_version(msg) ? llmq_msg_version(msg) : "");
     w->nmodels = llmq_msg_models_count(msg);
-    w->models = (char **) calloc(w->nmodels + 1, sizeof(char *));
+    w->models = (char **)calloc(w->nmodels + 1, sizeof(char *));
     w->lanes = zlistx_new();
-    bool failed = !w->key || !w->rid || !w->name || !w->pool || !w->provider
-               || !w->version || !w->models || !w->lanes;
+    bool failed = !w->key || !w->rid || !w->name || !w->pool || !w->provider ||
+                  !w->version || !w->models || !w->lanes;
     for (size_t i = 0; !failed && i < w->nmodels; i++)
         failed = !(w->models[i] = strdup(llmq_msg_models_at(msg, i)));
     if (failed) {
@@ -1303,18 +1264,18 @@ s_worker_hello(s_broker_t *self, const char *key, llmq_msg_t *msg)
     w->healthy = true;
     w->last_seen = zclock_mono();
     zhashx_insert(self->workers, key, w);
-    s_lane_t *lane = (s_lane_t *) zhashx_first(self->lanes);
+    s_lane_t *lane = (s_lane_t *)zhashx_first(self->lanes);
     while (lane) {
         if (s_worker_serves(w, lane)) {
             zlistx_add_end(lane->workers, w);
             zlistx_add_end(w->lanes, lane);
         }
-        lane = (s_lane_t *) zhashx_next(self->lanes);
+        lane = (s_lane_t *)zhashx_next(self->lanes);
     }
     char models[512] = "", capacity_text[32];
     for (size_t i = 0, pos = 0; i < w->nmodels && pos < sizeof(models); i++)
-        pos += (size_t) snprintf(models + pos, sizeof(models) - pos, "%s%s",
-                                 i ? "," : "", w->models[i]);
+        pos += (size_t)snprintf(models + pos, sizeof(models) - pos, "%s%s",
+                                i ? "," : "", w->models[i]);
     snprintf(capacity_text, sizeof(capacity_text), "%" PRId64, capacity);
     const char *group = llmq_msg_limit_group(msg);
     s_log(self, "info", "worker_join", "worker", w->name, "pool", w->pool,
@@ -1324,8 +1285,7 @@ s_worker_hello(s_broker_t *self, const char *key, llmq_msg_t *msg)
         s_group_join(self, w, group);
 }
 
-static void
-s_worker_result(s_broker_t *self, s_worker_t *w, llmq_msg_t **msg_p)
+static void s_worker_result(s_broker_t *self, s_worker_t *w, llmq_msg_t **msg_p)
 {
     llmq_msg_t *msg = *msg_p;
     s_request_t *r = s_inflight_lookup(self, llmq_msg_id(msg));
@@ -1333,8 +1293,9 @@ s_worker_result(s_broker_t *self, s_worker_t *w, llmq_msg_t **msg_p)
         //  Already answered, cancelled, expired or requeued elsewhere.
         if (llmq_msg_type(msg) == LLMQ_MSG_RES) {
             self->counters.dropped++;
-            const char *labels[] = { "reason", "unknown_result", NULL };
-            llmq_metrics_add(self->metrics, "llmq_broker_dropped_total", labels, 1);
+            const char *labels[] = {"reason", "unknown_result", NULL};
+            llmq_metrics_add(self->metrics, "llmq_broker_dropped_total", labels,
+                             1);
         }
         llmq_msg_destroy(msg_p);
         return;
@@ -1359,35 +1320,31 @@ s_worker_result(s_broker_t *self, s_worker_t *w, llmq_msg_t **msg_p)
     }
 }
 
-static void
-s_handle_worker(s_broker_t *self, llmq_msg_t *msg)
+static void s_handle_worker(s_broker_t *self, llmq_msg_t *msg)
 {
     char key[520];
     zframe_t *rid = llmq_msg_routing_id(msg);
     s_key(rid, key, sizeof(key));
     if (self->config.verbose)
         llmq_msg_print(msg);
-    s_worker_t *w = (s_worker_t *) zhashx_lookup(self->workers, key);
+    s_worker_t *w = (s_worker_t *)zhashx_lookup(self->workers, key);
     llmq_msg_type_t type = llmq_msg_type(msg);
     if (w)
-        w->last_seen = zclock_mono();     //  Any message is a sign of life
+        w->last_seen = zclock_mono(); //  Any message is a sign of life
 
     if (type == LLMQ_MSG_INVALID) {
         self->counters.bad_messages++;
-        const char *labels[] = { "reason", "bad_message", NULL };
+        const char *labels[] = {"reason", "bad_message", NULL};
         llmq_metrics_add(self->metrics, "llmq_broker_dropped_total", labels, 1);
         s_send_error(self, self->backend, rid, LLMQ_ERR_BAD_MESSAGE,
                      llmq_msg_invalid_reason(msg), llmq_msg_id(msg));
-    }
-    else
-    if (type == LLMQ_MSG_HELLO)
+    } else if (type == LLMQ_MSG_HELLO)
         s_worker_hello(self, key, msg);
-    else
-    if (!w)
+    else if (!w)
         s_send_error(self, self->backend, rid, LLMQ_ERR_BAD_MESSAGE,
                      "hello first", NULL);
     else
-    switch (type) {
+        switch (type) {
         case LLMQ_MSG_CREDIT:
             if (!w->leaving && llmq_msg_n(msg) > 0) {
                 //  Never more outstanding than the worker's own capacity:
@@ -1405,14 +1362,15 @@ s_handle_worker(s_broker_t *self, llmq_msg_t *msg)
             break;
         case LLMQ_MSG_HB: {
             bool was_healthy = w->healthy;
-            w->healthy = llmq_msg_has(msg, LLMQ_F_healthy) ? llmq_msg_healthy(msg) : true;
+            w->healthy = llmq_msg_has(msg, LLMQ_F_healthy)
+                             ? llmq_msg_healthy(msg)
+                             : true;
             if (w->healthy && !was_healthy) {
                 s_log(self, "info", "worker_healthy", "worker", w->name, s_END);
                 s_dispatch_worker(self, w);
-            }
-            else
-            if (!w->healthy && was_healthy)
-                s_log(self, "warning", "worker_unhealthy", "worker", w->name, s_END);
+            } else if (!w->healthy && was_healthy)
+                s_log(self, "warning", "worker_unhealthy", "worker", w->name,
+                      s_END);
             break;
         }
         case LLMQ_MSG_RES:
@@ -1439,25 +1397,26 @@ s_handle_worker(s_broker_t *self, llmq_msg_t *msg)
             break;
         default:
             s_send_error(self, self->backend, rid, LLMQ_ERR_BAD_MESSAGE,
-                         "unexpected message type from a worker", llmq_msg_id(msg));
+                         "unexpected message type from a worker",
+                         llmq_msg_id(msg));
             break;
-    }
+        }
     llmq_msg_destroy(&msg);
 }
 
 //  --------------------------------------------------------------------------
 //  Clients.
 
-static void
-s_client_request(s_broker_t *self, const char *key, llmq_msg_t **msg_p)
+static void s_client_request(s_broker_t *self, const char *key,
+                             llmq_msg_t **msg_p)
 {
     llmq_msg_t *msg = *msg_p;
-    s_client_t *client = (s_client_t *) zhashx_lookup(self->clients, key);
+    s_client_t *client = (s_client_t *)zhashx_lookup(self->clients, key);
     const char *id = llmq_msg_id(msg);
     if (client && zhashx_lookup(client->pending, id)) {
         //  A resend of a request still pending: the first one will answer.
         self->counters.duplicates++;
-        const char *labels[] = { "reason", "duplicate_request", NULL };
+        const char *labels[] = {"reason", "duplicate_request", NULL};
         llmq_metrics_add(self->metrics, "llmq_broker_dropped_total", labels, 1);
         llmq_msg_destroy(msg_p);
         return;
@@ -1485,12 +1444,13 @@ s_client_request(s_broker_t *self, const char *key, llmq_msg_t **msg_p)
             s_log(self, "warning", "overload_start", "queued", depth, s_END);
         }
         char message[96];
-        snprintf(message, sizeof(message), "broker queue full (%zu requests waiting)",
-                 self->queued);
+        snprintf(message, sizeof(message),
+                 "broker queue full (%zu requests waiting)", self->queued);
         s_refuse(self, msg_p, LLMQ_ERR_OVERLOADED, message);
         return;
     }
-    s_lane_t *lane = s_lane_require(self, llmq_msg_model(msg), llmq_msg_pool(msg));
+    s_lane_t *lane =
+        s_lane_require(self, llmq_msg_model(msg), llmq_msg_pool(msg));
     if (!client)
         client = s_client_require(self, key, llmq_msg_routing_id(msg));
     s_request_t *r = s_request_new(id);
@@ -1505,23 +1465,24 @@ s_client_request(s_broker_t *self, const char *key, llmq_msg_t **msg_p)
     r->client = client;
     r->lane = lane;
     lane->refs++;
-    r->op = (uint8_t) op;
+    r->op = (uint8_t)op;
     r->priority = llmq_msg_priority(msg);
     r->received_at = now;
     int64_t deadline_ms = llmq_msg_deadline_ms(msg);
-    r->deadline = deadline_ms > 0 && deadline_ms < INT64_MAX / 4 ? now + deadline_ms
-                                                                 : s_NO_EXPIRY;
-    int64_t max_attempts = llmq_msg_has(msg, LLMQ_F_max_attempts)
-                         ? llmq_msg_max_attempts(msg) : 3;
-    r->max_attempts = (uint8_t) (max_attempts < 1 ? 1
-                               : max_attempts > s_MAX_ATTEMPTS ? s_MAX_ATTEMPTS
-                               : max_attempts);
+    r->deadline = deadline_ms > 0 && deadline_ms < INT64_MAX / 4
+                      ? now + deadline_ms
+                      : s_NO_EXPIRY;
+    int64_t max_attempts =
+        llmq_msg_has(msg, LLMQ_F_max_attempts) ? llmq_msg_max_attempts(msg) : 3;
+    r->max_attempts = (uint8_t)(max_attempts < 1                ? 1
+                                : max_attempts > s_MAX_ATTEMPTS ? s_MAX_ATTEMPTS
+                                                                : max_attempts);
     r->attempt = 1;
     r->stream = llmq_msg_stream(msg);
     r->payload = llmq_msg_take_payload(msg);
     size_t meta_size = 0;
     const uint8_t *meta = llmq_msg_meta(msg, &meta_size);
-    if (meta && (r->meta = (uint8_t *) malloc(meta_size))) {
+    if (meta && (r->meta = (uint8_t *)malloc(meta_size))) {
         memcpy(r->meta, meta, meta_size);
         r->meta_size = meta_size;
     }
@@ -1530,12 +1491,13 @@ s_client_request(s_broker_t *self, const char *key, llmq_msg_t **msg_p)
     self->counters.received++;
     //  Only a request that must wait in a long queue pays for a copy of its
     //  payload: in a short one the pinned receive buffers cost little.
-    if (self->queued >= s_COMPACT_ABOVE
-    &&  (llmq_queue_size(lane->queue) || !s_best_worker(lane)))
+    if (self->queued >= s_COMPACT_ABOVE &&
+        (llmq_queue_size(lane->queue) || !s_best_worker(lane)))
         s_payload_compact(r);
     llmq_metrics_add(self->metrics, "llmq_broker_received_total", NULL, 1);
     if (s_enqueue(self, r, false)) {
-        s_fail(self, r, LLMQ_ERR_INTERNAL, "broker could not queue the request");
+        s_fail(self, r, LLMQ_ERR_INTERNAL,
+               "broker could not queue the request");
         llmq_msg_destroy(msg_p);
         return;
     }
@@ -1543,15 +1505,14 @@ s_client_request(s_broker_t *self, const char *key, llmq_msg_t **msg_p)
     s_dispatch_lane(self, lane);
 }
 
-static void
-s_client_cancel(s_broker_t *self, const char *key, llmq_msg_t *msg)
+static void s_client_cancel(s_broker_t *self, const char *key, llmq_msg_t *msg)
 {
-    s_client_t *client = (s_client_t *) zhashx_lookup(self->clients, key);
-    s_request_t *r = client
-                   ? (s_request_t *) zhashx_lookup(client->pending, llmq_msg_id(msg))
-                   : NULL;
+    s_client_t *client = (s_client_t *)zhashx_lookup(self->clients, key);
+    s_request_t *r =
+        client ? (s_request_t *)zhashx_lookup(client->pending, llmq_msg_id(msg))
+               : NULL;
     if (!r)
-        return;                 //  Unknown or already answered: ignored
+        return; //  Unknown or already answered: ignored
     if (r->worker) {
         llmq_msg_t *cancel = llmq_msg_new(LLMQ_MSG_CANCEL);
         if (cancel) {
@@ -1566,8 +1527,7 @@ s_client_cancel(s_broker_t *self, const char *key, llmq_msg_t *msg)
     s_fail(self, r, LLMQ_ERR_CANCELLED, "cancelled by the client");
 }
 
-static void
-s_client_status(s_broker_t *self, zframe_t *rid)
+static void s_client_status(s_broker_t *self, zframe_t *rid)
 {
     llmq_packer_t *pk = llmq_packer_new();
     if (!pk)
@@ -1581,7 +1541,7 @@ s_client_status(s_broker_t *self, zframe_t *rid)
     llmq_packer_int(pk, zclock_mono() - self->started_at);
     llmq_packer_str(pk, "workers");
     llmq_packer_array(pk, zhashx_size(self->workers));
-    s_worker_t *w = (s_worker_t *) zhashx_first(self->workers);
+    s_worker_t *w = (s_worker_t *)zhashx_first(self->workers);
     while (w) {
         llmq_packer_map(pk, 11);
         llmq_packer_str(pk, "name");
@@ -1608,7 +1568,7 @@ s_client_status(s_broker_t *self, zframe_t *rid)
         else
             llmq_packer_nil(pk);
         llmq_packer_str(pk, "answered");
-        llmq_packer_int(pk, (int64_t) w->answered);
+        llmq_packer_int(pk, (int64_t)w->answered);
         //  Its share of the limit group (0 = none sent, unlimited).
         llmq_packer_str(pk, "limits");
         llmq_packer_map(pk, 2);
@@ -1616,7 +1576,7 @@ s_client_status(s_broker_t *self, zframe_t *rid)
         llmq_packer_int(pk, w->share_rpm);
         llmq_packer_str(pk, "tpm");
         llmq_packer_int(pk, w->share_tpm);
-        w = (s_worker_t *) zhashx_next(self->workers);
+        w = (s_worker_t *)zhashx_next(self->workers);
     }
     //  Clients choose model names: list at most s_MAX_STATUS_QUEUES lanes,
     //  so the reply stays small whatever they send.
@@ -1625,7 +1585,7 @@ s_client_status(s_broker_t *self, zframe_t *rid)
         lanes = s_MAX_STATUS_QUEUES;
     llmq_packer_str(pk, "queues");
     llmq_packer_array(pk, lanes);
-    s_lane_t *lane = (s_lane_t *) zhashx_first(self->lanes);
+    s_lane_t *lane = (s_lane_t *)zhashx_first(self->lanes);
     while (lane && lanes--) {
         llmq_packer_map(pk, 4);
         llmq_packer_str(pk, "model");
@@ -1636,25 +1596,28 @@ s_client_status(s_broker_t *self, zframe_t *rid)
         else
             llmq_packer_nil(pk);
         llmq_packer_str(pk, "depth");
-        llmq_packer_int(pk, (int64_t) llmq_queue_size(lane->queue));
+        llmq_packer_int(pk, (int64_t)llmq_queue_size(lane->queue));
         llmq_packer_str(pk, "workers");
-        llmq_packer_int(pk, (int64_t) zlistx_size(lane->workers));
-        lane = (s_lane_t *) zhashx_next(self->lanes);
+        llmq_packer_int(pk, (int64_t)zlistx_size(lane->workers));
+        lane = (s_lane_t *)zhashx_next(self->lanes);
     }
     s_counters_t *c = &self->counters;
     llmq_packer_str(pk, "counters");
     llmq_packer_map(pk, 12);
-    struct { const char *name; uint64_t value; } counters[] = {
-        { "received", c->received }, { "dispatched", c->dispatched },
-        { "answered_ok", c->answered_ok }, { "answered_error", c->answered_error },
-        { "requeued", c->requeued }, { "dropped", c->dropped },
-        { "expired", c->expired }, { "overloaded", c->overloaded },
-        { "not_found", c->not_found }, { "cancelled", c->cancelled },
-        { "queued", self->queued }, { "in_flight", self->inflight_count },
+    struct {
+        const char *name;
+        uint64_t value;
+    } counters[] = {
+        {"received", c->received},       {"dispatched", c->dispatched},
+        {"answered_ok", c->answered_ok}, {"answered_error", c->answered_error},
+        {"requeued", c->requeued},       {"dropped", c->dropped},
+        {"expired", c->expired},         {"overloaded", c->overloaded},
+        {"not_found", c->not_found},     {"cancelled", c->cancelled},
+        {"queued", self->queued},        {"in_flight", self->inflight_count},
     };
     for (size_t i = 0; i < sizeof(counters) / sizeof(counters[0]); i++) {
         llmq_packer_str(pk, counters[i].name);
-        llmq_packer_int(pk, (int64_t) counters[i].value);
+        llmq_packer_int(pk, (int64_t)counters[i].value);
     }
     zframe_t *payload = llmq_packer_frame(pk);
     llmq_packer_destroy(&pk);
@@ -1668,8 +1631,7 @@ s_client_status(s_broker_t *self, zframe_t *rid)
     llmq_msg_send(&msg, self->frontend);
 }
 
-static void
-s_handle_client(s_broker_t *self, llmq_msg_t *msg)
+static void s_handle_client(s_broker_t *self, llmq_msg_t *msg)
 {
     char key[520];
     zframe_t *rid = llmq_msg_routing_id(msg);
@@ -1677,50 +1639,51 @@ s_handle_client(s_broker_t *self, llmq_msg_t *msg)
     if (self->config.verbose)
         llmq_msg_print(msg);
     switch (llmq_msg_type(msg)) {
-        case LLMQ_MSG_REQ:
-            s_client_request(self, key, &msg);
-            break;
-        case LLMQ_MSG_CANCEL:
-            s_client_cancel(self, key, msg);
-            break;
-        case LLMQ_MSG_PING: {
-            llmq_msg_t *pong = llmq_msg_new(LLMQ_MSG_PONG);
-            if (pong) {
-                llmq_msg_set_broker(pong, self->name);
-                llmq_msg_set_version(pong, s_VERSION);
-                llmq_msg_set_time_ms(pong, zclock_time());
-                llmq_msg_set_routing_id(pong, rid);
-                llmq_msg_send(&pong, self->frontend);
-            }
-            break;
+    case LLMQ_MSG_REQ:
+        s_client_request(self, key, &msg);
+        break;
+    case LLMQ_MSG_CANCEL:
+        s_client_cancel(self, key, msg);
+        break;
+    case LLMQ_MSG_PING: {
+        llmq_msg_t *pong = llmq_msg_new(LLMQ_MSG_PONG);
+        if (pong) {
+            llmq_msg_set_broker(pong, self->name);
+            llmq_msg_set_version(pong, s_VERSION);
+            llmq_msg_set_time_ms(pong, zclock_time());
+            llmq_msg_set_routing_id(pong, rid);
+            llmq_msg_send(&pong, self->frontend);
         }
-        case LLMQ_MSG_STATUS:
-            s_client_status(self, rid);
-            break;
-        case LLMQ_MSG_BATCH_OPEN:
-        case LLMQ_MSG_BATCH_ADD:
-        case LLMQ_MSG_BATCH_CLOSE:
-        case LLMQ_MSG_BATCH_GET:
-        case LLMQ_MSG_BATCH_CANCEL:
-            if (self->config.module && self->config.module->client_msg)
-                self->config.module->client_msg(self->module_state, &msg);
-            else
-                s_send_error(self, self->frontend, rid, LLMQ_ERR_INVALID_REQUEST,
-                             "batches not supported yet", NULL);
-            break;
-        case LLMQ_MSG_INVALID:
-            self->counters.bad_messages++;
-            {
-                const char *labels[] = { "reason", "bad_message", NULL };
-                llmq_metrics_add(self->metrics, "llmq_broker_dropped_total", labels, 1);
-            }
-            s_send_error(self, self->frontend, rid, LLMQ_ERR_BAD_MESSAGE,
-                         llmq_msg_invalid_reason(msg), llmq_msg_id(msg));
-            break;
-        default:
-            s_send_error(self, self->frontend, rid, LLMQ_ERR_BAD_MESSAGE,
-                         "unexpected message type from a client", llmq_msg_id(msg));
-            break;
+        break;
+    }
+    case LLMQ_MSG_STATUS:
+        s_client_status(self, rid);
+        break;
+    case LLMQ_MSG_BATCH_OPEN:
+    case LLMQ_MSG_BATCH_ADD:
+    case LLMQ_MSG_BATCH_CLOSE:
+    case LLMQ_MSG_BATCH_GET:
+    case LLMQ_MSG_BATCH_CANCEL:
+        if (self->config.module && self->config.module->client_msg)
+            self->config.module->client_msg(self->module_state, &msg);
+        else
+            s_send_error(self, self->frontend, rid, LLMQ_ERR_INVALID_REQUEST,
+                         "batches not supported yet", NULL);
+        break;
+    case LLMQ_MSG_INVALID:
+        self->counters.bad_messages++;
+        {
+            const char *labels[] = {"reason", "bad_message", NULL};
+            llmq_metrics_add(self->metrics, "llmq_broker_dropped_total", labels,
+                             1);
+        }
+        s_send_error(self, self->frontend, rid, LLMQ_ERR_BAD_MESSAGE,
+                     llmq_msg_invalid_reason(msg), llmq_msg_id(msg));
+        break;
+    default:
+        s_send_error(self, self->frontend, rid, LLMQ_ERR_BAD_MESSAGE,
+                     "unexpected message type from a client", llmq_msg_id(msg));
+        break;
     }
     llmq_msg_destroy(&msg);
 }
@@ -1728,8 +1691,7 @@ s_handle_client(s_broker_t *self, llmq_msg_t *msg)
 //  --------------------------------------------------------------------------
 //  Timers.
 
-static void
-s_expire(s_broker_t *self, int64_t now)
+static void s_expire(s_broker_t *self, int64_t now)
 {
     llmq_queue_node_t *node;
     while ((node = llmq_queue_peek(self->expiry)) && -node->priority <= now) {
@@ -1749,108 +1711,102 @@ s_expire(s_broker_t *self, int64_t now)
             self->counters.expired++;
             s_fail(self, r, LLMQ_ERR_DEADLINE_EXCEEDED,
                    "deadline passed while a worker held the request");
-        }
-        else
-        if (r->deadline <= now) {
+        } else if (r->deadline <= now) {
             self->counters.expired++;
             snprintf(message, sizeof(message),
                      "deadline passed after %" PRId64 " ms in the queue",
                      now - r->received_at);
             s_fail(self, r, LLMQ_ERR_DEADLINE_EXCEEDED, message);
-        }
-        else {
+        } else {
             int64_t at = s_queued_expiry(self, r);
             if (at <= now) {
                 self->counters.not_found++;
-                snprintf(message, sizeof(message),
-                         "no worker serves model '%.64s'%s%.64s%s (waited %d ms)",
-                         r->lane->model, r->lane->pool ? " in pool '" : "",
-                         r->lane->pool ? r->lane->pool : "", r->lane->pool ? "'" : "",
-                         self->config.no_worker_wait_ms);
+                snprintf(
+                    message, sizeof(message),
+                    "no worker serves model '%.64s'%s%.64s%s (waited %d ms)",
+                    r->lane->model, r->lane->pool ? " in pool '" : "",
+                    r->lane->pool ? r->lane->pool : "",
+                    r->lane->pool ? "'" : "", self->config.no_worker_wait_ms);
                 s_fail(self, r, LLMQ_ERR_NOT_FOUND, message);
-            }
-            else
+            } else
                 s_expiry_set(self, r, at);
         }
     }
 }
 
-static void
-s_heartbeat(s_broker_t *self, int64_t now)
+static void s_heartbeat(s_broker_t *self, int64_t now)
 {
     llmq_msg_t *hb = llmq_msg_new(LLMQ_MSG_HB);
     zframe_t *header = hb ? llmq_msg_encode(hb, NULL, 0) : NULL;
     llmq_msg_destroy(&hb);
     zlistx_t *dead = zlistx_new();
-    s_worker_t *w = (s_worker_t *) zhashx_first(self->workers);
+    s_worker_t *w = (s_worker_t *)zhashx_first(self->workers);
     while (w) {
         if (now - w->last_seen > self->config.dead_ms) {
             if (dead)
                 zlistx_add_end(dead, w);
-        }
-        else
-        if (header) {
+        } else if (header) {
             zframe_send(&w->rid, self->backend, ZFRAME_MORE | ZFRAME_REUSE);
             zframe_send(&header, self->backend, ZFRAME_REUSE);
         }
-        w = (s_worker_t *) zhashx_next(self->workers);
+        w = (s_worker_t *)zhashx_next(self->workers);
     }
     zframe_destroy(&header);
-    w = dead ? (s_worker_t *) zlistx_first(dead) : NULL;
+    w = dead ? (s_worker_t *)zlistx_first(dead) : NULL;
     while (w) {
         char silent[32], inflight[32];
         snprintf(silent, sizeof(silent), "%" PRId64, now - w->last_seen);
         snprintf(inflight, sizeof(inflight), "%" PRId64, w->in_flight);
-        s_log(self, "warning", "worker_dead", "worker", w->name, "silent_ms", silent,
-              "in_flight", inflight, s_END);
+        s_log(self, "warning", "worker_dead", "worker", w->name, "silent_ms",
+              silent, "in_flight", inflight, s_END);
         self->counters.worker_deaths++;
-        llmq_metrics_add(self->metrics, "llmq_broker_worker_deaths_total", NULL, 1);
+        llmq_metrics_add(self->metrics, "llmq_broker_worker_deaths_total", NULL,
+                         1);
         s_worker_remove(self, w, "died");
-        w = (s_worker_t *) zlistx_next(dead);
+        w = (s_worker_t *)zlistx_next(dead);
     }
     zlistx_destroy(&dead);
 }
 
 //  Answer everything still pending `overloaded`: the end of a drain.
-static void
-s_drain_finish(s_broker_t *self)
+static void s_drain_finish(s_broker_t *self)
 {
     char left[32];
     snprintf(left, sizeof(left), "%zu", self->queued + self->inflight_count);
-    s_worker_t *w = (s_worker_t *) zhashx_first(self->workers);
+    s_worker_t *w = (s_worker_t *)zhashx_first(self->workers);
     while (w) {
         while (w->inflight) {
             s_request_t *r = w->inflight;
             if (r->from_module) {
                 //  The module keeps its items for the next run.
                 if (self->config.module->item_returned)
-                    self->config.module->item_returned(self->module_state, r->id);
+                    self->config.module->item_returned(self->module_state,
+                                                       r->id);
                 s_request_destroy(self, &r);
-            }
-            else
+            } else
                 s_fail(self, r, LLMQ_ERR_OVERLOADED, "broker shutting down");
         }
-        w = (s_worker_t *) zhashx_next(self->workers);
+        w = (s_worker_t *)zhashx_next(self->workers);
     }
-    s_lane_t *lane = (s_lane_t *) zhashx_first(self->lanes);
+    s_lane_t *lane = (s_lane_t *)zhashx_first(self->lanes);
     while (lane) {
         llmq_queue_node_t *node;
         while ((node = llmq_queue_peek(lane->queue)))
             s_fail(self, LLMQ_QUEUE_ITEM(node, s_request_t, qnode),
                    LLMQ_ERR_OVERLOADED, "broker shutting down");
-        lane = (s_lane_t *) zhashx_next(self->lanes);
+        lane = (s_lane_t *)zhashx_next(self->lanes);
     }
     s_log(self, "info", "drained", "answered_overloaded", left, s_END);
     self->drained = true;
     zstr_send(self->pipe, "DRAINED");
 }
 
-static void
-s_timers(s_broker_t *self, int64_t now)
+static void s_timers(s_broker_t *self, int64_t now)
 {
     s_expire(self, now);
-    if (self->draining && !self->drained
-    && (self->queued + self->inflight_count == 0 || now >= self->drain_deadline))
+    if (self->draining && !self->drained &&
+        (self->queued + self->inflight_count == 0 ||
+         now >= self->drain_deadline))
         s_drain_finish(self);
     if (now < self->next_tick)
         return;
@@ -1867,23 +1823,23 @@ s_timers(s_broker_t *self, int64_t now)
     }
     //  Forget lanes nobody used for a minute (clients choose model names).
     zlistx_t *idle = zlistx_new();
-    s_lane_t *lane = (s_lane_t *) zhashx_first(self->lanes);
+    s_lane_t *lane = (s_lane_t *)zhashx_first(self->lanes);
     while (lane && idle) {
         if (lane->refs == 0 && now - lane->idle_since > 60000)
             zlistx_add_end(idle, lane);
-        lane = (s_lane_t *) zhashx_next(self->lanes);
+        lane = (s_lane_t *)zhashx_next(self->lanes);
     }
-    lane = idle ? (s_lane_t *) zlistx_first(idle) : NULL;
+    lane = idle ? (s_lane_t *)zlistx_first(idle) : NULL;
     while (lane) {
-        s_worker_t *w = (s_worker_t *) zlistx_first(lane->workers);
+        s_worker_t *w = (s_worker_t *)zlistx_first(lane->workers);
         while (w) {
             void *handle = zlistx_find(w->lanes, lane);
             if (handle)
                 zlistx_delete(w->lanes, handle);
-            w = (s_worker_t *) zlistx_next(lane->workers);
+            w = (s_worker_t *)zlistx_next(lane->workers);
         }
         zhashx_delete(self->lanes, lane->key);
-        lane = (s_lane_t *) zlistx_next(idle);
+        lane = (s_lane_t *)zlistx_next(idle);
     }
     zlistx_destroy(&idle);
     //  A burst that backs up in libzmq's pipes leaves freed receive buffers
@@ -1899,11 +1855,11 @@ s_timers(s_broker_t *self, int64_t now)
         self->config.module->tick(self->module_state, now);
     //  Work a module gained since (a batch closed) goes to idle credit.
     if (self->config.module && self->config.module->next_item) {
-        s_worker_t *w = (s_worker_t *) zhashx_first(self->workers);
+        s_worker_t *w = (s_worker_t *)zhashx_first(self->workers);
         while (w) {
             if (w->credit > 0 && w->healthy && !w->leaving)
                 s_dispatch_module(self, w);
-            w = (s_worker_t *) zhashx_next(self->workers);
+            w = (s_worker_t *)zhashx_next(self->workers);
         }
     }
 }
@@ -1911,59 +1867,64 @@ s_timers(s_broker_t *self, int64_t now)
 //  --------------------------------------------------------------------------
 //  Metrics gauges, refreshed at each scrape.
 
-static void
-s_collect(llmq_metrics_t *metrics, void *arg)
+static void s_collect(llmq_metrics_t *metrics, void *arg)
 {
-    s_broker_t *self = (s_broker_t *) arg;
+    s_broker_t *self = (s_broker_t *)arg;
     llmq_metrics_reset(metrics, "llmq_broker_queue_depth");
-    s_lane_t *lane = (s_lane_t *) zhashx_first(self->lanes);
+    s_lane_t *lane = (s_lane_t *)zhashx_first(self->lanes);
     size_t lanes = 0;
     while (lane && lanes++ < s_MAX_METRIC_MODELS) {
-        const char *labels[] = { "model", lane->model, "pool",
-                                 lane->pool ? lane->pool : "", NULL };
+        const char *labels[] = {"model", lane->model, "pool",
+                                lane->pool ? lane->pool : "", NULL};
         llmq_metrics_set(metrics, "llmq_broker_queue_depth", labels,
-                         (double) llmq_queue_size(lane->queue));
-        lane = (s_lane_t *) zhashx_next(self->lanes);
+                         (double)llmq_queue_size(lane->queue));
+        lane = (s_lane_t *)zhashx_next(self->lanes);
     }
     size_t live = 0, leaving = 0;
-    s_worker_t *w = (s_worker_t *) zhashx_first(self->workers);
+    s_worker_t *w = (s_worker_t *)zhashx_first(self->workers);
     while (w) {
         if (w->leaving)
             leaving++;
         else
             live++;
-        w = (s_worker_t *) zhashx_next(self->workers);
+        w = (s_worker_t *)zhashx_next(self->workers);
     }
-    const char *live_labels[] = { "state", "live", NULL };
-    const char *leaving_labels[] = { "state", "leaving", NULL };
-    llmq_metrics_set(metrics, "llmq_broker_workers", live_labels, (double) live);
-    llmq_metrics_set(metrics, "llmq_broker_workers", leaving_labels, (double) leaving);
-    llmq_metrics_set(metrics, "llmq_broker_queued", NULL, (double) self->queued);
-    llmq_metrics_set(metrics, "llmq_broker_in_flight", NULL, (double) self->inflight_count);
-    llmq_metrics_set(metrics, "llmq_broker_clients", NULL, (double) zhashx_size(self->clients));
+    const char *live_labels[] = {"state", "live", NULL};
+    const char *leaving_labels[] = {"state", "leaving", NULL};
+    llmq_metrics_set(metrics, "llmq_broker_workers", live_labels, (double)live);
+    llmq_metrics_set(metrics, "llmq_broker_workers", leaving_labels,
+                     (double)leaving);
+    llmq_metrics_set(metrics, "llmq_broker_queued", NULL, (double)self->queued);
+    llmq_metrics_set(metrics, "llmq_broker_in_flight", NULL,
+                     (double)self->inflight_count);
+    llmq_metrics_set(metrics, "llmq_broker_clients", NULL,
+                     (double)zhashx_size(self->clients));
     llmq_metrics_set(metrics, "llmq_broker_uptime_seconds", NULL,
-                     (double) (zclock_mono() - self->started_at) / 1000.0);
+                     (double)(zclock_mono() - self->started_at) / 1000.0);
 }
 
-static void
-s_metrics_define(llmq_metrics_t *m)
+static void s_metrics_define(llmq_metrics_t *m)
 {
-    static const double buckets[] = { 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
-                                       0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300 };
-    llmq_metrics_define(m, "llmq_broker_requests_total", LLMQ_METRIC_COUNTER,
-                        "Requests answered, by model and outcome (ok or error code).",
-                        NULL, 0);
-    llmq_metrics_define(m, "llmq_broker_request_latency_seconds", LLMQ_METRIC_HISTOGRAM,
+    static const double buckets[] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+                                     0.1,   0.25,   0.5,   1,    2.5,   5,
+                                     10,    30,     60,    120,  300};
+    llmq_metrics_define(
+        m, "llmq_broker_requests_total", LLMQ_METRIC_COUNTER,
+        "Requests answered, by model and outcome (ok or error code).", NULL, 0);
+    llmq_metrics_define(m, "llmq_broker_request_latency_seconds",
+                        LLMQ_METRIC_HISTOGRAM,
                         "Time from receipt to answer, by model.", buckets,
                         sizeof(buckets) / sizeof(buckets[0]));
     llmq_metrics_define(m, "llmq_broker_received_total", LLMQ_METRIC_COUNTER,
                         "Requests accepted into a queue.", NULL, 0);
     llmq_metrics_define(m, "llmq_broker_requeues_total", LLMQ_METRIC_COUNTER,
-                        "Requests requeued after their worker died or left.", NULL, 0);
+                        "Requests requeued after their worker died or left.",
+                        NULL, 0);
     llmq_metrics_define(m, "llmq_broker_dropped_total", LLMQ_METRIC_COUNTER,
                         "Messages dropped, by reason.", NULL, 0);
-    llmq_metrics_define(m, "llmq_broker_worker_deaths_total", LLMQ_METRIC_COUNTER,
-                        "Workers declared dead after heartbeat silence.", NULL, 0);
+    llmq_metrics_define(
+        m, "llmq_broker_worker_deaths_total", LLMQ_METRIC_COUNTER,
+        "Workers declared dead after heartbeat silence.", NULL, 0);
     llmq_metrics_define(m, "llmq_broker_queue_depth", LLMQ_METRIC_GAUGE,
                         "Requests waiting, by model and pool.", NULL, 0);
     llmq_metrics_define(m, "llmq_broker_queued", LLMQ_METRIC_GAUGE,
@@ -1985,13 +1946,13 @@ s_metrics_define(llmq_metrics_t *m)
 //  --------------------------------------------------------------------------
 //  Life cycle.
 
-static zsock_t *
-s_bind(s_broker_t *self, const char *endpoint, bool frontend, char **bound)
+static zsock_t *s_bind(s_broker_t *self, const char *endpoint, bool frontend,
+                       char **bound)
 {
     zsock_t *sock = zsock_new(ZMQ_ROUTER);
     if (!sock)
         return NULL;
-    zsock_set_maxmsgsize(sock, (int) LLMQ_MAX_FRAME_SIZE);
+    zsock_set_maxmsgsize(sock, (int)LLMQ_MAX_FRAME_SIZE);
     zsock_set_router_mandatory(sock, 0);
     //  Deep buffers: the broker's queue is the real bound, not the socket's.
     zsock_set_sndhwm(sock, frontend ? 1000000 : 200000);
@@ -2003,7 +1964,8 @@ s_bind(s_broker_t *self, const char *endpoint, bool frontend, char **bound)
     if (frontend)
         zsock_set_router_handover(sock, 1);
     if (zsock_bind(sock, "%s", endpoint) == -1) {
-        self->error = zsys_sprintf("cannot bind %s: %s", endpoint, zmq_strerror(zmq_errno()));
+        self->error = zsys_sprintf("cannot bind %s: %s", endpoint,
+                                   zmq_strerror(zmq_errno()));
         zsock_destroy(&sock);
         return NULL;
     }
@@ -2012,10 +1974,10 @@ s_bind(s_broker_t *self, const char *endpoint, bool frontend, char **bound)
     return sock;
 }
 
-static s_broker_t *
-s_broker_new(zsock_t *pipe, const llmq_broker_config_t *config)
+static s_broker_t *s_broker_new(zsock_t *pipe,
+                                const llmq_broker_config_t *config)
 {
-    s_broker_t *self = (s_broker_t *) calloc(1, sizeof(*self));
+    s_broker_t *self = (s_broker_t *)calloc(1, sizeof(*self));
     if (!self)
         return NULL;
     self->pipe = pipe;
@@ -2035,8 +1997,9 @@ s_broker_new(zsock_t *pipe, const llmq_broker_config_t *config)
     self->expiry = llmq_queue_new();
     self->req_header = llmq_msg_new(LLMQ_MSG_REQ);
     self->metrics = llmq_metrics_new();
-    if (!self->name || !self->clients || !self->workers || !self->lanes || !self->groups
-    ||  !self->metric_models || !self->req_header || !self->expiry || !self->metrics) {
+    if (!self->name || !self->clients || !self->workers || !self->lanes ||
+        !self->groups || !self->metric_models || !self->req_header ||
+        !self->expiry || !self->metrics) {
         self->error = strdup("out of memory");
         return self;
     }
@@ -2047,60 +2010,62 @@ s_broker_new(zsock_t *pipe, const llmq_broker_config_t *config)
     s_metrics_define(self->metrics);
     llmq_metrics_set_collect(self->metrics, s_collect, self);
 
-    self->frontend = s_bind(self, config->frontend ? config->frontend
-                                                   : "tcp://127.0.0.1:5555",
-                            true, &self->frontend_ep);
+    self->frontend = s_bind(
+        self, config->frontend ? config->frontend : "tcp://127.0.0.1:5555",
+        true, &self->frontend_ep);
     if (self->frontend)
-        self->backend = s_bind(self, config->backend ? config->backend
-                                                     : "tcp://127.0.0.1:5556",
-                               false, &self->backend_ep);
-    if (self->backend && config->metrics && *config->metrics
-    &&  !streq(config->metrics, "0")
-    &&  llmq_metrics_listen(self->metrics, config->metrics) < 0)
+        self->backend = s_bind(
+            self, config->backend ? config->backend : "tcp://127.0.0.1:5556",
+            false, &self->backend_ep);
+    if (self->backend && config->metrics && *config->metrics &&
+        !streq(config->metrics, "0") &&
+        llmq_metrics_listen(self->metrics, config->metrics) < 0)
         self->error = zsys_sprintf("cannot listen for metrics on %s: %s",
                                    config->metrics, strerror(errno));
     if (!self->error && config->module && config->module->create) {
         self->module_state = config->module->create(self, config->module->arg);
         if (!self->module_state)
-            self->error = zsys_sprintf("module %s failed to start",
-                                       config->module->name ? config->module->name : "?");
+            self->error =
+                zsys_sprintf("module %s failed to start",
+                             config->module->name ? config->module->name : "?");
     }
     self->next_heartbeat = self->started_at + self->config.heartbeat_ms;
     if (!self->error)
         s_log(self, "info", "start", "frontend", self->frontend_ep, "backend",
-              self->backend_ep, "metrics", llmq_metrics_url(self->metrics), s_END);
+              self->backend_ep, "metrics", llmq_metrics_url(self->metrics),
+              s_END);
     return self;
 }
 
-static void
-s_broker_destroy(s_broker_t **self_p)
+static void s_broker_destroy(s_broker_t **self_p)
 {
     s_broker_t *self = *self_p;
     if (!self)
         return;
     *self_p = NULL;
-    if (self->module_state && self->config.module && self->config.module->destroy)
+    if (self->module_state && self->config.module &&
+        self->config.module->destroy)
         self->config.module->destroy(&self->module_state);
     //  Requests first: they point into clients, lanes and workers.
     if (self->workers) {
-        s_worker_t *w = (s_worker_t *) zhashx_first(self->workers);
+        s_worker_t *w = (s_worker_t *)zhashx_first(self->workers);
         while (w) {
             while (w->inflight) {
                 s_request_t *r = w->inflight;
                 s_request_destroy(self, &r);
             }
-            w = (s_worker_t *) zhashx_next(self->workers);
+            w = (s_worker_t *)zhashx_next(self->workers);
         }
     }
     if (self->lanes) {
-        s_lane_t *lane = (s_lane_t *) zhashx_first(self->lanes);
+        s_lane_t *lane = (s_lane_t *)zhashx_first(self->lanes);
         while (lane) {
             llmq_queue_node_t *node;
             while ((node = llmq_queue_peek(lane->queue))) {
                 s_request_t *r = LLMQ_QUEUE_ITEM(node, s_request_t, qnode);
                 s_request_destroy(self, &r);
             }
-            lane = (s_lane_t *) zhashx_next(self->lanes);
+            lane = (s_lane_t *)zhashx_next(self->lanes);
         }
     }
     zhashx_destroy(&self->clients);
@@ -2123,8 +2088,7 @@ s_broker_destroy(s_broker_t **self_p)
     free(self);
 }
 
-static void
-s_handle_pipe(s_broker_t *self)
+static void s_handle_pipe(s_broker_t *self)
 {
     zmsg_t *msg = zmsg_recv(self->pipe);
     if (!msg) {
@@ -2134,8 +2098,7 @@ s_handle_pipe(s_broker_t *self)
     char *command = zmsg_popstr(msg);
     if (!command || streq(command, "$TERM"))
         self->terminated = true;
-    else
-    if (streq(command, "ENDPOINTS")) {
+    else if (streq(command, "ENDPOINTS")) {
         if (self->error)
             zstr_sendx(self->pipe, "ERROR", self->error, NULL);
         else {
@@ -2143,31 +2106,28 @@ s_handle_pipe(s_broker_t *self)
             zstr_sendx(self->pipe, self->frontend_ep, self->backend_ep,
                        url ? url : "", NULL);
         }
-    }
-    else
-    if (streq(command, "DRAIN")) {
+    } else if (streq(command, "DRAIN")) {
         if (!self->draining) {
             self->draining = true;
             self->drain_deadline = zclock_mono() + self->config.drain_ms;
             char pending[32];
-            snprintf(pending, sizeof(pending), "%zu", self->queued + self->inflight_count);
+            snprintf(pending, sizeof(pending), "%zu",
+                     self->queued + self->inflight_count);
             s_log(self, "info", "drain_start", "pending", pending, s_END);
         }
         if (self->error)
             zstr_send(self->pipe, "DRAINED");
-    }
-    else
-    if (streq(command, "COUNTERS")) {
+    } else if (streq(command, "COUNTERS")) {
         s_counters_t *c = &self->counters;
         zstr_sendf(self->pipe,
                    "received=%" PRIu64 " dispatched=%" PRIu64 " ok=%" PRIu64
                    " error=%" PRIu64 " requeued=%" PRIu64 " dropped=%" PRIu64
                    " expired=%" PRIu64 " overloaded=%" PRIu64 " queued=%zu"
                    " in_flight=%zu workers=%zu clients=%zu",
-                   c->received, c->dispatched, c->answered_ok, c->answered_error,
-                   c->requeued, c->dropped, c->expired, c->overloaded, self->queued,
-                   self->inflight_count, zhashx_size(self->workers),
-                   zhashx_size(self->clients));
+                   c->received, c->dispatched, c->answered_ok,
+                   c->answered_error, c->requeued, c->dropped, c->expired,
+                   c->overloaded, self->queued, self->inflight_count,
+                   zhashx_size(self->workers), zhashx_size(self->clients));
     }
     free(command);
     zmsg_destroy(&msg);
@@ -2175,13 +2135,12 @@ s_handle_pipe(s_broker_t *self)
 
 //  Read up to s_MAX_BATCH messages from a socket: batching amortises the
 //  poll, and the cap keeps one busy socket from starving the other.
-static void
-s_drain_socket(s_broker_t *self, zsock_t *socket, bool clients)
+static void s_drain_socket(s_broker_t *self, zsock_t *socket, bool clients)
 {
     for (int i = 0; i < s_MAX_BATCH; i++) {
         llmq_msg_t *msg = llmq_msg_recv(socket);
         if (!msg)
-            break;              //  Nothing more for now (rcvtimeo is 0)
+            break; //  Nothing more for now (rcvtimeo is 0)
         if (clients)
             s_handle_client(self, msg);
         else
@@ -2189,13 +2148,12 @@ s_drain_socket(s_broker_t *self, zsock_t *socket, bool clients)
     }
 }
 
-void
-llmq_broker(zsock_t *pipe, void *args)
+void llmq_broker(zsock_t *pipe, void *args)
 {
     llmq_broker_config_t defaults;
     llmq_broker_config_defaults(&defaults);
-    const llmq_broker_config_t *config = args ? (const llmq_broker_config_t *) args
-                                              : &defaults;
+    const llmq_broker_config_t *config =
+        args ? (const llmq_broker_config_t *)args : &defaults;
     s_broker_t *self = s_broker_new(pipe, config);
     zsock_signal(pipe, 0);
     if (!self)
@@ -2207,23 +2165,26 @@ llmq_broker(zsock_t *pipe, void *args)
     zmq_pollitem_t items[MAX_ITEMS];
     while (!self->terminated) {
         size_t n = 0;
-        items[n++] = (zmq_pollitem_t) { zsock_resolve(pipe), 0, ZMQ_POLLIN, 0 };
+        items[n++] = (zmq_pollitem_t){zsock_resolve(pipe), 0, ZMQ_POLLIN, 0};
         if (!self->error) {
-            items[n++] = (zmq_pollitem_t) { zsock_resolve(self->backend), 0, ZMQ_POLLIN, 0 };
-            items[n++] = (zmq_pollitem_t) { zsock_resolve(self->frontend), 0, ZMQ_POLLIN, 0 };
+            items[n++] = (zmq_pollitem_t){zsock_resolve(self->backend), 0,
+                                          ZMQ_POLLIN, 0};
+            items[n++] = (zmq_pollitem_t){zsock_resolve(self->frontend), 0,
+                                          ZMQ_POLLIN, 0};
         }
         size_t first_metric = n;
         if (!self->error)
-            n += llmq_metrics_poll_items(self->metrics, items + n, MAX_ITEMS - n);
+            n += llmq_metrics_poll_items(self->metrics, items + n,
+                                         MAX_ITEMS - n);
 
         int64_t now = zclock_mono();
         int64_t wake = self->next_tick;
         llmq_queue_node_t *head = llmq_queue_peek(self->expiry);
         if (head && -head->priority < wake)
             wake = -head->priority;
-        long timeout = wake > now ? (long) (wake - now) : 0;
-        if (zmq_poll(items, (int) n, timeout) == -1 && zmq_errno() != EINTR)
-            break;              //  Context terminated
+        long timeout = wake > now ? (long)(wake - now) : 0;
+        if (zmq_poll(items, (int)n, timeout) == -1 && zmq_errno() != EINTR)
+            break; //  Context terminated
 
         if (items[0].revents & ZMQ_POLLIN)
             s_handle_pipe(self);
@@ -2242,8 +2203,7 @@ llmq_broker(zsock_t *pipe, void *args)
     s_broker_destroy(&self);
 }
 
-void
-llmq_broker_config_defaults(llmq_broker_config_t *config)
+void llmq_broker_config_defaults(llmq_broker_config_t *config)
 {
     memset(config, 0, sizeof(*config));
     config->frontend = "tcp://127.0.0.1:5555";
@@ -2258,16 +2218,15 @@ llmq_broker_config_defaults(llmq_broker_config_t *config)
     config->inflight_grace_ms = 5000;
 }
 
-int
-llmq_broker_endpoints(zactor_t *broker, char **frontend, char **backend,
-                      char **metrics)
+int llmq_broker_endpoints(zactor_t *broker, char **frontend, char **backend,
+                          char **metrics)
 {
     *frontend = *backend = *metrics = NULL;
     if (zstr_send(broker, "ENDPOINTS"))
         return -1;
     char *first = NULL, *second = NULL, *third = NULL;
-    if (zstr_recvx(broker, &first, &second, &third, NULL) < 2
-    ||  streq(first, "ERROR")) {
+    if (zstr_recvx(broker, &first, &second, &third, NULL) < 2 ||
+        streq(first, "ERROR")) {
         zstr_free(&first);
         zstr_free(&second);
         zstr_free(&third);
@@ -2279,9 +2238,8 @@ llmq_broker_endpoints(zactor_t *broker, char **frontend, char **backend,
     return 0;
 }
 
-int
-llmq_broker_submit(llmq_broker_core_t *self, llmq_msg_t **req_p,
-                   llmq_broker_result_fn *fn, void *arg)
+int llmq_broker_submit(llmq_broker_core_t *self, llmq_msg_t **req_p,
+                       llmq_broker_result_fn *fn, void *arg)
 {
     llmq_msg_t *msg = *req_p;
     *req_p = NULL;
@@ -2289,9 +2247,10 @@ llmq_broker_submit(llmq_broker_core_t *self, llmq_msg_t **req_p,
     for (int i = 0; msg && i < 3; i++)
         if (llmq_msg_op(msg) && streq(llmq_msg_op(msg), s_ops[i]))
             op = i;
-    s_lane_t *lane = (msg && op >= 0 && llmq_msg_model(msg) && llmq_msg_payload(msg))
-                   ? s_lane_require(self, llmq_msg_model(msg), llmq_msg_pool(msg))
-                   : NULL;
+    s_lane_t *lane =
+        (msg && op >= 0 && llmq_msg_model(msg) && llmq_msg_payload(msg))
+            ? s_lane_require(self, llmq_msg_model(msg), llmq_msg_pool(msg))
+            : NULL;
     s_request_t *r = lane ? s_request_new(llmq_msg_id(msg)) : NULL;
     if (!r || self->queued >= self->config.max_queue) {
         free(r);
@@ -2305,26 +2264,27 @@ llmq_broker_submit(llmq_broker_core_t *self, llmq_msg_t **req_p,
     r->fn_arg = arg;
     r->lane = lane;
     lane->refs++;
-    r->op = (uint8_t) op;
+    r->op = (uint8_t)op;
     r->priority = llmq_msg_priority(msg);
     r->received_at = now;
     int64_t deadline_ms = llmq_msg_deadline_ms(msg);
-    r->deadline = deadline_ms > 0 && deadline_ms < INT64_MAX / 4 ? now + deadline_ms
-                                                                 : s_NO_EXPIRY;
-    int64_t max_attempts = llmq_msg_has(msg, LLMQ_F_max_attempts)
-                         ? llmq_msg_max_attempts(msg) : 3;
-    r->max_attempts = (uint8_t) (max_attempts < 1 ? 1
-                               : max_attempts > s_MAX_ATTEMPTS ? s_MAX_ATTEMPTS
-                               : max_attempts);
+    r->deadline = deadline_ms > 0 && deadline_ms < INT64_MAX / 4
+                      ? now + deadline_ms
+                      : s_NO_EXPIRY;
+    int64_t max_attempts =
+        llmq_msg_has(msg, LLMQ_F_max_attempts) ? llmq_msg_max_attempts(msg) : 3;
+    r->max_attempts = (uint8_t)(max_attempts < 1                ? 1
+                                : max_attempts > s_MAX_ATTEMPTS ? s_MAX_ATTEMPTS
+                                                                : max_attempts);
     r->attempt = 1;
     r->payload = llmq_msg_take_payload(msg);
     llmq_msg_destroy(&msg);
     self->counters.received++;
-    if (self->queued >= s_COMPACT_ABOVE
-    &&  (llmq_queue_size(lane->queue) || !s_best_worker(lane)))
+    if (self->queued >= s_COMPACT_ABOVE &&
+        (llmq_queue_size(lane->queue) || !s_best_worker(lane)))
         s_payload_compact(r);
     if (s_enqueue(self, r, false)) {
-        r->fn = NULL;           //  -1 means the callback never runs
+        r->fn = NULL; //  -1 means the callback never runs
         s_request_destroy(self, &r);
         return -1;
     }
@@ -2332,8 +2292,7 @@ llmq_broker_submit(llmq_broker_core_t *self, llmq_msg_t **req_p,
     return 0;
 }
 
-void
-llmq_broker_reply(llmq_broker_core_t *self, llmq_msg_t **msg_p)
+void llmq_broker_reply(llmq_broker_core_t *self, llmq_msg_t **msg_p)
 {
     if (*msg_p)
         llmq_msg_send(msg_p, self->frontend);
@@ -2341,47 +2300,47 @@ llmq_broker_reply(llmq_broker_core_t *self, llmq_msg_t **msg_p)
 
 //  Provider batch jobs (issue 8): a worker is a candidate when it said
 //  batch_api in its hello, is alive and healthy, and is not leaving.
-static bool
-s_job_worker_ok(s_worker_t *w)
+static bool s_job_worker_ok(s_worker_t *w)
 {
     return w->batch_api && !w->leaving && w->healthy;
 }
 
-bool
-llmq_broker_batch_pool(llmq_broker_core_t *self, const char *model,
-                       const char *pool, char *pool_out, size_t pool_size,
-                       char *provider_out, size_t provider_size)
+bool llmq_broker_batch_pool(llmq_broker_core_t *self, const char *model,
+                            const char *pool, char *pool_out, size_t pool_size,
+                            char *provider_out, size_t provider_size)
 {
     if (!model || !*model)
         return false;
-    for (s_worker_t *w = (s_worker_t *) zhashx_first(self->workers); w;
-         w = (s_worker_t *) zhashx_next(self->workers)) {
+    for (s_worker_t *w = (s_worker_t *)zhashx_first(self->workers); w;
+         w = (s_worker_t *)zhashx_next(self->workers)) {
         if (!s_job_worker_ok(w) || !s_serves(model, pool, w))
             continue;
         snprintf(pool_out, pool_size, "%s", w->pool ? w->pool : "");
-        snprintf(provider_out, provider_size, "%s", w->provider ? w->provider : "");
+        snprintf(provider_out, provider_size, "%s",
+                 w->provider ? w->provider : "");
         return true;
     }
     return false;
 }
 
-int
-llmq_broker_send_job(llmq_broker_core_t *self, const char *pool,
-                     llmq_msg_t **msg_p)
+int llmq_broker_send_job(llmq_broker_core_t *self, const char *pool,
+                         llmq_msg_t **msg_p)
 {
     //  Round robin over the pool's candidates: job tasks use no credit, so
     //  spreading them is all the balancing they get.
     size_t count = 0;
-    for (s_worker_t *w = (s_worker_t *) zhashx_first(self->workers); w;
-         w = (s_worker_t *) zhashx_next(self->workers))
-        if (s_job_worker_ok(w) && streq(w->pool ? w->pool : "", pool ? pool : ""))
+    for (s_worker_t *w = (s_worker_t *)zhashx_first(self->workers); w;
+         w = (s_worker_t *)zhashx_next(self->workers))
+        if (s_job_worker_ok(w) &&
+            streq(w->pool ? w->pool : "", pool ? pool : ""))
             count++;
     if (count == 0 || !*msg_p)
         return -1;
-    size_t pick = (size_t) (self->job_rr++ % count);
-    for (s_worker_t *w = (s_worker_t *) zhashx_first(self->workers); w;
-         w = (s_worker_t *) zhashx_next(self->workers)) {
-        if (!s_job_worker_ok(w) || !streq(w->pool ? w->pool : "", pool ? pool : ""))
+    size_t pick = (size_t)(self->job_rr++ % count);
+    for (s_worker_t *w = (s_worker_t *)zhashx_first(self->workers); w;
+         w = (s_worker_t *)zhashx_next(self->workers)) {
+        if (!s_job_worker_ok(w) ||
+            !streq(w->pool ? w->pool : "", pool ? pool : ""))
             continue;
         if (pick-- > 0)
             continue;
@@ -2406,14 +2365,13 @@ llmq_broker_send_job(llmq_broker_core_t *self, const char *pool,
 //  workers meanwhile) for the next message other than `hb`.
 
 typedef struct {
-    zsock_t *socks[8];          //  Test workers kept alive by heartbeats
+    zsock_t *socks[8]; //  Test workers kept alive by heartbeats
     size_t count;
 } s_t_alive_t;
 
 static s_t_alive_t s_t_alive;
 
-static void
-s_t_beat(void)
+static void s_t_beat(void)
 {
     for (size_t i = 0; i < s_t_alive.count; i++) {
         llmq_msg_t *hb = llmq_msg_new(LLMQ_MSG_HB);
@@ -2421,8 +2379,7 @@ s_t_beat(void)
     }
 }
 
-static zsock_t *
-s_t_peer(const char *endpoint, const char *identity)
+static zsock_t *s_t_peer(const char *endpoint, const char *identity)
 {
     zsock_t *sock = zsock_new(ZMQ_DEALER);
     if (identity)
@@ -2431,8 +2388,7 @@ s_t_peer(const char *endpoint, const char *identity)
     return sock;
 }
 
-static llmq_msg_t *
-s_t_expect(zsock_t *sock, llmq_msg_type_t type, int timeout)
+static llmq_msg_t *s_t_expect(zsock_t *sock, llmq_msg_type_t type, int timeout)
 {
     int64_t until = zclock_mono() + timeout;
     int64_t next_beat = 0;
@@ -2441,7 +2397,7 @@ s_t_expect(zsock_t *sock, llmq_msg_type_t type, int timeout)
             s_t_beat();
             next_beat = zclock_mono() + 100;
         }
-        zmq_pollitem_t item = { zsock_resolve(sock), 0, ZMQ_POLLIN, 0 };
+        zmq_pollitem_t item = {zsock_resolve(sock), 0, ZMQ_POLLIN, 0};
         if (zmq_poll(&item, 1, 50) <= 0)
             continue;
         llmq_msg_t *msg = llmq_msg_recv(sock);
@@ -2464,13 +2420,12 @@ s_t_expect(zsock_t *sock, llmq_msg_type_t type, int timeout)
 }
 
 //  True if nothing but heartbeats arrives within timeout ms.
-static bool
-s_t_quiet(zsock_t *sock, int timeout)
+static bool s_t_quiet(zsock_t *sock, int timeout)
 {
     int64_t until = zclock_mono() + timeout;
     while (zclock_mono() < until) {
         s_t_beat();
-        zmq_pollitem_t item = { zsock_resolve(sock), 0, ZMQ_POLLIN, 0 };
+        zmq_pollitem_t item = {zsock_resolve(sock), 0, ZMQ_POLLIN, 0};
         if (zmq_poll(&item, 1, 50) <= 0)
             continue;
         llmq_msg_t *msg = llmq_msg_recv(sock);
@@ -2482,9 +2437,8 @@ s_t_quiet(zsock_t *sock, int timeout)
     return true;
 }
 
-static void
-s_t_req(zsock_t *client, const char *id, const char *model, int64_t priority,
-        int64_t deadline_ms, const char *body)
+static void s_t_req(zsock_t *client, const char *id, const char *model,
+                    int64_t priority, int64_t deadline_ms, const char *body)
 {
     llmq_msg_t *msg = llmq_msg_new(LLMQ_MSG_REQ);
     llmq_msg_set_id(msg, id);
@@ -2494,27 +2448,26 @@ s_t_req(zsock_t *client, const char *id, const char *model, int64_t priority,
         llmq_msg_set_priority(msg, priority);
     if (deadline_ms)
         llmq_msg_set_deadline_ms(msg, deadline_ms);
-    static const uint8_t meta[] = { 0x81, 0xa1, 'k', 0x07 };     //  {"k": 7}
+    static const uint8_t meta[] = {0x81, 0xa1, 'k', 0x07}; //  {"k": 7}
     llmq_msg_set_meta(msg, meta, sizeof(meta));
     //  A msgpack string payload; a long one to use the shared-frame path.
     char payload[300];
     size_t len = strlen(body);
-    payload[0] = (char) 0xd9;
-    payload[1] = (char) len;
+    payload[0] = (char)0xd9;
+    payload[1] = (char)len;
     memcpy(payload + 2, body, len);
     llmq_msg_set_payload_mem(msg, payload, len + 2);
     llmq_msg_send(&msg, client);
 }
 
-static void
-s_t_hello(zsock_t *worker, const char *name, const char *model, int64_t capacity,
-          const char *group, int64_t rpm)
+static void s_t_hello(zsock_t *worker, const char *name, const char *model,
+                      int64_t capacity, const char *group, int64_t rpm)
 {
     llmq_msg_t *msg = llmq_msg_new(LLMQ_MSG_HELLO);
     llmq_msg_set_worker(msg, name);
     llmq_msg_set_pool(msg, "pool1");
     llmq_msg_set_provider(msg, "echo");
-    const char *models[] = { model };
+    const char *models[] = {model};
     llmq_msg_set_models(msg, models, 1);
     llmq_msg_set_capacity(msg, capacity);
     if (group)
@@ -2525,8 +2478,7 @@ s_t_hello(zsock_t *worker, const char *name, const char *model, int64_t capacity
     llmq_msg_send(&msg, worker);
 }
 
-static void
-s_t_credit(zsock_t *worker, int64_t n)
+static void s_t_credit(zsock_t *worker, int64_t n)
 {
     llmq_msg_t *msg = llmq_msg_new(LLMQ_MSG_CREDIT);
     llmq_msg_set_n(msg, n);
@@ -2534,8 +2486,7 @@ s_t_credit(zsock_t *worker, int64_t n)
 }
 
 //  Answer a dispatched req as an echo worker would: ok, payload back.
-static void
-s_t_answer(zsock_t *worker, llmq_msg_t **req_p)
+static void s_t_answer(zsock_t *worker, llmq_msg_t **req_p)
 {
     llmq_msg_t *req = *req_p;
     llmq_msg_t *res = llmq_msg_new(LLMQ_MSG_RES);
@@ -2549,20 +2500,19 @@ s_t_answer(zsock_t *worker, llmq_msg_t **req_p)
 }
 
 //  The payload of a message as the test body string.
-static bool
-s_t_body_is(llmq_msg_t *msg, const char *body)
+static bool s_t_body_is(llmq_msg_t *msg, const char *body)
 {
     zframe_t *payload = msg ? llmq_msg_payload(msg) : NULL;
     size_t len = strlen(body);
-    return payload && zframe_size(payload) == len + 2
-        && memcmp(zframe_data(payload) + 2, body, len) == 0;
+    return payload && zframe_size(payload) == len + 2 &&
+           memcmp(zframe_data(payload) + 2, body, len) == 0;
 }
 
-static bool
-s_t_failed_with(llmq_msg_t *msg, const char *id, const char *code)
+static bool s_t_failed_with(llmq_msg_t *msg, const char *id, const char *code)
 {
-    bool ok = msg && !llmq_msg_ok(msg) && llmq_msg_id(msg) && streq(llmq_msg_id(msg), id)
-           && llmq_msg_error_code(msg) && streq(llmq_msg_error_code(msg), code);
+    bool ok = msg && !llmq_msg_ok(msg) && llmq_msg_id(msg) &&
+              streq(llmq_msg_id(msg), id) && llmq_msg_error_code(msg) &&
+              streq(llmq_msg_error_code(msg), code);
     if (!ok && msg) {
         printf("\n   expected %s error %s, got:", id, code);
         llmq_msg_print(msg);
@@ -2574,24 +2524,22 @@ s_t_failed_with(llmq_msg_t *msg, const char *id, const char *code)
 //  tells that client `batch.status` when all five came back.
 typedef struct {
     llmq_broker_core_t *core;
-    zframe_t *client;           //  Who sent batch.open
+    zframe_t *client; //  Who sent batch.open
     int handed, done;
 } s_t_module_t;
 
-static void *
-s_t_module_create(llmq_broker_core_t *core, void *arg)
+static void *s_t_module_create(llmq_broker_core_t *core, void *arg)
 {
-    (void) arg;
-    s_t_module_t *self = (s_t_module_t *) calloc(1, sizeof(*self));
+    (void)arg;
+    s_t_module_t *self = (s_t_module_t *)calloc(1, sizeof(*self));
     if (self)
         self->core = core;
     return self;
 }
 
-static void
-s_t_module_destroy(void **state_p)
+static void s_t_module_destroy(void **state_p)
 {
-    s_t_module_t *self = (s_t_module_t *) *state_p;
+    s_t_module_t *self = (s_t_module_t *)*state_p;
     if (self) {
         zframe_destroy(&self->client);
         free(self);
@@ -2599,10 +2547,9 @@ s_t_module_destroy(void **state_p)
     }
 }
 
-static void
-s_t_module_client(void *state, llmq_msg_t **msg_p)
+static void s_t_module_client(void *state, llmq_msg_t **msg_p)
 {
-    s_t_module_t *self = (s_t_module_t *) state;
+    s_t_module_t *self = (s_t_module_t *)state;
     zframe_destroy(&self->client);
     self->client = zframe_dup(llmq_msg_routing_id(*msg_p));
     llmq_msg_t *ack = llmq_msg_new(LLMQ_MSG_BATCH_ACK);
@@ -2612,12 +2559,12 @@ s_t_module_client(void *state, llmq_msg_t **msg_p)
     llmq_msg_destroy(msg_p);
 }
 
-static llmq_msg_t *
-s_t_module_next(void *state, llmq_broker_serves_fn *serves, void *serves_arg)
+static llmq_msg_t *s_t_module_next(void *state, llmq_broker_serves_fn *serves,
+                                   void *serves_arg)
 {
-    s_t_module_t *self = (s_t_module_t *) state;
-    if (!self->client || self->handed >= 5 || !serves("m1", NULL, serves_arg)
-    ||  serves("other-model", NULL, serves_arg))
+    s_t_module_t *self = (s_t_module_t *)state;
+    if (!self->client || self->handed >= 5 || !serves("m1", NULL, serves_arg) ||
+        serves("other-model", NULL, serves_arg))
         return NULL;
     llmq_msg_t *req = llmq_msg_new(LLMQ_MSG_REQ);
     char id[16];
@@ -2629,10 +2576,9 @@ s_t_module_next(void *state, llmq_broker_serves_fn *serves, void *serves_arg)
     return req;
 }
 
-static void
-s_t_module_result(void *state, llmq_msg_t **res_p)
+static void s_t_module_result(void *state, llmq_msg_t **res_p)
 {
-    s_t_module_t *self = (s_t_module_t *) state;
+    s_t_module_t *self = (s_t_module_t *)state;
     if (llmq_msg_ok(*res_p) && strncmp(llmq_msg_id(*res_p), "item", 4) == 0)
         self->done++;
     llmq_msg_destroy(res_p);
@@ -2646,12 +2592,15 @@ s_t_module_result(void *state, llmq_msg_t **res_p)
     }
 }
 
-#define T_CHECK(cond) \
-    do { if (!(cond)) { printf("\n   check failed at line %d: %s\n", __LINE__, #cond); \
-                        goto done; } } while (0)
+#define T_CHECK(cond)                                                          \
+    do {                                                                       \
+        if (!(cond)) {                                                         \
+            printf("\n   check failed at line %d: %s\n", __LINE__, #cond);     \
+            goto done;                                                         \
+        }                                                                      \
+    } while (0)
 
-int
-llmq_broker_test(bool verbose)
+int llmq_broker_test(bool verbose)
 {
     if (verbose)
         printf(" * llmq_broker: ");
@@ -2671,8 +2620,10 @@ llmq_broker_test(bool verbose)
     llmq_msg_t *m = NULL, *m2 = NULL, *m3 = NULL;
     zactor_t *small = NULL;
     s_t_alive.count = 0;
-    T_CHECK(broker && llmq_broker_endpoints(broker, &frontend, &backend, &metrics) == 0);
-    T_CHECK(strstr(frontend, "tcp://127.0.0.1:") && strstr(metrics, "http://127.0.0.1:"));
+    T_CHECK(broker &&
+            llmq_broker_endpoints(broker, &frontend, &backend, &metrics) == 0);
+    T_CHECK(strstr(frontend, "tcp://127.0.0.1:") &&
+            strstr(metrics, "http://127.0.0.1:"));
     client = s_t_peer(frontend, "client-1");
 
     //  ping -> pong
@@ -2712,24 +2663,28 @@ llmq_broker_test(bool verbose)
     s_t_alive.socks[s_t_alive.count++] = a;
 
     //  Three requests against two credits: two go out, the third waits.
-    s_t_req(client, "r1", "m1", 0, 0, "first request body, long enough to be shared "
+    s_t_req(client, "r1", "m1", 0, 0,
+            "first request body, long enough to be shared "
             "rather than copied by the broker when it goes to the worker");
     s_t_req(client, "r2", "m1", 0, 0, "second");
-    s_t_req(client, "r2", "m1", 0, 0, "second");     //  duplicate: ignored
+    s_t_req(client, "r2", "m1", 0, 0, "second"); //  duplicate: ignored
     s_t_req(client, "r3", "m1", 0, 0, "third");
     s_t_credit(a, 2);
     T_CHECK((m = s_t_expect(a, LLMQ_MSG_REQ, 5000)));
-    T_CHECK(s_t_body_is(m, "first request body, long enough to be shared "
-                        "rather than copied by the broker when it goes to the worker"));
+    T_CHECK(s_t_body_is(
+        m, "first request body, long enough to be shared "
+           "rather than copied by the broker when it goes to the worker"));
     T_CHECK(llmq_msg_id(m)[0] == 'r' && llmq_msg_attempt(m) == 1);
     T_CHECK((m2 = s_t_expect(a, LLMQ_MSG_REQ, 5000)));
     T_CHECK(s_t_body_is(m2, "second"));
     T_CHECK(s_t_quiet(a, 200));
     s_t_answer(a, &m);
     T_CHECK((m = s_t_expect(client, LLMQ_MSG_RES, 5000)));
-    T_CHECK(llmq_msg_ok(m) && streq(llmq_msg_id(m), "r1") && streq(llmq_msg_worker(m), "a"));
-    T_CHECK(s_t_body_is(m, "first request body, long enough to be shared "
-                        "rather than copied by the broker when it goes to the worker"));
+    T_CHECK(llmq_msg_ok(m) && streq(llmq_msg_id(m), "r1") &&
+            streq(llmq_msg_worker(m), "a"));
+    T_CHECK(s_t_body_is(
+        m, "first request body, long enough to be shared "
+           "rather than copied by the broker when it goes to the worker"));
     {
         size_t size = 0;
         const uint8_t *meta = llmq_msg_meta(m, &size);
@@ -2759,7 +2714,7 @@ llmq_broker_test(bool verbose)
     llmq_msg_set_ok(m, false);
     llmq_msg_set_failure(m, LLMQ_ERR_CANCELLED, 0, "cancelled");
     llmq_msg_send(&m, a);
-    s_t_answer(a, &m2);                                 //  r2
+    s_t_answer(a, &m2); //  r2
     T_CHECK((m = s_t_expect(client, LLMQ_MSG_RES, 5000)));
     T_CHECK(llmq_msg_ok(m) && streq(llmq_msg_id(m), "r2"));
     llmq_msg_destroy(&m);
@@ -2786,14 +2741,14 @@ llmq_broker_test(bool verbose)
     {
         zframe_t *payload = llmq_msg_payload(m);
         T_CHECK(payload);
-        cJSON *status = llmq_value_to_json(zframe_data(payload), zframe_size(payload),
-                                           NULL, 0);
+        cJSON *status = llmq_value_to_json(zframe_data(payload),
+                                           zframe_size(payload), NULL, 0);
         T_CHECK(status);
         cJSON *counters = cJSON_GetObjectItem(status, "counters");
         cJSON *workers = cJSON_GetObjectItem(status, "workers");
-        bool good = counters && cJSON_GetObjectItem(counters, "queued")
-                 && cJSON_GetObjectItem(counters, "queued")->valueint == 3
-                 && cJSON_GetArraySize(workers) == 1;
+        bool good = counters && cJSON_GetObjectItem(counters, "queued") &&
+                    cJSON_GetObjectItem(counters, "queued")->valueint == 3 &&
+                    cJSON_GetArraySize(workers) == 1;
         cJSON_Delete(status);
         T_CHECK(good);
     }
@@ -2840,7 +2795,7 @@ llmq_broker_test(bool verbose)
     s_t_alive.socks[s_t_alive.count++] = c;
     s_t_hello(d, "d", "m2", 1, "key1", 80);
     T_CHECK((m = s_t_expect(c, LLMQ_MSG_LIMITS, 5000)));
-    T_CHECK(llmq_msg_limits_rpm(m) == 40);              //  min(100, 80) / 2
+    T_CHECK(llmq_msg_limits_rpm(m) == 40); //  min(100, 80) / 2
     llmq_msg_destroy(&m);
     T_CHECK((m = s_t_expect(d, LLMQ_MSG_LIMITS, 5000)));
     T_CHECK(llmq_msg_limits_rpm(m) == 40);
@@ -2870,7 +2825,8 @@ llmq_broker_test(bool verbose)
         s_t_req(client2, "o2", "nobody", 0, 0, "x");
         s_t_req(client2, "o3", "nobody", 0, 0, "x");
         m = s_t_expect(client2, LLMQ_MSG_RES, 5000);
-        bool good = s_t_failed_with(m, "o3", "overloaded") && llmq_msg_error_retryable(m);
+        bool good = s_t_failed_with(m, "o3", "overloaded") &&
+                    llmq_msg_error_retryable(m);
         llmq_msg_destroy(&m);
         //  Drain: queued requests are answered overloaded, then DRAINED.
         zstr_send(small, "DRAIN");
@@ -2879,7 +2835,8 @@ llmq_broker_test(bool verbose)
         zstr_free(&event);
         for (int i = 0; i < 2 && good; i++) {
             m = s_t_expect(client2, LLMQ_MSG_RES, 5000);
-            good = m && !llmq_msg_ok(m) && streq(llmq_msg_error_code(m), "overloaded");
+            good = m && !llmq_msg_ok(m) &&
+                   streq(llmq_msg_error_code(m), "overloaded");
             llmq_msg_destroy(&m);
         }
         zsock_destroy(&client2);
@@ -2887,10 +2844,12 @@ llmq_broker_test(bool verbose)
     }
     //  A module's items fill spare credit and come back to it.
     {
-        static llmq_broker_module_t module = {
-            .name = "test", .create = s_t_module_create,
-            .destroy = s_t_module_destroy, .client_msg = s_t_module_client,
-            .next_item = s_t_module_next, .item_result = s_t_module_result };
+        static llmq_broker_module_t module = {.name = "test",
+                                              .create = s_t_module_create,
+                                              .destroy = s_t_module_destroy,
+                                              .client_msg = s_t_module_client,
+                                              .next_item = s_t_module_next,
+                                              .item_result = s_t_module_result};
         llmq_broker_config_t mconfig = config;
         mconfig.max_queue = 100;
         mconfig.module = &module;

@@ -87,25 +87,25 @@ typedef struct {
     /*  An item's worker died or left: the module takes it back (the broker
         does not requeue module items, so their order stays the module's). */
     void (*item_returned)(void *state, const char *id);
-    void *arg;                  //  Passed to create
+    void *arg; //  Passed to create
 } llmq_broker_module_t;
 
 typedef struct {
-    const char *frontend;       //  Client endpoint, bound; "tcp://127.0.0.1:5555"
-    const char *backend;        //  Worker endpoint, bound; "tcp://127.0.0.1:5556"
-    const char *metrics;        //  "PORT" or "HOST:PORT"; NULL or "0" = off
-    const char *name;           //  Broker name in pong and status
-    size_t max_queue;           //  Queued requests in all queues; past it overloaded
-    int no_worker_wait_ms;      //  How long a request waits for a worker to join
-    int drain_ms;               //  Bound on the SIGTERM drain
-    int heartbeat_ms;           //  Heartbeat interval (1000)
-    int dead_ms;                //  Silence after which a worker is dead (3000)
-    int inflight_grace_ms;      //  A dispatched request past its deadline by this
-                                //  much is answered deadline_exceeded (5000)
-    bool json_logs;             //  Log lines as JSON objects
-    bool quiet;                 //  No event logs at all (benchmarks)
-    bool verbose;               //  Log every message (debugging)
-    const llmq_broker_module_t *module;     //  Batch plug-in, NULL = none
+    const char *frontend;  //  Client endpoint, bound; "tcp://127.0.0.1:5555"
+    const char *backend;   //  Worker endpoint, bound; "tcp://127.0.0.1:5556"
+    const char *metrics;   //  "PORT" or "HOST:PORT"; NULL or "0" = off
+    const char *name;      //  Broker name in pong and status
+    size_t max_queue;      //  Queued requests in all queues; past it overloaded
+    int no_worker_wait_ms; //  How long a request waits for a worker to join
+    int drain_ms;          //  Bound on the SIGTERM drain
+    int heartbeat_ms;      //  Heartbeat interval (1000)
+    int dead_ms;           //  Silence after which a worker is dead (3000)
+    int inflight_grace_ms; //  A dispatched request past its deadline by this
+                           //  much is answered deadline_exceeded (5000)
+    bool json_logs;        //  Log lines as JSON objects
+    bool quiet;            //  No event logs at all (benchmarks)
+    bool verbose;          //  Log every message (debugging)
+    const llmq_broker_module_t *module; //  Batch plug-in, NULL = none
 } llmq_broker_config_t;
 
 /*  Fill a config with the defaults above. */

@@ -69,7 +69,8 @@ void llmq_metrics_observe(llmq_metrics_t *self, const char *name,
     per update. Borrowed; valid until the family is reset or the registry
     destroyed. NULL for an unknown family or past the series cap. */
 typedef struct _llmq_metric_series_t llmq_metric_series_t;
-llmq_metric_series_t *llmq_metrics_series(llmq_metrics_t *self, const char *name,
+llmq_metric_series_t *llmq_metrics_series(llmq_metrics_t *self,
+                                          const char *name,
                                           const char *const *labels);
 /*  Add to a counter/gauge series handle; observe into a histogram one.
     A NULL handle is a no-op. */
@@ -84,8 +85,8 @@ double llmq_metrics_value(llmq_metrics_t *self, const char *name,
                           const char *const *labels);
 
 /*  Set the callback run before each render. */
-void llmq_metrics_set_collect(llmq_metrics_t *self,
-                              llmq_metrics_collect_fn *fn, void *arg);
+void llmq_metrics_set_collect(llmq_metrics_t *self, llmq_metrics_collect_fn *fn,
+                              void *arg);
 
 /*  Render everything in Prometheus text format. Caller frees. */
 char *llmq_metrics_render(llmq_metrics_t *self);

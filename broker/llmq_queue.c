@@ -12,31 +12,30 @@
 #include <string.h>
 
 struct _llmq_queue_t {
-    llmq_queue_node_t **slots;  //  Heap array of borrowed nodes
-    size_t size;                //  Nodes in the heap
-    size_t alloc;               //  Allocated slots
+    llmq_queue_node_t **slots; //  Heap array of borrowed nodes
+    size_t size;               //  Nodes in the heap
+    size_t alloc;              //  Allocated slots
 };
 
 #define s_MIN_ALLOC 16
 
 //  True if a goes before b.
-static inline bool
-s_before(const llmq_queue_node_t *a, const llmq_queue_node_t *b)
+static inline bool s_before(const llmq_queue_node_t *a,
+                            const llmq_queue_node_t *b)
 {
     if (a->priority != b->priority)
         return a->priority > b->priority;
     return a->seq < b->seq;
 }
 
-static inline void
-s_place(llmq_queue_t *self, size_t index, llmq_queue_node_t *node)
+static inline void s_place(llmq_queue_t *self, size_t index,
+                           llmq_queue_node_t *node)
 {
     self->slots[index] = node;
-    node->index = (uint32_t) index;
+    node->index = (uint32_t)index;
 }
 
-static void
-s_sift_up(llmq_queue_t *self, size_t index)
+static void s_sift_up(llmq_queue_t *self, size_t index)
 {
     llmq_queue_node_t *node = self->slots[index];
     while (index > 0) {
@@ -49,16 +48,15 @@ s_sift_up(llmq_queue_t *self, size_t index)
     s_place(self, index, node);
 }
 
-static void
-s_sift_down(llmq_queue_t *self, size_t index)
+static void s_sift_down(llmq_queue_t *self, size_t index)
 {
     llmq_queue_node_t *node = self->slots[index];
     while (true) {
         size_t child = 2 * index + 1;
         if (child >= self->size)
             break;
-        if (child + 1 < self->size
-        &&  s_before(self->slots[child + 1], self->slots[child]))
+        if (child + 1 < self->size &&
+            s_before(self->slots[child + 1], self->slots[child]))
             child++;
         if (!s_before(self->slots[child], node))
             break;
@@ -69,8 +67,7 @@ s_sift_down(llmq_queue_t *self, size_t index)
 }
 
 //  Resize the slot array; a failed shrink is harmless, so it is ignored.
-static int
-s_resize(llmq_queue_t *self, size_t alloc)
+static int s_resize(llmq_queue_t *self, size_t alloc)
 {
     llmq_queue_node_t **slots = realloc(self->slots, alloc * sizeof(*slots));
     if (!slots)
@@ -80,22 +77,19 @@ s_resize(llmq_queue_t *self, size_t alloc)
     return 0;
 }
 
-void
-llmq_queue_node_init(llmq_queue_node_t *node)
+void llmq_queue_node_init(llmq_queue_node_t *node)
 {
     node->priority = 0;
     node->seq = 0;
     node->index = LLMQ_QUEUE_NONE;
 }
 
-bool
-llmq_queue_node_queued(const llmq_queue_node_t *node)
+bool llmq_queue_node_queued(const llmq_queue_node_t *node)
 {
     return node->index != LLMQ_QUEUE_NONE;
 }
 
-llmq_queue_t *
-llmq_queue_new(void)
+llmq_queue_t *llmq_queue_new(void)
 {
     llmq_queue_t *self = calloc(1, sizeof(*self));
     if (!self)
@@ -107,8 +101,7 @@ llmq_queue_new(void)
     return self;
 }
 
-void
-llmq_queue_destroy(llmq_queue_t **self_p)
+void llmq_queue_destroy(llmq_queue_t **self_p)
 {
     if (!self_p || !*self_p)
         return;
@@ -120,9 +113,8 @@ llmq_queue_destroy(llmq_queue_t **self_p)
     *self_p = NULL;
 }
 
-int
-llmq_queue_push(llmq_queue_t *self, llmq_queue_node_t *node,
-                int64_t priority, int64_t seq)
+int llmq_queue_push(llmq_queue_t *self, llmq_queue_node_t *node,
+                    int64_t priority, int64_t seq)
 {
     if (node->index != LLMQ_QUEUE_NONE)
         return -1;
@@ -134,21 +126,19 @@ llmq_queue_push(llmq_queue_t *self, llmq_queue_node_t *node,
     node->priority = priority;
     node->seq = seq;
     self->slots[self->size] = node;
-    node->index = (uint32_t) self->size;
+    node->index = (uint32_t)self->size;
     self->size++;
     s_sift_up(self, self->size - 1);
     return 0;
 }
 
-llmq_queue_node_t *
-llmq_queue_peek(const llmq_queue_t *self)
+llmq_queue_node_t *llmq_queue_peek(const llmq_queue_t *self)
 {
     return self->size ? self->slots[0] : NULL;
 }
 
 //  Take out the node at a slot and restore the heap around it.
-static void
-s_remove_at(llmq_queue_t *self, size_t index)
+static void s_remove_at(llmq_queue_t *self, size_t index)
 {
     llmq_queue_node_t *node = self->slots[index];
     node->index = LLMQ_QUEUE_NONE;
@@ -165,8 +155,7 @@ s_remove_at(llmq_queue_t *self, size_t index)
         s_resize(self, self->alloc / 2);
 }
 
-llmq_queue_node_t *
-llmq_queue_pop(llmq_queue_t *self)
+llmq_queue_node_t *llmq_queue_pop(llmq_queue_t *self)
 {
     if (!self->size)
         return NULL;
@@ -175,20 +164,18 @@ llmq_queue_pop(llmq_queue_t *self)
     return node;
 }
 
-int
-llmq_queue_remove(llmq_queue_t *self, llmq_queue_node_t *node)
+int llmq_queue_remove(llmq_queue_t *self, llmq_queue_node_t *node)
 {
     size_t index = node->index;
-    if (index == LLMQ_QUEUE_NONE || index >= self->size
-    ||  self->slots[index] != node)
+    if (index == LLMQ_QUEUE_NONE || index >= self->size ||
+        self->slots[index] != node)
         return -1;
     s_remove_at(self, index);
     return 0;
 }
 
-int
-llmq_queue_update(llmq_queue_t *self, llmq_queue_node_t *node,
-                  int64_t priority, int64_t seq)
+int llmq_queue_update(llmq_queue_t *self, llmq_queue_node_t *node,
+                      int64_t priority, int64_t seq)
 {
     if (node->index == LLMQ_QUEUE_NONE)
         return llmq_queue_push(self, node, priority, seq);
@@ -197,14 +184,12 @@ llmq_queue_update(llmq_queue_t *self, llmq_queue_node_t *node,
     return llmq_queue_push(self, node, priority, seq);
 }
 
-llmq_queue_node_t *
-llmq_queue_at(const llmq_queue_t *self, size_t index)
+llmq_queue_node_t *llmq_queue_at(const llmq_queue_t *self, size_t index)
 {
     return index < self->size ? self->slots[index] : NULL;
 }
 
-size_t
-llmq_queue_size(const llmq_queue_t *self)
+size_t llmq_queue_size(const llmq_queue_t *self)
 {
     return self->size;
 }
@@ -218,8 +203,7 @@ typedef struct {
     llmq_queue_node_t node;
 } s_test_item_t;
 
-int
-llmq_queue_test(bool verbose)
+int llmq_queue_test(bool verbose)
 {
     if (verbose)
         printf(" * llmq_queue: ");
@@ -240,20 +224,22 @@ llmq_queue_test(bool verbose)
     llmq_queue_push(queue, &items[1].node, 5, 2);
     llmq_queue_push(queue, &items[2].node, 0, 3);
     llmq_queue_push(queue, &items[3].node, 5, 4);
-    llmq_queue_push(queue, &items[4].node, 0, -1);     //  front of class 0
+    llmq_queue_push(queue, &items[4].node, 0, -1); //  front of class 0
     if (llmq_queue_push(queue, &items[4].node, 0, 9) != -1)
-        goto done;                                      //  already queued
+        goto done; //  already queued
     if (llmq_queue_remove(other, &items[4].node) != -1)
-        goto done;                                      //  not in that queue
-    int expect[] = { 1, 3, 4, 0, 2 };
+        goto done; //  not in that queue
+    int expect[] = {1, 3, 4, 0, 2};
     for (int i = 0; i < 5; i++) {
         llmq_queue_node_t *node = llmq_queue_pop(queue);
-        if (!node || LLMQ_QUEUE_ITEM(node, s_test_item_t, node)->value != expect[i])
+        if (!node ||
+            LLMQ_QUEUE_ITEM(node, s_test_item_t, node)->value != expect[i])
             goto done;
         if (llmq_queue_node_queued(node))
             goto done;
     }
-    if (llmq_queue_pop(queue) || llmq_queue_peek(queue) || llmq_queue_size(queue))
+    if (llmq_queue_pop(queue) || llmq_queue_peek(queue) ||
+        llmq_queue_size(queue))
         goto done;
 
     //  Random model check: present[] says which items are in the queue.
@@ -272,28 +258,22 @@ llmq_queue_test(bool verbose)
         if (action <= 1 && !present[i]) {
             llmq_queue_push(queue, &items[i].node, rand() % 5, ++seq);
             present[i] = true;
-        }
-        else
-        if (action == 2 && present[i]) {
+        } else if (action == 2 && present[i]) {
             if (llmq_queue_remove(queue, &items[i].node))
                 break;
             present[i] = false;
-        }
-        else
-        if (action == 3 && llmq_queue_size(queue)) {
+        } else if (action == 3 && llmq_queue_size(queue)) {
             //  The popped node must be the best of all present ones.
             llmq_queue_node_t *node = llmq_queue_pop(queue);
             s_test_item_t *item = LLMQ_QUEUE_ITEM(node, s_test_item_t, node);
             for (int j = 0; j < N; j++)
-                if (present[j] && j != item->value
-                &&  s_before(&items[j].node, node)) {
+                if (present[j] && j != item->value &&
+                    s_before(&items[j].node, node)) {
                     free(present);
                     goto done;
                 }
             present[item->value] = false;
-        }
-        else
-        if (action == 1 && present[i])
+        } else if (action == 1 && present[i])
             llmq_queue_update(queue, &items[i].node, rand() % 5, ++seq);
     }
     size_t count = 0;
@@ -313,7 +293,7 @@ llmq_queue_test(bool verbose)
     rc = 0;
 done:
     llmq_queue_destroy(&queue);
-    llmq_queue_destroy(&queue);          //  idempotent
+    llmq_queue_destroy(&queue); //  idempotent
     llmq_queue_destroy(&other);
     free(items);
     if (verbose)

@@ -34,14 +34,14 @@ extern "C" {
 /*  Embed one of these per queue the struct can be in. Initialise with
     llmq_queue_node_init before first use. */
 typedef struct {
-    int64_t priority;           //  Higher first
-    int64_t seq;                //  Then lower first
-    uint32_t index;             //  Slot in the heap, LLMQ_QUEUE_NONE if out
+    int64_t priority; //  Higher first
+    int64_t seq;      //  Then lower first
+    uint32_t index;   //  Slot in the heap, LLMQ_QUEUE_NONE if out
 } llmq_queue_node_t;
 
 /*  container_of: the struct of type `type` whose member `member` is node. */
-#define LLMQ_QUEUE_ITEM(node, type, member) \
-    ((type *) ((char *) (node) - offsetof(type, member)))
+#define LLMQ_QUEUE_ITEM(node, type, member)                                    \
+    ((type *)((char *)(node)-offsetof(type, member)))
 
 typedef struct _llmq_queue_t llmq_queue_t;
 

@@ -1023,7 +1023,8 @@ static int s_batch_call(llmq_client_t *self, llmq_msg_t *msg,
         return -1;
     }
     char batch[80];
-    snprintf(batch, sizeof batch, "%s", llmq_msg_batch(msg) ? llmq_msg_batch(msg) : "");
+    snprintf(batch, sizeof batch, "%s",
+             llmq_msg_batch(msg) ? llmq_msg_batch(msg) : "");
     bool is_add = llmq_msg_type(msg) == LLMQ_MSG_BATCH_ADD;
     int64_t seq = llmq_msg_seq(msg);
     bool is_list = llmq_msg_type(msg) == LLMQ_MSG_BATCH_GET && !*batch;
@@ -1049,8 +1050,9 @@ static int s_batch_call(llmq_client_t *self, llmq_msg_t *msg,
                 goto finish;
             }
             if (now - attempt_start >= self->timeout_ms)
-                break;          //  silent: resend on a new socket
-            if (s_pump(self, (int)(self->timeout_ms - (now - attempt_start))) != 0) {
+                break; //  silent: resend on a new socket
+            if (s_pump(self, (int)(self->timeout_ms - (now - attempt_start))) !=
+                0) {
                 snprintf(self->batch_error, sizeof self->batch_error,
                          "interrupted: batch call interrupted");
                 goto finish;
@@ -1061,16 +1063,18 @@ static int s_batch_call(llmq_client_t *self, llmq_msg_t *msg,
                 llmq_msg_type_t t = llmq_msg_type(m);
                 if (t == LLMQ_MSG_ERROR && (!mb || streq(mb, batch))) {
                     snprintf(self->batch_error, sizeof self->batch_error,
-                             "%s: %s", llmq_msg_code(m) ? llmq_msg_code(m) : "error",
+                             "%s: %s",
+                             llmq_msg_code(m) ? llmq_msg_code(m) : "error",
                              llmq_msg_message(m) ? llmq_msg_message(m) : "");
                     llmq_msg_destroy(&m);
                     rc = -2;
                     done = true;
-                }
-                else
-                if (!mb || (!streq(mb, batch) && !(is_list && t == LLMQ_MSG_BATCH_STATUS))
-                ||  (is_add && t == LLMQ_MSG_BATCH_ACK && llmq_msg_seq(m) != seq))
-                    llmq_msg_destroy(&m);       //  stale: an earlier call's
+                } else if (!mb ||
+                           (!streq(mb, batch) &&
+                            !(is_list && t == LLMQ_MSG_BATCH_STATUS)) ||
+                           (is_add && t == LLMQ_MSG_BATCH_ACK &&
+                            llmq_msg_seq(m) != seq))
+                    llmq_msg_destroy(&m); //  stale: an earlier call's
                 else {
                     bool end = t == last;
                     zlist_append(out, m);
@@ -1103,10 +1107,14 @@ finish:
 static void s_batch_status_fill(llmq_batch_status_t *st, const llmq_msg_t *m)
 {
     memset(st, 0, sizeof *st);
-    snprintf(st->batch, sizeof st->batch, "%s", llmq_msg_batch(m) ? llmq_msg_batch(m) : "");
-    snprintf(st->state, sizeof st->state, "%s", llmq_msg_state(m) ? llmq_msg_state(m) : "");
-    snprintf(st->mode, sizeof st->mode, "%s", llmq_msg_mode(m) ? llmq_msg_mode(m) : "");
-    snprintf(st->model, sizeof st->model, "%s", llmq_msg_model(m) ? llmq_msg_model(m) : "");
+    snprintf(st->batch, sizeof st->batch, "%s",
+             llmq_msg_batch(m) ? llmq_msg_batch(m) : "");
+    snprintf(st->state, sizeof st->state, "%s",
+             llmq_msg_state(m) ? llmq_msg_state(m) : "");
+    snprintf(st->mode, sizeof st->mode, "%s",
+             llmq_msg_mode(m) ? llmq_msg_mode(m) : "");
+    snprintf(st->model, sizeof st->model, "%s",
+             llmq_msg_model(m) ? llmq_msg_model(m) : "");
     st->total = llmq_msg_counts_total(m);
     st->done = llmq_msg_counts_done(m);
     st->failed = llmq_msg_counts_failed(m);
@@ -1219,23 +1227,28 @@ static llmq_result_t *s_batch_result(const cJSON *entry)
         r->body = cJSON_Duplicate(body, true);
     const cJSON *usage = cJSON_GetObjectItemCaseSensitive(entry, "usage");
     const cJSON *v;
-    if ((v = cJSON_GetObjectItemCaseSensitive(usage, "prompt_tokens")) && cJSON_IsNumber(v))
+    if ((v = cJSON_GetObjectItemCaseSensitive(usage, "prompt_tokens")) &&
+        cJSON_IsNumber(v))
         r->prompt_tokens = (int64_t)v->valuedouble;
-    if ((v = cJSON_GetObjectItemCaseSensitive(usage, "completion_tokens")) && cJSON_IsNumber(v))
+    if ((v = cJSON_GetObjectItemCaseSensitive(usage, "completion_tokens")) &&
+        cJSON_IsNumber(v))
         r->completion_tokens = (int64_t)v->valuedouble;
-    if ((v = cJSON_GetObjectItemCaseSensitive(usage, "total_tokens")) && cJSON_IsNumber(v))
+    if ((v = cJSON_GetObjectItemCaseSensitive(usage, "total_tokens")) &&
+        cJSON_IsNumber(v))
         r->total_tokens = (int64_t)v->valuedouble;
-    if ((v = cJSON_GetObjectItemCaseSensitive(usage, "cost_usd")) && cJSON_IsNumber(v))
+    if ((v = cJSON_GetObjectItemCaseSensitive(usage, "cost_usd")) &&
+        cJSON_IsNumber(v))
         r->cost_usd = v->valuedouble;
     if (!r->ok) {
         const cJSON *err = cJSON_GetObjectItemCaseSensitive(entry, "error");
         const cJSON *code = cJSON_GetObjectItemCaseSensitive(err, "code");
         const cJSON *message = cJSON_GetObjectItemCaseSensitive(err, "message");
         const cJSON *status = cJSON_GetObjectItemCaseSensitive(err, "status");
-        s_set_error(r, cJSON_IsString(code) ? code->valuestring : "internal",
-                    cJSON_IsString(message) ? message->valuestring : "",
-                    cJSON_IsNumber(status) ? (int)status->valuedouble : 0,
-                    cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(err, "retryable")));
+        s_set_error(
+            r, cJSON_IsString(code) ? code->valuestring : "internal",
+            cJSON_IsString(message) ? message->valuestring : "",
+            cJSON_IsNumber(status) ? (int)status->valuedouble : 0,
+            cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(err, "retryable")));
     }
     return r;
 }
@@ -1259,23 +1272,24 @@ int llmq_batch_get(llmq_client_t *self, const char *batch, int64_t after,
     while ((m = (llmq_msg_t *)zlist_pop(out))) {
         if (llmq_msg_type(m) == LLMQ_MSG_BATCH_STATUS && status)
             s_batch_status_fill(status, m);
-        else
-        if (llmq_msg_type(m) == LLMQ_MSG_BATCH_RESULTS) {
+        else if (llmq_msg_type(m) == LLMQ_MSG_BATCH_RESULTS) {
             if (cursor_p)
                 *cursor_p = llmq_msg_cursor(m);
             if (final_p)
                 *final_p = llmq_msg_final(m);
             if (results_p) {
                 zframe_t *payload = llmq_msg_payload(m);
-                cJSON *array = payload ? llmq_value_to_json(zframe_data(payload),
-                                                           zframe_size(payload), NULL, 0)
-                                       : NULL;
+                cJSON *array =
+                    payload ? llmq_value_to_json(zframe_data(payload),
+                                                 zframe_size(payload), NULL, 0)
+                            : NULL;
                 size_t n = (size_t)cJSON_GetArraySize(array);
                 llmq_result_t **results =
                     (llmq_result_t **)calloc(n ? n : 1, sizeof(*results));
                 size_t k = 0;
                 const cJSON *entry;
-                cJSON_ArrayForEach(entry, array) {
+                cJSON_ArrayForEach(entry, array)
+                {
                     llmq_result_t *r = results ? s_batch_result(entry) : NULL;
                     if (r)
                         results[k++] = r;
@@ -1320,7 +1334,8 @@ llmq_result_t **llmq_batch_results(llmq_client_t *self, const char *batch,
         }
         if (count + n > size) {
             size_t grow = (count + n) * 2 + 16;
-            llmq_result_t **bigger = (llmq_result_t **)realloc(all, grow * sizeof(*all));
+            llmq_result_t **bigger =
+                (llmq_result_t **)realloc(all, grow * sizeof(*all));
             if (!bigger) {
                 for (size_t i = 0; i < n; i++)
                     llmq_result_destroy(&page[i]);
@@ -1358,15 +1373,17 @@ llmq_batch_status_t *llmq_batch_list(llmq_client_t *self, size_t *count_p)
 {
     *count_p = 0;
     llmq_msg_t *msg = llmq_msg_new(LLMQ_MSG_BATCH_GET);
-    llmq_msg_set_batch(msg, "");        //  "" = list (PROTOCOL.md)
+    llmq_msg_set_batch(msg, ""); //  "" = list (PROTOCOL.md)
     zlist_t *out = zlist_new();
     if (!out) {
         llmq_msg_destroy(&msg);
         return NULL;
     }
     int rc = s_batch_call(self, msg, LLMQ_MSG_BATCH_ACK, out);
-    llmq_batch_status_t *list = rc == 0
-        ? (llmq_batch_status_t *)calloc(zlist_size(out) + 1, sizeof(*list)) : NULL;
+    llmq_batch_status_t *list =
+        rc == 0
+            ? (llmq_batch_status_t *)calloc(zlist_size(out) + 1, sizeof(*list))
+            : NULL;
     size_t n = 0;
     llmq_msg_t *m;
     while ((m = (llmq_msg_t *)zlist_pop(out))) {

@@ -449,9 +449,15 @@ llmq_cluster_t *llmq_cluster_new(const llmq_cluster_opts_t *opts, char *err,
         //  The pid makes the name unique among embedded clusters too.
         char name[64];
         snprintf(name, sizeof name, "llmq-local-%d", (int)getpid());
-        char *argv[] = {"llmq-broker", "--frontend",        "tcp://127.0.0.1:*",
-                        "--backend",   "tcp://127.0.0.1:*", "--batch-db",
-                        "none",        "--name",            name,
+        char *argv[] = {"llmq-broker",
+                        "--frontend",
+                        "tcp://127.0.0.1:*",
+                        "--backend",
+                        "tcp://127.0.0.1:*",
+                        "--batch-db",
+                        "none",
+                        "--name",
+                        name,
                         NULL};
         s_child_t *child = s_spawn(self, "broker", argv, err, errlen);
         if (!child || !(line = s_wait_ready(child, err, errlen)))

@@ -235,7 +235,8 @@ static void s_help(const char *command)
             "model and\n"
             "one op per batch), prints the batch id on stdout, then (without "
             "--detach)\n"
-            "shows the batch's state and counts until it is finished and writes "
+            "shows the batch's state and counts until it is finished and "
+            "writes "
             "the\n"
             "results, in input order, in the OpenAI Batch output format to OUT "
             "(default\n"
@@ -547,8 +548,8 @@ static void s_retry_destructor(void **item)
     *item = NULL;
 }
 
-static int s_batch_submit(s_opts_t *opts, const char *input,
-                          const char *output, bool detach);
+static int s_batch_submit(s_opts_t *opts, const char *input, const char *output,
+                          bool detach);
 
 static int s_cmd_run(s_opts_t *opts, int argc, char **argv)
 {
@@ -1112,11 +1113,12 @@ static void s_batch_progress(const llmq_batch_status_t *st, bool tty,
                              char *last, size_t last_size)
 {
     char line[400];
-    snprintf(line, sizeof line,
-             "batch %s: %s%s%s%s  %lld/%lld done, %lld failed, %lld tokens, $%.6f",
-             st->batch, st->state, *st->mode ? " (" : "", st->mode,
-             *st->mode ? ")" : "", (long long)st->done, (long long)st->total,
-             (long long)st->failed, (long long)st->total_tokens, st->cost_usd);
+    snprintf(
+        line, sizeof line,
+        "batch %s: %s%s%s%s  %lld/%lld done, %lld failed, %lld tokens, $%.6f",
+        st->batch, st->state, *st->mode ? " (" : "", st->mode,
+        *st->mode ? ")" : "", (long long)st->done, (long long)st->total,
+        (long long)st->failed, (long long)st->total_tokens, st->cost_usd);
     if (streq(line, last))
         return;
     snprintf(last, last_size, "%s", line);
@@ -1129,23 +1131,24 @@ static void s_batch_progress(const llmq_batch_status_t *st, bool tty,
 
 static void s_batch_summary(const llmq_batch_status_t *st)
 {
-    fprintf(stderr,
-            "batch %s %s: %lld items, %lld ok, %lld failed; mode %s\n"
-            "usage: %lld prompt + %lld completion = %lld tokens; cost $%.6f%s\n",
-            st->batch, st->state, (long long)st->total,
-            (long long)(st->done - st->failed), (long long)st->failed,
-            *st->mode ? st->mode : "-", (long long)st->prompt_tokens,
-            (long long)st->completion_tokens, (long long)st->total_tokens,
-            st->cost_usd,
-            streq(st->mode, "provider")
-                ? " (provider Batch API price, batch discount applied)"
-                : "");
+    fprintf(
+        stderr,
+        "batch %s %s: %lld items, %lld ok, %lld failed; mode %s\n"
+        "usage: %lld prompt + %lld completion = %lld tokens; cost $%.6f%s\n",
+        st->batch, st->state, (long long)st->total,
+        (long long)(st->done - st->failed), (long long)st->failed,
+        *st->mode ? st->mode : "-", (long long)st->prompt_tokens,
+        (long long)st->completion_tokens, (long long)st->total_tokens,
+        st->cost_usd,
+        streq(st->mode, "provider")
+            ? " (provider Batch API price, batch discount applied)"
+            : "");
 }
 
 /*  Wait until the batch is finished, showing its progress. 0, or an exit
     code. */
-static int s_batch_wait(s_opts_t *opts, llmq_client_t *client,
-                        const char *id, llmq_batch_status_t *st)
+static int s_batch_wait(s_opts_t *opts, llmq_client_t *client, const char *id,
+                        llmq_batch_status_t *st)
 {
     bool tty = isatty(2) && !opts->quiet;
     char last[400] = "";
@@ -1167,8 +1170,10 @@ static int s_batch_wait(s_opts_t *opts, llmq_client_t *client,
         if (s_interrupted) {
             if (tty)
                 fprintf(stderr, "\n");
-            fprintf(stderr, "llmq batch: interrupted; the batch goes on: "
-                            "llmq batch results %s -o OUT\n", id);
+            fprintf(stderr,
+                    "llmq batch: interrupted; the batch goes on: "
+                    "llmq batch results %s -o OUT\n",
+                    id);
             return EXIT_INTERRUPTED;
         }
     }
@@ -1194,7 +1199,8 @@ static int s_batch_write(llmq_client_t *client, const char *id,
     for (size_t i = 0; i < count; i++) {
         if (!results[i]->ok)
             failed++;
-        char *line = file ? llmq_jsonl_result_line(results[i]->id, results[i]) : NULL;
+        char *line =
+            file ? llmq_jsonl_result_line(results[i]->id, results[i]) : NULL;
         if (line && fputs(line, file) < 0)
             rc = EXIT_FATAL;
         free(line);
@@ -1217,8 +1223,8 @@ static int s_batch_write(llmq_client_t *client, const char *id,
 
 /*  Send the lines of input as a new batch; print its id; unless detached,
     wait and write the results to output. */
-static int s_batch_submit(s_opts_t *opts, const char *input,
-                          const char *output, bool detach)
+static int s_batch_submit(s_opts_t *opts, const char *input, const char *output,
+                          bool detach)
 {
     const char *mode = opts->mode ? opts->mode : "auto";
     if (!streq(mode, "auto") && !streq(mode, "realtime") &&
@@ -1244,7 +1250,8 @@ static int s_batch_submit(s_opts_t *opts, const char *input,
             return EXIT_USAGE;
         }
         if (op >= 0 && (int)item->op != op) {
-            fprintf(stderr, "llmq batch: line %zu: one batch has one op (url)\n",
+            fprintf(stderr,
+                    "llmq batch: line %zu: one batch has one op (url)\n",
                     item->line_no);
             zlistx_destroy(&items);
             return EXIT_USAGE;
@@ -1275,7 +1282,8 @@ static int s_batch_submit(s_opts_t *opts, const char *input,
     if (opts->deadline_ms > 0)
         fprintf(stderr, "llmq batch: --deadline-ms is ignored for batches\n");
     if (llmq_batch_open(conn.client, id, model, &bopts)) {
-        fprintf(stderr, "llmq batch: open: %s\n", llmq_batch_error(conn.client));
+        fprintf(stderr, "llmq batch: open: %s\n",
+                llmq_batch_error(conn.client));
         rc = EXIT_FATAL;
         goto done;
     }
@@ -1321,7 +1329,8 @@ static int s_batch_submit(s_opts_t *opts, const char *input,
     }
     int64_t count = 0;
     if (llmq_batch_close(conn.client, id, &count)) {
-        fprintf(stderr, "llmq batch: close: %s\n", llmq_batch_error(conn.client));
+        fprintf(stderr, "llmq batch: close: %s\n",
+                llmq_batch_error(conn.client));
         rc = EXIT_FATAL;
         goto done;
     }
@@ -1380,11 +1389,12 @@ static int s_cmd_batch(s_opts_t *opts, int argc, char **argv)
         return rc;
     llmq_batch_status_t st;
     if (streq(sub, "status")) {
-        if (llmq_batch_get(conn.client, argv[1], INT64_MAX / 2, &st, NULL,
-                           NULL, NULL, NULL)) {
+        if (llmq_batch_get(conn.client, argv[1], INT64_MAX / 2, &st, NULL, NULL,
+                           NULL, NULL)) {
             fprintf(stderr, "llmq batch: %s\n", llmq_batch_error(conn.client));
-            rc = strncmp(llmq_batch_error(conn.client), "not_found", 9) ? EXIT_FATAL
-                                                                       : EXIT_FAILED_LINES;
+            rc = strncmp(llmq_batch_error(conn.client), "not_found", 9)
+                     ? EXIT_FATAL
+                     : EXIT_FAILED_LINES;
         } else if (opts->json) {
             printf("{\"batch\":\"%s\",\"state\":\"%s\",\"mode\":\"%s\","
                    "\"total\":%lld,\"done\":%lld,\"failed\":%lld,"
@@ -1399,9 +1409,10 @@ static int s_cmd_batch(s_opts_t *opts, int argc, char **argv)
                    "(%lld done, %lld failed)\ntokens    %lld prompt + %lld "
                    "completion = %lld\ncost      $%.6f%s\n",
                    st.batch, st.state, *st.mode ? st.mode : "-",
-                   (long long)st.total, (long long)st.done, (long long)st.failed,
-                   (long long)st.prompt_tokens, (long long)st.completion_tokens,
-                   (long long)st.total_tokens, st.cost_usd,
+                   (long long)st.total, (long long)st.done,
+                   (long long)st.failed, (long long)st.prompt_tokens,
+                   (long long)st.completion_tokens, (long long)st.total_tokens,
+                   st.cost_usd,
                    streq(st.mode, "provider") ? " (Batch API price)" : "");
         }
     } else if (streq(sub, "results") || streq(sub, "wait")) {

@@ -26,8 +26,8 @@
     broker ignores a resend of a request it still has pending and a late
     duplicate answer is dropped by the client, so each request gets exactly
     one result. A long generation is not a failure by itself: only broker
-    silence or a dropped connection causes a resend. A request is never lost; the
-    optional give-up time (default: never) is the only way outstanding
+    silence or a dropped connection causes a resend. A request is never lost;
+   the optional give-up time (default: never) is the only way outstanding
     requests fail without an answer.
 
     Threads: a client is not thread-safe (it is one ZeroMQ socket); use it
@@ -223,22 +223,22 @@ int llmq_op_from_name(const char *name);
     liveness timeout, until the give-up time (default 60 s). They return 0,
     or -1 with the reason in llmq_batch_error(). */
 typedef struct {
-    const char *mode;              /* "auto" (NULL), "realtime", "provider" */
-    const char *pool;              /* restrict to a pool, or NULL */
-    const char *op;                /* "chat" (NULL), "completion", "embedding" */
+    const char *mode; /* "auto" (NULL), "realtime", "provider" */
+    const char *pool; /* restrict to a pool, or NULL */
+    const char *op;   /* "chat" (NULL), "completion", "embedding" */
     const char *completion_window; /* e.g. "24h", or NULL */
     int64_t priority;              /* as for requests */
 } llmq_batch_opts_t;
 
 typedef struct {
     char batch[65];
-    char state[17];   /* validating queued in_progress finalizing completed
-                         cancelling cancelled expired failed */
-    char mode[17];    /* resolved: realtime or provider ("" before close) */
-    char model[257];  /* set by llmq_batch_list only */
+    char state[17];  /* validating queued in_progress finalizing completed
+                        cancelling cancelled expired failed */
+    char mode[17];   /* resolved: realtime or provider ("" before close) */
+    char model[257]; /* set by llmq_batch_list only */
     int64_t total, done, failed;
     int64_t prompt_tokens, completion_tokens, total_tokens;
-    double cost_usd;  /* with the Batch API discount for provider batches */
+    double cost_usd; /* with the Batch API discount for provider batches */
 } llmq_batch_status_t;
 
 /*  True for completed, cancelled, expired and failed. */

@@ -43,15 +43,15 @@ typedef enum { K_OPENAI, K_ANTHROPIC } s_kind_t;
 
 /*  What a call is for. */
 typedef enum {
-    ST_UPLOAD,          /* POST /files */
-    ST_CREATE,          /* POST /batches or /messages/batches */
-    ST_GET,             /* GET the batch */
-    ST_LIST,            /* GET the list (lookup) */
-    ST_DL_OUT,          /* OpenAI output file */
-    ST_DL_ERR,          /* OpenAI error file */
-    ST_DL_RESULTS,      /* Anthropic results */
-    ST_CANCEL,          /* POST .../cancel */
-    ST_DELETE           /* DELETE /files/{id}, nobody waits */
+    ST_UPLOAD,     /* POST /files */
+    ST_CREATE,     /* POST /batches or /messages/batches */
+    ST_GET,        /* GET the batch */
+    ST_LIST,       /* GET the list (lookup) */
+    ST_DL_OUT,     /* OpenAI output file */
+    ST_DL_ERR,     /* OpenAI error file */
+    ST_DL_RESULTS, /* Anthropic results */
+    ST_CANCEL,     /* POST .../cancel */
+    ST_DELETE      /* DELETE /files/{id}, nobody waits */
 } s_step_t;
 
 typedef struct _llmq_batch_api_t self_t;
@@ -59,58 +59,58 @@ typedef struct _llmq_batch_api_t self_t;
 /*  One job.* task in progress. */
 typedef struct {
     self_t *owner;
-    llmq_msg_type_t type;               /* JOB_SUBMIT, JOB_POLL, ... */
+    llmq_msg_type_t type; /* JOB_SUBMIT, JOB_POLL, ... */
     char job[65];
-    char pb[257];                       /* provider batch id */
+    char pb[257]; /* provider batch id */
     char model[257];
     char op[17];
-    int64_t time_ms;                    /* lookup: when submitted */
-    int64_t count;                      /* lookup: items in the job */
+    int64_t time_ms; /* lookup: when submitted */
+    int64_t count;   /* lookup: items in the job */
     char output_file[257];
     char error_file[257];
-    char uploaded[257];                 /* submit: file to clean on error */
-    char *create_body;                  /* submit: JSON for the create call */
-    char *upload;                       /* submit: the JSONL file */
+    char uploaded[257]; /* submit: file to clean on error */
+    char *create_body;  /* submit: JSON for the create call */
+    char *upload;       /* submit: the JSONL file */
     size_t upload_len;
-    size_t upload_pos;                  /* read position of curl */
-    int pages;                          /* lookup pages read */
-    llmq_packer_t *page;                /* fetch: result maps being packed */
+    size_t upload_pos;   /* read position of curl */
+    int pages;           /* lookup pages read */
+    llmq_packer_t *page; /* fetch: result maps being packed */
     int64_t page_count;
     int64_t page_bytes;
-    int64_t results;                    /* fetch: results sent */
-    bool cleanup;                       /* job.cancel, mode cleanup */
+    int64_t results; /* fetch: results sent */
+    bool cleanup;    /* job.cancel, mode cleanup */
 } s_task_t;
 
 /*  One HTTP call on the multi handle. */
 typedef struct {
     self_t *owner;
-    s_task_t *task;                     /* NULL: fire and forget */
+    s_task_t *task; /* NULL: fire and forget */
     s_step_t step;
     CURL *easy;
     struct curl_slist *headers;
     curl_mime *mime;
-    char *body;                         /* request body (owned) */
-    char *data;                         /* response body */
+    char *body; /* request body (owned) */
+    char *data; /* response body */
     size_t len, cap;
-    bool too_big;                       /* response over S_MAX_RESPONSE */
+    bool too_big; /* response over S_MAX_RESPONSE */
 } s_call_t;
 
 struct _llmq_batch_api_t {
-    s_kind_t kind;                      /* which API */
-    char *base_url;                     /* with /v1, no trailing slash */
-    char *api_key;                      /* header only, never logged */
-    char *version;                      /* anthropic-version */
+    s_kind_t kind;  /* which API */
+    char *base_url; /* with /v1, no trailing slash */
+    char *api_key;  /* header only, never logged */
+    char *version;  /* anthropic-version */
     int64_t default_max_tokens;
     int64_t timeout_ms;
     int64_t results_page;
     bool verbose;
-    llmq_batch_api_cost_fn *cost;       /* result pricing, or NULL */
-    void *cost_arg;                     /* for cost() */
-    CURLM *multi;                       /* the worker's (borrowed) */
+    llmq_batch_api_cost_fn *cost; /* result pricing, or NULL */
+    void *cost_arg;               /* for cost() */
+    CURLM *multi;                 /* the worker's (borrowed) */
     llmq_batch_api_send_fn *send;
     void *send_arg;
-    zlistx_t *calls;                    /* s_call_t * in flight */
-    size_t tasks;                       /* tasks in progress */
+    zlistx_t *calls; /* s_call_t * in flight */
+    size_t tasks;    /* tasks in progress */
 };
 
 /*  ---- helpers ----------------------------------------------------------- */
@@ -310,8 +310,7 @@ static int s_call(self_t *self, s_task_t *task, s_step_t step,
         snprintf(line, sizeof line, "Authorization: Bearer %s",
                  self->api_key ? self->api_key : "");
         c->headers = curl_slist_append(c->headers, line);
-    }
-    else {
+    } else {
         snprintf(line, sizeof line, "x-api-key: %s",
                  self->api_key ? self->api_key : "");
         c->headers = curl_slist_append(c->headers, line);
@@ -321,8 +320,8 @@ static int s_call(self_t *self, s_task_t *task, s_step_t step,
     /*  The header line held the key: wipe the stack copy. */
     memset(line, 0, sizeof line);
     if (body) {
-        c->headers = curl_slist_append(c->headers,
-                                       "Content-Type: application/json");
+        c->headers =
+            curl_slist_append(c->headers, "Content-Type: application/json");
         curl_easy_setopt(c->easy, CURLOPT_POSTFIELDS, body);
         curl_easy_setopt(c->easy, CURLOPT_POSTFIELDSIZE_LARGE,
                          (curl_off_t)strlen(body));
@@ -393,10 +392,10 @@ static int64_t s_rfc3339_ms(const char *text)
 {
     if (!text)
         return 0;
-    struct tm tm = { 0 };
+    struct tm tm = {0};
     double sec = 0;
-    if (sscanf(text, "%d-%d-%dT%d:%d:%lf", &tm.tm_year, &tm.tm_mon,
-               &tm.tm_mday, &tm.tm_hour, &tm.tm_min, &sec) != 6)
+    if (sscanf(text, "%d-%d-%dT%d:%d:%lf", &tm.tm_year, &tm.tm_mon, &tm.tm_mday,
+               &tm.tm_hour, &tm.tm_min, &sec) != 6)
         return 0;
     tm.tm_year -= 1900;
     tm.tm_mon -= 1;
@@ -419,16 +418,14 @@ static void s_parse_status(self_t *self, const cJSON *b, s_status_t *s)
     s->id = s_str(b, "id");
     if (self->kind == K_OPENAI) {
         const char *st = s_str(b, "status");
-        static const char *known[] = { "validating", "in_progress",
-                                       "finalizing", "completed", "failed",
-                                       "expired",    "cancelling",
-                                       "cancelled" };
+        static const char *known[] = {"validating", "in_progress", "finalizing",
+                                      "completed",  "failed",      "expired",
+                                      "cancelling", "cancelled"};
         s->state = "in_progress";
         for (size_t i = 0; st && i < sizeof known / sizeof known[0]; i++)
             if (streq(st, known[i]))
                 s->state = known[i];
-        const cJSON *rc = cJSON_GetObjectItemCaseSensitive(b,
-                                                           "request_counts");
+        const cJSON *rc = cJSON_GetObjectItemCaseSensitive(b, "request_counts");
         s->total = s_int(rc, "total");
         s->done = s_int(rc, "completed");
         s->failed = s_int(rc, "failed");
@@ -457,8 +454,7 @@ static void s_parse_status(self_t *self, const cJSON *b, s_status_t *s)
             s->state = "expired";
         else
             s->state = "completed";
-    }
-    else
+    } else
         s->state = "in_progress";
 }
 
@@ -498,8 +494,7 @@ static const char *s_endpoint(const char *op)
 }
 
 /*  OpenAI chat body -> Anthropic Messages params. */
-static cJSON *s_to_anthropic(self_t *self, const cJSON *body,
-                             const char *model)
+static cJSON *s_to_anthropic(self_t *self, const cJSON *body, const char *model)
 {
     cJSON *p = cJSON_CreateObject();
     cJSON_AddStringToObject(p, "model", model);
@@ -535,9 +530,8 @@ static cJSON *s_to_anthropic(self_t *self, const cJSON *body,
             continue;
         }
         cJSON *om = cJSON_CreateObject();
-        cJSON_AddStringToObject(om, "role",
-                                streq(role, "assistant") ? "assistant"
-                                                         : "user");
+        cJSON_AddStringToObject(
+            om, "role", streq(role, "assistant") ? "assistant" : "user");
         cJSON_AddItemToObject(om, "content", cJSON_Duplicate(content, true));
         cJSON_AddItemToArray(out, om);
     }
@@ -545,7 +539,7 @@ static cJSON *s_to_anthropic(self_t *self, const cJSON *body,
         cJSON_AddStringToObject(p, "system", system);
         free(system);
     }
-    static const char *copy[] = { "temperature", "top_p", "top_k" };
+    static const char *copy[] = {"temperature", "top_p", "top_k"};
     for (size_t i = 0; i < sizeof copy / sizeof copy[0]; i++) {
         const cJSON *v = cJSON_GetObjectItemCaseSensitive(body, copy[i]);
         if (cJSON_IsNumber(v))
@@ -555,10 +549,8 @@ static cJSON *s_to_anthropic(self_t *self, const cJSON *body,
     if (cJSON_IsString(stop)) {
         cJSON *a = cJSON_AddArrayToObject(p, "stop_sequences");
         cJSON_AddItemToArray(a, cJSON_CreateString(stop->valuestring));
-    }
-    else if (cJSON_IsArray(stop))
-        cJSON_AddItemToObject(p, "stop_sequences",
-                              cJSON_Duplicate(stop, true));
+    } else if (cJSON_IsArray(stop))
+        cJSON_AddItemToObject(p, "stop_sequences", cJSON_Duplicate(stop, true));
     return p;
 }
 
@@ -597,8 +589,8 @@ typedef struct {
     char err[160];
 } s_build_t;
 
-static int s_build_fn(const char *custom_id, const void *body,
-                      size_t body_size, void *arg)
+static int s_build_fn(const char *custom_id, const void *body, size_t body_size,
+                      void *arg)
 {
     s_build_t *b = arg;
     s_task_t *t = b->task;
@@ -619,8 +611,7 @@ static int s_build_fn(const char *custom_id, const void *body,
         cJSON_AddStringToObject(line, "method", "POST");
         cJSON_AddStringToObject(line, "url", s_endpoint(t->op));
         cJSON_AddItemToObject(line, "body", json);
-    }
-    else {
+    } else {
         cJSON_AddItemToObject(line, "params",
                               s_to_anthropic(self, json, t->model));
         cJSON_Delete(json);
@@ -654,7 +645,7 @@ static int s_start_submit(s_task_t **task_p, llmq_msg_t *msg)
         return 1;
     }
     zframe_t *payload = llmq_msg_payload(msg);
-    s_build_t b = { .task = t };
+    s_build_t b = {.task = t};
     if (self->kind == K_ANTHROPIC)
         s_buf_add(&b.buf, "{\"requests\":[", 13);
     char err[128] = "";
@@ -665,7 +656,10 @@ static int s_start_submit(s_task_t **task_p, llmq_msg_t *msg)
     if (n <= 0 || *b.err || b.buf.failed || b.n != n) {
         char text[300];
         snprintf(text, sizeof text, "bad job items: %s",
-                 *b.err ? b.err : *err ? err : n == 0 ? "empty" : "none");
+                 *b.err   ? b.err
+                 : *err   ? err
+                 : n == 0 ? "empty"
+                          : "none");
         free(b.buf.data);
         s_fail(task_p, LLMQ_ERR_INVALID_REQUEST, 0, text);
         return 1;
@@ -700,8 +694,7 @@ static int s_start_submit(s_task_t **task_p, llmq_msg_t *msg)
         s_fail(task_p, LLMQ_ERR_INTERNAL, 0, "out of memory");
         return 1;
     }
-    return s_task_call(task_p, ST_UPLOAD, "POST", "/files", NULL, NULL) ? 1
-                                                                          : 0;
+    return s_task_call(task_p, ST_UPLOAD, "POST", "/files", NULL, NULL) ? 1 : 0;
 }
 
 /*  ---- fetch ------------------------------------------------------------- */
@@ -711,8 +704,8 @@ static void s_page_send(s_task_t *t, bool final);
 
 static void s_result(s_task_t *t, const char *custom_id, bool ok,
                      const cJSON *body, llmq_err_t err, int64_t status,
-                     const char *message, bool retryable,
-                     int64_t prompt_tokens, int64_t completion_tokens)
+                     const char *message, bool retryable, int64_t prompt_tokens,
+                     int64_t completion_tokens)
 {
     if (!t->page)
         t->page = llmq_packer_new();
@@ -730,8 +723,7 @@ static void s_result(s_task_t *t, const char *custom_id, bool ok,
             llmq_packer_json(p, body);
         else
             llmq_packer_nil(p);
-    }
-    else {
+    } else {
         char text[1024];
         snprintf(text, sizeof text, "%s", message ? message : "");
         s_scrub(t->owner, text);
@@ -809,10 +801,9 @@ static cJSON *s_from_anthropic(const cJSON *msg, int64_t *pt, int64_t *ct)
     cJSON_AddNumberToObject(out, "created", (double)(s_wall_ms() / 1000));
     const char *model = s_str(msg, "model");
     cJSON_AddStringToObject(out, "model", model ? model : "");
-    s_buf_t text = { 0 };
+    s_buf_t text = {0};
     const cJSON *block;
-    cJSON_ArrayForEach(block,
-                       cJSON_GetObjectItemCaseSensitive(msg, "content"))
+    cJSON_ArrayForEach(block, cJSON_GetObjectItemCaseSensitive(msg, "content"))
     {
         const char *type = s_str(block, "type");
         const char *t = s_str(block, "text");
@@ -820,10 +811,10 @@ static cJSON *s_from_anthropic(const cJSON *msg, int64_t *pt, int64_t *ct)
             s_buf_add(&text, t, strlen(t));
     }
     const char *stop = s_str(msg, "stop_reason");
-    const char *finish = !stop                           ? "stop"
-                         : streq(stop, "max_tokens")     ? "length"
-                         : streq(stop, "tool_use")       ? "tool_calls"
-                                                         : "stop";
+    const char *finish = !stop                       ? "stop"
+                         : streq(stop, "max_tokens") ? "length"
+                         : streq(stop, "tool_use")   ? "tool_calls"
+                                                     : "stop";
     cJSON *choices = cJSON_AddArrayToObject(out, "choices");
     cJSON *choice = cJSON_CreateObject();
     cJSON_AddNumberToObject(choice, "index", 0);
@@ -866,8 +857,7 @@ static void s_openai_line(s_task_t *t, const cJSON *line)
         const char *code = s_str(err, "code");
         bool expired = code && strstr(code, "expired");
         s_result(t, cid, false, NULL,
-                 expired ? LLMQ_ERR_DEADLINE_EXCEEDED
-                         : LLMQ_ERR_PROVIDER_ERROR,
+                 expired ? LLMQ_ERR_DEADLINE_EXCEEDED : LLMQ_ERR_PROVIDER_ERROR,
                  0, s_str(err, "message"), true, 0, 0);
         return;
     }
@@ -921,21 +911,18 @@ static void s_anthropic_line(s_task_t *t, const cJSON *line)
         status = streq(etype, "not_found_error") ? 404 : 400;
         if (message && strstr(message, "too long"))
             err = LLMQ_ERR_CONTEXT_LENGTH;
-    }
-    else if (etype && (streq(etype, "authentication_error") ||
-                       streq(etype, "permission_error"))) {
+    } else if (etype && (streq(etype, "authentication_error") ||
+                         streq(etype, "permission_error"))) {
         err = LLMQ_ERR_AUTH;
         status = streq(etype, "permission_error") ? 403 : 401;
-    }
-    else if (etype && streq(etype, "rate_limit_error")) {
+    } else if (etype && streq(etype, "rate_limit_error")) {
         err = LLMQ_ERR_RATE_LIMITED;
         status = 429;
-    }
-    else if (etype && streq(etype, "overloaded_error"))
+    } else if (etype && streq(etype, "overloaded_error"))
         status = 529;
     s_result(t, cid, false, NULL, err, status,
-             message ? message : "request failed", llmq_err_retryable(err),
-             0, 0);
+             message ? message : "request failed", llmq_err_retryable(err), 0,
+             0);
 }
 
 /*  Parse a JSONL body line by line. */
@@ -1004,9 +991,9 @@ static void s_on_call(s_call_t *c, CURLcode result)
         snprintf(text, sizeof text, "HTTP transfer failed: %s",
                  c->too_big ? "response too large"
                             : curl_easy_strerror(result));
-        s_fail(&t, result == CURLE_OPERATION_TIMEDOUT
-                       ? LLMQ_ERR_TIMEOUT
-                       : LLMQ_ERR_PROVIDER_ERROR,
+        s_fail(&t,
+               result == CURLE_OPERATION_TIMEDOUT ? LLMQ_ERR_TIMEOUT
+                                                  : LLMQ_ERR_PROVIDER_ERROR,
                0, text);
         return;
     }
@@ -1120,16 +1107,15 @@ static void s_on_call(s_call_t *c, CURLcode result)
         cJSON_ArrayForEach(b, data)
         {
             if (self->kind == K_OPENAI) {
-                const cJSON *meta = cJSON_GetObjectItemCaseSensitive(
-                    b, "metadata");
+                const cJSON *meta =
+                    cJSON_GetObjectItemCaseSensitive(b, "metadata");
                 const char *tag = s_str(meta, "llmq_job");
                 if (tag && streq(tag, t->job)) {
                     found = b;
                     candidates = 1;
                     break;
                 }
-            }
-            else {
+            } else {
                 /*  No metadata at Anthropic: same request count, created
                     within 10 minutes of the recorded submit. */
                 s_status_t s;
@@ -1153,8 +1139,7 @@ static void s_on_call(s_call_t *c, CURLcode result)
                    "lookup is ambiguous: several provider batches match");
             return;
         }
-        const cJSON *more = cJSON_GetObjectItemCaseSensitive(json,
-                                                             "has_more");
+        const cJSON *more = cJSON_GetObjectItemCaseSensitive(json, "has_more");
         const char *last = s_str(json, "last_id");
         if (cJSON_IsTrue(more) && last && ++t->pages < S_LIST_PAGES) {
             snprintf(route, sizeof route, "%s?limit=100&%s=%s",
@@ -1166,8 +1151,7 @@ static void s_on_call(s_call_t *c, CURLcode result)
         }
         cJSON_Delete(json);
         /*  Proven absent: the broker may submit again. */
-        s_fail(&t, LLMQ_ERR_NOT_FOUND, 0,
-               "no provider batch carries this job");
+        s_fail(&t, LLMQ_ERR_NOT_FOUND, 0, "no provider batch carries this job");
         return;
     }
     case ST_DL_OUT:
@@ -1190,11 +1174,12 @@ static void s_on_call(s_call_t *c, CURLcode result)
     cJSON_Delete(json);
 }
 
-/*  ---- lifecycle and entry points ------------------------------------------ */
+/*  ---- lifecycle and entry points ------------------------------------------
+ */
 
 llmq_batch_api_t *llmq_batch_api_new(const llmq_batch_api_config_t *cfg,
-                                     CURLM *multi,
-                                     llmq_batch_api_send_fn *send, void *arg)
+                                     CURLM *multi, llmq_batch_api_send_fn *send,
+                                     void *arg)
 {
     if (!cfg || !cfg->kind || !cfg->base_url || !*cfg->base_url || !multi ||
         !send)
@@ -1215,11 +1200,10 @@ llmq_batch_api_t *llmq_batch_api_new(const llmq_batch_api_config_t *cfg,
     while (n > 0 && self->base_url[n - 1] == '/')
         self->base_url[--n] = 0;
     self->api_key = strdup(cfg->api_key ? cfg->api_key : "");
-    self->version = strdup(cfg->anthropic_version ? cfg->anthropic_version
-                                                  : "2023-06-01");
-    self->default_max_tokens = cfg->default_max_tokens > 0
-                                   ? cfg->default_max_tokens
-                                   : 1024;
+    self->version =
+        strdup(cfg->anthropic_version ? cfg->anthropic_version : "2023-06-01");
+    self->default_max_tokens =
+        cfg->default_max_tokens > 0 ? cfg->default_max_tokens : 1024;
     self->timeout_ms = cfg->timeout_ms > 0 ? cfg->timeout_ms : 600000;
     self->results_page = cfg->results_page > 0 ? cfg->results_page : 1000;
     self->verbose = cfg->verbose;
@@ -1230,8 +1214,8 @@ llmq_batch_api_t *llmq_batch_api_new(const llmq_batch_api_config_t *cfg,
     return self;
 }
 
-void llmq_batch_api_set_cost(llmq_batch_api_t *self,
-                             llmq_batch_api_cost_fn *fn, void *arg)
+void llmq_batch_api_set_cost(llmq_batch_api_t *self, llmq_batch_api_cost_fn *fn,
+                             void *arg)
 {
     self->cost = fn;
     self->cost_arg = arg;
@@ -1275,8 +1259,7 @@ int llmq_batch_api_handle(llmq_batch_api_t *self, llmq_msg_t *msg)
     snprintf(t->job, sizeof t->job, "%s",
              llmq_msg_job(msg) ? llmq_msg_job(msg) : "");
     snprintf(t->pb, sizeof t->pb, "%s",
-             llmq_msg_provider_batch(msg) ? llmq_msg_provider_batch(msg)
-                                          : "");
+             llmq_msg_provider_batch(msg) ? llmq_msg_provider_batch(msg) : "");
     snprintf(t->model, sizeof t->model, "%s",
              llmq_msg_model(msg) ? llmq_msg_model(msg) : "");
     snprintf(t->op, sizeof t->op, "%s",
@@ -1296,8 +1279,8 @@ int llmq_batch_api_handle(llmq_batch_api_t *self, llmq_msg_t *msg)
             s_fail(&t, LLMQ_ERR_INVALID_REQUEST, 0, "bad provider batch id");
             return 1;
         }
-    const char *base = self->kind == K_OPENAI ? "/batches"
-                                              : "/messages/batches";
+    const char *base =
+        self->kind == K_OPENAI ? "/batches" : "/messages/batches";
     char route[400];
     int rc = 0;
     switch (type) {
@@ -1307,8 +1290,7 @@ int llmq_batch_api_handle(llmq_batch_api_t *self, llmq_msg_t *msg)
         if (!*t->pb) {
             snprintf(route, sizeof route, "%s?limit=100", base);
             rc = s_task_call(&t, ST_LIST, "GET", route, NULL, NULL);
-        }
-        else {
+        } else {
             snprintf(route, sizeof route, "%s/%s", base, t->pb);
             rc = s_task_call(&t, ST_GET, "GET", route, NULL, NULL);
         }
@@ -1324,8 +1306,7 @@ int llmq_batch_api_handle(llmq_batch_api_t *self, llmq_msg_t *msg)
                          "GET", route, NULL, NULL);
         break;
     case LLMQ_MSG_JOB_CANCEL:
-        t->cleanup = llmq_msg_mode(msg) && streq(llmq_msg_mode(msg),
-                                                  "cleanup");
+        t->cleanup = llmq_msg_mode(msg) && streq(llmq_msg_mode(msg), "cleanup");
         if (t->cleanup && (self->kind == K_ANTHROPIC || !*t->pb)) {
             /*  Anthropic keeps no files of ours (its results expire on
                 their own): nothing to delete. */
@@ -1343,8 +1324,7 @@ int llmq_batch_api_handle(llmq_batch_api_t *self, llmq_msg_t *msg)
             break;
         }
         if (!*t->pb) {
-            s_fail(&t, LLMQ_ERR_INVALID_REQUEST, 0,
-                   "cancel needs a batch id");
+            s_fail(&t, LLMQ_ERR_INVALID_REQUEST, 0, "cancel needs a batch id");
             return 1;
         }
         snprintf(route, sizeof route, "%s/%s/cancel", base, t->pb);
@@ -1356,8 +1336,7 @@ int llmq_batch_api_handle(llmq_batch_api_t *self, llmq_msg_t *msg)
     return rc ? 1 : 0;
 }
 
-bool llmq_batch_api_done(llmq_batch_api_t *self, CURL *easy,
-                         CURLcode result)
+bool llmq_batch_api_done(llmq_batch_api_t *self, CURL *easy, CURLcode result)
 {
     s_call_t *c = NULL;
     void *handle = NULL;
@@ -1381,13 +1360,13 @@ size_t llmq_batch_api_active(llmq_batch_api_t *self)
 
 /*  ---- selftest ----------------------------------------------------------- */
 
-#define S_CHECK(expr)                                                       \
-    do {                                                                    \
-        if (!(expr)) {                                                      \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__,          \
-                    __LINE__, #expr);                                       \
-            abort();                                                        \
-        }                                                                   \
+#define S_CHECK(expr)                                                          \
+    do {                                                                       \
+        if (!(expr)) {                                                         \
+            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__,   \
+                    #expr);                                                    \
+            abort();                                                           \
+        }                                                                      \
     } while (0)
 
 #define S_TEST_KEY "sk-test-SECRET-key-1234"
@@ -1400,8 +1379,7 @@ static pid_t s_sim_start(char *url, size_t size)
     char path[512];
     snprintf(path, sizeof path, "%s/llmq-sim", dir ? dir : ".");
     if (access(path, X_OK) != 0) {
-        fprintf(stderr, "llmq-sim not found at %s (set LLMQ_BIN_DIR)\n",
-                path);
+        fprintf(stderr, "llmq-sim not found at %s (set LLMQ_BIN_DIR)\n", path);
         return -1;
     }
     int fds[2];
@@ -1415,9 +1393,8 @@ static pid_t s_sim_start(char *url, size_t size)
         close(fds[0]);
         close(fds[1]);
         execl(path, "llmq-sim", "--port", "0", "--quiet", "--api-key",
-              S_TEST_KEY, "--batch-validate-ms", "30",
-              "--batch-progress-ms", "150", "--batch-finalize-ms", "30",
-              (char *)NULL);
+              S_TEST_KEY, "--batch-validate-ms", "30", "--batch-progress-ms",
+              "150", "--batch-finalize-ms", "30", (char *)NULL);
         _exit(127);
     }
     close(fds[1]);
@@ -1426,7 +1403,7 @@ static pid_t s_sim_start(char *url, size_t size)
     struct timespec start;
     clock_gettime(CLOCK_MONOTONIC, &start);
     while (len < sizeof line - 1 && !strchr(line, '\n')) {
-        struct pollfd pfd = { .fd = fds[0], .events = POLLIN };
+        struct pollfd pfd = {.fd = fds[0], .events = POLLIN};
         int rc = poll(&pfd, 1, 10000);
         if (rc <= 0)
             break;
@@ -1457,8 +1434,8 @@ static bool s_contains(const void *hay, size_t hlen, const char *needle)
 }
 
 typedef struct {
-    zlist_t *msgs;                      /* messages sent to "the broker" */
-    long bad;                           /* messages that held the key */
+    zlist_t *msgs; /* messages sent to "the broker" */
+    long bad;      /* messages that held the key */
 } s_sink_t;
 
 static void s_test_send(llmq_msg_t **msg_p, void *arg)
@@ -1631,9 +1608,9 @@ static cJSON *s_fetch_all(CURLM *multi, llmq_batch_api_t **apis,
 static cJSON *s_http_get(const char *url)
 {
     CURL *easy = curl_easy_init();
-    s_call_t c = { 0 };
-    struct curl_slist *h = curl_slist_append(NULL, "Authorization: Bearer "
-                                                   S_TEST_KEY);
+    s_call_t c = {0};
+    struct curl_slist *h =
+        curl_slist_append(NULL, "Authorization: Bearer " S_TEST_KEY);
     curl_easy_setopt(easy, CURLOPT_URL, url);
     curl_easy_setopt(easy, CURLOPT_HTTPHEADER, h);
     curl_easy_setopt(easy, CURLOPT_WRITEFUNCTION, s_write_cb);
@@ -1686,13 +1663,14 @@ int llmq_batch_api_test(bool verbose)
     }
     snprintf(base, sizeof base, "%s/v1", url);
     CURLM *multi = curl_multi_init();
-    s_sink_t sink = { zlist_new(), 0 };
+    s_sink_t sink = {zlist_new(), 0};
 
     /*  Bad configs. */
-    llmq_batch_api_config_t cfg = { .kind = "openai", .base_url = base,
-                                    .api_key = S_TEST_KEY,
-                                    .results_page = 64,
-                                    .verbose = verbose };
+    llmq_batch_api_config_t cfg = {.kind = "openai",
+                                   .base_url = base,
+                                   .api_key = S_TEST_KEY,
+                                   .results_page = 64,
+                                   .verbose = verbose};
     llmq_batch_api_config_t bad = cfg;
     bad.kind = "cohere";
     S_CHECK(llmq_batch_api_new(&bad, multi, s_test_send, &sink) == NULL);
@@ -1700,24 +1678,21 @@ int llmq_batch_api_test(bool verbose)
     bad.base_url = "";
     S_CHECK(llmq_batch_api_new(&bad, multi, s_test_send, &sink) == NULL);
 
-    llmq_batch_api_t *oa = llmq_batch_api_new(&cfg, multi, s_test_send,
-                                              &sink);
+    llmq_batch_api_t *oa = llmq_batch_api_new(&cfg, multi, s_test_send, &sink);
     llmq_batch_api_set_cost(oa, s_test_cost, NULL);
     cfg.kind = "anthropic";
-    llmq_batch_api_t *an = llmq_batch_api_new(&cfg, multi, s_test_send,
-                                              &sink);
+    llmq_batch_api_t *an = llmq_batch_api_new(&cfg, multi, s_test_send, &sink);
     llmq_batch_api_config_t wrong = cfg;
     wrong.kind = "openai";
     wrong.api_key = "sk-wrong-key-99999999";
-    llmq_batch_api_t *wk = llmq_batch_api_new(&wrong, multi, s_test_send,
-                                              &sink);
+    llmq_batch_api_t *wk =
+        llmq_batch_api_new(&wrong, multi, s_test_send, &sink);
     llmq_batch_api_config_t down = cfg;
     down.kind = "openai";
     down.base_url = "http://127.0.0.1:1/v1";
-    llmq_batch_api_t *dn = llmq_batch_api_new(&down, multi, s_test_send,
-                                              &sink);
+    llmq_batch_api_t *dn = llmq_batch_api_new(&down, multi, s_test_send, &sink);
     S_CHECK(oa && an && wk && dn);
-    llmq_batch_api_t *apis[] = { oa, an, wk, dn, NULL };
+    llmq_batch_api_t *apis[] = {oa, an, wk, dn, NULL};
     llmq_msg_t *hb = llmq_msg_new(LLMQ_MSG_HB);
     S_CHECK(llmq_batch_api_handle(oa, hb) == -1); /* not a job task */
     llmq_msg_destroy(&hb);
@@ -1767,23 +1742,21 @@ int llmq_batch_api_test(bool verbose)
         S_CHECK(ok == (i != 3 && i != 5));
         if (ok) {
             const cJSON *body = cJSON_GetObjectItemCaseSensitive(e, "body");
-            S_CHECK(cJSON_IsArray(cJSON_GetObjectItemCaseSensitive(body,
-                                                                   "choices")));
+            S_CHECK(cJSON_IsArray(
+                cJSON_GetObjectItemCaseSensitive(body, "choices")));
             /*  One model per file: the job's model replaced the item's. */
             S_CHECK(streq(s_str(body, "model"), "gpt-4o-mini"));
-            const cJSON *usage = cJSON_GetObjectItemCaseSensitive(e,
-                                                                  "usage");
+            const cJSON *usage = cJSON_GetObjectItemCaseSensitive(e, "usage");
             S_CHECK(s_int(usage, "prompt_tokens") > 0);
-            const cJSON *cost = cJSON_GetObjectItemCaseSensitive(usage,
-                                                                 "cost_usd");
+            const cJSON *cost =
+                cJSON_GetObjectItemCaseSensitive(usage, "cost_usd");
             S_CHECK(cJSON_IsNumber(cost) &&
                     cost->valuedouble ==
                         (double)s_int(usage, "total_tokens") * 0.5e-6);
         }
     }
     S_CHECK(streq(s_err_code(s_by_cid(res, "3")), "invalid_request"));
-    S_CHECK(s_int(cJSON_GetObjectItemCaseSensitive(s_by_cid(res, "3"),
-                                                   "error"),
+    S_CHECK(s_int(cJSON_GetObjectItemCaseSensitive(s_by_cid(res, "3"), "error"),
                   "status") == 400);
     S_CHECK(streq(s_err_code(s_by_cid(res, "5")), "context_length"));
     cJSON_Delete(res);
@@ -1884,14 +1857,14 @@ int llmq_batch_api_test(bool verbose)
     S_CHECK(streq(s_str(body, "object"), "chat.completion"));
     const cJSON *choice = cJSON_GetArrayItem(
         cJSON_GetObjectItemCaseSensitive(body, "choices"), 0);
-    const char *content = s_str(
-        cJSON_GetObjectItemCaseSensitive(choice, "message"), "content");
+    const char *content =
+        s_str(cJSON_GetObjectItemCaseSensitive(choice, "message"), "content");
     S_CHECK(content && *content);
     S_CHECK(s_int(cJSON_GetObjectItemCaseSensitive(body, "usage"),
                   "prompt_tokens") > 0);
     S_CHECK(streq(s_err_code(s_by_cid(res, "3")), "invalid_request"));
-    S_CHECK(s_by_cid(res, "5") && !cJSON_IsTrue(cJSON_GetObjectItem(
-                                      s_by_cid(res, "5"), "ok")));
+    S_CHECK(s_by_cid(res, "5") &&
+            !cJSON_IsTrue(cJSON_GetObjectItem(s_by_cid(res, "5"), "ok")));
     cJSON_Delete(res);
     task = s_test_task(LLMQ_MSG_JOB_CANCEL, "job-an-1", pb);
     llmq_msg_set_mode(task, "cleanup");

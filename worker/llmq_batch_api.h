@@ -53,21 +53,20 @@ extern "C" {
 typedef struct _llmq_batch_api_t llmq_batch_api_t;
 
 typedef struct {
-    const char *kind;           /* openai, sim (= openai) or anthropic */
-    const char *base_url;       /* with /v1, e.g. https://api.openai.com/v1 */
-    const char *api_key;        /* never logged */
+    const char *kind;     /* openai, sim (= openai) or anthropic */
+    const char *base_url; /* with /v1, e.g. https://api.openai.com/v1 */
+    const char *api_key;  /* never logged */
     const char *anthropic_version; /* NULL: 2023-06-01 */
-    int64_t default_max_tokens; /* Anthropic needs max_tokens (0: 1024) */
-    int64_t timeout_ms;         /* per HTTP transfer (0: 600 s) */
-    int64_t results_page;       /* results per job.results (0: 1000) */
-    bool verbose;               /* log each call (never its headers) */
+    int64_t default_max_tokens;    /* Anthropic needs max_tokens (0: 1024) */
+    int64_t timeout_ms;            /* per HTTP transfer (0: 600 s) */
+    int64_t results_page;          /* results per job.results (0: 1000) */
+    bool verbose;                  /* log each call (never its headers) */
 } llmq_batch_api_config_t;
 
 /*  Price of one result line in USD, Batch API discount included: the
     worker passes its price table (llmq_worker_config_cost with batch =
     true). */
-typedef double(llmq_batch_api_cost_fn)(const char *model,
-                                       int64_t prompt_tokens,
+typedef double(llmq_batch_api_cost_fn)(const char *model, int64_t prompt_tokens,
                                        int64_t completion_tokens, void *arg);
 
 /*  Where answers go: the worker sends the message to the broker. The
@@ -77,13 +76,13 @@ typedef void(llmq_batch_api_send_fn)(llmq_msg_t **msg_p, void *arg);
 /*  Create, sharing the worker's curl multi handle. Returns NULL on a bad
     config (unknown kind, no base_url). */
 llmq_batch_api_t *llmq_batch_api_new(const llmq_batch_api_config_t *cfg,
-                                     CURLM *multi,
-                                     llmq_batch_api_send_fn *send, void *arg);
+                                     CURLM *multi, llmq_batch_api_send_fn *send,
+                                     void *arg);
 
 /*  Price results with fn (usage.cost_usd of each job.results line);
     without it the cost is 0. */
-void llmq_batch_api_set_cost(llmq_batch_api_t *self,
-                             llmq_batch_api_cost_fn *fn, void *arg);
+void llmq_batch_api_set_cost(llmq_batch_api_t *self, llmq_batch_api_cost_fn *fn,
+                             void *arg);
 
 /*  Abort every transfer (removing its handle from the multi) and free.
     Tasks in progress get no answer: the broker's task timeout covers
@@ -99,8 +98,7 @@ int llmq_batch_api_handle(llmq_batch_api_t *self, llmq_msg_t *msg);
 /*  The worker's loop got CURLMSG_DONE for easy: if the handle is ours,
     process it (removing and cleaning it up, maybe starting the next step)
     and return true; else return false and touch nothing. */
-bool llmq_batch_api_done(llmq_batch_api_t *self, CURL *easy,
-                         CURLcode result);
+bool llmq_batch_api_done(llmq_batch_api_t *self, CURL *easy, CURLcode result);
 
 /*  Tasks in progress (for the worker's drain on `bye`). */
 size_t llmq_batch_api_active(llmq_batch_api_t *self);

@@ -31,14 +31,12 @@ typedef struct {
     long capacity, requests, window, size, rate;
 } s_args_t;
 
-static int64_t
-s_now_us(void)
+static int64_t s_now_us(void)
 {
     return zclock_usecs();
 }
 
-static int
-s_proxy(s_args_t *args)
+static int s_proxy(s_args_t *args)
 {
     zsock_t *frontend = zsock_new(ZMQ_ROUTER);
     zsock_t *backend = zsock_new(ZMQ_DEALER);
@@ -46,12 +44,13 @@ s_proxy(s_args_t *args)
     zsock_set_rcvhwm(frontend, 200000);
     zsock_set_sndhwm(backend, 200000);
     zsock_set_rcvhwm(backend, 200000);
-    if (zsock_bind(frontend, "%s", args->frontend) == -1
-    ||  zsock_bind(backend, "%s", args->backend) == -1) {
+    if (zsock_bind(frontend, "%s", args->frontend) == -1 ||
+        zsock_bind(backend, "%s", args->backend) == -1) {
         fprintf(stderr, "proxy: cannot bind\n");
         return 1;
     }
-    char *fe = zsock_last_endpoint(frontend), *be = zsock_last_endpoint(backend);
+    char *fe = zsock_last_endpoint(frontend),
+         *be = zsock_last_endpoint(backend);
     printf("ready llmq-bench-broker frontend=%s backend=%s\n", fe, be);
     fflush(stdout);
     free(fe);
@@ -62,15 +61,14 @@ s_proxy(s_args_t *args)
     return 0;
 }
 
-static int
-s_worker(s_args_t *args)
+static int s_worker(s_args_t *args)
 {
     bool llmq = streq(args->worker_mode, "llmq");
     zsock_t *sock = zsock_new(ZMQ_DEALER);
     zsock_set_sndhwm(sock, 200000);
     zsock_set_rcvhwm(sock, 200000);
     char identity[64];
-    snprintf(identity, sizeof(identity), "bench-worker-%d", (int) getpid());
+    snprintf(identity, sizeof(identity), "bench-worker-%d", (int)getpid());
     zsock_set_identity(sock, identity);
     zsock_connect(sock, "%s", args->connect);
     if (llmq) {
@@ -78,7 +76,7 @@ s_worker(s_args_t *args)
         llmq_msg_set_worker(hello, identity);
         llmq_msg_set_pool(hello, "bench");
         llmq_msg_set_provider(hello, "echo");
-        const char *models[] = { args->model };
+        const char *models[] = {args->model};
         llmq_msg_set_models(hello, models, 1);
         llmq_msg_set_capacity(hello, args->capacity);
         llmq_msg_set_version(hello, "bench");
@@ -91,7 +89,7 @@ s_worker(s_args_t *args)
     fflush(stdout);
     int64_t next_hb = zclock_mono() + 1000;
     while (!zsys_interrupted) {
-        zmq_pollitem_t item = { zsock_resolve(sock), 0, ZMQ_POLLIN, 0 };
+        zmq_pollitem_t item = {zsock_resolve(sock), 0, ZMQ_POLLIN, 0};
         if (zmq_poll(&item, 1, 500) == -1)
             break;
         long answered = 0;
@@ -144,39 +142,39 @@ s_worker(s_args_t *args)
     return 0;
 }
 
-static int
-s_compare(const void *a, const void *b)
+static int s_compare(const void *a, const void *b)
 {
-    int64_t x = *(const int64_t *) a, y = *(const int64_t *) b;
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
     return x < y ? -1 : x > y;
 }
 
-static int
-s_client(s_args_t *args)
+static int s_client(s_args_t *args)
 {
     zsock_t *sock = zsock_new(ZMQ_DEALER);
     zsock_set_sndhwm(sock, 200000);
     zsock_set_rcvhwm(sock, 200000);
     char identity[64];
-    snprintf(identity, sizeof(identity), "bench-client-%d", (int) getpid());
+    snprintf(identity, sizeof(identity), "bench-client-%d", (int)getpid());
     zsock_set_identity(sock, identity);
     zsock_connect(sock, "%s", args->connect);
     long n = args->requests;
-    int64_t *sent_at = (int64_t *) calloc((size_t) n, sizeof(int64_t));
-    int64_t *latency = (int64_t *) calloc((size_t) n, sizeof(int64_t));
+    int64_t *sent_at = (int64_t *)calloc((size_t)n, sizeof(int64_t));
+    int64_t *latency = (int64_t *)calloc((size_t)n, sizeof(int64_t));
     //  A chat request body of exactly the requested size, in msgpack:
     //  {"messages": [{"role": "user", "content": "xxx..."}]}, so that real
     //  workers (llmq-worker --provider echo) accept it too.
-    size_t size = (size_t) (args->size < 64 ? 64 : args->size > 60000 ? 60000 : args->size);
-    uint8_t *body = (uint8_t *) malloc(size);
-    static const uint8_t head[] = {
-        0x81, 0xa8, 'm', 'e', 's', 's', 'a', 'g', 'e', 's', 0x91, 0x82,
-        0xa4, 'r', 'o', 'l', 'e', 0xa4, 'u', 's', 'e', 'r',
-        0xa7, 'c', 'o', 'n', 't', 'e', 'n', 't', 0xda };
+    size_t size = (size_t)(args->size < 64      ? 64
+                           : args->size > 60000 ? 60000
+                                                : args->size);
+    uint8_t *body = (uint8_t *)malloc(size);
+    static const uint8_t head[] = {0x81, 0xa8, 'm',  'e',  's',  's', 'a',  'g',
+                                   'e',  's',  0x91, 0x82, 0xa4, 'r', 'o',  'l',
+                                   'e',  0xa4, 'u',  's',  'e',  'r', 0xa7, 'c',
+                                   'o',  'n',  't',  'e',  'n',  't', 0xda};
     memcpy(body, head, sizeof(head));
     size_t len = size - sizeof(head) - 2;
-    body[sizeof(head)] = (uint8_t) (len >> 8);
-    body[sizeof(head) + 1] = (uint8_t) len;
+    body[sizeof(head)] = (uint8_t)(len >> 8);
+    body[sizeof(head) + 1] = (uint8_t)len;
     memset(body + sizeof(head) + 2, 'x', len);
     printf("ready llmq-bench-broker client=%s\n", identity);
     fflush(stdout);
@@ -187,8 +185,9 @@ s_client(s_args_t *args)
     while (done < n && zclock_mono() < deadline && !zsys_interrupted) {
         int64_t now = s_now_us();
         //  Send what the window (or the pace) allows.
-        while (sent < n && sent - done < args->window
-           && (args->rate <= 0 || sent < (now - start) * args->rate / 1000000 + 1)) {
+        while (sent < n && sent - done < args->window &&
+               (args->rate <= 0 ||
+                sent < (now - start) * args->rate / 1000000 + 1)) {
             llmq_msg_t *req = llmq_msg_new(LLMQ_MSG_REQ);
             char id[24];
             snprintf(id, sizeof(id), "%ld", sent);
@@ -203,9 +202,9 @@ s_client(s_args_t *args)
         long timeout = 100;
         if (args->rate > 0 && sent < n) {
             int64_t next = start + (sent * 1000000) / args->rate;
-            timeout = next > now ? (long) ((next - now) / 1000) : 0;
+            timeout = next > now ? (long)((next - now) / 1000) : 0;
         }
-        zmq_pollitem_t item = { zsock_resolve(sock), 0, ZMQ_POLLIN, 0 };
+        zmq_pollitem_t item = {zsock_resolve(sock), 0, ZMQ_POLLIN, 0};
         if (zmq_poll(&item, 1, timeout) == -1)
             break;
         while (zsock_events(sock) & ZMQ_POLLIN) {
@@ -213,7 +212,8 @@ s_client(s_args_t *args)
             if (!res)
                 break;
             if (llmq_msg_type(res) == LLMQ_MSG_RES) {
-                long index = llmq_msg_id(res) ? strtol(llmq_msg_id(res), NULL, 10) : -1;
+                long index =
+                    llmq_msg_id(res) ? strtol(llmq_msg_id(res), NULL, 10) : -1;
                 if (index >= 0 && index < n && !latency[index]) {
                     latency[index] = s_now_us() - sent_at[index];
                     done++;
@@ -224,15 +224,17 @@ s_client(s_args_t *args)
             llmq_msg_destroy(&res);
         }
     }
-    double seconds = (double) (s_now_us() - start) / 1e6;
-    qsort(latency, (size_t) n, sizeof(int64_t), s_compare);
+    double seconds = (double)(s_now_us() - start) / 1e6;
+    qsort(latency, (size_t)n, sizeof(int64_t), s_compare);
     int64_t *answered = latency + (n - done);
-    #define PCT(p) (done ? answered[(long) fmin((double) done - 1, floor((p) * (double) done))] : 0)
+#define PCT(p)                                                                 \
+    (done ? answered[(long)fmin((double)done - 1, floor((p) * (double)done))]  \
+          : 0)
     printf("{\"count\":%ld,\"errors\":%ld,\"seconds\":%.4f,\"rps\":%.1f,"
            "\"p50_us\":%" PRId64 ",\"p90_us\":%" PRId64 ",\"p99_us\":%" PRId64
            ",\"max_us\":%" PRId64 "}\n",
-           done, errors, seconds, (double) done / seconds, PCT(0.5), PCT(0.9), PCT(0.99),
-           done ? answered[done - 1] : 0);
+           done, errors, seconds, (double)done / seconds, PCT(0.5), PCT(0.9),
+           PCT(0.99), done ? answered[done - 1] : 0);
     fflush(stdout);
     free(sent_at);
     free(latency);
@@ -241,28 +243,33 @@ s_client(s_args_t *args)
     return done == n ? 0 : 1;
 }
 
-int
-main(int argc, char *argv[])
+int main(int argc, char *argv[])
 {
-    s_args_t args = { .frontend = "tcp://127.0.0.1:*", .backend = "tcp://127.0.0.1:*",
-                      .worker_mode = "llmq", .model = "bench", .capacity = 64,
-                      .requests = 100000, .window = 128, .size = 1024, .rate = 0 };
+    s_args_t args = {.frontend = "tcp://127.0.0.1:*",
+                     .backend = "tcp://127.0.0.1:*",
+                     .worker_mode = "llmq",
+                     .model = "bench",
+                     .capacity = 64,
+                     .requests = 100000,
+                     .window = 128,
+                     .size = 1024,
+                     .rate = 0};
     static const struct option options[] = {
-        { "frontend", required_argument, NULL, 'f' },
-        { "backend", required_argument, NULL, 'b' },
-        { "connect", required_argument, NULL, 'c' },
-        { "mode", required_argument, NULL, 'm' },
-        { "model", required_argument, NULL, 'M' },
-        { "capacity", required_argument, NULL, 'C' },
-        { "requests", required_argument, NULL, 'n' },
-        { "window", required_argument, NULL, 'w' },
-        { "size", required_argument, NULL, 's' },
-        { "rate", required_argument, NULL, 'r' },
-        { "help", no_argument, NULL, 'h' },
-        { NULL, 0, NULL, 0 }
-    };
+        {"frontend", required_argument, NULL, 'f'},
+        {"backend", required_argument, NULL, 'b'},
+        {"connect", required_argument, NULL, 'c'},
+        {"mode", required_argument, NULL, 'm'},
+        {"model", required_argument, NULL, 'M'},
+        {"capacity", required_argument, NULL, 'C'},
+        {"requests", required_argument, NULL, 'n'},
+        {"window", required_argument, NULL, 'w'},
+        {"size", required_argument, NULL, 's'},
+        {"rate", required_argument, NULL, 'r'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0}};
     if (argc < 2) {
-        fprintf(stderr, "usage: llmq-bench-broker proxy|worker|client [options] (--help)\n");
+        fprintf(stderr, "usage: llmq-bench-broker proxy|worker|client "
+                        "[options] (--help)\n");
         return 2;
     }
     args.mode = argv[1];
@@ -270,24 +277,45 @@ main(int argc, char *argv[])
     int opt;
     while ((opt = getopt_long(argc, argv, "", options, NULL)) != -1) {
         switch (opt) {
-            case 'f': args.frontend = optarg; break;
-            case 'b': args.backend = optarg; break;
-            case 'c': args.connect = optarg; break;
-            case 'm': args.worker_mode = optarg; break;
-            case 'M': args.model = optarg; break;
-            case 'C': args.capacity = atol(optarg); break;
-            case 'n': args.requests = atol(optarg); break;
-            case 'w': args.window = atol(optarg); break;
-            case 's': args.size = atol(optarg); break;
-            case 'r': args.rate = atol(optarg); break;
-            case 'h':
-                printf("llmq-bench-broker proxy --frontend EP --backend EP\n"
-                       "llmq-bench-broker worker --connect EP --mode raw|llmq "
-                       "[--capacity N] [--model M]\n"
-                       "llmq-bench-broker client --connect EP [--requests N] "
-                       "[--window W] [--size BYTES] [--rate PER_S] [--model M]\n");
-                return 0;
-            default: return 2;
+        case 'f':
+            args.frontend = optarg;
+            break;
+        case 'b':
+            args.backend = optarg;
+            break;
+        case 'c':
+            args.connect = optarg;
+            break;
+        case 'm':
+            args.worker_mode = optarg;
+            break;
+        case 'M':
+            args.model = optarg;
+            break;
+        case 'C':
+            args.capacity = atol(optarg);
+            break;
+        case 'n':
+            args.requests = atol(optarg);
+            break;
+        case 'w':
+            args.window = atol(optarg);
+            break;
+        case 's':
+            args.size = atol(optarg);
+            break;
+        case 'r':
+            args.rate = atol(optarg);
+            break;
+        case 'h':
+            printf("llmq-bench-broker proxy --frontend EP --backend EP\n"
+                   "llmq-bench-broker worker --connect EP --mode raw|llmq "
+                   "[--capacity N] [--model M]\n"
+                   "llmq-bench-broker client --connect EP [--requests N] "
+                   "[--window W] [--size BYTES] [--rate PER_S] [--model M]\n");
+            return 0;
+        default:
+            return 2;
         }
     }
     if (args.requests < 1 || args.window < 1 || args.capacity < 1)

@@ -31,18 +31,18 @@
 #include "llmq_batch_store.h"
 #include "llmq_value.h"
 
-#define CHECK(expr)                                                         \
-    do {                                                                    \
-        if (!(expr)) {                                                      \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__,          \
-                    __LINE__, #expr);                                       \
-            abort();                                                        \
-        }                                                                   \
+#define CHECK(expr)                                                            \
+    do {                                                                       \
+        if (!(expr)) {                                                         \
+            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__,   \
+                    #expr);                                                    \
+            abort();                                                           \
+        }                                                                      \
     } while (0)
 
 #define KEY "sk-it-key-0001"
 #define TOTAL 120000
-#define PERM_EVERY 10000    /* item i % PERM_EVERY == 7 fails with 400 */
+#define PERM_EVERY 10000 /* item i % PERM_EVERY == 7 fails with 400 */
 
 static bool s_verbose = false;
 
@@ -75,7 +75,7 @@ static pid_t s_sim_start(char *url, size_t size)
     char line[512] = "";
     size_t len = 0;
     while (len < sizeof line - 1 && !strchr(line, '\n')) {
-        struct pollfd pfd = { .fd = fds[0], .events = POLLIN };
+        struct pollfd pfd = {.fd = fds[0], .events = POLLIN};
         if (poll(&pfd, 1, 10000) <= 0)
             break;
         ssize_t n = read(fds[0], line + len, sizeof line - 1 - len);
@@ -103,9 +103,8 @@ static llmq_msg_t *s_wire(llmq_msg_t **msg_p)
                 llmq_msg_type_name(llmq_msg_type(msg)), err);
     CHECK(header);
     zframe_t *payload = llmq_msg_take_payload(msg);
-    llmq_msg_t *copy = llmq_msg_decode(zframe_data(header),
-                                       zframe_size(header), payload != NULL,
-                                       err, sizeof err);
+    llmq_msg_t *copy = llmq_msg_decode(zframe_data(header), zframe_size(header),
+                                       payload != NULL, err, sizeof err);
     if (!copy)
         fprintf(stderr, "decode: %s\n", err);
     CHECK(copy);
@@ -122,12 +121,12 @@ typedef struct {
     llmq_batch_t *mgr;
     llmq_batch_api_t *api;
     CURLM *multi;
-    zlist_t *inbox;             /* worker -> broker messages */
+    zlist_t *inbox; /* worker -> broker messages */
     const char *pool;
     const char *provider;
-    bool freeze_on_submit;      /* crash point 1: never deliver the first
-                                   submit's answer */
-    int freeze_fd;              /* where to say "frozen" */
+    bool freeze_on_submit; /* crash point 1: never deliver the first
+                              submit's answer */
+    int freeze_fd;         /* where to say "frozen" */
 } s_rig_t;
 
 static s_rig_t *s_rig;
@@ -168,8 +167,8 @@ static double s_cost(const char *model, int64_t prompt_tokens,
     return (double)(prompt_tokens + completion_tokens) * 0.5e-6;
 }
 
-static s_rig_t *s_rig_new(const char *db, const char *url,
-                          const char *provider, int tasks)
+static s_rig_t *s_rig_new(const char *db, const char *url, const char *provider,
+                          int tasks)
 {
     s_rig_t *rig = calloc(1, sizeof *rig);
     llmq_batch_config_t bc;
@@ -192,9 +191,11 @@ static s_rig_t *s_rig_new(const char *db, const char *url,
     rig->inbox = zlist_new();
     char base[300];
     snprintf(base, sizeof base, "%s/v1", url);
-    llmq_batch_api_config_t ac = { .kind = provider, .base_url = base,
-                                   .api_key = KEY, .results_page = 2000,
-                                   .verbose = s_verbose };
+    llmq_batch_api_config_t ac = {.kind = provider,
+                                  .base_url = base,
+                                  .api_key = KEY,
+                                  .results_page = 2000,
+                                  .verbose = s_verbose};
     rig->api = llmq_batch_api_new(&ac, rig->multi, s_to_broker, rig);
     CHECK(rig->api);
     llmq_batch_api_set_cost(rig->api, s_cost, NULL);
@@ -364,8 +365,7 @@ static void s_run_until_done(s_rig_t *rig, const char *batch)
 }
 
 /*  Every result in input order; returns how many failed. */
-static int64_t s_check_results(s_rig_t *rig, const char *batch,
-                               int64_t total)
+static int64_t s_check_results(s_rig_t *rig, const char *batch, int64_t total)
 {
     int64_t after = 0, failed = 0;
     bool final = false;
@@ -395,8 +395,7 @@ static int64_t s_check_results(s_rig_t *rig, const char *batch,
                 CHECK(streq(cJSON_GetObjectItem(err, "code")->valuestring,
                             "invalid_request"));
                 failed++;
-            }
-            else {
+            } else {
                 const cJSON *body = cJSON_GetObjectItem(e, "body");
                 CHECK(cJSON_IsArray(cJSON_GetObjectItem(body, "choices")));
             }
@@ -472,7 +471,7 @@ static int s_job_fn(const llmq_batch_job_t *job, void *arg)
 
 static s_jobs_t s_peek_jobs(const char *db)
 {
-    s_jobs_t j = { 0 };
+    s_jobs_t j = {0};
     llmq_batch_store_t *store = llmq_batch_store_new(db);
     CHECK(store);
     llmq_batch_store_job_each(store, 0, s_job_fn, &j);
@@ -511,7 +510,7 @@ int main(int argc, char *argv[])
     }
     close(fds[1]);
     char c = 0;
-    struct pollfd pfd = { .fd = fds[0], .events = POLLIN };
+    struct pollfd pfd = {.fd = fds[0], .events = POLLIN};
     CHECK(poll(&pfd, 1, 60000) == 1 && read(fds[0], &c, 1) == 1 && c == 'A');
     kill(child, SIGKILL);
     CHECK(waitpid(child, NULL, 0) == child);
@@ -533,7 +532,7 @@ int main(int argc, char *argv[])
         llmq_batch_store_t *peek = llmq_batch_store_new(db);
         while (true) {
             s_rig_step(s_rig);
-            s_jobs_t pj = { 0 };
+            s_jobs_t pj = {0};
             llmq_batch_store_job_each(peek, 0, s_job_fn, &pj);
             if (pj.with_id == 3) {
                 CHECK(write(fds[1], "B", 1) == 1);
@@ -682,8 +681,7 @@ int main(int argc, char *argv[])
     CHECK(s_num(stats, "double_billed", NULL, NULL) == 0);
     CHECK(s_num(stats, "files", "count", NULL) == 0);
     cJSON_Delete(stats);
-    printf("cancel reached the provider (%.1f s)\n",
-           (s_now() - t0) / 1000.0);
+    printf("cancel reached the provider (%.1f s)\n", (s_now() - t0) / 1000.0);
 
     s_rig_destroy(&s_rig);
     kill(sim, SIGTERM);

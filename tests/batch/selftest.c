@@ -28,16 +28,16 @@ typedef struct {
 
 static const s_test_t s_tests[] = {
 #ifdef LLMQ_BATCH_STORE
-    { "store", llmq_batch_store_test },
+    {"store", llmq_batch_store_test},
 #endif
 #ifdef LLMQ_BATCH_MANAGER
-    { "batch", llmq_batch_test },
+    {"batch", llmq_batch_test},
 #endif
 #ifdef LLMQ_BATCH_API
-    { "api", llmq_batch_api_test },
+    {"api", llmq_batch_api_test},
 #endif
 #ifdef LLMQ_BATCH_MODULE
-    { "module", llmq_batch_module_test },
+    {"module", llmq_batch_module_test},
 #endif
 };
 

@@ -4,8 +4,7 @@
 #include "llmq_metrics.h"
 #include "llmq_queue.h"
 
-int
-main(int argc, char *argv[])
+int main(int argc, char *argv[])
 {
     const char *which = argc > 1 ? argv[1] : "all";
     bool verbose = argc > 2 && streq(argv[2], "-v");
