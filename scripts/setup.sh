@@ -12,7 +12,7 @@ PACKAGES=(
   build-essential cmake pkg-config git
   libzmq3-dev libczmq-dev libmsgpack-dev libcurl4-openssl-dev
   libcjson-dev libcyaml-dev libevent-dev libsqlite3-dev
-  clang libclang-rt-14-dev valgrind
+  clang clang-format libclang-rt-14-dev valgrind
   python3 python3-zmq python3-msgpack
   curl procps wrk
   prometheus
