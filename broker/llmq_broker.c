@@ -1404,6 +1404,31 @@ static void s_handle_worker(s_broker_t *self, llmq_msg_t *msg)
     llmq_msg_destroy(&msg);
 }
 
+//  Fill the fields a queued request takes from its `req` header, the same
+//  for a client's request and one the batch module submits: lane, op,
+//  priority, deadline (relative on the wire, absolute here), attempts.
+static void s_request_init(s_request_t *r, s_lane_t *lane, int op,
+                           const llmq_msg_t *msg, int64_t now)
+{
+    llmq_queue_node_init(&r->qnode);
+    llmq_queue_node_init(&r->dnode);
+    r->lane = lane;
+    lane->refs++;
+    r->op = (uint8_t)op;
+    r->priority = llmq_msg_priority(msg);
+    r->received_at = now;
+    int64_t deadline_ms = llmq_msg_deadline_ms(msg);
+    r->deadline = deadline_ms > 0 && deadline_ms < INT64_MAX / 4
+                      ? now + deadline_ms
+                      : s_NO_EXPIRY;
+    int64_t max_attempts =
+        llmq_msg_has(msg, LLMQ_F_max_attempts) ? llmq_msg_max_attempts(msg) : 3;
+    r->max_attempts = (uint8_t)(max_attempts < 1                ? 1
+                                : max_attempts > s_MAX_ATTEMPTS ? s_MAX_ATTEMPTS
+                                                                : max_attempts);
+    r->attempt = 1;
+}
+
 //  --------------------------------------------------------------------------
 //  Clients.
 
@@ -1460,24 +1485,8 @@ static void s_client_request(s_broker_t *self, const char *key,
         return;
     }
     int64_t now = zclock_mono();
-    llmq_queue_node_init(&r->qnode);
-    llmq_queue_node_init(&r->dnode);
     r->client = client;
-    r->lane = lane;
-    lane->refs++;
-    r->op = (uint8_t)op;
-    r->priority = llmq_msg_priority(msg);
-    r->received_at = now;
-    int64_t deadline_ms = llmq_msg_deadline_ms(msg);
-    r->deadline = deadline_ms > 0 && deadline_ms < INT64_MAX / 4
-                      ? now + deadline_ms
-                      : s_NO_EXPIRY;
-    int64_t max_attempts =
-        llmq_msg_has(msg, LLMQ_F_max_attempts) ? llmq_msg_max_attempts(msg) : 3;
-    r->max_attempts = (uint8_t)(max_attempts < 1                ? 1
-                                : max_attempts > s_MAX_ATTEMPTS ? s_MAX_ATTEMPTS
-                                                                : max_attempts);
-    r->attempt = 1;
+    s_request_init(r, lane, op, msg, now);
     r->stream = llmq_msg_stream(msg);
     r->payload = llmq_msg_take_payload(msg);
     size_t meta_size = 0;
@@ -2258,25 +2267,9 @@ int llmq_broker_submit(llmq_broker_core_t *self, llmq_msg_t **req_p,
         return -1;
     }
     int64_t now = zclock_mono();
-    llmq_queue_node_init(&r->qnode);
-    llmq_queue_node_init(&r->dnode);
     r->fn = fn;
     r->fn_arg = arg;
-    r->lane = lane;
-    lane->refs++;
-    r->op = (uint8_t)op;
-    r->priority = llmq_msg_priority(msg);
-    r->received_at = now;
-    int64_t deadline_ms = llmq_msg_deadline_ms(msg);
-    r->deadline = deadline_ms > 0 && deadline_ms < INT64_MAX / 4
-                      ? now + deadline_ms
-                      : s_NO_EXPIRY;
-    int64_t max_attempts =
-        llmq_msg_has(msg, LLMQ_F_max_attempts) ? llmq_msg_max_attempts(msg) : 3;
-    r->max_attempts = (uint8_t)(max_attempts < 1                ? 1
-                                : max_attempts > s_MAX_ATTEMPTS ? s_MAX_ATTEMPTS
-                                                                : max_attempts);
-    r->attempt = 1;
+    s_request_init(r, lane, op, msg, now);
     r->payload = llmq_msg_take_payload(msg);
     llmq_msg_destroy(&msg);
     self->counters.received++;
