@@ -8,7 +8,10 @@ SECONDS_RUN=${2:-20}
 RUNS=${3:-3}
 BIN=$BUILD/bin
 ulimit -n "$(ulimit -Hn)"
-cmake --build "$BUILD" --target llmq-worker llmq-sim bench_worker -j2 >/dev/null
+# LLMQ_BENCH_NO_BUILD=1: use the binaries as built (ctest's smoke run must
+# not rebuild its own build tree while other tests run from it).
+[ "${LLMQ_BENCH_NO_BUILD:-0}" = 1 ] ||
+  cmake --build "$BUILD" --target llmq-worker llmq-sim bench_worker -j2 >/dev/null
 
 echo "echo provider (no HTTP), 256 in flight:"
 "$BIN/bench_worker" "$BIN/llmq-worker" echo 256 "$SECONDS_RUN" 2 2>/dev/null
