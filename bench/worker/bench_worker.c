@@ -117,7 +117,9 @@ int main(int argc, char **argv)
     posix_spawn_file_actions_init(&fa);
     posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
     pid_t pid;
-    if (posix_spawn(&pid, worker_bin, &fa, NULL, wargv, environ) != 0) {
+    int spawned = posix_spawn(&pid, worker_bin, &fa, NULL, wargv, environ);
+    posix_spawn_file_actions_destroy(&fa);
+    if (spawned != 0) {
         fprintf(stderr, "cannot start %s\n", worker_bin);
         return 1;
     }
