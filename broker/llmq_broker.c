@@ -1432,6 +1432,20 @@ static void s_request_init(s_request_t *r, s_lane_t *lane, int op,
 //  --------------------------------------------------------------------------
 //  Clients.
 
+//  Tell the worker holding r to drop it (its slot's credit comes back with
+//  the worker's `cancelled` answer, which the broker then drops).
+static void s_cancel_at_worker(llmq_broker_core_t *self, s_request_t *r)
+{
+    llmq_msg_t *cancel = llmq_msg_new(LLMQ_MSG_CANCEL);
+    if (!cancel)
+        return;
+    char bid[24];
+    s_bid_text(r->bid, bid);
+    llmq_msg_set_id(cancel, bid);
+    llmq_msg_set_routing_id(cancel, r->worker->rid);
+    llmq_msg_send(&cancel, self->backend);
+}
+
 static void s_client_request(s_broker_t *self, const char *key,
                              llmq_msg_t **msg_p)
 {
@@ -1522,16 +1536,8 @@ static void s_client_cancel(s_broker_t *self, const char *key, llmq_msg_t *msg)
                : NULL;
     if (!r)
         return; //  Unknown or already answered: ignored
-    if (r->worker) {
-        llmq_msg_t *cancel = llmq_msg_new(LLMQ_MSG_CANCEL);
-        if (cancel) {
-            char bid[24];
-            s_bid_text(r->bid, bid);
-            llmq_msg_set_id(cancel, bid);
-            llmq_msg_set_routing_id(cancel, r->worker->rid);
-            llmq_msg_send(&cancel, self->backend);
-        }
-    }
+    if (r->worker)
+        s_cancel_at_worker(self, r);
     self->counters.cancelled++;
     s_fail(self, r, LLMQ_ERR_CANCELLED, "cancelled by the client");
 }
@@ -1709,14 +1715,7 @@ static void s_expire(s_broker_t *self, int64_t now)
         char message[200];
         if (r->worker) {
             //  Far past its deadline at a worker: answer, and free the slot.
-            llmq_msg_t *cancel = llmq_msg_new(LLMQ_MSG_CANCEL);
-            if (cancel) {
-                char bid[24];
-                s_bid_text(r->bid, bid);
-                llmq_msg_set_id(cancel, bid);
-                llmq_msg_set_routing_id(cancel, r->worker->rid);
-                llmq_msg_send(&cancel, self->backend);
-            }
+            s_cancel_at_worker(self, r);
             self->counters.expired++;
             s_fail(self, r, LLMQ_ERR_DEADLINE_EXCEEDED,
                    "deadline passed while a worker held the request");
