@@ -24,6 +24,7 @@
     exactly one result. Slow answers are not failures.
 */
 #include "llmq_client.h"
+#include "llmq_duration.h"
 #include "llmq_msg.h"
 #include "llmq_value.h"
 
@@ -193,6 +194,12 @@ llmq_client_t *llmq_client_new(const char *endpoint)
     self->window = LLMQ_CLIENT_WINDOW;
     self->timeout_ms = LLMQ_CLIENT_TIMEOUT_MS;
     self->heartbeat_ms = LLMQ_CLIENT_HEARTBEAT_MS;
+    self->give_up_ms = LLMQ_CLIENT_GIVE_UP_MS;
+    const char *give_up = getenv("LLMQ_GIVE_UP_MS");
+    int64_t env_ms = 0;
+    if (give_up && *give_up && !llmq_duration_parse(give_up, &env_ms, NULL) &&
+        env_ms <= INT32_MAX)
+        self->give_up_ms = (int)env_ms;
     self->sock = s_socket_new(self);
     if (!self->sock) {
         llmq_client_destroy(&self);
@@ -673,6 +680,13 @@ static int s_submit(llmq_client_t *self, llmq_op_t op, const char *model,
     if (!payload || !model || !*model || (int)op < 0 ||
         op > LLMQ_OP_EMBEDDING) {
         zframe_destroy(&payload);
+        return -1;
+    }
+    //  A frame over the protocol's limit would be dropped by the broker
+    //  (and resent after every reconnect, forever): refuse it here.
+    if (zframe_size(payload) > (size_t)LLMQ_MAX_FRAME_SIZE - 4096) {
+        zframe_destroy(&payload);
+        errno = EMSGSIZE;
         return -1;
     }
     //  Window full: pump until a slot frees up.

@@ -401,8 +401,11 @@ llmq_cluster_t *llmq_cluster_new(const llmq_cluster_opts_t *opts, char *err,
     const char *file_model =
         file_models ? (const char *)zlist_first(file_models) : NULL;
     const char *provider = opts->provider ? opts->provider : file_provider;
+    const char *anthropic_key = getenv("ANTHROPIC_API_KEY");
     if (!provider)
-        provider = (api_key && *api_key) ? "openai" : "sim";
+        provider = (api_key && *api_key)               ? "openai"
+                   : (anthropic_key && *anthropic_key) ? "anthropic"
+                                                       : "sim";
     self->provider = strdup(provider);
     bool simulated = streq(provider, "sim");
     const char *model = opts->model ? opts->model : file_model;
@@ -447,17 +450,23 @@ llmq_cluster_t *llmq_cluster_new(const llmq_cluster_opts_t *opts, char *err,
         //  Its own name tells it apart from any other broker that later
         //  gets the same ephemeral port.
         //  The pid makes the name unique among embedded clusters too.
+        //  A run of durable batches keeps its database where the caller
+        //  says (beside its output), so a rerun resumes its batches.
         char name[64];
         snprintf(name, sizeof name, "llmq-local-%d", (int)getpid());
+        char poll[32];
+        snprintf(poll, sizeof poll, "%d", opts->batch_poll_ms);
         char *argv[] = {"llmq-broker",
                         "--frontend",
                         "tcp://127.0.0.1:*",
                         "--backend",
                         "tcp://127.0.0.1:*",
                         "--batch-db",
-                        "none",
+                        opts->batch_db ? (char *)opts->batch_db : "none",
                         "--name",
                         name,
+                        opts->batch_poll_ms > 0 ? "--batch-poll-ms" : NULL,
+                        poll,
                         NULL};
         s_child_t *child = s_spawn(self, "broker", argv, err, errlen);
         if (!child || !(line = s_wait_ready(child, err, errlen)))
@@ -524,6 +533,8 @@ llmq_cluster_t *llmq_cluster_new(const llmq_cluster_opts_t *opts, char *err,
                 argv[argc++] = "--config";
                 argv[argc++] = (char *)opts->config;
             }
+            if (opts->batch_db)
+                argv[argc++] = "--batch-api";
             argv[argc] = NULL;
             char name[32];
             snprintf(name, sizeof(name), "worker-%d", i + 1);

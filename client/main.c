@@ -15,13 +15,16 @@
 */
 #include "llmq.h"
 #include "llmq_cluster.h"
+#include "llmq_duration.h"
 #include "llmq_jsonl.h"
 #include "llmq_progress.h"
 
 #include <czmq.h>
 #include <errno.h>
 #include <getopt.h>
+#include <libgen.h>
 #include <signal.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #define EXIT_OK 0
@@ -65,10 +68,11 @@ typedef struct {
     int capacity;         /* embedded cluster per-worker capacity */
     int sim_latency_ms;   /* embedded llmq-sim latency */
     int concurrency;      /* run: window */
-    int max_attempts;     /* broker dispatch attempts */
+    int max_dispatches;   /* broker dispatch attempts per request */
     int64_t deadline_ms;  /* per-request deadline */
     int timeout_ms;       /* broker liveness */
-    int give_up_s;        /* fail when the broker is silent this long */
+    int64_t give_up_ms;   /* fail when the broker is silent this long */
+    int batch_poll_ms;    /* embedded broker: provider poll period */
     bool quiet;           /* no progress bar, no summary */
     bool retry_failed;    /* run: redo error lines of OUT */
     bool verbose;         /* log more, children's stderr through */
@@ -77,6 +81,7 @@ typedef struct {
     const char *system;   /* chat: system prompt */
     int max_tokens;       /* chat: max_tokens */
     const char *mode;     /* batch, run: auto | realtime | provider */
+    const char *batch_db; /* embedded broker's batch database, or NULL */
     bool detach;          /* batch submit: print the id and leave */
 } s_opts_t;
 
@@ -91,6 +96,8 @@ enum {
     OPT_SIM_LATENCY,
     OPT_CONCURRENCY,
     OPT_MAX_ATTEMPTS,
+    OPT_MAX_DISPATCHES,
+    OPT_BATCH_POLL,
     OPT_DEADLINE,
     OPT_TIMEOUT,
     OPT_GIVE_UP,
@@ -118,6 +125,8 @@ static const struct option s_long_options[] = {
     {"output", required_argument, NULL, 'o'},
     {"concurrency", required_argument, NULL, OPT_CONCURRENCY},
     {"max-attempts", required_argument, NULL, OPT_MAX_ATTEMPTS},
+    {"max-dispatches", required_argument, NULL, OPT_MAX_DISPATCHES},
+    {"batch-poll-ms", required_argument, NULL, OPT_BATCH_POLL},
     {"deadline-ms", required_argument, NULL, OPT_DEADLINE},
     {"timeout", required_argument, NULL, OPT_TIMEOUT},
     {"give-up", required_argument, NULL, OPT_GIVE_UP},
@@ -306,6 +315,29 @@ static long s_number(const char *text, const char *name)
     return value;
 }
 
+/*  Parse a duration option (a bare number is ms; or 500ms, 2s, 1m: the
+    parser every llmq binary shares). --give-up took seconds before: a bare
+    number below 1000 there is most likely meant as seconds, so say how it
+    is read. Returns 0 or -1. */
+static int s_duration(const char *text, const char *name, bool was_seconds,
+                      int64_t *ms_p)
+{
+    bool bare = false;
+    if (llmq_duration_parse(text, ms_p, &bare) || *ms_p > INT32_MAX) {
+        fprintf(stderr,
+                "llmq: %s wants a duration (a bare number is ms; or 500ms, "
+                "2s, 1m), not '%s'\n",
+                name, text);
+        return -1;
+    }
+    if (was_seconds && bare && *ms_p > 0 && *ms_p < 1000)
+        fprintf(stderr,
+                "llmq: warning: %s %s is %s ms (durations are in ms; write "
+                "%ss for seconds)\n",
+                name, text, text, text);
+    return 0;
+}
+
 /*  Parse options for a command; positional arguments stay in argv from
  *first_p on. Returns 0, 1 (help printed), or -1 (usage error). */
 static int s_parse(const char *command, int argc, char **argv, s_opts_t *opts,
@@ -316,6 +348,7 @@ static int s_parse(const char *command, int argc, char **argv, s_opts_t *opts,
     int c;
     while ((c = getopt_long(argc, argv, "o:hq", s_long_options, NULL)) != -1) {
         long n = 0;
+        int64_t ms = 0;
         switch (c) {
         case OPT_BROKER:
             opts->broker = optarg;
@@ -366,12 +399,9 @@ static int s_parse(const char *command, int argc, char **argv, s_opts_t *opts,
             return 1;
         case OPT_WORKERS:
         case OPT_CAPACITY:
-        case OPT_SIM_LATENCY:
         case OPT_CONCURRENCY:
         case OPT_MAX_ATTEMPTS:
-        case OPT_DEADLINE:
-        case OPT_TIMEOUT:
-        case OPT_GIVE_UP:
+        case OPT_MAX_DISPATCHES:
         case OPT_MAX_TOKENS:
             if ((n = s_number(optarg, argv[optind - 1])) < 0)
                 return -1;
@@ -379,20 +409,35 @@ static int s_parse(const char *command, int argc, char **argv, s_opts_t *opts,
                 opts->workers = (int)n;
             if (c == OPT_CAPACITY)
                 opts->capacity = (int)n;
-            if (c == OPT_SIM_LATENCY)
-                opts->sim_latency_ms = (int)n;
             if (c == OPT_CONCURRENCY)
                 opts->concurrency = (int)n;
             if (c == OPT_MAX_ATTEMPTS)
-                opts->max_attempts = (int)n;
-            if (c == OPT_DEADLINE)
-                opts->deadline_ms = n;
-            if (c == OPT_TIMEOUT)
-                opts->timeout_ms = (int)n;
-            if (c == OPT_GIVE_UP)
-                opts->give_up_s = (int)n;
+                fprintf(stderr, "llmq: --max-attempts is deprecated: it is "
+                                "--max-dispatches (broker dispatches; the "
+                                "worker's --max-attempts counts HTTP "
+                                "attempts)\n");
+            if (c == OPT_MAX_ATTEMPTS || c == OPT_MAX_DISPATCHES)
+                opts->max_dispatches = (int)n;
             if (c == OPT_MAX_TOKENS)
                 opts->max_tokens = (int)n;
+            break;
+        case OPT_SIM_LATENCY:
+        case OPT_DEADLINE:
+        case OPT_TIMEOUT:
+        case OPT_GIVE_UP:
+        case OPT_BATCH_POLL:
+            if (s_duration(optarg, argv[optind - 1], c == OPT_GIVE_UP, &ms) < 0)
+                return -1;
+            if (c == OPT_SIM_LATENCY)
+                opts->sim_latency_ms = (int)ms;
+            if (c == OPT_DEADLINE)
+                opts->deadline_ms = ms;
+            if (c == OPT_TIMEOUT)
+                opts->timeout_ms = (int)ms;
+            if (c == OPT_GIVE_UP)
+                opts->give_up_ms = ms;
+            if (c == OPT_BATCH_POLL)
+                opts->batch_poll_ms = (int)ms;
             break;
         case ':':
             fprintf(stderr, "llmq %s: option %s needs a value\n", command,
@@ -481,6 +526,8 @@ static int s_connect(const s_opts_t *opts, s_conn_t *conn, bool allow_cluster,
         copts.config = opts->config;
         copts.sim_latency_ms = opts->sim_latency_ms;
         copts.verbose = opts->verbose;
+        copts.batch_db = opts->batch_db;
+        copts.batch_poll_ms = opts->batch_poll_ms;
         char err[512] = "";
         conn->cluster = llmq_cluster_new(&copts, err, sizeof(err));
         if (!conn->cluster) {
@@ -530,6 +577,105 @@ static int s_connect(const s_opts_t *opts, s_conn_t *conn, bool allow_cluster,
 }
 
 //  --------------------------------------------------------------------------
+//  The files of a run: checked before anything is written or sent
+
+/*  OUT's directory is created, and OUT must not be IN: the same device and
+    inode (the same file, or a symlink or hard link to it) would be
+    overwritten by the results. "-" is stdin / stdout. Returns 0 or
+    EXIT_USAGE. */
+static int s_prepare_output(const char *command, const char *input,
+                            const char *output)
+{
+    if (streq(output, "-"))
+        return 0;
+    struct stat in_st, out_st;
+    bool have_in = streq(input, "-") ? fstat(STDIN_FILENO, &in_st) == 0
+                                     : stat(input, &in_st) == 0;
+    if (have_in && stat(output, &out_st) == 0 &&
+        in_st.st_dev == out_st.st_dev && in_st.st_ino == out_st.st_ino) {
+        fprintf(stderr,
+                "llmq %s: %s and %s are the same file (same device and "
+                "inode): the results would overwrite the input; choose "
+                "another -o\n",
+                command, input, output);
+        return EXIT_USAGE;
+    }
+    char *copy = strdup(output);
+    const char *dir = copy ? dirname(copy) : ".";
+    struct stat dir_st;
+    int rc = 0;
+    if (stat(dir, &dir_st) != 0 && zsys_dir_create("%s", dir) != 0) {
+        fprintf(stderr, "llmq %s: cannot create the directory %s of %s: %s\n",
+                command, dir, output, strerror(errno));
+        rc = EXIT_USAGE;
+    }
+    free(copy);
+    return rc;
+}
+
+/*  custom_ids match results to requests: two lines with one id cannot
+    both be answered. Returns 0 or EXIT_USAGE (before anything is sent). */
+static int s_check_duplicates(const char *command, zlistx_t *items)
+{
+    zhashx_t *seen = zhashx_new();
+    size_t duplicates = 0;
+    for (llmq_jsonl_item_t *item = (llmq_jsonl_item_t *)zlistx_first(items);
+         item; item = (llmq_jsonl_item_t *)zlistx_next(items)) {
+        llmq_jsonl_item_t *first =
+            (llmq_jsonl_item_t *)zhashx_lookup(seen, item->custom_id);
+        if (!first) {
+            zhashx_insert(seen, item->custom_id, item);
+            continue;
+        }
+        if (++duplicates <= 5)
+            fprintf(stderr,
+                    "llmq %s: line %zu: duplicate custom_id '%s' (first on "
+                    "line %zu)\n",
+                    command, item->line_no, item->custom_id, first->line_no);
+    }
+    zhashx_destroy(&seen);
+    if (!duplicates)
+        return 0;
+    fprintf(stderr,
+            "llmq %s: %zu duplicate custom_id%s: every line needs its own "
+            "custom_id (results are matched by it); nothing was sent\n",
+            command, duplicates, duplicates == 1 ? "" : "s");
+    return EXIT_USAGE;
+}
+
+/*  True when OUT already answers every item (a rerun of a finished run):
+    says so and sets *rc_p to 0, or 1 if some of those lines are errors. */
+static bool s_output_complete(s_opts_t *opts, zlistx_t *items,
+                              const char *output, int *rc_p)
+{
+    if (streq(output, "-") || zlistx_size(items) == 0)
+        return false;
+    char err[512] = "";
+    zhashx_t *lines = llmq_jsonl_scan_output(output, opts->retry_failed, NULL,
+                                             err, sizeof err);
+    size_t failed = 0;
+    bool complete = lines != NULL;
+    for (llmq_jsonl_item_t *item = (llmq_jsonl_item_t *)zlistx_first(items);
+         item && complete; item = (llmq_jsonl_item_t *)zlistx_next(items)) {
+        const char *line = (const char *)zhashx_lookup(lines, item->custom_id);
+        if (!line)
+            complete = false;
+        else if (!strstr(line, "\"error\":null"))
+            failed++;
+    }
+    zhashx_destroy(&lines);
+    if (!complete)
+        return false;
+    fprintf(stderr,
+            "llmq: %s is already complete: %zu lines, %zu ok, %zu failed; "
+            "nothing to run%s\n",
+            output, zlistx_size(items), zlistx_size(items) - failed, failed,
+            failed ? " (--retry-failed runs the failed lines again)" : "");
+    *rc_p = failed ? EXIT_FAILED_LINES : EXIT_OK;
+    return true;
+}
+
+//  --------------------------------------------------------------------------
 //  llmq run
 
 /*  How often a line answered `overloaded` is sent again (after about
@@ -549,7 +695,7 @@ static void s_retry_destructor(void **item)
 }
 
 static int s_batch_submit(s_opts_t *opts, const char *input, const char *output,
-                          bool detach);
+                          bool detach, bool stable);
 
 static int s_cmd_run(s_opts_t *opts, int argc, char **argv)
 {
@@ -561,14 +707,24 @@ static int s_cmd_run(s_opts_t *opts, int argc, char **argv)
     }
     //  --mode: the file as one durable broker batch (llmq batch submit).
     if (opts->mode)
-        return s_batch_submit(opts, argv[0], opts->output, false);
+        return s_batch_submit(opts, argv[0], opts->output, false, true);
     const char *input = argv[0];
+    int rc = s_prepare_output("run", input, opts->output);
+    if (rc)
+        return rc;
     char err[512] = "";
     zlistx_t *items = llmq_jsonl_read_input(input, false, err, sizeof(err));
     if (!items) {
         fprintf(stderr, "llmq run: %s\n", err);
         return EXIT_USAGE;
     }
+    if ((rc = s_check_duplicates("run", items)) != 0 ||
+        s_output_complete(opts, items, opts->output, &rc)) {
+        zlistx_destroy(&items);
+        return rc;
+    }
+    bool to_stdout = streq(opts->output, "-");
+    FILE *report = to_stdout ? stderr : stdout;
     size_t dropped = 0;
     zhashx_t *lines = llmq_jsonl_scan_output(opts->output, opts->retry_failed,
                                              &dropped, err, sizeof(err));
@@ -588,37 +744,25 @@ static int s_cmd_run(s_opts_t *opts, int argc, char **argv)
         return EXIT_FATAL;
     }
 
-    //  What is left to do: not in OUT yet, first occurrence of its custom_id.
-    size_t total_items = zlistx_size(items), resumed = 0, resumed_failed = 0,
-           duplicates = 0;
+    //  What is left to do: not in OUT yet (custom_ids are unique).
+    size_t total_items = zlistx_size(items), resumed = 0, resumed_failed = 0;
     llmq_jsonl_item_t **todo =
         (llmq_jsonl_item_t **)calloc(total_items + 1, sizeof(*todo));
     size_t todo_count = 0;
-    zhashx_t *seen = zhashx_new();
     llmq_jsonl_item_t *item = (llmq_jsonl_item_t *)zlistx_first(items);
     while (item) {
-        if (zhashx_lookup(seen, item->custom_id)) {
-            duplicates++;
-            fprintf(stderr,
-                    "llmq run: line %zu: duplicate custom_id '%s' skipped\n",
-                    item->line_no, item->custom_id);
-        } else {
-            zhashx_insert(seen, item->custom_id, item);
-            const char *line =
-                (const char *)zhashx_lookup(lines, item->custom_id);
-            if (line) {
-                resumed++;
-                //  An error line kept by the resume is still a failed line.
-                if (!strstr(line, "\"error\":null"))
-                    resumed_failed++;
-            } else
-                todo[todo_count++] = item;
-        }
+        const char *line = (const char *)zhashx_lookup(lines, item->custom_id);
+        if (line) {
+            resumed++;
+            //  An error line kept by the resume is still a failed line.
+            if (!strstr(line, "\"error\":null"))
+                resumed_failed++;
+        } else
+            todo[todo_count++] = item;
         item = (llmq_jsonl_item_t *)zlistx_next(items);
     }
-    zhashx_destroy(&seen);
 
-    int rc = EXIT_OK;
+    rc = EXIT_OK;
     s_conn_t conn = {0};
     llmq_jsonl_writer_t *writer = NULL;
     llmq_progress_t *progress = NULL;
@@ -654,10 +798,10 @@ static int s_cmd_run(s_opts_t *opts, int argc, char **argv)
     if (todo_count > 0) {
         int window = opts->concurrency > 0 ? opts->concurrency : 64;
         llmq_client_set_window(conn.client, (size_t)window);
-        int give_up_s = opts->give_up_s >= 0 ? opts->give_up_s : 300;
-        llmq_client_set_give_up(conn.client, give_up_s * 1000);
+        int64_t give_up_ms = opts->give_up_ms >= 0 ? opts->give_up_ms : 300000;
+        llmq_client_set_give_up(conn.client, (int)give_up_ms);
         llmq_opts_t ropts = {0};
-        ropts.max_attempts = opts->max_attempts;
+        ropts.max_attempts = opts->max_dispatches;
         ropts.deadline_ms = opts->deadline_ms;
         size_t next = 0, finished = 0, retried = 0;
         bool unreachable = false, cluster_died = false;
@@ -710,7 +854,11 @@ static int s_cmd_run(s_opts_t *opts, int argc, char **argv)
                         break;
                     line = llmq_jsonl_error_line(
                         item->custom_id, NULL, "invalid_request",
-                        "request body could not be encoded", 0);
+                        errno == EMSGSIZE
+                            ? "request too large for the protocol's "
+                              "64 MiB frame limit"
+                            : "request body could not be encoded",
+                        0);
                 } else
                     line = llmq_jsonl_error_line(
                         item->custom_id, NULL, "invalid_request",
@@ -817,11 +965,10 @@ static int s_cmd_run(s_opts_t *opts, int argc, char **argv)
                     stderr,
                     "llmq run: stopping; rerun the same command to resume\n");
             else
-                fprintf(
-                    stderr,
-                    "llmq run: broker silent for %d s, giving up; rerun the "
-                    "same command to resume\n",
-                    give_up_s);
+                fprintf(stderr,
+                        "llmq run: no broker answered for %.1f s, giving up; "
+                        "rerun the same command to resume\n",
+                        (double)give_up_ms / 1000);
             rc = EXIT_FATAL;
         }
         if (s_interrupted) {
@@ -840,10 +987,9 @@ static int s_cmd_run(s_opts_t *opts, int argc, char **argv)
                 opts->output, strerror(errno));
         rc = EXIT_FATAL;
     }
-    size_t failed =
-        llmq_progress_failed(progress) + duplicates + resumed_failed;
+    size_t failed = llmq_progress_failed(progress) + resumed_failed;
     if (!opts->quiet)
-        llmq_progress_summary(progress, stdout, opts->output,
+        llmq_progress_summary(progress, report, opts->output,
                               conn.simulated
                                   ? "SIMULATED results (llmq-sim): no real "
                                     "model was called"
@@ -899,7 +1045,7 @@ static int s_cmd_chat(s_opts_t *opts, int argc, char **argv)
         return rc;
     }
     llmq_client_set_give_up(
-        conn.client, (opts->give_up_s > 0 ? opts->give_up_s : 60) * 1000);
+        conn.client, (int)(opts->give_up_ms > 0 ? opts->give_up_ms : 60000));
     cJSON *body = cJSON_CreateObject();
     cJSON_AddStringToObject(body, "model", conn.model);
     cJSON *messages = cJSON_AddArrayToObject(body, "messages");
@@ -1148,7 +1294,7 @@ static void s_batch_summary(const llmq_batch_status_t *st)
 /*  Wait until the batch is finished, showing its progress. 0, or an exit
     code. */
 static int s_batch_wait(s_opts_t *opts, llmq_client_t *client, const char *id,
-                        llmq_batch_status_t *st)
+                        llmq_batch_status_t *st, bool embedded)
 {
     bool tty = isatty(2) && !opts->quiet;
     char last[400] = "";
@@ -1170,10 +1316,17 @@ static int s_batch_wait(s_opts_t *opts, llmq_client_t *client, const char *id,
         if (s_interrupted) {
             if (tty)
                 fprintf(stderr, "\n");
-            fprintf(stderr,
-                    "llmq batch: interrupted; the batch goes on: "
-                    "llmq batch results %s -o OUT\n",
-                    id);
+            if (embedded)
+                fprintf(stderr,
+                        "llmq batch: interrupted; batch %s is kept in the "
+                        "local database: rerun the same command to resume "
+                        "it\n",
+                        id);
+            else
+                fprintf(stderr,
+                        "llmq batch: interrupted; the batch goes on: "
+                        "llmq batch results %s -o OUT\n",
+                        id);
             return EXIT_INTERRUPTED;
         }
     }
@@ -1192,8 +1345,9 @@ static int s_batch_write(llmq_client_t *client, const char *id,
         fprintf(stderr, "llmq batch: %s\n", llmq_batch_error(client));
         return EXIT_FATAL;
     }
-    char *tmp = zsys_sprintf("%s.tmp", output);
-    FILE *file = tmp ? fopen(tmp, "w") : NULL;
+    bool to_stdout = streq(output, "-");
+    char *tmp = to_stdout ? NULL : zsys_sprintf("%s.tmp", output);
+    FILE *file = to_stdout ? stdout : tmp ? fopen(tmp, "w") : NULL;
     int rc = file ? EXIT_OK : EXIT_FATAL;
     size_t failed = 0;
     for (size_t i = 0; i < count; i++) {
@@ -1207,11 +1361,11 @@ static int s_batch_write(llmq_client_t *client, const char *id,
         llmq_result_destroy(&results[i]);
     }
     free(results);
-    if (file && (fflush(file) || fsync(fileno(file))))
+    if (file && (fflush(file) || (!to_stdout && fsync(fileno(file)))))
         rc = EXIT_FATAL;
-    if (file && fclose(file))
+    if (file && !to_stdout && fclose(file))
         rc = EXIT_FATAL;
-    if (rc == EXIT_OK && rename(tmp, output))
+    if (rc == EXIT_OK && !to_stdout && rename(tmp, output))
         rc = EXIT_FATAL;
     if (rc != EXIT_OK)
         fprintf(stderr, "llmq batch: cannot write %s: %s\n", output,
@@ -1221,24 +1375,12 @@ static int s_batch_write(llmq_client_t *client, const char *id,
     return rc;
 }
 
-/*  Send the lines of input as a new batch; print its id; unless detached,
-    wait and write the results to output. */
-static int s_batch_submit(s_opts_t *opts, const char *input, const char *output,
-                          bool detach)
+/*  Check the lines of a batch: usable, one op (the provider's rule), a
+    model (the first line's, unless --model). Returns 0 or EXIT_USAGE. */
+static int s_batch_items_check(s_opts_t *opts, zlistx_t *items,
+                               const char *input, const char **model_p,
+                               int *op_p)
 {
-    const char *mode = opts->mode ? opts->mode : "auto";
-    if (!streq(mode, "auto") && !streq(mode, "realtime") &&
-        !streq(mode, "provider")) {
-        fprintf(stderr, "llmq batch: --mode is auto, realtime or provider\n");
-        return EXIT_USAGE;
-    }
-    char err[512] = "";
-    zlistx_t *items = llmq_jsonl_read_input(input, false, err, sizeof(err));
-    if (!items) {
-        fprintf(stderr, "llmq batch: %s\n", err);
-        return EXIT_USAGE;
-    }
-    //  One model and one op per batch (the provider's rule too).
     const char *model = opts->model;
     int op = -1;
     for (llmq_jsonl_item_t *item = (llmq_jsonl_item_t *)zlistx_first(items);
@@ -1246,14 +1388,12 @@ static int s_batch_submit(s_opts_t *opts, const char *input, const char *output,
         if (item->error) {
             fprintf(stderr, "llmq batch: line %zu: %s\n", item->line_no,
                     item->error);
-            zlistx_destroy(&items);
             return EXIT_USAGE;
         }
         if (op >= 0 && (int)item->op != op) {
             fprintf(stderr,
                     "llmq batch: line %zu: one batch has one op (url)\n",
                     item->line_no);
-            zlistx_destroy(&items);
             return EXIT_USAGE;
         }
         op = (int)item->op;
@@ -1262,33 +1402,75 @@ static int s_batch_submit(s_opts_t *opts, const char *input, const char *output,
     }
     if (zlistx_size(items) == 0) {
         fprintf(stderr, "llmq batch: %s has no lines\n", input);
-        zlistx_destroy(&items);
         return EXIT_USAGE;
     }
-    s_conn_t conn = {0};
-    int rc = s_connect(opts, &conn, false, NULL, 0);
-    if (rc) {
-        zlistx_destroy(&items);
-        return rc;
+    *model_p = model;
+    *op_p = op;
+    return s_check_duplicates("batch", items);
+}
+
+/*  A batch id that the same command always computes again, so that a rerun
+    after an interrupt (Ctrl-C, kill -9, reboot) opens, adds to and waits
+    for the SAME broker batch, and so the same provider batch: the hash of
+    the mode, the model, where the results go and every input line. */
+static void s_batch_stable_id(zlistx_t *items, const char *mode,
+                              const char *model, const char *output, char *id,
+                              size_t size)
+{
+    //  OUT's real path: its directory's (OUT may not exist yet) + its name.
+    char *where = NULL;
+    if (output && !streq(output, "-")) {
+        char *copy = strdup(output), *copy2 = strdup(output);
+        char *dir = copy ? realpath(dirname(copy), NULL) : NULL;
+        if (dir && copy2)
+            where = zsys_sprintf("%s/%s", dir, basename(copy2));
+        free(dir);
+        free(copy);
+        free(copy2);
     }
-    if (!model)
-        model = conn.model;
-    char id[40];
-    snprintf(id, sizeof id, "b-%08x%08x", (unsigned)randof(0x7fffffff),
-             (unsigned)(zclock_usecs() & 0x7fffffff));
+    if (!where)
+        where = strdup(output ? output : "-");
+    uint64_t hash = llmq_jsonl_fnv1a(mode, strlen(mode) + 1);
+    hash ^= llmq_jsonl_fnv1a(model, strlen(model) + 1) * 31;
+    hash ^= llmq_jsonl_fnv1a(where, strlen(where) + 1) * 131;
+    zstr_free(&where);
+    uint64_t lines = 0xcbf29ce484222325ULL;
+    for (llmq_jsonl_item_t *item = (llmq_jsonl_item_t *)zlistx_first(items);
+         item; item = (llmq_jsonl_item_t *)zlistx_next(items)) {
+        const char *text = item->line ? item->line : item->custom_id;
+        lines =
+            (lines ^ llmq_jsonl_fnv1a(text, strlen(text))) * 0x100000001b3ULL;
+    }
+    snprintf(id, size, "run-%016" PRIx64, hash ^ lines);
+}
+
+/*  Send the items as batch id (open, add in chunks, close), unless the
+    broker already has it closed (a rerun: resume it). Returns 0 or an
+    exit code. */
+static int s_batch_send(s_opts_t *opts, llmq_client_t *client, const char *id,
+                        zlistx_t *items, const char *model, int op,
+                        const char *mode)
+{
+    llmq_batch_status_t st;
+    if (llmq_batch_get(client, id, INT64_MAX / 2, &st, NULL, NULL, NULL,
+                       NULL) == 0 &&
+        !streq(st.state, "validating")) {
+        if (!opts->quiet)
+            fprintf(stderr, "llmq batch: resuming batch %s (%s)\n", id,
+                    st.state);
+        return 0;
+    }
     llmq_batch_opts_t bopts = {0};
     bopts.mode = mode;
     bopts.op = llmq_op_name((llmq_op_t)(op < 0 ? 0 : op));
-    if (opts->deadline_ms > 0)
-        fprintf(stderr, "llmq batch: --deadline-ms is ignored for batches\n");
-    if (llmq_batch_open(conn.client, id, model, &bopts)) {
-        fprintf(stderr, "llmq batch: open: %s\n",
-                llmq_batch_error(conn.client));
-        rc = EXIT_FATAL;
-        goto done;
+    if (llmq_batch_open(client, id, model, &bopts)) {
+        fprintf(stderr, "llmq batch: open: %s\n", llmq_batch_error(client));
+        return EXIT_FATAL;
     }
-    //  Adds of at most 1,000 items or about 8 MB of JSON.
+    //  Adds of at most 1,000 items or about 8 MB of JSON; the seqs make a
+    //  resend (or a rerun's adds) store nothing twice.
     int64_t seq = 0;
+    int rc = 0;
     cJSON *chunk = cJSON_CreateArray();
     size_t chunk_bytes = 0;
     llmq_jsonl_item_t *item = (llmq_jsonl_item_t *)zlistx_first(items);
@@ -1296,9 +1478,9 @@ static int s_batch_submit(s_opts_t *opts, const char *input, const char *output,
         bool flush = !item || cJSON_GetArraySize(chunk) >= 1000 ||
                      chunk_bytes > 8 * 1024 * 1024;
         if (flush && cJSON_GetArraySize(chunk) > 0) {
-            if (llmq_batch_add(conn.client, id, seq++, chunk, NULL)) {
+            if (llmq_batch_add(client, id, seq++, chunk, NULL)) {
                 fprintf(stderr, "llmq batch: add: %s\n",
-                        llmq_batch_error(conn.client));
+                        llmq_batch_error(client));
                 rc = EXIT_FATAL;
                 break;
             }
@@ -1322,27 +1504,98 @@ static int s_batch_submit(s_opts_t *opts, const char *input, const char *output,
     }
     cJSON_Delete(chunk);
     if (rc)
-        goto done;
-    if (s_interrupted) {
-        rc = EXIT_INTERRUPTED;
-        goto done;
+        return rc;
+    if (s_interrupted)
+        return EXIT_INTERRUPTED;
+    if (llmq_batch_close(client, id, NULL)) {
+        fprintf(stderr, "llmq batch: close: %s\n", llmq_batch_error(client));
+        return EXIT_FATAL;
     }
-    int64_t count = 0;
-    if (llmq_batch_close(conn.client, id, &count)) {
-        fprintf(stderr, "llmq batch: close: %s\n",
-                llmq_batch_error(conn.client));
-        rc = EXIT_FATAL;
-        goto done;
+    return 0;
+}
+
+/*  The batch database of an embedded cluster: beside OUT (OUT.llmq-batch.db),
+    or ./llmq-batches.db for -o -. Fresh. */
+static char *s_batch_db_path(const char *output)
+{
+    if (!output || streq(output, "-"))
+        return strdup("llmq-batches.db");
+    return zsys_sprintf("%s.llmq-batch.db", output);
+}
+
+/*  The run is over and OUT is written: the embedded broker's database has
+    nothing left to resume. */
+static void s_batch_db_remove(const char *db)
+{
+    const char *suffixes[] = {"", "-wal", "-shm", "-journal"};
+    for (size_t i = 0; i < 4; i++) {
+        char *path = zsys_sprintf("%s%s", db, suffixes[i]);
+        if (path)
+            unlink(path);
+        zstr_free(&path);
     }
+}
+
+/*  Send the lines of input as a batch; print its id; unless detached,
+    wait and write the results to output. With no broker, an embedded
+    cluster runs it, its database beside OUT: a rerun of the same command
+    resumes the same batch (stable id). stable: `llmq run --mode` (a stable
+    id on any broker). */
+static int s_batch_submit(s_opts_t *opts, const char *input, const char *output,
+                          bool detach, bool stable)
+{
+    const char *mode = opts->mode ? opts->mode : "auto";
+    if (!streq(mode, "auto") && !streq(mode, "realtime") &&
+        !streq(mode, "provider")) {
+        fprintf(stderr, "llmq batch: --mode is auto, realtime or provider\n");
+        return EXIT_USAGE;
+    }
+    int rc = output ? s_prepare_output("batch", input, output) : 0;
+    if (rc)
+        return rc;
+    char err[512] = "";
+    zlistx_t *items = llmq_jsonl_read_input(input, false, err, sizeof(err));
+    if (!items) {
+        fprintf(stderr, "llmq batch: %s\n", err);
+        return EXIT_USAGE;
+    }
+    const char *model = NULL;
+    int op = -1;
+    rc = s_batch_items_check(opts, items, input, &model, &op);
+    if (!rc && output && !detach && s_output_complete(opts, items, output, &rc))
+        goto leave;
+    if (rc)
+        goto leave;
+    char *db = s_batch_db_path(output);
+    opts->batch_db = db;
+    s_conn_t conn = {0};
+    rc = s_connect(opts, &conn, !detach, model ? &model : NULL, model ? 1 : 0);
+    opts->batch_db = NULL;
+    if (rc)
+        goto done;
+    if (!model)
+        model = conn.model;
+    char id[40];
+    if (stable || conn.cluster)
+        s_batch_stable_id(items, mode, model, output, id, sizeof id);
+    else
+        snprintf(id, sizeof id, "b-%08x%08x", (unsigned)randof(0x7fffffff),
+                 (unsigned)(zclock_usecs() & 0x7fffffff));
+    if (opts->deadline_ms > 0)
+        fprintf(stderr, "llmq batch: --deadline-ms is ignored for batches\n");
+    rc = s_batch_send(opts, conn.client, id, items, model, op, mode);
+    if (rc)
+        goto done;
     printf("%s\n", id);
     fflush(stdout);
     if (!opts->quiet)
-        fprintf(stderr, "llmq batch: %s: %lld items, model %s, mode %s\n", id,
-                (long long)count, model, mode);
+        fprintf(stderr, "llmq batch: %s: %zu items, model %s, mode %s%s%s\n",
+                id, zlistx_size(items), model, mode,
+                conn.cluster ? ", database " : "", conn.cluster ? db : "");
     if (detach)
         goto done;
     llmq_batch_status_t st;
-    rc = s_batch_wait(opts, conn.client, id, &st);
+    rc = s_batch_wait(opts, conn.client, id, &st, conn.cluster != NULL);
     if (rc == EXIT_OK) {
         size_t failed = 0;
         rc = s_batch_write(conn.client, id, output, &failed);
@@ -1352,7 +1605,13 @@ static int s_batch_submit(s_opts_t *opts, const char *input, const char *output,
             rc = EXIT_FAILED_LINES;
     }
 done:
+    if (conn.cluster && (rc == EXIT_OK || rc == EXIT_FAILED_LINES)) {
+        s_conn_close(&conn);
+        s_batch_db_remove(db);
+    }
     s_conn_close(&conn);
+    free(db);
+leave:
     zlistx_destroy(&items);
     return rc;
 }
@@ -1371,7 +1630,7 @@ static int s_cmd_batch(s_opts_t *opts, int argc, char **argv)
         const char *output = opts->output;
         if (!output && !opts->detach)
             output = fallback = zsys_sprintf("%s.out.jsonl", argv[1]);
-        int rc = s_batch_submit(opts, argv[1], output, opts->detach);
+        int rc = s_batch_submit(opts, argv[1], output, opts->detach, false);
         zstr_free(&fallback);
         return rc;
     }
@@ -1385,8 +1644,10 @@ static int s_cmd_batch(s_opts_t *opts, int argc, char **argv)
     }
     s_conn_t conn = {0};
     int rc = s_connect(opts, &conn, false, NULL, 0);
-    if (rc)
+    if (rc) {
+        s_conn_close(&conn);
         return rc;
+    }
     llmq_batch_status_t st;
     if (streq(sub, "status")) {
         if (llmq_batch_get(conn.client, argv[1], INT64_MAX / 2, &st, NULL, NULL,
@@ -1416,7 +1677,7 @@ static int s_cmd_batch(s_opts_t *opts, int argc, char **argv)
                    streq(st.mode, "provider") ? " (Batch API price)" : "");
         }
     } else if (streq(sub, "results") || streq(sub, "wait")) {
-        rc = s_batch_wait(opts, conn.client, argv[1], &st);
+        rc = s_batch_wait(opts, conn.client, argv[1], &st, false);
         if (rc == EXIT_OK && streq(sub, "results")) {
             size_t failed = 0;
             rc = s_batch_write(conn.client, argv[1], opts->output, &failed);
@@ -1478,7 +1739,7 @@ int main(int argc, char **argv)
         return EXIT_USAGE;
     }
     s_opts_t opts = {0};
-    opts.give_up_s = -1;
+    opts.give_up_ms = -1;
     int first = 0;
     int rc = s_parse(command, argc - 1, argv + 1, &opts, &first);
     if (rc != 0)
