@@ -1577,6 +1577,46 @@ int llmq_client_test(bool verbose)
     char endpoint[64];
     snprintf(endpoint, sizeof(endpoint), "tcp://127.0.0.1:%d", port);
 
+    //  No broker answers (a socket that takes our messages and never
+    //  replies): a call gives up after the default bound, here set by
+    //  LLMQ_GIVE_UP_MS, with a clear error, instead of hanging.
+    {
+        zsock_t *mute = zsock_new(ZMQ_ROUTER);
+        int mute_port = mute ? zsock_bind(mute, "tcp://127.0.0.1:*") : -1;
+        CHECK(mute_port > 0);
+        char mute_ep[64];
+        snprintf(mute_ep, sizeof mute_ep, "tcp://127.0.0.1:%d", mute_port);
+        setenv("LLMQ_GIVE_UP_MS", "600ms", 1);
+        llmq_client_t *lonely = llmq_client_new(mute_ep);
+        unsetenv("LLMQ_GIVE_UP_MS");
+        CHECK(lonely);
+        llmq_client_set_timeout(lonely, 200);
+        int64_t start = zclock_mono();
+        llmq_result_t *r =
+            lonely ? llmq_infer_text(lonely, LLMQ_OP_CHAT, "m", "{}", NULL)
+                   : NULL;
+        CHECK(r && !r->ok && streq(r->error_code, "timeout"));
+        CHECK(r && strstr(r->error_message, "broker unreachable"));
+        CHECK(zclock_mono() - start >= 600);
+        llmq_result_destroy(&r);
+        //  A body over the protocol's frame limit is refused, not sent.
+        size_t big = (size_t)LLMQ_MAX_FRAME_SIZE + 16;
+        char *json = (char *)malloc(big + 16);
+        if (json && lonely) {
+            memcpy(json, "{\"x\":\"", 6);
+            memset(json + 6, 'a', big);
+            memcpy(json + 6 + big, "\"}", 3);
+            errno = 0;
+            CHECK(llmq_client_submit_text(lonely, LLMQ_OP_CHAT, "m", json,
+                                          big + 8, NULL, NULL) == -1);
+            CHECK(errno == EMSGSIZE);
+            CHECK(llmq_client_outstanding(lonely) == 0);
+        }
+        free(json);
+        llmq_client_destroy(&lonely);
+        zsock_destroy(&mute);
+    }
+
     llmq_client_t *client = llmq_client_new(endpoint);
     CHECK(client);
     llmq_client_set_verbose(client, verbose);
