@@ -1132,6 +1132,9 @@ static void s_batch_status_fill(llmq_batch_status_t *st, const llmq_msg_t *m)
     st->total = llmq_msg_counts_total(m);
     st->done = llmq_msg_counts_done(m);
     st->failed = llmq_msg_counts_failed(m);
+    bool provider = llmq_msg_has(m, LLMQ_F_provider_done);
+    st->provider_done = provider ? llmq_msg_provider_done(m) : -1;
+    st->provider_failed = provider ? llmq_msg_provider_failed(m) : -1;
     st->prompt_tokens = llmq_msg_usage_prompt_tokens(m);
     st->completion_tokens = llmq_msg_usage_completion_tokens(m);
     st->total_tokens = llmq_msg_usage_total_tokens(m);

@@ -1299,13 +1299,20 @@ static int s_cmd_ping(s_opts_t *opts)
 static void s_batch_progress(const llmq_batch_status_t *st, bool tty,
                              char *last, size_t last_size)
 {
-    char line[400];
-    snprintf(
-        line, sizeof line,
-        "batch %s: %s%s%s%s  %lld/%lld done, %lld failed, %lld tokens, $%.6f",
-        st->batch, st->state, *st->mode ? " (" : "", st->mode,
-        *st->mode ? ")" : "", (long long)st->done, (long long)st->total,
-        (long long)st->failed, (long long)st->total_tokens, st->cost_usd);
+    char line[400], provider[96] = "";
+    //  The provider's counts while it works (results come at its end).
+    if (st->provider_done >= 0)
+        snprintf(provider, sizeof provider,
+                 "  provider: %lld/%lld done, %lld failed;",
+                 (long long)st->provider_done, (long long)st->total,
+                 (long long)st->provider_failed);
+    snprintf(line, sizeof line,
+             "batch %s: %s%s%s%s%s  %lld/%lld results, %lld failed, %lld "
+             "tokens, $%.6f",
+             st->batch, st->state, *st->mode ? " (" : "", st->mode,
+             *st->mode ? ")" : "", provider, (long long)st->done,
+             (long long)st->total, (long long)st->failed,
+             (long long)st->total_tokens, st->cost_usd);
     if (streq(line, last))
         return;
     snprintf(last, last_size, "%s", line);
@@ -1642,6 +1649,9 @@ static int s_batch_submit(s_opts_t *opts, const char *input, const char *output,
         rc = s_batch_write(conn.client, id, output, &failed);
         if (!opts->quiet)
             s_batch_summary(&st);
+        if (!opts->quiet && conn.simulated)
+            fprintf(stderr, "SIMULATED results (llmq-sim): no real model was "
+                            "called\n");
         if (rc == EXIT_OK && (failed || !streq(st.state, "completed")))
             rc = EXIT_FAILED_LINES;
     }

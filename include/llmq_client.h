@@ -243,6 +243,9 @@ typedef struct {
     char mode[17];   /* resolved: realtime or provider ("" before close) */
     char model[257]; /* set by llmq_batch_list only */
     int64_t total, done, failed;
+    /* provider mode: the provider's request counts at its last poll (-1:
+       no provider job); results come only when the provider is done */
+    int64_t provider_done, provider_failed;
     int64_t prompt_tokens, completion_tokens, total_tokens;
     double cost_usd; /* with the Batch API discount for provider batches */
 } llmq_batch_status_t;

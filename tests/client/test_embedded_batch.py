@@ -19,6 +19,7 @@ Waits are polls with deadlines, never sleeps. Skips (77) if a broker
 answers at the default endpoint (llmq would use it, not an embedded one).
 """
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -101,8 +102,10 @@ def t_provider(kind):
         check(rc == 0, "run --mode provider: rc %d\n%s\n%s" % (rc, stdout, err[-3000:]))
         no_dangling(err)
         check("provider %s" % kind in err, "the cluster's provider: %s" % err[-2000:])
-        check("(provider)" in err and "completed" in err,
+        check("(provider)" in err and "in_progress" in err and "completed" in err,
               "progress shows the provider's states: %s" % err[-2000:])
+        check(re.search(r"provider: [1-9][0-9]*/%d done" % N, err),
+              "progress shows the provider's counts: %s" % err[-2000:])
         check_out(out, ids)
         check_sim(sim, "openai" if kind == "openai" else "anthropic", N)
         check(not os.path.exists(out + ".llmq-batch.db"), "database left after a finished run")
