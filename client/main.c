@@ -1711,11 +1711,13 @@ static int s_cmd_batch(s_opts_t *opts, int argc, char **argv)
             printf("{\"batch\":\"%s\",\"state\":\"%s\",\"mode\":\"%s\","
                    "\"total\":%lld,\"done\":%lld,\"failed\":%lld,"
                    "\"prompt_tokens\":%lld,\"completion_tokens\":%lld,"
-                   "\"total_tokens\":%lld,\"cost_usd\":%.6f}\n",
+                   "\"total_tokens\":%lld,\"cost_usd\":%.6f,"
+                   "\"provider_done\":%lld,\"provider_failed\":%lld}\n",
                    st.batch, st.state, st.mode, (long long)st.total,
                    (long long)st.done, (long long)st.failed,
                    (long long)st.prompt_tokens, (long long)st.completion_tokens,
-                   (long long)st.total_tokens, st.cost_usd);
+                   (long long)st.total_tokens, st.cost_usd,
+                   (long long)st.provider_done, (long long)st.provider_failed);
         } else {
             printf("batch     %s\nstate     %s\nmode      %s\nitems     %lld "
                    "(%lld done, %lld failed)\ntokens    %lld prompt + %lld "

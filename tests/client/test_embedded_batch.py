@@ -12,6 +12,8 @@ OPENAI_BASE_URL, or ANTHROPIC_API_KEY + ANTHROPIC_BASE_URL).
   kill9      the run killed with kill -9 while the provider batch runs
              (its children die with it), then the same command again: the
              SAME provider batch finishes (one batch in the sim's stats)
+  sigint     the same with Ctrl-C (SIGINT): exit 130, "rerun the same
+             command", then the rerun finishes the same batch
   submit     `llmq batch submit FILE -o OUT` on the embedded cluster, and
              `-o -`: results on stdout in input order
 
@@ -119,7 +121,7 @@ def t_provider(kind):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def t_kill9():
+def t_kill9(sig=signal.SIGKILL):
     tmp = tempfile.mkdtemp(prefix="llmq-embedded-batch-")
     sim = cl.Sim("--batch-validate-ms", "50", "--batch-progress-ms", "4000",
                  "--batch-finalize-ms", "50")
@@ -135,9 +137,14 @@ def t_kill9():
         try:
             wait_until("the provider batch created",
                        lambda: sim.stats()["batches"]["openai"]["created"] == 1, 60)
-            p.send_signal(signal.SIGKILL)
+            p.send_signal(sig)
         finally:
             p.wait(timeout=30)
+        if sig == signal.SIGINT:
+            err = p.stderr.read().decode(errors="replace")
+            check(p.returncode == 130 and "rerun the same command" in err,
+                  "Ctrl-C: rc %d %s" % (p.returncode, err[-2000:]))
+            no_dangling(err)
         # Its children die with it (PR_SET_PDEATHSIG): the db stays, the
         # provider batch runs on at the provider.
         check(os.path.exists(out + ".llmq-batch.db"), "database kept after kill -9")
@@ -148,7 +155,8 @@ def t_kill9():
         check("resuming batch" in err, "the rerun resumed the batch: %s" % err[-2000:])
         check_out(out, ids)
         check_sim(sim, "openai", N)
-        print("ok kill9: the same provider batch finished after kill -9")
+        print("ok %s: the same provider batch finished after the rerun"
+              % ("kill9" if sig == signal.SIGKILL else "sigint"))
     finally:
         sim.kill(signal.SIGTERM)
         shutil.rmtree(tmp, ignore_errors=True)
@@ -196,10 +204,12 @@ def main():
         t_provider(which)
     elif which == "kill9":
         t_kill9()
+    elif which == "sigint":
+        t_kill9(signal.SIGINT)
     elif which == "submit":
         t_submit()
     else:
-        print("usage: test_embedded_batch.py openai|anthropic|kill9|submit", file=sys.stderr)
+        print("usage: test_embedded_batch.py openai|anthropic|kill9|sigint|submit", file=sys.stderr)
         sys.exit(2)
 
 
