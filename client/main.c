@@ -738,6 +738,334 @@ static void s_retry_destructor(void **item)
 static int s_batch_submit(s_opts_t *opts, const char *input, const char *output,
                           bool detach, bool stable);
 
+/*  The state of one realtime `llmq run`: the input, OUT's lines, what is
+    left to send, the connection and the congestion window. */
+typedef struct {
+    s_opts_t *opts;              /* the command's options */
+    zlistx_t *items;             /* every input line, in input order */
+    zhashx_t *lines;             /* custom_id -> OUT line (kept and new) */
+    llmq_jsonl_item_t **todo;    /* items not answered in OUT yet */
+    size_t todo_count;           /* how many */
+    size_t resumed;              /* lines kept from OUT */
+    size_t resumed_failed;       /* of which error lines */
+    s_conn_t conn;               /* the broker, or an embedded cluster */
+    llmq_jsonl_writer_t *writer; /* appends to OUT as results arrive */
+    llmq_progress_t *progress;   /* progress bar and summary */
+    llmq_opts_t ropts;           /* per-request options */
+    size_t next;                 /* next todo index never sent */
+    size_t finished;             /* todo lines answered */
+    size_t retried;              /* overloaded answers sent again */
+    zlistx_t *retries;           /* s_retry_t: overloaded lines, backed off */
+    int *tries;                  /* overloaded answers per todo line */
+    int window;                  /* --concurrency */
+    double cwnd;                 /* the window in use (AIMD) */
+    int64_t last_cut;            /* zclock_mono() when cwnd was halved */
+    int64_t give_up_ms;          /* no broker for this long: stop */
+    uint64_t reconnects;         /* client reconnects seen so far */
+    int dead_workers;            /* embedded workers that exited */
+    bool unreachable;            /* no broker answers: stop, OUT resumable */
+    bool cluster_died;           /* the embedded broker or sim exited */
+    bool complete;               /* OUT already answered every line */
+} s_run_t;
+
+static void s_run_destroy(s_run_t *run)
+{
+    llmq_progress_destroy(&run->progress);
+    llmq_jsonl_writer_destroy(&run->writer);
+    s_conn_close(&run->conn);
+    zlistx_destroy(&run->retries);
+    free(run->tries);
+    free(run->todo);
+    zhashx_destroy(&run->lines);
+    zlistx_destroy(&run->items);
+}
+
+/*  Read IN, refuse duplicates (before anything is written or sent), keep
+    OUT's whole lines (resume) and list what is left. Returns 0 or an exit
+    code; run->complete when OUT already answers every line (the return
+    code then says how that run ended). */
+static int s_run_load(s_run_t *run, const char *input)
+{
+    s_opts_t *opts = run->opts;
+    char err[512] = "";
+    run->items = llmq_jsonl_read_input(input, false, err, sizeof(err));
+    if (!run->items) {
+        fprintf(stderr, "llmq run: %s\n", err);
+        return EXIT_USAGE;
+    }
+    int rc = s_check_duplicates("run", run->items);
+    if (rc)
+        return rc;
+    if (s_output_complete(opts, run->items, opts->output, &rc)) {
+        run->complete = true;
+        return rc;
+    }
+    size_t dropped = 0;
+    run->lines = llmq_jsonl_scan_output(opts->output, opts->retry_failed,
+                                        &dropped, err, sizeof(err));
+    if (!run->lines) {
+        fprintf(stderr, "llmq run: %s\n", err);
+        return EXIT_USAGE;
+    }
+    //  A kill leaves a partial last line: rewrite OUT with the whole lines
+    //  before appending to it.
+    if (dropped > 0 &&
+        llmq_jsonl_write_ordered(opts->output, run->items, run->lines) != 0) {
+        fprintf(stderr, "llmq run: cannot rewrite %s: %s\n", opts->output,
+                strerror(errno));
+        return EXIT_FATAL;
+    }
+    //  What is left to do: not in OUT yet (custom_ids are unique).
+    run->todo = (llmq_jsonl_item_t **)calloc(zlistx_size(run->items) + 1,
+                                             sizeof(*run->todo));
+    if (!run->todo)
+        return EXIT_FATAL;
+    for (llmq_jsonl_item_t *item =
+             (llmq_jsonl_item_t *)zlistx_first(run->items);
+         item; item = (llmq_jsonl_item_t *)zlistx_next(run->items)) {
+        const char *line =
+            (const char *)zhashx_lookup(run->lines, item->custom_id);
+        if (line) {
+            run->resumed++;
+            //  An error line kept by the resume is still a failed line.
+            if (!strstr(line, "\"error\":null"))
+                run->resumed_failed++;
+        } else
+            run->todo[run->todo_count++] = item;
+    }
+    return 0;
+}
+
+/*  Open OUT for appending (before starting anything: can we write it?)
+    and connect, the embedded cluster serving the models the lines name.
+    Returns 0 or an exit code. */
+static int s_run_connect(s_run_t *run)
+{
+    s_opts_t *opts = run->opts;
+    run->writer = llmq_jsonl_writer_new(opts->output);
+    if (!run->writer) {
+        fprintf(stderr, "llmq run: cannot write %s: %s\n", opts->output,
+                strerror(errno));
+        return EXIT_USAGE;
+    }
+    zhashx_t *named = zhashx_new();
+    for (size_t i = 0; i < run->todo_count && !opts->model; i++)
+        if (run->todo[i]->model && zhashx_size(named) < 256)
+            zhashx_insert(named, run->todo[i]->model, run->todo[i]->model);
+    size_t count = zhashx_size(named), m = 0;
+    const char **models = (const char **)calloc(count + 1, sizeof(char *));
+    for (const char *name = (const char *)zhashx_first(named); name && models;
+         name = (const char *)zhashx_next(named))
+        models[m++] = name;
+    int rc = s_connect(opts, &run->conn, true, models, models ? count : 0);
+    free(models);
+    zhashx_destroy(&named);
+    if (rc)
+        return rc;
+    run->window = opts->concurrency > 0 ? opts->concurrency : 64;
+    run->cwnd = run->window;
+    llmq_client_set_window(run->conn.client, (size_t)run->window);
+    run->give_up_ms = opts->give_up_ms >= 0 ? opts->give_up_ms : 300000;
+    llmq_client_set_give_up(run->conn.client, (int)run->give_up_ms);
+    run->ropts.max_attempts = opts->max_dispatches;
+    run->ropts.deadline_ms = opts->deadline_ms;
+    run->retries = zlistx_new();
+    zlistx_set_destructor(run->retries, s_retry_destructor);
+    run->tries = (int *)calloc(run->todo_count, sizeof(int));
+    return run->retries && run->tries ? 0 : EXIT_FATAL;
+}
+
+/*  A finished line: to OUT, to the table, to the progress. */
+static void s_run_answered(s_run_t *run, llmq_jsonl_item_t *item, char *line,
+                           llmq_result_t *result)
+{
+    if (line) {
+        llmq_jsonl_writer_write(run->writer, line);
+        zhashx_update(run->lines, item->custom_id, line);
+    }
+    llmq_progress_add(run->progress, result);
+    run->finished++;
+}
+
+/*  Submit one todo line; a line that cannot be sent is answered at once
+    by an error line. Returns -1 if interrupted. */
+static int s_run_send(s_run_t *run, size_t index)
+{
+    llmq_jsonl_item_t *item = run->todo[index];
+    const char *reason = item->error ? item->error : "out of memory";
+    cJSON *body = item->error ? NULL : llmq_jsonl_item_body(item);
+    if (body) {
+        const char *model = run->opts->model ? run->opts->model
+                            : item->model    ? item->model
+                                             : run->conn.model;
+        //  The body names the model the broker routes on.
+        cJSON_DeleteItemFromObject(body, "model");
+        cJSON_AddStringToObject(body, "model", model);
+        int rc = llmq_client_submit(run->conn.client, item->op, model, body,
+                                    &run->ropts, &run->todo[index]);
+        int saved = errno;
+        //  The client keeps its own copy: free the tree now.
+        cJSON_Delete(item->body);
+        item->body = NULL;
+        if (rc == 0)
+            return 0;
+        if (s_interrupted)
+            return -1;
+        reason = saved == EMSGSIZE ? "request too large for the protocol's "
+                                     "64 MiB frame limit"
+                                   : "request body could not be encoded";
+    }
+    s_run_answered(run, item,
+                   llmq_jsonl_error_line(item->custom_id, NULL,
+                                         "invalid_request", reason, 0),
+                   NULL);
+    return 0;
+}
+
+/*  Fill the window: lines due for a retry first, then new ones. */
+static void s_run_fill(s_run_t *run)
+{
+    while (llmq_client_outstanding(run->conn.client) < (size_t)run->cwnd &&
+           !s_interrupted) {
+        size_t index;
+        s_retry_t *retry = (s_retry_t *)zlistx_first(run->retries);
+        while (retry && retry->due > zclock_mono())
+            retry = (s_retry_t *)zlistx_next(run->retries);
+        if (retry) {
+            index = retry->index;
+            zlistx_delete(run->retries, zlistx_cursor(run->retries));
+        } else if (run->next < run->todo_count)
+            index = run->next++;
+        else
+            break;
+        if (s_run_send(run, index) != 0)
+            break;
+    }
+}
+
+/*  A line answered `overloaded` (a full queue: a capacity problem, not the
+    line's): fewer in flight (halve the window at most every 250 ms) and
+    send it again after a jittered backoff, so retries do not come back
+    as one herd. */
+static void s_run_back_off(s_run_t *run, size_t index)
+{
+    if (zclock_mono() - run->last_cut >= 250) {
+        run->cwnd = run->cwnd / 2 < 1 ? 1 : run->cwnd / 2;
+        run->last_cut = zclock_mono();
+    }
+    s_retry_t *again = (s_retry_t *)calloc(1, sizeof(*again));
+    if (!again)
+        return;
+    int64_t delay = (int64_t)250 << run->tries[index];
+    again->index = index;
+    again->due = zclock_mono() + delay / 2 + randof((int)(delay / 2) + 1);
+    zlistx_add_end(run->retries, again);
+    run->tries[index]++;
+    run->retried++;
+}
+
+/*  Handle every result that is ready (waiting up to 100 ms for one). */
+static void s_run_collect(s_run_t *run)
+{
+    llmq_result_t *result = llmq_client_poll(run->conn.client, 100);
+    while (result) {
+        size_t index = (size_t)((llmq_jsonl_item_t **)result->arg - run->todo);
+        llmq_jsonl_item_t *item = run->todo[index];
+        if (!result->ok && streq(result->error_code, "timeout") &&
+            result->error_message &&
+            streq(result->error_message, "broker unreachable"))
+            //  Not the line's fault: leave it out of OUT so a rerun runs it.
+            run->unreachable = true;
+        else if (!result->ok && streq(result->error_code, "overloaded") &&
+                 run->tries[index] < S_OVERLOADED_RETRIES)
+            s_run_back_off(run, index);
+        else {
+            s_run_answered(run, item,
+                           llmq_jsonl_result_line(item->custom_id, result),
+                           result);
+            free(item->line);
+            item->line = NULL;
+            //  Window back up by one per window of answers.
+            if (run->cwnd < run->window)
+                run->cwnd += 1.0 / run->cwnd;
+        }
+        llmq_result_destroy(&result);
+        result = llmq_client_poll(run->conn.client, 0);
+    }
+}
+
+/*  An embedded cluster nobody restarts: a dead broker or sim ends the run
+    (OUT stays resumable); a dead worker leaves the others to carry on.
+    Reconnects are shown as notes. */
+static void s_run_watch(s_run_t *run)
+{
+    s_conn_t *conn = &run->conn;
+    const char *dead = conn->cluster ? llmq_cluster_dead(conn->cluster) : NULL;
+    if (dead) {
+        llmq_progress_clear(run->progress);
+        fprintf(stderr, "llmq run: the local cluster's %s exited (logs: %s)\n",
+                dead, llmq_cluster_log_dir(conn->cluster));
+        int workers = run->opts->workers > 0 ? run->opts->workers : 4;
+        if (!strncmp(dead, "worker", 6) && ++run->dead_workers < workers)
+            llmq_progress_note(run->progress, "a local worker exited");
+        else {
+            run->unreachable = true;
+            run->cluster_died = true;
+        }
+    }
+    llmq_client_stats_t stats;
+    llmq_client_stats(conn->client, &stats);
+    if (stats.reconnects != run->reconnects) {
+        run->reconnects = stats.reconnects;
+        llmq_progress_note(run->progress, "broker silent: reconnected, resent");
+    }
+}
+
+/*  Send every todo line and collect the results. Returns 0 or an exit
+    code (OUT holds every finished line either way). */
+static int s_run_loop(s_run_t *run)
+{
+    while (run->finished < run->todo_count && !s_interrupted &&
+           !run->unreachable) {
+        s_run_fill(run);
+        if (llmq_client_outstanding(run->conn.client) == 0 &&
+            zlistx_size(run->retries) > 0) {
+            //  Only backed-off retries are left: wait for the first.
+            zclock_sleep(50);
+            continue;
+        }
+        s_run_collect(run);
+        s_run_watch(run);
+        llmq_jsonl_writer_sync(run->writer, 1000);
+        llmq_progress_draw(run->progress, false);
+    }
+    if (run->retried && run->opts->verbose)
+        fprintf(stderr, "llmq run: %zu overloaded answers retried\n",
+                run->retried);
+    int rc = EXIT_OK;
+    if (run->unreachable) {
+        llmq_progress_clear(run->progress);
+        if (run->cluster_died)
+            fprintf(stderr,
+                    "llmq run: stopping; rerun the same command to resume\n");
+        else
+            fprintf(stderr,
+                    "llmq run: no broker answered for %.1f s, giving up; "
+                    "rerun the same command to resume\n",
+                    (double)run->give_up_ms / 1000);
+        rc = EXIT_FATAL;
+    }
+    if (s_interrupted) {
+        llmq_progress_clear(run->progress);
+        fprintf(stderr,
+                "llmq run: interrupted; %s holds the finished lines, rerun "
+                "the same command to resume\n",
+                run->opts->output);
+        rc = EXIT_INTERRUPTED;
+    }
+    return rc;
+}
+
 static int s_cmd_run(s_opts_t *opts, int argc, char **argv)
 {
     if (argc != 1 || !opts->output) {
@@ -749,302 +1077,40 @@ static int s_cmd_run(s_opts_t *opts, int argc, char **argv)
     //  --mode: the file as one durable broker batch (llmq batch submit).
     if (opts->mode)
         return s_batch_submit(opts, argv[0], opts->output, false, true);
-    const char *input = argv[0];
-    int rc = s_prepare_output("run", input, opts->output);
+    int rc = s_prepare_output("run", argv[0], opts->output);
     if (rc)
         return rc;
-    char err[512] = "";
-    zlistx_t *items = llmq_jsonl_read_input(input, false, err, sizeof(err));
-    if (!items) {
-        fprintf(stderr, "llmq run: %s\n", err);
-        return EXIT_USAGE;
-    }
-    if ((rc = s_check_duplicates("run", items)) != 0 ||
-        s_output_complete(opts, items, opts->output, &rc)) {
-        zlistx_destroy(&items);
+    s_run_t run = {0};
+    run.opts = opts;
+    rc = s_run_load(&run, argv[0]);
+    if (!rc && !run.complete && run.todo_count > 0)
+        rc = s_run_connect(&run);
+    if (rc || run.complete) {
+        s_run_destroy(&run);
         return rc;
     }
-    bool to_stdout = streq(opts->output, "-");
-    FILE *report = to_stdout ? stderr : stdout;
-    size_t dropped = 0;
-    zhashx_t *lines = llmq_jsonl_scan_output(opts->output, opts->retry_failed,
-                                             &dropped, err, sizeof(err));
-    if (!lines) {
-        fprintf(stderr, "llmq run: %s\n", err);
-        zlistx_destroy(&items);
-        return EXIT_USAGE;
-    }
-    //  A kill leaves a partial last line: rewrite OUT with the whole lines
-    //  before appending to it.
-    if (dropped > 0 &&
-        llmq_jsonl_write_ordered(opts->output, items, lines) != 0) {
-        fprintf(stderr, "llmq run: cannot rewrite %s: %s\n", opts->output,
-                strerror(errno));
-        zhashx_destroy(&lines);
-        zlistx_destroy(&items);
-        return EXIT_FATAL;
-    }
-
-    //  What is left to do: not in OUT yet (custom_ids are unique).
-    size_t total_items = zlistx_size(items), resumed = 0, resumed_failed = 0;
-    llmq_jsonl_item_t **todo =
-        (llmq_jsonl_item_t **)calloc(total_items + 1, sizeof(*todo));
-    size_t todo_count = 0;
-    llmq_jsonl_item_t *item = (llmq_jsonl_item_t *)zlistx_first(items);
-    while (item) {
-        const char *line = (const char *)zhashx_lookup(lines, item->custom_id);
-        if (line) {
-            resumed++;
-            //  An error line kept by the resume is still a failed line.
-            if (!strstr(line, "\"error\":null"))
-                resumed_failed++;
-        } else
-            todo[todo_count++] = item;
-        item = (llmq_jsonl_item_t *)zlistx_next(items);
-    }
-
-    rc = EXIT_OK;
-    s_conn_t conn = {0};
-    llmq_jsonl_writer_t *writer = NULL;
-    llmq_progress_t *progress = NULL;
-    if (todo_count > 0) {
-        //  The models the lines name: an embedded cluster must serve them.
-        zhashx_t *named = zhashx_new();
-        for (size_t i = 0; i < todo_count && !opts->model; i++)
-            if (todo[i]->model && zhashx_size(named) < 256)
-                zhashx_insert(named, todo[i]->model, todo[i]->model);
-        size_t models_count = zhashx_size(named);
-        const char **models =
-            (const char **)calloc(models_count + 1, sizeof(char *));
-        size_t m = 0;
-        for (const char *name = (const char *)zhashx_first(named);
-             name && models; name = (const char *)zhashx_next(named))
-            models[m++] = name;
-        //  Can we write OUT? Find out before starting anything.
-        writer = llmq_jsonl_writer_new(opts->output);
-        if (!writer) {
-            fprintf(stderr, "llmq run: cannot write %s: %s\n", opts->output,
-                    strerror(errno));
-            rc = EXIT_USAGE;
-        } else
-            rc =
-                s_connect(opts, &conn, true, models, models ? models_count : 0);
-        free(models);
-        zhashx_destroy(&named);
-        if (rc != 0)
-            goto done;
-    }
-    progress = llmq_progress_new(todo_count, resumed,
-                                 !opts->quiet && isatty(STDERR_FILENO));
-    if (todo_count > 0) {
-        int window = opts->concurrency > 0 ? opts->concurrency : 64;
-        llmq_client_set_window(conn.client, (size_t)window);
-        int64_t give_up_ms = opts->give_up_ms >= 0 ? opts->give_up_ms : 300000;
-        llmq_client_set_give_up(conn.client, (int)give_up_ms);
-        llmq_opts_t ropts = {0};
-        ropts.max_attempts = opts->max_dispatches;
-        ropts.deadline_ms = opts->deadline_ms;
-        size_t next = 0, finished = 0, retried = 0;
-        bool unreachable = false, cluster_died = false;
-        int dead_workers = 0,
-            live_workers = opts->workers > 0 ? opts->workers : 4;
-        //  Lines answered `overloaded`, waiting to be sent again.
-        zlistx_t *retries = zlistx_new();
-        zlistx_set_destructor(retries, s_retry_destructor);
-        int *tries = (int *)calloc(todo_count, sizeof(int));
-        //  The window in use: `window`, shrunk while the broker answers
-        //  `overloaded` (congestion control, as TCP does: AIMD).
-        double cwnd = window;
-        int64_t last_cut = 0;
-        uint64_t reconnects = 0;
-        while (finished < todo_count && !s_interrupted && !unreachable) {
-            //  Fill the window: lines due for a retry first, then new ones.
-            //  Lines that cannot be sent are answered here.
-            while (llmq_client_outstanding(conn.client) < (size_t)cwnd &&
-                   !s_interrupted) {
-                size_t index;
-                s_retry_t *retry = (s_retry_t *)zlistx_first(retries);
-                while (retry && retry->due > zclock_mono())
-                    retry = (s_retry_t *)zlistx_next(retries);
-                if (retry) {
-                    index = retry->index;
-                    zlistx_delete(retries, zlistx_cursor(retries));
-                } else if (next < todo_count)
-                    index = next++;
-                else
-                    break;
-                item = todo[index];
-                char *line = NULL;
-                cJSON *body = item->error ? NULL : llmq_jsonl_item_body(item);
-                if (body) {
-                    const char *model = opts->model   ? opts->model
-                                        : item->model ? item->model
-                                                      : conn.model;
-                    //  The body names the model the broker routes on.
-                    cJSON_DeleteItemFromObject(body, "model");
-                    cJSON_AddStringToObject(body, "model", model);
-                    int rc_submit =
-                        llmq_client_submit(conn.client, item->op, model, body,
-                                           &ropts, &todo[index]);
-                    //  The client keeps its own copy: free the tree now.
-                    cJSON_Delete(item->body);
-                    item->body = NULL;
-                    if (rc_submit == 0)
-                        continue;
-                    if (s_interrupted)
-                        break;
-                    line = llmq_jsonl_error_line(
-                        item->custom_id, NULL, "invalid_request",
-                        errno == EMSGSIZE
-                            ? "request too large for the protocol's "
-                              "64 MiB frame limit"
-                            : "request body could not be encoded",
-                        0);
-                } else
-                    line = llmq_jsonl_error_line(
-                        item->custom_id, NULL, "invalid_request",
-                        item->error ? item->error : "out of memory", 0);
-                llmq_jsonl_writer_write(writer, line);
-                zhashx_update(lines, item->custom_id, line);
-                llmq_progress_add(progress, NULL);
-                finished++;
-            }
-            if (llmq_client_outstanding(conn.client) == 0 &&
-                zlistx_size(retries) > 0) {
-                //  Only backed-off retries are left: wait for the first.
-                zclock_sleep(50);
-                continue;
-            }
-            llmq_result_t *result = llmq_client_poll(conn.client, 100);
-            while (result) {
-                size_t index =
-                    (size_t)((llmq_jsonl_item_t **)result->arg - todo);
-                item = todo[index];
-                if (!result->ok && streq(result->error_code, "timeout") &&
-                    result->error_message &&
-                    streq(result->error_message, "broker unreachable")) {
-                    //  Not the line's fault: leave it out of OUT so a rerun
-                    //  runs it.
-                    unreachable = true;
-                } else if (!result->ok &&
-                           streq(result->error_code, "overloaded") &&
-                           tries[index] < S_OVERLOADED_RETRIES) {
-                    //  No room right now (a full queue): a capacity problem,
-                    //  not the line's. Try again later, backing off.
-                    s_retry_t *again = (s_retry_t *)calloc(1, sizeof(*again));
-                    //  Fewer in flight (halve at most every 250 ms) and a
-                    //  jittered backoff, so retries do not come back as
-                    //  one herd.
-                    if (zclock_mono() - last_cut >= 250) {
-                        cwnd = cwnd / 2 < 1 ? 1 : cwnd / 2;
-                        last_cut = zclock_mono();
-                    }
-                    if (again) {
-                        int64_t delay = (int64_t)250 << tries[index];
-                        again->index = index;
-                        again->due = zclock_mono() + delay / 2 +
-                                     randof((int)(delay / 2) + 1);
-                        zlistx_add_end(retries, again);
-                        tries[index]++;
-                        retried++;
-                    }
-                } else {
-                    char *line =
-                        llmq_jsonl_result_line(item->custom_id, result);
-                    if (line) {
-                        llmq_jsonl_writer_write(writer, line);
-                        zhashx_update(lines, item->custom_id, line);
-                    }
-                    free(item->line);
-                    item->line = NULL;
-                    //  Window back up by one per window of answers.
-                    if (cwnd < window)
-                        cwnd += 1.0 / cwnd;
-                    llmq_progress_add(progress, result);
-                    finished++;
-                }
-                llmq_result_destroy(&result);
-                result = llmq_client_poll(conn.client, 0);
-            }
-            //  An embedded cluster nobody restarts: a dead broker or sim
-            //  ends the run (OUT stays resumable); a dead worker leaves
-            //  the others to carry on.
-            const char *dead =
-                conn.cluster ? llmq_cluster_dead(conn.cluster) : NULL;
-            if (dead) {
-                llmq_progress_clear(progress);
-                fprintf(stderr,
-                        "llmq run: the local cluster's %s exited (logs: %s)\n",
-                        dead, llmq_cluster_log_dir(conn.cluster));
-                if (!strncmp(dead, "worker", 6) &&
-                    ++dead_workers < live_workers)
-                    llmq_progress_note(progress, "a local worker exited");
-                else {
-                    unreachable = true;
-                    cluster_died = true;
-                }
-            }
-            llmq_client_stats_t stats;
-            llmq_client_stats(conn.client, &stats);
-            if (stats.reconnects != reconnects) {
-                reconnects = stats.reconnects;
-                llmq_progress_note(progress,
-                                   "broker silent: reconnected, resent");
-            }
-            llmq_jsonl_writer_sync(writer, 1000);
-            llmq_progress_draw(progress, false);
-        }
-        zlistx_destroy(&retries);
-        free(tries);
-        if (retried && opts->verbose)
-            fprintf(stderr, "llmq run: %zu overloaded answers retried\n",
-                    retried);
-        if (unreachable) {
-            llmq_progress_clear(progress);
-            if (cluster_died)
-                fprintf(
-                    stderr,
-                    "llmq run: stopping; rerun the same command to resume\n");
-            else
-                fprintf(stderr,
-                        "llmq run: no broker answered for %.1f s, giving up; "
-                        "rerun the same command to resume\n",
-                        (double)give_up_ms / 1000);
-            rc = EXIT_FATAL;
-        }
-        if (s_interrupted) {
-            llmq_progress_clear(progress);
-            fprintf(stderr,
-                    "llmq run: interrupted; %s holds the finished lines, rerun "
-                    "the same command to resume\n",
-                    opts->output);
-            rc = EXIT_INTERRUPTED;
-        }
-    }
-    llmq_jsonl_writer_destroy(&writer);
+    run.progress = llmq_progress_new(run.todo_count, run.resumed,
+                                     !opts->quiet && isatty(STDERR_FILENO));
+    if (run.todo_count > 0)
+        rc = s_run_loop(&run);
+    llmq_jsonl_writer_destroy(&run.writer);
     //  The final file: whole lines in input order, atomically replaced.
-    if (llmq_jsonl_write_ordered(opts->output, items, lines) != 0) {
+    if (llmq_jsonl_write_ordered(opts->output, run.items, run.lines) != 0) {
         fprintf(stderr, "llmq run: cannot rewrite %s in order: %s\n",
                 opts->output, strerror(errno));
         rc = EXIT_FATAL;
     }
-    size_t failed = llmq_progress_failed(progress) + resumed_failed;
+    size_t failed = llmq_progress_failed(run.progress) + run.resumed_failed;
     if (!opts->quiet)
-        llmq_progress_summary(progress, report, opts->output,
-                              conn.simulated
-                                  ? "SIMULATED results (llmq-sim): no real "
-                                    "model was called"
-                                  : NULL);
+        llmq_progress_summary(
+            run.progress, streq(opts->output, "-") ? stderr : stdout,
+            opts->output,
+            run.conn.simulated
+                ? "SIMULATED results (llmq-sim): no real model was called"
+                : NULL);
     if (rc == EXIT_OK && failed > 0)
         rc = EXIT_FAILED_LINES;
-
-done:
-    llmq_progress_destroy(&progress);
-    llmq_jsonl_writer_destroy(&writer);
-    s_conn_close(&conn);
-    free(todo);
-    zhashx_destroy(&lines);
-    zlistx_destroy(&items);
+    s_run_destroy(&run);
     return rc;
 }
 
