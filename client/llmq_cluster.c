@@ -456,18 +456,16 @@ llmq_cluster_t *llmq_cluster_new(const llmq_cluster_opts_t *opts, char *err,
         snprintf(name, sizeof name, "llmq-local-%d", (int)getpid());
         char poll[32];
         snprintf(poll, sizeof poll, "%d", opts->batch_poll_ms);
-        char *argv[] = {"llmq-broker",
-                        "--frontend",
-                        "tcp://127.0.0.1:*",
-                        "--backend",
-                        "tcp://127.0.0.1:*",
-                        "--batch-db",
-                        opts->batch_db ? (char *)opts->batch_db : "none",
-                        "--name",
-                        name,
-                        opts->batch_poll_ms > 0 ? "--batch-poll-ms" : NULL,
-                        poll,
-                        NULL};
+        char *argv[] = {
+            "llmq-broker", "--frontend", "tcp://127.0.0.1:*", "--backend",
+            "tcp://127.0.0.1:*", "--batch-db",
+            opts->batch_db ? (char *)opts->batch_db : "none", "--name", name,
+            //  Every worker of an earlier run died with it
+            //  (PR_SET_PDEATHSIG): no upload of a job found
+            //  `submitting` can still be going on, so a lookup
+            //  miss may resubmit after a minute, not 30.
+            "--batch-submit-grace-ms", "60s",
+            opts->batch_poll_ms > 0 ? "--batch-poll-ms" : NULL, poll, NULL};
         s_child_t *child = s_spawn(self, "broker", argv, err, errlen);
         if (!child || !(line = s_wait_ready(child, err, errlen)))
             goto failed;

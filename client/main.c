@@ -598,6 +598,8 @@ static int s_connect(const s_opts_t *opts, s_conn_t *conn, bool allow_cluster,
     llmq_client_set_verbose(conn->client, opts->verbose);
     if (opts->timeout_ms > 0)
         llmq_client_set_timeout(conn->client, opts->timeout_ms);
+    if (opts->give_up_ms >= 0)
+        llmq_client_set_give_up(conn->client, (int)opts->give_up_ms);
     int wait = opts->timeout_ms > 0 ? opts->timeout_ms : 5000;
     if (llmq_client_ping(conn->client, wait, NULL) < 0) {
         if (s_interrupted)
@@ -1689,6 +1691,15 @@ static int s_batch_submit(s_opts_t *opts, const char *input, const char *output,
         goto done;
     if (!model)
         model = conn.model;
+    //  A provider without HTTP has no Batch API: the batch would wait for
+    //  a batch_api pool forever.
+    if (conn.cluster && streq(mode, "provider") &&
+        streq(llmq_cluster_provider(conn.cluster), "echo")) {
+        fprintf(stderr, "llmq batch: provider echo has no Batch API: use "
+                        "--mode realtime or auto\n");
+        rc = EXIT_USAGE;
+        goto done;
+    }
     char id[40];
     if (stable || conn.cluster)
         s_batch_stable_id(items, mode, model, output, id, sizeof id);
