@@ -1630,6 +1630,29 @@ static int s_batch_send(s_opts_t *opts, llmq_client_t *client, const char *id,
     return 0;
 }
 
+/*  The database beside OUT belongs to this OUT: a batch of it that is not
+    ours and not finished was made from an earlier version of the input (or
+    another mode or model). Its results would go nowhere, so cancel it
+    (at the provider too) rather than let it run on. */
+static void s_batch_cancel_stale(llmq_client_t *client, const char *id)
+{
+    size_t count = 0;
+    llmq_batch_status_t *list = llmq_batch_list(client, &count);
+    for (size_t i = 0; list && i < count; i++) {
+        if (streq(list[i].batch, id) || llmq_batch_state_final(list[i].state))
+            continue;
+        llmq_batch_status_t st;
+        fprintf(stderr,
+                "llmq batch: cancelling batch %s (%s) of an earlier input, "
+                "mode or model for the same output\n",
+                list[i].batch, list[i].state);
+        if (llmq_batch_cancel(client, list[i].batch, &st))
+            fprintf(stderr, "llmq batch: cancel %s: %s\n", list[i].batch,
+                    llmq_batch_error(client));
+    }
+    free(list);
+}
+
 /*  The batch database of an embedded cluster: beside OUT (OUT.llmq-batch.db),
     or ./llmq-batches.db for -o -. Fresh. */
 static char *s_batch_db_path(const char *output)
@@ -1708,6 +1731,8 @@ static int s_batch_submit(s_opts_t *opts, const char *input, const char *output,
                  (unsigned)(zclock_usecs() & 0x7fffffff));
     if (opts->deadline_ms > 0)
         fprintf(stderr, "llmq batch: --deadline-ms is ignored for batches\n");
+    if (conn.cluster && output && !streq(output, "-"))
+        s_batch_cancel_stale(conn.client, id);
     rc = s_batch_send(opts, conn.client, id, items, model, op, mode);
     if (rc)
         goto done;

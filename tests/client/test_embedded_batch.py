@@ -14,6 +14,8 @@ OPENAI_BASE_URL, or ANTHROPIC_API_KEY + ANTHROPIC_BASE_URL).
              SAME provider batch finishes (one batch in the sim's stats)
   sigint     the same with Ctrl-C (SIGINT): exit 130, "rerun the same
              command", then the rerun finishes the same batch
+  changed    interrupted, then IN changes: the rerun is a new batch and
+             the stale one is cancelled at the provider
   submit     `llmq batch submit FILE -o OUT` on the embedded cluster, and
              `-o -`: results on stdout in input order
 
@@ -162,6 +164,46 @@ def t_kill9(sig=signal.SIGKILL):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def t_changed():
+    # Interrupted, then the input changes: the rerun is a new batch (its id
+    # hashes the lines) and the old one, whose results would go nowhere, is
+    # cancelled at the provider.
+    tmp = tempfile.mkdtemp(prefix="llmq-embedded-batch-")
+    # Long enough at the provider that the rerun finds the old batch
+    # still running (every batch takes that long in the sim).
+    sim = cl.Sim("--batch-validate-ms", "50", "--batch-progress-ms", "8s",
+                 "--batch-finalize-ms", "50")
+    try:
+        inp = os.path.join(tmp, "in.jsonl")
+        out = os.path.join(tmp, "out.jsonl")
+        write_lines(inp, 100, tag="c")
+        env = env_for(sim, "openai")
+        args = [cl.bin_path("llmq"), "run", inp, "-o", out, "--mode", "provider",
+                "--workers", "1", "--batch-poll-ms", "100"]
+        p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             env=full_env(env))
+        try:
+            wait_until("the provider batch created",
+                       lambda: sim.stats()["batches"]["openai"]["created"] == 1, 60)
+            p.send_signal(signal.SIGINT)
+        finally:
+            p.wait(timeout=30)
+        check(p.returncode == 130, "Ctrl-C: rc %d" % p.returncode)
+        ids = write_lines(inp, 60, tag="d")
+        rc, stdout, err = cl.run_llmq(args[1:], env=env, timeout=100)
+        check(rc == 0, "rerun: rc %d %s" % (rc, err[-2000:]))
+        if os.environ.get("LLMQ_TEST_VERBOSE"):
+            print(err)
+        check("cancelling batch run-" in err, "the stale batch is cancelled: %s" % err[-2000:])
+        check_out(out, ids)
+        b = sim.stats()["batches"]["openai"]
+        check(b["created"] == 2 and b["cancelled"] == 1, "one cancelled, one new: %r" % b)
+        print("ok changed: the stale batch was cancelled at the provider")
+    finally:
+        sim.kill(signal.SIGTERM)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def t_submit():
     tmp = tempfile.mkdtemp(prefix="llmq-embedded-batch-")
     sim = cl.Sim(*SIM_FLAGS)
@@ -206,10 +248,12 @@ def main():
         t_kill9()
     elif which == "sigint":
         t_kill9(signal.SIGINT)
+    elif which == "changed":
+        t_changed()
     elif which == "submit":
         t_submit()
     else:
-        print("usage: test_embedded_batch.py openai|anthropic|kill9|sigint|submit", file=sys.stderr)
+        print("usage: test_embedded_batch.py openai|anthropic|kill9|sigint|changed|submit", file=sys.stderr)
         sys.exit(2)
 
 
