@@ -1675,6 +1675,26 @@ static void s_batch_db_remove(const char *db)
     }
 }
 
+/*  Wait for the batch, write OUT, sum it up. Returns an exit code. */
+static int s_batch_finish(s_opts_t *opts, s_conn_t *conn, const char *id,
+                          const char *output)
+{
+    llmq_batch_status_t st;
+    int rc = s_batch_wait(opts, conn->client, id, &st, conn->cluster != NULL);
+    if (rc != EXIT_OK)
+        return rc;
+    size_t failed = 0;
+    rc = s_batch_write(conn->client, id, output, &failed);
+    if (!opts->quiet)
+        s_batch_summary(&st);
+    if (!opts->quiet && conn->simulated)
+        fprintf(stderr,
+                "SIMULATED results (llmq-sim): no real model was called\n");
+    if (rc == EXIT_OK && (failed || !streq(st.state, "completed")))
+        rc = EXIT_FAILED_LINES;
+    return rc;
+}
+
 /*  Send the lines of input as a batch; print its id; unless detached,
     wait and write the results to output. With no broker, an embedded
     cluster runs it, its database beside OUT: a rerun of the same command
@@ -1718,8 +1738,7 @@ static int s_batch_submit(s_opts_t *opts, const char *input, const char *output,
     //  a batch_api pool forever.
     if (conn.cluster && streq(mode, "provider") &&
         streq(llmq_cluster_provider(conn.cluster), "echo")) {
-        fprintf(stderr, "llmq batch: provider echo has no Batch API: use "
-                        "--mode realtime or auto\n");
+        fprintf(stderr, "llmq batch: provider echo has no Batch API\n");
         rc = EXIT_USAGE;
         goto done;
     }
@@ -1744,19 +1763,7 @@ static int s_batch_submit(s_opts_t *opts, const char *input, const char *output,
                 conn.cluster ? ", database " : "", conn.cluster ? db : "");
     if (detach)
         goto done;
-    llmq_batch_status_t st;
-    rc = s_batch_wait(opts, conn.client, id, &st, conn.cluster != NULL);
-    if (rc == EXIT_OK) {
-        size_t failed = 0;
-        rc = s_batch_write(conn.client, id, output, &failed);
-        if (!opts->quiet)
-            s_batch_summary(&st);
-        if (!opts->quiet && conn.simulated)
-            fprintf(stderr, "SIMULATED results (llmq-sim): no real model was "
-                            "called\n");
-        if (rc == EXIT_OK && (failed || !streq(st.state, "completed")))
-            rc = EXIT_FAILED_LINES;
-    }
+    rc = s_batch_finish(opts, &conn, id, output);
 done:
     if (conn.cluster && (rc == EXIT_OK || rc == EXIT_FAILED_LINES)) {
         s_conn_close(&conn);
@@ -1767,6 +1774,61 @@ done:
 leave:
     zlistx_destroy(&items);
     return rc;
+}
+
+/*  llmq batch status ID [--json]. Returns an exit code. */
+static int s_batch_status_cmd(s_opts_t *opts, llmq_client_t *client,
+                              const char *id)
+{
+    llmq_batch_status_t st;
+    if (llmq_batch_get(client, id, INT64_MAX / 2, &st, NULL, NULL, NULL,
+                       NULL)) {
+        fprintf(stderr, "llmq batch: %s\n", llmq_batch_error(client));
+        return strncmp(llmq_batch_error(client), "not_found", 9)
+                   ? EXIT_FATAL
+                   : EXIT_FAILED_LINES;
+    }
+    if (opts->json)
+        printf("{\"batch\":\"%s\",\"state\":\"%s\",\"mode\":\"%s\","
+               "\"total\":%lld,\"done\":%lld,\"failed\":%lld,"
+               "\"prompt_tokens\":%lld,\"completion_tokens\":%lld,"
+               "\"total_tokens\":%lld,\"cost_usd\":%.6f,"
+               "\"provider_done\":%lld,\"provider_failed\":%lld}\n",
+               st.batch, st.state, st.mode, (long long)st.total,
+               (long long)st.done, (long long)st.failed,
+               (long long)st.prompt_tokens, (long long)st.completion_tokens,
+               (long long)st.total_tokens, st.cost_usd,
+               (long long)st.provider_done, (long long)st.provider_failed);
+    else
+        printf("batch     %s\nstate     %s\nmode      %s\nitems     %lld "
+               "(%lld done, %lld failed)\ntokens    %lld prompt + %lld "
+               "completion = %lld\ncost      $%.6f%s\n",
+               st.batch, st.state, *st.mode ? st.mode : "-",
+               (long long)st.total, (long long)st.done, (long long)st.failed,
+               (long long)st.prompt_tokens, (long long)st.completion_tokens,
+               (long long)st.total_tokens, st.cost_usd,
+               streq(st.mode, "provider") ? " (Batch API price)" : "");
+    return EXIT_OK;
+}
+
+/*  llmq batch list: one row per batch. Returns an exit code. */
+static int s_batch_list_cmd(llmq_client_t *client)
+{
+    size_t n = 0;
+    llmq_batch_status_t *list = llmq_batch_list(client, &n);
+    if (!list) {
+        fprintf(stderr, "llmq batch: %s\n", llmq_batch_error(client));
+        return EXIT_FATAL;
+    }
+    printf("%-24s %-12s %-9s %-20s %10s %10s %8s %12s\n", "BATCH", "STATE",
+           "MODE", "MODEL", "ITEMS", "DONE", "FAILED", "COST_USD");
+    for (size_t i = 0; i < n; i++)
+        printf("%-24s %-12s %-9s %-20s %10lld %10lld %8lld %12.6f\n",
+               list[i].batch, list[i].state, *list[i].mode ? list[i].mode : "-",
+               list[i].model, (long long)list[i].total, (long long)list[i].done,
+               (long long)list[i].failed, list[i].cost_usd);
+    free(list);
+    return EXIT_OK;
 }
 
 static int s_cmd_batch(s_opts_t *opts, int argc, char **argv)
@@ -1802,36 +1864,9 @@ static int s_cmd_batch(s_opts_t *opts, int argc, char **argv)
         return rc;
     }
     llmq_batch_status_t st;
-    if (streq(sub, "status")) {
-        if (llmq_batch_get(conn.client, argv[1], INT64_MAX / 2, &st, NULL, NULL,
-                           NULL, NULL)) {
-            fprintf(stderr, "llmq batch: %s\n", llmq_batch_error(conn.client));
-            rc = strncmp(llmq_batch_error(conn.client), "not_found", 9)
-                     ? EXIT_FATAL
-                     : EXIT_FAILED_LINES;
-        } else if (opts->json) {
-            printf("{\"batch\":\"%s\",\"state\":\"%s\",\"mode\":\"%s\","
-                   "\"total\":%lld,\"done\":%lld,\"failed\":%lld,"
-                   "\"prompt_tokens\":%lld,\"completion_tokens\":%lld,"
-                   "\"total_tokens\":%lld,\"cost_usd\":%.6f,"
-                   "\"provider_done\":%lld,\"provider_failed\":%lld}\n",
-                   st.batch, st.state, st.mode, (long long)st.total,
-                   (long long)st.done, (long long)st.failed,
-                   (long long)st.prompt_tokens, (long long)st.completion_tokens,
-                   (long long)st.total_tokens, st.cost_usd,
-                   (long long)st.provider_done, (long long)st.provider_failed);
-        } else {
-            printf("batch     %s\nstate     %s\nmode      %s\nitems     %lld "
-                   "(%lld done, %lld failed)\ntokens    %lld prompt + %lld "
-                   "completion = %lld\ncost      $%.6f%s\n",
-                   st.batch, st.state, *st.mode ? st.mode : "-",
-                   (long long)st.total, (long long)st.done,
-                   (long long)st.failed, (long long)st.prompt_tokens,
-                   (long long)st.completion_tokens, (long long)st.total_tokens,
-                   st.cost_usd,
-                   streq(st.mode, "provider") ? " (Batch API price)" : "");
-        }
-    } else if (streq(sub, "results") || streq(sub, "wait")) {
+    if (streq(sub, "status"))
+        rc = s_batch_status_cmd(opts, conn.client, argv[1]);
+    else if (streq(sub, "results") || streq(sub, "wait")) {
         rc = s_batch_wait(opts, conn.client, argv[1], &st, false);
         if (rc == EXIT_OK && streq(sub, "results")) {
             size_t failed = 0;
@@ -1847,25 +1882,8 @@ static int s_cmd_batch(s_opts_t *opts, int argc, char **argv)
             rc = EXIT_FATAL;
         } else
             printf("%s %s\n", st.batch, st.state);
-    } else {
-        size_t n = 0;
-        llmq_batch_status_t *list = llmq_batch_list(conn.client, &n);
-        if (!list) {
-            fprintf(stderr, "llmq batch: %s\n", llmq_batch_error(conn.client));
-            rc = EXIT_FATAL;
-        } else {
-            printf("%-24s %-12s %-9s %-20s %10s %10s %8s %12s\n", "BATCH",
-                   "STATE", "MODE", "MODEL", "ITEMS", "DONE", "FAILED",
-                   "COST_USD");
-            for (size_t i = 0; i < n; i++)
-                printf("%-24s %-12s %-9s %-20s %10lld %10lld %8lld %12.6f\n",
-                       list[i].batch, list[i].state,
-                       *list[i].mode ? list[i].mode : "-", list[i].model,
-                       (long long)list[i].total, (long long)list[i].done,
-                       (long long)list[i].failed, list[i].cost_usd);
-        }
-        free(list);
-    }
+    } else
+        rc = s_batch_list_cmd(conn.client);
     s_conn_close(&conn);
     return rc;
 }
