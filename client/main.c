@@ -203,120 +203,128 @@ static const char *s_usage_cluster =
     "  --verbose            log reconnects; children's logs to stderr\n"
     "  --help               this help\n";
 
+static void s_help_run(void)
+{
+    printf("usage: llmq run IN.jsonl -o OUT.jsonl [options]\n\n"
+           "Input lines: OpenAI Batch API {custom_id, method, url, body} "
+           "(url:\n"
+           "/v1/chat/completions, /v1/completions, /v1/embeddings), or "
+           "{\"prompt\": ...},\n"
+           "or {\"messages\": [...]}, or plain text (one prompt per line). A "
+           "missing\n"
+           "custom_id is \"line-<n>\". Output: OpenAI Batch output lines {id, "
+           "custom_id,\n"
+           "response {status_code, request_id, body}, error}, appended as "
+           "results\n"
+           "arrive, rewritten in input order at the end. A failed line is an "
+           "error\n"
+           "line. Rerunning skips custom_ids already in OUT (resume).\n\n"
+           "Run options:\n"
+           "  -o, --output OUT     output file (required; its directory is "
+           "created;\n"
+           "                       \"-\": stdout, lines as they finish). IN "
+           "\"-\": stdin.\n"
+           "                       IN and OUT must be different files; "
+           "custom_ids unique\n"
+           "  --concurrency N      requests outstanding at once (default 64)\n"
+           "  --max-dispatches N   broker dispatch attempts per request "
+           "(--max-attempts:\n"
+           "                       deprecated alias)\n"
+           "  --deadline-ms D      per-request deadline\n"
+           "  --retry-failed       on resume, run error lines of OUT again\n"
+           "  --mode M             run the file as one durable broker batch "
+           "(auto,\n"
+           "                       realtime, provider: see llmq batch --help) "
+           "and wait\n"
+           "                       with a progress display of its states. "
+           "With no\n"
+           "                       broker, the embedded one keeps the batch "
+           "in "
+           "OUT.llmq-\n"
+           "                       batch.db (./llmq-batches.db for -o -): "
+           "rerun the same\n"
+           "                       command after an interrupt to resume the "
+           "SAME batch\n"
+           "                       (at the provider too); removed when OUT is "
+           "written\n"
+           "  --give-up D          exit 3 if no broker answers for D (default "
+           "300s; 0:\n"
+           "                       never; a bare number is ms)\n"
+           "  --quiet              no progress bar and no summary\n\n%s\n"
+           "Exit codes: 0 all lines ok; 1 some lines failed; 2 usage/config "
+           "error;\n"
+           "3 broker unreachable or fatal; 130 interrupted (rerun to "
+           "resume).\n",
+           s_usage_cluster);
+}
+
+static void s_help_batch(void)
+{
+    printf("usage: llmq batch submit FILE [--mode auto|realtime|provider] "
+           "[--detach]\n"
+           "                         [--model M] [-o OUT.jsonl]\n"
+           "       llmq batch status ID [--json]\n"
+           "       llmq batch results ID -o OUT.jsonl\n"
+           "       llmq batch wait ID\n"
+           "       llmq batch cancel ID\n"
+           "       llmq batch list\n\n"
+           "A batch lives in the broker (SQLite): it survives client "
+           "disconnects and\n"
+           "broker restarts. submit sends FILE's lines (as for llmq run; one "
+           "model and\n"
+           "one op per batch), prints the batch id on stdout, then (without "
+           "--detach)\n"
+           "shows the batch's state and counts until it is finished and "
+           "writes "
+           "the\n"
+           "results, in input order, in the OpenAI Batch output format to OUT "
+           "(default\n"
+           "FILE.out.jsonl). results waits for the batch in the same way. "
+           "Modes: realtime\n"
+           "(items dispatched like requests, behind interactive ones), "
+           "provider (the\n"
+           "provider's Batch API through a worker pool with batch_api: half "
+           "price, up\n"
+           "to 24 h), auto (provider for large batches when a pool supports "
+           "it; the\n"
+           "default). Usage and cost are shown per batch, Batch API discount "
+           "applied.\n\n"
+           "  --mode M             auto (default), realtime, provider\n"
+           "  --detach             submit: print the id and exit (needs a "
+           "broker)\n"
+           "  --model M            model of every item (default: the "
+           "input's, else the\n"
+           "                       broker's first worker's)\n"
+           "  -o, --output OUT     results file\n"
+           "  --json               status: one JSON line\n"
+           "  --broker EP          broker frontend (default $LLMQ_ENDPOINT, "
+           "else %s;\n"
+           "                       submit with no broker: an embedded "
+           "cluster, its batch\n"
+           "                       database in OUT.llmq-batch.db, so the same "
+           "command\n"
+           "                       resumes the same batch; see llmq run "
+           "--help)\n"
+           "  --quiet              no progress display\n"
+           "  --help               this help\n\n"
+           "Exit codes: 0 ok; 1 some items failed (or the batch was "
+           "cancelled/expired);\n"
+           "2 usage error; 3 broker unreachable; 130 interrupted (the batch "
+           "goes on).\n",
+           LLMQ_DEFAULT_ENDPOINT);
+}
+
 static void s_help(const char *command)
 {
     if (!command) {
         printf("%s", s_usage_main);
         return;
     }
-    if (streq(command, "run")) {
-        printf(
-            "usage: llmq run IN.jsonl -o OUT.jsonl [options]\n\n"
-            "Input lines: OpenAI Batch API {custom_id, method, url, body} "
-            "(url:\n"
-            "/v1/chat/completions, /v1/completions, /v1/embeddings), or "
-            "{\"prompt\": ...},\n"
-            "or {\"messages\": [...]}, or plain text (one prompt per line). A "
-            "missing\n"
-            "custom_id is \"line-<n>\". Output: OpenAI Batch output lines {id, "
-            "custom_id,\n"
-            "response {status_code, request_id, body}, error}, appended as "
-            "results\n"
-            "arrive, rewritten in input order at the end. A failed line is an "
-            "error\n"
-            "line. Rerunning skips custom_ids already in OUT (resume).\n\n"
-            "Run options:\n"
-            "  -o, --output OUT     output file (required; its directory is "
-            "created;\n"
-            "                       \"-\": stdout, lines as they finish). IN "
-            "\"-\": stdin.\n"
-            "                       IN and OUT must be different files; "
-            "custom_ids unique\n"
-            "  --concurrency N      requests outstanding at once (default 64)\n"
-            "  --max-dispatches N   broker dispatch attempts per request "
-            "(--max-attempts:\n"
-            "                       deprecated alias)\n"
-            "  --deadline-ms D      per-request deadline\n"
-            "  --retry-failed       on resume, run error lines of OUT again\n"
-            "  --mode M             run the file as one durable broker batch "
-            "(auto,\n"
-            "                       realtime, provider: see llmq batch --help) "
-            "and wait\n"
-            "                       with a progress display of its states. "
-            "With no\n"
-            "                       broker, the embedded one keeps the batch "
-            "in "
-            "OUT.llmq-\n"
-            "                       batch.db (./llmq-batches.db for -o -): "
-            "rerun the same\n"
-            "                       command after an interrupt to resume the "
-            "SAME batch\n"
-            "                       (at the provider too); removed when OUT is "
-            "written\n"
-            "  --give-up D          exit 3 if no broker answers for D (default "
-            "300s; 0:\n"
-            "                       never; a bare number is ms)\n"
-            "  --quiet              no progress bar and no summary\n\n%s\n"
-            "Exit codes: 0 all lines ok; 1 some lines failed; 2 usage/config "
-            "error;\n"
-            "3 broker unreachable or fatal; 130 interrupted (rerun to "
-            "resume).\n",
-            s_usage_cluster);
-    } else if (streq(command, "batch")) {
-        printf(
-            "usage: llmq batch submit FILE [--mode auto|realtime|provider] "
-            "[--detach]\n"
-            "                         [--model M] [-o OUT.jsonl]\n"
-            "       llmq batch status ID [--json]\n"
-            "       llmq batch results ID -o OUT.jsonl\n"
-            "       llmq batch wait ID\n"
-            "       llmq batch cancel ID\n"
-            "       llmq batch list\n\n"
-            "A batch lives in the broker (SQLite): it survives client "
-            "disconnects and\n"
-            "broker restarts. submit sends FILE's lines (as for llmq run; one "
-            "model and\n"
-            "one op per batch), prints the batch id on stdout, then (without "
-            "--detach)\n"
-            "shows the batch's state and counts until it is finished and "
-            "writes "
-            "the\n"
-            "results, in input order, in the OpenAI Batch output format to OUT "
-            "(default\n"
-            "FILE.out.jsonl). results waits for the batch in the same way. "
-            "Modes: realtime\n"
-            "(items dispatched like requests, behind interactive ones), "
-            "provider (the\n"
-            "provider's Batch API through a worker pool with batch_api: half "
-            "price, up\n"
-            "to 24 h), auto (provider for large batches when a pool supports "
-            "it; the\n"
-            "default). Usage and cost are shown per batch, Batch API discount "
-            "applied.\n\n"
-            "  --mode M             auto (default), realtime, provider\n"
-            "  --detach             submit: print the id and exit (needs a "
-            "broker)\n"
-            "  --model M            model of every item (default: the "
-            "input's, else the\n"
-            "                       broker's first worker's)\n"
-            "  -o, --output OUT     results file\n"
-            "  --json               status: one JSON line\n"
-            "  --broker EP          broker frontend (default $LLMQ_ENDPOINT, "
-            "else %s;\n"
-            "                       submit with no broker: an embedded "
-            "cluster, its batch\n"
-            "                       database in OUT.llmq-batch.db, so the same "
-            "command\n"
-            "                       resumes the same batch; see llmq run "
-            "--help)\n"
-            "  --quiet              no progress display\n"
-            "  --help               this help\n\n"
-            "Exit codes: 0 ok; 1 some items failed (or the batch was "
-            "cancelled/expired);\n"
-            "2 usage error; 3 broker unreachable; 130 interrupted (the batch "
-            "goes on).\n",
-            LLMQ_DEFAULT_ENDPOINT);
-    } else if (streq(command, "chat")) {
+    if (streq(command, "run"))
+        s_help_run();
+    else if (streq(command, "batch"))
+        s_help_batch();
+    else if (streq(command, "chat")) {
         printf("usage: llmq chat \"prompt\" [options]\n\n"
                "Streams the answer to stdout as it is generated.\n\n"
                "Chat options:\n"
@@ -333,11 +341,11 @@ static void s_help(const char *command)
                LLMQ_DEFAULT_ENDPOINT);
     } else if (streq(command, "ping")) {
         printf(
-            "usage: llmq ping [--broker EP] [--timeout MS]\n\n"
+            "usage: llmq ping [--broker EP] [--timeout D]\n\n"
             "Pings the broker; prints its name, version and the round trip.\n"
             "Exit 0 if it answered, 3 if not.\n"
             "  --broker EP          broker frontend (default %s)\n"
-            "  --timeout MS         how long to wait (default 3000)\n"
+            "  --timeout D          how long to wait (default 3000 ms; or 2s)\n"
             "  --help               this help\n",
             LLMQ_DEFAULT_ENDPOINT);
     }
@@ -379,6 +387,62 @@ static int s_duration(const char *text, const char *name, bool was_seconds,
     return 0;
 }
 
+/*  Options with a number or a duration value. Returns 0, -1 (bad value,
+    said on stderr) or 1 (not such an option). */
+static int s_parse_value(int c, const char *value, const char *name,
+                         s_opts_t *opts)
+{
+    long n = 0;
+    int64_t ms = 0;
+    switch (c) {
+    case OPT_WORKERS:
+    case OPT_CAPACITY:
+    case OPT_CONCURRENCY:
+    case OPT_MAX_ATTEMPTS:
+    case OPT_MAX_DISPATCHES:
+    case OPT_MAX_TOKENS:
+        if ((n = s_number(value, name)) < 0)
+            return -1;
+        if (c == OPT_WORKERS)
+            opts->workers = (int)n;
+        if (c == OPT_CAPACITY)
+            opts->capacity = (int)n;
+        if (c == OPT_CONCURRENCY)
+            opts->concurrency = (int)n;
+        if (c == OPT_MAX_ATTEMPTS)
+            fprintf(stderr, "llmq: --max-attempts is deprecated: it is "
+                            "--max-dispatches (broker dispatches; the "
+                            "worker's --max-attempts counts HTTP "
+                            "attempts)\n");
+        if (c == OPT_MAX_ATTEMPTS || c == OPT_MAX_DISPATCHES)
+            opts->max_dispatches = (int)n;
+        if (c == OPT_MAX_TOKENS)
+            opts->max_tokens = (int)n;
+        break;
+    case OPT_SIM_LATENCY:
+    case OPT_DEADLINE:
+    case OPT_TIMEOUT:
+    case OPT_GIVE_UP:
+    case OPT_BATCH_POLL:
+        if (s_duration(value, name, c == OPT_GIVE_UP, &ms) < 0)
+            return -1;
+        if (c == OPT_SIM_LATENCY)
+            opts->sim_latency_ms = (int)ms;
+        if (c == OPT_DEADLINE)
+            opts->deadline_ms = ms;
+        if (c == OPT_TIMEOUT)
+            opts->timeout_ms = (int)ms;
+        if (c == OPT_GIVE_UP)
+            opts->give_up_ms = ms;
+        if (c == OPT_BATCH_POLL)
+            opts->batch_poll_ms = (int)ms;
+        break;
+    default:
+        return 1;
+    }
+    return 0;
+}
+
 /*  Parse options for a command; positional arguments stay in argv from
  *first_p on. Returns 0, 1 (help printed), or -1 (usage error). */
 static int s_parse(const char *command, int argc, char **argv, s_opts_t *opts,
@@ -388,8 +452,7 @@ static int s_parse(const char *command, int argc, char **argv, s_opts_t *opts,
     opterr = 0;
     int c;
     while ((c = getopt_long(argc, argv, "o:hq", s_long_options, NULL)) != -1) {
-        long n = 0;
-        int64_t ms = 0;
+        int rc = 0;
         switch (c) {
         case OPT_BROKER:
             opts->broker = optarg;
@@ -438,56 +501,18 @@ static int s_parse(const char *command, int argc, char **argv, s_opts_t *opts,
         case 'h':
             s_help(command);
             return 1;
-        case OPT_WORKERS:
-        case OPT_CAPACITY:
-        case OPT_CONCURRENCY:
-        case OPT_MAX_ATTEMPTS:
-        case OPT_MAX_DISPATCHES:
-        case OPT_MAX_TOKENS:
-            if ((n = s_number(optarg, argv[optind - 1])) < 0)
-                return -1;
-            if (c == OPT_WORKERS)
-                opts->workers = (int)n;
-            if (c == OPT_CAPACITY)
-                opts->capacity = (int)n;
-            if (c == OPT_CONCURRENCY)
-                opts->concurrency = (int)n;
-            if (c == OPT_MAX_ATTEMPTS)
-                fprintf(stderr, "llmq: --max-attempts is deprecated: it is "
-                                "--max-dispatches (broker dispatches; the "
-                                "worker's --max-attempts counts HTTP "
-                                "attempts)\n");
-            if (c == OPT_MAX_ATTEMPTS || c == OPT_MAX_DISPATCHES)
-                opts->max_dispatches = (int)n;
-            if (c == OPT_MAX_TOKENS)
-                opts->max_tokens = (int)n;
-            break;
-        case OPT_SIM_LATENCY:
-        case OPT_DEADLINE:
-        case OPT_TIMEOUT:
-        case OPT_GIVE_UP:
-        case OPT_BATCH_POLL:
-            if (s_duration(optarg, argv[optind - 1], c == OPT_GIVE_UP, &ms) < 0)
-                return -1;
-            if (c == OPT_SIM_LATENCY)
-                opts->sim_latency_ms = (int)ms;
-            if (c == OPT_DEADLINE)
-                opts->deadline_ms = ms;
-            if (c == OPT_TIMEOUT)
-                opts->timeout_ms = (int)ms;
-            if (c == OPT_GIVE_UP)
-                opts->give_up_ms = ms;
-            if (c == OPT_BATCH_POLL)
-                opts->batch_poll_ms = (int)ms;
-            break;
         case ':':
             fprintf(stderr, "llmq %s: option %s needs a value\n", command,
                     argv[optind - 1]);
             return -1;
         default:
-            fprintf(stderr,
-                    "llmq %s: unknown option '%s' (see llmq %s --help)\n",
-                    command, argv[optind - 1], command);
+            rc = s_parse_value(c, optarg, argv[optind - 1], opts);
+            if (rc == 0)
+                break;
+            if (rc > 0)
+                fprintf(stderr,
+                        "llmq %s: unknown option '%s' (see llmq %s --help)\n",
+                        command, argv[optind - 1], command);
             return -1;
         }
     }
