@@ -1778,6 +1778,13 @@ static int s_batch_submit(s_opts_t *opts, const char *input, const char *output,
     if (conn.cluster && output && !streq(output, "-"))
         s_batch_cancel_stale(conn.client, id);
     rc = s_batch_send(opts, conn.client, id, items, model, op, mode);
+    if (rc && s_interrupted) {
+        rc = EXIT_INTERRUPTED;
+        fprintf(stderr, "llmq batch: interrupted while sending batch %s: %s\n",
+                id,
+                stable || conn.cluster ? "rerun the same command to resume it"
+                                       : "its items were not all sent");
+    }
     if (rc)
         goto done;
     printf("%s\n", id);

@@ -171,7 +171,7 @@ def t_changed():
     tmp = tempfile.mkdtemp(prefix="llmq-embedded-batch-")
     # Long enough at the provider that the rerun finds the old batch
     # still running (every batch takes that long in the sim).
-    sim = cl.Sim("--batch-validate-ms", "50", "--batch-progress-ms", "8s",
+    sim = cl.Sim("--batch-validate-ms", "50", "--batch-progress-ms", "12s",
                  "--batch-finalize-ms", "50")
     try:
         inp = os.path.join(tmp, "in.jsonl")
