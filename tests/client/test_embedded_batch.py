@@ -123,6 +123,18 @@ def t_provider(kind):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def provider_progress(sim):
+    """request_counts.completed of the sim's OpenAI batch (0 if none)."""
+    import http.client
+    import json
+    c = http.client.HTTPConnection(sim.host, sim.port, timeout=10)
+    c.request("GET", "/v1/batches", headers={"Authorization": "Bearer sk-test"})
+    body = json.loads(c.getresponse().read())
+    c.close()
+    return max([b.get("request_counts", {}).get("completed", 0) for b in body.get("data", [])]
+               or [0])
+
+
 def t_kill9(sig=signal.SIGKILL):
     tmp = tempfile.mkdtemp(prefix="llmq-embedded-batch-")
     sim = cl.Sim("--batch-validate-ms", "50", "--batch-progress-ms", "4000",
@@ -139,6 +151,12 @@ def t_kill9(sig=signal.SIGKILL):
         try:
             wait_until("the provider batch created",
                        lambda: sim.stats()["batches"]["openai"]["created"] == 1, 60)
+            if sig == signal.SIGKILL:
+                # Mid-way: the provider has run part of the lines.
+                wait_until("the provider batch half-way", lambda: provider_progress(sim) > 0, 60)
+                done = provider_progress(sim)
+                check(done < N, "killed too late: %d of %d done" % (done, N))
+                print("kill -9 with %d of %d lines done at the provider" % (done, N))
             p.send_signal(sig)
         finally:
             p.wait(timeout=30)
