@@ -39,6 +39,7 @@
 #include <unistd.h>
 
 #include "llmq_batch_api.h"
+#include "llmq_curve.h"
 #include "llmq_limiter.h"
 #include "llmq_msg.h"
 #include "llmq_provider.h"
@@ -146,6 +147,8 @@ struct _s_worker_t {
     uint64_t rng;          /* jitter */
     uint64_t answered;     /* counters, for the log */
     uint64_t failed;
+    zcert_t *cert;                           /* CURVE keypair, or NULL */
+    char server_key[LLMQ_CURVE_KEY_LEN + 1]; /* broker's public key */
 };
 
 /*  Wake pipe and stop requests, shared with the signal handler. */
@@ -990,6 +993,8 @@ static int s_connect(s_worker_t *self)
     zsock_set_identity(self->dealer, self->cfg->identity);
     zsock_set_reconnect_ivl(self->dealer, 100);
     zsock_set_reconnect_ivl_max(self->dealer, 2000);
+    if (self->cert)
+        llmq_curve_client_apply(self->dealer, self->cert, self->server_key);
     if (zsock_connect(self->dealer, "%s", self->cfg->broker) != 0) {
         llmq_wlog(LLMQ_LOG_ERROR, "cannot connect to broker %s",
                   self->cfg->broker);
@@ -1516,6 +1521,18 @@ static void s_job_destructor(void **item)
     *item = NULL;
 }
 
+/*  CURVE keys from the config, if any. Returns 0 or -1 (reason in errbuf). */
+static int s_curve_load(s_worker_t *self, char *errbuf, size_t errlen)
+{
+    if (!self->cfg->curve_cert || !*self->cfg->curve_cert)
+        return 0;
+    if (llmq_curve_key_resolve(self->cfg->broker_key, self->server_key, errbuf,
+                               errlen) != 0)
+        return -1;
+    self->cert = llmq_curve_cert_load(self->cfg->curve_cert, errbuf, errlen);
+    return self->cert ? 0 : -1;
+}
+
 llmq_worker_t *llmq_worker_new(llmq_worker_config_t **config_p, char *errbuf,
                                size_t errlen)
 {
@@ -1540,6 +1557,11 @@ llmq_worker_t *llmq_worker_new(llmq_worker_config_t **config_p, char *errbuf,
                                  cfg->anthropic_version,
                                  cfg->default_max_tokens};
     self->provider = llmq_provider_new(&pc, errbuf, errlen);
+    if (self->provider && s_curve_load(self, errbuf, errlen) != 0) {
+        llmq_worker_t *w = (llmq_worker_t *)self;
+        llmq_worker_destroy(&w);
+        return NULL;
+    }
     self->limiter = llmq_limiter_new(cfg->rpm, cfg->tpm, cfg->capacity,
                                      cfg->burst_ms, s_now());
     self->breaker =
@@ -1647,6 +1669,7 @@ void llmq_worker_destroy(llmq_worker_t **self_p)
     if (self->epfd >= 0)
         close(self->epfd);
     zsock_destroy(&self->dealer);
+    zcert_destroy(&self->cert);
     llmq_provider_destroy(&self->provider);
     llmq_limiter_destroy(&self->limiter);
     llmq_breaker_destroy(&self->breaker);
