@@ -101,8 +101,7 @@ int llmq_auth_server_apply(llmq_auth_t *self, zsock_t *sock, zcert_t *cert,
     return 0;
 }
 
-void llmq_auth_set_denied(llmq_auth_t *self, llmq_auth_denied_fn *fn,
-                          void *arg)
+void llmq_auth_set_denied(llmq_auth_t *self, llmq_auth_denied_fn *fn, void *arg)
 {
     self->denied = fn;
     self->denied_arg = arg;
@@ -204,9 +203,8 @@ static bool s_monitor_handle(llmq_auth_t *self, int side)
     if (!event)
         return false;
     zframe_t *head = zmsg_first(event);
-    char *endpoint = zmsg_size(event) >= 2
-                         ? zframe_strdup(zmsg_next(event))
-                         : NULL;
+    char *endpoint =
+        zmsg_size(event) >= 2 ? zframe_strdup(zmsg_next(event)) : NULL;
     if (head && zframe_size(head) >= 2 && endpoint) {
         //  Once per address, not per connection: drop the port.
         char *colon = strrchr(endpoint, ':');
@@ -243,8 +241,8 @@ void llmq_auth_service(llmq_auth_t *self, const zmq_pollitem_t *items,
 #define CHECK(x)                                                               \
     do {                                                                       \
         if (!(x)) {                                                            \
-            fprintf(stderr, "llmq_auth: FAIL %s:%d: %s\n", __FILE__,           \
-                    __LINE__, #x);                                             \
+            fprintf(stderr, "llmq_auth: FAIL %s:%d: %s\n", __FILE__, __LINE__, \
+                    #x);                                                       \
             rc = 1;                                                            \
             goto done;                                                         \
         }                                                                      \
@@ -300,8 +298,8 @@ int llmq_auth_test(bool verbose)
     zsock_t *router = NULL, *d = NULL;
     char *ep = NULL, *got = NULL;
     llmq_auth_t *auth = NULL;
-    zcert_t *server = zcert_new(), *client = zcert_new(),
-            *worker = zcert_new(), *late = zcert_new();
+    zcert_t *server = zcert_new(), *client = zcert_new(), *worker = zcert_new(),
+            *late = zcert_new();
     CHECK(mkdtemp(dir));
     snprintf(path, sizeof(path), "%s/clients", dir);
     zsys_dir_create(path);

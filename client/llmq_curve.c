@@ -59,8 +59,8 @@ int llmq_curve_key_resolve(const char *key_or_path, char *out, char *err,
         return 0;
     }
     zconfig_t *root = zconfig_load(key_or_path);
-    const char *text = root ? zconfig_get(root, "/curve/public-key", NULL)
-                            : NULL;
+    const char *text =
+        root ? zconfig_get(root, "/curve/public-key", NULL) : NULL;
     int rc = -1;
     if (s_is_z85_key(text)) {
         memcpy(out, text, LLMQ_CURVE_KEY_LEN + 1);
@@ -81,8 +81,8 @@ void llmq_curve_client_apply(zsock_t *sock, zcert_t *cert,
     zsock_set_curve_serverkey(sock, server_key);
 }
 
-int llmq_curve_wanted(const char *cert_path, const char *broker_key,
-                      char *err, size_t size)
+int llmq_curve_wanted(const char *cert_path, const char *broker_key, char *err,
+                      size_t size)
 {
     bool cert = cert_path && *cert_path;
     bool key = broker_key && *broker_key;
@@ -90,10 +90,11 @@ int llmq_curve_wanted(const char *cert_path, const char *broker_key,
         return 1;
     if (!cert && !key)
         return 0;
-    snprintf(err, size, cert ? "--curve-cert needs --broker-key (or "
-                               "LLMQ_BROKER_KEY)"
-                             : "--broker-key needs --curve-cert (or "
-                               "LLMQ_CURVE_CERT)");
+    snprintf(err, size,
+             cert ? "--curve-cert needs --broker-key (or "
+                    "LLMQ_BROKER_KEY)"
+                  : "--broker-key needs --curve-cert (or "
+                    "LLMQ_CURVE_CERT)");
     return -1;
 }
 
@@ -159,8 +160,8 @@ int llmq_curve_test(bool verbose)
     CHECK(a && b && streq(zcert_public_txt(a), zcert_public_txt(b)));
     CHECK(llmq_curve_key_resolve(name, key, err, sizeof(err)) == 0);
     CHECK(streq(key, zcert_public_txt(a)));
-    CHECK(llmq_curve_key_resolve(zcert_public_txt(b), key, err,
-                                 sizeof(err)) == 0);
+    CHECK(llmq_curve_key_resolve(zcert_public_txt(b), key, err, sizeof(err)) ==
+          0);
     CHECK(llmq_curve_key_resolve("short", key, err, sizeof(err)) == -1);
     //  The public file alone holds no secret: refused with a reason.
     unlink(secret);

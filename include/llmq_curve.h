@@ -41,8 +41,8 @@ void llmq_curve_client_apply(zsock_t *sock, zcert_t *cert,
 /*  Client side: a certificate and a broker key go together (NULL or ""
     counts as unset). Returns 1 when both are set, 0 when neither, -1 when
     only one is (reason in err). */
-int llmq_curve_wanted(const char *cert_path, const char *broker_key,
-                      char *err, size_t size);
+int llmq_curve_wanted(const char *cert_path, const char *broker_key, char *err,
+                      size_t size);
 
 /*  Write a new keypair: NAME (public) and NAME_secret (mode 0600).
     Refuses to overwrite existing files. Returns 0, or -1 (reason in err). */
