@@ -78,8 +78,7 @@ static void s_collect(llmq_metrics_t *m, void *arg)
                      (double)(zclock_mono() - self->started) / 1000.0);
 }
 
-llmq_wmetrics_t *llmq_wmetrics_new(const char *address, char *err,
-                                   size_t size)
+llmq_wmetrics_t *llmq_wmetrics_new(const char *address, char *err, size_t size)
 {
     llmq_wmetrics_t *self = (llmq_wmetrics_t *)calloc(1, sizeof(*self));
     if (!self)

@@ -36,8 +36,8 @@ typedef struct _llmq_wmetrics_t llmq_wmetrics_t;
 
 /*  Live state for the gauges, filled by the owner before each scrape. */
 typedef struct {
-    size_t in_flight;   /* requests held */
-    size_t queued;      /* waiting for the limiter or the breaker */
+    size_t in_flight;    /* requests held */
+    size_t queued;       /* waiting for the limiter or the breaker */
     const char *breaker; /* "closed", "open", "half_open" */
 } llmq_wmetrics_state_t;
 
@@ -45,8 +45,7 @@ typedef void(llmq_wmetrics_state_fn)(llmq_wmetrics_state_t *state, void *arg);
 
 /*  Listen on "PORT" or "HOST:PORT" (host 127.0.0.1 by default, "*" every
     interface). Returns NULL with the reason in err. */
-llmq_wmetrics_t *llmq_wmetrics_new(const char *address, char *err,
-                                   size_t size);
+llmq_wmetrics_t *llmq_wmetrics_new(const char *address, char *err, size_t size);
 void llmq_wmetrics_destroy(llmq_wmetrics_t **self_p);
 
 /*  Where to read the gauges from at scrape time. */
