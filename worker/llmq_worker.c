@@ -1409,6 +1409,40 @@ static void s_curl_events(s_worker_t *self)
     }
 }
 
+/*  Wait for the next event: curl's sockets, the wake pipe (signals), the
+    broker, metrics scrapers; the timeout is the nearest timer. Empties
+    the wake pipe and serves scrapes. Returns -1 if polling failed, else 0
+    with *curl_ready set when curl's sockets are readable. */
+static int s_wait(s_worker_t *self, int64_t now, bool *curl_ready)
+{
+    zmq_pollitem_t items[3 + S_METRIC_ITEMS];
+    int n = 0;
+    items[n++] = (zmq_pollitem_t){NULL, self->epfd, ZMQ_POLLIN, 0};
+    items[n++] = (zmq_pollitem_t){NULL, s_wake[0], ZMQ_POLLIN, 0};
+    if (self->dealer)
+        items[n++] =
+            (zmq_pollitem_t){zsock_resolve(self->dealer), 0, ZMQ_POLLIN, 0};
+    int first_metric = n;
+    n +=
+        (int)llmq_wmetrics_poll_items(self->metrics, items + n, S_METRIC_ITEMS);
+    int rc = zmq_poll(items, n, (long)s_next_wake(self, now));
+    if (rc < 0 && errno != EINTR) {
+        llmq_wlog(LLMQ_LOG_ERROR, "poll failed: %s", zmq_strerror(errno));
+        return -1;
+    }
+    if (rc <= 0)
+        return 0;
+    if (items[1].revents & ZMQ_POLLIN) {
+        char drain[64];
+        while (read(s_wake[0], drain, sizeof drain) > 0)
+            ;
+    }
+    llmq_wmetrics_service(self->metrics, items + first_metric,
+                          (size_t)(n - first_metric), s_now());
+    *curl_ready = (items[0].revents & ZMQ_POLLIN) != 0;
+    return 0;
+}
+
 int llmq_worker_run(llmq_worker_t *self_)
 {
     s_worker_t *self = (s_worker_t *)self_;
@@ -1439,33 +1473,13 @@ int llmq_worker_run(llmq_worker_t *self_)
             (!self->batch || llmq_batch_api_active(self->batch) == 0))
             break;
 
-        now = s_now();
-        zmq_pollitem_t items[3 + S_METRIC_ITEMS];
-        int nitems = 0;
-        items[nitems++] = (zmq_pollitem_t){NULL, self->epfd, ZMQ_POLLIN, 0};
-        items[nitems++] = (zmq_pollitem_t){NULL, s_wake[0], ZMQ_POLLIN, 0};
-        if (self->dealer)
-            items[nitems++] =
-                (zmq_pollitem_t){zsock_resolve(self->dealer), 0, ZMQ_POLLIN, 0};
-        int first_metric = nitems;
-        nitems += (int)llmq_wmetrics_poll_items(self->metrics, items + nitems,
-                                                S_METRIC_ITEMS);
-        int rc = zmq_poll(items, nitems, (long)s_next_wake(self, now));
-        if (rc < 0 && errno != EINTR) {
-            llmq_wlog(LLMQ_LOG_ERROR, "poll failed: %s", zmq_strerror(errno));
+        bool curl_ready = false;
+        if (s_wait(self, s_now(), &curl_ready) < 0) {
             self->exit_code = LLMQ_WORKER_EXIT_FAILURE;
             break;
         }
-        if (rc > 0 && (items[1].revents & ZMQ_POLLIN)) {
-            char drain[64];
-            while (read(s_wake[0], drain, sizeof drain) > 0)
-                ;
-        }
-        if (rc > 0)
-            llmq_wmetrics_service(self->metrics, items + first_metric,
-                                  (size_t)(nitems - first_metric), s_now());
         /*  curl: sockets, then its timer. */
-        if (rc > 0 && (items[0].revents & ZMQ_POLLIN))
+        if (curl_ready)
             s_curl_events(self);
         now = s_now();
         for (size_t i = 0; i < self->nshards; i++) {
