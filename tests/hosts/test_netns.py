@@ -12,16 +12,21 @@ Shows (counts, never timings):
   join      with w1 alone the broker never has more than w1's capacity in
             flight; once w3 joins mid-run it has more, and w3 holds work;
   refusals  a client with an unknown key gets no pong; a worker with a
-            client's key never appears in status;
-  netem     throughput with 20 ms added on every link beside the figure
-            without (printed, not asserted), where tc netem works.
+            client's key never appears in status; a broker without keys
+            warns when it binds a host address;
+  latency   throughput with 20 ms added each way beside the figure without
+            (printed, not asserted): tc netem on every host where the kernel
+            has it, else a delaying TCP relay (delay_proxy.py) in front of
+            the broker's two ports and the sim.
 
 Needs root and iproute2; exits 77 (skip) with the reason otherwise. Every
 namespace and process is removed on any exit. Waits are polls with
 deadlines."""
 import json
 import os
+import select
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -124,7 +129,7 @@ class Site:
     """Keys, processes and the client commands of one run."""
 
     def __init__(self, tmp, net):
-        self.tmp, self.net, self.procs = tmp, net, []
+        self.tmp, self.net, self.procs, self.workers = tmp, net, [], {}
         self.keys = os.path.join(tmp, "keys")
         for d in ("keys", "clients", "workers"):
             os.mkdir(os.path.join(tmp, d))
@@ -159,13 +164,30 @@ class Site:
         self.frontend, self.backend = p.ready["frontend"], p.ready["backend"]
         self.metrics = p.ready["metrics"]
 
-    def start_worker(self, host, key):
+    def start_worker(self, host, key, name=None, backend=None, sim_url=None):
         return self.start(host, [
-            cl.bin_path("llmq-worker"), "--broker", self.backend, "--provider", "sim",
-            "--base-url", self.sim_url + "/v1", "--model", cl.MODEL,
-            "--capacity", str(CAP), "--name", host, "--heartbeat-ms", "300",
+            cl.bin_path("llmq-worker"), "--broker", backend or self.backend,
+            "--provider", "sim", "--base-url", (sim_url or self.sim_url) + "/v1",
+            "--model", cl.MODEL, "--capacity", str(CAP), "--name", name or host,
+            "--heartbeat-ms", "300", "--metrics", "127.0.0.1:0",
             "--curve-cert", self.key(key + "_secret"), "--broker-key", self.key("broker")],
             env={"OPENAI_API_KEY": "sk-test"})
+
+    def start_proxy(self, host, target, delay_ms):
+        """A delay_proxy.py on host's address in front of target (host:port)."""
+        p = self.start(host, [sys.executable, os.path.join(os.path.dirname(__file__),
+                                                           "delay_proxy.py"),
+                              addr(host), target, str(delay_ms)])
+        return "%s:%s" % (addr(host), p.ready["port"])
+
+    def served(self, host, worker):
+        """llmq_worker_requests_total{outcome="ok"} of a worker, scraped in
+        its own namespace (its metrics listen on that host's loopback)."""
+        r = subprocess.run(in_ns(host, ["curl", "-s", worker.ready["metrics"] + "/metrics"]),
+                           capture_output=True, text=True, timeout=20)
+        return sum(float(line.split()[-1]) for line in r.stdout.splitlines()
+                   if line.startswith("llmq_worker_requests_total{")
+                   and 'outcome="ok"' in line)
 
     def llmq(self, args, key="client", timeout=60):
         argv = in_ns("c", [cl.bin_path("llmq")] + args +
@@ -186,7 +208,7 @@ class Run:
     """`llmq run` of n prompts in the client namespace, in the background,
     with the broker's status sampled until it ends."""
 
-    def __init__(self, site, n, tag):
+    def __init__(self, site, n, tag, frontend=None):
         self.site, self.samples, self.n = site, [], n
         self.src = os.path.join(site.tmp, tag + ".jsonl")
         self.out = os.path.join(site.tmp, tag + ".out.jsonl")
@@ -197,7 +219,7 @@ class Run:
         self.started = time.monotonic()
         self.proc = subprocess.Popen(in_ns("c", [
             cl.bin_path("llmq"), "run", self.src, "-o", self.out, "--quiet",
-            "--concurrency", "64", "--broker", site.frontend,
+            "--concurrency", "64", "--broker", frontend or site.frontend,
             "--curve-cert", site.key("client_secret"), "--broker-key", site.key("broker")]),
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
             preexec_fn=cl._die_with_parent)
@@ -243,9 +265,13 @@ def names(st):
 def phase_spread(site):
     run = Run(site, 300, "spread")
     rate = run.finish()
+    served = {h: site.served(h, site.workers[h]) for h in ("w1", "w2")}
     for host in ("w1", "w2"):
         cl.check(run.busy(host), "worker host %s held work" % host)
-    print("spread: 300 requests over w1 and w2, %.0f req/s" % rate)
+        cl.check(served[host] > 0, "worker host %s answered requests" % host)
+    cl.check(sum(served.values()) == 300, "every request answered once: %s" % served)
+    print("spread: 300 requests, w1 answered %d, w2 %d, %.0f req/s" %
+          (served["w1"], served["w2"], rate))
     return rate
 
 
@@ -267,7 +293,7 @@ def phase_join(site):
                   timeout=60)
     alone = list(run.samples)
     site.net.add_host("w3")
-    site.start_worker("w3", "w3")
+    site.workers["w3"] = site.start_worker("w3", "w3")
     cl.wait_until("w3 in status", lambda: run.busy("w3") or run.proc.poll() is not None,
                   timeout=60)
     run.finish()
@@ -307,6 +333,29 @@ def phase_refusals(site):
     print("refusals: unknown client key and client-key worker refused")
 
 
+def phase_insecure(site):
+    """A broker without keys on a host address warns, once, for that socket."""
+    p = subprocess.Popen(in_ns("b", [cl.bin_path("llmq-broker"), "--batch-db", "none",
+                                     "--frontend", "tcp://%s:*" % addr("b"),
+                                     "--backend", "tcp://127.0.0.1:*"]),
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=cl._die_with_parent)
+    lines = []
+    try:
+        deadline = time.monotonic() + 20
+        while not any(" start " in x for x in lines) and time.monotonic() < deadline:
+            r, _, _ = select.select([p.stderr], [], [], 1.0)
+            if r:
+                lines.append(p.stderr.readline())
+    finally:
+        p.kill()
+        p.wait()
+    warned = [x for x in lines if "insecure_bind" in x]
+    cl.check(len(warned) == 1 and addr("b") in warned[0],
+             "one insecure_bind warning, for the host address: %s" % lines)
+    print("insecure: " + warned[0].strip())
+
+
 def _denied(site, socket):
     r = subprocess.run(in_ns("b", ["curl", "-s", site.metrics + "/metrics"]),
                        capture_output=True, text=True, timeout=20)
@@ -315,14 +364,31 @@ def _denied(site, socket):
                for line in r.stdout.splitlines())
 
 
-def phase_netem(site):
+def phase_latency(site):
+    """20 ms each way on every link: netem, else delaying relays."""
     plain = Run(site, 300, "plain").finish()
-    if not site.net.netem(["b", "s", "w1", "w3", "c"], 20):
-        print("netem: unavailable here; throughput without latency %.0f req/s" % plain)
-        return
-    slow = Run(site, 300, "netem").finish()
-    print("netem: throughput %.0f req/s without, %.0f req/s with 20 ms per link "
-          "(2 workers x %d in flight, sim %d ms)" % (plain, slow, CAP, SIM_MS))
+    hosts = ["b", "s", "w1", "w3", "c"]
+    if site.net.netem(hosts, 20):
+        how, slow = "tc netem on every host", Run(site, 300, "netem").finish()
+    else:
+        how, slow = "delay_proxy.py relays (no netem in this kernel)", _relayed(site)
+    print("latency: throughput %.0f req/s without, %.0f req/s with 20 ms each way "
+          "(%s; 2 workers x %d in flight, sim %d ms)" % (plain, slow, how, CAP, SIM_MS))
+
+
+def _relayed(site):
+    """Workers and client through relays that delay 20 ms each way."""
+    fe = site.start_proxy("b", site.frontend[len("tcp://"):], 20)
+    be = site.start_proxy("b", site.backend[len("tcp://"):], 20)
+    sim = site.start_proxy("s", site.sim_url[len("http://"):], 20)
+    for host in ("w1", "w3"):
+        site.workers[host].kill(signal.SIGTERM)
+        site.workers[host] = site.start_worker(host, host, name=host + "-slow",
+                                               backend="tcp://" + be,
+                                               sim_url="http://" + sim)
+    cl.wait_until("the relayed workers joined",
+                  lambda: names(site.status()) == ["w1-slow", "w3-slow"], timeout=30)
+    return Run(site, 300, "relayed", frontend="tcp://" + fe).finish()
 
 
 def main():
@@ -335,14 +401,14 @@ def main():
         site = Site(tmp, net)
         site.start_sim()
         site.start_broker()
-        site.start_worker("w1", "w1")
-        site.start_worker("w2", "w2")
+        site.workers = {h: site.start_worker(h, h) for h in ("w1", "w2")}
         cl.wait_until("w1 and w2 joined", lambda: names(site.status()) == ["w1", "w2"])
         phase_spread(site)
         phase_link_down(site)
         phase_join(site)
         phase_refusals(site)
-        phase_netem(site)
+        phase_insecure(site)
+        phase_latency(site)
     finally:
         if site:
             site.kill_all()
