@@ -143,6 +143,14 @@ def run(tmp, procs):
     cl.wait_until("handshake refusal counted",
                   lambda: metric(broker.metrics, "frontend", "handshake") >= 1)
 
+    # 3b. A wrong broker key (the client encrypts for someone else): refused.
+    before = metric(broker.metrics, "frontend", "handshake")
+    r = llmq(["ping", "--timeout", "1500", "--broker", broker.frontend], alice + "_secret",
+             stranger)
+    cl.check(r.returncode == 3, "wrong broker key refused")
+    cl.wait_until("wrong broker key counted",
+                  lambda: metric(broker.metrics, "frontend", "handshake") > before)
+
     # 4. A client key used as a worker: refused, never in status, no work.
     procs.append(keyed_worker(broker.backend, sim.url, alice, bkey, "intruder"))
     cl.wait_until("backend refusal counted",
