@@ -5,7 +5,7 @@ Shows: with keys, work runs and status answers; an unknown client key, a
 client key used as a worker, and a peer without CURVE are refused (no
 pong, no status, no work), counted in llmq_broker_auth_denied_total and
 logged once per peer; a key added to the client directory is accepted
-without a restart. Every wait is a poll with a deadline."""
+without a restart, and refused again once deleted. Every wait is a poll with a deadline."""
 import json
 import os
 import shutil
@@ -166,6 +166,11 @@ def run(tmp, procs):
     cl.wait_until("stranger allowed after the copy",
                   lambda: llmq(["ping", "--timeout", "1000", "--broker", broker.frontend],
                                stranger + "_secret", bkey).returncode == 0, timeout=20)
+    # ... and revoked by deleting it (new connections are refused again).
+    os.unlink(os.path.join(clients, "stranger"))
+    cl.wait_until("stranger refused after the delete",
+                  lambda: llmq(["ping", "--timeout", "1000", "--broker", broker.frontend],
+                               stranger + "_secret", bkey).returncode == 3, timeout=20)
     # Bad key material is a usage error with a reason, never a hang.
     r = llmq(["ping", "--broker", broker.frontend], alice, bkey)
     cl.check(r.returncode == 0, "NAME finds NAME_secret next to it")
