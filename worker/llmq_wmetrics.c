@@ -191,3 +191,64 @@ char *llmq_wmetrics_render(llmq_wmetrics_t *self)
 {
     return self ? llmq_metrics_render(self->metrics) : NULL;
 }
+
+//  --------------------------------------------------------------------------
+//  Self test: counting, gauges from the owner's state, bounded model labels.
+
+static void s_test_state(llmq_wmetrics_state_t *st, void *arg)
+{
+    (void)arg;
+    st->in_flight = 3;
+    st->queued = 1;
+    st->breaker = "open";
+}
+
+#define CHECK(x)                                                               \
+    do {                                                                       \
+        if (!(x)) {                                                            \
+            fprintf(stderr, "llmq_wmetrics: FAIL %s:%d: %s\n", __FILE__,       \
+                    __LINE__, #x);                                             \
+            rc = 1;                                                            \
+            goto done;                                                         \
+        }                                                                      \
+    } while (0)
+
+int llmq_wmetrics_test(bool verbose)
+{
+    int rc = 0;
+    char err[256], *text = NULL;
+    llmq_wmetrics_t *self = NULL;
+    CHECK(llmq_wmetrics_new("127.0.0.1:99999", err, sizeof(err)) == NULL);
+    self = llmq_wmetrics_new("127.0.0.1:0", err, sizeof(err));
+    CHECK(self && llmq_wmetrics_url(self));
+    llmq_wmetrics_set_state(self, s_test_state, NULL);
+    llmq_wmetrics_answer(self, "m", "ok", 10, 5, 0.25);
+    llmq_wmetrics_answer(self, "m", "rate_limited", 0, 0, 0);
+    llmq_wmetrics_count(self, "retries");
+    llmq_wmetrics_count(self, "retries");
+    for (int i = 0; i < s_MAX_MODELS + 5; i++) {
+        char model[16];
+        snprintf(model, sizeof(model), "x%d", i);
+        llmq_wmetrics_answer(self, model, "ok", 0, 0, 0);
+    }
+    text = llmq_wmetrics_render(self);
+    CHECK(text);
+    CHECK(strstr(text,
+                 "llmq_worker_requests_total{model=\"m\",outcome=\"ok\"} 1"));
+    CHECK(strstr(text, "llmq_worker_errors_total{code=\"rate_limited\"} 1"));
+    CHECK(strstr(text,
+                 "llmq_worker_tokens_total{model=\"m\",kind=\"prompt\"} 10"));
+    CHECK(strstr(text, "llmq_worker_cost_usd_total{model=\"m\"} 0.25"));
+    CHECK(strstr(text, "llmq_worker_retries_total 2"));
+    CHECK(strstr(text, "llmq_worker_in_flight 3"));
+    CHECK(strstr(text, "llmq_worker_breaker_state{state=\"open\"} 1"));
+    CHECK(strstr(text, "model=\"_other\",outcome=\"ok\"} 6"));
+    llmq_wmetrics_count(NULL, "retries"); //  Off: no-ops
+    CHECK(llmq_wmetrics_render(NULL) == NULL);
+done:
+    free(text);
+    llmq_wmetrics_destroy(&self);
+    if (verbose && !rc)
+        printf("llmq_wmetrics: OK\n");
+    return rc;
+}

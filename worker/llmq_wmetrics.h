@@ -72,6 +72,9 @@ void llmq_wmetrics_service(llmq_wmetrics_t *self, const zmq_pollitem_t *items,
 /*  Render the text format (caller frees); for tests. */
 char *llmq_wmetrics_render(llmq_wmetrics_t *self);
 
+/*  Self test; returns 0 on success. */
+int llmq_wmetrics_test(bool verbose);
+
 #ifdef __cplusplus
 }
 #endif
