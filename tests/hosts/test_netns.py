@@ -277,14 +277,14 @@ def phase_spread(site):
 
 def phase_link_down(site):
     before = site.status()["counters"]["requeued"]
-    run = Run(site, 400, "linkdown")
+    run = Run(site, 1000, "linkdown")
     cl.wait_until("w2 holding work", lambda: run.busy("w2"), timeout=60)
     site.net.link("w2", "down")
     cl.wait_until("w2 declared dead", lambda: "w2" not in names(site.status()), timeout=30)
     run.finish()
     requeued = site.status()["counters"]["requeued"] - before
     cl.check(requeued >= 1, "w2's in-flight requests were requeued (%d)" % requeued)
-    print("link down: w2 dead, %d requeued, 400/400 answered" % requeued)
+    print("link down: w2 dead, %d requeued, 1000/1000 answered" % requeued)
 
 
 def phase_join(site):
