@@ -1973,6 +1973,24 @@ static bool s_loopback(const char *endpoint)
            strncmp(host, "[::1]", 5) == 0;
 }
 
+//  Without CURVE, one warning for the sockets others can reach.
+static void s_warn_insecure(s_broker_t *self)
+{
+    if (self->auth || !self->frontend_ep || !self->backend_ep)
+        return;
+    bool front = !s_loopback(self->frontend_ep);
+    bool back = !s_loopback(self->backend_ep);
+    if (!front && !back)
+        return;
+    char endpoints[600];
+    snprintf(endpoints, sizeof(endpoints), "%s%s%s",
+             front ? self->frontend_ep : "", front && back ? "," : "",
+             back ? self->backend_ep : "");
+    s_log(self, "warning", "insecure_bind", "endpoints", endpoints, "hint",
+          "no CURVE: anyone who reaches these can use them (--curve-cert)",
+          s_END);
+}
+
 //  A refused peer: counted always, logged the first time.
 static void s_auth_denied(llmq_auth_side_t side, const char *reason,
                           const char *peer, bool first, void *arg)
@@ -2041,9 +2059,6 @@ static zsock_t *s_bind(s_broker_t *self, const char *endpoint, bool frontend,
     }
     char *last = zsock_last_endpoint(sock);
     *bound = last ? last : strdup(endpoint);
-    if (!self->auth && !s_loopback(*bound))
-        s_log(self, "warning", "insecure_bind", "endpoint", *bound, "hint",
-              "anyone who reaches it can use it; use --curve-cert", s_END);
     return sock;
 }
 
@@ -2108,6 +2123,8 @@ static s_broker_t *s_broker_new(zsock_t *pipe,
                              config->module->name ? config->module->name : "?");
     }
     self->next_heartbeat = self->started_at + self->config.heartbeat_ms;
+    if (!self->error)
+        s_warn_insecure(self);
     if (!self->error)
         s_log(self, "info", "start", "frontend", self->frontend_ep, "backend",
               self->backend_ep, "metrics", llmq_metrics_url(self->metrics),
