@@ -29,11 +29,13 @@ def keygen(directory, name):
     return path
 
 
-def llmq(args, cert=None, broker_key=None, timeout=30):
+def llmq(args, cert=None, broker_key=None, timeout=30, env=None):
     argv = [LLMQ] + args
     if cert:
         argv += ["--curve-cert", cert, "--broker-key", broker_key]
-    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+    full = {k: v for k, v in os.environ.items() if not k.startswith("LLMQ_CURVE")}
+    full.update(env or {})
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=full)
 
 
 def metric(url, socket, reason):
@@ -53,10 +55,11 @@ class KeyedBroker(cl.Proc):
         self.log = open(self.log_path, "w")
         argv = [cl.bin_path("llmq-broker"), "--frontend", "tcp://127.0.0.1:*",
                 "--backend", "tcp://127.0.0.1:*", "--metrics", "127.0.0.1:0",
-                "--batch-db", "none", "--curve-cert", cert + "_secret",
-                "--client-keys", clients, "--worker-keys", workers]
+                "--batch-db", "none", "--curve-cert", cert + "_secret"]
+        # The allow-lists through the environment (flags work the same).
+        env = dict(os.environ, LLMQ_CLIENT_KEYS=clients, LLMQ_WORKER_KEYS=workers)
         self.argv = argv
-        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=self.log,
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=self.log, env=env,
                                      preexec_fn=cl._die_with_parent)
         line = self._readline(20)
         cl.check(line.startswith("ready "), "broker ready line: %r" % line)
@@ -114,6 +117,17 @@ def run(tmp, procs):
     cl.wait_until("the keyed worker in status",
                   lambda: worker_names(broker.frontend, alice + "_secret", bkey) == ["good"])
 
+    # The worker reads its keys from the environment too.
+    wenv = keygen(keys, "worker-env")
+    shutil.copy(wenv, workers)
+    procs.append(cl.Proc([cl.bin_path("llmq-worker"), "--broker", broker.backend,
+                          "--provider", "sim", "--base-url", sim.url + "/v1",
+                          "--model", cl.MODEL, "--name", "good-env"],
+                         env={"LLMQ_CURVE_CERT": wenv + "_secret", "LLMQ_BROKER_KEY": bkey}))
+    cl.wait_until("the env-keyed worker in status",
+                  lambda: worker_names(broker.frontend, alice + "_secret", bkey) ==
+                  ["good", "good-env"])
+
     # 1. Keys: a run through the broker works.
     src, out = os.path.join(tmp, "in.jsonl"), os.path.join(tmp, "out.jsonl")
     with open(src, "w") as f:
@@ -158,7 +172,7 @@ def run(tmp, procs):
     r = llmq(["run", src, "-o", out + "2", "--broker", broker.frontend, "--quiet"],
              alice + "_secret", bkey, timeout=60)
     cl.check(r.returncode == 0, "run with the intruder around")
-    cl.check(worker_names(broker.frontend, alice + "_secret", bkey) == ["good"],
+    cl.check(worker_names(broker.frontend, alice + "_secret", bkey) == ["good", "good-env"],
              "the intruder never registered")
 
     # 5. Keys are re-read: the stranger's cert added, then allowed.
@@ -172,8 +186,9 @@ def run(tmp, procs):
                   lambda: llmq(["ping", "--timeout", "1000", "--broker", broker.frontend],
                                stranger + "_secret", bkey).returncode == 3, timeout=20)
     # Bad key material is a usage error with a reason, never a hang.
-    r = llmq(["ping", "--broker", broker.frontend], alice, bkey)
-    cl.check(r.returncode == 0, "NAME finds NAME_secret next to it")
+    r = llmq(["ping", "--broker", broker.frontend],
+             env={"LLMQ_CURVE_CERT": alice, "LLMQ_BROKER_KEY": bkey})
+    cl.check(r.returncode == 0, "env keys; NAME finds NAME_secret next to it")
     r = llmq(["ping", "--broker", broker.frontend], os.path.join(tmp, "nope"), bkey)
     cl.check(r.returncode == 2 and "certificate" in r.stderr, "missing cert: rc 2")
     r = llmq(["ping", "--broker", broker.frontend], alice + "_secret", "not-a-key")
