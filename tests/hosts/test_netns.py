@@ -24,6 +24,7 @@ namespace and process is removed on any exit. Waits are polls with
 deadlines."""
 import json
 import os
+import re
 import select
 import shutil
 import signal
@@ -36,7 +37,7 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "client"))
 import clusterlib as cl  # noqa: E402
 
-TAG = "lq%d" % (os.getpid() % 100000)
+TAG = "lq%06x" % os.getpid()  # interface names stay within 15 bytes
 HOSTS = {"b": 1, "s": 2, "w1": 11, "w2": 12, "w3": 13, "c": 20, "x": 30}
 CAP = 4          # requests in flight per worker
 SIM_MS = 40      # llmq-sim latency per answer
@@ -75,6 +76,17 @@ def preflight():
     sh("ip", "netns", "del", probe, check=False)
     if r.returncode != 0:
         skip("no bridge support: " + r.stderr.strip())
+
+
+def reap_stale():
+    """Namespaces left by a run that was killed (SIGKILL skips cleanup):
+    lq<pid in hex><host> whose pid is gone."""
+    r = sh("ip", "netns", "list", check=False)
+    for line in r.stdout.splitlines():
+        name = line.split()[0] if line.split() else ""
+        if re.match(r"^lq[0-9a-f]{6}[a-z]", name) and \
+                not os.path.exists("/proc/%d" % int(name[2:8], 16)):
+            sh("ip", "netns", "del", name, check=False)
 
 
 class Net:
@@ -393,6 +405,9 @@ def _relayed(site):
 
 def main():
     preflight()
+    reap_stale()
+    # ctest's timeout and ^C: run the finally blocks below.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     net, site, tmp = None, None, tempfile.mkdtemp(prefix="llmq-netns-%d-" % os.getpid())
     try:
         net = Net()
