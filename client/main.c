@@ -161,6 +161,12 @@ static const char *s_usage_main =
     "Exit codes: 0 ok; 1 some lines/requests failed; 2 usage or config error;\n"
     "3 broker unreachable or other fatal error; 130 interrupted.\n";
 
+#define S_USAGE_CURVE                                                          \
+    "  --curve-cert PATH    CURVE: this client's secret certificate (env\n"    \
+    "                       LLMQ_CURVE_CERT; made by `llmq keygen NAME`)\n"    \
+    "  --broker-key KEY     CURVE: the broker's public key, Z85 text or its\n" \
+    "                       public certificate file (env LLMQ_BROKER_KEY)\n"
+
 static const char *s_usage_cluster =
     "Broker and embedded cluster:\n"
     "  --broker EP          broker frontend (default: $LLMQ_ENDPOINT, "
@@ -180,12 +186,8 @@ static const char *s_usage_cluster =
     "(provider,\n"
     "                       base_url, models, limits, pricing; see "
     "examples/llmq.yaml)\n"
-    "  --sim-latency-ms N   embedded llmq-sim latency (default 50)\n"
-    "  --curve-cert PATH    CURVE: this client's secret certificate "
-    "(env\n"
-    "                       LLMQ_CURVE_CERT; made by `llmq keygen NAME`)\n"
-    "  --broker-key KEY     CURVE: the broker's public key, Z85 text or its\n"
-    "                       public certificate file (env LLMQ_BROKER_KEY)\n"
+    "  --sim-latency-ms N   embedded llmq-sim latency (default "
+    "50)\n" S_USAGE_CURVE
     "  --timeout MS         broker liveness: reconnect and resend after MS of\n"
     "                       silence (default 3000)\n"
     "  --verbose            log reconnects; children's logs to stderr\n"
@@ -271,7 +273,7 @@ static void s_help(const char *command)
             "  -o, --output OUT     results file\n"
             "  --json               status: one JSON line\n"
             "  --broker EP          broker frontend (default $LLMQ_ENDPOINT, "
-            "else %s)\n"
+            "else %s)\n" S_USAGE_CURVE
             "  --quiet              no progress display\n"
             "  --help               this help\n\n"
             "Exit codes: 0 ok; 1 some items failed (or the batch was "
@@ -288,20 +290,21 @@ static void s_help(const char *command)
                "  --no-stream          wait for the whole answer\n\n%s",
                s_usage_cluster);
     } else if (streq(command, "status")) {
-        printf("usage: llmq status [--broker EP] [--json]\n\n"
-               "Prints the broker's workers, queues and counters as tables.\n"
-               "  --broker EP          broker frontend (default %s)\n"
-               "  --json               print the raw status JSON\n"
-               "  --help               this help\n",
-               LLMQ_DEFAULT_ENDPOINT);
+        printf(
+            "usage: llmq status [--broker EP] [--json]\n\n"
+            "Prints the broker's workers, queues and counters as tables.\n"
+            "  --broker EP          broker frontend (default %s)\n"
+            "  --json               print the raw status JSON\n" S_USAGE_CURVE
+            "  --help               this help\n",
+            LLMQ_DEFAULT_ENDPOINT);
     } else if (streq(command, "ping")) {
         printf(
             "usage: llmq ping [--broker EP] [--timeout MS]\n\n"
             "Pings the broker; prints its name, version and the round trip.\n"
             "Exit 0 if it answered, 3 if not.\n"
             "  --broker EP          broker frontend (default %s)\n"
-            "  --timeout MS         how long to wait (default 3000)\n"
-            "  --help               this help\n",
+            "  --timeout MS         how long to wait (default "
+            "3000)\n" S_USAGE_CURVE "  --help               this help\n",
             LLMQ_DEFAULT_ENDPOINT);
     }
 }

@@ -175,6 +175,15 @@ def run(tmp, procs):
     cl.check(worker_names(broker.frontend, alice + "_secret", bkey) == ["good", "good-env"],
              "the intruder never registered")
 
+    # 4b. A worker without CURVE: refused at the handshake, never registered.
+    procs.append(cl.Proc([cl.bin_path("llmq-worker"), "--broker", broker.backend,
+                          "--provider", "sim", "--base-url", sim.url + "/v1",
+                          "--model", cl.MODEL, "--name", "plain"]))
+    cl.wait_until("backend handshake refusal counted",
+                  lambda: metric(broker.metrics, "backend", "handshake") >= 1)
+    cl.check("plain" not in worker_names(broker.frontend, alice + "_secret", bkey),
+             "a worker without CURVE never registers")
+
     # 5. Keys are re-read: the stranger's cert added, then allowed.
     shutil.copy(stranger, clients)
     cl.wait_until("stranger allowed after the copy",
