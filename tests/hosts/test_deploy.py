@@ -6,8 +6,10 @@
   llmq-sim that accepts only the test's key, build the worker's command
   line from the rendered environment (deploy/worker-entry.sh), and run it
   with --check-only: the sim must see the request;
-- without keys the ZeroMQ ports are published on 127.0.0.1; with the .env
-  that deploy/keys.sh writes they are public and CURVE is on;
+- without keys the ZeroMQ ports are published on 127.0.0.1; after
+  deploy/keys.sh (run in a copy of the files) they are public, CURVE is
+  on for the broker and the workers, and the keys are where compose
+  mounts them;
 - the batch database has a volume, every service but Prometheus a
   healthcheck, the Dockerfile no `|| true`; promtool accepts
   deploy/prometheus.yml where promtool exists."""
@@ -41,6 +43,34 @@ def render(tmp, env_lines, extra_env=None):
                         os.path.join(SRC, "docker-compose.yml"), "config"],
                        capture_output=True, text=True, env=env, timeout=60)
     cl.check(r.returncode == 0, "docker-compose config: " + r.stderr)
+    return yaml.safe_load(r.stdout)
+
+
+def render_keyed(tmp):
+    """deploy/keys.sh in a copy of the deploy files, then docker-compose
+    config there (compose reads the .env keys.sh wrote)."""
+    import yaml
+    root = os.path.join(tmp, "tree")
+    os.makedirs(os.path.join(root, "deploy"))
+    os.makedirs(os.path.join(root, "build"))
+    shutil.copy(os.path.join(SRC, "docker-compose.yml"), root)
+    shutil.copy(os.path.join(SRC, "deploy", "keys.sh"), os.path.join(root, "deploy"))
+    shutil.copy(os.path.join(SRC, "deploy", "Dockerfile"), os.path.join(root, "deploy"))
+    os.symlink(cl.BIN_DIR, os.path.join(root, "build", "bin"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LLMQ_")}
+    env["PATH"] = "/usr/bin:/bin"
+    r = subprocess.run(["bash", os.path.join(root, "deploy", "keys.sh"), "alice", "bob"],
+                       capture_output=True, text=True, env=env, timeout=30)
+    cl.check(r.returncode == 0, "keys.sh: " + r.stderr)
+    keys = os.path.join(root, "deploy", "keys")
+    for f in ("broker", "worker", "alice", "bob", "clients/alice", "workers/worker"):
+        cl.check(os.path.exists(os.path.join(keys, f)), "keys.sh wrote " + f)
+    cl.check(not os.path.exists(os.path.join(keys, "clients", "alice_secret")),
+             "no secret in an allow-list")
+    cl.check(os.stat(os.path.join(keys, "broker_secret")).st_mode & 0o077 == 0, "0600")
+    r = subprocess.run(["docker-compose", "config"], cwd=root, capture_output=True,
+                       text=True, env=env, timeout=60)
+    cl.check(r.returncode == 0, "docker-compose config with keys: " + r.stderr)
     return yaml.safe_load(r.stdout)
 
 
@@ -104,11 +134,7 @@ def check_binding(tmp):
         cl.check(name == "prometheus" or "healthcheck" in svc, name + " has a healthcheck")
     cl.check(any("/data" in str(v) for v in broker.get("volumes", [])), "batch db volume")
     cl.check("--batch-db" in broker["command"], "batch db on the volume")
-    keyed = render(tmp, ["LLMQ_BIND=0.0.0.0", "LLMQ_BROKER_CURVE_CERT=/keys/broker_secret",
-                         "LLMQ_BROKER_CLIENT_KEYS=/keys/clients",
-                         "LLMQ_BROKER_WORKER_KEYS=/keys/workers",
-                         "LLMQ_WORKER_CURVE_CERT=/keys/worker_secret",
-                         "LLMQ_WORKER_BROKER_KEY=/keys/broker"])
+    keyed = render_keyed(tmp)
     kb = keyed["services"]["broker"]
     cl.check(all(h == "0.0.0.0" for h, t in published(kb) if t in (5555, 5556)),
              "keys: ZeroMQ ports published")
