@@ -47,8 +47,10 @@ llmq_auth_t *llmq_auth_new(const char *client_dir, const char *worker_dir,
             return NULL;
         }
     llmq_auth_t *self = (llmq_auth_t *)calloc(1, sizeof(*self));
-    if (!self)
+    if (!self) {
+        snprintf(err, size, "out of memory");
         return NULL;
+    }
     self->handler = zsock_new(ZMQ_REP);
     self->seen = zhashx_new();
     for (int i = 0; i < 2; i++)

@@ -2012,7 +2012,7 @@ static void s_auth_start(s_broker_t *self, const llmq_broker_config_t *config)
                (config->worker_keys && *config->worker_keys);
     if (!any)
         return;
-    char err[512];
+    char err[512] = "";
     self->cert = llmq_curve_cert_load(config->curve_cert, err, sizeof(err));
     if (self->cert)
         self->auth = llmq_auth_new(config->client_keys, config->worker_keys,
