@@ -2128,7 +2128,7 @@ static s_broker_t *s_broker_new(zsock_t *pipe,
     if (!self->error)
         s_log(self, "info", "start", "frontend", self->frontend_ep, "backend",
               self->backend_ep, "metrics", llmq_metrics_url(self->metrics),
-              s_END);
+              "curve", self->auth ? "on" : "off", s_END);
     return self;
 }
 
