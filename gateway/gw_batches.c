@@ -1,0 +1,11 @@
+#include "gw.h"
+void gw_batches_route(gw_call_t *c)
+{
+    gw_reply_error(c->req, GW_API_OPENAI, 404, c->rid, "invalid_request_error",
+                   NULL, NULL, "not yet");
+}
+void gw_msg_batches_route(gw_call_t *c)
+{
+    gw_reply_error(c->req, GW_API_ANTHROPIC, 404, c->rid,
+                   "invalid_request_error", NULL, NULL, "not yet");
+}
