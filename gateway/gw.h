@@ -20,8 +20,8 @@
       gw_anthropic.c  /v1/messages: Anthropic <-> OpenAI translation and the
                       Anthropic stream events
       gw_files.c      /v1/files: file bodies and metadata under --data-dir
-      gw_batches.c    /v1/batches and /v1/messages/batches on durable broker
-                      batches
+      gw_batches.c    /v1/batches on durable broker batches
+      gw_msg_batches.c  /v1/messages/batches (Anthropic Message Batches)
 
     Ownership: gw_req_t belongs to the gateway until gw_req_free(); borrowed
     `const char *` everywhere else.
@@ -178,9 +178,22 @@ char *gw_file_read(gw_t *gw, const char *id, size_t *len_p);
 int gw_file_write(gw_t *gw, const char *purpose, const char *filename,
                   const char *data, size_t len, char *id_out, size_t id_size);
 cJSON *gw_file_object(gw_t *gw, const char *id);
+int gw_store_write(gw_t *gw, const char *kind, const char *id,
+                   const cJSON *json);
+cJSON *gw_store_read(gw_t *gw, const char *kind, const char *id);
+zlist_t *gw_store_list(gw_t *gw, const char *kind);
 
 /*  gw_batches.c */
 void gw_batches_route(gw_call_t *c);
+int gw_batch_create(gw_call_t *c, const char *id, cJSON *rec, cJSON *items,
+                    const char *op);
+int gw_batch_status(gw_t *gw, const char *id, char *state, size_t ssize,
+                    int64_t counts[3], char *err, size_t errsz);
+cJSON *gw_batch_record(gw_call_t *c, gw_api_t api, const char *id);
+cJSON **gw_batch_records(gw_t *gw, const char *api, size_t *n_p);
+void gw_batch_paging(gw_call_t *c, char *after, size_t asize, int *limit);
+
+/*  gw_msg_batches.c */
 void gw_msg_batches_route(gw_call_t *c);
 
 #endif
