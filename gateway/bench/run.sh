@@ -59,8 +59,10 @@ viagw() { # seconds conc -> JSON like direct
 import re, sys
 out = open(sys.argv[1]).read()
 def us(v):
-    n, u = float(re.match(r"([\d.]+)", v).group(1)), re.search(r"(us|ms|s)$", v).group(1)
-    return int(n * {"us": 1, "ms": 1e3, "s": 1e6}[u])
+    m = re.match(r"([\d.]+)(us|ms|s|m)$", v)
+    if not m:
+        sys.exit("bench: cannot read wrk's latency %r in:\n%s" % (v, out))
+    return int(float(m.group(1)) * {"us": 1, "ms": 1e3, "s": 1e6, "m": 6e7}[m.group(2)])
 p50 = re.search(r"50%\s+(\S+)", out).group(1)
 p99 = re.search(r"99%\s+(\S+)", out).group(1)
 rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
