@@ -47,18 +47,17 @@ typedef struct gw_keys_t gw_keys_t;
 
 /*  Settings from the command line. */
 typedef struct {
-    const char *host;        /* listen address */
-    int port;                /* listen port, 0: ephemeral */
-    const char *broker;      /* broker frontend endpoint */
-    const char *keys_path;   /* API key file, NULL: no auth */
-    const char *data_dir;    /* files and batch mapping */
-    int64_t max_body;        /* request body bytes */
-    int64_t max_headers;     /* request header bytes */
-    int64_t max_conns;       /* open HTTP connections */
-    int64_t timeout_ms;      /* whole-request time limit */
-    int64_t idle_timeout_s;  /* idle keep-alive / slow client read */
-    int64_t batch_window_ms; /* unused placeholder for expiry */
-    bool verbose;            /* log every request */
+    const char *host;       /* listen address */
+    int port;               /* listen port, 0: ephemeral */
+    const char *broker;     /* broker frontend endpoint */
+    const char *keys_path;  /* API key file, NULL: no auth */
+    const char *data_dir;   /* files and batch mapping */
+    int64_t max_body;       /* request body bytes */
+    int64_t max_headers;    /* request header bytes */
+    int64_t max_conns;      /* open HTTP connections */
+    int64_t timeout_ms;     /* whole-request time limit */
+    int64_t idle_timeout_s; /* idle keep-alive / slow client read */
+    bool verbose;           /* log every request */
 } gw_cfg_t;
 
 /*  The gateway. */

@@ -69,6 +69,7 @@ static int s_parse(int argc, char **argv, gw_cfg_t *c)
         {"version", 0, 0, 'V'},     {0, 0, 0, 0}};
     int64_t port = c->port;
     int ch, rc = 0;
+    opterr = 0; //  we say what is wrong ourselves
     while (rc == 0 && (ch = getopt_long(argc, argv, "hv", opts, NULL)) != -1) {
         switch (ch) {
         case 'b':

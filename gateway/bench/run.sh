@@ -63,8 +63,9 @@ def us(v):
     if not m:
         sys.exit("bench: cannot read wrk's latency %r in:\n%s" % (v, out))
     return int(float(m.group(1)) * {"us": 1, "ms": 1e3, "s": 1e6, "m": 6e7}[m.group(2)])
-p50 = re.search(r"50%\s+(\S+)", out).group(1)
-p99 = re.search(r"99%\s+(\S+)", out).group(1)
+dist = out[out.index("Latency Distribution"):]
+p50 = re.search(r"^\s+50%\s+(\S+)", dist, re.M).group(1)
+p99 = re.search(r"^\s+99%\s+(\S+)", dist, re.M).group(1)
 rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
 n = int(re.search(r"(\d+) requests in", out).group(1))
 errs = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
