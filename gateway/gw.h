@@ -162,6 +162,7 @@ typedef struct {
 
 void gw_openai_infer(gw_call_t *c, llmq_op_t op);
 void gw_openai_models(gw_call_t *c);
+char *gw_floats_b64(const cJSON *arr);
 void gw_openai_on_chunk(gw_req_t *r, const cJSON *chunk);
 void gw_openai_on_result(gw_req_t *r, llmq_result_t *res);
 void gw_anthropic_messages(gw_call_t *c);
@@ -172,6 +173,16 @@ cJSON *gw_openai_to_anthropic(const cJSON *body, const char *model,
                               int64_t in_tokens, int64_t out_tokens);
 
 /*  gw_files.c */
+typedef struct {
+    const char *data;   /* part body (points into the request body) */
+    size_t len;         /* its length */
+    char name[64];      /* form field name */
+    char filename[256]; /* file name, "" if none */
+} gw_part_t;
+/*  Split a multipart/form-data body into at most max parts; returns how
+    many, or -1 if it is malformed. */
+int gw_multipart(const char *body, size_t len, const char *boundary,
+                 gw_part_t *parts, int max);
 void gw_files_route(gw_call_t *c);
 char *gw_file_read(gw_t *gw, const char *id, size_t *len_p);
 int gw_file_write(gw_t *gw, const char *purpose, const char *filename,

@@ -153,13 +153,6 @@ int gw_file_write(gw_t *gw, const char *purpose, const char *filename,
 //  --------------------------------------------------------------------------
 //  multipart/form-data
 
-typedef struct {
-    const char *data; /* part body (points into the request body) */
-    size_t len;       /* its length */
-    char name[64];    /* form field name */
-    char filename[256];
-} s_part_t;
-
 /*  A quoted parameter (name="x") from a Content-Disposition line. */
 static void s_param(const char *line, size_t n, const char *key, char *out,
                     size_t size)
@@ -180,8 +173,8 @@ static void s_param(const char *line, size_t n, const char *key, char *out,
 }
 
 /*  Split body into at most max parts; returns how many, -1 if malformed. */
-static int s_multipart(const char *body, size_t len, const char *boundary,
-                       s_part_t *parts, int max)
+int gw_multipart(const char *body, size_t len, const char *boundary,
+                 gw_part_t *parts, int max)
 {
     char delim[256];
     int dl = snprintf(delim, sizeof delim, "--%s", boundary);
@@ -197,7 +190,7 @@ static int s_multipart(const char *body, size_t len, const char *boundary,
         const char *head = memmem(p, (size_t)(end - p), "\r\n\r\n", 4);
         if (!head)
             return -1;
-        s_part_t *part = &parts[n];
+        gw_part_t *part = &parts[n];
         memset(part, 0, sizeof *part);
         s_param(p, (size_t)(head - p), "name", part->name, sizeof part->name);
         s_param(p, (size_t)(head - p), "filename", part->filename,
@@ -223,9 +216,9 @@ static void s_upload(gw_call_t *c)
         sscanf(b + 9, "%199[^; ]", boundary);
     size_t len = 0;
     char *body = *boundary ? gw_body_text(c->req, &len) : NULL;
-    s_part_t parts[8];
-    int n = body ? s_multipart(body, len, boundary, parts, 8) : -1;
-    const s_part_t *file = NULL;
+    gw_part_t parts[8];
+    int n = body ? gw_multipart(body, len, boundary, parts, 8) : -1;
+    const gw_part_t *file = NULL;
     char purpose[64] = "";
     for (int i = 0; i < n; i++) {
         if (streq(parts[i].name, "file"))

@@ -78,8 +78,8 @@ void gw_openai_on_chunk(gw_req_t *r, const cJSON *chunk)
 static const char s_b64[] =
     "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
-/*  An array of numbers as base64 of little-endian float32. */
-static char *s_floats_b64(const cJSON *arr)
+/*  An array of numbers as base64 of little-endian float32 (caller frees). */
+char *gw_floats_b64(const cJSON *arr)
 {
     int n = cJSON_GetArraySize(arr);
     size_t bytes = (size_t)n * 4;
@@ -125,7 +125,7 @@ static void s_embeddings_b64(cJSON *body)
         cJSON *emb = cJSON_GetObjectItem(item, "embedding");
         if (!cJSON_IsArray(emb))
             continue;
-        char *text = s_floats_b64(emb);
+        char *text = gw_floats_b64(emb);
         if (text) {
             cJSON_ReplaceItemInObject(item, "embedding",
                                       cJSON_CreateString(text));
