@@ -228,6 +228,36 @@ static cJSON *s_model_list(cJSON *status)
     return data;
 }
 
+/*  The same list as Anthropic's SDKs read it (takes data). */
+static cJSON *s_anthropic_list(cJSON *data)
+{
+    cJSON *root = cJSON_CreateObject();
+    cJSON *m;
+    cJSON_ArrayForEach(m, data)
+    {
+        const char *id = cJSON_GetObjectItem(m, "id")->valuestring;
+        cJSON_DeleteItemFromObject(m, "object");
+        cJSON_DeleteItemFromObject(m, "owned_by");
+        cJSON_DeleteItemFromObject(m, "created");
+        cJSON_AddStringToObject(m, "type", "model");
+        cJSON_AddStringToObject(m, "display_name", id);
+        cJSON_AddStringToObject(m, "created_at", "1970-01-01T00:00:00Z");
+    }
+    int n = cJSON_GetArraySize(data);
+    cJSON *first =
+        n ? cJSON_GetObjectItem(cJSON_GetArrayItem(data, 0), "id") : NULL;
+    cJSON *last =
+        n ? cJSON_GetObjectItem(cJSON_GetArrayItem(data, n - 1), "id") : NULL;
+    cJSON_AddItemToObject(root, "data", data);
+    cJSON_AddFalseToObject(root, "has_more");
+    cJSON_AddItemToObject(root, "first_id",
+                          first ? cJSON_Duplicate(first, 0)
+                                : cJSON_CreateNull());
+    cJSON_AddItemToObject(root, "last_id",
+                          last ? cJSON_Duplicate(last, 0) : cJSON_CreateNull());
+    return root;
+}
+
 void gw_openai_models(gw_call_t *c)
 {
     cJSON *status = gw_status(c->gw);
@@ -255,9 +285,13 @@ void gw_openai_models(gw_call_t *c)
                        "no live worker serves this model");
         return;
     }
-    cJSON *root = cJSON_CreateObject();
-    cJSON_AddStringToObject(root, "object", "list");
-    cJSON_AddItemToObject(root, "data", data);
+    cJSON *root = gw_header(c->req, "anthropic-version")
+                      ? s_anthropic_list(data)
+                      : cJSON_CreateObject();
+    if (!cJSON_GetObjectItem(root, "data")) {
+        cJSON_AddStringToObject(root, "object", "list");
+        cJSON_AddItemToObject(root, "data", data);
+    }
     gw_reply_cjson(c->req, 200, c->rid, root);
     cJSON_Delete(root);
 }

@@ -83,11 +83,11 @@ static void s_test_to_anthropic(void)
     S_CHECK(streq(s_get(a, "content.0.text"), "hello"));
     S_CHECK(streq(s_get(a, "content.1.type"), "tool_use"));
     S_CHECK(streq(s_get(a, "content.1.name"), "f"));
-    S_CHECK(cJSON_GetObjectItem(cJSON_GetObjectItem(
-                                    cJSON_GetArrayItem(
-                                        cJSON_GetObjectItem(a, "content"), 1),
-                                    "input"),
-                                "y")
+    S_CHECK(cJSON_GetObjectItem(
+                cJSON_GetObjectItem(
+                    cJSON_GetArrayItem(cJSON_GetObjectItem(a, "content"), 1),
+                    "input"),
+                "y")
                 ->valueint == 2);
     S_CHECK(streq(s_get(a, "stop_reason"), "tool_use"));
     S_CHECK(

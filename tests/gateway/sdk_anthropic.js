@@ -23,6 +23,12 @@ async function poll(what, fn, timeoutMs = 60000) {
 }
 
 async function messages() {
+  if (client.models && client.models.list) {
+    const ids = [];
+    for await (const m of client.models.list()) ids.push(m.id);
+    check(ids.includes(model), 'models.list names ' + model);
+    ok('models');
+  }
   const msg = await client.messages.create({ model, max_tokens: 8, system: 'be brief', messages: [{ role: 'user', content: 'hello' }] });
   check(msg.type === 'message' && msg.role === 'assistant', 'message object');
   check(msg.content[0].type === 'text' && msg.content[0].text.length > 0, 'message text');
