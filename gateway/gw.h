@@ -75,7 +75,8 @@ typedef struct {
     zhashx_t *conns;           /* evcon pointer text -> gw_conn_t */
     cJSON *status;             /* last broker status, or NULL */
     int64_t status_at;         /* when it was fetched (zclock_mono) */
-    uint64_t next_rid;         /* request id counter */
+    uint64_t next_rid;         /* id counter */
+    uint32_t nonce;            /* random per process, in every id */
     uint64_t served, errors;   /* counters */
     int64_t broker_down_until; /* ctl calls failed: skip until then */
 } gw_t;

@@ -243,9 +243,11 @@ cJSON *gw_status(gw_t *gw)
         return gw->status;
     if (now < gw->broker_down_until)
         return gw->status;
-    cJSON *status = llmq_client_status(gw->ctl, 1000);
+    //  A short wait: this blocks the loop. A broker that does not answer
+    //  is asked again only after two seconds (the broker decides then).
+    cJSON *status = llmq_client_status(gw->ctl, 250);
     if (!status) {
-        gw->broker_down_until = now + GW_STATUS_MAX_AGE_MS;
+        gw->broker_down_until = now + 2000;
         return gw->status;
     }
     cJSON_Delete(gw->status);

@@ -225,10 +225,21 @@ cJSON *gw_body_json(struct evhttp_request *req, gw_api_t api, const char *rid)
     return body;
 }
 
+/*  Ids name files, batches (at the broker, shared by every gateway in front
+    of it) and requests: unique across restarts and gateways, so time,
+    a random nonce per process, and a counter. */
 void gw_new_id(gw_t *gw, const char *prefix, char *out, size_t size)
 {
-    snprintf(out, size, "%s%08x%012" PRIx64, prefix,
-             (unsigned)(zclock_time() / 1000), ++gw->next_rid);
+    if (!gw->nonce) {
+        zuuid_t *uuid = zuuid_new();
+        const byte *b = uuid ? zuuid_data(uuid) : NULL;
+        for (int i = 0; b && i < 4; i++)
+            gw->nonce = (gw->nonce << 8) | b[i];
+        gw->nonce |= 1; //  never 0: 0 means "not drawn yet"
+        zuuid_destroy(&uuid);
+    }
+    snprintf(out, size, "%s%08x%08x%08" PRIx64, prefix,
+             (unsigned)(zclock_time() / 1000), gw->nonce, ++gw->next_rid);
 }
 
 //  --------------------------------------------------------------------------
