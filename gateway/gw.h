@@ -20,6 +20,7 @@
       gw_anthropic.c  /v1/messages: Anthropic <-> OpenAI translation and the
                       Anthropic stream events
       gw_files.c      /v1/files: file bodies and metadata under --data-dir
+      gw_jobs.c       the actor that runs the Files and Batches routes
       gw_batches.c    /v1/batches on durable broker batches
       gw_msg_batches.c  /v1/messages/batches (Anthropic Message Batches)
 
@@ -36,6 +37,7 @@
 #include <event2/event.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -62,31 +64,37 @@ typedef struct {
 
 /*  The gateway. */
 typedef struct {
-    gw_cfg_t cfg;              /* settings */
-    struct event_base *base;   /* the one loop */
-    struct evhttp *http;       /* HTTP server */
-    llmq_client_t *client;     /* async inference client (callback mode) */
-    llmq_client_t *ctl;        /* synchronous client: status, batches */
-    struct event *zmq_ev;      /* readable on the client's ZMQ_FD */
-    int zmq_fd;                /* fd zmq_ev watches */
-    struct event *kick;        /* deferred llmq_client_process */
-    struct event *tick;        /* 250 ms: heartbeats, key reload */
-    gw_keys_t *keys;           /* API keys, or NULL: auth off */
-    zhashx_t *conns;           /* evcon pointer text -> gw_conn_t */
-    cJSON *status;             /* last broker status, or NULL */
-    int64_t status_at;         /* when it was fetched (zclock_mono) */
-    uint64_t next_rid;         /* id counter */
-    uint32_t nonce;            /* random per process, in every id */
-    uint64_t served, errors;   /* counters */
-    int64_t broker_down_until; /* ctl calls failed: skip until then */
+    gw_cfg_t cfg;                  /* settings */
+    struct event_base *base;       /* the one loop */
+    struct evhttp *http;           /* HTTP server */
+    llmq_client_t *client;         /* async inference client (callback mode) */
+    llmq_client_t *ctl;            /* synchronous client of the jobs actor */
+    llmq_client_t *stat;           /* synchronous client: status (loop) */
+    zactor_t *jobs;                /* runs Files and Batches routes */
+    struct event *jobs_ev;         /* readable on the actor pipe's ZMQ_FD */
+    struct event *jobs_kick;       /* drain the pipe after a send */
+    struct event *zmq_ev;          /* readable on the client's ZMQ_FD */
+    int zmq_fd;                    /* fd zmq_ev watches */
+    struct event *kick;            /* deferred llmq_client_process */
+    struct event *tick;            /* 250 ms: heartbeats, key reload */
+    gw_keys_t *keys;               /* API keys, or NULL: auth off */
+    zhashx_t *conns;               /* evcon pointer text -> gw_conn_t */
+    cJSON *status;                 /* last broker status, or NULL */
+    int64_t status_at;             /* when it was fetched (zclock_mono) */
+    atomic_uint_fast64_t next_rid; /* id counter (loop and jobs actor) */
+    uint32_t nonce;                /* random per process, in every id */
+    uint64_t served, errors;       /* counters */
+    int64_t broker_down_until;     /* ctl calls failed: skip until then */
 } gw_t;
 
 /*  One HTTP connection (for the connection limit and disconnect cancel). */
 typedef struct gw_req_t gw_req_t;
+typedef struct gw_job_t gw_job_t;
 typedef struct {
     gw_t *gw;                        /* owner */
     struct evhttp_connection *evcon; /* the connection */
     gw_req_t *cur;                   /* request waiting on the broker */
+    gw_job_t *job;                   /* or a job in the jobs actor */
     char key[32];                    /* our key in gw->conns */
 } gw_conn_t;
 
@@ -115,6 +123,10 @@ struct gw_req_t {
 int gw_http_start(gw_t *gw, int *bound_port);
 void gw_http_stop(gw_t *gw);
 const char *gw_header(struct evhttp_request *req, const char *name);
+/*  Send (or, in the jobs actor, capture) a reply; body is drained. */
+void gw_reply_raw(struct evhttp_request *req, int status,
+                  struct evbuffer *body);
+gw_conn_t *gw_conn_lookup(gw_t *gw, struct evhttp_request *req);
 void gw_reply_json(struct evhttp_request *req, int status, const char *rid,
                    const char *json, size_t len);
 void gw_reply_cjson(struct evhttp_request *req, int status, const char *rid,
@@ -157,9 +169,20 @@ typedef struct {
     const char *tenant;
     const char *rid;
     const char *trace;
-    const char *path;  /* decoded path without the query */
-    const char *query; /* raw query string, or NULL */
+    const char *path;            /* decoded path without the query */
+    const char *query;           /* raw query string, or NULL */
+    enum evhttp_cmd_type method; /* GET, POST, DELETE */
 } gw_call_t;
+
+typedef void(gw_route_fn)(gw_call_t *c);
+
+/*  gw_jobs.c: Files and Batches routes in an actor, off the loop */
+int gw_jobs_start(gw_t *gw);
+void gw_jobs_stop(gw_t *gw);
+void gw_jobs_submit(gw_call_t *c, gw_route_fn *route);
+void gw_job_gone(gw_job_t *job);
+bool gw_job_capture(struct evhttp_request *req, int status,
+                    struct evbuffer *body);
 
 void gw_openai_infer(gw_call_t *c, llmq_op_t op);
 void gw_openai_models(gw_call_t *c);

@@ -14,9 +14,9 @@
     poll writes the output and error files (OpenAI's JSONL format) and
     records their ids; until then the batch reads `finalizing`.
 
-    The broker calls are synchronous (the `ctl` client) and so block the
-    loop for one broker round trip each; a broker that is down blocks them
-    up to the ctl give-up time (10 s), then they fail with 503.
+    The broker calls are synchronous (the `ctl` client); they run in the
+    jobs actor (gw_jobs.c), never in the loop. A broker that is down holds
+    them up to the ctl give-up time (10 s), then they fail with 503.
 */
 #include "gw.h"
 
@@ -534,7 +534,7 @@ static void s_openai_list(gw_call_t *c)
 
 void gw_batches_route(gw_call_t *c)
 {
-    enum evhttp_cmd_type m = evhttp_request_get_command(c->req);
+    enum evhttp_cmd_type m = c->method;
     const char *rest = c->path + strlen("/v1/batches");
     char id[72] = "", tail[32] = "";
     if (*rest == '/')

@@ -7,9 +7,10 @@
     250 ms for heartbeats and reconnects. After a reconnect the socket, and
     so its fd, is new: we compare and re-register after every process.
 
-    A second, synchronous client (`ctl`) does status and batch calls; it
-    never has requests outstanding, so its blocking calls never run our
-    result callbacks in the middle of an HTTP handler.
+    Two synchronous clients never have requests outstanding, so their
+    blocking calls never run our result callbacks: `stat` asks for the
+    broker's status (the loop, cached 1 s, 250 ms at most), `ctl` makes the
+    batch calls in the jobs actor (gw_jobs.c).
 */
 #include "gw.h"
 
@@ -159,14 +160,6 @@ static void s_on_result(llmq_result_t *res, void *arg)
     gw_req_free(&r);
 }
 
-static gw_conn_t *s_conn_lookup(gw_t *gw, struct evhttp_request *req)
-{
-    struct evhttp_connection *evcon = evhttp_request_get_connection(req);
-    char key[32];
-    snprintf(key, sizeof key, "%p", (void *)evcon);
-    return evcon ? (gw_conn_t *)zhashx_lookup(gw->conns, key) : NULL;
-}
-
 /*  Send r to the broker; on success the broker's result frees r. On
     failure r is answered here and freed. Returns 0 or -1. */
 int gw_submit(gw_req_t *r, const cJSON *body, const char *trace)
@@ -185,7 +178,7 @@ int gw_submit(gw_req_t *r, const cJSON *body, const char *trace)
         gw_req_free(&r);
         return -1;
     }
-    r->conn = s_conn_lookup(gw, r->req);
+    r->conn = gw_conn_lookup(gw, r->req);
     if (r->conn)
         r->conn->cur = r;
     r->timer = evtimer_new(gw->base, s_on_timeout, r);
@@ -245,7 +238,7 @@ cJSON *gw_status(gw_t *gw)
         return gw->status;
     //  A short wait: this blocks the loop. A broker that does not answer
     //  is asked again only after two seconds (the broker decides then).
-    cJSON *status = llmq_client_status(gw->ctl, 250);
+    cJSON *status = llmq_client_status(gw->stat, 250);
     if (!status) {
         gw->broker_down_until = now + 2000;
         return gw->status;
@@ -285,7 +278,8 @@ int gw_broker_start(gw_t *gw)
 {
     gw->client = llmq_client_new(gw->cfg.broker);
     gw->ctl = llmq_client_new(gw->cfg.broker);
-    if (!gw->client || !gw->ctl) {
+    gw->stat = llmq_client_new(gw->cfg.broker);
+    if (!gw->client || !gw->ctl || !gw->stat) {
         fprintf(stderr, GW_NAME ": bad broker endpoint '%s'\n", gw->cfg.broker);
         return -1;
     }
@@ -315,6 +309,7 @@ void gw_broker_stop(gw_t *gw)
     gw->zmq_ev = gw->kick = gw->tick = NULL;
     llmq_client_destroy(&gw->client);
     llmq_client_destroy(&gw->ctl);
+    llmq_client_destroy(&gw->stat);
     cJSON_Delete(gw->status);
     gw->status = NULL;
 }

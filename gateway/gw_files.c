@@ -293,14 +293,14 @@ static void s_content(gw_call_t *c, const char *id)
     evhttp_add_header(out, "x-request-id", c->rid);
     struct evbuffer *buf = evbuffer_new();
     evbuffer_add(buf, data, len);
-    evhttp_send_reply(c->req, 200, NULL, buf);
+    gw_reply_raw(c->req, 200, buf);
     evbuffer_free(buf);
     free(data);
 }
 
 void gw_files_route(gw_call_t *c)
 {
-    enum evhttp_cmd_type m = evhttp_request_get_command(c->req);
+    enum evhttp_cmd_type m = c->method;
     const char *rest = c->path + strlen("/v1/files");
     char id[GW_ID_MAX + 1] = "";
     char tail[32] = "";

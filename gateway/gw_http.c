@@ -39,8 +39,14 @@ void gw_reply_json(struct evhttp_request *req, int status, const char *rid,
     s_common_headers(req, rid, "application/json");
     struct evbuffer *buf = evbuffer_new();
     evbuffer_add(buf, json, len);
-    evhttp_send_reply(req, status, NULL, buf);
+    gw_reply_raw(req, status, buf);
     evbuffer_free(buf);
+}
+
+void gw_reply_raw(struct evhttp_request *req, int status, struct evbuffer *body)
+{
+    if (!gw_job_capture(req, status, body))
+        evhttp_send_reply(req, status, NULL, body);
 }
 
 void gw_reply_cjson(struct evhttp_request *req, int status, const char *rid,
@@ -239,7 +245,8 @@ void gw_new_id(gw_t *gw, const char *prefix, char *out, size_t size)
         zuuid_destroy(&uuid);
     }
     snprintf(out, size, "%s%08x%08x%08" PRIx64, prefix,
-             (unsigned)(zclock_time() / 1000), gw->nonce, ++gw->next_rid);
+             (unsigned)(zclock_time() / 1000), gw->nonce,
+             (uint64_t)atomic_fetch_add(&gw->next_rid, 1) + 1);
 }
 
 //  --------------------------------------------------------------------------
@@ -262,6 +269,8 @@ static void s_conn_closed(struct evhttp_connection *evcon, void *arg)
         llmq_client_cancel_arg(gw->client, r);
         gw_kick(gw);
     }
+    if (conn->job)
+        gw_job_gone(conn->job);
     zhashx_delete(gw->conns, conn->key);
 }
 
@@ -290,6 +299,14 @@ static gw_conn_t *s_conn_of(gw_t *gw, struct evhttp_request *req, bool *over)
     zhashx_insert(gw->conns, key, conn);
     evhttp_connection_set_closecb(evcon, s_conn_closed, conn);
     return conn;
+}
+
+gw_conn_t *gw_conn_lookup(gw_t *gw, struct evhttp_request *req)
+{
+    struct evhttp_connection *evcon = evhttp_request_get_connection(req);
+    char key[32];
+    snprintf(key, sizeof key, "%p", (void *)evcon);
+    return evcon ? (gw_conn_t *)zhashx_lookup(gw->conns, key) : NULL;
 }
 
 //  --------------------------------------------------------------------------
@@ -340,7 +357,7 @@ static gw_api_t s_api_of(const char *path)
 
 static bool s_method(gw_call_t *c, enum evhttp_cmd_type want)
 {
-    if (evhttp_request_get_command(c->req) == want)
+    if (c->method == want)
         return true;
     gw_reply_error(c->req, s_api_of(c->path), 405, c->rid,
                    "invalid_request_error", "method_not_allowed", NULL,
@@ -367,11 +384,11 @@ static void s_dispatch(gw_call_t *c)
         if (s_method(c, EVHTTP_REQ_POST))
             gw_anthropic_messages(c);
     } else if (strncmp(p, "/v1/messages/batches", 20) == 0)
-        gw_msg_batches_route(c);
+        gw_jobs_submit(c, gw_msg_batches_route);
     else if (streq(p, "/v1/files") || strncmp(p, "/v1/files/", 10) == 0)
-        gw_files_route(c);
+        gw_jobs_submit(c, gw_files_route);
     else if (streq(p, "/v1/batches") || strncmp(p, "/v1/batches/", 12) == 0)
-        gw_batches_route(c);
+        gw_jobs_submit(c, gw_batches_route);
     else
         gw_reply_error(c->req, s_api_of(p), 404, c->rid,
                        "invalid_request_error", "unknown_url", NULL,
@@ -407,7 +424,8 @@ static void s_on_request(struct evhttp_request *req, void *arg)
                    rid,
                    s_trace(req),
                    path ? path : "/",
-                   uri ? evhttp_uri_get_query(uri) : NULL};
+                   uri ? evhttp_uri_get_query(uri) : NULL,
+                   evhttp_request_get_command(req)};
     bool over = false;
     gw_conn_t *conn = s_conn_of(gw, req, &over);
     (void)conn;
@@ -422,9 +440,7 @@ static void s_on_request(struct evhttp_request *req, void *arg)
     else if ((c.tenant = s_auth(gw, &c)))
         s_dispatch(&c);
     if (gw->cfg.verbose)
-        zsys_info("%s %s %s", rid,
-                  evhttp_request_get_command(req) == EVHTTP_REQ_GET ? "GET"
-                                                                    : "POST",
+        zsys_info("%s %s %s", rid, c.method == EVHTTP_REQ_GET ? "GET" : "POST",
                   c.path);
     free(path);
 }
@@ -462,6 +478,8 @@ static int s_listen(const char *host, int port)
 
 int gw_http_start(gw_t *gw, int *bound_port)
 {
+    char unused[80];
+    gw_new_id(gw, "", unused, sizeof unused); //  draws the nonce, one thread
     gw->conns = zhashx_new();
     zhashx_set_destructor(gw->conns, s_conn_destructor);
     gw->http = evhttp_new(gw->base);

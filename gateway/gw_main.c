@@ -169,7 +169,8 @@ static int s_run(gw_t *gw)
     }
     if (s_data_dir(gw->cfg.data_dir) != 0)
         return 1;
-    if (gw_broker_start(gw) != 0 || gw_http_start(gw, &port) != 0)
+    if (gw_broker_start(gw) != 0 || gw_http_start(gw, &port) != 0 ||
+        gw_jobs_start(gw) != 0)
         return 1;
     struct event *sigint =
         evsignal_new(gw->base, SIGINT, s_on_signal, gw->base);
@@ -208,6 +209,7 @@ int main(int argc, char **argv)
     gw.base = event_base_new();
     int rc = gw.base ? s_run(&gw) : 1;
     gw_http_stop(&gw);
+    gw_jobs_stop(&gw);
     gw_broker_stop(&gw);
     gw_keys_destroy(&gw.keys);
     if (gw.base)

@@ -273,7 +273,7 @@ static void s_results(gw_call_t *c, const char *id)
     struct evkeyvalq *out = evhttp_request_get_output_headers(c->req);
     evhttp_add_header(out, "Content-Type", "application/binary");
     evhttp_add_header(out, "x-request-id", c->rid);
-    evhttp_send_reply(c->req, 200, NULL, buf);
+    gw_reply_raw(c->req, 200, buf);
     evbuffer_free(buf);
     cJSON_Delete(rec);
 }
@@ -324,7 +324,7 @@ static void s_list(gw_call_t *c)
 
 void gw_msg_batches_route(gw_call_t *c)
 {
-    enum evhttp_cmd_type m = evhttp_request_get_command(c->req);
+    enum evhttp_cmd_type m = c->method;
     const char *rest = c->path + strlen("/v1/messages/batches");
     char id[72] = "", tail[32] = "";
     if (*rest == '/')
