@@ -49,24 +49,29 @@ typedef struct gw_keys_t gw_keys_t;
 
 /*  Settings from the command line. */
 typedef struct {
-    const char *host;       /* listen address */
-    int port;               /* listen port, 0: ephemeral */
-    const char *broker;     /* broker frontend endpoint */
-    const char *keys_path;  /* API key file, NULL: no auth */
-    const char *data_dir;   /* files and batch mapping */
-    int64_t max_body;       /* request body bytes */
-    int64_t max_headers;    /* request header bytes */
-    int64_t max_conns;      /* open HTTP connections */
-    int64_t timeout_ms;     /* whole-request time limit */
-    int64_t idle_timeout_s; /* idle keep-alive / slow client read */
-    bool verbose;           /* log every request */
+    const char *host;        /* listen address */
+    int port;                /* listen port, 0: ephemeral */
+    const char *broker;      /* broker frontend endpoint */
+    const char *keys_path;   /* API key file, NULL: no auth */
+    const char *data_dir;    /* files and batch mapping */
+    int64_t max_body;        /* request body bytes */
+    int64_t max_headers;     /* request header bytes */
+    int64_t max_conns;       /* open HTTP connections */
+    int64_t timeout_ms;      /* whole-request time limit */
+    int64_t drain_ms;        /* on SIGTERM: await requests this long */
+    int64_t idle_timeout_ms; /* idle keep-alive / slow client read */
+    bool verbose;            /* log every request */
 } gw_cfg_t;
 
 /*  The gateway. */
 typedef struct {
-    gw_cfg_t cfg;                  /* settings */
-    struct event_base *base;       /* the one loop */
-    struct evhttp *http;           /* HTTP server */
+    gw_cfg_t cfg;                         /* settings */
+    struct event_base *base;              /* the one loop */
+    struct evhttp *http;                  /* HTTP server */
+    struct evhttp_bound_socket *listener; /* our listening socket */
+    struct event *drain;                  /* after SIGTERM: polls for the end */
+    int64_t drain_until;           /* zclock_mono deadline of the drain */
+    int signals;                   /* SIGINT/SIGTERM seen */
     llmq_client_t *client;         /* async inference client (callback mode) */
     llmq_client_t *ctl;            /* synchronous client of the jobs actor */
     llmq_client_t *stat;           /* synchronous client: status (loop) */

@@ -486,13 +486,15 @@ int gw_http_start(gw_t *gw, int *bound_port)
     int fd = s_listen(gw->cfg.host, gw->cfg.port);
     if (!gw->http || fd < 0)
         return -1;
-    if (!evhttp_accept_socket_with_handle(gw->http, fd)) {
+    if (!(gw->listener = evhttp_accept_socket_with_handle(gw->http, fd))) {
         close(fd);
         return -1;
     }
     evhttp_set_max_body_size(gw->http, gw->cfg.max_body);
     evhttp_set_max_headers_size(gw->http, gw->cfg.max_headers);
-    evhttp_set_timeout(gw->http, (int)gw->cfg.idle_timeout_s);
+    struct timeval idle = {gw->cfg.idle_timeout_ms / 1000,
+                           (gw->cfg.idle_timeout_ms % 1000) * 1000};
+    evhttp_set_timeout_tv(gw->http, &idle);
     evhttp_set_allowed_methods(gw->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST |
                                              EVHTTP_REQ_DELETE);
     evhttp_set_gencb(gw->http, s_on_request, gw);

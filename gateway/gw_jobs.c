@@ -143,8 +143,8 @@ void gw_jobs_submit(gw_call_t *c, gw_route_fn *route)
     gw_job_t *job = (gw_job_t *)calloc(1, sizeof *job);
     if (!job || !(job->fake = s_fake(c->req)) || !(job->out = evbuffer_new())) {
         s_job_free(&job);
-        gw_reply_error(c->req, GW_API_OPENAI, 500, c->rid, "server_error",
-                       NULL, NULL, "out of memory");
+        gw_reply_error(c->req, GW_API_OPENAI, 500, c->rid, "server_error", NULL,
+                       NULL, "out of memory");
         return;
     }
     job->gw = c->gw;

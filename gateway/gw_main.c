@@ -1,10 +1,13 @@
 /*  gw_main.c - llmq-gateway: flags, start-up, signals, the ready line.
 
-    Prints `ready llmq-gateway url=http://HOST:PORT` once it listens; SIGINT
-    or SIGTERM stop the loop (requests in flight are abandoned: the broker
-    runs them to the end, their HTTP clients see the connection close).
+    Prints `ready llmq-gateway url=http://HOST:PORT` once it listens. The
+    first SIGINT or SIGTERM closes the listening socket and lets requests in
+    flight finish (up to --drain-ms); then, or at a second signal, the loop
+    stops (what is left is abandoned: the broker runs it to the end, its
+    HTTP clients see the connection close).
 */
 #include "gw.h"
+#include "llmq_duration.h"
 
 #include <getopt.h>
 #include <signal.h>
@@ -35,9 +38,14 @@ static void s_usage(FILE *out)
         "  --max-body BYTES     request body limit (default 104857600)\n"
         "  --max-headers BYTES  request header limit (default 65536)\n"
         "  --max-conns N        open HTTP connections (default 10000)\n"
-        "  --timeout-ms MS      whole-request time limit (default 600000)\n"
-        "  --idle-timeout S     idle or slow HTTP connection limit (default "
-        "620)\n"
+        "  --timeout-ms D       whole-request time limit (default 10m; a bare\n"
+        "                       number is ms, or 500ms, 2s, 5m, 1h)\n"
+        "  --drain-ms D         on SIGTERM, stop accepting and await requests "
+        "in\n"
+        "                       flight this long (default 10s; a second "
+        "signal stops)\n"
+        "  --idle-timeout-ms D  idle or slow HTTP connection limit (default "
+        "10m20s)\n"
         "  -v, --verbose        log every request\n"
         "  -h, --help           this text\n"
         "  --version            print the version\n");
@@ -57,16 +65,38 @@ static int s_num(const char *flag, const char *text, int64_t lo, int64_t hi,
     return 0;
 }
 
+/*  A duration flag (llmq_duration.h: ms, or with a unit), at least lo ms. */
+static int s_dur(const char *flag, const char *text, int64_t lo, int64_t *out)
+{
+    int64_t ms = 0;
+    if (llmq_duration_parse(text, &ms, NULL) != 0 || ms < lo) {
+        fprintf(stderr,
+                GW_NAME ": %s wants a duration of at least %lld ms (500ms, "
+                        "2s, 5m), not '%s'\n",
+                flag, (long long)lo, text);
+        return -1;
+    }
+    *out = ms;
+    return 0;
+}
+
 static int s_parse(int argc, char **argv, gw_cfg_t *c)
 {
-    static struct option opts[] = {
-        {"broker", 1, 0, 'b'},      {"host", 1, 0, 'H'},
-        {"port", 1, 0, 'p'},        {"keys", 1, 0, 'k'},
-        {"data-dir", 1, 0, 'd'},    {"max-body", 1, 0, 'B'},
-        {"max-headers", 1, 0, 'E'}, {"max-conns", 1, 0, 'C'},
-        {"timeout-ms", 1, 0, 'T'},  {"idle-timeout", 1, 0, 'I'},
-        {"verbose", 0, 0, 'v'},     {"help", 0, 0, 'h'},
-        {"version", 0, 0, 'V'},     {0, 0, 0, 0}};
+    static struct option opts[] = {{"broker", 1, 0, 'b'},
+                                   {"host", 1, 0, 'H'},
+                                   {"port", 1, 0, 'p'},
+                                   {"keys", 1, 0, 'k'},
+                                   {"data-dir", 1, 0, 'd'},
+                                   {"max-body", 1, 0, 'B'},
+                                   {"max-headers", 1, 0, 'E'},
+                                   {"max-conns", 1, 0, 'C'},
+                                   {"timeout-ms", 1, 0, 'T'},
+                                   {"drain-ms", 1, 0, 'D'},
+                                   {"idle-timeout-ms", 1, 0, 'I'},
+                                   {"verbose", 0, 0, 'v'},
+                                   {"help", 0, 0, 'h'},
+                                   {"version", 0, 0, 'V'},
+                                   {0, 0, 0, 0}};
     int64_t port = c->port;
     int ch, rc = 0;
     opterr = 0; //  we say what is wrong ourselves
@@ -97,10 +127,13 @@ static int s_parse(int argc, char **argv, gw_cfg_t *c)
             rc = s_num("--max-conns", optarg, 1, 1000000, &c->max_conns);
             break;
         case 'T':
-            rc = s_num("--timeout-ms", optarg, 100, 86400000, &c->timeout_ms);
+            rc = s_dur("--timeout-ms", optarg, 100, &c->timeout_ms);
+            break;
+        case 'D':
+            rc = s_dur("--drain-ms", optarg, 0, &c->drain_ms);
             break;
         case 'I':
-            rc = s_num("--idle-timeout", optarg, 1, 86400, &c->idle_timeout_s);
+            rc = s_dur("--idle-timeout-ms", optarg, 1000, &c->idle_timeout_ms);
             break;
         case 'v':
             c->verbose = true;
@@ -127,11 +160,37 @@ static int s_parse(int argc, char **argv, gw_cfg_t *c)
     return rc;
 }
 
+/*  After the first signal: stop when no request is left at the broker or
+    the drain time is up. */
+static void s_on_drain(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    gw_t *gw = (gw_t *)arg;
+    if (llmq_client_outstanding(gw->client) == 0 ||
+        zclock_mono() >= gw->drain_until)
+        event_base_loopbreak(gw->base);
+}
+
+/*  First SIGINT/SIGTERM: stop accepting, let requests in flight finish
+    (up to --drain-ms); a second one stops at once. */
 static void s_on_signal(evutil_socket_t sig, short what, void *arg)
 {
     (void)sig;
     (void)what;
-    event_base_loopbreak((struct event_base *)arg);
+    gw_t *gw = (gw_t *)arg;
+    if (++gw->signals > 1 || gw->cfg.drain_ms == 0) {
+        event_base_loopbreak(gw->base);
+        return;
+    }
+    if (gw->listener)
+        evhttp_del_accept_socket(gw->http, gw->listener);
+    gw->listener = NULL;
+    gw->drain_until = zclock_mono() + gw->cfg.drain_ms;
+    gw->drain = event_new(gw->base, -1, EV_PERSIST, s_on_drain, gw);
+    struct timeval tv = {0, 50000};
+    event_add(gw->drain, &tv);
+    s_on_drain(-1, 0, gw);
 }
 
 /*  The data directory and its two subdirectories. */
@@ -172,10 +231,8 @@ static int s_run(gw_t *gw)
     if (gw_broker_start(gw) != 0 || gw_http_start(gw, &port) != 0 ||
         gw_jobs_start(gw) != 0)
         return 1;
-    struct event *sigint =
-        evsignal_new(gw->base, SIGINT, s_on_signal, gw->base);
-    struct event *sigterm =
-        evsignal_new(gw->base, SIGTERM, s_on_signal, gw->base);
+    struct event *sigint = evsignal_new(gw->base, SIGINT, s_on_signal, gw);
+    struct event *sigterm = evsignal_new(gw->base, SIGTERM, s_on_signal, gw);
     event_add(sigint, NULL);
     event_add(sigterm, NULL);
     printf("ready " GW_NAME " url=http://%s:%d\n", gw->cfg.host, port);
@@ -183,6 +240,8 @@ static int s_run(gw_t *gw)
     event_base_dispatch(gw->base);
     event_free(sigint);
     event_free(sigterm);
+    if (gw->drain)
+        event_free(gw->drain);
     return 0;
 }
 
@@ -199,7 +258,8 @@ int main(int argc, char **argv)
     gw.cfg.max_headers = 64 << 10;
     gw.cfg.max_conns = 10000;
     gw.cfg.timeout_ms = 600000;
-    gw.cfg.idle_timeout_s = 620;
+    gw.cfg.drain_ms = 10000;
+    gw.cfg.idle_timeout_ms = 620000;
     if (s_parse(argc, argv, &gw.cfg) != 0)
         return 2;
     signal(SIGPIPE, SIG_IGN);
