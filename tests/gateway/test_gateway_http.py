@@ -5,6 +5,7 @@ traceparent, the key file reloaded without restart, the Anthropic stream's
 raw event order, and the limits: body size, header size, connections, time,
 and an HTTP client that disconnects cancels its broker request."""
 import json
+import signal
 import socket
 import threading
 import time
@@ -178,6 +179,30 @@ def test_overloaded(c):
     print("ok overloaded -> 429 + retry-after")
 
 
+def test_drain(c):
+    """SIGTERM: no new connections, the request in flight still answered,
+    then the gateway exits on its own."""
+    gw = c.gateway
+    results = []
+    t = threading.Thread(target=lambda: results.append(
+        gw.request("POST", CHAT, chat_body("drain [[sim:delay_ms=1500]]"))))
+    t.start()
+    wait_until("the request at a worker", lambda: worker_busy(c), 10)
+    gw.proc.send_signal(signal.SIGTERM)
+
+    def refused():
+        try:
+            socket.create_connection((gw.host, gw.port), timeout=1).close()
+            return False
+        except OSError:
+            return True
+    wait_until("the listening socket closed", refused, 10)
+    t.join(30)
+    check(results and results[0][0] == 200, "request in flight answered during the drain: %r" % results)
+    check(gw.proc.wait(timeout=15) == 0, "gateway exits 0 after the drain")
+    print("ok SIGTERM drains")
+
+
 def main():
     c = GwCluster(workers=1, capacity=2, broker_flags=("--max-queue", "2"),
                   gateway_flags=("--max-body", "65536", "--max-headers", "16384",
@@ -193,6 +218,7 @@ def main():
         c.gateway_flags = ("--keys", c.keys)  # no connection or time limits
         c.restart_gateway()
         test_overloaded(c)
+        test_drain(c)
     finally:
         c.close()
     print("gateway http: ok")
