@@ -6,6 +6,7 @@
 # llmq-gateway over HTTP with wrk (keep-alive, one request per connection
 # outstanding). Concurrency 1 gives the added latency; concurrency C the
 # throughput. Usage: gateway/bench/run.sh [SECONDS] [C]   (default 10 64)
+# GW_ERR=FILE keeps the gateway's stderr.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 BIN="${LLMQ_BIN_DIR:-$ROOT/build/bin}"
@@ -31,7 +32,7 @@ for i in 1 2; do
   pids+=($!)
   ready "$T/worker$i" >/dev/null
 done
-"$BIN/llmq-gateway" --broker "$FE" --port 0 --data-dir "$T/gwdata" >"$T/gw" 2>"$T/gw.err" &
+"$BIN/llmq-gateway" --broker "$FE" --port 0 --data-dir "$T/gwdata" >"$T/gw" 2>"${GW_ERR:-$T/gw.err}" &
 pids+=($!)
 GW="$(ready "$T/gw" | sed 's/.*url=//')"
 
