@@ -850,6 +850,29 @@ int llmq_client_cancel(llmq_client_t *self, const char *id)
 }
 
 //  --------------------------------------------------------------------------
+//  Event-loop integration
+
+int llmq_client_fd(const llmq_client_t *self)
+{
+    return self && self->sock ? (int)zsock_fd(self->sock) : -1;
+}
+
+int llmq_client_process(llmq_client_t *self)
+{
+    if (s_pump(self, 0) != 0)
+        return -1;
+    return (zsock_events(self->sock) & ZMQ_POLLIN) ? 1 : 0;
+}
+
+int llmq_client_cancel_arg(llmq_client_t *self, const void *arg)
+{
+    s_request_t *req = (s_request_t *)zlistx_first(self->order);
+    while (req && req->arg != arg)
+        req = (s_request_t *)zlistx_next(self->order);
+    return req ? llmq_client_cancel(self, req->id) : -1;
+}
+
+//  --------------------------------------------------------------------------
 //  Synchronous calls
 
 /*  Take the ready result whose arg is in [lo, hi), or NULL. */

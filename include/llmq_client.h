@@ -206,6 +206,22 @@ size_t llmq_client_ready(const llmq_client_t *self);
     arrives. Returns 0, or -1 if the id is not outstanding. */
 int llmq_client_cancel(llmq_client_t *self, const char *id);
 
+/*  Event-loop integration (for programs with their own loop, such as
+    llmq-gateway). llmq_client_fd() is the ZeroMQ socket's ZMQ_FD: readable
+    (edge-triggered) when the socket may have input; it changes when the
+    client replaces its socket after a broker restart, so read it again after
+    every llmq_client_process(). llmq_client_process() handles all input
+    without waiting, runs the heartbeat timers and delivers results to the
+    callback; call it when the fd is readable, after every submit or cancel,
+    and about every 250 ms. Returns 1 if input is still queued (call again
+    soon), 0 otherwise, -1 if interrupted. */
+int llmq_client_fd(const llmq_client_t *self);
+int llmq_client_process(llmq_client_t *self);
+
+/*  Cancel the outstanding request submitted with this arg (see
+    llmq_client_cancel). Returns 0, or -1 if none is outstanding. */
+int llmq_client_cancel_arg(llmq_client_t *self, const void *arg);
+
 /*  Synchronous inference: send and wait for this request's result (other
     results stay queued for poll). Returns NULL only on bad arguments or an
     interrupt; failures come back as a result with ok == false. */
