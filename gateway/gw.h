@@ -52,6 +52,8 @@ typedef struct {
     const char *host;        /* listen address */
     int port;                /* listen port, 0: ephemeral */
     const char *broker;      /* broker frontend endpoint */
+    const char *curve_cert;  /* CURVE: own secret certificate, or NULL */
+    const char *broker_key;  /* CURVE: broker's public key or cert file */
     const char *keys_path;   /* API key file, NULL: no auth */
     const char *data_dir;    /* files and batch mapping */
     int64_t max_body;        /* request body bytes */

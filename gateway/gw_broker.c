@@ -276,11 +276,14 @@ bool gw_model_served(gw_t *gw, const char *model)
 
 int gw_broker_start(gw_t *gw)
 {
-    gw->client = llmq_client_new(gw->cfg.broker);
-    gw->ctl = llmq_client_new(gw->cfg.broker);
-    gw->stat = llmq_client_new(gw->cfg.broker);
+    llmq_client_options_t opts = {.curve_cert = gw->cfg.curve_cert,
+                                  .broker_key = gw->cfg.broker_key};
+    char err[512] = "";
+    gw->client = llmq_client_new_with(gw->cfg.broker, &opts, err, sizeof err);
+    gw->ctl = llmq_client_new_with(gw->cfg.broker, &opts, err, sizeof err);
+    gw->stat = llmq_client_new_with(gw->cfg.broker, &opts, err, sizeof err);
     if (!gw->client || !gw->ctl || !gw->stat) {
-        fprintf(stderr, GW_NAME ": bad broker endpoint '%s'\n", gw->cfg.broker);
+        fprintf(stderr, GW_NAME ": %s\n", err);
         return -1;
     }
     llmq_client_set_window(gw->client, 1000000);

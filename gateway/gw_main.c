@@ -26,8 +26,13 @@ static void s_usage(FILE *out)
         "`ready llmq-gateway url=http://HOST:PORT` once it listens.\n"
         "\n"
         "Options:\n"
-        "  --broker EP          broker frontend (default $LLMQ_BROKER or\n"
+        "  --broker EP          broker frontend (default $LLMQ_ENDPOINT or\n"
         "                       " LLMQ_DEFAULT_ENDPOINT ")\n"
+        "  --curve-cert PATH    CURVE: the gateway's secret certificate (env\n"
+        "                       LLMQ_CURVE_CERT; made by `llmq keygen NAME`)\n"
+        "  --broker-key KEY     CURVE: the broker's public key, Z85 text or "
+        "its\n"
+        "                       public certificate file (env LLMQ_BROKER_KEY)\n"
         "  --host ADDR          listen address (default 127.0.0.1)\n"
         "  --port N             listen port (default 8080; 0 = a free one)\n"
         "  --keys FILE          API keys, one `KEY TENANT` per line, reloaded "
@@ -83,6 +88,8 @@ static int s_dur(const char *flag, const char *text, int64_t lo, int64_t *out)
 static int s_parse(int argc, char **argv, gw_cfg_t *c)
 {
     static struct option opts[] = {{"broker", 1, 0, 'b'},
+                                   {"curve-cert", 1, 0, 'c'},
+                                   {"broker-key", 1, 0, 'K'},
                                    {"host", 1, 0, 'H'},
                                    {"port", 1, 0, 'p'},
                                    {"keys", 1, 0, 'k'},
@@ -104,6 +111,12 @@ static int s_parse(int argc, char **argv, gw_cfg_t *c)
         switch (ch) {
         case 'b':
             c->broker = optarg;
+            break;
+        case 'c':
+            c->curve_cert = optarg;
+            break;
+        case 'K':
+            c->broker_key = optarg;
             break;
         case 'H':
             c->host = optarg;
@@ -251,8 +264,13 @@ int main(int argc, char **argv)
     memset(&gw, 0, sizeof gw);
     gw.cfg.host = "127.0.0.1";
     gw.cfg.port = 8080;
-    gw.cfg.broker =
-        getenv("LLMQ_BROKER") ? getenv("LLMQ_BROKER") : LLMQ_DEFAULT_ENDPOINT;
+    //  LLMQ_ENDPOINT as for llmq; LLMQ_BROKER, the name this binary first read
+    const char *ep = getenv("LLMQ_ENDPOINT");
+    if (!ep || !*ep)
+        ep = getenv("LLMQ_BROKER");
+    gw.cfg.broker = ep && *ep ? ep : LLMQ_DEFAULT_ENDPOINT;
+    gw.cfg.curve_cert = getenv("LLMQ_CURVE_CERT");
+    gw.cfg.broker_key = getenv("LLMQ_BROKER_KEY");
     gw.cfg.data_dir = "llmq-gateway-data";
     gw.cfg.max_body = 100 << 20;
     gw.cfg.max_headers = 64 << 10;
