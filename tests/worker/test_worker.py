@@ -151,39 +151,97 @@ def faults():
                          "--breaker-failures", "100"], t_faults)
 
 
+# The limiter's bucket holds --burst-ms (default 1000) of the rate: at rpm R
+# a fresh worker may start R/60 requests at once, then R/60 a second. So n
+# requests take at least (n - burst) / rate, however fast the machine: a
+# lower bound on the elapsed time proves the limiting (a slow machine can
+# only make it longer). The counts are several times the burst, so without
+# the limiter the bound fails by far (the sim answers in milliseconds).
+RATE_RPM = 600          # 10 a second, burst 10
+RATE_N = 50             # >= (50 - 10) / 10 = 4 s
+
+
 def t_rpm(sim, h):
-    check(h.hello["limits"]["rpm"] == 120, "hello announces the key's rpm")
-    n = 12
-    for i in range(n):
+    import time
+    check(h.hello["limits"]["rpm"] == RATE_RPM, "hello announces the key's rpm")
+    t0 = time.monotonic()
+    for i in range(RATE_N):
         h.req("r%d" % i, {"messages": [{"role": "user", "content": "n %d" % i}], "max_tokens": 4},
               timeout=30)
-    for i in range(n):
+    for i in range(RATE_N):
         hd, _ = h.result("r%d" % i)
         check(hd["ok"] and hd["attempts"] == 1, "rpm request ok: %r" % (hd,))
+    elapsed = time.monotonic() - t0
+    burst = RATE_RPM * 1000 / 60000
+    bound = (RATE_N - burst) / (RATE_RPM / 60.0)
+    print("worker.rpm: %d requests at %d rpm in %.2f s (lower bound %.2f s)"
+          % (RATE_N, RATE_RPM, elapsed, bound))
+    check(elapsed >= bound - 0.05, "%d requests at %d rpm took %.2f s < %.2f s: not limited"
+          % (RATE_N, RATE_RPM, elapsed, bound))
     st = sim.stats()
     check(st["rate_limited_429"] == 0, "no 429 from the sim: %r" % st)
     # every credit was backed by the limiter: never more than its burst + 1 s
-    check(max(m[0]["n"] for m in h.received if m[0]["t"] == "credit") <= 4,
+    check(max(m[0]["n"] for m in h.received if m[0]["t"] == "credit") <= 2 * burst + 1,
           "credit follows the limiter")
 
 
+TPM = 12000             # 200 tokens a second, burst 200
+
+
 def t_tpm(sim, h):
-    # ~30 tokens per request (prompt ~10 + max_tokens 20) at 6,000 tokens/min
-    # (100/s): 20 requests take several seconds and must never trip the sim
-    for i in range(20):
+    # Each request costs at least its max_tokens (the limiter's estimate is
+    # prompt chars / 4 + max_tokens; the real usage corrects it, so count
+    # min(usage, max_tokens)): n requests need sum - burst tokens of refill,
+    # all but the last before it starts.
+    import time
+    n, max_tokens = 40, 20
+    t0 = time.monotonic()
+    for i in range(n):
         h.req("t%d" % i, {"messages": [{"role": "user", "content": "tokens please, number %d" % i}],
-                          "max_tokens": 20}, timeout=30)
-    for i in range(20):
+                          "max_tokens": max_tokens}, timeout=30)
+    charged = []
+    for i in range(n):
         hd, _ = h.result("t%d" % i)
         check(hd["ok"] and hd["attempts"] == 1, "tpm request ok: %r" % (hd,))
+        charged.append(min(hd["usage"]["total_tokens"], max_tokens))
+    elapsed = time.monotonic() - t0
+    burst = TPM * 1000 / 60000
+    bound = (sum(sorted(charged)[:-1]) - burst) / (TPM / 60.0)
+    print("worker.tpm: %d requests (%d tokens) at %d tpm in %.2f s (lower bound %.2f s)"
+          % (n, sum(charged), TPM, elapsed, bound))
+    check(bound > 2.0, "the tpm test no longer exceeds the burst: bound %.2f s" % bound)
+    check(elapsed >= bound - 0.05, "%d requests at %d tpm took %.2f s < %.2f s: not limited"
+          % (n, TPM, elapsed, bound))
     st = sim.stats()
     check(st["rate_limited_429"] == 0, "no 429 from the sim: %r" % st)
 
 
 def rpm():
-    # 120 rpm = 2/s: 12 requests take about 5 s and must never trip the sim
-    with_sim(["--rpm", "120"], ["--rpm", "120"], t_rpm)
-    with_sim(["--tpm", "6000"], ["--tpm", "6000"], t_tpm)
+    with_sim(["--rpm", str(RATE_RPM)], ["--rpm", str(RATE_RPM)], t_rpm)
+    with_sim(["--tpm", str(TPM)], ["--tpm", str(TPM)], t_tpm)
+
+
+def t_capacity(sim, h):
+    """A req beyond the worker's capacity (the broker never sends one) is
+    answered `overloaded` (retryable) at once; the ones within are served."""
+    cap = h.hello["capacity"]
+    h.wait(lambda: h.credit >= cap, 10, "full credit")
+    for i in range(cap + 2):     # credit ignored on purpose for the last two
+        h.send("req", {"messages": [{"role": "user", "content": "slow %d [[sim:delay_ms=1500]]" % i}],
+                       "max_tokens": 4}, id="c%d" % i, op="chat", model="sim-small", attempt=1)
+    for i in (cap, cap + 1):
+        hd, _ = h.result("c%d" % i, timeout=10)
+        check(not hd["ok"] and hd["error"]["code"] == "overloaded" and hd["error"]["retryable"],
+              "req past capacity: %r" % (hd,))
+        check(any("c%d" % j not in h.results for j in range(cap)),
+              "the overloaded answer came before the held requests finished")
+    for i in range(cap):
+        hd, _ = h.result("c%d" % i, timeout=30)
+        check(hd["ok"], "req within capacity: %r" % (hd,))
+
+
+def capacity():
+    with_sim([], ["--capacity", "3"], t_capacity)
 
 
 def t_breaker(sim, h):
@@ -611,7 +669,7 @@ def broker():
 
 
 GROUPS = {"broker": broker, "batchapi": batchapi, "load": load, "success": success, "stream": stream, "faults": faults, "rpm": rpm,
-          "circuit": breaker, "secrets": secrets, "drain": drain, "anthropic": anthropic,
+          "circuit": breaker, "capacity": capacity, "secrets": secrets, "drain": drain, "anthropic": anthropic,
           "cli": cli, "reconnect": reconnect}
 
 if __name__ == "__main__":
