@@ -246,6 +246,11 @@ def t_kill9():
     requeued = [h for h in answers.values() if h.get("attempt", 1) > 1]
     print("answered", len(answers), "requeued", len(requeued), count_by_worker(answers))
     assert len(answers) == 2000
+    # Each request the dead worker held was requeued once and answered once,
+    # with attempt 2: the broker's counter and the answers agree.
+    st = status(c)
+    assert st["counters"]["requeued"] == len(requeued), (st["counters"], len(requeued))
+    assert all(h["attempt"] == 2 for h in requeued), requeued[:3]
     # Nothing more arrives: exactly once.
     try:
         h, _ = c.recv(timeout=1.5)
@@ -897,6 +902,13 @@ def t_real_sim():
     print("real sim:", counts, "errors", len(bad), "double_billed", stats.get("double_billed"))
     assert not bad, bad[:3]
     assert counts.get("s12", 0) > counts.get("s4", 0) > 0, counts
+    # At least once: only a requeued request can be billed twice, and the
+    # sim answered every request at most once more than the clients saw.
+    requeued = [h for h in answers.values() if h.get("attempt", 1) > 1]
+    st = status(c)
+    assert st["counters"]["requeued"] == len(requeued), (st["counters"], len(requeued))
+    assert stats["double_billed"] <= len(requeued), (stats, len(requeued))
+    assert stats["answered_ok"] == len(answers) + stats["double_billed"], stats
     try:
         h, _ = c.recv(timeout=1.0)
         raise AssertionError("extra message %r" % h)
