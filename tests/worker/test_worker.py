@@ -9,6 +9,7 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from wharness import Harness, Sim, check, content, read_line  # noqa: E402
+import llmqtest  # noqa: E402  (tests/lib, on the path through wharness)
 
 FAST = ["--retry-base-ms", "20", "--retry-cap-ms", "100"]
 
@@ -584,25 +585,20 @@ def broker():
     from wharness import BIN_DIR
     sim = Sim()
     key = "sk-llmq-BROKER-TEST-91c0ffee"
-    procs, logs = [], []
+    procs = []
     try:
-        br = subprocess.Popen([os.path.join(BIN_DIR, "llmq-broker"), "--frontend", "tcp://127.0.0.1:*",
-                               "--backend", "tcp://127.0.0.1:*"],
-                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        # llmqtest.Proc: stderr to a log, exit 0 and no sanitizer report
+        # checked when stopped.
+        br = llmqtest.Proc([os.path.join(BIN_DIR, "llmq-broker"), "--frontend", "tcp://127.0.0.1:*",
+                            "--backend", "tcp://127.0.0.1:*"], name="llmq-broker")
         procs.append(br)
-        line = read_line(br, 10)
-        check(line and line.startswith("ready llmq-broker"), "broker ready: %r" % line)
-        fields = dict(kv.split("=", 1) for kv in line.split()[2:])
+        fields = br.ready
         for i in range(2):
-            log = tempfile.NamedTemporaryFile(prefix="llmq-worker-b-", delete=False)
-            logs.append(log)
-            w = subprocess.Popen([os.path.join(BIN_DIR, "llmq-worker"), "--broker", fields["backend"],
-                                  "--provider", "openai", "--base-url", sim.base, "--model", "sim-small",
-                                  "--limit-group", "g", "--rpm", "6000", "--verbose"] + FAST,
-                                 stdout=subprocess.PIPE, stderr=log,
-                                 env=dict(os.environ, OPENAI_API_KEY=key))
+            w = llmqtest.Proc([os.path.join(BIN_DIR, "llmq-worker"), "--broker", fields["backend"],
+                               "--provider", "openai", "--base-url", sim.base, "--model", "sim-small",
+                               "--limit-group", "g", "--rpm", "6000", "--verbose"] + FAST,
+                              name="llmq-worker", env={"OPENAI_API_KEY": key})
             procs.append(w)
-            check((read_line(w, 20) or "").startswith("ready llmq-worker"), "worker ready")
         ctx = zmq.Context.instance()
         c = ctx.socket(zmq.DEALER)
         c.linger = 0
@@ -646,25 +642,19 @@ def broker():
         check(out["f500"]["res"][0]["ok"] and out["f500"]["res"][0]["attempts"] == 3, "retried in the worker")
         e = out["f400"]["res"][0]["error"]
         check(e["code"] == "invalid_request" and e["status"] == 400, "400 through the broker: %r" % e)
-        for w in procs[1:]:
-            w.terminate()
-            check(w.wait(timeout=20) == 0, "worker exit 0")
         everything = repr(out)
-        for log in logs:
-            log.flush()
-            everything += open(log.name, errors="replace").read()
+        for w in procs[1:]:
+            everything += w.stderr()
+            w.stop(timeout=20)
+        everything += br.stderr()
+        br.stop(timeout=20)
         check("limits from broker: rpm 3000" in everything, "group share applied")
         check(key not in everything, "the API key leaked")
         c.close()
     finally:
         for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-            p.stdout.close()
-        for log in logs:
-            log.close()
-            os.unlink(log.name)
+            if p.running():
+                p.kill9()
         sim.close()
 
 
