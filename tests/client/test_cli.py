@@ -14,7 +14,7 @@ import tempfile
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from clusterlib import (MODEL, Cluster, bin_path, chat_hash, check, read_jsonl, run_llmq,  # noqa
                         verify_output, wait_until, write_input)
-from llmqtest import skip  # noqa
+from llmqtest import sanitizer_report, skip  # noqa
 import llmq  # noqa
 
 
@@ -204,6 +204,8 @@ def embedded():
     p.send_signal(signal.SIGTERM)
     out, err = p.communicate(timeout=30)
     check(p.returncode == 130, "interrupted run: rc %d %r" % (p.returncode, err[-300:]))
+    report = sanitizer_report(err.decode(errors="replace"))
+    check(not report, "sanitizer report from the interrupted llmq run: %s" % report)
     endpoint, name = embedded_endpoint(err.decode())
     check(endpoint and name and gone(endpoint, name), "embedded broker survived SIGTERM")
     with open(out_path, "rb") as f:
