@@ -527,7 +527,8 @@ def t_requeue_front():
     assert held == ["r1", "r2"], held
     for i in range(3):
         c.req("q%d" % i)
-    wait_status(c, "three queued", lambda st: st["counters"]["queued"] == 3)
+    # (>= 3: on a machine stalled for --dead-ms the two may be back already)
+    wait_status(c, "three queued", lambda st: st["counters"]["queued"] >= 3)
     doomed.close()          # silent from now on: dead after --dead-ms
     wait_status(c, "the dead worker's two requests requeued",
                 lambda st: st["counters"]["requeued"] == 2)
