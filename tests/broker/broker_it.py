@@ -557,25 +557,35 @@ def t_requeue_front():
 
 def t_max_attempts():
     """max_attempts is enforced: a request whose worker dies on its last
-    attempt is answered `internal` (retryable), not requeued again."""
+    attempt is answered `internal` (retryable), not requeued again; without
+    max_attempts a request gets 3 (PROTOCOL.md)."""
     b = broker(*DEATH)
     c = Client(b.ready["frontend"])
     c.req("m", max_attempts=2)
-    for attempt in (1, 2):
-        w = RawWorker(b.ready["backend"], "victim%d" % attempt, capacity=1)
-        w.send({"t": "credit", "n": 1})
-        h, payload = w.expect_req(timeout=20)
-        assert content_of(payload) == "m" and h.get("attempt", 1) == attempt, h
-        w.close()           # dies holding it
-    h, _ = c.recv(timeout=20)
-    print("after two deaths:", h)
-    assert h["id"] == "m" and not h["ok"], h
-    assert h["error"]["code"] == "internal" and h["error"]["retryable"], h
-    assert "attempt 2 of 2" in h["error"]["message"], h
+    c.req("d")                  # the default: 3 attempts
+    answers = {}
+    for attempt in (1, 2, 3):
+        # Each victim takes what is still pending, then dies holding it.
+        pending = 2 if attempt < 3 else 1
+        w = RawWorker(b.ready["backend"], "victim%d" % attempt, capacity=2)
+        w.send({"t": "credit", "n": 2})
+        got = {}
+        for _ in range(pending):
+            h, payload = w.expect_req(timeout=20)
+            got[content_of(payload)] = h.get("attempt", 1)
+        assert got == {k: attempt for k in ("m", "d") if k not in answers}, (attempt, got)
+        w.close()
+        if attempt >= 2:        # "m" fails after its 2nd death, "d" after its 3rd
+            h, _ = c.recv(timeout=20)
+            answers[h["id"]] = h
+    print("after the deaths:", answers)
+    for rid, n in (("m", 2), ("d", 3)):
+        h = answers[rid]
+        assert not h["ok"] and h["error"]["code"] == "internal" and h["error"]["retryable"], h
+        assert "attempt %d of %d" % (n, n) in h["error"]["message"], h
     st = status(c)
-    assert st["counters"]["requeued"] == 1, st["counters"]
-    # The default is 3 attempts, and a third worker would get nothing more.
-    assert not st["queues"] or sum(q["depth"] for q in st["queues"]) == 0, st["queues"]
+    assert st["counters"]["requeued"] == 1 + 2, st["counters"]
+    assert sum(q["depth"] for q in st["queues"]) == 0, st["queues"]
     assert b.stop() == 0
 
 
