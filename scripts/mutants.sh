@@ -92,7 +92,7 @@ read -r -d '' MUTANTS <<'EOF' || true
   "new": "(const char *)NULL;",
   "tests": "^client\\.resume$"},
  {"name": "partial_line_kept",
-  "why": "a partial last line is left in OUT (no rewrite before appending)",
+  "why": "a partial last line is left in OUT before appending (the next line is lost)",
   "file": "client/main.c",
   "old": "    if (dropped > 0 &&\n",
   "new": "    if (dropped > 1000000000 &&\n",

@@ -350,10 +350,12 @@ class RawWorker:
                 return False
 
     def expect(self, kind, timeout=10):
-        """The next message of type kind (others are skipped)."""
+        """The next message of type kind within timeout s (others, such as
+        the broker's heartbeats, are skipped but do not extend the wait)."""
+        deadline = time.monotonic() + timeout
         while True:
-            if not self.poll(timeout):
-                raise TimeoutError("no %s" % kind)
+            if not self.poll(max(0.0, deadline - time.monotonic())):
+                raise TimeoutError("no %s within %s s" % (kind, timeout))
             frames = self.s.recv_multipart()
             h = unpack(frames[0])
             if h["t"] == kind:
@@ -369,8 +371,9 @@ class RawWorker:
         received meanwhile."""
         self.send({"t": "sync.probe"})
         reqs = []
+        deadline = time.monotonic() + 10
         while True:
-            if not self.poll(10):
+            if not self.poll(max(0.0, deadline - time.monotonic())):
                 raise TimeoutError("no error for the sync probe")
             frames = self.s.recv_multipart()
             h = unpack(frames[0])
