@@ -17,7 +17,7 @@ import llmqtest
 
 # A fake server: prints a ready line, then does what the case says on SIGTERM.
 FAKE = """
-import os, signal, sys, time
+import os, signal, sys
 def on_term(*_):
     sys.stderr.write(%r)
     sys.stderr.flush()
@@ -25,7 +25,7 @@ def on_term(*_):
 signal.signal(signal.SIGTERM, %s)
 print("ready fake k=v", flush=True)
 while True:
-    time.sleep(0.05)
+    signal.pause()
 """
 
 
