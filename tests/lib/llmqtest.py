@@ -13,6 +13,7 @@ SKIP_RETURN_CODE shows as skipped, with the reason on stderr.
 Waits are polls with deadlines (wait_until), never sleeps. Runs on
 /usr/bin/python3 with the standard library only.
 """
+import atexit
 import os
 import select
 import signal
@@ -43,13 +44,13 @@ def have(binary):
 def skip(reason):
     """This test cannot run here: say why, exit 77 (ctest: skipped)."""
     print("SKIP: " + reason, file=sys.stderr, flush=True)
-    _stop_all_quietly()
+    _stop_all_quietly(show=False)
     sys.exit(SKIP)
 
 
 def fail(message):
     print("FAIL: " + message, file=sys.stderr, flush=True)
-    _stop_all_quietly()
+    _stop_all_quietly(show=True)
     sys.exit(1)
 
 
@@ -222,9 +223,9 @@ def finish():
     Proc.ALL.clear()
 
 
-def _stop_all_quietly():
-    """On failure or skip: stop everything, show the logs of processes that
-    failed or reported something, check nothing."""
+def _stop_all_quietly(show=True):
+    """On failure, skip or an exception: stop everything, check nothing;
+    with show, print the end of each process's log (the test failed)."""
     for p in reversed(Proc.ALL):
         if p.checked:
             continue
@@ -236,10 +237,16 @@ def _stop_all_quietly():
                 p.proc.kill()
                 p.proc.wait()
         text = p.stderr()
-        if sanitizer_report(text) or VERBOSE:
-            print(p.tail(6000), file=sys.stderr)
+        if show or sanitizer_report(text) or VERBOSE:
+            print(p.tail(6000 if sanitizer_report(text) else 1500), file=sys.stderr)
         p.checked = True
+        p._cleanup()
     Proc.ALL.clear()
+
+
+#  A test that ends with an exception (an assert) never reached finish():
+#  whatever still runs is stopped, and the logs are shown.
+atexit.register(_stop_all_quietly)
 
 
 def run_llmq(args, timeout=120, env=None, stdin=None):
