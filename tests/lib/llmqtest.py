@@ -20,6 +20,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 BIN_DIR = os.environ.get("LLMQ_BIN_DIR", "build/bin")
@@ -120,6 +121,21 @@ class Proc:
                 fail("no ready line from %s: %r (exit %s)\n%s"
                      % (self.name, line, self.proc.returncode, self.tail()))
             self.ready = dict(kv.split("=", 1) for kv in line.split()[2:] if "=" in kv)
+        # Whatever the process prints later is read (and kept in self.stdout):
+        # a full pipe would block it.
+        self.stdout = []
+        threading.Thread(target=self._drain, daemon=True).start()
+
+    def _drain(self):
+        fd = self.proc.stdout.fileno()
+        try:
+            while True:
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    return
+                self.stdout.append(chunk)
+        except (OSError, ValueError):
+            return
 
     @property
     def pid(self):
@@ -202,10 +218,6 @@ class Proc:
         self._cleanup()
 
     def _cleanup(self):
-        try:
-            self.proc.stdout.close()
-        except Exception:
-            pass
         if not VERBOSE:
             try:
                 self.log.close()
