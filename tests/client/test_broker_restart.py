@@ -12,7 +12,7 @@ import tempfile
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from clusterlib import Cluster, bin_path, check, verify_output, wait_until, write_input  # noqa
 from test_resume import complete_lines  # noqa
-from llmqtest import sanitizer_report  # noqa
+from llmqtest import die_with_parent, sanitizer_report  # noqa
 
 N = 1500
 
@@ -25,7 +25,8 @@ def main():
     try:
         args = [bin_path("llmq"), "run", inp, "-o", out, "--broker", cluster.broker.frontend,
                 "--model", "sim-model", "--concurrency", "32", "--timeout", "1500"]
-        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                preexec_fn=die_with_parent)
         wait_until("300 finished lines", lambda: len(complete_lines(out)) >= 300, 60)
         cluster.restart_broker()
         check(proc.poll() is None, "llmq run ended before the restart")

@@ -14,7 +14,7 @@ import tempfile
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from clusterlib import (MODEL, Cluster, bin_path, chat_hash, check, read_jsonl, run_llmq,  # noqa
                         verify_output, wait_until, write_input)
-from llmqtest import sanitizer_report, skip  # noqa
+from llmqtest import die_with_parent, sanitizer_report, skip  # noqa
 import llmq  # noqa
 
 
@@ -193,7 +193,7 @@ def embedded():
     p = subprocess.Popen([bin_path("llmq"), "run", big, "-o", out_path, "--workers", "1",
                           "--capacity", "2", "--sim-latency-ms", "20"],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         env=dict(os.environ, **env))
+                         env=dict(os.environ, **env), preexec_fn=die_with_parent)
     def lines_done():
         try:
             with open(out_path, "rb") as f:

@@ -10,7 +10,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from clusterlib import MODEL, SOURCE_DIR, Cluster, chat_hash, check, fail  # noqa
-from llmqtest import skip  # noqa
+from llmqtest import die_with_parent, skip  # noqa
 
 
 def main():
@@ -33,7 +33,8 @@ def main():
         p = subprocess.Popen(["node", os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                                    "test_node.js"),
                               cluster.broker.frontend, MODEL, json.dumps(hashes)],
-                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
+                             preexec_fn=die_with_parent)
         for line in p.stdout:
             line = line.decode().strip()
             print(line)

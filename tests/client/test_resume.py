@@ -14,6 +14,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from clusterlib import (Cluster, bin_path, check, read_jsonl, run_llmq, verify_output,  # noqa
                         wait_until, write_input)
 import json  # noqa
+from llmqtest import die_with_parent  # noqa
 
 N = 1500
 
@@ -41,7 +42,8 @@ def main():
     try:
         args = [bin_path("llmq"), "run", inp, "-o", out, "--broker", cluster.broker.frontend,
                 "--model", "sim-model", "--concurrency", "16", "--quiet"]
-        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                preexec_fn=die_with_parent)
         wait_until("300 finished lines", lambda: len(complete_lines(out)) >= 300, 60)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
@@ -114,7 +116,8 @@ def main():
         keep = N // 3
         with open(out, "wb") as f:
             f.write(b"\n".join(lines[:keep]) + b'\n{"id": "batch_req_y", "custom_id": "req-0')
-        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                preexec_fn=die_with_parent)
         wait_until("%d finished lines" % (keep + 50),
                    lambda: len(complete_lines(out)) >= keep + 50, 60)
         proc.send_signal(signal.SIGKILL)

@@ -82,8 +82,10 @@ def sanitizer_report(text):
     return None
 
 
-def _die_with_parent():
-    # Children never outlive the test, even if it is killed (PR_SET_PDEATHSIG).
+def die_with_parent():
+    """preexec_fn for any subprocess a test starts: it gets SIGKILL when the
+    test process ends, however that happens (PR_SET_PDEATHSIG), so a failed
+    test leaves nothing running."""
     try:
         import ctypes
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
@@ -108,7 +110,7 @@ class Proc:
         full_env = dict(os.environ)
         full_env.update(env or {})
         self.proc = subprocess.Popen(self.argv, stdout=subprocess.PIPE, stderr=self.log,
-                                     stdin=stdin, env=full_env, preexec_fn=_die_with_parent)
+                                     stdin=stdin, env=full_env, preexec_fn=die_with_parent)
         self.p = self.proc          # the name broker_it.py uses
         Proc.ALL.append(self)
         self.ready = {}
