@@ -2698,7 +2698,10 @@ int llmq_broker_test(bool verbose)
     config.backend = "tcp://127.0.0.1:*";
     config.metrics = "127.0.0.1:0";
     config.heartbeat_ms = 100;
-    config.dead_ms = 1500;
+    //  The test's workers heartbeat only while the test waits on a socket
+    //  (s_t_expect): dead_ms must exceed any stall between two waits, also
+    //  under valgrind. The one death below waits for it with a deadline.
+    config.dead_ms = 5000;
     config.no_worker_wait_ms = 200;
     config.quiet = !verbose;
     zactor_t *broker = zactor_new(llmq_broker, &config);
@@ -2858,7 +2861,7 @@ int llmq_broker_test(bool verbose)
     s_t_alive.count = 0;
     s_t_alive.socks[s_t_alive.count++] = b;
     s_t_credit(b, 3);
-    T_CHECK((m = s_t_expect(b, LLMQ_MSG_REQ, 6000)));
+    T_CHECK((m = s_t_expect(b, LLMQ_MSG_REQ, 20000)));
     T_CHECK(s_t_body_is(m, "high") && llmq_msg_attempt(m) == 2);
     T_CHECK((m2 = s_t_expect(b, LLMQ_MSG_REQ, 5000)));
     T_CHECK(s_t_body_is(m2, "low") && llmq_msg_attempt(m2) == 2);

@@ -83,7 +83,7 @@ typedef struct {
     int attempt;          /* broker dispatch attempt (requeues) */
     int resends;          /* times this client resent it (reconnects) */
     char *worker;         /* worker that answered, or NULL */
-    bool cached;          /* answered from the broker's cache */
+    bool cached;          /* from a cache: not implemented yet */
     char *error_code;     /* protocol code ("rate_limited"), NULL if ok */
     char *error_message;  /* provider or broker message, never a secret */
     int error_status;     /* provider HTTP status, 0 if none */
@@ -105,7 +105,7 @@ typedef struct {
     int64_t deadline_ms;     /* relative deadline; 0: none */
     int64_t priority;        /* higher first */
     int max_attempts;        /* broker dispatch attempts; 0: broker default */
-    bool cache;              /* allow the broker's response cache */
+    bool cache;              /* allow a cache: not implemented yet */
     const char *trace;       /* W3C traceparent */
     llmq_chunk_fn *on_chunk; /* non-NULL: ask for a stream */
     void *chunk_arg;         /* argument for on_chunk */

@@ -19,4 +19,8 @@ fi
 
 cmake -S . -B "$dir" -DLLMQ_BUILD_TESTS=ON "${opts[@]}" >/dev/null
 cmake --build "$dir" -j"$(nproc)"
-ctest --test-dir "$dir" --output-on-failure -j"$(nproc)" --timeout 300
+rc=0
+ctest --test-dir "$dir" --output-on-failure -j"$(nproc)" --timeout 300 || rc=$?
+# Skips are visible with their reasons (a skip is never a pass).
+bash scripts/skipped.sh "$dir"
+exit $rc

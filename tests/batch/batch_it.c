@@ -684,8 +684,12 @@ int main(int argc, char *argv[])
     printf("cancel reached the provider (%.1f s)\n", (s_now() - t0) / 1000.0);
 
     s_rig_destroy(&s_rig);
+    //  The simulator stops cleanly on SIGTERM (a sanitizer report or a crash
+    //  at shutdown is a non-zero status).
     kill(sim, SIGTERM);
-    waitpid(sim, NULL, 0);
+    int status = 0;
+    CHECK(waitpid(sim, &status, 0) == sim);
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
     char cmd[400];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
     CHECK(system(cmd) == 0);

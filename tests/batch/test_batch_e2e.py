@@ -89,6 +89,12 @@ class Setup:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+# custom_id -> (model, messages) of every item written: each answer must be
+# the sim's answer to its own request ("sim-" + the hash of its canonical
+# text, sim/README.md), so a body given to the wrong item is caught.
+REQUESTS = {}
+
+
 def write_items(path, n, bad=(), tag="q", model=MODEL):
     """n OpenAI batch input lines; indexes in bad carry a permanent provider
     error (context length). Returns the custom_ids in order."""
@@ -103,6 +109,7 @@ def write_items(path, n, bad=(), tag="q", model=MODEL):
                                 "body": {"model": model, "max_tokens": 8,
                                          "messages": [{"role": "user", "content": text}]}}) + "\n")
             ids.append(cid)
+            REQUESTS[cid] = (model, [{"role": "user", "content": text}])
     return ids
 
 
@@ -124,8 +131,12 @@ def check_results(path, ids, bad=(), cancelled_ok=False):
             fail("%s failed: %r" % (r["custom_id"], r["error"]))
         else:
             check(r["response"]["status_code"] == 200, "%s: status" % r["custom_id"])
-            check(r["response"]["body"]["choices"][0]["message"]["content"].startswith("sim-"),
-                  "%s: not a sim answer" % r["custom_id"])
+            content = r["response"]["body"]["choices"][0]["message"]["content"]
+            check(content.startswith("sim-"), "%s: not a sim answer" % r["custom_id"])
+            if r["custom_id"] in REQUESTS:
+                want = "sim-" + cl.chat_hash(*REQUESTS[r["custom_id"]])
+                check(content.startswith(want), "%s answered with another item's body: %r, "
+                      "expected %r..." % (r["custom_id"], content[:40], want))
     return rows, errors
 
 

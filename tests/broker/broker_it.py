@@ -23,7 +23,12 @@ import urllib.request
 import msgpack
 import zmq
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
+import llmqtest  # noqa: E402
+from llmqtest import skip, wait_until  # noqa: E402
+
 BIN = os.environ.get("LLMQ_BIN_DIR", os.path.join(os.path.dirname(__file__), "../../build/bin"))
+llmqtest.BIN_DIR = BIN
 SELF = os.path.abspath(__file__)
 PY = "/usr/bin/python3"
 
@@ -38,43 +43,12 @@ def unpack(b):
 
 # ---------------------------------------------------------------- processes
 
-class Proc:
-    """A child process whose `ready` line we wait for."""
+class Proc(llmqtest.Proc):
+    """A child process whose `ready` line we wait for; stderr to a log that
+    is checked when it stops (exit 0, no sanitizer report: llmqtest.Proc)."""
 
     def __init__(self, argv, name, env=None, timeout=20):
-        self.name = name
-        self.p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=None,
-                                  env=env, text=True, bufsize=1)
-        self.ready = self._wait_ready(timeout)
-
-    def _wait_ready(self, timeout):
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            r, _, _ = select.select([self.p.stdout], [], [], 0.2)
-            if r:
-                line = self.p.stdout.readline()
-                if not line:
-                    break
-                if line.startswith("ready "):
-                    parts = line.split()
-                    return dict(x.split("=", 1) for x in parts[2:] if "=" in x)
-            if self.p.poll() is not None:
-                break
-        raise RuntimeError("%s did not become ready (rc=%s)" % (self.name, self.p.poll()))
-
-    def kill9(self):
-        self.p.send_signal(signal.SIGKILL)
-        self.p.wait()
-
-    def stop(self, sig=signal.SIGTERM, timeout=20):
-        if self.p.poll() is None:
-            self.p.send_signal(sig)
-            try:
-                self.p.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.p.kill()
-                self.p.wait()
-        return self.p.returncode
+        super().__init__(argv, name=name, env=env, timeout=timeout)
 
 
 def broker(*extra):
@@ -172,6 +146,8 @@ def worker_main(argv):
     ap.add_argument("--group", default=None)
     ap.add_argument("--rpm", type=int, default=0)
     a = ap.parse_args(argv)
+    # Stopped by the test with SIGTERM: a clean exit (code 0).
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     ctx = zmq.Context()
     s = ctx.socket(zmq.DEALER)
     s.setsockopt(zmq.IDENTITY, ("%s-%d" % (a.name, os.getpid())).encode())
@@ -270,6 +246,12 @@ def t_kill9():
     requeued = [h for h in answers.values() if h.get("attempt", 1) > 1]
     print("answered", len(answers), "requeued", len(requeued), count_by_worker(answers))
     assert len(answers) == 2000
+    # Each request the dead worker held was requeued and answered once: the
+    # broker's counter is the sum of the extra attempts of the answers (a
+    # worker wrongly declared dead on a stalled machine only adds to both).
+    st = status(c)
+    extra = sum(h.get("attempt", 1) - 1 for h in answers.values())
+    assert st["counters"]["requeued"] == extra, (st["counters"], extra)
     # Nothing more arrives: exactly once.
     try:
         h, _ = c.recv(timeout=1.5)
@@ -340,11 +322,44 @@ class RawWorker:
         self.s.setsockopt(zmq.LINGER, 0)
         self.s.connect(backend)
         self.name, self.pool = name, pool
+        self.last_sent = 0.0
         self.hello(models, capacity)
 
     def send(self, header, payload=None):
         header = dict({"v": 1}, **header)
         self.s.send_multipart([pack(header)] + ([payload] if payload is not None else []))
+        self.last_sent = time.monotonic()
+
+    def heartbeat(self):
+        """A heartbeat if nothing was sent for 200 ms: every wait of this
+        worker goes through here, so it stays alive while the test waits on
+        it (tests that are not about deaths also run the broker with a long
+        --dead-ms, for the waits on other sockets)."""
+        if time.monotonic() - self.last_sent >= 0.2:
+            self.send({"t": "hb", "healthy": True})
+
+    def poll(self, timeout):
+        """Poll for input up to timeout s, heartbeating meanwhile."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self.heartbeat()
+            left = deadline - time.monotonic()
+            if self.s.poll(int(max(0.0, min(left, 0.2)) * 1000)):
+                return True
+            if left <= 0:
+                return False
+
+    def expect(self, kind, timeout=10):
+        """The next message of type kind within timeout s (others, such as
+        the broker's heartbeats, are skipped but do not extend the wait)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if not self.poll(max(0.0, deadline - time.monotonic())):
+                raise TimeoutError("no %s within %s s" % (kind, timeout))
+            frames = self.s.recv_multipart()
+            h = unpack(frames[0])
+            if h["t"] == kind:
+                return h, (frames[1] if len(frames) > 1 else None)
 
     def hello(self, models, capacity):
         self.send({"t": "hello", "worker": self.name, "pool": self.pool, "provider": "echo",
@@ -356,8 +371,9 @@ class RawWorker:
         received meanwhile."""
         self.send({"t": "sync.probe"})
         reqs = []
+        deadline = time.monotonic() + 10
         while True:
-            if not self.s.poll(10000):
+            if not self.poll(max(0.0, deadline - time.monotonic())):
                 raise TimeoutError("no error for the sync probe")
             frames = self.s.recv_multipart()
             h = unpack(frames[0])
@@ -367,13 +383,7 @@ class RawWorker:
                 return reqs
 
     def expect_req(self, timeout=10):
-        while True:
-            if not self.s.poll(int(timeout * 1000)):
-                raise TimeoutError("no req")
-            frames = self.s.recv_multipart()
-            h = unpack(frames[0])
-            if h["t"] == "req":
-                return h, frames[1]
+        return self.expect("req", timeout)
 
     def answer(self, req):
         h, payload = req
@@ -395,7 +405,7 @@ def t_rehello():
     """A repeated hello from the same routing id (the same process) refreshes
     the worker's registration and resets its credit, but keeps its in-flight
     requests: nothing is requeued, credit never exceeds free capacity."""
-    b = broker("--quiet")
+    b = broker("--quiet", "--dead-ms", "600000")
     c = Client(b.ready["frontend"])
     w = RawWorker(b.ready["backend"], "rw", capacity=2)
     w.send({"t": "credit", "n": 2})
@@ -439,7 +449,7 @@ def t_rehello():
 def t_wildcard():
     """A worker announcing model "*" serves any model (in its pool); a model
     nobody serves still waits, then gets not_found."""
-    b = broker("--quiet", "--no-worker-wait-ms", "300")
+    b = broker("--quiet", "--dead-ms", "600000", "--no-worker-wait-ms", "300")
     c = Client(b.ready["frontend"])
     w = RawWorker(b.ready["backend"], "any", models=["*"], capacity=4, pool="p1")
     c.req("early", model="queued-first")       # lane exists before the worker
@@ -466,7 +476,7 @@ def t_wildcard():
 def t_unhealthy():
     """A worker whose heartbeat says healthy=false gets no new requests; its
     credit is kept and used once a heartbeat says healthy again."""
-    b = broker("--quiet")
+    b = broker("--quiet", "--dead-ms", "600000")
     c = Client(b.ready["frontend"])
     w = RawWorker(b.ready["backend"], "sick", capacity=2)
     w.send({"t": "credit", "n": 2})
@@ -487,6 +497,176 @@ def t_unhealthy():
         h, _ = c.recv()
         assert h["ok"], h
     w.close()
+    assert b.stop() == 0
+
+
+def content_of(payload):
+    """The client's text in a req payload (the request's own name here)."""
+    return unpack(payload)["messages"][0]["content"]
+
+
+def wait_status(client, what, pred, timeout=30):
+    """Poll the broker's status until pred(status) holds."""
+    return wait_until(what, lambda: (lambda st: st if pred(st) else None)(status(client)),
+                      timeout, 0.05)
+
+
+# The rules of broker/README.md ("Behaviour") and PROTOCOL.md section 3 for
+# requests whose worker dies or leaves. Deaths are a RawWorker that goes
+# silent (its socket closed); the broker is told --dead-ms 2000, and the
+# workers that stay alive heartbeat in every wait (RawWorker.poll).
+DEATH = ("--quiet", "--heartbeat-ms", "200", "--dead-ms", "2000", "--no-worker-wait-ms", "60000")
+
+
+def t_requeue_front():
+    """A dead worker's requests go back to the FRONT of their queue, with
+    attempt 2: before requests that were queued while it held them."""
+    b = broker(*DEATH)
+    c = Client(b.ready["frontend"])
+    doomed = RawWorker(b.ready["backend"], "doomed", capacity=2)
+    doomed.send({"t": "credit", "n": 2})
+    c.req("r1")
+    c.req("r2")
+    held = sorted(content_of(doomed.expect_req()[1]) for _ in range(2))
+    assert held == ["r1", "r2"], held
+    for i in range(3):
+        c.req("q%d" % i)
+    # (>= 3: on a machine stalled for --dead-ms the two may be back already)
+    wait_status(c, "three queued", lambda st: st["counters"]["queued"] >= 3)
+    doomed.close()          # silent from now on: dead after --dead-ms
+    wait_status(c, "the dead worker's two requests requeued",
+                lambda st: st["counters"]["requeued"] == 2)
+    heir = RawWorker(b.ready["backend"], "heir", capacity=1)
+    order = []
+    for _ in range(5):
+        heir.send({"t": "credit", "n": 1})
+        h, payload = heir.expect_req()
+        order.append((content_of(payload), h.get("attempt", 1)))
+        heir.answer((h, payload))
+    print("dispatch order after the death:", order)
+    assert sorted(order[:2]) == [("r1", 2), ("r2", 2)], order
+    assert order[2:] == [("q0", 1), ("q1", 1), ("q2", 1)], order
+    got = {}
+    for _ in range(5):
+        h, _ = c.recv()
+        got[h["id"]] = h
+    assert all(h["ok"] and h["worker"] == "heir" for h in got.values()), got
+    assert got["r1"]["attempt"] == 2 and got["q0"].get("attempt", 1) == 1, got
+    st = status(c)
+    assert st["counters"]["requeued"] == 2, st["counters"]
+    heir.close()
+    assert b.stop() == 0
+
+
+def t_max_attempts():
+    """max_attempts is enforced: a request whose worker dies on its last
+    attempt is answered `internal` (retryable), not requeued again; without
+    max_attempts a request gets 3 (PROTOCOL.md)."""
+    b = broker(*DEATH)
+    c = Client(b.ready["frontend"])
+    c.req("m", max_attempts=2)
+    c.req("d")                  # the default: 3 attempts
+    answers = {}
+    for attempt in (1, 2, 3):
+        # Each victim takes what is still pending, then dies holding it.
+        pending = 2 if attempt < 3 else 1
+        w = RawWorker(b.ready["backend"], "victim%d" % attempt, capacity=2)
+        w.send({"t": "credit", "n": 2})
+        got = {}
+        for _ in range(pending):
+            h, payload = w.expect_req(timeout=20)
+            got[content_of(payload)] = h.get("attempt", 1)
+        assert got == {k: attempt for k in ("m", "d") if k not in answers}, (attempt, got)
+        w.close()
+        if attempt >= 2:        # "m" fails after its 2nd death, "d" after its 3rd
+            h, _ = c.recv(timeout=20)
+            answers[h["id"]] = h
+    print("after the deaths:", answers)
+    for rid, n in (("m", 2), ("d", 3)):
+        h = answers[rid]
+        assert not h["ok"] and h["error"]["code"] == "internal" and h["error"]["retryable"], h
+        assert "attempt %d of %d" % (n, n) in h["error"]["message"], h
+    st = status(c)
+    assert st["counters"]["requeued"] == 1 + 2, st["counters"]
+    assert sum(q["depth"] for q in st["queues"]) == 0, st["queues"]
+    assert b.stop() == 0
+
+
+def t_backstop():
+    """A request still at a worker 5 s after its deadline is answered
+    deadline_exceeded by the broker, which sends the worker a cancel."""
+    b = broker("--quiet", "--dead-ms", "600000")
+    c = Client(b.ready["frontend"])
+    w = RawWorker(b.ready["backend"], "holder", capacity=1)
+    w.send({"t": "credit", "n": 1})
+    t0 = time.monotonic()
+    # (1.5 s: long enough to reach the worker even on a stalled machine)
+    c.req("late", deadline_ms=1500)
+    h, _ = w.expect_req()
+    bid = h["id"]
+    assert 0 < h.get("deadline_ms", 0) <= 1500, h
+    # The worker never answers; the broker's backstop answers the client
+    # (the worker heartbeats meanwhile, in w.expect below).
+    cancel, _ = w.expect("cancel", timeout=30)
+    assert cancel["id"] == bid, cancel
+    h, _ = c.recv(timeout=10)
+    elapsed = time.monotonic() - t0
+    print("backstop answered after %.1f s: %r" % (elapsed, h))
+    assert h["id"] == "late" and not h["ok"], h
+    assert h["error"]["code"] == "deadline_exceeded", h
+    assert elapsed >= 1.5 + 5.0 - 0.1, elapsed     # deadline + the broker's grace
+    # Its late answer is dropped; the slot is free again.
+    w.answer((h | {"id": bid}, pack({"late": True})))
+    w.send({"t": "credit", "n": 1})
+    c.req("next")
+    h, payload = w.expect_req()
+    w.answer((h, payload))
+    h, _ = c.recv()
+    assert h["id"] == "next" and h["ok"], h
+    st = status(c)
+    assert st["counters"]["expired"] == 1, st["counters"]
+    w.close()
+    assert b.stop() == 0
+
+
+def t_bye_inflight():
+    """`bye` with requests in flight: the worker gets nothing new, its
+    answers still reach the clients (attempt 1, nothing requeued), then the
+    broker forgets it."""
+    b = broker("--quiet", "--dead-ms", "600000", "--no-worker-wait-ms", "60000")
+    c = Client(b.ready["frontend"])
+    leaver = RawWorker(b.ready["backend"], "leaver", capacity=3)
+    leaver.send({"t": "credit", "n": 3})
+    c.req("i1")
+    c.req("i2")
+    held = [leaver.expect_req(), leaver.expect_req()]
+    leaver.send({"t": "bye"})
+    c.req("n1")
+    assert not leaver.sync(), "a req for a worker that said bye"
+    st = status(c)
+    me = [x for x in st["workers"] if x["name"] == "leaver"]
+    assert me and me[0]["in_flight"] == 2, st["workers"]
+    for r in held:
+        leaver.answer(r)
+    got = {}
+    for _ in range(2):
+        h, _ = c.recv()
+        got[h["id"]] = h
+    assert sorted(got) == ["i1", "i2"], got
+    assert all(h["ok"] and h["worker"] == "leaver" and h.get("attempt", 1) == 1
+               for h in got.values()), got
+    wait_status(c, "the leaver forgotten",
+                lambda st: not [x for x in st["workers"] if x["name"] == "leaver"])
+    assert status(c)["counters"]["requeued"] == 0
+    stayer = RawWorker(b.ready["backend"], "stayer", capacity=1)
+    stayer.send({"t": "credit", "n": 1})
+    h, payload = stayer.expect_req()
+    assert content_of(payload) == "n1", h
+    stayer.answer((h, payload))
+    h, _ = c.recv()
+    assert h["id"] == "n1" and h["ok"] and h["worker"] == "stayer", h
+    leaver.close()
+    stayer.close()
     assert b.stop() == 0
 
 
@@ -615,13 +795,15 @@ def t_metrics():
     """The metrics endpoint passes promtool check metrics."""
     promtool = "/usr/bin/promtool"
     if not os.access(promtool, os.X_OK):
-        print("SKIP: promtool not installed (Debian package prometheus; scripts/setup.sh)")
-        return
+        skip("promtool not installed (Debian package prometheus; scripts/setup.sh)")
     b = broker("--quiet", "--metrics", "127.0.0.1:0", "--no-worker-wait-ms", "100")
     assert "metrics" in b.ready, b.ready
     w = fake_worker(b.ready["backend"], "w", capacity=8)
     c = Client(b.ready["frontend"])
     run_load(c, 50, 8)
+    c.s.send(b"\xc1")          # a malformed message: a dropped_total series
+    h, _ = c.recv()
+    assert h["t"] == "error" and h["code"] == "bad_message", h
     c.req("nf", model='we"ird\\model\n')
     h, _ = c.recv()
     assert h["error"]["code"] == "not_found"
@@ -630,7 +812,8 @@ def t_metrics():
     for family in ("llmq_broker_requests_total", "llmq_broker_request_latency_seconds_bucket",
                    "llmq_broker_queue_depth", "llmq_broker_workers", "llmq_broker_in_flight",
                    "llmq_broker_requeues_total", "llmq_broker_dropped_total"):
-        assert family in text or family == "llmq_broker_dropped_total", family
+        assert family in text, family
+    assert 'llmq_broker_dropped_total{reason="bad_message"} 1' in text
     assert 'llmq_broker_requests_total{model="m",outcome="ok"} 50' in text
     r = subprocess.run([promtool, "check", "metrics"], input=text, text=True,
                        capture_output=True)
@@ -677,8 +860,7 @@ def t_sigterm():
 def t_real_echo():
     """Real llmq-worker processes with the echo provider."""
     if not have("llmq-worker"):
-        print("SKIP: llmq-worker not built")
-        return
+        skip("llmq-worker not built")
     b = broker("--quiet", "--heartbeat-ms", "200", "--dead-ms", "1500")
     ws = [Proc([os.path.join(BIN, "llmq-worker"), "--broker", b.ready["backend"],
                 "--provider", "echo", "--model", "m", "--capacity", str(cap),
@@ -711,8 +893,7 @@ def t_real_sim():
     """Real llmq-workers against llmq-sim over HTTP: load follows capacity,
     and a kill -9 mid-run loses nothing (each request answered once)."""
     if not (have("llmq-worker") and have("llmq-sim")):
-        print("SKIP: llmq-worker or llmq-sim not built")
-        return
+        skip("llmq-worker or llmq-sim not built")
     sim = Proc([os.path.join(BIN, "llmq-sim"), "--port", "0", "--latency-ms", "40"], "llmq-sim")
     b = broker("--quiet", "--heartbeat-ms", "200", "--dead-ms", "1500")
     env = dict(os.environ, OPENAI_API_KEY="sk-test-real-sim")
@@ -737,6 +918,14 @@ def t_real_sim():
     print("real sim:", counts, "errors", len(bad), "double_billed", stats.get("double_billed"))
     assert not bad, bad[:3]
     assert counts.get("s12", 0) > counts.get("s4", 0) > 0, counts
+    # At least once: only a requeued request can be billed twice, and the
+    # sim answered every request at most once more than the clients saw.
+    requeued = [h for h in answers.values() if h.get("attempt", 1) > 1]
+    st = status(c)
+    extra = sum(h.get("attempt", 1) - 1 for h in answers.values())
+    assert st["counters"]["requeued"] == extra, (st["counters"], extra)
+    assert stats["double_billed"] <= len(requeued), (stats, len(requeued))
+    assert stats["answered_ok"] == len(answers) + stats["double_billed"], stats
     try:
         h, _ = c.recv(timeout=1.0)
         raise AssertionError("extra message %r" % h)
@@ -749,11 +938,11 @@ def t_real_sim():
 
 
 def t_limit_group():
-    """Two real workers in one limit group stay within llmq-sim's --rpm."""
+    """Two real workers in one limit group share llmq-sim's --rpm: no 429,
+    and n requests take at least (n - the members' bursts) / rate."""
     if not (have("llmq-worker") and have("llmq-sim")):
-        print("SKIP: llmq-worker or llmq-sim not built")
-        return
-    rpm = 240
+        skip("llmq-worker or llmq-sim not built")
+    rpm, n = 600, 50
     sim = Proc([os.path.join(BIN, "llmq-sim"), "--port", "0", "--rpm", str(rpm)], "llmq-sim")
     b = broker("--quiet")
     env = dict(os.environ, OPENAI_API_KEY="sk-test-limit-group")
@@ -764,24 +953,27 @@ def t_limit_group():
           for i in range(2)]
     c = Client(b.ready["frontend"])
     # Both workers joined and each got half of the key's rpm from the broker.
-    while True:
-        c.send({"v": 1, "t": "status"})
-        h, p = c.recv()
-        shares = [w.get("limits", {}).get("rpm") for w in p["workers"]]
-        if len(shares) == 2 and shares == [rpm // 2, rpm // 2]:
-            break
-    # Together they start at most rpm a minute (plus the limiter's burst):
-    # 60 requests in one window must not provoke a single 429.
-    answers = run_load(c, 60, 60, model="sim-model", timeout=100)
+    shares = wait_status(c, "both shares", lambda st: [
+        w.get("limits", {}).get("rpm") for w in st["workers"]] == [rpm // 2, rpm // 2])
+    shares = [w["limits"]["rpm"] for w in shares["workers"]]
+    # Each member's bucket holds 1 s of its share (--burst-ms 1000): 5 + 5
+    # at once, then 10 a second together. Without the group's shares (or
+    # without the limiter) the 50 take far less than the bound.
+    bursts = 2 * (rpm // 2) / 60.0
+    bound = (n - bursts) / (rpm / 60.0)
+    t0 = time.monotonic()
+    answers = run_load(c, n, n, model="sim-model", timeout=100)
+    elapsed = time.monotonic() - t0
     ok = sum(1 for h in answers.values() if h["ok"])
     stats = json.loads(urllib.request.urlopen(sim.ready["url"] + "/_stats", timeout=5).read())
-    print("limit group: shares", shares, "ok", ok, "sim stats",
-          {k: stats.get(k) for k in ("rate_limited_429", "double_billed")})
+    print("limit group: shares", shares, "ok", ok, "in %.2f s (lower bound %.2f s)" % (elapsed, bound),
+          "sim stats", {k: stats.get(k) for k in ("rate_limited_429", "double_billed")})
     assert stats.get("rate_limited_429", 0) == 0, stats
-    assert ok == 60, [h for h in answers.values() if not h["ok"]][:3]
+    assert ok == n, [h for h in answers.values() if not h["ok"]][:3]
+    assert elapsed >= bound - 0.05, "not limited: %.2f s < %.2f s" % (elapsed, bound)
     for w in ws:
         w.stop()
-    b.stop()
+    assert b.stop() == 0
     sim.stop()
 
 
@@ -790,6 +982,8 @@ CASES = {
     "priority_deadline": t_priority_deadline, "cancel": t_cancel,
     "rehello": t_rehello, "wildcard": t_wildcard, "unhealthy": t_unhealthy,
     "overload": t_overload, "stream": t_stream, "malformed": t_malformed, "metrics": t_metrics,
+    "requeue_front": t_requeue_front, "max_attempts": t_max_attempts, "backstop": t_backstop,
+    "bye_inflight": t_bye_inflight,
     "sigterm": t_sigterm, "real_echo": t_real_echo, "real_sim": t_real_sim, "limit_group": t_limit_group,
 }
 
@@ -802,11 +996,18 @@ def main():
         return 2
     # Children die with us whatever happens.
     os.setpgrp()
+    ok = False
     try:
         CASES[sys.argv[2]]()
+        # Every process still running stops on SIGTERM with exit 0 and a
+        # log free of sanitizer reports.
+        llmqtest.finish()
+        ok = True
     finally:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        os.killpg(0, signal.SIGTERM)
+        if not ok:
+            llmqtest._stop_all_quietly()
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            os.killpg(0, signal.SIGTERM)
     print("PASS", sys.argv[2])
     return 0
 

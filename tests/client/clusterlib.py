@@ -5,11 +5,8 @@ Runs on /usr/bin/python3 (python3-zmq, python3-msgpack)."""
 import http.client
 import json
 import os
-import select
 import signal
-import subprocess
 import sys
-import time
 import urllib.parse
 
 BIN_DIR = os.environ.get("LLMQ_BIN_DIR", "build/bin")
@@ -17,13 +14,14 @@ SOURCE_DIR = os.environ.get("LLMQ_SOURCE_DIR",
                             os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
 sys.path.insert(0, os.path.join(SOURCE_DIR, "bindings", "python"))
 import llmq  # noqa: E402  (the Python client, used to watch the broker)
+sys.path.insert(0, os.path.join(SOURCE_DIR, "tests", "lib"))
+import llmqtest  # noqa: E402
 
 MODEL = "sim-model"
 VERBOSE = bool(os.environ.get("LLMQ_TEST_VERBOSE"))
 
 
-def bin_path(name):
-    return os.path.join(BIN_DIR, name)
+bin_path = llmqtest.bin_path
 
 
 def fnv1a64(data):
@@ -42,80 +40,25 @@ def chat_hash(model, messages):
     return "%016x" % fnv1a64(text.encode())
 
 
-def fail(message):
-    print("FAIL: " + message, file=sys.stderr)
-    sys.exit(1)
+fail = llmqtest.fail
+check = llmqtest.check
+wait_until = llmqtest.wait_until
 
 
-def check(cond, message):
-    if not cond:
-        fail(message)
-
-
-def wait_until(what, predicate, timeout=30.0, interval=0.05):
-    """Poll predicate until it returns a true value or the deadline passes.
-    The interval is the poll period of a readiness check, not a guess at
-    how long something takes: the deadline is the only timing."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            fail("timed out waiting for " + what)
-        select.select([], [], [], interval)
-
-
-class Proc:
-    """A child process that prints `ready <name> k=v ...` on stdout."""
+class Proc(llmqtest.Proc):
+    """A child process that prints `ready <name> k=v ...` on stdout; its
+    stderr goes to a log that is checked when it stops (llmqtest.Proc)."""
 
     def __init__(self, argv, env=None, timeout=20.0):
-        self.argv = argv
-        stderr = None if VERBOSE else subprocess.DEVNULL
-        full_env = dict(os.environ)
-        full_env.update(env or {})
-        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=stderr, env=full_env,
-                                     preexec_fn=_die_with_parent)
-        line = self._readline(timeout)
-        if not line.startswith("ready "):
-            self.kill()
-            fail("no ready line from %s: %r" % (argv[0], line))
-        self.ready = dict(kv.split("=", 1) for kv in line.split()[2:] if "=" in kv)
-
-    def _readline(self, timeout):
-        deadline = time.monotonic() + timeout
-        buf = b""
-        fd = self.proc.stdout.fileno()
-        while not buf.endswith(b"\n"):
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            r, _, _ = select.select([fd], [], [], left)
-            if not r:
-                break
-            ch = os.read(fd, 1)
-            if not ch:
-                break
-            buf += ch
-        return buf.decode(errors="replace").strip()
+        super().__init__(argv, env=env, timeout=timeout)
 
     def kill(self, sig=signal.SIGKILL):
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-
-def _die_with_parent():
-    # Children never outlive the test, even if it is killed (PR_SET_PDEATHSIG).
-    try:
-        import ctypes
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
-    except Exception:
-        pass
+        """SIGKILL: a crash on purpose. SIGTERM: a clean stop, checked
+        (exit 0, no sanitizer report)."""
+        if sig == signal.SIGKILL:
+            self.kill9()
+        else:
+            self.stop(sig)
 
 
 class Sim(Proc):
@@ -239,23 +182,7 @@ class Cluster:
             p.kill(signal.SIGTERM)
 
 
-def run_llmq(args, timeout=120, env=None):
-    """Run the llmq CLI; returns (rc, stdout, stderr)."""
-    full_env = dict(os.environ)
-    full_env.pop("LLMQ_ENDPOINT", None)
-    full_env.update(env or {})
-    # Under ASan/UBSan a report must not pass for exit code 1 ("some lines
-    # failed"): give sanitizer failures their own code and look for reports.
-    full_env["ASAN_OPTIONS"] = full_env.get("ASAN_OPTIONS", "") + ":exitcode=86"
-    p = subprocess.run([bin_path("llmq"), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                       timeout=timeout, env=full_env)
-    stderr = p.stderr.decode(errors="replace")
-    check(p.returncode != 86 and "Sanitizer" not in stderr and "runtime error:" not in stderr,
-          "sanitizer report from llmq %s:\n%s" % (" ".join(args), stderr[-3000:]))
-    # Every exit path destroys its sockets: CZMQ reports any left open.
-    check("dangling" not in stderr,
-          "dangling socket reported by llmq %s:\n%s" % (" ".join(args), stderr[-3000:]))
-    return p.returncode, p.stdout.decode(errors="replace"), stderr
+run_llmq = llmqtest.run_llmq
 
 
 def read_jsonl(path):

@@ -5,6 +5,7 @@ broker, chat streaming, and the embedded local cluster: `llmq run` with no
 broker starts llmq-broker, workers and llmq-sim, labels the results as
 simulated, and leaves no child behind, also when it is interrupted."""
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import tempfile
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from clusterlib import (MODEL, Cluster, bin_path, chat_hash, check, read_jsonl, run_llmq,  # noqa
                         verify_output, wait_until, write_input)
+from llmqtest import die_with_parent, sanitizer_report, skip  # noqa
 import llmq  # noqa
 
 
@@ -111,15 +113,40 @@ def main():
     finally:
         small.close()
 
-    # The embedded cluster: no --broker, nothing at the default endpoint
-    # (skipped if something answers there: that broker would be used).
+    embedded_in_netns()
+    print("client.cli: ok")
+
+
+def embedded_in_netns():
+    """The embedded-cluster half in a network namespace of its own (unshare
+    -rn): there no broker can answer at the default endpoint (127.0.0.1:5555),
+    whatever runs on this machine. Without namespaces, in this namespace if
+    no broker answers there; else the test is skipped (exit 77)."""
+    me = os.path.abspath(__file__)
+    unshare = shutil.which("unshare")
+    if unshare:
+        r = subprocess.run([unshare, "-rn", "sh", "-c", "ip link set lo up && echo netns-ok"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        if r.returncode == 0 and b"netns-ok" in r.stdout:
+            r = subprocess.run([unshare, "-rn", "sh", "-c",
+                                'ip link set lo up && exec "$0" "$1" --embedded',
+                                sys.executable, me], timeout=110)
+            check(r.returncode == 0, "embedded-cluster half failed (exit %d)" % r.returncode)
+            return
     probe = llmq.Client(llmq.DEFAULT_ENDPOINT)
     default_taken = probe.ping(timeout=0.3) is not None
     probe.close()
     if default_taken:
-        print("client.cli: a broker answers at %s; embedded cluster checks skipped"
-              % llmq.DEFAULT_ENDPOINT)
-        return
+        skip("no network namespaces here (unshare -rn) and a broker answers at %s: the "
+             "embedded-cluster half of client.cli cannot run" % llmq.DEFAULT_ENDPOINT)
+    embedded()
+
+
+def embedded():
+    """`llmq run` with no --broker and nothing at the default endpoint."""
+    tmp = tempfile.mkdtemp(prefix="llmq-client-cli-embedded-")
+    inp = os.path.join(tmp, "in.jsonl")
+    expect = write_input(inp, 40, fault_every=(0, 0))
     env = {"OPENAI_API_KEY": "", "LLMQ_BIN_DIR": os.path.dirname(bin_path("llmq"))}
     out_path = os.path.join(tmp, "embedded.jsonl")
     rc, out, err = run_llmq(["run", inp, "-o", out_path, "--workers", "2"], env=env)
@@ -166,7 +193,7 @@ def main():
     p = subprocess.Popen([bin_path("llmq"), "run", big, "-o", out_path, "--workers", "1",
                           "--capacity", "2", "--sim-latency-ms", "20"],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         env=dict(os.environ, **env))
+                         env=dict(os.environ, **env), preexec_fn=die_with_parent)
     def lines_done():
         try:
             with open(out_path, "rb") as f:
@@ -177,13 +204,18 @@ def main():
     p.send_signal(signal.SIGTERM)
     out, err = p.communicate(timeout=30)
     check(p.returncode == 130, "interrupted run: rc %d %r" % (p.returncode, err[-300:]))
+    report = sanitizer_report(err.decode(errors="replace"))
+    check(not report, "sanitizer report from the interrupted llmq run: %s" % report)
     endpoint, name = embedded_endpoint(err.decode())
     check(endpoint and name and gone(endpoint, name), "embedded broker survived SIGTERM")
     with open(out_path, "rb") as f:
         data = f.read()
     check(data.endswith(b"\n") and data.count(b"\n") >= 10, "interrupted OUT not whole lines")
-    print("client.cli: ok")
+    print("client.cli: embedded cluster ok")
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:] == ["--embedded"]:
+        embedded()
+    else:
+        main()

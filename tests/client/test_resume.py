@@ -11,8 +11,10 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from clusterlib import Cluster, bin_path, check, run_llmq, verify_output, wait_until, write_input  # noqa
+from clusterlib import (Cluster, bin_path, check, read_jsonl, run_llmq, verify_output,  # noqa
+                        wait_until, write_input)
 import json  # noqa
+from llmqtest import die_with_parent  # noqa
 
 N = 1500
 
@@ -40,7 +42,8 @@ def main():
     try:
         args = [bin_path("llmq"), "run", inp, "-o", out, "--broker", cluster.broker.frontend,
                 "--model", "sim-model", "--concurrency", "16", "--quiet"]
-        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                preexec_fn=die_with_parent)
         wait_until("300 finished lines", lambda: len(complete_lines(out)) >= 300, 60)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
@@ -54,6 +57,16 @@ def main():
         lost = before["answered_ok"] - ok_in_out
         check(0 <= lost <= 16, "answered but not recorded: %d (window 16)" % lost)
         check(before["double_billed"] == 0, "double billed before the rerun: %r" % before)
+
+        # A kill can leave a partial last line (a write cut short): add one,
+        # for a line that is not done. The rerun drops it and runs that line.
+        partial_id = next(cid for cid in expect if cid not in first)
+        with open(out, "rb") as f:
+            data = f.read()
+        data = data[:data.rfind(b"\n") + 1]
+        with open(out, "wb") as f:
+            f.write(data + b'{"id": "batch_req_x", "custom_id": "%s", "response": {"status_'
+                    % partial_id.encode())
 
         rc, stdout, stderr = run_llmq(["run", inp, "-o", out, "--broker", cluster.broker.frontend,
                                        "--model", "sim-model", "--concurrency", "16"])
@@ -69,6 +82,57 @@ def main():
         check(after["answered_ok"] - before["answered_ok"] == ok_total - ok_in_out,
               "rerun answered %d ok, expected %d" % (after["answered_ok"] - before["answered_ok"],
                                                     ok_total - ok_in_out))
+        check(partial_id in {r["custom_id"] for r in read_jsonl(out)}, "partial line rerun")
+
+        # --retry-failed: the error lines (and only those) run again; they
+        # fail again ([[sim:fail=400]]), every other line is kept.
+        failed = counts["fail"]
+        check(failed > 0, "the input has permanent failures")
+        rc, stdout, stderr = run_llmq(["run", inp, "-o", out, "--broker", cluster.broker.frontend,
+                                       "--model", "sim-model", "--concurrency", "16",
+                                       "--retry-failed"])
+        check(rc == 1, "--retry-failed exit code %d; %s" % (rc, stderr))
+        check("%d already done" % (N - failed) in stdout, "--retry-failed summary: %s" % stdout)
+        again = cluster.sim.stats()
+
+        def chat_400(st):
+            return st["requests"].get("/v1/chat/completions", {}).get("400", 0)
+        sent = sum(sum(v for k, v in by.items()) for by in again["requests"].values()
+                   if by) - sum(sum(v for k, v in by.items()) for by in after["requests"].values()
+                                if by)
+        check(chat_400(again) - chat_400(after) == failed and again["answered_ok"] ==
+              after["answered_ok"], "--retry-failed: %d more 400s, %d more ok, expected %d and 0"
+              % (chat_400(again) - chat_400(after), again["answered_ok"] - after["answered_ok"],
+                 failed))
+        print("--retry-failed: %d requests reached the sim (stats calls included)" % sent)
+        check(verify_output(out, expect) == counts, "output after --retry-failed")
+
+        # A kill during a resume that dropped a partial line leaves whole,
+        # valid lines: the partial line is cut away before the first append
+        # (else it glues itself to the next line, which then parses as
+        # nothing and is lost).
+        with open(out, "rb") as f:
+            lines = f.read().split(b"\n")
+        keep = N // 3
+        with open(out, "wb") as f:
+            f.write(b"\n".join(lines[:keep]) + b'\n{"id": "batch_req_y", "custom_id": "req-0')
+        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                preexec_fn=die_with_parent)
+        wait_until("%d finished lines" % (keep + 50),
+                   lambda: len(complete_lines(out)) >= keep + 50, 60)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        with open(out, "rb") as f:
+            whole = f.read().split(b"\n")[:-1]
+        for i, line in enumerate(whole):
+            try:
+                json.loads(line)
+            except ValueError:
+                check(False, "line %d of OUT after a killed resume is not JSON: %r" % (i, line[:120]))
+        rc, stdout, stderr = run_llmq(["run", inp, "-o", out, "--broker", cluster.broker.frontend,
+                                       "--model", "sim-model", "--concurrency", "16"])
+        check(rc == 1, "final rerun exit code %d; %s" % (rc, stderr))
+        check(verify_output(out, expect) == counts, "output after the second kill")
         print("client.resume: killed after %d lines, %d lost in flight, rerun completed %r"
               % (len(first), lost, counts))
     finally:

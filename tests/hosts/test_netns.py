@@ -234,7 +234,7 @@ class Run:
             "--concurrency", "64", "--broker", frontend or site.frontend,
             "--curve-cert", site.key("client_secret"), "--broker-key", site.key("broker")]),
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-            preexec_fn=cl._die_with_parent)
+            preexec_fn=cl.llmqtest.die_with_parent)
         self.thread = threading.Thread(target=self._sample, daemon=True)
         self.thread.start()
 
@@ -351,7 +351,7 @@ def phase_insecure(site):
                                      "--frontend", "tcp://%s:*" % addr("b"),
                                      "--backend", "tcp://127.0.0.1:*"]),
                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                         preexec_fn=cl._die_with_parent)
+                         preexec_fn=cl.llmqtest.die_with_parent)
     lines = []
     try:
         deadline = time.monotonic() + 20

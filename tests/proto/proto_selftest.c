@@ -26,9 +26,17 @@ int main(int argc, char **argv)
 {
     bool verbose = false;
     int selected = 0, failed = 0;
-    for (int k = 1; k < argc; k++)
-        if (strcmp(argv[k], "-v") == 0)
+    for (int k = 1; k < argc; k++) {
+        bool known = strcmp(argv[k], "-v") == 0;
+        if (known)
             verbose = true;
+        for (size_t t = 0; t < sizeof s_tests / sizeof s_tests[0]; t++)
+            known = known || strcmp(argv[k], s_tests[t].name) == 0;
+        if (!known) {
+            fprintf(stderr, "proto_selftest: unknown test '%s'\n", argv[k]);
+            return 2;
+        }
+    }
     for (size_t t = 0; t < sizeof s_tests / sizeof s_tests[0]; t++) {
         bool run = true;
         int names = 0;

@@ -4,10 +4,12 @@ import http.client
 import json
 import os
 import select
-import subprocess
 import sys
 import time
 import urllib.parse
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
+import llmqtest  # noqa: E402
 
 BIN = os.path.join(os.environ.get("LLMQ_BIN_DIR", "build/bin"), "llmq-sim")
 KEY = "sk-test-key"
@@ -34,33 +36,18 @@ def chat_hash(model, messages, system=None):
     return "%016x" % fnv1a64(text.encode())
 
 
-class Sim:
+class Sim(llmqtest.Proc):
+    """The real llmq-sim (llmqtest.Proc: stderr to a log, checked at close:
+    exit 0 on SIGTERM and no sanitizer report)."""
+
     def __init__(self, *flags, timeout=10):
-        self.proc = subprocess.Popen([BIN, "--port", "0", "--quiet", *flags],
-                                     stdout=subprocess.PIPE, stderr=sys.stderr)
-        line = self._readline(timeout)
-        if not line.startswith("ready llmq-sim url="):
-            raise RuntimeError("no ready line from llmq-sim: %r" % line)
-        self.url = line.split("url=", 1)[1].strip()
+        super().__init__([BIN, "--port", "0", "--quiet", *flags], name="llmq-sim",
+                         timeout=timeout)
+        if not self.ready_line.startswith("ready llmq-sim url="):
+            raise RuntimeError("no ready line from llmq-sim: %r" % self.ready_line)
+        self.url = self.ready["url"]
         u = urllib.parse.urlparse(self.url)
         self.host, self.port = u.hostname, u.port
-
-    def _readline(self, timeout):
-        deadline = time.monotonic() + timeout
-        buf = b""
-        fd = self.proc.stdout.fileno()
-        while not buf.endswith(b"\n"):
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            r, _, _ = select.select([fd], [], [], left)
-            if not r:
-                break
-            ch = os.read(fd, 1)
-            if not ch:
-                break
-            buf += ch
-        return buf.decode()
 
     def conn(self, timeout=10):
         return http.client.HTTPConnection(self.host, self.port, timeout=timeout)
@@ -98,17 +85,7 @@ class Sim:
         return self.json("POST", "/_reset", auth=False)[2]
 
     def close(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                rc = self.proc.wait(timeout=20)
-                # a clean shutdown also means no sanitizer report (leaks, UB)
-                check(rc == 0, "llmq-sim exited with %d on SIGTERM" % rc)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-                check(False, "llmq-sim did not stop on SIGTERM")
-        self.proc.stdout.close()
+        self.stop(timeout=20)
 
     def __enter__(self):
         return self

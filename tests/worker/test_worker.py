@@ -9,6 +9,7 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from wharness import Harness, Sim, check, content, read_line  # noqa: E402
+import llmqtest  # noqa: E402  (tests/lib, on the path through wharness)
 
 FAST = ["--retry-base-ms", "20", "--retry-cap-ms", "100"]
 
@@ -151,39 +152,102 @@ def faults():
                          "--breaker-failures", "100"], t_faults)
 
 
+# The limiter's bucket holds --burst-ms (default 1000) of the rate: at rpm R
+# a fresh worker may start R/60 requests at once, then R/60 a second. So n
+# requests take at least (n - burst) / rate, however fast the machine: a
+# lower bound on the elapsed time proves the limiting (a slow machine can
+# only make it longer). The counts are several times the burst, so without
+# the limiter the bound fails by far (the sim answers in milliseconds).
+RATE_RPM = 600          # 10 a second, burst 10
+RATE_N = 50             # >= (50 - 10) / 10 = 4 s
+
+
 def t_rpm(sim, h):
-    check(h.hello["limits"]["rpm"] == 120, "hello announces the key's rpm")
-    n = 12
-    for i in range(n):
+    import time
+    check(h.hello["limits"]["rpm"] == RATE_RPM, "hello announces the key's rpm")
+    t0 = time.monotonic()
+    for i in range(RATE_N):
         h.req("r%d" % i, {"messages": [{"role": "user", "content": "n %d" % i}], "max_tokens": 4},
               timeout=30)
-    for i in range(n):
+    for i in range(RATE_N):
         hd, _ = h.result("r%d" % i)
         check(hd["ok"] and hd["attempts"] == 1, "rpm request ok: %r" % (hd,))
+    elapsed = time.monotonic() - t0
+    burst = RATE_RPM * 1000 / 60000
+    bound = (RATE_N - burst) / (RATE_RPM / 60.0)
+    print("worker.rpm: %d requests at %d rpm in %.2f s (lower bound %.2f s)"
+          % (RATE_N, RATE_RPM, elapsed, bound))
+    check(elapsed >= bound - 0.05, "%d requests at %d rpm took %.2f s < %.2f s: not limited"
+          % (RATE_N, RATE_RPM, elapsed, bound))
     st = sim.stats()
     check(st["rate_limited_429"] == 0, "no 429 from the sim: %r" % st)
     # every credit was backed by the limiter: never more than its burst + 1 s
-    check(max(m[0]["n"] for m in h.received if m[0]["t"] == "credit") <= 4,
+    check(max(m[0]["n"] for m in h.received if m[0]["t"] == "credit") <= 2 * burst + 1,
           "credit follows the limiter")
 
 
+TPM = 12000             # 200 tokens a second, burst 200
+
+
 def t_tpm(sim, h):
-    # ~30 tokens per request (prompt ~10 + max_tokens 20) at 6,000 tokens/min
-    # (100/s): 20 requests take several seconds and must never trip the sim
-    for i in range(20):
+    # Each request costs at least its max_tokens (the limiter's estimate is
+    # prompt chars / 4 + max_tokens; the real usage corrects it, so count
+    # min(usage, max_tokens)): n requests need sum - burst tokens of refill,
+    # all but the last before it starts.
+    import time
+    n, max_tokens = 40, 20
+    t0 = time.monotonic()
+    for i in range(n):
         h.req("t%d" % i, {"messages": [{"role": "user", "content": "tokens please, number %d" % i}],
-                          "max_tokens": 20}, timeout=30)
-    for i in range(20):
+                          "max_tokens": max_tokens}, timeout=30)
+    charged = []
+    for i in range(n):
         hd, _ = h.result("t%d" % i)
         check(hd["ok"] and hd["attempts"] == 1, "tpm request ok: %r" % (hd,))
+        charged.append(min(hd["usage"]["total_tokens"], max_tokens))
+    elapsed = time.monotonic() - t0
+    burst = TPM * 1000 / 60000
+    bound = (sum(sorted(charged)[:-1]) - burst) / (TPM / 60.0)
+    print("worker.tpm: %d requests (%d tokens) at %d tpm in %.2f s (lower bound %.2f s)"
+          % (n, sum(charged), TPM, elapsed, bound))
+    check(bound > 2.0, "the tpm test no longer exceeds the burst: bound %.2f s" % bound)
+    check(elapsed >= bound - 0.05, "%d requests at %d tpm took %.2f s < %.2f s: not limited"
+          % (n, TPM, elapsed, bound))
     st = sim.stats()
     check(st["rate_limited_429"] == 0, "no 429 from the sim: %r" % st)
 
 
 def rpm():
-    # 120 rpm = 2/s: 12 requests take about 5 s and must never trip the sim
-    with_sim(["--rpm", "120"], ["--rpm", "120"], t_rpm)
-    with_sim(["--tpm", "6000"], ["--tpm", "6000"], t_tpm)
+    with_sim(["--rpm", str(RATE_RPM)], ["--rpm", str(RATE_RPM)], t_rpm)
+    with_sim(["--tpm", str(TPM)], ["--tpm", str(TPM)], t_tpm)
+
+
+def t_capacity(sim, h):
+    """A req beyond the worker's capacity (the broker never sends one) is
+    answered `overloaded` (retryable) at once; the ones within are served."""
+    cap = h.hello["capacity"]
+    h.wait(lambda: h.credit >= cap, 10, "full credit")
+    for i in range(cap + 2):     # credit ignored on purpose for the last two
+        h.send("req", {"messages": [{"role": "user", "content": "slow %d [[sim:delay_ms=1500]]" % i}],
+                       "max_tokens": 4}, id="c%d" % i, op="chat", model="sim-small", attempt=1)
+    for i in (cap, cap + 1):
+        hd, _ = h.result("c%d" % i, timeout=10)
+        check(not hd["ok"] and hd["error"]["code"] == "overloaded" and hd["error"]["retryable"],
+              "req past capacity: %r" % (hd,))
+    for i in range(cap):
+        hd, _ = h.result("c%d" % i, timeout=30)
+        check(hd["ok"], "req within capacity: %r" % (hd,))
+    # At once, not after a slot freed: in the order the worker sent them
+    # (h.received keeps it, however late this process reads), the refusals
+    # come before the first held answer.
+    order = [m[0]["id"] for m in h.received if m[0]["t"] == "res"]
+    first_held = min(order.index("c%d" % i) for i in range(cap))
+    check(order.index("c%d" % cap) < first_held and order.index("c%d" % (cap + 1)) < first_held,
+          "overloaded answered only after a held request finished: %r" % order)
+
+
+def capacity():
+    with_sim([], ["--capacity", "3"], t_capacity)
 
 
 def t_breaker(sim, h):
@@ -526,25 +590,20 @@ def broker():
     from wharness import BIN_DIR
     sim = Sim()
     key = "sk-llmq-BROKER-TEST-91c0ffee"
-    procs, logs = [], []
+    procs = []
     try:
-        br = subprocess.Popen([os.path.join(BIN_DIR, "llmq-broker"), "--frontend", "tcp://127.0.0.1:*",
-                               "--backend", "tcp://127.0.0.1:*"],
-                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        # llmqtest.Proc: stderr to a log, exit 0 and no sanitizer report
+        # checked when stopped.
+        br = llmqtest.Proc([os.path.join(BIN_DIR, "llmq-broker"), "--frontend", "tcp://127.0.0.1:*",
+                            "--backend", "tcp://127.0.0.1:*"], name="llmq-broker")
         procs.append(br)
-        line = read_line(br, 10)
-        check(line and line.startswith("ready llmq-broker"), "broker ready: %r" % line)
-        fields = dict(kv.split("=", 1) for kv in line.split()[2:])
+        fields = br.ready
         for i in range(2):
-            log = tempfile.NamedTemporaryFile(prefix="llmq-worker-b-", delete=False)
-            logs.append(log)
-            w = subprocess.Popen([os.path.join(BIN_DIR, "llmq-worker"), "--broker", fields["backend"],
-                                  "--provider", "openai", "--base-url", sim.base, "--model", "sim-small",
-                                  "--limit-group", "g", "--rpm", "6000", "--verbose"] + FAST,
-                                 stdout=subprocess.PIPE, stderr=log,
-                                 env=dict(os.environ, OPENAI_API_KEY=key))
+            w = llmqtest.Proc([os.path.join(BIN_DIR, "llmq-worker"), "--broker", fields["backend"],
+                               "--provider", "openai", "--base-url", sim.base, "--model", "sim-small",
+                               "--limit-group", "g", "--rpm", "6000", "--verbose"] + FAST,
+                              name="llmq-worker", env={"OPENAI_API_KEY": key})
             procs.append(w)
-            check((read_line(w, 20) or "").startswith("ready llmq-worker"), "worker ready")
         ctx = zmq.Context.instance()
         c = ctx.socket(zmq.DEALER)
         c.linger = 0
@@ -588,30 +647,24 @@ def broker():
         check(out["f500"]["res"][0]["ok"] and out["f500"]["res"][0]["attempts"] == 3, "retried in the worker")
         e = out["f400"]["res"][0]["error"]
         check(e["code"] == "invalid_request" and e["status"] == 400, "400 through the broker: %r" % e)
-        for w in procs[1:]:
-            w.terminate()
-            check(w.wait(timeout=20) == 0, "worker exit 0")
         everything = repr(out)
-        for log in logs:
-            log.flush()
-            everything += open(log.name, errors="replace").read()
+        for w in procs[1:]:
+            everything += w.stderr()
+            w.stop(timeout=20)
+        everything += br.stderr()
+        br.stop(timeout=20)
         check("limits from broker: rpm 3000" in everything, "group share applied")
         check(key not in everything, "the API key leaked")
         c.close()
     finally:
         for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-            p.stdout.close()
-        for log in logs:
-            log.close()
-            os.unlink(log.name)
+            if p.running():
+                p.kill9()
         sim.close()
 
 
 GROUPS = {"broker": broker, "batchapi": batchapi, "load": load, "success": success, "stream": stream, "faults": faults, "rpm": rpm,
-          "circuit": breaker, "secrets": secrets, "drain": drain, "anthropic": anthropic,
+          "circuit": breaker, "capacity": capacity, "secrets": secrets, "drain": drain, "anthropic": anthropic,
           "cli": cli, "reconnect": reconnect}
 
 if __name__ == "__main__":

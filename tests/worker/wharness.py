@@ -16,6 +16,9 @@ import urllib.request
 import msgpack
 import zmq
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
+import llmqtest  # noqa: E402
+
 BIN_DIR = os.environ.get("LLMQ_BIN_DIR", "build/bin")
 SIM = os.path.join(BIN_DIR, "llmq-sim")
 WORKER = os.path.join(BIN_DIR, "llmq-worker")
@@ -45,15 +48,16 @@ def read_line(proc, timeout):
     return buf.decode()
 
 
-class Sim:
-    """The real llmq-sim on an ephemeral port."""
+class Sim(llmqtest.Proc):
+    """The real llmq-sim on an ephemeral port (llmqtest.Proc: stderr to a
+    log, checked at close: exit 0 on SIGTERM, no sanitizer report)."""
 
     def __init__(self, *flags, port=0):
-        self.proc = subprocess.Popen([SIM, "--port", str(port), "--quiet", *flags],
-                                     stdout=subprocess.PIPE, stderr=sys.stderr)
-        line = read_line(self.proc, 10)
-        check(line and line.startswith("ready llmq-sim url="), "no ready line from llmq-sim: %r" % line)
-        self.url = line.split("url=", 1)[1].strip()
+        super().__init__([SIM, "--port", str(port), "--quiet", *flags], name="llmq-sim",
+                         timeout=10)
+        check(self.ready_line.startswith("ready llmq-sim url="),
+              "no ready line from llmq-sim: %r" % self.ready_line)
+        self.url = self.ready["url"]
         self.base = self.url + "/v1"
         self.port = int(self.url.rsplit(":", 1)[1])
 
@@ -62,14 +66,7 @@ class Sim:
             return json.loads(r.read())
 
     def close(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc.stdout.close()
+        self.stop(timeout=20)
 
 
 class Harness:
@@ -199,13 +196,18 @@ class Harness:
         return self.proc.returncode
 
     def close(self):
+        """Kill the worker if still running (a test that failed), and fail
+        on any sanitizer report in its log."""
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
         self.proc.stdout.close()
         self.router.close()
+        report = llmqtest.sanitizer_report(self.stderr())
+        text = self.stderr()
         self.log.close()
         os.unlink(self.log.name)
+        check(not report, "sanitizer report from llmq-worker: %s\n%s" % (report, text[-6000:]))
 
 
 def content(payload):
