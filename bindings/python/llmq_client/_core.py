@@ -233,12 +233,20 @@ class Core:
         self.send_req(req)
         return req
 
-    def send_req(self, req: Req) -> None:
+    def send_req(self, req: Req, resend: bool = False) -> None:
         h = req.header
-        if "deadline_ms" in h:
+        if "deadline_ms" in h or resend:
             h = dict(h)
+        if "deadline_ms" in h:
             left = h["deadline_ms"] - int((time.monotonic() - req.sent) * 1000)
             h["deadline_ms"] = max(1, left)
+        if resend:
+            # PROTOCOL.md 3.3: a resend is marked, so a broker that restarted
+            # can attach it to the worker that still holds it; a stream says
+            # which chunks it has seen.
+            h["resend"] = True
+            if req.stream and req.seq >= 0:
+                h["seq"] = req.seq
         self.send(h, req.payload)
 
     def cancel(self, request_id: str) -> None:
@@ -368,6 +376,6 @@ class Core:
         for req in self.pending.values():
             req.resends += 1
             self.resent += 1
-            self.send_req(req)
+            self.send_req(req, resend=True)
         self.send({"t": "ping"})
         self.last_ping = now

@@ -12,7 +12,7 @@ import zmq.asyncio
 
 from . import _batch
 from ._core import Core, Header, Messages, Req, chat_body, decode
-from .errors import LlmqError, Timeout, Unavailable, error_from
+from .errors import Cancelled, LlmqError, Timeout, Unavailable, error_from
 from .types import BatchResult, BatchStatus, Pong, Result
 
 _DEFAULT: Any = object()
@@ -149,7 +149,7 @@ class AsyncClient:
                 await fut
             except asyncio.CancelledError:
                 self.cancel(req.id)
-                self._core.finish(req, None, None)
+                self._core.finish(req, None, Cancelled("call cancelled", request_id=req.id))
                 raise
         return req.outcome()
 
@@ -353,7 +353,8 @@ class AsyncStream:
         finally:
             if not req.done:
                 self._client.cancel(req.id)
-                self._client._core.finish(req, None, None)
+                self._client._core.finish(req, None, Cancelled("stream abandoned",
+                                                               request_id=req.id))
 
 
 class AsyncBatches:

@@ -10,7 +10,7 @@ import zmq
 
 from . import _batch
 from ._core import Core, Header, Messages, Req, chat_body
-from .errors import LlmqError, Unavailable, error_from
+from .errors import Cancelled, LlmqError, Unavailable, error_from
 from .types import BatchResult, BatchStatus, Pong, Result
 
 _DEFAULT: Any = object()
@@ -282,15 +282,20 @@ class Stream:
                 self._client._pump(1.0)
             self.result = req.outcome()
         finally:
-            if not req.done:
-                self._client.cancel(req.id)
+            self._abandon()
+
+    def _abandon(self) -> None:
+        req = self._req
+        if not req.done:
+            self._client.cancel(req.id)
+            self._client._core.finish(req, None, Cancelled("stream abandoned",
+                                                           request_id=req.id))
 
     def __enter__(self) -> "Stream":
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if not self._req.done:
-            self._client.cancel(self._req.id)
+        self._abandon()
 
 
 class Batches:
