@@ -170,7 +170,7 @@ class Client {
     for (const req of this.pending.values()) {
       req.resends++;
       this.resent++;
-      this._sendReq(req);
+      this._sendReq(req, true);
     }
     this._send({ t: "ping" });
   }
@@ -201,9 +201,15 @@ class Client {
     return req;
   }
 
-  _sendReq(req) {
+  _sendReq(req, resend = false) {
     let h = req.header;
     if (h.deadline_ms != null) h = { ...h, deadline_ms: Math.max(1, h.deadline_ms - (Date.now() - req.sent)) };
+    if (resend) {
+      // PROTOCOL.md 3.3: a resend is marked, so a restarted broker can attach it to the
+      // worker that still holds it; a stream says which chunks it has seen.
+      h = { ...h, resend: true };
+      if (req.stream && req.seq >= 0) h.seq = req.seq;
+    }
     this._send(h, req.payload);
   }
 
