@@ -25,6 +25,8 @@
       until they leave or die.
 */
 #include "llmq_broker.h"
+#include "llmq_auth.h"
+#include "llmq_curve.h"
 #include "llmq_metrics.h"
 #include "llmq_queue.h"
 #include "llmq_value.h"
@@ -167,6 +169,8 @@ struct _llmq_broker_core_t {
     char *backend_ep;
     char *error;             //  Startup failure, NULL if fine
     llmq_metrics_t *metrics; //  Registry and scrape listener
+    llmq_auth_t *auth;       //  CURVE gatekeeper, NULL without keys
+    zcert_t *cert;           //  The broker's CURVE keypair, or NULL
     zhashx_t *clients;       //  key -> s_client_t
     zhashx_t *workers;       //  key -> s_worker_t
     zhashx_t *lanes;         //  key -> s_lane_t
@@ -1949,10 +1953,78 @@ static void s_metrics_define(llmq_metrics_t *m)
     llmq_metrics_add(m, "llmq_broker_received_total", NULL, 0);
     llmq_metrics_add(m, "llmq_broker_requeues_total", NULL, 0);
     llmq_metrics_add(m, "llmq_broker_worker_deaths_total", NULL, 0);
+    llmq_metrics_define(m, "llmq_broker_auth_denied_total", LLMQ_METRIC_COUNTER,
+                        "Peers refused by CURVE (unknown key, no CURVE, "
+                        "wrong broker key)",
+                        NULL, 0);
 }
 
 //  --------------------------------------------------------------------------
 //  Life cycle.
+
+//  Is a bound endpoint reachable only from this host?
+static bool s_loopback(const char *endpoint)
+{
+    if (strncmp(endpoint, "tcp://", 6) != 0)
+        return true; //  ipc://, inproc://
+    const char *host = endpoint + 6;
+    return strncmp(host, "127.", 4) == 0 ||
+           strncmp(host, "localhost:", 10) == 0 ||
+           strncmp(host, "[::1]", 5) == 0;
+}
+
+//  Without CURVE, one warning for the sockets others can reach.
+static void s_warn_insecure(s_broker_t *self)
+{
+    if (self->auth || !self->frontend_ep || !self->backend_ep)
+        return;
+    bool front = !s_loopback(self->frontend_ep);
+    bool back = !s_loopback(self->backend_ep);
+    if (!front && !back)
+        return;
+    char endpoints[600];
+    snprintf(endpoints, sizeof(endpoints), "%s%s%s",
+             front ? self->frontend_ep : "", front && back ? "," : "",
+             back ? self->backend_ep : "");
+    s_log(self, "warning", "insecure_bind", "endpoints", endpoints, "hint",
+          "no CURVE: anyone who reaches these can use them (--curve-cert)",
+          s_END);
+}
+
+//  A refused peer: counted always, logged the first time.
+static void s_auth_denied(llmq_auth_side_t side, const char *reason,
+                          const char *peer, bool first, void *arg)
+{
+    s_broker_t *self = (s_broker_t *)arg;
+    const char *socket = side == LLMQ_AUTH_FRONTEND ? "frontend" : "backend";
+    const char *labels[] = {"socket", socket, "reason", reason, NULL};
+    llmq_metrics_add(self->metrics, "llmq_broker_auth_denied_total", labels, 1);
+    if (first)
+        s_log(self, "warning", "auth_denied", "socket", socket, "reason",
+              reason, "peer", peer, s_END);
+}
+
+//  CURVE on: load the keypair and start the ZAP handler. Sets self->error.
+static void s_auth_start(s_broker_t *self, const llmq_broker_config_t *config)
+{
+    bool any = (config->curve_cert && *config->curve_cert) ||
+               (config->client_keys && *config->client_keys) ||
+               (config->worker_keys && *config->worker_keys);
+    if (!any)
+        return;
+    char err[512] = "";
+    self->cert = llmq_curve_cert_load(config->curve_cert, err, sizeof(err));
+    if (self->cert)
+        self->auth = llmq_auth_new(config->client_keys, config->worker_keys,
+                                   err, sizeof(err));
+    if (!self->auth) {
+        self->error = zsys_sprintf("CURVE: %s (the broker needs --curve-cert, "
+                                   "--client-keys and --worker-keys)",
+                                   err);
+        return;
+    }
+    llmq_auth_set_denied(self->auth, s_auth_denied, self);
+}
 
 static zsock_t *s_bind(s_broker_t *self, const char *endpoint, bool frontend,
                        char **bound)
@@ -1971,6 +2043,14 @@ static zsock_t *s_bind(s_broker_t *self, const char *endpoint, bool frontend,
     zsock_set_rcvtimeo(sock, 0);
     if (frontend)
         zsock_set_router_handover(sock, 1);
+    if (self->auth &&
+        llmq_auth_server_apply(self->auth, sock, self->cert,
+                               frontend ? LLMQ_AUTH_FRONTEND
+                                        : LLMQ_AUTH_BACKEND) != 0) {
+        self->error = zsys_sprintf("cannot set up CURVE on %s", endpoint);
+        zsock_destroy(&sock);
+        return NULL;
+    }
     if (zsock_bind(sock, "%s", endpoint) == -1) {
         self->error = zsys_sprintf("cannot bind %s: %s", endpoint,
                                    zmq_strerror(zmq_errno()));
@@ -1995,6 +2075,9 @@ static s_broker_t *s_broker_new(zsock_t *pipe,
     self->config.frontend = NULL;
     self->config.backend = NULL;
     self->config.metrics = NULL;
+    self->config.curve_cert = NULL;
+    self->config.client_keys = NULL;
+    self->config.worker_keys = NULL;
     self->config.name = self->name;
     self->started_at = zclock_mono();
     self->clients = zhashx_new();
@@ -2018,9 +2101,11 @@ static s_broker_t *s_broker_new(zsock_t *pipe,
     s_metrics_define(self->metrics);
     llmq_metrics_set_collect(self->metrics, s_collect, self);
 
-    self->frontend = s_bind(
-        self, config->frontend ? config->frontend : "tcp://127.0.0.1:5555",
-        true, &self->frontend_ep);
+    s_auth_start(self, config);
+    if (!self->error)
+        self->frontend = s_bind(
+            self, config->frontend ? config->frontend : "tcp://127.0.0.1:5555",
+            true, &self->frontend_ep);
     if (self->frontend)
         self->backend = s_bind(
             self, config->backend ? config->backend : "tcp://127.0.0.1:5556",
@@ -2039,9 +2124,11 @@ static s_broker_t *s_broker_new(zsock_t *pipe,
     }
     self->next_heartbeat = self->started_at + self->config.heartbeat_ms;
     if (!self->error)
+        s_warn_insecure(self);
+    if (!self->error)
         s_log(self, "info", "start", "frontend", self->frontend_ep, "backend",
               self->backend_ep, "metrics", llmq_metrics_url(self->metrics),
-              s_END);
+              "curve", self->auth ? "on" : "off", s_END);
     return self;
 }
 
@@ -2089,6 +2176,8 @@ static void s_broker_destroy(s_broker_t **self_p)
     llmq_metrics_destroy(&self->metrics);
     zsock_destroy(&self->frontend);
     zsock_destroy(&self->backend);
+    llmq_auth_destroy(&self->auth);
+    zcert_destroy(&self->cert);
     free(self->frontend_ep);
     free(self->backend_ep);
     free(self->error);
@@ -2180,6 +2269,9 @@ void llmq_broker(zsock_t *pipe, void *args)
             items[n++] = (zmq_pollitem_t){zsock_resolve(self->frontend), 0,
                                           ZMQ_POLLIN, 0};
         }
+        size_t first_auth = n;
+        if (!self->error && self->auth)
+            n += llmq_auth_poll_items(self->auth, items + n, MAX_ITEMS - n);
         size_t first_metric = n;
         if (!self->error)
             n += llmq_metrics_poll_items(self->metrics, items + n,
@@ -2202,6 +2294,9 @@ void llmq_broker(zsock_t *pipe, void *args)
                 s_drain_socket(self, self->backend, false);
             if (items[2].revents & ZMQ_POLLIN)
                 s_drain_socket(self, self->frontend, true);
+            if (self->auth)
+                llmq_auth_service(self->auth, items + first_auth,
+                                  first_metric - first_auth);
             now = zclock_mono();
             llmq_metrics_service(self->metrics, items + first_metric,
                                  n - first_metric, now);

@@ -106,6 +106,9 @@ typedef struct {
     bool quiet;            //  No event logs at all (benchmarks)
     bool verbose;          //  Log every message (debugging)
     const llmq_broker_module_t *module; //  Batch plug-in, NULL = none
+    const char *curve_cert;  //  CURVE: the broker's secret cert, NULL = off
+    const char *client_keys; //  Directory of allowed client public certs
+    const char *worker_keys; //  Directory of allowed worker public certs
 } llmq_broker_config_t;
 
 /*  Fill a config with the defaults above. */

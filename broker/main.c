@@ -79,6 +79,17 @@ static void s_usage(FILE *out)
             "expired are\n"
             "                          reported as errors instead of rerun in "
             "realtime\n"
+            "  --curve-cert PATH       CURVE on: the broker's secret "
+            "certificate (from\n"
+            "                          `llmq keygen`; env LLMQ_CURVE_CERT)\n"
+            "  --client-keys DIR       public certificates of allowed clients "
+            "(env\n"
+            "                          LLMQ_CLIENT_KEYS; re-read when it "
+            "changes)\n"
+            "  --worker-keys DIR       public certificates of allowed workers "
+            "(env\n"
+            "                          LLMQ_WORKER_KEYS; re-read when it "
+            "changes)\n"
             "  --json-logs             log events as JSON lines on stderr\n"
             "  --quiet                 no event logs\n"
             "  --verbose               log every message (debugging)\n"
@@ -109,6 +120,9 @@ int main(int argc, char *argv[])
     const char *batch_db = "llmq-batches.db";
     llmq_batch_module_arg_t barg;
     llmq_batch_module_arg_defaults(&barg, batch_db);
+    config.curve_cert = getenv("LLMQ_CURVE_CERT");
+    config.client_keys = getenv("LLMQ_CLIENT_KEYS");
+    config.worker_keys = getenv("LLMQ_WORKER_KEYS");
     enum {
         O_FRONTEND = 1,
         O_BACKEND,
@@ -130,7 +144,10 @@ int main(int argc, char *argv[])
         O_BTASK,
         O_BGRACE,
         O_BPRICE,
-        O_BNORESUB
+        O_BNORESUB,
+        O_CERT,
+        O_CKEYS,
+        O_WKEYS
     };
     static const struct option options[] = {
         {"frontend", required_argument, NULL, O_FRONTEND},
@@ -149,6 +166,9 @@ int main(int argc, char *argv[])
         {"batch-submit-grace-ms", required_argument, NULL, O_BGRACE},
         {"batch-provider-price", required_argument, NULL, O_BPRICE},
         {"batch-no-resubmit", no_argument, NULL, O_BNORESUB},
+        {"curve-cert", required_argument, NULL, O_CERT},
+        {"client-keys", required_argument, NULL, O_CKEYS},
+        {"worker-keys", required_argument, NULL, O_WKEYS},
         {"json-logs", no_argument, NULL, O_JSON},
         {"quiet", no_argument, NULL, O_QUIET},
         {"verbose", no_argument, NULL, O_VERBOSE},
@@ -223,6 +243,15 @@ int main(int argc, char *argv[])
         }
         case O_BNORESUB:
             barg.config.resubmit_failed = false;
+            break;
+        case O_CERT:
+            config.curve_cert = optarg;
+            break;
+        case O_CKEYS:
+            config.client_keys = optarg;
+            break;
+        case O_WKEYS:
+            config.worker_keys = optarg;
             break;
         case O_JSON:
             config.json_logs = true;

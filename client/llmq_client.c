@@ -24,6 +24,7 @@
     exactly one result. Slow answers are not failures.
 */
 #include "llmq_client.h"
+#include "llmq_curve.h"
 #include "llmq_msg.h"
 #include "llmq_value.h"
 
@@ -82,6 +83,8 @@ struct _llmq_client_t {
     cJSON *status;             /* last status reply, or NULL */
     zlist_t *batch_in;         /* batch.* replies awaiting a batch call */
     char batch_error[600];     /* last batch call failure */
+    zcert_t *cert;             /* CURVE keypair, or NULL */
+    char server_key[LLMQ_CURVE_KEY_LEN + 1]; /* broker's public key (Z85) */
 };
 
 static int s_pump(llmq_client_t *self, int timeout_ms);
@@ -131,6 +134,8 @@ static zsock_t *s_socket_new(llmq_client_t *self)
     zsock_set_sndhwm(sock, 100000);
     zsock_set_rcvhwm(sock, 100000);
     zsock_set_sndtimeo(sock, 1000);
+    if (self->cert)
+        llmq_curve_client_apply(sock, self->cert, self->server_key);
     if (zsock_connect(sock, "%s", self->endpoint) != 0) {
         zsock_destroy(&sock);
         return NULL;
@@ -169,6 +174,37 @@ static void s_socket_close(llmq_client_t *self)
 
 llmq_client_t *llmq_client_new(const char *endpoint)
 {
+    return llmq_client_new_with(endpoint, NULL, NULL, 0);
+}
+
+//  Load the CURVE keys of options into self. Returns 0 or -1 (err set).
+static int s_curve_load(llmq_client_t *self,
+                        const llmq_client_options_t *options, char *err,
+                        size_t size)
+{
+    if (!options)
+        return 0;
+    int wanted =
+        llmq_curve_wanted(options->curve_cert, options->broker_key, err, size);
+    if (wanted <= 0)
+        return wanted;
+    if (llmq_curve_key_resolve(options->broker_key, self->server_key, err,
+                               size) != 0)
+        return -1;
+    self->cert = llmq_curve_cert_load(options->curve_cert, err, size);
+    return self->cert ? 0 : -1;
+}
+
+llmq_client_t *llmq_client_new_with(const char *endpoint,
+                                    const llmq_client_options_t *options,
+                                    char *err, size_t err_size)
+{
+    char scratch[16];
+    if (!err) {
+        err = scratch;
+        err_size = sizeof(scratch);
+    }
+    *err = 0;
     llmq_client_t *self = (llmq_client_t *)calloc(1, sizeof(*self));
     if (!self)
         return NULL;
@@ -185,6 +221,11 @@ llmq_client_t *llmq_client_new(const char *endpoint)
     self->pending = zhashx_new();
     self->ready = zlistx_new();
     if (!self->endpoint || !self->order || !self->pending || !self->ready) {
+        snprintf(err, err_size, "out of memory");
+        llmq_client_destroy(&self);
+        return NULL;
+    }
+    if (s_curve_load(self, options, err, err_size) != 0) {
         llmq_client_destroy(&self);
         return NULL;
     }
@@ -195,6 +236,7 @@ llmq_client_t *llmq_client_new(const char *endpoint)
     self->heartbeat_ms = LLMQ_CLIENT_HEARTBEAT_MS;
     self->sock = s_socket_new(self);
     if (!self->sock) {
+        snprintf(err, err_size, "bad endpoint '%s'", self->endpoint);
         llmq_client_destroy(&self);
         return NULL;
     }
@@ -221,6 +263,7 @@ void llmq_client_destroy(llmq_client_t **self_p)
         zlist_destroy(&self->batch_in);
         free(self->pong_version);
         free(self->endpoint);
+        zcert_destroy(&self->cert);
         free(self);
         *self_p = NULL;
     }

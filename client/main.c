@@ -55,29 +55,31 @@ static void s_install_signals(void)
 
 /*  Options shared by the commands. */
 typedef struct {
-    const char *broker;   /* --broker, or NULL */
-    const char *model;    /* --model, or NULL */
-    const char *config;   /* --config, or NULL */
-    const char *provider; /* --provider for the embedded cluster */
-    const char *base_url; /* --base-url for the embedded cluster */
-    const char *output;   /* run: -o */
-    int workers;          /* embedded cluster workers */
-    int capacity;         /* embedded cluster per-worker capacity */
-    int sim_latency_ms;   /* embedded llmq-sim latency */
-    int concurrency;      /* run: window */
-    int max_attempts;     /* broker dispatch attempts */
-    int64_t deadline_ms;  /* per-request deadline */
-    int timeout_ms;       /* broker liveness */
-    int give_up_s;        /* fail when the broker is silent this long */
-    bool quiet;           /* no progress bar, no summary */
-    bool retry_failed;    /* run: redo error lines of OUT */
-    bool verbose;         /* log more, children's stderr through */
-    bool json;            /* status: raw JSON */
-    bool no_stream;       /* chat: wait for the whole answer */
-    const char *system;   /* chat: system prompt */
-    int max_tokens;       /* chat: max_tokens */
-    const char *mode;     /* batch, run: auto | realtime | provider */
-    bool detach;          /* batch submit: print the id and leave */
+    const char *broker;     /* --broker, or NULL */
+    const char *model;      /* --model, or NULL */
+    const char *config;     /* --config, or NULL */
+    const char *provider;   /* --provider for the embedded cluster */
+    const char *base_url;   /* --base-url for the embedded cluster */
+    const char *output;     /* run: -o */
+    int workers;            /* embedded cluster workers */
+    int capacity;           /* embedded cluster per-worker capacity */
+    int sim_latency_ms;     /* embedded llmq-sim latency */
+    int concurrency;        /* run: window */
+    int max_attempts;       /* broker dispatch attempts */
+    int64_t deadline_ms;    /* per-request deadline */
+    int timeout_ms;         /* broker liveness */
+    int give_up_s;          /* fail when the broker is silent this long */
+    bool quiet;             /* no progress bar, no summary */
+    bool retry_failed;      /* run: redo error lines of OUT */
+    bool verbose;           /* log more, children's stderr through */
+    bool json;              /* status: raw JSON */
+    bool no_stream;         /* chat: wait for the whole answer */
+    const char *system;     /* chat: system prompt */
+    int max_tokens;         /* chat: max_tokens */
+    const char *mode;       /* batch, run: auto | realtime | provider */
+    bool detach;            /* batch submit: print the id and leave */
+    const char *curve_cert; /* CURVE: own secret certificate */
+    const char *broker_key; /* CURVE: the broker's public key or cert */
 } s_opts_t;
 
 enum {
@@ -103,6 +105,8 @@ enum {
     OPT_MAX_TOKENS,
     OPT_MODE,
     OPT_DETACH,
+    OPT_CURVE_CERT,
+    OPT_BROKER_KEY,
     OPT_HELP
 };
 
@@ -130,6 +134,8 @@ static const struct option s_long_options[] = {
     {"max-tokens", required_argument, NULL, OPT_MAX_TOKENS},
     {"mode", required_argument, NULL, OPT_MODE},
     {"detach", no_argument, NULL, OPT_DETACH},
+    {"curve-cert", required_argument, NULL, OPT_CURVE_CERT},
+    {"broker-key", required_argument, NULL, OPT_BROKER_KEY},
     {"help", no_argument, NULL, OPT_HELP},
     {NULL, 0, NULL, 0}};
 
@@ -143,6 +149,8 @@ static const char *s_usage_main =
     "  status                      workers, queues and counters of a broker\n"
     "  batch submit|status|results|cancel|list   durable broker-side batches\n"
     "  ping                        check that a broker answers\n"
+    "  keygen NAME                 write a CURVE keypair: NAME (public) and "
+    "NAME_secret\n"
     "\n"
     "Options: llmq <command> --help.  llmq --version prints the version.\n"
     "With no --broker (and no LLMQ_ENDPOINT), run and chat use the broker "
@@ -152,6 +160,12 @@ static const char *s_usage_main =
     "\n"
     "Exit codes: 0 ok; 1 some lines/requests failed; 2 usage or config error;\n"
     "3 broker unreachable or other fatal error; 130 interrupted.\n";
+
+#define S_USAGE_CURVE                                                          \
+    "  --curve-cert PATH    CURVE: this client's secret certificate (env\n"    \
+    "                       LLMQ_CURVE_CERT; made by `llmq keygen NAME`)\n"    \
+    "  --broker-key KEY     CURVE: the broker's public key, Z85 text or its\n" \
+    "                       public certificate file (env LLMQ_BROKER_KEY)\n"
 
 static const char *s_usage_cluster =
     "Broker and embedded cluster:\n"
@@ -172,7 +186,8 @@ static const char *s_usage_cluster =
     "(provider,\n"
     "                       base_url, models, limits, pricing; see "
     "examples/llmq.yaml)\n"
-    "  --sim-latency-ms N   embedded llmq-sim latency (default 50)\n"
+    "  --sim-latency-ms N   embedded llmq-sim latency (default "
+    "50)\n" S_USAGE_CURVE
     "  --timeout MS         broker liveness: reconnect and resend after MS of\n"
     "                       silence (default 3000)\n"
     "  --verbose            log reconnects; children's logs to stderr\n"
@@ -258,7 +273,7 @@ static void s_help(const char *command)
             "  -o, --output OUT     results file\n"
             "  --json               status: one JSON line\n"
             "  --broker EP          broker frontend (default $LLMQ_ENDPOINT, "
-            "else %s)\n"
+            "else %s)\n" S_USAGE_CURVE
             "  --quiet              no progress display\n"
             "  --help               this help\n\n"
             "Exit codes: 0 ok; 1 some items failed (or the batch was "
@@ -275,20 +290,21 @@ static void s_help(const char *command)
                "  --no-stream          wait for the whole answer\n\n%s",
                s_usage_cluster);
     } else if (streq(command, "status")) {
-        printf("usage: llmq status [--broker EP] [--json]\n\n"
-               "Prints the broker's workers, queues and counters as tables.\n"
-               "  --broker EP          broker frontend (default %s)\n"
-               "  --json               print the raw status JSON\n"
-               "  --help               this help\n",
-               LLMQ_DEFAULT_ENDPOINT);
+        printf(
+            "usage: llmq status [--broker EP] [--json]\n\n"
+            "Prints the broker's workers, queues and counters as tables.\n"
+            "  --broker EP          broker frontend (default %s)\n"
+            "  --json               print the raw status JSON\n" S_USAGE_CURVE
+            "  --help               this help\n",
+            LLMQ_DEFAULT_ENDPOINT);
     } else if (streq(command, "ping")) {
         printf(
             "usage: llmq ping [--broker EP] [--timeout MS]\n\n"
             "Pings the broker; prints its name, version and the round trip.\n"
             "Exit 0 if it answered, 3 if not.\n"
             "  --broker EP          broker frontend (default %s)\n"
-            "  --timeout MS         how long to wait (default 3000)\n"
-            "  --help               this help\n",
+            "  --timeout MS         how long to wait (default "
+            "3000)\n" S_USAGE_CURVE "  --help               this help\n",
             LLMQ_DEFAULT_ENDPOINT);
     }
 }
@@ -343,6 +359,12 @@ static int s_parse(const char *command, int argc, char **argv, s_opts_t *opts,
             break;
         case OPT_DETACH:
             opts->detach = true;
+            break;
+        case OPT_CURVE_CERT:
+            opts->curve_cert = optarg;
+            break;
+        case OPT_BROKER_KEY:
+            opts->broker_key = optarg;
             break;
         case OPT_QUIET:
         case 'q':
@@ -450,6 +472,35 @@ static void s_learn_from_status(s_conn_t *conn)
     cJSON_Delete(status);
 }
 
+/*  A client of endpoint with the CURVE keys of opts (or none: curve
+    false, for the embedded cluster). NULL when the endpoint or the keys
+    are bad (reason printed). */
+static llmq_client_t *s_client_new(const s_opts_t *opts, const char *endpoint,
+                                   bool curve)
+{
+    llmq_client_options_t copts = {0};
+    if (curve) {
+        copts.curve_cert = opts->curve_cert;
+        copts.broker_key = opts->broker_key;
+    }
+    char err[512] = "";
+    llmq_client_t *client =
+        llmq_client_new_with(endpoint, &copts, err, sizeof(err));
+    if (!client)
+        fprintf(stderr, "llmq: %s\n", err);
+    return client;
+}
+
+/*  What to say when a broker stays silent: with CURVE, a refused key
+    looks exactly like that. */
+static const char *s_silence_hint(const s_opts_t *opts)
+{
+    return opts->curve_cert && *opts->curve_cert
+               ? " (with CURVE: check --broker-key, and that the broker "
+                 "allows this client's key)"
+               : "";
+}
+
 /*  Returns 0 or an exit code. allow_cluster: start one if no broker;
     models: the models the input names, for the cluster's workers. */
 static int s_connect(const s_opts_t *opts, s_conn_t *conn, bool allow_cluster,
@@ -460,7 +511,7 @@ static int s_connect(const s_opts_t *opts, s_conn_t *conn, bool allow_cluster,
         endpoint = getenv("LLMQ_ENDPOINT");
     if (!endpoint) {
         //  Is a broker already listening at the default address?
-        llmq_client_t *probe = llmq_client_new(LLMQ_DEFAULT_ENDPOINT);
+        llmq_client_t *probe = s_client_new(opts, LLMQ_DEFAULT_ENDPOINT, true);
         if (probe && llmq_client_ping(probe, 300, NULL) >= 0)
             endpoint = LLMQ_DEFAULT_ENDPOINT;
         llmq_client_destroy(&probe);
@@ -502,11 +553,9 @@ static int s_connect(const s_opts_t *opts, s_conn_t *conn, bool allow_cluster,
                     conn->simulated ? " (llmq-sim, SIMULATED results)" : "",
                     conn->model, (int)getpid());
     }
-    conn->client = llmq_client_new(endpoint);
-    if (!conn->client) {
-        fprintf(stderr, "llmq: bad broker endpoint '%s'\n", endpoint);
+    conn->client = s_client_new(opts, endpoint, !conn->cluster);
+    if (!conn->client)
         return EXIT_USAGE;
-    }
     llmq_client_set_verbose(conn->client, opts->verbose);
     if (opts->timeout_ms > 0)
         llmq_client_set_timeout(conn->client, opts->timeout_ms);
@@ -514,8 +563,8 @@ static int s_connect(const s_opts_t *opts, s_conn_t *conn, bool allow_cluster,
     if (llmq_client_ping(conn->client, wait, NULL) < 0) {
         if (s_interrupted)
             return EXIT_INTERRUPTED;
-        fprintf(stderr, "llmq: broker %s does not answer (waited %d ms)\n",
-                endpoint, wait);
+        fprintf(stderr, "llmq: broker %s does not answer (waited %d ms)%s\n",
+                endpoint, wait, s_silence_hint(opts));
         return EXIT_FATAL;
     }
     if (!conn->cluster)
@@ -1085,17 +1134,16 @@ static int s_cmd_ping(s_opts_t *opts)
     const char *endpoint = opts->broker              ? opts->broker
                            : getenv("LLMQ_ENDPOINT") ? getenv("LLMQ_ENDPOINT")
                                                      : LLMQ_DEFAULT_ENDPOINT;
-    llmq_client_t *client = llmq_client_new(endpoint);
-    if (!client) {
-        fprintf(stderr, "llmq ping: bad endpoint '%s'\n", endpoint);
+    llmq_client_t *client = s_client_new(opts, endpoint, true);
+    if (!client)
         return EXIT_USAGE;
-    }
     char *version = NULL;
     int ms = llmq_client_ping(
         client, opts->timeout_ms > 0 ? opts->timeout_ms : 3000, &version);
     llmq_client_destroy(&client);
     if (ms < 0) {
-        fprintf(stderr, "llmq ping: no answer from %s\n", endpoint);
+        fprintf(stderr, "llmq ping: no answer from %s%s\n", endpoint,
+                s_silence_hint(opts));
         return s_interrupted ? EXIT_INTERRUPTED : EXIT_FATAL;
     }
     printf("pong from %s (%s) in %d ms\n", endpoint, version ? version : "?",
@@ -1454,6 +1502,34 @@ static int s_cmd_batch(s_opts_t *opts, int argc, char **argv)
     return rc;
 }
 
+//  --------------------------------------------------------------------------
+//  llmq keygen NAME
+
+static int s_cmd_keygen(int argc, char **argv)
+{
+    if (argc == 1 && (streq(argv[0], "--help") || streq(argv[0], "-h"))) {
+        printf("usage: llmq keygen NAME\n\nWrites a CURVE keypair in CZMQ's "
+               "certificate format: NAME (public,\nto give to the broker's "
+               "--client-keys or --worker-keys directory, or as\n"
+               "--broker-key) and NAME_secret (mode 0600, for --curve-cert). "
+               "Never\noverwrites.\n");
+        return EXIT_OK;
+    }
+    if (argc != 1 || argv[0][0] == '-') {
+        fprintf(stderr, "usage: llmq keygen NAME\n");
+        return EXIT_USAGE;
+    }
+    char err[512];
+    if (llmq_curve_keygen(argv[0], err, sizeof(err)) != 0) {
+        fprintf(stderr, "llmq keygen: %s\n", err);
+        return EXIT_FATAL;
+    }
+    char key[LLMQ_CURVE_KEY_LEN + 1];
+    if (llmq_curve_key_resolve(argv[0], key, err, sizeof(err)) == 0)
+        printf("%s\n", key);
+    return EXIT_OK;
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 2) {
@@ -1472,13 +1548,17 @@ int main(int argc, char **argv)
     }
     if (!streq(command, "run") && !streq(command, "chat") &&
         !streq(command, "status") && !streq(command, "ping") &&
-        !streq(command, "batch")) {
+        !streq(command, "batch") && !streq(command, "keygen")) {
         fprintf(stderr, "llmq: unknown command '%s'\n\n%s", command,
                 s_usage_main);
         return EXIT_USAGE;
     }
+    if (streq(command, "keygen"))
+        return s_cmd_keygen(argc - 2, argv + 2);
     s_opts_t opts = {0};
     opts.give_up_s = -1;
+    opts.curve_cert = getenv("LLMQ_CURVE_CERT");
+    opts.broker_key = getenv("LLMQ_BROKER_KEY");
     int first = 0;
     int rc = s_parse(command, argc - 1, argv + 1, &opts, &first);
     if (rc != 0)

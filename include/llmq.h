@@ -19,5 +19,6 @@
 #define LLMQ_VERSION_STRING "0.1.0"
 
 #include "llmq_client.h"
+#include "llmq_curve.h"
 
 #endif

@@ -124,6 +124,23 @@ typedef struct {
     Returns NULL on a bad endpoint. */
 llmq_client_t *llmq_client_new(const char *endpoint);
 
+/*  Connection options for llmq_client_new_with; zero fields are unset. */
+typedef struct {
+    const char *curve_cert; /* CURVE: own secret certificate file (from
+                               `llmq keygen NAME`: NAME or NAME_secret) */
+    const char *broker_key; /* the broker's public key: 40-char Z85 text or
+                               the path of its public certificate file */
+} llmq_client_options_t;
+
+/*  Like llmq_client_new, with options (NULL: none). CURVE needs both
+    curve_cert and broker_key (proto/PROTOCOL.md 1.1); a broker that refuses
+    the key answers nothing, so calls time out as with a dead broker.
+    Returns NULL on a bad endpoint or bad keys, with the reason in err
+    (err_size bytes; err may be NULL). */
+llmq_client_t *llmq_client_new_with(const char *endpoint,
+                                    const llmq_client_options_t *options,
+                                    char *err, size_t err_size);
+
 /*  Destroy the client; outstanding requests are abandoned (the broker still
     runs them). NULLs *self_p. Idempotent. */
 void llmq_client_destroy(llmq_client_t **self_p);

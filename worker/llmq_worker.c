@@ -39,12 +39,14 @@
 #include <unistd.h>
 
 #include "llmq_batch_api.h"
+#include "llmq_curve.h"
 #include "llmq_limiter.h"
 #include "llmq_msg.h"
 #include "llmq_provider.h"
 #include "llmq_sse.h"
 #include "llmq_value.h"
 #include "llmq_wlog.h"
+#include "llmq_wmetrics.h"
 
 #ifndef LLMQ_VERSION_STRING
 #define LLMQ_VERSION_STRING "0.1.0"
@@ -59,6 +61,7 @@
 /*  Messages read from the DEALER per loop turn, so curl is served too. */
 #define S_ZMQ_BATCH 4096
 #define S_NO_HEAP ((size_t)-1)
+#define S_METRIC_ITEMS 17 /* metrics listener + scrapers served at once */
 
 typedef enum { S_QUEUED, S_RUNNING, S_WAITING } s_state_t;
 
@@ -109,6 +112,7 @@ typedef struct {
     int64_t due_ms;      /* WAITING: when to try again */
     void *queue_handle;  /* QUEUED: handle in the start queue */
     int64_t queued_ms;   /* QUEUED: since when */
+    bool limiter_waited; /* counted in limiter_waits */
 } s_job_t;
 
 struct _s_worker_t {
@@ -146,6 +150,9 @@ struct _s_worker_t {
     uint64_t rng;          /* jitter */
     uint64_t answered;     /* counters, for the log */
     uint64_t failed;
+    llmq_wmetrics_t *metrics;                /* --metrics, or NULL */
+    zcert_t *cert;                           /* CURVE keypair, or NULL */
+    char server_key[LLMQ_CURVE_KEY_LEN + 1]; /* broker's public key */
 };
 
 /*  Wake pipe and stop requests, shared with the signal handler. */
@@ -429,9 +436,12 @@ static void s_answer(s_worker_t *self, s_job_t *job, cJSON *body,
             llmq_msg_set_usage_prompt_tokens(m, p);
             llmq_msg_set_usage_completion_tokens(m, c);
             llmq_msg_set_usage_total_tokens(m, t);
-            llmq_msg_set_usage_cost_usd(
-                m, llmq_worker_config_cost(self->cfg, job->model, p, c, false));
-        }
+            double cost =
+                llmq_worker_config_cost(self->cfg, job->model, p, c, false);
+            llmq_msg_set_usage_cost_usd(m, cost);
+            llmq_wmetrics_answer(self->metrics, job->model, "ok", p, c, cost);
+        } else
+            llmq_wmetrics_answer(self->metrics, job->model, "ok", 0, 0, 0);
         zframe_t *payload = llmq_value_from_json(body);
         if (payload)
             llmq_msg_set_payload(m, &payload);
@@ -450,6 +460,8 @@ static void s_answer(s_worker_t *self, s_job_t *job, cJSON *body,
         llmq_msg_set_ok(m, false);
         llmq_msg_set_failure(m, code, job->err.status, job->err.message);
         llmq_msg_set_error_retryable(m, job->err.retryable);
+        llmq_wmetrics_answer(self->metrics, job->model, llmq_err_name(code), 0,
+                             0, 0);
         self->failed++;
         llmq_wlog(LLMQ_LOG_DEBUG, "res %s failed %s status=%d attempts=%d: %s",
                   job->id, llmq_err_name(code), job->err.status, job->attempts,
@@ -706,6 +718,9 @@ static void s_pump(s_worker_t *self, int64_t now)
         }
         int64_t wait = 0;
         if (!llmq_limiter_acquire(self->limiter, job->estimate, now, &wait)) {
+            if (!job->limiter_waited)
+                llmq_wmetrics_count(self->metrics, "limiter_waits");
+            job->limiter_waited = true;
             if (wait > 0)
                 self->limiter_at = now + wait;
             return;
@@ -791,6 +806,8 @@ static void s_transfer_done(s_worker_t *self, s_job_t *job, CURLcode rc,
     else
         llmq_classify_curl(rc, detail, &job->err);
 
+    if (job->status == 429)
+        llmq_wmetrics_count(self->metrics, "http_429");
     int64_t actual = body && usage.total_tokens >= 0 ? usage.total_tokens : -1;
     llmq_limiter_release(self->limiter, job->estimate, actual, now);
 
@@ -806,6 +823,7 @@ static void s_transfer_done(s_worker_t *self, s_job_t *job, CURLcode rc,
     llmq_provider_scrub(self->provider, job->err.message);
     if (s_is_provider_failure(&job->err)) {
         if (llmq_breaker_failure(self->breaker, now)) {
+            llmq_wmetrics_count(self->metrics, "breaker_opens");
             llmq_wlog(
                 LLMQ_LOG_WARN,
                 "circuit open after %lld consecutive failures (last: %s: %s);"
@@ -842,6 +860,7 @@ static void s_transfer_done(s_worker_t *self, s_job_t *job, CURLcode rc,
               "request %s: attempt %d failed (%s %d), retry in %lld ms",
               job->id, job->attempts, llmq_err_name(job->err.code),
               job->err.status, (long long)delay);
+    llmq_wmetrics_count(self->metrics, "retries");
     job->state = S_WAITING;
     job->due_ms = now + delay;
     if (s_heap_push(self, job) != 0)
@@ -990,6 +1009,8 @@ static int s_connect(s_worker_t *self)
     zsock_set_identity(self->dealer, self->cfg->identity);
     zsock_set_reconnect_ivl(self->dealer, 100);
     zsock_set_reconnect_ivl_max(self->dealer, 2000);
+    if (self->cert)
+        llmq_curve_client_apply(self->dealer, self->cert, self->server_key);
     if (zsock_connect(self->dealer, "%s", self->cfg->broker) != 0) {
         llmq_wlog(LLMQ_LOG_ERROR, "cannot connect to broker %s",
                   self->cfg->broker);
@@ -1016,7 +1037,9 @@ static void s_join(s_worker_t *self)
               "joined %s as %s (pool %s, provider %s, capacity %lld)",
               self->cfg->broker, self->cfg->name, self->cfg->pool,
               self->cfg->provider, (long long)self->cfg->capacity);
-    printf("ready llmq-worker worker=%s\n", self->cfg->name);
+    const char *url = llmq_wmetrics_url(self->metrics);
+    printf("ready llmq-worker worker=%s%s%s\n", self->cfg->name,
+           url ? " metrics=" : "", url ? url : "");
     fflush(stdout);
     s_grant_credit(self, s_now());
 }
@@ -1386,6 +1409,40 @@ static void s_curl_events(s_worker_t *self)
     }
 }
 
+/*  Wait for the next event: curl's sockets, the wake pipe (signals), the
+    broker, metrics scrapers; the timeout is the nearest timer. Empties
+    the wake pipe and serves scrapes. Returns -1 if polling failed, else 0
+    with *curl_ready set when curl's sockets are readable. */
+static int s_wait(s_worker_t *self, int64_t now, bool *curl_ready)
+{
+    zmq_pollitem_t items[3 + S_METRIC_ITEMS];
+    int n = 0;
+    items[n++] = (zmq_pollitem_t){NULL, self->epfd, ZMQ_POLLIN, 0};
+    items[n++] = (zmq_pollitem_t){NULL, s_wake[0], ZMQ_POLLIN, 0};
+    if (self->dealer)
+        items[n++] =
+            (zmq_pollitem_t){zsock_resolve(self->dealer), 0, ZMQ_POLLIN, 0};
+    int first_metric = n;
+    n +=
+        (int)llmq_wmetrics_poll_items(self->metrics, items + n, S_METRIC_ITEMS);
+    int rc = zmq_poll(items, n, (long)s_next_wake(self, now));
+    if (rc < 0 && errno != EINTR) {
+        llmq_wlog(LLMQ_LOG_ERROR, "poll failed: %s", zmq_strerror(errno));
+        return -1;
+    }
+    if (rc <= 0)
+        return 0;
+    if (items[1].revents & ZMQ_POLLIN) {
+        char drain[64];
+        while (read(s_wake[0], drain, sizeof drain) > 0)
+            ;
+    }
+    llmq_wmetrics_service(self->metrics, items + first_metric,
+                          (size_t)(n - first_metric), s_now());
+    *curl_ready = (items[0].revents & ZMQ_POLLIN) != 0;
+    return 0;
+}
+
 int llmq_worker_run(llmq_worker_t *self_)
 {
     s_worker_t *self = (s_worker_t *)self_;
@@ -1416,27 +1473,13 @@ int llmq_worker_run(llmq_worker_t *self_)
             (!self->batch || llmq_batch_api_active(self->batch) == 0))
             break;
 
-        now = s_now();
-        zmq_pollitem_t items[3];
-        int nitems = 0;
-        items[nitems++] = (zmq_pollitem_t){NULL, self->epfd, ZMQ_POLLIN, 0};
-        items[nitems++] = (zmq_pollitem_t){NULL, s_wake[0], ZMQ_POLLIN, 0};
-        if (self->dealer)
-            items[nitems++] =
-                (zmq_pollitem_t){zsock_resolve(self->dealer), 0, ZMQ_POLLIN, 0};
-        int rc = zmq_poll(items, nitems, (long)s_next_wake(self, now));
-        if (rc < 0 && errno != EINTR) {
-            llmq_wlog(LLMQ_LOG_ERROR, "poll failed: %s", zmq_strerror(errno));
+        bool curl_ready = false;
+        if (s_wait(self, s_now(), &curl_ready) < 0) {
             self->exit_code = LLMQ_WORKER_EXIT_FAILURE;
             break;
         }
-        if (rc > 0 && (items[1].revents & ZMQ_POLLIN)) {
-            char drain[64];
-            while (read(s_wake[0], drain, sizeof drain) > 0)
-                ;
-        }
         /*  curl: sockets, then its timer. */
-        if (rc > 0 && (items[0].revents & ZMQ_POLLIN))
+        if (curl_ready)
             s_curl_events(self);
         now = s_now();
         for (size_t i = 0; i < self->nshards; i++) {
@@ -1516,6 +1559,45 @@ static void s_job_destructor(void **item)
     *item = NULL;
 }
 
+/*  CURVE keys from the config, if any. Returns 0 or -1 (reason in errbuf). */
+static int s_curve_load(s_worker_t *self, char *errbuf, size_t errlen)
+{
+    if (!self->cfg->curve_cert || !*self->cfg->curve_cert)
+        return 0;
+    if (llmq_curve_key_resolve(self->cfg->broker_key, self->server_key, errbuf,
+                               errlen) != 0)
+        return -1;
+    self->cert = llmq_curve_cert_load(self->cfg->curve_cert, errbuf, errlen);
+    return self->cert ? 0 : -1;
+}
+
+/*  The gauges at scrape time. */
+static void s_metrics_state(llmq_wmetrics_state_t *st, void *arg)
+{
+    s_worker_t *self = (s_worker_t *)arg;
+    st->in_flight = zhashx_size(self->jobs);
+    st->queued = zlistx_size(self->queue);
+    llmq_breaker_state_t b = llmq_breaker_state(self->breaker);
+    st->breaker = b == LLMQ_BREAKER_OPEN        ? "open"
+                  : b == LLMQ_BREAKER_HALF_OPEN ? "half_open"
+                                                : "closed";
+}
+
+/*  --metrics: listen now, so a bad address fails at start. */
+static int s_metrics_start(s_worker_t *self, char *errbuf, size_t errlen)
+{
+    const char *address = self->cfg->metrics;
+    if (!address || !*address || streq(address, "0"))
+        return 0;
+    self->metrics = llmq_wmetrics_new(address, errbuf, errlen);
+    if (!self->metrics)
+        return -1;
+    llmq_wmetrics_set_state(self->metrics, s_metrics_state, self);
+    llmq_wlog(LLMQ_LOG_INFO, "metrics on %s/metrics",
+              llmq_wmetrics_url(self->metrics));
+    return 0;
+}
+
 llmq_worker_t *llmq_worker_new(llmq_worker_config_t **config_p, char *errbuf,
                                size_t errlen)
 {
@@ -1540,6 +1622,12 @@ llmq_worker_t *llmq_worker_new(llmq_worker_config_t **config_p, char *errbuf,
                                  cfg->anthropic_version,
                                  cfg->default_max_tokens};
     self->provider = llmq_provider_new(&pc, errbuf, errlen);
+    if (self->provider && (s_curve_load(self, errbuf, errlen) != 0 ||
+                           s_metrics_start(self, errbuf, errlen) != 0)) {
+        llmq_worker_t *w = (llmq_worker_t *)self;
+        llmq_worker_destroy(&w);
+        return NULL;
+    }
     self->limiter = llmq_limiter_new(cfg->rpm, cfg->tpm, cfg->capacity,
                                      cfg->burst_ms, s_now());
     self->breaker =
@@ -1647,6 +1735,8 @@ void llmq_worker_destroy(llmq_worker_t **self_p)
     if (self->epfd >= 0)
         close(self->epfd);
     zsock_destroy(&self->dealer);
+    zcert_destroy(&self->cert);
+    llmq_wmetrics_destroy(&self->metrics);
     llmq_provider_destroy(&self->provider);
     llmq_limiter_destroy(&self->limiter);
     llmq_breaker_destroy(&self->breaker);

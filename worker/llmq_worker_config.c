@@ -7,6 +7,7 @@
     we collect those lines and print one "file:line: message".
 */
 #include "llmq_worker_config.h"
+#include "llmq_curve.h"
 
 #include <cyaml/cyaml.h>
 #include <errno.h>
@@ -42,7 +43,7 @@ typedef struct {
 
 typedef struct {
     char *broker, *name, *pool, *provider, *base_url, *api_key, *api_key_env;
-    char *limit_group;
+    char *limit_group, *curve_cert, *broker_key, *metrics;
     char **models;
     unsigned models_count;
     int64_t capacity, timeout_ms, connect_timeout_ms, drain_ms, heartbeat_ms;
@@ -113,6 +114,12 @@ static const cyaml_schema_field_t s_top_fields[] = {
                            api_key_env, 1, 256),
     CYAML_FIELD_STRING_PTR("limit_group", CYAML_FLAG_OPTIONAL, s_yaml_t,
                            limit_group, 1, 128),
+    CYAML_FIELD_STRING_PTR("curve_cert", CYAML_FLAG_OPTIONAL, s_yaml_t,
+                           curve_cert, 1, 1024),
+    CYAML_FIELD_STRING_PTR("broker_key", CYAML_FLAG_OPTIONAL, s_yaml_t,
+                           broker_key, 1, 1024),
+    CYAML_FIELD_STRING_PTR("metrics", CYAML_FLAG_OPTIONAL, s_yaml_t, metrics, 1,
+                           300),
     CYAML_FIELD_SEQUENCE("models", CYAML_FLAG_POINTER | CYAML_FLAG_OPTIONAL,
                          s_yaml_t, models, &s_string_entry, 0, 256),
     CYAML_FIELD_INT("capacity", CYAML_FLAG_OPTIONAL, s_yaml_t, capacity),
@@ -337,6 +344,9 @@ static int s_load_file(llmq_worker_config_t *self, const char *path,
     }
     s_set(&self->api_key_env, y->api_key_env);
     s_set(&self->limit_group, y->limit_group);
+    s_set(&self->curve_cert, y->curve_cert);
+    s_set(&self->broker_key, y->broker_key);
+    s_set(&self->metrics, y->metrics);
     if (y->models_count) {
         s_models_clear(self);
         for (unsigned i = 0; i < y->models_count; i++)
@@ -400,6 +410,9 @@ static int s_load_env(llmq_worker_config_t *self, char *errbuf, size_t errlen)
     s_set(&self->provider, getenv("LLMQ_PROVIDER"));
     s_set(&self->base_url, getenv("LLMQ_BASE_URL"));
     s_set(&self->limit_group, getenv("LLMQ_LIMIT_GROUP"));
+    s_set(&self->curve_cert, getenv("LLMQ_CURVE_CERT"));
+    s_set(&self->broker_key, getenv("LLMQ_BROKER_KEY"));
+    s_set(&self->metrics, getenv("LLMQ_WORKER_METRICS"));
     if ((v = getenv("LLMQ_MODELS")) && *v)
         s_models_csv(self, v);
     if ((v = getenv("LLMQ_CAPACITY")) &&
@@ -445,7 +458,10 @@ enum {
     F_KEY_ENV,
     F_MAX_TOKENS,
     F_BATCH_API,
-    F_HB
+    F_HB,
+    F_CURVE_CERT,
+    F_BROKER_KEY,
+    F_METRICS
 };
 
 static const struct option s_options[] = {
@@ -472,6 +488,9 @@ static const struct option s_options[] = {
     {"api-key-env", required_argument, 0, F_KEY_ENV},
     {"default-max-tokens", required_argument, 0, F_MAX_TOKENS},
     {"batch-api", no_argument, 0, F_BATCH_API},
+    {"curve-cert", required_argument, 0, F_CURVE_CERT},
+    {"broker-key", required_argument, 0, F_BROKER_KEY},
+    {"metrics", required_argument, 0, F_METRICS},
     {"config", required_argument, 0, F_CONFIG},
     {"check-only", no_argument, 0, F_CHECK},
     {"verbose", no_argument, 0, F_VERBOSE},
@@ -491,6 +510,17 @@ void llmq_worker_config_usage(FILE *out)
         "\n"
         "  --broker ENDPOINT        broker backend (default "
         "tcp://127.0.0.1:5556; env LLMQ_BROKER)\n"
+        "  --curve-cert PATH        CURVE: this worker's secret certificate "
+        "(env LLMQ_CURVE_CERT;\n"
+        "                           made by `llmq keygen NAME`)\n"
+        "  --broker-key KEY         CURVE: the broker's public key, Z85 text "
+        "or "
+        "its public\n"
+        "                           certificate file (env LLMQ_BROKER_KEY)\n"
+        "  --metrics ADDR           Prometheus metrics on PORT or HOST:PORT "
+        "(default off;\n"
+        "                           host defaults to 127.0.0.1; env "
+        "LLMQ_WORKER_METRICS)\n"
         "  --name NAME              worker name (default <pool>-<host>-<pid>; "
         "env LLMQ_WORKER_NAME)\n"
         "  --pool NAME              provider instance name (default: the "
@@ -679,7 +709,10 @@ static int s_finish(llmq_worker_config_t *self, char *errbuf, size_t errlen)
         snprintf(errbuf, errlen, "--broker: an endpoint is needed");
         return -1;
     }
-    return 0;
+    return llmq_curve_wanted(self->curve_cert, self->broker_key, errbuf,
+                             errlen) < 0
+               ? -1
+               : 0;
 }
 
 int llmq_worker_config_load(llmq_worker_config_t **config_p, int argc,
@@ -779,6 +812,15 @@ int llmq_worker_config_load(llmq_worker_config_t **config_p, int argc,
             break;
         case F_KEY_ENV:
             s_set(&self->api_key_env, optarg);
+            break;
+        case F_CURVE_CERT:
+            s_set(&self->curve_cert, optarg);
+            break;
+        case F_BROKER_KEY:
+            s_set(&self->broker_key, optarg);
+            break;
+        case F_METRICS:
+            s_set(&self->metrics, optarg);
             break;
         case F_MODEL:
             if (!models_from_flags)
@@ -888,6 +930,9 @@ void llmq_worker_config_destroy(llmq_worker_config_t **self_p)
     free(self->base_url);
     free(self->api_key_env);
     free(self->limit_group);
+    free(self->curve_cert);
+    free(self->broker_key);
+    free(self->metrics);
     free(self->anthropic_version);
     s_models_clear(self);
     for (size_t i = 0; i < self->pricing_count; i++)

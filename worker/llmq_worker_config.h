@@ -34,6 +34,9 @@ typedef struct {
 typedef struct {
     char *config_file; /* the YAML file read, or NULL */
     char *broker;      /* backend endpoint */
+    char *curve_cert;  /* CURVE: own secret certificate file, or NULL */
+    char *broker_key;  /* CURVE: broker public key (Z85 or cert path) */
+    char *metrics;     /* Prometheus listener "PORT|HOST:PORT", NULL = off */
     char *name;        /* worker name (hello.worker, res.worker) */
     char *identity;    /* ZMQ routing id */
     char *pool;        /* provider instance name */

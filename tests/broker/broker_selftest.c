@@ -1,5 +1,6 @@
 /*  broker_selftest.c - runs the broker classes' selftests.
-    Usage: broker_selftest [queue|metrics|broker|all] [-v]          */
+    Usage: broker_selftest [queue|metrics|auth|broker|all] [-v]     */
+#include "llmq_auth.h"
 #include "llmq_broker.h"
 #include "llmq_metrics.h"
 #include "llmq_queue.h"
@@ -13,6 +14,8 @@ int main(int argc, char *argv[])
         rc |= llmq_queue_test(verbose);
     if (streq(which, "metrics") || streq(which, "all"))
         rc |= llmq_metrics_test(verbose);
+    if (streq(which, "auth") || streq(which, "all"))
+        rc |= llmq_auth_test(verbose);
     if (streq(which, "broker") || streq(which, "all"))
         rc |= llmq_broker_test(verbose);
     if (rc)

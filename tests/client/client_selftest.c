@@ -1,5 +1,6 @@
 /*  client_selftest.c - runs the selftests of the client classes. */
 #include "llmq.h"
+#include "llmq_curve.h"
 #include "llmq_jsonl.h"
 
 #include <string.h>
@@ -10,5 +11,6 @@ int main(int argc, char **argv)
     int failures = 0;
     failures += llmq_jsonl_test(verbose);
     failures += llmq_client_test(verbose);
+    failures += llmq_curve_test(verbose);
     return failures ? 1 : 0;
 }

@@ -1,5 +1,5 @@
 /*  worker_selftest.c - runs one worker class selftest by name:
-    limiter, breaker, sse, provider, config, engine. */
+    limiter, breaker, sse, provider, config, wmetrics, engine. */
 #include <stdio.h>
 #include <string.h>
 
@@ -8,6 +8,7 @@
 #include "llmq_sse.h"
 #include "llmq_worker.h"
 #include "llmq_worker_config.h"
+#include "llmq_wmetrics.h"
 
 int main(int argc, char **argv)
 {
@@ -24,6 +25,8 @@ int main(int argc, char **argv)
         rc |= llmq_provider_test(true);
     if (all || strcmp(which, "config") == 0)
         rc |= llmq_worker_config_test(true);
+    if (all || strcmp(which, "wmetrics") == 0)
+        rc |= llmq_wmetrics_test(true);
     if (all || strcmp(which, "engine") == 0)
         rc |= llmq_worker_test(true);
     return rc ? 1 : 0;
