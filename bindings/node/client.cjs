@@ -111,11 +111,8 @@ function curveKeys(curveCert, brokerKey) {
   const bkey = brokerKey ?? process.env.LLMQ_BROKER_KEY;
   if (!cert && !bkey) return null;
   if (!bkey) throw new Error("CURVE: curveCert given but no brokerKey (or LLMQ_BROKER_KEY)");
+  if (!cert) throw new Error("CURVE: brokerKey given but no curveCert (or LLMQ_CURVE_CERT)");
   const serverKey = bkey.length === 40 && !fs.existsSync(bkey) ? bkey : readCert(bkey).publicKey;
-  if (!cert) {
-    const kp = zmq.curveKeyPair(); // an ephemeral identity
-    return { serverKey, publicKey: kp.publicKey, secretKey: kp.secretKey };
-  }
   let k = readCert(cert);
   if (k.secretKey === null && fs.existsSync(cert + "_secret")) k = readCert(cert + "_secret");
   if (k.secretKey === null) throw new Error(`CURVE: ${cert} has no secret-key (pass the NAME_secret file)`);

@@ -66,7 +66,10 @@ class Client {
      idleCloseMs it is closed, so a script that never calls close() exits. */
   _ensureSocket() {
     if (this.closed) throw new E.LlmqError("client is closed", { code: "internal" });
-    if (!this.sock) this._open();
+    if (!this.sock) {
+      this._open();
+      this.lastRecv = this.lastHeard = Date.now();
+    }
   }
 
   _open() {
@@ -91,8 +94,7 @@ class Client {
     });
     sock.connect(this.endpoint);
     this.sock = sock;
-    const now = Date.now();
-    this.lastRecv = this.lastHeard = this.lastActive = now;
+    this.lastActive = Date.now();
     this._loop(sock);
   }
 
@@ -165,7 +167,7 @@ class Client {
     this.dropped = false;
     this.authFailed = false;
     const now = Date.now();
-    this.lastReconnect = this.lastPing = now;
+    this.lastReconnect = this.lastPing = this.lastRecv = now;
     this.reconnects++;
     for (const req of this.pending.values()) {
       req.resends++;

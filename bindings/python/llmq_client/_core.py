@@ -56,23 +56,22 @@ def curve_keys(curve_cert: Optional[str],
     """(broker public, own public, own secret) Z85 keys, or None without
     CURVE. curve_cert: our secret cert file (NAME_secret; NAME works when
     NAME_secret exists); broker_key: 40-char Z85 or the broker's public
-    cert file. Defaults: $LLMQ_CURVE_CERT, $LLMQ_BROKER_KEY."""
+    cert file; both or neither (PROTOCOL.md 1.1). Defaults:
+    $LLMQ_CURVE_CERT, $LLMQ_BROKER_KEY."""
     cert = curve_cert if curve_cert is not None else os.environ.get("LLMQ_CURVE_CERT")
     bkey = broker_key if broker_key is not None else os.environ.get("LLMQ_BROKER_KEY")
     if not cert and not bkey:
         return None
     if not bkey:
         raise ValueError("CURVE: curve_cert given but no broker_key (or LLMQ_BROKER_KEY)")
+    if not cert:
+        raise ValueError("CURVE: broker_key given but no curve_cert (or LLMQ_CURVE_CERT)")
     server = bkey if len(bkey) == 40 and not os.path.exists(bkey) else read_cert(bkey)[0]
-    if cert:
-        public, secret = read_cert(cert)
-        if secret is None and os.path.exists(cert + "_secret"):
-            public, secret = read_cert(cert + "_secret")
-        if secret is None:
-            raise ValueError("CURVE: %s has no secret-key (pass the NAME_secret file)" % cert)
-    else:
-        pub_b, sec_b = zmq.curve_keypair()      # an ephemeral identity
-        public, secret = pub_b.decode(), sec_b.decode()
+    public, secret = read_cert(cert)
+    if secret is None and os.path.exists(cert + "_secret"):
+        public, secret = read_cert(cert + "_secret")
+    if secret is None:
+        raise ValueError("CURVE: %s has no secret-key (pass the NAME_secret file)" % cert)
     return server, public, secret
 
 
