@@ -146,6 +146,7 @@ class Core:
         self.last_recv = self.last_heard = now
         self.last_ping = 0.0
         self.last_reconnect = 0.0
+        self.last_scan = 0.0
         self.dropped = False
         self.auth_failed = False
         self.reconnects = 0
@@ -339,10 +340,13 @@ class Core:
             self.dropped = False
             return False
         now = time.monotonic()
-        for req in [r for r in self.pending.values() if r.expires is not None and now >= r.expires]:
-            self.cancel(req.id)
-            self.finish(req, None, Timeout("no answer within the client's timeout",
-                                           request_id=req.id))
+        if now - self.last_scan >= 0.1:     # the timeout scan is O(pending): 10 times a second
+            self.last_scan = now
+            for req in [r for r in self.pending.values()
+                        if r.expires is not None and now >= r.expires]:
+                self.cancel(req.id)
+                self.finish(req, None, Timeout("no answer within the client's timeout",
+                                               request_id=req.id))
         if self.auth_failed:
             self.fail_all(AuthError("the broker refused this client's CURVE key", code="auth"))
             return False
