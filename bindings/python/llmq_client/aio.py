@@ -105,7 +105,13 @@ class AsyncClient:
             poller.register(sock, zmq.POLLIN)
             poller.register(mon, zmq.POLLIN)
             while sock is self._sock and not core.closed:
-                events = dict(await poller.poll(int(core.heartbeat * 250)))
+                # Sends go through the plain shadow socket, which may consume
+                # the edge of ZMQ_FD: ask ZMQ_EVENTS before waiting on it.
+                if self._send_sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                    events = {sock: zmq.POLLIN}
+                    await asyncio.sleep(0)
+                else:
+                    events = dict(await poller.poll(int(core.heartbeat * 250)))
                 if mon in events:
                     while True:
                         try:
