@@ -241,6 +241,16 @@ static void s_fill_status(llmq_msg_t *r, const s_batch_t *b)
     llmq_msg_set_usage_cost_usd(r, b->rec.cost_usd);
     if (*b->rec.mode)
         llmq_msg_set_mode(r, b->rec.mode);
+    //  The provider's own counts: results arrive only at the end.
+    if (b->jobs && zlistx_size(b->jobs) > 0) {
+        int64_t done = 0, failed = 0;
+        for (s_job_t *j = zlistx_first(b->jobs); j; j = zlistx_next(b->jobs)) {
+            done += j->row.done;
+            failed += j->row.failed;
+        }
+        llmq_msg_set_provider_done(r, done);
+        llmq_msg_set_provider_failed(r, failed);
+    }
 }
 
 /*  Write dirty batch rows and commit. */

@@ -7,6 +7,8 @@
 */
 #include "llmq_broker.h"
 #include "llmq_batch_module.h"
+#include "llmq.h"
+#include "llmq_duration.h"
 
 #include <getopt.h>
 #include <signal.h>
@@ -94,7 +96,9 @@ static void s_usage(FILE *out)
             "  --quiet                 no event logs\n"
             "  --verbose               log every message (debugging)\n"
             "  --version               print the version and exit\n"
-            "  --help                  this text\n");
+            "  --help, -h              this text\n"
+            "Durations: a bare number is ms; a unit may be given: 500ms, 2s, "
+            "1m, 1h.\n");
 }
 
 //  Parse a non-negative integer flag value; exit 2 on garbage.
@@ -111,6 +115,22 @@ static long long s_number(const char *flag, const char *text, long long min,
         exit(2);
     }
     return value;
+}
+
+//  Parse a duration flag (a bare number is ms; or 500ms, 2s, 1m: one
+//  parser for every binary, include/llmq_duration.h); exit 2 on garbage.
+static long long s_ms(const char *flag, const char *text, long long min,
+                      long long max)
+{
+    int64_t ms = 0;
+    if (llmq_duration_parse(text, &ms, NULL) || ms < min || ms > max) {
+        fprintf(stderr,
+                "llmq-broker: %s wants a duration in %lld..%lld ms (a bare "
+                "number is ms; or 500ms, 2s, 1m), got '%s'\n",
+                flag, min, max, text);
+        exit(2);
+    }
+    return (long long)ms;
 }
 
 int main(int argc, char *argv[])
@@ -177,7 +197,7 @@ int main(int argc, char *argv[])
         {NULL, 0, NULL, 0}};
     opterr = 0;
     int opt;
-    while ((opt = getopt_long(argc, argv, "", options, NULL)) != -1) {
+    while ((opt = getopt_long(argc, argv, "h", options, NULL)) != -1) {
         switch (opt) {
         case O_FRONTEND:
             config.frontend = optarg;
@@ -197,17 +217,17 @@ int main(int argc, char *argv[])
             break;
         case O_WAIT:
             config.no_worker_wait_ms =
-                (int)s_number("--no-worker-wait-ms", optarg, 0, 86400000);
+                (int)s_ms("--no-worker-wait-ms", optarg, 0, 86400000);
             break;
         case O_DRAIN:
-            config.drain_ms = (int)s_number("--drain-ms", optarg, 0, 86400000);
+            config.drain_ms = (int)s_ms("--drain-ms", optarg, 0, 86400000);
             break;
         case O_HB:
             config.heartbeat_ms =
-                (int)s_number("--heartbeat-ms", optarg, 10, 600000);
+                (int)s_ms("--heartbeat-ms", optarg, 10, 600000);
             break;
         case O_DEAD:
-            config.dead_ms = (int)s_number("--dead-ms", optarg, 30, 3600000);
+            config.dead_ms = (int)s_ms("--dead-ms", optarg, 30, 3600000);
             break;
         case O_BDB:
             batch_db = optarg;
@@ -218,15 +238,15 @@ int main(int argc, char *argv[])
             break;
         case O_BPOLL:
             barg.config.poll_interval_ms =
-                s_number("--batch-poll-ms", optarg, 10, 86400000);
+                s_ms("--batch-poll-ms", optarg, 10, 86400000);
             break;
         case O_BTASK:
             barg.config.task_timeout_ms =
-                s_number("--batch-task-timeout-ms", optarg, 100, 86400000);
+                s_ms("--batch-task-timeout-ms", optarg, 100, 86400000);
             break;
         case O_BGRACE:
             barg.config.submit_grace_ms =
-                s_number("--batch-submit-grace-ms", optarg, 0, 86400000LL * 30);
+                s_ms("--batch-submit-grace-ms", optarg, 0, 86400000LL * 30);
             break;
         case O_BPRICE: {
             char *end = NULL;
@@ -263,9 +283,10 @@ int main(int argc, char *argv[])
             config.verbose = true;
             break;
         case O_VERSION:
-            printf("llmq-broker 0.1.0\n");
+            printf("llmq-broker %s\n", LLMQ_VERSION_STRING);
             return 0;
         case O_HELP:
+        case 'h':
             s_usage(stdout);
             return 0;
         default:

@@ -24,6 +24,7 @@
     exactly one result. Slow answers are not failures.
 */
 #include "llmq_client.h"
+#include "llmq_duration.h"
 #include "llmq_curve.h"
 #include "llmq_msg.h"
 #include "llmq_value.h"
@@ -234,6 +235,12 @@ llmq_client_t *llmq_client_new_with(const char *endpoint,
     self->window = LLMQ_CLIENT_WINDOW;
     self->timeout_ms = LLMQ_CLIENT_TIMEOUT_MS;
     self->heartbeat_ms = LLMQ_CLIENT_HEARTBEAT_MS;
+    self->give_up_ms = LLMQ_CLIENT_GIVE_UP_MS;
+    const char *give_up = getenv("LLMQ_GIVE_UP_MS");
+    int64_t env_ms = 0;
+    if (give_up && *give_up && !llmq_duration_parse(give_up, &env_ms, NULL) &&
+        env_ms <= INT32_MAX)
+        self->give_up_ms = (int)env_ms;
     self->sock = s_socket_new(self);
     if (!self->sock) {
         snprintf(err, err_size, "bad endpoint '%s'", self->endpoint);
@@ -718,6 +725,13 @@ static int s_submit(llmq_client_t *self, llmq_op_t op, const char *model,
         zframe_destroy(&payload);
         return -1;
     }
+    //  A frame over the protocol's limit would be dropped by the broker
+    //  (and resent after every reconnect, forever): refuse it here.
+    if (zframe_size(payload) > (size_t)LLMQ_MAX_FRAME_SIZE - 4096) {
+        zframe_destroy(&payload);
+        errno = EMSGSIZE;
+        return -1;
+    }
     //  Window full: pump until a slot frees up.
     while (zlistx_size(self->order) >= self->window)
         if (s_pump(self, -1) != 0) {
@@ -833,6 +847,29 @@ int llmq_client_cancel(llmq_client_t *self, const char *id)
     llmq_msg_t *msg = llmq_msg_new(LLMQ_MSG_CANCEL);
     llmq_msg_set_id(msg, id);
     return llmq_msg_send(&msg, zsock_resolve(self->sock));
+}
+
+//  --------------------------------------------------------------------------
+//  Event-loop integration
+
+int llmq_client_fd(const llmq_client_t *self)
+{
+    return self && self->sock ? (int)zsock_fd(self->sock) : -1;
+}
+
+int llmq_client_process(llmq_client_t *self)
+{
+    if (s_pump(self, 0) != 0)
+        return -1;
+    return (zsock_events(self->sock) & ZMQ_POLLIN) ? 1 : 0;
+}
+
+int llmq_client_cancel_arg(llmq_client_t *self, const void *arg)
+{
+    s_request_t *req = (s_request_t *)zlistx_first(self->order);
+    while (req && req->arg != arg)
+        req = (s_request_t *)zlistx_next(self->order);
+    return req ? llmq_client_cancel(self, req->id) : -1;
 }
 
 //  --------------------------------------------------------------------------
@@ -1161,6 +1198,9 @@ static void s_batch_status_fill(llmq_batch_status_t *st, const llmq_msg_t *m)
     st->total = llmq_msg_counts_total(m);
     st->done = llmq_msg_counts_done(m);
     st->failed = llmq_msg_counts_failed(m);
+    bool provider = llmq_msg_has(m, LLMQ_F_provider_done);
+    st->provider_done = provider ? llmq_msg_provider_done(m) : -1;
+    st->provider_failed = provider ? llmq_msg_provider_failed(m) : -1;
     st->prompt_tokens = llmq_msg_usage_prompt_tokens(m);
     st->completion_tokens = llmq_msg_usage_completion_tokens(m);
     st->total_tokens = llmq_msg_usage_total_tokens(m);
@@ -1605,6 +1645,46 @@ int llmq_client_test(bool verbose)
     zsock_recv(broker, "i", &port);
     char endpoint[64];
     snprintf(endpoint, sizeof(endpoint), "tcp://127.0.0.1:%d", port);
+
+    //  No broker answers (a socket that takes our messages and never
+    //  replies): a call gives up after the default bound, here set by
+    //  LLMQ_GIVE_UP_MS, with a clear error, instead of hanging.
+    {
+        zsock_t *mute = zsock_new(ZMQ_ROUTER);
+        int mute_port = mute ? zsock_bind(mute, "tcp://127.0.0.1:*") : -1;
+        CHECK(mute_port > 0);
+        char mute_ep[64];
+        snprintf(mute_ep, sizeof mute_ep, "tcp://127.0.0.1:%d", mute_port);
+        setenv("LLMQ_GIVE_UP_MS", "600ms", 1);
+        llmq_client_t *lonely = llmq_client_new(mute_ep);
+        unsetenv("LLMQ_GIVE_UP_MS");
+        CHECK(lonely);
+        llmq_client_set_timeout(lonely, 200);
+        int64_t start = zclock_mono();
+        llmq_result_t *r =
+            lonely ? llmq_infer_text(lonely, LLMQ_OP_CHAT, "m", "{}", NULL)
+                   : NULL;
+        CHECK(r && !r->ok && streq(r->error_code, "timeout"));
+        CHECK(r && strstr(r->error_message, "broker unreachable"));
+        CHECK(zclock_mono() - start >= 600);
+        llmq_result_destroy(&r);
+        //  A body over the protocol's frame limit is refused, not sent.
+        size_t big = (size_t)LLMQ_MAX_FRAME_SIZE + 16;
+        char *json = (char *)malloc(big + 16);
+        if (json && lonely) {
+            memcpy(json, "{\"x\":\"", 6);
+            memset(json + 6, 'a', big);
+            memcpy(json + 6 + big, "\"}", 3);
+            errno = 0;
+            CHECK(llmq_client_submit_text(lonely, LLMQ_OP_CHAT, "m", json,
+                                          big + 8, NULL, NULL) == -1);
+            CHECK(errno == EMSGSIZE);
+            CHECK(llmq_client_outstanding(lonely) == 0);
+        }
+        free(json);
+        llmq_client_destroy(&lonely);
+        zsock_destroy(&mute);
+    }
 
     llmq_client_t *client = llmq_client_new(endpoint);
     CHECK(client);

@@ -376,6 +376,188 @@ static char *s_yaml_value(const char *path, const char *key)
 //  --------------------------------------------------------------------------
 //  Start a cluster
 
+/*  1. The simulator on an ephemeral port; *base_url_p gets its OpenAI
+    base URL (fresh: it ends in /v1, as OPENAI_BASE_URL does). */
+static int s_start_sim(llmq_cluster_t *self, const llmq_cluster_opts_t *opts,
+                       char **base_url_p, char *err, size_t errlen)
+{
+    char latency[32];
+    snprintf(latency, sizeof(latency), "%d",
+             opts->sim_latency_ms > 0 ? opts->sim_latency_ms : 50);
+    char *argv[] = {"llmq-sim", "--port", "0", "--latency-ms", latency, NULL};
+    s_child_t *child = s_spawn(self, "sim", argv, err, errlen);
+    char *line = child ? s_wait_ready(child, err, errlen) : NULL;
+    if (!line)
+        return -1;
+    self->sim_url = s_ready_value(line, "url");
+    zstr_free(&line);
+    if (!self->sim_url) {
+        snprintf(err, errlen, "llmq-sim printed no url");
+        return -1;
+    }
+    *base_url_p = zsys_sprintf("%s/v1", self->sim_url);
+    return 0;
+}
+
+/*  2. The broker on ephemeral ports. Its own name (with our pid) tells it
+    apart from any other broker that later gets the same ephemeral port,
+    embedded ones included. No durable batches in a throwaway cluster (no
+    file in the cwd), unless the caller names a database (beside its
+    output), so that a rerun resumes its batches. */
+static int s_start_broker(llmq_cluster_t *self, const llmq_cluster_opts_t *opts,
+                          char *err, size_t errlen)
+{
+    char name[64];
+    snprintf(name, sizeof name, "llmq-local-%d", (int)getpid());
+    char poll[32];
+    snprintf(poll, sizeof poll, "%d", opts->batch_poll_ms);
+    char *argv[] = {
+        "llmq-broker", "--frontend", "tcp://127.0.0.1:*", "--backend",
+        "tcp://127.0.0.1:*", "--batch-db",
+        opts->batch_db ? (char *)opts->batch_db : "none", "--name", name,
+        //  Every worker of an earlier run died with it (PR_SET_PDEATHSIG):
+        //  no upload of a job found `submitting` can still be going on, so
+        //  a lookup miss may resubmit after a minute, not 30.
+        "--batch-submit-grace-ms", "60s",
+        opts->batch_poll_ms > 0 ? "--batch-poll-ms" : NULL, poll, NULL};
+    s_child_t *child = s_spawn(self, "broker", argv, err, errlen);
+    char *line = child ? s_wait_ready(child, err, errlen) : NULL;
+    if (!line)
+        return -1;
+    self->endpoint = s_ready_value(line, "frontend");
+    self->backend = s_ready_value(line, "backend");
+    zstr_free(&line);
+    if (!self->endpoint || !self->backend) {
+        snprintf(err, errlen, "llmq-broker printed no frontend/backend");
+        return -1;
+    }
+    return 0;
+}
+
+/*  A worker's argv (borrowed strings, argv has room for them all). Every
+    worker serves the default model, the config file's models (flags
+    replace the file's list, so they are repeated here) and the models the
+    input names. */
+static void s_worker_argv(llmq_cluster_t *self, const llmq_cluster_opts_t *opts,
+                          zlist_t *file_models, size_t nfile,
+                          const char *base_url, char *capacity, char **argv)
+{
+    size_t argc = 0;
+    argv[argc++] = "llmq-worker";
+    argv[argc++] = "--broker";
+    argv[argc++] = self->backend;
+    argv[argc++] = "--provider";
+    argv[argc++] = self->provider;
+    argv[argc++] = "--model";
+    argv[argc++] = self->model;
+    const char *extra =
+        file_models ? (const char *)zlist_first(file_models) : NULL;
+    for (size_t m = 0; extra && m < nfile; m++) {
+        if (!streq(extra, self->model)) {
+            argv[argc++] = "--model";
+            argv[argc++] = (char *)extra;
+        }
+        extra = (const char *)zlist_next(file_models);
+    }
+    for (size_t m = 0; m < opts->models_count && m < 256; m++)
+        if (!streq(opts->models[m], self->model)) {
+            argv[argc++] = "--model";
+            argv[argc++] = (char *)opts->models[m];
+        }
+    if (base_url) {
+        argv[argc++] = "--base-url";
+        argv[argc++] = (char *)base_url;
+    }
+    if (opts->capacity > 0) {
+        argv[argc++] = "--capacity";
+        argv[argc++] = capacity;
+    }
+    if (opts->config) {
+        argv[argc++] = "--config";
+        argv[argc++] = (char *)opts->config;
+    }
+    //  Durable batches: the provider's Batch API through these workers.
+    if (opts->batch_db)
+        argv[argc++] = "--batch-api";
+    argv[argc] = NULL;
+}
+
+/*  3. The workers, started together, then awaited one by one. */
+static int s_start_workers(llmq_cluster_t *self,
+                           const llmq_cluster_opts_t *opts,
+                           zlist_t *file_models, const char *base_url,
+                           char *err, size_t errlen)
+{
+    int workers = opts->workers > 0 ? opts->workers : 4;
+    if (workers > LLMQ_CLUSTER_MAX_CHILDREN - 2)
+        workers = LLMQ_CLUSTER_MAX_CHILDREN - 2;
+    char capacity[32];
+    snprintf(capacity, sizeof(capacity), "%d", opts->capacity);
+    int first = self->count;
+    size_t nfile = file_models ? zlist_size(file_models) : 0;
+    if (nfile > 256)
+        nfile = 256;
+    size_t cap =
+        16 +
+        2 * (nfile + (opts->models_count < 256 ? opts->models_count : 256));
+    char **argv = (char **)calloc(cap, sizeof(char *));
+    if (!argv) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    for (int i = 0; i < workers; i++) {
+        s_worker_argv(self, opts, file_models, nfile, base_url, capacity, argv);
+        char name[32];
+        snprintf(name, sizeof(name), "worker-%d", i + 1);
+        if (!s_spawn(self, name, argv, err, errlen)) {
+            free(argv);
+            return -1;
+        }
+    }
+    free(argv);
+    for (int i = first; i < self->count; i++) {
+        char *line = s_wait_ready(&self->children[i], err, errlen);
+        if (!line)
+            return -1;
+        zstr_free(&line);
+    }
+    return 0;
+}
+
+/*  The provider (flag, config file, SDK variables, else the simulator),
+    its default model and URL. Fills self->provider and self->model;
+    returns the base URL (borrowed from file_base_url or the environment)
+    or NULL. */
+static const char *s_choose_provider(llmq_cluster_t *self,
+                                     const llmq_cluster_opts_t *opts,
+                                     const char *file_provider,
+                                     const char *file_base_url,
+                                     const char *file_model)
+{
+    const char *openai_key = getenv("OPENAI_API_KEY");
+    const char *anthropic_key = getenv("ANTHROPIC_API_KEY");
+    const char *provider = opts->provider ? opts->provider : file_provider;
+    if (!provider)
+        provider = (openai_key && *openai_key)         ? "openai"
+                   : (anthropic_key && *anthropic_key) ? "anthropic"
+                                                       : "sim";
+    self->provider = strdup(provider);
+    const char *model = opts->model ? opts->model : file_model;
+    if (!model)
+        model = streq(provider, "sim")         ? "sim-model"
+                : streq(provider, "anthropic") ? "claude-3-5-haiku-latest"
+                : streq(provider, "echo")      ? "echo"
+                                               : "gpt-4o-mini";
+    self->model = strdup(model);
+    const char *base_url = opts->base_url ? opts->base_url : file_base_url;
+    if (!base_url && streq(provider, "openai"))
+        base_url = getenv("OPENAI_BASE_URL");
+    if (!base_url && streq(provider, "anthropic"))
+        base_url = getenv("ANTHROPIC_BASE_URL");
+    //  An empty variable is no URL (the provider's default applies).
+    return base_url && *base_url ? base_url : NULL;
+}
+
 llmq_cluster_t *llmq_cluster_new(const llmq_cluster_opts_t *opts, char *err,
                                  size_t errlen)
 {
@@ -394,169 +576,31 @@ llmq_cluster_t *llmq_cluster_new(const llmq_cluster_opts_t *opts, char *err,
         free(self);
         return NULL;
     }
-    const char *api_key = getenv("OPENAI_API_KEY");
     char *file_provider = s_yaml_value(opts->config, "provider");
     char *file_base_url = s_yaml_value(opts->config, "base_url");
     zlist_t *file_models = s_yaml_values(opts->config, "models");
-    const char *file_model =
-        file_models ? (const char *)zlist_first(file_models) : NULL;
-    const char *provider = opts->provider ? opts->provider : file_provider;
-    if (!provider)
-        provider = (api_key && *api_key) ? "openai" : "sim";
-    self->provider = strdup(provider);
-    bool simulated = streq(provider, "sim");
-    const char *model = opts->model ? opts->model : file_model;
-    if (!model)
-        model = simulated                      ? "sim-model"
-                : streq(provider, "anthropic") ? "claude-3-5-haiku-latest"
-                : streq(provider, "echo")      ? "echo"
-                                               : "gpt-4o-mini";
-    self->model = strdup(model);
-    const char *base_url = opts->base_url ? opts->base_url : file_base_url;
-    if (!base_url && streq(provider, "openai"))
-        base_url = getenv("OPENAI_BASE_URL");
-    if (!base_url && streq(provider, "anthropic"))
-        base_url = getenv("ANTHROPIC_BASE_URL");
-    char *line = NULL;
+    const char *base_url = s_choose_provider(
+        self, opts, file_provider, file_base_url,
+        file_models ? (const char *)zlist_first(file_models) : NULL);
     char *sim_base = NULL;
-
-    //  1. The simulator, when it is the provider and no URL was given.
-    if (simulated && !base_url) {
-        char latency[32];
-        snprintf(latency, sizeof(latency), "%d",
-                 opts->sim_latency_ms > 0 ? opts->sim_latency_ms : 50);
-        char *argv[] = {"llmq-sim",     "--port", "0",
-                        "--latency-ms", latency,  NULL};
-        s_child_t *child = s_spawn(self, "sim", argv, err, errlen);
-        if (!child || !(line = s_wait_ready(child, err, errlen)))
-            goto failed;
-        self->sim_url = s_ready_value(line, "url");
-        zstr_free(&line);
-        if (!self->sim_url) {
-            snprintf(err, errlen, "llmq-sim printed no url");
-            goto failed;
-        }
-        //  An OpenAI base URL ends in /v1 (as OPENAI_BASE_URL does).
-        sim_base = zsys_sprintf("%s/v1", self->sim_url);
+    //  The simulator when it is the provider and no URL was given.
+    int rc = self->provider && self->model ? 0 : -1;
+    if (rc == 0 && streq(self->provider, "sim") && !base_url) {
+        rc = s_start_sim(self, opts, &sim_base, err, errlen);
         base_url = sim_base;
     }
-
-    //  2. The broker on ephemeral ports.
-    {
-        //  No durable batches in a throwaway cluster (no file in the cwd).
-        //  Its own name tells it apart from any other broker that later
-        //  gets the same ephemeral port.
-        //  The pid makes the name unique among embedded clusters too.
-        char name[64];
-        snprintf(name, sizeof name, "llmq-local-%d", (int)getpid());
-        char *argv[] = {"llmq-broker",
-                        "--frontend",
-                        "tcp://127.0.0.1:*",
-                        "--backend",
-                        "tcp://127.0.0.1:*",
-                        "--batch-db",
-                        "none",
-                        "--name",
-                        name,
-                        NULL};
-        s_child_t *child = s_spawn(self, "broker", argv, err, errlen);
-        if (!child || !(line = s_wait_ready(child, err, errlen)))
-            goto failed;
-        self->endpoint = s_ready_value(line, "frontend");
-        self->backend = s_ready_value(line, "backend");
-        zstr_free(&line);
-        if (!self->endpoint || !self->backend) {
-            snprintf(err, errlen, "llmq-broker printed no frontend/backend");
-            goto failed;
-        }
-    }
-
-    //  3. The workers, started together, then awaited one by one.
-    {
-        int workers = opts->workers > 0 ? opts->workers : 4;
-        if (workers > LLMQ_CLUSTER_MAX_CHILDREN - 2)
-            workers = LLMQ_CLUSTER_MAX_CHILDREN - 2;
-        char capacity[32];
-        snprintf(capacity, sizeof(capacity), "%d", opts->capacity);
-        int first = self->count;
-        //  Every worker serves the default model, the config file's models
-        //  (flags replace the file's list, so they are repeated here) and
-        //  the models the input names.
-        size_t nfile = file_models ? zlist_size(file_models) : 0;
-        if (nfile > 256)
-            nfile = 256;
-        size_t cap =
-            16 +
-            2 * (nfile + (opts->models_count < 256 ? opts->models_count : 256));
-        char **argv = (char **)calloc(cap, sizeof(char *));
-        for (int i = 0; argv && i < workers; i++) {
-            size_t argc = 0;
-            argv[argc++] = "llmq-worker";
-            argv[argc++] = "--broker";
-            argv[argc++] = self->backend;
-            argv[argc++] = "--provider";
-            argv[argc++] = self->provider;
-            argv[argc++] = "--model";
-            argv[argc++] = self->model;
-            const char *extra =
-                file_models ? (const char *)zlist_first(file_models) : NULL;
-            for (size_t m = 0; extra && m < nfile; m++) {
-                if (!streq(extra, self->model)) {
-                    argv[argc++] = "--model";
-                    argv[argc++] = (char *)extra;
-                }
-                extra = (const char *)zlist_next(file_models);
-            }
-            for (size_t m = 0; m < opts->models_count && m < 256; m++)
-                if (!streq(opts->models[m], self->model)) {
-                    argv[argc++] = "--model";
-                    argv[argc++] = (char *)opts->models[m];
-                }
-            if (base_url) {
-                argv[argc++] = "--base-url";
-                argv[argc++] = (char *)base_url;
-            }
-            if (opts->capacity > 0) {
-                argv[argc++] = "--capacity";
-                argv[argc++] = capacity;
-            }
-            if (opts->config) {
-                argv[argc++] = "--config";
-                argv[argc++] = (char *)opts->config;
-            }
-            argv[argc] = NULL;
-            char name[32];
-            snprintf(name, sizeof(name), "worker-%d", i + 1);
-            if (!s_spawn(self, name, argv, err, errlen)) {
-                free(argv);
-                goto failed;
-            }
-        }
-        if (!argv) {
-            snprintf(err, errlen, "out of memory");
-            goto failed;
-        }
-        free(argv);
-        for (int i = first; i < self->count; i++) {
-            if (!(line = s_wait_ready(&self->children[i], err, errlen)))
-                goto failed;
-            zstr_free(&line);
-        }
-    }
+    if (rc == 0)
+        rc = s_start_broker(self, opts, err, errlen);
+    if (rc == 0)
+        rc = s_start_workers(self, opts, file_models, base_url, err, errlen);
     free(sim_base);
     free(file_provider);
     free(file_base_url);
     zlist_destroy(&file_models);
-    return self;
-
-failed:
+    if (rc == 0)
+        return self;
     if (s_config_error)
         errno = EINVAL;
-    zstr_free(&line);
-    free(sim_base);
-    free(file_provider);
-    free(file_base_url);
-    zlist_destroy(&file_models);
     int saved = errno;
     llmq_cluster_destroy(&self);
     errno = saved;

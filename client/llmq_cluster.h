@@ -12,8 +12,9 @@
 
     Provider choice when opts->provider is NULL: the config file's
     `provider:`, else `openai` when OPENAI_API_KEY is set (at
-    OPENAI_BASE_URL when set), else `sim` with a local llmq-sim, whose
-    results are labelled as simulated. With a config file, its `models:`
+    OPENAI_BASE_URL when set), else `anthropic` when ANTHROPIC_API_KEY is
+    set (at ANTHROPIC_BASE_URL when set), else `sim` with a local llmq-sim,
+    whose results are labelled as simulated. With a config file, its `models:`
     and `base_url:` are used unless options override them (the file is read
     for these three top-level keys only; the workers read all of it).
 
@@ -41,6 +42,10 @@ typedef struct {
     const char *config;        /* worker YAML config (llmq-worker --config) */
     int sim_latency_ms;        /* llmq-sim latency, default 50 */
     bool verbose;              /* children's stderr to ours */
+    const char *batch_db;      /* durable batches: the broker's SQLite file
+                                  (kept across runs) and workers with
+                                  --batch-api; NULL: no batches */
+    int batch_poll_ms;         /* broker's provider poll period, 0: its own */
 } llmq_cluster_opts_t;
 
 typedef struct _llmq_cluster_t llmq_cluster_t;

@@ -20,6 +20,7 @@ struct _llmq_jsonl_writer_t {
     int fd;            /* O_APPEND file descriptor */
     int64_t last_sync; /* zclock_mono() of the last fsync */
     bool dirty;        /* written since the last fsync */
+    bool is_stdout;    /* "-": a dup of stdout, never fsynced */
 };
 
 uint64_t llmq_jsonl_fnv1a(const void *data, size_t size)
@@ -255,6 +256,16 @@ zlistx_t *llmq_jsonl_read_input(const char *path, bool keep_bodies, char *err,
             continue;
         llmq_jsonl_item_t *item =
             llmq_jsonl_parse_line(line, (size_t)len, line_no);
+        //  A line the protocol cannot carry is answered by an error line,
+        //  never sent (a frame over the limit would only be dropped, and
+        //  resent after every reconnect).
+        if (item && (size_t)len > LLMQ_JSONL_MAX_LINE && !item->error) {
+            cJSON_Delete(item->body);
+            item->body = NULL;
+            item->error = zsys_sprintf(
+                "line too large: %zd bytes (the protocol's limit is %lld)", len,
+                (long long)LLMQ_JSONL_MAX_LINE);
+        }
         if (item && item->body && !keep_bodies) {
             //  Keep the text, parse again at submit time.
             item->line = (char *)malloc((size_t)len + 1);
@@ -362,7 +373,9 @@ zhashx_t *llmq_jsonl_scan_output(const char *path, bool retry_failed,
     size_t dropped = 0;
     zhashx_t *lines = zhashx_new();
     zhashx_set_destructor(lines, (zhashx_destructor_fn *)zstr_free);
-    FILE *file = fopen(path, "r");
+    FILE *file = streq(path, "-") ? NULL : fopen(path, "r");
+    if (!file && streq(path, "-"))
+        errno = ENOENT; //  stdout: nothing to resume
     if (!file) {
         if (errno != ENOENT) {
             snprintf(err, errlen, "cannot read %s: %s", path, strerror(errno));
@@ -418,6 +431,8 @@ static int s_write_all(int fd, const char *data, size_t size)
 
 int llmq_jsonl_write_ordered(const char *path, zlistx_t *items, zhashx_t *lines)
 {
+    if (streq(path, "-"))
+        return 0; //  stdout had every line as it came
     char *temp = zsys_sprintf("%s.tmp.%d", path, (int)getpid());
     int fd = open(temp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
     if (fd < 0) {
@@ -488,7 +503,9 @@ int llmq_jsonl_write_ordered(const char *path, zlistx_t *items, zhashx_t *lines)
 
 llmq_jsonl_writer_t *llmq_jsonl_writer_new(const char *path)
 {
-    int fd = open(path, O_WRONLY | O_CREAT | O_APPEND, 0644);
+    bool is_stdout = streq(path, "-");
+    int fd = is_stdout ? dup(STDOUT_FILENO)
+                       : open(path, O_WRONLY | O_CREAT | O_APPEND, 0644);
     if (fd < 0)
         return NULL;
     llmq_jsonl_writer_t *self = (llmq_jsonl_writer_t *)calloc(1, sizeof(*self));
@@ -497,6 +514,7 @@ llmq_jsonl_writer_t *llmq_jsonl_writer_new(const char *path)
         return NULL;
     }
     self->fd = fd;
+    self->is_stdout = is_stdout;
     self->last_sync = zclock_mono();
     return self;
 }
@@ -505,7 +523,7 @@ void llmq_jsonl_writer_destroy(llmq_jsonl_writer_t **self_p)
 {
     if (self_p && *self_p) {
         llmq_jsonl_writer_t *self = *self_p;
-        if (self->dirty)
+        if (self->dirty && !self->is_stdout)
             fsync(self->fd);
         close(self->fd);
         free(self);
@@ -522,7 +540,7 @@ int llmq_jsonl_writer_write(llmq_jsonl_writer_t *self, const char *line)
 int llmq_jsonl_writer_sync(llmq_jsonl_writer_t *self, int interval_ms)
 {
     int64_t now = zclock_mono();
-    if (!self->dirty || now - self->last_sync < interval_ms)
+    if (!self->dirty || self->is_stdout || now - self->last_sync < interval_ms)
         return 0;
     self->last_sync = now;
     self->dirty = false;

@@ -33,6 +33,10 @@ extern "C" {
 
 /*  Longest custom_id accepted. */
 #define LLMQ_JSONL_MAX_ID 512
+/*  Longest input line sent: a request body travels in one frame of at
+    most LLMQ_MAX_FRAME_SIZE (64 MiB, proto/PROTOCOL.md) and its msgpack
+    is never larger than its JSON text. A longer line is an error item. */
+#define LLMQ_JSONL_MAX_LINE ((size_t)64 * 1024 * 1024 - 4096)
 
 typedef struct {
     size_t line_no;  /* 1-based line number in the input */
@@ -74,9 +78,9 @@ char *llmq_jsonl_error_line(const char *custom_id, const char *request_id,
 char *llmq_jsonl_result_line(const char *custom_id,
                              const llmq_result_t *result);
 
-/*  Resume: read an output file and keep its complete, valid lines (a
-    partial last line, as a kill leaves, and unparsable lines are dropped;
-    with retry_failed, error lines are dropped too so they run again).
+/*  Resume: read an output file ("-": nothing to resume) and keep its complete,
+   valid lines (a partial last line, as a kill leaves, and unparsable lines are
+   dropped; with retry_failed, error lines are dropped too so they run again).
     Returns a table custom_id -> line (with '\n'; first wins), empty if the
     file does not exist, NULL with err on a read error. dropped_p receives
     how many lines were dropped. */
@@ -85,12 +89,14 @@ zhashx_t *llmq_jsonl_scan_output(const char *path, bool retry_failed,
 
 /*  Write lines atomically to path (temp file, fsync, rename): first the
     lines of the items in order (those present in `lines`), then any other
-    line of `lines` (kept so that nothing is lost). Returns 0 or -1. */
+    line of `lines` (kept so that nothing is lost). Returns 0 or -1. Path
+    "-" (stdout) writes nothing: its writer streamed every line. */
 int llmq_jsonl_write_ordered(const char *path, zlistx_t *items,
                              zhashx_t *lines);
 
 /*  Appender: every line goes out in one write() on an O_APPEND fd, so a
-    kill leaves whole lines plus at most one partial line. */
+    kill leaves whole lines plus at most one partial line. Path "-" writes
+    to stdout, as lines finish. */
 typedef struct _llmq_jsonl_writer_t llmq_jsonl_writer_t;
 llmq_jsonl_writer_t *llmq_jsonl_writer_new(const char *path);
 void llmq_jsonl_writer_destroy(llmq_jsonl_writer_t **self_p);

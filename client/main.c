@@ -15,13 +15,16 @@
 */
 #include "llmq.h"
 #include "llmq_cluster.h"
+#include "llmq_duration.h"
 #include "llmq_jsonl.h"
 #include "llmq_progress.h"
 
 #include <czmq.h>
 #include <errno.h>
 #include <getopt.h>
+#include <libgen.h>
 #include <signal.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #define EXIT_OK 0
@@ -65,10 +68,11 @@ typedef struct {
     int capacity;           /* embedded cluster per-worker capacity */
     int sim_latency_ms;     /* embedded llmq-sim latency */
     int concurrency;        /* run: window */
-    int max_attempts;       /* broker dispatch attempts */
+    int max_dispatches;     /* broker dispatch attempts per request */
     int64_t deadline_ms;    /* per-request deadline */
     int timeout_ms;         /* broker liveness */
-    int give_up_s;          /* fail when the broker is silent this long */
+    int64_t give_up_ms;     /* fail when the broker is silent this long */
+    int batch_poll_ms;      /* embedded broker: provider poll period */
     bool quiet;             /* no progress bar, no summary */
     bool retry_failed;      /* run: redo error lines of OUT */
     bool verbose;           /* log more, children's stderr through */
@@ -77,6 +81,7 @@ typedef struct {
     const char *system;     /* chat: system prompt */
     int max_tokens;         /* chat: max_tokens */
     const char *mode;       /* batch, run: auto | realtime | provider */
+    const char *batch_db;   /* embedded broker's batch database, or NULL */
     bool detach;            /* batch submit: print the id and leave */
     const char *curve_cert; /* CURVE: own secret certificate */
     const char *broker_key; /* CURVE: the broker's public key or cert */
@@ -93,6 +98,8 @@ enum {
     OPT_SIM_LATENCY,
     OPT_CONCURRENCY,
     OPT_MAX_ATTEMPTS,
+    OPT_MAX_DISPATCHES,
+    OPT_BATCH_POLL,
     OPT_DEADLINE,
     OPT_TIMEOUT,
     OPT_GIVE_UP,
@@ -122,6 +129,8 @@ static const struct option s_long_options[] = {
     {"output", required_argument, NULL, 'o'},
     {"concurrency", required_argument, NULL, OPT_CONCURRENCY},
     {"max-attempts", required_argument, NULL, OPT_MAX_ATTEMPTS},
+    {"max-dispatches", required_argument, NULL, OPT_MAX_DISPATCHES},
+    {"batch-poll-ms", required_argument, NULL, OPT_BATCH_POLL},
     {"deadline-ms", required_argument, NULL, OPT_DEADLINE},
     {"timeout", required_argument, NULL, OPT_TIMEOUT},
     {"give-up", required_argument, NULL, OPT_GIVE_UP},
@@ -145,18 +154,32 @@ static const char *s_usage_main =
     "Commands:\n"
     "  run IN.jsonl -o OUT.jsonl   run every line of IN through the broker, "
     "write OUT\n"
+    "                              (--mode provider|auto|realtime: as one "
+    "durable batch)\n"
     "  chat \"prompt\"               ask one question, stream the answer\n"
     "  status                      workers, queues and counters of a broker\n"
-    "  batch submit|status|results|cancel|list   durable broker-side batches\n"
     "  ping                        check that a broker answers\n"
+    "  batch submit FILE           durable broker-side batch: send FILE, "
+    "wait, write OUT\n"
+    "  batch status ID             a batch's state, mode, counts, tokens, "
+    "cost\n"
+    "  batch results ID -o OUT     wait for a batch and write its results\n"
+    "  batch wait ID               wait until a batch is finished\n"
+    "  batch cancel ID             cancel a batch (at the provider too)\n"
+    "  batch list                  the broker's batches\n"
     "  keygen NAME                 write a CURVE keypair: NAME (public) and "
     "NAME_secret\n"
     "\n"
-    "Options: llmq <command> --help.  llmq --version prints the version.\n"
-    "With no --broker (and no LLMQ_ENDPOINT), run and chat use the broker "
-    "at\n" LLMQ_DEFAULT_ENDPOINT
-    " if one answers, else start an embedded local cluster\n"
-    "(broker + workers, and llmq-sim unless OPENAI_API_KEY is set).\n"
+    "Options: llmq <command> --help (or -h).  llmq --version prints the "
+    "version.\n"
+    "With no --broker (and no LLMQ_ENDPOINT), run, chat and batch submit use "
+    "the\n"
+    "broker at " LLMQ_DEFAULT_ENDPOINT
+    " if one answers, else start an embedded local\n"
+    "cluster (broker + workers; the provider: OPENAI_API_KEY/OPENAI_BASE_URL, "
+    "else\n"
+    "ANTHROPIC_API_KEY/ANTHROPIC_BASE_URL, else the bundled llmq-sim).\n"
+    "Durations: a bare number is ms, or with a unit: 500ms, 2s, 1m.\n"
     "\n"
     "Exit codes: 0 ok; 1 some lines/requests failed; 2 usage or config error;\n"
     "3 broker unreachable or other fatal error; 130 interrupted.\n";
@@ -186,12 +209,124 @@ static const char *s_usage_cluster =
     "(provider,\n"
     "                       base_url, models, limits, pricing; see "
     "examples/llmq.yaml)\n"
-    "  --sim-latency-ms N   embedded llmq-sim latency (default "
-    "50)\n" S_USAGE_CURVE
-    "  --timeout MS         broker liveness: reconnect and resend after MS of\n"
-    "                       silence (default 3000)\n"
+    "  --sim-latency-ms D   embedded llmq-sim latency (default 50)\n"
+    "  --batch-poll-ms D    embedded broker: poll period of a provider batch\n"
+    "                       (default 30s)\n" S_USAGE_CURVE
+    "  --timeout D          broker liveness: reconnect and resend after D of\n"
+    "                       silence (default 3000 ms)\n"
     "  --verbose            log reconnects; children's logs to stderr\n"
     "  --help               this help\n";
+
+static void s_help_run(void)
+{
+    printf("usage: llmq run IN.jsonl -o OUT.jsonl [options]\n\n"
+           "Input lines: OpenAI Batch API {custom_id, method, url, body} "
+           "(url:\n"
+           "/v1/chat/completions, /v1/completions, /v1/embeddings), or "
+           "{\"prompt\": ...},\n"
+           "or {\"messages\": [...]}, or plain text (one prompt per line). A "
+           "missing\n"
+           "custom_id is \"line-<n>\". Output: OpenAI Batch output lines {id, "
+           "custom_id,\n"
+           "response {status_code, request_id, body}, error}, appended as "
+           "results\n"
+           "arrive, rewritten in input order at the end. A failed line is an "
+           "error\n"
+           "line. Rerunning skips custom_ids already in OUT (resume).\n\n"
+           "Run options:\n"
+           "  -o, --output OUT     output file (required; its directory is "
+           "created;\n"
+           "                       \"-\": stdout, lines as they finish). IN "
+           "\"-\": stdin.\n"
+           "                       IN and OUT must be different files; "
+           "custom_ids unique\n"
+           "  --concurrency N      requests outstanding at once (default 64)\n"
+           "  --max-dispatches N   broker dispatch attempts per request "
+           "(--max-attempts:\n"
+           "                       deprecated alias)\n"
+           "  --deadline-ms D      per-request deadline\n"
+           "  --retry-failed       on resume, run error lines of OUT again\n"
+           "  --mode M             run the file as one durable broker batch "
+           "(auto,\n"
+           "                       realtime, provider: see llmq batch --help) "
+           "and wait\n"
+           "                       with a progress display of its states. "
+           "With no\n"
+           "                       broker, the embedded one keeps the batch "
+           "in "
+           "OUT.llmq-\n"
+           "                       batch.db (./llmq-batches.db for -o -): "
+           "rerun the same\n"
+           "                       command after an interrupt to resume the "
+           "SAME batch\n"
+           "                       (at the provider too); removed when OUT is "
+           "written\n"
+           "  --give-up D          exit 3 if no broker answers for D (default "
+           "300s; 0:\n"
+           "                       never; a bare number is ms)\n"
+           "  --quiet              no progress bar and no summary\n\n%s\n"
+           "Exit codes: 0 all lines ok; 1 some lines failed; 2 usage/config "
+           "error;\n"
+           "3 broker unreachable or fatal; 130 interrupted (rerun to "
+           "resume).\n",
+           s_usage_cluster);
+}
+
+static void s_help_batch(void)
+{
+    printf("usage: llmq batch submit FILE [--mode auto|realtime|provider] "
+           "[--detach]\n"
+           "                         [--model M] [-o OUT.jsonl]\n"
+           "       llmq batch status ID [--json]\n"
+           "       llmq batch results ID -o OUT.jsonl\n"
+           "       llmq batch wait ID\n"
+           "       llmq batch cancel ID\n"
+           "       llmq batch list\n\n"
+           "A batch lives in the broker (SQLite): it survives client "
+           "disconnects and\n"
+           "broker restarts. submit sends FILE's lines (as for llmq run; one "
+           "model and\n"
+           "one op per batch), prints the batch id on stdout, then (without "
+           "--detach)\n"
+           "shows the batch's state and counts until it is finished and "
+           "writes "
+           "the\n"
+           "results, in input order, in the OpenAI Batch output format to OUT "
+           "(default\n"
+           "FILE.out.jsonl). results waits for the batch in the same way. "
+           "Modes: realtime\n"
+           "(items dispatched like requests, behind interactive ones), "
+           "provider (the\n"
+           "provider's Batch API through a worker pool with batch_api: half "
+           "price, up\n"
+           "to 24 h), auto (provider for large batches when a pool supports "
+           "it; the\n"
+           "default). Usage and cost are shown per batch, Batch API discount "
+           "applied.\n\n"
+           "  --mode M             auto (default), realtime, provider\n"
+           "  --detach             submit: print the id and exit (needs a "
+           "broker)\n"
+           "  --model M            model of every item (default: the "
+           "input's, else the\n"
+           "                       broker's first worker's)\n"
+           "  -o, --output OUT     results file\n"
+           "  --json               status: one JSON line\n"
+           "  --broker EP          broker frontend (default $LLMQ_ENDPOINT, "
+           "else %s;\n"
+           "                       submit with no broker: an embedded "
+           "cluster, its batch\n"
+           "                       database in OUT.llmq-batch.db, so the same "
+           "command\n"
+           "                       resumes the same batch; see llmq run "
+           "--help)\n"
+           "  --quiet              no progress display\n"
+           "  --help               this help\n\n"
+           "Exit codes: 0 ok; 1 some items failed (or the batch was "
+           "cancelled/expired);\n"
+           "2 usage error; 3 broker unreachable; 130 interrupted (the batch "
+           "goes on).\n",
+           LLMQ_DEFAULT_ENDPOINT);
+}
 
 static void s_help(const char *command)
 {
@@ -199,89 +334,11 @@ static void s_help(const char *command)
         printf("%s", s_usage_main);
         return;
     }
-    if (streq(command, "run")) {
-        printf(
-            "usage: llmq run IN.jsonl -o OUT.jsonl [options]\n\n"
-            "Input lines: OpenAI Batch API {custom_id, method, url, body} "
-            "(url:\n"
-            "/v1/chat/completions, /v1/completions, /v1/embeddings), or "
-            "{\"prompt\": ...},\n"
-            "or {\"messages\": [...]}, or plain text (one prompt per line). A "
-            "missing\n"
-            "custom_id is \"line-<n>\". Output: OpenAI Batch output lines {id, "
-            "custom_id,\n"
-            "response {status_code, request_id, body}, error}, appended as "
-            "results\n"
-            "arrive, rewritten in input order at the end. A failed line is an "
-            "error\n"
-            "line. Rerunning skips custom_ids already in OUT (resume).\n\n"
-            "Run options:\n"
-            "  -o, --output OUT     output file (required)\n"
-            "  --concurrency N      requests outstanding at once (default 64)\n"
-            "  --max-attempts N     broker dispatch attempts per request\n"
-            "  --deadline-ms N      per-request deadline\n"
-            "  --retry-failed       on resume, run error lines of OUT again\n"
-            "  --mode M             run the file as one durable broker batch "
-            "(auto,\n"
-            "                       realtime, provider: see llmq batch --help) "
-            "and wait\n"
-            "                       with a progress display of its states\n"
-            "  --give-up S          exit 3 if the broker is silent S seconds\n"
-            "                       (default 300; 0: never)\n"
-            "  --quiet              no progress bar and no summary\n\n%s\n"
-            "Exit codes: 0 all lines ok; 1 some lines failed; 2 usage/config "
-            "error;\n"
-            "3 broker unreachable or fatal; 130 interrupted (rerun to "
-            "resume).\n",
-            s_usage_cluster);
-    } else if (streq(command, "batch")) {
-        printf(
-            "usage: llmq batch submit FILE [--mode auto|realtime|provider] "
-            "[--detach]\n"
-            "                         [--model M] [-o OUT.jsonl]\n"
-            "       llmq batch status ID [--json]\n"
-            "       llmq batch results ID -o OUT.jsonl\n"
-            "       llmq batch wait ID\n"
-            "       llmq batch cancel ID\n"
-            "       llmq batch list\n\n"
-            "A batch lives in the broker (SQLite): it survives client "
-            "disconnects and\n"
-            "broker restarts. submit sends FILE's lines (as for llmq run; one "
-            "model and\n"
-            "one op per batch), prints the batch id on stdout, then (without "
-            "--detach)\n"
-            "shows the batch's state and counts until it is finished and "
-            "writes "
-            "the\n"
-            "results, in input order, in the OpenAI Batch output format to OUT "
-            "(default\n"
-            "FILE.out.jsonl). results waits for the batch in the same way. "
-            "Modes: realtime\n"
-            "(items dispatched like requests, behind interactive ones), "
-            "provider (the\n"
-            "provider's Batch API through a worker pool with batch_api: half "
-            "price, up\n"
-            "to 24 h), auto (provider for large batches when a pool supports "
-            "it; the\n"
-            "default). Usage and cost are shown per batch, Batch API discount "
-            "applied.\n\n"
-            "  --mode M             auto (default), realtime, provider\n"
-            "  --detach             submit: print the id and exit\n"
-            "  --model M            model of every item (default: the "
-            "input's, else the\n"
-            "                       broker's first worker's)\n"
-            "  -o, --output OUT     results file\n"
-            "  --json               status: one JSON line\n"
-            "  --broker EP          broker frontend (default $LLMQ_ENDPOINT, "
-            "else %s)\n" S_USAGE_CURVE
-            "  --quiet              no progress display\n"
-            "  --help               this help\n\n"
-            "Exit codes: 0 ok; 1 some items failed (or the batch was "
-            "cancelled/expired);\n"
-            "2 usage error; 3 broker unreachable; 130 interrupted (the batch "
-            "goes on).\n",
-            LLMQ_DEFAULT_ENDPOINT);
-    } else if (streq(command, "chat")) {
+    if (streq(command, "run"))
+        s_help_run();
+    else if (streq(command, "batch"))
+        s_help_batch();
+    else if (streq(command, "chat")) {
         printf("usage: llmq chat \"prompt\" [options]\n\n"
                "Streams the answer to stdout as it is generated.\n\n"
                "Chat options:\n"
@@ -299,12 +356,12 @@ static void s_help(const char *command)
             LLMQ_DEFAULT_ENDPOINT);
     } else if (streq(command, "ping")) {
         printf(
-            "usage: llmq ping [--broker EP] [--timeout MS]\n\n"
+            "usage: llmq ping [--broker EP] [--timeout D]\n\n"
             "Pings the broker; prints its name, version and the round trip.\n"
             "Exit 0 if it answered, 3 if not.\n"
             "  --broker EP          broker frontend (default %s)\n"
-            "  --timeout MS         how long to wait (default "
-            "3000)\n" S_USAGE_CURVE "  --help               this help\n",
+            "  --timeout D          how long to wait (default 3000 ms; or "
+            "2s)\n" S_USAGE_CURVE "  --help               this help\n",
             LLMQ_DEFAULT_ENDPOINT);
     }
 }
@@ -322,6 +379,85 @@ static long s_number(const char *text, const char *name)
     return value;
 }
 
+/*  Parse a duration option (a bare number is ms; or 500ms, 2s, 1m: the
+    parser every llmq binary shares). --give-up took seconds before: a bare
+    number below 1000 there is most likely meant as seconds, so say how it
+    is read. Returns 0 or -1. */
+static int s_duration(const char *text, const char *name, bool was_seconds,
+                      int64_t *ms_p)
+{
+    bool bare = false;
+    if (llmq_duration_parse(text, ms_p, &bare) || *ms_p > INT32_MAX) {
+        fprintf(stderr,
+                "llmq: %s wants a duration (a bare number is ms; or 500ms, "
+                "2s, 1m), not '%s'\n",
+                name, text);
+        return -1;
+    }
+    if (was_seconds && bare && *ms_p > 0 && *ms_p < 1000)
+        fprintf(stderr,
+                "llmq: warning: %s %s is %s ms (durations are in ms; write "
+                "%ss for seconds)\n",
+                name, text, text, text);
+    return 0;
+}
+
+/*  Options with a number or a duration value. Returns 0, -1 (bad value,
+    said on stderr) or 1 (not such an option). */
+static int s_parse_value(int c, const char *value, const char *name,
+                         s_opts_t *opts)
+{
+    long n = 0;
+    int64_t ms = 0;
+    switch (c) {
+    case OPT_WORKERS:
+    case OPT_CAPACITY:
+    case OPT_CONCURRENCY:
+    case OPT_MAX_ATTEMPTS:
+    case OPT_MAX_DISPATCHES:
+    case OPT_MAX_TOKENS:
+        if ((n = s_number(value, name)) < 0)
+            return -1;
+        if (c == OPT_WORKERS)
+            opts->workers = (int)n;
+        if (c == OPT_CAPACITY)
+            opts->capacity = (int)n;
+        if (c == OPT_CONCURRENCY)
+            opts->concurrency = (int)n;
+        if (c == OPT_MAX_ATTEMPTS)
+            fprintf(stderr, "llmq: --max-attempts is deprecated: it is "
+                            "--max-dispatches (broker dispatches; the "
+                            "worker's --max-attempts counts HTTP "
+                            "attempts)\n");
+        if (c == OPT_MAX_ATTEMPTS || c == OPT_MAX_DISPATCHES)
+            opts->max_dispatches = (int)n;
+        if (c == OPT_MAX_TOKENS)
+            opts->max_tokens = (int)n;
+        break;
+    case OPT_SIM_LATENCY:
+    case OPT_DEADLINE:
+    case OPT_TIMEOUT:
+    case OPT_GIVE_UP:
+    case OPT_BATCH_POLL:
+        if (s_duration(value, name, c == OPT_GIVE_UP, &ms) < 0)
+            return -1;
+        if (c == OPT_SIM_LATENCY)
+            opts->sim_latency_ms = (int)ms;
+        if (c == OPT_DEADLINE)
+            opts->deadline_ms = ms;
+        if (c == OPT_TIMEOUT)
+            opts->timeout_ms = (int)ms;
+        if (c == OPT_GIVE_UP)
+            opts->give_up_ms = ms;
+        if (c == OPT_BATCH_POLL)
+            opts->batch_poll_ms = (int)ms;
+        break;
+    default:
+        return 1;
+    }
+    return 0;
+}
+
 /*  Parse options for a command; positional arguments stay in argv from
  *first_p on. Returns 0, 1 (help printed), or -1 (usage error). */
 static int s_parse(const char *command, int argc, char **argv, s_opts_t *opts,
@@ -331,7 +467,7 @@ static int s_parse(const char *command, int argc, char **argv, s_opts_t *opts,
     opterr = 0;
     int c;
     while ((c = getopt_long(argc, argv, "o:hq", s_long_options, NULL)) != -1) {
-        long n = 0;
+        int rc = 0;
         switch (c) {
         case OPT_BROKER:
             opts->broker = optarg;
@@ -386,44 +522,18 @@ static int s_parse(const char *command, int argc, char **argv, s_opts_t *opts,
         case 'h':
             s_help(command);
             return 1;
-        case OPT_WORKERS:
-        case OPT_CAPACITY:
-        case OPT_SIM_LATENCY:
-        case OPT_CONCURRENCY:
-        case OPT_MAX_ATTEMPTS:
-        case OPT_DEADLINE:
-        case OPT_TIMEOUT:
-        case OPT_GIVE_UP:
-        case OPT_MAX_TOKENS:
-            if ((n = s_number(optarg, argv[optind - 1])) < 0)
-                return -1;
-            if (c == OPT_WORKERS)
-                opts->workers = (int)n;
-            if (c == OPT_CAPACITY)
-                opts->capacity = (int)n;
-            if (c == OPT_SIM_LATENCY)
-                opts->sim_latency_ms = (int)n;
-            if (c == OPT_CONCURRENCY)
-                opts->concurrency = (int)n;
-            if (c == OPT_MAX_ATTEMPTS)
-                opts->max_attempts = (int)n;
-            if (c == OPT_DEADLINE)
-                opts->deadline_ms = n;
-            if (c == OPT_TIMEOUT)
-                opts->timeout_ms = (int)n;
-            if (c == OPT_GIVE_UP)
-                opts->give_up_s = (int)n;
-            if (c == OPT_MAX_TOKENS)
-                opts->max_tokens = (int)n;
-            break;
         case ':':
             fprintf(stderr, "llmq %s: option %s needs a value\n", command,
                     argv[optind - 1]);
             return -1;
         default:
-            fprintf(stderr,
-                    "llmq %s: unknown option '%s' (see llmq %s --help)\n",
-                    command, argv[optind - 1], command);
+            rc = s_parse_value(c, optarg, argv[optind - 1], opts);
+            if (rc == 0)
+                break;
+            if (rc > 0)
+                fprintf(stderr,
+                        "llmq %s: unknown option '%s' (see llmq %s --help)\n",
+                        command, argv[optind - 1], command);
             return -1;
         }
     }
@@ -532,6 +642,8 @@ static int s_connect(const s_opts_t *opts, s_conn_t *conn, bool allow_cluster,
         copts.config = opts->config;
         copts.sim_latency_ms = opts->sim_latency_ms;
         copts.verbose = opts->verbose;
+        copts.batch_db = opts->batch_db;
+        copts.batch_poll_ms = opts->batch_poll_ms;
         char err[512] = "";
         conn->cluster = llmq_cluster_new(&copts, err, sizeof(err));
         if (!conn->cluster) {
@@ -559,6 +671,8 @@ static int s_connect(const s_opts_t *opts, s_conn_t *conn, bool allow_cluster,
     llmq_client_set_verbose(conn->client, opts->verbose);
     if (opts->timeout_ms > 0)
         llmq_client_set_timeout(conn->client, opts->timeout_ms);
+    if (opts->give_up_ms >= 0)
+        llmq_client_set_give_up(conn->client, (int)opts->give_up_ms);
     int wait = opts->timeout_ms > 0 ? opts->timeout_ms : 5000;
     if (llmq_client_ping(conn->client, wait, NULL) < 0) {
         if (s_interrupted)
@@ -576,6 +690,105 @@ static int s_connect(const s_opts_t *opts, s_conn_t *conn, bool allow_cluster,
     if (!conn->model)
         conn->model = strdup("gpt-4o-mini");
     return 0;
+}
+
+//  --------------------------------------------------------------------------
+//  The files of a run: checked before anything is written or sent
+
+/*  OUT's directory is created, and OUT must not be IN: the same device and
+    inode (the same file, or a symlink or hard link to it) would be
+    overwritten by the results. "-" is stdin / stdout. Returns 0 or
+    EXIT_USAGE. */
+static int s_prepare_output(const char *command, const char *input,
+                            const char *output)
+{
+    if (streq(output, "-"))
+        return 0;
+    struct stat in_st, out_st;
+    bool have_in = streq(input, "-") ? fstat(STDIN_FILENO, &in_st) == 0
+                                     : stat(input, &in_st) == 0;
+    if (have_in && stat(output, &out_st) == 0 &&
+        in_st.st_dev == out_st.st_dev && in_st.st_ino == out_st.st_ino) {
+        fprintf(stderr,
+                "llmq %s: %s and %s are the same file (same device and "
+                "inode): the results would overwrite the input; choose "
+                "another -o\n",
+                command, input, output);
+        return EXIT_USAGE;
+    }
+    char *copy = strdup(output);
+    const char *dir = copy ? dirname(copy) : ".";
+    struct stat dir_st;
+    int rc = 0;
+    if (stat(dir, &dir_st) != 0 && zsys_dir_create("%s", dir) != 0) {
+        fprintf(stderr, "llmq %s: cannot create the directory %s of %s: %s\n",
+                command, dir, output, strerror(errno));
+        rc = EXIT_USAGE;
+    }
+    free(copy);
+    return rc;
+}
+
+/*  custom_ids match results to requests: two lines with one id cannot
+    both be answered. Returns 0 or EXIT_USAGE (before anything is sent). */
+static int s_check_duplicates(const char *command, zlistx_t *items)
+{
+    zhashx_t *seen = zhashx_new();
+    size_t duplicates = 0;
+    for (llmq_jsonl_item_t *item = (llmq_jsonl_item_t *)zlistx_first(items);
+         item; item = (llmq_jsonl_item_t *)zlistx_next(items)) {
+        llmq_jsonl_item_t *first =
+            (llmq_jsonl_item_t *)zhashx_lookup(seen, item->custom_id);
+        if (!first) {
+            zhashx_insert(seen, item->custom_id, item);
+            continue;
+        }
+        if (++duplicates <= 5)
+            fprintf(stderr,
+                    "llmq %s: line %zu: duplicate custom_id '%s' (first on "
+                    "line %zu)\n",
+                    command, item->line_no, item->custom_id, first->line_no);
+    }
+    zhashx_destroy(&seen);
+    if (!duplicates)
+        return 0;
+    fprintf(stderr,
+            "llmq %s: %zu duplicate custom_id%s: every line needs its own "
+            "custom_id (results are matched by it); nothing was sent\n",
+            command, duplicates, duplicates == 1 ? "" : "s");
+    return EXIT_USAGE;
+}
+
+/*  True when OUT already answers every item (a rerun of a finished run):
+    says so and sets *rc_p to 0, or 1 if some of those lines are errors. */
+static bool s_output_complete(s_opts_t *opts, zlistx_t *items,
+                              const char *output, int *rc_p)
+{
+    if (streq(output, "-") || zlistx_size(items) == 0)
+        return false;
+    char err[512] = "";
+    zhashx_t *lines = llmq_jsonl_scan_output(output, opts->retry_failed, NULL,
+                                             err, sizeof err);
+    size_t failed = 0;
+    bool complete = lines != NULL;
+    for (llmq_jsonl_item_t *item = (llmq_jsonl_item_t *)zlistx_first(items);
+         item && complete; item = (llmq_jsonl_item_t *)zlistx_next(items)) {
+        const char *line = (const char *)zhashx_lookup(lines, item->custom_id);
+        if (!line)
+            complete = false;
+        else if (!strstr(line, "\"error\":null"))
+            failed++;
+    }
+    zhashx_destroy(&lines);
+    if (!complete)
+        return false;
+    fprintf(stderr,
+            "llmq: %s is already complete: %zu lines, %zu ok, %zu failed; "
+            "nothing to run%s\n",
+            output, zlistx_size(items), zlistx_size(items) - failed, failed,
+            failed ? " (--retry-failed runs the failed lines again)" : "");
+    *rc_p = failed ? EXIT_FAILED_LINES : EXIT_OK;
+    return true;
 }
 
 //  --------------------------------------------------------------------------
@@ -598,7 +811,335 @@ static void s_retry_destructor(void **item)
 }
 
 static int s_batch_submit(s_opts_t *opts, const char *input, const char *output,
-                          bool detach);
+                          bool detach, bool stable);
+
+/*  The state of one realtime `llmq run`: the input, OUT's lines, what is
+    left to send, the connection and the congestion window. */
+typedef struct {
+    s_opts_t *opts;              /* the command's options */
+    zlistx_t *items;             /* every input line, in input order */
+    zhashx_t *lines;             /* custom_id -> OUT line (kept and new) */
+    llmq_jsonl_item_t **todo;    /* items not answered in OUT yet */
+    size_t todo_count;           /* how many */
+    size_t resumed;              /* lines kept from OUT */
+    size_t resumed_failed;       /* of which error lines */
+    s_conn_t conn;               /* the broker, or an embedded cluster */
+    llmq_jsonl_writer_t *writer; /* appends to OUT as results arrive */
+    llmq_progress_t *progress;   /* progress bar and summary */
+    llmq_opts_t ropts;           /* per-request options */
+    size_t next;                 /* next todo index never sent */
+    size_t finished;             /* todo lines answered */
+    size_t retried;              /* overloaded answers sent again */
+    zlistx_t *retries;           /* s_retry_t: overloaded lines, backed off */
+    int *tries;                  /* overloaded answers per todo line */
+    int window;                  /* --concurrency */
+    double cwnd;                 /* the window in use (AIMD) */
+    int64_t last_cut;            /* zclock_mono() when cwnd was halved */
+    int64_t give_up_ms;          /* no broker for this long: stop */
+    uint64_t reconnects;         /* client reconnects seen so far */
+    int dead_workers;            /* embedded workers that exited */
+    bool unreachable;            /* no broker answers: stop, OUT resumable */
+    bool cluster_died;           /* the embedded broker or sim exited */
+    bool complete;               /* OUT already answered every line */
+} s_run_t;
+
+static void s_run_destroy(s_run_t *run)
+{
+    llmq_progress_destroy(&run->progress);
+    llmq_jsonl_writer_destroy(&run->writer);
+    s_conn_close(&run->conn);
+    zlistx_destroy(&run->retries);
+    free(run->tries);
+    free(run->todo);
+    zhashx_destroy(&run->lines);
+    zlistx_destroy(&run->items);
+}
+
+/*  Read IN, refuse duplicates (before anything is written or sent), keep
+    OUT's whole lines (resume) and list what is left. Returns 0 or an exit
+    code; run->complete when OUT already answers every line (the return
+    code then says how that run ended). */
+static int s_run_load(s_run_t *run, const char *input)
+{
+    s_opts_t *opts = run->opts;
+    char err[512] = "";
+    run->items = llmq_jsonl_read_input(input, false, err, sizeof(err));
+    if (!run->items) {
+        fprintf(stderr, "llmq run: %s\n", err);
+        return EXIT_USAGE;
+    }
+    int rc = s_check_duplicates("run", run->items);
+    if (rc)
+        return rc;
+    if (s_output_complete(opts, run->items, opts->output, &rc)) {
+        run->complete = true;
+        return rc;
+    }
+    size_t dropped = 0;
+    run->lines = llmq_jsonl_scan_output(opts->output, opts->retry_failed,
+                                        &dropped, err, sizeof(err));
+    if (!run->lines) {
+        fprintf(stderr, "llmq run: %s\n", err);
+        return EXIT_USAGE;
+    }
+    //  A kill leaves a partial last line: rewrite OUT with the whole lines
+    //  before appending to it.
+    if (dropped > 0 &&
+        llmq_jsonl_write_ordered(opts->output, run->items, run->lines) != 0) {
+        fprintf(stderr, "llmq run: cannot rewrite %s: %s\n", opts->output,
+                strerror(errno));
+        return EXIT_FATAL;
+    }
+    //  What is left to do: not in OUT yet (custom_ids are unique).
+    run->todo = (llmq_jsonl_item_t **)calloc(zlistx_size(run->items) + 1,
+                                             sizeof(*run->todo));
+    if (!run->todo)
+        return EXIT_FATAL;
+    for (llmq_jsonl_item_t *item =
+             (llmq_jsonl_item_t *)zlistx_first(run->items);
+         item; item = (llmq_jsonl_item_t *)zlistx_next(run->items)) {
+        const char *line =
+            (const char *)zhashx_lookup(run->lines, item->custom_id);
+        if (line) {
+            run->resumed++;
+            //  An error line kept by the resume is still a failed line.
+            if (!strstr(line, "\"error\":null"))
+                run->resumed_failed++;
+        } else
+            run->todo[run->todo_count++] = item;
+    }
+    return 0;
+}
+
+/*  Open OUT for appending (before starting anything: can we write it?)
+    and connect, the embedded cluster serving the models the lines name.
+    Returns 0 or an exit code. */
+static int s_run_connect(s_run_t *run)
+{
+    s_opts_t *opts = run->opts;
+    run->writer = llmq_jsonl_writer_new(opts->output);
+    if (!run->writer) {
+        fprintf(stderr, "llmq run: cannot write %s: %s\n", opts->output,
+                strerror(errno));
+        return EXIT_USAGE;
+    }
+    zhashx_t *named = zhashx_new();
+    for (size_t i = 0; i < run->todo_count && !opts->model; i++)
+        if (run->todo[i]->model && zhashx_size(named) < 256)
+            zhashx_insert(named, run->todo[i]->model, run->todo[i]->model);
+    size_t count = zhashx_size(named), m = 0;
+    const char **models = (const char **)calloc(count + 1, sizeof(char *));
+    for (const char *name = (const char *)zhashx_first(named); name && models;
+         name = (const char *)zhashx_next(named))
+        models[m++] = name;
+    int rc = s_connect(opts, &run->conn, true, models, models ? count : 0);
+    free(models);
+    zhashx_destroy(&named);
+    if (rc)
+        return rc;
+    run->window = opts->concurrency > 0 ? opts->concurrency : 64;
+    run->cwnd = run->window;
+    llmq_client_set_window(run->conn.client, (size_t)run->window);
+    run->give_up_ms = opts->give_up_ms >= 0 ? opts->give_up_ms : 300000;
+    llmq_client_set_give_up(run->conn.client, (int)run->give_up_ms);
+    run->ropts.max_attempts = opts->max_dispatches;
+    run->ropts.deadline_ms = opts->deadline_ms;
+    run->retries = zlistx_new();
+    zlistx_set_destructor(run->retries, s_retry_destructor);
+    run->tries = (int *)calloc(run->todo_count, sizeof(int));
+    return run->retries && run->tries ? 0 : EXIT_FATAL;
+}
+
+/*  A finished line: to OUT, to the table, to the progress. */
+static void s_run_answered(s_run_t *run, llmq_jsonl_item_t *item, char *line,
+                           llmq_result_t *result)
+{
+    if (line) {
+        llmq_jsonl_writer_write(run->writer, line);
+        zhashx_update(run->lines, item->custom_id, line);
+    }
+    llmq_progress_add(run->progress, result);
+    run->finished++;
+}
+
+/*  Submit one todo line; a line that cannot be sent is answered at once
+    by an error line. Returns -1 if interrupted. */
+static int s_run_send(s_run_t *run, size_t index)
+{
+    llmq_jsonl_item_t *item = run->todo[index];
+    const char *reason = item->error ? item->error : "out of memory";
+    cJSON *body = item->error ? NULL : llmq_jsonl_item_body(item);
+    if (body) {
+        const char *model = run->opts->model ? run->opts->model
+                            : item->model    ? item->model
+                                             : run->conn.model;
+        //  The body names the model the broker routes on.
+        cJSON_DeleteItemFromObject(body, "model");
+        cJSON_AddStringToObject(body, "model", model);
+        int rc = llmq_client_submit(run->conn.client, item->op, model, body,
+                                    &run->ropts, &run->todo[index]);
+        int saved = errno;
+        //  The client keeps its own copy: free the tree now.
+        cJSON_Delete(item->body);
+        item->body = NULL;
+        if (rc == 0)
+            return 0;
+        if (s_interrupted)
+            return -1;
+        reason = saved == EMSGSIZE ? "request too large for the protocol's "
+                                     "64 MiB frame limit"
+                                   : "request body could not be encoded";
+    }
+    s_run_answered(run, item,
+                   llmq_jsonl_error_line(item->custom_id, NULL,
+                                         "invalid_request", reason, 0),
+                   NULL);
+    return 0;
+}
+
+/*  Fill the window: lines due for a retry first, then new ones. */
+static void s_run_fill(s_run_t *run)
+{
+    while (llmq_client_outstanding(run->conn.client) < (size_t)run->cwnd &&
+           !s_interrupted) {
+        size_t index;
+        s_retry_t *retry = (s_retry_t *)zlistx_first(run->retries);
+        while (retry && retry->due > zclock_mono())
+            retry = (s_retry_t *)zlistx_next(run->retries);
+        if (retry) {
+            index = retry->index;
+            zlistx_delete(run->retries, zlistx_cursor(run->retries));
+        } else if (run->next < run->todo_count)
+            index = run->next++;
+        else
+            break;
+        if (s_run_send(run, index) != 0)
+            break;
+    }
+}
+
+/*  A line answered `overloaded` (a full queue: a capacity problem, not the
+    line's): fewer in flight (halve the window at most every 250 ms) and
+    send it again after a jittered backoff, so retries do not come back
+    as one herd. */
+static void s_run_back_off(s_run_t *run, size_t index)
+{
+    if (zclock_mono() - run->last_cut >= 250) {
+        run->cwnd = run->cwnd / 2 < 1 ? 1 : run->cwnd / 2;
+        run->last_cut = zclock_mono();
+    }
+    s_retry_t *again = (s_retry_t *)calloc(1, sizeof(*again));
+    if (!again)
+        return;
+    int64_t delay = (int64_t)250 << run->tries[index];
+    again->index = index;
+    again->due = zclock_mono() + delay / 2 + randof((int)(delay / 2) + 1);
+    zlistx_add_end(run->retries, again);
+    run->tries[index]++;
+    run->retried++;
+}
+
+/*  Handle every result that is ready (waiting up to 100 ms for one). */
+static void s_run_collect(s_run_t *run)
+{
+    llmq_result_t *result = llmq_client_poll(run->conn.client, 100);
+    while (result) {
+        size_t index = (size_t)((llmq_jsonl_item_t **)result->arg - run->todo);
+        llmq_jsonl_item_t *item = run->todo[index];
+        if (!result->ok && streq(result->error_code, "timeout") &&
+            result->error_message &&
+            streq(result->error_message, "broker unreachable"))
+            //  Not the line's fault: leave it out of OUT so a rerun runs it.
+            run->unreachable = true;
+        else if (!result->ok && streq(result->error_code, "overloaded") &&
+                 run->tries[index] < S_OVERLOADED_RETRIES)
+            s_run_back_off(run, index);
+        else {
+            s_run_answered(run, item,
+                           llmq_jsonl_result_line(item->custom_id, result),
+                           result);
+            free(item->line);
+            item->line = NULL;
+            //  Window back up by one per window of answers.
+            if (run->cwnd < run->window)
+                run->cwnd += 1.0 / run->cwnd;
+        }
+        llmq_result_destroy(&result);
+        result = llmq_client_poll(run->conn.client, 0);
+    }
+}
+
+/*  An embedded cluster nobody restarts: a dead broker or sim ends the run
+    (OUT stays resumable); a dead worker leaves the others to carry on.
+    Reconnects are shown as notes. */
+static void s_run_watch(s_run_t *run)
+{
+    s_conn_t *conn = &run->conn;
+    const char *dead = conn->cluster ? llmq_cluster_dead(conn->cluster) : NULL;
+    if (dead) {
+        llmq_progress_clear(run->progress);
+        fprintf(stderr, "llmq run: the local cluster's %s exited (logs: %s)\n",
+                dead, llmq_cluster_log_dir(conn->cluster));
+        int workers = run->opts->workers > 0 ? run->opts->workers : 4;
+        if (!strncmp(dead, "worker", 6) && ++run->dead_workers < workers)
+            llmq_progress_note(run->progress, "a local worker exited");
+        else {
+            run->unreachable = true;
+            run->cluster_died = true;
+        }
+    }
+    llmq_client_stats_t stats;
+    llmq_client_stats(conn->client, &stats);
+    if (stats.reconnects != run->reconnects) {
+        run->reconnects = stats.reconnects;
+        llmq_progress_note(run->progress, "broker silent: reconnected, resent");
+    }
+}
+
+/*  Send every todo line and collect the results. Returns 0 or an exit
+    code (OUT holds every finished line either way). */
+static int s_run_loop(s_run_t *run)
+{
+    while (run->finished < run->todo_count && !s_interrupted &&
+           !run->unreachable) {
+        s_run_fill(run);
+        if (llmq_client_outstanding(run->conn.client) == 0 &&
+            zlistx_size(run->retries) > 0) {
+            //  Only backed-off retries are left: wait for the first.
+            zclock_sleep(50);
+            continue;
+        }
+        s_run_collect(run);
+        s_run_watch(run);
+        llmq_jsonl_writer_sync(run->writer, 1000);
+        llmq_progress_draw(run->progress, false);
+    }
+    if (run->retried && run->opts->verbose)
+        fprintf(stderr, "llmq run: %zu overloaded answers retried\n",
+                run->retried);
+    int rc = EXIT_OK;
+    if (run->unreachable) {
+        llmq_progress_clear(run->progress);
+        if (run->cluster_died)
+            fprintf(stderr,
+                    "llmq run: stopping; rerun the same command to resume\n");
+        else
+            fprintf(stderr,
+                    "llmq run: no broker answered for %.1f s, giving up; "
+                    "rerun the same command to resume\n",
+                    (double)run->give_up_ms / 1000);
+        rc = EXIT_FATAL;
+    }
+    if (s_interrupted) {
+        llmq_progress_clear(run->progress);
+        fprintf(stderr,
+                "llmq run: interrupted; %s holds the finished lines, rerun "
+                "the same command to resume\n",
+                run->opts->output);
+        rc = EXIT_INTERRUPTED;
+    }
+    return rc;
+}
 
 static int s_cmd_run(s_opts_t *opts, int argc, char **argv)
 {
@@ -610,303 +1151,41 @@ static int s_cmd_run(s_opts_t *opts, int argc, char **argv)
     }
     //  --mode: the file as one durable broker batch (llmq batch submit).
     if (opts->mode)
-        return s_batch_submit(opts, argv[0], opts->output, false);
-    const char *input = argv[0];
-    char err[512] = "";
-    zlistx_t *items = llmq_jsonl_read_input(input, false, err, sizeof(err));
-    if (!items) {
-        fprintf(stderr, "llmq run: %s\n", err);
-        return EXIT_USAGE;
+        return s_batch_submit(opts, argv[0], opts->output, false, true);
+    int rc = s_prepare_output("run", argv[0], opts->output);
+    if (rc)
+        return rc;
+    s_run_t run = {0};
+    run.opts = opts;
+    rc = s_run_load(&run, argv[0]);
+    if (!rc && !run.complete && run.todo_count > 0)
+        rc = s_run_connect(&run);
+    if (rc || run.complete) {
+        s_run_destroy(&run);
+        return rc;
     }
-    size_t dropped = 0;
-    zhashx_t *lines = llmq_jsonl_scan_output(opts->output, opts->retry_failed,
-                                             &dropped, err, sizeof(err));
-    if (!lines) {
-        fprintf(stderr, "llmq run: %s\n", err);
-        zlistx_destroy(&items);
-        return EXIT_USAGE;
-    }
-    //  A kill leaves a partial last line: rewrite OUT with the whole lines
-    //  before appending to it.
-    if (dropped > 0 &&
-        llmq_jsonl_write_ordered(opts->output, items, lines) != 0) {
-        fprintf(stderr, "llmq run: cannot rewrite %s: %s\n", opts->output,
-                strerror(errno));
-        zhashx_destroy(&lines);
-        zlistx_destroy(&items);
-        return EXIT_FATAL;
-    }
-
-    //  What is left to do: not in OUT yet, first occurrence of its custom_id.
-    size_t total_items = zlistx_size(items), resumed = 0, resumed_failed = 0,
-           duplicates = 0;
-    llmq_jsonl_item_t **todo =
-        (llmq_jsonl_item_t **)calloc(total_items + 1, sizeof(*todo));
-    size_t todo_count = 0;
-    zhashx_t *seen = zhashx_new();
-    llmq_jsonl_item_t *item = (llmq_jsonl_item_t *)zlistx_first(items);
-    while (item) {
-        if (zhashx_lookup(seen, item->custom_id)) {
-            duplicates++;
-            fprintf(stderr,
-                    "llmq run: line %zu: duplicate custom_id '%s' skipped\n",
-                    item->line_no, item->custom_id);
-        } else {
-            zhashx_insert(seen, item->custom_id, item);
-            const char *line =
-                (const char *)zhashx_lookup(lines, item->custom_id);
-            if (line) {
-                resumed++;
-                //  An error line kept by the resume is still a failed line.
-                if (!strstr(line, "\"error\":null"))
-                    resumed_failed++;
-            } else
-                todo[todo_count++] = item;
-        }
-        item = (llmq_jsonl_item_t *)zlistx_next(items);
-    }
-    zhashx_destroy(&seen);
-
-    int rc = EXIT_OK;
-    s_conn_t conn = {0};
-    llmq_jsonl_writer_t *writer = NULL;
-    llmq_progress_t *progress = NULL;
-    if (todo_count > 0) {
-        //  The models the lines name: an embedded cluster must serve them.
-        zhashx_t *named = zhashx_new();
-        for (size_t i = 0; i < todo_count && !opts->model; i++)
-            if (todo[i]->model && zhashx_size(named) < 256)
-                zhashx_insert(named, todo[i]->model, todo[i]->model);
-        size_t models_count = zhashx_size(named);
-        const char **models =
-            (const char **)calloc(models_count + 1, sizeof(char *));
-        size_t m = 0;
-        for (const char *name = (const char *)zhashx_first(named);
-             name && models; name = (const char *)zhashx_next(named))
-            models[m++] = name;
-        //  Can we write OUT? Find out before starting anything.
-        writer = llmq_jsonl_writer_new(opts->output);
-        if (!writer) {
-            fprintf(stderr, "llmq run: cannot write %s: %s\n", opts->output,
-                    strerror(errno));
-            rc = EXIT_USAGE;
-        } else
-            rc =
-                s_connect(opts, &conn, true, models, models ? models_count : 0);
-        free(models);
-        zhashx_destroy(&named);
-        if (rc != 0)
-            goto done;
-    }
-    progress = llmq_progress_new(todo_count, resumed,
-                                 !opts->quiet && isatty(STDERR_FILENO));
-    if (todo_count > 0) {
-        int window = opts->concurrency > 0 ? opts->concurrency : 64;
-        llmq_client_set_window(conn.client, (size_t)window);
-        int give_up_s = opts->give_up_s >= 0 ? opts->give_up_s : 300;
-        llmq_client_set_give_up(conn.client, give_up_s * 1000);
-        llmq_opts_t ropts = {0};
-        ropts.max_attempts = opts->max_attempts;
-        ropts.deadline_ms = opts->deadline_ms;
-        size_t next = 0, finished = 0, retried = 0;
-        bool unreachable = false, cluster_died = false;
-        int dead_workers = 0,
-            live_workers = opts->workers > 0 ? opts->workers : 4;
-        //  Lines answered `overloaded`, waiting to be sent again.
-        zlistx_t *retries = zlistx_new();
-        zlistx_set_destructor(retries, s_retry_destructor);
-        int *tries = (int *)calloc(todo_count, sizeof(int));
-        //  The window in use: `window`, shrunk while the broker answers
-        //  `overloaded` (congestion control, as TCP does: AIMD).
-        double cwnd = window;
-        int64_t last_cut = 0;
-        uint64_t reconnects = 0;
-        while (finished < todo_count && !s_interrupted && !unreachable) {
-            //  Fill the window: lines due for a retry first, then new ones.
-            //  Lines that cannot be sent are answered here.
-            while (llmq_client_outstanding(conn.client) < (size_t)cwnd &&
-                   !s_interrupted) {
-                size_t index;
-                s_retry_t *retry = (s_retry_t *)zlistx_first(retries);
-                while (retry && retry->due > zclock_mono())
-                    retry = (s_retry_t *)zlistx_next(retries);
-                if (retry) {
-                    index = retry->index;
-                    zlistx_delete(retries, zlistx_cursor(retries));
-                } else if (next < todo_count)
-                    index = next++;
-                else
-                    break;
-                item = todo[index];
-                char *line = NULL;
-                cJSON *body = item->error ? NULL : llmq_jsonl_item_body(item);
-                if (body) {
-                    const char *model = opts->model   ? opts->model
-                                        : item->model ? item->model
-                                                      : conn.model;
-                    //  The body names the model the broker routes on.
-                    cJSON_DeleteItemFromObject(body, "model");
-                    cJSON_AddStringToObject(body, "model", model);
-                    int rc_submit =
-                        llmq_client_submit(conn.client, item->op, model, body,
-                                           &ropts, &todo[index]);
-                    //  The client keeps its own copy: free the tree now.
-                    cJSON_Delete(item->body);
-                    item->body = NULL;
-                    if (rc_submit == 0)
-                        continue;
-                    if (s_interrupted)
-                        break;
-                    line = llmq_jsonl_error_line(
-                        item->custom_id, NULL, "invalid_request",
-                        "request body could not be encoded", 0);
-                } else
-                    line = llmq_jsonl_error_line(
-                        item->custom_id, NULL, "invalid_request",
-                        item->error ? item->error : "out of memory", 0);
-                llmq_jsonl_writer_write(writer, line);
-                zhashx_update(lines, item->custom_id, line);
-                llmq_progress_add(progress, NULL);
-                finished++;
-            }
-            if (llmq_client_outstanding(conn.client) == 0 &&
-                zlistx_size(retries) > 0) {
-                //  Only backed-off retries are left: wait for the first.
-                zclock_sleep(50);
-                continue;
-            }
-            llmq_result_t *result = llmq_client_poll(conn.client, 100);
-            while (result) {
-                size_t index =
-                    (size_t)((llmq_jsonl_item_t **)result->arg - todo);
-                item = todo[index];
-                if (!result->ok && streq(result->error_code, "timeout") &&
-                    result->error_message &&
-                    streq(result->error_message, "broker unreachable")) {
-                    //  Not the line's fault: leave it out of OUT so a rerun
-                    //  runs it.
-                    unreachable = true;
-                } else if (!result->ok &&
-                           streq(result->error_code, "overloaded") &&
-                           tries[index] < S_OVERLOADED_RETRIES) {
-                    //  No room right now (a full queue): a capacity problem,
-                    //  not the line's. Try again later, backing off.
-                    s_retry_t *again = (s_retry_t *)calloc(1, sizeof(*again));
-                    //  Fewer in flight (halve at most every 250 ms) and a
-                    //  jittered backoff, so retries do not come back as
-                    //  one herd.
-                    if (zclock_mono() - last_cut >= 250) {
-                        cwnd = cwnd / 2 < 1 ? 1 : cwnd / 2;
-                        last_cut = zclock_mono();
-                    }
-                    if (again) {
-                        int64_t delay = (int64_t)250 << tries[index];
-                        again->index = index;
-                        again->due = zclock_mono() + delay / 2 +
-                                     randof((int)(delay / 2) + 1);
-                        zlistx_add_end(retries, again);
-                        tries[index]++;
-                        retried++;
-                    }
-                } else {
-                    char *line =
-                        llmq_jsonl_result_line(item->custom_id, result);
-                    if (line) {
-                        llmq_jsonl_writer_write(writer, line);
-                        zhashx_update(lines, item->custom_id, line);
-                    }
-                    free(item->line);
-                    item->line = NULL;
-                    //  Window back up by one per window of answers.
-                    if (cwnd < window)
-                        cwnd += 1.0 / cwnd;
-                    llmq_progress_add(progress, result);
-                    finished++;
-                }
-                llmq_result_destroy(&result);
-                result = llmq_client_poll(conn.client, 0);
-            }
-            //  An embedded cluster nobody restarts: a dead broker or sim
-            //  ends the run (OUT stays resumable); a dead worker leaves
-            //  the others to carry on.
-            const char *dead =
-                conn.cluster ? llmq_cluster_dead(conn.cluster) : NULL;
-            if (dead) {
-                llmq_progress_clear(progress);
-                fprintf(stderr,
-                        "llmq run: the local cluster's %s exited (logs: %s)\n",
-                        dead, llmq_cluster_log_dir(conn.cluster));
-                if (!strncmp(dead, "worker", 6) &&
-                    ++dead_workers < live_workers)
-                    llmq_progress_note(progress, "a local worker exited");
-                else {
-                    unreachable = true;
-                    cluster_died = true;
-                }
-            }
-            llmq_client_stats_t stats;
-            llmq_client_stats(conn.client, &stats);
-            if (stats.reconnects != reconnects) {
-                reconnects = stats.reconnects;
-                llmq_progress_note(progress,
-                                   "broker silent: reconnected, resent");
-            }
-            llmq_jsonl_writer_sync(writer, 1000);
-            llmq_progress_draw(progress, false);
-        }
-        zlistx_destroy(&retries);
-        free(tries);
-        if (retried && opts->verbose)
-            fprintf(stderr, "llmq run: %zu overloaded answers retried\n",
-                    retried);
-        if (unreachable) {
-            llmq_progress_clear(progress);
-            if (cluster_died)
-                fprintf(
-                    stderr,
-                    "llmq run: stopping; rerun the same command to resume\n");
-            else
-                fprintf(
-                    stderr,
-                    "llmq run: broker silent for %d s, giving up; rerun the "
-                    "same command to resume\n",
-                    give_up_s);
-            rc = EXIT_FATAL;
-        }
-        if (s_interrupted) {
-            llmq_progress_clear(progress);
-            fprintf(stderr,
-                    "llmq run: interrupted; %s holds the finished lines, rerun "
-                    "the same command to resume\n",
-                    opts->output);
-            rc = EXIT_INTERRUPTED;
-        }
-    }
-    llmq_jsonl_writer_destroy(&writer);
+    run.progress = llmq_progress_new(run.todo_count, run.resumed,
+                                     !opts->quiet && isatty(STDERR_FILENO));
+    if (run.todo_count > 0)
+        rc = s_run_loop(&run);
+    llmq_jsonl_writer_destroy(&run.writer);
     //  The final file: whole lines in input order, atomically replaced.
-    if (llmq_jsonl_write_ordered(opts->output, items, lines) != 0) {
+    if (llmq_jsonl_write_ordered(opts->output, run.items, run.lines) != 0) {
         fprintf(stderr, "llmq run: cannot rewrite %s in order: %s\n",
                 opts->output, strerror(errno));
         rc = EXIT_FATAL;
     }
-    size_t failed =
-        llmq_progress_failed(progress) + duplicates + resumed_failed;
+    size_t failed = llmq_progress_failed(run.progress) + run.resumed_failed;
     if (!opts->quiet)
-        llmq_progress_summary(progress, stdout, opts->output,
-                              conn.simulated
-                                  ? "SIMULATED results (llmq-sim): no real "
-                                    "model was called"
-                                  : NULL);
+        llmq_progress_summary(
+            run.progress, streq(opts->output, "-") ? stderr : stdout,
+            opts->output,
+            run.conn.simulated
+                ? "SIMULATED results (llmq-sim): no real model was called"
+                : NULL);
     if (rc == EXIT_OK && failed > 0)
         rc = EXIT_FAILED_LINES;
-
-done:
-    llmq_progress_destroy(&progress);
-    llmq_jsonl_writer_destroy(&writer);
-    s_conn_close(&conn);
-    free(todo);
-    zhashx_destroy(&lines);
-    zlistx_destroy(&items);
+    s_run_destroy(&run);
     return rc;
 }
 
@@ -948,7 +1227,7 @@ static int s_cmd_chat(s_opts_t *opts, int argc, char **argv)
         return rc;
     }
     llmq_client_set_give_up(
-        conn.client, (opts->give_up_s > 0 ? opts->give_up_s : 60) * 1000);
+        conn.client, (int)(opts->give_up_ms > 0 ? opts->give_up_ms : 60000));
     cJSON *body = cJSON_CreateObject();
     cJSON_AddStringToObject(body, "model", conn.model);
     cJSON *messages = cJSON_AddArrayToObject(body, "messages");
@@ -1160,13 +1439,20 @@ static int s_cmd_ping(s_opts_t *opts)
 static void s_batch_progress(const llmq_batch_status_t *st, bool tty,
                              char *last, size_t last_size)
 {
-    char line[400];
-    snprintf(
-        line, sizeof line,
-        "batch %s: %s%s%s%s  %lld/%lld done, %lld failed, %lld tokens, $%.6f",
-        st->batch, st->state, *st->mode ? " (" : "", st->mode,
-        *st->mode ? ")" : "", (long long)st->done, (long long)st->total,
-        (long long)st->failed, (long long)st->total_tokens, st->cost_usd);
+    char line[400], provider[96] = "";
+    //  The provider's counts while it works (results come at its end).
+    if (st->provider_done >= 0)
+        snprintf(provider, sizeof provider,
+                 "  provider: %lld/%lld done, %lld failed;",
+                 (long long)st->provider_done, (long long)st->total,
+                 (long long)st->provider_failed);
+    snprintf(line, sizeof line,
+             "batch %s: %s%s%s%s%s  %lld/%lld results, %lld failed, %lld "
+             "tokens, $%.6f",
+             st->batch, st->state, *st->mode ? " (" : "", st->mode,
+             *st->mode ? ")" : "", provider, (long long)st->done,
+             (long long)st->total, (long long)st->failed,
+             (long long)st->total_tokens, st->cost_usd);
     if (streq(line, last))
         return;
     snprintf(last, last_size, "%s", line);
@@ -1196,7 +1482,7 @@ static void s_batch_summary(const llmq_batch_status_t *st)
 /*  Wait until the batch is finished, showing its progress. 0, or an exit
     code. */
 static int s_batch_wait(s_opts_t *opts, llmq_client_t *client, const char *id,
-                        llmq_batch_status_t *st)
+                        llmq_batch_status_t *st, bool embedded)
 {
     bool tty = isatty(2) && !opts->quiet;
     char last[400] = "";
@@ -1218,10 +1504,17 @@ static int s_batch_wait(s_opts_t *opts, llmq_client_t *client, const char *id,
         if (s_interrupted) {
             if (tty)
                 fprintf(stderr, "\n");
-            fprintf(stderr,
-                    "llmq batch: interrupted; the batch goes on: "
-                    "llmq batch results %s -o OUT\n",
-                    id);
+            if (embedded)
+                fprintf(stderr,
+                        "llmq batch: interrupted; batch %s is kept in the "
+                        "local database: rerun the same command to resume "
+                        "it\n",
+                        id);
+            else
+                fprintf(stderr,
+                        "llmq batch: interrupted; the batch goes on: "
+                        "llmq batch results %s -o OUT\n",
+                        id);
             return EXIT_INTERRUPTED;
         }
     }
@@ -1240,8 +1533,9 @@ static int s_batch_write(llmq_client_t *client, const char *id,
         fprintf(stderr, "llmq batch: %s\n", llmq_batch_error(client));
         return EXIT_FATAL;
     }
-    char *tmp = zsys_sprintf("%s.tmp", output);
-    FILE *file = tmp ? fopen(tmp, "w") : NULL;
+    bool to_stdout = streq(output, "-");
+    char *tmp = to_stdout ? NULL : zsys_sprintf("%s.tmp", output);
+    FILE *file = to_stdout ? stdout : tmp ? fopen(tmp, "w") : NULL;
     int rc = file ? EXIT_OK : EXIT_FATAL;
     size_t failed = 0;
     for (size_t i = 0; i < count; i++) {
@@ -1255,11 +1549,11 @@ static int s_batch_write(llmq_client_t *client, const char *id,
         llmq_result_destroy(&results[i]);
     }
     free(results);
-    if (file && (fflush(file) || fsync(fileno(file))))
+    if (file && (fflush(file) || (!to_stdout && fsync(fileno(file)))))
         rc = EXIT_FATAL;
-    if (file && fclose(file))
+    if (file && !to_stdout && fclose(file))
         rc = EXIT_FATAL;
-    if (rc == EXIT_OK && rename(tmp, output))
+    if (rc == EXIT_OK && !to_stdout && rename(tmp, output))
         rc = EXIT_FATAL;
     if (rc != EXIT_OK)
         fprintf(stderr, "llmq batch: cannot write %s: %s\n", output,
@@ -1269,24 +1563,12 @@ static int s_batch_write(llmq_client_t *client, const char *id,
     return rc;
 }
 
-/*  Send the lines of input as a new batch; print its id; unless detached,
-    wait and write the results to output. */
-static int s_batch_submit(s_opts_t *opts, const char *input, const char *output,
-                          bool detach)
+/*  Check the lines of a batch: usable, one op (the provider's rule), a
+    model (the first line's, unless --model). Returns 0 or EXIT_USAGE. */
+static int s_batch_items_check(s_opts_t *opts, zlistx_t *items,
+                               const char *input, const char **model_p,
+                               int *op_p)
 {
-    const char *mode = opts->mode ? opts->mode : "auto";
-    if (!streq(mode, "auto") && !streq(mode, "realtime") &&
-        !streq(mode, "provider")) {
-        fprintf(stderr, "llmq batch: --mode is auto, realtime or provider\n");
-        return EXIT_USAGE;
-    }
-    char err[512] = "";
-    zlistx_t *items = llmq_jsonl_read_input(input, false, err, sizeof(err));
-    if (!items) {
-        fprintf(stderr, "llmq batch: %s\n", err);
-        return EXIT_USAGE;
-    }
-    //  One model and one op per batch (the provider's rule too).
     const char *model = opts->model;
     int op = -1;
     for (llmq_jsonl_item_t *item = (llmq_jsonl_item_t *)zlistx_first(items);
@@ -1294,14 +1576,12 @@ static int s_batch_submit(s_opts_t *opts, const char *input, const char *output,
         if (item->error) {
             fprintf(stderr, "llmq batch: line %zu: %s\n", item->line_no,
                     item->error);
-            zlistx_destroy(&items);
             return EXIT_USAGE;
         }
         if (op >= 0 && (int)item->op != op) {
             fprintf(stderr,
                     "llmq batch: line %zu: one batch has one op (url)\n",
                     item->line_no);
-            zlistx_destroy(&items);
             return EXIT_USAGE;
         }
         op = (int)item->op;
@@ -1310,33 +1590,75 @@ static int s_batch_submit(s_opts_t *opts, const char *input, const char *output,
     }
     if (zlistx_size(items) == 0) {
         fprintf(stderr, "llmq batch: %s has no lines\n", input);
-        zlistx_destroy(&items);
         return EXIT_USAGE;
     }
-    s_conn_t conn = {0};
-    int rc = s_connect(opts, &conn, false, NULL, 0);
-    if (rc) {
-        zlistx_destroy(&items);
-        return rc;
+    *model_p = model;
+    *op_p = op;
+    return s_check_duplicates("batch", items);
+}
+
+/*  A batch id that the same command always computes again, so that a rerun
+    after an interrupt (Ctrl-C, kill -9, reboot) opens, adds to and waits
+    for the SAME broker batch, and so the same provider batch: the hash of
+    the mode, the model, where the results go and every input line. */
+static void s_batch_stable_id(zlistx_t *items, const char *mode,
+                              const char *model, const char *output, char *id,
+                              size_t size)
+{
+    //  OUT's real path: its directory's (OUT may not exist yet) + its name.
+    char *where = NULL;
+    if (output && !streq(output, "-")) {
+        char *copy = strdup(output), *copy2 = strdup(output);
+        char *dir = copy ? realpath(dirname(copy), NULL) : NULL;
+        if (dir && copy2)
+            where = zsys_sprintf("%s/%s", dir, basename(copy2));
+        free(dir);
+        free(copy);
+        free(copy2);
     }
-    if (!model)
-        model = conn.model;
-    char id[40];
-    snprintf(id, sizeof id, "b-%08x%08x", (unsigned)randof(0x7fffffff),
-             (unsigned)(zclock_usecs() & 0x7fffffff));
+    if (!where)
+        where = strdup(output ? output : "-");
+    uint64_t hash = llmq_jsonl_fnv1a(mode, strlen(mode) + 1);
+    hash ^= llmq_jsonl_fnv1a(model, strlen(model) + 1) * 31;
+    hash ^= llmq_jsonl_fnv1a(where, strlen(where) + 1) * 131;
+    zstr_free(&where);
+    uint64_t lines = 0xcbf29ce484222325ULL;
+    for (llmq_jsonl_item_t *item = (llmq_jsonl_item_t *)zlistx_first(items);
+         item; item = (llmq_jsonl_item_t *)zlistx_next(items)) {
+        const char *text = item->line ? item->line : item->custom_id;
+        lines =
+            (lines ^ llmq_jsonl_fnv1a(text, strlen(text))) * 0x100000001b3ULL;
+    }
+    snprintf(id, size, "run-%016" PRIx64, hash ^ lines);
+}
+
+/*  Send the items as batch id (open, add in chunks, close), unless the
+    broker already has it closed (a rerun: resume it). Returns 0 or an
+    exit code. */
+static int s_batch_send(s_opts_t *opts, llmq_client_t *client, const char *id,
+                        zlistx_t *items, const char *model, int op,
+                        const char *mode)
+{
+    llmq_batch_status_t st;
+    if (llmq_batch_get(client, id, INT64_MAX / 2, &st, NULL, NULL, NULL,
+                       NULL) == 0 &&
+        !streq(st.state, "validating")) {
+        if (!opts->quiet)
+            fprintf(stderr, "llmq batch: resuming batch %s (%s)\n", id,
+                    st.state);
+        return 0;
+    }
     llmq_batch_opts_t bopts = {0};
     bopts.mode = mode;
     bopts.op = llmq_op_name((llmq_op_t)(op < 0 ? 0 : op));
-    if (opts->deadline_ms > 0)
-        fprintf(stderr, "llmq batch: --deadline-ms is ignored for batches\n");
-    if (llmq_batch_open(conn.client, id, model, &bopts)) {
-        fprintf(stderr, "llmq batch: open: %s\n",
-                llmq_batch_error(conn.client));
-        rc = EXIT_FATAL;
-        goto done;
+    if (llmq_batch_open(client, id, model, &bopts)) {
+        fprintf(stderr, "llmq batch: open: %s\n", llmq_batch_error(client));
+        return EXIT_FATAL;
     }
-    //  Adds of at most 1,000 items or about 8 MB of JSON.
+    //  Adds of at most 1,000 items or about 8 MB of JSON; the seqs make a
+    //  resend (or a rerun's adds) store nothing twice.
     int64_t seq = 0;
+    int rc = 0;
     cJSON *chunk = cJSON_CreateArray();
     size_t chunk_bytes = 0;
     llmq_jsonl_item_t *item = (llmq_jsonl_item_t *)zlistx_first(items);
@@ -1344,9 +1666,9 @@ static int s_batch_submit(s_opts_t *opts, const char *input, const char *output,
         bool flush = !item || cJSON_GetArraySize(chunk) >= 1000 ||
                      chunk_bytes > 8 * 1024 * 1024;
         if (flush && cJSON_GetArraySize(chunk) > 0) {
-            if (llmq_batch_add(conn.client, id, seq++, chunk, NULL)) {
+            if (llmq_batch_add(client, id, seq++, chunk, NULL)) {
                 fprintf(stderr, "llmq batch: add: %s\n",
-                        llmq_batch_error(conn.client));
+                        llmq_batch_error(client));
                 rc = EXIT_FATAL;
                 break;
             }
@@ -1370,39 +1692,222 @@ static int s_batch_submit(s_opts_t *opts, const char *input, const char *output,
     }
     cJSON_Delete(chunk);
     if (rc)
+        return rc;
+    if (s_interrupted)
+        return EXIT_INTERRUPTED;
+    if (llmq_batch_close(client, id, NULL)) {
+        fprintf(stderr, "llmq batch: close: %s\n", llmq_batch_error(client));
+        return EXIT_FATAL;
+    }
+    return 0;
+}
+
+/*  The database beside OUT belongs to this OUT: a batch of it that is not
+    ours and not finished was made from an earlier version of the input (or
+    another mode or model). Its results would go nowhere, so cancel it
+    (at the provider too) rather than let it run on. */
+static void s_batch_cancel_stale(llmq_client_t *client, const char *id)
+{
+    size_t count = 0;
+    llmq_batch_status_t *list = llmq_batch_list(client, &count);
+    for (size_t i = 0; list && i < count; i++) {
+        if (streq(list[i].batch, id) || llmq_batch_state_final(list[i].state))
+            continue;
+        llmq_batch_status_t st;
+        fprintf(stderr,
+                "llmq batch: cancelling batch %s (%s) of an earlier input, "
+                "mode or model for the same output\n",
+                list[i].batch, list[i].state);
+        if (llmq_batch_cancel(client, list[i].batch, &st))
+            fprintf(stderr, "llmq batch: cancel %s: %s\n", list[i].batch,
+                    llmq_batch_error(client));
+    }
+    free(list);
+}
+
+/*  The batch database of an embedded cluster: beside OUT (OUT.llmq-batch.db),
+    or ./llmq-batches.db for -o -. Fresh. */
+static char *s_batch_db_path(const char *output)
+{
+    if (!output || streq(output, "-"))
+        return strdup("llmq-batches.db");
+    return zsys_sprintf("%s.llmq-batch.db", output);
+}
+
+/*  The run is over and OUT is written: the embedded broker's database has
+    nothing left to resume. */
+static void s_batch_db_remove(const char *db)
+{
+    const char *suffixes[] = {"", "-wal", "-shm", "-journal"};
+    for (size_t i = 0; i < 4; i++) {
+        char *path = zsys_sprintf("%s%s", db, suffixes[i]);
+        if (path)
+            unlink(path);
+        zstr_free(&path);
+    }
+}
+
+/*  Wait for the batch, write OUT, sum it up. Returns an exit code. */
+static int s_batch_finish(s_opts_t *opts, s_conn_t *conn, const char *id,
+                          const char *output)
+{
+    llmq_batch_status_t st;
+    int rc = s_batch_wait(opts, conn->client, id, &st, conn->cluster != NULL);
+    if (rc != EXIT_OK)
+        return rc;
+    size_t failed = 0;
+    rc = s_batch_write(conn->client, id, output, &failed);
+    if (!opts->quiet)
+        s_batch_summary(&st);
+    if (!opts->quiet && conn->simulated)
+        fprintf(stderr,
+                "SIMULATED results (llmq-sim): no real model was called\n");
+    if (rc == EXIT_OK && (failed || !streq(st.state, "completed")))
+        rc = EXIT_FAILED_LINES;
+    return rc;
+}
+
+/*  Send the lines of input as a batch; print its id; unless detached,
+    wait and write the results to output. With no broker, an embedded
+    cluster runs it, its database beside OUT: a rerun of the same command
+    resumes the same batch (stable id). stable: `llmq run --mode` (a stable
+    id on any broker). */
+static int s_batch_submit(s_opts_t *opts, const char *input, const char *output,
+                          bool detach, bool stable)
+{
+    const char *mode = opts->mode ? opts->mode : "auto";
+    if (!streq(mode, "auto") && !streq(mode, "realtime") &&
+        !streq(mode, "provider")) {
+        fprintf(stderr, "llmq batch: --mode is auto, realtime or provider\n");
+        return EXIT_USAGE;
+    }
+    int rc = output ? s_prepare_output("batch", input, output) : 0;
+    if (rc)
+        return rc;
+    char err[512] = "";
+    zlistx_t *items = llmq_jsonl_read_input(input, false, err, sizeof(err));
+    if (!items) {
+        fprintf(stderr, "llmq batch: %s\n", err);
+        return EXIT_USAGE;
+    }
+    const char *model = NULL;
+    int op = -1;
+    rc = s_batch_items_check(opts, items, input, &model, &op);
+    if (!rc && output && !detach && s_output_complete(opts, items, output, &rc))
+        goto leave;
+    if (rc)
+        goto leave;
+    char *db = s_batch_db_path(output);
+    opts->batch_db = db;
+    s_conn_t conn = {0};
+    rc = s_connect(opts, &conn, !detach, model ? &model : NULL, model ? 1 : 0);
+    opts->batch_db = NULL;
+    if (rc)
         goto done;
-    if (s_interrupted) {
+    if (!model)
+        model = conn.model;
+    //  A provider without HTTP has no Batch API: the batch would wait for
+    //  a batch_api pool forever.
+    if (conn.cluster && streq(mode, "provider") &&
+        streq(llmq_cluster_provider(conn.cluster), "echo")) {
+        fprintf(stderr, "llmq batch: provider echo has no Batch API\n");
+        rc = EXIT_USAGE;
+        goto done;
+    }
+    char id[40];
+    if (stable || conn.cluster)
+        s_batch_stable_id(items, mode, model, output, id, sizeof id);
+    else
+        snprintf(id, sizeof id, "b-%08x%08x", (unsigned)randof(0x7fffffff),
+                 (unsigned)(zclock_usecs() & 0x7fffffff));
+    if (opts->deadline_ms > 0)
+        fprintf(stderr, "llmq batch: --deadline-ms is ignored for batches\n");
+    if (conn.cluster && output && !streq(output, "-"))
+        s_batch_cancel_stale(conn.client, id);
+    rc = s_batch_send(opts, conn.client, id, items, model, op, mode);
+    if (rc && s_interrupted) {
         rc = EXIT_INTERRUPTED;
-        goto done;
+        fprintf(stderr, "llmq batch: interrupted while sending batch %s: %s\n",
+                id,
+                stable || conn.cluster ? "rerun the same command to resume it"
+                                       : "its items were not all sent");
     }
-    int64_t count = 0;
-    if (llmq_batch_close(conn.client, id, &count)) {
-        fprintf(stderr, "llmq batch: close: %s\n",
-                llmq_batch_error(conn.client));
-        rc = EXIT_FATAL;
+    if (rc)
         goto done;
-    }
     printf("%s\n", id);
     fflush(stdout);
     if (!opts->quiet)
-        fprintf(stderr, "llmq batch: %s: %lld items, model %s, mode %s\n", id,
-                (long long)count, model, mode);
+        fprintf(stderr, "llmq batch: %s: %zu items, model %s, mode %s%s%s\n",
+                id, zlistx_size(items), model, mode,
+                conn.cluster ? ", database " : "", conn.cluster ? db : "");
     if (detach)
         goto done;
-    llmq_batch_status_t st;
-    rc = s_batch_wait(opts, conn.client, id, &st);
-    if (rc == EXIT_OK) {
-        size_t failed = 0;
-        rc = s_batch_write(conn.client, id, output, &failed);
-        if (!opts->quiet)
-            s_batch_summary(&st);
-        if (rc == EXIT_OK && (failed || !streq(st.state, "completed")))
-            rc = EXIT_FAILED_LINES;
-    }
+    rc = s_batch_finish(opts, &conn, id, output);
 done:
+    if (conn.cluster && (rc == EXIT_OK || rc == EXIT_FAILED_LINES)) {
+        s_conn_close(&conn);
+        s_batch_db_remove(db);
+    }
     s_conn_close(&conn);
+    free(db);
+leave:
     zlistx_destroy(&items);
     return rc;
+}
+
+/*  llmq batch status ID [--json]. Returns an exit code. */
+static int s_batch_status_cmd(s_opts_t *opts, llmq_client_t *client,
+                              const char *id)
+{
+    llmq_batch_status_t st;
+    if (llmq_batch_get(client, id, INT64_MAX / 2, &st, NULL, NULL, NULL,
+                       NULL)) {
+        fprintf(stderr, "llmq batch: %s\n", llmq_batch_error(client));
+        return strncmp(llmq_batch_error(client), "not_found", 9)
+                   ? EXIT_FATAL
+                   : EXIT_FAILED_LINES;
+    }
+    if (opts->json)
+        printf("{\"batch\":\"%s\",\"state\":\"%s\",\"mode\":\"%s\","
+               "\"total\":%lld,\"done\":%lld,\"failed\":%lld,"
+               "\"prompt_tokens\":%lld,\"completion_tokens\":%lld,"
+               "\"total_tokens\":%lld,\"cost_usd\":%.6f,"
+               "\"provider_done\":%lld,\"provider_failed\":%lld}\n",
+               st.batch, st.state, st.mode, (long long)st.total,
+               (long long)st.done, (long long)st.failed,
+               (long long)st.prompt_tokens, (long long)st.completion_tokens,
+               (long long)st.total_tokens, st.cost_usd,
+               (long long)st.provider_done, (long long)st.provider_failed);
+    else
+        printf("batch     %s\nstate     %s\nmode      %s\nitems     %lld "
+               "(%lld done, %lld failed)\ntokens    %lld prompt + %lld "
+               "completion = %lld\ncost      $%.6f%s\n",
+               st.batch, st.state, *st.mode ? st.mode : "-",
+               (long long)st.total, (long long)st.done, (long long)st.failed,
+               (long long)st.prompt_tokens, (long long)st.completion_tokens,
+               (long long)st.total_tokens, st.cost_usd,
+               streq(st.mode, "provider") ? " (Batch API price)" : "");
+    return EXIT_OK;
+}
+
+/*  llmq batch list: one row per batch. Returns an exit code. */
+static int s_batch_list_cmd(llmq_client_t *client)
+{
+    size_t n = 0;
+    llmq_batch_status_t *list = llmq_batch_list(client, &n);
+    if (!list) {
+        fprintf(stderr, "llmq batch: %s\n", llmq_batch_error(client));
+        return EXIT_FATAL;
+    }
+    printf("%-24s %-12s %-9s %-20s %10s %10s %8s %12s\n", "BATCH", "STATE",
+           "MODE", "MODEL", "ITEMS", "DONE", "FAILED", "COST_USD");
+    for (size_t i = 0; i < n; i++)
+        printf("%-24s %-12s %-9s %-20s %10lld %10lld %8lld %12.6f\n",
+               list[i].batch, list[i].state, *list[i].mode ? list[i].mode : "-",
+               list[i].model, (long long)list[i].total, (long long)list[i].done,
+               (long long)list[i].failed, list[i].cost_usd);
+    free(list);
+    return EXIT_OK;
 }
 
 static int s_cmd_batch(s_opts_t *opts, int argc, char **argv)
@@ -1419,7 +1924,7 @@ static int s_cmd_batch(s_opts_t *opts, int argc, char **argv)
         const char *output = opts->output;
         if (!output && !opts->detach)
             output = fallback = zsys_sprintf("%s.out.jsonl", argv[1]);
-        int rc = s_batch_submit(opts, argv[1], output, opts->detach);
+        int rc = s_batch_submit(opts, argv[1], output, opts->detach, false);
         zstr_free(&fallback);
         return rc;
     }
@@ -1433,38 +1938,15 @@ static int s_cmd_batch(s_opts_t *opts, int argc, char **argv)
     }
     s_conn_t conn = {0};
     int rc = s_connect(opts, &conn, false, NULL, 0);
-    if (rc)
+    if (rc) {
+        s_conn_close(&conn);
         return rc;
+    }
     llmq_batch_status_t st;
-    if (streq(sub, "status")) {
-        if (llmq_batch_get(conn.client, argv[1], INT64_MAX / 2, &st, NULL, NULL,
-                           NULL, NULL)) {
-            fprintf(stderr, "llmq batch: %s\n", llmq_batch_error(conn.client));
-            rc = strncmp(llmq_batch_error(conn.client), "not_found", 9)
-                     ? EXIT_FATAL
-                     : EXIT_FAILED_LINES;
-        } else if (opts->json) {
-            printf("{\"batch\":\"%s\",\"state\":\"%s\",\"mode\":\"%s\","
-                   "\"total\":%lld,\"done\":%lld,\"failed\":%lld,"
-                   "\"prompt_tokens\":%lld,\"completion_tokens\":%lld,"
-                   "\"total_tokens\":%lld,\"cost_usd\":%.6f}\n",
-                   st.batch, st.state, st.mode, (long long)st.total,
-                   (long long)st.done, (long long)st.failed,
-                   (long long)st.prompt_tokens, (long long)st.completion_tokens,
-                   (long long)st.total_tokens, st.cost_usd);
-        } else {
-            printf("batch     %s\nstate     %s\nmode      %s\nitems     %lld "
-                   "(%lld done, %lld failed)\ntokens    %lld prompt + %lld "
-                   "completion = %lld\ncost      $%.6f%s\n",
-                   st.batch, st.state, *st.mode ? st.mode : "-",
-                   (long long)st.total, (long long)st.done,
-                   (long long)st.failed, (long long)st.prompt_tokens,
-                   (long long)st.completion_tokens, (long long)st.total_tokens,
-                   st.cost_usd,
-                   streq(st.mode, "provider") ? " (Batch API price)" : "");
-        }
-    } else if (streq(sub, "results") || streq(sub, "wait")) {
-        rc = s_batch_wait(opts, conn.client, argv[1], &st);
+    if (streq(sub, "status"))
+        rc = s_batch_status_cmd(opts, conn.client, argv[1]);
+    else if (streq(sub, "results") || streq(sub, "wait")) {
+        rc = s_batch_wait(opts, conn.client, argv[1], &st, false);
         if (rc == EXIT_OK && streq(sub, "results")) {
             size_t failed = 0;
             rc = s_batch_write(conn.client, argv[1], opts->output, &failed);
@@ -1479,25 +1961,8 @@ static int s_cmd_batch(s_opts_t *opts, int argc, char **argv)
             rc = EXIT_FATAL;
         } else
             printf("%s %s\n", st.batch, st.state);
-    } else {
-        size_t n = 0;
-        llmq_batch_status_t *list = llmq_batch_list(conn.client, &n);
-        if (!list) {
-            fprintf(stderr, "llmq batch: %s\n", llmq_batch_error(conn.client));
-            rc = EXIT_FATAL;
-        } else {
-            printf("%-24s %-12s %-9s %-20s %10s %10s %8s %12s\n", "BATCH",
-                   "STATE", "MODE", "MODEL", "ITEMS", "DONE", "FAILED",
-                   "COST_USD");
-            for (size_t i = 0; i < n; i++)
-                printf("%-24s %-12s %-9s %-20s %10lld %10lld %8lld %12.6f\n",
-                       list[i].batch, list[i].state,
-                       *list[i].mode ? list[i].mode : "-", list[i].model,
-                       (long long)list[i].total, (long long)list[i].done,
-                       (long long)list[i].failed, list[i].cost_usd);
-        }
-        free(list);
-    }
+    } else
+        rc = s_batch_list_cmd(conn.client);
     s_conn_close(&conn);
     return rc;
 }
@@ -1556,7 +2021,7 @@ int main(int argc, char **argv)
     if (streq(command, "keygen"))
         return s_cmd_keygen(argc - 2, argv + 2);
     s_opts_t opts = {0};
-    opts.give_up_s = -1;
+    opts.give_up_ms = -1;
     opts.curve_cert = getenv("LLMQ_CURVE_CERT");
     opts.broker_key = getenv("LLMQ_BROKER_KEY");
     int first = 0;

@@ -27,8 +27,11 @@
     duplicate answer is dropped by the client, so each request gets exactly
     one result. A long generation is not a failure by itself: only broker
     silence or a dropped connection causes a resend. A request is never lost;
-   the optional give-up time (default: never) is the only way outstanding
-    requests fail without an answer.
+    the give-up time is the only way outstanding requests fail without an
+    answer: when no broker has answered for LLMQ_CLIENT_GIVE_UP_MS (60 s;
+    env LLMQ_GIVE_UP_MS, a duration such as 90s; llmq_client_set_give_up;
+    0: never), they fail with error `timeout` "broker unreachable", so no
+    call hangs.
 
     Threads: a client is not thread-safe (it is one ZeroMQ socket); use it
     from one thread at a time, or one client per thread.
@@ -55,6 +58,7 @@ extern "C" {
 #define LLMQ_CLIENT_WINDOW 256        /* outstanding requests */
 #define LLMQ_CLIENT_HEARTBEAT_MS 1000 /* ping when silent this long */
 #define LLMQ_CLIENT_TIMEOUT_MS 3000   /* broker dead when silent this long */
+#define LLMQ_CLIENT_GIVE_UP_MS 60000  /* fail outstanding work after this */
 
 typedef enum {
     LLMQ_OP_CHAT = 0,
@@ -147,7 +151,8 @@ void llmq_client_destroy(llmq_client_t **self_p);
 
 /*  Settings. timeout: broker liveness (ms, >= 100). window: max outstanding
     requests (>= 1). give_up: fail outstanding requests with error `timeout`
-    after the broker has been silent this long (0: never, the default).
+    after the broker has been silent this long (default
+    LLMQ_CLIENT_GIVE_UP_MS or $LLMQ_GIVE_UP_MS; 0: never).
     verbose: log reconnects and drops through zsys. */
 void llmq_client_set_timeout(llmq_client_t *self, int timeout_ms);
 void llmq_client_set_window(llmq_client_t *self, size_t window);
@@ -172,7 +177,8 @@ cJSON *llmq_client_status(llmq_client_t *self, int timeout_ms);
 
 /*  Submit one request. body is an OpenAI request body (copied). Blocks,
     pumping the socket, while the window is full. Returns 0, or -1 on bad
-    arguments (the request is then not sent and no result will come).
+    arguments or a body larger than the protocol's frame limit (errno
+    EMSGSIZE); the request is then not sent and no result will come.
     arg comes back in the result, so the caller can match results to
     requests without knowing ids. */
 int llmq_client_submit(llmq_client_t *self, llmq_op_t op, const char *model,
@@ -199,6 +205,22 @@ size_t llmq_client_ready(const llmq_client_t *self);
 /*  Cancel an outstanding request by id; its result (error `cancelled`) still
     arrives. Returns 0, or -1 if the id is not outstanding. */
 int llmq_client_cancel(llmq_client_t *self, const char *id);
+
+/*  Event-loop integration (for programs with their own loop, such as
+    llmq-gateway). llmq_client_fd() is the ZeroMQ socket's ZMQ_FD: readable
+    (edge-triggered) when the socket may have input; it changes when the
+    client replaces its socket after a broker restart, so read it again after
+    every llmq_client_process(). llmq_client_process() handles all input
+    without waiting, runs the heartbeat timers and delivers results to the
+    callback; call it when the fd is readable, after every submit or cancel,
+    and about every 250 ms. Returns 1 if input is still queued (call again
+    soon), 0 otherwise, -1 if interrupted. */
+int llmq_client_fd(const llmq_client_t *self);
+int llmq_client_process(llmq_client_t *self);
+
+/*  Cancel the outstanding request submitted with this arg (see
+    llmq_client_cancel). Returns 0, or -1 if none is outstanding. */
+int llmq_client_cancel_arg(llmq_client_t *self, const void *arg);
 
 /*  Synchronous inference: send and wait for this request's result (other
     results stay queued for poll). Returns NULL only on bad arguments or an
@@ -254,6 +276,9 @@ typedef struct {
     char mode[17];   /* resolved: realtime or provider ("" before close) */
     char model[257]; /* set by llmq_batch_list only */
     int64_t total, done, failed;
+    /* provider mode: the provider's request counts at its last poll (-1:
+       no provider job); results come only when the provider is done */
+    int64_t provider_done, provider_failed;
     int64_t prompt_tokens, completion_tokens, total_tokens;
     double cost_usd; /* with the Batch API discount for provider batches */
 } llmq_batch_status_t;

@@ -5,8 +5,11 @@ set -euo pipefail
 
 # Node client dependencies (bindings/node: npm ci from its lock file), run on
 # every exit path once the Debian packages are in place.
+# The gateway's SDK tests (tests/gateway: the official openai and
+# @anthropic-ai/sdk packages) install the same way.
 _llmq_node_install="$(cd "$(dirname "$0")/.." && pwd)/bindings/node/install.sh"
-trap '[ -f "$_llmq_node_install" ] && { bash "$_llmq_node_install" || echo "setup: npm ci for bindings/node failed"; }' EXIT
+_llmq_gw_install="$(cd "$(dirname "$0")/.." && pwd)/tests/gateway/install.sh"
+trap '[ -f "$_llmq_node_install" ] && { bash "$_llmq_node_install" || echo "setup: npm ci for bindings/node failed"; }; [ -f "$_llmq_gw_install" ] && { bash "$_llmq_gw_install" || echo "setup: npm ci for tests/gateway failed"; }' EXIT
 
 PACKAGES=(
   build-essential cmake pkg-config git

@@ -23,6 +23,9 @@
 #include <malloc.h>
 #endif
 #include <getopt.h>
+
+#include "llmq.h" /* LLMQ_VERSION_STRING */
+#include "llmq_duration.h"
 #include <inttypes.h>
 #include <math.h>
 #include <netdb.h>
@@ -1418,8 +1421,9 @@ static void s_usage(FILE *f)
         "  --quiet                 no log lines on stderr\n"
         "  --exit-with-parent      stop when the process that started it dies\n"
         "                          (tests: no orphan left if the test aborts)\n"
-        "  --help                  this text\n"
-        "timing\n"
+        "  --help, -h              this text\n"
+        "  --version               print the version\n"
+        "timing (durations: a bare number is ms; or 500ms, 2s, 1m)\n"
         "  --latency-ms N          fixed latency before each answer (default "
         "0)\n"
         "  --jitter-ms N           + uniform random 0..N ms (default 0)\n"
@@ -1494,6 +1498,21 @@ static int s_num(const char *flag, const char *s, double lo, double hi,
     return 0;
 }
 
+/*  A duration flag (llmq_duration_parse: "250" is ms, "2s", "500ms"). */
+static int s_ms(const char *flag, const char *s, int64_t lo, int64_t *out)
+{
+    int64_t ms = 0;
+    if (llmq_duration_parse(s, &ms, NULL) || ms < lo) {
+        fprintf(stderr,
+                "llmq-sim: bad value for --%s: '%s' (expected a duration: ms, "
+                "or with a unit: 500ms, 2s, 1m)\n",
+                flag, s);
+        return -1;
+    }
+    *out = ms;
+    return 0;
+}
+
 static int s_parse_flags(s_cfg_t *c, int argc, char **argv)
 {
     enum {
@@ -1522,7 +1541,8 @@ static int s_parse_flags(s_cfg_t *c, int argc, char **argv)
         F_STORE,
         F_QUIET,
         F_PARENT,
-        F_HELP
+        F_HELP,
+        F_VERSION
     };
     static const struct option opts[] = {
         {"host", required_argument, 0, F_HOST},
@@ -1551,11 +1571,12 @@ static int s_parse_flags(s_cfg_t *c, int argc, char **argv)
         {"quiet", no_argument, 0, F_QUIET},
         {"exit-with-parent", no_argument, 0, F_PARENT},
         {"help", no_argument, 0, F_HELP},
+        {"version", no_argument, 0, F_VERSION},
         {0, 0, 0, 0}};
     int ch;
     double v;
     opterr = 0;
-    while ((ch = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+    while ((ch = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         const char *name = NULL;
         for (const struct option *o = opts; o->name; o++)
             if (o->val == ch)
@@ -1563,6 +1584,11 @@ static int s_parse_flags(s_cfg_t *c, int argc, char **argv)
 #define NUM(lo, hi)                                                            \
     do {                                                                       \
         if (s_num(name, optarg, (lo), (hi), &v))                               \
+            return -1;                                                         \
+    } while (0)
+#define MS(lo, field)                                                          \
+    do {                                                                       \
+        if (s_ms(name, optarg, (lo), &(field)))                                \
             return -1;                                                         \
     } while (0)
         switch (ch) {
@@ -1574,12 +1600,10 @@ static int s_parse_flags(s_cfg_t *c, int argc, char **argv)
             c->port = (int)v;
             break;
         case F_LAT:
-            NUM(0, 3600000);
-            c->latency_ms = (int64_t)v;
+            MS(0, c->latency_ms);
             break;
         case F_JIT:
-            NUM(0, 3600000);
-            c->jitter_ms = (int64_t)v;
+            MS(0, c->jitter_ms);
             break;
         case F_TPS:
             NUM(0, 1e9);
@@ -1645,28 +1669,23 @@ static int s_parse_flags(s_cfg_t *c, int argc, char **argv)
             c->preset = v;
             break;
         case F_HANGMS:
-            NUM(0, 1e12);
-            c->hang_ms = (int64_t)v;
+            MS(0, c->hang_ms);
             break;
         case F_SEED:
             NUM(0, 1.8e19);
             c->seed = (uint64_t)v;
             break;
         case F_BVAL:
-            NUM(0, 1e12);
-            c->batch.validate_ms = (int64_t)v;
+            MS(0, c->batch.validate_ms);
             break;
         case F_BPROG:
-            NUM(0, 1e12);
-            c->batch.progress_ms = (int64_t)v;
+            MS(0, c->batch.progress_ms);
             break;
         case F_BFIN:
-            NUM(0, 1e12);
-            c->batch.finalize_ms = (int64_t)v;
+            MS(0, c->batch.finalize_ms);
             break;
         case F_BEXP:
-            NUM(1, 1e12);
-            c->batch.expire_ms = (int64_t)v;
+            MS(1, c->batch.expire_ms);
             break;
         case F_MAXBODY:
             NUM(1024, 1e12);
@@ -1683,7 +1702,11 @@ static int s_parse_flags(s_cfg_t *c, int argc, char **argv)
             c->exit_with_parent = true;
             break;
         case F_HELP:
+        case 'h':
             s_usage(stdout);
+            exit(0);
+        case F_VERSION:
+            printf("llmq-sim %s\n", LLMQ_VERSION_STRING);
             exit(0);
         default:
             fprintf(stderr,
@@ -1692,6 +1715,7 @@ static int s_parse_flags(s_cfg_t *c, int argc, char **argv)
             return -1;
         }
 #undef NUM
+#undef MS
     }
     if (optind < argc) {
         fprintf(stderr, "llmq-sim: unexpected argument '%s' (see --help)\n",

@@ -7,6 +7,7 @@
     we collect those lines and print one "file:line: message".
 */
 #include "llmq_worker_config.h"
+#include "llmq_duration.h"
 #include "llmq_curve.h"
 
 #include <cyaml/cyaml.h>
@@ -236,6 +237,23 @@ static int s_int(const char *what, const char *text, int64_t lo, int64_t hi,
         return -1;
     }
     *out = v;
+    return 0;
+}
+
+/*  A duration flag: a bare number is ms, or a unit (500ms, 2s, 1m): the
+    parser every llmq binary shares (llmq_duration.h). */
+static int s_ms(const char *what, const char *text, int64_t lo, int64_t hi,
+                int64_t *out, char *errbuf, size_t errlen)
+{
+    int64_t ms = 0;
+    if (llmq_duration_parse(text, &ms, NULL) || ms < lo || ms > hi) {
+        snprintf(errbuf, errlen,
+                 "%s: expected a duration of at least %lld ms (a bare number "
+                 "is ms; or 500ms, 2s, 1m), got '%s'",
+                 what, (long long)lo, text ? text : "");
+        return -1;
+    }
+    *out = ms;
     return 0;
 }
 
@@ -572,7 +590,9 @@ void llmq_worker_config_usage(FILE *out)
         "  --verbose                debug logs\n"
         "  --json-logs              JSON log lines (env LLMQ_JSON_LOGS=1)\n"
         "  --version                print the version\n"
-        "  --help                   this text\n"
+        "  --help, -h               this text\n"
+        "Durations (-ms flags): a bare number is ms; or with a unit: 500ms, "
+        "2s, 1m.\n"
         "Exit codes: 0 ok, 2 bad flags or config, 3 API key rejected, 4 "
         "provider unreachable\n"
         "(--check-only), 1 other failure.\n");
@@ -731,8 +751,8 @@ int llmq_worker_config_load(llmq_worker_config_t **config_p, int argc,
     optind = 1;
     opterr = 0;
     int c;
-    while ((c = getopt_long(argc, argv, "", s_options, NULL)) != -1) {
-        if (c == F_HELP) {
+    while ((c = getopt_long(argc, argv, "h", s_options, NULL)) != -1) {
+        if (c == F_HELP || c == 'h') {
             llmq_worker_config_usage(stdout);
             llmq_worker_config_destroy(&self);
             return LLMQ_CONFIG_HELP;
@@ -787,7 +807,7 @@ int llmq_worker_config_load(llmq_worker_config_t **config_p, int argc,
     /*  Second pass: every flag, over everything. */
     optind = 1;
     bool models_from_flags = false;
-    while ((c = getopt_long(argc, argv, "", s_options, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "h", s_options, NULL)) != -1) {
         int64_t *num = NULL;
         int64_t lo = 1, hi = INT64_MAX / 2;
         const char *flag = argv[optind - 1];
@@ -900,7 +920,10 @@ int llmq_worker_config_load(llmq_worker_config_t **config_p, int argc,
                 if (o->val == c)
                     snprintf(what, sizeof what, "--%s", o->name);
             (void)flag;
-            if (s_int(what, optarg, lo, hi, num, errbuf, errlen)) {
+            bool duration =
+                strlen(what) > 3 && !strcmp(what + strlen(what) - 3, "-ms");
+            if ((duration ? s_ms : s_int)(what, optarg, lo, hi, num, errbuf,
+                                          errlen)) {
                 llmq_worker_config_destroy(&self);
                 return LLMQ_CONFIG_ERROR;
             }

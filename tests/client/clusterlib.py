@@ -252,6 +252,9 @@ def run_llmq(args, timeout=120, env=None):
     stderr = p.stderr.decode(errors="replace")
     check(p.returncode != 86 and "Sanitizer" not in stderr and "runtime error:" not in stderr,
           "sanitizer report from llmq %s:\n%s" % (" ".join(args), stderr[-3000:]))
+    # Every exit path destroys its sockets: CZMQ reports any left open.
+    check("dangling" not in stderr,
+          "dangling socket reported by llmq %s:\n%s" % (" ".join(args), stderr[-3000:]))
     return p.returncode, p.stdout.decode(errors="replace"), stderr
 
 

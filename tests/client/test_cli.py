@@ -60,7 +60,7 @@ def main():
     for args in (["bogus"], ["run"], ["run", inp], ["run", inp, "-o", "x", "--nope"],
                  ["run", inp, "-o", "x", "--concurrency", "lots"],
                  ["run", "/nonexistent/in.jsonl", "-o", os.path.join(tmp, "x.jsonl")],
-                 ["run", inp, "-o", "/nonexistent/dir/out.jsonl"],
+                 ["run", inp, "-o", os.path.join(inp, "dir", "out.jsonl")],  # a file as dir
                  ["chat"], ["status", "extra"]):
         rc, out, err = run_llmq(args)
         check(rc == 2 and err.strip(), "%r: rc %d (expected 2), stderr %r" % (args, rc, err))

@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import urllib.error
 import urllib.request
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "client"))
@@ -86,6 +87,26 @@ def worker_names(frontend, cert, broker_key):
     return sorted(w.get("name", "") for w in json.loads(r.stdout).get("workers", []))
 
 
+def gateway_chat(frontend, tmp, procs, cert, broker_key, want):
+    """Start llmq-gateway with CURVE keys from the environment, POST one
+    chat; want is the status it must answer, None for anything but 200."""
+    gw = cl.Proc([cl.bin_path("llmq-gateway"), "--broker", frontend, "--port", "0",
+                  "--data-dir", os.path.join(tmp, "gw-data"), "--timeout-ms", "3s"],
+                 env={"LLMQ_CURVE_CERT": cert, "LLMQ_BROKER_KEY": broker_key})
+    procs.append(gw)
+    body = json.dumps({"model": cl.MODEL, "messages": [{"role": "user", "content": "hi"}]})
+    req = urllib.request.Request(gw.ready["url"] + "/v1/chat/completions", data=body.encode(),
+                                 headers={"Content-Type": "application/json"})
+    try:
+        status = urllib.request.urlopen(req, timeout=30).status
+    except urllib.error.HTTPError as e:
+        status = e.code
+    if want is None:
+        cl.check(status != 200, "gateway with an unknown key: no answer (%d)" % status)
+    else:
+        cl.check(status == want, "gateway with keys: status %d" % status)
+
+
 def main():
     tmp = tempfile.mkdtemp(prefix="llmq-curve-%d-" % os.getpid())
     procs = []
@@ -139,6 +160,11 @@ def run(tmp, procs):
     with open(out) as f:
         lines = [json.loads(line) for line in f]
     cl.check(len(lines) == 20 and all(not x.get("error") for x in lines), "20 answers")
+
+    # 1b. llmq-gateway with keys (env, as the others): an HTTP chat through
+    # CURVE works; with the stranger's key it answers no chat.
+    gateway_chat(broker.frontend, tmp, procs, alice + "_secret", bkey, 200)
+    gateway_chat(broker.frontend, tmp, procs, stranger + "_secret", bkey, None)
 
     # 2. An unknown client key: no pong, no status, a clear timeout.
     for args in (["ping", "--timeout", "1500"], ["status", "--timeout", "1500"]):

@@ -1,9 +1,10 @@
 /*  proto_selftest - runs the selftests of the protocol classes.
 
-    Usage: proto_selftest [-v] [msg|value]...   (no name: all of them)
+    Usage: proto_selftest [-v] [msg|value|duration]...   (no name: all of them)
     Each class's selftest aborts on the first failed check, so ctest sees a
     crash with the failing line on stderr.
 */
+#include "llmq_duration.h"
 #include "llmq_msg.h"
 #include "llmq_value.h"
 
@@ -18,6 +19,7 @@ typedef struct {
 static const s_test_t s_tests[] = {
     {"msg", llmq_msg_test},
     {"value", llmq_value_test},
+    {"duration", llmq_duration_test},
 };
 
 int main(int argc, char **argv)
@@ -47,7 +49,7 @@ int main(int argc, char **argv)
         }
     }
     if (selected == 0) {
-        fprintf(stderr, "usage: proto_selftest [-v] [msg|value]...\n");
+        fprintf(stderr, "usage: proto_selftest [-v] [msg|value|duration]...\n");
         return 2;
     }
     printf("proto_selftest: %d run, %d failed\n", selected, failed);

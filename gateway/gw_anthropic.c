@@ -1,0 +1,436 @@
+/*  gw_anthropic.c - POST /v1/messages: the Anthropic Messages API.
+
+    The wire carries OpenAI-shaped bodies (proto/PROTOCOL.md 5.2) and the
+    workers translate to and from each provider's own format, so the gateway
+    translates an Anthropic request into the OpenAI shape once, here, and
+    the OpenAI-shaped answer back: text and image content, system prompts,
+    stop sequences, tools and tool calls. No wire change, and any worker
+    (OpenAI, Anthropic, sim) can serve an Anthropic-shaped caller.
+
+    A stream goes out in Anthropic's event order: message_start,
+    content_block_start, ping, content_block_delta..., content_block_stop,
+    message_delta (stop_reason, output usage), message_stop.
+*/
+#include "gw.h"
+
+//  --------------------------------------------------------------------------
+//  Request: Anthropic -> OpenAI
+
+/*  Text of a content value: a string, or the text blocks of an array. */
+static char *s_text_of(const cJSON *content)
+{
+    if (cJSON_IsString(content))
+        return strdup(content->valuestring);
+    size_t len = 0;
+    const cJSON *b;
+    cJSON_ArrayForEach(b, content)
+    {
+        const cJSON *t = cJSON_GetObjectItem(b, "text");
+        if (cJSON_IsString(t))
+            len += strlen(t->valuestring) + 1;
+    }
+    char *out = (char *)calloc(1, len + 1);
+    cJSON_ArrayForEach(b, content)
+    {
+        const cJSON *t = cJSON_GetObjectItem(b, "text");
+        if (out && cJSON_IsString(t)) {
+            if (*out)
+                strcat(out, "\n");
+            strcat(out, t->valuestring);
+        }
+    }
+    return out;
+}
+
+/*  One content block as an OpenAI content part (text or image). */
+static cJSON *s_part(const cJSON *block)
+{
+    const cJSON *type = cJSON_GetObjectItem(block, "type");
+    if (!cJSON_IsString(type))
+        return NULL;
+    cJSON *part = cJSON_CreateObject();
+    if (streq(type->valuestring, "image")) {
+        const cJSON *src = cJSON_GetObjectItem(block, "source");
+        const cJSON *mt = cJSON_GetObjectItem(src, "media_type");
+        const cJSON *data = cJSON_GetObjectItem(src, "data");
+        const cJSON *url = cJSON_GetObjectItem(src, "url");
+        char *u = cJSON_IsString(url)
+                      ? strdup(url->valuestring)
+                      : zsys_sprintf(
+                            "data:%s;base64,%s",
+                            cJSON_IsString(mt) ? mt->valuestring : "image/png",
+                            cJSON_IsString(data) ? data->valuestring : "");
+        cJSON_AddStringToObject(part, "type", "image_url");
+        cJSON_AddStringToObject(cJSON_AddObjectToObject(part, "image_url"),
+                                "url", u);
+        free(u);
+        return part;
+    }
+    const cJSON *text = cJSON_GetObjectItem(block, "text");
+    cJSON_AddStringToObject(part, "type", "text");
+    cJSON_AddStringToObject(part, "text",
+                            cJSON_IsString(text) ? text->valuestring : "");
+    return part;
+}
+
+/*  tool_use blocks of an assistant turn as OpenAI tool_calls. */
+static void s_tool_calls(cJSON *msg, const cJSON *content)
+{
+    cJSON *calls = NULL;
+    const cJSON *b;
+    cJSON_ArrayForEach(b, content)
+    {
+        const cJSON *type = cJSON_GetObjectItem(b, "type");
+        if (!cJSON_IsString(type) || !streq(type->valuestring, "tool_use"))
+            continue;
+        if (!calls)
+            calls = cJSON_AddArrayToObject(msg, "tool_calls");
+        cJSON *call = cJSON_CreateObject();
+        const cJSON *id = cJSON_GetObjectItem(b, "id");
+        const cJSON *name = cJSON_GetObjectItem(b, "name");
+        cJSON_AddStringToObject(call, "id",
+                                cJSON_IsString(id) ? id->valuestring : "");
+        cJSON_AddStringToObject(call, "type", "function");
+        cJSON *fn = cJSON_AddObjectToObject(call, "function");
+        cJSON_AddStringToObject(fn, "name",
+                                cJSON_IsString(name) ? name->valuestring : "");
+        char *args = cJSON_PrintUnformatted(cJSON_GetObjectItem(b, "input"));
+        cJSON_AddStringToObject(fn, "arguments", args ? args : "{}");
+        free(args);
+        cJSON_AddItemToArray(calls, call);
+    }
+}
+
+/*  One Anthropic message -> one or more OpenAI messages (tool results
+    become `tool` messages). */
+static void s_message(cJSON *out, const cJSON *m)
+{
+    const cJSON *role = cJSON_GetObjectItem(m, "role");
+    const cJSON *content = cJSON_GetObjectItem(m, "content");
+    const char *r = cJSON_IsString(role) ? role->valuestring : "user";
+    const cJSON *b;
+    const cJSON *blocks = cJSON_IsArray(content) ? content : NULL;
+    cJSON_ArrayForEach(b, blocks)
+    {
+        const cJSON *type = cJSON_GetObjectItem(b, "type");
+        if (!cJSON_IsString(type) || !streq(type->valuestring, "tool_result"))
+            continue;
+        cJSON *tm = cJSON_CreateObject();
+        const cJSON *id = cJSON_GetObjectItem(b, "tool_use_id");
+        cJSON_AddStringToObject(tm, "role", "tool");
+        cJSON_AddStringToObject(tm, "tool_call_id",
+                                cJSON_IsString(id) ? id->valuestring : "");
+        char *text = s_text_of(cJSON_GetObjectItem(b, "content"));
+        cJSON_AddStringToObject(tm, "content", text ? text : "");
+        free(text);
+        cJSON_AddItemToArray(out, tm);
+    }
+    cJSON *msg = cJSON_CreateObject();
+    cJSON_AddStringToObject(msg, "role", r);
+    if (cJSON_IsString(content))
+        cJSON_AddStringToObject(msg, "content", content->valuestring);
+    else {
+        cJSON *parts = cJSON_AddArrayToObject(msg, "content");
+        cJSON_ArrayForEach(b, content)
+        {
+            const cJSON *type = cJSON_GetObjectItem(b, "type");
+            if (cJSON_IsString(type) && (streq(type->valuestring, "text") ||
+                                         streq(type->valuestring, "image")))
+                cJSON_AddItemToArray(parts, s_part(b));
+        }
+        s_tool_calls(msg, content);
+        if (cJSON_GetArraySize(parts) == 0 &&
+            cJSON_GetObjectItem(msg, "tool_calls"))
+            cJSON_ReplaceItemInObject(msg, "content", cJSON_CreateNull());
+        else if (cJSON_GetArraySize(parts) == 0) {
+            cJSON_Delete(msg);
+            return;
+        }
+    }
+    cJSON_AddItemToArray(out, msg);
+}
+
+static void s_tools(cJSON *oa, const cJSON *tools)
+{
+    if (!cJSON_IsArray(tools))
+        return;
+    cJSON *out = cJSON_AddArrayToObject(oa, "tools");
+    const cJSON *t;
+    cJSON_ArrayForEach(t, tools)
+    {
+        cJSON *tool = cJSON_CreateObject();
+        cJSON_AddStringToObject(tool, "type", "function");
+        cJSON *fn = cJSON_AddObjectToObject(tool, "function");
+        const char *keys[][2] = {{"name", "name"},
+                                 {"description", "description"},
+                                 {"input_schema", "parameters"}};
+        for (int i = 0; i < 3; i++) {
+            const cJSON *v = cJSON_GetObjectItem(t, keys[i][0]);
+            if (v)
+                cJSON_AddItemToObject(fn, keys[i][1], cJSON_Duplicate(v, 1));
+        }
+        cJSON_AddItemToArray(out, tool);
+    }
+}
+
+cJSON *gw_anthropic_to_openai(const cJSON *body, char *err, size_t errsz)
+{
+    const cJSON *messages = cJSON_GetObjectItem(body, "messages");
+    const cJSON *max_tokens = cJSON_GetObjectItem(body, "max_tokens");
+    if (!cJSON_IsArray(messages)) {
+        snprintf(err, errsz, "messages: Field required");
+        return NULL;
+    }
+    if (!cJSON_IsNumber(max_tokens)) {
+        snprintf(err, errsz, "max_tokens: Field required");
+        return NULL;
+    }
+    cJSON *oa = cJSON_CreateObject();
+    cJSON *out = cJSON_AddArrayToObject(oa, "messages");
+    const cJSON *system = cJSON_GetObjectItem(body, "system");
+    if (system) {
+        char *text = s_text_of(system);
+        cJSON *sm = cJSON_CreateObject();
+        cJSON_AddStringToObject(sm, "role", "system");
+        cJSON_AddStringToObject(sm, "content", text ? text : "");
+        free(text);
+        cJSON_AddItemToArray(out, sm);
+    }
+    const cJSON *m;
+    cJSON_ArrayForEach(m, messages) s_message(out, m);
+    cJSON_AddNumberToObject(oa, "max_tokens", max_tokens->valuedouble);
+    const char *same[] = {"temperature", "top_p", "model"};
+    for (int i = 0; i < 3; i++) {
+        const cJSON *v = cJSON_GetObjectItem(body, same[i]);
+        if (v)
+            cJSON_AddItemToObject(oa, same[i], cJSON_Duplicate(v, 1));
+    }
+    const cJSON *stop = cJSON_GetObjectItem(body, "stop_sequences");
+    if (cJSON_IsArray(stop))
+        cJSON_AddItemToObject(oa, "stop", cJSON_Duplicate(stop, 1));
+    s_tools(oa, cJSON_GetObjectItem(body, "tools"));
+    return oa;
+}
+
+//  --------------------------------------------------------------------------
+//  Answer: OpenAI -> Anthropic
+
+static const char *s_stop_reason(const char *finish)
+{
+    if (!finish)
+        return "end_turn";
+    if (streq(finish, "length"))
+        return "max_tokens";
+    if (streq(finish, "tool_calls"))
+        return "tool_use";
+    if (streq(finish, "content_filter"))
+        return "refusal";
+    return "end_turn";
+}
+
+static void s_tool_use_blocks(cJSON *content, const cJSON *message)
+{
+    const cJSON *call;
+    cJSON_ArrayForEach(call, cJSON_GetObjectItem(message, "tool_calls"))
+    {
+        const cJSON *fn = cJSON_GetObjectItem(call, "function");
+        const cJSON *id = cJSON_GetObjectItem(call, "id");
+        const cJSON *name = cJSON_GetObjectItem(fn, "name");
+        const cJSON *args = cJSON_GetObjectItem(fn, "arguments");
+        cJSON *b = cJSON_CreateObject();
+        cJSON_AddStringToObject(b, "type", "tool_use");
+        cJSON_AddStringToObject(b, "id",
+                                cJSON_IsString(id) ? id->valuestring : "");
+        cJSON_AddStringToObject(b, "name",
+                                cJSON_IsString(name) ? name->valuestring : "");
+        cJSON *input =
+            cJSON_IsString(args) ? cJSON_Parse(args->valuestring) : NULL;
+        cJSON_AddItemToObject(b, "input", input ? input : cJSON_CreateObject());
+        cJSON_AddItemToArray(content, b);
+    }
+}
+
+cJSON *gw_openai_to_anthropic(const cJSON *body, const char *model,
+                              int64_t in_tokens, int64_t out_tokens)
+{
+    const cJSON *choice =
+        cJSON_GetArrayItem(cJSON_GetObjectItem(body, "choices"), 0);
+    const cJSON *message = cJSON_GetObjectItem(choice, "message");
+    const cJSON *text = cJSON_GetObjectItem(message, "content");
+    const cJSON *finish = cJSON_GetObjectItem(choice, "finish_reason");
+    const cJSON *id = cJSON_GetObjectItem(body, "id");
+    cJSON *a = cJSON_CreateObject();
+    char *mid =
+        zsys_sprintf("msg_%s", cJSON_IsString(id) ? id->valuestring : "llmq");
+    cJSON_AddStringToObject(a, "id", mid);
+    free(mid);
+    cJSON_AddStringToObject(a, "type", "message");
+    cJSON_AddStringToObject(a, "role", "assistant");
+    cJSON_AddStringToObject(a, "model", model);
+    cJSON *content = cJSON_AddArrayToObject(a, "content");
+    if (cJSON_IsString(text) && *text->valuestring) {
+        cJSON *b = cJSON_CreateObject();
+        cJSON_AddStringToObject(b, "type", "text");
+        cJSON_AddStringToObject(b, "text", text->valuestring);
+        cJSON_AddItemToArray(content, b);
+    }
+    s_tool_use_blocks(content, message);
+    cJSON_AddStringToObject(
+        a, "stop_reason",
+        s_stop_reason(cJSON_IsString(finish) ? finish->valuestring : NULL));
+    cJSON_AddNullToObject(a, "stop_sequence");
+    cJSON *u = cJSON_AddObjectToObject(a, "usage");
+    cJSON_AddNumberToObject(u, "input_tokens", (double)in_tokens);
+    cJSON_AddNumberToObject(u, "output_tokens", (double)out_tokens);
+    return a;
+}
+
+//  --------------------------------------------------------------------------
+//  The route
+
+void gw_anthropic_messages(gw_call_t *c)
+{
+    cJSON *body = gw_body_json(c->req, GW_API_ANTHROPIC, c->rid);
+    if (!body)
+        return;
+    const cJSON *model = cJSON_GetObjectItem(body, "model");
+    char err[256] = "";
+    cJSON *oa = cJSON_IsString(model)
+                    ? gw_anthropic_to_openai(body, err, sizeof err)
+                    : NULL;
+    if (!oa) {
+        gw_reply_error(c->req, GW_API_ANTHROPIC, 400, c->rid, NULL, NULL, NULL,
+                       *err ? err : "model: Field required");
+        cJSON_Delete(body);
+        return;
+    }
+    if (!gw_model_served(c->gw, model->valuestring)) {
+        char msg[400];
+        snprintf(msg, sizeof msg, "model: %.256s", model->valuestring);
+        gw_reply_error(c->req, GW_API_ANTHROPIC, 404, c->rid, NULL, NULL, NULL,
+                       msg);
+    } else {
+        gw_req_t *r =
+            gw_req_new(c->gw, c->req, GW_API_ANTHROPIC, c->rid, c->tenant);
+        if (r) {
+            r->op = LLMQ_OP_CHAT;
+            r->model = strdup(model->valuestring);
+            r->stream = cJSON_IsTrue(cJSON_GetObjectItem(body, "stream"));
+            gw_submit(r, oa, c->trace);
+        }
+    }
+    cJSON_Delete(oa);
+    cJSON_Delete(body);
+}
+
+//  --------------------------------------------------------------------------
+//  Streams
+
+static void s_event(gw_req_t *r, const char *event, cJSON *data)
+{
+    cJSON_AddStringToObject(data, "type", event);
+    char *text = cJSON_PrintUnformatted(data);
+    if (text)
+        gw_sse_send(r, event, text);
+    free(text);
+    cJSON_Delete(data);
+}
+
+/*  message_start, content_block_start and ping, once per stream. */
+static void s_stream_open(gw_req_t *r, const char *id)
+{
+    if (r->block_open)
+        return;
+    r->block_open = true;
+    cJSON *d = cJSON_CreateObject();
+    cJSON *m = cJSON_AddObjectToObject(d, "message");
+    char *mid = zsys_sprintf("msg_%s", id ? id : r->rid);
+    cJSON_AddStringToObject(m, "id", mid);
+    free(mid);
+    cJSON_AddStringToObject(m, "type", "message");
+    cJSON_AddStringToObject(m, "role", "assistant");
+    cJSON_AddArrayToObject(m, "content");
+    cJSON_AddStringToObject(m, "model", r->model);
+    cJSON_AddNullToObject(m, "stop_reason");
+    cJSON_AddNullToObject(m, "stop_sequence");
+    cJSON *u = cJSON_AddObjectToObject(m, "usage");
+    cJSON_AddNumberToObject(u, "input_tokens", 0);
+    cJSON_AddNumberToObject(u, "output_tokens", 0);
+    s_event(r, "message_start", d);
+    d = cJSON_CreateObject();
+    cJSON_AddNumberToObject(d, "index", 0);
+    cJSON *b = cJSON_AddObjectToObject(d, "content_block");
+    cJSON_AddStringToObject(b, "type", "text");
+    cJSON_AddStringToObject(b, "text", "");
+    s_event(r, "content_block_start", d);
+    s_event(r, "ping", cJSON_CreateObject());
+}
+
+void gw_anthropic_on_chunk(gw_req_t *r, const cJSON *chunk)
+{
+    const cJSON *id = cJSON_GetObjectItem(chunk, "id");
+    s_stream_open(r, cJSON_IsString(id) ? id->valuestring : NULL);
+    const cJSON *choice =
+        cJSON_GetArrayItem(cJSON_GetObjectItem(chunk, "choices"), 0);
+    const cJSON *text =
+        cJSON_GetObjectItem(cJSON_GetObjectItem(choice, "delta"), "content");
+    if (!cJSON_IsString(text) || !*text->valuestring)
+        return;
+    cJSON *d = cJSON_CreateObject();
+    cJSON_AddNumberToObject(d, "index", 0);
+    cJSON *delta = cJSON_AddObjectToObject(d, "delta");
+    cJSON_AddStringToObject(delta, "type", "text_delta");
+    cJSON_AddStringToObject(delta, "text", text->valuestring);
+    s_event(r, "content_block_delta", d);
+}
+
+static void s_stream_close(gw_req_t *r, llmq_result_t *res)
+{
+    s_stream_open(r, NULL);
+    cJSON *d = cJSON_CreateObject();
+    cJSON_AddNumberToObject(d, "index", 0);
+    s_event(r, "content_block_stop", d);
+    if (res->ok) {
+        const cJSON *choice =
+            cJSON_GetArrayItem(cJSON_GetObjectItem(res->body, "choices"), 0);
+        const cJSON *finish = cJSON_GetObjectItem(choice, "finish_reason");
+        d = cJSON_CreateObject();
+        cJSON *delta = cJSON_AddObjectToObject(d, "delta");
+        cJSON_AddStringToObject(
+            delta, "stop_reason",
+            s_stop_reason(cJSON_IsString(finish) ? finish->valuestring : NULL));
+        cJSON_AddNullToObject(delta, "stop_sequence");
+        cJSON *u = cJSON_AddObjectToObject(d, "usage");
+        cJSON_AddNumberToObject(u, "input_tokens", (double)res->prompt_tokens);
+        cJSON_AddNumberToObject(u, "output_tokens",
+                                (double)res->completion_tokens);
+        s_event(r, "message_delta", d);
+        s_event(r, "message_stop", cJSON_CreateObject());
+    } else {
+        d = cJSON_CreateObject();
+        cJSON *e = cJSON_AddObjectToObject(d, "error");
+        cJSON_AddStringToObject(e, "type", "api_error");
+        cJSON_AddStringToObject(e, "message",
+                                res->error_message ? res->error_message
+                                                   : res->error_code);
+        s_event(r, "error", d);
+    }
+    gw_sse_end(r);
+}
+
+void gw_anthropic_on_result(gw_req_t *r, llmq_result_t *res)
+{
+    if (r->stream && (res->ok || r->started)) {
+        s_stream_close(r, res);
+        return;
+    }
+    if (!res->ok) {
+        gw_reply_llmq_error(r->req, r->api, r->rid, res->error_code,
+                            res->error_status, res->error_message);
+        return;
+    }
+    cJSON *a = gw_openai_to_anthropic(res->body, r->model, res->prompt_tokens,
+                                      res->completion_tokens);
+    gw_reply_cjson(r->req, 200, r->rid, a);
+    cJSON_Delete(a);
+}

@@ -1,0 +1,296 @@
+/*  gw_main.c - llmq-gateway: flags, start-up, signals, the ready line.
+
+    Prints `ready llmq-gateway url=http://HOST:PORT` once it listens. The
+    first SIGINT or SIGTERM closes the listening socket and lets requests in
+    flight finish (up to --drain-ms); then, or at a second signal, the loop
+    stops (what is left is abandoned: the broker runs it to the end, its
+    HTTP clients see the connection close).
+*/
+#include "gw.h"
+#include "llmq_duration.h"
+
+#include <getopt.h>
+#include <signal.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+
+static void s_usage(FILE *out)
+{
+    fprintf(
+        out,
+        "Usage: llmq-gateway [options]\n"
+        "\n"
+        "OpenAI- and Anthropic-compatible HTTP front door onto an llmq "
+        "broker.\n"
+        "Point any OpenAI or Anthropic SDK at http://HOST:PORT/v1. Prints\n"
+        "`ready llmq-gateway url=http://HOST:PORT` once it listens.\n"
+        "\n"
+        "Options:\n"
+        "  --broker EP          broker frontend (default $LLMQ_ENDPOINT or\n"
+        "                       " LLMQ_DEFAULT_ENDPOINT ")\n"
+        "  --curve-cert PATH    CURVE: the gateway's secret certificate (env\n"
+        "                       LLMQ_CURVE_CERT; made by `llmq keygen NAME`)\n"
+        "  --broker-key KEY     CURVE: the broker's public key, Z85 text or "
+        "its\n"
+        "                       public certificate file (env LLMQ_BROKER_KEY)\n"
+        "  --host ADDR          listen address (default 127.0.0.1)\n"
+        "  --port N             listen port (default 8080; 0 = a free one)\n"
+        "  --keys FILE          API keys, one `KEY TENANT` per line, reloaded "
+        "when\n"
+        "                       it changes (default: no auth, any key)\n"
+        "  --data-dir DIR       uploaded files and batch ids (default\n"
+        "                       ./llmq-gateway-data)\n"
+        "  --max-body BYTES     request body limit (default 104857600)\n"
+        "  --max-headers BYTES  request header limit (default 65536)\n"
+        "  --max-conns N        open HTTP connections (default 10000)\n"
+        "  --timeout-ms D       whole-request time limit (default 10m; a bare\n"
+        "                       number is ms, or 500ms, 2s, 5m, 1h)\n"
+        "  --drain-ms D         on SIGTERM, stop accepting and await requests "
+        "in\n"
+        "                       flight this long (default 10s; a second "
+        "signal stops)\n"
+        "  --idle-timeout-ms D  idle or slow HTTP connection limit (default "
+        "10m20s)\n"
+        "  -v, --verbose        log every request\n"
+        "  -h, --help           this text\n"
+        "  --version            print the version\n");
+}
+
+static int s_num(const char *flag, const char *text, int64_t lo, int64_t hi,
+                 int64_t *out)
+{
+    char *end = NULL;
+    long long v = strtoll(text, &end, 10);
+    if (!end || *end || v < lo || v > hi) {
+        fprintf(stderr, GW_NAME ": %s wants a number in %lld..%lld, not '%s'\n",
+                flag, (long long)lo, (long long)hi, text);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+/*  A duration flag (llmq_duration.h: ms, or with a unit), at least lo ms. */
+static int s_dur(const char *flag, const char *text, int64_t lo, int64_t *out)
+{
+    int64_t ms = 0;
+    if (llmq_duration_parse(text, &ms, NULL) != 0 || ms < lo) {
+        fprintf(stderr,
+                GW_NAME ": %s wants a duration of at least %lld ms (500ms, "
+                        "2s, 5m), not '%s'\n",
+                flag, (long long)lo, text);
+        return -1;
+    }
+    *out = ms;
+    return 0;
+}
+
+static int s_parse(int argc, char **argv, gw_cfg_t *c)
+{
+    static struct option opts[] = {{"broker", 1, 0, 'b'},
+                                   {"curve-cert", 1, 0, 'c'},
+                                   {"broker-key", 1, 0, 'K'},
+                                   {"host", 1, 0, 'H'},
+                                   {"port", 1, 0, 'p'},
+                                   {"keys", 1, 0, 'k'},
+                                   {"data-dir", 1, 0, 'd'},
+                                   {"max-body", 1, 0, 'B'},
+                                   {"max-headers", 1, 0, 'E'},
+                                   {"max-conns", 1, 0, 'C'},
+                                   {"timeout-ms", 1, 0, 'T'},
+                                   {"drain-ms", 1, 0, 'D'},
+                                   {"idle-timeout-ms", 1, 0, 'I'},
+                                   {"verbose", 0, 0, 'v'},
+                                   {"help", 0, 0, 'h'},
+                                   {"version", 0, 0, 'V'},
+                                   {0, 0, 0, 0}};
+    int64_t port = c->port;
+    int ch, rc = 0;
+    opterr = 0; //  we say what is wrong ourselves
+    while (rc == 0 && (ch = getopt_long(argc, argv, "hv", opts, NULL)) != -1) {
+        switch (ch) {
+        case 'b':
+            c->broker = optarg;
+            break;
+        case 'c':
+            c->curve_cert = optarg;
+            break;
+        case 'K':
+            c->broker_key = optarg;
+            break;
+        case 'H':
+            c->host = optarg;
+            break;
+        case 'p':
+            rc = s_num("--port", optarg, 0, 65535, &port);
+            break;
+        case 'k':
+            c->keys_path = optarg;
+            break;
+        case 'd':
+            c->data_dir = optarg;
+            break;
+        case 'B':
+            rc = s_num("--max-body", optarg, 1024, 1LL << 34, &c->max_body);
+            break;
+        case 'E':
+            rc = s_num("--max-headers", optarg, 1024, 1 << 24, &c->max_headers);
+            break;
+        case 'C':
+            rc = s_num("--max-conns", optarg, 1, 1000000, &c->max_conns);
+            break;
+        case 'T':
+            rc = s_dur("--timeout-ms", optarg, 100, &c->timeout_ms);
+            break;
+        case 'D':
+            rc = s_dur("--drain-ms", optarg, 0, &c->drain_ms);
+            break;
+        case 'I':
+            rc = s_dur("--idle-timeout-ms", optarg, 1000, &c->idle_timeout_ms);
+            break;
+        case 'v':
+            c->verbose = true;
+            break;
+        case 'h':
+            s_usage(stdout);
+            exit(0);
+        case 'V':
+            printf(GW_NAME " " LLMQ_VERSION_STRING "\n");
+            exit(0);
+        default:
+            fprintf(stderr,
+                    GW_NAME ": unknown or incomplete flag '%s' (see --help)\n",
+                    argv[optind - 1]);
+            return -1;
+        }
+    }
+    if (rc == 0 && optind < argc) {
+        fprintf(stderr, GW_NAME ": unexpected argument '%s' (see --help)\n",
+                argv[optind]);
+        rc = -1;
+    }
+    c->port = (int)port;
+    return rc;
+}
+
+/*  After the first signal: stop when no request is left at the broker or
+    the drain time is up. */
+static void s_on_drain(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    gw_t *gw = (gw_t *)arg;
+    if (llmq_client_outstanding(gw->client) == 0 ||
+        zclock_mono() >= gw->drain_until)
+        event_base_loopbreak(gw->base);
+}
+
+/*  First SIGINT/SIGTERM: stop accepting, let requests in flight finish
+    (up to --drain-ms); a second one stops at once. */
+static void s_on_signal(evutil_socket_t sig, short what, void *arg)
+{
+    (void)sig;
+    (void)what;
+    gw_t *gw = (gw_t *)arg;
+    if (++gw->signals > 1 || gw->cfg.drain_ms == 0) {
+        event_base_loopbreak(gw->base);
+        return;
+    }
+    if (gw->listener)
+        evhttp_del_accept_socket(gw->http, gw->listener);
+    gw->listener = NULL;
+    gw->drain_until = zclock_mono() + gw->cfg.drain_ms;
+    gw->drain = event_new(gw->base, -1, EV_PERSIST, s_on_drain, gw);
+    struct timeval tv = {0, 50000};
+    event_add(gw->drain, &tv);
+    s_on_drain(-1, 0, gw);
+}
+
+/*  The data directory and its two subdirectories. */
+static int s_data_dir(const char *dir)
+{
+    char path[4096];
+    const char *subs[] = {"", "/files", "/batches"};
+    for (int i = 0; i < 3; i++) {
+        snprintf(path, sizeof path, "%s%s", dir, subs[i]);
+        if (mkdir(path, 0700) != 0 && errno != EEXIST) {
+            fprintf(stderr, GW_NAME ": --data-dir %s: %s\n", path,
+                    strerror(errno));
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static void s_raise_nofile(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+}
+
+static int s_run(gw_t *gw)
+{
+    int port = 0;
+    if (gw->cfg.keys_path && !(gw->keys = gw_keys_new(gw->cfg.keys_path))) {
+        fprintf(stderr, GW_NAME ": --keys %s: cannot read it\n",
+                gw->cfg.keys_path);
+        return 1;
+    }
+    if (s_data_dir(gw->cfg.data_dir) != 0)
+        return 1;
+    if (gw_broker_start(gw) != 0 || gw_http_start(gw, &port) != 0 ||
+        gw_jobs_start(gw) != 0)
+        return 1;
+    struct event *sigint = evsignal_new(gw->base, SIGINT, s_on_signal, gw);
+    struct event *sigterm = evsignal_new(gw->base, SIGTERM, s_on_signal, gw);
+    event_add(sigint, NULL);
+    event_add(sigterm, NULL);
+    printf("ready " GW_NAME " url=http://%s:%d\n", gw->cfg.host, port);
+    fflush(stdout);
+    event_base_dispatch(gw->base);
+    event_free(sigint);
+    event_free(sigterm);
+    if (gw->drain)
+        event_free(gw->drain);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    gw_t gw;
+    memset(&gw, 0, sizeof gw);
+    gw.cfg.host = "127.0.0.1";
+    gw.cfg.port = 8080;
+    //  LLMQ_ENDPOINT as for llmq; LLMQ_BROKER, the name this binary first read
+    const char *ep = getenv("LLMQ_ENDPOINT");
+    if (!ep || !*ep)
+        ep = getenv("LLMQ_BROKER");
+    gw.cfg.broker = ep && *ep ? ep : LLMQ_DEFAULT_ENDPOINT;
+    gw.cfg.curve_cert = getenv("LLMQ_CURVE_CERT");
+    gw.cfg.broker_key = getenv("LLMQ_BROKER_KEY");
+    gw.cfg.data_dir = "llmq-gateway-data";
+    gw.cfg.max_body = 100 << 20;
+    gw.cfg.max_headers = 64 << 10;
+    gw.cfg.max_conns = 10000;
+    gw.cfg.timeout_ms = 600000;
+    gw.cfg.drain_ms = 10000;
+    gw.cfg.idle_timeout_ms = 620000;
+    if (s_parse(argc, argv, &gw.cfg) != 0)
+        return 2;
+    signal(SIGPIPE, SIG_IGN);
+    zsys_init();
+    zsys_handler_set(NULL); //  our loop handles signals
+    s_raise_nofile();
+    gw.base = event_base_new();
+    int rc = gw.base ? s_run(&gw) : 1;
+    gw_http_stop(&gw);
+    gw_jobs_stop(&gw);
+    gw_broker_stop(&gw);
+    gw_keys_destroy(&gw.keys);
+    if (gw.base)
+        event_base_free(gw.base);
+    return rc;
+}
