@@ -17,6 +17,16 @@ const OPTION_KEYS = new Set(["timeout", "requestId", "pool", "priority", "meta",
 const TERMINAL = new Set(["completed", "cancelled", "expired", "failed"]);
 const AFTER_END = Number.MAX_SAFE_INTEGER; // an `after` beyond the end: a status poll
 
+/** ms of broker silence before calls fail: $LLMQ_GIVE_UP_MS (ms, or 90s / 2m / 500ms; 0: never). */
+function giveUpDefault(fallback) {
+  const text = (process.env.LLMQ_GIVE_UP_MS || "").trim();
+  if (!text) return fallback;
+  const m = /^(\d+(?:\.\d+)?)(ms|s|m|h)?$/.exec(text);
+  if (!m) return fallback;
+  const v = Number(m[1]) * { ms: 1, s: 1000, m: 60000, h: 3600000 }[m[2] || "ms"];
+  return v > 0 ? v : Infinity;
+}
+
 /** choices[0].message.content (chat) or choices[0].text, else null. */
 function textOf(body) {
   const choice = body && Array.isArray(body.choices) ? body.choices[0] : null;
@@ -135,5 +145,5 @@ function splitOptions(options) {
 module.exports = {
   PROTOCOL_VERSION, DEFAULT_ENDPOINT, MAX_MESSAGE, OPS, GRACE_MS, TERMINAL, AFTER_END,
   textOf, deltaOf, usageOf, Result, batchStatusOf, batchResultOf, readCert, curveKeys,
-  chatBody, splitOptions, encode, decode, zmq, crypto,
+  chatBody, splitOptions, giveUpDefault, encode, decode, zmq, crypto,
 };

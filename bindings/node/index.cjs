@@ -35,7 +35,7 @@ class Client {
   constructor(endpoint, options = {}) {
     this.endpoint = endpoint || process.env.LLMQ_ENDPOINT || U.DEFAULT_ENDPOINT;
     this.timeout = options.timeout === undefined ? 60000 : options.timeout;
-    this.brokerTimeout = options.brokerTimeout ?? 30000;
+    this.brokerTimeout = options.brokerTimeout ?? U.giveUpDefault(30000);
     this.concurrency = Math.max(1, options.concurrency ?? 256);
     this.heartbeat = options.heartbeat ?? 1000;
     this.liveness = Math.max(options.liveness ?? 3000, this.heartbeat);
@@ -191,7 +191,12 @@ class Client {
     const id = options.requestId || "j" + ++this.nextId;
     if (this.pending.has(id)) throw new TypeError(`request id ${id} is already outstanding`);
     h.id = id;
-    const req = new Req(id, op, model, h, encode(body), stream, timeout);
+    const payload = encode(body);
+    if (payload.length > U.MAX_MESSAGE - 65536) {
+      // a broker drops a frame over the limit with the connection, and every resend would too
+      throw new E.InvalidRequest(`request body of ${payload.length} bytes is over the frame limit`);
+    }
+    const req = new Req(id, op, model, h, payload, stream, timeout);
     if (this.pending.size === 0) this.lastRecv = this.lastHeard = req.sent;
     this.pending.set(id, req);
     this._sendReq(req);
@@ -325,7 +330,7 @@ class Client {
       return;
     }
     if (now - this.lastHeard >= this.brokerTimeout) {
-      this._failAll(E.Unavailable, `no answer from the broker at ${this.endpoint} for ${this.brokerTimeout} ms`);
+      this._failAll(E.Unavailable, `broker unreachable: no answer from ${this.endpoint} for ${this.brokerTimeout} ms`);
       return;
     }
     const silent = now - this.lastRecv;
@@ -450,7 +455,7 @@ class Client {
             });
           });
         }
-        if (Date.now() >= deadline) throw new E.Unavailable(`no answer from the broker at ${this.endpoint}`);
+        if (Date.now() >= deadline) throw new E.Unavailable(`broker unreachable: no answer from ${this.endpoint}`);
         this._reconnect();
       }
     } finally {

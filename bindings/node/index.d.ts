@@ -10,7 +10,7 @@ export type Messages = string | Message[];
 export interface ClientOptions {
   /** ms a request may take (sent as its deadline); null: no limit. Default 60000. */
   timeout?: number | null;
-  /** ms of broker silence after which outstanding calls reject with Unavailable. Default 30000. */
+  /** ms of broker silence after which outstanding calls reject with Unavailable. Default $LLMQ_GIVE_UP_MS or 30000. */
   brokerTimeout?: number;
   /** requests inferMany keeps in flight. Default 256. */
   concurrency?: number;

@@ -48,6 +48,13 @@ test("certificates", () => {
   }
 });
 
+test("a body over the frame limit is refused, never sent", async () => {
+  const c = new L.Client("tcp://127.0.0.1:1");
+  await assert.rejects(c.chat(MODEL, "x".repeat(64 * 1024 * 1024)), L.InvalidRequest);
+  assert.equal(c.pending.size, 0);
+  c.close();
+});
+
 test("a restarted stream is never spliced", async () => {
   const c = new L.Client("tcp://127.0.0.1:1", { brokerTimeout: 60000 });
   const s = c.stream(MODEL, "x");

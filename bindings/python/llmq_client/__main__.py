@@ -24,8 +24,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--version", action="version", version="llmq_client " + __version__)
     ap.add_argument("--endpoint", default=None, help="broker frontend (env LLMQ_ENDPOINT)")
     ap.add_argument("--timeout", type=float, default=60.0, help="request timeout, s")
-    ap.add_argument("--broker-timeout", type=float, default=30.0,
-                    help="give up after this many s of broker silence")
+    ap.add_argument("--broker-timeout", type=float, default=None,
+                    help="give up after this many s of broker silence (default "
+                    "$LLMQ_GIVE_UP_MS or 30)")
     ap.add_argument("--curve-cert", default=None, help="own secret cert (env LLMQ_CURVE_CERT)")
     ap.add_argument("--broker-key", default=None,
                     help="broker public key or cert file (env LLMQ_BROKER_KEY)")

@@ -12,12 +12,14 @@ import msgpack
 import zmq
 from zmq.utils.monitor import parse_monitor_message
 
-from .errors import (AuthError, LlmqError, StreamInterrupted, Timeout, Unavailable, error_from)
+from .errors import (AuthError, InvalidRequest, LlmqError, StreamInterrupted, Timeout, Unavailable,
+                     error_from)
 from .types import Result, Usage, delta_of
 
 PROTOCOL_VERSION = 1
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
 MAX_MESSAGE = 64 * 1024 * 1024
+MAX_BODY = MAX_MESSAGE - 65536     # the whole message: body + header (<= 64 KiB)
 OPS = ("chat", "completion", "embedding")
 GRACE = 1.0   # seconds the client waits past a request's deadline for the broker's answer
 
@@ -28,6 +30,21 @@ Header = Dict[str, Any]
 
 def resolve_endpoint(endpoint: Optional[str]) -> str:
     return endpoint or os.environ.get("LLMQ_ENDPOINT") or DEFAULT_ENDPOINT
+
+
+def give_up_default(fallback: float = 30.0) -> float:
+    """Seconds of broker silence before calls fail: $LLMQ_GIVE_UP_MS (ms,
+    or a duration such as 90s / 2m / 500ms; 0: never), else fallback."""
+    text = os.environ.get("LLMQ_GIVE_UP_MS", "").strip()
+    if not text:
+        return fallback
+    for unit, scale in (("ms", 0.001), ("s", 1.0), ("m", 60.0), ("h", 3600.0)):
+        if text.endswith(unit) and text[:-len(unit)].replace(".", "", 1).isdigit():
+            value = float(text[:-len(unit)]) * scale
+            break
+    else:
+        value = float(text) / 1000 if text.isdigit() else fallback
+    return value if value > 0 else float("inf")
 
 
 def read_cert(path: str) -> Tuple[str, Optional[str]]:
@@ -126,12 +143,12 @@ class Core:
     """State of one client connection, without any I/O wait."""
 
     def __init__(self, endpoint: Optional[str], timeout: Optional[float],
-                 broker_timeout: float, heartbeat: float, liveness: float,
+                 broker_timeout: Optional[float], heartbeat: float, liveness: float,
                  curve_cert: Optional[str], broker_key: Optional[str],
                  routing_id: Optional[str]) -> None:
         self.endpoint = resolve_endpoint(endpoint)
         self.timeout = timeout
-        self.broker_timeout = float(broker_timeout)
+        self.broker_timeout = give_up_default() if broker_timeout is None else float(broker_timeout)
         self.heartbeat = float(heartbeat)
         self.liveness = max(float(liveness), self.heartbeat)
         self.curve = curve_keys(curve_cert, broker_key)
@@ -225,8 +242,13 @@ class Core:
         if request_id in self.pending:
             raise ValueError("request id %r is already outstanding" % request_id)
         h["id"] = request_id
-        req = Req(request_id, op, model, h, msgpack.packb(body, use_bin_type=True), stream,
-                  timeout)
+        payload = msgpack.packb(body, use_bin_type=True)
+        if len(payload) > MAX_BODY:
+            # a broker drops a frame over the limit with the connection, and
+            # every resend would do the same (PROTOCOL.md 3.1, 8)
+            raise InvalidRequest("request body of %d bytes is over the %d-byte frame limit"
+                                 % (len(payload), MAX_BODY))
+        req = Req(request_id, op, model, h, payload, stream, timeout)
         if not self.pending:
             self.last_recv = self.last_heard = req.sent
         self.pending[request_id] = req
@@ -351,7 +373,7 @@ class Core:
             self.fail_all(AuthError("the broker refused this client's CURVE key", code="auth"))
             return False
         if now - self.last_heard >= self.broker_timeout:
-            self.fail_all(Unavailable("no answer from the broker at %s for %.0f s"
+            self.fail_all(Unavailable("broker unreachable: no answer from %s for %.0f s"
                                       % (self.endpoint, self.broker_timeout)))
             return False
         silent = now - self.last_recv

@@ -23,7 +23,7 @@ class AsyncClient:
     Use ``async with AsyncClient(...) as c:`` or call ``await c.close()``."""
 
     def __init__(self, endpoint: Optional[str] = None, *, timeout: Optional[float] = 60.0,
-                 broker_timeout: float = 30.0, concurrency: int = 256,
+                 broker_timeout: Optional[float] = None, concurrency: int = 256,
                  heartbeat: float = 1.0, liveness: float = 3.0,
                  curve_cert: Optional[str] = None, broker_key: Optional[str] = None,
                  routing_id: Optional[str] = None,
@@ -306,7 +306,7 @@ class AsyncClient:
                 except asyncio.TimeoutError:
                     pass
             if time.monotonic() >= deadline:
-                raise Unavailable("no answer from the broker at %s" % core.endpoint)
+                raise Unavailable("broker unreachable: no answer from %s" % core.endpoint)
             self._reconnect()
 
     async def ping(self, timeout: Optional[float] = None) -> Pong:

@@ -22,12 +22,13 @@ class Client:
     endpoint: ``tcp://host:5555`` (default $LLMQ_ENDPOINT, else
     tcp://127.0.0.1:5555). timeout: seconds a request may take (sent to the
     broker as its deadline; None: no limit). broker_timeout: seconds of
-    broker silence after which outstanding calls raise Unavailable.
+    broker silence after which outstanding calls raise Unavailable (default
+    $LLMQ_GIVE_UP_MS, else 30 s).
     concurrency: requests infer_many keeps in flight. curve_cert /
     broker_key: CURVE (default $LLMQ_CURVE_CERT / $LLMQ_BROKER_KEY)."""
 
     def __init__(self, endpoint: Optional[str] = None, *, timeout: Optional[float] = 60.0,
-                 broker_timeout: float = 30.0, concurrency: int = 256,
+                 broker_timeout: Optional[float] = None, concurrency: int = 256,
                  heartbeat: float = 1.0, liveness: float = 3.0,
                  curve_cert: Optional[str] = None, broker_key: Optional[str] = None,
                  routing_id: Optional[str] = None,
@@ -230,7 +231,7 @@ class Client:
                     if len(got) == n:
                         return got
             if time.monotonic() >= deadline:
-                raise Unavailable("no answer from the broker at %s" % core.endpoint)
+                raise Unavailable("broker unreachable: no answer from %s" % core.endpoint)
             self._reconnect()
 
     def ping(self, timeout: Optional[float] = None) -> Pong:

@@ -55,6 +55,12 @@ class Offline(unittest.TestCase):
                     continue
                 self.assertEqual(L.read_cert(path), (case["public"], case["secret"]), case["name"])
 
+    def test_body_over_frame_limit(self) -> None:
+        with L.Client("tcp://127.0.0.1:1") as c:
+            with self.assertRaises(L.InvalidRequest):
+                c.chat(MODEL, "x" * (64 * 1024 * 1024))
+            self.assertEqual(c._core.pending, {})
+
     def test_stream_never_spliced(self) -> None:
         """A chunk stream that restarts (a requeued attempt) after text was
         delivered fails with StreamInterrupted instead of splicing."""
