@@ -13,6 +13,8 @@
 #   worker     one llmq-worker at 2,000 and 10,000 in flight (bench/worker/run.sh)
 #   e2e        10,000 prompts: llmq run vs sequential, aiohttp, openai SDK
 #              (bench/e2e/bench_e2e.py)
+#   bindings   10,000 requests through the Python and Node packages vs a
+#              hand-written aiohttp client (bench/bindings/bench_bindings.py)
 #   ratelimit  share of llmq-sim's --rpm used, 429s (bench/ratelimit/bench_ratelimit.py)
 #   plot       data and PNGs of BENCHMARKS.md (bench/plot/collect.py)
 #
@@ -46,7 +48,7 @@ while [ $# -gt 0 ]; do
   esac
   shift
 done
-all=(sim broker memory worker e2e ratelimit plot)
+all=(sim broker memory worker e2e bindings ratelimit plot)
 [ ${#parts[@]} -gt 0 ] || parts=("${all[@]}")
 for p in "${parts[@]}"; do
   case " ${all[*]} " in *" $p "*) ;; *) echo "run-all: unknown part $p (${all[*]})" >&2; exit 2 ;; esac
@@ -115,6 +117,9 @@ for p in "${parts[@]}"; do
     e2e)
       if [ $smoke = 1 ]; then run_part e2e 120 $py "$here/e2e/bench_e2e.py" --smoke --json "$results/e2e.json"
       else run_part e2e 900 $py "$here/e2e/bench_e2e.py" --json "$results/e2e.json"; fi ;;
+    bindings)
+      if [ $smoke = 1 ]; then run_part bindings 120 $py "$here/bindings/bench_bindings.py" --smoke --bin "$build/bin" --json "$results/bindings.json"
+      else run_part bindings 1500 $py "$here/bindings/bench_bindings.py" --bin "$build/bin" --json "$results/bindings.json"; fi ;;
     ratelimit)
       if [ $smoke = 1 ]; then run_part ratelimit 120 $py "$here/ratelimit/bench_ratelimit.py" --smoke --json "$results/ratelimit.json"
       else run_part ratelimit 400 $py "$here/ratelimit/bench_ratelimit.py" --json "$results/ratelimit.json"; fi ;;

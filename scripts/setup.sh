@@ -16,7 +16,7 @@ PACKAGES=(
   libzmq3-dev libczmq-dev libmsgpack-dev libcurl4-openssl-dev
   libcjson-dev libcyaml-dev libyaml-dev libevent-dev libsqlite3-dev
   clang clang-format libclang-rt-14-dev valgrind
-  python3 python3-zmq python3-msgpack
+  python3 python3-zmq python3-msgpack python3-pip python3-setuptools python3-venv mypy
   curl procps wrk iproute2 docker-compose
   prometheus
   gnuplot-nox python3-aiohttp

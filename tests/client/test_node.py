@@ -1,52 +1,50 @@
 #!/usr/bin/python3
-"""client.node: runs test_node.js (the Node client) against a real cluster
-started here, installing the npm dependencies first if needed
-(bindings/node/install.sh: npm ci from the committed package-lock.json)."""
+"""client.node: bindings/node packed (npm pack) and installed from the tree
+into a scratch project (npm install of the tarball; its dependencies from
+npm's cache or the registry), and its tests (node --test: shared
+conformance cases, calls, streams, batches, every error class, a broker
+restart mid-call, a script that never calls close(), the README's examples)
+run there against a real cluster."""
+import glob
 import json
 import os
 import shutil
-import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from clusterlib import MODEL, SOURCE_DIR, Cluster, chat_hash, check, fail  # noqa
-from llmqtest import die_with_parent, skip  # noqa
+from bindings_cluster import BindingsCluster, run, scratch  # noqa
+from clusterlib import SOURCE_DIR  # noqa
 
 
 def main():
-    if not shutil.which("node"):
-        skip("node is not installed (Debian package nodejs; scripts/setup.sh)")
-    install = os.path.join(SOURCE_DIR, "bindings", "node", "install.sh")
-    r = subprocess.run(["bash", install], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    if r.returncode != 0:
-        # No npm or no registry here: the modules of package-lock.json are
-        # missing, so the Node client cannot be loaded.
-        skip("npm modules not installed (bindings/node/install.sh failed): %s"
-             % r.stdout.decode(errors="replace").strip()[-500:])
-    texts = ["hello from node", "node stream [[sim:tokens=12]]"]
-    texts += ["node async %d" % i for i in range(100)]
-    texts += ["node restart %d [[sim:delay_ms=300]]" % i for i in range(30)]
-    hashes = {t: "sim-" + chat_hash(MODEL, [{"role": "user", "content": t}]) for t in texts}
-    cluster = Cluster(workers=2, capacity=16)
+    if not shutil.which("node") or not shutil.which("npm"):
+        print("node/npm not installed (scripts/setup.sh installs them)", file=sys.stderr)
+        sys.exit(77)
+    src = os.path.join(SOURCE_DIR, "bindings", "node")
+    run(["bash", os.path.join(src, "install.sh")])
+    tmp, cleanup = scratch("llmq-bindings-node-")
+    cluster = None
     try:
-        env = dict(os.environ, LLMQ_SOURCE_DIR=SOURCE_DIR)
-        p = subprocess.Popen(["node", os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                                   "test_node.js"),
-                              cluster.broker.frontend, MODEL, json.dumps(hashes)],
-                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
-                             preexec_fn=die_with_parent)
-        for line in p.stdout:
-            line = line.decode().strip()
-            print(line)
-            if line == "RESTART":
-                cluster.restart_broker()
-                p.stdin.write(b"OK\n")
-                p.stdin.flush()
-        p.wait(timeout=60)
-        if p.returncode != 0:
-            fail("test_node.js exited with %d" % p.returncode)
+        npm = ["npm", "--no-audit", "--no-fund", "--loglevel=error", "--prefer-offline"]
+        run(npm + ["pack", "--pack-destination", tmp, src], cwd=tmp)
+        tarball = glob.glob(os.path.join(tmp, "llmq-client-*.tgz"))[0]
+        proj = os.path.join(tmp, "proj")
+        os.makedirs(os.path.join(proj, "test"))
+        with open(os.path.join(proj, "package.json"), "w") as f:
+            json.dump({"name": "llmq-client-scratch", "private": True, "type": "module"}, f)
+        run(npm + ["install", tarball, "@msgpack/msgpack@3"], cwd=proj, timeout=300)
+        for name in os.listdir(os.path.join(src, "test")):
+            shutil.copy(os.path.join(src, "test", name), os.path.join(proj, "test", name))
+        cluster = BindingsCluster()
+        env = dict(os.environ, LLMQ_TEST_INSTALLED=proj, **cluster.env())
+        tests = sorted(glob.glob(os.path.join(proj, "test", "*.test.mjs")))
+        run(["node", "--test", "--test-concurrency=1"] + tests, env=env, cwd=proj,
+            cluster=cluster)
+        print("client.node: ok (broker restarts %d)" % cluster.restarts)
     finally:
-        cluster.close()
+        if cluster:
+            cluster.close()
+        cleanup()
 
 
 if __name__ == "__main__":
