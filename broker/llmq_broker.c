@@ -46,6 +46,9 @@
 #define s_END ((const char *)NULL) //  Ends s_log's key/value list
 #define s_MAX_STATUS_QUEUES 1000   //  Lanes listed in a status reply
 #define s_COMPACT_ABOVE 4096 //  Queue length from which payloads are compacted
+#define s_MAX_DEATHS 6       //  Death count that abandons a request (3.3)
+#define s_ACKS_PER_MSG 2048  //  Broker ids per `ack` (the `ids` limit)
+#define s_ATTACH_TTL 600000  //  Forget a `held` key nobody resent after this
 
 typedef struct _s_client_t s_client_t;
 typedef struct _s_worker_t s_worker_t;
@@ -98,6 +101,11 @@ struct _s_request_t {
     uint8_t attempt;      //  Dispatch attempt, from 1
     uint8_t max_attempts; //  Give up after this many
     bool stream;          //  Client wants chunks
+    bool resend;          //  The client sent it before (3.3)
+    uint8_t deaths;       //  Death count (PROTOCOL.md 3.3)
+    uint32_t chunks;      //  Chunks the client has (forwarded or resumed)
+    char *rkey;           //  Request key "client:id", NULL for a module's
+    void *park;           //  Handle in parked while waiting for `held`
 };
 
 struct _s_client_t {
@@ -149,6 +157,9 @@ struct _s_worker_t {
     s_request_t *inflight; //  Head of its in-flight list
     zlistx_t *lanes;       //  Lanes it serves (borrowed)
     s_group_t *group;      //  Its limit group, or NULL
+    uint64_t *acks;        //  Broker ids of results passed on, not yet acked
+    size_t nacks;
+    size_t acks_cap;
 };
 
 typedef struct {
@@ -196,12 +207,22 @@ struct _llmq_broker_core_t {
     llmq_msg_t *req_header; //  Reused header of every `req` to a worker
     void *module_state;     //  Plug-in state
     uint64_t job_rr;        //  Round robin of batch job tasks
+    zhashx_t *attach;       //  rkey -> s_attach_t: `held` keys not yet resent
+    zlistx_t *parked;       //  Resends waiting for `held` (borrowed)
+    int64_t recovery_end;   //  Until then resends are parked (3.3)
 };
+
+//  A request key a worker reported in `held` before its client resent it.
+typedef struct {
+    int64_t at;     //  When reported
+    char worker[1]; //  Worker key (routing id in hex), stored inline
+} s_attach_t;
 
 typedef llmq_broker_core_t s_broker_t;
 
 static void s_dispatch_lane(s_broker_t *self, s_lane_t *lane);
 static void s_request_destroy(s_broker_t *self, s_request_t **r_p);
+static void s_bid_text(uint64_t bid, char out[24]);
 
 //  --------------------------------------------------------------------------
 //  Logging: one line per event, text or JSON, on stderr.
@@ -403,6 +424,48 @@ static void s_refuse(s_broker_t *self, llmq_msg_t **msg_p, llmq_err_t code,
     llmq_msg_destroy(&req);
 }
 
+//  Remember to tell w that the result of dispatch bid reached its client,
+//  so it can drop the copy it holds (sent in batches by s_acks_flush).
+static void s_ack_add(s_worker_t *w, uint64_t bid)
+{
+    if (w->nacks == w->acks_cap) {
+        size_t cap = w->acks_cap ? w->acks_cap * 2 : 256;
+        uint64_t *acks = (uint64_t *)realloc(w->acks, cap * sizeof(*acks));
+        if (!acks)
+            return; //  The worker's copy then expires on its own
+        w->acks = acks;
+        w->acks_cap = cap;
+    }
+    w->acks[w->nacks++] = bid;
+}
+
+//  Send every worker its pending acks, s_ACKS_PER_MSG per `ack`.
+static void s_acks_flush(s_broker_t *self)
+{
+    static char text[s_ACKS_PER_MSG][24];
+    static const char *ids[s_ACKS_PER_MSG];
+    s_worker_t *w = (s_worker_t *)zhashx_first(self->workers);
+    while (w) {
+        for (size_t done = 0; done < w->nacks;) {
+            size_t n = 0;
+            while (n < s_ACKS_PER_MSG && done < w->nacks) {
+                s_bid_text(w->acks[done++], text[n]);
+                ids[n] = text[n];
+                n++;
+            }
+            llmq_msg_t *ack = llmq_msg_new(LLMQ_MSG_ACK);
+            if (!ack)
+                break;
+            llmq_msg_set_ids(ack, ids, n);
+            llmq_msg_set_routing_id(ack, w->rid);
+            llmq_msg_send(&ack, self->backend);
+            llmq_msg_destroy(&ack);
+        }
+        w->nacks = 0;
+        w = (s_worker_t *)zhashx_next(self->workers);
+    }
+}
+
 //  Send the answer of a request to its client (or module) and destroy the
 //  request. res is a worker's `res` or one built here; takes it.
 static void s_complete(s_broker_t *self, s_request_t *r, llmq_msg_t **res_p)
@@ -433,6 +496,8 @@ static void s_complete(s_broker_t *self, s_request_t *r, llmq_msg_t **res_p)
     if (r->worker) {
         llmq_msg_set_worker(res, r->worker->name);
         r->worker->answered++;
+        if (r->rkey)
+            s_ack_add(r->worker, r->bid);
     }
     if (r->meta)
         llmq_msg_set_meta(res, r->meta, r->meta_size);
@@ -546,6 +611,10 @@ static void s_request_destroy(s_broker_t *self, s_request_t **r_p)
     if (llmq_queue_node_queued(&r->dnode))
         llmq_queue_remove(self->expiry, &r->dnode);
     s_request_unassign(self, r);
+    if (r->park) {
+        zlistx_delete(self->parked, r->park);
+        r->park = NULL;
+    }
     if (r->client) {
         s_client_t *client = r->client;
         zhashx_delete(client->pending, r->id);
@@ -559,6 +628,7 @@ static void s_request_destroy(s_broker_t *self, s_request_t **r_p)
         s_shared_release(NULL, r->shared);
     free(r->meta);
     free(r->trace);
+    free(r->rkey);
     free(r);
 }
 
@@ -912,7 +982,9 @@ static void s_send_request(s_broker_t *self, s_worker_t *w, s_request_t *r)
     if (w->inflight)
         w->inflight->wprev = r;
     w->inflight = r;
-    w->credit--;
+    if (w->credit > 0)
+        w->credit--; //  An attached resend may come without credit
+
     w->in_flight++;
     w->last_used = ++self->use_clock;
     self->inflight_count++;
@@ -941,6 +1013,7 @@ static void s_send_request(s_broker_t *self, s_worker_t *w, s_request_t *r)
         else
             llmq_msg_clear(msg, LLMQ_F_stream);
         llmq_msg_set_trace(msg, r->trace); //  NULL clears
+        llmq_msg_set_rkey(msg, r->rkey);   //  NULL clears
         if (r->deadline != s_NO_EXPIRY)
             llmq_msg_set_deadline_ms(
                 msg, r->deadline > now + 1 ? r->deadline - now : 1);
@@ -1075,6 +1148,7 @@ static void s_worker_free(void **item)
     free(w->pool);
     free(w->provider);
     free(w->version);
+    free(w->acks);
     free(w);
     *item = NULL;
 }
@@ -1093,34 +1167,70 @@ static void s_worker_retire(s_broker_t *self, s_worker_t *w)
     s_group_leave(self, w);
 }
 
+//  A request whose worker died or left: back to the front of its lane, or
+//  answered. Streams the client saw chunks of are never sent again (no
+//  splicing); a request with a death count of s_MAX_DEATHS is abandoned
+//  as a suspected poison request (PROTOCOL.md 3.3). weight: what this
+//  death adds to its count (0 when the worker left).
+static void s_request_orphaned(s_broker_t *self, s_request_t *r,
+                               const char *wname, const char *why, int weight)
+{
+    char message[300];
+    if (r->chunks > 0) {
+        snprintf(message, sizeof(message),
+                 "stream interrupted after %u chunks (worker %s %s)", r->chunks,
+                 wname, why);
+        s_fail(self, r, LLMQ_ERR_PROVIDER_ERROR, message);
+        return;
+    }
+    int deaths = r->deaths + weight;
+    r->deaths = (uint8_t)(deaths > 255 ? 255 : deaths);
+    if (r->deaths >= s_MAX_DEATHS) {
+        snprintf(message, sizeof(message),
+                 "request abandoned: the workers holding it died (death "
+                 "count %d of %d, last %s); suspected poison request",
+                 r->deaths, s_MAX_DEATHS, wname);
+        llmq_msg_t *res = llmq_msg_new(LLMQ_MSG_RES);
+        if (!res) {
+            s_request_destroy(self, &r);
+            return;
+        }
+        llmq_msg_set_failure(res, LLMQ_ERR_INTERNAL, 0, message);
+        llmq_msg_set_error_retryable(res, false);
+        s_complete(self, r, &res);
+        return;
+    }
+    if (r->attempt < 255)
+        r->attempt++;
+    self->counters.requeued++;
+    llmq_metrics_add(self->metrics, "llmq_broker_requeues_total", NULL, 1);
+    if (s_enqueue(self, r, true))
+        s_fail(self, r, LLMQ_ERR_INTERNAL,
+               "broker could not requeue the request");
+}
+
 //  Forget a worker. Its in-flight requests go back to the front of their
-//  lanes (attempt + 1) or, out of attempts, are answered with an error.
+//  lanes (attempt + 1) or are answered (s_request_orphaned). A death
+//  counts 3 against each request when the worker held at most 2, 2 against
+//  the 2 dispatched to it last (its list is newest first), else 1.
 static void s_worker_remove(s_broker_t *self, s_worker_t *w, const char *why)
 {
     s_worker_retire(self, w);
+    bool died = streq(why, "died");
+    int64_t held = w->in_flight;
+    int position = 0;
     while (w->inflight) {
         s_request_t *r = w->inflight;
         s_request_unassign(self, r);
+        position++;
         if (r->from_module) {
             if (self->config.module->item_returned)
                 self->config.module->item_returned(self->module_state, r->id);
             s_request_destroy(self, &r);
-        } else if (r->attempt >= r->max_attempts) {
-            char message[300];
-            snprintf(
-                message, sizeof(message),
-                "worker %s %s while handling the request (attempt %d of %d)",
-                w->name, why, r->attempt, r->max_attempts);
-            s_fail(self, r, LLMQ_ERR_INTERNAL, message);
-        } else {
-            r->attempt++;
-            self->counters.requeued++;
-            llmq_metrics_add(self->metrics, "llmq_broker_requeues_total", NULL,
-                             1);
-            if (s_enqueue(self, r, true))
-                s_fail(self, r, LLMQ_ERR_INTERNAL,
-                       "broker could not requeue the request");
+            continue;
         }
+        int weight = !died ? 0 : held <= 2 ? 3 : position <= 2 ? 2 : 1;
+        s_request_orphaned(self, r, w->name, why, weight);
     }
     zhashx_delete(self->workers, w->key);
     //  Requeued requests may have other workers waiting for them.
@@ -1305,6 +1415,7 @@ static void s_worker_result(s_broker_t *self, s_worker_t *w, llmq_msg_t **msg_p)
             llmq_msg_destroy(msg_p);
             return;
         }
+        r->chunks++;
         llmq_msg_set_id(msg, r->id);
         llmq_msg_set_routing_id(msg, r->client->rid);
         llmq_msg_clear(msg, LLMQ_F_ratelimit_remaining_requests);
@@ -1318,6 +1429,82 @@ static void s_worker_result(s_broker_t *self, s_worker_t *w, llmq_msg_t **msg_p)
         s_log(self, "info", "worker_gone", "worker", w->name, s_END);
         s_worker_remove(self, w, "left");
     }
+}
+
+//  The pending client request with request key rkey ("client:id"), or NULL.
+static s_request_t *s_pending_by_rkey(s_broker_t *self, const char *rkey)
+{
+    const char *colon = strchr(rkey, ':');
+    if (!colon || colon - rkey >= 520)
+        return NULL;
+    char key[520];
+    memcpy(key, rkey, (size_t)(colon - rkey));
+    key[colon - rkey] = 0;
+    s_client_t *client = (s_client_t *)zhashx_lookup(self->clients, key);
+    return client ? (s_request_t *)zhashx_lookup(client->pending, colon + 1)
+                  : NULL;
+}
+
+//  Send a waiting (queued or parked) request to the worker that holds its
+//  result or still runs it: the worker answers from that (3.3).
+static void s_attach(s_broker_t *self, s_worker_t *w, s_request_t *r)
+{
+    if (llmq_queue_node_queued(&r->qnode)) {
+        llmq_queue_remove(r->lane->queue, &r->qnode);
+        self->queued--;
+    }
+    if (r->park) {
+        zlistx_delete(self->parked, r->park);
+        r->park = NULL;
+    }
+    llmq_metrics_add(self->metrics, "llmq_broker_attached_total", NULL, 1);
+    s_send_request(self, w, r);
+}
+
+//  A resend: attach it if a live worker reported its key. Returns true if
+//  it was sent.
+static bool s_attach_resend(s_broker_t *self, s_request_t *r)
+{
+    s_attach_t *a = (s_attach_t *)zhashx_lookup(self->attach, r->rkey);
+    if (!a)
+        return false;
+    s_worker_t *w = (s_worker_t *)zhashx_lookup(self->workers, a->worker);
+    zhashx_delete(self->attach, r->rkey);
+    if (!w)
+        return false;
+    s_attach(self, w, r);
+    return true;
+}
+
+//  `held` after a hello: request keys the worker has a result for or still
+//  runs. A waiting resend of one is attached at once; the others are kept
+//  for a resend yet to come.
+static void s_worker_held(s_broker_t *self, s_worker_t *w, llmq_msg_t *msg)
+{
+    zframe_t *payload = llmq_msg_payload(msg);
+    cJSON *keys = payload ? llmq_value_to_json(zframe_data(payload),
+                                               zframe_size(payload), NULL, 0)
+                          : NULL;
+    size_t len = strlen(w->key);
+    const cJSON *k;
+    cJSON_ArrayForEach(k, keys)
+    {
+        if (!cJSON_IsString(k) || !k->valuestring[0])
+            continue;
+        s_request_t *r = s_pending_by_rkey(self, k->valuestring);
+        if (r) {
+            if (!r->worker && !r->from_module)
+                s_attach(self, w, r);
+            continue;
+        }
+        s_attach_t *a = (s_attach_t *)malloc(sizeof(s_attach_t) + len);
+        if (!a)
+            break;
+        a->at = zclock_mono();
+        memcpy(a->worker, w->key, len + 1);
+        zhashx_update(self->attach, k->valuestring, a);
+    }
+    cJSON_Delete(keys);
 }
 
 static void s_handle_worker(s_broker_t *self, llmq_msg_t *msg)
@@ -1376,6 +1563,9 @@ static void s_handle_worker(s_broker_t *self, llmq_msg_t *msg)
         case LLMQ_MSG_RES:
         case LLMQ_MSG_CHUNK:
             s_worker_result(self, w, &msg);
+            break;
+        case LLMQ_MSG_HELD:
+            s_worker_held(self, w, msg);
             break;
         case LLMQ_MSG_BYE:
             if (!w->leaving) {
@@ -1446,6 +1636,33 @@ static void s_cancel_at_worker(llmq_broker_core_t *self, s_request_t *r)
     llmq_msg_send(&cancel, self->backend);
 }
 
+//  A request the client sent before (3.3): attach it to the worker that
+//  holds it, park it while workers may still report it, or fail a stream
+//  the client saw chunks of. Returns true if it was taken care of here.
+static bool s_client_resend(s_broker_t *self, s_request_t *r, int64_t now)
+{
+    if (!r->resend)
+        return false;
+    if (r->rkey && s_attach_resend(self, r))
+        return true;
+    if (now < self->recovery_end && self->parked) {
+        r->park = zlistx_add_end(self->parked, r);
+        if (r->park) {
+            s_expiry_set(self, r, r->deadline);
+            return true;
+        }
+    }
+    if (r->chunks > 0) {
+        char message[120];
+        snprintf(message, sizeof(message),
+                 "stream interrupted after %u chunks (broker restarted)",
+                 r->chunks);
+        s_fail(self, r, LLMQ_ERR_PROVIDER_ERROR, message);
+        return true;
+    }
+    return false;
+}
+
 static void s_client_request(s_broker_t *self, const char *key,
                              llmq_msg_t **msg_p)
 {
@@ -1510,6 +1727,13 @@ static void s_client_request(s_broker_t *self, const char *key,
         r->meta_size = meta_size;
     }
     r->trace = s_strdup_or_null(llmq_msg_trace(msg));
+    if (r->deadline == s_NO_EXPIRY && self->config.default_deadline_ms > 0)
+        r->deadline = now + self->config.default_deadline_ms;
+    r->resend = llmq_msg_resend(msg);
+    if (r->stream && r->resend && llmq_msg_has(msg, LLMQ_F_seq) &&
+        llmq_msg_seq(msg) >= 0)
+        r->chunks = (uint32_t)(llmq_msg_seq(msg) + 1);
+    r->rkey = zsys_sprintf("%s:%s", key, id);
     zhashx_insert(client->pending, r->id, r);
     self->counters.received++;
     //  Only a request that must wait in a long queue pays for a copy of its
@@ -1518,6 +1742,10 @@ static void s_client_request(s_broker_t *self, const char *key,
         (llmq_queue_size(lane->queue) || !s_best_worker(lane)))
         s_payload_compact(r);
     llmq_metrics_add(self->metrics, "llmq_broker_received_total", NULL, 1);
+    if (s_client_resend(self, r, now)) {
+        llmq_msg_destroy(msg_p);
+        return;
+    }
     if (s_enqueue(self, r, false)) {
         s_fail(self, r, LLMQ_ERR_INTERNAL,
                "broker could not queue the request");
@@ -1809,6 +2037,29 @@ static void s_drain_finish(s_broker_t *self)
     zstr_send(self->pipe, "DRAINED");
 }
 
+//  The recovery time is over: parked resends join their lanes (or, for a
+//  stream the client saw chunks of, are answered: never spliced).
+static void s_unpark(s_broker_t *self)
+{
+    s_request_t *r;
+    while (self->parked &&
+           (r = (s_request_t *)zlistx_first(self->parked)) != NULL) {
+        zlistx_delete(self->parked, r->park);
+        r->park = NULL;
+        if (r->chunks > 0) {
+            char message[120];
+            snprintf(message, sizeof(message),
+                     "stream interrupted after %u chunks (broker restarted)",
+                     r->chunks);
+            s_fail(self, r, LLMQ_ERR_PROVIDER_ERROR, message);
+        } else if (s_enqueue(self, r, true))
+            s_fail(self, r, LLMQ_ERR_INTERNAL,
+                   "broker could not queue the request");
+        else
+            s_dispatch_lane(self, r->lane);
+    }
+}
+
 static void s_timers(s_broker_t *self, int64_t now)
 {
     s_expire(self, now);
@@ -1819,6 +2070,19 @@ static void s_timers(s_broker_t *self, int64_t now)
     if (now < self->next_tick)
         return;
     self->next_tick = now + s_TICK_MS;
+    s_acks_flush(self);
+    if (now >= self->recovery_end)
+        s_unpark(self);
+    if (zhashx_size(self->attach) && now % 10000 < s_TICK_MS) {
+        zlistx_t *old = zhashx_keys(self->attach);
+        const char *k = old ? (const char *)zlistx_first(old) : NULL;
+        for (; k; k = (const char *)zlistx_next(old)) {
+            s_attach_t *a = (s_attach_t *)zhashx_lookup(self->attach, k);
+            if (a && now - a->at > s_ATTACH_TTL)
+                zhashx_delete(self->attach, k);
+        }
+        zlistx_destroy(&old);
+    }
     if (now >= self->next_heartbeat) {
         self->next_heartbeat = now + self->config.heartbeat_ms;
         s_heartbeat(self, now);
@@ -1933,6 +2197,10 @@ static void s_metrics_define(llmq_metrics_t *m)
     llmq_metrics_define(
         m, "llmq_broker_worker_deaths_total", LLMQ_METRIC_COUNTER,
         "Workers declared dead after heartbeat silence.", NULL, 0);
+    llmq_metrics_define(m, "llmq_broker_attached_total", LLMQ_METRIC_COUNTER,
+                        "Resent requests attached to a worker that held "
+                        "their result or still ran them.",
+                        NULL, 0);
     llmq_metrics_define(m, "llmq_broker_queue_depth", LLMQ_METRIC_GAUGE,
                         "Requests waiting, by model and pool.", NULL, 0);
     llmq_metrics_define(m, "llmq_broker_queued", LLMQ_METRIC_GAUGE,
@@ -1982,6 +2250,12 @@ static zsock_t *s_bind(s_broker_t *self, const char *endpoint, bool frontend,
     return sock;
 }
 
+static void s_attach_free(void **item)
+{
+    free(*item);
+    *item = NULL;
+}
+
 static s_broker_t *s_broker_new(zsock_t *pipe,
                                 const llmq_broker_config_t *config)
 {
@@ -2005,9 +2279,18 @@ static s_broker_t *s_broker_new(zsock_t *pipe,
     self->expiry = llmq_queue_new();
     self->req_header = llmq_msg_new(LLMQ_MSG_REQ);
     self->metrics = llmq_metrics_new();
+    self->attach = zhashx_new();
+    self->parked = zlistx_new();
+    //  Broker ids of this run never match those of an earlier run (3.3).
+    self->next_bid =
+        ((uint64_t)zclock_time() * 2654435761u ^ (uint64_t)getpid() * 40503u) &
+        0x7fffffff;
+    self->recovery_end = self->started_at + (self->config.recovery_ms >= 0
+                                                 ? self->config.recovery_ms
+                                                 : self->config.dead_ms);
     if (!self->name || !self->clients || !self->workers || !self->lanes ||
         !self->groups || !self->metric_models || !self->req_header ||
-        !self->expiry || !self->metrics) {
+        !self->expiry || !self->metrics || !self->attach || !self->parked) {
         self->error = strdup("out of memory");
         return self;
     }
@@ -2015,6 +2298,7 @@ static s_broker_t *s_broker_new(zsock_t *pipe,
     zhashx_set_destructor(self->workers, s_worker_free);
     zhashx_set_destructor(self->lanes, s_lane_free);
     zhashx_set_destructor(self->groups, s_group_free);
+    zhashx_set_destructor(self->attach, s_attach_free);
     s_metrics_define(self->metrics);
     llmq_metrics_set_collect(self->metrics, s_collect, self);
 
@@ -2076,6 +2360,12 @@ static void s_broker_destroy(s_broker_t **self_p)
             lane = (s_lane_t *)zhashx_next(self->lanes);
         }
     }
+    s_request_t *parked;
+    while (self->parked &&
+           (parked = (s_request_t *)zlistx_first(self->parked)) != NULL)
+        s_request_destroy(self, &parked);
+    zlistx_destroy(&self->parked);
+    zhashx_destroy(&self->attach);
     zhashx_destroy(&self->clients);
     zhashx_destroy(&self->groups);
     //  Workers and lanes point at each other only through borrowed lists.
@@ -2224,6 +2514,8 @@ void llmq_broker_config_defaults(llmq_broker_config_t *config)
     config->heartbeat_ms = 1000;
     config->dead_ms = 3000;
     config->inflight_grace_ms = 5000;
+    config->default_deadline_ms = 600000;
+    config->recovery_ms = -1;
 }
 
 int llmq_broker_endpoints(zactor_t *broker, char **frontend, char **backend,
@@ -2395,7 +2687,8 @@ static llmq_msg_t *s_t_expect(zsock_t *sock, llmq_msg_type_t type, int timeout)
         llmq_msg_t *msg = llmq_msg_recv(sock);
         if (!msg)
             return NULL;
-        if (llmq_msg_type(msg) == LLMQ_MSG_HB) {
+        if (llmq_msg_type(msg) == LLMQ_MSG_HB ||
+            (llmq_msg_type(msg) == LLMQ_MSG_ACK && type != LLMQ_MSG_ACK)) {
             llmq_msg_destroy(&msg);
             continue;
         }
@@ -2421,7 +2714,8 @@ static bool s_t_quiet(zsock_t *sock, int timeout)
         if (zmq_poll(&item, 1, 50) <= 0)
             continue;
         llmq_msg_t *msg = llmq_msg_recv(sock);
-        bool hb = msg && llmq_msg_type(msg) == LLMQ_MSG_HB;
+        bool hb = msg && (llmq_msg_type(msg) == LLMQ_MSG_HB ||
+                          llmq_msg_type(msg) == LLMQ_MSG_ACK);
         llmq_msg_destroy(&msg);
         if (!hb)
             return false;
