@@ -59,10 +59,29 @@
 /*  Messages read from the DEALER per loop turn, so curl is served too. */
 #define S_ZMQ_BATCH 4096
 #define S_NO_HEAP ((size_t)-1)
+/*  Held results (PROTOCOL.md 3.3): at most this many, this many bytes, and
+    for this long after they were sent, whichever ends first. */
+#define S_HELD_MAX 10000
+#define S_HELD_BYTES (64 * 1024 * 1024)
+#define S_HELD_MS (5 * 60 * 1000)
+/*  Request keys per `held` message. */
+#define S_HELD_PER_MSG 4096
 
 typedef enum { S_QUEUED, S_RUNNING, S_WAITING } s_state_t;
 
 typedef struct _s_worker_t s_worker_t;
+
+/*  A result sent for a request with a request key, kept until the broker
+    acks it (or it expires), so a resend after a broker restart is answered
+    from it instead of a second provider call (PROTOCOL.md 3.3). */
+typedef struct {
+    char *rkey;      /* request key (key in held) */
+    char *id;        /* broker id it was last sent under (key in held_ids) */
+    llmq_msg_t *res; /* the `res` as sent */
+    size_t bytes;    /* its payload size, for the bound */
+    int64_t at;      /* when it was first sent */
+    void *handle;    /* in held_order */
+} s_held_t;
 
 /*  libcurl 7.88 looks for a reusable connection by walking every connection
     to the host, so one multi handle with 10,000 connections to one provider
@@ -82,6 +101,7 @@ typedef struct {
 typedef struct {
     s_worker_t *worker;  /* back pointer, for curl callbacks */
     char *id;            /* broker's request id (key in jobs) */
+    char *rkey;          /* request key (3.3), or NULL */
     llmq_op_t op;        /* chat, completion, embedding */
     char *model;         /* the req's model */
     bool stream;         /* relay chunks */
@@ -120,10 +140,16 @@ struct _s_worker_t {
     s_shard_t *shards;         /* curl multi handles */
     llmq_batch_api_t *batch;   /* provider Batch API tasks, or NULL */
     size_t nshards;
-    int epfd;        /* every curl socket of every shard */
-    zhashx_t *jobs;  /* id -> s_job_t, every request held */
-    zlistx_t *queue; /* s_job_t waiting to start, FIFO */
-    s_job_t **heap;  /* WAITING jobs, min-heap by due_ms */
+    int epfd;             /* every curl socket of every shard */
+    zhashx_t *jobs;       /* id -> s_job_t, every request held */
+    zhashx_t *running;    /* rkey -> s_job_t (borrowed), jobs with a key */
+    zhashx_t *held;       /* rkey -> s_held_t (owns) */
+    zhashx_t *held_ids;   /* broker id -> s_held_t (borrowed) */
+    zlistx_t *held_order; /* s_held_t oldest first (borrowed) */
+    size_t held_bytes;    /* sum of their bytes */
+    const char *poison;   /* LLMQ_TEST_POISON: abort on a body with it */
+    zlistx_t *queue;      /* s_job_t waiting to start, FIFO */
+    s_job_t **heap;       /* WAITING jobs, min-heap by due_ms */
     size_t heap_len;
     size_t heap_cap;
     CURL **pool; /* idle easy handles */
@@ -305,6 +331,7 @@ static void s_job_free(s_job_t **job_p)
     llmq_stream_destroy(&job->st);
     free(job->buf);
     free(job->id);
+    free(job->rkey);
     free(job->model);
     free(job);
     *job_p = NULL;
@@ -357,6 +384,145 @@ static double s_batch_cost(const char *model, int64_t prompt_tokens,
                                    prompt_tokens, completion_tokens, true);
 }
 
+/*  --- held results (PROTOCOL.md 3.3) ---------------------------------------
+ */
+
+static void s_held_free(void **item)
+{
+    s_held_t *h = *item;
+    if (!h)
+        return;
+    free(h->rkey);
+    free(h->id);
+    llmq_msg_destroy(&h->res);
+    free(h);
+    *item = NULL;
+}
+
+static void s_held_drop(s_worker_t *self, s_held_t *h)
+{
+    zlistx_delete(self->held_order, h->handle);
+    zhashx_delete(self->held_ids, h->id);
+    self->held_bytes -= h->bytes;
+    zhashx_delete(self->held, h->rkey); /* frees h */
+}
+
+/*  Drop the oldest held results past the count, byte and age bounds. */
+static void s_held_trim(s_worker_t *self, int64_t now)
+{
+    s_held_t *h;
+    while ((h = zlistx_first(self->held_order)) &&
+           (zhashx_size(self->held) > S_HELD_MAX ||
+            self->held_bytes > S_HELD_BYTES || now - h->at > S_HELD_MS))
+        s_held_drop(self, h);
+}
+
+/*  Keep a copy of the `res` about to be sent for job, if it has a key. */
+static void s_held_keep(s_worker_t *self, s_job_t *job, const llmq_msg_t *m)
+{
+    if (!job->rkey || !self->held)
+        return;
+    s_held_t *old = zhashx_lookup(self->held, job->rkey);
+    if (old)
+        s_held_drop(self, old);
+    s_held_t *h = calloc(1, sizeof *h);
+    if (!h)
+        return;
+    h->rkey = strdup(job->rkey);
+    h->id = strdup(job->id);
+    h->res = llmq_msg_dup(m);
+    zframe_t *payload = h->res ? llmq_msg_payload(h->res) : NULL;
+    h->bytes = 512 + (payload ? zframe_size(payload) : 0);
+    h->at = s_now();
+    if (!h->rkey || !h->id || !h->res) {
+        void *item = h;
+        s_held_free(&item);
+        return;
+    }
+    zhashx_insert(self->held, h->rkey, h);
+    zhashx_update(self->held_ids, h->id, h);
+    h->handle = zlistx_add_end(self->held_order, h);
+    self->held_bytes += h->bytes;
+    s_held_trim(self, h->at);
+}
+
+/*  `ack` from the broker: those results reached their clients. */
+static void s_on_ack(s_worker_t *self, llmq_msg_t *msg)
+{
+    size_t n = llmq_msg_ids_count(msg);
+    for (size_t i = 0; i < n; i++) {
+        s_held_t *h = zhashx_lookup(self->held_ids, llmq_msg_ids_at(msg, i));
+        if (h)
+            s_held_drop(self, h);
+    }
+}
+
+static void s_send(s_worker_t *self, llmq_msg_t **msg_p);
+
+/*  A `req` whose request key we know: a resend after a broker restart.
+    A running job takes the new broker id; a held result is sent again
+    under it. Returns true if so (no new job). */
+static bool s_attach(s_worker_t *self, const char *rkey, const char *id)
+{
+    s_job_t *job = zhashx_lookup(self->running, rkey);
+    if (job) {
+        char *nid = strdup(id);
+        if (!nid || zhashx_rename(self->jobs, job->id, nid) != 0) {
+            free(nid);
+            return false;
+        }
+        free(job->id);
+        job->id = nid;
+        llmq_wlog(LLMQ_LOG_DEBUG, "req %s attached to a running request", id);
+        return true;
+    }
+    s_held_t *h = zhashx_lookup(self->held, rkey);
+    char *nid = h ? strdup(id) : NULL;
+    llmq_msg_t *m = nid ? llmq_msg_dup(h->res) : NULL;
+    if (!m) {
+        free(nid);
+        return false;
+    }
+    zhashx_delete(self->held_ids, h->id);
+    free(h->id);
+    h->id = nid;
+    zhashx_update(self->held_ids, h->id, h);
+    llmq_msg_set_id(m, id);
+    llmq_wlog(LLMQ_LOG_DEBUG, "req %s answered from a held result", id);
+    s_send(self, &m);
+    return true;
+}
+
+/*  After a hello: the request keys we hold a result for or still run. */
+static void s_send_held(s_worker_t *self)
+{
+    zlistx_t *keys = zhashx_keys(self->held);
+    zlistx_t *more = zhashx_keys(self->running);
+    for (char *k = more ? zlistx_first(more) : NULL; k && keys;
+         k = zlistx_next(more))
+        zlistx_add_end(keys, k);
+    size_t total = keys ? zlistx_size(keys) : 0;
+    char *k = total ? zlistx_first(keys) : NULL;
+    while (k) {
+        size_t n = total > S_HELD_PER_MSG ? S_HELD_PER_MSG : total;
+        total -= n;
+        llmq_packer_t *pk = llmq_packer_new();
+        if (!pk)
+            break;
+        llmq_packer_array(pk, n);
+        for (size_t i = 0; i < n && k; i++, k = zlistx_next(keys))
+            llmq_packer_str(pk, k);
+        zframe_t *payload = llmq_packer_frame(pk);
+        llmq_packer_destroy(&pk);
+        llmq_msg_t *m = llmq_msg_new(LLMQ_MSG_HELD);
+        llmq_msg_set_count(m, (int64_t)n);
+        llmq_msg_set_payload(m, &payload);
+        s_send(self, &m);
+    }
+    zlistx_destroy(&keys);
+    zlistx_destroy(&more);
+}
+
 static void s_send_hello(s_worker_t *self)
 {
     llmq_msg_t *m = llmq_msg_new(LLMQ_MSG_HELLO);
@@ -375,6 +541,7 @@ static void s_send_hello(s_worker_t *self)
     llmq_msg_set_batch_api(m, self->batch != NULL);
     llmq_msg_set_version(m, LLMQ_VERSION_STRING);
     s_send(self, &m);
+    s_send_held(self);
     self->joined = true;
     self->hello_at = s_now();
     /*  The broker starts (or restarts) our credit at 0 on every hello; the
@@ -454,6 +621,11 @@ static void s_answer(s_worker_t *self, s_job_t *job, cJSON *body,
         llmq_wlog(LLMQ_LOG_DEBUG, "res %s failed %s status=%d attempts=%d: %s",
                   job->id, llmq_err_name(code), job->err.status, job->attempts,
                   job->err.message);
+    }
+    if (job->rkey) {
+        zhashx_delete(self->running, job->rkey);
+        if (job->err.code != LLMQ_ERR_CANCELLED)
+            s_held_keep(self, job, m);
     }
     s_send(self, &m);
     /*  The table's destructor frees the job. */
@@ -1071,6 +1243,16 @@ static void s_add_traceparent(s_job_t *job, const char *trace)
     job->http.headers = curl_slist_append(job->http.headers, line);
 }
 
+/*  Does data[0..size) contain the string needle? */
+static bool s_contains(const uint8_t *data, size_t size, const char *needle)
+{
+    size_t n = strlen(needle);
+    for (size_t i = 0; n && i + n <= size; i++)
+        if (data[i] == (uint8_t)needle[0] && !memcmp(data + i, needle, n))
+            return true;
+    return false;
+}
+
 static void s_on_req(s_worker_t *self, llmq_msg_t *msg)
 {
     int64_t now = s_now();
@@ -1080,6 +1262,17 @@ static void s_on_req(s_worker_t *self, llmq_msg_t *msg)
     if (zhashx_lookup(self->jobs, id)) {
         llmq_wlog(LLMQ_LOG_WARN, "req %s is already in flight: ignored", id);
         return;
+    }
+    const char *rkey = llmq_msg_rkey(msg);
+    if (rkey && *rkey && s_attach(self, rkey, id))
+        return;
+    zframe_t *payload = llmq_msg_payload(msg);
+    if (self->poison && payload &&
+        s_contains(zframe_data(payload), zframe_size(payload), self->poison)) {
+        /*  Test hook (LLMQ_TEST_POISON): a request this worker cannot
+            survive. Die as kill -9 would: no answer, no bye. */
+        fprintf(stderr, "llmq-worker: LLMQ_TEST_POISON matched: dying\n");
+        raise(SIGKILL);
     }
     s_job_t *job = calloc(1, sizeof *job);
     if (!job)
@@ -1094,12 +1287,16 @@ static void s_on_req(s_worker_t *self, llmq_msg_t *msg)
     llmq_ratelimit_init(&job->rl);
     if (llmq_msg_deadline_ms(msg) > 0)
         job->deadline_at = now + llmq_msg_deadline_ms(msg);
-    if (!job->id || !job->model) {
+    if (rkey && *rkey)
+        job->rkey = strdup(rkey);
+    if (!job->id || !job->model || (rkey && *rkey && !job->rkey)) {
         s_job_free(&job);
         return;
     }
     bool over = (int64_t)zhashx_size(self->jobs) >= self->cfg->capacity;
     zhashx_insert(self->jobs, job->id, job);
+    if (job->rkey)
+        zhashx_update(self->running, job->rkey, job);
 
     if (over) {
         /*  The broker sent more than the credit we granted. */
@@ -1115,7 +1312,6 @@ static void s_on_req(s_worker_t *self, llmq_msg_t *msg)
         s_fail(self, job, LLMQ_ERR_INVALID_REQUEST, 0, false, text);
         return;
     }
-    zframe_t *payload = llmq_msg_payload(msg);
     char why[128] = "";
     cJSON *body =
         payload ? llmq_value_to_json(zframe_data(payload), zframe_size(payload),
@@ -1166,6 +1362,9 @@ static void s_handle_broker(s_worker_t *self, llmq_msg_t *msg)
         break;
     case LLMQ_MSG_CANCEL:
         s_on_cancel(self, msg);
+        break;
+    case LLMQ_MSG_ACK:
+        s_on_ack(self, msg);
         break;
     case LLMQ_MSG_LIMITS:
         llmq_limiter_set_rates(self->limiter, llmq_msg_limits_rpm(msg),
@@ -1307,6 +1506,7 @@ static void s_timers(s_worker_t *self, int64_t now)
         s_heap_remove(self, job);
         s_enqueue(self, job, true);
     }
+    s_held_trim(self, now);
     if (self->dealer && now >= self->hb_at) {
         s_send_hb(self);
         self->hb_at = now + self->cfg->heartbeat_ms;
@@ -1545,6 +1745,12 @@ llmq_worker_t *llmq_worker_new(llmq_worker_config_t **config_p, char *errbuf,
     self->breaker =
         llmq_breaker_new(cfg->breaker_failures, cfg->breaker_cooldown_ms);
     self->jobs = zhashx_new();
+    self->running = zhashx_new();
+    self->held = zhashx_new();
+    self->held_ids = zhashx_new();
+    self->held_order = zlistx_new();
+    const char *poison = getenv("LLMQ_TEST_POISON");
+    self->poison = poison && *poison ? poison : NULL;
     self->queue = zlistx_new();
     self->epfd = epoll_create1(EPOLL_CLOEXEC);
     bool curl_ok = curl_global_init(CURL_GLOBAL_DEFAULT) == CURLE_OK;
@@ -1563,6 +1769,7 @@ llmq_worker_t *llmq_worker_new(llmq_worker_config_t **config_p, char *errbuf,
         fcntl(s_wake[1], F_SETFL, O_NONBLOCK);
     }
     if (!self->provider || !self->limiter || !self->breaker || !self->jobs ||
+        !self->running || !self->held || !self->held_ids || !self->held_order ||
         !self->queue || self->epfd < 0 || !self->shards || !curl_ok ||
         s_wake[0] < 0) {
         if (errbuf && !*errbuf)
@@ -1573,6 +1780,7 @@ llmq_worker_t *llmq_worker_new(llmq_worker_config_t **config_p, char *errbuf,
         return NULL;
     }
     zhashx_set_destructor(self->jobs, s_job_destructor);
+    zhashx_set_destructor(self->held, s_held_free);
     long per_shard = (long)((cfg->capacity + (int64_t)self->nshards - 1) /
                             (int64_t)self->nshards);
     for (size_t i = 0; i < self->nshards; i++) {
@@ -1628,8 +1836,13 @@ void llmq_worker_destroy(llmq_worker_t **self_p)
             s_job_detach(self, job, false);
             job = zhashx_next(self->jobs);
         }
+        zhashx_destroy(&self->running);
         zhashx_destroy(&self->jobs);
     }
+    zhashx_destroy(&self->running);
+    zhashx_destroy(&self->held_ids);
+    zlistx_destroy(&self->held_order);
+    zhashx_destroy(&self->held);
     llmq_batch_api_destroy(&self->batch);
     if (self->probe) {
         s_job_detach(self, self->probe, false);
