@@ -976,7 +976,10 @@ static void s_transfer_done(s_worker_t *self, s_job_t *job, CURLcode rc,
         return;
     }
     llmq_provider_scrub(self->provider, job->err.message);
-    if (s_is_provider_failure(&job->err)) {
+    /*  Only a request's first failure says something about the provider:
+        the same request failing again on retry is evidence about that
+        request (one bad tenant must not open the circuit for everyone). */
+    if (job->attempts == 1 && s_is_provider_failure(&job->err)) {
         if (llmq_breaker_failure(self->breaker, now)) {
             llmq_wlog(
                 LLMQ_LOG_WARN,
@@ -1135,12 +1138,11 @@ static void s_probe_done(s_worker_t *self, s_job_t *job, CURLcode rc)
         return;
     }
     llmq_breaker_probe_result(self->breaker, outcome == 0, now);
-    if (outcome == 0)
-        llmq_wlog(
-            LLMQ_LOG_INFO,
-            "health probe passed (%s): circuit half-open, one trial request",
-            text);
-    else
+    if (outcome == 0) {
+        llmq_wlog(LLMQ_LOG_INFO, "health probe passed (%s): circuit closed",
+                  text);
+        s_send_hb(self); /* healthy again: the broker sends work now */
+    } else
         llmq_wlog(LLMQ_LOG_WARN, "health probe failed: %s; circuit stays open",
                   text);
 }
