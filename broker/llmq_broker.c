@@ -46,9 +46,13 @@
 #define s_END ((const char *)NULL) //  Ends s_log's key/value list
 #define s_MAX_STATUS_QUEUES 1000   //  Lanes listed in a status reply
 #define s_COMPACT_ABOVE 4096 //  Queue length from which payloads are compacted
-#define s_MAX_DEATHS 6       //  Death count that abandons a request (3.3)
-#define s_ACKS_PER_MSG 2048  //  Broker ids per `ack` (the `ids` limit)
-#define s_ATTACH_TTL 600000  //  Forget a `held` key nobody resent after this
+#define s_MAX_DEATHS 16      //  Death count that abandons a request (3.3)
+#define s_STRONG_DEATH 4     //  What a death without a sign of life adds
+#define s_SURVIVED_MS                                                          \
+    250                     //  A worker seen this long after a dispatch
+                            //  survived that request (s_death_weight)
+#define s_ACKS_PER_MSG 2048 //  Broker ids per `ack` (the `ids` limit)
+#define s_ATTACH_TTL 600000 //  Forget a `held` key nobody resent after this
 
 typedef struct _s_client_t s_client_t;
 typedef struct _s_worker_t s_worker_t;
@@ -94,6 +98,7 @@ struct _s_request_t {
                           //  dispatch counter << 32 | in-flight slot
     int64_t priority;     //  Higher first
     int64_t received_at;  //  Monotonic ms
+    int64_t sent_at;      //  Monotonic ms of the current dispatch
     int64_t deadline;     //  Monotonic ms, s_NO_EXPIRY if none
     int64_t expire_at;    //  Key in the expiry heap
     bool from_module;     //  Came from the module's next_item
@@ -982,6 +987,7 @@ static void s_send_request(s_broker_t *self, s_worker_t *w, s_request_t *r)
     if (w->inflight)
         w->inflight->wprev = r;
     w->inflight = r;
+    r->sent_at = now;
     if (w->credit > 0)
         w->credit--; //  An attached resend may come without credit
 
@@ -1187,9 +1193,9 @@ static void s_request_orphaned(s_broker_t *self, s_request_t *r,
     r->deaths = (uint8_t)(deaths > 255 ? 255 : deaths);
     if (r->deaths >= s_MAX_DEATHS) {
         snprintf(message, sizeof(message),
-                 "request abandoned: the workers holding it died (death "
-                 "count %d of %d, last %s); suspected poison request",
-                 r->deaths, s_MAX_DEATHS, wname);
+                 "request abandoned: %d workers died while holding it "
+                 "(death count %d of %d, last %s); suspected poison request",
+                 r->attempt, r->deaths, s_MAX_DEATHS, wname);
         llmq_msg_t *res = llmq_msg_new(LLMQ_MSG_RES);
         if (!res) {
             s_request_destroy(self, &r);
@@ -1209,27 +1215,46 @@ static void s_request_orphaned(s_broker_t *self, s_request_t *r,
                "broker could not requeue the request");
 }
 
+//  What a worker's death adds to the death count of a request it held
+//  (PROTOCOL.md 3.3). L is the worker's last sign of life. A request that
+//  may have killed it: dispatched within s_SURVIVED_MS before L, or the
+//  first one dispatched after L (it died on receipt), or any request of a
+//  worker that held at most 2: s_STRONG_DEATH. One dispatched after that
+//  first one went to a worker that was already dead: 0. One the worker
+//  survived for s_SURVIVED_MS or more: 1.
+static int s_death_weight(s_worker_t *w, s_request_t *r, int64_t held,
+                          s_request_t *first_after)
+{
+    int64_t last = w->last_seen;
+    if (held <= 2 || r == first_after ||
+        (r->sent_at <= last && last - r->sent_at < s_SURVIVED_MS))
+        return s_STRONG_DEATH;
+    return r->sent_at > last ? 0 : 1;
+}
+
 //  Forget a worker. Its in-flight requests go back to the front of their
-//  lanes (attempt + 1) or are answered (s_request_orphaned). A death
-//  counts 3 against each request when the worker held at most 2, 2 against
-//  the 2 dispatched to it last (its list is newest first), else 1.
+//  lanes (attempt + 1) or are answered (s_request_orphaned); a death adds
+//  to their death counts (s_death_weight).
 static void s_worker_remove(s_broker_t *self, s_worker_t *w, const char *why)
 {
     s_worker_retire(self, w);
     bool died = streq(why, "died");
     int64_t held = w->in_flight;
-    int position = 0;
+    s_request_t *first_after = NULL;
+    for (s_request_t *r = w->inflight; r; r = r->wnext)
+        if (r->sent_at > w->last_seen &&
+            (!first_after || r->sent_at <= first_after->sent_at))
+            first_after = r;
     while (w->inflight) {
         s_request_t *r = w->inflight;
+        int weight = died ? s_death_weight(w, r, held, first_after) : 0;
         s_request_unassign(self, r);
-        position++;
         if (r->from_module) {
             if (self->config.module->item_returned)
                 self->config.module->item_returned(self->module_state, r->id);
             s_request_destroy(self, &r);
             continue;
         }
-        int weight = !died ? 0 : held <= 2 ? 3 : position <= 2 ? 2 : 1;
         s_request_orphaned(self, r, w->name, why, weight);
     }
     zhashx_delete(self->workers, w->key);
