@@ -14,6 +14,8 @@ binaries on free ports and llmq-sim as the provider.
                           deaths; the others succeed
   test_churn.py stream    a stream whose worker dies mid-way ends with
                           "stream interrupted", never spliced (--random-text)
+  test_churn.py deadline  a request without a deadline at a provider that
+                          never answers ends with the broker's default
   test_churn.py breaker   3 always-500 requests among 1,000 good ones on one
                           worker: the circuit never opens, the good ones
                           all succeed
@@ -271,12 +273,35 @@ def test_breaker():
         cluster.close()
 
 
+def test_deadline():
+    """A request that sets no deadline gets the broker's default: a
+    provider that never answers cannot hold it forever."""
+    tmp = tempfile.mkdtemp(prefix="llmq-churn-deadline-")
+    inp, out = os.path.join(tmp, "in.jsonl"), os.path.join(tmp, "out.jsonl")
+    with open(inp, "w") as f:
+        f.write(json.dumps({"custom_id": "h1", "prompt": "wait [[sim:hang=100]]"}) + "\n")
+        f.write(json.dumps({"custom_id": "ok1", "prompt": "fine"}) + "\n")
+    cluster = Cluster(1, 8, broker_flags=("--default-deadline", "1500"))
+    try:
+        start = time.monotonic()
+        rc, _, stderr = run_llmq(["run", inp, "-o", out, "--broker", cluster.broker.frontend,
+                                  "--model", MODEL], timeout=120)
+        rows = {r["custom_id"]: r for r in read_jsonl(out)}
+        check(rows["ok1"]["error"] is None, "ok1: %r" % rows["ok1"])
+        err = rows["h1"]["error"]
+        check(err and err["code"] == "deadline_exceeded", "h1: %r" % rows["h1"])
+        print("churn.deadline: hung request answered %s after %.1f s (default deadline 1.5 s)"
+              % (err["code"], time.monotonic() - start))
+    finally:
+        cluster.close()
+
+
 def main():
     what = sys.argv[1] if len(sys.argv) > 1 else ""
     tests = {"restart": lambda: test_restart(signal.SIGKILL),
              "sigterm": lambda: test_restart(signal.SIGTERM),
              "workers": test_workers, "poison": test_poison, "stream": test_stream,
-             "breaker": test_breaker}
+             "breaker": test_breaker, "deadline": test_deadline}
     if what not in tests:
         print("usage: test_churn.py " + "|".join(tests), file=sys.stderr)
         sys.exit(2)
