@@ -1020,6 +1020,10 @@ static void s_send_request(s_broker_t *self, s_worker_t *w, s_request_t *r)
             llmq_msg_clear(msg, LLMQ_F_stream);
         llmq_msg_set_trace(msg, r->trace); //  NULL clears
         llmq_msg_set_rkey(msg, r->rkey);   //  NULL clears
+        if (r->resend)
+            llmq_msg_set_resend(msg, true);
+        else
+            llmq_msg_clear(msg, LLMQ_F_resend);
         if (r->deadline != s_NO_EXPIRY)
             llmq_msg_set_deadline_ms(
                 msg, r->deadline > now + 1 ? r->deadline - now : 1);
@@ -1661,6 +1665,21 @@ static void s_cancel_at_worker(llmq_broker_core_t *self, s_request_t *r)
     llmq_msg_send(&cancel, self->backend);
 }
 
+//  What a client request carries for delivery under churn (3.3): the
+//  default deadline, its request key, the resend flag and the chunks the
+//  client already has of a resent stream.
+static void s_request_keys(s_broker_t *self, s_request_t *r, const char *key,
+                           const llmq_msg_t *msg, int64_t now)
+{
+    if (r->deadline == s_NO_EXPIRY && self->config.default_deadline_ms > 0)
+        r->deadline = now + self->config.default_deadline_ms;
+    r->resend = llmq_msg_resend(msg);
+    if (r->stream && r->resend && llmq_msg_has(msg, LLMQ_F_seq) &&
+        llmq_msg_seq(msg) >= 0)
+        r->chunks = (uint32_t)(llmq_msg_seq(msg) + 1);
+    r->rkey = zsys_sprintf("%s:%s", key, r->id);
+}
+
 //  A request the client sent before (3.3): attach it to the worker that
 //  holds it, park it while workers may still report it, or fail a stream
 //  the client saw chunks of. Returns true if it was taken care of here.
@@ -1752,13 +1771,7 @@ static void s_client_request(s_broker_t *self, const char *key,
         r->meta_size = meta_size;
     }
     r->trace = s_strdup_or_null(llmq_msg_trace(msg));
-    if (r->deadline == s_NO_EXPIRY && self->config.default_deadline_ms > 0)
-        r->deadline = now + self->config.default_deadline_ms;
-    r->resend = llmq_msg_resend(msg);
-    if (r->stream && r->resend && llmq_msg_has(msg, LLMQ_F_seq) &&
-        llmq_msg_seq(msg) >= 0)
-        r->chunks = (uint32_t)(llmq_msg_seq(msg) + 1);
-    r->rkey = zsys_sprintf("%s:%s", key, id);
+    s_request_keys(self, r, key, msg, now);
     zhashx_insert(client->pending, r->id, r);
     self->counters.received++;
     //  Only a request that must wait in a long queue pays for a copy of its

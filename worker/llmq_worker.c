@@ -1255,6 +1255,17 @@ static bool s_contains(const uint8_t *data, size_t size, const char *needle)
     return false;
 }
 
+/*  Test hook (LLMQ_TEST_POISON): a request this worker cannot survive.
+    It dies as kill -9 would: no answer, no bye. */
+static void s_poison_check(s_worker_t *self, zframe_t *payload)
+{
+    if (self->poison && payload &&
+        s_contains(zframe_data(payload), zframe_size(payload), self->poison)) {
+        fprintf(stderr, "llmq-worker: LLMQ_TEST_POISON matched: dying\n");
+        raise(SIGKILL);
+    }
+}
+
 static void s_on_req(s_worker_t *self, llmq_msg_t *msg)
 {
     int64_t now = s_now();
@@ -1265,17 +1276,14 @@ static void s_on_req(s_worker_t *self, llmq_msg_t *msg)
         llmq_wlog(LLMQ_LOG_WARN, "req %s is already in flight: ignored", id);
         return;
     }
+    /*  Only a resend may be answered from what we hold: a fresh request
+        that reuses a key (a client that restarted with the same routing
+        id and ids) must not get an earlier run's answer. */
     const char *rkey = llmq_msg_rkey(msg);
-    if (rkey && *rkey && s_attach(self, rkey, id))
+    if (rkey && *rkey && llmq_msg_resend(msg) && s_attach(self, rkey, id))
         return;
     zframe_t *payload = llmq_msg_payload(msg);
-    if (self->poison && payload &&
-        s_contains(zframe_data(payload), zframe_size(payload), self->poison)) {
-        /*  Test hook (LLMQ_TEST_POISON): a request this worker cannot
-            survive. Die as kill -9 would: no answer, no bye. */
-        fprintf(stderr, "llmq-worker: LLMQ_TEST_POISON matched: dying\n");
-        raise(SIGKILL);
-    }
+    s_poison_check(self, payload);
     s_job_t *job = calloc(1, sizeof *job);
     if (!job)
         return;
