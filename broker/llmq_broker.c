@@ -501,8 +501,6 @@ static void s_complete(s_broker_t *self, s_request_t *r, llmq_msg_t **res_p)
     if (r->worker) {
         llmq_msg_set_worker(res, r->worker->name);
         r->worker->answered++;
-        if (r->rkey)
-            s_ack_add(r->worker, r->bid);
     }
     if (r->meta)
         llmq_msg_set_meta(res, r->meta, r->meta_size);
@@ -1453,6 +1451,10 @@ static void s_worker_result(s_broker_t *self, s_worker_t *w, llmq_msg_t **msg_p)
         llmq_msg_send(msg_p, self->frontend);
         return;
     }
+    //  Only a result the worker sent is acked (not one the broker made up:
+    //  the worker's own result is still to come and must be kept).
+    if (r->rkey)
+        s_ack_add(w, r->bid);
     s_complete(self, r, msg_p);
     if (w->leaving && w->in_flight == 0) {
         s_log(self, "info", "worker_gone", "worker", w->name, s_END);
