@@ -2926,6 +2926,78 @@ static void s_t_module_result(void *state, llmq_msg_t **res_p)
         }                                                                      \
     } while (0)
 
+//  Delivery under churn (PROTOCOL.md 3.3), on a broker of its own: a
+//  worker's `held` report, a resend attached to it without credit, the
+//  ack of its result, a fresh request dispatched at once. Returns 0 if ok.
+static int s_t_attach(void)
+{
+    int rc = -1;
+    llmq_broker_config_t config;
+    llmq_broker_config_defaults(&config);
+    config.frontend = "tcp://127.0.0.1:*";
+    config.backend = "tcp://127.0.0.1:*";
+    config.heartbeat_ms = 100;
+    config.recovery_ms = 60000;
+    config.quiet = true;
+    zactor_t *broker = zactor_new(llmq_broker, &config);
+    char *fe = NULL, *be = NULL, *me = NULL;
+    zsock_t *client = NULL, *w = NULL;
+    llmq_msg_t *m = NULL;
+    T_CHECK(broker && llmq_broker_endpoints(broker, &fe, &be, &me) == 0);
+    client = s_t_peer(fe, "client-9");
+    w = s_t_peer(be, "worker-w");
+    s_t_alive.count = 0;
+    s_t_alive.socks[s_t_alive.count++] = w;
+    s_t_hello(w, "w", "m1", 4, NULL, 0);
+    llmq_packer_t *pk = llmq_packer_new();
+    llmq_packer_array(pk, 1);
+    llmq_packer_str(pk, "636c69656e742d39:x1"); //  hex("client-9"):x1
+    zframe_t *keys = llmq_packer_frame(pk);
+    llmq_packer_destroy(&pk);
+    m = llmq_msg_new(LLMQ_MSG_HELD);
+    llmq_msg_set_count(m, 1);
+    llmq_msg_set_payload(m, &keys);
+    llmq_msg_send(&m, w);
+    //  The resend goes to w with no credit granted, marked as a resend.
+    m = llmq_msg_new(LLMQ_MSG_REQ);
+    llmq_msg_set_id(m, "x1");
+    llmq_msg_set_op(m, "chat");
+    llmq_msg_set_model(m, "m1");
+    llmq_msg_set_resend(m, true);
+    llmq_msg_set_payload_mem(m, "\xa1x", 2);
+    llmq_msg_send(&m, client);
+    T_CHECK((m = s_t_expect(w, LLMQ_MSG_REQ, 5000)));
+    T_CHECK(llmq_msg_resend(m) && llmq_msg_rkey(m) &&
+            streq(llmq_msg_rkey(m), "636c69656e742d39:x1"));
+    T_CHECK(llmq_msg_deadline_ms(m) > 500000); //  the default deadline
+    char bid[80];
+    snprintf(bid, sizeof(bid), "%s", llmq_msg_id(m));
+    s_t_answer(w, &m);
+    T_CHECK((m = s_t_expect(client, LLMQ_MSG_RES, 5000)));
+    T_CHECK(llmq_msg_ok(m) && streq(llmq_msg_id(m), "x1"));
+    llmq_msg_destroy(&m);
+    T_CHECK((m = s_t_expect(w, LLMQ_MSG_ACK, 5000)));
+    T_CHECK(llmq_msg_ids_count(m) == 1 && streq(llmq_msg_ids_at(m, 0), bid));
+    llmq_msg_destroy(&m);
+    //  A fresh request is not parked by the recovery time.
+    s_t_credit(w, 1);
+    s_t_req(client, "x2", "m1", 0, 0, "fresh");
+    T_CHECK((m = s_t_expect(w, LLMQ_MSG_REQ, 5000)));
+    T_CHECK(!llmq_msg_resend(m) && s_t_body_is(m, "fresh"));
+    llmq_msg_destroy(&m);
+    rc = 0;
+done:
+    s_t_alive.count = 0;
+    llmq_msg_destroy(&m);
+    zsock_destroy(&client);
+    zsock_destroy(&w);
+    zactor_destroy(&broker);
+    zstr_free(&fe);
+    zstr_free(&be);
+    zstr_free(&me);
+    return rc;
+}
+
 int llmq_broker_test(bool verbose)
 {
     if (verbose)
@@ -3218,6 +3290,7 @@ int llmq_broker_test(bool verbose)
         zstr_free(&me);
         T_CHECK(good);
     }
+    T_CHECK(s_t_attach() == 0);
     rc = 0;
 done:
     s_t_alive.count = 0;
