@@ -624,7 +624,9 @@ static void s_answer(s_worker_t *self, s_job_t *job, cJSON *body,
     }
     if (job->rkey) {
         zhashx_delete(self->running, job->rkey);
-        if (job->err.code != LLMQ_ERR_CANCELLED)
+        /*  Only what the provider was asked for is worth keeping: a
+            request that never reached it costs nothing to run again. */
+        if (job->attempts > 0 && job->err.code != LLMQ_ERR_CANCELLED)
             s_held_keep(self, job, m);
     }
     s_send(self, &m);
