@@ -75,12 +75,13 @@ typedef struct _s_worker_t s_worker_t;
     acks it (or it expires), so a resend after a broker restart is answered
     from it instead of a second provider call (PROTOCOL.md 3.3). */
 typedef struct {
-    char *rkey;      /* request key (key in held) */
-    char *id;        /* broker id it was last sent under (key in held_ids) */
-    llmq_msg_t *res; /* the `res` as sent */
-    size_t bytes;    /* its payload size, for the bound */
-    int64_t at;      /* when it was first sent */
-    void *handle;    /* in held_order */
+    char *rkey;       /* request key (key in held) */
+    char *id;         /* broker id it was last sent under (key in held_ids) */
+    llmq_msg_t *res;  /* the `res` as sent */
+    zlistx_t *chunks; /* the chunks sent before it (streams), or NULL */
+    size_t bytes;     /* its payload size, for the bound */
+    int64_t at;       /* when it was first sent */
+    void *handle;     /* in held_order */
 } s_held_t;
 
 /*  libcurl 7.88 looks for a reusable connection by walking every connection
@@ -102,6 +103,7 @@ typedef struct {
     s_worker_t *worker;  /* back pointer, for curl callbacks */
     char *id;            /* broker's request id (key in jobs) */
     char *rkey;          /* request key (3.3), or NULL */
+    zlistx_t *chunks;    /* chunk messages sent, kept for a resend (rkey) */
     llmq_op_t op;        /* chat, completion, embedding */
     char *model;         /* the req's model */
     bool stream;         /* relay chunks */
@@ -332,6 +334,7 @@ static void s_job_free(s_job_t **job_p)
     free(job->buf);
     free(job->id);
     free(job->rkey);
+    zlistx_destroy(&job->chunks);
     free(job->model);
     free(job);
     *job_p = NULL;
@@ -395,6 +398,7 @@ static void s_held_free(void **item)
     free(h->rkey);
     free(h->id);
     llmq_msg_destroy(&h->res);
+    zlistx_destroy(&h->chunks);
     free(h);
     *item = NULL;
 }
@@ -433,6 +437,11 @@ static void s_held_keep(s_worker_t *self, s_job_t *job, const llmq_msg_t *m)
     h->res = llmq_msg_dup(m);
     zframe_t *payload = h->res ? llmq_msg_payload(h->res) : NULL;
     h->bytes = 512 + (payload ? zframe_size(payload) : 0);
+    h->chunks = job->chunks; /* the stream so far, for a resend */
+    job->chunks = NULL;
+    for (llmq_msg_t *c = h->chunks ? zlistx_first(h->chunks) : NULL; c;
+         c = zlistx_next(h->chunks))
+        h->bytes += 256 + zframe_size(llmq_msg_payload(c));
     h->at = s_now();
     if (!h->rkey || !h->id || !h->res) {
         void *item = h;
@@ -459,6 +468,21 @@ static void s_on_ack(s_worker_t *self, llmq_msg_t *msg)
 
 static void s_send(s_worker_t *self, llmq_msg_t **msg_p);
 
+/*  Send the chunks a stream has sent so far again, under broker id id:
+    the client keeps those with a seq above the last it has, so after a
+    broker restart the stream goes on without a gap. */
+static void s_replay_chunks(s_worker_t *self, zlistx_t *chunks, const char *id)
+{
+    for (llmq_msg_t *c = chunks ? zlistx_first(chunks) : NULL; c;
+         c = zlistx_next(chunks)) {
+        llmq_msg_t *m = llmq_msg_dup(c);
+        if (!m)
+            return;
+        llmq_msg_set_id(m, id);
+        s_send(self, &m);
+    }
+}
+
 /*  A `req` whose request key we know: a resend after a broker restart.
     A running job takes the new broker id; a held result is sent again
     under it. Returns true if so (no new job). */
@@ -473,6 +497,7 @@ static bool s_attach(s_worker_t *self, const char *rkey, const char *id)
         }
         free(job->id);
         job->id = nid;
+        s_replay_chunks(self, job->chunks, id);
         llmq_wlog(LLMQ_LOG_DEBUG, "req %s attached to a running request", id);
         return true;
     }
@@ -488,6 +513,7 @@ static bool s_attach(s_worker_t *self, const char *rkey, const char *id)
     h->id = nid;
     zhashx_update(self->held_ids, h->id, h);
     llmq_msg_set_id(m, id);
+    s_replay_chunks(self, h->chunks, id);
     llmq_wlog(LLMQ_LOG_DEBUG, "req %s answered from a held result", id);
     s_send(self, &m);
     return true;
@@ -644,6 +670,11 @@ static void s_fail(s_worker_t *self, s_job_t *job, llmq_err_t code, int status,
 /*  --- streaming -------------------------------------------------------------
  */
 
+static void s_msg_destructor(void **item)
+{
+    llmq_msg_destroy((llmq_msg_t **)item);
+}
+
 static int s_emit_chunk(const cJSON *chunk, void *arg)
 {
     s_job_t *job = arg;
@@ -657,6 +688,18 @@ static int s_emit_chunk(const cJSON *chunk, void *arg)
         return -1;
     }
     llmq_msg_set_payload(m, &payload);
+    if (job->rkey) {
+        /*  Kept until the answer is acked, so a resend after a broker
+            restart gets the whole stream (s_replay_chunks). */
+        if (!job->chunks)
+            job->chunks = zlistx_new();
+        if (job->chunks) {
+            zlistx_set_destructor(job->chunks, s_msg_destructor);
+            llmq_msg_t *copy = llmq_msg_dup(m);
+            if (copy)
+                zlistx_add_end(job->chunks, copy);
+        }
+    }
     s_send(self, &m);
     return 0;
 }

@@ -14,6 +14,8 @@ binaries on free ports and llmq-sim as the provider.
                           deaths; the others succeed
   test_churn.py stream    a stream whose worker dies mid-way ends with
                           "stream interrupted", never spliced (--random-text)
+  test_churn.py stream_restart  a stream across a broker kill -9 goes on
+                          where it was (attached), one provider call
   test_churn.py deadline  a request without a deadline at a provider that
                           never answers ends with the broker's default
   test_churn.py breaker   3 always-500 requests among 1,000 good ones on one
@@ -244,6 +246,40 @@ def test_stream():
         cluster.close()
 
 
+def test_stream_restart():
+    """A stream whose broker is killed mid-way continues: the resend (with
+    the last seq the client has) is attached to the worker's running
+    stream, so the client gets the rest, not a second start."""
+    cluster = Cluster(1, 8, sim_flags=("--latency-ms", "10", "--tokens-per-sec", "8",
+                                       "--random-text"))
+    try:
+        p = subprocess.Popen([bin_path("llmq"), "chat", "--broker", cluster.broker.frontend,
+                              "--model", MODEL, "--max-tokens", "100",
+                              "go on [[sim:tokens=40]]"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        fd = p.stdout.fileno()
+        seen = b""
+        deadline = time.monotonic() + 30
+        while seen.count(b" ") < 4 and time.monotonic() < deadline:
+            r, _, _ = select.select([fd], [], [], 0.5)
+            if r:
+                seen += os.read(fd, 4096)
+        check(seen.startswith(b"sim-"), "no stream started: %r" % seen)
+        cluster.restart_broker(signal.SIGKILL)
+        rest, stderr = p.communicate(timeout=90)
+        text = (seen + rest).decode(errors="replace").strip()
+        stderr = stderr.decode(errors="replace")
+        check(p.returncode == 0, "chat failed after a broker restart: %r %r" % (text, stderr))
+        check(text.count("sim-") == 1 and len(text.split()) == 40,
+              "spliced or cut stream (%d words): %r" % (len(text.split()), text))
+        stats = cluster.sim.stats()
+        check(stats["double_billed"] == 0 and stats["answered_ok"] == 1,
+              "the stream was sent again: %r" % stats)
+        print("churn.stream_restart: 40 words, one provider call, across a broker kill -9")
+    finally:
+        cluster.close()
+
+
 def test_breaker():
     tmp = tempfile.mkdtemp(prefix="llmq-churn-breaker-")
     inp, out = os.path.join(tmp, "in.jsonl"), os.path.join(tmp, "out.jsonl")
@@ -301,7 +337,8 @@ def main():
     tests = {"restart": lambda: test_restart(signal.SIGKILL),
              "sigterm": lambda: test_restart(signal.SIGTERM),
              "workers": test_workers, "poison": test_poison, "stream": test_stream,
-             "breaker": test_breaker, "deadline": test_deadline}
+             "breaker": test_breaker, "deadline": test_deadline,
+             "stream_restart": test_stream_restart}
     if what not in tests:
         print("usage: test_churn.py " + "|".join(tests), file=sys.stderr)
         sys.exit(2)
