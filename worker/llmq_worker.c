@@ -24,6 +24,12 @@
     jitter, at least the provider's retry-after, up to max_attempts and the
     request's deadline. A stream that already relayed chunks is never
     retried (the client has seen them).
+
+    Delivery across broker restarts (PROTOCOL.md 3.3): the answer to a
+    request with a request key (`rkey`), and a stream's chunks, are kept
+    (s_held_t) until the broker acks them; after each hello a `held`
+    message lists them and the running keyed jobs; a `req` with `resend`
+    and a known key is answered from them instead of a provider call.
 */
 #include "llmq_worker.h"
 
