@@ -23,6 +23,15 @@
     - Clients are interned by routing id only while they have requests
       pending (for dedupe and cancel); workers by routing id from hello
       until they leave or die.
+    - Delivery under churn (PROTOCOL.md 3.3): a request is keyed by its
+      client ("client:id", rkey). Results passed on are acked to their
+      worker in batches; `held` reports after a worker's hello, and
+      resends parked for --recovery-ms after start, let a resend be
+      attached to the worker that holds it. Broker ids start at a random
+      counter so no two runs share one. A dead worker's requests are
+      requeued until their deadline; a death count (s_death_weight) stops
+      a poison request; a stream the client saw chunks of is never sent
+      again.
 */
 #include "llmq_broker.h"
 #include "llmq_metrics.h"
