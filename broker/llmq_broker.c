@@ -56,11 +56,12 @@
 #define s_MAX_STATUS_QUEUES 1000   //  Lanes listed in a status reply
 #define s_COMPACT_ABOVE 4096 //  Queue length from which payloads are compacted
 #define s_MAX_DEATHS 16      //  Death count that abandons a request (3.3)
-#define s_STRONG_DEATH 4     //  What a death without a sign of life adds
+#define s_STRONG_DEATH 3     //  What a death without a sign of life adds
 #define s_SURVIVED_MS                                                          \
     250                     //  A worker seen this long after a dispatch
                             //  survived that request (s_death_weight)
 #define s_ACKS_PER_MSG 2048 //  Broker ids per `ack` (the `ids` limit)
+#define s_ACK_DELAY_MS 2000 //  Ack a result this long after passing it on
 #define s_ATTACH_TTL 600000 //  Forget a `held` key nobody resent after this
 
 typedef struct _s_client_t s_client_t;
@@ -68,6 +69,12 @@ typedef struct _s_worker_t s_worker_t;
 typedef struct _s_lane_t s_lane_t;
 typedef struct _s_group_t s_group_t;
 typedef struct _s_request_t s_request_t;
+
+//  A result passed on to its client, to be acked to its worker.
+typedef struct {
+    uint64_t bid; //  Broker id of the dispatch
+    int64_t at;   //  When it was passed on (monotonic ms)
+} s_ack_t;
 
 static const char *s_ops[] = {"chat", "completion", "embedding"};
 
@@ -165,13 +172,15 @@ struct _s_worker_t {
     bool batch_api;
     bool healthy;          //  From its heartbeats
     bool leaving;          //  Said bye: no new work
+    bool silent;           //  Silent for dead_ms / 2: probably dead, so no
+                           //  new work until it speaks again
     int64_t last_seen;     //  Monotonic ms of its last message
     uint64_t last_used;    //  Dispatch clock, for LRU ties
     uint64_t answered;     //  Results it returned
     s_request_t *inflight; //  Head of its in-flight list
     zlistx_t *lanes;       //  Lanes it serves (borrowed)
     s_group_t *group;      //  Its limit group, or NULL
-    uint64_t *acks;        //  Broker ids of results passed on, not yet acked
+    s_ack_t *acks;         //  Results passed on, not yet acked
     size_t nacks;
     size_t acks_cap;
 };
@@ -439,31 +448,38 @@ static void s_refuse(s_broker_t *self, llmq_msg_t **msg_p, llmq_err_t code,
 }
 
 //  Remember to tell w that the result of dispatch bid reached its client,
-//  so it can drop the copy it holds (sent in batches by s_acks_flush).
+//  so it can drop the copy it holds (sent by s_acks_flush).
 static void s_ack_add(s_worker_t *w, uint64_t bid)
 {
     if (w->nacks == w->acks_cap) {
         size_t cap = w->acks_cap ? w->acks_cap * 2 : 256;
-        uint64_t *acks = (uint64_t *)realloc(w->acks, cap * sizeof(*acks));
+        s_ack_t *acks = (s_ack_t *)realloc(w->acks, cap * sizeof(*acks));
         if (!acks)
             return; //  The worker's copy then expires on its own
         w->acks = acks;
         w->acks_cap = cap;
     }
-    w->acks[w->nacks++] = bid;
+    w->acks[w->nacks].bid = bid;
+    w->acks[w->nacks++].at = zclock_mono();
 }
 
-//  Send every worker its pending acks, s_ACKS_PER_MSG per `ack`.
-static void s_acks_flush(s_broker_t *self)
+//  Send every worker the acks of results passed on at least
+//  s_ACK_DELAY_MS ago, s_ACKS_PER_MSG per `ack`. The delay: a result in
+//  our send queue to a slow client is lost if we are killed, so the
+//  worker keeps its copy until the result has surely left.
+static void s_acks_flush(s_broker_t *self, int64_t now)
 {
     static char text[s_ACKS_PER_MSG][24];
     static const char *ids[s_ACKS_PER_MSG];
     s_worker_t *w = (s_worker_t *)zhashx_first(self->workers);
     while (w) {
-        for (size_t done = 0; done < w->nacks;) {
+        size_t due = 0;
+        while (due < w->nacks && w->acks[due].at <= now - s_ACK_DELAY_MS)
+            due++;
+        for (size_t done = 0; done < due;) {
             size_t n = 0;
-            while (n < s_ACKS_PER_MSG && done < w->nacks) {
-                s_bid_text(w->acks[done++], text[n]);
+            while (n < s_ACKS_PER_MSG && done < due) {
+                s_bid_text(w->acks[done++].bid, text[n]);
                 ids[n] = text[n];
                 n++;
             }
@@ -475,7 +491,11 @@ static void s_acks_flush(s_broker_t *self)
             llmq_msg_send(&ack, self->backend);
             llmq_msg_destroy(&ack);
         }
-        w->nacks = 0;
+        if (due) {
+            memmove(w->acks, w->acks + due,
+                    (w->nacks - due) * sizeof(*w->acks));
+            w->nacks -= due;
+        }
         w = (s_worker_t *)zhashx_next(self->workers);
     }
 }
@@ -943,7 +963,7 @@ static s_worker_t *s_best_worker(s_lane_t *lane)
     s_worker_t *best = NULL;
     s_worker_t *w = (s_worker_t *)zlistx_first(lane->workers);
     while (w) {
-        if (w->credit > 0 && w->healthy &&
+        if (w->credit > 0 && w->healthy && !w->silent &&
             (!best || w->credit > best->credit ||
              (w->credit == best->credit && w->last_used < best->last_used)))
             best = w;
@@ -1080,7 +1100,7 @@ static bool s_serves(const char *model, const char *pool, void *arg)
 //  Spare credit and no waiting request: ask the module for items.
 static void s_dispatch_module(s_broker_t *self, s_worker_t *w)
 {
-    while (w->credit > 0 && w->healthy && !self->draining) {
+    while (w->credit > 0 && w->healthy && !w->silent && !self->draining) {
         llmq_msg_t *msg =
             self->config.module->next_item(self->module_state, s_serves, w);
         if (!msg)
@@ -1125,7 +1145,7 @@ static void s_dispatch_module(s_broker_t *self, s_worker_t *w)
 //  A worker has credit: serve its lanes, best waiting request first.
 static void s_dispatch_worker(s_broker_t *self, s_worker_t *w)
 {
-    while (w->credit > 0 && w->healthy && !w->leaving) {
+    while (w->credit > 0 && w->healthy && !w->silent && !w->leaving) {
         s_lane_t *best = NULL;
         llmq_queue_node_t *best_head = NULL;
         s_lane_t *lane = (s_lane_t *)zlistx_first(w->lanes);
@@ -1142,8 +1162,8 @@ static void s_dispatch_worker(s_broker_t *self, s_worker_t *w)
         if (!best || !s_dispatch_one(self, best))
             break;
     }
-    if (w->credit > 0 && w->healthy && !w->leaving && self->config.module &&
-        self->config.module->next_item)
+    if (w->credit > 0 && w->healthy && !w->silent && !w->leaving &&
+        self->config.module && self->config.module->next_item)
         s_dispatch_module(self, w);
 }
 
@@ -1556,8 +1576,13 @@ static void s_handle_worker(s_broker_t *self, llmq_msg_t *msg)
         llmq_msg_print(msg);
     s_worker_t *w = (s_worker_t *)zhashx_lookup(self->workers, key);
     llmq_msg_type_t type = llmq_msg_type(msg);
-    if (w)
+    if (w) {
         w->last_seen = zclock_mono(); //  Any message is a sign of life
+        if (w->silent) {
+            w->silent = false;
+            s_dispatch_worker(self, w);
+        }
+    }
 
     if (type == LLMQ_MSG_INVALID) {
         self->counters.bad_messages++;
@@ -2119,7 +2144,12 @@ static void s_timers(s_broker_t *self, int64_t now)
     if (now < self->next_tick)
         return;
     self->next_tick = now + s_TICK_MS;
-    s_acks_flush(self);
+    s_acks_flush(self, now);
+    //  A worker silent for half the dead time is probably dead: sending it
+    //  more would only lengthen the list of requests its death delays.
+    for (s_worker_t *w = (s_worker_t *)zhashx_first(self->workers); w;
+         w = (s_worker_t *)zhashx_next(self->workers))
+        w->silent = now - w->last_seen > self->config.dead_ms / 2;
     if (now >= self->recovery_end)
         s_unpark(self);
     if (zhashx_size(self->attach) && now % 10000 < s_TICK_MS) {
@@ -2178,7 +2208,7 @@ static void s_timers(s_broker_t *self, int64_t now)
     if (self->config.module && self->config.module->next_item) {
         s_worker_t *w = (s_worker_t *)zhashx_first(self->workers);
         while (w) {
-            if (w->credit > 0 && w->healthy && !w->leaving)
+            if (w->credit > 0 && w->healthy && !w->silent && !w->leaving)
                 s_dispatch_module(self, w);
             w = (s_worker_t *)zhashx_next(self->workers);
         }
