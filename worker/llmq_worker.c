@@ -1214,7 +1214,10 @@ static int s_connect(s_worker_t *self)
     zsock_set_maxmsgsize(self->dealer, LLMQ_MAX_FRAME_SIZE);
     zsock_set_identity(self->dealer, self->cfg->identity);
     zsock_set_reconnect_ivl(self->dealer, 100);
-    zsock_set_reconnect_ivl_max(self->dealer, 2000);
+    /*  Back within half a second of a broker restart, well inside its
+        recovery time (PROTOCOL.md 3.3), so our `held` report comes before
+        the clients' resends are dispatched elsewhere. */
+    zsock_set_reconnect_ivl_max(self->dealer, 500);
     if (zsock_connect(self->dealer, "%s", self->cfg->broker) != 0) {
         llmq_wlog(LLMQ_LOG_ERROR, "cannot connect to broker %s",
                   self->cfg->broker);

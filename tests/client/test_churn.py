@@ -5,6 +5,8 @@ binaries on free ports and llmq-sim as the provider.
   test_churn.py restart   kill -9 of the broker mid-run, new broker on the
                           same ports: every line answered once and correct,
                           llmq-sim's double_billed 0
+  test_churn.py restart_slow  the same with 4 s without a broker (every
+                          running request finishes meanwhile and is held)
   test_churn.py sigterm   the same with SIGTERM (drain) instead of kill -9
   test_churn.py workers   one worker kill -9'd every 2 s and replaced: no
                           line fails; double_billed at most the requests in
@@ -89,10 +91,12 @@ class Cluster:
         s = self.status()
         return s.get("workers", []) if s else []
 
-    def restart_broker(self, sig):
+    def restart_broker(self, sig, outage=0.0):
         fe, be = self.broker.frontend, self.broker.backend
         self.broker.kill(sig)
         self.procs.remove(self.broker)
+        # The scenario: no broker for this long (not a wait for anything).
+        select.select([], [], [], outage)
         self.broker = Broker(fe, be, *self.broker_flags)
         self.procs.append(self.broker)
 
@@ -112,7 +116,7 @@ def finish(proc, timeout):
     return proc.returncode, stdout.decode(errors="replace"), stderr.decode(errors="replace")
 
 
-def test_restart(sig):
+def test_restart(sig, outage=0.0):
     tmp = tempfile.mkdtemp(prefix="llmq-churn-restart-")
     inp, out = os.path.join(tmp, "in.jsonl"), os.path.join(tmp, "out.jsonl")
     expect = write_input(inp, LINES, fault_every=(0, 0))
@@ -121,7 +125,7 @@ def test_restart(sig):
         proc = start_run(inp, out, cluster.broker.frontend, 1024, ("--timeout", "1500"))
         wait_until("a quarter of the lines", lambda: len(complete_lines(out)) >= LINES // 4, 120)
         in_flight = cluster.sim.stats().get("in_flight", 0)
-        cluster.restart_broker(sig)
+        cluster.restart_broker(sig, outage)
         check(proc.poll() is None, "llmq run ended before the restart")
         rc, _, stderr = finish(proc, 300)
         check(rc == 0, "llmq run rc %d: %s" % (rc, stderr[-2000:]))
@@ -335,6 +339,7 @@ def test_deadline():
 def main():
     what = sys.argv[1] if len(sys.argv) > 1 else ""
     tests = {"restart": lambda: test_restart(signal.SIGKILL),
+             "restart_slow": lambda: test_restart(signal.SIGKILL, 4.0),
              "sigterm": lambda: test_restart(signal.SIGTERM),
              "workers": test_workers, "poison": test_poison, "stream": test_stream,
              "breaker": test_breaker, "deadline": test_deadline,
