@@ -2081,8 +2081,9 @@ static void s_heartbeat(s_broker_t *self, int64_t now)
 //  Answer everything still pending `overloaded`: the end of a drain.
 static void s_drain_finish(s_broker_t *self)
 {
-    char left[32];
-    snprintf(left, sizeof(left), "%zu", self->queued + self->inflight_count);
+    char left[32], kept[32];
+    snprintf(left, sizeof(left), "%zu", self->queued);
+    snprintf(kept, sizeof(kept), "%zu", self->inflight_count);
     s_worker_t *w = (s_worker_t *)zhashx_first(self->workers);
     while (w) {
         while (w->inflight) {
@@ -2093,7 +2094,14 @@ static void s_drain_finish(s_broker_t *self)
                     self->config.module->item_returned(self->module_state,
                                                        r->id);
                 s_request_destroy(self, &r);
-            } else
+            } else if (r->client && r->rkey)
+                //  Still running at its worker, which keeps the result:
+                //  no answer, so the client resends it to the next broker
+                //  and it is attached there (PROTOCOL.md 3.3). An
+                //  `overloaded` answer would make a client submit it anew
+                //  and pay twice.
+                s_request_destroy(self, &r);
+            else
                 s_fail(self, r, LLMQ_ERR_OVERLOADED, "broker shutting down");
         }
         w = (s_worker_t *)zhashx_next(self->workers);
@@ -2106,7 +2114,8 @@ static void s_drain_finish(s_broker_t *self)
                    LLMQ_ERR_OVERLOADED, "broker shutting down");
         lane = (s_lane_t *)zhashx_next(self->lanes);
     }
-    s_log(self, "info", "drained", "answered_overloaded", left, s_END);
+    s_log(self, "info", "drained", "answered_overloaded", left,
+          "left_at_workers", kept, s_END);
     self->drained = true;
     zstr_send(self->pipe, "DRAINED");
 }

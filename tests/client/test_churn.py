@@ -8,6 +8,8 @@ binaries on free ports and llmq-sim as the provider.
   test_churn.py restart_slow  the same with 4 s without a broker (every
                           running request finishes meanwhile and is held)
   test_churn.py sigterm   the same with SIGTERM (drain) instead of kill -9
+  test_churn.py sigterm_short  SIGTERM with a 300 ms drain: what still runs
+                          at the workers is held and attached, not paid twice
   test_churn.py workers   one worker kill -9'd every 2 s and replaced: no
                           line fails; double_billed at most the requests in
                           flight at the killed workers (reported)
@@ -116,11 +118,11 @@ def finish(proc, timeout):
     return proc.returncode, stdout.decode(errors="replace"), stderr.decode(errors="replace")
 
 
-def test_restart(sig, outage=0.0):
+def test_restart(sig, outage=0.0, broker_flags=()):
     tmp = tempfile.mkdtemp(prefix="llmq-churn-restart-")
     inp, out = os.path.join(tmp, "in.jsonl"), os.path.join(tmp, "out.jsonl")
     expect = write_input(inp, LINES, fault_every=(0, 0))
-    cluster = Cluster(4, 256, sim_flags=("--latency-ms", "1000"))
+    cluster = Cluster(4, 256, sim_flags=("--latency-ms", "1000"), broker_flags=broker_flags)
     try:
         proc = start_run(inp, out, cluster.broker.frontend, 1024, ("--timeout", "1500"))
         wait_until("a quarter of the lines", lambda: len(complete_lines(out)) >= LINES // 4, 120)
@@ -341,6 +343,7 @@ def main():
     tests = {"restart": lambda: test_restart(signal.SIGKILL),
              "restart_slow": lambda: test_restart(signal.SIGKILL, 4.0),
              "sigterm": lambda: test_restart(signal.SIGTERM),
+             "sigterm_short": lambda: test_restart(signal.SIGTERM, 0.0, ("--drain-ms", "300")),
              "workers": test_workers, "poison": test_poison, "stream": test_stream,
              "breaker": test_breaker, "deadline": test_deadline,
              "stream_restart": test_stream_restart}
