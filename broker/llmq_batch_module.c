@@ -179,7 +179,8 @@ static llmq_msg_t *s_t_expect(s_t_peers_t *p, zsock_t *sock,
         llmq_msg_t *msg = llmq_msg_recv(sock);
         if (!msg)
             return NULL;
-        if (llmq_msg_type(msg) == LLMQ_MSG_HB) {
+        if (llmq_msg_type(msg) == LLMQ_MSG_HB ||
+            (llmq_msg_type(msg) == LLMQ_MSG_ACK && type != LLMQ_MSG_ACK)) {
             llmq_msg_destroy(&msg);
             continue;
         }

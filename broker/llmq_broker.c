@@ -23,6 +23,15 @@
     - Clients are interned by routing id only while they have requests
       pending (for dedupe and cancel); workers by routing id from hello
       until they leave or die.
+    - Delivery under churn (PROTOCOL.md 3.3): a request is keyed by its
+      client ("client:id", rkey). Results passed on are acked to their
+      worker in batches; `held` reports after a worker's hello, and
+      resends parked for --recovery-ms after start, let a resend be
+      attached to the worker that holds it. Broker ids start at a random
+      counter so no two runs share one. A dead worker's requests are
+      requeued until their deadline; a death count (s_death_weight) stops
+      a poison request; a stream the client saw chunks of is never sent
+      again.
 */
 #include "llmq_broker.h"
 #include "llmq_auth.h"
@@ -48,12 +57,26 @@
 #define s_END ((const char *)NULL) //  Ends s_log's key/value list
 #define s_MAX_STATUS_QUEUES 1000   //  Lanes listed in a status reply
 #define s_COMPACT_ABOVE 4096 //  Queue length from which payloads are compacted
+#define s_MAX_DEATHS 16      //  Death count that abandons a request (3.3)
+#define s_STRONG_DEATH 3     //  What a death without a sign of life adds
+#define s_SURVIVED_MS                                                          \
+    250                     //  A worker seen this long after a dispatch
+                            //  survived that request (s_death_weight)
+#define s_ACKS_PER_MSG 2048 //  Broker ids per `ack` (the `ids` limit)
+#define s_ACK_DELAY_MS 2000 //  Ack a result this long after passing it on
+#define s_ATTACH_TTL 600000 //  Forget a `held` key nobody resent after this
 
 typedef struct _s_client_t s_client_t;
 typedef struct _s_worker_t s_worker_t;
 typedef struct _s_lane_t s_lane_t;
 typedef struct _s_group_t s_group_t;
 typedef struct _s_request_t s_request_t;
+
+//  A result passed on to its client, to be acked to its worker.
+typedef struct {
+    uint64_t bid; //  Broker id of the dispatch
+    int64_t at;   //  When it was passed on (monotonic ms)
+} s_ack_t;
 
 static const char *s_ops[] = {"chat", "completion", "embedding"};
 
@@ -93,6 +116,7 @@ struct _s_request_t {
                           //  dispatch counter << 32 | in-flight slot
     int64_t priority;     //  Higher first
     int64_t received_at;  //  Monotonic ms
+    int64_t sent_at;      //  Monotonic ms of the current dispatch
     int64_t deadline;     //  Monotonic ms, s_NO_EXPIRY if none
     int64_t expire_at;    //  Key in the expiry heap
     bool from_module;     //  Came from the module's next_item
@@ -100,6 +124,11 @@ struct _s_request_t {
     uint8_t attempt;      //  Dispatch attempt, from 1
     uint8_t max_attempts; //  Give up after this many
     bool stream;          //  Client wants chunks
+    bool resend;          //  The client sent it before (3.3)
+    uint8_t deaths;       //  Death count (PROTOCOL.md 3.3)
+    uint32_t chunks;      //  Chunks the client has (forwarded or resumed)
+    char *rkey;           //  Request key "client:id", NULL for a module's
+    void *park;           //  Handle in parked while waiting for `held`
 };
 
 struct _s_client_t {
@@ -145,12 +174,17 @@ struct _s_worker_t {
     bool batch_api;
     bool healthy;          //  From its heartbeats
     bool leaving;          //  Said bye: no new work
+    bool silent;           //  Silent for dead_ms / 2: probably dead, so no
+                           //  new work until it speaks again
     int64_t last_seen;     //  Monotonic ms of its last message
     uint64_t last_used;    //  Dispatch clock, for LRU ties
     uint64_t answered;     //  Results it returned
     s_request_t *inflight; //  Head of its in-flight list
     zlistx_t *lanes;       //  Lanes it serves (borrowed)
     s_group_t *group;      //  Its limit group, or NULL
+    s_ack_t *acks;         //  Results passed on, not yet acked
+    size_t nacks;
+    size_t acks_cap;
 };
 
 typedef struct {
@@ -200,12 +234,22 @@ struct _llmq_broker_core_t {
     llmq_msg_t *req_header; //  Reused header of every `req` to a worker
     void *module_state;     //  Plug-in state
     uint64_t job_rr;        //  Round robin of batch job tasks
+    zhashx_t *attach;       //  rkey -> s_attach_t: `held` keys not yet resent
+    zlistx_t *parked;       //  Resends waiting for `held` (borrowed)
+    int64_t recovery_end;   //  Until then resends are parked (3.3)
 };
+
+//  A request key a worker reported in `held` before its client resent it.
+typedef struct {
+    int64_t at;     //  When reported
+    char worker[1]; //  Worker key (routing id in hex), stored inline
+} s_attach_t;
 
 typedef llmq_broker_core_t s_broker_t;
 
 static void s_dispatch_lane(s_broker_t *self, s_lane_t *lane);
 static void s_request_destroy(s_broker_t *self, s_request_t **r_p);
+static void s_bid_text(uint64_t bid, char out[24]);
 
 //  --------------------------------------------------------------------------
 //  Logging: one line per event, text or JSON, on stderr.
@@ -407,6 +451,59 @@ static void s_refuse(s_broker_t *self, llmq_msg_t **msg_p, llmq_err_t code,
     llmq_msg_destroy(&req);
 }
 
+//  Remember to tell w that the result of dispatch bid reached its client,
+//  so it can drop the copy it holds (sent by s_acks_flush).
+static void s_ack_add(s_worker_t *w, uint64_t bid)
+{
+    if (w->nacks == w->acks_cap) {
+        size_t cap = w->acks_cap ? w->acks_cap * 2 : 256;
+        s_ack_t *acks = (s_ack_t *)realloc(w->acks, cap * sizeof(*acks));
+        if (!acks)
+            return; //  The worker's copy then expires on its own
+        w->acks = acks;
+        w->acks_cap = cap;
+    }
+    w->acks[w->nacks].bid = bid;
+    w->acks[w->nacks++].at = zclock_mono();
+}
+
+//  Send every worker the acks of results passed on at least
+//  s_ACK_DELAY_MS ago, s_ACKS_PER_MSG per `ack`. The delay: a result in
+//  our send queue to a slow client is lost if we are killed, so the
+//  worker keeps its copy until the result has surely left.
+static void s_acks_flush(s_broker_t *self, int64_t now)
+{
+    static char text[s_ACKS_PER_MSG][24];
+    static const char *ids[s_ACKS_PER_MSG];
+    s_worker_t *w = (s_worker_t *)zhashx_first(self->workers);
+    while (w) {
+        size_t due = 0;
+        while (due < w->nacks && w->acks[due].at <= now - s_ACK_DELAY_MS)
+            due++;
+        for (size_t done = 0; done < due;) {
+            size_t n = 0;
+            while (n < s_ACKS_PER_MSG && done < due) {
+                s_bid_text(w->acks[done++].bid, text[n]);
+                ids[n] = text[n];
+                n++;
+            }
+            llmq_msg_t *ack = llmq_msg_new(LLMQ_MSG_ACK);
+            if (!ack)
+                break;
+            llmq_msg_set_ids(ack, ids, n);
+            llmq_msg_set_routing_id(ack, w->rid);
+            llmq_msg_send(&ack, self->backend);
+            llmq_msg_destroy(&ack);
+        }
+        if (due) {
+            memmove(w->acks, w->acks + due,
+                    (w->nacks - due) * sizeof(*w->acks));
+            w->nacks -= due;
+        }
+        w = (s_worker_t *)zhashx_next(self->workers);
+    }
+}
+
 //  Send the answer of a request to its client (or module) and destroy the
 //  request. res is a worker's `res` or one built here; takes it.
 static void s_complete(s_broker_t *self, s_request_t *r, llmq_msg_t **res_p)
@@ -550,6 +647,10 @@ static void s_request_destroy(s_broker_t *self, s_request_t **r_p)
     if (llmq_queue_node_queued(&r->dnode))
         llmq_queue_remove(self->expiry, &r->dnode);
     s_request_unassign(self, r);
+    if (r->park) {
+        zlistx_delete(self->parked, r->park);
+        r->park = NULL;
+    }
     if (r->client) {
         s_client_t *client = r->client;
         zhashx_delete(client->pending, r->id);
@@ -563,6 +664,7 @@ static void s_request_destroy(s_broker_t *self, s_request_t **r_p)
         s_shared_release(NULL, r->shared);
     free(r->meta);
     free(r->trace);
+    free(r->rkey);
     free(r);
 }
 
@@ -865,7 +967,7 @@ static s_worker_t *s_best_worker(s_lane_t *lane)
     s_worker_t *best = NULL;
     s_worker_t *w = (s_worker_t *)zlistx_first(lane->workers);
     while (w) {
-        if (w->credit > 0 && w->healthy &&
+        if (w->credit > 0 && w->healthy && !w->silent &&
             (!best || w->credit > best->credit ||
              (w->credit == best->credit && w->last_used < best->last_used)))
             best = w;
@@ -916,7 +1018,10 @@ static void s_send_request(s_broker_t *self, s_worker_t *w, s_request_t *r)
     if (w->inflight)
         w->inflight->wprev = r;
     w->inflight = r;
-    w->credit--;
+    r->sent_at = now;
+    if (w->credit > 0)
+        w->credit--; //  An attached resend may come without credit
+
     w->in_flight++;
     w->last_used = ++self->use_clock;
     self->inflight_count++;
@@ -945,6 +1050,11 @@ static void s_send_request(s_broker_t *self, s_worker_t *w, s_request_t *r)
         else
             llmq_msg_clear(msg, LLMQ_F_stream);
         llmq_msg_set_trace(msg, r->trace); //  NULL clears
+        llmq_msg_set_rkey(msg, r->rkey);   //  NULL clears
+        if (r->resend)
+            llmq_msg_set_resend(msg, true);
+        else
+            llmq_msg_clear(msg, LLMQ_F_resend);
         if (r->deadline != s_NO_EXPIRY)
             llmq_msg_set_deadline_ms(
                 msg, r->deadline > now + 1 ? r->deadline - now : 1);
@@ -994,7 +1104,7 @@ static bool s_serves(const char *model, const char *pool, void *arg)
 //  Spare credit and no waiting request: ask the module for items.
 static void s_dispatch_module(s_broker_t *self, s_worker_t *w)
 {
-    while (w->credit > 0 && w->healthy && !self->draining) {
+    while (w->credit > 0 && w->healthy && !w->silent && !self->draining) {
         llmq_msg_t *msg =
             self->config.module->next_item(self->module_state, s_serves, w);
         if (!msg)
@@ -1039,7 +1149,7 @@ static void s_dispatch_module(s_broker_t *self, s_worker_t *w)
 //  A worker has credit: serve its lanes, best waiting request first.
 static void s_dispatch_worker(s_broker_t *self, s_worker_t *w)
 {
-    while (w->credit > 0 && w->healthy && !w->leaving) {
+    while (w->credit > 0 && w->healthy && !w->silent && !w->leaving) {
         s_lane_t *best = NULL;
         llmq_queue_node_t *best_head = NULL;
         s_lane_t *lane = (s_lane_t *)zlistx_first(w->lanes);
@@ -1056,8 +1166,8 @@ static void s_dispatch_worker(s_broker_t *self, s_worker_t *w)
         if (!best || !s_dispatch_one(self, best))
             break;
     }
-    if (w->credit > 0 && w->healthy && !w->leaving && self->config.module &&
-        self->config.module->next_item)
+    if (w->credit > 0 && w->healthy && !w->silent && !w->leaving &&
+        self->config.module && self->config.module->next_item)
         s_dispatch_module(self, w);
 }
 
@@ -1079,6 +1189,7 @@ static void s_worker_free(void **item)
     free(w->pool);
     free(w->provider);
     free(w->version);
+    free(w->acks);
     free(w);
     *item = NULL;
 }
@@ -1097,34 +1208,89 @@ static void s_worker_retire(s_broker_t *self, s_worker_t *w)
     s_group_leave(self, w);
 }
 
+//  A request whose worker died or left: back to the front of its lane, or
+//  answered. Streams the client saw chunks of are never sent again (no
+//  splicing); a request with a death count of s_MAX_DEATHS is abandoned
+//  as a suspected poison request (PROTOCOL.md 3.3). weight: what this
+//  death adds to its count (0 when the worker left).
+static void s_request_orphaned(s_broker_t *self, s_request_t *r,
+                               const char *wname, const char *why, int weight)
+{
+    char message[300];
+    if (r->chunks > 0) {
+        snprintf(message, sizeof(message),
+                 "stream interrupted after %u chunks (worker %s %s)", r->chunks,
+                 wname, why);
+        s_fail(self, r, LLMQ_ERR_PROVIDER_ERROR, message);
+        return;
+    }
+    int deaths = r->deaths + weight;
+    r->deaths = (uint8_t)(deaths > 255 ? 255 : deaths);
+    if (r->deaths >= s_MAX_DEATHS) {
+        snprintf(message, sizeof(message),
+                 "request abandoned: %d workers died while holding it "
+                 "(death count %d of %d, last %s); suspected poison request",
+                 r->attempt, r->deaths, s_MAX_DEATHS, wname);
+        llmq_msg_t *res = llmq_msg_new(LLMQ_MSG_RES);
+        if (!res) {
+            s_request_destroy(self, &r);
+            return;
+        }
+        llmq_msg_set_failure(res, LLMQ_ERR_INTERNAL, 0, message);
+        llmq_msg_set_error_retryable(res, false);
+        s_complete(self, r, &res);
+        return;
+    }
+    if (r->attempt < 255)
+        r->attempt++;
+    self->counters.requeued++;
+    llmq_metrics_add(self->metrics, "llmq_broker_requeues_total", NULL, 1);
+    if (s_enqueue(self, r, true))
+        s_fail(self, r, LLMQ_ERR_INTERNAL,
+               "broker could not requeue the request");
+}
+
+//  What a worker's death adds to the death count of a request it held
+//  (PROTOCOL.md 3.3). L is the worker's last sign of life. A request that
+//  may have killed it: dispatched within s_SURVIVED_MS before L, or the
+//  first one dispatched after L (it died on receipt), or any request of a
+//  worker that held at most 2: s_STRONG_DEATH. One dispatched after that
+//  first one went to a worker that was already dead: 0. One the worker
+//  survived for s_SURVIVED_MS or more: 1.
+static int s_death_weight(s_worker_t *w, s_request_t *r, int64_t held,
+                          s_request_t *first_after)
+{
+    int64_t last = w->last_seen;
+    if (held <= 2 || r == first_after ||
+        (r->sent_at <= last && last - r->sent_at < s_SURVIVED_MS))
+        return s_STRONG_DEATH;
+    return r->sent_at > last ? 0 : 1;
+}
+
 //  Forget a worker. Its in-flight requests go back to the front of their
-//  lanes (attempt + 1) or, out of attempts, are answered with an error.
+//  lanes (attempt + 1) or are answered (s_request_orphaned); a death adds
+//  to their death counts (s_death_weight).
 static void s_worker_remove(s_broker_t *self, s_worker_t *w, const char *why)
 {
     s_worker_retire(self, w);
+    bool died = streq(why, "died");
+    int64_t held = w->in_flight;
+    s_request_t *first_after = NULL;
+    for (s_request_t *r = w->inflight; r; r = r->wnext)
+        if (r->sent_at > w->last_seen &&
+            (!first_after || r->sent_at <= first_after->sent_at))
+            first_after = r;
     while (w->inflight) {
         s_request_t *r = w->inflight;
+        int weight = died ? s_death_weight(w, r, held, first_after) : 0;
         s_request_unassign(self, r);
         if (r->from_module) {
             if (self->config.module->item_returned)
                 self->config.module->item_returned(self->module_state, r->id);
             s_request_destroy(self, &r);
-        } else if (r->attempt >= r->max_attempts) {
-            char message[300];
-            snprintf(
-                message, sizeof(message),
-                "worker %s %s while handling the request (attempt %d of %d)",
-                w->name, why, r->attempt, r->max_attempts);
-            s_fail(self, r, LLMQ_ERR_INTERNAL, message);
-        } else {
-            r->attempt++;
-            self->counters.requeued++;
-            llmq_metrics_add(self->metrics, "llmq_broker_requeues_total", NULL,
-                             1);
-            if (s_enqueue(self, r, true))
-                s_fail(self, r, LLMQ_ERR_INTERNAL,
-                       "broker could not requeue the request");
+            continue;
         }
+        s_request_orphaned(self, r, w->name, why, weight);
     }
     zhashx_delete(self->workers, w->key);
     //  Requeued requests may have other workers waiting for them.
@@ -1309,6 +1475,7 @@ static void s_worker_result(s_broker_t *self, s_worker_t *w, llmq_msg_t **msg_p)
             llmq_msg_destroy(msg_p);
             return;
         }
+        r->chunks++;
         llmq_msg_set_id(msg, r->id);
         llmq_msg_set_routing_id(msg, r->client->rid);
         llmq_msg_clear(msg, LLMQ_F_ratelimit_remaining_requests);
@@ -1317,11 +1484,91 @@ static void s_worker_result(s_broker_t *self, s_worker_t *w, llmq_msg_t **msg_p)
         llmq_msg_send(msg_p, self->frontend);
         return;
     }
+    //  Only a result the worker sent is acked (not one the broker made up:
+    //  the worker's own result is still to come and must be kept).
+    if (r->rkey)
+        s_ack_add(w, r->bid);
     s_complete(self, r, msg_p);
     if (w->leaving && w->in_flight == 0) {
         s_log(self, "info", "worker_gone", "worker", w->name, s_END);
         s_worker_remove(self, w, "left");
     }
+}
+
+//  The pending client request with request key rkey ("client:id"), or NULL.
+static s_request_t *s_pending_by_rkey(s_broker_t *self, const char *rkey)
+{
+    const char *colon = strchr(rkey, ':');
+    if (!colon || colon - rkey >= 520)
+        return NULL;
+    char key[520];
+    memcpy(key, rkey, (size_t)(colon - rkey));
+    key[colon - rkey] = 0;
+    s_client_t *client = (s_client_t *)zhashx_lookup(self->clients, key);
+    return client ? (s_request_t *)zhashx_lookup(client->pending, colon + 1)
+                  : NULL;
+}
+
+//  Send a waiting (queued or parked) request to the worker that holds its
+//  result or still runs it: the worker answers from that (3.3).
+static void s_attach(s_broker_t *self, s_worker_t *w, s_request_t *r)
+{
+    if (llmq_queue_node_queued(&r->qnode)) {
+        llmq_queue_remove(r->lane->queue, &r->qnode);
+        self->queued--;
+    }
+    if (r->park) {
+        zlistx_delete(self->parked, r->park);
+        r->park = NULL;
+    }
+    llmq_metrics_add(self->metrics, "llmq_broker_attached_total", NULL, 1);
+    s_send_request(self, w, r);
+}
+
+//  A resend: attach it if a live worker reported its key. Returns true if
+//  it was sent.
+static bool s_attach_resend(s_broker_t *self, s_request_t *r)
+{
+    s_attach_t *a = (s_attach_t *)zhashx_lookup(self->attach, r->rkey);
+    if (!a)
+        return false;
+    s_worker_t *w = (s_worker_t *)zhashx_lookup(self->workers, a->worker);
+    zhashx_delete(self->attach, r->rkey);
+    if (!w)
+        return false;
+    s_attach(self, w, r);
+    return true;
+}
+
+//  `held` after a hello: request keys the worker has a result for or still
+//  runs. A waiting resend of one is attached at once; the others are kept
+//  for a resend yet to come.
+static void s_worker_held(s_broker_t *self, s_worker_t *w, llmq_msg_t *msg)
+{
+    zframe_t *payload = llmq_msg_payload(msg);
+    cJSON *keys = payload ? llmq_value_to_json(zframe_data(payload),
+                                               zframe_size(payload), NULL, 0)
+                          : NULL;
+    size_t len = strlen(w->key);
+    const cJSON *k;
+    cJSON_ArrayForEach(k, keys)
+    {
+        if (!cJSON_IsString(k) || !k->valuestring[0])
+            continue;
+        s_request_t *r = s_pending_by_rkey(self, k->valuestring);
+        if (r) {
+            if (!r->worker && !r->from_module)
+                s_attach(self, w, r);
+            continue;
+        }
+        s_attach_t *a = (s_attach_t *)malloc(sizeof(s_attach_t) + len);
+        if (!a)
+            break;
+        a->at = zclock_mono();
+        memcpy(a->worker, w->key, len + 1);
+        zhashx_update(self->attach, k->valuestring, a);
+    }
+    cJSON_Delete(keys);
 }
 
 static void s_handle_worker(s_broker_t *self, llmq_msg_t *msg)
@@ -1333,8 +1580,13 @@ static void s_handle_worker(s_broker_t *self, llmq_msg_t *msg)
         llmq_msg_print(msg);
     s_worker_t *w = (s_worker_t *)zhashx_lookup(self->workers, key);
     llmq_msg_type_t type = llmq_msg_type(msg);
-    if (w)
+    if (w) {
         w->last_seen = zclock_mono(); //  Any message is a sign of life
+        if (w->silent) {
+            w->silent = false;
+            s_dispatch_worker(self, w);
+        }
+    }
 
     if (type == LLMQ_MSG_INVALID) {
         self->counters.bad_messages++;
@@ -1380,6 +1632,9 @@ static void s_handle_worker(s_broker_t *self, llmq_msg_t *msg)
         case LLMQ_MSG_RES:
         case LLMQ_MSG_CHUNK:
             s_worker_result(self, w, &msg);
+            break;
+        case LLMQ_MSG_HELD:
+            s_worker_held(self, w, msg);
             break;
         case LLMQ_MSG_BYE:
             if (!w->leaving) {
@@ -1450,6 +1705,48 @@ static void s_cancel_at_worker(llmq_broker_core_t *self, s_request_t *r)
     llmq_msg_send(&cancel, self->backend);
 }
 
+//  What a client request carries for delivery under churn (3.3): the
+//  default deadline, its request key, the resend flag and the chunks the
+//  client already has of a resent stream.
+static void s_request_keys(s_broker_t *self, s_request_t *r, const char *key,
+                           const llmq_msg_t *msg, int64_t now)
+{
+    if (r->deadline == s_NO_EXPIRY && self->config.default_deadline_ms > 0)
+        r->deadline = now + self->config.default_deadline_ms;
+    r->resend = llmq_msg_resend(msg);
+    if (r->stream && r->resend && llmq_msg_has(msg, LLMQ_F_seq) &&
+        llmq_msg_seq(msg) >= 0)
+        r->chunks = (uint32_t)(llmq_msg_seq(msg) + 1);
+    r->rkey = zsys_sprintf("%s:%s", key, r->id);
+}
+
+//  A request the client sent before (3.3): attach it to the worker that
+//  holds it, park it while workers may still report it, or fail a stream
+//  the client saw chunks of. Returns true if it was taken care of here.
+static bool s_client_resend(s_broker_t *self, s_request_t *r, int64_t now)
+{
+    if (!r->resend)
+        return false;
+    if (r->rkey && s_attach_resend(self, r))
+        return true;
+    if (now < self->recovery_end && self->parked) {
+        r->park = zlistx_add_end(self->parked, r);
+        if (r->park) {
+            s_expiry_set(self, r, r->deadline);
+            return true;
+        }
+    }
+    if (r->chunks > 0) {
+        char message[120];
+        snprintf(message, sizeof(message),
+                 "stream interrupted after %u chunks (broker restarted)",
+                 r->chunks);
+        s_fail(self, r, LLMQ_ERR_PROVIDER_ERROR, message);
+        return true;
+    }
+    return false;
+}
+
 static void s_client_request(s_broker_t *self, const char *key,
                              llmq_msg_t **msg_p)
 {
@@ -1514,6 +1811,7 @@ static void s_client_request(s_broker_t *self, const char *key,
         r->meta_size = meta_size;
     }
     r->trace = s_strdup_or_null(llmq_msg_trace(msg));
+    s_request_keys(self, r, key, msg, now);
     zhashx_insert(client->pending, r->id, r);
     self->counters.received++;
     //  Only a request that must wait in a long queue pays for a copy of its
@@ -1522,6 +1820,10 @@ static void s_client_request(s_broker_t *self, const char *key,
         (llmq_queue_size(lane->queue) || !s_best_worker(lane)))
         s_payload_compact(r);
     llmq_metrics_add(self->metrics, "llmq_broker_received_total", NULL, 1);
+    if (s_client_resend(self, r, now)) {
+        llmq_msg_destroy(msg_p);
+        return;
+    }
     if (s_enqueue(self, r, false)) {
         s_fail(self, r, LLMQ_ERR_INTERNAL,
                "broker could not queue the request");
@@ -1783,8 +2085,9 @@ static void s_heartbeat(s_broker_t *self, int64_t now)
 //  Answer everything still pending `overloaded`: the end of a drain.
 static void s_drain_finish(s_broker_t *self)
 {
-    char left[32];
-    snprintf(left, sizeof(left), "%zu", self->queued + self->inflight_count);
+    char left[32], kept[32];
+    snprintf(left, sizeof(left), "%zu", self->queued);
+    snprintf(kept, sizeof(kept), "%zu", self->inflight_count);
     s_worker_t *w = (s_worker_t *)zhashx_first(self->workers);
     while (w) {
         while (w->inflight) {
@@ -1795,7 +2098,14 @@ static void s_drain_finish(s_broker_t *self)
                     self->config.module->item_returned(self->module_state,
                                                        r->id);
                 s_request_destroy(self, &r);
-            } else
+            } else if (r->client && r->rkey)
+                //  Still running at its worker, which keeps the result:
+                //  no answer, so the client resends it to the next broker
+                //  and it is attached there (PROTOCOL.md 3.3). An
+                //  `overloaded` answer would make a client submit it anew
+                //  and pay twice.
+                s_request_destroy(self, &r);
+            else
                 s_fail(self, r, LLMQ_ERR_OVERLOADED, "broker shutting down");
         }
         w = (s_worker_t *)zhashx_next(self->workers);
@@ -1808,9 +2118,33 @@ static void s_drain_finish(s_broker_t *self)
                    LLMQ_ERR_OVERLOADED, "broker shutting down");
         lane = (s_lane_t *)zhashx_next(self->lanes);
     }
-    s_log(self, "info", "drained", "answered_overloaded", left, s_END);
+    s_log(self, "info", "drained", "answered_overloaded", left,
+          "left_at_workers", kept, s_END);
     self->drained = true;
     zstr_send(self->pipe, "DRAINED");
+}
+
+//  The recovery time is over: parked resends join their lanes (or, for a
+//  stream the client saw chunks of, are answered: never spliced).
+static void s_unpark(s_broker_t *self)
+{
+    s_request_t *r;
+    while (self->parked &&
+           (r = (s_request_t *)zlistx_first(self->parked)) != NULL) {
+        zlistx_delete(self->parked, r->park);
+        r->park = NULL;
+        if (r->chunks > 0) {
+            char message[120];
+            snprintf(message, sizeof(message),
+                     "stream interrupted after %u chunks (broker restarted)",
+                     r->chunks);
+            s_fail(self, r, LLMQ_ERR_PROVIDER_ERROR, message);
+        } else if (s_enqueue(self, r, true))
+            s_fail(self, r, LLMQ_ERR_INTERNAL,
+                   "broker could not queue the request");
+        else
+            s_dispatch_lane(self, r->lane);
+    }
 }
 
 static void s_timers(s_broker_t *self, int64_t now)
@@ -1823,6 +2157,24 @@ static void s_timers(s_broker_t *self, int64_t now)
     if (now < self->next_tick)
         return;
     self->next_tick = now + s_TICK_MS;
+    s_acks_flush(self, now);
+    //  A worker silent for half the dead time is probably dead: sending it
+    //  more would only lengthen the list of requests its death delays.
+    for (s_worker_t *w = (s_worker_t *)zhashx_first(self->workers); w;
+         w = (s_worker_t *)zhashx_next(self->workers))
+        w->silent = now - w->last_seen > self->config.dead_ms / 2;
+    if (now >= self->recovery_end)
+        s_unpark(self);
+    if (zhashx_size(self->attach) && now % 10000 < s_TICK_MS) {
+        zlistx_t *old = zhashx_keys(self->attach);
+        const char *k = old ? (const char *)zlistx_first(old) : NULL;
+        for (; k; k = (const char *)zlistx_next(old)) {
+            s_attach_t *a = (s_attach_t *)zhashx_lookup(self->attach, k);
+            if (a && now - a->at > s_ATTACH_TTL)
+                zhashx_delete(self->attach, k);
+        }
+        zlistx_destroy(&old);
+    }
     if (now >= self->next_heartbeat) {
         self->next_heartbeat = now + self->config.heartbeat_ms;
         s_heartbeat(self, now);
@@ -1869,7 +2221,7 @@ static void s_timers(s_broker_t *self, int64_t now)
     if (self->config.module && self->config.module->next_item) {
         s_worker_t *w = (s_worker_t *)zhashx_first(self->workers);
         while (w) {
-            if (w->credit > 0 && w->healthy && !w->leaving)
+            if (w->credit > 0 && w->healthy && !w->silent && !w->leaving)
                 s_dispatch_module(self, w);
             w = (s_worker_t *)zhashx_next(self->workers);
         }
@@ -1937,6 +2289,10 @@ static void s_metrics_define(llmq_metrics_t *m)
     llmq_metrics_define(
         m, "llmq_broker_worker_deaths_total", LLMQ_METRIC_COUNTER,
         "Workers declared dead after heartbeat silence.", NULL, 0);
+    llmq_metrics_define(m, "llmq_broker_attached_total", LLMQ_METRIC_COUNTER,
+                        "Resent requests attached to a worker that held "
+                        "their result or still ran them.",
+                        NULL, 0);
     llmq_metrics_define(m, "llmq_broker_queue_depth", LLMQ_METRIC_GAUGE,
                         "Requests waiting, by model and pool.", NULL, 0);
     llmq_metrics_define(m, "llmq_broker_queued", LLMQ_METRIC_GAUGE,
@@ -2062,6 +2418,12 @@ static zsock_t *s_bind(s_broker_t *self, const char *endpoint, bool frontend,
     return sock;
 }
 
+static void s_attach_free(void **item)
+{
+    free(*item);
+    *item = NULL;
+}
+
 static s_broker_t *s_broker_new(zsock_t *pipe,
                                 const llmq_broker_config_t *config)
 {
@@ -2088,9 +2450,18 @@ static s_broker_t *s_broker_new(zsock_t *pipe,
     self->expiry = llmq_queue_new();
     self->req_header = llmq_msg_new(LLMQ_MSG_REQ);
     self->metrics = llmq_metrics_new();
+    self->attach = zhashx_new();
+    self->parked = zlistx_new();
+    //  Broker ids of this run never match those of an earlier run (3.3).
+    self->next_bid =
+        ((uint64_t)zclock_time() * 2654435761u ^ (uint64_t)getpid() * 40503u) &
+        0x7fffffff;
+    self->recovery_end = self->started_at + (self->config.recovery_ms >= 0
+                                                 ? self->config.recovery_ms
+                                                 : self->config.dead_ms);
     if (!self->name || !self->clients || !self->workers || !self->lanes ||
         !self->groups || !self->metric_models || !self->req_header ||
-        !self->expiry || !self->metrics) {
+        !self->expiry || !self->metrics || !self->attach || !self->parked) {
         self->error = strdup("out of memory");
         return self;
     }
@@ -2098,6 +2469,7 @@ static s_broker_t *s_broker_new(zsock_t *pipe,
     zhashx_set_destructor(self->workers, s_worker_free);
     zhashx_set_destructor(self->lanes, s_lane_free);
     zhashx_set_destructor(self->groups, s_group_free);
+    zhashx_set_destructor(self->attach, s_attach_free);
     s_metrics_define(self->metrics);
     llmq_metrics_set_collect(self->metrics, s_collect, self);
 
@@ -2163,6 +2535,12 @@ static void s_broker_destroy(s_broker_t **self_p)
             lane = (s_lane_t *)zhashx_next(self->lanes);
         }
     }
+    s_request_t *parked;
+    while (self->parked &&
+           (parked = (s_request_t *)zlistx_first(self->parked)) != NULL)
+        s_request_destroy(self, &parked);
+    zlistx_destroy(&self->parked);
+    zhashx_destroy(&self->attach);
     zhashx_destroy(&self->clients);
     zhashx_destroy(&self->groups);
     //  Workers and lanes point at each other only through borrowed lists.
@@ -2319,6 +2697,8 @@ void llmq_broker_config_defaults(llmq_broker_config_t *config)
     config->heartbeat_ms = 1000;
     config->dead_ms = 3000;
     config->inflight_grace_ms = 5000;
+    config->default_deadline_ms = 600000;
+    config->recovery_ms = -1;
 }
 
 int llmq_broker_endpoints(zactor_t *broker, char **frontend, char **backend,
@@ -2490,7 +2870,8 @@ static llmq_msg_t *s_t_expect(zsock_t *sock, llmq_msg_type_t type, int timeout)
         llmq_msg_t *msg = llmq_msg_recv(sock);
         if (!msg)
             return NULL;
-        if (llmq_msg_type(msg) == LLMQ_MSG_HB) {
+        if (llmq_msg_type(msg) == LLMQ_MSG_HB ||
+            (llmq_msg_type(msg) == LLMQ_MSG_ACK && type != LLMQ_MSG_ACK)) {
             llmq_msg_destroy(&msg);
             continue;
         }
@@ -2516,7 +2897,8 @@ static bool s_t_quiet(zsock_t *sock, int timeout)
         if (zmq_poll(&item, 1, 50) <= 0)
             continue;
         llmq_msg_t *msg = llmq_msg_recv(sock);
-        bool hb = msg && llmq_msg_type(msg) == LLMQ_MSG_HB;
+        bool hb = msg && (llmq_msg_type(msg) == LLMQ_MSG_HB ||
+                          llmq_msg_type(msg) == LLMQ_MSG_ACK);
         llmq_msg_destroy(&msg);
         if (!hb)
             return false;
@@ -2686,6 +3068,78 @@ static void s_t_module_result(void *state, llmq_msg_t **res_p)
             goto done;                                                         \
         }                                                                      \
     } while (0)
+
+//  Delivery under churn (PROTOCOL.md 3.3), on a broker of its own: a
+//  worker's `held` report, a resend attached to it without credit, the
+//  ack of its result, a fresh request dispatched at once. Returns 0 if ok.
+static int s_t_attach(void)
+{
+    int rc = -1;
+    llmq_broker_config_t config;
+    llmq_broker_config_defaults(&config);
+    config.frontend = "tcp://127.0.0.1:*";
+    config.backend = "tcp://127.0.0.1:*";
+    config.heartbeat_ms = 100;
+    config.recovery_ms = 60000;
+    config.quiet = true;
+    zactor_t *broker = zactor_new(llmq_broker, &config);
+    char *fe = NULL, *be = NULL, *me = NULL;
+    zsock_t *client = NULL, *w = NULL;
+    llmq_msg_t *m = NULL;
+    T_CHECK(broker && llmq_broker_endpoints(broker, &fe, &be, &me) == 0);
+    client = s_t_peer(fe, "client-9");
+    w = s_t_peer(be, "worker-w");
+    s_t_alive.count = 0;
+    s_t_alive.socks[s_t_alive.count++] = w;
+    s_t_hello(w, "w", "m1", 4, NULL, 0);
+    llmq_packer_t *pk = llmq_packer_new();
+    llmq_packer_array(pk, 1);
+    llmq_packer_str(pk, "636c69656e742d39:x1"); //  hex("client-9"):x1
+    zframe_t *keys = llmq_packer_frame(pk);
+    llmq_packer_destroy(&pk);
+    m = llmq_msg_new(LLMQ_MSG_HELD);
+    llmq_msg_set_count(m, 1);
+    llmq_msg_set_payload(m, &keys);
+    llmq_msg_send(&m, w);
+    //  The resend goes to w with no credit granted, marked as a resend.
+    m = llmq_msg_new(LLMQ_MSG_REQ);
+    llmq_msg_set_id(m, "x1");
+    llmq_msg_set_op(m, "chat");
+    llmq_msg_set_model(m, "m1");
+    llmq_msg_set_resend(m, true);
+    llmq_msg_set_payload_mem(m, "\xa1x", 2);
+    llmq_msg_send(&m, client);
+    T_CHECK((m = s_t_expect(w, LLMQ_MSG_REQ, 5000)));
+    T_CHECK(llmq_msg_resend(m) && llmq_msg_rkey(m) &&
+            streq(llmq_msg_rkey(m), "636c69656e742d39:x1"));
+    T_CHECK(llmq_msg_deadline_ms(m) > 500000); //  the default deadline
+    char bid[80];
+    snprintf(bid, sizeof(bid), "%s", llmq_msg_id(m));
+    s_t_answer(w, &m);
+    T_CHECK((m = s_t_expect(client, LLMQ_MSG_RES, 5000)));
+    T_CHECK(llmq_msg_ok(m) && streq(llmq_msg_id(m), "x1"));
+    llmq_msg_destroy(&m);
+    T_CHECK((m = s_t_expect(w, LLMQ_MSG_ACK, 5000)));
+    T_CHECK(llmq_msg_ids_count(m) == 1 && streq(llmq_msg_ids_at(m, 0), bid));
+    llmq_msg_destroy(&m);
+    //  A fresh request is not parked by the recovery time.
+    s_t_credit(w, 1);
+    s_t_req(client, "x2", "m1", 0, 0, "fresh");
+    T_CHECK((m = s_t_expect(w, LLMQ_MSG_REQ, 5000)));
+    T_CHECK(!llmq_msg_resend(m) && s_t_body_is(m, "fresh"));
+    llmq_msg_destroy(&m);
+    rc = 0;
+done:
+    s_t_alive.count = 0;
+    llmq_msg_destroy(&m);
+    zsock_destroy(&client);
+    zsock_destroy(&w);
+    zactor_destroy(&broker);
+    zstr_free(&fe);
+    zstr_free(&be);
+    zstr_free(&me);
+    return rc;
+}
 
 int llmq_broker_test(bool verbose)
 {
@@ -2982,6 +3436,7 @@ int llmq_broker_test(bool verbose)
         zstr_free(&me);
         T_CHECK(good);
     }
+    T_CHECK(s_t_attach() == 0);
     rc = 0;
 done:
     s_t_alive.count = 0;

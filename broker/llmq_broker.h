@@ -102,9 +102,13 @@ typedef struct {
     int dead_ms;           //  Silence after which a worker is dead (3000)
     int inflight_grace_ms; //  A dispatched request past its deadline by this
                            //  much is answered deadline_exceeded (5000)
-    bool json_logs;        //  Log lines as JSON objects
-    bool quiet;            //  No event logs at all (benchmarks)
-    bool verbose;          //  Log every message (debugging)
+    int default_deadline_ms; //  Deadline of a client request that sets none
+                             //  (600000; 0 = none)
+    int recovery_ms;         //  After start, resends wait this long for a
+                             //  worker's `held` report (-1 = dead_ms)
+    bool json_logs;          //  Log lines as JSON objects
+    bool quiet;              //  No event logs at all (benchmarks)
+    bool verbose;            //  Log every message (debugging)
     const llmq_broker_module_t *module; //  Batch plug-in, NULL = none
     const char *curve_cert;  //  CURVE: the broker's secret cert, NULL = off
     const char *client_keys; //  Directory of allowed client public certs

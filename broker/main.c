@@ -56,6 +56,13 @@ static void s_usage(FILE *out)
             "1000)\n"
             "  --dead-ms MS            worker silence after which it is dead "
             "(default 3000)\n"
+            "  --default-deadline MS   deadline of a request that sets none "
+            "(default\n"
+            "                          600000 = 10 min; 0 = none)\n"
+            "  --recovery-ms MS        after start, resent requests wait this "
+            "long for a\n"
+            "                          worker that holds them (default: "
+            "--dead-ms)\n"
             "  --batch-db FILE         SQLite file of the durable batches "
             "(default\n"
             "                          ./llmq-batches.db; --batch-db none "
@@ -167,7 +174,9 @@ int main(int argc, char *argv[])
         O_BNORESUB,
         O_CERT,
         O_CKEYS,
-        O_WKEYS
+        O_WKEYS,
+        O_DEFDEADLINE,
+        O_RECOVERY
     };
     static const struct option options[] = {
         {"frontend", required_argument, NULL, O_FRONTEND},
@@ -179,6 +188,8 @@ int main(int argc, char *argv[])
         {"drain-ms", required_argument, NULL, O_DRAIN},
         {"heartbeat-ms", required_argument, NULL, O_HB},
         {"dead-ms", required_argument, NULL, O_DEAD},
+        {"default-deadline", required_argument, NULL, O_DEFDEADLINE},
+        {"recovery-ms", required_argument, NULL, O_RECOVERY},
         {"batch-db", required_argument, NULL, O_BDB},
         {"batch-threshold", required_argument, NULL, O_BTHRESH},
         {"batch-poll-ms", required_argument, NULL, O_BPOLL},
@@ -228,6 +239,13 @@ int main(int argc, char *argv[])
             break;
         case O_DEAD:
             config.dead_ms = (int)s_ms("--dead-ms", optarg, 30, 3600000);
+            break;
+        case O_DEFDEADLINE:
+            config.default_deadline_ms =
+                (int)s_ms("--default-deadline", optarg, 0, 2000000000);
+            break;
+        case O_RECOVERY:
+            config.recovery_ms = (int)s_ms("--recovery-ms", optarg, 0, 3600000);
             break;
         case O_BDB:
             batch_db = optarg;

@@ -360,6 +360,13 @@ static void s_send_request(llmq_client_t *self, s_request_t *req)
         llmq_msg_set_cache(msg, true);
     if (req->on_chunk)
         llmq_msg_set_stream(msg, true);
+    //  A resend says so (the broker attaches it to a worker that holds it,
+    //  PROTOCOL.md 3.3), and a stream says which chunks we already have.
+    if (req->resends > 0) {
+        llmq_msg_set_resend(msg, true);
+        if (req->on_chunk && req->last_seq >= 0)
+            llmq_msg_set_seq(msg, req->last_seq);
+    }
     zframe_t *payload = zframe_dup(req->payload);
     llmq_msg_set_payload(msg, &payload);
     if (llmq_msg_send(&msg, zsock_resolve(self->sock)) != 0 && self->verbose)

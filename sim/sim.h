@@ -86,6 +86,11 @@ void sim_req_free(sim_req_t *r);
 //  by single spaces. Fresh string, caller frees.
 char *sim_text(uint64_t hash, int count);
 
+//  --random-text: the filler words after "sim-<hash>" are drawn afresh for
+//  every answer (a non-deterministic provider, to make a spliced stream
+//  visible in tests). Off by default.
+extern bool sim_random_text;
+
 //  Appends s as a JSON string literal (quoted, escaped).
 void sim_json_str(struct evbuffer *out, const char *s);
 

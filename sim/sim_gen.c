@@ -388,6 +388,8 @@ void sim_req_free(sim_req_t *r)
     r->n_inputs = 0;
 }
 
+bool sim_random_text = false;
+
 char *sim_text(uint64_t hash, int count)
 {
     if (count < 1)
@@ -398,6 +400,15 @@ char *sim_text(uint64_t hash, int count)
         return NULL;
     size_t n = (size_t)snprintf(buf, cap, "sim-%016" PRIx64, hash);
     uint64_t state = hash ? hash : 0x9E3779B97F4A7C15ULL;
+    if (sim_random_text) {
+        static uint64_t counter;
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        state ^=
+            ((uint64_t)ts.tv_nsec << 20) ^ (++counter * 0x9E3779B97F4A7C15ULL);
+        if (!state)
+            state = 1;
+    }
     for (int i = 1; i < count; i++) {
         const char *w = s_words[s_xorshift(&state) % 64];
         size_t wl = strlen(w);

@@ -1430,6 +1430,10 @@ static void s_usage(FILE *f)
         "  --tokens-per-sec R      output token rate; adds tokens/R to whole "
         "answers and\n"
         "                          paces SSE events (default 0 = instant)\n"
+        "  --random-text           filler words drawn afresh per answer (not "
+        "a function\n"
+        "                          of the request; the sim-<hash> prefix "
+        "stays)\n"
         "auth and limits\n"
         "  --api-key KEY           accepted key (repeatable); default: any "
         "non-empty key\n"
@@ -1533,6 +1537,7 @@ static int s_parse_flags(s_cfg_t *c, int argc, char **argv)
         F_PRESET,
         F_HANGMS,
         F_SEED,
+        F_RANDTEXT,
         F_BVAL,
         F_BPROG,
         F_BFIN,
@@ -1562,6 +1567,7 @@ static int s_parse_flags(s_cfg_t *c, int argc, char **argv)
         {"preset", required_argument, 0, F_PRESET},
         {"hang-ms", required_argument, 0, F_HANGMS},
         {"seed", required_argument, 0, F_SEED},
+        {"random-text", no_argument, 0, F_RANDTEXT},
         {"batch-validate-ms", required_argument, 0, F_BVAL},
         {"batch-progress-ms", required_argument, 0, F_BPROG},
         {"batch-finalize-ms", required_argument, 0, F_BFIN},
@@ -1670,6 +1676,9 @@ static int s_parse_flags(s_cfg_t *c, int argc, char **argv)
             break;
         case F_HANGMS:
             MS(0, c->hang_ms);
+            break;
+        case F_RANDTEXT:
+            sim_random_text = true;
             break;
         case F_SEED:
             NUM(0, 1.8e19);

@@ -382,9 +382,14 @@ void llmq_breaker_probe_result(llmq_breaker_t *self, bool ok, int64_t now_ms)
     self->probing = false;
     if (self->state != LLMQ_BREAKER_OPEN)
         return;
-    if (ok)
-        self->state = LLMQ_BREAKER_HALF_OPEN;
-    else
+    /*  The probe is a health check of the provider (its /models route),
+        never a queued request: one client's request that always fails
+        cannot keep the circuit open for everyone. A passing probe closes
+        the circuit. */
+    if (ok) {
+        self->state = LLMQ_BREAKER_CLOSED;
+        self->failures = 0;
+    } else
         self->opened_ms = now_ms;
 }
 
@@ -522,15 +527,9 @@ int llmq_breaker_test(bool verbose)
     CHECK(llmq_breaker_probe_due(br, now + 2000));
     llmq_breaker_probe_started(br);
     llmq_breaker_probe_result(br, true, now + 2000);
-    CHECK(llmq_breaker_state(br) == LLMQ_BREAKER_HALF_OPEN);
-    CHECK(llmq_breaker_allowance(br, 0) == 1);
-    CHECK(llmq_breaker_allowance(br, 1) == 0);
-    CHECK(llmq_breaker_failure(br, now + 2100)); /* trial failed */
-    CHECK(llmq_breaker_state(br) == LLMQ_BREAKER_OPEN);
-    llmq_breaker_probe_result(br, true, now + 3100);
-    CHECK(llmq_breaker_state(br) == LLMQ_BREAKER_HALF_OPEN);
-    CHECK(llmq_breaker_success(br, now + 3200)); /* trial worked */
-    CHECK(llmq_breaker_state(br) == LLMQ_BREAKER_CLOSED);
+    CHECK(llmq_breaker_state(br) == LLMQ_BREAKER_CLOSED); /* probe closes */
+    CHECK(llmq_breaker_allowance(br, 0) == -1);
+    CHECK(!llmq_breaker_failure(br, now + 2100)); /* counts from 0 again */
     llmq_breaker_trip(br, now);
     CHECK(llmq_breaker_state(br) == LLMQ_BREAKER_OPEN);
     llmq_breaker_destroy(&br);

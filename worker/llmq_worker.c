@@ -24,6 +24,12 @@
     jitter, at least the provider's retry-after, up to max_attempts and the
     request's deadline. A stream that already relayed chunks is never
     retried (the client has seen them).
+
+    Delivery across broker restarts (PROTOCOL.md 3.3): the answer to a
+    request with a request key (`rkey`), and a stream's chunks, are kept
+    (s_held_t) until the broker acks them; after each hello a `held`
+    message lists them and the running keyed jobs; a `req` with `resend`
+    and a known key is answered from them instead of a provider call.
 */
 #include "llmq_worker.h"
 
@@ -62,10 +68,30 @@
 #define S_ZMQ_BATCH 4096
 #define S_NO_HEAP ((size_t)-1)
 #define S_METRIC_ITEMS 17 /* metrics listener + scrapers served at once */
+/*  Held results (PROTOCOL.md 3.3): at most this many, this many bytes, and
+    for this long after they were sent, whichever ends first. */
+#define S_HELD_MAX 10000
+#define S_HELD_BYTES (64 * 1024 * 1024)
+#define S_HELD_MS (5 * 60 * 1000)
+/*  Request keys per `held` message. */
+#define S_HELD_PER_MSG 4096
 
 typedef enum { S_QUEUED, S_RUNNING, S_WAITING } s_state_t;
 
 typedef struct _s_worker_t s_worker_t;
+
+/*  A result sent for a request with a request key, kept until the broker
+    acks it (or it expires), so a resend after a broker restart is answered
+    from it instead of a second provider call (PROTOCOL.md 3.3). */
+typedef struct {
+    char *rkey;       /* request key (key in held) */
+    char *id;         /* broker id it was last sent under (key in held_ids) */
+    llmq_msg_t *res;  /* the `res` as sent */
+    zlistx_t *chunks; /* the chunks sent before it (streams), or NULL */
+    size_t bytes;     /* its payload size, for the bound */
+    int64_t at;       /* when it was first sent */
+    void *handle;     /* in held_order */
+} s_held_t;
 
 /*  libcurl 7.88 looks for a reusable connection by walking every connection
     to the host, so one multi handle with 10,000 connections to one provider
@@ -85,6 +111,8 @@ typedef struct {
 typedef struct {
     s_worker_t *worker;  /* back pointer, for curl callbacks */
     char *id;            /* broker's request id (key in jobs) */
+    char *rkey;          /* request key (3.3), or NULL */
+    zlistx_t *chunks;    /* chunk messages sent, kept for a resend (rkey) */
     llmq_op_t op;        /* chat, completion, embedding */
     char *model;         /* the req's model */
     bool stream;         /* relay chunks */
@@ -124,10 +152,16 @@ struct _s_worker_t {
     s_shard_t *shards;         /* curl multi handles */
     llmq_batch_api_t *batch;   /* provider Batch API tasks, or NULL */
     size_t nshards;
-    int epfd;        /* every curl socket of every shard */
-    zhashx_t *jobs;  /* id -> s_job_t, every request held */
-    zlistx_t *queue; /* s_job_t waiting to start, FIFO */
-    s_job_t **heap;  /* WAITING jobs, min-heap by due_ms */
+    int epfd;             /* every curl socket of every shard */
+    zhashx_t *jobs;       /* id -> s_job_t, every request held */
+    zhashx_t *running;    /* rkey -> s_job_t (borrowed), jobs with a key */
+    zhashx_t *held;       /* rkey -> s_held_t (owns) */
+    zhashx_t *held_ids;   /* broker id -> s_held_t (borrowed) */
+    zlistx_t *held_order; /* s_held_t oldest first (borrowed) */
+    size_t held_bytes;    /* sum of their bytes */
+    const char *poison;   /* LLMQ_TEST_POISON: abort on a body with it */
+    zlistx_t *queue;      /* s_job_t waiting to start, FIFO */
+    s_job_t **heap;       /* WAITING jobs, min-heap by due_ms */
     size_t heap_len;
     size_t heap_cap;
     CURL **pool; /* idle easy handles */
@@ -312,6 +346,8 @@ static void s_job_free(s_job_t **job_p)
     llmq_stream_destroy(&job->st);
     free(job->buf);
     free(job->id);
+    free(job->rkey);
+    zlistx_destroy(&job->chunks);
     free(job->model);
     free(job);
     *job_p = NULL;
@@ -364,6 +400,168 @@ static double s_batch_cost(const char *model, int64_t prompt_tokens,
                                    prompt_tokens, completion_tokens, true);
 }
 
+/*  --- held results (PROTOCOL.md 3.3) ---------------------------------------
+ */
+
+static void s_held_free(void **item)
+{
+    s_held_t *h = *item;
+    if (!h)
+        return;
+    free(h->rkey);
+    free(h->id);
+    llmq_msg_destroy(&h->res);
+    zlistx_destroy(&h->chunks);
+    free(h);
+    *item = NULL;
+}
+
+static void s_held_drop(s_worker_t *self, s_held_t *h)
+{
+    zlistx_delete(self->held_order, h->handle);
+    zhashx_delete(self->held_ids, h->id);
+    self->held_bytes -= h->bytes;
+    zhashx_delete(self->held, h->rkey); /* frees h */
+}
+
+/*  Drop the oldest held results past the count, byte and age bounds. */
+static void s_held_trim(s_worker_t *self, int64_t now)
+{
+    s_held_t *h;
+    while ((h = zlistx_first(self->held_order)) &&
+           (zhashx_size(self->held) > S_HELD_MAX ||
+            self->held_bytes > S_HELD_BYTES || now - h->at > S_HELD_MS))
+        s_held_drop(self, h);
+}
+
+/*  Keep a copy of the `res` about to be sent for job, if it has a key. */
+static void s_held_keep(s_worker_t *self, s_job_t *job, const llmq_msg_t *m)
+{
+    if (!job->rkey || !self->held)
+        return;
+    s_held_t *old = zhashx_lookup(self->held, job->rkey);
+    if (old)
+        s_held_drop(self, old);
+    s_held_t *h = calloc(1, sizeof *h);
+    if (!h)
+        return;
+    h->rkey = strdup(job->rkey);
+    h->id = strdup(job->id);
+    h->res = llmq_msg_dup(m);
+    zframe_t *payload = h->res ? llmq_msg_payload(h->res) : NULL;
+    h->bytes = 512 + (payload ? zframe_size(payload) : 0);
+    h->chunks = job->chunks; /* the stream so far, for a resend */
+    job->chunks = NULL;
+    for (llmq_msg_t *c = h->chunks ? zlistx_first(h->chunks) : NULL; c;
+         c = zlistx_next(h->chunks))
+        h->bytes += 256 + zframe_size(llmq_msg_payload(c));
+    h->at = s_now();
+    if (!h->rkey || !h->id || !h->res) {
+        void *item = h;
+        s_held_free(&item);
+        return;
+    }
+    zhashx_insert(self->held, h->rkey, h);
+    zhashx_update(self->held_ids, h->id, h);
+    h->handle = zlistx_add_end(self->held_order, h);
+    self->held_bytes += h->bytes;
+    s_held_trim(self, h->at);
+}
+
+/*  `ack` from the broker: those results reached their clients. */
+static void s_on_ack(s_worker_t *self, llmq_msg_t *msg)
+{
+    size_t n = llmq_msg_ids_count(msg);
+    for (size_t i = 0; i < n; i++) {
+        s_held_t *h = zhashx_lookup(self->held_ids, llmq_msg_ids_at(msg, i));
+        if (h)
+            s_held_drop(self, h);
+    }
+}
+
+static void s_send(s_worker_t *self, llmq_msg_t **msg_p);
+
+/*  Send the chunks a stream has sent so far again, under broker id id:
+    the client keeps those with a seq above the last it has, so after a
+    broker restart the stream goes on without a gap. */
+static void s_replay_chunks(s_worker_t *self, zlistx_t *chunks, const char *id)
+{
+    for (llmq_msg_t *c = chunks ? zlistx_first(chunks) : NULL; c;
+         c = zlistx_next(chunks)) {
+        llmq_msg_t *m = llmq_msg_dup(c);
+        if (!m)
+            return;
+        llmq_msg_set_id(m, id);
+        s_send(self, &m);
+    }
+}
+
+/*  A `req` whose request key we know: a resend after a broker restart.
+    A running job takes the new broker id; a held result is sent again
+    under it. Returns true if so (no new job). */
+static bool s_attach(s_worker_t *self, const char *rkey, const char *id)
+{
+    s_job_t *job = zhashx_lookup(self->running, rkey);
+    if (job) {
+        char *nid = strdup(id);
+        if (!nid || zhashx_rename(self->jobs, job->id, nid) != 0) {
+            free(nid);
+            return false;
+        }
+        free(job->id);
+        job->id = nid;
+        s_replay_chunks(self, job->chunks, id);
+        llmq_wlog(LLMQ_LOG_DEBUG, "req %s attached to a running request", id);
+        return true;
+    }
+    s_held_t *h = zhashx_lookup(self->held, rkey);
+    char *nid = h ? strdup(id) : NULL;
+    llmq_msg_t *m = nid ? llmq_msg_dup(h->res) : NULL;
+    if (!m) {
+        free(nid);
+        return false;
+    }
+    zhashx_delete(self->held_ids, h->id);
+    free(h->id);
+    h->id = nid;
+    zhashx_update(self->held_ids, h->id, h);
+    llmq_msg_set_id(m, id);
+    s_replay_chunks(self, h->chunks, id);
+    llmq_wlog(LLMQ_LOG_DEBUG, "req %s answered from a held result", id);
+    s_send(self, &m);
+    return true;
+}
+
+/*  After a hello: the request keys we hold a result for or still run. */
+static void s_send_held(s_worker_t *self)
+{
+    zlistx_t *keys = zhashx_keys(self->held);
+    zlistx_t *more = zhashx_keys(self->running);
+    for (char *k = more ? zlistx_first(more) : NULL; k && keys;
+         k = zlistx_next(more))
+        zlistx_add_end(keys, k);
+    size_t total = keys ? zlistx_size(keys) : 0;
+    char *k = total ? zlistx_first(keys) : NULL;
+    while (k) {
+        size_t n = total > S_HELD_PER_MSG ? S_HELD_PER_MSG : total;
+        total -= n;
+        llmq_packer_t *pk = llmq_packer_new();
+        if (!pk)
+            break;
+        llmq_packer_array(pk, n);
+        for (size_t i = 0; i < n && k; i++, k = zlistx_next(keys))
+            llmq_packer_str(pk, k);
+        zframe_t *payload = llmq_packer_frame(pk);
+        llmq_packer_destroy(&pk);
+        llmq_msg_t *m = llmq_msg_new(LLMQ_MSG_HELD);
+        llmq_msg_set_count(m, (int64_t)n);
+        llmq_msg_set_payload(m, &payload);
+        s_send(self, &m);
+    }
+    zlistx_destroy(&keys);
+    zlistx_destroy(&more);
+}
+
 static void s_send_hello(s_worker_t *self)
 {
     llmq_msg_t *m = llmq_msg_new(LLMQ_MSG_HELLO);
@@ -382,6 +580,7 @@ static void s_send_hello(s_worker_t *self)
     llmq_msg_set_batch_api(m, self->batch != NULL);
     llmq_msg_set_version(m, LLMQ_VERSION_STRING);
     s_send(self, &m);
+    s_send_held(self);
     self->joined = true;
     self->hello_at = s_now();
     /*  The broker starts (or restarts) our credit at 0 on every hello; the
@@ -467,6 +666,13 @@ static void s_answer(s_worker_t *self, s_job_t *job, cJSON *body,
                   job->id, llmq_err_name(code), job->err.status, job->attempts,
                   job->err.message);
     }
+    if (job->rkey) {
+        zhashx_delete(self->running, job->rkey);
+        /*  Only what the provider was asked for is worth keeping: a
+            request that never reached it costs nothing to run again. */
+        if (job->attempts > 0 && job->err.code != LLMQ_ERR_CANCELLED)
+            s_held_keep(self, job, m);
+    }
     s_send(self, &m);
     /*  The table's destructor frees the job. */
     zhashx_delete(self->jobs, job->id);
@@ -482,6 +688,11 @@ static void s_fail(s_worker_t *self, s_job_t *job, llmq_err_t code, int status,
 /*  --- streaming -------------------------------------------------------------
  */
 
+static void s_msg_destructor(void **item)
+{
+    llmq_msg_destroy((llmq_msg_t **)item);
+}
+
 static int s_emit_chunk(const cJSON *chunk, void *arg)
 {
     s_job_t *job = arg;
@@ -495,6 +706,18 @@ static int s_emit_chunk(const cJSON *chunk, void *arg)
         return -1;
     }
     llmq_msg_set_payload(m, &payload);
+    if (job->rkey) {
+        /*  Kept until the answer is acked, so a resend after a broker
+            restart gets the whole stream (s_replay_chunks). */
+        if (!job->chunks)
+            job->chunks = zlistx_new();
+        if (job->chunks) {
+            zlistx_set_destructor(job->chunks, s_msg_destructor);
+            llmq_msg_t *copy = llmq_msg_dup(m);
+            if (copy)
+                zlistx_add_end(job->chunks, copy);
+        }
+    }
     s_send(self, &m);
     return 0;
 }
@@ -821,7 +1044,10 @@ static void s_transfer_done(s_worker_t *self, s_job_t *job, CURLcode rc,
         return;
     }
     llmq_provider_scrub(self->provider, job->err.message);
-    if (s_is_provider_failure(&job->err)) {
+    /*  Only a request's first failure says something about the provider:
+        the same request failing again on retry is evidence about that
+        request (one bad tenant must not open the circuit for everyone). */
+    if (job->attempts == 1 && s_is_provider_failure(&job->err)) {
         if (llmq_breaker_failure(self->breaker, now)) {
             llmq_wmetrics_count(self->metrics, "breaker_opens");
             llmq_wlog(
@@ -982,12 +1208,11 @@ static void s_probe_done(s_worker_t *self, s_job_t *job, CURLcode rc)
         return;
     }
     llmq_breaker_probe_result(self->breaker, outcome == 0, now);
-    if (outcome == 0)
-        llmq_wlog(
-            LLMQ_LOG_INFO,
-            "health probe passed (%s): circuit half-open, one trial request",
-            text);
-    else
+    if (outcome == 0) {
+        llmq_wlog(LLMQ_LOG_INFO, "health probe passed (%s): circuit closed",
+                  text);
+        s_send_hb(self); /* healthy again: the broker sends work now */
+    } else
         llmq_wlog(LLMQ_LOG_WARN, "health probe failed: %s; circuit stays open",
                   text);
 }
@@ -1008,7 +1233,10 @@ static int s_connect(s_worker_t *self)
     zsock_set_maxmsgsize(self->dealer, LLMQ_MAX_FRAME_SIZE);
     zsock_set_identity(self->dealer, self->cfg->identity);
     zsock_set_reconnect_ivl(self->dealer, 100);
-    zsock_set_reconnect_ivl_max(self->dealer, 2000);
+    /*  Back within half a second of a broker restart, well inside its
+        recovery time (PROTOCOL.md 3.3), so our `held` report comes before
+        the clients' resends are dispatched elsewhere. */
+    zsock_set_reconnect_ivl_max(self->dealer, 500);
     if (self->cert)
         llmq_curve_client_apply(self->dealer, self->cert, self->server_key);
     if (zsock_connect(self->dealer, "%s", self->cfg->broker) != 0) {
@@ -1094,6 +1322,27 @@ static void s_add_traceparent(s_job_t *job, const char *trace)
     job->http.headers = curl_slist_append(job->http.headers, line);
 }
 
+/*  Does data[0..size) contain the string needle? */
+static bool s_contains(const uint8_t *data, size_t size, const char *needle)
+{
+    size_t n = strlen(needle);
+    for (size_t i = 0; n && i + n <= size; i++)
+        if (data[i] == (uint8_t)needle[0] && !memcmp(data + i, needle, n))
+            return true;
+    return false;
+}
+
+/*  Test hook (LLMQ_TEST_POISON): a request this worker cannot survive.
+    It dies as kill -9 would: no answer, no bye. */
+static void s_poison_check(s_worker_t *self, zframe_t *payload)
+{
+    if (self->poison && payload &&
+        s_contains(zframe_data(payload), zframe_size(payload), self->poison)) {
+        fprintf(stderr, "llmq-worker: LLMQ_TEST_POISON matched: dying\n");
+        raise(SIGKILL);
+    }
+}
+
 static void s_on_req(s_worker_t *self, llmq_msg_t *msg)
 {
     int64_t now = s_now();
@@ -1104,6 +1353,14 @@ static void s_on_req(s_worker_t *self, llmq_msg_t *msg)
         llmq_wlog(LLMQ_LOG_WARN, "req %s is already in flight: ignored", id);
         return;
     }
+    /*  Only a resend may be answered from what we hold: a fresh request
+        that reuses a key (a client that restarted with the same routing
+        id and ids) must not get an earlier run's answer. */
+    const char *rkey = llmq_msg_rkey(msg);
+    if (rkey && *rkey && llmq_msg_resend(msg) && s_attach(self, rkey, id))
+        return;
+    zframe_t *payload = llmq_msg_payload(msg);
+    s_poison_check(self, payload);
     s_job_t *job = calloc(1, sizeof *job);
     if (!job)
         return;
@@ -1117,12 +1374,16 @@ static void s_on_req(s_worker_t *self, llmq_msg_t *msg)
     llmq_ratelimit_init(&job->rl);
     if (llmq_msg_deadline_ms(msg) > 0)
         job->deadline_at = now + llmq_msg_deadline_ms(msg);
-    if (!job->id || !job->model) {
+    if (rkey && *rkey)
+        job->rkey = strdup(rkey);
+    if (!job->id || !job->model || (rkey && *rkey && !job->rkey)) {
         s_job_free(&job);
         return;
     }
     bool over = (int64_t)zhashx_size(self->jobs) >= self->cfg->capacity;
     zhashx_insert(self->jobs, job->id, job);
+    if (job->rkey)
+        zhashx_update(self->running, job->rkey, job);
 
     if (over) {
         /*  The broker sent more than the credit we granted. */
@@ -1138,7 +1399,6 @@ static void s_on_req(s_worker_t *self, llmq_msg_t *msg)
         s_fail(self, job, LLMQ_ERR_INVALID_REQUEST, 0, false, text);
         return;
     }
-    zframe_t *payload = llmq_msg_payload(msg);
     char why[128] = "";
     cJSON *body =
         payload ? llmq_value_to_json(zframe_data(payload), zframe_size(payload),
@@ -1189,6 +1449,9 @@ static void s_handle_broker(s_worker_t *self, llmq_msg_t *msg)
         break;
     case LLMQ_MSG_CANCEL:
         s_on_cancel(self, msg);
+        break;
+    case LLMQ_MSG_ACK:
+        s_on_ack(self, msg);
         break;
     case LLMQ_MSG_LIMITS:
         llmq_limiter_set_rates(self->limiter, llmq_msg_limits_rpm(msg),
@@ -1330,6 +1593,7 @@ static void s_timers(s_worker_t *self, int64_t now)
         s_heap_remove(self, job);
         s_enqueue(self, job, true);
     }
+    s_held_trim(self, now);
     if (self->dealer && now >= self->hb_at) {
         s_send_hb(self);
         self->hb_at = now + self->cfg->heartbeat_ms;
@@ -1633,6 +1897,12 @@ llmq_worker_t *llmq_worker_new(llmq_worker_config_t **config_p, char *errbuf,
     self->breaker =
         llmq_breaker_new(cfg->breaker_failures, cfg->breaker_cooldown_ms);
     self->jobs = zhashx_new();
+    self->running = zhashx_new();
+    self->held = zhashx_new();
+    self->held_ids = zhashx_new();
+    self->held_order = zlistx_new();
+    const char *poison = getenv("LLMQ_TEST_POISON");
+    self->poison = poison && *poison ? poison : NULL;
     self->queue = zlistx_new();
     self->epfd = epoll_create1(EPOLL_CLOEXEC);
     bool curl_ok = curl_global_init(CURL_GLOBAL_DEFAULT) == CURLE_OK;
@@ -1651,6 +1921,7 @@ llmq_worker_t *llmq_worker_new(llmq_worker_config_t **config_p, char *errbuf,
         fcntl(s_wake[1], F_SETFL, O_NONBLOCK);
     }
     if (!self->provider || !self->limiter || !self->breaker || !self->jobs ||
+        !self->running || !self->held || !self->held_ids || !self->held_order ||
         !self->queue || self->epfd < 0 || !self->shards || !curl_ok ||
         s_wake[0] < 0) {
         if (errbuf && !*errbuf)
@@ -1661,6 +1932,7 @@ llmq_worker_t *llmq_worker_new(llmq_worker_config_t **config_p, char *errbuf,
         return NULL;
     }
     zhashx_set_destructor(self->jobs, s_job_destructor);
+    zhashx_set_destructor(self->held, s_held_free);
     long per_shard = (long)((cfg->capacity + (int64_t)self->nshards - 1) /
                             (int64_t)self->nshards);
     for (size_t i = 0; i < self->nshards; i++) {
@@ -1716,8 +1988,13 @@ void llmq_worker_destroy(llmq_worker_t **self_p)
             s_job_detach(self, job, false);
             job = zhashx_next(self->jobs);
         }
+        zhashx_destroy(&self->running);
         zhashx_destroy(&self->jobs);
     }
+    zhashx_destroy(&self->running);
+    zhashx_destroy(&self->held_ids);
+    zlistx_destroy(&self->held_order);
+    zhashx_destroy(&self->held);
     llmq_batch_api_destroy(&self->batch);
     if (self->probe) {
         s_job_detach(self, self->probe, false);

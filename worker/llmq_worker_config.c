@@ -267,8 +267,8 @@ static void s_defaults(llmq_worker_config_t *self)
     self->max_attempts = 4;
     self->timeout_ms = 120000;
     self->connect_timeout_ms = 10000;
-    self->retry_base_ms = 1000;
-    self->retry_cap_ms = 30000;
+    self->retry_base_ms = 500; /* like the official SDKs: 0.5 s, 8 s cap */
+    self->retry_cap_ms = 8000;
     self->breaker_failures = 5;
     self->breaker_cooldown_ms = 30000;
     self->drain_ms = 30000;
@@ -565,8 +565,8 @@ void llmq_worker_config_usage(FILE *out)
         "  --max-attempts N         HTTP attempts per request (default 4)\n"
         "  --timeout-ms N           one attempt's timeout (default 120000)\n"
         "  --connect-timeout-ms N   connect timeout (default 10000)\n"
-        "  --retry-base-ms N        backoff base, full jitter (default 1000)\n"
-        "  --retry-cap-ms N         backoff cap (default 30000)\n"
+        "  --retry-base-ms N        backoff base, full jitter (default 500)\n"
+        "  --retry-cap-ms N         backoff cap (default 8000)\n"
         "  --breaker-failures N     consecutive failures that open the circuit "
         "(default 5)\n"
         "  --breaker-cooldown-ms N  open circuit: health probe after this "

@@ -93,7 +93,7 @@ static char *s_text(size_t len, char fill)
 static void s_set(llmq_msg_t *msg, int f, size_t size)
 {
     char *text = s_text(size, (char)('a' + f % 26));
-    const char *items[300];
+    const char *items[4100];
     char item[40];
     llmq_packer_t *pk = llmq_packer_new();
     int n = 0;
@@ -114,7 +114,7 @@ static void s_set(llmq_msg_t *msg, int f, size_t size)
 #define LLMQ_ACCESS_STRS(name)                                                 \
     {                                                                          \
         snprintf(item, sizeof item, "model-%d", f);                            \
-        for (size_t k = 0; k < size && k < 300; k++)                           \
+        for (size_t k = 0; k < size && k < 4100; k++)                          \
             items[k] = item;                                                   \
         llmq_msg_set_##name(msg, items, size);                                 \
     }
