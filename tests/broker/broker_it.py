@@ -558,36 +558,42 @@ def t_requeue_front():
     assert b.stop() == 0
 
 
-def t_max_attempts():
-    """max_attempts is enforced: a request whose worker dies on its last
-    attempt is answered `internal` (retryable), not requeued again; without
-    max_attempts a request gets 3 (PROTOCOL.md)."""
+def t_death_count():
+    """Worker deaths are counted apart from max_attempts (PROTOCOL.md 3.3):
+    a request with max_attempts 1 whose worker dies is still requeued and
+    answered; a request that every worker dies holding (a worker with at
+    most 2 in flight: each death adds 3) is abandoned at a death count of
+    16, on its 6th death, as `internal`, not retryable, "suspected poison"."""
     b = broker(*DEATH)
     c = Client(b.ready["frontend"])
-    c.req("m", max_attempts=2)
-    c.req("d")                  # the default: 3 attempts
-    answers = {}
-    for attempt in (1, 2, 3):
-        # Each victim takes what is still pending, then dies holding it.
-        pending = 2 if attempt < 3 else 1
-        w = RawWorker(b.ready["backend"], "victim%d" % attempt, capacity=2)
-        w.send({"t": "credit", "n": 2})
-        got = {}
-        for _ in range(pending):
-            h, payload = w.expect_req(timeout=20)
-            got[content_of(payload)] = h.get("attempt", 1)
-        assert got == {k: attempt for k in ("m", "d") if k not in answers}, (attempt, got)
+    c.req("innocent", max_attempts=1)
+    w = RawWorker(b.ready["backend"], "victim0", capacity=1)
+    w.send({"t": "credit", "n": 1})
+    h, _ = w.expect_req(timeout=20)
+    w.close()
+    heir = RawWorker(b.ready["backend"], "heir", capacity=1)
+    heir.send({"t": "credit", "n": 1})
+    h, payload = heir.expect_req(timeout=20)
+    assert content_of(payload) == "innocent" and h.get("attempt") == 2, h
+    heir.answer((h, payload))
+    h, _ = c.recv(timeout=20)
+    assert h["id"] == "innocent" and h["ok"] and h["attempt"] == 2, h
+    heir.close()
+    c.req("poison")
+    for death in range(1, 7):
+        w = RawWorker(b.ready["backend"], "victim%d" % death, capacity=1)
+        w.send({"t": "credit", "n": 1})
+        h, payload = w.expect_req(timeout=20)
+        assert content_of(payload) == "poison" and h.get("attempt") == death, (death, h)
         w.close()
-        if attempt >= 2:        # "m" fails after its 2nd death, "d" after its 3rd
-            h, _ = c.recv(timeout=20)
-            answers[h["id"]] = h
-    print("after the deaths:", answers)
-    for rid, n in (("m", 2), ("d", 3)):
-        h = answers[rid]
-        assert not h["ok"] and h["error"]["code"] == "internal" and h["error"]["retryable"], h
-        assert "attempt %d of %d" % (n, n) in h["error"]["message"], h
+    h, _ = c.recv(timeout=20)
+    print("after six deaths:", h)
+    assert h["id"] == "poison" and not h["ok"], h
+    assert h["error"]["code"] == "internal" and not h["error"]["retryable"], h
+    assert "suspected poison request" in h["error"]["message"], h
+    assert "death count 18 of 16" in h["error"]["message"], h
     st = status(c)
-    assert st["counters"]["requeued"] == 1 + 2, st["counters"]
+    assert st["counters"]["requeued"] == 1 + 5, st["counters"]
     assert sum(q["depth"] for q in st["queues"]) == 0, st["queues"]
     assert b.stop() == 0
 
@@ -982,7 +988,7 @@ CASES = {
     "priority_deadline": t_priority_deadline, "cancel": t_cancel,
     "rehello": t_rehello, "wildcard": t_wildcard, "unhealthy": t_unhealthy,
     "overload": t_overload, "stream": t_stream, "malformed": t_malformed, "metrics": t_metrics,
-    "requeue_front": t_requeue_front, "max_attempts": t_max_attempts, "backstop": t_backstop,
+    "requeue_front": t_requeue_front, "death_count": t_death_count, "backstop": t_backstop,
     "bye_inflight": t_bye_inflight,
     "sigterm": t_sigterm, "real_echo": t_real_echo, "real_sim": t_real_sim, "limit_group": t_limit_group,
 }
