@@ -110,6 +110,7 @@ struct _s_request_t {
     uint8_t *meta;      //  meta as encoded msgpack, echoed back
     size_t meta_size;
     char *trace;               //  W3C traceparent, passed to the worker
+    char *tenant;              //  Declared tenant (advisory), to the worker
     llmq_broker_result_fn *fn; //  Module callback instead of a client
     void *fn_arg;
     uint64_t bid;         //  Broker id of the current dispatch, 0 if none:
@@ -664,6 +665,7 @@ static void s_request_destroy(s_broker_t *self, s_request_t **r_p)
         s_shared_release(NULL, r->shared);
     free(r->meta);
     free(r->trace);
+    free(r->tenant);
     free(r->rkey);
     free(r);
 }
@@ -1049,8 +1051,9 @@ static void s_send_request(s_broker_t *self, s_worker_t *w, s_request_t *r)
             llmq_msg_set_stream(msg, true);
         else
             llmq_msg_clear(msg, LLMQ_F_stream);
-        llmq_msg_set_trace(msg, r->trace); //  NULL clears
-        llmq_msg_set_rkey(msg, r->rkey);   //  NULL clears
+        llmq_msg_set_trace(msg, r->trace);   //  NULL clears
+        llmq_msg_set_tenant(msg, r->tenant); //  NULL clears
+        llmq_msg_set_rkey(msg, r->rkey);     //  NULL clears
         if (r->resend)
             llmq_msg_set_resend(msg, true);
         else
@@ -1811,6 +1814,7 @@ static void s_client_request(s_broker_t *self, const char *key,
         r->meta_size = meta_size;
     }
     r->trace = s_strdup_or_null(llmq_msg_trace(msg));
+    r->tenant = s_strdup_or_null(llmq_msg_tenant(msg));
     s_request_keys(self, r, key, msg, now);
     zhashx_insert(client->pending, r->id, r);
     self->counters.received++;

@@ -41,6 +41,7 @@ typedef struct {
     zframe_t *payload;       /* msgpack body, kept for resends */
     char *pool;              /* optional pool, or NULL */
     char *trace;             /* optional traceparent, or NULL */
+    char *tenant;            /* declared tenant, or NULL */
     int64_t deadline_ms;     /* relative deadline at first send, 0: none */
     int64_t priority;        /* priority */
     int max_attempts;        /* 0: broker default */
@@ -99,6 +100,7 @@ static void s_request_destroy(s_request_t **self_p)
         free(self->model);
         free(self->pool);
         free(self->trace);
+        free(self->tenant);
         zframe_destroy(&self->payload);
         free(self);
         *self_p = NULL;
@@ -347,6 +349,8 @@ static void s_send_request(llmq_client_t *self, s_request_t *req)
         llmq_msg_set_pool(msg, req->pool);
     if (req->trace)
         llmq_msg_set_trace(msg, req->trace);
+    if (req->tenant)
+        llmq_msg_set_tenant(msg, req->tenant);
     if (req->deadline_ms > 0) {
         //  Relative deadline: what is left of it now.
         int64_t left = req->deadline_ms - (zclock_mono() - req->sent_at);
@@ -759,6 +763,7 @@ static int s_submit(llmq_client_t *self, llmq_op_t op, const char *model,
     if (opts) {
         req->pool = s_strdup_or_null(opts->pool);
         req->trace = s_strdup_or_null(opts->trace);
+        req->tenant = s_strdup_or_null(opts->tenant);
         req->deadline_ms = opts->deadline_ms;
         req->priority = opts->priority;
         req->max_attempts = opts->max_attempts;

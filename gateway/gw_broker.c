@@ -167,6 +167,7 @@ int gw_submit(gw_req_t *r, const cJSON *body, const char *trace)
     gw_t *gw = r->gw;
     llmq_opts_t opts = {0};
     opts.trace = trace;
+    opts.tenant = r->tenant; //  the API key's tenant (PROTOCOL.md: advisory)
     opts.deadline_ms = gw->cfg.timeout_ms;
     if (r->stream) {
         opts.on_chunk = s_on_chunk;

@@ -107,6 +107,7 @@ typedef struct {
     int max_attempts;        /* broker dispatch attempts; 0: broker default */
     bool cache;              /* allow a cache: not implemented yet */
     const char *trace;       /* W3C traceparent */
+    const char *tenant;      /* declared tenant (advisory, PROTOCOL.md) */
     llmq_chunk_fn *on_chunk; /* non-NULL: ask for a stream */
     void *chunk_arg;         /* argument for on_chunk */
 } llmq_opts_t;

@@ -525,10 +525,14 @@ def t_requeue_front():
     c = Client(b.ready["frontend"])
     doomed = RawWorker(b.ready["backend"], "doomed", capacity=2)
     doomed.send({"t": "credit", "n": 2})
-    c.req("r1")
+    c.req("r1", tenant="team-a")
     c.req("r2")
-    held = sorted(content_of(doomed.expect_req()[1]) for _ in range(2))
+    got = [doomed.expect_req() for _ in range(2)]
+    held = sorted(content_of(p) for _, p in got)
     assert held == ["r1", "r2"], held
+    # The declared tenant reaches the worker with its request, and only there.
+    tenants = {content_of(p): h.get("tenant") for h, p in got}
+    assert tenants == {"r1": "team-a", "r2": None}, tenants
     for i in range(3):
         c.req("q%d" % i)
     # (>= 3: on a machine stalled for --dead-ms the two may be back already)

@@ -56,7 +56,16 @@ def test_auth_and_ids(c):
         f.write("sk-added-later tenant-b\n")
     wait_until("the new key accepted", lambda: gw.request(
         "GET", "/v1/models", headers={"Authorization": "Bearer sk-added-later"})[0] == 200, 10)
-    print("ok auth, key reload, x-request-id")
+    # Each key's tenant goes to the broker with the request (the declared
+    # tenant, PROTOCOL.md); the broker runs --verbose here and prints it.
+    st, _, _ = gw.json("POST", CHAT, chat_body("for tenant b"),
+                       {"Authorization": "Bearer sk-added-later"})
+    check(st == 200, "tenant b's chat")
+    log = c.broker.stderr()
+    check('tenant: "tenant-a"' in log and 'tenant: "tenant-b"' in log,
+          "both keys' tenants reached the broker")
+    check("sk-added-later" not in log and KEY not in log, "no API key in the broker's log")
+    print("ok auth, key reload, x-request-id, tenants")
 
 
 def test_error_shapes(c):
@@ -204,7 +213,7 @@ def test_drain(c):
 
 
 def main():
-    c = GwCluster(workers=1, capacity=2, broker_flags=("--max-queue", "2"),
+    c = GwCluster(workers=1, capacity=2, broker_flags=("--max-queue", "2", "--verbose"),
                   gateway_flags=("--max-body", "65536", "--max-headers", "16384",
                                  "--max-conns", "3", "--timeout-ms", "1000"))
     try:
