@@ -1723,6 +1723,17 @@ static void s_request_keys(s_broker_t *self, s_request_t *r, const char *key,
     r->rkey = zsys_sprintf("%s:%s", key, r->id);
 }
 
+//  A resent stream the client has chunks of, with no worker to attach it
+//  to: never dispatched again (no splicing, PROTOCOL.md 3.3).
+static void s_fail_restarted_stream(s_broker_t *self, s_request_t *r)
+{
+    char message[120];
+    snprintf(message, sizeof(message),
+             "stream interrupted after %u chunks (broker restarted)",
+             r->chunks);
+    s_fail(self, r, LLMQ_ERR_PROVIDER_ERROR, message);
+}
+
 //  A request the client sent before (3.3): attach it to the worker that
 //  holds it, park it while workers may still report it, or fail a stream
 //  the client saw chunks of. Returns true if it was taken care of here.
@@ -1740,11 +1751,7 @@ static bool s_client_resend(s_broker_t *self, s_request_t *r, int64_t now)
         }
     }
     if (r->chunks > 0) {
-        char message[120];
-        snprintf(message, sizeof(message),
-                 "stream interrupted after %u chunks (broker restarted)",
-                 r->chunks);
-        s_fail(self, r, LLMQ_ERR_PROVIDER_ERROR, message);
+        s_fail_restarted_stream(self, r);
         return true;
     }
     return false;
@@ -2137,13 +2144,9 @@ static void s_unpark(s_broker_t *self)
            (r = (s_request_t *)zlistx_first(self->parked)) != NULL) {
         zlistx_delete(self->parked, r->park);
         r->park = NULL;
-        if (r->chunks > 0) {
-            char message[120];
-            snprintf(message, sizeof(message),
-                     "stream interrupted after %u chunks (broker restarted)",
-                     r->chunks);
-            s_fail(self, r, LLMQ_ERR_PROVIDER_ERROR, message);
-        } else if (s_enqueue(self, r, true))
+        if (r->chunks > 0)
+            s_fail_restarted_stream(self, r);
+        else if (s_enqueue(self, r, true))
             s_fail(self, r, LLMQ_ERR_INTERNAL,
                    "broker could not queue the request");
         else
