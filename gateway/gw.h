@@ -86,6 +86,7 @@ typedef struct {
     struct event *tick;            /* 250 ms: heartbeats, key reload */
     gw_keys_t *keys;               /* API keys, or NULL: auth off */
     zhashx_t *conns;               /* evcon pointer text -> gw_conn_t */
+    zlistx_t *reqs;                /* every live gw_req_t (freed at stop) */
     cJSON *status;                 /* last broker status, or NULL */
     int64_t status_at;             /* when it was fetched (zclock_mono) */
     atomic_uint_fast64_t next_rid; /* id counter (loop and jobs actor) */
@@ -124,6 +125,7 @@ struct gw_req_t {
     int64_t chunks;             /* chunks relayed */
     int64_t t0;                 /* zclock_usecs at arrival */
     struct event *timer;        /* time limit */
+    void *handle;               /* its place in gw->reqs */
 };
 
 /*  gw_http.c */

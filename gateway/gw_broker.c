@@ -80,6 +80,10 @@ gw_req_t *gw_req_new(gw_t *gw, struct evhttp_request *req, gw_api_t api,
     snprintf(r->rid, sizeof r->rid, "%s", rid);
     r->tenant = strdup(tenant ? tenant : "default");
     r->t0 = zclock_usecs();
+    //  Listed so that requests the broker never answers (a cancel that
+    //  meets no broker) are still freed when the gateway stops.
+    if (gw->reqs)
+        r->handle = zlistx_add_end(gw->reqs, r);
     return r;
 }
 
@@ -91,6 +95,8 @@ void gw_req_free(gw_req_t **self_p)
             r->conn->cur = NULL;
         if (r->timer)
             event_free(r->timer);
+        if (r->handle)
+            zlistx_delete(r->gw->reqs, r->handle);
         free(r->model);
         free(r->tenant);
         free(r);
@@ -277,6 +283,9 @@ bool gw_model_served(gw_t *gw, const char *model)
 
 int gw_broker_start(gw_t *gw)
 {
+    gw->reqs = zlistx_new();
+    if (!gw->reqs)
+        return -1;
     llmq_client_options_t opts = {.curve_cert = gw->cfg.curve_cert,
                                   .broker_key = gw->cfg.broker_key};
     char err[512] = "";
@@ -314,6 +323,10 @@ void gw_broker_stop(gw_t *gw)
     llmq_client_destroy(&gw->client);
     llmq_client_destroy(&gw->ctl);
     llmq_client_destroy(&gw->stat);
+    gw_req_t *r;
+    while (gw->reqs && (r = (gw_req_t *)zlistx_first(gw->reqs)))
+        gw_req_free(&r);
+    zlistx_destroy(&gw->reqs);
     cJSON_Delete(gw->status);
     gw->status = NULL;
 }
