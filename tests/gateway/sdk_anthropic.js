@@ -2,6 +2,9 @@
 // llmq-gateway: messages (plain and streaming, events in Anthropic's order)
 // and a message batch (create, poll, results). Env: GW_URL, GW_KEY, GW_MODEL.
 'use strict';
+// Debian bookworm's Node.js 18 has File only in node:buffer; the SDKs'
+// uploads want the global (newer Node has it). What the SDK itself asks for.
+if (typeof globalThis.File === 'undefined') globalThis.File = require('node:buffer').File;
 const Anthropic = require('@anthropic-ai/sdk');
 
 const model = process.env.GW_MODEL || 'sim-model';

@@ -4,6 +4,9 @@
 // create, poll, download output and error files, list, cancel, delete).
 // Env: GW_URL (http://host:port), GW_KEY, GW_MODEL. Exit 0 when all pass.
 'use strict';
+// Debian bookworm's Node.js 18 has File only in node:buffer; the SDKs'
+// uploads want the global (newer Node has it). What the SDK itself asks for.
+if (typeof globalThis.File === 'undefined') globalThis.File = require('node:buffer').File;
 const OpenAI = require('openai');
 const { toFile } = require('openai');
 
