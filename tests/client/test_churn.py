@@ -219,22 +219,28 @@ def test_poison():
         cluster.close()
 
 
+def start_chat(cluster, max_tokens, prompt, words):
+    """Start `llmq chat` streaming prompt; returns (process, the bytes it
+    printed) once it has streamed more than `words` words (30 s at most)."""
+    p = subprocess.Popen([bin_path("llmq"), "chat", "--broker", cluster.broker.frontend,
+                          "--model", MODEL, "--max-tokens", max_tokens, prompt],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    fd = p.stdout.fileno()
+    seen = b""
+    deadline = time.monotonic() + 30
+    while seen.count(b" ") < words and time.monotonic() < deadline:
+        r, _, _ = select.select([fd], [], [], 0.5)
+        if r:
+            seen += os.read(fd, 4096)
+    check(seen.startswith(b"sim-"), "no stream started: %r" % seen)
+    return p, seen
+
+
 def test_stream():
     cluster = Cluster(1, 8, sim_flags=("--latency-ms", "10", "--tokens-per-sec", "10",
                                        "--random-text"))
     try:
-        p = subprocess.Popen([bin_path("llmq"), "chat", "--broker", cluster.broker.frontend,
-                              "--model", MODEL, "--max-tokens", "200",
-                              "tell me [[sim:tokens=200]]"],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        fd = p.stdout.fileno()
-        seen = b""
-        deadline = time.monotonic() + 30
-        while seen.count(b" ") < 3 and time.monotonic() < deadline:
-            r, _, _ = select.select([fd], [], [], 0.5)
-            if r:
-                seen += os.read(fd, 4096)
-        check(seen.startswith(b"sim-"), "no stream started: %r" % seen)
+        p, seen = start_chat(cluster, "200", "tell me [[sim:tokens=200]]", 3)
         victim = cluster.workers.pop(0)
         victim.kill(signal.SIGKILL)
         cluster.procs.remove(victim)
@@ -259,18 +265,7 @@ def test_stream_restart():
     cluster = Cluster(1, 8, sim_flags=("--latency-ms", "10", "--tokens-per-sec", "8",
                                        "--random-text"))
     try:
-        p = subprocess.Popen([bin_path("llmq"), "chat", "--broker", cluster.broker.frontend,
-                              "--model", MODEL, "--max-tokens", "100",
-                              "go on [[sim:tokens=40]]"],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        fd = p.stdout.fileno()
-        seen = b""
-        deadline = time.monotonic() + 30
-        while seen.count(b" ") < 4 and time.monotonic() < deadline:
-            r, _, _ = select.select([fd], [], [], 0.5)
-            if r:
-                seen += os.read(fd, 4096)
-        check(seen.startswith(b"sim-"), "no stream started: %r" % seen)
+        p, seen = start_chat(cluster, "100", "go on [[sim:tokens=40]]", 4)
         cluster.restart_broker(signal.SIGKILL)
         rest, stderr = p.communicate(timeout=90)
         text = (seen + rest).decode(errors="replace").strip()

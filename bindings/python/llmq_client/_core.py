@@ -404,3 +404,22 @@ class Core:
             self.send_req(req, resend=True)
         self.send({"t": "ping"})
         self.last_ping = now
+
+
+class ConnectionInfo:
+    """What Client and AsyncClient both report about their connection: read
+    from their Core, so the twins keep one copy."""
+
+    _core: Core
+
+    @property
+    def endpoint(self) -> str:
+        return self._core.endpoint
+
+    @property
+    def reconnects(self) -> int:
+        return self._core.reconnects
+
+    @property
+    def resent(self) -> int:
+        return self._core.resent

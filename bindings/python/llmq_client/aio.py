@@ -11,14 +11,14 @@ import zmq
 import zmq.asyncio
 
 from . import _batch
-from ._core import Core, Header, Messages, Req, chat_body, decode
+from ._core import ConnectionInfo, Core, Header, Messages, Req, chat_body, decode
 from .errors import Cancelled, LlmqError, Timeout, Unavailable, error_from
 from .types import BatchResult, BatchStatus, Pong, Result
 
 _DEFAULT: Any = object()
 
 
-class AsyncClient:
+class AsyncClient(ConnectionInfo):
     """The asyncio twin of Client (same arguments, same calls, awaited).
     Use ``async with AsyncClient(...) as c:`` or call ``await c.close()``."""
 
@@ -41,18 +41,6 @@ class AsyncClient:
         self._core.on_inbox = self._inbox_arrived
         self._connect()
         self.batches = AsyncBatches(self)
-
-    @property
-    def endpoint(self) -> str:
-        return self._core.endpoint
-
-    @property
-    def reconnects(self) -> int:
-        return self._core.reconnects
-
-    @property
-    def resent(self) -> int:
-        return self._core.resent
 
     def _connect(self) -> None:
         self._close_socket()

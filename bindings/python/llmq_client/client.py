@@ -9,14 +9,14 @@ from typing import (Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequ
 import zmq
 
 from . import _batch
-from ._core import Core, Header, Messages, Req, chat_body
+from ._core import ConnectionInfo, Core, Header, Messages, Req, chat_body
 from .errors import Cancelled, LlmqError, Unavailable, error_from
 from .types import BatchResult, BatchStatus, Pong, Result
 
 _DEFAULT: Any = object()
 
 
-class Client:
+class Client(ConnectionInfo):
     """A connection to an llmq broker's frontend.
 
     endpoint: ``tcp://host:5555`` (default $LLMQ_ENDPOINT, else
@@ -42,18 +42,6 @@ class Client:
         self._poller = zmq.Poller()
         self._connect()
         self.batches = Batches(self)
-
-    @property
-    def endpoint(self) -> str:
-        return self._core.endpoint
-
-    @property
-    def reconnects(self) -> int:
-        return self._core.reconnects
-
-    @property
-    def resent(self) -> int:
-        return self._core.resent
 
     # -- socket ------------------------------------------------------------
     def _connect(self) -> None:
