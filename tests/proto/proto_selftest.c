@@ -6,6 +6,7 @@
 */
 #include "llmq_duration.h"
 #include "llmq_msg.h"
+#include "llmq_payload.h"
 #include "llmq_value.h"
 
 #include <stdio.h>
@@ -19,6 +20,7 @@ typedef struct {
 static const s_test_t s_tests[] = {
     {"msg", llmq_msg_test},
     {"value", llmq_value_test},
+    {"payload", llmq_payload_test},
     {"duration", llmq_duration_test},
 };
 

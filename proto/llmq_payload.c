@@ -1,0 +1,930 @@
+/*  llmq_payload.c - the typed payloads: result items, batch items, request
+    keys and the `status` map (PROTOCOL.md, section 5).
+
+    Writing goes through llmq_packer_t: each payload's map sizes and key
+    order are written here once, so every peer sends the same bytes for the
+    same values. An array payload packs its elements into one packer and
+    puts the array header in front when the frame is taken, so the caller
+    need not know the count in advance.
+
+    Reading first checks the whole payload with llmq_value_is_valid (so
+    what the readers accept, the JSON converters accept too), then walks it
+    with the bounded reader of llmq_mpread.h. Strings are copied into one
+    arena sized from the input (each copy is at most the input bytes it came
+    from plus a NUL), so a reader allocates at most a small multiple of the
+    payload's size whatever the counts claim.
+*/
+#include "llmq_payload.h"
+#include "llmq_mpread.h"
+#include "llmq_value.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct _llmq_payload_t {
+    llmq_packer_t *elems; /* the elements packed so far, concatenated */
+    size_t count;         /* elements in elems */
+};
+
+/*  ---- building -------------------------------------------------------- */
+
+llmq_payload_t *llmq_payload_new(void)
+{
+    llmq_payload_t *self = (llmq_payload_t *)calloc(1, sizeof *self);
+    if (self)
+        self->elems = llmq_packer_new();
+    if (self && !self->elems)
+        llmq_payload_destroy(&self);
+    return self;
+}
+
+void llmq_payload_destroy(llmq_payload_t **self_p)
+{
+    if (!self_p || !*self_p)
+        return;
+    llmq_packer_destroy(&(*self_p)->elems);
+    free(*self_p);
+    *self_p = NULL;
+}
+
+size_t llmq_payload_bytes(const llmq_payload_t *self)
+{
+    size_t size = 0;
+    llmq_packer_data(self->elems, &size);
+    return size;
+}
+
+size_t llmq_payload_count(const llmq_payload_t *self)
+{
+    return self->count;
+}
+
+static void s_key_str(llmq_packer_t *p, const char *key, const char *value)
+{
+    llmq_packer_str(p, key);
+    llmq_packer_str(p, value);
+}
+
+static void s_key_int(llmq_packer_t *p, const char *key, int64_t value)
+{
+    llmq_packer_str(p, key);
+    llmq_packer_int(p, value);
+}
+
+size_t llmq_payload_add_result(llmq_payload_t *self,
+                               const llmq_result_item_t *item)
+{
+    size_t before = llmq_payload_bytes(self);
+    llmq_packer_t *p = self->elems;
+    llmq_packer_map(p, 4);
+    s_key_str(p, "custom_id", item->custom_id ? item->custom_id : "");
+    llmq_packer_str(p, "ok");
+    llmq_packer_bool(p, item->ok);
+    if (item->ok) {
+        llmq_packer_str(p, "body");
+        if (item->body && item->body_size)
+            llmq_packer_raw(p, item->body, item->body_size);
+        else
+            llmq_packer_nil(p);
+    } else {
+        llmq_packer_str(p, "error");
+        llmq_packer_map(p, 4);
+        s_key_str(p, "code", item->error_code ? item->error_code : "internal");
+        s_key_str(p, "message", item->error_message ? item->error_message : "");
+        s_key_int(p, "status", item->error_status);
+        llmq_packer_str(p, "retryable");
+        llmq_packer_bool(p, item->error_retryable);
+    }
+    llmq_packer_str(p, "usage");
+    llmq_packer_map(p, 4);
+    s_key_int(p, "prompt_tokens", item->prompt_tokens);
+    s_key_int(p, "completion_tokens", item->completion_tokens);
+    s_key_int(p, "total_tokens", item->prompt_tokens + item->completion_tokens);
+    llmq_packer_str(p, "cost_usd");
+    llmq_packer_double(p, item->cost_usd);
+    self->count++;
+    return llmq_payload_bytes(self) - before;
+}
+
+size_t llmq_payload_add_item(llmq_payload_t *self, const char *custom_id,
+                             const void *body, size_t body_size)
+{
+    size_t before = llmq_payload_bytes(self);
+    llmq_packer_map(self->elems, 2);
+    s_key_str(self->elems, "custom_id", custom_id ? custom_id : "");
+    llmq_packer_str(self->elems, "body");
+    if (body && body_size)
+        llmq_packer_raw(self->elems, body, body_size);
+    else
+        llmq_packer_nil(self->elems);
+    self->count++;
+    return llmq_payload_bytes(self) - before;
+}
+
+size_t llmq_payload_add_str(llmq_payload_t *self, const char *value)
+{
+    size_t before = llmq_payload_bytes(self);
+    llmq_packer_str(self->elems, value ? value : "");
+    self->count++;
+    return llmq_payload_bytes(self) - before;
+}
+
+zframe_t *llmq_payload_frame(llmq_payload_t *self)
+{
+    llmq_packer_t *out = llmq_packer_new();
+    if (!out)
+        return NULL;
+    llmq_packer_array(out, self->count);
+    size_t size = 0;
+    const uint8_t *data = llmq_packer_data(self->elems, &size);
+    llmq_packer_raw(out, data, size);
+    zframe_t *frame = llmq_packer_frame(out);
+    llmq_packer_destroy(&out);
+    llmq_packer_reset(self->elems);
+    self->count = 0;
+    return frame;
+}
+
+/*  ---- reading: helpers ------------------------------------------------ */
+
+static void s_err(char *errbuf, size_t errlen, const char *reason)
+{
+    if (errbuf && errlen)
+        snprintf(errbuf, errlen, "%s", reason);
+}
+
+/*  NUL-terminated copies of input strings, borrowed by the caller. */
+typedef struct {
+    char *buf;
+    size_t used;
+    size_t cap;
+} s_arena_t;
+
+static int s_arena_init(s_arena_t *a, size_t size)
+{
+    a->cap = 2 * size + 16;
+    a->used = 0;
+    a->buf = (char *)malloc(a->cap);
+    return a->buf ? 0 : -1;
+}
+
+/*  A copy of a str/bin item, or NULL for any other kind (or if full). */
+static const char *s_copy(s_arena_t *a, const llmq_mp_item_t *it)
+{
+    if (it->kind != LLMQ_MP_STR && it->kind != LLMQ_MP_BIN)
+        return NULL;
+    if (a->cap - a->used < (size_t)it->len + 1)
+        return NULL;
+    char *out = a->buf + a->used;
+    memcpy(out, it->ptr, it->len);
+    out[it->len] = 0;
+    a->used += (size_t)it->len + 1;
+    return out;
+}
+
+/*  Read one whole value: *it is its first item (the value itself for
+    scalars and strings, the header for containers); r moves past it. */
+static int s_value(llmq_mp_reader_t *r, llmq_mp_item_t *it)
+{
+    llmq_mp_reader_t head = *r;
+    if (llmq_mp_read(&head, it))
+        return llmq_mp_fail(r, head.err);
+    return llmq_mp_skip(r, LLMQ_VALUE_MAX_DEPTH + 1);
+}
+
+/*  Enter a map value: its pair count, or -1 (then the value is skipped)
+    if it is not a map. */
+static long s_enter_map(llmq_mp_reader_t *r)
+{
+    llmq_mp_reader_t head = *r;
+    llmq_mp_item_t it;
+    if (llmq_mp_read(&head, &it) == 0 && it.kind == LLMQ_MP_MAP) {
+        *r = head;
+        return (long)it.len;
+    }
+    s_value(r, &it);
+    return -1;
+}
+
+static bool s_is(const llmq_mp_item_t *key, const char *name)
+{
+    size_t len = strlen(name);
+    return (key->kind == LLMQ_MP_STR || key->kind == LLMQ_MP_BIN) &&
+           key->len == len && memcmp(key->ptr, name, len) == 0;
+}
+
+/*  A number as int64 (floats truncated, clamped), 0 if not a number. */
+static int64_t s_int(const llmq_mp_item_t *it)
+{
+    if (it->kind == LLMQ_MP_UINT)
+        return it->u > (uint64_t)INT64_MAX ? INT64_MAX : (int64_t)it->u;
+    if (it->kind == LLMQ_MP_INT)
+        return it->i;
+    if (it->kind == LLMQ_MP_FLOAT)
+        return it->d >= 9.2e18    ? INT64_MAX
+               : it->d <= -9.2e18 ? INT64_MIN
+               : it->d == it->d   ? (int64_t)it->d
+                                  : 0;
+    return 0;
+}
+
+static double s_dbl(const llmq_mp_item_t *it)
+{
+    if (it->kind == LLMQ_MP_UINT)
+        return (double)it->u;
+    if (it->kind == LLMQ_MP_INT)
+        return (double)it->i;
+    return it->kind == LLMQ_MP_FLOAT ? it->d : 0.0;
+}
+
+/*  Check data is one valid value and an array; its count in *n. */
+static int s_open_array(llmq_mp_reader_t *r, const void *data, size_t size,
+                        uint32_t *n, char *errbuf, size_t errlen)
+{
+    llmq_mp_item_t it;
+    llmq_mp_init(r, data, size);
+    if (!data || !llmq_value_is_valid(data, size)) {
+        s_err(errbuf, errlen, "payload is not a valid value");
+        return -1;
+    }
+    if (llmq_mp_read(r, &it) || it.kind != LLMQ_MP_ARRAY) {
+        s_err(errbuf, errlen, "payload is not an array");
+        return -1;
+    }
+    *n = it.len;
+    return 0;
+}
+
+/*  ---- reading: results ------------------------------------------------ */
+
+static int s_result_usage(llmq_mp_reader_t *r, llmq_result_item_t *item)
+{
+    long n = s_enter_map(r);
+    for (long k = 0; k < n; k++) {
+        llmq_mp_item_t key, v;
+        if (llmq_mp_read(r, &key) || s_value(r, &v))
+            return -1;
+        if (s_is(&key, "prompt_tokens"))
+            item->prompt_tokens = s_int(&v);
+        else if (s_is(&key, "completion_tokens"))
+            item->completion_tokens = s_int(&v);
+        else if (s_is(&key, "total_tokens"))
+            item->total_tokens = s_int(&v);
+        else if (s_is(&key, "cost_usd"))
+            item->cost_usd = s_dbl(&v);
+    }
+    return r->err ? -1 : 0;
+}
+
+static int s_result_error(llmq_mp_reader_t *r, llmq_result_item_t *item,
+                          s_arena_t *a)
+{
+    long n = s_enter_map(r);
+    for (long k = 0; k < n; k++) {
+        llmq_mp_item_t key, v;
+        if (llmq_mp_read(r, &key) || s_value(r, &v))
+            return -1;
+        if (s_is(&key, "code"))
+            item->error_code = s_copy(a, &v);
+        else if (s_is(&key, "message"))
+            item->error_message = s_copy(a, &v);
+        else if (s_is(&key, "status"))
+            item->error_status = s_int(&v);
+        else if (s_is(&key, "retryable") && v.kind == LLMQ_MP_BOOL) {
+            item->error_retryable = v.b;
+            item->has_retryable = true;
+        }
+    }
+    return r->err ? -1 : 0;
+}
+
+static int s_result(llmq_mp_reader_t *r, llmq_result_item_t *item, s_arena_t *a)
+{
+    memset(item, 0, sizeof *item);
+    a->used = 0;
+    llmq_mp_item_t it;
+    if (llmq_mp_read(r, &it))
+        return -1;
+    if (it.kind != LLMQ_MP_MAP)
+        return llmq_mp_fail(r, "result is not a map");
+    for (uint32_t k = 0; k < it.len; k++) {
+        llmq_mp_item_t key, v;
+        if (llmq_mp_read(r, &key))
+            return -1;
+        const uint8_t *start = r->p;
+        if (s_is(&key, "usage") && s_result_usage(r, item) == 0)
+            continue;
+        if (s_is(&key, "error") && s_result_error(r, item, a) == 0)
+            continue;
+        if (r->err || s_value(r, &v))
+            return -1;
+        if (s_is(&key, "custom_id"))
+            item->custom_id = s_copy(a, &v);
+        else if (s_is(&key, "ok"))
+            item->ok = v.kind == LLMQ_MP_BOOL && v.b;
+        else if (s_is(&key, "body") && v.kind != LLMQ_MP_NIL) {
+            item->body = start;
+            item->body_size = (size_t)(r->p - start);
+        }
+    }
+    return 0;
+}
+
+long llmq_payload_each_result(const void *data, size_t size,
+                              llmq_result_item_fn *fn, void *arg, char *errbuf,
+                              size_t errlen)
+{
+    llmq_mp_reader_t r;
+    uint32_t n;
+    s_arena_t a;
+    if (s_open_array(&r, data, size, &n, errbuf, errlen))
+        return -1;
+    if (s_arena_init(&a, size)) {
+        s_err(errbuf, errlen, "out of memory");
+        return -1;
+    }
+    /*  Two passes, so that a malformed item visits nothing. */
+    llmq_mp_reader_t start = r;
+    llmq_result_item_t item;
+    for (uint32_t k = 0; k < n; k++)
+        if (s_result(&r, &item, &a)) {
+            s_err(errbuf, errlen, r.err);
+            free(a.buf);
+            return -1;
+        }
+    r = start;
+    long visited = 0;
+    for (uint32_t k = 0; k < n; k++) {
+        s_result(&r, &item, &a);
+        visited++;
+        if (fn && fn(&item, arg))
+            break;
+    }
+    free(a.buf);
+    return visited;
+}
+
+long llmq_payload_each_str(const void *data, size_t size, llmq_str_fn *fn,
+                           void *arg, char *errbuf, size_t errlen)
+{
+    llmq_mp_reader_t r;
+    uint32_t n;
+    s_arena_t a;
+    if (s_open_array(&r, data, size, &n, errbuf, errlen))
+        return -1;
+    if (s_arena_init(&a, size)) {
+        s_err(errbuf, errlen, "out of memory");
+        return -1;
+    }
+    long visited = 0;
+    for (uint32_t k = 0; k < n; k++) {
+        llmq_mp_item_t v;
+        a.used = 0;
+        if (s_value(&r, &v))
+            break;
+        const char *s = s_copy(&a, &v);
+        if (!s)
+            continue;
+        visited++;
+        if (fn && fn(s, arg))
+            break;
+    }
+    free(a.buf);
+    return visited;
+}
+
+/*  ---- the status map: encoding ---------------------------------------- */
+
+static void s_status_worker(llmq_packer_t *p, const llmq_status_worker_t *w)
+{
+    llmq_packer_map(p, 11);
+    s_key_str(p, "name", w->name);
+    s_key_str(p, "pool", w->pool);
+    s_key_str(p, "provider", w->provider);
+    llmq_packer_str(p, "models");
+    llmq_packer_array(p, w->nmodels);
+    for (size_t i = 0; i < w->nmodels; i++)
+        llmq_packer_str(p, w->models[i]);
+    s_key_int(p, "capacity", w->capacity);
+    s_key_int(p, "credit", w->credit);
+    s_key_int(p, "in_flight", w->in_flight);
+    llmq_packer_str(p, "healthy");
+    llmq_packer_bool(p, w->healthy);
+    s_key_str(p, "limit_group", w->limit_group); /* NULL packs nil */
+    s_key_int(p, "answered", w->answered);
+    llmq_packer_str(p, "limits");
+    llmq_packer_map(p, 2);
+    s_key_int(p, "rpm", w->limits_rpm);
+    s_key_int(p, "tpm", w->limits_tpm);
+}
+
+zframe_t *llmq_status_encode(const llmq_status_t *st)
+{
+    llmq_packer_t *p = llmq_packer_new();
+    if (!p)
+        return NULL;
+    llmq_packer_map(p, 6);
+    s_key_str(p, "broker", st->broker);
+    s_key_str(p, "version", st->version);
+    s_key_int(p, "uptime_ms", st->uptime_ms);
+    llmq_packer_str(p, "workers");
+    llmq_packer_array(p, st->nworkers);
+    for (size_t i = 0; i < st->nworkers; i++)
+        s_status_worker(p, &st->workers[i]);
+    llmq_packer_str(p, "queues");
+    llmq_packer_array(p, st->nqueues);
+    for (size_t i = 0; i < st->nqueues; i++) {
+        const llmq_status_queue_t *q = &st->queues[i];
+        llmq_packer_map(p, 4);
+        s_key_str(p, "model", q->model);
+        s_key_str(p, "pool", q->pool);
+        s_key_int(p, "depth", q->depth);
+        s_key_int(p, "workers", q->workers);
+    }
+    llmq_packer_str(p, "counters");
+    llmq_packer_map(p, st->ncounters);
+    for (size_t i = 0; i < st->ncounters; i++)
+        s_key_int(p, st->counters[i].name, st->counters[i].value);
+    zframe_t *frame = llmq_packer_frame(p);
+    llmq_packer_destroy(&p);
+    return frame;
+}
+
+/*  ---- the status map: decoding ---------------------------------------- */
+
+/*  Enter an array value: its count, or -1 (value skipped) if not one. */
+static long s_enter_array(llmq_mp_reader_t *r)
+{
+    llmq_mp_reader_t head = *r;
+    llmq_mp_item_t it;
+    if (llmq_mp_read(&head, &it) == 0 && it.kind == LLMQ_MP_ARRAY) {
+        *r = head;
+        return (long)it.len;
+    }
+    s_value(r, &it);
+    return -1;
+}
+
+static int s_status_models(llmq_mp_reader_t *r, llmq_status_worker_t *w,
+                           s_arena_t *a)
+{
+    long n = s_enter_array(r);
+    if (n <= 0)
+        return r->err ? -1 : 0;
+    free(w->models);
+    w->nmodels = 0;
+    w->models = (const char **)calloc((size_t)n, sizeof *w->models);
+    if (!w->models)
+        return llmq_mp_fail(r, "out of memory");
+    for (long k = 0; k < n; k++) {
+        llmq_mp_item_t v;
+        if (s_value(r, &v))
+            return -1;
+        const char *s = s_copy(a, &v);
+        if (s)
+            w->models[w->nmodels++] = s;
+    }
+    return 0;
+}
+
+static int s_status_limits(llmq_mp_reader_t *r, llmq_status_worker_t *w)
+{
+    long n = s_enter_map(r);
+    for (long k = 0; k < n; k++) {
+        llmq_mp_item_t key, v;
+        if (llmq_mp_read(r, &key) || s_value(r, &v))
+            return -1;
+        if (s_is(&key, "rpm"))
+            w->limits_rpm = s_int(&v);
+        else if (s_is(&key, "tpm"))
+            w->limits_tpm = s_int(&v);
+    }
+    return r->err ? -1 : 0;
+}
+
+static int s_status_worker_field(llmq_mp_reader_t *r, const llmq_mp_item_t *key,
+                                 llmq_status_worker_t *w, s_arena_t *a)
+{
+    if (s_is(key, "models"))
+        return s_status_models(r, w, a);
+    if (s_is(key, "limits"))
+        return s_status_limits(r, w);
+    llmq_mp_item_t v;
+    if (s_value(r, &v))
+        return -1;
+    if (s_is(key, "name"))
+        w->name = s_copy(a, &v);
+    else if (s_is(key, "pool"))
+        w->pool = s_copy(a, &v);
+    else if (s_is(key, "provider"))
+        w->provider = s_copy(a, &v);
+    else if (s_is(key, "limit_group"))
+        w->limit_group = s_copy(a, &v);
+    else if (s_is(key, "capacity"))
+        w->capacity = s_int(&v);
+    else if (s_is(key, "credit"))
+        w->credit = s_int(&v);
+    else if (s_is(key, "in_flight"))
+        w->in_flight = s_int(&v);
+    else if (s_is(key, "answered"))
+        w->answered = s_int(&v);
+    else if (s_is(key, "healthy"))
+        w->healthy = v.kind == LLMQ_MP_BOOL && v.b;
+    return 0;
+}
+
+static int s_status_queue_field(llmq_mp_reader_t *r, const llmq_mp_item_t *key,
+                                llmq_status_queue_t *q, s_arena_t *a)
+{
+    llmq_mp_item_t v;
+    if (s_value(r, &v))
+        return -1;
+    if (s_is(key, "model"))
+        q->model = s_copy(a, &v);
+    else if (s_is(key, "pool"))
+        q->pool = s_copy(a, &v);
+    else if (s_is(key, "depth"))
+        q->depth = s_int(&v);
+    else if (s_is(key, "workers"))
+        q->workers = s_int(&v);
+    return 0;
+}
+
+/*  workers: array of maps, each map's pairs read by s_status_worker_field;
+    elements that are not maps are skipped. */
+static int s_status_workers(llmq_mp_reader_t *r, llmq_status_t *st,
+                            s_arena_t *a)
+{
+    long n = s_enter_array(r);
+    if (n <= 0 || st->workers)
+        return n > 0 ? llmq_mp_fail(r, "workers twice") : r->err ? -1 : 0;
+    st->workers =
+        (llmq_status_worker_t *)calloc((size_t)n, sizeof *st->workers);
+    if (!st->workers)
+        return llmq_mp_fail(r, "out of memory");
+    for (long k = 0; k < n; k++) {
+        long pairs = s_enter_map(r);
+        if (pairs < 0)
+            continue;
+        llmq_status_worker_t *w = &st->workers[st->nworkers++];
+        for (long j = 0; j < pairs; j++) {
+            llmq_mp_item_t key;
+            if (llmq_mp_read(r, &key) || s_status_worker_field(r, &key, w, a))
+                return -1;
+        }
+    }
+    return r->err ? -1 : 0;
+}
+
+static int s_status_queues(llmq_mp_reader_t *r, llmq_status_t *st, s_arena_t *a)
+{
+    long n = s_enter_array(r);
+    if (n <= 0 || st->queues)
+        return n > 0 ? llmq_mp_fail(r, "queues twice") : r->err ? -1 : 0;
+    st->queues = (llmq_status_queue_t *)calloc((size_t)n, sizeof *st->queues);
+    if (!st->queues)
+        return llmq_mp_fail(r, "out of memory");
+    for (long k = 0; k < n; k++) {
+        long pairs = s_enter_map(r);
+        if (pairs < 0)
+            continue;
+        llmq_status_queue_t *q = &st->queues[st->nqueues++];
+        for (long j = 0; j < pairs; j++) {
+            llmq_mp_item_t key;
+            if (llmq_mp_read(r, &key) || s_status_queue_field(r, &key, q, a))
+                return -1;
+        }
+    }
+    return r->err ? -1 : 0;
+}
+
+static int s_status_counters(llmq_mp_reader_t *r, llmq_status_t *st,
+                             s_arena_t *a)
+{
+    long n = s_enter_map(r);
+    if (n <= 0 || st->counters)
+        return n > 0 ? llmq_mp_fail(r, "counters twice") : r->err ? -1 : 0;
+    st->counters =
+        (llmq_status_counter_t *)calloc((size_t)n, sizeof *st->counters);
+    if (!st->counters)
+        return llmq_mp_fail(r, "out of memory");
+    for (long k = 0; k < n; k++) {
+        llmq_mp_item_t key, v;
+        if (llmq_mp_read(r, &key) || s_value(r, &v))
+            return -1;
+        const char *name = s_copy(a, &key);
+        if (name)
+            st->counters[st->ncounters++] =
+                (llmq_status_counter_t){name, s_int(&v)};
+    }
+    return 0;
+}
+
+static int s_status_field(llmq_mp_reader_t *r, const llmq_mp_item_t *key,
+                          llmq_status_t *st, s_arena_t *a)
+{
+    if (s_is(key, "workers"))
+        return s_status_workers(r, st, a);
+    if (s_is(key, "queues"))
+        return s_status_queues(r, st, a);
+    if (s_is(key, "counters"))
+        return s_status_counters(r, st, a);
+    llmq_mp_item_t v;
+    if (s_value(r, &v))
+        return -1;
+    if (s_is(key, "broker"))
+        st->broker = s_copy(a, &v);
+    else if (s_is(key, "version"))
+        st->version = s_copy(a, &v);
+    else if (s_is(key, "uptime_ms"))
+        st->uptime_ms = s_int(&v);
+    return 0;
+}
+
+llmq_status_t *llmq_status_decode(const void *data, size_t size, char *errbuf,
+                                  size_t errlen)
+{
+    llmq_mp_reader_t r;
+    llmq_mp_item_t it;
+    llmq_mp_init(&r, data, size);
+    if (!data || !llmq_value_is_valid(data, size) || llmq_mp_read(&r, &it) ||
+        it.kind != LLMQ_MP_MAP) {
+        s_err(errbuf, errlen, "status is not a valid map");
+        return NULL;
+    }
+    llmq_status_t *st = (llmq_status_t *)calloc(1, sizeof *st);
+    s_arena_t *a = (s_arena_t *)calloc(1, sizeof *a);
+    if (!st || !a || s_arena_init(a, size)) {
+        free(st);
+        free(a);
+        s_err(errbuf, errlen, "out of memory");
+        return NULL;
+    }
+    st->owned_ = a;
+    for (uint32_t k = 0; k < it.len; k++) {
+        llmq_mp_item_t key;
+        if (llmq_mp_read(&r, &key) || s_status_field(&r, &key, st, a)) {
+            s_err(errbuf, errlen, r.err ? r.err : "malformed status");
+            llmq_status_destroy(&st);
+            return NULL;
+        }
+    }
+    return st;
+}
+
+void llmq_status_destroy(llmq_status_t **self_p)
+{
+    if (!self_p || !*self_p)
+        return;
+    llmq_status_t *self = *self_p;
+    for (size_t i = 0; self->workers && i < self->nworkers; i++)
+        free(self->workers[i].models);
+    free(self->workers);
+    free(self->queues);
+    free(self->counters);
+    s_arena_t *a = (s_arena_t *)self->owned_;
+    if (a)
+        free(a->buf);
+    free(a);
+    free(self);
+    *self_p = NULL;
+}
+
+/*  ---- self test ------------------------------------------------------- */
+
+/*  Checks that stay on in release builds (the test kit's macro, once it
+    exists in proto/, replaces this). */
+static void s_test_check(bool ok, int line, const char *expr)
+{
+    if (!ok) {
+        fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, line, expr);
+        abort();
+    }
+}
+#define S_TEST(cond) s_test_check((cond), __LINE__, #cond)
+
+static int s_test_collect(const llmq_result_item_t *item, void *arg)
+{
+    zlistx_t *seen = (zlistx_t *)arg;
+    char line[512];
+    char *body = item->body ? llmq_value_to_json_text(item->body,
+                                                      item->body_size, NULL, 0)
+                            : NULL;
+    snprintf(line, sizeof line, "%s %d %s %s %s %lld %d%d %lld %lld %lld %.3f",
+             item->custom_id ? item->custom_id : "-", item->ok,
+             body ? body : "-", item->error_code ? item->error_code : "-",
+             item->error_message ? item->error_message : "-",
+             (long long)item->error_status, item->error_retryable,
+             item->has_retryable, (long long)item->prompt_tokens,
+             (long long)item->completion_tokens, (long long)item->total_tokens,
+             item->cost_usd);
+    free(body);
+    zlistx_add_end(seen, line);
+    return 0;
+}
+
+static void s_test_results(void)
+{
+    llmq_payload_t *pl = llmq_payload_new();
+    S_TEST(pl);
+    zframe_t *body = llmq_value_from_json_text("{\"n\":1}", 7, NULL, 0);
+    llmq_result_item_t ok = {.custom_id = "a",
+                             .ok = true,
+                             .body = zframe_data(body),
+                             .body_size = zframe_size(body),
+                             .prompt_tokens = 3,
+                             .completion_tokens = 2,
+                             .cost_usd = 0.25};
+    llmq_result_item_t bad = {.custom_id = "b",
+                              .error_code = "rate_limited",
+                              .error_message = "429",
+                              .error_status = 429,
+                              .error_retryable = true};
+    llmq_result_item_t nil = {.custom_id = "c", .ok = true};
+    size_t n1 = llmq_payload_add_result(pl, &ok);
+    size_t n2 = llmq_payload_add_result(pl, &bad);
+    llmq_payload_add_result(pl, &nil);
+    S_TEST(n1 > zframe_size(body) && n2 > 0);
+    S_TEST(llmq_payload_count(pl) == 3);
+    zframe_t *frame = llmq_payload_frame(pl);
+    S_TEST(frame && llmq_payload_count(pl) == 0 && llmq_payload_bytes(pl) == 0);
+    /*  The bytes every peer sent before this module existed. */
+    char *json = llmq_value_to_json_text(zframe_data(frame), zframe_size(frame),
+                                         NULL, 0);
+    S_TEST(streq(
+        json,
+        "[{\"custom_id\":\"a\",\"ok\":true,\"body\":{\"n\":1},\"usage\":{"
+        "\"prompt_tokens\":3,\"completion_tokens\":2,\"total_tokens\":5,"
+        "\"cost_usd\":0.25}},{\"custom_id\":\"b\",\"ok\":false,\"error\":{"
+        "\"code\":\"rate_limited\",\"message\":\"429\",\"status\":429,"
+        "\"retryable\":true},\"usage\":{\"prompt_tokens\":0,"
+        "\"completion_tokens\":0,\"total_tokens\":0,\"cost_usd\":0}},{"
+        "\"custom_id\":\"c\",\"ok\":true,\"body\":null,\"usage\":{"
+        "\"prompt_tokens\":0,\"completion_tokens\":0,\"total_tokens\":0,"
+        "\"cost_usd\":0}}]"));
+    free(json);
+    zlistx_t *seen = zlistx_new();
+    zlistx_set_destructor(seen, (zlistx_destructor_fn *)zstr_free);
+    zlistx_set_duplicator(seen, (zlistx_duplicator_fn *)strdup);
+    char err[128];
+    S_TEST(llmq_payload_each_result(zframe_data(frame), zframe_size(frame),
+                                    s_test_collect, seen, err,
+                                    sizeof err) == 3);
+    S_TEST(streq((char *)zlistx_first(seen),
+                 "a 1 {\"n\":1} - - 0 00 3 2 5 0.250"));
+    S_TEST(streq((char *)zlistx_next(seen),
+                 "b 0 - rate_limited 429 429 11 0 0 0 0.000"));
+    S_TEST(streq((char *)zlistx_next(seen), "c 1 - - - 0 00 0 0 0 0.000"));
+    /*  Truncated anywhere: -1 and nothing visited. */
+    for (size_t n = 0; n < zframe_size(frame); n++) {
+        zlistx_purge(seen);
+        S_TEST(llmq_payload_each_result(zframe_data(frame), n, s_test_collect,
+                                        seen, err, sizeof err) == -1);
+        S_TEST(zlistx_size(seen) == 0);
+    }
+    zlistx_destroy(&seen);
+    zframe_destroy(&frame);
+    zframe_destroy(&body);
+    llmq_payload_destroy(&pl);
+    llmq_payload_destroy(&pl);
+}
+
+static void s_test_lenient(void)
+{
+    /*  Other key orders, floats for ints, strange kinds: read, not fatal;
+        a result that is not a map is. */
+    const char *text =
+        "[{\"usage\":{\"prompt_tokens\":1.0,\"cost_usd\":1},\"ok\":1,"
+        "\"custom_id\":7,\"error\":[1],\"extra\":{\"x\":[]}},"
+        "{\"custom_id\":\"9\",\"ok\":false,\"error\":{\"code\":\"timeout\"}}]";
+    zframe_t *frame = llmq_value_from_json_text(text, strlen(text), NULL, 0);
+    zlistx_t *seen = zlistx_new();
+    zlistx_set_destructor(seen, (zlistx_destructor_fn *)zstr_free);
+    zlistx_set_duplicator(seen, (zlistx_duplicator_fn *)strdup);
+    S_TEST(llmq_payload_each_result(zframe_data(frame), zframe_size(frame),
+                                    s_test_collect, seen, NULL, 0) == 2);
+    S_TEST(streq((char *)zlistx_first(seen), "- 0 - - - 0 00 1 0 0 1.000"));
+    S_TEST(
+        streq((char *)zlistx_next(seen), "9 0 - timeout - 0 00 0 0 0 0.000"));
+    zframe_destroy(&frame);
+    const char *bad[] = {"[1]", "{}", "[{\"ok\":true},\"x\"]"};
+    for (size_t k = 0; k < sizeof bad / sizeof bad[0]; k++) {
+        frame = llmq_value_from_json_text(bad[k], strlen(bad[k]), NULL, 0);
+        zlistx_purge(seen);
+        S_TEST(llmq_payload_each_result(zframe_data(frame), zframe_size(frame),
+                                        s_test_collect, seen, NULL, 0) == -1);
+        S_TEST(zlistx_size(seen) == 0);
+        zframe_destroy(&frame);
+    }
+    static const uint8_t ext[] = {0x91, 0x81, 0xa2, 'o', 'k', 0xd4, 1, 0};
+    S_TEST(llmq_payload_each_result(ext, sizeof ext, NULL, NULL, NULL, 0) ==
+           -1);
+    zlistx_destroy(&seen);
+}
+
+static int s_test_item(const char *custom_id, const void *body,
+                       size_t body_size, void *arg)
+{
+    char *json = llmq_value_to_json_text(body, body_size, NULL, 0);
+    zlistx_add_end((zlistx_t *)arg, zsys_sprintf("%s=%s", custom_id, json));
+    free(json);
+    return 0;
+}
+
+static int s_test_str(const char *value, void *arg)
+{
+    zlistx_add_end((zlistx_t *)arg, strdup(value));
+    return 0;
+}
+
+static void s_test_items_keys(void)
+{
+    llmq_payload_t *pl = llmq_payload_new();
+    zframe_t *body = llmq_value_from_json_text("[1,\"x\"]", 7, NULL, 0);
+    llmq_payload_add_item(pl, "i1", zframe_data(body), zframe_size(body));
+    llmq_payload_add_item(pl, "i2", "\xa2hi", 3);
+    zframe_t *frame = llmq_payload_frame(pl);
+    zlistx_t *seen = zlistx_new();
+    zlistx_set_destructor(seen, (zlistx_destructor_fn *)zstr_free);
+    S_TEST(llmq_value_each_item(zframe_data(frame), zframe_size(frame),
+                                s_test_item, seen, NULL, 0) == 2);
+    S_TEST(streq((char *)zlistx_first(seen), "i1=[1,\"x\"]"));
+    S_TEST(streq((char *)zlistx_next(seen), "i2=\"hi\""));
+    zframe_destroy(&frame);
+    zlistx_purge(seen);
+    llmq_payload_add_str(pl, "k1");
+    llmq_payload_add_str(pl, "k2");
+    frame = llmq_payload_frame(pl);
+    S_TEST(zframe_size(frame) == 7);
+    S_TEST(llmq_payload_each_str(zframe_data(frame), zframe_size(frame),
+                                 s_test_str, seen, NULL, 0) == 2);
+    S_TEST(streq((char *)zlistx_first(seen), "k1"));
+    S_TEST(streq((char *)zlistx_next(seen), "k2"));
+    zframe_destroy(&frame);
+    S_TEST(llmq_payload_each_str("\x92\x01\xa1z", 4, s_test_str, seen, NULL,
+                                 0) == 1);
+    S_TEST(llmq_payload_each_str("\x92\x01", 2, NULL, NULL, NULL, 0) == -1);
+    zlistx_destroy(&seen);
+    zframe_destroy(&body);
+    llmq_payload_destroy(&pl);
+}
+
+static void s_test_status(void)
+{
+    const char *models[] = {"m1", "m2"};
+    llmq_status_worker_t workers[] = {
+        {"w1", "p", "sim", models, 2, 8, 3, 5, true, NULL, 11, 60, 0},
+        {"w2", "p", "openai", NULL, 0, 1, 0, 1, false, "g", 0, 0, 100}};
+    llmq_status_queue_t queues[] = {{"m1", NULL, 4, 1}, {"m2", "p", 0, 2}};
+    llmq_status_counter_t counters[] = {{"received", 9}, {"queued", 4}};
+    llmq_status_t st = {"b1",   "0.1.0", 1200,     workers, 2,
+                        queues, 2,       counters, 2,       NULL};
+    zframe_t *frame = llmq_status_encode(&st);
+    char *json = llmq_value_to_json_text(zframe_data(frame), zframe_size(frame),
+                                         NULL, 0);
+    S_TEST(strstr(json, "{\"broker\":\"b1\",\"version\":\"0.1.0\","
+                        "\"uptime_ms\":1200,\"workers\":[{\"name\":\"w1\","));
+    S_TEST(strstr(json, "\"limit_group\":null,\"answered\":11,\"limits\":{"
+                        "\"rpm\":60,\"tpm\":0}}"));
+    S_TEST(strstr(json, "\"queues\":[{\"model\":\"m1\",\"pool\":null,"
+                        "\"depth\":4,\"workers\":1}"));
+    S_TEST(strstr(json, "\"counters\":{\"received\":9,\"queued\":4}}"));
+    free(json);
+    char err[128];
+    llmq_status_t *back = llmq_status_decode(
+        zframe_data(frame), zframe_size(frame), err, sizeof err);
+    S_TEST(back && streq(back->broker, "b1") && back->uptime_ms == 1200);
+    S_TEST(back->nworkers == 2 && back->workers[0].nmodels == 2);
+    S_TEST(streq(back->workers[0].models[1], "m2"));
+    S_TEST(back->workers[0].healthy && !back->workers[0].limit_group);
+    S_TEST(streq(back->workers[1].limit_group, "g"));
+    S_TEST(back->workers[1].limits_tpm == 100 &&
+           back->workers[0].answered == 11);
+    S_TEST(back->nqueues == 2 && !back->queues[0].pool &&
+           back->queues[1].workers == 2);
+    S_TEST(back->ncounters == 2 && streq(back->counters[1].name, "queued"));
+    /*  Encoding what was decoded gives the same bytes. */
+    zframe_t *again = llmq_status_encode(back);
+    S_TEST(zframe_eq(frame, again));
+    zframe_destroy(&again);
+    llmq_status_destroy(&back);
+    llmq_status_destroy(&back);
+    for (size_t n = 0; n < zframe_size(frame); n++)
+        S_TEST(!llmq_status_decode(zframe_data(frame), n, err, sizeof err));
+    S_TEST(!llmq_status_decode("\x90", 1, err, sizeof err));
+    zframe_destroy(&frame);
+}
+
+int llmq_payload_test(bool verbose)
+{
+    if (verbose)
+        printf(" * llmq_payload: ");
+    s_test_results();
+    s_test_lenient();
+    s_test_items_keys();
+    s_test_status();
+    if (verbose)
+        printf("OK\n");
+    return 0;
+}
