@@ -27,13 +27,13 @@
 */
 #include "llmq_batch.h"
 
-#include <cjson/cJSON.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include "llmq_batch_store.h"
+#include "llmq_payload.h"
 #include "llmq_value.h"
 
 /*  Job states (broker side, stored in jobs.state). */
@@ -868,7 +868,7 @@ static void s_handle_close(llmq_batch_t *self, llmq_msg_t *msg,
 }
 
 typedef struct {
-    llmq_packer_t *entries; /* packed result maps, concatenated */
+    llmq_payload_t *entries; /* the results page being built */
     int64_t count;
     int64_t bytes;
     int64_t max_items;
@@ -881,44 +881,21 @@ static int s_results_fn(const llmq_batch_result_t *r, void *arg)
     s_results_t *c = arg;
     int64_t size = (int64_t)r->body_size + 128 +
                    (r->error_message ? (int64_t)strlen(r->error_message) : 0);
-    if (c->count >= c->max_items ||
+    if (!c->entries || c->count >= c->max_items ||
         (c->count > 0 && c->bytes + size > c->max_bytes))
         return 1;
-    llmq_packer_t *p = c->entries;
-    bool body = r->ok && r->body && r->body_size > 0;
-    llmq_packer_map(p, 4);
-    llmq_packer_str(p, "custom_id");
-    llmq_packer_str(p, r->custom_id);
-    llmq_packer_str(p, "ok");
-    llmq_packer_bool(p, r->ok);
-    if (body) {
-        llmq_packer_str(p, "body");
-        llmq_packer_raw(p, r->body, r->body_size);
-    } else if (r->ok) {
-        llmq_packer_str(p, "body");
-        llmq_packer_nil(p);
-    } else {
-        llmq_packer_str(p, "error");
-        llmq_packer_map(p, 4);
-        llmq_packer_str(p, "code");
-        llmq_packer_str(p, r->error_code ? r->error_code : "internal");
-        llmq_packer_str(p, "message");
-        llmq_packer_str(p, r->error_message ? r->error_message : "");
-        llmq_packer_str(p, "status");
-        llmq_packer_int(p, r->error_status);
-        llmq_packer_str(p, "retryable");
-        llmq_packer_bool(p, r->error_retryable);
-    }
-    llmq_packer_str(p, "usage");
-    llmq_packer_map(p, 4);
-    llmq_packer_str(p, "prompt_tokens");
-    llmq_packer_int(p, r->prompt_tokens);
-    llmq_packer_str(p, "completion_tokens");
-    llmq_packer_int(p, r->completion_tokens);
-    llmq_packer_str(p, "total_tokens");
-    llmq_packer_int(p, r->prompt_tokens + r->completion_tokens);
-    llmq_packer_str(p, "cost_usd");
-    llmq_packer_double(p, r->cost_usd);
+    llmq_result_item_t item = {.custom_id = r->custom_id,
+                               .ok = r->ok,
+                               .body = r->body,
+                               .body_size = r->body_size,
+                               .error_code = r->error_code,
+                               .error_message = r->error_message,
+                               .error_status = r->error_status,
+                               .error_retryable = r->error_retryable,
+                               .prompt_tokens = r->prompt_tokens,
+                               .completion_tokens = r->completion_tokens,
+                               .cost_usd = r->cost_usd};
+    llmq_payload_add_result(c->entries, &item);
     c->count++;
     c->bytes += size;
     c->next = r->index + 1;
@@ -992,20 +969,14 @@ static void s_handle_get(llmq_batch_t *self, llmq_msg_t *msg, zlist_t *replies)
     if (after < 0)
         after = 0;
     s_results_t c = {
-        llmq_packer_new(),           0,    0, self->cfg.results_max_items,
+        llmq_payload_new(),          0,    0, self->cfg.results_max_items,
         self->cfg.results_max_bytes, after};
     /*  Contiguous: results come in input order and the cursor never moves
         past an item that is still running. */
     llmq_batch_store_result_each(self->store, b->rec.bid, after, true,
                                  s_results_fn, &c);
-    llmq_packer_t *out = llmq_packer_new();
-    llmq_packer_array(out, (size_t)c.count);
-    size_t size = 0;
-    const uint8_t *data = llmq_packer_data(c.entries, &size);
-    llmq_packer_raw(out, data, size);
-    zframe_t *frame = llmq_packer_frame(out);
-    llmq_packer_destroy(&out);
-    llmq_packer_destroy(&c.entries);
+    zframe_t *frame = c.entries ? llmq_payload_frame(c.entries) : NULL;
+    llmq_payload_destroy(&c.entries);
 
     llmq_msg_t *res = s_reply(replies, msg, LLMQ_MSG_BATCH_RESULTS, id);
     llmq_msg_set_cursor(res, c.next);
@@ -1314,7 +1285,7 @@ static int s_job_save(llmq_batch_t *self, s_job_t *j, int64_t now_ms)
 }
 
 typedef struct {
-    llmq_packer_t *packer;
+    llmq_payload_t *items; /* the job.submit payload being built */
     int64_t count;
 } s_submit_t;
 
@@ -1327,11 +1298,7 @@ static int s_submit_fn(int64_t index, const char *custom_id, const void *body,
         whatever the client's custom_ids are, and maps straight back. */
     char cid[24];
     snprintf(cid, sizeof cid, "%lld", (long long)index);
-    llmq_packer_map(s->packer, 2);
-    llmq_packer_str(s->packer, "custom_id");
-    llmq_packer_str(s->packer, cid);
-    llmq_packer_str(s->packer, "body");
-    llmq_packer_raw(s->packer, body, body_size);
+    llmq_payload_add_item(s->items, cid, body, body_size);
     s->count++;
     return 0;
 }
@@ -1357,12 +1324,13 @@ static llmq_msg_t *s_task(s_job_t *j, llmq_msg_type_t type, int64_t now_ms)
 static llmq_msg_t *s_job_submit(llmq_batch_t *self, s_job_t *j, int64_t now_ms)
 {
     s_batch_t *b = j->batch;
-    s_submit_t s = {llmq_packer_new(), 0};
-    llmq_packer_array(s.packer, (size_t)j->row.count);
+    s_submit_t s = {llmq_payload_new(), 0};
+    if (!s.items)
+        return NULL;
     llmq_batch_store_item_each(self->store, b->rec.bid, j->row.first,
                                j->row.count, false, s_submit_fn, &s);
     if (s.count != j->row.count) {
-        llmq_packer_destroy(&s.packer);
+        llmq_payload_destroy(&s.items);
         return NULL;
     }
     /*  Durable before sent: if we crash after this commit, restart finds
@@ -1371,7 +1339,7 @@ static llmq_msg_t *s_job_submit(llmq_batch_t *self, s_job_t *j, int64_t now_ms)
     j->row.attempts++;
     j->row.submitted_ms = now_ms;
     if (s_job_save(self, j, now_ms) || llmq_batch_flush(self)) {
-        llmq_packer_destroy(&s.packer);
+        llmq_payload_destroy(&s.items);
         snprintf(j->row.state, sizeof j->row.state, S_JOB_PENDING);
         return NULL;
     }
@@ -1381,8 +1349,8 @@ static llmq_msg_t *s_job_submit(llmq_batch_t *self, s_job_t *j, int64_t now_ms)
     llmq_msg_set_op(m, b->rec.op);
     llmq_msg_set_completion_window(m, "24h");
     llmq_msg_set_count(m, j->row.count);
-    zframe_t *frame = llmq_packer_frame(s.packer);
-    llmq_packer_destroy(&s.packer);
+    zframe_t *frame = llmq_payload_frame(s.items);
+    llmq_payload_destroy(&s.items);
     llmq_msg_set_payload(m, &frame);
     return m;
 }
@@ -1658,93 +1626,71 @@ static void s_on_job_status(llmq_batch_t *self, s_job_t *j, llmq_msg_t *msg,
     llmq_batch_flush(self);
 }
 
+typedef struct {
+    llmq_batch_t *self;
+    s_job_t *j;
+    int64_t now_ms;
+} s_job_page_t;
+
+/*  One result line of a job.results page: stored as the item's result,
+    its body as the bytes the worker sent. */
+static int s_job_result_fn(const llmq_result_item_t *e, void *arg)
+{
+    s_job_page_t *page = arg;
+    llmq_batch_t *self = page->self;
+    s_job_t *j = page->j;
+    s_batch_t *b = j->batch;
+    if (!e->custom_id || !*e->custom_id)
+        return 0;
+    char *end = NULL;
+    long long index = strtoll(e->custom_id, &end, 10);
+    /*  Only lines of this job's own range count. */
+    if (!end || *end || index < j->row.first ||
+        index >= j->row.first + j->row.count)
+        return 0;
+    llmq_batch_result_t r = {.index = index,
+                             .ok = e->ok,
+                             .prompt_tokens = e->prompt_tokens,
+                             .completion_tokens = e->completion_tokens,
+                             .cost_usd = e->cost_usd};
+    if (r.ok) {
+        r.body = e->body;
+        r.body_size = e->body ? e->body_size : 0;
+    } else {
+        r.error_code = e->error_code ? e->error_code : "provider_error";
+        r.error_message = e->error_message;
+        r.error_status = e->error_status;
+        r.error_retryable =
+            e->has_retryable
+                ? e->error_retryable
+                : llmq_err_retryable(llmq_err_from_name(r.error_code));
+        /*  A line that may succeed later is run again in realtime
+            (if configured): not stored as its final result. */
+        if (r.error_retryable && self->cfg.resubmit_failed &&
+            !streq(b->rec.state, "cancelling"))
+            return 0;
+    }
+    s_put_result(self, b, &r, true, page->now_ms);
+    return 0;
+}
+
 static void s_on_job_results(llmq_batch_t *self, s_job_t *j, llmq_msg_t *msg,
                              int64_t now_ms)
 {
     s_batch_t *b = j->batch;
     zframe_t *payload = llmq_msg_payload(msg);
-    cJSON *arr = payload ? llmq_value_to_json(zframe_data(payload),
-                                              zframe_size(payload), NULL, 0)
-                         : NULL;
-    int64_t stored = 0;
-    if (!cJSON_IsArray(arr)) {
+    s_job_page_t page = {self, j, now_ms};
+    if (!payload ||
+        llmq_payload_each_result(zframe_data(payload), zframe_size(payload),
+                                 s_job_result_fn, &page, NULL, 0) < 0) {
         /*  A page we cannot read proves nothing, not even `final`: were it
             honoured, the job's items would look unanswered and run (and be
             paid for) again. Drop it; the fetch task times out and runs
             again. */
         zsys_warning("batch: job %s: unreadable job.results dropped",
                      j->row.id);
-        cJSON_Delete(arr);
         return;
     }
-    {
-        const cJSON *e;
-        cJSON_ArrayForEach(e, arr)
-        {
-            const cJSON *cid = cJSON_GetObjectItemCaseSensitive(e, "custom_id");
-            if (!cJSON_IsString(cid))
-                continue;
-            char *end = NULL;
-            long long index = strtoll(cid->valuestring, &end, 10);
-            /*  Only lines of this job's own range count. */
-            if (!end || *end || index < j->row.first ||
-                index >= j->row.first + j->row.count)
-                continue;
-            llmq_batch_result_t r = {.index = index};
-            r.ok = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(e, "ok"));
-            const cJSON *usage = cJSON_GetObjectItemCaseSensitive(e, "usage");
-            const cJSON *v;
-            if ((v = cJSON_GetObjectItemCaseSensitive(usage,
-                                                      "prompt_tokens")) &&
-                cJSON_IsNumber(v))
-                r.prompt_tokens = (int64_t)v->valuedouble;
-            if ((v = cJSON_GetObjectItemCaseSensitive(usage,
-                                                      "completion_tokens")) &&
-                cJSON_IsNumber(v))
-                r.completion_tokens = (int64_t)v->valuedouble;
-            if ((v = cJSON_GetObjectItemCaseSensitive(usage, "cost_usd")) &&
-                cJSON_IsNumber(v))
-                r.cost_usd = v->valuedouble;
-            zframe_t *body = NULL;
-            if (r.ok) {
-                body = llmq_value_from_json(
-                    cJSON_GetObjectItemCaseSensitive(e, "body"));
-                if (body) {
-                    r.body = zframe_data(body);
-                    r.body_size = zframe_size(body);
-                }
-            } else {
-                const cJSON *err = cJSON_GetObjectItemCaseSensitive(e, "error");
-                const cJSON *code =
-                    cJSON_GetObjectItemCaseSensitive(err, "code");
-                const cJSON *message =
-                    cJSON_GetObjectItemCaseSensitive(err, "message");
-                const cJSON *status =
-                    cJSON_GetObjectItemCaseSensitive(err, "status");
-                r.error_code =
-                    cJSON_IsString(code) ? code->valuestring : "provider_error";
-                r.error_message =
-                    cJSON_IsString(message) ? message->valuestring : NULL;
-                r.error_status =
-                    cJSON_IsNumber(status) ? (int64_t)status->valuedouble : 0;
-                llmq_err_t ecode = llmq_err_from_name(r.error_code);
-                const cJSON *retry =
-                    cJSON_GetObjectItemCaseSensitive(err, "retryable");
-                r.error_retryable = cJSON_IsBool(retry)
-                                        ? cJSON_IsTrue(retry)
-                                        : llmq_err_retryable(ecode);
-                /*  A line that may succeed later is run again in realtime
-                    (if configured): not stored as its final result. */
-                if (r.error_retryable && self->cfg.resubmit_failed &&
-                    !streq(b->rec.state, "cancelling"))
-                    continue;
-            }
-            if (s_put_result(self, b, &r, true, now_ms) == 1)
-                stored++;
-            zframe_destroy(&body);
-        }
-    }
-    cJSON_Delete(arr);
     if (llmq_msg_final(msg)) {
         j->task = LLMQ_MSG_INVALID;
         s_job_finished(self, j, true, now_ms);
@@ -1919,32 +1865,31 @@ static llmq_msg_t *s_t_open(llmq_batch_t *m, zlist_t *replies, const char *id,
     return s_t_run(m, replies, msg, now);
 }
 
+/*  A response or request body from JSON text. */
+static zframe_t *s_t_json(const char *text)
+{
+    zframe_t *frame = llmq_value_from_json_text(text, strlen(text), NULL, 0);
+    S_CHECK(frame);
+    return frame;
+}
+
 static llmq_msg_t *s_t_add(llmq_batch_t *m, zlist_t *replies, const char *id,
                            int64_t seq, int64_t first, int64_t n, int64_t now)
 {
-    llmq_packer_t *p = llmq_packer_new();
-    llmq_packer_array(p, (size_t)n);
+    llmq_payload_t *p = llmq_payload_new();
     for (int64_t i = first; i < first + n; i++) {
-        char cid[32], text[48];
+        char cid[32], text[128];
         snprintf(cid, sizeof cid, "c%lld", (long long)i);
-        snprintf(text, sizeof text, "question %lld", (long long)i);
-        llmq_packer_map(p, 2);
-        llmq_packer_str(p, "custom_id");
-        llmq_packer_str(p, cid);
-        llmq_packer_str(p, "body");
-        llmq_packer_map(p, 2);
-        llmq_packer_str(p, "max_tokens");
-        llmq_packer_int(p, 16);
-        llmq_packer_str(p, "messages");
-        llmq_packer_array(p, 1);
-        llmq_packer_map(p, 2);
-        llmq_packer_str(p, "role");
-        llmq_packer_str(p, "user");
-        llmq_packer_str(p, "content");
-        llmq_packer_str(p, text);
+        snprintf(text, sizeof text,
+                 "{\"max_tokens\":16,\"messages\":[{\"role\":\"user\","
+                 "\"content\":\"question %lld\"}]}",
+                 (long long)i);
+        zframe_t *body = s_t_json(text);
+        llmq_payload_add_item(p, cid, zframe_data(body), zframe_size(body));
+        zframe_destroy(&body);
     }
-    zframe_t *frame = llmq_packer_frame(p);
-    llmq_packer_destroy(&p);
+    zframe_t *frame = llmq_payload_frame(p);
+    llmq_payload_destroy(&p);
     llmq_msg_t *msg = llmq_msg_new(LLMQ_MSG_BATCH_ADD);
     llmq_msg_set_batch(msg, id);
     llmq_msg_set_seq(msg, seq);
@@ -1977,14 +1922,32 @@ static llmq_msg_t *s_t_res(llmq_msg_t *req)
     llmq_msg_set_usage_prompt_tokens(res, 10);
     llmq_msg_set_usage_completion_tokens(res, 5);
     llmq_msg_set_usage_cost_usd(res, 0.01);
-    llmq_packer_t *p = llmq_packer_new();
-    llmq_packer_map(p, 1);
-    llmq_packer_str(p, "echo");
-    llmq_packer_int(p, index);
-    zframe_t *frame = llmq_packer_frame(p);
-    llmq_packer_destroy(&p);
+    char text[48];
+    snprintf(text, sizeof text, "{\"echo\":%lld}", index);
+    zframe_t *frame = s_t_json(text);
     llmq_msg_set_payload(res, &frame);
     return res;
+}
+
+/*  One result of a page: the next in input order, a body or an error. */
+typedef struct {
+    int64_t after;   /* index expected next */
+    int64_t *failed; /* failures seen */
+} s_t_seen_t;
+
+static int s_t_seen_fn(const llmq_result_item_t *e, void *arg)
+{
+    s_t_seen_t *page = arg;
+    char want[32];
+    snprintf(want, sizeof want, "c%lld", (long long)page->after);
+    S_CHECK(e->custom_id && streq(e->custom_id, want));
+    if (!e->ok) {
+        S_CHECK(e->error_code);
+        (*page->failed)++;
+    } else
+        S_CHECK(e->body);
+    page->after++;
+    return 0;
 }
 
 /*  Fetch every result with batch.get, following the cursor; check they come
@@ -2005,26 +1968,13 @@ static int64_t s_t_get_all(llmq_batch_t *m, zlist_t *replies, const char *id,
         llmq_msg_t *rs = zlist_next(replies);
         S_CHECK(rs && llmq_msg_type(rs) == LLMQ_MSG_BATCH_RESULTS);
         zframe_t *payload = llmq_msg_payload(rs);
-        cJSON *arr = llmq_value_to_json(zframe_data(payload),
-                                        zframe_size(payload), NULL, 0);
-        S_CHECK(cJSON_IsArray(arr));
-        const cJSON *e;
-        cJSON_ArrayForEach(e, arr)
-        {
-            char want[32];
-            snprintf(want, sizeof want, "c%lld", (long long)(after + 0));
-            const cJSON *cid = cJSON_GetObjectItem(e, "custom_id");
-            S_CHECK(cJSON_IsString(cid) && streq(cid->valuestring, want));
-            if (!cJSON_IsTrue(cJSON_GetObjectItem(e, "ok"))) {
-                S_CHECK(cJSON_IsObject(cJSON_GetObjectItem(e, "error")));
-                (*failed)++;
-            } else
-                S_CHECK(cJSON_GetObjectItem(e, "body"));
-            after++;
-            seen++;
-        }
-        int n = cJSON_GetArraySize(arr);
-        cJSON_Delete(arr);
+        s_t_seen_t page = {after, failed};
+        S_CHECK(llmq_payload_each_result(zframe_data(payload),
+                                         zframe_size(payload), s_t_seen_fn,
+                                         &page, NULL, 0) >= 0);
+        int64_t n = page.after - after;
+        after = page.after;
+        seen += n;
         S_CHECK(llmq_msg_cursor(rs) == after);
         if (llmq_msg_final(rs)) {
             *final = true;
@@ -2045,43 +1995,30 @@ static void s_t_job_results(llmq_batch_t *m, llmq_msg_t *task, int64_t first,
 {
     for (int64_t at = first; at < first + count; at += page) {
         int64_t n = at + page > first + count ? first + count - at : page;
-        llmq_packer_t *p = llmq_packer_new();
-        llmq_packer_array(p, (size_t)n);
+        llmq_payload_t *p = llmq_payload_new();
         for (int64_t i = at; i < at + n; i++) {
-            char cid[24];
+            char cid[24], text[48];
             snprintf(cid, sizeof cid, "%lld", (long long)i);
+            snprintf(text, sizeof text, "{\"echo\":%lld}", (long long)i);
             bool perm = i % 1000 == 999, transient = i % 997 == 996;
-            llmq_packer_map(p, 4);
-            llmq_packer_str(p, "custom_id");
-            llmq_packer_str(p, cid);
-            llmq_packer_str(p, "ok");
-            llmq_packer_bool(p, !perm && !transient);
-            if (perm || transient) {
-                llmq_packer_str(p, "error");
-                llmq_packer_map(p, 3);
-                llmq_packer_str(p, "code");
-                llmq_packer_str(p, perm ? "invalid_request" : "provider_error");
-                llmq_packer_str(p, "message");
-                llmq_packer_str(p, "line failed");
-                llmq_packer_str(p, "status");
-                llmq_packer_int(p, perm ? 400 : 500);
-            } else {
-                llmq_packer_str(p, "body");
-                llmq_packer_map(p, 1);
-                llmq_packer_str(p, "echo");
-                llmq_packer_int(p, i);
-            }
-            llmq_packer_str(p, "usage");
-            llmq_packer_map(p, 3);
-            llmq_packer_str(p, "prompt_tokens");
-            llmq_packer_int(p, 10);
-            llmq_packer_str(p, "completion_tokens");
-            llmq_packer_int(p, 5);
-            llmq_packer_str(p, "cost_usd");
-            llmq_packer_double(p, 0.002);
+            zframe_t *body = s_t_json(text);
+            llmq_result_item_t e = {.custom_id = cid,
+                                    .ok = !perm && !transient,
+                                    .body = zframe_data(body),
+                                    .body_size = zframe_size(body),
+                                    .error_code = perm ? "invalid_request"
+                                                       : "provider_error",
+                                    .error_message = "line failed",
+                                    .error_status = perm ? 400 : 500,
+                                    .error_retryable = !perm,
+                                    .prompt_tokens = 10,
+                                    .completion_tokens = 5,
+                                    .cost_usd = 0.002};
+            llmq_payload_add_result(p, &e);
+            zframe_destroy(&body);
         }
-        zframe_t *frame = llmq_packer_frame(p);
-        llmq_packer_destroy(&p);
+        zframe_t *frame = llmq_payload_frame(p);
+        llmq_payload_destroy(&p);
         llmq_msg_t *r = llmq_msg_new(LLMQ_MSG_JOB_RESULTS);
         llmq_msg_set_job(r, llmq_msg_job(task));
         llmq_msg_set_final(r, final && at + n >= first + count);

@@ -8,9 +8,9 @@
 */
 #include "llmq_batch_module.h"
 
-#include <cjson/cJSON.h>
 #include <string.h>
 
+#include "llmq_payload.h"
 #include "llmq_value.h"
 
 /*  The plug-in's state. */
@@ -259,20 +259,18 @@ static void s_t_batch(s_t_peers_t *p, const char *id, int n)
     m = s_t_expect(p, p->client, LLMQ_MSG_BATCH_ACK, 5000);
     S_CHECK(m);
     llmq_msg_destroy(&m);
-    llmq_packer_t *pk = llmq_packer_new();
-    llmq_packer_array(pk, (size_t)n);
+    llmq_payload_t *pk = llmq_payload_new();
     for (int i = 0; i < n; i++) {
         char cid[32], text[128];
         snprintf(cid, sizeof cid, "c%d", i);
-        snprintf(text, sizeof text, "%s item %d", id, i);
-        llmq_packer_map(pk, 2);
-        llmq_packer_str(pk, "custom_id");
-        llmq_packer_str(pk, cid);
-        llmq_packer_str(pk, "body");
-        llmq_packer_str(pk, text);
+        snprintf(text, sizeof text, "\"%s item %d\"", id, i);
+        zframe_t *body = llmq_value_from_json_text(text, strlen(text), NULL, 0);
+        S_CHECK(body);
+        llmq_payload_add_item(pk, cid, zframe_data(body), zframe_size(body));
+        zframe_destroy(&body);
     }
-    zframe_t *items = llmq_packer_frame(pk);
-    llmq_packer_destroy(&pk);
+    zframe_t *items = llmq_payload_frame(pk);
+    llmq_payload_destroy(&pk);
     m = llmq_msg_new(LLMQ_MSG_BATCH_ADD);
     llmq_msg_set_batch(m, id);
     llmq_msg_set_seq(m, 1);
@@ -289,37 +287,48 @@ static void s_t_batch(s_t_peers_t *p, const char *id, int n)
     llmq_msg_destroy(&m);
 }
 
+/*  One result of s_t_results: the next in input order, its body the echo
+    of its item. */
+typedef struct {
+    const char *id;
+    int64_t after;
+} s_t_seen_t;
+
+static int s_t_result(const llmq_result_item_t *item, void *arg)
+{
+    s_t_seen_t *seen = arg;
+    char cid[32], text[128];
+    snprintf(cid, sizeof cid, "c%lld", (long long)seen->after);
+    snprintf(text, sizeof text, "\"%s item %lld\"", seen->id,
+             (long long)seen->after);
+    S_CHECK(item->custom_id && streq(item->custom_id, cid));
+    char *body = item->body ? llmq_value_to_json_text(item->body,
+                                                      item->body_size, NULL, 0)
+                            : NULL;
+    S_CHECK(body && streq(body, text));
+    free(body);
+    seen->after++;
+    return 0;
+}
+
 /*  Fetch all results; check input order and that each body is the echo of
     its item. */
 static void s_t_results(s_t_peers_t *p, const char *id, int n)
 {
-    int64_t after = 0;
+    s_t_seen_t seen = {id, 0};
     bool final = false;
     while (!final) {
         llmq_msg_t *m = llmq_msg_new(LLMQ_MSG_BATCH_GET);
         llmq_msg_set_batch(m, id);
-        llmq_msg_set_after(m, after);
+        llmq_msg_set_after(m, seen.after);
         llmq_msg_send(&m, p->client);
         llmq_msg_t *st = s_t_expect(p, p->client, LLMQ_MSG_BATCH_STATUS, 5000);
         llmq_msg_t *rs = s_t_expect(p, p->client, LLMQ_MSG_BATCH_RESULTS, 5000);
         S_CHECK(st && rs);
         zframe_t *payload = llmq_msg_payload(rs);
-        cJSON *arr = llmq_value_to_json(zframe_data(payload),
-                                        zframe_size(payload), NULL, 0);
-        S_CHECK(cJSON_IsArray(arr) && cJSON_GetArraySize(arr) > 0);
-        const cJSON *e;
-        cJSON_ArrayForEach(e, arr)
-        {
-            char cid[32], text[128];
-            snprintf(cid, sizeof cid, "c%lld", (long long)after);
-            snprintf(text, sizeof text, "%s item %lld", id, (long long)after);
-            const cJSON *c = cJSON_GetObjectItem(e, "custom_id");
-            const cJSON *body = cJSON_GetObjectItem(e, "body");
-            S_CHECK(cJSON_IsString(c) && streq(c->valuestring, cid));
-            S_CHECK(cJSON_IsString(body) && streq(body->valuestring, text));
-            after++;
-        }
-        cJSON_Delete(arr);
+        S_CHECK(llmq_payload_each_result(zframe_data(payload),
+                                         zframe_size(payload), s_t_result,
+                                         &seen, NULL, 0) > 0);
         final = llmq_msg_final(rs);
         if (final) {
             S_CHECK(streq(llmq_msg_state(st), "completed"));
@@ -329,7 +338,7 @@ static void s_t_results(s_t_peers_t *p, const char *id, int n)
         llmq_msg_destroy(&st);
         llmq_msg_destroy(&rs);
     }
-    S_CHECK(after == n);
+    S_CHECK(seen.after == n);
 }
 
 int llmq_batch_module_test(bool verbose)

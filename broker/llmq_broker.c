@@ -37,6 +37,7 @@
 #include "llmq_auth.h"
 #include "llmq_curve.h"
 #include "llmq_metrics.h"
+#include "llmq_payload.h"
 #include "llmq_queue.h"
 #include "llmq_value.h"
 
@@ -1546,32 +1547,39 @@ static bool s_attach_resend(s_broker_t *self, s_request_t *r)
 //  `held` after a hello: request keys the worker has a result for or still
 //  runs. A waiting resend of one is attached at once; the others are kept
 //  for a resend yet to come.
+typedef struct {
+    s_broker_t *self;
+    s_worker_t *w;
+} s_held_t;
+
+static int s_held_key(const char *key, void *arg)
+{
+    s_held_t *h = (s_held_t *)arg;
+    if (!key[0])
+        return 0;
+    s_request_t *r = s_pending_by_rkey(h->self, key);
+    if (r) {
+        if (!r->worker && !r->from_module)
+            s_attach(h->self, h->w, r);
+        return 0;
+    }
+    size_t len = strlen(h->w->key);
+    s_attach_t *a = (s_attach_t *)malloc(sizeof(s_attach_t) + len);
+    if (!a)
+        return 1;
+    a->at = zclock_mono();
+    memcpy(a->worker, h->w->key, len + 1);
+    zhashx_update(h->self->attach, key, a);
+    return 0;
+}
+
 static void s_worker_held(s_broker_t *self, s_worker_t *w, llmq_msg_t *msg)
 {
     zframe_t *payload = llmq_msg_payload(msg);
-    cJSON *keys = payload ? llmq_value_to_json(zframe_data(payload),
-                                               zframe_size(payload), NULL, 0)
-                          : NULL;
-    size_t len = strlen(w->key);
-    const cJSON *k;
-    cJSON_ArrayForEach(k, keys)
-    {
-        if (!cJSON_IsString(k) || !k->valuestring[0])
-            continue;
-        s_request_t *r = s_pending_by_rkey(self, k->valuestring);
-        if (r) {
-            if (!r->worker && !r->from_module)
-                s_attach(self, w, r);
-            continue;
-        }
-        s_attach_t *a = (s_attach_t *)malloc(sizeof(s_attach_t) + len);
-        if (!a)
-            break;
-        a->at = zclock_mono();
-        memcpy(a->worker, w->key, len + 1);
-        zhashx_update(self->attach, k->valuestring, a);
-    }
-    cJSON_Delete(keys);
+    s_held_t h = {self, w};
+    if (payload)
+        llmq_payload_each_str(zframe_data(payload), zframe_size(payload),
+                              s_held_key, &h, NULL, 0);
 }
 
 static void s_handle_worker(s_broker_t *self, llmq_msg_t *msg)
@@ -1859,100 +1867,82 @@ static void s_client_cancel(s_broker_t *self, const char *key, llmq_msg_t *msg)
     s_fail(self, r, LLMQ_ERR_CANCELLED, "cancelled by the client");
 }
 
+//  The status payload (PROTOCOL.md 5.3) of a live worker and of a lane.
+static void s_status_worker(llmq_status_worker_t *out, s_worker_t *w)
+{
+    *out = (llmq_status_worker_t){
+        .name = w->name,
+        .pool = w->pool,
+        .provider = w->provider,
+        .models = (const char **)w->models,
+        .nmodels = w->nmodels,
+        .capacity = w->capacity,
+        .credit = w->credit,
+        .in_flight = w->in_flight,
+        .healthy = w->healthy && !w->leaving,
+        .limit_group = w->group ? w->group->name : NULL,
+        .answered = (int64_t)w->answered,
+        //  Its share of the limit group (0 = none sent, unlimited).
+        .limits_rpm = w->share_rpm,
+        .limits_tpm = w->share_tpm};
+}
+
+static void s_status_queue(llmq_status_queue_t *out, s_lane_t *lane)
+{
+    *out =
+        (llmq_status_queue_t){.model = lane->model,
+                              .pool = lane->pool,
+                              .depth = (int64_t)llmq_queue_size(lane->queue),
+                              .workers = (int64_t)zlistx_size(lane->workers)};
+}
+
 static void s_client_status(s_broker_t *self, zframe_t *rid)
 {
-    llmq_packer_t *pk = llmq_packer_new();
-    if (!pk)
-        return;
-    llmq_packer_map(pk, 6);
-    llmq_packer_str(pk, "broker");
-    llmq_packer_str(pk, self->name);
-    llmq_packer_str(pk, "version");
-    llmq_packer_str(pk, s_VERSION);
-    llmq_packer_str(pk, "uptime_ms");
-    llmq_packer_int(pk, zclock_mono() - self->started_at);
-    llmq_packer_str(pk, "workers");
-    llmq_packer_array(pk, zhashx_size(self->workers));
-    s_worker_t *w = (s_worker_t *)zhashx_first(self->workers);
-    while (w) {
-        llmq_packer_map(pk, 11);
-        llmq_packer_str(pk, "name");
-        llmq_packer_str(pk, w->name);
-        llmq_packer_str(pk, "pool");
-        llmq_packer_str(pk, w->pool);
-        llmq_packer_str(pk, "provider");
-        llmq_packer_str(pk, w->provider);
-        llmq_packer_str(pk, "models");
-        llmq_packer_array(pk, w->nmodels);
-        for (size_t i = 0; i < w->nmodels; i++)
-            llmq_packer_str(pk, w->models[i]);
-        llmq_packer_str(pk, "capacity");
-        llmq_packer_int(pk, w->capacity);
-        llmq_packer_str(pk, "credit");
-        llmq_packer_int(pk, w->credit);
-        llmq_packer_str(pk, "in_flight");
-        llmq_packer_int(pk, w->in_flight);
-        llmq_packer_str(pk, "healthy");
-        llmq_packer_bool(pk, w->healthy && !w->leaving);
-        llmq_packer_str(pk, "limit_group");
-        if (w->group)
-            llmq_packer_str(pk, w->group->name);
-        else
-            llmq_packer_nil(pk);
-        llmq_packer_str(pk, "answered");
-        llmq_packer_int(pk, (int64_t)w->answered);
-        //  Its share of the limit group (0 = none sent, unlimited).
-        llmq_packer_str(pk, "limits");
-        llmq_packer_map(pk, 2);
-        llmq_packer_str(pk, "rpm");
-        llmq_packer_int(pk, w->share_rpm);
-        llmq_packer_str(pk, "tpm");
-        llmq_packer_int(pk, w->share_tpm);
-        w = (s_worker_t *)zhashx_next(self->workers);
-    }
     //  Clients choose model names: list at most s_MAX_STATUS_QUEUES lanes,
     //  so the reply stays small whatever they send.
     size_t lanes = zhashx_size(self->lanes);
     if (lanes > s_MAX_STATUS_QUEUES)
         lanes = s_MAX_STATUS_QUEUES;
-    llmq_packer_str(pk, "queues");
-    llmq_packer_array(pk, lanes);
-    s_lane_t *lane = (s_lane_t *)zhashx_first(self->lanes);
-    while (lane && lanes--) {
-        llmq_packer_map(pk, 4);
-        llmq_packer_str(pk, "model");
-        llmq_packer_str(pk, lane->model);
-        llmq_packer_str(pk, "pool");
-        if (lane->pool)
-            llmq_packer_str(pk, lane->pool);
-        else
-            llmq_packer_nil(pk);
-        llmq_packer_str(pk, "depth");
-        llmq_packer_int(pk, (int64_t)llmq_queue_size(lane->queue));
-        llmq_packer_str(pk, "workers");
-        llmq_packer_int(pk, (int64_t)zlistx_size(lane->workers));
-        lane = (s_lane_t *)zhashx_next(self->lanes);
-    }
     s_counters_t *c = &self->counters;
-    llmq_packer_str(pk, "counters");
-    llmq_packer_map(pk, 12);
-    struct {
-        const char *name;
-        uint64_t value;
-    } counters[] = {
-        {"received", c->received},       {"dispatched", c->dispatched},
-        {"answered_ok", c->answered_ok}, {"answered_error", c->answered_error},
-        {"requeued", c->requeued},       {"dropped", c->dropped},
-        {"expired", c->expired},         {"overloaded", c->overloaded},
-        {"not_found", c->not_found},     {"cancelled", c->cancelled},
-        {"queued", self->queued},        {"in_flight", self->inflight_count},
+    llmq_status_counter_t counters[] = {
+        {"received", (int64_t)c->received},
+        {"dispatched", (int64_t)c->dispatched},
+        {"answered_ok", (int64_t)c->answered_ok},
+        {"answered_error", (int64_t)c->answered_error},
+        {"requeued", (int64_t)c->requeued},
+        {"dropped", (int64_t)c->dropped},
+        {"expired", (int64_t)c->expired},
+        {"overloaded", (int64_t)c->overloaded},
+        {"not_found", (int64_t)c->not_found},
+        {"cancelled", (int64_t)c->cancelled},
+        {"queued", (int64_t)self->queued},
+        {"in_flight", (int64_t)self->inflight_count},
     };
-    for (size_t i = 0; i < sizeof(counters) / sizeof(counters[0]); i++) {
-        llmq_packer_str(pk, counters[i].name);
-        llmq_packer_int(pk, (int64_t)counters[i].value);
+    llmq_status_t st = {
+        .broker = self->name,
+        .version = s_VERSION,
+        .uptime_ms = zclock_mono() - self->started_at,
+        .workers = (llmq_status_worker_t *)calloc(
+            zhashx_size(self->workers) + 1, sizeof(llmq_status_worker_t)),
+        .queues = (llmq_status_queue_t *)calloc(lanes + 1,
+                                                sizeof(llmq_status_queue_t)),
+        .counters = counters,
+        .ncounters = sizeof(counters) / sizeof(counters[0])};
+    zframe_t *payload = NULL;
+    if (st.workers && st.queues) {
+        s_worker_t *w = (s_worker_t *)zhashx_first(self->workers);
+        for (; w; w = (s_worker_t *)zhashx_next(self->workers))
+            s_status_worker(&st.workers[st.nworkers++], w);
+        s_lane_t *lane = (s_lane_t *)zhashx_first(self->lanes);
+        for (; lane && st.nqueues < lanes;
+             lane = (s_lane_t *)zhashx_next(self->lanes))
+            s_status_queue(&st.queues[st.nqueues++], lane);
+        payload = llmq_status_encode(&st);
     }
-    zframe_t *payload = llmq_packer_frame(pk);
-    llmq_packer_destroy(&pk);
+    free(st.workers);
+    free(st.queues);
+    if (!payload)
+        return;
     llmq_msg_t *msg = llmq_msg_new(LLMQ_MSG_STATUS);
     if (!msg) {
         zframe_destroy(&payload);
@@ -3099,11 +3089,10 @@ static int s_t_attach(void)
     s_t_alive.count = 0;
     s_t_alive.socks[s_t_alive.count++] = w;
     s_t_hello(w, "w", "m1", 4, NULL, 0);
-    llmq_packer_t *pk = llmq_packer_new();
-    llmq_packer_array(pk, 1);
-    llmq_packer_str(pk, "636c69656e742d39:x1"); //  hex("client-9"):x1
-    zframe_t *keys = llmq_packer_frame(pk);
-    llmq_packer_destroy(&pk);
+    llmq_payload_t *pk = llmq_payload_new();
+    llmq_payload_add_str(pk, "636c69656e742d39:x1"); //  hex("client-9"):x1
+    zframe_t *keys = llmq_payload_frame(pk);
+    llmq_payload_destroy(&pk);
     m = llmq_msg_new(LLMQ_MSG_HELD);
     llmq_msg_set_count(m, 1);
     llmq_msg_set_payload(m, &keys);
@@ -3292,15 +3281,15 @@ int llmq_broker_test(bool verbose)
     {
         zframe_t *payload = llmq_msg_payload(m);
         T_CHECK(payload);
-        cJSON *status = llmq_value_to_json(zframe_data(payload),
-                                           zframe_size(payload), NULL, 0);
+        llmq_status_t *status = llmq_status_decode(
+            zframe_data(payload), zframe_size(payload), NULL, 0);
         T_CHECK(status);
-        cJSON *counters = cJSON_GetObjectItem(status, "counters");
-        cJSON *workers = cJSON_GetObjectItem(status, "workers");
-        bool good = counters && cJSON_GetObjectItem(counters, "queued") &&
-                    cJSON_GetObjectItem(counters, "queued")->valueint == 3 &&
-                    cJSON_GetArraySize(workers) == 1;
-        cJSON_Delete(status);
+        int64_t queued = -1;
+        for (size_t i = 0; i < status->ncounters; i++)
+            if (streq(status->counters[i].name, "queued"))
+                queued = status->counters[i].value;
+        bool good = queued == 3 && status->nworkers == 1;
+        llmq_status_destroy(&status);
         T_CHECK(good);
     }
     llmq_msg_destroy(&m);
