@@ -33,6 +33,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "llmq_payload.h"
 #include "llmq_value.h"
 
 #define S_MAX_RESPONSE (1024LL * 1024 * 1024) /* largest body we keep */
@@ -72,9 +73,9 @@ typedef struct {
     char *create_body;  /* submit: JSON for the create call */
     char *upload;       /* submit: the JSONL file */
     size_t upload_len;
-    size_t upload_pos;   /* read position of curl */
-    int pages;           /* lookup pages read */
-    llmq_packer_t *page; /* fetch: result maps being packed */
+    size_t upload_pos;    /* read position of curl */
+    int pages;            /* lookup pages read */
+    llmq_payload_t *page; /* fetch: the results page being built */
     int64_t page_count;
     int64_t page_bytes;
     int64_t results; /* fetch: results sent */
@@ -141,7 +142,7 @@ static void s_task_destroy(s_task_t **task_p)
         return;
     free(t->create_body);
     free(t->upload);
-    llmq_packer_destroy(&t->page);
+    llmq_payload_destroy(&t->page);
     t->owner->tasks--;
     free(t);
     *task_p = NULL;
@@ -708,36 +709,9 @@ static void s_result(s_task_t *t, const char *custom_id, bool ok,
                      int64_t completion_tokens)
 {
     if (!t->page)
-        t->page = llmq_packer_new();
-    llmq_packer_t *p = t->page;
-    size_t before = 0;
-    llmq_packer_data(p, &before);
-    llmq_packer_map(p, 4);
-    llmq_packer_str(p, "custom_id");
-    llmq_packer_str(p, custom_id);
-    llmq_packer_str(p, "ok");
-    llmq_packer_bool(p, ok);
-    if (ok) {
-        llmq_packer_str(p, "body");
-        if (body)
-            llmq_packer_json(p, body);
-        else
-            llmq_packer_nil(p);
-    } else {
-        char text[1024];
-        snprintf(text, sizeof text, "%s", message ? message : "");
-        s_scrub(t->owner, text);
-        llmq_packer_str(p, "error");
-        llmq_packer_map(p, 4);
-        llmq_packer_str(p, "code");
-        llmq_packer_str(p, llmq_err_name(err));
-        llmq_packer_str(p, "message");
-        llmq_packer_str(p, text);
-        llmq_packer_str(p, "status");
-        llmq_packer_int(p, status);
-        llmq_packer_str(p, "retryable");
-        llmq_packer_bool(p, retryable);
-    }
+        t->page = llmq_payload_new();
+    if (!t->page)
+        return;
     self_t *self = t->owner;
     double cost = 0;
     if (self->cost && (prompt_tokens || completion_tokens)) {
@@ -748,20 +722,25 @@ static void s_result(s_task_t *t, const char *custom_id, bool ok,
             cost = self->cost(model, prompt_tokens, completion_tokens,
                               self->cost_arg);
     }
-    llmq_packer_str(p, "usage");
-    llmq_packer_map(p, 4);
-    llmq_packer_str(p, "prompt_tokens");
-    llmq_packer_int(p, prompt_tokens);
-    llmq_packer_str(p, "completion_tokens");
-    llmq_packer_int(p, completion_tokens);
-    llmq_packer_str(p, "total_tokens");
-    llmq_packer_int(p, prompt_tokens + completion_tokens);
-    llmq_packer_str(p, "cost_usd");
-    llmq_packer_double(p, cost);
-    size_t after = 0;
-    llmq_packer_data(p, &after);
+    char text[1024];
+    snprintf(text, sizeof text, "%s", message ? message : "");
+    s_scrub(t->owner, text);
+    /*  A body too deep to encode goes out as nil, as it always did. */
+    zframe_t *packed = ok && body ? llmq_value_from_json(body) : NULL;
+    llmq_result_item_t item = {.custom_id = custom_id,
+                               .ok = ok,
+                               .body = packed ? zframe_data(packed) : NULL,
+                               .body_size = packed ? zframe_size(packed) : 0,
+                               .error_code = llmq_err_name(err),
+                               .error_message = text,
+                               .error_status = status,
+                               .error_retryable = retryable,
+                               .prompt_tokens = prompt_tokens,
+                               .completion_tokens = completion_tokens,
+                               .cost_usd = cost};
+    t->page_bytes += (int64_t)llmq_payload_add_result(t->page, &item);
+    zframe_destroy(&packed);
     t->page_count++;
-    t->page_bytes += (int64_t)(after - before);
     if (t->page_count >= t->owner->results_page ||
         t->page_bytes >= S_PAGE_BYTES)
         s_page_send(t, false);
@@ -769,16 +748,9 @@ static void s_result(s_task_t *t, const char *custom_id, bool ok,
 
 static void s_page_send(s_task_t *t, bool final)
 {
-    llmq_packer_t *out = llmq_packer_new();
-    llmq_packer_array(out, (size_t)t->page_count);
-    if (t->page) {
-        size_t size = 0;
-        const uint8_t *data = llmq_packer_data(t->page, &size);
-        llmq_packer_raw(out, data, size);
-        llmq_packer_reset(t->page);
-    }
-    zframe_t *frame = llmq_packer_frame(out);
-    llmq_packer_destroy(&out);
+    if (!t->page)
+        t->page = llmq_payload_new();
+    zframe_t *frame = t->page ? llmq_payload_frame(t->page) : NULL;
     llmq_msg_t *m = llmq_msg_new(LLMQ_MSG_JOB_RESULTS);
     llmq_msg_set_job(m, t->job);
     llmq_msg_set_provider_batch(m, t->pb);

@@ -50,6 +50,7 @@
 #include "llmq_msg.h"
 #include "llmq_provider.h"
 #include "llmq_sse.h"
+#include "llmq_payload.h"
 #include "llmq_value.h"
 #include "llmq_wlog.h"
 #include "llmq_wmetrics.h"
@@ -545,14 +546,13 @@ static void s_send_held(s_worker_t *self)
     while (k) {
         size_t n = total > S_HELD_PER_MSG ? S_HELD_PER_MSG : total;
         total -= n;
-        llmq_packer_t *pk = llmq_packer_new();
+        llmq_payload_t *pk = llmq_payload_new();
         if (!pk)
             break;
-        llmq_packer_array(pk, n);
         for (size_t i = 0; i < n && k; i++, k = zlistx_next(keys))
-            llmq_packer_str(pk, k);
-        zframe_t *payload = llmq_packer_frame(pk);
-        llmq_packer_destroy(&pk);
+            llmq_payload_add_str(pk, k);
+        zframe_t *payload = llmq_payload_frame(pk);
+        llmq_payload_destroy(&pk);
         llmq_msg_t *m = llmq_msg_new(LLMQ_MSG_HELD);
         llmq_msg_set_count(m, (int64_t)n);
         llmq_msg_set_payload(m, &payload);
