@@ -27,6 +27,7 @@
 #include "llmq_duration.h"
 #include "llmq_curve.h"
 #include "llmq_msg.h"
+#include "llmq_payload.h"
 #include "llmq_value.h"
 
 #include <czmq.h>
@@ -1308,44 +1309,50 @@ int llmq_batch_cancel(llmq_client_t *self, const char *batch,
     return rc;
 }
 
-/*  One result entry {custom_id, ok, body | error, usage} as a client result. */
-static llmq_result_t *s_batch_result(const cJSON *entry)
+/*  The results of one batch.results page, as client results. */
+typedef struct {
+    llmq_result_t **results; /* room for every item of the page */
+    size_t count;
+} s_page_t;
+
+/*  One result item {custom_id, ok, body | error, usage} as a client
+    result. */
+static int s_batch_result(const llmq_result_item_t *e, void *arg)
 {
+    s_page_t *page = (s_page_t *)arg;
     llmq_result_t *r = (llmq_result_t *)calloc(1, sizeof(*r));
     if (!r)
-        return NULL;
-    const cJSON *cid = cJSON_GetObjectItemCaseSensitive(entry, "custom_id");
-    r->id = strdup(cJSON_IsString(cid) ? cid->valuestring : "");
-    r->ok = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(entry, "ok"));
-    const cJSON *body = cJSON_GetObjectItemCaseSensitive(entry, "body");
-    if (body && !cJSON_IsNull(body))
-        r->body = cJSON_Duplicate(body, true);
-    const cJSON *usage = cJSON_GetObjectItemCaseSensitive(entry, "usage");
-    const cJSON *v;
-    if ((v = cJSON_GetObjectItemCaseSensitive(usage, "prompt_tokens")) &&
-        cJSON_IsNumber(v))
-        r->prompt_tokens = (int64_t)v->valuedouble;
-    if ((v = cJSON_GetObjectItemCaseSensitive(usage, "completion_tokens")) &&
-        cJSON_IsNumber(v))
-        r->completion_tokens = (int64_t)v->valuedouble;
-    if ((v = cJSON_GetObjectItemCaseSensitive(usage, "total_tokens")) &&
-        cJSON_IsNumber(v))
-        r->total_tokens = (int64_t)v->valuedouble;
-    if ((v = cJSON_GetObjectItemCaseSensitive(usage, "cost_usd")) &&
-        cJSON_IsNumber(v))
-        r->cost_usd = v->valuedouble;
-    if (!r->ok) {
-        const cJSON *err = cJSON_GetObjectItemCaseSensitive(entry, "error");
-        const cJSON *code = cJSON_GetObjectItemCaseSensitive(err, "code");
-        const cJSON *message = cJSON_GetObjectItemCaseSensitive(err, "message");
-        const cJSON *status = cJSON_GetObjectItemCaseSensitive(err, "status");
-        s_set_error(
-            r, cJSON_IsString(code) ? code->valuestring : "internal",
-            cJSON_IsString(message) ? message->valuestring : "",
-            cJSON_IsNumber(status) ? (int)status->valuedouble : 0,
-            cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(err, "retryable")));
-    }
-    return r;
+        return 0;
+    r->id = strdup(e->custom_id ? e->custom_id : "");
+    r->ok = e->ok;
+    if (e->body)
+        r->body = llmq_value_to_json(e->body, e->body_size, NULL, 0);
+    r->prompt_tokens = e->prompt_tokens;
+    r->completion_tokens = e->completion_tokens;
+    r->total_tokens = e->total_tokens;
+    r->cost_usd = e->cost_usd;
+    if (!r->ok)
+        s_set_error(r, e->error_code ? e->error_code : "internal",
+                    e->error_message ? e->error_message : "",
+                    (int)e->error_status, e->error_retryable);
+    page->results[page->count++] = r;
+    return 0;
+}
+
+/*  The results array of a batch.results message; NULL on failure. */
+static llmq_result_t **s_batch_results(llmq_msg_t *m, size_t *count_p)
+{
+    zframe_t *payload = llmq_msg_payload(m);
+    const void *data = payload ? zframe_data(payload) : NULL;
+    size_t size = payload ? zframe_size(payload) : 0;
+    long n = llmq_payload_each_result(data, size, NULL, NULL, NULL, 0);
+    s_page_t page = {NULL, 0};
+    page.results =
+        (llmq_result_t **)calloc(n > 0 ? (size_t)n : 1, sizeof(*page.results));
+    if (page.results && n > 0)
+        llmq_payload_each_result(data, size, s_batch_result, &page, NULL, 0);
+    *count_p = page.count;
+    return page.results;
 }
 
 int llmq_batch_get(llmq_client_t *self, const char *batch, int64_t after,
@@ -1373,27 +1380,11 @@ int llmq_batch_get(llmq_client_t *self, const char *batch, int64_t after,
             if (final_p)
                 *final_p = llmq_msg_final(m);
             if (results_p) {
-                zframe_t *payload = llmq_msg_payload(m);
-                cJSON *array =
-                    payload ? llmq_value_to_json(zframe_data(payload),
-                                                 zframe_size(payload), NULL, 0)
-                            : NULL;
-                size_t n = (size_t)cJSON_GetArraySize(array);
-                llmq_result_t **results =
-                    (llmq_result_t **)calloc(n ? n : 1, sizeof(*results));
                 size_t k = 0;
-                const cJSON *entry;
-                cJSON_ArrayForEach(entry, array)
-                {
-                    llmq_result_t *r = results ? s_batch_result(entry) : NULL;
-                    if (r)
-                        results[k++] = r;
-                }
-                cJSON_Delete(array);
-                *results_p = results;
+                *results_p = s_batch_results(m, &k);
                 if (count_p)
                     *count_p = k;
-                if (!results)
+                if (!*results_p)
                     rc = -1;
             }
         }
