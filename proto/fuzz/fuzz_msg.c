@@ -1,17 +1,20 @@
 /*  fuzz_msg.c - libFuzzer target for the protocol decoder.
 
     One input exercises everything that parses bytes from the network: the
-    header decoder (with and without a payload frame), and the payload
-    walkers (msgpack -> JSON, validation, the batch item walk). The first
-    byte picks the payload rule so both branches of the payload check run;
+    header decoder (with and without a payload frame), the payload
+    walkers (msgpack -> JSON, validation, the batch item walk) and the
+    typed payload readers of llmq_payload.h (result items, keys, status). The
+   first byte picks the payload rule so both branches of the payload check run;
     the rest is the frame. Anything that decodes is encoded again and must
-    decode to the same bytes.
+    decode to the same bytes; a results page or status map that decodes is
+    encoded again, and that encoding must read back to the same bytes.
 
     Built with -DLLMQ_FUZZ=ON (clang, -fsanitize=fuzzer,address,undefined);
     without LLMQ_FUZZ_MAIN it is also compiled into fuzz_corpus_run, a plain
     main that replays the seed corpus in every normal build.
 */
 #include "llmq_msg.h"
+#include "llmq_payload.h"
 #include "llmq_value.h"
 
 #include <stdlib.h>
@@ -43,6 +46,53 @@ static void s_check_reencode(const llmq_msg_t *msg)
     llmq_msg_destroy(&back);
 }
 
+static int s_add_result(const llmq_result_item_t *item, void *arg)
+{
+    llmq_payload_add_result((llmq_payload_t *)arg, item);
+    return 0;
+}
+
+/*  Results: decode, encode, decode again: the two encodings are equal. */
+static void s_check_results(const uint8_t *data, size_t size)
+{
+    llmq_payload_t *once = llmq_payload_new();
+    long n = llmq_payload_each_result(data, size, s_add_result, once, NULL, 0);
+    if (n >= 0) {
+        zframe_t *first = llmq_payload_frame(once);
+        llmq_payload_t *twice = llmq_payload_new();
+        if (!first ||
+            llmq_payload_each_result(zframe_data(first), zframe_size(first),
+                                     s_add_result, twice, NULL, 0) != n)
+            abort();
+        zframe_t *second = llmq_payload_frame(twice);
+        if (!second || !zframe_eq(first, second))
+            abort();
+        zframe_destroy(&first);
+        zframe_destroy(&second);
+        llmq_payload_destroy(&twice);
+    }
+    llmq_payload_destroy(&once);
+}
+
+/*  Status: the same property. */
+static void s_check_status(const uint8_t *data, size_t size)
+{
+    llmq_status_t *st = llmq_status_decode(data, size, NULL, 0);
+    if (!st)
+        return;
+    zframe_t *first = llmq_status_encode(st);
+    llmq_status_destroy(&st);
+    st = first ? llmq_status_decode(zframe_data(first), zframe_size(first),
+                                    NULL, 0)
+               : NULL;
+    zframe_t *second = st ? llmq_status_encode(st) : NULL;
+    if (!second || !zframe_eq(first, second))
+        abort();
+    llmq_status_destroy(&st);
+    zframe_destroy(&first);
+    zframe_destroy(&second);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (size == 0)
@@ -71,6 +121,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
     size_t body_bytes = 0;
     llmq_value_each_item(data, size, s_item, &body_bytes, err, sizeof err);
+    s_check_results(data, size);
+    llmq_payload_each_str(data, size, NULL, NULL, err, sizeof err);
+    s_check_status(data, size);
     return 0;
 }
 

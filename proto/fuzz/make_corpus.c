@@ -5,11 +5,13 @@
     Each file is one fuzz input: a first byte saying whether a payload frame
     follows (bit 0), then the bytes. Seeds: every message type with only its
     required fields and with every field set, payload values (a chat request,
-    a response, batch items, a status payload) and a few broken headers, so
+    a response, batch items, a status payload), the typed payloads as
+    llmq_payload.c writes them, and a few broken headers, so
     the fuzzer starts from every branch of the decoder. The files are made
     by the codec itself, never by hand, and committed.
 */
 #include "llmq_msg.h"
+#include "llmq_payload.h"
 #include "llmq_value.h"
 
 #include <stdio.h>
@@ -166,6 +168,53 @@ static void s_values(void)
            "[null,true,false,0,-1,127,128,-33,65536,1.5,\"\"]");
 }
 
+static void s_write_frame(const char *name, zframe_t *frame)
+{
+    if (!frame) {
+        fprintf(stderr, "fuzz_make_corpus: %s: encode failed\n", name);
+        exit(1);
+    }
+    s_write(name, false, zframe_data(frame), zframe_size(frame));
+    zframe_destroy(&frame);
+}
+
+/*  The typed payloads, made by their own encoders. */
+static void s_payloads(void)
+{
+    llmq_payload_t *pl = llmq_payload_new();
+    const char *json = "{\"id\":\"r1\",\"n\":[1]}";
+    zframe_t *body = llmq_value_from_json_text(json, strlen(json), NULL, 0);
+    llmq_result_item_t ok = {.custom_id = "0",
+                             .ok = true,
+                             .body = zframe_data(body),
+                             .body_size = zframe_size(body),
+                             .prompt_tokens = 9,
+                             .completion_tokens = 2,
+                             .cost_usd = 0.0011};
+    llmq_result_item_t bad = {.custom_id = "1",
+                              .error_code = "rate_limited",
+                              .error_message = "429",
+                              .error_status = 429,
+                              .error_retryable = true};
+    llmq_payload_add_result(pl, &ok);
+    llmq_payload_add_result(pl, &bad);
+    s_write_frame("payload-results", llmq_payload_frame(pl));
+    llmq_payload_add_item(pl, "req-1", zframe_data(body), zframe_size(body));
+    llmq_payload_add_item(pl, "req-2", "\xc0", 1);
+    s_write_frame("payload-items", llmq_payload_frame(pl));
+    llmq_payload_add_str(pl, "636c69656e742d39:x1");
+    s_write_frame("payload-keys", llmq_payload_frame(pl));
+    llmq_payload_destroy(&pl);
+    zframe_destroy(&body);
+    const char *models[] = {"m", "*"};
+    llmq_status_worker_t w = {"w1", "sim", "sim", models, 2,  64, 3,
+                              61,   true,  "g1",  7,      60, 0};
+    llmq_status_queue_t q = {"m", NULL, 2, 1};
+    llmq_status_counter_t c[] = {{"received", 1}, {"queued", 2}};
+    llmq_status_t st = {"b1", "0.1.0", 1200, &w, 1, &q, 1, c, 2, NULL};
+    s_write_frame("payload-status", llmq_status_encode(&st));
+}
+
 /*  Broken on purpose: the fuzzer mutates these into their neighbours. */
 static void s_broken(void)
 {
@@ -194,6 +243,7 @@ int main(int argc, char **argv)
     s_dir = argv[1];
     s_messages();
     s_values();
+    s_payloads();
     s_broken();
     printf("fuzz_make_corpus: wrote the seed corpus to %s\n", s_dir);
     return 0;
