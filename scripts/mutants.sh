@@ -70,8 +70,8 @@ read -r -d '' MUTANTS <<'EOF' || true
  {"name": "resend_never_attached",
   "why": "a worker's held report is ignored: after a broker restart every resend is dispatched afresh (paid twice)",
   "file": "broker/llmq_broker.c",
-  "old": "        if (!cJSON_IsString(k) || !k->valuestring[0])\n            continue;\n        s_request_t *r = s_pending_by_rkey",
-  "new": "        if (k)\n            continue;\n        s_request_t *r = s_pending_by_rkey",
+  "old": "    if (!key[0])\n        return 0;\n    s_request_t *r = s_pending_by_rkey",
+  "new": "    if (key)\n        return 0;\n    s_request_t *r = s_pending_by_rkey",
   "tests": "^churn\\.restart$"},
  {"name": "breaker_counts_every_failure",
   "why": "every retry of a failing request counts toward the circuit breaker",
@@ -142,8 +142,8 @@ read -r -d '' MUTANTS <<'EOF' || true
  {"name": "batch_body_swap_provider",
   "why": "a provider batch result line is stored for the neighbouring item",
   "file": "broker/llmq_batch.c",
-  "old": "            llmq_batch_result_t r = {.index = index};\n            r.ok = cJSON_IsTrue",
-  "new": "            llmq_batch_result_t r = {.index = index ^ 1};\n            r.ok = cJSON_IsTrue",
+  "old": "    llmq_batch_result_t r = {.index = index,\n                             .ok = e->ok,",
+  "new": "    llmq_batch_result_t r = {.index = index ^ 1,\n                             .ok = e->ok,",
   "tests": "^batch\\.e2e\\.(provider|detach)$"}
 ]
 EOF
