@@ -18,6 +18,7 @@
 #include "llmq_mpread.h"
 #include "llmq_value.h"
 
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -207,6 +208,19 @@ static long s_enter_map(llmq_mp_reader_t *r)
     return -1;
 }
 
+/*  Enter an array value: its count, or -1 (value skipped) if not one. */
+static long s_enter_array(llmq_mp_reader_t *r)
+{
+    llmq_mp_reader_t head = *r;
+    llmq_mp_item_t it;
+    if (llmq_mp_read(&head, &it) == 0 && it.kind == LLMQ_MP_ARRAY) {
+        *r = head;
+        return (long)it.len;
+    }
+    s_value(r, &it);
+    return -1;
+}
+
 static bool s_is(const llmq_mp_item_t *key, const char *name)
 {
     size_t len = strlen(name);
@@ -256,79 +270,158 @@ static int s_open_array(llmq_mp_reader_t *r, const void *data, size_t size,
     return 0;
 }
 
+/*  ---- reading: maps by table ------------------------------------------ */
+
+/*  A map is read by a table of its keys: where each value goes in a C
+    struct and as what. Unknown keys are skipped; a value of another kind
+    than the table says leaves the field as it was (zero). */
+typedef enum {
+    S_STR,  /* const char *, copied into the arena; NULL unless str/bin */
+    S_INT,  /* int64_t, from any number */
+    S_DBL,  /* double, from any number */
+    S_BOOL, /* bool; aux: offset of a "was present" flag, 0 = none */
+    S_RAW,  /* const void *, the value's bytes; aux: offset of its size */
+    S_MAP,  /* a nested map whose keys (sub) fill the same struct */
+    S_FN    /* read by fn */
+} s_kind_t;
+
+typedef struct s_field_t_ s_field_t;
+typedef int(s_read_fn)(llmq_mp_reader_t *r, void *base, s_arena_t *a);
+struct s_field_t_ {
+    const char *key; /* NULL ends a table */
+    s_kind_t kind;
+    size_t at;  /* offset of the value in the struct */
+    size_t aux; /* see S_BOOL and S_RAW */
+    const s_field_t *sub;
+    s_read_fn *fn;
+};
+
+#define S_FIELD(type, key, kind, member)                                       \
+    {                                                                          \
+        key, S_##kind, offsetof(type, member), 0, NULL, NULL                   \
+    }
+
+static const s_field_t *s_find(const s_field_t *fields,
+                               const llmq_mp_item_t *key)
+{
+    for (; fields->key; fields++)
+        if (s_is(key, fields->key))
+            return fields;
+    return NULL;
+}
+
+/*  Store value v (whose bytes are start..end) as field f of base. */
+static void s_store(const s_field_t *f, char *base, const llmq_mp_item_t *v,
+                    const uint8_t *start, const uint8_t *end, s_arena_t *a)
+{
+    if (f->kind == S_STR)
+        *(const char **)(base + f->at) = s_copy(a, v);
+    else if (f->kind == S_INT)
+        *(int64_t *)(base + f->at) = s_int(v);
+    else if (f->kind == S_DBL)
+        *(double *)(base + f->at) = s_dbl(v);
+    else if (f->kind == S_BOOL && v->kind == LLMQ_MP_BOOL) {
+        *(bool *)(base + f->at) = v->b;
+        if (f->aux)
+            *(bool *)(base + f->aux) = true;
+    } else if (f->kind == S_RAW && v->kind != LLMQ_MP_NIL) {
+        *(const void **)(base + f->at) = start;
+        *(size_t *)(base + f->aux) = (size_t)(end - start);
+    }
+}
+
+static int s_read_map(llmq_mp_reader_t *r, const s_field_t *fields, void *base,
+                      s_arena_t *a)
+{
+    long n = s_enter_map(r);
+    for (long k = 0; k < n; k++) {
+        llmq_mp_item_t key, v;
+        if (llmq_mp_read(r, &key))
+            return -1;
+        const s_field_t *f = s_find(fields, &key);
+        if (f && f->kind == S_MAP && s_read_map(r, f->sub, base, a))
+            return -1;
+        if (f && f->kind == S_FN && f->fn(r, base, a))
+            return -1;
+        if (f && (f->kind == S_MAP || f->kind == S_FN))
+            continue;
+        const uint8_t *start = r->p;
+        if (s_value(r, &v))
+            return -1;
+        if (f)
+            s_store(f, (char *)base, &v, start, r->p, a);
+    }
+    return r->err ? -1 : 0;
+}
+
+/*  An array of maps into a new array of structs of elem bytes, each read
+    by fields; elements that are not maps are skipped. The key twice is an
+    error (so nothing leaks). */
+static int s_read_rows(llmq_mp_reader_t *r, void **rows, size_t *count,
+                       size_t elem, const s_field_t *fields, s_arena_t *a)
+{
+    long n = s_enter_array(r);
+    if (n > 0 && *rows)
+        return llmq_mp_fail(r, "key twice");
+    if (n <= 0)
+        return r->err ? -1 : 0;
+    *rows = calloc((size_t)n, elem);
+    if (!*rows)
+        return llmq_mp_fail(r, "out of memory");
+    for (long k = 0; k < n; k++) {
+        llmq_mp_reader_t head = *r;
+        llmq_mp_item_t it;
+        if (llmq_mp_read(&head, &it) || it.kind != LLMQ_MP_MAP) {
+            if (s_value(r, &it))
+                return -1;
+            continue;
+        }
+        char *row = (char *)*rows + elem * (*count)++;
+        if (s_read_map(r, fields, row, a))
+            return -1;
+    }
+    return 0;
+}
+
 /*  ---- reading: results ------------------------------------------------ */
 
-static int s_result_usage(llmq_mp_reader_t *r, llmq_result_item_t *item)
-{
-    long n = s_enter_map(r);
-    for (long k = 0; k < n; k++) {
-        llmq_mp_item_t key, v;
-        if (llmq_mp_read(r, &key) || s_value(r, &v))
-            return -1;
-        if (s_is(&key, "prompt_tokens"))
-            item->prompt_tokens = s_int(&v);
-        else if (s_is(&key, "completion_tokens"))
-            item->completion_tokens = s_int(&v);
-        else if (s_is(&key, "total_tokens"))
-            item->total_tokens = s_int(&v);
-        else if (s_is(&key, "cost_usd"))
-            item->cost_usd = s_dbl(&v);
-    }
-    return r->err ? -1 : 0;
-}
+#define S_RESULT(key, kind, member)                                            \
+    S_FIELD(llmq_result_item_t, key, kind, member)
 
-static int s_result_error(llmq_mp_reader_t *r, llmq_result_item_t *item,
-                          s_arena_t *a)
-{
-    long n = s_enter_map(r);
-    for (long k = 0; k < n; k++) {
-        llmq_mp_item_t key, v;
-        if (llmq_mp_read(r, &key) || s_value(r, &v))
-            return -1;
-        if (s_is(&key, "code"))
-            item->error_code = s_copy(a, &v);
-        else if (s_is(&key, "message"))
-            item->error_message = s_copy(a, &v);
-        else if (s_is(&key, "status"))
-            item->error_status = s_int(&v);
-        else if (s_is(&key, "retryable") && v.kind == LLMQ_MP_BOOL) {
-            item->error_retryable = v.b;
-            item->has_retryable = true;
-        }
-    }
-    return r->err ? -1 : 0;
-}
+static const s_field_t s_usage_fields[] = {
+    S_RESULT("prompt_tokens", INT, prompt_tokens),
+    S_RESULT("completion_tokens", INT, completion_tokens),
+    S_RESULT("total_tokens", INT, total_tokens),
+    S_RESULT("cost_usd", DBL, cost_usd),
+    {NULL}};
 
+static const s_field_t s_error_fields[] = {
+    S_RESULT("code", STR, error_code),
+    S_RESULT("message", STR, error_message),
+    S_RESULT("status", INT, error_status),
+    {"retryable", S_BOOL, offsetof(llmq_result_item_t, error_retryable),
+     offsetof(llmq_result_item_t, has_retryable), NULL, NULL},
+    {NULL}};
+
+static const s_field_t s_result_fields[] = {
+    S_RESULT("custom_id", STR, custom_id),
+    S_RESULT("ok", BOOL, ok),
+    {"body", S_RAW, offsetof(llmq_result_item_t, body),
+     offsetof(llmq_result_item_t, body_size), NULL, NULL},
+    {"error", S_MAP, 0, 0, s_error_fields, NULL},
+    {"usage", S_MAP, 0, 0, s_usage_fields, NULL},
+    {NULL}};
+
+/*  One result: a map (anything else fails the page). */
 static int s_result(llmq_mp_reader_t *r, llmq_result_item_t *item, s_arena_t *a)
 {
     memset(item, 0, sizeof *item);
     a->used = 0;
+    llmq_mp_reader_t head = *r;
     llmq_mp_item_t it;
-    if (llmq_mp_read(r, &it))
-        return -1;
-    if (it.kind != LLMQ_MP_MAP)
+    if (llmq_mp_read(&head, &it) || it.kind != LLMQ_MP_MAP)
         return llmq_mp_fail(r, "result is not a map");
-    for (uint32_t k = 0; k < it.len; k++) {
-        llmq_mp_item_t key, v;
-        if (llmq_mp_read(r, &key))
-            return -1;
-        const uint8_t *start = r->p;
-        if (s_is(&key, "usage") && s_result_usage(r, item) == 0)
-            continue;
-        if (s_is(&key, "error") && s_result_error(r, item, a) == 0)
-            continue;
-        if (r->err || s_value(r, &v))
-            return -1;
-        if (s_is(&key, "custom_id"))
-            item->custom_id = s_copy(a, &v);
-        else if (s_is(&key, "ok"))
-            item->ok = v.kind == LLMQ_MP_BOOL && v.b;
-        else if (s_is(&key, "body") && v.kind != LLMQ_MP_NIL) {
-            item->body = start;
-            item->body_size = (size_t)(r->p - start);
-        }
-    }
-    return 0;
+    return s_read_map(r, s_result_fields, item, a);
 }
 
 long llmq_payload_each_result(const void *data, size_t size,
@@ -453,22 +546,11 @@ zframe_t *llmq_status_encode(const llmq_status_t *st)
 
 /*  ---- the status map: decoding ---------------------------------------- */
 
-/*  Enter an array value: its count, or -1 (value skipped) if not one. */
-static long s_enter_array(llmq_mp_reader_t *r)
+/*  models: an array of strings (others skipped); the key twice keeps the
+    last. */
+static int s_status_models(llmq_mp_reader_t *r, void *base, s_arena_t *a)
 {
-    llmq_mp_reader_t head = *r;
-    llmq_mp_item_t it;
-    if (llmq_mp_read(&head, &it) == 0 && it.kind == LLMQ_MP_ARRAY) {
-        *r = head;
-        return (long)it.len;
-    }
-    s_value(r, &it);
-    return -1;
-}
-
-static int s_status_models(llmq_mp_reader_t *r, llmq_status_worker_t *w,
-                           s_arena_t *a)
-{
+    llmq_status_worker_t *w = (llmq_status_worker_t *)base;
     long n = s_enter_array(r);
     if (n <= 0)
         return r->err ? -1 : 0;
@@ -488,123 +570,57 @@ static int s_status_models(llmq_mp_reader_t *r, llmq_status_worker_t *w,
     return 0;
 }
 
-static int s_status_limits(llmq_mp_reader_t *r, llmq_status_worker_t *w)
+#define S_WORKER(key, kind, member)                                            \
+    S_FIELD(llmq_status_worker_t, key, kind, member)
+#define S_QUEUE(key, kind, member)                                             \
+    S_FIELD(llmq_status_queue_t, key, kind, member)
+
+static const s_field_t s_limits_fields[] = {
+    S_WORKER("rpm", INT, limits_rpm), S_WORKER("tpm", INT, limits_tpm), {NULL}};
+
+static const s_field_t s_worker_fields[] = {
+    S_WORKER("name", STR, name),
+    S_WORKER("pool", STR, pool),
+    S_WORKER("provider", STR, provider),
+    S_WORKER("capacity", INT, capacity),
+    S_WORKER("credit", INT, credit),
+    S_WORKER("in_flight", INT, in_flight),
+    S_WORKER("healthy", BOOL, healthy),
+    S_WORKER("limit_group", STR, limit_group),
+    S_WORKER("answered", INT, answered),
+    {"models", S_FN, 0, 0, NULL, s_status_models},
+    {"limits", S_MAP, 0, 0, s_limits_fields, NULL},
+    {NULL}};
+
+static const s_field_t s_queue_fields[] = {S_QUEUE("model", STR, model),
+                                           S_QUEUE("pool", STR, pool),
+                                           S_QUEUE("depth", INT, depth),
+                                           S_QUEUE("workers", INT, workers),
+                                           {NULL}};
+
+static int s_status_workers(llmq_mp_reader_t *r, void *base, s_arena_t *a)
 {
+    llmq_status_t *st = (llmq_status_t *)base;
+    return s_read_rows(r, (void **)&st->workers, &st->nworkers,
+                       sizeof *st->workers, s_worker_fields, a);
+}
+
+static int s_status_queues(llmq_mp_reader_t *r, void *base, s_arena_t *a)
+{
+    llmq_status_t *st = (llmq_status_t *)base;
+    return s_read_rows(r, (void **)&st->queues, &st->nqueues,
+                       sizeof *st->queues, s_queue_fields, a);
+}
+
+/*  counters: a map of name -> number, names as the broker chose them. */
+static int s_status_counters(llmq_mp_reader_t *r, void *base, s_arena_t *a)
+{
+    llmq_status_t *st = (llmq_status_t *)base;
     long n = s_enter_map(r);
-    for (long k = 0; k < n; k++) {
-        llmq_mp_item_t key, v;
-        if (llmq_mp_read(r, &key) || s_value(r, &v))
-            return -1;
-        if (s_is(&key, "rpm"))
-            w->limits_rpm = s_int(&v);
-        else if (s_is(&key, "tpm"))
-            w->limits_tpm = s_int(&v);
-    }
-    return r->err ? -1 : 0;
-}
-
-static int s_status_worker_field(llmq_mp_reader_t *r, const llmq_mp_item_t *key,
-                                 llmq_status_worker_t *w, s_arena_t *a)
-{
-    if (s_is(key, "models"))
-        return s_status_models(r, w, a);
-    if (s_is(key, "limits"))
-        return s_status_limits(r, w);
-    llmq_mp_item_t v;
-    if (s_value(r, &v))
-        return -1;
-    if (s_is(key, "name"))
-        w->name = s_copy(a, &v);
-    else if (s_is(key, "pool"))
-        w->pool = s_copy(a, &v);
-    else if (s_is(key, "provider"))
-        w->provider = s_copy(a, &v);
-    else if (s_is(key, "limit_group"))
-        w->limit_group = s_copy(a, &v);
-    else if (s_is(key, "capacity"))
-        w->capacity = s_int(&v);
-    else if (s_is(key, "credit"))
-        w->credit = s_int(&v);
-    else if (s_is(key, "in_flight"))
-        w->in_flight = s_int(&v);
-    else if (s_is(key, "answered"))
-        w->answered = s_int(&v);
-    else if (s_is(key, "healthy"))
-        w->healthy = v.kind == LLMQ_MP_BOOL && v.b;
-    return 0;
-}
-
-static int s_status_queue_field(llmq_mp_reader_t *r, const llmq_mp_item_t *key,
-                                llmq_status_queue_t *q, s_arena_t *a)
-{
-    llmq_mp_item_t v;
-    if (s_value(r, &v))
-        return -1;
-    if (s_is(key, "model"))
-        q->model = s_copy(a, &v);
-    else if (s_is(key, "pool"))
-        q->pool = s_copy(a, &v);
-    else if (s_is(key, "depth"))
-        q->depth = s_int(&v);
-    else if (s_is(key, "workers"))
-        q->workers = s_int(&v);
-    return 0;
-}
-
-/*  workers: array of maps, each map's pairs read by s_status_worker_field;
-    elements that are not maps are skipped. */
-static int s_status_workers(llmq_mp_reader_t *r, llmq_status_t *st,
-                            s_arena_t *a)
-{
-    long n = s_enter_array(r);
-    if (n <= 0 || st->workers)
-        return n > 0 ? llmq_mp_fail(r, "workers twice") : r->err ? -1 : 0;
-    st->workers =
-        (llmq_status_worker_t *)calloc((size_t)n, sizeof *st->workers);
-    if (!st->workers)
-        return llmq_mp_fail(r, "out of memory");
-    for (long k = 0; k < n; k++) {
-        long pairs = s_enter_map(r);
-        if (pairs < 0)
-            continue;
-        llmq_status_worker_t *w = &st->workers[st->nworkers++];
-        for (long j = 0; j < pairs; j++) {
-            llmq_mp_item_t key;
-            if (llmq_mp_read(r, &key) || s_status_worker_field(r, &key, w, a))
-                return -1;
-        }
-    }
-    return r->err ? -1 : 0;
-}
-
-static int s_status_queues(llmq_mp_reader_t *r, llmq_status_t *st, s_arena_t *a)
-{
-    long n = s_enter_array(r);
-    if (n <= 0 || st->queues)
-        return n > 0 ? llmq_mp_fail(r, "queues twice") : r->err ? -1 : 0;
-    st->queues = (llmq_status_queue_t *)calloc((size_t)n, sizeof *st->queues);
-    if (!st->queues)
-        return llmq_mp_fail(r, "out of memory");
-    for (long k = 0; k < n; k++) {
-        long pairs = s_enter_map(r);
-        if (pairs < 0)
-            continue;
-        llmq_status_queue_t *q = &st->queues[st->nqueues++];
-        for (long j = 0; j < pairs; j++) {
-            llmq_mp_item_t key;
-            if (llmq_mp_read(r, &key) || s_status_queue_field(r, &key, q, a))
-                return -1;
-        }
-    }
-    return r->err ? -1 : 0;
-}
-
-static int s_status_counters(llmq_mp_reader_t *r, llmq_status_t *st,
-                             s_arena_t *a)
-{
-    long n = s_enter_map(r);
-    if (n <= 0 || st->counters)
-        return n > 0 ? llmq_mp_fail(r, "counters twice") : r->err ? -1 : 0;
+    if (n > 0 && st->counters)
+        return llmq_mp_fail(r, "key twice");
+    if (n <= 0)
+        return r->err ? -1 : 0;
     st->counters =
         (llmq_status_counter_t *)calloc((size_t)n, sizeof *st->counters);
     if (!st->counters)
@@ -613,42 +629,29 @@ static int s_status_counters(llmq_mp_reader_t *r, llmq_status_t *st,
         llmq_mp_item_t key, v;
         if (llmq_mp_read(r, &key) || s_value(r, &v))
             return -1;
-        const char *name = s_copy(a, &key);
-        if (name)
-            st->counters[st->ncounters++] =
-                (llmq_status_counter_t){name, s_int(&v)};
+        st->counters[st->ncounters++] =
+            (llmq_status_counter_t){s_copy(a, &key), s_int(&v)};
     }
     return 0;
 }
 
-static int s_status_field(llmq_mp_reader_t *r, const llmq_mp_item_t *key,
-                          llmq_status_t *st, s_arena_t *a)
-{
-    if (s_is(key, "workers"))
-        return s_status_workers(r, st, a);
-    if (s_is(key, "queues"))
-        return s_status_queues(r, st, a);
-    if (s_is(key, "counters"))
-        return s_status_counters(r, st, a);
-    llmq_mp_item_t v;
-    if (s_value(r, &v))
-        return -1;
-    if (s_is(key, "broker"))
-        st->broker = s_copy(a, &v);
-    else if (s_is(key, "version"))
-        st->version = s_copy(a, &v);
-    else if (s_is(key, "uptime_ms"))
-        st->uptime_ms = s_int(&v);
-    return 0;
-}
+static const s_field_t s_status_fields[] = {
+    S_FIELD(llmq_status_t, "broker", STR, broker),
+    S_FIELD(llmq_status_t, "version", STR, version),
+    S_FIELD(llmq_status_t, "uptime_ms", INT, uptime_ms),
+    {"workers", S_FN, 0, 0, NULL, s_status_workers},
+    {"queues", S_FN, 0, 0, NULL, s_status_queues},
+    {"counters", S_FN, 0, 0, NULL, s_status_counters},
+    {NULL}};
 
 llmq_status_t *llmq_status_decode(const void *data, size_t size, char *errbuf,
                                   size_t errlen)
 {
-    llmq_mp_reader_t r;
+    llmq_mp_reader_t r, head;
     llmq_mp_item_t it;
     llmq_mp_init(&r, data, size);
-    if (!data || !llmq_value_is_valid(data, size) || llmq_mp_read(&r, &it) ||
+    head = r;
+    if (!data || !llmq_value_is_valid(data, size) || llmq_mp_read(&head, &it) ||
         it.kind != LLMQ_MP_MAP) {
         s_err(errbuf, errlen, "status is not a valid map");
         return NULL;
@@ -662,13 +665,9 @@ llmq_status_t *llmq_status_decode(const void *data, size_t size, char *errbuf,
         return NULL;
     }
     st->owned_ = a;
-    for (uint32_t k = 0; k < it.len; k++) {
-        llmq_mp_item_t key;
-        if (llmq_mp_read(&r, &key) || s_status_field(&r, &key, st, a)) {
-            s_err(errbuf, errlen, r.err ? r.err : "malformed status");
-            llmq_status_destroy(&st);
-            return NULL;
-        }
+    if (s_read_map(&r, s_status_fields, st, a)) {
+        s_err(errbuf, errlen, r.err ? r.err : "malformed status");
+        llmq_status_destroy(&st);
     }
     return st;
 }
