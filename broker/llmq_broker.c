@@ -1905,18 +1905,12 @@ static void s_client_status(s_broker_t *self, zframe_t *rid)
         lanes = s_MAX_STATUS_QUEUES;
     s_counters_t *c = &self->counters;
     llmq_status_counter_t counters[] = {
-        {"received", (int64_t)c->received},
-        {"dispatched", (int64_t)c->dispatched},
-        {"answered_ok", (int64_t)c->answered_ok},
-        {"answered_error", (int64_t)c->answered_error},
-        {"requeued", (int64_t)c->requeued},
-        {"dropped", (int64_t)c->dropped},
-        {"expired", (int64_t)c->expired},
-        {"overloaded", (int64_t)c->overloaded},
-        {"not_found", (int64_t)c->not_found},
-        {"cancelled", (int64_t)c->cancelled},
-        {"queued", (int64_t)self->queued},
-        {"in_flight", (int64_t)self->inflight_count},
+        {"received", c->received},       {"dispatched", c->dispatched},
+        {"answered_ok", c->answered_ok}, {"answered_error", c->answered_error},
+        {"requeued", c->requeued},       {"dropped", c->dropped},
+        {"expired", c->expired},         {"overloaded", c->overloaded},
+        {"not_found", c->not_found},     {"cancelled", c->cancelled},
+        {"queued", self->queued},        {"in_flight", self->inflight_count},
     };
     llmq_status_t st = {
         .broker = self->name,

@@ -194,26 +194,13 @@ static int s_value(llmq_mp_reader_t *r, llmq_mp_item_t *it)
     return llmq_mp_skip(r, LLMQ_VALUE_MAX_DEPTH + 1);
 }
 
-/*  Enter a map value: its pair count, or -1 (then the value is skipped)
-    if it is not a map. */
-static long s_enter_map(llmq_mp_reader_t *r)
+/*  Enter a map or array value (kind): its pair or element count, or -1
+    (then the value is skipped) if it is of another kind. */
+static long s_enter(llmq_mp_reader_t *r, llmq_mp_kind_t kind)
 {
     llmq_mp_reader_t head = *r;
     llmq_mp_item_t it;
-    if (llmq_mp_read(&head, &it) == 0 && it.kind == LLMQ_MP_MAP) {
-        *r = head;
-        return (long)it.len;
-    }
-    s_value(r, &it);
-    return -1;
-}
-
-/*  Enter an array value: its count, or -1 (value skipped) if not one. */
-static long s_enter_array(llmq_mp_reader_t *r)
-{
-    llmq_mp_reader_t head = *r;
-    llmq_mp_item_t it;
-    if (llmq_mp_read(&head, &it) == 0 && it.kind == LLMQ_MP_ARRAY) {
+    if (llmq_mp_read(&head, &it) == 0 && it.kind == kind) {
         *r = head;
         return (long)it.len;
     }
@@ -333,7 +320,7 @@ static void s_store(const s_field_t *f, char *base, const llmq_mp_item_t *v,
 static int s_read_map(llmq_mp_reader_t *r, const s_field_t *fields, void *base,
                       s_arena_t *a)
 {
-    long n = s_enter_map(r);
+    long n = s_enter(r, LLMQ_MP_MAP);
     for (long k = 0; k < n; k++) {
         llmq_mp_item_t key, v;
         if (llmq_mp_read(r, &key))
@@ -360,7 +347,7 @@ static int s_read_map(llmq_mp_reader_t *r, const s_field_t *fields, void *base,
 static int s_read_rows(llmq_mp_reader_t *r, void **rows, size_t *count,
                        size_t elem, const s_field_t *fields, s_arena_t *a)
 {
-    long n = s_enter_array(r);
+    long n = s_enter(r, LLMQ_MP_ARRAY);
     if (n > 0 && *rows)
         return llmq_mp_fail(r, "key twice");
     if (n <= 0)
@@ -551,7 +538,7 @@ zframe_t *llmq_status_encode(const llmq_status_t *st)
 static int s_status_models(llmq_mp_reader_t *r, void *base, s_arena_t *a)
 {
     llmq_status_worker_t *w = (llmq_status_worker_t *)base;
-    long n = s_enter_array(r);
+    long n = s_enter(r, LLMQ_MP_ARRAY);
     if (n <= 0)
         return r->err ? -1 : 0;
     free(w->models);
@@ -616,7 +603,7 @@ static int s_status_queues(llmq_mp_reader_t *r, void *base, s_arena_t *a)
 static int s_status_counters(llmq_mp_reader_t *r, void *base, s_arena_t *a)
 {
     llmq_status_t *st = (llmq_status_t *)base;
-    long n = s_enter_map(r);
+    long n = s_enter(r, LLMQ_MP_MAP);
     if (n > 0 && st->counters)
         return llmq_mp_fail(r, "key twice");
     if (n <= 0)

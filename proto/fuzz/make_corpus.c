@@ -178,34 +178,35 @@ static void s_write_frame(const char *name, zframe_t *frame)
     zframe_destroy(&frame);
 }
 
-/*  The typed payloads, made by their own encoders. */
+static int s_add_result(const llmq_result_item_t *item, void *arg)
+{
+    llmq_payload_add_result((llmq_payload_t *)arg, item);
+    return 0;
+}
+
+/*  The typed payloads, made by their own encoders: results read from JSON
+    and written again (the bytes every peer sends), items, keys, status. */
 static void s_payloads(void)
 {
+    const char *json =
+        "[{\"custom_id\":\"0\",\"ok\":true,\"body\":{\"id\":\"r1\","
+        "\"n\":[1]},\"usage\":{\"prompt_tokens\":9,\"completion_tokens\":2,"
+        "\"cost_usd\":0.0011}},{\"custom_id\":\"1\",\"ok\":false,\"error\":"
+        "{\"code\":\"rate_limited\",\"message\":\"429\",\"status\":429,"
+        "\"retryable\":true}}]";
+    zframe_t *page = llmq_value_from_json_text(json, strlen(json), NULL, 0);
     llmq_payload_t *pl = llmq_payload_new();
-    const char *json = "{\"id\":\"r1\",\"n\":[1]}";
-    zframe_t *body = llmq_value_from_json_text(json, strlen(json), NULL, 0);
-    llmq_result_item_t ok = {.custom_id = "0",
-                             .ok = true,
-                             .body = zframe_data(body),
-                             .body_size = zframe_size(body),
-                             .prompt_tokens = 9,
-                             .completion_tokens = 2,
-                             .cost_usd = 0.0011};
-    llmq_result_item_t bad = {.custom_id = "1",
-                              .error_code = "rate_limited",
-                              .error_message = "429",
-                              .error_status = 429,
-                              .error_retryable = true};
-    llmq_payload_add_result(pl, &ok);
-    llmq_payload_add_result(pl, &bad);
+    if (!page || llmq_payload_each_result(zframe_data(page), zframe_size(page),
+                                          s_add_result, pl, NULL, 0) != 2)
+        exit(1);
+    zframe_destroy(&page);
     s_write_frame("payload-results", llmq_payload_frame(pl));
-    llmq_payload_add_item(pl, "req-1", zframe_data(body), zframe_size(body));
+    llmq_payload_add_item(pl, "req-1", "\x81\xa1n\x01", 4);
     llmq_payload_add_item(pl, "req-2", "\xc0", 1);
     s_write_frame("payload-items", llmq_payload_frame(pl));
     llmq_payload_add_str(pl, "636c69656e742d39:x1");
     s_write_frame("payload-keys", llmq_payload_frame(pl));
     llmq_payload_destroy(&pl);
-    zframe_destroy(&body);
     const char *models[] = {"m", "*"};
     llmq_status_worker_t w = {"w1", "sim", "sim", models, 2,  64, 3,
                               61,   true,  "g1",  7,      60, 0};
