@@ -239,18 +239,22 @@ static double s_dbl(const llmq_mp_item_t *it)
     return it->kind == LLMQ_MP_FLOAT ? it->d : 0.0;
 }
 
-/*  Check data is one valid value and an array; its count in *n. */
+/*  Check data is one valid value and an array; its count in *n, and an
+    arena for its strings in *a (the caller frees a->buf). */
 static int s_open_array(llmq_mp_reader_t *r, const void *data, size_t size,
-                        uint32_t *n, char *errbuf, size_t errlen)
+                        uint32_t *n, s_arena_t *a, char *errbuf, size_t errlen)
 {
     llmq_mp_item_t it;
     llmq_mp_init(r, data, size);
-    if (!data || !llmq_value_is_valid(data, size)) {
-        s_err(errbuf, errlen, "payload is not a valid value");
-        return -1;
-    }
-    if (llmq_mp_read(r, &it) || it.kind != LLMQ_MP_ARRAY) {
-        s_err(errbuf, errlen, "payload is not an array");
+    const char *reason = NULL;
+    if (!data || !llmq_value_is_valid(data, size))
+        reason = "payload is not a valid value";
+    else if (llmq_mp_read(r, &it) || it.kind != LLMQ_MP_ARRAY)
+        reason = "payload is not an array";
+    else if (s_arena_init(a, size))
+        reason = "out of memory";
+    if (reason) {
+        s_err(errbuf, errlen, reason);
         return -1;
     }
     *n = it.len;
@@ -418,12 +422,8 @@ long llmq_payload_each_result(const void *data, size_t size,
     llmq_mp_reader_t r;
     uint32_t n;
     s_arena_t a;
-    if (s_open_array(&r, data, size, &n, errbuf, errlen))
+    if (s_open_array(&r, data, size, &n, &a, errbuf, errlen))
         return -1;
-    if (s_arena_init(&a, size)) {
-        s_err(errbuf, errlen, "out of memory");
-        return -1;
-    }
     /*  Two passes, so that a malformed item visits nothing. */
     llmq_mp_reader_t start = r;
     llmq_result_item_t item;
@@ -451,12 +451,8 @@ long llmq_payload_each_str(const void *data, size_t size, llmq_str_fn *fn,
     llmq_mp_reader_t r;
     uint32_t n;
     s_arena_t a;
-    if (s_open_array(&r, data, size, &n, errbuf, errlen))
+    if (s_open_array(&r, data, size, &n, &a, errbuf, errlen))
         return -1;
-    if (s_arena_init(&a, size)) {
-        s_err(errbuf, errlen, "out of memory");
-        return -1;
-    }
     long visited = 0;
     for (uint32_t k = 0; k < n; k++) {
         llmq_mp_item_t v;
