@@ -1,11 +1,13 @@
 /*  llmq_payload.c - the typed payloads: result items, batch items, request
     keys and the `status` map (PROTOCOL.md, section 5).
 
-    Writing goes through llmq_packer_t: each payload's map sizes and key
-    order are written here once, so every peer sends the same bytes for the
-    same values. An array payload packs its elements into one packer and
-    puts the array header in front when the frame is taken, so the caller
-    need not know the count in advance.
+    Every map is one table of its keys (key, kind, offset in a C struct),
+    as llmq_proto.def is for headers: the table writes the map, so map
+    sizes and key order are never counted by hand and every peer sends the
+    same bytes for the same values, and the same table reads it back. An
+    array payload packs its elements into one packer and puts the array
+    header in front when the frame is taken, so the caller need not know
+    the count in advance.
 
     Reading first checks the whole payload with llmq_value_is_valid (so
     what the readers accept, the JSON converters accept too), then walks it
@@ -27,6 +29,229 @@ struct _llmq_payload_t {
     llmq_packer_t *elems; /* the elements packed so far, concatenated */
     size_t count;         /* elements in elems */
 };
+
+/*  ---- the tables ------------------------------------------------------ */
+
+/*  Every map of these payloads is one table of its keys, in wire order:
+    where each value lives in a C struct and as what. The same table writes
+    the map (its size is the table's length, never a count kept by hand)
+    and reads it (unknown keys skipped; a value of another kind than the
+    table says leaves the field zero). */
+typedef enum {
+    S_STR,  /* const char *: NULL writes nil; read into the arena, NULL
+               unless str/bin */
+    S_INT,  /* int64_t; read from any number */
+    S_DBL,  /* double; read from any number */
+    S_BOOL, /* bool; aux: offset of a "was present" flag, 0 = none */
+    S_RAW,  /* const void *, one msgpack value (NULL: nil); aux: offset of
+               its size_t size */
+    S_MAP,  /* a nested map whose keys (sub) fill the same struct */
+    S_FN    /* written by put, read by get */
+} s_kind_t;
+
+/*  NUL-terminated copies of input strings, borrowed by the caller. */
+typedef struct {
+    char *buf;
+    size_t used;
+    size_t cap;
+} s_arena_t;
+
+typedef struct s_field_t_ s_field_t;
+typedef void(s_put_fn)(llmq_packer_t *p, const void *base);
+typedef int(s_get_fn)(llmq_mp_reader_t *r, void *base, s_arena_t *a);
+struct s_field_t_ {
+    const char *key; /* NULL ends a table */
+    s_kind_t kind;
+    size_t at;  /* offset of the value in the struct */
+    size_t aux; /* see S_BOOL and S_RAW */
+    const s_field_t *sub;
+    s_put_fn *put;
+    s_get_fn *get;
+};
+
+#define S_FIELD(type, key, kind, member)                                       \
+    {                                                                          \
+        key, S_##kind, offsetof(type, member), 0, NULL, NULL, NULL             \
+    }
+#define S_SUB(key, sub)                                                        \
+    {                                                                          \
+        key, S_MAP, 0, 0, sub, NULL, NULL                                      \
+    }
+#define S_FN(key, name)                                                        \
+    {                                                                          \
+        key, S_FN, 0, 0, NULL, s_put_##name, s_get_##name                      \
+    }
+
+/*  Result items: the reader takes either body or error; the writer one
+    table for each outcome. */
+#define S_RESULT(key, kind, member)                                            \
+    S_FIELD(llmq_result_item_t, key, kind, member)
+#define S_RESULT_BODY                                                          \
+    {                                                                          \
+        "body", S_RAW, offsetof(llmq_result_item_t, body),                     \
+            offsetof(llmq_result_item_t, body_size), NULL, NULL, NULL          \
+    }
+
+static const s_field_t s_usage_fields[] = {
+    S_RESULT("prompt_tokens", INT, prompt_tokens),
+    S_RESULT("completion_tokens", INT, completion_tokens),
+    S_RESULT("total_tokens", INT, total_tokens),
+    S_RESULT("cost_usd", DBL, cost_usd),
+    {NULL}};
+
+static const s_field_t s_error_fields[] = {
+    S_RESULT("code", STR, error_code),
+    S_RESULT("message", STR, error_message),
+    S_RESULT("status", INT, error_status),
+    {"retryable", S_BOOL, offsetof(llmq_result_item_t, error_retryable),
+     offsetof(llmq_result_item_t, has_retryable), NULL, NULL, NULL},
+    {NULL}};
+
+static const s_field_t s_result_ok[] = {
+    S_RESULT("custom_id", STR, custom_id),
+    S_RESULT("ok", BOOL, ok),
+    S_RESULT_BODY,
+    S_SUB("usage", s_usage_fields),
+    {NULL},
+};
+
+static const s_field_t s_result_failed[] = {
+    S_RESULT("custom_id", STR, custom_id),
+    S_RESULT("ok", BOOL, ok),
+    S_SUB("error", s_error_fields),
+    S_SUB("usage", s_usage_fields),
+    {NULL},
+};
+
+/*  A batch item {custom_id, body} (read by llmq_value_each_item). */
+static const s_field_t s_item_fields[] = {
+    S_RESULT("custom_id", STR, custom_id),
+    S_RESULT_BODY,
+    {NULL},
+};
+
+static const s_field_t s_result_any[] = {
+    S_RESULT("custom_id", STR, custom_id),
+    S_RESULT("ok", BOOL, ok),
+    S_RESULT_BODY,
+    S_SUB("error", s_error_fields),
+    S_SUB("usage", s_usage_fields),
+    {NULL},
+};
+
+/*  The status map. Arrays of rows and the counters map are S_FN. */
+static s_put_fn s_put_models, s_put_workers, s_put_queues, s_put_counters;
+static s_get_fn s_get_models, s_get_workers, s_get_queues, s_get_counters;
+
+#define S_WORKER(key, kind, member)                                            \
+    S_FIELD(llmq_status_worker_t, key, kind, member)
+#define S_QUEUE(key, kind, member)                                             \
+    S_FIELD(llmq_status_queue_t, key, kind, member)
+
+static const s_field_t s_limits_fields[] = {
+    S_WORKER("rpm", INT, limits_rpm),
+    S_WORKER("tpm", INT, limits_tpm),
+    {NULL},
+};
+
+static const s_field_t s_worker_fields[] = {
+    S_WORKER("name", STR, name),
+    S_WORKER("pool", STR, pool),
+    S_WORKER("provider", STR, provider),
+    S_FN("models", models),
+    S_WORKER("capacity", INT, capacity),
+    S_WORKER("credit", INT, credit),
+    S_WORKER("in_flight", INT, in_flight),
+    S_WORKER("healthy", BOOL, healthy),
+    S_WORKER("limit_group", STR, limit_group),
+    S_WORKER("answered", INT, answered),
+    S_SUB("limits", s_limits_fields),
+    {NULL}};
+
+static const s_field_t s_queue_fields[] = {
+    S_QUEUE("model", STR, model),
+    S_QUEUE("pool", STR, pool),
+    S_QUEUE("depth", INT, depth),
+    S_QUEUE("workers", INT, workers),
+    {NULL},
+};
+
+static const s_field_t s_status_fields[] = {
+    S_FIELD(llmq_status_t, "broker", STR, broker),
+    S_FIELD(llmq_status_t, "version", STR, version),
+    S_FIELD(llmq_status_t, "uptime_ms", INT, uptime_ms),
+    S_FN("workers", workers),
+    S_FN("queues", queues),
+    S_FN("counters", counters),
+    {NULL}};
+
+/*  ---- writing by table ------------------------------------------------ */
+
+static void s_write_map(llmq_packer_t *p, const s_field_t *fields,
+                        const void *base)
+{
+    size_t count = 0;
+    while (fields[count].key)
+        count++;
+    llmq_packer_map(p, count);
+    const char *b = (const char *)base;
+    for (const s_field_t *f = fields; f->key; f++) {
+        llmq_packer_str(p, f->key);
+        if (f->kind == S_STR)
+            llmq_packer_str(p, *(const char *const *)(b + f->at));
+        else if (f->kind == S_INT)
+            llmq_packer_int(p, *(const int64_t *)(b + f->at));
+        else if (f->kind == S_DBL)
+            llmq_packer_double(p, *(const double *)(b + f->at));
+        else if (f->kind == S_BOOL)
+            llmq_packer_bool(p, *(const bool *)(b + f->at));
+        else if (f->kind == S_RAW) {
+            const void *data = *(const void *const *)(b + f->at);
+            size_t size = *(const size_t *)(b + f->aux);
+            if (data && size)
+                llmq_packer_raw(p, data, size);
+            else
+                llmq_packer_nil(p);
+        } else if (f->kind == S_MAP)
+            s_write_map(p, f->sub, base);
+        else
+            f->put(p, base);
+    }
+}
+
+static void s_put_models(llmq_packer_t *p, const void *base)
+{
+    const llmq_status_worker_t *w = (const llmq_status_worker_t *)base;
+    llmq_packer_array(p, w->nmodels);
+    for (size_t i = 0; i < w->nmodels; i++)
+        llmq_packer_str(p, w->models[i]);
+}
+
+static void s_put_workers(llmq_packer_t *p, const void *base)
+{
+    const llmq_status_t *st = (const llmq_status_t *)base;
+    llmq_packer_array(p, st->nworkers);
+    for (size_t i = 0; i < st->nworkers; i++)
+        s_write_map(p, s_worker_fields, &st->workers[i]);
+}
+
+static void s_put_queues(llmq_packer_t *p, const void *base)
+{
+    const llmq_status_t *st = (const llmq_status_t *)base;
+    llmq_packer_array(p, st->nqueues);
+    for (size_t i = 0; i < st->nqueues; i++)
+        s_write_map(p, s_queue_fields, &st->queues[i]);
+}
+
+static void s_put_counters(llmq_packer_t *p, const void *base)
+{
+    const llmq_status_t *st = (const llmq_status_t *)base;
+    llmq_packer_map(p, st->ncounters);
+    for (size_t i = 0; i < st->ncounters; i++) {
+        llmq_packer_str(p, st->counters[i].name);
+        llmq_packer_int(p, st->counters[i].value);
+    }
+}
 
 /*  ---- building -------------------------------------------------------- */
 
@@ -61,49 +286,16 @@ size_t llmq_payload_count(const llmq_payload_t *self)
     return self->count;
 }
 
-static void s_key_str(llmq_packer_t *p, const char *key, const char *value)
-{
-    llmq_packer_str(p, key);
-    llmq_packer_str(p, value);
-}
-
-static void s_key_int(llmq_packer_t *p, const char *key, int64_t value)
-{
-    llmq_packer_str(p, key);
-    llmq_packer_int(p, value);
-}
-
 size_t llmq_payload_add_result(llmq_payload_t *self,
                                const llmq_result_item_t *item)
 {
     size_t before = llmq_payload_bytes(self);
-    llmq_packer_t *p = self->elems;
-    llmq_packer_map(p, 4);
-    s_key_str(p, "custom_id", item->custom_id ? item->custom_id : "");
-    llmq_packer_str(p, "ok");
-    llmq_packer_bool(p, item->ok);
-    if (item->ok) {
-        llmq_packer_str(p, "body");
-        if (item->body && item->body_size)
-            llmq_packer_raw(p, item->body, item->body_size);
-        else
-            llmq_packer_nil(p);
-    } else {
-        llmq_packer_str(p, "error");
-        llmq_packer_map(p, 4);
-        s_key_str(p, "code", item->error_code ? item->error_code : "internal");
-        s_key_str(p, "message", item->error_message ? item->error_message : "");
-        s_key_int(p, "status", item->error_status);
-        llmq_packer_str(p, "retryable");
-        llmq_packer_bool(p, item->error_retryable);
-    }
-    llmq_packer_str(p, "usage");
-    llmq_packer_map(p, 4);
-    s_key_int(p, "prompt_tokens", item->prompt_tokens);
-    s_key_int(p, "completion_tokens", item->completion_tokens);
-    s_key_int(p, "total_tokens", item->prompt_tokens + item->completion_tokens);
-    llmq_packer_str(p, "cost_usd");
-    llmq_packer_double(p, item->cost_usd);
+    llmq_result_item_t e = *item;
+    e.custom_id = e.custom_id ? e.custom_id : "";
+    e.error_code = e.error_code ? e.error_code : "internal";
+    e.error_message = e.error_message ? e.error_message : "";
+    e.total_tokens = e.prompt_tokens + e.completion_tokens;
+    s_write_map(self->elems, e.ok ? s_result_ok : s_result_failed, &e);
     self->count++;
     return llmq_payload_bytes(self) - before;
 }
@@ -112,13 +304,10 @@ size_t llmq_payload_add_item(llmq_payload_t *self, const char *custom_id,
                              const void *body, size_t body_size)
 {
     size_t before = llmq_payload_bytes(self);
-    llmq_packer_map(self->elems, 2);
-    s_key_str(self->elems, "custom_id", custom_id ? custom_id : "");
-    llmq_packer_str(self->elems, "body");
-    if (body && body_size)
-        llmq_packer_raw(self->elems, body, body_size);
-    else
-        llmq_packer_nil(self->elems);
+    llmq_result_item_t e = {.custom_id = custom_id ? custom_id : "",
+                            .body = body,
+                            .body_size = body_size};
+    s_write_map(self->elems, s_item_fields, &e);
     self->count++;
     return llmq_payload_bytes(self) - before;
 }
@@ -147,6 +336,17 @@ zframe_t *llmq_payload_frame(llmq_payload_t *self)
     return frame;
 }
 
+zframe_t *llmq_status_encode(const llmq_status_t *status)
+{
+    llmq_packer_t *p = llmq_packer_new();
+    if (!p)
+        return NULL;
+    s_write_map(p, s_status_fields, status);
+    zframe_t *frame = llmq_packer_frame(p);
+    llmq_packer_destroy(&p);
+    return frame;
+}
+
 /*  ---- reading: helpers ------------------------------------------------ */
 
 static void s_err(char *errbuf, size_t errlen, const char *reason)
@@ -154,13 +354,6 @@ static void s_err(char *errbuf, size_t errlen, const char *reason)
     if (errbuf && errlen)
         snprintf(errbuf, errlen, "%s", reason);
 }
-
-/*  NUL-terminated copies of input strings, borrowed by the caller. */
-typedef struct {
-    char *buf;
-    size_t used;
-    size_t cap;
-} s_arena_t;
 
 static int s_arena_init(s_arena_t *a, size_t size)
 {
@@ -263,35 +456,6 @@ static int s_open_array(llmq_mp_reader_t *r, const void *data, size_t size,
 
 /*  ---- reading: maps by table ------------------------------------------ */
 
-/*  A map is read by a table of its keys: where each value goes in a C
-    struct and as what. Unknown keys are skipped; a value of another kind
-    than the table says leaves the field as it was (zero). */
-typedef enum {
-    S_STR,  /* const char *, copied into the arena; NULL unless str/bin */
-    S_INT,  /* int64_t, from any number */
-    S_DBL,  /* double, from any number */
-    S_BOOL, /* bool; aux: offset of a "was present" flag, 0 = none */
-    S_RAW,  /* const void *, the value's bytes; aux: offset of its size */
-    S_MAP,  /* a nested map whose keys (sub) fill the same struct */
-    S_FN    /* read by fn */
-} s_kind_t;
-
-typedef struct s_field_t_ s_field_t;
-typedef int(s_read_fn)(llmq_mp_reader_t *r, void *base, s_arena_t *a);
-struct s_field_t_ {
-    const char *key; /* NULL ends a table */
-    s_kind_t kind;
-    size_t at;  /* offset of the value in the struct */
-    size_t aux; /* see S_BOOL and S_RAW */
-    const s_field_t *sub;
-    s_read_fn *fn;
-};
-
-#define S_FIELD(type, key, kind, member)                                       \
-    {                                                                          \
-        key, S_##kind, offsetof(type, member), 0, NULL, NULL                   \
-    }
-
 static const s_field_t *s_find(const s_field_t *fields,
                                const llmq_mp_item_t *key)
 {
@@ -332,7 +496,7 @@ static int s_read_map(llmq_mp_reader_t *r, const s_field_t *fields, void *base,
         const s_field_t *f = s_find(fields, &key);
         if (f && f->kind == S_MAP && s_read_map(r, f->sub, base, a))
             return -1;
-        if (f && f->kind == S_FN && f->fn(r, base, a))
+        if (f && f->kind == S_FN && f->get(r, base, a))
             return -1;
         if (f && (f->kind == S_MAP || f->kind == S_FN))
             continue;
@@ -376,33 +540,6 @@ static int s_read_rows(llmq_mp_reader_t *r, void **rows, size_t *count,
 
 /*  ---- reading: results ------------------------------------------------ */
 
-#define S_RESULT(key, kind, member)                                            \
-    S_FIELD(llmq_result_item_t, key, kind, member)
-
-static const s_field_t s_usage_fields[] = {
-    S_RESULT("prompt_tokens", INT, prompt_tokens),
-    S_RESULT("completion_tokens", INT, completion_tokens),
-    S_RESULT("total_tokens", INT, total_tokens),
-    S_RESULT("cost_usd", DBL, cost_usd),
-    {NULL}};
-
-static const s_field_t s_error_fields[] = {
-    S_RESULT("code", STR, error_code),
-    S_RESULT("message", STR, error_message),
-    S_RESULT("status", INT, error_status),
-    {"retryable", S_BOOL, offsetof(llmq_result_item_t, error_retryable),
-     offsetof(llmq_result_item_t, has_retryable), NULL, NULL},
-    {NULL}};
-
-static const s_field_t s_result_fields[] = {
-    S_RESULT("custom_id", STR, custom_id),
-    S_RESULT("ok", BOOL, ok),
-    {"body", S_RAW, offsetof(llmq_result_item_t, body),
-     offsetof(llmq_result_item_t, body_size), NULL, NULL},
-    {"error", S_MAP, 0, 0, s_error_fields, NULL},
-    {"usage", S_MAP, 0, 0, s_usage_fields, NULL},
-    {NULL}};
-
 /*  One result: a map (anything else fails the page). */
 static int s_result(llmq_mp_reader_t *r, llmq_result_item_t *item, s_arena_t *a)
 {
@@ -412,7 +549,7 @@ static int s_result(llmq_mp_reader_t *r, llmq_result_item_t *item, s_arena_t *a)
     llmq_mp_item_t it;
     if (llmq_mp_read(&head, &it) || it.kind != LLMQ_MP_MAP)
         return llmq_mp_fail(r, "result is not a map");
-    return s_read_map(r, s_result_fields, item, a);
+    return s_read_map(r, s_result_any, item, a);
 }
 
 long llmq_payload_each_result(const void *data, size_t size,
@@ -470,68 +607,11 @@ long llmq_payload_each_str(const void *data, size_t size, llmq_str_fn *fn,
     return visited;
 }
 
-/*  ---- the status map: encoding ---------------------------------------- */
-
-static void s_status_worker(llmq_packer_t *p, const llmq_status_worker_t *w)
-{
-    llmq_packer_map(p, 11);
-    s_key_str(p, "name", w->name);
-    s_key_str(p, "pool", w->pool);
-    s_key_str(p, "provider", w->provider);
-    llmq_packer_str(p, "models");
-    llmq_packer_array(p, w->nmodels);
-    for (size_t i = 0; i < w->nmodels; i++)
-        llmq_packer_str(p, w->models[i]);
-    s_key_int(p, "capacity", w->capacity);
-    s_key_int(p, "credit", w->credit);
-    s_key_int(p, "in_flight", w->in_flight);
-    llmq_packer_str(p, "healthy");
-    llmq_packer_bool(p, w->healthy);
-    s_key_str(p, "limit_group", w->limit_group); /* NULL packs nil */
-    s_key_int(p, "answered", w->answered);
-    llmq_packer_str(p, "limits");
-    llmq_packer_map(p, 2);
-    s_key_int(p, "rpm", w->limits_rpm);
-    s_key_int(p, "tpm", w->limits_tpm);
-}
-
-zframe_t *llmq_status_encode(const llmq_status_t *st)
-{
-    llmq_packer_t *p = llmq_packer_new();
-    if (!p)
-        return NULL;
-    llmq_packer_map(p, 6);
-    s_key_str(p, "broker", st->broker);
-    s_key_str(p, "version", st->version);
-    s_key_int(p, "uptime_ms", st->uptime_ms);
-    llmq_packer_str(p, "workers");
-    llmq_packer_array(p, st->nworkers);
-    for (size_t i = 0; i < st->nworkers; i++)
-        s_status_worker(p, &st->workers[i]);
-    llmq_packer_str(p, "queues");
-    llmq_packer_array(p, st->nqueues);
-    for (size_t i = 0; i < st->nqueues; i++) {
-        const llmq_status_queue_t *q = &st->queues[i];
-        llmq_packer_map(p, 4);
-        s_key_str(p, "model", q->model);
-        s_key_str(p, "pool", q->pool);
-        s_key_int(p, "depth", q->depth);
-        s_key_int(p, "workers", q->workers);
-    }
-    llmq_packer_str(p, "counters");
-    llmq_packer_map(p, st->ncounters);
-    for (size_t i = 0; i < st->ncounters; i++)
-        s_key_int(p, st->counters[i].name, st->counters[i].value);
-    zframe_t *frame = llmq_packer_frame(p);
-    llmq_packer_destroy(&p);
-    return frame;
-}
-
 /*  ---- the status map: decoding ---------------------------------------- */
 
 /*  models: an array of strings (others skipped); the key twice keeps the
     last. */
-static int s_status_models(llmq_mp_reader_t *r, void *base, s_arena_t *a)
+static int s_get_models(llmq_mp_reader_t *r, void *base, s_arena_t *a)
 {
     llmq_status_worker_t *w = (llmq_status_worker_t *)base;
     long n = s_enter(r, LLMQ_MP_ARRAY);
@@ -553,42 +633,14 @@ static int s_status_models(llmq_mp_reader_t *r, void *base, s_arena_t *a)
     return 0;
 }
 
-#define S_WORKER(key, kind, member)                                            \
-    S_FIELD(llmq_status_worker_t, key, kind, member)
-#define S_QUEUE(key, kind, member)                                             \
-    S_FIELD(llmq_status_queue_t, key, kind, member)
-
-static const s_field_t s_limits_fields[] = {
-    S_WORKER("rpm", INT, limits_rpm), S_WORKER("tpm", INT, limits_tpm), {NULL}};
-
-static const s_field_t s_worker_fields[] = {
-    S_WORKER("name", STR, name),
-    S_WORKER("pool", STR, pool),
-    S_WORKER("provider", STR, provider),
-    S_WORKER("capacity", INT, capacity),
-    S_WORKER("credit", INT, credit),
-    S_WORKER("in_flight", INT, in_flight),
-    S_WORKER("healthy", BOOL, healthy),
-    S_WORKER("limit_group", STR, limit_group),
-    S_WORKER("answered", INT, answered),
-    {"models", S_FN, 0, 0, NULL, s_status_models},
-    {"limits", S_MAP, 0, 0, s_limits_fields, NULL},
-    {NULL}};
-
-static const s_field_t s_queue_fields[] = {S_QUEUE("model", STR, model),
-                                           S_QUEUE("pool", STR, pool),
-                                           S_QUEUE("depth", INT, depth),
-                                           S_QUEUE("workers", INT, workers),
-                                           {NULL}};
-
-static int s_status_workers(llmq_mp_reader_t *r, void *base, s_arena_t *a)
+static int s_get_workers(llmq_mp_reader_t *r, void *base, s_arena_t *a)
 {
     llmq_status_t *st = (llmq_status_t *)base;
     return s_read_rows(r, (void **)&st->workers, &st->nworkers,
                        sizeof *st->workers, s_worker_fields, a);
 }
 
-static int s_status_queues(llmq_mp_reader_t *r, void *base, s_arena_t *a)
+static int s_get_queues(llmq_mp_reader_t *r, void *base, s_arena_t *a)
 {
     llmq_status_t *st = (llmq_status_t *)base;
     return s_read_rows(r, (void **)&st->queues, &st->nqueues,
@@ -596,7 +648,7 @@ static int s_status_queues(llmq_mp_reader_t *r, void *base, s_arena_t *a)
 }
 
 /*  counters: a map of name -> number, names as the broker chose them. */
-static int s_status_counters(llmq_mp_reader_t *r, void *base, s_arena_t *a)
+static int s_get_counters(llmq_mp_reader_t *r, void *base, s_arena_t *a)
 {
     llmq_status_t *st = (llmq_status_t *)base;
     long n = s_enter(r, LLMQ_MP_MAP);
@@ -617,15 +669,6 @@ static int s_status_counters(llmq_mp_reader_t *r, void *base, s_arena_t *a)
     }
     return 0;
 }
-
-static const s_field_t s_status_fields[] = {
-    S_FIELD(llmq_status_t, "broker", STR, broker),
-    S_FIELD(llmq_status_t, "version", STR, version),
-    S_FIELD(llmq_status_t, "uptime_ms", INT, uptime_ms),
-    {"workers", S_FN, 0, 0, NULL, s_status_workers},
-    {"queues", S_FN, 0, 0, NULL, s_status_queues},
-    {"counters", S_FN, 0, 0, NULL, s_status_counters},
-    {NULL}};
 
 llmq_status_t *llmq_status_decode(const void *data, size_t size, char *errbuf,
                                   size_t errlen)
