@@ -160,39 +160,24 @@ typedef struct {
     int64_t next_beat; /* worker heartbeat due */
 } s_t_peers_t;
 
-/*  Next message of `type` on sock, skipping heartbeats; the fake worker
-    keeps beating while we wait. NULL on timeout or another type. */
+/*  The fake worker keeps beating while a test waits. */
+static void s_t_tick(void *arg)
+{
+    s_t_peers_t *p = arg;
+    if (p->worker && zclock_mono() >= p->next_beat) {
+        llmq_msg_t *hb = llmq_msg_new(LLMQ_MSG_HB);
+        llmq_msg_set_healthy(hb, true);
+        llmq_msg_send(&hb, p->worker);
+        p->next_beat = zclock_mono() + 300;
+    }
+}
+
+/*  Next message of `type` on sock, skipping heartbeats. NULL on timeout
+    or another type. */
 static llmq_msg_t *s_t_expect(s_t_peers_t *p, zsock_t *sock,
                               llmq_msg_type_t type, int timeout_ms)
 {
-    int64_t until = zclock_mono() + timeout_ms;
-    while (zclock_mono() < until) {
-        if (p->worker && zclock_mono() >= p->next_beat) {
-            llmq_msg_t *hb = llmq_msg_new(LLMQ_MSG_HB);
-            llmq_msg_set_healthy(hb, true);
-            llmq_msg_send(&hb, p->worker);
-            p->next_beat = zclock_mono() + 300;
-        }
-        zmq_pollitem_t item = {zsock_resolve(sock), 0, ZMQ_POLLIN, 0};
-        if (zmq_poll(&item, 1, 50) <= 0)
-            continue;
-        llmq_msg_t *msg = llmq_msg_recv(sock);
-        if (!msg)
-            return NULL;
-        if (llmq_msg_type(msg) == LLMQ_MSG_HB ||
-            (llmq_msg_type(msg) == LLMQ_MSG_ACK && type != LLMQ_MSG_ACK)) {
-            llmq_msg_destroy(&msg);
-            continue;
-        }
-        if (llmq_msg_type(msg) != type) {
-            fprintf(stderr, "expected %s, got:\n", llmq_msg_type_name(type));
-            llmq_msg_print(msg);
-            llmq_msg_destroy(&msg);
-            return NULL;
-        }
-        return msg;
-    }
-    return NULL;
+    return llmq_msg_expect(sock, type, timeout_ms, s_t_tick, p);
 }
 
 static void s_t_credit(s_t_peers_t *p, int64_t n)

@@ -2846,36 +2846,24 @@ static zsock_t *s_t_peer(const char *endpoint, const char *identity)
     return sock;
 }
 
+//  The fake workers beat every 100 ms while a test waits.
+static void s_t_tick(void *arg)
+{
+    int64_t *next_beat = (int64_t *)arg;
+    if (zclock_mono() >= *next_beat) {
+        s_t_beat();
+        *next_beat = zclock_mono() + 100;
+    }
+}
+
 static llmq_msg_t *s_t_expect(zsock_t *sock, llmq_msg_type_t type, int timeout)
 {
-    int64_t until = zclock_mono() + timeout;
     int64_t next_beat = 0;
-    while (zclock_mono() < until) {
-        if (zclock_mono() >= next_beat) {
-            s_t_beat();
-            next_beat = zclock_mono() + 100;
-        }
-        zmq_pollitem_t item = {zsock_resolve(sock), 0, ZMQ_POLLIN, 0};
-        if (zmq_poll(&item, 1, 50) <= 0)
-            continue;
-        llmq_msg_t *msg = llmq_msg_recv(sock);
-        if (!msg)
-            return NULL;
-        if (llmq_msg_type(msg) == LLMQ_MSG_HB ||
-            (llmq_msg_type(msg) == LLMQ_MSG_ACK && type != LLMQ_MSG_ACK)) {
-            llmq_msg_destroy(&msg);
-            continue;
-        }
-        if (llmq_msg_type(msg) != type) {
-            printf("\n   expected %s, got:", llmq_msg_type_name(type));
-            llmq_msg_print(msg);
-            llmq_msg_destroy(&msg);
-            return NULL;
-        }
-        return msg;
-    }
-    printf("\n   timeout waiting for %s\n", llmq_msg_type_name(type));
-    return NULL;
+    llmq_msg_t *msg =
+        llmq_msg_expect(sock, type, timeout, s_t_tick, &next_beat);
+    if (!msg)
+        printf("\n   no %s\n", llmq_msg_type_name(type));
+    return msg;
 }
 
 //  True if nothing but heartbeats arrives within timeout ms.

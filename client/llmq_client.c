@@ -1220,8 +1220,12 @@ static void s_batch_status_fill(llmq_batch_status_t *st, const llmq_msg_t *m)
     st->cost_usd = llmq_msg_usage_cost_usd(m);
 }
 
+/*  Run a batch call (takes msg): the first answer of type last goes to
+    *answer_p and the first batch.status before it to *status_p (either may
+    be NULL; the caller destroys what it gets); the rest is dropped. */
 static int s_batch_simple(llmq_client_t *self, llmq_msg_t *msg,
-                          llmq_msg_type_t last, llmq_msg_t **answer_p)
+                          llmq_msg_type_t last, llmq_msg_t **status_p,
+                          llmq_msg_t **answer_p)
 {
     zlist_t *out = zlist_new();
     if (!out) {
@@ -1233,6 +1237,9 @@ static int s_batch_simple(llmq_client_t *self, llmq_msg_t *msg,
     while ((m = (llmq_msg_t *)zlist_pop(out))) {
         if (answer_p && !*answer_p && llmq_msg_type(m) == last)
             *answer_p = m;
+        else if (status_p && !*status_p &&
+                 llmq_msg_type(m) == LLMQ_MSG_BATCH_STATUS)
+            *status_p = m;
         else
             llmq_msg_destroy(&m);
     }
@@ -1257,7 +1264,7 @@ int llmq_batch_open(llmq_client_t *self, const char *batch, const char *model,
         llmq_msg_set_completion_window(msg, opts->completion_window);
     if (opts && opts->priority)
         llmq_msg_set_priority(msg, opts->priority);
-    return s_batch_simple(self, msg, LLMQ_MSG_BATCH_ACK, NULL);
+    return s_batch_simple(self, msg, LLMQ_MSG_BATCH_ACK, NULL, NULL);
 }
 
 int llmq_batch_add(llmq_client_t *self, const char *batch, int64_t seq,
@@ -1273,7 +1280,7 @@ int llmq_batch_add(llmq_client_t *self, const char *batch, int64_t seq,
     llmq_msg_set_seq(msg, seq);
     llmq_msg_set_payload(msg, &payload);
     llmq_msg_t *ack = NULL;
-    int rc = s_batch_simple(self, msg, LLMQ_MSG_BATCH_ACK, &ack);
+    int rc = s_batch_simple(self, msg, LLMQ_MSG_BATCH_ACK, NULL, &ack);
     if (rc == 0 && accepted_p)
         *accepted_p = llmq_msg_accepted(ack);
     llmq_msg_destroy(&ack);
@@ -1287,7 +1294,7 @@ int llmq_batch_close(llmq_client_t *self, const char *batch, int64_t *count_p)
     llmq_msg_t *msg = llmq_msg_new(LLMQ_MSG_BATCH_CLOSE);
     llmq_msg_set_batch(msg, batch);
     llmq_msg_t *ack = NULL;
-    int rc = s_batch_simple(self, msg, LLMQ_MSG_BATCH_ACK, &ack);
+    int rc = s_batch_simple(self, msg, LLMQ_MSG_BATCH_ACK, NULL, &ack);
     if (rc == 0 && count_p)
         *count_p = llmq_msg_count(ack);
     llmq_msg_destroy(&ack);
@@ -1302,7 +1309,7 @@ int llmq_batch_cancel(llmq_client_t *self, const char *batch,
     llmq_msg_t *msg = llmq_msg_new(LLMQ_MSG_BATCH_CANCEL);
     llmq_msg_set_batch(msg, batch);
     llmq_msg_t *st = NULL;
-    int rc = s_batch_simple(self, msg, LLMQ_MSG_BATCH_STATUS, &st);
+    int rc = s_batch_simple(self, msg, LLMQ_MSG_BATCH_STATUS, NULL, &st);
     if (rc == 0 && status)
         s_batch_status_fill(status, st);
     llmq_msg_destroy(&st);
@@ -1364,33 +1371,24 @@ int llmq_batch_get(llmq_client_t *self, const char *batch, int64_t after,
     llmq_msg_t *msg = llmq_msg_new(LLMQ_MSG_BATCH_GET);
     llmq_msg_set_batch(msg, batch);
     llmq_msg_set_after(msg, after);
-    zlist_t *out = zlist_new();
-    if (!out) {
-        llmq_msg_destroy(&msg);
-        return -1;
+    llmq_msg_t *st = NULL, *rs = NULL;
+    int rc = s_batch_simple(self, msg, LLMQ_MSG_BATCH_RESULTS, &st, &rs);
+    if (st && status)
+        s_batch_status_fill(status, st);
+    if (rs && cursor_p)
+        *cursor_p = llmq_msg_cursor(rs);
+    if (rs && final_p)
+        *final_p = llmq_msg_final(rs);
+    if (rs && results_p) {
+        size_t k = 0;
+        *results_p = s_batch_results(rs, &k);
+        if (count_p)
+            *count_p = k;
+        if (!*results_p)
+            rc = -1;
     }
-    int rc = s_batch_call(self, msg, LLMQ_MSG_BATCH_RESULTS, out);
-    llmq_msg_t *m;
-    while ((m = (llmq_msg_t *)zlist_pop(out))) {
-        if (llmq_msg_type(m) == LLMQ_MSG_BATCH_STATUS && status)
-            s_batch_status_fill(status, m);
-        else if (llmq_msg_type(m) == LLMQ_MSG_BATCH_RESULTS) {
-            if (cursor_p)
-                *cursor_p = llmq_msg_cursor(m);
-            if (final_p)
-                *final_p = llmq_msg_final(m);
-            if (results_p) {
-                size_t k = 0;
-                *results_p = s_batch_results(m, &k);
-                if (count_p)
-                    *count_p = k;
-                if (!*results_p)
-                    rc = -1;
-            }
-        }
-        llmq_msg_destroy(&m);
-    }
-    zlist_destroy(&out);
+    llmq_msg_destroy(&st);
+    llmq_msg_destroy(&rs);
     return rc;
 }
 

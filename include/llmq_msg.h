@@ -181,6 +181,15 @@ int llmq_msg_send(llmq_msg_t **self_p, void *sock);
     receive was interrupted. */
 llmq_msg_t *llmq_msg_recv(void *sock);
 
+/*  Wait up to timeout_ms for the next message of a type, skipping `hb` and
+    `ack` (unless that is the type asked for); tick (may be NULL) runs
+    before every wait of at most 50 ms, so a peer can keep beating. Returns
+    the message (caller owns), or NULL on timeout or when another type
+    arrives (printed on stderr and destroyed). */
+typedef void(llmq_msg_tick_fn)(void *arg);
+llmq_msg_t *llmq_msg_expect(void *sock, llmq_msg_type_t type, int timeout_ms,
+                            llmq_msg_tick_fn *tick, void *arg);
+
 /*  Error codes: the wire string ("rate_limited"), whether it is retryable by
     default, and the code for a wire string (LLMQ_ERR_NONE if unknown). */
 const char *llmq_err_name(llmq_err_t err);

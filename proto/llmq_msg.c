@@ -1121,6 +1121,35 @@ llmq_msg_t *llmq_msg_recv(void *sock)
     return s_from_frames(&rid, &header, &payload, frames);
 }
 
+llmq_msg_t *llmq_msg_expect(void *sock, llmq_msg_type_t type, int timeout_ms,
+                            llmq_msg_tick_fn *tick, void *arg)
+{
+    void *handle = zsock_resolve(sock);
+    int64_t until = zclock_mono() + timeout_ms;
+    while (handle && zclock_mono() < until) {
+        if (tick)
+            tick(arg);
+        zmq_pollitem_t item = {handle, 0, ZMQ_POLLIN, 0};
+        if (zmq_poll(&item, 1, 50) <= 0)
+            continue;
+        llmq_msg_t *msg = llmq_msg_recv(sock);
+        if (!msg)
+            return NULL;
+        llmq_msg_type_t got = llmq_msg_type(msg);
+        if (got == type)
+            return msg;
+        bool skip = got == LLMQ_MSG_HB || got == LLMQ_MSG_ACK;
+        if (!skip) {
+            fprintf(stderr, "expected %s, got:\n", llmq_msg_type_name(type));
+            llmq_msg_print(msg);
+        }
+        llmq_msg_destroy(&msg);
+        if (!skip)
+            return NULL;
+    }
+    return NULL;
+}
+
 /*  ---- errors ----------------------------------------------------------- */
 
 const char *llmq_err_name(llmq_err_t err)

@@ -71,7 +71,7 @@ read -r -d '' MUTANTS <<'EOF' || true
   "why": "a worker's held report is ignored: after a broker restart every resend is dispatched afresh (paid twice)",
   "file": "broker/llmq_broker.c",
   "old": "    if (!key[0])\n        return 0;\n    s_request_t *r = s_pending_by_rkey",
-  "new": "    if (key)\n        return 0;\n    s_request_t *r = s_pending_by_rkey",
+  "new": "    if (key[0])\n        return 0;\n    s_request_t *r = s_pending_by_rkey",
   "tests": "^churn\\.restart$"},
  {"name": "breaker_counts_every_failure",
   "why": "every retry of a failing request counts toward the circuit breaker",
