@@ -1338,10 +1338,14 @@ static int s_batch_result(const llmq_result_item_t *e, void *arg)
     r->completion_tokens = e->completion_tokens;
     r->total_tokens = e->total_tokens;
     r->cost_usd = e->cost_usd;
-    if (!r->ok)
-        s_set_error(r, e->error_code ? e->error_code : "internal",
-                    e->error_message ? e->error_message : "",
-                    (int)e->error_status, e->error_retryable);
+    if (!r->ok) {
+        const char *code = e->error_code ? e->error_code : "internal";
+        bool retryable = e->has_retryable
+                             ? e->error_retryable
+                             : llmq_err_retryable(llmq_err_from_name(code));
+        s_set_error(r, code, e->error_message ? e->error_message : "",
+                    (int)e->error_status, retryable);
+    }
     page->results[page->count++] = r;
     return 0;
 }
