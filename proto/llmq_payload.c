@@ -73,6 +73,12 @@ struct s_field_t_ {
     {                                                                          \
         key, S_##kind, offsetof(type, member), 0, NULL, NULL, NULL             \
     }
+
+/*  The end of a table. */
+#define S_END                                                                  \
+    {                                                                          \
+        NULL, S_STR, 0, 0, NULL, NULL, NULL                                    \
+    }
 #define S_SUB(key, sub)                                                        \
     {                                                                          \
         key, S_MAP, 0, 0, sub, NULL, NULL                                      \
@@ -96,8 +102,7 @@ static const s_field_t s_usage_fields[] = {
     S_RESULT("prompt_tokens", INT, prompt_tokens),
     S_RESULT("completion_tokens", INT, completion_tokens),
     S_RESULT("total_tokens", INT, total_tokens),
-    S_RESULT("cost_usd", DBL, cost_usd),
-    {NULL}};
+    S_RESULT("cost_usd", DBL, cost_usd), S_END};
 
 static const s_field_t s_error_fields[] = {
     S_RESULT("code", STR, error_code),
@@ -105,14 +110,14 @@ static const s_field_t s_error_fields[] = {
     S_RESULT("status", INT, error_status),
     {"retryable", S_BOOL, offsetof(llmq_result_item_t, error_retryable),
      offsetof(llmq_result_item_t, has_retryable), NULL, NULL, NULL},
-    {NULL}};
+    S_END};
 
 static const s_field_t s_result_ok[] = {
     S_RESULT("custom_id", STR, custom_id),
     S_RESULT("ok", BOOL, ok),
     S_RESULT_BODY,
     S_SUB("usage", s_usage_fields),
-    {NULL},
+    S_END,
 };
 
 static const s_field_t s_result_failed[] = {
@@ -120,14 +125,14 @@ static const s_field_t s_result_failed[] = {
     S_RESULT("ok", BOOL, ok),
     S_SUB("error", s_error_fields),
     S_SUB("usage", s_usage_fields),
-    {NULL},
+    S_END,
 };
 
 /*  A batch item {custom_id, body} (read by llmq_value_each_item). */
 static const s_field_t s_item_fields[] = {
     S_RESULT("custom_id", STR, custom_id),
     S_RESULT_BODY,
-    {NULL},
+    S_END,
 };
 
 static const s_field_t s_result_any[] = {
@@ -136,7 +141,7 @@ static const s_field_t s_result_any[] = {
     S_RESULT_BODY,
     S_SUB("error", s_error_fields),
     S_SUB("usage", s_usage_fields),
-    {NULL},
+    S_END,
 };
 
 /*  The status map. Arrays of rows and the counters map are S_FN. */
@@ -151,7 +156,7 @@ static s_get_fn s_get_models, s_get_workers, s_get_queues, s_get_counters;
 static const s_field_t s_limits_fields[] = {
     S_WORKER("rpm", INT, limits_rpm),
     S_WORKER("tpm", INT, limits_tpm),
-    {NULL},
+    S_END,
 };
 
 static const s_field_t s_worker_fields[] = {
@@ -166,14 +171,14 @@ static const s_field_t s_worker_fields[] = {
     S_WORKER("limit_group", STR, limit_group),
     S_WORKER("answered", INT, answered),
     S_SUB("limits", s_limits_fields),
-    {NULL}};
+    S_END};
 
 static const s_field_t s_queue_fields[] = {
     S_QUEUE("model", STR, model),
     S_QUEUE("pool", STR, pool),
     S_QUEUE("depth", INT, depth),
     S_QUEUE("workers", INT, workers),
-    {NULL},
+    S_END,
 };
 
 static const s_field_t s_status_fields[] = {
@@ -183,7 +188,7 @@ static const s_field_t s_status_fields[] = {
     S_FN("workers", workers),
     S_FN("queues", queues),
     S_FN("counters", counters),
-    {NULL}};
+    S_END};
 
 /*  ---- writing by table ------------------------------------------------ */
 
