@@ -45,6 +45,7 @@
 #include <stdint.h>
 
 #include "llmq_msg.h"
+#include "llmq_provider.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -53,14 +54,13 @@ extern "C" {
 typedef struct _llmq_batch_api_t llmq_batch_api_t;
 
 typedef struct {
-    const char *kind;     /* openai, sim (= openai) or anthropic */
-    const char *base_url; /* with /v1, e.g. https://api.openai.com/v1 */
-    const char *api_key;  /* never logged */
-    const char *anthropic_version; /* NULL: 2023-06-01 */
-    int64_t default_max_tokens;    /* Anthropic needs max_tokens (0: 1024) */
-    int64_t timeout_ms;            /* per HTTP transfer (0: 600 s) */
-    int64_t results_page;          /* results per job.results (0: 1000) */
-    bool verbose;                  /* log each call (never its headers) */
+    const llmq_provider_t *provider; /* the worker's, borrowed: it must
+                                        outlive the object; its kind says
+                                        which Batch API (routes, lines,
+                                        results, auth, errors) */
+    int64_t timeout_ms;              /* per HTTP transfer (0: 600 s) */
+    int64_t results_page;            /* results per job.results (0: 1000) */
+    bool verbose;                    /* log each call (never its headers) */
 } llmq_batch_api_config_t;
 
 /*  Price of one result line in USD, Batch API discount included: the
@@ -74,7 +74,7 @@ typedef double(llmq_batch_api_cost_fn)(const char *model, int64_t prompt_tokens,
 typedef void(llmq_batch_api_send_fn)(llmq_msg_t **msg_p, void *arg);
 
 /*  Create, sharing the worker's curl multi handle. Returns NULL on a bad
-    config (unknown kind, no base_url). */
+    config (no provider, or a provider without a Batch API). */
 llmq_batch_api_t *llmq_batch_api_new(const llmq_batch_api_config_t *cfg,
                                      CURLM *multi, llmq_batch_api_send_fn *send,
                                      void *arg);
@@ -104,8 +104,13 @@ bool llmq_batch_api_done(llmq_batch_api_t *self, CURL *easy, CURLcode result);
 size_t llmq_batch_api_active(llmq_batch_api_t *self);
 
 /*  Self test against a real llmq-sim (found in $LLMQ_BIN_DIR), started
-    with --port 0 and short batch timings. Returns 0 on success. */
+    with --port 0 and short batch timings. Returns 0 on success. It lives
+    in tests/batch/batch_api_test.c (the class file keeps the sequence). */
 int llmq_batch_api_test(bool verbose);
+
+/*  Batch and realtime agree (request translation with tools, the error
+    classifier); no network. Also in tests/batch/batch_api_test.c. */
+int llmq_batch_api_agree_test(bool verbose);
 
 #ifdef __cplusplus
 }

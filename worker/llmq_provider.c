@@ -205,13 +205,45 @@ void llmq_provider_header(const llmq_provider_t *self, llmq_ratelimit_t *rl,
                           const char *name, size_t name_len, const char *value,
                           size_t value_len)
 {
-    if (self->ops->header)
-        self->ops->header(rl, name, name_len, value, value_len);
+    (void)self; /* both families of rate-limit headers, one reader */
+    llmq_ratelimit_header(rl, name, name_len, value, value_len);
 }
 
+char *llmq_provider_url(const llmq_provider_t *self, const char *route)
+{
+    size_t n = strlen(self->base_url) + strlen(route) + 1;
+    char *url = malloc(n);
+    if (url)
+        snprintf(url, n, "%s%s", self->base_url, route);
+    return url;
+}
+
+struct curl_slist *llmq_provider_auth(const llmq_provider_t *self,
+                                      struct curl_slist *headers)
+{
+    return self->ops->auth ? self->ops->auth(self, headers) : headers;
+}
+
+const llmq_batch_ops_t *llmq_provider_batch(const llmq_provider_t *self)
+{
+    return self->ops->batch;
+}
+
+void llmq_batch_answer_reset(llmq_batch_answer_t *result)
+{
+    cJSON_Delete(result->body);
+    memset(result, 0, sizeof *result);
+}
+
+/*  Every HTTP provider answers GET {base}/models with its key. */
 int llmq_provider_health(const llmq_provider_t *self, llmq_http_t *http)
 {
-    return self->ops->health ? self->ops->health(self, http) : -1;
+    if (!self->ops->http)
+        return -1;
+    http->url = llmq_provider_url(self, "/models");
+    http->post = false;
+    http->headers = llmq_provider_auth(self, NULL);
+    return http->url ? 0 : -1;
 }
 
 cJSON *llmq_provider_answer(const llmq_provider_t *self,
@@ -589,6 +621,18 @@ int64_t llmq_estimate_tokens(const cJSON *body, int64_t default_max_tokens)
     if (cJSON_GetObjectItemCaseSensitive(body, "input"))
         out = 0; /* embeddings produce no tokens */
     return (chars + 3) / 4 + out;
+}
+
+int64_t llmq_json_int(const cJSON *obj, const char *key)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
+    return cJSON_IsNumber(v) ? (int64_t)v->valuedouble : 0;
+}
+
+const char *llmq_json_str(const cJSON *obj, const char *key)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
+    return cJSON_IsString(v) ? v->valuestring : NULL;
 }
 
 void llmq_usage_from_json(const cJSON *u, llmq_usage_t *usage)

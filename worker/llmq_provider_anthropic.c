@@ -21,18 +21,9 @@
 #include <string.h>
 #include <time.h>
 
-static char *s_url(const llmq_provider_t *self, const char *route)
-{
-    const char *base = llmq_provider_base_url(self);
-    size_t n = strlen(base) + strlen(route) + 1;
-    char *url = malloc(n);
-    if (url)
-        snprintf(url, n, "%s%s", base, route);
-    return url;
-}
-
-static struct curl_slist *s_headers(const llmq_provider_t *self,
-                                    struct curl_slist *headers)
+/*  anthropic-version and x-api-key; the only place the key is formatted. */
+static struct curl_slist *s_auth(const llmq_provider_t *self,
+                                 struct curl_slist *headers)
 {
     char line[128];
     snprintf(line, sizeof line, "anthropic-version: %s",
@@ -204,23 +195,25 @@ static int s_messages(const cJSON *messages, cJSON *out, char **system,
     return 0;
 }
 
-static int s_build(const llmq_provider_t *self, const llmq_call_t *call,
-                   llmq_http_t *http, llmq_perr_t *err)
+/*  The Messages API body for an OpenAI-shaped call (caller's), realtime
+    and batch alike; NULL (err set) on a bad call. */
+static cJSON *s_params(const llmq_provider_t *self, const llmq_call_t *call,
+                       llmq_perr_t *err)
 {
     if (call->op == LLMQ_OP_EMBEDDING) {
         llmq_perr_set(err, LLMQ_ERR_INVALID_REQUEST, 0, false,
                       "the anthropic provider has no embeddings API");
-        return -1;
+        return NULL;
     }
     if (call->op != LLMQ_OP_CHAT && call->op != LLMQ_OP_COMPLETION) {
         llmq_perr_set(err, LLMQ_ERR_INVALID_REQUEST, 0, false, "unknown op");
-        return -1;
+        return NULL;
     }
     const cJSON *in = call->body;
     if (!cJSON_IsObject(in)) {
         llmq_perr_set(err, LLMQ_ERR_INVALID_REQUEST, 0, false,
                       "request payload must be a map (an OpenAI request body)");
-        return -1;
+        return NULL;
     }
     cJSON *body = cJSON_CreateObject();
     const cJSON *model = cJSON_GetObjectItemCaseSensitive(in, "model");
@@ -241,7 +234,7 @@ static int s_build(const llmq_provider_t *self, const llmq_call_t *call,
                           messages, &system, err)) {
         cJSON_Delete(body);
         free(system);
-        return -1;
+        return NULL;
     }
     if (system) {
         cJSON_AddStringToObject(body, "system", system);
@@ -312,12 +305,20 @@ static int s_build(const llmq_provider_t *self, const llmq_call_t *call,
             }
         }
     }
+    return body;
+}
+
+static int s_build(const llmq_provider_t *self, const llmq_call_t *call,
+                   llmq_http_t *http, llmq_perr_t *err)
+{
+    cJSON *body = s_params(self, call, err);
+    if (!body)
+        return -1;
     if (call->stream)
         cJSON_AddTrueToObject(body, "stream");
-
     http->body = cJSON_PrintUnformatted(body);
     cJSON_Delete(body);
-    http->url = s_url(self, "/messages");
+    http->url = llmq_provider_url(self, "/messages");
     if (!http->body || !http->url) {
         llmq_http_reset(http);
         llmq_perr_set(err, LLMQ_ERR_INTERNAL, 0, true, "out of memory");
@@ -327,7 +328,7 @@ static int s_build(const llmq_provider_t *self, const llmq_call_t *call,
     http->post = true;
     http->headers = curl_slist_append(NULL, "Content-Type: application/json");
     http->headers = curl_slist_append(http->headers, "Expect:");
-    http->headers = s_headers(self, http->headers);
+    http->headers = s_auth(self, http->headers);
     return 0;
 }
 
@@ -344,21 +345,12 @@ static const char *s_finish_reason(const char *stop_reason)
     return "stop"; /* end_turn, stop_sequence, pause_turn */
 }
 
-static cJSON *s_parse(const llmq_provider_t *self, const llmq_call_t *call,
-                      const char *body, size_t size, llmq_usage_t *usage,
-                      llmq_perr_t *err)
+/*  A Messages API message (with a content array) -> the OpenAI answer
+    (caller's) and its usage; realtime and batch alike. */
+static cJSON *s_message(const llmq_call_t *call, const cJSON *in,
+                        llmq_usage_t *usage)
 {
-    (void)self;
-    cJSON *in = cJSON_ParseWithLength(body, size);
-    const cJSON *content =
-        in ? cJSON_GetObjectItemCaseSensitive(in, "content") : NULL;
-    if (!cJSON_IsObject(in) || !cJSON_IsArray(content)) {
-        cJSON_Delete(in);
-        llmq_perr_set(err, LLMQ_ERR_PROVIDER_ERROR, 200, true,
-                      "provider answered with malformed JSON (%zu bytes)",
-                      size);
-        return NULL;
-    }
+    const cJSON *content = cJSON_GetObjectItemCaseSensitive(in, "content");
     /*  Join text blocks; collect tool_use blocks. */
     size_t len = 0;
     const cJSON *b;
@@ -452,6 +444,24 @@ static cJSON *s_parse(const llmq_provider_t *self, const llmq_call_t *call,
                             (double)usage->completion_tokens);
     cJSON_AddNumberToObject(ou, "total_tokens", (double)usage->total_tokens);
     free(text);
+    return r;
+}
+
+static cJSON *s_parse(const llmq_provider_t *self, const llmq_call_t *call,
+                      const char *body, size_t size, llmq_usage_t *usage,
+                      llmq_perr_t *err)
+{
+    (void)self;
+    cJSON *in = cJSON_ParseWithLength(body, size);
+    if (!cJSON_IsObject(in) ||
+        !cJSON_IsArray(cJSON_GetObjectItemCaseSensitive(in, "content"))) {
+        cJSON_Delete(in);
+        llmq_perr_set(err, LLMQ_ERR_PROVIDER_ERROR, 200, true,
+                      "provider answered with malformed JSON (%zu bytes)",
+                      size);
+        return NULL;
+    }
+    cJSON *r = s_message(call, in, usage);
     cJSON_Delete(in);
     return r;
 }
@@ -651,13 +661,153 @@ static int s_stream_event(llmq_stream_t *st, const char *event,
     return rc;
 }
 
-static int s_health(const llmq_provider_t *self, llmq_http_t *http)
+/*  --- Message Batches API: the requests go inline ----------------------- */
+
+/*  {custom_id, params}: params is the realtime body (tools and all). */
+static cJSON *s_batch_line(const llmq_provider_t *self, const llmq_call_t *call,
+                           const char *custom_id, llmq_perr_t *err)
 {
-    http->url = s_url(self, "/models");
-    http->post = false;
-    http->headers = s_headers(self, NULL);
-    return http->url ? 0 : -1;
+    cJSON *params = s_params(self, call, err);
+    if (!params)
+        return NULL;
+    cJSON *line = cJSON_CreateObject();
+    cJSON_AddStringToObject(line, "custom_id", custom_id);
+    cJSON_AddItemToObject(line, "params", params);
+    return line;
 }
+
+/*  RFC 3339 (UTC, "2026-11-22T03:06:28.123Z") to ms; 0 if unreadable. */
+static int64_t s_rfc3339_ms(const char *text)
+{
+    struct tm tm = {0};
+    double sec = 0;
+    if (!text || sscanf(text, "%d-%d-%dT%d:%d:%lf", &tm.tm_year, &tm.tm_mon,
+                        &tm.tm_mday, &tm.tm_hour, &tm.tm_min, &sec) != 6)
+        return 0;
+    tm.tm_year -= 1900;
+    tm.tm_mon -= 1;
+    tm.tm_sec = (int)sec;
+    return (int64_t)timegm(&tm) * 1000 + (int64_t)((sec - (int)sec) * 1000);
+}
+
+/*  in_progress | canceling | ended; an ended batch was cancelled if a
+    cancel was initiated, expired if nothing ran. */
+static void s_batch_status(const cJSON *b, llmq_batch_status_t *s)
+{
+    memset(s, 0, sizeof *s);
+    s->id = llmq_json_str(b, "id");
+    const char *st = llmq_json_str(b, "processing_status");
+    const cJSON *rc = cJSON_GetObjectItemCaseSensitive(b, "request_counts");
+    int64_t ok = llmq_json_int(rc, "succeeded");
+    int64_t err = llmq_json_int(rc, "errored");
+    int64_t canceled = llmq_json_int(rc, "canceled");
+    int64_t expired = llmq_json_int(rc, "expired");
+    s->total = llmq_json_int(rc, "processing") + ok + err + canceled + expired;
+    s->done = ok;
+    s->failed = err + canceled + expired;
+    s->created_ms = s_rfc3339_ms(llmq_json_str(b, "created_at"));
+    s->state = "in_progress";
+    if (st && strcmp(st, "canceling") == 0)
+        s->state = "cancelling";
+    else if (st && strcmp(st, "ended") == 0)
+        s->state = llmq_json_str(b, "cancel_initiated_at") ? "cancelled"
+                   : ok + err == 0 && expired > 0          ? "expired"
+                                                           : "completed";
+}
+
+/*  No metadata here: the same request count, created within 10 minutes of
+    the recorded submit. */
+static int s_batch_match(const cJSON *b, const char *job, int64_t count,
+                         int64_t time_ms)
+{
+    (void)job;
+    llmq_batch_status_t s;
+    s_batch_status(b, &s);
+    int64_t skew = s.created_ms - time_ms;
+    return s.total == count &&
+           (time_ms == 0 || (skew > -600000 && skew < 600000));
+}
+
+/*  An error type as the HTTP status the realtime API answers it with. */
+static int s_error_status(const char *type)
+{
+    static const struct {
+        const char *type;
+        int status;
+    } map[] = {{"invalid_request_error", 400},
+               {"authentication_error", 401},
+               {"permission_error", 403},
+               {"not_found_error", 404},
+               {"request_too_large", 413},
+               {"rate_limit_error", 429},
+               {"api_error", 500},
+               {"overloaded_error", 529}};
+    for (size_t i = 0; type && i < sizeof map / sizeof map[0]; i++)
+        if (strcmp(type, map[i].type) == 0)
+            return map[i].status;
+    return 500;
+}
+
+/*  {custom_id, result {type: succeeded | errored | canceled | expired,
+    message | error}}. */
+static int s_batch_result(const llmq_provider_t *self, const cJSON *line,
+                          llmq_batch_answer_t *r)
+{
+    memset(r, 0, sizeof *r);
+    r->custom_id = llmq_json_str(line, "custom_id");
+    const cJSON *result = cJSON_GetObjectItemCaseSensitive(line, "result");
+    const char *type = llmq_json_str(result, "type");
+    if (!r->custom_id || !type)
+        return -1;
+    const cJSON *msg = cJSON_GetObjectItemCaseSensitive(result, "message");
+    llmq_call_t call = {LLMQ_OP_CHAT, NULL, false, NULL};
+    if (strcmp(type, "succeeded") == 0 &&
+        cJSON_IsArray(cJSON_GetObjectItemCaseSensitive(msg, "content")))
+        r->body = s_message(&call, msg, &r->usage);
+    else if (strcmp(type, "succeeded") == 0)
+        llmq_perr_set(&r->err, LLMQ_ERR_PROVIDER_ERROR, 200, true,
+                      "provider answered with a malformed message");
+    else if (strcmp(type, "canceled") == 0)
+        llmq_perr_set(&r->err, LLMQ_ERR_CANCELLED, 0, false,
+                      "batch cancelled before this request ran");
+    else if (strcmp(type, "expired") == 0)
+        llmq_perr_set(&r->err, LLMQ_ERR_DEADLINE_EXCEEDED, 0, true,
+                      "batch expired before this request ran");
+    else {
+        /*  errored: {error: {type: error, error: {type, message}}}, or the
+            inner object directly: classified as realtime would. */
+        const cJSON *e = cJSON_GetObjectItemCaseSensitive(result, "error");
+        const cJSON *inner = cJSON_GetObjectItemCaseSensitive(e, "error");
+        int status = s_error_status(
+            llmq_json_str(cJSON_IsObject(inner) ? inner : e, "type"));
+        cJSON *wrap = cJSON_CreateObject();
+        cJSON_AddItemToObject(
+            wrap, "error",
+            cJSON_Duplicate(cJSON_IsObject(inner) ? inner : e, true));
+        char *text = cJSON_PrintUnformatted(wrap);
+        cJSON_Delete(wrap);
+        llmq_provider_classify(self, status, text, text ? strlen(text) : 0,
+                               &r->err);
+        free(text);
+    }
+    return 0;
+}
+
+static const llmq_batch_ops_t s_batch = {
+    .batches = "/messages/batches",
+    .after = "after_id",
+    .files = NULL,
+    .results = "/results",
+    .head = "{\"requests\":[",
+    .sep = ",",
+    .tail = "]}",
+    .ops = 1u << LLMQ_OP_CHAT,
+    .line = s_batch_line,
+    .create = NULL,
+    .status = s_batch_status,
+    .match = s_batch_match,
+    .result = s_batch_result,
+};
 
 const llmq_provider_ops_t llmq_provider_anthropic_ops = {
     .kind = "anthropic",
@@ -665,8 +815,6 @@ const llmq_provider_ops_t llmq_provider_anthropic_ops = {
     .build = s_build,
     .parse = s_parse,
     .stream_event = s_stream_event,
-    .classify = llmq_classify_http,
-    .header = llmq_ratelimit_header,
-    .health = s_health,
-    .answer = NULL,
+    .auth = s_auth,
+    .batch = &s_batch,
 };

@@ -142,11 +142,5 @@ static cJSON *s_answer(const llmq_provider_t *self, const llmq_call_t *call,
 const llmq_provider_ops_t llmq_provider_echo_ops = {
     .kind = "echo",
     .http = false,
-    .build = NULL,
-    .parse = NULL,
-    .stream_event = NULL,
-    .classify = llmq_classify_http,
-    .header = llmq_ratelimit_header,
-    .health = NULL,
     .answer = s_answer,
 };

@@ -1949,11 +1949,7 @@ llmq_worker_t *llmq_worker_new(llmq_worker_config_t **config_p, char *errbuf,
     if (cfg->batch_api) {
         /*  Provider Batch API tasks (issue 8) run on the first shard. */
         llmq_batch_api_config_t bc = {
-            .kind = cfg->provider,
-            .base_url = cfg->base_url,
-            .api_key = cfg->api_key,
-            .anthropic_version = cfg->anthropic_version,
-            .default_max_tokens = cfg->default_max_tokens,
+            .provider = self->provider,
             .verbose = cfg->verbose,
         };
         if (llmq_provider_uses_http(self->provider))

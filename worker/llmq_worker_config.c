@@ -13,6 +13,7 @@
 #include <cyaml/cyaml.h>
 #include <errno.h>
 #include <getopt.h>
+#include <stddef.h>
 #include <limits.h>
 #include <stdarg.h>
 #include <stdlib.h>
@@ -735,49 +736,130 @@ static int s_finish(llmq_worker_config_t *self, char *errbuf, size_t errlen)
                : 0;
 }
 
-int llmq_worker_config_load(llmq_worker_config_t **config_p, int argc,
-                            char **argv, char *errbuf, size_t errlen)
-{
-    *config_p = NULL;
-    llmq_worker_config_t *self = calloc(1, sizeof *self);
-    if (!self) {
-        snprintf(errbuf, errlen, "out of memory");
-        return LLMQ_CONFIG_ERROR;
-    }
-    s_defaults(self);
+/*  The flags that set a field, as tables: a string, a number in [lo, hi]
+    (durations for the -ms flags), or a switch. */
+#define S_FIELD(name) offsetof(llmq_worker_config_t, name)
 
-    /*  First pass: only --config, --help, --version and unknown flags. */
-    const char *config_file = getenv("LLMQ_CONFIG");
+static const struct {
+    int flag;
+    size_t field; /* char * */
+} s_str_flags[] = {
+    {F_BROKER, S_FIELD(broker)},         {F_NAME, S_FIELD(name)},
+    {F_POOL, S_FIELD(pool)},             {F_PROVIDER, S_FIELD(provider)},
+    {F_BASE_URL, S_FIELD(base_url)},     {F_GROUP, S_FIELD(limit_group)},
+    {F_KEY_ENV, S_FIELD(api_key_env)},   {F_CURVE_CERT, S_FIELD(curve_cert)},
+    {F_BROKER_KEY, S_FIELD(broker_key)}, {F_METRICS, S_FIELD(metrics)},
+};
+
+static const struct {
+    int flag;
+    size_t field; /* int64_t */
+    int64_t lo, hi;
+} s_num_flags[] = {
+    {F_CAPACITY, S_FIELD(capacity), 1, 100000},
+    {F_RPM, S_FIELD(rpm), 0, INT64_MAX / 2},
+    {F_TPM, S_FIELD(tpm), 0, INT64_MAX / 2},
+    {F_BURST, S_FIELD(burst_ms), 1, INT64_MAX / 2},
+    {F_ATTEMPTS, S_FIELD(max_attempts), 1, 100},
+    {F_TIMEOUT, S_FIELD(timeout_ms), 1, INT64_MAX / 2},
+    {F_CONNECT_TIMEOUT, S_FIELD(connect_timeout_ms), 1, INT64_MAX / 2},
+    {F_RETRY_BASE, S_FIELD(retry_base_ms), 0, INT64_MAX / 2},
+    {F_RETRY_CAP, S_FIELD(retry_cap_ms), 0, INT64_MAX / 2},
+    {F_BRK_FAIL, S_FIELD(breaker_failures), 1, INT64_MAX / 2},
+    {F_BRK_COOL, S_FIELD(breaker_cooldown_ms), 1, INT64_MAX / 2},
+    {F_DRAIN, S_FIELD(drain_ms), 0, INT64_MAX / 2},
+    {F_HB, S_FIELD(heartbeat_ms), 10, INT64_MAX / 2},
+    {F_MAX_TOKENS, S_FIELD(default_max_tokens), 1, INT64_MAX / 2},
+};
+
+static const struct {
+    int flag;
+    size_t field; /* bool */
+} s_bool_flags[] = {
+    {F_BATCH_API, S_FIELD(batch_api)},
+    {F_CHECK, S_FIELD(check_only)},
+    {F_VERBOSE, S_FIELD(verbose)},
+    {F_JSON, S_FIELD(json_logs)},
+};
+
+#define S_COUNT(table) (sizeof table / sizeof table[0])
+
+/*  A number flag's value into its field. Returns 0 or -1 (errbuf). */
+static int s_num_flag(llmq_worker_config_t *self, size_t i, const char *value,
+                      char *errbuf, size_t errlen)
+{
+    char what[64] = "flag";
+    for (const struct option *o = s_options; o->name; o++)
+        if (o->val == s_num_flags[i].flag)
+            snprintf(what, sizeof what, "--%s", o->name);
+    bool duration = strlen(what) > 3 && !strcmp(what + strlen(what) - 3, "-ms");
+    int64_t *num = (int64_t *)((char *)self + s_num_flags[i].field);
+    return (duration ? s_ms : s_int)(what, value, s_num_flags[i].lo,
+                                     s_num_flags[i].hi, num, errbuf, errlen);
+}
+
+/*  One flag of the second pass. Returns 0 or -1 (errbuf). */
+static int s_flag(llmq_worker_config_t *self, int c, const char *value,
+                  bool *models_from_flags, char *errbuf, size_t errlen)
+{
+    if (c == F_MODEL) {
+        /*  Flags replace the file's list, and add up among themselves. */
+        if (!*models_from_flags)
+            s_models_clear(self);
+        *models_from_flags = true;
+        s_models_add(self, value);
+    }
+    for (size_t i = 0; i < S_COUNT(s_str_flags); i++)
+        if (s_str_flags[i].flag == c)
+            s_set((char **)((char *)self + s_str_flags[i].field), value);
+    for (size_t i = 0; i < S_COUNT(s_bool_flags); i++)
+        if (s_bool_flags[i].flag == c)
+            *(bool *)((char *)self + s_bool_flags[i].field) = true;
+    for (size_t i = 0; i < S_COUNT(s_num_flags); i++)
+        if (s_num_flags[i].flag == c)
+            return s_num_flag(self, i, value, errbuf, errlen);
+    return 0;
+}
+
+/*  First pass: only --config, --help, --version and unknown flags.
+    Returns 0, LLMQ_CONFIG_HELP or LLMQ_CONFIG_ERROR. */
+static int s_first_pass(int argc, char **argv, const char **config_file,
+                        char *errbuf, size_t errlen)
+{
     optind = 1;
     opterr = 0;
     int c;
     while ((c = getopt_long(argc, argv, "h", s_options, NULL)) != -1) {
         if (c == F_HELP || c == 'h') {
             llmq_worker_config_usage(stdout);
-            llmq_worker_config_destroy(&self);
             return LLMQ_CONFIG_HELP;
         }
         if (c == F_VERSION) {
             printf("llmq-worker %s\n", LLMQ_VERSION_STRING);
-            llmq_worker_config_destroy(&self);
             return LLMQ_CONFIG_HELP;
         }
         if (c == F_CONFIG)
-            config_file = optarg;
+            *config_file = optarg;
         if (c == '?' || c == ':') {
             snprintf(errbuf, errlen,
                      "unknown flag or missing value: '%s' (see --help)",
                      argv[optind - 1]);
-            llmq_worker_config_destroy(&self);
             return LLMQ_CONFIG_ERROR;
         }
     }
     if (optind < argc) {
         snprintf(errbuf, errlen, "unexpected argument '%s' (see --help)",
                  argv[optind]);
-        llmq_worker_config_destroy(&self);
         return LLMQ_CONFIG_ERROR;
     }
+    return 0;
+}
+
+/*  The layers below the flags: the file, the SDK variables, LLMQ_*.
+    Returns 0 or -1 (errbuf). */
+static int s_load_layers(llmq_worker_config_t *self, int argc, char **argv,
+                         const char *config_file, char *errbuf, size_t errlen)
+{
     /*  SDK variables are defaults below the file. */
     const char *prov = NULL;
     for (int i = 1; i < argc - 1; i++)
@@ -785,13 +867,10 @@ int llmq_worker_config_load(llmq_worker_config_t **config_p, int argc,
             prov = argv[i + 1];
     if (!prov)
         prov = getenv("LLMQ_PROVIDER");
-
     if (config_file) {
         s_set(&self->config_file, config_file);
-        if (s_load_file(self, config_file, errbuf, errlen)) {
-            llmq_worker_config_destroy(&self);
-            return LLMQ_CONFIG_ERROR;
-        }
+        if (s_load_file(self, config_file, errbuf, errlen))
+            return -1;
     }
     if (!prov)
         prov = self->provider;
@@ -799,137 +878,32 @@ int llmq_worker_config_load(llmq_worker_config_t **config_p, int argc,
         s_set(&self->base_url, getenv("OPENAI_BASE_URL"));
     if (prov && strcmp(prov, "anthropic") == 0 && !self->base_url)
         s_set(&self->base_url, getenv("ANTHROPIC_BASE_URL"));
-    if (s_load_env(self, errbuf, errlen)) {
-        llmq_worker_config_destroy(&self);
+    return s_load_env(self, errbuf, errlen);
+}
+
+int llmq_worker_config_load(llmq_worker_config_t **config_p, int argc,
+                            char **argv, char *errbuf, size_t errlen)
+{
+    *config_p = NULL;
+    const char *config_file = getenv("LLMQ_CONFIG");
+    int rc = s_first_pass(argc, argv, &config_file, errbuf, errlen);
+    if (rc)
+        return rc;
+    llmq_worker_config_t *self = calloc(1, sizeof *self);
+    if (!self) {
+        snprintf(errbuf, errlen, "out of memory");
         return LLMQ_CONFIG_ERROR;
     }
+    s_defaults(self);
+    rc = s_load_layers(self, argc, argv, config_file, errbuf, errlen);
 
     /*  Second pass: every flag, over everything. */
     optind = 1;
     bool models_from_flags = false;
-    while ((c = getopt_long(argc, argv, "h", s_options, NULL)) != -1) {
-        int64_t *num = NULL;
-        int64_t lo = 1, hi = INT64_MAX / 2;
-        const char *flag = argv[optind - 1];
-        switch (c) {
-        case F_BROKER:
-            s_set(&self->broker, optarg);
-            break;
-        case F_NAME:
-            s_set(&self->name, optarg);
-            break;
-        case F_POOL:
-            s_set(&self->pool, optarg);
-            break;
-        case F_PROVIDER:
-            s_set(&self->provider, optarg);
-            break;
-        case F_BASE_URL:
-            s_set(&self->base_url, optarg);
-            break;
-        case F_GROUP:
-            s_set(&self->limit_group, optarg);
-            break;
-        case F_KEY_ENV:
-            s_set(&self->api_key_env, optarg);
-            break;
-        case F_CURVE_CERT:
-            s_set(&self->curve_cert, optarg);
-            break;
-        case F_BROKER_KEY:
-            s_set(&self->broker_key, optarg);
-            break;
-        case F_METRICS:
-            s_set(&self->metrics, optarg);
-            break;
-        case F_MODEL:
-            if (!models_from_flags)
-                s_models_clear(self);
-            models_from_flags = true;
-            s_models_add(self, optarg);
-            break;
-        case F_CAPACITY:
-            num = &self->capacity;
-            hi = 100000;
-            break;
-        case F_RPM:
-            num = &self->rpm;
-            lo = 0;
-            break;
-        case F_TPM:
-            num = &self->tpm;
-            lo = 0;
-            break;
-        case F_BURST:
-            num = &self->burst_ms;
-            break;
-        case F_ATTEMPTS:
-            num = &self->max_attempts;
-            hi = 100;
-            break;
-        case F_TIMEOUT:
-            num = &self->timeout_ms;
-            break;
-        case F_CONNECT_TIMEOUT:
-            num = &self->connect_timeout_ms;
-            break;
-        case F_RETRY_BASE:
-            num = &self->retry_base_ms;
-            lo = 0;
-            break;
-        case F_RETRY_CAP:
-            num = &self->retry_cap_ms;
-            lo = 0;
-            break;
-        case F_BRK_FAIL:
-            num = &self->breaker_failures;
-            break;
-        case F_BRK_COOL:
-            num = &self->breaker_cooldown_ms;
-            break;
-        case F_DRAIN:
-            num = &self->drain_ms;
-            lo = 0;
-            break;
-        case F_HB:
-            num = &self->heartbeat_ms;
-            lo = 10;
-            break;
-        case F_MAX_TOKENS:
-            num = &self->default_max_tokens;
-            break;
-        case F_BATCH_API:
-            self->batch_api = true;
-            break;
-        case F_CHECK:
-            self->check_only = true;
-            break;
-        case F_VERBOSE:
-            self->verbose = true;
-            break;
-        case F_JSON:
-            self->json_logs = true;
-            break;
-        default:
-            break;
-        }
-        if (num) {
-            /*  getopt_long points flag at the value when given as --x=v. */
-            char what[64] = "flag";
-            for (const struct option *o = s_options; o->name; o++)
-                if (o->val == c)
-                    snprintf(what, sizeof what, "--%s", o->name);
-            (void)flag;
-            bool duration =
-                strlen(what) > 3 && !strcmp(what + strlen(what) - 3, "-ms");
-            if ((duration ? s_ms : s_int)(what, optarg, lo, hi, num, errbuf,
-                                          errlen)) {
-                llmq_worker_config_destroy(&self);
-                return LLMQ_CONFIG_ERROR;
-            }
-        }
-    }
-    if (s_finish(self, errbuf, errlen)) {
+    int c;
+    while (!rc && (c = getopt_long(argc, argv, "h", s_options, NULL)) != -1)
+        rc = s_flag(self, c, optarg, &models_from_flags, errbuf, errlen);
+    if (rc || s_finish(self, errbuf, errlen)) {
         llmq_worker_config_destroy(&self);
         return LLMQ_CONFIG_ERROR;
     }

@@ -34,7 +34,7 @@ static const s_test_t s_tests[] = {
     {"batch", llmq_batch_test},
 #endif
 #ifdef LLMQ_BATCH_API
-    {"api", llmq_batch_api_test},
+    {"api", llmq_batch_api_test},       {"agree", llmq_batch_api_agree_test},
 #endif
 #ifdef LLMQ_BATCH_MODULE
     {"module", llmq_batch_module_test},
