@@ -744,11 +744,16 @@ static const struct {
     int flag;
     size_t field; /* char * */
 } s_str_flags[] = {
-    {F_BROKER, S_FIELD(broker)},         {F_NAME, S_FIELD(name)},
-    {F_POOL, S_FIELD(pool)},             {F_PROVIDER, S_FIELD(provider)},
-    {F_BASE_URL, S_FIELD(base_url)},     {F_GROUP, S_FIELD(limit_group)},
-    {F_KEY_ENV, S_FIELD(api_key_env)},   {F_CURVE_CERT, S_FIELD(curve_cert)},
-    {F_BROKER_KEY, S_FIELD(broker_key)}, {F_METRICS, S_FIELD(metrics)},
+    {F_BROKER, S_FIELD(broker)},
+    {F_NAME, S_FIELD(name)},
+    {F_POOL, S_FIELD(pool)},
+    {F_PROVIDER, S_FIELD(provider)},
+    {F_BASE_URL, S_FIELD(base_url)},
+    {F_GROUP, S_FIELD(limit_group)},
+    {F_KEY_ENV, S_FIELD(api_key_env)},
+    {F_CURVE_CERT, S_FIELD(curve_cert)},
+    {F_BROKER_KEY, S_FIELD(broker_key)},
+    {F_METRICS, S_FIELD(metrics)},
 };
 
 static const struct {

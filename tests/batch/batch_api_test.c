@@ -666,8 +666,10 @@ int llmq_batch_api_agree_test(bool verbose)
 {
     printf(" * llmq_batch_api (batch = realtime): ");
     fflush(stdout);
-    llmq_provider_t *an = s_provider("anthropic", "http://127.0.0.1:1/v1", S_TEST_KEY);
-    llmq_provider_t *oa = s_provider("openai", "http://127.0.0.1:1/v1", S_TEST_KEY);
+    llmq_provider_t *an =
+        s_provider("anthropic", "http://127.0.0.1:1/v1", S_TEST_KEY);
+    llmq_provider_t *oa =
+        s_provider("openai", "http://127.0.0.1:1/v1", S_TEST_KEY);
     cJSON *body = cJSON_Parse(
         "{\"model\":\"x\",\"max_tokens\":64,\"tool_choice\":\"required\","
         "\"messages\":[{\"role\":\"system\",\"content\":\"use tools\"},"
@@ -715,12 +717,13 @@ int llmq_batch_api_agree_test(bool verbose)
     llmq_perr_t perr;
     cJSON *line = llmq_provider_batch(an)->line(an, &call, "item-1", &perr);
     const cJSON *params = cJSON_GetObjectItemCaseSensitive(line, "params");
-    const cJSON *tool =
-        cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(params, "tools"), 0);
-    S_CHECK(cJSON_IsObject(cJSON_GetObjectItemCaseSensitive(tool, "input_schema")));
-    S_CHECK(streq(s_str(cJSON_GetObjectItemCaseSensitive(params, "tool_choice"),
-                        "type"),
-                  "any"));
+    const cJSON *tool = cJSON_GetArrayItem(
+        cJSON_GetObjectItemCaseSensitive(params, "tools"), 0);
+    S_CHECK(
+        cJSON_IsObject(cJSON_GetObjectItemCaseSensitive(tool, "input_schema")));
+    S_CHECK(streq(
+        s_str(cJSON_GetObjectItemCaseSensitive(params, "tool_choice"), "type"),
+        "any"));
     S_CHECK(streq(s_str(params, "system"), "use tools"));
     cJSON_Delete(line);
     cJSON_Delete(body);
