@@ -35,6 +35,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "llmq_sse.h"
 #include "llmq_value.h"
 
 #define S_MAX_RESPONSE (1024LL * 1024 * 1024) /* largest body we keep */
@@ -175,23 +176,11 @@ static size_t s_write_cb(char *ptr, size_t size, size_t nmemb, void *arg)
 {
     s_call_t *c = arg;
     size_t n = size * nmemb;
-    if (c->len + n + 1 > (size_t)S_MAX_RESPONSE) {
-        c->too_big = true;
+    if (llmq_buf_append(&c->data, &c->len, &c->cap, ptr, n,
+                        (size_t)S_MAX_RESPONSE)) {
+        c->too_big = c->len + n + 1 > (size_t)S_MAX_RESPONSE;
         return 0; /* aborts the transfer */
     }
-    if (c->len + n + 1 > c->cap) {
-        size_t cap = c->cap ? c->cap : 16384;
-        while (cap < c->len + n + 1)
-            cap *= 2;
-        char *data = realloc(c->data, cap);
-        if (!data)
-            return 0;
-        c->data = data;
-        c->cap = cap;
-    }
-    memcpy(c->data + c->len, ptr, n);
-    c->len += n;
-    c->data[c->len] = 0;
     return n;
 }
 
@@ -377,23 +366,9 @@ typedef struct {
 
 static void s_buf_add(s_buf_t *b, const char *text)
 {
-    size_t n = strlen(text);
-    if (b->failed)
-        return;
-    if (b->len + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 65536;
-        while (cap < b->len + n + 1)
-            cap *= 2;
-        char *d = realloc(b->data, cap);
-        if (!d) {
-            b->failed = true;
-            return;
-        }
-        b->data = d;
-        b->cap = cap;
-    }
-    memcpy(b->data + b->len, text, n + 1);
-    b->len += n;
+    if (!b->failed && llmq_buf_append(&b->data, &b->len, &b->cap, text,
+                                      strlen(text), SIZE_MAX))
+        b->failed = true;
 }
 
 typedef struct {

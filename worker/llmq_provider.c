@@ -13,9 +13,11 @@
 #define _XOPEN_SOURCE 700
 #endif
 #include "llmq_provider.h"
+#include "llmq_sse.h"
 
 #include <ctype.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -707,20 +709,9 @@ void llmq_assembler_destroy(llmq_assembler_t **self_p)
 
 static void s_append_text(s_choice_t *ch, const char *s)
 {
-    size_t n = strlen(s);
-    if (ch->len + n + 1 > ch->cap) {
-        size_t cap = ch->cap ? ch->cap * 2 : 256;
-        while (cap < ch->len + n + 1)
-            cap *= 2;
-        char *nt = realloc(ch->text, cap);
-        if (!nt)
-            return;
-        ch->text = nt;
-        ch->cap = cap;
-    }
-    memcpy(ch->text + ch->len, s, n + 1);
-    ch->len += n;
-    ch->has_text = true;
+    if (llmq_buf_append(&ch->text, &ch->len, &ch->cap, s, strlen(s),
+                        SIZE_MAX) == 0)
+        ch->has_text = true;
 }
 
 static void s_set_str(char **dst, const cJSON *src)

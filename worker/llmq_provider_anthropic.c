@@ -15,7 +15,9 @@
     events become OpenAI chat.completion.chunk objects.
 */
 #include "llmq_provider.h"
+#include "llmq_sse.h"
 
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -43,40 +45,36 @@ static struct curl_slist *s_auth(const llmq_provider_t *self,
     return headers;
 }
 
-/*  Append text to the growing system prompt. */
+/*  The text of the text parts (or blocks) of an array, joined (caller's;
+    "" if none, NULL if out of memory); *any says whether there was one. */
+static char *s_join_text(const cJSON *parts, bool *any)
+{
+    char *text = NULL;
+    size_t len = 0, cap = 0;
+    *any = false;
+    if (llmq_buf_append(&text, &len, &cap, "", 0, SIZE_MAX))
+        return NULL;
+    const cJSON *p;
+    cJSON_ArrayForEach(p, parts)
+    {
+        const char *type = llmq_json_str(p, "type");
+        const char *t = llmq_json_str(p, "text");
+        if (t && (!type || strcmp(type, "text") == 0) &&
+            llmq_buf_append(&text, &len, &cap, t, strlen(t), SIZE_MAX) == 0)
+            *any = true;
+    }
+    return text;
+}
+
+/*  Append text (a string or text parts) to the growing system prompt. */
 static void s_add_system(char **system, const cJSON *content)
 {
-    char buf[256];
-    const char *text = NULL;
-    char *owned = NULL;
-    if (cJSON_IsString(content))
-        text = content->valuestring;
-    else if (cJSON_IsArray(content)) {
-        /*  Join the text parts. */
-        size_t len = 0;
-        const cJSON *p;
-        cJSON_ArrayForEach(p, content)
-        {
-            const cJSON *t = cJSON_GetObjectItemCaseSensitive(p, "text");
-            if (cJSON_IsString(t))
-                len += strlen(t->valuestring);
-        }
-        owned = calloc(1, len + 1);
-        if (!owned)
-            return;
-        cJSON_ArrayForEach(p, content)
-        {
-            const cJSON *t = cJSON_GetObjectItemCaseSensitive(p, "text");
-            if (cJSON_IsString(t))
-                strcat(owned, t->valuestring);
-        }
-        text = owned;
-    }
-    (void)buf;
-    if (!text)
-        return;
+    bool any = false;
+    char *text = cJSON_IsString(content)  ? strdup(content->valuestring)
+                 : cJSON_IsArray(content) ? s_join_text(content, &any)
+                                          : NULL;
     size_t old = *system ? strlen(*system) : 0;
-    char *ns = realloc(*system, old + strlen(text) + 3);
+    char *ns = text ? realloc(*system, old + strlen(text) + 3) : NULL;
     if (ns) {
         if (old)
             memcpy(ns + old, "\n\n", 3);
@@ -85,7 +83,7 @@ static void s_add_system(char **system, const cJSON *content)
         strcat(ns, text);
         *system = ns;
     }
-    free(owned);
+    free(text);
 }
 
 /*  OpenAI content (string or parts) -> Anthropic content. */
@@ -195,6 +193,76 @@ static int s_messages(const cJSON *messages, cJSON *out, char **system,
     return 0;
 }
 
+/*  OpenAI tools and tool_choice -> Anthropic tools and tool_choice in
+    body ("none" sends no tools). */
+static void s_tools(const cJSON *in, cJSON *body)
+{
+    const cJSON *tools = cJSON_GetObjectItemCaseSensitive(in, "tools");
+    const cJSON *choice = cJSON_GetObjectItemCaseSensitive(in, "tool_choice");
+    const char *mode = cJSON_IsString(choice) ? choice->valuestring : NULL;
+    if (!cJSON_IsArray(tools) || (mode && strcmp(mode, "none") == 0))
+        return;
+    cJSON *at = cJSON_AddArrayToObject(body, "tools");
+    const cJSON *t;
+    cJSON_ArrayForEach(t, tools)
+    {
+        const cJSON *f = cJSON_GetObjectItemCaseSensitive(t, "function");
+        if (!cJSON_IsObject(f))
+            continue;
+        cJSON *a = cJSON_CreateObject();
+        const char *name = llmq_json_str(f, "name");
+        const char *desc = llmq_json_str(f, "description");
+        const cJSON *params = cJSON_GetObjectItemCaseSensitive(f, "parameters");
+        cJSON_AddStringToObject(a, "name", name ? name : "");
+        if (desc)
+            cJSON_AddStringToObject(a, "description", desc);
+        if (cJSON_IsObject(params))
+            cJSON_AddItemToObject(a, "input_schema",
+                                  cJSON_Duplicate(params, true));
+        else {
+            cJSON *schema = cJSON_AddObjectToObject(a, "input_schema");
+            cJSON_AddStringToObject(schema, "type", "object");
+        }
+        cJSON_AddItemToArray(at, a);
+    }
+    const char *forced = llmq_json_str(
+        cJSON_GetObjectItemCaseSensitive(choice, "function"), "name");
+    if (mode && strcmp(mode, "required") == 0) {
+        cJSON *tc = cJSON_AddObjectToObject(body, "tool_choice");
+        cJSON_AddStringToObject(tc, "type", "any");
+    } else if (forced) {
+        cJSON *tc = cJSON_AddObjectToObject(body, "tool_choice");
+        cJSON_AddStringToObject(tc, "type", "tool");
+        cJSON_AddStringToObject(tc, "name", forced);
+    }
+}
+
+/*  max_tokens (required here), sampling settings and stop sequences. */
+static void s_settings(const llmq_provider_t *self, const cJSON *in,
+                       cJSON *body)
+{
+    const cJSON *mt = cJSON_GetObjectItemCaseSensitive(in, "max_tokens");
+    if (!cJSON_IsNumber(mt))
+        mt = cJSON_GetObjectItemCaseSensitive(in, "max_completion_tokens");
+    cJSON_AddNumberToObject(
+        body, "max_tokens",
+        cJSON_IsNumber(mt) ? mt->valuedouble
+                           : (double)llmq_provider_default_max_tokens(self));
+    static const char *same[] = {"temperature", "top_p", "top_k", "metadata"};
+    for (size_t i = 0; i < sizeof same / sizeof same[0]; i++) {
+        const cJSON *v = cJSON_GetObjectItemCaseSensitive(in, same[i]);
+        if (v && !cJSON_IsNull(v))
+            cJSON_AddItemToObject(body, same[i], cJSON_Duplicate(v, true));
+    }
+    const cJSON *stop = cJSON_GetObjectItemCaseSensitive(in, "stop");
+    if (cJSON_IsString(stop)) {
+        cJSON *ss = cJSON_AddArrayToObject(body, "stop_sequences");
+        cJSON_AddItemToArray(ss, cJSON_CreateString(stop->valuestring));
+    } else if (cJSON_IsArray(stop))
+        cJSON_AddItemToObject(body, "stop_sequences",
+                              cJSON_Duplicate(stop, true));
+}
+
 /*  The Messages API body for an OpenAI-shaped call (caller's), realtime
     and batch alike; NULL (err set) on a bad call. */
 static cJSON *s_params(const llmq_provider_t *self, const llmq_call_t *call,
@@ -240,71 +308,8 @@ static cJSON *s_params(const llmq_provider_t *self, const llmq_call_t *call,
         cJSON_AddStringToObject(body, "system", system);
         free(system);
     }
-    const cJSON *mt = cJSON_GetObjectItemCaseSensitive(in, "max_tokens");
-    if (!cJSON_IsNumber(mt))
-        mt = cJSON_GetObjectItemCaseSensitive(in, "max_completion_tokens");
-    cJSON_AddNumberToObject(
-        body, "max_tokens",
-        cJSON_IsNumber(mt) ? mt->valuedouble
-                           : (double)llmq_provider_default_max_tokens(self));
-    static const char *same[] = {"temperature", "top_p", "top_k", "metadata"};
-    for (size_t i = 0; i < sizeof same / sizeof same[0]; i++) {
-        const cJSON *v = cJSON_GetObjectItemCaseSensitive(in, same[i]);
-        if (v && !cJSON_IsNull(v))
-            cJSON_AddItemToObject(body, same[i], cJSON_Duplicate(v, true));
-    }
-    const cJSON *stop = cJSON_GetObjectItemCaseSensitive(in, "stop");
-    if (cJSON_IsString(stop)) {
-        cJSON *ss = cJSON_AddArrayToObject(body, "stop_sequences");
-        cJSON_AddItemToArray(ss, cJSON_CreateString(stop->valuestring));
-    } else if (cJSON_IsArray(stop))
-        cJSON_AddItemToObject(body, "stop_sequences",
-                              cJSON_Duplicate(stop, true));
-    const cJSON *tools = cJSON_GetObjectItemCaseSensitive(in, "tools");
-    const cJSON *choice = cJSON_GetObjectItemCaseSensitive(in, "tool_choice");
-    bool no_tools =
-        cJSON_IsString(choice) && strcmp(choice->valuestring, "none") == 0;
-    if (cJSON_IsArray(tools) && !no_tools) {
-        cJSON *at = cJSON_AddArrayToObject(body, "tools");
-        const cJSON *t;
-        cJSON_ArrayForEach(t, tools)
-        {
-            const cJSON *f = cJSON_GetObjectItemCaseSensitive(t, "function");
-            if (!cJSON_IsObject(f))
-                continue;
-            cJSON *a = cJSON_CreateObject();
-            const cJSON *name = cJSON_GetObjectItemCaseSensitive(f, "name");
-            const cJSON *desc =
-                cJSON_GetObjectItemCaseSensitive(f, "description");
-            const cJSON *params =
-                cJSON_GetObjectItemCaseSensitive(f, "parameters");
-            cJSON_AddStringToObject(
-                a, "name", cJSON_IsString(name) ? name->valuestring : "");
-            if (cJSON_IsString(desc))
-                cJSON_AddStringToObject(a, "description", desc->valuestring);
-            if (cJSON_IsObject(params))
-                cJSON_AddItemToObject(a, "input_schema",
-                                      cJSON_Duplicate(params, true));
-            else {
-                cJSON *schema = cJSON_AddObjectToObject(a, "input_schema");
-                cJSON_AddStringToObject(schema, "type", "object");
-            }
-            cJSON_AddItemToArray(at, a);
-        }
-        if (cJSON_IsString(choice) &&
-            strcmp(choice->valuestring, "required") == 0) {
-            cJSON *tc = cJSON_AddObjectToObject(body, "tool_choice");
-            cJSON_AddStringToObject(tc, "type", "any");
-        } else if (cJSON_IsObject(choice)) {
-            const cJSON *name = cJSON_GetObjectItemCaseSensitive(
-                cJSON_GetObjectItemCaseSensitive(choice, "function"), "name");
-            if (cJSON_IsString(name)) {
-                cJSON *tc = cJSON_AddObjectToObject(body, "tool_choice");
-                cJSON_AddStringToObject(tc, "type", "tool");
-                cJSON_AddStringToObject(tc, "name", name->valuestring);
-            }
-        }
-    }
+    s_settings(self, in, body);
+    s_tools(in, body);
     return body;
 }
 
@@ -352,44 +357,27 @@ static cJSON *s_message(const llmq_call_t *call, const cJSON *in,
 {
     const cJSON *content = cJSON_GetObjectItemCaseSensitive(in, "content");
     /*  Join text blocks; collect tool_use blocks. */
-    size_t len = 0;
+    bool any_text = false;
+    char *text = s_join_text(content, &any_text);
+    cJSON *tool_calls = cJSON_CreateArray();
     const cJSON *b;
     cJSON_ArrayForEach(b, content)
     {
-        const cJSON *t = cJSON_GetObjectItemCaseSensitive(b, "text");
-        if (cJSON_IsString(t))
-            len += strlen(t->valuestring);
-    }
-    char *text = calloc(1, len + 1);
-    cJSON *tool_calls = cJSON_CreateArray();
-    bool any_text = false;
-    cJSON_ArrayForEach(b, content)
-    {
-        const cJSON *type = cJSON_GetObjectItemCaseSensitive(b, "type");
-        if (!cJSON_IsString(type))
+        const char *type = llmq_json_str(b, "type");
+        if (!type || strcmp(type, "tool_use") != 0)
             continue;
-        if (strcmp(type->valuestring, "text") == 0) {
-            const cJSON *t = cJSON_GetObjectItemCaseSensitive(b, "text");
-            if (cJSON_IsString(t) && text) {
-                strcat(text, t->valuestring);
-                any_text = true;
-            }
-        } else if (strcmp(type->valuestring, "tool_use") == 0) {
-            cJSON *tc = cJSON_CreateObject();
-            const cJSON *id = cJSON_GetObjectItemCaseSensitive(b, "id");
-            const cJSON *name = cJSON_GetObjectItemCaseSensitive(b, "name");
-            cJSON_AddStringToObject(tc, "id",
-                                    cJSON_IsString(id) ? id->valuestring : "");
-            cJSON_AddStringToObject(tc, "type", "function");
-            cJSON *f = cJSON_AddObjectToObject(tc, "function");
-            cJSON_AddStringToObject(
-                f, "name", cJSON_IsString(name) ? name->valuestring : "");
-            char *args = cJSON_PrintUnformatted(
-                cJSON_GetObjectItemCaseSensitive(b, "input"));
-            cJSON_AddStringToObject(f, "arguments", args ? args : "{}");
-            free(args);
-            cJSON_AddItemToArray(tool_calls, tc);
-        }
+        cJSON *tc = cJSON_CreateObject();
+        const char *id = llmq_json_str(b, "id");
+        const char *name = llmq_json_str(b, "name");
+        cJSON_AddStringToObject(tc, "id", id ? id : "");
+        cJSON_AddStringToObject(tc, "type", "function");
+        cJSON *f = cJSON_AddObjectToObject(tc, "function");
+        cJSON_AddStringToObject(f, "name", name ? name : "");
+        char *args = cJSON_PrintUnformatted(
+            cJSON_GetObjectItemCaseSensitive(b, "input"));
+        cJSON_AddStringToObject(f, "arguments", args ? args : "{}");
+        free(args);
+        cJSON_AddItemToArray(tool_calls, tc);
     }
     const cJSON *u = cJSON_GetObjectItemCaseSensitive(in, "usage");
     const cJSON *it = cJSON_GetObjectItemCaseSensitive(u, "input_tokens");
@@ -517,10 +505,185 @@ static int s_emit(llmq_stream_t *st, cJSON *chunk, llmq_chunk_fn *emit,
     return 0;
 }
 
+/*  Where one stream event's chunks go. */
+typedef struct {
+    llmq_stream_t *st;   /* the stream */
+    llmq_chunk_fn *emit; /* the worker's callback */
+    void *arg;           /* for emit */
+    llmq_perr_t *err;    /* set on failure */
+} s_out_t;
+
+static int s_ev_message_start(s_out_t *o, const cJSON *ev)
+{
+    llmq_stream_t *st = o->st;
+    cJSON *delta = NULL;
+    int rc = 0;
+    const cJSON *msg = cJSON_GetObjectItemCaseSensitive(ev, "message");
+    const cJSON *id = cJSON_GetObjectItemCaseSensitive(msg, "id");
+    const cJSON *model = cJSON_GetObjectItemCaseSensitive(msg, "model");
+    if (cJSON_IsString(id) && !st->msg_id)
+        st->msg_id = strdup(id->valuestring);
+    if (cJSON_IsString(model)) {
+        free(st->model);
+        st->model = strdup(model->valuestring);
+    }
+    const cJSON *u = cJSON_GetObjectItemCaseSensitive(msg, "usage");
+    const cJSON *it = cJSON_GetObjectItemCaseSensitive(u, "input_tokens");
+    const cJSON *ot = cJSON_GetObjectItemCaseSensitive(u, "output_tokens");
+    if (cJSON_IsNumber(it))
+        st->input_tokens = (int64_t)it->valuedouble;
+    if (cJSON_IsNumber(ot))
+        st->output_tokens = (int64_t)ot->valuedouble;
+    cJSON *c = s_chunk(st, &delta);
+    cJSON_AddStringToObject(delta, "role", "assistant");
+    cJSON_AddStringToObject(delta, "content", "");
+    rc = s_emit(st, c, o->emit, o->arg, o->err);
+    return rc;
+}
+
+static int s_ev_content_block_start(s_out_t *o, const cJSON *ev)
+{
+    llmq_stream_t *st = o->st;
+    cJSON *delta = NULL;
+    int rc = 0;
+    const cJSON *ix = cJSON_GetObjectItemCaseSensitive(ev, "index");
+    const cJSON *cb = cJSON_GetObjectItemCaseSensitive(ev, "content_block");
+    const cJSON *cbt = cJSON_GetObjectItemCaseSensitive(cb, "type");
+    int block = cJSON_IsNumber(ix) ? (int)ix->valuedouble : -1;
+    if (cJSON_IsString(cbt) && strcmp(cbt->valuestring, "tool_use") == 0 &&
+        block >= 0 && block < 64) {
+        int tool = st->tool_index++;
+        st->block_tool[block] = tool + 1;
+        const cJSON *id = cJSON_GetObjectItemCaseSensitive(cb, "id");
+        const cJSON *name = cJSON_GetObjectItemCaseSensitive(cb, "name");
+        cJSON *c = s_chunk(st, &delta);
+        cJSON *tcs = cJSON_AddArrayToObject(delta, "tool_calls");
+        cJSON *tc = cJSON_CreateObject();
+        cJSON_AddNumberToObject(tc, "index", tool);
+        cJSON_AddStringToObject(tc, "id",
+                                cJSON_IsString(id) ? id->valuestring : "");
+        cJSON_AddStringToObject(tc, "type", "function");
+        cJSON *f = cJSON_AddObjectToObject(tc, "function");
+        cJSON_AddStringToObject(f, "name",
+                                cJSON_IsString(name) ? name->valuestring : "");
+        cJSON_AddStringToObject(f, "arguments", "");
+        cJSON_AddItemToArray(tcs, tc);
+        rc = s_emit(st, c, o->emit, o->arg, o->err);
+    }
+    return rc;
+}
+
+static int s_ev_content_block_delta(s_out_t *o, const cJSON *ev)
+{
+    llmq_stream_t *st = o->st;
+    cJSON *delta = NULL;
+    int rc = 0;
+    const cJSON *ix = cJSON_GetObjectItemCaseSensitive(ev, "index");
+    const cJSON *d = cJSON_GetObjectItemCaseSensitive(ev, "delta");
+    const cJSON *dt = cJSON_GetObjectItemCaseSensitive(d, "type");
+    int block = cJSON_IsNumber(ix) ? (int)ix->valuedouble : -1;
+    if (cJSON_IsString(dt) && strcmp(dt->valuestring, "text_delta") == 0) {
+        const cJSON *text = cJSON_GetObjectItemCaseSensitive(d, "text");
+        cJSON *c = s_chunk(st, &delta);
+        cJSON_AddStringToObject(delta, "content",
+                                cJSON_IsString(text) ? text->valuestring : "");
+        rc = s_emit(st, c, o->emit, o->arg, o->err);
+    } else if (cJSON_IsString(dt) &&
+               strcmp(dt->valuestring, "input_json_delta") == 0 && block >= 0 &&
+               block < 64 && st->block_tool[block] > 0) {
+        const cJSON *pj = cJSON_GetObjectItemCaseSensitive(d, "partial_json");
+        cJSON *c = s_chunk(st, &delta);
+        cJSON *tcs = cJSON_AddArrayToObject(delta, "tool_calls");
+        cJSON *tc = cJSON_CreateObject();
+        cJSON_AddNumberToObject(tc, "index", st->block_tool[block] - 1);
+        cJSON *f = cJSON_AddObjectToObject(tc, "function");
+        cJSON_AddStringToObject(f, "arguments",
+                                cJSON_IsString(pj) ? pj->valuestring : "");
+        cJSON_AddItemToArray(tcs, tc);
+        rc = s_emit(st, c, o->emit, o->arg, o->err);
+    }
+    return rc;
+}
+
+static int s_ev_message_delta(s_out_t *o, const cJSON *ev)
+{
+    llmq_stream_t *st = o->st;
+    const cJSON *d = cJSON_GetObjectItemCaseSensitive(ev, "delta");
+    const cJSON *sr = cJSON_GetObjectItemCaseSensitive(d, "stop_reason");
+    const char *finish =
+        s_finish_reason(cJSON_IsString(sr) ? sr->valuestring : NULL);
+    if (finish) {
+        free(st->stop_reason);
+        st->stop_reason = strdup(finish);
+    }
+    const cJSON *ot = cJSON_GetObjectItemCaseSensitive(
+        cJSON_GetObjectItemCaseSensitive(ev, "usage"), "output_tokens");
+    if (cJSON_IsNumber(ot))
+        st->output_tokens = (int64_t)ot->valuedouble;
+    return 0;
+}
+
+/*  The finish chunk and the usage chunk; 1: the stream is complete. */
+static int s_ev_message_stop(s_out_t *o, const cJSON *ev)
+{
+    (void)ev;
+    llmq_stream_t *st = o->st;
+    cJSON *delta = NULL;
+    cJSON *c = s_chunk(st, &delta);
+    cJSON *ch =
+        cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(c, "choices"), 0);
+    cJSON_ReplaceItemInObjectCaseSensitive(
+        ch, "finish_reason",
+        cJSON_CreateString(st->stop_reason ? st->stop_reason : "stop"));
+    int rc = s_emit(st, c, o->emit, o->arg, o->err);
+    if (rc == 0) {
+        /*  The usage chunk, as OpenAI's include_usage sends it. */
+        c = s_chunk(st, NULL);
+        cJSON *u = cJSON_AddObjectToObject(c, "usage");
+        int64_t in = st->input_tokens > 0 ? st->input_tokens : 0;
+        int64_t out = st->output_tokens > 0 ? st->output_tokens : 0;
+        cJSON_AddNumberToObject(u, "prompt_tokens", (double)in);
+        cJSON_AddNumberToObject(u, "completion_tokens", (double)out);
+        cJSON_AddNumberToObject(u, "total_tokens", (double)(in + out));
+        rc = s_emit(st, c, o->emit, o->arg, o->err);
+    }
+    return rc == 0 ? 1 : rc;
+}
+
+/*  An error event ends the stream, classified as an HTTP answer. */
+static int s_ev_error(s_out_t *o, const cJSON *ev)
+{
+    llmq_stream_t *st = o->st;
+    char *text = cJSON_PrintUnformatted(ev);
+    const cJSON *et = cJSON_GetObjectItemCaseSensitive(
+        cJSON_GetObjectItemCaseSensitive(ev, "error"), "type");
+    int status =
+        cJSON_IsString(et) && strcmp(et->valuestring, "overloaded_error") == 0
+            ? 529
+            : 500;
+    if (cJSON_IsString(et) && strcmp(et->valuestring, "rate_limit_error") == 0)
+        status = 429;
+    llmq_classify_http(st->provider, status, text, text ? strlen(text) : 0,
+                       o->err);
+    llmq_provider_scrub(st->provider, o->err->message);
+    free(text);
+    return -1;
+}
+
+/*  One SSE event -> zero or more chunks; 1 when the message stopped. */
 static int s_stream_event(llmq_stream_t *st, const char *event,
                           const char *data, size_t size, llmq_chunk_fn *emit,
                           void *arg, llmq_perr_t *err)
 {
+    static const struct {
+        const char *type;
+        int (*fn)(s_out_t *o, const cJSON *ev);
+    } handlers[] = {{"message_start", s_ev_message_start},
+                    {"content_block_start", s_ev_content_block_start},
+                    {"content_block_delta", s_ev_content_block_delta},
+                    {"message_delta", s_ev_message_delta},
+                    {"message_stop", s_ev_message_stop},
+                    {"error", s_ev_error}};
     cJSON *ev = cJSON_ParseWithLength(data, size);
     if (!cJSON_IsObject(ev)) {
         cJSON_Delete(ev);
@@ -528,135 +691,15 @@ static int s_stream_event(llmq_stream_t *st, const char *event,
                       "provider streamed malformed JSON");
         return -1;
     }
-    const cJSON *t = cJSON_GetObjectItemCaseSensitive(ev, "type");
-    const char *type = cJSON_IsString(t) ? t->valuestring : event;
+    const char *type = llmq_json_str(ev, "type");
+    if (!type)
+        type = event;
+    s_out_t out = {st, emit, arg, err};
     int rc = 0;
-    cJSON *delta = NULL;
-    if (strcmp(type, "message_start") == 0) {
-        const cJSON *msg = cJSON_GetObjectItemCaseSensitive(ev, "message");
-        const cJSON *id = cJSON_GetObjectItemCaseSensitive(msg, "id");
-        const cJSON *model = cJSON_GetObjectItemCaseSensitive(msg, "model");
-        if (cJSON_IsString(id) && !st->msg_id)
-            st->msg_id = strdup(id->valuestring);
-        if (cJSON_IsString(model)) {
-            free(st->model);
-            st->model = strdup(model->valuestring);
-        }
-        const cJSON *u = cJSON_GetObjectItemCaseSensitive(msg, "usage");
-        const cJSON *it = cJSON_GetObjectItemCaseSensitive(u, "input_tokens");
-        const cJSON *ot = cJSON_GetObjectItemCaseSensitive(u, "output_tokens");
-        if (cJSON_IsNumber(it))
-            st->input_tokens = (int64_t)it->valuedouble;
-        if (cJSON_IsNumber(ot))
-            st->output_tokens = (int64_t)ot->valuedouble;
-        cJSON *c = s_chunk(st, &delta);
-        cJSON_AddStringToObject(delta, "role", "assistant");
-        cJSON_AddStringToObject(delta, "content", "");
-        rc = s_emit(st, c, emit, arg, err);
-    } else if (strcmp(type, "content_block_start") == 0) {
-        const cJSON *ix = cJSON_GetObjectItemCaseSensitive(ev, "index");
-        const cJSON *cb = cJSON_GetObjectItemCaseSensitive(ev, "content_block");
-        const cJSON *cbt = cJSON_GetObjectItemCaseSensitive(cb, "type");
-        int block = cJSON_IsNumber(ix) ? (int)ix->valuedouble : -1;
-        if (cJSON_IsString(cbt) && strcmp(cbt->valuestring, "tool_use") == 0 &&
-            block >= 0 && block < 64) {
-            int tool = st->tool_index++;
-            st->block_tool[block] = tool + 1;
-            const cJSON *id = cJSON_GetObjectItemCaseSensitive(cb, "id");
-            const cJSON *name = cJSON_GetObjectItemCaseSensitive(cb, "name");
-            cJSON *c = s_chunk(st, &delta);
-            cJSON *tcs = cJSON_AddArrayToObject(delta, "tool_calls");
-            cJSON *tc = cJSON_CreateObject();
-            cJSON_AddNumberToObject(tc, "index", tool);
-            cJSON_AddStringToObject(tc, "id",
-                                    cJSON_IsString(id) ? id->valuestring : "");
-            cJSON_AddStringToObject(tc, "type", "function");
-            cJSON *f = cJSON_AddObjectToObject(tc, "function");
-            cJSON_AddStringToObject(
-                f, "name", cJSON_IsString(name) ? name->valuestring : "");
-            cJSON_AddStringToObject(f, "arguments", "");
-            cJSON_AddItemToArray(tcs, tc);
-            rc = s_emit(st, c, emit, arg, err);
-        }
-    } else if (strcmp(type, "content_block_delta") == 0) {
-        const cJSON *ix = cJSON_GetObjectItemCaseSensitive(ev, "index");
-        const cJSON *d = cJSON_GetObjectItemCaseSensitive(ev, "delta");
-        const cJSON *dt = cJSON_GetObjectItemCaseSensitive(d, "type");
-        int block = cJSON_IsNumber(ix) ? (int)ix->valuedouble : -1;
-        if (cJSON_IsString(dt) && strcmp(dt->valuestring, "text_delta") == 0) {
-            const cJSON *text = cJSON_GetObjectItemCaseSensitive(d, "text");
-            cJSON *c = s_chunk(st, &delta);
-            cJSON_AddStringToObject(delta, "content",
-                                    cJSON_IsString(text) ? text->valuestring
-                                                         : "");
-            rc = s_emit(st, c, emit, arg, err);
-        } else if (cJSON_IsString(dt) &&
-                   strcmp(dt->valuestring, "input_json_delta") == 0 &&
-                   block >= 0 && block < 64 && st->block_tool[block] > 0) {
-            const cJSON *pj =
-                cJSON_GetObjectItemCaseSensitive(d, "partial_json");
-            cJSON *c = s_chunk(st, &delta);
-            cJSON *tcs = cJSON_AddArrayToObject(delta, "tool_calls");
-            cJSON *tc = cJSON_CreateObject();
-            cJSON_AddNumberToObject(tc, "index", st->block_tool[block] - 1);
-            cJSON *f = cJSON_AddObjectToObject(tc, "function");
-            cJSON_AddStringToObject(f, "arguments",
-                                    cJSON_IsString(pj) ? pj->valuestring : "");
-            cJSON_AddItemToArray(tcs, tc);
-            rc = s_emit(st, c, emit, arg, err);
-        }
-    } else if (strcmp(type, "message_delta") == 0) {
-        const cJSON *d = cJSON_GetObjectItemCaseSensitive(ev, "delta");
-        const cJSON *sr = cJSON_GetObjectItemCaseSensitive(d, "stop_reason");
-        const char *finish =
-            s_finish_reason(cJSON_IsString(sr) ? sr->valuestring : NULL);
-        if (finish) {
-            free(st->stop_reason);
-            st->stop_reason = strdup(finish);
-        }
-        const cJSON *ot = cJSON_GetObjectItemCaseSensitive(
-            cJSON_GetObjectItemCaseSensitive(ev, "usage"), "output_tokens");
-        if (cJSON_IsNumber(ot))
-            st->output_tokens = (int64_t)ot->valuedouble;
-    } else if (strcmp(type, "message_stop") == 0) {
-        cJSON *c = s_chunk(st, &delta);
-        cJSON *ch = cJSON_GetArrayItem(
-            cJSON_GetObjectItemCaseSensitive(c, "choices"), 0);
-        cJSON_ReplaceItemInObjectCaseSensitive(
-            ch, "finish_reason",
-            cJSON_CreateString(st->stop_reason ? st->stop_reason : "stop"));
-        rc = s_emit(st, c, emit, arg, err);
-        if (rc == 0) {
-            /*  The usage chunk, as OpenAI's include_usage sends it. */
-            c = s_chunk(st, NULL);
-            cJSON *u = cJSON_AddObjectToObject(c, "usage");
-            int64_t in = st->input_tokens > 0 ? st->input_tokens : 0;
-            int64_t out = st->output_tokens > 0 ? st->output_tokens : 0;
-            cJSON_AddNumberToObject(u, "prompt_tokens", (double)in);
-            cJSON_AddNumberToObject(u, "completion_tokens", (double)out);
-            cJSON_AddNumberToObject(u, "total_tokens", (double)(in + out));
-            rc = s_emit(st, c, emit, arg, err);
-        }
-        if (rc == 0)
-            rc = 1;
-    } else if (strcmp(type, "error") == 0) {
-        char *text = cJSON_PrintUnformatted(ev);
-        const cJSON *et = cJSON_GetObjectItemCaseSensitive(
-            cJSON_GetObjectItemCaseSensitive(ev, "error"), "type");
-        int status = cJSON_IsString(et) &&
-                             strcmp(et->valuestring, "overloaded_error") == 0
-                         ? 529
-                         : 500;
-        if (cJSON_IsString(et) &&
-            strcmp(et->valuestring, "rate_limit_error") == 0)
-            status = 429;
-        llmq_classify_http(st->provider, status, text, text ? strlen(text) : 0,
-                           err);
-        llmq_provider_scrub(st->provider, err->message);
-        free(text);
-        rc = -1;
-    }
     /*  ping, content_block_stop and unknown events carry nothing for us. */
+    for (size_t i = 0; i < sizeof handlers / sizeof handlers[0]; i++)
+        if (strcmp(type, handlers[i].type) == 0)
+            rc = handlers[i].fn(&out, ev);
     cJSON_Delete(ev);
     return rc;
 }

@@ -299,58 +299,9 @@ static long s_key_line(const char *path, const char *key)
     return found;
 }
 
-static int s_load_file(llmq_worker_config_t *self, const char *path,
-                       char *errbuf, size_t errlen)
+/*  The file's settings over the defaults. */
+static void s_apply_yaml(llmq_worker_config_t *self, s_yaml_t *y)
 {
-    s_log_t log = {{0}};
-    cyaml_config_t cc = {
-        .log_fn = s_cyaml_log,
-        .log_ctx = &log,
-        .mem_fn = cyaml_mem,
-        .log_level = CYAML_LOG_ERROR,
-        .flags = CYAML_CFG_DEFAULT,
-    };
-    s_yaml_t *y = NULL;
-    cyaml_err_t rc =
-        cyaml_load_file(path, &cc, &s_top_schema, (cyaml_data_t **)&y, NULL);
-    if (rc != CYAML_OK) {
-        /*  Find "line: N" (libcyaml backtrace) or "line N" (libyaml). */
-        long line = 0;
-        const char *at = strstr(log.text, "line: ");
-        if (at)
-            line = strtol(at + 6, NULL, 10);
-        else if ((at = strstr(log.text, "line ")))
-            line = strtol(at + 5, NULL, 10);
-        /*  First line of the log, without "Load: ". */
-        char first[400] = "";
-        const char *m = log.text;
-        if (strncmp(m, "Load: ", 6) == 0)
-            m += 6;
-        size_t n = strcspn(m, "\n");
-        if (n >= sizeof first)
-            n = sizeof first - 1;
-        memcpy(first, m, n);
-        first[n] = 0;
-        if (!*first)
-            snprintf(first, sizeof first, "%s", cyaml_strerror(rc));
-        /*  For an unknown key libcyaml names the mapping's line, not the
-            key's: look the key up in the file. */
-        if (strncmp(first, "Unexpected key: ", 16) == 0) {
-            long at_line = s_key_line(path, first + 16);
-            if (at_line > 0)
-                line = at_line;
-        }
-        if (rc == CYAML_ERR_FILE_OPEN)
-            snprintf(errbuf, errlen, "%s: cannot open: %s", path,
-                     strerror(errno));
-        else if (line > 0)
-            snprintf(errbuf, errlen, "%s:%ld: %s", path, line, first);
-        else
-            snprintf(errbuf, errlen, "%s: %s", path, first);
-        return -1;
-    }
-    if (!y)
-        return 0; /* empty document */
     s_set(&self->broker, y->broker);
     s_set(&self->name, y->name);
     s_set(&self->pool, y->pool);
@@ -393,6 +344,67 @@ static int s_load_file(llmq_worker_config_t *self, const char *path,
     self->batch_api |= y->batch_api;
     self->verbose |= y->verbose;
     self->json_logs |= y->json_logs;
+}
+
+/*  A YAML load failure as "file:line: what" in errbuf. */
+static void s_yaml_error(const char *path, cyaml_err_t rc, const char *logtext,
+                         char *errbuf, size_t errlen)
+{
+    /*  Find "line: N" (libcyaml backtrace) or "line N" (libyaml). */
+    long line = 0;
+    const char *at = strstr(logtext, "line: ");
+    if (at)
+        line = strtol(at + 6, NULL, 10);
+    else if ((at = strstr(logtext, "line ")))
+        line = strtol(at + 5, NULL, 10);
+    /*  First line of the log, without "Load: ". */
+    char first[400] = "";
+    const char *m = logtext;
+    if (strncmp(m, "Load: ", 6) == 0)
+        m += 6;
+    size_t n = strcspn(m, "\n");
+    if (n >= sizeof first)
+        n = sizeof first - 1;
+    memcpy(first, m, n);
+    first[n] = 0;
+    if (!*first)
+        snprintf(first, sizeof first, "%s", cyaml_strerror(rc));
+    /*  For an unknown key libcyaml names the mapping's line, not the
+        key's: look the key up in the file. */
+    if (strncmp(first, "Unexpected key: ", 16) == 0) {
+        long at_line = s_key_line(path, first + 16);
+        if (at_line > 0)
+            line = at_line;
+    }
+    if (rc == CYAML_ERR_FILE_OPEN)
+        snprintf(errbuf, errlen, "%s: cannot open: %s", path, strerror(errno));
+    else if (line > 0)
+        snprintf(errbuf, errlen, "%s:%ld: %s", path, line, first);
+    else
+        snprintf(errbuf, errlen, "%s: %s", path, first);
+}
+
+static int s_load_file(llmq_worker_config_t *self, const char *path,
+                       char *errbuf, size_t errlen)
+{
+    s_log_t log = {{0}};
+    cyaml_config_t cc = {
+        .log_fn = s_cyaml_log,
+        .log_ctx = &log,
+        .mem_fn = cyaml_mem,
+        .log_level = CYAML_LOG_ERROR,
+        .flags = CYAML_CFG_DEFAULT,
+    };
+    s_yaml_t *y = NULL;
+    cyaml_err_t rc =
+        cyaml_load_file(path, &cc, &s_top_schema, (cyaml_data_t **)&y, NULL);
+    if (rc != CYAML_OK) {
+        s_yaml_error(path, rc, log.text, errbuf, errlen);
+        return -1;
+    }
+    if (!y)
+        return 0; /* empty document */
+    s_apply_yaml(self, y);
     if (y->pricing_count) {
         self->pricing = calloc(y->pricing_count, sizeof(llmq_price_t));
         if (self->pricing) {
@@ -599,9 +611,9 @@ void llmq_worker_config_usage(FILE *out)
         "(--check-only), 1 other failure.\n");
 }
 
-/*  The final touches once every layer is in: provider defaults, key,
-    names, checks. */
-static int s_finish(llmq_worker_config_t *self, char *errbuf, size_t errlen)
+/*  The provider's default base URL and key. Returns 0 or -1 (errbuf). */
+static int s_finish_provider(llmq_worker_config_t *self, char *errbuf,
+                             size_t errlen)
 {
     if (!self->provider)
         s_set(&self->provider, "sim");
@@ -650,8 +662,8 @@ static int s_finish(llmq_worker_config_t *self, char *errbuf, size_t errlen)
         s_set(&self->api_key, "sk-llmq-sim");
     if (!self->api_key)
         s_set(&self->api_key, "");
-    /*  Official endpoints need a key; local OpenAI-compatible servers may not.
-     */
+    /*  Official endpoints need a key; local OpenAI-compatible servers may
+        not. */
     if (!*self->api_key && default_url &&
         strcmp(self->base_url, default_url) == 0 && (openai || anthropic)) {
         snprintf(errbuf, errlen,
@@ -660,20 +672,24 @@ static int s_finish(llmq_worker_config_t *self, char *errbuf, size_t errlen)
                  openai ? "OPENAI_API_KEY" : "ANTHROPIC_API_KEY");
         return -1;
     }
+    return 0;
+}
+
+/*  Name, identity, pool and models. Returns 0 or -1 (errbuf). */
+static int s_finish_names(llmq_worker_config_t *self, char *errbuf,
+                          size_t errlen)
+{
     if (!self->pool)
-        s_set(&self->pool, kind);
+        s_set(&self->pool, self->provider);
     char host[64] = "host";
     gethostname(host, sizeof host - 1);
     host[sizeof host - 1] = 0;
     char buf[300];
-    if (!self->name) {
-        snprintf(buf, sizeof buf, "%s-%s-%d", self->pool, host, (int)getpid());
+    snprintf(buf, sizeof buf, "%s-%s-%d", self->name ? self->name : self->pool,
+             host, (int)getpid());
+    if (!self->name)
         s_set(&self->name, buf);
-        s_set(&self->identity, buf);
-    } else {
-        snprintf(buf, sizeof buf, "%s-%s-%d", self->name, host, (int)getpid());
-        s_set(&self->identity, buf);
-    }
+    s_set(&self->identity, buf);
     if (strlen(self->name) > 128 || strlen(self->pool) > 128) {
         snprintf(errbuf, errlen, "--name/--pool: at most 128 bytes");
         return -1;
@@ -685,13 +701,12 @@ static int s_finish(llmq_worker_config_t *self, char *errbuf, size_t errlen)
     if (self->models_count == 0) {
         /*  A model list is needed to be routed to; echo and sim answer any
             model, so they announce "*". */
-        if (echo || sim)
-            s_models_add(self, "*");
-        else {
+        if (strcmp(self->provider, "echo") && strcmp(self->provider, "sim")) {
             snprintf(errbuf, errlen,
                      "--model: name at least one model this worker serves");
             return -1;
         }
+        s_models_add(self, "*");
     }
     for (size_t i = 0; i < self->models_count; i++)
         if (strlen(self->models[i]) > 256) {
@@ -699,6 +714,14 @@ static int s_finish(llmq_worker_config_t *self, char *errbuf, size_t errlen)
                      "--model: a model name is at most 256 bytes");
             return -1;
         }
+    return 0;
+}
+
+/*  Numbers in range, URLs that look like URLs, CURVE settings. Returns 0
+    or -1 (errbuf). */
+static int s_finish_checks(llmq_worker_config_t *self, char *errbuf,
+                           size_t errlen)
+{
     if (self->capacity < 1 || self->capacity > 100000 ||
         self->max_attempts < 1 || self->timeout_ms < 1 ||
         self->connect_timeout_ms < 1 || self->retry_base_ms < 0 ||
@@ -734,6 +757,16 @@ static int s_finish(llmq_worker_config_t *self, char *errbuf, size_t errlen)
                              errlen) < 0
                ? -1
                : 0;
+}
+
+/*  The final touches once every layer is in: provider defaults, key,
+    names, checks. */
+static int s_finish(llmq_worker_config_t *self, char *errbuf, size_t errlen)
+{
+    if (s_finish_provider(self, errbuf, errlen) ||
+        s_finish_names(self, errbuf, errlen))
+        return -1;
+    return s_finish_checks(self, errbuf, errlen);
 }
 
 /*  The flags that set a field, as tables: a string, a number in [lo, hi]

@@ -498,7 +498,7 @@ int llmq_batch_api_test(bool verbose)
     task = s_test_task(LLMQ_MSG_JOB_SUBMIT, "job-oa-409", NULL);
     llmq_msg_set_model(task, "gpt-4o-mini");
     llmq_msg_set_op(task, "chat");
-    items = s_pair_items("fine", "busy [[sim:fail=409]]");
+    items = s_pair_items("calm before 409", "busy [[sim:fail=409]]");
     llmq_msg_set_payload(task, &items);
     st = s_run_task(multi, apis, oa, &sink, task);
     snprintf(pb, sizeof pb, "%s", llmq_msg_provider_batch(st));
