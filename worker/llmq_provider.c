@@ -226,6 +226,26 @@ struct curl_slist *llmq_provider_auth(const llmq_provider_t *self,
     return self->ops->auth ? self->ops->auth(self, headers) : headers;
 }
 
+struct curl_slist *llmq_provider_key_header(const llmq_provider_t *self,
+                                            struct curl_slist *headers,
+                                            const char *prefix)
+{
+    if (!self->api_key || !*self->api_key)
+        return headers;
+    size_t n = strlen(prefix) + strlen(self->api_key) + 1;
+    char *h = malloc(n);
+    if (!h)
+        return headers;
+    snprintf(h, n, "%s%s", prefix, self->api_key);
+    headers = curl_slist_append(headers, h);
+    /*  curl keeps its own copy: wipe ours. */
+    volatile char *p = h;
+    while (*p)
+        *p++ = 0;
+    free(h);
+    return headers;
+}
+
 const llmq_batch_ops_t *llmq_provider_batch(const llmq_provider_t *self)
 {
     return self->ops->batch;
@@ -1186,6 +1206,45 @@ int llmq_provider_test(bool verbose)
     CHECK(strcmp(s_test_str(res, "choices.0.finish_reason"), "length") == 0);
     CHECK(strcmp(s_test_str(res, "id"), "msg_2") == 0);
     CHECK(usage.prompt_tokens == 4 && usage.completion_tokens == 2);
+    cJSON_Delete(res);
+    llmq_stream_destroy(&st);
+    /*  A streamed tool call: its start and argument pieces become one
+        tool_calls entry. */
+    const char *tevents[][2] = {
+        {"message_start", aevents[0][1]},
+        {"content_block_start",
+         "{\"type\":\"content_block_start\",\"index\":1,\"content_block\":{"
+         "\"type\":\"tool_use\",\"id\":\"tu_9\",\"name\":\"get_weather\","
+         "\"input\":{}}}"},
+        {"content_block_delta",
+         "{\"type\":\"content_block_delta\",\"index\":1,\"delta\":{\"type\":"
+         "\"input_json_delta\",\"partial_json\":\"{\\\"city\\\":\"}}"},
+        {"content_block_delta",
+         "{\"type\":\"content_block_delta\",\"index\":1,\"delta\":{\"type\":"
+         "\"input_json_delta\",\"partial_json\":\"\\\"Paris\\\"}\"}}"},
+        {"message_delta",
+         "{\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"tool_"
+         "use\"},\"usage\":{\"output_tokens\":5}}"},
+        {"message_stop", "{\"type\":\"message_stop\"}"},
+    };
+    st = llmq_stream_new(p, &call);
+    chunks = 0;
+    for (size_t i = 0; i < 6; i++)
+        CHECK(llmq_stream_event(st, tevents[i][0], tevents[i][1],
+                                strlen(tevents[i][1]), s_test_collect, &chunks,
+                                &err) == (i == 5 ? 1 : 0));
+    res = llmq_stream_finish(st, &usage, &err);
+    CHECK(res);
+    CHECK(strcmp(s_test_str(res, "choices.0.message.tool_calls.0.id"),
+                 "tu_9") == 0);
+    CHECK(
+        strcmp(s_test_str(res, "choices.0.message.tool_calls.0.function.name"),
+               "get_weather") == 0);
+    CHECK(strcmp(s_test_str(
+                     res, "choices.0.message.tool_calls.0.function.arguments"),
+                 "{\"city\":\"Paris\"}") == 0);
+    CHECK(strcmp(s_test_str(res, "choices.0.finish_reason"), "tool_calls") ==
+          0);
     cJSON_Delete(res);
     llmq_stream_destroy(&st);
     st = llmq_stream_new(p, &call);

@@ -231,6 +231,11 @@ char *llmq_provider_url(const llmq_provider_t *self, const char *route);
 /*  Append the auth headers (Content-Type and the like are the caller's). */
 struct curl_slist *llmq_provider_auth(const llmq_provider_t *self,
                                       struct curl_slist *headers);
+/*  For the providers' auth(): append "<prefix><api key>" (nothing when
+    the key is empty); the only place a key is formatted. */
+struct curl_slist *llmq_provider_key_header(const llmq_provider_t *self,
+                                            struct curl_slist *headers,
+                                            const char *prefix);
 /*  The provider's Batch API, or NULL if it has none. */
 const llmq_batch_ops_t *llmq_provider_batch(const llmq_provider_t *self);
 cJSON *llmq_provider_answer(const llmq_provider_t *self,

@@ -23,7 +23,7 @@
 #include <string.h>
 #include <time.h>
 
-/*  anthropic-version and x-api-key; the only place the key is formatted. */
+/*  anthropic-version and x-api-key. */
 static struct curl_slist *s_auth(const llmq_provider_t *self,
                                  struct curl_slist *headers)
 {
@@ -31,18 +31,7 @@ static struct curl_slist *s_auth(const llmq_provider_t *self,
     snprintf(line, sizeof line, "anthropic-version: %s",
              llmq_provider_anthropic_version(self));
     headers = curl_slist_append(headers, line);
-    const char *key = llmq_provider_api_key(self);
-    if (key && *key) {
-        size_t n = strlen(key) + 16;
-        char *h = malloc(n);
-        if (h) {
-            snprintf(h, n, "x-api-key: %s", key);
-            headers = curl_slist_append(headers, h);
-            memset(h, 0, n);
-            free(h);
-        }
-    }
-    return headers;
+    return llmq_provider_key_header(self, headers, "x-api-key: ");
 }
 
 /*  The text of the text parts (or blocks) of an array, joined (caller's;
@@ -541,68 +530,73 @@ static int s_ev_message_start(s_out_t *o, const cJSON *ev)
     return rc;
 }
 
+/*  A chunk whose delta carries one tool call {index, function {arguments}}
+    (with id, type and name when start); emitted. */
+static int s_emit_tool(s_out_t *o, int tool, const cJSON *start,
+                       const char *arguments)
+{
+    cJSON *delta = NULL;
+    cJSON *c = s_chunk(o->st, &delta);
+    cJSON *tc = cJSON_CreateObject();
+    cJSON_AddNumberToObject(tc, "index", tool);
+    if (start) {
+        const char *id = llmq_json_str(start, "id");
+        cJSON_AddStringToObject(tc, "id", id ? id : "");
+        cJSON_AddStringToObject(tc, "type", "function");
+    }
+    cJSON *f = cJSON_AddObjectToObject(tc, "function");
+    if (start) {
+        const char *name = llmq_json_str(start, "name");
+        cJSON_AddStringToObject(f, "name", name ? name : "");
+    }
+    cJSON_AddStringToObject(f, "arguments", arguments ? arguments : "");
+    cJSON_AddItemToArray(cJSON_AddArrayToObject(delta, "tool_calls"), tc);
+    return s_emit(o->st, c, o->emit, o->arg, o->err);
+}
+
+/*  The content block's index, -1 if none or out of our range. */
+static int s_block(const cJSON *ev)
+{
+    int64_t block = llmq_json_int(ev, "index");
+    return cJSON_IsNumber(cJSON_GetObjectItemCaseSensitive(ev, "index")) &&
+                   block >= 0 && block < 64
+               ? (int)block
+               : -1;
+}
+
+/*  A tool_use block starts: a tool call with its id and name. */
 static int s_ev_content_block_start(s_out_t *o, const cJSON *ev)
 {
     llmq_stream_t *st = o->st;
-    cJSON *delta = NULL;
-    int rc = 0;
-    const cJSON *ix = cJSON_GetObjectItemCaseSensitive(ev, "index");
     const cJSON *cb = cJSON_GetObjectItemCaseSensitive(ev, "content_block");
-    const cJSON *cbt = cJSON_GetObjectItemCaseSensitive(cb, "type");
-    int block = cJSON_IsNumber(ix) ? (int)ix->valuedouble : -1;
-    if (cJSON_IsString(cbt) && strcmp(cbt->valuestring, "tool_use") == 0 &&
-        block >= 0 && block < 64) {
-        int tool = st->tool_index++;
-        st->block_tool[block] = tool + 1;
-        const cJSON *id = cJSON_GetObjectItemCaseSensitive(cb, "id");
-        const cJSON *name = cJSON_GetObjectItemCaseSensitive(cb, "name");
-        cJSON *c = s_chunk(st, &delta);
-        cJSON *tcs = cJSON_AddArrayToObject(delta, "tool_calls");
-        cJSON *tc = cJSON_CreateObject();
-        cJSON_AddNumberToObject(tc, "index", tool);
-        cJSON_AddStringToObject(tc, "id",
-                                cJSON_IsString(id) ? id->valuestring : "");
-        cJSON_AddStringToObject(tc, "type", "function");
-        cJSON *f = cJSON_AddObjectToObject(tc, "function");
-        cJSON_AddStringToObject(f, "name",
-                                cJSON_IsString(name) ? name->valuestring : "");
-        cJSON_AddStringToObject(f, "arguments", "");
-        cJSON_AddItemToArray(tcs, tc);
-        rc = s_emit(st, c, o->emit, o->arg, o->err);
-    }
-    return rc;
+    const char *type = llmq_json_str(cb, "type");
+    int block = s_block(ev);
+    if (!type || strcmp(type, "tool_use") != 0 || block < 0)
+        return 0;
+    int tool = st->tool_index++;
+    st->block_tool[block] = tool + 1;
+    return s_emit_tool(o, tool, cb, "");
 }
 
+/*  Text, or a piece of a tool call's arguments. */
 static int s_ev_content_block_delta(s_out_t *o, const cJSON *ev)
 {
     llmq_stream_t *st = o->st;
-    cJSON *delta = NULL;
-    int rc = 0;
-    const cJSON *ix = cJSON_GetObjectItemCaseSensitive(ev, "index");
     const cJSON *d = cJSON_GetObjectItemCaseSensitive(ev, "delta");
-    const cJSON *dt = cJSON_GetObjectItemCaseSensitive(d, "type");
-    int block = cJSON_IsNumber(ix) ? (int)ix->valuedouble : -1;
-    if (cJSON_IsString(dt) && strcmp(dt->valuestring, "text_delta") == 0) {
-        const cJSON *text = cJSON_GetObjectItemCaseSensitive(d, "text");
+    const char *type = llmq_json_str(d, "type");
+    int block = s_block(ev);
+    if (type && strcmp(type, "text_delta") == 0) {
+        const char *text = llmq_json_str(d, "text");
+        cJSON *delta = NULL;
         cJSON *c = s_chunk(st, &delta);
-        cJSON_AddStringToObject(delta, "content",
-                                cJSON_IsString(text) ? text->valuestring : "");
-        rc = s_emit(st, c, o->emit, o->arg, o->err);
-    } else if (cJSON_IsString(dt) &&
-               strcmp(dt->valuestring, "input_json_delta") == 0 && block >= 0 &&
-               block < 64 && st->block_tool[block] > 0) {
-        const cJSON *pj = cJSON_GetObjectItemCaseSensitive(d, "partial_json");
-        cJSON *c = s_chunk(st, &delta);
-        cJSON *tcs = cJSON_AddArrayToObject(delta, "tool_calls");
-        cJSON *tc = cJSON_CreateObject();
-        cJSON_AddNumberToObject(tc, "index", st->block_tool[block] - 1);
-        cJSON *f = cJSON_AddObjectToObject(tc, "function");
-        cJSON_AddStringToObject(f, "arguments",
-                                cJSON_IsString(pj) ? pj->valuestring : "");
-        cJSON_AddItemToArray(tcs, tc);
-        rc = s_emit(st, c, o->emit, o->arg, o->err);
+        cJSON_AddStringToObject(delta, "content", text ? text : "");
+        return s_emit(st, c, o->emit, o->arg, o->err);
     }
-    return rc;
+    if (type && strcmp(type, "input_json_delta") == 0 && block >= 0 &&
+        st->block_tool[block] > 0)
+        return s_emit_tool(o, st->block_tool[block] - 1, NULL,
+                           llmq_json_str(d, "partial_json"));
+    return 0;
 }
 
 static int s_ev_message_delta(s_out_t *o, const cJSON *ev)

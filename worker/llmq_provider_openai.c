@@ -27,22 +27,11 @@ static const char *s_route(llmq_op_t op)
     }
 }
 
-/*  Authorization header; the only place the key is formatted. */
+/*  Authorization: Bearer. */
 static struct curl_slist *s_auth(const llmq_provider_t *self,
                                  struct curl_slist *headers)
 {
-    const char *key = llmq_provider_api_key(self);
-    if (key && *key) {
-        size_t n = strlen(key) + 32;
-        char *h = malloc(n);
-        if (!h)
-            return headers;
-        snprintf(h, n, "Authorization: Bearer %s", key);
-        headers = curl_slist_append(headers, h);
-        memset(h, 0, n);
-        free(h);
-    }
-    return headers;
+    return llmq_provider_key_header(self, headers, "Authorization: Bearer ");
 }
 
 /*  The request body: the call's model wins, stream as the worker relays.

@@ -14,6 +14,7 @@
 #include <errno.h>
 #include <getopt.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <limits.h>
 #include <stdarg.h>
 #include <stdlib.h>
@@ -299,51 +300,133 @@ static long s_key_line(const char *path, const char *key)
     return found;
 }
 
+enum {
+    F_BROKER = 1000,
+    F_NAME,
+    F_POOL,
+    F_PROVIDER,
+    F_BASE_URL,
+    F_MODEL,
+    F_CAPACITY,
+    F_RPM,
+    F_TPM,
+    F_BURST,
+    F_GROUP,
+    F_ATTEMPTS,
+    F_TIMEOUT,
+    F_CONNECT_TIMEOUT,
+    F_RETRY_BASE,
+    F_RETRY_CAP,
+    F_BRK_FAIL,
+    F_BRK_COOL,
+    F_DRAIN,
+    F_CONFIG,
+    F_VERBOSE,
+    F_JSON,
+    F_HELP,
+    F_VERSION,
+    F_CHECK,
+    F_KEY_ENV,
+    F_MAX_TOKENS,
+    F_BATCH_API,
+    F_HB,
+    F_CURVE_CERT,
+    F_BROKER_KEY,
+    F_METRICS
+};
+
+/*  The settings, as tables: a string, a number in [lo, hi] (durations for
+    the -ms flags) or a switch, each with its flag, its field and its place
+    in the YAML file (S_NONE: flags only). */
+#define S_FIELD(name) offsetof(llmq_worker_config_t, name)
+#define S_YAML(name) offsetof(s_yaml_t, name)
+#define S_NONE SIZE_MAX
+
+static const struct {
+    int flag;
+    size_t field; /* char * */
+    size_t yaml;  /* char * */
+} s_str_flags[] = {
+    {F_BROKER, S_FIELD(broker), S_YAML(broker)},
+    {F_NAME, S_FIELD(name), S_YAML(name)},
+    {F_POOL, S_FIELD(pool), S_YAML(pool)},
+    {F_PROVIDER, S_FIELD(provider), S_YAML(provider)},
+    {F_BASE_URL, S_FIELD(base_url), S_YAML(base_url)},
+    {F_GROUP, S_FIELD(limit_group), S_YAML(limit_group)},
+    {F_KEY_ENV, S_FIELD(api_key_env), S_YAML(api_key_env)},
+    {F_CURVE_CERT, S_FIELD(curve_cert), S_YAML(curve_cert)},
+    {F_BROKER_KEY, S_FIELD(broker_key), S_YAML(broker_key)},
+    {F_METRICS, S_FIELD(metrics), S_YAML(metrics)},
+};
+
+static const struct {
+    int flag;
+    size_t field; /* int64_t */
+    size_t yaml;  /* int64_t, 0 there: not set */
+    int64_t lo, hi;
+} s_num_flags[] = {
+    {F_CAPACITY, S_FIELD(capacity), S_YAML(capacity), 1, 100000},
+    {F_RPM, S_FIELD(rpm), S_YAML(limits.rpm), 0, INT64_MAX / 2},
+    {F_TPM, S_FIELD(tpm), S_YAML(limits.tpm), 0, INT64_MAX / 2},
+    {F_BURST, S_FIELD(burst_ms), S_YAML(limits.burst_ms), 1, INT64_MAX / 2},
+    {F_ATTEMPTS, S_FIELD(max_attempts), S_YAML(retry.max_attempts), 1, 100},
+    {F_TIMEOUT, S_FIELD(timeout_ms), S_YAML(timeout_ms), 1, INT64_MAX / 2},
+    {F_CONNECT_TIMEOUT, S_FIELD(connect_timeout_ms), S_YAML(connect_timeout_ms),
+     1, INT64_MAX / 2},
+    {F_RETRY_BASE, S_FIELD(retry_base_ms), S_YAML(retry.base_ms), 0,
+     INT64_MAX / 2},
+    {F_RETRY_CAP, S_FIELD(retry_cap_ms), S_YAML(retry.cap_ms), 0,
+     INT64_MAX / 2},
+    {F_BRK_FAIL, S_FIELD(breaker_failures), S_YAML(breaker.failures), 1,
+     INT64_MAX / 2},
+    {F_BRK_COOL, S_FIELD(breaker_cooldown_ms), S_YAML(breaker.cooldown_ms), 1,
+     INT64_MAX / 2},
+    {F_DRAIN, S_FIELD(drain_ms), S_YAML(drain_ms), 0, INT64_MAX / 2},
+    {F_HB, S_FIELD(heartbeat_ms), S_YAML(heartbeat_ms), 10, INT64_MAX / 2},
+    {F_MAX_TOKENS, S_FIELD(default_max_tokens),
+     S_YAML(anthropic.default_max_tokens), 1, INT64_MAX / 2},
+};
+
+static const struct {
+    int flag;
+    size_t field; /* bool */
+    size_t yaml;  /* bool, or S_NONE */
+} s_bool_flags[] = {
+    {F_BATCH_API, S_FIELD(batch_api), S_YAML(batch_api)},
+    {F_CHECK, S_FIELD(check_only), S_NONE},
+    {F_VERBOSE, S_FIELD(verbose), S_YAML(verbose)},
+    {F_JSON, S_FIELD(json_logs), S_YAML(json_logs)},
+};
+
+#define S_COUNT(table) (sizeof table / sizeof table[0])
+
 /*  The file's settings over the defaults. */
 static void s_apply_yaml(llmq_worker_config_t *self, s_yaml_t *y)
 {
-    s_set(&self->broker, y->broker);
-    s_set(&self->name, y->name);
-    s_set(&self->pool, y->pool);
-    s_set(&self->provider, y->provider);
-    s_set(&self->base_url, y->base_url);
+    char *base = (char *)self, *file = (char *)y;
+    for (size_t i = 0; i < S_COUNT(s_str_flags); i++)
+        s_set((char **)(base + s_str_flags[i].field),
+              *(char **)(file + s_str_flags[i].yaml));
+    for (size_t i = 0; i < S_COUNT(s_num_flags); i++) {
+        int64_t v = *(int64_t *)(file + s_num_flags[i].yaml);
+        if (v)
+            *(int64_t *)(base + s_num_flags[i].field) = v;
+    }
+    for (size_t i = 0; i < S_COUNT(s_bool_flags); i++)
+        if (s_bool_flags[i].yaml != S_NONE)
+            *(bool *)(base + s_bool_flags[i].field) |=
+                *(bool *)(file + s_bool_flags[i].yaml);
     if (y->api_key) {
         s_wipe(self->api_key);
         s_set(&self->api_key, y->api_key);
         s_wipe(y->api_key);
     }
-    s_set(&self->api_key_env, y->api_key_env);
-    s_set(&self->limit_group, y->limit_group);
-    s_set(&self->curve_cert, y->curve_cert);
-    s_set(&self->broker_key, y->broker_key);
-    s_set(&self->metrics, y->metrics);
     if (y->models_count) {
         s_models_clear(self);
         for (unsigned i = 0; i < y->models_count; i++)
             s_models_add(self, y->models[i]);
     }
-#define S_INT(dst, src)                                                        \
-    if (src)                                                                   \
-    self->dst = src
-    S_INT(capacity, y->capacity);
-    S_INT(timeout_ms, y->timeout_ms);
-    S_INT(connect_timeout_ms, y->connect_timeout_ms);
-    S_INT(drain_ms, y->drain_ms);
-    S_INT(heartbeat_ms, y->heartbeat_ms);
-    S_INT(rpm, y->limits.rpm);
-    S_INT(tpm, y->limits.tpm);
-    S_INT(burst_ms, y->limits.burst_ms);
-    S_INT(max_attempts, y->retry.max_attempts);
-    S_INT(retry_base_ms, y->retry.base_ms);
-    S_INT(retry_cap_ms, y->retry.cap_ms);
-    S_INT(breaker_failures, y->breaker.failures);
-    S_INT(breaker_cooldown_ms, y->breaker.cooldown_ms);
-    S_INT(default_max_tokens, y->anthropic.default_max_tokens);
-#undef S_INT
     s_set(&self->anthropic_version, y->anthropic.version);
-    self->batch_api |= y->batch_api;
-    self->verbose |= y->verbose;
-    self->json_logs |= y->json_logs;
 }
 
 /*  A YAML load failure as "file:line: what" in errbuf. */
@@ -459,41 +542,6 @@ static int s_load_env(llmq_worker_config_t *self, char *errbuf, size_t errlen)
         self->json_logs = true;
     return 0;
 }
-
-enum {
-    F_BROKER = 1000,
-    F_NAME,
-    F_POOL,
-    F_PROVIDER,
-    F_BASE_URL,
-    F_MODEL,
-    F_CAPACITY,
-    F_RPM,
-    F_TPM,
-    F_BURST,
-    F_GROUP,
-    F_ATTEMPTS,
-    F_TIMEOUT,
-    F_CONNECT_TIMEOUT,
-    F_RETRY_BASE,
-    F_RETRY_CAP,
-    F_BRK_FAIL,
-    F_BRK_COOL,
-    F_DRAIN,
-    F_CONFIG,
-    F_VERBOSE,
-    F_JSON,
-    F_HELP,
-    F_VERSION,
-    F_CHECK,
-    F_KEY_ENV,
-    F_MAX_TOKENS,
-    F_BATCH_API,
-    F_HB,
-    F_CURVE_CERT,
-    F_BROKER_KEY,
-    F_METRICS
-};
 
 static const struct option s_options[] = {
     {"broker", required_argument, 0, F_BROKER},
@@ -769,59 +817,6 @@ static int s_finish(llmq_worker_config_t *self, char *errbuf, size_t errlen)
     return s_finish_checks(self, errbuf, errlen);
 }
 
-/*  The flags that set a field, as tables: a string, a number in [lo, hi]
-    (durations for the -ms flags), or a switch. */
-#define S_FIELD(name) offsetof(llmq_worker_config_t, name)
-
-static const struct {
-    int flag;
-    size_t field; /* char * */
-} s_str_flags[] = {
-    {F_BROKER, S_FIELD(broker)},
-    {F_NAME, S_FIELD(name)},
-    {F_POOL, S_FIELD(pool)},
-    {F_PROVIDER, S_FIELD(provider)},
-    {F_BASE_URL, S_FIELD(base_url)},
-    {F_GROUP, S_FIELD(limit_group)},
-    {F_KEY_ENV, S_FIELD(api_key_env)},
-    {F_CURVE_CERT, S_FIELD(curve_cert)},
-    {F_BROKER_KEY, S_FIELD(broker_key)},
-    {F_METRICS, S_FIELD(metrics)},
-};
-
-static const struct {
-    int flag;
-    size_t field; /* int64_t */
-    int64_t lo, hi;
-} s_num_flags[] = {
-    {F_CAPACITY, S_FIELD(capacity), 1, 100000},
-    {F_RPM, S_FIELD(rpm), 0, INT64_MAX / 2},
-    {F_TPM, S_FIELD(tpm), 0, INT64_MAX / 2},
-    {F_BURST, S_FIELD(burst_ms), 1, INT64_MAX / 2},
-    {F_ATTEMPTS, S_FIELD(max_attempts), 1, 100},
-    {F_TIMEOUT, S_FIELD(timeout_ms), 1, INT64_MAX / 2},
-    {F_CONNECT_TIMEOUT, S_FIELD(connect_timeout_ms), 1, INT64_MAX / 2},
-    {F_RETRY_BASE, S_FIELD(retry_base_ms), 0, INT64_MAX / 2},
-    {F_RETRY_CAP, S_FIELD(retry_cap_ms), 0, INT64_MAX / 2},
-    {F_BRK_FAIL, S_FIELD(breaker_failures), 1, INT64_MAX / 2},
-    {F_BRK_COOL, S_FIELD(breaker_cooldown_ms), 1, INT64_MAX / 2},
-    {F_DRAIN, S_FIELD(drain_ms), 0, INT64_MAX / 2},
-    {F_HB, S_FIELD(heartbeat_ms), 10, INT64_MAX / 2},
-    {F_MAX_TOKENS, S_FIELD(default_max_tokens), 1, INT64_MAX / 2},
-};
-
-static const struct {
-    int flag;
-    size_t field; /* bool */
-} s_bool_flags[] = {
-    {F_BATCH_API, S_FIELD(batch_api)},
-    {F_CHECK, S_FIELD(check_only)},
-    {F_VERBOSE, S_FIELD(verbose)},
-    {F_JSON, S_FIELD(json_logs)},
-};
-
-#define S_COUNT(table) (sizeof table / sizeof table[0])
-
 /*  A number flag's value into its field. Returns 0 or -1 (errbuf). */
 static int s_num_flag(llmq_worker_config_t *self, size_t i, const char *value,
                       char *errbuf, size_t errlen)
@@ -957,18 +952,10 @@ void llmq_worker_config_destroy(llmq_worker_config_t **self_p)
     s_wipe(self->api_key);
     free(self->api_key);
     free(self->config_file);
-    free(self->broker);
-    free(self->name);
     free(self->identity);
-    free(self->pool);
-    free(self->provider);
-    free(self->base_url);
-    free(self->api_key_env);
-    free(self->limit_group);
-    free(self->curve_cert);
-    free(self->broker_key);
-    free(self->metrics);
     free(self->anthropic_version);
+    for (size_t i = 0; i < S_COUNT(s_str_flags); i++)
+        free(*(char **)((char *)self + s_str_flags[i].field));
     s_models_clear(self);
     for (size_t i = 0; i < self->pricing_count; i++)
         free(self->pricing[i].model);
