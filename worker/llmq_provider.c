@@ -257,6 +257,25 @@ void llmq_batch_answer_reset(llmq_batch_answer_t *result)
     memset(result, 0, sizeof *result);
 }
 
+int llmq_http_post_json(const llmq_provider_t *self, const char *route,
+                        cJSON *body, llmq_http_t *http, llmq_perr_t *err)
+{
+    http->body = cJSON_PrintUnformatted(body);
+    cJSON_Delete(body);
+    http->url = llmq_provider_url(self, route);
+    if (!http->body || !http->url) {
+        llmq_http_reset(http);
+        llmq_perr_set(err, LLMQ_ERR_INTERNAL, 0, true, "out of memory");
+        return -1;
+    }
+    http->body_len = strlen(http->body);
+    http->post = true;
+    http->headers = curl_slist_append(NULL, "Content-Type: application/json");
+    http->headers = curl_slist_append(http->headers, "Expect:");
+    http->headers = llmq_provider_auth(self, http->headers);
+    return 0;
+}
+
 /*  Every HTTP provider answers GET {base}/models with its key. */
 int llmq_provider_health(const llmq_provider_t *self, llmq_http_t *http)
 {

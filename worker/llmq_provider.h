@@ -236,6 +236,11 @@ struct curl_slist *llmq_provider_auth(const llmq_provider_t *self,
 struct curl_slist *llmq_provider_key_header(const llmq_provider_t *self,
                                             struct curl_slist *headers,
                                             const char *prefix);
+/*  For the providers' build(): http becomes a POST of body (taken) as
+    JSON to {base}{route} with the auth headers. Returns 0, or -1 (err
+    set, http reset). */
+int llmq_http_post_json(const llmq_provider_t *self, const char *route,
+                        cJSON *body, llmq_http_t *http, llmq_perr_t *err);
 /*  The provider's Batch API, or NULL if it has none. */
 const llmq_batch_ops_t *llmq_provider_batch(const llmq_provider_t *self);
 cJSON *llmq_provider_answer(const llmq_provider_t *self,

@@ -310,20 +310,7 @@ static int s_build(const llmq_provider_t *self, const llmq_call_t *call,
         return -1;
     if (call->stream)
         cJSON_AddTrueToObject(body, "stream");
-    http->body = cJSON_PrintUnformatted(body);
-    cJSON_Delete(body);
-    http->url = llmq_provider_url(self, "/messages");
-    if (!http->body || !http->url) {
-        llmq_http_reset(http);
-        llmq_perr_set(err, LLMQ_ERR_INTERNAL, 0, true, "out of memory");
-        return -1;
-    }
-    http->body_len = strlen(http->body);
-    http->post = true;
-    http->headers = curl_slist_append(NULL, "Content-Type: application/json");
-    http->headers = curl_slist_append(http->headers, "Expect:");
-    http->headers = s_auth(self, http->headers);
-    return 0;
+    return llmq_http_post_json(self, "/messages", body, http, err);
 }
 
 static const char *s_finish_reason(const char *stop_reason)

@@ -72,22 +72,11 @@ static int s_build(const llmq_provider_t *self, const llmq_call_t *call,
     cJSON *body = s_body(call, err);
     if (!body)
         return -1;
-    http->body = cJSON_PrintUnformatted(body);
-    cJSON_Delete(body);
-    http->url = llmq_provider_url(self, s_route(call->op));
-    if (!http->body || !http->url) {
-        llmq_http_reset(http);
-        llmq_perr_set(err, LLMQ_ERR_INTERNAL, 0, true, "out of memory");
+    if (llmq_http_post_json(self, s_route(call->op), body, http, err))
         return -1;
-    }
-    http->body_len = strlen(http->body);
-    http->post = true;
-    http->headers = curl_slist_append(NULL, "Content-Type: application/json");
-    http->headers = curl_slist_append(http->headers, "Expect:");
     if (call->stream)
         http->headers =
             curl_slist_append(http->headers, "Accept: text/event-stream");
-    http->headers = s_auth(self, http->headers);
     return 0;
 }
 

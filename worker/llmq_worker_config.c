@@ -1129,26 +1129,20 @@ int llmq_worker_config_test(bool verbose)
           LLMQ_CONFIG_ERROR);
     CHECK(strstr(err, "cannot open"));
 
-    /*  Bad flags. */
-    char *a4[] = {"llmq-worker", "--capacity", "0", NULL};
-    CHECK(llmq_worker_config_load(&cfg, 3, a4, err, sizeof err) ==
-          LLMQ_CONFIG_ERROR);
-    CHECK(strstr(err, "--capacity"));
-    char *a5[] = {"llmq-worker", "--frobnicate", NULL};
-    CHECK(llmq_worker_config_load(&cfg, 2, a5, err, sizeof err) ==
-          LLMQ_CONFIG_ERROR);
-    CHECK(strstr(err, "--frobnicate"));
-    char *a7[] = {"llmq-worker", "--broker", "localhost:5556", NULL};
-    CHECK(llmq_worker_config_load(&cfg, 3, a7, err, sizeof err) ==
-          LLMQ_CONFIG_ERROR);
-    CHECK(strstr(err, "--broker"));
-    char *a8[] = {"llmq-worker", "--base-url", "api.openai.com", NULL};
-    CHECK(llmq_worker_config_load(&cfg, 3, a8, err, sizeof err) ==
-          LLMQ_CONFIG_ERROR);
-    CHECK(strstr(err, "--base-url"));
-    char *a6[] = {"llmq-worker", "--provider", "nope", NULL};
-    CHECK(llmq_worker_config_load(&cfg, 3, a6, err, sizeof err) ==
-          LLMQ_CONFIG_ERROR);
+    /*  Bad flags: refused, and the message names the flag. */
+    struct {
+        char *flag, *value, *named;
+    } bad[] = {{"--capacity", "0", "--capacity"},
+               {"--frobnicate", NULL, "--frobnicate"},
+               {"--broker", "localhost:5556", "--broker"},
+               {"--base-url", "api.openai.com", "--base-url"},
+               {"--provider", "nope", "nope"}};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        char *argv[] = {"llmq-worker", bad[i].flag, bad[i].value, NULL};
+        CHECK(llmq_worker_config_load(&cfg, bad[i].value ? 3 : 2, argv, err,
+                                      sizeof err) == LLMQ_CONFIG_ERROR);
+        CHECK(strstr(err, bad[i].named));
+    }
     CHECK(cfg == NULL);
 
     for (size_t i = 0; i < sizeof vars / sizeof vars[0]; i++)
