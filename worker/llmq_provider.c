@@ -517,6 +517,37 @@ static bool s_contains_ci(const char *hay, const char *needle)
     return false;
 }
 
+/*  The protocol's code for an HTTP failure, and whether asking again may
+    help. */
+static llmq_err_t s_http_code(int status, const char *type, const char *code,
+                              const char *message, bool *retryable)
+{
+    *retryable = status < 300 || status == 408 || status == 409 ||
+                 status >= 500 ||
+                 (status == 429 && !s_contains_ci(code, "insufficient_quota") &&
+                  !s_contains_ci(type, "insufficient_quota"));
+    if (status == 401 || status == 403)
+        return LLMQ_ERR_AUTH;
+    if (status == 429) /* no quota left is not fixed by waiting */
+        return LLMQ_ERR_RATE_LIMITED;
+    if (status == 408)
+        return LLMQ_ERR_TIMEOUT;
+    if (status == 409 || status >= 500 || status < 400)
+        return LLMQ_ERR_PROVIDER_ERROR;
+    if (s_contains_ci(code, "context_length") ||
+        s_contains_ci(message, "context length") ||
+        s_contains_ci(message, "context window") ||
+        s_contains_ci(message, "prompt is too long") ||
+        s_contains_ci(message, "maximum context"))
+        return LLMQ_ERR_CONTEXT_LENGTH;
+    if (s_contains_ci(code, "content_filter") ||
+        s_contains_ci(code, "content_policy") ||
+        s_contains_ci(message, "content filter") ||
+        s_contains_ci(message, "content management policy"))
+        return LLMQ_ERR_CONTENT_FILTER;
+    return LLMQ_ERR_INVALID_REQUEST;
+}
+
 void llmq_classify_http(const llmq_provider_t *self, int status,
                         const char *body, size_t size, llmq_perr_t *err)
 {
@@ -551,50 +582,14 @@ void llmq_classify_http(const llmq_provider_t *self, int status,
     } else
         snprintf(text, sizeof text, "HTTP %d", status);
 
-    llmq_err_t c;
     bool retryable;
-    if (status == 401 || status == 403) {
-        c = LLMQ_ERR_AUTH;
-        retryable = false;
-    } else if (status == 429) {
-        /*  No quota left is not fixed by waiting. */
-        bool quota = s_contains_ci(code, "insufficient_quota") ||
-                     s_contains_ci(type, "insufficient_quota");
-        c = LLMQ_ERR_RATE_LIMITED;
-        retryable = !quota;
-    } else if (status == 408) {
-        c = LLMQ_ERR_TIMEOUT;
-        retryable = true;
-    } else if (status == 409 || status >= 500) {
-        c = LLMQ_ERR_PROVIDER_ERROR;
-        retryable = true;
-    } else if (status >= 400) {
-        retryable = false;
-        if (s_contains_ci(code, "context_length") ||
-            s_contains_ci(message, "context length") ||
-            s_contains_ci(message, "context window") ||
-            s_contains_ci(message, "prompt is too long") ||
-            s_contains_ci(message, "maximum context"))
-            c = LLMQ_ERR_CONTEXT_LENGTH;
-        else if (s_contains_ci(code, "content_filter") ||
-                 s_contains_ci(code, "content_policy") ||
-                 s_contains_ci(message, "content filter") ||
-                 s_contains_ci(message, "content management policy"))
-            c = LLMQ_ERR_CONTENT_FILTER;
-        else
-            c = LLMQ_ERR_INVALID_REQUEST;
-    } else if (status >= 300) {
+    llmq_err_t c = s_http_code(status, type, code, message, &retryable);
+    if (status >= 300 && status < 400)
         /*  Redirects are not followed: the base URL is wrong, and asking
             again will not change that. */
-        c = LLMQ_ERR_PROVIDER_ERROR;
-        retryable = false;
         snprintf(text, sizeof text,
                  "provider answered HTTP %d (a redirect: check the base URL)",
                  status);
-    } else {
-        c = LLMQ_ERR_PROVIDER_ERROR;
-        retryable = true;
-    }
     llmq_perr_set(err, c, status, retryable, "%s", text);
     cJSON_Delete(json);
 }
@@ -662,6 +657,16 @@ int64_t llmq_estimate_tokens(const cJSON *body, int64_t default_max_tokens)
     if (cJSON_GetObjectItemCaseSensitive(body, "input"))
         out = 0; /* embeddings produce no tokens */
     return (chars + 3) / 4 + out;
+}
+
+void llmq_usage_add_json(cJSON *body, int64_t prompt_tokens,
+                         int64_t completion_tokens)
+{
+    cJSON *u = cJSON_AddObjectToObject(body, "usage");
+    cJSON_AddNumberToObject(u, "prompt_tokens", (double)prompt_tokens);
+    cJSON_AddNumberToObject(u, "completion_tokens", (double)completion_tokens);
+    cJSON_AddNumberToObject(u, "total_tokens",
+                            (double)(prompt_tokens + completion_tokens));
 }
 
 int64_t llmq_json_int(const cJSON *obj, const char *key)
@@ -1044,6 +1049,9 @@ int llmq_provider_test(bool verbose)
         {408, "", LLMQ_ERR_TIMEOUT, true},
         {409, "", LLMQ_ERR_PROVIDER_ERROR, true},
         {301, "", LLMQ_ERR_PROVIDER_ERROR, false},
+        {200, "{\"error\":{\"message\":\"in a 200\"}}", LLMQ_ERR_PROVIDER_ERROR,
+         true},
+        {413, "", LLMQ_ERR_INVALID_REQUEST, false},
         {429, "{\"error\":{\"message\":\"slow down\",\"type\":\"requests\"}}",
          LLMQ_ERR_RATE_LIMITED, true},
         {429,

@@ -288,6 +288,11 @@ void llmq_provider_scrub(const llmq_provider_t *self, char *text);
     (default_max_tokens when the body sets none). */
 int64_t llmq_estimate_tokens(const cJSON *body, int64_t default_max_tokens);
 
+/*  Add "usage" {prompt_tokens, completion_tokens, total_tokens} to an
+    OpenAI-shaped body. */
+void llmq_usage_add_json(cJSON *body, int64_t prompt_tokens,
+                         int64_t completion_tokens);
+
 /*  obj[key] as a number (0 if absent or not a number) and as a string
     (NULL if absent or not a string; borrowed). */
 int64_t llmq_json_int(const cJSON *obj, const char *key);

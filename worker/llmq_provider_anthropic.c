@@ -326,15 +326,9 @@ static const char *s_finish_reason(const char *stop_reason)
     return "stop"; /* end_turn, stop_sequence, pause_turn */
 }
 
-/*  A Messages API message (with a content array) -> the OpenAI answer
-    (caller's) and its usage; realtime and batch alike. */
-static cJSON *s_message(const llmq_call_t *call, const cJSON *in,
-                        llmq_usage_t *usage)
+/*  The tool_use blocks of a message's content as OpenAI tool_calls. */
+static cJSON *s_tool_calls(const cJSON *content)
 {
-    const cJSON *content = cJSON_GetObjectItemCaseSensitive(in, "content");
-    /*  Join text blocks; collect tool_use blocks. */
-    bool any_text = false;
-    char *text = s_join_text(content, &any_text);
     cJSON *tool_calls = cJSON_CreateArray();
     const cJSON *b;
     cJSON_ArrayForEach(b, content)
@@ -355,6 +349,19 @@ static cJSON *s_message(const llmq_call_t *call, const cJSON *in,
         free(args);
         cJSON_AddItemToArray(tool_calls, tc);
     }
+    return tool_calls;
+}
+
+/*  A Messages API message (with a content array) -> the OpenAI answer
+    (caller's) and its usage; realtime and batch alike. */
+static cJSON *s_message(const llmq_call_t *call, const cJSON *in,
+                        llmq_usage_t *usage)
+{
+    const cJSON *content = cJSON_GetObjectItemCaseSensitive(in, "content");
+    /*  Join text blocks; collect tool_use blocks. */
+    bool any_text = false;
+    char *text = s_join_text(content, &any_text);
+    cJSON *tool_calls = s_tool_calls(content);
     const cJSON *u = cJSON_GetObjectItemCaseSensitive(in, "usage");
     const cJSON *it = cJSON_GetObjectItemCaseSensitive(u, "input_tokens");
     const cJSON *ot = cJSON_GetObjectItemCaseSensitive(u, "output_tokens");
@@ -402,11 +409,7 @@ static cJSON *s_message(const llmq_call_t *call, const cJSON *in,
     else
         cJSON_AddNullToObject(c, "finish_reason");
     cJSON_AddItemToArray(choices, c);
-    cJSON *ou = cJSON_AddObjectToObject(r, "usage");
-    cJSON_AddNumberToObject(ou, "prompt_tokens", (double)usage->prompt_tokens);
-    cJSON_AddNumberToObject(ou, "completion_tokens",
-                            (double)usage->completion_tokens);
-    cJSON_AddNumberToObject(ou, "total_tokens", (double)usage->total_tokens);
+    llmq_usage_add_json(r, usage->prompt_tokens, usage->completion_tokens);
     free(text);
     return r;
 }
@@ -620,12 +623,8 @@ static int s_ev_message_stop(s_out_t *o, const cJSON *ev)
     if (rc == 0) {
         /*  The usage chunk, as OpenAI's include_usage sends it. */
         c = s_chunk(st, NULL);
-        cJSON *u = cJSON_AddObjectToObject(c, "usage");
-        int64_t in = st->input_tokens > 0 ? st->input_tokens : 0;
-        int64_t out = st->output_tokens > 0 ? st->output_tokens : 0;
-        cJSON_AddNumberToObject(u, "prompt_tokens", (double)in);
-        cJSON_AddNumberToObject(u, "completion_tokens", (double)out);
-        cJSON_AddNumberToObject(u, "total_tokens", (double)(in + out));
+        llmq_usage_add_json(c, st->input_tokens > 0 ? st->input_tokens : 0,
+                            st->output_tokens > 0 ? st->output_tokens : 0);
         rc = s_emit(st, c, o->emit, o->arg, o->err);
     }
     return rc == 0 ? 1 : rc;
