@@ -30,10 +30,17 @@
     "failed", error {code, message, status, retryable}} with no counts: the
     broker retries later or gives up, by its own rules (docs/BATCHES.md).
 
+    What differs between the providers' Batch APIs (routes, the batch line
+    of a request, the status of a batch, a result line, auth headers, error
+    classification) is the provider's (llmq_batch_ops_t in llmq_provider.h):
+    this class runs the sequence over the worker's provider object, so a
+    request is translated and a failure classified as in realtime mode.
+
     The API key is sent only in request headers; it never appears in a
     message, a log line or an error text (provider messages are scrubbed).
 
-    Ownership: the config's strings are copied; messages given to the send
+    Ownership: the config's provider is borrowed (it must outlive the
+    object); messages given to the send
     callback belong to it (llmq_msg_t **, NULLed); messages passed to
     handle() are borrowed.
 */
