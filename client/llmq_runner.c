@@ -145,8 +145,7 @@ static size_t s_count(zlistx_t *items, zhashx_t *lines, size_t *failed_p,
     *failed_p = 0;
     for (llmq_jsonl_item_t *item = (llmq_jsonl_item_t *)zlistx_first(items);
          item; item = (llmq_jsonl_item_t *)zlistx_next(items)) {
-        const char *line =
-            (const char *)zhashx_lookup(lines, item->custom_id);
+        const char *line = (const char *)zhashx_lookup(lines, item->custom_id);
         if (line) {
             answered++;
             //  An error line kept by the resume is still a failed line.
@@ -190,7 +189,8 @@ static int s_load(llmq_runner_t *self, char *err, size_t err_size)
     stats->resumed = s_count(self->items, self->lines, &stats->resumed_failed,
                              self->todo, &stats->todo);
     //  OUT already answers every line: a rerun of a finished run.
-    stats->complete = total > 0 && stats->todo == 0 && !streq(self->output, "-");
+    stats->complete =
+        total > 0 && stats->todo == 0 && !streq(self->output, "-");
     if (stats->complete)
         return 0;
     //  A kill leaves a partial last line: rewrite OUT with the whole lines
@@ -242,15 +242,13 @@ bool llmq_runner_complete(zlistx_t *items, const char *output,
     char err[512] = "";
     zhashx_t *lines =
         llmq_jsonl_scan_output(output, retry_failed, NULL, err, sizeof err);
-    bool complete =
-        lines && s_count(items, lines, failed_p, NULL, NULL) ==
-                     zlistx_size(items);
+    bool complete = lines && s_count(items, lines, failed_p, NULL, NULL) ==
+                                 zlistx_size(items);
     zhashx_destroy(&lines);
     return complete;
 }
 
-size_t llmq_runner_models(llmq_runner_t *self, const char **names,
-                          size_t max)
+size_t llmq_runner_models(llmq_runner_t *self, const char **names, size_t max)
 {
     size_t count = 0;
     zhashx_t *named = self->model ? NULL : zhashx_new();
@@ -281,8 +279,8 @@ int llmq_runner_start(llmq_runner_t *self, llmq_client_t *client,
 }
 
 /*  A finished line: to OUT, to the table, to the caller. Takes line. */
-static void s_answered(llmq_runner_t *self, llmq_jsonl_item_t *item,
-                       char *line, const llmq_result_t *result)
+static void s_answered(llmq_runner_t *self, llmq_jsonl_item_t *item, char *line,
+                       const llmq_result_t *result)
 {
     if (line) {
         llmq_jsonl_writer_write(self->writer, line);
@@ -539,14 +537,16 @@ static void s_test_input(const char *path, int count)
     FILE *file = fopen(path, "w");
     for (int i = 1; file && i <= count; i++)
         if (i == 2 || i == 7)
-            fprintf(file, "{\"custom_id\":\"l%d\",\"body\":{\"fail\":"
-                          "\"overloaded\"}}\n",
+            fprintf(file,
+                    "{\"custom_id\":\"l%d\",\"body\":{\"fail\":"
+                    "\"overloaded\"}}\n",
                     i);
         else if (i == 5)
             fprintf(file, "{\"custom_id\":\"l5\",\"body\":5}\n");
         else
-            fprintf(file, "{\"custom_id\":\"l%d\",\"body\":{\"echo\":\"n%d\"}}\n",
-                    i, i);
+            fprintf(file,
+                    "{\"custom_id\":\"l%d\",\"body\":{\"echo\":\"n%d\"}}\n", i,
+                    i);
     if (file)
         fclose(file);
 }
@@ -617,8 +617,9 @@ static void s_test_cut(const char *path)
     file = fopen(path, "w");
     if (!file)
         return;
-    fprintf(file, "{\"id\":\"x\",\"custom_id\":\"l1\",\"response\":{"
-                  "\"status_code\":200,\"body\":{\"kept\":1}},\"error\":null}\n");
+    fprintf(file,
+            "{\"id\":\"x\",\"custom_id\":\"l1\",\"response\":{"
+            "\"status_code\":200,\"body\":{\"kept\":1}},\"error\":null}\n");
     for (int i = 1; i < n; i++)
         fputs(text[i], file);
     fputs("{\"custom_id\":\"l11\",\"resp", file);
@@ -638,8 +639,7 @@ static int s_test_rerun(llmq_runner_config_t *config, llmq_client_t *client)
     llmq_runner_destroy(&runner);
     zlistx_t *items = llmq_jsonl_read_input(config->input, false, NULL, 0);
     size_t failed = 0;
-    CHECK(items &&
-          llmq_runner_complete(items, config->output, false, &failed));
+    CHECK(items && llmq_runner_complete(items, config->output, false, &failed));
     CHECK(failed == 3);
     zlistx_destroy(&items);
 

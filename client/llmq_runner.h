@@ -47,16 +47,16 @@ typedef void(llmq_runner_line_fn)(const char *custom_id,
                                   const llmq_result_t *result, void *arg);
 
 typedef struct {
-    const char *input;    /* IN path ("-": stdin) */
-    const char *output;   /* OUT path ("-": stdout, nothing to resume) */
-    bool retry_failed;    /* OUT's error lines run again */
-    const char *model;    /* every line's model, or NULL: the line's own,
-                             else the default given to llmq_runner_start */
-    int window;           /* most requests in flight; 0: default */
-    int retries;          /* overloaded answers sent again; 0: default,
-                             < 0: none */
-    int backoff_ms;       /* first backoff; 0: default */
-    llmq_opts_t request;  /* per-request options (borrowed strings) */
+    const char *input;   /* IN path ("-": stdin) */
+    const char *output;  /* OUT path ("-": stdout, nothing to resume) */
+    bool retry_failed;   /* OUT's error lines run again */
+    const char *model;   /* every line's model, or NULL: the line's own,
+                            else the default given to llmq_runner_start */
+    int window;          /* most requests in flight; 0: default */
+    int retries;         /* overloaded answers sent again; 0: default,
+                            < 0: none */
+    int backoff_ms;      /* first backoff; 0: default */
+    llmq_opts_t request; /* per-request options (borrowed strings) */
     llmq_runner_line_fn *on_line; /* NULL: none */
     void *on_line_arg;            /* argument of on_line */
 } llmq_runner_config_t;
@@ -94,8 +94,7 @@ void llmq_runner_destroy(llmq_runner_t **self_p);
 /*  The models the lines left to run name (at most max distinct names,
     borrowed from the runner): what an embedded cluster must serve.
     Returns how many were stored in names. */
-size_t llmq_runner_models(llmq_runner_t *self, const char **names,
-                          size_t max);
+size_t llmq_runner_models(llmq_runner_t *self, const char **names, size_t max);
 
 /*  Run on client (borrowed; its window is set to the runner's).
     default_model: for lines that name none (copied). Returns 0 or -1. */

@@ -18,6 +18,7 @@
 #include "llmq_duration.h"
 #include "llmq_jsonl.h"
 #include "llmq_progress.h"
+#include "llmq_runner.h"
 
 #include <czmq.h>
 #include <errno.h>
@@ -729,34 +730,38 @@ static int s_prepare_output(const char *command, const char *input,
     return rc;
 }
 
+/*  Print text's lines (a reason of llmq_runner), each as
+    "llmq COMMAND: line". */
+static void s_say(const char *command, const char *text)
+{
+    while (*text) {
+        size_t size = strcspn(text, "\n");
+        fprintf(stderr, "llmq %s: %.*s\n", command, (int)size, text);
+        text += size + (text[size] == '\n');
+    }
+}
+
 /*  custom_ids match results to requests: two lines with one id cannot
     both be answered. Returns 0 or EXIT_USAGE (before anything is sent). */
 static int s_check_duplicates(const char *command, zlistx_t *items)
 {
-    zhashx_t *seen = zhashx_new();
-    size_t duplicates = 0;
-    for (llmq_jsonl_item_t *item = (llmq_jsonl_item_t *)zlistx_first(items);
-         item; item = (llmq_jsonl_item_t *)zlistx_next(items)) {
-        llmq_jsonl_item_t *first =
-            (llmq_jsonl_item_t *)zhashx_lookup(seen, item->custom_id);
-        if (!first) {
-            zhashx_insert(seen, item->custom_id, item);
-            continue;
-        }
-        if (++duplicates <= 5)
-            fprintf(stderr,
-                    "llmq %s: line %zu: duplicate custom_id '%s' (first on "
-                    "line %zu)\n",
-                    command, item->line_no, item->custom_id, first->line_no);
-    }
-    zhashx_destroy(&seen);
-    if (!duplicates)
+    char err[4096] = "";
+    if (llmq_runner_check_ids(items, err, sizeof err) == 0)
         return 0;
-    fprintf(stderr,
-            "llmq %s: %zu duplicate custom_id%s: every line needs its own "
-            "custom_id (results are matched by it); nothing was sent\n",
-            command, duplicates, duplicates == 1 ? "" : "s");
+    s_say(command, err);
     return EXIT_USAGE;
+}
+
+/*  OUT already answers every one of total lines (a rerun of a finished
+    run): say so. Returns the exit code of that run. */
+static int s_say_complete(const char *output, size_t total, size_t failed)
+{
+    fprintf(stderr,
+            "llmq: %s is already complete: %zu lines, %zu ok, %zu failed; "
+            "nothing to run%s\n",
+            output, total, total - failed, failed,
+            failed ? " (--retry-failed runs the failed lines again)" : "");
+    return failed ? EXIT_FAILED_LINES : EXIT_OK;
 }
 
 /*  True when OUT already answers every item (a rerun of a finished run):
@@ -764,309 +769,85 @@ static int s_check_duplicates(const char *command, zlistx_t *items)
 static bool s_output_complete(s_opts_t *opts, zlistx_t *items,
                               const char *output, int *rc_p)
 {
-    if (streq(output, "-") || zlistx_size(items) == 0)
-        return false;
-    char err[512] = "";
-    zhashx_t *lines = llmq_jsonl_scan_output(output, opts->retry_failed, NULL,
-                                             err, sizeof err);
     size_t failed = 0;
-    bool complete = lines != NULL;
-    for (llmq_jsonl_item_t *item = (llmq_jsonl_item_t *)zlistx_first(items);
-         item && complete; item = (llmq_jsonl_item_t *)zlistx_next(items)) {
-        const char *line = (const char *)zhashx_lookup(lines, item->custom_id);
-        if (!line)
-            complete = false;
-        else if (!strstr(line, "\"error\":null"))
-            failed++;
-    }
-    zhashx_destroy(&lines);
-    if (!complete)
+    if (!llmq_runner_complete(items, output, opts->retry_failed, &failed))
         return false;
-    fprintf(stderr,
-            "llmq: %s is already complete: %zu lines, %zu ok, %zu failed; "
-            "nothing to run%s\n",
-            output, zlistx_size(items), zlistx_size(items) - failed, failed,
-            failed ? " (--retry-failed runs the failed lines again)" : "");
-    *rc_p = failed ? EXIT_FAILED_LINES : EXIT_OK;
+    *rc_p = s_say_complete(output, zlistx_size(items), failed);
     return true;
 }
 
 //  --------------------------------------------------------------------------
-//  llmq run
-
-/*  How often a line answered `overloaded` is sent again (after about
-    250 ms, 500 ms, 1 s ... 8 s, jittered) before its error line is
-    written. */
-#define S_OVERLOADED_RETRIES 6
-
-typedef struct {
-    size_t index; /* position in todo */
-    int64_t due;  /* zclock_mono() time to send it again */
-} s_retry_t;
-
-static void s_retry_destructor(void **item)
-{
-    free(*item);
-    *item = NULL;
-}
+//  llmq run: the engine is llmq_runner (IN, OUT, resume, window, retries);
+//  here are the connection, the progress, the cluster's health, messages
 
 static int s_batch_submit(s_opts_t *opts, const char *input, const char *output,
                           bool detach, bool stable);
 
-/*  The state of one realtime `llmq run`: the input, OUT's lines, what is
-    left to send, the connection and the congestion window. */
+/*  The state of one realtime `llmq run`. */
 typedef struct {
-    s_opts_t *opts;              /* the command's options */
-    zlistx_t *items;             /* every input line, in input order */
-    zhashx_t *lines;             /* custom_id -> OUT line (kept and new) */
-    llmq_jsonl_item_t **todo;    /* items not answered in OUT yet */
-    size_t todo_count;           /* how many */
-    size_t resumed;              /* lines kept from OUT */
-    size_t resumed_failed;       /* of which error lines */
-    s_conn_t conn;               /* the broker, or an embedded cluster */
-    llmq_jsonl_writer_t *writer; /* appends to OUT as results arrive */
-    llmq_progress_t *progress;   /* progress bar and summary */
-    llmq_opts_t ropts;           /* per-request options */
-    size_t next;                 /* next todo index never sent */
-    size_t finished;             /* todo lines answered */
-    size_t retried;              /* overloaded answers sent again */
-    zlistx_t *retries;           /* s_retry_t: overloaded lines, backed off */
-    int *tries;                  /* overloaded answers per todo line */
-    int window;                  /* --concurrency */
-    double cwnd;                 /* the window in use (AIMD) */
-    int64_t last_cut;            /* zclock_mono() when cwnd was halved */
-    int64_t give_up_ms;          /* no broker for this long: stop */
-    uint64_t reconnects;         /* client reconnects seen so far */
-    int dead_workers;            /* embedded workers that exited */
-    bool unreachable;            /* no broker answers: stop, OUT resumable */
-    bool cluster_died;           /* the embedded broker or sim exited */
-    bool complete;               /* OUT already answered every line */
+    s_opts_t *opts;            /* the command's options */
+    llmq_runner_t *runner;     /* the engine */
+    s_conn_t conn;             /* the broker, or an embedded cluster */
+    llmq_progress_t *progress; /* progress bar and summary */
+    int64_t give_up_ms;        /* no broker for this long: stop */
+    uint64_t reconnects;       /* client reconnects seen so far */
+    int dead_workers;          /* embedded workers that exited */
+    bool cluster_died;         /* the embedded broker or sim exited */
 } s_run_t;
 
 static void s_run_destroy(s_run_t *run)
 {
     llmq_progress_destroy(&run->progress);
-    llmq_jsonl_writer_destroy(&run->writer);
+    llmq_runner_destroy(&run->runner);
     s_conn_close(&run->conn);
-    zlistx_destroy(&run->retries);
-    free(run->tries);
-    free(run->todo);
-    zhashx_destroy(&run->lines);
-    zlistx_destroy(&run->items);
 }
 
-/*  Read IN, refuse duplicates (before anything is written or sent), keep
-    OUT's whole lines (resume) and list what is left. Returns 0 or an exit
-    code; run->complete when OUT already answers every line (the return
-    code then says how that run ended). */
-static int s_run_load(s_run_t *run, const char *input)
+/*  Every finished line counts in the progress. */
+static void s_run_on_line(const char *custom_id, const llmq_result_t *result,
+                          void *arg)
+{
+    (void)custom_id;
+    llmq_progress_add(((s_run_t *)arg)->progress, result);
+}
+
+/*  The runner of the command: reads IN, keeps OUT's whole lines (resume),
+    opens OUT for appending. Returns 0 or an exit code. */
+static int s_run_new(s_run_t *run, const char *input)
 {
     s_opts_t *opts = run->opts;
-    char err[512] = "";
-    run->items = llmq_jsonl_read_input(input, false, err, sizeof(err));
-    if (!run->items) {
-        fprintf(stderr, "llmq run: %s\n", err);
-        return EXIT_USAGE;
-    }
-    int rc = s_check_duplicates("run", run->items);
-    if (rc)
-        return rc;
-    if (s_output_complete(opts, run->items, opts->output, &rc)) {
-        run->complete = true;
-        return rc;
-    }
-    size_t dropped = 0;
-    run->lines = llmq_jsonl_scan_output(opts->output, opts->retry_failed,
-                                        &dropped, err, sizeof(err));
-    if (!run->lines) {
-        fprintf(stderr, "llmq run: %s\n", err);
-        return EXIT_USAGE;
-    }
-    //  A kill leaves a partial last line: rewrite OUT with the whole lines
-    //  before appending to it.
-    if (dropped > 0 &&
-        llmq_jsonl_write_ordered(opts->output, run->items, run->lines) != 0) {
-        fprintf(stderr, "llmq run: cannot rewrite %s: %s\n", opts->output,
-                strerror(errno));
-        return EXIT_FATAL;
-    }
-    //  What is left to do: not in OUT yet (custom_ids are unique).
-    run->todo = (llmq_jsonl_item_t **)calloc(zlistx_size(run->items) + 1,
-                                             sizeof(*run->todo));
-    if (!run->todo)
-        return EXIT_FATAL;
-    for (llmq_jsonl_item_t *item =
-             (llmq_jsonl_item_t *)zlistx_first(run->items);
-         item; item = (llmq_jsonl_item_t *)zlistx_next(run->items)) {
-        const char *line =
-            (const char *)zhashx_lookup(run->lines, item->custom_id);
-        if (line) {
-            run->resumed++;
-            //  An error line kept by the resume is still a failed line.
-            if (!strstr(line, "\"error\":null"))
-                run->resumed_failed++;
-        } else
-            run->todo[run->todo_count++] = item;
-    }
-    return 0;
+    llmq_runner_config_t config = {.input = input,
+                                   .output = opts->output,
+                                   .retry_failed = opts->retry_failed,
+                                   .model = opts->model,
+                                   .window = opts->concurrency,
+                                   .on_line = s_run_on_line,
+                                   .on_line_arg = run};
+    config.request.max_attempts = opts->max_dispatches;
+    config.request.deadline_ms = opts->deadline_ms;
+    char err[4096] = "";
+    run->runner = llmq_runner_new(&config, err, sizeof err);
+    if (run->runner)
+        return 0;
+    int rc = errno == EINVAL ? EXIT_USAGE : EXIT_FATAL;
+    s_say("run", err);
+    return rc;
 }
 
-/*  Open OUT for appending (before starting anything: can we write it?)
-    and connect, the embedded cluster serving the models the lines name.
-    Returns 0 or an exit code. */
+/*  Connect (the embedded cluster serving the models the lines name) and
+    start the runner on the client. Returns 0 or an exit code. */
 static int s_run_connect(s_run_t *run)
 {
     s_opts_t *opts = run->opts;
-    run->writer = llmq_jsonl_writer_new(opts->output);
-    if (!run->writer) {
-        fprintf(stderr, "llmq run: cannot write %s: %s\n", opts->output,
-                strerror(errno));
-        return EXIT_USAGE;
-    }
-    zhashx_t *named = zhashx_new();
-    for (size_t i = 0; i < run->todo_count && !opts->model; i++)
-        if (run->todo[i]->model && zhashx_size(named) < 256)
-            zhashx_insert(named, run->todo[i]->model, run->todo[i]->model);
-    size_t count = zhashx_size(named), m = 0;
-    const char **models = (const char **)calloc(count + 1, sizeof(char *));
-    for (const char *name = (const char *)zhashx_first(named); name && models;
-         name = (const char *)zhashx_next(named))
-        models[m++] = name;
-    int rc = s_connect(opts, &run->conn, true, models, models ? count : 0);
-    free(models);
-    zhashx_destroy(&named);
+    const char *models[256];
+    size_t count = llmq_runner_models(run->runner, models, 256);
+    int rc = s_connect(opts, &run->conn, true, models, count);
     if (rc)
         return rc;
-    run->window = opts->concurrency > 0 ? opts->concurrency : 64;
-    run->cwnd = run->window;
-    llmq_client_set_window(run->conn.client, (size_t)run->window);
     run->give_up_ms = opts->give_up_ms >= 0 ? opts->give_up_ms : 300000;
     llmq_client_set_give_up(run->conn.client, (int)run->give_up_ms);
-    run->ropts.max_attempts = opts->max_dispatches;
-    run->ropts.deadline_ms = opts->deadline_ms;
-    run->retries = zlistx_new();
-    zlistx_set_destructor(run->retries, s_retry_destructor);
-    run->tries = (int *)calloc(run->todo_count, sizeof(int));
-    return run->retries && run->tries ? 0 : EXIT_FATAL;
-}
-
-/*  A finished line: to OUT, to the table, to the progress. */
-static void s_run_answered(s_run_t *run, llmq_jsonl_item_t *item, char *line,
-                           llmq_result_t *result)
-{
-    if (line) {
-        llmq_jsonl_writer_write(run->writer, line);
-        zhashx_update(run->lines, item->custom_id, line);
-    }
-    llmq_progress_add(run->progress, result);
-    run->finished++;
-}
-
-/*  Submit one todo line; a line that cannot be sent is answered at once
-    by an error line. Returns -1 if interrupted. */
-static int s_run_send(s_run_t *run, size_t index)
-{
-    llmq_jsonl_item_t *item = run->todo[index];
-    const char *reason = item->error ? item->error : "out of memory";
-    cJSON *body = item->error ? NULL : llmq_jsonl_item_body(item);
-    if (body) {
-        const char *model = run->opts->model ? run->opts->model
-                            : item->model    ? item->model
-                                             : run->conn.model;
-        //  The body names the model the broker routes on.
-        cJSON_DeleteItemFromObject(body, "model");
-        cJSON_AddStringToObject(body, "model", model);
-        int rc = llmq_client_submit(run->conn.client, item->op, model, body,
-                                    &run->ropts, &run->todo[index]);
-        int saved = errno;
-        //  The client keeps its own copy: free the tree now.
-        cJSON_Delete(item->body);
-        item->body = NULL;
-        if (rc == 0)
-            return 0;
-        if (s_interrupted)
-            return -1;
-        reason = saved == EMSGSIZE ? "request too large for the protocol's "
-                                     "64 MiB frame limit"
-                                   : "request body could not be encoded";
-    }
-    s_run_answered(run, item,
-                   llmq_jsonl_error_line(item->custom_id, NULL,
-                                         "invalid_request", reason, 0),
-                   NULL);
+    if (llmq_runner_start(run->runner, run->conn.client, run->conn.model))
+        return EXIT_FATAL;
     return 0;
-}
-
-/*  Fill the window: lines due for a retry first, then new ones. */
-static void s_run_fill(s_run_t *run)
-{
-    while (llmq_client_outstanding(run->conn.client) < (size_t)run->cwnd &&
-           !s_interrupted) {
-        size_t index;
-        s_retry_t *retry = (s_retry_t *)zlistx_first(run->retries);
-        while (retry && retry->due > zclock_mono())
-            retry = (s_retry_t *)zlistx_next(run->retries);
-        if (retry) {
-            index = retry->index;
-            zlistx_delete(run->retries, zlistx_cursor(run->retries));
-        } else if (run->next < run->todo_count)
-            index = run->next++;
-        else
-            break;
-        if (s_run_send(run, index) != 0)
-            break;
-    }
-}
-
-/*  A line answered `overloaded` (a full queue: a capacity problem, not the
-    line's): fewer in flight (halve the window at most every 250 ms) and
-    send it again after a jittered backoff, so retries do not come back
-    as one herd. */
-static void s_run_back_off(s_run_t *run, size_t index)
-{
-    if (zclock_mono() - run->last_cut >= 250) {
-        run->cwnd = run->cwnd / 2 < 1 ? 1 : run->cwnd / 2;
-        run->last_cut = zclock_mono();
-    }
-    s_retry_t *again = (s_retry_t *)calloc(1, sizeof(*again));
-    if (!again)
-        return;
-    int64_t delay = (int64_t)250 << run->tries[index];
-    again->index = index;
-    again->due = zclock_mono() + delay / 2 + randof((int)(delay / 2) + 1);
-    zlistx_add_end(run->retries, again);
-    run->tries[index]++;
-    run->retried++;
-}
-
-/*  Handle every result that is ready (waiting up to 100 ms for one). */
-static void s_run_collect(s_run_t *run)
-{
-    llmq_result_t *result = llmq_client_poll(run->conn.client, 100);
-    while (result) {
-        size_t index = (size_t)((llmq_jsonl_item_t **)result->arg - run->todo);
-        llmq_jsonl_item_t *item = run->todo[index];
-        if (!result->ok && streq(result->error_code, "timeout") &&
-            result->error_message &&
-            streq(result->error_message, "broker unreachable"))
-            //  Not the line's fault: leave it out of OUT so a rerun runs it.
-            run->unreachable = true;
-        else if (!result->ok && streq(result->error_code, "overloaded") &&
-                 run->tries[index] < S_OVERLOADED_RETRIES)
-            s_run_back_off(run, index);
-        else {
-            s_run_answered(run, item,
-                           llmq_jsonl_result_line(item->custom_id, result),
-                           result);
-            free(item->line);
-            item->line = NULL;
-            //  Window back up by one per window of answers.
-            if (run->cwnd < run->window)
-                run->cwnd += 1.0 / run->cwnd;
-        }
-        llmq_result_destroy(&result);
-        result = llmq_client_poll(run->conn.client, 0);
-    }
 }
 
 /*  An embedded cluster nobody restarts: a dead broker or sim ends the run
@@ -1083,10 +864,8 @@ static void s_run_watch(s_run_t *run)
         int workers = run->opts->workers > 0 ? run->opts->workers : 4;
         if (!strncmp(dead, "worker", 6) && ++run->dead_workers < workers)
             llmq_progress_note(run->progress, "a local worker exited");
-        else {
-            run->unreachable = true;
+        else
             run->cluster_died = true;
-        }
     }
     llmq_client_stats_t stats;
     llmq_client_stats(conn->client, &stats);
@@ -1096,29 +875,24 @@ static void s_run_watch(s_run_t *run)
     }
 }
 
-/*  Send every todo line and collect the results. Returns 0 or an exit
-    code (OUT holds every finished line either way). */
+/*  Step the runner until every line is finished, it stops, the cluster
+    dies or a signal comes. Returns 0 or an exit code (OUT holds every
+    finished line either way). */
 static int s_run_loop(s_run_t *run)
 {
-    while (run->finished < run->todo_count && !s_interrupted &&
-           !run->unreachable) {
-        s_run_fill(run);
-        if (llmq_client_outstanding(run->conn.client) == 0 &&
-            zlistx_size(run->retries) > 0) {
-            //  Only backed-off retries are left: wait for the first.
-            zclock_sleep(50);
-            continue;
-        }
-        s_run_collect(run);
+    int step = 1;
+    while (step > 0 && !s_interrupted && !run->cluster_died) {
+        step = llmq_runner_step(run->runner, 100);
         s_run_watch(run);
-        llmq_jsonl_writer_sync(run->writer, 1000);
         llmq_progress_draw(run->progress, false);
     }
-    if (run->retried && run->opts->verbose)
+    llmq_runner_stats_t stats;
+    llmq_runner_stats(run->runner, &stats);
+    if (stats.retried && run->opts->verbose)
         fprintf(stderr, "llmq run: %zu overloaded answers retried\n",
-                run->retried);
+                stats.retried);
     int rc = EXIT_OK;
-    if (run->unreachable) {
+    if (stats.unreachable || run->cluster_died) {
         llmq_progress_clear(run->progress);
         if (run->cluster_died)
             fprintf(stderr,
@@ -1141,6 +915,31 @@ static int s_run_loop(s_run_t *run)
     return rc;
 }
 
+/*  The final file (whole lines in input order, atomically replaced) and
+    the summary. Returns the run's exit code. */
+static int s_run_end(s_run_t *run, int rc)
+{
+    s_opts_t *opts = run->opts;
+    if (llmq_runner_finish(run->runner) != 0) {
+        fprintf(stderr, "llmq run: cannot rewrite %s in order: %s\n",
+                opts->output, strerror(errno));
+        rc = EXIT_FATAL;
+    }
+    llmq_runner_stats_t stats;
+    llmq_runner_stats(run->runner, &stats);
+    size_t failed = llmq_progress_failed(run->progress) + stats.resumed_failed;
+    if (!opts->quiet)
+        llmq_progress_summary(
+            run->progress, streq(opts->output, "-") ? stderr : stdout,
+            opts->output,
+            run->conn.simulated
+                ? "SIMULATED results (llmq-sim): no real model was called"
+                : NULL);
+    if (rc == EXIT_OK && failed > 0)
+        rc = EXIT_FAILED_LINES;
+    return rc;
+}
+
 static int s_cmd_run(s_opts_t *opts, int argc, char **argv)
 {
     if (argc != 1 || !opts->output) {
@@ -1157,34 +956,20 @@ static int s_cmd_run(s_opts_t *opts, int argc, char **argv)
         return rc;
     s_run_t run = {0};
     run.opts = opts;
-    rc = s_run_load(&run, argv[0]);
-    if (!rc && !run.complete && run.todo_count > 0)
+    llmq_runner_stats_t stats = {0};
+    if (!(rc = s_run_new(&run, argv[0])))
+        llmq_runner_stats(run.runner, &stats);
+    if (!rc && stats.complete)
+        rc = s_say_complete(opts->output, stats.total, stats.resumed_failed);
+    else if (!rc && stats.todo > 0)
         rc = s_run_connect(&run);
-    if (rc || run.complete) {
-        s_run_destroy(&run);
-        return rc;
+    if (!rc && !stats.complete) {
+        run.progress = llmq_progress_new(stats.todo, stats.resumed,
+                                         !opts->quiet && isatty(STDERR_FILENO));
+        if (stats.todo > 0)
+            rc = s_run_loop(&run);
+        rc = s_run_end(&run, rc);
     }
-    run.progress = llmq_progress_new(run.todo_count, run.resumed,
-                                     !opts->quiet && isatty(STDERR_FILENO));
-    if (run.todo_count > 0)
-        rc = s_run_loop(&run);
-    llmq_jsonl_writer_destroy(&run.writer);
-    //  The final file: whole lines in input order, atomically replaced.
-    if (llmq_jsonl_write_ordered(opts->output, run.items, run.lines) != 0) {
-        fprintf(stderr, "llmq run: cannot rewrite %s in order: %s\n",
-                opts->output, strerror(errno));
-        rc = EXIT_FATAL;
-    }
-    size_t failed = llmq_progress_failed(run.progress) + run.resumed_failed;
-    if (!opts->quiet)
-        llmq_progress_summary(
-            run.progress, streq(opts->output, "-") ? stderr : stdout,
-            opts->output,
-            run.conn.simulated
-                ? "SIMULATED results (llmq-sim): no real model was called"
-                : NULL);
-    if (rc == EXIT_OK && failed > 0)
-        rc = EXIT_FAILED_LINES;
     s_run_destroy(&run);
     return rc;
 }
