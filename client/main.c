@@ -25,6 +25,7 @@
 #include <getopt.h>
 #include <libgen.h>
 #include <signal.h>
+#include <stddef.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -118,36 +119,50 @@ enum {
     OPT_HELP
 };
 
-static const struct option s_long_options[] = {
-    {"broker", required_argument, NULL, OPT_BROKER},
-    {"model", required_argument, NULL, OPT_MODEL},
-    {"config", required_argument, NULL, OPT_CONFIG},
-    {"provider", required_argument, NULL, OPT_PROVIDER},
-    {"base-url", required_argument, NULL, OPT_BASE_URL},
-    {"workers", required_argument, NULL, OPT_WORKERS},
-    {"capacity", required_argument, NULL, OPT_CAPACITY},
-    {"sim-latency-ms", required_argument, NULL, OPT_SIM_LATENCY},
-    {"output", required_argument, NULL, 'o'},
-    {"concurrency", required_argument, NULL, OPT_CONCURRENCY},
-    {"max-attempts", required_argument, NULL, OPT_MAX_ATTEMPTS},
-    {"max-dispatches", required_argument, NULL, OPT_MAX_DISPATCHES},
-    {"batch-poll-ms", required_argument, NULL, OPT_BATCH_POLL},
-    {"deadline-ms", required_argument, NULL, OPT_DEADLINE},
-    {"timeout", required_argument, NULL, OPT_TIMEOUT},
-    {"give-up", required_argument, NULL, OPT_GIVE_UP},
-    {"quiet", no_argument, NULL, OPT_QUIET},
-    {"retry-failed", no_argument, NULL, OPT_RETRY_FAILED},
-    {"verbose", no_argument, NULL, OPT_VERBOSE},
-    {"json", no_argument, NULL, OPT_JSON},
-    {"no-stream", no_argument, NULL, OPT_NO_STREAM},
-    {"system", required_argument, NULL, OPT_SYSTEM},
-    {"max-tokens", required_argument, NULL, OPT_MAX_TOKENS},
-    {"mode", required_argument, NULL, OPT_MODE},
-    {"detach", no_argument, NULL, OPT_DETACH},
-    {"curve-cert", required_argument, NULL, OPT_CURVE_CERT},
-    {"broker-key", required_argument, NULL, OPT_BROKER_KEY},
-    {"help", no_argument, NULL, OPT_HELP},
-    {NULL, 0, NULL, 0}};
+/*  Where an option goes: a `const char *` (with a value) or `bool`
+    (without) field of s_opts_t, or S_OTHER: numbers and durations
+    (s_parse_value) and --help. */
+#define S_AT(field) offsetof(s_opts_t, field)
+#define S_OTHER ((size_t)-1)
+
+typedef struct {
+    const char *name; /* --name */
+    int has_arg;      /* required_argument or no_argument */
+    int id;           /* what getopt_long returns for it */
+    size_t field;     /* S_AT(field) or S_OTHER */
+} s_option_t;
+
+static const s_option_t s_options[] = {
+    {"broker", required_argument, OPT_BROKER, S_AT(broker)},
+    {"model", required_argument, OPT_MODEL, S_AT(model)},
+    {"config", required_argument, OPT_CONFIG, S_AT(config)},
+    {"provider", required_argument, OPT_PROVIDER, S_AT(provider)},
+    {"base-url", required_argument, OPT_BASE_URL, S_AT(base_url)},
+    {"workers", required_argument, OPT_WORKERS, S_OTHER},
+    {"capacity", required_argument, OPT_CAPACITY, S_OTHER},
+    {"sim-latency-ms", required_argument, OPT_SIM_LATENCY, S_OTHER},
+    {"output", required_argument, 'o', S_AT(output)},
+    {"concurrency", required_argument, OPT_CONCURRENCY, S_OTHER},
+    {"max-attempts", required_argument, OPT_MAX_ATTEMPTS, S_OTHER},
+    {"max-dispatches", required_argument, OPT_MAX_DISPATCHES, S_OTHER},
+    {"batch-poll-ms", required_argument, OPT_BATCH_POLL, S_OTHER},
+    {"deadline-ms", required_argument, OPT_DEADLINE, S_OTHER},
+    {"timeout", required_argument, OPT_TIMEOUT, S_OTHER},
+    {"give-up", required_argument, OPT_GIVE_UP, S_OTHER},
+    {"quiet", no_argument, OPT_QUIET, S_AT(quiet)},
+    {"retry-failed", no_argument, OPT_RETRY_FAILED, S_AT(retry_failed)},
+    {"verbose", no_argument, OPT_VERBOSE, S_AT(verbose)},
+    {"json", no_argument, OPT_JSON, S_AT(json)},
+    {"no-stream", no_argument, OPT_NO_STREAM, S_AT(no_stream)},
+    {"system", required_argument, OPT_SYSTEM, S_AT(system)},
+    {"max-tokens", required_argument, OPT_MAX_TOKENS, S_OTHER},
+    {"mode", required_argument, OPT_MODE, S_AT(mode)},
+    {"detach", no_argument, OPT_DETACH, S_AT(detach)},
+    {"curve-cert", required_argument, OPT_CURVE_CERT, S_AT(curve_cert)},
+    {"broker-key", required_argument, OPT_BROKER_KEY, S_AT(broker_key)},
+    {"help", no_argument, OPT_HELP, S_OTHER},
+};
+#define S_OPTIONS (sizeof s_options / sizeof s_options[0])
 
 static const char *s_usage_main =
     "usage: llmq <command> [options]\n"
@@ -459,84 +474,56 @@ static int s_parse_value(int c, const char *value, const char *name,
     return 0;
 }
 
+/*  Set the string or flag field of option c. Returns 0, or 1 if c is
+    not such an option. */
+static int s_parse_field(int c, const char *value, s_opts_t *opts)
+{
+    for (size_t i = 0; i < S_OPTIONS; i++) {
+        if (s_options[i].id != c || s_options[i].field == S_OTHER)
+            continue;
+        char *field = (char *)opts + s_options[i].field;
+        if (s_options[i].has_arg)
+            *(const char **)field = value;
+        else
+            *(bool *)field = true;
+        return 0;
+    }
+    return 1;
+}
+
 /*  Parse options for a command; positional arguments stay in argv from
  *first_p on. Returns 0, 1 (help printed), or -1 (usage error). */
 static int s_parse(const char *command, int argc, char **argv, s_opts_t *opts,
                    int *first_p)
 {
+    struct option long_options[S_OPTIONS + 1];
+    memset(long_options, 0, sizeof long_options);
+    for (size_t i = 0; i < S_OPTIONS; i++)
+        long_options[i] = (struct option){
+            s_options[i].name, s_options[i].has_arg, NULL, s_options[i].id};
     optind = 1;
     opterr = 0;
     int c;
-    while ((c = getopt_long(argc, argv, "o:hq", s_long_options, NULL)) != -1) {
-        int rc = 0;
-        switch (c) {
-        case OPT_BROKER:
-            opts->broker = optarg;
-            break;
-        case OPT_MODEL:
-            opts->model = optarg;
-            break;
-        case OPT_CONFIG:
-            opts->config = optarg;
-            break;
-        case OPT_PROVIDER:
-            opts->provider = optarg;
-            break;
-        case OPT_BASE_URL:
-            opts->base_url = optarg;
-            break;
-        case 'o':
-            opts->output = optarg;
-            break;
-        case OPT_SYSTEM:
-            opts->system = optarg;
-            break;
-        case OPT_MODE:
-            opts->mode = optarg;
-            break;
-        case OPT_DETACH:
-            opts->detach = true;
-            break;
-        case OPT_CURVE_CERT:
-            opts->curve_cert = optarg;
-            break;
-        case OPT_BROKER_KEY:
-            opts->broker_key = optarg;
-            break;
-        case OPT_QUIET:
-        case 'q':
-            opts->quiet = true;
-            break;
-        case OPT_RETRY_FAILED:
-            opts->retry_failed = true;
-            break;
-        case OPT_VERBOSE:
-            opts->verbose = true;
-            break;
-        case OPT_JSON:
-            opts->json = true;
-            break;
-        case OPT_NO_STREAM:
-            opts->no_stream = true;
-            break;
-        case OPT_HELP:
-        case 'h':
+    while ((c = getopt_long(argc, argv, "o:hq", long_options, NULL)) != -1) {
+        c = c == 'q' ? OPT_QUIET : c == 'h' ? OPT_HELP : c;
+        if (c == OPT_HELP) {
             s_help(command);
             return 1;
-        case ':':
+        }
+        if (c == ':') {
             fprintf(stderr, "llmq %s: option %s needs a value\n", command,
                     argv[optind - 1]);
             return -1;
-        default:
-            rc = s_parse_value(c, optarg, argv[optind - 1], opts);
-            if (rc == 0)
-                break;
-            if (rc > 0)
-                fprintf(stderr,
-                        "llmq %s: unknown option '%s' (see llmq %s --help)\n",
-                        command, argv[optind - 1], command);
-            return -1;
         }
+        if (s_parse_field(c, optarg, opts) == 0)
+            continue;
+        int rc = s_parse_value(c, optarg, argv[optind - 1], opts);
+        if (rc > 0)
+            fprintf(stderr,
+                    "llmq %s: unknown option '%s' (see llmq %s --help)\n",
+                    command, argv[optind - 1], command);
+        if (rc != 0)
+            return -1;
     }
     if (opts->workers > 64) {
         fprintf(stderr, "llmq: --workers is at most 64\n");
@@ -550,10 +537,11 @@ static int s_parse(const char *command, int argc, char **argv, s_opts_t *opts,
 //  Connecting: the given broker, the default one, or an embedded cluster
 
 typedef struct {
-    llmq_client_t *client;   /* connected client */
-    llmq_cluster_t *cluster; /* embedded cluster, or NULL */
-    char *model;             /* default model for lines without one */
-    bool simulated;          /* results come from llmq-sim */
+    llmq_client_t *client;    /* connected client */
+    llmq_cluster_t *cluster;  /* embedded cluster, or NULL */
+    llmq_cluster_info_t info; /* the cluster's endpoint, provider ... */
+    char *model;              /* default model for lines without one */
+    bool simulated;           /* results come from llmq-sim */
 } s_conn_t;
 
 static void s_conn_close(s_conn_t *conn)
@@ -612,10 +600,51 @@ static const char *s_silence_hint(const s_opts_t *opts)
                : "";
 }
 
-/*  Returns 0 or an exit code. allow_cluster: start one if no broker;
-    models: the models the input names, for the cluster's workers. */
-static int s_connect(const s_opts_t *opts, s_conn_t *conn, bool allow_cluster,
-                     const char *const *models, size_t models_count)
+/*  Start an embedded cluster serving models (the models the input names)
+    besides the default one. Returns 0 or an exit code. */
+static int s_start_cluster(const s_opts_t *opts, s_conn_t *conn,
+                           const char *const *models, size_t models_count)
+{
+    if (s_interrupted)
+        return EXIT_INTERRUPTED;
+    llmq_cluster_opts_t copts = {.workers = opts->workers,
+                                 .capacity = opts->capacity,
+                                 .provider = opts->provider,
+                                 .base_url = opts->base_url,
+                                 .model = opts->model,
+                                 .models = models,
+                                 .models_count = models_count,
+                                 .config = opts->config,
+                                 .sim_latency_ms = opts->sim_latency_ms,
+                                 .verbose = opts->verbose,
+                                 .batch_db = opts->batch_db,
+                                 .batch_poll_ms = opts->batch_poll_ms};
+    char err[512] = "";
+    conn->cluster = llmq_cluster_new(&copts, err, sizeof(err));
+    if (!conn->cluster) {
+        if (s_interrupted)
+            return EXIT_INTERRUPTED;
+        bool config_error = errno == EINVAL;
+        fprintf(stderr, "llmq: cannot start the local cluster: %s\n", err);
+        return config_error ? EXIT_USAGE : EXIT_FATAL;
+    }
+    llmq_cluster_info(conn->cluster, &conn->info);
+    conn->simulated = conn->info.simulated;
+    conn->model = strdup(conn->info.model);
+    if (!opts->quiet)
+        fprintf(stderr,
+                "llmq: started a local cluster: broker %s, %d workers, "
+                "provider %s%s, model %s (broker name llmq-local-%d)\n",
+                conn->info.endpoint, opts->workers > 0 ? opts->workers : 4,
+                conn->info.provider,
+                conn->simulated ? " (llmq-sim, SIMULATED results)" : "",
+                conn->model, (int)getpid());
+    return 0;
+}
+
+/*  The broker to use: --broker, $LLMQ_ENDPOINT, or the default endpoint
+    if a broker answers there (else NULL: start a cluster). */
+static const char *s_endpoint(const s_opts_t *opts, bool allow_cluster)
 {
     const char *endpoint = opts->broker;
     if (!endpoint && getenv("LLMQ_ENDPOINT") && *getenv("LLMQ_ENDPOINT"))
@@ -629,42 +658,20 @@ static int s_connect(const s_opts_t *opts, s_conn_t *conn, bool allow_cluster,
     }
     if (!endpoint && !allow_cluster)
         endpoint = LLMQ_DEFAULT_ENDPOINT;
+    return endpoint;
+}
+
+/*  Returns 0 or an exit code. allow_cluster: start one if no broker;
+    models: the models the input names, for the cluster's workers. */
+static int s_connect(const s_opts_t *opts, s_conn_t *conn, bool allow_cluster,
+                     const char *const *models, size_t models_count)
+{
+    const char *endpoint = s_endpoint(opts, allow_cluster);
     if (!endpoint) {
-        if (s_interrupted)
-            return EXIT_INTERRUPTED;
-        llmq_cluster_opts_t copts = {0};
-        copts.workers = opts->workers;
-        copts.capacity = opts->capacity;
-        copts.provider = opts->provider;
-        copts.base_url = opts->base_url;
-        copts.model = opts->model;
-        copts.models = models;
-        copts.models_count = models_count;
-        copts.config = opts->config;
-        copts.sim_latency_ms = opts->sim_latency_ms;
-        copts.verbose = opts->verbose;
-        copts.batch_db = opts->batch_db;
-        copts.batch_poll_ms = opts->batch_poll_ms;
-        char err[512] = "";
-        conn->cluster = llmq_cluster_new(&copts, err, sizeof(err));
-        if (!conn->cluster) {
-            if (s_interrupted)
-                return EXIT_INTERRUPTED;
-            bool config_error = errno == EINVAL;
-            fprintf(stderr, "llmq: cannot start the local cluster: %s\n", err);
-            return config_error ? EXIT_USAGE : EXIT_FATAL;
-        }
-        endpoint = llmq_cluster_endpoint(conn->cluster);
-        conn->simulated = llmq_cluster_simulated(conn->cluster);
-        conn->model = strdup(llmq_cluster_model(conn->cluster));
-        if (!opts->quiet)
-            fprintf(stderr,
-                    "llmq: started a local cluster: broker %s, %d workers, "
-                    "provider %s%s, model %s (broker name llmq-local-%d)\n",
-                    endpoint, opts->workers > 0 ? opts->workers : 4,
-                    llmq_cluster_provider(conn->cluster),
-                    conn->simulated ? " (llmq-sim, SIMULATED results)" : "",
-                    conn->model, (int)getpid());
+        int rc = s_start_cluster(opts, conn, models, models_count);
+        if (rc)
+            return rc;
+        endpoint = conn->info.endpoint;
     }
     conn->client = s_client_new(opts, endpoint, !conn->cluster);
     if (!conn->client)
@@ -860,7 +867,7 @@ static void s_run_watch(s_run_t *run)
     if (dead) {
         llmq_progress_clear(run->progress);
         fprintf(stderr, "llmq run: the local cluster's %s exited (logs: %s)\n",
-                dead, llmq_cluster_log_dir(conn->cluster));
+                dead, conn->info.log_dir);
         int workers = run->opts->workers > 0 ? run->opts->workers : 4;
         if (!strncmp(dead, "worker", 6) && ++run->dead_workers < workers)
             llmq_progress_note(run->progress, "a local worker exited");
@@ -987,6 +994,60 @@ static void s_print_chunk(const char *id, const cJSON *chunk, const char *delta,
     fflush(stdout);
 }
 
+/*  Add a {role, content} message to messages. */
+static void s_chat_message(cJSON *messages, const char *role,
+                           const char *content)
+{
+    cJSON *message = cJSON_CreateObject();
+    cJSON_AddStringToObject(message, "role", role);
+    cJSON_AddStringToObject(message, "content", content);
+    cJSON_AddItemToArray(messages, message);
+}
+
+/*  The chat request: --system, the prompt, --max-tokens. Fresh. */
+static cJSON *s_chat_body(const s_opts_t *opts, const char *model,
+                          const char *prompt)
+{
+    cJSON *body = cJSON_CreateObject();
+    cJSON_AddStringToObject(body, "model", model);
+    cJSON *messages = cJSON_AddArrayToObject(body, "messages");
+    if (opts->system)
+        s_chat_message(messages, "system", opts->system);
+    s_chat_message(messages, "user", prompt);
+    if (opts->max_tokens > 0)
+        cJSON_AddNumberToObject(body, "max_tokens", opts->max_tokens);
+    return body;
+}
+
+/*  Print the answer (unless streamed already) or the error. Returns the
+    exit code. */
+static int s_chat_show(const s_opts_t *opts, const s_conn_t *conn,
+                       const llmq_result_t *result, bool streamed)
+{
+    if (!result)
+        return s_interrupted ? EXIT_INTERRUPTED : EXIT_FATAL;
+    if (!result->ok) {
+        if (streamed)
+            printf("\n");
+        fprintf(stderr, "llmq chat: %s: %s\n", result->error_code,
+                result->error_message ? result->error_message : "");
+        return streq(result->error_code, "timeout") ? EXIT_FATAL
+                                                    : EXIT_FAILED_LINES;
+    }
+    if (!streamed) {
+        const char *text = llmq_result_text(result);
+        fputs(text ? text : "", stdout);
+    }
+    printf("\n");
+    if (opts->verbose || conn->simulated)
+        fprintf(stderr,
+                "[%s on %s, %" PRId64 " tokens, $%.6f, %" PRId64 " ms%s]\n",
+                conn->model, result->worker ? result->worker : "?",
+                result->total_tokens, result->cost_usd, result->elapsed_ms,
+                conn->simulated ? ", SIMULATED by llmq-sim" : "");
+    return EXIT_OK;
+}
+
 static int s_cmd_chat(s_opts_t *opts, int argc, char **argv)
 {
     if (argc < 1) {
@@ -998,66 +1059,29 @@ static int s_cmd_chat(s_opts_t *opts, int argc, char **argv)
     for (int i = 0; i < argc; i++)
         size += strlen(argv[i]) + 1;
     char *prompt = (char *)calloc(1, size);
-    for (int i = 0; i < argc; i++) {
+    for (int i = 0; prompt && i < argc; i++) {
         if (i)
             strcat(prompt, " ");
         strcat(prompt, argv[i]);
     }
     opts->quiet = true; //  no cluster banner in the middle of an answer
     s_conn_t conn = {0};
-    int rc = s_connect(opts, &conn, true, NULL, 0);
-    if (rc != 0) {
-        free(prompt);
-        s_conn_close(&conn);
-        return rc;
+    int rc = prompt ? s_connect(opts, &conn, true, NULL, 0) : EXIT_FATAL;
+    if (rc == 0) {
+        llmq_client_set_give_up(
+            conn.client,
+            (int)(opts->give_up_ms > 0 ? opts->give_up_ms : 60000));
+        cJSON *body = s_chat_body(opts, conn.model, prompt);
+        bool streamed = false;
+        llmq_result_t *result =
+            opts->no_stream
+                ? llmq_infer(conn.client, LLMQ_OP_CHAT, conn.model, body, NULL)
+                : llmq_stream(conn.client, conn.model, body, s_print_chunk,
+                              &streamed);
+        rc = s_chat_show(opts, &conn, result, streamed);
+        llmq_result_destroy(&result);
+        cJSON_Delete(body);
     }
-    llmq_client_set_give_up(
-        conn.client, (int)(opts->give_up_ms > 0 ? opts->give_up_ms : 60000));
-    cJSON *body = cJSON_CreateObject();
-    cJSON_AddStringToObject(body, "model", conn.model);
-    cJSON *messages = cJSON_AddArrayToObject(body, "messages");
-    if (opts->system) {
-        cJSON *system = cJSON_CreateObject();
-        cJSON_AddStringToObject(system, "role", "system");
-        cJSON_AddStringToObject(system, "content", opts->system);
-        cJSON_AddItemToArray(messages, system);
-    }
-    cJSON *user = cJSON_CreateObject();
-    cJSON_AddStringToObject(user, "role", "user");
-    cJSON_AddStringToObject(user, "content", prompt);
-    cJSON_AddItemToArray(messages, user);
-    if (opts->max_tokens > 0)
-        cJSON_AddNumberToObject(body, "max_tokens", opts->max_tokens);
-    bool streamed = false;
-    llmq_result_t *result =
-        opts->no_stream
-            ? llmq_infer(conn.client, LLMQ_OP_CHAT, conn.model, body, NULL)
-            : llmq_stream(conn.client, conn.model, body, s_print_chunk,
-                          &streamed);
-    if (!result)
-        rc = s_interrupted ? EXIT_INTERRUPTED : EXIT_FATAL;
-    else if (!result->ok) {
-        if (streamed)
-            printf("\n");
-        fprintf(stderr, "llmq chat: %s: %s\n", result->error_code,
-                result->error_message ? result->error_message : "");
-        rc = streq(result->error_code, "timeout") ? EXIT_FATAL
-                                                  : EXIT_FAILED_LINES;
-    } else {
-        if (!streamed) {
-            const char *text = llmq_result_text(result);
-            fputs(text ? text : "", stdout);
-        }
-        printf("\n");
-        if (opts->verbose || conn.simulated)
-            fprintf(stderr,
-                    "[%s on %s, %" PRId64 " tokens, $%.6f, %" PRId64 " ms%s]\n",
-                    conn.model, result->worker ? result->worker : "?",
-                    result->total_tokens, result->cost_usd, result->elapsed_ms,
-                    conn.simulated ? ", SIMULATED by llmq-sim" : "");
-    }
-    llmq_result_destroy(&result);
-    cJSON_Delete(body);
     free(prompt);
     s_conn_close(&conn);
     return rc;
@@ -1552,6 +1576,66 @@ static int s_batch_finish(s_opts_t *opts, s_conn_t *conn, const char *id,
     return rc;
 }
 
+/*  One `llmq batch submit` (or `llmq run --mode`). */
+typedef struct {
+    zlistx_t *items;    /* the input lines */
+    const char *model;  /* the batch's model, or NULL: the broker's */
+    int op;             /* its one op */
+    const char *mode;   /* auto, realtime or provider */
+    const char *output; /* OUT, or NULL (detached) */
+    const char *db;     /* an embedded broker's database */
+    bool detach;        /* print the id and leave */
+    bool stable;        /* a stable id on any broker */
+} s_batch_t;
+
+/*  Connected: send the batch, print its id and (unless detached) wait and
+    write OUT. Returns an exit code. */
+static int s_batch_run(s_opts_t *opts, s_conn_t *conn, s_batch_t *batch)
+{
+    if (!batch->model)
+        batch->model = conn->model;
+    //  A provider without HTTP has no Batch API: the batch would wait for
+    //  a batch_api pool forever.
+    if (conn->cluster && streq(batch->mode, "provider") &&
+        streq(conn->info.provider, "echo")) {
+        fprintf(stderr, "llmq batch: provider echo has no Batch API\n");
+        return EXIT_USAGE;
+    }
+    bool stable = batch->stable || conn->cluster;
+    char id[40];
+    if (stable)
+        s_batch_stable_id(batch->items, batch->mode, batch->model,
+                          batch->output, id, sizeof id);
+    else
+        snprintf(id, sizeof id, "b-%08x%08x", (unsigned)randof(0x7fffffff),
+                 (unsigned)(zclock_usecs() & 0x7fffffff));
+    if (opts->deadline_ms > 0)
+        fprintf(stderr, "llmq batch: --deadline-ms is ignored for batches\n");
+    if (conn->cluster && batch->output && !streq(batch->output, "-"))
+        s_batch_cancel_stale(conn->client, id);
+    int rc = s_batch_send(opts, conn->client, id, batch->items, batch->model,
+                          batch->op, batch->mode);
+    if (rc && s_interrupted) {
+        fprintf(stderr, "llmq batch: interrupted while sending batch %s: %s\n",
+                id,
+                stable ? "rerun the same command to resume it"
+                       : "its items were not all sent");
+        return EXIT_INTERRUPTED;
+    }
+    if (rc)
+        return rc;
+    printf("%s\n", id);
+    fflush(stdout);
+    if (!opts->quiet)
+        fprintf(stderr, "llmq batch: %s: %zu items, model %s, mode %s%s%s\n",
+                id, zlistx_size(batch->items), batch->model, batch->mode,
+                conn->cluster ? ", database " : "",
+                conn->cluster ? batch->db : "");
+    if (batch->detach)
+        return rc;
+    return s_batch_finish(opts, conn, id, batch->output);
+}
+
 /*  Send the lines of input as a batch; print its id; unless detached,
     wait and write the results to output. With no broker, an embedded
     cluster runs it, its database beside OUT: a rerun of the same command
@@ -1560,9 +1644,13 @@ static int s_batch_finish(s_opts_t *opts, s_conn_t *conn, const char *id,
 static int s_batch_submit(s_opts_t *opts, const char *input, const char *output,
                           bool detach, bool stable)
 {
-    const char *mode = opts->mode ? opts->mode : "auto";
-    if (!streq(mode, "auto") && !streq(mode, "realtime") &&
-        !streq(mode, "provider")) {
+    s_batch_t batch = {.mode = opts->mode ? opts->mode : "auto",
+                       .op = -1,
+                       .output = output,
+                       .detach = detach,
+                       .stable = stable};
+    if (!streq(batch.mode, "auto") && !streq(batch.mode, "realtime") &&
+        !streq(batch.mode, "provider")) {
         fprintf(stderr, "llmq batch: --mode is auto, realtime or provider\n");
         return EXIT_USAGE;
     }
@@ -1570,73 +1658,32 @@ static int s_batch_submit(s_opts_t *opts, const char *input, const char *output,
     if (rc)
         return rc;
     char err[512] = "";
-    zlistx_t *items = llmq_jsonl_read_input(input, false, err, sizeof(err));
-    if (!items) {
+    batch.items = llmq_jsonl_read_input(input, false, err, sizeof(err));
+    if (!batch.items) {
         fprintf(stderr, "llmq batch: %s\n", err);
         return EXIT_USAGE;
     }
-    const char *model = NULL;
-    int op = -1;
-    rc = s_batch_items_check(opts, items, input, &model, &op);
-    if (!rc && output && !detach && s_output_complete(opts, items, output, &rc))
-        goto leave;
-    if (rc)
-        goto leave;
-    char *db = s_batch_db_path(output);
-    opts->batch_db = db;
+    rc = s_batch_items_check(opts, batch.items, input, &batch.model, &batch.op);
+    bool complete = !rc && output && !detach &&
+                    s_output_complete(opts, batch.items, output, &rc);
+    bool send = !rc && !complete;
+    char *db = send ? s_batch_db_path(output) : NULL;
     s_conn_t conn = {0};
-    rc = s_connect(opts, &conn, !detach, model ? &model : NULL, model ? 1 : 0);
-    opts->batch_db = NULL;
-    if (rc)
-        goto done;
-    if (!model)
-        model = conn.model;
-    //  A provider without HTTP has no Batch API: the batch would wait for
-    //  a batch_api pool forever.
-    if (conn.cluster && streq(mode, "provider") &&
-        streq(llmq_cluster_provider(conn.cluster), "echo")) {
-        fprintf(stderr, "llmq batch: provider echo has no Batch API\n");
-        rc = EXIT_USAGE;
-        goto done;
+    if (send) {
+        opts->batch_db = batch.db = db;
+        const char **model = batch.model ? &batch.model : NULL;
+        rc = s_connect(opts, &conn, !detach, model, model ? 1 : 0);
+        opts->batch_db = NULL;
+        if (!rc)
+            rc = s_batch_run(opts, &conn, &batch);
     }
-    char id[40];
-    if (stable || conn.cluster)
-        s_batch_stable_id(items, mode, model, output, id, sizeof id);
-    else
-        snprintf(id, sizeof id, "b-%08x%08x", (unsigned)randof(0x7fffffff),
-                 (unsigned)(zclock_usecs() & 0x7fffffff));
-    if (opts->deadline_ms > 0)
-        fprintf(stderr, "llmq batch: --deadline-ms is ignored for batches\n");
-    if (conn.cluster && output && !streq(output, "-"))
-        s_batch_cancel_stale(conn.client, id);
-    rc = s_batch_send(opts, conn.client, id, items, model, op, mode);
-    if (rc && s_interrupted) {
-        rc = EXIT_INTERRUPTED;
-        fprintf(stderr, "llmq batch: interrupted while sending batch %s: %s\n",
-                id,
-                stable || conn.cluster ? "rerun the same command to resume it"
-                                       : "its items were not all sent");
-    }
-    if (rc)
-        goto done;
-    printf("%s\n", id);
-    fflush(stdout);
-    if (!opts->quiet)
-        fprintf(stderr, "llmq batch: %s: %zu items, model %s, mode %s%s%s\n",
-                id, zlistx_size(items), model, mode,
-                conn.cluster ? ", database " : "", conn.cluster ? db : "");
-    if (detach)
-        goto done;
-    rc = s_batch_finish(opts, &conn, id, output);
-done:
     if (conn.cluster && (rc == EXIT_OK || rc == EXIT_FAILED_LINES)) {
         s_conn_close(&conn);
         s_batch_db_remove(db);
     }
     s_conn_close(&conn);
     free(db);
-leave:
-    zlistx_destroy(&items);
+    zlistx_destroy(&batch.items);
     return rc;
 }
 
