@@ -43,18 +43,14 @@ static void s_on_signal(int signum)
     s_interrupted = 1;
 }
 
-/*  Catch SIGINT/SIGTERM ourselves (not CZMQ's handler): blocking calls
-    return EINTR and the command winds down, stopping its cluster. */
+/*  Catch SIGINT/SIGTERM ourselves (not CZMQ's handler, which would set
+    zsys_interrupted): CZMQ installs s_on_signal without SA_RESTART, so
+    blocking calls return EINTR and the command winds down, stopping its
+    cluster. After zsys_init, which would install CZMQ's own. */
 static void s_install_signals(void)
 {
     zsys_init();
-    zsys_handler_set(NULL);
-    struct sigaction action;
-    memset(&action, 0, sizeof(action));
-    action.sa_handler = s_on_signal;
-    sigemptyset(&action.sa_mask);
-    sigaction(SIGINT, &action, NULL);
-    sigaction(SIGTERM, &action, NULL);
+    zsys_handler_set(s_on_signal);
     signal(SIGPIPE, SIG_IGN);
 }
 
@@ -68,13 +64,13 @@ typedef struct {
     const char *output;     /* run: -o */
     int workers;            /* embedded cluster workers */
     int capacity;           /* embedded cluster per-worker capacity */
-    int sim_latency_ms;     /* embedded llmq-sim latency */
+    int64_t sim_latency_ms; /* embedded llmq-sim latency */
     int concurrency;        /* run: window */
     int max_dispatches;     /* broker dispatch attempts per request */
     int64_t deadline_ms;    /* per-request deadline */
-    int timeout_ms;         /* broker liveness */
+    int64_t timeout_ms;     /* broker liveness */
     int64_t give_up_ms;     /* fail when the broker is silent this long */
-    int batch_poll_ms;      /* embedded broker: provider poll period */
+    int64_t batch_poll_ms;  /* embedded broker: provider poll period */
     bool quiet;             /* no progress bar, no summary */
     bool retry_failed;      /* run: redo error lines of OUT */
     bool verbose;           /* log more, children's stderr through */
@@ -89,78 +85,54 @@ typedef struct {
     const char *broker_key; /* CURVE: the broker's public key or cert */
 } s_opts_t;
 
-enum {
-    OPT_BROKER = 1000,
-    OPT_MODEL,
-    OPT_CONFIG,
-    OPT_PROVIDER,
-    OPT_BASE_URL,
-    OPT_WORKERS,
-    OPT_CAPACITY,
-    OPT_SIM_LATENCY,
-    OPT_CONCURRENCY,
-    OPT_MAX_ATTEMPTS,
-    OPT_MAX_DISPATCHES,
-    OPT_BATCH_POLL,
-    OPT_DEADLINE,
-    OPT_TIMEOUT,
-    OPT_GIVE_UP,
-    OPT_QUIET,
-    OPT_RETRY_FAILED,
-    OPT_VERBOSE,
-    OPT_JSON,
-    OPT_NO_STREAM,
-    OPT_SYSTEM,
-    OPT_MAX_TOKENS,
-    OPT_MODE,
-    OPT_DETACH,
-    OPT_CURVE_CERT,
-    OPT_BROKER_KEY,
-    OPT_HELP
-};
+/*  The options, one table: what kind of value each takes and the field
+    of s_opts_t it sets. getopt_long returns S_ID + its index. */
+typedef enum {
+    S_TEXT,  /* a value: const char * */
+    S_FLAG,  /* no value: bool, set */
+    S_COUNT, /* a non-negative integer: int */
+    S_MS,    /* a duration: int64_t ms */
+    S_HELP   /* --help */
+} s_kind_t;
 
-/*  Where an option goes: a `const char *` (with a value) or `bool`
-    (without) field of s_opts_t, or S_OTHER: numbers and durations
-    (s_parse_value) and --help. */
 #define S_AT(field) offsetof(s_opts_t, field)
-#define S_OTHER ((size_t)-1)
+#define S_ID 1000
 
 typedef struct {
     const char *name; /* --name */
-    int has_arg;      /* required_argument or no_argument */
-    int id;           /* what getopt_long returns for it */
-    size_t field;     /* S_AT(field) or S_OTHER */
+    s_kind_t kind;    /* its value */
+    size_t field;     /* S_AT(field) */
 } s_option_t;
 
 static const s_option_t s_options[] = {
-    {"broker", required_argument, OPT_BROKER, S_AT(broker)},
-    {"model", required_argument, OPT_MODEL, S_AT(model)},
-    {"config", required_argument, OPT_CONFIG, S_AT(config)},
-    {"provider", required_argument, OPT_PROVIDER, S_AT(provider)},
-    {"base-url", required_argument, OPT_BASE_URL, S_AT(base_url)},
-    {"workers", required_argument, OPT_WORKERS, S_OTHER},
-    {"capacity", required_argument, OPT_CAPACITY, S_OTHER},
-    {"sim-latency-ms", required_argument, OPT_SIM_LATENCY, S_OTHER},
-    {"output", required_argument, 'o', S_AT(output)},
-    {"concurrency", required_argument, OPT_CONCURRENCY, S_OTHER},
-    {"max-attempts", required_argument, OPT_MAX_ATTEMPTS, S_OTHER},
-    {"max-dispatches", required_argument, OPT_MAX_DISPATCHES, S_OTHER},
-    {"batch-poll-ms", required_argument, OPT_BATCH_POLL, S_OTHER},
-    {"deadline-ms", required_argument, OPT_DEADLINE, S_OTHER},
-    {"timeout", required_argument, OPT_TIMEOUT, S_OTHER},
-    {"give-up", required_argument, OPT_GIVE_UP, S_OTHER},
-    {"quiet", no_argument, OPT_QUIET, S_AT(quiet)},
-    {"retry-failed", no_argument, OPT_RETRY_FAILED, S_AT(retry_failed)},
-    {"verbose", no_argument, OPT_VERBOSE, S_AT(verbose)},
-    {"json", no_argument, OPT_JSON, S_AT(json)},
-    {"no-stream", no_argument, OPT_NO_STREAM, S_AT(no_stream)},
-    {"system", required_argument, OPT_SYSTEM, S_AT(system)},
-    {"max-tokens", required_argument, OPT_MAX_TOKENS, S_OTHER},
-    {"mode", required_argument, OPT_MODE, S_AT(mode)},
-    {"detach", no_argument, OPT_DETACH, S_AT(detach)},
-    {"curve-cert", required_argument, OPT_CURVE_CERT, S_AT(curve_cert)},
-    {"broker-key", required_argument, OPT_BROKER_KEY, S_AT(broker_key)},
-    {"help", no_argument, OPT_HELP, S_OTHER},
+    {"broker", S_TEXT, S_AT(broker)},
+    {"model", S_TEXT, S_AT(model)},
+    {"config", S_TEXT, S_AT(config)},
+    {"provider", S_TEXT, S_AT(provider)},
+    {"base-url", S_TEXT, S_AT(base_url)},
+    {"workers", S_COUNT, S_AT(workers)},
+    {"capacity", S_COUNT, S_AT(capacity)},
+    {"sim-latency-ms", S_MS, S_AT(sim_latency_ms)},
+    {"output", S_TEXT, S_AT(output)},
+    {"concurrency", S_COUNT, S_AT(concurrency)},
+    {"max-attempts", S_COUNT, S_AT(max_dispatches)},
+    {"max-dispatches", S_COUNT, S_AT(max_dispatches)},
+    {"batch-poll-ms", S_MS, S_AT(batch_poll_ms)},
+    {"deadline-ms", S_MS, S_AT(deadline_ms)},
+    {"timeout", S_MS, S_AT(timeout_ms)},
+    {"give-up", S_MS, S_AT(give_up_ms)},
+    {"quiet", S_FLAG, S_AT(quiet)},
+    {"retry-failed", S_FLAG, S_AT(retry_failed)},
+    {"verbose", S_FLAG, S_AT(verbose)},
+    {"json", S_FLAG, S_AT(json)},
+    {"no-stream", S_FLAG, S_AT(no_stream)},
+    {"system", S_TEXT, S_AT(system)},
+    {"max-tokens", S_COUNT, S_AT(max_tokens)},
+    {"mode", S_TEXT, S_AT(mode)},
+    {"detach", S_FLAG, S_AT(detach)},
+    {"curve-cert", S_TEXT, S_AT(curve_cert)},
+    {"broker-key", S_TEXT, S_AT(broker_key)},
+    {"help", S_HELP, 0},
 };
 #define S_OPTIONS (sizeof s_options / sizeof s_options[0])
 
@@ -418,77 +390,54 @@ static int s_duration(const char *text, const char *name, bool was_seconds,
     return 0;
 }
 
-/*  Options with a number or a duration value. Returns 0, -1 (bad value,
-    said on stderr) or 1 (not such an option). */
-static int s_parse_value(int c, const char *value, const char *name,
-                         s_opts_t *opts)
+/*  The option getopt_long returned as c (S_ID + index, or a short
+    option's letter), or NULL: an unknown option. */
+static const s_option_t *s_option(int c)
 {
+    const char *name = c == 'o'   ? "output"
+                       : c == 'q' ? "quiet"
+                       : c == 'h' ? "help"
+                                  : NULL;
+    for (size_t i = 0; i < S_OPTIONS; i++)
+        if (c == S_ID + (int)i || (name && streq(s_options[i].name, name)))
+            return &s_options[i];
+    return NULL;
+}
+
+/*  Set the field of option from value; name: the option as given.
+    Returns 0, or -1 (a bad value, said on stderr). */
+static int s_set(const s_option_t *option, const char *value, const char *name,
+                 s_opts_t *opts)
+{
+    char *field = (char *)opts + option->field;
     long n = 0;
     int64_t ms = 0;
-    switch (c) {
-    case OPT_WORKERS:
-    case OPT_CAPACITY:
-    case OPT_CONCURRENCY:
-    case OPT_MAX_ATTEMPTS:
-    case OPT_MAX_DISPATCHES:
-    case OPT_MAX_TOKENS:
+    switch (option->kind) {
+    case S_TEXT:
+        *(const char **)field = value;
+        break;
+    case S_FLAG:
+        *(bool *)field = true;
+        break;
+    case S_COUNT:
         if ((n = s_number(value, name)) < 0)
             return -1;
-        if (c == OPT_WORKERS)
-            opts->workers = (int)n;
-        if (c == OPT_CAPACITY)
-            opts->capacity = (int)n;
-        if (c == OPT_CONCURRENCY)
-            opts->concurrency = (int)n;
-        if (c == OPT_MAX_ATTEMPTS)
+        if (streq(option->name, "max-attempts"))
             fprintf(stderr, "llmq: --max-attempts is deprecated: it is "
                             "--max-dispatches (broker dispatches; the "
                             "worker's --max-attempts counts HTTP "
                             "attempts)\n");
-        if (c == OPT_MAX_ATTEMPTS || c == OPT_MAX_DISPATCHES)
-            opts->max_dispatches = (int)n;
-        if (c == OPT_MAX_TOKENS)
-            opts->max_tokens = (int)n;
+        *(int *)field = (int)n;
         break;
-    case OPT_SIM_LATENCY:
-    case OPT_DEADLINE:
-    case OPT_TIMEOUT:
-    case OPT_GIVE_UP:
-    case OPT_BATCH_POLL:
-        if (s_duration(value, name, c == OPT_GIVE_UP, &ms) < 0)
+    case S_MS:
+        if (s_duration(value, name, streq(option->name, "give-up"), &ms) < 0)
             return -1;
-        if (c == OPT_SIM_LATENCY)
-            opts->sim_latency_ms = (int)ms;
-        if (c == OPT_DEADLINE)
-            opts->deadline_ms = ms;
-        if (c == OPT_TIMEOUT)
-            opts->timeout_ms = (int)ms;
-        if (c == OPT_GIVE_UP)
-            opts->give_up_ms = ms;
-        if (c == OPT_BATCH_POLL)
-            opts->batch_poll_ms = (int)ms;
+        *(int64_t *)field = ms;
         break;
     default:
-        return 1;
+        break;
     }
     return 0;
-}
-
-/*  Set the string or flag field of option c. Returns 0, or 1 if c is
-    not such an option. */
-static int s_parse_field(int c, const char *value, s_opts_t *opts)
-{
-    for (size_t i = 0; i < S_OPTIONS; i++) {
-        if (s_options[i].id != c || s_options[i].field == S_OTHER)
-            continue;
-        char *field = (char *)opts + s_options[i].field;
-        if (s_options[i].has_arg)
-            *(const char **)field = value;
-        else
-            *(bool *)field = true;
-        return 0;
-    }
-    return 1;
 }
 
 /*  Parse options for a command; positional arguments stay in argv from
@@ -498,31 +447,28 @@ static int s_parse(const char *command, int argc, char **argv, s_opts_t *opts,
 {
     struct option long_options[S_OPTIONS + 1];
     memset(long_options, 0, sizeof long_options);
-    for (size_t i = 0; i < S_OPTIONS; i++)
+    for (size_t i = 0; i < S_OPTIONS; i++) {
+        bool value = s_options[i].kind != S_FLAG && s_options[i].kind != S_HELP;
         long_options[i] = (struct option){
-            s_options[i].name, s_options[i].has_arg, NULL, s_options[i].id};
+            s_options[i].name, value ? required_argument : no_argument, NULL,
+            S_ID + (int)i};
+    }
     optind = 1;
     opterr = 0;
     int c;
     while ((c = getopt_long(argc, argv, "o:hq", long_options, NULL)) != -1) {
-        c = c == 'q' ? OPT_QUIET : c == 'h' ? OPT_HELP : c;
-        if (c == OPT_HELP) {
+        const s_option_t *option = s_option(c);
+        if (option && option->kind == S_HELP) {
             s_help(command);
             return 1;
         }
-        if (c == ':') {
-            fprintf(stderr, "llmq %s: option %s needs a value\n", command,
-                    argv[optind - 1]);
-            return -1;
-        }
-        if (s_parse_field(c, optarg, opts) == 0)
-            continue;
-        int rc = s_parse_value(c, optarg, argv[optind - 1], opts);
-        if (rc > 0)
+        if (!option) {
             fprintf(stderr,
                     "llmq %s: unknown option '%s' (see llmq %s --help)\n",
                     command, argv[optind - 1], command);
-        if (rc != 0)
+            return -1;
+        }
+        if (s_set(option, optarg, argv[optind - 1], opts))
             return -1;
     }
     if (opts->workers > 64) {
@@ -615,10 +561,10 @@ static int s_start_cluster(const s_opts_t *opts, s_conn_t *conn,
                                  .models = models,
                                  .models_count = models_count,
                                  .config = opts->config,
-                                 .sim_latency_ms = opts->sim_latency_ms,
+                                 .sim_latency_ms = (int)opts->sim_latency_ms,
                                  .verbose = opts->verbose,
                                  .batch_db = opts->batch_db,
-                                 .batch_poll_ms = opts->batch_poll_ms};
+                                 .batch_poll_ms = (int)opts->batch_poll_ms};
     char err[512] = "";
     conn->cluster = llmq_cluster_new(&copts, err, sizeof(err));
     if (!conn->cluster) {
@@ -678,10 +624,10 @@ static int s_connect(const s_opts_t *opts, s_conn_t *conn, bool allow_cluster,
         return EXIT_USAGE;
     llmq_client_set_verbose(conn->client, opts->verbose);
     if (opts->timeout_ms > 0)
-        llmq_client_set_timeout(conn->client, opts->timeout_ms);
+        llmq_client_set_timeout(conn->client, (int)opts->timeout_ms);
     if (opts->give_up_ms >= 0)
         llmq_client_set_give_up(conn->client, (int)opts->give_up_ms);
-    int wait = opts->timeout_ms > 0 ? opts->timeout_ms : 5000;
+    int wait = opts->timeout_ms > 0 ? (int)opts->timeout_ms : 5000;
     if (llmq_client_ping(conn->client, wait, NULL) < 0) {
         if (s_interrupted)
             return EXIT_INTERRUPTED;
@@ -1227,7 +1173,7 @@ static int s_cmd_ping(s_opts_t *opts)
         return EXIT_USAGE;
     char *version = NULL;
     int ms = llmq_client_ping(
-        client, opts->timeout_ms > 0 ? opts->timeout_ms : 3000, &version);
+        client, opts->timeout_ms > 0 ? (int)opts->timeout_ms : 3000, &version);
     llmq_client_destroy(&client);
     if (ms < 0) {
         fprintf(stderr, "llmq ping: no answer from %s%s\n", endpoint,
