@@ -33,9 +33,24 @@ typedef struct {
     int64_t due;  /* zclock_mono() time to send it again */
 } s_retry_t;
 
+/*  A line of this run: its input item and how often it was answered
+    `overloaded`. A request's arg is its s_line_t. */
+typedef struct {
+    llmq_jsonl_item_t *item; /* the input line (the items list owns it) */
+    int tries;               /* overloaded answers so far */
+} s_line_t;
+
+/*  The files of a run: IN's lines, OUT's lines and OUT's appender. */
+typedef struct {
+    char *input;                 /* IN path */
+    char *output;                /* OUT path */
+    zlistx_t *items;             /* every input line, in input order */
+    zhashx_t *lines;             /* custom_id -> OUT line (kept and new) */
+    llmq_jsonl_writer_t *writer; /* appends to OUT as results arrive */
+} s_files_t;
+
 struct _llmq_runner_t {
-    char *input;                  /* IN path */
-    char *output;                 /* OUT path */
+    s_files_t files;              /* IN and OUT */
     char *model;                  /* every line's model, or NULL */
     char *default_model;          /* for lines naming none, or NULL */
     bool retry_failed;            /* OUT's error lines run again */
@@ -45,12 +60,8 @@ struct _llmq_runner_t {
     llmq_opts_t request;          /* per-request options */
     llmq_runner_line_fn *on_line; /* finished-line callback, or NULL */
     void *on_line_arg;            /* its argument */
-    zlistx_t *items;              /* every input line, in input order */
-    zhashx_t *lines;              /* custom_id -> OUT line (kept and new) */
-    llmq_jsonl_item_t **todo;     /* items not answered in OUT yet */
-    int *tries;                   /* overloaded answers per todo line */
+    s_line_t *todo;               /* the lines OUT does not answer yet */
     zlistx_t *backoff;            /* s_retry_t: lines waiting to resend */
-    llmq_jsonl_writer_t *writer;  /* appends to OUT as results arrive */
     llmq_client_t *client;        /* borrowed, from start */
     double cwnd;                  /* the window in use (AIMD) */
     int64_t last_cut;             /* zclock_mono() when cwnd was halved */
@@ -87,8 +98,8 @@ llmq_runner_t *llmq_runner_new(const llmq_runner_config_t *config, char *err,
     llmq_runner_t *self = (llmq_runner_t *)calloc(1, sizeof(*self));
     if (!self)
         return NULL;
-    self->input = strdup(config->input);
-    self->output = strdup(config->output);
+    self->files.input = strdup(config->input);
+    self->files.output = strdup(config->output);
     self->model = config->model ? strdup(config->model) : NULL;
     self->retry_failed = config->retry_failed;
     self->window = config->window > 0 ? config->window : LLMQ_RUNNER_WINDOW;
@@ -104,7 +115,7 @@ llmq_runner_t *llmq_runner_new(const llmq_runner_config_t *config, char *err,
     self->backoff = zlistx_new();
     if (self->backoff)
         zlistx_set_destructor(self->backoff, s_free_item);
-    if (!self->input || !self->output || !self->backoff ||
+    if (!self->files.input || !self->files.output || !self->backoff ||
         s_load(self, err, err_size) != 0) {
         int saved = errno;
         llmq_runner_destroy(&self);
@@ -113,21 +124,25 @@ llmq_runner_t *llmq_runner_new(const llmq_runner_config_t *config, char *err,
     return self;
 }
 
+static void s_files_close(s_files_t *files)
+{
+    llmq_jsonl_writer_destroy(&files->writer);
+    zhashx_destroy(&files->lines);
+    zlistx_destroy(&files->items);
+    free(files->output);
+    free(files->input);
+}
+
 void llmq_runner_destroy(llmq_runner_t **self_p)
 {
-    if (!self_p || !*self_p)
+    llmq_runner_t *self = self_p ? *self_p : NULL;
+    if (!self)
         return;
-    llmq_runner_t *self = *self_p;
-    llmq_jsonl_writer_destroy(&self->writer);
+    s_files_close(&self->files);
     zlistx_destroy(&self->backoff);
-    free(self->tries);
     free(self->todo);
-    zhashx_destroy(&self->lines);
-    zlistx_destroy(&self->items);
     free(self->default_model);
     free(self->model);
-    free(self->output);
-    free(self->input);
     free(self);
     *self_p = NULL;
 }
@@ -139,7 +154,7 @@ void llmq_runner_destroy(llmq_runner_t **self_p)
     them); todo, if not NULL, receives the others (*todo_count_p). Returns
     how many lines answers. */
 static size_t s_count(zlistx_t *items, zhashx_t *lines, size_t *failed_p,
-                      llmq_jsonl_item_t **todo, size_t *todo_count_p)
+                      s_line_t *todo, size_t *todo_count_p)
 {
     size_t answered = 0;
     *failed_p = 0;
@@ -152,7 +167,7 @@ static size_t s_count(zlistx_t *items, zhashx_t *lines, size_t *failed_p,
             if (!strstr(line, "\"error\":null"))
                 (*failed_p)++;
         } else if (todo)
-            todo[(*todo_count_p)++] = item;
+            todo[(*todo_count_p)++].item = item;
     }
     return answered;
 }
@@ -171,36 +186,36 @@ static int s_fail(char *err, size_t err_size, int code, const char *what,
     left; open OUT for appending if anything is. Returns 0 or -1. */
 static int s_load(llmq_runner_t *self, char *err, size_t err_size)
 {
+    s_files_t *files = &self->files;
     errno = EINVAL;
-    self->items = llmq_jsonl_read_input(self->input, false, err, err_size);
-    if (!self->items || llmq_runner_check_ids(self->items, err, err_size))
+    files->items = llmq_jsonl_read_input(files->input, false, err, err_size);
+    if (!files->items || llmq_runner_check_ids(files->items, err, err_size))
         return (errno = EINVAL), -1;
-    size_t dropped = 0, total = zlistx_size(self->items);
-    self->lines = llmq_jsonl_scan_output(self->output, self->retry_failed,
-                                         &dropped, err, err_size);
-    self->todo = (llmq_jsonl_item_t **)calloc(total + 1, sizeof(*self->todo));
-    self->tries = (int *)calloc(total + 1, sizeof(int));
-    if (!self->lines)
+    size_t dropped = 0, total = zlistx_size(files->items);
+    files->lines = llmq_jsonl_scan_output(files->output, self->retry_failed,
+                                          &dropped, err, err_size);
+    self->todo = (s_line_t *)calloc(total + 1, sizeof(*self->todo));
+    if (!files->lines)
         return (errno = EINVAL), -1;
-    if (!self->todo || !self->tries)
+    if (!self->todo)
         return (errno = ENOMEM), -1;
     llmq_runner_stats_t *stats = &self->stats;
     stats->total = total;
-    stats->resumed = s_count(self->items, self->lines, &stats->resumed_failed,
+    stats->resumed = s_count(files->items, files->lines, &stats->resumed_failed,
                              self->todo, &stats->todo);
     //  OUT already answers every line: a rerun of a finished run.
     stats->complete =
-        total > 0 && stats->todo == 0 && !streq(self->output, "-");
+        total > 0 && stats->todo == 0 && !streq(files->output, "-");
     if (stats->complete)
         return 0;
     //  A kill leaves a partial last line: rewrite OUT with the whole lines
     //  before appending to it.
-    if (dropped > 0 &&
-        llmq_jsonl_write_ordered(self->output, self->items, self->lines) != 0)
-        return s_fail(err, err_size, 0, "rewrite", self->output);
+    if (dropped > 0 && llmq_jsonl_write_ordered(files->output, files->items,
+                                                files->lines) != 0)
+        return s_fail(err, err_size, 0, "rewrite", files->output);
     if (stats->todo > 0 &&
-        !(self->writer = llmq_jsonl_writer_new(self->output)))
-        return s_fail(err, err_size, EINVAL, "write", self->output);
+        !(files->writer = llmq_jsonl_writer_new(files->output)))
+        return s_fail(err, err_size, EINVAL, "write", files->output);
     return 0;
 }
 
@@ -253,7 +268,7 @@ size_t llmq_runner_models(llmq_runner_t *self, const char **names, size_t max)
     size_t count = 0;
     zhashx_t *named = self->model ? NULL : zhashx_new();
     for (size_t i = 0; named && i < self->stats.todo && count < max; i++) {
-        const char *model = self->todo[i]->model;
+        const char *model = self->todo[i].item->model;
         if (model && !zhashx_lookup(named, model)) {
             zhashx_insert(named, model, (void *)model);
             names[count++] = model;
@@ -283,8 +298,8 @@ static void s_answered(llmq_runner_t *self, llmq_jsonl_item_t *item, char *line,
                        const llmq_result_t *result)
 {
     if (line) {
-        llmq_jsonl_writer_write(self->writer, line);
-        zhashx_update(self->lines, item->custom_id, line);
+        llmq_jsonl_writer_write(self->files.writer, line);
+        zhashx_update(self->files.lines, item->custom_id, line);
     }
     self->stats.finished++;
     if (!result || !result->ok)
@@ -298,7 +313,7 @@ static void s_answered(llmq_runner_t *self, llmq_jsonl_item_t *item, char *line,
     line is not sent). */
 static int s_send(llmq_runner_t *self, size_t index)
 {
-    llmq_jsonl_item_t *item = self->todo[index];
+    llmq_jsonl_item_t *item = self->todo[index].item;
     const char *reason = item->error ? item->error : "out of memory";
     cJSON *body = item->error ? NULL : llmq_jsonl_item_body(item);
     if (body) {
@@ -383,9 +398,9 @@ static void s_back_off(llmq_runner_t *self, size_t index)
         self->cwnd = self->cwnd / 2 < 1 ? 1 : self->cwnd / 2;
         self->last_cut = now;
     }
-    int64_t delay = (int64_t)self->backoff_ms << self->tries[index];
+    int64_t delay = (int64_t)self->backoff_ms << self->todo[index].tries;
     s_retry_at(self, index, now + delay / 2 + randof((int)(delay / 2) + 1));
-    self->tries[index]++;
+    self->todo[index].tries++;
     self->stats.retried++;
 }
 
@@ -395,17 +410,17 @@ static void s_on_result(llmq_runner_t *self, llmq_result_t *result)
 {
     if (!result->arg)
         return; //  not one of ours
-    size_t index = (size_t)((llmq_jsonl_item_t **)result->arg - self->todo);
+    size_t index = (size_t)((s_line_t *)result->arg - self->todo);
     if (index >= self->stats.todo)
         return;
     self->in_flight--;
-    llmq_jsonl_item_t *item = self->todo[index];
+    llmq_jsonl_item_t *item = self->todo[index].item;
     if (!result->ok && streq(result->error_code, "timeout") &&
         result->error_message &&
         streq(result->error_message, "broker unreachable"))
         self->stats.unreachable = true;
     else if (!result->ok && streq(result->error_code, "overloaded") &&
-             self->tries[index] < self->retries)
+             self->todo[index].tries < self->retries)
         s_back_off(self, index);
     else {
         s_answered(self, item, llmq_jsonl_result_line(item->custom_id, result),
@@ -468,7 +483,7 @@ int llmq_runner_step(llmq_runner_t *self, int timeout_ms)
         s_on_result(self, result);
         llmq_result_destroy(&result);
     }
-    llmq_jsonl_writer_sync(self->writer, 1000);
+    llmq_jsonl_writer_sync(self->files.writer, 1000);
     if (self->stats.unreachable)
         return -1;
     return self->stats.finished < self->stats.todo ? 1 : 0;
@@ -476,10 +491,11 @@ int llmq_runner_step(llmq_runner_t *self, int timeout_ms)
 
 int llmq_runner_finish(llmq_runner_t *self)
 {
-    llmq_jsonl_writer_destroy(&self->writer);
+    s_files_t *files = &self->files;
+    llmq_jsonl_writer_destroy(&files->writer);
     if (self->stats.complete)
         return 0;
-    return llmq_jsonl_write_ordered(self->output, self->items, self->lines);
+    return llmq_jsonl_write_ordered(files->output, files->items, files->lines);
 }
 
 void llmq_runner_stats(llmq_runner_t *self, llmq_runner_stats_t *stats)
