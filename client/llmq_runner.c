@@ -530,7 +530,25 @@ typedef struct {
     bool regrown;          /* the full window again after a cut */
     int64_t start;         /* zclock_mono() at the start */
     int64_t l2_ms;         /* when line l2 (always overloaded) was done */
+    const char *out;       /* OUT to check at the first line, or NULL */
+    int bad_lines;         /* lines of OUT then that are not JSON */
 } s_test_seen_t;
+
+/*  Lines of path that are not whole JSON objects. */
+static int s_test_bad_lines(const char *path)
+{
+    int bad = 0;
+    FILE *file = fopen(path, "r");
+    char line[4096];
+    while (file && fgets(line, sizeof line, file)) {
+        cJSON *json = cJSON_Parse(line);
+        bad += !cJSON_IsObject(json) || !strchr(line, '\n');
+        cJSON_Delete(json);
+    }
+    if (file)
+        fclose(file);
+    return file ? bad : 1;
+}
 
 static void s_test_on_line(const char *custom_id, const llmq_result_t *result,
                            void *arg)
@@ -545,6 +563,9 @@ static void s_test_on_line(const char *custom_id, const llmq_result_t *result,
         seen->regrown = true;
     if (streq(custom_id, "l2"))
         seen->l2_ms = zclock_mono() - seen->start;
+    //  The first line appended after a resume: OUT is whole lines.
+    if (seen->out && stats.finished == 1)
+        seen->bad_lines = s_test_bad_lines(seen->out);
 }
 
 /*  IN: l2 and l7 always overloaded, l5 unusable, the others echoed. */
@@ -761,7 +782,10 @@ int llmq_runner_test(bool verbose)
     //  Resume after a kill: the partial line goes, the whole lines stay
     //  as they are, only the other lines are sent.
     s_test_cut(out);
+    seen.out = out;
     CHECK(s_test_run(&config, client, &stats, &sent) == 0);
+    CHECK(seen.bad_lines == 0);
+    seen.out = NULL;
     CHECK(stats.resumed == 10 && stats.resumed_failed == 3);
     CHECK(stats.todo == S_TEST_LINES - 10 && sent == S_TEST_LINES - 10);
     failures += s_test_ordered(out, S_TEST_LINES, "\"kept\":1");
