@@ -16,7 +16,7 @@
     progress, an embedded cluster's health) between steps. A step waits on
     the client's socket (llmq_client_fd) or for the next backed-off retry,
     never in a sleep. Users: the `llmq run` command, the batch submit path
-    (its checks of IN and OUT), the HTTP gateway.
+    (its checks of IN and OUT) and, later, the HTTP gateway.
 
     Ownership: the runner belongs to the caller; the client given to
     llmq_runner_start() is borrowed and must outlive the runner's steps.
@@ -91,9 +91,10 @@ llmq_runner_t *llmq_runner_new(const llmq_runner_config_t *config, char *err,
     Idempotent. */
 void llmq_runner_destroy(llmq_runner_t **self_p);
 
-/*  The models the lines left to run name (at most max distinct names,
-    borrowed from the runner): what an embedded cluster must serve.
-    Returns how many were stored in names. */
+/*  The models the lines left to run name (at most max distinct names, in
+    input order, borrowed from the runner): what an embedded cluster must
+    serve. None when config.model is set (every line uses it). Returns how
+    many were stored in names. */
 size_t llmq_runner_models(llmq_runner_t *self, const char **names, size_t max);
 
 /*  Run on client (borrowed; its window is set to the runner's).
