@@ -1620,6 +1620,11 @@ static void s_fake_broker(zsock_t *pipe, void *args)
     zsock_destroy(&router);
 }
 
+void llmq_client_fake_broker(zsock_t *pipe, void *args)
+{
+    s_fake_broker(pipe, args);
+}
+
 static int s_test_callbacks = 0;
 static void s_test_callback(llmq_result_t *result, void *arg)
 {
