@@ -20,6 +20,7 @@
     polls later, looks a failed submit up before resubmitting).
 */
 #include "llmq_batch_api.h"
+#include "llmq_log.h"
 
 #include <cjson/cJSON.h>
 #include <ctype.h>
@@ -169,8 +170,10 @@ static void s_fail(s_task_t **task_p, llmq_err_t err, int status,
     llmq_msg_set_failure(m, err, status, text);
     llmq_msg_clear(m, LLMQ_F_ok); /* set_failure is made for res */
     if (self->verbose)
-        zsys_info("batch api: job %s failed: %s (%s, %d)", t->job, text,
-                  llmq_err_name(err), status);
+        llmq_log(NULL, LLMQ_LOG_INFO, "batch_api_job_failed",
+                 LLMQ_LOG_STR("job", t->job), LLMQ_LOG_STR("error", text),
+                 LLMQ_LOG_STR("code", llmq_err_name(err)),
+                 LLMQ_LOG_INT("status", status), LLMQ_LOG_END);
     s_send(self, m);
     s_task_destroy(task_p);
 }
@@ -357,7 +360,10 @@ static int s_call(self_t *self, s_task_t *task, s_step_t step,
     }
     zlistx_add_end(self->calls, c);
     if (self->verbose)
-        zsys_info("batch api: %s %s%s", method, self->base_url, route);
+        llmq_log(NULL, LLMQ_LOG_INFO, "batch_api_call",
+                 LLMQ_LOG_STR("method", method),
+                 LLMQ_LOG_STR("url", self->base_url),
+                 LLMQ_LOG_STR("route", route), LLMQ_LOG_END);
     return 0;
 }
 
@@ -951,7 +957,8 @@ static void s_delete_file(self_t *self, const char *id)
     snprintf(route, sizeof route, "/files/%s", id);
     /*  Nobody waits for it: a failed delete only leaves a file behind. */
     if (s_call(self, NULL, ST_DELETE, "DELETE", route, NULL, NULL))
-        zsys_warning("batch api: cannot delete file %s", id);
+        llmq_log(NULL, LLMQ_LOG_WARN, "batch_api_delete_failed",
+                 LLMQ_LOG_STR("file", id), LLMQ_LOG_END);
 }
 
 /*  Fetch (OpenAI): download what is left, or answer and clean up. */
@@ -982,7 +989,8 @@ static void s_on_call(s_call_t *c, CURLcode result)
     curl_easy_getinfo(c->easy, CURLINFO_RESPONSE_CODE, &status);
     if (!c->task) {
         if (result != CURLE_OK || status >= 300)
-            zsys_warning("batch api: cleanup call failed (%ld)", status);
+            llmq_log(NULL, LLMQ_LOG_WARN, "batch_api_cleanup_failed",
+                     LLMQ_LOG_INT("status", status), LLMQ_LOG_END);
         return;
     }
     s_task_t *t = c->task;
