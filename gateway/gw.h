@@ -31,6 +31,7 @@
 #define GW_H_INCLUDED
 
 #include "llmq.h"
+#include "llmq_log.h"
 
 #include <czmq.h>
 #include <event2/buffer.h>
@@ -63,6 +64,7 @@ typedef struct {
     int64_t drain_ms;        /* on SIGTERM: await requests this long */
     int64_t idle_timeout_ms; /* idle keep-alive / slow client read */
     bool verbose;            /* log every request */
+    bool json_logs;          /* log lines as JSON objects */
 } gw_cfg_t;
 
 /*  The gateway. */

@@ -440,8 +440,10 @@ static void s_on_request(struct evhttp_request *req, void *arg)
     else if ((c.tenant = s_auth(gw, &c)))
         s_dispatch(&c);
     if (gw->cfg.verbose)
-        zsys_info("%s %s %s", rid, c.method == EVHTTP_REQ_GET ? "GET" : "POST",
-                  c.path);
+        llmq_log(
+            NULL, LLMQ_LOG_INFO, "request", LLMQ_LOG_STR("rid", rid),
+            LLMQ_LOG_STR("method", c.method == EVHTTP_REQ_GET ? "GET" : "POST"),
+            LLMQ_LOG_STR("path", c.path), LLMQ_LOG_END);
     free(path);
 }
 

@@ -52,6 +52,7 @@ static void s_usage(FILE *out)
         "  --idle-timeout-ms D  idle or slow HTTP connection limit (default "
         "10m20s)\n"
         "  -v, --verbose        log every request\n"
+        "  --json-logs          log lines as JSON objects (one per line)\n"
         "  -h, --help           this text\n"
         "  --version            print the version\n");
 }
@@ -101,6 +102,7 @@ static int s_parse(int argc, char **argv, gw_cfg_t *c)
                                    {"drain-ms", 1, 0, 'D'},
                                    {"idle-timeout-ms", 1, 0, 'I'},
                                    {"verbose", 0, 0, 'v'},
+                                   {"json-logs", 0, 0, 'J'},
                                    {"help", 0, 0, 'h'},
                                    {"version", 0, 0, 'V'},
                                    {0, 0, 0, 0}};
@@ -150,6 +152,9 @@ static int s_parse(int argc, char **argv, gw_cfg_t *c)
             break;
         case 'v':
             c->verbose = true;
+            break;
+        case 'J':
+            c->json_logs = true;
             break;
         case 'h':
             s_usage(stdout);
@@ -280,6 +285,7 @@ int main(int argc, char **argv)
     gw.cfg.idle_timeout_ms = 620000;
     if (s_parse(argc, argv, &gw.cfg) != 0)
         return 2;
+    llmq_log_setup(NULL, GW_NAME, gw.cfg.json_logs, LLMQ_LOG_INFO);
     signal(SIGPIPE, SIG_IGN);
     zsys_init();
     zsys_handler_set(NULL); //  our loop handles signals

@@ -3,7 +3,8 @@
     A line is an event name plus typed key/values (string, integer, double,
     boolean), rendered as text or as JSON:
 
-        2026-12-02T07:00:00.123Z info llmq-broker worker_join worker=w1 capacity=8
+        2026-12-02T07:00:00.123Z info llmq-broker worker_join worker=w1
+   capacity=8
         {"ts":"2026-...","level":"info","component":"llmq-broker",
          "event":"worker_join","worker":"w1","capacity":8}
 
@@ -116,8 +117,7 @@ int llmq_log_add_secret(llmq_log_t *self, const char *secret);
 
 /*  Log event at level with the key/values that follow (LLMQ_LOG_STR, ...),
     ended by LLMQ_LOG_END. */
-void llmq_log(llmq_log_t *self, llmq_log_level_t level, const char *event,
-              ...);
+void llmq_log(llmq_log_t *self, llmq_log_level_t level, const char *event, ...);
 
 /*  The same with a va_list (for wrappers with their own signature). */
 void llmq_log_v(llmq_log_t *self, llmq_log_level_t level, const char *event,
@@ -130,8 +130,8 @@ void llmq_log_fields(llmq_log_t *self, llmq_log_level_t level,
 
 /*  A free-text line (printf format) as event with one key, "msg". For
     code that has not been given event names yet. */
-void llmq_log_text(llmq_log_t *self, llmq_log_level_t level,
-                   const char *event, const char *format, ...)
+void llmq_log_text(llmq_log_t *self, llmq_log_level_t level, const char *event,
+                   const char *format, ...)
     __attribute__((format(printf, 4, 5)));
 
 /*  The line llmq_log_fields would print (no newline), fresh: the caller

@@ -311,8 +311,8 @@ static void s_head(llmq_log_t *self, s_buf_t *b, llmq_log_level_t level,
     s_stamp(stamp, sizeof stamp);
     const char *name = llmq_log_level_name(level);
     if (self->json) {
-        const char *keys[] = {"{\"ts\":", ",\"level\":", ",\"component\":",
-                              ",\"event\":"};
+        const char *keys[] = {
+            "{\"ts\":", ",\"level\":", ",\"component\":", ",\"event\":"};
         const char *values[] = {stamp, name, self->component, event};
         for (int k = 0; k < 4; k++) {
             s_puts(b, keys[k]);
@@ -356,8 +356,7 @@ llmq_log_t *llmq_log_new(const char *component)
     if (!self)
         return NULL;
     pthread_mutex_init(&self->lock, NULL);
-    llmq_log_setup(self, component ? component : "llmq", false,
-                   LLMQ_LOG_INFO);
+    llmq_log_setup(self, component ? component : "llmq", false, LLMQ_LOG_INFO);
     return self;
 }
 
@@ -410,8 +409,8 @@ int llmq_log_add_secret(llmq_log_t *self, const char *secret)
     if (!copy)
         return -1;
     pthread_mutex_lock(&self->lock);
-    char **secrets = (char **)realloc(
-        self->secrets, (self->nsecrets + 1) * sizeof *self->secrets);
+    char **secrets = (char **)realloc(self->secrets, (self->nsecrets + 1) *
+                                                         sizeof *self->secrets);
     if (secrets) {
         secrets[self->nsecrets++] = copy;
         self->secrets = secrets;
@@ -470,8 +469,7 @@ void llmq_log_v(llmq_log_t *self, llmq_log_level_t level, const char *event,
     llmq_log_fields(self, level, event, fields, count);
 }
 
-void llmq_log(llmq_log_t *self, llmq_log_level_t level, const char *event,
-              ...)
+void llmq_log(llmq_log_t *self, llmq_log_level_t level, const char *event, ...)
 {
     va_list args;
     va_start(args, event);
@@ -479,8 +477,8 @@ void llmq_log(llmq_log_t *self, llmq_log_level_t level, const char *event,
     va_end(args);
 }
 
-void llmq_log_text(llmq_log_t *self, llmq_log_level_t level,
-                   const char *event, const char *format, ...)
+void llmq_log_text(llmq_log_t *self, llmq_log_level_t level, const char *event,
+                   const char *format, ...)
 {
     if (!llmq_log_enabled(self, level))
         return;
@@ -648,8 +646,7 @@ static void s_test_secrets(bool verbose)
     free(line);
     f.value.s = "sk-test- is 8, sk-test is 7";
     line = s_test_line(log, "e", &f, 1);
-    S_CHECK(strcmp(line, " warn t e m=\"[redacted] is 8, sk-test is 7\"") ==
-            0);
+    S_CHECK(strcmp(line, " warn t e m=\"[redacted] is 8, sk-test is 7\"") == 0);
     free(line);
     //  A long value with the key where the cut falls: no piece survives.
     char *text = (char *)malloc(LLMQ_LOG_VALUE_MAX + 64);
