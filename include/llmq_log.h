@@ -133,6 +133,9 @@ void llmq_log_fields(llmq_log_t *self, llmq_log_level_t level,
 void llmq_log_text(llmq_log_t *self, llmq_log_level_t level, const char *event,
                    const char *format, ...)
     __attribute__((format(printf, 4, 5)));
+void llmq_log_text_v(llmq_log_t *self, llmq_log_level_t level,
+                     const char *event, const char *format, va_list args)
+    __attribute__((format(printf, 4, 0)));
 
 /*  The line llmq_log_fields would print (no newline), fresh: the caller
     frees it. NULL when out of memory. Threshold not applied. */

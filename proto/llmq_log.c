@@ -1,6 +1,7 @@
 /*  llmq_log.c - one log line per event, text or JSON (see llmq_log.h).
 
-    A line is built in memory (s_buf_t), then written with one fwrite, so
+    A line is built in memory (open_memstream), then written with one
+    fwrite, so
     threads never interleave their lines. String values go through three
     steps, in this order: secrets out (s_scrub), then the length cut, then
     escaping for the format (s_text_value / s_json_string); the cut comes
@@ -37,42 +38,6 @@ static llmq_log_t s_process = {.component = "llmq",
 static llmq_log_t *s_self(llmq_log_t *self)
 {
     return self ? self : &s_process;
-}
-
-//  --------------------------------------------------------------------------
-//  A growing line buffer; on allocation failure it stops growing and says so.
-
-typedef struct {
-    char *data;  //  NUL-terminated text
-    size_t len;  //  Bytes used (without the NUL)
-    size_t cap;  //  Bytes allocated
-    bool failed; //  An allocation failed: the text is incomplete
-} s_buf_t;
-
-static void s_put(s_buf_t *b, const char *text, size_t n)
-{
-    if (b->failed)
-        return;
-    if (b->len + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 256;
-        while (b->len + n + 1 > cap)
-            cap *= 2;
-        char *data = (char *)realloc(b->data, cap);
-        if (!data) {
-            b->failed = true;
-            return;
-        }
-        b->data = data;
-        b->cap = cap;
-    }
-    memcpy(b->data + b->len, text, n);
-    b->len += n;
-    b->data[b->len] = 0;
-}
-
-static void s_puts(s_buf_t *b, const char *text)
-{
-    s_put(b, text, strlen(text));
 }
 
 //  Length of the valid UTF-8 sequence at p (1 to 4), or 0 if it is not one
@@ -119,30 +84,40 @@ static size_t s_secret_at(const char *text, size_t len, const char *secret)
     return n >= need ? n : 0;
 }
 
-//  text without secrets, cut to LLMQ_LOG_VALUE_MAX bytes, into out.
-static void s_scrub(llmq_log_t *self, const char *text, s_buf_t *out)
+//  text without secrets, cut to LLMQ_LOG_VALUE_MAX bytes: fresh, with its
+//  length in *len_p; NULL when out of memory.
+static char *s_scrub(llmq_log_t *self, const char *text, size_t *len_p)
 {
-    size_t len = strlen(text);
+    char *clean = NULL;
+    size_t len = strlen(text), size = 0;
+    FILE *out = open_memstream(&clean, &size);
+    if (!out)
+        return NULL;
     pthread_mutex_lock(&self->lock);
-    size_t i = 0;
-    while (i < len) {
+    for (size_t i = 0; i < len;) {
         size_t hit = 0;
         for (size_t k = 0; k < self->nsecrets && !hit; k++)
             hit = s_secret_at(text + i, len - i, self->secrets[k]);
-        if (hit) {
-            s_puts(out, S_REDACTED);
-            i += hit;
-        } else
-            s_put(out, text + i++, 1);
+        if (hit)
+            fputs(S_REDACTED, out);
+        else
+            fputc(text[i], out);
+        i += hit ? hit : 1;
     }
     pthread_mutex_unlock(&self->lock);
-    if (out->len > LLMQ_LOG_VALUE_MAX && !out->failed) {
-        size_t cut = LLMQ_LOG_VALUE_MAX;
-        while (cut > 0 && ((unsigned char)out->data[cut] & 0xC0) == 0x80)
-            cut--; //  not inside a UTF-8 sequence
-        out->len = cut;
-        s_puts(out, "...");
+    if (fclose(out) != 0) {
+        free(clean);
+        return NULL;
     }
+    if (size > LLMQ_LOG_VALUE_MAX) {
+        size = LLMQ_LOG_VALUE_MAX - 3; //  room for "..." in the buffer
+        while (size > 0 && ((unsigned char)clean[size] & 0xC0) == 0x80)
+            size--; //  not inside a UTF-8 sequence
+        strcpy(clean + size, "...");
+        size += 3;
+    }
+    *len_p = size;
+    return clean;
 }
 
 //  True if a text value needs quotes: empty, or any byte that is a space,
@@ -162,16 +137,13 @@ static bool s_text_needs_quotes(const char *text, size_t len)
     return false;
 }
 
-//  A text value: as is, or quoted with \" \\ \n \r \t \xHH \uHHHH escapes.
-static void s_text_value(s_buf_t *b, const char *text, size_t len)
+//  text in quotes with \" \\ \n \r \t escapes; other control characters as
+//  \xHH in text and \u00HH in JSON; bytes that are not UTF-8 as \xHH in
+//  text and U+FFFD in JSON (which must be UTF-8).
+static void s_quoted(FILE *out, const char *text, size_t len, bool json)
 {
-    if (!s_text_needs_quotes(text, len)) {
-        s_put(b, text, len);
-        return;
-    }
     const unsigned char *p = (const unsigned char *)text;
-    char esc[12];
-    s_puts(b, "\"");
+    fputc('"', out);
     for (size_t i = 0; i < len;) {
         size_t n = s_utf8_len(p + i, len - i);
         const char *named = p[i] == '"'    ? "\\\""
@@ -181,62 +153,40 @@ static void s_text_value(s_buf_t *b, const char *text, size_t len)
                             : p[i] == '\t' ? "\\t"
                                            : NULL;
         if (named)
-            s_puts(b, named);
-        else if (n == 0 || p[i] < ' ' || p[i] == 0x7F) {
-            snprintf(esc, sizeof esc, "\\x%02x", p[i]);
-            s_puts(b, esc);
-            n = 1;
-        } else if (s_c1(p + i, n)) {
-            snprintf(esc, sizeof esc, "\\u%04x", p[i + 1]);
-            s_puts(b, esc);
-        } else
-            s_put(b, text + i, n);
+            fputs(named, out);
+        else if (n == 0 && json)
+            fputs("\\ufffd", out);
+        else if (n == 0 || p[i] < ' ' || p[i] == 0x7F)
+            fprintf(out, json ? "\\u%04x" : "\\x%02x", p[i]);
+        else if (s_c1(p + i, n))
+            fprintf(out, "\\u%04x", p[i + 1]);
+        else
+            fwrite(p + i, 1, n, out);
         i += n ? n : 1;
     }
-    s_puts(b, "\"");
+    fputc('"', out);
 }
 
-//  A JSON string: quoted, escaped, invalid UTF-8 as U+FFFD.
-static void s_json_string(s_buf_t *b, const char *text, size_t len)
+//  A string in the logger's format: JSON always quoted, text only when
+//  it must be.
+static void s_string(llmq_log_t *self, FILE *out, const char *text, size_t len)
 {
-    const unsigned char *p = (const unsigned char *)text;
-    char esc[12];
-    s_puts(b, "\"");
-    for (size_t i = 0; i < len;) {
-        size_t n = s_utf8_len(p + i, len - i);
-        const char *named = p[i] == '"'    ? "\\\""
-                            : p[i] == '\\' ? "\\\\"
-                            : p[i] == '\n' ? "\\n"
-                            : p[i] == '\r' ? "\\r"
-                            : p[i] == '\t' ? "\\t"
-                                           : NULL;
-        if (named)
-            s_puts(b, named);
-        else if (n == 0)
-            s_puts(b, "\\ufffd");
-        else if (p[i] < ' ' || p[i] == 0x7F || s_c1(p + i, n)) {
-            snprintf(esc, sizeof esc, "\\u%04x", n == 2 ? p[i + 1] : p[i]);
-            s_puts(b, esc);
-        } else
-            s_put(b, text + i, n);
-        i += n ? n : 1;
-    }
-    s_puts(b, "\"");
-}
-
-//  A string value in the logger's format, secrets out and cut first.
-static void s_string_value(llmq_log_t *self, s_buf_t *b, const char *text)
-{
-    s_buf_t clean = {0};
-    s_scrub(self, text ? text : "", &clean);
-    if (clean.failed)
-        b->failed = true;
-    const char *data = clean.data ? clean.data : "";
-    if (self->json)
-        s_json_string(b, data, clean.len);
+    if (self->json || s_text_needs_quotes(text, len))
+        s_quoted(out, text, len, self->json);
     else
-        s_text_value(b, data, clean.len);
-    free(clean.data);
+        fwrite(text, 1, len, out);
+}
+
+//  A string value: secrets out and cut first.
+static int s_string_value(llmq_log_t *self, FILE *out, const char *text)
+{
+    size_t len = 0;
+    char *clean = s_scrub(self, text ? text : "", &len);
+    if (!clean)
+        return -1;
+    s_string(self, out, clean, len);
+    free(clean);
+    return 0;
 }
 
 //  --------------------------------------------------------------------------
@@ -244,7 +194,7 @@ static void s_string_value(llmq_log_t *self, s_buf_t *b, const char *text)
 
 //  A double as the shortest text that reads back the same; not finite: JSON
 //  null, text nan / inf / -inf.
-static void s_double(llmq_log_t *self, s_buf_t *b, double d)
+static void s_double(llmq_log_t *self, FILE *out, double d)
 {
     char text[40];
     if (!isfinite(d))
@@ -258,38 +208,26 @@ static void s_double(llmq_log_t *self, s_buf_t *b, double d)
         if (strtod(text, NULL) != d)
             snprintf(text, sizeof text, "%.17g", d);
     }
-    s_puts(b, text);
+    fputs(text, out);
 }
 
-static void s_field(llmq_log_t *self, s_buf_t *b, const llmq_log_field_t *f)
+static int s_field(llmq_log_t *self, FILE *out, const llmq_log_field_t *f)
 {
-    char text[32];
-    if (self->json) {
-        s_puts(b, ",");
-        s_json_string(b, f->key, strlen(f->key));
-        s_puts(b, ":");
-    } else {
-        s_puts(b, " ");
-        s_puts(b, f->key);
-        s_puts(b, "=");
-    }
-    switch (f->type) {
-    case LLMQ_LOG_T_STR:
-        s_string_value(self, b, f->value.s);
-        break;
-    case LLMQ_LOG_T_INT:
-        snprintf(text, sizeof text, "%" PRId64, f->value.i);
-        s_puts(b, text);
-        break;
-    case LLMQ_LOG_T_DBL:
-        s_double(self, b, f->value.d);
-        break;
-    case LLMQ_LOG_T_BOOL:
-        s_puts(b, f->value.b ? "true" : "false");
-        break;
-    case LLMQ_LOG_T_END:
-        break;
-    }
+    fputs(self->json ? "," : " ", out);
+    if (self->json)
+        s_quoted(out, f->key, strlen(f->key), true);
+    else
+        fputs(f->key, out);
+    fputs(self->json ? ":" : "=", out);
+    if (f->type == LLMQ_LOG_T_STR)
+        return s_string_value(self, out, f->value.s);
+    if (f->type == LLMQ_LOG_T_INT)
+        fprintf(out, "%" PRId64, f->value.i);
+    else if (f->type == LLMQ_LOG_T_DBL)
+        s_double(self, out, f->value.d);
+    else
+        fputs(f->value.b ? "true" : "false", out);
+    return 0;
 }
 
 //  Now as 2026-12-02T07:00:00.123Z (UTC, milliseconds).
@@ -304,27 +242,18 @@ static void s_stamp(char *stamp, size_t size)
 }
 
 //  The head of a line: time, level, component, event.
-static void s_head(llmq_log_t *self, s_buf_t *b, llmq_log_level_t level,
+static void s_head(llmq_log_t *self, FILE *out, llmq_log_level_t level,
                    const char *event)
 {
     char stamp[40];
     s_stamp(stamp, sizeof stamp);
-    const char *name = llmq_log_level_name(level);
-    if (self->json) {
-        const char *keys[] = {
-            "{\"ts\":", ",\"level\":", ",\"component\":", ",\"event\":"};
-        const char *values[] = {stamp, name, self->component, event};
-        for (int k = 0; k < 4; k++) {
-            s_puts(b, keys[k]);
-            s_json_string(b, values[k], strlen(values[k]));
-        }
-    } else {
-        const char *values[] = {stamp, name, self->component, event};
-        for (int k = 0; k < 4; k++) {
-            if (k)
-                s_puts(b, " ");
-            s_text_value(b, values[k], strlen(values[k]));
-        }
+    const char *keys[] = {
+        "{\"ts\":", ",\"level\":", ",\"component\":", ",\"event\":"};
+    const char *values[] = {stamp, llmq_log_level_name(level), self->component,
+                            event};
+    for (int k = 0; k < 4; k++) {
+        fputs(self->json ? keys[k] : k ? " " : "", out);
+        s_string(self, out, values[k], strlen(values[k]));
     }
 }
 
@@ -333,18 +262,23 @@ char *llmq_log_format(llmq_log_t *self, llmq_log_level_t level,
                       size_t count)
 {
     self = s_self(self);
-    s_buf_t b = {0};
-    s_head(self, &b, level, event ? event : "");
-    for (size_t k = 0; k < count && k < LLMQ_LOG_FIELDS_MAX; k++)
+    char *line = NULL;
+    size_t size = 0;
+    FILE *out = open_memstream(&line, &size);
+    if (!out)
+        return NULL;
+    s_head(self, out, level, event ? event : "");
+    int rc = 0;
+    for (size_t k = 0; k < count && k < LLMQ_LOG_FIELDS_MAX && rc == 0; k++)
         if (fields[k].key && fields[k].type != LLMQ_LOG_T_END)
-            s_field(self, &b, &fields[k]);
+            rc = s_field(self, out, &fields[k]);
     if (self->json)
-        s_puts(&b, "}");
-    if (b.failed) {
-        free(b.data);
+        fputc('}', out);
+    if (fclose(out) != 0 || rc != 0) {
+        free(line);
         return NULL;
     }
-    return b.data;
+    return line;
 }
 
 //  --------------------------------------------------------------------------
@@ -477,19 +411,25 @@ void llmq_log(llmq_log_t *self, llmq_log_level_t level, const char *event, ...)
     va_end(args);
 }
 
-void llmq_log_text(llmq_log_t *self, llmq_log_level_t level, const char *event,
-                   const char *format, ...)
+void llmq_log_text_v(llmq_log_t *self, llmq_log_level_t level,
+                     const char *event, const char *format, va_list args)
 {
     if (!llmq_log_enabled(self, level))
         return;
     char text[LLMQ_LOG_VALUE_MAX + 4];
-    va_list args;
-    va_start(args, format);
     vsnprintf(text, sizeof text, format, args);
-    va_end(args);
     llmq_log_field_t f = {.key = "msg", .type = LLMQ_LOG_T_STR};
     f.value.s = text;
     llmq_log_fields(self, level, event, &f, 1);
+}
+
+void llmq_log_text(llmq_log_t *self, llmq_log_level_t level, const char *event,
+                   const char *format, ...)
+{
+    va_list args;
+    va_start(args, format);
+    llmq_log_text_v(self, level, event, format, args);
+    va_end(args);
 }
 
 static const char *s_levels[] = {"debug", "info", "warn", "error", "off"};
@@ -518,14 +458,15 @@ int llmq_log_level_parse(const char *name, llmq_log_level_t *level_p)
 //  --------------------------------------------------------------------------
 //  Selftest
 
-#define S_CHECK(cond)                                                          \
-    do {                                                                       \
-        if (!(cond)) {                                                         \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__,   \
-                    #cond);                                                    \
-            abort();                                                           \
-        }                                                                      \
-    } while (0)
+//  A failed check aborts with its line (on in release builds too).
+static void s_check(bool ok, const char *what, int line)
+{
+    if (ok)
+        return;
+    fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, line, what);
+    abort();
+}
+#define S_CHECK(cond) s_check((cond), #cond, __LINE__)
 
 //  The line for fields, without its time stamp (which changes).
 static char *s_test_line(llmq_log_t *log, const char *event,

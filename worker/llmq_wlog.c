@@ -18,12 +18,8 @@ bool llmq_wlog_verbose(void)
 
 void llmq_wlog(llmq_log_level_t level, const char *fmt, ...)
 {
-    if (!llmq_log_enabled(NULL, level))
-        return;
-    char msg[LLMQ_LOG_VALUE_MAX + 4];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
+    llmq_log_text_v(NULL, level, "log", fmt, ap);
     va_end(ap);
-    llmq_log(NULL, level, "log", LLMQ_LOG_STR("msg", msg), LLMQ_LOG_END);
 }
