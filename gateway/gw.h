@@ -152,6 +152,14 @@ char *gw_body_text(struct evhttp_request *req, size_t *len_p);
 cJSON *gw_body_json(struct evhttp_request *req, gw_api_t api, const char *rid);
 void gw_new_id(gw_t *gw, const char *prefix, char *out, size_t size);
 int gw_http_status_of(const char *code);
+/*  obj's string member key (borrowed), or dflt. */
+const char *gw_str(const cJSON *obj, const char *key, const char *dflt);
+/*  key: text, or JSON null when text is NULL. */
+void gw_json_add_text(cJSON *obj, const char *key, const char *text);
+/*  The value of key in table (pairs {key, value}, ended by {NULL, NULL}),
+    or dflt when key is NULL or not in it. */
+const char *gw_lookup(const char *const table[][2], const char *key,
+                      const char *dflt);
 
 /*  gw_keys.c */
 gw_keys_t *gw_keys_new(const char *path);
@@ -186,6 +194,17 @@ typedef struct {
 } gw_call_t;
 
 typedef void(gw_route_fn)(gw_call_t *c);
+
+/*  "/PREFIX/ID/TAIL" in c->path: ID (up to 71 bytes) and TAIL (up to 31),
+    each "" when absent. */
+void gw_path_id(const gw_call_t *c, const char *prefix, char id[72],
+                char tail[32]);
+
+/*  What every API's answer handler does first: a stream the client has
+    seen chunks of (or a good one) ends with stream_end; a failure gets the
+    API's error reply. Returns true when res is answered so. */
+bool gw_result_common(gw_req_t *r, llmq_result_t *res,
+                      void (*stream_end)(gw_req_t *r, llmq_result_t *res));
 
 /*  gw_jobs.c: Files and Batches routes in an actor, off the loop */
 int gw_jobs_start(gw_t *gw);

@@ -51,25 +51,19 @@ static cJSON *s_part(const cJSON *block)
     cJSON *part = cJSON_CreateObject();
     if (streq(type->valuestring, "image")) {
         const cJSON *src = cJSON_GetObjectItem(block, "source");
-        const cJSON *mt = cJSON_GetObjectItem(src, "media_type");
-        const cJSON *data = cJSON_GetObjectItem(src, "data");
-        const cJSON *url = cJSON_GetObjectItem(src, "url");
-        char *u = cJSON_IsString(url)
-                      ? strdup(url->valuestring)
-                      : zsys_sprintf(
-                            "data:%s;base64,%s",
-                            cJSON_IsString(mt) ? mt->valuestring : "image/png",
-                            cJSON_IsString(data) ? data->valuestring : "");
+        const char *url = gw_str(src, "url", NULL);
+        char *u = url ? strdup(url)
+                      : zsys_sprintf("data:%s;base64,%s",
+                                     gw_str(src, "media_type", "image/png"),
+                                     gw_str(src, "data", ""));
         cJSON_AddStringToObject(part, "type", "image_url");
         cJSON_AddStringToObject(cJSON_AddObjectToObject(part, "image_url"),
                                 "url", u);
         free(u);
         return part;
     }
-    const cJSON *text = cJSON_GetObjectItem(block, "text");
     cJSON_AddStringToObject(part, "type", "text");
-    cJSON_AddStringToObject(part, "text",
-                            cJSON_IsString(text) ? text->valuestring : "");
+    cJSON_AddStringToObject(part, "text", gw_str(block, "text", ""));
     return part;
 }
 
@@ -86,14 +80,10 @@ static void s_tool_calls(cJSON *msg, const cJSON *content)
         if (!calls)
             calls = cJSON_AddArrayToObject(msg, "tool_calls");
         cJSON *call = cJSON_CreateObject();
-        const cJSON *id = cJSON_GetObjectItem(b, "id");
-        const cJSON *name = cJSON_GetObjectItem(b, "name");
-        cJSON_AddStringToObject(call, "id",
-                                cJSON_IsString(id) ? id->valuestring : "");
+        cJSON_AddStringToObject(call, "id", gw_str(b, "id", ""));
         cJSON_AddStringToObject(call, "type", "function");
         cJSON *fn = cJSON_AddObjectToObject(call, "function");
-        cJSON_AddStringToObject(fn, "name",
-                                cJSON_IsString(name) ? name->valuestring : "");
+        cJSON_AddStringToObject(fn, "name", gw_str(b, "name", ""));
         char *args = cJSON_PrintUnformatted(cJSON_GetObjectItem(b, "input"));
         cJSON_AddStringToObject(fn, "arguments", args ? args : "{}");
         free(args);
@@ -105,9 +95,8 @@ static void s_tool_calls(cJSON *msg, const cJSON *content)
     become `tool` messages). */
 static void s_message(cJSON *out, const cJSON *m)
 {
-    const cJSON *role = cJSON_GetObjectItem(m, "role");
     const cJSON *content = cJSON_GetObjectItem(m, "content");
-    const char *r = cJSON_IsString(role) ? role->valuestring : "user";
+    const char *r = gw_str(m, "role", "user");
     const cJSON *b;
     const cJSON *blocks = cJSON_IsArray(content) ? content : NULL;
     cJSON_ArrayForEach(b, blocks)
@@ -116,10 +105,9 @@ static void s_message(cJSON *out, const cJSON *m)
         if (!cJSON_IsString(type) || !streq(type->valuestring, "tool_result"))
             continue;
         cJSON *tm = cJSON_CreateObject();
-        const cJSON *id = cJSON_GetObjectItem(b, "tool_use_id");
         cJSON_AddStringToObject(tm, "role", "tool");
         cJSON_AddStringToObject(tm, "tool_call_id",
-                                cJSON_IsString(id) ? id->valuestring : "");
+                                gw_str(b, "tool_use_id", ""));
         char *text = s_text_of(cJSON_GetObjectItem(b, "content"));
         cJSON_AddStringToObject(tm, "content", text ? text : "");
         free(text);
@@ -217,15 +205,11 @@ cJSON *gw_anthropic_to_openai(const cJSON *body, char *err, size_t errsz)
 
 static const char *s_stop_reason(const char *finish)
 {
-    if (!finish)
-        return "end_turn";
-    if (streq(finish, "length"))
-        return "max_tokens";
-    if (streq(finish, "tool_calls"))
-        return "tool_use";
-    if (streq(finish, "content_filter"))
-        return "refusal";
-    return "end_turn";
+    static const char *const reasons[][2] = {{"length", "max_tokens"},
+                                             {"tool_calls", "tool_use"},
+                                             {"content_filter", "refusal"},
+                                             {NULL, NULL}};
+    return gw_lookup(reasons, finish, "end_turn");
 }
 
 static void s_tool_use_blocks(cJSON *content, const cJSON *message)
@@ -234,17 +218,12 @@ static void s_tool_use_blocks(cJSON *content, const cJSON *message)
     cJSON_ArrayForEach(call, cJSON_GetObjectItem(message, "tool_calls"))
     {
         const cJSON *fn = cJSON_GetObjectItem(call, "function");
-        const cJSON *id = cJSON_GetObjectItem(call, "id");
-        const cJSON *name = cJSON_GetObjectItem(fn, "name");
-        const cJSON *args = cJSON_GetObjectItem(fn, "arguments");
+        const char *args = gw_str(fn, "arguments", NULL);
         cJSON *b = cJSON_CreateObject();
         cJSON_AddStringToObject(b, "type", "tool_use");
-        cJSON_AddStringToObject(b, "id",
-                                cJSON_IsString(id) ? id->valuestring : "");
-        cJSON_AddStringToObject(b, "name",
-                                cJSON_IsString(name) ? name->valuestring : "");
-        cJSON *input =
-            cJSON_IsString(args) ? cJSON_Parse(args->valuestring) : NULL;
+        cJSON_AddStringToObject(b, "id", gw_str(call, "id", ""));
+        cJSON_AddStringToObject(b, "name", gw_str(fn, "name", ""));
+        cJSON *input = args ? cJSON_Parse(args) : NULL;
         cJSON_AddItemToObject(b, "input", input ? input : cJSON_CreateObject());
         cJSON_AddItemToArray(content, b);
     }
@@ -258,10 +237,8 @@ cJSON *gw_openai_to_anthropic(const cJSON *body, const char *model,
     const cJSON *message = cJSON_GetObjectItem(choice, "message");
     const cJSON *text = cJSON_GetObjectItem(message, "content");
     const cJSON *finish = cJSON_GetObjectItem(choice, "finish_reason");
-    const cJSON *id = cJSON_GetObjectItem(body, "id");
     cJSON *a = cJSON_CreateObject();
-    char *mid =
-        zsys_sprintf("msg_%s", cJSON_IsString(id) ? id->valuestring : "llmq");
+    char *mid = zsys_sprintf("msg_%s", gw_str(body, "id", "llmq"));
     cJSON_AddStringToObject(a, "id", mid);
     free(mid);
     cJSON_AddStringToObject(a, "type", "message");
@@ -420,15 +397,8 @@ static void s_stream_close(gw_req_t *r, llmq_result_t *res)
 
 void gw_anthropic_on_result(gw_req_t *r, llmq_result_t *res)
 {
-    if (r->stream && (res->ok || r->started)) {
-        s_stream_close(r, res);
+    if (gw_result_common(r, res, s_stream_close))
         return;
-    }
-    if (!res->ok) {
-        gw_reply_llmq_error(r->req, r->api, r->rid, res->error_code,
-                            res->error_status, res->error_message);
-        return;
-    }
     cJSON *a = gw_openai_to_anthropic(res->body, r->model, res->prompt_tokens,
                                       res->completion_tokens);
     gw_reply_cjson(r->req, 200, r->rid, a);

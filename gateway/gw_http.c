@@ -102,17 +102,58 @@ void gw_reply_error(struct evhttp_request *req, gw_api_t api, int status,
         cJSON *err = cJSON_AddObjectToObject(root, "error");
         cJSON_AddStringToObject(err, "message", message ? message : "");
         cJSON_AddStringToObject(err, "type", type ? type : "server_error");
-        if (param)
-            cJSON_AddStringToObject(err, "param", param);
-        else
-            cJSON_AddNullToObject(err, "param");
-        if (code)
-            cJSON_AddStringToObject(err, "code", code);
-        else
-            cJSON_AddNullToObject(err, "code");
+        gw_json_add_text(err, "param", param);
+        gw_json_add_text(err, "code", code);
     }
     gw_reply_cjson(req, status, rid, root);
     cJSON_Delete(root);
+}
+
+const char *gw_str(const cJSON *obj, const char *key, const char *dflt)
+{
+    const cJSON *v = cJSON_GetObjectItem(obj, key);
+    return cJSON_IsString(v) ? v->valuestring : dflt;
+}
+
+void gw_json_add_text(cJSON *obj, const char *key, const char *text)
+{
+    if (text)
+        cJSON_AddStringToObject(obj, key, text);
+    else
+        cJSON_AddNullToObject(obj, key);
+}
+
+const char *gw_lookup(const char *const table[][2], const char *key,
+                      const char *dflt)
+{
+    for (size_t k = 0; key && table[k][0]; k++)
+        if (streq(table[k][0], key))
+            return table[k][1];
+    return dflt;
+}
+
+void gw_path_id(const gw_call_t *c, const char *prefix, char id[72],
+                char tail[32])
+{
+    const char *rest = c->path + strlen(prefix);
+    *id = *tail = 0;
+    if (*rest == '/')
+        sscanf(rest + 1, "%71[^/]/%31s", id, tail);
+}
+
+bool gw_result_common(gw_req_t *r, llmq_result_t *res,
+                      void (*stream_end)(gw_req_t *r, llmq_result_t *res))
+{
+    if (r->stream && (res->ok || r->started)) {
+        stream_end(r, res);
+        return true;
+    }
+    if (!res->ok) {
+        gw_reply_llmq_error(r->req, r->api, r->rid, res->error_code,
+                            res->error_status, res->error_message);
+        return true;
+    }
+    return false;
 }
 
 int gw_http_status_of(const char *code)

@@ -13,12 +13,6 @@
 
 #include <time.h>
 
-static const char *s_str(const cJSON *obj, const char *key)
-{
-    const cJSON *v = cJSON_GetObjectItem(obj, key);
-    return cJSON_IsString(v) ? v->valuestring : NULL;
-}
-
 static void s_rfc3339(cJSON *obj, const char *key, const cJSON *secs)
 {
     if (!cJSON_IsNumber(secs)) {
@@ -56,7 +50,8 @@ static void s_final_counts(gw_t *gw, cJSON *rec)
     if (cJSON_GetObjectItem(rec, "final_counts"))
         return;
     size_t n = 0;
-    llmq_result_t **results = llmq_batch_results(gw->ctl, s_str(rec, "id"), &n);
+    llmq_result_t **results =
+        llmq_batch_results(gw->ctl, gw_str(rec, "id", NULL), &n);
     if (!results)
         return;
     cJSON *counts = cJSON_AddObjectToObject(rec, "final_counts");
@@ -71,7 +66,7 @@ static void s_final_counts(gw_t *gw, cJSON *rec)
     }
     free(results);
     cJSON_AddNumberToObject(rec, "ended_at", (double)(zclock_time() / 1000));
-    gw_store_write(gw, "batches", s_str(rec, "id"), rec);
+    gw_store_write(gw, "batches", gw_str(rec, "id", NULL), rec);
 }
 
 static cJSON *s_object(gw_call_t *c, cJSON *rec, const char *state,
@@ -81,7 +76,7 @@ static cJSON *s_object(gw_call_t *c, cJSON *rec, const char *state,
     if (ended)
         s_final_counts(c->gw, rec);
     cJSON *b = cJSON_CreateObject();
-    cJSON_AddStringToObject(b, "id", s_str(rec, "id"));
+    cJSON_AddStringToObject(b, "id", gw_str(rec, "id", NULL));
     cJSON_AddStringToObject(b, "type", "message_batch");
     cJSON_AddStringToObject(b, "processing_status",
                             ended                        ? "ended"
@@ -108,7 +103,7 @@ static cJSON *s_object(gw_call_t *c, cJSON *rec, const char *state,
     const char *host = gw_header(c->req, "Host");
     if (ended && host) {
         char *url = zsys_sprintf("http://%s/v1/messages/batches/%s/results",
-                                 host, s_str(rec, "id"));
+                                 host, gw_str(rec, "id", NULL));
         cJSON_AddStringToObject(b, "results_url", url);
         free(url);
     } else
@@ -125,9 +120,9 @@ static cJSON *s_items(const cJSON *requests, char *model, size_t msize,
     const cJSON *r;
     cJSON_ArrayForEach(r, requests)
     {
-        const char *cid = s_str(r, "custom_id");
+        const char *cid = gw_str(r, "custom_id", NULL);
         const cJSON *params = cJSON_GetObjectItem(r, "params");
-        const char *m = s_str(params, "model");
+        const char *m = gw_str(params, "model", NULL);
         cJSON *oa =
             cid && m ? gw_anthropic_to_openai(params, err, errsz) : NULL;
         if (!oa || (*model && !streq(model, m))) {
@@ -262,7 +257,7 @@ static void s_results(gw_call_t *c, const char *id)
     }
     struct evbuffer *buf = evbuffer_new();
     for (size_t i = 0; i < n; i++) {
-        cJSON *line = s_result_line(results[i], s_str(rec, "model"));
+        cJSON *line = s_result_line(results[i], gw_str(rec, "model", NULL));
         char *text = cJSON_PrintUnformatted(line);
         evbuffer_add_printf(buf, "%s\n", text ? text : "{}");
         free(text);
@@ -286,7 +281,7 @@ static void s_list(gw_call_t *c)
     size_t n = 0, i = 0;
     cJSON **recs = gw_batch_records(c->gw, "anthropic", &n);
     if (*after) {
-        while (i < n && !streq(s_str(recs[i], "id"), after))
+        while (i < n && !streq(gw_str(recs[i], "id", NULL), after))
             i++;
         i = i < n ? i + 1 : n;
     }
@@ -300,8 +295,8 @@ static void s_list(gw_call_t *c)
             more = true;
             break;
         }
-        if (gw_batch_status(c->gw, s_str(recs[i], "id"), state, sizeof state,
-                            counts, err, sizeof err) == 0)
+        if (gw_batch_status(c->gw, gw_str(recs[i], "id", NULL), state,
+                            sizeof state, counts, err, sizeof err) == 0)
             cJSON_AddItemToArray(data, s_object(c, recs[i], state, counts));
     }
     int k = cJSON_GetArraySize(data);
@@ -325,10 +320,8 @@ static void s_list(gw_call_t *c)
 void gw_msg_batches_route(gw_call_t *c)
 {
     enum evhttp_cmd_type m = c->method;
-    const char *rest = c->path + strlen("/v1/messages/batches");
-    char id[72] = "", tail[32] = "";
-    if (*rest == '/')
-        sscanf(rest + 1, "%71[^/]/%31s", id, tail);
+    char id[72], tail[32];
+    gw_path_id(c, "/v1/messages/batches", id, tail);
     if (!*id && m == EVHTTP_REQ_POST)
         s_create(c);
     else if (!*id && m == EVHTTP_REQ_GET)
