@@ -200,6 +200,20 @@ typedef void(gw_route_fn)(gw_call_t *c);
 void gw_path_id(const gw_call_t *c, const char *prefix, char id[72],
                 char tail[32]);
 
+/*  One route under a prefix: the method, whether an id follows the prefix,
+    the part after the id ("" for none), the handler (id "" without one). */
+typedef struct {
+    enum evhttp_cmd_type method;
+    bool has_id;
+    const char *tail;
+    void (*fn)(gw_call_t *c, const char *id);
+} gw_route_t;
+
+/*  Run the first of routes (ended by a NULL fn) that matches c, or answer
+    404 "unknown route" in api's error shape. */
+void gw_route(gw_call_t *c, const char *prefix, const gw_route_t *routes,
+              gw_api_t api);
+
 /*  What every API's answer handler does first: a stream the client has
     seen chunks of (or a good one) ends with stream_end; a failure gets the
     API's error reply. Returns true when res is answered so. */

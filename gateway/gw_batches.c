@@ -322,8 +322,9 @@ static cJSON *s_new_record(const char *id, const char *api, const char *model)
     return rec;
 }
 
-static void s_openai_create(gw_call_t *c)
+static void s_openai_create(gw_call_t *c, const char *unused)
 {
+    (void)unused;
     cJSON *body = gw_body_json(c->req, GW_API_OPENAI, c->rid);
     if (!body)
         return;
@@ -503,8 +504,9 @@ static cJSON *s_page(gw_call_t *c, const char *api, s_object_fn *object,
     return data;
 }
 
-static void s_openai_list(gw_call_t *c)
+static void s_openai_list(gw_call_t *c, const char *id)
 {
+    (void)id;
     bool more = false;
     cJSON *data = s_page(c, "openai", s_openai_object, &more);
     cJSON *root = cJSON_CreateObject();
@@ -522,22 +524,25 @@ static void s_openai_list(gw_call_t *c)
     cJSON_Delete(root);
 }
 
+static void s_openai_show(gw_call_t *c, const char *id)
+{
+    s_openai_get(c, id, false);
+}
+
+static void s_openai_cancel(gw_call_t *c, const char *id)
+{
+    s_openai_get(c, id, true);
+}
+
 void gw_batches_route(gw_call_t *c)
 {
-    enum evhttp_cmd_type m = c->method;
-    char id[72], tail[32];
-    gw_path_id(c, "/v1/batches", id, tail);
-    if (!*id && m == EVHTTP_REQ_POST)
-        s_openai_create(c);
-    else if (!*id && m == EVHTTP_REQ_GET)
-        s_openai_list(c);
-    else if (*id && !*tail && m == EVHTTP_REQ_GET)
-        s_openai_get(c, id, false);
-    else if (*id && streq(tail, "cancel") && m == EVHTTP_REQ_POST)
-        s_openai_get(c, id, true);
-    else
-        gw_reply_error(c->req, GW_API_OPENAI, 404, c->rid,
-                       "invalid_request_error", NULL, NULL, "unknown route");
+    static const gw_route_t routes[] = {
+        {EVHTTP_REQ_POST, false, "", s_openai_create},
+        {EVHTTP_REQ_GET, false, "", s_openai_list},
+        {EVHTTP_REQ_GET, true, "", s_openai_show},
+        {EVHTTP_REQ_POST, true, "cancel", s_openai_cancel},
+        {EVHTTP_REQ_GET, false, NULL, NULL}};
+    gw_route(c, "/v1/batches", routes, GW_API_OPENAI);
 }
 
 //  --------------------------------------------------------------------------

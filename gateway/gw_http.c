@@ -141,6 +141,21 @@ void gw_path_id(const gw_call_t *c, const char *prefix, char id[72],
         sscanf(rest + 1, "%71[^/]/%31s", id, tail);
 }
 
+void gw_route(gw_call_t *c, const char *prefix, const gw_route_t *routes,
+              gw_api_t api)
+{
+    char id[72], tail[32];
+    gw_path_id(c, prefix, id, tail);
+    for (const gw_route_t *r = routes; r->fn; r++)
+        if (r->method == c->method && r->has_id == (*id != 0) &&
+            streq(r->tail, tail)) {
+            r->fn(c, id);
+            return;
+        }
+    gw_reply_error(c->req, api, 404, c->rid, "invalid_request_error", NULL,
+                   NULL, "unknown route");
+}
+
 bool gw_result_common(gw_req_t *r, llmq_result_t *res,
                       void (*stream_end)(gw_req_t *r, llmq_result_t *res))
 {
@@ -481,10 +496,12 @@ static void s_on_request(struct evhttp_request *req, void *arg)
     else if ((c.tenant = s_auth(gw, &c)))
         s_dispatch(&c);
     if (gw->cfg.verbose)
-        llmq_log(
-            NULL, LLMQ_LOG_INFO, "request", LLMQ_LOG_STR("rid", rid),
-            LLMQ_LOG_STR("method", c.method == EVHTTP_REQ_GET ? "GET" : "POST"),
-            LLMQ_LOG_STR("path", c.path), LLMQ_LOG_END);
+        llmq_log(NULL, LLMQ_LOG_INFO, "request", LLMQ_LOG_STR("rid", rid),
+                 LLMQ_LOG_STR("method", c.method == EVHTTP_REQ_GET ? "GET"
+                                        : c.method == EVHTTP_REQ_DELETE
+                                            ? "DELETE"
+                                            : "POST"),
+                 LLMQ_LOG_STR("path", c.path), LLMQ_LOG_END);
     free(path);
 }
 

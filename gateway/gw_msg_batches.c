@@ -150,8 +150,9 @@ static cJSON *s_items(const cJSON *requests, char *model, size_t msize,
     return items;
 }
 
-static void s_create(gw_call_t *c)
+static void s_create(gw_call_t *c, const char *unused)
 {
+    (void)unused;
     cJSON *body = gw_body_json(c->req, GW_API_ANTHROPIC, c->rid);
     if (!body)
         return;
@@ -273,8 +274,9 @@ static void s_results(gw_call_t *c, const char *id)
     cJSON_Delete(rec);
 }
 
-static void s_list(gw_call_t *c)
+static void s_list(gw_call_t *c, const char *id)
 {
+    (void)id;
     char after[80];
     int limit;
     gw_batch_paging(c, after, sizeof after, &limit);
@@ -317,22 +319,24 @@ static void s_list(gw_call_t *c)
     cJSON_Delete(root);
 }
 
+static void s_show(gw_call_t *c, const char *id)
+{
+    s_get(c, id, false);
+}
+
+static void s_cancel(gw_call_t *c, const char *id)
+{
+    s_get(c, id, true);
+}
+
 void gw_msg_batches_route(gw_call_t *c)
 {
-    enum evhttp_cmd_type m = c->method;
-    char id[72], tail[32];
-    gw_path_id(c, "/v1/messages/batches", id, tail);
-    if (!*id && m == EVHTTP_REQ_POST)
-        s_create(c);
-    else if (!*id && m == EVHTTP_REQ_GET)
-        s_list(c);
-    else if (*id && !*tail && m == EVHTTP_REQ_GET)
-        s_get(c, id, false);
-    else if (*id && streq(tail, "results") && m == EVHTTP_REQ_GET)
-        s_results(c, id);
-    else if (*id && streq(tail, "cancel") && m == EVHTTP_REQ_POST)
-        s_get(c, id, true);
-    else
-        gw_reply_error(c->req, GW_API_ANTHROPIC, 404, c->rid, NULL, NULL, NULL,
-                       "unknown route");
+    static const gw_route_t routes[] = {
+        {EVHTTP_REQ_POST, false, "", s_create},
+        {EVHTTP_REQ_GET, false, "", s_list},
+        {EVHTTP_REQ_GET, true, "", s_show},
+        {EVHTTP_REQ_GET, true, "results", s_results},
+        {EVHTTP_REQ_POST, true, "cancel", s_cancel},
+        {EVHTTP_REQ_GET, false, NULL, NULL}};
+    gw_route(c, "/v1/messages/batches", routes, GW_API_ANTHROPIC);
 }
