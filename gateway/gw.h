@@ -200,19 +200,27 @@ typedef void(gw_route_fn)(gw_call_t *c);
 void gw_path_id(const gw_call_t *c, const char *prefix, char id[72],
                 char tail[32]);
 
-/*  One route under a prefix: the method, whether an id follows the prefix,
-    the part after the id ("" for none), the handler (id "" without one). */
+/*  A route handler: id "" on routes without one; cancel from the route. */
+typedef void(gw_id_fn)(gw_call_t *c, const char *id, bool cancel);
+
+/*  One route: the path prefix, the method, whether an id follows the
+    prefix, the part after the id ("" for none), the handler and what it
+    gets as cancel. */
 typedef struct {
+    const char *prefix;
     enum evhttp_cmd_type method;
     bool has_id;
     const char *tail;
-    void (*fn)(gw_call_t *c, const char *id);
+    gw_id_fn *fn;
+    bool cancel;
 } gw_route_t;
 
 /*  Run the first of routes (ended by a NULL fn) that matches c, or answer
-    404 "unknown route" in api's error shape. */
-void gw_route(gw_call_t *c, const char *prefix, const gw_route_t *routes,
-              gw_api_t api);
+    404 "unknown route" in the error shape of c's API. */
+void gw_route(gw_call_t *c, const gw_route_t *routes);
+
+/*  Anthropic for /v1/messages..., else OpenAI. */
+gw_api_t gw_api_of(const char *path);
 
 /*  What every API's answer handler does first: a stream the client has
     seen chunks of (or a good one) ends with stream_end; a failure gets the
@@ -261,7 +269,7 @@ int gw_store_write(gw_t *gw, const char *kind, const char *id,
 cJSON *gw_store_read(gw_t *gw, const char *kind, const char *id);
 zlist_t *gw_store_list(gw_t *gw, const char *kind);
 
-/*  gw_batches.c */
+/*  gw_batches.c: the routes of both batch APIs */
 void gw_batches_route(gw_call_t *c);
 int gw_batch_create(gw_call_t *c, const char *id, cJSON *rec, cJSON *items,
                     const char *op);
@@ -271,7 +279,8 @@ cJSON *gw_batch_record(gw_call_t *c, gw_api_t api, const char *id);
 cJSON **gw_batch_records(gw_t *gw, const char *api, size_t *n_p);
 void gw_batch_paging(gw_call_t *c, char *after, size_t asize, int *limit);
 
-/*  gw_msg_batches.c */
-void gw_msg_batches_route(gw_call_t *c);
+/*  gw_msg_batches.c: Anthropic Message Batches (routed by gw_batches.c) */
+gw_id_fn gw_msg_batch_create, gw_msg_batch_list, gw_msg_batch_get,
+    gw_msg_batch_results;
 
 #endif

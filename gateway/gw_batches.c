@@ -322,9 +322,10 @@ static cJSON *s_new_record(const char *id, const char *api, const char *model)
     return rec;
 }
 
-static void s_openai_create(gw_call_t *c, const char *unused)
+static void s_openai_create(gw_call_t *c, const char *unused, bool no)
 {
     (void)unused;
+    (void)no;
     cJSON *body = gw_body_json(c->req, GW_API_OPENAI, c->rid);
     if (!body)
         return;
@@ -504,9 +505,10 @@ static cJSON *s_page(gw_call_t *c, const char *api, s_object_fn *object,
     return data;
 }
 
-static void s_openai_list(gw_call_t *c, const char *id)
+static void s_openai_list(gw_call_t *c, const char *id, bool cancel)
 {
     (void)id;
+    (void)cancel;
     bool more = false;
     cJSON *data = s_page(c, "openai", s_openai_object, &more);
     cJSON *root = cJSON_CreateObject();
@@ -524,25 +526,23 @@ static void s_openai_list(gw_call_t *c, const char *id)
     cJSON_Delete(root);
 }
 
-static void s_openai_show(gw_call_t *c, const char *id)
-{
-    s_openai_get(c, id, false);
-}
-
-static void s_openai_cancel(gw_call_t *c, const char *id)
-{
-    s_openai_get(c, id, true);
-}
+#define S_OAI "/v1/batches"
+#define S_MSG "/v1/messages/batches"
 
 void gw_batches_route(gw_call_t *c)
 {
     static const gw_route_t routes[] = {
-        {EVHTTP_REQ_POST, false, "", s_openai_create},
-        {EVHTTP_REQ_GET, false, "", s_openai_list},
-        {EVHTTP_REQ_GET, true, "", s_openai_show},
-        {EVHTTP_REQ_POST, true, "cancel", s_openai_cancel},
-        {EVHTTP_REQ_GET, false, NULL, NULL}};
-    gw_route(c, "/v1/batches", routes, GW_API_OPENAI);
+        {S_OAI, EVHTTP_REQ_POST, false, "", s_openai_create, false},
+        {S_OAI, EVHTTP_REQ_GET, false, "", s_openai_list, false},
+        {S_OAI, EVHTTP_REQ_GET, true, "", s_openai_get, false},
+        {S_OAI, EVHTTP_REQ_POST, true, "cancel", s_openai_get, true},
+        {S_MSG, EVHTTP_REQ_POST, false, "", gw_msg_batch_create, false},
+        {S_MSG, EVHTTP_REQ_GET, false, "", gw_msg_batch_list, false},
+        {S_MSG, EVHTTP_REQ_GET, true, "", gw_msg_batch_get, false},
+        {S_MSG, EVHTTP_REQ_GET, true, "results", gw_msg_batch_results, false},
+        {S_MSG, EVHTTP_REQ_POST, true, "cancel", gw_msg_batch_get, true},
+        {NULL, EVHTTP_REQ_GET, false, NULL, NULL, false}};
+    gw_route(c, routes);
 }
 
 //  --------------------------------------------------------------------------

@@ -141,19 +141,23 @@ void gw_path_id(const gw_call_t *c, const char *prefix, char id[72],
         sscanf(rest + 1, "%71[^/]/%31s", id, tail);
 }
 
-void gw_route(gw_call_t *c, const char *prefix, const gw_route_t *routes,
-              gw_api_t api)
+void gw_route(gw_call_t *c, const gw_route_t *routes)
 {
     char id[72], tail[32];
-    gw_path_id(c, prefix, id, tail);
-    for (const gw_route_t *r = routes; r->fn; r++)
+    for (const gw_route_t *r = routes; r->fn; r++) {
+        size_t n = strlen(r->prefix);
+        if (strncmp(c->path, r->prefix, n) != 0 ||
+            (c->path[n] && c->path[n] != '/'))
+            continue;
+        gw_path_id(c, r->prefix, id, tail);
         if (r->method == c->method && r->has_id == (*id != 0) &&
             streq(r->tail, tail)) {
-            r->fn(c, id);
+            r->fn(c, id, r->cancel);
             return;
         }
-    gw_reply_error(c->req, api, 404, c->rid, "invalid_request_error", NULL,
-                   NULL, "unknown route");
+    }
+    gw_reply_error(c->req, gw_api_of(c->path), 404, c->rid,
+                   "invalid_request_error", NULL, NULL, "unknown route");
 }
 
 bool gw_result_common(gw_req_t *r, llmq_result_t *res,
@@ -405,7 +409,7 @@ static const char *s_api_key(struct evhttp_request *req)
     return gw_header(req, "x-api-key");
 }
 
-static gw_api_t s_api_of(const char *path)
+gw_api_t gw_api_of(const char *path)
 {
     return strncmp(path, "/v1/messages", 12) == 0 ? GW_API_ANTHROPIC
                                                   : GW_API_OPENAI;
@@ -415,7 +419,7 @@ static bool s_method(gw_call_t *c, enum evhttp_cmd_type want)
 {
     if (c->method == want)
         return true;
-    gw_reply_error(c->req, s_api_of(c->path), 405, c->rid,
+    gw_reply_error(c->req, gw_api_of(c->path), 405, c->rid,
                    "invalid_request_error", "method_not_allowed", NULL,
                    "method not allowed on this route");
     return false;
@@ -440,13 +444,13 @@ static void s_dispatch(gw_call_t *c)
         if (s_method(c, EVHTTP_REQ_POST))
             gw_anthropic_messages(c);
     } else if (strncmp(p, "/v1/messages/batches", 20) == 0)
-        gw_jobs_submit(c, gw_msg_batches_route);
+        gw_jobs_submit(c, gw_batches_route);
     else if (streq(p, "/v1/files") || strncmp(p, "/v1/files/", 10) == 0)
         gw_jobs_submit(c, gw_files_route);
     else if (streq(p, "/v1/batches") || strncmp(p, "/v1/batches/", 12) == 0)
         gw_jobs_submit(c, gw_batches_route);
     else
-        gw_reply_error(c->req, s_api_of(p), 404, c->rid,
+        gw_reply_error(c->req, gw_api_of(p), 404, c->rid,
                        "invalid_request_error", "unknown_url", NULL,
                        "unknown route");
 }
@@ -459,7 +463,7 @@ static const char *s_auth(gw_t *gw, gw_call_t *c)
         return "default";
     const char *tenant = key ? gw_keys_tenant(gw->keys, key) : NULL;
     if (!tenant)
-        gw_reply_error(c->req, s_api_of(c->path), 401, c->rid,
+        gw_reply_error(c->req, gw_api_of(c->path), 401, c->rid,
                        "invalid_request_error", "invalid_api_key", NULL,
                        key ? "Incorrect API key provided"
                            : "Missing API key (Authorization: Bearer KEY)");
@@ -488,7 +492,7 @@ static void s_on_request(struct evhttp_request *req, void *arg)
     if (over) {
         evhttp_add_header(evhttp_request_get_output_headers(req), "Connection",
                           "close");
-        gw_reply_error(req, s_api_of(c.path), 503, rid, "server_error",
+        gw_reply_error(req, gw_api_of(c.path), 503, rid, "server_error",
                        "too_many_connections", NULL,
                        "too many open connections to this gateway");
     } else if (streq(c.path, "/health") || streq(c.path, "/healthz"))

@@ -150,9 +150,10 @@ static cJSON *s_items(const cJSON *requests, char *model, size_t msize,
     return items;
 }
 
-static void s_create(gw_call_t *c, const char *unused)
+void gw_msg_batch_create(gw_call_t *c, const char *unused, bool no)
 {
     (void)unused;
+    (void)no;
     cJSON *body = gw_body_json(c->req, GW_API_ANTHROPIC, c->rid);
     if (!body)
         return;
@@ -183,7 +184,7 @@ static void s_create(gw_call_t *c, const char *unused)
     cJSON_Delete(rec);
 }
 
-static void s_get(gw_call_t *c, const char *id, bool cancel)
+void gw_msg_batch_get(gw_call_t *c, const char *id, bool cancel)
 {
     cJSON *rec = gw_batch_record(c, GW_API_ANTHROPIC, id);
     if (!rec)
@@ -243,8 +244,9 @@ static cJSON *s_result_line(const llmq_result_t *r, const char *model)
     return line;
 }
 
-static void s_results(gw_call_t *c, const char *id)
+void gw_msg_batch_results(gw_call_t *c, const char *id, bool no)
 {
+    (void)no;
     cJSON *rec = gw_batch_record(c, GW_API_ANTHROPIC, id);
     if (!rec)
         return;
@@ -274,9 +276,10 @@ static void s_results(gw_call_t *c, const char *id)
     cJSON_Delete(rec);
 }
 
-static void s_list(gw_call_t *c, const char *id)
+void gw_msg_batch_list(gw_call_t *c, const char *id, bool cancel)
 {
     (void)id;
+    (void)cancel;
     char after[80];
     int limit;
     gw_batch_paging(c, after, sizeof after, &limit);
@@ -303,40 +306,15 @@ static void s_list(gw_call_t *c, const char *id)
     }
     int k = cJSON_GetArraySize(data);
     cJSON_AddBoolToObject(root, "has_more", more);
-    cJSON *first =
-        k ? cJSON_GetObjectItem(cJSON_GetArrayItem(data, 0), "id") : NULL;
-    cJSON *last =
-        k ? cJSON_GetObjectItem(cJSON_GetArrayItem(data, k - 1), "id") : NULL;
-    cJSON_AddItemToObject(root, "first_id",
-                          first ? cJSON_Duplicate(first, 0)
-                                : cJSON_CreateNull());
-    cJSON_AddItemToObject(root, "last_id",
-                          last ? cJSON_Duplicate(last, 0) : cJSON_CreateNull());
+    gw_json_add_text(root, "first_id",
+                     k ? gw_str(cJSON_GetArrayItem(data, 0), "id", NULL)
+                       : NULL);
+    gw_json_add_text(root, "last_id",
+                     k ? gw_str(cJSON_GetArrayItem(data, k - 1), "id", NULL)
+                       : NULL);
     for (i = 0; i < n; i++)
         cJSON_Delete(recs[i]);
     free(recs);
     gw_reply_cjson(c->req, 200, c->rid, root);
     cJSON_Delete(root);
-}
-
-static void s_show(gw_call_t *c, const char *id)
-{
-    s_get(c, id, false);
-}
-
-static void s_cancel(gw_call_t *c, const char *id)
-{
-    s_get(c, id, true);
-}
-
-void gw_msg_batches_route(gw_call_t *c)
-{
-    static const gw_route_t routes[] = {
-        {EVHTTP_REQ_POST, false, "", s_create},
-        {EVHTTP_REQ_GET, false, "", s_list},
-        {EVHTTP_REQ_GET, true, "", s_show},
-        {EVHTTP_REQ_GET, true, "results", s_results},
-        {EVHTTP_REQ_POST, true, "cancel", s_cancel},
-        {EVHTTP_REQ_GET, false, NULL, NULL}};
-    gw_route(c, "/v1/messages/batches", routes, GW_API_ANTHROPIC);
 }
