@@ -277,6 +277,8 @@ int gw_batch_status(gw_t *gw, const char *id, char *state, size_t ssize,
                     int64_t counts[3], char *err, size_t errsz);
 cJSON *gw_batch_record(gw_call_t *c, gw_api_t api, const char *id);
 cJSON **gw_batch_records(gw_t *gw, const char *api, size_t *n_p);
+/*  {"custom_id": custom_id, "body": body} at the end of items; takes body. */
+void gw_batch_add_item(cJSON *items, const char *custom_id, cJSON *body);
 void gw_batch_paging(gw_call_t *c, char *after, size_t asize, int *limit);
 
 /*  gw_msg_batches.c: Anthropic Message Batches (routed by gw_batches.c) */

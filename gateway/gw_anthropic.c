@@ -42,28 +42,35 @@ static char *s_text_of(const cJSON *content)
     return out;
 }
 
+/*  {"type": "text", "text": text}: a text block (Anthropic) or content part
+    (OpenAI), which have the same shape. */
+static cJSON *s_text_block(const char *text)
+{
+    cJSON *b = cJSON_CreateObject();
+    cJSON_AddStringToObject(b, "type", "text");
+    cJSON_AddStringToObject(b, "text", text);
+    return b;
+}
+
 /*  One content block as an OpenAI content part (text or image). */
 static cJSON *s_part(const cJSON *block)
 {
     const cJSON *type = cJSON_GetObjectItem(block, "type");
     if (!cJSON_IsString(type))
         return NULL;
+    if (!streq(type->valuestring, "image"))
+        return s_text_block(gw_str(block, "text", ""));
+    const cJSON *src = cJSON_GetObjectItem(block, "source");
+    const char *url = gw_str(src, "url", NULL);
+    char *u = url ? strdup(url)
+                  : zsys_sprintf("data:%s;base64,%s",
+                                 gw_str(src, "media_type", "image/png"),
+                                 gw_str(src, "data", ""));
     cJSON *part = cJSON_CreateObject();
-    if (streq(type->valuestring, "image")) {
-        const cJSON *src = cJSON_GetObjectItem(block, "source");
-        const char *url = gw_str(src, "url", NULL);
-        char *u = url ? strdup(url)
-                      : zsys_sprintf("data:%s;base64,%s",
-                                     gw_str(src, "media_type", "image/png"),
-                                     gw_str(src, "data", ""));
-        cJSON_AddStringToObject(part, "type", "image_url");
-        cJSON_AddStringToObject(cJSON_AddObjectToObject(part, "image_url"),
-                                "url", u);
-        free(u);
-        return part;
-    }
-    cJSON_AddStringToObject(part, "type", "text");
-    cJSON_AddStringToObject(part, "text", gw_str(block, "text", ""));
+    cJSON_AddStringToObject(part, "type", "image_url");
+    cJSON_AddStringToObject(cJSON_AddObjectToObject(part, "image_url"), "url",
+                            u);
+    free(u);
     return part;
 }
 
@@ -203,13 +210,25 @@ cJSON *gw_anthropic_to_openai(const cJSON *body, char *err, size_t errsz)
 //  --------------------------------------------------------------------------
 //  Answer: OpenAI -> Anthropic
 
-static const char *s_stop_reason(const char *finish)
+//  OpenAI's finish_reason -> Anthropic's stop_reason (else end_turn).
+static const char *const s_stop_reasons[][2] = {{"length", "max_tokens"},
+                                                {"tool_calls", "tool_use"},
+                                                {"content_filter", "refusal"},
+                                                {NULL, NULL}};
+
+/*  The end of an answer: stop_reason (from choice's finish_reason) and
+    stop_sequence in stop, token counts in usage's "usage". */
+static void s_stop_and_usage(cJSON *stop, cJSON *usage, const cJSON *choice,
+                             int64_t in_tokens, int64_t out_tokens)
 {
-    static const char *const reasons[][2] = {{"length", "max_tokens"},
-                                             {"tool_calls", "tool_use"},
-                                             {"content_filter", "refusal"},
-                                             {NULL, NULL}};
-    return gw_lookup(reasons, finish, "end_turn");
+    cJSON_AddStringToObject(stop, "stop_reason",
+                            gw_lookup(s_stop_reasons,
+                                      gw_str(choice, "finish_reason", NULL),
+                                      "end_turn"));
+    cJSON_AddNullToObject(stop, "stop_sequence");
+    cJSON *u = cJSON_AddObjectToObject(usage, "usage");
+    cJSON_AddNumberToObject(u, "input_tokens", (double)in_tokens);
+    cJSON_AddNumberToObject(u, "output_tokens", (double)out_tokens);
 }
 
 static void s_tool_use_blocks(cJSON *content, const cJSON *message)
@@ -236,7 +255,6 @@ cJSON *gw_openai_to_anthropic(const cJSON *body, const char *model,
         cJSON_GetArrayItem(cJSON_GetObjectItem(body, "choices"), 0);
     const cJSON *message = cJSON_GetObjectItem(choice, "message");
     const cJSON *text = cJSON_GetObjectItem(message, "content");
-    const cJSON *finish = cJSON_GetObjectItem(choice, "finish_reason");
     cJSON *a = cJSON_CreateObject();
     char *mid = zsys_sprintf("msg_%s", gw_str(body, "id", "llmq"));
     cJSON_AddStringToObject(a, "id", mid);
@@ -245,20 +263,10 @@ cJSON *gw_openai_to_anthropic(const cJSON *body, const char *model,
     cJSON_AddStringToObject(a, "role", "assistant");
     cJSON_AddStringToObject(a, "model", model);
     cJSON *content = cJSON_AddArrayToObject(a, "content");
-    if (cJSON_IsString(text) && *text->valuestring) {
-        cJSON *b = cJSON_CreateObject();
-        cJSON_AddStringToObject(b, "type", "text");
-        cJSON_AddStringToObject(b, "text", text->valuestring);
-        cJSON_AddItemToArray(content, b);
-    }
+    if (cJSON_IsString(text) && *text->valuestring)
+        cJSON_AddItemToArray(content, s_text_block(text->valuestring));
     s_tool_use_blocks(content, message);
-    cJSON_AddStringToObject(
-        a, "stop_reason",
-        s_stop_reason(cJSON_IsString(finish) ? finish->valuestring : NULL));
-    cJSON_AddNullToObject(a, "stop_sequence");
-    cJSON *u = cJSON_AddObjectToObject(a, "usage");
-    cJSON_AddNumberToObject(u, "input_tokens", (double)in_tokens);
-    cJSON_AddNumberToObject(u, "output_tokens", (double)out_tokens);
+    s_stop_and_usage(a, a, choice, in_tokens, out_tokens);
     return a;
 }
 
@@ -336,9 +344,7 @@ static void s_stream_open(gw_req_t *r, const char *id)
     s_event(r, "message_start", d);
     d = cJSON_CreateObject();
     cJSON_AddNumberToObject(d, "index", 0);
-    cJSON *b = cJSON_AddObjectToObject(d, "content_block");
-    cJSON_AddStringToObject(b, "type", "text");
-    cJSON_AddStringToObject(b, "text", "");
+    cJSON_AddItemToObject(d, "content_block", s_text_block(""));
     s_event(r, "content_block_start", d);
     s_event(r, "ping", cJSON_CreateObject());
 }
@@ -370,17 +376,9 @@ static void s_stream_close(gw_req_t *r, llmq_result_t *res)
     if (res->ok) {
         const cJSON *choice =
             cJSON_GetArrayItem(cJSON_GetObjectItem(res->body, "choices"), 0);
-        const cJSON *finish = cJSON_GetObjectItem(choice, "finish_reason");
         d = cJSON_CreateObject();
-        cJSON *delta = cJSON_AddObjectToObject(d, "delta");
-        cJSON_AddStringToObject(
-            delta, "stop_reason",
-            s_stop_reason(cJSON_IsString(finish) ? finish->valuestring : NULL));
-        cJSON_AddNullToObject(delta, "stop_sequence");
-        cJSON *u = cJSON_AddObjectToObject(d, "usage");
-        cJSON_AddNumberToObject(u, "input_tokens", (double)res->prompt_tokens);
-        cJSON_AddNumberToObject(u, "output_tokens",
-                                (double)res->completion_tokens);
+        s_stop_and_usage(cJSON_AddObjectToObject(d, "delta"), d, choice,
+                         res->prompt_tokens, res->completion_tokens);
         s_event(r, "message_delta", d);
         s_event(r, "message_stop", cJSON_CreateObject());
     } else {

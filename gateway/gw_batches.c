@@ -254,14 +254,11 @@ static cJSON *s_openai_object(gw_t *gw, cJSON *rec, const s_status_t *st)
 //  --------------------------------------------------------------------------
 //  POST /v1/batches
 
-static const char *s_op_of(const char *endpoint)
-{
-    static const char *const ops[][2] = {{"/v1/chat/completions", "chat"},
-                                         {"/v1/completions", "completion"},
-                                         {"/v1/embeddings", "embedding"},
-                                         {NULL, NULL}};
-    return gw_lookup(ops, endpoint, NULL);
-}
+//  The op of each endpoint a batch may name.
+static const char *const s_ops[][2] = {{"/v1/chat/completions", "chat"},
+                                       {"/v1/completions", "completion"},
+                                       {"/v1/embeddings", "embedding"},
+                                       {NULL, NULL}};
 
 /*  The input file's lines as broker items; model set from the bodies.
     NULL with the reason in err. */
@@ -295,11 +292,7 @@ static cJSON *s_input_items(char *data, const char *endpoint, char *model,
             return NULL;
         }
         snprintf(model, msize, "%s", m);
-        cJSON *item = cJSON_CreateObject();
-        cJSON_AddStringToObject(item, "custom_id", cid);
-        cJSON_AddItemToObject(item, "body",
-                              cJSON_DetachItemFromObject(j, "body"));
-        cJSON_AddItemToArray(items, item);
+        gw_batch_add_item(items, cid, cJSON_DetachItemFromObject(j, "body"));
         cJSON_Delete(j);
     }
     if (cJSON_GetArraySize(items) == 0) {
@@ -332,7 +325,7 @@ static void s_openai_create(gw_call_t *c, const char *unused, bool no)
     const char *fid = gw_str(body, "input_file_id", NULL);
     const char *endpoint = gw_str(body, "endpoint", NULL);
     const char *window = gw_str(body, "completion_window", NULL);
-    const char *op = endpoint ? s_op_of(endpoint) : NULL;
+    const char *op = gw_lookup(s_ops, endpoint, NULL);
     char *data = fid ? gw_file_read(c->gw, fid, NULL) : NULL;
     char err[512] = "", model[257] = "", id[72];
     cJSON *items = NULL;
@@ -547,6 +540,14 @@ void gw_batches_route(gw_call_t *c)
 
 //  --------------------------------------------------------------------------
 //  Shared with gw_msg_batches.c (Anthropic Message Batches)
+
+void gw_batch_add_item(cJSON *items, const char *custom_id, cJSON *body)
+{
+    cJSON *item = cJSON_CreateObject();
+    cJSON_AddStringToObject(item, "custom_id", custom_id);
+    cJSON_AddItemToObject(item, "body", body);
+    cJSON_AddItemToArray(items, item);
+}
 
 int gw_batch_create(gw_call_t *c, const char *id, cJSON *rec, cJSON *items,
                     const char *op)

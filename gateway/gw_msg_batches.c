@@ -136,10 +136,7 @@ static cJSON *s_items(const cJSON *requests, char *model, size_t msize,
             return NULL;
         }
         snprintf(model, msize, "%s", m);
-        cJSON *item = cJSON_CreateObject();
-        cJSON_AddStringToObject(item, "custom_id", cid);
-        cJSON_AddItemToObject(item, "body", oa);
-        cJSON_AddItemToArray(items, item);
+        gw_batch_add_item(items, cid, oa);
         i++;
     }
     if (i == 0) {
