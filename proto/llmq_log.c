@@ -1,11 +1,10 @@
 /*  llmq_log.c - one log line per event, text or JSON (see llmq_log.h).
 
     A line is built in memory (open_memstream), then written with one
-    fwrite, so
-    threads never interleave their lines. String values go through three
-    steps, in this order: secrets out (s_scrub), then the length cut, then
-    escaping for the format (s_text_value / s_json_string); the cut comes
-    after the scrub so a cut can never leave half a key in a line.
+    fwrite, so threads never interleave their lines. String values go
+    through three steps, in this order: secrets out and the length cut
+    (s_scrub), then quoting for the format (s_string, s_quoted). The cut
+    comes after the scrub, so a cut can never leave half a key in a line.
 */
 #include "llmq_log.h"
 
