@@ -522,8 +522,9 @@ static int s_listen(const char *host, int port)
     sa.sin_family = AF_INET;
     sa.sin_port = htons((uint16_t)port);
     if (inet_pton(AF_INET, host, &sa.sin_addr) != 1) {
-        fprintf(stderr, GW_NAME ": --host: '%s' is not an IPv4 address\n",
-                host);
+        llmq_log(NULL, LLMQ_LOG_ERROR, "start_failed",
+                 LLMQ_LOG_STR("reason", "--host is not an IPv4 address"),
+                 LLMQ_LOG_STR("host", host), LLMQ_LOG_END);
         return -1;
     }
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -532,8 +533,10 @@ static int s_listen(const char *host, int port)
     int on = 1;
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof(on));
     if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) || listen(fd, 4096)) {
-        fprintf(stderr, GW_NAME ": cannot listen on %s:%d: %s\n", host, port,
-                strerror(errno));
+        llmq_log(NULL, LLMQ_LOG_ERROR, "start_failed",
+                 LLMQ_LOG_STR("reason", "cannot listen"),
+                 LLMQ_LOG_STR("host", host), LLMQ_LOG_INT("port", port),
+                 LLMQ_LOG_STR("error", strerror(errno)), LLMQ_LOG_END);
         close(fd);
         return -1;
     }

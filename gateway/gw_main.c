@@ -226,8 +226,10 @@ static int s_data_dir(const char *dir)
     for (int i = 0; i < 3; i++) {
         snprintf(path, sizeof path, "%s%s", dir, subs[i]);
         if (mkdir(path, 0700) != 0 && errno != EEXIST) {
-            fprintf(stderr, GW_NAME ": --data-dir %s: %s\n", path,
-                    strerror(errno));
+            llmq_log(NULL, LLMQ_LOG_ERROR, "start_failed",
+                     LLMQ_LOG_STR("reason", "--data-dir"),
+                     LLMQ_LOG_STR("path", path),
+                     LLMQ_LOG_STR("error", strerror(errno)), LLMQ_LOG_END);
             return -1;
         }
     }
@@ -247,8 +249,9 @@ static int s_run(gw_t *gw)
 {
     int port = 0;
     if (gw->cfg.keys_path && !(gw->keys = gw_keys_new(gw->cfg.keys_path))) {
-        fprintf(stderr, GW_NAME ": --keys %s: cannot read it\n",
-                gw->cfg.keys_path);
+        llmq_log(NULL, LLMQ_LOG_ERROR, "start_failed",
+                 LLMQ_LOG_STR("reason", "--keys: cannot read it"),
+                 LLMQ_LOG_STR("path", gw->cfg.keys_path), LLMQ_LOG_END);
         return 1;
     }
     if (s_data_dir(gw->cfg.data_dir) != 0)
