@@ -34,6 +34,7 @@
 #include <unistd.h>
 
 #include "llmq_batch_store.h"
+#include "llmq_log.h"
 #include "llmq_value.h"
 
 /*  Job states (broker side, stored in jobs.state). */
@@ -1567,7 +1568,9 @@ static void s_on_job_status(llmq_batch_t *self, s_job_t *j, llmq_msg_t *msg,
         /*  Cleanup answered; a failed delete only leaves a file at the
             provider (logged), it never holds the batch back. */
         if (code)
-            zsys_warning("batch: job %s cleanup failed: %s", j->row.id, code);
+            llmq_log(NULL, LLMQ_LOG_WARN, "batch_job_cleanup_failed",
+                     LLMQ_LOG_STR("job", j->row.id), LLMQ_LOG_STR("code", code),
+                     LLMQ_LOG_END);
         snprintf(j->row.state, sizeof j->row.state, S_JOB_DONE);
         s_job_save(self, j, now_ms);
         llmq_batch_flush(self);
@@ -1672,8 +1675,8 @@ static void s_on_job_results(llmq_batch_t *self, s_job_t *j, llmq_msg_t *msg,
             honoured, the job's items would look unanswered and run (and be
             paid for) again. Drop it; the fetch task times out and runs
             again. */
-        zsys_warning("batch: job %s: unreadable job.results dropped",
-                     j->row.id);
+        llmq_log(NULL, LLMQ_LOG_WARN, "batch_job_results_dropped",
+                 LLMQ_LOG_STR("job", j->row.id), LLMQ_LOG_END);
         cJSON_Delete(arr);
         return;
     }
@@ -2779,7 +2782,8 @@ int llmq_batch_test(bool verbose)
     char cmd[300];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
     if (system(cmd) != 0)
-        zsys_warning("could not remove %s", dir);
+        llmq_log(NULL, LLMQ_LOG_WARN, "test_cleanup_failed",
+                 LLMQ_LOG_STR("dir", dir), LLMQ_LOG_END);
     printf("OK\n");
     return 0;
 }

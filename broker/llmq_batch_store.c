@@ -11,6 +11,7 @@
     store opened on some other SQLite file is refused instead of modified.
 */
 #include "llmq_batch_store.h"
+#include "llmq_log.h"
 
 #include <czmq.h>
 #include <sqlite3.h>
@@ -167,8 +168,9 @@ static int64_t s_key(int64_t bid, int64_t index)
 /*  Log an SQLite failure once, with the statement's purpose. */
 static void s_fail(llmq_batch_store_t *self, const char *what)
 {
-    zsys_error("batch store %s: %s: %s", self->path, what,
-               sqlite3_errmsg(self->db));
+    llmq_log(NULL, LLMQ_LOG_ERROR, "batch_store_error",
+             LLMQ_LOG_STR("path", self->path), LLMQ_LOG_STR("what", what),
+             LLMQ_LOG_STR("error", sqlite3_errmsg(self->db)), LLMQ_LOG_END);
 }
 
 static void s_copy(char *dst, size_t size, const unsigned char *src)
@@ -200,8 +202,11 @@ llmq_batch_store_t *llmq_batch_store_new(const char *path)
         self->path, &self->db,
         SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
     if (rc != SQLITE_OK) {
-        zsys_error("batch store %s: cannot open: %s", self->path,
-                   self->db ? sqlite3_errmsg(self->db) : "out of memory");
+        llmq_log(NULL, LLMQ_LOG_ERROR, "batch_store_error",
+                 LLMQ_LOG_STR("path", self->path), LLMQ_LOG_STR("what", "open"),
+                 LLMQ_LOG_STR("error", self->db ? sqlite3_errmsg(self->db)
+                                                : "out of memory"),
+                 LLMQ_LOG_END);
         goto err;
     }
     /*  A second broker on the same file would corrupt nobody (SQLite
@@ -231,9 +236,10 @@ llmq_batch_store_t *llmq_batch_store_new(const char *path)
     }
     sqlite3_finalize(q);
     if (tables > 0 && (app_id != S_APP_ID || version != S_SCHEMA_VERSION)) {
-        zsys_error("batch store %s: not an llmq batch store (application_id "
-                   "%lld, version %lld)",
-                   self->path, (long long)app_id, (long long)version);
+        llmq_log(NULL, LLMQ_LOG_ERROR, "batch_store_foreign",
+                 LLMQ_LOG_STR("path", self->path),
+                 LLMQ_LOG_INT("application_id", app_id),
+                 LLMQ_LOG_INT("version", version), LLMQ_LOG_END);
         goto err;
     }
 
@@ -246,8 +252,10 @@ llmq_batch_store_t *llmq_batch_store_new(const char *path)
              S_APP_ID, S_SCHEMA_VERSION);
     if (sqlite3_exec(self->db, pragmas, NULL, NULL, &errmsg) != SQLITE_OK ||
         sqlite3_exec(self->db, s_schema, NULL, NULL, &errmsg) != SQLITE_OK) {
-        zsys_error("batch store %s: schema: %s", self->path,
-                   errmsg ? errmsg : "?");
+        llmq_log(NULL, LLMQ_LOG_ERROR, "batch_store_error",
+                 LLMQ_LOG_STR("path", self->path),
+                 LLMQ_LOG_STR("what", "schema"),
+                 LLMQ_LOG_STR("error", errmsg ? errmsg : "?"), LLMQ_LOG_END);
         sqlite3_free(errmsg);
         goto err;
     }
@@ -1108,7 +1116,8 @@ int llmq_batch_store_test(bool verbose)
     char cmd[300];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
     if (system(cmd) != 0)
-        zsys_warning("could not remove %s", dir);
+        llmq_log(NULL, LLMQ_LOG_WARN, "test_cleanup_failed",
+                 LLMQ_LOG_STR("dir", dir), LLMQ_LOG_END);
     printf("OK\n");
     return 0;
 }

@@ -9,6 +9,7 @@
 #include "llmq_batch_module.h"
 #include "llmq.h"
 #include "llmq_duration.h"
+#include "llmq_log.h"
 
 #include <getopt.h>
 #include <signal.h>
@@ -347,6 +348,8 @@ int main(int argc, char *argv[])
     sigaction(SIGINT, &action, NULL);
     signal(SIGPIPE, SIG_IGN);
 
+    //  The library's lines (batch store, codec) in the broker's format too.
+    llmq_log_setup(NULL, "llmq-broker", config.json_logs, LLMQ_LOG_INFO);
     zactor_t *broker = zactor_new(llmq_broker, &config);
     char *frontend = NULL, *backend = NULL, *metrics = NULL;
     if (!broker ||

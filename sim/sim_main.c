@@ -26,6 +26,7 @@
 
 #include "llmq.h" /* LLMQ_VERSION_STRING */
 #include "llmq_duration.h"
+#include "llmq_log.h"
 #include <inttypes.h>
 #include <math.h>
 #include <netdb.h>
@@ -1883,19 +1884,19 @@ int main(int argc, char **argv)
 
     printf("ready llmq-sim url=%s\n", sim->url);
     fflush(stdout);
-    if (!c->quiet)
-        fprintf(stderr,
-                "llmq-sim: listening on %s (latency %" PRId64
-                " ms, jitter %" PRId64 " ms, %g tokens/s, rpm %" PRId64
-                ", tpm %" PRId64 ")\n",
-                sim->url, c->latency_ms, c->jitter_ms, c->tokens_per_sec,
-                c->rpm, c->tpm);
+    llmq_log_setup(NULL, "llmq-sim", false,
+                   c->quiet ? LLMQ_LOG_OFF : LLMQ_LOG_INFO);
+    llmq_log(NULL, LLMQ_LOG_INFO, "listening", LLMQ_LOG_STR("url", sim->url),
+             LLMQ_LOG_INT("latency_ms", c->latency_ms),
+             LLMQ_LOG_INT("jitter_ms", c->jitter_ms),
+             LLMQ_LOG_DBL("tokens_per_s", c->tokens_per_sec),
+             LLMQ_LOG_INT("rpm", c->rpm), LLMQ_LOG_INT("tpm", c->tpm),
+             LLMQ_LOG_END);
 
     event_base_dispatch(sim->base);
 
-    if (!c->quiet)
-        fprintf(stderr, "llmq-sim: stopping (%" PRIu64 " requests served)\n",
-                sim->total);
+    llmq_log(NULL, LLMQ_LOG_INFO, "stopping",
+             LLMQ_LOG_INT("served", sim->total), LLMQ_LOG_END);
     //  Pending replies first (they point at requests), then the server
     //  (which closes connections and frees their requests).
     s_pending_t *p = sim->pending;

@@ -20,6 +20,7 @@ int main(int argc, char **argv)
         return 2;
     }
     llmq_wlog_setup("llmq-worker", cfg->json_logs, cfg->verbose);
+    llmq_log_add_secret(NULL, cfg->api_key); //  never in a log line
     /*  CZMQ would install its own SIGINT/SIGTERM handlers: the worker
         drains on SIGTERM instead. */
     zsys_handler_set(NULL);

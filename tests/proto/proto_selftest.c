@@ -5,6 +5,7 @@
     crash with the failing line on stderr.
 */
 #include "llmq_duration.h"
+#include "llmq_log.h"
 #include "llmq_msg.h"
 #include "llmq_value.h"
 
@@ -20,6 +21,7 @@ static const s_test_t s_tests[] = {
     {"msg", llmq_msg_test},
     {"value", llmq_value_test},
     {"duration", llmq_duration_test},
+    {"log", llmq_log_test},
 };
 
 int main(int argc, char **argv)
