@@ -15,9 +15,10 @@
 
     A request ("job") lives from its `req` until its one `res`: QUEUED
     (waiting for the limiter or the breaker), RUNNING (an HTTP attempt on
-    curl), WAITING (backoff before the next attempt, in a min-heap by due
-    time). The broker's credit counts jobs held, so capacity bounds memory:
-    jobs keep only the built HTTP request and the answer being received.
+    curl), WAITING (backoff before the next attempt, in the retry queue by
+    due time: proto/llmq_queue.h, the heap the broker's queues use too).
+    The broker's credit counts jobs held, so capacity bounds memory: jobs
+    keep only the built HTTP request and the answer being received.
 
     Retries happen here, never in the broker: 408/409/429/5xx, timeouts,
     connection errors and broken JSON, with exponential backoff and full
@@ -49,6 +50,7 @@
 #include "llmq_limiter.h"
 #include "llmq_msg.h"
 #include "llmq_provider.h"
+#include "llmq_queue.h"
 #include "llmq_sse.h"
 #include "llmq_value.h"
 #include "llmq_wlog.h"
@@ -66,7 +68,6 @@
 #define S_HB_LIVENESS 3
 /*  Messages read from the DEALER per loop turn, so curl is served too. */
 #define S_ZMQ_BATCH 4096
-#define S_NO_HEAP ((size_t)-1)
 #define S_METRIC_ITEMS 17 /* metrics listener + scrapers served at once */
 /*  Held results (PROTOCOL.md 3.3): at most this many, this many bytes, and
     for this long after they were sent, whichever ends first. */
@@ -109,38 +110,37 @@ typedef struct {
 } s_shard_t;
 
 typedef struct {
-    s_worker_t *worker;  /* back pointer, for curl callbacks */
-    char *id;            /* broker's request id (key in jobs) */
-    char *rkey;          /* request key (3.3), or NULL */
-    zlistx_t *chunks;    /* chunk messages sent, kept for a resend (rkey) */
-    llmq_op_t op;        /* chat, completion, embedding */
-    char *model;         /* the req's model */
-    bool stream;         /* relay chunks */
-    bool probe;          /* a health probe, not a request */
-    int64_t received_ms; /* when the req arrived */
-    int64_t deadline_at; /* 0 = none */
-    int attempts;        /* HTTP attempts started */
-    int64_t estimate;    /* tokens, for the limiter */
-    s_state_t state;     /* where it is */
-    llmq_http_t http;    /* the request, built once */
-    CURL *easy;          /* while RUNNING */
-    s_shard_t *shard;    /* the multi it runs on, while RUNNING */
-    char *buf;           /* answer body (or error body) */
-    size_t len;          /* its length */
-    size_t cap;          /* its allocation */
-    long status;         /* HTTP status of this attempt */
-    bool deadline_cut;   /* this attempt's timeout is the deadline */
-    llmq_ratelimit_t rl; /* this attempt's rate-limit headers */
-    llmq_perr_t err;     /* last failure */
-    bool stream_failed;  /* stream parse failed (err set) */
-    llmq_sse_t *sse;     /* stream parser, per attempt */
-    llmq_stream_t *st;   /* stream state, per attempt */
-    int64_t seq;         /* next chunk seq */
-    size_t heap_ix;      /* index in the retry heap */
-    int64_t due_ms;      /* WAITING: when to try again */
-    void *queue_handle;  /* QUEUED: handle in the start queue */
-    int64_t queued_ms;   /* QUEUED: since when */
-    bool limiter_waited; /* counted in limiter_waits */
+    s_worker_t *worker;      /* back pointer, for curl callbacks */
+    char *id;                /* broker's request id (key in jobs) */
+    char *rkey;              /* request key (3.3), or NULL */
+    zlistx_t *chunks;        /* chunk messages sent, kept for a resend (rkey) */
+    llmq_op_t op;            /* chat, completion, embedding */
+    char *model;             /* the req's model */
+    bool stream;             /* relay chunks */
+    bool probe;              /* a health probe, not a request */
+    int64_t received_ms;     /* when the req arrived */
+    int64_t deadline_at;     /* 0 = none */
+    int attempts;            /* HTTP attempts started */
+    int64_t estimate;        /* tokens, for the limiter */
+    s_state_t state;         /* where it is */
+    llmq_http_t http;        /* the request, built once */
+    CURL *easy;              /* while RUNNING */
+    s_shard_t *shard;        /* the multi it runs on, while RUNNING */
+    char *buf;               /* answer body (or error body) */
+    size_t len;              /* its length */
+    size_t cap;              /* its allocation */
+    long status;             /* HTTP status of this attempt */
+    bool deadline_cut;       /* this attempt's timeout is the deadline */
+    llmq_ratelimit_t rl;     /* this attempt's rate-limit headers */
+    llmq_perr_t err;         /* last failure */
+    bool stream_failed;      /* stream parse failed (err set) */
+    llmq_sse_t *sse;         /* stream parser, per attempt */
+    llmq_stream_t *st;       /* stream state, per attempt */
+    int64_t seq;             /* next chunk seq */
+    llmq_queue_node_t retry; /* WAITING: in retries, seq = when to retry */
+    void *queue_handle;      /* QUEUED: handle in the start queue */
+    int64_t queued_ms;       /* QUEUED: since when */
+    bool limiter_waited;     /* counted in limiter_waits */
 } s_job_t;
 
 struct _s_worker_t {
@@ -152,19 +152,17 @@ struct _s_worker_t {
     s_shard_t *shards;         /* curl multi handles */
     llmq_batch_api_t *batch;   /* provider Batch API tasks, or NULL */
     size_t nshards;
-    int epfd;             /* every curl socket of every shard */
-    zhashx_t *jobs;       /* id -> s_job_t, every request held */
-    zhashx_t *running;    /* rkey -> s_job_t (borrowed), jobs with a key */
-    zhashx_t *held;       /* rkey -> s_held_t (owns) */
-    zhashx_t *held_ids;   /* broker id -> s_held_t (borrowed) */
-    zlistx_t *held_order; /* s_held_t oldest first (borrowed) */
-    size_t held_bytes;    /* sum of their bytes */
-    const char *poison;   /* LLMQ_TEST_POISON: abort on a body with it */
-    zlistx_t *queue;      /* s_job_t waiting to start, FIFO */
-    s_job_t **heap;       /* WAITING jobs, min-heap by due_ms */
-    size_t heap_len;
-    size_t heap_cap;
-    CURL **pool; /* idle easy handles */
+    int epfd;              /* every curl socket of every shard */
+    zhashx_t *jobs;        /* id -> s_job_t, every request held */
+    zhashx_t *running;     /* rkey -> s_job_t (borrowed), jobs with a key */
+    zhashx_t *held;        /* rkey -> s_held_t (owns) */
+    zhashx_t *held_ids;    /* broker id -> s_held_t (borrowed) */
+    zlistx_t *held_order;  /* s_held_t oldest first (borrowed) */
+    size_t held_bytes;     /* sum of their bytes */
+    const char *poison;    /* LLMQ_TEST_POISON: abort on a body with it */
+    zlistx_t *queue;       /* s_job_t waiting to start, FIFO */
+    llmq_queue_t *retries; /* WAITING jobs, soonest due first */
+    CURL **pool;           /* idle easy handles */
     size_t pool_len;
     size_t pool_cap;
     s_job_t *probe;        /* health probe in flight, or NULL */
@@ -221,72 +219,11 @@ static int64_t s_min_due(int64_t a, int64_t b)
     return a < b ? a : b;
 }
 
-/*  --- retry heap ---------------------------------------------------------- */
-
-static void s_heap_swap(s_worker_t *self, size_t a, size_t b)
+/*  The first job waiting to retry, or NULL. */
+static s_job_t *s_retry_first(s_worker_t *self)
 {
-    s_job_t *t = self->heap[a];
-    self->heap[a] = self->heap[b];
-    self->heap[b] = t;
-    self->heap[a]->heap_ix = a;
-    self->heap[b]->heap_ix = b;
-}
-
-static void s_heap_up(s_worker_t *self, size_t i)
-{
-    while (i > 0) {
-        size_t p = (i - 1) / 2;
-        if (self->heap[p]->due_ms <= self->heap[i]->due_ms)
-            break;
-        s_heap_swap(self, i, p);
-        i = p;
-    }
-}
-
-static void s_heap_down(s_worker_t *self, size_t i)
-{
-    for (;;) {
-        size_t l = 2 * i + 1, r = l + 1, m = i;
-        if (l < self->heap_len && self->heap[l]->due_ms < self->heap[m]->due_ms)
-            m = l;
-        if (r < self->heap_len && self->heap[r]->due_ms < self->heap[m]->due_ms)
-            m = r;
-        if (m == i)
-            break;
-        s_heap_swap(self, i, m);
-        i = m;
-    }
-}
-
-static int s_heap_push(s_worker_t *self, s_job_t *job)
-{
-    if (self->heap_len == self->heap_cap) {
-        size_t cap = self->heap_cap ? self->heap_cap * 2 : 64;
-        s_job_t **nh = realloc(self->heap, cap * sizeof *nh);
-        if (!nh)
-            return -1;
-        self->heap = nh;
-        self->heap_cap = cap;
-    }
-    job->heap_ix = self->heap_len;
-    self->heap[self->heap_len++] = job;
-    s_heap_up(self, job->heap_ix);
-    return 0;
-}
-
-static void s_heap_remove(s_worker_t *self, s_job_t *job)
-{
-    size_t i = job->heap_ix;
-    if (i == S_NO_HEAP || i >= self->heap_len)
-        return;
-    job->heap_ix = S_NO_HEAP;
-    self->heap_len--;
-    if (i == self->heap_len)
-        return;
-    self->heap[i] = self->heap[self->heap_len];
-    self->heap[i]->heap_ix = i;
-    s_heap_down(self, i);
-    s_heap_up(self, i);
+    llmq_queue_node_t *node = llmq_queue_peek(self->retries);
+    return node ? LLMQ_QUEUE_ITEM(node, s_job_t, retry) : NULL;
 }
 
 /*  --- easy handle pool ------------------------------------------------------
@@ -353,7 +290,7 @@ static void s_job_free(s_job_t **job_p)
     *job_p = NULL;
 }
 
-/*  Take a job out of whatever it is waiting in (queue, heap, curl). Does
+/*  Take a job out of whatever it is waiting in (queue, retries, curl). Does
     not free it or remove it from the jobs table. */
 static void s_job_detach(s_worker_t *self, s_job_t *job, bool release_tokens)
 {
@@ -361,7 +298,7 @@ static void s_job_detach(s_worker_t *self, s_job_t *job, bool release_tokens)
         zlistx_delete(self->queue, job->queue_handle);
         job->queue_handle = NULL;
     }
-    s_heap_remove(self, job);
+    llmq_queue_remove(self->retries, &job->retry);
     if (job->easy) {
         curl_multi_remove_handle(job->shard->multi, job->easy);
         job->shard->running--;
@@ -1088,8 +1025,7 @@ static void s_transfer_done(s_worker_t *self, s_job_t *job, CURLcode rc,
               job->err.status, (long long)delay);
     llmq_wmetrics_count(self->metrics, "retries");
     job->state = S_WAITING;
-    job->due_ms = now + delay;
-    if (s_heap_push(self, job) != 0)
+    if (llmq_queue_push(self->retries, &job->retry, 0, now + delay) != 0)
         s_answer(self, job, NULL, NULL);
 }
 
@@ -1121,7 +1057,7 @@ static void s_probe_start(s_worker_t *self)
         return;
     job->worker = self;
     job->probe = true;
-    job->heap_ix = S_NO_HEAP;
+    llmq_queue_node_init(&job->retry);
     job->received_ms = s_now();
     if (llmq_provider_health(self->provider, &job->http) != 0 ||
         s_start_transfer(self, job, s_now()) != 0) {
@@ -1370,7 +1306,7 @@ static void s_on_req(s_worker_t *self, llmq_msg_t *msg)
     job->op = llmq_op_from_name(llmq_msg_op(msg));
     job->stream = llmq_msg_stream(msg);
     job->received_ms = now;
-    job->heap_ix = S_NO_HEAP;
+    llmq_queue_node_init(&job->retry);
     llmq_ratelimit_init(&job->rl);
     if (llmq_msg_deadline_ms(msg) > 0)
         job->deadline_at = now + llmq_msg_deadline_ms(msg);
@@ -1588,9 +1524,9 @@ static void s_abandon_all(s_worker_t *self)
 static void s_timers(s_worker_t *self, int64_t now)
 {
     /*  Retries due: to the front of the start queue. */
-    while (self->heap_len > 0 && self->heap[0]->due_ms <= now) {
-        s_job_t *job = self->heap[0];
-        s_heap_remove(self, job);
+    s_job_t *job;
+    while ((job = s_retry_first(self)) && job->retry.seq <= now) {
+        llmq_queue_remove(self->retries, &job->retry);
         s_enqueue(self, job, true);
     }
     s_held_trim(self, now);
@@ -1629,8 +1565,8 @@ static int64_t s_next_wake(s_worker_t *self, int64_t now)
         if (self->shards[i].due >= 0)
             due = s_min_due(due, self->shards[i].due > now ? self->shards[i].due
                                                            : now);
-    if (self->heap_len)
-        due = s_min_due(due, self->heap[0]->due_ms);
+    if (s_retry_first(self))
+        due = s_min_due(due, s_retry_first(self)->retry.seq);
     if (self->limiter_at && zlistx_size(self->queue))
         due = s_min_due(due, self->limiter_at);
     if (!self->dealer && self->probe_at)
@@ -1904,6 +1840,7 @@ llmq_worker_t *llmq_worker_new(llmq_worker_config_t **config_p, char *errbuf,
     const char *poison = getenv("LLMQ_TEST_POISON");
     self->poison = poison && *poison ? poison : NULL;
     self->queue = zlistx_new();
+    self->retries = llmq_queue_new();
     self->epfd = epoll_create1(EPOLL_CLOEXEC);
     bool curl_ok = curl_global_init(CURL_GLOBAL_DEFAULT) == CURLE_OK;
     self->nshards = (size_t)(cfg->capacity + S_SHARD_CONNS - 1) / S_SHARD_CONNS;
@@ -1922,8 +1859,8 @@ llmq_worker_t *llmq_worker_new(llmq_worker_config_t **config_p, char *errbuf,
     }
     if (!self->provider || !self->limiter || !self->breaker || !self->jobs ||
         !self->running || !self->held || !self->held_ids || !self->held_order ||
-        !self->queue || self->epfd < 0 || !self->shards || !curl_ok ||
-        s_wake[0] < 0) {
+        !self->queue || !self->retries || self->epfd < 0 || !self->shards ||
+        !curl_ok || s_wake[0] < 0) {
         if (errbuf && !*errbuf)
             snprintf(errbuf, errlen,
                      "cannot set up the worker (out of memory or fds)");
@@ -2001,7 +1938,7 @@ void llmq_worker_destroy(llmq_worker_t **self_p)
         s_job_free(&self->probe);
     }
     zlistx_destroy(&self->queue);
-    free(self->heap);
+    llmq_queue_destroy(&self->retries);
     for (size_t i = 0; i < self->pool_len; i++)
         curl_easy_cleanup(self->pool[i]);
     free(self->pool);
