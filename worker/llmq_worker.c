@@ -36,8 +36,8 @@
 
 #include <curl/curl.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -175,9 +175,13 @@ struct _s_worker_t {
     int64_t broker_seen;   /* last message from the broker */
     int64_t limiter_at;    /* next limiter retry for the queue, 0 none */
     int64_t avg_tokens;    /* running mean of estimates (credit) */
-    bool draining;         /* SIGTERM seen, bye sent */
+    zsock_t *pipe;         /* the actor's pipe (borrowed) */
+    bool drain_asked;      /* DRAIN came over the pipe */
+    bool draining;         /* DRAIN taken, bye sent */
     int64_t drain_at;      /* drain deadline */
-    int exit_code;         /* what run() returns */
+    bool terminated;       /* $TERM came over the pipe: stop now */
+    int exit_code;         /* sent with STOPPED */
+    char stop_text[600];   /* a line for the user, sent with STOPPED */
     bool done;             /* leave the loop */
     uint64_t rng;          /* jitter */
     uint64_t answered;     /* counters, for the log */
@@ -186,10 +190,6 @@ struct _s_worker_t {
     zcert_t *cert;                           /* CURVE keypair, or NULL */
     char server_key[LLMQ_CURVE_KEY_LEN + 1]; /* broker's public key */
 };
-
-/*  Wake pipe and stop requests, shared with the signal handler. */
-static volatile sig_atomic_t s_stop_requests = 0;
-static int s_wake[2] = {-1, -1};
 
 /*  --- small helpers --------------------------------------------------------
  */
@@ -1112,11 +1112,8 @@ static void s_probe_done(s_worker_t *self, s_job_t *job, CURLcode rc)
     s_job_free(&job);
 
     if (self->cfg->check_only) {
-        if (outcome == 0)
-            printf("ok: %s\n", text);
-        else
-            fprintf(stderr, "llmq-worker: %s\n", text);
-        fflush(stdout);
+        /*  The caller prints it (STOPPED). */
+        snprintf(self->stop_text, sizeof self->stop_text, "%s", text);
         self->exit_code = outcome;
         self->done = true;
         return;
@@ -1202,9 +1199,7 @@ static void s_join(s_worker_t *self)
               self->cfg->broker, self->cfg->name, self->cfg->pool,
               self->cfg->provider, (long long)self->cfg->capacity);
     const char *url = llmq_wmetrics_url(self->metrics);
-    printf("ready llmq-worker worker=%s%s%s\n", self->cfg->name,
-           url ? " metrics=" : "", url ? url : "");
-    fflush(stdout);
+    zstr_sendx(self->pipe, "READY", self->cfg->name, url ? url : "", NULL);
     s_grant_credit(self, s_now());
 }
 
@@ -1479,22 +1474,6 @@ static void s_grant_credit(s_worker_t *self, int64_t now)
 /*  --- the loop
  * ------------------------------------------------------------------------- */
 
-static void s_on_signal(int sig)
-{
-    (void)sig;
-    llmq_worker_stop();
-}
-
-void llmq_worker_stop(void)
-{
-    s_stop_requests++;
-    if (s_wake[1] >= 0) {
-        char c = 1;
-        ssize_t rc = write(s_wake[1], &c, 1);
-        (void)rc;
-    }
-}
-
 static void s_start_drain(s_worker_t *self, int64_t now)
 {
     self->draining = true;
@@ -1609,16 +1588,18 @@ static void s_curl_events(s_worker_t *self)
     }
 }
 
-/*  Wait for the next event: curl's sockets, the wake pipe (signals), the
-    broker, metrics scrapers; the timeout is the nearest timer. Empties
-    the wake pipe and serves scrapes. Returns -1 if polling failed, else 0
-    with *curl_ready set when curl's sockets are readable. */
+static void s_handle_pipe(s_worker_t *self);
+
+/*  Wait for the next event: curl's sockets, the actor's pipe, the broker,
+    metrics scrapers; the timeout is the nearest timer. Handles a pipe
+    command and serves scrapes. Returns -1 if polling failed, else 0 with
+    *curl_ready set when curl's sockets are readable. */
 static int s_wait(s_worker_t *self, int64_t now, bool *curl_ready)
 {
     zmq_pollitem_t items[3 + S_METRIC_ITEMS];
     int n = 0;
     items[n++] = (zmq_pollitem_t){NULL, self->epfd, ZMQ_POLLIN, 0};
-    items[n++] = (zmq_pollitem_t){NULL, s_wake[0], ZMQ_POLLIN, 0};
+    items[n++] = (zmq_pollitem_t){zsock_resolve(self->pipe), 0, ZMQ_POLLIN, 0};
     if (self->dealer)
         items[n++] =
             (zmq_pollitem_t){zsock_resolve(self->dealer), 0, ZMQ_POLLIN, 0};
@@ -1632,92 +1613,151 @@ static int s_wait(s_worker_t *self, int64_t now, bool *curl_ready)
     }
     if (rc <= 0)
         return 0;
-    if (items[1].revents & ZMQ_POLLIN) {
-        char drain[64];
-        while (read(s_wake[0], drain, sizeof drain) > 0)
-            ;
-    }
+    if (items[1].revents & ZMQ_POLLIN)
+        s_handle_pipe(self);
     llmq_wmetrics_service(self->metrics, items + first_metric,
                           (size_t)(n - first_metric), s_now());
     *curl_ready = (items[0].revents & ZMQ_POLLIN) != 0;
     return 0;
 }
 
-int llmq_worker_run(llmq_worker_t *self_)
+/*  curl's timers that came due, per shard. */
+static void s_curl_timers(s_worker_t *self, int64_t now)
 {
-    s_worker_t *self = (s_worker_t *)self_;
-    int64_t now = s_now();
+    for (size_t i = 0; i < self->nshards; i++) {
+        s_shard_t *shard = &self->shards[i];
+        if (shard->due >= 0 && now >= shard->due) {
+            int running;
+            shard->due = -1;
+            curl_multi_socket_action(shard->multi, CURL_SOCKET_TIMEOUT, 0,
+                                     &running);
+            s_check_multi(self, shard);
+        }
+    }
+}
+
+/*  The broker: everything waiting, in bounded batches. */
+static void s_read_broker(s_worker_t *self)
+{
+    for (int i = 0; self->dealer && i < S_ZMQ_BATCH &&
+                    (zsock_events(self->dealer) & ZMQ_POLLIN);
+         i++) {
+        llmq_msg_t *msg = llmq_msg_recv(self->dealer);
+        if (!msg)
+            break;
+        s_handle_broker(self, msg);
+        llmq_msg_destroy(&msg);
+    }
+}
+
+/*  While draining: done once nothing is held, or at the drain deadline
+    with whatever is left answered as failed. */
+static void s_drain_check(s_worker_t *self, int64_t now)
+{
+    if (!self->draining)
+        return;
+    if (zhashx_size(self->jobs) == 0 &&
+        (!self->batch || llmq_batch_api_active(self->batch) == 0))
+        self->done = true;
+    else if (now >= self->drain_at) {
+        llmq_wlog(LLMQ_LOG_WARN,
+                  "drain time over: %zu requests answered as failed",
+                  zhashx_size(self->jobs));
+        s_abandon_all(self);
+        self->done = true;
+    }
+}
+
+/*  DRAIN: say bye and await in-flight work (s_drain_check). A worker that
+    has not joined yet, or only checks the provider, has nothing to drain. */
+static void s_on_drain(s_worker_t *self)
+{
+    self->drain_asked = true;
+    if (self->draining || self->done)
+        return;
+    if (self->cfg->check_only || !self->dealer) {
+        self->exit_code = LLMQ_WORKER_EXIT_OK;
+        self->done = true;
+        return;
+    }
+    s_start_drain(self, s_now());
+}
+
+/*  A command from the actor's pipe (llmq_worker.h). */
+static void s_handle_pipe(s_worker_t *self)
+{
+    zmsg_t *msg = zmsg_recv(self->pipe);
+    char *command = msg ? zmsg_popstr(msg) : NULL;
+    if (!command || streq(command, "$TERM"))
+        self->terminated = true;
+    else if (streq(command, "DRAIN"))
+        s_on_drain(self);
+    else if (streq(command, "COUNTERS"))
+        zstr_sendf(self->pipe,
+                   "answered=%llu failed=%llu in_flight=%zu queued=%zu "
+                   "held=%zu",
+                   (unsigned long long)self->answered,
+                   (unsigned long long)self->failed, zhashx_size(self->jobs),
+                   zlistx_size(self->queue), zhashx_size(self->held));
+    free(command);
+    zmsg_destroy(&msg);
+}
+
+/*  Start: the provider's health check (the worker joins once it passes),
+    or join at once for a provider without HTTP. */
+static void s_start(s_worker_t *self)
+{
     if (llmq_provider_uses_http(self->provider)) {
         s_probe_start(self);
         if (!self->probe) {
             llmq_wlog(LLMQ_LOG_ERROR, "cannot start the health check");
-            return LLMQ_WORKER_EXIT_FAILURE;
+            self->exit_code = LLMQ_WORKER_EXIT_FAILURE;
+            self->done = true;
         }
     } else if (self->cfg->check_only) {
-        printf("ok: provider %s needs no HTTP\n", self->cfg->provider);
-        return 0;
+        snprintf(self->stop_text, sizeof self->stop_text,
+                 "provider %s needs no HTTP", self->cfg->provider);
+        self->done = true;
     } else
         s_join(self);
+}
 
-    while (!self->done) {
-        if (s_stop_requests > 0 && !self->draining) {
-            if (self->cfg->check_only || !self->dealer) {
-                self->exit_code = LLMQ_WORKER_EXIT_OK;
-                break;
-            }
-            s_start_drain(self, s_now());
-        }
-        if (s_stop_requests > 1 && self->draining)
-            self->drain_at = 0;
-        if (self->draining && zhashx_size(self->jobs) == 0 &&
-            (!self->batch || llmq_batch_api_active(self->batch) == 0))
-            break;
+/*  One turn of the loop: wait, then curl's sockets and timers, the broker,
+    our timers, starts, credit, and the drain. */
+static void s_turn(s_worker_t *self)
+{
+    bool curl_ready = false;
+    if (s_wait(self, s_now(), &curl_ready) < 0) {
+        self->exit_code = LLMQ_WORKER_EXIT_FAILURE;
+        self->done = true;
+        return;
+    }
+    if (self->terminated || self->done)
+        return;
+    if (curl_ready)
+        s_curl_events(self);
+    s_curl_timers(self, s_now());
+    s_read_broker(self);
+    int64_t now = s_now();
+    s_timers(self, now);
+    s_pump(self, now);
+    s_grant_credit(self, now);
+    s_drain_check(self, now);
+}
 
-        bool curl_ready = false;
-        if (s_wait(self, s_now(), &curl_ready) < 0) {
-            self->exit_code = LLMQ_WORKER_EXIT_FAILURE;
-            break;
+/*  Serve until done (drained, or stopped on our own) or $TERM, which stops
+    now: what is still held is answered as failed, retryable. */
+static void s_run(s_worker_t *self)
+{
+    s_start(self);
+    while (!self->done && !self->terminated)
+        s_turn(self);
+    if (self->terminated) {
+        if (self->dealer && !self->draining) {
+            llmq_msg_t *m = llmq_msg_new(LLMQ_MSG_BYE);
+            s_send(self, &m);
         }
-        /*  curl: sockets, then its timer. */
-        if (curl_ready)
-            s_curl_events(self);
-        now = s_now();
-        for (size_t i = 0; i < self->nshards; i++) {
-            s_shard_t *shard = &self->shards[i];
-            if (shard->due >= 0 && now >= shard->due) {
-                int running;
-                shard->due = -1;
-                curl_multi_socket_action(shard->multi, CURL_SOCKET_TIMEOUT, 0,
-                                         &running);
-                s_check_multi(self, shard);
-            }
-        }
-        /*  The broker: everything waiting, in bounded batches. */
-        for (int i = 0; self->dealer && i < S_ZMQ_BATCH &&
-                        (zsock_events(self->dealer) & ZMQ_POLLIN);
-             i++) {
-            llmq_msg_t *msg = llmq_msg_recv(self->dealer);
-            if (!msg)
-                break;
-            s_handle_broker(self, msg);
-            llmq_msg_destroy(&msg);
-        }
-        now = s_now();
-        s_timers(self, now);
-        s_pump(self, now);
-        s_grant_credit(self, now);
-        if (self->draining) {
-            if (zhashx_size(self->jobs) == 0 &&
-                (!self->batch || llmq_batch_api_active(self->batch) == 0))
-                break;
-            if (now >= self->drain_at) {
-                llmq_wlog(LLMQ_LOG_WARN,
-                          "drain time over: %zu requests answered as failed",
-                          zhashx_size(self->jobs));
-                s_abandon_all(self);
-                break;
-            }
-        }
+        s_abandon_all(self);
     }
     if (self->draining)
         llmq_wlog(LLMQ_LOG_INFO, "stopped: %llu answered, %llu failed",
@@ -1728,7 +1768,6 @@ int llmq_worker_run(llmq_worker_t *self_)
         zsock_set_linger(self->dealer, 2000);
         zsock_destroy(&self->dealer);
     }
-    return self->exit_code;
 }
 
 /*  --- new / destroy
@@ -1798,34 +1837,95 @@ static int s_metrics_start(s_worker_t *self, char *errbuf, size_t errlen)
     return 0;
 }
 
-llmq_worker_t *llmq_worker_new(llmq_worker_config_t **config_p, char *errbuf,
-                               size_t errlen)
+/*  The epoll set and curl's multi handles, one per shard of at most
+    S_SHARD_CONNS connections. Returns 0 or -1. */
+static int s_curl_new(s_worker_t *self)
 {
-    llmq_worker_config_t *cfg = *config_p;
-    *config_p = NULL;
-    if (!cfg)
-        return NULL;
-    s_worker_t *self = calloc(1, sizeof *self);
+    int64_t capacity = self->cfg->capacity;
+    self->epfd = epoll_create1(EPOLL_CLOEXEC);
+    if (self->epfd < 0 || curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
+        return -1;
+    self->nshards = (size_t)(capacity + S_SHARD_CONNS - 1) / S_SHARD_CONNS;
+    self->shards = calloc(self->nshards, sizeof(s_shard_t));
+    if (!self->shards)
+        return -1;
+    long per_shard = (long)((capacity + (int64_t)self->nshards - 1) /
+                            (int64_t)self->nshards);
+    for (size_t i = 0; i < self->nshards; i++) {
+        s_shard_t *shard = &self->shards[i];
+        shard->worker = self;
+        shard->index = (uint32_t)i;
+        shard->due = -1;
+        shard->multi = curl_multi_init();
+        if (!shard->multi)
+            return -1;
+        CURLM *multi = shard->multi;
+        curl_multi_setopt(multi, CURLMOPT_SOCKETFUNCTION, s_on_socket);
+        curl_multi_setopt(multi, CURLMOPT_SOCKETDATA, shard);
+        curl_multi_setopt(multi, CURLMOPT_TIMERFUNCTION, s_on_timer);
+        curl_multi_setopt(multi, CURLMOPT_TIMERDATA, shard);
+        curl_multi_setopt(multi, CURLMOPT_MAX_HOST_CONNECTIONS, per_shard);
+        curl_multi_setopt(multi, CURLMOPT_MAXCONNECTS, per_shard);
+        curl_multi_setopt(multi, CURLMOPT_PIPELINING, (long)CURLPIPE_MULTIPLEX);
+    }
+    return 0;
+}
+
+/*  batch_api: provider Batch API tasks (issue 8) on the first shard. */
+static void s_batch_new(s_worker_t *self)
+{
+    llmq_worker_config_t *cfg = self->cfg;
+    llmq_batch_api_config_t bc = {
+        .kind = cfg->provider,
+        .base_url = cfg->base_url,
+        .api_key = cfg->api_key,
+        .anthropic_version = cfg->anthropic_version,
+        .default_max_tokens = cfg->default_max_tokens,
+        .verbose = cfg->verbose,
+    };
+    if (llmq_provider_uses_http(self->provider))
+        self->batch =
+            llmq_batch_api_new(&bc, self->shards[0].multi, s_batch_send, self);
+    if (self->batch)
+        llmq_batch_api_set_cost(self->batch, s_batch_cost, cfg);
+    else
+        llmq_wlog(LLMQ_LOG_WARN,
+                  "provider %s has no Batch API here: batch_api off",
+                  cfg->provider);
+}
+
+static void s_worker_destroy(s_worker_t **self_p);
+
+/*  A worker from a config (taken, *config_p NULLed even on failure), on
+    the actor's pipe. NULL with a reason in errbuf if the provider cannot
+    be set up. Does no I/O yet. */
+static s_worker_t *s_worker_new(llmq_worker_config_t **config_p, zsock_t *pipe,
+                                char *errbuf, size_t errlen)
+{
+    llmq_worker_config_t *cfg = config_p ? *config_p : NULL;
+    if (config_p)
+        *config_p = NULL;
+    s_worker_t *self = cfg ? calloc(1, sizeof *self) : NULL;
     if (!self) {
+        snprintf(errbuf, errlen, cfg ? "out of memory" : "no worker config");
         llmq_worker_config_destroy(&cfg);
         return NULL;
     }
     self->cfg = cfg;
+    self->pipe = pipe;
     self->epfd = -1;
     self->exit_code = LLMQ_WORKER_EXIT_OK;
     self->rng = (uint64_t)zclock_time() ^ ((uint64_t)getpid() << 32) ^
                 0x9E3779B97F4A7C15ULL;
     self->avg_tokens = cfg->default_max_tokens / 4;
     self->probe_backoff = 1000;
-    s_stop_requests = 0;
     llmq_provider_config_t pc = {cfg->provider, cfg->base_url, cfg->api_key,
                                  cfg->anthropic_version,
                                  cfg->default_max_tokens};
     self->provider = llmq_provider_new(&pc, errbuf, errlen);
     if (self->provider && (s_curve_load(self, errbuf, errlen) != 0 ||
                            s_metrics_start(self, errbuf, errlen) != 0)) {
-        llmq_worker_t *w = (llmq_worker_t *)self;
-        llmq_worker_destroy(&w);
+        s_worker_destroy(&self);
         return NULL;
     }
     self->limiter = llmq_limiter_new(cfg->rpm, cfg->tpm, cfg->capacity,
@@ -1841,84 +1941,28 @@ llmq_worker_t *llmq_worker_new(llmq_worker_config_t **config_p, char *errbuf,
     self->poison = poison && *poison ? poison : NULL;
     self->queue = zlistx_new();
     self->retries = llmq_queue_new();
-    self->epfd = epoll_create1(EPOLL_CLOEXEC);
-    bool curl_ok = curl_global_init(CURL_GLOBAL_DEFAULT) == CURLE_OK;
-    self->nshards = (size_t)(cfg->capacity + S_SHARD_CONNS - 1) / S_SHARD_CONNS;
-    self->shards = calloc(self->nshards, sizeof(s_shard_t));
-    for (size_t i = 0; curl_ok && self->shards && i < self->nshards; i++) {
-        s_shard_t *shard = &self->shards[i];
-        shard->worker = self;
-        shard->index = (uint32_t)i;
-        shard->due = -1;
-        shard->multi = curl_multi_init();
-        curl_ok = shard->multi != NULL;
-    }
-    if (s_wake[0] < 0 && pipe(s_wake) == 0) {
-        fcntl(s_wake[0], F_SETFL, O_NONBLOCK);
-        fcntl(s_wake[1], F_SETFL, O_NONBLOCK);
-    }
     if (!self->provider || !self->limiter || !self->breaker || !self->jobs ||
         !self->running || !self->held || !self->held_ids || !self->held_order ||
-        !self->queue || !self->retries || self->epfd < 0 || !self->shards ||
-        !curl_ok || s_wake[0] < 0) {
+        !self->queue || !self->retries || s_curl_new(self) != 0) {
         if (errbuf && !*errbuf)
             snprintf(errbuf, errlen,
                      "cannot set up the worker (out of memory or fds)");
-        llmq_worker_t *w = (llmq_worker_t *)self;
-        llmq_worker_destroy(&w);
+        s_worker_destroy(&self);
         return NULL;
     }
     zhashx_set_destructor(self->jobs, s_job_destructor);
     zhashx_set_destructor(self->held, s_held_free);
-    long per_shard = (long)((cfg->capacity + (int64_t)self->nshards - 1) /
-                            (int64_t)self->nshards);
-    for (size_t i = 0; i < self->nshards; i++) {
-        CURLM *multi = self->shards[i].multi;
-        curl_multi_setopt(multi, CURLMOPT_SOCKETFUNCTION, s_on_socket);
-        curl_multi_setopt(multi, CURLMOPT_SOCKETDATA, &self->shards[i]);
-        curl_multi_setopt(multi, CURLMOPT_TIMERFUNCTION, s_on_timer);
-        curl_multi_setopt(multi, CURLMOPT_TIMERDATA, &self->shards[i]);
-        curl_multi_setopt(multi, CURLMOPT_MAX_HOST_CONNECTIONS, per_shard);
-        curl_multi_setopt(multi, CURLMOPT_MAXCONNECTS, per_shard);
-        curl_multi_setopt(multi, CURLMOPT_PIPELINING, (long)CURLPIPE_MULTIPLEX);
-    }
     s_raise_nofile(cfg->capacity);
-    if (cfg->batch_api) {
-        /*  Provider Batch API tasks (issue 8) run on the first shard. */
-        llmq_batch_api_config_t bc = {
-            .kind = cfg->provider,
-            .base_url = cfg->base_url,
-            .api_key = cfg->api_key,
-            .anthropic_version = cfg->anthropic_version,
-            .default_max_tokens = cfg->default_max_tokens,
-            .verbose = cfg->verbose,
-        };
-        if (llmq_provider_uses_http(self->provider))
-            self->batch = llmq_batch_api_new(&bc, self->shards[0].multi,
-                                             s_batch_send, self);
-        if (self->batch)
-            llmq_batch_api_set_cost(self->batch, s_batch_cost, cfg);
-        else
-            llmq_wlog(LLMQ_LOG_WARN,
-                      "provider %s has no Batch API here: batch_api off",
-                      cfg->provider);
-    }
-
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = s_on_signal;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGTERM, &sa, NULL);
-    sigaction(SIGINT, &sa, NULL);
-    signal(SIGPIPE, SIG_IGN);
-    return (llmq_worker_t *)self;
+    if (cfg->batch_api)
+        s_batch_new(self);
+    return self;
 }
 
-void llmq_worker_destroy(llmq_worker_t **self_p)
+static void s_worker_destroy(s_worker_t **self_p)
 {
     if (!self_p || !*self_p)
         return;
-    s_worker_t *self = (s_worker_t *)*self_p;
+    s_worker_t *self = *self_p;
     if (self->jobs) {
         s_job_t *job = zhashx_first(self->jobs);
         while (job) {
@@ -1959,14 +2003,51 @@ void llmq_worker_destroy(llmq_worker_t **self_p)
     *self_p = NULL;
 }
 
-/*  --- selftest
-   ------------------------------------------------------------------------ The
-   engine with the echo provider, driven through a ROUTER in this process:
-   hello, credit, req -> res, a stream, cancel of an unknown id, heartbeat, a
-   bad payload, limits, bye on stop. The worker runs on a thread of its own for
-   the test only. */
+/*  After DRAINED or STOPPED: nothing to do but await $TERM. */
+static void s_await_term(zsock_t *pipe)
+{
+    bool term = false;
+    while (!term) {
+        zmsg_t *msg = zmsg_recv(pipe);
+        char *command = msg ? zmsg_popstr(msg) : NULL;
+        term = !command || streq(command, "$TERM");
+        free(command);
+        zmsg_destroy(&msg);
+    }
+}
 
-#include <pthread.h>
+void llmq_worker(zsock_t *pipe, void *args)
+{
+    char err[600] = "";
+    s_worker_t *self =
+        s_worker_new((llmq_worker_config_t **)args, pipe, err, sizeof err);
+    zsock_signal(pipe, 0);
+    if (self)
+        s_run(self);
+    if (self && self->terminated) {
+        s_worker_destroy(&self);
+        return;
+    }
+    if (self && self->drain_asked && self->exit_code == LLMQ_WORKER_EXIT_OK)
+        zstr_send(pipe, "DRAINED");
+    else {
+        char code[16];
+        snprintf(code, sizeof code, "%d",
+                 self ? self->exit_code : LLMQ_WORKER_EXIT_FAILURE);
+        zstr_sendx(pipe, "STOPPED", code, self ? self->stop_text : err, NULL);
+    }
+    s_worker_destroy(&self);
+    s_await_term(pipe);
+}
+
+/*  --- selftest
+   ------------------------------------------------------------------------
+   The actor with the echo provider, driven through a ROUTER in this process
+   as a broker would: READY, hello, credit, req -> res, a stream, cancel of
+   an unknown id, a bad payload, an unknown op, limits, heartbeat, an error
+   that asks for hello again, COUNTERS, DRAIN -> bye and DRAINED. Then the
+   other ends: --check-only (STOPPED 0), a worker that cannot start (STOPPED
+   1 with the reason), and $TERM of a running worker (bye). */
 
 #define CHECK(cond)                                                            \
     do {                                                                       \
@@ -1976,14 +2057,6 @@ void llmq_worker_destroy(llmq_worker_t **self_p)
             goto fail;                                                         \
         }                                                                      \
     } while (0)
-
-static void *s_test_thread(void *arg)
-{
-    llmq_worker_t *w = arg;
-    static int rc;
-    rc = llmq_worker_run(w);
-    return &rc;
-}
 
 /*  Next message of a type from the worker, skipping heartbeats and credit
     unless asked for; NULL after timeout_ms. */
@@ -2010,126 +2083,170 @@ static llmq_msg_t *s_test_expect(zsock_t *router, llmq_msg_type_t type,
     return found;
 }
 
-int llmq_worker_test(bool verbose)
+/*  An echo worker actor for a broker at endpoint, with one more flag (and
+    its value) if not NULL. NULL if the config is refused or not taken. */
+static zactor_t *s_test_worker(const char *endpoint, const char *flag,
+                               const char *value)
 {
-    if (verbose)
-        printf(" * llmq_worker: ");
-    int result = -1;
-    llmq_worker_t *w = NULL;
-    llmq_msg_t *m = NULL;
-    pthread_t thread;
-    bool started = false;
-    zsock_t *router = zsock_new(ZMQ_ROUTER);
-    int port = router ? zsock_bind(router, "tcp://127.0.0.1:*") : -1;
-    char endpoint[64];
-    snprintf(endpoint, sizeof endpoint, "tcp://127.0.0.1:%d", port);
-    char *argv[] = {"llmq-worker", "--provider", "echo",     "--broker",
-                    endpoint,      "--name",     "selftest", "--model",
-                    "m1",          "--capacity", "64",       NULL};
+    char *argv[] = {"llmq-worker",
+                    "--provider",
+                    "echo",
+                    "--broker",
+                    (char *)endpoint,
+                    "--name",
+                    "selftest",
+                    "--model",
+                    "m1",
+                    "--capacity",
+                    "64",
+                    (char *)flag,
+                    (char *)value,
+                    NULL};
+    int argc = 11 + (flag ? 1 : 0) + (flag && value ? 1 : 0);
     char err[256] = "";
     llmq_worker_config_t *cfg = NULL;
-    CHECK(port > 0);
-    CHECK(llmq_worker_config_load(&cfg, 11, argv, err, sizeof err) == 0);
-    llmq_wlog_setup("llmq-worker", false, verbose);
-    w = llmq_worker_new(&cfg, err, sizeof err);
-    CHECK(w && cfg == NULL);
-    CHECK(pthread_create(&thread, NULL, s_test_thread, w) == 0);
-    started = true;
+    if (llmq_worker_config_load(&cfg, argc, argv, err, sizeof err) != 0)
+        return NULL;
+    zactor_t *actor = zactor_new(llmq_worker, &cfg);
+    if (cfg) {
+        llmq_worker_config_destroy(&cfg);
+        zactor_destroy(&actor);
+    }
+    return actor;
+}
 
+/*  The next event from the actor within timeout_ms, or NULL. */
+static zmsg_t *s_test_event(zactor_t *actor, int timeout_ms)
+{
+    zpoller_t *poller = zpoller_new(actor, NULL);
+    zmsg_t *msg = zpoller_wait(poller, timeout_ms) ? zmsg_recv(actor) : NULL;
+    zpoller_destroy(&poller);
+    return msg;
+}
+
+/*  Does the event have these frames (NULL ends the list)? Destroys it. */
+static bool s_test_event_is(zmsg_t **msg_p, const char *first, ...)
+{
+    zmsg_t *msg = *msg_p;
+    bool same = msg != NULL;
+    va_list args;
+    va_start(args, first);
+    for (const char *want = first; same && want;
+         want = va_arg(args, const char *)) {
+        char *got = zmsg_popstr(msg);
+        same = got && streq(got, want);
+        free(got);
+    }
+    va_end(args);
+    zmsg_destroy(msg_p);
+    return same;
+}
+
+/*  A req from the broker at rid: model m1, a JSON body. */
+static int s_test_req(zsock_t *router, zframe_t *rid, const char *id,
+                      const char *op, const char *json, bool stream)
+{
+    llmq_msg_t *m = llmq_msg_new(LLMQ_MSG_REQ);
+    llmq_msg_set_routing_id(m, rid);
+    llmq_msg_set_id(m, id);
+    llmq_msg_set_op(m, op);
+    llmq_msg_set_model(m, "m1");
+    if (stream)
+        llmq_msg_set_stream(m, true);
+    zframe_t *payload = llmq_value_from_json_text(json, strlen(json), NULL, 0);
+    llmq_msg_set_payload(m, &payload);
+    return llmq_msg_send(&m, router);
+}
+
+/*  The worker joined: READY, then hello and all its credit on the router.
+    Returns the worker's routing id, or NULL. */
+static zframe_t *s_test_join(zactor_t *worker, zsock_t *router)
+{
+    zframe_t *rid = NULL;
     int64_t credit = 0;
-    m = s_test_expect(router, LLMQ_MSG_HELLO, 5000, &credit);
+    zmsg_t *event = s_test_event(worker, 5000);
+    CHECK(s_test_event_is(&event, "READY", "selftest", "", NULL));
+    llmq_msg_t *m = s_test_expect(router, LLMQ_MSG_HELLO, 5000, &credit);
     CHECK(m);
-    CHECK(streq(llmq_msg_worker(m), "selftest"));
-    CHECK(streq(llmq_msg_provider(m), "echo"));
-    CHECK(llmq_msg_capacity(m) == 64);
-    CHECK(llmq_msg_models_count(m) == 1 &&
-          streq(llmq_msg_models_at(m, 0), "m1"));
-    zframe_t *rid = zframe_dup(llmq_msg_routing_id(m));
+    bool hello = streq(llmq_msg_worker(m), "selftest") &&
+                 streq(llmq_msg_provider(m), "echo") &&
+                 llmq_msg_capacity(m) == 64 && llmq_msg_models_count(m) == 1 &&
+                 streq(llmq_msg_models_at(m, 0), "m1");
+    rid = zframe_dup(llmq_msg_routing_id(m));
     llmq_msg_destroy(&m);
-    while (credit < 1) {
+    CHECK(hello);
+    while (credit < 64) {
         m = s_test_expect(router, LLMQ_MSG_CREDIT, 5000, NULL);
         CHECK(m);
         credit += llmq_msg_n(m);
         llmq_msg_destroy(&m);
     }
     CHECK(credit == 64);
+    return rid;
+fail:
+    zframe_destroy(&rid);
+    return NULL;
+}
 
-    /*  A chat request. */
-    m = llmq_msg_new(LLMQ_MSG_REQ);
-    llmq_msg_set_routing_id(m, rid);
-    llmq_msg_set_id(m, "r1");
-    llmq_msg_set_op(m, "chat");
-    llmq_msg_set_model(m, "m1");
+/*  Requests: an answer, a stream, a bad payload, an unknown op. */
+static int s_test_requests(zsock_t *router, zframe_t *rid)
+{
     const char *body =
         "{\"messages\":[{\"role\":\"user\",\"content\":\"ping\"}]}";
-    zframe_t *payload = llmq_value_from_json_text(body, strlen(body), NULL, 0);
-    llmq_msg_set_payload(m, &payload);
-    CHECK(llmq_msg_send(&m, router) == 0);
-    m = s_test_expect(router, LLMQ_MSG_RES, 5000, &credit);
+    char *json = NULL;
+    llmq_msg_t *m = NULL;
+    CHECK(s_test_req(router, rid, "r1", "chat", body, false) == 0);
+    m = s_test_expect(router, LLMQ_MSG_RES, 5000, NULL);
     CHECK(m && streq(llmq_msg_id(m), "r1") && llmq_msg_ok(m));
     CHECK(streq(llmq_msg_worker(m), "selftest") && llmq_msg_attempts(m) == 1);
     CHECK(llmq_msg_usage_total_tokens(m) > 0);
-    payload = llmq_msg_payload(m);
-    char *json = llmq_value_to_json_text(zframe_data(payload),
-                                         zframe_size(payload), NULL, 0);
+    zframe_t *payload = llmq_msg_payload(m);
+    json = llmq_value_to_json_text(zframe_data(payload), zframe_size(payload),
+                                   NULL, 0);
     CHECK(json && strstr(json, "echo: ping"));
-    free(json);
     llmq_msg_destroy(&m);
 
     /*  A stream: one chunk, then the res. */
-    m = llmq_msg_new(LLMQ_MSG_REQ);
-    llmq_msg_set_routing_id(m, rid);
-    llmq_msg_set_id(m, "r2");
-    llmq_msg_set_op(m, "chat");
-    llmq_msg_set_model(m, "m1");
-    llmq_msg_set_stream(m, true);
-    payload = llmq_value_from_json_text(body, strlen(body), NULL, 0);
-    llmq_msg_set_payload(m, &payload);
-    CHECK(llmq_msg_send(&m, router) == 0);
-    m = s_test_expect(router, LLMQ_MSG_CHUNK, 5000, &credit);
+    CHECK(s_test_req(router, rid, "r2", "chat", body, true) == 0);
+    m = s_test_expect(router, LLMQ_MSG_CHUNK, 5000, NULL);
     CHECK(m && streq(llmq_msg_id(m), "r2") && llmq_msg_seq(m) == 0);
     llmq_msg_destroy(&m);
-    m = s_test_expect(router, LLMQ_MSG_RES, 5000, &credit);
+    m = s_test_expect(router, LLMQ_MSG_RES, 5000, NULL);
     CHECK(m && streq(llmq_msg_id(m), "r2") && llmq_msg_ok(m));
     llmq_msg_destroy(&m);
 
-    /*  A payload that is not a map, an unknown op, a cancel for nothing. */
+    /*  A cancel for nothing, a payload that is not a map, an unknown op. */
     m = llmq_msg_new(LLMQ_MSG_CANCEL);
     llmq_msg_set_routing_id(m, rid);
     llmq_msg_set_id(m, "nothing");
     CHECK(llmq_msg_send(&m, router) == 0);
-    m = llmq_msg_new(LLMQ_MSG_REQ);
-    llmq_msg_set_routing_id(m, rid);
-    llmq_msg_set_id(m, "r3");
-    llmq_msg_set_op(m, "chat");
-    llmq_msg_set_model(m, "m1");
-    payload = llmq_value_from_json_text("[1,2]", 5, NULL, 0);
-    llmq_msg_set_payload(m, &payload);
-    CHECK(llmq_msg_send(&m, router) == 0);
-    m = s_test_expect(router, LLMQ_MSG_RES, 5000, &credit);
+    CHECK(s_test_req(router, rid, "r3", "chat", "[1,2]", false) == 0);
+    m = s_test_expect(router, LLMQ_MSG_RES, 5000, NULL);
     CHECK(m && streq(llmq_msg_id(m), "r3") && !llmq_msg_ok(m));
     CHECK(streq(llmq_msg_error_code(m), "invalid_request") &&
           !llmq_msg_error_retryable(m));
     llmq_msg_destroy(&m);
-    m = llmq_msg_new(LLMQ_MSG_REQ);
-    llmq_msg_set_routing_id(m, rid);
-    llmq_msg_set_id(m, "r4");
-    llmq_msg_set_op(m, "dance");
-    llmq_msg_set_model(m, "m1");
-    payload = llmq_value_from_json_text("{}", 2, NULL, 0);
-    llmq_msg_set_payload(m, &payload);
-    CHECK(llmq_msg_send(&m, router) == 0);
-    m = s_test_expect(router, LLMQ_MSG_RES, 5000, &credit);
+    CHECK(s_test_req(router, rid, "r4", "dance", "{}", false) == 0);
+    m = s_test_expect(router, LLMQ_MSG_RES, 5000, NULL);
     CHECK(m && streq(llmq_msg_id(m), "r4") &&
           streq(llmq_msg_error_code(m), "invalid_request"));
     llmq_msg_destroy(&m);
+    free(json);
+    return 0;
+fail:
+    llmq_msg_destroy(&m);
+    free(json);
+    return -1;
+}
 
-    /*  Limits and heartbeats; an error without id makes it say hello again. */
-    m = llmq_msg_new(LLMQ_MSG_LIMITS);
+/*  Limits and heartbeats; an error without id makes it say hello again. */
+static int s_test_control(zsock_t *router, zframe_t *rid)
+{
+    llmq_msg_t *m = llmq_msg_new(LLMQ_MSG_LIMITS);
     llmq_msg_set_routing_id(m, rid);
     llmq_msg_set_limits_rpm(m, 600);
     CHECK(llmq_msg_send(&m, router) == 0);
-    m = s_test_expect(router, LLMQ_MSG_HB, 3000, &credit);
+    m = s_test_expect(router, LLMQ_MSG_HB, 3000, NULL);
     CHECK(m && llmq_msg_healthy(m) && llmq_msg_in_flight(m) == 0);
     llmq_msg_destroy(&m);
     m = llmq_msg_new(LLMQ_MSG_ERROR);
@@ -2137,30 +2254,103 @@ int llmq_worker_test(bool verbose)
     llmq_msg_set_code(m, "bad_message");
     llmq_msg_set_message(m, "hello first");
     CHECK(llmq_msg_send(&m, router) == 0);
-    m = s_test_expect(router, LLMQ_MSG_HELLO, 3000, &credit);
+    m = s_test_expect(router, LLMQ_MSG_HELLO, 3000, NULL);
     CHECK(m);
     llmq_msg_destroy(&m);
+    return 0;
+fail:
+    llmq_msg_destroy(&m);
+    return -1;
+}
 
-    /*  Stop: bye, then the thread ends with 0. */
-    llmq_worker_stop();
-    m = s_test_expect(router, LLMQ_MSG_BYE, 3000, &credit);
+/*  The pipe: COUNTERS, then DRAIN: bye to the broker, DRAINED to us. */
+static int s_test_drain(zactor_t *worker, zsock_t *router)
+{
+    llmq_msg_t *m = NULL;
+    CHECK(zstr_send(worker, "COUNTERS") == 0);
+    char *counters = zstr_recv(worker);
+    bool two_each = counters && strstr(counters, "answered=2 failed=2 ") &&
+                    strstr(counters, "in_flight=0");
+    zstr_free(&counters);
+    CHECK(two_each);
+    CHECK(zstr_send(worker, "DRAIN") == 0);
+    m = s_test_expect(router, LLMQ_MSG_BYE, 3000, NULL);
     CHECK(m);
     llmq_msg_destroy(&m);
-    void *rv = NULL;
-    pthread_join(thread, &rv);
-    started = false;
-    CHECK(rv && *(int *)rv == 0);
-    zframe_destroy(&rid);
+    zmsg_t *event = s_test_event(worker, 5000);
+    CHECK(s_test_event_is(&event, "DRAINED", NULL));
+    return 0;
+fail:
+    llmq_msg_destroy(&m);
+    return -1;
+}
+
+/*  The other ends: --check-only, a worker that cannot start, $TERM. A
+    router of its own: the first one still knows our worker identity. */
+static int s_test_ends(void)
+{
+    llmq_msg_t *m = NULL;
+    zmsg_t *event = NULL;
+    zactor_t *worker = NULL;
+    zsock_t *router = zsock_new(ZMQ_ROUTER);
+    int port = router ? zsock_bind(router, "tcp://127.0.0.1:*") : -1;
+    char endpoint[64];
+    snprintf(endpoint, sizeof endpoint, "tcp://127.0.0.1:%d", port);
+    CHECK(port > 0);
+    worker = s_test_worker(endpoint, "--check-only", NULL);
+    CHECK(worker);
+    event = s_test_event(worker, 5000);
+    CHECK(s_test_event_is(&event, "STOPPED", "0", "provider echo needs no HTTP",
+                          NULL));
+    zactor_destroy(&worker);
+    worker = s_test_worker(endpoint, "--metrics", "127.0.0.1:99999");
+    CHECK(worker);
+    event = s_test_event(worker, 5000);
+    CHECK(s_test_event_is(&event, "STOPPED", "1", NULL));
+    zactor_destroy(&worker);
+    /*  $TERM while joined: stop now, with a bye. */
+    worker = s_test_worker(endpoint, NULL, NULL);
+    CHECK(worker);
+    event = s_test_event(worker, 5000);
+    CHECK(s_test_event_is(&event, "READY", NULL));
+    zactor_destroy(&worker);
+    m = s_test_expect(router, LLMQ_MSG_BYE, 3000, NULL);
+    CHECK(m);
+    llmq_msg_destroy(&m);
+    zsock_destroy(&router);
+    return 0;
+fail:
+    zactor_destroy(&worker);
+    zsock_destroy(&router);
+    return -1;
+}
+
+int llmq_worker_test(bool verbose)
+{
+    if (verbose)
+        printf(" * llmq_worker: ");
+    int result = -1;
+    zactor_t *worker = NULL;
+    zframe_t *rid = NULL;
+    zsock_t *router = zsock_new(ZMQ_ROUTER);
+    int port = router ? zsock_bind(router, "tcp://127.0.0.1:*") : -1;
+    char endpoint[64];
+    snprintf(endpoint, sizeof endpoint, "tcp://127.0.0.1:%d", port);
+    CHECK(port > 0);
+    llmq_wlog_setup("llmq-worker", false, verbose);
+    worker = s_test_worker(endpoint, NULL, NULL);
+    CHECK(worker);
+    rid = s_test_join(worker, router);
+    CHECK(rid);
+    CHECK(s_test_requests(router, rid) == 0);
+    CHECK(s_test_control(router, rid) == 0);
+    CHECK(s_test_drain(worker, router) == 0);
+    zactor_destroy(&worker);
+    CHECK(s_test_ends() == 0);
     result = 0;
 fail:
-    if (started) {
-        llmq_worker_stop();
-        llmq_worker_stop();
-        pthread_join(thread, NULL);
-    }
-    llmq_msg_destroy(&m);
-    llmq_worker_destroy(&w);
-    llmq_worker_config_destroy(&cfg);
+    zactor_destroy(&worker);
+    zframe_destroy(&rid);
     zsock_destroy(&router);
     if (verbose)
         printf(result == 0 ? "OK\n" : "FAILED\n");
