@@ -183,7 +183,7 @@ struct _s_worker_t {
     int exit_code;         /* sent with STOPPED */
     char stop_text[600];   /* a line for the user, sent with STOPPED */
     bool done;             /* leave the loop */
-    uint64_t rng;          /* jitter */
+    unsigned short rng[3]; /* jitter: nrand48's state, ours alone */
     uint64_t answered;     /* counters, for the log */
     uint64_t failed;
     llmq_wmetrics_t *metrics;                /* --metrics, or NULL */
@@ -199,15 +199,10 @@ static int64_t s_now(void)
     return zclock_mono();
 }
 
+/*  62 random bits: jitter needs spread, not secrecy. */
 static uint64_t s_rand(s_worker_t *self)
 {
-    /*  xorshift64*: jitter needs spread, not secrecy. */
-    uint64_t x = self->rng;
-    x ^= x >> 12;
-    x ^= x << 25;
-    x ^= x >> 27;
-    self->rng = x;
-    return x * 2685821657736338717ULL;
+    return (uint64_t)nrand48(self->rng) << 31 | (uint64_t)nrand48(self->rng);
 }
 
 static int64_t s_min_due(int64_t a, int64_t b)
@@ -351,6 +346,26 @@ static void s_held_free(void **item)
     zlistx_destroy(&h->chunks);
     free(h);
     *item = NULL;
+}
+
+/*  The held results' tables. Returns 0 or -1. */
+static int s_held_new(s_worker_t *self)
+{
+    self->held = zhashx_new();
+    self->held_ids = zhashx_new();
+    self->held_order = zlistx_new();
+    if (!self->held || !self->held_ids || !self->held_order)
+        return -1;
+    zhashx_set_destructor(self->held, s_held_free);
+    return 0;
+}
+
+/*  held owns the results; held_ids and held_order borrow them. */
+static void s_held_destroy(s_worker_t *self)
+{
+    zhashx_destroy(&self->held_ids);
+    zlistx_destroy(&self->held_order);
+    zhashx_destroy(&self->held);
 }
 
 static void s_held_drop(s_worker_t *self, s_held_t *h)
@@ -1371,19 +1386,44 @@ static void s_on_cancel(s_worker_t *self, llmq_msg_t *msg)
     s_fail(self, job, LLMQ_ERR_CANCELLED, 0, false, "cancelled");
 }
 
+/*  job.*: a provider Batch API task (issue 8), or an answer that this
+    worker has none (not announced), never a hang. */
+static void s_on_job(s_worker_t *self, llmq_msg_t *msg)
+{
+    if (self->batch && llmq_batch_api_handle(self->batch, msg) >= 0)
+        return;
+    llmq_msg_t *m = llmq_msg_new(LLMQ_MSG_JOB_STATUS);
+    llmq_msg_set_job(m, llmq_msg_job(msg));
+    if (llmq_msg_provider_batch(msg))
+        llmq_msg_set_provider_batch(m, llmq_msg_provider_batch(msg));
+    llmq_msg_set_state(m, "failed");
+    llmq_msg_set_error_code(m, llmq_err_name(LLMQ_ERR_INVALID_REQUEST));
+    llmq_msg_set_error_message(
+        m, "this worker does not run provider Batch API jobs");
+    llmq_msg_set_error_retryable(m, false);
+    s_send(self, &m);
+}
+
+/*  The broker's work for us, by message type: requests, their cancels and
+    acks, Batch API tasks. The connection's own messages (limits, hb,
+    errors) are handled in s_handle_broker. */
+typedef void(s_action_fn)(s_worker_t *self, llmq_msg_t *msg);
+static s_action_fn *const s_actions[LLMQ_MSG_COUNT] = {
+    [LLMQ_MSG_REQ] = s_on_req,        [LLMQ_MSG_CANCEL] = s_on_cancel,
+    [LLMQ_MSG_ACK] = s_on_ack,        [LLMQ_MSG_JOB_SUBMIT] = s_on_job,
+    [LLMQ_MSG_JOB_POLL] = s_on_job,   [LLMQ_MSG_JOB_FETCH] = s_on_job,
+    [LLMQ_MSG_JOB_CANCEL] = s_on_job,
+};
+
 static void s_handle_broker(s_worker_t *self, llmq_msg_t *msg)
 {
     self->broker_seen = s_now();
-    switch (llmq_msg_type(msg)) {
-    case LLMQ_MSG_REQ:
-        s_on_req(self, msg);
-        break;
-    case LLMQ_MSG_CANCEL:
-        s_on_cancel(self, msg);
-        break;
-    case LLMQ_MSG_ACK:
-        s_on_ack(self, msg);
-        break;
+    llmq_msg_type_t type = llmq_msg_type(msg);
+    if (type < LLMQ_MSG_COUNT && s_actions[type]) {
+        s_actions[type](self, msg);
+        return;
+    }
+    switch (type) {
     case LLMQ_MSG_LIMITS:
         llmq_limiter_set_rates(self->limiter, llmq_msg_limits_rpm(msg),
                                llmq_msg_limits_tpm(msg), s_now());
@@ -1406,25 +1446,6 @@ static void s_handle_broker(s_worker_t *self, llmq_msg_t *msg)
              s_now() - self->hello_at >= self->cfg->heartbeat_ms))
             s_send_hello(self);
         break;
-    case LLMQ_MSG_JOB_SUBMIT:
-    case LLMQ_MSG_JOB_POLL:
-    case LLMQ_MSG_JOB_FETCH:
-    case LLMQ_MSG_JOB_CANCEL: {
-        if (self->batch && llmq_batch_api_handle(self->batch, msg) >= 0)
-            break;
-        /*  No Batch API here (not announced): answer, never hang. */
-        llmq_msg_t *m = llmq_msg_new(LLMQ_MSG_JOB_STATUS);
-        llmq_msg_set_job(m, llmq_msg_job(msg));
-        if (llmq_msg_provider_batch(msg))
-            llmq_msg_set_provider_batch(m, llmq_msg_provider_batch(msg));
-        llmq_msg_set_state(m, "failed");
-        llmq_msg_set_error_code(m, llmq_err_name(LLMQ_ERR_INVALID_REQUEST));
-        llmq_msg_set_error_message(
-            m, "this worker does not run provider Batch API jobs");
-        llmq_msg_set_error_retryable(m, false);
-        s_send(self, &m);
-        break;
-    }
     case LLMQ_MSG_INVALID:
         llmq_wlog(LLMQ_LOG_WARN, "undecodable message from broker: %s",
                   llmq_msg_invalid_reason(msg));
@@ -1871,6 +1892,20 @@ static int s_curl_new(s_worker_t *self)
     return 0;
 }
 
+/*  Undo s_curl_new, and free the idle easy handles. */
+static void s_curl_destroy(s_worker_t *self)
+{
+    for (size_t i = 0; i < self->pool_len; i++)
+        curl_easy_cleanup(self->pool[i]);
+    free(self->pool);
+    for (size_t i = 0; self->shards && i < self->nshards; i++)
+        if (self->shards[i].multi)
+            curl_multi_cleanup(self->shards[i].multi);
+    free(self->shards);
+    if (self->epfd >= 0)
+        close(self->epfd);
+}
+
 /*  batch_api: provider Batch API tasks (issue 8) on the first shard. */
 static void s_batch_new(s_worker_t *self)
 {
@@ -1915,8 +1950,9 @@ static s_worker_t *s_worker_new(llmq_worker_config_t **config_p, zsock_t *pipe,
     self->pipe = pipe;
     self->epfd = -1;
     self->exit_code = LLMQ_WORKER_EXIT_OK;
-    self->rng = (uint64_t)zclock_time() ^ ((uint64_t)getpid() << 32) ^
-                0x9E3779B97F4A7C15ULL;
+    uint64_t seed = (uint64_t)zclock_time() ^ ((uint64_t)getpid() << 32);
+    for (int i = 0; i < 3; i++)
+        self->rng[i] = (unsigned short)(seed >> (16 * i));
     self->avg_tokens = cfg->default_max_tokens / 4;
     self->probe_backoff = 1000;
     llmq_provider_config_t pc = {cfg->provider, cfg->base_url, cfg->api_key,
@@ -1934,16 +1970,13 @@ static s_worker_t *s_worker_new(llmq_worker_config_t **config_p, zsock_t *pipe,
         llmq_breaker_new(cfg->breaker_failures, cfg->breaker_cooldown_ms);
     self->jobs = zhashx_new();
     self->running = zhashx_new();
-    self->held = zhashx_new();
-    self->held_ids = zhashx_new();
-    self->held_order = zlistx_new();
     const char *poison = getenv("LLMQ_TEST_POISON");
     self->poison = poison && *poison ? poison : NULL;
     self->queue = zlistx_new();
     self->retries = llmq_queue_new();
     if (!self->provider || !self->limiter || !self->breaker || !self->jobs ||
-        !self->running || !self->held || !self->held_ids || !self->held_order ||
-        !self->queue || !self->retries || s_curl_new(self) != 0) {
+        !self->running || s_held_new(self) != 0 || !self->queue ||
+        !self->retries || s_curl_new(self) != 0) {
         if (errbuf && !*errbuf)
             snprintf(errbuf, errlen,
                      "cannot set up the worker (out of memory or fds)");
@@ -1951,7 +1984,6 @@ static s_worker_t *s_worker_new(llmq_worker_config_t **config_p, zsock_t *pipe,
         return NULL;
     }
     zhashx_set_destructor(self->jobs, s_job_destructor);
-    zhashx_set_destructor(self->held, s_held_free);
     s_raise_nofile(cfg->capacity);
     if (cfg->batch_api)
         s_batch_new(self);
@@ -1963,19 +1995,13 @@ static void s_worker_destroy(s_worker_t **self_p)
     if (!self_p || !*self_p)
         return;
     s_worker_t *self = *self_p;
-    if (self->jobs) {
-        s_job_t *job = zhashx_first(self->jobs);
-        while (job) {
-            s_job_detach(self, job, false);
-            job = zhashx_next(self->jobs);
-        }
-        zhashx_destroy(&self->running);
-        zhashx_destroy(&self->jobs);
-    }
+    /*  Jobs first: they hold curl handles, and running borrows them. */
+    for (s_job_t *job = self->jobs ? zhashx_first(self->jobs) : NULL; job;
+         job = zhashx_next(self->jobs))
+        s_job_detach(self, job, false);
     zhashx_destroy(&self->running);
-    zhashx_destroy(&self->held_ids);
-    zlistx_destroy(&self->held_order);
-    zhashx_destroy(&self->held);
+    zhashx_destroy(&self->jobs);
+    s_held_destroy(self);
     llmq_batch_api_destroy(&self->batch);
     if (self->probe) {
         s_job_detach(self, self->probe, false);
@@ -1983,15 +2009,7 @@ static void s_worker_destroy(s_worker_t **self_p)
     }
     zlistx_destroy(&self->queue);
     llmq_queue_destroy(&self->retries);
-    for (size_t i = 0; i < self->pool_len; i++)
-        curl_easy_cleanup(self->pool[i]);
-    free(self->pool);
-    for (size_t i = 0; self->shards && i < self->nshards; i++)
-        if (self->shards[i].multi)
-            curl_multi_cleanup(self->shards[i].multi);
-    free(self->shards);
-    if (self->epfd >= 0)
-        close(self->epfd);
+    s_curl_destroy(self);
     zsock_destroy(&self->dealer);
     zcert_destroy(&self->cert);
     llmq_wmetrics_destroy(&self->metrics);
