@@ -2101,6 +2101,18 @@ static llmq_msg_t *s_test_expect(zsock_t *router, llmq_msg_type_t type,
     return found;
 }
 
+/*  A ROUTER on a free port, standing in for the broker; its endpoint goes
+    to endpoint. NULL if it cannot bind. */
+static zsock_t *s_test_router(char *endpoint, size_t size)
+{
+    zsock_t *router = zsock_new(ZMQ_ROUTER);
+    int port = router ? zsock_bind(router, "tcp://127.0.0.1:*") : -1;
+    if (port <= 0)
+        zsock_destroy(&router);
+    snprintf(endpoint, size, "tcp://127.0.0.1:%d", port);
+    return router;
+}
+
 /*  An echo worker actor for a broker at endpoint, with one more flag (and
     its value) if not NULL. NULL if the config is refused or not taken. */
 static zactor_t *s_test_worker(const char *endpoint, const char *flag,
@@ -2310,11 +2322,9 @@ static int s_test_ends(void)
     llmq_msg_t *m = NULL;
     zmsg_t *event = NULL;
     zactor_t *worker = NULL;
-    zsock_t *router = zsock_new(ZMQ_ROUTER);
-    int port = router ? zsock_bind(router, "tcp://127.0.0.1:*") : -1;
     char endpoint[64];
-    snprintf(endpoint, sizeof endpoint, "tcp://127.0.0.1:%d", port);
-    CHECK(port > 0);
+    zsock_t *router = s_test_router(endpoint, sizeof endpoint);
+    CHECK(router);
     worker = s_test_worker(endpoint, "--check-only", NULL);
     CHECK(worker);
     event = s_test_event(worker, 5000);
@@ -2350,11 +2360,9 @@ int llmq_worker_test(bool verbose)
     int result = -1;
     zactor_t *worker = NULL;
     zframe_t *rid = NULL;
-    zsock_t *router = zsock_new(ZMQ_ROUTER);
-    int port = router ? zsock_bind(router, "tcp://127.0.0.1:*") : -1;
     char endpoint[64];
-    snprintf(endpoint, sizeof endpoint, "tcp://127.0.0.1:%d", port);
-    CHECK(port > 0);
+    zsock_t *router = s_test_router(endpoint, sizeof endpoint);
+    CHECK(router);
     llmq_wlog_setup("llmq-worker", false, verbose);
     worker = s_test_worker(endpoint, NULL, NULL);
     CHECK(worker);
