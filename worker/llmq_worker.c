@@ -941,6 +941,7 @@ static bool s_is_provider_failure(const llmq_perr_t *err)
 }
 
 static void s_probe_done(s_worker_t *self, s_job_t *job, CURLcode rc);
+static void s_attempt_failed(s_worker_t *self, s_job_t *job, int64_t now);
 
 /*  A transfer ended: answer, or retry, or fail. */
 static void s_transfer_done(s_worker_t *self, s_job_t *job, CURLcode rc,
@@ -995,6 +996,13 @@ static void s_transfer_done(s_worker_t *self, s_job_t *job, CURLcode rc,
         cJSON_Delete(body);
         return;
     }
+    s_attempt_failed(self, job, now);
+}
+
+/*  An attempt failed (job->err says how): count it for the breaker, then
+    retry after a backoff, or answer the failure. */
+static void s_attempt_failed(s_worker_t *self, s_job_t *job, int64_t now)
+{
     llmq_provider_scrub(self->provider, job->err.message);
     /*  Only a request's first failure says something about the provider:
         the same request failing again on retry is evidence about that
@@ -1289,6 +1297,10 @@ static void s_poison_check(s_worker_t *self, zframe_t *payload)
     }
 }
 
+static void s_job_build(s_worker_t *self, s_job_t *job, llmq_msg_t *msg);
+
+/*  `req`: a resend we can attach, or a new job (s_job_build) unless the
+    broker sent it past our capacity. */
 static void s_on_req(s_worker_t *self, llmq_msg_t *msg)
 {
     int64_t now = s_now();
@@ -1305,8 +1317,7 @@ static void s_on_req(s_worker_t *self, llmq_msg_t *msg)
     const char *rkey = llmq_msg_rkey(msg);
     if (rkey && *rkey && llmq_msg_resend(msg) && s_attach(self, rkey, id))
         return;
-    zframe_t *payload = llmq_msg_payload(msg);
-    s_poison_check(self, payload);
+    s_poison_check(self, llmq_msg_payload(msg));
     s_job_t *job = calloc(1, sizeof *job);
     if (!job)
         return;
@@ -1337,6 +1348,14 @@ static void s_on_req(s_worker_t *self, llmq_msg_t *msg)
                "worker at capacity: request sent without credit");
         return;
     }
+    s_job_build(self, job, msg);
+}
+
+/*  A new job: its op and body checked, then answered at once (a provider
+    without HTTP) or its HTTP request built and queued for the limiter. */
+static void s_job_build(s_worker_t *self, s_job_t *job, llmq_msg_t *msg)
+{
+    zframe_t *payload = llmq_msg_payload(msg);
     if (job->op == LLMQ_OP_UNKNOWN) {
         char text[128];
         snprintf(text, sizeof text,
@@ -1374,7 +1393,7 @@ static void s_on_req(s_worker_t *self, llmq_msg_t *msg)
     }
     s_add_traceparent(job, llmq_msg_trace(msg));
     s_enqueue(self, job, false);
-    s_pump(self, now);
+    s_pump(self, s_now());
 }
 
 static void s_on_cancel(s_worker_t *self, llmq_msg_t *msg)
