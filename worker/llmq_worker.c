@@ -110,37 +110,38 @@ typedef struct {
 } s_shard_t;
 
 typedef struct {
-    s_worker_t *worker;      /* back pointer, for curl callbacks */
-    char *id;                /* broker's request id (key in jobs) */
-    char *rkey;              /* request key (3.3), or NULL */
-    zlistx_t *chunks;        /* chunk messages sent, kept for a resend (rkey) */
-    llmq_op_t op;            /* chat, completion, embedding */
-    char *model;             /* the req's model */
-    bool stream;             /* relay chunks */
-    bool probe;              /* a health probe, not a request */
-    int64_t received_ms;     /* when the req arrived */
-    int64_t deadline_at;     /* 0 = none */
-    int attempts;            /* HTTP attempts started */
-    int64_t estimate;        /* tokens, for the limiter */
-    s_state_t state;         /* where it is */
-    llmq_http_t http;        /* the request, built once */
-    CURL *easy;              /* while RUNNING */
-    s_shard_t *shard;        /* the multi it runs on, while RUNNING */
-    char *buf;               /* answer body (or error body) */
-    size_t len;              /* its length */
-    size_t cap;              /* its allocation */
-    long status;             /* HTTP status of this attempt */
-    bool deadline_cut;       /* this attempt's timeout is the deadline */
-    llmq_ratelimit_t rl;     /* this attempt's rate-limit headers */
-    llmq_perr_t err;         /* last failure */
-    bool stream_failed;      /* stream parse failed (err set) */
-    llmq_sse_t *sse;         /* stream parser, per attempt */
-    llmq_stream_t *st;       /* stream state, per attempt */
-    int64_t seq;             /* next chunk seq */
-    llmq_queue_node_t retry; /* WAITING: in retries, seq = when to retry */
-    void *queue_handle;      /* QUEUED: handle in the start queue */
-    int64_t queued_ms;       /* QUEUED: since when */
-    bool limiter_waited;     /* counted in limiter_waits */
+    s_worker_t *worker;  /* back pointer, for curl callbacks */
+    char *id;            /* broker's request id (key in jobs) */
+    char *rkey;          /* request key (3.3), or NULL */
+    zlistx_t *chunks;    /* chunk messages sent, kept for a resend (rkey) */
+    llmq_op_t op;        /* chat, completion, embedding */
+    char *model;         /* the req's model */
+    bool stream;         /* relay chunks */
+    bool probe;          /* a health probe, not a request */
+    int64_t received_ms; /* when the req arrived */
+    int64_t deadline_at; /* 0 = none */
+    int attempts;        /* HTTP attempts started */
+    int64_t estimate;    /* tokens, for the limiter */
+    s_state_t state;     /* where it is */
+    llmq_http_t http;    /* the request, built once */
+    CURL *easy;          /* while RUNNING */
+    s_shard_t *shard;    /* the multi it runs on, while RUNNING */
+    char *buf;           /* answer body (or error body) */
+    size_t len;          /* its length */
+    size_t cap;          /* its allocation */
+    long status;         /* HTTP status of this attempt */
+    bool deadline_cut;   /* this attempt's timeout is the deadline */
+    llmq_ratelimit_t rl; /* this attempt's rate-limit headers */
+    llmq_perr_t err;     /* last failure */
+    bool stream_failed;  /* stream parse failed (err set) */
+    llmq_sse_t *sse;     /* stream parser, per attempt */
+    llmq_stream_t *st;   /* stream state, per attempt */
+    int64_t seq;         /* next chunk seq */
+    void *queue_handle;  /* QUEUED: handle in the start queue */
+    int64_t queued_ms;   /* QUEUED: since when */
+    bool limiter_waited; /* counted in limiter_waits */
+    /*  WAITING: in the worker's retries, seq = when to try again. */
+    llmq_queue_node_t retry;
 } s_job_t;
 
 struct _s_worker_t {
@@ -152,17 +153,18 @@ struct _s_worker_t {
     s_shard_t *shards;         /* curl multi handles */
     llmq_batch_api_t *batch;   /* provider Batch API tasks, or NULL */
     size_t nshards;
-    int epfd;              /* every curl socket of every shard */
-    zhashx_t *jobs;        /* id -> s_job_t, every request held */
-    zhashx_t *running;     /* rkey -> s_job_t (borrowed), jobs with a key */
-    zhashx_t *held;        /* rkey -> s_held_t (owns) */
-    zhashx_t *held_ids;    /* broker id -> s_held_t (borrowed) */
-    zlistx_t *held_order;  /* s_held_t oldest first (borrowed) */
-    size_t held_bytes;     /* sum of their bytes */
-    const char *poison;    /* LLMQ_TEST_POISON: abort on a body with it */
-    zlistx_t *queue;       /* s_job_t waiting to start, FIFO */
-    llmq_queue_t *retries; /* WAITING jobs, soonest due first */
-    CURL **pool;           /* idle easy handles */
+    int epfd;             /* every curl socket of every shard */
+    zhashx_t *jobs;       /* id -> s_job_t, every request held */
+    zhashx_t *running;    /* rkey -> s_job_t (borrowed), jobs with a key */
+    zhashx_t *held;       /* rkey -> s_held_t (owns) */
+    zhashx_t *held_ids;   /* broker id -> s_held_t (borrowed) */
+    zlistx_t *held_order; /* s_held_t oldest first (borrowed) */
+    size_t held_bytes;    /* sum of their bytes */
+    const char *poison;   /* LLMQ_TEST_POISON: abort on a body with it */
+    zlistx_t *queue;      /* s_job_t waiting to start, FIFO */
+    /*  WAITING jobs, soonest due first. */
+    llmq_queue_t *retries;
+    CURL **pool; /* idle easy handles */
     size_t pool_len;
     size_t pool_cap;
     s_job_t *probe;        /* health probe in flight, or NULL */
