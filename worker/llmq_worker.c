@@ -1885,27 +1885,27 @@ static int s_curl_new(s_worker_t *self)
 {
     int64_t capacity = self->cfg->capacity;
     self->epfd = epoll_create1(EPOLL_CLOEXEC);
-    if (self->epfd < 0 || curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
-        return -1;
+    bool curl_ok = curl_global_init(CURL_GLOBAL_DEFAULT) == CURLE_OK;
     self->nshards = (size_t)(capacity + S_SHARD_CONNS - 1) / S_SHARD_CONNS;
     self->shards = calloc(self->nshards, sizeof(s_shard_t));
-    if (!self->shards)
-        return -1;
-    long per_shard = (long)((capacity + (int64_t)self->nshards - 1) /
-                            (int64_t)self->nshards);
-    for (size_t i = 0; i < self->nshards; i++) {
+    for (size_t i = 0; curl_ok && self->shards && i < self->nshards; i++) {
         s_shard_t *shard = &self->shards[i];
         shard->worker = self;
         shard->index = (uint32_t)i;
         shard->due = -1;
         shard->multi = curl_multi_init();
-        if (!shard->multi)
-            return -1;
-        CURLM *multi = shard->multi;
+        curl_ok = shard->multi != NULL;
+    }
+    if (self->epfd < 0 || !self->shards || !curl_ok)
+        return -1;
+    long per_shard = (long)((capacity + (int64_t)self->nshards - 1) /
+                            (int64_t)self->nshards);
+    for (size_t i = 0; i < self->nshards; i++) {
+        CURLM *multi = self->shards[i].multi;
         curl_multi_setopt(multi, CURLMOPT_SOCKETFUNCTION, s_on_socket);
-        curl_multi_setopt(multi, CURLMOPT_SOCKETDATA, shard);
+        curl_multi_setopt(multi, CURLMOPT_SOCKETDATA, &self->shards[i]);
         curl_multi_setopt(multi, CURLMOPT_TIMERFUNCTION, s_on_timer);
-        curl_multi_setopt(multi, CURLMOPT_TIMERDATA, shard);
+        curl_multi_setopt(multi, CURLMOPT_TIMERDATA, &self->shards[i]);
         curl_multi_setopt(multi, CURLMOPT_MAX_HOST_CONNECTIONS, per_shard);
         curl_multi_setopt(multi, CURLMOPT_MAXCONNECTS, per_shard);
         curl_multi_setopt(multi, CURLMOPT_PIPELINING, (long)CURLPIPE_MULTIPLEX);
