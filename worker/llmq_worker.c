@@ -35,6 +35,7 @@
 #include "llmq_worker.h"
 
 #include <curl/curl.h>
+#include <openssl/crypto.h>
 #include <errno.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -2055,18 +2056,11 @@ static void s_await_term(zsock_t *pipe)
     }
 }
 
-void llmq_worker(zsock_t *pipe, void *args)
+/*  The end of a run the caller did not stop with $TERM: DRAINED after a
+    DRAIN, else STOPPED with the exit code and a line for the user (err if
+    the worker could not start). */
+static void s_send_end(zsock_t *pipe, s_worker_t *self, const char *err)
 {
-    char err[600] = "";
-    s_worker_t *self =
-        s_worker_new((llmq_worker_config_t **)args, pipe, err, sizeof err);
-    zsock_signal(pipe, 0);
-    if (self)
-        s_run(self);
-    if (self && self->terminated) {
-        s_worker_destroy(&self);
-        return;
-    }
     if (self && self->drain_asked && self->exit_code == LLMQ_WORKER_EXIT_OK)
         zstr_send(pipe, "DRAINED");
     else {
@@ -2075,8 +2069,27 @@ void llmq_worker(zsock_t *pipe, void *args)
                  self ? self->exit_code : LLMQ_WORKER_EXIT_FAILURE);
         zstr_sendx(pipe, "STOPPED", code, self ? self->stop_text : err, NULL);
     }
+}
+
+void llmq_worker(zsock_t *pipe, void *args)
+{
+    char err[600] = "";
+    s_worker_t *self =
+        s_worker_new((llmq_worker_config_t **)args, pipe, err, sizeof err);
+    zsock_signal(pipe, 0);
+    if (self)
+        s_run(self);
+    bool terminated = self && self->terminated;
+    if (!terminated)
+        s_send_end(pipe, self, err);
     s_worker_destroy(&self);
-    s_await_term(pipe);
+    if (!terminated)
+        s_await_term(pipe);
+    /*  curl's TLS library keeps state per thread, freed by a thread-exit
+        hook that would race the process's exit-time cleanup once the
+        caller is past zactor_destroy (a double free): free it now, while
+        the caller still waits for us. */
+    OPENSSL_thread_stop();
 }
 
 /*  --- selftest
