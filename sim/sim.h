@@ -25,7 +25,6 @@
 #include <event2/event.h>
 #include <event2/http.h>
 
-#define SIM_VERSION "0.1.0"
 #define SIM_DEFAULT_MAX_TOKENS 16
 #define SIM_MAX_FORCED_TOKENS 65536
 #define SIM_MODEL_MAX 256
