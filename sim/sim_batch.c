@@ -92,7 +92,9 @@ typedef struct s_batch {
 } s_batch_t;
 
 struct sim_batches_s {
-    sim_t *sim;
+    sim_http_t *sim;         //  the server's HTTP layer (borrowed)
+    sim_batch_exec_fn *exec; //  answers one line (sim_main.c)
+    void *exec_arg;
     sim_batch_cfg_t cfg;
     s_file_t *files;
     s_batch_t *batches;
@@ -202,7 +204,7 @@ static const char *s_mem_find(const char *hay, size_t hlen, const char *needle,
 //  POST /v1/files: multipart/form-data with "purpose" and "file".
 static void s_files_upload(sim_batches_t *self, struct evhttp_request *req)
 {
-    sim_t *sim = self->sim;
+    sim_http_t *sim = self->sim;
     const char *ctype = evhttp_find_header(
         evhttp_request_get_input_headers(req), "Content-Type");
     const char *b = ctype ? strstr(ctype, "boundary=") : NULL;
@@ -301,7 +303,7 @@ done:
 void sim_batches_files(sim_batches_t *self, struct evhttp_request *req,
                        const char *path)
 {
-    sim_t *sim = self->sim;
+    sim_http_t *sim = self->sim;
     enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
     bool is_root = strcmp(path, "/v1/files") == 0;
     const char *id = is_root ? NULL : path + 10;
@@ -426,7 +428,7 @@ static void s_batch_json(struct evbuffer *out, const s_batch_t *b)
         evbuffer_add_printf(out, ",\"archived_at\":null,\"results_url\":");
         if (ended)
             evbuffer_add_printf(out, "\"%s/v1/messages/batches/%s/results\"}",
-                                sim_url(self->sim), b->id);
+                                self->sim->url, b->id);
         else
             evbuffer_add_printf(out, "null}");
         return;
@@ -502,8 +504,8 @@ static s_batch_t *s_batch_new(sim_batches_t *self, s_kind_t kind)
              sim_next_id(self->sim));
     b->created_at = sim_wall_ms();
     b->expires_at = b->created_at + self->cfg.expire_ms;
-    b->timer = evtimer_new(sim_base(self->sim), s_phase, b);
-    b->expire = evtimer_new(sim_base(self->sim), s_expire, b);
+    b->timer = evtimer_new(self->sim->base, s_phase, b);
+    b->expire = evtimer_new(self->sim->base, s_expire, b);
     if (!b->timer || !b->expire) {
         s_batch_free(b);
         return NULL;
@@ -668,7 +670,7 @@ static bool s_process_slice(s_batch_t *b)
     struct evbuffer *out = evbuffer_new();
     for (int k = 0; k < per_tick && b->next_line < b->n_lines; k++) {
         s_line_t *l = &b->lines[b->next_line++];
-        int status = sim_exec_line(self->sim, b->op, l->body, out);
+        int status = self->exec(self->exec_arg, b->op, l->body, out);
         if (status == 0) {
             l->state = L_STUCK;
             b->n_stuck++;
@@ -950,7 +952,7 @@ static void s_list(sim_batches_t *self, struct evhttp_request *req,
 
 static void s_openai_create(sim_batches_t *self, struct evhttp_request *req)
 {
-    sim_t *sim = self->sim;
+    sim_http_t *sim = self->sim;
     cJSON *body = s_body_json(req);
     const cJSON *file_id =
         cJSON_GetObjectItemCaseSensitive(body, "input_file_id");
@@ -1024,7 +1026,7 @@ static void s_openai_create(sim_batches_t *self, struct evhttp_request *req)
 void sim_batches_openai(sim_batches_t *self, struct evhttp_request *req,
                         const char *path)
 {
-    sim_t *sim = self->sim;
+    sim_http_t *sim = self->sim;
     enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
     bool is_root = strcmp(path, "/v1/batches") == 0;
     const char *id = is_root ? NULL : path + 12;
@@ -1080,7 +1082,7 @@ void sim_batches_openai(sim_batches_t *self, struct evhttp_request *req,
 
 static void s_anthropic_create(sim_batches_t *self, struct evhttp_request *req)
 {
-    sim_t *sim = self->sim;
+    sim_http_t *sim = self->sim;
     cJSON *body = s_body_json(req);
     cJSON *requests = cJSON_GetObjectItemCaseSensitive(body, "requests");
     char msg[256] = "";
@@ -1184,7 +1186,7 @@ static void s_anthropic_create(sim_batches_t *self, struct evhttp_request *req)
 static void s_anthropic_results(sim_batches_t *self, struct evhttp_request *req,
                                 s_batch_t *b)
 {
-    sim_t *sim = self->sim;
+    sim_http_t *sim = self->sim;
     if (!s_terminal(b->state)) {
         sim_reply_error(sim, req, SIM_R_MBATCH_RESULTS, true, 400,
                         "Message batch results are not yet available: the "
@@ -1217,7 +1219,7 @@ static void s_anthropic_results(sim_batches_t *self, struct evhttp_request *req,
 void sim_batches_anthropic(sim_batches_t *self, struct evhttp_request *req,
                            const char *path)
 {
-    sim_t *sim = self->sim;
+    sim_http_t *sim = self->sim;
     enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
     bool is_root = strcmp(path, "/v1/messages/batches") == 0;
     const char *id = is_root ? NULL : path + 21;
@@ -1275,12 +1277,15 @@ void sim_batches_anthropic(sim_batches_t *self, struct evhttp_request *req,
 //  --- lifecycle and stats
 //  ------------------------------------------------------
 
-sim_batches_t *sim_batches_new(sim_t *sim, const sim_batch_cfg_t *cfg)
+sim_batches_t *sim_batches_new(sim_http_t *sim, const sim_batch_cfg_t *cfg,
+                               sim_batch_exec_fn *exec, void *exec_arg)
 {
     sim_batches_t *self = calloc(1, sizeof(*self));
     if (!self)
         return NULL;
     self->sim = sim;
+    self->exec = exec;
+    self->exec_arg = exec_arg;
     self->cfg = *cfg;
     return self;
 }

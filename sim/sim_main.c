@@ -17,6 +17,7 @@
       a hang is tracked per connection and forgotten in the close callback.
 */
 #include "sim.h"
+#include "sim_http.h"
 
 #include <errno.h>
 #ifdef __GLIBC__
@@ -132,6 +133,8 @@ static uint64_t *s_map_slot(s_map_t *m, uint64_t key, bool create)
 
 //  --- state -----------------------------------------------------------------
 
+typedef struct sim_s sim_t;
+
 //  A reply waiting for its timer: a whole body, an SSE stream or a reset.
 typedef enum { P_REPLY, P_STREAM, P_RESET } s_pkind_t;
 
@@ -168,8 +171,7 @@ typedef struct s_conn {
 } s_conn_t;
 
 #define S_CONN_BUCKETS 65536
-#define S_MAX_KEYS 100000 //  rate-limit windows tracked
-#define S_STATS_CODES 24
+#define S_MAX_KEYS 100000    //  rate-limit windows tracked
 #define S_MAX_BILLED 8000000 //  request keys remembered (~256 MB)
 
 //  Stats codes that are not HTTP statuses.
@@ -183,12 +185,10 @@ typedef struct {
 
 struct sim_s {
     s_cfg_t cfg;
-    struct event_base *base;
+    sim_http_t net; //  loop, URL, ids, keys, reply statistics
     struct evhttp *http;
     struct event *sigint, *sigterm;
-    char url[128];
     uint64_t rng;
-    uint64_t next_id;
     s_pending_t *pending; //  all waiting replies
     s_conn_t **conns;     //  S_CONN_BUCKETS chains
     s_map_t arrivals;     //  request key -> arrivals (directives)
@@ -198,14 +198,10 @@ struct sim_s {
     size_t n_windows, cap_windows;
     sim_batches_t *batches;
     const struct timeval *latency_tv; //  common timeout for --latency-ms
-    //  statistics
-    struct {
-        int code;
-        uint64_t count;
-    } stats[SIM_R_COUNT][S_STATS_CODES];
-    uint64_t total, rate_limited, limited_by_limit, double_billed, answered_ok;
+    //  statistics (replies per route: net.stats)
+    uint64_t limited_by_limit, double_billed, answered_ok;
     uint64_t prompt_tokens, completion_tokens;
-    int64_t in_flight, peak_concurrent, connections, peak_connections;
+    int64_t peak_concurrent, connections, peak_connections;
     int64_t started_ms;
 };
 
@@ -236,35 +232,6 @@ static const char *s_default_models[] = {
 
 //  --- helpers ---------------------------------------------------------------
 
-int64_t sim_mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-int64_t sim_wall_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-struct event_base *sim_base(sim_t *sim)
-{
-    return sim->base;
-}
-
-const char *sim_url(sim_t *sim)
-{
-    return sim->url;
-}
-
-uint64_t sim_next_id(sim_t *sim)
-{
-    return ++sim->next_id;
-}
-
 //  Uniform double in [0, 1).
 static double s_rand01(sim_t *sim)
 {
@@ -274,30 +241,6 @@ static double s_rand01(sim_t *sim)
     x ^= x >> 27;
     sim->rng = x;
     return (double)((x * 0x2545F4914F6CDD1DULL) >> 11) / 9007199254740992.0;
-}
-
-static void s_count(sim_t *sim, int route, int code)
-{
-    sim->total++;
-    if (code == 429)
-        sim->rate_limited++;
-    for (int i = 0; i < S_STATS_CODES; i++) {
-        if (sim->stats[route][i].code == code) {
-            sim->stats[route][i].count++;
-            return;
-        }
-        if (sim->stats[route][i].code == 0) {
-            sim->stats[route][i].code = code;
-            sim->stats[route][i].count = 1;
-            return;
-        }
-    }
-}
-
-//  A request left our hands (answered, reset, or dropped).
-static void s_done(sim_t *sim)
-{
-    sim->in_flight--;
 }
 
 //  A 200 answer for request key: counts double billing.
@@ -313,40 +256,6 @@ static void s_bill(sim_t *sim, uint64_t key)
     if (*slot)
         sim->double_billed++;
     *slot = 1;
-}
-
-static void s_header(struct evhttp_request *req, const char *name,
-                     const char *value)
-{
-    evhttp_add_header(evhttp_request_get_output_headers(req), name, value);
-}
-
-void sim_reply(sim_t *sim, struct evhttp_request *req, int route, int status,
-               const char *ctype, struct evbuffer *body)
-{
-    s_header(req, "Content-Type", ctype);
-    s_count(sim, route, status);
-    evhttp_send_reply(req, status, NULL, body);
-    s_done(sim);
-}
-
-void sim_reply_json(sim_t *sim, struct evhttp_request *req, int route,
-                    int status, struct evbuffer *body)
-{
-    sim_reply(sim, req, route, status, "application/json", body);
-}
-
-void sim_reply_error(sim_t *sim, struct evhttp_request *req, int route,
-                     bool anthropic, int status, const char *message,
-                     const char *param, const char *code)
-{
-    struct evbuffer *body = evbuffer_new();
-    if (anthropic)
-        sim_err_anthropic(body, sim_anthropic_type(status), message);
-    else
-        sim_err_openai(body, message, sim_openai_type(status), param, code);
-    sim_reply_json(sim, req, route, status, body);
-    evbuffer_free(body);
 }
 
 //  --- connections
@@ -384,7 +293,7 @@ static void s_conn_closed(struct evhttp_connection *evcon, void *arg)
         //  free. Still attached: evhttp frees it with the connection.
         if (evhttp_request_get_connection(conn->hung) == NULL)
             evhttp_request_free(conn->hung);
-        s_done(sim);
+        sim_done(&sim->net);
     }
     sim->connections--;
     free(conn);
@@ -441,7 +350,7 @@ static void s_hang_expired(evutil_socket_t fd, short what, void *arg)
 //  Holds req forever (or --hang-ms): no answer, ever.
 static void s_hang(sim_t *sim, struct evhttp_request *req, int route)
 {
-    s_count(sim, route, S_HANG);
+    sim_count(&sim->net, route, S_HANG);
     s_conn_t *conn = s_conn_of(sim, req);
     if (!conn || conn->hung) {
         //  Cannot track it: give up the connection instead of leaking it.
@@ -450,20 +359,20 @@ static void s_hang(sim_t *sim, struct evhttp_request *req, int route)
             evhttp_connection_free(evcon);
         else
             evhttp_request_free(req);
-        s_done(sim);
+        sim_done(&sim->net);
         return;
     }
     conn->hung = req;
     struct bufferevent *bev = evhttp_connection_get_bufferevent(conn->evcon);
     evutil_socket_t fd = bev ? bufferevent_getfd(bev) : -1;
     if (fd >= 0) {
-        conn->watch =
-            event_new(sim->base, fd, EV_READ | EV_PERSIST, s_hang_watch, conn);
+        conn->watch = event_new(sim->net.base, fd, EV_READ | EV_PERSIST,
+                                s_hang_watch, conn);
         if (conn->watch)
             event_add(conn->watch, NULL);
     }
     if (sim->cfg.hang_ms > 0) {
-        conn->hang_timer = evtimer_new(sim->base, s_hang_expired, conn);
+        conn->hang_timer = evtimer_new(sim->net.base, s_hang_expired, conn);
         struct timeval tv = {sim->cfg.hang_ms / 1000,
                              (sim->cfg.hang_ms % 1000) * 1000};
         if (conn->hang_timer)
@@ -474,7 +383,7 @@ static void s_hang(sim_t *sim, struct evhttp_request *req, int route)
 //  Closes the request's connection abruptly (RST, no answer).
 static void s_reset_now(sim_t *sim, struct evhttp_request *req, int route)
 {
-    s_count(sim, route, S_RESET);
+    sim_count(&sim->net, route, S_RESET);
     struct evhttp_connection *evcon = evhttp_request_get_connection(req);
     if (evcon) {
         struct bufferevent *bev = evhttp_connection_get_bufferevent(evcon);
@@ -486,7 +395,7 @@ static void s_reset_now(sim_t *sim, struct evhttp_request *req, int route)
         evhttp_connection_free(evcon);
     } else
         evhttp_request_free(req);
-    s_done(sim);
+    sim_done(&sim->net);
 }
 
 //  --- pending replies -------------------------------------------------------
@@ -503,7 +412,7 @@ static s_pending_t *s_pending_new(sim_t *sim, struct evhttp_request *req,
     p->req = req;
     p->kind = kind;
     p->route = route;
-    evtimer_assign(&p->timer, sim->base, s_pending_fire, p);
+    evtimer_assign(&p->timer, sim->net.base, s_pending_fire, p);
     p->next = sim->pending;
     if (sim->pending)
         sim->pending->prev = p;
@@ -547,19 +456,19 @@ static bool s_stream_step(s_pending_t *p)
         //  Client gone. Like a real provider we did the work and bill it,
         //  so a client that times out and retries shows up as double billed.
         if (!p->started) {
-            s_count(sim, p->route, 200);
+            sim_count(&sim->net, p->route, 200);
             s_bill(sim, p->bill_key);
         }
         evhttp_send_reply_end(req);
-        s_done(sim);
+        sim_done(&sim->net);
         return true;
     }
     struct evbuffer *out = evbuffer_new();
     if (!p->started) {
-        s_header(req, "Content-Type", "text/event-stream; charset=utf-8");
-        s_header(req, "Cache-Control", "no-cache");
+        sim_header(req, "Content-Type", "text/event-stream; charset=utf-8");
+        sim_header(req, "Cache-Control", "no-cache");
         evhttp_send_reply_start(req, 200, "OK");
-        s_count(sim, p->route, 200);
+        sim_count(&sim->net, p->route, 200);
         s_bill(sim, p->bill_key);
         sim_sse_head(out, &p->r, p->id, p->created);
         p->started = true;
@@ -583,7 +492,7 @@ static bool s_stream_step(s_pending_t *p)
     evbuffer_free(out);
     if (over) {
         evhttp_send_reply_end(req);
-        s_done(sim);
+        sim_done(&sim->net);
     }
     return over;
 }
@@ -598,10 +507,10 @@ static void s_pending_fire(evutil_socket_t fd, short what, void *arg)
     case P_REPLY:
         if (p->bill)
             s_bill(sim, p->bill_key);
-        s_header(p->req, "Content-Type", "application/json");
-        s_count(sim, p->route, p->stat_code);
+        sim_header(p->req, "Content-Type", "application/json");
+        sim_count(&sim->net, p->route, p->stat_code);
         evhttp_send_reply(p->req, p->status, NULL, p->body);
-        s_done(sim);
+        sim_done(&sim->net);
         break;
     case P_RESET:
         s_reset_now(sim, p->req, p->route);
@@ -618,53 +527,6 @@ static void s_pending_fire(evutil_socket_t fd, short what, void *arg)
 
 //  --- auth and rate limits
 //  ----------------------------------------------------
-
-int sim_auth(sim_t *sim, struct evhttp_request *req, int route, bool anthropic,
-             uint64_t *keyhash)
-{
-    struct evkeyvalq *in = evhttp_request_get_input_headers(req);
-    const char *key = NULL;
-    if (anthropic)
-        key = evhttp_find_header(in, "x-api-key");
-    if (!key) {
-        const char *auth = evhttp_find_header(in, "Authorization");
-        if (auth && strncasecmp(auth, "Bearer ", 7) == 0) {
-            key = auth + 7;
-            while (*key == ' ')
-                key++;
-        }
-    }
-    bool ok = key && *key;
-    if (ok && sim->cfg.n_api_keys) {
-        ok = false;
-        for (int i = 0; i < sim->cfg.n_api_keys; i++)
-            if (strcmp(key, sim->cfg.api_keys[i]) == 0)
-                ok = true;
-    }
-    if (!ok) {
-        //  Never echo the key back: it may be a real secret sent by mistake.
-        const char *msg =
-            (key && *key)
-                ? (anthropic ? "invalid x-api-key"
-                             : "Incorrect API key provided.")
-                : (anthropic ? "x-api-key header is required"
-                             : "You didn't provide an API key. You need to "
-                               "provide your API key in an "
-                               "Authorization header using Bearer auth (i.e. "
-                               "Authorization: Bearer YOUR_KEY).");
-        sim_reply_error(sim, req, route, anthropic, 401, msg, NULL,
-                        "invalid_api_key");
-        return -1;
-    }
-    if (anthropic && !evhttp_find_header(in, "anthropic-version")) {
-        sim_reply_error(sim, req, route, true, 400,
-                        "anthropic-version: header is required", NULL, NULL);
-        return -1;
-    }
-    if (keyhash)
-        *keyhash = sim_fnv(SIM_FNV_OFFSET, key, strlen(key));
-    return 0;
-}
 
 static s_window_t *s_window(sim_t *sim, uint64_t keyhash)
 {
@@ -716,35 +578,35 @@ static int s_ratelimit(sim_t *sim, struct evhttp_request *req, int route,
         sim_rfc3339(reset, sizeof(reset), sim_wall_ms() + reset_ms);
         if (sim->cfg.rpm) {
             snprintf(v, sizeof(v), "%" PRId64, sim->cfg.rpm);
-            s_header(req, "anthropic-ratelimit-requests-limit", v);
+            sim_header(req, "anthropic-ratelimit-requests-limit", v);
             snprintf(v, sizeof(v), "%" PRId64, sim->cfg.rpm - w->reqs);
-            s_header(req, "anthropic-ratelimit-requests-remaining", v);
-            s_header(req, "anthropic-ratelimit-requests-reset", reset);
+            sim_header(req, "anthropic-ratelimit-requests-remaining", v);
+            sim_header(req, "anthropic-ratelimit-requests-reset", reset);
         }
         if (sim->cfg.tpm) {
             snprintf(v, sizeof(v), "%" PRId64, sim->cfg.tpm);
-            s_header(req, "anthropic-ratelimit-tokens-limit", v);
+            sim_header(req, "anthropic-ratelimit-tokens-limit", v);
             snprintf(v, sizeof(v), "%" PRId64,
                      sim->cfg.tpm - w->toks > 0 ? sim->cfg.tpm - w->toks : 0);
-            s_header(req, "anthropic-ratelimit-tokens-remaining", v);
-            s_header(req, "anthropic-ratelimit-tokens-reset", reset);
+            sim_header(req, "anthropic-ratelimit-tokens-remaining", v);
+            sim_header(req, "anthropic-ratelimit-tokens-reset", reset);
         }
     } else {
         sim_duration(reset, sizeof(reset), reset_ms);
         if (sim->cfg.rpm) {
             snprintf(v, sizeof(v), "%" PRId64, sim->cfg.rpm);
-            s_header(req, "x-ratelimit-limit-requests", v);
+            sim_header(req, "x-ratelimit-limit-requests", v);
             snprintf(v, sizeof(v), "%" PRId64, sim->cfg.rpm - w->reqs);
-            s_header(req, "x-ratelimit-remaining-requests", v);
-            s_header(req, "x-ratelimit-reset-requests", reset);
+            sim_header(req, "x-ratelimit-remaining-requests", v);
+            sim_header(req, "x-ratelimit-reset-requests", reset);
         }
         if (sim->cfg.tpm) {
             snprintf(v, sizeof(v), "%" PRId64, sim->cfg.tpm);
-            s_header(req, "x-ratelimit-limit-tokens", v);
+            sim_header(req, "x-ratelimit-limit-tokens", v);
             snprintf(v, sizeof(v), "%" PRId64,
                      sim->cfg.tpm - w->toks > 0 ? sim->cfg.tpm - w->toks : 0);
-            s_header(req, "x-ratelimit-remaining-tokens", v);
-            s_header(req, "x-ratelimit-reset-tokens", reset);
+            sim_header(req, "x-ratelimit-remaining-tokens", v);
+            sim_header(req, "x-ratelimit-reset-tokens", reset);
         }
     }
     if (!over_r && !over_t)
@@ -752,9 +614,9 @@ static int s_ratelimit(sim_t *sim, struct evhttp_request *req, int route,
     int64_t secs = (reset_ms + 999) / 1000;
     snprintf(v, sizeof(v), "%" PRId64, reset_ms > 0 ? reset_ms : 1);
     if (!anthropic)
-        s_header(req, "retry-after-ms", v);
+        sim_header(req, "retry-after-ms", v);
     snprintf(v, sizeof(v), "%" PRId64, secs < 1 ? 1 : secs);
-    s_header(req, "retry-after", v);
+    sim_header(req, "retry-after", v);
     sim->limited_by_limit++;
     char msg[256];
     if (over_r)
@@ -769,12 +631,12 @@ static int s_ratelimit(sim_t *sim, struct evhttp_request *req, int route,
                  ". Please try again in %ss.",
                  sim->cfg.tpm, w->toks, tokens, v);
     if (anthropic)
-        sim_reply_error(sim, req, route, true, 429, msg, NULL, NULL);
+        sim_reply_error(&sim->net, req, route, true, 429, msg, NULL, NULL);
     else {
         struct evbuffer *body = evbuffer_new();
         sim_err_openai(body, msg, over_r ? "requests" : "tokens", NULL,
                        "rate_limit_exceeded");
-        sim_reply_json(sim, req, route, 429, body);
+        sim_reply_json(&sim->net, req, route, 429, body);
         evbuffer_free(body);
     }
     return -1;
@@ -917,7 +779,7 @@ static void s_make_id(sim_t *sim, sim_op_t op, char *id, size_t cap)
                          : op == SIM_OP_COMPLETION ? "cmpl-sim"
                          : op == SIM_OP_MESSAGES   ? "msg_sim"
                                                    : "emb-sim";
-    snprintf(id, cap, "%s%012" PRIx64, prefix, sim_next_id(sim));
+    snprintf(id, cap, "%s%012" PRIx64, prefix, sim_next_id(&sim->net));
 }
 
 static void s_handle_gen(sim_t *sim, struct evhttp_request *req, int route,
@@ -925,14 +787,14 @@ static void s_handle_gen(sim_t *sim, struct evhttp_request *req, int route,
 {
     bool anth = op == SIM_OP_MESSAGES;
     uint64_t keyhash = 0;
-    if (sim_auth(sim, req, route, anth, &keyhash))
+    if (sim_auth(&sim->net, req, route, anth, &keyhash))
         return;
     struct evbuffer *in = evhttp_request_get_input_buffer(req);
     size_t len = evbuffer_get_length(in);
     const char *data = len ? (const char *)evbuffer_pullup(in, -1) : "";
     cJSON *body = cJSON_ParseWithLength(data, len);
     if (!body) {
-        sim_reply_error(sim, req, route, anth, 400,
+        sim_reply_error(&sim->net, req, route, anth, 400,
                         "We could not parse the JSON body of your request. "
                         "(HINT: This likely means "
                         "you aren't using your HTTP library correctly.)",
@@ -945,7 +807,7 @@ static void s_handle_gen(sim_t *sim, struct evhttp_request *req, int route,
     int rc = sim_req_parse(&r, op, body, err, sizeof(err), &param);
     cJSON_Delete(body);
     if (rc) {
-        sim_reply_error(sim, req, route, anth, 400, err, param, NULL);
+        sim_reply_error(&sim->net, req, route, anth, 400, err, param, NULL);
         return;
     }
     if (!s_model_ok(sim, r.model)) {
@@ -955,8 +817,8 @@ static void s_handle_gen(sim_t *sim, struct evhttp_request *req, int route,
                       : "The model `%s` does not exist or you do not have "
                         "access to it.",
                  r.model);
-        sim_reply_error(sim, req, route, anth, 404, msg, anth ? NULL : "model",
-                        "model_not_found");
+        sim_reply_error(&sim->net, req, route, anth, 404, msg,
+                        anth ? NULL : "model", "model_not_found");
         sim_req_free(&r);
         return;
     }
@@ -967,8 +829,8 @@ static void s_handle_gen(sim_t *sim, struct evhttp_request *req, int route,
     }
     char id[48], rid[40];
     s_make_id(sim, op, id, sizeof(id));
-    snprintf(rid, sizeof(rid), "req_sim%012" PRIx64, sim->next_id);
-    s_header(req, anth ? "request-id" : "x-request-id", rid);
+    snprintf(rid, sizeof(rid), "req_sim%012" PRIx64, sim->net.next_id);
+    sim_header(req, anth ? "request-id" : "x-request-id", rid);
 
     int fail_code = 0;
     bool ctx = false;
@@ -1002,8 +864,8 @@ static void s_handle_gen(sim_t *sim, struct evhttp_request *req, int route,
             free(text);
             if (p)
                 s_pending_free(p);
-            sim_reply_error(sim, req, route, anth, 500, "out of memory", NULL,
-                            NULL);
+            sim_reply_error(&sim->net, req, route, anth, 500, "out of memory",
+                            NULL, NULL);
             sim_req_free(&r);
             return;
         }
@@ -1031,9 +893,9 @@ static void s_handle_gen(sim_t *sim, struct evhttp_request *req, int route,
         status = stat_code = fail_code;
         s_fail_body(out, anth, fail_code, ctx, &r);
         if (fail_code == 429) {
-            s_header(req, "retry-after", "1");
+            sim_header(req, "retry-after", "1");
             if (!anth)
-                s_header(req, "retry-after-ms", "1000");
+                sim_header(req, "retry-after-ms", "1000");
         }
     } else {
         char *text =
@@ -1059,17 +921,17 @@ static void s_handle_gen(sim_t *sim, struct evhttp_request *req, int route,
     if (delay <= 0) {
         if (bill)
             s_bill(sim, r.hash);
-        s_header(req, "Content-Type", "application/json");
-        s_count(sim, route, stat_code);
+        sim_header(req, "Content-Type", "application/json");
+        sim_count(&sim->net, route, stat_code);
         evhttp_send_reply(req, status, NULL, out);
-        s_done(sim);
+        sim_done(&sim->net);
         evbuffer_free(out);
     } else {
         s_pending_t *p = s_pending_new(sim, req, P_REPLY, route);
         if (!p) {
             evbuffer_free(out);
-            sim_reply_error(sim, req, route, anth, 500, "out of memory", NULL,
-                            NULL);
+            sim_reply_error(&sim->net, req, route, anth, 500, "out of memory",
+                            NULL, NULL);
         } else {
             p->status = status;
             p->stat_code = stat_code;
@@ -1082,9 +944,11 @@ static void s_handle_gen(sim_t *sim, struct evhttp_request *req, int route,
     sim_req_free(&r);
 }
 
-int sim_exec_line(sim_t *sim, sim_op_t op, const cJSON *body,
-                  struct evbuffer *out)
+//  sim_batch_exec_fn: answers one batch line offline (see sim.h).
+static int s_exec_line(void *arg, sim_op_t op, const cJSON *body,
+                       struct evbuffer *out)
 {
+    sim_t *sim = arg;
     bool anth = op == SIM_OP_MESSAGES;
     sim_req_t r;
     char err[256];
@@ -1167,7 +1031,7 @@ static void s_handle_models(sim_t *sim, struct evhttp_request *req,
     struct evkeyvalq *in = evhttp_request_get_input_headers(req);
     bool anth = evhttp_find_header(in, "x-api-key") &&
                 evhttp_find_header(in, "anthropic-version");
-    if (sim_auth(sim, req, SIM_R_MODELS, anth, NULL))
+    if (sim_auth(&sim->net, req, SIM_R_MODELS, anth, NULL))
         return;
     const char **names =
         sim->cfg.n_models ? (const char **)sim->cfg.models : s_default_models;
@@ -1182,7 +1046,7 @@ static void s_handle_models(sim_t *sim, struct evhttp_request *req,
     if (one) {
         if (!s_model_ok(sim, one)) {
             evbuffer_free(out);
-            sim_reply_error(sim, req, SIM_R_MODELS, anth, 404,
+            sim_reply_error(&sim->net, req, SIM_R_MODELS, anth, 404,
                             "model not found", "model", "model_not_found");
             return;
         }
@@ -1200,7 +1064,7 @@ static void s_handle_models(sim_t *sim, struct evhttp_request *req,
                                 "by\":\"llmq-sim\"}",
                                 created);
         }
-        sim_reply_json(sim, req, SIM_R_MODELS, 200, out);
+        sim_reply_json(&sim->net, req, SIM_R_MODELS, 200, out);
         evbuffer_free(out);
         return;
     }
@@ -1231,7 +1095,7 @@ static void s_handle_models(sim_t *sim, struct evhttp_request *req,
         evbuffer_add_printf(out, "}");
     } else
         evbuffer_add_printf(out, "]}");
-    sim_reply_json(sim, req, SIM_R_MODELS, 200, out);
+    sim_reply_json(&sim->net, req, SIM_R_MODELS, 200, out);
     evbuffer_free(out);
 }
 
@@ -1241,23 +1105,23 @@ static void s_handle_stats(sim_t *sim, struct evhttp_request *req)
     evbuffer_add_printf(out, "{\"requests\":{");
     bool first_route = true;
     for (int r = 0; r < SIM_R_COUNT; r++) {
-        if (!sim->stats[r][0].code)
+        if (!sim->net.stats[r][0].code)
             continue;
         evbuffer_add_printf(out, "%s\"%s\":{", first_route ? "" : ",",
                             s_route_names[r]);
         first_route = false;
-        for (int i = 0; i < S_STATS_CODES && sim->stats[r][i].code; i++) {
-            int code = sim->stats[r][i].code;
+        for (int i = 0; i < SIM_STATS_CODES && sim->net.stats[r][i].code; i++) {
+            int code = sim->net.stats[r][i].code;
             const char *name = code == S_HANG        ? "hang"
                                : code == S_RESET     ? "reset"
                                : code == S_MALFORMED ? "malformed"
                                                      : NULL;
             if (name)
                 evbuffer_add_printf(out, "%s\"%s\":%" PRIu64, i ? "," : "",
-                                    name, sim->stats[r][i].count);
+                                    name, sim->net.stats[r][i].count);
             else
                 evbuffer_add_printf(out, "%s\"%d\":%" PRIu64, i ? "," : "",
-                                    code, sim->stats[r][i].count);
+                                    code, sim->net.stats[r][i].count);
         }
         evbuffer_add_printf(out, "}");
     }
@@ -1270,16 +1134,16 @@ static void s_handle_stats(sim_t *sim, struct evhttp_request *req)
         ",\"double_billed\":%" PRIu64 ",\"billing_saturated\":%s"
         ",\"tokens\":{\"prompt\":%" PRIu64 ",\"completion\":%" PRIu64 "}"
         ",\"uptime_ms\":%" PRId64,
-        sim->total, sim->rate_limited, sim->limited_by_limit,
+        sim->net.total, sim->net.rate_limited, sim->limited_by_limit,
         sim->peak_concurrent,
-        sim->in_flight - 1, //  not counting this /_stats request
+        sim->net.in_flight - 1, //  not counting this /_stats request
         sim->connections, sim->peak_connections, sim->answered_ok,
         sim->double_billed, sim->billed.n >= S_MAX_BILLED ? "true" : "false",
         sim->prompt_tokens, sim->completion_tokens,
         sim_mono_ms() - sim->started_ms);
     sim_batches_stats(sim->batches, out);
     evbuffer_add_printf(out, "}");
-    sim_reply_json(sim, req, SIM_R_STATS, 200, out);
+    sim_reply_json(&sim->net, req, SIM_R_STATS, 200, out);
     evbuffer_free(out);
 }
 
@@ -1296,11 +1160,11 @@ static void s_handle_reset(sim_t *sim, struct evhttp_request *req)
             c = next;
         }
     }
-    memset(sim->stats, 0, sizeof(sim->stats));
-    sim->total = sim->rate_limited = sim->limited_by_limit = 0;
+    memset(sim->net.stats, 0, sizeof(sim->net.stats));
+    sim->net.total = sim->net.rate_limited = sim->limited_by_limit = 0;
     sim->double_billed = sim->answered_ok = 0;
     sim->prompt_tokens = sim->completion_tokens = 0;
-    sim->peak_concurrent = sim->in_flight;
+    sim->peak_concurrent = sim->net.in_flight;
     sim->peak_connections = sim->connections;
     s_map_clear(&sim->arrivals);
     s_map_clear(&sim->billed);
@@ -1309,7 +1173,7 @@ static void s_handle_reset(sim_t *sim, struct evhttp_request *req)
     sim->windows[0].start = -1;
     struct evbuffer *out = evbuffer_new();
     evbuffer_add_printf(out, "{\"ok\":true}");
-    sim_reply_json(sim, req, SIM_R_RESET, 200, out);
+    sim_reply_json(&sim->net, req, SIM_R_RESET, 200, out);
     evbuffer_free(out);
 }
 
@@ -1317,8 +1181,8 @@ static void s_handle_reset(sim_t *sim, struct evhttp_request *req)
 static void s_on_request(struct evhttp_request *req, void *arg)
 {
     sim_t *sim = arg;
-    if (++sim->in_flight > sim->peak_concurrent)
-        sim->peak_concurrent = sim->in_flight;
+    if (++sim->net.in_flight > sim->peak_concurrent)
+        sim->peak_concurrent = sim->net.in_flight;
     s_conn_of(sim, req);
     enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
     const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
@@ -1386,18 +1250,18 @@ static void s_on_request(struct evhttp_request *req, void *arg)
     } else if (strcmp(path, "/health") == 0) {
         struct evbuffer *out = evbuffer_new();
         evbuffer_add_printf(out, "{\"status\":\"ok\"}");
-        sim_reply_json(sim, req, SIM_R_HEALTH, 200, out);
+        sim_reply_json(&sim->net, req, SIM_R_HEALTH, 200, out);
         evbuffer_free(out);
         return;
     }
     if (bad_method_route >= 0) {
-        sim_reply_error(sim, req, bad_method_route, false, 405,
+        sim_reply_error(&sim->net, req, bad_method_route, false, 405,
                         "Method not allowed.", NULL, NULL);
         return;
     }
     char msg[300];
     snprintf(msg, sizeof(msg), "Unknown request URL: %.200s.", path);
-    sim_reply_error(sim, req, SIM_R_OTHER, false, 404, msg, NULL,
+    sim_reply_error(&sim->net, req, SIM_R_OTHER, false, 404, msg, NULL,
                     "unknown_url");
 }
 
@@ -1744,7 +1608,7 @@ static void s_on_signal(evutil_socket_t sig, short what, void *arg)
 {
     (void)sig;
     (void)what;
-    event_base_loopbreak(((sim_t *)arg)->base);
+    event_base_loopbreak(((sim_t *)arg)->net.base);
 }
 
 //  Raise the fd limit so 10,000+ connections fit.
@@ -1843,12 +1707,12 @@ int main(int argc, char **argv)
     struct event_config *ecfg = event_config_new();
     if (ecfg)
         event_config_set_flag(ecfg, EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST);
-    sim->base = ecfg ? event_base_new_with_config(ecfg) : NULL;
+    sim->net.base = ecfg ? event_base_new_with_config(ecfg) : NULL;
     if (ecfg)
         event_config_free(ecfg);
-    if (!sim->base)
-        sim->base = event_base_new();
-    sim->http = sim->base ? evhttp_new(sim->base) : NULL;
+    if (!sim->net.base)
+        sim->net.base = event_base_new();
+    sim->http = sim->net.base ? evhttp_new(sim->net.base) : NULL;
     if (!sim->conns || !sim->windows || !sim->http) {
         fprintf(stderr, "llmq-sim: out of memory\n");
         return 1;
@@ -1869,33 +1733,35 @@ int main(int argc, char **argv)
                                               EVHTTP_REQ_HEAD | EVHTTP_REQ_PUT);
     //  Idle keep-alive connections are closed after 10 minutes.
     evhttp_set_timeout(sim->http, 600);
-    snprintf(sim->url, sizeof(sim->url), "http://%s:%d", c->host, port);
+    snprintf(sim->net.url, sizeof(sim->net.url), "http://%s:%d", c->host, port);
     if (c->latency_ms > 0) {
         struct timeval tv = {c->latency_ms / 1000,
                              (c->latency_ms % 1000) * 1000};
-        sim->latency_tv = event_base_init_common_timeout(sim->base, &tv);
+        sim->latency_tv = event_base_init_common_timeout(sim->net.base, &tv);
     }
-    sim->batches = sim_batches_new(sim, &c->batch);
-    sim->sigint = evsignal_new(sim->base, SIGINT, s_on_signal, sim);
-    sim->sigterm = evsignal_new(sim->base, SIGTERM, s_on_signal, sim);
+    sim->net.api_keys = c->api_keys;
+    sim->net.n_api_keys = c->n_api_keys;
+    sim->batches = sim_batches_new(&sim->net, &c->batch, s_exec_line, sim);
+    sim->sigint = evsignal_new(sim->net.base, SIGINT, s_on_signal, sim);
+    sim->sigterm = evsignal_new(sim->net.base, SIGTERM, s_on_signal, sim);
     event_add(sim->sigint, NULL);
     event_add(sim->sigterm, NULL);
 
-    printf("ready llmq-sim url=%s\n", sim->url);
+    printf("ready llmq-sim url=%s\n", sim->net.url);
     fflush(stdout);
     if (!c->quiet)
         fprintf(stderr,
                 "llmq-sim: listening on %s (latency %" PRId64
                 " ms, jitter %" PRId64 " ms, %g tokens/s, rpm %" PRId64
                 ", tpm %" PRId64 ")\n",
-                sim->url, c->latency_ms, c->jitter_ms, c->tokens_per_sec,
+                sim->net.url, c->latency_ms, c->jitter_ms, c->tokens_per_sec,
                 c->rpm, c->tpm);
 
-    event_base_dispatch(sim->base);
+    event_base_dispatch(sim->net.base);
 
     if (!c->quiet)
         fprintf(stderr, "llmq-sim: stopping (%" PRIu64 " requests served)\n",
-                sim->total);
+                sim->net.total);
     //  Pending replies first (they point at requests), then the server
     //  (which closes connections and frees their requests).
     s_pending_t *p = sim->pending;
@@ -1910,7 +1776,7 @@ int main(int argc, char **argv)
     sim_batches_destroy(&sim->batches);
     event_free(sim->sigint);
     event_free(sim->sigterm);
-    event_base_free(sim->base);
+    event_base_free(sim->net.base);
     s_map_clear(&sim->arrivals);
     s_map_clear(&sim->billed);
     s_map_clear(&sim->window_ix);
