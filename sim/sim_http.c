@@ -54,8 +54,7 @@ void sim_done(sim_http_t *http)
     http->in_flight--;
 }
 
-void sim_header(struct evhttp_request *req, const char *name,
-                const char *value)
+void sim_header(struct evhttp_request *req, const char *name, const char *value)
 {
     evhttp_add_header(evhttp_request_get_output_headers(req), name, value);
 }

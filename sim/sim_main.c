@@ -34,6 +34,7 @@
 #include <netinet/tcp.h>
 #include <arpa/inet.h>
 #include <signal.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -647,10 +648,10 @@ static int s_ratelimit(sim_t *sim, struct evhttp_request *req, int route,
 
 typedef enum { A_OK, A_FAIL, A_HANG, A_MALFORMED, A_RESET } s_action_t;
 
-//  Decides what happens to this arrival: directives first, then the fault
-//  flags (one uniform draw against cumulative probabilities).
-static s_action_t s_decide(sim_t *sim, const sim_req_t *r, int *fail_code,
-                           bool *context_length)
+//  What the request's directives decide for this arrival (A_OK: nothing).
+//  offline (a batch line): reset and malformed directives do not apply.
+static s_action_t s_directives(sim_t *sim, const sim_req_t *r, bool offline,
+                               int *fail_code, bool *context_length)
 {
     const sim_dir_t *d = &r->dir;
     *context_length = false;
@@ -664,16 +665,27 @@ static s_action_t s_decide(sim_t *sim, const sim_req_t *r, int *fail_code,
         uint64_t *slot = s_map_slot(&sim->arrivals, r->hash, true);
         k = slot ? ++*slot : 1;
     }
-    if (d->reset && k <= (uint64_t)d->reset)
+    if (!offline && d->reset && k <= (uint64_t)d->reset)
         return A_RESET;
     if (d->hang && k <= (uint64_t)d->hang)
         return A_HANG;
-    if (d->malformed && k <= (uint64_t)d->malformed)
+    if (!offline && d->malformed && k <= (uint64_t)d->malformed)
         return A_MALFORMED;
     if (d->fail_code && (d->fail_times == 0 || k <= (uint64_t)d->fail_times)) {
         *fail_code = d->fail_code;
         return A_FAIL;
     }
+    return A_OK;
+}
+
+//  Decides what happens to this arrival: directives first, then the fault
+//  flags (one uniform draw against cumulative probabilities).
+static s_action_t s_decide(sim_t *sim, const sim_req_t *r, int *fail_code,
+                           bool *context_length)
+{
+    s_action_t act = s_directives(sim, r, false, fail_code, context_length);
+    if (act != A_OK)
+        return act;
     const s_cfg_t *c = &sim->cfg;
     if (c->p500 + c->p503 + c->p429 + c->phang + c->pmalformed + c->preset <= 0)
         return A_OK;
@@ -782,13 +794,46 @@ static void s_make_id(sim_t *sim, sim_op_t op, char *id, size_t cap)
     snprintf(id, cap, "%s%012" PRIx64, prefix, sim_next_id(&sim->net));
 }
 
-static void s_handle_gen(sim_t *sim, struct evhttp_request *req, int route,
-                         sim_op_t op)
+//  Parses body for op and checks its model. Returns 0 with *r filled (the
+//  caller must sim_req_free it), or 400/404 with the error body, in the
+//  API's shape, appended to out.
+static int s_prepare(sim_t *sim, sim_op_t op, const cJSON *body, sim_req_t *r,
+                     struct evbuffer *out)
 {
     bool anth = op == SIM_OP_MESSAGES;
-    uint64_t keyhash = 0;
-    if (sim_auth(&sim->net, req, route, anth, &keyhash))
-        return;
+    char err[256];
+    const char *param = NULL;
+    if (sim_req_parse(r, op, body, err, sizeof(err), &param)) {
+        if (anth)
+            sim_err_anthropic(out, "invalid_request_error", err);
+        else
+            sim_err_openai(out, err, "invalid_request_error", param, NULL);
+        return 400;
+    }
+    if (!s_model_ok(sim, r->model)) {
+        char msg[SIM_MODEL_MAX + 96];
+        snprintf(msg, sizeof(msg),
+                 anth ? "model: %s"
+                      : "The model `%s` does not exist or you do not have "
+                        "access to it.",
+                 r->model);
+        if (anth)
+            sim_err_anthropic(out, "not_found_error", msg);
+        else
+            sim_err_openai(out, msg, "invalid_request_error", "model",
+                           "model_not_found");
+        sim_req_free(r);
+        return 404;
+    }
+    return 0;
+}
+
+//  Reads and prepares the request body. Returns 0 with *r filled, or -1
+//  after answering 400/404.
+static int s_gen_request(sim_t *sim, struct evhttp_request *req, int route,
+                         sim_op_t op, sim_req_t *r)
+{
+    bool anth = op == SIM_OP_MESSAGES;
     struct evbuffer *in = evhttp_request_get_input_buffer(req);
     size_t len = evbuffer_get_length(in);
     const char *data = len ? (const char *)evbuffer_pullup(in, -1) : "";
@@ -799,108 +844,107 @@ static void s_handle_gen(sim_t *sim, struct evhttp_request *req, int route,
                         "(HINT: This likely means "
                         "you aren't using your HTTP library correctly.)",
                         NULL, NULL);
-        return;
+        return -1;
     }
-    sim_req_t r;
-    char err[256];
-    const char *param = NULL;
-    int rc = sim_req_parse(&r, op, body, err, sizeof(err), &param);
+    struct evbuffer *out = evbuffer_new();
+    int status = s_prepare(sim, op, body, r, out);
     cJSON_Delete(body);
-    if (rc) {
-        sim_reply_error(&sim->net, req, route, anth, 400, err, param, NULL);
-        return;
-    }
-    if (!s_model_ok(sim, r.model)) {
-        char msg[SIM_MODEL_MAX + 96];
-        snprintf(msg, sizeof(msg),
-                 anth ? "model: %s"
-                      : "The model `%s` does not exist or you do not have "
-                        "access to it.",
-                 r.model);
-        sim_reply_error(&sim->net, req, route, anth, 404, msg,
-                        anth ? NULL : "model", "model_not_found");
-        sim_req_free(&r);
-        return;
-    }
-    if (s_ratelimit(sim, req, route, anth, keyhash,
-                    r.prompt_tokens + r.out_tokens)) {
-        sim_req_free(&r);
-        return;
-    }
-    char id[48], rid[40];
-    s_make_id(sim, op, id, sizeof(id));
-    snprintf(rid, sizeof(rid), "req_sim%012" PRIx64, sim->net.next_id);
-    sim_header(req, anth ? "request-id" : "x-request-id", rid);
+    if (status)
+        sim_reply_json(&sim->net, req, route, status, out);
+    evbuffer_free(out);
+    return status ? -1 : 0;
+}
 
-    int fail_code = 0;
-    bool ctx = false;
-    s_action_t act = s_decide(sim, &r, &fail_code, &ctx);
-    if (act == A_HANG) {
-        s_hang(sim, req, route);
-        sim_req_free(&r);
-        return;
-    }
-    int64_t delay = sim->cfg.latency_ms + r.dir.delay_ms;
-    if (sim->cfg.jitter_ms > 0)
-        delay += (int64_t)(s_rand01(sim) * (double)(sim->cfg.jitter_ms + 1));
-    int64_t per_token = sim->cfg.tokens_per_sec > 0
-                            ? (int64_t)llround(1000.0 / sim->cfg.tokens_per_sec)
-                            : 0;
-    long created = (long)(sim_wall_ms() / 1000);
+//  One answer being made: what s_handle_gen decided and its timing.
+typedef struct {
+    int route;
+    bool anth;         //  Anthropic shape
+    char id[48];       //  response id
+    int64_t delay;     //  ms before the (first) answer
+    int64_t per_token; //  ms between output tokens
+    long created;      //  unix seconds
+} s_gen_t;
 
-    if (act == A_RESET) {
-        s_pending_t *p = s_pending_new(sim, req, P_RESET, route);
-        if (!p)
-            s_reset_now(sim, req, route);
-        else
-            s_pending_arm(p, delay);
-        sim_req_free(&r);
+//  A streamed success: the pending record sends one SSE event per timer.
+static void s_gen_stream(sim_t *sim, struct evhttp_request *req,
+                         const s_gen_t *g, sim_req_t *r)
+{
+    s_pending_t *p = s_pending_new(sim, req, P_STREAM, g->route);
+    char *text = sim_text(r->hash, r->out_tokens);
+    if (!p || !text) {
+        free(text);
+        if (p)
+            s_pending_free(p);
+        sim_reply_error(&sim->net, req, g->route, g->anth, 500, "out of memory",
+                        NULL, NULL);
+        sim_req_free(r);
         return;
     }
-    if (act == A_OK && r.stream && op != SIM_OP_EMBEDDING) {
-        s_pending_t *p = s_pending_new(sim, req, P_STREAM, route);
-        char *text = sim_text(r.hash, r.out_tokens);
-        if (!p || !text) {
-            free(text);
-            if (p)
-                s_pending_free(p);
-            sim_reply_error(&sim->net, req, route, anth, 500, "out of memory",
-                            NULL, NULL);
-            sim_req_free(&r);
-            return;
-        }
-        sim->prompt_tokens += (uint64_t)r.prompt_tokens;
-        sim->completion_tokens += (uint64_t)r.out_tokens;
-        p->r = r; //  no embeddings here: nothing owned
-        p->text = text;
-        p->interval_ms = per_token;
-        p->created = created;
-        p->bill_key = r.hash;
-        snprintf(p->id, sizeof(p->id), "%s", id);
-        if (delay == 0 && per_token == 0) {
-            if (s_stream_step(p))
-                s_pending_free(p);
-        } else
-            s_pending_arm(p, delay);
-        return;
-    }
+    sim->prompt_tokens += (uint64_t)r->prompt_tokens;
+    sim->completion_tokens += (uint64_t)r->out_tokens;
+    p->r = *r; //  no embeddings here: nothing owned
+    p->text = text;
+    p->interval_ms = g->per_token;
+    p->created = g->created;
+    p->bill_key = r->hash;
+    snprintf(p->id, sizeof(p->id), "%s", g->id);
+    if (g->delay == 0 && g->per_token == 0) {
+        if (s_stream_step(p))
+            s_pending_free(p);
+    } else
+        s_pending_arm(p, g->delay);
+}
 
-    //  A whole JSON answer: success, failure or broken JSON.
+//  Sends out (taken) now or from a timer after delay.
+static void s_gen_send(sim_t *sim, struct evhttp_request *req, const s_gen_t *g,
+                       int status, int stat_code, struct evbuffer *out,
+                       bool bill, uint64_t bill_key)
+{
+    if (g->delay <= 0) {
+        if (bill)
+            s_bill(sim, bill_key);
+        sim_header(req, "Content-Type", "application/json");
+        sim_count(&sim->net, g->route, stat_code);
+        evhttp_send_reply(req, status, NULL, out);
+        sim_done(&sim->net);
+        evbuffer_free(out);
+        return;
+    }
+    s_pending_t *p = s_pending_new(sim, req, P_REPLY, g->route);
+    if (!p) {
+        evbuffer_free(out);
+        sim_reply_error(&sim->net, req, g->route, g->anth, 500, "out of memory",
+                        NULL, NULL);
+        return;
+    }
+    p->status = status;
+    p->stat_code = stat_code;
+    p->body = out;
+    p->bill = bill;
+    p->bill_key = bill_key;
+    s_pending_arm(p, g->delay);
+}
+
+//  A whole JSON answer: success, failure or broken JSON.
+static void s_gen_whole(sim_t *sim, struct evhttp_request *req, s_gen_t *g,
+                        s_action_t act, int fail_code, bool ctx,
+                        const sim_req_t *r)
+{
     struct evbuffer *out = evbuffer_new();
     int status = 200, stat_code = 200;
     bool bill = false;
     if (act == A_FAIL) {
         status = stat_code = fail_code;
-        s_fail_body(out, anth, fail_code, ctx, &r);
+        s_fail_body(out, g->anth, fail_code, ctx, r);
         if (fail_code == 429) {
             sim_header(req, "retry-after", "1");
-            if (!anth)
+            if (!g->anth)
                 sim_header(req, "retry-after-ms", "1000");
         }
     } else {
         char *text =
-            r.op == SIM_OP_EMBEDDING ? NULL : sim_text(r.hash, r.out_tokens);
-        sim_body(out, &r, id, created, text ? text : "");
+            r->op == SIM_OP_EMBEDDING ? NULL : sim_text(r->hash, r->out_tokens);
+        sim_body(out, r, g->id, g->created, text ? text : "");
         free(text);
         if (act == A_MALFORMED) {
             //  Cut the body in half: a 200 whose JSON never closes.
@@ -912,35 +956,62 @@ static void s_handle_gen(sim_t *sim, struct evhttp_request *req, int route,
             stat_code = S_MALFORMED;
         } else {
             bill = true;
-            sim->prompt_tokens += (uint64_t)r.prompt_tokens;
-            sim->completion_tokens += (uint64_t)r.out_tokens;
-            if (op != SIM_OP_EMBEDDING)
-                delay += per_token * r.out_tokens;
+            sim->prompt_tokens += (uint64_t)r->prompt_tokens;
+            sim->completion_tokens += (uint64_t)r->out_tokens;
+            if (r->op != SIM_OP_EMBEDDING)
+                g->delay += g->per_token * r->out_tokens;
         }
     }
-    if (delay <= 0) {
-        if (bill)
-            s_bill(sim, r.hash);
-        sim_header(req, "Content-Type", "application/json");
-        sim_count(&sim->net, route, stat_code);
-        evhttp_send_reply(req, status, NULL, out);
-        sim_done(&sim->net);
-        evbuffer_free(out);
-    } else {
-        s_pending_t *p = s_pending_new(sim, req, P_REPLY, route);
-        if (!p) {
-            evbuffer_free(out);
-            sim_reply_error(&sim->net, req, route, anth, 500, "out of memory",
-                            NULL, NULL);
-        } else {
-            p->status = status;
-            p->stat_code = stat_code;
-            p->body = out;
-            p->bill = bill;
-            p->bill_key = r.hash;
-            s_pending_arm(p, delay);
-        }
+    s_gen_send(sim, req, g, status, stat_code, out, bill, r->hash);
+}
+
+//  POST of a generation route: auth, body, model, rate limit, then the
+//  decided action (hang, reset, stream or a whole answer).
+static void s_handle_gen(sim_t *sim, struct evhttp_request *req, int route,
+                         sim_op_t op)
+{
+    s_gen_t g = {.route = route, .anth = op == SIM_OP_MESSAGES};
+    uint64_t keyhash = 0;
+    sim_req_t r;
+    if (sim_auth(&sim->net, req, route, g.anth, &keyhash) ||
+        s_gen_request(sim, req, route, op, &r))
+        return;
+    if (s_ratelimit(sim, req, route, g.anth, keyhash,
+                    r.prompt_tokens + r.out_tokens)) {
+        sim_req_free(&r);
+        return;
     }
+    char rid[40];
+    s_make_id(sim, op, g.id, sizeof(g.id));
+    snprintf(rid, sizeof(rid), "req_sim%012" PRIx64, sim->net.next_id);
+    sim_header(req, g.anth ? "request-id" : "x-request-id", rid);
+
+    int fail_code = 0;
+    bool ctx = false;
+    s_action_t act = s_decide(sim, &r, &fail_code, &ctx);
+    if (act == A_HANG) {
+        s_hang(sim, req, route);
+        sim_req_free(&r);
+        return;
+    }
+    g.delay = sim->cfg.latency_ms + r.dir.delay_ms;
+    if (sim->cfg.jitter_ms > 0)
+        g.delay += (int64_t)(s_rand01(sim) * (double)(sim->cfg.jitter_ms + 1));
+    g.per_token = sim->cfg.tokens_per_sec > 0
+                      ? (int64_t)llround(1000.0 / sim->cfg.tokens_per_sec)
+                      : 0;
+    g.created = (long)(sim_wall_ms() / 1000);
+    if (act == A_RESET) {
+        s_pending_t *p = s_pending_new(sim, req, P_RESET, route);
+        if (!p)
+            s_reset_now(sim, req, route);
+        else
+            s_pending_arm(p, g.delay);
+    } else if (act == A_OK && r.stream && op != SIM_OP_EMBEDDING) {
+        s_gen_stream(sim, req, &g, &r);
+        return; //  r now belongs to the stream
+    } else
+        s_gen_whole(sim, req, &g, act, fail_code, ctx, &r);
     sim_req_free(&r);
 }
 
@@ -949,64 +1020,21 @@ static int s_exec_line(void *arg, sim_op_t op, const cJSON *body,
                        struct evbuffer *out)
 {
     sim_t *sim = arg;
-    bool anth = op == SIM_OP_MESSAGES;
     sim_req_t r;
-    char err[256];
-    const char *param = NULL;
-    if (sim_req_parse(&r, op, body, err, sizeof(err), &param)) {
-        if (anth)
-            sim_err_anthropic(out, "invalid_request_error", err);
-        else
-            sim_err_openai(out, err, "invalid_request_error", param, NULL);
-        return 400;
-    }
-    if (!s_model_ok(sim, r.model)) {
-        char msg[SIM_MODEL_MAX + 96];
-        snprintf(msg, sizeof(msg),
-                 anth ? "model: %s"
-                      : "The model `%s` does not exist or you do not have "
-                        "access to it.",
-                 r.model);
-        if (anth)
-            sim_err_anthropic(out, "not_found_error", msg);
-        else
-            sim_err_openai(out, msg, "invalid_request_error", "model",
-                           "model_not_found");
-        sim_req_free(&r);
-        return 404;
-    }
+    int status = s_prepare(sim, op, body, &r, out);
+    if (status)
+        return status;
     //  Directives only: flag faults model transport failures, which a
     //  provider's batch runner retries internally.
     int code = 0;
     bool ctx = false;
-    s_action_t act = A_OK;
-    {
-        const sim_dir_t *d = &r.dir;
-        if (d->context_length) {
-            act = A_FAIL;
-            code = 400;
-            ctx = true;
-        } else {
-            uint64_t k = 0;
-            if (d->counted) {
-                uint64_t *slot = s_map_slot(&sim->arrivals, r.hash, true);
-                k = slot ? ++*slot : 1;
-            }
-            if (d->hang && k <= (uint64_t)d->hang)
-                act = A_HANG;
-            else if (d->fail_code &&
-                     (d->fail_times == 0 || k <= (uint64_t)d->fail_times)) {
-                act = A_FAIL;
-                code = d->fail_code;
-            }
-        }
-    }
+    s_action_t act = s_directives(sim, &r, true, &code, &ctx);
     if (act == A_HANG) {
         sim_req_free(&r);
         return 0;
     }
     if (act == A_FAIL) {
-        s_fail_body(out, anth, code, ctx, &r);
+        s_fail_body(out, op == SIM_OP_MESSAGES, code, ctx, &r);
         sim_req_free(&r);
         return code;
     }
@@ -1381,214 +1409,172 @@ static int s_ms(const char *flag, const char *s, int64_t lo, int64_t *out)
     return 0;
 }
 
+//  How a flag's value is read (into the s_cfg_t field at off).
+typedef enum {
+    K_STR,    //  const char *, the argument itself
+    K_INT,    //  int, a number in lo..hi
+    K_I64,    //  int64_t, a number in lo..hi
+    K_U64,    //  uint64_t, a number in lo..hi
+    K_DBL,    //  double, a number in lo..hi
+    K_MS,     //  int64_t, a duration >= lo
+    K_TRUE,   //  bool set to true (no argument)
+    K_KEY,    //  --api-key: appended to api_keys
+    K_MODELS, //  --models: comma list appended to models
+    K_RANDOM, //  --random-text (a sim_gen.c global)
+    K_HELP,
+    K_VERSION
+} s_kind_t;
+
+typedef struct {
+    const char *name; //  long flag
+    s_kind_t kind;
+    double lo, hi; //  bounds of a number (lo only for a duration)
+    size_t off;    //  field in s_cfg_t
+} s_flag_t;
+
+#define F_(name, kind, lo, hi, field)                                          \
+    {                                                                          \
+        name, kind, lo, hi, offsetof(s_cfg_t, field)                           \
+    }
+#define F_P(name, field) F_(name, K_DBL, 0, 1, field)
+#define F_0(name, kind)                                                        \
+    {                                                                          \
+        name, kind, 0, 0, 0                                                    \
+    }
+
+static const s_flag_t s_flags[] = {
+    F_("host", K_STR, 0, 0, host),
+    F_("port", K_INT, 0, 65535, port),
+    F_("latency-ms", K_MS, 0, 0, latency_ms),
+    F_("jitter-ms", K_MS, 0, 0, jitter_ms),
+    F_("tokens-per-sec", K_DBL, 0, 1e9, tokens_per_sec),
+    F_("rpm", K_I64, 0, 1e15, rpm),
+    F_("tpm", K_I64, 0, 1e15, tpm),
+    F_("api-key", K_KEY, 0, 0, api_keys),
+    F_("models", K_MODELS, 0, 0, models),
+    F_P("p500", p500),
+    F_P("p503", p503),
+    F_P("p429", p429),
+    F_P("phang", phang),
+    F_P("pmalformed", pmalformed),
+    F_P("preset", preset),
+    F_("hang-ms", K_MS, 0, 0, hang_ms),
+    F_("seed", K_U64, 0, 1.8e19, seed),
+    F_0("random-text", K_RANDOM),
+    F_("batch-validate-ms", K_MS, 0, 0, batch.validate_ms),
+    F_("batch-progress-ms", K_MS, 0, 0, batch.progress_ms),
+    F_("batch-finalize-ms", K_MS, 0, 0, batch.finalize_ms),
+    F_("batch-expire-ms", K_MS, 1, 0, batch.expire_ms),
+    F_("max-body", K_I64, 1024, 1e12, max_body),
+    F_("max-file-store", K_I64, 0, 1e13, batch.max_store),
+    F_("quiet", K_TRUE, 0, 0, quiet),
+    F_("exit-with-parent", K_TRUE, 0, 0, exit_with_parent),
+    F_0("help", K_HELP),
+    F_0("version", K_VERSION),
+};
+#define S_N_FLAGS (sizeof(s_flags) / sizeof(s_flags[0]))
+#undef F_
+#undef F_P
+#undef F_0
+
+//  Appends item to the array *list of *n pointers. Returns 0 or -1.
+static int s_append(char ***list, int *n, char *item)
+{
+    char **k = realloc(*list, sizeof(char *) * (size_t)(*n + 1));
+    if (!k)
+        return -1;
+    *list = k;
+    (*list)[(*n)++] = item;
+    return 0;
+}
+
+//  Reads one flag's argument into c. Returns 0 or -1 (message printed);
+//  --help and --version exit.
+static int s_apply_flag(s_cfg_t *c, const s_flag_t *f, char *arg)
+{
+    void *field = (char *)c + f->off;
+    double v = 0;
+    if (f->kind >= K_INT && f->kind <= K_DBL &&
+        s_num(f->name, arg, f->lo, f->hi, &v))
+        return -1;
+    switch (f->kind) {
+    case K_STR:
+        *(const char **)field = arg;
+        return 0;
+    case K_INT:
+        *(int *)field = (int)v;
+        return 0;
+    case K_I64:
+        *(int64_t *)field = (int64_t)v;
+        return 0;
+    case K_U64:
+        *(uint64_t *)field = (uint64_t)v;
+        return 0;
+    case K_DBL:
+        *(double *)field = v;
+        return 0;
+    case K_MS:
+        return s_ms(f->name, arg, (int64_t)f->lo, (int64_t *)field);
+    case K_TRUE:
+        *(bool *)field = true;
+        return 0;
+    case K_KEY:
+        if (!*arg) {
+            fprintf(stderr, "llmq-sim: --api-key must not be empty\n");
+            return -1;
+        }
+        return s_append(&c->api_keys, &c->n_api_keys, arg);
+    case K_MODELS: {
+        char *list = strdup(arg), *save = NULL;
+        for (char *m = strtok_r(list, ",", &save); m;
+             m = strtok_r(NULL, ",", &save))
+            if (s_append(&c->models, &c->n_models, strdup(m)))
+                return -1;
+        free(list);
+        return 0;
+    }
+    case K_RANDOM:
+        sim_random_text = true;
+        return 0;
+    case K_HELP:
+        s_usage(stdout);
+        exit(0);
+    case K_VERSION:
+        printf("llmq-sim %s\n", LLMQ_VERSION_STRING);
+        exit(0);
+    }
+    return -1;
+}
+
+//  Parses the command line into c (see s_usage). Returns 0 or -1 with the
+//  reason on stderr.
 static int s_parse_flags(s_cfg_t *c, int argc, char **argv)
 {
-    enum {
-        F_HOST = 256,
-        F_PORT,
-        F_LAT,
-        F_JIT,
-        F_TPS,
-        F_RPM,
-        F_TPM,
-        F_KEY,
-        F_MODELS,
-        F_P500,
-        F_P503,
-        F_P429,
-        F_PHANG,
-        F_PMAL,
-        F_PRESET,
-        F_HANGMS,
-        F_SEED,
-        F_RANDTEXT,
-        F_BVAL,
-        F_BPROG,
-        F_BFIN,
-        F_BEXP,
-        F_MAXBODY,
-        F_STORE,
-        F_QUIET,
-        F_PARENT,
-        F_HELP,
-        F_VERSION
-    };
-    static const struct option opts[] = {
-        {"host", required_argument, 0, F_HOST},
-        {"port", required_argument, 0, F_PORT},
-        {"latency-ms", required_argument, 0, F_LAT},
-        {"jitter-ms", required_argument, 0, F_JIT},
-        {"tokens-per-sec", required_argument, 0, F_TPS},
-        {"rpm", required_argument, 0, F_RPM},
-        {"tpm", required_argument, 0, F_TPM},
-        {"api-key", required_argument, 0, F_KEY},
-        {"models", required_argument, 0, F_MODELS},
-        {"p500", required_argument, 0, F_P500},
-        {"p503", required_argument, 0, F_P503},
-        {"p429", required_argument, 0, F_P429},
-        {"phang", required_argument, 0, F_PHANG},
-        {"pmalformed", required_argument, 0, F_PMAL},
-        {"preset", required_argument, 0, F_PRESET},
-        {"hang-ms", required_argument, 0, F_HANGMS},
-        {"seed", required_argument, 0, F_SEED},
-        {"random-text", no_argument, 0, F_RANDTEXT},
-        {"batch-validate-ms", required_argument, 0, F_BVAL},
-        {"batch-progress-ms", required_argument, 0, F_BPROG},
-        {"batch-finalize-ms", required_argument, 0, F_BFIN},
-        {"batch-expire-ms", required_argument, 0, F_BEXP},
-        {"max-body", required_argument, 0, F_MAXBODY},
-        {"max-file-store", required_argument, 0, F_STORE},
-        {"quiet", no_argument, 0, F_QUIET},
-        {"exit-with-parent", no_argument, 0, F_PARENT},
-        {"help", no_argument, 0, F_HELP},
-        {"version", no_argument, 0, F_VERSION},
-        {0, 0, 0, 0}};
+    struct option opts[S_N_FLAGS + 1];
+    for (size_t i = 0; i < S_N_FLAGS; i++) {
+        s_kind_t k = s_flags[i].kind;
+        bool bare =
+            k == K_TRUE || k == K_RANDOM || k == K_HELP || k == K_VERSION;
+        opts[i] = (struct option){s_flags[i].name,
+                                  bare ? no_argument : required_argument, 0,
+                                  256 + (int)i};
+    }
+    opts[S_N_FLAGS] = (struct option){0, 0, 0, 0};
     int ch;
-    double v;
     opterr = 0;
     while ((ch = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
-        const char *name = NULL;
-        for (const struct option *o = opts; o->name; o++)
-            if (o->val == ch)
-                name = o->name;
-#define NUM(lo, hi)                                                            \
-    do {                                                                       \
-        if (s_num(name, optarg, (lo), (hi), &v))                               \
-            return -1;                                                         \
-    } while (0)
-#define MS(lo, field)                                                          \
-    do {                                                                       \
-        if (s_ms(name, optarg, (lo), &(field)))                                \
-            return -1;                                                         \
-    } while (0)
-        switch (ch) {
-        case F_HOST:
-            c->host = optarg;
-            break;
-        case F_PORT:
-            NUM(0, 65535);
-            c->port = (int)v;
-            break;
-        case F_LAT:
-            MS(0, c->latency_ms);
-            break;
-        case F_JIT:
-            MS(0, c->jitter_ms);
-            break;
-        case F_TPS:
-            NUM(0, 1e9);
-            c->tokens_per_sec = v;
-            break;
-        case F_RPM:
-            NUM(0, 1e15);
-            c->rpm = (int64_t)v;
-            break;
-        case F_TPM:
-            NUM(0, 1e15);
-            c->tpm = (int64_t)v;
-            break;
-        case F_KEY: {
-            if (!*optarg) {
-                fprintf(stderr, "llmq-sim: --api-key must not be empty\n");
-                return -1;
-            }
-            char **k = realloc(c->api_keys,
-                               sizeof(char *) * (size_t)(c->n_api_keys + 1));
-            if (!k)
-                return -1;
-            c->api_keys = k;
-            c->api_keys[c->n_api_keys++] = optarg;
-            break;
-        }
-        case F_MODELS: {
-            char *list = strdup(optarg), *save = NULL;
-            for (char *m = strtok_r(list, ",", &save); m;
-                 m = strtok_r(NULL, ",", &save)) {
-                char **k = realloc(c->models,
-                                   sizeof(char *) * (size_t)(c->n_models + 1));
-                if (!k)
-                    return -1;
-                c->models = k;
-                c->models[c->n_models++] = strdup(m);
-            }
-            free(list);
-            break;
-        }
-        case F_P500:
-            NUM(0, 1);
-            c->p500 = v;
-            break;
-        case F_P503:
-            NUM(0, 1);
-            c->p503 = v;
-            break;
-        case F_P429:
-            NUM(0, 1);
-            c->p429 = v;
-            break;
-        case F_PHANG:
-            NUM(0, 1);
-            c->phang = v;
-            break;
-        case F_PMAL:
-            NUM(0, 1);
-            c->pmalformed = v;
-            break;
-        case F_PRESET:
-            NUM(0, 1);
-            c->preset = v;
-            break;
-        case F_HANGMS:
-            MS(0, c->hang_ms);
-            break;
-        case F_RANDTEXT:
-            sim_random_text = true;
-            break;
-        case F_SEED:
-            NUM(0, 1.8e19);
-            c->seed = (uint64_t)v;
-            break;
-        case F_BVAL:
-            MS(0, c->batch.validate_ms);
-            break;
-        case F_BPROG:
-            MS(0, c->batch.progress_ms);
-            break;
-        case F_BFIN:
-            MS(0, c->batch.finalize_ms);
-            break;
-        case F_BEXP:
-            MS(1, c->batch.expire_ms);
-            break;
-        case F_MAXBODY:
-            NUM(1024, 1e12);
-            c->max_body = (int64_t)v;
-            break;
-        case F_STORE:
-            NUM(0, 1e13);
-            c->batch.max_store = (int64_t)v;
-            break;
-        case F_QUIET:
-            c->quiet = true;
-            break;
-        case F_PARENT:
-            c->exit_with_parent = true;
-            break;
-        case F_HELP:
-        case 'h':
+        if (ch == 'h') {
             s_usage(stdout);
             exit(0);
-        case F_VERSION:
-            printf("llmq-sim %s\n", LLMQ_VERSION_STRING);
-            exit(0);
-        default:
+        }
+        if (ch < 256 || ch >= 256 + (int)S_N_FLAGS) {
             fprintf(stderr,
                     "llmq-sim: unknown or incomplete flag '%s' (see --help)\n",
                     argv[optind - 1]);
             return -1;
         }
-#undef NUM
-#undef MS
+        if (s_apply_flag(c, &s_flags[ch - 256], optarg))
+            return -1;
     }
     if (optind < argc) {
         fprintf(stderr, "llmq-sim: unexpected argument '%s' (see --help)\n",
