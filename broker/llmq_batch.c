@@ -621,6 +621,17 @@ static s_batch_t *s_lookup(llmq_batch_t *self, const char *id)
     return b;
 }
 
+/*  The batch msg names, or NULL after an error reply (not_found). */
+static s_batch_t *s_lookup_or_reply(llmq_batch_t *self, llmq_msg_t *msg,
+                                    zlist_t *replies)
+{
+    const char *id = llmq_msg_batch(msg);
+    s_batch_t *b = s_lookup(self, id);
+    if (!b)
+        s_reply_error(replies, msg, LLMQ_ERR_NOT_FOUND, id, "unknown batch");
+    return b;
+}
+
 /*  ---- client messages ---------------------------------------------------- */
 
 static void s_handle_open(llmq_batch_t *self, llmq_msg_t *msg, zlist_t *replies,
@@ -725,11 +736,9 @@ static void s_handle_add(llmq_batch_t *self, llmq_msg_t *msg, zlist_t *replies,
                          int64_t now_ms)
 {
     const char *id = llmq_msg_batch(msg);
-    s_batch_t *b = s_lookup(self, id);
-    if (!b) {
-        s_reply_error(replies, msg, LLMQ_ERR_NOT_FOUND, id, "unknown batch");
+    s_batch_t *b = s_lookup_or_reply(self, msg, replies);
+    if (!b)
         return;
-    }
     int64_t seq = llmq_msg_seq(msg);
     int64_t first = 0, accepted = 0;
     if (llmq_batch_store_add_lookup(self->store, b->rec.bid, seq, &first,
@@ -828,11 +837,9 @@ static void s_handle_close(llmq_batch_t *self, llmq_msg_t *msg,
                            zlist_t *replies, int64_t now_ms)
 {
     const char *id = llmq_msg_batch(msg);
-    s_batch_t *b = s_lookup(self, id);
-    if (!b) {
-        s_reply_error(replies, msg, LLMQ_ERR_NOT_FOUND, id, "unknown batch");
+    s_batch_t *b = s_lookup_or_reply(self, msg, replies);
+    if (!b)
         return;
-    }
     if (!b->rec.closed) {
         b->rec.closed = true;
         b->rec.updated_ms = now_ms;
@@ -964,11 +971,9 @@ static void s_handle_get(llmq_batch_t *self, llmq_msg_t *msg, zlist_t *replies)
         s_handle_list(self, msg, replies);
         return;
     }
-    s_batch_t *b = s_lookup(self, id);
-    if (!b) {
-        s_reply_error(replies, msg, LLMQ_ERR_NOT_FOUND, id, "unknown batch");
+    s_batch_t *b = s_lookup_or_reply(self, msg, replies);
+    if (!b)
         return;
-    }
     llmq_msg_t *st = s_reply(replies, msg, LLMQ_MSG_BATCH_STATUS, id);
     s_fill_status(st, b);
 
@@ -1002,11 +1007,9 @@ static void s_handle_cancel(llmq_batch_t *self, llmq_msg_t *msg,
                             zlist_t *replies, int64_t now_ms)
 {
     const char *id = llmq_msg_batch(msg);
-    s_batch_t *b = s_lookup(self, id);
-    if (!b) {
-        s_reply_error(replies, msg, LLMQ_ERR_NOT_FOUND, id, "unknown batch");
+    s_batch_t *b = s_lookup_or_reply(self, msg, replies);
+    if (!b)
         return;
-    }
     if (!llmq_batch_state_terminal(b->rec.state)) {
         s_set_state(b, LLMQ_BATCH_CANCELLING, now_ms);
         b->dispatching = false;
