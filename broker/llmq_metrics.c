@@ -235,17 +235,8 @@ void llmq_metrics_observe(llmq_metrics_t *self, const char *name,
                           const char *const *labels, double value)
 {
     s_family_t *family = s_family(self, name);
-    if (!family || family->type != LLMQ_METRIC_HISTOGRAM)
-        return;
-    s_series_t *series = s_series_require(family, labels);
-    if (!series)
-        return;
-    size_t i = 0;
-    while (i < family->nbounds && value > family->bounds[i])
-        i++;
-    series->buckets[i]++;
-    series->count++;
-    series->value += value;
+    if (family && family->type == LLMQ_METRIC_HISTOGRAM)
+        llmq_metrics_series_observe(s_series_require(family, labels), value);
 }
 
 llmq_metric_series_t *llmq_metrics_series(llmq_metrics_t *self,

@@ -92,6 +92,10 @@ char *sim_text(uint64_t hash, int count);
 //  visible in tests). Off by default.
 extern bool sim_random_text;
 
+//  The first needle[0..nlen) in hay[0..hlen), or NULL (memmem, portably).
+const char *sim_memfind(const char *hay, size_t hlen, const char *needle,
+                        size_t nlen);
+
 //  Appends s as a JSON string literal (quoted, escaped).
 void sim_json_str(struct evbuffer *out, const char *s);
 

@@ -186,21 +186,6 @@ static char *s_disposition_param(const char *hdr, size_t hlen,
     return NULL;
 }
 
-static const char *s_mem_find(const char *hay, size_t hlen, const char *needle,
-                              size_t nlen)
-{
-    if (hlen < nlen)
-        return NULL;
-    for (const char *p = hay; p + nlen <= hay + hlen; p++) {
-        p = memchr(p, needle[0], (size_t)(hay + hlen - p));
-        if (!p || p + nlen > hay + hlen)
-            return NULL;
-        if (memcmp(p, needle, nlen) == 0)
-            return p;
-    }
-    return NULL;
-}
-
 //  POST /v1/files: multipart/form-data with "purpose" and "file".
 static void s_files_upload(sim_batches_t *self, struct evhttp_request *req)
 {
@@ -244,18 +229,18 @@ static void s_files_upload(sim_batches_t *self, struct evhttp_request *req)
     char *purpose = NULL, *filename = NULL;
     const char *fdata = NULL;
     size_t flen = 0;
-    const char *p = s_mem_find(body, len, delim, (size_t)dlen);
+    const char *p = sim_memfind(body, len, delim, (size_t)dlen);
     while (p) {
         p += dlen;
         if ((size_t)(body + len - p) >= 2 && p[0] == '-' && p[1] == '-')
             break; //  closing delimiter
         const char *hend =
-            s_mem_find(p, (size_t)(body + len - p), "\r\n\r\n", 4);
+            sim_memfind(p, (size_t)(body + len - p), "\r\n\r\n", 4);
         if (!hend)
             break;
         const char *content = hend + 4;
-        const char *next = s_mem_find(content, (size_t)(body + len - content),
-                                      delim, (size_t)dlen);
+        const char *next = sim_memfind(content, (size_t)(body + len - content),
+                                       delim, (size_t)dlen);
         if (!next)
             break;
         char *name = s_disposition_param(p, (size_t)(hend - p), "name");

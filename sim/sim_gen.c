@@ -13,6 +13,7 @@
 #include "sim.h"
 
 #include <inttypes.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -54,8 +55,8 @@ static uint64_t s_xorshift(uint64_t *state)
 //  --- directives --------------------------------------------------------
 
 //  memmem is a GNU extension; this is the portable few lines.
-static const char *s_find(const char *hay, size_t hlen, const char *needle,
-                          size_t nlen)
+const char *sim_memfind(const char *hay, size_t hlen, const char *needle,
+                        size_t nlen)
 {
     if (nlen == 0 || hlen < nlen)
         return NULL;
@@ -128,11 +129,11 @@ static void s_directives(sim_dir_t *d, const char *text, size_t len)
     const char *end = text + len;
     const char *p = text;
     while (p < end) {
-        const char *open = s_find(p, (size_t)(end - p), "[[sim:", 6);
+        const char *open = sim_memfind(p, (size_t)(end - p), "[[sim:", 6);
         if (!open)
             return;
         const char *body = open + 6;
-        const char *close = s_find(body, (size_t)(end - body), "]]", 2);
+        const char *close = sim_memfind(body, (size_t)(end - body), "]]", 2);
         if (!close)
             return;
         const char *item = body;
@@ -590,6 +591,21 @@ static void s_chunk_suffix(struct evbuffer *out, const sim_req_t *r)
                         r->include_usage ? ",\"usage\":null" : "");
 }
 
+//  One whole chunk of a chat or text completion stream: its choice is
+//  printed from chat_fmt or text_fmt (by r->op) with the arguments.
+__attribute__((format(printf, 6, 7)))
+__attribute__((format(printf, 5, 7))) static void
+s_chunk(struct evbuffer *out, const sim_req_t *r, const char *id, long created,
+        const char *chat_fmt, const char *text_fmt, ...)
+{
+    va_list ap;
+    s_chunk_prefix(out, r, id, created);
+    va_start(ap, text_fmt);
+    evbuffer_add_vprintf(out, r->op == SIM_OP_CHAT ? chat_fmt : text_fmt, ap);
+    va_end(ap);
+    s_chunk_suffix(out, r);
+}
+
 void sim_sse_head(struct evbuffer *out, const sim_req_t *r, const char *id,
                   long created)
 {
@@ -633,18 +649,12 @@ void sim_sse_word(struct evbuffer *out, const sim_req_t *r, const char *id,
                             (int)len, word);
         return;
     }
-    s_chunk_prefix(out, r, id, created);
-    if (r->op == SIM_OP_CHAT)
-        evbuffer_add_printf(out,
-                            "{\"index\":0,\"delta\":{\"content\":\"%.*s\"},"
-                            "\"logprobs\":null,\"finish_reason\":null}",
-                            (int)len, word);
-    else
-        evbuffer_add_printf(out,
-                            "{\"text\":\"%.*s\",\"index\":0,\"logprobs\":null,"
-                            "\"finish_reason\":null}",
-                            (int)len, word);
-    s_chunk_suffix(out, r);
+    s_chunk(out, r, id, created,
+            "{\"index\":0,\"delta\":{\"content\":\"%.*s\"},"
+            "\"logprobs\":null,\"finish_reason\":null}",
+            "{\"text\":\"%.*s\",\"index\":0,\"logprobs\":null,"
+            "\"finish_reason\":null}",
+            (int)len, word);
 }
 
 void sim_sse_tail(struct evbuffer *out, const sim_req_t *r, const char *id,
@@ -663,18 +673,12 @@ void sim_sse_tail(struct evbuffer *out, const sim_req_t *r, const char *id,
             r->length_cut ? "max_tokens" : "end_turn", r->out_tokens);
         return;
     }
-    s_chunk_prefix(out, r, id, created);
-    if (r->op == SIM_OP_CHAT)
-        evbuffer_add_printf(out,
-                            "{\"index\":0,\"delta\":{},\"logprobs\":null,"
-                            "\"finish_reason\":\"%s\"}",
-                            finish);
-    else
-        evbuffer_add_printf(out,
-                            "{\"text\":\"\",\"index\":0,\"logprobs\":null,"
-                            "\"finish_reason\":\"%s\"}",
-                            finish);
-    s_chunk_suffix(out, r);
+    s_chunk(out, r, id, created,
+            "{\"index\":0,\"delta\":{},\"logprobs\":null,"
+            "\"finish_reason\":\"%s\"}",
+            "{\"text\":\"\",\"index\":0,\"logprobs\":null,"
+            "\"finish_reason\":\"%s\"}",
+            finish);
     if (r->include_usage) {
         s_chunk_prefix(out, r, id, created);
         evbuffer_add_printf(out, "],\"usage\":");

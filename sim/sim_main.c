@@ -552,6 +552,18 @@ static s_window_t *s_window(sim_t *sim, uint64_t keyhash)
     return &sim->windows[*ix];
 }
 
+//  Rate-limit headers, [OpenAI, Anthropic]: requests limit, remaining,
+//  reset, then the same three for tokens.
+static const char *const s_limit_headers[2][6] = {
+    {"x-ratelimit-limit-requests", "x-ratelimit-remaining-requests",
+     "x-ratelimit-reset-requests", "x-ratelimit-limit-tokens",
+     "x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens"},
+    {"anthropic-ratelimit-requests-limit",
+     "anthropic-ratelimit-requests-remaining",
+     "anthropic-ratelimit-requests-reset", "anthropic-ratelimit-tokens-limit",
+     "anthropic-ratelimit-tokens-remaining",
+     "anthropic-ratelimit-tokens-reset"}};
+
 //  Fixed 60 s window per API key, starting at the key's first request after
 //  the previous window ended. A request is admitted when one more request
 //  fits under rpm and its tokens (prompt + completion) fit under tpm; 429s
@@ -575,40 +587,22 @@ static int s_ratelimit(sim_t *sim, struct evhttp_request *req, int route,
         w->toks += tokens;
     }
     char v[64], reset[48];
-    if (anthropic) {
+    if (anthropic)
         sim_rfc3339(reset, sizeof(reset), sim_wall_ms() + reset_ms);
-        if (sim->cfg.rpm) {
-            snprintf(v, sizeof(v), "%" PRId64, sim->cfg.rpm);
-            sim_header(req, "anthropic-ratelimit-requests-limit", v);
-            snprintf(v, sizeof(v), "%" PRId64, sim->cfg.rpm - w->reqs);
-            sim_header(req, "anthropic-ratelimit-requests-remaining", v);
-            sim_header(req, "anthropic-ratelimit-requests-reset", reset);
-        }
-        if (sim->cfg.tpm) {
-            snprintf(v, sizeof(v), "%" PRId64, sim->cfg.tpm);
-            sim_header(req, "anthropic-ratelimit-tokens-limit", v);
-            snprintf(v, sizeof(v), "%" PRId64,
-                     sim->cfg.tpm - w->toks > 0 ? sim->cfg.tpm - w->toks : 0);
-            sim_header(req, "anthropic-ratelimit-tokens-remaining", v);
-            sim_header(req, "anthropic-ratelimit-tokens-reset", reset);
-        }
-    } else {
+    else
         sim_duration(reset, sizeof(reset), reset_ms);
-        if (sim->cfg.rpm) {
-            snprintf(v, sizeof(v), "%" PRId64, sim->cfg.rpm);
-            sim_header(req, "x-ratelimit-limit-requests", v);
-            snprintf(v, sizeof(v), "%" PRId64, sim->cfg.rpm - w->reqs);
-            sim_header(req, "x-ratelimit-remaining-requests", v);
-            sim_header(req, "x-ratelimit-reset-requests", reset);
-        }
-        if (sim->cfg.tpm) {
-            snprintf(v, sizeof(v), "%" PRId64, sim->cfg.tpm);
-            sim_header(req, "x-ratelimit-limit-tokens", v);
-            snprintf(v, sizeof(v), "%" PRId64,
-                     sim->cfg.tpm - w->toks > 0 ? sim->cfg.tpm - w->toks : 0);
-            sim_header(req, "x-ratelimit-remaining-tokens", v);
-            sim_header(req, "x-ratelimit-reset-tokens", reset);
-        }
+    const char *const *names = s_limit_headers[anthropic ? 1 : 0];
+    int64_t limit[2] = {sim->cfg.rpm, sim->cfg.tpm};
+    int64_t left[2] = {sim->cfg.rpm - w->reqs,
+                       sim->cfg.tpm - w->toks > 0 ? sim->cfg.tpm - w->toks : 0};
+    for (int k = 0; k < 2; k++) {
+        if (!limit[k])
+            continue;
+        snprintf(v, sizeof(v), "%" PRId64, limit[k]);
+        sim_header(req, names[3 * k], v);
+        snprintf(v, sizeof(v), "%" PRId64, left[k]);
+        sim_header(req, names[3 * k + 1], v);
+        sim_header(req, names[3 * k + 2], reset);
     }
     if (!over_r && !over_t)
         return 0;
@@ -1199,10 +1193,58 @@ static void s_handle_reset(sim_t *sim, struct evhttp_request *req)
     s_map_clear(&sim->window_ix);
     sim->n_windows = 1;
     sim->windows[0].start = -1;
-    struct evbuffer *out = evbuffer_new();
-    evbuffer_add_printf(out, "{\"ok\":true}");
-    sim_reply_json(&sim->net, req, SIM_R_RESET, 200, out);
-    evbuffer_free(out);
+    sim_reply_text(&sim->net, req, SIM_R_RESET, 200, "{\"ok\":true}");
+}
+
+//  What serves a route.
+typedef enum {
+    H_GEN,      //  s_handle_gen with op
+    H_MODELS,   //  s_handle_models
+    H_FILES,    //  sim_batches_files
+    H_BATCHES,  //  sim_batches_openai
+    H_MBATCHES, //  sim_batches_anthropic
+    H_STATS,    //  s_handle_stats
+    H_RESET,    //  s_handle_reset
+    H_HEALTH    //  {"status":"ok"}
+} s_handler_t;
+
+//  The routing table: an exact path, or with subtree also path/...; a
+//  method other than cmd (0: any) is answered 405 under route.
+static const struct {
+    const char *path;
+    bool subtree;
+    enum evhttp_cmd_type cmd;
+    int route;
+    s_handler_t handler;
+    sim_op_t op;
+} s_routes[] = {
+    {"/v1/chat/completions", false, EVHTTP_REQ_POST, SIM_R_CHAT, H_GEN,
+     SIM_OP_CHAT},
+    {"/v1/messages", false, EVHTTP_REQ_POST, SIM_R_MESSAGES, H_GEN,
+     SIM_OP_MESSAGES},
+    {"/v1/completions", false, EVHTTP_REQ_POST, SIM_R_COMPLETIONS, H_GEN,
+     SIM_OP_COMPLETION},
+    {"/v1/embeddings", false, EVHTTP_REQ_POST, SIM_R_EMBEDDINGS, H_GEN,
+     SIM_OP_EMBEDDING},
+    {"/v1/models", true, EVHTTP_REQ_GET, SIM_R_MODELS, H_MODELS, 0},
+    {"/v1/files", true, 0, SIM_R_FILES, H_FILES, 0},
+    {"/v1/batches", true, 0, SIM_R_BATCHES, H_BATCHES, 0},
+    {"/v1/messages/batches", true, 0, SIM_R_MBATCHES, H_MBATCHES, 0},
+    {"/_stats", false, EVHTTP_REQ_GET, SIM_R_STATS, H_STATS, 0},
+    {"/_reset", false, EVHTTP_REQ_POST, SIM_R_RESET, H_RESET, 0},
+    {"/health", false, 0, SIM_R_HEALTH, H_HEALTH, 0}};
+#define S_N_ROUTES (sizeof(s_routes) / sizeof(s_routes[0]))
+
+//  The entry of s_routes that path falls under, or -1.
+static int s_route_of(const char *path)
+{
+    for (size_t i = 0; i < S_N_ROUTES; i++) {
+        size_t n = strlen(s_routes[i].path);
+        if (strncmp(path, s_routes[i].path, n) == 0 &&
+            (path[n] == 0 || (s_routes[i].subtree && path[n] == '/')))
+            return (int)i;
+    }
+    return -1;
 }
 
 //  One entry point for every request: route by method and path.
@@ -1217,80 +1259,46 @@ static void s_on_request(struct evhttp_request *req, void *arg)
     const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
     if (!path)
         path = "";
-    bool post = cmd == EVHTTP_REQ_POST, get = cmd == EVHTTP_REQ_GET;
-    int bad_method_route = -1;
-
-    if (strcmp(path, "/v1/chat/completions") == 0) {
-        if (post) {
-            s_handle_gen(sim, req, SIM_R_CHAT, SIM_OP_CHAT);
-            return;
-        }
-        bad_method_route = SIM_R_CHAT;
-    } else if (strcmp(path, "/v1/messages") == 0) {
-        if (post) {
-            s_handle_gen(sim, req, SIM_R_MESSAGES, SIM_OP_MESSAGES);
-            return;
-        }
-        bad_method_route = SIM_R_MESSAGES;
-    } else if (strcmp(path, "/v1/completions") == 0) {
-        if (post) {
-            s_handle_gen(sim, req, SIM_R_COMPLETIONS, SIM_OP_COMPLETION);
-            return;
-        }
-        bad_method_route = SIM_R_COMPLETIONS;
-    } else if (strcmp(path, "/v1/embeddings") == 0) {
-        if (post) {
-            s_handle_gen(sim, req, SIM_R_EMBEDDINGS, SIM_OP_EMBEDDING);
-            return;
-        }
-        bad_method_route = SIM_R_EMBEDDINGS;
-    } else if (strcmp(path, "/v1/models") == 0 ||
-               strncmp(path, "/v1/models/", 11) == 0) {
-        if (get) {
-            s_handle_models(sim, req, path);
-            return;
-        }
-        bad_method_route = SIM_R_MODELS;
-    } else if (strcmp(path, "/v1/files") == 0 ||
-               strncmp(path, "/v1/files/", 10) == 0) {
-        sim_batches_files(sim->batches, req, path);
-        return;
-    } else if (strcmp(path, "/v1/batches") == 0 ||
-               strncmp(path, "/v1/batches/", 12) == 0) {
-        sim_batches_openai(sim->batches, req, path);
-        return;
-    } else if (strcmp(path, "/v1/messages/batches") == 0 ||
-               strncmp(path, "/v1/messages/batches/", 21) == 0) {
-        sim_batches_anthropic(sim->batches, req, path);
-        return;
-    } else if (strcmp(path, "/_stats") == 0) {
-        if (get) {
-            s_handle_stats(sim, req);
-            return;
-        }
-        bad_method_route = SIM_R_STATS;
-    } else if (strcmp(path, "/_reset") == 0) {
-        if (post) {
-            s_handle_reset(sim, req);
-            return;
-        }
-        bad_method_route = SIM_R_RESET;
-    } else if (strcmp(path, "/health") == 0) {
-        struct evbuffer *out = evbuffer_new();
-        evbuffer_add_printf(out, "{\"status\":\"ok\"}");
-        sim_reply_json(&sim->net, req, SIM_R_HEALTH, 200, out);
-        evbuffer_free(out);
+    int i = s_route_of(path);
+    if (i < 0) {
+        char msg[300];
+        snprintf(msg, sizeof(msg), "Unknown request URL: %.200s.", path);
+        sim_reply_error(&sim->net, req, SIM_R_OTHER, false, 404, msg, NULL,
+                        "unknown_url");
         return;
     }
-    if (bad_method_route >= 0) {
-        sim_reply_error(&sim->net, req, bad_method_route, false, 405,
+    if (s_routes[i].cmd && cmd != s_routes[i].cmd) {
+        sim_reply_error(&sim->net, req, s_routes[i].route, false, 405,
                         "Method not allowed.", NULL, NULL);
         return;
     }
-    char msg[300];
-    snprintf(msg, sizeof(msg), "Unknown request URL: %.200s.", path);
-    sim_reply_error(&sim->net, req, SIM_R_OTHER, false, 404, msg, NULL,
-                    "unknown_url");
+    switch (s_routes[i].handler) {
+    case H_GEN:
+        s_handle_gen(sim, req, s_routes[i].route, s_routes[i].op);
+        break;
+    case H_MODELS:
+        s_handle_models(sim, req, path);
+        break;
+    case H_FILES:
+        sim_batches_files(sim->batches, req, path);
+        break;
+    case H_BATCHES:
+        sim_batches_openai(sim->batches, req, path);
+        break;
+    case H_MBATCHES:
+        sim_batches_anthropic(sim->batches, req, path);
+        break;
+    case H_STATS:
+        s_handle_stats(sim, req);
+        break;
+    case H_RESET:
+        s_handle_reset(sim, req);
+        break;
+    case H_HEALTH:
+        sim_reply_text(&sim->net, req, SIM_R_HEALTH, 200,
+                       "{\"status\":\"ok\"}");
+        break;
+    }
 }
 
 //  --- flags and main -------------------------------------------------------
