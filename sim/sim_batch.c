@@ -285,25 +285,60 @@ done:
     free(body);
 }
 
+//  A request path under a collection: the root itself, root/ID, or
+//  root/ID/ACTION for one of the collection's actions.
+typedef struct {
+    bool is_root;
+    const char *id; //  NULL for the root; not NUL-terminated
+    size_t idlen;
+    int action; //  0: none, k: actions[k - 1]
+    int route;  //  for statistics: routes[0] root, [1] item, [1 + k] action
+} s_path_t;
+
+//  Splits path (under root) into *p, checks the API key (auth answers
+//  401/400) and answers 404 for a path that is none of the shapes (an
+//  empty ID too, unless empty_id). Returns 0, or -1 when answered.
+static int s_path_open(sim_http_t *sim, struct evhttp_request *req,
+                       const char *path, const char *root,
+                       const char *const *actions, const int *routes,
+                       bool anthropic, bool empty_id, s_path_t *p)
+{
+    size_t rootlen = strlen(root);
+    memset(p, 0, sizeof(*p));
+    p->is_root = path[rootlen] == 0;
+    p->id = p->is_root ? NULL : path + rootlen + 1;
+    p->idlen = p->id ? strcspn(p->id, "/") : 0;
+    for (int k = 0; p->id && actions[k]; k++)
+        if (p->id[p->idlen] == '/' &&
+            strcmp(p->id + p->idlen + 1, actions[k]) == 0)
+            p->action = k + 1;
+    p->route = p->is_root ? routes[0] : routes[1 + p->action];
+    if (sim_auth(sim, req, p->route, anthropic, NULL))
+        return -1;
+    if ((p->id && p->id[p->idlen] && !p->action) ||
+        (p->id && p->idlen == 0 && !empty_id)) {
+        sim_reply_error(sim, req, SIM_R_OTHER, anthropic, 404,
+                        "Unknown request URL.", NULL, "unknown_url");
+        return -1;
+    }
+    return 0;
+}
+
 void sim_batches_files(sim_batches_t *self, struct evhttp_request *req,
                        const char *path)
 {
     sim_http_t *sim = self->sim;
     enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
-    bool is_root = strcmp(path, "/v1/files") == 0;
-    const char *id = is_root ? NULL : path + 10;
-    size_t idlen = id ? strcspn(id, "/") : 0;
-    bool content = id && strcmp(id + idlen, "/content") == 0;
-    int route = is_root   ? SIM_R_FILES
-                : content ? SIM_R_FILE_CONTENT
-                          : SIM_R_FILE;
-    if (sim_auth(sim, req, route, false, NULL))
+    static const char *const actions[] = {"content", NULL};
+    static const int routes[] = {SIM_R_FILES, SIM_R_FILE, SIM_R_FILE_CONTENT};
+    s_path_t p;
+    if (s_path_open(sim, req, path, "/v1/files", actions, routes, false, true,
+                    &p))
         return;
-    if (id && id[idlen] && !content) {
-        sim_reply_error(sim, req, SIM_R_OTHER, false, 404,
-                        "Unknown request URL.", NULL, "unknown_url");
-        return;
-    }
+    bool is_root = p.is_root, content = p.action == 1;
+    const char *id = p.id;
+    size_t idlen = p.idlen;
+    int route = p.route;
     if (is_root && cmd == EVHTTP_REQ_POST) {
         s_files_upload(self, req);
         return;
@@ -455,6 +490,16 @@ static void s_batch_json(struct evbuffer *out, const s_batch_t *b)
         free(m);
     } else
         evbuffer_add_printf(out, "null}");
+}
+
+//  Replies 200 with the batch object.
+static void s_reply_batch(sim_http_t *sim, struct evhttp_request *req,
+                          int route, const s_batch_t *b)
+{
+    struct evbuffer *out = evbuffer_new();
+    s_batch_json(out, b);
+    sim_reply_json(sim, req, route, 200, out);
+    evbuffer_free(out);
 }
 
 static void s_batch_free(s_batch_t *b)
@@ -1002,10 +1047,7 @@ static void s_openai_create(sim_batches_t *self, struct evhttp_request *req)
     b->state = B_VALIDATING;
     s_arm(b, self->cfg.validate_ms);
     cJSON_Delete(body);
-    struct evbuffer *out = evbuffer_new();
-    s_batch_json(out, b);
-    sim_reply_json(sim, req, SIM_R_BATCHES, 200, out);
-    evbuffer_free(out);
+    s_reply_batch(sim, req, SIM_R_BATCHES, b);
 }
 
 void sim_batches_openai(sim_batches_t *self, struct evhttp_request *req,
@@ -1013,20 +1055,17 @@ void sim_batches_openai(sim_batches_t *self, struct evhttp_request *req,
 {
     sim_http_t *sim = self->sim;
     enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
-    bool is_root = strcmp(path, "/v1/batches") == 0;
-    const char *id = is_root ? NULL : path + 12;
-    size_t idlen = id ? strcspn(id, "/") : 0;
-    bool cancel = id && strcmp(id + idlen, "/cancel") == 0;
-    int route = is_root  ? SIM_R_BATCHES
-                : cancel ? SIM_R_BATCH_CANCEL
-                         : SIM_R_BATCH;
-    if (sim_auth(sim, req, route, false, NULL))
+    static const char *const actions[] = {"cancel", NULL};
+    static const int routes[] = {SIM_R_BATCHES, SIM_R_BATCH,
+                                 SIM_R_BATCH_CANCEL};
+    s_path_t p;
+    if (s_path_open(sim, req, path, "/v1/batches", actions, routes, false,
+                    false, &p))
         return;
-    if ((id && id[idlen] && !cancel) || (id && idlen == 0)) {
-        sim_reply_error(sim, req, SIM_R_OTHER, false, 404,
-                        "Unknown request URL.", NULL, "unknown_url");
-        return;
-    }
+    bool is_root = p.is_root, cancel = p.action == 1;
+    const char *id = p.id;
+    size_t idlen = p.idlen;
+    int route = p.route;
     if (is_root) {
         if (cmd == EVHTTP_REQ_POST)
             s_openai_create(self, req);
@@ -1056,10 +1095,7 @@ void sim_batches_openai(sim_batches_t *self, struct evhttp_request *req,
         sim_reply_error(sim, req, route, false, 409, msg, NULL, NULL);
         return;
     }
-    struct evbuffer *out = evbuffer_new();
-    s_batch_json(out, b);
-    sim_reply_json(sim, req, route, 200, out);
-    evbuffer_free(out);
+    s_reply_batch(sim, req, route, b);
 }
 
 //  --- Anthropic routes
@@ -1162,10 +1198,7 @@ static void s_anthropic_create(sim_batches_t *self, struct evhttp_request *req)
     //  in_progress.
     b->state = B_VALIDATING;
     s_arm(b, self->cfg.validate_ms);
-    struct evbuffer *out = evbuffer_new();
-    s_batch_json(out, b);
-    sim_reply_json(sim, req, SIM_R_MBATCHES, 200, out);
-    evbuffer_free(out);
+    s_reply_batch(sim, req, SIM_R_MBATCHES, b);
 }
 
 static void s_anthropic_results(sim_batches_t *self, struct evhttp_request *req,
@@ -1206,22 +1239,17 @@ void sim_batches_anthropic(sim_batches_t *self, struct evhttp_request *req,
 {
     sim_http_t *sim = self->sim;
     enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
-    bool is_root = strcmp(path, "/v1/messages/batches") == 0;
-    const char *id = is_root ? NULL : path + 21;
-    size_t idlen = id ? strcspn(id, "/") : 0;
-    bool cancel = id && strcmp(id + idlen, "/cancel") == 0;
-    bool results = id && strcmp(id + idlen, "/results") == 0;
-    int route = is_root   ? SIM_R_MBATCHES
-                : cancel  ? SIM_R_MBATCH_CANCEL
-                : results ? SIM_R_MBATCH_RESULTS
-                          : SIM_R_MBATCH;
-    if (sim_auth(sim, req, route, true, NULL))
+    static const char *const actions[] = {"cancel", "results", NULL};
+    static const int routes[] = {SIM_R_MBATCHES, SIM_R_MBATCH,
+                                 SIM_R_MBATCH_CANCEL, SIM_R_MBATCH_RESULTS};
+    s_path_t p;
+    if (s_path_open(sim, req, path, "/v1/messages/batches", actions, routes,
+                    true, false, &p))
         return;
-    if ((id && id[idlen] && !cancel && !results) || (id && idlen == 0)) {
-        sim_reply_error(sim, req, SIM_R_OTHER, true, 404,
-                        "Unknown request URL.", NULL, NULL);
-        return;
-    }
+    bool is_root = p.is_root, cancel = p.action == 1, results = p.action == 2;
+    const char *id = p.id;
+    size_t idlen = p.idlen;
+    int route = p.route;
     if (is_root) {
         if (cmd == EVHTTP_REQ_POST)
             s_anthropic_create(self, req);
@@ -1253,10 +1281,7 @@ void sim_batches_anthropic(sim_batches_t *self, struct evhttp_request *req,
                         "Message batch has already ended.", NULL, NULL);
         return;
     }
-    struct evbuffer *out = evbuffer_new();
-    s_batch_json(out, b);
-    sim_reply_json(sim, req, route, 200, out);
-    evbuffer_free(out);
+    s_reply_batch(sim, req, route, b);
 }
 
 //  --- lifecycle and stats
