@@ -1050,54 +1050,6 @@ static void s_openai_create(sim_batches_t *self, struct evhttp_request *req)
     s_reply_batch(sim, req, SIM_R_BATCHES, b);
 }
 
-void sim_batches_openai(sim_batches_t *self, struct evhttp_request *req,
-                        const char *path)
-{
-    sim_http_t *sim = self->sim;
-    enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
-    static const char *const actions[] = {"cancel", NULL};
-    static const int routes[] = {SIM_R_BATCHES, SIM_R_BATCH,
-                                 SIM_R_BATCH_CANCEL};
-    s_path_t p;
-    if (s_path_open(sim, req, path, "/v1/batches", actions, routes, false,
-                    false, &p))
-        return;
-    bool is_root = p.is_root, cancel = p.action == 1;
-    const char *id = p.id;
-    size_t idlen = p.idlen;
-    int route = p.route;
-    if (is_root) {
-        if (cmd == EVHTTP_REQ_POST)
-            s_openai_create(self, req);
-        else if (cmd == EVHTTP_REQ_GET)
-            s_list(self, req, K_OPENAI, route);
-        else
-            sim_reply_error(sim, req, route, false, 405, "Method not allowed.",
-                            NULL, NULL);
-        return;
-    }
-    if ((cancel && cmd != EVHTTP_REQ_POST) ||
-        (!cancel && cmd != EVHTTP_REQ_GET)) {
-        sim_reply_error(sim, req, route, false, 405, "Method not allowed.",
-                        NULL, NULL);
-        return;
-    }
-    s_batch_t *b = s_batch_find(self, K_OPENAI, id, idlen);
-    if (!b) {
-        sim_reply_error(sim, req, route, false, 404, "No such Batch object.",
-                        "batch_id", NULL);
-        return;
-    }
-    if (cancel && !s_cancel(b)) {
-        char msg[96];
-        snprintf(msg, sizeof(msg), "Cannot cancel a batch with status '%s'.",
-                 s_state_names[b->state]);
-        sim_reply_error(sim, req, route, false, 409, msg, NULL, NULL);
-        return;
-    }
-    s_reply_batch(sim, req, route, b);
-}
-
 //  --- Anthropic routes
 //  ---------------------------------------------------------
 
@@ -1234,54 +1186,79 @@ static void s_anthropic_results(sim_batches_t *self, struct evhttp_request *req,
     evbuffer_free(out);
 }
 
-void sim_batches_anthropic(sim_batches_t *self, struct evhttp_request *req,
-                           const char *path)
+//  The Batch API routes of one kind: OpenAI /v1/batches[/ID[/cancel]],
+//  Anthropic /v1/messages/batches[/ID[/cancel|/results]].
+static void s_batches_route(sim_batches_t *self, struct evhttp_request *req,
+                            const char *path, s_kind_t kind)
 {
+    static const char *const oa_actions[] = {"cancel", NULL};
+    static const char *const an_actions[] = {"cancel", "results", NULL};
+    static const int oa_routes[] = {SIM_R_BATCHES, SIM_R_BATCH,
+                                    SIM_R_BATCH_CANCEL};
+    static const int an_routes[] = {SIM_R_MBATCHES, SIM_R_MBATCH,
+                                    SIM_R_MBATCH_CANCEL, SIM_R_MBATCH_RESULTS};
     sim_http_t *sim = self->sim;
+    bool anth = kind == K_ANTHROPIC;
     enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
-    static const char *const actions[] = {"cancel", "results", NULL};
-    static const int routes[] = {SIM_R_MBATCHES, SIM_R_MBATCH,
-                                 SIM_R_MBATCH_CANCEL, SIM_R_MBATCH_RESULTS};
     s_path_t p;
-    if (s_path_open(sim, req, path, "/v1/messages/batches", actions, routes,
-                    true, false, &p))
+    if (s_path_open(sim, req, path,
+                    anth ? "/v1/messages/batches" : "/v1/batches",
+                    anth ? an_actions : oa_actions,
+                    anth ? an_routes : oa_routes, anth, false, &p))
         return;
-    bool is_root = p.is_root, cancel = p.action == 1, results = p.action == 2;
-    const char *id = p.id;
-    size_t idlen = p.idlen;
-    int route = p.route;
-    if (is_root) {
-        if (cmd == EVHTTP_REQ_POST)
+    bool cancel = p.action == 1;
+    if (p.is_root) {
+        if (cmd == EVHTTP_REQ_POST && anth)
             s_anthropic_create(self, req);
+        else if (cmd == EVHTTP_REQ_POST)
+            s_openai_create(self, req);
         else if (cmd == EVHTTP_REQ_GET)
-            s_list(self, req, K_ANTHROPIC, route);
+            s_list(self, req, kind, p.route);
         else
-            sim_reply_error(sim, req, route, true, 405, "Method not allowed.",
+            sim_reply_error(sim, req, p.route, anth, 405, "Method not allowed.",
                             NULL, NULL);
         return;
     }
     if ((cancel && cmd != EVHTTP_REQ_POST) ||
         (!cancel && cmd != EVHTTP_REQ_GET)) {
-        sim_reply_error(sim, req, route, true, 405, "Method not allowed.", NULL,
-                        NULL);
-        return;
-    }
-    s_batch_t *b = s_batch_find(self, K_ANTHROPIC, id, idlen);
-    if (!b) {
-        sim_reply_error(sim, req, route, true, 404, "message batch not found",
+        sim_reply_error(sim, req, p.route, anth, 405, "Method not allowed.",
                         NULL, NULL);
         return;
     }
-    if (results) {
+    s_batch_t *b = s_batch_find(self, kind, p.id, p.idlen);
+    if (!b) {
+        sim_reply_error(sim, req, p.route, anth, 404,
+                        anth ? "message batch not found"
+                             : "No such Batch object.",
+                        anth ? NULL : "batch_id", NULL);
+        return;
+    }
+    if (p.action == 2) {
         s_anthropic_results(self, req, b);
         return;
     }
     if (cancel && !s_cancel(b)) {
-        sim_reply_error(sim, req, route, true, 409,
-                        "Message batch has already ended.", NULL, NULL);
+        char msg[96];
+        snprintf(msg, sizeof(msg), "Cannot cancel a batch with status '%s'.",
+                 s_state_names[b->state]);
+        sim_reply_error(sim, req, p.route, anth, 409,
+                        anth ? "Message batch has already ended." : msg, NULL,
+                        NULL);
         return;
     }
-    s_reply_batch(sim, req, route, b);
+    s_reply_batch(sim, req, p.route, b);
+}
+
+void sim_batches_openai(sim_batches_t *self, struct evhttp_request *req,
+                        const char *path)
+{
+    s_batches_route(self, req, path, K_OPENAI);
+}
+
+void sim_batches_anthropic(sim_batches_t *self, struct evhttp_request *req,
+                           const char *path)
+{
+    s_batches_route(self, req, path, K_ANTHROPIC);
 }
 
 //  --- lifecycle and stats
