@@ -169,40 +169,36 @@ typedef struct {
     size_t off;       //  field in s_args_t
 } s_flag_t;
 
-#define B_(name, kind, lo, hi, field)                                          \
-    {                                                                          \
-        name, kind, lo, hi, offsetof(s_args_t, broker.field)                   \
-    }
-#define M_(name, kind, lo, hi, field)                                          \
-    {                                                                          \
-        name, kind, lo, hi, offsetof(s_args_t, batch.config.field)             \
-    }
+//  Where a flag's value goes: a broker config field, a batch config field.
+#define B_(field) offsetof(s_args_t, broker.field)
+#define M_(field) offsetof(s_args_t, batch.config.field)
 
 static const s_flag_t s_flags[] = {
-    B_("frontend", K_STR, 0, 0, frontend),
-    B_("backend", K_STR, 0, 0, backend),
-    B_("metrics", K_STR, 0, 0, metrics),
-    B_("name", K_STR, 0, 0, name),
-    B_("max-queue", K_SIZE, 1, 100000000, max_queue),
-    B_("no-worker-wait-ms", K_INT_MS, 0, 86400000, no_worker_wait_ms),
-    B_("drain-ms", K_INT_MS, 0, 86400000, drain_ms),
-    B_("heartbeat-ms", K_INT_MS, 10, 600000, heartbeat_ms),
-    B_("dead-ms", K_INT_MS, 30, 3600000, dead_ms),
-    B_("default-deadline", K_INT_MS, 0, 2000000000, default_deadline_ms),
-    B_("recovery-ms", K_INT_MS, 0, 3600000, recovery_ms),
+    {"frontend", K_STR, 0, 0, B_(frontend)},
+    {"backend", K_STR, 0, 0, B_(backend)},
+    {"metrics", K_STR, 0, 0, B_(metrics)},
+    {"name", K_STR, 0, 0, B_(name)},
+    {"max-queue", K_SIZE, 1, 100000000, B_(max_queue)},
+    {"no-worker-wait-ms", K_INT_MS, 0, 86400000, B_(no_worker_wait_ms)},
+    {"drain-ms", K_INT_MS, 0, 86400000, B_(drain_ms)},
+    {"heartbeat-ms", K_INT_MS, 10, 600000, B_(heartbeat_ms)},
+    {"dead-ms", K_INT_MS, 30, 3600000, B_(dead_ms)},
+    {"default-deadline", K_INT_MS, 0, 2000000000, B_(default_deadline_ms)},
+    {"recovery-ms", K_INT_MS, 0, 3600000, B_(recovery_ms)},
     {"batch-db", K_STR, 0, 0, offsetof(s_args_t, batch_db)},
-    M_("batch-threshold", K_I64, 1, 1000000000, auto_threshold),
-    M_("batch-poll-ms", K_I64_MS, 10, 86400000, poll_interval_ms),
-    M_("batch-task-timeout-ms", K_I64_MS, 100, 86400000, task_timeout_ms),
-    M_("batch-submit-grace-ms", K_I64_MS, 0, 86400000LL * 30, submit_grace_ms),
-    M_("batch-provider-price", K_PRICE, 0, 100, provider_price),
-    M_("batch-no-resubmit", K_FALSE, 0, 0, resubmit_failed),
-    B_("curve-cert", K_STR, 0, 0, curve_cert),
-    B_("client-keys", K_STR, 0, 0, client_keys),
-    B_("worker-keys", K_STR, 0, 0, worker_keys),
-    B_("json-logs", K_TRUE, 0, 0, json_logs),
-    B_("quiet", K_TRUE, 0, 0, quiet),
-    B_("verbose", K_TRUE, 0, 0, verbose),
+    {"batch-threshold", K_I64, 1, 1000000000, M_(auto_threshold)},
+    {"batch-poll-ms", K_I64_MS, 10, 86400000, M_(poll_interval_ms)},
+    {"batch-task-timeout-ms", K_I64_MS, 100, 86400000, M_(task_timeout_ms)},
+    {"batch-submit-grace-ms", K_I64_MS, 0, 86400000LL * 30,
+     M_(submit_grace_ms)},
+    {"batch-provider-price", K_PRICE, 0, 100, M_(provider_price)},
+    {"batch-no-resubmit", K_FALSE, 0, 0, M_(resubmit_failed)},
+    {"curve-cert", K_STR, 0, 0, B_(curve_cert)},
+    {"client-keys", K_STR, 0, 0, B_(client_keys)},
+    {"worker-keys", K_STR, 0, 0, B_(worker_keys)},
+    {"json-logs", K_TRUE, 0, 0, B_(json_logs)},
+    {"quiet", K_TRUE, 0, 0, B_(quiet)},
+    {"verbose", K_TRUE, 0, 0, B_(verbose)},
     {"version", K_VERSION, 0, 0, 0},
     {"help", K_HELP, 0, 0, 0},
 };

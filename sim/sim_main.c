@@ -1440,50 +1440,41 @@ typedef struct {
     size_t off;    //  field in s_cfg_t
 } s_flag_t;
 
-#define F_(name, kind, lo, hi, field)                                          \
-    {                                                                          \
-        name, kind, lo, hi, offsetof(s_cfg_t, field)                           \
-    }
-#define F_P(name, field) F_(name, K_DBL, 0, 1, field)
-#define F_0(name, kind)                                                        \
-    {                                                                          \
-        name, kind, 0, 0, 0                                                    \
-    }
+//  Where a flag's value goes: a field of s_cfg_t.
+#define C_(field) offsetof(s_cfg_t, field)
 
 static const s_flag_t s_flags[] = {
-    F_("host", K_STR, 0, 0, host),
-    F_("port", K_INT, 0, 65535, port),
-    F_("latency-ms", K_MS, 0, 0, latency_ms),
-    F_("jitter-ms", K_MS, 0, 0, jitter_ms),
-    F_("tokens-per-sec", K_DBL, 0, 1e9, tokens_per_sec),
-    F_("rpm", K_I64, 0, 1e15, rpm),
-    F_("tpm", K_I64, 0, 1e15, tpm),
-    F_("api-key", K_KEY, 0, 0, api_keys),
-    F_("models", K_MODELS, 0, 0, models),
-    F_P("p500", p500),
-    F_P("p503", p503),
-    F_P("p429", p429),
-    F_P("phang", phang),
-    F_P("pmalformed", pmalformed),
-    F_P("preset", preset),
-    F_("hang-ms", K_MS, 0, 0, hang_ms),
-    F_("seed", K_U64, 0, 1.8e19, seed),
-    F_0("random-text", K_RANDOM),
-    F_("batch-validate-ms", K_MS, 0, 0, batch.validate_ms),
-    F_("batch-progress-ms", K_MS, 0, 0, batch.progress_ms),
-    F_("batch-finalize-ms", K_MS, 0, 0, batch.finalize_ms),
-    F_("batch-expire-ms", K_MS, 1, 0, batch.expire_ms),
-    F_("max-body", K_I64, 1024, 1e12, max_body),
-    F_("max-file-store", K_I64, 0, 1e13, batch.max_store),
-    F_("quiet", K_TRUE, 0, 0, quiet),
-    F_("exit-with-parent", K_TRUE, 0, 0, exit_with_parent),
-    F_0("help", K_HELP),
-    F_0("version", K_VERSION),
+    {"host", K_STR, 0, 0, C_(host)},
+    {"port", K_INT, 0, 65535, C_(port)},
+    {"latency-ms", K_MS, 0, 0, C_(latency_ms)},
+    {"jitter-ms", K_MS, 0, 0, C_(jitter_ms)},
+    {"tokens-per-sec", K_DBL, 0, 1e9, C_(tokens_per_sec)},
+    {"rpm", K_I64, 0, 1e15, C_(rpm)},
+    {"tpm", K_I64, 0, 1e15, C_(tpm)},
+    {"api-key", K_KEY, 0, 0, C_(api_keys)},
+    {"models", K_MODELS, 0, 0, C_(models)},
+    {"p500", K_DBL, 0, 1, C_(p500)},
+    {"p503", K_DBL, 0, 1, C_(p503)},
+    {"p429", K_DBL, 0, 1, C_(p429)},
+    {"phang", K_DBL, 0, 1, C_(phang)},
+    {"pmalformed", K_DBL, 0, 1, C_(pmalformed)},
+    {"preset", K_DBL, 0, 1, C_(preset)},
+    {"hang-ms", K_MS, 0, 0, C_(hang_ms)},
+    {"seed", K_U64, 0, 1.8e19, C_(seed)},
+    {"random-text", K_RANDOM, 0, 0, 0},
+    {"batch-validate-ms", K_MS, 0, 0, C_(batch.validate_ms)},
+    {"batch-progress-ms", K_MS, 0, 0, C_(batch.progress_ms)},
+    {"batch-finalize-ms", K_MS, 0, 0, C_(batch.finalize_ms)},
+    {"batch-expire-ms", K_MS, 1, 0, C_(batch.expire_ms)},
+    {"max-body", K_I64, 1024, 1e12, C_(max_body)},
+    {"max-file-store", K_I64, 0, 1e13, C_(batch.max_store)},
+    {"quiet", K_TRUE, 0, 0, C_(quiet)},
+    {"exit-with-parent", K_TRUE, 0, 0, C_(exit_with_parent)},
+    {"help", K_HELP, 0, 0, 0},
+    {"version", K_VERSION, 0, 0, 0},
 };
 #define S_N_FLAGS (sizeof(s_flags) / sizeof(s_flags[0]))
-#undef F_
-#undef F_P
-#undef F_0
+#undef C_
 
 //  Appends item to the array *list of *n pointers. Returns 0 or -1.
 static int s_append(char ***list, int *n, char *item)
