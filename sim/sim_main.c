@@ -1647,11 +1647,9 @@ static int s_listen(const char *host, int port, int *bound_port)
     return fd;
 }
 
-int main(int argc, char **argv)
+//  The defaults of every flag not zero.
+static void s_cfg_defaults(s_cfg_t *c)
 {
-    static sim_t s_sim; //  big (stats table): keep it off the stack
-    sim_t *sim = &s_sim;
-    s_cfg_t *c = &sim->cfg;
     c->host = "127.0.0.1";
     c->port = 8089;
     c->seed = 1;
@@ -1661,16 +1659,11 @@ int main(int argc, char **argv)
     c->batch.finalize_ms = 1000;
     c->batch.expire_ms = 86400000;
     c->batch.max_store = 1073741824LL;
-    if (s_parse_flags(c, argc, argv))
-        return 2;
+}
 
-    if (c->exit_with_parent) {
-        //  The parent may already be gone (then we were reparented).
-        pid_t parent = getppid();
-        prctl(PR_SET_PDEATHSIG, SIGTERM);
-        if (getppid() != parent || parent == 1)
-            return 0;
-    }
+//  Process-wide settings: signals, fd limit, allocator.
+static void s_process_setup(void)
+{
     signal(SIGPIPE, SIG_IGN);
     s_raise_nofile();
 #ifdef __GLIBC__
@@ -1679,29 +1672,41 @@ int main(int argc, char **argv)
     //  the epoll changelist below) a request costs 15-20% less CPU here.
     mallopt(M_MXFAST, 0);
 #endif
+}
+
+//  The event loop, with the changelist: it folds evhttp's many read/write
+//  enable toggles per request into at most one epoll_ctl per fd per loop
+//  iteration. NULL if out of memory.
+static struct event_base *s_base_new(void)
+{
+    struct event_config *ecfg = event_config_new();
+    if (ecfg)
+        event_config_set_flag(ecfg, EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST);
+    struct event_base *base = ecfg ? event_base_new_with_config(ecfg) : NULL;
+    if (ecfg)
+        event_config_free(ecfg);
+    return base ? base : event_base_new();
+}
+
+//  Binds, sets up the server and prints the ready line. Returns 0, or the
+//  exit code (1, or 2 for a bad address).
+static int s_start(sim_t *sim)
+{
+    s_cfg_t *c = &sim->cfg;
     sim->rng =
         c->seed ? c->seed * 0x9E3779B97F4A7C15ULL : 0x853c49e6748fea9bULL;
     sim->started_ms = sim_mono_ms();
     sim->conns = calloc(S_CONN_BUCKETS, sizeof(s_conn_t *));
     sim->cap_windows = 64;
     sim->windows = calloc(sim->cap_windows, sizeof(s_window_t));
-    sim->n_windows = 1; //  [0] is the shared overflow window
-    sim->windows[0].start = -1;
-    //  The changelist folds evhttp's many read/write enable toggles per
-    //  request into at most one epoll_ctl per fd per loop iteration.
-    struct event_config *ecfg = event_config_new();
-    if (ecfg)
-        event_config_set_flag(ecfg, EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST);
-    sim->net.base = ecfg ? event_base_new_with_config(ecfg) : NULL;
-    if (ecfg)
-        event_config_free(ecfg);
-    if (!sim->net.base)
-        sim->net.base = event_base_new();
+    sim->net.base = s_base_new();
     sim->http = sim->net.base ? evhttp_new(sim->net.base) : NULL;
     if (!sim->conns || !sim->windows || !sim->http) {
         fprintf(stderr, "llmq-sim: out of memory\n");
         return 1;
     }
+    sim->n_windows = 1; //  [0] is the shared overflow window
+    sim->windows[0].start = -1;
     int port = 0;
     int fd = s_listen(c->host, c->port, &port);
     if (fd < 0)
@@ -1731,24 +1736,15 @@ int main(int argc, char **argv)
     sim->sigterm = evsignal_new(sim->net.base, SIGTERM, s_on_signal, sim);
     event_add(sim->sigint, NULL);
     event_add(sim->sigterm, NULL);
-
     printf("ready llmq-sim url=%s\n", sim->net.url);
     fflush(stdout);
-    if (!c->quiet)
-        fprintf(stderr,
-                "llmq-sim: listening on %s (latency %" PRId64
-                " ms, jitter %" PRId64 " ms, %g tokens/s, rpm %" PRId64
-                ", tpm %" PRId64 ")\n",
-                sim->net.url, c->latency_ms, c->jitter_ms, c->tokens_per_sec,
-                c->rpm, c->tpm);
+    return 0;
+}
 
-    event_base_dispatch(sim->net.base);
-
-    if (!c->quiet)
-        fprintf(stderr, "llmq-sim: stopping (%" PRIu64 " requests served)\n",
-                sim->net.total);
-    //  Pending replies first (they point at requests), then the server
-    //  (which closes connections and frees their requests).
+//  Frees the server: pending replies first (they point at requests), then
+//  the server (which closes connections and frees their requests).
+static void s_stop(sim_t *sim)
+{
     s_pending_t *p = sim->pending;
     while (p) {
         s_pending_t *next = p->next;
@@ -1767,6 +1763,41 @@ int main(int argc, char **argv)
     s_map_clear(&sim->window_ix);
     free(sim->windows);
     free(sim->conns);
+}
+
+int main(int argc, char **argv)
+{
+    static sim_t s_sim; //  big (stats table): keep it off the stack
+    sim_t *sim = &s_sim;
+    s_cfg_t *c = &sim->cfg;
+    s_cfg_defaults(c);
+    if (s_parse_flags(c, argc, argv))
+        return 2;
+    if (c->exit_with_parent) {
+        //  The parent may already be gone (then we were reparented).
+        pid_t parent = getppid();
+        prctl(PR_SET_PDEATHSIG, SIGTERM);
+        if (getppid() != parent || parent == 1)
+            return 0;
+    }
+    s_process_setup();
+    int rc = s_start(sim);
+    if (rc)
+        return rc;
+    if (!c->quiet)
+        fprintf(stderr,
+                "llmq-sim: listening on %s (latency %" PRId64
+                " ms, jitter %" PRId64 " ms, %g tokens/s, rpm %" PRId64
+                ", tpm %" PRId64 ")\n",
+                sim->net.url, c->latency_ms, c->jitter_ms, c->tokens_per_sec,
+                c->rpm, c->tpm);
+
+    event_base_dispatch(sim->net.base);
+
+    if (!c->quiet)
+        fprintf(stderr, "llmq-sim: stopping (%" PRIu64 " requests served)\n",
+                sim->net.total);
+    s_stop(sim);
     for (int i = 0; i < c->n_models; i++)
         free(c->models[i]);
     free(c->models);
