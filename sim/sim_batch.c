@@ -561,113 +561,100 @@ static bool s_terminal(s_state_t st)
            st == B_CANCELLED;
 }
 
-//  Validates an OpenAI input file into lines. Returns NULL or an "errors"
-//  JSON object (fresh string).
-static char *s_validate_openai(s_batch_t *b)
+//  The error code of one parsed OpenAI input line (message in msg), or
+//  NULL when the line is fine.
+static const char *s_line_error(const s_batch_t *b, const cJSON *line,
+                                char *msg, size_t cap)
 {
-    const char *data = b->input->data;
-    size_t len = b->input->len;
-    int cap = 0, lineno = 0;
-    char msg[256];
+    const cJSON *cid = cJSON_GetObjectItemCaseSensitive(line, "custom_id");
+    const cJSON *method = cJSON_GetObjectItemCaseSensitive(line, "method");
+    const cJSON *url = cJSON_GetObjectItemCaseSensitive(line, "url");
+    const cJSON *body = cJSON_GetObjectItemCaseSensitive(line, "body");
+    if (!cJSON_IsObject(line)) {
+        snprintf(msg, cap, "This line is not parseable as valid JSON.");
+        return "invalid_json_line";
+    }
+    if (!cJSON_IsString(cid) || !cid->valuestring[0]) {
+        snprintf(msg, cap, "Missing required parameter: 'custom_id'.");
+        return "missing_required_parameter";
+    }
+    if (!cJSON_IsString(method) || strcmp(method->valuestring, "POST") != 0) {
+        snprintf(msg, cap, "The method must be POST.");
+        return "invalid_method";
+    }
+    if (!cJSON_IsString(url) || strcmp(url->valuestring, b->endpoint) != 0) {
+        snprintf(msg, cap, "The url must match the batch endpoint %s.",
+                 b->endpoint);
+        return "mismatched_endpoint";
+    }
+    if (!cJSON_IsObject(body)) {
+        snprintf(msg, cap, "Missing required parameter: 'body'.");
+        return "missing_required_parameter";
+    }
+    if (b->n_lines >= S_OPENAI_MAX_LINES) {
+        snprintf(msg, cap, "A batch may hold at most %d requests.",
+                 S_OPENAI_MAX_LINES);
+        return "too_many_requests";
+    }
+    return NULL;
+}
+
+//  Appends a line (custom_id copied, body detached from line) to b->lines
+//  of capacity *cap. Returns 0, or -1 when out of memory.
+static int s_line_push(s_batch_t *b, int *cap, cJSON *line)
+{
+    if (b->n_lines == *cap) {
+        int ncap = *cap ? *cap * 2 : 64;
+        s_line_t *nl = realloc(b->lines, sizeof(s_line_t) * (size_t)ncap);
+        if (!nl)
+            return -1;
+        b->lines = nl;
+        *cap = ncap;
+    }
+    s_line_t *l = &b->lines[b->n_lines++];
+    memset(l, 0, sizeof(*l));
+    l->custom_id = strdup(
+        cJSON_GetObjectItemCaseSensitive(line, "custom_id")->valuestring);
+    l->body = cJSON_DetachItemViaPointer(
+        line, cJSON_GetObjectItemCaseSensitive(line, "body"));
+    return 0;
+}
+
+//  The first repeated custom_id (sort-free, with a small hash table):
+//  returns "duplicate_custom_id" with *lineno and msg set, or NULL.
+static const char *s_duplicate_id(const s_batch_t *b, int *lineno, char *msg,
+                                  size_t cap)
+{
+    size_t tcap = 1;
+    while (tcap < (size_t)b->n_lines * 2)
+        tcap <<= 1;
+    int *t = malloc(tcap * sizeof(int));
     const char *code = NULL;
-    const char *p = data, *end = data + len;
-    while (p < end) {
-        const char *nl = memchr(p, '\n', (size_t)(end - p));
-        const char *le = nl ? nl : end;
-        lineno++;
-        const char *q = p;
-        while (q < le && (*q == ' ' || *q == '\r' || *q == '\t'))
-            q++;
-        if (q == le) {
-            p = le + 1;
-            continue;
-        }
-        cJSON *line = cJSON_ParseWithLength(p, (size_t)(le - p));
-        const cJSON *cid = cJSON_GetObjectItemCaseSensitive(line, "custom_id");
-        const cJSON *method = cJSON_GetObjectItemCaseSensitive(line, "method");
-        const cJSON *url = cJSON_GetObjectItemCaseSensitive(line, "url");
-        cJSON *body = cJSON_GetObjectItemCaseSensitive(line, "body");
-        if (!cJSON_IsObject(line)) {
-            code = "invalid_json_line";
-            snprintf(msg, sizeof(msg),
-                     "This line is not parseable as valid JSON.");
-        } else if (!cJSON_IsString(cid) || !cid->valuestring[0]) {
-            code = "missing_required_parameter";
-            snprintf(msg, sizeof(msg),
-                     "Missing required parameter: 'custom_id'.");
-        } else if (!cJSON_IsString(method) ||
-                   strcmp(method->valuestring, "POST") != 0) {
-            code = "invalid_method";
-            snprintf(msg, sizeof(msg), "The method must be POST.");
-        } else if (!cJSON_IsString(url) ||
-                   strcmp(url->valuestring, b->endpoint) != 0) {
-            code = "mismatched_endpoint";
-            snprintf(msg, sizeof(msg),
-                     "The url must match the batch endpoint %s.", b->endpoint);
-        } else if (!cJSON_IsObject(body)) {
-            code = "missing_required_parameter";
-            snprintf(msg, sizeof(msg), "Missing required parameter: 'body'.");
-        } else if (b->n_lines >= S_OPENAI_MAX_LINES) {
-            code = "too_many_requests";
-            snprintf(msg, sizeof(msg), "A batch may hold at most %d requests.",
-                     S_OPENAI_MAX_LINES);
-        }
-        if (code) {
-            cJSON_Delete(line);
-            break;
-        }
-        if (b->n_lines == cap) {
-            cap = cap ? cap * 2 : 64;
-            s_line_t *nl2 = realloc(b->lines, sizeof(s_line_t) * (size_t)cap);
-            if (!nl2) {
-                cJSON_Delete(line);
-                code = "internal";
-                snprintf(msg, sizeof(msg), "out of memory");
+    if (!t)
+        return NULL;
+    memset(t, -1, tcap * sizeof(int));
+    for (int i = 0; i < b->n_lines && !code; i++) {
+        const char *c = b->lines[i].custom_id;
+        size_t j = (size_t)sim_fnv(SIM_FNV_OFFSET, c, strlen(c)) & (tcap - 1);
+        while (t[j] >= 0) {
+            if (strcmp(b->lines[t[j]].custom_id, c) == 0) {
+                code = "duplicate_custom_id";
+                *lineno = i + 1;
+                snprintf(msg, cap, "The custom_id '%.100s' is not unique.", c);
                 break;
             }
-            b->lines = nl2;
+            j = (j + 1) & (tcap - 1);
         }
-        s_line_t *l = &b->lines[b->n_lines++];
-        memset(l, 0, sizeof(*l));
-        l->custom_id = strdup(cid->valuestring);
-        l->body = cJSON_DetachItemViaPointer(line, body);
-        cJSON_Delete(line);
-        p = le + 1;
+        t[j] = i;
     }
-    if (!code && b->n_lines == 0) {
-        code = "empty_file";
-        lineno = 0;
-        snprintf(msg, sizeof(msg), "The input file contains no requests.");
-    }
-    //  Duplicate custom_ids: sort-free check with a small hash table.
-    if (!code && b->n_lines > 1) {
-        size_t tcap = 1;
-        while (tcap < (size_t)b->n_lines * 2)
-            tcap <<= 1;
-        int *t = malloc(tcap * sizeof(int));
-        if (t) {
-            memset(t, -1, tcap * sizeof(int));
-            for (int i = 0; i < b->n_lines && !code; i++) {
-                const char *c = b->lines[i].custom_id;
-                size_t j =
-                    (size_t)sim_fnv(SIM_FNV_OFFSET, c, strlen(c)) & (tcap - 1);
-                while (t[j] >= 0) {
-                    if (strcmp(b->lines[t[j]].custom_id, c) == 0) {
-                        code = "duplicate_custom_id";
-                        lineno = i + 1;
-                        snprintf(msg, sizeof(msg),
-                                 "The custom_id '%.100s' is not unique.", c);
-                        break;
-                    }
-                    j = (j + 1) & (tcap - 1);
-                }
-                t[j] = i;
-            }
-            free(t);
-        }
-    }
-    if (!code)
-        return NULL;
+    free(t);
+    return code;
+}
+
+//  The OpenAI batch "errors" object for one error (lineno 0: no line), as
+//  a fresh string (NULL if out of memory).
+static char *s_errors_json(const char *code, const char *msg, int lineno)
+{
     struct evbuffer *e = evbuffer_new();
     evbuffer_add_printf(
         e,
@@ -686,6 +673,44 @@ static char *s_validate_openai(s_batch_t *b)
     }
     evbuffer_free(e);
     return s;
+}
+
+//  Validates an OpenAI input file into lines. Returns NULL or an "errors"
+//  JSON object (fresh string).
+static char *s_validate_openai(s_batch_t *b)
+{
+    const char *data = b->input->data;
+    size_t len = b->input->len;
+    int cap = 0, lineno = 0;
+    char msg[256];
+    const char *code = NULL;
+    const char *p = data, *end = data + len;
+    while (p < end && !code) {
+        const char *nl = memchr(p, '\n', (size_t)(end - p));
+        const char *le = nl ? nl : end;
+        lineno++;
+        const char *q = p;
+        while (q < le && (*q == ' ' || *q == '\r' || *q == '\t'))
+            q++;
+        if (q < le) {
+            cJSON *line = cJSON_ParseWithLength(p, (size_t)(le - p));
+            code = s_line_error(b, line, msg, sizeof(msg));
+            if (!code && s_line_push(b, &cap, line)) {
+                code = "internal";
+                snprintf(msg, sizeof(msg), "out of memory");
+            }
+            cJSON_Delete(line);
+        }
+        p = le + 1;
+    }
+    if (!code && b->n_lines == 0) {
+        code = "empty_file";
+        lineno = 0;
+        snprintf(msg, sizeof(msg), "The input file contains no requests.");
+    }
+    if (!code && b->n_lines > 1)
+        code = s_duplicate_id(b, &lineno, msg, sizeof(msg));
+    return code ? s_errors_json(code, msg, lineno) : NULL;
 }
 
 //  Answers the next slice of lines. Returns true when no line is pending.
