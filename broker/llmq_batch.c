@@ -1537,10 +1537,62 @@ static void s_batch_from_jobs(s_batch_t *b, int64_t now_ms)
         s_set_state(b, LLMQ_BATCH_IN_PROGRESS, now_ms);
 }
 
+/*  job.status for a job whose submit outcome is unknown (submitting or
+    lookup). Returns true when that settles it, false when the provider
+    batch turned out to exist (the job is now running) and msg is to be
+    read as a poll answer. */
+static bool s_on_submit_status(llmq_batch_t *self, s_job_t *j, llmq_msg_t *msg,
+                               int64_t now_ms)
+{
+    const char *pb = llmq_msg_provider_batch(msg);
+    const char *code = llmq_msg_error_code(msg);
+    bool not_found =
+        code && j->row.state == LLMQ_JOB_LOOKUP && streq(code, "not_found");
+    if (pb && *pb) {
+        /*  The provider batch exists: record its id before anything
+            else happens to this job. */
+        snprintf(j->row.provider_batch, sizeof j->row.provider_batch, "%s", pb);
+        j->row.state = LLMQ_JOB_RUNNING;
+        return false;
+    }
+    if (not_found && now_ms - j->row.submitted_ms < self->cfg.submit_grace_ms) {
+        /*  Not there yet proves nothing while the first submit may
+            still be uploading (a slow 200 MB file outlives a task
+            timeout): ask again later. */
+        j->next_ms = now_ms + self->cfg.poll_interval_ms;
+    } else if (not_found) {
+        /*  The lookup proved the provider never created it, and no
+            submit of it can still be running: now, and only now, may
+            it be submitted again. */
+        j->row.state = LLMQ_JOB_PENDING;
+        s_job_save(self, j, now_ms);
+        if (j->batch->rec.state == LLMQ_BATCH_CANCELLING)
+            s_job_finished(self, j, false, now_ms);
+        llmq_batch_flush(self);
+    } else if (code && j->row.state == LLMQ_JOB_SUBMITTING) {
+        llmq_err_t err = llmq_err_from_name(code);
+        if (err != LLMQ_ERR_NONE && !llmq_msg_error_retryable(msg) &&
+            !llmq_err_retryable(err)) {
+            /*  The provider refused the file for good: the job never
+                ran; its items go the realtime way or fail. */
+            s_job_finished(self, j, false, now_ms);
+            s_batch_from_jobs(j->batch, now_ms);
+        } else {
+            /*  A transient failure may still have created the batch
+                (timeout after the create call): look it up first. */
+            j->row.state = LLMQ_JOB_LOOKUP;
+            j->next_ms = now_ms + self->cfg.poll_interval_ms;
+            s_job_save(self, j, now_ms);
+        }
+        llmq_batch_flush(self);
+    } else
+        j->next_ms = now_ms + self->cfg.poll_interval_ms;
+    return true;
+}
+
 static void s_on_job_status(llmq_batch_t *self, s_job_t *j, llmq_msg_t *msg,
                             int64_t now_ms)
 {
-    const char *pb = llmq_msg_provider_batch(msg);
     const char *code = llmq_msg_error_code(msg);
     llmq_batch_state_t pstate = llmq_batch_normalise_state(llmq_msg_state(msg));
     bool was_cancel = j->task == LLMQ_MSG_JOB_CANCEL;
@@ -1559,53 +1611,8 @@ static void s_on_job_status(llmq_batch_t *self, s_job_t *j, llmq_msg_t *msg,
 
     if (j->row.state == LLMQ_JOB_SUBMITTING ||
         j->row.state == LLMQ_JOB_LOOKUP) {
-        if (pb && *pb) {
-            /*  The provider batch exists: record its id before anything
-                else happens to this job. */
-            snprintf(j->row.provider_batch, sizeof j->row.provider_batch, "%s",
-                     pb);
-            j->row.state = LLMQ_JOB_RUNNING;
-        } else if (code && j->row.state == LLMQ_JOB_LOOKUP &&
-                   streq(code, "not_found") &&
-                   now_ms - j->row.submitted_ms < self->cfg.submit_grace_ms) {
-            /*  Not there yet proves nothing while the first submit may
-                still be uploading (a slow 200 MB file outlives a task
-                timeout): ask again later. */
-            j->next_ms = now_ms + self->cfg.poll_interval_ms;
+        if (s_on_submit_status(self, j, msg, now_ms))
             return;
-        } else if (code && j->row.state == LLMQ_JOB_LOOKUP &&
-                   streq(code, "not_found")) {
-            /*  The lookup proved the provider never created it, and no
-                submit of it can still be running: now, and only now, may
-                it be submitted again. */
-            j->row.state = LLMQ_JOB_PENDING;
-            s_job_save(self, j, now_ms);
-            if (j->batch->rec.state == LLMQ_BATCH_CANCELLING)
-                s_job_finished(self, j, false, now_ms);
-            llmq_batch_flush(self);
-            return;
-        } else if (code && j->row.state == LLMQ_JOB_SUBMITTING) {
-            llmq_err_t err = llmq_err_from_name(code);
-            if (err != LLMQ_ERR_NONE && !llmq_msg_error_retryable(msg) &&
-                !llmq_err_retryable(err)) {
-                /*  The provider refused the file for good: the job never
-                    ran; its items go the realtime way or fail. */
-                s_job_finished(self, j, false, now_ms);
-                s_batch_from_jobs(j->batch, now_ms);
-                llmq_batch_flush(self);
-                return;
-            }
-            /*  A transient failure may still have created the batch
-                (timeout after the create call): look it up first. */
-            j->row.state = LLMQ_JOB_LOOKUP;
-            j->next_ms = now_ms + self->cfg.poll_interval_ms;
-            s_job_save(self, j, now_ms);
-            llmq_batch_flush(self);
-            return;
-        } else {
-            j->next_ms = now_ms + self->cfg.poll_interval_ms;
-            return;
-        }
     } else if (code && !llmq_msg_has(msg, LLMQ_F_state)) {
         j->next_ms = now_ms + self->cfg.poll_interval_ms;
         return;
