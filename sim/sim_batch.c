@@ -1078,6 +1078,46 @@ static void s_openai_create(sim_batches_t *self, struct evhttp_request *req)
 //  --- Anthropic routes
 //  ---------------------------------------------------------
 
+//  Checks one Anthropic batch request (item i of requests): custom_id,
+//  params as POST /v1/messages would, and a unique custom_id. Returns 0,
+//  or -1 with the error in msg.
+static int s_anthropic_item_check(const cJSON *requests, const cJSON *it, int i,
+                                  int n, char *msg, size_t cap)
+{
+    const cJSON *cid = cJSON_GetObjectItemCaseSensitive(it, "custom_id");
+    const cJSON *params = cJSON_GetObjectItemCaseSensitive(it, "params");
+    if (!cJSON_IsString(cid) || !cid->valuestring[0] ||
+        strlen(cid->valuestring) > 64) {
+        snprintf(msg, cap,
+                 "requests.%d.custom_id: must be a string of 1 to 64 "
+                 "characters",
+                 i);
+        return -1;
+    }
+    if (!cJSON_IsObject(params)) {
+        snprintf(msg, cap, "requests.%d.params: Field required", i);
+        return -1;
+    }
+    //  Same checks as POST /v1/messages, so a bad item fails the batch.
+    sim_req_t r;
+    char err[200];
+    const char *param;
+    if (sim_req_parse(&r, SIM_OP_MESSAGES, params, err, sizeof(err), &param)) {
+        snprintf(msg, cap, "requests.%d.params.%s", i, err);
+        return -1;
+    }
+    sim_req_free(&r);
+    for (const cJSON *o = requests->child; o != it; o = o->next) {
+        const cJSON *ocid = cJSON_GetObjectItemCaseSensitive(o, "custom_id");
+        if (n <= 2000 && strcmp(ocid->valuestring, cid->valuestring) == 0) {
+            snprintf(msg, cap, "requests: custom_id '%.64s' is not unique",
+                     cid->valuestring);
+            return -1;
+        }
+    }
+    return 0;
+}
+
 static void s_anthropic_create(sim_batches_t *self, struct evhttp_request *req)
 {
     sim_http_t *sim = self->sim;
@@ -1095,47 +1135,8 @@ static void s_anthropic_create(sim_batches_t *self, struct evhttp_request *req)
     if (!msg[0]) {
         cJSON_ArrayForEach(it, requests)
         {
-            const cJSON *cid =
-                cJSON_GetObjectItemCaseSensitive(it, "custom_id");
-            const cJSON *params =
-                cJSON_GetObjectItemCaseSensitive(it, "params");
-            if (!cJSON_IsString(cid) || !cid->valuestring[0] ||
-                strlen(cid->valuestring) > 64) {
-                snprintf(msg, sizeof(msg),
-                         "requests.%d.custom_id: must be a string of 1 to 64 "
-                         "characters",
-                         i);
+            if (s_anthropic_item_check(requests, it, i++, n, msg, sizeof(msg)))
                 break;
-            }
-            if (!cJSON_IsObject(params)) {
-                snprintf(msg, sizeof(msg), "requests.%d.params: Field required",
-                         i);
-                break;
-            }
-            //  Same checks as POST /v1/messages, so a bad item fails the batch.
-            sim_req_t r;
-            char err[200];
-            const char *param;
-            if (sim_req_parse(&r, SIM_OP_MESSAGES, params, err, sizeof(err),
-                              &param)) {
-                snprintf(msg, sizeof(msg), "requests.%d.params.%s", i, err);
-                break;
-            }
-            sim_req_free(&r);
-            for (const cJSON *o = requests->child; o != it; o = o->next) {
-                const cJSON *ocid =
-                    cJSON_GetObjectItemCaseSensitive(o, "custom_id");
-                if (n <= 2000 &&
-                    strcmp(ocid->valuestring, cid->valuestring) == 0) {
-                    snprintf(msg, sizeof(msg),
-                             "requests: custom_id '%.64s' is not unique",
-                             cid->valuestring);
-                    break;
-                }
-            }
-            if (msg[0])
-                break;
-            i++;
         }
     }
     if (msg[0]) {
