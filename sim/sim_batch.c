@@ -186,6 +186,48 @@ static char *s_disposition_param(const char *hdr, size_t hlen,
     return NULL;
 }
 
+//  What a file upload's form holds.
+typedef struct {
+    char *purpose;     //  "purpose" field (fresh), or NULL
+    char *filename;    //  the file part's filename (fresh), or NULL
+    const char *fdata; //  the file part's bytes (in the body), or NULL
+    size_t flen;
+} s_upload_t;
+
+//  Reads the parts of a multipart body whose every delimiter (the first
+//  one too) is delim ("\r\n--BOUNDARY"), into *up (the first part of
+//  each name wins).
+static void s_multipart_parse(const char *body, size_t len, const char *delim,
+                              size_t dlen, s_upload_t *up)
+{
+    const char *p = sim_memfind(body, len, delim, dlen);
+    while (p) {
+        p += dlen;
+        if ((size_t)(body + len - p) >= 2 && p[0] == '-' && p[1] == '-')
+            break; //  closing delimiter
+        const char *hend =
+            sim_memfind(p, (size_t)(body + len - p), "\r\n\r\n", 4);
+        if (!hend)
+            break;
+        const char *content = hend + 4;
+        const char *next =
+            sim_memfind(content, (size_t)(body + len - content), delim, dlen);
+        if (!next)
+            break;
+        char *name = s_disposition_param(p, (size_t)(hend - p), "name");
+        if (name && strcmp(name, "purpose") == 0 && !up->purpose)
+            up->purpose = strndup(content, (size_t)(next - content));
+        else if (name && strcmp(name, "file") == 0 && !up->fdata) {
+            up->filename =
+                s_disposition_param(p, (size_t)(hend - p), "filename");
+            up->fdata = content;
+            up->flen = (size_t)(next - content);
+        }
+        free(name);
+        p = next;
+    }
+}
+
 //  POST /v1/files: multipart/form-data with "purpose" and "file".
 static void s_files_upload(sim_batches_t *self, struct evhttp_request *req)
 {
@@ -226,34 +268,11 @@ static void s_files_upload(sim_batches_t *self, struct evhttp_request *req)
     body[1] = '\n';
     evbuffer_copyout(in, body + 2, len);
     len += 2;
-    char *purpose = NULL, *filename = NULL;
-    const char *fdata = NULL;
-    size_t flen = 0;
-    const char *p = sim_memfind(body, len, delim, (size_t)dlen);
-    while (p) {
-        p += dlen;
-        if ((size_t)(body + len - p) >= 2 && p[0] == '-' && p[1] == '-')
-            break; //  closing delimiter
-        const char *hend =
-            sim_memfind(p, (size_t)(body + len - p), "\r\n\r\n", 4);
-        if (!hend)
-            break;
-        const char *content = hend + 4;
-        const char *next = sim_memfind(content, (size_t)(body + len - content),
-                                       delim, (size_t)dlen);
-        if (!next)
-            break;
-        char *name = s_disposition_param(p, (size_t)(hend - p), "name");
-        if (name && strcmp(name, "purpose") == 0 && !purpose)
-            purpose = strndup(content, (size_t)(next - content));
-        else if (name && strcmp(name, "file") == 0 && !fdata) {
-            filename = s_disposition_param(p, (size_t)(hend - p), "filename");
-            fdata = content;
-            flen = (size_t)(next - content);
-        }
-        free(name);
-        p = next;
-    }
+    s_upload_t up = {0};
+    s_multipart_parse(body, len, delim, (size_t)dlen, &up);
+    char *purpose = up.purpose, *filename = up.filename;
+    const char *fdata = up.fdata;
+    size_t flen = up.flen;
     if (!purpose || !fdata) {
         sim_reply_error(sim, req, SIM_R_FILES, false, 400,
                         !purpose ? "Missing required parameter: 'purpose'."
