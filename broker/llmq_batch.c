@@ -1017,18 +1017,15 @@ static void s_handle_cancel(llmq_batch_t *self, llmq_msg_t *msg,
         /*  No more items: a cancelled batch is closed. */
         b->rec.closed = true;
         for (s_job_t *j = zlistx_first(b->jobs); j; j = zlistx_next(b->jobs)) {
-            if (j->row.state == LLMQ_JOB_PENDING ||
-                j->row.state == LLMQ_JOB_LOOKUP ||
-                j->row.state == LLMQ_JOB_SUBMITTING) {
-                /*  Never started, or unknown: a later lookup could still
-                    find it, so `lookup` jobs are cancelled at the provider
-                    too if the answer names a provider batch. */
-                if (j->row.state == LLMQ_JOB_PENDING) {
-                    j->row.state = LLMQ_JOB_FAILED;
-                    j->row.updated_ms = now_ms;
-                    llmq_batch_store_begin(self->store);
-                    llmq_batch_store_job_update(self->store, &j->row);
-                }
+            /*  A job never started fails here. One whose submit outcome
+                is unknown (lookup, submitting) is left alone: a later
+                lookup could still find it, and then it is cancelled at the
+                provider too if the answer names a provider batch. */
+            if (j->row.state == LLMQ_JOB_PENDING) {
+                j->row.state = LLMQ_JOB_FAILED;
+                j->row.updated_ms = now_ms;
+                llmq_batch_store_begin(self->store);
+                llmq_batch_store_job_update(self->store, &j->row);
             }
             j->next_ms = 0;
         }
