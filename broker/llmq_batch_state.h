@@ -4,8 +4,8 @@
     sends in `state` and the batch store keeps in its state columns) is
     read and written only at those edges, through the one name table below
     (LLMQ_BATCH_STATES / LLMQ_JOB_STATES). Header only: the store and the
-    manager are also compiled alone into the batch selftests. docs/BATCHES.md
-   and proto/PROTOCOL.md give the meaning of each.
+    manager are also compiled alone into the batch selftests. The meaning
+    of each state: docs/BATCHES.md.
 */
 #ifndef LLMQ_BATCH_STATE_H_INCLUDED
 #define LLMQ_BATCH_STATE_H_INCLUDED
@@ -19,13 +19,13 @@ extern "C" {
 
 /*  Batch states (protocol `state`, batches.state): X(ENUM, "name"). */
 #define LLMQ_BATCH_STATES(X)                                                   \
-    X(VALIDATING, "validating")   /* open, nothing dispatched yet */           \
-    X(QUEUED, "queued")           /* waiting for a worker or a provider */     \
-    X(IN_PROGRESS, "in_progress") /* items running */                          \
-    X(FINALIZING, "finalizing")   /* provider done, results being fetched */   \
+    X(VALIDATING, "validating")   /* open, items arriving */                   \
+    X(QUEUED, "queued")           /* provider mode: no job accepted yet */     \
+    X(IN_PROGRESS, "in_progress") /* items dispatched / jobs running */        \
+    X(FINALIZING, "finalizing")   /* jobs done, results being fetched */       \
     X(COMPLETED, "completed")     /* every item has a result */                \
-    X(FAILED, "failed")           /* could not run */                          \
-    X(CANCELLING, "cancelling")   /* cancel asked, jobs winding down */        \
+    X(FAILED, "failed")           /* reserved */                               \
+    X(CANCELLING, "cancelling")   /* after batch.cancel */                     \
     X(CANCELLED, "cancelled")     /* cancel finished */                        \
     X(EXPIRED, "expired")         /* completion window passed */
 
