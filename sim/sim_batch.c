@@ -92,7 +92,7 @@ typedef struct s_batch {
 } s_batch_t;
 
 struct sim_batches_s {
-    sim_http_t *sim;         //  the server's HTTP layer (borrowed)
+    sim_http_t *http;        //  the server's HTTP layer (borrowed)
     sim_batch_exec_fn *exec; //  answers one line (sim_main.c)
     void *exec_arg;
     sim_batch_cfg_t cfg;
@@ -130,7 +130,7 @@ static s_file_t *s_file_add(sim_batches_t *self, const char *filename,
     if (!f)
         return NULL;
     snprintf(f->id, sizeof(f->id), "file-sim%012" PRIx64,
-             sim_next_id(self->sim));
+             sim_next_id(self->http));
     f->filename = strdup(filename ? filename : "file.jsonl");
     snprintf(f->purpose, sizeof(f->purpose), "%s", purpose);
     f->data = data;
@@ -231,7 +231,7 @@ static void s_multipart_parse(const char *body, size_t len, const char *delim,
 //  POST /v1/files: multipart/form-data with "purpose" and "file".
 static void s_files_upload(sim_batches_t *self, struct evhttp_request *req)
 {
-    sim_http_t *sim = self->sim;
+    sim_http_t *sim = self->http;
     const char *ctype = evhttp_find_header(
         evhttp_request_get_input_headers(req), "Content-Type");
     const char *b = ctype ? strstr(ctype, "boundary=") : NULL;
@@ -346,7 +346,7 @@ static int s_path_open(sim_http_t *sim, struct evhttp_request *req,
 void sim_batches_files(sim_batches_t *self, struct evhttp_request *req,
                        const char *path)
 {
-    sim_http_t *sim = self->sim;
+    sim_http_t *sim = self->http;
     enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
     static const char *const actions[] = {"content", NULL};
     static const int routes[] = {SIM_R_FILES, SIM_R_FILE, SIM_R_FILE_CONTENT};
@@ -467,7 +467,7 @@ static void s_batch_json(struct evbuffer *out, const s_batch_t *b)
         evbuffer_add_printf(out, ",\"archived_at\":null,\"results_url\":");
         if (ended)
             evbuffer_add_printf(out, "\"%s/v1/messages/batches/%s/results\"}",
-                                self->sim->url, b->id);
+                                self->http->url, b->id);
         else
             evbuffer_add_printf(out, "null}");
         return;
@@ -550,11 +550,11 @@ static s_batch_t *s_batch_new(sim_batches_t *self, s_kind_t kind)
     snprintf(b->id, sizeof(b->id),
              kind == K_OPENAI ? "batch_sim%012" PRIx64
                               : "msgbatch_sim%012" PRIx64,
-             sim_next_id(self->sim));
+             sim_next_id(self->http));
     b->created_at = sim_wall_ms();
     b->expires_at = b->created_at + self->cfg.expire_ms;
-    b->timer = evtimer_new(self->sim->base, s_phase, b);
-    b->expire = evtimer_new(self->sim->base, s_expire, b);
+    b->timer = evtimer_new(self->http->base, s_phase, b);
+    b->expire = evtimer_new(self->http->base, s_expire, b);
     if (!b->timer || !b->expire) {
         s_batch_free(b);
         return NULL;
@@ -785,7 +785,7 @@ static void s_write_openai_files(s_batch_t *b)
     struct evbuffer *ok = evbuffer_new(), *err = evbuffer_new();
     for (int i = 0; i < b->n_lines; i++) {
         s_line_t *l = &b->lines[i];
-        uint64_t n = sim_next_id(self->sim);
+        uint64_t n = sim_next_id(self->http);
         if (l->state == L_DONE) {
             struct evbuffer *dst = l->status == 200 ? ok : err;
             evbuffer_add_printf(
@@ -1018,7 +1018,7 @@ static void s_list(sim_batches_t *self, struct evhttp_request *req,
         first ? "\"" : "", first ? first : "null", first ? "\"" : "",
         last ? "\"" : "", last ? last : "null", last ? "\"" : "",
         more ? "true" : "false");
-    sim_reply_json(self->sim, req, route, 200, out);
+    sim_reply_json(self->http, req, route, 200, out);
     evbuffer_free(out);
 }
 
@@ -1026,7 +1026,7 @@ static void s_list(sim_batches_t *self, struct evhttp_request *req,
 
 static void s_openai_create(sim_batches_t *self, struct evhttp_request *req)
 {
-    sim_http_t *sim = self->sim;
+    sim_http_t *sim = self->http;
     cJSON *body = s_body_json(req);
     const cJSON *file_id =
         cJSON_GetObjectItemCaseSensitive(body, "input_file_id");
@@ -1139,7 +1139,7 @@ static int s_anthropic_item_check(const cJSON *requests, const cJSON *it, int i,
 
 static void s_anthropic_create(sim_batches_t *self, struct evhttp_request *req)
 {
-    sim_http_t *sim = self->sim;
+    sim_http_t *sim = self->http;
     cJSON *body = s_body_json(req);
     cJSON *requests = cJSON_GetObjectItemCaseSensitive(body, "requests");
     char msg[256] = "";
@@ -1201,7 +1201,7 @@ static void s_anthropic_create(sim_batches_t *self, struct evhttp_request *req)
 static void s_anthropic_results(sim_batches_t *self, struct evhttp_request *req,
                                 s_batch_t *b)
 {
-    sim_http_t *sim = self->sim;
+    sim_http_t *sim = self->http;
     if (!s_terminal(b->state)) {
         sim_reply_error(sim, req, SIM_R_MBATCH_RESULTS, true, 400,
                         "Message batch results are not yet available: the "
@@ -1242,7 +1242,7 @@ static void s_batches_route(sim_batches_t *self, struct evhttp_request *req,
                                     SIM_R_BATCH_CANCEL};
     static const int an_routes[] = {SIM_R_MBATCHES, SIM_R_MBATCH,
                                     SIM_R_MBATCH_CANCEL, SIM_R_MBATCH_RESULTS};
-    sim_http_t *sim = self->sim;
+    sim_http_t *sim = self->http;
     bool anth = kind == K_ANTHROPIC;
     enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
     s_path_t p;
@@ -1315,7 +1315,7 @@ sim_batches_t *sim_batches_new(sim_http_t *sim, const sim_batch_cfg_t *cfg,
     sim_batches_t *self = calloc(1, sizeof(*self));
     if (!self)
         return NULL;
-    self->sim = sim;
+    self->http = sim;
     self->exec = exec;
     self->exec_arg = exec_arg;
     self->cfg = *cfg;

@@ -42,8 +42,8 @@ enum {
 //  Distinct status codes counted per route.
 #define SIM_STATS_CODES 24
 
-//  The HTTP state every handler shares. Plain fields: sim_main.c fills the
-//  first four at start-up and reads the statistics for /_stats.
+//  The HTTP state every handler shares. Plain fields: sim_main.c sets base,
+//  url and the keys at start-up, and reads the statistics for /_stats.
 typedef struct {
     struct event_base *base; //  the one loop (borrowed)
     char url[128];           //  "http://host:port" of this server
