@@ -732,13 +732,10 @@ static int s_add_fn(const char *custom_id, const void *body, size_t body_size,
     return 0;
 }
 
-static void s_handle_add(llmq_batch_t *self, llmq_msg_t *msg, zlist_t *replies,
-                         int64_t now_ms)
+static void s_handle_add(llmq_batch_t *self, s_batch_t *b, llmq_msg_t *msg,
+                         zlist_t *replies, int64_t now_ms)
 {
     const char *id = llmq_msg_batch(msg);
-    s_batch_t *b = s_lookup_or_reply(self, msg, replies);
-    if (!b)
-        return;
     int64_t seq = llmq_msg_seq(msg);
     int64_t first = 0, accepted = 0;
     if (llmq_batch_store_add_lookup(self->store, b->rec.bid, seq, &first,
@@ -833,13 +830,10 @@ static void s_start(llmq_batch_t *self, s_batch_t *b, int64_t now_ms)
         s_set_state(b, LLMQ_BATCH_QUEUED, now_ms);
 }
 
-static void s_handle_close(llmq_batch_t *self, llmq_msg_t *msg,
+static void s_handle_close(llmq_batch_t *self, s_batch_t *b, llmq_msg_t *msg,
                            zlist_t *replies, int64_t now_ms)
 {
     const char *id = llmq_msg_batch(msg);
-    s_batch_t *b = s_lookup_or_reply(self, msg, replies);
-    if (!b)
-        return;
     if (!b->rec.closed) {
         b->rec.closed = true;
         b->rec.updated_ms = now_ms;
@@ -1003,13 +997,10 @@ static void s_handle_get(llmq_batch_t *self, llmq_msg_t *msg, zlist_t *replies)
     llmq_msg_set_payload(res, &frame);
 }
 
-static void s_handle_cancel(llmq_batch_t *self, llmq_msg_t *msg,
+static void s_handle_cancel(llmq_batch_t *self, s_batch_t *b, llmq_msg_t *msg,
                             zlist_t *replies, int64_t now_ms)
 {
     const char *id = llmq_msg_batch(msg);
-    s_batch_t *b = s_lookup_or_reply(self, msg, replies);
-    if (!b)
-        return;
     if (!llmq_batch_state_terminal(b->rec.state)) {
         s_set_state(b, LLMQ_BATCH_CANCELLING, now_ms);
         b->dispatching = false;
@@ -1039,25 +1030,32 @@ static void s_handle_cancel(llmq_batch_t *self, llmq_msg_t *msg,
 int llmq_batch_handle(llmq_batch_t *self, llmq_msg_t *msg, zlist_t *replies,
                       int64_t now_ms)
 {
-    switch (llmq_msg_type(msg)) {
+    llmq_msg_type_t type = llmq_msg_type(msg);
+    switch (type) {
     case LLMQ_MSG_BATCH_OPEN:
         s_handle_open(self, msg, replies, now_ms);
-        return 0;
-    case LLMQ_MSG_BATCH_ADD:
-        s_handle_add(self, msg, replies, now_ms);
-        return 0;
-    case LLMQ_MSG_BATCH_CLOSE:
-        s_handle_close(self, msg, replies, now_ms);
         return 0;
     case LLMQ_MSG_BATCH_GET:
         s_handle_get(self, msg, replies);
         return 0;
+    case LLMQ_MSG_BATCH_ADD:
+    case LLMQ_MSG_BATCH_CLOSE:
     case LLMQ_MSG_BATCH_CANCEL:
-        s_handle_cancel(self, msg, replies, now_ms);
-        return 0;
+        break;
     default:
         return -1;
     }
+    /*  The others name a batch that must exist. */
+    s_batch_t *b = s_lookup_or_reply(self, msg, replies);
+    if (!b)
+        return 0;
+    if (type == LLMQ_MSG_BATCH_ADD)
+        s_handle_add(self, b, msg, replies, now_ms);
+    else if (type == LLMQ_MSG_BATCH_CLOSE)
+        s_handle_close(self, b, msg, replies, now_ms);
+    else
+        s_handle_cancel(self, b, msg, replies, now_ms);
+    return 0;
 }
 
 /*  ---- realtime dispatch ------------------------------------------------- */
