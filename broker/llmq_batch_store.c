@@ -342,7 +342,7 @@ static void s_batch_bind(sqlite3_stmt *s, const llmq_batch_rec_t *r)
     s_bind_text(s, 5, r->model);
     s_bind_text(s, 6, r->pool);
     s_bind_text(s, 7, r->op);
-    s_bind_text(s, 8, r->state);
+    s_bind_text(s, 8, llmq_batch_state_name(r->state));
     s_bind_text(s, 9, r->completion_window);
     s_bind_text(s, 10, r->provider);
     s_bind_text(s, 11, r->client);
@@ -370,7 +370,8 @@ static void s_batch_read(sqlite3_stmt *s, llmq_batch_rec_t *r)
     s_copy(r->model, sizeof r->model, sqlite3_column_text(s, 4));
     s_copy(r->pool, sizeof r->pool, sqlite3_column_text(s, 5));
     s_copy(r->op, sizeof r->op, sqlite3_column_text(s, 6));
-    s_copy(r->state, sizeof r->state, sqlite3_column_text(s, 7));
+    r->state = LLMQ_BATCH_FAILED; /* a state this broker does not know */
+    llmq_batch_state_parse((const char *)sqlite3_column_text(s, 7), &r->state);
     s_copy(r->completion_window, sizeof r->completion_window,
            sqlite3_column_text(s, 8));
     s_copy(r->provider, sizeof r->provider, sqlite3_column_text(s, 9));
@@ -664,7 +665,7 @@ static void s_job_bind(sqlite3_stmt *s, const llmq_batch_job_t *j)
     sqlite3_bind_int64(s, 2, j->bid);
     s_bind_text(s, 3, j->pool);
     s_bind_text(s, 4, j->provider);
-    s_bind_text(s, 5, j->state);
+    s_bind_text(s, 5, llmq_job_state_name(j->state));
     s_bind_text(s, 6, j->provider_state);
     s_bind_text(s, 7, j->provider_batch);
     s_bind_text(s, 8, j->input_file);
@@ -686,7 +687,8 @@ static void s_job_read(sqlite3_stmt *s, llmq_batch_job_t *j)
     j->bid = sqlite3_column_int64(s, 1);
     s_copy(j->pool, sizeof j->pool, sqlite3_column_text(s, 2));
     s_copy(j->provider, sizeof j->provider, sqlite3_column_text(s, 3));
-    s_copy(j->state, sizeof j->state, sqlite3_column_text(s, 4));
+    j->state = LLMQ_JOB_FAILED; /* a state this broker does not know */
+    llmq_job_state_parse((const char *)sqlite3_column_text(s, 4), &j->state);
     s_copy(j->provider_state, sizeof j->provider_state,
            sqlite3_column_text(s, 5));
     s_copy(j->provider_batch, sizeof j->provider_batch,
@@ -873,7 +875,7 @@ int llmq_batch_store_test(bool verbose)
     snprintf(rec.id, sizeof rec.id, "b1");
     snprintf(rec.mode, sizeof rec.mode, "realtime");
     snprintf(rec.model, sizeof rec.model, "gpt-4o-mini");
-    snprintf(rec.state, sizeof rec.state, "validating");
+    rec.state = LLMQ_BATCH_VALIDATING;
     rec.priority = 5;
     rec.created_ms = 1234;
     S_CHECK(llmq_batch_store_batch_insert(store, &rec) == 0);
@@ -984,14 +986,14 @@ int llmq_batch_store_test(bool verbose)
     llmq_batch_job_t job = {0};
     snprintf(job.id, sizeof job.id, "job-1");
     job.bid = rec.bid;
-    snprintf(job.state, sizeof job.state, "submitting");
+    job.state = LLMQ_JOB_SUBMITTING;
     snprintf(job.provider, sizeof job.provider, "openai");
     job.first = 0;
     job.count = 50000;
     S_CHECK(llmq_batch_store_job_insert(store, &job) == 0);
     S_CHECK(llmq_batch_store_job_insert(store, &job) == -1);
     snprintf(job.provider_batch, sizeof job.provider_batch, "batch_abc");
-    snprintf(job.state, sizeof job.state, "submitted");
+    job.state = LLMQ_JOB_RUNNING;
     S_CHECK(llmq_batch_store_job_update(store, &job) == 0);
     llmq_batch_job_t gj;
     S_CHECK(llmq_batch_store_job_get(store, "job-1", &gj) == 0);
@@ -1013,7 +1015,7 @@ int llmq_batch_store_test(bool verbose)
     S_CHECK(llmq_batch_store_batch_get(store, "b1", &got) == 0);
     S_CHECK(got.total == n);
     S_CHECK(llmq_batch_store_job_get(store, "job-1", &gj) == 0);
-    S_CHECK(streq(gj.state, "submitted"));
+    S_CHECK(gj.state == LLMQ_JOB_RUNNING);
     S_CHECK(llmq_batch_store_result_count(store, rec.bid, &done, NULL) == 0);
     S_CHECK(done == stored);
 
@@ -1031,7 +1033,7 @@ int llmq_batch_store_test(bool verbose)
             _exit(3);
         llmq_batch_rec_t b2 = {0};
         snprintf(b2.id, sizeof b2.id, "b2");
-        snprintf(b2.state, sizeof b2.state, "validating");
+        b2.state = LLMQ_BATCH_VALIDATING;
         llmq_batch_store_begin(cs);
         llmq_batch_store_batch_insert(cs, &b2);
         for (int64_t i = 0; i < 1000; i++) {

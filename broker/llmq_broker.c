@@ -40,6 +40,7 @@
 #include "llmq_metrics.h"
 #include "llmq_queue.h"
 #include "llmq_value.h"
+#include "llmq_version.h"
 
 #include <cjson/cJSON.h>
 #include <inttypes.h>
@@ -49,7 +50,7 @@
 #include <malloc.h>
 #endif
 
-#define s_VERSION "0.1.0"
+#define s_VERSION LLMQ_VERSION_STRING
 #define s_MAX_BATCH 256         //  Messages read per socket per turn
 #define s_TICK_MS 100           //  Housekeeping period
 #define s_MAX_METRIC_MODELS 200 //  Distinct model labels, then "_other"

@@ -57,10 +57,6 @@
 #include "llmq_wlog.h"
 #include "llmq_wmetrics.h"
 
-#ifndef LLMQ_VERSION_STRING
-#define LLMQ_VERSION_STRING "0.1.0"
-#endif
-
 /*  Largest answer body kept in memory; beyond it the attempt fails. */
 #define S_MAX_BODY (64 * 1024 * 1024)
 /*  Largest SSE event. */
