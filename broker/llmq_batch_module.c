@@ -7,6 +7,7 @@
     mean the same after a restart).
 */
 #include "llmq_batch_module.h"
+#include "llmq_log.h"
 
 #include <string.h>
 
@@ -435,7 +436,8 @@ int llmq_batch_module_test(bool verbose)
     char cmd[300];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
     if (system(cmd) != 0)
-        zsys_warning("could not remove %s", dir);
+        llmq_log(NULL, LLMQ_LOG_WARN, "test_cleanup_failed",
+                 LLMQ_LOG_STR("dir", dir), LLMQ_LOG_END);
     printf("OK\n");
     return 0;
 }

@@ -1,6 +1,6 @@
 /*  selftest.c - runs the batch classes' selftests (issue 8).
 
-    Usage: llmq_batch_selftest [-v] [store|batch|api|module ...]
+    Usage: llmq_batch_selftest [-v] [store|batch|api|agree|module ...]
     With no class names it runs every class built into this executable
     (each executable is built with the classes it can link: see
     CMakeLists.txt).
@@ -34,7 +34,8 @@ static const s_test_t s_tests[] = {
     {"batch", llmq_batch_test},
 #endif
 #ifdef LLMQ_BATCH_API
-    {"api", llmq_batch_api_test},
+    {"api", llmq_batch_api_test},         /* against llmq-sim */
+    {"agree", llmq_batch_api_agree_test}, /* batch = realtime */
 #endif
 #ifdef LLMQ_BATCH_MODULE
     {"module", llmq_batch_module_test},

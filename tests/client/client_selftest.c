@@ -2,6 +2,7 @@
 #include "llmq.h"
 #include "llmq_curve.h"
 #include "llmq_jsonl.h"
+#include "llmq_runner.h"
 
 #include <string.h>
 
@@ -12,5 +13,6 @@ int main(int argc, char **argv)
     failures += llmq_jsonl_test(verbose);
     failures += llmq_client_test(verbose);
     failures += llmq_curve_test(verbose);
+    failures += llmq_runner_test(verbose);
     return failures ? 1 : 0;
 }

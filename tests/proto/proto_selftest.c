@@ -5,6 +5,7 @@
     crash with the failing line on stderr.
 */
 #include "llmq_duration.h"
+#include "llmq_log.h"
 #include "llmq_msg.h"
 #include "llmq_payload.h"
 #include "llmq_value.h"
@@ -18,10 +19,9 @@ typedef struct {
 } s_test_t;
 
 static const s_test_t s_tests[] = {
-    {"msg", llmq_msg_test},
-    {"value", llmq_value_test},
-    {"payload", llmq_payload_test},
-    {"duration", llmq_duration_test},
+    {"msg", llmq_msg_test},         {"value", llmq_value_test},
+    {"payload", llmq_payload_test}, {"duration", llmq_duration_test},
+    {"log", llmq_log_test},
 };
 
 int main(int argc, char **argv)
