@@ -1789,13 +1789,12 @@ int main(int argc, char **argv)
         return rc;
     llmq_log_setup(NULL, "llmq-sim", false,
                    c->quiet ? LLMQ_LOG_OFF : LLMQ_LOG_INFO);
-    llmq_log(NULL, LLMQ_LOG_INFO, "listening",
-             LLMQ_LOG_STR("url", sim->net.url),
-             LLMQ_LOG_INT("latency_ms", c->latency_ms),
-             LLMQ_LOG_INT("jitter_ms", c->jitter_ms),
-             LLMQ_LOG_DBL("tokens_per_s", c->tokens_per_sec),
-             LLMQ_LOG_INT("rpm", c->rpm), LLMQ_LOG_INT("tpm", c->tpm),
-             LLMQ_LOG_END);
+    llmq_log(
+        NULL, LLMQ_LOG_INFO, "listening", LLMQ_LOG_STR("url", sim->net.url),
+        LLMQ_LOG_INT("latency_ms", c->latency_ms),
+        LLMQ_LOG_INT("jitter_ms", c->jitter_ms),
+        LLMQ_LOG_DBL("tokens_per_s", c->tokens_per_sec),
+        LLMQ_LOG_INT("rpm", c->rpm), LLMQ_LOG_INT("tpm", c->tpm), LLMQ_LOG_END);
 
     event_base_dispatch(sim->net.base);
 
