@@ -1861,14 +1861,8 @@ const char *llmq_batch_normalise_state(const char *s)
 
 /*  ---- selftest ---------------------------------------------------------- */
 
-#define S_CHECK(expr)                                                          \
-    do {                                                                       \
-        if (!(expr)) {                                                         \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__,   \
-                    #expr);                                                    \
-            abort();                                                           \
-        }                                                                      \
-    } while (0)
+#include "llmq_check.h"
+#define S_CHECK(expr) LLMQ_CHECK(expr)
 
 /*  The test's pool table: one batch_api pool for "gpt-batch". */
 static bool s_test_pool_fn(const char *model, const char *pool, char *pool_out,

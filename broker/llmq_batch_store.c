@@ -763,14 +763,8 @@ long llmq_batch_store_job_each(llmq_batch_store_t *self, int64_t bid,
 
 /*  Selftest checks stay on in release builds (NDEBUG would drop assert()
     and the side effects inside it). */
-#define S_CHECK(expr)                                                          \
-    do {                                                                       \
-        if (!(expr)) {                                                         \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__,   \
-                    #expr);                                                    \
-            abort();                                                           \
-        }                                                                      \
-    } while (0)
+#include "llmq_check.h"
+#define S_CHECK(expr) LLMQ_CHECK(expr)
 
 static int64_t s_now_us(void)
 {

@@ -1360,14 +1360,8 @@ size_t llmq_batch_api_active(llmq_batch_api_t *self)
 
 /*  ---- selftest ----------------------------------------------------------- */
 
-#define S_CHECK(expr)                                                          \
-    do {                                                                       \
-        if (!(expr)) {                                                         \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__,   \
-                    #expr);                                                    \
-            abort();                                                           \
-        }                                                                      \
-    } while (0)
+#include "llmq_check.h"
+#define S_CHECK(expr) LLMQ_CHECK(expr)
 
 #define S_TEST_KEY "sk-test-SECRET-key-1234"
 

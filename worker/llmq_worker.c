@@ -2031,14 +2031,8 @@ void llmq_worker_destroy(llmq_worker_t **self_p)
 
 #include <pthread.h>
 
-#define CHECK(cond)                                                            \
-    do {                                                                       \
-        if (!(cond)) {                                                         \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__,   \
-                    #cond);                                                    \
-            goto fail;                                                         \
-        }                                                                      \
-    } while (0)
+#include "llmq_check.h"
+#define CHECK(cond) LLMQ_CHECK_OR(cond, goto fail)
 
 static void *s_test_thread(void *arg)
 {

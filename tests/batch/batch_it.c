@@ -31,14 +31,8 @@
 #include "llmq_batch_store.h"
 #include "llmq_value.h"
 
-#define CHECK(expr)                                                            \
-    do {                                                                       \
-        if (!(expr)) {                                                         \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__,   \
-                    #expr);                                                    \
-            abort();                                                           \
-        }                                                                      \
-    } while (0)
+#include "llmq_check.h"
+#define CHECK(expr) LLMQ_CHECK(expr)
 
 #define KEY "sk-it-key-0001"
 #define TOTAL 120000
@@ -690,9 +684,7 @@ int main(int argc, char *argv[])
     int status = 0;
     CHECK(waitpid(sim, &status, 0) == sim);
     CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
-    char cmd[400];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-    CHECK(system(cmd) == 0);
+    CHECK(llmq_check_rmtree(dir) == 0);
     curl_global_cleanup();
     printf("batch_it: OK\n");
     return 0;

@@ -2,6 +2,7 @@
     FNV-1a, canonical request hash, usage and token rules, directives,
     JSON escaping, OpenAI duration and RFC 3339 formats. The integration
     tests (test_sim.py) cover the HTTP side. */
+#include "llmq_check.h"
 #include "sim.h"
 
 #include <inttypes.h>
@@ -11,15 +12,11 @@
 
 static int s_failures = 0;
 
+/*  CHECK(cond, fmt, ...): a counted check (llmq_check.h) with the values
+    that explain the failure on the next line. */
 #define CHECK(cond, ...)                                                       \
-    do {                                                                       \
-        if (!(cond)) {                                                         \
-            s_failures++;                                                      \
-            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);               \
-            fprintf(stderr, __VA_ARGS__);                                      \
-            fputc('\n', stderr);                                               \
-        }                                                                      \
-    } while (0)
+    LLMQ_CHECK_OR(cond, s_failures++; fprintf(stderr, "  " __VA_ARGS__);       \
+                  fputc('\n', stderr))
 
 static int s_parse(sim_req_t *r, sim_op_t op, const char *json,
                    const char **param)
