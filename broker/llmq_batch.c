@@ -2770,9 +2770,7 @@ int llmq_batch_test(bool verbose)
     snprintf(path, sizeof path, "%s/batches.db", dir);
     s_test_realtime(path, verbose);
     s_test_provider(path, verbose);
-    char cmd[300];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-    if (system(cmd) != 0)
+    if (llmq_check_rmtree(dir) != 0)
         zsys_warning("could not remove %s", dir);
     printf("OK\n");
     return 0;

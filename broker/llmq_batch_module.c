@@ -432,9 +432,7 @@ int llmq_batch_module_test(bool verbose)
 
     s_t_disconnect(&p);
     zactor_destroy(&broker);
-    char cmd[300];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-    if (system(cmd) != 0)
+    if (llmq_check_rmtree(dir) != 0)
         zsys_warning("could not remove %s", dir);
     printf("OK\n");
     return 0;

@@ -1099,9 +1099,7 @@ int llmq_batch_store_test(bool verbose)
     }
 
     /*  Clean the temp dir. */
-    char cmd[300];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-    if (system(cmd) != 0)
+    if (llmq_check_rmtree(dir) != 0)
         zsys_warning("could not remove %s", dir);
     printf("OK\n");
     return 0;
