@@ -105,9 +105,8 @@ typedef struct {
 } llmq_selftest_t;
 
 /*  True if arg names a test of the table (or is -v / all). */
-static inline bool llmq_selftest_known(const char *arg,
-                                       const llmq_selftest_t *tests,
-                                       size_t count)
+static inline bool
+llmq_selftest_known(const char *arg, const llmq_selftest_t *tests, size_t count)
 {
     if (strcmp(arg, "-v") == 0 || strcmp(arg, "all") == 0)
         return true;
@@ -136,8 +135,8 @@ static inline bool llmq_selftest_selected(const char *name, int argc,
     unknown one), runs the selected tests in table order, prints a summary,
     returns 0 if all passed, else 1. */
 static inline int llmq_selftest_main(const char *prog,
-                                     const llmq_selftest_t *tests,
-                                     size_t count, int argc, char **argv)
+                                     const llmq_selftest_t *tests, size_t count,
+                                     int argc, char **argv)
 {
     bool verbose = false;
     for (int k = 1; k < argc; k++) {
@@ -168,9 +167,8 @@ static inline int llmq_selftest_main(const char *prog,
 #define LLMQ_SELFTEST_MAIN(prog, table)                                        \
     int main(int argc, char **argv)                                            \
     {                                                                          \
-        return llmq_selftest_main(prog, table,                                 \
-                                  sizeof(table) / sizeof((table)[0]), argc,    \
-                                  argv);                                       \
+        return llmq_selftest_main(                                             \
+            prog, table, sizeof(table) / sizeof((table)[0]), argc, argv);      \
     }
 
 #endif
