@@ -37,7 +37,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from clusterlib import (Broker, Proc, Sim, _low_port, bin_path, check, read_jsonl,  # noqa
+from clusterlib import (Proc, bin_path, check, llmqtest, read_jsonl,  # noqa
                         run_llmq, verify_output, wait_until, write_input, MODEL)
 from test_resume import complete_lines  # noqa
 
@@ -59,52 +59,27 @@ class Worker(Proc):
         self.name = self.ready.get("worker")
 
 
-class Cluster:
+class Cluster(llmqtest.Cluster):
+    """The kit's cluster with churn's workers (an environment, a stderr
+    log kept for the checks)."""
+
     def __init__(self, workers, capacity, sim_flags=(), worker_env=None, broker_flags=(),
                  stderr_path=None):
-        self.procs = []
-        self.capacity = capacity
         self.worker_env = worker_env
         self.stderr_path = stderr_path
-        self.sim = Sim(*sim_flags)
-        self.procs.append(self.sim)
-        self.broker_flags = broker_flags
-        self.broker = Broker("tcp://127.0.0.1:%d" % _low_port(),
-                             "tcp://127.0.0.1:%d" % _low_port(), *broker_flags)
-        self.procs.append(self.broker)
-        self.workers = [self.add_worker() for _ in range(workers)]
-        wait_until("%d workers" % workers, lambda: len(self.live_workers()) >= workers, 30)
+        super().__init__(workers, capacity, sim_flags=sim_flags, broker_flags=broker_flags,
+                         latency_ms=None)
 
-    def add_worker(self):
-        w = Worker(self.broker.backend, self.sim.url, self.capacity, self.worker_env,
-                   self.stderr_path)
+    def add_worker(self, capacity=None, *flags):
+        w = Worker(self.broker.backend, self.sim.url, capacity or self.capacity,
+                   self.worker_env, self.stderr_path, *flags)
+        self.workers.append(w)
         self.procs.append(w)
         return w
-
-    def status(self):
-        import llmq
-        c = llmq.Client(self.broker.frontend)
-        try:
-            return c.status(timeout=3.0)
-        finally:
-            c.close()
 
     def live_workers(self):
         s = self.status()
         return s.get("workers", []) if s else []
-
-    def restart_broker(self, sig, outage=0.0):
-        fe, be = self.broker.frontend, self.broker.backend
-        self.broker.kill(sig)
-        self.procs.remove(self.broker)
-        # The scenario: no broker for this long (not a wait for anything).
-        select.select([], [], [], outage)
-        self.broker = Broker(fe, be, *self.broker_flags)
-        self.procs.append(self.broker)
-
-    def close(self):
-        for p in reversed(self.procs):
-            p.kill(signal.SIGTERM)
 
 
 def start_run(inp, out, broker, concurrency, extra=()):
@@ -164,7 +139,7 @@ def test_workers():
             cluster.procs.remove(victim)
             kills += 1
             at_risk += held[0] if held else cluster.capacity
-            cluster.workers.append(cluster.add_worker())
+            cluster.add_worker()
         rc, _, stderr = finish(proc, 60)
         check(rc == 0, "llmq run rc %d (lines failed?): %s" % (rc, stderr[-2000:]))
         counts = verify_output(out, expect)
@@ -203,7 +178,7 @@ def test_poison():
                     deaths += 1
                     cluster.workers.remove(w)
                     cluster.procs.remove(w)
-                    cluster.workers.append(cluster.add_worker())
+                    cluster.add_worker()
         rc, _, stderr = finish(proc, 30)
         rows = {r["custom_id"]: r for r in read_jsonl(out)}
         check(len(rows) == n, "%d lines answered, want %d" % (len(rows), n))
@@ -244,7 +219,7 @@ def test_stream():
         victim = cluster.workers.pop(0)
         victim.kill(signal.SIGKILL)
         cluster.procs.remove(victim)
-        cluster.workers.append(cluster.add_worker())   # a requeue would have a taker
+        cluster.add_worker()   # a requeue would have a taker
         rest, stderr = p.communicate(timeout=60)
         text = (seen + rest).decode(errors="replace")
         stderr = stderr.decode(errors="replace")

@@ -490,7 +490,8 @@ class Cluster:
     """llmq-sim + llmq-broker + workers; close() stops them all (SIGTERM,
     checked) and removes the temp dir.
 
-    workers: a count, or one tuple of extra flags per worker. The broker
+    workers: a count, or one tuple of extra flags per worker. latency_ms:
+    llmq-sim's --latency-ms (None: give it in sim_flags, or none). The broker
     binds free low ports (restart_broker reuses them) unless ports="any"
     (tcp://127.0.0.1:*). tmp: a temp dir (tempfile.mkdtemp) the cluster
     removes at close(), e.g. the one its --batch-db is in."""
@@ -504,7 +505,8 @@ class Cluster:
         self.worker_flags = tuple(worker_flags)
         self.tmp = tmp
         self.broker_flags = tuple(broker_flags)
-        self.sim = Sim("--latency-ms", str(latency_ms), *sim_flags)
+        latency = ("--latency-ms", str(latency_ms)) if latency_ms is not None else ()
+        self.sim = Sim(*latency, *sim_flags)
         self.procs.append(self.sim)
         if ports == "low":
             fe, be = ("tcp://127.0.0.1:%d" % low_port() for _ in range(2))
@@ -538,7 +540,7 @@ class Cluster:
     def wait_workers(self, n, timeout=30.0):
         """Until the broker lists n healthy workers."""
         def ready():
-            s = self.status()
+            s = broker_status(self.broker.frontend)
             if not s:
                 return False
             live = [w for w in s.get("workers", []) if w.get("healthy", True)]
@@ -560,7 +562,7 @@ class Cluster:
         """Until the broker has nothing queued or in flight and the sim has
         nothing in flight: every request sent so far has been answered."""
         def idle():
-            s = self.status()
+            s = broker_status(self.broker.frontend)
             if not s:
                 return False
             counters = s.get("counters", {})
