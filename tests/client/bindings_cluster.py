@@ -6,15 +6,13 @@ which a test asks for a broker kill -9 and restart on the same ports
 import http.server
 import queue
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from clusterlib import SOURCE_DIR, Cluster  # noqa
+from clusterlib import SOURCE_DIR, Cluster, temp_dir  # noqa: F401
 
 BROKER_FLAGS = ("--no-worker-wait-ms", "5000", "--max-queue", "96")
 
@@ -82,9 +80,15 @@ class BindingsCluster(Cluster):
         super().close()
 
 
-def scratch(prefix):
-    d = tempfile.mkdtemp(prefix=prefix)
-    return d, lambda: shutil.rmtree(d, ignore_errors=True)
+def run_suite(name, argv, env, cwd):
+    """Run a binding's test suite (argv) against a fresh BindingsCluster
+    whose endpoints are added to env; stop the cluster after."""
+    cluster = BindingsCluster()
+    try:
+        run(argv, env=dict(env, **cluster.env()), cwd=cwd, cluster=cluster)
+        print("%s: ok (broker restarts %d)" % (name, cluster.restarts))
+    finally:
+        cluster.close()
 
 
 def run(argv, timeout=240, cluster=None, **kw):

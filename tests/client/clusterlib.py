@@ -11,7 +11,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import llmqtest  # noqa: E402
 from llmqtest import (  # noqa: E402,F401
     BIN_DIR, MODEL, SOURCE_DIR, VERBOSE, Broker, Cluster, Proc, Sim, Worker, bin_path,
-    broker_status, chat_hash, check, fail, fnv1a64, low_port, wait_until)
+    broker_status, chat_hash, check, fail, fnv1a64, low_port, temp_dir, wait_until)
 
 sys.path.insert(0, os.path.join(SOURCE_DIR, "bindings", "python"))
 import llmq  # noqa: E402  (the single-file Python client)
@@ -28,6 +28,14 @@ def read_jsonl(path):
     lines = data.split(b"\n")
     check(lines[-1] == b"", "%s does not end with a newline" % path)
     return [json.loads(line) for line in lines[:-1]]
+
+
+def job_files(prefix, n, **kw):
+    """A temp dir (llmqtest.temp_dir) with in.jsonl written by write_input
+    (n lines, kw passed on); returns (dir, in path, out path, expect)."""
+    tmp = temp_dir(prefix)
+    inp, out = os.path.join(tmp, "in.jsonl"), os.path.join(tmp, "out.jsonl")
+    return tmp, inp, out, write_input(inp, n, **kw)
 
 
 def write_input(path, n, fault_every=(10, 25), start=0):

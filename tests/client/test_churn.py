@@ -33,12 +33,11 @@ import select
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from clusterlib import (Proc, bin_path, check, llmqtest, read_jsonl,  # noqa
-                        run_llmq, verify_output, wait_until, write_input, MODEL)
+from clusterlib import (Proc, bin_path, check, job_files, llmqtest, read_jsonl,  # noqa
+                        run_llmq, temp_dir, verify_output, wait_until, MODEL)
 from test_resume import complete_lines  # noqa
 
 LINES = int(os.environ.get("LLMQ_CHURN_LINES", "6000"))
@@ -94,9 +93,7 @@ def finish(proc, timeout):
 
 
 def test_restart(sig, outage=0.0, broker_flags=()):
-    tmp = tempfile.mkdtemp(prefix="llmq-churn-restart-")
-    inp, out = os.path.join(tmp, "in.jsonl"), os.path.join(tmp, "out.jsonl")
-    expect = write_input(inp, LINES, fault_every=(0, 0))
+    _, inp, out, expect = job_files("llmq-churn-restart-", LINES, fault_every=(0, 0))
     cluster = Cluster(4, 256, sim_flags=("--latency-ms", "1000"), broker_flags=broker_flags)
     try:
         proc = start_run(inp, out, cluster.broker.frontend, 1024, ("--timeout", "1500"))
@@ -119,9 +116,7 @@ def test_restart(sig, outage=0.0, broker_flags=()):
 
 
 def test_workers():
-    tmp = tempfile.mkdtemp(prefix="llmq-churn-workers-")
-    inp, out = os.path.join(tmp, "in.jsonl"), os.path.join(tmp, "out.jsonl")
-    expect = write_input(inp, LINES, fault_every=(0, 0))
+    _, inp, out, expect = job_files("llmq-churn-workers-", LINES, fault_every=(0, 0))
     cluster = Cluster(4, 256, sim_flags=("--latency-ms", "1000"))
     kills, at_risk = 0, 0
     try:
@@ -158,7 +153,7 @@ def test_workers():
 
 
 def test_poison():
-    tmp = tempfile.mkdtemp(prefix="llmq-churn-poison-")
+    tmp = temp_dir("llmq-churn-poison-")
     inp, out = os.path.join(tmp, "in.jsonl"), os.path.join(tmp, "out.jsonl")
     n = 60
     with open(inp, "w") as f:
@@ -257,7 +252,7 @@ def test_stream_restart():
 
 
 def test_breaker():
-    tmp = tempfile.mkdtemp(prefix="llmq-churn-breaker-")
+    tmp = temp_dir("llmq-churn-breaker-")
     inp, out = os.path.join(tmp, "in.jsonl"), os.path.join(tmp, "out.jsonl")
     log = os.path.join(tmp, "worker.log")
     n, bad = 1000, {100, 400, 700}
@@ -288,7 +283,7 @@ def test_breaker():
 def test_deadline():
     """A request that sets no deadline gets the broker's default: a
     provider that never answers cannot hold it forever."""
-    tmp = tempfile.mkdtemp(prefix="llmq-churn-deadline-")
+    tmp = temp_dir("llmq-churn-deadline-")
     inp, out = os.path.join(tmp, "in.jsonl"), os.path.join(tmp, "out.jsonl")
     with open(inp, "w") as f:
         f.write(json.dumps({"custom_id": "h1", "prompt": "wait [[sim:hang=100]]"}) + "\n")

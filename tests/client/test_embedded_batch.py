@@ -24,11 +24,9 @@ answers at the default endpoint (llmq would use it, not an embedded one).
 """
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import clusterlib as cl  # noqa: E402
@@ -93,7 +91,7 @@ def no_dangling(err):
 
 
 def t_provider(kind):
-    tmp = tempfile.mkdtemp(prefix="llmq-embedded-batch-")
+    tmp = cl.temp_dir("llmq-embedded-batch-")
     sim = cl.Sim(*SIM_FLAGS)
     try:
         inp = os.path.join(tmp, "in.jsonl")
@@ -120,23 +118,29 @@ def t_provider(kind):
         print("ok %s: %d lines through one %s batch" % (kind, N, kind))
     finally:
         sim.kill(signal.SIGTERM)
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def provider_progress(sim):
     """request_counts.completed of the sim's OpenAI batch (0 if none)."""
-    import http.client
-    import json
-    c = http.client.HTTPConnection(sim.host, sim.port, timeout=10)
-    c.request("GET", "/v1/batches", headers={"Authorization": "Bearer sk-test"})
-    body = json.loads(c.getresponse().read())
-    c.close()
+    body = sim.json("GET", "/v1/batches", headers={"Authorization": "Bearer sk-test"})[2]
     return max([b.get("request_counts", {}).get("completed", 0) for b in body.get("data", [])]
                or [0])
 
 
+def start_provider_run(sim, inp, out, workers):
+    """`llmq run --mode provider` in the background against sim (OpenAI),
+    once its provider batch is created; returns (argv, the process)."""
+    args = [cl.bin_path("llmq"), "run", inp, "-o", out, "--mode", "provider",
+            "--workers", str(workers), "--batch-poll-ms", "100"]
+    p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         env=full_env(env_for(sim, "openai")))
+    wait_until("the provider batch created",
+               lambda: sim.stats()["batches"]["openai"]["created"] == 1, 60)
+    return args, p
+
+
 def t_kill9(sig=signal.SIGKILL):
-    tmp = tempfile.mkdtemp(prefix="llmq-embedded-batch-")
+    tmp = cl.temp_dir("llmq-embedded-batch-")
     sim = cl.Sim("--batch-validate-ms", "50", "--batch-progress-ms", "4000",
                  "--batch-finalize-ms", "50")
     try:
@@ -144,13 +148,8 @@ def t_kill9(sig=signal.SIGKILL):
         out = os.path.join(tmp, "out.jsonl")
         ids = write_lines(inp, N, tag="k")
         env = env_for(sim, "openai")
-        args = [cl.bin_path("llmq"), "run", inp, "-o", out, "--mode", "provider",
-                "--workers", "2", "--batch-poll-ms", "100"]
-        p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             env=full_env(env))
+        args, p = start_provider_run(sim, inp, out, 2)
         try:
-            wait_until("the provider batch created",
-                       lambda: sim.stats()["batches"]["openai"]["created"] == 1, 60)
             if sig == signal.SIGKILL:
                 # Mid-way: the provider has run part of the lines.
                 wait_until("the provider batch half-way", lambda: provider_progress(sim) > 0, 60)
@@ -179,14 +178,13 @@ def t_kill9(sig=signal.SIGKILL):
               % ("kill9" if sig == signal.SIGKILL else "sigint"))
     finally:
         sim.kill(signal.SIGTERM)
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def t_changed():
     # Interrupted, then the input changes: the rerun is a new batch (its id
     # hashes the lines) and the old one, whose results would go nowhere, is
     # cancelled at the provider.
-    tmp = tempfile.mkdtemp(prefix="llmq-embedded-batch-")
+    tmp = cl.temp_dir("llmq-embedded-batch-")
     # Long enough at the provider that the rerun finds the old batch
     # still running (every batch takes that long in the sim).
     sim = cl.Sim("--batch-validate-ms", "50", "--batch-progress-ms", "12s",
@@ -196,13 +194,8 @@ def t_changed():
         out = os.path.join(tmp, "out.jsonl")
         write_lines(inp, 100, tag="c")
         env = env_for(sim, "openai")
-        args = [cl.bin_path("llmq"), "run", inp, "-o", out, "--mode", "provider",
-                "--workers", "1", "--batch-poll-ms", "100"]
-        p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             env=full_env(env))
+        args, p = start_provider_run(sim, inp, out, 1)
         try:
-            wait_until("the provider batch created",
-                       lambda: sim.stats()["batches"]["openai"]["created"] == 1, 60)
             p.send_signal(signal.SIGINT)
         finally:
             p.wait(timeout=30)
@@ -219,11 +212,10 @@ def t_changed():
         print("ok changed: the stale batch was cancelled at the provider")
     finally:
         sim.kill(signal.SIGTERM)
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def t_submit():
-    tmp = tempfile.mkdtemp(prefix="llmq-embedded-batch-")
+    tmp = cl.temp_dir("llmq-embedded-batch-")
     sim = cl.Sim(*SIM_FLAGS)
     try:
         inp = os.path.join(tmp, "in.jsonl")
@@ -248,17 +240,10 @@ def t_submit():
         print("ok submit")
     finally:
         sim.kill(signal.SIGTERM)
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def main():
-    probe = cl.llmq.Client(cl.llmq.DEFAULT_ENDPOINT)
-    taken = probe.ping(timeout=0.3) is not None
-    probe.close()
-    if taken:
-        print("a broker answers at %s: llmq would use it, no embedded cluster"
-              % cl.llmq.DEFAULT_ENDPOINT, file=sys.stderr)
-        sys.exit(77)
+    cl.llmqtest.skip_if_default_broker("llmq would use it, no embedded cluster")
     which = sys.argv[1] if len(sys.argv) > 1 else ""
     if which in ("openai", "anthropic"):
         t_provider(which)

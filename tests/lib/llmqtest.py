@@ -26,6 +26,7 @@ import http.client
 import json
 import os
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -277,8 +278,31 @@ def _stop_all_quietly(show=True):
     Proc.ALL.clear()
 
 
-#  A test that ends with an exception (an assert) never reached finish():
-#  whatever still runs is stopped, and the logs are shown.
+_TEMP_DIRS = []   # temp_dir()s, removed when the test process ends
+
+
+def temp_dir(prefix):
+    """A fresh temp dir (unique: tempfile.mkdtemp) that is removed when the
+    test ends however it ends, after its processes are stopped; kept with
+    LLMQ_TEST_VERBOSE for a look afterwards."""
+    d = tempfile.mkdtemp(prefix=prefix)
+    _TEMP_DIRS.append(d)
+    return d
+
+
+def _remove_temp_dirs():
+    if VERBOSE:
+        for d in _TEMP_DIRS:
+            print("kept %s" % d, file=sys.stderr)
+        return
+    for d in _TEMP_DIRS:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+#  At exit, last registered first: stop what still runs (a test that ended
+#  with an exception never reached finish(): its logs are shown), then
+#  remove the temp dirs.
+atexit.register(_remove_temp_dirs)
 atexit.register(_stop_all_quietly)
 
 
@@ -470,20 +494,49 @@ def low_port():
     raise RuntimeError("no free port in 20000..32000")
 
 
-def broker_status(endpoint, timeout=3.0):
-    """The broker's status map (PROTOCOL.md 5.3), or None if it does not
-    answer in timeout (the llmq_client package from bindings/python)."""
+DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"   # where llmq looks for a broker
+
+
+def client_module():
+    """The llmq_client package of this tree (bindings/python)."""
     python_dir = os.path.join(SOURCE_DIR, "bindings", "python")
     if python_dir not in sys.path:
         sys.path.insert(0, python_dir)
     import llmq_client
+    return llmq_client
+
+
+def _ask_broker(endpoint, timeout, ask):
+    llmq_client = client_module()
     c = llmq_client.Client(endpoint, timeout=timeout)
     try:
-        return c.status(timeout=timeout)
+        return ask(c)
     except llmq_client.LlmqError:
         return None
     finally:
         c.close()
+
+
+def broker_status(endpoint, timeout=3.0):
+    """The broker's status map (PROTOCOL.md 5.3), or None if it does not
+    answer in timeout."""
+    return _ask_broker(endpoint, timeout, lambda c: c.status(timeout=timeout))
+
+
+def broker_ping(endpoint=DEFAULT_ENDPOINT, timeout=0.3):
+    """"<broker name> <version>" from the broker at endpoint, or None if
+    nothing answers in timeout."""
+    def ping(c):
+        pong = c.ping(timeout=timeout)
+        return "%s %s" % (pong.broker, pong.version)
+    return _ask_broker(endpoint, timeout, ping)
+
+
+def skip_if_default_broker(what):
+    """Skip (exit 77) if a broker answers at llmq's default endpoint: an
+    `llmq` with no --broker would use it, not an embedded cluster."""
+    if broker_ping(DEFAULT_ENDPOINT) is not None:
+        skip("a broker answers at %s: %s" % (DEFAULT_ENDPOINT, what))
 
 
 class Cluster:
@@ -493,7 +546,7 @@ class Cluster:
     workers: a count, or one tuple of extra flags per worker. latency_ms:
     llmq-sim's --latency-ms (None: give it in sim_flags, or none). The broker
     binds free low ports (restart_broker reuses them) unless ports="any"
-    (tcp://127.0.0.1:*). tmp: a temp dir (tempfile.mkdtemp) the cluster
+    (tcp://127.0.0.1:*). tmp: a temp dir (temp_dir()) the cluster
     removes at close(), e.g. the one its --batch-db is in."""
 
     def __init__(self, workers=2, capacity=32, sim_flags=(), broker_flags=(),
@@ -577,5 +630,4 @@ class Cluster:
         for p in reversed(self.procs):
             p.kill(signal.SIGTERM)
         if self.tmp:
-            import shutil
             shutil.rmtree(self.tmp, ignore_errors=True)

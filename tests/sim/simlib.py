@@ -2,9 +2,7 @@
 port (llmqtest.Sim, the shared kit's launcher), HTTP with http.client, polls
 with timeouts (no sleeps), and groups of checks that report every failure."""
 import os
-import select
 import sys
-import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
 import llmqtest  # noqa: E402
@@ -15,16 +13,9 @@ KEY = llmqtest.SIM_KEY
 
 
 def poll(fn, timeout=20, what="condition"):
-    """Calls fn until it returns a truthy value or timeout; returns it. Each
-    call is a real HTTP round trip, so this is not a busy spin on a sleep."""
-    deadline = time.monotonic() + timeout
-    while True:
-        v = fn()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out waiting for " + what)
-        select.select([], [], [], 0.02)   # pace the polling a little
+    """Calls fn until it returns a truthy value (returned) or the test fails
+    at timeout (llmqtest.wait_until; each call is a real HTTP round trip)."""
+    return llmqtest.wait_until(what, fn, timeout, interval=0.02)
 
 
 def sse_events(raw: bytes):
