@@ -73,26 +73,11 @@ def main():
     results = {v: [] for v in variants}
     failures = []
     try:
-        sim = benchlib.start([os.path.join(bindir, "llmq-sim"), "--port", "0", "--quiet",
-                              "--latency-ms", str(args.latency_ms)], stderr=log)
-        procs.append(sim)
+        sim, broker, workers = benchlib.start_cluster(
+            bindir, procs, args.workers, capacity, log=log,
+            sim_flags=("--latency-ms", str(args.latency_ms)), broker_flags=("--batch-db", "none"))
         sim_url = sim.ready["url"]
-        broker = benchlib.start([os.path.join(bindir, "llmq-broker"), "--quiet",
-                                 "--frontend", "tcp://127.0.0.1:*",
-                                 "--backend", "tcp://127.0.0.1:*", "--batch-db", "none"],
-                                stderr=log)
-        procs.append(broker)
         endpoint = broker.ready["frontend"]
-        env = dict(os.environ, LLMQ_API_KEY="bench-key")
-        workers = []
-        for i in range(args.workers):
-            w = benchlib.start([os.path.join(bindir, "llmq-worker"), "--broker",
-                                broker.ready["backend"], "--provider", "openai",
-                                "--base-url", sim_url + "/v1", "--model", "sim-model",
-                                "--capacity", str(capacity), "--name", "bench-w%d" % i],
-                               env=env, stderr=log)
-            procs.append(w)
-            workers.append(w)
         cluster = [broker.pid] + [w.pid for w in workers]
         n, c = str(args.requests), str(args.concurrency)
         cmds = {"python-async": [PY, os.path.join(HERE, "py_client.py"), "async", endpoint, n, c],
@@ -147,14 +132,7 @@ def main():
             benchlib.fmt_mmm([1000 * x / args.requests for x in cpus], 2), cl, wr, cr))
     print()
     print("Machine: %s" % benchlib.machine())
-    if failures:
-        print()
-        print("FAILURES: " + "; ".join(failures))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"args": vars(args), "results": results, "failures": failures,
-                       "machine": benchlib.machine()}, f, indent=1)
-    return 1 if failures else 0
+    return benchlib.report_end(failures, args.json, args, results)
 
 
 if __name__ == "__main__":

@@ -113,23 +113,10 @@ def main():
     results = {v: [] for v in variants}
     failures = []
     try:
-        sim = benchlib.start([os.path.join(bindir, "llmq-sim"), "--port", "0", "--quiet",
-                              "--latency-ms", str(args.latency_ms)], stderr=log)
-        procs.append(sim)
+        sim, broker, workers = benchlib.start_cluster(
+            bindir, procs, args.workers, args.capacity, log=log,
+            sim_flags=("--latency-ms", str(args.latency_ms)))
         sim_url = sim.ready["url"]
-        broker = benchlib.start([os.path.join(bindir, "llmq-broker"), "--quiet",
-                                 "--frontend", "tcp://127.0.0.1:*",
-                                 "--backend", "tcp://127.0.0.1:*"], stderr=log)
-        procs.append(broker)
-        env = dict(os.environ, LLMQ_API_KEY="bench-key")
-        workers = []
-        for i in range(args.workers):
-            w = benchlib.start([os.path.join(bindir, "llmq-worker"), "--broker", broker.ready["backend"],
-                                "--provider", "openai", "--base-url", sim_url + "/v1",
-                                "--model", "sim-model", "--capacity", str(args.capacity),
-                                "--name", "bench-w%d" % i], env=env, stderr=log)
-            procs.append(w)
-            workers.append(w)
         cluster = [broker.pid] + [w.pid for w in workers]
 
         def once(variant, rnd):
@@ -249,15 +236,8 @@ def main():
         print()
         print("llmq CPU split: `llmq run` client %s s, broker + workers %s s." % (
             benchlib.fmt_mmm(cc), benchlib.fmt_mmm(cl)))
-    if failures:
-        print()
-        print("FAILURES: " + "; ".join(failures))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"args": vars(args), "results": results, "failures": failures,
-                       "machine": benchlib.machine()}, f, indent=1)
     shutil.rmtree(tmp, ignore_errors=True)
-    return 1 if failures else 0
+    return benchlib.report_end(failures, args.json, args, results)
 
 
 if __name__ == "__main__":

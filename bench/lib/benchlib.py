@@ -149,6 +149,42 @@ def stop_all(procs, timeout=5):
             p.popen.wait()
 
 
+def start_cluster(bindir, procs, workers, capacity, sim_flags=(), broker_flags=(),
+                  name="bench-w", log=None):
+    """llmq-sim + llmq-broker (--quiet, ephemeral ports) + WORKERS llmq-workers
+    (openai provider against the sim, model sim-model, named NAME0...), each
+    started with `start` and appended to PROCS as it starts (stop_all stops
+    what did start if a later one fails). Returns (sim, broker, workers)."""
+    def go(cmd, env=None):
+        p = start(cmd, env=env, stderr=log)
+        procs.append(p)
+        return p
+    sim = go([os.path.join(bindir, "llmq-sim"), "--port", "0", "--quiet", *sim_flags])
+    broker = go([os.path.join(bindir, "llmq-broker"), "--quiet", "--frontend", "tcp://127.0.0.1:*",
+                 "--backend", "tcp://127.0.0.1:*", *broker_flags])
+    env = dict(os.environ, LLMQ_API_KEY="bench-key")
+    ws = [go([os.path.join(bindir, "llmq-worker"), "--broker", broker.ready["backend"],
+              "--provider", "openai", "--base-url", sim.ready["url"] + "/v1",
+              "--model", "sim-model", "--capacity", str(capacity), "--name", "%s%d" % (name, i)],
+             env)
+          for i in range(workers)]
+    return sim, broker, ws
+
+
+def report_end(failures, json_path, args, results):
+    """The end of a benchmark: the failures (if any) under the table, the
+    raw numbers to json_path (if given); returns the exit code."""
+    if failures:
+        print()
+        print("FAILURES: " + "; ".join(failures))
+    if json_path:
+        import json
+        with open(json_path, "w") as f:
+            json.dump({"args": vars(args), "results": results, "failures": failures,
+                       "machine": machine()}, f, indent=1)
+    return 1 if failures else 0
+
+
 def ensure_npm(nodedir, module):
     """Install NODEDIR's locked npm dependencies (`npm ci`) unless MODULE is
     already in its node_modules. Returns None, or why node cannot be used."""

@@ -214,15 +214,8 @@ def main():
     print()
     print("Ceiling: R per started 60 s window of the sim in %g s; %d runs of each setup, all at once."
           % (args.seconds, args.runs))
-    if failures:
-        print()
-        print("FAILURES: " + "; ".join(failures))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"args": vars(args), "results": summary, "failures": failures,
-                       "machine": benchlib.machine()}, f, indent=1)
     shutil.rmtree(tmp, ignore_errors=True)
-    return 1 if failures else 0
+    return benchlib.report_end(failures, args.json, args, summary)
 
 
 if __name__ == "__main__":
