@@ -13,9 +13,6 @@ from llmqtest import (  # noqa: E402,F401
     BIN_DIR, MODEL, SOURCE_DIR, VERBOSE, Broker, Cluster, Proc, Sim, Worker, bin_path,
     broker_status, chat_hash, check, fail, fnv1a64, low_port, temp_dir, wait_until)
 
-sys.path.insert(0, os.path.join(SOURCE_DIR, "bindings", "python"))
-import llmq  # noqa: E402  (the single-file Python client)
-
 _low_port = low_port
 
 

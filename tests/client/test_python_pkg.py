@@ -21,7 +21,7 @@ def main():
     tmp = temp_dir("llmq-bindings-py-")
     copy = os.path.join(tmp, "src")
     shutil.copytree(src, copy, ignore=shutil.ignore_patterns(
-        "build", "*.egg-info", "__pycache__", "llmq.py"))
+        "build", "*.egg-info", "__pycache__"))
     site = os.path.join(tmp, "site")
     run([PY, "-m", "pip", "install", "--quiet", "--no-index", "--no-build-isolation",
          "--no-deps", "--disable-pip-version-check", "--target", site, copy],
