@@ -66,30 +66,16 @@ def write_input(path, n):
 
 
 def count_ok(path):
-    ok = 0
-    with open(path) as f:
-        for line in f:
-            try:
-                d = json.loads(line)
-            except ValueError:
-                continue
-            if (d.get("response") or {}).get("status_code") == 200:
-                ok += 1
-    return ok
+    return benchlib.count_results(path)[0]
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--bin", default=None, help="llmq binaries (default $LLMQ_BIN_DIR or build-bench/bin)")
+    benchlib.add_common_args(ap, smoke_help="a few seconds: 300 lines, 1 run, 20 sequential")
     ap.add_argument("--lines", type=int, default=10000)
     ap.add_argument("--seq-lines", type=int, default=200)
-    ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--latency-ms", type=int, default=200)
-    ap.add_argument("--workers", type=int, default=4)
     ap.add_argument("--capacity", type=int, default=256)
     ap.add_argument("--variants", default="llmq,embedded,aiohttp,node,seq")
-    ap.add_argument("--smoke", action="store_true", help="a few seconds: 300 lines, 1 run, 20 sequential")
-    ap.add_argument("--json", default=None, help="write the raw numbers here")
     ap.add_argument("--timeout", type=int, default=300, help="per client run, seconds")
     args = ap.parse_args()
     if args.smoke:

@@ -171,6 +171,38 @@ def start_cluster(bindir, procs, workers, capacity, sim_flags=(), broker_flags=(
     return sim, broker, ws
 
 
+def count_results(path):
+    """(ok, failed) answer lines of an `llmq run` style output file (ok:
+    response.status_code 200); (0, 0) if it does not exist."""
+    import json
+    ok = failed = 0
+    try:
+        with open(path) as f:
+            for line in f:
+                try:
+                    d = json.loads(line)
+                except ValueError:
+                    continue
+                if (d.get("response") or {}).get("status_code") == 200:
+                    ok += 1
+                else:
+                    failed += 1
+    except OSError:
+        pass
+    return ok, failed
+
+
+def add_common_args(ap, workers=4, smoke_help=None):
+    """The options every cluster benchmark takes: --bin, --runs,
+    --latency-ms, --workers, --smoke, --json."""
+    ap.add_argument("--bin", default=None, help="llmq binaries (default $LLMQ_BIN_DIR or build-bench/bin)")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--latency-ms", type=int, default=200)
+    ap.add_argument("--workers", type=int, default=workers)
+    ap.add_argument("--smoke", action="store_true", help=smoke_help or "tiny sizes, one run (ctest)")
+    ap.add_argument("--json", default=None, help="write the raw numbers here")
+
+
 def report_end(failures, json_path, args, results):
     """The end of a benchmark: the failures (if any) under the table, the
     raw numbers to json_path (if given); returns the exit code."""

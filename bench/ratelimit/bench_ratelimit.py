@@ -73,21 +73,7 @@ def stats(url):
 
 
 def out_counts(path):
-    ok = failed = 0
-    try:
-        with open(path) as f:
-            for line in f:
-                try:
-                    d = json.loads(line)
-                except ValueError:
-                    continue
-                if (d.get("response") or {}).get("status_code") == 200:
-                    ok += 1
-                else:
-                    failed += 1
-    except OSError:
-        pass
-    return ok, failed
+    return benchlib.count_results(path)
 
 
 def main():
