@@ -254,6 +254,43 @@ static zlist_t *s_client(s_rig_t *rig, llmq_msg_t *msg)
     return out;
 }
 
+/*  One batch item: {custom_id, body: {max_tokens (if > 0), messages: [one
+    user message: text]}}. */
+static void s_pack_item(llmq_packer_t *p, const char *cid, const char *text,
+                        int max_tokens)
+{
+    llmq_packer_map(p, 2);
+    llmq_packer_str(p, "custom_id");
+    llmq_packer_str(p, cid);
+    llmq_packer_str(p, "body");
+    llmq_packer_map(p, max_tokens > 0 ? 2 : 1);
+    if (max_tokens > 0) {
+        llmq_packer_str(p, "max_tokens");
+        llmq_packer_int(p, max_tokens);
+    }
+    llmq_packer_str(p, "messages");
+    llmq_packer_array(p, 1);
+    llmq_packer_map(p, 2);
+    llmq_packer_str(p, "role");
+    llmq_packer_str(p, "user");
+    llmq_packer_str(p, "content");
+    llmq_packer_str(p, text);
+}
+
+/*  batch.add of the items packed in *p_p (taken) as part seq; returns the
+    replies. */
+static zlist_t *s_batch_add(s_rig_t *rig, const char *batch, int64_t seq,
+                            llmq_packer_t **p_p)
+{
+    zframe_t *items = llmq_packer_frame(*p_p);
+    llmq_packer_destroy(p_p);
+    llmq_msg_t *add = llmq_msg_new(LLMQ_MSG_BATCH_ADD);
+    llmq_msg_set_batch(add, batch);
+    llmq_msg_set_seq(add, seq);
+    llmq_msg_set_payload(add, &items);
+    return s_client(rig, add);
+}
+
 static void s_replies_destroy(zlist_t **list_p)
 {
     llmq_msg_t *m;
@@ -296,28 +333,9 @@ static void s_submit(s_rig_t *rig, const char *batch, const char *model,
             snprintf(cid, sizeof cid, "c%lld", (long long)i);
             snprintf(text, sizeof text, "item %lld%s", (long long)i,
                      i % PERM_EVERY == 7 ? " [[sim:fail=400]]" : "");
-            llmq_packer_map(p, 2);
-            llmq_packer_str(p, "custom_id");
-            llmq_packer_str(p, cid);
-            llmq_packer_str(p, "body");
-            llmq_packer_map(p, 2);
-            llmq_packer_str(p, "max_tokens");
-            llmq_packer_int(p, 4);
-            llmq_packer_str(p, "messages");
-            llmq_packer_array(p, 1);
-            llmq_packer_map(p, 2);
-            llmq_packer_str(p, "role");
-            llmq_packer_str(p, "user");
-            llmq_packer_str(p, "content");
-            llmq_packer_str(p, text);
+            s_pack_item(p, cid, text, 4);
         }
-        zframe_t *items = llmq_packer_frame(p);
-        llmq_packer_destroy(&p);
-        llmq_msg_t *add = llmq_msg_new(LLMQ_MSG_BATCH_ADD);
-        llmq_msg_set_batch(add, batch);
-        llmq_msg_set_seq(add, seq);
-        llmq_msg_set_payload(add, &items);
-        r = s_client(rig, add);
+        r = s_batch_add(rig, batch, seq, &p);
         CHECK(llmq_msg_accepted(zlist_first(r)) == n);
         s_replies_destroy(&r);
     }
@@ -617,26 +635,9 @@ int main(int argc, char *argv[])
         for (int i = 0; i < 50; i++) {
             char cid[16];
             snprintf(cid, sizeof cid, "s%d", i);
-            llmq_packer_map(p, 2);
-            llmq_packer_str(p, "custom_id");
-            llmq_packer_str(p, cid);
-            llmq_packer_str(p, "body");
-            llmq_packer_map(p, 1);
-            llmq_packer_str(p, "messages");
-            llmq_packer_array(p, 1);
-            llmq_packer_map(p, 2);
-            llmq_packer_str(p, "role");
-            llmq_packer_str(p, "user");
-            llmq_packer_str(p, "content");
-            llmq_packer_str(p, i == 49 ? "stuck [[sim:hang=1]]" : "fine");
+            s_pack_item(p, cid, i == 49 ? "stuck [[sim:hang=1]]" : "fine", 0);
         }
-        zframe_t *items = llmq_packer_frame(p);
-        llmq_packer_destroy(&p);
-        llmq_msg_t *add = llmq_msg_new(LLMQ_MSG_BATCH_ADD);
-        llmq_msg_set_batch(add, "stuck");
-        llmq_msg_set_seq(add, 1);
-        llmq_msg_set_payload(add, &items);
-        r = s_client(s_rig, add);
+        r = s_batch_add(s_rig, "stuck", 1, &p);
         s_replies_destroy(&r);
         llmq_msg_t *close = llmq_msg_new(LLMQ_MSG_BATCH_CLOSE);
         llmq_msg_set_batch(close, "stuck");

@@ -32,8 +32,14 @@ import clusterlib as cl  # noqa: E402
 from clusterlib import check, fail, wait_until  # noqa: E402
 
 MODEL = cl.MODEL
-SIM_FAST = ("--batch-validate-ms", "50", "--batch-progress-ms", "300",
+def sim_batch_ms(progress_ms):
+    """llmq-sim's batch timing: validation and finalizing 50 ms, in
+    progress for progress_ms."""
+    return ("--batch-validate-ms", "50", "--batch-progress-ms", progress_ms,
             "--batch-finalize-ms", "50")
+
+
+SIM_FAST = sim_batch_ms("300")
 BROKER_FAST = ("--batch-poll-ms", "50", "--batch-task-timeout-ms", "3000")
 
 
@@ -150,8 +156,7 @@ def t_provider():
 
 def t_restart():
     # Long enough at the provider for the kill to land while it runs.
-    s = Setup(sim_flags=("--batch-validate-ms", "50", "--batch-progress-ms", "2500",
-                         "--batch-finalize-ms", "50"))
+    s = Setup(sim_flags=sim_batch_ms("2500"))
     try:
         bad = {10, 250}
         ids = write_items(s.path("in.jsonl"), 300, bad)
@@ -196,8 +201,7 @@ def t_detach():
 
 def t_cancel():
     # The provider would take a minute: the cancel has to reach it.
-    s = Setup(sim_flags=("--batch-validate-ms", "50", "--batch-progress-ms", "60000",
-                         "--batch-finalize-ms", "50"))
+    s = Setup(sim_flags=sim_batch_ms("60000"))
     try:
         ids = write_items(s.path("in.jsonl"), 50, tag="c")
         bid, _, _ = submit(s, s.path("in.jsonl"), "--mode", "provider")

@@ -33,8 +33,6 @@ import clusterlib as cl  # noqa: E402
 from clusterlib import check, wait_until  # noqa: E402
 
 N = 2000
-SIM_FLAGS = ("--batch-validate-ms", "50", "--batch-progress-ms", "1500",
-             "--batch-finalize-ms", "50")
 
 
 def write_lines(path, n, tag="e"):
@@ -92,7 +90,7 @@ def no_dangling(err):
 
 def t_provider(kind):
     tmp = cl.temp_dir("llmq-embedded-batch-")
-    sim = cl.Sim(*SIM_FLAGS)
+    sim = provider_sim("1500")
     try:
         inp = os.path.join(tmp, "in.jsonl")
         out = os.path.join(tmp, "results", "out.jsonl")  # the directory is created
@@ -127,6 +125,18 @@ def provider_progress(sim):
                or [0])
 
 
+def scratch_files():
+    """(in.jsonl, out.jsonl) paths in a fresh temp dir."""
+    tmp = cl.temp_dir("llmq-embedded-batch-")
+    return os.path.join(tmp, "in.jsonl"), os.path.join(tmp, "out.jsonl")
+
+
+def provider_sim(progress_ms):
+    """llmq-sim whose batches stay in progress for progress_ms."""
+    return cl.Sim("--batch-validate-ms", "50", "--batch-progress-ms", progress_ms,
+                  "--batch-finalize-ms", "50")
+
+
 def start_provider_run(sim, inp, out, workers):
     """`llmq run --mode provider` in the background against sim (OpenAI),
     once its provider batch is created; returns (argv, the process)."""
@@ -140,12 +150,9 @@ def start_provider_run(sim, inp, out, workers):
 
 
 def t_kill9(sig=signal.SIGKILL):
-    tmp = cl.temp_dir("llmq-embedded-batch-")
-    sim = cl.Sim("--batch-validate-ms", "50", "--batch-progress-ms", "4000",
-                 "--batch-finalize-ms", "50")
+    inp, out = scratch_files()
+    sim = provider_sim("4000")
     try:
-        inp = os.path.join(tmp, "in.jsonl")
-        out = os.path.join(tmp, "out.jsonl")
         ids = write_lines(inp, N, tag="k")
         env = env_for(sim, "openai")
         args, p = start_provider_run(sim, inp, out, 2)
@@ -184,14 +191,11 @@ def t_changed():
     # Interrupted, then the input changes: the rerun is a new batch (its id
     # hashes the lines) and the old one, whose results would go nowhere, is
     # cancelled at the provider.
-    tmp = cl.temp_dir("llmq-embedded-batch-")
+    inp, out = scratch_files()
     # Long enough at the provider that the rerun finds the old batch
     # still running (every batch takes that long in the sim).
-    sim = cl.Sim("--batch-validate-ms", "50", "--batch-progress-ms", "12s",
-                 "--batch-finalize-ms", "50")
+    sim = provider_sim("12s")
     try:
-        inp = os.path.join(tmp, "in.jsonl")
-        out = os.path.join(tmp, "out.jsonl")
         write_lines(inp, 100, tag="c")
         env = env_for(sim, "openai")
         args, p = start_provider_run(sim, inp, out, 1)
@@ -215,11 +219,9 @@ def t_changed():
 
 
 def t_submit():
-    tmp = cl.temp_dir("llmq-embedded-batch-")
-    sim = cl.Sim(*SIM_FLAGS)
+    inp, out = scratch_files()
+    sim = provider_sim("1500")
     try:
-        inp = os.path.join(tmp, "in.jsonl")
-        out = os.path.join(tmp, "out.jsonl")
         ids = write_lines(inp, 30, tag="s")
         env = env_for(sim, "openai")
         rc, stdout, err = cl.run_llmq(["batch", "submit", inp, "-o", out, "--mode", "provider",
