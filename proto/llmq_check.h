@@ -19,6 +19,9 @@
     `#define CHECK(cond) LLMQ_CHECK_RET(cond)`.
 
     llmq_check_rmtree(path) removes a test's temp dir (no shell).
+    llmq_check_spawn(name, args, ...) starts a binary of the build
+    ($LLMQ_BIN_DIR) and reads its `ready` line, e.g. llmq-sim on a free
+    port; llmq_check_ready_value(line, "url", ...) reads a value of it.
 
     A selftest runner is a table and one macro (see LLMQ_SELFTEST_MAIN):
 
@@ -38,11 +41,15 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <poll.h>
+#include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 /*  Prints the failure line; the macros add the action. */
@@ -95,6 +102,73 @@ static inline int llmq_check_rmtree(const char *path)
     }
     closedir(dir);
     return rmdir(path) == 0 ? rc : -1;
+}
+
+/*  Starts $LLMQ_BIN_DIR/<name> (./<name> without it) with args (a NULL-
+    terminated list, at most 30, without argv[0]); the child gets SIGTERM
+    if the test dies. Reads its first stdout line (waiting at most
+    timeout_ms for each read) into ready. Returns the pid, or -1 if there
+    is no such binary or no `ready ` line (the child is then reaped). */
+static inline pid_t llmq_check_spawn(const char *name, const char *const *args,
+                                     char *ready, size_t size, int timeout_ms)
+{
+    const char *dir = getenv("LLMQ_BIN_DIR");
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s", dir ? dir : ".", name);
+    const char *argv[32] = {name};
+    for (int k = 0; args && args[k] && k < 30; k++)
+        argv[k + 1] = args[k];
+    int fds[2];
+    if (access(path, X_OK) != 0 || size == 0 || pipe(fds) != 0) {
+        fprintf(stderr, "cannot start %s (set LLMQ_BIN_DIR)\n", path);
+        return -1;
+    }
+    pid_t pid = fork();
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGTERM);
+        dup2(fds[1], 1);
+        close(fds[0]);
+        close(fds[1]);
+        execv(path, (char *const *)argv);
+        _exit(127);
+    }
+    close(fds[1]);
+    size_t len = 0;
+    ready[0] = 0;
+    while (pid > 0 && len < size - 1 && !strchr(ready, '\n')) {
+        struct pollfd pfd = {.fd = fds[0], .events = POLLIN};
+        ssize_t n = poll(&pfd, 1, timeout_ms) > 0
+                        ? read(fds[0], ready + len, size - 1 - len)
+                        : 0;
+        if (n <= 0)
+            break;
+        len += (size_t)n;
+        ready[len] = 0;
+    }
+    close(fds[0]);
+    if (pid > 0 && strncmp(ready, "ready ", 6) == 0)
+        return pid;
+    fprintf(stderr, "%s: no ready line (got '%s')\n", name, ready);
+    if (pid > 0) {
+        kill(pid, SIGTERM);
+        waitpid(pid, NULL, 0);
+    }
+    return -1;
+}
+
+/*  The value of key=value in a ready line, into out. Returns 0, or -1 if
+    the line has no such key. */
+static inline int llmq_check_ready_value(const char *line, const char *key,
+                                         char *out, size_t size)
+{
+    size_t klen = strlen(key);
+    for (const char *p = strstr(line, key); p; p = strstr(p + 1, key))
+        if ((p == line || p[-1] == ' ') && p[klen] == '=') {
+            snprintf(out, size, "%.*s", (int)strcspn(p + klen + 1, " \r\n"),
+                     p + klen + 1);
+            return 0;
+        }
+    return -1;
 }
 
 /*  One entry of a runner's table: a name (the ctest argument) and a class

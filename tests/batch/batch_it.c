@@ -47,41 +47,16 @@ static int64_t s_now(void)
 
 static pid_t s_sim_start(char *url, size_t size)
 {
-    const char *dir = getenv("LLMQ_BIN_DIR");
-    char path[512];
-    snprintf(path, sizeof path, "%s/llmq-sim", dir ? dir : ".");
-    int fds[2];
-    CHECK(access(path, X_OK) == 0);
-    CHECK(pipe(fds) == 0);
-    pid_t pid = fork();
-    CHECK(pid >= 0);
-    if (pid == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGTERM);
-        dup2(fds[1], 1);
-        close(fds[0]);
-        close(fds[1]);
-        execl(path, "llmq-sim", "--port", "0", "--quiet", "--api-key", KEY,
-              "--batch-validate-ms", "100", "--batch-progress-ms", "1000",
-              "--batch-finalize-ms", "100", (char *)NULL);
-        _exit(127);
-    }
-    close(fds[1]);
-    char line[512] = "";
-    size_t len = 0;
-    while (len < sizeof line - 1 && !strchr(line, '\n')) {
-        struct pollfd pfd = {.fd = fds[0], .events = POLLIN};
-        if (poll(&pfd, 1, 10000) <= 0)
-            break;
-        ssize_t n = read(fds[0], line + len, sizeof line - 1 - len);
-        if (n <= 0)
-            break;
-        len += (size_t)n;
-        line[len] = 0;
-    }
-    close(fds[0]);
-    const char *u = strstr(line, "url=");
-    CHECK(strncmp(line, "ready llmq-sim", 14) == 0 && u);
-    snprintf(url, size, "%.*s", (int)strcspn(u + 4, " \r\n"), u + 4);
+    const char *args[] = {"--port",  "0",
+                          "--quiet", "--api-key",
+                          KEY,       "--batch-validate-ms",
+                          "100",     "--batch-progress-ms",
+                          "1000",    "--batch-finalize-ms",
+                          "100",     NULL};
+    char ready[512];
+    pid_t pid = llmq_check_spawn("llmq-sim", args, ready, sizeof ready, 10000);
+    CHECK(pid > 0);
+    CHECK(llmq_check_ready_value(ready, "url", url, size) == 0);
     return pid;
 }
 

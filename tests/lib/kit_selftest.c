@@ -1,7 +1,8 @@
 /*  kit_selftest.c - the C test kit (proto/llmq_check.h) checks itself:
-    each check variant's action, llmq_check_rmtree, and the runner's exit
+    each check variant's action, llmq_check_rmtree, llmq_check_spawn (of
+    llmq-sim) and llmq_check_ready_value, and the runner's exit
     codes (with `fails`, a test that fails on purpose: exit 1).
-    Usage: kit_selftest [-v] [checks|rmtree|fails|all]... */
+    Usage: kit_selftest [-v] [checks|rmtree|spawn|fails|all]... */
 #include "llmq_check.h"
 
 #include <sys/wait.h>
@@ -88,6 +89,34 @@ static int s_test_rmtree(bool verbose)
     return 0;
 }
 
+/*  llmq_check_ready_value on a made-up line; llmq_check_spawn of a missing
+    binary is -1, of llmq-sim a pid and a url that answers a TCP connect. */
+static int s_test_spawn(bool verbose)
+{
+    char out[64];
+    const char *line = "ready x url=http://h:1 xurl=no n=5\n";
+    LLMQ_CHECK_RET(llmq_check_ready_value(line, "url", out, sizeof out) == 0);
+    LLMQ_CHECK_RET(strcmp(out, "http://h:1") == 0);
+    LLMQ_CHECK_RET(llmq_check_ready_value(line, "n", out, sizeof out) == 0);
+    LLMQ_CHECK_RET(strcmp(out, "5") == 0);
+    LLMQ_CHECK_RET(llmq_check_ready_value(line, "rl", out, sizeof out) == -1);
+    char ready[256];
+    LLMQ_CHECK_RET(llmq_check_spawn("no-such-binary", NULL, ready, sizeof ready,
+                                    1000) == -1);
+    const char *args[] = {"--port", "0", "--quiet", NULL};
+    pid_t pid = llmq_check_spawn("llmq-sim", args, ready, sizeof ready, 10000);
+    LLMQ_CHECK_RET(pid > 0);
+    if (verbose)
+        printf("%s", ready);
+    LLMQ_CHECK_RET(strncmp(ready, "ready llmq-sim ", 15) == 0);
+    LLMQ_CHECK_RET(llmq_check_ready_value(ready, "url", out, sizeof out) == 0);
+    LLMQ_CHECK_RET(strncmp(out, "http://", 7) == 0);
+    int status = 0;
+    LLMQ_CHECK_RET(kill(pid, SIGTERM) == 0 && waitpid(pid, &status, 0) == pid);
+    LLMQ_CHECK_RET(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    return 0;
+}
+
 /*  Fails on purpose: `kit_selftest fails` must exit 1. */
 static int s_test_fails(bool verbose)
 {
@@ -99,6 +128,7 @@ static int s_test_fails(bool verbose)
 static const llmq_selftest_t s_tests[] = {
     {"checks", s_test_checks},
     {"rmtree", s_test_rmtree},
+    {"spawn", s_test_spawn},
     {"fails", s_test_fails},
 };
 
