@@ -292,6 +292,21 @@ class Core:
         if req.notify is not None:
             req.notify()
 
+    def take_replies(self, match: Callable[[Header], bool], n: int,
+                     got: List[Tuple[Header, Optional[bytes]]]) -> bool:
+        """Move the inbox's messages that match into got (an error reply
+        raises); True once got holds n."""
+        while self.inbox:
+            h, p = self.inbox.popleft()
+            if not match(h):
+                continue
+            if h.get("t") == "error":
+                raise error_from(h)
+            got.append((h, p))
+            if len(got) == n:
+                return True
+        return False
+
     # -- input -------------------------------------------------------------
     def read_all(self, sock: Any) -> None:
         """Handle every message waiting on sock (a plain, non-blocking read)."""

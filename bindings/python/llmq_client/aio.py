@@ -12,7 +12,7 @@ import zmq.asyncio
 
 from . import _batch
 from ._core import DEFAULT, ConnectionInfo, Core, Header, Messages, Req, chat_body, decode
-from .errors import Cancelled, LlmqError, Timeout, Unavailable, error_from
+from .errors import Cancelled, LlmqError, Timeout, Unavailable
 from .types import BatchResult, BatchStatus, Pong, Result
 
 _DEFAULT: Any = DEFAULT
@@ -273,15 +273,8 @@ class AsyncClient(ConnectionInfo):
             try_until = min(deadline, time.monotonic() + core.liveness)
             while time.monotonic() < try_until:
                 event.clear()
-                while core.inbox:
-                    h, p = core.inbox.popleft()
-                    if not match(h):
-                        continue
-                    if h.get("t") == "error":
-                        raise error_from(h)
-                    got.append((h, p))
-                    if len(got) == n:
-                        return got
+                if core.take_replies(match, n, got):
+                    return got
                 try:
                     await asyncio.wait_for(event.wait(), try_until - time.monotonic())
                 except asyncio.TimeoutError:

@@ -10,7 +10,7 @@ import zmq
 
 from . import _batch
 from ._core import DEFAULT, ConnectionInfo, Core, Header, Messages, Req, chat_body
-from .errors import Cancelled, LlmqError, Unavailable, error_from
+from .errors import Cancelled, LlmqError, Unavailable
 from .types import BatchResult, BatchStatus, Pong, Result
 
 _DEFAULT: Any = DEFAULT
@@ -203,15 +203,8 @@ class Client(ConnectionInfo):
             try_until = min(deadline, time.monotonic() + core.liveness)
             while time.monotonic() < try_until:
                 self._pump(try_until - time.monotonic())
-                while core.inbox:
-                    h, p = core.inbox.popleft()
-                    if not match(h):
-                        continue
-                    if h.get("t") == "error":
-                        raise error_from(h)
-                    got.append((h, p))
-                    if len(got) == n:
-                        return got
+                if core.take_replies(match, n, got):
+                    return got
             if time.monotonic() >= deadline:
                 raise Unavailable("broker unreachable: no answer from %s" % core.endpoint)
             self._reconnect()
