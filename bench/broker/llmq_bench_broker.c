@@ -273,50 +273,33 @@ int main(int argc, char *argv[])
         return 2;
     }
     args.mode = argv[1];
+    /*  Where each option's value goes (by its short code): text or number. */
+    const char **strs[128] = {['f'] = &args.frontend,
+                              ['b'] = &args.backend,
+                              ['c'] = &args.connect,
+                              ['m'] = &args.worker_mode,
+                              ['M'] = &args.model};
+    long *nums[128] = {['C'] = &args.capacity,
+                       ['n'] = &args.requests,
+                       ['w'] = &args.window,
+                       ['s'] = &args.size,
+                       ['r'] = &args.rate};
     optind = 2;
     int opt;
     while ((opt = getopt_long(argc, argv, "", options, NULL)) != -1) {
-        switch (opt) {
-        case 'f':
-            args.frontend = optarg;
-            break;
-        case 'b':
-            args.backend = optarg;
-            break;
-        case 'c':
-            args.connect = optarg;
-            break;
-        case 'm':
-            args.worker_mode = optarg;
-            break;
-        case 'M':
-            args.model = optarg;
-            break;
-        case 'C':
-            args.capacity = atol(optarg);
-            break;
-        case 'n':
-            args.requests = atol(optarg);
-            break;
-        case 'w':
-            args.window = atol(optarg);
-            break;
-        case 's':
-            args.size = atol(optarg);
-            break;
-        case 'r':
-            args.rate = atol(optarg);
-            break;
-        case 'h':
+        if (opt > 0 && opt < 128 && strs[opt])
+            *strs[opt] = optarg;
+        else if (opt > 0 && opt < 128 && nums[opt])
+            *nums[opt] = atol(optarg);
+        else if (opt == 'h') {
             printf("llmq-bench-broker proxy --frontend EP --backend EP\n"
                    "llmq-bench-broker worker --connect EP --mode raw|llmq "
                    "[--capacity N] [--model M]\n"
                    "llmq-bench-broker client --connect EP [--requests N] "
                    "[--window W] [--size BYTES] [--rate PER_S] [--model M]\n");
             return 0;
-        default:
+        } else
             return 2;
-        }
     }
     if (args.requests < 1 || args.window < 1 || args.capacity < 1)
         return 2;
