@@ -30,10 +30,17 @@
     "failed", error {code, message, status, retryable}} with no counts: the
     broker retries later or gives up, by its own rules (docs/BATCHES.md).
 
+    What differs between the providers' Batch APIs (routes, the batch line
+    of a request, the status of a batch, a result line, auth headers, error
+    classification) is the provider's (llmq_batch_ops_t in llmq_provider.h):
+    this class runs the sequence over the worker's provider object, so a
+    request is translated and a failure classified as in realtime mode.
+
     The API key is sent only in request headers; it never appears in a
     message, a log line or an error text (provider messages are scrubbed).
 
-    Ownership: the config's strings are copied; messages given to the send
+    Ownership: the config's provider is borrowed (it must outlive the
+    object); messages given to the send
     callback belong to it (llmq_msg_t **, NULLed); messages passed to
     handle() are borrowed.
 */
@@ -45,6 +52,7 @@
 #include <stdint.h>
 
 #include "llmq_msg.h"
+#include "llmq_provider.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -53,14 +61,13 @@ extern "C" {
 typedef struct _llmq_batch_api_t llmq_batch_api_t;
 
 typedef struct {
-    const char *kind;     /* openai, sim (= openai) or anthropic */
-    const char *base_url; /* with /v1, e.g. https://api.openai.com/v1 */
-    const char *api_key;  /* never logged */
-    const char *anthropic_version; /* NULL: 2023-06-01 */
-    int64_t default_max_tokens;    /* Anthropic needs max_tokens (0: 1024) */
-    int64_t timeout_ms;            /* per HTTP transfer (0: 600 s) */
-    int64_t results_page;          /* results per job.results (0: 1000) */
-    bool verbose;                  /* log each call (never its headers) */
+    const llmq_provider_t *provider; /* the worker's, borrowed: it must
+                                        outlive the object; its kind says
+                                        which Batch API (routes, lines,
+                                        results, auth, errors) */
+    int64_t timeout_ms;              /* per HTTP transfer (0: 600 s) */
+    int64_t results_page;            /* results per job.results (0: 1000) */
+    bool verbose;                    /* log each call (never its headers) */
 } llmq_batch_api_config_t;
 
 /*  Price of one result line in USD, Batch API discount included: the
@@ -74,7 +81,7 @@ typedef double(llmq_batch_api_cost_fn)(const char *model, int64_t prompt_tokens,
 typedef void(llmq_batch_api_send_fn)(llmq_msg_t **msg_p, void *arg);
 
 /*  Create, sharing the worker's curl multi handle. Returns NULL on a bad
-    config (unknown kind, no base_url). */
+    config (no provider, or a provider without a Batch API). */
 llmq_batch_api_t *llmq_batch_api_new(const llmq_batch_api_config_t *cfg,
                                      CURLM *multi, llmq_batch_api_send_fn *send,
                                      void *arg);
@@ -104,8 +111,13 @@ bool llmq_batch_api_done(llmq_batch_api_t *self, CURL *easy, CURLcode result);
 size_t llmq_batch_api_active(llmq_batch_api_t *self);
 
 /*  Self test against a real llmq-sim (found in $LLMQ_BIN_DIR), started
-    with --port 0 and short batch timings. Returns 0 on success. */
+    with --port 0 and short batch timings. Returns 0 on success. It lives
+    in tests/batch/batch_api_test.c (the class file keeps the sequence). */
 int llmq_batch_api_test(bool verbose);
+
+/*  Batch and realtime agree (request translation with tools, the error
+    classifier); no network. Also in tests/batch/batch_api_test.c. */
+int llmq_batch_api_agree_test(bool verbose);
 
 #ifdef __cplusplus
 }

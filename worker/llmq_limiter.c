@@ -209,6 +209,19 @@ int64_t llmq_limiter_available(llmq_limiter_t *self, int64_t tokens,
     return n > 0 ? n : 0;
 }
 
+/*  A remaining count from the provider (-1: none) lowers a bucket's level
+    (when that rate is limited) and, at 0, pauses until its reset. */
+static void s_lower(llmq_limiter_t *self, double *level, int64_t rate,
+                    int64_t remaining, int64_t reset_ms, int64_t now_ms)
+{
+    if (remaining < 0)
+        return;
+    if (rate > 0 && *level > (double)remaining)
+        *level = (double)remaining;
+    if (remaining == 0)
+        llmq_limiter_pause(self, reset_ms > 0 ? reset_ms : 1000, now_ms);
+}
+
 void llmq_limiter_observe(llmq_limiter_t *self, const llmq_ratelimit_t *rl,
                           int64_t now_ms)
 {
@@ -227,24 +240,10 @@ void llmq_limiter_observe(llmq_limiter_t *self, const llmq_ratelimit_t *rl,
             self->tok_level = s_cap(llmq_limiter_tpm(self), self->burst_ms);
     }
     /*  The provider's counters only lower ours. */
-    if (rl->remaining_requests >= 0) {
-        if (llmq_limiter_rpm(self) > 0 &&
-            self->req_level > (double)rl->remaining_requests)
-            self->req_level = (double)rl->remaining_requests;
-        if (rl->remaining_requests == 0)
-            llmq_limiter_pause(
-                self, rl->reset_requests_ms > 0 ? rl->reset_requests_ms : 1000,
-                now_ms);
-    }
-    if (rl->remaining_tokens >= 0) {
-        if (llmq_limiter_tpm(self) > 0 &&
-            self->tok_level > (double)rl->remaining_tokens)
-            self->tok_level = (double)rl->remaining_tokens;
-        if (rl->remaining_tokens == 0)
-            llmq_limiter_pause(
-                self, rl->reset_tokens_ms > 0 ? rl->reset_tokens_ms : 1000,
-                now_ms);
-    }
+    s_lower(self, &self->req_level, llmq_limiter_rpm(self),
+            rl->remaining_requests, rl->reset_requests_ms, now_ms);
+    s_lower(self, &self->tok_level, llmq_limiter_tpm(self),
+            rl->remaining_tokens, rl->reset_tokens_ms, now_ms);
     if (rl->retry_after_ms > 0)
         llmq_limiter_pause(self, rl->retry_after_ms, now_ms);
 }

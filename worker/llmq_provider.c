@@ -13,9 +13,11 @@
 #define _XOPEN_SOURCE 700
 #endif
 #include "llmq_provider.h"
+#include "llmq_sse.h"
 
 #include <ctype.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -205,13 +207,84 @@ void llmq_provider_header(const llmq_provider_t *self, llmq_ratelimit_t *rl,
                           const char *name, size_t name_len, const char *value,
                           size_t value_len)
 {
-    if (self->ops->header)
-        self->ops->header(rl, name, name_len, value, value_len);
+    (void)self; /* both families of rate-limit headers, one reader */
+    llmq_ratelimit_header(rl, name, name_len, value, value_len);
 }
 
+char *llmq_provider_url(const llmq_provider_t *self, const char *route)
+{
+    size_t n = strlen(self->base_url) + strlen(route) + 1;
+    char *url = malloc(n);
+    if (url)
+        snprintf(url, n, "%s%s", self->base_url, route);
+    return url;
+}
+
+struct curl_slist *llmq_provider_auth(const llmq_provider_t *self,
+                                      struct curl_slist *headers)
+{
+    return self->ops->auth ? self->ops->auth(self, headers) : headers;
+}
+
+struct curl_slist *llmq_provider_key_header(const llmq_provider_t *self,
+                                            struct curl_slist *headers,
+                                            const char *prefix)
+{
+    if (!self->api_key || !*self->api_key)
+        return headers;
+    size_t n = strlen(prefix) + strlen(self->api_key) + 1;
+    char *h = malloc(n);
+    if (!h)
+        return headers;
+    snprintf(h, n, "%s%s", prefix, self->api_key);
+    headers = curl_slist_append(headers, h);
+    /*  curl keeps its own copy: wipe ours. */
+    volatile char *p = h;
+    while (*p)
+        *p++ = 0;
+    free(h);
+    return headers;
+}
+
+const llmq_batch_ops_t *llmq_provider_batch(const llmq_provider_t *self)
+{
+    return self->ops->batch;
+}
+
+void llmq_batch_answer_reset(llmq_batch_answer_t *result)
+{
+    cJSON_Delete(result->body);
+    memset(result, 0, sizeof *result);
+}
+
+int llmq_http_post_json(const llmq_provider_t *self, const char *route,
+                        cJSON *body, llmq_http_t *http, llmq_perr_t *err)
+{
+    http->body = cJSON_PrintUnformatted(body);
+    cJSON_Delete(body);
+    http->url = llmq_provider_url(self, route);
+    if (!http->body || !http->url) {
+        llmq_http_reset(http);
+        llmq_perr_set(err, LLMQ_ERR_INTERNAL, 0, true, "out of memory");
+        return -1;
+    }
+    http->body_len = strlen(http->body);
+    http->post = true;
+    http->headers = curl_slist_append(NULL, "Content-Type: application/json");
+    http->headers = curl_slist_append(http->headers, "Expect:");
+    http->headers = llmq_provider_auth(self, http->headers);
+    return 0;
+}
+
+/*  Every HTTP provider answers GET {base}/models with its key. */
 int llmq_provider_health(const llmq_provider_t *self, llmq_http_t *http)
 {
-    return self->ops->health ? self->ops->health(self, http) : -1;
+    if (!self->ops->http)
+        return -1;
+    http->url = llmq_provider_url(self, "/models");
+    http->post = false;
+    http->headers = llmq_provider_auth(self, NULL);
+    return http->url ? 0 : -1;
 }
 
 cJSON *llmq_provider_answer(const llmq_provider_t *self,
@@ -444,6 +517,37 @@ static bool s_contains_ci(const char *hay, const char *needle)
     return false;
 }
 
+/*  The protocol's code for an HTTP failure, and whether asking again may
+    help. */
+static llmq_err_t s_http_code(int status, const char *type, const char *code,
+                              const char *message, bool *retryable)
+{
+    *retryable = status < 300 || status == 408 || status == 409 ||
+                 status >= 500 ||
+                 (status == 429 && !s_contains_ci(code, "insufficient_quota") &&
+                  !s_contains_ci(type, "insufficient_quota"));
+    if (status == 401 || status == 403)
+        return LLMQ_ERR_AUTH;
+    if (status == 429) /* no quota left is not fixed by waiting */
+        return LLMQ_ERR_RATE_LIMITED;
+    if (status == 408)
+        return LLMQ_ERR_TIMEOUT;
+    if (status == 409 || status >= 500 || status < 400)
+        return LLMQ_ERR_PROVIDER_ERROR;
+    if (s_contains_ci(code, "context_length") ||
+        s_contains_ci(message, "context length") ||
+        s_contains_ci(message, "context window") ||
+        s_contains_ci(message, "prompt is too long") ||
+        s_contains_ci(message, "maximum context"))
+        return LLMQ_ERR_CONTEXT_LENGTH;
+    if (s_contains_ci(code, "content_filter") ||
+        s_contains_ci(code, "content_policy") ||
+        s_contains_ci(message, "content filter") ||
+        s_contains_ci(message, "content management policy"))
+        return LLMQ_ERR_CONTENT_FILTER;
+    return LLMQ_ERR_INVALID_REQUEST;
+}
+
 void llmq_classify_http(const llmq_provider_t *self, int status,
                         const char *body, size_t size, llmq_perr_t *err)
 {
@@ -478,50 +582,14 @@ void llmq_classify_http(const llmq_provider_t *self, int status,
     } else
         snprintf(text, sizeof text, "HTTP %d", status);
 
-    llmq_err_t c;
     bool retryable;
-    if (status == 401 || status == 403) {
-        c = LLMQ_ERR_AUTH;
-        retryable = false;
-    } else if (status == 429) {
-        /*  No quota left is not fixed by waiting. */
-        bool quota = s_contains_ci(code, "insufficient_quota") ||
-                     s_contains_ci(type, "insufficient_quota");
-        c = LLMQ_ERR_RATE_LIMITED;
-        retryable = !quota;
-    } else if (status == 408) {
-        c = LLMQ_ERR_TIMEOUT;
-        retryable = true;
-    } else if (status == 409 || status >= 500) {
-        c = LLMQ_ERR_PROVIDER_ERROR;
-        retryable = true;
-    } else if (status >= 400) {
-        retryable = false;
-        if (s_contains_ci(code, "context_length") ||
-            s_contains_ci(message, "context length") ||
-            s_contains_ci(message, "context window") ||
-            s_contains_ci(message, "prompt is too long") ||
-            s_contains_ci(message, "maximum context"))
-            c = LLMQ_ERR_CONTEXT_LENGTH;
-        else if (s_contains_ci(code, "content_filter") ||
-                 s_contains_ci(code, "content_policy") ||
-                 s_contains_ci(message, "content filter") ||
-                 s_contains_ci(message, "content management policy"))
-            c = LLMQ_ERR_CONTENT_FILTER;
-        else
-            c = LLMQ_ERR_INVALID_REQUEST;
-    } else if (status >= 300) {
+    llmq_err_t c = s_http_code(status, type, code, message, &retryable);
+    if (status >= 300 && status < 400)
         /*  Redirects are not followed: the base URL is wrong, and asking
             again will not change that. */
-        c = LLMQ_ERR_PROVIDER_ERROR;
-        retryable = false;
         snprintf(text, sizeof text,
                  "provider answered HTTP %d (a redirect: check the base URL)",
                  status);
-    } else {
-        c = LLMQ_ERR_PROVIDER_ERROR;
-        retryable = true;
-    }
     llmq_perr_set(err, c, status, retryable, "%s", text);
     cJSON_Delete(json);
 }
@@ -589,6 +657,28 @@ int64_t llmq_estimate_tokens(const cJSON *body, int64_t default_max_tokens)
     if (cJSON_GetObjectItemCaseSensitive(body, "input"))
         out = 0; /* embeddings produce no tokens */
     return (chars + 3) / 4 + out;
+}
+
+void llmq_usage_add_json(cJSON *body, int64_t prompt_tokens,
+                         int64_t completion_tokens)
+{
+    cJSON *u = cJSON_AddObjectToObject(body, "usage");
+    cJSON_AddNumberToObject(u, "prompt_tokens", (double)prompt_tokens);
+    cJSON_AddNumberToObject(u, "completion_tokens", (double)completion_tokens);
+    cJSON_AddNumberToObject(u, "total_tokens",
+                            (double)(prompt_tokens + completion_tokens));
+}
+
+int64_t llmq_json_int(const cJSON *obj, const char *key)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
+    return cJSON_IsNumber(v) ? (int64_t)v->valuedouble : 0;
+}
+
+const char *llmq_json_str(const cJSON *obj, const char *key)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
+    return cJSON_IsString(v) ? v->valuestring : NULL;
 }
 
 void llmq_usage_from_json(const cJSON *u, llmq_usage_t *usage)
@@ -663,20 +753,9 @@ void llmq_assembler_destroy(llmq_assembler_t **self_p)
 
 static void s_append_text(s_choice_t *ch, const char *s)
 {
-    size_t n = strlen(s);
-    if (ch->len + n + 1 > ch->cap) {
-        size_t cap = ch->cap ? ch->cap * 2 : 256;
-        while (cap < ch->len + n + 1)
-            cap *= 2;
-        char *nt = realloc(ch->text, cap);
-        if (!nt)
-            return;
-        ch->text = nt;
-        ch->cap = cap;
-    }
-    memcpy(ch->text + ch->len, s, n + 1);
-    ch->len += n;
-    ch->has_text = true;
+    if (llmq_buf_append(&ch->text, &ch->len, &ch->cap, s, strlen(s),
+                        SIZE_MAX) == 0)
+        ch->has_text = true;
 }
 
 static void s_set_str(char **dst, const cJSON *src)
@@ -964,6 +1043,9 @@ int llmq_provider_test(bool verbose)
         {408, "", LLMQ_ERR_TIMEOUT, true},
         {409, "", LLMQ_ERR_PROVIDER_ERROR, true},
         {301, "", LLMQ_ERR_PROVIDER_ERROR, false},
+        {200, "{\"error\":{\"message\":\"in a 200\"}}", LLMQ_ERR_PROVIDER_ERROR,
+         true},
+        {413, "", LLMQ_ERR_INVALID_REQUEST, false},
         {429, "{\"error\":{\"message\":\"slow down\",\"type\":\"requests\"}}",
          LLMQ_ERR_RATE_LIMITED, true},
         {429,
@@ -1145,6 +1227,45 @@ int llmq_provider_test(bool verbose)
     CHECK(strcmp(s_test_str(res, "choices.0.finish_reason"), "length") == 0);
     CHECK(strcmp(s_test_str(res, "id"), "msg_2") == 0);
     CHECK(usage.prompt_tokens == 4 && usage.completion_tokens == 2);
+    cJSON_Delete(res);
+    llmq_stream_destroy(&st);
+    /*  A streamed tool call: its start and argument pieces become one
+        tool_calls entry. */
+    const char *tevents[][2] = {
+        {"message_start", aevents[0][1]},
+        {"content_block_start",
+         "{\"type\":\"content_block_start\",\"index\":1,\"content_block\":{"
+         "\"type\":\"tool_use\",\"id\":\"tu_9\",\"name\":\"get_weather\","
+         "\"input\":{}}}"},
+        {"content_block_delta",
+         "{\"type\":\"content_block_delta\",\"index\":1,\"delta\":{\"type\":"
+         "\"input_json_delta\",\"partial_json\":\"{\\\"city\\\":\"}}"},
+        {"content_block_delta",
+         "{\"type\":\"content_block_delta\",\"index\":1,\"delta\":{\"type\":"
+         "\"input_json_delta\",\"partial_json\":\"\\\"Paris\\\"}\"}}"},
+        {"message_delta",
+         "{\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"tool_"
+         "use\"},\"usage\":{\"output_tokens\":5}}"},
+        {"message_stop", "{\"type\":\"message_stop\"}"},
+    };
+    st = llmq_stream_new(p, &call);
+    chunks = 0;
+    for (size_t i = 0; i < 6; i++)
+        CHECK(llmq_stream_event(st, tevents[i][0], tevents[i][1],
+                                strlen(tevents[i][1]), s_test_collect, &chunks,
+                                &err) == (i == 5 ? 1 : 0));
+    res = llmq_stream_finish(st, &usage, &err);
+    CHECK(res);
+    CHECK(strcmp(s_test_str(res, "choices.0.message.tool_calls.0.id"),
+                 "tu_9") == 0);
+    CHECK(
+        strcmp(s_test_str(res, "choices.0.message.tool_calls.0.function.name"),
+               "get_weather") == 0);
+    CHECK(strcmp(s_test_str(
+                     res, "choices.0.message.tool_calls.0.function.arguments"),
+                 "{\"city\":\"Paris\"}") == 0);
+    CHECK(strcmp(s_test_str(res, "choices.0.finish_reason"), "tool_calls") ==
+          0);
     cJSON_Delete(res);
     llmq_stream_destroy(&st);
     st = llmq_stream_new(p, &call);

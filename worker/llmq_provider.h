@@ -8,11 +8,16 @@
                 the end the assembled chat.completion + usage
       classify  HTTP status + error body -> llmq_err_t, retryable, message
       headers   rate-limit headers -> llmq_ratelimit_t
-      health    the GET {base}/models request
+      auth      the headers that carry the key (health: GET {base}/models)
       answer    providers without HTTP (echo) answer here at once
+      batch     the provider's Batch API: routes, one request as a batch
+                line (the same translation as build), a batch object as a
+                status, one result line as (custom_id, body | error, usage)
     Providers: openai (any OpenAI-compatible base URL; `sim` is openai at
     llmq-sim), anthropic (Messages API, translated both ways) and echo.
-    Provider Batch APIs (job.* tasks) are the separate llmq_batch_api class.
+    The llmq_batch_api class runs the Batch API sequence (upload, create,
+    poll, fetch, delete) with a borrowed provider: a new provider is one
+    file with its own ops table.
 
     Secrets: the API key lives only in this object and in the header list
     handed to libcurl. No function here puts it in a message, and
@@ -105,6 +110,64 @@ typedef struct {
     int64_t default_max_tokens;    /* anthropic needs max_tokens */
 } llmq_provider_config_t;
 
+/*  A provider batch object in OpenAI's words. Strings are borrowed from
+    the parsed batch object. state: validating, in_progress, finalizing,
+    completed, failed, expired, cancelling or cancelled. */
+typedef struct {
+    const char *id;          /* the provider batch id */
+    const char *state;       /* normalised state */
+    int64_t total;           /* requests in the batch */
+    int64_t done;            /* succeeded */
+    int64_t failed;          /* errored, cancelled or expired */
+    const char *input_file;  /* file ids, NULL if none (or no files) */
+    const char *output_file; /* ... */
+    const char *error_file;  /* ... */
+    int64_t created_ms;      /* creation time, 0 if unknown */
+} llmq_batch_status_t;
+
+/*  One line of a batch's results. body is NULL when the request failed
+    (err says why); otherwise it is the answer in OpenAI shape and belongs
+    to the struct (llmq_batch_answer_reset). custom_id is borrowed from the
+    line. */
+typedef struct {
+    const char *custom_id; /* as the batch line carried it */
+    cJSON *body;           /* OpenAI-shaped answer, or NULL */
+    llmq_perr_t err;       /* the classified failure when body is NULL */
+    llmq_usage_t usage;    /* tokens of the answer (0 if none) */
+} llmq_batch_answer_t;
+
+void llmq_batch_answer_reset(llmq_batch_answer_t *result);
+
+/*  What a Batch API looks like. Routes are relative to the base URL. */
+typedef struct {
+    const char *batches; /* the batch collection: {batches}/{id}, .../cancel */
+    const char *after;   /* list paging parameter (?limit=100&{after}=id) */
+    const char *files;   /* input uploaded and results read as files here;
+                            NULL: the input goes inline in the create call */
+    const char *results; /* results at {batches}/{id}{results}; NULL: in
+                            the batch's output and error files */
+    const char *head;    /* input framing: head, lines joined by sep, tail */
+    const char *sep;     /* ... */
+    const char *tail;    /* ... */
+    unsigned ops;        /* bit (1 << op) for each op the Batch API runs */
+    /*  One request -> one input line {custom_id, ...} (caller's), built
+        with the same translation as the realtime request. */
+    cJSON *(*line)(const llmq_provider_t *self, const llmq_call_t *call,
+                   const char *custom_id, llmq_perr_t *err);
+    /*  The create call's body (JSON text, caller's) when the input was
+        uploaded as file_id (files only). */
+    char *(*create)(llmq_op_t op, const char *job, const char *file_id);
+    /*  A batch object -> status. */
+    void (*status)(const cJSON *batch, llmq_batch_status_t *status);
+    /*  Lookup: 2 if the batch is job's for sure, 1 if it may be (count
+        requests, created near time_ms), 0 if not. */
+    int (*match)(const cJSON *batch, const char *job, int64_t count,
+                 int64_t time_ms);
+    /*  One result line -> result. Returns 0, or -1 to skip the line. */
+    int (*result)(const llmq_provider_t *self, const cJSON *line,
+                  llmq_batch_answer_t *result);
+} llmq_batch_ops_t;
+
 typedef struct {
     const char *kind;
     bool http; /* false: answer() instead of HTTP */
@@ -118,14 +181,16 @@ typedef struct {
     int (*stream_event)(llmq_stream_t *stream, const char *event,
                         const char *data, size_t size, llmq_chunk_fn *emit,
                         void *arg, llmq_perr_t *err);
+    /*  NULL: llmq_classify_http. */
     void (*classify)(const llmq_provider_t *self, int status, const char *body,
                      size_t size, llmq_perr_t *err);
-    /*  One response header: rate-limit facts into rl. */
-    void (*header)(llmq_ratelimit_t *rl, const char *name, size_t name_len,
-                   const char *value, size_t value_len);
-    int (*health)(const llmq_provider_t *self, llmq_http_t *http);
+    /*  Append the headers that carry the key; the only place a key is
+        formatted. */
+    struct curl_slist *(*auth)(const llmq_provider_t *self,
+                               struct curl_slist *headers);
     cJSON *(*answer)(const llmq_provider_t *self, const llmq_call_t *call,
                      llmq_usage_t *usage, llmq_perr_t *err);
+    const llmq_batch_ops_t *batch; /* NULL: no Batch API */
 } llmq_provider_ops_t;
 
 extern const llmq_provider_ops_t llmq_provider_openai_ops;
@@ -161,6 +226,23 @@ int llmq_provider_health(const llmq_provider_t *self, llmq_http_t *http);
 void llmq_provider_header(const llmq_provider_t *self, llmq_ratelimit_t *rl,
                           const char *name, size_t name_len, const char *value,
                           size_t value_len);
+/*  {base_url}{route} (caller's), NULL if out of memory. */
+char *llmq_provider_url(const llmq_provider_t *self, const char *route);
+/*  Append the auth headers (Content-Type and the like are the caller's). */
+struct curl_slist *llmq_provider_auth(const llmq_provider_t *self,
+                                      struct curl_slist *headers);
+/*  For the providers' auth(): append "<prefix><api key>" (nothing when
+    the key is empty); the only place a key is formatted. */
+struct curl_slist *llmq_provider_key_header(const llmq_provider_t *self,
+                                            struct curl_slist *headers,
+                                            const char *prefix);
+/*  For the providers' build(): http becomes a POST of body (taken) as
+    JSON to {base}{route} with the auth headers. Returns 0, or -1 (err
+    set, http reset). */
+int llmq_http_post_json(const llmq_provider_t *self, const char *route,
+                        cJSON *body, llmq_http_t *http, llmq_perr_t *err);
+/*  The provider's Batch API, or NULL if it has none. */
+const llmq_batch_ops_t *llmq_provider_batch(const llmq_provider_t *self);
 cJSON *llmq_provider_answer(const llmq_provider_t *self,
                             const llmq_call_t *call, llmq_usage_t *usage,
                             llmq_perr_t *err);
@@ -205,6 +287,16 @@ void llmq_provider_scrub(const llmq_provider_t *self, char *text);
 /*  Estimated tokens of a request: prompt characters / 4 + max_tokens
     (default_max_tokens when the body sets none). */
 int64_t llmq_estimate_tokens(const cJSON *body, int64_t default_max_tokens);
+
+/*  Add "usage" {prompt_tokens, completion_tokens, total_tokens} to an
+    OpenAI-shaped body. */
+void llmq_usage_add_json(cJSON *body, int64_t prompt_tokens,
+                         int64_t completion_tokens);
+
+/*  obj[key] as a number (0 if absent or not a number) and as a string
+    (NULL if absent or not a string; borrowed). */
+int64_t llmq_json_int(const cJSON *obj, const char *key);
+const char *llmq_json_str(const cJSON *obj, const char *key);
 
 /*  Read usage {prompt_tokens, completion_tokens, total_tokens} from an
     OpenAI body's "usage" member. */

@@ -40,6 +40,58 @@ static void s_content_text(const cJSON *content, char *out, size_t outlen)
     }
 }
 
+/*  A small vector per input, derived from the request's hash h. */
+static cJSON *s_embeddings(const llmq_call_t *call, uint64_t h,
+                           int64_t prompt_tokens, llmq_usage_t *usage)
+{
+    cJSON *r = cJSON_CreateObject();
+    cJSON_AddStringToObject(r, "object", "list");
+    cJSON *data = cJSON_AddArrayToObject(r, "data");
+    const cJSON *input = cJSON_GetObjectItemCaseSensitive(call->body, "input");
+    int n = cJSON_IsArray(input) ? cJSON_GetArraySize(input) : 1;
+    for (int i = 0; i < n && i < 4096; i++) {
+        cJSON *e = cJSON_CreateObject();
+        cJSON_AddStringToObject(e, "object", "embedding");
+        cJSON_AddNumberToObject(e, "index", i);
+        cJSON *v = cJSON_AddArrayToObject(e, "embedding");
+        uint64_t x = h + (uint64_t)i;
+        for (int k = 0; k < 8; k++) {
+            x = x * 6364136223846793005ULL + 1442695040888963407ULL;
+            cJSON_AddItemToArray(
+                v, cJSON_CreateNumber((double)(x >> 40) / 16777216.0 - 0.5));
+        }
+        cJSON_AddItemToArray(data, e);
+    }
+    cJSON_AddStringToObject(r, "model", call->model ? call->model : "echo");
+    cJSON *u = cJSON_AddObjectToObject(r, "usage");
+    cJSON_AddNumberToObject(u, "prompt_tokens", (double)prompt_tokens);
+    cJSON_AddNumberToObject(u, "total_tokens", (double)prompt_tokens);
+    usage->prompt_tokens = prompt_tokens;
+    usage->completion_tokens = 0;
+    usage->total_tokens = prompt_tokens;
+    return r;
+}
+
+/*  What echo says back: the prompt, or the last user message. */
+static void s_echo_text(const llmq_call_t *call, char *text, size_t size)
+{
+    text[0] = 0;
+    if (call->op == LLMQ_OP_COMPLETION) {
+        s_content_text(cJSON_GetObjectItemCaseSensitive(call->body, "prompt"),
+                       text, size);
+        return;
+    }
+    const cJSON *m;
+    cJSON_ArrayForEach(m,
+                       cJSON_GetObjectItemCaseSensitive(call->body, "messages"))
+    {
+        const char *role = llmq_json_str(m, "role");
+        if (role && strcmp(role, "user") == 0)
+            s_content_text(cJSON_GetObjectItemCaseSensitive(m, "content"), text,
+                           size);
+    }
+}
+
 static cJSON *s_answer(const llmq_provider_t *self, const llmq_call_t *call,
                        llmq_usage_t *usage, llmq_perr_t *err)
 {
@@ -54,72 +106,24 @@ static cJSON *s_answer(const llmq_provider_t *self, const llmq_call_t *call,
     int64_t prompt_tokens =
         prompt_json ? ((int64_t)strlen(prompt_json) + 3) / 4 : 0;
     free(prompt_json);
-    char id[40];
-    snprintf(id, sizeof id, "echo-%016llx", (unsigned long long)h);
-    const char *model = call->model ? call->model : "echo";
+    if (call->op == LLMQ_OP_EMBEDDING)
+        return s_embeddings(call, h, prompt_tokens, usage);
 
-    cJSON *r = cJSON_CreateObject();
-    if (call->op == LLMQ_OP_EMBEDDING) {
-        cJSON_AddStringToObject(r, "object", "list");
-        cJSON *data = cJSON_AddArrayToObject(r, "data");
-        const cJSON *input =
-            cJSON_GetObjectItemCaseSensitive(call->body, "input");
-        int n = cJSON_IsArray(input) ? cJSON_GetArraySize(input) : 1;
-        for (int i = 0; i < n && i < 4096; i++) {
-            cJSON *e = cJSON_CreateObject();
-            cJSON_AddStringToObject(e, "object", "embedding");
-            cJSON_AddNumberToObject(e, "index", i);
-            cJSON *v = cJSON_AddArrayToObject(e, "embedding");
-            uint64_t x = h + (uint64_t)i;
-            for (int k = 0; k < 8; k++) {
-                x = x * 6364136223846793005ULL + 1442695040888963407ULL;
-                cJSON_AddItemToArray(
-                    v,
-                    cJSON_CreateNumber((double)(x >> 40) / 16777216.0 - 0.5));
-            }
-            cJSON_AddItemToArray(data, e);
-        }
-        cJSON_AddStringToObject(r, "model", model);
-        cJSON *u = cJSON_AddObjectToObject(r, "usage");
-        cJSON_AddNumberToObject(u, "prompt_tokens", (double)prompt_tokens);
-        cJSON_AddNumberToObject(u, "total_tokens", (double)prompt_tokens);
-        usage->prompt_tokens = prompt_tokens;
-        usage->completion_tokens = 0;
-        usage->total_tokens = prompt_tokens;
-        return r;
-    }
-
-    char text[1024];
-    char reply[1100];
-    if (call->op == LLMQ_OP_COMPLETION)
-        s_content_text(cJSON_GetObjectItemCaseSensitive(call->body, "prompt"),
-                       text, sizeof text);
-    else {
-        /*  The last user message. */
-        text[0] = 0;
-        const cJSON *m;
-        cJSON_ArrayForEach(
-            m, cJSON_GetObjectItemCaseSensitive(call->body, "messages"))
-        {
-            const cJSON *role = cJSON_GetObjectItemCaseSensitive(m, "role");
-            if (cJSON_IsString(role) && strcmp(role->valuestring, "user") == 0)
-                s_content_text(cJSON_GetObjectItemCaseSensitive(m, "content"),
-                               text, sizeof text);
-        }
-    }
+    char text[1024], reply[1100], id[40];
+    s_echo_text(call, text, sizeof text);
     snprintf(reply, sizeof reply, "echo: %s", text);
+    snprintf(id, sizeof id, "echo-%016llx", (unsigned long long)h);
     int64_t completion_tokens = ((int64_t)strlen(reply) + 3) / 4;
-
+    bool completion = call->op == LLMQ_OP_COMPLETION;
+    cJSON *r = cJSON_CreateObject();
     cJSON_AddStringToObject(r, "id", id);
     cJSON_AddStringToObject(r, "object",
-                            call->op == LLMQ_OP_COMPLETION ? "text_completion"
-                                                           : "chat.completion");
+                            completion ? "text_completion" : "chat.completion");
     cJSON_AddNumberToObject(r, "created", 0);
-    cJSON_AddStringToObject(r, "model", model);
-    cJSON *choices = cJSON_AddArrayToObject(r, "choices");
+    cJSON_AddStringToObject(r, "model", call->model ? call->model : "echo");
     cJSON *c = cJSON_CreateObject();
     cJSON_AddNumberToObject(c, "index", 0);
-    if (call->op == LLMQ_OP_COMPLETION)
+    if (completion)
         cJSON_AddStringToObject(c, "text", reply);
     else {
         cJSON *msg = cJSON_AddObjectToObject(c, "message");
@@ -127,12 +131,8 @@ static cJSON *s_answer(const llmq_provider_t *self, const llmq_call_t *call,
         cJSON_AddStringToObject(msg, "content", reply);
     }
     cJSON_AddStringToObject(c, "finish_reason", "stop");
-    cJSON_AddItemToArray(choices, c);
-    cJSON *u = cJSON_AddObjectToObject(r, "usage");
-    cJSON_AddNumberToObject(u, "prompt_tokens", (double)prompt_tokens);
-    cJSON_AddNumberToObject(u, "completion_tokens", (double)completion_tokens);
-    cJSON_AddNumberToObject(u, "total_tokens",
-                            (double)(prompt_tokens + completion_tokens));
+    cJSON_AddItemToArray(cJSON_AddArrayToObject(r, "choices"), c);
+    llmq_usage_add_json(r, prompt_tokens, completion_tokens);
     usage->prompt_tokens = prompt_tokens;
     usage->completion_tokens = completion_tokens;
     usage->total_tokens = prompt_tokens + completion_tokens;
@@ -142,11 +142,5 @@ static cJSON *s_answer(const llmq_provider_t *self, const llmq_call_t *call,
 const llmq_provider_ops_t llmq_provider_echo_ops = {
     .kind = "echo",
     .http = false,
-    .build = NULL,
-    .parse = NULL,
-    .stream_event = NULL,
-    .classify = llmq_classify_http,
-    .header = llmq_ratelimit_header,
-    .health = NULL,
     .answer = s_answer,
 };

@@ -27,51 +27,30 @@ static const char *s_route(llmq_op_t op)
     }
 }
 
-static char *s_url(const llmq_provider_t *self, const char *route)
-{
-    const char *base = llmq_provider_base_url(self);
-    size_t n = strlen(base) + strlen(route) + 1;
-    char *url = malloc(n);
-    if (url)
-        snprintf(url, n, "%s%s", base, route);
-    return url;
-}
-
-/*  Authorization header; the only place the key is formatted. */
+/*  Authorization: Bearer. */
 static struct curl_slist *s_auth(const llmq_provider_t *self,
                                  struct curl_slist *headers)
 {
-    const char *key = llmq_provider_api_key(self);
-    if (key && *key) {
-        size_t n = strlen(key) + 32;
-        char *h = malloc(n);
-        if (!h)
-            return headers;
-        snprintf(h, n, "Authorization: Bearer %s", key);
-        headers = curl_slist_append(headers, h);
-        memset(h, 0, n);
-        free(h);
-    }
-    return headers;
+    return llmq_provider_key_header(self, headers, "Authorization: Bearer ");
 }
 
-static int s_build(const llmq_provider_t *self, const llmq_call_t *call,
-                   llmq_http_t *http, llmq_perr_t *err)
+/*  The request body: the call's model wins, stream as the worker relays.
+    Returns NULL (err set) on a bad call. */
+static cJSON *s_body(const llmq_call_t *call, llmq_perr_t *err)
 {
-    const char *route = s_route(call->op);
-    if (!route) {
+    if (!s_route(call->op)) {
         llmq_perr_set(err, LLMQ_ERR_INVALID_REQUEST, 0, false, "unknown op");
-        return -1;
+        return NULL;
     }
     if (!cJSON_IsObject(call->body)) {
         llmq_perr_set(err, LLMQ_ERR_INVALID_REQUEST, 0, false,
                       "request payload must be a map (an OpenAI request body)");
-        return -1;
+        return NULL;
     }
     cJSON *body = cJSON_Duplicate(call->body, true);
     if (!body) {
         llmq_perr_set(err, LLMQ_ERR_INTERNAL, 0, true, "out of memory");
-        return -1;
+        return NULL;
     }
     if (call->model && *call->model) {
         cJSON_DeleteItemFromObjectCaseSensitive(body, "model");
@@ -84,22 +63,20 @@ static int s_build(const llmq_provider_t *self, const llmq_call_t *call,
         cJSON *so = cJSON_AddObjectToObject(body, "stream_options");
         cJSON_AddTrueToObject(so, "include_usage");
     }
-    http->body = cJSON_PrintUnformatted(body);
-    cJSON_Delete(body);
-    http->url = s_url(self, route);
-    if (!http->body || !http->url) {
-        llmq_http_reset(http);
-        llmq_perr_set(err, LLMQ_ERR_INTERNAL, 0, true, "out of memory");
+    return body;
+}
+
+static int s_build(const llmq_provider_t *self, const llmq_call_t *call,
+                   llmq_http_t *http, llmq_perr_t *err)
+{
+    cJSON *body = s_body(call, err);
+    if (!body)
         return -1;
-    }
-    http->body_len = strlen(http->body);
-    http->post = true;
-    http->headers = curl_slist_append(NULL, "Content-Type: application/json");
-    http->headers = curl_slist_append(http->headers, "Expect:");
+    if (llmq_http_post_json(self, s_route(call->op), body, http, err))
+        return -1;
     if (call->stream)
         http->headers =
             curl_slist_append(http->headers, "Accept: text/event-stream");
-    http->headers = s_auth(self, http->headers);
     return 0;
 }
 
@@ -163,13 +140,133 @@ static int s_stream_event(llmq_stream_t *st, const char *event,
     return 0;
 }
 
-static int s_health(const llmq_provider_t *self, llmq_http_t *http)
+/*  --- Batch API: Files + Batches, one JSONL file per job --------------- */
+
+/*  {custom_id, method, url, body}: the realtime body, never streamed. */
+static cJSON *s_batch_line(const llmq_provider_t *self, const llmq_call_t *call,
+                           const char *custom_id, llmq_perr_t *err)
 {
-    http->url = s_url(self, "/models");
-    http->post = false;
-    http->headers = s_auth(self, NULL);
-    return http->url ? 0 : -1;
+    (void)self;
+    llmq_call_t once = *call;
+    once.stream = false;
+    cJSON *body = s_body(&once, err);
+    if (!body)
+        return NULL;
+    char url[64];
+    snprintf(url, sizeof url, "/v1%s", s_route(call->op));
+    cJSON *line = cJSON_CreateObject();
+    cJSON_AddStringToObject(line, "custom_id", custom_id);
+    cJSON_AddStringToObject(line, "method", "POST");
+    cJSON_AddStringToObject(line, "url", url);
+    cJSON_AddItemToObject(line, "body", body);
+    return line;
 }
+
+/*  The batch over the uploaded file, tagged with the job for lookups. */
+static char *s_batch_create(llmq_op_t op, const char *job, const char *file_id)
+{
+    char url[64];
+    snprintf(url, sizeof url, "/v1%s", s_route(op) ? s_route(op) : "");
+    cJSON *create = cJSON_CreateObject();
+    cJSON_AddStringToObject(create, "input_file_id", file_id);
+    cJSON_AddStringToObject(create, "endpoint", url);
+    cJSON_AddStringToObject(create, "completion_window", "24h");
+    cJSON *meta = cJSON_AddObjectToObject(create, "metadata");
+    cJSON_AddStringToObject(meta, "llmq_job", job);
+    char *text = cJSON_PrintUnformatted(create);
+    cJSON_Delete(create);
+    return text;
+}
+
+static void s_batch_status(const cJSON *b, llmq_batch_status_t *s)
+{
+    static const char *known[] = {"validating", "in_progress", "finalizing",
+                                  "completed",  "failed",      "expired",
+                                  "cancelling", "cancelled"};
+    memset(s, 0, sizeof *s);
+    s->id = llmq_json_str(b, "id");
+    const char *st = llmq_json_str(b, "status");
+    s->state = "in_progress";
+    for (size_t i = 0; st && i < sizeof known / sizeof known[0]; i++)
+        if (strcmp(st, known[i]) == 0)
+            s->state = known[i];
+    const cJSON *rc = cJSON_GetObjectItemCaseSensitive(b, "request_counts");
+    s->total = llmq_json_int(rc, "total");
+    s->done = llmq_json_int(rc, "completed");
+    s->failed = llmq_json_int(rc, "failed");
+    s->input_file = llmq_json_str(b, "input_file_id");
+    s->output_file = llmq_json_str(b, "output_file_id");
+    s->error_file = llmq_json_str(b, "error_file_id");
+    s->created_ms = llmq_json_int(b, "created_at") * 1000;
+}
+
+/*  The create call tagged the batch with metadata {llmq_job}. */
+static int s_batch_match(const cJSON *b, const char *job, int64_t count,
+                         int64_t time_ms)
+{
+    (void)count;
+    (void)time_ms;
+    const char *tag = llmq_json_str(
+        cJSON_GetObjectItemCaseSensitive(b, "metadata"), "llmq_job");
+    return tag && strcmp(tag, job) == 0 ? 2 : 0;
+}
+
+/*  One line of the output or error file: {custom_id, response
+    {status_code, body}, error}. */
+static int s_batch_result(const llmq_provider_t *self, const cJSON *line,
+                          llmq_batch_answer_t *r)
+{
+    memset(r, 0, sizeof *r);
+    r->custom_id = llmq_json_str(line, "custom_id");
+    if (!r->custom_id)
+        return -1;
+    const cJSON *resp = cJSON_GetObjectItemCaseSensitive(line, "response");
+    const cJSON *error = cJSON_GetObjectItemCaseSensitive(line, "error");
+    int status = (int)llmq_json_int(resp, "status_code");
+    const cJSON *body = cJSON_GetObjectItemCaseSensitive(resp, "body");
+    if (status == 200 && cJSON_IsObject(body)) {
+        r->body = cJSON_Duplicate(body, true);
+        const cJSON *u = cJSON_GetObjectItemCaseSensitive(body, "usage");
+        r->usage.prompt_tokens = llmq_json_int(u, "prompt_tokens");
+        r->usage.completion_tokens = llmq_json_int(u, "completion_tokens");
+        return 0;
+    }
+    if (cJSON_IsObject(error) && !cJSON_IsObject(resp)) {
+        /*  The line never ran (batch_expired, cancelled): the same request
+            can succeed later, so it is retryable. */
+        const char *code = llmq_json_str(error, "code");
+        const char *message = llmq_json_str(error, "message");
+        llmq_perr_set(&r->err,
+                      code && strstr(code, "expired")
+                          ? LLMQ_ERR_DEADLINE_EXCEEDED
+                          : LLMQ_ERR_PROVIDER_ERROR,
+                      0, true, "%s", message ? message : "");
+        return 0;
+    }
+    /*  It ran and failed: the realtime classifier on its status and body. */
+    char *text = body ? cJSON_PrintUnformatted(body) : NULL;
+    llmq_provider_classify(self, status, text, text ? strlen(text) : 0,
+                           &r->err);
+    free(text);
+    return 0;
+}
+
+static const llmq_batch_ops_t s_batch = {
+    .batches = "/batches",
+    .after = "after",
+    .files = "/files",
+    .results = NULL,
+    .head = "",
+    .sep = "\n",
+    .tail = "\n",
+    .ops =
+        1u << LLMQ_OP_CHAT | 1u << LLMQ_OP_COMPLETION | 1u << LLMQ_OP_EMBEDDING,
+    .line = s_batch_line,
+    .create = s_batch_create,
+    .status = s_batch_status,
+    .match = s_batch_match,
+    .result = s_batch_result,
+};
 
 const llmq_provider_ops_t llmq_provider_openai_ops = {
     .kind = "openai",
@@ -177,8 +274,6 @@ const llmq_provider_ops_t llmq_provider_openai_ops = {
     .build = s_build,
     .parse = s_parse,
     .stream_event = s_stream_event,
-    .classify = llmq_classify_http,
-    .header = llmq_ratelimit_header,
-    .health = s_health,
-    .answer = NULL,
+    .auth = s_auth,
+    .batch = &s_batch,
 };

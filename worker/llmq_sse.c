@@ -51,8 +51,7 @@ void llmq_sse_destroy(llmq_sse_t **self_p)
     }
 }
 
-/*  Append to a growable buffer, bounded by max. */
-static int s_append(char **buf, size_t *len, size_t *cap, const char *src,
+int llmq_buf_append(char **buf, size_t *len, size_t *cap, const char *src,
                     size_t n, size_t max)
 {
     if (*len + n + 1 > max)
@@ -102,10 +101,11 @@ static int s_line(llmq_sse_t *self, const char *line, size_t len)
         value_len--;
     }
     if (name_len == 4 && memcmp(line, "data", 4) == 0) {
-        if ((self->has_data && s_append(&self->data, &self->data_len,
-                                        &self->data_cap, "\n", 1, self->max)) ||
-            s_append(&self->data, &self->data_len, &self->data_cap, value,
-                     value_len, self->max)) {
+        if ((self->has_data &&
+             llmq_buf_append(&self->data, &self->data_len, &self->data_cap,
+                             "\n", 1, self->max)) ||
+            llmq_buf_append(&self->data, &self->data_len, &self->data_cap,
+                            value, value_len, self->max)) {
             self->broken = true;
             return -1;
         }
@@ -134,8 +134,8 @@ int llmq_sse_feed(llmq_sse_t *self, const char *data, size_t size)
         while (j < size && data[j] != '\n' && data[j] != '\r')
             j++;
         if (j == size) {
-            if (s_append(&self->line, &self->line_len, &self->line_cap,
-                         data + i, size - i, self->max)) {
+            if (llmq_buf_append(&self->line, &self->line_len, &self->line_cap,
+                                data + i, size - i, self->max)) {
                 self->broken = true;
                 return -1;
             }
@@ -143,8 +143,8 @@ int llmq_sse_feed(llmq_sse_t *self, const char *data, size_t size)
         }
         int rc;
         if (self->line_len) {
-            if (s_append(&self->line, &self->line_len, &self->line_cap,
-                         data + i, j - i, self->max)) {
+            if (llmq_buf_append(&self->line, &self->line_len, &self->line_cap,
+                                data + i, j - i, self->max)) {
                 self->broken = true;
                 return -1;
             }

@@ -46,6 +46,13 @@ int llmq_sse_finish(llmq_sse_t *self);
 /*  Events dispatched so far. */
 size_t llmq_sse_count(const llmq_sse_t *self);
 
+/*  Append n bytes of src to a growable, NUL-terminated buffer (*buf of
+    *len bytes in *cap), keeping it under max bytes. Returns 0, or -1 (too
+    large or out of memory; the buffer is unchanged). The SSE parser's
+    lines and events and the worker's HTTP bodies grow this way. */
+int llmq_buf_append(char **buf, size_t *len, size_t *cap, const char *src,
+                    size_t n, size_t max);
+
 int llmq_sse_test(bool verbose);
 
 #ifdef __cplusplus

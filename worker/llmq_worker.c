@@ -757,21 +757,9 @@ static size_t s_on_write(char *data, size_t size, size_t nmemb, void *arg)
         }
         return n;
     }
-    if (job->len + n > S_MAX_BODY)
-        return 0;
-    if (job->len + n + 1 > job->cap) {
-        size_t cap = job->cap ? job->cap : 2048;
-        while (cap < job->len + n + 1)
-            cap *= 2;
-        char *nb = realloc(job->buf, cap);
-        if (!nb)
-            return 0;
-        job->buf = nb;
-        job->cap = cap;
-    }
-    memcpy(job->buf + job->len, data, n);
-    job->len += n;
-    job->buf[job->len] = 0;
+    if (llmq_buf_append(&job->buf, &job->len, &job->cap, data, n,
+                        (size_t)S_MAX_BODY + 1))
+        return 0; /* too large: aborts the transfer */
     return n;
 }
 
@@ -1949,11 +1937,7 @@ llmq_worker_t *llmq_worker_new(llmq_worker_config_t **config_p, char *errbuf,
     if (cfg->batch_api) {
         /*  Provider Batch API tasks (issue 8) run on the first shard. */
         llmq_batch_api_config_t bc = {
-            .kind = cfg->provider,
-            .base_url = cfg->base_url,
-            .api_key = cfg->api_key,
-            .anthropic_version = cfg->anthropic_version,
-            .default_max_tokens = cfg->default_max_tokens,
+            .provider = self->provider,
             .verbose = cfg->verbose,
         };
         if (llmq_provider_uses_http(self->provider))

@@ -13,6 +13,8 @@
 #include <cyaml/cyaml.h>
 #include <errno.h>
 #include <getopt.h>
+#include <stddef.h>
+#include <stdint.h>
 #include <limits.h>
 #include <stdarg.h>
 #include <stdlib.h>
@@ -298,6 +300,173 @@ static long s_key_line(const char *path, const char *key)
     return found;
 }
 
+enum {
+    F_BROKER = 1000,
+    F_NAME,
+    F_POOL,
+    F_PROVIDER,
+    F_BASE_URL,
+    F_MODEL,
+    F_CAPACITY,
+    F_RPM,
+    F_TPM,
+    F_BURST,
+    F_GROUP,
+    F_ATTEMPTS,
+    F_TIMEOUT,
+    F_CONNECT_TIMEOUT,
+    F_RETRY_BASE,
+    F_RETRY_CAP,
+    F_BRK_FAIL,
+    F_BRK_COOL,
+    F_DRAIN,
+    F_CONFIG,
+    F_VERBOSE,
+    F_JSON,
+    F_HELP,
+    F_VERSION,
+    F_CHECK,
+    F_KEY_ENV,
+    F_MAX_TOKENS,
+    F_BATCH_API,
+    F_HB,
+    F_CURVE_CERT,
+    F_BROKER_KEY,
+    F_METRICS
+};
+
+/*  The settings, as tables: a string, a number in [lo, hi] (durations for
+    the -ms flags) or a switch, each with its flag, its field and its place
+    in the YAML file (S_NONE: flags only). */
+#define S_FIELD(name) offsetof(llmq_worker_config_t, name)
+#define S_YAML(name) offsetof(s_yaml_t, name)
+#define S_NONE SIZE_MAX
+
+static const struct {
+    int flag;
+    size_t field; /* char * */
+    size_t yaml;  /* char * */
+} s_str_flags[] = {
+    {F_BROKER, S_FIELD(broker), S_YAML(broker)},
+    {F_NAME, S_FIELD(name), S_YAML(name)},
+    {F_POOL, S_FIELD(pool), S_YAML(pool)},
+    {F_PROVIDER, S_FIELD(provider), S_YAML(provider)},
+    {F_BASE_URL, S_FIELD(base_url), S_YAML(base_url)},
+    {F_GROUP, S_FIELD(limit_group), S_YAML(limit_group)},
+    {F_KEY_ENV, S_FIELD(api_key_env), S_YAML(api_key_env)},
+    {F_CURVE_CERT, S_FIELD(curve_cert), S_YAML(curve_cert)},
+    {F_BROKER_KEY, S_FIELD(broker_key), S_YAML(broker_key)},
+    {F_METRICS, S_FIELD(metrics), S_YAML(metrics)},
+};
+
+static const struct {
+    int flag;
+    size_t field; /* int64_t */
+    size_t yaml;  /* int64_t, 0 there: not set */
+    int64_t lo, hi;
+} s_num_flags[] = {
+    {F_CAPACITY, S_FIELD(capacity), S_YAML(capacity), 1, 100000},
+    {F_RPM, S_FIELD(rpm), S_YAML(limits.rpm), 0, INT64_MAX / 2},
+    {F_TPM, S_FIELD(tpm), S_YAML(limits.tpm), 0, INT64_MAX / 2},
+    {F_BURST, S_FIELD(burst_ms), S_YAML(limits.burst_ms), 1, INT64_MAX / 2},
+    {F_ATTEMPTS, S_FIELD(max_attempts), S_YAML(retry.max_attempts), 1, 100},
+    {F_TIMEOUT, S_FIELD(timeout_ms), S_YAML(timeout_ms), 1, INT64_MAX / 2},
+    {F_CONNECT_TIMEOUT, S_FIELD(connect_timeout_ms), S_YAML(connect_timeout_ms),
+     1, INT64_MAX / 2},
+    {F_RETRY_BASE, S_FIELD(retry_base_ms), S_YAML(retry.base_ms), 0,
+     INT64_MAX / 2},
+    {F_RETRY_CAP, S_FIELD(retry_cap_ms), S_YAML(retry.cap_ms), 0,
+     INT64_MAX / 2},
+    {F_BRK_FAIL, S_FIELD(breaker_failures), S_YAML(breaker.failures), 1,
+     INT64_MAX / 2},
+    {F_BRK_COOL, S_FIELD(breaker_cooldown_ms), S_YAML(breaker.cooldown_ms), 1,
+     INT64_MAX / 2},
+    {F_DRAIN, S_FIELD(drain_ms), S_YAML(drain_ms), 0, INT64_MAX / 2},
+    {F_HB, S_FIELD(heartbeat_ms), S_YAML(heartbeat_ms), 10, INT64_MAX / 2},
+    {F_MAX_TOKENS, S_FIELD(default_max_tokens),
+     S_YAML(anthropic.default_max_tokens), 1, INT64_MAX / 2},
+};
+
+static const struct {
+    int flag;
+    size_t field; /* bool */
+    size_t yaml;  /* bool, or S_NONE */
+} s_bool_flags[] = {
+    {F_BATCH_API, S_FIELD(batch_api), S_YAML(batch_api)},
+    {F_CHECK, S_FIELD(check_only), S_NONE},
+    {F_VERBOSE, S_FIELD(verbose), S_YAML(verbose)},
+    {F_JSON, S_FIELD(json_logs), S_YAML(json_logs)},
+};
+
+#define S_COUNT(table) (sizeof table / sizeof table[0])
+
+/*  The file's settings over the defaults. */
+static void s_apply_yaml(llmq_worker_config_t *self, s_yaml_t *y)
+{
+    char *base = (char *)self, *file = (char *)y;
+    for (size_t i = 0; i < S_COUNT(s_str_flags); i++)
+        s_set((char **)(base + s_str_flags[i].field),
+              *(char **)(file + s_str_flags[i].yaml));
+    for (size_t i = 0; i < S_COUNT(s_num_flags); i++) {
+        int64_t v = *(int64_t *)(file + s_num_flags[i].yaml);
+        if (v)
+            *(int64_t *)(base + s_num_flags[i].field) = v;
+    }
+    for (size_t i = 0; i < S_COUNT(s_bool_flags); i++)
+        if (s_bool_flags[i].yaml != S_NONE)
+            *(bool *)(base + s_bool_flags[i].field) |=
+                *(bool *)(file + s_bool_flags[i].yaml);
+    if (y->api_key) {
+        s_wipe(self->api_key);
+        s_set(&self->api_key, y->api_key);
+        s_wipe(y->api_key);
+    }
+    if (y->models_count) {
+        s_models_clear(self);
+        for (unsigned i = 0; i < y->models_count; i++)
+            s_models_add(self, y->models[i]);
+    }
+    s_set(&self->anthropic_version, y->anthropic.version);
+}
+
+/*  A YAML load failure as "file:line: what" in errbuf. */
+static void s_yaml_error(const char *path, cyaml_err_t rc, const char *logtext,
+                         char *errbuf, size_t errlen)
+{
+    /*  Find "line: N" (libcyaml backtrace) or "line N" (libyaml). */
+    long line = 0;
+    const char *at = strstr(logtext, "line: ");
+    if (at)
+        line = strtol(at + 6, NULL, 10);
+    else if ((at = strstr(logtext, "line ")))
+        line = strtol(at + 5, NULL, 10);
+    /*  First line of the log, without "Load: ". */
+    char first[400] = "";
+    const char *m = logtext;
+    if (strncmp(m, "Load: ", 6) == 0)
+        m += 6;
+    size_t n = strcspn(m, "\n");
+    if (n >= sizeof first)
+        n = sizeof first - 1;
+    memcpy(first, m, n);
+    first[n] = 0;
+    if (!*first)
+        snprintf(first, sizeof first, "%s", cyaml_strerror(rc));
+    /*  For an unknown key libcyaml names the mapping's line, not the
+        key's: look the key up in the file. */
+    if (strncmp(first, "Unexpected key: ", 16) == 0) {
+        long at_line = s_key_line(path, first + 16);
+        if (at_line > 0)
+            line = at_line;
+    }
+    if (rc == CYAML_ERR_FILE_OPEN)
+        snprintf(errbuf, errlen, "%s: cannot open: %s", path, strerror(errno));
+    else if (line > 0)
+        snprintf(errbuf, errlen, "%s:%ld: %s", path, line, first);
+    else
+        snprintf(errbuf, errlen, "%s: %s", path, first);
+}
+
 static int s_load_file(llmq_worker_config_t *self, const char *path,
                        char *errbuf, size_t errlen)
 {
@@ -313,85 +482,12 @@ static int s_load_file(llmq_worker_config_t *self, const char *path,
     cyaml_err_t rc =
         cyaml_load_file(path, &cc, &s_top_schema, (cyaml_data_t **)&y, NULL);
     if (rc != CYAML_OK) {
-        /*  Find "line: N" (libcyaml backtrace) or "line N" (libyaml). */
-        long line = 0;
-        const char *at = strstr(log.text, "line: ");
-        if (at)
-            line = strtol(at + 6, NULL, 10);
-        else if ((at = strstr(log.text, "line ")))
-            line = strtol(at + 5, NULL, 10);
-        /*  First line of the log, without "Load: ". */
-        char first[400] = "";
-        const char *m = log.text;
-        if (strncmp(m, "Load: ", 6) == 0)
-            m += 6;
-        size_t n = strcspn(m, "\n");
-        if (n >= sizeof first)
-            n = sizeof first - 1;
-        memcpy(first, m, n);
-        first[n] = 0;
-        if (!*first)
-            snprintf(first, sizeof first, "%s", cyaml_strerror(rc));
-        /*  For an unknown key libcyaml names the mapping's line, not the
-            key's: look the key up in the file. */
-        if (strncmp(first, "Unexpected key: ", 16) == 0) {
-            long at_line = s_key_line(path, first + 16);
-            if (at_line > 0)
-                line = at_line;
-        }
-        if (rc == CYAML_ERR_FILE_OPEN)
-            snprintf(errbuf, errlen, "%s: cannot open: %s", path,
-                     strerror(errno));
-        else if (line > 0)
-            snprintf(errbuf, errlen, "%s:%ld: %s", path, line, first);
-        else
-            snprintf(errbuf, errlen, "%s: %s", path, first);
+        s_yaml_error(path, rc, log.text, errbuf, errlen);
         return -1;
     }
     if (!y)
         return 0; /* empty document */
-    s_set(&self->broker, y->broker);
-    s_set(&self->name, y->name);
-    s_set(&self->pool, y->pool);
-    s_set(&self->provider, y->provider);
-    s_set(&self->base_url, y->base_url);
-    if (y->api_key) {
-        s_wipe(self->api_key);
-        s_set(&self->api_key, y->api_key);
-        s_wipe(y->api_key);
-    }
-    s_set(&self->api_key_env, y->api_key_env);
-    s_set(&self->limit_group, y->limit_group);
-    s_set(&self->curve_cert, y->curve_cert);
-    s_set(&self->broker_key, y->broker_key);
-    s_set(&self->metrics, y->metrics);
-    if (y->models_count) {
-        s_models_clear(self);
-        for (unsigned i = 0; i < y->models_count; i++)
-            s_models_add(self, y->models[i]);
-    }
-#define S_INT(dst, src)                                                        \
-    if (src)                                                                   \
-    self->dst = src
-    S_INT(capacity, y->capacity);
-    S_INT(timeout_ms, y->timeout_ms);
-    S_INT(connect_timeout_ms, y->connect_timeout_ms);
-    S_INT(drain_ms, y->drain_ms);
-    S_INT(heartbeat_ms, y->heartbeat_ms);
-    S_INT(rpm, y->limits.rpm);
-    S_INT(tpm, y->limits.tpm);
-    S_INT(burst_ms, y->limits.burst_ms);
-    S_INT(max_attempts, y->retry.max_attempts);
-    S_INT(retry_base_ms, y->retry.base_ms);
-    S_INT(retry_cap_ms, y->retry.cap_ms);
-    S_INT(breaker_failures, y->breaker.failures);
-    S_INT(breaker_cooldown_ms, y->breaker.cooldown_ms);
-    S_INT(default_max_tokens, y->anthropic.default_max_tokens);
-#undef S_INT
-    s_set(&self->anthropic_version, y->anthropic.version);
-    self->batch_api |= y->batch_api;
-    self->verbose |= y->verbose;
-    self->json_logs |= y->json_logs;
+    s_apply_yaml(self, y);
     if (y->pricing_count) {
         self->pricing = calloc(y->pricing_count, sizeof(llmq_price_t));
         if (self->pricing) {
@@ -446,41 +542,6 @@ static int s_load_env(llmq_worker_config_t *self, char *errbuf, size_t errlen)
         self->json_logs = true;
     return 0;
 }
-
-enum {
-    F_BROKER = 1000,
-    F_NAME,
-    F_POOL,
-    F_PROVIDER,
-    F_BASE_URL,
-    F_MODEL,
-    F_CAPACITY,
-    F_RPM,
-    F_TPM,
-    F_BURST,
-    F_GROUP,
-    F_ATTEMPTS,
-    F_TIMEOUT,
-    F_CONNECT_TIMEOUT,
-    F_RETRY_BASE,
-    F_RETRY_CAP,
-    F_BRK_FAIL,
-    F_BRK_COOL,
-    F_DRAIN,
-    F_CONFIG,
-    F_VERBOSE,
-    F_JSON,
-    F_HELP,
-    F_VERSION,
-    F_CHECK,
-    F_KEY_ENV,
-    F_MAX_TOKENS,
-    F_BATCH_API,
-    F_HB,
-    F_CURVE_CERT,
-    F_BROKER_KEY,
-    F_METRICS
-};
 
 static const struct option s_options[] = {
     {"broker", required_argument, 0, F_BROKER},
@@ -598,9 +659,9 @@ void llmq_worker_config_usage(FILE *out)
         "(--check-only), 1 other failure.\n");
 }
 
-/*  The final touches once every layer is in: provider defaults, key,
-    names, checks. */
-static int s_finish(llmq_worker_config_t *self, char *errbuf, size_t errlen)
+/*  The provider's default base URL and key. Returns 0 or -1 (errbuf). */
+static int s_finish_provider(llmq_worker_config_t *self, char *errbuf,
+                             size_t errlen)
 {
     if (!self->provider)
         s_set(&self->provider, "sim");
@@ -649,8 +710,8 @@ static int s_finish(llmq_worker_config_t *self, char *errbuf, size_t errlen)
         s_set(&self->api_key, "sk-llmq-sim");
     if (!self->api_key)
         s_set(&self->api_key, "");
-    /*  Official endpoints need a key; local OpenAI-compatible servers may not.
-     */
+    /*  Official endpoints need a key; local OpenAI-compatible servers may
+        not. */
     if (!*self->api_key && default_url &&
         strcmp(self->base_url, default_url) == 0 && (openai || anthropic)) {
         snprintf(errbuf, errlen,
@@ -659,20 +720,24 @@ static int s_finish(llmq_worker_config_t *self, char *errbuf, size_t errlen)
                  openai ? "OPENAI_API_KEY" : "ANTHROPIC_API_KEY");
         return -1;
     }
+    return 0;
+}
+
+/*  Name, identity, pool and models. Returns 0 or -1 (errbuf). */
+static int s_finish_names(llmq_worker_config_t *self, char *errbuf,
+                          size_t errlen)
+{
     if (!self->pool)
-        s_set(&self->pool, kind);
+        s_set(&self->pool, self->provider);
     char host[64] = "host";
     gethostname(host, sizeof host - 1);
     host[sizeof host - 1] = 0;
     char buf[300];
-    if (!self->name) {
-        snprintf(buf, sizeof buf, "%s-%s-%d", self->pool, host, (int)getpid());
+    snprintf(buf, sizeof buf, "%s-%s-%d", self->name ? self->name : self->pool,
+             host, (int)getpid());
+    if (!self->name)
         s_set(&self->name, buf);
-        s_set(&self->identity, buf);
-    } else {
-        snprintf(buf, sizeof buf, "%s-%s-%d", self->name, host, (int)getpid());
-        s_set(&self->identity, buf);
-    }
+    s_set(&self->identity, buf);
     if (strlen(self->name) > 128 || strlen(self->pool) > 128) {
         snprintf(errbuf, errlen, "--name/--pool: at most 128 bytes");
         return -1;
@@ -684,13 +749,12 @@ static int s_finish(llmq_worker_config_t *self, char *errbuf, size_t errlen)
     if (self->models_count == 0) {
         /*  A model list is needed to be routed to; echo and sim answer any
             model, so they announce "*". */
-        if (echo || sim)
-            s_models_add(self, "*");
-        else {
+        if (strcmp(self->provider, "echo") && strcmp(self->provider, "sim")) {
             snprintf(errbuf, errlen,
                      "--model: name at least one model this worker serves");
             return -1;
         }
+        s_models_add(self, "*");
     }
     for (size_t i = 0; i < self->models_count; i++)
         if (strlen(self->models[i]) > 256) {
@@ -698,6 +762,14 @@ static int s_finish(llmq_worker_config_t *self, char *errbuf, size_t errlen)
                      "--model: a model name is at most 256 bytes");
             return -1;
         }
+    return 0;
+}
+
+/*  Numbers in range, URLs that look like URLs, CURVE settings. Returns 0
+    or -1 (errbuf). */
+static int s_finish_checks(llmq_worker_config_t *self, char *errbuf,
+                           size_t errlen)
+{
     if (self->capacity < 1 || self->capacity > 100000 ||
         self->max_attempts < 1 || self->timeout_ms < 1 ||
         self->connect_timeout_ms < 1 || self->retry_base_ms < 0 ||
@@ -735,49 +807,92 @@ static int s_finish(llmq_worker_config_t *self, char *errbuf, size_t errlen)
                : 0;
 }
 
-int llmq_worker_config_load(llmq_worker_config_t **config_p, int argc,
-                            char **argv, char *errbuf, size_t errlen)
+/*  The final touches once every layer is in: provider defaults, key,
+    names, checks. */
+static int s_finish(llmq_worker_config_t *self, char *errbuf, size_t errlen)
 {
-    *config_p = NULL;
-    llmq_worker_config_t *self = calloc(1, sizeof *self);
-    if (!self) {
-        snprintf(errbuf, errlen, "out of memory");
-        return LLMQ_CONFIG_ERROR;
-    }
-    s_defaults(self);
+    if (s_finish_provider(self, errbuf, errlen) ||
+        s_finish_names(self, errbuf, errlen))
+        return -1;
+    return s_finish_checks(self, errbuf, errlen);
+}
 
-    /*  First pass: only --config, --help, --version and unknown flags. */
-    const char *config_file = getenv("LLMQ_CONFIG");
+/*  A number flag's value into its field. Returns 0 or -1 (errbuf). */
+static int s_num_flag(llmq_worker_config_t *self, size_t i, const char *value,
+                      char *errbuf, size_t errlen)
+{
+    char what[64] = "flag";
+    for (const struct option *o = s_options; o->name; o++)
+        if (o->val == s_num_flags[i].flag)
+            snprintf(what, sizeof what, "--%s", o->name);
+    bool duration = strlen(what) > 3 && !strcmp(what + strlen(what) - 3, "-ms");
+    int64_t *num = (int64_t *)((char *)self + s_num_flags[i].field);
+    return (duration ? s_ms : s_int)(what, value, s_num_flags[i].lo,
+                                     s_num_flags[i].hi, num, errbuf, errlen);
+}
+
+/*  One flag of the second pass. Returns 0 or -1 (errbuf). */
+static int s_flag(llmq_worker_config_t *self, int c, const char *value,
+                  bool *models_from_flags, char *errbuf, size_t errlen)
+{
+    if (c == F_MODEL) {
+        /*  Flags replace the file's list, and add up among themselves. */
+        if (!*models_from_flags)
+            s_models_clear(self);
+        *models_from_flags = true;
+        s_models_add(self, value);
+    }
+    for (size_t i = 0; i < S_COUNT(s_str_flags); i++)
+        if (s_str_flags[i].flag == c)
+            s_set((char **)((char *)self + s_str_flags[i].field), value);
+    for (size_t i = 0; i < S_COUNT(s_bool_flags); i++)
+        if (s_bool_flags[i].flag == c)
+            *(bool *)((char *)self + s_bool_flags[i].field) = true;
+    for (size_t i = 0; i < S_COUNT(s_num_flags); i++)
+        if (s_num_flags[i].flag == c)
+            return s_num_flag(self, i, value, errbuf, errlen);
+    return 0;
+}
+
+/*  First pass: only --config, --help, --version and unknown flags.
+    Returns 0, LLMQ_CONFIG_HELP or LLMQ_CONFIG_ERROR. */
+static int s_first_pass(int argc, char **argv, const char **config_file,
+                        char *errbuf, size_t errlen)
+{
     optind = 1;
     opterr = 0;
     int c;
     while ((c = getopt_long(argc, argv, "h", s_options, NULL)) != -1) {
         if (c == F_HELP || c == 'h') {
             llmq_worker_config_usage(stdout);
-            llmq_worker_config_destroy(&self);
             return LLMQ_CONFIG_HELP;
         }
         if (c == F_VERSION) {
             printf("llmq-worker %s\n", LLMQ_VERSION_STRING);
-            llmq_worker_config_destroy(&self);
             return LLMQ_CONFIG_HELP;
         }
         if (c == F_CONFIG)
-            config_file = optarg;
+            *config_file = optarg;
         if (c == '?' || c == ':') {
             snprintf(errbuf, errlen,
                      "unknown flag or missing value: '%s' (see --help)",
                      argv[optind - 1]);
-            llmq_worker_config_destroy(&self);
             return LLMQ_CONFIG_ERROR;
         }
     }
     if (optind < argc) {
         snprintf(errbuf, errlen, "unexpected argument '%s' (see --help)",
                  argv[optind]);
-        llmq_worker_config_destroy(&self);
         return LLMQ_CONFIG_ERROR;
     }
+    return 0;
+}
+
+/*  The layers below the flags: the file, the SDK variables, LLMQ_*.
+    Returns 0 or -1 (errbuf). */
+static int s_load_layers(llmq_worker_config_t *self, int argc, char **argv,
+                         const char *config_file, char *errbuf, size_t errlen)
+{
     /*  SDK variables are defaults below the file. */
     const char *prov = NULL;
     for (int i = 1; i < argc - 1; i++)
@@ -785,13 +900,10 @@ int llmq_worker_config_load(llmq_worker_config_t **config_p, int argc,
             prov = argv[i + 1];
     if (!prov)
         prov = getenv("LLMQ_PROVIDER");
-
     if (config_file) {
         s_set(&self->config_file, config_file);
-        if (s_load_file(self, config_file, errbuf, errlen)) {
-            llmq_worker_config_destroy(&self);
-            return LLMQ_CONFIG_ERROR;
-        }
+        if (s_load_file(self, config_file, errbuf, errlen))
+            return -1;
     }
     if (!prov)
         prov = self->provider;
@@ -799,137 +911,32 @@ int llmq_worker_config_load(llmq_worker_config_t **config_p, int argc,
         s_set(&self->base_url, getenv("OPENAI_BASE_URL"));
     if (prov && strcmp(prov, "anthropic") == 0 && !self->base_url)
         s_set(&self->base_url, getenv("ANTHROPIC_BASE_URL"));
-    if (s_load_env(self, errbuf, errlen)) {
-        llmq_worker_config_destroy(&self);
+    return s_load_env(self, errbuf, errlen);
+}
+
+int llmq_worker_config_load(llmq_worker_config_t **config_p, int argc,
+                            char **argv, char *errbuf, size_t errlen)
+{
+    *config_p = NULL;
+    const char *config_file = getenv("LLMQ_CONFIG");
+    int rc = s_first_pass(argc, argv, &config_file, errbuf, errlen);
+    if (rc)
+        return rc;
+    llmq_worker_config_t *self = calloc(1, sizeof *self);
+    if (!self) {
+        snprintf(errbuf, errlen, "out of memory");
         return LLMQ_CONFIG_ERROR;
     }
+    s_defaults(self);
+    rc = s_load_layers(self, argc, argv, config_file, errbuf, errlen);
 
     /*  Second pass: every flag, over everything. */
     optind = 1;
     bool models_from_flags = false;
-    while ((c = getopt_long(argc, argv, "h", s_options, NULL)) != -1) {
-        int64_t *num = NULL;
-        int64_t lo = 1, hi = INT64_MAX / 2;
-        const char *flag = argv[optind - 1];
-        switch (c) {
-        case F_BROKER:
-            s_set(&self->broker, optarg);
-            break;
-        case F_NAME:
-            s_set(&self->name, optarg);
-            break;
-        case F_POOL:
-            s_set(&self->pool, optarg);
-            break;
-        case F_PROVIDER:
-            s_set(&self->provider, optarg);
-            break;
-        case F_BASE_URL:
-            s_set(&self->base_url, optarg);
-            break;
-        case F_GROUP:
-            s_set(&self->limit_group, optarg);
-            break;
-        case F_KEY_ENV:
-            s_set(&self->api_key_env, optarg);
-            break;
-        case F_CURVE_CERT:
-            s_set(&self->curve_cert, optarg);
-            break;
-        case F_BROKER_KEY:
-            s_set(&self->broker_key, optarg);
-            break;
-        case F_METRICS:
-            s_set(&self->metrics, optarg);
-            break;
-        case F_MODEL:
-            if (!models_from_flags)
-                s_models_clear(self);
-            models_from_flags = true;
-            s_models_add(self, optarg);
-            break;
-        case F_CAPACITY:
-            num = &self->capacity;
-            hi = 100000;
-            break;
-        case F_RPM:
-            num = &self->rpm;
-            lo = 0;
-            break;
-        case F_TPM:
-            num = &self->tpm;
-            lo = 0;
-            break;
-        case F_BURST:
-            num = &self->burst_ms;
-            break;
-        case F_ATTEMPTS:
-            num = &self->max_attempts;
-            hi = 100;
-            break;
-        case F_TIMEOUT:
-            num = &self->timeout_ms;
-            break;
-        case F_CONNECT_TIMEOUT:
-            num = &self->connect_timeout_ms;
-            break;
-        case F_RETRY_BASE:
-            num = &self->retry_base_ms;
-            lo = 0;
-            break;
-        case F_RETRY_CAP:
-            num = &self->retry_cap_ms;
-            lo = 0;
-            break;
-        case F_BRK_FAIL:
-            num = &self->breaker_failures;
-            break;
-        case F_BRK_COOL:
-            num = &self->breaker_cooldown_ms;
-            break;
-        case F_DRAIN:
-            num = &self->drain_ms;
-            lo = 0;
-            break;
-        case F_HB:
-            num = &self->heartbeat_ms;
-            lo = 10;
-            break;
-        case F_MAX_TOKENS:
-            num = &self->default_max_tokens;
-            break;
-        case F_BATCH_API:
-            self->batch_api = true;
-            break;
-        case F_CHECK:
-            self->check_only = true;
-            break;
-        case F_VERBOSE:
-            self->verbose = true;
-            break;
-        case F_JSON:
-            self->json_logs = true;
-            break;
-        default:
-            break;
-        }
-        if (num) {
-            /*  getopt_long points flag at the value when given as --x=v. */
-            char what[64] = "flag";
-            for (const struct option *o = s_options; o->name; o++)
-                if (o->val == c)
-                    snprintf(what, sizeof what, "--%s", o->name);
-            (void)flag;
-            bool duration =
-                strlen(what) > 3 && !strcmp(what + strlen(what) - 3, "-ms");
-            if ((duration ? s_ms : s_int)(what, optarg, lo, hi, num, errbuf,
-                                          errlen)) {
-                llmq_worker_config_destroy(&self);
-                return LLMQ_CONFIG_ERROR;
-            }
-        }
-    }
-    if (s_finish(self, errbuf, errlen)) {
+    int c;
+    while (!rc && (c = getopt_long(argc, argv, "h", s_options, NULL)) != -1)
+        rc = s_flag(self, c, optarg, &models_from_flags, errbuf, errlen);
+    if (rc || s_finish(self, errbuf, errlen)) {
         llmq_worker_config_destroy(&self);
         return LLMQ_CONFIG_ERROR;
     }
@@ -945,18 +952,10 @@ void llmq_worker_config_destroy(llmq_worker_config_t **self_p)
     s_wipe(self->api_key);
     free(self->api_key);
     free(self->config_file);
-    free(self->broker);
-    free(self->name);
     free(self->identity);
-    free(self->pool);
-    free(self->provider);
-    free(self->base_url);
-    free(self->api_key_env);
-    free(self->limit_group);
-    free(self->curve_cert);
-    free(self->broker_key);
-    free(self->metrics);
     free(self->anthropic_version);
+    for (size_t i = 0; i < S_COUNT(s_str_flags); i++)
+        free(*(char **)((char *)self + s_str_flags[i].field));
     s_models_clear(self);
     for (size_t i = 0; i < self->pricing_count; i++)
         free(self->pricing[i].model);
@@ -1124,26 +1123,20 @@ int llmq_worker_config_test(bool verbose)
           LLMQ_CONFIG_ERROR);
     CHECK(strstr(err, "cannot open"));
 
-    /*  Bad flags. */
-    char *a4[] = {"llmq-worker", "--capacity", "0", NULL};
-    CHECK(llmq_worker_config_load(&cfg, 3, a4, err, sizeof err) ==
-          LLMQ_CONFIG_ERROR);
-    CHECK(strstr(err, "--capacity"));
-    char *a5[] = {"llmq-worker", "--frobnicate", NULL};
-    CHECK(llmq_worker_config_load(&cfg, 2, a5, err, sizeof err) ==
-          LLMQ_CONFIG_ERROR);
-    CHECK(strstr(err, "--frobnicate"));
-    char *a7[] = {"llmq-worker", "--broker", "localhost:5556", NULL};
-    CHECK(llmq_worker_config_load(&cfg, 3, a7, err, sizeof err) ==
-          LLMQ_CONFIG_ERROR);
-    CHECK(strstr(err, "--broker"));
-    char *a8[] = {"llmq-worker", "--base-url", "api.openai.com", NULL};
-    CHECK(llmq_worker_config_load(&cfg, 3, a8, err, sizeof err) ==
-          LLMQ_CONFIG_ERROR);
-    CHECK(strstr(err, "--base-url"));
-    char *a6[] = {"llmq-worker", "--provider", "nope", NULL};
-    CHECK(llmq_worker_config_load(&cfg, 3, a6, err, sizeof err) ==
-          LLMQ_CONFIG_ERROR);
+    /*  Bad flags: refused, and the message names the flag. */
+    struct {
+        char *flag, *value, *named;
+    } bad[] = {{"--capacity", "0", "--capacity"},
+               {"--frobnicate", NULL, "--frobnicate"},
+               {"--broker", "localhost:5556", "--broker"},
+               {"--base-url", "api.openai.com", "--base-url"},
+               {"--provider", "nope", "nope"}};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        char *argv[] = {"llmq-worker", bad[i].flag, bad[i].value, NULL};
+        CHECK(llmq_worker_config_load(&cfg, bad[i].value ? 3 : 2, argv, err,
+                                      sizeof err) == LLMQ_CONFIG_ERROR);
+        CHECK(strstr(err, bad[i].named));
+    }
     CHECK(cfg == NULL);
 
     for (size_t i = 0; i < sizeof vars / sizeof vars[0]; i++)

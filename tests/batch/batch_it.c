@@ -89,6 +89,7 @@ static llmq_msg_t *s_wire(llmq_msg_t **msg_p)
 typedef struct {
     llmq_batch_t *mgr;
     llmq_batch_api_t *api;
+    llmq_provider_t *prov; /* the worker's provider, borrowed by api */
     CURLM *multi;
     zlist_t *inbox; /* worker -> broker messages */
     const char *pool;
@@ -160,11 +161,10 @@ static s_rig_t *s_rig_new(const char *db, const char *url, const char *provider,
     rig->inbox = zlist_new();
     char base[300];
     snprintf(base, sizeof base, "%s/v1", url);
-    llmq_batch_api_config_t ac = {.kind = provider,
-                                  .base_url = base,
-                                  .api_key = KEY,
-                                  .results_page = 2000,
-                                  .verbose = s_verbose};
+    llmq_provider_config_t pc = {provider, base, KEY, NULL, 0};
+    rig->prov = llmq_provider_new(&pc, NULL, 0);
+    llmq_batch_api_config_t ac = {
+        .provider = rig->prov, .results_page = 2000, .verbose = s_verbose};
     rig->api = llmq_batch_api_new(&ac, rig->multi, s_to_broker, rig);
     CHECK(rig->api);
     llmq_batch_api_set_cost(rig->api, s_cost, NULL);
@@ -175,6 +175,7 @@ static void s_rig_destroy(s_rig_t **rig_p)
 {
     s_rig_t *rig = *rig_p;
     llmq_batch_api_destroy(&rig->api);
+    llmq_provider_destroy(&rig->prov);
     curl_multi_cleanup(rig->multi);
     llmq_msg_t *m;
     while ((m = zlist_pop(rig->inbox)))

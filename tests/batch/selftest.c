@@ -1,6 +1,6 @@
 /*  selftest.c - runs the batch classes' selftests (issue 8).
 
-    Usage: llmq_batch_selftest [-v] [store|batch|api|module|all]...
+    Usage: llmq_batch_selftest [-v] [store|batch|api|agree|module|all]...
     (llmq_check.h)
     With no class names it runs every class built into this executable
     (each executable is built with the classes it can link: see
@@ -32,7 +32,8 @@ static const llmq_selftest_t s_tests[] = {
     {"batch", llmq_batch_test},
 #endif
 #ifdef LLMQ_BATCH_API
-    {"api", llmq_batch_api_test},
+    {"api", llmq_batch_api_test},         /* against llmq-sim */
+    {"agree", llmq_batch_api_agree_test}, /* batch = realtime */
 #endif
 #ifdef LLMQ_BATCH_MODULE
     {"module", llmq_batch_module_test},
