@@ -206,12 +206,17 @@ static inline bool llmq_selftest_selected(const char *name, int argc,
 }
 
 /*  The runner main: checks every name first (exit 2 with the list on an
-    unknown one), runs the selected tests in table order, prints a summary,
-    returns 0 if all passed, else 1. */
+    unknown one), runs the selected tests in table order, prints a summary
+    under the executable's name (prog if argv[0] is missing), returns 0 if
+    all passed, else 1. */
 static inline int llmq_selftest_main(const char *prog,
                                      const llmq_selftest_t *tests, size_t count,
                                      int argc, char **argv)
 {
+    if (argc > 0 && argv[0] && *argv[0]) {
+        const char *slash = strrchr(argv[0], '/');
+        prog = slash ? slash + 1 : argv[0];
+    }
     bool verbose = false;
     for (int k = 1; k < argc; k++) {
         if (strcmp(argv[k], "-v") == 0)

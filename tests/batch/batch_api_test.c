@@ -21,14 +21,8 @@
 #include "llmq_provider.h"
 #include "llmq_value.h"
 
-#define S_CHECK(expr)                                                          \
-    do {                                                                       \
-        if (!(expr)) {                                                         \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__,   \
-                    #expr);                                                    \
-            abort();                                                           \
-        }                                                                      \
-    } while (0)
+#include "llmq_check.h"
+#define S_CHECK(expr) LLMQ_CHECK(expr)
 
 #define S_TEST_KEY "sk-test-SECRET-key-1234"
 
@@ -53,52 +47,19 @@ static int64_t s_wall_ms(void)
     timeout, no sleeps). Returns the pid and fills url. */
 static pid_t s_sim_start(char *url, size_t size)
 {
-    const char *dir = getenv("LLMQ_BIN_DIR");
-    char path[512];
-    snprintf(path, sizeof path, "%s/llmq-sim", dir ? dir : ".");
-    if (access(path, X_OK) != 0) {
-        fprintf(stderr, "llmq-sim not found at %s (set LLMQ_BIN_DIR)\n", path);
-        return -1;
-    }
-    int fds[2];
-    S_CHECK(pipe(fds) == 0);
-    pid_t pid = fork();
-    S_CHECK(pid >= 0);
-    if (pid == 0) {
-        /*  If the test dies (a failed check aborts), the sim goes too. */
-        prctl(PR_SET_PDEATHSIG, SIGTERM);
-        dup2(fds[1], 1);
-        close(fds[0]);
-        close(fds[1]);
-        execl(path, "llmq-sim", "--port", "0", "--quiet", "--api-key",
-              S_TEST_KEY, "--batch-validate-ms", "30", "--batch-progress-ms",
-              "150", "--batch-finalize-ms", "30", (char *)NULL);
-        _exit(127);
-    }
-    close(fds[1]);
-    char line[512] = "";
-    size_t len = 0;
-    struct timespec start;
-    clock_gettime(CLOCK_MONOTONIC, &start);
-    while (len < sizeof line - 1 && !strchr(line, '\n')) {
-        struct pollfd pfd = {.fd = fds[0], .events = POLLIN};
-        int rc = poll(&pfd, 1, 10000);
-        if (rc <= 0)
-            break;
-        ssize_t n = read(fds[0], line + len, sizeof line - 1 - len);
-        if (n <= 0)
-            break;
-        len += (size_t)n;
-        line[len] = 0;
-    }
-    close(fds[0]);
-    const char *u = strstr(line, "url=");
-    if (strncmp(line, "ready llmq-sim", 14) != 0 || !u) {
+    const char *args[] = {"--port",   "0",
+                          "--quiet",  "--api-key",
+                          S_TEST_KEY, "--batch-validate-ms",
+                          "30",       "--batch-progress-ms",
+                          "150",      "--batch-finalize-ms",
+                          "30",       NULL};
+    char ready[512];
+    pid_t pid = llmq_check_spawn("llmq-sim", args, ready, sizeof ready, 10000);
+    if (pid > 0 && llmq_check_ready_value(ready, "url", url, size) != 0) {
         kill(pid, SIGTERM);
         waitpid(pid, NULL, 0);
         return -1;
     }
-    snprintf(url, size, "%.*s", (int)strcspn(u + 4, " \r\n"), u + 4);
     return pid;
 }
 

@@ -24,7 +24,8 @@ expect() {
 
 # driver:a fast test it knows
 for pair in broker_selftest:queue worker_selftest:limiter proto_selftest:duration \
-            llmq_batch_selftest:store llmq_client_selftest:jsonl kit_selftest:rmtree; do
+            llmq_batch_selftest:store llmq_batch_api_selftest:agree llmq_client_selftest:jsonl \
+            kit_selftest:rmtree; do
   driver="${pair%%:*}"
   known="${pair#*:}"
   if [ ! -x "$bin/$driver" ]; then
