@@ -21,7 +21,8 @@
     llmq_check_rmtree(path) removes a test's temp dir (no shell).
     llmq_check_spawn(name, args, ...) starts a binary of the build
     ($LLMQ_BIN_DIR) and reads its `ready` line, e.g. llmq-sim on a free
-    port; llmq_check_ready_value(line, "url", ...) reads a value of it.
+    port; llmq_check_ready_value(line, "url", ...) reads a value of it;
+    llmq_check_sim_start(flags, url, ...) is both for llmq-sim.
 
     A selftest runner is a table and one macro (see LLMQ_SELFTEST_MAIN):
 
@@ -169,6 +170,30 @@ static inline int llmq_check_ready_value(const char *line, const char *key,
             return 0;
         }
     return -1;
+}
+
+/*  Starts llmq-sim on a free port (--port 0 --quiet) with flags, a
+    space-separated list (e.g. "--api-key K --latency-ms 5"; at most 24),
+    and fills url from its ready line. Returns the pid, or -1. */
+static inline pid_t llmq_check_sim_start(const char *flags, char *url,
+                                         size_t size)
+{
+    char buf[512];
+    snprintf(buf, sizeof buf, "%s", flags ? flags : "");
+    const char *args[30] = {"--port", "0", "--quiet"};
+    int n = 3;
+    char *save = NULL;
+    for (char *tok = strtok_r(buf, " ", &save); tok && n < 27;
+         tok = strtok_r(NULL, " ", &save))
+        args[n++] = tok;
+    char ready[512];
+    pid_t pid = llmq_check_spawn("llmq-sim", args, ready, sizeof ready, 10000);
+    if (pid > 0 && llmq_check_ready_value(ready, "url", url, size) != 0) {
+        kill(pid, SIGTERM);
+        waitpid(pid, NULL, 0);
+        return -1;
+    }
+    return pid;
 }
 
 /*  One entry of a runner's table: a name (the ctest argument) and a class

@@ -47,19 +47,10 @@ static int64_t s_wall_ms(void)
     timeout, no sleeps). Returns the pid and fills url. */
 static pid_t s_sim_start(char *url, size_t size)
 {
-    const char *args[] = {"--port",   "0",
-                          "--quiet",  "--api-key",
-                          S_TEST_KEY, "--batch-validate-ms",
-                          "30",       "--batch-progress-ms",
-                          "150",      "--batch-finalize-ms",
-                          "30",       NULL};
-    char ready[512];
-    pid_t pid = llmq_check_spawn("llmq-sim", args, ready, sizeof ready, 10000);
-    if (pid > 0 && llmq_check_ready_value(ready, "url", url, size) != 0) {
-        kill(pid, SIGTERM);
-        waitpid(pid, NULL, 0);
-        return -1;
-    }
+    pid_t pid = llmq_check_sim_start(
+        "--api-key " S_TEST_KEY " --batch-validate-ms 30 --batch-progress-ms "
+        "150 --batch-finalize-ms 30",
+        url, size);
     return pid;
 }
 

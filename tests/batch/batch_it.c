@@ -47,16 +47,11 @@ static int64_t s_now(void)
 
 static pid_t s_sim_start(char *url, size_t size)
 {
-    const char *args[] = {"--port",  "0",
-                          "--quiet", "--api-key",
-                          KEY,       "--batch-validate-ms",
-                          "100",     "--batch-progress-ms",
-                          "1000",    "--batch-finalize-ms",
-                          "100",     NULL};
-    char ready[512];
-    pid_t pid = llmq_check_spawn("llmq-sim", args, ready, sizeof ready, 10000);
+    pid_t pid = llmq_check_sim_start(
+        "--api-key " KEY " --batch-validate-ms 100 --batch-progress-ms 1000 "
+        "--batch-finalize-ms 100",
+        url, size);
     CHECK(pid > 0);
-    CHECK(llmq_check_ready_value(ready, "url", url, size) == 0);
     return pid;
 }
 

@@ -90,7 +90,8 @@ static int s_test_rmtree(bool verbose)
 }
 
 /*  llmq_check_ready_value on a made-up line; llmq_check_spawn of a missing
-    binary is -1, of llmq-sim a pid and a url that answers a TCP connect. */
+    binary is -1, of llmq-sim a pid and a url; llmq_check_sim_start with
+    flags, and -1 when llmq-sim refuses them. */
 static int s_test_spawn(bool verbose)
 {
     char out[64];
@@ -114,6 +115,12 @@ static int s_test_spawn(bool verbose)
     int status = 0;
     LLMQ_CHECK_RET(kill(pid, SIGTERM) == 0 && waitpid(pid, &status, 0) == pid);
     LLMQ_CHECK_RET(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    pid = llmq_check_sim_start("--latency-ms 5  --seed 7", out, sizeof out);
+    LLMQ_CHECK_RET(pid > 0 && strncmp(out, "http://", 7) == 0);
+    LLMQ_CHECK_RET(kill(pid, SIGTERM) == 0 && waitpid(pid, &status, 0) == pid);
+    LLMQ_CHECK_RET(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    LLMQ_CHECK_RET(llmq_check_sim_start("--no-such-flag", out, sizeof out) ==
+                   -1);
     return 0;
 }
 
