@@ -34,20 +34,11 @@
 #include <unistd.h>
 
 #include "llmq_batch_store.h"
+#include "llmq_log.h"
 #include "llmq_value.h"
 
-/*  Job states (broker side, stored in jobs.state). */
-#define S_JOB_PENDING "pending"       /* created, never sent */
-#define S_JOB_SUBMITTING "submitting" /* job.submit handed out */
-#define S_JOB_LOOKUP "lookup"         /* submit outcome unknown: ask */
-#define S_JOB_RUNNING "running"       /* provider batch id known */
-#define S_JOB_FETCHING "fetching"     /* provider finished: fetch */
-#define S_JOB_CLEANUP                                                          \
-    "cleanup"                 /* results stored; provider files                \
-                                 to delete (job.cancel, mode                   \
-                                 cleanup) */
-#define S_JOB_DONE "done"     /* results stored, files gone */
-#define S_JOB_FAILED "failed" /* never ran; items re-routed */
+/*  Batch and job states are enums (llmq_batch_state.h): their names appear
+    only where a message or the store needs them. */
 
 #define S_PREFETCH 256                     /* pending items loaded at once */
 #define S_MAX_PAYLOAD (60LL * 1024 * 1024) /* job.submit under 64 MiB */
@@ -101,15 +92,8 @@ struct _llmq_batch_t {
 
 /*  A job whose items are settled (its results are stored or re-routed). */
 #define S_JOB_OVER(j)                                                          \
-    (streq((j)->row.state, S_JOB_DONE) ||                                      \
-     streq((j)->row.state, S_JOB_FAILED) ||                                    \
-     streq((j)->row.state, S_JOB_CLEANUP))
-
-static bool s_terminal(const char *state)
-{
-    return streq(state, "completed") || streq(state, "failed") ||
-           streq(state, "cancelled") || streq(state, "expired");
-}
+    ((j)->row.state == LLMQ_JOB_DONE || (j)->row.state == LLMQ_JOB_FAILED ||   \
+     (j)->row.state == LLMQ_JOB_CLEANUP)
 
 /*  A growable array of integers (zlistx cannot hold index 0). */
 typedef struct {
@@ -130,10 +114,10 @@ static void s_ints_push(s_ints_t *a, int64_t x)
     a->v[a->n++] = x;
 }
 
-static void s_set_state(s_batch_t *b, const char *state, int64_t now_ms)
+static void s_set_state(s_batch_t *b, llmq_batch_state_t state, int64_t now_ms)
 {
-    if (!streq(b->rec.state, state)) {
-        snprintf(b->rec.state, sizeof b->rec.state, "%s", state);
+    if (b->rec.state != state) {
+        b->rec.state = state;
         b->rec.updated_ms = now_ms;
         b->dirty = true;
     }
@@ -230,7 +214,7 @@ static llmq_msg_t *s_reply(zlist_t *replies, llmq_msg_t *req,
 
 static void s_fill_status(llmq_msg_t *r, const s_batch_t *b)
 {
-    llmq_msg_set_state(r, b->rec.state);
+    llmq_msg_set_state(r, llmq_batch_state_name(b->rec.state));
     llmq_msg_set_counts_total(r, b->rec.total);
     llmq_msg_set_counts_done(r, b->rec.done);
     llmq_msg_set_counts_failed(r, b->rec.failed);
@@ -349,12 +333,12 @@ static void s_fail_pending(llmq_batch_t *self, s_batch_t *b, int64_t first,
     answered because it was cancelled or expired). */
 static void s_check_done(llmq_batch_t *self, s_batch_t *b, int64_t now_ms)
 {
-    if (s_terminal(b->rec.state) || !b->rec.closed)
+    if (llmq_batch_state_terminal(b->rec.state) || !b->rec.closed)
         return;
     for (s_job_t *j = zlistx_first(b->jobs); j; j = zlistx_next(b->jobs))
         if (!S_JOB_OVER(j))
             return;
-    bool cancelling = streq(b->rec.state, "cancelling");
+    bool cancelling = b->rec.state == LLMQ_BATCH_CANCELLING;
     if ((cancelling || b->expired) && b->rec.done < b->rec.total)
         s_fail_pending(
             self, b, 0, -1,
@@ -364,9 +348,9 @@ static void s_check_done(llmq_batch_t *self, s_batch_t *b, int64_t now_ms)
     if (zhashx_size(b->in_flight) > 0 || b->rec.done < b->rec.total)
         return;
     s_set_state(b,
-                cancelling   ? "cancelled"
-                : b->expired ? "expired"
-                             : "completed",
+                cancelling   ? LLMQ_BATCH_CANCELLED
+                : b->expired ? LLMQ_BATCH_EXPIRED
+                             : LLMQ_BATCH_COMPLETED,
                 now_ms);
     b->dispatching = false;
     zlistx_purge(b->ready);
@@ -466,7 +450,7 @@ static int s_make_jobs(llmq_batch_t *self, s_batch_t *b, const char *pool,
         row.bid = b->rec.bid;
         snprintf(row.pool, sizeof row.pool, "%s", pool);
         snprintf(row.provider, sizeof row.provider, "%s", provider);
-        snprintf(row.state, sizeof row.state, S_JOB_PENDING);
+        row.state = LLMQ_JOB_PENDING;
         row.first = c.cuts.v[i];
         row.count = c.cuts.v[i + 1];
         row.updated_ms = now_ms;
@@ -518,7 +502,7 @@ typedef struct {
 static int s_resume_batch_fn(const llmq_batch_rec_t *rec, void *arg)
 {
     s_resume_t *r = arg;
-    if (s_terminal(rec->state))
+    if (llmq_batch_state_terminal(rec->state))
         return 0;
     s_batch_t *b = s_batch_new(rec);
     if (!b)
@@ -537,11 +521,11 @@ static int s_resume_job_fn(const llmq_batch_job_t *row, void *arg)
     if (!b)
         return 0;
     s_job_t *j = s_job_attach(r->self, b, row);
-    if (j && streq(j->row.state, S_JOB_SUBMITTING)) {
+    if (j && j->row.state == LLMQ_JOB_SUBMITTING) {
         /*  We crashed between recording the job and learning its provider
             batch id: the submit may or may not have reached the provider.
             Ask (job.poll by job tag) before any resubmission. */
-        snprintf(j->row.state, sizeof j->row.state, S_JOB_LOOKUP);
+        j->row.state = LLMQ_JOB_LOOKUP;
     }
     return 0;
 }
@@ -638,6 +622,17 @@ static s_batch_t *s_lookup(llmq_batch_t *self, const char *id)
     return b;
 }
 
+/*  The batch msg names, or NULL after an error reply (not_found). */
+static s_batch_t *s_lookup_or_reply(llmq_batch_t *self, llmq_msg_t *msg,
+                                    zlist_t *replies)
+{
+    const char *id = llmq_msg_batch(msg);
+    s_batch_t *b = s_lookup(self, id);
+    if (!b)
+        s_reply_error(replies, msg, LLMQ_ERR_NOT_FOUND, id, "unknown batch");
+    return b;
+}
+
 /*  ---- client messages ---------------------------------------------------- */
 
 static void s_handle_open(llmq_batch_t *self, llmq_msg_t *msg, zlist_t *replies,
@@ -693,7 +688,7 @@ static void s_handle_open(llmq_batch_t *self, llmq_msg_t *msg, zlist_t *replies,
     snprintf(rec.model, sizeof rec.model, "%s", llmq_msg_model(msg));
     snprintf(rec.pool, sizeof rec.pool, "%s", pool);
     snprintf(rec.op, sizeof rec.op, "%s", op);
-    snprintf(rec.state, sizeof rec.state, "validating");
+    rec.state = LLMQ_BATCH_VALIDATING;
     snprintf(rec.completion_window, sizeof rec.completion_window, "%s", window);
     zframe_t *rid = llmq_msg_routing_id(msg);
     if (rid && zframe_size(rid) * 2 < sizeof rec.client) {
@@ -738,15 +733,10 @@ static int s_add_fn(const char *custom_id, const void *body, size_t body_size,
     return 0;
 }
 
-static void s_handle_add(llmq_batch_t *self, llmq_msg_t *msg, zlist_t *replies,
-                         int64_t now_ms)
+static void s_handle_add(llmq_batch_t *self, s_batch_t *b, llmq_msg_t *msg,
+                         zlist_t *replies, int64_t now_ms)
 {
     const char *id = llmq_msg_batch(msg);
-    s_batch_t *b = s_lookup(self, id);
-    if (!b) {
-        s_reply_error(replies, msg, LLMQ_ERR_NOT_FOUND, id, "unknown batch");
-        return;
-    }
     int64_t seq = llmq_msg_seq(msg);
     int64_t first = 0, accepted = 0;
     if (llmq_batch_store_add_lookup(self->store, b->rec.bid, seq, &first,
@@ -758,8 +748,8 @@ static void s_handle_add(llmq_batch_t *self, llmq_msg_t *msg, zlist_t *replies,
         llmq_msg_set_accepted(r, accepted);
         return;
     }
-    if (b->rec.closed || s_terminal(b->rec.state) ||
-        streq(b->rec.state, "cancelling")) {
+    if (b->rec.closed || llmq_batch_state_terminal(b->rec.state) ||
+        b->rec.state == LLMQ_BATCH_CANCELLING) {
         s_reply_error(replies, msg, LLMQ_ERR_INVALID_REQUEST, id,
                       "batch is closed");
         return;
@@ -831,30 +821,26 @@ static void s_start(llmq_batch_t *self, s_batch_t *b, int64_t now_ms)
     }
     if (streq(b->rec.mode, "realtime")) {
         b->dispatching = true;
-        s_set_state(b, "in_progress", now_ms);
+        s_set_state(b, LLMQ_BATCH_IN_PROGRESS, now_ms);
     } else if (has_pool) {
         if (s_make_jobs(self, b, pool, provider, now_ms) == 0)
-            s_set_state(b, "queued", now_ms);
+            s_set_state(b, LLMQ_BATCH_QUEUED, now_ms);
     } else
         /*  Provider mode requested and no batch_api pool yet: queued until
             one joins (tick retries). */
-        s_set_state(b, "queued", now_ms);
+        s_set_state(b, LLMQ_BATCH_QUEUED, now_ms);
 }
 
-static void s_handle_close(llmq_batch_t *self, llmq_msg_t *msg,
+static void s_handle_close(llmq_batch_t *self, s_batch_t *b, llmq_msg_t *msg,
                            zlist_t *replies, int64_t now_ms)
 {
     const char *id = llmq_msg_batch(msg);
-    s_batch_t *b = s_lookup(self, id);
-    if (!b) {
-        s_reply_error(replies, msg, LLMQ_ERR_NOT_FOUND, id, "unknown batch");
-        return;
-    }
     if (!b->rec.closed) {
         b->rec.closed = true;
         b->rec.updated_ms = now_ms;
         b->dirty = true;
-        if (!s_terminal(b->rec.state) && !streq(b->rec.state, "cancelling"))
+        if (!llmq_batch_state_terminal(b->rec.state) &&
+            b->rec.state != LLMQ_BATCH_CANCELLING)
             s_start(self, b, now_ms);
         s_check_done(self, b, now_ms);
         if (llmq_batch_flush(self)) {
@@ -980,11 +966,9 @@ static void s_handle_get(llmq_batch_t *self, llmq_msg_t *msg, zlist_t *replies)
         s_handle_list(self, msg, replies);
         return;
     }
-    s_batch_t *b = s_lookup(self, id);
-    if (!b) {
-        s_reply_error(replies, msg, LLMQ_ERR_NOT_FOUND, id, "unknown batch");
+    s_batch_t *b = s_lookup_or_reply(self, msg, replies);
+    if (!b)
         return;
-    }
     llmq_msg_t *st = s_reply(replies, msg, LLMQ_MSG_BATCH_STATUS, id);
     s_fill_status(st, b);
 
@@ -1009,38 +993,31 @@ static void s_handle_get(llmq_batch_t *self, llmq_msg_t *msg, zlist_t *replies)
 
     llmq_msg_t *res = s_reply(replies, msg, LLMQ_MSG_BATCH_RESULTS, id);
     llmq_msg_set_cursor(res, c.next);
-    llmq_msg_set_final(res, s_terminal(b->rec.state) && c.next >= b->rec.total);
+    llmq_msg_set_final(res, llmq_batch_state_terminal(b->rec.state) &&
+                                c.next >= b->rec.total);
     llmq_msg_set_payload(res, &frame);
 }
 
-static void s_handle_cancel(llmq_batch_t *self, llmq_msg_t *msg,
+static void s_handle_cancel(llmq_batch_t *self, s_batch_t *b, llmq_msg_t *msg,
                             zlist_t *replies, int64_t now_ms)
 {
     const char *id = llmq_msg_batch(msg);
-    s_batch_t *b = s_lookup(self, id);
-    if (!b) {
-        s_reply_error(replies, msg, LLMQ_ERR_NOT_FOUND, id, "unknown batch");
-        return;
-    }
-    if (!s_terminal(b->rec.state)) {
-        s_set_state(b, "cancelling", now_ms);
+    if (!llmq_batch_state_terminal(b->rec.state)) {
+        s_set_state(b, LLMQ_BATCH_CANCELLING, now_ms);
         b->dispatching = false;
         zlistx_purge(b->ready);
         /*  No more items: a cancelled batch is closed. */
         b->rec.closed = true;
         for (s_job_t *j = zlistx_first(b->jobs); j; j = zlistx_next(b->jobs)) {
-            if (streq(j->row.state, S_JOB_PENDING) ||
-                streq(j->row.state, S_JOB_LOOKUP) ||
-                streq(j->row.state, S_JOB_SUBMITTING)) {
-                /*  Never started, or unknown: a later lookup could still
-                    find it, so `lookup` jobs are cancelled at the provider
-                    too if the answer names a provider batch. */
-                if (streq(j->row.state, S_JOB_PENDING)) {
-                    snprintf(j->row.state, sizeof j->row.state, S_JOB_FAILED);
-                    j->row.updated_ms = now_ms;
-                    llmq_batch_store_begin(self->store);
-                    llmq_batch_store_job_update(self->store, &j->row);
-                }
+            /*  A job never started fails here. One whose submit outcome
+                is unknown (lookup, submitting) is left alone: a later
+                lookup could still find it, and then it is cancelled at the
+                provider too if the answer names a provider batch. */
+            if (j->row.state == LLMQ_JOB_PENDING) {
+                j->row.state = LLMQ_JOB_FAILED;
+                j->row.updated_ms = now_ms;
+                llmq_batch_store_begin(self->store);
+                llmq_batch_store_job_update(self->store, &j->row);
             }
             j->next_ms = 0;
         }
@@ -1054,25 +1031,32 @@ static void s_handle_cancel(llmq_batch_t *self, llmq_msg_t *msg,
 int llmq_batch_handle(llmq_batch_t *self, llmq_msg_t *msg, zlist_t *replies,
                       int64_t now_ms)
 {
-    switch (llmq_msg_type(msg)) {
+    llmq_msg_type_t type = llmq_msg_type(msg);
+    switch (type) {
     case LLMQ_MSG_BATCH_OPEN:
         s_handle_open(self, msg, replies, now_ms);
-        return 0;
-    case LLMQ_MSG_BATCH_ADD:
-        s_handle_add(self, msg, replies, now_ms);
-        return 0;
-    case LLMQ_MSG_BATCH_CLOSE:
-        s_handle_close(self, msg, replies, now_ms);
         return 0;
     case LLMQ_MSG_BATCH_GET:
         s_handle_get(self, msg, replies);
         return 0;
+    case LLMQ_MSG_BATCH_ADD:
+    case LLMQ_MSG_BATCH_CLOSE:
     case LLMQ_MSG_BATCH_CANCEL:
-        s_handle_cancel(self, msg, replies, now_ms);
-        return 0;
+        break;
     default:
         return -1;
     }
+    /*  The others name a batch that must exist. */
+    s_batch_t *b = s_lookup_or_reply(self, msg, replies);
+    if (!b)
+        return 0;
+    if (type == LLMQ_MSG_BATCH_ADD)
+        s_handle_add(self, b, msg, replies, now_ms);
+    else if (type == LLMQ_MSG_BATCH_CLOSE)
+        s_handle_close(self, b, msg, replies, now_ms);
+    else
+        s_handle_cancel(self, b, msg, replies, now_ms);
+    return 0;
 }
 
 /*  ---- realtime dispatch ------------------------------------------------- */
@@ -1171,9 +1155,9 @@ llmq_msg_t *llmq_batch_next_item(llmq_batch_t *self,
     zframe_t *body = item->body;
     item->body = NULL;
     zhashx_insert(best->in_flight, key, item);
-    if (streq(best->rec.state, "validating") ||
-        streq(best->rec.state, "queued"))
-        s_set_state(best, "in_progress", now_ms);
+    if (best->rec.state == LLMQ_BATCH_VALIDATING ||
+        best->rec.state == LLMQ_BATCH_QUEUED)
+        s_set_state(best, LLMQ_BATCH_IN_PROGRESS, now_ms);
 
     llmq_msg_t *req = llmq_msg_new(LLMQ_MSG_REQ);
     char id[48];
@@ -1367,12 +1351,12 @@ static llmq_msg_t *s_job_submit(llmq_batch_t *self, s_job_t *j, int64_t now_ms)
     }
     /*  Durable before sent: if we crash after this commit, restart finds
         `submitting` and looks the job up instead of resubmitting it. */
-    snprintf(j->row.state, sizeof j->row.state, S_JOB_SUBMITTING);
+    j->row.state = LLMQ_JOB_SUBMITTING;
     j->row.attempts++;
     j->row.submitted_ms = now_ms;
     if (s_job_save(self, j, now_ms) || llmq_batch_flush(self)) {
         llmq_packer_destroy(&s.packer);
-        snprintf(j->row.state, sizeof j->row.state, S_JOB_PENDING);
+        j->row.state = LLMQ_JOB_PENDING;
         return NULL;
     }
     llmq_msg_t *m = s_task(j, LLMQ_MSG_JOB_SUBMIT, now_ms);
@@ -1392,11 +1376,11 @@ static llmq_msg_t *s_job_next(llmq_batch_t *self, s_job_t *j, int64_t now_ms)
 {
     if (j->task != LLMQ_MSG_INVALID || now_ms < j->next_ms)
         return NULL;
-    const char *state = j->row.state;
-    bool cancelling = streq(j->batch->rec.state, "cancelling");
-    if (streq(state, S_JOB_PENDING))
+    llmq_job_state_t state = j->row.state;
+    bool cancelling = j->batch->rec.state == LLMQ_BATCH_CANCELLING;
+    if (state == LLMQ_JOB_PENDING)
         return cancelling ? NULL : s_job_submit(self, j, now_ms);
-    if (streq(state, S_JOB_LOOKUP)) {
+    if (state == LLMQ_JOB_LOOKUP) {
         /*  job.poll with an empty provider_batch: find the provider batch
             tagged {llmq_job: id} (docs/BATCHES.md, "Restart"). */
         llmq_msg_t *m = s_task(j, LLMQ_MSG_JOB_POLL, now_ms);
@@ -1405,14 +1389,14 @@ static llmq_msg_t *s_job_next(llmq_batch_t *self, s_job_t *j, int64_t now_ms)
         llmq_msg_set_count(m, j->row.count);
         return m;
     }
-    if (streq(state, S_JOB_RUNNING)) {
+    if (state == LLMQ_JOB_RUNNING) {
         if (cancelling && !j->cancel_sent)
             return s_task(j, LLMQ_MSG_JOB_CANCEL, now_ms);
         return s_task(j, LLMQ_MSG_JOB_POLL, now_ms);
     }
-    if (streq(state, S_JOB_FETCHING))
+    if (state == LLMQ_JOB_FETCHING)
         return s_task(j, LLMQ_MSG_JOB_FETCH, now_ms);
-    if (streq(state, S_JOB_CLEANUP)) {
+    if (state == LLMQ_JOB_CLEANUP) {
         /*  Only now that the results are committed may the provider's
             copies (input, output and error files) go: a crash before this
             point re-fetches them. */
@@ -1455,11 +1439,10 @@ llmq_msg_t *llmq_batch_next_job_task(llmq_batch_t *self, const char *pool,
         if (j->task != LLMQ_MSG_INVALID || now_ms < j->next_ms ||
             (pool && !streq(j->row.pool, pool)))
             continue;
-        if (streq(j->row.state, S_JOB_DONE) ||
-            streq(j->row.state, S_JOB_FAILED))
+        if (j->row.state == LLMQ_JOB_DONE || j->row.state == LLMQ_JOB_FAILED)
             continue;
-        if (streq(j->row.state, S_JOB_PENDING) &&
-            streq(j->batch->rec.state, "cancelling"))
+        if (j->row.state == LLMQ_JOB_PENDING &&
+            j->batch->rec.state == LLMQ_BATCH_CANCELLING)
             continue;
         if (best &&
             (j->row.bid > best->row.bid ||
@@ -1481,10 +1464,9 @@ void llmq_batch_task_unsent(llmq_batch_t *self, llmq_msg_t *task,
     s_job_t *j = id ? zhashx_lookup(self->jobs, id) : NULL;
     if (!j || j->task != llmq_msg_type(task))
         return;
-    if (j->task == LLMQ_MSG_JOB_SUBMIT &&
-        streq(j->row.state, S_JOB_SUBMITTING)) {
+    if (j->task == LLMQ_MSG_JOB_SUBMIT && j->row.state == LLMQ_JOB_SUBMITTING) {
         /*  It never left the broker: the provider cannot have it. */
-        snprintf(j->row.state, sizeof j->row.state, S_JOB_PENDING);
+        j->row.state = LLMQ_JOB_PENDING;
         j->row.attempts--;
         s_job_save(self, j, now_ms);
         llmq_batch_flush(self);
@@ -1499,10 +1481,9 @@ static void s_job_finished(llmq_batch_t *self, s_job_t *j, bool ran,
                            int64_t now_ms)
 {
     s_batch_t *b = j->batch;
-    snprintf(j->row.state, sizeof j->row.state, "%s",
-             ran ? S_JOB_CLEANUP : S_JOB_FAILED);
+    j->row.state = ran ? LLMQ_JOB_CLEANUP : LLMQ_JOB_FAILED;
     s_job_save(self, j, now_ms);
-    bool cancelling = streq(b->rec.state, "cancelling");
+    bool cancelling = b->rec.state == LLMQ_BATCH_CANCELLING;
     if (!cancelling) {
         if (self->cfg.resubmit_failed) {
             /*  Leftovers go to realtime dispatch; the scan skips items that
@@ -1512,9 +1493,12 @@ static void s_job_finished(llmq_batch_t *self, s_job_t *j, bool ran,
                 b->scan_next = j->row.first;
         } else {
             const char *ps = j->row.provider_state;
-            llmq_err_t err = streq(ps, "expired") ? LLMQ_ERR_DEADLINE_EXCEEDED
-                             : streq(ps, "cancelled") ? LLMQ_ERR_CANCELLED
-                                                      : LLMQ_ERR_PROVIDER_ERROR;
+            llmq_batch_state_t pst = LLMQ_BATCH_FAILED;
+            llmq_batch_state_parse(ps, &pst);
+            llmq_err_t err =
+                pst == LLMQ_BATCH_EXPIRED     ? LLMQ_ERR_DEADLINE_EXCEEDED
+                : pst == LLMQ_BATCH_CANCELLED ? LLMQ_ERR_CANCELLED
+                                              : LLMQ_ERR_PROVIDER_ERROR;
             char text[128];
             snprintf(text, sizeof text, "provider batch %s",
                      *ps ? ps : "failed");
@@ -1528,101 +1512,105 @@ static void s_job_finished(llmq_batch_t *self, s_job_t *j, bool ran,
 /*  Update the batch's state from its jobs. */
 static void s_batch_from_jobs(s_batch_t *b, int64_t now_ms)
 {
-    if (s_terminal(b->rec.state) || streq(b->rec.state, "cancelling"))
+    if (llmq_batch_state_terminal(b->rec.state) ||
+        b->rec.state == LLMQ_BATCH_CANCELLING)
         return;
     bool running = false, fetching = false, open = false;
     for (s_job_t *j = zlistx_first(b->jobs); j; j = zlistx_next(b->jobs)) {
-        if (streq(j->row.state, S_JOB_RUNNING))
+        if (j->row.state == LLMQ_JOB_RUNNING)
             running = true;
-        else if (streq(j->row.state, S_JOB_FETCHING))
+        else if (j->row.state == LLMQ_JOB_FETCHING)
             fetching = true;
         else if (!S_JOB_OVER(j))
             open = true;
     }
     if (running || (fetching && open))
-        s_set_state(b, "in_progress", now_ms);
+        s_set_state(b, LLMQ_BATCH_IN_PROGRESS, now_ms);
     else if (fetching)
-        s_set_state(b, "finalizing", now_ms);
+        s_set_state(b, LLMQ_BATCH_FINALIZING, now_ms);
     else if (!open && b->dispatching)
         /*  Every job ended; retried lines run in realtime now. */
-        s_set_state(b, "in_progress", now_ms);
+        s_set_state(b, LLMQ_BATCH_IN_PROGRESS, now_ms);
 }
 
-static bool s_provider_terminal(const char *state)
+/*  job.status for a job whose submit outcome is unknown (submitting or
+    lookup). Returns true when that settles it, false when the provider
+    batch turned out to exist (the job is now running) and msg is to be
+    read as a poll answer. */
+static bool s_on_submit_status(llmq_batch_t *self, s_job_t *j, llmq_msg_t *msg,
+                               int64_t now_ms)
 {
-    return streq(state, "completed") || streq(state, "failed") ||
-           streq(state, "expired") || streq(state, "cancelled");
+    const char *pb = llmq_msg_provider_batch(msg);
+    const char *code = llmq_msg_error_code(msg);
+    bool not_found =
+        code && j->row.state == LLMQ_JOB_LOOKUP && streq(code, "not_found");
+    if (pb && *pb) {
+        /*  The provider batch exists: record its id before anything
+            else happens to this job. */
+        snprintf(j->row.provider_batch, sizeof j->row.provider_batch, "%s", pb);
+        j->row.state = LLMQ_JOB_RUNNING;
+        return false;
+    }
+    if (not_found && now_ms - j->row.submitted_ms < self->cfg.submit_grace_ms) {
+        /*  Not there yet proves nothing while the first submit may
+            still be uploading (a slow 200 MB file outlives a task
+            timeout): ask again later. */
+        j->next_ms = now_ms + self->cfg.poll_interval_ms;
+    } else if (not_found) {
+        /*  The lookup proved the provider never created it, and no
+            submit of it can still be running: now, and only now, may
+            it be submitted again. */
+        j->row.state = LLMQ_JOB_PENDING;
+        s_job_save(self, j, now_ms);
+        if (j->batch->rec.state == LLMQ_BATCH_CANCELLING)
+            s_job_finished(self, j, false, now_ms);
+        llmq_batch_flush(self);
+    } else if (code && j->row.state == LLMQ_JOB_SUBMITTING) {
+        llmq_err_t err = llmq_err_from_name(code);
+        if (err != LLMQ_ERR_NONE && !llmq_msg_error_retryable(msg) &&
+            !llmq_err_retryable(err)) {
+            /*  The provider refused the file for good: the job never
+                ran; its items go the realtime way or fail. */
+            s_job_finished(self, j, false, now_ms);
+            s_batch_from_jobs(j->batch, now_ms);
+        } else {
+            /*  A transient failure may still have created the batch
+                (timeout after the create call): look it up first. */
+            j->row.state = LLMQ_JOB_LOOKUP;
+            j->next_ms = now_ms + self->cfg.poll_interval_ms;
+            s_job_save(self, j, now_ms);
+        }
+        llmq_batch_flush(self);
+    } else
+        j->next_ms = now_ms + self->cfg.poll_interval_ms;
+    return true;
 }
 
 static void s_on_job_status(llmq_batch_t *self, s_job_t *j, llmq_msg_t *msg,
                             int64_t now_ms)
 {
-    const char *pb = llmq_msg_provider_batch(msg);
     const char *code = llmq_msg_error_code(msg);
-    const char *pstate = llmq_batch_normalise_state(llmq_msg_state(msg));
+    llmq_batch_state_t pstate = llmq_batch_normalise_state(llmq_msg_state(msg));
     bool was_cancel = j->task == LLMQ_MSG_JOB_CANCEL;
     j->task = LLMQ_MSG_INVALID;
 
-    if (streq(j->row.state, S_JOB_CLEANUP)) {
+    if (j->row.state == LLMQ_JOB_CLEANUP) {
         /*  Cleanup answered; a failed delete only leaves a file at the
             provider (logged), it never holds the batch back. */
         if (code)
-            zsys_warning("batch: job %s cleanup failed: %s", j->row.id, code);
-        snprintf(j->row.state, sizeof j->row.state, S_JOB_DONE);
+            llmq_log(NULL, LLMQ_LOG_WARN, "batch_job_cleanup_failed",
+                     LLMQ_LOG_STR("job", j->row.id), LLMQ_LOG_STR("code", code),
+                     LLMQ_LOG_END);
+        j->row.state = LLMQ_JOB_DONE;
         s_job_save(self, j, now_ms);
         llmq_batch_flush(self);
         return;
     }
 
-    if (streq(j->row.state, S_JOB_SUBMITTING) ||
-        streq(j->row.state, S_JOB_LOOKUP)) {
-        if (pb && *pb) {
-            /*  The provider batch exists: record its id before anything
-                else happens to this job. */
-            snprintf(j->row.provider_batch, sizeof j->row.provider_batch, "%s",
-                     pb);
-            snprintf(j->row.state, sizeof j->row.state, S_JOB_RUNNING);
-        } else if (code && streq(j->row.state, S_JOB_LOOKUP) &&
-                   streq(code, "not_found") &&
-                   now_ms - j->row.submitted_ms < self->cfg.submit_grace_ms) {
-            /*  Not there yet proves nothing while the first submit may
-                still be uploading (a slow 200 MB file outlives a task
-                timeout): ask again later. */
-            j->next_ms = now_ms + self->cfg.poll_interval_ms;
+    if (j->row.state == LLMQ_JOB_SUBMITTING ||
+        j->row.state == LLMQ_JOB_LOOKUP) {
+        if (s_on_submit_status(self, j, msg, now_ms))
             return;
-        } else if (code && streq(j->row.state, S_JOB_LOOKUP) &&
-                   streq(code, "not_found")) {
-            /*  The lookup proved the provider never created it, and no
-                submit of it can still be running: now, and only now, may
-                it be submitted again. */
-            snprintf(j->row.state, sizeof j->row.state, S_JOB_PENDING);
-            s_job_save(self, j, now_ms);
-            if (streq(j->batch->rec.state, "cancelling"))
-                s_job_finished(self, j, false, now_ms);
-            llmq_batch_flush(self);
-            return;
-        } else if (code && streq(j->row.state, S_JOB_SUBMITTING)) {
-            llmq_err_t err = llmq_err_from_name(code);
-            if (err != LLMQ_ERR_NONE && !llmq_msg_error_retryable(msg) &&
-                !llmq_err_retryable(err)) {
-                /*  The provider refused the file for good: the job never
-                    ran; its items go the realtime way or fail. */
-                s_job_finished(self, j, false, now_ms);
-                s_batch_from_jobs(j->batch, now_ms);
-                llmq_batch_flush(self);
-                return;
-            }
-            /*  A transient failure may still have created the batch
-                (timeout after the create call): look it up first. */
-            snprintf(j->row.state, sizeof j->row.state, S_JOB_LOOKUP);
-            j->next_ms = now_ms + self->cfg.poll_interval_ms;
-            s_job_save(self, j, now_ms);
-            llmq_batch_flush(self);
-            return;
-        } else {
-            j->next_ms = now_ms + self->cfg.poll_interval_ms;
-            return;
-        }
     } else if (code && !llmq_msg_has(msg, LLMQ_F_state)) {
         j->next_ms = now_ms + self->cfg.poll_interval_ms;
         return;
@@ -1630,8 +1618,8 @@ static void s_on_job_status(llmq_batch_t *self, s_job_t *j, llmq_msg_t *msg,
     if (was_cancel)
         j->cancel_sent = true;
     if (code &&
-        (streq(j->row.state, S_JOB_RUNNING) ||
-         streq(j->row.state, S_JOB_FETCHING)) &&
+        (j->row.state == LLMQ_JOB_RUNNING ||
+         j->row.state == LLMQ_JOB_FETCHING) &&
         !llmq_msg_has(msg, LLMQ_F_counts_total)) {
         /*  A poll that failed (network, 5xx): try again later. */
         j->next_ms = now_ms + self->cfg.poll_interval_ms;
@@ -1639,7 +1627,8 @@ static void s_on_job_status(llmq_batch_t *self, s_job_t *j, llmq_msg_t *msg,
         llmq_batch_flush(self);
         return;
     }
-    snprintf(j->row.provider_state, sizeof j->row.provider_state, "%s", pstate);
+    snprintf(j->row.provider_state, sizeof j->row.provider_state, "%s",
+             llmq_batch_state_name(pstate));
     if (llmq_msg_output_file(msg))
         snprintf(j->row.output_file, sizeof j->row.output_file, "%s",
                  llmq_msg_output_file(msg));
@@ -1648,9 +1637,9 @@ static void s_on_job_status(llmq_batch_t *self, s_job_t *j, llmq_msg_t *msg,
                  llmq_msg_error_file(msg));
     j->row.done = llmq_msg_counts_done(msg);
     j->row.failed = llmq_msg_counts_failed(msg);
-    if (streq(j->row.state, S_JOB_RUNNING) && s_provider_terminal(pstate))
-        snprintf(j->row.state, sizeof j->row.state, S_JOB_FETCHING);
-    j->next_ms = streq(j->row.state, S_JOB_FETCHING)
+    if (j->row.state == LLMQ_JOB_RUNNING && llmq_batch_state_terminal(pstate))
+        j->row.state = LLMQ_JOB_FETCHING;
+    j->next_ms = j->row.state == LLMQ_JOB_FETCHING
                      ? 0
                      : now_ms + self->cfg.poll_interval_ms;
     s_job_save(self, j, now_ms);
@@ -1672,8 +1661,8 @@ static void s_on_job_results(llmq_batch_t *self, s_job_t *j, llmq_msg_t *msg,
             honoured, the job's items would look unanswered and run (and be
             paid for) again. Drop it; the fetch task times out and runs
             again. */
-        zsys_warning("batch: job %s: unreadable job.results dropped",
-                     j->row.id);
+        llmq_log(NULL, LLMQ_LOG_WARN, "batch_job_results_dropped",
+                 LLMQ_LOG_STR("job", j->row.id), LLMQ_LOG_END);
         cJSON_Delete(arr);
         return;
     }
@@ -1736,7 +1725,7 @@ static void s_on_job_results(llmq_batch_t *self, s_job_t *j, llmq_msg_t *msg,
                 /*  A line that may succeed later is run again in realtime
                     (if configured): not stored as its final result. */
                 if (r.error_retryable && self->cfg.resubmit_failed &&
-                    !streq(b->rec.state, "cancelling"))
+                    b->rec.state != LLMQ_BATCH_CANCELLING)
                     continue;
             }
             if (s_put_result(self, b, &r, true, now_ms) == 1)
@@ -1758,13 +1747,12 @@ int llmq_batch_on_job_msg(llmq_batch_t *self, llmq_msg_t *msg, int64_t now_ms)
 {
     const char *id = llmq_msg_job(msg);
     s_job_t *j = id ? zhashx_lookup(self->jobs, id) : NULL;
-    if (!j || streq(j->row.state, S_JOB_DONE) ||
-        streq(j->row.state, S_JOB_FAILED))
+    if (!j || j->row.state == LLMQ_JOB_DONE || j->row.state == LLMQ_JOB_FAILED)
         return 1;
     if (llmq_msg_type(msg) == LLMQ_MSG_JOB_STATUS)
         s_on_job_status(self, j, msg, now_ms);
     else if (llmq_msg_type(msg) == LLMQ_MSG_JOB_RESULTS) {
-        if (!streq(j->row.state, S_JOB_FETCHING))
+        if (j->row.state != LLMQ_JOB_FETCHING)
             return 1;
         s_on_job_results(self, j, msg, now_ms);
     } else
@@ -1778,7 +1766,7 @@ void llmq_batch_tick(llmq_batch_t *self, int64_t now_ms)
 {
     for (s_batch_t *b = zhashx_first(self->batches); b;
          b = zhashx_next(self->batches)) {
-        if (s_terminal(b->rec.state))
+        if (llmq_batch_state_terminal(b->rec.state))
             continue;
         /*  A window that passed: realtime work stops, what is left is
             answered deadline_exceeded. Provider jobs keep their own 24 h
@@ -1795,7 +1783,7 @@ void llmq_batch_tick(llmq_batch_t *self, int64_t now_ms)
         /*  Provider mode still waiting for a batch_api pool. */
         if (b->rec.closed && streq(b->rec.mode, "provider") &&
             zlistx_size(b->jobs) == 0 && b->rec.total > 0 &&
-            streq(b->rec.state, "queued"))
+            b->rec.state == LLMQ_BATCH_QUEUED)
             s_start(self, b, now_ms);
     }
     /*  Tasks never answered (worker died or the message was lost). */
@@ -1805,10 +1793,10 @@ void llmq_batch_tick(llmq_batch_t *self, int64_t now_ms)
             now_ms - j->task_sent_ms < self->cfg.task_timeout_ms)
             continue;
         if (j->task == LLMQ_MSG_JOB_SUBMIT &&
-            streq(j->row.state, S_JOB_SUBMITTING)) {
+            j->row.state == LLMQ_JOB_SUBMITTING) {
             /*  The submit may have reached the provider: ask, never blindly
                 resubmit. */
-            snprintf(j->row.state, sizeof j->row.state, S_JOB_LOOKUP);
+            j->row.state = LLMQ_JOB_LOOKUP;
             s_job_save(self, j, now_ms);
         }
         j->task = LLMQ_MSG_INVALID;
@@ -1822,7 +1810,7 @@ void llmq_batch_stats(llmq_batch_t *self, llmq_batch_stats_t *stats)
     memset(stats, 0, sizeof *stats);
     for (s_batch_t *b = zhashx_first(self->batches); b;
          b = zhashx_next(self->batches)) {
-        if (!s_terminal(b->rec.state))
+        if (!llmq_batch_state_terminal(b->rec.state))
             stats->batches_active++;
         if (b->dispatching)
             stats->items_pending +=
@@ -1838,25 +1826,23 @@ void llmq_batch_stats(llmq_batch_t *self, llmq_batch_stats_t *stats)
     }
 }
 
-const char *llmq_batch_normalise_state(const char *s)
+llmq_batch_state_t llmq_batch_normalise_state(const char *s)
 {
-    if (!s)
-        return "in_progress";
-    static const char *same[] = {"validating", "queued",    "in_progress",
-                                 "finalizing", "completed", "failed",
-                                 "cancelling", "cancelled", "expired"};
-    for (size_t i = 0; i < sizeof same / sizeof same[0]; i++)
-        if (streq(s, same[i]))
-            return same[i];
-    if (streq(s, "canceling"))
-        return "cancelling";
-    if (streq(s, "canceled"))
-        return "cancelled";
-    if (streq(s, "ended"))
-        return "completed";
-    if (streq(s, "pending") || streq(s, "submitted"))
-        return "queued";
-    return "in_progress";
+    static const struct {
+        const char *provider;
+        llmq_batch_state_t state;
+    } other[] = {{"canceling", LLMQ_BATCH_CANCELLING},
+                 {"canceled", LLMQ_BATCH_CANCELLED},
+                 {"ended", LLMQ_BATCH_COMPLETED},
+                 {"pending", LLMQ_BATCH_QUEUED},
+                 {"submitted", LLMQ_BATCH_QUEUED}};
+    llmq_batch_state_t state = LLMQ_BATCH_IN_PROGRESS;
+    if (!s || llmq_batch_state_parse(s, &state) == 0)
+        return state;
+    for (size_t i = 0; i < sizeof other / sizeof other[0]; i++)
+        if (streq(s, other[i].provider))
+            return other[i].state;
+    return LLMQ_BATCH_IN_PROGRESS;
 }
 
 /*  ---- selftest ---------------------------------------------------------- */
@@ -2466,7 +2452,7 @@ static void s_test_provider(const char *path, bool verbose)
     llmq_batch_store_t *peek = llmq_batch_store_new(path);
     llmq_batch_job_t row;
     S_CHECK(llmq_batch_store_job_get(peek, llmq_msg_job(t1), &row) == 0);
-    S_CHECK(streq(row.state, "submitting") && row.attempts == 1);
+    S_CHECK(row.state == LLMQ_JOB_SUBMITTING && row.attempts == 1);
     S_CHECK(row.first == 0 && row.count == 50000);
     int jobs = 0;
     llmq_batch_store_job_each(peek, row.bid, s_t_count_jobs, &jobs);
@@ -2749,9 +2735,6 @@ static void s_test_provider(const char *path, bool verbose)
     S_CHECK(llmq_batch_on_job_msg(m, st, now) == 1);
     llmq_msg_destroy(&st);
 
-    S_CHECK(streq(llmq_batch_normalise_state("ended"), "completed"));
-    S_CHECK(streq(llmq_batch_normalise_state("canceling"), "cancelling"));
-    S_CHECK(streq(llmq_batch_normalise_state(NULL), "in_progress"));
     llmq_msg_t *m1;
     while ((m1 = zlist_pop(replies)))
         llmq_msg_destroy(&m1);
@@ -2761,9 +2744,53 @@ static void s_test_provider(const char *path, bool verbose)
         printf("provider ok; ");
 }
 
+/*  Batch and job states: names at the edges only (llmq_batch_state.h). */
+static void s_test_states(void)
+{
+    //  Every name reads back as its own state, and names are unique.
+    for (int i = 0; i < LLMQ_BATCH_STATE_COUNT; i++) {
+        llmq_batch_state_t s = LLMQ_BATCH_STATE_COUNT;
+        const char *name = llmq_batch_state_name((llmq_batch_state_t)i);
+        S_CHECK(*name && strlen(name) < 17); //  fits the store's columns
+        S_CHECK(llmq_batch_state_parse(name, &s) == 0 && (int)s == i);
+    }
+    for (int i = 0; i < LLMQ_JOB_STATE_COUNT; i++) {
+        llmq_job_state_t s = LLMQ_JOB_STATE_COUNT;
+        const char *name = llmq_job_state_name((llmq_job_state_t)i);
+        S_CHECK(*name && strlen(name) < 17);
+        S_CHECK(llmq_job_state_parse(name, &s) == 0 && (int)s == i);
+    }
+    //  The wire and database strings stay what they were.
+    S_CHECK(strcmp(llmq_batch_state_name(LLMQ_BATCH_IN_PROGRESS),
+                   "in_progress") == 0);
+    S_CHECK(strcmp(llmq_job_state_name(LLMQ_JOB_SUBMITTING), "submitting") ==
+            0);
+    //  Unknown names and values.
+    llmq_batch_state_t b = LLMQ_BATCH_QUEUED;
+    S_CHECK(llmq_batch_state_parse("canceling", &b) == -1 &&
+            b == LLMQ_BATCH_QUEUED);
+    S_CHECK(llmq_batch_state_parse(NULL, &b) == -1);
+    llmq_job_state_t j = LLMQ_JOB_DONE;
+    S_CHECK(llmq_job_state_parse("submitted", &j) == -1 && j == LLMQ_JOB_DONE);
+    S_CHECK(*llmq_batch_state_name(LLMQ_BATCH_STATE_COUNT) == 0);
+    S_CHECK(*llmq_job_state_name((llmq_job_state_t)-1) == 0);
+    //  Terminal states.
+    S_CHECK(llmq_batch_state_terminal(LLMQ_BATCH_EXPIRED));
+    S_CHECK(!llmq_batch_state_terminal(LLMQ_BATCH_CANCELLING));
+    //  Provider statuses.
+    S_CHECK(llmq_batch_normalise_state("ended") == LLMQ_BATCH_COMPLETED);
+    S_CHECK(llmq_batch_normalise_state("canceling") == LLMQ_BATCH_CANCELLING);
+    S_CHECK(llmq_batch_normalise_state("canceled") == LLMQ_BATCH_CANCELLED);
+    S_CHECK(llmq_batch_normalise_state("submitted") == LLMQ_BATCH_QUEUED);
+    S_CHECK(llmq_batch_normalise_state("finalizing") == LLMQ_BATCH_FINALIZING);
+    S_CHECK(llmq_batch_normalise_state("weird") == LLMQ_BATCH_IN_PROGRESS);
+    S_CHECK(llmq_batch_normalise_state(NULL) == LLMQ_BATCH_IN_PROGRESS);
+}
+
 int llmq_batch_test(bool verbose)
 {
     printf(" * llmq_batch: ");
+    s_test_states();
     char dir[] = "/tmp/llmq-batch-XXXXXX";
     S_CHECK(mkdtemp(dir));
     char path[256];
@@ -2771,7 +2798,8 @@ int llmq_batch_test(bool verbose)
     s_test_realtime(path, verbose);
     s_test_provider(path, verbose);
     if (llmq_check_rmtree(dir) != 0)
-        zsys_warning("could not remove %s", dir);
+        llmq_log(NULL, LLMQ_LOG_WARN, "test_cleanup_failed",
+                 LLMQ_LOG_STR("dir", dir), LLMQ_LOG_END);
     printf("OK\n");
     return 0;
 }

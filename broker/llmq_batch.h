@@ -32,6 +32,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "llmq_batch_state.h"
 #include "llmq_msg.h"
 
 #ifdef __cplusplus
@@ -174,8 +175,8 @@ void llmq_batch_stats(llmq_batch_t *self, llmq_batch_stats_t *stats);
 /*  Normalise a provider's batch status to the protocol's set: OpenAI
     (validating, in_progress, finalizing, completed, failed, expired,
     cancelling, cancelled) and Anthropic (in_progress, canceling, ended).
-    Returns a static string; unknown input gives "in_progress". */
-const char *llmq_batch_normalise_state(const char *provider_status);
+    Unknown or NULL input gives IN_PROGRESS. */
+llmq_batch_state_t llmq_batch_normalise_state(const char *provider_status);
 
 /*  Self test (real SQLite in a temp dir, no sockets). Returns 0. */
 int llmq_batch_test(bool verbose);

@@ -7,6 +7,7 @@
     mean the same after a restart).
 */
 #include "llmq_batch_module.h"
+#include "llmq_log.h"
 
 #include <cjson/cJSON.h>
 #include <string.h>
@@ -433,7 +434,8 @@ int llmq_batch_module_test(bool verbose)
     s_t_disconnect(&p);
     zactor_destroy(&broker);
     if (llmq_check_rmtree(dir) != 0)
-        zsys_warning("could not remove %s", dir);
+        llmq_log(NULL, LLMQ_LOG_WARN, "test_cleanup_failed",
+                 LLMQ_LOG_STR("dir", dir), LLMQ_LOG_END);
     printf("OK\n");
     return 0;
 }

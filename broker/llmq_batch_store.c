@@ -11,6 +11,7 @@
     store opened on some other SQLite file is refused instead of modified.
 */
 #include "llmq_batch_store.h"
+#include "llmq_log.h"
 
 #include <czmq.h>
 #include <sqlite3.h>
@@ -167,8 +168,9 @@ static int64_t s_key(int64_t bid, int64_t index)
 /*  Log an SQLite failure once, with the statement's purpose. */
 static void s_fail(llmq_batch_store_t *self, const char *what)
 {
-    zsys_error("batch store %s: %s: %s", self->path, what,
-               sqlite3_errmsg(self->db));
+    llmq_log(NULL, LLMQ_LOG_ERROR, "batch_store_error",
+             LLMQ_LOG_STR("path", self->path), LLMQ_LOG_STR("what", what),
+             LLMQ_LOG_STR("error", sqlite3_errmsg(self->db)), LLMQ_LOG_END);
 }
 
 static void s_copy(char *dst, size_t size, const unsigned char *src)
@@ -200,8 +202,11 @@ llmq_batch_store_t *llmq_batch_store_new(const char *path)
         self->path, &self->db,
         SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
     if (rc != SQLITE_OK) {
-        zsys_error("batch store %s: cannot open: %s", self->path,
-                   self->db ? sqlite3_errmsg(self->db) : "out of memory");
+        llmq_log(NULL, LLMQ_LOG_ERROR, "batch_store_error",
+                 LLMQ_LOG_STR("path", self->path), LLMQ_LOG_STR("what", "open"),
+                 LLMQ_LOG_STR("error", self->db ? sqlite3_errmsg(self->db)
+                                                : "out of memory"),
+                 LLMQ_LOG_END);
         goto err;
     }
     /*  A second broker on the same file would corrupt nobody (SQLite
@@ -231,9 +236,10 @@ llmq_batch_store_t *llmq_batch_store_new(const char *path)
     }
     sqlite3_finalize(q);
     if (tables > 0 && (app_id != S_APP_ID || version != S_SCHEMA_VERSION)) {
-        zsys_error("batch store %s: not an llmq batch store (application_id "
-                   "%lld, version %lld)",
-                   self->path, (long long)app_id, (long long)version);
+        llmq_log(NULL, LLMQ_LOG_ERROR, "batch_store_foreign",
+                 LLMQ_LOG_STR("path", self->path),
+                 LLMQ_LOG_INT("application_id", app_id),
+                 LLMQ_LOG_INT("version", version), LLMQ_LOG_END);
         goto err;
     }
 
@@ -246,8 +252,10 @@ llmq_batch_store_t *llmq_batch_store_new(const char *path)
              S_APP_ID, S_SCHEMA_VERSION);
     if (sqlite3_exec(self->db, pragmas, NULL, NULL, &errmsg) != SQLITE_OK ||
         sqlite3_exec(self->db, s_schema, NULL, NULL, &errmsg) != SQLITE_OK) {
-        zsys_error("batch store %s: schema: %s", self->path,
-                   errmsg ? errmsg : "?");
+        llmq_log(NULL, LLMQ_LOG_ERROR, "batch_store_error",
+                 LLMQ_LOG_STR("path", self->path),
+                 LLMQ_LOG_STR("what", "schema"),
+                 LLMQ_LOG_STR("error", errmsg ? errmsg : "?"), LLMQ_LOG_END);
         sqlite3_free(errmsg);
         goto err;
     }
@@ -334,7 +342,7 @@ static void s_batch_bind(sqlite3_stmt *s, const llmq_batch_rec_t *r)
     s_bind_text(s, 5, r->model);
     s_bind_text(s, 6, r->pool);
     s_bind_text(s, 7, r->op);
-    s_bind_text(s, 8, r->state);
+    s_bind_text(s, 8, llmq_batch_state_name(r->state));
     s_bind_text(s, 9, r->completion_window);
     s_bind_text(s, 10, r->provider);
     s_bind_text(s, 11, r->client);
@@ -362,7 +370,8 @@ static void s_batch_read(sqlite3_stmt *s, llmq_batch_rec_t *r)
     s_copy(r->model, sizeof r->model, sqlite3_column_text(s, 4));
     s_copy(r->pool, sizeof r->pool, sqlite3_column_text(s, 5));
     s_copy(r->op, sizeof r->op, sqlite3_column_text(s, 6));
-    s_copy(r->state, sizeof r->state, sqlite3_column_text(s, 7));
+    r->state = LLMQ_BATCH_FAILED; /* a state this broker does not know */
+    llmq_batch_state_parse((const char *)sqlite3_column_text(s, 7), &r->state);
     s_copy(r->completion_window, sizeof r->completion_window,
            sqlite3_column_text(s, 8));
     s_copy(r->provider, sizeof r->provider, sqlite3_column_text(s, 9));
@@ -656,7 +665,7 @@ static void s_job_bind(sqlite3_stmt *s, const llmq_batch_job_t *j)
     sqlite3_bind_int64(s, 2, j->bid);
     s_bind_text(s, 3, j->pool);
     s_bind_text(s, 4, j->provider);
-    s_bind_text(s, 5, j->state);
+    s_bind_text(s, 5, llmq_job_state_name(j->state));
     s_bind_text(s, 6, j->provider_state);
     s_bind_text(s, 7, j->provider_batch);
     s_bind_text(s, 8, j->input_file);
@@ -678,7 +687,8 @@ static void s_job_read(sqlite3_stmt *s, llmq_batch_job_t *j)
     j->bid = sqlite3_column_int64(s, 1);
     s_copy(j->pool, sizeof j->pool, sqlite3_column_text(s, 2));
     s_copy(j->provider, sizeof j->provider, sqlite3_column_text(s, 3));
-    s_copy(j->state, sizeof j->state, sqlite3_column_text(s, 4));
+    j->state = LLMQ_JOB_FAILED; /* a state this broker does not know */
+    llmq_job_state_parse((const char *)sqlite3_column_text(s, 4), &j->state);
     s_copy(j->provider_state, sizeof j->provider_state,
            sqlite3_column_text(s, 5));
     s_copy(j->provider_batch, sizeof j->provider_batch,
@@ -859,7 +869,7 @@ int llmq_batch_store_test(bool verbose)
     snprintf(rec.id, sizeof rec.id, "b1");
     snprintf(rec.mode, sizeof rec.mode, "realtime");
     snprintf(rec.model, sizeof rec.model, "gpt-4o-mini");
-    snprintf(rec.state, sizeof rec.state, "validating");
+    rec.state = LLMQ_BATCH_VALIDATING;
     rec.priority = 5;
     rec.created_ms = 1234;
     S_CHECK(llmq_batch_store_batch_insert(store, &rec) == 0);
@@ -970,14 +980,14 @@ int llmq_batch_store_test(bool verbose)
     llmq_batch_job_t job = {0};
     snprintf(job.id, sizeof job.id, "job-1");
     job.bid = rec.bid;
-    snprintf(job.state, sizeof job.state, "submitting");
+    job.state = LLMQ_JOB_SUBMITTING;
     snprintf(job.provider, sizeof job.provider, "openai");
     job.first = 0;
     job.count = 50000;
     S_CHECK(llmq_batch_store_job_insert(store, &job) == 0);
     S_CHECK(llmq_batch_store_job_insert(store, &job) == -1);
     snprintf(job.provider_batch, sizeof job.provider_batch, "batch_abc");
-    snprintf(job.state, sizeof job.state, "submitted");
+    job.state = LLMQ_JOB_RUNNING;
     S_CHECK(llmq_batch_store_job_update(store, &job) == 0);
     llmq_batch_job_t gj;
     S_CHECK(llmq_batch_store_job_get(store, "job-1", &gj) == 0);
@@ -999,7 +1009,7 @@ int llmq_batch_store_test(bool verbose)
     S_CHECK(llmq_batch_store_batch_get(store, "b1", &got) == 0);
     S_CHECK(got.total == n);
     S_CHECK(llmq_batch_store_job_get(store, "job-1", &gj) == 0);
-    S_CHECK(streq(gj.state, "submitted"));
+    S_CHECK(gj.state == LLMQ_JOB_RUNNING);
     S_CHECK(llmq_batch_store_result_count(store, rec.bid, &done, NULL) == 0);
     S_CHECK(done == stored);
 
@@ -1017,7 +1027,7 @@ int llmq_batch_store_test(bool verbose)
             _exit(3);
         llmq_batch_rec_t b2 = {0};
         snprintf(b2.id, sizeof b2.id, "b2");
-        snprintf(b2.state, sizeof b2.state, "validating");
+        b2.state = LLMQ_BATCH_VALIDATING;
         llmq_batch_store_begin(cs);
         llmq_batch_store_batch_insert(cs, &b2);
         for (int64_t i = 0; i < 1000; i++) {
@@ -1100,7 +1110,8 @@ int llmq_batch_store_test(bool verbose)
 
     /*  Clean the temp dir. */
     if (llmq_check_rmtree(dir) != 0)
-        zsys_warning("could not remove %s", dir);
+        llmq_log(NULL, LLMQ_LOG_WARN, "test_cleanup_failed",
+                 LLMQ_LOG_STR("dir", dir), LLMQ_LOG_END);
     printf("OK\n");
     return 0;
 }

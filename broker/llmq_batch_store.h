@@ -31,6 +31,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "llmq_batch_state.h"
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -47,7 +49,7 @@ typedef struct {
     char model[257];
     char pool[129];             /* empty: any pool */
     char op[17];                /* chat | completion | embedding */
-    char state[17];             /* protocol batch state */
+    llmq_batch_state_t state;   /* protocol batch state */
     char completion_window[17]; /* e.g. "24h"; empty: none */
     char provider[33];          /* provider kind for provider mode */
     char client[256];           /* client routing id (hex), optional */
@@ -86,7 +88,7 @@ typedef struct {
     int64_t bid;              /* owning batch */
     char pool[129];           /* pool whose workers run it */
     char provider[33];        /* openai | anthropic | sim */
-    char state[17];           /* job state, see llmq_batch.h */
+    llmq_job_state_t state;   /* job state, llmq_batch_state.h */
     char provider_state[17];  /* last normalised provider state */
     char provider_batch[257]; /* provider's batch id, "" until known */
     char input_file[257];

@@ -36,9 +36,11 @@
 #include "llmq_broker.h"
 #include "llmq_auth.h"
 #include "llmq_curve.h"
+#include "llmq_log.h"
 #include "llmq_metrics.h"
 #include "llmq_queue.h"
 #include "llmq_value.h"
+#include "llmq_version.h"
 
 #include <cjson/cJSON.h>
 #include <inttypes.h>
@@ -48,14 +50,14 @@
 #include <malloc.h>
 #endif
 
-#define s_VERSION "0.1.0"
+#define s_VERSION LLMQ_VERSION_STRING
 #define s_MAX_BATCH 256         //  Messages read per socket per turn
 #define s_TICK_MS 100           //  Housekeeping period
 #define s_MAX_METRIC_MODELS 200 //  Distinct model labels, then "_other"
 #define s_MAX_ATTEMPTS 10       //  Upper bound on a client's max_attempts
 #define s_NO_EXPIRY INT64_MAX
-#define s_END ((const char *)NULL) //  Ends s_log's key/value list
-#define s_MAX_STATUS_QUEUES 1000   //  Lanes listed in a status reply
+#define s_END LLMQ_LOG_END       //  Ends s_log's key/value list
+#define s_MAX_STATUS_QUEUES 1000 //  Lanes listed in a status reply
 #define s_COMPACT_ABOVE 4096 //  Queue length from which payloads are compacted
 #define s_MAX_DEATHS 16      //  Death count that abandons a request (3.3)
 #define s_STRONG_DEATH 3     //  What a death without a sign of life adds
@@ -204,6 +206,7 @@ struct _llmq_broker_core_t {
     char *backend_ep;
     char *error;             //  Startup failure, NULL if fine
     llmq_metrics_t *metrics; //  Registry and scrape listener
+    llmq_log_t *log;         //  Event log (text or JSON, per config)
     llmq_auth_t *auth;       //  CURVE gatekeeper, NULL without keys
     zcert_t *cert;           //  The broker's CURVE keypair, or NULL
     zhashx_t *clients;       //  key -> s_client_t
@@ -253,52 +256,20 @@ static void s_request_destroy(s_broker_t *self, s_request_t **r_p);
 static void s_bid_text(uint64_t bid, char out[24]);
 
 //  --------------------------------------------------------------------------
-//  Logging: one line per event, text or JSON, on stderr.
+//  Logging: one line per event through llmq_log (text or JSON, typed
+//  values: LLMQ_LOG_STR, LLMQ_LOG_INT ... then s_END). level is "info",
+//  "warning" or "error".
 
 static void s_log(s_broker_t *self, const char *level, const char *event, ...)
 {
     if (self->config.quiet)
         return;
-    char stamp[40];
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    struct tm tm;
-    gmtime_r(&ts.tv_sec, &tm);
-    size_t len = strftime(stamp, sizeof(stamp), "%Y-%m-%dT%H:%M:%S", &tm);
-    snprintf(stamp + len, sizeof(stamp) - len, ".%03ldZ", ts.tv_nsec / 1000000);
-
+    llmq_log_level_t at = LLMQ_LOG_INFO;
+    llmq_log_level_parse(level, &at);
     va_list args;
     va_start(args, event);
-    if (self->config.json_logs) {
-        cJSON *line = cJSON_CreateObject();
-        cJSON_AddStringToObject(line, "ts", stamp);
-        cJSON_AddStringToObject(line, "level", level);
-        cJSON_AddStringToObject(line, "component", "llmq-broker");
-        cJSON_AddStringToObject(line, "event", event);
-        const char *key;
-        while ((key = va_arg(args, const char *))) {
-            const char *value = va_arg(args, const char *);
-            cJSON_AddStringToObject(line, key, value ? value : "");
-        }
-        char *text = cJSON_PrintUnformatted(line);
-        if (text)
-            fprintf(stderr, "%s\n", text);
-        free(text);
-        cJSON_Delete(line);
-    } else {
-        char buf[2048];
-        size_t pos = (size_t)snprintf(buf, sizeof(buf), "%s llmq-broker %s %s",
-                                      stamp, level, event);
-        const char *key;
-        while ((key = va_arg(args, const char *)) && pos < sizeof(buf)) {
-            const char *value = va_arg(args, const char *);
-            pos += (size_t)snprintf(buf + pos, sizeof(buf) - pos, " %s=%s", key,
-                                    value ? value : "");
-        }
-        fprintf(stderr, "%s\n", buf);
-    }
+    llmq_log_v(self->log, at, event, args);
     va_end(args);
-    fflush(stderr);
 }
 
 //  Routing ids as hash keys: hex, since they are binary.
@@ -901,10 +872,6 @@ static void s_group_share(s_broker_t *self, s_group_t *group)
         share_rpm = 1;
     if (tpm && share_tpm < 1)
         share_tpm = 1;
-    char rpm_text[32], tpm_text[32], members_text[32];
-    snprintf(rpm_text, sizeof(rpm_text), "%" PRId64, share_rpm);
-    snprintf(tpm_text, sizeof(tpm_text), "%" PRId64, share_tpm);
-    snprintf(members_text, sizeof(members_text), "%zu", members);
     w = (s_worker_t *)zlistx_first(group->members);
     while (w) {
         w->share_rpm = share_rpm;
@@ -918,8 +885,10 @@ static void s_group_share(s_broker_t *self, s_group_t *group)
         }
         w = (s_worker_t *)zlistx_next(group->members);
     }
-    s_log(self, "info", "limits", "group", group->name, "members", members_text,
-          "rpm_share", rpm_text, "tpm_share", tpm_text, s_END);
+    s_log(self, "info", "limits", LLMQ_LOG_STR("group", group->name),
+          LLMQ_LOG_INT("members", members),
+          LLMQ_LOG_INT("rpm_share", share_rpm),
+          LLMQ_LOG_INT("tpm_share", share_tpm), s_END);
 }
 
 static void s_group_join(s_broker_t *self, s_worker_t *w, const char *name)
@@ -1390,10 +1359,8 @@ static void s_worker_refresh(s_broker_t *self, s_worker_t *w, llmq_msg_t *msg,
         if (group)
             s_group_join(self, w, group);
     }
-    char in_flight[32];
-    snprintf(in_flight, sizeof(in_flight), "%" PRId64, w->in_flight);
-    s_log(self, "info", "worker_hello_again", "worker", w->name, "in_flight",
-          in_flight, s_END);
+    s_log(self, "info", "worker_hello_again", LLMQ_LOG_STR("worker", w->name),
+          LLMQ_LOG_INT("in_flight", w->in_flight), s_END);
 }
 
 static void s_worker_hello(s_broker_t *self, const char *key, llmq_msg_t *msg)
@@ -1445,15 +1412,15 @@ static void s_worker_hello(s_broker_t *self, const char *key, llmq_msg_t *msg)
         }
         lane = (s_lane_t *)zhashx_next(self->lanes);
     }
-    char models[512] = "", capacity_text[32];
+    char models[512] = "";
     for (size_t i = 0, pos = 0; i < w->nmodels && pos < sizeof(models); i++)
         pos += (size_t)snprintf(models + pos, sizeof(models) - pos, "%s%s",
                                 i ? "," : "", w->models[i]);
-    snprintf(capacity_text, sizeof(capacity_text), "%" PRId64, capacity);
     const char *group = llmq_msg_limit_group(msg);
-    s_log(self, "info", "worker_join", "worker", w->name, "pool", w->pool,
-          "provider", w->provider, "models", models, "capacity", capacity_text,
-          "limit_group", group ? group : "", s_END);
+    s_log(self, "info", "worker_join", LLMQ_LOG_STR("worker", w->name),
+          LLMQ_LOG_STR("pool", w->pool), LLMQ_LOG_STR("provider", w->provider),
+          LLMQ_LOG_STR("models", models), LLMQ_LOG_INT("capacity", capacity),
+          LLMQ_LOG_STR("limit_group", group ? group : ""), s_END);
     if (group && *group)
         s_group_join(self, w, group);
 }
@@ -1493,7 +1460,8 @@ static void s_worker_result(s_broker_t *self, s_worker_t *w, llmq_msg_t **msg_p)
         s_ack_add(w, r->bid);
     s_complete(self, r, msg_p);
     if (w->leaving && w->in_flight == 0) {
-        s_log(self, "info", "worker_gone", "worker", w->name, s_END);
+        s_log(self, "info", "worker_gone", LLMQ_LOG_STR("worker", w->name),
+              s_END);
         s_worker_remove(self, w, "left");
     }
 }
@@ -1625,11 +1593,12 @@ static void s_handle_worker(s_broker_t *self, llmq_msg_t *msg)
                              ? llmq_msg_healthy(msg)
                              : true;
             if (w->healthy && !was_healthy) {
-                s_log(self, "info", "worker_healthy", "worker", w->name, s_END);
+                s_log(self, "info", "worker_healthy",
+                      LLMQ_LOG_STR("worker", w->name), s_END);
                 s_dispatch_worker(self, w);
             } else if (!w->healthy && was_healthy)
-                s_log(self, "warning", "worker_unhealthy", "worker", w->name,
-                      s_END);
+                s_log(self, "warning", "worker_unhealthy",
+                      LLMQ_LOG_STR("worker", w->name), s_END);
             break;
         }
         case LLMQ_MSG_RES:
@@ -1641,11 +1610,13 @@ static void s_handle_worker(s_broker_t *self, llmq_msg_t *msg)
             break;
         case LLMQ_MSG_BYE:
             if (!w->leaving) {
-                s_log(self, "info", "worker_leave", "worker", w->name, s_END);
+                s_log(self, "info", "worker_leave",
+                      LLMQ_LOG_STR("worker", w->name), s_END);
                 s_worker_retire(self, w);
             }
             if (w->in_flight == 0) {
-                s_log(self, "info", "worker_gone", "worker", w->name, s_END);
+                s_log(self, "info", "worker_gone",
+                      LLMQ_LOG_STR("worker", w->name), s_END);
                 s_worker_remove(self, w, "left");
             }
             break;
@@ -1789,9 +1760,8 @@ static void s_client_request(s_broker_t *self, const char *key,
         self->counters.overloaded++;
         if (!self->overloaded) {
             self->overloaded = true;
-            char depth[32];
-            snprintf(depth, sizeof(depth), "%zu", self->queued);
-            s_log(self, "warning", "overload_start", "queued", depth, s_END);
+            s_log(self, "warning", "overload_start",
+                  LLMQ_LOG_INT("queued", self->queued), s_END);
         }
         char message[96];
         snprintf(message, sizeof(message),
@@ -2079,11 +2049,9 @@ static void s_heartbeat(s_broker_t *self, int64_t now)
     zframe_destroy(&header);
     w = dead ? (s_worker_t *)zlistx_first(dead) : NULL;
     while (w) {
-        char silent[32], inflight[32];
-        snprintf(silent, sizeof(silent), "%" PRId64, now - w->last_seen);
-        snprintf(inflight, sizeof(inflight), "%" PRId64, w->in_flight);
-        s_log(self, "warning", "worker_dead", "worker", w->name, "silent_ms",
-              silent, "in_flight", inflight, s_END);
+        s_log(self, "warning", "worker_dead", LLMQ_LOG_STR("worker", w->name),
+              LLMQ_LOG_INT("silent_ms", now - w->last_seen),
+              LLMQ_LOG_INT("in_flight", w->in_flight), s_END);
         self->counters.worker_deaths++;
         llmq_metrics_add(self->metrics, "llmq_broker_worker_deaths_total", NULL,
                          1);
@@ -2096,9 +2064,7 @@ static void s_heartbeat(s_broker_t *self, int64_t now)
 //  Answer everything still pending `overloaded`: the end of a drain.
 static void s_drain_finish(s_broker_t *self)
 {
-    char left[32], kept[32];
-    snprintf(left, sizeof(left), "%zu", self->queued);
-    snprintf(kept, sizeof(kept), "%zu", self->inflight_count);
+    size_t left = self->queued, kept = self->inflight_count;
     s_worker_t *w = (s_worker_t *)zhashx_first(self->workers);
     while (w) {
         while (w->inflight) {
@@ -2129,8 +2095,8 @@ static void s_drain_finish(s_broker_t *self)
                    LLMQ_ERR_OVERLOADED, "broker shutting down");
         lane = (s_lane_t *)zhashx_next(self->lanes);
     }
-    s_log(self, "info", "drained", "answered_overloaded", left,
-          "left_at_workers", kept, s_END);
+    s_log(self, "info", "drained", LLMQ_LOG_INT("answered_overloaded", left),
+          LLMQ_LOG_INT("left_at_workers", kept), s_END);
     self->drained = true;
     zstr_send(self->pipe, "DRAINED");
 }
@@ -2188,9 +2154,8 @@ static void s_timers(s_broker_t *self, int64_t now)
     }
     if (self->overloaded && self->queued < self->config.max_queue / 10 * 9) {
         self->overloaded = false;
-        char depth[32];
-        snprintf(depth, sizeof(depth), "%zu", self->queued);
-        s_log(self, "info", "overload_end", "queued", depth, s_END);
+        s_log(self, "info", "overload_end",
+              LLMQ_LOG_INT("queued", self->queued), s_END);
     }
     //  Forget lanes nobody used for a minute (clients choose model names).
     zlistx_t *idle = zlistx_new();
@@ -2349,8 +2314,11 @@ static void s_warn_insecure(s_broker_t *self)
     snprintf(endpoints, sizeof(endpoints), "%s%s%s",
              front ? self->frontend_ep : "", front && back ? "," : "",
              back ? self->backend_ep : "");
-    s_log(self, "warning", "insecure_bind", "endpoints", endpoints, "hint",
-          "no CURVE: anyone who reaches these can use them (--curve-cert)",
+    s_log(self, "warning", "insecure_bind",
+          LLMQ_LOG_STR("endpoints", endpoints),
+          LLMQ_LOG_STR(
+              "hint",
+              "no CURVE: anyone who reaches these can use them (--curve-cert)"),
           s_END);
 }
 
@@ -2363,8 +2331,9 @@ static void s_auth_denied(llmq_auth_side_t side, const char *reason,
     const char *labels[] = {"socket", socket, "reason", reason, NULL};
     llmq_metrics_add(self->metrics, "llmq_broker_auth_denied_total", labels, 1);
     if (first)
-        s_log(self, "warning", "auth_denied", "socket", socket, "reason",
-              reason, "peer", peer, s_END);
+        s_log(self, "warning", "auth_denied", LLMQ_LOG_STR("socket", socket),
+              LLMQ_LOG_STR("reason", reason), LLMQ_LOG_STR("peer", peer),
+              s_END);
 }
 
 //  CURVE on: load the keypair and start the ZAP handler. Sets self->error.
@@ -2457,6 +2426,10 @@ static s_broker_t *s_broker_new(zsock_t *pipe,
     self->expiry = llmq_queue_new();
     self->req_header = llmq_msg_new(LLMQ_MSG_REQ);
     self->metrics = llmq_metrics_new();
+    self->log = llmq_log_new("llmq-broker");
+    if (self->log)
+        llmq_log_setup(self->log, NULL, config->json_logs,
+                       config->quiet ? LLMQ_LOG_OFF : LLMQ_LOG_INFO);
     self->attach = zhashx_new();
     self->parked = zlistx_new();
     //  Broker ids of this run never match those of an earlier run (3.3).
@@ -2505,9 +2478,11 @@ static s_broker_t *s_broker_new(zsock_t *pipe,
     if (!self->error)
         s_warn_insecure(self);
     if (!self->error)
-        s_log(self, "info", "start", "frontend", self->frontend_ep, "backend",
-              self->backend_ep, "metrics", llmq_metrics_url(self->metrics),
-              "curve", self->auth ? "on" : "off", s_END);
+        s_log(self, "info", "start",
+              LLMQ_LOG_STR("frontend", self->frontend_ep),
+              LLMQ_LOG_STR("backend", self->backend_ep),
+              LLMQ_LOG_STR("metrics", llmq_metrics_url(self->metrics)),
+              LLMQ_LOG_STR("curve", self->auth ? "on" : "off"), s_END);
     return self;
 }
 
@@ -2559,6 +2534,7 @@ static void s_broker_destroy(s_broker_t **self_p)
     llmq_queue_destroy(&self->expiry);
     llmq_msg_destroy(&self->req_header);
     llmq_metrics_destroy(&self->metrics);
+    llmq_log_destroy(&self->log);
     zsock_destroy(&self->frontend);
     zsock_destroy(&self->backend);
     llmq_auth_destroy(&self->auth);
@@ -2592,10 +2568,9 @@ static void s_handle_pipe(s_broker_t *self)
         if (!self->draining) {
             self->draining = true;
             self->drain_deadline = zclock_mono() + self->config.drain_ms;
-            char pending[32];
-            snprintf(pending, sizeof(pending), "%zu",
-                     self->queued + self->inflight_count);
-            s_log(self, "info", "drain_start", "pending", pending, s_END);
+            s_log(self, "info", "drain_start",
+                  LLMQ_LOG_INT("pending", self->queued + self->inflight_count),
+                  s_END);
         }
         if (self->error)
             zstr_send(self->pipe, "DRAINED");
@@ -2641,7 +2616,8 @@ void llmq_broker(zsock_t *pipe, void *args)
     if (!self)
         return;
     if (self->error)
-        s_log(self, "error", "start_failed", "reason", self->error, s_END);
+        s_log(self, "error", "start_failed",
+              LLMQ_LOG_STR("reason", self->error), s_END);
 
     enum { MAX_ITEMS = 48 };
     zmq_pollitem_t items[MAX_ITEMS];
@@ -2824,7 +2800,8 @@ int llmq_broker_send_job(llmq_broker_core_t *self, const char *pool,
         //  A failed send destroys the message too: count it as lost, the
         //  manager re-issues the task after its timeout.
         if (llmq_msg_send(msg_p, self->backend))
-            s_log(self, "warning", "job_send_failed", "worker", w->name, s_END);
+            s_log(self, "warning", "job_send_failed",
+                  LLMQ_LOG_STR("worker", w->name), s_END);
         return 0;
     }
     return -1;

@@ -204,13 +204,21 @@ int llmq_metrics_define(llmq_metrics_t *self, const char *name,
     return 0;
 }
 
-void llmq_metrics_add(llmq_metrics_t *self, const char *name,
-                      const char *const *labels, double value)
+/*  The series for labels of counter or gauge name (created on first
+    use), or NULL: unknown name, a histogram, or out of memory. */
+static s_series_t *s_scalar(llmq_metrics_t *self, const char *name,
+                            const char *const *labels)
 {
     s_family_t *family = s_family(self, name);
     if (!family || family->type == LLMQ_METRIC_HISTOGRAM)
-        return;
-    s_series_t *series = s_series_require(family, labels);
+        return NULL;
+    return s_series_require(family, labels);
+}
+
+void llmq_metrics_add(llmq_metrics_t *self, const char *name,
+                      const char *const *labels, double value)
+{
+    s_series_t *series = s_scalar(self, name, labels);
     if (series)
         series->value += value;
 }
@@ -218,10 +226,7 @@ void llmq_metrics_add(llmq_metrics_t *self, const char *name,
 void llmq_metrics_set(llmq_metrics_t *self, const char *name,
                       const char *const *labels, double value)
 {
-    s_family_t *family = s_family(self, name);
-    if (!family || family->type == LLMQ_METRIC_HISTOGRAM)
-        return;
-    s_series_t *series = s_series_require(family, labels);
+    s_series_t *series = s_scalar(self, name, labels);
     if (series)
         series->value = value;
 }
@@ -230,17 +235,8 @@ void llmq_metrics_observe(llmq_metrics_t *self, const char *name,
                           const char *const *labels, double value)
 {
     s_family_t *family = s_family(self, name);
-    if (!family || family->type != LLMQ_METRIC_HISTOGRAM)
-        return;
-    s_series_t *series = s_series_require(family, labels);
-    if (!series)
-        return;
-    size_t i = 0;
-    while (i < family->nbounds && value > family->bounds[i])
-        i++;
-    series->buckets[i]++;
-    series->count++;
-    series->value += value;
+    if (family && family->type == LLMQ_METRIC_HISTOGRAM)
+        llmq_metrics_series_observe(s_series_require(family, labels), value);
 }
 
 llmq_metric_series_t *llmq_metrics_series(llmq_metrics_t *self,

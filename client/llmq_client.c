@@ -25,6 +25,7 @@
 */
 #include "llmq_client.h"
 #include "llmq_duration.h"
+#include "llmq_log.h"
 #include "llmq_curve.h"
 #include "llmq_msg.h"
 #include "llmq_value.h"
@@ -374,7 +375,8 @@ static void s_send_request(llmq_client_t *self, s_request_t *req)
     zframe_t *payload = zframe_dup(req->payload);
     llmq_msg_set_payload(msg, &payload);
     if (llmq_msg_send(&msg, zsock_resolve(self->sock)) != 0 && self->verbose)
-        zsys_warning("llmq_client: send of %s failed, will resend", req->id);
+        llmq_log(NULL, LLMQ_LOG_WARN, "client_send_failed",
+                 LLMQ_LOG_STR("id", req->id), LLMQ_LOG_END);
 }
 
 /*  The broker has been silent too long, or our connection to it dropped:
@@ -383,9 +385,10 @@ static void s_send_request(llmq_client_t *self, s_request_t *req)
 static void s_reconnect(llmq_client_t *self, const char *why)
 {
     if (self->verbose)
-        zsys_info("llmq_client: broker %s %s, reconnecting and resending %zu "
-                  "requests",
-                  self->endpoint, why, zlistx_size(self->order));
+        llmq_log(
+            NULL, LLMQ_LOG_INFO, "client_reconnect",
+            LLMQ_LOG_STR("broker", self->endpoint), LLMQ_LOG_STR("why", why),
+            LLMQ_LOG_INT("resending", zlistx_size(self->order)), LLMQ_LOG_END);
     zsock_t *sock = s_socket_new(self);
     if (!sock)
         return; //  try again on the next timer
@@ -527,8 +530,10 @@ static void s_handle_error(llmq_client_t *self, llmq_msg_t *msg)
         id ? (s_request_t *)zhashx_lookup(self->pending, id) : NULL;
     if (!req) {
         if (self->verbose)
-            zsys_warning("llmq_client: broker error %s: %s", llmq_msg_code(msg),
-                         llmq_msg_message(msg));
+            llmq_log(NULL, LLMQ_LOG_WARN, "client_broker_error",
+                     LLMQ_LOG_STR("code", llmq_msg_code(msg)),
+                     LLMQ_LOG_STR("message", llmq_msg_message(msg)),
+                     LLMQ_LOG_END);
         return;
     }
     llmq_result_t *result = (llmq_result_t *)calloc(1, sizeof(*result));
@@ -585,11 +590,13 @@ static void s_handle(llmq_client_t *self, llmq_msg_t *msg)
         break;
     default:
         if (self->verbose)
-            zsys_warning("llmq_client: dropped %s message (%s)",
-                         llmq_msg_type_name(llmq_msg_type(msg)),
-                         llmq_msg_type(msg) == LLMQ_MSG_INVALID
-                             ? llmq_msg_invalid_reason(msg)
-                             : "unexpected");
+            llmq_log(
+                NULL, LLMQ_LOG_WARN, "client_dropped",
+                LLMQ_LOG_STR("type", llmq_msg_type_name(llmq_msg_type(msg))),
+                LLMQ_LOG_STR("reason", llmq_msg_type(msg) == LLMQ_MSG_INVALID
+                                           ? llmq_msg_invalid_reason(msg)
+                                           : "unexpected"),
+                LLMQ_LOG_END);
         break;
     }
 }
@@ -1618,6 +1625,11 @@ static void s_fake_broker(zsock_t *pipe, void *args)
     zlistx_destroy(&held);
     zpoller_destroy(&poller);
     zsock_destroy(&router);
+}
+
+void llmq_client_fake_broker(zsock_t *pipe, void *args)
+{
+    s_fake_broker(pipe, args);
 }
 
 static int s_test_callbacks = 0;

@@ -43,17 +43,18 @@ typedef struct {
 struct _llmq_cluster_t {
     s_child_t children[LLMQ_CLUSTER_MAX_CHILDREN]; /* started children */
     int count;                                     /* how many */
-    char log_dir[256]; /* private temp directory for logs */
-    char *endpoint;    /* broker frontend */
-    char *backend;     /* broker backend */
-    char *sim_url;     /* llmq-sim base URL, or NULL */
-    char *provider;    /* provider of the workers */
-    char *model;       /* model the workers serve */
-    bool verbose;      /* children's stderr to ours */
+    char log_dir[256];  /* private temp directory for logs */
+    char endpoint[256]; /* broker frontend */
+    char backend[256];  /* broker backend */
+    char *provider;     /* provider of the workers */
+    char *model;        /* model the workers serve */
+    bool verbose;       /* children's stderr to ours */
 };
 
-/*  Value of key=... in a ready line, fresh, or NULL. */
-static char *s_ready_value(const char *line, const char *key)
+/*  Copy the value of key=... in a ready line to value (size bytes).
+    Returns 0, or -1 if the line has no such key or the value is longer. */
+static int s_ready_value(const char *line, const char *key, char *value,
+                         size_t size)
 {
     size_t keylen = strlen(key);
     const char *p = line;
@@ -61,16 +62,15 @@ static char *s_ready_value(const char *line, const char *key)
         if ((p == line || p[-1] == ' ') && p[keylen] == '=') {
             p += keylen + 1;
             size_t len = strcspn(p, " \r\n");
-            char *value = (char *)malloc(len + 1);
-            if (value) {
-                memcpy(value, p, len);
-                value[len] = 0;
-            }
-            return value;
+            if (len >= size)
+                return -1;
+            memcpy(value, p, len);
+            value[len] = 0;
+            return 0;
         }
         p += keylen;
     }
-    return NULL;
+    return -1;
 }
 
 char *llmq_cluster_find_binary(const char *name)
@@ -389,13 +389,14 @@ static int s_start_sim(llmq_cluster_t *self, const llmq_cluster_opts_t *opts,
     char *line = child ? s_wait_ready(child, err, errlen) : NULL;
     if (!line)
         return -1;
-    self->sim_url = s_ready_value(line, "url");
+    char url[256];
+    int rc = s_ready_value(line, "url", url, sizeof url);
     zstr_free(&line);
-    if (!self->sim_url) {
+    if (rc) {
         snprintf(err, errlen, "llmq-sim printed no url");
         return -1;
     }
-    *base_url_p = zsys_sprintf("%s/v1", self->sim_url);
+    *base_url_p = zsys_sprintf("%s/v1", url);
     return 0;
 }
 
@@ -424,10 +425,12 @@ static int s_start_broker(llmq_cluster_t *self, const llmq_cluster_opts_t *opts,
     char *line = child ? s_wait_ready(child, err, errlen) : NULL;
     if (!line)
         return -1;
-    self->endpoint = s_ready_value(line, "frontend");
-    self->backend = s_ready_value(line, "backend");
+    int rc =
+        s_ready_value(line, "frontend", self->endpoint,
+                      sizeof self->endpoint) ||
+        s_ready_value(line, "backend", self->backend, sizeof self->backend);
     zstr_free(&line);
-    if (!self->endpoint || !self->backend) {
+    if (rc) {
         snprintf(err, errlen, "llmq-broker printed no frontend/backend");
         return -1;
     }
@@ -618,9 +621,6 @@ void llmq_cluster_destroy(llmq_cluster_t **self_p)
                 unlink(self->children[i].log);
         }
         rmdir(self->log_dir);
-        free(self->endpoint);
-        free(self->backend);
-        free(self->sim_url);
         free(self->provider);
         free(self->model);
         free(self);
@@ -648,27 +648,11 @@ const char *llmq_cluster_dead(llmq_cluster_t *self)
     return NULL;
 }
 
-const char *llmq_cluster_endpoint(const llmq_cluster_t *self)
+void llmq_cluster_info(const llmq_cluster_t *self, llmq_cluster_info_t *info)
 {
-    return self->endpoint;
-}
-
-const char *llmq_cluster_provider(const llmq_cluster_t *self)
-{
-    return self->provider;
-}
-
-const char *llmq_cluster_model(const llmq_cluster_t *self)
-{
-    return self->model;
-}
-
-bool llmq_cluster_simulated(const llmq_cluster_t *self)
-{
-    return streq(self->provider, "sim");
-}
-
-const char *llmq_cluster_log_dir(const llmq_cluster_t *self)
-{
-    return self->log_dir;
+    info->endpoint = self->endpoint;
+    info->provider = self->provider;
+    info->model = self->model;
+    info->log_dir = self->log_dir;
+    info->simulated = streq(self->provider, "sim");
 }

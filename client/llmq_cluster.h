@@ -67,15 +67,17 @@ void llmq_cluster_signal(llmq_cluster_t *self);
     the last call (it is reaped), or NULL when all still run. Borrowed. */
 const char *llmq_cluster_dead(llmq_cluster_t *self);
 
-/*  The broker frontend endpoint clients connect to. */
-const char *llmq_cluster_endpoint(const llmq_cluster_t *self);
-/*  The provider and model the workers serve. */
-const char *llmq_cluster_provider(const llmq_cluster_t *self);
-const char *llmq_cluster_model(const llmq_cluster_t *self);
-/*  True when the provider is the simulator (results are simulated). */
-bool llmq_cluster_simulated(const llmq_cluster_t *self);
-/*  Directory holding the children's logs. */
-const char *llmq_cluster_log_dir(const llmq_cluster_t *self);
+/*  What a caller needs to know about a running cluster. The strings are
+    borrowed from the cluster (valid until it is destroyed). */
+typedef struct {
+    const char *endpoint; /* the broker frontend clients connect to */
+    const char *provider; /* the provider the workers use */
+    const char *model;    /* the model they serve by default */
+    const char *log_dir;  /* the directory of the children's logs */
+    bool simulated;       /* the provider is llmq-sim: simulated results */
+} llmq_cluster_info_t;
+
+void llmq_cluster_info(const llmq_cluster_t *self, llmq_cluster_info_t *info);
 
 /*  Find a binary of the llmq suite (LLMQ_BIN_DIR, next to this executable,
     PATH). Returns a fresh path or NULL. */

@@ -18,12 +18,14 @@
 #include "llmq_duration.h"
 #include "llmq_jsonl.h"
 #include "llmq_progress.h"
+#include "llmq_runner.h"
 
 #include <czmq.h>
 #include <errno.h>
 #include <getopt.h>
 #include <libgen.h>
 #include <signal.h>
+#include <stddef.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -41,18 +43,14 @@ static void s_on_signal(int signum)
     s_interrupted = 1;
 }
 
-/*  Catch SIGINT/SIGTERM ourselves (not CZMQ's handler): blocking calls
-    return EINTR and the command winds down, stopping its cluster. */
+/*  Catch SIGINT/SIGTERM ourselves (not CZMQ's handler, which would set
+    zsys_interrupted): CZMQ installs s_on_signal without SA_RESTART, so
+    blocking calls return EINTR and the command winds down, stopping its
+    cluster. After zsys_init, which would install CZMQ's own. */
 static void s_install_signals(void)
 {
     zsys_init();
-    zsys_handler_set(NULL);
-    struct sigaction action;
-    memset(&action, 0, sizeof(action));
-    action.sa_handler = s_on_signal;
-    sigemptyset(&action.sa_mask);
-    sigaction(SIGINT, &action, NULL);
-    sigaction(SIGTERM, &action, NULL);
+    zsys_handler_set(s_on_signal);
     signal(SIGPIPE, SIG_IGN);
 }
 
@@ -66,13 +64,13 @@ typedef struct {
     const char *output;     /* run: -o */
     int workers;            /* embedded cluster workers */
     int capacity;           /* embedded cluster per-worker capacity */
-    int sim_latency_ms;     /* embedded llmq-sim latency */
+    int64_t sim_latency_ms; /* embedded llmq-sim latency */
     int concurrency;        /* run: window */
     int max_dispatches;     /* broker dispatch attempts per request */
     int64_t deadline_ms;    /* per-request deadline */
-    int timeout_ms;         /* broker liveness */
+    int64_t timeout_ms;     /* broker liveness */
     int64_t give_up_ms;     /* fail when the broker is silent this long */
-    int batch_poll_ms;      /* embedded broker: provider poll period */
+    int64_t batch_poll_ms;  /* embedded broker: provider poll period */
     bool quiet;             /* no progress bar, no summary */
     bool retry_failed;      /* run: redo error lines of OUT */
     bool verbose;           /* log more, children's stderr through */
@@ -87,66 +85,56 @@ typedef struct {
     const char *broker_key; /* CURVE: the broker's public key or cert */
 } s_opts_t;
 
-enum {
-    OPT_BROKER = 1000,
-    OPT_MODEL,
-    OPT_CONFIG,
-    OPT_PROVIDER,
-    OPT_BASE_URL,
-    OPT_WORKERS,
-    OPT_CAPACITY,
-    OPT_SIM_LATENCY,
-    OPT_CONCURRENCY,
-    OPT_MAX_ATTEMPTS,
-    OPT_MAX_DISPATCHES,
-    OPT_BATCH_POLL,
-    OPT_DEADLINE,
-    OPT_TIMEOUT,
-    OPT_GIVE_UP,
-    OPT_QUIET,
-    OPT_RETRY_FAILED,
-    OPT_VERBOSE,
-    OPT_JSON,
-    OPT_NO_STREAM,
-    OPT_SYSTEM,
-    OPT_MAX_TOKENS,
-    OPT_MODE,
-    OPT_DETACH,
-    OPT_CURVE_CERT,
-    OPT_BROKER_KEY,
-    OPT_HELP
-};
+/*  The options, one table: what kind of value each takes and the field
+    of s_opts_t it sets. getopt_long returns S_ID + its index. */
+typedef enum {
+    S_TEXT,  /* a value: const char * */
+    S_FLAG,  /* no value: bool, set */
+    S_COUNT, /* a non-negative integer: int */
+    S_MS,    /* a duration: int64_t ms */
+    S_HELP   /* --help */
+} s_kind_t;
 
-static const struct option s_long_options[] = {
-    {"broker", required_argument, NULL, OPT_BROKER},
-    {"model", required_argument, NULL, OPT_MODEL},
-    {"config", required_argument, NULL, OPT_CONFIG},
-    {"provider", required_argument, NULL, OPT_PROVIDER},
-    {"base-url", required_argument, NULL, OPT_BASE_URL},
-    {"workers", required_argument, NULL, OPT_WORKERS},
-    {"capacity", required_argument, NULL, OPT_CAPACITY},
-    {"sim-latency-ms", required_argument, NULL, OPT_SIM_LATENCY},
-    {"output", required_argument, NULL, 'o'},
-    {"concurrency", required_argument, NULL, OPT_CONCURRENCY},
-    {"max-attempts", required_argument, NULL, OPT_MAX_ATTEMPTS},
-    {"max-dispatches", required_argument, NULL, OPT_MAX_DISPATCHES},
-    {"batch-poll-ms", required_argument, NULL, OPT_BATCH_POLL},
-    {"deadline-ms", required_argument, NULL, OPT_DEADLINE},
-    {"timeout", required_argument, NULL, OPT_TIMEOUT},
-    {"give-up", required_argument, NULL, OPT_GIVE_UP},
-    {"quiet", no_argument, NULL, OPT_QUIET},
-    {"retry-failed", no_argument, NULL, OPT_RETRY_FAILED},
-    {"verbose", no_argument, NULL, OPT_VERBOSE},
-    {"json", no_argument, NULL, OPT_JSON},
-    {"no-stream", no_argument, NULL, OPT_NO_STREAM},
-    {"system", required_argument, NULL, OPT_SYSTEM},
-    {"max-tokens", required_argument, NULL, OPT_MAX_TOKENS},
-    {"mode", required_argument, NULL, OPT_MODE},
-    {"detach", no_argument, NULL, OPT_DETACH},
-    {"curve-cert", required_argument, NULL, OPT_CURVE_CERT},
-    {"broker-key", required_argument, NULL, OPT_BROKER_KEY},
-    {"help", no_argument, NULL, OPT_HELP},
-    {NULL, 0, NULL, 0}};
+#define S_AT(field) offsetof(s_opts_t, field)
+#define S_ID 1000
+
+typedef struct {
+    const char *name; /* --name */
+    s_kind_t kind;    /* its value */
+    size_t field;     /* S_AT(field) */
+} s_option_t;
+
+static const s_option_t s_options[] = {
+    {"broker", S_TEXT, S_AT(broker)},
+    {"model", S_TEXT, S_AT(model)},
+    {"config", S_TEXT, S_AT(config)},
+    {"provider", S_TEXT, S_AT(provider)},
+    {"base-url", S_TEXT, S_AT(base_url)},
+    {"workers", S_COUNT, S_AT(workers)},
+    {"capacity", S_COUNT, S_AT(capacity)},
+    {"sim-latency-ms", S_MS, S_AT(sim_latency_ms)},
+    {"output", S_TEXT, S_AT(output)},
+    {"concurrency", S_COUNT, S_AT(concurrency)},
+    {"max-attempts", S_COUNT, S_AT(max_dispatches)},
+    {"max-dispatches", S_COUNT, S_AT(max_dispatches)},
+    {"batch-poll-ms", S_MS, S_AT(batch_poll_ms)},
+    {"deadline-ms", S_MS, S_AT(deadline_ms)},
+    {"timeout", S_MS, S_AT(timeout_ms)},
+    {"give-up", S_MS, S_AT(give_up_ms)},
+    {"quiet", S_FLAG, S_AT(quiet)},
+    {"retry-failed", S_FLAG, S_AT(retry_failed)},
+    {"verbose", S_FLAG, S_AT(verbose)},
+    {"json", S_FLAG, S_AT(json)},
+    {"no-stream", S_FLAG, S_AT(no_stream)},
+    {"system", S_TEXT, S_AT(system)},
+    {"max-tokens", S_COUNT, S_AT(max_tokens)},
+    {"mode", S_TEXT, S_AT(mode)},
+    {"detach", S_FLAG, S_AT(detach)},
+    {"curve-cert", S_TEXT, S_AT(curve_cert)},
+    {"broker-key", S_TEXT, S_AT(broker_key)},
+    {"help", S_HELP, 0},
+};
+#define S_OPTIONS (sizeof s_options / sizeof s_options[0])
 
 static const char *s_usage_main =
     "usage: llmq <command> [options]\n"
@@ -402,58 +390,52 @@ static int s_duration(const char *text, const char *name, bool was_seconds,
     return 0;
 }
 
-/*  Options with a number or a duration value. Returns 0, -1 (bad value,
-    said on stderr) or 1 (not such an option). */
-static int s_parse_value(int c, const char *value, const char *name,
-                         s_opts_t *opts)
+/*  The option getopt_long returned as c (S_ID + index, or a short
+    option's letter), or NULL: an unknown option. */
+static const s_option_t *s_option(int c)
 {
+    const char *name = c == 'o'   ? "output"
+                       : c == 'q' ? "quiet"
+                       : c == 'h' ? "help"
+                                  : NULL;
+    for (size_t i = 0; i < S_OPTIONS; i++)
+        if (c == S_ID + (int)i || (name && streq(s_options[i].name, name)))
+            return &s_options[i];
+    return NULL;
+}
+
+/*  Set the field of option from value; name: the option as given.
+    Returns 0, or -1 (a bad value, said on stderr). */
+static int s_set(const s_option_t *option, const char *value, const char *name,
+                 s_opts_t *opts)
+{
+    char *field = (char *)opts + option->field;
     long n = 0;
     int64_t ms = 0;
-    switch (c) {
-    case OPT_WORKERS:
-    case OPT_CAPACITY:
-    case OPT_CONCURRENCY:
-    case OPT_MAX_ATTEMPTS:
-    case OPT_MAX_DISPATCHES:
-    case OPT_MAX_TOKENS:
+    switch (option->kind) {
+    case S_TEXT:
+        *(const char **)field = value;
+        break;
+    case S_FLAG:
+        *(bool *)field = true;
+        break;
+    case S_COUNT:
         if ((n = s_number(value, name)) < 0)
             return -1;
-        if (c == OPT_WORKERS)
-            opts->workers = (int)n;
-        if (c == OPT_CAPACITY)
-            opts->capacity = (int)n;
-        if (c == OPT_CONCURRENCY)
-            opts->concurrency = (int)n;
-        if (c == OPT_MAX_ATTEMPTS)
+        if (streq(option->name, "max-attempts"))
             fprintf(stderr, "llmq: --max-attempts is deprecated: it is "
                             "--max-dispatches (broker dispatches; the "
                             "worker's --max-attempts counts HTTP "
                             "attempts)\n");
-        if (c == OPT_MAX_ATTEMPTS || c == OPT_MAX_DISPATCHES)
-            opts->max_dispatches = (int)n;
-        if (c == OPT_MAX_TOKENS)
-            opts->max_tokens = (int)n;
+        *(int *)field = (int)n;
         break;
-    case OPT_SIM_LATENCY:
-    case OPT_DEADLINE:
-    case OPT_TIMEOUT:
-    case OPT_GIVE_UP:
-    case OPT_BATCH_POLL:
-        if (s_duration(value, name, c == OPT_GIVE_UP, &ms) < 0)
+    case S_MS:
+        if (s_duration(value, name, streq(option->name, "give-up"), &ms) < 0)
             return -1;
-        if (c == OPT_SIM_LATENCY)
-            opts->sim_latency_ms = (int)ms;
-        if (c == OPT_DEADLINE)
-            opts->deadline_ms = ms;
-        if (c == OPT_TIMEOUT)
-            opts->timeout_ms = (int)ms;
-        if (c == OPT_GIVE_UP)
-            opts->give_up_ms = ms;
-        if (c == OPT_BATCH_POLL)
-            opts->batch_poll_ms = (int)ms;
+        *(int64_t *)field = ms;
         break;
     default:
-        return 1;
+        break;
     }
     return 0;
 }
@@ -463,79 +445,31 @@ static int s_parse_value(int c, const char *value, const char *name,
 static int s_parse(const char *command, int argc, char **argv, s_opts_t *opts,
                    int *first_p)
 {
+    struct option long_options[S_OPTIONS + 1];
+    memset(long_options, 0, sizeof long_options);
+    for (size_t i = 0; i < S_OPTIONS; i++) {
+        bool value = s_options[i].kind != S_FLAG && s_options[i].kind != S_HELP;
+        long_options[i] = (struct option){
+            s_options[i].name, value ? required_argument : no_argument, NULL,
+            S_ID + (int)i};
+    }
     optind = 1;
     opterr = 0;
     int c;
-    while ((c = getopt_long(argc, argv, "o:hq", s_long_options, NULL)) != -1) {
-        int rc = 0;
-        switch (c) {
-        case OPT_BROKER:
-            opts->broker = optarg;
-            break;
-        case OPT_MODEL:
-            opts->model = optarg;
-            break;
-        case OPT_CONFIG:
-            opts->config = optarg;
-            break;
-        case OPT_PROVIDER:
-            opts->provider = optarg;
-            break;
-        case OPT_BASE_URL:
-            opts->base_url = optarg;
-            break;
-        case 'o':
-            opts->output = optarg;
-            break;
-        case OPT_SYSTEM:
-            opts->system = optarg;
-            break;
-        case OPT_MODE:
-            opts->mode = optarg;
-            break;
-        case OPT_DETACH:
-            opts->detach = true;
-            break;
-        case OPT_CURVE_CERT:
-            opts->curve_cert = optarg;
-            break;
-        case OPT_BROKER_KEY:
-            opts->broker_key = optarg;
-            break;
-        case OPT_QUIET:
-        case 'q':
-            opts->quiet = true;
-            break;
-        case OPT_RETRY_FAILED:
-            opts->retry_failed = true;
-            break;
-        case OPT_VERBOSE:
-            opts->verbose = true;
-            break;
-        case OPT_JSON:
-            opts->json = true;
-            break;
-        case OPT_NO_STREAM:
-            opts->no_stream = true;
-            break;
-        case OPT_HELP:
-        case 'h':
+    while ((c = getopt_long(argc, argv, "o:hq", long_options, NULL)) != -1) {
+        const s_option_t *option = s_option(c);
+        if (option && option->kind == S_HELP) {
             s_help(command);
             return 1;
-        case ':':
-            fprintf(stderr, "llmq %s: option %s needs a value\n", command,
-                    argv[optind - 1]);
-            return -1;
-        default:
-            rc = s_parse_value(c, optarg, argv[optind - 1], opts);
-            if (rc == 0)
-                break;
-            if (rc > 0)
-                fprintf(stderr,
-                        "llmq %s: unknown option '%s' (see llmq %s --help)\n",
-                        command, argv[optind - 1], command);
+        }
+        if (!option) {
+            fprintf(stderr,
+                    "llmq %s: unknown option '%s' (see llmq %s --help)\n",
+                    command, argv[optind - 1], command);
             return -1;
         }
+        if (s_set(option, optarg, argv[optind - 1], opts))
+            return -1;
     }
     if (opts->workers > 64) {
         fprintf(stderr, "llmq: --workers is at most 64\n");
@@ -549,10 +483,11 @@ static int s_parse(const char *command, int argc, char **argv, s_opts_t *opts,
 //  Connecting: the given broker, the default one, or an embedded cluster
 
 typedef struct {
-    llmq_client_t *client;   /* connected client */
-    llmq_cluster_t *cluster; /* embedded cluster, or NULL */
-    char *model;             /* default model for lines without one */
-    bool simulated;          /* results come from llmq-sim */
+    llmq_client_t *client;    /* connected client */
+    llmq_cluster_t *cluster;  /* embedded cluster, or NULL */
+    llmq_cluster_info_t info; /* the cluster's endpoint, provider ... */
+    char *model;              /* default model for lines without one */
+    bool simulated;           /* results come from llmq-sim */
 } s_conn_t;
 
 static void s_conn_close(s_conn_t *conn)
@@ -611,10 +546,51 @@ static const char *s_silence_hint(const s_opts_t *opts)
                : "";
 }
 
-/*  Returns 0 or an exit code. allow_cluster: start one if no broker;
-    models: the models the input names, for the cluster's workers. */
-static int s_connect(const s_opts_t *opts, s_conn_t *conn, bool allow_cluster,
-                     const char *const *models, size_t models_count)
+/*  Start an embedded cluster serving models (the models the input names)
+    besides the default one. Returns 0 or an exit code. */
+static int s_start_cluster(const s_opts_t *opts, s_conn_t *conn,
+                           const char *const *models, size_t models_count)
+{
+    if (s_interrupted)
+        return EXIT_INTERRUPTED;
+    llmq_cluster_opts_t copts = {.workers = opts->workers,
+                                 .capacity = opts->capacity,
+                                 .provider = opts->provider,
+                                 .base_url = opts->base_url,
+                                 .model = opts->model,
+                                 .models = models,
+                                 .models_count = models_count,
+                                 .config = opts->config,
+                                 .sim_latency_ms = (int)opts->sim_latency_ms,
+                                 .verbose = opts->verbose,
+                                 .batch_db = opts->batch_db,
+                                 .batch_poll_ms = (int)opts->batch_poll_ms};
+    char err[512] = "";
+    conn->cluster = llmq_cluster_new(&copts, err, sizeof(err));
+    if (!conn->cluster) {
+        if (s_interrupted)
+            return EXIT_INTERRUPTED;
+        bool config_error = errno == EINVAL;
+        fprintf(stderr, "llmq: cannot start the local cluster: %s\n", err);
+        return config_error ? EXIT_USAGE : EXIT_FATAL;
+    }
+    llmq_cluster_info(conn->cluster, &conn->info);
+    conn->simulated = conn->info.simulated;
+    conn->model = strdup(conn->info.model);
+    if (!opts->quiet)
+        fprintf(stderr,
+                "llmq: started a local cluster: broker %s, %d workers, "
+                "provider %s%s, model %s (broker name llmq-local-%d)\n",
+                conn->info.endpoint, opts->workers > 0 ? opts->workers : 4,
+                conn->info.provider,
+                conn->simulated ? " (llmq-sim, SIMULATED results)" : "",
+                conn->model, (int)getpid());
+    return 0;
+}
+
+/*  The broker to use: --broker, $LLMQ_ENDPOINT, or the default endpoint
+    if a broker answers there (else NULL: start a cluster). */
+static const char *s_endpoint(const s_opts_t *opts, bool allow_cluster)
 {
     const char *endpoint = opts->broker;
     if (!endpoint && getenv("LLMQ_ENDPOINT") && *getenv("LLMQ_ENDPOINT"))
@@ -628,52 +604,30 @@ static int s_connect(const s_opts_t *opts, s_conn_t *conn, bool allow_cluster,
     }
     if (!endpoint && !allow_cluster)
         endpoint = LLMQ_DEFAULT_ENDPOINT;
+    return endpoint;
+}
+
+/*  Returns 0 or an exit code. allow_cluster: start one if no broker;
+    models: the models the input names, for the cluster's workers. */
+static int s_connect(const s_opts_t *opts, s_conn_t *conn, bool allow_cluster,
+                     const char *const *models, size_t models_count)
+{
+    const char *endpoint = s_endpoint(opts, allow_cluster);
     if (!endpoint) {
-        if (s_interrupted)
-            return EXIT_INTERRUPTED;
-        llmq_cluster_opts_t copts = {0};
-        copts.workers = opts->workers;
-        copts.capacity = opts->capacity;
-        copts.provider = opts->provider;
-        copts.base_url = opts->base_url;
-        copts.model = opts->model;
-        copts.models = models;
-        copts.models_count = models_count;
-        copts.config = opts->config;
-        copts.sim_latency_ms = opts->sim_latency_ms;
-        copts.verbose = opts->verbose;
-        copts.batch_db = opts->batch_db;
-        copts.batch_poll_ms = opts->batch_poll_ms;
-        char err[512] = "";
-        conn->cluster = llmq_cluster_new(&copts, err, sizeof(err));
-        if (!conn->cluster) {
-            if (s_interrupted)
-                return EXIT_INTERRUPTED;
-            bool config_error = errno == EINVAL;
-            fprintf(stderr, "llmq: cannot start the local cluster: %s\n", err);
-            return config_error ? EXIT_USAGE : EXIT_FATAL;
-        }
-        endpoint = llmq_cluster_endpoint(conn->cluster);
-        conn->simulated = llmq_cluster_simulated(conn->cluster);
-        conn->model = strdup(llmq_cluster_model(conn->cluster));
-        if (!opts->quiet)
-            fprintf(stderr,
-                    "llmq: started a local cluster: broker %s, %d workers, "
-                    "provider %s%s, model %s (broker name llmq-local-%d)\n",
-                    endpoint, opts->workers > 0 ? opts->workers : 4,
-                    llmq_cluster_provider(conn->cluster),
-                    conn->simulated ? " (llmq-sim, SIMULATED results)" : "",
-                    conn->model, (int)getpid());
+        int rc = s_start_cluster(opts, conn, models, models_count);
+        if (rc)
+            return rc;
+        endpoint = conn->info.endpoint;
     }
     conn->client = s_client_new(opts, endpoint, !conn->cluster);
     if (!conn->client)
         return EXIT_USAGE;
     llmq_client_set_verbose(conn->client, opts->verbose);
     if (opts->timeout_ms > 0)
-        llmq_client_set_timeout(conn->client, opts->timeout_ms);
+        llmq_client_set_timeout(conn->client, (int)opts->timeout_ms);
     if (opts->give_up_ms >= 0)
         llmq_client_set_give_up(conn->client, (int)opts->give_up_ms);
-    int wait = opts->timeout_ms > 0 ? opts->timeout_ms : 5000;
+    int wait = opts->timeout_ms > 0 ? (int)opts->timeout_ms : 5000;
     if (llmq_client_ping(conn->client, wait, NULL) < 0) {
         if (s_interrupted)
             return EXIT_INTERRUPTED;
@@ -729,34 +683,38 @@ static int s_prepare_output(const char *command, const char *input,
     return rc;
 }
 
+/*  Print text's lines (a reason of llmq_runner), each as
+    "llmq COMMAND: line". */
+static void s_say(const char *command, const char *text)
+{
+    while (*text) {
+        size_t size = strcspn(text, "\n");
+        fprintf(stderr, "llmq %s: %.*s\n", command, (int)size, text);
+        text += size + (text[size] == '\n');
+    }
+}
+
 /*  custom_ids match results to requests: two lines with one id cannot
     both be answered. Returns 0 or EXIT_USAGE (before anything is sent). */
 static int s_check_duplicates(const char *command, zlistx_t *items)
 {
-    zhashx_t *seen = zhashx_new();
-    size_t duplicates = 0;
-    for (llmq_jsonl_item_t *item = (llmq_jsonl_item_t *)zlistx_first(items);
-         item; item = (llmq_jsonl_item_t *)zlistx_next(items)) {
-        llmq_jsonl_item_t *first =
-            (llmq_jsonl_item_t *)zhashx_lookup(seen, item->custom_id);
-        if (!first) {
-            zhashx_insert(seen, item->custom_id, item);
-            continue;
-        }
-        if (++duplicates <= 5)
-            fprintf(stderr,
-                    "llmq %s: line %zu: duplicate custom_id '%s' (first on "
-                    "line %zu)\n",
-                    command, item->line_no, item->custom_id, first->line_no);
-    }
-    zhashx_destroy(&seen);
-    if (!duplicates)
+    char err[4096] = "";
+    if (llmq_runner_check_ids(items, err, sizeof err) == 0)
         return 0;
-    fprintf(stderr,
-            "llmq %s: %zu duplicate custom_id%s: every line needs its own "
-            "custom_id (results are matched by it); nothing was sent\n",
-            command, duplicates, duplicates == 1 ? "" : "s");
+    s_say(command, err);
     return EXIT_USAGE;
+}
+
+/*  OUT already answers every one of total lines (a rerun of a finished
+    run): say so. Returns the exit code of that run. */
+static int s_say_complete(const char *output, size_t total, size_t failed)
+{
+    fprintf(stderr,
+            "llmq: %s is already complete: %zu lines, %zu ok, %zu failed; "
+            "nothing to run%s\n",
+            output, total, total - failed, failed,
+            failed ? " (--retry-failed runs the failed lines again)" : "");
+    return failed ? EXIT_FAILED_LINES : EXIT_OK;
 }
 
 /*  True when OUT already answers every item (a rerun of a finished run):
@@ -764,309 +722,85 @@ static int s_check_duplicates(const char *command, zlistx_t *items)
 static bool s_output_complete(s_opts_t *opts, zlistx_t *items,
                               const char *output, int *rc_p)
 {
-    if (streq(output, "-") || zlistx_size(items) == 0)
-        return false;
-    char err[512] = "";
-    zhashx_t *lines = llmq_jsonl_scan_output(output, opts->retry_failed, NULL,
-                                             err, sizeof err);
     size_t failed = 0;
-    bool complete = lines != NULL;
-    for (llmq_jsonl_item_t *item = (llmq_jsonl_item_t *)zlistx_first(items);
-         item && complete; item = (llmq_jsonl_item_t *)zlistx_next(items)) {
-        const char *line = (const char *)zhashx_lookup(lines, item->custom_id);
-        if (!line)
-            complete = false;
-        else if (!strstr(line, "\"error\":null"))
-            failed++;
-    }
-    zhashx_destroy(&lines);
-    if (!complete)
+    if (!llmq_runner_complete(items, output, opts->retry_failed, &failed))
         return false;
-    fprintf(stderr,
-            "llmq: %s is already complete: %zu lines, %zu ok, %zu failed; "
-            "nothing to run%s\n",
-            output, zlistx_size(items), zlistx_size(items) - failed, failed,
-            failed ? " (--retry-failed runs the failed lines again)" : "");
-    *rc_p = failed ? EXIT_FAILED_LINES : EXIT_OK;
+    *rc_p = s_say_complete(output, zlistx_size(items), failed);
     return true;
 }
 
 //  --------------------------------------------------------------------------
-//  llmq run
-
-/*  How often a line answered `overloaded` is sent again (after about
-    250 ms, 500 ms, 1 s ... 8 s, jittered) before its error line is
-    written. */
-#define S_OVERLOADED_RETRIES 6
-
-typedef struct {
-    size_t index; /* position in todo */
-    int64_t due;  /* zclock_mono() time to send it again */
-} s_retry_t;
-
-static void s_retry_destructor(void **item)
-{
-    free(*item);
-    *item = NULL;
-}
+//  llmq run: the engine is llmq_runner (IN, OUT, resume, window, retries);
+//  here are the connection, the progress, the cluster's health, messages
 
 static int s_batch_submit(s_opts_t *opts, const char *input, const char *output,
                           bool detach, bool stable);
 
-/*  The state of one realtime `llmq run`: the input, OUT's lines, what is
-    left to send, the connection and the congestion window. */
+/*  The state of one realtime `llmq run`. */
 typedef struct {
-    s_opts_t *opts;              /* the command's options */
-    zlistx_t *items;             /* every input line, in input order */
-    zhashx_t *lines;             /* custom_id -> OUT line (kept and new) */
-    llmq_jsonl_item_t **todo;    /* items not answered in OUT yet */
-    size_t todo_count;           /* how many */
-    size_t resumed;              /* lines kept from OUT */
-    size_t resumed_failed;       /* of which error lines */
-    s_conn_t conn;               /* the broker, or an embedded cluster */
-    llmq_jsonl_writer_t *writer; /* appends to OUT as results arrive */
-    llmq_progress_t *progress;   /* progress bar and summary */
-    llmq_opts_t ropts;           /* per-request options */
-    size_t next;                 /* next todo index never sent */
-    size_t finished;             /* todo lines answered */
-    size_t retried;              /* overloaded answers sent again */
-    zlistx_t *retries;           /* s_retry_t: overloaded lines, backed off */
-    int *tries;                  /* overloaded answers per todo line */
-    int window;                  /* --concurrency */
-    double cwnd;                 /* the window in use (AIMD) */
-    int64_t last_cut;            /* zclock_mono() when cwnd was halved */
-    int64_t give_up_ms;          /* no broker for this long: stop */
-    uint64_t reconnects;         /* client reconnects seen so far */
-    int dead_workers;            /* embedded workers that exited */
-    bool unreachable;            /* no broker answers: stop, OUT resumable */
-    bool cluster_died;           /* the embedded broker or sim exited */
-    bool complete;               /* OUT already answered every line */
+    s_opts_t *opts;            /* the command's options */
+    llmq_runner_t *runner;     /* the engine */
+    s_conn_t conn;             /* the broker, or an embedded cluster */
+    llmq_progress_t *progress; /* progress bar and summary */
+    int64_t give_up_ms;        /* no broker for this long: stop */
+    uint64_t reconnects;       /* client reconnects seen so far */
+    int dead_workers;          /* embedded workers that exited */
+    bool cluster_died;         /* the embedded broker or sim exited */
 } s_run_t;
 
 static void s_run_destroy(s_run_t *run)
 {
     llmq_progress_destroy(&run->progress);
-    llmq_jsonl_writer_destroy(&run->writer);
+    llmq_runner_destroy(&run->runner);
     s_conn_close(&run->conn);
-    zlistx_destroy(&run->retries);
-    free(run->tries);
-    free(run->todo);
-    zhashx_destroy(&run->lines);
-    zlistx_destroy(&run->items);
 }
 
-/*  Read IN, refuse duplicates (before anything is written or sent), keep
-    OUT's whole lines (resume) and list what is left. Returns 0 or an exit
-    code; run->complete when OUT already answers every line (the return
-    code then says how that run ended). */
-static int s_run_load(s_run_t *run, const char *input)
+/*  Every finished line counts in the progress. */
+static void s_run_on_line(const char *custom_id, const llmq_result_t *result,
+                          void *arg)
+{
+    (void)custom_id;
+    llmq_progress_add(((s_run_t *)arg)->progress, result);
+}
+
+/*  The runner of the command: reads IN, keeps OUT's whole lines (resume),
+    opens OUT for appending. Returns 0 or an exit code. */
+static int s_run_new(s_run_t *run, const char *input)
 {
     s_opts_t *opts = run->opts;
-    char err[512] = "";
-    run->items = llmq_jsonl_read_input(input, false, err, sizeof(err));
-    if (!run->items) {
-        fprintf(stderr, "llmq run: %s\n", err);
-        return EXIT_USAGE;
-    }
-    int rc = s_check_duplicates("run", run->items);
-    if (rc)
-        return rc;
-    if (s_output_complete(opts, run->items, opts->output, &rc)) {
-        run->complete = true;
-        return rc;
-    }
-    size_t dropped = 0;
-    run->lines = llmq_jsonl_scan_output(opts->output, opts->retry_failed,
-                                        &dropped, err, sizeof(err));
-    if (!run->lines) {
-        fprintf(stderr, "llmq run: %s\n", err);
-        return EXIT_USAGE;
-    }
-    //  A kill leaves a partial last line: rewrite OUT with the whole lines
-    //  before appending to it.
-    if (dropped > 0 &&
-        llmq_jsonl_write_ordered(opts->output, run->items, run->lines) != 0) {
-        fprintf(stderr, "llmq run: cannot rewrite %s: %s\n", opts->output,
-                strerror(errno));
-        return EXIT_FATAL;
-    }
-    //  What is left to do: not in OUT yet (custom_ids are unique).
-    run->todo = (llmq_jsonl_item_t **)calloc(zlistx_size(run->items) + 1,
-                                             sizeof(*run->todo));
-    if (!run->todo)
-        return EXIT_FATAL;
-    for (llmq_jsonl_item_t *item =
-             (llmq_jsonl_item_t *)zlistx_first(run->items);
-         item; item = (llmq_jsonl_item_t *)zlistx_next(run->items)) {
-        const char *line =
-            (const char *)zhashx_lookup(run->lines, item->custom_id);
-        if (line) {
-            run->resumed++;
-            //  An error line kept by the resume is still a failed line.
-            if (!strstr(line, "\"error\":null"))
-                run->resumed_failed++;
-        } else
-            run->todo[run->todo_count++] = item;
-    }
-    return 0;
+    llmq_runner_config_t config = {.input = input,
+                                   .output = opts->output,
+                                   .retry_failed = opts->retry_failed,
+                                   .model = opts->model,
+                                   .window = opts->concurrency,
+                                   .on_line = s_run_on_line,
+                                   .on_line_arg = run};
+    config.request.max_attempts = opts->max_dispatches;
+    config.request.deadline_ms = opts->deadline_ms;
+    char err[4096] = "";
+    run->runner = llmq_runner_new(&config, err, sizeof err);
+    if (run->runner)
+        return 0;
+    int rc = errno == EINVAL ? EXIT_USAGE : EXIT_FATAL;
+    s_say("run", err);
+    return rc;
 }
 
-/*  Open OUT for appending (before starting anything: can we write it?)
-    and connect, the embedded cluster serving the models the lines name.
-    Returns 0 or an exit code. */
+/*  Connect (the embedded cluster serving the models the lines name) and
+    start the runner on the client. Returns 0 or an exit code. */
 static int s_run_connect(s_run_t *run)
 {
     s_opts_t *opts = run->opts;
-    run->writer = llmq_jsonl_writer_new(opts->output);
-    if (!run->writer) {
-        fprintf(stderr, "llmq run: cannot write %s: %s\n", opts->output,
-                strerror(errno));
-        return EXIT_USAGE;
-    }
-    zhashx_t *named = zhashx_new();
-    for (size_t i = 0; i < run->todo_count && !opts->model; i++)
-        if (run->todo[i]->model && zhashx_size(named) < 256)
-            zhashx_insert(named, run->todo[i]->model, run->todo[i]->model);
-    size_t count = zhashx_size(named), m = 0;
-    const char **models = (const char **)calloc(count + 1, sizeof(char *));
-    for (const char *name = (const char *)zhashx_first(named); name && models;
-         name = (const char *)zhashx_next(named))
-        models[m++] = name;
-    int rc = s_connect(opts, &run->conn, true, models, models ? count : 0);
-    free(models);
-    zhashx_destroy(&named);
+    const char *models[256];
+    size_t count = llmq_runner_models(run->runner, models, 256);
+    int rc = s_connect(opts, &run->conn, true, models, count);
     if (rc)
         return rc;
-    run->window = opts->concurrency > 0 ? opts->concurrency : 64;
-    run->cwnd = run->window;
-    llmq_client_set_window(run->conn.client, (size_t)run->window);
     run->give_up_ms = opts->give_up_ms >= 0 ? opts->give_up_ms : 300000;
     llmq_client_set_give_up(run->conn.client, (int)run->give_up_ms);
-    run->ropts.max_attempts = opts->max_dispatches;
-    run->ropts.deadline_ms = opts->deadline_ms;
-    run->retries = zlistx_new();
-    zlistx_set_destructor(run->retries, s_retry_destructor);
-    run->tries = (int *)calloc(run->todo_count, sizeof(int));
-    return run->retries && run->tries ? 0 : EXIT_FATAL;
-}
-
-/*  A finished line: to OUT, to the table, to the progress. */
-static void s_run_answered(s_run_t *run, llmq_jsonl_item_t *item, char *line,
-                           llmq_result_t *result)
-{
-    if (line) {
-        llmq_jsonl_writer_write(run->writer, line);
-        zhashx_update(run->lines, item->custom_id, line);
-    }
-    llmq_progress_add(run->progress, result);
-    run->finished++;
-}
-
-/*  Submit one todo line; a line that cannot be sent is answered at once
-    by an error line. Returns -1 if interrupted. */
-static int s_run_send(s_run_t *run, size_t index)
-{
-    llmq_jsonl_item_t *item = run->todo[index];
-    const char *reason = item->error ? item->error : "out of memory";
-    cJSON *body = item->error ? NULL : llmq_jsonl_item_body(item);
-    if (body) {
-        const char *model = run->opts->model ? run->opts->model
-                            : item->model    ? item->model
-                                             : run->conn.model;
-        //  The body names the model the broker routes on.
-        cJSON_DeleteItemFromObject(body, "model");
-        cJSON_AddStringToObject(body, "model", model);
-        int rc = llmq_client_submit(run->conn.client, item->op, model, body,
-                                    &run->ropts, &run->todo[index]);
-        int saved = errno;
-        //  The client keeps its own copy: free the tree now.
-        cJSON_Delete(item->body);
-        item->body = NULL;
-        if (rc == 0)
-            return 0;
-        if (s_interrupted)
-            return -1;
-        reason = saved == EMSGSIZE ? "request too large for the protocol's "
-                                     "64 MiB frame limit"
-                                   : "request body could not be encoded";
-    }
-    s_run_answered(run, item,
-                   llmq_jsonl_error_line(item->custom_id, NULL,
-                                         "invalid_request", reason, 0),
-                   NULL);
+    if (llmq_runner_start(run->runner, run->conn.client, run->conn.model))
+        return EXIT_FATAL;
     return 0;
-}
-
-/*  Fill the window: lines due for a retry first, then new ones. */
-static void s_run_fill(s_run_t *run)
-{
-    while (llmq_client_outstanding(run->conn.client) < (size_t)run->cwnd &&
-           !s_interrupted) {
-        size_t index;
-        s_retry_t *retry = (s_retry_t *)zlistx_first(run->retries);
-        while (retry && retry->due > zclock_mono())
-            retry = (s_retry_t *)zlistx_next(run->retries);
-        if (retry) {
-            index = retry->index;
-            zlistx_delete(run->retries, zlistx_cursor(run->retries));
-        } else if (run->next < run->todo_count)
-            index = run->next++;
-        else
-            break;
-        if (s_run_send(run, index) != 0)
-            break;
-    }
-}
-
-/*  A line answered `overloaded` (a full queue: a capacity problem, not the
-    line's): fewer in flight (halve the window at most every 250 ms) and
-    send it again after a jittered backoff, so retries do not come back
-    as one herd. */
-static void s_run_back_off(s_run_t *run, size_t index)
-{
-    if (zclock_mono() - run->last_cut >= 250) {
-        run->cwnd = run->cwnd / 2 < 1 ? 1 : run->cwnd / 2;
-        run->last_cut = zclock_mono();
-    }
-    s_retry_t *again = (s_retry_t *)calloc(1, sizeof(*again));
-    if (!again)
-        return;
-    int64_t delay = (int64_t)250 << run->tries[index];
-    again->index = index;
-    again->due = zclock_mono() + delay / 2 + randof((int)(delay / 2) + 1);
-    zlistx_add_end(run->retries, again);
-    run->tries[index]++;
-    run->retried++;
-}
-
-/*  Handle every result that is ready (waiting up to 100 ms for one). */
-static void s_run_collect(s_run_t *run)
-{
-    llmq_result_t *result = llmq_client_poll(run->conn.client, 100);
-    while (result) {
-        size_t index = (size_t)((llmq_jsonl_item_t **)result->arg - run->todo);
-        llmq_jsonl_item_t *item = run->todo[index];
-        if (!result->ok && streq(result->error_code, "timeout") &&
-            result->error_message &&
-            streq(result->error_message, "broker unreachable"))
-            //  Not the line's fault: leave it out of OUT so a rerun runs it.
-            run->unreachable = true;
-        else if (!result->ok && streq(result->error_code, "overloaded") &&
-                 run->tries[index] < S_OVERLOADED_RETRIES)
-            s_run_back_off(run, index);
-        else {
-            s_run_answered(run, item,
-                           llmq_jsonl_result_line(item->custom_id, result),
-                           result);
-            free(item->line);
-            item->line = NULL;
-            //  Window back up by one per window of answers.
-            if (run->cwnd < run->window)
-                run->cwnd += 1.0 / run->cwnd;
-        }
-        llmq_result_destroy(&result);
-        result = llmq_client_poll(run->conn.client, 0);
-    }
 }
 
 /*  An embedded cluster nobody restarts: a dead broker or sim ends the run
@@ -1079,14 +813,12 @@ static void s_run_watch(s_run_t *run)
     if (dead) {
         llmq_progress_clear(run->progress);
         fprintf(stderr, "llmq run: the local cluster's %s exited (logs: %s)\n",
-                dead, llmq_cluster_log_dir(conn->cluster));
+                dead, conn->info.log_dir);
         int workers = run->opts->workers > 0 ? run->opts->workers : 4;
         if (!strncmp(dead, "worker", 6) && ++run->dead_workers < workers)
             llmq_progress_note(run->progress, "a local worker exited");
-        else {
-            run->unreachable = true;
+        else
             run->cluster_died = true;
-        }
     }
     llmq_client_stats_t stats;
     llmq_client_stats(conn->client, &stats);
@@ -1096,29 +828,24 @@ static void s_run_watch(s_run_t *run)
     }
 }
 
-/*  Send every todo line and collect the results. Returns 0 or an exit
-    code (OUT holds every finished line either way). */
+/*  Step the runner until every line is finished, it stops, the cluster
+    dies or a signal comes. Returns 0 or an exit code (OUT holds every
+    finished line either way). */
 static int s_run_loop(s_run_t *run)
 {
-    while (run->finished < run->todo_count && !s_interrupted &&
-           !run->unreachable) {
-        s_run_fill(run);
-        if (llmq_client_outstanding(run->conn.client) == 0 &&
-            zlistx_size(run->retries) > 0) {
-            //  Only backed-off retries are left: wait for the first.
-            zclock_sleep(50);
-            continue;
-        }
-        s_run_collect(run);
+    int step = 1;
+    while (step > 0 && !s_interrupted && !run->cluster_died) {
+        step = llmq_runner_step(run->runner, 100);
         s_run_watch(run);
-        llmq_jsonl_writer_sync(run->writer, 1000);
         llmq_progress_draw(run->progress, false);
     }
-    if (run->retried && run->opts->verbose)
+    llmq_runner_stats_t stats;
+    llmq_runner_stats(run->runner, &stats);
+    if (stats.retried && run->opts->verbose)
         fprintf(stderr, "llmq run: %zu overloaded answers retried\n",
-                run->retried);
+                stats.retried);
     int rc = EXIT_OK;
-    if (run->unreachable) {
+    if (stats.unreachable || run->cluster_died) {
         llmq_progress_clear(run->progress);
         if (run->cluster_died)
             fprintf(stderr,
@@ -1141,6 +868,31 @@ static int s_run_loop(s_run_t *run)
     return rc;
 }
 
+/*  The final file (whole lines in input order, atomically replaced) and
+    the summary. Returns the run's exit code. */
+static int s_run_end(s_run_t *run, int rc)
+{
+    s_opts_t *opts = run->opts;
+    if (llmq_runner_finish(run->runner) != 0) {
+        fprintf(stderr, "llmq run: cannot rewrite %s in order: %s\n",
+                opts->output, strerror(errno));
+        rc = EXIT_FATAL;
+    }
+    llmq_runner_stats_t stats;
+    llmq_runner_stats(run->runner, &stats);
+    size_t failed = llmq_progress_failed(run->progress) + stats.resumed_failed;
+    if (!opts->quiet)
+        llmq_progress_summary(
+            run->progress, streq(opts->output, "-") ? stderr : stdout,
+            opts->output,
+            run->conn.simulated
+                ? "SIMULATED results (llmq-sim): no real model was called"
+                : NULL);
+    if (rc == EXIT_OK && failed > 0)
+        rc = EXIT_FAILED_LINES;
+    return rc;
+}
+
 static int s_cmd_run(s_opts_t *opts, int argc, char **argv)
 {
     if (argc != 1 || !opts->output) {
@@ -1157,34 +909,20 @@ static int s_cmd_run(s_opts_t *opts, int argc, char **argv)
         return rc;
     s_run_t run = {0};
     run.opts = opts;
-    rc = s_run_load(&run, argv[0]);
-    if (!rc && !run.complete && run.todo_count > 0)
+    llmq_runner_stats_t stats = {0};
+    if (!(rc = s_run_new(&run, argv[0])))
+        llmq_runner_stats(run.runner, &stats);
+    if (!rc && stats.complete)
+        rc = s_say_complete(opts->output, stats.total, stats.resumed_failed);
+    else if (!rc && stats.todo > 0)
         rc = s_run_connect(&run);
-    if (rc || run.complete) {
-        s_run_destroy(&run);
-        return rc;
+    if (!rc && !stats.complete) {
+        run.progress = llmq_progress_new(stats.todo, stats.resumed,
+                                         !opts->quiet && isatty(STDERR_FILENO));
+        if (stats.todo > 0)
+            rc = s_run_loop(&run);
+        rc = s_run_end(&run, rc);
     }
-    run.progress = llmq_progress_new(run.todo_count, run.resumed,
-                                     !opts->quiet && isatty(STDERR_FILENO));
-    if (run.todo_count > 0)
-        rc = s_run_loop(&run);
-    llmq_jsonl_writer_destroy(&run.writer);
-    //  The final file: whole lines in input order, atomically replaced.
-    if (llmq_jsonl_write_ordered(opts->output, run.items, run.lines) != 0) {
-        fprintf(stderr, "llmq run: cannot rewrite %s in order: %s\n",
-                opts->output, strerror(errno));
-        rc = EXIT_FATAL;
-    }
-    size_t failed = llmq_progress_failed(run.progress) + run.resumed_failed;
-    if (!opts->quiet)
-        llmq_progress_summary(
-            run.progress, streq(opts->output, "-") ? stderr : stdout,
-            opts->output,
-            run.conn.simulated
-                ? "SIMULATED results (llmq-sim): no real model was called"
-                : NULL);
-    if (rc == EXIT_OK && failed > 0)
-        rc = EXIT_FAILED_LINES;
     s_run_destroy(&run);
     return rc;
 }
@@ -1202,6 +940,60 @@ static void s_print_chunk(const char *id, const cJSON *chunk, const char *delta,
     fflush(stdout);
 }
 
+/*  Add a {role, content} message to messages. */
+static void s_chat_message(cJSON *messages, const char *role,
+                           const char *content)
+{
+    cJSON *message = cJSON_CreateObject();
+    cJSON_AddStringToObject(message, "role", role);
+    cJSON_AddStringToObject(message, "content", content);
+    cJSON_AddItemToArray(messages, message);
+}
+
+/*  The chat request: --system, the prompt, --max-tokens. Fresh. */
+static cJSON *s_chat_body(const s_opts_t *opts, const char *model,
+                          const char *prompt)
+{
+    cJSON *body = cJSON_CreateObject();
+    cJSON_AddStringToObject(body, "model", model);
+    cJSON *messages = cJSON_AddArrayToObject(body, "messages");
+    if (opts->system)
+        s_chat_message(messages, "system", opts->system);
+    s_chat_message(messages, "user", prompt);
+    if (opts->max_tokens > 0)
+        cJSON_AddNumberToObject(body, "max_tokens", opts->max_tokens);
+    return body;
+}
+
+/*  Print the answer (unless streamed already) or the error. Returns the
+    exit code. */
+static int s_chat_show(const s_opts_t *opts, const s_conn_t *conn,
+                       const llmq_result_t *result, bool streamed)
+{
+    if (!result)
+        return s_interrupted ? EXIT_INTERRUPTED : EXIT_FATAL;
+    if (!result->ok) {
+        if (streamed)
+            printf("\n");
+        fprintf(stderr, "llmq chat: %s: %s\n", result->error_code,
+                result->error_message ? result->error_message : "");
+        return streq(result->error_code, "timeout") ? EXIT_FATAL
+                                                    : EXIT_FAILED_LINES;
+    }
+    if (!streamed) {
+        const char *text = llmq_result_text(result);
+        fputs(text ? text : "", stdout);
+    }
+    printf("\n");
+    if (opts->verbose || conn->simulated)
+        fprintf(stderr,
+                "[%s on %s, %" PRId64 " tokens, $%.6f, %" PRId64 " ms%s]\n",
+                conn->model, result->worker ? result->worker : "?",
+                result->total_tokens, result->cost_usd, result->elapsed_ms,
+                conn->simulated ? ", SIMULATED by llmq-sim" : "");
+    return EXIT_OK;
+}
+
 static int s_cmd_chat(s_opts_t *opts, int argc, char **argv)
 {
     if (argc < 1) {
@@ -1213,66 +1005,29 @@ static int s_cmd_chat(s_opts_t *opts, int argc, char **argv)
     for (int i = 0; i < argc; i++)
         size += strlen(argv[i]) + 1;
     char *prompt = (char *)calloc(1, size);
-    for (int i = 0; i < argc; i++) {
+    for (int i = 0; prompt && i < argc; i++) {
         if (i)
             strcat(prompt, " ");
         strcat(prompt, argv[i]);
     }
     opts->quiet = true; //  no cluster banner in the middle of an answer
     s_conn_t conn = {0};
-    int rc = s_connect(opts, &conn, true, NULL, 0);
-    if (rc != 0) {
-        free(prompt);
-        s_conn_close(&conn);
-        return rc;
+    int rc = prompt ? s_connect(opts, &conn, true, NULL, 0) : EXIT_FATAL;
+    if (rc == 0) {
+        llmq_client_set_give_up(
+            conn.client,
+            (int)(opts->give_up_ms > 0 ? opts->give_up_ms : 60000));
+        cJSON *body = s_chat_body(opts, conn.model, prompt);
+        bool streamed = false;
+        llmq_result_t *result =
+            opts->no_stream
+                ? llmq_infer(conn.client, LLMQ_OP_CHAT, conn.model, body, NULL)
+                : llmq_stream(conn.client, conn.model, body, s_print_chunk,
+                              &streamed);
+        rc = s_chat_show(opts, &conn, result, streamed);
+        llmq_result_destroy(&result);
+        cJSON_Delete(body);
     }
-    llmq_client_set_give_up(
-        conn.client, (int)(opts->give_up_ms > 0 ? opts->give_up_ms : 60000));
-    cJSON *body = cJSON_CreateObject();
-    cJSON_AddStringToObject(body, "model", conn.model);
-    cJSON *messages = cJSON_AddArrayToObject(body, "messages");
-    if (opts->system) {
-        cJSON *system = cJSON_CreateObject();
-        cJSON_AddStringToObject(system, "role", "system");
-        cJSON_AddStringToObject(system, "content", opts->system);
-        cJSON_AddItemToArray(messages, system);
-    }
-    cJSON *user = cJSON_CreateObject();
-    cJSON_AddStringToObject(user, "role", "user");
-    cJSON_AddStringToObject(user, "content", prompt);
-    cJSON_AddItemToArray(messages, user);
-    if (opts->max_tokens > 0)
-        cJSON_AddNumberToObject(body, "max_tokens", opts->max_tokens);
-    bool streamed = false;
-    llmq_result_t *result =
-        opts->no_stream
-            ? llmq_infer(conn.client, LLMQ_OP_CHAT, conn.model, body, NULL)
-            : llmq_stream(conn.client, conn.model, body, s_print_chunk,
-                          &streamed);
-    if (!result)
-        rc = s_interrupted ? EXIT_INTERRUPTED : EXIT_FATAL;
-    else if (!result->ok) {
-        if (streamed)
-            printf("\n");
-        fprintf(stderr, "llmq chat: %s: %s\n", result->error_code,
-                result->error_message ? result->error_message : "");
-        rc = streq(result->error_code, "timeout") ? EXIT_FATAL
-                                                  : EXIT_FAILED_LINES;
-    } else {
-        if (!streamed) {
-            const char *text = llmq_result_text(result);
-            fputs(text ? text : "", stdout);
-        }
-        printf("\n");
-        if (opts->verbose || conn.simulated)
-            fprintf(stderr,
-                    "[%s on %s, %" PRId64 " tokens, $%.6f, %" PRId64 " ms%s]\n",
-                    conn.model, result->worker ? result->worker : "?",
-                    result->total_tokens, result->cost_usd, result->elapsed_ms,
-                    conn.simulated ? ", SIMULATED by llmq-sim" : "");
-    }
-    llmq_result_destroy(&result);
-    cJSON_Delete(body);
     free(prompt);
     s_conn_close(&conn);
     return rc;
@@ -1418,7 +1173,7 @@ static int s_cmd_ping(s_opts_t *opts)
         return EXIT_USAGE;
     char *version = NULL;
     int ms = llmq_client_ping(
-        client, opts->timeout_ms > 0 ? opts->timeout_ms : 3000, &version);
+        client, opts->timeout_ms > 0 ? (int)opts->timeout_ms : 3000, &version);
     llmq_client_destroy(&client);
     if (ms < 0) {
         fprintf(stderr, "llmq ping: no answer from %s%s\n", endpoint,
@@ -1767,6 +1522,66 @@ static int s_batch_finish(s_opts_t *opts, s_conn_t *conn, const char *id,
     return rc;
 }
 
+/*  One `llmq batch submit` (or `llmq run --mode`). */
+typedef struct {
+    zlistx_t *items;    /* the input lines */
+    const char *model;  /* the batch's model, or NULL: the broker's */
+    int op;             /* its one op */
+    const char *mode;   /* auto, realtime or provider */
+    const char *output; /* OUT, or NULL (detached) */
+    const char *db;     /* an embedded broker's database */
+    bool detach;        /* print the id and leave */
+    bool stable;        /* a stable id on any broker */
+} s_batch_t;
+
+/*  Connected: send the batch, print its id and (unless detached) wait and
+    write OUT. Returns an exit code. */
+static int s_batch_run(s_opts_t *opts, s_conn_t *conn, s_batch_t *batch)
+{
+    if (!batch->model)
+        batch->model = conn->model;
+    //  A provider without HTTP has no Batch API: the batch would wait for
+    //  a batch_api pool forever.
+    if (conn->cluster && streq(batch->mode, "provider") &&
+        streq(conn->info.provider, "echo")) {
+        fprintf(stderr, "llmq batch: provider echo has no Batch API\n");
+        return EXIT_USAGE;
+    }
+    bool stable = batch->stable || conn->cluster;
+    char id[40];
+    if (stable)
+        s_batch_stable_id(batch->items, batch->mode, batch->model,
+                          batch->output, id, sizeof id);
+    else
+        snprintf(id, sizeof id, "b-%08x%08x", (unsigned)randof(0x7fffffff),
+                 (unsigned)(zclock_usecs() & 0x7fffffff));
+    if (opts->deadline_ms > 0)
+        fprintf(stderr, "llmq batch: --deadline-ms is ignored for batches\n");
+    if (conn->cluster && batch->output && !streq(batch->output, "-"))
+        s_batch_cancel_stale(conn->client, id);
+    int rc = s_batch_send(opts, conn->client, id, batch->items, batch->model,
+                          batch->op, batch->mode);
+    if (rc && s_interrupted) {
+        fprintf(stderr, "llmq batch: interrupted while sending batch %s: %s\n",
+                id,
+                stable ? "rerun the same command to resume it"
+                       : "its items were not all sent");
+        return EXIT_INTERRUPTED;
+    }
+    if (rc)
+        return rc;
+    printf("%s\n", id);
+    fflush(stdout);
+    if (!opts->quiet)
+        fprintf(stderr, "llmq batch: %s: %zu items, model %s, mode %s%s%s\n",
+                id, zlistx_size(batch->items), batch->model, batch->mode,
+                conn->cluster ? ", database " : "",
+                conn->cluster ? batch->db : "");
+    if (batch->detach)
+        return rc;
+    return s_batch_finish(opts, conn, id, batch->output);
+}
+
 /*  Send the lines of input as a batch; print its id; unless detached,
     wait and write the results to output. With no broker, an embedded
     cluster runs it, its database beside OUT: a rerun of the same command
@@ -1775,9 +1590,13 @@ static int s_batch_finish(s_opts_t *opts, s_conn_t *conn, const char *id,
 static int s_batch_submit(s_opts_t *opts, const char *input, const char *output,
                           bool detach, bool stable)
 {
-    const char *mode = opts->mode ? opts->mode : "auto";
-    if (!streq(mode, "auto") && !streq(mode, "realtime") &&
-        !streq(mode, "provider")) {
+    s_batch_t batch = {.mode = opts->mode ? opts->mode : "auto",
+                       .op = -1,
+                       .output = output,
+                       .detach = detach,
+                       .stable = stable};
+    if (!streq(batch.mode, "auto") && !streq(batch.mode, "realtime") &&
+        !streq(batch.mode, "provider")) {
         fprintf(stderr, "llmq batch: --mode is auto, realtime or provider\n");
         return EXIT_USAGE;
     }
@@ -1785,73 +1604,32 @@ static int s_batch_submit(s_opts_t *opts, const char *input, const char *output,
     if (rc)
         return rc;
     char err[512] = "";
-    zlistx_t *items = llmq_jsonl_read_input(input, false, err, sizeof(err));
-    if (!items) {
+    batch.items = llmq_jsonl_read_input(input, false, err, sizeof(err));
+    if (!batch.items) {
         fprintf(stderr, "llmq batch: %s\n", err);
         return EXIT_USAGE;
     }
-    const char *model = NULL;
-    int op = -1;
-    rc = s_batch_items_check(opts, items, input, &model, &op);
-    if (!rc && output && !detach && s_output_complete(opts, items, output, &rc))
-        goto leave;
-    if (rc)
-        goto leave;
-    char *db = s_batch_db_path(output);
-    opts->batch_db = db;
+    rc = s_batch_items_check(opts, batch.items, input, &batch.model, &batch.op);
+    bool complete = !rc && output && !detach &&
+                    s_output_complete(opts, batch.items, output, &rc);
+    bool send = !rc && !complete;
+    char *db = send ? s_batch_db_path(output) : NULL;
     s_conn_t conn = {0};
-    rc = s_connect(opts, &conn, !detach, model ? &model : NULL, model ? 1 : 0);
-    opts->batch_db = NULL;
-    if (rc)
-        goto done;
-    if (!model)
-        model = conn.model;
-    //  A provider without HTTP has no Batch API: the batch would wait for
-    //  a batch_api pool forever.
-    if (conn.cluster && streq(mode, "provider") &&
-        streq(llmq_cluster_provider(conn.cluster), "echo")) {
-        fprintf(stderr, "llmq batch: provider echo has no Batch API\n");
-        rc = EXIT_USAGE;
-        goto done;
+    if (send) {
+        opts->batch_db = batch.db = db;
+        const char **model = batch.model ? &batch.model : NULL;
+        rc = s_connect(opts, &conn, !detach, model, model ? 1 : 0);
+        opts->batch_db = NULL;
+        if (!rc)
+            rc = s_batch_run(opts, &conn, &batch);
     }
-    char id[40];
-    if (stable || conn.cluster)
-        s_batch_stable_id(items, mode, model, output, id, sizeof id);
-    else
-        snprintf(id, sizeof id, "b-%08x%08x", (unsigned)randof(0x7fffffff),
-                 (unsigned)(zclock_usecs() & 0x7fffffff));
-    if (opts->deadline_ms > 0)
-        fprintf(stderr, "llmq batch: --deadline-ms is ignored for batches\n");
-    if (conn.cluster && output && !streq(output, "-"))
-        s_batch_cancel_stale(conn.client, id);
-    rc = s_batch_send(opts, conn.client, id, items, model, op, mode);
-    if (rc && s_interrupted) {
-        rc = EXIT_INTERRUPTED;
-        fprintf(stderr, "llmq batch: interrupted while sending batch %s: %s\n",
-                id,
-                stable || conn.cluster ? "rerun the same command to resume it"
-                                       : "its items were not all sent");
-    }
-    if (rc)
-        goto done;
-    printf("%s\n", id);
-    fflush(stdout);
-    if (!opts->quiet)
-        fprintf(stderr, "llmq batch: %s: %zu items, model %s, mode %s%s%s\n",
-                id, zlistx_size(items), model, mode,
-                conn.cluster ? ", database " : "", conn.cluster ? db : "");
-    if (detach)
-        goto done;
-    rc = s_batch_finish(opts, &conn, id, output);
-done:
     if (conn.cluster && (rc == EXIT_OK || rc == EXIT_FAILED_LINES)) {
         s_conn_close(&conn);
         s_batch_db_remove(db);
     }
     s_conn_close(&conn);
     free(db);
-leave:
-    zlistx_destroy(&items);
+    zlistx_destroy(&batch.items);
     return rc;
 }
 

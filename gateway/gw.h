@@ -31,6 +31,7 @@
 #define GW_H_INCLUDED
 
 #include "llmq.h"
+#include "llmq_log.h"
 
 #include <czmq.h>
 #include <event2/buffer.h>
@@ -63,6 +64,7 @@ typedef struct {
     int64_t drain_ms;        /* on SIGTERM: await requests this long */
     int64_t idle_timeout_ms; /* idle keep-alive / slow client read */
     bool verbose;            /* log every request */
+    bool json_logs;          /* log lines as JSON objects */
 } gw_cfg_t;
 
 /*  The gateway. */
@@ -150,6 +152,14 @@ char *gw_body_text(struct evhttp_request *req, size_t *len_p);
 cJSON *gw_body_json(struct evhttp_request *req, gw_api_t api, const char *rid);
 void gw_new_id(gw_t *gw, const char *prefix, char *out, size_t size);
 int gw_http_status_of(const char *code);
+/*  obj's string member key (borrowed), or dflt. */
+const char *gw_str(const cJSON *obj, const char *key, const char *dflt);
+/*  key: text, or JSON null when text is NULL. */
+void gw_json_add_text(cJSON *obj, const char *key, const char *text);
+/*  The value of key in table (pairs {key, value}, ended by {NULL, NULL}),
+    or dflt when key is NULL or not in it. */
+const char *gw_lookup(const char *const table[][2], const char *key,
+                      const char *dflt);
 
 /*  gw_keys.c */
 gw_keys_t *gw_keys_new(const char *path);
@@ -184,6 +194,39 @@ typedef struct {
 } gw_call_t;
 
 typedef void(gw_route_fn)(gw_call_t *c);
+
+/*  "/PREFIX/ID/TAIL" in c->path: ID (up to 71 bytes) and TAIL (up to 31),
+    each "" when absent. */
+void gw_path_id(const gw_call_t *c, const char *prefix, char id[72],
+                char tail[32]);
+
+/*  A route handler: id "" on routes without one; cancel from the route. */
+typedef void(gw_id_fn)(gw_call_t *c, const char *id, bool cancel);
+
+/*  One route: the path prefix, the method, whether an id follows the
+    prefix, the part after the id ("" for none), the handler and what it
+    gets as cancel. */
+typedef struct {
+    const char *prefix;
+    enum evhttp_cmd_type method;
+    bool has_id;
+    const char *tail;
+    gw_id_fn *fn;
+    bool cancel;
+} gw_route_t;
+
+/*  Run the first of routes (ended by a NULL fn) that matches c, or answer
+    404 "unknown route" in the error shape of c's API. */
+void gw_route(gw_call_t *c, const gw_route_t *routes);
+
+/*  Anthropic for /v1/messages..., else OpenAI. */
+gw_api_t gw_api_of(const char *path);
+
+/*  What every API's answer handler does first: a stream the client has
+    seen chunks of (or a good one) ends with stream_end; a failure gets the
+    API's error reply. Returns true when res is answered so. */
+bool gw_result_common(gw_req_t *r, llmq_result_t *res,
+                      void (*stream_end)(gw_req_t *r, llmq_result_t *res));
 
 /*  gw_jobs.c: Files and Batches routes in an actor, off the loop */
 int gw_jobs_start(gw_t *gw);
@@ -226,7 +269,7 @@ int gw_store_write(gw_t *gw, const char *kind, const char *id,
 cJSON *gw_store_read(gw_t *gw, const char *kind, const char *id);
 zlist_t *gw_store_list(gw_t *gw, const char *kind);
 
-/*  gw_batches.c */
+/*  gw_batches.c: the routes of both batch APIs */
 void gw_batches_route(gw_call_t *c);
 int gw_batch_create(gw_call_t *c, const char *id, cJSON *rec, cJSON *items,
                     const char *op);
@@ -234,9 +277,12 @@ int gw_batch_status(gw_t *gw, const char *id, char *state, size_t ssize,
                     int64_t counts[3], char *err, size_t errsz);
 cJSON *gw_batch_record(gw_call_t *c, gw_api_t api, const char *id);
 cJSON **gw_batch_records(gw_t *gw, const char *api, size_t *n_p);
+/*  {"custom_id": custom_id, "body": body} at the end of items; takes body. */
+void gw_batch_add_item(cJSON *items, const char *custom_id, cJSON *body);
 void gw_batch_paging(gw_call_t *c, char *after, size_t asize, int *limit);
 
-/*  gw_msg_batches.c */
-void gw_msg_batches_route(gw_call_t *c);
+/*  gw_msg_batches.c: Anthropic Message Batches (routed by gw_batches.c) */
+gw_id_fn gw_msg_batch_create, gw_msg_batch_list, gw_msg_batch_get,
+    gw_msg_batch_results;
 
 #endif

@@ -42,34 +42,35 @@ static char *s_text_of(const cJSON *content)
     return out;
 }
 
+/*  {"type": "text", "text": text}: a text block (Anthropic) or content part
+    (OpenAI), which have the same shape. */
+static cJSON *s_text_block(const char *text)
+{
+    cJSON *b = cJSON_CreateObject();
+    cJSON_AddStringToObject(b, "type", "text");
+    cJSON_AddStringToObject(b, "text", text);
+    return b;
+}
+
 /*  One content block as an OpenAI content part (text or image). */
 static cJSON *s_part(const cJSON *block)
 {
     const cJSON *type = cJSON_GetObjectItem(block, "type");
     if (!cJSON_IsString(type))
         return NULL;
+    if (!streq(type->valuestring, "image"))
+        return s_text_block(gw_str(block, "text", ""));
+    const cJSON *src = cJSON_GetObjectItem(block, "source");
+    const char *url = gw_str(src, "url", NULL);
+    char *u = url ? strdup(url)
+                  : zsys_sprintf("data:%s;base64,%s",
+                                 gw_str(src, "media_type", "image/png"),
+                                 gw_str(src, "data", ""));
     cJSON *part = cJSON_CreateObject();
-    if (streq(type->valuestring, "image")) {
-        const cJSON *src = cJSON_GetObjectItem(block, "source");
-        const cJSON *mt = cJSON_GetObjectItem(src, "media_type");
-        const cJSON *data = cJSON_GetObjectItem(src, "data");
-        const cJSON *url = cJSON_GetObjectItem(src, "url");
-        char *u = cJSON_IsString(url)
-                      ? strdup(url->valuestring)
-                      : zsys_sprintf(
-                            "data:%s;base64,%s",
-                            cJSON_IsString(mt) ? mt->valuestring : "image/png",
-                            cJSON_IsString(data) ? data->valuestring : "");
-        cJSON_AddStringToObject(part, "type", "image_url");
-        cJSON_AddStringToObject(cJSON_AddObjectToObject(part, "image_url"),
-                                "url", u);
-        free(u);
-        return part;
-    }
-    const cJSON *text = cJSON_GetObjectItem(block, "text");
-    cJSON_AddStringToObject(part, "type", "text");
-    cJSON_AddStringToObject(part, "text",
-                            cJSON_IsString(text) ? text->valuestring : "");
+    cJSON_AddStringToObject(part, "type", "image_url");
+    cJSON_AddStringToObject(cJSON_AddObjectToObject(part, "image_url"), "url",
+                            u);
+    free(u);
     return part;
 }
 
@@ -86,14 +87,10 @@ static void s_tool_calls(cJSON *msg, const cJSON *content)
         if (!calls)
             calls = cJSON_AddArrayToObject(msg, "tool_calls");
         cJSON *call = cJSON_CreateObject();
-        const cJSON *id = cJSON_GetObjectItem(b, "id");
-        const cJSON *name = cJSON_GetObjectItem(b, "name");
-        cJSON_AddStringToObject(call, "id",
-                                cJSON_IsString(id) ? id->valuestring : "");
+        cJSON_AddStringToObject(call, "id", gw_str(b, "id", ""));
         cJSON_AddStringToObject(call, "type", "function");
         cJSON *fn = cJSON_AddObjectToObject(call, "function");
-        cJSON_AddStringToObject(fn, "name",
-                                cJSON_IsString(name) ? name->valuestring : "");
+        cJSON_AddStringToObject(fn, "name", gw_str(b, "name", ""));
         char *args = cJSON_PrintUnformatted(cJSON_GetObjectItem(b, "input"));
         cJSON_AddStringToObject(fn, "arguments", args ? args : "{}");
         free(args);
@@ -105,9 +102,8 @@ static void s_tool_calls(cJSON *msg, const cJSON *content)
     become `tool` messages). */
 static void s_message(cJSON *out, const cJSON *m)
 {
-    const cJSON *role = cJSON_GetObjectItem(m, "role");
     const cJSON *content = cJSON_GetObjectItem(m, "content");
-    const char *r = cJSON_IsString(role) ? role->valuestring : "user";
+    const char *r = gw_str(m, "role", "user");
     const cJSON *b;
     const cJSON *blocks = cJSON_IsArray(content) ? content : NULL;
     cJSON_ArrayForEach(b, blocks)
@@ -116,10 +112,9 @@ static void s_message(cJSON *out, const cJSON *m)
         if (!cJSON_IsString(type) || !streq(type->valuestring, "tool_result"))
             continue;
         cJSON *tm = cJSON_CreateObject();
-        const cJSON *id = cJSON_GetObjectItem(b, "tool_use_id");
         cJSON_AddStringToObject(tm, "role", "tool");
         cJSON_AddStringToObject(tm, "tool_call_id",
-                                cJSON_IsString(id) ? id->valuestring : "");
+                                gw_str(b, "tool_use_id", ""));
         char *text = s_text_of(cJSON_GetObjectItem(b, "content"));
         cJSON_AddStringToObject(tm, "content", text ? text : "");
         free(text);
@@ -215,17 +210,25 @@ cJSON *gw_anthropic_to_openai(const cJSON *body, char *err, size_t errsz)
 //  --------------------------------------------------------------------------
 //  Answer: OpenAI -> Anthropic
 
-static const char *s_stop_reason(const char *finish)
+//  OpenAI's finish_reason -> Anthropic's stop_reason (else end_turn).
+static const char *const s_stop_reasons[][2] = {{"length", "max_tokens"},
+                                                {"tool_calls", "tool_use"},
+                                                {"content_filter", "refusal"},
+                                                {NULL, NULL}};
+
+/*  The end of an answer: stop_reason (from choice's finish_reason) and
+    stop_sequence in stop, token counts in usage's "usage". */
+static void s_stop_and_usage(cJSON *stop, cJSON *usage, const cJSON *choice,
+                             int64_t in_tokens, int64_t out_tokens)
 {
-    if (!finish)
-        return "end_turn";
-    if (streq(finish, "length"))
-        return "max_tokens";
-    if (streq(finish, "tool_calls"))
-        return "tool_use";
-    if (streq(finish, "content_filter"))
-        return "refusal";
-    return "end_turn";
+    cJSON_AddStringToObject(stop, "stop_reason",
+                            gw_lookup(s_stop_reasons,
+                                      gw_str(choice, "finish_reason", NULL),
+                                      "end_turn"));
+    cJSON_AddNullToObject(stop, "stop_sequence");
+    cJSON *u = cJSON_AddObjectToObject(usage, "usage");
+    cJSON_AddNumberToObject(u, "input_tokens", (double)in_tokens);
+    cJSON_AddNumberToObject(u, "output_tokens", (double)out_tokens);
 }
 
 static void s_tool_use_blocks(cJSON *content, const cJSON *message)
@@ -234,17 +237,12 @@ static void s_tool_use_blocks(cJSON *content, const cJSON *message)
     cJSON_ArrayForEach(call, cJSON_GetObjectItem(message, "tool_calls"))
     {
         const cJSON *fn = cJSON_GetObjectItem(call, "function");
-        const cJSON *id = cJSON_GetObjectItem(call, "id");
-        const cJSON *name = cJSON_GetObjectItem(fn, "name");
-        const cJSON *args = cJSON_GetObjectItem(fn, "arguments");
+        const char *args = gw_str(fn, "arguments", NULL);
         cJSON *b = cJSON_CreateObject();
         cJSON_AddStringToObject(b, "type", "tool_use");
-        cJSON_AddStringToObject(b, "id",
-                                cJSON_IsString(id) ? id->valuestring : "");
-        cJSON_AddStringToObject(b, "name",
-                                cJSON_IsString(name) ? name->valuestring : "");
-        cJSON *input =
-            cJSON_IsString(args) ? cJSON_Parse(args->valuestring) : NULL;
+        cJSON_AddStringToObject(b, "id", gw_str(call, "id", ""));
+        cJSON_AddStringToObject(b, "name", gw_str(fn, "name", ""));
+        cJSON *input = args ? cJSON_Parse(args) : NULL;
         cJSON_AddItemToObject(b, "input", input ? input : cJSON_CreateObject());
         cJSON_AddItemToArray(content, b);
     }
@@ -257,31 +255,18 @@ cJSON *gw_openai_to_anthropic(const cJSON *body, const char *model,
         cJSON_GetArrayItem(cJSON_GetObjectItem(body, "choices"), 0);
     const cJSON *message = cJSON_GetObjectItem(choice, "message");
     const cJSON *text = cJSON_GetObjectItem(message, "content");
-    const cJSON *finish = cJSON_GetObjectItem(choice, "finish_reason");
-    const cJSON *id = cJSON_GetObjectItem(body, "id");
     cJSON *a = cJSON_CreateObject();
-    char *mid =
-        zsys_sprintf("msg_%s", cJSON_IsString(id) ? id->valuestring : "llmq");
+    char *mid = zsys_sprintf("msg_%s", gw_str(body, "id", "llmq"));
     cJSON_AddStringToObject(a, "id", mid);
     free(mid);
     cJSON_AddStringToObject(a, "type", "message");
     cJSON_AddStringToObject(a, "role", "assistant");
     cJSON_AddStringToObject(a, "model", model);
     cJSON *content = cJSON_AddArrayToObject(a, "content");
-    if (cJSON_IsString(text) && *text->valuestring) {
-        cJSON *b = cJSON_CreateObject();
-        cJSON_AddStringToObject(b, "type", "text");
-        cJSON_AddStringToObject(b, "text", text->valuestring);
-        cJSON_AddItemToArray(content, b);
-    }
+    if (cJSON_IsString(text) && *text->valuestring)
+        cJSON_AddItemToArray(content, s_text_block(text->valuestring));
     s_tool_use_blocks(content, message);
-    cJSON_AddStringToObject(
-        a, "stop_reason",
-        s_stop_reason(cJSON_IsString(finish) ? finish->valuestring : NULL));
-    cJSON_AddNullToObject(a, "stop_sequence");
-    cJSON *u = cJSON_AddObjectToObject(a, "usage");
-    cJSON_AddNumberToObject(u, "input_tokens", (double)in_tokens);
-    cJSON_AddNumberToObject(u, "output_tokens", (double)out_tokens);
+    s_stop_and_usage(a, a, choice, in_tokens, out_tokens);
     return a;
 }
 
@@ -359,9 +344,7 @@ static void s_stream_open(gw_req_t *r, const char *id)
     s_event(r, "message_start", d);
     d = cJSON_CreateObject();
     cJSON_AddNumberToObject(d, "index", 0);
-    cJSON *b = cJSON_AddObjectToObject(d, "content_block");
-    cJSON_AddStringToObject(b, "type", "text");
-    cJSON_AddStringToObject(b, "text", "");
+    cJSON_AddItemToObject(d, "content_block", s_text_block(""));
     s_event(r, "content_block_start", d);
     s_event(r, "ping", cJSON_CreateObject());
 }
@@ -393,17 +376,9 @@ static void s_stream_close(gw_req_t *r, llmq_result_t *res)
     if (res->ok) {
         const cJSON *choice =
             cJSON_GetArrayItem(cJSON_GetObjectItem(res->body, "choices"), 0);
-        const cJSON *finish = cJSON_GetObjectItem(choice, "finish_reason");
         d = cJSON_CreateObject();
-        cJSON *delta = cJSON_AddObjectToObject(d, "delta");
-        cJSON_AddStringToObject(
-            delta, "stop_reason",
-            s_stop_reason(cJSON_IsString(finish) ? finish->valuestring : NULL));
-        cJSON_AddNullToObject(delta, "stop_sequence");
-        cJSON *u = cJSON_AddObjectToObject(d, "usage");
-        cJSON_AddNumberToObject(u, "input_tokens", (double)res->prompt_tokens);
-        cJSON_AddNumberToObject(u, "output_tokens",
-                                (double)res->completion_tokens);
+        s_stop_and_usage(cJSON_AddObjectToObject(d, "delta"), d, choice,
+                         res->prompt_tokens, res->completion_tokens);
         s_event(r, "message_delta", d);
         s_event(r, "message_stop", cJSON_CreateObject());
     } else {
@@ -420,15 +395,8 @@ static void s_stream_close(gw_req_t *r, llmq_result_t *res)
 
 void gw_anthropic_on_result(gw_req_t *r, llmq_result_t *res)
 {
-    if (r->stream && (res->ok || r->started)) {
-        s_stream_close(r, res);
+    if (gw_result_common(r, res, s_stream_close))
         return;
-    }
-    if (!res->ok) {
-        gw_reply_llmq_error(r->req, r->api, r->rid, res->error_code,
-                            res->error_status, res->error_message);
-        return;
-    }
     cJSON *a = gw_openai_to_anthropic(res->body, r->model, res->prompt_tokens,
                                       res->completion_tokens);
     gw_reply_cjson(r->req, 200, r->rid, a);

@@ -94,12 +94,6 @@ static bool s_stamp(cJSON *rec, const char *key)
     return true;
 }
 
-static const char *s_str(const cJSON *obj, const char *key)
-{
-    const cJSON *v = cJSON_GetObjectItem(obj, key);
-    return cJSON_IsString(v) ? v->valuestring : NULL;
-}
-
 //  --------------------------------------------------------------------------
 //  Output and error files (OpenAI's format)
 
@@ -157,7 +151,7 @@ static int s_store_buf(gw_t *gw, cJSON *rec, const char *key,
         return 0;
     }
     char name[128], fid[72];
-    snprintf(name, sizeof name, "%s_%s.jsonl", s_str(rec, "id"), suffix);
+    snprintf(name, sizeof name, "%s_%s.jsonl", gw_str(rec, "id", NULL), suffix);
     const char *data = (const char *)evbuffer_pullup(buf, -1);
     if (gw_file_write(gw, "batch_output", name, data, len, fid, sizeof fid))
         return -1;
@@ -169,7 +163,8 @@ static int s_store_buf(gw_t *gw, cJSON *rec, const char *key,
 static int s_materialize(gw_t *gw, cJSON *rec)
 {
     size_t n = 0;
-    llmq_result_t **results = llmq_batch_results(gw->ctl, s_str(rec, "id"), &n);
+    llmq_result_t **results =
+        llmq_batch_results(gw->ctl, gw_str(rec, "id", NULL), &n);
     if (!results)
         return -1;
     struct evbuffer *out = evbuffer_new(), *err = evbuffer_new();
@@ -233,7 +228,7 @@ static cJSON *s_openai_object(gw_t *gw, cJSON *rec, const s_status_t *st)
     bool changed = false;
     const char *status = s_openai_status(gw, rec, st->state, &changed);
     if (changed)
-        gw_store_write(gw, "batches", s_str(rec, "id"), rec);
+        gw_store_write(gw, "batches", gw_str(rec, "id", NULL), rec);
     cJSON *b = cJSON_CreateObject();
     s_copy(b, rec, "id");
     cJSON_AddStringToObject(b, "object", "batch");
@@ -259,16 +254,11 @@ static cJSON *s_openai_object(gw_t *gw, cJSON *rec, const s_status_t *st)
 //  --------------------------------------------------------------------------
 //  POST /v1/batches
 
-static const char *s_op_of(const char *endpoint)
-{
-    if (streq(endpoint, "/v1/chat/completions"))
-        return "chat";
-    if (streq(endpoint, "/v1/completions"))
-        return "completion";
-    if (streq(endpoint, "/v1/embeddings"))
-        return "embedding";
-    return NULL;
-}
+//  The op of each endpoint a batch may name.
+static const char *const s_ops[][2] = {{"/v1/chat/completions", "chat"},
+                                       {"/v1/completions", "completion"},
+                                       {"/v1/embeddings", "embedding"},
+                                       {NULL, NULL}};
 
 /*  The input file's lines as broker items; model set from the bodies.
     NULL with the reason in err. */
@@ -284,9 +274,10 @@ static cJSON *s_input_items(char *data, const char *endpoint, char *model,
         if (strspn(line, " \t\r") == strlen(line))
             continue;
         cJSON *j = cJSON_Parse(line);
-        const char *cid = s_str(j, "custom_id"), *url = s_str(j, "url");
+        const char *cid = gw_str(j, "custom_id", NULL),
+                   *url = gw_str(j, "url", NULL);
         cJSON *body = cJSON_GetObjectItem(j, "body");
-        const char *m = s_str(body, "model");
+        const char *m = gw_str(body, "model", NULL);
         const char *why = !j                              ? "is not JSON"
                           : !cid || !*cid                 ? "has no custom_id"
                           : !url || !streq(url, endpoint) ? "has another url"
@@ -301,11 +292,7 @@ static cJSON *s_input_items(char *data, const char *endpoint, char *model,
             return NULL;
         }
         snprintf(model, msize, "%s", m);
-        cJSON *item = cJSON_CreateObject();
-        cJSON_AddStringToObject(item, "custom_id", cid);
-        cJSON_AddItemToObject(item, "body",
-                              cJSON_DetachItemFromObject(j, "body"));
-        cJSON_AddItemToArray(items, item);
+        gw_batch_add_item(items, cid, cJSON_DetachItemFromObject(j, "body"));
         cJSON_Delete(j);
     }
     if (cJSON_GetArraySize(items) == 0) {
@@ -328,15 +315,17 @@ static cJSON *s_new_record(const char *id, const char *api, const char *model)
     return rec;
 }
 
-static void s_openai_create(gw_call_t *c)
+static void s_openai_create(gw_call_t *c, const char *unused, bool no)
 {
+    (void)unused;
+    (void)no;
     cJSON *body = gw_body_json(c->req, GW_API_OPENAI, c->rid);
     if (!body)
         return;
-    const char *fid = s_str(body, "input_file_id");
-    const char *endpoint = s_str(body, "endpoint");
-    const char *window = s_str(body, "completion_window");
-    const char *op = endpoint ? s_op_of(endpoint) : NULL;
+    const char *fid = gw_str(body, "input_file_id", NULL);
+    const char *endpoint = gw_str(body, "endpoint", NULL);
+    const char *window = gw_str(body, "completion_window", NULL);
+    const char *op = gw_lookup(s_ops, endpoint, NULL);
     char *data = fid ? gw_file_read(c->gw, fid, NULL) : NULL;
     char err[512] = "", model[257] = "", id[72];
     cJSON *items = NULL;
@@ -386,7 +375,7 @@ static void s_openai_create(gw_call_t *c)
 static cJSON *s_record(gw_call_t *c, gw_api_t api, const char *id)
 {
     cJSON *rec = gw_store_read(c->gw, "batches", id);
-    const char *kind = s_str(rec, "api");
+    const char *kind = gw_str(rec, "api", NULL);
     if (rec && kind &&
         streq(kind, api == GW_API_OPENAI ? "openai" : "anthropic"))
         return rec;
@@ -440,7 +429,7 @@ static cJSON **s_records(gw_t *gw, const char *api, size_t *n_p)
     for (char *id = (char *)zlist_first(ids); id && recs;
          id = (char *)zlist_next(ids)) {
         cJSON *rec = gw_store_read(gw, "batches", id);
-        const char *kind = s_str(rec, "api");
+        const char *kind = gw_str(rec, "api", NULL);
         if (kind && streq(kind, api) &&
             cJSON_IsNumber(cJSON_GetObjectItem(rec, "created_at")))
             recs[n++] = rec;
@@ -487,7 +476,7 @@ static cJSON *s_page(gw_call_t *c, const char *api, s_object_fn *object,
     cJSON *data = cJSON_CreateArray();
     size_t i = 0;
     if (*after)
-        while (i < n && !streq(s_str(recs[i], "id"), after))
+        while (i < n && !streq(gw_str(recs[i], "id", NULL), after))
             i++;
     if (*after && i < n)
         i++;
@@ -499,7 +488,7 @@ static cJSON *s_page(gw_call_t *c, const char *api, s_object_fn *object,
             *more = true;
             break;
         }
-        if (s_broker_status(c->gw, s_str(recs[i], "id"), &st, err,
+        if (s_broker_status(c->gw, gw_str(recs[i], "id", NULL), &st, err,
                             sizeof err) == 0)
             cJSON_AddItemToArray(data, object(c->gw, recs[i], &st));
     }
@@ -509,57 +498,62 @@ static cJSON *s_page(gw_call_t *c, const char *api, s_object_fn *object,
     return data;
 }
 
-static void s_openai_list(gw_call_t *c)
+static void s_openai_list(gw_call_t *c, const char *id, bool cancel)
 {
+    (void)id;
+    (void)cancel;
     bool more = false;
     cJSON *data = s_page(c, "openai", s_openai_object, &more);
     cJSON *root = cJSON_CreateObject();
     cJSON_AddStringToObject(root, "object", "list");
     cJSON_AddItemToObject(root, "data", data);
     int n = cJSON_GetArraySize(data);
-    const char *first = n ? s_str(cJSON_GetArrayItem(data, 0), "id") : NULL;
-    const char *last = n ? s_str(cJSON_GetArrayItem(data, n - 1), "id") : NULL;
-    if (first)
-        cJSON_AddStringToObject(root, "first_id", first);
-    else
-        cJSON_AddNullToObject(root, "first_id");
-    if (last)
-        cJSON_AddStringToObject(root, "last_id", last);
-    else
-        cJSON_AddNullToObject(root, "last_id");
+    const char *first =
+        n ? gw_str(cJSON_GetArrayItem(data, 0), "id", NULL) : NULL;
+    const char *last =
+        n ? gw_str(cJSON_GetArrayItem(data, n - 1), "id", NULL) : NULL;
+    gw_json_add_text(root, "first_id", first);
+    gw_json_add_text(root, "last_id", last);
     cJSON_AddBoolToObject(root, "has_more", more);
     gw_reply_cjson(c->req, 200, c->rid, root);
     cJSON_Delete(root);
 }
 
+#define S_OAI "/v1/batches"
+#define S_MSG "/v1/messages/batches"
+
 void gw_batches_route(gw_call_t *c)
 {
-    enum evhttp_cmd_type m = c->method;
-    const char *rest = c->path + strlen("/v1/batches");
-    char id[72] = "", tail[32] = "";
-    if (*rest == '/')
-        sscanf(rest + 1, "%71[^/]/%31s", id, tail);
-    if (!*id && m == EVHTTP_REQ_POST)
-        s_openai_create(c);
-    else if (!*id && m == EVHTTP_REQ_GET)
-        s_openai_list(c);
-    else if (*id && !*tail && m == EVHTTP_REQ_GET)
-        s_openai_get(c, id, false);
-    else if (*id && streq(tail, "cancel") && m == EVHTTP_REQ_POST)
-        s_openai_get(c, id, true);
-    else
-        gw_reply_error(c->req, GW_API_OPENAI, 404, c->rid,
-                       "invalid_request_error", NULL, NULL, "unknown route");
+    static const gw_route_t routes[] = {
+        {S_OAI, EVHTTP_REQ_POST, false, "", s_openai_create, false},
+        {S_OAI, EVHTTP_REQ_GET, false, "", s_openai_list, false},
+        {S_OAI, EVHTTP_REQ_GET, true, "", s_openai_get, false},
+        {S_OAI, EVHTTP_REQ_POST, true, "cancel", s_openai_get, true},
+        {S_MSG, EVHTTP_REQ_POST, false, "", gw_msg_batch_create, false},
+        {S_MSG, EVHTTP_REQ_GET, false, "", gw_msg_batch_list, false},
+        {S_MSG, EVHTTP_REQ_GET, true, "", gw_msg_batch_get, false},
+        {S_MSG, EVHTTP_REQ_GET, true, "results", gw_msg_batch_results, false},
+        {S_MSG, EVHTTP_REQ_POST, true, "cancel", gw_msg_batch_get, true},
+        {NULL, EVHTTP_REQ_GET, false, NULL, NULL, false}};
+    gw_route(c, routes);
 }
 
 //  --------------------------------------------------------------------------
 //  Shared with gw_msg_batches.c (Anthropic Message Batches)
 
+void gw_batch_add_item(cJSON *items, const char *custom_id, cJSON *body)
+{
+    cJSON *item = cJSON_CreateObject();
+    cJSON_AddStringToObject(item, "custom_id", custom_id);
+    cJSON_AddItemToObject(item, "body", body);
+    cJSON_AddItemToArray(items, item);
+}
+
 int gw_batch_create(gw_call_t *c, const char *id, cJSON *rec, cJSON *items,
                     const char *op)
 {
     char err[600] = "";
-    const char *model = s_str(rec, "model");
+    const char *model = gw_str(rec, "model", NULL);
     if (gw_store_write(c->gw, "batches", id, rec) != 0) {
         cJSON_Delete(items);
         gw_reply_error(c->req, GW_API_ANTHROPIC, 500, c->rid, NULL, NULL, NULL,

@@ -293,7 +293,9 @@ int gw_broker_start(gw_t *gw)
     gw->ctl = llmq_client_new_with(gw->cfg.broker, &opts, err, sizeof err);
     gw->stat = llmq_client_new_with(gw->cfg.broker, &opts, err, sizeof err);
     if (!gw->client || !gw->ctl || !gw->stat) {
-        fprintf(stderr, GW_NAME ": %s\n", err);
+        llmq_log(NULL, LLMQ_LOG_ERROR, "start_failed",
+                 LLMQ_LOG_STR("broker", gw->cfg.broker),
+                 LLMQ_LOG_STR("reason", err), LLMQ_LOG_END);
         return -1;
     }
     llmq_client_set_window(gw->client, 1000000);

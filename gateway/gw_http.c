@@ -102,17 +102,77 @@ void gw_reply_error(struct evhttp_request *req, gw_api_t api, int status,
         cJSON *err = cJSON_AddObjectToObject(root, "error");
         cJSON_AddStringToObject(err, "message", message ? message : "");
         cJSON_AddStringToObject(err, "type", type ? type : "server_error");
-        if (param)
-            cJSON_AddStringToObject(err, "param", param);
-        else
-            cJSON_AddNullToObject(err, "param");
-        if (code)
-            cJSON_AddStringToObject(err, "code", code);
-        else
-            cJSON_AddNullToObject(err, "code");
+        gw_json_add_text(err, "param", param);
+        gw_json_add_text(err, "code", code);
     }
     gw_reply_cjson(req, status, rid, root);
     cJSON_Delete(root);
+}
+
+const char *gw_str(const cJSON *obj, const char *key, const char *dflt)
+{
+    const cJSON *v = cJSON_GetObjectItem(obj, key);
+    return cJSON_IsString(v) ? v->valuestring : dflt;
+}
+
+void gw_json_add_text(cJSON *obj, const char *key, const char *text)
+{
+    if (text)
+        cJSON_AddStringToObject(obj, key, text);
+    else
+        cJSON_AddNullToObject(obj, key);
+}
+
+const char *gw_lookup(const char *const table[][2], const char *key,
+                      const char *dflt)
+{
+    for (size_t k = 0; key && table[k][0]; k++)
+        if (streq(table[k][0], key))
+            return table[k][1];
+    return dflt;
+}
+
+void gw_path_id(const gw_call_t *c, const char *prefix, char id[72],
+                char tail[32])
+{
+    const char *rest = c->path + strlen(prefix);
+    *id = *tail = 0;
+    if (*rest == '/')
+        sscanf(rest + 1, "%71[^/]/%31s", id, tail);
+}
+
+void gw_route(gw_call_t *c, const gw_route_t *routes)
+{
+    char id[72], tail[32];
+    for (const gw_route_t *r = routes; r->fn; r++) {
+        size_t n = strlen(r->prefix);
+        if (strncmp(c->path, r->prefix, n) != 0 ||
+            (c->path[n] && c->path[n] != '/'))
+            continue;
+        gw_path_id(c, r->prefix, id, tail);
+        if (r->method == c->method && r->has_id == (*id != 0) &&
+            streq(r->tail, tail)) {
+            r->fn(c, id, r->cancel);
+            return;
+        }
+    }
+    gw_reply_error(c->req, gw_api_of(c->path), 404, c->rid,
+                   "invalid_request_error", NULL, NULL, "unknown route");
+}
+
+bool gw_result_common(gw_req_t *r, llmq_result_t *res,
+                      void (*stream_end)(gw_req_t *r, llmq_result_t *res))
+{
+    if (r->stream && (res->ok || r->started)) {
+        stream_end(r, res);
+        return true;
+    }
+    if (!res->ok) {
+        gw_reply_llmq_error(r->req, r->api, r->rid, res->error_code,
+                            res->error_status, res->error_message);
+        return true;
+    }
+    return false;
 }
 
 int gw_http_status_of(const char *code)
@@ -349,7 +409,7 @@ static const char *s_api_key(struct evhttp_request *req)
     return gw_header(req, "x-api-key");
 }
 
-static gw_api_t s_api_of(const char *path)
+gw_api_t gw_api_of(const char *path)
 {
     return strncmp(path, "/v1/messages", 12) == 0 ? GW_API_ANTHROPIC
                                                   : GW_API_OPENAI;
@@ -359,7 +419,7 @@ static bool s_method(gw_call_t *c, enum evhttp_cmd_type want)
 {
     if (c->method == want)
         return true;
-    gw_reply_error(c->req, s_api_of(c->path), 405, c->rid,
+    gw_reply_error(c->req, gw_api_of(c->path), 405, c->rid,
                    "invalid_request_error", "method_not_allowed", NULL,
                    "method not allowed on this route");
     return false;
@@ -384,13 +444,13 @@ static void s_dispatch(gw_call_t *c)
         if (s_method(c, EVHTTP_REQ_POST))
             gw_anthropic_messages(c);
     } else if (strncmp(p, "/v1/messages/batches", 20) == 0)
-        gw_jobs_submit(c, gw_msg_batches_route);
+        gw_jobs_submit(c, gw_batches_route);
     else if (streq(p, "/v1/files") || strncmp(p, "/v1/files/", 10) == 0)
         gw_jobs_submit(c, gw_files_route);
     else if (streq(p, "/v1/batches") || strncmp(p, "/v1/batches/", 12) == 0)
         gw_jobs_submit(c, gw_batches_route);
     else
-        gw_reply_error(c->req, s_api_of(p), 404, c->rid,
+        gw_reply_error(c->req, gw_api_of(p), 404, c->rid,
                        "invalid_request_error", "unknown_url", NULL,
                        "unknown route");
 }
@@ -403,7 +463,7 @@ static const char *s_auth(gw_t *gw, gw_call_t *c)
         return "default";
     const char *tenant = key ? gw_keys_tenant(gw->keys, key) : NULL;
     if (!tenant)
-        gw_reply_error(c->req, s_api_of(c->path), 401, c->rid,
+        gw_reply_error(c->req, gw_api_of(c->path), 401, c->rid,
                        "invalid_request_error", "invalid_api_key", NULL,
                        key ? "Incorrect API key provided"
                            : "Missing API key (Authorization: Bearer KEY)");
@@ -432,7 +492,7 @@ static void s_on_request(struct evhttp_request *req, void *arg)
     if (over) {
         evhttp_add_header(evhttp_request_get_output_headers(req), "Connection",
                           "close");
-        gw_reply_error(req, s_api_of(c.path), 503, rid, "server_error",
+        gw_reply_error(req, gw_api_of(c.path), 503, rid, "server_error",
                        "too_many_connections", NULL,
                        "too many open connections to this gateway");
     } else if (streq(c.path, "/health") || streq(c.path, "/healthz"))
@@ -440,8 +500,12 @@ static void s_on_request(struct evhttp_request *req, void *arg)
     else if ((c.tenant = s_auth(gw, &c)))
         s_dispatch(&c);
     if (gw->cfg.verbose)
-        zsys_info("%s %s %s", rid, c.method == EVHTTP_REQ_GET ? "GET" : "POST",
-                  c.path);
+        llmq_log(NULL, LLMQ_LOG_INFO, "request", LLMQ_LOG_STR("rid", rid),
+                 LLMQ_LOG_STR("method", c.method == EVHTTP_REQ_GET ? "GET"
+                                        : c.method == EVHTTP_REQ_DELETE
+                                            ? "DELETE"
+                                            : "POST"),
+                 LLMQ_LOG_STR("path", c.path), LLMQ_LOG_END);
     free(path);
 }
 
@@ -458,8 +522,9 @@ static int s_listen(const char *host, int port)
     sa.sin_family = AF_INET;
     sa.sin_port = htons((uint16_t)port);
     if (inet_pton(AF_INET, host, &sa.sin_addr) != 1) {
-        fprintf(stderr, GW_NAME ": --host: '%s' is not an IPv4 address\n",
-                host);
+        llmq_log(NULL, LLMQ_LOG_ERROR, "start_failed",
+                 LLMQ_LOG_STR("reason", "--host is not an IPv4 address"),
+                 LLMQ_LOG_STR("host", host), LLMQ_LOG_END);
         return -1;
     }
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -468,8 +533,10 @@ static int s_listen(const char *host, int port)
     int on = 1;
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof(on));
     if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) || listen(fd, 4096)) {
-        fprintf(stderr, GW_NAME ": cannot listen on %s:%d: %s\n", host, port,
-                strerror(errno));
+        llmq_log(NULL, LLMQ_LOG_ERROR, "start_failed",
+                 LLMQ_LOG_STR("reason", "cannot listen"),
+                 LLMQ_LOG_STR("host", host), LLMQ_LOG_INT("port", port),
+                 LLMQ_LOG_STR("error", strerror(errno)), LLMQ_LOG_END);
         close(fd);
         return -1;
     }

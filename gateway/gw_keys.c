@@ -78,8 +78,10 @@ void gw_keys_reload(gw_keys_t *self)
     struct stat st;
     if (stat(self->path, &st) != 0) {
         if (!self->warned)
-            zsys_warning(GW_NAME ": key file %s: %s; keeping the old keys",
-                         self->path, strerror(errno));
+            llmq_log(NULL, LLMQ_LOG_WARN, "keys_unreadable",
+                     LLMQ_LOG_STR("path", self->path),
+                     LLMQ_LOG_STR("error", strerror(errno)),
+                     LLMQ_LOG_STR("keeping", "the old keys"), LLMQ_LOG_END);
         self->warned = true;
         return;
     }
@@ -94,7 +96,9 @@ void gw_keys_reload(gw_keys_t *self)
     self->mtime = st.st_mtim;
     self->size = st.st_size;
     self->warned = false;
-    zsys_info(GW_NAME ": key file reloaded (%zu keys)", zhashx_size(keys));
+    llmq_log(NULL, LLMQ_LOG_INFO, "keys_reloaded",
+             LLMQ_LOG_STR("path", self->path),
+             LLMQ_LOG_INT("keys", zhashx_size(keys)), LLMQ_LOG_END);
 }
 
 const char *gw_keys_tenant(gw_keys_t *self, const char *key)

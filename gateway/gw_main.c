@@ -10,6 +10,7 @@
 #include "llmq_duration.h"
 
 #include <getopt.h>
+#include <stddef.h>
 #include <signal.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
@@ -52,6 +53,7 @@ static void s_usage(FILE *out)
         "  --idle-timeout-ms D  idle or slow HTTP connection limit (default "
         "10m20s)\n"
         "  -v, --verbose        log every request\n"
+        "  --json-logs          log lines as JSON objects (one per line)\n"
         "  -h, --help           this text\n"
         "  --version            print the version\n");
 }
@@ -85,79 +87,90 @@ static int s_dur(const char *flag, const char *text, int64_t lo, int64_t *out)
     return 0;
 }
 
+/*  The flags that set a field of gw_cfg_t: the table is the parser, so a
+    new flag is one line (and one line of s_usage). */
+typedef enum { S_TEXT, S_INT, S_NUM, S_DUR, S_ON } s_kind_t;
+
+typedef struct {
+    const char *name; /* long flag, without -- */
+    s_kind_t kind;    /* what it takes and how the field is typed */
+    size_t offset;    /* the field in gw_cfg_t */
+    int64_t lo, hi;   /* numbers: the range; durations: the minimum (lo) */
+} s_flag_t;
+
+#define S_AT(field) offsetof(gw_cfg_t, field)
+static const s_flag_t s_flags[] = {
+    {"broker", S_TEXT, S_AT(broker), 0, 0},
+    {"curve-cert", S_TEXT, S_AT(curve_cert), 0, 0},
+    {"broker-key", S_TEXT, S_AT(broker_key), 0, 0},
+    {"host", S_TEXT, S_AT(host), 0, 0},
+    {"port", S_INT, S_AT(port), 0, 65535},
+    {"keys", S_TEXT, S_AT(keys_path), 0, 0},
+    {"data-dir", S_TEXT, S_AT(data_dir), 0, 0},
+    {"max-body", S_NUM, S_AT(max_body), 1024, 1LL << 34},
+    {"max-headers", S_NUM, S_AT(max_headers), 1024, 1 << 24},
+    {"max-conns", S_NUM, S_AT(max_conns), 1, 1000000},
+    {"timeout-ms", S_DUR, S_AT(timeout_ms), 100, 0},
+    {"drain-ms", S_DUR, S_AT(drain_ms), 0, 0},
+    {"idle-timeout-ms", S_DUR, S_AT(idle_timeout_ms), 1000, 0},
+    {"verbose", S_ON, S_AT(verbose), 0, 0},
+    {"json-logs", S_ON, S_AT(json_logs), 0, 0},
+};
+#define S_NFLAGS (sizeof s_flags / sizeof s_flags[0])
+#define S_FLAG_BASE 256 /* getopt value of s_flags[0] */
+
+/*  Set f's field from arg. Returns 0, or -1 (said on stderr). */
+static int s_set(gw_cfg_t *c, const s_flag_t *f, const char *arg)
+{
+    char *field = (char *)c + f->offset;
+    char flag[40];
+    snprintf(flag, sizeof flag, "--%s", f->name);
+    int64_t n = 0;
+    switch (f->kind) {
+    case S_TEXT:
+        *(const char **)field = arg;
+        return 0;
+    case S_ON:
+        *(bool *)field = true;
+        return 0;
+    case S_INT:
+        if (s_num(flag, arg, f->lo, f->hi, &n) != 0)
+            return -1;
+        *(int *)field = (int)n;
+        return 0;
+    case S_NUM:
+        return s_num(flag, arg, f->lo, f->hi, (int64_t *)field);
+    case S_DUR:
+        return s_dur(flag, arg, f->lo, (int64_t *)field);
+    }
+    return -1;
+}
+
 static int s_parse(int argc, char **argv, gw_cfg_t *c)
 {
-    static struct option opts[] = {{"broker", 1, 0, 'b'},
-                                   {"curve-cert", 1, 0, 'c'},
-                                   {"broker-key", 1, 0, 'K'},
-                                   {"host", 1, 0, 'H'},
-                                   {"port", 1, 0, 'p'},
-                                   {"keys", 1, 0, 'k'},
-                                   {"data-dir", 1, 0, 'd'},
-                                   {"max-body", 1, 0, 'B'},
-                                   {"max-headers", 1, 0, 'E'},
-                                   {"max-conns", 1, 0, 'C'},
-                                   {"timeout-ms", 1, 0, 'T'},
-                                   {"drain-ms", 1, 0, 'D'},
-                                   {"idle-timeout-ms", 1, 0, 'I'},
-                                   {"verbose", 0, 0, 'v'},
-                                   {"help", 0, 0, 'h'},
-                                   {"version", 0, 0, 'V'},
-                                   {0, 0, 0, 0}};
-    int64_t port = c->port;
+    struct option opts[S_NFLAGS + 3];
+    for (size_t k = 0; k < S_NFLAGS; k++)
+        opts[k] = (struct option){s_flags[k].name,
+                                  s_flags[k].kind == S_ON ? no_argument
+                                                          : required_argument,
+                                  NULL, S_FLAG_BASE + (int)k};
+    opts[S_NFLAGS] = (struct option){"help", no_argument, NULL, 'h'};
+    opts[S_NFLAGS + 1] = (struct option){"version", no_argument, NULL, 'V'};
+    opts[S_NFLAGS + 2] = (struct option){NULL, 0, NULL, 0};
     int ch, rc = 0;
     opterr = 0; //  we say what is wrong ourselves
     while (rc == 0 && (ch = getopt_long(argc, argv, "hv", opts, NULL)) != -1) {
-        switch (ch) {
-        case 'b':
-            c->broker = optarg;
-            break;
-        case 'c':
-            c->curve_cert = optarg;
-            break;
-        case 'K':
-            c->broker_key = optarg;
-            break;
-        case 'H':
-            c->host = optarg;
-            break;
-        case 'p':
-            rc = s_num("--port", optarg, 0, 65535, &port);
-            break;
-        case 'k':
-            c->keys_path = optarg;
-            break;
-        case 'd':
-            c->data_dir = optarg;
-            break;
-        case 'B':
-            rc = s_num("--max-body", optarg, 1024, 1LL << 34, &c->max_body);
-            break;
-        case 'E':
-            rc = s_num("--max-headers", optarg, 1024, 1 << 24, &c->max_headers);
-            break;
-        case 'C':
-            rc = s_num("--max-conns", optarg, 1, 1000000, &c->max_conns);
-            break;
-        case 'T':
-            rc = s_dur("--timeout-ms", optarg, 100, &c->timeout_ms);
-            break;
-        case 'D':
-            rc = s_dur("--drain-ms", optarg, 0, &c->drain_ms);
-            break;
-        case 'I':
-            rc = s_dur("--idle-timeout-ms", optarg, 1000, &c->idle_timeout_ms);
-            break;
-        case 'v':
+        if (ch >= S_FLAG_BASE)
+            rc = s_set(c, &s_flags[ch - S_FLAG_BASE], optarg);
+        else if (ch == 'v')
             c->verbose = true;
-            break;
-        case 'h':
+        else if (ch == 'h') {
             s_usage(stdout);
             exit(0);
-        case 'V':
+        } else if (ch == 'V') {
             printf(GW_NAME " " LLMQ_VERSION_STRING "\n");
             exit(0);
-        default:
+        } else {
             fprintf(stderr,
                     GW_NAME ": unknown or incomplete flag '%s' (see --help)\n",
                     argv[optind - 1]);
@@ -169,7 +182,6 @@ static int s_parse(int argc, char **argv, gw_cfg_t *c)
                 argv[optind]);
         rc = -1;
     }
-    c->port = (int)port;
     return rc;
 }
 
@@ -214,8 +226,10 @@ static int s_data_dir(const char *dir)
     for (int i = 0; i < 3; i++) {
         snprintf(path, sizeof path, "%s%s", dir, subs[i]);
         if (mkdir(path, 0700) != 0 && errno != EEXIST) {
-            fprintf(stderr, GW_NAME ": --data-dir %s: %s\n", path,
-                    strerror(errno));
+            llmq_log(NULL, LLMQ_LOG_ERROR, "start_failed",
+                     LLMQ_LOG_STR("reason", "--data-dir"),
+                     LLMQ_LOG_STR("path", path),
+                     LLMQ_LOG_STR("error", strerror(errno)), LLMQ_LOG_END);
             return -1;
         }
     }
@@ -235,8 +249,9 @@ static int s_run(gw_t *gw)
 {
     int port = 0;
     if (gw->cfg.keys_path && !(gw->keys = gw_keys_new(gw->cfg.keys_path))) {
-        fprintf(stderr, GW_NAME ": --keys %s: cannot read it\n",
-                gw->cfg.keys_path);
+        llmq_log(NULL, LLMQ_LOG_ERROR, "start_failed",
+                 LLMQ_LOG_STR("reason", "--keys: cannot read it"),
+                 LLMQ_LOG_STR("path", gw->cfg.keys_path), LLMQ_LOG_END);
         return 1;
     }
     if (s_data_dir(gw->cfg.data_dir) != 0)
@@ -280,6 +295,7 @@ int main(int argc, char **argv)
     gw.cfg.idle_timeout_ms = 620000;
     if (s_parse(argc, argv, &gw.cfg) != 0)
         return 2;
+    llmq_log_setup(NULL, GW_NAME, gw.cfg.json_logs, LLMQ_LOG_INFO);
     signal(SIGPIPE, SIG_IGN);
     zsys_init();
     zsys_handler_set(NULL); //  our loop handles signals

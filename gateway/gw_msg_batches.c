@@ -13,12 +13,6 @@
 
 #include <time.h>
 
-static const char *s_str(const cJSON *obj, const char *key)
-{
-    const cJSON *v = cJSON_GetObjectItem(obj, key);
-    return cJSON_IsString(v) ? v->valuestring : NULL;
-}
-
 static void s_rfc3339(cJSON *obj, const char *key, const cJSON *secs)
 {
     if (!cJSON_IsNumber(secs)) {
@@ -56,7 +50,8 @@ static void s_final_counts(gw_t *gw, cJSON *rec)
     if (cJSON_GetObjectItem(rec, "final_counts"))
         return;
     size_t n = 0;
-    llmq_result_t **results = llmq_batch_results(gw->ctl, s_str(rec, "id"), &n);
+    llmq_result_t **results =
+        llmq_batch_results(gw->ctl, gw_str(rec, "id", NULL), &n);
     if (!results)
         return;
     cJSON *counts = cJSON_AddObjectToObject(rec, "final_counts");
@@ -71,7 +66,7 @@ static void s_final_counts(gw_t *gw, cJSON *rec)
     }
     free(results);
     cJSON_AddNumberToObject(rec, "ended_at", (double)(zclock_time() / 1000));
-    gw_store_write(gw, "batches", s_str(rec, "id"), rec);
+    gw_store_write(gw, "batches", gw_str(rec, "id", NULL), rec);
 }
 
 static cJSON *s_object(gw_call_t *c, cJSON *rec, const char *state,
@@ -81,7 +76,7 @@ static cJSON *s_object(gw_call_t *c, cJSON *rec, const char *state,
     if (ended)
         s_final_counts(c->gw, rec);
     cJSON *b = cJSON_CreateObject();
-    cJSON_AddStringToObject(b, "id", s_str(rec, "id"));
+    cJSON_AddStringToObject(b, "id", gw_str(rec, "id", NULL));
     cJSON_AddStringToObject(b, "type", "message_batch");
     cJSON_AddStringToObject(b, "processing_status",
                             ended                        ? "ended"
@@ -108,7 +103,7 @@ static cJSON *s_object(gw_call_t *c, cJSON *rec, const char *state,
     const char *host = gw_header(c->req, "Host");
     if (ended && host) {
         char *url = zsys_sprintf("http://%s/v1/messages/batches/%s/results",
-                                 host, s_str(rec, "id"));
+                                 host, gw_str(rec, "id", NULL));
         cJSON_AddStringToObject(b, "results_url", url);
         free(url);
     } else
@@ -125,9 +120,9 @@ static cJSON *s_items(const cJSON *requests, char *model, size_t msize,
     const cJSON *r;
     cJSON_ArrayForEach(r, requests)
     {
-        const char *cid = s_str(r, "custom_id");
+        const char *cid = gw_str(r, "custom_id", NULL);
         const cJSON *params = cJSON_GetObjectItem(r, "params");
-        const char *m = s_str(params, "model");
+        const char *m = gw_str(params, "model", NULL);
         cJSON *oa =
             cid && m ? gw_anthropic_to_openai(params, err, errsz) : NULL;
         if (!oa || (*model && !streq(model, m))) {
@@ -141,10 +136,7 @@ static cJSON *s_items(const cJSON *requests, char *model, size_t msize,
             return NULL;
         }
         snprintf(model, msize, "%s", m);
-        cJSON *item = cJSON_CreateObject();
-        cJSON_AddStringToObject(item, "custom_id", cid);
-        cJSON_AddItemToObject(item, "body", oa);
-        cJSON_AddItemToArray(items, item);
+        gw_batch_add_item(items, cid, oa);
         i++;
     }
     if (i == 0) {
@@ -155,8 +147,10 @@ static cJSON *s_items(const cJSON *requests, char *model, size_t msize,
     return items;
 }
 
-static void s_create(gw_call_t *c)
+void gw_msg_batch_create(gw_call_t *c, const char *unused, bool no)
 {
+    (void)unused;
+    (void)no;
     cJSON *body = gw_body_json(c->req, GW_API_ANTHROPIC, c->rid);
     if (!body)
         return;
@@ -187,7 +181,7 @@ static void s_create(gw_call_t *c)
     cJSON_Delete(rec);
 }
 
-static void s_get(gw_call_t *c, const char *id, bool cancel)
+void gw_msg_batch_get(gw_call_t *c, const char *id, bool cancel)
 {
     cJSON *rec = gw_batch_record(c, GW_API_ANTHROPIC, id);
     if (!rec)
@@ -247,8 +241,9 @@ static cJSON *s_result_line(const llmq_result_t *r, const char *model)
     return line;
 }
 
-static void s_results(gw_call_t *c, const char *id)
+void gw_msg_batch_results(gw_call_t *c, const char *id, bool no)
 {
+    (void)no;
     cJSON *rec = gw_batch_record(c, GW_API_ANTHROPIC, id);
     if (!rec)
         return;
@@ -262,7 +257,7 @@ static void s_results(gw_call_t *c, const char *id)
     }
     struct evbuffer *buf = evbuffer_new();
     for (size_t i = 0; i < n; i++) {
-        cJSON *line = s_result_line(results[i], s_str(rec, "model"));
+        cJSON *line = s_result_line(results[i], gw_str(rec, "model", NULL));
         char *text = cJSON_PrintUnformatted(line);
         evbuffer_add_printf(buf, "%s\n", text ? text : "{}");
         free(text);
@@ -278,15 +273,17 @@ static void s_results(gw_call_t *c, const char *id)
     cJSON_Delete(rec);
 }
 
-static void s_list(gw_call_t *c)
+void gw_msg_batch_list(gw_call_t *c, const char *id, bool cancel)
 {
+    (void)id;
+    (void)cancel;
     char after[80];
     int limit;
     gw_batch_paging(c, after, sizeof after, &limit);
     size_t n = 0, i = 0;
     cJSON **recs = gw_batch_records(c->gw, "anthropic", &n);
     if (*after) {
-        while (i < n && !streq(s_str(recs[i], "id"), after))
+        while (i < n && !streq(gw_str(recs[i], "id", NULL), after))
             i++;
         i = i < n ? i + 1 : n;
     }
@@ -300,46 +297,21 @@ static void s_list(gw_call_t *c)
             more = true;
             break;
         }
-        if (gw_batch_status(c->gw, s_str(recs[i], "id"), state, sizeof state,
-                            counts, err, sizeof err) == 0)
+        if (gw_batch_status(c->gw, gw_str(recs[i], "id", NULL), state,
+                            sizeof state, counts, err, sizeof err) == 0)
             cJSON_AddItemToArray(data, s_object(c, recs[i], state, counts));
     }
     int k = cJSON_GetArraySize(data);
     cJSON_AddBoolToObject(root, "has_more", more);
-    cJSON *first =
-        k ? cJSON_GetObjectItem(cJSON_GetArrayItem(data, 0), "id") : NULL;
-    cJSON *last =
-        k ? cJSON_GetObjectItem(cJSON_GetArrayItem(data, k - 1), "id") : NULL;
-    cJSON_AddItemToObject(root, "first_id",
-                          first ? cJSON_Duplicate(first, 0)
-                                : cJSON_CreateNull());
-    cJSON_AddItemToObject(root, "last_id",
-                          last ? cJSON_Duplicate(last, 0) : cJSON_CreateNull());
+    gw_json_add_text(root, "first_id",
+                     k ? gw_str(cJSON_GetArrayItem(data, 0), "id", NULL)
+                       : NULL);
+    gw_json_add_text(root, "last_id",
+                     k ? gw_str(cJSON_GetArrayItem(data, k - 1), "id", NULL)
+                       : NULL);
     for (i = 0; i < n; i++)
         cJSON_Delete(recs[i]);
     free(recs);
     gw_reply_cjson(c->req, 200, c->rid, root);
     cJSON_Delete(root);
-}
-
-void gw_msg_batches_route(gw_call_t *c)
-{
-    enum evhttp_cmd_type m = c->method;
-    const char *rest = c->path + strlen("/v1/messages/batches");
-    char id[72] = "", tail[32] = "";
-    if (*rest == '/')
-        sscanf(rest + 1, "%71[^/]/%31s", id, tail);
-    if (!*id && m == EVHTTP_REQ_POST)
-        s_create(c);
-    else if (!*id && m == EVHTTP_REQ_GET)
-        s_list(c);
-    else if (*id && !*tail && m == EVHTTP_REQ_GET)
-        s_get(c, id, false);
-    else if (*id && streq(tail, "results") && m == EVHTTP_REQ_GET)
-        s_results(c, id);
-    else if (*id && streq(tail, "cancel") && m == EVHTTP_REQ_POST)
-        s_get(c, id, true);
-    else
-        gw_reply_error(c->req, GW_API_ANTHROPIC, 404, c->rid, NULL, NULL, NULL,
-                       "unknown route");
 }

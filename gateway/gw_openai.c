@@ -176,15 +176,8 @@ static void s_stream_end(gw_req_t *r, llmq_result_t *res)
 
 void gw_openai_on_result(gw_req_t *r, llmq_result_t *res)
 {
-    if (r->stream && (res->ok || r->started)) {
-        s_stream_end(r, res);
+    if (gw_result_common(r, res, s_stream_end))
         return;
-    }
-    if (!res->ok) {
-        gw_reply_llmq_error(r->req, r->api, r->rid, res->error_code,
-                            res->error_status, res->error_message);
-        return;
-    }
     if (r->b64)
         s_embeddings_b64(res->body);
     if (res->body)

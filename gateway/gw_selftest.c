@@ -163,6 +163,33 @@ static void s_test_keys(void)
     S_CHECK(gw_keys_new("/nonexistent/keys") == NULL);
 }
 
+//  The small shared helpers: tables, strings or null, paths with an id.
+static void s_test_helpers(void)
+{
+    static const char *const table[][2] = {
+        {"a", "1"}, {"b", "2"}, {NULL, NULL}};
+    S_CHECK(streq(gw_lookup(table, "b", "?"), "2"));
+    S_CHECK(streq(gw_lookup(table, "c", "?"), "?"));
+    S_CHECK(gw_lookup(table, NULL, NULL) == NULL);
+    cJSON *o = cJSON_Parse("{\"s\":\"x\",\"n\":1}");
+    S_CHECK(streq(gw_str(o, "s", NULL), "x"));
+    S_CHECK(streq(gw_str(o, "n", "none"), "none"));
+    gw_json_add_text(o, "t", "y");
+    gw_json_add_text(o, "z", NULL);
+    S_CHECK(streq(gw_str(o, "t", NULL), "y"));
+    S_CHECK(cJSON_IsNull(cJSON_GetObjectItem(o, "z")));
+    cJSON_Delete(o);
+    char id[72], tail[32];
+    gw_call_t c = {.path = "/v1/batches/batch_1/cancel"};
+    gw_path_id(&c, "/v1/batches", id, tail);
+    S_CHECK(streq(id, "batch_1") && streq(tail, "cancel"));
+    c.path = "/v1/batches";
+    gw_path_id(&c, "/v1/batches", id, tail);
+    S_CHECK(!*id && !*tail);
+    S_CHECK(gw_api_of("/v1/messages/batches") == GW_API_ANTHROPIC);
+    S_CHECK(gw_api_of("/v1/batches") == GW_API_OPENAI);
+}
+
 int main(int argc, char **argv)
 {
     (void)argc;
@@ -174,6 +201,7 @@ int main(int argc, char **argv)
     s_test_multipart();
     s_test_status_map();
     s_test_keys();
+    s_test_helpers();
     printf("gw_selftest: %s\n", s_failures ? "FAILED" : "OK");
     return s_failures ? 1 : 0;
 }

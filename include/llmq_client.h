@@ -319,6 +319,13 @@ const char *llmq_batch_error(const llmq_client_t *self);
 /*  Self test against an in-process fake broker; returns 0 on success. */
 int llmq_client_test(bool verbose);
 
+/*  That selftest's fake broker, a zactor_fn for other selftests: answers
+    pings, echoes a request's "echo", fails one with the error code named
+    by its "fail". args: NULL (binds a free port), or an int * port. Sends
+    the bound port (int, "i") on the pipe. */
+struct _zsock_t;
+void llmq_client_fake_broker(struct _zsock_t *pipe, void *args);
+
 #ifdef __cplusplus
 }
 #endif

@@ -169,7 +169,7 @@ llmq_msg_t *llmq_msg_decode(const void *data, size_t size, bool has_payload,
 
 /*  Send on a socket: [routing id] + header + [payload]. Destroys the message
     and NULLs *self_p whether or not the send worked. Returns 0 or -1 (encode
-    failure is -1 and is logged through zsys_warning). A ROUTER socket needs
+    failure is -1 and is logged: msg_send_failed, llmq_log.h). A ROUTER needs
     a routing id. */
 int llmq_msg_send(llmq_msg_t **self_p, void *sock);
 

@@ -15,6 +15,7 @@
     kept as the zframe it arrived in, so it can be forwarded without a copy.
 */
 #include "llmq_msg.h"
+#include "llmq_log.h"
 #include "llmq_mpread.h"
 #include "llmq_value.h"
 
@@ -1022,8 +1023,9 @@ int llmq_msg_send(llmq_msg_t **self_p, void *sock)
         if (rc == 0 && self->payload)
             rc = s_send_frame(&self->payload, handle, false);
     } else
-        zsys_warning("llmq_msg: cannot send '%s': %s",
-                     llmq_msg_type_name(self->type), reason);
+        llmq_log(NULL, LLMQ_LOG_WARN, "msg_send_failed",
+                 LLMQ_LOG_STR("type", llmq_msg_type_name(self->type)),
+                 LLMQ_LOG_STR("reason", reason), LLMQ_LOG_END);
     zframe_destroy(&header);
     llmq_msg_destroy(&self);
     return rc;
@@ -1361,7 +1363,9 @@ static void s_test_sockets(bool verbose)
     S_TEST(strstr(llmq_msg_invalid_reason(got), "too many frames"));
     S_TEST(zframe_streq(llmq_msg_routing_id(got), "client-1"));
     if (verbose)
-        zsys_info("invalid: %s", llmq_msg_invalid_reason(got));
+        llmq_log(NULL, LLMQ_LOG_INFO, "invalid",
+                 LLMQ_LOG_STR("reason", llmq_msg_invalid_reason(got)),
+                 LLMQ_LOG_END);
     llmq_msg_destroy(&got);
     /* a ROUTER needs a routing id */
     llmq_msg_t *ping = llmq_msg_new(LLMQ_MSG_PING);

@@ -13,7 +13,7 @@ trap '[ -f "$_llmq_node_install" ] && { bash "$_llmq_node_install" || echo "setu
 
 PACKAGES=(
   build-essential cmake pkg-config git
-  libzmq3-dev libczmq-dev libmsgpack-dev libcurl4-openssl-dev
+  libzmq3-dev libczmq-dev libmsgpack-dev libcurl4-openssl-dev libssl-dev
   libcjson-dev libcyaml-dev libyaml-dev libevent-dev libsqlite3-dev
   clang clang-format libclang-rt-14-dev valgrind
   python3 python3-zmq python3-msgpack python3-pip python3-setuptools python3-venv mypy

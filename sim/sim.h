@@ -25,7 +25,8 @@
 #include <event2/event.h>
 #include <event2/http.h>
 
-#define SIM_VERSION "0.1.0"
+#include "sim_http.h"
+
 #define SIM_DEFAULT_MAX_TOKENS 16
 #define SIM_MAX_FORCED_TOKENS 65536
 #define SIM_MODEL_MAX 256
@@ -91,6 +92,10 @@ char *sim_text(uint64_t hash, int count);
 //  visible in tests). Off by default.
 extern bool sim_random_text;
 
+//  The first needle[0..nlen) in hay[0..hlen), or NULL (memmem, portably).
+const char *sim_memfind(const char *hay, size_t hlen, const char *needle,
+                        size_t nlen);
+
 //  Appends s as a JSON string literal (quoted, escaped).
 void sim_json_str(struct evbuffer *out, const char *s);
 
@@ -128,68 +133,6 @@ void sim_duration(char *buf, size_t cap, int64_t ms);
 //  RFC 3339 UTC time of a wall-clock time in ms: 2024-09-24T18:37:24.100Z.
 void sim_rfc3339(char *buf, size_t cap, int64_t wall_ms);
 
-//  --- sim_main.c (used by sim_batch.c) ----------------------------------
-
-typedef struct sim_s sim_t;
-
-int64_t sim_mono_ms(void);
-int64_t sim_wall_ms(void);
-struct event_base *sim_base(sim_t *sim);
-//  Base URL "http://host:port" of this server.
-const char *sim_url(sim_t *sim);
-//  Next unique id number (ids are prefix + hex of it).
-uint64_t sim_next_id(sim_t *sim);
-
-//  Answers one batch line offline (no latency, no flag faults, no rate
-//  limits; directives apply). Appends the response body (success or error in
-//  the API's shape) to out and returns its HTTP status; returns 0 when the
-//  line is stuck (hang directive: it never completes). A 200 counts for
-//  double billing like a realtime answer.
-int sim_exec_line(sim_t *sim, sim_op_t op, const cJSON *body,
-                  struct evbuffer *out);
-
-//  Checks the API key (OpenAI: Authorization Bearer; Anthropic: x-api-key
-//  and anthropic-version). Returns 0, or -1 after answering 401/400.
-int sim_auth(sim_t *sim, struct evhttp_request *req, int route, bool anthropic,
-             uint64_t *keyhash);
-
-//  Sends a reply with the given content type and counts it under route.
-//  body is drained, not taken.
-void sim_reply(sim_t *sim, struct evhttp_request *req, int route, int status,
-               const char *ctype, struct evbuffer *body);
-//  Sends a JSON reply and counts it under route. Takes no ownership of body
-//  (it is drained).
-void sim_reply_json(sim_t *sim, struct evhttp_request *req, int route,
-                    int status, struct evbuffer *body);
-//  Sends an error in the API's shape (anthropic or openai).
-void sim_reply_error(sim_t *sim, struct evhttp_request *req, int route,
-                     bool anthropic, int status, const char *message,
-                     const char *param, const char *code);
-
-//  Routes, for statistics. Order matches s_route_names in sim_main.c.
-enum {
-    SIM_R_CHAT = 0,
-    SIM_R_COMPLETIONS,
-    SIM_R_EMBEDDINGS,
-    SIM_R_MESSAGES,
-    SIM_R_MODELS,
-    SIM_R_FILES,
-    SIM_R_FILE,
-    SIM_R_FILE_CONTENT,
-    SIM_R_BATCHES,
-    SIM_R_BATCH,
-    SIM_R_BATCH_CANCEL,
-    SIM_R_MBATCHES,
-    SIM_R_MBATCH,
-    SIM_R_MBATCH_RESULTS,
-    SIM_R_MBATCH_CANCEL,
-    SIM_R_STATS,
-    SIM_R_RESET,
-    SIM_R_HEALTH,
-    SIM_R_OTHER,
-    SIM_R_COUNT
-};
-
 //  --- sim_batch.c -------------------------------------------------------
 
 typedef struct sim_batches_s sim_batches_t;
@@ -202,7 +145,18 @@ typedef struct {
     int64_t max_store;   //  bytes of files kept in memory
 } sim_batch_cfg_t;
 
-sim_batches_t *sim_batches_new(sim_t *sim, const sim_batch_cfg_t *cfg);
+//  Answers one batch line offline (no latency, no flag faults, no rate
+//  limits; directives apply). Appends the response body (success or error in
+//  the API's shape) to out and returns its HTTP status; returns 0 when the
+//  line is stuck (hang directive: it never completes). sim_main.c gives it,
+//  so a 200 counts for double billing like a realtime answer.
+typedef int(sim_batch_exec_fn)(void *arg, sim_op_t op, const cJSON *body,
+                               struct evbuffer *out);
+
+//  http is borrowed (it outlives the batches); exec(exec_arg, ...) answers
+//  each line.
+sim_batches_t *sim_batches_new(sim_http_t *http, const sim_batch_cfg_t *cfg,
+                               sim_batch_exec_fn *exec, void *exec_arg);
 void sim_batches_destroy(sim_batches_t **self_p);
 //  Route handlers; path is the request path, req is answered.
 void sim_batches_files(sim_batches_t *self, struct evhttp_request *req,

@@ -92,7 +92,9 @@ typedef struct s_batch {
 } s_batch_t;
 
 struct sim_batches_s {
-    sim_t *sim;
+    sim_http_t *http;        //  the server's HTTP layer (borrowed)
+    sim_batch_exec_fn *exec; //  answers one line (sim_main.c)
+    void *exec_arg;
     sim_batch_cfg_t cfg;
     s_file_t *files;
     s_batch_t *batches;
@@ -128,7 +130,7 @@ static s_file_t *s_file_add(sim_batches_t *self, const char *filename,
     if (!f)
         return NULL;
     snprintf(f->id, sizeof(f->id), "file-sim%012" PRIx64,
-             sim_next_id(self->sim));
+             sim_next_id(self->http));
     f->filename = strdup(filename ? filename : "file.jsonl");
     snprintf(f->purpose, sizeof(f->purpose), "%s", purpose);
     f->data = data;
@@ -184,25 +186,52 @@ static char *s_disposition_param(const char *hdr, size_t hlen,
     return NULL;
 }
 
-static const char *s_mem_find(const char *hay, size_t hlen, const char *needle,
-                              size_t nlen)
+//  What a file upload's form holds.
+typedef struct {
+    char *purpose;     //  "purpose" field (fresh), or NULL
+    char *filename;    //  the file part's filename (fresh), or NULL
+    const char *fdata; //  the file part's bytes (in the body), or NULL
+    size_t flen;
+} s_upload_t;
+
+//  Reads the parts of a multipart body whose every delimiter (the first
+//  one too) is delim ("\r\n--BOUNDARY"), into *up (the first part of
+//  each name wins).
+static void s_multipart_parse(const char *body, size_t len, const char *delim,
+                              size_t dlen, s_upload_t *up)
 {
-    if (hlen < nlen)
-        return NULL;
-    for (const char *p = hay; p + nlen <= hay + hlen; p++) {
-        p = memchr(p, needle[0], (size_t)(hay + hlen - p));
-        if (!p || p + nlen > hay + hlen)
-            return NULL;
-        if (memcmp(p, needle, nlen) == 0)
-            return p;
+    const char *p = sim_memfind(body, len, delim, dlen);
+    while (p) {
+        p += dlen;
+        if ((size_t)(body + len - p) >= 2 && p[0] == '-' && p[1] == '-')
+            break; //  closing delimiter
+        const char *hend =
+            sim_memfind(p, (size_t)(body + len - p), "\r\n\r\n", 4);
+        if (!hend)
+            break;
+        const char *content = hend + 4;
+        const char *next =
+            sim_memfind(content, (size_t)(body + len - content), delim, dlen);
+        if (!next)
+            break;
+        char *name = s_disposition_param(p, (size_t)(hend - p), "name");
+        if (name && strcmp(name, "purpose") == 0 && !up->purpose)
+            up->purpose = strndup(content, (size_t)(next - content));
+        else if (name && strcmp(name, "file") == 0 && !up->fdata) {
+            up->filename =
+                s_disposition_param(p, (size_t)(hend - p), "filename");
+            up->fdata = content;
+            up->flen = (size_t)(next - content);
+        }
+        free(name);
+        p = next;
     }
-    return NULL;
 }
 
 //  POST /v1/files: multipart/form-data with "purpose" and "file".
 static void s_files_upload(sim_batches_t *self, struct evhttp_request *req)
 {
-    sim_t *sim = self->sim;
+    sim_http_t *sim = self->http;
     const char *ctype = evhttp_find_header(
         evhttp_request_get_input_headers(req), "Content-Type");
     const char *b = ctype ? strstr(ctype, "boundary=") : NULL;
@@ -239,34 +268,11 @@ static void s_files_upload(sim_batches_t *self, struct evhttp_request *req)
     body[1] = '\n';
     evbuffer_copyout(in, body + 2, len);
     len += 2;
-    char *purpose = NULL, *filename = NULL;
-    const char *fdata = NULL;
-    size_t flen = 0;
-    const char *p = s_mem_find(body, len, delim, (size_t)dlen);
-    while (p) {
-        p += dlen;
-        if ((size_t)(body + len - p) >= 2 && p[0] == '-' && p[1] == '-')
-            break; //  closing delimiter
-        const char *hend =
-            s_mem_find(p, (size_t)(body + len - p), "\r\n\r\n", 4);
-        if (!hend)
-            break;
-        const char *content = hend + 4;
-        const char *next = s_mem_find(content, (size_t)(body + len - content),
-                                      delim, (size_t)dlen);
-        if (!next)
-            break;
-        char *name = s_disposition_param(p, (size_t)(hend - p), "name");
-        if (name && strcmp(name, "purpose") == 0 && !purpose)
-            purpose = strndup(content, (size_t)(next - content));
-        else if (name && strcmp(name, "file") == 0 && !fdata) {
-            filename = s_disposition_param(p, (size_t)(hend - p), "filename");
-            fdata = content;
-            flen = (size_t)(next - content);
-        }
-        free(name);
-        p = next;
-    }
+    s_upload_t up = {0};
+    s_multipart_parse(body, len, delim, (size_t)dlen, &up);
+    char *purpose = up.purpose, *filename = up.filename;
+    const char *fdata = up.fdata;
+    size_t flen = up.flen;
     if (!purpose || !fdata) {
         sim_reply_error(sim, req, SIM_R_FILES, false, 400,
                         !purpose ? "Missing required parameter: 'purpose'."
@@ -298,25 +304,60 @@ done:
     free(body);
 }
 
+//  A request path under a collection: the root itself, root/ID, or
+//  root/ID/ACTION for one of the collection's actions.
+typedef struct {
+    bool is_root;
+    const char *id; //  NULL for the root; not NUL-terminated
+    size_t idlen;
+    int action; //  0: none, k: actions[k - 1]
+    int route;  //  for statistics: routes[0] root, [1] item, [1 + k] action
+} s_path_t;
+
+//  Splits path (under root) into *p, checks the API key (auth answers
+//  401/400) and answers 404 for a path that is none of the shapes (an
+//  empty ID too, unless empty_id). Returns 0, or -1 when answered.
+static int s_path_open(sim_http_t *sim, struct evhttp_request *req,
+                       const char *path, const char *root,
+                       const char *const *actions, const int *routes,
+                       bool anthropic, bool empty_id, s_path_t *p)
+{
+    size_t rootlen = strlen(root);
+    memset(p, 0, sizeof(*p));
+    p->is_root = path[rootlen] == 0;
+    p->id = p->is_root ? NULL : path + rootlen + 1;
+    p->idlen = p->id ? strcspn(p->id, "/") : 0;
+    for (int k = 0; p->id && actions[k]; k++)
+        if (p->id[p->idlen] == '/' &&
+            strcmp(p->id + p->idlen + 1, actions[k]) == 0)
+            p->action = k + 1;
+    p->route = p->is_root ? routes[0] : routes[1 + p->action];
+    if (sim_auth(sim, req, p->route, anthropic, NULL))
+        return -1;
+    if ((p->id && p->id[p->idlen] && !p->action) ||
+        (p->id && p->idlen == 0 && !empty_id)) {
+        sim_reply_error(sim, req, SIM_R_OTHER, anthropic, 404,
+                        "Unknown request URL.", NULL, "unknown_url");
+        return -1;
+    }
+    return 0;
+}
+
 void sim_batches_files(sim_batches_t *self, struct evhttp_request *req,
                        const char *path)
 {
-    sim_t *sim = self->sim;
+    sim_http_t *sim = self->http;
     enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
-    bool is_root = strcmp(path, "/v1/files") == 0;
-    const char *id = is_root ? NULL : path + 10;
-    size_t idlen = id ? strcspn(id, "/") : 0;
-    bool content = id && strcmp(id + idlen, "/content") == 0;
-    int route = is_root   ? SIM_R_FILES
-                : content ? SIM_R_FILE_CONTENT
-                          : SIM_R_FILE;
-    if (sim_auth(sim, req, route, false, NULL))
+    static const char *const actions[] = {"content", NULL};
+    static const int routes[] = {SIM_R_FILES, SIM_R_FILE, SIM_R_FILE_CONTENT};
+    s_path_t p;
+    if (s_path_open(sim, req, path, "/v1/files", actions, routes, false, true,
+                    &p))
         return;
-    if (id && id[idlen] && !content) {
-        sim_reply_error(sim, req, SIM_R_OTHER, false, 404,
-                        "Unknown request URL.", NULL, "unknown_url");
-        return;
-    }
+    bool is_root = p.is_root, content = p.action == 1;
+    const char *id = p.id;
+    size_t idlen = p.idlen;
+    int route = p.route;
     if (is_root && cmd == EVHTTP_REQ_POST) {
         s_files_upload(self, req);
         return;
@@ -426,7 +467,7 @@ static void s_batch_json(struct evbuffer *out, const s_batch_t *b)
         evbuffer_add_printf(out, ",\"archived_at\":null,\"results_url\":");
         if (ended)
             evbuffer_add_printf(out, "\"%s/v1/messages/batches/%s/results\"}",
-                                sim_url(self->sim), b->id);
+                                self->http->url, b->id);
         else
             evbuffer_add_printf(out, "null}");
         return;
@@ -470,6 +511,16 @@ static void s_batch_json(struct evbuffer *out, const s_batch_t *b)
         evbuffer_add_printf(out, "null}");
 }
 
+//  Replies 200 with the batch object.
+static void s_reply_batch(sim_http_t *sim, struct evhttp_request *req,
+                          int route, const s_batch_t *b)
+{
+    struct evbuffer *out = evbuffer_new();
+    s_batch_json(out, b);
+    sim_reply_json(sim, req, route, 200, out);
+    evbuffer_free(out);
+}
+
 static void s_batch_free(s_batch_t *b)
 {
     if (b->timer)
@@ -499,11 +550,11 @@ static s_batch_t *s_batch_new(sim_batches_t *self, s_kind_t kind)
     snprintf(b->id, sizeof(b->id),
              kind == K_OPENAI ? "batch_sim%012" PRIx64
                               : "msgbatch_sim%012" PRIx64,
-             sim_next_id(self->sim));
+             sim_next_id(self->http));
     b->created_at = sim_wall_ms();
     b->expires_at = b->created_at + self->cfg.expire_ms;
-    b->timer = evtimer_new(sim_base(self->sim), s_phase, b);
-    b->expire = evtimer_new(sim_base(self->sim), s_expire, b);
+    b->timer = evtimer_new(self->http->base, s_phase, b);
+    b->expire = evtimer_new(self->http->base, s_expire, b);
     if (!b->timer || !b->expire) {
         s_batch_free(b);
         return NULL;
@@ -529,113 +580,100 @@ static bool s_terminal(s_state_t st)
            st == B_CANCELLED;
 }
 
-//  Validates an OpenAI input file into lines. Returns NULL or an "errors"
-//  JSON object (fresh string).
-static char *s_validate_openai(s_batch_t *b)
+//  The error code of one parsed OpenAI input line (message in msg), or
+//  NULL when the line is fine.
+static const char *s_line_error(const s_batch_t *b, const cJSON *line,
+                                char *msg, size_t cap)
 {
-    const char *data = b->input->data;
-    size_t len = b->input->len;
-    int cap = 0, lineno = 0;
-    char msg[256];
+    const cJSON *cid = cJSON_GetObjectItemCaseSensitive(line, "custom_id");
+    const cJSON *method = cJSON_GetObjectItemCaseSensitive(line, "method");
+    const cJSON *url = cJSON_GetObjectItemCaseSensitive(line, "url");
+    const cJSON *body = cJSON_GetObjectItemCaseSensitive(line, "body");
+    if (!cJSON_IsObject(line)) {
+        snprintf(msg, cap, "This line is not parseable as valid JSON.");
+        return "invalid_json_line";
+    }
+    if (!cJSON_IsString(cid) || !cid->valuestring[0]) {
+        snprintf(msg, cap, "Missing required parameter: 'custom_id'.");
+        return "missing_required_parameter";
+    }
+    if (!cJSON_IsString(method) || strcmp(method->valuestring, "POST") != 0) {
+        snprintf(msg, cap, "The method must be POST.");
+        return "invalid_method";
+    }
+    if (!cJSON_IsString(url) || strcmp(url->valuestring, b->endpoint) != 0) {
+        snprintf(msg, cap, "The url must match the batch endpoint %s.",
+                 b->endpoint);
+        return "mismatched_endpoint";
+    }
+    if (!cJSON_IsObject(body)) {
+        snprintf(msg, cap, "Missing required parameter: 'body'.");
+        return "missing_required_parameter";
+    }
+    if (b->n_lines >= S_OPENAI_MAX_LINES) {
+        snprintf(msg, cap, "A batch may hold at most %d requests.",
+                 S_OPENAI_MAX_LINES);
+        return "too_many_requests";
+    }
+    return NULL;
+}
+
+//  Appends a line (custom_id copied, body detached from line) to b->lines
+//  of capacity *cap. Returns 0, or -1 when out of memory.
+static int s_line_push(s_batch_t *b, int *cap, cJSON *line)
+{
+    if (b->n_lines == *cap) {
+        int ncap = *cap ? *cap * 2 : 64;
+        s_line_t *nl = realloc(b->lines, sizeof(s_line_t) * (size_t)ncap);
+        if (!nl)
+            return -1;
+        b->lines = nl;
+        *cap = ncap;
+    }
+    s_line_t *l = &b->lines[b->n_lines++];
+    memset(l, 0, sizeof(*l));
+    l->custom_id = strdup(
+        cJSON_GetObjectItemCaseSensitive(line, "custom_id")->valuestring);
+    l->body = cJSON_DetachItemViaPointer(
+        line, cJSON_GetObjectItemCaseSensitive(line, "body"));
+    return 0;
+}
+
+//  The first repeated custom_id (sort-free, with a small hash table):
+//  returns "duplicate_custom_id" with *lineno and msg set, or NULL.
+static const char *s_duplicate_id(const s_batch_t *b, int *lineno, char *msg,
+                                  size_t cap)
+{
+    size_t tcap = 1;
+    while (tcap < (size_t)b->n_lines * 2)
+        tcap <<= 1;
+    int *t = malloc(tcap * sizeof(int));
     const char *code = NULL;
-    const char *p = data, *end = data + len;
-    while (p < end) {
-        const char *nl = memchr(p, '\n', (size_t)(end - p));
-        const char *le = nl ? nl : end;
-        lineno++;
-        const char *q = p;
-        while (q < le && (*q == ' ' || *q == '\r' || *q == '\t'))
-            q++;
-        if (q == le) {
-            p = le + 1;
-            continue;
-        }
-        cJSON *line = cJSON_ParseWithLength(p, (size_t)(le - p));
-        const cJSON *cid = cJSON_GetObjectItemCaseSensitive(line, "custom_id");
-        const cJSON *method = cJSON_GetObjectItemCaseSensitive(line, "method");
-        const cJSON *url = cJSON_GetObjectItemCaseSensitive(line, "url");
-        cJSON *body = cJSON_GetObjectItemCaseSensitive(line, "body");
-        if (!cJSON_IsObject(line)) {
-            code = "invalid_json_line";
-            snprintf(msg, sizeof(msg),
-                     "This line is not parseable as valid JSON.");
-        } else if (!cJSON_IsString(cid) || !cid->valuestring[0]) {
-            code = "missing_required_parameter";
-            snprintf(msg, sizeof(msg),
-                     "Missing required parameter: 'custom_id'.");
-        } else if (!cJSON_IsString(method) ||
-                   strcmp(method->valuestring, "POST") != 0) {
-            code = "invalid_method";
-            snprintf(msg, sizeof(msg), "The method must be POST.");
-        } else if (!cJSON_IsString(url) ||
-                   strcmp(url->valuestring, b->endpoint) != 0) {
-            code = "mismatched_endpoint";
-            snprintf(msg, sizeof(msg),
-                     "The url must match the batch endpoint %s.", b->endpoint);
-        } else if (!cJSON_IsObject(body)) {
-            code = "missing_required_parameter";
-            snprintf(msg, sizeof(msg), "Missing required parameter: 'body'.");
-        } else if (b->n_lines >= S_OPENAI_MAX_LINES) {
-            code = "too_many_requests";
-            snprintf(msg, sizeof(msg), "A batch may hold at most %d requests.",
-                     S_OPENAI_MAX_LINES);
-        }
-        if (code) {
-            cJSON_Delete(line);
-            break;
-        }
-        if (b->n_lines == cap) {
-            cap = cap ? cap * 2 : 64;
-            s_line_t *nl2 = realloc(b->lines, sizeof(s_line_t) * (size_t)cap);
-            if (!nl2) {
-                cJSON_Delete(line);
-                code = "internal";
-                snprintf(msg, sizeof(msg), "out of memory");
+    if (!t)
+        return NULL;
+    memset(t, -1, tcap * sizeof(int));
+    for (int i = 0; i < b->n_lines && !code; i++) {
+        const char *c = b->lines[i].custom_id;
+        size_t j = (size_t)sim_fnv(SIM_FNV_OFFSET, c, strlen(c)) & (tcap - 1);
+        while (t[j] >= 0) {
+            if (strcmp(b->lines[t[j]].custom_id, c) == 0) {
+                code = "duplicate_custom_id";
+                *lineno = i + 1;
+                snprintf(msg, cap, "The custom_id '%.100s' is not unique.", c);
                 break;
             }
-            b->lines = nl2;
+            j = (j + 1) & (tcap - 1);
         }
-        s_line_t *l = &b->lines[b->n_lines++];
-        memset(l, 0, sizeof(*l));
-        l->custom_id = strdup(cid->valuestring);
-        l->body = cJSON_DetachItemViaPointer(line, body);
-        cJSON_Delete(line);
-        p = le + 1;
+        t[j] = i;
     }
-    if (!code && b->n_lines == 0) {
-        code = "empty_file";
-        lineno = 0;
-        snprintf(msg, sizeof(msg), "The input file contains no requests.");
-    }
-    //  Duplicate custom_ids: sort-free check with a small hash table.
-    if (!code && b->n_lines > 1) {
-        size_t tcap = 1;
-        while (tcap < (size_t)b->n_lines * 2)
-            tcap <<= 1;
-        int *t = malloc(tcap * sizeof(int));
-        if (t) {
-            memset(t, -1, tcap * sizeof(int));
-            for (int i = 0; i < b->n_lines && !code; i++) {
-                const char *c = b->lines[i].custom_id;
-                size_t j =
-                    (size_t)sim_fnv(SIM_FNV_OFFSET, c, strlen(c)) & (tcap - 1);
-                while (t[j] >= 0) {
-                    if (strcmp(b->lines[t[j]].custom_id, c) == 0) {
-                        code = "duplicate_custom_id";
-                        lineno = i + 1;
-                        snprintf(msg, sizeof(msg),
-                                 "The custom_id '%.100s' is not unique.", c);
-                        break;
-                    }
-                    j = (j + 1) & (tcap - 1);
-                }
-                t[j] = i;
-            }
-            free(t);
-        }
-    }
-    if (!code)
-        return NULL;
+    free(t);
+    return code;
+}
+
+//  The OpenAI batch "errors" object for one error (lineno 0: no line), as
+//  a fresh string (NULL if out of memory).
+static char *s_errors_json(const char *code, const char *msg, int lineno)
+{
     struct evbuffer *e = evbuffer_new();
     evbuffer_add_printf(
         e,
@@ -656,6 +694,44 @@ static char *s_validate_openai(s_batch_t *b)
     return s;
 }
 
+//  Validates an OpenAI input file into lines. Returns NULL or an "errors"
+//  JSON object (fresh string).
+static char *s_validate_openai(s_batch_t *b)
+{
+    const char *data = b->input->data;
+    size_t len = b->input->len;
+    int cap = 0, lineno = 0;
+    char msg[256];
+    const char *code = NULL;
+    const char *p = data, *end = data + len;
+    while (p < end && !code) {
+        const char *nl = memchr(p, '\n', (size_t)(end - p));
+        const char *le = nl ? nl : end;
+        lineno++;
+        const char *q = p;
+        while (q < le && (*q == ' ' || *q == '\r' || *q == '\t'))
+            q++;
+        if (q < le) {
+            cJSON *line = cJSON_ParseWithLength(p, (size_t)(le - p));
+            code = s_line_error(b, line, msg, sizeof(msg));
+            if (!code && s_line_push(b, &cap, line)) {
+                code = "internal";
+                snprintf(msg, sizeof(msg), "out of memory");
+            }
+            cJSON_Delete(line);
+        }
+        p = le + 1;
+    }
+    if (!code && b->n_lines == 0) {
+        code = "empty_file";
+        lineno = 0;
+        snprintf(msg, sizeof(msg), "The input file contains no requests.");
+    }
+    if (!code && b->n_lines > 1)
+        code = s_duplicate_id(b, &lineno, msg, sizeof(msg));
+    return code ? s_errors_json(code, msg, lineno) : NULL;
+}
+
 //  Answers the next slice of lines. Returns true when no line is pending.
 static bool s_process_slice(s_batch_t *b)
 {
@@ -668,7 +744,7 @@ static bool s_process_slice(s_batch_t *b)
     struct evbuffer *out = evbuffer_new();
     for (int k = 0; k < per_tick && b->next_line < b->n_lines; k++) {
         s_line_t *l = &b->lines[b->next_line++];
-        int status = sim_exec_line(self->sim, b->op, l->body, out);
+        int status = self->exec(self->exec_arg, b->op, l->body, out);
         if (status == 0) {
             l->state = L_STUCK;
             b->n_stuck++;
@@ -709,7 +785,7 @@ static void s_write_openai_files(s_batch_t *b)
     struct evbuffer *ok = evbuffer_new(), *err = evbuffer_new();
     for (int i = 0; i < b->n_lines; i++) {
         s_line_t *l = &b->lines[i];
-        uint64_t n = sim_next_id(self->sim);
+        uint64_t n = sim_next_id(self->http);
         if (l->state == L_DONE) {
             struct evbuffer *dst = l->status == 200 ? ok : err;
             evbuffer_add_printf(
@@ -942,7 +1018,7 @@ static void s_list(sim_batches_t *self, struct evhttp_request *req,
         first ? "\"" : "", first ? first : "null", first ? "\"" : "",
         last ? "\"" : "", last ? last : "null", last ? "\"" : "",
         more ? "true" : "false");
-    sim_reply_json(self->sim, req, route, 200, out);
+    sim_reply_json(self->http, req, route, 200, out);
     evbuffer_free(out);
 }
 
@@ -950,7 +1026,7 @@ static void s_list(sim_batches_t *self, struct evhttp_request *req,
 
 static void s_openai_create(sim_batches_t *self, struct evhttp_request *req)
 {
-    sim_t *sim = self->sim;
+    sim_http_t *sim = self->http;
     cJSON *body = s_body_json(req);
     const cJSON *file_id =
         cJSON_GetObjectItemCaseSensitive(body, "input_file_id");
@@ -1015,72 +1091,55 @@ static void s_openai_create(sim_batches_t *self, struct evhttp_request *req)
     b->state = B_VALIDATING;
     s_arm(b, self->cfg.validate_ms);
     cJSON_Delete(body);
-    struct evbuffer *out = evbuffer_new();
-    s_batch_json(out, b);
-    sim_reply_json(sim, req, SIM_R_BATCHES, 200, out);
-    evbuffer_free(out);
-}
-
-void sim_batches_openai(sim_batches_t *self, struct evhttp_request *req,
-                        const char *path)
-{
-    sim_t *sim = self->sim;
-    enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
-    bool is_root = strcmp(path, "/v1/batches") == 0;
-    const char *id = is_root ? NULL : path + 12;
-    size_t idlen = id ? strcspn(id, "/") : 0;
-    bool cancel = id && strcmp(id + idlen, "/cancel") == 0;
-    int route = is_root  ? SIM_R_BATCHES
-                : cancel ? SIM_R_BATCH_CANCEL
-                         : SIM_R_BATCH;
-    if (sim_auth(sim, req, route, false, NULL))
-        return;
-    if ((id && id[idlen] && !cancel) || (id && idlen == 0)) {
-        sim_reply_error(sim, req, SIM_R_OTHER, false, 404,
-                        "Unknown request URL.", NULL, "unknown_url");
-        return;
-    }
-    if (is_root) {
-        if (cmd == EVHTTP_REQ_POST)
-            s_openai_create(self, req);
-        else if (cmd == EVHTTP_REQ_GET)
-            s_list(self, req, K_OPENAI, route);
-        else
-            sim_reply_error(sim, req, route, false, 405, "Method not allowed.",
-                            NULL, NULL);
-        return;
-    }
-    if ((cancel && cmd != EVHTTP_REQ_POST) ||
-        (!cancel && cmd != EVHTTP_REQ_GET)) {
-        sim_reply_error(sim, req, route, false, 405, "Method not allowed.",
-                        NULL, NULL);
-        return;
-    }
-    s_batch_t *b = s_batch_find(self, K_OPENAI, id, idlen);
-    if (!b) {
-        sim_reply_error(sim, req, route, false, 404, "No such Batch object.",
-                        "batch_id", NULL);
-        return;
-    }
-    if (cancel && !s_cancel(b)) {
-        char msg[96];
-        snprintf(msg, sizeof(msg), "Cannot cancel a batch with status '%s'.",
-                 s_state_names[b->state]);
-        sim_reply_error(sim, req, route, false, 409, msg, NULL, NULL);
-        return;
-    }
-    struct evbuffer *out = evbuffer_new();
-    s_batch_json(out, b);
-    sim_reply_json(sim, req, route, 200, out);
-    evbuffer_free(out);
+    s_reply_batch(sim, req, SIM_R_BATCHES, b);
 }
 
 //  --- Anthropic routes
 //  ---------------------------------------------------------
 
+//  Checks one Anthropic batch request (item i of requests): custom_id,
+//  params as POST /v1/messages would, and a unique custom_id. Returns 0,
+//  or -1 with the error in msg.
+static int s_anthropic_item_check(const cJSON *requests, const cJSON *it, int i,
+                                  int n, char *msg, size_t cap)
+{
+    const cJSON *cid = cJSON_GetObjectItemCaseSensitive(it, "custom_id");
+    const cJSON *params = cJSON_GetObjectItemCaseSensitive(it, "params");
+    if (!cJSON_IsString(cid) || !cid->valuestring[0] ||
+        strlen(cid->valuestring) > 64) {
+        snprintf(msg, cap,
+                 "requests.%d.custom_id: must be a string of 1 to 64 "
+                 "characters",
+                 i);
+        return -1;
+    }
+    if (!cJSON_IsObject(params)) {
+        snprintf(msg, cap, "requests.%d.params: Field required", i);
+        return -1;
+    }
+    //  Same checks as POST /v1/messages, so a bad item fails the batch.
+    sim_req_t r;
+    char err[200];
+    const char *param;
+    if (sim_req_parse(&r, SIM_OP_MESSAGES, params, err, sizeof(err), &param)) {
+        snprintf(msg, cap, "requests.%d.params.%s", i, err);
+        return -1;
+    }
+    sim_req_free(&r);
+    for (const cJSON *o = requests->child; o != it; o = o->next) {
+        const cJSON *ocid = cJSON_GetObjectItemCaseSensitive(o, "custom_id");
+        if (n <= 2000 && strcmp(ocid->valuestring, cid->valuestring) == 0) {
+            snprintf(msg, cap, "requests: custom_id '%.64s' is not unique",
+                     cid->valuestring);
+            return -1;
+        }
+    }
+    return 0;
+}
+
 static void s_anthropic_create(sim_batches_t *self, struct evhttp_request *req)
 {
-    sim_t *sim = self->sim;
+    sim_http_t *sim = self->http;
     cJSON *body = s_body_json(req);
     cJSON *requests = cJSON_GetObjectItemCaseSensitive(body, "requests");
     char msg[256] = "";
@@ -1095,47 +1154,8 @@ static void s_anthropic_create(sim_batches_t *self, struct evhttp_request *req)
     if (!msg[0]) {
         cJSON_ArrayForEach(it, requests)
         {
-            const cJSON *cid =
-                cJSON_GetObjectItemCaseSensitive(it, "custom_id");
-            const cJSON *params =
-                cJSON_GetObjectItemCaseSensitive(it, "params");
-            if (!cJSON_IsString(cid) || !cid->valuestring[0] ||
-                strlen(cid->valuestring) > 64) {
-                snprintf(msg, sizeof(msg),
-                         "requests.%d.custom_id: must be a string of 1 to 64 "
-                         "characters",
-                         i);
+            if (s_anthropic_item_check(requests, it, i++, n, msg, sizeof(msg)))
                 break;
-            }
-            if (!cJSON_IsObject(params)) {
-                snprintf(msg, sizeof(msg), "requests.%d.params: Field required",
-                         i);
-                break;
-            }
-            //  Same checks as POST /v1/messages, so a bad item fails the batch.
-            sim_req_t r;
-            char err[200];
-            const char *param;
-            if (sim_req_parse(&r, SIM_OP_MESSAGES, params, err, sizeof(err),
-                              &param)) {
-                snprintf(msg, sizeof(msg), "requests.%d.params.%s", i, err);
-                break;
-            }
-            sim_req_free(&r);
-            for (const cJSON *o = requests->child; o != it; o = o->next) {
-                const cJSON *ocid =
-                    cJSON_GetObjectItemCaseSensitive(o, "custom_id");
-                if (n <= 2000 &&
-                    strcmp(ocid->valuestring, cid->valuestring) == 0) {
-                    snprintf(msg, sizeof(msg),
-                             "requests: custom_id '%.64s' is not unique",
-                             cid->valuestring);
-                    break;
-                }
-            }
-            if (msg[0])
-                break;
-            i++;
         }
     }
     if (msg[0]) {
@@ -1175,16 +1195,13 @@ static void s_anthropic_create(sim_batches_t *self, struct evhttp_request *req)
     //  in_progress.
     b->state = B_VALIDATING;
     s_arm(b, self->cfg.validate_ms);
-    struct evbuffer *out = evbuffer_new();
-    s_batch_json(out, b);
-    sim_reply_json(sim, req, SIM_R_MBATCHES, 200, out);
-    evbuffer_free(out);
+    s_reply_batch(sim, req, SIM_R_MBATCHES, b);
 }
 
 static void s_anthropic_results(sim_batches_t *self, struct evhttp_request *req,
                                 s_batch_t *b)
 {
-    sim_t *sim = self->sim;
+    sim_http_t *sim = self->http;
     if (!s_terminal(b->state)) {
         sim_reply_error(sim, req, SIM_R_MBATCH_RESULTS, true, 400,
                         "Message batch results are not yet available: the "
@@ -1214,73 +1231,93 @@ static void s_anthropic_results(sim_batches_t *self, struct evhttp_request *req,
     evbuffer_free(out);
 }
 
-void sim_batches_anthropic(sim_batches_t *self, struct evhttp_request *req,
-                           const char *path)
+//  The Batch API routes of one kind: OpenAI /v1/batches[/ID[/cancel]],
+//  Anthropic /v1/messages/batches[/ID[/cancel|/results]].
+static void s_batches_route(sim_batches_t *self, struct evhttp_request *req,
+                            const char *path, s_kind_t kind)
 {
-    sim_t *sim = self->sim;
+    static const char *const oa_actions[] = {"cancel", NULL};
+    static const char *const an_actions[] = {"cancel", "results", NULL};
+    static const int oa_routes[] = {SIM_R_BATCHES, SIM_R_BATCH,
+                                    SIM_R_BATCH_CANCEL};
+    static const int an_routes[] = {SIM_R_MBATCHES, SIM_R_MBATCH,
+                                    SIM_R_MBATCH_CANCEL, SIM_R_MBATCH_RESULTS};
+    sim_http_t *sim = self->http;
+    bool anth = kind == K_ANTHROPIC;
     enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
-    bool is_root = strcmp(path, "/v1/messages/batches") == 0;
-    const char *id = is_root ? NULL : path + 21;
-    size_t idlen = id ? strcspn(id, "/") : 0;
-    bool cancel = id && strcmp(id + idlen, "/cancel") == 0;
-    bool results = id && strcmp(id + idlen, "/results") == 0;
-    int route = is_root   ? SIM_R_MBATCHES
-                : cancel  ? SIM_R_MBATCH_CANCEL
-                : results ? SIM_R_MBATCH_RESULTS
-                          : SIM_R_MBATCH;
-    if (sim_auth(sim, req, route, true, NULL))
+    s_path_t p;
+    if (s_path_open(sim, req, path,
+                    anth ? "/v1/messages/batches" : "/v1/batches",
+                    anth ? an_actions : oa_actions,
+                    anth ? an_routes : oa_routes, anth, false, &p))
         return;
-    if ((id && id[idlen] && !cancel && !results) || (id && idlen == 0)) {
-        sim_reply_error(sim, req, SIM_R_OTHER, true, 404,
-                        "Unknown request URL.", NULL, NULL);
-        return;
-    }
-    if (is_root) {
-        if (cmd == EVHTTP_REQ_POST)
+    bool cancel = p.action == 1;
+    if (p.is_root) {
+        if (cmd == EVHTTP_REQ_POST && anth)
             s_anthropic_create(self, req);
+        else if (cmd == EVHTTP_REQ_POST)
+            s_openai_create(self, req);
         else if (cmd == EVHTTP_REQ_GET)
-            s_list(self, req, K_ANTHROPIC, route);
+            s_list(self, req, kind, p.route);
         else
-            sim_reply_error(sim, req, route, true, 405, "Method not allowed.",
+            sim_reply_error(sim, req, p.route, anth, 405, "Method not allowed.",
                             NULL, NULL);
         return;
     }
     if ((cancel && cmd != EVHTTP_REQ_POST) ||
         (!cancel && cmd != EVHTTP_REQ_GET)) {
-        sim_reply_error(sim, req, route, true, 405, "Method not allowed.", NULL,
-                        NULL);
-        return;
-    }
-    s_batch_t *b = s_batch_find(self, K_ANTHROPIC, id, idlen);
-    if (!b) {
-        sim_reply_error(sim, req, route, true, 404, "message batch not found",
+        sim_reply_error(sim, req, p.route, anth, 405, "Method not allowed.",
                         NULL, NULL);
         return;
     }
-    if (results) {
+    s_batch_t *b = s_batch_find(self, kind, p.id, p.idlen);
+    if (!b) {
+        sim_reply_error(sim, req, p.route, anth, 404,
+                        anth ? "message batch not found"
+                             : "No such Batch object.",
+                        anth ? NULL : "batch_id", NULL);
+        return;
+    }
+    if (p.action == 2) {
         s_anthropic_results(self, req, b);
         return;
     }
     if (cancel && !s_cancel(b)) {
-        sim_reply_error(sim, req, route, true, 409,
-                        "Message batch has already ended.", NULL, NULL);
+        char msg[96];
+        snprintf(msg, sizeof(msg), "Cannot cancel a batch with status '%s'.",
+                 s_state_names[b->state]);
+        sim_reply_error(sim, req, p.route, anth, 409,
+                        anth ? "Message batch has already ended." : msg, NULL,
+                        NULL);
         return;
     }
-    struct evbuffer *out = evbuffer_new();
-    s_batch_json(out, b);
-    sim_reply_json(sim, req, route, 200, out);
-    evbuffer_free(out);
+    s_reply_batch(sim, req, p.route, b);
+}
+
+void sim_batches_openai(sim_batches_t *self, struct evhttp_request *req,
+                        const char *path)
+{
+    s_batches_route(self, req, path, K_OPENAI);
+}
+
+void sim_batches_anthropic(sim_batches_t *self, struct evhttp_request *req,
+                           const char *path)
+{
+    s_batches_route(self, req, path, K_ANTHROPIC);
 }
 
 //  --- lifecycle and stats
 //  ------------------------------------------------------
 
-sim_batches_t *sim_batches_new(sim_t *sim, const sim_batch_cfg_t *cfg)
+sim_batches_t *sim_batches_new(sim_http_t *sim, const sim_batch_cfg_t *cfg,
+                               sim_batch_exec_fn *exec, void *exec_arg)
 {
     sim_batches_t *self = calloc(1, sizeof(*self));
     if (!self)
         return NULL;
-    self->sim = sim;
+    self->http = sim;
+    self->exec = exec;
+    self->exec_arg = exec_arg;
     self->cfg = *cfg;
     return self;
 }

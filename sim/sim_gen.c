@@ -13,6 +13,7 @@
 #include "sim.h"
 
 #include <inttypes.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -54,8 +55,8 @@ static uint64_t s_xorshift(uint64_t *state)
 //  --- directives --------------------------------------------------------
 
 //  memmem is a GNU extension; this is the portable few lines.
-static const char *s_find(const char *hay, size_t hlen, const char *needle,
-                          size_t nlen)
+const char *sim_memfind(const char *hay, size_t hlen, const char *needle,
+                        size_t nlen)
 {
     if (nlen == 0 || hlen < nlen)
         return NULL;
@@ -128,11 +129,11 @@ static void s_directives(sim_dir_t *d, const char *text, size_t len)
     const char *end = text + len;
     const char *p = text;
     while (p < end) {
-        const char *open = s_find(p, (size_t)(end - p), "[[sim:", 6);
+        const char *open = sim_memfind(p, (size_t)(end - p), "[[sim:", 6);
         if (!open)
             return;
         const char *body = open + 6;
-        const char *close = s_find(body, (size_t)(end - body), "]]", 2);
+        const char *close = sim_memfind(body, (size_t)(end - body), "]]", 2);
         if (!close)
             return;
         const char *item = body;
@@ -226,6 +227,120 @@ static int s_get_int(const cJSON *obj, const char *name, int *value, int lo,
     return 0;
 }
 
+//  As FAIL, in a helper of sim_req_parse: the caller frees r.
+#define FAIL_RET(p, ...)                                                       \
+    do {                                                                       \
+        snprintf(err, errlen, __VA_ARGS__);                                    \
+        *param = (p);                                                          \
+        return -1;                                                             \
+    } while (0)
+
+//  Chat and Anthropic messages: system (Anthropic) and messages, folded
+//  into the canonical text. Returns 0, or -1 with err and *param.
+static int s_parse_messages(sim_op_t op, const cJSON *body, s_canon_t *c,
+                            bool have_max, char *err, size_t errlen,
+                            const char **param)
+{
+    if (op == SIM_OP_MESSAGES) {
+        if (!have_max)
+            FAIL_RET("max_tokens", "max_tokens: Field required");
+        const cJSON *system = cJSON_GetObjectItemCaseSensitive(body, "system");
+        if (system && !cJSON_IsNull(system)) {
+            s_canon_raw(c, "system:", 7);
+            if (s_canon_content(c, system))
+                FAIL_RET("system", "system: Input should be a valid string or "
+                                   "list of text blocks");
+            s_canon_raw(c, "\n", 1);
+        }
+    }
+    const cJSON *messages = cJSON_GetObjectItemCaseSensitive(body, "messages");
+    if (!cJSON_IsArray(messages) || cJSON_GetArraySize(messages) == 0)
+        FAIL_RET("messages", "'messages' must be a non-empty array.");
+    const cJSON *msg;
+    int i = 0;
+    cJSON_ArrayForEach(msg, messages)
+    {
+        const cJSON *role = cJSON_GetObjectItemCaseSensitive(msg, "role");
+        if (!cJSON_IsObject(msg) || !cJSON_IsString(role))
+            FAIL_RET(
+                "messages",
+                "Invalid 'messages[%d]': expected an object with a 'role'.", i);
+        if (op == SIM_OP_MESSAGES && strcmp(role->valuestring, "user") != 0 &&
+            strcmp(role->valuestring, "assistant") != 0)
+            FAIL_RET("messages",
+                     "messages.%d.role: Input should be 'user' or 'assistant'",
+                     i);
+        s_canon_raw(c, role->valuestring, strlen(role->valuestring));
+        s_canon_raw(c, ":", 1);
+        if (s_canon_content(c,
+                            cJSON_GetObjectItemCaseSensitive(msg, "content")))
+            FAIL_RET("messages",
+                     "Invalid 'messages[%d].content': expected a string or an "
+                     "array of parts.",
+                     i);
+        s_canon_raw(c, "\n", 1);
+        i++;
+    }
+    return 0;
+}
+
+//  Completion prompt / embedding input: a string or array of strings,
+//  folded into the canonical text; embeddings also hash each input.
+//  Returns 0, or -1 with err and *param.
+static int s_parse_inputs(sim_req_t *r, sim_op_t op, const cJSON *body,
+                          s_canon_t *c, char *err, size_t errlen,
+                          const char **param)
+{
+    const char *field = op == SIM_OP_COMPLETION ? "prompt" : "input";
+    const char *tag = op == SIM_OP_COMPLETION ? "prompt:" : "input:";
+    const cJSON *in = cJSON_GetObjectItemCaseSensitive(body, field);
+    int n = 0;
+    if (cJSON_IsString(in))
+        n = 1;
+    else if (cJSON_IsArray(in)) {
+        const cJSON *it;
+        cJSON_ArrayForEach(it, in)
+        {
+            if (!cJSON_IsString(it))
+                FAIL_RET(field,
+                         "Invalid '%s': expected a string or an array of "
+                         "strings.",
+                         field);
+            n++;
+        }
+    }
+    if (n == 0)
+        FAIL_RET(field, "'%s' must be a non-empty string or array of strings.",
+                 field);
+    if (op == SIM_OP_EMBEDDING) {
+        r->dims = 8;
+        if (s_get_int(body, "dimensions", &r->dims, 1, 4096, err, errlen, param,
+                      NULL))
+            return -1;
+        r->input_hash = calloc((size_t)n, sizeof(uint64_t));
+        if (!r->input_hash)
+            FAIL_RET(NULL, "out of memory");
+        r->n_inputs = n;
+    }
+    int i = 0;
+    const cJSON *it = cJSON_IsString(in) ? in : in->child;
+    for (; it; it = cJSON_IsString(in) ? NULL : it->next, i++) {
+        const char *s = it->valuestring;
+        size_t len = strlen(s);
+        s_canon_raw(c, tag, strlen(tag));
+        s_canon_text(c, s, len);
+        s_canon_raw(c, "\n", 1);
+        if (op == SIM_OP_EMBEDDING) {
+            uint64_t h = sim_fnv(SIM_FNV_OFFSET, r->model, strlen(r->model));
+            h = sim_fnv(h, "\ninput:", 7);
+            h = sim_fnv(h, s, len);
+            r->input_hash[i] = sim_fnv(h, "\n", 1);
+        }
+    }
+    return 0;
+}
+#undef FAIL_RET
+
 #define FAIL(p, ...)                                                           \
     do {                                                                       \
         snprintf(err, errlen, __VA_ARGS__);                                    \
@@ -270,100 +385,12 @@ int sim_req_parse(sim_req_t *r, sim_op_t op, const cJSON *body, char *err,
                   err, errlen, param, NULL))
         goto fail;
 
-    if (op == SIM_OP_CHAT || op == SIM_OP_MESSAGES) {
-        if (op == SIM_OP_MESSAGES) {
-            if (!have_max)
-                FAIL("max_tokens", "max_tokens: Field required");
-            const cJSON *system =
-                cJSON_GetObjectItemCaseSensitive(body, "system");
-            if (system && !cJSON_IsNull(system)) {
-                s_canon_raw(&c, "system:", 7);
-                if (s_canon_content(&c, system))
-                    FAIL("system", "system: Input should be a valid string or "
-                                   "list of text blocks");
-                s_canon_raw(&c, "\n", 1);
-            }
-        }
-        const cJSON *messages =
-            cJSON_GetObjectItemCaseSensitive(body, "messages");
-        if (!cJSON_IsArray(messages) || cJSON_GetArraySize(messages) == 0)
-            FAIL("messages", "'messages' must be a non-empty array.");
-        const cJSON *msg;
-        int i = 0;
-        cJSON_ArrayForEach(msg, messages)
-        {
-            const cJSON *role = cJSON_GetObjectItemCaseSensitive(msg, "role");
-            if (!cJSON_IsObject(msg) || !cJSON_IsString(role))
-                FAIL(
-                    "messages",
-                    "Invalid 'messages[%d]': expected an object with a 'role'.",
-                    i);
-            if (op == SIM_OP_MESSAGES &&
-                strcmp(role->valuestring, "user") != 0 &&
-                strcmp(role->valuestring, "assistant") != 0)
-                FAIL("messages",
-                     "messages.%d.role: Input should be 'user' or 'assistant'",
-                     i);
-            s_canon_raw(&c, role->valuestring, strlen(role->valuestring));
-            s_canon_raw(&c, ":", 1);
-            if (s_canon_content(
-                    &c, cJSON_GetObjectItemCaseSensitive(msg, "content")))
-                FAIL("messages",
-                     "Invalid 'messages[%d].content': expected a string or an "
-                     "array of parts.",
-                     i);
-            s_canon_raw(&c, "\n", 1);
-            i++;
-        }
-    } else if (op == SIM_OP_COMPLETION || op == SIM_OP_EMBEDDING) {
-        const char *field = op == SIM_OP_COMPLETION ? "prompt" : "input";
-        const char *tag = op == SIM_OP_COMPLETION ? "prompt:" : "input:";
-        const cJSON *in = cJSON_GetObjectItemCaseSensitive(body, field);
-        int n = 0;
-        if (cJSON_IsString(in))
-            n = 1;
-        else if (cJSON_IsArray(in)) {
-            const cJSON *it;
-            cJSON_ArrayForEach(it, in)
-            {
-                if (!cJSON_IsString(it))
-                    FAIL(field,
-                         "Invalid '%s': expected a string or an array of "
-                         "strings.",
-                         field);
-                n++;
-            }
-        }
-        if (n == 0)
-            FAIL(field, "'%s' must be a non-empty string or array of strings.",
-                 field);
-        if (op == SIM_OP_EMBEDDING) {
-            r->dims = 8;
-            if (s_get_int(body, "dimensions", &r->dims, 1, 4096, err, errlen,
-                          param, NULL))
-                goto fail;
-            r->input_hash = calloc((size_t)n, sizeof(uint64_t));
-            if (!r->input_hash)
-                FAIL(NULL, "out of memory");
-            r->n_inputs = n;
-        }
-        int i = 0;
-        const cJSON *it = cJSON_IsString(in) ? in : in->child;
-        for (; it; it = cJSON_IsString(in) ? NULL : it->next, i++) {
-            const char *s = it->valuestring;
-            size_t len = strlen(s);
-            s_canon_raw(&c, tag, strlen(tag));
-            s_canon_text(&c, s, len);
-            s_canon_raw(&c, "\n", 1);
-            if (op == SIM_OP_EMBEDDING) {
-                uint64_t h =
-                    sim_fnv(SIM_FNV_OFFSET, r->model, strlen(r->model));
-                h = sim_fnv(h, "\ninput:", 7);
-                h = sim_fnv(h, s, len);
-                r->input_hash[i] = sim_fnv(h, "\n", 1);
-            }
-        }
-    }
+    if ((op == SIM_OP_CHAT || op == SIM_OP_MESSAGES) &&
+        s_parse_messages(op, body, &c, have_max, err, errlen, param))
+        goto fail;
+    if ((op == SIM_OP_COMPLETION || op == SIM_OP_EMBEDDING) &&
+        s_parse_inputs(r, op, body, &c, err, errlen, param))
+        goto fail;
     r->hash = c.hash;
     r->prompt_chars = c.chars;
     r->prompt_tokens = (int)((c.chars + 3) / 4);
@@ -590,6 +617,21 @@ static void s_chunk_suffix(struct evbuffer *out, const sim_req_t *r)
                         r->include_usage ? ",\"usage\":null" : "");
 }
 
+//  One whole chunk of a chat or text completion stream: its choice is
+//  printed from chat_fmt or text_fmt (by r->op) with the arguments.
+__attribute__((format(printf, 6, 7)))
+__attribute__((format(printf, 5, 7))) static void
+s_chunk(struct evbuffer *out, const sim_req_t *r, const char *id, long created,
+        const char *chat_fmt, const char *text_fmt, ...)
+{
+    va_list ap;
+    s_chunk_prefix(out, r, id, created);
+    va_start(ap, text_fmt);
+    evbuffer_add_vprintf(out, r->op == SIM_OP_CHAT ? chat_fmt : text_fmt, ap);
+    va_end(ap);
+    s_chunk_suffix(out, r);
+}
+
 void sim_sse_head(struct evbuffer *out, const sim_req_t *r, const char *id,
                   long created)
 {
@@ -633,18 +675,12 @@ void sim_sse_word(struct evbuffer *out, const sim_req_t *r, const char *id,
                             (int)len, word);
         return;
     }
-    s_chunk_prefix(out, r, id, created);
-    if (r->op == SIM_OP_CHAT)
-        evbuffer_add_printf(out,
-                            "{\"index\":0,\"delta\":{\"content\":\"%.*s\"},"
-                            "\"logprobs\":null,\"finish_reason\":null}",
-                            (int)len, word);
-    else
-        evbuffer_add_printf(out,
-                            "{\"text\":\"%.*s\",\"index\":0,\"logprobs\":null,"
-                            "\"finish_reason\":null}",
-                            (int)len, word);
-    s_chunk_suffix(out, r);
+    s_chunk(out, r, id, created,
+            "{\"index\":0,\"delta\":{\"content\":\"%.*s\"},"
+            "\"logprobs\":null,\"finish_reason\":null}",
+            "{\"text\":\"%.*s\",\"index\":0,\"logprobs\":null,"
+            "\"finish_reason\":null}",
+            (int)len, word);
 }
 
 void sim_sse_tail(struct evbuffer *out, const sim_req_t *r, const char *id,
@@ -663,18 +699,12 @@ void sim_sse_tail(struct evbuffer *out, const sim_req_t *r, const char *id,
             r->length_cut ? "max_tokens" : "end_turn", r->out_tokens);
         return;
     }
-    s_chunk_prefix(out, r, id, created);
-    if (r->op == SIM_OP_CHAT)
-        evbuffer_add_printf(out,
-                            "{\"index\":0,\"delta\":{},\"logprobs\":null,"
-                            "\"finish_reason\":\"%s\"}",
-                            finish);
-    else
-        evbuffer_add_printf(out,
-                            "{\"text\":\"\",\"index\":0,\"logprobs\":null,"
-                            "\"finish_reason\":\"%s\"}",
-                            finish);
-    s_chunk_suffix(out, r);
+    s_chunk(out, r, id, created,
+            "{\"index\":0,\"delta\":{},\"logprobs\":null,"
+            "\"finish_reason\":\"%s\"}",
+            "{\"text\":\"\",\"index\":0,\"logprobs\":null,"
+            "\"finish_reason\":\"%s\"}",
+            finish);
     if (r->include_usage) {
         s_chunk_prefix(out, r, id, created);
         evbuffer_add_printf(out, "],\"usage\":");

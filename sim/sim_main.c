@@ -17,6 +17,7 @@
       a hang is tracked per connection and forgotten in the close callback.
 */
 #include "sim.h"
+#include "sim_http.h"
 
 #include <errno.h>
 #ifdef __GLIBC__
@@ -26,6 +27,7 @@
 
 #include "llmq.h" /* LLMQ_VERSION_STRING */
 #include "llmq_duration.h"
+#include "llmq_log.h"
 #include <inttypes.h>
 #include <math.h>
 #include <netdb.h>
@@ -33,6 +35,7 @@
 #include <netinet/tcp.h>
 #include <arpa/inet.h>
 #include <signal.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -132,6 +135,8 @@ static uint64_t *s_map_slot(s_map_t *m, uint64_t key, bool create)
 
 //  --- state -----------------------------------------------------------------
 
+typedef struct sim_s sim_t;
+
 //  A reply waiting for its timer: a whole body, an SSE stream or a reset.
 typedef enum { P_REPLY, P_STREAM, P_RESET } s_pkind_t;
 
@@ -168,8 +173,7 @@ typedef struct s_conn {
 } s_conn_t;
 
 #define S_CONN_BUCKETS 65536
-#define S_MAX_KEYS 100000 //  rate-limit windows tracked
-#define S_STATS_CODES 24
+#define S_MAX_KEYS 100000    //  rate-limit windows tracked
 #define S_MAX_BILLED 8000000 //  request keys remembered (~256 MB)
 
 //  Stats codes that are not HTTP statuses.
@@ -183,12 +187,10 @@ typedef struct {
 
 struct sim_s {
     s_cfg_t cfg;
-    struct event_base *base;
+    sim_http_t net; //  loop, URL, ids, keys, reply statistics
     struct evhttp *http;
     struct event *sigint, *sigterm;
-    char url[128];
     uint64_t rng;
-    uint64_t next_id;
     s_pending_t *pending; //  all waiting replies
     s_conn_t **conns;     //  S_CONN_BUCKETS chains
     s_map_t arrivals;     //  request key -> arrivals (directives)
@@ -198,14 +200,10 @@ struct sim_s {
     size_t n_windows, cap_windows;
     sim_batches_t *batches;
     const struct timeval *latency_tv; //  common timeout for --latency-ms
-    //  statistics
-    struct {
-        int code;
-        uint64_t count;
-    } stats[SIM_R_COUNT][S_STATS_CODES];
-    uint64_t total, rate_limited, limited_by_limit, double_billed, answered_ok;
+    //  statistics (replies per route: net.stats)
+    uint64_t limited_by_limit, double_billed, answered_ok;
     uint64_t prompt_tokens, completion_tokens;
-    int64_t in_flight, peak_concurrent, connections, peak_connections;
+    int64_t peak_concurrent, connections, peak_connections;
     int64_t started_ms;
 };
 
@@ -236,35 +234,6 @@ static const char *s_default_models[] = {
 
 //  --- helpers ---------------------------------------------------------------
 
-int64_t sim_mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-int64_t sim_wall_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-struct event_base *sim_base(sim_t *sim)
-{
-    return sim->base;
-}
-
-const char *sim_url(sim_t *sim)
-{
-    return sim->url;
-}
-
-uint64_t sim_next_id(sim_t *sim)
-{
-    return ++sim->next_id;
-}
-
 //  Uniform double in [0, 1).
 static double s_rand01(sim_t *sim)
 {
@@ -274,30 +243,6 @@ static double s_rand01(sim_t *sim)
     x ^= x >> 27;
     sim->rng = x;
     return (double)((x * 0x2545F4914F6CDD1DULL) >> 11) / 9007199254740992.0;
-}
-
-static void s_count(sim_t *sim, int route, int code)
-{
-    sim->total++;
-    if (code == 429)
-        sim->rate_limited++;
-    for (int i = 0; i < S_STATS_CODES; i++) {
-        if (sim->stats[route][i].code == code) {
-            sim->stats[route][i].count++;
-            return;
-        }
-        if (sim->stats[route][i].code == 0) {
-            sim->stats[route][i].code = code;
-            sim->stats[route][i].count = 1;
-            return;
-        }
-    }
-}
-
-//  A request left our hands (answered, reset, or dropped).
-static void s_done(sim_t *sim)
-{
-    sim->in_flight--;
 }
 
 //  A 200 answer for request key: counts double billing.
@@ -313,40 +258,6 @@ static void s_bill(sim_t *sim, uint64_t key)
     if (*slot)
         sim->double_billed++;
     *slot = 1;
-}
-
-static void s_header(struct evhttp_request *req, const char *name,
-                     const char *value)
-{
-    evhttp_add_header(evhttp_request_get_output_headers(req), name, value);
-}
-
-void sim_reply(sim_t *sim, struct evhttp_request *req, int route, int status,
-               const char *ctype, struct evbuffer *body)
-{
-    s_header(req, "Content-Type", ctype);
-    s_count(sim, route, status);
-    evhttp_send_reply(req, status, NULL, body);
-    s_done(sim);
-}
-
-void sim_reply_json(sim_t *sim, struct evhttp_request *req, int route,
-                    int status, struct evbuffer *body)
-{
-    sim_reply(sim, req, route, status, "application/json", body);
-}
-
-void sim_reply_error(sim_t *sim, struct evhttp_request *req, int route,
-                     bool anthropic, int status, const char *message,
-                     const char *param, const char *code)
-{
-    struct evbuffer *body = evbuffer_new();
-    if (anthropic)
-        sim_err_anthropic(body, sim_anthropic_type(status), message);
-    else
-        sim_err_openai(body, message, sim_openai_type(status), param, code);
-    sim_reply_json(sim, req, route, status, body);
-    evbuffer_free(body);
 }
 
 //  --- connections
@@ -384,7 +295,7 @@ static void s_conn_closed(struct evhttp_connection *evcon, void *arg)
         //  free. Still attached: evhttp frees it with the connection.
         if (evhttp_request_get_connection(conn->hung) == NULL)
             evhttp_request_free(conn->hung);
-        s_done(sim);
+        sim_done(&sim->net);
     }
     sim->connections--;
     free(conn);
@@ -441,7 +352,7 @@ static void s_hang_expired(evutil_socket_t fd, short what, void *arg)
 //  Holds req forever (or --hang-ms): no answer, ever.
 static void s_hang(sim_t *sim, struct evhttp_request *req, int route)
 {
-    s_count(sim, route, S_HANG);
+    sim_count(&sim->net, route, S_HANG);
     s_conn_t *conn = s_conn_of(sim, req);
     if (!conn || conn->hung) {
         //  Cannot track it: give up the connection instead of leaking it.
@@ -450,20 +361,20 @@ static void s_hang(sim_t *sim, struct evhttp_request *req, int route)
             evhttp_connection_free(evcon);
         else
             evhttp_request_free(req);
-        s_done(sim);
+        sim_done(&sim->net);
         return;
     }
     conn->hung = req;
     struct bufferevent *bev = evhttp_connection_get_bufferevent(conn->evcon);
     evutil_socket_t fd = bev ? bufferevent_getfd(bev) : -1;
     if (fd >= 0) {
-        conn->watch =
-            event_new(sim->base, fd, EV_READ | EV_PERSIST, s_hang_watch, conn);
+        conn->watch = event_new(sim->net.base, fd, EV_READ | EV_PERSIST,
+                                s_hang_watch, conn);
         if (conn->watch)
             event_add(conn->watch, NULL);
     }
     if (sim->cfg.hang_ms > 0) {
-        conn->hang_timer = evtimer_new(sim->base, s_hang_expired, conn);
+        conn->hang_timer = evtimer_new(sim->net.base, s_hang_expired, conn);
         struct timeval tv = {sim->cfg.hang_ms / 1000,
                              (sim->cfg.hang_ms % 1000) * 1000};
         if (conn->hang_timer)
@@ -474,7 +385,7 @@ static void s_hang(sim_t *sim, struct evhttp_request *req, int route)
 //  Closes the request's connection abruptly (RST, no answer).
 static void s_reset_now(sim_t *sim, struct evhttp_request *req, int route)
 {
-    s_count(sim, route, S_RESET);
+    sim_count(&sim->net, route, S_RESET);
     struct evhttp_connection *evcon = evhttp_request_get_connection(req);
     if (evcon) {
         struct bufferevent *bev = evhttp_connection_get_bufferevent(evcon);
@@ -486,7 +397,7 @@ static void s_reset_now(sim_t *sim, struct evhttp_request *req, int route)
         evhttp_connection_free(evcon);
     } else
         evhttp_request_free(req);
-    s_done(sim);
+    sim_done(&sim->net);
 }
 
 //  --- pending replies -------------------------------------------------------
@@ -503,7 +414,7 @@ static s_pending_t *s_pending_new(sim_t *sim, struct evhttp_request *req,
     p->req = req;
     p->kind = kind;
     p->route = route;
-    evtimer_assign(&p->timer, sim->base, s_pending_fire, p);
+    evtimer_assign(&p->timer, sim->net.base, s_pending_fire, p);
     p->next = sim->pending;
     if (sim->pending)
         sim->pending->prev = p;
@@ -547,19 +458,19 @@ static bool s_stream_step(s_pending_t *p)
         //  Client gone. Like a real provider we did the work and bill it,
         //  so a client that times out and retries shows up as double billed.
         if (!p->started) {
-            s_count(sim, p->route, 200);
+            sim_count(&sim->net, p->route, 200);
             s_bill(sim, p->bill_key);
         }
         evhttp_send_reply_end(req);
-        s_done(sim);
+        sim_done(&sim->net);
         return true;
     }
     struct evbuffer *out = evbuffer_new();
     if (!p->started) {
-        s_header(req, "Content-Type", "text/event-stream; charset=utf-8");
-        s_header(req, "Cache-Control", "no-cache");
+        sim_header(req, "Content-Type", "text/event-stream; charset=utf-8");
+        sim_header(req, "Cache-Control", "no-cache");
         evhttp_send_reply_start(req, 200, "OK");
-        s_count(sim, p->route, 200);
+        sim_count(&sim->net, p->route, 200);
         s_bill(sim, p->bill_key);
         sim_sse_head(out, &p->r, p->id, p->created);
         p->started = true;
@@ -583,7 +494,7 @@ static bool s_stream_step(s_pending_t *p)
     evbuffer_free(out);
     if (over) {
         evhttp_send_reply_end(req);
-        s_done(sim);
+        sim_done(&sim->net);
     }
     return over;
 }
@@ -598,10 +509,10 @@ static void s_pending_fire(evutil_socket_t fd, short what, void *arg)
     case P_REPLY:
         if (p->bill)
             s_bill(sim, p->bill_key);
-        s_header(p->req, "Content-Type", "application/json");
-        s_count(sim, p->route, p->stat_code);
+        sim_header(p->req, "Content-Type", "application/json");
+        sim_count(&sim->net, p->route, p->stat_code);
         evhttp_send_reply(p->req, p->status, NULL, p->body);
-        s_done(sim);
+        sim_done(&sim->net);
         break;
     case P_RESET:
         s_reset_now(sim, p->req, p->route);
@@ -618,53 +529,6 @@ static void s_pending_fire(evutil_socket_t fd, short what, void *arg)
 
 //  --- auth and rate limits
 //  ----------------------------------------------------
-
-int sim_auth(sim_t *sim, struct evhttp_request *req, int route, bool anthropic,
-             uint64_t *keyhash)
-{
-    struct evkeyvalq *in = evhttp_request_get_input_headers(req);
-    const char *key = NULL;
-    if (anthropic)
-        key = evhttp_find_header(in, "x-api-key");
-    if (!key) {
-        const char *auth = evhttp_find_header(in, "Authorization");
-        if (auth && strncasecmp(auth, "Bearer ", 7) == 0) {
-            key = auth + 7;
-            while (*key == ' ')
-                key++;
-        }
-    }
-    bool ok = key && *key;
-    if (ok && sim->cfg.n_api_keys) {
-        ok = false;
-        for (int i = 0; i < sim->cfg.n_api_keys; i++)
-            if (strcmp(key, sim->cfg.api_keys[i]) == 0)
-                ok = true;
-    }
-    if (!ok) {
-        //  Never echo the key back: it may be a real secret sent by mistake.
-        const char *msg =
-            (key && *key)
-                ? (anthropic ? "invalid x-api-key"
-                             : "Incorrect API key provided.")
-                : (anthropic ? "x-api-key header is required"
-                             : "You didn't provide an API key. You need to "
-                               "provide your API key in an "
-                               "Authorization header using Bearer auth (i.e. "
-                               "Authorization: Bearer YOUR_KEY).");
-        sim_reply_error(sim, req, route, anthropic, 401, msg, NULL,
-                        "invalid_api_key");
-        return -1;
-    }
-    if (anthropic && !evhttp_find_header(in, "anthropic-version")) {
-        sim_reply_error(sim, req, route, true, 400,
-                        "anthropic-version: header is required", NULL, NULL);
-        return -1;
-    }
-    if (keyhash)
-        *keyhash = sim_fnv(SIM_FNV_OFFSET, key, strlen(key));
-    return 0;
-}
 
 static s_window_t *s_window(sim_t *sim, uint64_t keyhash)
 {
@@ -689,6 +553,18 @@ static s_window_t *s_window(sim_t *sim, uint64_t keyhash)
     return &sim->windows[*ix];
 }
 
+//  Rate-limit headers, [OpenAI, Anthropic]: requests limit, remaining,
+//  reset, then the same three for tokens.
+static const char *const s_limit_headers[2][6] = {
+    {"x-ratelimit-limit-requests", "x-ratelimit-remaining-requests",
+     "x-ratelimit-reset-requests", "x-ratelimit-limit-tokens",
+     "x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens"},
+    {"anthropic-ratelimit-requests-limit",
+     "anthropic-ratelimit-requests-remaining",
+     "anthropic-ratelimit-requests-reset", "anthropic-ratelimit-tokens-limit",
+     "anthropic-ratelimit-tokens-remaining",
+     "anthropic-ratelimit-tokens-reset"}};
+
 //  Fixed 60 s window per API key, starting at the key's first request after
 //  the previous window ended. A request is admitted when one more request
 //  fits under rpm and its tokens (prompt + completion) fit under tpm; 429s
@@ -712,49 +588,31 @@ static int s_ratelimit(sim_t *sim, struct evhttp_request *req, int route,
         w->toks += tokens;
     }
     char v[64], reset[48];
-    if (anthropic) {
+    if (anthropic)
         sim_rfc3339(reset, sizeof(reset), sim_wall_ms() + reset_ms);
-        if (sim->cfg.rpm) {
-            snprintf(v, sizeof(v), "%" PRId64, sim->cfg.rpm);
-            s_header(req, "anthropic-ratelimit-requests-limit", v);
-            snprintf(v, sizeof(v), "%" PRId64, sim->cfg.rpm - w->reqs);
-            s_header(req, "anthropic-ratelimit-requests-remaining", v);
-            s_header(req, "anthropic-ratelimit-requests-reset", reset);
-        }
-        if (sim->cfg.tpm) {
-            snprintf(v, sizeof(v), "%" PRId64, sim->cfg.tpm);
-            s_header(req, "anthropic-ratelimit-tokens-limit", v);
-            snprintf(v, sizeof(v), "%" PRId64,
-                     sim->cfg.tpm - w->toks > 0 ? sim->cfg.tpm - w->toks : 0);
-            s_header(req, "anthropic-ratelimit-tokens-remaining", v);
-            s_header(req, "anthropic-ratelimit-tokens-reset", reset);
-        }
-    } else {
+    else
         sim_duration(reset, sizeof(reset), reset_ms);
-        if (sim->cfg.rpm) {
-            snprintf(v, sizeof(v), "%" PRId64, sim->cfg.rpm);
-            s_header(req, "x-ratelimit-limit-requests", v);
-            snprintf(v, sizeof(v), "%" PRId64, sim->cfg.rpm - w->reqs);
-            s_header(req, "x-ratelimit-remaining-requests", v);
-            s_header(req, "x-ratelimit-reset-requests", reset);
-        }
-        if (sim->cfg.tpm) {
-            snprintf(v, sizeof(v), "%" PRId64, sim->cfg.tpm);
-            s_header(req, "x-ratelimit-limit-tokens", v);
-            snprintf(v, sizeof(v), "%" PRId64,
-                     sim->cfg.tpm - w->toks > 0 ? sim->cfg.tpm - w->toks : 0);
-            s_header(req, "x-ratelimit-remaining-tokens", v);
-            s_header(req, "x-ratelimit-reset-tokens", reset);
-        }
+    const char *const *names = s_limit_headers[anthropic ? 1 : 0];
+    int64_t limit[2] = {sim->cfg.rpm, sim->cfg.tpm};
+    int64_t left[2] = {sim->cfg.rpm - w->reqs,
+                       sim->cfg.tpm - w->toks > 0 ? sim->cfg.tpm - w->toks : 0};
+    for (int k = 0; k < 2; k++) {
+        if (!limit[k])
+            continue;
+        snprintf(v, sizeof(v), "%" PRId64, limit[k]);
+        sim_header(req, names[3 * k], v);
+        snprintf(v, sizeof(v), "%" PRId64, left[k]);
+        sim_header(req, names[3 * k + 1], v);
+        sim_header(req, names[3 * k + 2], reset);
     }
     if (!over_r && !over_t)
         return 0;
     int64_t secs = (reset_ms + 999) / 1000;
     snprintf(v, sizeof(v), "%" PRId64, reset_ms > 0 ? reset_ms : 1);
     if (!anthropic)
-        s_header(req, "retry-after-ms", v);
+        sim_header(req, "retry-after-ms", v);
     snprintf(v, sizeof(v), "%" PRId64, secs < 1 ? 1 : secs);
-    s_header(req, "retry-after", v);
+    sim_header(req, "retry-after", v);
     sim->limited_by_limit++;
     char msg[256];
     if (over_r)
@@ -769,12 +627,12 @@ static int s_ratelimit(sim_t *sim, struct evhttp_request *req, int route,
                  ". Please try again in %ss.",
                  sim->cfg.tpm, w->toks, tokens, v);
     if (anthropic)
-        sim_reply_error(sim, req, route, true, 429, msg, NULL, NULL);
+        sim_reply_error(&sim->net, req, route, true, 429, msg, NULL, NULL);
     else {
         struct evbuffer *body = evbuffer_new();
         sim_err_openai(body, msg, over_r ? "requests" : "tokens", NULL,
                        "rate_limit_exceeded");
-        sim_reply_json(sim, req, route, 429, body);
+        sim_reply_json(&sim->net, req, route, 429, body);
         evbuffer_free(body);
     }
     return -1;
@@ -785,10 +643,10 @@ static int s_ratelimit(sim_t *sim, struct evhttp_request *req, int route,
 
 typedef enum { A_OK, A_FAIL, A_HANG, A_MALFORMED, A_RESET } s_action_t;
 
-//  Decides what happens to this arrival: directives first, then the fault
-//  flags (one uniform draw against cumulative probabilities).
-static s_action_t s_decide(sim_t *sim, const sim_req_t *r, int *fail_code,
-                           bool *context_length)
+//  What the request's directives decide for this arrival (A_OK: nothing).
+//  offline (a batch line): reset and malformed directives do not apply.
+static s_action_t s_directives(sim_t *sim, const sim_req_t *r, bool offline,
+                               int *fail_code, bool *context_length)
 {
     const sim_dir_t *d = &r->dir;
     *context_length = false;
@@ -802,16 +660,27 @@ static s_action_t s_decide(sim_t *sim, const sim_req_t *r, int *fail_code,
         uint64_t *slot = s_map_slot(&sim->arrivals, r->hash, true);
         k = slot ? ++*slot : 1;
     }
-    if (d->reset && k <= (uint64_t)d->reset)
+    if (!offline && d->reset && k <= (uint64_t)d->reset)
         return A_RESET;
     if (d->hang && k <= (uint64_t)d->hang)
         return A_HANG;
-    if (d->malformed && k <= (uint64_t)d->malformed)
+    if (!offline && d->malformed && k <= (uint64_t)d->malformed)
         return A_MALFORMED;
     if (d->fail_code && (d->fail_times == 0 || k <= (uint64_t)d->fail_times)) {
         *fail_code = d->fail_code;
         return A_FAIL;
     }
+    return A_OK;
+}
+
+//  Decides what happens to this arrival: directives first, then the fault
+//  flags (one uniform draw against cumulative probabilities).
+static s_action_t s_decide(sim_t *sim, const sim_req_t *r, int *fail_code,
+                           bool *context_length)
+{
+    s_action_t act = s_directives(sim, r, false, fail_code, context_length);
+    if (act != A_OK)
+        return act;
     const s_cfg_t *c = &sim->cfg;
     if (c->p500 + c->p503 + c->p429 + c->phang + c->pmalformed + c->preset <= 0)
         return A_OK;
@@ -917,128 +786,160 @@ static void s_make_id(sim_t *sim, sim_op_t op, char *id, size_t cap)
                          : op == SIM_OP_COMPLETION ? "cmpl-sim"
                          : op == SIM_OP_MESSAGES   ? "msg_sim"
                                                    : "emb-sim";
-    snprintf(id, cap, "%s%012" PRIx64, prefix, sim_next_id(sim));
+    snprintf(id, cap, "%s%012" PRIx64, prefix, sim_next_id(&sim->net));
 }
 
-static void s_handle_gen(sim_t *sim, struct evhttp_request *req, int route,
-                         sim_op_t op)
+//  Parses body for op and checks its model. Returns 0 with *r filled (the
+//  caller must sim_req_free it), or 400/404 with the error body, in the
+//  API's shape, appended to out.
+static int s_prepare(sim_t *sim, sim_op_t op, const cJSON *body, sim_req_t *r,
+                     struct evbuffer *out)
 {
     bool anth = op == SIM_OP_MESSAGES;
-    uint64_t keyhash = 0;
-    if (sim_auth(sim, req, route, anth, &keyhash))
-        return;
-    struct evbuffer *in = evhttp_request_get_input_buffer(req);
-    size_t len = evbuffer_get_length(in);
-    const char *data = len ? (const char *)evbuffer_pullup(in, -1) : "";
-    cJSON *body = cJSON_ParseWithLength(data, len);
-    if (!body) {
-        sim_reply_error(sim, req, route, anth, 400,
-                        "We could not parse the JSON body of your request. "
-                        "(HINT: This likely means "
-                        "you aren't using your HTTP library correctly.)",
-                        NULL, NULL);
-        return;
-    }
-    sim_req_t r;
     char err[256];
     const char *param = NULL;
-    int rc = sim_req_parse(&r, op, body, err, sizeof(err), &param);
-    cJSON_Delete(body);
-    if (rc) {
-        sim_reply_error(sim, req, route, anth, 400, err, param, NULL);
-        return;
+    if (sim_req_parse(r, op, body, err, sizeof(err), &param)) {
+        if (anth)
+            sim_err_anthropic(out, "invalid_request_error", err);
+        else
+            sim_err_openai(out, err, "invalid_request_error", param, NULL);
+        return 400;
     }
-    if (!s_model_ok(sim, r.model)) {
+    if (!s_model_ok(sim, r->model)) {
         char msg[SIM_MODEL_MAX + 96];
         snprintf(msg, sizeof(msg),
                  anth ? "model: %s"
                       : "The model `%s` does not exist or you do not have "
                         "access to it.",
-                 r.model);
-        sim_reply_error(sim, req, route, anth, 404, msg, anth ? NULL : "model",
-                        "model_not_found");
-        sim_req_free(&r);
-        return;
-    }
-    if (s_ratelimit(sim, req, route, anth, keyhash,
-                    r.prompt_tokens + r.out_tokens)) {
-        sim_req_free(&r);
-        return;
-    }
-    char id[48], rid[40];
-    s_make_id(sim, op, id, sizeof(id));
-    snprintf(rid, sizeof(rid), "req_sim%012" PRIx64, sim->next_id);
-    s_header(req, anth ? "request-id" : "x-request-id", rid);
-
-    int fail_code = 0;
-    bool ctx = false;
-    s_action_t act = s_decide(sim, &r, &fail_code, &ctx);
-    if (act == A_HANG) {
-        s_hang(sim, req, route);
-        sim_req_free(&r);
-        return;
-    }
-    int64_t delay = sim->cfg.latency_ms + r.dir.delay_ms;
-    if (sim->cfg.jitter_ms > 0)
-        delay += (int64_t)(s_rand01(sim) * (double)(sim->cfg.jitter_ms + 1));
-    int64_t per_token = sim->cfg.tokens_per_sec > 0
-                            ? (int64_t)llround(1000.0 / sim->cfg.tokens_per_sec)
-                            : 0;
-    long created = (long)(sim_wall_ms() / 1000);
-
-    if (act == A_RESET) {
-        s_pending_t *p = s_pending_new(sim, req, P_RESET, route);
-        if (!p)
-            s_reset_now(sim, req, route);
+                 r->model);
+        if (anth)
+            sim_err_anthropic(out, "not_found_error", msg);
         else
-            s_pending_arm(p, delay);
-        sim_req_free(&r);
-        return;
+            sim_err_openai(out, msg, "invalid_request_error", "model",
+                           "model_not_found");
+        sim_req_free(r);
+        return 404;
     }
-    if (act == A_OK && r.stream && op != SIM_OP_EMBEDDING) {
-        s_pending_t *p = s_pending_new(sim, req, P_STREAM, route);
-        char *text = sim_text(r.hash, r.out_tokens);
-        if (!p || !text) {
-            free(text);
-            if (p)
-                s_pending_free(p);
-            sim_reply_error(sim, req, route, anth, 500, "out of memory", NULL,
-                            NULL);
-            sim_req_free(&r);
-            return;
-        }
-        sim->prompt_tokens += (uint64_t)r.prompt_tokens;
-        sim->completion_tokens += (uint64_t)r.out_tokens;
-        p->r = r; //  no embeddings here: nothing owned
-        p->text = text;
-        p->interval_ms = per_token;
-        p->created = created;
-        p->bill_key = r.hash;
-        snprintf(p->id, sizeof(p->id), "%s", id);
-        if (delay == 0 && per_token == 0) {
-            if (s_stream_step(p))
-                s_pending_free(p);
-        } else
-            s_pending_arm(p, delay);
-        return;
-    }
+    return 0;
+}
 
-    //  A whole JSON answer: success, failure or broken JSON.
+//  Reads and prepares the request body. Returns 0 with *r filled, or -1
+//  after answering 400/404.
+static int s_gen_request(sim_t *sim, struct evhttp_request *req, int route,
+                         sim_op_t op, sim_req_t *r)
+{
+    bool anth = op == SIM_OP_MESSAGES;
+    struct evbuffer *in = evhttp_request_get_input_buffer(req);
+    size_t len = evbuffer_get_length(in);
+    const char *data = len ? (const char *)evbuffer_pullup(in, -1) : "";
+    cJSON *body = cJSON_ParseWithLength(data, len);
+    if (!body) {
+        sim_reply_error(&sim->net, req, route, anth, 400,
+                        "We could not parse the JSON body of your request. "
+                        "(HINT: This likely means "
+                        "you aren't using your HTTP library correctly.)",
+                        NULL, NULL);
+        return -1;
+    }
+    struct evbuffer *out = evbuffer_new();
+    int status = s_prepare(sim, op, body, r, out);
+    cJSON_Delete(body);
+    if (status)
+        sim_reply_json(&sim->net, req, route, status, out);
+    evbuffer_free(out);
+    return status ? -1 : 0;
+}
+
+//  One answer being made: what s_handle_gen decided and its timing.
+typedef struct {
+    int route;
+    bool anth;         //  Anthropic shape
+    char id[48];       //  response id
+    int64_t delay;     //  ms before the (first) answer
+    int64_t per_token; //  ms between output tokens
+    long created;      //  unix seconds
+} s_gen_t;
+
+//  A streamed success: the pending record sends one SSE event per timer.
+static void s_gen_stream(sim_t *sim, struct evhttp_request *req,
+                         const s_gen_t *g, sim_req_t *r)
+{
+    s_pending_t *p = s_pending_new(sim, req, P_STREAM, g->route);
+    char *text = sim_text(r->hash, r->out_tokens);
+    if (!p || !text) {
+        free(text);
+        if (p)
+            s_pending_free(p);
+        sim_reply_error(&sim->net, req, g->route, g->anth, 500, "out of memory",
+                        NULL, NULL);
+        sim_req_free(r);
+        return;
+    }
+    sim->prompt_tokens += (uint64_t)r->prompt_tokens;
+    sim->completion_tokens += (uint64_t)r->out_tokens;
+    p->r = *r; //  no embeddings here: nothing owned
+    p->text = text;
+    p->interval_ms = g->per_token;
+    p->created = g->created;
+    p->bill_key = r->hash;
+    snprintf(p->id, sizeof(p->id), "%s", g->id);
+    if (g->delay == 0 && g->per_token == 0) {
+        if (s_stream_step(p))
+            s_pending_free(p);
+    } else
+        s_pending_arm(p, g->delay);
+}
+
+//  Sends out (taken) now or from a timer after delay.
+static void s_gen_send(sim_t *sim, struct evhttp_request *req, const s_gen_t *g,
+                       int status, int stat_code, struct evbuffer *out,
+                       bool bill, uint64_t bill_key)
+{
+    if (g->delay <= 0) {
+        if (bill)
+            s_bill(sim, bill_key);
+        sim_header(req, "Content-Type", "application/json");
+        sim_count(&sim->net, g->route, stat_code);
+        evhttp_send_reply(req, status, NULL, out);
+        sim_done(&sim->net);
+        evbuffer_free(out);
+        return;
+    }
+    s_pending_t *p = s_pending_new(sim, req, P_REPLY, g->route);
+    if (!p) {
+        evbuffer_free(out);
+        sim_reply_error(&sim->net, req, g->route, g->anth, 500, "out of memory",
+                        NULL, NULL);
+        return;
+    }
+    p->status = status;
+    p->stat_code = stat_code;
+    p->body = out;
+    p->bill = bill;
+    p->bill_key = bill_key;
+    s_pending_arm(p, g->delay);
+}
+
+//  A whole JSON answer: success, failure or broken JSON.
+static void s_gen_whole(sim_t *sim, struct evhttp_request *req, s_gen_t *g,
+                        s_action_t act, int fail_code, bool ctx,
+                        const sim_req_t *r)
+{
     struct evbuffer *out = evbuffer_new();
     int status = 200, stat_code = 200;
     bool bill = false;
     if (act == A_FAIL) {
         status = stat_code = fail_code;
-        s_fail_body(out, anth, fail_code, ctx, &r);
+        s_fail_body(out, g->anth, fail_code, ctx, r);
         if (fail_code == 429) {
-            s_header(req, "retry-after", "1");
-            if (!anth)
-                s_header(req, "retry-after-ms", "1000");
+            sim_header(req, "retry-after", "1");
+            if (!g->anth)
+                sim_header(req, "retry-after-ms", "1000");
         }
     } else {
         char *text =
-            r.op == SIM_OP_EMBEDDING ? NULL : sim_text(r.hash, r.out_tokens);
-        sim_body(out, &r, id, created, text ? text : "");
+            r->op == SIM_OP_EMBEDDING ? NULL : sim_text(r->hash, r->out_tokens);
+        sim_body(out, r, g->id, g->created, text ? text : "");
         free(text);
         if (act == A_MALFORMED) {
             //  Cut the body in half: a 200 whose JSON never closes.
@@ -1050,99 +951,85 @@ static void s_handle_gen(sim_t *sim, struct evhttp_request *req, int route,
             stat_code = S_MALFORMED;
         } else {
             bill = true;
-            sim->prompt_tokens += (uint64_t)r.prompt_tokens;
-            sim->completion_tokens += (uint64_t)r.out_tokens;
-            if (op != SIM_OP_EMBEDDING)
-                delay += per_token * r.out_tokens;
+            sim->prompt_tokens += (uint64_t)r->prompt_tokens;
+            sim->completion_tokens += (uint64_t)r->out_tokens;
+            if (r->op != SIM_OP_EMBEDDING)
+                g->delay += g->per_token * r->out_tokens;
         }
     }
-    if (delay <= 0) {
-        if (bill)
-            s_bill(sim, r.hash);
-        s_header(req, "Content-Type", "application/json");
-        s_count(sim, route, stat_code);
-        evhttp_send_reply(req, status, NULL, out);
-        s_done(sim);
-        evbuffer_free(out);
-    } else {
-        s_pending_t *p = s_pending_new(sim, req, P_REPLY, route);
-        if (!p) {
-            evbuffer_free(out);
-            sim_reply_error(sim, req, route, anth, 500, "out of memory", NULL,
-                            NULL);
-        } else {
-            p->status = status;
-            p->stat_code = stat_code;
-            p->body = out;
-            p->bill = bill;
-            p->bill_key = r.hash;
-            s_pending_arm(p, delay);
-        }
+    s_gen_send(sim, req, g, status, stat_code, out, bill, r->hash);
+}
+
+//  POST of a generation route: auth, body, model, rate limit, then the
+//  decided action (hang, reset, stream or a whole answer).
+static void s_handle_gen(sim_t *sim, struct evhttp_request *req, int route,
+                         sim_op_t op)
+{
+    s_gen_t g = {.route = route, .anth = op == SIM_OP_MESSAGES};
+    uint64_t keyhash = 0;
+    sim_req_t r;
+    if (sim_auth(&sim->net, req, route, g.anth, &keyhash) ||
+        s_gen_request(sim, req, route, op, &r))
+        return;
+    if (s_ratelimit(sim, req, route, g.anth, keyhash,
+                    r.prompt_tokens + r.out_tokens)) {
+        sim_req_free(&r);
+        return;
     }
+    char rid[40];
+    s_make_id(sim, op, g.id, sizeof(g.id));
+    snprintf(rid, sizeof(rid), "req_sim%012" PRIx64, sim->net.next_id);
+    sim_header(req, g.anth ? "request-id" : "x-request-id", rid);
+
+    int fail_code = 0;
+    bool ctx = false;
+    s_action_t act = s_decide(sim, &r, &fail_code, &ctx);
+    if (act == A_HANG) {
+        s_hang(sim, req, route);
+        sim_req_free(&r);
+        return;
+    }
+    g.delay = sim->cfg.latency_ms + r.dir.delay_ms;
+    if (sim->cfg.jitter_ms > 0)
+        g.delay += (int64_t)(s_rand01(sim) * (double)(sim->cfg.jitter_ms + 1));
+    g.per_token = sim->cfg.tokens_per_sec > 0
+                      ? (int64_t)llround(1000.0 / sim->cfg.tokens_per_sec)
+                      : 0;
+    g.created = (long)(sim_wall_ms() / 1000);
+    if (act == A_RESET) {
+        s_pending_t *p = s_pending_new(sim, req, P_RESET, route);
+        if (!p)
+            s_reset_now(sim, req, route);
+        else
+            s_pending_arm(p, g.delay);
+    } else if (act == A_OK && r.stream && op != SIM_OP_EMBEDDING) {
+        s_gen_stream(sim, req, &g, &r);
+        return; //  r now belongs to the stream
+    } else
+        s_gen_whole(sim, req, &g, act, fail_code, ctx, &r);
     sim_req_free(&r);
 }
 
-int sim_exec_line(sim_t *sim, sim_op_t op, const cJSON *body,
-                  struct evbuffer *out)
+//  sim_batch_exec_fn: answers one batch line offline (see sim.h).
+static int s_exec_line(void *arg, sim_op_t op, const cJSON *body,
+                       struct evbuffer *out)
 {
-    bool anth = op == SIM_OP_MESSAGES;
+    sim_t *sim = arg;
     sim_req_t r;
-    char err[256];
-    const char *param = NULL;
-    if (sim_req_parse(&r, op, body, err, sizeof(err), &param)) {
-        if (anth)
-            sim_err_anthropic(out, "invalid_request_error", err);
-        else
-            sim_err_openai(out, err, "invalid_request_error", param, NULL);
-        return 400;
-    }
-    if (!s_model_ok(sim, r.model)) {
-        char msg[SIM_MODEL_MAX + 96];
-        snprintf(msg, sizeof(msg),
-                 anth ? "model: %s"
-                      : "The model `%s` does not exist or you do not have "
-                        "access to it.",
-                 r.model);
-        if (anth)
-            sim_err_anthropic(out, "not_found_error", msg);
-        else
-            sim_err_openai(out, msg, "invalid_request_error", "model",
-                           "model_not_found");
-        sim_req_free(&r);
-        return 404;
-    }
+    int status = s_prepare(sim, op, body, &r, out);
+    if (status)
+        return status;
     //  Directives only: flag faults model transport failures, which a
     //  provider's batch runner retries internally.
     int code = 0;
     bool ctx = false;
-    s_action_t act = A_OK;
-    {
-        const sim_dir_t *d = &r.dir;
-        if (d->context_length) {
-            act = A_FAIL;
-            code = 400;
-            ctx = true;
-        } else {
-            uint64_t k = 0;
-            if (d->counted) {
-                uint64_t *slot = s_map_slot(&sim->arrivals, r.hash, true);
-                k = slot ? ++*slot : 1;
-            }
-            if (d->hang && k <= (uint64_t)d->hang)
-                act = A_HANG;
-            else if (d->fail_code &&
-                     (d->fail_times == 0 || k <= (uint64_t)d->fail_times)) {
-                act = A_FAIL;
-                code = d->fail_code;
-            }
-        }
-    }
+    s_action_t act = s_directives(sim, &r, true, &code, &ctx);
     if (act == A_HANG) {
         sim_req_free(&r);
         return 0;
     }
     if (act == A_FAIL) {
-        s_fail_body(out, anth, code, ctx, &r);
+        s_fail_body(out, op == SIM_OP_MESSAGES, code, ctx, &r);
         sim_req_free(&r);
         return code;
     }
@@ -1167,7 +1054,7 @@ static void s_handle_models(sim_t *sim, struct evhttp_request *req,
     struct evkeyvalq *in = evhttp_request_get_input_headers(req);
     bool anth = evhttp_find_header(in, "x-api-key") &&
                 evhttp_find_header(in, "anthropic-version");
-    if (sim_auth(sim, req, SIM_R_MODELS, anth, NULL))
+    if (sim_auth(&sim->net, req, SIM_R_MODELS, anth, NULL))
         return;
     const char **names =
         sim->cfg.n_models ? (const char **)sim->cfg.models : s_default_models;
@@ -1182,7 +1069,7 @@ static void s_handle_models(sim_t *sim, struct evhttp_request *req,
     if (one) {
         if (!s_model_ok(sim, one)) {
             evbuffer_free(out);
-            sim_reply_error(sim, req, SIM_R_MODELS, anth, 404,
+            sim_reply_error(&sim->net, req, SIM_R_MODELS, anth, 404,
                             "model not found", "model", "model_not_found");
             return;
         }
@@ -1200,7 +1087,7 @@ static void s_handle_models(sim_t *sim, struct evhttp_request *req,
                                 "by\":\"llmq-sim\"}",
                                 created);
         }
-        sim_reply_json(sim, req, SIM_R_MODELS, 200, out);
+        sim_reply_json(&sim->net, req, SIM_R_MODELS, 200, out);
         evbuffer_free(out);
         return;
     }
@@ -1231,7 +1118,7 @@ static void s_handle_models(sim_t *sim, struct evhttp_request *req,
         evbuffer_add_printf(out, "}");
     } else
         evbuffer_add_printf(out, "]}");
-    sim_reply_json(sim, req, SIM_R_MODELS, 200, out);
+    sim_reply_json(&sim->net, req, SIM_R_MODELS, 200, out);
     evbuffer_free(out);
 }
 
@@ -1241,23 +1128,23 @@ static void s_handle_stats(sim_t *sim, struct evhttp_request *req)
     evbuffer_add_printf(out, "{\"requests\":{");
     bool first_route = true;
     for (int r = 0; r < SIM_R_COUNT; r++) {
-        if (!sim->stats[r][0].code)
+        if (!sim->net.stats[r][0].code)
             continue;
         evbuffer_add_printf(out, "%s\"%s\":{", first_route ? "" : ",",
                             s_route_names[r]);
         first_route = false;
-        for (int i = 0; i < S_STATS_CODES && sim->stats[r][i].code; i++) {
-            int code = sim->stats[r][i].code;
+        for (int i = 0; i < SIM_STATS_CODES && sim->net.stats[r][i].code; i++) {
+            int code = sim->net.stats[r][i].code;
             const char *name = code == S_HANG        ? "hang"
                                : code == S_RESET     ? "reset"
                                : code == S_MALFORMED ? "malformed"
                                                      : NULL;
             if (name)
                 evbuffer_add_printf(out, "%s\"%s\":%" PRIu64, i ? "," : "",
-                                    name, sim->stats[r][i].count);
+                                    name, sim->net.stats[r][i].count);
             else
                 evbuffer_add_printf(out, "%s\"%d\":%" PRIu64, i ? "," : "",
-                                    code, sim->stats[r][i].count);
+                                    code, sim->net.stats[r][i].count);
         }
         evbuffer_add_printf(out, "}");
     }
@@ -1270,16 +1157,16 @@ static void s_handle_stats(sim_t *sim, struct evhttp_request *req)
         ",\"double_billed\":%" PRIu64 ",\"billing_saturated\":%s"
         ",\"tokens\":{\"prompt\":%" PRIu64 ",\"completion\":%" PRIu64 "}"
         ",\"uptime_ms\":%" PRId64,
-        sim->total, sim->rate_limited, sim->limited_by_limit,
+        sim->net.total, sim->net.rate_limited, sim->limited_by_limit,
         sim->peak_concurrent,
-        sim->in_flight - 1, //  not counting this /_stats request
+        sim->net.in_flight - 1, //  not counting this /_stats request
         sim->connections, sim->peak_connections, sim->answered_ok,
         sim->double_billed, sim->billed.n >= S_MAX_BILLED ? "true" : "false",
         sim->prompt_tokens, sim->completion_tokens,
         sim_mono_ms() - sim->started_ms);
     sim_batches_stats(sim->batches, out);
     evbuffer_add_printf(out, "}");
-    sim_reply_json(sim, req, SIM_R_STATS, 200, out);
+    sim_reply_json(&sim->net, req, SIM_R_STATS, 200, out);
     evbuffer_free(out);
 }
 
@@ -1296,194 +1183,210 @@ static void s_handle_reset(sim_t *sim, struct evhttp_request *req)
             c = next;
         }
     }
-    memset(sim->stats, 0, sizeof(sim->stats));
-    sim->total = sim->rate_limited = sim->limited_by_limit = 0;
+    memset(sim->net.stats, 0, sizeof(sim->net.stats));
+    sim->net.total = sim->net.rate_limited = sim->limited_by_limit = 0;
     sim->double_billed = sim->answered_ok = 0;
     sim->prompt_tokens = sim->completion_tokens = 0;
-    sim->peak_concurrent = sim->in_flight;
+    sim->peak_concurrent = sim->net.in_flight;
     sim->peak_connections = sim->connections;
     s_map_clear(&sim->arrivals);
     s_map_clear(&sim->billed);
     s_map_clear(&sim->window_ix);
     sim->n_windows = 1;
     sim->windows[0].start = -1;
-    struct evbuffer *out = evbuffer_new();
-    evbuffer_add_printf(out, "{\"ok\":true}");
-    sim_reply_json(sim, req, SIM_R_RESET, 200, out);
-    evbuffer_free(out);
+    sim_reply_text(&sim->net, req, SIM_R_RESET, 200, "{\"ok\":true}");
+}
+
+//  What serves a route.
+typedef enum {
+    H_GEN,      //  s_handle_gen with op
+    H_MODELS,   //  s_handle_models
+    H_FILES,    //  sim_batches_files
+    H_BATCHES,  //  sim_batches_openai
+    H_MBATCHES, //  sim_batches_anthropic
+    H_STATS,    //  s_handle_stats
+    H_RESET,    //  s_handle_reset
+    H_HEALTH    //  {"status":"ok"}
+} s_handler_t;
+
+//  The routing table: an exact path, or with subtree also path/...; a
+//  method other than cmd (0: any) is answered 405 under route.
+static const struct {
+    const char *path;
+    bool subtree;
+    enum evhttp_cmd_type cmd;
+    int route;
+    s_handler_t handler;
+    sim_op_t op;
+} s_routes[] = {
+    {"/v1/chat/completions", false, EVHTTP_REQ_POST, SIM_R_CHAT, H_GEN,
+     SIM_OP_CHAT},
+    {"/v1/messages", false, EVHTTP_REQ_POST, SIM_R_MESSAGES, H_GEN,
+     SIM_OP_MESSAGES},
+    {"/v1/completions", false, EVHTTP_REQ_POST, SIM_R_COMPLETIONS, H_GEN,
+     SIM_OP_COMPLETION},
+    {"/v1/embeddings", false, EVHTTP_REQ_POST, SIM_R_EMBEDDINGS, H_GEN,
+     SIM_OP_EMBEDDING},
+    {"/v1/models", true, EVHTTP_REQ_GET, SIM_R_MODELS, H_MODELS, 0},
+    {"/v1/files", true, 0, SIM_R_FILES, H_FILES, 0},
+    {"/v1/batches", true, 0, SIM_R_BATCHES, H_BATCHES, 0},
+    {"/v1/messages/batches", true, 0, SIM_R_MBATCHES, H_MBATCHES, 0},
+    {"/_stats", false, EVHTTP_REQ_GET, SIM_R_STATS, H_STATS, 0},
+    {"/_reset", false, EVHTTP_REQ_POST, SIM_R_RESET, H_RESET, 0},
+    {"/health", false, 0, SIM_R_HEALTH, H_HEALTH, 0}};
+#define S_N_ROUTES (sizeof(s_routes) / sizeof(s_routes[0]))
+
+//  The entry of s_routes that path falls under, or -1.
+static int s_route_of(const char *path)
+{
+    for (size_t i = 0; i < S_N_ROUTES; i++) {
+        size_t n = strlen(s_routes[i].path);
+        if (strncmp(path, s_routes[i].path, n) == 0 &&
+            (path[n] == 0 || (s_routes[i].subtree && path[n] == '/')))
+            return (int)i;
+    }
+    return -1;
 }
 
 //  One entry point for every request: route by method and path.
 static void s_on_request(struct evhttp_request *req, void *arg)
 {
     sim_t *sim = arg;
-    if (++sim->in_flight > sim->peak_concurrent)
-        sim->peak_concurrent = sim->in_flight;
+    if (++sim->net.in_flight > sim->peak_concurrent)
+        sim->peak_concurrent = sim->net.in_flight;
     s_conn_of(sim, req);
     enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
     const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
     const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
     if (!path)
         path = "";
-    bool post = cmd == EVHTTP_REQ_POST, get = cmd == EVHTTP_REQ_GET;
-    int bad_method_route = -1;
-
-    if (strcmp(path, "/v1/chat/completions") == 0) {
-        if (post) {
-            s_handle_gen(sim, req, SIM_R_CHAT, SIM_OP_CHAT);
-            return;
-        }
-        bad_method_route = SIM_R_CHAT;
-    } else if (strcmp(path, "/v1/messages") == 0) {
-        if (post) {
-            s_handle_gen(sim, req, SIM_R_MESSAGES, SIM_OP_MESSAGES);
-            return;
-        }
-        bad_method_route = SIM_R_MESSAGES;
-    } else if (strcmp(path, "/v1/completions") == 0) {
-        if (post) {
-            s_handle_gen(sim, req, SIM_R_COMPLETIONS, SIM_OP_COMPLETION);
-            return;
-        }
-        bad_method_route = SIM_R_COMPLETIONS;
-    } else if (strcmp(path, "/v1/embeddings") == 0) {
-        if (post) {
-            s_handle_gen(sim, req, SIM_R_EMBEDDINGS, SIM_OP_EMBEDDING);
-            return;
-        }
-        bad_method_route = SIM_R_EMBEDDINGS;
-    } else if (strcmp(path, "/v1/models") == 0 ||
-               strncmp(path, "/v1/models/", 11) == 0) {
-        if (get) {
-            s_handle_models(sim, req, path);
-            return;
-        }
-        bad_method_route = SIM_R_MODELS;
-    } else if (strcmp(path, "/v1/files") == 0 ||
-               strncmp(path, "/v1/files/", 10) == 0) {
-        sim_batches_files(sim->batches, req, path);
-        return;
-    } else if (strcmp(path, "/v1/batches") == 0 ||
-               strncmp(path, "/v1/batches/", 12) == 0) {
-        sim_batches_openai(sim->batches, req, path);
-        return;
-    } else if (strcmp(path, "/v1/messages/batches") == 0 ||
-               strncmp(path, "/v1/messages/batches/", 21) == 0) {
-        sim_batches_anthropic(sim->batches, req, path);
-        return;
-    } else if (strcmp(path, "/_stats") == 0) {
-        if (get) {
-            s_handle_stats(sim, req);
-            return;
-        }
-        bad_method_route = SIM_R_STATS;
-    } else if (strcmp(path, "/_reset") == 0) {
-        if (post) {
-            s_handle_reset(sim, req);
-            return;
-        }
-        bad_method_route = SIM_R_RESET;
-    } else if (strcmp(path, "/health") == 0) {
-        struct evbuffer *out = evbuffer_new();
-        evbuffer_add_printf(out, "{\"status\":\"ok\"}");
-        sim_reply_json(sim, req, SIM_R_HEALTH, 200, out);
-        evbuffer_free(out);
+    int i = s_route_of(path);
+    if (i < 0) {
+        char msg[300];
+        snprintf(msg, sizeof(msg), "Unknown request URL: %.200s.", path);
+        sim_reply_error(&sim->net, req, SIM_R_OTHER, false, 404, msg, NULL,
+                        "unknown_url");
         return;
     }
-    if (bad_method_route >= 0) {
-        sim_reply_error(sim, req, bad_method_route, false, 405,
+    if (s_routes[i].cmd && cmd != s_routes[i].cmd) {
+        sim_reply_error(&sim->net, req, s_routes[i].route, false, 405,
                         "Method not allowed.", NULL, NULL);
         return;
     }
-    char msg[300];
-    snprintf(msg, sizeof(msg), "Unknown request URL: %.200s.", path);
-    sim_reply_error(sim, req, SIM_R_OTHER, false, 404, msg, NULL,
-                    "unknown_url");
+    switch (s_routes[i].handler) {
+    case H_GEN:
+        s_handle_gen(sim, req, s_routes[i].route, s_routes[i].op);
+        break;
+    case H_MODELS:
+        s_handle_models(sim, req, path);
+        break;
+    case H_FILES:
+        sim_batches_files(sim->batches, req, path);
+        break;
+    case H_BATCHES:
+        sim_batches_openai(sim->batches, req, path);
+        break;
+    case H_MBATCHES:
+        sim_batches_anthropic(sim->batches, req, path);
+        break;
+    case H_STATS:
+        s_handle_stats(sim, req);
+        break;
+    case H_RESET:
+        s_handle_reset(sim, req);
+        break;
+    case H_HEALTH:
+        sim_reply_text(&sim->net, req, SIM_R_HEALTH, 200,
+                       "{\"status\":\"ok\"}");
+        break;
+    }
 }
 
 //  --- flags and main -------------------------------------------------------
 
+//  The --help text.
+static const char s_help[] =
+    "usage: llmq-sim [flags]\n"
+    "OpenAI- and Anthropic-compatible HTTP simulator (one event loop, "
+    "replies from timers).\n"
+    "\n"
+    "server\n"
+    "  --host ADDR             listen address (default 127.0.0.1)\n"
+    "  --port N                listen port (default 8089; 0 = ephemeral). "
+    "Prints\n"
+    "                          'ready llmq-sim url=http://HOST:PORT' once "
+    "listening\n"
+    "  --max-body BYTES        largest request body (default 268435456)\n"
+    "  --quiet                 no log lines on stderr\n"
+    "  --exit-with-parent      stop when the process that started it dies\n"
+    "                          (tests: no orphan left if the test aborts)\n"
+    "  --help, -h              this text\n"
+    "  --version               print the version\n"
+    "timing (durations: a bare number is ms; or 500ms, 2s, 1m)\n"
+    "  --latency-ms N          fixed latency before each answer (default "
+    "0)\n"
+    "  --jitter-ms N           + uniform random 0..N ms (default 0)\n"
+    "  --tokens-per-sec R      output token rate; adds tokens/R to whole "
+    "answers and\n"
+    "                          paces SSE events (default 0 = instant)\n"
+    "  --random-text           filler words drawn afresh per answer (not "
+    "a function\n"
+    "                          of the request; the sim-<hash> prefix "
+    "stays)\n"
+    "auth and limits\n"
+    "  --api-key KEY           accepted key (repeatable); default: any "
+    "non-empty key\n"
+    "  --models A,B,...        accepted models (others: 404 "
+    "model_not_found); default: any\n"
+    "  --rpm N                 requests per minute per API key (0 = "
+    "unlimited)\n"
+    "  --tpm N                 tokens per minute per API key (0 = "
+    "unlimited); a request\n"
+    "                          costs prompt_tokens + completion_tokens\n"
+    "faults (probabilities 0..1, one draw per generation request)\n"
+    "  --p500 P --p503 P --p429 P   answer with that status (429 with "
+    "retry-after: 1)\n"
+    "  --phang P               never answer (see --hang-ms)\n"
+    "  --pmalformed P          200 with truncated JSON\n"
+    "  --preset P              close the connection with a TCP reset\n"
+    "  --hang-ms N             close a hung connection after N ms (default "
+    "0 = never)\n"
+    "  --seed N                random seed for faults and jitter (default "
+    "1)\n"
+    "batches\n"
+    "  --batch-validate-ms N   time in 'validating' (default 1000)\n"
+    "  --batch-progress-ms N   time to process all lines (default 5000)\n"
+    "  --batch-finalize-ms N   time in 'finalizing'/'cancelling' (default "
+    "1000)\n"
+    "  --batch-expire-ms N     completion window (default 86400000)\n"
+    "  --max-file-store BYTES  memory for files and batch results (default "
+    "1073741824)\n"
+    "\n"
+    "directives, anywhere in a message's text: [[sim:key=value,...]]\n"
+    "  fail=CODE        fail every arrival with CODE (400, 401, 403, 404, "
+    "429, 500, 503, 529...)\n"
+    "  fail=CODExN      fail the first N arrivals of this same request, "
+    "then succeed\n"
+    "  hang=N           never answer the first N arrivals\n"
+    "  malformed=N      broken JSON for the first N arrivals\n"
+    "  reset=N          reset the connection for the first N arrivals\n"
+    "  delay_ms=N       add N ms to every arrival\n"
+    "  tokens=N         emit N output tokens (still capped by max_tokens)\n"
+    "  context_length   400 context_length_exceeded, every arrival\n"
+    "\n"
+    "routes: POST /v1/chat/completions /v1/completions /v1/embeddings "
+    "/v1/messages;\n"
+    "GET /v1/models; files: POST/GET /v1/files, GET/DELETE /v1/files/{id}, "
+    "GET /v1/files/{id}/content;\n"
+    "POST/GET /v1/batches, GET /v1/batches/{id}, POST "
+    "/v1/batches/{id}/cancel;\n"
+    "POST/GET /v1/messages/batches, GET "
+    "/v1/messages/batches/{id}[/results], POST .../{id}/cancel;\n"
+    "GET /_stats, POST /_reset, GET /health. Details: sim/README.md\n";
+
 static void s_usage(FILE *f)
 {
-    fprintf(
-        f,
-        "usage: llmq-sim [flags]\n"
-        "OpenAI- and Anthropic-compatible HTTP simulator (one event loop, "
-        "replies from timers).\n"
-        "\n"
-        "server\n"
-        "  --host ADDR             listen address (default 127.0.0.1)\n"
-        "  --port N                listen port (default 8089; 0 = ephemeral). "
-        "Prints\n"
-        "                          'ready llmq-sim url=http://HOST:PORT' once "
-        "listening\n"
-        "  --max-body BYTES        largest request body (default 268435456)\n"
-        "  --quiet                 no log lines on stderr\n"
-        "  --exit-with-parent      stop when the process that started it dies\n"
-        "                          (tests: no orphan left if the test aborts)\n"
-        "  --help, -h              this text\n"
-        "  --version               print the version\n"
-        "timing (durations: a bare number is ms; or 500ms, 2s, 1m)\n"
-        "  --latency-ms N          fixed latency before each answer (default "
-        "0)\n"
-        "  --jitter-ms N           + uniform random 0..N ms (default 0)\n"
-        "  --tokens-per-sec R      output token rate; adds tokens/R to whole "
-        "answers and\n"
-        "                          paces SSE events (default 0 = instant)\n"
-        "  --random-text           filler words drawn afresh per answer (not "
-        "a function\n"
-        "                          of the request; the sim-<hash> prefix "
-        "stays)\n"
-        "auth and limits\n"
-        "  --api-key KEY           accepted key (repeatable); default: any "
-        "non-empty key\n"
-        "  --models A,B,...        accepted models (others: 404 "
-        "model_not_found); default: any\n"
-        "  --rpm N                 requests per minute per API key (0 = "
-        "unlimited)\n"
-        "  --tpm N                 tokens per minute per API key (0 = "
-        "unlimited); a request\n"
-        "                          costs prompt_tokens + completion_tokens\n"
-        "faults (probabilities 0..1, one draw per generation request)\n"
-        "  --p500 P --p503 P --p429 P   answer with that status (429 with "
-        "retry-after: 1)\n"
-        "  --phang P               never answer (see --hang-ms)\n"
-        "  --pmalformed P          200 with truncated JSON\n"
-        "  --preset P              close the connection with a TCP reset\n"
-        "  --hang-ms N             close a hung connection after N ms (default "
-        "0 = never)\n"
-        "  --seed N                random seed for faults and jitter (default "
-        "1)\n"
-        "batches\n"
-        "  --batch-validate-ms N   time in 'validating' (default 1000)\n"
-        "  --batch-progress-ms N   time to process all lines (default 5000)\n"
-        "  --batch-finalize-ms N   time in 'finalizing'/'cancelling' (default "
-        "1000)\n"
-        "  --batch-expire-ms N     completion window (default 86400000)\n"
-        "  --max-file-store BYTES  memory for files and batch results (default "
-        "1073741824)\n"
-        "\n"
-        "directives, anywhere in a message's text: [[sim:key=value,...]]\n"
-        "  fail=CODE        fail every arrival with CODE (400, 401, 403, 404, "
-        "429, 500, 503, 529...)\n"
-        "  fail=CODExN      fail the first N arrivals of this same request, "
-        "then succeed\n"
-        "  hang=N           never answer the first N arrivals\n"
-        "  malformed=N      broken JSON for the first N arrivals\n"
-        "  reset=N          reset the connection for the first N arrivals\n"
-        "  delay_ms=N       add N ms to every arrival\n"
-        "  tokens=N         emit N output tokens (still capped by max_tokens)\n"
-        "  context_length   400 context_length_exceeded, every arrival\n"
-        "\n"
-        "routes: POST /v1/chat/completions /v1/completions /v1/embeddings "
-        "/v1/messages;\n"
-        "GET /v1/models; files: POST/GET /v1/files, GET/DELETE /v1/files/{id}, "
-        "GET /v1/files/{id}/content;\n"
-        "POST/GET /v1/batches, GET /v1/batches/{id}, POST "
-        "/v1/batches/{id}/cancel;\n"
-        "POST/GET /v1/messages/batches, GET "
-        "/v1/messages/batches/{id}[/results], POST .../{id}/cancel;\n"
-        "GET /_stats, POST /_reset, GET /health. Details: sim/README.md\n");
+    fputs(s_help, f);
 }
 
 static int s_num(const char *flag, const char *s, double lo, double hi,
@@ -1517,214 +1420,163 @@ static int s_ms(const char *flag, const char *s, int64_t lo, int64_t *out)
     return 0;
 }
 
+//  How a flag's value is read (into the s_cfg_t field at off).
+typedef enum {
+    K_STR,    //  const char *, the argument itself
+    K_INT,    //  int, a number in lo..hi
+    K_I64,    //  int64_t, a number in lo..hi
+    K_U64,    //  uint64_t, a number in lo..hi
+    K_DBL,    //  double, a number in lo..hi
+    K_MS,     //  int64_t, a duration >= lo
+    K_TRUE,   //  bool set to true (no argument)
+    K_KEY,    //  --api-key: appended to api_keys
+    K_MODELS, //  --models: comma list appended to models
+    K_RANDOM, //  --random-text (a sim_gen.c global)
+    K_HELP,
+    K_VERSION
+} s_kind_t;
+
+typedef struct {
+    const char *name; //  long flag
+    s_kind_t kind;
+    double lo, hi; //  bounds of a number (lo only for a duration)
+    size_t off;    //  field in s_cfg_t
+} s_flag_t;
+
+//  Where a flag's value goes: a field of s_cfg_t.
+#define C_(field) offsetof(s_cfg_t, field)
+
+static const s_flag_t s_flags[] = {
+    {"host", K_STR, 0, 0, C_(host)},
+    {"port", K_INT, 0, 65535, C_(port)},
+    {"latency-ms", K_MS, 0, 0, C_(latency_ms)},
+    {"jitter-ms", K_MS, 0, 0, C_(jitter_ms)},
+    {"tokens-per-sec", K_DBL, 0, 1e9, C_(tokens_per_sec)},
+    {"rpm", K_I64, 0, 1e15, C_(rpm)},
+    {"tpm", K_I64, 0, 1e15, C_(tpm)},
+    {"api-key", K_KEY, 0, 0, C_(api_keys)},
+    {"models", K_MODELS, 0, 0, C_(models)},
+    {"p500", K_DBL, 0, 1, C_(p500)},
+    {"p503", K_DBL, 0, 1, C_(p503)},
+    {"p429", K_DBL, 0, 1, C_(p429)},
+    {"phang", K_DBL, 0, 1, C_(phang)},
+    {"pmalformed", K_DBL, 0, 1, C_(pmalformed)},
+    {"preset", K_DBL, 0, 1, C_(preset)},
+    {"hang-ms", K_MS, 0, 0, C_(hang_ms)},
+    {"seed", K_U64, 0, 1.8e19, C_(seed)},
+    {"random-text", K_RANDOM, 0, 0, 0},
+    {"batch-validate-ms", K_MS, 0, 0, C_(batch.validate_ms)},
+    {"batch-progress-ms", K_MS, 0, 0, C_(batch.progress_ms)},
+    {"batch-finalize-ms", K_MS, 0, 0, C_(batch.finalize_ms)},
+    {"batch-expire-ms", K_MS, 1, 0, C_(batch.expire_ms)},
+    {"max-body", K_I64, 1024, 1e12, C_(max_body)},
+    {"max-file-store", K_I64, 0, 1e13, C_(batch.max_store)},
+    {"quiet", K_TRUE, 0, 0, C_(quiet)},
+    {"exit-with-parent", K_TRUE, 0, 0, C_(exit_with_parent)},
+    {"help", K_HELP, 0, 0, 0},
+    {"version", K_VERSION, 0, 0, 0},
+};
+#define S_N_FLAGS (sizeof(s_flags) / sizeof(s_flags[0]))
+#undef C_
+
+//  Appends item to the array *list of *n pointers. Returns 0 or -1.
+static int s_append(char ***list, int *n, char *item)
+{
+    char **k = realloc(*list, sizeof(char *) * (size_t)(*n + 1));
+    if (!k)
+        return -1;
+    *list = k;
+    (*list)[(*n)++] = item;
+    return 0;
+}
+
+//  Reads one flag's argument into c. Returns 0 or -1 (message printed);
+//  --help and --version exit.
+static int s_apply_flag(s_cfg_t *c, const s_flag_t *f, char *arg)
+{
+    void *field = (char *)c + f->off;
+    double v = 0;
+    if (f->kind >= K_INT && f->kind <= K_DBL &&
+        s_num(f->name, arg, f->lo, f->hi, &v))
+        return -1;
+    switch (f->kind) {
+    case K_STR:
+        *(const char **)field = arg;
+        return 0;
+    case K_INT:
+        *(int *)field = (int)v;
+        return 0;
+    case K_I64:
+        *(int64_t *)field = (int64_t)v;
+        return 0;
+    case K_U64:
+        *(uint64_t *)field = (uint64_t)v;
+        return 0;
+    case K_DBL:
+        *(double *)field = v;
+        return 0;
+    case K_MS:
+        return s_ms(f->name, arg, (int64_t)f->lo, (int64_t *)field);
+    case K_TRUE:
+        *(bool *)field = true;
+        return 0;
+    case K_KEY:
+        if (!*arg) {
+            fprintf(stderr, "llmq-sim: --api-key must not be empty\n");
+            return -1;
+        }
+        return s_append(&c->api_keys, &c->n_api_keys, arg);
+    case K_MODELS: {
+        char *list = strdup(arg), *save = NULL;
+        for (char *m = strtok_r(list, ",", &save); m;
+             m = strtok_r(NULL, ",", &save))
+            if (s_append(&c->models, &c->n_models, strdup(m)))
+                return -1;
+        free(list);
+        return 0;
+    }
+    case K_RANDOM:
+        sim_random_text = true;
+        return 0;
+    case K_HELP:
+        s_usage(stdout);
+        exit(0);
+    case K_VERSION:
+        printf("llmq-sim %s\n", LLMQ_VERSION_STRING);
+        exit(0);
+    }
+    return -1;
+}
+
+//  Parses the command line into c (see s_usage). Returns 0 or -1 with the
+//  reason on stderr.
 static int s_parse_flags(s_cfg_t *c, int argc, char **argv)
 {
-    enum {
-        F_HOST = 256,
-        F_PORT,
-        F_LAT,
-        F_JIT,
-        F_TPS,
-        F_RPM,
-        F_TPM,
-        F_KEY,
-        F_MODELS,
-        F_P500,
-        F_P503,
-        F_P429,
-        F_PHANG,
-        F_PMAL,
-        F_PRESET,
-        F_HANGMS,
-        F_SEED,
-        F_RANDTEXT,
-        F_BVAL,
-        F_BPROG,
-        F_BFIN,
-        F_BEXP,
-        F_MAXBODY,
-        F_STORE,
-        F_QUIET,
-        F_PARENT,
-        F_HELP,
-        F_VERSION
-    };
-    static const struct option opts[] = {
-        {"host", required_argument, 0, F_HOST},
-        {"port", required_argument, 0, F_PORT},
-        {"latency-ms", required_argument, 0, F_LAT},
-        {"jitter-ms", required_argument, 0, F_JIT},
-        {"tokens-per-sec", required_argument, 0, F_TPS},
-        {"rpm", required_argument, 0, F_RPM},
-        {"tpm", required_argument, 0, F_TPM},
-        {"api-key", required_argument, 0, F_KEY},
-        {"models", required_argument, 0, F_MODELS},
-        {"p500", required_argument, 0, F_P500},
-        {"p503", required_argument, 0, F_P503},
-        {"p429", required_argument, 0, F_P429},
-        {"phang", required_argument, 0, F_PHANG},
-        {"pmalformed", required_argument, 0, F_PMAL},
-        {"preset", required_argument, 0, F_PRESET},
-        {"hang-ms", required_argument, 0, F_HANGMS},
-        {"seed", required_argument, 0, F_SEED},
-        {"random-text", no_argument, 0, F_RANDTEXT},
-        {"batch-validate-ms", required_argument, 0, F_BVAL},
-        {"batch-progress-ms", required_argument, 0, F_BPROG},
-        {"batch-finalize-ms", required_argument, 0, F_BFIN},
-        {"batch-expire-ms", required_argument, 0, F_BEXP},
-        {"max-body", required_argument, 0, F_MAXBODY},
-        {"max-file-store", required_argument, 0, F_STORE},
-        {"quiet", no_argument, 0, F_QUIET},
-        {"exit-with-parent", no_argument, 0, F_PARENT},
-        {"help", no_argument, 0, F_HELP},
-        {"version", no_argument, 0, F_VERSION},
-        {0, 0, 0, 0}};
+    struct option opts[S_N_FLAGS + 1];
+    for (size_t i = 0; i < S_N_FLAGS; i++) {
+        s_kind_t k = s_flags[i].kind;
+        bool bare =
+            k == K_TRUE || k == K_RANDOM || k == K_HELP || k == K_VERSION;
+        opts[i] = (struct option){s_flags[i].name,
+                                  bare ? no_argument : required_argument, 0,
+                                  256 + (int)i};
+    }
+    opts[S_N_FLAGS] = (struct option){0, 0, 0, 0};
     int ch;
-    double v;
     opterr = 0;
     while ((ch = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
-        const char *name = NULL;
-        for (const struct option *o = opts; o->name; o++)
-            if (o->val == ch)
-                name = o->name;
-#define NUM(lo, hi)                                                            \
-    do {                                                                       \
-        if (s_num(name, optarg, (lo), (hi), &v))                               \
-            return -1;                                                         \
-    } while (0)
-#define MS(lo, field)                                                          \
-    do {                                                                       \
-        if (s_ms(name, optarg, (lo), &(field)))                                \
-            return -1;                                                         \
-    } while (0)
-        switch (ch) {
-        case F_HOST:
-            c->host = optarg;
-            break;
-        case F_PORT:
-            NUM(0, 65535);
-            c->port = (int)v;
-            break;
-        case F_LAT:
-            MS(0, c->latency_ms);
-            break;
-        case F_JIT:
-            MS(0, c->jitter_ms);
-            break;
-        case F_TPS:
-            NUM(0, 1e9);
-            c->tokens_per_sec = v;
-            break;
-        case F_RPM:
-            NUM(0, 1e15);
-            c->rpm = (int64_t)v;
-            break;
-        case F_TPM:
-            NUM(0, 1e15);
-            c->tpm = (int64_t)v;
-            break;
-        case F_KEY: {
-            if (!*optarg) {
-                fprintf(stderr, "llmq-sim: --api-key must not be empty\n");
-                return -1;
-            }
-            char **k = realloc(c->api_keys,
-                               sizeof(char *) * (size_t)(c->n_api_keys + 1));
-            if (!k)
-                return -1;
-            c->api_keys = k;
-            c->api_keys[c->n_api_keys++] = optarg;
-            break;
-        }
-        case F_MODELS: {
-            char *list = strdup(optarg), *save = NULL;
-            for (char *m = strtok_r(list, ",", &save); m;
-                 m = strtok_r(NULL, ",", &save)) {
-                char **k = realloc(c->models,
-                                   sizeof(char *) * (size_t)(c->n_models + 1));
-                if (!k)
-                    return -1;
-                c->models = k;
-                c->models[c->n_models++] = strdup(m);
-            }
-            free(list);
-            break;
-        }
-        case F_P500:
-            NUM(0, 1);
-            c->p500 = v;
-            break;
-        case F_P503:
-            NUM(0, 1);
-            c->p503 = v;
-            break;
-        case F_P429:
-            NUM(0, 1);
-            c->p429 = v;
-            break;
-        case F_PHANG:
-            NUM(0, 1);
-            c->phang = v;
-            break;
-        case F_PMAL:
-            NUM(0, 1);
-            c->pmalformed = v;
-            break;
-        case F_PRESET:
-            NUM(0, 1);
-            c->preset = v;
-            break;
-        case F_HANGMS:
-            MS(0, c->hang_ms);
-            break;
-        case F_RANDTEXT:
-            sim_random_text = true;
-            break;
-        case F_SEED:
-            NUM(0, 1.8e19);
-            c->seed = (uint64_t)v;
-            break;
-        case F_BVAL:
-            MS(0, c->batch.validate_ms);
-            break;
-        case F_BPROG:
-            MS(0, c->batch.progress_ms);
-            break;
-        case F_BFIN:
-            MS(0, c->batch.finalize_ms);
-            break;
-        case F_BEXP:
-            MS(1, c->batch.expire_ms);
-            break;
-        case F_MAXBODY:
-            NUM(1024, 1e12);
-            c->max_body = (int64_t)v;
-            break;
-        case F_STORE:
-            NUM(0, 1e13);
-            c->batch.max_store = (int64_t)v;
-            break;
-        case F_QUIET:
-            c->quiet = true;
-            break;
-        case F_PARENT:
-            c->exit_with_parent = true;
-            break;
-        case F_HELP:
-        case 'h':
+        if (ch == 'h') {
             s_usage(stdout);
             exit(0);
-        case F_VERSION:
-            printf("llmq-sim %s\n", LLMQ_VERSION_STRING);
-            exit(0);
-        default:
+        }
+        if (ch < 256 || ch >= 256 + (int)S_N_FLAGS) {
             fprintf(stderr,
                     "llmq-sim: unknown or incomplete flag '%s' (see --help)\n",
                     argv[optind - 1]);
             return -1;
         }
-#undef NUM
-#undef MS
+        if (s_apply_flag(c, &s_flags[ch - 256], optarg))
+            return -1;
     }
     if (optind < argc) {
         fprintf(stderr, "llmq-sim: unexpected argument '%s' (see --help)\n",
@@ -1744,7 +1596,7 @@ static void s_on_signal(evutil_socket_t sig, short what, void *arg)
 {
     (void)sig;
     (void)what;
-    event_base_loopbreak(((sim_t *)arg)->base);
+    event_base_loopbreak(((sim_t *)arg)->net.base);
 }
 
 //  Raise the fd limit so 10,000+ connections fit.
@@ -1798,11 +1650,9 @@ static int s_listen(const char *host, int port, int *bound_port)
     return fd;
 }
 
-int main(int argc, char **argv)
+//  The defaults of every flag not zero.
+static void s_cfg_defaults(s_cfg_t *c)
 {
-    static sim_t s_sim; //  big (stats table): keep it off the stack
-    sim_t *sim = &s_sim;
-    s_cfg_t *c = &sim->cfg;
     c->host = "127.0.0.1";
     c->port = 8089;
     c->seed = 1;
@@ -1812,16 +1662,11 @@ int main(int argc, char **argv)
     c->batch.finalize_ms = 1000;
     c->batch.expire_ms = 86400000;
     c->batch.max_store = 1073741824LL;
-    if (s_parse_flags(c, argc, argv))
-        return 2;
+}
 
-    if (c->exit_with_parent) {
-        //  The parent may already be gone (then we were reparented).
-        pid_t parent = getppid();
-        prctl(PR_SET_PDEATHSIG, SIGTERM);
-        if (getppid() != parent || parent == 1)
-            return 0;
-    }
+//  Process-wide settings: signals, fd limit, allocator.
+static void s_process_setup(void)
+{
     signal(SIGPIPE, SIG_IGN);
     s_raise_nofile();
 #ifdef __GLIBC__
@@ -1830,29 +1675,41 @@ int main(int argc, char **argv)
     //  the epoll changelist below) a request costs 15-20% less CPU here.
     mallopt(M_MXFAST, 0);
 #endif
+}
+
+//  The event loop, with the changelist: it folds evhttp's many read/write
+//  enable toggles per request into at most one epoll_ctl per fd per loop
+//  iteration. NULL if out of memory.
+static struct event_base *s_base_new(void)
+{
+    struct event_config *ecfg = event_config_new();
+    if (ecfg)
+        event_config_set_flag(ecfg, EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST);
+    struct event_base *base = ecfg ? event_base_new_with_config(ecfg) : NULL;
+    if (ecfg)
+        event_config_free(ecfg);
+    return base ? base : event_base_new();
+}
+
+//  Binds, sets up the server and prints the ready line. Returns 0, or the
+//  exit code (1, or 2 for a bad address).
+static int s_start(sim_t *sim)
+{
+    s_cfg_t *c = &sim->cfg;
     sim->rng =
         c->seed ? c->seed * 0x9E3779B97F4A7C15ULL : 0x853c49e6748fea9bULL;
     sim->started_ms = sim_mono_ms();
     sim->conns = calloc(S_CONN_BUCKETS, sizeof(s_conn_t *));
     sim->cap_windows = 64;
     sim->windows = calloc(sim->cap_windows, sizeof(s_window_t));
-    sim->n_windows = 1; //  [0] is the shared overflow window
-    sim->windows[0].start = -1;
-    //  The changelist folds evhttp's many read/write enable toggles per
-    //  request into at most one epoll_ctl per fd per loop iteration.
-    struct event_config *ecfg = event_config_new();
-    if (ecfg)
-        event_config_set_flag(ecfg, EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST);
-    sim->base = ecfg ? event_base_new_with_config(ecfg) : NULL;
-    if (ecfg)
-        event_config_free(ecfg);
-    if (!sim->base)
-        sim->base = event_base_new();
-    sim->http = sim->base ? evhttp_new(sim->base) : NULL;
+    sim->net.base = s_base_new();
+    sim->http = sim->net.base ? evhttp_new(sim->net.base) : NULL;
     if (!sim->conns || !sim->windows || !sim->http) {
         fprintf(stderr, "llmq-sim: out of memory\n");
         return 1;
     }
+    sim->n_windows = 1; //  [0] is the shared overflow window
+    sim->windows[0].start = -1;
     int port = 0;
     int fd = s_listen(c->host, c->port, &port);
     if (fd < 0)
@@ -1869,35 +1726,28 @@ int main(int argc, char **argv)
                                               EVHTTP_REQ_HEAD | EVHTTP_REQ_PUT);
     //  Idle keep-alive connections are closed after 10 minutes.
     evhttp_set_timeout(sim->http, 600);
-    snprintf(sim->url, sizeof(sim->url), "http://%s:%d", c->host, port);
+    snprintf(sim->net.url, sizeof(sim->net.url), "http://%s:%d", c->host, port);
     if (c->latency_ms > 0) {
         struct timeval tv = {c->latency_ms / 1000,
                              (c->latency_ms % 1000) * 1000};
-        sim->latency_tv = event_base_init_common_timeout(sim->base, &tv);
+        sim->latency_tv = event_base_init_common_timeout(sim->net.base, &tv);
     }
-    sim->batches = sim_batches_new(sim, &c->batch);
-    sim->sigint = evsignal_new(sim->base, SIGINT, s_on_signal, sim);
-    sim->sigterm = evsignal_new(sim->base, SIGTERM, s_on_signal, sim);
+    sim->net.api_keys = c->api_keys;
+    sim->net.n_api_keys = c->n_api_keys;
+    sim->batches = sim_batches_new(&sim->net, &c->batch, s_exec_line, sim);
+    sim->sigint = evsignal_new(sim->net.base, SIGINT, s_on_signal, sim);
+    sim->sigterm = evsignal_new(sim->net.base, SIGTERM, s_on_signal, sim);
     event_add(sim->sigint, NULL);
     event_add(sim->sigterm, NULL);
-
-    printf("ready llmq-sim url=%s\n", sim->url);
+    printf("ready llmq-sim url=%s\n", sim->net.url);
     fflush(stdout);
-    if (!c->quiet)
-        fprintf(stderr,
-                "llmq-sim: listening on %s (latency %" PRId64
-                " ms, jitter %" PRId64 " ms, %g tokens/s, rpm %" PRId64
-                ", tpm %" PRId64 ")\n",
-                sim->url, c->latency_ms, c->jitter_ms, c->tokens_per_sec,
-                c->rpm, c->tpm);
+    return 0;
+}
 
-    event_base_dispatch(sim->base);
-
-    if (!c->quiet)
-        fprintf(stderr, "llmq-sim: stopping (%" PRIu64 " requests served)\n",
-                sim->total);
-    //  Pending replies first (they point at requests), then the server
-    //  (which closes connections and frees their requests).
+//  Frees the server: pending replies first (they point at requests), then
+//  the server (which closes connections and frees their requests).
+static void s_stop(sim_t *sim)
+{
     s_pending_t *p = sim->pending;
     while (p) {
         s_pending_t *next = p->next;
@@ -1910,12 +1760,47 @@ int main(int argc, char **argv)
     sim_batches_destroy(&sim->batches);
     event_free(sim->sigint);
     event_free(sim->sigterm);
-    event_base_free(sim->base);
+    event_base_free(sim->net.base);
     s_map_clear(&sim->arrivals);
     s_map_clear(&sim->billed);
     s_map_clear(&sim->window_ix);
     free(sim->windows);
     free(sim->conns);
+}
+
+int main(int argc, char **argv)
+{
+    static sim_t s_sim; //  big (stats table): keep it off the stack
+    sim_t *sim = &s_sim;
+    s_cfg_t *c = &sim->cfg;
+    s_cfg_defaults(c);
+    if (s_parse_flags(c, argc, argv))
+        return 2;
+    if (c->exit_with_parent) {
+        //  The parent may already be gone (then we were reparented).
+        pid_t parent = getppid();
+        prctl(PR_SET_PDEATHSIG, SIGTERM);
+        if (getppid() != parent || parent == 1)
+            return 0;
+    }
+    s_process_setup();
+    int rc = s_start(sim);
+    if (rc)
+        return rc;
+    llmq_log_setup(NULL, "llmq-sim", false,
+                   c->quiet ? LLMQ_LOG_OFF : LLMQ_LOG_INFO);
+    llmq_log(
+        NULL, LLMQ_LOG_INFO, "listening", LLMQ_LOG_STR("url", sim->net.url),
+        LLMQ_LOG_INT("latency_ms", c->latency_ms),
+        LLMQ_LOG_INT("jitter_ms", c->jitter_ms),
+        LLMQ_LOG_DBL("tokens_per_s", c->tokens_per_sec),
+        LLMQ_LOG_INT("rpm", c->rpm), LLMQ_LOG_INT("tpm", c->tpm), LLMQ_LOG_END);
+
+    event_base_dispatch(sim->net.base);
+
+    llmq_log(NULL, LLMQ_LOG_INFO, "stopping",
+             LLMQ_LOG_INT("served", sim->net.total), LLMQ_LOG_END);
+    s_stop(sim);
     for (int i = 0; i < c->n_models; i++)
         free(c->models[i]);
     free(c->models);

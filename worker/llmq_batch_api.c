@@ -35,6 +35,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "llmq_log.h"
 #include "llmq_sse.h"
 #include "llmq_value.h"
 
@@ -166,8 +167,10 @@ static void s_fail(s_task_t **task_p, llmq_err_t err, int status,
     llmq_msg_set_failure(m, err, status, text);
     llmq_msg_clear(m, LLMQ_F_ok); /* set_failure is made for res */
     if (self->verbose)
-        zsys_info("batch api: job %s failed: %s (%s, %d)", t->job, text,
-                  llmq_err_name(err), status);
+        llmq_log(NULL, LLMQ_LOG_INFO, "batch_api_job_failed",
+                 LLMQ_LOG_STR("job", t->job), LLMQ_LOG_STR("error", text),
+                 LLMQ_LOG_STR("code", llmq_err_name(err)),
+                 LLMQ_LOG_INT("status", status), LLMQ_LOG_END);
     s_send(self, m);
     s_task_destroy(task_p);
 }
@@ -307,8 +310,10 @@ static int s_call(self_t *self, s_task_t *task, s_step_t step,
     }
     zlistx_add_end(self->calls, c);
     if (self->verbose)
-        zsys_info("batch api: %s %s%s", method,
-                  llmq_provider_base_url(self->provider), route);
+        llmq_log(NULL, LLMQ_LOG_INFO, "batch_api_call",
+                 LLMQ_LOG_STR("method", method),
+                 LLMQ_LOG_STR("url", llmq_provider_base_url(self->provider)),
+                 LLMQ_LOG_STR("route", route), LLMQ_LOG_END);
     return 0;
 }
 
@@ -588,7 +593,8 @@ static void s_delete_file(self_t *self, const char *id)
     snprintf(route, sizeof route, "%s/%s", self->api->files, id);
     /*  Nobody waits for it: a failed delete only leaves a file behind. */
     if (s_call(self, NULL, ST_DELETE, "DELETE", route, NULL))
-        zsys_warning("batch api: cannot delete file %s", id);
+        llmq_log(NULL, LLMQ_LOG_WARN, "batch_api_delete_failed",
+                 LLMQ_LOG_STR("file", id), LLMQ_LOG_END);
 }
 
 /*  Fetch from files: download what is left, or answer. */
@@ -744,7 +750,8 @@ static void s_on_call(s_call_t *c, CURLcode result)
     s_task_t *t = c->task;
     if (!t) {
         if (result != CURLE_OK || status >= 300)
-            zsys_warning("batch api: cleanup call failed (%ld)", status);
+            llmq_log(NULL, LLMQ_LOG_WARN, "batch_api_cleanup_failed",
+                     LLMQ_LOG_INT("status", status), LLMQ_LOG_END);
         return;
     }
     if (result != CURLE_OK) {

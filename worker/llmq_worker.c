@@ -3,9 +3,9 @@
     Design. One thread runs one loop:
 
         wait   zmq_poll over the DEALER, an epoll fd holding every curl
-               socket, and a wake pipe (signals); the timeout is the nearest
-               of: heartbeat, curl's timer, a retry coming due, the limiter's
-               next start, a health probe, the drain deadline
+               socket, and the actor's pipe (DRAIN, $TERM); the timeout is
+               the nearest of: heartbeat, curl's timer, a retry coming due,
+               the limiter's next start, a health probe, the drain deadline
         curl   epoll events -> curl_multi_socket_action; finished transfers
                -> s_transfer_done (parse, classify, retry or answer)
         zmq    drain the DEALER: req, cancel, limits, hb, error
@@ -15,9 +15,10 @@
 
     A request ("job") lives from its `req` until its one `res`: QUEUED
     (waiting for the limiter or the breaker), RUNNING (an HTTP attempt on
-    curl), WAITING (backoff before the next attempt, in a min-heap by due
-    time). The broker's credit counts jobs held, so capacity bounds memory:
-    jobs keep only the built HTTP request and the answer being received.
+    curl), WAITING (backoff before the next attempt, in the retry queue by
+    due time: proto/llmq_queue.h, the heap the broker's queues use too).
+    The broker's credit counts jobs held, so capacity bounds memory: jobs
+    keep only the built HTTP request and the answer being received.
 
     Retries happen here, never in the broker: 408/409/429/5xx, timeouts,
     connection errors and broken JSON, with exponential backoff and full
@@ -34,9 +35,10 @@
 #include "llmq_worker.h"
 
 #include <curl/curl.h>
+#include <openssl/crypto.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -49,14 +51,11 @@
 #include "llmq_limiter.h"
 #include "llmq_msg.h"
 #include "llmq_provider.h"
+#include "llmq_queue.h"
 #include "llmq_sse.h"
 #include "llmq_value.h"
 #include "llmq_wlog.h"
 #include "llmq_wmetrics.h"
-
-#ifndef LLMQ_VERSION_STRING
-#define LLMQ_VERSION_STRING "0.1.0"
-#endif
 
 /*  Largest answer body kept in memory; beyond it the attempt fails. */
 #define S_MAX_BODY (64 * 1024 * 1024)
@@ -66,7 +65,6 @@
 #define S_HB_LIVENESS 3
 /*  Messages read from the DEALER per loop turn, so curl is served too. */
 #define S_ZMQ_BATCH 4096
-#define S_NO_HEAP ((size_t)-1)
 #define S_METRIC_ITEMS 17 /* metrics listener + scrapers served at once */
 /*  Held results (PROTOCOL.md 3.3): at most this many, this many bytes, and
     for this long after they were sent, whichever ends first. */
@@ -136,11 +134,11 @@ typedef struct {
     llmq_sse_t *sse;     /* stream parser, per attempt */
     llmq_stream_t *st;   /* stream state, per attempt */
     int64_t seq;         /* next chunk seq */
-    size_t heap_ix;      /* index in the retry heap */
-    int64_t due_ms;      /* WAITING: when to try again */
     void *queue_handle;  /* QUEUED: handle in the start queue */
     int64_t queued_ms;   /* QUEUED: since when */
     bool limiter_waited; /* counted in limiter_waits */
+    /*  WAITING: in the worker's retries, seq = when to try again. */
+    llmq_queue_node_t retry;
 } s_job_t;
 
 struct _s_worker_t {
@@ -161,9 +159,8 @@ struct _s_worker_t {
     size_t held_bytes;    /* sum of their bytes */
     const char *poison;   /* LLMQ_TEST_POISON: abort on a body with it */
     zlistx_t *queue;      /* s_job_t waiting to start, FIFO */
-    s_job_t **heap;       /* WAITING jobs, min-heap by due_ms */
-    size_t heap_len;
-    size_t heap_cap;
+    /*  WAITING jobs, soonest due first. */
+    llmq_queue_t *retries;
     CURL **pool; /* idle easy handles */
     size_t pool_len;
     size_t pool_cap;
@@ -177,21 +174,21 @@ struct _s_worker_t {
     int64_t broker_seen;   /* last message from the broker */
     int64_t limiter_at;    /* next limiter retry for the queue, 0 none */
     int64_t avg_tokens;    /* running mean of estimates (credit) */
-    bool draining;         /* SIGTERM seen, bye sent */
+    zsock_t *pipe;         /* the actor's pipe (borrowed) */
+    bool drain_asked;      /* DRAIN came over the pipe */
+    bool draining;         /* DRAIN taken, bye sent */
     int64_t drain_at;      /* drain deadline */
-    int exit_code;         /* what run() returns */
+    bool terminated;       /* $TERM came over the pipe: stop now */
+    int exit_code;         /* sent with STOPPED */
+    char stop_text[600];   /* a line for the user, sent with STOPPED */
     bool done;             /* leave the loop */
-    uint64_t rng;          /* jitter */
+    unsigned short rng[3]; /* jitter: nrand48's state, ours alone */
     uint64_t answered;     /* counters, for the log */
     uint64_t failed;
     llmq_wmetrics_t *metrics;                /* --metrics, or NULL */
     zcert_t *cert;                           /* CURVE keypair, or NULL */
     char server_key[LLMQ_CURVE_KEY_LEN + 1]; /* broker's public key */
 };
-
-/*  Wake pipe and stop requests, shared with the signal handler. */
-static volatile sig_atomic_t s_stop_requests = 0;
-static int s_wake[2] = {-1, -1};
 
 /*  --- small helpers --------------------------------------------------------
  */
@@ -201,15 +198,10 @@ static int64_t s_now(void)
     return zclock_mono();
 }
 
+/*  62 random bits: jitter needs spread, not secrecy. */
 static uint64_t s_rand(s_worker_t *self)
 {
-    /*  xorshift64*: jitter needs spread, not secrecy. */
-    uint64_t x = self->rng;
-    x ^= x >> 12;
-    x ^= x << 25;
-    x ^= x >> 27;
-    self->rng = x;
-    return x * 2685821657736338717ULL;
+    return (uint64_t)nrand48(self->rng) << 31 | (uint64_t)nrand48(self->rng);
 }
 
 static int64_t s_min_due(int64_t a, int64_t b)
@@ -221,72 +213,11 @@ static int64_t s_min_due(int64_t a, int64_t b)
     return a < b ? a : b;
 }
 
-/*  --- retry heap ---------------------------------------------------------- */
-
-static void s_heap_swap(s_worker_t *self, size_t a, size_t b)
+/*  The first job waiting to retry, or NULL. */
+static s_job_t *s_retry_first(s_worker_t *self)
 {
-    s_job_t *t = self->heap[a];
-    self->heap[a] = self->heap[b];
-    self->heap[b] = t;
-    self->heap[a]->heap_ix = a;
-    self->heap[b]->heap_ix = b;
-}
-
-static void s_heap_up(s_worker_t *self, size_t i)
-{
-    while (i > 0) {
-        size_t p = (i - 1) / 2;
-        if (self->heap[p]->due_ms <= self->heap[i]->due_ms)
-            break;
-        s_heap_swap(self, i, p);
-        i = p;
-    }
-}
-
-static void s_heap_down(s_worker_t *self, size_t i)
-{
-    for (;;) {
-        size_t l = 2 * i + 1, r = l + 1, m = i;
-        if (l < self->heap_len && self->heap[l]->due_ms < self->heap[m]->due_ms)
-            m = l;
-        if (r < self->heap_len && self->heap[r]->due_ms < self->heap[m]->due_ms)
-            m = r;
-        if (m == i)
-            break;
-        s_heap_swap(self, i, m);
-        i = m;
-    }
-}
-
-static int s_heap_push(s_worker_t *self, s_job_t *job)
-{
-    if (self->heap_len == self->heap_cap) {
-        size_t cap = self->heap_cap ? self->heap_cap * 2 : 64;
-        s_job_t **nh = realloc(self->heap, cap * sizeof *nh);
-        if (!nh)
-            return -1;
-        self->heap = nh;
-        self->heap_cap = cap;
-    }
-    job->heap_ix = self->heap_len;
-    self->heap[self->heap_len++] = job;
-    s_heap_up(self, job->heap_ix);
-    return 0;
-}
-
-static void s_heap_remove(s_worker_t *self, s_job_t *job)
-{
-    size_t i = job->heap_ix;
-    if (i == S_NO_HEAP || i >= self->heap_len)
-        return;
-    job->heap_ix = S_NO_HEAP;
-    self->heap_len--;
-    if (i == self->heap_len)
-        return;
-    self->heap[i] = self->heap[self->heap_len];
-    self->heap[i]->heap_ix = i;
-    s_heap_down(self, i);
-    s_heap_up(self, i);
+    llmq_queue_node_t *node = llmq_queue_peek(self->retries);
+    return node ? LLMQ_QUEUE_ITEM(node, s_job_t, retry) : NULL;
 }
 
 /*  --- easy handle pool ------------------------------------------------------
@@ -353,7 +284,7 @@ static void s_job_free(s_job_t **job_p)
     *job_p = NULL;
 }
 
-/*  Take a job out of whatever it is waiting in (queue, heap, curl). Does
+/*  Take a job out of whatever it is waiting in (queue, retries, curl). Does
     not free it or remove it from the jobs table. */
 static void s_job_detach(s_worker_t *self, s_job_t *job, bool release_tokens)
 {
@@ -361,7 +292,7 @@ static void s_job_detach(s_worker_t *self, s_job_t *job, bool release_tokens)
         zlistx_delete(self->queue, job->queue_handle);
         job->queue_handle = NULL;
     }
-    s_heap_remove(self, job);
+    llmq_queue_remove(self->retries, &job->retry);
     if (job->easy) {
         curl_multi_remove_handle(job->shard->multi, job->easy);
         job->shard->running--;
@@ -414,6 +345,26 @@ static void s_held_free(void **item)
     zlistx_destroy(&h->chunks);
     free(h);
     *item = NULL;
+}
+
+/*  The held results' tables. Returns 0 or -1. */
+static int s_held_new(s_worker_t *self)
+{
+    self->held = zhashx_new();
+    self->held_ids = zhashx_new();
+    self->held_order = zlistx_new();
+    if (!self->held || !self->held_ids || !self->held_order)
+        return -1;
+    zhashx_set_destructor(self->held, s_held_free);
+    return 0;
+}
+
+/*  held owns the results; held_ids and held_order borrow them. */
+static void s_held_destroy(s_worker_t *self)
+{
+    zhashx_destroy(&self->held_ids);
+    zlistx_destroy(&self->held_order);
+    zhashx_destroy(&self->held);
 }
 
 static void s_held_drop(s_worker_t *self, s_held_t *h)
@@ -977,6 +928,7 @@ static bool s_is_provider_failure(const llmq_perr_t *err)
 }
 
 static void s_probe_done(s_worker_t *self, s_job_t *job, CURLcode rc);
+static void s_attempt_failed(s_worker_t *self, s_job_t *job, int64_t now);
 
 /*  A transfer ended: answer, or retry, or fail. */
 static void s_transfer_done(s_worker_t *self, s_job_t *job, CURLcode rc,
@@ -1031,6 +983,13 @@ static void s_transfer_done(s_worker_t *self, s_job_t *job, CURLcode rc,
         cJSON_Delete(body);
         return;
     }
+    s_attempt_failed(self, job, now);
+}
+
+/*  An attempt failed (job->err says how): count it for the breaker, then
+    retry after a backoff, or answer the failure. */
+static void s_attempt_failed(s_worker_t *self, s_job_t *job, int64_t now)
+{
     llmq_provider_scrub(self->provider, job->err.message);
     /*  Only a request's first failure says something about the provider:
         the same request failing again on retry is evidence about that
@@ -1076,8 +1035,7 @@ static void s_transfer_done(s_worker_t *self, s_job_t *job, CURLcode rc,
               job->err.status, (long long)delay);
     llmq_wmetrics_count(self->metrics, "retries");
     job->state = S_WAITING;
-    job->due_ms = now + delay;
-    if (s_heap_push(self, job) != 0)
+    if (llmq_queue_push(self->retries, &job->retry, 0, now + delay) != 0)
         s_answer(self, job, NULL, NULL);
 }
 
@@ -1109,7 +1067,7 @@ static void s_probe_start(s_worker_t *self)
         return;
     job->worker = self;
     job->probe = true;
-    job->heap_ix = S_NO_HEAP;
+    llmq_queue_node_init(&job->retry);
     job->received_ms = s_now();
     if (llmq_provider_health(self->provider, &job->http) != 0 ||
         s_start_transfer(self, job, s_now()) != 0) {
@@ -1164,11 +1122,8 @@ static void s_probe_done(s_worker_t *self, s_job_t *job, CURLcode rc)
     s_job_free(&job);
 
     if (self->cfg->check_only) {
-        if (outcome == 0)
-            printf("ok: %s\n", text);
-        else
-            fprintf(stderr, "llmq-worker: %s\n", text);
-        fflush(stdout);
+        /*  The caller prints it (STOPPED). */
+        snprintf(self->stop_text, sizeof self->stop_text, "%s", text);
         self->exit_code = outcome;
         self->done = true;
         return;
@@ -1254,9 +1209,7 @@ static void s_join(s_worker_t *self)
               self->cfg->broker, self->cfg->name, self->cfg->pool,
               self->cfg->provider, (long long)self->cfg->capacity);
     const char *url = llmq_wmetrics_url(self->metrics);
-    printf("ready llmq-worker worker=%s%s%s\n", self->cfg->name,
-           url ? " metrics=" : "", url ? url : "");
-    fflush(stdout);
+    zstr_sendx(self->pipe, "READY", self->cfg->name, url ? url : "", NULL);
     s_grant_credit(self, s_now());
 }
 
@@ -1331,6 +1284,10 @@ static void s_poison_check(s_worker_t *self, zframe_t *payload)
     }
 }
 
+static void s_job_build(s_worker_t *self, s_job_t *job, llmq_msg_t *msg);
+
+/*  `req`: a resend we can attach, or a new job (s_job_build) unless the
+    broker sent it past our capacity. */
 static void s_on_req(s_worker_t *self, llmq_msg_t *msg)
 {
     int64_t now = s_now();
@@ -1347,8 +1304,7 @@ static void s_on_req(s_worker_t *self, llmq_msg_t *msg)
     const char *rkey = llmq_msg_rkey(msg);
     if (rkey && *rkey && llmq_msg_resend(msg) && s_attach(self, rkey, id))
         return;
-    zframe_t *payload = llmq_msg_payload(msg);
-    s_poison_check(self, payload);
+    s_poison_check(self, llmq_msg_payload(msg));
     s_job_t *job = calloc(1, sizeof *job);
     if (!job)
         return;
@@ -1358,7 +1314,7 @@ static void s_on_req(s_worker_t *self, llmq_msg_t *msg)
     job->op = llmq_op_from_name(llmq_msg_op(msg));
     job->stream = llmq_msg_stream(msg);
     job->received_ms = now;
-    job->heap_ix = S_NO_HEAP;
+    llmq_queue_node_init(&job->retry);
     llmq_ratelimit_init(&job->rl);
     if (llmq_msg_deadline_ms(msg) > 0)
         job->deadline_at = now + llmq_msg_deadline_ms(msg);
@@ -1379,6 +1335,14 @@ static void s_on_req(s_worker_t *self, llmq_msg_t *msg)
                "worker at capacity: request sent without credit");
         return;
     }
+    s_job_build(self, job, msg);
+}
+
+/*  A new job: its op and body checked, then answered at once (a provider
+    without HTTP) or its HTTP request built and queued for the limiter. */
+static void s_job_build(s_worker_t *self, s_job_t *job, llmq_msg_t *msg)
+{
+    zframe_t *payload = llmq_msg_payload(msg);
     if (job->op == LLMQ_OP_UNKNOWN) {
         char text[128];
         snprintf(text, sizeof text,
@@ -1416,7 +1380,7 @@ static void s_on_req(s_worker_t *self, llmq_msg_t *msg)
     }
     s_add_traceparent(job, llmq_msg_trace(msg));
     s_enqueue(self, job, false);
-    s_pump(self, now);
+    s_pump(self, s_now());
 }
 
 static void s_on_cancel(s_worker_t *self, llmq_msg_t *msg)
@@ -1428,19 +1392,44 @@ static void s_on_cancel(s_worker_t *self, llmq_msg_t *msg)
     s_fail(self, job, LLMQ_ERR_CANCELLED, 0, false, "cancelled");
 }
 
+/*  job.*: a provider Batch API task (issue 8), or an answer that this
+    worker has none (not announced), never a hang. */
+static void s_on_job(s_worker_t *self, llmq_msg_t *msg)
+{
+    if (self->batch && llmq_batch_api_handle(self->batch, msg) >= 0)
+        return;
+    llmq_msg_t *m = llmq_msg_new(LLMQ_MSG_JOB_STATUS);
+    llmq_msg_set_job(m, llmq_msg_job(msg));
+    if (llmq_msg_provider_batch(msg))
+        llmq_msg_set_provider_batch(m, llmq_msg_provider_batch(msg));
+    llmq_msg_set_state(m, "failed");
+    llmq_msg_set_error_code(m, llmq_err_name(LLMQ_ERR_INVALID_REQUEST));
+    llmq_msg_set_error_message(
+        m, "this worker does not run provider Batch API jobs");
+    llmq_msg_set_error_retryable(m, false);
+    s_send(self, &m);
+}
+
+/*  The broker's work for us, by message type: requests, their cancels and
+    acks, Batch API tasks. The connection's own messages (limits, hb,
+    errors) are handled in s_handle_broker. */
+typedef void(s_action_fn)(s_worker_t *self, llmq_msg_t *msg);
+static s_action_fn *const s_actions[LLMQ_MSG_COUNT] = {
+    [LLMQ_MSG_REQ] = s_on_req,        [LLMQ_MSG_CANCEL] = s_on_cancel,
+    [LLMQ_MSG_ACK] = s_on_ack,        [LLMQ_MSG_JOB_SUBMIT] = s_on_job,
+    [LLMQ_MSG_JOB_POLL] = s_on_job,   [LLMQ_MSG_JOB_FETCH] = s_on_job,
+    [LLMQ_MSG_JOB_CANCEL] = s_on_job,
+};
+
 static void s_handle_broker(s_worker_t *self, llmq_msg_t *msg)
 {
     self->broker_seen = s_now();
-    switch (llmq_msg_type(msg)) {
-    case LLMQ_MSG_REQ:
-        s_on_req(self, msg);
-        break;
-    case LLMQ_MSG_CANCEL:
-        s_on_cancel(self, msg);
-        break;
-    case LLMQ_MSG_ACK:
-        s_on_ack(self, msg);
-        break;
+    llmq_msg_type_t type = llmq_msg_type(msg);
+    if (type < LLMQ_MSG_COUNT && s_actions[type]) {
+        s_actions[type](self, msg);
+        return;
+    }
+    switch (type) {
     case LLMQ_MSG_LIMITS:
         llmq_limiter_set_rates(self->limiter, llmq_msg_limits_rpm(msg),
                                llmq_msg_limits_tpm(msg), s_now());
@@ -1463,25 +1452,6 @@ static void s_handle_broker(s_worker_t *self, llmq_msg_t *msg)
              s_now() - self->hello_at >= self->cfg->heartbeat_ms))
             s_send_hello(self);
         break;
-    case LLMQ_MSG_JOB_SUBMIT:
-    case LLMQ_MSG_JOB_POLL:
-    case LLMQ_MSG_JOB_FETCH:
-    case LLMQ_MSG_JOB_CANCEL: {
-        if (self->batch && llmq_batch_api_handle(self->batch, msg) >= 0)
-            break;
-        /*  No Batch API here (not announced): answer, never hang. */
-        llmq_msg_t *m = llmq_msg_new(LLMQ_MSG_JOB_STATUS);
-        llmq_msg_set_job(m, llmq_msg_job(msg));
-        if (llmq_msg_provider_batch(msg))
-            llmq_msg_set_provider_batch(m, llmq_msg_provider_batch(msg));
-        llmq_msg_set_state(m, "failed");
-        llmq_msg_set_error_code(m, llmq_err_name(LLMQ_ERR_INVALID_REQUEST));
-        llmq_msg_set_error_message(
-            m, "this worker does not run provider Batch API jobs");
-        llmq_msg_set_error_retryable(m, false);
-        s_send(self, &m);
-        break;
-    }
     case LLMQ_MSG_INVALID:
         llmq_wlog(LLMQ_LOG_WARN, "undecodable message from broker: %s",
                   llmq_msg_invalid_reason(msg));
@@ -1531,22 +1501,6 @@ static void s_grant_credit(s_worker_t *self, int64_t now)
 /*  --- the loop
  * ------------------------------------------------------------------------- */
 
-static void s_on_signal(int sig)
-{
-    (void)sig;
-    llmq_worker_stop();
-}
-
-void llmq_worker_stop(void)
-{
-    s_stop_requests++;
-    if (s_wake[1] >= 0) {
-        char c = 1;
-        ssize_t rc = write(s_wake[1], &c, 1);
-        (void)rc;
-    }
-}
-
 static void s_start_drain(s_worker_t *self, int64_t now)
 {
     self->draining = true;
@@ -1576,9 +1530,9 @@ static void s_abandon_all(s_worker_t *self)
 static void s_timers(s_worker_t *self, int64_t now)
 {
     /*  Retries due: to the front of the start queue. */
-    while (self->heap_len > 0 && self->heap[0]->due_ms <= now) {
-        s_job_t *job = self->heap[0];
-        s_heap_remove(self, job);
+    s_job_t *job;
+    while ((job = s_retry_first(self)) && job->retry.seq <= now) {
+        llmq_queue_remove(self->retries, &job->retry);
         s_enqueue(self, job, true);
     }
     s_held_trim(self, now);
@@ -1617,8 +1571,8 @@ static int64_t s_next_wake(s_worker_t *self, int64_t now)
         if (self->shards[i].due >= 0)
             due = s_min_due(due, self->shards[i].due > now ? self->shards[i].due
                                                            : now);
-    if (self->heap_len)
-        due = s_min_due(due, self->heap[0]->due_ms);
+    if (s_retry_first(self))
+        due = s_min_due(due, s_retry_first(self)->retry.seq);
     if (self->limiter_at && zlistx_size(self->queue))
         due = s_min_due(due, self->limiter_at);
     if (!self->dealer && self->probe_at)
@@ -1661,16 +1615,18 @@ static void s_curl_events(s_worker_t *self)
     }
 }
 
-/*  Wait for the next event: curl's sockets, the wake pipe (signals), the
-    broker, metrics scrapers; the timeout is the nearest timer. Empties
-    the wake pipe and serves scrapes. Returns -1 if polling failed, else 0
-    with *curl_ready set when curl's sockets are readable. */
+static void s_handle_pipe(s_worker_t *self);
+
+/*  Wait for the next event: curl's sockets, the actor's pipe, the broker,
+    metrics scrapers; the timeout is the nearest timer. Handles a pipe
+    command and serves scrapes. Returns -1 if polling failed, else 0 with
+    *curl_ready set when curl's sockets are readable. */
 static int s_wait(s_worker_t *self, int64_t now, bool *curl_ready)
 {
     zmq_pollitem_t items[3 + S_METRIC_ITEMS];
     int n = 0;
     items[n++] = (zmq_pollitem_t){NULL, self->epfd, ZMQ_POLLIN, 0};
-    items[n++] = (zmq_pollitem_t){NULL, s_wake[0], ZMQ_POLLIN, 0};
+    items[n++] = (zmq_pollitem_t){zsock_resolve(self->pipe), 0, ZMQ_POLLIN, 0};
     if (self->dealer)
         items[n++] =
             (zmq_pollitem_t){zsock_resolve(self->dealer), 0, ZMQ_POLLIN, 0};
@@ -1684,92 +1640,151 @@ static int s_wait(s_worker_t *self, int64_t now, bool *curl_ready)
     }
     if (rc <= 0)
         return 0;
-    if (items[1].revents & ZMQ_POLLIN) {
-        char drain[64];
-        while (read(s_wake[0], drain, sizeof drain) > 0)
-            ;
-    }
+    if (items[1].revents & ZMQ_POLLIN)
+        s_handle_pipe(self);
     llmq_wmetrics_service(self->metrics, items + first_metric,
                           (size_t)(n - first_metric), s_now());
     *curl_ready = (items[0].revents & ZMQ_POLLIN) != 0;
     return 0;
 }
 
-int llmq_worker_run(llmq_worker_t *self_)
+/*  curl's timers that came due, per shard. */
+static void s_curl_timers(s_worker_t *self, int64_t now)
 {
-    s_worker_t *self = (s_worker_t *)self_;
-    int64_t now = s_now();
+    for (size_t i = 0; i < self->nshards; i++) {
+        s_shard_t *shard = &self->shards[i];
+        if (shard->due >= 0 && now >= shard->due) {
+            int running;
+            shard->due = -1;
+            curl_multi_socket_action(shard->multi, CURL_SOCKET_TIMEOUT, 0,
+                                     &running);
+            s_check_multi(self, shard);
+        }
+    }
+}
+
+/*  The broker: everything waiting, in bounded batches. */
+static void s_read_broker(s_worker_t *self)
+{
+    for (int i = 0; self->dealer && i < S_ZMQ_BATCH &&
+                    (zsock_events(self->dealer) & ZMQ_POLLIN);
+         i++) {
+        llmq_msg_t *msg = llmq_msg_recv(self->dealer);
+        if (!msg)
+            break;
+        s_handle_broker(self, msg);
+        llmq_msg_destroy(&msg);
+    }
+}
+
+/*  While draining: done once nothing is held, or at the drain deadline
+    with whatever is left answered as failed. */
+static void s_drain_check(s_worker_t *self, int64_t now)
+{
+    if (!self->draining)
+        return;
+    if (zhashx_size(self->jobs) == 0 &&
+        (!self->batch || llmq_batch_api_active(self->batch) == 0))
+        self->done = true;
+    else if (now >= self->drain_at) {
+        llmq_wlog(LLMQ_LOG_WARN,
+                  "drain time over: %zu requests answered as failed",
+                  zhashx_size(self->jobs));
+        s_abandon_all(self);
+        self->done = true;
+    }
+}
+
+/*  DRAIN: say bye and await in-flight work (s_drain_check). A worker that
+    has not joined yet, or only checks the provider, has nothing to drain. */
+static void s_on_drain(s_worker_t *self)
+{
+    self->drain_asked = true;
+    if (self->draining || self->done)
+        return;
+    if (self->cfg->check_only || !self->dealer) {
+        self->exit_code = LLMQ_WORKER_EXIT_OK;
+        self->done = true;
+        return;
+    }
+    s_start_drain(self, s_now());
+}
+
+/*  A command from the actor's pipe (llmq_worker.h). */
+static void s_handle_pipe(s_worker_t *self)
+{
+    zmsg_t *msg = zmsg_recv(self->pipe);
+    char *command = msg ? zmsg_popstr(msg) : NULL;
+    if (!command || streq(command, "$TERM"))
+        self->terminated = true;
+    else if (streq(command, "DRAIN"))
+        s_on_drain(self);
+    else if (streq(command, "COUNTERS"))
+        zstr_sendf(self->pipe,
+                   "answered=%llu failed=%llu in_flight=%zu queued=%zu "
+                   "held=%zu",
+                   (unsigned long long)self->answered,
+                   (unsigned long long)self->failed, zhashx_size(self->jobs),
+                   zlistx_size(self->queue), zhashx_size(self->held));
+    free(command);
+    zmsg_destroy(&msg);
+}
+
+/*  Start: the provider's health check (the worker joins once it passes),
+    or join at once for a provider without HTTP. */
+static void s_start(s_worker_t *self)
+{
     if (llmq_provider_uses_http(self->provider)) {
         s_probe_start(self);
         if (!self->probe) {
             llmq_wlog(LLMQ_LOG_ERROR, "cannot start the health check");
-            return LLMQ_WORKER_EXIT_FAILURE;
+            self->exit_code = LLMQ_WORKER_EXIT_FAILURE;
+            self->done = true;
         }
     } else if (self->cfg->check_only) {
-        printf("ok: provider %s needs no HTTP\n", self->cfg->provider);
-        return 0;
+        snprintf(self->stop_text, sizeof self->stop_text,
+                 "provider %s needs no HTTP", self->cfg->provider);
+        self->done = true;
     } else
         s_join(self);
+}
 
-    while (!self->done) {
-        if (s_stop_requests > 0 && !self->draining) {
-            if (self->cfg->check_only || !self->dealer) {
-                self->exit_code = LLMQ_WORKER_EXIT_OK;
-                break;
-            }
-            s_start_drain(self, s_now());
-        }
-        if (s_stop_requests > 1 && self->draining)
-            self->drain_at = 0;
-        if (self->draining && zhashx_size(self->jobs) == 0 &&
-            (!self->batch || llmq_batch_api_active(self->batch) == 0))
-            break;
+/*  One turn of the loop: wait, then curl's sockets and timers, the broker,
+    our timers, starts, credit, and the drain. */
+static void s_turn(s_worker_t *self)
+{
+    bool curl_ready = false;
+    if (s_wait(self, s_now(), &curl_ready) < 0) {
+        self->exit_code = LLMQ_WORKER_EXIT_FAILURE;
+        self->done = true;
+        return;
+    }
+    if (self->terminated || self->done)
+        return;
+    if (curl_ready)
+        s_curl_events(self);
+    s_curl_timers(self, s_now());
+    s_read_broker(self);
+    int64_t now = s_now();
+    s_timers(self, now);
+    s_pump(self, now);
+    s_grant_credit(self, now);
+    s_drain_check(self, now);
+}
 
-        bool curl_ready = false;
-        if (s_wait(self, s_now(), &curl_ready) < 0) {
-            self->exit_code = LLMQ_WORKER_EXIT_FAILURE;
-            break;
+/*  Serve until done (drained, or stopped on our own) or $TERM, which stops
+    now: what is still held is answered as failed, retryable. */
+static void s_run(s_worker_t *self)
+{
+    s_start(self);
+    while (!self->done && !self->terminated)
+        s_turn(self);
+    if (self->terminated) {
+        if (self->dealer && !self->draining) {
+            llmq_msg_t *m = llmq_msg_new(LLMQ_MSG_BYE);
+            s_send(self, &m);
         }
-        /*  curl: sockets, then its timer. */
-        if (curl_ready)
-            s_curl_events(self);
-        now = s_now();
-        for (size_t i = 0; i < self->nshards; i++) {
-            s_shard_t *shard = &self->shards[i];
-            if (shard->due >= 0 && now >= shard->due) {
-                int running;
-                shard->due = -1;
-                curl_multi_socket_action(shard->multi, CURL_SOCKET_TIMEOUT, 0,
-                                         &running);
-                s_check_multi(self, shard);
-            }
-        }
-        /*  The broker: everything waiting, in bounded batches. */
-        for (int i = 0; self->dealer && i < S_ZMQ_BATCH &&
-                        (zsock_events(self->dealer) & ZMQ_POLLIN);
-             i++) {
-            llmq_msg_t *msg = llmq_msg_recv(self->dealer);
-            if (!msg)
-                break;
-            s_handle_broker(self, msg);
-            llmq_msg_destroy(&msg);
-        }
-        now = s_now();
-        s_timers(self, now);
-        s_pump(self, now);
-        s_grant_credit(self, now);
-        if (self->draining) {
-            if (zhashx_size(self->jobs) == 0 &&
-                (!self->batch || llmq_batch_api_active(self->batch) == 0))
-                break;
-            if (now >= self->drain_at) {
-                llmq_wlog(LLMQ_LOG_WARN,
-                          "drain time over: %zu requests answered as failed",
-                          zhashx_size(self->jobs));
-                s_abandon_all(self);
-                break;
-            }
-        }
+        s_abandon_all(self);
     }
     if (self->draining)
         llmq_wlog(LLMQ_LOG_INFO, "stopped: %llu answered, %llu failed",
@@ -1780,7 +1795,6 @@ int llmq_worker_run(llmq_worker_t *self_)
         zsock_set_linger(self->dealer, 2000);
         zsock_destroy(&self->dealer);
     }
-    return self->exit_code;
 }
 
 /*  --- new / destroy
@@ -1850,51 +1864,14 @@ static int s_metrics_start(s_worker_t *self, char *errbuf, size_t errlen)
     return 0;
 }
 
-llmq_worker_t *llmq_worker_new(llmq_worker_config_t **config_p, char *errbuf,
-                               size_t errlen)
+/*  The epoll set and curl's multi handles, one per shard of at most
+    S_SHARD_CONNS connections. Returns 0 or -1. */
+static int s_curl_new(s_worker_t *self)
 {
-    llmq_worker_config_t *cfg = *config_p;
-    *config_p = NULL;
-    if (!cfg)
-        return NULL;
-    s_worker_t *self = calloc(1, sizeof *self);
-    if (!self) {
-        llmq_worker_config_destroy(&cfg);
-        return NULL;
-    }
-    self->cfg = cfg;
-    self->epfd = -1;
-    self->exit_code = LLMQ_WORKER_EXIT_OK;
-    self->rng = (uint64_t)zclock_time() ^ ((uint64_t)getpid() << 32) ^
-                0x9E3779B97F4A7C15ULL;
-    self->avg_tokens = cfg->default_max_tokens / 4;
-    self->probe_backoff = 1000;
-    s_stop_requests = 0;
-    llmq_provider_config_t pc = {cfg->provider, cfg->base_url, cfg->api_key,
-                                 cfg->anthropic_version,
-                                 cfg->default_max_tokens};
-    self->provider = llmq_provider_new(&pc, errbuf, errlen);
-    if (self->provider && (s_curve_load(self, errbuf, errlen) != 0 ||
-                           s_metrics_start(self, errbuf, errlen) != 0)) {
-        llmq_worker_t *w = (llmq_worker_t *)self;
-        llmq_worker_destroy(&w);
-        return NULL;
-    }
-    self->limiter = llmq_limiter_new(cfg->rpm, cfg->tpm, cfg->capacity,
-                                     cfg->burst_ms, s_now());
-    self->breaker =
-        llmq_breaker_new(cfg->breaker_failures, cfg->breaker_cooldown_ms);
-    self->jobs = zhashx_new();
-    self->running = zhashx_new();
-    self->held = zhashx_new();
-    self->held_ids = zhashx_new();
-    self->held_order = zlistx_new();
-    const char *poison = getenv("LLMQ_TEST_POISON");
-    self->poison = poison && *poison ? poison : NULL;
-    self->queue = zlistx_new();
+    int64_t capacity = self->cfg->capacity;
     self->epfd = epoll_create1(EPOLL_CLOEXEC);
     bool curl_ok = curl_global_init(CURL_GLOBAL_DEFAULT) == CURLE_OK;
-    self->nshards = (size_t)(cfg->capacity + S_SHARD_CONNS - 1) / S_SHARD_CONNS;
+    self->nshards = (size_t)(capacity + S_SHARD_CONNS - 1) / S_SHARD_CONNS;
     self->shards = calloc(self->nshards, sizeof(s_shard_t));
     for (size_t i = 0; curl_ok && self->shards && i < self->nshards; i++) {
         s_shard_t *shard = &self->shards[i];
@@ -1904,24 +1881,9 @@ llmq_worker_t *llmq_worker_new(llmq_worker_config_t **config_p, char *errbuf,
         shard->multi = curl_multi_init();
         curl_ok = shard->multi != NULL;
     }
-    if (s_wake[0] < 0 && pipe(s_wake) == 0) {
-        fcntl(s_wake[0], F_SETFL, O_NONBLOCK);
-        fcntl(s_wake[1], F_SETFL, O_NONBLOCK);
-    }
-    if (!self->provider || !self->limiter || !self->breaker || !self->jobs ||
-        !self->running || !self->held || !self->held_ids || !self->held_order ||
-        !self->queue || self->epfd < 0 || !self->shards || !curl_ok ||
-        s_wake[0] < 0) {
-        if (errbuf && !*errbuf)
-            snprintf(errbuf, errlen,
-                     "cannot set up the worker (out of memory or fds)");
-        llmq_worker_t *w = (llmq_worker_t *)self;
-        llmq_worker_destroy(&w);
-        return NULL;
-    }
-    zhashx_set_destructor(self->jobs, s_job_destructor);
-    zhashx_set_destructor(self->held, s_held_free);
-    long per_shard = (long)((cfg->capacity + (int64_t)self->nshards - 1) /
+    if (self->epfd < 0 || !self->shards || !curl_ok)
+        return -1;
+    long per_shard = (long)((capacity + (int64_t)self->nshards - 1) /
                             (int64_t)self->nshards);
     for (size_t i = 0; i < self->nshards; i++) {
         CURLM *multi = self->shards[i].multi;
@@ -1933,59 +1895,12 @@ llmq_worker_t *llmq_worker_new(llmq_worker_config_t **config_p, char *errbuf,
         curl_multi_setopt(multi, CURLMOPT_MAXCONNECTS, per_shard);
         curl_multi_setopt(multi, CURLMOPT_PIPELINING, (long)CURLPIPE_MULTIPLEX);
     }
-    s_raise_nofile(cfg->capacity);
-    if (cfg->batch_api) {
-        /*  Provider Batch API tasks (issue 8) run on the first shard. */
-        llmq_batch_api_config_t bc = {
-            .provider = self->provider,
-            .verbose = cfg->verbose,
-        };
-        if (llmq_provider_uses_http(self->provider))
-            self->batch = llmq_batch_api_new(&bc, self->shards[0].multi,
-                                             s_batch_send, self);
-        if (self->batch)
-            llmq_batch_api_set_cost(self->batch, s_batch_cost, cfg);
-        else
-            llmq_wlog(LLMQ_LOG_WARN,
-                      "provider %s has no Batch API here: batch_api off",
-                      cfg->provider);
-    }
-
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = s_on_signal;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGTERM, &sa, NULL);
-    sigaction(SIGINT, &sa, NULL);
-    signal(SIGPIPE, SIG_IGN);
-    return (llmq_worker_t *)self;
+    return 0;
 }
 
-void llmq_worker_destroy(llmq_worker_t **self_p)
+/*  Undo s_curl_new, and free the idle easy handles. */
+static void s_curl_destroy(s_worker_t *self)
 {
-    if (!self_p || !*self_p)
-        return;
-    s_worker_t *self = (s_worker_t *)*self_p;
-    if (self->jobs) {
-        s_job_t *job = zhashx_first(self->jobs);
-        while (job) {
-            s_job_detach(self, job, false);
-            job = zhashx_next(self->jobs);
-        }
-        zhashx_destroy(&self->running);
-        zhashx_destroy(&self->jobs);
-    }
-    zhashx_destroy(&self->running);
-    zhashx_destroy(&self->held_ids);
-    zlistx_destroy(&self->held_order);
-    zhashx_destroy(&self->held);
-    llmq_batch_api_destroy(&self->batch);
-    if (self->probe) {
-        s_job_detach(self, self->probe, false);
-        s_job_free(&self->probe);
-    }
-    zlistx_destroy(&self->queue);
-    free(self->heap);
     for (size_t i = 0; i < self->pool_len; i++)
         curl_easy_cleanup(self->pool[i]);
     free(self->pool);
@@ -1995,6 +1910,108 @@ void llmq_worker_destroy(llmq_worker_t **self_p)
     free(self->shards);
     if (self->epfd >= 0)
         close(self->epfd);
+}
+
+/*  batch_api: provider Batch API tasks (issue 8) on the first shard. */
+static void s_batch_new(s_worker_t *self)
+{
+    llmq_worker_config_t *cfg = self->cfg;
+    llmq_batch_api_config_t bc = {
+        .provider = self->provider,
+        .verbose = cfg->verbose,
+    };
+    if (llmq_provider_uses_http(self->provider))
+        self->batch =
+            llmq_batch_api_new(&bc, self->shards[0].multi, s_batch_send, self);
+    if (self->batch)
+        llmq_batch_api_set_cost(self->batch, s_batch_cost, cfg);
+    else
+        llmq_wlog(LLMQ_LOG_WARN,
+                  "provider %s has no Batch API here: batch_api off",
+                  cfg->provider);
+}
+
+static void s_worker_destroy(s_worker_t **self_p);
+
+/*  A worker from a config (taken, *config_p NULLed even on failure), on
+    the actor's pipe. NULL with a reason in errbuf if the provider cannot
+    be set up. Does no I/O yet. */
+static s_worker_t *s_worker_new(llmq_worker_config_t **config_p, zsock_t *pipe,
+                                char *errbuf, size_t errlen)
+{
+    llmq_worker_config_t *cfg = config_p ? *config_p : NULL;
+    if (config_p)
+        *config_p = NULL;
+    s_worker_t *self = cfg ? calloc(1, sizeof *self) : NULL;
+    if (!self) {
+        snprintf(errbuf, errlen, cfg ? "out of memory" : "no worker config");
+        llmq_worker_config_destroy(&cfg);
+        return NULL;
+    }
+    self->cfg = cfg;
+    self->pipe = pipe;
+    self->epfd = -1;
+    self->exit_code = LLMQ_WORKER_EXIT_OK;
+    uint64_t seed = (uint64_t)zclock_time() ^ ((uint64_t)getpid() << 32);
+    for (int i = 0; i < 3; i++)
+        self->rng[i] = (unsigned short)(seed >> (16 * i));
+    self->avg_tokens = cfg->default_max_tokens / 4;
+    self->probe_backoff = 1000;
+    llmq_provider_config_t pc = {cfg->provider, cfg->base_url, cfg->api_key,
+                                 cfg->anthropic_version,
+                                 cfg->default_max_tokens};
+    self->provider = llmq_provider_new(&pc, errbuf, errlen);
+    if (self->provider && (s_curve_load(self, errbuf, errlen) != 0 ||
+                           s_metrics_start(self, errbuf, errlen) != 0)) {
+        s_worker_destroy(&self);
+        return NULL;
+    }
+    self->limiter = llmq_limiter_new(cfg->rpm, cfg->tpm, cfg->capacity,
+                                     cfg->burst_ms, s_now());
+    self->breaker =
+        llmq_breaker_new(cfg->breaker_failures, cfg->breaker_cooldown_ms);
+    self->jobs = zhashx_new();
+    self->running = zhashx_new();
+    const char *poison = getenv("LLMQ_TEST_POISON");
+    self->poison = poison && *poison ? poison : NULL;
+    self->queue = zlistx_new();
+    self->retries = llmq_queue_new();
+    if (!self->provider || !self->limiter || !self->breaker || !self->jobs ||
+        !self->running || s_held_new(self) != 0 || !self->queue ||
+        !self->retries || s_curl_new(self) != 0) {
+        if (errbuf && !*errbuf)
+            snprintf(errbuf, errlen,
+                     "cannot set up the worker (out of memory or fds)");
+        s_worker_destroy(&self);
+        return NULL;
+    }
+    zhashx_set_destructor(self->jobs, s_job_destructor);
+    s_raise_nofile(cfg->capacity);
+    if (cfg->batch_api)
+        s_batch_new(self);
+    return self;
+}
+
+static void s_worker_destroy(s_worker_t **self_p)
+{
+    if (!self_p || !*self_p)
+        return;
+    s_worker_t *self = *self_p;
+    /*  Jobs first: they hold curl handles, and running borrows them. */
+    for (s_job_t *job = self->jobs ? zhashx_first(self->jobs) : NULL; job;
+         job = zhashx_next(self->jobs))
+        s_job_detach(self, job, false);
+    zhashx_destroy(&self->running);
+    zhashx_destroy(&self->jobs);
+    s_held_destroy(self);
+    llmq_batch_api_destroy(&self->batch);
+    if (self->probe) {
+        s_job_detach(self, self->probe, false);
+        s_job_free(&self->probe);
+    }
+    zlistx_destroy(&self->queue);
+    llmq_queue_destroy(&self->retries);
+    s_curl_destroy(self);
     zsock_destroy(&self->dealer);
     zcert_destroy(&self->cert);
     llmq_wmetrics_destroy(&self->metrics);
@@ -2006,25 +2023,66 @@ void llmq_worker_destroy(llmq_worker_t **self_p)
     *self_p = NULL;
 }
 
-/*  --- selftest
-   ------------------------------------------------------------------------ The
-   engine with the echo provider, driven through a ROUTER in this process:
-   hello, credit, req -> res, a stream, cancel of an unknown id, heartbeat, a
-   bad payload, limits, bye on stop. The worker runs on a thread of its own for
-   the test only. */
+/*  After DRAINED or STOPPED: nothing to do but await $TERM. */
+static void s_await_term(zsock_t *pipe)
+{
+    bool term = false;
+    while (!term) {
+        zmsg_t *msg = zmsg_recv(pipe);
+        char *command = msg ? zmsg_popstr(msg) : NULL;
+        term = !command || streq(command, "$TERM");
+        free(command);
+        zmsg_destroy(&msg);
+    }
+}
 
-#include <pthread.h>
+/*  The end of a run the caller did not stop with $TERM: DRAINED after a
+    DRAIN, else STOPPED with the exit code and a line for the user (err if
+    the worker could not start). */
+static void s_send_end(zsock_t *pipe, s_worker_t *self, const char *err)
+{
+    if (self && self->drain_asked && self->exit_code == LLMQ_WORKER_EXIT_OK)
+        zstr_send(pipe, "DRAINED");
+    else {
+        char code[16];
+        snprintf(code, sizeof code, "%d",
+                 self ? self->exit_code : LLMQ_WORKER_EXIT_FAILURE);
+        zstr_sendx(pipe, "STOPPED", code, self ? self->stop_text : err, NULL);
+    }
+}
+
+void llmq_worker(zsock_t *pipe, void *args)
+{
+    char err[600] = "";
+    s_worker_t *self =
+        s_worker_new((llmq_worker_config_t **)args, pipe, err, sizeof err);
+    zsock_signal(pipe, 0);
+    if (self)
+        s_run(self);
+    bool terminated = self && self->terminated;
+    if (!terminated)
+        s_send_end(pipe, self, err);
+    s_worker_destroy(&self);
+    if (!terminated)
+        s_await_term(pipe);
+    /*  curl's TLS library keeps state per thread, freed by a thread-exit
+        hook that would race the process's exit-time cleanup once the
+        caller is past zactor_destroy (a double free): free it now, while
+        the caller still waits for us. */
+    OPENSSL_thread_stop();
+}
+
+/*  --- selftest
+   ------------------------------------------------------------------------
+   The actor with the echo provider, driven through a ROUTER in this process
+   as a broker would: READY, hello, credit, req -> res, a stream, cancel of
+   an unknown id, a bad payload, an unknown op, limits, heartbeat, an error
+   that asks for hello again, COUNTERS, DRAIN -> bye and DRAINED. Then the
+   other ends: --check-only (STOPPED 0), a worker that cannot start (STOPPED
+   1 with the reason), and $TERM of a running worker (bye). */
 
 #include "llmq_check.h"
 #define CHECK(cond) LLMQ_CHECK_OR(cond, goto fail)
-
-static void *s_test_thread(void *arg)
-{
-    llmq_worker_t *w = arg;
-    static int rc;
-    rc = llmq_worker_run(w);
-    return &rc;
-}
 
 /*  Next message of a type from the worker, skipping heartbeats and credit
     unless asked for; NULL after timeout_ms. */
@@ -2051,126 +2109,182 @@ static llmq_msg_t *s_test_expect(zsock_t *router, llmq_msg_type_t type,
     return found;
 }
 
-int llmq_worker_test(bool verbose)
+/*  A ROUTER on a free port, standing in for the broker; its endpoint goes
+    to endpoint. NULL if it cannot bind. */
+static zsock_t *s_test_router(char *endpoint, size_t size)
 {
-    if (verbose)
-        printf(" * llmq_worker: ");
-    int result = -1;
-    llmq_worker_t *w = NULL;
-    llmq_msg_t *m = NULL;
-    pthread_t thread;
-    bool started = false;
     zsock_t *router = zsock_new(ZMQ_ROUTER);
     int port = router ? zsock_bind(router, "tcp://127.0.0.1:*") : -1;
-    char endpoint[64];
-    snprintf(endpoint, sizeof endpoint, "tcp://127.0.0.1:%d", port);
-    char *argv[] = {"llmq-worker", "--provider", "echo",     "--broker",
-                    endpoint,      "--name",     "selftest", "--model",
-                    "m1",          "--capacity", "64",       NULL};
+    if (port <= 0)
+        zsock_destroy(&router);
+    snprintf(endpoint, size, "tcp://127.0.0.1:%d", port);
+    return router;
+}
+
+/*  An echo worker actor for a broker at endpoint, with one more flag (and
+    its value) if not NULL. NULL if the config is refused or not taken. */
+static zactor_t *s_test_worker(const char *endpoint, const char *flag,
+                               const char *value)
+{
+    char *argv[] = {"llmq-worker",
+                    "--provider",
+                    "echo",
+                    "--broker",
+                    (char *)endpoint,
+                    "--name",
+                    "selftest",
+                    "--model",
+                    "m1",
+                    "--capacity",
+                    "64",
+                    (char *)flag,
+                    (char *)value,
+                    NULL};
+    int argc = 11 + (flag ? 1 : 0) + (flag && value ? 1 : 0);
     char err[256] = "";
     llmq_worker_config_t *cfg = NULL;
-    CHECK(port > 0);
-    CHECK(llmq_worker_config_load(&cfg, 11, argv, err, sizeof err) == 0);
-    llmq_wlog_setup("llmq-worker", false, verbose);
-    w = llmq_worker_new(&cfg, err, sizeof err);
-    CHECK(w && cfg == NULL);
-    CHECK(pthread_create(&thread, NULL, s_test_thread, w) == 0);
-    started = true;
+    if (llmq_worker_config_load(&cfg, argc, argv, err, sizeof err) != 0)
+        return NULL;
+    zactor_t *actor = zactor_new(llmq_worker, &cfg);
+    if (cfg) {
+        llmq_worker_config_destroy(&cfg);
+        zactor_destroy(&actor);
+    }
+    return actor;
+}
 
+/*  The next event from the actor within timeout_ms, or NULL. */
+static zmsg_t *s_test_event(zactor_t *actor, int timeout_ms)
+{
+    zpoller_t *poller = zpoller_new(actor, NULL);
+    zmsg_t *msg = zpoller_wait(poller, timeout_ms) ? zmsg_recv(actor) : NULL;
+    zpoller_destroy(&poller);
+    return msg;
+}
+
+/*  Does the event have these frames (NULL ends the list)? Destroys it. */
+static bool s_test_event_is(zmsg_t **msg_p, const char *first, ...)
+{
+    zmsg_t *msg = *msg_p;
+    bool same = msg != NULL;
+    va_list args;
+    va_start(args, first);
+    for (const char *want = first; same && want;
+         want = va_arg(args, const char *)) {
+        char *got = zmsg_popstr(msg);
+        same = got && streq(got, want);
+        free(got);
+    }
+    va_end(args);
+    zmsg_destroy(msg_p);
+    return same;
+}
+
+/*  A req from the broker at rid: model m1, a JSON body. */
+static int s_test_req(zsock_t *router, zframe_t *rid, const char *id,
+                      const char *op, const char *json, bool stream)
+{
+    llmq_msg_t *m = llmq_msg_new(LLMQ_MSG_REQ);
+    llmq_msg_set_routing_id(m, rid);
+    llmq_msg_set_id(m, id);
+    llmq_msg_set_op(m, op);
+    llmq_msg_set_model(m, "m1");
+    if (stream)
+        llmq_msg_set_stream(m, true);
+    zframe_t *payload = llmq_value_from_json_text(json, strlen(json), NULL, 0);
+    llmq_msg_set_payload(m, &payload);
+    return llmq_msg_send(&m, router);
+}
+
+/*  The worker joined: READY, then hello and all its credit on the router.
+    Returns the worker's routing id, or NULL. */
+static zframe_t *s_test_join(zactor_t *worker, zsock_t *router)
+{
+    zframe_t *rid = NULL;
     int64_t credit = 0;
-    m = s_test_expect(router, LLMQ_MSG_HELLO, 5000, &credit);
+    zmsg_t *event = s_test_event(worker, 5000);
+    CHECK(s_test_event_is(&event, "READY", "selftest", "", NULL));
+    llmq_msg_t *m = s_test_expect(router, LLMQ_MSG_HELLO, 5000, &credit);
     CHECK(m);
-    CHECK(streq(llmq_msg_worker(m), "selftest"));
-    CHECK(streq(llmq_msg_provider(m), "echo"));
-    CHECK(llmq_msg_capacity(m) == 64);
-    CHECK(llmq_msg_models_count(m) == 1 &&
-          streq(llmq_msg_models_at(m, 0), "m1"));
-    zframe_t *rid = zframe_dup(llmq_msg_routing_id(m));
+    bool hello = streq(llmq_msg_worker(m), "selftest") &&
+                 streq(llmq_msg_provider(m), "echo") &&
+                 llmq_msg_capacity(m) == 64 && llmq_msg_models_count(m) == 1 &&
+                 streq(llmq_msg_models_at(m, 0), "m1");
+    rid = zframe_dup(llmq_msg_routing_id(m));
     llmq_msg_destroy(&m);
-    while (credit < 1) {
+    CHECK(hello);
+    while (credit < 64) {
         m = s_test_expect(router, LLMQ_MSG_CREDIT, 5000, NULL);
         CHECK(m);
         credit += llmq_msg_n(m);
         llmq_msg_destroy(&m);
     }
     CHECK(credit == 64);
+    return rid;
+fail:
+    zframe_destroy(&rid);
+    return NULL;
+}
 
-    /*  A chat request. */
-    m = llmq_msg_new(LLMQ_MSG_REQ);
-    llmq_msg_set_routing_id(m, rid);
-    llmq_msg_set_id(m, "r1");
-    llmq_msg_set_op(m, "chat");
-    llmq_msg_set_model(m, "m1");
+/*  Requests: an answer, a stream, a bad payload, an unknown op. */
+static int s_test_requests(zsock_t *router, zframe_t *rid)
+{
     const char *body =
         "{\"messages\":[{\"role\":\"user\",\"content\":\"ping\"}]}";
-    zframe_t *payload = llmq_value_from_json_text(body, strlen(body), NULL, 0);
-    llmq_msg_set_payload(m, &payload);
-    CHECK(llmq_msg_send(&m, router) == 0);
-    m = s_test_expect(router, LLMQ_MSG_RES, 5000, &credit);
+    char *json = NULL;
+    llmq_msg_t *m = NULL;
+    CHECK(s_test_req(router, rid, "r1", "chat", body, false) == 0);
+    m = s_test_expect(router, LLMQ_MSG_RES, 5000, NULL);
     CHECK(m && streq(llmq_msg_id(m), "r1") && llmq_msg_ok(m));
     CHECK(streq(llmq_msg_worker(m), "selftest") && llmq_msg_attempts(m) == 1);
     CHECK(llmq_msg_usage_total_tokens(m) > 0);
-    payload = llmq_msg_payload(m);
-    char *json = llmq_value_to_json_text(zframe_data(payload),
-                                         zframe_size(payload), NULL, 0);
+    zframe_t *payload = llmq_msg_payload(m);
+    json = llmq_value_to_json_text(zframe_data(payload), zframe_size(payload),
+                                   NULL, 0);
     CHECK(json && strstr(json, "echo: ping"));
-    free(json);
     llmq_msg_destroy(&m);
 
     /*  A stream: one chunk, then the res. */
-    m = llmq_msg_new(LLMQ_MSG_REQ);
-    llmq_msg_set_routing_id(m, rid);
-    llmq_msg_set_id(m, "r2");
-    llmq_msg_set_op(m, "chat");
-    llmq_msg_set_model(m, "m1");
-    llmq_msg_set_stream(m, true);
-    payload = llmq_value_from_json_text(body, strlen(body), NULL, 0);
-    llmq_msg_set_payload(m, &payload);
-    CHECK(llmq_msg_send(&m, router) == 0);
-    m = s_test_expect(router, LLMQ_MSG_CHUNK, 5000, &credit);
+    CHECK(s_test_req(router, rid, "r2", "chat", body, true) == 0);
+    m = s_test_expect(router, LLMQ_MSG_CHUNK, 5000, NULL);
     CHECK(m && streq(llmq_msg_id(m), "r2") && llmq_msg_seq(m) == 0);
     llmq_msg_destroy(&m);
-    m = s_test_expect(router, LLMQ_MSG_RES, 5000, &credit);
+    m = s_test_expect(router, LLMQ_MSG_RES, 5000, NULL);
     CHECK(m && streq(llmq_msg_id(m), "r2") && llmq_msg_ok(m));
     llmq_msg_destroy(&m);
 
-    /*  A payload that is not a map, an unknown op, a cancel for nothing. */
+    /*  A cancel for nothing, a payload that is not a map, an unknown op. */
     m = llmq_msg_new(LLMQ_MSG_CANCEL);
     llmq_msg_set_routing_id(m, rid);
     llmq_msg_set_id(m, "nothing");
     CHECK(llmq_msg_send(&m, router) == 0);
-    m = llmq_msg_new(LLMQ_MSG_REQ);
-    llmq_msg_set_routing_id(m, rid);
-    llmq_msg_set_id(m, "r3");
-    llmq_msg_set_op(m, "chat");
-    llmq_msg_set_model(m, "m1");
-    payload = llmq_value_from_json_text("[1,2]", 5, NULL, 0);
-    llmq_msg_set_payload(m, &payload);
-    CHECK(llmq_msg_send(&m, router) == 0);
-    m = s_test_expect(router, LLMQ_MSG_RES, 5000, &credit);
+    CHECK(s_test_req(router, rid, "r3", "chat", "[1,2]", false) == 0);
+    m = s_test_expect(router, LLMQ_MSG_RES, 5000, NULL);
     CHECK(m && streq(llmq_msg_id(m), "r3") && !llmq_msg_ok(m));
     CHECK(streq(llmq_msg_error_code(m), "invalid_request") &&
           !llmq_msg_error_retryable(m));
     llmq_msg_destroy(&m);
-    m = llmq_msg_new(LLMQ_MSG_REQ);
-    llmq_msg_set_routing_id(m, rid);
-    llmq_msg_set_id(m, "r4");
-    llmq_msg_set_op(m, "dance");
-    llmq_msg_set_model(m, "m1");
-    payload = llmq_value_from_json_text("{}", 2, NULL, 0);
-    llmq_msg_set_payload(m, &payload);
-    CHECK(llmq_msg_send(&m, router) == 0);
-    m = s_test_expect(router, LLMQ_MSG_RES, 5000, &credit);
+    CHECK(s_test_req(router, rid, "r4", "dance", "{}", false) == 0);
+    m = s_test_expect(router, LLMQ_MSG_RES, 5000, NULL);
     CHECK(m && streq(llmq_msg_id(m), "r4") &&
           streq(llmq_msg_error_code(m), "invalid_request"));
     llmq_msg_destroy(&m);
+    free(json);
+    return 0;
+fail:
+    llmq_msg_destroy(&m);
+    free(json);
+    return -1;
+}
 
-    /*  Limits and heartbeats; an error without id makes it say hello again. */
-    m = llmq_msg_new(LLMQ_MSG_LIMITS);
+/*  Limits and heartbeats; an error without id makes it say hello again. */
+static int s_test_control(zsock_t *router, zframe_t *rid)
+{
+    llmq_msg_t *m = llmq_msg_new(LLMQ_MSG_LIMITS);
     llmq_msg_set_routing_id(m, rid);
     llmq_msg_set_limits_rpm(m, 600);
     CHECK(llmq_msg_send(&m, router) == 0);
-    m = s_test_expect(router, LLMQ_MSG_HB, 3000, &credit);
+    m = s_test_expect(router, LLMQ_MSG_HB, 3000, NULL);
     CHECK(m && llmq_msg_healthy(m) && llmq_msg_in_flight(m) == 0);
     llmq_msg_destroy(&m);
     m = llmq_msg_new(LLMQ_MSG_ERROR);
@@ -2178,30 +2292,99 @@ int llmq_worker_test(bool verbose)
     llmq_msg_set_code(m, "bad_message");
     llmq_msg_set_message(m, "hello first");
     CHECK(llmq_msg_send(&m, router) == 0);
-    m = s_test_expect(router, LLMQ_MSG_HELLO, 3000, &credit);
+    m = s_test_expect(router, LLMQ_MSG_HELLO, 3000, NULL);
     CHECK(m);
     llmq_msg_destroy(&m);
+    return 0;
+fail:
+    llmq_msg_destroy(&m);
+    return -1;
+}
 
-    /*  Stop: bye, then the thread ends with 0. */
-    llmq_worker_stop();
-    m = s_test_expect(router, LLMQ_MSG_BYE, 3000, &credit);
+/*  The pipe: COUNTERS, then DRAIN: bye to the broker, DRAINED to us. */
+static int s_test_drain(zactor_t *worker, zsock_t *router)
+{
+    llmq_msg_t *m = NULL;
+    CHECK(zstr_send(worker, "COUNTERS") == 0);
+    char *counters = zstr_recv(worker);
+    bool two_each = counters && strstr(counters, "answered=2 failed=2 ") &&
+                    strstr(counters, "in_flight=0");
+    zstr_free(&counters);
+    CHECK(two_each);
+    CHECK(zstr_send(worker, "DRAIN") == 0);
+    m = s_test_expect(router, LLMQ_MSG_BYE, 3000, NULL);
     CHECK(m);
     llmq_msg_destroy(&m);
-    void *rv = NULL;
-    pthread_join(thread, &rv);
-    started = false;
-    CHECK(rv && *(int *)rv == 0);
-    zframe_destroy(&rid);
+    zmsg_t *event = s_test_event(worker, 5000);
+    CHECK(s_test_event_is(&event, "DRAINED", NULL));
+    return 0;
+fail:
+    llmq_msg_destroy(&m);
+    return -1;
+}
+
+/*  The other ends: --check-only, a worker that cannot start, $TERM. A
+    router of its own: the first one still knows our worker identity. */
+static int s_test_ends(void)
+{
+    llmq_msg_t *m = NULL;
+    zmsg_t *event = NULL;
+    zactor_t *worker = NULL;
+    char endpoint[64];
+    zsock_t *router = s_test_router(endpoint, sizeof endpoint);
+    CHECK(router);
+    worker = s_test_worker(endpoint, "--check-only", NULL);
+    CHECK(worker);
+    event = s_test_event(worker, 5000);
+    CHECK(s_test_event_is(&event, "STOPPED", "0", "provider echo needs no HTTP",
+                          NULL));
+    zactor_destroy(&worker);
+    worker = s_test_worker(endpoint, "--metrics", "127.0.0.1:99999");
+    CHECK(worker);
+    event = s_test_event(worker, 5000);
+    CHECK(s_test_event_is(&event, "STOPPED", "1", NULL));
+    zactor_destroy(&worker);
+    /*  $TERM while joined: stop now, with a bye. */
+    worker = s_test_worker(endpoint, NULL, NULL);
+    CHECK(worker);
+    event = s_test_event(worker, 5000);
+    CHECK(s_test_event_is(&event, "READY", NULL));
+    zactor_destroy(&worker);
+    m = s_test_expect(router, LLMQ_MSG_BYE, 3000, NULL);
+    CHECK(m);
+    llmq_msg_destroy(&m);
+    zsock_destroy(&router);
+    return 0;
+fail:
+    zactor_destroy(&worker);
+    zsock_destroy(&router);
+    return -1;
+}
+
+int llmq_worker_test(bool verbose)
+{
+    if (verbose)
+        printf(" * llmq_worker: ");
+    int result = -1;
+    zactor_t *worker = NULL;
+    zframe_t *rid = NULL;
+    char endpoint[64];
+    zsock_t *router = s_test_router(endpoint, sizeof endpoint);
+    CHECK(router);
+    llmq_wlog_setup("llmq-worker", false, verbose);
+    worker = s_test_worker(endpoint, NULL, NULL);
+    CHECK(worker);
+    rid = s_test_join(worker, router);
+    CHECK(rid);
+    CHECK(s_test_requests(router, rid) == 0);
+    CHECK(s_test_control(router, rid) == 0);
+    CHECK(s_test_drain(worker, router) == 0);
+    zactor_destroy(&worker);
+    CHECK(s_test_ends() == 0);
     result = 0;
 fail:
-    if (started) {
-        llmq_worker_stop();
-        llmq_worker_stop();
-        pthread_join(thread, NULL);
-    }
-    llmq_msg_destroy(&m);
-    llmq_worker_destroy(&w);
-    llmq_worker_config_destroy(&cfg);
+    zactor_destroy(&worker);
+    zframe_destroy(&rid);
     zsock_destroy(&router);
     if (verbose)
         printf(result == 0 ? "OK\n" : "FAILED\n");

@@ -21,10 +21,6 @@
 #include <string.h>
 #include <unistd.h>
 
-#ifndef LLMQ_VERSION_STRING
-#define LLMQ_VERSION_STRING "0.1.0"
-#endif
-
 /*  --- the YAML file's shape ---------------------------------------------- */
 
 typedef struct {

@@ -980,13 +980,62 @@ def t_limit_group():
     sim.stop()
 
 
+def t_json_logs():
+    """--json-logs: every stderr line is one JSON object with ts, level,
+    component and event, counts as JSON numbers (worker_join's capacity,
+    overload_start's queued, drain_start's and drained's counts). A worker
+    name with a newline and a terminal escape stays inside its one line,
+    escaped, in JSON and text logs alike (include/llmq_log.h)."""
+    evil = "evil\nname\x1b[2J"
+    for as_json in (True, False):
+        b = broker("--max-queue", "2", "--no-worker-wait-ms", "60000", "--drain-ms", "200",
+                   *(["--json-logs"] if as_json else []))
+        w = RawWorker(b.ready["backend"], evil, models=("m",), capacity=3)
+        w.sync()
+        c = Client(b.ready["frontend"])
+        for i in range(3):              # nobody serves "x": the third is refused
+            c.req("j%d" % i, model="x")
+        h, _ = c.recv(timeout=10)
+        assert h["id"] == "j2" and h["error"]["code"] == "overloaded", h
+        b.send_signal(signal.SIGTERM)
+        assert b.wait(30) == 0
+        text = b.stderr()
+        b.check_exit(0)
+        w.close()
+        c.close()
+        assert "\x1b" not in text, "a raw ESC in the log: %r" % text
+        lines = [ln for ln in text.split("\n") if ln.strip()]
+        if not as_json:
+            join = [ln for ln in lines if " worker_join " in ln]
+            assert len(join) == 1 and 'worker="evil\\nname\\x1b[2J"' in join[0] \
+                and " capacity=3 " in join[0], lines
+            assert any(" info llmq-broker start " in ln for ln in lines), lines
+            continue
+        events = {}
+        for ln in lines:
+            o = json.loads(ln)              # every line is JSON
+            assert isinstance(o, dict) and o["component"] == "llmq-broker", ln
+            assert o["level"] in ("debug", "info", "warn", "error"), ln
+            assert o["ts"].endswith("Z") and isinstance(o["event"], str), ln
+            events.setdefault(o["event"], []).append(o)
+        assert set(events) >= {"start", "worker_join", "overload_start", "drain_start",
+                               "drained"}, sorted(events)
+        j = events["worker_join"][0]
+        assert j["worker"] == evil and j["capacity"] == 3 and j["models"] == "m", j
+        assert events["overload_start"][0]["queued"] == 2, events["overload_start"]
+        assert events["drain_start"][0]["pending"] == 2, events["drain_start"]
+        d = events["drained"][0]
+        assert d["answered_overloaded"] == 2 and d["left_at_workers"] == 0, d
+        print("json logs: " + json.dumps(j))
+
+
 CASES = {
     "spread": t_spread, "kill9": t_kill9, "join": t_join,
     "priority_deadline": t_priority_deadline, "cancel": t_cancel,
     "rehello": t_rehello, "wildcard": t_wildcard, "unhealthy": t_unhealthy,
     "overload": t_overload, "stream": t_stream, "malformed": t_malformed, "metrics": t_metrics,
     "requeue_front": t_requeue_front, "death_count": t_death_count, "backstop": t_backstop,
-    "bye_inflight": t_bye_inflight,
+    "bye_inflight": t_bye_inflight, "json_logs": t_json_logs,
     "sigterm": t_sigterm, "real_echo": t_real_echo, "real_sim": t_real_sim, "limit_group": t_limit_group,
 }
 

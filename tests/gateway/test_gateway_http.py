@@ -212,6 +212,34 @@ def test_drain(c):
     print("ok SIGTERM drains")
 
 
+def test_json_logs(c):
+    """--json-logs --verbose: every stderr line of the gateway is one JSON
+    object (ts, level, component, event); a request is a `request` event
+    with its id, method and path; a key file reload says how many keys as
+    a JSON number."""
+    gw = c.gateway
+    st, _, _ = gw.json("GET", "/v1/models", headers={"Authorization": "Bearer " + KEY})
+    check(st == 200, "models with the key")
+    with open(c.keys, "a") as f:
+        f.write("sk-json-logs tenant-j\n")
+    wait_until("the added key accepted", lambda: gw.request(
+        "GET", "/v1/models", headers={"Authorization": "Bearer sk-json-logs"})[0] == 200, 10)
+    events = {}
+    for line in gw.stderr().splitlines():
+        if line.strip():
+            o = json.loads(line)        # every line is JSON
+            check(o["component"] == "llmq-gateway" and o["level"] in ("info", "warn", "error")
+                  and o["ts"].endswith("Z"), "log line: %r" % line)
+            events.setdefault(o["event"], []).append(o)
+    check(any(e["method"] == "GET" and e["path"] == "/v1/models" and e["rid"].startswith("req_")
+              for e in events.get("request", [])), "request events: %r" % events.get("request"))
+    reload = events.get("keys_reloaded", [])
+    check(reload and isinstance(reload[-1]["keys"], int) and reload[-1]["keys"] >= 2,
+          "keys_reloaded with a count: %r" % reload)
+    check("sk-json-logs" not in gw.stderr() and KEY not in gw.stderr(), "no API key in the log")
+    print("ok JSON logs")
+
+
 def main():
     c = GwCluster(workers=1, capacity=2, broker_flags=("--max-queue", "2", "--verbose"),
                   gateway_flags=("--max-body", "65536", "--max-headers", "16384",
@@ -224,9 +252,11 @@ def main():
         test_time_limit(c)
         test_disconnect_cancels(c)
         test_connection_limit(c)
-        c.gateway_flags = ("--keys", c.keys)  # no connection or time limits
+        # no connection or time limits; JSON logs, every request logged
+        c.gateway_flags = ("--keys", c.keys, "--json-logs", "--verbose")
         c.restart_gateway()
         test_overloaded(c)
+        test_json_logs(c)
         test_drain(c)
     finally:
         c.close()

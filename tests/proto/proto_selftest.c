@@ -6,6 +6,7 @@
 */
 #include "llmq_check.h"
 #include "llmq_duration.h"
+#include "llmq_log.h"
 #include "llmq_msg.h"
 #include "llmq_value.h"
 
@@ -13,6 +14,7 @@ static const llmq_selftest_t s_tests[] = {
     {"msg", llmq_msg_test},
     {"value", llmq_value_test},
     {"duration", llmq_duration_test},
+    {"log", llmq_log_test},
 };
 
 LLMQ_SELFTEST_MAIN("proto_selftest", s_tests)

@@ -1,13 +1,15 @@
 /*  llmq_queue.h - an intrusive priority queue: highest priority first, then
     lowest sequence number (arrival order).
 
-    The broker keeps one queue per (model, pool) for waiting requests and one
-    more, keyed by expiry time, for deadlines. Both must pop, peek and remove
-    any element in O(log n) without a scan, and must not allocate per element
-    (a million queued requests). So the queue is a binary heap of pointers to
-    nodes embedded in the caller's own structs: the node remembers its slot,
-    which makes removal by handle O(log n). Recover the outer struct with
-    LLMQ_QUEUE_ITEM (container_of).
+    One home for the heap of every binary: the broker keeps one queue per
+    (model, pool) for waiting requests and one more, keyed by expiry time,
+    for deadlines; the worker keeps its requests waiting to retry in one,
+    keyed by due time (priority 0, seq = due time). All must pop, peek and
+    remove any element in O(log n) without a scan, and must not allocate per
+    element (a million queued requests). So the queue is a binary heap of
+   pointers to nodes embedded in the caller's own structs: the node remembers
+   its slot, which makes removal by handle O(log n). Recover the outer struct
+   with LLMQ_QUEUE_ITEM (container_of).
 
     Order: a before b if a.priority > b.priority, or equal priorities and
     a.seq < b.seq. To put an element at the front of its priority class (a

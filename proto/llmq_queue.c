@@ -92,11 +92,9 @@ bool llmq_queue_node_queued(const llmq_queue_node_t *node)
 llmq_queue_t *llmq_queue_new(void)
 {
     llmq_queue_t *self = calloc(1, sizeof(*self));
-    if (!self)
-        return NULL;
-    if (s_resize(self, s_MIN_ALLOC)) {
+    if (self && s_resize(self, s_MIN_ALLOC)) {
         free(self);
-        return NULL;
+        self = NULL;
     }
     return self;
 }
