@@ -108,10 +108,7 @@ def main():
           "| broker + workers CPU s | wall vs aiohttp | client CPU vs aiohttp |")
     print("|---|---|---|---|---|---|---|---|")
     base = results.get("aiohttp") or []
-    for v in variants:
-        rs = results[v]
-        if not rs:
-            continue
+    for v, rs in benchlib.measured(results, variants):
         walls = [r["wall_s"] for r in rs]
         cpus = [r["client_cpu_s"] for r in rs]
         if base and v != "aiohttp":

@@ -190,10 +190,7 @@ def main():
              "embedded": "`llmq run`, embedded cluster (%d workers, start-up included)" % args.workers,
              "aiohttp": "Python asyncio + aiohttp", "node": "`openai` npm SDK + p-limit",
              "seq": "sequential loop (%d lines, extrapolated)" % args.seq_lines}
-    for v in variants:
-        rs = results[v]
-        if not rs:
-            continue
+    for v, rs in benchlib.measured(results, variants):
         walls = [r["wall_s"] for r in rs]
         cpus = [r["cpu_s"] for r in rs]
         rps = [args.lines / r["wall_s"] for r in rs]

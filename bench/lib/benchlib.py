@@ -203,6 +203,11 @@ def add_common_args(ap, workers=4, smoke_help=None):
     ap.add_argument("--json", default=None, help="write the raw numbers here")
 
 
+def measured(results, variants):
+    """(variant, its runs) for each variant, in order, that has runs."""
+    return [(v, results[v]) for v in variants if results.get(v)]
+
+
 def report_end(failures, json_path, args, results):
     """The end of a benchmark: the failures (if any) under the table, the
     raw numbers to json_path (if given); returns the exit code."""

@@ -17,6 +17,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "batch_items.h"
 #include "llmq_batch_api.h"
 #include "llmq_provider.h"
 #include "llmq_value.h"
@@ -159,30 +160,6 @@ static zframe_t *s_test_items(int n, const char *tag)
     return f;
 }
 
-/*  Two items {custom_id "0" and "1", body: one user message each}. */
-static zframe_t *s_pair_items(const char *text0, const char *text1)
-{
-    llmq_packer_t *p = llmq_packer_new();
-    llmq_packer_array(p, 2);
-    for (int i = 0; i < 2; i++) {
-        llmq_packer_map(p, 2);
-        llmq_packer_str(p, "custom_id");
-        llmq_packer_str(p, i ? "1" : "0");
-        llmq_packer_str(p, "body");
-        llmq_packer_map(p, 1);
-        llmq_packer_str(p, "messages");
-        llmq_packer_array(p, 1);
-        llmq_packer_map(p, 2);
-        llmq_packer_str(p, "role");
-        llmq_packer_str(p, "user");
-        llmq_packer_str(p, "content");
-        llmq_packer_str(p, i ? text1 : text0);
-    }
-    zframe_t *f = llmq_packer_frame(p);
-    llmq_packer_destroy(&p);
-    return f;
-}
-
 static llmq_provider_t *s_provider(const char *kind, const char *base,
                                    const char *key)
 {
@@ -201,6 +178,24 @@ static llmq_msg_t *s_test_task(llmq_msg_type_t type, const char *job,
     if (pb)
         llmq_msg_set_provider_batch(m, pb);
     return m;
+}
+
+/*  job.submit of job for gpt-4o-mini (chat): two items {custom_id "0" and
+    "1", body: one user message each}. */
+static llmq_msg_t *s_pair_task(const char *job, const char *text0,
+                               const char *text1)
+{
+    llmq_msg_t *task = s_test_task(LLMQ_MSG_JOB_SUBMIT, job, NULL);
+    llmq_msg_set_model(task, "gpt-4o-mini");
+    llmq_msg_set_op(task, "chat");
+    llmq_packer_t *p = llmq_packer_new();
+    llmq_packer_array(p, 2);
+    llmq_test_pack_item(p, "0", text0, 0);
+    llmq_test_pack_item(p, "1", text1, 0);
+    zframe_t *items = llmq_packer_frame(p);
+    llmq_packer_destroy(&p);
+    llmq_msg_set_payload(task, &items);
+    return task;
 }
 
 /*  Hand a task to the class and wait for its one job.status answer. */
@@ -447,12 +442,9 @@ int llmq_batch_api_test(bool verbose)
     llmq_perr_t rt;
     const char *conflict = "{\"error\":{\"message\":\"conflict\"}}";
     llmq_provider_classify(prov[0], 409, conflict, strlen(conflict), &rt);
-    task = s_test_task(LLMQ_MSG_JOB_SUBMIT, "job-oa-409", NULL);
-    llmq_msg_set_model(task, "gpt-4o-mini");
-    llmq_msg_set_op(task, "chat");
-    items = s_pair_items("calm before 409", "busy [[sim:fail=409]]");
-    llmq_msg_set_payload(task, &items);
-    st = s_run_task(multi, apis, oa, &sink, task);
+    st = s_run_task(
+        multi, apis, oa, &sink,
+        s_pair_task("job-oa-409", "calm before 409", "busy [[sim:fail=409]]"));
     snprintf(pb, sizeof pb, "%s", llmq_msg_provider_batch(st));
     llmq_msg_destroy(&st);
     st = s_poll_until_done(multi, apis, oa, &sink, "job-oa-409", pb);
@@ -469,12 +461,8 @@ int llmq_batch_api_test(bool verbose)
 
     /*  Cancel: a batch with a line that never answers can only end by
         cancel; the partial results come back. */
-    task = s_test_task(LLMQ_MSG_JOB_SUBMIT, "job-oa-2", NULL);
-    llmq_msg_set_model(task, "gpt-4o-mini");
-    llmq_msg_set_op(task, "chat");
-    items = s_pair_items("fine", "stuck [[sim:hang=1]]");
-    llmq_msg_set_payload(task, &items);
-    st = s_run_task(multi, apis, oa, &sink, task);
+    st = s_run_task(multi, apis, oa, &sink,
+                    s_pair_task("job-oa-2", "fine", "stuck [[sim:hang=1]]"));
     snprintf(pb, sizeof pb, "%s", llmq_msg_provider_batch(st));
     llmq_msg_destroy(&st);
     st = s_run_task(multi, apis, oa, &sink,

@@ -26,6 +26,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "batch_items.h"
 #include "llmq_batch.h"
 #include "llmq_batch_api.h"
 #include "llmq_batch_store.h"
@@ -225,29 +226,6 @@ static zlist_t *s_client(s_rig_t *rig, llmq_msg_t *msg)
     return out;
 }
 
-/*  One batch item: {custom_id, body: {max_tokens (if > 0), messages: [one
-    user message: text]}}. */
-static void s_pack_item(llmq_packer_t *p, const char *cid, const char *text,
-                        int max_tokens)
-{
-    llmq_packer_map(p, 2);
-    llmq_packer_str(p, "custom_id");
-    llmq_packer_str(p, cid);
-    llmq_packer_str(p, "body");
-    llmq_packer_map(p, max_tokens > 0 ? 2 : 1);
-    if (max_tokens > 0) {
-        llmq_packer_str(p, "max_tokens");
-        llmq_packer_int(p, max_tokens);
-    }
-    llmq_packer_str(p, "messages");
-    llmq_packer_array(p, 1);
-    llmq_packer_map(p, 2);
-    llmq_packer_str(p, "role");
-    llmq_packer_str(p, "user");
-    llmq_packer_str(p, "content");
-    llmq_packer_str(p, text);
-}
-
 /*  batch.add of the items packed in *p_p (taken) as part seq; returns the
     replies. */
 static zlist_t *s_batch_add(s_rig_t *rig, const char *batch, int64_t seq,
@@ -304,7 +282,7 @@ static void s_submit(s_rig_t *rig, const char *batch, const char *model,
             snprintf(cid, sizeof cid, "c%lld", (long long)i);
             snprintf(text, sizeof text, "item %lld%s", (long long)i,
                      i % PERM_EVERY == 7 ? " [[sim:fail=400]]" : "");
-            s_pack_item(p, cid, text, 4);
+            llmq_test_pack_item(p, cid, text, 4);
         }
         r = s_batch_add(rig, batch, seq, &p);
         CHECK(llmq_msg_accepted(zlist_first(r)) == n);
@@ -606,7 +584,8 @@ int main(int argc, char *argv[])
         for (int i = 0; i < 50; i++) {
             char cid[16];
             snprintf(cid, sizeof cid, "s%d", i);
-            s_pack_item(p, cid, i == 49 ? "stuck [[sim:hang=1]]" : "fine", 0);
+            llmq_test_pack_item(p, cid,
+                                i == 49 ? "stuck [[sim:hang=1]]" : "fine", 0);
         }
         r = s_batch_add(s_rig, "stuck", 1, &p);
         s_replies_destroy(&r);
