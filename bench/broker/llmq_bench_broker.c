@@ -61,16 +61,25 @@ static int s_proxy(s_args_t *args)
     return 0;
 }
 
-static int s_worker(s_args_t *args)
+/*  A DEALER with deep queues, named bench-<role>-<pid> (into identity),
+    connected to --connect. */
+static zsock_t *s_dealer(s_args_t *args, const char *role, char *identity,
+                         size_t size)
 {
-    bool llmq = streq(args->worker_mode, "llmq");
     zsock_t *sock = zsock_new(ZMQ_DEALER);
     zsock_set_sndhwm(sock, 200000);
     zsock_set_rcvhwm(sock, 200000);
-    char identity[64];
-    snprintf(identity, sizeof(identity), "bench-worker-%d", (int)getpid());
+    snprintf(identity, size, "bench-%s-%d", role, (int)getpid());
     zsock_set_identity(sock, identity);
     zsock_connect(sock, "%s", args->connect);
+    return sock;
+}
+
+static int s_worker(s_args_t *args)
+{
+    bool llmq = streq(args->worker_mode, "llmq");
+    char identity[64];
+    zsock_t *sock = s_dealer(args, "worker", identity, sizeof identity);
     if (llmq) {
         llmq_msg_t *hello = llmq_msg_new(LLMQ_MSG_HELLO);
         llmq_msg_set_worker(hello, identity);
@@ -150,13 +159,8 @@ static int s_compare(const void *a, const void *b)
 
 static int s_client(s_args_t *args)
 {
-    zsock_t *sock = zsock_new(ZMQ_DEALER);
-    zsock_set_sndhwm(sock, 200000);
-    zsock_set_rcvhwm(sock, 200000);
     char identity[64];
-    snprintf(identity, sizeof(identity), "bench-client-%d", (int)getpid());
-    zsock_set_identity(sock, identity);
-    zsock_connect(sock, "%s", args->connect);
+    zsock_t *sock = s_dealer(args, "client", identity, sizeof identity);
     long n = args->requests;
     int64_t *sent_at = (int64_t *)calloc((size_t)n, sizeof(int64_t));
     int64_t *latency = (int64_t *)calloc((size_t)n, sizeof(int64_t));
