@@ -240,15 +240,8 @@ void llmq_auth_service(llmq_auth_t *self, const zmq_pollitem_t *items,
 //  Self test: a CURVE ROUTER guarded by the handler, and DEALERs with good,
 //  wrong-side, later-added and no keys.
 
-#define CHECK(x)                                                               \
-    do {                                                                       \
-        if (!(x)) {                                                            \
-            fprintf(stderr, "llmq_auth: FAIL %s:%d: %s\n", __FILE__, __LINE__, \
-                    #x);                                                       \
-            rc = 1;                                                            \
-            goto done;                                                         \
-        }                                                                      \
-    } while (0)
+#include "llmq_check.h"
+#define CHECK(x) LLMQ_CHECK_OR(x, rc = 1; goto done)
 
 static int s_test_denied = 0;
 static void s_test_on_denied(llmq_auth_side_t side, const char *reason,

@@ -1793,14 +1793,8 @@ llmq_batch_state_t llmq_batch_normalise_state(const char *s)
 
 /*  ---- selftest ---------------------------------------------------------- */
 
-#define S_CHECK(expr)                                                          \
-    do {                                                                       \
-        if (!(expr)) {                                                         \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__,   \
-                    #expr);                                                    \
-            abort();                                                           \
-        }                                                                      \
-    } while (0)
+#include "llmq_check.h"
+#define S_CHECK(expr) LLMQ_CHECK(expr)
 
 /*  The test's pool table: one batch_api pool for "gpt-batch". */
 static bool s_test_pool_fn(const char *model, const char *pool, char *pool_out,
@@ -2740,9 +2734,7 @@ int llmq_batch_test(bool verbose)
     snprintf(path, sizeof path, "%s/batches.db", dir);
     s_test_realtime(path, verbose);
     s_test_provider(path, verbose);
-    char cmd[300];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-    if (system(cmd) != 0)
+    if (llmq_check_rmtree(dir) != 0)
         llmq_log(NULL, LLMQ_LOG_WARN, "test_cleanup_failed",
                  LLMQ_LOG_STR("dir", dir), LLMQ_LOG_END);
     printf("OK\n");

@@ -146,14 +146,8 @@ void llmq_batch_module_init(llmq_broker_module_t *module,
 
 /*  ---- selftest ---------------------------------------------------------- */
 
-#define S_CHECK(expr)                                                          \
-    do {                                                                       \
-        if (!(expr)) {                                                         \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__,   \
-                    #expr);                                                    \
-            abort();                                                           \
-        }                                                                      \
-    } while (0)
+#include "llmq_check.h"
+#define S_CHECK(expr) LLMQ_CHECK(expr)
 
 typedef struct {
     zsock_t *worker;   /* fake worker (DEALER) */
@@ -433,9 +427,7 @@ int llmq_batch_module_test(bool verbose)
 
     s_t_disconnect(&p);
     zactor_destroy(&broker);
-    char cmd[300];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-    if (system(cmd) != 0)
+    if (llmq_check_rmtree(dir) != 0)
         llmq_log(NULL, LLMQ_LOG_WARN, "test_cleanup_failed",
                  LLMQ_LOG_STR("dir", dir), LLMQ_LOG_END);
     printf("OK\n");

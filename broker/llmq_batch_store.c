@@ -773,14 +773,8 @@ long llmq_batch_store_job_each(llmq_batch_store_t *self, int64_t bid,
 
 /*  Selftest checks stay on in release builds (NDEBUG would drop assert()
     and the side effects inside it). */
-#define S_CHECK(expr)                                                          \
-    do {                                                                       \
-        if (!(expr)) {                                                         \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__,   \
-                    #expr);                                                    \
-            abort();                                                           \
-        }                                                                      \
-    } while (0)
+#include "llmq_check.h"
+#define S_CHECK(expr) LLMQ_CHECK(expr)
 
 static int64_t s_now_us(void)
 {
@@ -1115,9 +1109,7 @@ int llmq_batch_store_test(bool verbose)
     }
 
     /*  Clean the temp dir. */
-    char cmd[300];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-    if (system(cmd) != 0)
+    if (llmq_check_rmtree(dir) != 0)
         llmq_log(NULL, LLMQ_LOG_WARN, "test_cleanup_failed",
                  LLMQ_LOG_STR("dir", dir), LLMQ_LOG_END);
     printf("OK\n");

@@ -3017,13 +3017,8 @@ static void s_t_module_result(void *state, llmq_msg_t **res_p)
     }
 }
 
-#define T_CHECK(cond)                                                          \
-    do {                                                                       \
-        if (!(cond)) {                                                         \
-            printf("\n   check failed at line %d: %s\n", __LINE__, #cond);     \
-            goto done;                                                         \
-        }                                                                      \
-    } while (0)
+#include "llmq_check.h"
+#define T_CHECK(cond) LLMQ_CHECK_OR(cond, goto done)
 
 //  Delivery under churn (PROTOCOL.md 3.3), on a broker of its own: a
 //  worker's `held` report, a resend attached to it without credit, the

@@ -1644,14 +1644,8 @@ static void s_test_chunk(const char *id, const cJSON *chunk, const char *delta,
         s_test_chunks++;
 }
 
-#define CHECK(cond)                                                            \
-    do {                                                                       \
-        if (!(cond)) {                                                         \
-            fprintf(stderr, "llmq_client_test: %s:%d: %s\n", __FILE__,         \
-                    __LINE__, #cond);                                          \
-            failures++;                                                        \
-        }                                                                      \
-    } while (0)
+#include "llmq_check.h"
+#define CHECK(cond) LLMQ_CHECK_COUNT(cond, failures)
 
 int llmq_client_test(bool verbose)
 {

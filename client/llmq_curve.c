@@ -135,14 +135,8 @@ int llmq_curve_keygen(const char *name, char *err, size_t size)
 //  --------------------------------------------------------------------------
 //  Self test
 
-#define CHECK(x)                                                               \
-    do {                                                                       \
-        if (!(x)) {                                                            \
-            fprintf(stderr, "llmq_curve: FAIL %s:%d: %s\n", __FILE__,          \
-                    __LINE__, #x);                                             \
-            return 1;                                                          \
-        }                                                                      \
-    } while (0)
+#include "llmq_check.h"
+#define CHECK(x) LLMQ_CHECK_OR(x, return 1)
 
 int llmq_curve_test(bool verbose)
 {

@@ -550,14 +550,8 @@ int llmq_jsonl_writer_sync(llmq_jsonl_writer_t *self, int interval_ms)
 //  --------------------------------------------------------------------------
 //  Selftest
 
-#define CHECK(cond)                                                            \
-    do {                                                                       \
-        if (!(cond)) {                                                         \
-            fprintf(stderr, "llmq_jsonl_test: %s:%d: %s\n", __FILE__,          \
-                    __LINE__, #cond);                                          \
-            failures++;                                                        \
-        }                                                                      \
-    } while (0)
+#include "llmq_check.h"
+#define CHECK(cond) LLMQ_CHECK_COUNT(cond, failures)
 
 static llmq_jsonl_item_t *s_parse(const char *line, size_t line_no)
 {

@@ -511,14 +511,8 @@ void llmq_runner_stats(llmq_runner_t *self, llmq_runner_stats_t *stats)
 //  which echoes a body's "echo" and fails a body with "fail" with that
 //  error code.
 
-#define CHECK(cond)                                                            \
-    do {                                                                       \
-        if (!(cond)) {                                                         \
-            fprintf(stderr, "llmq_runner_test: %s:%d: %s\n", __FILE__,         \
-                    __LINE__, #cond);                                          \
-            failures++;                                                        \
-        }                                                                      \
-    } while (0)
+#include "llmq_check.h"
+#define CHECK(cond) LLMQ_CHECK_COUNT(cond, failures)
 
 #define S_TEST_LINES 300
 

@@ -10,14 +10,8 @@
 
 static int s_failures = 0;
 
-#define S_CHECK(cond)                                                          \
-    do {                                                                       \
-        if (!(cond)) {                                                         \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__,   \
-                    #cond);                                                    \
-            s_failures++;                                                      \
-        }                                                                      \
-    } while (0)
+#include "llmq_check.h"
+#define S_CHECK(cond) LLMQ_CHECK_COUNT(cond, s_failures)
 
 static const char *s_get(const cJSON *root, const char *path)
 {

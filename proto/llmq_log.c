@@ -458,14 +458,8 @@ int llmq_log_level_parse(const char *name, llmq_log_level_t *level_p)
 //  Selftest
 
 //  A failed check aborts with its line (on in release builds too).
-static void s_check(bool ok, const char *what, int line)
-{
-    if (ok)
-        return;
-    fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, line, what);
-    abort();
-}
-#define S_CHECK(cond) s_check((cond), #cond, __LINE__)
+#include "llmq_check.h"
+#define S_CHECK(cond) LLMQ_CHECK(cond)
 
 //  The line for fields, without its time stamp (which changes).
 static char *s_test_line(llmq_log_t *log, const char *event,

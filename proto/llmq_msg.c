@@ -1247,14 +1247,8 @@ void llmq_msg_print(const llmq_msg_t *self)
 /*  ---- selftest ---------------------------------------------------------- */
 
 /*  Checks that stay on in release builds (NDEBUG removes assert). */
-#define S_TEST(cond)                                                           \
-    do {                                                                       \
-        if (!(cond)) {                                                         \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__,   \
-                    #cond);                                                    \
-            abort();                                                           \
-        }                                                                      \
-    } while (0)
+#include "llmq_check.h"
+#define S_TEST(cond) LLMQ_CHECK(cond)
 
 /*  Encode, decode, compare the fields that matter. */
 static void s_test_roundtrip(bool verbose)

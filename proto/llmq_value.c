@@ -519,14 +519,8 @@ zframe_t *llmq_value_from_json_text(const char *text, size_t len, char *errbuf,
 /*  ---- selftest ---------------------------------------------------------- */
 
 /*  Checks that stay on in release builds (NDEBUG removes assert). */
-#define S_TEST(cond)                                                           \
-    do {                                                                       \
-        if (!(cond)) {                                                         \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__,   \
-                    #cond);                                                    \
-            abort();                                                           \
-        }                                                                      \
-    } while (0)
+#include "llmq_check.h"
+#define S_TEST(cond) LLMQ_CHECK(cond)
 
 static int s_test_item(const char *custom_id, const void *body,
                        size_t body_size, void *arg)

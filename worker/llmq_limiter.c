@@ -394,14 +394,8 @@ void llmq_breaker_probe_result(llmq_breaker_t *self, bool ok, int64_t now_ms)
 
 /*  --- selftests ---------------------------------------------------------- */
 
-#define CHECK(cond)                                                            \
-    do {                                                                       \
-        if (!(cond)) {                                                         \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__,   \
-                    #cond);                                                    \
-            return -1;                                                         \
-        }                                                                      \
-    } while (0)
+#include "llmq_check.h"
+#define CHECK(cond) LLMQ_CHECK_RET(cond)
 
 int llmq_limiter_test(bool verbose)
 {

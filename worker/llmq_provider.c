@@ -919,14 +919,8 @@ cJSON *llmq_assembler_result(llmq_assembler_t *self, llmq_usage_t *usage)
 
 /*  --- selftest ----------------------------------------------------------- */
 
-#define CHECK(cond)                                                            \
-    do {                                                                       \
-        if (!(cond)) {                                                         \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__,   \
-                    #cond);                                                    \
-            return -1;                                                         \
-        }                                                                      \
-    } while (0)
+#include "llmq_check.h"
+#define CHECK(cond) LLMQ_CHECK_RET(cond)
 
 static int s_test_collect(const cJSON *chunk, void *arg)
 {

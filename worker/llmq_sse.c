@@ -183,14 +183,8 @@ size_t llmq_sse_count(const llmq_sse_t *self)
 
 /*  --- selftest ----------------------------------------------------------- */
 
-#define CHECK(cond)                                                            \
-    do {                                                                       \
-        if (!(cond)) {                                                         \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__,   \
-                    #cond);                                                    \
-            return -1;                                                         \
-        }                                                                      \
-    } while (0)
+#include "llmq_check.h"
+#define CHECK(cond) LLMQ_CHECK_RET(cond)
 
 typedef struct {
     char log[4096]; /* "event=data|" per event */

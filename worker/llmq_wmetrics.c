@@ -203,15 +203,8 @@ static void s_test_state(llmq_wmetrics_state_t *st, void *arg)
     st->breaker = "open";
 }
 
-#define CHECK(x)                                                               \
-    do {                                                                       \
-        if (!(x)) {                                                            \
-            fprintf(stderr, "llmq_wmetrics: FAIL %s:%d: %s\n", __FILE__,       \
-                    __LINE__, #x);                                             \
-            rc = 1;                                                            \
-            goto done;                                                         \
-        }                                                                      \
-    } while (0)
+#include "llmq_check.h"
+#define CHECK(x) LLMQ_CHECK_OR(x, rc = 1; goto done)
 
 int llmq_wmetrics_test(bool verbose)
 {

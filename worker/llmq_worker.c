@@ -2081,14 +2081,8 @@ void llmq_worker(zsock_t *pipe, void *args)
    other ends: --check-only (STOPPED 0), a worker that cannot start (STOPPED
    1 with the reason), and $TERM of a running worker (bye). */
 
-#define CHECK(cond)                                                            \
-    do {                                                                       \
-        if (!(cond)) {                                                         \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__,   \
-                    #cond);                                                    \
-            goto fail;                                                         \
-        }                                                                      \
-    } while (0)
+#include "llmq_check.h"
+#define CHECK(cond) LLMQ_CHECK_OR(cond, goto fail)
 
 /*  Next message of a type from the worker, skipping heartbeats and credit
     unless asked for; NULL after timeout_ms. */

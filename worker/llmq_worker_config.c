@@ -995,14 +995,8 @@ double llmq_worker_config_cost(const llmq_worker_config_t *self,
 
 /*  --- selftest ------------------------------------------------------------ */
 
-#define CHECK(cond)                                                            \
-    do {                                                                       \
-        if (!(cond)) {                                                         \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__,   \
-                    #cond);                                                    \
-            return -1;                                                         \
-        }                                                                      \
-    } while (0)
+#include "llmq_check.h"
+#define CHECK(cond) LLMQ_CHECK_RET(cond)
 
 static int s_test_write(const char *path, const char *text)
 {

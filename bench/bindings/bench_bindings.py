@@ -48,13 +48,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--requests", type=int, default=10000)
     ap.add_argument("--concurrency", type=int, default=1024)
-    ap.add_argument("--latency-ms", type=int, default=200)
-    ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--workers", type=int, default=4)
     ap.add_argument("--variants", default="python-async,python-sync,node,aiohttp")
-    ap.add_argument("--bin", default=None, help="llmq binaries (default $LLMQ_BIN_DIR or build-bench/bin)")
-    ap.add_argument("--smoke", action="store_true", help="tiny sizes, one run (ctest)")
-    ap.add_argument("--json", default=None)
+    benchlib.add_common_args(ap)
     ap.add_argument("--timeout", type=float, default=600)
     args = ap.parse_args()
     if args.smoke:
@@ -73,26 +68,11 @@ def main():
     results = {v: [] for v in variants}
     failures = []
     try:
-        sim = benchlib.start([os.path.join(bindir, "llmq-sim"), "--port", "0", "--quiet",
-                              "--latency-ms", str(args.latency_ms)], stderr=log)
-        procs.append(sim)
+        sim, broker, workers = benchlib.start_cluster(
+            bindir, procs, args.workers, capacity, log=log,
+            sim_flags=("--latency-ms", str(args.latency_ms)), broker_flags=("--batch-db", "none"))
         sim_url = sim.ready["url"]
-        broker = benchlib.start([os.path.join(bindir, "llmq-broker"), "--quiet",
-                                 "--frontend", "tcp://127.0.0.1:*",
-                                 "--backend", "tcp://127.0.0.1:*", "--batch-db", "none"],
-                                stderr=log)
-        procs.append(broker)
         endpoint = broker.ready["frontend"]
-        env = dict(os.environ, LLMQ_API_KEY="bench-key")
-        workers = []
-        for i in range(args.workers):
-            w = benchlib.start([os.path.join(bindir, "llmq-worker"), "--broker",
-                                broker.ready["backend"], "--provider", "openai",
-                                "--base-url", sim_url + "/v1", "--model", "sim-model",
-                                "--capacity", str(capacity), "--name", "bench-w%d" % i],
-                               env=env, stderr=log)
-            procs.append(w)
-            workers.append(w)
         cluster = [broker.pid] + [w.pid for w in workers]
         n, c = str(args.requests), str(args.concurrency)
         cmds = {"python-async": [PY, os.path.join(HERE, "py_client.py"), "async", endpoint, n, c],
@@ -128,10 +108,7 @@ def main():
           "| broker + workers CPU s | wall vs aiohttp | client CPU vs aiohttp |")
     print("|---|---|---|---|---|---|---|---|")
     base = results.get("aiohttp") or []
-    for v in variants:
-        rs = results[v]
-        if not rs:
-            continue
+    for v, rs in benchlib.measured(results, variants):
         walls = [r["wall_s"] for r in rs]
         cpus = [r["client_cpu_s"] for r in rs]
         if base and v != "aiohttp":
@@ -147,14 +124,7 @@ def main():
             benchlib.fmt_mmm([1000 * x / args.requests for x in cpus], 2), cl, wr, cr))
     print()
     print("Machine: %s" % benchlib.machine())
-    if failures:
-        print()
-        print("FAILURES: " + "; ".join(failures))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"args": vars(args), "results": results, "failures": failures,
-                       "machine": benchlib.machine()}, f, indent=1)
-    return 1 if failures else 0
+    return benchlib.report_end(failures, args.json, args, results)
 
 
 if __name__ == "__main__":

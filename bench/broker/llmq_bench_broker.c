@@ -61,16 +61,25 @@ static int s_proxy(s_args_t *args)
     return 0;
 }
 
-static int s_worker(s_args_t *args)
+/*  A DEALER with deep queues, named bench-<role>-<pid> (into identity),
+    connected to --connect. */
+static zsock_t *s_dealer(s_args_t *args, const char *role, char *identity,
+                         size_t size)
 {
-    bool llmq = streq(args->worker_mode, "llmq");
     zsock_t *sock = zsock_new(ZMQ_DEALER);
     zsock_set_sndhwm(sock, 200000);
     zsock_set_rcvhwm(sock, 200000);
-    char identity[64];
-    snprintf(identity, sizeof(identity), "bench-worker-%d", (int)getpid());
+    snprintf(identity, size, "bench-%s-%d", role, (int)getpid());
     zsock_set_identity(sock, identity);
     zsock_connect(sock, "%s", args->connect);
+    return sock;
+}
+
+static int s_worker(s_args_t *args)
+{
+    bool llmq = streq(args->worker_mode, "llmq");
+    char identity[64];
+    zsock_t *sock = s_dealer(args, "worker", identity, sizeof identity);
     if (llmq) {
         llmq_msg_t *hello = llmq_msg_new(LLMQ_MSG_HELLO);
         llmq_msg_set_worker(hello, identity);
@@ -150,13 +159,8 @@ static int s_compare(const void *a, const void *b)
 
 static int s_client(s_args_t *args)
 {
-    zsock_t *sock = zsock_new(ZMQ_DEALER);
-    zsock_set_sndhwm(sock, 200000);
-    zsock_set_rcvhwm(sock, 200000);
     char identity[64];
-    snprintf(identity, sizeof(identity), "bench-client-%d", (int)getpid());
-    zsock_set_identity(sock, identity);
-    zsock_connect(sock, "%s", args->connect);
+    zsock_t *sock = s_dealer(args, "client", identity, sizeof identity);
     long n = args->requests;
     int64_t *sent_at = (int64_t *)calloc((size_t)n, sizeof(int64_t));
     int64_t *latency = (int64_t *)calloc((size_t)n, sizeof(int64_t));
@@ -273,50 +277,33 @@ int main(int argc, char *argv[])
         return 2;
     }
     args.mode = argv[1];
+    /*  Where each option's value goes (by its short code): text or number. */
+    const char **strs[128] = {['f'] = &args.frontend,
+                              ['b'] = &args.backend,
+                              ['c'] = &args.connect,
+                              ['m'] = &args.worker_mode,
+                              ['M'] = &args.model};
+    long *nums[128] = {['C'] = &args.capacity,
+                       ['n'] = &args.requests,
+                       ['w'] = &args.window,
+                       ['s'] = &args.size,
+                       ['r'] = &args.rate};
     optind = 2;
     int opt;
     while ((opt = getopt_long(argc, argv, "", options, NULL)) != -1) {
-        switch (opt) {
-        case 'f':
-            args.frontend = optarg;
-            break;
-        case 'b':
-            args.backend = optarg;
-            break;
-        case 'c':
-            args.connect = optarg;
-            break;
-        case 'm':
-            args.worker_mode = optarg;
-            break;
-        case 'M':
-            args.model = optarg;
-            break;
-        case 'C':
-            args.capacity = atol(optarg);
-            break;
-        case 'n':
-            args.requests = atol(optarg);
-            break;
-        case 'w':
-            args.window = atol(optarg);
-            break;
-        case 's':
-            args.size = atol(optarg);
-            break;
-        case 'r':
-            args.rate = atol(optarg);
-            break;
-        case 'h':
+        if (opt > 0 && opt < 128 && strs[opt])
+            *strs[opt] = optarg;
+        else if (opt > 0 && opt < 128 && nums[opt])
+            *nums[opt] = atol(optarg);
+        else if (opt == 'h') {
             printf("llmq-bench-broker proxy --frontend EP --backend EP\n"
                    "llmq-bench-broker worker --connect EP --mode raw|llmq "
                    "[--capacity N] [--model M]\n"
                    "llmq-bench-broker client --connect EP [--requests N] "
                    "[--window W] [--size BYTES] [--rate PER_S] [--model M]\n");
             return 0;
-        default:
+        } else
             return 2;
-        }
     }
     if (args.requests < 1 || args.window < 1 || args.capacity < 1)
         return 2;

@@ -66,30 +66,16 @@ def write_input(path, n):
 
 
 def count_ok(path):
-    ok = 0
-    with open(path) as f:
-        for line in f:
-            try:
-                d = json.loads(line)
-            except ValueError:
-                continue
-            if (d.get("response") or {}).get("status_code") == 200:
-                ok += 1
-    return ok
+    return benchlib.count_results(path)[0]
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--bin", default=None, help="llmq binaries (default $LLMQ_BIN_DIR or build-bench/bin)")
+    benchlib.add_common_args(ap, smoke_help="a few seconds: 300 lines, 1 run, 20 sequential")
     ap.add_argument("--lines", type=int, default=10000)
     ap.add_argument("--seq-lines", type=int, default=200)
-    ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--latency-ms", type=int, default=200)
-    ap.add_argument("--workers", type=int, default=4)
     ap.add_argument("--capacity", type=int, default=256)
     ap.add_argument("--variants", default="llmq,embedded,aiohttp,node,seq")
-    ap.add_argument("--smoke", action="store_true", help="a few seconds: 300 lines, 1 run, 20 sequential")
-    ap.add_argument("--json", default=None, help="write the raw numbers here")
     ap.add_argument("--timeout", type=int, default=300, help="per client run, seconds")
     args = ap.parse_args()
     if args.smoke:
@@ -113,23 +99,10 @@ def main():
     results = {v: [] for v in variants}
     failures = []
     try:
-        sim = benchlib.start([os.path.join(bindir, "llmq-sim"), "--port", "0", "--quiet",
-                              "--latency-ms", str(args.latency_ms)], stderr=log)
-        procs.append(sim)
+        sim, broker, workers = benchlib.start_cluster(
+            bindir, procs, args.workers, args.capacity, log=log,
+            sim_flags=("--latency-ms", str(args.latency_ms)))
         sim_url = sim.ready["url"]
-        broker = benchlib.start([os.path.join(bindir, "llmq-broker"), "--quiet",
-                                 "--frontend", "tcp://127.0.0.1:*",
-                                 "--backend", "tcp://127.0.0.1:*"], stderr=log)
-        procs.append(broker)
-        env = dict(os.environ, LLMQ_API_KEY="bench-key")
-        workers = []
-        for i in range(args.workers):
-            w = benchlib.start([os.path.join(bindir, "llmq-worker"), "--broker", broker.ready["backend"],
-                                "--provider", "openai", "--base-url", sim_url + "/v1",
-                                "--model", "sim-model", "--capacity", str(args.capacity),
-                                "--name", "bench-w%d" % i], env=env, stderr=log)
-            procs.append(w)
-            workers.append(w)
         cluster = [broker.pid] + [w.pid for w in workers]
 
         def once(variant, rnd):
@@ -217,10 +190,7 @@ def main():
              "embedded": "`llmq run`, embedded cluster (%d workers, start-up included)" % args.workers,
              "aiohttp": "Python asyncio + aiohttp", "node": "`openai` npm SDK + p-limit",
              "seq": "sequential loop (%d lines, extrapolated)" % args.seq_lines}
-    for v in variants:
-        rs = results[v]
-        if not rs:
-            continue
+    for v, rs in benchlib.measured(results, variants):
         walls = [r["wall_s"] for r in rs]
         cpus = [r["cpu_s"] for r in rs]
         rps = [args.lines / r["wall_s"] for r in rs]
@@ -249,15 +219,8 @@ def main():
         print()
         print("llmq CPU split: `llmq run` client %s s, broker + workers %s s." % (
             benchlib.fmt_mmm(cc), benchlib.fmt_mmm(cl)))
-    if failures:
-        print()
-        print("FAILURES: " + "; ".join(failures))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"args": vars(args), "results": results, "failures": failures,
-                       "machine": benchlib.machine()}, f, indent=1)
     shutil.rmtree(tmp, ignore_errors=True)
-    return 1 if failures else 0
+    return benchlib.report_end(failures, args.json, args, results)
 
 
 if __name__ == "__main__":

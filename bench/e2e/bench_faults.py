@@ -59,23 +59,12 @@ def main():
     procs = []
     rows = {"llmq": [], "aiohttp": []}
     try:
-        sim = benchlib.start([os.path.join(bindir, "llmq-sim"), "--port", "0", "--quiet",
-                              "--latency-ms", str(args.latency_ms), "--p500", str(f * 0.4),
-                              "--p503", str(f * 0.4), "--pmalformed", str(f * 0.2)], stderr=log)
-        procs.append(sim)
+        sim, broker, _ = benchlib.start_cluster(
+            bindir, procs, args.workers, args.capacity, log=log, name="faults-w",
+            sim_flags=("--latency-ms", str(args.latency_ms), "--p500", str(f * 0.4),
+                       "--p503", str(f * 0.4), "--pmalformed", str(f * 0.2)),
+            broker_flags=("--batch-db", "none"))
         url = sim.ready["url"]
-        broker = benchlib.start([os.path.join(bindir, "llmq-broker"), "--quiet",
-                                 "--frontend", "tcp://127.0.0.1:*",
-                                 "--backend", "tcp://127.0.0.1:*", "--batch-db", "none"],
-                                stderr=log)
-        procs.append(broker)
-        env = dict(os.environ, LLMQ_API_KEY="bench-key")
-        for i in range(args.workers):
-            procs.append(benchlib.start(
-                [os.path.join(bindir, "llmq-worker"), "--broker", broker.ready["backend"],
-                 "--provider", "openai", "--base-url", url + "/v1", "--model", "sim-model",
-                 "--capacity", str(args.capacity), "--name", "faults-w%d" % i],
-                env=env, stderr=log))
         for rnd in range(args.runs):
             for variant in ("llmq", "aiohttp"):
                 dst = os.path.join(tmp, "out-%s-%d.jsonl" % (variant, rnd))

@@ -149,6 +149,79 @@ def stop_all(procs, timeout=5):
             p.popen.wait()
 
 
+def start_cluster(bindir, procs, workers, capacity, sim_flags=(), broker_flags=(),
+                  name="bench-w", log=None):
+    """llmq-sim + llmq-broker (--quiet, ephemeral ports) + WORKERS llmq-workers
+    (openai provider against the sim, model sim-model, named NAME0...), each
+    started with `start` and appended to PROCS as it starts (stop_all stops
+    what did start if a later one fails). Returns (sim, broker, workers)."""
+    def go(cmd, env=None):
+        p = start(cmd, env=env, stderr=log)
+        procs.append(p)
+        return p
+    sim = go([os.path.join(bindir, "llmq-sim"), "--port", "0", "--quiet", *sim_flags])
+    broker = go([os.path.join(bindir, "llmq-broker"), "--quiet", "--frontend", "tcp://127.0.0.1:*",
+                 "--backend", "tcp://127.0.0.1:*", *broker_flags])
+    env = dict(os.environ, LLMQ_API_KEY="bench-key")
+    ws = [go([os.path.join(bindir, "llmq-worker"), "--broker", broker.ready["backend"],
+              "--provider", "openai", "--base-url", sim.ready["url"] + "/v1",
+              "--model", "sim-model", "--capacity", str(capacity), "--name", "%s%d" % (name, i)],
+             env)
+          for i in range(workers)]
+    return sim, broker, ws
+
+
+def count_results(path):
+    """(ok, failed) answer lines of an `llmq run` style output file (ok:
+    response.status_code 200); (0, 0) if it does not exist."""
+    import json
+    ok = failed = 0
+    try:
+        with open(path) as f:
+            for line in f:
+                try:
+                    d = json.loads(line)
+                except ValueError:
+                    continue
+                if (d.get("response") or {}).get("status_code") == 200:
+                    ok += 1
+                else:
+                    failed += 1
+    except OSError:
+        pass
+    return ok, failed
+
+
+def add_common_args(ap, workers=4, smoke_help=None):
+    """The options every cluster benchmark takes: --bin, --runs,
+    --latency-ms, --workers, --smoke, --json."""
+    ap.add_argument("--bin", default=None, help="llmq binaries (default $LLMQ_BIN_DIR or build-bench/bin)")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--latency-ms", type=int, default=200)
+    ap.add_argument("--workers", type=int, default=workers)
+    ap.add_argument("--smoke", action="store_true", help=smoke_help or "tiny sizes, one run (ctest)")
+    ap.add_argument("--json", default=None, help="write the raw numbers here")
+
+
+def measured(results, variants):
+    """(variant, its runs) for each variant, in order, that has runs."""
+    return [(v, results[v]) for v in variants if results.get(v)]
+
+
+def report_end(failures, json_path, args, results):
+    """The end of a benchmark: the failures (if any) under the table, the
+    raw numbers to json_path (if given); returns the exit code."""
+    if failures:
+        print()
+        print("FAILURES: " + "; ".join(failures))
+    if json_path:
+        import json
+        with open(json_path, "w") as f:
+            json.dump({"args": vars(args), "results": results, "failures": failures,
+                       "machine": machine()}, f, indent=1)
+    return 1 if failures else 0
+
+
 def ensure_npm(nodedir, module):
     """Install NODEDIR's locked npm dependencies (`npm ci`) unless MODULE is
     already in its node_modules. Returns None, or why node cannot be used."""

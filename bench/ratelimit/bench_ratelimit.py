@@ -73,21 +73,7 @@ def stats(url):
 
 
 def out_counts(path):
-    ok = failed = 0
-    try:
-        with open(path) as f:
-            for line in f:
-                try:
-                    d = json.loads(line)
-                except ValueError:
-                    continue
-                if (d.get("response") or {}).get("status_code") == 200:
-                    ok += 1
-                else:
-                    failed += 1
-    except OSError:
-        pass
-    return ok, failed
+    return benchlib.count_results(path)
 
 
 def main():
@@ -214,15 +200,8 @@ def main():
     print()
     print("Ceiling: R per started 60 s window of the sim in %g s; %d runs of each setup, all at once."
           % (args.seconds, args.runs))
-    if failures:
-        print()
-        print("FAILURES: " + "; ".join(failures))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"args": vars(args), "results": summary, "failures": failures,
-                       "machine": benchlib.machine()}, f, indent=1)
     shutil.rmtree(tmp, ignore_errors=True)
-    return 1 if failures else 0
+    return benchlib.report_end(failures, args.json, args, summary)
 
 
 if __name__ == "__main__":

@@ -24,12 +24,19 @@
 
 extern char **environ;
 
+/*  /proc/<pid>/<name> open for reading; NULL if the process is gone. */
+static FILE *s_proc_file(pid_t pid, const char *name)
+{
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/%s", (int)pid, name);
+    return fopen(path, "r");
+}
+
 /*  utime + stime of a process in ms, -1 if unreadable. */
 static int64_t s_cpu_ms(pid_t pid)
 {
-    char path[64], buf[2048];
-    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
-    FILE *f = fopen(path, "r");
+    char buf[2048];
+    FILE *f = s_proc_file(pid, "stat");
     if (!f)
         return -1;
     size_t n = fread(buf, 1, sizeof buf - 1, f);
@@ -57,9 +64,8 @@ static int64_t s_cpu_ms(pid_t pid)
 /*  VmRSS in KB. */
 static int64_t s_rss_kb(pid_t pid)
 {
-    char path[64], line[256];
-    snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
-    FILE *f = fopen(path, "r");
+    char line[256];
+    FILE *f = s_proc_file(pid, "status");
     if (!f)
         return -1;
     int64_t kb = -1;

@@ -17,18 +17,13 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "batch_items.h"
 #include "llmq_batch_api.h"
 #include "llmq_provider.h"
 #include "llmq_value.h"
 
-#define S_CHECK(expr)                                                          \
-    do {                                                                       \
-        if (!(expr)) {                                                         \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__,   \
-                    #expr);                                                    \
-            abort();                                                           \
-        }                                                                      \
-    } while (0)
+#include "llmq_check.h"
+#define S_CHECK(expr) LLMQ_CHECK(expr)
 
 #define S_TEST_KEY "sk-test-SECRET-key-1234"
 
@@ -53,52 +48,10 @@ static int64_t s_wall_ms(void)
     timeout, no sleeps). Returns the pid and fills url. */
 static pid_t s_sim_start(char *url, size_t size)
 {
-    const char *dir = getenv("LLMQ_BIN_DIR");
-    char path[512];
-    snprintf(path, sizeof path, "%s/llmq-sim", dir ? dir : ".");
-    if (access(path, X_OK) != 0) {
-        fprintf(stderr, "llmq-sim not found at %s (set LLMQ_BIN_DIR)\n", path);
-        return -1;
-    }
-    int fds[2];
-    S_CHECK(pipe(fds) == 0);
-    pid_t pid = fork();
-    S_CHECK(pid >= 0);
-    if (pid == 0) {
-        /*  If the test dies (a failed check aborts), the sim goes too. */
-        prctl(PR_SET_PDEATHSIG, SIGTERM);
-        dup2(fds[1], 1);
-        close(fds[0]);
-        close(fds[1]);
-        execl(path, "llmq-sim", "--port", "0", "--quiet", "--api-key",
-              S_TEST_KEY, "--batch-validate-ms", "30", "--batch-progress-ms",
-              "150", "--batch-finalize-ms", "30", (char *)NULL);
-        _exit(127);
-    }
-    close(fds[1]);
-    char line[512] = "";
-    size_t len = 0;
-    struct timespec start;
-    clock_gettime(CLOCK_MONOTONIC, &start);
-    while (len < sizeof line - 1 && !strchr(line, '\n')) {
-        struct pollfd pfd = {.fd = fds[0], .events = POLLIN};
-        int rc = poll(&pfd, 1, 10000);
-        if (rc <= 0)
-            break;
-        ssize_t n = read(fds[0], line + len, sizeof line - 1 - len);
-        if (n <= 0)
-            break;
-        len += (size_t)n;
-        line[len] = 0;
-    }
-    close(fds[0]);
-    const char *u = strstr(line, "url=");
-    if (strncmp(line, "ready llmq-sim", 14) != 0 || !u) {
-        kill(pid, SIGTERM);
-        waitpid(pid, NULL, 0);
-        return -1;
-    }
-    snprintf(url, size, "%.*s", (int)strcspn(u + 4, " \r\n"), u + 4);
+    pid_t pid = llmq_check_sim_start(
+        "--api-key " S_TEST_KEY " --batch-validate-ms 30 --batch-progress-ms "
+        "150 --batch-finalize-ms 30",
+        url, size);
     return pid;
 }
 
@@ -207,30 +160,6 @@ static zframe_t *s_test_items(int n, const char *tag)
     return f;
 }
 
-/*  Two items {custom_id "0" and "1", body: one user message each}. */
-static zframe_t *s_pair_items(const char *text0, const char *text1)
-{
-    llmq_packer_t *p = llmq_packer_new();
-    llmq_packer_array(p, 2);
-    for (int i = 0; i < 2; i++) {
-        llmq_packer_map(p, 2);
-        llmq_packer_str(p, "custom_id");
-        llmq_packer_str(p, i ? "1" : "0");
-        llmq_packer_str(p, "body");
-        llmq_packer_map(p, 1);
-        llmq_packer_str(p, "messages");
-        llmq_packer_array(p, 1);
-        llmq_packer_map(p, 2);
-        llmq_packer_str(p, "role");
-        llmq_packer_str(p, "user");
-        llmq_packer_str(p, "content");
-        llmq_packer_str(p, i ? text1 : text0);
-    }
-    zframe_t *f = llmq_packer_frame(p);
-    llmq_packer_destroy(&p);
-    return f;
-}
-
 static llmq_provider_t *s_provider(const char *kind, const char *base,
                                    const char *key)
 {
@@ -249,6 +178,24 @@ static llmq_msg_t *s_test_task(llmq_msg_type_t type, const char *job,
     if (pb)
         llmq_msg_set_provider_batch(m, pb);
     return m;
+}
+
+/*  job.submit of job for gpt-4o-mini (chat): two items {custom_id "0" and
+    "1", body: one user message each}. */
+static llmq_msg_t *s_pair_task(const char *job, const char *text0,
+                               const char *text1)
+{
+    llmq_msg_t *task = s_test_task(LLMQ_MSG_JOB_SUBMIT, job, NULL);
+    llmq_msg_set_model(task, "gpt-4o-mini");
+    llmq_msg_set_op(task, "chat");
+    llmq_packer_t *p = llmq_packer_new();
+    llmq_packer_array(p, 2);
+    llmq_test_pack_item(p, "0", text0, 0);
+    llmq_test_pack_item(p, "1", text1, 0);
+    zframe_t *items = llmq_packer_frame(p);
+    llmq_packer_destroy(&p);
+    llmq_msg_set_payload(task, &items);
+    return task;
 }
 
 /*  Hand a task to the class and wait for its one job.status answer. */
@@ -495,12 +442,9 @@ int llmq_batch_api_test(bool verbose)
     llmq_perr_t rt;
     const char *conflict = "{\"error\":{\"message\":\"conflict\"}}";
     llmq_provider_classify(prov[0], 409, conflict, strlen(conflict), &rt);
-    task = s_test_task(LLMQ_MSG_JOB_SUBMIT, "job-oa-409", NULL);
-    llmq_msg_set_model(task, "gpt-4o-mini");
-    llmq_msg_set_op(task, "chat");
-    items = s_pair_items("calm before 409", "busy [[sim:fail=409]]");
-    llmq_msg_set_payload(task, &items);
-    st = s_run_task(multi, apis, oa, &sink, task);
+    st = s_run_task(
+        multi, apis, oa, &sink,
+        s_pair_task("job-oa-409", "calm before 409", "busy [[sim:fail=409]]"));
     snprintf(pb, sizeof pb, "%s", llmq_msg_provider_batch(st));
     llmq_msg_destroy(&st);
     st = s_poll_until_done(multi, apis, oa, &sink, "job-oa-409", pb);
@@ -517,12 +461,8 @@ int llmq_batch_api_test(bool verbose)
 
     /*  Cancel: a batch with a line that never answers can only end by
         cancel; the partial results come back. */
-    task = s_test_task(LLMQ_MSG_JOB_SUBMIT, "job-oa-2", NULL);
-    llmq_msg_set_model(task, "gpt-4o-mini");
-    llmq_msg_set_op(task, "chat");
-    items = s_pair_items("fine", "stuck [[sim:hang=1]]");
-    llmq_msg_set_payload(task, &items);
-    st = s_run_task(multi, apis, oa, &sink, task);
+    st = s_run_task(multi, apis, oa, &sink,
+                    s_pair_task("job-oa-2", "fine", "stuck [[sim:hang=1]]"));
     snprintf(pb, sizeof pb, "%s", llmq_msg_provider_batch(st));
     llmq_msg_destroy(&st);
     st = s_run_task(multi, apis, oa, &sink,

@@ -26,19 +26,14 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "batch_items.h"
 #include "llmq_batch.h"
 #include "llmq_batch_api.h"
 #include "llmq_batch_store.h"
 #include "llmq_value.h"
 
-#define CHECK(expr)                                                            \
-    do {                                                                       \
-        if (!(expr)) {                                                         \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__,   \
-                    #expr);                                                    \
-            abort();                                                           \
-        }                                                                      \
-    } while (0)
+#include "llmq_check.h"
+#define CHECK(expr) LLMQ_CHECK(expr)
 
 #define KEY "sk-it-key-0001"
 #define TOTAL 120000
@@ -53,41 +48,11 @@ static int64_t s_now(void)
 
 static pid_t s_sim_start(char *url, size_t size)
 {
-    const char *dir = getenv("LLMQ_BIN_DIR");
-    char path[512];
-    snprintf(path, sizeof path, "%s/llmq-sim", dir ? dir : ".");
-    int fds[2];
-    CHECK(access(path, X_OK) == 0);
-    CHECK(pipe(fds) == 0);
-    pid_t pid = fork();
-    CHECK(pid >= 0);
-    if (pid == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGTERM);
-        dup2(fds[1], 1);
-        close(fds[0]);
-        close(fds[1]);
-        execl(path, "llmq-sim", "--port", "0", "--quiet", "--api-key", KEY,
-              "--batch-validate-ms", "100", "--batch-progress-ms", "1000",
-              "--batch-finalize-ms", "100", (char *)NULL);
-        _exit(127);
-    }
-    close(fds[1]);
-    char line[512] = "";
-    size_t len = 0;
-    while (len < sizeof line - 1 && !strchr(line, '\n')) {
-        struct pollfd pfd = {.fd = fds[0], .events = POLLIN};
-        if (poll(&pfd, 1, 10000) <= 0)
-            break;
-        ssize_t n = read(fds[0], line + len, sizeof line - 1 - len);
-        if (n <= 0)
-            break;
-        len += (size_t)n;
-        line[len] = 0;
-    }
-    close(fds[0]);
-    const char *u = strstr(line, "url=");
-    CHECK(strncmp(line, "ready llmq-sim", 14) == 0 && u);
-    snprintf(url, size, "%.*s", (int)strcspn(u + 4, " \r\n"), u + 4);
+    pid_t pid = llmq_check_sim_start(
+        "--api-key " KEY " --batch-validate-ms 100 --batch-progress-ms 1000 "
+        "--batch-finalize-ms 100",
+        url, size);
+    CHECK(pid > 0);
     return pid;
 }
 
@@ -261,6 +226,20 @@ static zlist_t *s_client(s_rig_t *rig, llmq_msg_t *msg)
     return out;
 }
 
+/*  batch.add of the items packed in *p_p (taken) as part seq; returns the
+    replies. */
+static zlist_t *s_batch_add(s_rig_t *rig, const char *batch, int64_t seq,
+                            llmq_packer_t **p_p)
+{
+    zframe_t *items = llmq_packer_frame(*p_p);
+    llmq_packer_destroy(p_p);
+    llmq_msg_t *add = llmq_msg_new(LLMQ_MSG_BATCH_ADD);
+    llmq_msg_set_batch(add, batch);
+    llmq_msg_set_seq(add, seq);
+    llmq_msg_set_payload(add, &items);
+    return s_client(rig, add);
+}
+
 static void s_replies_destroy(zlist_t **list_p)
 {
     llmq_msg_t *m;
@@ -303,28 +282,9 @@ static void s_submit(s_rig_t *rig, const char *batch, const char *model,
             snprintf(cid, sizeof cid, "c%lld", (long long)i);
             snprintf(text, sizeof text, "item %lld%s", (long long)i,
                      i % PERM_EVERY == 7 ? " [[sim:fail=400]]" : "");
-            llmq_packer_map(p, 2);
-            llmq_packer_str(p, "custom_id");
-            llmq_packer_str(p, cid);
-            llmq_packer_str(p, "body");
-            llmq_packer_map(p, 2);
-            llmq_packer_str(p, "max_tokens");
-            llmq_packer_int(p, 4);
-            llmq_packer_str(p, "messages");
-            llmq_packer_array(p, 1);
-            llmq_packer_map(p, 2);
-            llmq_packer_str(p, "role");
-            llmq_packer_str(p, "user");
-            llmq_packer_str(p, "content");
-            llmq_packer_str(p, text);
+            llmq_test_pack_item(p, cid, text, 4);
         }
-        zframe_t *items = llmq_packer_frame(p);
-        llmq_packer_destroy(&p);
-        llmq_msg_t *add = llmq_msg_new(LLMQ_MSG_BATCH_ADD);
-        llmq_msg_set_batch(add, batch);
-        llmq_msg_set_seq(add, seq);
-        llmq_msg_set_payload(add, &items);
-        r = s_client(rig, add);
+        r = s_batch_add(rig, batch, seq, &p);
         CHECK(llmq_msg_accepted(zlist_first(r)) == n);
         s_replies_destroy(&r);
     }
@@ -624,26 +584,10 @@ int main(int argc, char *argv[])
         for (int i = 0; i < 50; i++) {
             char cid[16];
             snprintf(cid, sizeof cid, "s%d", i);
-            llmq_packer_map(p, 2);
-            llmq_packer_str(p, "custom_id");
-            llmq_packer_str(p, cid);
-            llmq_packer_str(p, "body");
-            llmq_packer_map(p, 1);
-            llmq_packer_str(p, "messages");
-            llmq_packer_array(p, 1);
-            llmq_packer_map(p, 2);
-            llmq_packer_str(p, "role");
-            llmq_packer_str(p, "user");
-            llmq_packer_str(p, "content");
-            llmq_packer_str(p, i == 49 ? "stuck [[sim:hang=1]]" : "fine");
+            llmq_test_pack_item(p, cid,
+                                i == 49 ? "stuck [[sim:hang=1]]" : "fine", 0);
         }
-        zframe_t *items = llmq_packer_frame(p);
-        llmq_packer_destroy(&p);
-        llmq_msg_t *add = llmq_msg_new(LLMQ_MSG_BATCH_ADD);
-        llmq_msg_set_batch(add, "stuck");
-        llmq_msg_set_seq(add, 1);
-        llmq_msg_set_payload(add, &items);
-        r = s_client(s_rig, add);
+        r = s_batch_add(s_rig, "stuck", 1, &p);
         s_replies_destroy(&r);
         llmq_msg_t *close = llmq_msg_new(LLMQ_MSG_BATCH_CLOSE);
         llmq_msg_set_batch(close, "stuck");
@@ -691,9 +635,7 @@ int main(int argc, char *argv[])
     int status = 0;
     CHECK(waitpid(sim, &status, 0) == sim);
     CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
-    char cmd[400];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-    CHECK(system(cmd) == 0);
+    CHECK(llmq_check_rmtree(dir) == 0);
     curl_global_cleanup();
     printf("batch_it: OK\n");
     return 0;

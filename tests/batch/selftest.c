@@ -1,11 +1,14 @@
 /*  selftest.c - runs the batch classes' selftests (issue 8).
 
-    Usage: llmq_batch_selftest [-v] [store|batch|api|agree|module ...]
+    Usage: llmq_batch_selftest [-v] [store|batch|api|agree|module|all]...
+    (llmq_check.h)
     With no class names it runs every class built into this executable
     (each executable is built with the classes it can link: see
     CMakeLists.txt).
     The `api` test needs llmq-sim: it is found in $LLMQ_BIN_DIR.
 */
+#include "llmq_check.h"
+
 #include <czmq.h>
 
 #ifdef LLMQ_BATCH_STORE
@@ -21,12 +24,7 @@
 #include "llmq_batch_module.h"
 #endif
 
-typedef struct {
-    const char *name;
-    int (*test)(bool verbose);
-} s_test_t;
-
-static const s_test_t s_tests[] = {
+static const llmq_selftest_t s_tests[] = {
 #ifdef LLMQ_BATCH_STORE
     {"store", llmq_batch_store_test},
 #endif
@@ -42,32 +40,4 @@ static const s_test_t s_tests[] = {
 #endif
 };
 
-int main(int argc, char *argv[])
-{
-    bool verbose = false;
-    int named = 0;
-    for (int i = 1; i < argc; i++) {
-        if (streq(argv[i], "-v"))
-            verbose = true;
-        else
-            named++;
-    }
-    size_t count = sizeof s_tests / sizeof s_tests[0];
-    for (size_t t = 0; t < count; t++) {
-        bool run = named == 0;
-        for (int i = 1; i < argc && !run; i++)
-            run = streq(argv[i], s_tests[t].name);
-        if (run && s_tests[t].test(verbose) != 0)
-            return 1;
-    }
-    for (int i = 1; i < argc; i++) {
-        bool known = streq(argv[i], "-v");
-        for (size_t t = 0; t < count && !known; t++)
-            known = streq(argv[i], s_tests[t].name);
-        if (!known) {
-            fprintf(stderr, "unknown test: %s\n", argv[i]);
-            return 2;
-        }
-    }
-    return 0;
-}
+LLMQ_SELFTEST_MAIN("llmq_batch_selftest", s_tests)

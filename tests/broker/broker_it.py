@@ -904,15 +904,11 @@ def t_real_sim():
     and a kill -9 mid-run loses nothing (each request answered once)."""
     if not (have("llmq-worker") and have("llmq-sim")):
         skip("llmq-worker or llmq-sim not built")
-    sim = Proc([os.path.join(BIN, "llmq-sim"), "--port", "0", "--latency-ms", "40"], "llmq-sim")
+    sim = llmqtest.Sim("--latency-ms", "40")
     b = broker("--quiet", "--heartbeat-ms", "200", "--dead-ms", "1500")
-    env = dict(os.environ, OPENAI_API_KEY="sk-test-real-sim")
 
     def worker(name, cap):
-        return Proc([os.path.join(BIN, "llmq-worker"), "--broker", b.ready["backend"],
-                     "--provider", "sim", "--base-url", sim.ready["url"] + "/v1",
-                     "--model", "sim-model", "--capacity", str(cap), "--name", name],
-                    "llmq-worker", env=env)
+        return llmqtest.Worker(b.ready["backend"], sim.url, cap, "sim-model", "--name", name)
     ws = [worker("s4", 4), worker("s12", 12), worker("victim", 8)]
     c = Client(b.ready["frontend"])
     killed = []
@@ -924,7 +920,7 @@ def t_real_sim():
     answers = run_load(c, 1200, 48, model="sim-model", timeout=100, on_answer=on_answer)
     counts = count_by_worker(answers)
     bad = [h for h in answers.values() if not h["ok"]]
-    stats = json.loads(urllib.request.urlopen(sim.ready["url"] + "/_stats", timeout=5).read())
+    stats = json.loads(urllib.request.urlopen(sim.url + "/_stats", timeout=5).read())
     print("real sim:", counts, "errors", len(bad), "double_billed", stats.get("double_billed"))
     assert not bad, bad[:3]
     assert counts.get("s12", 0) > counts.get("s4", 0) > 0, counts
@@ -953,13 +949,10 @@ def t_limit_group():
     if not (have("llmq-worker") and have("llmq-sim")):
         skip("llmq-worker or llmq-sim not built")
     rpm, n = 600, 50
-    sim = Proc([os.path.join(BIN, "llmq-sim"), "--port", "0", "--rpm", str(rpm)], "llmq-sim")
+    sim = llmqtest.Sim("--rpm", str(rpm))
     b = broker("--quiet")
-    env = dict(os.environ, OPENAI_API_KEY="sk-test-limit-group")
-    ws = [Proc([os.path.join(BIN, "llmq-worker"), "--broker", b.ready["backend"],
-                "--provider", "sim", "--base-url", sim.ready["url"] + "/v1",
-                "--model", "sim-model", "--capacity", "8", "--name", "g%d" % i,
-                "--limit-group", "key1", "--rpm", str(rpm)], "llmq-worker", env=env)
+    ws = [llmqtest.Worker(b.ready["backend"], sim.url, 8, "sim-model", "--name", "g%d" % i,
+                          "--limit-group", "key1", "--rpm", str(rpm))
           for i in range(2)]
     c = Client(b.ready["frontend"])
     # Both workers joined and each got half of the key's rpm from the broker.
@@ -975,7 +968,7 @@ def t_limit_group():
     answers = run_load(c, n, n, model="sim-model", timeout=100)
     elapsed = time.monotonic() - t0
     ok = sum(1 for h in answers.values() if h["ok"])
-    stats = json.loads(urllib.request.urlopen(sim.ready["url"] + "/_stats", timeout=5).read())
+    stats = json.loads(urllib.request.urlopen(sim.url + "/_stats", timeout=5).read())
     print("limit group: shares", shares, "ok", ok, "in %.2f s (lower bound %.2f s)" % (elapsed, bound),
           "sim stats", {k: stats.get(k) for k in ("rate_limited_429", "double_billed")})
     assert stats.get("rate_limited_429", 0) == 0, stats

@@ -6,61 +6,30 @@ which a test asks for a broker kill -9 and restart on the same ports
 import http.server
 import queue
 import os
-import shutil
-import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from clusterlib import SOURCE_DIR, Broker, Proc, Sim, _low_port, bin_path, wait_until  # noqa
+from clusterlib import SOURCE_DIR, Cluster, temp_dir  # noqa: F401
 
 BROKER_FLAGS = ("--no-worker-wait-ms", "5000", "--max-queue", "96")
 
 
-class AnyWorker(Proc):
-    """An llmq-worker for every model (`*`), failing fast."""
+class BindingsCluster(Cluster):
+    """The kit's cluster with workers for every model (`*`), failing fast
+    (one HTTP attempt, no circuit breaker), and the control server."""
 
-    def __init__(self, backend, sim_url, capacity):
-        super().__init__([bin_path("llmq-worker"), "--broker", backend, "--provider", "sim",
-                          "--base-url", sim_url + "/v1", "--capacity", str(capacity),
-                          "--max-attempts", "1", "--breaker-failures", "1000000"],
-                         env={"OPENAI_API_KEY": "sk-test-key"})
-
-
-class BindingsCluster:
     def __init__(self, workers=2, capacity=32):
-        self.procs = []
-        self.sim = Sim("--latency-ms", "5")
-        self.procs.append(self.sim)
-        self.broker = Broker("tcp://127.0.0.1:%d" % _low_port(),
-                             "tcp://127.0.0.1:%d" % _low_port(), *BROKER_FLAGS)
-        self.procs.append(self.broker)
+        super().__init__(workers, capacity, broker_flags=BROKER_FLAGS, model=None,
+                         worker_flags=("--max-attempts", "1", "--breaker-failures", "1000000"))
         self.endpoint = self.broker.frontend
-        for _ in range(workers):
-            self.procs.append(AnyWorker(self.broker.backend, self.sim.url, capacity))
         self.restarts = 0
         self._jobs = queue.Queue()
-        self._wait_workers(workers)
-        self.workers = workers
         self._http = http.server.ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.control = "http://127.0.0.1:%d" % self._http.server_address[1]
         threading.Thread(target=self._http.serve_forever, daemon=True).start()
-
-    def _wait_workers(self, n):
-        sys.path.insert(0, os.path.join(SOURCE_DIR, "bindings", "python"))
-        import llmq  # the old single-file client: only to watch the broker
-
-        def ready():
-            c = llmq.Client(self.endpoint)
-            try:
-                s = c.status(timeout=2.0)
-            finally:
-                c.close()
-            return s and len([w for w in s.get("workers", []) if w.get("healthy", True)]) >= n
-        wait_until("%d workers at the broker" % n, ready, 30)
 
     def serve(self, seconds):
         """Run the restarts the control server asked for, on this (the main)
@@ -76,11 +45,7 @@ class BindingsCluster:
             done.set()
 
     def restart_broker(self):
-        fe, be = self.broker.frontend, self.broker.backend
-        self.broker.kill(signal.SIGKILL)
-        self.procs.remove(self.broker)
-        self.broker = Broker(fe, be, *BROKER_FLAGS)
-        self.procs.append(self.broker)
+        super().restart_broker()
         self.restarts += 1
 
     def _handler(self):
@@ -107,18 +72,23 @@ class BindingsCluster:
 
     def env(self):
         return {"LLMQ_TEST_ENDPOINT": self.endpoint, "LLMQ_TEST_CONTROL": self.control,
-                "LLMQ_TEST_SIM": self.sim.url, "LLMQ_TEST_WORKERS": str(self.workers),
+                "LLMQ_TEST_SIM": self.sim.url, "LLMQ_TEST_WORKERS": str(len(self.workers)),
                 "LLMQ_CONFORMANCE": os.path.join(SOURCE_DIR, "bindings", "conformance.json")}
 
     def close(self):
         self._http.shutdown()
-        for p in reversed(self.procs):
-            p.kill(signal.SIGTERM)
+        super().close()
 
 
-def scratch(prefix):
-    d = tempfile.mkdtemp(prefix=prefix)
-    return d, lambda: shutil.rmtree(d, ignore_errors=True)
+def run_suite(name, argv, env, cwd):
+    """Run a binding's test suite (argv) against a fresh BindingsCluster
+    whose endpoints are added to env; stop the cluster after."""
+    cluster = BindingsCluster()
+    try:
+        run(argv, env=dict(env, **cluster.env()), cwd=cwd, cluster=cluster)
+        print("%s: ok (broker restarts %d)" % (name, cluster.restarts))
+    finally:
+        cluster.close()
 
 
 def run(argv, timeout=240, cluster=None, **kw):

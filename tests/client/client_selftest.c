@@ -1,18 +1,17 @@
-/*  client_selftest.c - runs the selftests of the client classes. */
+/*  client_selftest.c - runs the selftests of the client classes.
+    Usage: llmq_client_selftest [-v] [jsonl|client|curve|runner|all]...
+    (llmq_check.h). An unknown name is an error (exit 2). */
 #include "llmq.h"
+#include "llmq_check.h"
 #include "llmq_curve.h"
 #include "llmq_jsonl.h"
 #include "llmq_runner.h"
 
-#include <string.h>
+static const llmq_selftest_t s_tests[] = {
+    {"jsonl", llmq_jsonl_test},
+    {"client", llmq_client_test},
+    {"curve", llmq_curve_test},
+    {"runner", llmq_runner_test},
+};
 
-int main(int argc, char **argv)
-{
-    bool verbose = argc > 1 && strcmp(argv[1], "-v") == 0;
-    int failures = 0;
-    failures += llmq_jsonl_test(verbose);
-    failures += llmq_client_test(verbose);
-    failures += llmq_curve_test(verbose);
-    failures += llmq_runner_test(verbose);
-    return failures ? 1 : 0;
-}
+LLMQ_SELFTEST_MAIN("llmq_client_selftest", s_tests)

@@ -1,185 +1,19 @@
-"""Helpers for the client end-to-end tests: start the real llmq-sim,
-llmq-broker and llmq-worker binaries on ephemeral ports, read their `ready`
-lines, wait on polls with deadlines (never sleeps), and check results.
-Runs on /usr/bin/python3 (python3-zmq, python3-msgpack)."""
-import http.client
+"""Helpers for the client end-to-end tests: the cluster launchers of the
+shared kit (tests/lib/llmqtest.py: llmq-sim, llmq-broker and llmq-worker on
+free ports, ready lines, polls with deadlines, never sleeps) and the
+JSONL input/output checks of `llmq run`. Runs on /usr/bin/python3
+(python3-zmq, python3-msgpack)."""
 import json
 import os
-import signal
 import sys
-import urllib.parse
 
-BIN_DIR = os.environ.get("LLMQ_BIN_DIR", "build/bin")
-SOURCE_DIR = os.environ.get("LLMQ_SOURCE_DIR",
-                            os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
-sys.path.insert(0, os.path.join(SOURCE_DIR, "bindings", "python"))
-import llmq  # noqa: E402  (the Python client, used to watch the broker)
-sys.path.insert(0, os.path.join(SOURCE_DIR, "tests", "lib"))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
 import llmqtest  # noqa: E402
+from llmqtest import (  # noqa: E402,F401
+    BIN_DIR, MODEL, SOURCE_DIR, VERBOSE, Broker, Cluster, Proc, Sim, Worker, bin_path,
+    broker_status, chat_hash, check, fail, fnv1a64, low_port, temp_dir, wait_until)
 
-MODEL = "sim-model"
-VERBOSE = bool(os.environ.get("LLMQ_TEST_VERBOSE"))
-
-
-bin_path = llmqtest.bin_path
-
-
-def fnv1a64(data):
-    h = 0xcbf29ce484222325
-    for b in data:
-        h ^= b
-        h = (h * 0x100000001b3) & 0xFFFFFFFFFFFFFFFF
-    return h
-
-
-def chat_hash(model, messages):
-    """llmq-sim's canonical hash of a chat request (sim/README.md)."""
-    text = model + "\n"
-    for m in messages:
-        text += m["role"] + ":" + (m.get("content") or "") + "\n"
-    return "%016x" % fnv1a64(text.encode())
-
-
-fail = llmqtest.fail
-check = llmqtest.check
-wait_until = llmqtest.wait_until
-
-
-class Proc(llmqtest.Proc):
-    """A child process that prints `ready <name> k=v ...` on stdout; its
-    stderr goes to a log that is checked when it stops (llmqtest.Proc)."""
-
-    def __init__(self, argv, env=None, timeout=20.0):
-        super().__init__(argv, env=env, timeout=timeout)
-
-    def kill(self, sig=signal.SIGKILL):
-        """SIGKILL: a crash on purpose. SIGTERM: a clean stop, checked
-        (exit 0, no sanitizer report)."""
-        if sig == signal.SIGKILL:
-            self.kill9()
-        else:
-            self.stop(sig)
-
-
-class Sim(Proc):
-    def __init__(self, *flags):
-        super().__init__([bin_path("llmq-sim"), "--port", "0", "--quiet", *flags])
-        self.url = self.ready["url"]
-        u = urllib.parse.urlparse(self.url)
-        self.host, self.port = u.hostname, u.port
-
-    def stats(self):
-        c = http.client.HTTPConnection(self.host, self.port, timeout=10)
-        c.request("GET", "/_stats")
-        r = c.getresponse()
-        body = json.loads(r.read())
-        c.close()
-        return body
-
-
-class Broker(Proc):
-    def __init__(self, frontend="tcp://127.0.0.1:*", backend="tcp://127.0.0.1:*", *flags):
-        super().__init__([bin_path("llmq-broker"), "--frontend", frontend,
-                          "--backend", backend, *flags])
-        self.frontend = self.ready["frontend"]
-        self.backend = self.ready["backend"]
-
-
-class Worker(Proc):
-    def __init__(self, backend, sim_url, capacity=32, model=MODEL, *flags):
-        super().__init__([bin_path("llmq-worker"), "--broker", backend, "--provider", "sim",
-                          "--base-url", sim_url + "/v1", "--model", model,
-                          "--capacity", str(capacity), *flags],
-                         env={"OPENAI_API_KEY": "sk-test-key"})
-
-
-def _low_port():
-    """A free port below the kernel's (32768+) and ZeroMQ's (49152+)
-    ephemeral ranges: restart_broker binds the same ports again after a
-    kill -9, and no process of a test running in parallel can be handed such
-    a port in between (as it can a freed ephemeral one)."""
-    import random
-    import socket
-    for _ in range(200):
-        port = random.randint(20000, 32000)
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        try:
-            s.bind(("127.0.0.1", port))
-            return port
-        except OSError:
-            continue
-        finally:
-            s.close()
-    raise RuntimeError("no free port in 20000..32000")
-
-
-class Cluster:
-    """sim + broker + n workers. close() stops everything."""
-
-    def __init__(self, workers=2, capacity=32, sim_flags=(), broker_flags=()):
-        self.procs = []
-        self.sim = Sim("--latency-ms", "5", *sim_flags)
-        self.procs.append(self.sim)
-        self.broker = Broker("tcp://127.0.0.1:%d" % _low_port(),
-                             "tcp://127.0.0.1:%d" % _low_port(), *broker_flags)
-        self.procs.append(self.broker)
-        self.workers = []
-        for _ in range(workers):
-            self.add_worker(capacity)
-        self.wait_workers(workers)
-
-    def add_worker(self, capacity=32):
-        w = Worker(self.broker.backend, self.sim.url, capacity)
-        self.workers.append(w)
-        self.procs.append(w)
-        return w
-
-    def client(self):
-        return llmq.Client(self.broker.frontend)
-
-    def status(self):
-        c = self.client()
-        try:
-            return c.status(timeout=3.0)
-        finally:
-            c.close()
-
-    def wait_workers(self, n, timeout=30.0):
-        """Until the broker lists n workers with credit to take work."""
-        def ready():
-            s = self.status()
-            if not s:
-                return False
-            live = [w for w in s.get("workers", []) if w.get("healthy", True)]
-            return len(live) >= n
-        wait_until("%d workers at the broker" % n, ready, timeout)
-
-    def restart_broker(self):
-        """kill -9 the broker, start a new one on the same ports."""
-        fe, be = self.broker.frontend, self.broker.backend
-        self.broker.kill(signal.SIGKILL)
-        self.procs.remove(self.broker)
-        self.broker = Broker(fe, be)
-        self.procs.append(self.broker)
-
-    def wait_idle(self, timeout=60.0):
-        """Until the broker has nothing queued or in flight and the sim has
-        nothing in flight: every request sent so far has been answered."""
-        def idle():
-            s = self.status()
-            if not s:
-                return False
-            counters = s.get("counters", {})
-            if counters.get("queued", 0) or counters.get("in_flight", 0):
-                return False
-            if any(w.get("in_flight", 0) for w in s.get("workers", [])):
-                return False
-            return self.sim.stats().get("in_flight", 1) == 0
-        wait_until("an idle cluster", idle, timeout)
-
-    def close(self):
-        for p in reversed(self.procs):
-            p.kill(signal.SIGTERM)
+_low_port = low_port
 
 
 run_llmq = llmqtest.run_llmq
@@ -191,6 +25,14 @@ def read_jsonl(path):
     lines = data.split(b"\n")
     check(lines[-1] == b"", "%s does not end with a newline" % path)
     return [json.loads(line) for line in lines[:-1]]
+
+
+def job_files(prefix, n, **kw):
+    """A temp dir (llmqtest.temp_dir) with in.jsonl written by write_input
+    (n lines, kw passed on); returns (dir, in path, out path, expect)."""
+    tmp = temp_dir(prefix)
+    inp, out = os.path.join(tmp, "in.jsonl"), os.path.join(tmp, "out.jsonl")
+    return tmp, inp, out, write_input(inp, n, **kw)
 
 
 def write_input(path, n, fault_every=(10, 25), start=0):

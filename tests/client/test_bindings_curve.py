@@ -14,7 +14,7 @@ import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bindings_cluster import scratch  # noqa
+from bindings_cluster import temp_dir  # noqa
 from clusterlib import SOURCE_DIR, Proc, Sim, bin_path, check, wait_until  # noqa
 
 sys.path.insert(0, os.path.join(SOURCE_DIR, "bindings", "python"))
@@ -57,7 +57,7 @@ def main():
     if "--curve-cert" not in r.stdout + r.stderr:
         print("llmq-broker has no --curve-cert (CURVE not built in): skipped", file=sys.stderr)
         sys.exit(77)
-    tmp, cleanup = scratch("llmq-bindings-curve-")
+    tmp = temp_dir("llmq-bindings-curve-")
     procs = []
     try:
         broker_cert = keygen(tmp, "broker")
@@ -156,7 +156,6 @@ for (const [name, opts] of [
     finally:
         for p in reversed(procs):
             p.kill()
-        cleanup()
 
 
 if __name__ == "__main__":

@@ -7,10 +7,9 @@ and every answer matching its request."""
 import os
 import subprocess
 import sys
-import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from clusterlib import Cluster, bin_path, check, verify_output, wait_until, write_input  # noqa
+from clusterlib import Cluster, bin_path, check, job_files, verify_output, wait_until  # noqa
 from test_resume import complete_lines  # noqa
 from llmqtest import die_with_parent, sanitizer_report  # noqa
 
@@ -18,9 +17,7 @@ N = 1500
 
 
 def main():
-    tmp = tempfile.mkdtemp(prefix="llmq-client-restart-")
-    inp, out = os.path.join(tmp, "in.jsonl"), os.path.join(tmp, "out.jsonl")
-    expect = write_input(inp, N)
+    _, inp, out, expect = job_files("llmq-client-restart-", N)
     cluster = Cluster(workers=2, capacity=8)
     try:
         args = [bin_path("llmq"), "run", inp, "-o", out, "--broker", cluster.broker.frontend,

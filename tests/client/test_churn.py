@@ -33,12 +33,11 @@ import select
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from clusterlib import (Broker, Proc, Sim, _low_port, bin_path, check, read_jsonl,  # noqa
-                        run_llmq, verify_output, wait_until, write_input, MODEL)
+from clusterlib import (Proc, bin_path, check, job_files, llmqtest, read_jsonl,  # noqa
+                        run_llmq, temp_dir, verify_output, wait_until, MODEL)
 from test_resume import complete_lines  # noqa
 
 LINES = int(os.environ.get("LLMQ_CHURN_LINES", "6000"))
@@ -59,52 +58,27 @@ class Worker(Proc):
         self.name = self.ready.get("worker")
 
 
-class Cluster:
+class Cluster(llmqtest.Cluster):
+    """The kit's cluster with churn's workers (an environment, a stderr
+    log kept for the checks)."""
+
     def __init__(self, workers, capacity, sim_flags=(), worker_env=None, broker_flags=(),
                  stderr_path=None):
-        self.procs = []
-        self.capacity = capacity
         self.worker_env = worker_env
         self.stderr_path = stderr_path
-        self.sim = Sim(*sim_flags)
-        self.procs.append(self.sim)
-        self.broker_flags = broker_flags
-        self.broker = Broker("tcp://127.0.0.1:%d" % _low_port(),
-                             "tcp://127.0.0.1:%d" % _low_port(), *broker_flags)
-        self.procs.append(self.broker)
-        self.workers = [self.add_worker() for _ in range(workers)]
-        wait_until("%d workers" % workers, lambda: len(self.live_workers()) >= workers, 30)
+        super().__init__(workers, capacity, sim_flags=sim_flags, broker_flags=broker_flags,
+                         latency_ms=None)
 
-    def add_worker(self):
-        w = Worker(self.broker.backend, self.sim.url, self.capacity, self.worker_env,
-                   self.stderr_path)
+    def add_worker(self, capacity=None, *flags):
+        w = Worker(self.broker.backend, self.sim.url, capacity or self.capacity,
+                   self.worker_env, self.stderr_path, *flags)
+        self.workers.append(w)
         self.procs.append(w)
         return w
-
-    def status(self):
-        import llmq
-        c = llmq.Client(self.broker.frontend)
-        try:
-            return c.status(timeout=3.0)
-        finally:
-            c.close()
 
     def live_workers(self):
         s = self.status()
         return s.get("workers", []) if s else []
-
-    def restart_broker(self, sig, outage=0.0):
-        fe, be = self.broker.frontend, self.broker.backend
-        self.broker.kill(sig)
-        self.procs.remove(self.broker)
-        # The scenario: no broker for this long (not a wait for anything).
-        select.select([], [], [], outage)
-        self.broker = Broker(fe, be, *self.broker_flags)
-        self.procs.append(self.broker)
-
-    def close(self):
-        for p in reversed(self.procs):
-            p.kill(signal.SIGTERM)
 
 
 def start_run(inp, out, broker, concurrency, extra=()):
@@ -119,9 +93,7 @@ def finish(proc, timeout):
 
 
 def test_restart(sig, outage=0.0, broker_flags=()):
-    tmp = tempfile.mkdtemp(prefix="llmq-churn-restart-")
-    inp, out = os.path.join(tmp, "in.jsonl"), os.path.join(tmp, "out.jsonl")
-    expect = write_input(inp, LINES, fault_every=(0, 0))
+    _, inp, out, expect = job_files("llmq-churn-restart-", LINES, fault_every=(0, 0))
     cluster = Cluster(4, 256, sim_flags=("--latency-ms", "1000"), broker_flags=broker_flags)
     try:
         proc = start_run(inp, out, cluster.broker.frontend, 1024, ("--timeout", "1500"))
@@ -144,9 +116,7 @@ def test_restart(sig, outage=0.0, broker_flags=()):
 
 
 def test_workers():
-    tmp = tempfile.mkdtemp(prefix="llmq-churn-workers-")
-    inp, out = os.path.join(tmp, "in.jsonl"), os.path.join(tmp, "out.jsonl")
-    expect = write_input(inp, LINES, fault_every=(0, 0))
+    _, inp, out, expect = job_files("llmq-churn-workers-", LINES, fault_every=(0, 0))
     cluster = Cluster(4, 256, sim_flags=("--latency-ms", "1000"))
     kills, at_risk = 0, 0
     try:
@@ -164,7 +134,7 @@ def test_workers():
             cluster.procs.remove(victim)
             kills += 1
             at_risk += held[0] if held else cluster.capacity
-            cluster.workers.append(cluster.add_worker())
+            cluster.add_worker()
         rc, _, stderr = finish(proc, 60)
         check(rc == 0, "llmq run rc %d (lines failed?): %s" % (rc, stderr[-2000:]))
         counts = verify_output(out, expect)
@@ -183,7 +153,7 @@ def test_workers():
 
 
 def test_poison():
-    tmp = tempfile.mkdtemp(prefix="llmq-churn-poison-")
+    tmp = temp_dir("llmq-churn-poison-")
     inp, out = os.path.join(tmp, "in.jsonl"), os.path.join(tmp, "out.jsonl")
     n = 60
     with open(inp, "w") as f:
@@ -203,7 +173,7 @@ def test_poison():
                     deaths += 1
                     cluster.workers.remove(w)
                     cluster.procs.remove(w)
-                    cluster.workers.append(cluster.add_worker())
+                    cluster.add_worker()
         rc, _, stderr = finish(proc, 30)
         rows = {r["custom_id"]: r for r in read_jsonl(out)}
         check(len(rows) == n, "%d lines answered, want %d" % (len(rows), n))
@@ -244,7 +214,7 @@ def test_stream():
         victim = cluster.workers.pop(0)
         victim.kill(signal.SIGKILL)
         cluster.procs.remove(victim)
-        cluster.workers.append(cluster.add_worker())   # a requeue would have a taker
+        cluster.add_worker()   # a requeue would have a taker
         rest, stderr = p.communicate(timeout=60)
         text = (seen + rest).decode(errors="replace")
         stderr = stderr.decode(errors="replace")
@@ -282,7 +252,7 @@ def test_stream_restart():
 
 
 def test_breaker():
-    tmp = tempfile.mkdtemp(prefix="llmq-churn-breaker-")
+    tmp = temp_dir("llmq-churn-breaker-")
     inp, out = os.path.join(tmp, "in.jsonl"), os.path.join(tmp, "out.jsonl")
     log = os.path.join(tmp, "worker.log")
     n, bad = 1000, {100, 400, 700}
@@ -313,7 +283,7 @@ def test_breaker():
 def test_deadline():
     """A request that sets no deadline gets the broker's default: a
     provider that never answers cannot hold it forever."""
-    tmp = tempfile.mkdtemp(prefix="llmq-churn-deadline-")
+    tmp = temp_dir("llmq-churn-deadline-")
     inp, out = os.path.join(tmp, "in.jsonl"), os.path.join(tmp, "out.jsonl")
     with open(inp, "w") as f:
         f.write(json.dumps({"custom_id": "h1", "prompt": "wait [[sim:hang=100]]"}) + "\n")

@@ -9,13 +9,11 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from clusterlib import (MODEL, Cluster, bin_path, chat_hash, check, read_jsonl, run_llmq,  # noqa
                         verify_output, wait_until, write_input)
-from llmqtest import die_with_parent, sanitizer_report, skip  # noqa
-import llmq  # noqa
+from llmqtest import broker_ping, die_with_parent, sanitizer_report, skip_if_default_broker, temp_dir  # noqa
 
 
 def embedded_endpoint(stderr):
@@ -34,16 +32,12 @@ def gone(endpoint, name):
     running in parallel (another embedded cluster included: each has its
     own name, llmq-local-<pid>) may have taken it (zmq hands out
     tcp://...:* ports from 49152 up)."""
-    c = llmq.Client(endpoint)
-    try:
-        pong = c.ping(timeout=0.3)
-        return pong is None or pong.split(" ", 1)[0] != name
-    finally:
-        c.close()
+    pong = broker_ping(endpoint, timeout=0.3)
+    return pong is None or pong.split(" ", 1)[0] != name
 
 
 def main():
-    tmp = tempfile.mkdtemp(prefix="llmq-client-cli-")
+    tmp = temp_dir("llmq-client-cli-")
     # --help everywhere, --version
     for args in (["--help"], ["run", "--help"], ["chat", "--help"], ["status", "--help"],
                  ["ping", "--help"]):
@@ -133,18 +127,14 @@ def embedded_in_netns():
                                 sys.executable, me], timeout=110)
             check(r.returncode == 0, "embedded-cluster half failed (exit %d)" % r.returncode)
             return
-    probe = llmq.Client(llmq.DEFAULT_ENDPOINT)
-    default_taken = probe.ping(timeout=0.3) is not None
-    probe.close()
-    if default_taken:
-        skip("no network namespaces here (unshare -rn) and a broker answers at %s: the "
-             "embedded-cluster half of client.cli cannot run" % llmq.DEFAULT_ENDPOINT)
+    skip_if_default_broker("no network namespaces here (unshare -rn): the embedded-cluster "
+                           "half of client.cli cannot run")
     embedded()
 
 
 def embedded():
     """`llmq run` with no --broker and nothing at the default endpoint."""
-    tmp = tempfile.mkdtemp(prefix="llmq-client-cli-embedded-")
+    tmp = temp_dir("llmq-client-cli-embedded-")
     inp = os.path.join(tmp, "in.jsonl")
     expect = write_input(inp, 40, fault_every=(0, 0))
     env = {"OPENAI_API_KEY": "", "LLMQ_BIN_DIR": os.path.dirname(bin_path("llmq"))}

@@ -24,19 +24,15 @@ answers at the default endpoint (llmq would use it, not an embedded one).
 """
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import clusterlib as cl  # noqa: E402
 from clusterlib import check, wait_until  # noqa: E402
 
 N = 2000
-SIM_FLAGS = ("--batch-validate-ms", "50", "--batch-progress-ms", "1500",
-             "--batch-finalize-ms", "50")
 
 
 def write_lines(path, n, tag="e"):
@@ -93,172 +89,151 @@ def no_dangling(err):
 
 
 def t_provider(kind):
-    tmp = tempfile.mkdtemp(prefix="llmq-embedded-batch-")
-    sim = cl.Sim(*SIM_FLAGS)
-    try:
-        inp = os.path.join(tmp, "in.jsonl")
-        out = os.path.join(tmp, "results", "out.jsonl")  # the directory is created
-        ids = write_lines(inp, N)
-        env = env_for(sim, kind)
-        args = ["run", inp, "-o", out, "--mode", "provider", "--workers", "2",
-                "--batch-poll-ms", "100ms"]
-        rc, stdout, err = cl.run_llmq(args, env=env)
-        check(rc == 0, "run --mode provider: rc %d\n%s\n%s" % (rc, stdout, err[-3000:]))
-        no_dangling(err)
-        check("provider %s" % kind in err, "the cluster's provider: %s" % err[-2000:])
-        check("(provider)" in err and "in_progress" in err and "completed" in err,
-              "progress shows the provider's states: %s" % err[-2000:])
-        check(re.search(r"provider: [1-9][0-9]*/%d done" % N, err),
-              "progress shows the provider's counts: %s" % err[-2000:])
-        check_out(out, ids)
-        check_sim(sim, "openai" if kind == "openai" else "anthropic", N)
-        check(not os.path.exists(out + ".llmq-batch.db"), "database left after a finished run")
-        rc, stdout, err = cl.run_llmq(args, env=env)
-        check(rc == 0 and "already complete" in err, "rerun: rc %d %s" % (rc, err))
-        check(sim.stats()["batches"]["openai" if kind == "openai" else "anthropic"]["created"] == 1,
-              "the rerun submitted nothing")
-        print("ok %s: %d lines through one %s batch" % (kind, N, kind))
-    finally:
-        sim.kill(signal.SIGTERM)
-        shutil.rmtree(tmp, ignore_errors=True)
+    tmp = cl.temp_dir("llmq-embedded-batch-")
+    sim = provider_sim("1500")
+    inp = os.path.join(tmp, "in.jsonl")
+    out = os.path.join(tmp, "results", "out.jsonl")  # the directory is created
+    ids = write_lines(inp, N)
+    env = env_for(sim, kind)
+    args = ["run", inp, "-o", out, "--mode", "provider", "--workers", "2",
+            "--batch-poll-ms", "100ms"]
+    rc, stdout, err = cl.run_llmq(args, env=env)
+    check(rc == 0, "run --mode provider: rc %d\n%s\n%s" % (rc, stdout, err[-3000:]))
+    no_dangling(err)
+    check("provider %s" % kind in err, "the cluster's provider: %s" % err[-2000:])
+    check("(provider)" in err and "in_progress" in err and "completed" in err,
+          "progress shows the provider's states: %s" % err[-2000:])
+    check(re.search(r"provider: [1-9][0-9]*/%d done" % N, err),
+          "progress shows the provider's counts: %s" % err[-2000:])
+    check_out(out, ids)
+    check_sim(sim, "openai" if kind == "openai" else "anthropic", N)
+    check(not os.path.exists(out + ".llmq-batch.db"), "database left after a finished run")
+    rc, stdout, err = cl.run_llmq(args, env=env)
+    check(rc == 0 and "already complete" in err, "rerun: rc %d %s" % (rc, err))
+    check(sim.stats()["batches"]["openai" if kind == "openai" else "anthropic"]["created"] == 1,
+          "the rerun submitted nothing")
+    print("ok %s: %d lines through one %s batch" % (kind, N, kind))
 
 
 def provider_progress(sim):
     """request_counts.completed of the sim's OpenAI batch (0 if none)."""
-    import http.client
-    import json
-    c = http.client.HTTPConnection(sim.host, sim.port, timeout=10)
-    c.request("GET", "/v1/batches", headers={"Authorization": "Bearer sk-test"})
-    body = json.loads(c.getresponse().read())
-    c.close()
+    body = sim.json("GET", "/v1/batches", headers={"Authorization": "Bearer sk-test"})[2]
     return max([b.get("request_counts", {}).get("completed", 0) for b in body.get("data", [])]
                or [0])
 
 
+def scratch_files():
+    """(in.jsonl, out.jsonl) paths in a fresh temp dir."""
+    tmp = cl.temp_dir("llmq-embedded-batch-")
+    return os.path.join(tmp, "in.jsonl"), os.path.join(tmp, "out.jsonl")
+
+
+def provider_sim(progress_ms):
+    """llmq-sim whose batches stay in progress for progress_ms."""
+    return cl.Sim("--batch-validate-ms", "50", "--batch-progress-ms", progress_ms,
+                  "--batch-finalize-ms", "50")
+
+
+def start_provider_run(sim, inp, out, workers):
+    """`llmq run --mode provider` in the background against sim (OpenAI),
+    once its provider batch is created; returns (argv, the process)."""
+    args = [cl.bin_path("llmq"), "run", inp, "-o", out, "--mode", "provider",
+            "--workers", str(workers), "--batch-poll-ms", "100"]
+    p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         env=full_env(env_for(sim, "openai")))
+    wait_until("the provider batch created",
+               lambda: sim.stats()["batches"]["openai"]["created"] == 1, 60)
+    return args, p
+
+
 def t_kill9(sig=signal.SIGKILL):
-    tmp = tempfile.mkdtemp(prefix="llmq-embedded-batch-")
-    sim = cl.Sim("--batch-validate-ms", "50", "--batch-progress-ms", "4000",
-                 "--batch-finalize-ms", "50")
+    inp, out = scratch_files()
+    sim = provider_sim("4000")
+    ids = write_lines(inp, N, tag="k")
+    env = env_for(sim, "openai")
+    args, p = start_provider_run(sim, inp, out, 2)
     try:
-        inp = os.path.join(tmp, "in.jsonl")
-        out = os.path.join(tmp, "out.jsonl")
-        ids = write_lines(inp, N, tag="k")
-        env = env_for(sim, "openai")
-        args = [cl.bin_path("llmq"), "run", inp, "-o", out, "--mode", "provider",
-                "--workers", "2", "--batch-poll-ms", "100"]
-        p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             env=full_env(env))
-        try:
-            wait_until("the provider batch created",
-                       lambda: sim.stats()["batches"]["openai"]["created"] == 1, 60)
-            if sig == signal.SIGKILL:
-                # Mid-way: the provider has run part of the lines.
-                wait_until("the provider batch half-way", lambda: provider_progress(sim) > 0, 60)
-                done = provider_progress(sim)
-                check(done < N, "killed too late: %d of %d done" % (done, N))
-                print("kill -9 with %d of %d lines done at the provider" % (done, N))
-            p.send_signal(sig)
-        finally:
-            p.wait(timeout=30)
-        if sig == signal.SIGINT:
-            err = p.stderr.read().decode(errors="replace")
-            check(p.returncode == 130 and "rerun the same command" in err,
-                  "Ctrl-C: rc %d %s" % (p.returncode, err[-2000:]))
-            no_dangling(err)
-        # Its children die with it (PR_SET_PDEATHSIG): the db stays, the
-        # provider batch runs on at the provider.
-        check(os.path.exists(out + ".llmq-batch.db"), "database kept after kill -9")
-        check(not os.path.exists(out), "no OUT before the batch finished")
-        rc, stdout, err = cl.run_llmq(args[1:], env=env)
-        check(rc == 0, "rerun after kill -9: rc %d\n%s" % (rc, err[-3000:]))
-        no_dangling(err)
-        check("resuming batch" in err, "the rerun resumed the batch: %s" % err[-2000:])
-        check_out(out, ids)
-        check_sim(sim, "openai", N)
-        print("ok %s: the same provider batch finished after the rerun"
-              % ("kill9" if sig == signal.SIGKILL else "sigint"))
+        if sig == signal.SIGKILL:
+            # Mid-way: the provider has run part of the lines.
+            wait_until("the provider batch half-way", lambda: provider_progress(sim) > 0, 60)
+            done = provider_progress(sim)
+            check(done < N, "killed too late: %d of %d done" % (done, N))
+            print("kill -9 with %d of %d lines done at the provider" % (done, N))
+        p.send_signal(sig)
     finally:
-        sim.kill(signal.SIGTERM)
-        shutil.rmtree(tmp, ignore_errors=True)
+        p.wait(timeout=30)
+    if sig == signal.SIGINT:
+        err = p.stderr.read().decode(errors="replace")
+        check(p.returncode == 130 and "rerun the same command" in err,
+              "Ctrl-C: rc %d %s" % (p.returncode, err[-2000:]))
+        no_dangling(err)
+    # Its children die with it (PR_SET_PDEATHSIG): the db stays, the
+    # provider batch runs on at the provider.
+    check(os.path.exists(out + ".llmq-batch.db"), "database kept after kill -9")
+    check(not os.path.exists(out), "no OUT before the batch finished")
+    rc, stdout, err = cl.run_llmq(args[1:], env=env)
+    check(rc == 0, "rerun after kill -9: rc %d\n%s" % (rc, err[-3000:]))
+    no_dangling(err)
+    check("resuming batch" in err, "the rerun resumed the batch: %s" % err[-2000:])
+    check_out(out, ids)
+    check_sim(sim, "openai", N)
+    print("ok %s: the same provider batch finished after the rerun"
+          % ("kill9" if sig == signal.SIGKILL else "sigint"))
 
 
 def t_changed():
     # Interrupted, then the input changes: the rerun is a new batch (its id
     # hashes the lines) and the old one, whose results would go nowhere, is
     # cancelled at the provider.
-    tmp = tempfile.mkdtemp(prefix="llmq-embedded-batch-")
+    inp, out = scratch_files()
     # Long enough at the provider that the rerun finds the old batch
     # still running (every batch takes that long in the sim).
-    sim = cl.Sim("--batch-validate-ms", "50", "--batch-progress-ms", "12s",
-                 "--batch-finalize-ms", "50")
+    sim = provider_sim("12s")
+    write_lines(inp, 100, tag="c")
+    env = env_for(sim, "openai")
+    args, p = start_provider_run(sim, inp, out, 1)
     try:
-        inp = os.path.join(tmp, "in.jsonl")
-        out = os.path.join(tmp, "out.jsonl")
-        write_lines(inp, 100, tag="c")
-        env = env_for(sim, "openai")
-        args = [cl.bin_path("llmq"), "run", inp, "-o", out, "--mode", "provider",
-                "--workers", "1", "--batch-poll-ms", "100"]
-        p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             env=full_env(env))
-        try:
-            wait_until("the provider batch created",
-                       lambda: sim.stats()["batches"]["openai"]["created"] == 1, 60)
-            p.send_signal(signal.SIGINT)
-        finally:
-            p.wait(timeout=30)
-        check(p.returncode == 130, "Ctrl-C: rc %d" % p.returncode)
-        ids = write_lines(inp, 60, tag="d")
-        rc, stdout, err = cl.run_llmq(args[1:], env=env, timeout=100)
-        check(rc == 0, "rerun: rc %d %s" % (rc, err[-2000:]))
-        if os.environ.get("LLMQ_TEST_VERBOSE"):
-            print(err)
-        check("cancelling batch run-" in err, "the stale batch is cancelled: %s" % err[-2000:])
-        check_out(out, ids)
-        b = sim.stats()["batches"]["openai"]
-        check(b["created"] == 2 and b["cancelled"] == 1, "one cancelled, one new: %r" % b)
-        print("ok changed: the stale batch was cancelled at the provider")
+        p.send_signal(signal.SIGINT)
     finally:
-        sim.kill(signal.SIGTERM)
-        shutil.rmtree(tmp, ignore_errors=True)
+        p.wait(timeout=30)
+    check(p.returncode == 130, "Ctrl-C: rc %d" % p.returncode)
+    ids = write_lines(inp, 60, tag="d")
+    rc, stdout, err = cl.run_llmq(args[1:], env=env, timeout=100)
+    check(rc == 0, "rerun: rc %d %s" % (rc, err[-2000:]))
+    if os.environ.get("LLMQ_TEST_VERBOSE"):
+        print(err)
+    check("cancelling batch run-" in err, "the stale batch is cancelled: %s" % err[-2000:])
+    check_out(out, ids)
+    b = sim.stats()["batches"]["openai"]
+    check(b["created"] == 2 and b["cancelled"] == 1, "one cancelled, one new: %r" % b)
+    print("ok changed: the stale batch was cancelled at the provider")
 
 
 def t_submit():
-    tmp = tempfile.mkdtemp(prefix="llmq-embedded-batch-")
-    sim = cl.Sim(*SIM_FLAGS)
-    try:
-        inp = os.path.join(tmp, "in.jsonl")
-        out = os.path.join(tmp, "out.jsonl")
-        ids = write_lines(inp, 30, tag="s")
-        env = env_for(sim, "openai")
-        rc, stdout, err = cl.run_llmq(["batch", "submit", inp, "-o", out, "--mode", "provider",
-                                       "--workers", "1", "--batch-poll-ms", "100"], env=env)
-        check(rc == 0, "batch submit: rc %d\n%s" % (rc, err[-3000:]))
-        no_dangling(err)
-        check(stdout.startswith("run-"), "the batch id on stdout: %r" % stdout)
-        check_out(out, ids)
-        # -o -: the results, in input order, are stdout (the id and the
-        # summary go to stderr then).
-        rc, stdout, err = cl.run_llmq(["run", inp, "-o", "-", "--mode", "realtime",
-                                       "--workers", "1", "--batch-poll-ms", "100"], env=env)
-        check(rc == 0, "run -o -: rc %d\n%s" % (rc, err[-3000:]))
-        no_dangling(err)
-        lines = [ln for ln in stdout.splitlines() if ln.startswith("{")]
-        import json
-        check([json.loads(ln)["custom_id"] for ln in lines] == ids, "stdout rows: %r" % stdout[:500])
-        print("ok submit")
-    finally:
-        sim.kill(signal.SIGTERM)
-        shutil.rmtree(tmp, ignore_errors=True)
+    inp, out = scratch_files()
+    sim = provider_sim("1500")
+    ids = write_lines(inp, 30, tag="s")
+    env = env_for(sim, "openai")
+    rc, stdout, err = cl.run_llmq(["batch", "submit", inp, "-o", out, "--mode", "provider",
+                                   "--workers", "1", "--batch-poll-ms", "100"], env=env)
+    check(rc == 0, "batch submit: rc %d\n%s" % (rc, err[-3000:]))
+    no_dangling(err)
+    check(stdout.startswith("run-"), "the batch id on stdout: %r" % stdout)
+    check_out(out, ids)
+    # -o -: the results, in input order, are stdout (the id and the
+    # summary go to stderr then).
+    rc, stdout, err = cl.run_llmq(["run", inp, "-o", "-", "--mode", "realtime",
+                                   "--workers", "1", "--batch-poll-ms", "100"], env=env)
+    check(rc == 0, "run -o -: rc %d\n%s" % (rc, err[-3000:]))
+    no_dangling(err)
+    lines = [ln for ln in stdout.splitlines() if ln.startswith("{")]
+    import json
+    check([json.loads(ln)["custom_id"] for ln in lines] == ids, "stdout rows: %r" % stdout[:500])
+    print("ok submit")
 
 
 def main():
-    probe = cl.llmq.Client(cl.llmq.DEFAULT_ENDPOINT)
-    taken = probe.ping(timeout=0.3) is not None
-    probe.close()
-    if taken:
-        print("a broker answers at %s: llmq would use it, no embedded cluster"
-              % cl.llmq.DEFAULT_ENDPOINT, file=sys.stderr)
-        sys.exit(77)
+    cl.llmqtest.skip_if_default_broker("llmq would use it, no embedded cluster")
     which = sys.argv[1] if len(sys.argv) > 1 else ""
     if which in ("openai", "anthropic"):
         t_provider(which)
@@ -273,6 +248,7 @@ def main():
     else:
         print("usage: test_embedded_batch.py openai|anthropic|kill9|sigint|changed|submit", file=sys.stderr)
         sys.exit(2)
+    cl.llmqtest.finish()   # the sim stops cleanly (exit 0, no sanitizer report)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import shutil
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bindings_cluster import BindingsCluster, run, scratch  # noqa
+from bindings_cluster import run, run_suite, temp_dir  # noqa
 from clusterlib import SOURCE_DIR  # noqa
 
 
@@ -22,29 +22,20 @@ def main():
         sys.exit(77)
     src = os.path.join(SOURCE_DIR, "bindings", "node")
     run(["bash", os.path.join(src, "install.sh")])
-    tmp, cleanup = scratch("llmq-bindings-node-")
-    cluster = None
-    try:
-        npm = ["npm", "--no-audit", "--no-fund", "--loglevel=error", "--prefer-offline"]
-        run(npm + ["pack", "--pack-destination", tmp, src], cwd=tmp)
-        tarball = glob.glob(os.path.join(tmp, "llmq-client-*.tgz"))[0]
-        proj = os.path.join(tmp, "proj")
-        os.makedirs(os.path.join(proj, "test"))
-        with open(os.path.join(proj, "package.json"), "w") as f:
-            json.dump({"name": "llmq-client-scratch", "private": True, "type": "module"}, f)
-        run(npm + ["install", tarball, "@msgpack/msgpack@3"], cwd=proj, timeout=300)
-        for name in os.listdir(os.path.join(src, "test")):
-            shutil.copy(os.path.join(src, "test", name), os.path.join(proj, "test", name))
-        cluster = BindingsCluster()
-        env = dict(os.environ, LLMQ_TEST_INSTALLED=proj, **cluster.env())
-        tests = sorted(glob.glob(os.path.join(proj, "test", "*.test.mjs")))
-        run(["node", "--test", "--test-concurrency=1"] + tests, env=env, cwd=proj,
-            cluster=cluster)
-        print("client.node: ok (broker restarts %d)" % cluster.restarts)
-    finally:
-        if cluster:
-            cluster.close()
-        cleanup()
+    tmp = temp_dir("llmq-bindings-node-")
+    npm = ["npm", "--no-audit", "--no-fund", "--loglevel=error", "--prefer-offline"]
+    run(npm + ["pack", "--pack-destination", tmp, src], cwd=tmp)
+    tarball = glob.glob(os.path.join(tmp, "llmq-client-*.tgz"))[0]
+    proj = os.path.join(tmp, "proj")
+    os.makedirs(os.path.join(proj, "test"))
+    with open(os.path.join(proj, "package.json"), "w") as f:
+        json.dump({"name": "llmq-client-scratch", "private": True, "type": "module"}, f)
+    run(npm + ["install", tarball, "@msgpack/msgpack@3"], cwd=proj, timeout=300)
+    for name in os.listdir(os.path.join(src, "test")):
+        shutil.copy(os.path.join(src, "test", name), os.path.join(proj, "test", name))
+    tests = sorted(glob.glob(os.path.join(proj, "test", "*.test.mjs")))
+    run_suite("client.node", ["node", "--test", "--test-concurrency=1"] + tests,
+              dict(os.environ, LLMQ_TEST_INSTALLED=proj), proj)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import clusterlib as cl  # noqa: E402
@@ -184,24 +183,15 @@ def t_no_broker(tmp):
 
 
 def main():
-    probe = cl.llmq.Client(cl.llmq.DEFAULT_ENDPOINT)
-    taken = probe.ping(timeout=0.3) is not None
-    probe.close()
-    if taken:
-        print("a broker answers at %s: embedded checks would use it" % cl.llmq.DEFAULT_ENDPOINT,
-              file=sys.stderr)
-        sys.exit(77)
-    tmp = tempfile.mkdtemp(prefix="llmq-papercuts-")
-    try:
-        t_help()
-        t_files(tmp)
-        t_no_broker(tmp)
-        t_stdio(tmp)
-        t_units(tmp)
-        t_quickstart(tmp)
-        t_large_line(tmp)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    cl.llmqtest.skip_if_default_broker("embedded checks would use it")
+    tmp = cl.temp_dir("llmq-papercuts-")
+    t_help()
+    t_files(tmp)
+    t_no_broker(tmp)
+    t_stdio(tmp)
+    t_units(tmp)
+    t_quickstart(tmp)
+    t_large_line(tmp)
     print("ok papercuts")
 
 

@@ -8,11 +8,10 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from clusterlib import (Cluster, bin_path, check, read_jsonl, run_llmq, verify_output,  # noqa
-                        wait_until, write_input)
+from clusterlib import (Cluster, bin_path, check, job_files, read_jsonl, run_llmq,  # noqa
+                        verify_output, wait_until)
 import json  # noqa
 from llmqtest import die_with_parent  # noqa
 
@@ -35,9 +34,7 @@ def complete_lines(path):
 
 
 def main():
-    tmp = tempfile.mkdtemp(prefix="llmq-client-resume-")
-    inp, out = os.path.join(tmp, "in.jsonl"), os.path.join(tmp, "out.jsonl")
-    expect = write_input(inp, N)
+    _, inp, out, expect = job_files("llmq-client-resume-", N)
     cluster = Cluster(workers=2, capacity=8)
     try:
         args = [bin_path("llmq"), "run", inp, "-o", out, "--broker", cluster.broker.frontend,

@@ -7,18 +7,15 @@ worker's retry, permanent faults (400) are error lines, unparsable lines are
 error lines, and the exit code is 1. Nothing is billed twice."""
 import os
 import sys
-import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from clusterlib import Cluster, check, run_llmq, verify_output, write_input, read_jsonl  # noqa
+from clusterlib import Cluster, check, job_files, run_llmq, verify_output, read_jsonl  # noqa
 
 N = 1200
 
 
 def main():
-    tmp = tempfile.mkdtemp(prefix="llmq-client-run-")
-    inp, out = os.path.join(tmp, "in.jsonl"), os.path.join(tmp, "out.jsonl")
-    expect = write_input(inp, N)
+    _, inp, out, expect = job_files("llmq-client-run-", N)
     # Two lines the client cannot use, and a blank line that is skipped.
     with open(inp, "a") as f:
         f.write('{"custom_id": "broken", "prompt": \n\n')

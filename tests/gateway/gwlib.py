@@ -1,66 +1,49 @@
-"""Helpers for the llmq-gateway tests: a cluster (llmq-sim, llmq-broker,
-llmq-worker from tests/client/clusterlib.py) plus llmq-gateway on free
-ports, a small HTTP client, and the SDK runner. Runs on /usr/bin/python3."""
-import http.client
-import json
+"""Helpers for the llmq-gateway tests: a cluster of the shared kit
+(tests/lib/llmqtest.py: llmq-sim, llmq-broker, llmq-worker) plus
+llmq-gateway on free ports, and the SDK runner. Runs on /usr/bin/python3."""
 import os
 import shutil
 import signal
 import sys
 import tempfile
-import urllib.parse
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "client"))
-from clusterlib import (  # noqa: E402,F401
-    MODEL, Broker, Cluster, Proc, bin_path, check, fail, wait_until, _low_port)
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
+from llmqtest import (  # noqa: E402,F401
+    MODEL, Broker, Cluster, HttpProc, Proc, bin_path, check, fail, skip, wait_until)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 KEY = "sk-gw-test-1"
 
 
-class Gateway(Proc):
+class Gateway(HttpProc):
+    """llmq-gateway on a free port; requests carry the test key (pass
+    {"Authorization": None} to send none)."""
+
+    default_headers = {"Authorization": "Bearer " + KEY}
+
     def __init__(self, broker, data_dir, *flags):
         super().__init__([bin_path("llmq-gateway"), "--broker", broker, "--port", "0",
                           "--data-dir", data_dir, *flags])
-        self.url = self.ready["url"]
-        u = urllib.parse.urlparse(self.url)
-        self.host, self.port = u.hostname, u.port
 
     def request(self, method, path, body=None, headers=None, timeout=30):
-        """(status, headers dict lower-cased, body bytes)."""
-        c = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
-        h = {"Authorization": "Bearer " + KEY}
-        h.update(headers or {})
-        if isinstance(body, (dict, list)):
-            body = json.dumps(body)
-            h.setdefault("Content-Type", "application/json")
-        c.request(method, path, body=body, headers={k: v for k, v in h.items() if v is not None})
-        r = c.getresponse()
-        data = r.read()
-        hdrs = {k.lower(): v for k, v in r.getheaders()}
-        c.close()
-        return r.status, hdrs, data
+        return super().request(method, path, body, headers, timeout)
 
     def json(self, method, path, body=None, headers=None, timeout=30):
-        status, hdrs, data = self.request(method, path, body, headers, timeout)
-        try:
-            return status, hdrs, json.loads(data)
-        except ValueError:
-            return status, hdrs, data
+        return super().json(method, path, body, headers, timeout)
 
 
 class GwCluster(Cluster):
     """sim + broker (its batch DB in a temp dir) + workers + gateway."""
 
     def __init__(self, workers=1, capacity=32, broker_flags=(), gateway_flags=(), keys=True):
-        self.tmp = tempfile.mkdtemp(prefix="llmq-gw-test-")
-        self.db = os.path.join(self.tmp, "batches.db")
-        self.broker_flags = ("--batch-db", self.db) + tuple(broker_flags)
-        super().__init__(workers=workers, capacity=capacity, broker_flags=self.broker_flags)
-        self.keys = os.path.join(self.tmp, "keys")
+        tmp = tempfile.mkdtemp(prefix="llmq-gw-test-")
+        self.db = os.path.join(tmp, "batches.db")
+        super().__init__(workers, capacity, broker_flags=("--batch-db", self.db) + tuple(broker_flags),
+                         tmp=tmp)
+        self.keys = self.path("keys")
         with open(self.keys, "w") as f:
             f.write("# key tenant\n%s tenant-a\n" % KEY)
-        self.data = os.path.join(self.tmp, "data")
+        self.data = self.path("data")
         self.gateway_flags = (("--keys", self.keys) if keys else ()) + tuple(gateway_flags)
         self.gateway = None
         self.start_gateway()
@@ -74,23 +57,6 @@ class GwCluster(Cluster):
         self.gateway.kill(signal.SIGKILL)
         self.procs.remove(self.gateway)
         return self.start_gateway()
-
-    def restart_broker(self):
-        """kill -9 the broker, start a new one on the same ports and DB."""
-        fe, be = self.broker.frontend, self.broker.backend
-        self.broker.kill(signal.SIGKILL)
-        self.procs.remove(self.broker)
-        self.broker = Broker(fe, be, *self.broker_flags)
-        self.procs.append(self.broker)
-
-    def close(self):
-        super().close()
-        shutil.rmtree(self.tmp, ignore_errors=True)
-
-
-def skip(reason):
-    print("SKIP: " + reason, file=sys.stderr)
-    sys.exit(77)
 
 
 def need_sdks():

@@ -2,28 +2,11 @@
 // llmq-gateway: messages (plain and streaming, events in Anthropic's order)
 // and a message batch (create, poll, results). Env: GW_URL, GW_KEY, GW_MODEL.
 'use strict';
-// Debian bookworm's Node.js 18 has File only in node:buffer; the SDKs'
-// uploads want the global (newer Node has it). What the SDK itself asks for.
-if (typeof globalThis.File === 'undefined') globalThis.File = require('node:buffer').File;
+const { check, ok, poll, run } = require('./sdk_kit'); // first: File for the SDK
 const Anthropic = require('@anthropic-ai/sdk');
 
 const model = process.env.GW_MODEL || 'sim-model';
 const client = new Anthropic({ baseURL: process.env.GW_URL, apiKey: process.env.GW_KEY, maxRetries: 0 });
-
-function check(cond, what) {
-  if (!cond) throw new Error('check failed: ' + what);
-}
-function ok(name) { console.log('ok ' + name); }
-
-async function poll(what, fn, timeoutMs = 60000) {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await fn();
-    if (v) return v;
-    if (Date.now() > deadline) throw new Error('timed out waiting for ' + what);
-    await new Promise((r) => setTimeout(r, 100)); // poll period, not a wait
-  }
-}
 
 async function messages() {
   if (client.models && client.models.list) {
@@ -81,8 +64,4 @@ async function batch() {
   ok('message batch');
 }
 
-(async () => {
-  await messages();
-  await batch();
-  console.log('anthropic sdk: all passed');
-})().catch((e) => { console.error('FAIL', e); process.exit(1); });
+run('anthropic', messages, batch);

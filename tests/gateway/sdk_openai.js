@@ -4,29 +4,12 @@
 // create, poll, download output and error files, list, cancel, delete).
 // Env: GW_URL (http://host:port), GW_KEY, GW_MODEL. Exit 0 when all pass.
 'use strict';
-// Debian bookworm's Node.js 18 has File only in node:buffer; the SDKs'
-// uploads want the global (newer Node has it). What the SDK itself asks for.
-if (typeof globalThis.File === 'undefined') globalThis.File = require('node:buffer').File;
+const { check, ok, poll, run } = require('./sdk_kit'); // first: File for the SDK
 const OpenAI = require('openai');
 const { toFile } = require('openai');
 
 const model = process.env.GW_MODEL || 'sim-model';
 const client = new OpenAI({ baseURL: process.env.GW_URL + '/v1', apiKey: process.env.GW_KEY, maxRetries: 0 });
-
-function check(cond, what) {
-  if (!cond) throw new Error('check failed: ' + what);
-}
-function ok(name) { console.log('ok ' + name); }
-
-async function poll(what, fn, timeoutMs = 60000) {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await fn();
-    if (v) return v;
-    if (Date.now() > deadline) throw new Error('timed out waiting for ' + what);
-    await new Promise((r) => setTimeout(r, 100)); // poll period, not a wait
-  }
-}
 
 async function inference() {
   const models = await client.models.list();
@@ -113,8 +96,4 @@ async function batches() {
   ok('files delete');
 }
 
-(async () => {
-  await inference();
-  await batches();
-  console.log('openai sdk: all passed');
-})().catch((e) => { console.error('FAIL', e); process.exit(1); });
+run('openai', inference, batches);

@@ -11,7 +11,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import urllib.error
 import urllib.request
 
@@ -101,14 +100,9 @@ def gateway_chat(frontend, tmp, procs, cert, broker_key, want):
 
 
 def main():
-    tmp = tempfile.mkdtemp(prefix="llmq-curve-%d-" % os.getpid())
-    procs = []
-    try:
-        run(tmp, procs)
-        # Every process stops on SIGTERM with exit 0 and a clean log.
-        cl.llmqtest.finish()
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    run(cl.temp_dir("llmq-curve-"), [])
+    # Every process stops on SIGTERM with exit 0 and a clean log.
+    cl.llmqtest.finish()
     print("hosts.curve: OK")
 
 

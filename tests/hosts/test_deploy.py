@@ -17,7 +17,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "client"))
 import clusterlib as cl  # noqa: E402
@@ -162,13 +161,10 @@ def main():
         import yaml  # noqa: F401
     except ImportError:
         skip("no python3-yaml")
-    tmp = tempfile.mkdtemp(prefix="llmq-deploy-%d-" % os.getpid())
-    try:
-        check_files()
-        check_binding(tmp)
-        check_real_provider(tmp)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    tmp = cl.temp_dir("llmq-deploy-")
+    check_files()
+    check_binding(tmp)
+    check_real_provider(tmp)
     print("hosts.deploy: OK")
 
 

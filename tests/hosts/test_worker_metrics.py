@@ -11,7 +11,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import urllib.request
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "client"))
@@ -38,14 +37,12 @@ def total(samples, prefix):
 
 
 def main():
-    tmp = tempfile.mkdtemp(prefix="llmq-wmetrics-%d-" % os.getpid())
     procs = []
     try:
-        run(tmp, procs)
+        run(cl.temp_dir("llmq-wmetrics-"), procs)
     finally:
         for p in procs:
             p.kill()
-        shutil.rmtree(tmp, ignore_errors=True)
     print("hosts.worker_metrics: OK")
 
 

@@ -11,17 +11,29 @@ A test that cannot run here calls skip(reason): exit 77, which ctest's
 SKIP_RETURN_CODE shows as skipped, with the reason on stderr.
 
 Waits are polls with deadlines (wait_until), never sleeps. Runs on
-/usr/bin/python3 with the standard library only.
+/usr/bin/python3 with the standard library only (broker_status() also
+imports the llmq_client package from bindings/python, which needs pyzmq).
+
+The one launcher of each binary the tests start:
+  Sim(*flags)        llmq-sim on a free port, with an HTTP client
+  Broker(fe, be)     llmq-broker (ephemeral or given ports)
+  Worker(be, url)    llmq-worker against a Sim
+  Cluster(...)       Sim + Broker + Workers, restartable broker, temp dir
+plus chat_hash() (llmq-sim's answer to a chat) and broker_status().
 """
 import atexit
+import http.client
+import json
 import os
 import select
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 
 BIN_DIR = os.environ.get("LLMQ_BIN_DIR", "build/bin")
 SOURCE_DIR = os.environ.get("LLMQ_SOURCE_DIR",
@@ -138,6 +150,14 @@ class Proc:
                 self.stdout.append(chunk)
         except (OSError, ValueError):
             return
+
+    def kill(self, sig=signal.SIGKILL):
+        """SIGKILL: a crash on purpose (kill9). Any other signal: a clean
+        stop, checked (stop)."""
+        if sig == signal.SIGKILL:
+            self.kill9()
+        else:
+            self.stop(sig)
 
     @property
     def pid(self):
@@ -258,8 +278,31 @@ def _stop_all_quietly(show=True):
     Proc.ALL.clear()
 
 
-#  A test that ends with an exception (an assert) never reached finish():
-#  whatever still runs is stopped, and the logs are shown.
+_TEMP_DIRS = []   # temp_dir()s, removed when the test process ends
+
+
+def temp_dir(prefix):
+    """A fresh temp dir (unique: tempfile.mkdtemp) that is removed when the
+    test ends however it ends, after its processes are stopped; kept with
+    LLMQ_TEST_VERBOSE for a look afterwards."""
+    d = tempfile.mkdtemp(prefix=prefix)
+    _TEMP_DIRS.append(d)
+    return d
+
+
+def _remove_temp_dirs():
+    if VERBOSE:
+        for d in _TEMP_DIRS:
+            print("kept %s" % d, file=sys.stderr)
+        return
+    for d in _TEMP_DIRS:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+#  At exit, last registered first: stop what still runs (a test that ended
+#  with an exception never reached finish(): its logs are shown), then
+#  remove the temp dirs.
+atexit.register(_remove_temp_dirs)
 atexit.register(_stop_all_quietly)
 
 
@@ -288,3 +331,303 @@ def main(fn):
     started stopped cleanly."""
     fn()
     finish()
+
+
+#  ---------------------------------------------------------------- launchers
+
+MODEL = "sim-model"     # the model the test workers serve
+SIM_KEY = "sk-test-key"  # the provider key the test workers send to llmq-sim
+
+
+def fnv1a64(data):
+    h = 0xcbf29ce484222325
+    for b in data:
+        h ^= b
+        h = (h * 0x100000001b3) & 0xFFFFFFFFFFFFFFFF
+    return h
+
+
+def chat_hash(model, messages, system=None):
+    """llmq-sim's canonical hash of a chat request (sim/README.md): its
+    answer text starts with "sim-" + this."""
+    text = model + "\n"
+    if system is not None:
+        text += "system:" + system + "\n"
+    for m in messages:
+        c = m.get("content")
+        if isinstance(c, list):
+            c = "".join(p.get("text", "") for p in c if p.get("type") == "text")
+        text += m["role"] + ":" + (c or "") + "\n"
+    return "%016x" % fnv1a64(text.encode())
+
+
+class HttpProc(Proc):
+    """A process whose ready line carries url=http://host:port, with a small
+    HTTP client for it."""
+
+    default_headers = {}   # added to every request (a value None: left out)
+
+    def __init__(self, argv, **kw):
+        super().__init__(argv, **kw)
+        self.url = self.ready.get("url", "")
+        u = urllib.parse.urlparse(self.url)
+        self.host, self.port = u.hostname, u.port
+
+    def conn(self, timeout=10):
+        return http.client.HTTPConnection(self.host, self.port, timeout=timeout)
+
+    def request(self, method, path, body=None, headers=None, timeout=10):
+        """(status, headers dict lower-cased, body bytes). A dict or list
+        body is sent as JSON; str or bytes as they are. A header given as
+        None is not sent."""
+        h = dict(self.default_headers)
+        h.update(headers or {})
+        if isinstance(body, (dict, list)):
+            body = json.dumps(body)
+            h.setdefault("Content-Type", "application/json")
+        c = self.conn(timeout)
+        try:
+            c.request(method, path, body=body,
+                      headers={k: v for k, v in h.items() if v is not None})
+            r = c.getresponse()
+            data = r.read()
+            return r.status, {k.lower(): v for k, v in r.getheaders()}, data
+        finally:
+            c.close()
+
+    def json(self, method, path, body=None, headers=None, timeout=10, **kw):
+        """request() with the body decoded: JSON, None if empty, else the
+        bytes."""
+        status, hdrs, data = self.request(method, path, body, headers, timeout=timeout, **kw)
+        if not data:
+            return status, hdrs, None
+        try:
+            return status, hdrs, json.loads(data)
+        except ValueError:
+            return status, hdrs, data
+
+
+class Sim(HttpProc):
+    """The real llmq-sim on a free port (--port 0 --quiet unless given)."""
+
+    def __init__(self, *flags, timeout=20.0, env=None, name="llmq-sim"):
+        argv = [bin_path("llmq-sim")]
+        if "--port" not in flags:
+            argv += ["--port", "0"]
+        argv += ["--quiet", *flags]
+        super().__init__(argv, name=name, timeout=timeout, env=env)
+        check(self.ready_line.startswith("ready llmq-sim url="),
+              "no ready line from llmq-sim: %r" % self.ready_line)
+
+    def request(self, method, path, body=None, headers=None, auth=True,
+                anthropic=False, timeout=10, raw=None):
+        """As HttpProc.request, with the test key (OpenAI or Anthropic
+        style) unless auth is false; raw: bytes sent as the body."""
+        h = dict(headers or {})
+        if auth and anthropic:
+            h.setdefault("x-api-key", SIM_KEY)
+            h.setdefault("anthropic-version", "2023-06-01")
+        elif auth:
+            h.setdefault("Authorization", "Bearer " + SIM_KEY)
+        return super().request(method, path, raw if body is None else body, h, timeout)
+
+    def stats(self):
+        return self.json("GET", "/_stats", auth=False)[2]
+
+    def reset(self):
+        return self.json("POST", "/_reset", auth=False)[2]
+
+    def close(self):
+        self.stop(timeout=20)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        self.close()
+
+
+class Broker(Proc):
+    """The real llmq-broker; frontend/backend are the bound endpoints."""
+
+    def __init__(self, frontend="tcp://127.0.0.1:*", backend="tcp://127.0.0.1:*", *flags,
+                 name="llmq-broker", env=None):
+        super().__init__([bin_path("llmq-broker"), "--frontend", frontend,
+                          "--backend", backend, *flags], name=name, env=env)
+        self.frontend = self.ready["frontend"]
+        self.backend = self.ready["backend"]
+
+
+class Worker(Proc):
+    """The real llmq-worker serving model (every model if None) from a
+    Sim at sim_url with the test key."""
+
+    def __init__(self, backend, sim_url, capacity=32, model=MODEL, *flags, env=None,
+                 name="llmq-worker"):
+        argv = [bin_path("llmq-worker"), "--broker", backend, "--provider", "sim",
+                "--base-url", sim_url + "/v1"]
+        if model is not None:
+            argv += ["--model", model]
+        full_env = {"OPENAI_API_KEY": SIM_KEY}
+        full_env.update(env or {})
+        super().__init__(argv + ["--capacity", str(capacity), *flags], name=name,
+                         env=full_env)
+
+
+def low_port():
+    """A free port below the kernel's (32768+) and ZeroMQ's (49152+)
+    ephemeral ranges: restart_broker binds the same ports again after a
+    kill -9, and no process of a test running in parallel can be handed such
+    a port in between (as it can a freed ephemeral one)."""
+    import random
+    import socket
+    for _ in range(200):
+        port = random.randint(20000, 32000)
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            s.bind(("127.0.0.1", port))
+            return port
+        except OSError:
+            continue
+        finally:
+            s.close()
+    raise RuntimeError("no free port in 20000..32000")
+
+
+DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"   # where llmq looks for a broker
+
+
+def client_module():
+    """The llmq_client package of this tree (bindings/python)."""
+    python_dir = os.path.join(SOURCE_DIR, "bindings", "python")
+    if python_dir not in sys.path:
+        sys.path.insert(0, python_dir)
+    import llmq_client
+    return llmq_client
+
+
+def _ask_broker(endpoint, timeout, ask):
+    llmq_client = client_module()
+    c = llmq_client.Client(endpoint, timeout=timeout)
+    try:
+        return ask(c)
+    except llmq_client.LlmqError:
+        return None
+    finally:
+        c.close()
+
+
+def broker_status(endpoint, timeout=3.0):
+    """The broker's status map (PROTOCOL.md 5.3), or None if it does not
+    answer in timeout."""
+    return _ask_broker(endpoint, timeout, lambda c: c.status(timeout=timeout))
+
+
+def broker_ping(endpoint=DEFAULT_ENDPOINT, timeout=0.3):
+    """"<broker name> <version>" from the broker at endpoint, or None if
+    nothing answers in timeout."""
+    def ping(c):
+        pong = c.ping(timeout=timeout)
+        return "%s %s" % (pong.broker, pong.version)
+    return _ask_broker(endpoint, timeout, ping)
+
+
+def skip_if_default_broker(what):
+    """Skip (exit 77) if a broker answers at llmq's default endpoint: an
+    `llmq` with no --broker would use it, not an embedded cluster."""
+    if broker_ping(DEFAULT_ENDPOINT) is not None:
+        skip("a broker answers at %s: %s" % (DEFAULT_ENDPOINT, what))
+
+
+class Cluster:
+    """llmq-sim + llmq-broker + workers; close() stops them all (SIGTERM,
+    checked) and removes the temp dir.
+
+    workers: a count, or one tuple of extra flags per worker. latency_ms:
+    llmq-sim's --latency-ms (None: give it in sim_flags, or none). The broker
+    binds free low ports (restart_broker reuses them) unless ports="any"
+    (tcp://127.0.0.1:*). tmp: a temp dir (temp_dir()) the cluster
+    removes at close(), e.g. the one its --batch-db is in."""
+
+    def __init__(self, workers=2, capacity=32, sim_flags=(), broker_flags=(),
+                 worker_flags=(), model=MODEL, latency_ms="5", ports="low",
+                 tmp=None, wait=True):
+        self.procs = []
+        self.workers = []
+        self.capacity, self.model = capacity, model
+        self.worker_flags = tuple(worker_flags)
+        self.tmp = tmp
+        self.broker_flags = tuple(broker_flags)
+        latency = ("--latency-ms", str(latency_ms)) if latency_ms is not None else ()
+        self.sim = Sim(*latency, *sim_flags)
+        self.procs.append(self.sim)
+        if ports == "low":
+            fe, be = ("tcp://127.0.0.1:%d" % low_port() for _ in range(2))
+        else:
+            fe = be = "tcp://127.0.0.1:*"
+        self.start_broker(fe, be)
+        each = [()] * workers if isinstance(workers, int) else list(workers)
+        for flags in each:
+            self.add_worker(capacity, *flags)
+        if wait:
+            self.wait_workers(len(each))
+
+    def path(self, name):
+        return os.path.join(self.tmp, name)
+
+    def start_broker(self, frontend, backend):
+        self.broker = Broker(frontend, backend, *self.broker_flags)
+        self.procs.append(self.broker)
+        return self.broker
+
+    def add_worker(self, capacity=None, *flags):
+        w = Worker(self.broker.backend, self.sim.url, capacity or self.capacity, self.model,
+                   *self.worker_flags, *flags)
+        self.workers.append(w)
+        self.procs.append(w)
+        return w
+
+    def status(self):
+        return broker_status(self.broker.frontend)
+
+    def wait_workers(self, n, timeout=30.0):
+        """Until the broker lists n healthy workers."""
+        def ready():
+            s = broker_status(self.broker.frontend)
+            if not s:
+                return False
+            live = [w for w in s.get("workers", []) if w.get("healthy", True)]
+            return len(live) >= n
+        wait_until("%d workers at the broker" % n, ready, timeout)
+
+    def restart_broker(self, sig=signal.SIGKILL, outage=0.0):
+        """Stop the broker (kill -9 by default), leave it down for outage
+        seconds (the scenario, not a wait), start a new one on the same
+        ports with the same flags."""
+        fe, be = self.broker.frontend, self.broker.backend
+        self.broker.kill(sig)
+        self.procs.remove(self.broker)
+        if outage:
+            select.select([], [], [], outage)
+        return self.start_broker(fe, be)
+
+    def wait_idle(self, timeout=60.0):
+        """Until the broker has nothing queued or in flight and the sim has
+        nothing in flight: every request sent so far has been answered."""
+        def idle():
+            s = broker_status(self.broker.frontend)
+            if not s:
+                return False
+            counters = s.get("counters", {})
+            if counters.get("queued", 0) or counters.get("in_flight", 0):
+                return False
+            if any(w.get("in_flight", 0) for w in s.get("workers", [])):
+                return False
+            return self.sim.stats().get("in_flight", 1) == 0
+        wait_until("an idle cluster", idle, timeout)
+
+    def close(self):
+        for p in reversed(self.procs):
+            p.kill(signal.SIGTERM)
+        if self.tmp:
+            shutil.rmtree(self.tmp, ignore_errors=True)

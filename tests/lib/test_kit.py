@@ -1,8 +1,11 @@
 #!/usr/bin/python3
 """tests.kit: the shared test kit (llmqtest.py) catches what it promises:
 a sanitizer report in a process's stderr, a non-zero exit after SIGTERM, a
-process that ignores SIGTERM; skip() exits 77. Each case runs a small test
-in a child python that uses the kit on a fake process."""
+process that ignores SIGTERM; skip() exits 77; temp_dir()s are removed
+however the test ends. Each case runs a small test in a child python that
+uses the kit on a fake process. Then the launchers on the real binaries:
+Sim answers with chat_hash's text, Cluster's workers reach the broker and
+its restart_broker keeps the ports, broker_ping of nothing is None."""
 import os
 import subprocess
 import sys
@@ -61,4 +64,48 @@ expect("finish() checks what is left", case("", 3, body="llmqtest.finish()"), 1,
 expect("kill9 is not an error", case("", 0, body="p.kill9(); llmqtest.finish()"), 0, "KIT-PASSED")
 rc, out = case("", 0, body="llmqtest.skip('no such tool')")
 expect("skip exits 77 with the reason", (rc, out), 77, "SKIP: no such tool")
+
+# temp_dir: removed at exit, after a failure too (the path is printed).
+for ending, want_rc in (("llmqtest.finish()", 0), ("llmqtest.fail('on purpose')", 1)):
+    rc, out = case("", 0, body="print('DIR=' + llmqtest.temp_dir('llmq-kit-')); " + ending)
+    path = [ln[4:] for ln in out.splitlines() if ln.startswith("DIR=")]
+    if rc != want_rc or not path or os.path.exists(path[0]):
+        print("FAIL: temp_dir after %s: exit %d, %r\n%s" % (ending, rc, path, out[-2000:]),
+              file=sys.stderr)
+        sys.exit(1)
+    print("ok: temp_dir removed after %s" % ending)
+
+
+def launchers():
+    if not all(llmqtest.have(b) for b in ("llmq-sim", "llmq-broker", "llmq-worker")):
+        print("launchers not checked: llmq-sim, llmq-broker or llmq-worker not built")
+        return
+    messages = [{"role": "user", "content": "kit"}]
+    with llmqtest.Sim() as sim:
+        st, _, body = sim.json("POST", "/v1/chat/completions",
+                               {"model": llmqtest.MODEL, "messages": messages})
+        text = body["choices"][0]["message"]["content"] if st == 200 else ""
+        llmqtest.check(text.startswith("sim-" + llmqtest.chat_hash(llmqtest.MODEL, messages)),
+                       "Sim's answer %r is not chat_hash's" % text)
+    print("ok: Sim answers with chat_hash's text")
+    c = llmqtest.Cluster(workers=1, capacity=2)
+    try:
+        st = c.status()
+        llmqtest.check(st and len(st["workers"]) == 1, "one worker at the broker: %r" % st)
+        fe, be = c.broker.frontend, c.broker.backend
+        c.restart_broker()
+        llmqtest.check((c.broker.frontend, c.broker.backend) == (fe, be), "same ports")
+        c.wait_workers(1)
+        llmqtest.check(llmqtest.broker_ping(fe, 3.0).startswith("llmq-broker"), "ping")
+    finally:
+        c.close()
+    print("ok: Cluster starts, restart_broker keeps the ports, the worker comes back")
+    llmqtest.check(llmqtest.broker_ping("tcp://127.0.0.1:%d" % llmqtest.low_port()) is None,
+                   "broker_ping of nothing is None")
+    print("ok: broker_ping of nothing is None")
+
+
+sys.path.insert(0, HERE)
+import llmqtest  # noqa: E402
+llmqtest.main(launchers)
 print("tests.kit: ok")

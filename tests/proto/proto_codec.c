@@ -29,14 +29,8 @@
 /*  A string literal and its size (which may include NUL bytes). */
 #define BYTES(s) s, sizeof(s) - 1
 
-#define CHECK(cond)                                                            \
-    do {                                                                       \
-        if (!(cond)) {                                                         \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__,   \
-                    #cond);                                                    \
-            abort();                                                           \
-        }                                                                      \
-    } while (0)
+#include "llmq_check.h"
+#define CHECK(cond) LLMQ_CHECK(cond)
 
 static bool s_verbose = false;
 static int s_checked = 0; /* cases run, printed at the end */

@@ -2,6 +2,7 @@
     FNV-1a, canonical request hash, usage and token rules, directives,
     JSON escaping, OpenAI duration and RFC 3339 formats. The integration
     tests (test_sim.py) cover the HTTP side. */
+#include "llmq_check.h"
 #include "sim.h"
 
 #include <inttypes.h>
@@ -11,15 +12,33 @@
 
 static int s_failures = 0;
 
+/*  CHECK(cond, fmt, ...): a counted check (llmq_check.h) with the values
+    that explain the failure on the next line. */
 #define CHECK(cond, ...)                                                       \
-    do {                                                                       \
-        if (!(cond)) {                                                         \
-            s_failures++;                                                      \
-            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);               \
-            fprintf(stderr, __VA_ARGS__);                                      \
-            fputc('\n', stderr);                                               \
-        }                                                                      \
-    } while (0)
+    LLMQ_CHECK_OR(cond, s_failures++; fprintf(stderr, "  " __VA_ARGS__);       \
+                  fputc('\n', stderr))
+
+/*  Bodies the parser rejects, and the parameter it names (NULL: any). */
+static const struct {
+    sim_op_t op;
+    const char *json;
+    const char *param;
+    const char *what;
+} s_rejected[] = {
+    {SIM_OP_MESSAGES,
+     "{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}",
+     "max_tokens", "anthropic needs max_tokens"},
+    {SIM_OP_MESSAGES,
+     "{\"model\":\"m\",\"max_tokens\":3,\"messages\":[{\"role\":\"system\","
+     "\"content\":\"x\"}]}",
+     NULL, "anthropic rejects system role"},
+    {SIM_OP_CHAT, "{\"model\":\"m\"}", "messages", "messages required"},
+    {SIM_OP_CHAT, "{\"messages\":[]}", "model", "model required"},
+    {SIM_OP_CHAT,
+     "{\"model\":\"m\",\"max_tokens\":1.5,\"messages\":[{\"role\":\"u\"}]}",
+     "max_tokens", "integer max_tokens"},
+    {SIM_OP_CHAT, "[1]", NULL, "array body"},
+};
 
 static int s_parse(sim_req_t *r, sim_op_t op, const char *json,
                    const char **param)
@@ -119,31 +138,13 @@ static void s_test_parse(void)
           "anthropic canonical hash");
     CHECK(r.out_tokens <= 5, "max_tokens caps");
     sim_req_free(&r);
-    CHECK(s_parse(&r, SIM_OP_MESSAGES,
-                  "{\"model\":\"m\",\"messages\":[{\"role\":\"user\","
-                  "\"content\":\"x\"}]}",
-                  &param) == -1 &&
-              strcmp(param, "max_tokens") == 0,
-          "anthropic needs max_tokens");
-    CHECK(s_parse(&r, SIM_OP_MESSAGES,
-                  "{\"model\":\"m\",\"max_tokens\":3,\"messages\":[{\"role\":"
-                  "\"system\","
-                  "\"content\":\"x\"}]}",
-                  &param) == -1,
-          "anthropic rejects system role");
-    CHECK(s_parse(&r, SIM_OP_CHAT, "{\"model\":\"m\"}", &param) == -1 &&
-              strcmp(param, "messages") == 0,
-          "messages required");
-    CHECK(s_parse(&r, SIM_OP_CHAT, "{\"messages\":[]}", &param) == -1 &&
-              strcmp(param, "model") == 0,
-          "model required");
-    CHECK(s_parse(&r, SIM_OP_CHAT,
-                  "{\"model\":\"m\",\"max_tokens\":1.5,\"messages\":[{\"role\":"
-                  "\"u\"}]}",
-                  &param) == -1 &&
-              strcmp(param, "max_tokens") == 0,
-          "integer max_tokens");
-    CHECK(s_parse(&r, SIM_OP_CHAT, "[1]", &param) == -1, "array body");
+    for (size_t k = 0; k < sizeof s_rejected / sizeof s_rejected[0]; k++) {
+        param = NULL;
+        int rc = s_parse(&r, s_rejected[k].op, s_rejected[k].json, &param);
+        const char *want = s_rejected[k].param;
+        CHECK(rc == -1 && (!want || (param && strcmp(param, want) == 0)), "%s",
+              s_rejected[k].what);
+    }
     //  completions and embeddings
     CHECK(s_parse(&r, SIM_OP_COMPLETION,
                   "{\"model\":\"d\",\"prompt\":[\"a\",\"bc\"]}", NULL) == 0,

@@ -16,6 +16,9 @@ from .errors import (AuthError, InvalidRequest, LlmqError, StreamInterrupted, Ti
                      error_from)
 from .types import Result, Usage, delta_of
 
+#  The timeout argument left out: the client's own timeout applies.
+DEFAULT: Any = object()
+
 PROTOCOL_VERSION = 1
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
 MAX_MESSAGE = 64 * 1024 * 1024
@@ -216,6 +219,12 @@ class Core:
         self.outbox.append(frames)
 
     # -- requests ----------------------------------------------------------
+    def submit_call(self, op: str, model: str, body: Any, stream: bool, timeout: Any,
+                    kw: Dict[str, Any]) -> Req:
+        """submit() for the clients' calls: timeout DEFAULT is the client's."""
+        return self.submit(op, model, body, stream=stream,
+                           timeout=self.timeout if timeout is DEFAULT else timeout, **kw)
+
     def submit(self, op: str, model: str, body: Any, *, stream: bool = False,
                timeout: Optional[float] = None, request_id: Optional[str] = None,
                pool: Optional[str] = None, priority: Optional[int] = None,
@@ -283,7 +292,31 @@ class Core:
         if req.notify is not None:
             req.notify()
 
+    def take_replies(self, match: Callable[[Header], bool], n: int,
+                     got: List[Tuple[Header, Optional[bytes]]]) -> bool:
+        """Move the inbox's messages that match into got (an error reply
+        raises); True once got holds n."""
+        while self.inbox:
+            h, p = self.inbox.popleft()
+            if not match(h):
+                continue
+            if h.get("t") == "error":
+                raise error_from(h)
+            got.append((h, p))
+            if len(got) == n:
+                return True
+        return False
+
     # -- input -------------------------------------------------------------
+    def read_all(self, sock: Any) -> None:
+        """Handle every message waiting on sock (a plain, non-blocking read)."""
+        while True:
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self.on_frames(frames)
+
     def on_frames(self, frames: Frames) -> None:
         self.last_recv = self.last_heard = time.monotonic()
         if not 1 <= len(frames) <= 2:

@@ -11,11 +11,11 @@ import zmq
 import zmq.asyncio
 
 from . import _batch
-from ._core import ConnectionInfo, Core, Header, Messages, Req, chat_body, decode
-from .errors import Cancelled, LlmqError, Timeout, Unavailable, error_from
+from ._core import DEFAULT, ConnectionInfo, Core, Header, Messages, Req, chat_body, decode
+from .errors import Cancelled, LlmqError, Timeout, Unavailable
 from .types import BatchResult, BatchStatus, Pong, Result
 
-_DEFAULT: Any = object()
+_DEFAULT: Any = DEFAULT
 
 
 class AsyncClient(ConnectionInfo):
@@ -107,13 +107,7 @@ class AsyncClient(ConnectionInfo):
                         except zmq.Again:
                             break
                 if sock in events:
-                    plain = self._send_sock
-                    while True:
-                        try:
-                            frames = plain.recv_multipart(zmq.NOBLOCK)
-                        except zmq.Again:
-                            break
-                        core.on_frames(frames)
+                    core.read_all(self._send_sock)
                 if core.tick():
                     self._reconnect()
                 core.flush(self._send_sock)
@@ -126,8 +120,7 @@ class AsyncClient(ConnectionInfo):
     # -- requests ----------------------------------------------------------
     def _submit(self, op: str, model: str, body: Any, stream: bool, timeout: Any,
                 kw: Dict[str, Any]) -> Req:
-        t = self._core.timeout if timeout is _DEFAULT else timeout
-        req = self._core.submit(op, model, body, stream=stream, timeout=t, **kw)
+        req = self._core.submit_call(op, model, body, stream, timeout, kw)
         self._start()
         return req
 
@@ -280,15 +273,8 @@ class AsyncClient(ConnectionInfo):
             try_until = min(deadline, time.monotonic() + core.liveness)
             while time.monotonic() < try_until:
                 event.clear()
-                while core.inbox:
-                    h, p = core.inbox.popleft()
-                    if not match(h):
-                        continue
-                    if h.get("t") == "error":
-                        raise error_from(h)
-                    got.append((h, p))
-                    if len(got) == n:
-                        return got
+                if core.take_replies(match, n, got):
+                    return got
                 try:
                     await asyncio.wait_for(event.wait(), try_until - time.monotonic())
                 except asyncio.TimeoutError:

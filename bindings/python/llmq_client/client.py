@@ -9,11 +9,11 @@ from typing import (Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequ
 import zmq
 
 from . import _batch
-from ._core import ConnectionInfo, Core, Header, Messages, Req, chat_body
-from .errors import Cancelled, LlmqError, Unavailable, error_from
+from ._core import DEFAULT, ConnectionInfo, Core, Header, Messages, Req, chat_body
+from .errors import Cancelled, LlmqError, Unavailable
 from .types import BatchResult, BatchStatus, Pong, Result
 
-_DEFAULT: Any = object()
+_DEFAULT: Any = DEFAULT
 
 
 class Client(ConnectionInfo):
@@ -85,12 +85,7 @@ class Client(ConnectionInfo):
                 except zmq.Again:
                     break
         if self._sock in events:
-            while True:
-                try:
-                    frames = self._sock.recv_multipart(zmq.NOBLOCK)
-                except zmq.Again:
-                    break
-                core.on_frames(frames)
+            core.read_all(self._sock)
         if core.tick():
             self._reconnect()
         core.flush(self._sock)
@@ -108,8 +103,7 @@ class Client(ConnectionInfo):
     # -- requests ----------------------------------------------------------
     def _submit(self, op: str, model: str, body: Any, stream: bool, timeout: Any,
                 kw: Dict[str, Any]) -> Req:
-        t = self._core.timeout if timeout is _DEFAULT else timeout
-        req = self._core.submit(op, model, body, stream=stream, timeout=t, **kw)
+        req = self._core.submit_call(op, model, body, stream, timeout, kw)
         self._core.flush(self._sock)
         return req
 
@@ -209,15 +203,8 @@ class Client(ConnectionInfo):
             try_until = min(deadline, time.monotonic() + core.liveness)
             while time.monotonic() < try_until:
                 self._pump(try_until - time.monotonic())
-                while core.inbox:
-                    h, p = core.inbox.popleft()
-                    if not match(h):
-                        continue
-                    if h.get("t") == "error":
-                        raise error_from(h)
-                    got.append((h, p))
-                    if len(got) == n:
-                        return got
+                if core.take_replies(match, n, got):
+                    return got
             if time.monotonic() >= deadline:
                 raise Unavailable("broker unreachable: no answer from %s" % core.endpoint)
             self._reconnect()

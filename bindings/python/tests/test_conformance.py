@@ -111,46 +111,51 @@ def _check(tc: unittest.TestCase, case: Dict[str, Any], result: Any, pieces: Any
         tc.assertEqual(len(result.embeddings), want["embeddings"])
 
 
+def _kwargs(case: Dict[str, Any]) -> Dict[str, Any]:
+    """The call's keyword arguments: the case's params and its timeout."""
+    kw = dict(case["params"])
+    if "timeout_s" in case:
+        kw["timeout"] = case["timeout_s"]
+    return kw
+
+
 @live
 class Live(unittest.TestCase):
     def test_sync(self) -> None:
         with L.Client(ENDPOINT, timeout=20) as c:
             for case in CASES["live"]:
                 with self.subTest(case["name"]):
-                    kw = dict(case["params"])
-                    if "timeout_s" in case:
-                        kw["timeout"] = case["timeout_s"]
                     result = pieces = error = None
                     try:
                         if case["call"] == "stream":
-                            s = c.stream(MODEL, case["input"], **kw)
+                            s = c.stream(MODEL, case["input"], **_kwargs(case))
                             pieces = list(s)
                             result = s.result
                         else:
-                            result = getattr(c, case["call"])(MODEL, case["input"], **kw)
+                            result = getattr(c, case["call"])(MODEL, case["input"], **_kwargs(case))
                     except L.LlmqError as e:
                         error = e
                     _check(self, case, result, pieces, error)
 
     def test_async(self) -> None:
+        async def one(c: Any, case: Dict[str, Any]) -> None:
+            result = pieces = error = None
+            try:
+                if case["call"] == "stream":
+                    s = c.stream(MODEL, case["input"], **_kwargs(case))
+                    pieces = [p async for p in s]
+                    result = s.result
+                else:
+                    result = await getattr(c, case["call"])(MODEL, case["input"], **_kwargs(case))
+            except L.LlmqError as e:
+                error = e
+            _check(self, case, result, pieces, error)
+
         async def run() -> None:
             async with L.AsyncClient(ENDPOINT, timeout=20) as c:
                 for case in CASES["live"]:
                     with self.subTest(case["name"]):
-                        kw = dict(case["params"])
-                        if "timeout_s" in case:
-                            kw["timeout"] = case["timeout_s"]
-                        result = pieces = error = None
-                        try:
-                            if case["call"] == "stream":
-                                s = c.stream(MODEL, case["input"], **kw)
-                                pieces = [p async for p in s]
-                                result = s.result
-                            else:
-                                result = await getattr(c, case["call"])(MODEL, case["input"], **kw)
-                        except L.LlmqError as e:
-                            error = e
-                        _check(self, case, result, pieces, error)
+                        await one(c, case)
         asyncio.run(run())
 
 
