@@ -17,6 +17,7 @@
     payload's size whatever the counts claim.
 */
 #include "llmq_payload.h"
+#include "llmq_check.h"
 #include "llmq_mpread.h"
 #include "llmq_value.h"
 
@@ -723,16 +724,7 @@ void llmq_status_destroy(llmq_status_t **self_p)
 
 /*  ---- self test ------------------------------------------------------- */
 
-/*  Checks that stay on in release builds (the test kit's macro, once it
-    exists in proto/, replaces this). */
-static void s_test_check(bool ok, int line, const char *expr)
-{
-    if (!ok) {
-        fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, line, expr);
-        abort();
-    }
-}
-#define S_TEST(cond) s_test_check((cond), __LINE__, #cond)
+#define S_TEST(cond) LLMQ_CHECK(cond)
 
 static int s_test_collect(const llmq_result_item_t *item, void *arg)
 {
