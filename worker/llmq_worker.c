@@ -55,7 +55,7 @@
 #include "llmq_sse.h"
 #include "llmq_payload.h"
 #include "llmq_value.h"
-#include "llmq_wlog.h"
+#include "llmq_log.h"
 #include "llmq_wmetrics.h"
 
 /*  Largest answer body kept in memory; beyond it the attempt fails. */
@@ -314,8 +314,9 @@ static void s_send(s_worker_t *self, llmq_msg_t **msg_p)
         return;
     }
     if (llmq_msg_send(msg_p, self->dealer) != 0)
-        llmq_wlog(LLMQ_LOG_WARN,
-                  "send to broker failed (queue full or encode error)");
+        llmq_log(NULL, LLMQ_LOG_WARN, "send_failed",
+                 LLMQ_LOG_STR("reason", "queue full or encode error"),
+                 LLMQ_LOG_END);
 }
 
 /*  The Batch API class answers through here. */
@@ -463,7 +464,8 @@ static bool s_attach(s_worker_t *self, const char *rkey, const char *id)
         free(job->id);
         job->id = nid;
         s_replay_chunks(self, job->chunks, id);
-        llmq_wlog(LLMQ_LOG_DEBUG, "req %s attached to a running request", id);
+        llmq_log(NULL, LLMQ_LOG_DEBUG, "req_attached", LLMQ_LOG_STR("id", id),
+                 LLMQ_LOG_END);
         return true;
     }
     s_held_t *h = zhashx_lookup(self->held, rkey);
@@ -479,7 +481,8 @@ static bool s_attach(s_worker_t *self, const char *rkey, const char *id)
     zhashx_update(self->held_ids, h->id, h);
     llmq_msg_set_id(m, id);
     s_replay_chunks(self, h->chunks, id);
-    llmq_wlog(LLMQ_LOG_DEBUG, "req %s answered from a held result", id);
+    llmq_log(NULL, LLMQ_LOG_DEBUG, "req_from_held", LLMQ_LOG_STR("id", id),
+             LLMQ_LOG_END);
     s_send(self, &m);
     return true;
 }
@@ -602,8 +605,9 @@ static void s_answer(s_worker_t *self, s_job_t *job, cJSON *body,
                                  "cannot encode the answer");
         }
         self->answered++;
-        llmq_wlog(LLMQ_LOG_DEBUG, "res %s ok attempts=%d", job->id,
-                  job->attempts);
+        llmq_log(NULL, LLMQ_LOG_DEBUG, "res", LLMQ_LOG_STR("id", job->id),
+                 LLMQ_LOG_BOOL("ok", true),
+                 LLMQ_LOG_INT("attempts", job->attempts), LLMQ_LOG_END);
     } else {
         llmq_err_t code = job->err.code ? job->err.code : LLMQ_ERR_INTERNAL;
         llmq_provider_scrub(self->provider, job->err.message);
@@ -613,9 +617,12 @@ static void s_answer(s_worker_t *self, s_job_t *job, cJSON *body,
         llmq_wmetrics_answer(self->metrics, job->model, llmq_err_name(code), 0,
                              0, 0);
         self->failed++;
-        llmq_wlog(LLMQ_LOG_DEBUG, "res %s failed %s status=%d attempts=%d: %s",
-                  job->id, llmq_err_name(code), job->err.status, job->attempts,
-                  job->err.message);
+        llmq_log(NULL, LLMQ_LOG_DEBUG, "res", LLMQ_LOG_STR("id", job->id),
+                 LLMQ_LOG_BOOL("ok", false),
+                 LLMQ_LOG_STR("code", llmq_err_name(code)),
+                 LLMQ_LOG_INT("status", job->err.status),
+                 LLMQ_LOG_INT("attempts", job->attempts),
+                 LLMQ_LOG_STR("message", job->err.message), LLMQ_LOG_END);
     }
     if (job->rkey) {
         zhashx_delete(self->running, job->rkey);
@@ -976,7 +983,9 @@ static void s_transfer_done(s_worker_t *self, s_job_t *job, CURLcode rc,
 
     if (body) {
         if (llmq_breaker_success(self->breaker, now)) {
-            llmq_wlog(LLMQ_LOG_INFO, "circuit closed: provider answers again");
+            llmq_log(NULL, LLMQ_LOG_INFO, "circuit_closed",
+                     LLMQ_LOG_STR("reason", "provider answers again"),
+                     LLMQ_LOG_END);
             s_send_hb(self);
         }
         s_answer(self, job, body, &usage);
@@ -997,12 +1006,13 @@ static void s_attempt_failed(s_worker_t *self, s_job_t *job, int64_t now)
     if (job->attempts == 1 && s_is_provider_failure(&job->err)) {
         if (llmq_breaker_failure(self->breaker, now)) {
             llmq_wmetrics_count(self->metrics, "breaker_opens");
-            llmq_wlog(
-                LLMQ_LOG_WARN,
-                "circuit open after %lld consecutive failures (last: %s: %s);"
-                " no credit until a health probe passes",
-                (long long)self->cfg->breaker_failures,
-                llmq_err_name(job->err.code), job->err.message);
+            llmq_log(
+                NULL, LLMQ_LOG_WARN, "circuit_open",
+                LLMQ_LOG_INT("failures", self->cfg->breaker_failures),
+                LLMQ_LOG_STR("last_code", llmq_err_name(job->err.code)),
+                LLMQ_LOG_STR("last_message", job->err.message),
+                LLMQ_LOG_STR("effect", "no credit until a health probe passes"),
+                LLMQ_LOG_END);
             /*  Tell the broker now, not at the next heartbeat. */
             s_send_hb(self);
         }
@@ -1012,8 +1022,10 @@ static void s_attempt_failed(s_worker_t *self, s_job_t *job, int64_t now)
                  job->attempts < self->cfg->max_attempts && !chunks_seen &&
                  !(self->draining && now >= self->drain_at);
     if (!again) {
-        llmq_wlog(LLMQ_LOG_DEBUG, "request %s: %s after %d attempts", job->id,
-                  llmq_err_name(job->err.code), job->attempts);
+        llmq_log(NULL, LLMQ_LOG_DEBUG, "request_failed",
+                 LLMQ_LOG_STR("id", job->id),
+                 LLMQ_LOG_STR("code", llmq_err_name(job->err.code)),
+                 LLMQ_LOG_INT("attempts", job->attempts), LLMQ_LOG_END);
         s_answer(self, job, NULL, NULL);
         return;
     }
@@ -1029,10 +1041,11 @@ static void s_attempt_failed(s_worker_t *self, s_job_t *job, int64_t now)
                text);
         return;
     }
-    llmq_wlog(LLMQ_LOG_DEBUG,
-              "request %s: attempt %d failed (%s %d), retry in %lld ms",
-              job->id, job->attempts, llmq_err_name(job->err.code),
-              job->err.status, (long long)delay);
+    llmq_log(NULL, LLMQ_LOG_DEBUG, "retry", LLMQ_LOG_STR("id", job->id),
+             LLMQ_LOG_INT("attempt", job->attempts),
+             LLMQ_LOG_STR("code", llmq_err_name(job->err.code)),
+             LLMQ_LOG_INT("status", job->err.status),
+             LLMQ_LOG_INT("delay_ms", delay), LLMQ_LOG_END);
     llmq_wmetrics_count(self->metrics, "retries");
     job->state = S_WAITING;
     if (llmq_queue_push(self->retries, &job->retry, 0, now + delay) != 0)
@@ -1129,7 +1142,8 @@ static void s_probe_done(s_worker_t *self, s_job_t *job, CURLcode rc)
         return;
     }
     if (outcome == LLMQ_WORKER_EXIT_AUTH) {
-        llmq_wlog(LLMQ_LOG_ERROR, "%s", text);
+        llmq_log(NULL, LLMQ_LOG_ERROR, "health_check_failed",
+                 LLMQ_LOG_STR("result", text), LLMQ_LOG_END);
         self->exit_code = LLMQ_WORKER_EXIT_AUTH;
         self->done = true;
         return;
@@ -1137,12 +1151,15 @@ static void s_probe_done(s_worker_t *self, s_job_t *job, CURLcode rc)
     if (!self->dealer) {
         /*  Start-up check. */
         if (outcome == 0) {
-            llmq_wlog(LLMQ_LOG_INFO, "%s", text);
+            llmq_log(NULL, LLMQ_LOG_INFO, "health_check_passed",
+                     LLMQ_LOG_STR("result", text), LLMQ_LOG_END);
             self->probe_at = 0;
             s_join(self);
         } else {
-            llmq_wlog(LLMQ_LOG_WARN, "%s; checking again in %lld ms", text,
-                      (long long)self->probe_backoff);
+            llmq_log(NULL, LLMQ_LOG_WARN, "health_check_failed",
+                     LLMQ_LOG_STR("result", text),
+                     LLMQ_LOG_INT("retry_ms", self->probe_backoff),
+                     LLMQ_LOG_END);
             self->probe_at = now + self->probe_backoff;
             self->probe_backoff *= 2;
             if (self->probe_backoff > self->cfg->breaker_cooldown_ms)
@@ -1152,12 +1169,14 @@ static void s_probe_done(s_worker_t *self, s_job_t *job, CURLcode rc)
     }
     llmq_breaker_probe_result(self->breaker, outcome == 0, now);
     if (outcome == 0) {
-        llmq_wlog(LLMQ_LOG_INFO, "health probe passed (%s): circuit closed",
-                  text);
+        llmq_log(NULL, LLMQ_LOG_INFO, "circuit_closed",
+                 LLMQ_LOG_STR("reason", "health probe passed"),
+                 LLMQ_LOG_STR("result", text), LLMQ_LOG_END);
         s_send_hb(self); /* healthy again: the broker sends work now */
     } else
-        llmq_wlog(LLMQ_LOG_WARN, "health probe failed: %s; circuit stays open",
-                  text);
+        llmq_log(NULL, LLMQ_LOG_WARN, "health_probe_failed",
+                 LLMQ_LOG_STR("result", text),
+                 LLMQ_LOG_STR("effect", "circuit stays open"), LLMQ_LOG_END);
 }
 
 /*  --- the broker connection
@@ -1183,8 +1202,8 @@ static int s_connect(s_worker_t *self)
     if (self->cert)
         llmq_curve_client_apply(self->dealer, self->cert, self->server_key);
     if (zsock_connect(self->dealer, "%s", self->cfg->broker) != 0) {
-        llmq_wlog(LLMQ_LOG_ERROR, "cannot connect to broker %s",
-                  self->cfg->broker);
+        llmq_log(NULL, LLMQ_LOG_ERROR, "connect_failed",
+                 LLMQ_LOG_STR("broker", self->cfg->broker), LLMQ_LOG_END);
         zsock_destroy(&self->dealer);
         return -1;
     }
@@ -1204,10 +1223,12 @@ static void s_join(s_worker_t *self)
         return;
     }
     self->hb_at = s_now() + self->cfg->heartbeat_ms;
-    llmq_wlog(LLMQ_LOG_INFO,
-              "joined %s as %s (pool %s, provider %s, capacity %lld)",
-              self->cfg->broker, self->cfg->name, self->cfg->pool,
-              self->cfg->provider, (long long)self->cfg->capacity);
+    llmq_log(NULL, LLMQ_LOG_INFO, "joined",
+             LLMQ_LOG_STR("broker", self->cfg->broker),
+             LLMQ_LOG_STR("worker", self->cfg->name),
+             LLMQ_LOG_STR("pool", self->cfg->pool),
+             LLMQ_LOG_STR("provider", self->cfg->provider),
+             LLMQ_LOG_INT("capacity", self->cfg->capacity), LLMQ_LOG_END);
     const char *url = llmq_wmetrics_url(self->metrics);
     zstr_sendx(self->pipe, "READY", self->cfg->name, url ? url : "", NULL);
     s_grant_credit(self, s_now());
@@ -1295,7 +1316,8 @@ static void s_on_req(s_worker_t *self, llmq_msg_t *msg)
     if (self->outstanding > 0)
         self->outstanding--;
     if (zhashx_lookup(self->jobs, id)) {
-        llmq_wlog(LLMQ_LOG_WARN, "req %s is already in flight: ignored", id);
+        llmq_log(NULL, LLMQ_LOG_WARN, "req_duplicate", LLMQ_LOG_STR("id", id),
+                 LLMQ_LOG_STR("effect", "ignored"), LLMQ_LOG_END);
         return;
     }
     /*  Only a resend may be answered from what we hold: a fresh request
@@ -1433,15 +1455,16 @@ static void s_handle_broker(s_worker_t *self, llmq_msg_t *msg)
     case LLMQ_MSG_LIMITS:
         llmq_limiter_set_rates(self->limiter, llmq_msg_limits_rpm(msg),
                                llmq_msg_limits_tpm(msg), s_now());
-        llmq_wlog(LLMQ_LOG_INFO, "limits from broker: rpm %lld, tpm %lld",
-                  (long long)llmq_msg_limits_rpm(msg),
-                  (long long)llmq_msg_limits_tpm(msg));
+        llmq_log(NULL, LLMQ_LOG_INFO, "limits_from_broker",
+                 LLMQ_LOG_INT("rpm", llmq_msg_limits_rpm(msg)),
+                 LLMQ_LOG_INT("tpm", llmq_msg_limits_tpm(msg)), LLMQ_LOG_END);
         break;
     case LLMQ_MSG_HB:
         break;
     case LLMQ_MSG_ERROR:
-        llmq_wlog(LLMQ_LOG_WARN, "broker error %s: %s", llmq_msg_code(msg),
-                  llmq_msg_message(msg));
+        llmq_log(NULL, LLMQ_LOG_WARN, "broker_error",
+                 LLMQ_LOG_STR("code", llmq_msg_code(msg)),
+                 LLMQ_LOG_STR("message", llmq_msg_message(msg)), LLMQ_LOG_END);
         /*  The broker does not know us (it restarted): hello again. Every
             message we sent before the broker saw our hello comes back as one
             such error; one hello answers them all, so further ones within
@@ -1453,12 +1476,14 @@ static void s_handle_broker(s_worker_t *self, llmq_msg_t *msg)
             s_send_hello(self);
         break;
     case LLMQ_MSG_INVALID:
-        llmq_wlog(LLMQ_LOG_WARN, "undecodable message from broker: %s",
-                  llmq_msg_invalid_reason(msg));
+        llmq_log(NULL, LLMQ_LOG_WARN, "undecodable_message",
+                 LLMQ_LOG_STR("reason", llmq_msg_invalid_reason(msg)),
+                 LLMQ_LOG_END);
         break;
     default:
-        llmq_wlog(LLMQ_LOG_DEBUG, "ignored '%s' from broker",
-                  llmq_msg_type_name(llmq_msg_type(msg)));
+        llmq_log(NULL, LLMQ_LOG_DEBUG, "ignored_message",
+                 LLMQ_LOG_STR("type", llmq_msg_type_name(llmq_msg_type(msg))),
+                 LLMQ_LOG_END);
         break;
     }
 }
@@ -1509,9 +1534,9 @@ static void s_start_drain(s_worker_t *self, int64_t now)
         llmq_msg_t *m = llmq_msg_new(LLMQ_MSG_BYE);
         s_send(self, &m);
     }
-    llmq_wlog(LLMQ_LOG_INFO,
-              "stopping: bye sent, draining %zu requests (up to %lld ms)",
-              zhashx_size(self->jobs), (long long)self->cfg->drain_ms);
+    llmq_log(NULL, LLMQ_LOG_INFO, "stopping",
+             LLMQ_LOG_INT("draining", zhashx_size(self->jobs)),
+             LLMQ_LOG_INT("drain_ms", self->cfg->drain_ms), LLMQ_LOG_END);
 }
 
 /*  Drain deadline: whatever is left is answered as failed (retryable, so
@@ -1542,8 +1567,10 @@ static void s_timers(s_worker_t *self, int64_t now)
     }
     if (self->dealer &&
         now - self->broker_seen > S_HB_LIVENESS * self->cfg->heartbeat_ms) {
-        llmq_wlog(LLMQ_LOG_WARN, "broker %s silent for %lld ms: reconnecting",
-                  self->cfg->broker, (long long)(now - self->broker_seen));
+        llmq_log(NULL, LLMQ_LOG_WARN, "broker_silent",
+                 LLMQ_LOG_STR("broker", self->cfg->broker),
+                 LLMQ_LOG_INT("silent_ms", now - self->broker_seen),
+                 LLMQ_LOG_STR("effect", "reconnecting"), LLMQ_LOG_END);
         if (s_connect(self) != 0) {
             self->exit_code = LLMQ_WORKER_EXIT_FAILURE;
             self->done = true;
@@ -1635,7 +1662,8 @@ static int s_wait(s_worker_t *self, int64_t now, bool *curl_ready)
         (int)llmq_wmetrics_poll_items(self->metrics, items + n, S_METRIC_ITEMS);
     int rc = zmq_poll(items, n, (long)s_next_wake(self, now));
     if (rc < 0 && errno != EINTR) {
-        llmq_wlog(LLMQ_LOG_ERROR, "poll failed: %s", zmq_strerror(errno));
+        llmq_log(NULL, LLMQ_LOG_ERROR, "poll_failed",
+                 LLMQ_LOG_STR("error", zmq_strerror(errno)), LLMQ_LOG_END);
         return -1;
     }
     if (rc <= 0)
@@ -1687,9 +1715,8 @@ static void s_drain_check(s_worker_t *self, int64_t now)
         (!self->batch || llmq_batch_api_active(self->batch) == 0))
         self->done = true;
     else if (now >= self->drain_at) {
-        llmq_wlog(LLMQ_LOG_WARN,
-                  "drain time over: %zu requests answered as failed",
-                  zhashx_size(self->jobs));
+        llmq_log(NULL, LLMQ_LOG_WARN, "drain_time_over",
+                 LLMQ_LOG_INT("failed", zhashx_size(self->jobs)), LLMQ_LOG_END);
         s_abandon_all(self);
         self->done = true;
     }
@@ -1737,7 +1764,8 @@ static void s_start(s_worker_t *self)
     if (llmq_provider_uses_http(self->provider)) {
         s_probe_start(self);
         if (!self->probe) {
-            llmq_wlog(LLMQ_LOG_ERROR, "cannot start the health check");
+            llmq_log(NULL, LLMQ_LOG_ERROR, "health_check_start_failed",
+                     LLMQ_LOG_END);
             self->exit_code = LLMQ_WORKER_EXIT_FAILURE;
             self->done = true;
         }
@@ -1787,9 +1815,9 @@ static void s_run(s_worker_t *self)
         s_abandon_all(self);
     }
     if (self->draining)
-        llmq_wlog(LLMQ_LOG_INFO, "stopped: %llu answered, %llu failed",
-                  (unsigned long long)self->answered,
-                  (unsigned long long)self->failed);
+        llmq_log(NULL, LLMQ_LOG_INFO, "stopped",
+                 LLMQ_LOG_INT("answered", self->answered),
+                 LLMQ_LOG_INT("failed", self->failed), LLMQ_LOG_END);
     if (self->dealer) {
         /*  Let the last answers and the bye reach the broker. */
         zsock_set_linger(self->dealer, 2000);
@@ -1812,10 +1840,11 @@ static void s_raise_nofile(int64_t capacity)
         getrlimit(RLIMIT_NOFILE, &rl);
     }
     if ((int64_t)rl.rlim_cur < capacity + 64)
-        llmq_wlog(LLMQ_LOG_WARN,
-                  "open file limit %llu is below capacity %lld + 64: "
-                  "connections will queue",
-                  (unsigned long long)rl.rlim_cur, (long long)capacity);
+        llmq_log(NULL, LLMQ_LOG_WARN, "nofile_low",
+                 LLMQ_LOG_INT("limit", rl.rlim_cur),
+                 LLMQ_LOG_INT("capacity", capacity),
+                 LLMQ_LOG_STR("effect", "connections will queue"),
+                 LLMQ_LOG_END);
 }
 
 static void s_job_destructor(void **item)
@@ -1859,8 +1888,9 @@ static int s_metrics_start(s_worker_t *self, char *errbuf, size_t errlen)
     if (!self->metrics)
         return -1;
     llmq_wmetrics_set_state(self->metrics, s_metrics_state, self);
-    llmq_wlog(LLMQ_LOG_INFO, "metrics on %s/metrics",
-              llmq_wmetrics_url(self->metrics));
+    llmq_log(NULL, LLMQ_LOG_INFO, "metrics",
+             LLMQ_LOG_STR("url", llmq_wmetrics_url(self->metrics)),
+             LLMQ_LOG_END);
     return 0;
 }
 
@@ -1926,9 +1956,9 @@ static void s_batch_new(s_worker_t *self)
     if (self->batch)
         llmq_batch_api_set_cost(self->batch, s_batch_cost, cfg);
     else
-        llmq_wlog(LLMQ_LOG_WARN,
-                  "provider %s has no Batch API here: batch_api off",
-                  cfg->provider);
+        llmq_log(NULL, LLMQ_LOG_WARN, "batch_api_off",
+                 LLMQ_LOG_STR("provider", cfg->provider),
+                 LLMQ_LOG_STR("reason", "no Batch API here"), LLMQ_LOG_END);
 }
 
 static void s_worker_destroy(s_worker_t **self_p);
@@ -2371,7 +2401,8 @@ int llmq_worker_test(bool verbose)
     char endpoint[64];
     zsock_t *router = s_test_router(endpoint, sizeof endpoint);
     CHECK(router);
-    llmq_wlog_setup("llmq-worker", false, verbose);
+    llmq_log_setup(NULL, "llmq-worker", false,
+                   verbose ? LLMQ_LOG_DEBUG : LLMQ_LOG_INFO);
     worker = s_test_worker(endpoint, NULL, NULL);
     CHECK(worker);
     rid = s_test_join(worker, router);

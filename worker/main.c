@@ -12,7 +12,6 @@
 #include <stdio.h>
 
 #include "llmq_log.h"
-#include "llmq_wlog.h"
 #include "llmq_worker.h"
 #include "llmq_worker_config.h"
 
@@ -103,7 +102,8 @@ int main(int argc, char **argv)
         fprintf(stderr, "llmq-worker: %s\n", err);
         return 2;
     }
-    llmq_wlog_setup("llmq-worker", cfg->json_logs, cfg->verbose);
+    llmq_log_setup(NULL, "llmq-worker", cfg->json_logs,
+                   cfg->verbose ? LLMQ_LOG_DEBUG : LLMQ_LOG_INFO);
     llmq_log_add_secret(NULL, cfg->api_key); //  never in a log line
     s_signals_install();
     zsys_init();
