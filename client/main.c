@@ -923,12 +923,17 @@ static int s_run_capped(s_run_t *run, const llmq_runner_stats_t *stats,
     size_t left = stats->todo - stats->finished;
     if (!stats->capped || left == 0)
         return rc;
+    //  -o - has no resume: the lines left are only counted.
+    bool piped = streq(run->opts->output, "-");
     fprintf(run->opts->quiet ? stderr : out,
             "%s--max-cost reached: $%.6f spent (cap $%.6f); %zu lines not "
-            "run, not in %s: rerun without --max-cost (or with a higher one) "
-            "to resume\n",
+            "run%s%s%s\n",
             run->opts->quiet ? "llmq run: " : "  ", stats->spent_usd,
-            run->opts->max_cost_usd, left, run->opts->output);
+            run->opts->max_cost_usd, left, piped ? "" : ", not in ",
+            piped ? "" : run->opts->output,
+            piped ? ""
+                  : ": rerun without --max-cost (or with a higher one) "
+                    "to resume");
     return rc == EXIT_OK || rc == EXIT_FAILED_LINES ? EXIT_COST_CAP : rc;
 }
 

@@ -9,7 +9,8 @@ What it spent (recomputed here from the usage in OUT and the price table)
 reached the cap and passed it by less than one window of requests (the ones
 in flight when the cap was reached), and llmq-sim answered exactly the lines
 in OUT. A rerun without the cap runs only the rest: every line exactly once
-in OUT, and no request answered twice by llmq-sim."""
+in OUT, and no request answered twice by llmq-sim. With --quiet and -o -,
+the finished lines go to stdout and the cap is said on stderr."""
 import json
 import os
 import re
@@ -113,6 +114,15 @@ def scenario():
         check(stats["answered_ok"] == N and stats["double_billed"] == 0,
               "sim answered %d (double billed %d), expected %d once each"
               % (stats["answered_ok"], stats["double_billed"], N))
+
+        # --quiet with -o -: the lines that ran on stdout, the cap on stderr.
+        rc, stdout, stderr = run_llmq(args[:3] + ["-"] + args[4:] +
+                                      ["--max-cost", str(CAP), "--quiet"])
+        rows = [json.loads(line) for line in stdout.splitlines()]
+        check(rc == 4 and 0 < len(rows) < N and all(r["error"] is None for r in rows),
+              "-o - --quiet: exit %d, %d lines\n%s" % (rc, len(rows), stderr[-2000:]))
+        check(re.search(r"llmq run: --max-cost reached: .* %d lines not run\n" % (N - len(rows)),
+                        stderr), "-o - --quiet: stderr %r" % stderr[-2000:])
     finally:
         cluster.close()
 
