@@ -13,11 +13,18 @@
     client's socket fd with poll() (no longer than until the next retry is
     due, and S_TIMERS_MS at most so the client's heartbeat timers run) and
     writes every result that came.
+
+    The cost cap: every result of ours adds its cost to stats.spent_usd;
+    once that reaches max_cost_usd, s_fill sends nothing more and a step
+    ends the run (returns 0, stats.capped) when nothing is in flight. The
+    lines never answered have no OUT line, so the ordered rewrite leaves
+    them out and a rerun finds them to do.
 */
 #include "llmq_runner.h"
 #include "llmq_jsonl.h"
 
 #include <errno.h>
+#include <math.h>
 #include <poll.h>
 #include <unistd.h>
 
@@ -58,6 +65,7 @@ struct _llmq_runner_t {
     int retries;                  /* overloaded answers sent again */
     int backoff_ms;               /* first backoff */
     llmq_opts_t request;          /* per-request options */
+    double max_cost_usd;          /* cost cap; 0: none */
     llmq_runner_line_fn *on_line; /* finished-line callback, or NULL */
     void *on_line_arg;            /* its argument */
     s_line_t *todo;               /* the lines OUT does not answer yet */
@@ -109,6 +117,8 @@ llmq_runner_t *llmq_runner_new(const llmq_runner_config_t *config, char *err,
     self->backoff_ms =
         config->backoff_ms > 0 ? config->backoff_ms : LLMQ_RUNNER_BACKOFF_MS;
     self->request = config->request;
+    //  Not > 0 (NaN included): no cap.
+    self->max_cost_usd = config->max_cost_usd > 0 ? config->max_cost_usd : 0;
     self->on_line = config->on_line;
     self->on_line_arg = config->on_line_arg;
     self->cwnd = self->window;
@@ -371,10 +381,11 @@ static bool s_take_due(llmq_runner_t *self, size_t *index_p)
     return false;
 }
 
-/*  Fill the window: lines due for a retry first, then new ones. */
+/*  Fill the window: lines due for a retry first, then new ones; nothing
+    once the cost cap is reached. */
 static void s_fill(llmq_runner_t *self)
 {
-    while (self->in_flight < (size_t)self->cwnd) {
+    while (!self->stats.capped && self->in_flight < (size_t)self->cwnd) {
         size_t index;
         if (!s_take_due(self, &index)) {
             if (self->next >= self->stats.todo)
@@ -404,6 +415,18 @@ static void s_back_off(llmq_runner_t *self, size_t index)
     self->stats.retried++;
 }
 
+/*  Count what a result cost (a value that is not finite or is negative
+    counts as 0: a rogue worker must not lift the cap); at the cap, stop
+    sending. */
+static void s_spend(llmq_runner_t *self, const llmq_result_t *result)
+{
+    double cost = result->cost_usd;
+    if (isfinite(cost) && cost > 0)
+        self->stats.spent_usd += cost;
+    if (self->max_cost_usd > 0 && self->stats.spent_usd >= self->max_cost_usd)
+        self->stats.capped = true;
+}
+
 /*  One result of ours: written, backed off, or (broker unreachable) left
     out of OUT so that a rerun runs the line. */
 static void s_on_result(llmq_runner_t *self, llmq_result_t *result)
@@ -414,6 +437,7 @@ static void s_on_result(llmq_runner_t *self, llmq_result_t *result)
     if (index >= self->stats.todo)
         return;
     self->in_flight--;
+    s_spend(self, result);
     llmq_jsonl_item_t *item = self->todo[index].item;
     if (!result->ok && streq(result->error_code, "timeout") &&
         result->error_message &&
@@ -469,11 +493,19 @@ static void s_wait(llmq_runner_t *self, int timeout_ms)
     s_process(self);
 }
 
+/*  Whether the run is over: every line finished, or the cost cap reached
+    and nothing left in flight. */
+static bool s_done(llmq_runner_t *self)
+{
+    return self->stats.finished >= self->stats.todo ||
+           (self->stats.capped && self->in_flight == 0);
+}
+
 int llmq_runner_step(llmq_runner_t *self, int timeout_ms)
 {
     if (!self || !self->client || self->stats.unreachable)
         return -1;
-    if (self->stats.finished >= self->stats.todo)
+    if (s_done(self))
         return 0;
     s_fill(self);
     s_wait(self, timeout_ms);
@@ -486,7 +518,7 @@ int llmq_runner_step(llmq_runner_t *self, int timeout_ms)
     llmq_jsonl_writer_sync(self->files.writer, 1000);
     if (self->stats.unreachable)
         return -1;
-    return self->stats.finished < self->stats.todo ? 1 : 0;
+    return s_done(self) ? 0 : 1;
 }
 
 int llmq_runner_finish(llmq_runner_t *self)
@@ -731,6 +763,99 @@ static int s_test_unreachable(llmq_runner_config_t *config)
     return failures;
 }
 
+/*  OUT holds exactly the lines l1..l<count>, in order, each once and
+    answered. Returns the number of problems. */
+static int s_test_prefix(const char *path, size_t count)
+{
+    int failures = 0;
+    size_t n = 0;
+    FILE *file = fopen(path, "r");
+    char line[4096];
+    while (file && fgets(line, sizeof line, file)) {
+        char id[48];
+        snprintf(id, sizeof id, "\"custom_id\":\"l%zu\"", ++n);
+        CHECK(strstr(line, id) && strstr(line, "\"error\":null"));
+    }
+    if (file)
+        fclose(file);
+    CHECK(file && n == count);
+    return failures;
+}
+
+/*  Costs that are not finite or are negative count as nothing. */
+static int s_test_spend(llmq_runner_config_t *config)
+{
+    int failures = 0;
+    config->max_cost_usd = 1.0;
+    llmq_runner_t *runner = llmq_runner_new(config, NULL, 0);
+    CHECK(runner);
+    if (!runner)
+        return failures;
+    llmq_result_t result = {0};
+    const double rogue[] = {NAN, -INFINITY, -0.75, INFINITY, 0.25};
+    for (size_t i = 0; i < sizeof rogue / sizeof rogue[0]; i++) {
+        result.cost_usd = rogue[i];
+        s_spend(runner, &result);
+    }
+    llmq_runner_stats_t stats;
+    llmq_runner_stats(runner, &stats);
+    CHECK(stats.spent_usd == 0.25 && !stats.capped);
+    result.cost_usd = 0.75;
+    s_spend(runner, &result);
+    llmq_runner_stats(runner, &stats);
+    CHECK(stats.spent_usd == 1.0 && stats.capped);
+    llmq_runner_destroy(&runner);
+    config->max_cost_usd = 0;
+    return failures;
+}
+
+/*  The cost cap: the fake broker prices every answer at $0.50, so a cap
+    of $0.50 x S_CAP_LINES is reached after S_CAP_LINES answers; with a
+    window of S_CAP_WINDOW at most that many more are in flight then,
+    finish and are written. The other lines are left out of OUT, and a
+    rerun without the cap sends just those: every line once. */
+#define S_CAP_INPUT 200
+#define S_CAP_LINES 20
+#define S_CAP_WINDOW 8
+static int s_test_cap(const char *in, const char *out, llmq_client_t *client)
+{
+    int failures = 0;
+    FILE *file = fopen(in, "w");
+    for (int i = 1; file && i <= S_CAP_INPUT; i++)
+        fprintf(file, "{\"custom_id\":\"l%d\",\"body\":{\"echo\":\"n%d\"}}\n",
+                i, i);
+    if (file)
+        fclose(file);
+    s_test_seen_t seen = {0};
+    llmq_runner_config_t config = {.input = in,
+                                   .output = out,
+                                   .window = S_CAP_WINDOW,
+                                   .on_line = s_test_on_line,
+                                   .on_line_arg = &seen};
+    failures += s_test_spend(&config);
+
+    config.max_cost_usd = 0.5 * S_CAP_LINES;
+    llmq_runner_stats_t stats;
+    uint64_t sent = 0;
+    CHECK(s_test_run(&config, client, &stats, &sent) == 0);
+    CHECK(stats.capped && stats.in_flight == 0);
+    CHECK(stats.finished >= S_CAP_LINES &&
+          stats.finished <= S_CAP_LINES + S_CAP_WINDOW);
+    CHECK(sent == stats.finished && stats.failed == 0);
+    CHECK(stats.spent_usd == 0.5 * (double)stats.finished);
+    failures += s_test_prefix(out, stats.finished);
+
+    //  The rerun without the cap: only the lines left, every line once.
+    size_t done = stats.finished;
+    config.max_cost_usd = 0;
+    CHECK(s_test_run(&config, client, &stats, &sent) == 0);
+    CHECK(!stats.capped && stats.resumed == done);
+    CHECK(stats.todo == S_CAP_INPUT - done && sent == S_CAP_INPUT - done);
+    CHECK(stats.finished == stats.todo);
+    failures += s_test_prefix(out, S_CAP_INPUT);
+    return failures;
+}
+
 int llmq_runner_test(bool verbose)
 {
     int failures = 0;
@@ -741,6 +866,8 @@ int llmq_runner_test(bool verbose)
     char *out = zsys_sprintf("%s/out.jsonl", dir);
     char *lost = zsys_sprintf("%s/lost.jsonl", dir);
     char *dup = zsys_sprintf("%s/dup.jsonl", dir);
+    char *cap_in = zsys_sprintf("%s/cap-in.jsonl", dir);
+    char *cap_out = zsys_sprintf("%s/cap-out.jsonl", dir);
     s_test_input(in, S_TEST_LINES);
     zactor_t *broker = zactor_new(llmq_client_fake_broker, NULL);
     int port = 0;
@@ -785,19 +912,22 @@ int llmq_runner_test(bool verbose)
     failures += s_test_ordered(out, S_TEST_LINES, "\"kept\":1");
 
     failures += s_test_duplicates(dup);
+    failures += s_test_cap(cap_in, cap_out, client);
     config.output = lost;
     failures += s_test_unreachable(&config);
 
     llmq_client_destroy(&client);
     zactor_destroy(&broker);
-    const char *paths[] = {in, out, lost, dup};
-    for (size_t i = 0; i < 4; i++)
+    const char *paths[] = {in, out, lost, dup, cap_in, cap_out};
+    for (size_t i = 0; i < sizeof paths / sizeof paths[0]; i++)
         unlink(paths[i]);
     rmdir(dir);
     zstr_free(&in);
     zstr_free(&out);
     zstr_free(&lost);
     zstr_free(&dup);
+    zstr_free(&cap_in);
+    zstr_free(&cap_out);
     printf(failures ? "FAILED\n" : "OK\n");
     return failures ? 1 : 0;
 }

@@ -10,6 +10,14 @@
     window (at most every 250 ms) and is sent again after a jittered,
     doubling backoff; every answered line grows the window back by 1/window.
 
+    A cost cap (config.max_cost_usd) sums the cost of this run's answers
+    (the workers' usage cost_usd; a non-finite or negative value counts as
+    0). Once the sum reaches the cap the runner sends nothing more, new
+    lines and retries alike: the requests in flight finish and are written,
+    and the lines never answered stay out of OUT, so a rerun (with no cap,
+    or a higher one) sends them. The run spends at most the cap plus what
+    one window of requests in flight costs.
+
     The runner does no output of its own and owns no thread: the caller
     connects an llmq_client_t, hands it to llmq_runner_start(), then calls
     llmq_runner_step() until it returns 0 or -1, doing its own work (signals,
@@ -57,6 +65,8 @@ typedef struct {
                             < 0: none */
     int backoff_ms;      /* first backoff; 0: default */
     llmq_opts_t request; /* per-request options (borrowed strings) */
+    double max_cost_usd; /* stop sending once this run's answers cost
+                            this much (USD); 0 (or not > 0): no cap */
     llmq_runner_line_fn *on_line; /* NULL: none */
     void *on_line_arg;            /* argument of on_line */
 } llmq_runner_config_t;
@@ -72,6 +82,9 @@ typedef struct {
     size_t in_flight;      /* requests outstanding */
     size_t backed_off;     /* lines waiting for their retry */
     int window;            /* the window in use now (at most config's) */
+    double spent_usd;      /* cost of this run's answers (finite, >= 0) */
+    bool capped;           /* spent_usd reached max_cost_usd: no more sends;
+                              todo - finished lines are left out of OUT */
     bool complete;         /* OUT answered every line before this run */
     bool unreachable;      /* stopped: no broker answered (give-up) */
 } llmq_runner_stats_t;
@@ -106,7 +119,9 @@ int llmq_runner_start(llmq_runner_t *self, llmq_client_t *client,
     socket (or less, until the next retry is due), write every result
     that came. Returns 1 while lines are left (also after a signal cut the
     wait short: the caller checks its own flags), 0 when every line is
-    finished, -1 when the run stopped: not started, or no broker answered
+    finished or the cost cap stopped the run (stats.capped: the lines in
+    flight are finished and written, the others left for a rerun), -1
+    when the run stopped: not started, or no broker answered
     for the client's give-up time (stats.unreachable; the lines in flight
     are not written, so a rerun sends them again). */
 int llmq_runner_step(llmq_runner_t *self, int timeout_ms);

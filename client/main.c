@@ -11,6 +11,7 @@
     Exit codes (documented in --help and client/README.md):
       0  every line ok          1  some lines failed (error lines written)
       2  usage or config error  3  broker unreachable or other fatal error
+      4  run: --max-cost reached; the lines not sent are not in OUT (resume)
     130 interrupted (SIGINT/SIGTERM); OUT stays valid and resumable.
 */
 #include "llmq.h"
@@ -24,6 +25,7 @@
 #include <errno.h>
 #include <getopt.h>
 #include <libgen.h>
+#include <math.h>
 #include <signal.h>
 #include <stddef.h>
 #include <sys/stat.h>
@@ -33,6 +35,7 @@
 #define EXIT_FAILED_LINES 1
 #define EXIT_USAGE 2
 #define EXIT_FATAL 3
+#define EXIT_COST_CAP 4
 #define EXIT_INTERRUPTED 130
 
 static volatile sig_atomic_t s_interrupted = 0;
@@ -71,6 +74,7 @@ typedef struct {
     int64_t timeout_ms;     /* broker liveness */
     int64_t give_up_ms;     /* fail when the broker is silent this long */
     int64_t batch_poll_ms;  /* embedded broker: provider poll period */
+    double max_cost_usd;    /* run: stop sending at this cost; 0: no cap */
     bool quiet;             /* no progress bar, no summary */
     bool retry_failed;      /* run: redo error lines of OUT */
     bool verbose;           /* log more, children's stderr through */
@@ -92,6 +96,7 @@ typedef enum {
     S_FLAG,  /* no value: bool, set */
     S_COUNT, /* a non-negative integer: int */
     S_MS,    /* a duration: int64_t ms */
+    S_USD,   /* an amount of US dollars, > 0: double */
     S_HELP   /* --help */
 } s_kind_t;
 
@@ -121,6 +126,7 @@ static const s_option_t s_options[] = {
     {"deadline-ms", S_MS, S_AT(deadline_ms)},
     {"timeout", S_MS, S_AT(timeout_ms)},
     {"give-up", S_MS, S_AT(give_up_ms)},
+    {"max-cost", S_USD, S_AT(max_cost_usd)},
     {"quiet", S_FLAG, S_AT(quiet)},
     {"retry-failed", S_FLAG, S_AT(retry_failed)},
     {"verbose", S_FLAG, S_AT(verbose)},
@@ -170,7 +176,8 @@ static const char *s_usage_main =
     "Durations: a bare number is ms, or with a unit: 500ms, 2s, 1m.\n"
     "\n"
     "Exit codes: 0 ok; 1 some lines/requests failed; 2 usage or config error;\n"
-    "3 broker unreachable or other fatal error; 130 interrupted.\n";
+    "3 broker unreachable or other fatal error; 4 run: --max-cost reached;\n"
+    "130 interrupted.\n";
 
 #define S_USAGE_CURVE                                                          \
     "  --curve-cert PATH    CURVE: this client's secret certificate (env\n"    \
@@ -252,11 +259,22 @@ static void s_help_run(void)
            "  --give-up D          exit 3 if no broker answers for D (default "
            "300s; 0:\n"
            "                       never; a bare number is ms)\n"
+           "  --max-cost USD       stop sending once this run's answers cost "
+           "USD (as\n"
+           "                       priced by the workers); the lines in "
+           "flight finish,\n"
+           "                       the others are left out of OUT: rerun "
+           "without the\n"
+           "                       cap (or a higher one) to resume; exit 4. "
+           "Overshoot:\n"
+           "                       at most one window (--concurrency) of "
+           "requests\n"
            "  --quiet              no progress bar and no summary\n\n%s\n"
            "Exit codes: 0 all lines ok; 1 some lines failed; 2 usage/config "
            "error;\n"
-           "3 broker unreachable or fatal; 130 interrupted (rerun to "
-           "resume).\n",
+           "3 broker unreachable or fatal; 4 --max-cost reached (rerun to "
+           "resume);\n"
+           "130 interrupted (rerun to resume).\n",
            s_usage_cluster);
 }
 
@@ -367,6 +385,21 @@ static long s_number(const char *text, const char *name)
     return value;
 }
 
+/*  Parse an amount of US dollars for option --name (--max-cost): a finite
+    number > 0. Returns 0 or -1. */
+static int s_usd(const char *text, const char *name, double *usd_p)
+{
+    char *end = NULL;
+    double value = strtod(text, &end);
+    if (!*text || *end || !isfinite(value) || value <= 0) {
+        fprintf(stderr, "llmq: --%s wants an amount of USD above 0, not '%s'\n",
+                name, text);
+        return -1;
+    }
+    *usd_p = value;
+    return 0;
+}
+
 /*  Parse a duration option (a bare number is ms; or 500ms, 2s, 1m: the
     parser every llmq binary shares). --give-up took seconds before: a bare
     number below 1000 there is most likely meant as seconds, so say how it
@@ -434,6 +467,8 @@ static int s_set(const s_option_t *option, const char *value, const char *name,
             return -1;
         *(int64_t *)field = ms;
         break;
+    case S_USD:
+        return s_usd(value, option->name, (double *)field);
     default:
         break;
     }
@@ -746,6 +781,7 @@ typedef struct {
     uint64_t reconnects;       /* client reconnects seen so far */
     int dead_workers;          /* embedded workers that exited */
     bool cluster_died;         /* the embedded broker or sim exited */
+    bool capped;               /* --max-cost reached (noted on the bar) */
 } s_run_t;
 
 static void s_run_destroy(s_run_t *run)
@@ -773,6 +809,7 @@ static int s_run_new(s_run_t *run, const char *input)
                                    .retry_failed = opts->retry_failed,
                                    .model = opts->model,
                                    .window = opts->concurrency,
+                                   .max_cost_usd = opts->max_cost_usd,
                                    .on_line = s_run_on_line,
                                    .on_line_arg = run};
     config.request.max_attempts = opts->max_dispatches;
@@ -826,6 +863,13 @@ static void s_run_watch(s_run_t *run)
         run->reconnects = stats.reconnects;
         llmq_progress_note(run->progress, "broker silent: reconnected, resent");
     }
+    llmq_runner_stats_t rstats;
+    llmq_runner_stats(run->runner, &rstats);
+    if (rstats.capped && !run->capped) {
+        run->capped = true;
+        llmq_progress_note(run->progress, "--max-cost reached: finishing the "
+                                          "requests in flight");
+    }
 }
 
 /*  Step the runner until every line is finished, it stops, the cluster
@@ -868,6 +912,31 @@ static int s_run_loop(s_run_t *run)
     return rc;
 }
 
+/*  --max-cost stopped the run with lines left (stats): say what was spent
+    and how many lines were not run, in the summary (out), or on stderr
+    with --quiet. Returns rc, or EXIT_COST_CAP for a run that was ok so
+    far: an incomplete run is not "all lines ok" (nor only "some lines
+    failed"). */
+static int s_run_capped(s_run_t *run, const llmq_runner_stats_t *stats,
+                        FILE *out, int rc)
+{
+    size_t left = stats->todo - stats->finished;
+    if (!stats->capped || left == 0)
+        return rc;
+    //  -o - has no resume: the lines left are only counted.
+    bool piped = streq(run->opts->output, "-");
+    fprintf(run->opts->quiet ? stderr : out,
+            "%s--max-cost reached: $%.6f spent (cap $%.6f); %zu lines not "
+            "run%s%s%s\n",
+            run->opts->quiet ? "llmq run: " : "  ", stats->spent_usd,
+            run->opts->max_cost_usd, left, piped ? "" : ", not in ",
+            piped ? "" : run->opts->output,
+            piped ? ""
+                  : ": rerun without --max-cost (or with a higher one) "
+                    "to resume");
+    return rc == EXIT_OK || rc == EXIT_FAILED_LINES ? EXIT_COST_CAP : rc;
+}
+
 /*  The final file (whole lines in input order, atomically replaced) and
     the summary. Returns the run's exit code. */
 static int s_run_end(s_run_t *run, int rc)
@@ -881,15 +950,17 @@ static int s_run_end(s_run_t *run, int rc)
     llmq_runner_stats_t stats;
     llmq_runner_stats(run->runner, &stats);
     size_t failed = llmq_progress_failed(run->progress) + stats.resumed_failed;
+    FILE *out = streq(opts->output, "-") ? stderr : stdout;
     if (!opts->quiet)
         llmq_progress_summary(
-            run->progress, streq(opts->output, "-") ? stderr : stdout,
-            opts->output,
+            run->progress, out, opts->output,
             run->conn.simulated
                 ? "SIMULATED results (llmq-sim): no real model was called"
                 : NULL);
     if (rc == EXIT_OK && failed > 0)
         rc = EXIT_FAILED_LINES;
+    rc = s_run_capped(run, &stats, out, rc);
+    fflush(out);
     return rc;
 }
 
@@ -902,6 +973,11 @@ static int s_cmd_run(s_opts_t *opts, int argc, char **argv)
         return EXIT_USAGE;
     }
     //  --mode: the file as one durable broker batch (llmq batch submit).
+    if (opts->mode && opts->max_cost_usd > 0) {
+        fprintf(stderr, "llmq run: --max-cost caps a realtime run; it does "
+                        "not apply to --mode (a broker batch)\n");
+        return EXIT_USAGE;
+    }
     if (opts->mode)
         return s_batch_submit(opts, argv[0], opts->output, false, true);
     int rc = s_prepare_output("run", argv[0], opts->output);
