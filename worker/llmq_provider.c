@@ -1053,8 +1053,9 @@ static llmq_stream_t *s_test_feed(s_test_fx_t *fx, const char *events[][2],
 }
 
 /*  Durations and rate-limit headers. */
-static int s_test_ratelimit(void)
+static int s_test_ratelimit(s_test_fx_t *fx)
 {
+    (void)fx;
     CHECK(llmq_parse_duration_ms("6m0s", 4) == 360000);
     CHECK(llmq_parse_duration_ms("1.5s", 4) == 1500);
     CHECK(llmq_parse_duration_ms("120ms", 5) == 120);
@@ -1178,6 +1179,18 @@ static int s_test_classify(s_test_fx_t *fx)
     CHECK(err->code == LLMQ_ERR_TIMEOUT && err->retryable);
     llmq_classify_curl(CURLE_COULDNT_CONNECT, NULL, err);
     CHECK(err->code == LLMQ_ERR_PROVIDER_ERROR && err->retryable);
+    return 0;
+}
+
+/*  The sample chat request (fx->body) and a call of it; its estimate. */
+static int s_test_body(s_test_fx_t *fx)
+{
+    fx->body = cJSON_Parse(
+        "{\"model\":\"x\",\"stream\":true,\"max_tokens\":10,"
+        "\"messages\":[{\"role\":\"system\",\"content\":\"be brief\"},"
+        "{\"role\":\"user\",\"content\":\"hello world!\"}]}");
+    CHECK(llmq_estimate_tokens(fx->body, 1024) == (20 + 3) / 4 + 10);
+    fx->call = (llmq_call_t){LLMQ_OP_CHAT, "gpt-test", false, fx->body};
     return 0;
 }
 
@@ -1418,23 +1431,17 @@ int llmq_provider_test(bool verbose)
 {
     if (verbose)
         printf(" * llmq_provider: ");
-    CHECK(s_test_ratelimit() == 0);
     s_test_fx_t fx;
     memset(&fx, 0, sizeof fx);
-    CHECK(s_test_openai_new(&fx) == 0);
-    CHECK(s_test_classify(&fx) == 0);
-    fx.body = cJSON_Parse(
-        "{\"model\":\"x\",\"stream\":true,\"max_tokens\":10,"
-        "\"messages\":[{\"role\":\"system\",\"content\":\"be brief\"},"
-        "{\"role\":\"user\",\"content\":\"hello world!\"}]}");
-    CHECK(llmq_estimate_tokens(fx.body, 1024) == (20 + 3) / 4 + 10);
-    fx.call = (llmq_call_t){LLMQ_OP_CHAT, "gpt-test", false, fx.body};
-    CHECK(s_test_openai_build(&fx) == 0);
-    CHECK(s_test_openai_stream(&fx) == 0);
-    CHECK(s_test_anthropic_build(&fx) == 0);
-    CHECK(s_test_anthropic_stream(&fx) == 0);
-    CHECK(s_test_bad_input(&fx) == 0);
-    CHECK(s_test_echo(&fx) == 0);
+    //  The steps, in order: each goes on from where the last one left.
+    static int (*const steps[])(s_test_fx_t *) = {
+        s_test_ratelimit,       s_test_openai_new,
+        s_test_classify,        s_test_body,
+        s_test_openai_build,    s_test_openai_stream,
+        s_test_anthropic_build, s_test_anthropic_stream,
+        s_test_bad_input,       s_test_echo};
+    for (size_t i = 0; i < sizeof steps / sizeof steps[0]; i++)
+        CHECK(steps[i](&fx) == 0);
     cJSON_Delete(fx.body);
 
     if (verbose)
