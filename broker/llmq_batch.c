@@ -2049,25 +2049,143 @@ static int s_t_count_jobs(const llmq_batch_job_t *job, void *arg)
     return 0;
 }
 
-static void s_test_realtime(const char *path, bool verbose)
-{
-    zlist_t *replies = zlist_new();
-    int64_t now = 1000000;
-    llmq_batch_t *m = llmq_batch_new(path, NULL, now);
-    S_CHECK(m);
+/*  The state a batch-manager test carries from step to step. */
+typedef struct {
+    const char *path;        /* the database */
+    bool verbose;            /* print numbers */
+    llmq_batch_config_t cfg; /* the manager's configuration */
+    llmq_batch_t *m;         /* the manager under test */
+    zlist_t *replies;        /* the replies of the last client message */
+    int64_t now;             /* the test's clock */
+    char ids[3][65];         /* the provider test's job ids, in order */
+    int64_t transient;       /* lines failing with a retryable error */
+    int64_t perm;            /* lines failing for good */
+} s_t_fx_t;
 
-    /*  Bad input: unknown batch, bad mode, bad window, bad items. */
-    llmq_msg_t *r = s_t_simple(m, replies, LLMQ_MSG_BATCH_GET, "nope", now);
+/*  The big provider batch's size. */
+#define S_T_TOTAL 120000
+
+/*  Starts a test at clock now on path with cfg (NULL: defaults). */
+static void s_t_fx_init(s_t_fx_t *fx, const char *path, bool verbose,
+                        const llmq_batch_config_t *cfg, int64_t now)
+{
+    memset(fx, 0, sizeof *fx);
+    fx->path = path;
+    fx->verbose = verbose;
+    llmq_batch_config_defaults(&fx->cfg);
+    if (cfg)
+        fx->cfg = *cfg;
+    fx->replies = zlist_new();
+    fx->now = now;
+    fx->m = llmq_batch_new(path, cfg, now);
+    S_CHECK(fx->m);
+}
+
+/*  Ends a test: the manager (twice: destroy is idempotent) and replies. */
+static void s_t_fx_fini(s_t_fx_t *fx)
+{
+    llmq_batch_destroy(&fx->m);
+    llmq_batch_destroy(&fx->m);
+    llmq_msg_t *r;
+    while ((r = zlist_pop(fx->replies)))
+        llmq_msg_destroy(&r);
+    zlist_destroy(&fx->replies);
+}
+
+/*  A restart: the manager is destroyed and made again from the database
+    with cfg (NULL: defaults) and, if provider is set, the pool table. */
+static void s_t_restart(s_t_fx_t *fx, const llmq_batch_config_t *cfg,
+                        const char *provider)
+{
+    llmq_batch_destroy(&fx->m);
+    fx->m = llmq_batch_new(fx->path, cfg, fx->now);
+    S_CHECK(fx->m);
+    if (provider)
+        llmq_batch_set_pool_fn(fx->m, s_test_pool_fn, (void *)provider);
+}
+
+/*  batch.open, one batch.add of n items, batch.close; the close's reply. */
+static llmq_msg_t *s_t_batch(s_t_fx_t *fx, const char *id, const char *mode,
+                             const char *model, const char *window,
+                             int64_t priority, int64_t n)
+{
+    s_t_open(fx->m, fx->replies, id, mode, model, window, priority, fx->now);
+    s_t_add(fx->m, fx->replies, id, 1, 0, n, fx->now);
+    return s_t_simple(fx->m, fx->replies, LLMQ_MSG_BATCH_CLOSE, id, fx->now);
+}
+
+/*  batch.get of id: its status. */
+static llmq_msg_t *s_t_get(s_t_fx_t *fx, const char *id)
+{
+    return s_t_simple(fx->m, fx->replies, LLMQ_MSG_BATCH_GET, id, fx->now);
+}
+
+/*  Answers a dispatched item with s_t_res; takes req. */
+static void s_t_answer(s_t_fx_t *fx, llmq_msg_t **req)
+{
+    llmq_msg_t *res = s_t_res(*req);
+    S_CHECK(llmq_batch_on_item_result(fx->m, llmq_msg_id(*req), res, fx->now) ==
+            0);
+    llmq_msg_destroy(&res);
+    llmq_msg_destroy(req);
+}
+
+/*  Answers every item dispatched to a worker serving model; how many. */
+static int64_t s_t_answer_all(s_t_fx_t *fx, const char *model)
+{
+    int64_t n = 0;
+    llmq_msg_t *req;
+    while ((req = llmq_batch_next_item(fx->m, s_test_serves_fn, (void *)model,
+                                       fx->now))) {
+        s_t_answer(fx, &req);
+        n++;
+    }
+    return n;
+}
+
+/*  A job.status from the worker, which the manager takes (0). */
+static void s_t_job_say(s_t_fx_t *fx, const char *job, const char *pb,
+                        const char *state, int64_t total)
+{
+    llmq_msg_t *st = s_t_job_status(job, pb, state, total);
+    S_CHECK(llmq_batch_on_job_msg(fx->m, st, fx->now) == 0);
+    llmq_msg_destroy(&st);
+}
+
+/*  The next n job tasks of pool "oa" into tasks; each of type. */
+static void s_t_tasks(s_t_fx_t *fx, llmq_msg_t **tasks, int n,
+                      llmq_msg_type_t type)
+{
+    for (int i = 0; i < n; i++) {
+        tasks[i] = llmq_batch_next_job_task(fx->m, "oa", fx->now);
+        S_CHECK(tasks[i] && llmq_msg_type(tasks[i]) == type);
+    }
+}
+
+/*  Realtime bad input: unknown batch, bad mode, bad window, bad items. */
+static void s_tr_bad_input(s_t_fx_t *fx)
+{
+    llmq_batch_t *m = fx->m;
+    int64_t now = fx->now;
+    llmq_msg_t *r = s_t_get(fx, "nope");
     S_CHECK(llmq_msg_type(r) == LLMQ_MSG_ERROR &&
             streq(llmq_msg_code(r), "not_found"));
-    r = s_t_open(m, replies, "x", "fast", "gpt", NULL, 0, now);
+    r = s_t_open(m, fx->replies, "x", "fast", "gpt", NULL, 0, now);
     S_CHECK(streq(llmq_msg_code(r), "invalid_request"));
-    r = s_t_open(m, replies, "x", "auto", "gpt", "soon", 0, now);
+    r = s_t_open(m, fx->replies, "x", "auto", "gpt", "soon", 0, now);
     S_CHECK(streq(llmq_msg_code(r), "invalid_request"));
-    S_CHECK(llmq_batch_handle(m, r, replies, now) == -1); /* not batch.* */
+    S_CHECK(llmq_batch_handle(m, r, fx->replies, now) == -1); /* not batch.* */
+}
 
-    /*  Two realtime batches of equal priority and one of higher. */
-    r = s_t_open(m, replies, "rt1", "realtime", "gpt", NULL, 0, now);
+/*  Two realtime batches of equal priority and one of higher, and one for
+    a model no worker serves. */
+static void s_tr_fill(s_t_fx_t *fx)
+{
+    llmq_batch_t *m = fx->m;
+    zlist_t *replies = fx->replies;
+    int64_t now = fx->now;
+    llmq_msg_t *r =
+        s_t_open(m, replies, "rt1", "realtime", "gpt", NULL, 0, now);
     S_CHECK(llmq_msg_type(r) == LLMQ_MSG_BATCH_ACK);
     S_CHECK(llmq_msg_routing_id(r) &&
             zframe_streq(llmq_msg_routing_id(r), "client-1"));
@@ -2099,21 +2217,22 @@ static void s_test_realtime(const char *path, bool verbose)
     r = s_t_add(m, replies, "rt1", 4, 500, 1, now);
     S_CHECK(llmq_msg_type(r) == LLMQ_MSG_ERROR); /* closed */
 
-    r = s_t_open(m, replies, "rt2", "realtime", "gpt", NULL, 0, now);
-    r = s_t_add(m, replies, "rt2", 1, 0, 100, now);
-    r = s_t_simple(m, replies, LLMQ_MSG_BATCH_CLOSE, "rt2", now);
-    r = s_t_open(m, replies, "hi", "realtime", "gpt", NULL, 9, now);
-    r = s_t_add(m, replies, "hi", 1, 0, 3, now);
-    r = s_t_simple(m, replies, LLMQ_MSG_BATCH_CLOSE, "hi", now);
-    r = s_t_open(m, replies, "other", "realtime", "llama", NULL, 20, now);
-    r = s_t_add(m, replies, "other", 1, 0, 2, now);
+    s_t_batch(fx, "rt2", "realtime", "gpt", NULL, 0, 100);
+    s_t_batch(fx, "hi", "realtime", "gpt", NULL, 9, 3);
+    s_t_open(m, replies, "other", "realtime", "llama", NULL, 20, now);
+    s_t_add(m, replies, "other", 1, 0, 2, now);
     S_CHECK(llmq_batch_has_items(m));
+}
 
-    /*  A worker serving only "gpt": the high-priority batch first, then
-        rt1 and rt2 alternate; "llama" items never go to it. */
+/*  A worker serving only "gpt": the high-priority batch first, then rt1
+    and rt2 alternate; "llama" items never go to it. Returns the 103
+    requests in flight (the caller's). */
+static zlistx_t *s_tr_dispatch(s_t_fx_t *fx)
+{
     zlistx_t *reqs = zlistx_new();
     for (int i = 0; i < 3; i++) {
-        llmq_msg_t *req = llmq_batch_next_item(m, s_test_serves_fn, "gpt", now);
+        llmq_msg_t *req =
+            llmq_batch_next_item(fx->m, s_test_serves_fn, "gpt", fx->now);
         S_CHECK(req && streq(llmq_msg_model(req), "gpt"));
         S_CHECK(llmq_msg_priority(req) == 9);
         zlistx_add_end(reqs, req);
@@ -2121,7 +2240,8 @@ static void s_test_realtime(const char *path, bool verbose)
     char prev = 0;
     int alternations = 0;
     for (int i = 0; i < 100; i++) {
-        llmq_msg_t *req = llmq_batch_next_item(m, s_test_serves_fn, "gpt", now);
+        llmq_msg_t *req =
+            llmq_batch_next_item(fx->m, s_test_serves_fn, "gpt", fx->now);
         S_CHECK(req && llmq_msg_payload(req));
         char which = strncmp(llmq_msg_id(req), "b2.", 3) == 0 ? 'a' : 'b';
         if (prev && which != prev)
@@ -2130,7 +2250,16 @@ static void s_test_realtime(const char *path, bool verbose)
         zlistx_add_end(reqs, req);
     }
     S_CHECK(alternations == 99);
-    /*  Answer all in flight; one item is given back and re-dispatched. */
+    return reqs;
+}
+
+/*  Answer all in flight (takes reqs); one item is given back and
+    re-dispatched. Then a few more of rt1 go out and the manager "crashes"
+    with them in flight. */
+static void s_tr_answer_crash(s_t_fx_t *fx, zlistx_t *reqs)
+{
+    llmq_batch_t *m = fx->m;
+    int64_t now = fx->now;
     llmq_msg_t *req = zlistx_first(reqs);
     llmq_batch_item_return(m, llmq_msg_id(req), now);
     llmq_msg_t *again = llmq_batch_next_item(m, s_test_serves_fn, "gpt", now);
@@ -2148,236 +2277,236 @@ static void s_test_realtime(const char *path, bool verbose)
     S_CHECK(llmq_batch_on_item_result(m, "b99.1", NULL, now) == 1);
     S_CHECK(llmq_batch_on_item_result(m, "junk", NULL, now) == 1);
 
-    /*  Dispatch a few more of rt1 and "crash" with them in flight. */
     for (int i = 0; i < 5; i++)
         zlistx_add_end(reqs,
                        llmq_batch_next_item(m, s_test_serves_fn, "gpt", now));
-    llmq_batch_destroy(&m);
+    llmq_batch_destroy(&fx->m);
     for (req = zlistx_first(reqs); req; req = zlistx_next(reqs))
         llmq_msg_destroy(&req);
     zlistx_destroy(&reqs);
+}
 
-    /*  Restart: everything not answered is dispatched again. */
-    m = llmq_batch_new(path, NULL, now);
-    S_CHECK(m);
-    int64_t served = 0;
-    while ((req = llmq_batch_next_item(m, s_test_serves_fn, "gpt", now))) {
-        llmq_msg_t *res = s_t_res(req);
-        S_CHECK(llmq_batch_on_item_result(m, llmq_msg_id(req), res, now) == 0);
-        llmq_msg_destroy(&res);
-        llmq_msg_destroy(&req);
-        served++;
-    }
+/*  Restart: everything not answered is dispatched again; then results
+    page by page with a small limit. */
+static void s_tr_restart(s_t_fx_t *fx)
+{
+    fx->m = llmq_batch_new(fx->path, NULL, fx->now);
+    S_CHECK(fx->m);
+    int64_t served = s_t_answer_all(fx, "gpt");
     S_CHECK(served == 500 + 100 + 3 - 103 + 0); /* 103 answered before */
     bool final = false;
     int64_t failed = 0;
-    S_CHECK(s_t_get_all(m, replies, "rt1", &final, &failed, now) == 500);
+    S_CHECK(s_t_get_all(fx->m, fx->replies, "rt1", &final, &failed, fx->now) ==
+            500);
     S_CHECK(final && failed == 50);
-    r = s_t_simple(m, replies, LLMQ_MSG_BATCH_GET, "rt2", now);
+    llmq_msg_t *r = s_t_get(fx, "rt2");
     S_CHECK(streq(llmq_msg_state(r), "completed"));
     S_CHECK(llmq_msg_counts_total(r) == 100 && llmq_msg_counts_done(r) == 100);
     S_CHECK(llmq_msg_counts_failed(r) == 10);
     S_CHECK(llmq_msg_usage_prompt_tokens(r) == 900);
     S_CHECK(llmq_msg_usage_cost_usd(r) > 0.899 &&
             llmq_msg_usage_cost_usd(r) < 0.901); /* no discount */
-    /*  Results page by page with a small limit. */
-    llmq_batch_destroy(&m);
-    llmq_batch_config_t cfg;
-    llmq_batch_config_defaults(&cfg);
-    cfg.results_max_items = 7;
-    m = llmq_batch_new(path, &cfg, now);
-    S_CHECK(s_t_get_all(m, replies, "rt1", &final, &failed, now) == 500);
+    fx->cfg.results_max_items = 7;
+    s_t_restart(fx, &fx->cfg, NULL);
+    S_CHECK(s_t_get_all(fx->m, fx->replies, "rt1", &final, &failed, fx->now) ==
+            500);
     S_CHECK(final);
+}
 
-    /*  Cancel with an item in flight: cancelling until it is answered,
-        then cancelled; the rest answered `cancelled`. Cancel reaches the
-        llama batch, which no worker serves. */
-    r = s_t_open(m, replies, "c1", "realtime", "gpt", NULL, 0, now);
-    r = s_t_add(m, replies, "c1", 1, 0, 50, now);
-    req = llmq_batch_next_item(m, s_test_serves_fn, "gpt", now);
+/*  Cancel with an item in flight: cancelling until it is answered, then
+    cancelled; the rest answered `cancelled`. Cancel reaches the llama
+    batch, which no worker serves. */
+static void s_tr_cancel(s_t_fx_t *fx)
+{
+    llmq_batch_t *m = fx->m;
+    s_t_open(m, fx->replies, "c1", "realtime", "gpt", NULL, 0, fx->now);
+    s_t_add(m, fx->replies, "c1", 1, 0, 50, fx->now);
+    llmq_msg_t *req = llmq_batch_next_item(m, s_test_serves_fn, "gpt", fx->now);
     S_CHECK(req && strstr(llmq_msg_id(req), ".0"));
-    r = s_t_simple(m, replies, LLMQ_MSG_BATCH_CANCEL, "c1", now);
+    llmq_msg_t *r =
+        s_t_simple(m, fx->replies, LLMQ_MSG_BATCH_CANCEL, "c1", fx->now);
     S_CHECK(llmq_msg_type(r) == LLMQ_MSG_BATCH_STATUS);
     S_CHECK(streq(llmq_msg_state(r), "cancelling"));
-    S_CHECK(llmq_batch_next_item(m, s_test_serves_fn, "gpt", now) == NULL);
-    llmq_msg_t *res = s_t_res(req);
-    S_CHECK(llmq_batch_on_item_result(m, llmq_msg_id(req), res, now) == 0);
-    llmq_msg_destroy(&res);
-    llmq_msg_destroy(&req);
-    r = s_t_simple(m, replies, LLMQ_MSG_BATCH_GET, "c1", now);
+    S_CHECK(llmq_batch_next_item(m, s_test_serves_fn, "gpt", fx->now) == NULL);
+    s_t_answer(fx, &req);
+    r = s_t_get(fx, "c1");
     S_CHECK(streq(llmq_msg_state(r), "cancelled"));
     S_CHECK(llmq_msg_counts_done(r) == 50 && llmq_msg_counts_failed(r) == 49);
-    S_CHECK(s_t_get_all(m, replies, "c1", &final, &failed, now) == 50);
+    bool final = false;
+    int64_t failed = 0;
+    S_CHECK(s_t_get_all(m, fx->replies, "c1", &final, &failed, fx->now) == 50);
     S_CHECK(final && failed == 49);
+}
 
-    /*  Expiry: a 1-minute window passes with items left. */
-    r = s_t_open(m, replies, "ex", "realtime", "gpt", "1m", 0, now);
-    r = s_t_add(m, replies, "ex", 1, 0, 10, now);
-    req = llmq_batch_next_item(m, s_test_serves_fn, "gpt", now);
-    llmq_batch_tick(m, now + 59000);
-    r = s_t_simple(m, replies, LLMQ_MSG_BATCH_GET, "ex", now);
+/*  Expiry: a 1-minute window passes with items left; the item in flight
+    comes back after the deadline: still stored. */
+static void s_tr_expiry(s_t_fx_t *fx)
+{
+    llmq_batch_t *m = fx->m;
+    s_t_open(m, fx->replies, "ex", "realtime", "gpt", "1m", 0, fx->now);
+    s_t_add(m, fx->replies, "ex", 1, 0, 10, fx->now);
+    llmq_msg_t *req = llmq_batch_next_item(m, s_test_serves_fn, "gpt", fx->now);
+    llmq_batch_tick(m, fx->now + 59000);
+    llmq_msg_t *r = s_t_get(fx, "ex");
     S_CHECK(streq(llmq_msg_state(r), "in_progress"));
-    llmq_batch_tick(m, now + 61000);
-    /*  The item in flight comes back after the deadline: still stored. */
-    res = s_t_res(req);
-    S_CHECK(llmq_batch_on_item_result(m, llmq_msg_id(req), res, now) == 0);
-    llmq_msg_destroy(&res);
-    llmq_msg_destroy(&req);
-    r = s_t_simple(m, replies, LLMQ_MSG_BATCH_GET, "ex", now);
+    llmq_batch_tick(m, fx->now + 61000);
+    s_t_answer(fx, &req);
+    r = s_t_get(fx, "ex");
     S_CHECK(streq(llmq_msg_state(r), "expired"));
     S_CHECK(llmq_msg_counts_done(r) == 10 && llmq_msg_counts_failed(r) == 9);
+}
 
-    /*  A retryable failure gets more rounds (3 in all), behind the other
-        items; then it is the item's result. */
-    r = s_t_open(m, replies, "rtry", "realtime", "gpt", NULL, 0, now);
-    r = s_t_add(m, replies, "rtry", 1, 0, 3, now);
-    r = s_t_simple(m, replies, LLMQ_MSG_BATCH_CLOSE, "rtry", now);
+/*  A retryable failure gets more rounds (3 in all), behind the other
+    items; then it is the item's result. */
+static void s_tr_retry(s_t_fx_t *fx)
+{
+    s_t_batch(fx, "rtry", "realtime", "gpt", NULL, 0, 3);
     int rounds = 0;
-    while ((req = llmq_batch_next_item(m, s_test_serves_fn, "gpt", now))) {
+    llmq_msg_t *req;
+    while (
+        (req = llmq_batch_next_item(fx->m, s_test_serves_fn, "gpt", fx->now))) {
         bool first = strstr(llmq_msg_id(req), ".0") != NULL &&
                      *(strstr(llmq_msg_id(req), ".0") + 2) == 0;
-        if (first) {
-            res = llmq_msg_new(LLMQ_MSG_RES);
-            llmq_msg_set_id(res, llmq_msg_id(req));
-            llmq_msg_set_failure(res, LLMQ_ERR_PROVIDER_ERROR, 503, "busy");
-            rounds++;
-            S_CHECK(llmq_batch_on_item_result(m, llmq_msg_id(req), res, now) ==
-                    (rounds < 3 ? 2 : 0));
-        } else {
-            res = s_t_res(req);
-            S_CHECK(llmq_batch_on_item_result(m, llmq_msg_id(req), res, now) ==
-                    0);
+        if (!first) {
+            s_t_answer(fx, &req);
+            continue;
         }
+        llmq_msg_t *res = llmq_msg_new(LLMQ_MSG_RES);
+        llmq_msg_set_id(res, llmq_msg_id(req));
+        llmq_msg_set_failure(res, LLMQ_ERR_PROVIDER_ERROR, 503, "busy");
+        rounds++;
+        S_CHECK(llmq_batch_on_item_result(fx->m, llmq_msg_id(req), res,
+                                          fx->now) == (rounds < 3 ? 2 : 0));
         llmq_msg_destroy(&res);
         llmq_msg_destroy(&req);
     }
     S_CHECK(rounds == 3);
-    r = s_t_simple(m, replies, LLMQ_MSG_BATCH_GET, "rtry", now);
+    llmq_msg_t *r = s_t_get(fx, "rtry");
     S_CHECK(streq(llmq_msg_state(r), "completed"));
     S_CHECK(llmq_msg_counts_done(r) == 3 && llmq_msg_counts_failed(r) == 1);
 
     llmq_batch_stats_t stats;
-    llmq_batch_stats(m, &stats);
+    llmq_batch_stats(fx->m, &stats);
     S_CHECK(stats.items_in_flight == 0);
     S_CHECK(stats.batches_active == 1); /* "other": nobody serves llama */
+}
 
-    /*  A larger realtime batch end to end through the manager: batch.add,
-        dispatch, results, batch.get. Numbers printed, never asserted. */
-    /*  20,000 items when numbers are wanted; fewer otherwise (the suite
-        also runs this under valgrind). */
-    const int64_t bulk = verbose || getenv("LLMQ_BENCH") ? 20000 : 2000;
+/*  A larger realtime batch end to end through the manager: batch.add,
+    dispatch, results, batch.get. Numbers printed, never asserted. 20,000
+    items when numbers are wanted; fewer otherwise (the suite also runs
+    this under valgrind). */
+static void s_tr_bulk(s_t_fx_t *fx)
+{
+    bool numbers = fx->verbose || getenv("LLMQ_BENCH");
+    const int64_t bulk = numbers ? 20000 : 2000;
     int64_t t0 = zclock_usecs();
-    r = s_t_open(m, replies, "bulk", "realtime", "gpt", NULL, 0, now);
+    s_t_open(fx->m, fx->replies, "bulk", "realtime", "gpt", NULL, 0, fx->now);
     for (int64_t seq = 0; seq < bulk / 1000; seq++)
-        r = s_t_add(m, replies, "bulk", seq, seq * 1000, 1000, now);
-    r = s_t_simple(m, replies, LLMQ_MSG_BATCH_CLOSE, "bulk", now);
+        s_t_add(fx->m, fx->replies, "bulk", seq, seq * 1000, 1000, fx->now);
+    s_t_simple(fx->m, fx->replies, LLMQ_MSG_BATCH_CLOSE, "bulk", fx->now);
     int64_t t1 = zclock_usecs();
-    int64_t answered = 0;
-    while ((req = llmq_batch_next_item(m, s_test_serves_fn, "gpt", now))) {
-        res = s_t_res(req);
-        S_CHECK(llmq_batch_on_item_result(m, llmq_msg_id(req), res, now) == 0);
-        llmq_msg_destroy(&res);
-        llmq_msg_destroy(&req);
-        answered++;
-    }
-    llmq_batch_flush(m);
+    int64_t answered = s_t_answer_all(fx, "gpt");
+    llmq_batch_flush(fx->m);
     int64_t t2 = zclock_usecs();
     S_CHECK(answered == bulk);
-    S_CHECK(s_t_get_all(m, replies, "bulk", &final, &failed, now) == bulk);
+    bool final = false;
+    int64_t failed = 0;
+    S_CHECK(s_t_get_all(fx->m, fx->replies, "bulk", &final, &failed, fx->now) ==
+            bulk);
     int64_t t3 = zclock_usecs();
     S_CHECK(final && failed == bulk / 10);
-    if (verbose || getenv("LLMQ_BENCH"))
+    if (numbers)
         printf("\n   manager, %lld items: batch.add %.0f items/s, dispatch+"
                "result %.0f items/s, batch.get %.0f results/s\n   ",
                (long long)bulk, bulk * 1e6 / (double)(t1 - t0 + 1),
                bulk * 1e6 / (double)(t2 - t1 + 1),
                bulk * 1e6 / (double)(t3 - t2 + 1));
-    llmq_batch_destroy(&m);
-    llmq_batch_destroy(&m);
-    while ((r = zlist_pop(replies)))
-        llmq_msg_destroy(&r);
-    zlist_destroy(&replies);
+}
+
+static void s_test_realtime(const char *path, bool verbose)
+{
+    s_t_fx_t fx;
+    s_t_fx_init(&fx, path, verbose, NULL, 1000000);
+    s_tr_bad_input(&fx);
+    s_tr_fill(&fx);
+    s_tr_answer_crash(&fx, s_tr_dispatch(&fx));
+    s_tr_restart(&fx);
+    s_tr_cancel(&fx);
+    s_tr_expiry(&fx);
+    s_tr_retry(&fx);
+    s_tr_bulk(&fx);
+    s_t_fx_fini(&fx);
     if (verbose)
         printf("realtime ok; ");
 }
 
-static void s_test_provider(const char *path, bool verbose)
+/*  Auto below the threshold, with a short window, or for a model no
+    batch_api pool serves: realtime. */
+static void s_tp_auto_realtime(s_t_fx_t *fx)
 {
-    zlist_t *replies = zlist_new();
-    int64_t now = 5000000;
-    llmq_batch_config_t cfg;
-    llmq_batch_config_defaults(&cfg);
-    cfg.provider_price = 0.5; /* as if the worker reported list prices */
-    cfg.poll_interval_ms = 1000;
-    cfg.results_max_items = 100000;
-    cfg.results_max_bytes = 64 * 1024 * 1024;
-    llmq_batch_t *m = llmq_batch_new(path, &cfg, now);
-    S_CHECK(m);
-    llmq_batch_set_pool_fn(m, s_test_pool_fn, "openai");
-
-    /*  Auto below the threshold, with a short window, or for a model no
-        batch_api pool serves: realtime. */
-    llmq_msg_t *r =
-        s_t_open(m, replies, "a-small", "auto", "gpt-batch", NULL, 0, now);
-    r = s_t_add(m, replies, "a-small", 1, 0, 999, now);
-    r = s_t_simple(m, replies, LLMQ_MSG_BATCH_CLOSE, "a-small", now);
-    r = s_t_simple(m, replies, LLMQ_MSG_BATCH_GET, "a-small", now);
-    S_CHECK(streq(llmq_msg_mode(r), "realtime"));
-    r = s_t_open(m, replies, "a-hurry", "auto", "gpt-batch", "1h", 0, now);
-    r = s_t_add(m, replies, "a-hurry", 1, 0, 1000, now);
-    r = s_t_simple(m, replies, LLMQ_MSG_BATCH_CLOSE, "a-hurry", now);
-    r = s_t_simple(m, replies, LLMQ_MSG_BATCH_GET, "a-hurry", now);
-    S_CHECK(streq(llmq_msg_mode(r), "realtime"));
-    r = s_t_open(m, replies, "a-nopool", "auto", "gpt", NULL, 0, now);
-    r = s_t_add(m, replies, "a-nopool", 1, 0, 1000, now);
-    r = s_t_simple(m, replies, LLMQ_MSG_BATCH_CLOSE, "a-nopool", now);
-    r = s_t_simple(m, replies, LLMQ_MSG_BATCH_GET, "a-nopool", now);
-    S_CHECK(streq(llmq_msg_mode(r), "realtime"));
-    r = s_t_simple(m, replies, LLMQ_MSG_BATCH_CANCEL, "a-small", now);
-    r = s_t_simple(m, replies, LLMQ_MSG_BATCH_CANCEL, "a-hurry", now);
-    r = s_t_simple(m, replies, LLMQ_MSG_BATCH_CANCEL, "a-nopool", now);
+    const char *ids[] = {"a-small", "a-hurry", "a-nopool"};
+    const char *models[] = {"gpt-batch", "gpt-batch", "gpt"};
+    const char *windows[] = {NULL, "1h", NULL};
+    const int64_t counts[] = {999, 1000, 1000};
+    for (int i = 0; i < 3; i++) {
+        s_t_batch(fx, ids[i], "auto", models[i], windows[i], 0, counts[i]);
+        llmq_msg_t *r = s_t_get(fx, ids[i]);
+        S_CHECK(streq(llmq_msg_mode(r), "realtime"));
+    }
+    llmq_msg_t *r = NULL;
+    for (int i = 0; i < 3; i++)
+        r = s_t_simple(fx->m, fx->replies, LLMQ_MSG_BATCH_CANCEL, ids[i],
+                       fx->now);
     S_CHECK(streq(llmq_msg_state(r), "cancelled"));
+}
 
-    /*  120,000 items in auto mode with a 24 h window: provider mode, three
-        OpenAI jobs of at most 50,000. */
-    const int64_t total = 120000;
-    r = s_t_open(m, replies, "big", "auto", "gpt-batch", "24h", 0, now);
+/*  120,000 items in auto mode with a 24 h window: provider mode, three
+    OpenAI jobs of at most 50,000. */
+static void s_tp_big(s_t_fx_t *fx)
+{
+    llmq_batch_t *m = fx->m;
+    llmq_msg_t *r =
+        s_t_open(m, fx->replies, "big", "auto", "gpt-batch", "24h", 0, fx->now);
     S_CHECK(llmq_msg_type(r) == LLMQ_MSG_BATCH_ACK);
     for (int64_t seq = 0; seq < 12; seq++) {
-        r = s_t_add(m, replies, "big", seq, seq * 10000, 10000, now);
+        r = s_t_add(m, fx->replies, "big", seq, seq * 10000, 10000, fx->now);
         S_CHECK(llmq_msg_accepted(r) == 10000);
     }
-    r = s_t_simple(m, replies, LLMQ_MSG_BATCH_CLOSE, "big", now);
-    S_CHECK(llmq_msg_count(r) == total);
-    r = s_t_simple(m, replies, LLMQ_MSG_BATCH_GET, "big", now);
+    r = s_t_simple(m, fx->replies, LLMQ_MSG_BATCH_CLOSE, "big", fx->now);
+    S_CHECK(llmq_msg_count(r) == S_T_TOTAL);
+    r = s_t_get(fx, "big");
     S_CHECK(streq(llmq_msg_mode(r), "provider"));
     S_CHECK(streq(llmq_msg_state(r), "queued"));
-    S_CHECK(llmq_batch_next_item(m, s_test_serves_fn, "gpt-batch", now) ==
+    S_CHECK(llmq_batch_next_item(m, s_test_serves_fn, "gpt-batch", fx->now) ==
             NULL);
-    S_CHECK(llmq_batch_next_job_task(m, "elsewhere", now) == NULL);
+    S_CHECK(llmq_batch_next_job_task(m, "elsewhere", fx->now) == NULL);
+}
 
-    /*  First task: job.submit of items 0..49999, recorded `submitting`
-        before we see it (a second connection reads the file). */
-    /*  A task the broker could not send (no worker of the pool left) is
-        given back: a submit goes back to pending, as if never made. */
-    llmq_msg_t *t1 = llmq_batch_next_job_task(m, NULL, now); /* any pool */
+/*  First task: job.submit of items 0..49999, recorded `submitting` before
+    we see it (a second connection reads the file). A task the broker
+    could not send (no worker of the pool left) is given back: a submit
+    goes back to pending, as if never made. Keeps the job in ids[0]. */
+static void s_tp_first_submit(s_t_fx_t *fx)
+{
+    llmq_batch_t *m = fx->m;
+    llmq_msg_t *t1 = llmq_batch_next_job_task(m, NULL, fx->now); /* any pool */
     S_CHECK(t1 && llmq_msg_type(t1) == LLMQ_MSG_JOB_SUBMIT);
     S_CHECK(streq(llmq_msg_pool(t1), "oa"));
     char first_job[65];
     snprintf(first_job, sizeof first_job, "%s", llmq_msg_job(t1));
-    llmq_batch_task_unsent(m, t1, now);
+    llmq_batch_task_unsent(m, t1, fx->now);
     llmq_msg_destroy(&t1);
     /*  Given back for later: the other jobs come first now. */
     int others = 0;
-    while ((t1 = llmq_batch_next_job_task(m, "oa", now))) {
+    while ((t1 = llmq_batch_next_job_task(m, "oa", fx->now))) {
         S_CHECK(!streq(llmq_msg_job(t1), first_job));
-        llmq_batch_task_unsent(m, t1, now);
+        llmq_batch_task_unsent(m, t1, fx->now);
         llmq_msg_destroy(&t1);
         others++;
     }
     S_CHECK(others == 2);
-    now += cfg.poll_interval_ms;
-    t1 = llmq_batch_next_job_task(m, "oa", now);
+    fx->now += fx->cfg.poll_interval_ms;
+    t1 = llmq_batch_next_job_task(m, "oa", fx->now);
     S_CHECK(t1 && llmq_msg_type(t1) == LLMQ_MSG_JOB_SUBMIT);
     S_CHECK(streq(llmq_msg_job(t1), first_job));
     S_CHECK(streq(llmq_msg_model(t1), "gpt-batch"));
@@ -2386,7 +2515,7 @@ static void s_test_provider(const char *path, bool verbose)
     zframe_t *payload = llmq_msg_payload(t1);
     S_CHECK(llmq_value_each_item(zframe_data(payload), zframe_size(payload),
                                  NULL, NULL, NULL, 0) == 50000);
-    llmq_batch_store_t *peek = llmq_batch_store_new(path);
+    llmq_batch_store_t *peek = llmq_batch_store_new(fx->path);
     llmq_batch_job_t row;
     S_CHECK(llmq_batch_store_job_get(peek, llmq_msg_job(t1), &row) == 0);
     S_CHECK(row.state == LLMQ_JOB_SUBMITTING && row.attempts == 1);
@@ -2395,111 +2524,120 @@ static void s_test_provider(const char *path, bool verbose)
     llmq_batch_store_job_each(peek, row.bid, s_t_count_jobs, &jobs);
     S_CHECK(jobs == 3);
     llmq_batch_store_destroy(&peek);
-    char job1[65];
-    snprintf(job1, sizeof job1, "%s", llmq_msg_job(t1));
+    snprintf(fx->ids[0], sizeof fx->ids[0], "%s", llmq_msg_job(t1));
     llmq_msg_destroy(&t1);
+}
 
-    /*  Crash before the worker answers. On restart the job is looked up
-        (job.poll with no provider batch), never resubmitted blindly. */
-    llmq_batch_destroy(&m);
-    m = llmq_batch_new(path, &cfg, now);
-    llmq_batch_set_pool_fn(m, s_test_pool_fn, "openai");
-    llmq_msg_t *t = llmq_batch_next_job_task(m, "oa", now);
+/*  The next task is a lookup of job (job.poll with no provider batch). */
+static void s_tp_lookup(s_t_fx_t *fx, const char *job, int64_t count)
+{
+    llmq_msg_t *t = llmq_batch_next_job_task(fx->m, "oa", fx->now);
     S_CHECK(t && llmq_msg_type(t) == LLMQ_MSG_JOB_POLL);
-    S_CHECK(streq(llmq_msg_job(t), job1));
+    S_CHECK(streq(llmq_msg_job(t), job));
     S_CHECK(streq(llmq_msg_provider_batch(t), ""));
-    S_CHECK(llmq_msg_count(t) == 50000);
+    S_CHECK(count < 0 || llmq_msg_count(t) == count);
     llmq_msg_destroy(&t);
-    /*  Not found at the provider, but the first submit may still be
-        uploading: no resubmission within the grace period, only another
-        lookup later. */
+}
+
+/*  Crash before the worker answers. On restart the job is looked up,
+    never resubmitted blindly. Not found at the provider, but the first
+    submit may still be uploading: no resubmission within the grace
+    period, only another lookup later; past it, not found is proof: submit
+    again. Returns the three submits (the caller's), job 1 first. */
+static zlistx_t *s_tp_crash_submitting(s_t_fx_t *fx)
+{
+    const char *job1 = fx->ids[0];
+    s_t_restart(fx, &fx->cfg, "openai");
+    s_tp_lookup(fx, job1, 50000);
     llmq_msg_t *st = llmq_msg_new(LLMQ_MSG_JOB_STATUS);
     llmq_msg_set_job(st, job1);
     llmq_msg_set_state(st, "failed");
     llmq_msg_set_code(st, "x"); /* top-level noise is ignored */
     llmq_msg_set_error_code(st, "not_found");
-    S_CHECK(llmq_batch_on_job_msg(m, st, now) == 0);
+    S_CHECK(llmq_batch_on_job_msg(fx->m, st, fx->now) == 0);
     zlistx_t *tasks = zlistx_new();
-    while ((t = llmq_batch_next_job_task(m, "oa", now))) {
+    llmq_msg_t *t;
+    while ((t = llmq_batch_next_job_task(fx->m, "oa", fx->now))) {
         /*  The other jobs go ahead; job 1 is not submitted again. */
         S_CHECK(llmq_msg_type(t) == LLMQ_MSG_JOB_SUBMIT);
         S_CHECK(!streq(llmq_msg_job(t), job1));
         zlistx_add_end(tasks, t);
     }
     S_CHECK(zlistx_size(tasks) == 2);
-    now += cfg.poll_interval_ms;
-    t = llmq_batch_next_job_task(m, "oa", now);
-    S_CHECK(t && llmq_msg_type(t) == LLMQ_MSG_JOB_POLL);
-    S_CHECK(streq(llmq_msg_job(t), job1));
-    S_CHECK(streq(llmq_msg_provider_batch(t), ""));
-    llmq_msg_destroy(&t);
-    /*  Past the grace period, not found is proof: submit again. */
-    now += cfg.submit_grace_ms;
-    S_CHECK(llmq_batch_on_job_msg(m, st, now) == 0);
+    fx->now += fx->cfg.poll_interval_ms;
+    s_tp_lookup(fx, job1, -1);
+    fx->now += fx->cfg.submit_grace_ms;
+    S_CHECK(llmq_batch_on_job_msg(fx->m, st, fx->now) == 0);
     llmq_msg_destroy(&st);
-    t = llmq_batch_next_job_task(m, "oa", now);
+    t = llmq_batch_next_job_task(fx->m, "oa", fx->now);
     S_CHECK(t && llmq_msg_type(t) == LLMQ_MSG_JOB_SUBMIT);
     S_CHECK(streq(llmq_msg_job(t), job1));
     zlistx_add_start(tasks, t);
-    S_CHECK(llmq_batch_next_job_task(m, "oa", now) == NULL);
+    S_CHECK(llmq_batch_next_job_task(fx->m, "oa", fx->now) == NULL);
     S_CHECK(zlistx_size(tasks) == 3);
+    return tasks;
+}
+
+/*  The worker submits the three jobs (takes tasks): provider batches
+    batch_A, _B, _C, validating; their ids kept in fx->ids. */
+static void s_tp_submitted(s_t_fx_t *fx, zlistx_t *tasks)
+{
+    static const char *pbs[] = {"batch_A", "batch_B", "batch_C"};
+    char job1[65];
+    snprintf(job1, sizeof job1, "%s", fx->ids[0]);
     int n = 0;
-    const char *pbs[] = {"batch_A", "batch_B", "batch_C"};
-    char ids[3][65];
-    for (t = zlistx_first(tasks); t; t = zlistx_next(tasks), n++) {
+    for (llmq_msg_t *t = zlistx_first(tasks); t; t = zlistx_next(tasks), n++) {
         S_CHECK(llmq_msg_type(t) == LLMQ_MSG_JOB_SUBMIT);
         S_CHECK(llmq_msg_count(t) == (n < 2 ? 50000 : 20000));
-        snprintf(ids[n], sizeof ids[n], "%s", llmq_msg_job(t));
-        st = s_t_job_status(ids[n], pbs[n], "validating", 0);
-        S_CHECK(llmq_batch_on_job_msg(m, st, now) == 0);
-        llmq_msg_destroy(&st);
+        snprintf(fx->ids[n], sizeof fx->ids[n], "%s", llmq_msg_job(t));
+        s_t_job_say(fx, fx->ids[n], pbs[n], "validating", 0);
         llmq_msg_destroy(&t);
     }
     zlistx_destroy(&tasks);
-    S_CHECK(streq(ids[0], job1));
-    r = s_t_simple(m, replies, LLMQ_MSG_BATCH_GET, "big", now);
+    S_CHECK(streq(fx->ids[0], job1));
+    llmq_msg_t *r = s_t_get(fx, "big");
     S_CHECK(streq(llmq_msg_state(r), "in_progress"));
     /*  Nothing to do until the poll interval passes. */
-    S_CHECK(llmq_batch_next_job_task(m, "oa", now + 10) == NULL);
+    S_CHECK(llmq_batch_next_job_task(fx->m, "oa", fx->now + 10) == NULL);
+}
 
-    /*  Crash again while running: the provider ids survive; restart polls
-        them at once. */
-    llmq_batch_destroy(&m);
-    now += 5000;
-    m = llmq_batch_new(path, &cfg, now);
-    llmq_batch_set_pool_fn(m, s_test_pool_fn, "openai");
+/*  Crash again while running: the provider ids survive; restart polls
+    them at once; all three completed: finalizing. */
+static void s_tp_crash_running(s_t_fx_t *fx)
+{
+    fx->now += 5000;
+    s_t_restart(fx, &fx->cfg, "openai");
     llmq_msg_t *polls[3];
+    s_t_tasks(fx, polls, 3, LLMQ_MSG_JOB_POLL);
     for (int round = 0; round < 3; round++) {
-        polls[round] = llmq_batch_next_job_task(m, "oa", now);
-        S_CHECK(polls[round] &&
-                llmq_msg_type(polls[round]) == LLMQ_MSG_JOB_POLL);
-    }
-    for (int round = 0; round < 3; round++) {
-        t = polls[round];
+        llmq_msg_t *t = polls[round];
         const char *pb = llmq_msg_provider_batch(t);
-        S_CHECK(streq(pb, pbs[0]) || streq(pb, pbs[1]) || streq(pb, pbs[2]));
-        st = s_t_job_status(llmq_msg_job(t), pb, "completed",
-                            streq(pb, "batch_C") ? 20000 : 50000);
-        S_CHECK(llmq_batch_on_job_msg(m, st, now) == 0);
-        llmq_msg_destroy(&st);
+        S_CHECK(streq(pb, "batch_A") || streq(pb, "batch_B") ||
+                streq(pb, "batch_C"));
+        s_t_job_say(fx, llmq_msg_job(t), pb, "completed",
+                    streq(pb, "batch_C") ? 20000 : 50000);
         llmq_msg_destroy(&t);
     }
-    r = s_t_simple(m, replies, LLMQ_MSG_BATCH_GET, "big", now);
+    llmq_msg_t *r = s_t_get(fx, "big");
     S_CHECK(streq(llmq_msg_state(r), "finalizing"));
-    /*  Fetch: results in pages of 5000; a crash after the first job's
-        results and a re-fetch stores nothing twice. */
-    t = llmq_batch_next_job_task(m, "oa", now);
+}
+
+/*  Fetch: results in pages of 5000; garbage pages are dropped, `final`
+    included: nothing settles. Then a crash after part of the first job's
+    results. */
+static void s_tp_fetch_garbage(s_t_fx_t *fx)
+{
+    llmq_msg_t *t = llmq_batch_next_job_task(fx->m, "oa", fx->now);
     S_CHECK(t && llmq_msg_type(t) == LLMQ_MSG_JOB_FETCH);
     S_CHECK(streq(llmq_msg_output_file(t), "file-out"));
-    S_CHECK(streq(llmq_msg_job(t), ids[0]));
-    /*  Garbage pages are dropped, `final` included: nothing settles. */
+    S_CHECK(streq(llmq_msg_job(t), fx->ids[0]));
     llmq_msg_t *junk = llmq_msg_new(LLMQ_MSG_JOB_RESULTS);
-    llmq_msg_set_job(junk, ids[0]);
+    llmq_msg_set_job(junk, fx->ids[0]);
     llmq_msg_set_final(junk, true);
     llmq_msg_set_payload_mem(junk, "\xc1\x00", 2);
-    llmq_batch_on_job_msg(m, junk, now);
+    llmq_batch_on_job_msg(fx->m, junk, fx->now);
     llmq_msg_set_payload_mem(junk, "\x92\x01", 2); /* truncated */
-    llmq_batch_on_job_msg(m, junk, now);
+    llmq_batch_on_job_msg(fx->m, junk, fx->now);
     /*  Readable, but ids that are not this job's: nothing stored. */
     llmq_msg_set_final(junk, false);
     llmq_msg_set_payload_mem(junk,
@@ -2507,69 +2645,81 @@ static void s_test_provider(const char *path, bool verbose)
                              "custom_id\xa3"
                              "abc",
                              16);
-    llmq_batch_on_job_msg(m, junk, now);
+    llmq_batch_on_job_msg(fx->m, junk, fx->now);
     llmq_msg_destroy(&junk);
-    r = s_t_simple(m, replies, LLMQ_MSG_BATCH_GET, "big", now);
+    llmq_msg_t *r = s_t_get(fx, "big");
     S_CHECK(llmq_msg_counts_done(r) == 0);
-    s_t_job_results(m, t, 0, 30000, 5000, false, now);
+    s_t_job_results(fx->m, t, 0, 30000, 5000, false, fx->now);
     llmq_msg_destroy(&t);
-    llmq_batch_destroy(&m);
-    m = llmq_batch_new(path, &cfg, now);
-    llmq_batch_set_pool_fn(m, s_test_pool_fn, "openai");
-    for (int round = 0; round < 3; round++)
-        polls[round] = llmq_batch_next_job_task(m, "oa", now);
+}
+
+/*  Job 1 ended, jobs 2 and 3 still run at the provider: the realtime
+    retries take job 1's lines only (given back here). */
+static void s_tp_retries_of_job1(s_t_fx_t *fx)
+{
+    zlistx_t *taken = zlistx_new();
+    llmq_msg_t *rq;
+    while ((rq = llmq_batch_next_item(fx->m, s_test_serves_fn, "gpt-batch",
+                                      fx->now))) {
+        const char *dot = strchr(llmq_msg_id(rq), '.');
+        S_CHECK(atoll(dot + 1) < 50000);
+        zlistx_add_end(taken, rq);
+    }
+    int64_t want = 0;
+    for (int64_t i = 0; i < 50000; i++)
+        want += i % 997 == 996 && i % 1000 != 999;
+    S_CHECK((int64_t)zlistx_size(taken) == want);
+    while ((rq = zlistx_detach(taken, NULL))) {
+        llmq_batch_item_return(fx->m, llmq_msg_id(rq), fx->now);
+        llmq_msg_destroy(&rq);
+    }
+    zlistx_destroy(&taken);
+}
+
+/*  After the crash a re-fetch stores nothing twice; results arrive in any
+    order within a job. Provider files are deleted only after the results
+    are stored. */
+static void s_tp_refetch(s_t_fx_t *fx)
+{
+    s_t_restart(fx, &fx->cfg, "openai");
+    llmq_msg_t *polls[3];
+    s_t_tasks(fx, polls, 3, LLMQ_MSG_JOB_FETCH);
     for (int round = 0; round < 3; round++) {
-        t = polls[round];
-        S_CHECK(t && llmq_msg_type(t) == LLMQ_MSG_JOB_FETCH);
-        int64_t first = streq(llmq_msg_job(t), ids[0])   ? 0
-                        : streq(llmq_msg_job(t), ids[1]) ? 50000
-                                                         : 100000;
-        /*  Results arrive in any order within a job. */
-        s_t_job_results(m, t, first, first == 100000 ? 20000 : 50000, 5000,
-                        true, now);
+        llmq_msg_t *t = polls[round];
+        int64_t first = streq(llmq_msg_job(t), fx->ids[0])   ? 0
+                        : streq(llmq_msg_job(t), fx->ids[1]) ? 50000
+                                                             : 100000;
+        s_t_job_results(fx->m, t, first, first == 100000 ? 20000 : 50000, 5000,
+                        true, fx->now);
         if (round == 0) {
-            /*  Job 1 ended, jobs 2 and 3 still run at the provider: the
-                realtime retries take job 1's lines only. */
             S_CHECK(first == 0);
-            zlistx_t *taken = zlistx_new();
-            llmq_msg_t *rq;
-            while ((rq = llmq_batch_next_item(m, s_test_serves_fn, "gpt-batch",
-                                              now))) {
-                const char *dot = strchr(llmq_msg_id(rq), '.');
-                S_CHECK(atoll(dot + 1) < 50000);
-                zlistx_add_end(taken, rq);
-            }
-            int64_t want = 0;
-            for (int64_t i = 0; i < 50000; i++)
-                want += i % 997 == 996 && i % 1000 != 999;
-            S_CHECK((int64_t)zlistx_size(taken) == want);
-            while ((rq = zlistx_detach(taken, NULL))) {
-                llmq_batch_item_return(m, llmq_msg_id(rq), now);
-                llmq_msg_destroy(&rq);
-            }
-            zlistx_destroy(&taken);
+            s_tp_retries_of_job1(fx);
         }
         llmq_msg_destroy(&t);
     }
-    /*  Provider files are deleted only after the results are stored. */
-    S_CHECK(s_t_cleanups(m, now) == 3);
-    S_CHECK(llmq_batch_next_job_task(m, "oa", now + 100000) == NULL);
-    /*  Transient failures (every 997th) run again in realtime. */
-    r = s_t_simple(m, replies, LLMQ_MSG_BATCH_GET, "big", now);
-    int64_t transient = 0, perm = 0;
-    for (int64_t i = 0; i < total; i++) {
+    S_CHECK(s_t_cleanups(fx->m, fx->now) == 3);
+    S_CHECK(llmq_batch_next_job_task(fx->m, "oa", fx->now + 100000) == NULL);
+}
+
+/*  Transient failures (every 997th) run again in realtime; then the batch
+    is complete: provider lines at half price, realtime retries at full
+    price. */
+static void s_tp_transient(s_t_fx_t *fx)
+{
+    llmq_msg_t *r = s_t_get(fx, "big");
+    for (int64_t i = 0; i < S_T_TOTAL; i++) {
         if (i % 1000 == 999)
-            perm++;
+            fx->perm++;
         else if (i % 997 == 996)
-            transient++;
+            fx->transient++;
     }
-    S_CHECK(llmq_msg_counts_done(r) == total - transient);
-    S_CHECK(llmq_msg_counts_failed(r) == perm);
+    S_CHECK(llmq_msg_counts_done(r) == S_T_TOTAL - fx->transient);
+    S_CHECK(llmq_msg_counts_failed(r) == fx->perm);
     S_CHECK(streq(llmq_msg_state(r), "in_progress"));
     int64_t served = 0;
     llmq_msg_t *req;
-    while (
-        (req = llmq_batch_next_item(m, s_test_serves_fn, "gpt-batch", now))) {
+    while ((req = llmq_batch_next_item(fx->m, s_test_serves_fn, "gpt-batch",
+                                       fx->now))) {
         const char *dot = strchr(llmq_msg_id(req), '.');
         S_CHECK(atoll(dot + 1) % 997 == 996 && atoll(dot + 1) % 1000 != 999);
         llmq_msg_t *res = llmq_msg_new(LLMQ_MSG_RES);
@@ -2577,106 +2727,136 @@ static void s_test_provider(const char *path, bool verbose)
         llmq_msg_set_ok(res, true);
         llmq_msg_set_usage_cost_usd(res, 0.002);
         llmq_msg_set_payload_mem(res, "\x80", 1);
-        S_CHECK(llmq_batch_on_item_result(m, llmq_msg_id(req), res, now) == 0);
+        S_CHECK(llmq_batch_on_item_result(fx->m, llmq_msg_id(req), res,
+                                          fx->now) == 0);
         llmq_msg_destroy(&res);
         llmq_msg_destroy(&req);
         served++;
     }
-    S_CHECK(served == transient);
+    S_CHECK(served == fx->transient);
     bool final = false;
     int64_t failed = 0;
-    S_CHECK(s_t_get_all(m, replies, "big", &final, &failed, now) == total);
-    S_CHECK(final && failed == perm);
-    r = s_t_simple(m, replies, LLMQ_MSG_BATCH_GET, "big", now);
+    S_CHECK(s_t_get_all(fx->m, fx->replies, "big", &final, &failed, fx->now) ==
+            S_T_TOTAL);
+    S_CHECK(final && failed == fx->perm);
+    r = s_t_get(fx, "big");
     S_CHECK(streq(llmq_msg_state(r), "completed"));
-    /*  Provider lines at half price, realtime retries at full price. */
-    double want =
-        (double)(total - transient) * 0.001 + (double)transient * 0.002;
+    double want = (double)(S_T_TOTAL - fx->transient) * 0.001 +
+                  (double)fx->transient * 0.002;
     S_CHECK(llmq_msg_usage_cost_usd(r) > want - 1e-6 &&
             llmq_msg_usage_cost_usd(r) < want + 1e-6);
+}
 
-    /*  Anthropic limits: 120,000 items -> 2 jobs (100,000 + 20,000). A
-        submit timeout turns into a lookup; cancel reaches the provider. */
+/*  Anthropic limits: 120,000 items -> 2 jobs (100,000 + 20,000). A submit
+    timeout turns into a lookup. Returns the two submits in a1, a2. */
+static void s_tp_anthropic(s_t_fx_t *fx, llmq_msg_t **a1, llmq_msg_t **a2)
+{
+    llmq_batch_t *m = fx->m;
+    int64_t later = fx->now + fx->cfg.task_timeout_ms + 1;
     llmq_batch_set_pool_fn(m, s_test_pool_fn, "anthropic");
-    r = s_t_open(m, replies, "anth", "provider", "gpt-batch", NULL, 0, now);
+    s_t_open(m, fx->replies, "anth", "provider", "gpt-batch", NULL, 0, fx->now);
     for (int64_t seq = 0; seq < 12; seq++)
-        r = s_t_add(m, replies, "anth", seq, seq * 10000, 10000, now);
-    r = s_t_simple(m, replies, LLMQ_MSG_BATCH_CLOSE, "anth", now);
-    llmq_msg_t *a1 = llmq_batch_next_job_task(m, "oa", now);
-    llmq_msg_t *a2 = llmq_batch_next_job_task(m, "oa", now);
-    S_CHECK(a1 && a2 && llmq_msg_count(a1) == 100000 &&
-            llmq_msg_count(a2) == 20000);
-    S_CHECK(llmq_batch_next_job_task(m, "oa", now) == NULL);
-    st = s_t_job_status(llmq_msg_job(a1), "msgbatch_1", "in_progress", 0);
-    S_CHECK(llmq_batch_on_job_msg(m, st, now) == 0);
-    llmq_msg_destroy(&st);
-    llmq_batch_tick(m, now + cfg.task_timeout_ms + 1);
-    t = llmq_batch_next_job_task(m, "oa", now + cfg.task_timeout_ms + 1);
+        s_t_add(m, fx->replies, "anth", seq, seq * 10000, 10000, fx->now);
+    s_t_simple(m, fx->replies, LLMQ_MSG_BATCH_CLOSE, "anth", fx->now);
+    *a1 = llmq_batch_next_job_task(m, "oa", fx->now);
+    *a2 = llmq_batch_next_job_task(m, "oa", fx->now);
+    S_CHECK(*a1 && *a2 && llmq_msg_count(*a1) == 100000 &&
+            llmq_msg_count(*a2) == 20000);
+    S_CHECK(llmq_batch_next_job_task(m, "oa", fx->now) == NULL);
+    s_t_job_say(fx, llmq_msg_job(*a1), "msgbatch_1", "in_progress", 0);
+    llmq_batch_tick(m, later);
+    llmq_msg_t *t = llmq_batch_next_job_task(m, "oa", later);
     S_CHECK(t && llmq_msg_type(t) == LLMQ_MSG_JOB_POLL);
-    if (streq(llmq_msg_job(t), llmq_msg_job(a1))) {
+    if (streq(llmq_msg_job(t), llmq_msg_job(*a1))) {
         llmq_msg_destroy(&t);
-        t = llmq_batch_next_job_task(m, "oa", now + cfg.task_timeout_ms + 1);
+        t = llmq_batch_next_job_task(m, "oa", later);
     }
-    S_CHECK(t && streq(llmq_msg_job(t), llmq_msg_job(a2)));
+    S_CHECK(t && streq(llmq_msg_job(t), llmq_msg_job(*a2)));
     S_CHECK(streq(llmq_msg_provider_batch(t), "")); /* lookup */
-    st = s_t_job_status(llmq_msg_job(a2), "msgbatch_2", "in_progress", 0);
-    S_CHECK(llmq_batch_on_job_msg(m, st, now) == 0);
-    llmq_msg_destroy(&st);
+    s_t_job_say(fx, llmq_msg_job(*a2), "msgbatch_2", "in_progress", 0);
     llmq_msg_destroy(&t);
-    now += cfg.task_timeout_ms + 2;
-    /*  Drain any poll left outstanding, then cancel. */
-    llmq_batch_tick(m, now + cfg.task_timeout_ms + 1);
-    now += cfg.task_timeout_ms + 2;
-    r = s_t_simple(m, replies, LLMQ_MSG_BATCH_CANCEL, "anth", now);
-    S_CHECK(streq(llmq_msg_state(r), "cancelling"));
-    polls[0] = llmq_batch_next_job_task(m, "oa", now);
-    polls[1] = llmq_batch_next_job_task(m, "oa", now);
+    fx->now += fx->cfg.task_timeout_ms + 2;
+    /*  Drain any poll left outstanding. */
+    llmq_batch_tick(m, fx->now + fx->cfg.task_timeout_ms + 1);
+    fx->now += fx->cfg.task_timeout_ms + 2;
+}
+
+/*  The anthropic fetch after a cancel: the first job (a1) got 10 lines done
+    before it; the second none (an empty final page). */
+static void s_tp_anthropic_fetch(s_t_fx_t *fx, const llmq_msg_t *a1)
+{
+    llmq_msg_t *polls[2];
+    s_t_tasks(fx, polls, 2, LLMQ_MSG_JOB_FETCH);
     for (int round = 0; round < 2; round++) {
-        t = polls[round];
-        S_CHECK(t && llmq_msg_type(t) == LLMQ_MSG_JOB_CANCEL);
-        st = s_t_job_status(llmq_msg_job(t), llmq_msg_provider_batch(t),
-                            "cancelled", 0);
-        S_CHECK(llmq_batch_on_job_msg(m, st, now) == 0);
-        llmq_msg_destroy(&st);
-        llmq_msg_destroy(&t);
-    }
-    polls[0] = llmq_batch_next_job_task(m, "oa", now);
-    polls[1] = llmq_batch_next_job_task(m, "oa", now);
-    for (int round = 0; round < 2; round++) {
-        t = polls[round];
-        S_CHECK(t && llmq_msg_type(t) == LLMQ_MSG_JOB_FETCH);
-        /*  The first job got 10 lines done before the cancel. */
+        llmq_msg_t *t = polls[round];
         bool first_job = streq(llmq_msg_job(t), llmq_msg_job(a1));
-        s_t_job_results(m, t, first_job ? 0 : 100000, first_job ? 10 : 0, 5000,
-                        true, now);
+        s_t_job_results(fx->m, t, first_job ? 0 : 100000, first_job ? 10 : 0,
+                        5000, true, fx->now);
         if (!first_job) {
             llmq_msg_t *fin = llmq_msg_new(LLMQ_MSG_JOB_RESULTS);
             llmq_msg_set_job(fin, llmq_msg_job(t));
             llmq_msg_set_final(fin, true);
             llmq_msg_set_payload_mem(fin, "\x90", 1);
-            S_CHECK(llmq_batch_on_job_msg(m, fin, now) == 0);
+            S_CHECK(llmq_batch_on_job_msg(fx->m, fin, fx->now) == 0);
             llmq_msg_destroy(&fin);
         }
         llmq_msg_destroy(&t);
     }
+}
+
+/*  Cancel reaches the provider: both jobs cancelled there, their lines
+    fetched, files cleaned up. A late message for a finished job is
+    dropped. */
+static void s_tp_anthropic_cancel(s_t_fx_t *fx)
+{
+    llmq_msg_t *a1, *a2;
+    s_tp_anthropic(fx, &a1, &a2);
+    llmq_msg_t *r =
+        s_t_simple(fx->m, fx->replies, LLMQ_MSG_BATCH_CANCEL, "anth", fx->now);
+    S_CHECK(streq(llmq_msg_state(r), "cancelling"));
+    llmq_msg_t *polls[2];
+    s_t_tasks(fx, polls, 2, LLMQ_MSG_JOB_CANCEL);
+    for (int round = 0; round < 2; round++) {
+        llmq_msg_t *t = polls[round];
+        s_t_job_say(fx, llmq_msg_job(t), llmq_msg_provider_batch(t),
+                    "cancelled", 0);
+        llmq_msg_destroy(&t);
+    }
+    s_tp_anthropic_fetch(fx, a1);
     llmq_msg_destroy(&a1);
     llmq_msg_destroy(&a2);
-    S_CHECK(s_t_cleanups(m, now) == 2);
-    r = s_t_simple(m, replies, LLMQ_MSG_BATCH_GET, "anth", now);
+    S_CHECK(s_t_cleanups(fx->m, fx->now) == 2);
+    r = s_t_get(fx, "anth");
     S_CHECK(streq(llmq_msg_state(r), "cancelled"));
-    S_CHECK(llmq_msg_counts_done(r) == total);
-    S_CHECK(llmq_msg_counts_failed(r) == total - 10);
+    S_CHECK(llmq_msg_counts_done(r) == S_T_TOTAL);
+    S_CHECK(llmq_msg_counts_failed(r) == S_T_TOTAL - 10);
 
-    /*  A late message for a finished job is dropped. */
-    st = s_t_job_status(ids[0], "batch_A", "completed", 1);
-    S_CHECK(llmq_batch_on_job_msg(m, st, now) == 1);
+    llmq_msg_t *st = s_t_job_status(fx->ids[0], "batch_A", "completed", 1);
+    S_CHECK(llmq_batch_on_job_msg(fx->m, st, fx->now) == 1);
     llmq_msg_destroy(&st);
+}
 
-    llmq_msg_t *m1;
-    while ((m1 = zlist_pop(replies)))
-        llmq_msg_destroy(&m1);
-    zlist_destroy(&replies);
-    llmq_batch_destroy(&m);
+static void s_test_provider(const char *path, bool verbose)
+{
+    llmq_batch_config_t cfg;
+    llmq_batch_config_defaults(&cfg);
+    cfg.provider_price = 0.5; /* as if the worker reported list prices */
+    cfg.poll_interval_ms = 1000;
+    cfg.results_max_items = 100000;
+    cfg.results_max_bytes = 64 * 1024 * 1024;
+    s_t_fx_t fx;
+    s_t_fx_init(&fx, path, verbose, &cfg, 5000000);
+    llmq_batch_set_pool_fn(fx.m, s_test_pool_fn, "openai");
+    s_tp_auto_realtime(&fx);
+    s_tp_big(&fx);
+    s_tp_first_submit(&fx);
+    s_tp_submitted(&fx, s_tp_crash_submitting(&fx));
+    s_tp_crash_running(&fx);
+    s_tp_fetch_garbage(&fx);
+    s_tp_refetch(&fx);
+    s_tp_transient(&fx);
+    s_tp_anthropic_cancel(&fx);
+    s_t_fx_fini(&fx);
     if (verbose)
         printf("provider ok; ");
 }

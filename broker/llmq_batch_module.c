@@ -321,6 +321,94 @@ static void s_t_results(s_t_peers_t *p, const char *id, int n)
     S_CHECK(seen.after == n);
 }
 
+/*  The worker answers the next n requests. */
+static void s_t_answer_next(s_t_peers_t *p, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++) {
+        llmq_msg_t *m = s_t_expect(p, p->worker, LLMQ_MSG_REQ, 5000);
+        S_CHECK(m);
+        s_t_answer(p, &m);
+    }
+}
+
+/*  ping/pong: the broker has taken in what the client sent before. Returns
+    the pong (NULL on timeout). */
+static llmq_msg_t *s_t_ping(s_t_peers_t *p)
+{
+    llmq_msg_t *m = llmq_msg_new(LLMQ_MSG_PING);
+    llmq_msg_send(&m, p->client);
+    return s_t_expect(p, p->client, LLMQ_MSG_PONG, 5000);
+}
+
+/*  A realtime batch fills the worker's four slots, an interactive request
+    arrives and takes the very next free slot, ahead of 196 batch items. */
+static void s_t_interactive(s_t_peers_t *p)
+{
+    s_t_batch(p, "rt", 200);
+    llmq_msg_t *held[4];
+    for (int i = 0; i < 4; i++) {
+        held[i] = s_t_expect(p, p->worker, LLMQ_MSG_REQ, 5000);
+        S_CHECK(held[i]);
+    }
+    llmq_msg_t *m = llmq_msg_new(LLMQ_MSG_REQ);
+    llmq_msg_set_id(m, "interactive");
+    llmq_msg_set_op(m, "chat");
+    llmq_msg_set_model(m, "m1");
+    llmq_msg_set_payload_mem(m, "\xabinteractive", 12);
+    llmq_msg_send(&m, p->client);
+    m = s_t_ping(p);
+    S_CHECK(m);
+    llmq_msg_destroy(&m);
+    s_t_answer(p, &held[0]);
+    m = s_t_expect(p, p->worker, LLMQ_MSG_REQ, 5000);
+    S_CHECK(m && llmq_msg_payload(m) && zframe_size(llmq_msg_payload(m)) == 12);
+    S_CHECK(memcmp(zframe_data(llmq_msg_payload(m)), "\xabinteractive", 12) ==
+            0);
+    s_t_answer(p, &m);
+    for (int i = 1; i < 4; i++)
+        s_t_answer(p, &held[i]);
+    s_t_answer_next(p, 200 - 4);
+    m = s_t_expect(p, p->client, LLMQ_MSG_RES, 5000);
+    S_CHECK(m && streq(llmq_msg_id(m), "interactive") && llmq_msg_ok(m));
+    llmq_msg_destroy(&m);
+    s_t_results(p, "rt", 200);
+}
+
+/*  Restart with items in flight: answered ones are kept, the rest (those
+    in flight included) run on the new broker, made from config. */
+static void s_t_restart(s_t_peers_t *p, zactor_t **broker,
+                        llmq_broker_config_t *config)
+{
+    s_t_batch(p, "rt2", 100);
+    s_t_answer_next(p, 30);
+    /*  Let the broker take the 30th answer before it stops. */
+    llmq_msg_t *m = s_t_ping(p);
+    llmq_msg_destroy(&m);
+    s_t_disconnect(p);
+    zactor_destroy(broker);
+    *broker = zactor_new(llmq_broker, config);
+    S_CHECK(*broker);
+    s_t_connect(p, *broker);
+    /*  What the store kept: every answer the old broker took in (an
+        answer still in its socket when it stopped runs again: at least
+        once). */
+    m = llmq_msg_new(LLMQ_MSG_BATCH_GET);
+    llmq_msg_set_batch(m, "rt2");
+    llmq_msg_set_after(m, 1000);
+    llmq_msg_send(&m, p->client);
+    m = s_t_expect(p, p->client, LLMQ_MSG_BATCH_STATUS, 5000);
+    S_CHECK(m);
+    int64_t kept = llmq_msg_counts_done(m);
+    llmq_msg_destroy(&m);
+    m = s_t_expect(p, p->client, LLMQ_MSG_BATCH_RESULTS, 5000);
+    llmq_msg_destroy(&m);
+    S_CHECK(kept > 0 && kept <= 30);
+    s_t_answer_next(p, 100 - kept);
+    s_t_results(p, "rt2", 100);
+    /*  And a batch from before the restart is still there. */
+    s_t_results(p, "rt", 200);
+}
+
 int llmq_batch_module_test(bool verbose)
 {
     printf(" * llmq_batch_module: ");
@@ -344,87 +432,8 @@ int llmq_batch_module_test(bool verbose)
     S_CHECK(broker);
     s_t_peers_t p = {0};
     s_t_connect(&p, broker);
-
-    /*  A realtime batch fills the worker's four slots... */
-    s_t_batch(&p, "rt", 200);
-    llmq_msg_t *held[4];
-    for (int i = 0; i < 4; i++) {
-        held[i] = s_t_expect(&p, p.worker, LLMQ_MSG_REQ, 5000);
-        S_CHECK(held[i]);
-    }
-    /*  ...an interactive request arrives (ping/pong: the broker has it)...
-     */
-    llmq_msg_t *m = llmq_msg_new(LLMQ_MSG_REQ);
-    llmq_msg_set_id(m, "interactive");
-    llmq_msg_set_op(m, "chat");
-    llmq_msg_set_model(m, "m1");
-    llmq_msg_set_payload_mem(m, "\xabinteractive", 12);
-    llmq_msg_send(&m, p.client);
-    m = llmq_msg_new(LLMQ_MSG_PING);
-    llmq_msg_send(&m, p.client);
-    m = s_t_expect(&p, p.client, LLMQ_MSG_PONG, 5000);
-    S_CHECK(m);
-    llmq_msg_destroy(&m);
-    /*  ...and takes the very next free slot, ahead of 196 batch items. */
-    s_t_answer(&p, &held[0]);
-    m = s_t_expect(&p, p.worker, LLMQ_MSG_REQ, 5000);
-    S_CHECK(m && llmq_msg_payload(m) && zframe_size(llmq_msg_payload(m)) == 12);
-    S_CHECK(memcmp(zframe_data(llmq_msg_payload(m)), "\xabinteractive", 12) ==
-            0);
-    s_t_answer(&p, &m);
-    for (int i = 1; i < 4; i++)
-        s_t_answer(&p, &held[i]);
-    for (int i = 4; i < 200; i++) {
-        m = s_t_expect(&p, p.worker, LLMQ_MSG_REQ, 5000);
-        S_CHECK(m);
-        s_t_answer(&p, &m);
-    }
-    m = s_t_expect(&p, p.client, LLMQ_MSG_RES, 5000);
-    S_CHECK(m && streq(llmq_msg_id(m), "interactive") && llmq_msg_ok(m));
-    llmq_msg_destroy(&m);
-    s_t_results(&p, "rt", 200);
-
-    /*  Restart with items in flight: answered ones are kept, the rest
-        (those in flight included) run on the new broker. */
-    s_t_batch(&p, "rt2", 100);
-    for (int i = 0; i < 30; i++) {
-        m = s_t_expect(&p, p.worker, LLMQ_MSG_REQ, 5000);
-        S_CHECK(m);
-        s_t_answer(&p, &m);
-    }
-    /*  Let the broker take the 30th answer before it stops. */
-    m = llmq_msg_new(LLMQ_MSG_PING);
-    llmq_msg_send(&m, p.client);
-    m = s_t_expect(&p, p.client, LLMQ_MSG_PONG, 5000);
-    llmq_msg_destroy(&m);
-    s_t_disconnect(&p);
-    zactor_destroy(&broker);
-    broker = zactor_new(llmq_broker, &config);
-    S_CHECK(broker);
-    s_t_connect(&p, broker);
-    /*  What the store kept: every answer the old broker took in (an
-        answer still in its socket when it stopped runs again: at least
-        once). */
-    m = llmq_msg_new(LLMQ_MSG_BATCH_GET);
-    llmq_msg_set_batch(m, "rt2");
-    llmq_msg_set_after(m, 1000);
-    llmq_msg_send(&m, p.client);
-    m = s_t_expect(&p, p.client, LLMQ_MSG_BATCH_STATUS, 5000);
-    S_CHECK(m);
-    int64_t kept = llmq_msg_counts_done(m);
-    llmq_msg_destroy(&m);
-    m = s_t_expect(&p, p.client, LLMQ_MSG_BATCH_RESULTS, 5000);
-    llmq_msg_destroy(&m);
-    S_CHECK(kept > 0 && kept <= 30);
-    for (int64_t i = kept; i < 100; i++) {
-        m = s_t_expect(&p, p.worker, LLMQ_MSG_REQ, 5000);
-        S_CHECK(m);
-        s_t_answer(&p, &m);
-    }
-    s_t_results(&p, "rt2", 100);
-    /*  And a batch from before the restart is still there. */
-    s_t_results(&p, "rt", 200);
-
+    s_t_interactive(&p);
+    s_t_restart(&p, &broker, &config);
     s_t_disconnect(&p);
     zactor_destroy(&broker);
     if (llmq_check_rmtree(dir) != 0)

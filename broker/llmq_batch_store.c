@@ -853,83 +853,103 @@ static void s_test_body(char *buf, size_t size, int64_t index)
     snprintf(buf + 5, size - 5, "%08lld", (long long)index);
 }
 
-int llmq_batch_store_test(bool verbose)
+/*  The selftest's state from step to step. */
+typedef struct {
+    char dir[32];              /* the temp dir */
+    char path[256];            /* the store's file in it */
+    llmq_batch_store_t *store; /* the store under test */
+    llmq_batch_rec_t rec;      /* batch b1 */
+    char body[200];            /* the last item body written */
+    int64_t n;                 /* b1's items */
+    long stored;               /* b1's results stored */
+    int64_t insert_us;         /* time to insert b1's items */
+    int64_t read_us;           /* time to read them */
+    int64_t results_us;        /* time to store b1's results */
+    int64_t result_read_us;    /* time to read them after the gap */
+} s_test_fx_t;
+
+/*  Items from..to-1 of bid with ids "c<index>" and s_test_body bodies (in
+    body); returns how many inserts failed. */
+static int s_test_insert(llmq_batch_store_t *store, int64_t bid, int64_t from,
+                         int64_t to, char *body, size_t size)
 {
-    printf(" * llmq_batch_store: ");
-    char dir[] = "/tmp/llmq-batch-store-XXXXXX";
-    S_CHECK(mkdtemp(dir));
-    char path[256];
-    snprintf(path, sizeof path, "%s/batches.db", dir);
+    int failed = 0;
+    for (int64_t i = from; i < to; i++) {
+        char cid[32];
+        snprintf(cid, sizeof cid, "c%lld", (long long)i);
+        s_test_body(body, size, i);
+        failed +=
+            llmq_batch_store_item_insert(store, bid, i, cid, body, size) != 0;
+    }
+    return failed;
+}
 
-    llmq_batch_store_t *store = llmq_batch_store_new(path);
-    S_CHECK(store);
-
-    /*  A batch row round-trips; a duplicate id is refused. */
-    llmq_batch_rec_t rec = {0};
-    snprintf(rec.id, sizeof rec.id, "b1");
-    snprintf(rec.mode, sizeof rec.mode, "realtime");
-    snprintf(rec.model, sizeof rec.model, "gpt-4o-mini");
-    rec.state = LLMQ_BATCH_VALIDATING;
-    rec.priority = 5;
-    rec.created_ms = 1234;
-    S_CHECK(llmq_batch_store_batch_insert(store, &rec) == 0);
-    S_CHECK(rec.bid > 0);
-    llmq_batch_rec_t dup = rec;
-    S_CHECK(llmq_batch_store_batch_insert(store, &dup) == -1);
+/*  A batch row round-trips; a duplicate id is refused. */
+static void s_test_batch_row(s_test_fx_t *fx)
+{
+    llmq_batch_rec_t *rec = &fx->rec;
+    snprintf(rec->id, sizeof rec->id, "b1");
+    snprintf(rec->mode, sizeof rec->mode, "realtime");
+    snprintf(rec->model, sizeof rec->model, "gpt-4o-mini");
+    rec->state = LLMQ_BATCH_VALIDATING;
+    rec->priority = 5;
+    rec->created_ms = 1234;
+    S_CHECK(llmq_batch_store_batch_insert(fx->store, rec) == 0);
+    S_CHECK(rec->bid > 0);
+    llmq_batch_rec_t dup = *rec;
+    S_CHECK(llmq_batch_store_batch_insert(fx->store, &dup) == -1);
     llmq_batch_rec_t got;
-    S_CHECK(llmq_batch_store_batch_get(store, "b1", &got) == 0);
-    S_CHECK(got.bid == rec.bid && got.priority == 5);
+    S_CHECK(llmq_batch_store_batch_get(fx->store, "b1", &got) == 0);
+    S_CHECK(got.bid == rec->bid && got.priority == 5);
     S_CHECK(streq(got.model, "gpt-4o-mini") && !got.closed);
-    S_CHECK(llmq_batch_store_batch_get(store, "nope", &got) == -1);
+    S_CHECK(llmq_batch_store_batch_get(fx->store, "nope", &got) == -1);
+}
 
-    /*  100,000 items in one transaction: measure items/s. */
-    const int64_t n = 100000;
-    char body[200];
+/*  100,000 items in one transaction (timed); a duplicate index is refused
+    (the caller's seq logic prevents it); the add record; a read back. */
+static void s_test_items(s_test_fx_t *fx)
+{
+    llmq_batch_store_t *store = fx->store;
+    int64_t bid = fx->rec.bid, n = fx->n;
     int64_t t0 = s_now_us();
     S_CHECK(llmq_batch_store_begin(store) == 0);
     S_CHECK(llmq_batch_store_begin(store) == 0); /* nested: no-op */
-    for (int64_t i = 0; i < n; i++) {
-        char cid[32];
-        snprintf(cid, sizeof cid, "c%lld", (long long)i);
-        s_test_body(body, sizeof body, i);
-        S_CHECK(llmq_batch_store_item_insert(store, rec.bid, i, cid, body,
-                                             sizeof body) == 0);
-    }
-    S_CHECK(llmq_batch_store_add_record(store, rec.bid, 1, 0, n) == 0);
-    rec.total = n;
-    S_CHECK(llmq_batch_store_batch_update(store, &rec) == 0);
+    S_CHECK(s_test_insert(store, bid, 0, n, fx->body, sizeof fx->body) == 0);
+    S_CHECK(llmq_batch_store_add_record(store, bid, 1, 0, n) == 0);
+    fx->rec.total = n;
+    S_CHECK(llmq_batch_store_batch_update(store, &fx->rec) == 0);
     S_CHECK(llmq_batch_store_commit(store) == 0);
-    int64_t insert_us = s_now_us() - t0;
-    /*  A duplicate index is refused (the caller's seq logic prevents it). */
-    S_CHECK(llmq_batch_store_item_insert(store, rec.bid, 5, "c5", body,
-                                         sizeof body) == -1);
-    S_CHECK(llmq_batch_store_item_insert(store, rec.bid, -1, "x", body,
-                                         sizeof body) == -1);
+    fx->insert_us = s_now_us() - t0;
+    S_CHECK(llmq_batch_store_item_insert(store, bid, 5, "c5", fx->body,
+                                         sizeof fx->body) == -1);
+    S_CHECK(llmq_batch_store_item_insert(store, bid, -1, "x", fx->body,
+                                         sizeof fx->body) == -1);
 
     int64_t first = -1, accepted = -1;
-    S_CHECK(llmq_batch_store_add_lookup(store, rec.bid, 1, &first, &accepted) ==
-            0);
+    S_CHECK(llmq_batch_store_add_lookup(store, bid, 1, &first, &accepted) == 0);
     S_CHECK(first == 0 && accepted == n);
-    S_CHECK(llmq_batch_store_add_lookup(store, rec.bid, 2, NULL, NULL) == -1);
+    S_CHECK(llmq_batch_store_add_lookup(store, bid, 2, NULL, NULL) == -1);
 
     s_check_t check = {0};
     int64_t t2 = s_now_us();
-    S_CHECK(llmq_batch_store_item_each(store, rec.bid, 0, -1, false,
-                                       s_test_item_fn, &check) == n);
-    int64_t t3 = s_now_us();
+    S_CHECK(llmq_batch_store_item_each(store, bid, 0, -1, false, s_test_item_fn,
+                                       &check) == n);
+    fx->read_us = s_now_us() - t2;
     S_CHECK(check.bad == 0 && check.next == n);
+}
 
-    /*  Results: every even item ok, every 7th failed, out of order; the
-        contiguous read stops at the first gap. */
-    t0 = s_now_us();
-    S_CHECK(llmq_batch_store_begin(store) == 0);
-    long stored = 0;
-    for (int64_t i = n - 1; i >= 0; i--) {
+/*  Results: every even item ok, every 7th failed, out of order (timed);
+    a second result for the same item is dropped. */
+static void s_test_results_put(s_test_fx_t *fx)
+{
+    int64_t t0 = s_now_us();
+    S_CHECK(llmq_batch_store_begin(fx->store) == 0);
+    for (int64_t i = fx->n - 1; i >= 0; i--) {
         if (i == 500)
             continue; /* a gap */
         llmq_batch_result_t r = {.index = i, .ok = i % 7 != 0};
         if (r.ok) {
-            r.body = body;
+            r.body = fx->body;
             r.body_size = 100;
             r.prompt_tokens = 10;
             r.completion_tokens = 20;
@@ -940,146 +960,171 @@ int llmq_batch_store_test(bool verbose)
             r.error_status = 504;
             r.error_retryable = true;
         }
-        int rc = llmq_batch_store_result_put(store, rec.bid, &r);
+        int rc = llmq_batch_store_result_put(fx->store, fx->rec.bid, &r);
         S_CHECK(rc == 1);
-        stored++;
+        fx->stored++;
     }
-    S_CHECK(llmq_batch_store_commit(store) == 0);
-    int64_t results_us = s_now_us() - t0;
-    /*  A second result for the same item is dropped. */
+    S_CHECK(llmq_batch_store_commit(fx->store) == 0);
+    fx->results_us = s_now_us() - t0;
     llmq_batch_result_t again = {
         .index = 3, .ok = false, .error_code = "timeout"};
-    S_CHECK(llmq_batch_store_result_put(store, rec.bid, &again) == 0);
+    S_CHECK(llmq_batch_store_result_put(fx->store, fx->rec.bid, &again) == 0);
+}
 
-    memset(&check, 0, sizeof check);
-    S_CHECK(llmq_batch_store_result_each(store, rec.bid, 0, true,
-                                         s_test_result_fn, &check) == 500);
+/*  The contiguous read stops at the first gap; from after it (timed) to
+    the end; the non-contiguous read from 0 sees every stored result; the
+    counts; pending items: only the gap. */
+static void s_test_results_read(s_test_fx_t *fx)
+{
+    llmq_batch_store_t *store = fx->store;
+    int64_t bid = fx->rec.bid;
+    s_check_t check = {0};
+    S_CHECK(llmq_batch_store_result_each(store, bid, 0, true, s_test_result_fn,
+                                         &check) == 500);
     S_CHECK(check.bad == 0 && check.next == 500);
     memset(&check, 0, sizeof check);
     check.next = 501;
     int64_t t4 = s_now_us();
-    S_CHECK(llmq_batch_store_result_each(store, rec.bid, 501, true,
-                                         s_test_result_fn, &check) == n - 501);
-    int64_t t5 = s_now_us();
+    S_CHECK(llmq_batch_store_result_each(store, bid, 501, true,
+                                         s_test_result_fn,
+                                         &check) == fx->n - 501);
+    fx->result_read_us = s_now_us() - t4;
     S_CHECK(check.bad == 0);
-    /*  Non-contiguous read from 0 sees every stored result. */
     int left = 1000;
-    S_CHECK(llmq_batch_store_result_each(store, rec.bid, 0, false,
-                                         s_test_stop_fn, &left) == 1000);
+    S_CHECK(llmq_batch_store_result_each(store, bid, 0, false, s_test_stop_fn,
+                                         &left) == 1000);
     int64_t done = 0, failed = 0;
-    S_CHECK(llmq_batch_store_result_count(store, rec.bid, &done, &failed) == 0);
-    S_CHECK(done == stored && failed == (n + 6) / 7);
-    /*  Pending items: only the gap. */
+    S_CHECK(llmq_batch_store_result_count(store, bid, &done, &failed) == 0);
+    S_CHECK(done == fx->stored && failed == (fx->n + 6) / 7);
     memset(&check, 0, sizeof check);
     check.next = 0;
-    S_CHECK(llmq_batch_store_item_each(store, rec.bid, 0, -1, true,
-                                       s_test_item_fn, &check) == 1);
+    S_CHECK(llmq_batch_store_item_each(store, bid, 0, -1, true, s_test_item_fn,
+                                       &check) == 1);
     S_CHECK(check.next == 501);
+}
 
-    /*  Jobs. */
+/*  Jobs: insert, update, get, an unknown one; then the store is closed
+    (twice: destroy is idempotent). */
+static void s_test_jobs(s_test_fx_t *fx)
+{
     llmq_batch_job_t job = {0};
     snprintf(job.id, sizeof job.id, "job-1");
-    job.bid = rec.bid;
+    job.bid = fx->rec.bid;
     job.state = LLMQ_JOB_SUBMITTING;
     snprintf(job.provider, sizeof job.provider, "openai");
     job.first = 0;
     job.count = 50000;
-    S_CHECK(llmq_batch_store_job_insert(store, &job) == 0);
-    S_CHECK(llmq_batch_store_job_insert(store, &job) == -1);
+    S_CHECK(llmq_batch_store_job_insert(fx->store, &job) == 0);
+    S_CHECK(llmq_batch_store_job_insert(fx->store, &job) == -1);
     snprintf(job.provider_batch, sizeof job.provider_batch, "batch_abc");
     job.state = LLMQ_JOB_RUNNING;
-    S_CHECK(llmq_batch_store_job_update(store, &job) == 0);
+    S_CHECK(llmq_batch_store_job_update(fx->store, &job) == 0);
     llmq_batch_job_t gj;
-    S_CHECK(llmq_batch_store_job_get(store, "job-1", &gj) == 0);
+    S_CHECK(llmq_batch_store_job_get(fx->store, "job-1", &gj) == 0);
     S_CHECK(streq(gj.provider_batch, "batch_abc") && gj.count == 50000);
     llmq_batch_job_t ghost = job;
     snprintf(ghost.id, sizeof ghost.id, "ghost");
-    S_CHECK(llmq_batch_store_job_update(store, &ghost) == -1);
+    S_CHECK(llmq_batch_store_job_update(fx->store, &ghost) == -1);
     int jobs = 0;
-    S_CHECK(llmq_batch_store_job_each(store, rec.bid, s_test_count_job,
+    S_CHECK(llmq_batch_store_job_each(fx->store, fx->rec.bid, s_test_count_job,
                                       &jobs) == 1);
     S_CHECK(jobs == 1);
-    llmq_batch_store_destroy(&store);
-    S_CHECK(store == NULL);
-    llmq_batch_store_destroy(&store);
+    llmq_batch_store_destroy(&fx->store);
+    S_CHECK(fx->store == NULL);
+    llmq_batch_store_destroy(&fx->store);
+}
 
-    /*  Reopen: everything is still there. */
-    store = llmq_batch_store_new(path);
-    S_CHECK(store);
-    S_CHECK(llmq_batch_store_batch_get(store, "b1", &got) == 0);
-    S_CHECK(got.total == n);
-    S_CHECK(llmq_batch_store_job_get(store, "job-1", &gj) == 0);
+/*  Reopen: everything is still there. */
+static void s_test_reopen(s_test_fx_t *fx)
+{
+    fx->store = llmq_batch_store_new(fx->path);
+    S_CHECK(fx->store);
+    llmq_batch_rec_t got;
+    S_CHECK(llmq_batch_store_batch_get(fx->store, "b1", &got) == 0);
+    S_CHECK(got.total == fx->n);
+    llmq_batch_job_t gj;
+    S_CHECK(llmq_batch_store_job_get(fx->store, "job-1", &gj) == 0);
     S_CHECK(gj.state == LLMQ_JOB_RUNNING);
-    S_CHECK(llmq_batch_store_result_count(store, rec.bid, &done, NULL) == 0);
-    S_CHECK(done == stored);
+    int64_t done = 0;
+    S_CHECK(llmq_batch_store_result_count(fx->store, fx->rec.bid, &done,
+                                          NULL) == 0);
+    S_CHECK(done == fx->stored);
+    llmq_batch_store_destroy(&fx->store);
+}
 
-    /*  Crash simulation: a child writes a second batch and its items,
-        commits half, then dies with _exit() in the middle of the next
-        transaction. The parent reopens and sees exactly the committed
-        half: no torn rows, nothing from the open transaction. */
-    llmq_batch_store_destroy(&store);
+/*  The crashing child: a second batch and its items, half committed,
+    then _exit() in the middle of the next transaction. */
+static void s_test_crash_child(s_test_fx_t *fx)
+{
+    llmq_batch_store_t *cs = llmq_batch_store_new(fx->path);
+    if (!cs)
+        _exit(3);
+    llmq_batch_rec_t b2 = {0};
+    snprintf(b2.id, sizeof b2.id, "b2");
+    b2.state = LLMQ_BATCH_VALIDATING;
+    llmq_batch_store_begin(cs);
+    llmq_batch_store_batch_insert(cs, &b2);
+    s_test_insert(cs, b2.bid, 0, 1000, fx->body, sizeof fx->body);
+    llmq_batch_store_add_record(cs, b2.bid, 1, 0, 1000);
+    llmq_batch_store_commit(cs);
+    llmq_batch_store_begin(cs);
+    s_test_insert(cs, b2.bid, 1000, 2000, fx->body, sizeof fx->body);
+    _exit(0); /* no commit, no close: as kill -9 would leave it */
+}
+
+/*  Crash simulation: the parent reopens after the child died and sees
+    exactly the committed half: no torn rows, nothing from the open
+    transaction; the store is writable after the crash. */
+static void s_test_crash(s_test_fx_t *fx)
+{
     fflush(stdout);
     pid_t pid = fork();
     S_CHECK(pid >= 0);
-    if (pid == 0) {
-        llmq_batch_store_t *cs = llmq_batch_store_new(path);
-        if (!cs)
-            _exit(3);
-        llmq_batch_rec_t b2 = {0};
-        snprintf(b2.id, sizeof b2.id, "b2");
-        b2.state = LLMQ_BATCH_VALIDATING;
-        llmq_batch_store_begin(cs);
-        llmq_batch_store_batch_insert(cs, &b2);
-        for (int64_t i = 0; i < 1000; i++) {
-            char cid[32];
-            snprintf(cid, sizeof cid, "c%lld", (long long)i);
-            s_test_body(body, sizeof body, i);
-            llmq_batch_store_item_insert(cs, b2.bid, i, cid, body, sizeof body);
-        }
-        llmq_batch_store_add_record(cs, b2.bid, 1, 0, 1000);
-        llmq_batch_store_commit(cs);
-        llmq_batch_store_begin(cs);
-        for (int64_t i = 1000; i < 2000; i++) {
-            char cid[32];
-            snprintf(cid, sizeof cid, "c%lld", (long long)i);
-            s_test_body(body, sizeof body, i);
-            llmq_batch_store_item_insert(cs, b2.bid, i, cid, body, sizeof body);
-        }
-        _exit(0); /* no commit, no close: as kill -9 would leave it */
-    }
+    if (pid == 0)
+        s_test_crash_child(fx);
     int status = 0;
     S_CHECK(waitpid(pid, &status, 0) == pid);
     S_CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
-    store = llmq_batch_store_new(path);
-    S_CHECK(store);
+    fx->store = llmq_batch_store_new(fx->path);
+    S_CHECK(fx->store);
     llmq_batch_rec_t b2;
-    S_CHECK(llmq_batch_store_batch_get(store, "b2", &b2) == 0);
-    memset(&check, 0, sizeof check);
-    S_CHECK(llmq_batch_store_item_each(store, b2.bid, 0, -1, false,
+    S_CHECK(llmq_batch_store_batch_get(fx->store, "b2", &b2) == 0);
+    s_check_t check = {0};
+    S_CHECK(llmq_batch_store_item_each(fx->store, b2.bid, 0, -1, false,
                                        s_test_item_fn, &check) == 1000);
     S_CHECK(check.bad == 0);
-    S_CHECK(llmq_batch_store_add_lookup(store, b2.bid, 1, NULL, &accepted) ==
-            0);
+    int64_t accepted = -1;
+    S_CHECK(llmq_batch_store_add_lookup(fx->store, b2.bid, 1, NULL,
+                                        &accepted) == 0);
     S_CHECK(accepted == 1000);
-    /*  The store is writable after the crash. */
-    S_CHECK(llmq_batch_store_item_insert(store, b2.bid, 1000, "c1000", body,
-                                         sizeof body) == 0);
+    S_CHECK(llmq_batch_store_item_insert(fx->store, b2.bid, 1000, "c1000",
+                                         fx->body, sizeof fx->body) == 0);
+}
 
+/*  Delete removes a batch and everything it owns. */
+static void s_test_delete(s_test_fx_t *fx)
+{
+    llmq_batch_store_t *store = fx->store;
     int batches = 0;
     S_CHECK(llmq_batch_store_batch_each(store, s_test_count_batch, &batches) ==
             2);
-    /*  Delete removes a batch and everything it owns. */
-    S_CHECK(llmq_batch_store_batch_delete(store, rec.bid) == 0);
+    S_CHECK(llmq_batch_store_batch_delete(store, fx->rec.bid) == 0);
+    llmq_batch_rec_t got;
     S_CHECK(llmq_batch_store_batch_get(store, "b1", &got) == -1);
-    S_CHECK(llmq_batch_store_result_count(store, rec.bid, &done, NULL) == 0);
+    int64_t done = -1;
+    S_CHECK(llmq_batch_store_result_count(store, fx->rec.bid, &done, NULL) ==
+            0);
     S_CHECK(done == 0);
-    jobs = 0;
+    int jobs = 0;
     S_CHECK(llmq_batch_store_job_each(store, 0, s_test_count_job, &jobs) == 0);
-    llmq_batch_store_destroy(&store);
+    llmq_batch_store_destroy(&fx->store);
+}
 
-    /*  A file that is not a batch store is refused, not modified. */
+/*  A file that is not a batch store is refused, not modified. */
+static void s_test_foreign(s_test_fx_t *fx)
+{
     char other[256];
-    snprintf(other, sizeof other, "%s/other.db", dir);
+    snprintf(other, sizeof other, "%s/other.db", fx->dir);
     sqlite3 *odb = NULL;
     S_CHECK(sqlite3_open(other, &odb) == SQLITE_OK);
     S_CHECK(sqlite3_exec(odb, "CREATE TABLE t (x)", NULL, NULL, NULL) ==
@@ -1087,7 +1132,7 @@ int llmq_batch_store_test(bool verbose)
     sqlite3_close(odb);
     S_CHECK(llmq_batch_store_new(other) == NULL);
     char junk[256];
-    snprintf(junk, sizeof junk, "%s/junk.db", dir);
+    snprintf(junk, sizeof junk, "%s/junk.db", fx->dir);
     FILE *f = fopen(junk, "w");
     S_CHECK(f);
     for (int i = 0; i < 200; i++)
@@ -1095,23 +1140,46 @@ int llmq_batch_store_test(bool verbose)
     fclose(f);
     S_CHECK(llmq_batch_store_new(junk) == NULL);
     S_CHECK(llmq_batch_store_new("/nonexistent-dir/x/y.db") == NULL);
+}
 
-    /*  Numbers, not assertions: speed belongs in bench/, but the store's
-        throughput is worth seeing when asked. */
-    if (verbose || getenv("LLMQ_BENCH")) {
-        printf("\n   %lld items x %zu B body:", (long long)n, sizeof body);
-        printf(" insert %.0f items/s, read %.0f items/s,",
-               n * 1e6 / (double)(insert_us ? insert_us : 1),
-               n * 1e6 / (double)(t3 - t2 ? t3 - t2 : 1));
-        printf(" result put %.0f/s, result read %.0f/s\n   ",
-               stored * 1e6 / (double)(results_us ? results_us : 1),
-               (n - 501) * 1e6 / (double)(t5 - t4 ? t5 - t4 : 1));
-    }
+/*  Numbers, not assertions: speed belongs in bench/, but the store's
+    throughput is worth seeing when asked. */
+static void s_test_numbers(s_test_fx_t *fx)
+{
+    int64_t n = fx->n;
+    printf("\n   %lld items x %zu B body:", (long long)n, sizeof fx->body);
+    printf(" insert %.0f items/s, read %.0f items/s,",
+           n * 1e6 / (double)(fx->insert_us ? fx->insert_us : 1),
+           n * 1e6 / (double)(fx->read_us ? fx->read_us : 1));
+    printf(" result put %.0f/s, result read %.0f/s\n   ",
+           fx->stored * 1e6 / (double)(fx->results_us ? fx->results_us : 1),
+           (n - 501) * 1e6 /
+               (double)(fx->result_read_us ? fx->result_read_us : 1));
+}
+
+int llmq_batch_store_test(bool verbose)
+{
+    printf(" * llmq_batch_store: ");
+    s_test_fx_t fx = {.n = 100000};
+    snprintf(fx.dir, sizeof fx.dir, "/tmp/llmq-batch-store-XXXXXX");
+    S_CHECK(mkdtemp(fx.dir));
+    snprintf(fx.path, sizeof fx.path, "%s/batches.db", fx.dir);
+    fx.store = llmq_batch_store_new(fx.path);
+    S_CHECK(fx.store);
+    //  The steps, in order: each goes on from where the last one left.
+    static void (*const steps[])(s_test_fx_t *) = {
+        s_test_batch_row,    s_test_items,  s_test_results_put,
+        s_test_results_read, s_test_jobs,   s_test_reopen,
+        s_test_crash,        s_test_delete, s_test_foreign};
+    for (size_t i = 0; i < sizeof steps / sizeof steps[0]; i++)
+        steps[i](&fx);
+    if (verbose || getenv("LLMQ_BENCH"))
+        s_test_numbers(&fx);
 
     /*  Clean the temp dir. */
-    if (llmq_check_rmtree(dir) != 0)
+    if (llmq_check_rmtree(fx.dir) != 0)
         llmq_log(NULL, LLMQ_LOG_WARN, "test_cleanup_failed",
-                 LLMQ_LOG_STR("dir", dir), LLMQ_LOG_END);
+                 LLMQ_LOG_STR("dir", fx.dir), LLMQ_LOG_END);
     printf("OK\n");
     return 0;
 }

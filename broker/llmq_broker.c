@@ -3091,318 +3091,383 @@ done:
     return rc;
 }
 
+//  The main selftest's state, from step to step: one broker, its client,
+//  the fake workers, and the messages a step leaves for the next one. All
+//  of it is freed by s_t_fx_fini, whatever step failed.
+typedef struct {
+    llmq_broker_config_t config;        //  The broker's configuration
+    zactor_t *broker;                   //  The broker under test
+    zactor_t *small;                    //  A second broker, with room for two
+    char *frontend, *backend, *metrics; //  The broker's endpoints
+    zsock_t *client;                    //  The client, "client-1"
+    zsock_t *a, *b, *c, *d;             //  Fake workers
+    llmq_msg_t *m, *m2, *m3;            //  Requests held by a step
+} s_t_fx_t;
+
+#define T_RET(cond) LLMQ_CHECK_RET(cond)
+
+//  A body long enough to be shared rather than copied.
+#define S_T_LONG_BODY                                                          \
+    "first request body, long enough to be shared "                            \
+    "rather than copied by the broker when it goes to the worker"
+
+static void s_t_fx_fini(s_t_fx_t *fx)
+{
+    s_t_alive.count = 0;
+    llmq_msg_destroy(&fx->m);
+    llmq_msg_destroy(&fx->m2);
+    llmq_msg_destroy(&fx->m3);
+    zsock_destroy(&fx->client);
+    zsock_destroy(&fx->a);
+    zsock_destroy(&fx->b);
+    zsock_destroy(&fx->c);
+    zsock_destroy(&fx->d);
+    zactor_destroy(&fx->small);
+    zactor_destroy(&fx->broker);
+    zstr_free(&fx->frontend);
+    zstr_free(&fx->backend);
+    zstr_free(&fx->metrics);
+}
+
+//  The client cancels id, which is answered `cancelled`.
+static int s_t_cancel_req(s_t_fx_t *fx, const char *id)
+{
+    fx->m = llmq_msg_new(LLMQ_MSG_CANCEL);
+    llmq_msg_set_id(fx->m, id);
+    llmq_msg_send(&fx->m, fx->client);
+    T_RET((fx->m = s_t_expect(fx->client, LLMQ_MSG_RES, 5000)));
+    T_RET(s_t_failed_with(fx->m, id, "cancelled"));
+    llmq_msg_destroy(&fx->m);
+    return 0;
+}
+
+//  True if the next `limits` on worker says rpm.
+static bool s_t_limits_is(zsock_t *worker, int64_t rpm)
+{
+    llmq_msg_t *m = s_t_expect(worker, LLMQ_MSG_LIMITS, 5000);
+    bool good = m && llmq_msg_limits_rpm(m) == rpm;
+    llmq_msg_destroy(&m);
+    return good;
+}
+
+//  ping -> pong; garbage gets bad_message, and the broker carries on;
+//  batches are not there yet; no worker serves the model: not_found after
+//  the wait.
+static int s_t_basics(s_t_fx_t *fx)
+{
+    fx->m = llmq_msg_new(LLMQ_MSG_PING);
+    llmq_msg_send(&fx->m, fx->client);
+    T_RET((fx->m = s_t_expect(fx->client, LLMQ_MSG_PONG, 5000)));
+    T_RET(streq(llmq_msg_broker(fx->m), "llmq-broker"));
+    llmq_msg_destroy(&fx->m);
+
+    zstr_send(fx->client, "not msgpack");
+    T_RET((fx->m = s_t_expect(fx->client, LLMQ_MSG_ERROR, 5000)));
+    T_RET(streq(llmq_msg_code(fx->m), "bad_message"));
+    llmq_msg_destroy(&fx->m);
+
+    fx->m = llmq_msg_new(LLMQ_MSG_BATCH_CLOSE);
+    llmq_msg_set_batch(fx->m, "b1");
+    llmq_msg_send(&fx->m, fx->client);
+    T_RET((fx->m = s_t_expect(fx->client, LLMQ_MSG_ERROR, 5000)));
+    T_RET(streq(llmq_msg_code(fx->m), "invalid_request"));
+    llmq_msg_destroy(&fx->m);
+
+    s_t_req(fx->client, "q0", "nobody", 0, 0, "x");
+    T_RET((fx->m = s_t_expect(fx->client, LLMQ_MSG_RES, 5000)));
+    T_RET(s_t_failed_with(fx->m, "q0", "not_found"));
+    llmq_msg_destroy(&fx->m);
+    return 0;
+}
+
+//  A worker must say hello first. Three requests against two credits: two
+//  go out, the third waits. Leaves r3 dispatched in m, r2 in m2.
+static int s_t_dispatch(s_t_fx_t *fx)
+{
+    fx->a = s_t_peer(fx->backend, "worker-a");
+    s_t_credit(fx->a, 1);
+    T_RET((fx->m = s_t_expect(fx->a, LLMQ_MSG_ERROR, 5000)));
+    T_RET(streq(llmq_msg_message(fx->m), "hello first"));
+    llmq_msg_destroy(&fx->m);
+    s_t_hello(fx->a, "a", "m1", 2, NULL, 0);
+    s_t_alive.socks[s_t_alive.count++] = fx->a;
+
+    s_t_req(fx->client, "r1", "m1", 0, 0, S_T_LONG_BODY);
+    s_t_req(fx->client, "r2", "m1", 0, 0, "second");
+    s_t_req(fx->client, "r2", "m1", 0, 0, "second"); //  duplicate: ignored
+    s_t_req(fx->client, "r3", "m1", 0, 0, "third");
+    s_t_credit(fx->a, 2);
+    T_RET((fx->m = s_t_expect(fx->a, LLMQ_MSG_REQ, 5000)));
+    T_RET(s_t_body_is(fx->m, S_T_LONG_BODY));
+    T_RET(llmq_msg_id(fx->m)[0] == 'r' && llmq_msg_attempt(fx->m) == 1);
+    T_RET((fx->m2 = s_t_expect(fx->a, LLMQ_MSG_REQ, 5000)));
+    T_RET(s_t_body_is(fx->m2, "second"));
+    T_RET(s_t_quiet(fx->a, 200));
+    s_t_answer(fx->a, &fx->m);
+    T_RET((fx->m = s_t_expect(fx->client, LLMQ_MSG_RES, 5000)));
+    T_RET(llmq_msg_ok(fx->m) && streq(llmq_msg_id(fx->m), "r1") &&
+          streq(llmq_msg_worker(fx->m), "a"));
+    T_RET(s_t_body_is(fx->m, S_T_LONG_BODY));
+    size_t size = 0;
+    const uint8_t *meta = llmq_msg_meta(fx->m, &size);
+    T_RET(meta && size == 4 && meta[3] == 0x07);
+    llmq_msg_destroy(&fx->m);
+    s_t_credit(fx->a, 1);
+    T_RET((fx->m = s_t_expect(fx->a, LLMQ_MSG_REQ, 5000)));
+    T_RET(s_t_body_is(fx->m, "third"));
+    return 0;
+}
+
+//  Cancel: a dispatched request (r3, in m) is answered and its worker
+//  told. The worker's late answer for it is dropped; r2 (m2) answered.
+static int s_t_cancel_dispatched(s_t_fx_t *fx)
+{
+    char r3_bid[32];
+    snprintf(r3_bid, sizeof(r3_bid), "%s", llmq_msg_id(fx->m));
+    llmq_msg_destroy(&fx->m);
+    T_RET(s_t_cancel_req(fx, "r3") == 0);
+    T_RET((fx->m = s_t_expect(fx->a, LLMQ_MSG_CANCEL, 5000)));
+    T_RET(streq(llmq_msg_id(fx->m), r3_bid));
+    llmq_msg_destroy(&fx->m);
+    fx->m = llmq_msg_new(LLMQ_MSG_RES);
+    llmq_msg_set_id(fx->m, r3_bid);
+    llmq_msg_set_ok(fx->m, false);
+    llmq_msg_set_failure(fx->m, LLMQ_ERR_CANCELLED, 0, "cancelled");
+    llmq_msg_send(&fx->m, fx->a);
+    s_t_answer(fx->a, &fx->m2); //  r2
+    T_RET((fx->m = s_t_expect(fx->client, LLMQ_MSG_RES, 5000)));
+    T_RET(llmq_msg_ok(fx->m) && streq(llmq_msg_id(fx->m), "r2"));
+    llmq_msg_destroy(&fx->m);
+    return 0;
+}
+
+//  True if the status in msg counts `queued` requests and nworkers.
+static bool s_t_status_is(llmq_msg_t *msg, int64_t queued, size_t nworkers)
+{
+    zframe_t *payload = llmq_msg_payload(msg);
+    llmq_status_t *status =
+        payload ? llmq_status_decode(zframe_data(payload), zframe_size(payload),
+                                     NULL, 0)
+                : NULL;
+    if (!status)
+        return false;
+    int64_t seen = -1;
+    for (size_t i = 0; i < status->ncounters; i++)
+        if (streq(status->counters[i].name, "queued"))
+            seen = status->counters[i].value;
+    bool good = seen == queued && status->nworkers == nworkers;
+    llmq_status_destroy(&status);
+    return good;
+}
+
+//  A queued request cancelled; priorities; deadlines. No credit now.
+//  Leaves "high" in m and "low" in m2, dispatched to a.
+static int s_t_queued(s_t_fx_t *fx)
+{
+    s_t_req(fx->client, "c1", "m1", 0, 0, "cancel me");
+    T_RET(s_t_cancel_req(fx, "c1") == 0);
+    s_t_req(fx->client, "late", "m1", 0, 100, "deadline");
+    T_RET((fx->m = s_t_expect(fx->client, LLMQ_MSG_RES, 5000)));
+    T_RET(s_t_failed_with(fx->m, "late", "deadline_exceeded"));
+    llmq_msg_destroy(&fx->m);
+    s_t_req(fx->client, "lo", "m1", 0, 0, "low");
+    s_t_req(fx->client, "hi", "m1", 9, 0, "high");
+    s_t_req(fx->client, "lo2", "m1", 0, 0, "low2");
+    //  status shows them queued
+    fx->m = llmq_msg_new(LLMQ_MSG_STATUS);
+    llmq_msg_send(&fx->m, fx->client);
+    T_RET((fx->m = s_t_expect(fx->client, LLMQ_MSG_STATUS, 5000)));
+    T_RET(s_t_status_is(fx->m, 3, 1));
+    llmq_msg_destroy(&fx->m);
+    s_t_credit(fx->a, 2);
+    T_RET((fx->m = s_t_expect(fx->a, LLMQ_MSG_REQ, 5000)));
+    T_RET(s_t_body_is(fx->m, "high"));
+    T_RET((fx->m2 = s_t_expect(fx->a, LLMQ_MSG_REQ, 5000)));
+    T_RET(s_t_body_is(fx->m2, "low"));
+    return 0;
+}
+
+//  Worker a dies holding two requests: both go to worker b, attempt 2.
+static int s_t_death(s_t_fx_t *fx)
+{
+    fx->b = s_t_peer(fx->backend, "worker-b");
+    s_t_hello(fx->b, "b", "m1", 4, NULL, 0);
+    s_t_credit(fx->b, 1);
+    T_RET((fx->m3 = s_t_expect(fx->b, LLMQ_MSG_REQ, 5000)));
+    T_RET(s_t_body_is(fx->m3, "low2"));
+    llmq_msg_destroy(&fx->m);
+    llmq_msg_destroy(&fx->m2);
+    //  Now a goes silent: declared dead, its two requests go to b.
+    s_t_alive.count = 0;
+    s_t_alive.socks[s_t_alive.count++] = fx->b;
+    s_t_credit(fx->b, 3);
+    T_RET((fx->m = s_t_expect(fx->b, LLMQ_MSG_REQ, 20000)));
+    T_RET(s_t_body_is(fx->m, "high") && llmq_msg_attempt(fx->m) == 2);
+    T_RET((fx->m2 = s_t_expect(fx->b, LLMQ_MSG_REQ, 5000)));
+    T_RET(s_t_body_is(fx->m2, "low") && llmq_msg_attempt(fx->m2) == 2);
+    s_t_answer(fx->b, &fx->m);
+    s_t_answer(fx->b, &fx->m2);
+    s_t_answer(fx->b, &fx->m3);
+    for (int i = 0; i < 3; i++) {
+        T_RET((fx->m = s_t_expect(fx->client, LLMQ_MSG_RES, 5000)));
+        const char *id = llmq_msg_id(fx->m);
+        T_RET(llmq_msg_ok(fx->m) && streq(llmq_msg_worker(fx->m), "b"));
+        T_RET(llmq_msg_attempt(fx->m) == (streq(id, "lo2") ? 1 : 2));
+        llmq_msg_destroy(&fx->m);
+    }
+    return 0;
+}
+
+//  A worker that joins the same limit group halves the share; its bye
+//  gives it back.
+static int s_t_limit_group(s_t_fx_t *fx)
+{
+    fx->c = s_t_peer(fx->backend, "worker-c");
+    fx->d = s_t_peer(fx->backend, "worker-d");
+    s_t_hello(fx->c, "c", "m2", 1, "key1", 100);
+    T_RET(s_t_limits_is(fx->c, 100));
+    s_t_alive.socks[s_t_alive.count++] = fx->c;
+    s_t_hello(fx->d, "d", "m2", 1, "key1", 80);
+    T_RET(s_t_limits_is(fx->c, 40)); //  min(100, 80) / 2
+    T_RET(s_t_limits_is(fx->d, 40));
+    fx->m = llmq_msg_new(LLMQ_MSG_BYE);
+    llmq_msg_send(&fx->m, fx->d);
+    T_RET(s_t_limits_is(fx->c, 100));
+    return 0;
+}
+
+//  Metrics are served. Overload, on a broker with room for two; drain: queued
+//  requests are answered overloaded, then DRAINED.
+static int s_t_overload(s_t_fx_t *fx)
+{
+    T_RET(*fx->metrics); //  Metrics are served.
+    fx->config.max_queue = 2;
+    fx->config.drain_ms = 50;
+    fx->config.no_worker_wait_ms = 10000;
+    fx->small = zactor_new(llmq_broker, &fx->config);
+    char *fe = NULL, *be = NULL, *me = NULL;
+    T_RET(llmq_broker_endpoints(fx->small, &fe, &be, &me) == 0);
+    zsock_t *client2 = s_t_peer(fe, NULL);
+    zstr_free(&fe);
+    zstr_free(&be);
+    zstr_free(&me);
+    s_t_req(client2, "o1", "nobody", 0, 0, "x");
+    s_t_req(client2, "o2", "nobody", 0, 0, "x");
+    s_t_req(client2, "o3", "nobody", 0, 0, "x");
+    llmq_msg_t *m = s_t_expect(client2, LLMQ_MSG_RES, 5000);
+    bool good =
+        s_t_failed_with(m, "o3", "overloaded") && llmq_msg_error_retryable(m);
+    llmq_msg_destroy(&m);
+    zstr_send(fx->small, "DRAIN");
+    char *event = zstr_recv(fx->small);
+    good = good && event && streq(event, "DRAINED");
+    zstr_free(&event);
+    for (int i = 0; i < 2 && good; i++) {
+        m = s_t_expect(client2, LLMQ_MSG_RES, 5000);
+        good =
+            m && !llmq_msg_ok(m) && streq(llmq_msg_error_code(m), "overloaded");
+        llmq_msg_destroy(&m);
+    }
+    zsock_destroy(&client2);
+    T_RET(good);
+    return 0;
+}
+
+//  The module test after batch.open: the worker answers five items, two
+//  at a time (its credit); the client hears the batch is done.
+static bool s_t_module_items(zsock_t *client3, zsock_t *worker)
+{
+    bool good = true;
+    for (int i = 0; i < 5 && good; i++) {
+        llmq_msg_t *m = s_t_expect(worker, LLMQ_MSG_REQ, 5000);
+        good = m && llmq_msg_attempt(m) == 1;
+        if (good) {
+            s_t_answer(worker, &m);
+            s_t_credit(worker, 1);
+        }
+        llmq_msg_destroy(&m);
+    }
+    llmq_msg_t *m =
+        good ? s_t_expect(client3, LLMQ_MSG_BATCH_STATUS, 5000) : NULL;
+    good = good && m && llmq_msg_counts_done(m) == 5;
+    llmq_msg_destroy(&m);
+    return good;
+}
+
+//  A module's items fill spare credit and come back to it.
+static int s_t_module(s_t_fx_t *fx)
+{
+    static llmq_broker_module_t module = {.name = "test",
+                                          .create = s_t_module_create,
+                                          .destroy = s_t_module_destroy,
+                                          .client_msg = s_t_module_client,
+                                          .next_item = s_t_module_next,
+                                          .item_result = s_t_module_result};
+    llmq_broker_config_t mconfig = fx->config;
+    mconfig.max_queue = 100;
+    mconfig.module = &module;
+    zactor_t *modular = zactor_new(llmq_broker, &mconfig);
+    char *fe = NULL, *be = NULL, *me = NULL;
+    bool good = llmq_broker_endpoints(modular, &fe, &be, &me) == 0;
+    zsock_t *client3 = good ? s_t_peer(fe, NULL) : NULL;
+    zsock_t *worker = good ? s_t_peer(be, "worker-mod") : NULL;
+    if (good) {
+        s_t_hello(worker, "mod", "m1", 2, NULL, 0);
+        s_t_credit(worker, 2);
+        llmq_msg_t *m = llmq_msg_new(LLMQ_MSG_BATCH_OPEN);
+        llmq_msg_set_batch(m, "b");
+        llmq_msg_set_mode(m, "realtime");
+        llmq_msg_set_model(m, "m1");
+        llmq_msg_send(&m, client3);
+        m = s_t_expect(client3, LLMQ_MSG_BATCH_ACK, 5000);
+        good = m != NULL && s_t_module_items(client3, worker);
+        llmq_msg_destroy(&m);
+    }
+    zsock_destroy(&client3);
+    zsock_destroy(&worker);
+    zactor_destroy(&modular);
+    zstr_free(&fe);
+    zstr_free(&be);
+    zstr_free(&me);
+    T_RET(good);
+    return 0;
+}
+
 int llmq_broker_test(bool verbose)
 {
     if (verbose)
         printf(" * llmq_broker: ");
     int rc = -1;
-    llmq_broker_config_t config;
-    llmq_broker_config_defaults(&config);
-    config.frontend = "tcp://127.0.0.1:*";
-    config.backend = "tcp://127.0.0.1:*";
-    config.metrics = "127.0.0.1:0";
-    config.heartbeat_ms = 100;
+    s_t_fx_t fx;
+    memset(&fx, 0, sizeof fx);
+    llmq_broker_config_defaults(&fx.config);
+    fx.config.frontend = "tcp://127.0.0.1:*";
+    fx.config.backend = "tcp://127.0.0.1:*";
+    fx.config.metrics = "127.0.0.1:0";
+    fx.config.heartbeat_ms = 100;
     //  The test's workers heartbeat only while the test waits on a socket
     //  (s_t_expect): dead_ms must exceed any stall between two waits, also
     //  under valgrind. The one death below waits for it with a deadline.
-    config.dead_ms = 5000;
-    config.no_worker_wait_ms = 200;
-    config.quiet = !verbose;
-    zactor_t *broker = zactor_new(llmq_broker, &config);
-    char *frontend = NULL, *backend = NULL, *metrics = NULL;
-    zsock_t *client = NULL, *a = NULL, *b = NULL, *c = NULL, *d = NULL;
-    llmq_msg_t *m = NULL, *m2 = NULL, *m3 = NULL;
-    zactor_t *small = NULL;
+    fx.config.dead_ms = 5000;
+    fx.config.no_worker_wait_ms = 200;
+    fx.config.quiet = !verbose;
+    fx.broker = zactor_new(llmq_broker, &fx.config);
     s_t_alive.count = 0;
-    T_CHECK(broker &&
-            llmq_broker_endpoints(broker, &frontend, &backend, &metrics) == 0);
-    T_CHECK(strstr(frontend, "tcp://127.0.0.1:") &&
-            strstr(metrics, "http://127.0.0.1:"));
-    client = s_t_peer(frontend, "client-1");
-
-    //  ping -> pong
-    m = llmq_msg_new(LLMQ_MSG_PING);
-    llmq_msg_send(&m, client);
-    T_CHECK((m = s_t_expect(client, LLMQ_MSG_PONG, 5000)));
-    T_CHECK(streq(llmq_msg_broker(m), "llmq-broker"));
-    llmq_msg_destroy(&m);
-
-    //  Garbage gets bad_message, and the broker carries on.
-    zstr_send(client, "not msgpack");
-    T_CHECK((m = s_t_expect(client, LLMQ_MSG_ERROR, 5000)));
-    T_CHECK(streq(llmq_msg_code(m), "bad_message"));
-    llmq_msg_destroy(&m);
-
-    //  Batches are not there yet.
-    m = llmq_msg_new(LLMQ_MSG_BATCH_CLOSE);
-    llmq_msg_set_batch(m, "b1");
-    llmq_msg_send(&m, client);
-    T_CHECK((m = s_t_expect(client, LLMQ_MSG_ERROR, 5000)));
-    T_CHECK(streq(llmq_msg_code(m), "invalid_request"));
-    llmq_msg_destroy(&m);
-
-    //  No worker serves the model: not_found after the wait.
-    s_t_req(client, "q0", "nobody", 0, 0, "x");
-    T_CHECK((m = s_t_expect(client, LLMQ_MSG_RES, 5000)));
-    T_CHECK(s_t_failed_with(m, "q0", "not_found"));
-    llmq_msg_destroy(&m);
-
-    //  A worker must say hello first.
-    a = s_t_peer(backend, "worker-a");
-    s_t_credit(a, 1);
-    T_CHECK((m = s_t_expect(a, LLMQ_MSG_ERROR, 5000)));
-    T_CHECK(streq(llmq_msg_message(m), "hello first"));
-    llmq_msg_destroy(&m);
-    s_t_hello(a, "a", "m1", 2, NULL, 0);
-    s_t_alive.socks[s_t_alive.count++] = a;
-
-    //  Three requests against two credits: two go out, the third waits.
-    s_t_req(client, "r1", "m1", 0, 0,
-            "first request body, long enough to be shared "
-            "rather than copied by the broker when it goes to the worker");
-    s_t_req(client, "r2", "m1", 0, 0, "second");
-    s_t_req(client, "r2", "m1", 0, 0, "second"); //  duplicate: ignored
-    s_t_req(client, "r3", "m1", 0, 0, "third");
-    s_t_credit(a, 2);
-    T_CHECK((m = s_t_expect(a, LLMQ_MSG_REQ, 5000)));
-    T_CHECK(s_t_body_is(
-        m, "first request body, long enough to be shared "
-           "rather than copied by the broker when it goes to the worker"));
-    T_CHECK(llmq_msg_id(m)[0] == 'r' && llmq_msg_attempt(m) == 1);
-    T_CHECK((m2 = s_t_expect(a, LLMQ_MSG_REQ, 5000)));
-    T_CHECK(s_t_body_is(m2, "second"));
-    T_CHECK(s_t_quiet(a, 200));
-    s_t_answer(a, &m);
-    T_CHECK((m = s_t_expect(client, LLMQ_MSG_RES, 5000)));
-    T_CHECK(llmq_msg_ok(m) && streq(llmq_msg_id(m), "r1") &&
-            streq(llmq_msg_worker(m), "a"));
-    T_CHECK(s_t_body_is(
-        m, "first request body, long enough to be shared "
-           "rather than copied by the broker when it goes to the worker"));
-    {
-        size_t size = 0;
-        const uint8_t *meta = llmq_msg_meta(m, &size);
-        T_CHECK(meta && size == 4 && meta[3] == 0x07);
-    }
-    llmq_msg_destroy(&m);
-    s_t_credit(a, 1);
-    T_CHECK((m = s_t_expect(a, LLMQ_MSG_REQ, 5000)));
-    T_CHECK(s_t_body_is(m, "third"));
-
-    //  Cancel: a dispatched request (r3) is answered and its worker told.
-    char r3_bid[32];
-    snprintf(r3_bid, sizeof(r3_bid), "%s", llmq_msg_id(m));
-    llmq_msg_destroy(&m);
-    m = llmq_msg_new(LLMQ_MSG_CANCEL);
-    llmq_msg_set_id(m, "r3");
-    llmq_msg_send(&m, client);
-    T_CHECK((m = s_t_expect(client, LLMQ_MSG_RES, 5000)));
-    T_CHECK(s_t_failed_with(m, "r3", "cancelled"));
-    llmq_msg_destroy(&m);
-    T_CHECK((m = s_t_expect(a, LLMQ_MSG_CANCEL, 5000)));
-    T_CHECK(streq(llmq_msg_id(m), r3_bid));
-    llmq_msg_destroy(&m);
-    //  The worker's late answer for it is dropped.
-    m = llmq_msg_new(LLMQ_MSG_RES);
-    llmq_msg_set_id(m, r3_bid);
-    llmq_msg_set_ok(m, false);
-    llmq_msg_set_failure(m, LLMQ_ERR_CANCELLED, 0, "cancelled");
-    llmq_msg_send(&m, a);
-    s_t_answer(a, &m2); //  r2
-    T_CHECK((m = s_t_expect(client, LLMQ_MSG_RES, 5000)));
-    T_CHECK(llmq_msg_ok(m) && streq(llmq_msg_id(m), "r2"));
-    llmq_msg_destroy(&m);
-
-    //  A queued request cancelled; priorities; deadlines. No credit now.
-    s_t_req(client, "c1", "m1", 0, 0, "cancel me");
-    m = llmq_msg_new(LLMQ_MSG_CANCEL);
-    llmq_msg_set_id(m, "c1");
-    llmq_msg_send(&m, client);
-    T_CHECK((m = s_t_expect(client, LLMQ_MSG_RES, 5000)));
-    T_CHECK(s_t_failed_with(m, "c1", "cancelled"));
-    llmq_msg_destroy(&m);
-    s_t_req(client, "late", "m1", 0, 100, "deadline");
-    T_CHECK((m = s_t_expect(client, LLMQ_MSG_RES, 5000)));
-    T_CHECK(s_t_failed_with(m, "late", "deadline_exceeded"));
-    llmq_msg_destroy(&m);
-    s_t_req(client, "lo", "m1", 0, 0, "low");
-    s_t_req(client, "hi", "m1", 9, 0, "high");
-    s_t_req(client, "lo2", "m1", 0, 0, "low2");
-    //  status shows them queued
-    m = llmq_msg_new(LLMQ_MSG_STATUS);
-    llmq_msg_send(&m, client);
-    T_CHECK((m = s_t_expect(client, LLMQ_MSG_STATUS, 5000)));
-    {
-        zframe_t *payload = llmq_msg_payload(m);
-        T_CHECK(payload);
-        llmq_status_t *status = llmq_status_decode(
-            zframe_data(payload), zframe_size(payload), NULL, 0);
-        T_CHECK(status);
-        int64_t queued = -1;
-        for (size_t i = 0; i < status->ncounters; i++)
-            if (streq(status->counters[i].name, "queued"))
-                queued = status->counters[i].value;
-        bool good = queued == 3 && status->nworkers == 1;
-        llmq_status_destroy(&status);
-        T_CHECK(good);
-    }
-    llmq_msg_destroy(&m);
-    s_t_credit(a, 2);
-    T_CHECK((m = s_t_expect(a, LLMQ_MSG_REQ, 5000)));
-    T_CHECK(s_t_body_is(m, "high"));
-    T_CHECK((m2 = s_t_expect(a, LLMQ_MSG_REQ, 5000)));
-    T_CHECK(s_t_body_is(m2, "low"));
-
-    //  Worker a dies holding two requests: both go to worker b, attempt 2.
-    b = s_t_peer(backend, "worker-b");
-    s_t_hello(b, "b", "m1", 4, NULL, 0);
-    s_t_credit(b, 1);
-    T_CHECK((m3 = s_t_expect(b, LLMQ_MSG_REQ, 5000)));
-    T_CHECK(s_t_body_is(m3, "low2"));
-    llmq_msg_destroy(&m);
-    llmq_msg_destroy(&m2);
-    //  Now a goes silent: declared dead, its two requests go to b.
-    s_t_alive.count = 0;
-    s_t_alive.socks[s_t_alive.count++] = b;
-    s_t_credit(b, 3);
-    T_CHECK((m = s_t_expect(b, LLMQ_MSG_REQ, 20000)));
-    T_CHECK(s_t_body_is(m, "high") && llmq_msg_attempt(m) == 2);
-    T_CHECK((m2 = s_t_expect(b, LLMQ_MSG_REQ, 5000)));
-    T_CHECK(s_t_body_is(m2, "low") && llmq_msg_attempt(m2) == 2);
-    s_t_answer(b, &m);
-    s_t_answer(b, &m2);
-    s_t_answer(b, &m3);
-    for (int i = 0; i < 3; i++) {
-        T_CHECK((m = s_t_expect(client, LLMQ_MSG_RES, 5000)));
-        const char *id = llmq_msg_id(m);
-        T_CHECK(llmq_msg_ok(m) && streq(llmq_msg_worker(m), "b"));
-        T_CHECK(llmq_msg_attempt(m) == (streq(id, "lo2") ? 1 : 2));
-        llmq_msg_destroy(&m);
-    }
-    //  A worker that joins the same limit group halves the share.
-    c = s_t_peer(backend, "worker-c");
-    d = s_t_peer(backend, "worker-d");
-    s_t_hello(c, "c", "m2", 1, "key1", 100);
-    T_CHECK((m = s_t_expect(c, LLMQ_MSG_LIMITS, 5000)));
-    T_CHECK(llmq_msg_limits_rpm(m) == 100);
-    llmq_msg_destroy(&m);
-    s_t_alive.socks[s_t_alive.count++] = c;
-    s_t_hello(d, "d", "m2", 1, "key1", 80);
-    T_CHECK((m = s_t_expect(c, LLMQ_MSG_LIMITS, 5000)));
-    T_CHECK(llmq_msg_limits_rpm(m) == 40); //  min(100, 80) / 2
-    llmq_msg_destroy(&m);
-    T_CHECK((m = s_t_expect(d, LLMQ_MSG_LIMITS, 5000)));
-    T_CHECK(llmq_msg_limits_rpm(m) == 40);
-    llmq_msg_destroy(&m);
-    m = llmq_msg_new(LLMQ_MSG_BYE);
-    llmq_msg_send(&m, d);
-    T_CHECK((m = s_t_expect(c, LLMQ_MSG_LIMITS, 5000)));
-    T_CHECK(llmq_msg_limits_rpm(m) == 100);
-    llmq_msg_destroy(&m);
-
-    //  Metrics are served.
-    T_CHECK(*metrics);
-
-    //  Overload, on a broker with room for two.
-    config.max_queue = 2;
-    config.drain_ms = 50;
-    config.no_worker_wait_ms = 10000;
-    small = zactor_new(llmq_broker, &config);
-    {
-        char *fe = NULL, *be = NULL, *me = NULL;
-        T_CHECK(llmq_broker_endpoints(small, &fe, &be, &me) == 0);
-        zsock_t *client2 = s_t_peer(fe, NULL);
-        zstr_free(&fe);
-        zstr_free(&be);
-        zstr_free(&me);
-        s_t_req(client2, "o1", "nobody", 0, 0, "x");
-        s_t_req(client2, "o2", "nobody", 0, 0, "x");
-        s_t_req(client2, "o3", "nobody", 0, 0, "x");
-        m = s_t_expect(client2, LLMQ_MSG_RES, 5000);
-        bool good = s_t_failed_with(m, "o3", "overloaded") &&
-                    llmq_msg_error_retryable(m);
-        llmq_msg_destroy(&m);
-        //  Drain: queued requests are answered overloaded, then DRAINED.
-        zstr_send(small, "DRAIN");
-        char *event = zstr_recv(small);
-        good = good && event && streq(event, "DRAINED");
-        zstr_free(&event);
-        for (int i = 0; i < 2 && good; i++) {
-            m = s_t_expect(client2, LLMQ_MSG_RES, 5000);
-            good = m && !llmq_msg_ok(m) &&
-                   streq(llmq_msg_error_code(m), "overloaded");
-            llmq_msg_destroy(&m);
-        }
-        zsock_destroy(&client2);
-        T_CHECK(good);
-    }
-    //  A module's items fill spare credit and come back to it.
-    {
-        static llmq_broker_module_t module = {.name = "test",
-                                              .create = s_t_module_create,
-                                              .destroy = s_t_module_destroy,
-                                              .client_msg = s_t_module_client,
-                                              .next_item = s_t_module_next,
-                                              .item_result = s_t_module_result};
-        llmq_broker_config_t mconfig = config;
-        mconfig.max_queue = 100;
-        mconfig.module = &module;
-        zactor_t *modular = zactor_new(llmq_broker, &mconfig);
-        char *fe = NULL, *be = NULL, *me = NULL;
-        bool good = llmq_broker_endpoints(modular, &fe, &be, &me) == 0;
-        zsock_t *client3 = good ? s_t_peer(fe, NULL) : NULL;
-        zsock_t *worker = good ? s_t_peer(be, "worker-mod") : NULL;
-        if (good) {
-            s_t_hello(worker, "mod", "m1", 2, NULL, 0);
-            s_t_credit(worker, 2);
-            m = llmq_msg_new(LLMQ_MSG_BATCH_OPEN);
-            llmq_msg_set_batch(m, "b");
-            llmq_msg_set_mode(m, "realtime");
-            llmq_msg_set_model(m, "m1");
-            llmq_msg_send(&m, client3);
-            m = s_t_expect(client3, LLMQ_MSG_BATCH_ACK, 5000);
-            good = m != NULL;
-            llmq_msg_destroy(&m);
-        }
-        //  The worker answers five items, two at a time (its credit).
-        for (int i = 0; i < 5 && good; i++) {
-            m = s_t_expect(worker, LLMQ_MSG_REQ, 5000);
-            good = m && llmq_msg_attempt(m) == 1;
-            if (good) {
-                s_t_answer(worker, &m);
-                s_t_credit(worker, 1);
-            }
-        }
-        if (good) {
-            m = s_t_expect(client3, LLMQ_MSG_BATCH_STATUS, 5000);
-            good = m && llmq_msg_counts_done(m) == 5;
-            llmq_msg_destroy(&m);
-        }
-        zsock_destroy(&client3);
-        zsock_destroy(&worker);
-        zactor_destroy(&modular);
-        zstr_free(&fe);
-        zstr_free(&be);
-        zstr_free(&me);
-        T_CHECK(good);
-    }
+    T_CHECK(fx.broker && llmq_broker_endpoints(fx.broker, &fx.frontend,
+                                               &fx.backend, &fx.metrics) == 0);
+    T_CHECK(strstr(fx.frontend, "tcp://127.0.0.1:") &&
+            strstr(fx.metrics, "http://127.0.0.1:"));
+    fx.client = s_t_peer(fx.frontend, "client-1");
+    //  The steps, in order: each goes on from where the last one left.
+    static int (*const steps[])(s_t_fx_t *) = {
+        s_t_basics, s_t_dispatch,    s_t_cancel_dispatched, s_t_queued,
+        s_t_death,  s_t_limit_group, s_t_overload,          s_t_module};
+    for (size_t i = 0; i < sizeof(steps) / sizeof(steps[0]); i++)
+        T_CHECK(steps[i](&fx) == 0);
     T_CHECK(s_t_attach() == 0);
     rc = 0;
 done:
-    s_t_alive.count = 0;
-    llmq_msg_destroy(&m);
-    llmq_msg_destroy(&m2);
-    llmq_msg_destroy(&m3);
-    zsock_destroy(&client);
-    zsock_destroy(&a);
-    zsock_destroy(&b);
-    zsock_destroy(&c);
-    zsock_destroy(&d);
-    zactor_destroy(&small);
-    zactor_destroy(&broker);
-    zstr_free(&frontend);
-    zstr_free(&backend);
-    zstr_free(&metrics);
+    s_t_fx_fini(&fx);
     if (verbose)
         printf("%s\n", rc == 0 ? "OK" : "FAILED");
     return rc;

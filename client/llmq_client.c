@@ -1647,66 +1647,101 @@ static void s_test_chunk(const char *id, const cJSON *chunk, const char *delta,
 #include "llmq_check.h"
 #define CHECK(cond) LLMQ_CHECK_COUNT(cond, failures)
 
-int llmq_client_test(bool verbose)
+//  The selftest's state from step to step: the fake broker, its endpoint,
+//  the client under test and a request body.
+typedef struct {
+    zactor_t *broker;          //  The fake broker
+    int port;                  //  Its port, kept over a restart
+    char endpoint[64];         //  tcp://127.0.0.1:port
+    llmq_client_t *client;     //  The client under test
+    cJSON *body;               //  A request body the steps share
+    llmq_client_stats_t stats; //  The client's stats, last read
+    bool verbose;              //  The test's -v
+} s_test_fx_t;
+
+//  Tells the fake broker command and waits for its signal.
+static void s_test_tell(s_test_fx_t *fx, const char *command)
+{
+    zstr_send(fx->broker, command);
+    zsock_wait(fx->broker);
+}
+
+//  Polls the client's results until none comes within timeout ms;
+//  returns how many were ok.
+static int s_test_drain(llmq_client_t *client, int timeout)
+{
+    int ok = 0;
+    llmq_result_t *result;
+    while ((result = llmq_client_poll(client, timeout))) {
+        ok += result->ok;
+        llmq_result_destroy(&result);
+    }
+    return ok;
+}
+
+//  A body over the protocol's frame limit is refused, not sent.
+static int s_test_too_big(llmq_client_t *lonely)
 {
     int failures = 0;
-    printf(" * llmq_client: ");
-    zactor_t *broker = zactor_new(s_fake_broker, NULL);
-    int port = 0;
-    zsock_recv(broker, "i", &port);
-    char endpoint[64];
-    snprintf(endpoint, sizeof(endpoint), "tcp://127.0.0.1:%d", port);
-
-    //  No broker answers (a socket that takes our messages and never
-    //  replies): a call gives up after the default bound, here set by
-    //  LLMQ_GIVE_UP_MS, with a clear error, instead of hanging.
-    {
-        zsock_t *mute = zsock_new(ZMQ_ROUTER);
-        int mute_port = mute ? zsock_bind(mute, "tcp://127.0.0.1:*") : -1;
-        CHECK(mute_port > 0);
-        char mute_ep[64];
-        snprintf(mute_ep, sizeof mute_ep, "tcp://127.0.0.1:%d", mute_port);
-        setenv("LLMQ_GIVE_UP_MS", "600ms", 1);
-        llmq_client_t *lonely = llmq_client_new(mute_ep);
-        unsetenv("LLMQ_GIVE_UP_MS");
-        CHECK(lonely);
-        llmq_client_set_timeout(lonely, 200);
-        int64_t start = zclock_mono();
-        llmq_result_t *r =
-            lonely ? llmq_infer_text(lonely, LLMQ_OP_CHAT, "m", "{}", NULL)
-                   : NULL;
-        CHECK(r && !r->ok && streq(r->error_code, "timeout"));
-        CHECK(r && strstr(r->error_message, "broker unreachable"));
-        CHECK(zclock_mono() - start >= 600);
-        llmq_result_destroy(&r);
-        //  A body over the protocol's frame limit is refused, not sent.
-        size_t big = (size_t)LLMQ_MAX_FRAME_SIZE + 16;
-        char *json = (char *)malloc(big + 16);
-        if (json && lonely) {
-            memcpy(json, "{\"x\":\"", 6);
-            memset(json + 6, 'a', big);
-            memcpy(json + 6 + big, "\"}", 3);
-            errno = 0;
-            CHECK(llmq_client_submit_text(lonely, LLMQ_OP_CHAT, "m", json,
-                                          big + 8, NULL, NULL) == -1);
-            CHECK(errno == EMSGSIZE);
-            CHECK(llmq_client_outstanding(lonely) == 0);
-        }
-        free(json);
-        llmq_client_destroy(&lonely);
-        zsock_destroy(&mute);
+    size_t big = (size_t)LLMQ_MAX_FRAME_SIZE + 16;
+    char *json = (char *)malloc(big + 16);
+    if (json && lonely) {
+        memcpy(json, "{\"x\":\"", 6);
+        memset(json + 6, 'a', big);
+        memcpy(json + 6 + big, "\"}", 3);
+        errno = 0;
+        CHECK(llmq_client_submit_text(lonely, LLMQ_OP_CHAT, "m", json, big + 8,
+                                      NULL, NULL) == -1);
+        CHECK(errno == EMSGSIZE);
+        CHECK(llmq_client_outstanding(lonely) == 0);
     }
+    free(json);
+    return failures;
+}
 
-    llmq_client_t *client = llmq_client_new(endpoint);
+//  No broker answers (a socket that takes our messages and never replies):
+//  a call gives up after the default bound, here set by LLMQ_GIVE_UP_MS,
+//  with a clear error, instead of hanging.
+static int s_test_mute(s_test_fx_t *fx)
+{
+    (void)fx;
+    int failures = 0;
+    zsock_t *mute = zsock_new(ZMQ_ROUTER);
+    int mute_port = mute ? zsock_bind(mute, "tcp://127.0.0.1:*") : -1;
+    CHECK(mute_port > 0);
+    char mute_ep[64];
+    snprintf(mute_ep, sizeof mute_ep, "tcp://127.0.0.1:%d", mute_port);
+    setenv("LLMQ_GIVE_UP_MS", "600ms", 1);
+    llmq_client_t *lonely = llmq_client_new(mute_ep);
+    unsetenv("LLMQ_GIVE_UP_MS");
+    CHECK(lonely);
+    llmq_client_set_timeout(lonely, 200);
+    int64_t start = zclock_mono();
+    llmq_result_t *r =
+        lonely ? llmq_infer_text(lonely, LLMQ_OP_CHAT, "m", "{}", NULL) : NULL;
+    CHECK(r && !r->ok && streq(r->error_code, "timeout"));
+    CHECK(r && strstr(r->error_message, "broker unreachable"));
+    CHECK(zclock_mono() - start >= 600);
+    llmq_result_destroy(&r);
+    failures += s_test_too_big(lonely);
+    llmq_client_destroy(&lonely);
+    zsock_destroy(&mute);
+    return failures;
+}
+
+//  The client meets the fake broker; synchronous calls, ok and failed.
+static int s_test_sync(s_test_fx_t *fx)
+{
+    int failures = 0;
+    llmq_client_t *client = fx->client = llmq_client_new(fx->endpoint);
     CHECK(client);
-    llmq_client_set_verbose(client, verbose);
+    llmq_client_set_verbose(client, fx->verbose);
     llmq_client_set_timeout(client, 300);
     char *version = NULL;
     CHECK(llmq_client_ping(client, 5000, &version) >= 0);
     CHECK(version && streq(version, "fake 0"));
     free(version);
 
-    //  Synchronous, ok and failed.
     llmq_result_t *result = llmq_infer_text(client, LLMQ_OP_CHAT, "m",
                                             "{\"echo\":\"hello\"}", NULL);
     CHECK(result && result->ok);
@@ -1723,14 +1758,20 @@ int llmq_client_test(bool verbose)
     CHECK(llmq_infer_text(client, LLMQ_OP_CHAT, "m", "{broken", NULL) == NULL);
     CHECK(llmq_client_submit_text(client, LLMQ_OP_CHAT, NULL, "{}", 2, NULL,
                                   NULL) == -1);
+    return failures;
+}
 
-    //  Streaming.
-    cJSON *body = cJSON_Parse("{\"echo\":\"streamed\"}");
-    result = llmq_stream(client, "m", body, s_test_chunk, NULL);
+//  Streaming; then async with a small window, results matched by arg.
+static int s_test_async(s_test_fx_t *fx)
+{
+    int failures = 0;
+    llmq_client_t *client = fx->client;
+    fx->body = cJSON_Parse("{\"echo\":\"streamed\"}");
+    llmq_result_t *result =
+        llmq_stream(client, "m", fx->body, s_test_chunk, NULL);
     CHECK(result && result->ok && s_test_chunks == 3);
     llmq_result_destroy(&result);
 
-    //  Async with a small window, results matched by arg.
     llmq_client_set_window(client, 4);
     int args[50];
     for (int i = 0; i < 50; i++) {
@@ -1753,8 +1794,14 @@ int llmq_client_test(bool verbose)
         llmq_result_destroy(&result);
     }
     CHECK(seen == 50 && matched);
+    return failures;
+}
 
-    //  Batch helper: input order.
+//  Batch helper: input order. Callback mode.
+static int s_test_many(s_test_fx_t *fx)
+{
+    int failures = 0;
+    llmq_client_t *client = fx->client;
     llmq_client_set_window(client, 8);
     cJSON *bodies[20];
     for (int i = 0; i < 20; i++) {
@@ -1776,106 +1823,133 @@ int llmq_client_test(bool verbose)
     for (int i = 0; i < 20; i++)
         cJSON_Delete(bodies[i]);
 
-    //  Callback mode.
     llmq_client_set_callback(client, s_test_callback, NULL);
     for (int i = 0; i < 10; i++)
-        llmq_client_submit(client, LLMQ_OP_CHAT, "m", body, NULL, NULL);
+        llmq_client_submit(client, LLMQ_OP_CHAT, "m", fx->body, NULL, NULL);
     CHECK(llmq_client_wait(client, 5000) == 0);
     CHECK(s_test_callbacks == 10);
     llmq_client_set_callback(client, NULL, NULL);
+    return failures;
+}
 
-    //  Lazy pirate: the broker goes silent with requests outstanding; the
-    //  client must reconnect and resend, and after the broker answers
-    //  everything (originals and resends) each request has one result.
+//  Lazy pirate: the broker goes silent with requests outstanding; the
+//  client must reconnect and resend, and after the broker answers
+//  everything (originals and resends) each request has one result.
+static int s_test_pirate(s_test_fx_t *fx)
+{
+    int failures = 0;
+    llmq_client_t *client = fx->client;
     llmq_client_set_window(client, 100);
-    zstr_send(broker, "HOLD");
-    zsock_wait(broker);
+    s_test_tell(fx, "HOLD");
     for (int i = 0; i < 10; i++)
-        llmq_client_submit(client, LLMQ_OP_CHAT, "m", body, NULL, NULL);
-    llmq_client_stats_t stats;
-    llmq_client_stats(client, &stats);
-    uint64_t reconnects = stats.reconnects;
+        llmq_client_submit(client, LLMQ_OP_CHAT, "m", fx->body, NULL, NULL);
+    llmq_client_stats(client, &fx->stats);
+    uint64_t reconnects = fx->stats.reconnects;
     //  Pump until the client has reconnected at least once.
-    while (stats.reconnects == reconnects) {
+    while (fx->stats.reconnects == reconnects) {
         CHECK(llmq_client_poll(client, 100) == NULL);
-        llmq_client_stats(client, &stats);
+        llmq_client_stats(client, &fx->stats);
     }
-    CHECK(stats.resent >= 10);
+    CHECK(fx->stats.resent >= 10);
     //  Release only once the broker holds originals and resends, or its
     //  answers could race the new connection's handshake.
     int held = 0;
     for (int tries = 0; tries < 500 && held < 20; tries++) {
         llmq_client_poll(client, 10);
-        zstr_send(broker, "COUNT");
-        zsock_recv(broker, "i", &held);
+        zstr_send(fx->broker, "COUNT");
+        zsock_recv(fx->broker, "i", &held);
     }
     CHECK(held >= 20);
-    zstr_send(broker, "RELEASE");
-    zsock_wait(broker);
-    seen = 0;
-    while ((result = llmq_client_poll(client, 5000))) {
-        seen += result->ok;
+    s_test_tell(fx, "RELEASE");
+    CHECK(s_test_drain(client, 5000) == 10);
+    return failures;
+}
+
+//  Late twins of the resent requests arrive after their results: pump
+//  until the client has seen at least one and dropped it. Then give-up: a
+//  silent broker fails outstanding requests only when asked.
+static int s_test_twins(s_test_fx_t *fx)
+{
+    int failures = 0;
+    llmq_client_t *client = fx->client;
+    cJSON_Delete(fx->body);
+    fx->body = cJSON_Parse("{\"echo\":\"x\"}");
+    llmq_result_t *result;
+    for (int tries = 0; tries < 50 && fx->stats.duplicates == 0; tries++) {
+        result = llmq_infer(client, LLMQ_OP_CHAT, "m", fx->body, NULL);
         llmq_result_destroy(&result);
+        llmq_client_stats(client, &fx->stats);
     }
-    CHECK(seen == 10);
-    //  Late twins of the resent requests arrive after their results: pump
-    //  until the client has seen at least one and dropped it.
-    body = (cJSON_Delete(body), cJSON_Parse("{\"echo\":\"x\"}"));
-    for (int tries = 0; tries < 50 && stats.duplicates == 0; tries++) {
-        result = llmq_infer(client, LLMQ_OP_CHAT, "m", body, NULL);
-        llmq_result_destroy(&result);
-        llmq_client_stats(client, &stats);
-    }
-    CHECK(stats.duplicates >= 1);
+    CHECK(fx->stats.duplicates >= 1);
     CHECK(llmq_client_outstanding(client) == 0);
 
-    //  Give-up: a silent broker fails outstanding requests only when asked.
     llmq_client_set_give_up(client, 500);
-    zstr_send(broker, "HOLD");
-    zsock_wait(broker);
-    result = llmq_infer(client, LLMQ_OP_CHAT, "m", body, NULL);
+    s_test_tell(fx, "HOLD");
+    result = llmq_infer(client, LLMQ_OP_CHAT, "m", fx->body, NULL);
     CHECK(result && !result->ok && streq(result->error_code, "timeout"));
     llmq_result_destroy(&result);
+    return failures;
+}
 
-    //  Broker restart: the new broker answers pings, so silence never
-    //  comes; the dropped connection must make the client resend.
+//  Broker restart: the new broker answers pings, so silence never comes;
+//  the dropped connection must make the client resend.
+static int s_test_restart(s_test_fx_t *fx)
+{
+    int failures = 0;
+    llmq_client_t *client = fx->client;
     llmq_client_set_give_up(client, 0);
     llmq_client_set_timeout(client, 60000);
-    zstr_send(broker, "RELEASE");
-    zsock_wait(broker);
+    s_test_tell(fx, "RELEASE");
     CHECK(llmq_client_ping(client, 5000, NULL) >= 0);
-    zstr_send(broker, "HOLD");
-    zsock_wait(broker);
+    s_test_tell(fx, "HOLD");
     for (int i = 0; i < 5; i++)
-        llmq_client_submit(client, LLMQ_OP_CHAT, "m", body, NULL, NULL);
+        llmq_client_submit(client, LLMQ_OP_CHAT, "m", fx->body, NULL, NULL);
     //  Make sure the held broker got them before it dies.
     CHECK(llmq_client_poll(client, 200) == NULL);
-    zactor_destroy(&broker);
-    broker = zactor_new(s_fake_broker, &port);
+    zactor_destroy(&fx->broker);
+    fx->broker = zactor_new(s_fake_broker, &fx->port);
     int port2 = 0;
-    zsock_recv(broker, "i", &port2);
-    CHECK(port2 == port);
-    seen = 0;
-    while ((result = llmq_client_poll(client, 10000))) {
-        seen += result->ok;
-        llmq_result_destroy(&result);
-    }
-    CHECK(seen == 5);
-    llmq_client_stats(client, &stats);
-    CHECK(stats.reconnects >= 2);
-    cJSON_Delete(body);
+    zsock_recv(fx->broker, "i", &port2);
+    CHECK(port2 == fx->port);
+    CHECK(s_test_drain(client, 10000) == 5);
+    llmq_client_stats(client, &fx->stats);
+    CHECK(fx->stats.reconnects >= 2);
+    return failures;
+}
 
-    llmq_client_destroy(&client);
-    llmq_client_destroy(&client);
-    zactor_destroy(&broker);
-
-    //  A client to nowhere: ping times out, nothing crashes.
-    client = llmq_client_new("tcp://127.0.0.1:1");
+//  A client to nowhere: ping times out, nothing crashes; names.
+static int s_test_nowhere(s_test_fx_t *fx)
+{
+    (void)fx;
+    int failures = 0;
+    llmq_client_t *client = llmq_client_new("tcp://127.0.0.1:1");
     CHECK(client && llmq_client_ping(client, 100, NULL) == -1);
     llmq_client_destroy(&client);
     CHECK(llmq_client_new("bogus://") == NULL);
     CHECK(llmq_op_from_name("embedding") == LLMQ_OP_EMBEDDING);
     CHECK(llmq_op_from_name("nope") == -1);
+    return failures;
+}
+
+int llmq_client_test(bool verbose)
+{
+    int failures = 0;
+    printf(" * llmq_client: ");
+    s_test_fx_t fx = {.verbose = verbose};
+    fx.broker = zactor_new(s_fake_broker, NULL);
+    zsock_recv(fx.broker, "i", &fx.port);
+    snprintf(fx.endpoint, sizeof(fx.endpoint), "tcp://127.0.0.1:%d", fx.port);
+    //  The steps, in order: each goes on from where the last one left.
+    static int (*const steps[])(s_test_fx_t *) = {
+        s_test_mute,   s_test_sync,  s_test_async,  s_test_many,
+        s_test_pirate, s_test_twins, s_test_restart};
+    for (size_t i = 0; i < sizeof(steps) / sizeof(steps[0]); i++)
+        failures += steps[i](&fx);
+    cJSON_Delete(fx.body);
+    llmq_client_destroy(&fx.client);
+    llmq_client_destroy(&fx.client);
+    zactor_destroy(&fx.broker);
+    failures += s_test_nowhere(&fx);
 
     printf(failures ? "FAILED\n" : "OK\n");
     return failures ? 1 : 0;

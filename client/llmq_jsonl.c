@@ -558,13 +558,21 @@ static llmq_jsonl_item_t *s_parse(const char *line, size_t line_no)
     return llmq_jsonl_parse_line(line, strlen(line), line_no);
 }
 
-int llmq_jsonl_test(bool verbose)
-{
-    (void)verbose;
-    int failures = 0;
-    printf(" * llmq_jsonl: ");
+//  The selftest's state from step to step: the output file written by the
+//  resume step and read back by the ordered rewrite.
+typedef struct {
+    char path[32];   //  The output file
+    char *ok1;       //  Its lines: x1 ok, x2 failed, x3 ok
+    char *err2;      //
+    char *ok3;       //
+    zhashx_t *lines; //  The scan of it, failed lines left out
+} s_test_fx_t;
 
-    //  OpenAI Batch input lines.
+//  OpenAI Batch input lines.
+static int s_test_batch_lines(s_test_fx_t *fx)
+{
+    (void)fx;
+    int failures = 0;
     llmq_jsonl_item_t *item = s_parse(
         "{\"custom_id\":\"a1\",\"method\":\"POST\",\"url\":\"/v1/chat/"
         "completions\","
@@ -586,8 +594,15 @@ int llmq_jsonl_test(bool verbose)
     CHECK(item && !item->error && item->op == LLMQ_OP_COMPLETION);
     CHECK(streq(item->custom_id, "line-7"));
     llmq_jsonl_item_destroy(&item);
-    //  Prompt lines, messages lines, plain text.
-    item = s_parse(
+    return failures;
+}
+
+//  Prompt lines, messages lines, plain text.
+static int s_test_prompt_lines(s_test_fx_t *fx)
+{
+    (void)fx;
+    int failures = 0;
+    llmq_jsonl_item_t *item = s_parse(
         "{\"prompt\":\"Why?\",\"max_tokens\":5,\"system\":\"be brief\"}", 3);
     CHECK(item && !item->error && streq(item->custom_id, "line-3"));
     cJSON *messages = cJSON_GetObjectItem(item->body, "messages");
@@ -613,7 +628,14 @@ int llmq_jsonl_test(bool verbose)
                     ->valuestring,
                 "What is 2+2?"));
     llmq_jsonl_item_destroy(&item);
-    //  Bad lines become items with an error, never a crash.
+    return failures;
+}
+
+//  Bad lines become items with an error, never a crash.
+static int s_test_bad_lines(s_test_fx_t *fx)
+{
+    (void)fx;
+    int failures = 0;
     const char *bad[] = {
         "{\"custom_id\":",
         "{\"custom_id\":5,\"prompt\":\"x\"}",
@@ -624,6 +646,7 @@ int llmq_jsonl_test(bool verbose)
         "{\"nothing\":true}",
         "{\"prompt\":\"x\",\"model\":7}",
         NULL};
+    llmq_jsonl_item_t *item;
     for (int i = 0; bad[i]; i++) {
         item = s_parse(bad[i], 10 + (size_t)i);
         CHECK(item && item->error && !item->body);
@@ -635,8 +658,14 @@ int llmq_jsonl_test(bool verbose)
     item = llmq_jsonl_parse_line(nul_line, 5, 1);
     CHECK(item && item->error);
     llmq_jsonl_item_destroy(&item);
+    return failures;
+}
 
-    //  Output lines.
+//  Output lines: ok, failed with and without a response.
+static int s_test_output_lines(s_test_fx_t *fx)
+{
+    (void)fx;
+    int failures = 0;
     cJSON *body = cJSON_Parse("{\"id\":\"chatcmpl-1\",\"choices\":[]}");
     char *line = llmq_jsonl_ok_line("a1", NULL, body);
     cJSON *json = cJSON_Parse(line);
@@ -668,23 +697,27 @@ int llmq_jsonl_test(bool verbose)
     CHECK(json && cJSON_IsNull(cJSON_GetObjectItem(json, "response")));
     cJSON_Delete(json);
     free(line);
+    return failures;
+}
 
-    //  Resume: whole lines kept, a partial last line and garbage dropped.
-    char path[] = "/tmp/llmq-jsonl-test-XXXXXX";
-    int fd = mkstemp(path);
+//  Resume: whole lines kept, a partial last line and garbage dropped.
+static int s_test_resume(s_test_fx_t *fx)
+{
+    int failures = 0;
+    snprintf(fx->path, sizeof fx->path, "/tmp/llmq-jsonl-test-XXXXXX");
+    int fd = mkstemp(fx->path);
     CHECK(fd >= 0);
     close(fd);
-    llmq_jsonl_writer_t *writer = llmq_jsonl_writer_new(path);
+    llmq_jsonl_writer_t *writer = llmq_jsonl_writer_new(fx->path);
     CHECK(writer);
-    char *ok1 = llmq_jsonl_ok_line("x1", "r1", NULL);
-    char *err2 =
-        llmq_jsonl_error_line("x2", "r2", "provider_error", "boom", 500);
-    char *ok3 = llmq_jsonl_ok_line("x3", "r3", NULL);
-    llmq_jsonl_writer_write(writer, ok3);
-    llmq_jsonl_writer_write(writer, err2);
+    fx->ok1 = llmq_jsonl_ok_line("x1", "r1", NULL);
+    fx->err2 = llmq_jsonl_error_line("x2", "r2", "provider_error", "boom", 500);
+    fx->ok3 = llmq_jsonl_ok_line("x3", "r3", NULL);
+    llmq_jsonl_writer_write(writer, fx->ok3);
+    llmq_jsonl_writer_write(writer, fx->err2);
     llmq_jsonl_writer_write(writer, "not json\n");
-    llmq_jsonl_writer_write(writer, ok1);
-    llmq_jsonl_writer_write(writer, ok1); //  duplicate: first wins
+    llmq_jsonl_writer_write(writer, fx->ok1);
+    llmq_jsonl_writer_write(writer, fx->ok1); //  duplicate: first wins
     llmq_jsonl_writer_write(
         writer, "{\"id\":\"batch_req_1\",\"custom_id\":\"x4\",\"resp");
     CHECK(llmq_jsonl_writer_sync(writer, 0) == 0);
@@ -692,53 +725,68 @@ int llmq_jsonl_test(bool verbose)
     char err[256] = "";
     size_t dropped = 0;
     zhashx_t *lines =
-        llmq_jsonl_scan_output(path, false, &dropped, err, sizeof(err));
+        llmq_jsonl_scan_output(fx->path, false, &dropped, err, sizeof(err));
     CHECK(lines && zhashx_size(lines) == 3 && dropped == 3);
     CHECK(zhashx_lookup(lines, "x1") && zhashx_lookup(lines, "x2"));
     CHECK(!zhashx_lookup(lines, "x4"));
     zhashx_destroy(&lines);
-    lines = llmq_jsonl_scan_output(path, true, &dropped, err, sizeof(err));
-    CHECK(lines && zhashx_size(lines) == 2 && !zhashx_lookup(lines, "x2"));
+    fx->lines =
+        llmq_jsonl_scan_output(fx->path, true, &dropped, err, sizeof(err));
+    CHECK(fx->lines && zhashx_size(fx->lines) == 2 &&
+          !zhashx_lookup(fx->lines, "x2"));
+    return failures;
+}
 
-    //  Ordered rewrite: input order, then foreign lines.
+//  Ordered rewrite: input order, then foreign lines.
+static int s_test_ordered(s_test_fx_t *fx)
+{
+    int failures = 0;
     zlistx_t *items = zlistx_new();
     zlistx_set_destructor(items, s_item_destructor);
     const char *order[] = {"x1", "x9", "x2", NULL}; //  x3 is foreign
     for (int i = 0; order[i]; i++) {
-        item = s_parse("hello", (size_t)i + 1);
+        llmq_jsonl_item_t *item = s_parse("hello", (size_t)i + 1);
         free(item->custom_id);
         item->custom_id = strdup(order[i]);
         zlistx_add_end(items, item);
     }
-    zhashx_insert(lines, "x2", strdup(err2));
-    CHECK(llmq_jsonl_write_ordered(path, items, lines) == 0);
-    FILE *file = fopen(path, "r");
+    zhashx_insert(fx->lines, "x2", strdup(fx->err2));
+    CHECK(llmq_jsonl_write_ordered(fx->path, items, fx->lines) == 0);
+    FILE *file = fopen(fx->path, "r");
     char buffer[4096];
     size_t size = fread(buffer, 1, sizeof(buffer) - 1, file);
     buffer[size] = 0;
     fclose(file);
-    size_t expect = strlen(ok1) + strlen(err2) + strlen(ok3);
-    CHECK(size == expect);
-    CHECK(strncmp(buffer, ok1, strlen(ok1)) == 0);
-    CHECK(strncmp(buffer + strlen(ok1), err2, strlen(err2)) == 0);
-    CHECK(strncmp(buffer + strlen(ok1) + strlen(err2), ok3, strlen(ok3)) == 0);
+    size_t n1 = strlen(fx->ok1), n2 = strlen(fx->err2), n3 = strlen(fx->ok3);
+    CHECK(size == n1 + n2 + n3);
+    CHECK(strncmp(buffer, fx->ok1, n1) == 0);
+    CHECK(strncmp(buffer + n1, fx->err2, n2) == 0);
+    CHECK(strncmp(buffer + n1 + n2, fx->ok3, n3) == 0);
     zlistx_destroy(&items);
-    zhashx_destroy(&lines);
-    free(ok1);
-    free(err2);
-    free(ok3);
-    unlink(path);
+    zhashx_destroy(&fx->lines);
+    free(fx->ok1);
+    free(fx->err2);
+    free(fx->ok3);
+    unlink(fx->path);
+    return failures;
+}
 
-    //  Input file with lazy bodies: blank lines skipped, bodies parsed on use.
+//  Input file with lazy bodies: blank lines skipped, bodies parsed on use.
+static int s_test_lazy_input(s_test_fx_t *fx)
+{
+    (void)fx;
+    int failures = 0;
     char in_path[] = "/tmp/llmq-jsonl-in-XXXXXX";
-    fd = mkstemp(in_path);
+    int fd = mkstemp(in_path);
     const char *input = "first prompt\n\n   "
                         "\n{\"custom_id\":\"c\",\"prompt\":\"p\"}\n{bad\nlast";
     CHECK(write(fd, input, strlen(input)) == (ssize_t)strlen(input));
     close(fd);
-    items = llmq_jsonl_read_input(in_path, false, err, sizeof(err));
+    char err[256] = "";
+    zlistx_t *items = llmq_jsonl_read_input(in_path, false, err, sizeof(err));
     CHECK(items && zlistx_size(items) == 4);
-    item = items ? (llmq_jsonl_item_t *)zlistx_first(items) : NULL;
+    llmq_jsonl_item_t *item =
+        items ? (llmq_jsonl_item_t *)zlistx_first(items) : NULL;
     CHECK(item && !item->body && item->line &&
           streq(item->custom_id, "line-1"));
     CHECK(item && llmq_jsonl_item_body(item) && item->line);
@@ -751,15 +799,40 @@ int llmq_jsonl_test(bool verbose)
           llmq_jsonl_item_body(item));
     zlistx_destroy(&items);
     unlink(in_path);
+    return failures;
+}
 
-    //  A missing output file is an empty table; a missing input is an error.
-    lines = llmq_jsonl_scan_output("/nonexistent/llmq/out.jsonl", false,
-                                   &dropped, err, sizeof(err));
+//  A missing output file is an empty table; a missing input is an error.
+static int s_test_missing(s_test_fx_t *fx)
+{
+    (void)fx;
+    int failures = 0;
+    char err[256] = "";
+    size_t dropped = 0;
+    zhashx_t *lines = llmq_jsonl_scan_output("/nonexistent/llmq/out.jsonl",
+                                             false, &dropped, err, sizeof(err));
     CHECK(lines && zhashx_size(lines) == 0);
     zhashx_destroy(&lines);
     CHECK(llmq_jsonl_read_input("/nonexistent/llmq/in.jsonl", false, err,
                                 sizeof(err)) == NULL);
     CHECK(strstr(err, "cannot open"));
+    return failures;
+}
+
+int llmq_jsonl_test(bool verbose)
+{
+    (void)verbose;
+    int failures = 0;
+    printf(" * llmq_jsonl: ");
+    s_test_fx_t fx;
+    memset(&fx, 0, sizeof fx);
+    //  The steps, in order: each goes on from where the last one left.
+    static int (*const steps[])(s_test_fx_t *) = {
+        s_test_batch_lines,  s_test_prompt_lines, s_test_bad_lines,
+        s_test_output_lines, s_test_resume,       s_test_ordered,
+        s_test_lazy_input,   s_test_missing};
+    for (size_t i = 0; i < sizeof(steps) / sizeof(steps[0]); i++)
+        failures += steps[i](&fx);
 
     printf(failures ? "FAILED\n" : "OK\n");
     return failures ? 1 : 0;

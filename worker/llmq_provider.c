@@ -950,11 +950,112 @@ static bool s_test_has_header(const struct curl_slist *h, const char *line)
     return false;
 }
 
-int llmq_provider_test(bool verbose)
+/*  The selftest's shared state: the request body every provider sees, the
+    call, and what the calls fill in. */
+typedef struct {
+    llmq_provider_t *p; /* the provider under test */
+    cJSON *body;        /* the sample chat request */
+    llmq_call_t call;   /* a chat call of body */
+    llmq_http_t http;   /* what build and health fill */
+    llmq_perr_t err;    /* the last classified failure */
+    llmq_usage_t usage; /* the last parsed usage */
+    int chunks;         /* chunks emitted by the last stream */
+    char errbuf[128];   /* llmq_provider_new's error */
+} s_test_fx_t;
+
+static const char *s_test_key = "sk-test-KEY-0123456789";
+
+static const char *s_test_ok =
+    "{\"id\":\"c1\",\"object\":\"chat.completion\","
+    "\"choices\":[{\"index\":0,"
+    "\"message\":{\"role\":\"assistant\",\"content\":\"hi\"},"
+    "\"finish_reason\":\"stop\"}],"
+    "\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":1,"
+    "\"total_tokens\":6}}";
+
+static const char *s_test_events[] = {
+    "{\"id\":\"s1\",\"object\":\"chat.completion.chunk\",\"created\":1,"
+    "\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"role\":"
+    "\"assistant\",\"content\":\"\"},\"finish_reason\":null}]}",
+    "{\"id\":\"s1\",\"choices\":[{\"index\":0,\"delta\":{\"content\":"
+    "\"Hel\"},\"finish_reason\":null}]}",
+    "{\"id\":\"s1\",\"choices\":[{\"index\":0,\"delta\":{\"content\":"
+    "\"lo\"},\"finish_reason\":\"stop\"}]}",
+    "{\"id\":\"s1\",\"choices\":[],\"usage\":{\"prompt_tokens\":3,"
+    "\"completion_tokens\":2,\"total_tokens\":5}}",
+    "[DONE]",
+};
+
+static const char *s_test_amsg =
+    "{\"id\":\"msg_1\",\"type\":\"message\",\"role\":"
+    "\"assistant\",\"model\":\"claude\","
+    "\"content\":[{\"type\":\"text\",\"text\":\"Hi "
+    "\"},{\"type\":\"text\",\"text\":\"there\"},"
+    "{\"type\":\"tool_use\",\"id\":\"tu1\",\"name\":\"f\","
+    "\"input\":{\"a\":1}}],"
+    "\"stop_reason\":\"tool_use\",\"usage\":{\"input_"
+    "tokens\":7,\"output_tokens\":3}}";
+
+static const char *s_test_aevents[][2] = {
+    {"message_start",
+     "{\"type\":\"message_start\",\"message\":{\"id\":\"msg_2\",\"model\":"
+     "\"claude\",\"usage\":{\"input_tokens\":4,\"output_tokens\":1}}}"},
+    {"content_block_start",
+     "{\"type\":\"content_block_start\",\"index\":0,\"content_block\":{"
+     "\"type\":\"text\",\"text\":\"\"}}"},
+    {"ping", "{\"type\":\"ping\"}"},
+    {"content_block_delta",
+     "{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":"
+     "\"text_delta\",\"text\":\"Yo\"}}"},
+    {"content_block_stop", "{\"type\":\"content_block_stop\",\"index\":0}"},
+    {"message_delta",
+     "{\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"max_"
+     "tokens\"},\"usage\":{\"output_tokens\":2}}"},
+    {"message_stop", "{\"type\":\"message_stop\"}"},
+};
+
+static const char *s_test_tevents[][2] = {
+    {"message_start",
+     "{\"type\":\"message_start\",\"message\":{\"id\":\"msg_2\",\"model\":"
+     "\"claude\",\"usage\":{\"input_tokens\":4,\"output_tokens\":1}}}"},
+    {"content_block_start",
+     "{\"type\":\"content_block_start\",\"index\":1,\"content_block\":{"
+     "\"type\":\"tool_use\",\"id\":\"tu_9\",\"name\":\"get_weather\","
+     "\"input\":{}}}"},
+    {"content_block_delta",
+     "{\"type\":\"content_block_delta\",\"index\":1,\"delta\":{\"type\":"
+     "\"input_json_delta\",\"partial_json\":\"{\\\"city\\\":\"}}"},
+    {"content_block_delta",
+     "{\"type\":\"content_block_delta\",\"index\":1,\"delta\":{\"type\":"
+     "\"input_json_delta\",\"partial_json\":\"\\\"Paris\\\"}\"}}"},
+    {"message_delta",
+     "{\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"tool_"
+     "use\"},\"usage\":{\"output_tokens\":5}}"},
+    {"message_stop", "{\"type\":\"message_stop\"}"},
+};
+
+/*  Feeds count events (name NULL: "message") to a new stream of fx->p and
+    checks that only the last one completes it; counts chunks in fx. The
+    stream is the caller's. */
+static llmq_stream_t *s_test_feed(s_test_fx_t *fx, const char *events[][2],
+                                  const char **data, size_t count)
 {
-    if (verbose)
-        printf(" * llmq_provider: ");
-    /*  Durations and headers. */
+    llmq_stream_t *st = llmq_stream_new(fx->p, &fx->call);
+    fx->chunks = 0;
+    for (size_t i = 0; st && i < count; i++) {
+        const char *name = events ? events[i][0] : "message";
+        const char *text = events ? events[i][1] : data[i];
+        int rc = llmq_stream_event(st, name, text, strlen(text), s_test_collect,
+                                   &fx->chunks, &fx->err);
+        LLMQ_CHECK_OR(rc == (i == count - 1 ? 1 : 0), llmq_stream_destroy(&st));
+    }
+    return st;
+}
+
+/*  Durations and rate-limit headers. */
+static int s_test_ratelimit(s_test_fx_t *fx)
+{
+    (void)fx;
     CHECK(llmq_parse_duration_ms("6m0s", 4) == 360000);
     CHECK(llmq_parse_duration_ms("1.5s", 4) == 1500);
     CHECK(llmq_parse_duration_ms("120ms", 5) == 120);
@@ -993,26 +1094,31 @@ int llmq_provider_test(bool verbose)
     llmq_ratelimit_header(&rl, "anthropic-ratelimit-tokens-reset", 32,
                           "2000-01-01T00:00:00Z", 20);
     CHECK(rl.remaining_requests == 7 && rl.reset_tokens_ms == 0);
+    return 0;
+}
 
-    /*  Providers and the key. */
-    const char *key = "sk-test-KEY-0123456789";
-    llmq_provider_config_t pc = {"openai", "http://127.0.0.1:1/v1/", key, NULL,
-                                 0};
-    char errbuf[128];
-    llmq_provider_t *p = llmq_provider_new(&pc, errbuf, sizeof errbuf);
-    CHECK(p);
-    CHECK(strcmp(llmq_provider_base_url(p), "http://127.0.0.1:1/v1") == 0);
-    CHECK(llmq_provider_uses_http(p));
+/*  Providers and the key: fx->p becomes an OpenAI provider. */
+static int s_test_openai_new(s_test_fx_t *fx)
+{
+    llmq_provider_config_t pc = {"openai", "http://127.0.0.1:1/v1/", s_test_key,
+                                 NULL, 0};
+    fx->p = llmq_provider_new(&pc, fx->errbuf, sizeof fx->errbuf);
+    CHECK(fx->p);
+    CHECK(strcmp(llmq_provider_base_url(fx->p), "http://127.0.0.1:1/v1") == 0);
+    CHECK(llmq_provider_uses_http(fx->p));
     pc.kind = "nope";
-    CHECK(llmq_provider_new(&pc, errbuf, sizeof errbuf) == NULL);
-    CHECK(strstr(errbuf, "nope"));
+    CHECK(llmq_provider_new(&pc, fx->errbuf, sizeof fx->errbuf) == NULL);
+    CHECK(strstr(fx->errbuf, "nope"));
     char text[128];
-    snprintf(text, sizeof text, "bad key %s and %s!", key, key);
-    llmq_provider_scrub(p, text);
+    snprintf(text, sizeof text, "bad key %s and %s!", s_test_key, s_test_key);
+    llmq_provider_scrub(fx->p, text);
     CHECK(strcmp(text, "bad key *** and ***!") == 0);
+    return 0;
+}
 
-    /*  Classification table. */
-    llmq_perr_t err;
+/*  The classification table, and curl's failures. */
+static int s_test_classify(s_test_fx_t *fx)
+{
     struct {
         int status;
         const char *body;
@@ -1057,132 +1163,129 @@ int llmq_provider_test(bool verbose)
          "\"message\":\"Overloaded\"}}",
          LLMQ_ERR_PROVIDER_ERROR, true},
     };
+    llmq_perr_t *err = &fx->err;
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        llmq_provider_classify(p, cases[i].status, cases[i].body,
-                               strlen(cases[i].body), &err);
-        if (err.code != cases[i].code || err.retryable != cases[i].retry) {
+        llmq_provider_classify(fx->p, cases[i].status, cases[i].body,
+                               strlen(cases[i].body), err);
+        if (err->code != cases[i].code || err->retryable != cases[i].retry) {
             fprintf(stderr, "case %zu: %d -> %s\n", i, cases[i].status,
-                    llmq_err_name(err.code));
+                    llmq_err_name(err->code));
             return -1;
         }
-        CHECK(err.status == cases[i].status);
-        CHECK(!strstr(err.message, key));
+        CHECK(err->status == cases[i].status);
+        CHECK(!strstr(err->message, s_test_key));
     }
-    llmq_classify_curl(CURLE_OPERATION_TIMEDOUT, NULL, &err);
-    CHECK(err.code == LLMQ_ERR_TIMEOUT && err.retryable);
-    llmq_classify_curl(CURLE_COULDNT_CONNECT, NULL, &err);
-    CHECK(err.code == LLMQ_ERR_PROVIDER_ERROR && err.retryable);
+    llmq_classify_curl(CURLE_OPERATION_TIMEDOUT, NULL, err);
+    CHECK(err->code == LLMQ_ERR_TIMEOUT && err->retryable);
+    llmq_classify_curl(CURLE_COULDNT_CONNECT, NULL, err);
+    CHECK(err->code == LLMQ_ERR_PROVIDER_ERROR && err->retryable);
+    return 0;
+}
 
-    /*  OpenAI request building: model from the header, stream forced. */
-    cJSON *body = cJSON_Parse(
+/*  The sample chat request (fx->body) and a call of it; its estimate. */
+static int s_test_body(s_test_fx_t *fx)
+{
+    fx->body = cJSON_Parse(
         "{\"model\":\"x\",\"stream\":true,\"max_tokens\":10,"
         "\"messages\":[{\"role\":\"system\",\"content\":\"be brief\"},"
         "{\"role\":\"user\",\"content\":\"hello world!\"}]}");
-    CHECK(llmq_estimate_tokens(body, 1024) == (20 + 3) / 4 + 10);
-    llmq_call_t call = {LLMQ_OP_CHAT, "gpt-test", false, body};
-    llmq_http_t http;
-    memset(&http, 0, sizeof http);
-    CHECK(llmq_provider_build(p, &call, &http, &err) == 0);
-    CHECK(strcmp(http.url, "http://127.0.0.1:1/v1/chat/completions") == 0);
-    CHECK(http.post && strstr(http.body, "\"model\":\"gpt-test\""));
-    CHECK(!strstr(http.body, "stream"));
-    CHECK(s_test_has_header(http.headers,
+    CHECK(llmq_estimate_tokens(fx->body, 1024) == (20 + 3) / 4 + 10);
+    fx->call = (llmq_call_t){LLMQ_OP_CHAT, "gpt-test", false, fx->body};
+    return 0;
+}
+
+/*  OpenAI request building: model from the header, stream forced; then
+    parse: good, malformed, missing choices. */
+static int s_test_openai_build(s_test_fx_t *fx)
+{
+    llmq_http_t *http = &fx->http;
+    CHECK(llmq_provider_build(fx->p, &fx->call, http, &fx->err) == 0);
+    CHECK(strcmp(http->url, "http://127.0.0.1:1/v1/chat/completions") == 0);
+    CHECK(http->post && strstr(http->body, "\"model\":\"gpt-test\""));
+    CHECK(!strstr(http->body, "stream"));
+    CHECK(s_test_has_header(http->headers,
                             "Authorization: Bearer sk-test-KEY-0123456789"));
-    llmq_http_reset(&http);
-    call.stream = true;
-    CHECK(llmq_provider_build(p, &call, &http, &err) == 0);
+    llmq_http_reset(http);
+    fx->call.stream = true;
+    CHECK(llmq_provider_build(fx->p, &fx->call, http, &fx->err) == 0);
     CHECK(
-        strstr(http.body,
+        strstr(http->body,
                "\"stream\":true,\"stream_options\":{\"include_usage\":true}"));
-    llmq_http_reset(&http);
-    CHECK(llmq_provider_health(p, &http) == 0);
-    CHECK(strcmp(http.url, "http://127.0.0.1:1/v1/models") == 0 && !http.post);
-    llmq_http_reset(&http);
+    llmq_http_reset(http);
+    CHECK(llmq_provider_health(fx->p, http) == 0);
+    CHECK(strcmp(http->url, "http://127.0.0.1:1/v1/models") == 0 &&
+          !http->post);
+    llmq_http_reset(http);
 
-    /*  OpenAI parse: good, malformed, missing choices. */
-    llmq_usage_t usage;
-    const char *ok = "{\"id\":\"c1\",\"object\":\"chat.completion\","
-                     "\"choices\":[{\"index\":0,"
-                     "\"message\":{\"role\":\"assistant\",\"content\":\"hi\"},"
-                     "\"finish_reason\":\"stop\"}],"
-                     "\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":1,"
-                     "\"total_tokens\":6}}";
-    cJSON *res = llmq_provider_parse(p, &call, ok, strlen(ok), &usage, &err);
-    CHECK(res && usage.prompt_tokens == 5 && usage.completion_tokens == 1 &&
-          usage.total_tokens == 6);
+    llmq_usage_t *usage = &fx->usage;
+    cJSON *res = llmq_provider_parse(fx->p, &fx->call, s_test_ok,
+                                     strlen(s_test_ok), usage, &fx->err);
+    CHECK(res && usage->prompt_tokens == 5 && usage->completion_tokens == 1 &&
+          usage->total_tokens == 6);
     cJSON_Delete(res);
-    CHECK(!llmq_provider_parse(p, &call, "{\"choices\":[", 12, &usage, &err));
-    CHECK(err.code == LLMQ_ERR_PROVIDER_ERROR && err.retryable);
-    CHECK(!llmq_provider_parse(p, &call, "{}", 2, &usage, &err));
+    CHECK(!llmq_provider_parse(fx->p, &fx->call, "{\"choices\":[", 12, usage,
+                               &fx->err));
+    CHECK(fx->err.code == LLMQ_ERR_PROVIDER_ERROR && fx->err.retryable);
+    CHECK(!llmq_provider_parse(fx->p, &fx->call, "{}", 2, usage, &fx->err));
+    return 0;
+}
 
-    /*  OpenAI stream -> chunks -> assembled body. */
-    const char *events[] = {
-        "{\"id\":\"s1\",\"object\":\"chat.completion.chunk\",\"created\":1,"
-        "\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"role\":"
-        "\"assistant\",\"content\":\"\"},\"finish_reason\":null}]}",
-        "{\"id\":\"s1\",\"choices\":[{\"index\":0,\"delta\":{\"content\":"
-        "\"Hel\"},\"finish_reason\":null}]}",
-        "{\"id\":\"s1\",\"choices\":[{\"index\":0,\"delta\":{\"content\":"
-        "\"lo\"},\"finish_reason\":\"stop\"}]}",
-        "{\"id\":\"s1\",\"choices\":[],\"usage\":{\"prompt_tokens\":3,"
-        "\"completion_tokens\":2,\"total_tokens\":5}}",
-        "[DONE]",
-    };
-    llmq_stream_t *st = llmq_stream_new(p, &call);
-    int chunks = 0;
-    for (size_t i = 0; i < 5; i++) {
-        int rc = llmq_stream_event(st, "message", events[i], strlen(events[i]),
-                                   s_test_collect, &chunks, &err);
-        CHECK(rc == (i == 4 ? 1 : 0));
-    }
-    CHECK(chunks == 4 && llmq_stream_chunks(st) == 4);
-    res = llmq_stream_finish(st, &usage, &err);
+/*  OpenAI stream -> chunks -> assembled body; a stream cut before [DONE]
+    is a provider error; broken JSON too. Destroys fx->p. */
+static int s_test_openai_stream(s_test_fx_t *fx)
+{
+    llmq_stream_t *st = s_test_feed(fx, NULL, s_test_events, 5);
+    CHECK(st);
+    CHECK(fx->chunks == 4 && llmq_stream_chunks(st) == 4);
+    cJSON *res = llmq_stream_finish(st, &fx->usage, &fx->err);
     CHECK(res);
     CHECK(strcmp(s_test_str(res, "choices.0.message.content"), "Hello") == 0);
     CHECK(strcmp(s_test_str(res, "choices.0.finish_reason"), "stop") == 0);
     CHECK(strcmp(s_test_str(res, "object"), "chat.completion") == 0);
-    CHECK(usage.total_tokens == 5);
+    CHECK(fx->usage.total_tokens == 5);
     cJSON_Delete(res);
     llmq_stream_destroy(&st);
-    /*  A stream cut before [DONE] is a provider error; broken JSON too. */
-    st = llmq_stream_new(p, &call);
-    CHECK(llmq_stream_event(st, "message", events[1], strlen(events[1]), NULL,
-                            NULL, &err) == 0);
-    CHECK(!llmq_stream_finish(st, &usage, &err) && err.retryable);
-    CHECK(llmq_stream_event(st, "message", "{oops", 5, NULL, NULL, &err) == -1);
+    st = llmq_stream_new(fx->p, &fx->call);
+    CHECK(llmq_stream_event(st, "message", s_test_events[1],
+                            strlen(s_test_events[1]), NULL, NULL,
+                            &fx->err) == 0);
+    CHECK(!llmq_stream_finish(st, &fx->usage, &fx->err) && fx->err.retryable);
+    CHECK(llmq_stream_event(st, "message", "{oops", 5, NULL, NULL, &fx->err) ==
+          -1);
     llmq_stream_destroy(&st);
-    llmq_provider_destroy(&p);
-    CHECK(p == NULL);
+    llmq_provider_destroy(&fx->p);
+    CHECK(fx->p == NULL);
+    return 0;
+}
 
-    /*  Anthropic translation both ways. */
-    llmq_provider_config_t ac = {"anthropic", "http://127.0.0.1:1/v1", key,
-                                 NULL, 512};
-    p = llmq_provider_new(&ac, errbuf, sizeof errbuf);
-    CHECK(p);
-    call.stream = false;
-    CHECK(llmq_provider_build(p, &call, &http, &err) == 0);
-    CHECK(strcmp(http.url, "http://127.0.0.1:1/v1/messages") == 0);
-    cJSON *sent = cJSON_Parse(http.body);
+/*  Anthropic translation both ways: fx->p becomes an Anthropic provider;
+    the request, an embedding it refuses, and a tool-use answer. */
+static int s_test_anthropic_build(s_test_fx_t *fx)
+{
+    llmq_provider_config_t ac = {"anthropic", "http://127.0.0.1:1/v1",
+                                 s_test_key, NULL, 512};
+    fx->p = llmq_provider_new(&ac, fx->errbuf, sizeof fx->errbuf);
+    CHECK(fx->p);
+    fx->call.stream = false;
+    llmq_http_t *http = &fx->http;
+    CHECK(llmq_provider_build(fx->p, &fx->call, http, &fx->err) == 0);
+    CHECK(strcmp(http->url, "http://127.0.0.1:1/v1/messages") == 0);
+    cJSON *sent = cJSON_Parse(http->body);
     CHECK(strcmp(s_test_str(sent, "system"), "be brief") == 0);
     CHECK(strcmp(s_test_str(sent, "messages.0.role"), "user") == 0);
     CHECK(cJSON_GetArraySize(cJSON_GetObjectItem(sent, "messages")) == 1);
     CHECK(cJSON_GetObjectItem(sent, "max_tokens")->valueint == 10);
     cJSON_Delete(sent);
-    CHECK(s_test_has_header(http.headers, "x-api-key: sk-test-KEY-0123456789"));
-    CHECK(s_test_has_header(http.headers, "anthropic-version: 2023-06-01"));
-    llmq_http_reset(&http);
-    llmq_call_t emb = {LLMQ_OP_EMBEDDING, "m", false, body};
-    CHECK(llmq_provider_build(p, &emb, &http, &err) == -1);
-    CHECK(err.code == LLMQ_ERR_INVALID_REQUEST && !err.retryable);
-    const char *amsg = "{\"id\":\"msg_1\",\"type\":\"message\",\"role\":"
-                       "\"assistant\",\"model\":\"claude\","
-                       "\"content\":[{\"type\":\"text\",\"text\":\"Hi "
-                       "\"},{\"type\":\"text\",\"text\":\"there\"},"
-                       "{\"type\":\"tool_use\",\"id\":\"tu1\",\"name\":\"f\","
-                       "\"input\":{\"a\":1}}],"
-                       "\"stop_reason\":\"tool_use\",\"usage\":{\"input_"
-                       "tokens\":7,\"output_tokens\":3}}";
-    res = llmq_provider_parse(p, &call, amsg, strlen(amsg), &usage, &err);
+    CHECK(
+        s_test_has_header(http->headers, "x-api-key: sk-test-KEY-0123456789"));
+    CHECK(s_test_has_header(http->headers, "anthropic-version: 2023-06-01"));
+    llmq_http_reset(http);
+    llmq_call_t emb = {LLMQ_OP_EMBEDDING, "m", false, fx->body};
+    CHECK(llmq_provider_build(fx->p, &emb, http, &fx->err) == -1);
+    CHECK(fx->err.code == LLMQ_ERR_INVALID_REQUEST && !fx->err.retryable);
+    llmq_usage_t *usage = &fx->usage;
+    cJSON *res = llmq_provider_parse(fx->p, &fx->call, s_test_amsg,
+                                     strlen(s_test_amsg), usage, &fx->err);
     CHECK(res);
     CHECK(strcmp(s_test_str(res, "choices.0.message.content"), "Hi there") ==
           0);
@@ -1191,70 +1294,31 @@ int llmq_provider_test(bool verbose)
     CHECK(strcmp(s_test_str(
                      res, "choices.0.message.tool_calls.0.function.arguments"),
                  "{\"a\":1}") == 0);
-    CHECK(usage.prompt_tokens == 7 && usage.completion_tokens == 3 &&
-          usage.total_tokens == 10);
+    CHECK(usage->prompt_tokens == 7 && usage->completion_tokens == 3 &&
+          usage->total_tokens == 10);
     cJSON_Delete(res);
-    const char *aevents[][2] = {
-        {"message_start",
-         "{\"type\":\"message_start\",\"message\":{\"id\":\"msg_2\",\"model\":"
-         "\"claude\",\"usage\":{\"input_tokens\":4,\"output_tokens\":1}}}"},
-        {"content_block_start",
-         "{\"type\":\"content_block_start\",\"index\":0,\"content_block\":{"
-         "\"type\":\"text\",\"text\":\"\"}}"},
-        {"ping", "{\"type\":\"ping\"}"},
-        {"content_block_delta",
-         "{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":"
-         "\"text_delta\",\"text\":\"Yo\"}}"},
-        {"content_block_stop", "{\"type\":\"content_block_stop\",\"index\":0}"},
-        {"message_delta",
-         "{\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"max_"
-         "tokens\"},\"usage\":{\"output_tokens\":2}}"},
-        {"message_stop", "{\"type\":\"message_stop\"}"},
-    };
-    call.stream = true;
-    st = llmq_stream_new(p, &call);
-    chunks = 0;
-    for (size_t i = 0; i < 7; i++) {
-        int rc = llmq_stream_event(st, aevents[i][0], aevents[i][1],
-                                   strlen(aevents[i][1]), s_test_collect,
-                                   &chunks, &err);
-        CHECK(rc == (i == 6 ? 1 : 0));
-    }
-    CHECK(chunks == 4);
-    res = llmq_stream_finish(st, &usage, &err);
+    return 0;
+}
+
+/*  Anthropic streams: text, a streamed tool call (its start and argument
+    pieces become one tool_calls entry), an error event. Destroys fx->p. */
+static int s_test_anthropic_stream(s_test_fx_t *fx)
+{
+    fx->call.stream = true;
+    llmq_stream_t *st = s_test_feed(fx, s_test_aevents, NULL, 7);
+    CHECK(st);
+    CHECK(fx->chunks == 4);
+    cJSON *res = llmq_stream_finish(st, &fx->usage, &fx->err);
     CHECK(res &&
           strcmp(s_test_str(res, "choices.0.message.content"), "Yo") == 0);
     CHECK(strcmp(s_test_str(res, "choices.0.finish_reason"), "length") == 0);
     CHECK(strcmp(s_test_str(res, "id"), "msg_2") == 0);
-    CHECK(usage.prompt_tokens == 4 && usage.completion_tokens == 2);
+    CHECK(fx->usage.prompt_tokens == 4 && fx->usage.completion_tokens == 2);
     cJSON_Delete(res);
     llmq_stream_destroy(&st);
-    /*  A streamed tool call: its start and argument pieces become one
-        tool_calls entry. */
-    const char *tevents[][2] = {
-        {"message_start", aevents[0][1]},
-        {"content_block_start",
-         "{\"type\":\"content_block_start\",\"index\":1,\"content_block\":{"
-         "\"type\":\"tool_use\",\"id\":\"tu_9\",\"name\":\"get_weather\","
-         "\"input\":{}}}"},
-        {"content_block_delta",
-         "{\"type\":\"content_block_delta\",\"index\":1,\"delta\":{\"type\":"
-         "\"input_json_delta\",\"partial_json\":\"{\\\"city\\\":\"}}"},
-        {"content_block_delta",
-         "{\"type\":\"content_block_delta\",\"index\":1,\"delta\":{\"type\":"
-         "\"input_json_delta\",\"partial_json\":\"\\\"Paris\\\"}\"}}"},
-        {"message_delta",
-         "{\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"tool_"
-         "use\"},\"usage\":{\"output_tokens\":5}}"},
-        {"message_stop", "{\"type\":\"message_stop\"}"},
-    };
-    st = llmq_stream_new(p, &call);
-    chunks = 0;
-    for (size_t i = 0; i < 6; i++)
-        CHECK(llmq_stream_event(st, tevents[i][0], tevents[i][1],
-                                strlen(tevents[i][1]), s_test_collect, &chunks,
-                                &err) == (i == 5 ? 1 : 0));
-    res = llmq_stream_finish(st, &usage, &err);
+    st = s_test_feed(fx, s_test_tevents, NULL, 6);
+    CHECK(st);
+    res = llmq_stream_finish(st, &fx->usage, &fx->err);
     CHECK(res);
     CHECK(strcmp(s_test_str(res, "choices.0.message.tool_calls.0.id"),
                  "tu_9") == 0);
@@ -1268,30 +1332,62 @@ int llmq_provider_test(bool verbose)
           0);
     cJSON_Delete(res);
     llmq_stream_destroy(&st);
-    st = llmq_stream_new(p, &call);
+    st = llmq_stream_new(fx->p, &fx->call);
     const char *aerr = "{\"type\":\"error\",\"error\":{\"type\":\"overloaded_"
                        "error\",\"message\":\"Overloaded\"}}";
     CHECK(llmq_stream_event(st, "error", aerr, strlen(aerr), NULL, NULL,
-                            &err) == -1);
-    CHECK(err.code == LLMQ_ERR_PROVIDER_ERROR && err.retryable);
+                            &fx->err) == -1);
+    CHECK(fx->err.code == LLMQ_ERR_PROVIDER_ERROR && fx->err.retryable);
     llmq_stream_destroy(&st);
-    llmq_provider_destroy(&p);
+    llmq_provider_destroy(&fx->p);
+    return 0;
+}
 
-    /*  Bad input never crashes: every prefix and a byte-flipped copy of
-        the sample answers and events, through every parser. */
-    llmq_provider_config_t oc = {"openai", "http://127.0.0.1:1/v1", key, NULL,
-                                 0};
-    llmq_provider_t *po = llmq_provider_new(&oc, errbuf, sizeof errbuf);
-    llmq_provider_t *pa = llmq_provider_new(&ac, errbuf, sizeof errbuf);
-    CHECK(po && pa);
-    const char *samples[] = {ok,
-                             amsg,
-                             events[0],
-                             events[3],
-                             aevents[0][1],
-                             aevents[1][1],
-                             aevents[3][1],
-                             aevents[5][1]};
+/*  Every prefix of text (n bytes) through every parser of both providers. */
+static int s_test_prefixes(s_test_fx_t *fx, llmq_provider_t *both[2],
+                           const char *text, size_t n)
+{
+    for (size_t cut = 0; cut <= n; cut++)
+        for (int b = 0; b < 2; b++) {
+            llmq_call_t c = {cut % 2 ? LLMQ_OP_COMPLETION : LLMQ_OP_CHAT, "m",
+                             true, NULL};
+            cJSON *r = llmq_provider_parse(both[b], &c, text, cut, &fx->usage,
+                                           &fx->err);
+            cJSON_Delete(r);
+            llmq_provider_classify(both[b], 500, text, cut, &fx->err);
+            llmq_stream_t *fs = llmq_stream_new(both[b], &c);
+            CHECK(fs);
+            llmq_stream_event(fs, "message_start", text, cut, s_test_collect,
+                              &fx->chunks, &fx->err);
+            llmq_stream_event(fs, "content_block_delta", text, cut,
+                              s_test_collect, &fx->chunks, &fx->err);
+            r = llmq_stream_finish(fs, &fx->usage, &fx->err);
+            cJSON_Delete(r);
+            llmq_stream_destroy(&fs);
+        }
+    return 0;
+}
+
+/*  Bad input never crashes: every prefix and a byte-flipped copy of the
+    sample answers and events, through every parser. */
+static int s_test_bad_input(s_test_fx_t *fx)
+{
+    llmq_provider_config_t oc = {"openai", "http://127.0.0.1:1/v1", s_test_key,
+                                 NULL, 0};
+    llmq_provider_config_t ac = {"anthropic", "http://127.0.0.1:1/v1",
+                                 s_test_key, NULL, 512};
+    llmq_provider_t *both[] = {
+        llmq_provider_new(&oc, fx->errbuf, sizeof fx->errbuf),
+        llmq_provider_new(&ac, fx->errbuf, sizeof fx->errbuf)};
+    CHECK(both[0] && both[1]);
+    const char *samples[] = {s_test_ok,
+                             s_test_amsg,
+                             s_test_events[0],
+                             s_test_events[3],
+                             s_test_aevents[0][1],
+                             s_test_aevents[1][1],
+                             s_test_aevents[3][1],
+                             s_test_aevents[5][1]};
     for (size_t i = 0; i < sizeof samples / sizeof samples[0]; i++) {
         size_t n = strlen(samples[i]);
         char *copy = malloc(n + 1);
@@ -1301,50 +1397,52 @@ int llmq_provider_test(bool verbose)
             if (flip)
                 for (size_t k = 0; k < n; k += 7)
                     copy[k] ^= 0x20;
-            for (size_t cut = 0; cut <= n; cut++) {
-                llmq_provider_t *both[] = {po, pa};
-                for (int b = 0; b < 2; b++) {
-                    llmq_call_t c = {cut % 2 ? LLMQ_OP_COMPLETION
-                                             : LLMQ_OP_CHAT,
-                                     "m", true, NULL};
-                    cJSON *r = llmq_provider_parse(both[b], &c, copy, cut,
-                                                   &usage, &err);
-                    cJSON_Delete(r);
-                    llmq_provider_classify(both[b], 500, copy, cut, &err);
-                    llmq_stream_t *fs = llmq_stream_new(both[b], &c);
-                    CHECK(fs);
-                    llmq_stream_event(fs, "message_start", copy, cut,
-                                      s_test_collect, &chunks, &err);
-                    llmq_stream_event(fs, "content_block_delta", copy, cut,
-                                      s_test_collect, &chunks, &err);
-                    r = llmq_stream_finish(fs, &usage, &err);
-                    cJSON_Delete(r);
-                    llmq_stream_destroy(&fs);
-                }
-            }
+            CHECK(s_test_prefixes(fx, both, copy, n) == 0);
         }
         free(copy);
     }
-    llmq_provider_destroy(&po);
-    llmq_provider_destroy(&pa);
+    llmq_provider_destroy(&both[0]);
+    llmq_provider_destroy(&both[1]);
+    return 0;
+}
 
-    /*  Echo: at once, deterministic, no HTTP. */
+/*  Echo: at once, deterministic, no HTTP. */
+static int s_test_echo(s_test_fx_t *fx)
+{
     llmq_provider_config_t ec = {"echo", NULL, NULL, NULL, 0};
-    p = llmq_provider_new(&ec, errbuf, sizeof errbuf);
-    CHECK(p && !llmq_provider_uses_http(p));
-    call.stream = false;
-    res = llmq_provider_answer(p, &call, &usage, &err);
-    cJSON *res2 = llmq_provider_answer(p, &call, &usage, &err);
+    fx->p = llmq_provider_new(&ec, fx->errbuf, sizeof fx->errbuf);
+    CHECK(fx->p && !llmq_provider_uses_http(fx->p));
+    fx->call.stream = false;
+    cJSON *res = llmq_provider_answer(fx->p, &fx->call, &fx->usage, &fx->err);
+    cJSON *res2 = llmq_provider_answer(fx->p, &fx->call, &fx->usage, &fx->err);
     CHECK(res && res2);
     CHECK(strcmp(s_test_str(res, "choices.0.message.content"),
                  "echo: hello world!") == 0);
     CHECK(strcmp(s_test_str(res, "id"), s_test_str(res2, "id")) == 0);
-    CHECK(usage.completion_tokens > 0);
+    CHECK(fx->usage.completion_tokens > 0);
     cJSON_Delete(res);
     cJSON_Delete(res2);
-    llmq_provider_destroy(&p);
-    cJSON_Delete(body);
-    llmq_provider_destroy(&p);
+    llmq_provider_destroy(&fx->p);
+    llmq_provider_destroy(&fx->p);
+    return 0;
+}
+
+int llmq_provider_test(bool verbose)
+{
+    if (verbose)
+        printf(" * llmq_provider: ");
+    s_test_fx_t fx;
+    memset(&fx, 0, sizeof fx);
+    //  The steps, in order: each goes on from where the last one left.
+    static int (*const steps[])(s_test_fx_t *) = {
+        s_test_ratelimit,       s_test_openai_new,
+        s_test_classify,        s_test_body,
+        s_test_openai_build,    s_test_openai_stream,
+        s_test_anthropic_build, s_test_anthropic_stream,
+        s_test_bad_input,       s_test_echo};
+    for (size_t i = 0; i < sizeof steps / sizeof steps[0]; i++)
+        CHECK(steps[i](&fx) == 0);
+    cJSON_Delete(fx.body);
 
     if (verbose)
         printf("OK\n");

@@ -1008,11 +1008,17 @@ static int s_test_write(const char *path, const char *text)
     return 0;
 }
 
-int llmq_worker_config_test(bool verbose)
+/*  The selftest's state from step to step. */
+typedef struct {
+    bool verbose;              /* print the error read */
+    char err[512];             /* the last load's error */
+    llmq_worker_config_t *cfg; /* the last loaded configuration */
+    char path[64];             /* the config file */
+} s_test_fx_t;
+
+/*  Every variable the config reads, unset: a known environment. */
+static void s_test_clean_env(void)
 {
-    if (verbose)
-        printf(" * llmq_worker_config: ");
-    /*  Start from a known environment. */
     static const char *vars[] = {
         "LLMQ_BROKER",       "LLMQ_WORKER_NAME",   "LLMQ_POOL",
         "LLMQ_PROVIDER",     "LLMQ_BASE_URL",      "LLMQ_LIMIT_GROUP",
@@ -1022,40 +1028,61 @@ int llmq_worker_config_test(bool verbose)
         "ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL", "LLMQ_TEST_KEY"};
     for (size_t i = 0; i < sizeof vars / sizeof vars[0]; i++)
         unsetenv(vars[i]);
-    char err[512];
-    llmq_worker_config_t *cfg = NULL;
+}
 
-    /*  Defaults: the sim provider. */
+/*  Defaults: the sim provider. openai needs a key at the official URL;
+    SDK variables are read. */
+static int s_test_defaults(s_test_fx_t *fx)
+{
     char *a0[] = {"llmq-worker", NULL};
-    CHECK(llmq_worker_config_load(&cfg, 1, a0, err, sizeof err) == 0);
-    CHECK(strcmp(cfg->provider, "sim") == 0);
-    CHECK(strcmp(cfg->base_url, "http://127.0.0.1:8089/v1") == 0);
-    CHECK(strcmp(cfg->broker, "tcp://127.0.0.1:5556") == 0);
-    CHECK(cfg->capacity == 256 && cfg->models_count == 1);
-    CHECK(strcmp(cfg->api_key, "sk-llmq-sim") == 0);
-    llmq_worker_config_destroy(&cfg);
-    CHECK(cfg == NULL);
+    CHECK(llmq_worker_config_load(&fx->cfg, 1, a0, fx->err, sizeof fx->err) ==
+          0);
+    CHECK(strcmp(fx->cfg->provider, "sim") == 0);
+    CHECK(strcmp(fx->cfg->base_url, "http://127.0.0.1:8089/v1") == 0);
+    CHECK(strcmp(fx->cfg->broker, "tcp://127.0.0.1:5556") == 0);
+    CHECK(fx->cfg->capacity == 256 && fx->cfg->models_count == 1);
+    CHECK(strcmp(fx->cfg->api_key, "sk-llmq-sim") == 0);
+    llmq_worker_config_destroy(&fx->cfg);
+    CHECK(fx->cfg == NULL);
 
-    /*  openai needs a key at the official URL; SDK variables are read. */
     char *a1[] = {"llmq-worker", "--provider", "openai",
                   "--model",     "gpt-x",      NULL};
-    CHECK(llmq_worker_config_load(&cfg, 5, a1, err, sizeof err) ==
+    CHECK(llmq_worker_config_load(&fx->cfg, 5, a1, fx->err, sizeof fx->err) ==
           LLMQ_CONFIG_ERROR);
-    CHECK(strstr(err, "OPENAI_API_KEY"));
+    CHECK(strstr(fx->err, "OPENAI_API_KEY"));
     setenv("OPENAI_API_KEY", "sk-from-env", 1);
     setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1", 1);
-    CHECK(llmq_worker_config_load(&cfg, 5, a1, err, sizeof err) == 0);
-    CHECK(strcmp(cfg->api_key, "sk-from-env") == 0);
-    CHECK(strcmp(cfg->base_url, "http://127.0.0.1:9/v1") == 0);
-    llmq_worker_config_destroy(&cfg);
+    CHECK(llmq_worker_config_load(&fx->cfg, 5, a1, fx->err, sizeof fx->err) ==
+          0);
+    CHECK(strcmp(fx->cfg->api_key, "sk-from-env") == 0);
+    CHECK(strcmp(fx->cfg->base_url, "http://127.0.0.1:9/v1") == 0);
+    llmq_worker_config_destroy(&fx->cfg);
+    return 0;
+}
 
-    /*  File, then LLMQ_* env, then flags. */
-    char path[] = "/tmp/llmq-worker-config-test-XXXXXX";
-    int fd = mkstemp(path);
+/*  The file's pricing: by model, by pattern, with the batch discount. */
+static int s_test_pricing(const llmq_worker_config_t *cfg)
+{
+    CHECK(cfg->pricing_count == 2);
+    double cost = llmq_worker_config_cost(cfg, "m1", 1000000, 500000, false);
+    CHECK(cost > 1.999 && cost < 2.001);
+    cost = llmq_worker_config_cost(cfg, "m1", 1000000, 500000, true);
+    CHECK(cost > 0.999 && cost < 1.001);
+    cost = llmq_worker_config_cost(cfg, "m9", 100000, 0, false);
+    CHECK(cost > 0.999 && cost < 1.001);
+    CHECK(llmq_worker_config_cost(cfg, "other", 1000, 1000, false) == 0);
+    return 0;
+}
+
+/*  File, then LLMQ_* env, then flags. */
+static int s_test_layers(s_test_fx_t *fx)
+{
+    snprintf(fx->path, sizeof fx->path, "/tmp/llmq-worker-config-test-XXXXXX");
+    int fd = mkstemp(fx->path);
     CHECK(fd >= 0);
     close(fd);
     CHECK(s_test_write(
-              path,
+              fx->path,
               "broker: tcp://10.0.0.1:5556\n"
               "provider: openai\n"
               "base_url: http://file/v1\n"
@@ -1070,9 +1097,11 @@ int llmq_worker_config_test(bool verbose)
               "  - {model: \"m*\", input: 10, output: 10}\n") == 0);
     setenv("LLMQ_TEST_KEY", "sk-named", 1);
     setenv("LLMQ_CAPACITY", "50", 1);
-    char *a2[] = {"llmq-worker", "--config", path, "--rpm",
-                  "60",          "--model",  "m3", NULL};
-    CHECK(llmq_worker_config_load(&cfg, 7, a2, err, sizeof err) == 0);
+    char *a2[] = {"llmq-worker", "--config", fx->path, "--rpm",
+                  "60",          "--model",  "m3",     NULL};
+    CHECK(llmq_worker_config_load(&fx->cfg, 7, a2, fx->err, sizeof fx->err) ==
+          0);
+    llmq_worker_config_t *cfg = fx->cfg;
     CHECK(strcmp(cfg->broker, "tcp://10.0.0.1:5556") == 0);
     CHECK(strcmp(cfg->base_url, "http://file/v1") ==
           0); /* file beats SDK env */
@@ -1083,43 +1112,46 @@ int llmq_worker_config_test(bool verbose)
     CHECK(cfg->max_attempts == 7 && cfg->retry_base_ms == 10 &&
           cfg->retry_cap_ms == 100);
     CHECK(cfg->breaker_failures == 2 && cfg->breaker_cooldown_ms == 500);
-    CHECK(cfg->pricing_count == 2);
-    double cost = llmq_worker_config_cost(cfg, "m1", 1000000, 500000, false);
-    CHECK(cost > 1.999 && cost < 2.001);
-    cost = llmq_worker_config_cost(cfg, "m1", 1000000, 500000, true);
-    CHECK(cost > 0.999 && cost < 1.001);
-    cost = llmq_worker_config_cost(cfg, "m9", 100000, 0, false);
-    CHECK(cost > 0.999 && cost < 1.001);
-    CHECK(llmq_worker_config_cost(cfg, "other", 1000, 1000, false) == 0);
-    llmq_worker_config_destroy(&cfg);
+    CHECK(s_test_pricing(cfg) == 0);
+    llmq_worker_config_destroy(&fx->cfg);
     unsetenv("LLMQ_CAPACITY");
+    return 0;
+}
 
-    /*  Bad files name the line. */
-    CHECK(s_test_write(path,
-                       "provider: openai\ncapacity: 10\nbogus_key: 1\n") == 0);
-    char *a3[] = {"llmq-worker", "--config", path, NULL};
-    CHECK(llmq_worker_config_load(&cfg, 3, a3, err, sizeof err) ==
+/*  Loading the config file fails with an error that starts with prefix. */
+static int s_test_refused(s_test_fx_t *fx, const char *prefix)
+{
+    char *a3[] = {"llmq-worker", "--config", fx->path, NULL};
+    CHECK(llmq_worker_config_load(&fx->cfg, 3, a3, fx->err, sizeof fx->err) ==
           LLMQ_CONFIG_ERROR);
+    if (fx->verbose)
+        printf("[%s] ", fx->err);
+    CHECK(strncmp(fx->err, prefix, strlen(prefix)) == 0);
+    return 0;
+}
+
+/*  Bad files name the line; a missing one says so. */
+static int s_test_bad_files(s_test_fx_t *fx)
+{
     char want[300];
-    snprintf(want, sizeof want, "%s:3:", path);
-    if (verbose)
-        printf("[%s] ", err);
-    CHECK(strncmp(err, want, strlen(want)) == 0);
-    CHECK(s_test_write(path, "provider: openai\ncapacity: lots\n") == 0);
-    CHECK(llmq_worker_config_load(&cfg, 3, a3, err, sizeof err) ==
-          LLMQ_CONFIG_ERROR);
-    snprintf(want, sizeof want, "%s:2:", path);
-    CHECK(strncmp(err, want, strlen(want)) == 0);
-    CHECK(s_test_write(path, "provider: [unclosed\n") == 0);
-    CHECK(llmq_worker_config_load(&cfg, 3, a3, err, sizeof err) ==
-          LLMQ_CONFIG_ERROR);
-    CHECK(strncmp(err, path, strlen(path)) == 0);
-    unlink(path);
-    CHECK(llmq_worker_config_load(&cfg, 3, a3, err, sizeof err) ==
-          LLMQ_CONFIG_ERROR);
-    CHECK(strstr(err, "cannot open"));
+    CHECK(s_test_write(fx->path,
+                       "provider: openai\ncapacity: 10\nbogus_key: 1\n") == 0);
+    snprintf(want, sizeof want, "%s:3:", fx->path);
+    CHECK(s_test_refused(fx, want) == 0);
+    CHECK(s_test_write(fx->path, "provider: openai\ncapacity: lots\n") == 0);
+    snprintf(want, sizeof want, "%s:2:", fx->path);
+    CHECK(s_test_refused(fx, want) == 0);
+    CHECK(s_test_write(fx->path, "provider: [unclosed\n") == 0);
+    CHECK(s_test_refused(fx, fx->path) == 0);
+    unlink(fx->path);
+    CHECK(s_test_refused(fx, "") == 0);
+    CHECK(strstr(fx->err, "cannot open"));
+    return 0;
+}
 
-    /*  Bad flags: refused, and the message names the flag. */
+/*  Bad flags: refused, and the message names the flag. */
+static int s_test_bad_flags(s_test_fx_t *fx)
+{
     struct {
         char *flag, *value, *named;
     } bad[] = {{"--capacity", "0", "--capacity"},
@@ -1129,14 +1161,26 @@ int llmq_worker_config_test(bool verbose)
                {"--provider", "nope", "nope"}};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         char *argv[] = {"llmq-worker", bad[i].flag, bad[i].value, NULL};
-        CHECK(llmq_worker_config_load(&cfg, bad[i].value ? 3 : 2, argv, err,
-                                      sizeof err) == LLMQ_CONFIG_ERROR);
-        CHECK(strstr(err, bad[i].named));
+        CHECK(llmq_worker_config_load(&fx->cfg, bad[i].value ? 3 : 2, argv,
+                                      fx->err,
+                                      sizeof fx->err) == LLMQ_CONFIG_ERROR);
+        CHECK(strstr(fx->err, bad[i].named));
     }
-    CHECK(cfg == NULL);
+    CHECK(fx->cfg == NULL);
+    return 0;
+}
 
-    for (size_t i = 0; i < sizeof vars / sizeof vars[0]; i++)
-        unsetenv(vars[i]);
+int llmq_worker_config_test(bool verbose)
+{
+    if (verbose)
+        printf(" * llmq_worker_config: ");
+    s_test_clean_env();
+    s_test_fx_t fx = {.verbose = verbose};
+    CHECK(s_test_defaults(&fx) == 0);
+    CHECK(s_test_layers(&fx) == 0);
+    CHECK(s_test_bad_files(&fx) == 0);
+    CHECK(s_test_bad_flags(&fx) == 0);
+    s_test_clean_env();
     if (verbose)
         printf("OK\n");
     return 0;
