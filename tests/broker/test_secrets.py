@@ -173,6 +173,8 @@ BAD = [  # (cost, prompt tokens, completion tokens, total tokens)
     (1e300, 2, 2, 4),
 ]
 GOOD = (0.5, 10, 5, 15)
+# A name that would forge a log line and clear the terminal if written raw.
+ROGUE_NAME = "rogue\n2026-12-02T00:00:00.000Z info llmq-broker forged=1\x1b[2J\xc2\x9b"
 
 
 class RogueWorker(threading.Thread):
@@ -189,7 +191,7 @@ class RogueWorker(threading.Thread):
         self.s.setsockopt(zmq.LINGER, 0)
         self.s.connect(backend)
         self.capacity, self.n, self.stop_flag = capacity, 0, False
-        self.send({"t": "hello", "worker": "rogue", "pool": "fake", "provider": "echo",
+        self.send({"t": "hello", "worker": ROGUE_NAME, "pool": "fake", "provider": "echo",
                    "models": [MODEL], "capacity": capacity, "version": "test"})
         self.send({"t": "credit", "n": capacity})
 
@@ -237,8 +239,9 @@ def sane(x, bound):
 def t_rogue():
     tmp = kit.temp_dir("llmq-secrets-rogue-")
     db = os.path.join(tmp, "batches.db")
+    # --verbose: the broker also dumps every message (names in it too).
     broker = kit.Broker("tcp://127.0.0.1:*", "tcp://127.0.0.1:*", "--batch-db", db,
-                        "--batch-poll-ms", "50")
+                        "--batch-poll-ms", "50", "--verbose")
     fe = broker.frontend
     rogue = RogueWorker(broker.backend)
     rogue.start()
@@ -287,6 +290,11 @@ def t_rogue():
         rogue.close()
     log = open(stop_keep_log(broker, tmp), errors="replace").read()
     check(log.count("worker_bad_usage") == 1, "the rogue worker is logged once:\n%s" % log[-3000:])
+    forged = [line for line in log.splitlines() if "forged=1" in line and not line.startswith(
+        ("20", "    ", "llmq_msg"))] + [line for line in log.splitlines()
+                                        if line.startswith("2026-12-02T00:00:00")]
+    check(not forged and "\x1b" not in log and "\u009b" not in log,
+          "the worker's name is escaped in the broker's log: %r" % forged)
     con = sqlite3.connect(db)
     try:
         for table, cols in (("batches", "prompt_tokens, completion_tokens, cost_usd"),
