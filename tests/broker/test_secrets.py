@@ -82,15 +82,44 @@ def check_no_leak(groups):
     check(not found, "a piece of the key leaked:\n  " + "\n  ".join(found))
 
 
-def write_run_input(path, offs, tag):
+def write_run_input(path, offs, tag, model=MODEL):
     with open(path, "w") as f:
         for n in offs:
             text = "%s %d [[sim:fail=400,echo_key=%d]]" % (tag, n, n)
             f.write(json.dumps({"custom_id": "%s-%d" % (tag, n), "method": "POST",
                                 "url": "/v1/chat/completions",
-                                "body": {"model": MODEL, "max_tokens": 4,
+                                "body": {"model": model, "max_tokens": 4,
                                          "messages": [{"role": "user", "content": text}]}})
                     + "\n")
+
+
+def keep(tmp, name, text):
+    path = os.path.join(tmp, name)
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
+def run_paths(fe, tmp, offs, model, tag, batch_modes):
+    """Every offset through `llmq run` and one batch per mode in
+    batch_modes, for model. Returns (files written, rows with the marker)."""
+    files, marked = [], 0
+    for mode in ("run",) + tuple(batch_modes):
+        name = "%s-%s" % (tag, mode)
+        inp, out = os.path.join(tmp, name + ".jsonl"), os.path.join(tmp, name + ".out.jsonl")
+        write_run_input(inp, offs, name, model)
+        if mode == "run":
+            args = ["run", inp, "-o", out, "--concurrency", "64"]
+        else:
+            args = ["batch", "submit", inp, "--mode", mode, "-o", out, "--quiet"]
+        rc, stdout, stderr = kit.run_llmq(args + ["--broker", fe], timeout=180)
+        check(rc == 1, "%s: every line fails (exit 1): rc %d: %s" % (name, rc, stderr[-2000:]))
+        rows = [json.loads(line) for line in open(out)]
+        check(len(rows) == len(offs) and all(r["error"] for r in rows),
+              "%s: %d error rows for %d inputs: %r" % (name, len(rows), len(offs), rows[:1]))
+        marked += sum("[redacted]" in r["error"]["message"] for r in rows)
+        files += [out, keep(tmp, name + ".stdout", stdout), keep(tmp, name + ".stderr", stderr)]
+    return files, marked
 
 
 def t_leak():
@@ -101,52 +130,26 @@ def t_leak():
                   "--batch-finalize-ms", "50")
     broker = kit.Broker("tcp://127.0.0.1:*", "tcp://127.0.0.1:*", "--batch-db", db,
                         "--batch-poll-ms", "50", "--verbose")
-    # --verbose: the worker logs every failure with its message.
+    # --verbose: the workers log every failure with its message.
     worker = kit.Worker(broker.backend, sim.url, 64, MODEL, "--batch-api", "--verbose",
                         env={"LLMQ_API_KEY": KEY})
+    anthropic = kit.Proc([kit.bin_path("llmq-worker"), "--broker", broker.backend,
+                          "--provider", "anthropic", "--base-url", sim.url + "/v1",
+                          "--model", "claude-sim", "--capacity", "64", "--batch-api",
+                          "--verbose"], name="llmq-worker-anthropic",
+                         env={"LLMQ_API_KEY": KEY})
     fe = broker.frontend
-    wait_until("the worker at the broker",
-               lambda: len((kit.broker_status(fe) or {}).get("workers", [])) == 1, 30)
+    wait_until("the workers at the broker",
+               lambda: len((kit.broker_status(fe) or {}).get("workers", [])) == 2, 30)
     offs = offsets()
-    outputs = []
-
-    # 1. Realtime: `llmq run`.
-    inp, out = os.path.join(tmp, "run.jsonl"), os.path.join(tmp, "run.out.jsonl")
-    write_run_input(inp, offs, "run")
-    rc, stdout, stderr = kit.run_llmq(["run", inp, "-o", out, "--broker", fe,
-                                       "--concurrency", "64"])
-    check(rc == 1, "every line fails (exit 1): rc %d: %s" % (rc, stderr[-2000:]))
-    rows = [json.loads(line) for line in open(out)]
-    check(len(rows) == len(offs), "%d output lines for %d inputs" % (len(rows), len(offs)))
-    check(all(r["error"] and r["error"]["code"] == "invalid_request" for r in rows),
-          "every line is the provider's 400: %r" % rows[:2])
-    whole = [r for r in rows if "[redacted]" in r["error"]["message"]]
-    for name, text in (("run.stdout", stdout), ("run.stderr", stderr)):
-        path = os.path.join(tmp, name)
-        with open(path, "w") as f:
-            f.write(text)
-        outputs.append(path)
-    outputs.append(out)
-
-    # 2. A realtime batch and 3. a provider batch, through the batch db.
-    for mode in ("realtime", "provider"):
-        inp = os.path.join(tmp, "%s.jsonl" % mode)
-        out = os.path.join(tmp, "%s.out.jsonl" % mode)
-        write_run_input(inp, offs, mode)
-        rc, stdout, stderr = kit.run_llmq(["batch", "submit", inp, "--mode", mode, "-o", out,
-                                           "--quiet", "--broker", fe], timeout=180)
-        check(rc == 1, "%s batch: every item fails (exit 1): rc %d: %s"
-              % (mode, rc, stderr[-2000:]))
-        rows = [json.loads(line) for line in open(out)]
-        check(len(rows) == len(offs) and all(r["error"] for r in rows),
-              "%s batch: %d error rows for %d items" % (mode, len(rows), len(offs)))
-        for name, text in (("stdout", stdout), ("stderr", stderr)):
-            path = os.path.join(tmp, "%s.%s" % (mode, name))
-            with open(path, "w") as f:
-                f.write(text)
-            outputs.append(path)
-        outputs.append(out)
-    check(sim.stats()["batches"]["openai"]["created"] >= 1, "the provider batch ran at the sim")
+    # OpenAI: realtime, realtime batch, provider batch; Anthropic: realtime
+    # and provider batch (a realtime batch is the realtime path again).
+    outputs, marked = run_paths(fe, tmp, offs, MODEL, "oa", ("realtime", "provider"))
+    more, marked2 = run_paths(fe, tmp, offs, "claude-sim", "an", ("provider",))
+    outputs += more
+    batches = sim.stats()["batches"]
+    check(batches["openai"]["created"] >= 1 and batches["anthropic"]["created"] >= 1,
+          "the provider batches ran at the sim: %r" % batches)
 
     # The database as stored: the error texts are in it.
     con = sqlite3.connect(db)
@@ -158,16 +161,19 @@ def t_leak():
         print("note: cannot query results (%s); checking the files only" % e, file=sys.stderr)
     finally:
         con.close()
-    logs = [stop_keep_log(worker, tmp), stop_keep_log(broker, tmp)]
+    logs = [stop_keep_log(worker, tmp), stop_keep_log(anthropic, tmp),
+            stop_keep_log(broker, tmp)]
     check_no_leak((("client output", outputs), ("process logs", logs),
                    ("batch database", glob.glob(db + "*"))))
     # Not vacuous: the texts checked hold the messages, the key shown as
     # the marker where it was whole.
-    check(whole, "the echoed key is shown as [redacted]: %r" % rows[0]["error"])
+    check(marked and marked2, "the echoed key is shown as [redacted] (%d, %d rows)"
+          % (marked, marked2))
     check(n != 0, "the batch db holds the scrubbed messages")
     check(any("[redacted]" in open(p, errors="replace").read() for p in logs),
           "the worker's --verbose log shows the failures (scrubbed)")
-    print("leak: %d offsets x 3 paths, no piece of the key anywhere" % len(offs))
+    print("leak: %d offsets x 5 paths (openai: run, realtime batch, provider batch; "
+          "anthropic: run, provider batch), no piece of the key anywhere" % len(offs))
     sim.stop()
     kit.finish()
 
