@@ -128,9 +128,12 @@ size_t llmq_scrub_into(char *out, size_t size, const char *text, size_t len,
 {
     if (!out || size == 0)
         return 0;
+    if (!text || len == 0) { //  the common case of no message: no allocation
+        *out = 0;
+        return 0;
+    }
     size_t n = 0;
-    char *clean =
-        llmq_scrub(text ? text : "", text ? len : 0, secrets, count, &n);
+    char *clean = llmq_scrub(text, len, secrets, count, &n);
     //  Out of memory: nothing rather than a text that may hold a key.
     n = clean ? s_cut_len(clean, n, size - 1) : 0;
     if (n)
