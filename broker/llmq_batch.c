@@ -62,17 +62,18 @@ typedef struct {
 } s_job_t;
 
 struct _s_batch_t {
-    llmq_batch_rec_t rec; /* the stored row (kept in sync) */
-    bool dirty;           /* rec changed since written */
-    bool dispatching;     /* realtime items may go out */
-    int64_t scan_next;    /* next index to scan for pending */
-    zlistx_t *ready;      /* s_item_t *, in dispatch order */
-    zhashx_t *in_flight;  /* "index" -> s_item_t * (no body) */
-    zhashx_t *retries;    /* "index" -> failed rounds so far
-                             (intptr_t, retryable failures) */
-    uint64_t rr_tick;     /* last served (round robin) */
-    zlistx_t *jobs;       /* s_job_t *, by first item */
-    bool expired;         /* window passed */
+    llmq_batch_rec_t rec;  /* the stored row (kept in sync) */
+    bool dirty;            /* rec changed since written */
+    bool dispatching;      /* realtime items may go out */
+    bool bad_usage_logged; /* said once that a result's usage was nonsense */
+    int64_t scan_next;     /* next index to scan for pending */
+    zlistx_t *ready;       /* s_item_t *, in dispatch order */
+    zhashx_t *in_flight;   /* "index" -> s_item_t * (no body) */
+    zhashx_t *retries;     /* "index" -> failed rounds so far
+                              (intptr_t, retryable failures) */
+    uint64_t rr_tick;      /* last served (round robin) */
+    zlistx_t *jobs;        /* s_job_t *, by first item */
+    bool expired;          /* window passed */
 };
 
 struct _llmq_batch_t {
@@ -263,6 +264,18 @@ static int s_put_result(llmq_batch_t *self, s_batch_t *b,
                         llmq_batch_result_t *res, bool from_provider,
                         int64_t now_ms)
 {
+    /*  Realtime results were checked by the broker; provider pages were
+        not: the one rule (llmq_usage_clean) before anything is summed. */
+    if (llmq_usage_clean(&res->prompt_tokens, &res->completion_tokens, NULL,
+                         &res->cost_usd) &&
+        !b->bad_usage_logged) {
+        b->bad_usage_logged = true;
+        llmq_log(NULL, LLMQ_LOG_WARN, "batch_bad_usage",
+                 LLMQ_LOG_STR("batch", b->rec.bid),
+                 LLMQ_LOG_STR("detail", "NaN, infinite, negative or absurd "
+                                        "usage counted as 0 (logged once)"),
+                 LLMQ_LOG_END);
+    }
     if (from_provider)
         res->cost_usd *= self->cfg.provider_price;
     if (llmq_batch_store_begin(self->store))

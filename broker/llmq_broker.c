@@ -189,12 +189,14 @@ struct _s_worker_t {
     s_ack_t *acks;         //  Results passed on, not yet acked
     size_t nacks;
     size_t acks_cap;
+    bool bad_usage_logged; //  Said once that its usage is nonsense
 };
 
 typedef struct {
     uint64_t received, dispatched, answered_ok, answered_error, requeued,
         dropped, expired, overloaded, not_found, cancelled, duplicates,
         bad_messages, worker_deaths;
+    uint64_t bad_usage; //  Results whose usage was nonsense (made 0)
 } s_counters_t;
 
 struct _llmq_broker_core_t {
@@ -1426,6 +1428,36 @@ static void s_worker_hello(s_broker_t *self, const char *key, llmq_msg_t *msg)
         s_group_join(self, w, group);
 }
 
+//  The usage a worker reports in a `res`, made sane before anything uses
+//  it (the client's `res`, the batch store, counters, metrics), by the one
+//  rule (llmq_usage_clean): NaN, infinite, negative or absurd values
+//  become 0. Each such result is counted (status `bad_usage`, metric
+//  llmq_broker_bad_usage_total); the worker is logged once.
+static void s_worker_usage_check(s_broker_t *self, s_worker_t *w,
+                                 llmq_msg_t *res)
+{
+    int64_t prompt = llmq_msg_usage_prompt_tokens(res);
+    int64_t completion = llmq_msg_usage_completion_tokens(res);
+    int64_t total = llmq_msg_usage_total_tokens(res);
+    double cost = llmq_msg_usage_cost_usd(res);
+    if (llmq_usage_clean(&prompt, &completion, &total, &cost) == 0)
+        return;
+    llmq_msg_set_usage_prompt_tokens(res, prompt);
+    llmq_msg_set_usage_completion_tokens(res, completion);
+    llmq_msg_set_usage_total_tokens(res, total ? total : prompt + completion);
+    llmq_msg_set_usage_cost_usd(res, cost);
+    self->counters.bad_usage++;
+    llmq_metrics_add(self->metrics, "llmq_broker_bad_usage_total", NULL, 1);
+    if (!w->bad_usage_logged) {
+        w->bad_usage_logged = true;
+        s_log(self, "warning", "worker_bad_usage",
+              LLMQ_LOG_STR("worker", w->name),
+              LLMQ_LOG_STR("detail", "NaN, infinite, negative or absurd "
+                                     "usage counted as 0 (logged once)"),
+              s_END);
+    }
+}
+
 static void s_worker_result(s_broker_t *self, s_worker_t *w, llmq_msg_t **msg_p)
 {
     llmq_msg_t *msg = *msg_p;
@@ -1459,6 +1491,7 @@ static void s_worker_result(s_broker_t *self, s_worker_t *w, llmq_msg_t **msg_p)
     //  the worker's own result is still to come and must be kept).
     if (r->rkey)
         s_ack_add(w, r->bid);
+    s_worker_usage_check(self, w, msg);
     s_complete(self, r, msg_p);
     if (w->leaving && w->in_flight == 0) {
         s_log(self, "info", "worker_gone", LLMQ_LOG_STR("worker", w->name),
@@ -1881,6 +1914,7 @@ static void s_client_status(s_broker_t *self, zframe_t *rid)
         {"expired", c->expired},         {"overloaded", c->overloaded},
         {"not_found", c->not_found},     {"cancelled", c->cancelled},
         {"queued", self->queued},        {"in_flight", self->inflight_count},
+        {"bad_usage", c->bad_usage},
     };
     llmq_status_t st = {
         .broker = self->name,
@@ -2265,6 +2299,11 @@ static void s_metrics_define(llmq_metrics_t *m)
     llmq_metrics_add(m, "llmq_broker_received_total", NULL, 0);
     llmq_metrics_add(m, "llmq_broker_requeues_total", NULL, 0);
     llmq_metrics_add(m, "llmq_broker_worker_deaths_total", NULL, 0);
+    llmq_metrics_define(m, "llmq_broker_bad_usage_total", LLMQ_METRIC_COUNTER,
+                        "Results whose usage (tokens, cost) was NaN, "
+                        "infinite, negative or absurd, counted as 0.",
+                        NULL, 0);
+    llmq_metrics_add(m, "llmq_broker_bad_usage_total", NULL, 0);
     llmq_metrics_define(m, "llmq_broker_auth_denied_total", LLMQ_METRIC_COUNTER,
                         "Peers refused by CURVE (unknown key, no CURVE, "
                         "wrong broker key)",

@@ -6,6 +6,7 @@
     it never scrolls.
 */
 #include "llmq_progress.h"
+#include "llmq_payload.h"
 
 #include <czmq.h>
 
@@ -52,9 +53,15 @@ void llmq_progress_add(llmq_progress_t *self, const llmq_result_t *result)
     else
         self->failed++;
     if (result) {
-        self->prompt_tokens += result->prompt_tokens;
-        self->completion_tokens += result->completion_tokens;
-        self->cost_usd += result->cost_usd;
+        /*  A broker older than its usage check may pass a rogue worker's
+            NaN or INT64_MIN on: nonsense counts as 0 in the summary. */
+        int64_t prompt = result->prompt_tokens;
+        int64_t completion = result->completion_tokens;
+        double cost = result->cost_usd;
+        llmq_usage_clean(&prompt, &completion, NULL, &cost);
+        self->prompt_tokens += prompt;
+        self->completion_tokens += completion;
+        self->cost_usd += cost;
     }
 }
 

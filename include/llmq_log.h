@@ -115,6 +115,24 @@ bool llmq_log_enabled(llmq_log_t *self, llmq_log_level_t level);
     out of memory (the secret is then not registered). */
 int llmq_log_add_secret(llmq_log_t *self, const char *secret);
 
+/*  The one scrubber (the logger's, and the worker's for provider texts):
+    text (len bytes, need not end in NUL) with each of secrets[0..count)
+    and each piece of 8 or more characters from the start of one (a key
+    cut by a length limit) replaced by "[redacted]". Secrets shorter than 8
+    characters are matched whole; NULL or empty ones are ignored. Returns a
+    fresh NUL-terminated string (the caller frees it), its length in *len_p
+    (may be NULL); NULL when out of memory. */
+char *llmq_scrub(const char *text, size_t len, const char *const *secrets,
+                 size_t count, size_t *len_p);
+
+/*  Scrub, then cut: text scrubbed as llmq_scrub does, then copied into out
+    (size bytes, always NUL-terminated) and cut to fit, never inside a UTF-8
+    sequence. The cut comes after the scrub, so it can leave no piece of a
+    secret of 8 or more characters. out may be text (in place). Out of
+    memory: out is "". Returns the bytes written (without the NUL). */
+size_t llmq_scrub_into(char *out, size_t size, const char *text, size_t len,
+                       const char *const *secrets, size_t count);
+
 /*  Log event at level with the key/values that follow (LLMQ_LOG_STR, ...),
     ended by LLMQ_LOG_END. */
 void llmq_log(llmq_log_t *self, llmq_log_level_t level, const char *event, ...);

@@ -163,6 +163,21 @@ llmq_status_t *llmq_status_decode(const void *data, size_t size, char *errbuf,
                                   size_t errlen);
 void llmq_status_destroy(llmq_status_t **self_p);
 
+/*  ---- usage as reported by a worker ----------------------------------- */
+
+/*  The most one answer may report: more is a rogue or broken worker. */
+#define LLMQ_USAGE_MAX_TOKENS 1000000000LL /* tokens of one kind */
+#define LLMQ_USAGE_MAX_COST_USD 10000.0    /* dollars */
+
+/*  One answer's usage made sane in place, the one rule for every reader
+    of worker-reported usage (broker, batch store, client summary): a
+    token count that is negative or over LLMQ_USAGE_MAX_TOKENS becomes 0,
+    a cost that is NaN, infinite, negative or over LLMQ_USAGE_MAX_COST_USD
+    becomes 0. total_tokens (may be NULL) is checked the same way, against
+    twice the bound. Returns how many values were replaced (0: all sane). */
+int llmq_usage_clean(int64_t *prompt_tokens, int64_t *completion_tokens,
+                     int64_t *total_tokens, double *cost_usd);
+
 /*  Self test; returns 0 on success. */
 int llmq_payload_test(bool verbose);
 

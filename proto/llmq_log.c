@@ -83,35 +83,81 @@ static size_t s_secret_at(const char *text, size_t len, const char *secret)
     return n >= need ? n : 0;
 }
 
-//  text without secrets, cut to LLMQ_LOG_VALUE_MAX bytes: fresh, with its
-//  length in *len_p; NULL when out of memory.
-static char *s_scrub(llmq_log_t *self, const char *text, size_t *len_p)
+char *llmq_scrub(const char *text, size_t len, const char *const *secrets,
+                 size_t count, size_t *len_p)
 {
     char *clean = NULL;
-    size_t len = strlen(text), size = 0;
+    size_t size = 0;
     FILE *out = open_memstream(&clean, &size);
     if (!out)
         return NULL;
-    pthread_mutex_lock(&self->lock);
     for (size_t i = 0; i < len;) {
         size_t hit = 0;
-        for (size_t k = 0; k < self->nsecrets && !hit; k++)
-            hit = s_secret_at(text + i, len - i, self->secrets[k]);
+        for (size_t k = 0; k < count && !hit; k++)
+            if (secrets[k] && *secrets[k])
+                hit = s_secret_at(text + i, len - i, secrets[k]);
         if (hit)
             fputs(S_REDACTED, out);
         else
             fputc(text[i], out);
         i += hit ? hit : 1;
     }
-    pthread_mutex_unlock(&self->lock);
     if (fclose(out) != 0) {
         free(clean);
         return NULL;
     }
+    if (len_p)
+        *len_p = size;
+    return clean;
+}
+
+//  How many of text's first len bytes fit in max bytes without splitting a
+//  UTF-8 sequence.
+static size_t s_cut_len(const char *text, size_t len, size_t max)
+{
+    if (len <= max)
+        return len;
+    size_t n = max;
+    while (n > 0 && ((unsigned char)text[n] & 0xC0) == 0x80)
+        n--; //  not inside a UTF-8 sequence
+    return n;
+}
+
+size_t llmq_scrub_into(char *out, size_t size, const char *text, size_t len,
+                       const char *const *secrets, size_t count)
+{
+    if (!out || size == 0)
+        return 0;
+    if (!text || len == 0) { //  the common case of no message: no allocation
+        *out = 0;
+        return 0;
+    }
+    size_t n = 0;
+    char *clean = llmq_scrub(text, len, secrets, count, &n);
+    //  Out of memory: nothing rather than a text that may hold a key.
+    n = clean ? s_cut_len(clean, n, size - 1) : 0;
+    if (n)
+        memcpy(out, clean, n);
+    out[n] = 0;
+    free(clean);
+    return n;
+}
+
+//  text without the logger's secrets, cut to LLMQ_LOG_VALUE_MAX bytes:
+//  fresh, with its length in *len_p; NULL when out of memory.
+static char *s_scrub(llmq_log_t *self, const char *text, size_t *len_p)
+{
+    size_t size = 0;
+    pthread_mutex_lock(&self->lock);
+    char *clean =
+        llmq_scrub(text, strlen(text), (const char *const *)self->secrets,
+                   self->nsecrets, &size);
+    pthread_mutex_unlock(&self->lock);
+    if (!clean)
+        return NULL;
     if (size > LLMQ_LOG_VALUE_MAX) {
-        size = LLMQ_LOG_VALUE_MAX - 3; //  room for "..." in the buffer
-        while (size > 0 && ((unsigned char)clean[size] & 0xC0) == 0x80)
-            size--; //  not inside a UTF-8 sequence
+        //  room for "..." in the buffer
+        size = s_cut_len(clean, size, LLMQ_LOG_VALUE_MAX - 3);
         strcpy(clean + size, "...");
         size += 3;
     }
@@ -415,11 +461,21 @@ void llmq_log_text_v(llmq_log_t *self, llmq_log_level_t level,
 {
     if (!llmq_log_enabled(self, level))
         return;
-    char text[LLMQ_LOG_VALUE_MAX + 4];
-    vsnprintf(text, sizeof text, format, args);
+    //  The whole text, not a cut of it: the scrub comes before any cut.
+    char small[512], *text = small;
+    va_list again;
+    va_copy(again, args);
+    int n = vsnprintf(small, sizeof small, format, args);
+    if (n >= (int)sizeof small && (text = (char *)malloc((size_t)n + 1)))
+        vsnprintf(text, (size_t)n + 1, format, again);
+    va_end(again);
+    if (n < 0 || !text)
+        return;
     llmq_log_field_t f = {.key = "msg", .type = LLMQ_LOG_T_STR};
     f.value.s = text;
     llmq_log_fields(self, level, event, &f, 1);
+    if (text != small)
+        free(text);
 }
 
 void llmq_log_text(llmq_log_t *self, llmq_log_level_t level, const char *event,
@@ -599,6 +655,59 @@ static void s_test_secrets(bool verbose)
     llmq_log_destroy(&log);
 }
 
+//  The scrubber alone: the key at every offset around a cut never leaves
+//  a piece of 8 or more characters in the cut text; free text lines are
+//  scrubbed whole before their cut.
+static void s_test_scrub_cut(void)
+{
+    const char *key = "sk-test-SECRET1234567890";
+    const char *keys[] = {NULL, "", key};
+    char text[200], out[64];
+    for (size_t off = 0; off < 64; off++) {
+        memset(text, 'A', off);
+        snprintf(text + off, sizeof text - off, "%s tail", key);
+        size_t n =
+            llmq_scrub_into(out, sizeof out, text, strlen(text), keys, 3);
+        S_CHECK(n == strlen(out) && n < sizeof out);
+        for (size_t k = 0; k + 8 <= n; k++)
+            S_CHECK(strncmp(out + k, key, 8) != 0);
+    }
+    //  In place, and a short buffer.
+    snprintf(text, sizeof text, "x %s y", key);
+    llmq_scrub_into(text, sizeof text, text, strlen(text), keys, 3);
+    S_CHECK(strcmp(text, "x [redacted] y") == 0);
+    llmq_scrub_into(out, 5,
+                    "a\xc3\xa9"
+                    "bcdef",
+                    8, keys, 0);
+    S_CHECK(strcmp(out, "a\xc3\xa9"
+                        "b") == 0);
+    llmq_scrub_into(out, 3,
+                    "a\xc3\xa9"
+                    "bcdef",
+                    8, keys, 0);
+    S_CHECK(strcmp(out, "a") == 0); //  not inside the UTF-8 sequence
+    size_t len = 0;
+    char *fresh = llmq_scrub("ab", 2, NULL, 0, &len);
+    S_CHECK(fresh && len == 2 && strcmp(fresh, "ab") == 0);
+    free(fresh);
+    //  A free text line longer than a value: the key where it is cut.
+    char *file_text = NULL;
+    size_t file_size = 0;
+    FILE *file = open_memstream(&file_text, &file_size);
+    S_CHECK(file);
+    llmq_log_t *log = llmq_log_new("t");
+    S_CHECK(llmq_log_add_secret(log, key) == 0);
+    llmq_log_set_file(log, file);
+    for (int off = LLMQ_LOG_VALUE_MAX - 24; off < LLMQ_LOG_VALUE_MAX + 8; off++)
+        llmq_log_text(log, LLMQ_LOG_WARN, "e", "%*s%s", off, "", key);
+    fflush(file);
+    S_CHECK(file_text && !strstr(file_text, "sk-test-"));
+    llmq_log_destroy(&log);
+    fclose(file);
+    free(file_text);
+}
+
 int llmq_log_test(bool verbose)
 {
     if (verbose)
@@ -607,6 +716,7 @@ int llmq_log_test(bool verbose)
     s_test_json(verbose);
     s_test_levels();
     s_test_secrets(verbose);
+    s_test_scrub_cut();
     //  The process-wide logger: NULL in every call.
     llmq_log_set_level(NULL, LLMQ_LOG_WARN);
     S_CHECK(!llmq_log_enabled(NULL, LLMQ_LOG_INFO));

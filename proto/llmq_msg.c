@@ -1195,6 +1195,26 @@ void llmq_msg_set_failure(llmq_msg_t *self, llmq_err_t err, int status,
 
 /*  ---- debugging --------------------------------------------------------- */
 
+/*  A peer's string in quotes, escaped: a name with a newline or a
+    terminal escape (ESC, C1 controls) cannot forge a line of the dump or
+    move the cursor. Other UTF-8 is printed as is. */
+static void s_print_str(const char *text)
+{
+    const unsigned char *p = (const unsigned char *)(text ? text : "");
+    fputc('"', stderr);
+    for (; *p; p++) {
+        if (*p == '"' || *p == '\\')
+            fprintf(stderr, "\\%c", *p);
+        else if (*p < 0x20 || *p == 0x7F)
+            fprintf(stderr, "\\x%02x", *p);
+        else if (*p == 0xC2 && p[1] >= 0x80 && p[1] < 0xA0)
+            fprintf(stderr, "\\u%04x", *++p); /* C1 control */
+        else
+            fputc(*p, stderr);
+    }
+    fputc('"', stderr);
+}
+
 static void s_print_field(const llmq_msg_t *self, int f)
 {
     const s_value_t *v = &self->values[f];
@@ -1203,7 +1223,8 @@ static void s_print_field(const llmq_msg_t *self, int f)
             "    %s: ", s_field_label((llmq_field_t)f, label, sizeof label));
     switch (s_fields[f].kind) {
     case S_STR:
-        fprintf(stderr, "\"%s\"\n", v->s);
+        s_print_str(v->s);
+        fputc('\n', stderr);
         break;
     case S_INT:
         fprintf(stderr, "%lld\n", (long long)v->i);
@@ -1221,8 +1242,10 @@ static void s_print_field(const llmq_msg_t *self, int f)
         break;
     }
     case S_STRS:
-        for (size_t k = 0; k < v->strs.count; k++)
-            fprintf(stderr, "%s\"%s\"", k ? ", " : "[", v->strs.items[k]);
+        for (size_t k = 0; k < v->strs.count; k++) {
+            fputs(k ? ", " : "[", stderr);
+            s_print_str(v->strs.items[k]);
+        }
         fprintf(stderr, "%s\n", v->strs.count ? "]" : "[]");
         break;
     }

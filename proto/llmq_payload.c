@@ -21,6 +21,7 @@
 #include "llmq_mpread.h"
 #include "llmq_value.h"
 
+#include <math.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -938,6 +939,48 @@ static void s_test_status(void)
     zframe_destroy(&frame);
 }
 
+/*  ---- usage ---------------------------------------------------------- */
+
+static int s_tokens_clean(int64_t *tokens, int64_t max)
+{
+    if (!tokens || (*tokens >= 0 && *tokens <= max))
+        return 0;
+    *tokens = 0;
+    return 1;
+}
+
+int llmq_usage_clean(int64_t *prompt_tokens, int64_t *completion_tokens,
+                     int64_t *total_tokens, double *cost_usd)
+{
+    int bad = s_tokens_clean(prompt_tokens, LLMQ_USAGE_MAX_TOKENS) +
+              s_tokens_clean(completion_tokens, LLMQ_USAGE_MAX_TOKENS) +
+              s_tokens_clean(total_tokens, 2 * LLMQ_USAGE_MAX_TOKENS);
+    /*  NaN fails every comparison: written so that it lands here. */
+    if (cost_usd && !(*cost_usd >= 0 && *cost_usd <= LLMQ_USAGE_MAX_COST_USD)) {
+        *cost_usd = 0;
+        bad++;
+    }
+    return bad;
+}
+
+static void s_test_usage(void)
+{
+    int64_t p = 10, c = 5, t = 15;
+    double cost = 0.25;
+    S_TEST(llmq_usage_clean(&p, &c, &t, &cost) == 0);
+    S_TEST(p == 10 && c == 5 && t == 15 && cost == 0.25);
+    p = INT64_MIN, c = LLMQ_USAGE_MAX_TOKENS + 1, t = -1, cost = NAN;
+    S_TEST(llmq_usage_clean(&p, &c, &t, &cost) == 4);
+    S_TEST(p == 0 && c == 0 && t == 0 && cost == 0);
+    cost = INFINITY;
+    S_TEST(llmq_usage_clean(NULL, NULL, NULL, &cost) == 1 && cost == 0);
+    cost = -0.5;
+    S_TEST(llmq_usage_clean(NULL, NULL, NULL, &cost) == 1 && cost == 0);
+    cost = LLMQ_USAGE_MAX_COST_USD;
+    p = LLMQ_USAGE_MAX_TOKENS;
+    S_TEST(llmq_usage_clean(&p, NULL, NULL, &cost) == 0);
+}
+
 int llmq_payload_test(bool verbose)
 {
     if (verbose)
@@ -946,6 +989,7 @@ int llmq_payload_test(bool verbose)
     s_test_lenient();
     s_test_items_keys();
     s_test_status();
+    s_test_usage();
     if (verbose)
         printf("OK\n");
     return 0;

@@ -49,6 +49,8 @@ typedef struct {
     int delay_ms;        //  extra delay on every arrival
     int tokens;          //  force the output token count (still <= max_tokens)
     bool context_length; //  400 context_length_exceeded, every arrival
+    int echo_key;        //  error message: this many 'A's, then the key
+                         //  of the request (-1: no echo)
     bool counted;        //  some directive depends on the arrival count
 } sim_dir_t;
 
@@ -150,8 +152,9 @@ typedef struct {
 //  the API's shape) to out and returns its HTTP status; returns 0 when the
 //  line is stuck (hang directive: it never completes). sim_main.c gives it,
 //  so a 200 counts for double billing like a realtime answer.
+//  key is the API key the batch was created with (for echo_key).
 typedef int(sim_batch_exec_fn)(void *arg, sim_op_t op, const cJSON *body,
-                               struct evbuffer *out);
+                               const char *key, struct evbuffer *out);
 
 //  http is borrowed (it outlives the batches); exec(exec_arg, ...) answers
 //  each line.

@@ -87,6 +87,7 @@ typedef struct s_batch {
     char output_file_id[40];
     char error_file_id[40];
     char *errors_json;    //  validation errors (OpenAI "errors")
+    char *key;            //  API key it was created with (echo_key)
     struct event *timer;  //  phase timer
     struct event *expire; //  completion window
 } s_batch_t;
@@ -537,6 +538,7 @@ static void s_batch_free(s_batch_t *b)
         s_file_unref(b->owner, b->input);
     cJSON_Delete(b->metadata);
     free(b->errors_json);
+    free(b->key);
     free(b);
 }
 
@@ -744,7 +746,7 @@ static bool s_process_slice(s_batch_t *b)
     struct evbuffer *out = evbuffer_new();
     for (int k = 0; k < per_tick && b->next_line < b->n_lines; k++) {
         s_line_t *l = &b->lines[b->next_line++];
-        int status = self->exec(self->exec_arg, b->op, l->body, out);
+        int status = self->exec(self->exec_arg, b->op, l->body, b->key, out);
         if (status == 0) {
             l->state = L_STUCK;
             b->n_stuck++;
@@ -1075,6 +1077,8 @@ static void s_openai_create(sim_batches_t *self, struct evhttp_request *req)
         return;
     }
     s_batch_t *b = s_batch_new(self, K_OPENAI);
+    if (b && sim_key(req, false)) //  NULL when out of memory: no echo
+        b->key = strdup(sim_key(req, false));
     if (!b) {
         sim_reply_error(sim, req, SIM_R_BATCHES, false, 500, "out of memory",
                         NULL, NULL);
@@ -1164,6 +1168,8 @@ static void s_anthropic_create(sim_batches_t *self, struct evhttp_request *req)
         return;
     }
     s_batch_t *b = s_batch_new(self, K_ANTHROPIC);
+    if (b && sim_key(req, true)) //  NULL when out of memory: no echo
+        b->key = strdup(sim_key(req, true));
     if (b)
         b->lines = calloc((size_t)n, sizeof(s_line_t));
     if (!b || !b->lines) {

@@ -120,6 +120,8 @@ static void s_directive_item(sim_dir_t *d, const char *item, size_t len)
         d->tokens = s_atoi_bounded(val, vlen, 1, SIM_MAX_FORCED_TOKENS, 0);
     else if (KEY("context_length"))
         d->context_length = true;
+    else if (KEY("echo_key"))
+        d->echo_key = s_atoi_bounded(val, vlen, 0, 65536, 0);
 #undef KEY
 }
 
@@ -353,6 +355,7 @@ int sim_req_parse(sim_req_t *r, sim_op_t op, const cJSON *body, char *err,
 {
     memset(r, 0, sizeof(*r));
     r->op = op;
+    r->dir.echo_key = -1;
     *param = NULL;
     s_canon_t c = {SIM_FNV_OFFSET, 0, &r->dir};
 

@@ -114,6 +114,11 @@ static const char *s_key_of(struct evkeyvalq *in, bool anthropic)
     return key;
 }
 
+const char *sim_key(struct evhttp_request *req, bool anthropic)
+{
+    return s_key_of(evhttp_request_get_input_headers(req), anthropic);
+}
+
 int sim_auth(sim_http_t *http, struct evhttp_request *req, int route,
              bool anthropic, uint64_t *keyhash)
 {

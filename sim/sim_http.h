@@ -74,6 +74,10 @@ void sim_done(sim_http_t *http);
 void sim_header(struct evhttp_request *req, const char *name,
                 const char *value);
 
+//  The API key the request carries (x-api-key for Anthropic, else
+//  Authorization: Bearer), borrowed from the request; NULL if none.
+const char *sim_key(struct evhttp_request *req, bool anthropic);
+
 //  Checks the API key (OpenAI: Authorization Bearer; Anthropic: x-api-key
 //  and anthropic-version). Returns 0, or -1 after answering 401/400.
 int sim_auth(sim_http_t *http, struct evhttp_request *req, int route,

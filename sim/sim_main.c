@@ -741,10 +741,39 @@ static const char *s_fail_message(int code)
     }
 }
 
-//  The error body of a failure decided by s_decide.
-static void s_fail_body(struct evbuffer *out, bool anthropic, int code,
-                        bool context_length, const sim_req_t *r)
+//  The message of a failure: with echo_key=N, N 'A's, the request's key,
+//  then the usual words (a provider that echoes request headers). Fresh.
+static char *s_echo_message(const sim_req_t *r, const char *key, int code)
 {
+    const char *words = s_fail_message(code);
+    size_t off = (size_t)r->dir.echo_key, klen = strlen(key);
+    char *msg = malloc(off + klen + strlen(words) + 2);
+    if (!msg)
+        return NULL;
+    memset(msg, 'A', off);
+    memcpy(msg + off, key, klen);
+    msg[off + klen] = ' ';
+    strcpy(msg + off + klen + 1, words);
+    return msg;
+}
+
+//  The error body of a failure decided by s_decide; key is the request's
+//  (for echo_key; may be NULL).
+static void s_fail_body(struct evbuffer *out, bool anthropic, int code,
+                        bool context_length, const sim_req_t *r,
+                        const char *key)
+{
+    char *echo = r->dir.echo_key >= 0 && key && !context_length
+                     ? s_echo_message(r, key, code)
+                     : NULL;
+    if (echo) {
+        if (anthropic)
+            sim_err_anthropic(out, sim_anthropic_type(code), echo);
+        else
+            sim_err_openai(out, echo, sim_openai_type(code), NULL, NULL);
+        free(echo);
+        return;
+    }
     if (context_length) {
         char msg[256];
         snprintf(msg, sizeof(msg),
@@ -930,7 +959,7 @@ static void s_gen_whole(sim_t *sim, struct evhttp_request *req, s_gen_t *g,
     bool bill = false;
     if (act == A_FAIL) {
         status = stat_code = fail_code;
-        s_fail_body(out, g->anth, fail_code, ctx, r);
+        s_fail_body(out, g->anth, fail_code, ctx, r, sim_key(req, g->anth));
         if (fail_code == 429) {
             sim_header(req, "retry-after", "1");
             if (!g->anth)
@@ -1012,7 +1041,7 @@ static void s_handle_gen(sim_t *sim, struct evhttp_request *req, int route,
 
 //  sim_batch_exec_fn: answers one batch line offline (see sim.h).
 static int s_exec_line(void *arg, sim_op_t op, const cJSON *body,
-                       struct evbuffer *out)
+                       const char *key, struct evbuffer *out)
 {
     sim_t *sim = arg;
     sim_req_t r;
@@ -1029,7 +1058,7 @@ static int s_exec_line(void *arg, sim_op_t op, const cJSON *body,
         return 0;
     }
     if (act == A_FAIL) {
-        s_fail_body(out, op == SIM_OP_MESSAGES, code, ctx, &r);
+        s_fail_body(out, op == SIM_OP_MESSAGES, code, ctx, &r, key);
         sim_req_free(&r);
         return code;
     }
@@ -1373,6 +1402,8 @@ static const char s_help[] =
     "  delay_ms=N       add N ms to every arrival\n"
     "  tokens=N         emit N output tokens (still capped by max_tokens)\n"
     "  context_length   400 context_length_exceeded, every arrival\n"
+    "  echo_key=N       a failure's message echoes the request's API key "
+    "after N 'A's\n"
     "\n"
     "routes: POST /v1/chat/completions /v1/completions /v1/embeddings "
     "/v1/messages;\n"

@@ -114,11 +114,11 @@ struct _llmq_batch_api_t {
 
 /*  ---- helpers ----------------------------------------------------------- */
 
-/*  Remove the API key from a text we are about to send or log: provider
-    error messages sometimes echo request headers. */
-static void s_scrub(self_t *self, char *text)
+/*  text without the API key, cut to out (size bytes): provider error
+    messages sometimes echo request headers. The scrub comes first. */
+static void s_scrub(self_t *self, char *out, size_t size, const char *text)
 {
-    llmq_provider_scrub(self->provider, text);
+    llmq_provider_scrub(self->provider, out, size, text);
 }
 
 /*  obj[key] as a string, or NULL. */
@@ -163,8 +163,7 @@ static void s_fail(s_task_t **task_p, llmq_err_t err, int status,
     self_t *self = t->owner;
     llmq_msg_t *m = s_status_msg(t, t->pb, "failed");
     char text[512];
-    snprintf(text, sizeof text, "%s", message ? message : "failed");
-    s_scrub(self, text);
+    s_scrub(self, text, sizeof text, message ? message : "failed");
     llmq_msg_set_failure(m, err, status, text);
     llmq_msg_clear(m, LLMQ_F_ok); /* set_failure is made for res */
     if (self->verbose)
@@ -484,8 +483,7 @@ static void s_result(s_task_t *t, const char *custom_id, bool ok,
                               self->cost_arg);
     }
     char text[1024];
-    snprintf(text, sizeof text, "%s", message ? message : "");
-    s_scrub(t->owner, text);
+    s_scrub(t->owner, text, sizeof text, message ? message : "");
     /*  A body too deep to encode goes out as nil, as it always did. */
     zframe_t *packed = ok && body ? llmq_value_from_json(body) : NULL;
     llmq_result_item_t item = {.custom_id = custom_id,

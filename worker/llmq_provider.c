@@ -13,6 +13,7 @@
 #define _XOPEN_SOURCE 700
 #endif
 #include "llmq_provider.h"
+#include "llmq_log.h"
 #include "llmq_sse.h"
 
 #include <ctype.h>
@@ -200,7 +201,7 @@ void llmq_provider_classify(const llmq_provider_t *self, int status,
         self->ops->classify(self, status, body, size, err);
     else
         llmq_classify_http(self, status, body, size, err);
-    llmq_provider_scrub(self, err->message);
+    llmq_provider_scrub(self, err->message, sizeof err->message, err->message);
 }
 
 void llmq_provider_header(const llmq_provider_t *self, llmq_ratelimit_t *rl,
@@ -548,10 +549,26 @@ static llmq_err_t s_http_code(int status, const char *type, const char *code,
     return LLMQ_ERR_INVALID_REQUEST;
 }
 
+/*  A non-JSON error page as text: scrubbed, then a printable prefix of
+    at most 200 bytes. */
+static void s_error_page(const llmq_provider_t *self, const char *body,
+                         size_t size, char *text, size_t len)
+{
+    char *copy = (char *)malloc(size + 1);
+    if (!copy) {
+        snprintf(text, len, "provider error page (%zu bytes)", size);
+        return;
+    }
+    for (size_t i = 0; i < size; i++) /* NULs would end it early */
+        copy[i] = isprint((unsigned char)body[i]) ? body[i] : ' ';
+    copy[size] = 0;
+    llmq_provider_scrub(self, text, len < 201 ? len : 201, copy);
+    free(copy);
+}
+
 void llmq_classify_http(const llmq_provider_t *self, int status,
                         const char *body, size_t size, llmq_perr_t *err)
 {
-    (void)self;
     /*  Pull type, code and message out of the provider's error body. */
     const char *type = NULL, *code = NULL, *message = NULL;
     cJSON *json = body && size ? cJSON_ParseWithLength(body, size) : NULL;
@@ -570,16 +587,14 @@ void llmq_classify_http(const llmq_provider_t *self, int status,
         const cJSON *x = cJSON_GetObjectItemCaseSensitive(json, "message");
         message = cJSON_IsString(x) ? x->valuestring : NULL;
     }
+    /*  The provider's words may echo the key: scrubbed whole, before
+        they are cut to 400 (or 200) bytes. */
     char text[400];
     if (message)
-        snprintf(text, sizeof text, "%s", message);
-    else if (body && size && !json) {
-        /*  A non-JSON error page: keep a printable prefix. */
-        size_t n = size < 200 ? size : 200, k = 0;
-        for (size_t i = 0; i < n && k < sizeof text - 1; i++)
-            text[k++] = isprint((unsigned char)body[i]) ? body[i] : ' ';
-        text[k] = 0;
-    } else
+        llmq_provider_scrub(self, text, sizeof text, message);
+    else if (body && size && !json)
+        s_error_page(self, body, size, text, sizeof text);
+    else
         snprintf(text, sizeof text, "HTTP %d", status);
 
     bool retryable;
@@ -605,16 +620,16 @@ void llmq_classify_curl(CURLcode code, const char *detail, llmq_perr_t *err)
                       "provider connection failed: %s", what);
 }
 
-void llmq_provider_scrub(const llmq_provider_t *self, char *text)
+void llmq_provider_scrub(const llmq_provider_t *self, char *out, size_t size,
+                         const char *text)
 {
-    if (!self || !text || !self->api_key || strlen(self->api_key) < 4)
-        return;
-    size_t klen = strlen(self->api_key);
-    char *hit;
-    while ((hit = strstr(text, self->api_key))) {
-        memcpy(hit, "***", 3);
-        memmove(hit + 3, hit + klen, strlen(hit + klen) + 1);
-    }
+    /*  Keys under 4 characters are not keys: scrubbing them would mangle
+        every message. */
+    const char *key = self && self->api_key && strlen(self->api_key) >= 4
+                          ? self->api_key
+                          : NULL;
+    llmq_scrub_into(out, size, text, text ? strlen(text) : 0, &key,
+                    key ? 1 : 0);
 }
 
 /*  --- token estimate ------------------------------------------------------ */
@@ -1111,8 +1126,8 @@ static int s_test_openai_new(s_test_fx_t *fx)
     CHECK(strstr(fx->errbuf, "nope"));
     char text[128];
     snprintf(text, sizeof text, "bad key %s and %s!", s_test_key, s_test_key);
-    llmq_provider_scrub(fx->p, text);
-    CHECK(strcmp(text, "bad key *** and ***!") == 0);
+    llmq_provider_scrub(fx->p, text, sizeof text, text);
+    CHECK(strcmp(text, "bad key [redacted] and [redacted]!") == 0);
     return 0;
 }
 
@@ -1444,6 +1459,59 @@ int llmq_provider_test(bool verbose)
         CHECK(steps[i](&fx) == 0);
     cJSON_Delete(fx.body);
 
+    if (verbose)
+        printf("OK\n");
+    return 0;
+}
+
+/*  A provider that echoes the key in its error, at every offset around
+    every cut (the 400-byte message, the 200-byte error page, the 512-byte
+    perr message, a 64-byte buffer): no piece of 8 or more characters of
+    the key is left in the classified message. */
+static bool s_test_leaks(const char *text, const char *key)
+{
+    size_t n = strlen(text);
+    for (size_t k = 0; k + 8 <= n; k++)
+        if (strncmp(text + k, key, 8) == 0)
+            return true;
+    return false;
+}
+
+int llmq_provider_scrub_test(bool verbose)
+{
+    if (verbose)
+        printf(" * llmq_provider_scrub: ");
+    const char *key = "sk-test-SECRET-0123456789abcdef";
+    llmq_provider_config_t pc = {"openai", "http://127.0.0.1:1/v1", key, NULL,
+                                 0};
+    char errbuf[128];
+    llmq_provider_t *p = llmq_provider_new(&pc, errbuf, sizeof errbuf);
+    CHECK(p);
+    size_t klen = strlen(key);
+    char *msg = (char *)malloc(2048), *body = (char *)malloc(2200);
+    CHECK(msg && body);
+    llmq_perr_t err;
+    for (size_t off = 0; off < 600; off++) {
+        memset(msg, 'A', off);
+        snprintf(msg + off, 2048 - off, "%s is not valid", key);
+        snprintf(body, 2200, "{\"error\":{\"message\":\"%s\"}}", msg);
+        llmq_provider_classify(p, 401, body, strlen(body), &err);
+        CHECK(err.code == LLMQ_ERR_AUTH && !s_test_leaks(err.message, key));
+        llmq_classify_http(p, 400, body, strlen(body), &err);
+        CHECK(!s_test_leaks(err.message, key));
+        /*  Whole keys that fit become the marker. */
+        if (off + klen < 390)
+            CHECK(strstr(err.message, "[redacted]"));
+        /*  Not JSON: an error page, printable prefix. */
+        llmq_classify_http(p, 502, msg, strlen(msg), &err);
+        CHECK(!s_test_leaks(err.message, key));
+        char small[64];
+        llmq_provider_scrub(p, small, sizeof small, msg);
+        CHECK(!s_test_leaks(small, key) && strlen(small) < sizeof small);
+    }
+    free(msg);
+    free(body);
+    llmq_provider_destroy(&p);
     if (verbose)
         printf("OK\n");
     return 0;

@@ -280,9 +280,14 @@ void llmq_classify_http(const llmq_provider_t *self, int status,
 /*  Classify a libcurl failure (timeout, connection refused, reset). */
 void llmq_classify_curl(CURLcode code, const char *detail, llmq_perr_t *err);
 
-/*  Replace every occurrence of the provider's API key in text (in place)
-    by "***". */
-void llmq_provider_scrub(const llmq_provider_t *self, char *text);
+/*  text from the provider (or built from its words) as it may be sent or
+    logged: the API key, and every piece of 8 or more characters from its
+    start, replaced by "[redacted]" (llmq_scrub_into, the one scrubber),
+    then cut to fit out (size bytes, NUL-terminated). The scrub comes
+    before the cut, so every place that cuts a provider text into a buffer
+    does it with this call. out may be text (in place). */
+void llmq_provider_scrub(const llmq_provider_t *self, char *out, size_t size,
+                         const char *text);
 
 /*  Estimated tokens of a request: prompt characters / 4 + max_tokens
     (default_max_tokens when the body sets none). */
@@ -327,6 +332,9 @@ struct _llmq_stream_t {
 };
 
 int llmq_provider_test(bool verbose);
+/*  The scrubber on provider errors: the key at every offset around every
+    cut. Returns 0 on success. */
+int llmq_provider_scrub_test(bool verbose);
 
 #ifdef __cplusplus
 }

@@ -645,7 +645,8 @@ static int s_ev_error(s_out_t *o, const cJSON *ev)
         status = 429;
     llmq_classify_http(st->provider, status, text, text ? strlen(text) : 0,
                        o->err);
-    llmq_provider_scrub(st->provider, o->err->message);
+    llmq_provider_scrub(st->provider, o->err->message, sizeof o->err->message,
+                        o->err->message);
     free(text);
     return -1;
 }

@@ -125,7 +125,8 @@ static int s_stream_event(llmq_stream_t *st, const char *event,
         llmq_classify_http(st->provider, 500, text, text ? strlen(text) : 0,
                            err);
         free(text);
-        llmq_provider_scrub(st->provider, err->message);
+        llmq_provider_scrub(st->provider, err->message, sizeof err->message,
+                            err->message);
         cJSON_Delete(chunk);
         return -1;
     }
@@ -240,7 +241,11 @@ static int s_batch_result(const llmq_provider_t *self, const cJSON *line,
                       code && strstr(code, "expired")
                           ? LLMQ_ERR_DEADLINE_EXCEEDED
                           : LLMQ_ERR_PROVIDER_ERROR,
-                      0, true, "%s", message ? message : "");
+                      0, true, "batch line failed");
+        /*  The provider's words: scrubbed before the cut to the buffer. */
+        if (message)
+            llmq_provider_scrub(self, r->err.message, sizeof r->err.message,
+                                message);
         return 0;
     }
     /*  It ran and failed: the realtime classifier on its status and body. */

@@ -610,7 +610,8 @@ static void s_answer(s_worker_t *self, s_job_t *job, cJSON *body,
                  LLMQ_LOG_INT("attempts", job->attempts), LLMQ_LOG_END);
     } else {
         llmq_err_t code = job->err.code ? job->err.code : LLMQ_ERR_INTERNAL;
-        llmq_provider_scrub(self->provider, job->err.message);
+        llmq_provider_scrub(self->provider, job->err.message,
+                            sizeof job->err.message, job->err.message);
         llmq_msg_set_ok(m, false);
         llmq_msg_set_failure(m, code, job->err.status, job->err.message);
         llmq_msg_set_error_retryable(m, job->err.retryable);
@@ -999,7 +1000,8 @@ static void s_transfer_done(s_worker_t *self, s_job_t *job, CURLcode rc,
     retry after a backoff, or answer the failure. */
 static void s_attempt_failed(s_worker_t *self, s_job_t *job, int64_t now)
 {
-    llmq_provider_scrub(self->provider, job->err.message);
+    llmq_provider_scrub(self->provider, job->err.message,
+                        sizeof job->err.message, job->err.message);
     /*  Only a request's first failure says something about the provider:
         the same request failing again on retry is evidence about that
         request (one bad tenant must not open the circuit for everyone). */
@@ -1131,7 +1133,7 @@ static void s_probe_done(s_worker_t *self, s_job_t *job, CURLcode rc)
     self->probe = NULL;
     char text[600];
     int outcome = s_probe_outcome(self, job, rc, text, sizeof text);
-    llmq_provider_scrub(self->provider, text);
+    llmq_provider_scrub(self->provider, text, sizeof text, text);
     s_job_free(&job);
 
     if (self->cfg->check_only) {

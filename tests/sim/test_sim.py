@@ -363,6 +363,12 @@ def g_directives():
         b = json.loads(b)
         check(st == 400 and b["error"]["code"] == "context_length_exceeded"
               and b["error"]["param"] == "messages", "context_length")
+        # echo_key: a provider that echoes the request's key in its error
+        st, h, b = chat(s, "m [[sim:fail=400,echo_key=5]]", key="sk-echo-me-123")
+        check(st == 400 and json.loads(b)["error"]["message"].startswith(
+            "AAAAAsk-echo-me-123 "), "echo_key=5 (got %s)" % b)
+        st, h, b = chat(s, "m2 [[sim:echo_key=5]]", key="sk-echo-me-123")
+        check(st == 200 and b"sk-echo" not in b, "echo_key without a failure")
         st, h, b = chat(s, "j [[sim:tokens=3]]", max_tokens=100)
         check(json.loads(b)["usage"]["completion_tokens"] == 3, "tokens=3")
         st, h, b = chat(s, "k [[sim:fail=500x1, delay_ms=1]]")

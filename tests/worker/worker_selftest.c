@@ -1,7 +1,7 @@
 /*  worker_selftest.c - runs the worker classes' selftests.
-    Usage: worker_selftest [-v] [limiter|breaker|sse|provider|config|wmetrics|
-    engine|all]...  (llmq_check.h). An unknown name is an error (exit 2),
-    never a silent pass. */
+    Usage: worker_selftest [-v]
+   [limiter|breaker|sse|provider|scrub|config|wmetrics| engine|all]...
+   (llmq_check.h). An unknown name is an error (exit 2), never a silent pass. */
 #include "llmq_check.h"
 #include "llmq_limiter.h"
 #include "llmq_provider.h"
@@ -15,6 +15,7 @@ static const llmq_selftest_t s_tests[] = {
     {"breaker", llmq_breaker_test},
     {"sse", llmq_sse_test},
     {"provider", llmq_provider_test},
+    {"scrub", llmq_provider_scrub_test},
     {"config", llmq_worker_config_test},
     {"wmetrics", llmq_wmetrics_test},
     {"engine", llmq_worker_test},
