@@ -1560,6 +1560,12 @@ static int s_held_key(const char *key, void *arg)
         return 0;
     s_request_t *r = s_pending_by_rkey(h->self, key);
     if (r) {
+        if (r->worker == h->w && !r->from_module) {
+            //  In flight at a worker that reconnected: its `res` may have
+            //  died with the old connection (PROTOCOL.md 3.3).
+            s_request_unassign(h->self, r);
+            r->resend = true;
+        }
         if (!r->worker && !r->from_module)
             s_attach(h->self, h->w, r);
         return 0;

@@ -639,6 +639,38 @@ def t_backstop():
     assert b.stop() == 0
 
 
+def t_rehello_held():
+    """A worker that says hello again (it found the broker silent and
+    reconnected: its old connection and any `res` queued on it are gone)
+    and names in `held` a request the broker still counts in flight at it
+    gets that request again, with a new broker id and `resend`, and its
+    answer under the new id reaches the client; the old id is stale."""
+    b = broker("--quiet", "--dead-ms", "600000")
+    c = Client(b.ready["frontend"])
+    w = RawWorker(b.ready["backend"], "rejoiner", capacity=2)
+    w.send({"t": "credit", "n": 1})
+    c.req("lost")
+    h1, p1 = w.expect_req()
+    assert h1.get("rkey"), h1
+    # The `res` the worker sent died with its old connection: it says hello
+    # again and reports what it holds.
+    w.hello(("m",), 2)
+    w.send({"t": "held", "count": 1}, pack([h1["rkey"]]))
+    h2, p2 = w.expect_req()
+    assert h2["id"] != h1["id"] and h2.get("resend") and h2["rkey"] == h1["rkey"], (h1, h2)
+    assert content_of(p2) == "lost", p2
+    w.send({"t": "res", "id": h1["id"], "ok": True}, p1)   # stale: dropped
+    w.answer((h2, p2))
+    h, _ = c.recv()
+    assert h["id"] == "lost" and h["ok"], h
+    st = status(c)
+    me = [x for x in st["workers"] if x["name"] == "rejoiner"]
+    assert me and me[0]["in_flight"] == 0, st["workers"]
+    assert not c.s.poll(300), "a second answer for one request"
+    w.close()
+    assert b.stop() == 0
+
+
 def t_bye_inflight():
     """`bye` with requests in flight: the worker gets nothing new, its
     answers still reach the clients (attempt 1, nothing requeued), then the
@@ -1039,7 +1071,7 @@ CASES = {
     "rehello": t_rehello, "wildcard": t_wildcard, "unhealthy": t_unhealthy,
     "overload": t_overload, "stream": t_stream, "malformed": t_malformed, "metrics": t_metrics,
     "requeue_front": t_requeue_front, "death_count": t_death_count, "backstop": t_backstop,
-    "bye_inflight": t_bye_inflight, "json_logs": t_json_logs,
+    "bye_inflight": t_bye_inflight, "rehello_held": t_rehello_held, "json_logs": t_json_logs,
     "sigterm": t_sigterm, "real_echo": t_real_echo, "real_sim": t_real_sim, "limit_group": t_limit_group,
 }
 
