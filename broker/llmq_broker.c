@@ -1366,6 +1366,35 @@ static void s_worker_refresh(s_broker_t *self, s_worker_t *w, llmq_msg_t *msg,
           LLMQ_LOG_INT("in_flight", w->in_flight), s_END);
 }
 
+//  A worker that says hello again with `resend` reconnected: its old
+//  connection died with
+//  whatever was queued on it either way (a `req` it never got, a `res` we
+//  never got). Each request still in flight there that has a request key is
+//  sent again as an attached resend (PROTOCOL.md 3.3): the worker answers
+//  from what it runs or holds, or runs it if it never got it.
+static void s_worker_reattach(s_broker_t *self, s_worker_t *w)
+{
+    s_request_t *again = NULL;
+    s_request_t *r = w->inflight;
+    while (r) {
+        s_request_t *next = r->wnext;
+        if (r->rkey && !r->from_module) {
+            s_request_unassign(self, r);
+            r->resend = true;
+            r->wnext = again; //  A list of its own until resent
+            again = r;
+        }
+        r = next;
+    }
+    while (again) {
+        r = again;
+        again = r->wnext;
+        r->wnext = NULL;
+        llmq_metrics_add(self->metrics, "llmq_broker_attached_total", NULL, 1);
+        s_send_request(self, w, r);
+    }
+}
+
 static void s_worker_hello(s_broker_t *self, const char *key, llmq_msg_t *msg)
 {
     int64_t capacity = llmq_msg_capacity(msg);
@@ -1377,6 +1406,8 @@ static void s_worker_hello(s_broker_t *self, const char *key, llmq_msg_t *msg)
     s_worker_t *old = (s_worker_t *)zhashx_lookup(self->workers, key);
     if (old) {
         s_worker_refresh(self, old, msg, capacity);
+        if (llmq_msg_resend(msg))
+            s_worker_reattach(self, old);
         return;
     }
     s_worker_t *w = (s_worker_t *)calloc(1, sizeof(*w));
@@ -1560,12 +1591,6 @@ static int s_held_key(const char *key, void *arg)
         return 0;
     s_request_t *r = s_pending_by_rkey(h->self, key);
     if (r) {
-        if (r->worker == h->w && !r->from_module) {
-            //  In flight at a worker that reconnected: its `res` may have
-            //  died with the old connection (PROTOCOL.md 3.3).
-            s_request_unassign(h->self, r);
-            r->resend = true;
-        }
         if (!r->worker && !r->from_module)
             s_attach(h->self, h->w, r);
         return 0;

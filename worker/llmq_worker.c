@@ -169,6 +169,7 @@ struct _s_worker_t {
     int64_t probe_at;      /* next start-up probe, 0 = none */
     int64_t probe_backoff; /* start-up probe backoff */
     bool joined;           /* hello sent on the current socket */
+    bool rejoin;           /* next hello follows a reconnect (resend) */
     int64_t hello_at;      /* when the last hello went out */
     int64_t outstanding;   /* credit granted, not yet used */
     int64_t hb_at;         /* next heartbeat */
@@ -533,6 +534,9 @@ static void s_send_hello(s_worker_t *self)
         llmq_msg_set_limit_group(m, self->cfg->limit_group);
     llmq_msg_set_batch_api(m, self->batch != NULL);
     llmq_msg_set_version(m, LLMQ_VERSION_STRING);
+    if (self->rejoin) //  What the old connection held may be lost (3.3)
+        llmq_msg_set_resend(m, true);
+    self->rejoin = false;
     s_send(self, &m);
     s_send_held(self);
     self->joined = true;
@@ -1573,6 +1577,7 @@ static void s_timers(s_worker_t *self, int64_t now)
                  LLMQ_LOG_STR("broker", self->cfg->broker),
                  LLMQ_LOG_INT("silent_ms", now - self->broker_seen),
                  LLMQ_LOG_STR("effect", "reconnecting"), LLMQ_LOG_END);
+        self->rejoin = true;
         if (s_connect(self) != 0) {
             self->exit_code = LLMQ_WORKER_EXIT_FAILURE;
             self->done = true;

@@ -361,9 +361,9 @@ class RawWorker:
             if h["t"] == kind:
                 return h, (frames[1] if len(frames) > 1 else None)
 
-    def hello(self, models, capacity):
-        self.send({"t": "hello", "worker": self.name, "pool": self.pool, "provider": "echo",
-                   "models": list(models), "capacity": capacity, "version": "test"})
+    def hello(self, models, capacity, **kw):
+        self.send(dict({"t": "hello", "worker": self.name, "pool": self.pool, "provider": "echo",
+                        "models": list(models), "capacity": capacity, "version": "test"}, **kw))
 
     def sync(self):
         """Returns once the broker handled everything sent before: an unknown
@@ -653,9 +653,11 @@ def t_rehello_held():
     h1, p1 = w.expect_req()
     assert h1.get("rkey"), h1
     # The `res` the worker sent died with its old connection: it says hello
-    # again and reports what it holds.
-    w.hello(("m",), 2)
+    # again, marked as after a reconnect, and reports what it holds (the
+    # broker resends at the hello).
+    w.hello(("m",), 2, resend=True)
     w.send({"t": "held", "count": 1}, pack([h1["rkey"]]))
+    c.req("never")   # queued: the worker granted no credit since its hello
     h2, p2 = w.expect_req()
     assert h2["id"] != h1["id"] and h2.get("resend") and h2["rkey"] == h1["rkey"], (h1, h2)
     assert content_of(p2) == "lost", p2
@@ -666,6 +668,18 @@ def t_rehello_held():
     st = status(c)
     me = [x for x in st["workers"] if x["name"] == "rejoiner"]
     assert me and me[0]["in_flight"] == 0, st["workers"]
+    assert not w.sync(), "a req sent once more, or without credit"
+    # A req the worker never got (lost on the old connection) comes again
+    # too: the worker runs it.
+    w.send({"t": "credit", "n": 1})
+    h3, p3 = w.expect_req()
+    assert content_of(p3) == "never", p3
+    w.hello(("m",), 2, resend=True)
+    h4, p4 = w.expect_req()
+    assert h4.get("resend") and h4["rkey"] == h3["rkey"] and h4["id"] != h3["id"], (h3, h4)
+    w.answer((h4, p4))
+    h, _ = c.recv()
+    assert h["id"] == "never" and h["ok"], h
     assert not c.s.poll(300), "a second answer for one request"
     w.close()
     assert b.stop() == 0

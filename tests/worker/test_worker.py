@@ -492,6 +492,9 @@ def reconnect():
         check(hellos() == 2, "no hello for another error")
         # we never answer heartbeats: after 3 s of silence it reconnects
         h.wait(lambda: hellos() == 3, 10, "hello after broker silence")
+        marks = [m[0].get("resend", False) for m in h.received if m[0]["t"] == "hello"]
+        check(marks == [False, False, True],
+              "only the hello after a reconnect asks for resends: %r" % marks)
         h.heartbeats = True
         hd, _ = h.chat("after", "still there")
         check(hd["ok"], "serves after reconnect")
