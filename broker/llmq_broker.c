@@ -1970,6 +1970,23 @@ static void s_request_own(s_broker_t *self, s_request_t *r, llmq_msg_t *msg)
         r->owner->held++;
 }
 
+//  A client is (tenant, routing id): a socket of another tenant that
+//  reuses a routing id is another client, and its cancels never reach the
+//  first one's requests (PROTOCOL.md 3.4). Appends "~" and a hash of the
+//  tenant to the routing id's hex key (the request key stays <= 600).
+static void s_key_tenant(s_broker_t *self, llmq_msg_t *msg, char *key,
+                         size_t size)
+{
+    const char *tenant = s_tenant_of(self, msg);
+    if (!*tenant)
+        return;
+    uint64_t h = 14695981039346656037ULL; //  FNV-1a 64
+    for (const char *c = tenant; *c; c++)
+        h = (h ^ (uint8_t)*c) * 1099511628211ULL;
+    size_t len = strlen(key);
+    snprintf(key + len, size - len, "~%016" PRIx64, h);
+}
+
 static void s_client_request(s_broker_t *self, const char *key,
                              llmq_msg_t **msg_p)
 {
@@ -2163,9 +2180,10 @@ static void s_client_status(s_broker_t *self, zframe_t *rid)
 
 static void s_handle_client(s_broker_t *self, llmq_msg_t *msg)
 {
-    char key[520];
+    char key[560];
     zframe_t *rid = llmq_msg_routing_id(msg);
     s_key(rid, key, sizeof(key));
+    s_key_tenant(self, msg, key, sizeof(key));
     if (self->config.verbose)
         llmq_msg_print(msg);
     switch (llmq_msg_type(msg)) {
@@ -2648,7 +2666,9 @@ static zsock_t *s_bind(s_broker_t *self, const char *endpoint, bool frontend,
     //  Receives never block: the loop reads until EAGAIN, which spares a
     //  ZMQ_EVENTS query (and its poll syscall) per message.
     zsock_set_rcvtimeo(sock, 0);
-    if (frontend)
+    //  Under CURVE a routing id stays with the connection that has it: no
+    //  takeover by another key (PROTOCOL.md 3.4).
+    if (frontend && !self->auth)
         zsock_set_router_handover(sock, 1);
     if (self->auth &&
         llmq_auth_server_apply(self->auth, sock, self->cert,

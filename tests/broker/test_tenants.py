@@ -92,7 +92,27 @@ def t_bytes():
     assert b.stop() == 0
 
 
-CASES = {"fair": t_fair, "bytes": t_bytes,
+def t_cancel():
+    """A cancel from another tenant's socket that reuses the routing id
+    (ROUTER_HANDOVER) does nothing: clients are (tenant, routing id)."""
+    b = bi.broker("--quiet", "--dead-ms", "600000")
+    a = bi.Client(b.ready["frontend"], identity="shared-id")
+    w = bi.RawWorker(b.ready["backend"], "one", capacity=1)
+    w.send({"t": "credit", "n": 1})
+    a.req("r1", tenant="team-a")
+    req = w.expect_req()
+    thief = bi.Client(b.ready["frontend"], identity="shared-id")
+    thief.send({"v": 1, "t": "cancel", "id": "r1", "tenant": "team-b"})
+    probe = bi.Client(b.ready["frontend"])
+    bi.status(thief)  # same connection: the cancel was handled before
+    w.answer(req)
+    st = bi.wait_status(probe, "answered", lambda st: st["counters"]["answered_ok"] == 1)
+    assert st["counters"]["cancelled"] == 0, st["counters"]
+    w.close()
+    assert b.stop() == 0
+
+
+CASES = {"cancel": t_cancel, "fair": t_fair, "bytes": t_bytes,
          "fair_off": lambda: t_fair(("--no-fair-share",))}
 
 if __name__ == "__main__":
