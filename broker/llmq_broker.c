@@ -579,12 +579,9 @@ struct _s_fair_t {
 //  (advisory), else "". The one place that decides it.
 static const char *s_tenant_of(s_broker_t *self, llmq_msg_t *msg)
 {
-    if (self->auth) {
-        zframe_t *rid = llmq_msg_routing_id(msg);
-        const char *key = rid ? zframe_meta(rid, "User-Id") : NULL;
-        if (key && *key)
-            return key;
-    }
+    const char *key = self->auth ? llmq_msg_user_id(msg) : NULL;
+    if (key && *key)
+        return key;
     const char *declared = llmq_msg_tenant(msg);
     return declared ? declared : "";
 }
@@ -1987,6 +1984,22 @@ static void s_key_tenant(s_broker_t *self, llmq_msg_t *msg, char *key,
     snprintf(key + len, size - len, "~%016" PRIx64, h);
 }
 
+//  True if tenant is the configured admin (sees every batch).
+static bool s_tenant_is_admin(s_broker_t *self, const char *tenant)
+{
+    const char *admin =
+        self->auth ? self->config.admin_key : self->config.admin_tenant;
+    return admin && *admin && streq(admin, tenant);
+}
+
+//  A batch message goes to the module with its sender's tenant in
+//  `tenant`, the owner it checks; none for the admin, who sees every batch.
+static void s_batch_tenant(s_broker_t *self, llmq_msg_t *msg)
+{
+    const char *tenant = s_tenant_of(self, msg);
+    llmq_msg_set_tenant(msg, s_tenant_is_admin(self, tenant) ? NULL : tenant);
+}
+
 static void s_client_request(s_broker_t *self, const char *key,
                              llmq_msg_t **msg_p)
 {
@@ -2212,6 +2225,7 @@ static void s_handle_client(s_broker_t *self, llmq_msg_t *msg)
     case LLMQ_MSG_BATCH_CLOSE:
     case LLMQ_MSG_BATCH_GET:
     case LLMQ_MSG_BATCH_CANCEL:
+        s_batch_tenant(self, msg);
         if (self->config.module && self->config.module->client_msg)
             self->config.module->client_msg(self->module_state, &msg);
         else
@@ -2710,6 +2724,8 @@ static s_broker_t *s_broker_new(zsock_t *pipe,
     self->config.metrics = NULL;
     self->config.curve_cert = NULL;
     self->config.client_keys = NULL;
+    self->config.admin_key = s_strdup_or_null(config->admin_key);
+    self->config.admin_tenant = s_strdup_or_null(config->admin_tenant);
     self->config.worker_keys = NULL;
     self->config.name = self->name;
     self->started_at = zclock_mono();
@@ -2839,6 +2855,8 @@ static void s_broker_destroy(s_broker_t **self_p)
     free(self->backend_ep);
     free(self->error);
     free(self->name);
+    free((char *)self->config.admin_key);
+    free((char *)self->config.admin_tenant);
     free(self);
 }
 

@@ -64,6 +64,11 @@ static const char s_help[] =
     "  --no-fair-share         serve each priority in arrival order, not "
     "tenants in\n"
     "                          turn\n"
+    "  --admin-key KEY         with CURVE: the client public key (Z85) that "
+    "sees and\n"
+    "                          cancels every batch\n"
+    "  --admin-tenant NAME     without CURVE: the declared tenant that does "
+    "(advisory)\n"
     "  --no-worker-wait-ms MS  how long a request for a model no "
     "worker serves\n"
     "                          waits for one to join before "
@@ -205,6 +210,8 @@ static const s_flag_t s_flags[] = {
     {"tenant-max-bytes", K_SIZE, 0, 1LL << 50, B_(tenant_max_bytes)},
     {"tenant-max-inflight", K_SIZE, 0, 100000000, B_(tenant_max_inflight)},
     {"no-fair-share", K_TRUE, 0, 0, B_(no_fair_share)},
+    {"admin-key", K_STR, 0, 0, B_(admin_key)},
+    {"admin-tenant", K_STR, 0, 0, B_(admin_tenant)},
     {"no-worker-wait-ms", K_INT_MS, 0, 86400000, B_(no_worker_wait_ms)},
     {"drain-ms", K_INT_MS, 0, 86400000, B_(drain_ms)},
     {"heartbeat-ms", K_INT_MS, 10, 600000, B_(heartbeat_ms)},

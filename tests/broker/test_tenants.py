@@ -113,7 +113,159 @@ def t_cancel():
     assert b.stop() == 0
 
 
-CASES = {"cancel": t_cancel, "fair": t_fair, "bytes": t_bytes,
+def batch_call(client, header):
+    """Send a batch message; the answers until the last one of the call
+    (batch.ack, an error, or batch.status for a cancel)."""
+    client.send(dict({"v": 1}, **header))
+    got = []
+    while True:
+        h, _ = client.recv(timeout=10)
+        got.append(h)
+        if h["t"] in ("batch.ack", "error", "batch.results") or (
+                header["t"] == "batch.cancel" and h["t"] == "batch.status"):
+            return got
+
+
+def check_batch_owners(endpoint, owner, other, admin, tag):
+    """owner opens a batch; other cannot read, cancel or list it; admin
+    (None: no admin case) sees it. Each is a Client; the tenant they
+    declare is in tag (or comes from their CURVE key)."""
+    def call(c, t, batch, **kw):
+        return batch_call(c, dict({"t": t, "batch": batch}, **kw, **tag.get(c, {})))
+    got = call(owner, "batch.open", "job-1", mode="realtime", model="m")
+    assert got[-1]["t"] == "batch.ack", got
+    for t in ("batch.get", "batch.cancel", "batch.close"):
+        got = call(other, t, "job-1")
+        assert got[-1]["t"] == "error" and got[-1]["code"] == "not_found", (t, got)
+    got = call(other, "batch.open", "job-1", mode="realtime", model="m")
+    assert got[-1]["t"] == "error", got
+    got = call(other, "batch.get", "")
+    assert got[-1]["count"] == 0 and len(got) == 1, got
+    got = call(owner, "batch.get", "")
+    assert got[-1]["count"] == 1 and got[0]["batch"] == "job-1", got
+    got = call(owner, "batch.get", "job-1")
+    assert got[0]["t"] == "batch.status" and got[0]["state"] == "validating", got
+    if admin:
+        got = call(admin, "batch.get", "")
+        assert got[-1]["count"] == 1, got
+        got = call(admin, "batch.cancel", "job-1")
+        assert got[-1]["t"] == "batch.status", got
+    got = call(owner, "batch.cancel", "job-1")
+    assert got[-1]["t"] == "batch.status" and got[-1]["state"] in (
+        "cancelled", "cancelling"), got
+
+
+def t_batch():
+    """Batches belong to their declared tenant (no CURVE: advisory)."""
+    tmp = llmqtest.temp_dir("llmq-tenants-")
+    b = bi.broker("--quiet", "--batch-db", os.path.join(tmp, "b.db"),
+                  "--admin-tenant", "root")
+    ep = b.ready["frontend"]
+    a, o, r = bi.Client(ep), bi.Client(ep), bi.Client(ep)
+    check_batch_owners(ep, a, o, r, {a: {"tenant": "team-a"}, o: {"tenant": "team-b"},
+                                     r: {"tenant": "root"}})
+    assert b.stop() == 0
+
+
+def t_migrate():
+    """A batch database from before owners (user_version 1, no owner
+    column) opens; its batches belong to the tenant "": a client that
+    declares none sees them, team-b does not."""
+    import sqlite3
+    tmp = llmqtest.temp_dir("llmq-tenants-")
+    db = os.path.join(tmp, "b.db")
+    b = bi.broker("--quiet", "--batch-db", db)
+    c = bi.Client(b.ready["frontend"])
+    got = batch_call(c, {"t": "batch.open", "batch": "old-1", "mode": "realtime",
+                         "model": "m"})
+    assert got[-1]["t"] == "batch.ack", got
+    assert b.stop() == 0
+    con = sqlite3.connect(db)
+    con.execute("ALTER TABLE batches DROP COLUMN owner")
+    con.execute("PRAGMA user_version=1")
+    con.commit()
+    con.close()
+    b = bi.broker("--quiet", "--batch-db", db)
+    anon, other = bi.Client(b.ready["frontend"]), bi.Client(b.ready["frontend"])
+    got = batch_call(anon, {"t": "batch.get", "batch": "old-1"})
+    assert got[0]["t"] == "batch.status", got
+    got = batch_call(other, {"t": "batch.get", "batch": "old-1", "tenant": "team-b"})
+    assert got[-1]["t"] == "error" and got[-1]["code"] == "not_found", got
+    assert b.stop() == 0
+    con = sqlite3.connect(db)
+    assert con.execute("PRAGMA user_version").fetchone()[0] == 2
+    con.close()
+
+
+class CurveClient(bi.Client):
+    """bi.Client over CURVE with the secret certificate at path."""
+
+    def __init__(self, endpoint, path, server_key, identity=None):
+        import zmq
+        from llmq_client._core import read_cert
+        public, secret = read_cert(path + "_secret")
+        self.ctx = zmq.Context.instance()
+        self.s = self.ctx.socket(zmq.DEALER)
+        self.s.setsockopt(zmq.LINGER, 0)
+        if identity:
+            self.s.setsockopt(zmq.IDENTITY, identity.encode())
+        self.s.curve_serverkey = server_key.encode()
+        self.s.curve_publickey = public.encode()
+        self.s.curve_secretkey = secret.encode()
+        self.s.connect(endpoint)
+
+
+def t_curve():
+    """Under CURVE the tenant is the client's key, whatever it declares:
+    two keys declaring the same name are two tenants, and one cannot read,
+    cancel or list the other's batch; the --admin-key sees everything."""
+    import subprocess
+    llmqtest.client_module()  # bindings/python on sys.path
+    tmp = llmqtest.temp_dir("llmq-tenants-curve-")
+    keys, clients, workers = (os.path.join(tmp, d) for d in ("keys", "clients", "workers"))
+    for d in (keys, clients, workers):
+        os.mkdir(d)
+    pub = {}
+    for name in ("broker", "alice", "bob", "root"):
+        r = subprocess.run([llmqtest.bin_path("llmq"), "keygen", os.path.join(keys, name)],
+                           capture_output=True, text=True, timeout=10)
+        assert r.returncode == 0, r.stderr
+        pub[name] = r.stdout.strip()
+        if name != "broker":
+            with open(os.path.join(keys, name)) as src, \
+                    open(os.path.join(clients, name), "w") as dst:
+                dst.write(src.read())
+    b = bi.broker("--quiet", "--dead-ms", "600000", "--no-worker-wait-ms", "600000",
+                  "--batch-db", os.path.join(tmp, "b.db"),
+                  "--curve-cert", os.path.join(keys, "broker_secret"),
+                  "--client-keys", clients, "--worker-keys", workers,
+                  "--admin-key", pub["root"])
+    ep = b.ready["frontend"]
+    alice, bob, root = (CurveClient(ep, os.path.join(keys, n), pub["broker"])
+                        for n in ("alice", "bob", "root"))
+    alice.req("x1", tenant="same")
+    bob.req("x2", tenant="same")
+    st = bi.wait_status(root, "both queued", lambda st: st["counters"]["queued"] == 2)
+    assert st["counters"]["tenants"] == 2, st["counters"]
+    # The declared name is ignored for ownership too.
+    check_batch_owners(ep, alice, bob, root, {alice: {"tenant": "same"},
+                                              bob: {"tenant": "same"}})
+    # No routing-id takeover: bob's socket with the routing id alice's
+    # socket has is refused (no handover under CURVE); alice keeps it.
+    mine = CurveClient(ep, os.path.join(keys, "alice"), pub["broker"], identity="shared")
+    bi.status(mine)
+    thief = CurveClient(ep, os.path.join(keys, "bob"), pub["broker"], identity="shared")
+    thief.send({"v": 1, "t": "status"})
+    try:
+        h, _ = thief.recv(timeout=2)
+        raise AssertionError("a second socket took over the routing id: %r" % h)
+    except TimeoutError:
+        pass
+    assert bi.status(mine)["counters"]["queued"] == 2
+    assert b.stop() == 0
+
+
+CASES = {"cancel": t_cancel, "batch": t_batch, "migrate": t_migrate, "curve": t_curve, "fair": t_fair, "bytes": t_bytes,
          "fair_off": lambda: t_fair(("--no-fair-share",))}
 
 if __name__ == "__main__":
