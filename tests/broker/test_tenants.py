@@ -265,7 +265,33 @@ def t_curve():
     assert b.stop() == 0
 
 
-CASES = {"cancel": t_cancel, "batch": t_batch, "migrate": t_migrate, "curve": t_curve, "fair": t_fair, "bytes": t_bytes,
+def t_caps():
+    """Per-tenant caps: past --tenant-max-queue requests (or
+    --tenant-max-bytes bytes) a tenant's requests are answered overloaded
+    (retryable), while another tenant's are still queued."""
+    b = bi.broker("--quiet", "--dead-ms", "600000", "--no-worker-wait-ms", "600000",
+                  "--tenant-max-queue", "5", "--tenant-max-bytes", "100000")
+    a, o = bi.Client(b.ready["frontend"]), bi.Client(b.ready["frontend"])
+    w = bi.RawWorker(b.ready["backend"], "none", capacity=1)  # no credit
+    w.sync()
+    for i in range(7):
+        a.req("a%d" % i, tenant="team-a")
+    got = [a.recv(timeout=10)[0] for _ in range(2)]
+    assert sorted(h["id"] for h in got) == ["a5", "a6"], got
+    assert all(h["error"]["code"] == "overloaded" and h["error"]["retryable"] and
+               "tenant queue full" in h["error"]["message"] for h in got), got
+    big = {"messages": [{"role": "user", "content": "x" * 60000}]}
+    o.req("b0", body=big, tenant="team-b")
+    o.req("b1", body=big, tenant="team-b")  # 120 KB > 100 KB
+    h, _ = o.recv(timeout=10)
+    assert h["id"] == "b1" and h["error"]["code"] == "overloaded", h
+    st = bi.status(o)
+    assert st["counters"]["queued"] == 6 and st["counters"]["tenants"] == 2, st["counters"]
+    w.close()
+    assert b.stop() == 0
+
+
+CASES = {"caps": t_caps, "cancel": t_cancel, "batch": t_batch, "migrate": t_migrate, "curve": t_curve, "fair": t_fair, "bytes": t_bytes,
          "fair_off": lambda: t_fair(("--no-fair-share",))}
 
 if __name__ == "__main__":
