@@ -569,6 +569,7 @@ struct _s_tenant_t {
 //  the two (start-time fair queueing), so tenants take turns in the heap.
 struct _s_fair_t {
     int64_t stamp;
+    uint64_t served; //  The clock: dispatch counter when it last moved
     size_t count;    //  Waiting requests stamped through this entry
     s_fair_t *clock; //  A tenant's entry: the clock of its priority
     char key[1];     //  Stored inline (the key in lane->fair)
@@ -698,16 +699,19 @@ static int64_t s_fair_stamp(s_broker_t *self, s_request_t *r)
     return mine->stamp;
 }
 
-//  A request stops waiting: dispatched (its stamp moves the clock) or not.
-static void s_fair_leave(s_request_t *r, bool dispatched)
+//  A request stops waiting: dispatched (its stamp moves the clock; served:
+//  the dispatch counter) or not (served 0).
+static void s_fair_leave(s_request_t *r, uint64_t served)
 {
     s_fair_t *mine = r->fair;
     if (!mine)
         return;
     r->fair = NULL;
     s_fair_t *clock = mine->clock;
-    if (dispatched && r->qnode.seq > clock->stamp)
+    if (served && r->qnode.seq > clock->stamp)
         clock->stamp = r->qnode.seq;
+    if (served)
+        clock->served = served;
     if (--mine->count == 0)
         zhashx_delete(r->lane->fair, mine->key);
     if (--clock->count == 0)
@@ -737,7 +741,7 @@ static void s_tenant_queued(s_broker_t *self, s_request_t *r, int delta)
 static void s_dequeued(s_broker_t *self, s_request_t *r, bool dispatched)
 {
     self->queued--;
-    s_fair_leave(r, dispatched);
+    s_fair_leave(r, dispatched ? self->use_clock + 1 : 0);
     s_tenant_queued(self, r, -1);
 }
 
@@ -777,7 +781,7 @@ static int s_enqueue(s_broker_t *self, s_request_t *r, bool front)
 {
     int64_t seq = front ? --self->front_seq : s_fair_stamp(self, r);
     if (llmq_queue_push(r->lane->queue, &r->qnode, r->priority, seq)) {
-        s_fair_leave(r, false);
+        s_fair_leave(r, 0);
         return -1;
     }
     self->queued++;
@@ -1323,6 +1327,28 @@ static void s_dispatch_module(s_broker_t *self, s_worker_t *w)
     }
 }
 
+//  Between the heads of two lanes of one priority: the earlier arrival, or
+//  with fair share the one fewer turns ahead of its lane's clock (stamps of
+//  different lanes count different turns), then the lane served least
+//  recently, so lanes take turns too. Requeued ones come first.
+static bool s_head_before(s_broker_t *self, llmq_queue_node_t *a,
+                          llmq_queue_node_t *b)
+{
+    if (self->config.no_fair_share)
+        return a->seq < b->seq;
+    s_request_t *ra = LLMQ_QUEUE_ITEM(a, s_request_t, qnode),
+                *rb = LLMQ_QUEUE_ITEM(b, s_request_t, qnode);
+    int64_t lag_a = ra->fair ? a->seq - ra->fair->clock->stamp : a->seq,
+            lag_b = rb->fair ? b->seq - rb->fair->clock->stamp : b->seq;
+    if (lag_a != lag_b)
+        return lag_a < lag_b;
+    uint64_t served_a = ra->fair ? ra->fair->clock->served : 0,
+             served_b = rb->fair ? rb->fair->clock->served : 0;
+    if (served_a != served_b)
+        return served_a < served_b;
+    return ra->received_at < rb->received_at;
+}
+
 //  A worker has credit: serve its lanes, best waiting request first.
 static void s_dispatch_worker(s_broker_t *self, s_worker_t *w)
 {
@@ -1334,7 +1360,7 @@ static void s_dispatch_worker(s_broker_t *self, s_worker_t *w)
             llmq_queue_node_t *head = llmq_queue_peek(lane->queue);
             if (head && (!best_head || head->priority > best_head->priority ||
                          (head->priority == best_head->priority &&
-                          head->seq < best_head->seq))) {
+                          s_head_before(self, head, best_head)))) {
                 best = lane;
                 best_head = head;
             }
