@@ -635,12 +635,24 @@ static s_batch_t *s_lookup(llmq_batch_t *self, const char *id)
     return b;
 }
 
-/*  The batch msg names, or NULL after an error reply (not_found). */
+/*  May the sender of msg see a batch of this owner? The broker puts the
+    sender's tenant in `tenant` (PROTOCOL.md 3.4); a message without one is
+    the admin's, or an embedded caller's, and sees every batch. */
+static bool s_visible(const char *owner, const llmq_msg_t *msg)
+{
+    const char *tenant = llmq_msg_tenant(msg);
+    return !tenant || streq(tenant, owner);
+}
+
+/*  The batch msg names, or NULL after an error reply (not_found: unknown,
+    or another tenant's). */
 static s_batch_t *s_lookup_or_reply(llmq_batch_t *self, llmq_msg_t *msg,
                                     zlist_t *replies)
 {
     const char *id = llmq_msg_batch(msg);
     s_batch_t *b = s_lookup(self, id);
+    if (b && !s_visible(b->rec.owner, msg))
+        b = NULL;
     if (!b)
         s_reply_error(replies, msg, LLMQ_ERR_NOT_FOUND, id, "unknown batch");
     return b;
@@ -684,7 +696,8 @@ static void s_handle_open(llmq_batch_t *self, llmq_msg_t *msg, zlist_t *replies,
     if (b) {
         /*  A resend of the same open is acknowledged again; anything else
             under an existing id is refused. */
-        if (streq(b->rec.requested_mode, mode) &&
+        if (s_visible(b->rec.owner, msg) &&
+            streq(b->rec.requested_mode, mode) &&
             streq(b->rec.model, llmq_msg_model(msg)) && streq(b->rec.op, op) &&
             streq(b->rec.pool, pool))
             s_reply(replies, msg, LLMQ_MSG_BATCH_ACK, id);
@@ -695,6 +708,8 @@ static void s_handle_open(llmq_batch_t *self, llmq_msg_t *msg, zlist_t *replies,
     }
     llmq_batch_rec_t rec = {0};
     snprintf(rec.id, sizeof rec.id, "%s", id);
+    snprintf(rec.owner, sizeof rec.owner, "%s",
+             llmq_msg_tenant(msg) ? llmq_msg_tenant(msg) : "");
     snprintf(rec.requested_mode, sizeof rec.requested_mode, "%s", mode);
     if (!streq(mode, "auto"))
         snprintf(rec.mode, sizeof rec.mode, "%s", mode);
@@ -906,6 +921,7 @@ static int s_results_fn(const llmq_batch_result_t *r, void *arg)
 typedef struct {
     llmq_batch_t *self;
     zlist_t *list;
+    const llmq_msg_t *msg; /* the request: whose batches to list */
 } s_list_t;
 
 #define S_LIST_MAX 1000
@@ -913,6 +929,8 @@ typedef struct {
 static int s_list_fn(const llmq_batch_rec_t *rec, void *arg)
 {
     s_list_t *l = arg;
+    if (!s_visible(rec->owner, l->msg))
+        return 0;
     /*  The in-memory record is newer than the row of an active batch. */
     s_batch_t *live = zhashx_lookup(l->self->batches, rec->id);
     llmq_msg_t *st = llmq_msg_new(LLMQ_MSG_BATCH_STATUS);
@@ -935,7 +953,7 @@ static int s_list_fn(const llmq_batch_rec_t *rec, void *arg)
 
 static void s_handle_list(llmq_batch_t *self, llmq_msg_t *msg, zlist_t *replies)
 {
-    s_list_t l = {self, zlist_new()};
+    s_list_t l = {self, zlist_new(), msg};
     llmq_batch_store_batch_each(self->store, s_list_fn, &l);
     int64_t count = 0;
     llmq_msg_t *st;

@@ -7,8 +7,9 @@
     each use. Items and results are keyed by bid << 32 | index (see the
     header) so input order is the b-tree order.
 
-    The file carries application_id 'llmq' and user_version 1 so that a
+    The file carries application_id 'llmq' and user_version 2 so that a
     store opened on some other SQLite file is refused instead of modified.
+    Version 1 (before batch owners) is migrated: its batches get owner "".
 */
 #include "llmq_batch_store.h"
 #include "llmq_log.h"
@@ -21,7 +22,7 @@
 #include <unistd.h>
 
 #define S_APP_ID 0x6c6c6d71 /* 'llmq' */
-#define S_SCHEMA_VERSION 1
+#define S_SCHEMA_VERSION 2
 #define S_MAX_INDEX 0xffffffffLL
 
 /*  Prepared statements, one per query the store runs. */
@@ -58,7 +59,7 @@ typedef enum {
     "bid, id, mode, requested_mode, model, pool, op, state, "                  \
     "completion_window, provider, client, priority, created_ms, "              \
     "updated_ms, deadline_ms, closed, total, done, failed, prompt_tokens, "    \
-    "completion_tokens, cost_usd"
+    "completion_tokens, cost_usd, owner"
 
 #define S_JOB_COLS                                                             \
     "id, bid, pool, provider, state, provider_state, provider_batch, "         \
@@ -72,13 +73,13 @@ static const char *s_sql[ST_COUNT] = {
     [ST_BATCH_INSERT] =
         "INSERT INTO batches (" S_BATCH_COLS ") VALUES (NULL, ?2, ?3, ?4, "
         "?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, "
-        "?19, ?20, ?21, ?22)",
+        "?19, ?20, ?21, ?22, ?23)",
     [ST_BATCH_UPDATE] =
         "UPDATE batches SET id=?2, mode=?3, requested_mode=?4, model=?5, "
         "pool=?6, op=?7, state=?8, completion_window=?9, provider=?10, "
         "client=?11, priority=?12, created_ms=?13, updated_ms=?14, "
         "deadline_ms=?15, closed=?16, total=?17, done=?18, failed=?19, "
-        "prompt_tokens=?20, completion_tokens=?21, cost_usd=?22 "
+        "prompt_tokens=?20, completion_tokens=?21, cost_usd=?22, owner=?23 "
         "WHERE bid=?1",
     [ST_BATCH_GET] = "SELECT " S_BATCH_COLS " FROM batches WHERE id=?1",
     [ST_BATCH_EACH] = "SELECT " S_BATCH_COLS " FROM batches ORDER BY bid",
@@ -135,7 +136,8 @@ static const char *s_schema =
     " completion_window TEXT, provider TEXT, client TEXT, priority INTEGER,"
     " created_ms INTEGER, updated_ms INTEGER, deadline_ms INTEGER,"
     " closed INTEGER, total INTEGER, done INTEGER, failed INTEGER,"
-    " prompt_tokens INTEGER, completion_tokens INTEGER, cost_usd REAL);"
+    " prompt_tokens INTEGER, completion_tokens INTEGER, cost_usd REAL,"
+    " owner TEXT NOT NULL DEFAULT '');"
     "CREATE TABLE IF NOT EXISTS items ("
     " k INTEGER PRIMARY KEY, custom_id TEXT, body BLOB);"
     "CREATE TABLE IF NOT EXISTS results ("
@@ -192,6 +194,23 @@ static int s_step_done(llmq_batch_store_t *self, s_stmt_t st)
     return 0;
 }
 
+/*  Version 1 -> 2: batches get an owner column (PROTOCOL.md 3.4); the
+    batches stored before it belong to the tenant "". Returns 0 or -1. */
+static int s_migrate_v1(llmq_batch_store_t *self)
+{
+    char *errmsg = NULL;
+    if (sqlite3_exec(self->db,
+                     "ALTER TABLE batches ADD COLUMN owner TEXT NOT NULL "
+                     "DEFAULT ''",
+                     NULL, NULL, &errmsg) == SQLITE_OK)
+        return 0;
+    llmq_log(NULL, LLMQ_LOG_ERROR, "batch_store_error",
+             LLMQ_LOG_STR("path", self->path), LLMQ_LOG_STR("what", "migrate"),
+             LLMQ_LOG_STR("error", errmsg ? errmsg : "?"), LLMQ_LOG_END);
+    sqlite3_free(errmsg);
+    return -1;
+}
+
 llmq_batch_store_t *llmq_batch_store_new(const char *path)
 {
     llmq_batch_store_t *self = calloc(1, sizeof *self);
@@ -235,7 +254,10 @@ llmq_batch_store_t *llmq_batch_store_new(const char *path)
         goto err;
     }
     sqlite3_finalize(q);
-    if (tables > 0 && (app_id != S_APP_ID || version != S_SCHEMA_VERSION)) {
+    if (tables > 0 && app_id == S_APP_ID && version == 1 && s_migrate_v1(self))
+        goto err;
+    if (tables > 0 &&
+        (app_id != S_APP_ID || (version != S_SCHEMA_VERSION && version != 1))) {
         llmq_log(NULL, LLMQ_LOG_ERROR, "batch_store_foreign",
                  LLMQ_LOG_STR("path", self->path),
                  LLMQ_LOG_INT("application_id", app_id),
@@ -357,6 +379,7 @@ static void s_batch_bind(sqlite3_stmt *s, const llmq_batch_rec_t *r)
     sqlite3_bind_int64(s, 20, r->prompt_tokens);
     sqlite3_bind_int64(s, 21, r->completion_tokens);
     sqlite3_bind_double(s, 22, r->cost_usd);
+    s_bind_text(s, 23, r->owner);
 }
 
 static void s_batch_read(sqlite3_stmt *s, llmq_batch_rec_t *r)
@@ -387,6 +410,7 @@ static void s_batch_read(sqlite3_stmt *s, llmq_batch_rec_t *r)
     r->prompt_tokens = sqlite3_column_int64(s, 19);
     r->completion_tokens = sqlite3_column_int64(s, 20);
     r->cost_usd = sqlite3_column_double(s, 21);
+    s_copy(r->owner, sizeof r->owner, sqlite3_column_text(s, 22));
 }
 
 int llmq_batch_store_batch_insert(llmq_batch_store_t *self,

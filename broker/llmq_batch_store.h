@@ -64,6 +64,7 @@ typedef struct {
     int64_t prompt_tokens;
     int64_t completion_tokens;
     double cost_usd; /* with the Batch API discount */
+    char owner[129]; /* its tenant (PROTOCOL.md 3.4); "" before owners */
 } llmq_batch_rec_t;
 
 /*  One result row (what batch.results returns per item). */

@@ -74,6 +74,8 @@ typedef struct _s_worker_t s_worker_t;
 typedef struct _s_lane_t s_lane_t;
 typedef struct _s_group_t s_group_t;
 typedef struct _s_request_t s_request_t;
+typedef struct _s_tenant_t s_tenant_t;
+typedef struct _s_fair_t s_fair_t;
 
 //  A result passed on to its client, to be acked to its worker.
 typedef struct {
@@ -133,6 +135,9 @@ struct _s_request_t {
     uint32_t chunks;      //  Chunks the client has (forwarded or resumed)
     char *rkey;           //  Request key "client:id", NULL for a module's
     void *park;           //  Handle in parked while waiting for `held`
+    s_tenant_t *owner;    //  Its tenant (PROTOCOL.md 3.4), NULL: none
+    s_fair_t *fair;       //  Its fair-share stamp while waiting, or NULL
+    size_t bytes;         //  Payload bytes, as received
 };
 
 struct _s_client_t {
@@ -152,6 +157,7 @@ struct _s_lane_t {
     int64_t idle_since;         //  When refs dropped to 0, for collection
     llmq_metric_series_t *m_ok; //  requests_total{model, outcome="ok"}
     llmq_metric_series_t *m_latency; //  latency histogram {model}
+    zhashx_t *fair; //  Fair-share stamps, s_fair_t (NULL until needed)
 };
 
 struct _s_group_t {
@@ -244,6 +250,9 @@ struct _llmq_broker_core_t {
     zhashx_t *attach;       //  rkey -> s_attach_t: `held` keys not yet resent
     zlistx_t *parked;       //  Resends waiting for `held` (borrowed)
     int64_t recovery_end;   //  Until then resends are parked (3.3)
+    zhashx_t *tenants;      //  name -> s_tenant_t, tenants holding requests
+    size_t queued_bytes;    //  Payload bytes waiting in all lanes
+    size_t tenants_waiting; //  Tenants with requests waiting
 };
 
 //  A request key a worker reported in `held` before its client resent it.
@@ -546,6 +555,199 @@ static void s_fail(s_broker_t *self, s_request_t *r, llmq_err_t code,
 }
 
 //  --------------------------------------------------------------------------
+//  Tenants (PROTOCOL.md 3.4): who a client message is for, what each one
+//  holds (for its caps), and the fair-share stamps of the lanes.
+
+struct _s_tenant_t {
+    size_t queued; //  Requests waiting, all lanes
+    size_t bytes;  //  Their payload bytes
+    size_t held;   //  Requests in the broker: waiting, parked or at workers
+    char name[1];  //  Stored inline (the key in self->tenants)
+};
+
+//  A fair-share entry of a lane. Per (priority, tenant): the stamp of the
+//  tenant's last waiting request. Per priority (the clock): the stamp of the
+//  request last dispatched. A request is stamped one turn after the later of
+//  the two (start-time fair queueing), so tenants take turns in the heap.
+struct _s_fair_t {
+    int64_t stamp;
+    uint64_t served; //  The clock: dispatch counter when it last moved
+    size_t count;    //  Waiting requests stamped through this entry
+    s_fair_t *clock; //  A tenant's entry: the clock of its priority
+    char key[1];     //  Stored inline (the key in lane->fair)
+};
+
+//  The tenant of a client message: under CURVE the peer's public key (the
+//  User-Id the ZAP handler gave its connection), else the declared `tenant`
+//  (advisory), else "". The one place that decides it.
+static const char *s_tenant_of(s_broker_t *self, llmq_msg_t *msg)
+{
+    const char *key = self->auth ? llmq_msg_user_id(msg) : NULL;
+    if (key && *key)
+        return key;
+    const char *declared = llmq_msg_tenant(msg);
+    return declared ? declared : "";
+}
+
+static void s_item_free(void **item)
+{
+    free(*item);
+    *item = NULL;
+}
+
+static s_tenant_t *s_tenant_require(s_broker_t *self, const char *name)
+{
+    if (!self->tenants) {
+        self->tenants = zhashx_new();
+        if (!self->tenants)
+            return NULL;
+        zhashx_set_key_duplicator(self->tenants, NULL);
+        zhashx_set_key_destructor(self->tenants, NULL);
+        zhashx_set_destructor(self->tenants, s_item_free);
+    }
+    s_tenant_t *t = (s_tenant_t *)zhashx_lookup(self->tenants, name);
+    if (t)
+        return t;
+    size_t len = strlen(name);
+    t = (s_tenant_t *)calloc(1, sizeof(*t) + len);
+    if (!t)
+        return NULL;
+    memcpy(t->name, name, len + 1);
+    zhashx_insert(self->tenants, t->name, t);
+    return t;
+}
+
+//  A request of the tenant leaves the broker.
+static void s_tenant_release(s_broker_t *self, s_request_t *r)
+{
+    s_tenant_t *t = r->owner;
+    r->owner = NULL;
+    if (t && --t->held == 0)
+        zhashx_delete(self->tenants, t->name);
+}
+
+//  Why a request of `bytes` from tenant `name` must be refused (its caps,
+//  the byte budget), or NULL to take it. why: room for the message.
+static const char *s_tenant_refuse(s_broker_t *self, const char *name,
+                                   size_t bytes, char *why, size_t size)
+{
+    const llmq_broker_config_t *c = &self->config;
+    s_tenant_t *t =
+        self->tenants ? (s_tenant_t *)zhashx_lookup(self->tenants, name) : 0;
+    if (c->max_queue_bytes && self->queued_bytes + bytes > c->max_queue_bytes)
+        snprintf(why, size, "broker queue full (%zu bytes waiting)",
+                 self->queued_bytes);
+    else if (t && c->tenant_max_queue && t->queued >= c->tenant_max_queue)
+        snprintf(why, size, "tenant queue full (%zu requests waiting)",
+                 t->queued);
+    else if (c->tenant_max_bytes &&
+             (t ? t->bytes : 0) + bytes > c->tenant_max_bytes)
+        snprintf(why, size, "tenant queue full (%zu bytes waiting)",
+                 t ? t->bytes : 0);
+    else if (t && c->tenant_max_inflight && t->held >= c->tenant_max_inflight)
+        snprintf(why, size, "tenant has %zu requests in the broker", t->held);
+    else
+        return NULL;
+    return why;
+}
+
+//  The lane's entry for (priority, tenant), tenant NULL for the clock.
+static s_fair_t *s_fair_require(s_lane_t *lane, int64_t priority,
+                                const char *tenant)
+{
+    if (!lane->fair) {
+        lane->fair = zhashx_new();
+        if (!lane->fair)
+            return NULL;
+        zhashx_set_key_duplicator(lane->fair, NULL);
+        zhashx_set_key_destructor(lane->fair, NULL);
+        zhashx_set_destructor(lane->fair, s_item_free);
+    }
+    char key[200];
+    snprintf(key, sizeof(key), "%" PRId64 "%s%.128s", priority,
+             tenant ? "\x1f" : "\x1e", tenant ? tenant : "");
+    s_fair_t *f = (s_fair_t *)zhashx_lookup(lane->fair, key);
+    if (f)
+        return f;
+    size_t len = strlen(key);
+    f = (s_fair_t *)calloc(1, sizeof(*f) + len);
+    if (!f)
+        return NULL;
+    memcpy(f->key, key, len + 1);
+    zhashx_insert(lane->fair, f->key, f);
+    return f;
+}
+
+//  The heap sequence of a request joining the back of its priority class:
+//  its fair-share stamp, or the arrival counter with fair share off.
+static int64_t s_fair_stamp(s_broker_t *self, s_request_t *r)
+{
+    if (self->config.no_fair_share)
+        return ++self->next_seq;
+    s_fair_t *clock = s_fair_require(r->lane, r->priority, NULL);
+    s_fair_t *mine = clock ? s_fair_require(r->lane, r->priority,
+                                            r->owner ? r->owner->name : "")
+                           : NULL;
+    if (!mine) {
+        if (clock && !clock->count)
+            zhashx_delete(r->lane->fair, clock->key);
+        return INT64_MAX / 2; //  Out of memory: the back of the class
+    }
+    mine->stamp = (mine->stamp > clock->stamp ? mine->stamp : clock->stamp) + 1;
+    mine->count++;
+    mine->clock = clock;
+    clock->count++;
+    r->fair = mine;
+    return mine->stamp;
+}
+
+//  A request stops waiting: dispatched (its stamp moves the clock; served:
+//  the dispatch counter) or not (served 0).
+static void s_fair_leave(s_request_t *r, uint64_t served)
+{
+    s_fair_t *mine = r->fair;
+    if (!mine)
+        return;
+    r->fair = NULL;
+    s_fair_t *clock = mine->clock;
+    if (served && r->qnode.seq > clock->stamp)
+        clock->stamp = r->qnode.seq;
+    if (served)
+        clock->served = served;
+    if (--mine->count == 0)
+        zhashx_delete(r->lane->fair, mine->key);
+    if (--clock->count == 0)
+        zhashx_delete(r->lane->fair, clock->key);
+}
+
+//  Book a request that joined (+1) or left (-1) its lane's queue.
+static void s_tenant_queued(s_broker_t *self, s_request_t *r, int delta)
+{
+    s_tenant_t *t = r->owner;
+    if (delta > 0) {
+        self->queued_bytes += r->bytes;
+        if (t && t->queued++ == 0)
+            self->tenants_waiting++;
+        if (t)
+            t->bytes += r->bytes;
+        return;
+    }
+    self->queued_bytes -= r->bytes;
+    if (t && --t->queued == 0)
+        self->tenants_waiting--;
+    if (t)
+        t->bytes -= r->bytes;
+}
+
+//  A request left its lane's queue (popped or removed).
+static void s_dequeued(s_broker_t *self, s_request_t *r, bool dispatched)
+{
+    self->queued--;
+    s_fair_leave(r, dispatched ? self->use_clock + 1 : 0);
+    s_tenant_queued(self, r, -1);
+}
+
+//  --------------------------------------------------------------------------
 //  Requests: expiry, queueing, unlinking.
 
 static void s_expiry_set(s_broker_t *self, s_request_t *r, int64_t at)
@@ -579,10 +781,13 @@ static int64_t s_queued_expiry(s_broker_t *self, s_request_t *r)
 //  front for a requeue.
 static int s_enqueue(s_broker_t *self, s_request_t *r, bool front)
 {
-    int64_t seq = front ? --self->front_seq : ++self->next_seq;
-    if (llmq_queue_push(r->lane->queue, &r->qnode, r->priority, seq))
+    int64_t seq = front ? --self->front_seq : s_fair_stamp(self, r);
+    if (llmq_queue_push(r->lane->queue, &r->qnode, r->priority, seq)) {
+        s_fair_leave(r, 0);
         return -1;
+    }
     self->queued++;
+    s_tenant_queued(self, r, 1);
     s_expiry_set(self, r, s_queued_expiry(self, r));
     return 0;
 }
@@ -617,11 +822,12 @@ static void s_request_destroy(s_broker_t *self, s_request_t **r_p)
     *r_p = NULL;
     if (llmq_queue_node_queued(&r->qnode)) {
         llmq_queue_remove(r->lane->queue, &r->qnode);
-        self->queued--;
+        s_dequeued(self, r, false);
     }
     if (llmq_queue_node_queued(&r->dnode))
         llmq_queue_remove(self->expiry, &r->dnode);
     s_request_unassign(self, r);
+    s_tenant_release(self, r);
     if (r->park) {
         zlistx_delete(self->parked, r->park);
         r->park = NULL;
@@ -755,6 +961,7 @@ static void s_lane_free(void **item)
     if (!lane)
         return;
     llmq_queue_destroy(&lane->queue);
+    zhashx_destroy(&lane->fair);
     zlistx_destroy(&lane->workers);
     free(lane->key);
     free(lane->model);
@@ -1057,8 +1264,9 @@ static bool s_dispatch_one(s_broker_t *self, s_lane_t *lane)
     if (!w)
         return false;
     llmq_queue_node_t *node = llmq_queue_pop(lane->queue);
-    self->queued--;
-    s_send_request(self, w, LLMQ_QUEUE_ITEM(node, s_request_t, qnode));
+    s_request_t *r = LLMQ_QUEUE_ITEM(node, s_request_t, qnode);
+    s_dequeued(self, r, true);
+    s_send_request(self, w, r);
     return true;
 }
 
@@ -1121,6 +1329,28 @@ static void s_dispatch_module(s_broker_t *self, s_worker_t *w)
     }
 }
 
+//  Between the heads of two lanes of one priority: the earlier arrival, or
+//  with fair share the one fewer turns ahead of its lane's clock (stamps of
+//  different lanes count different turns), then the lane served least
+//  recently, so lanes take turns too. Requeued ones come first.
+static bool s_head_before(s_broker_t *self, llmq_queue_node_t *a,
+                          llmq_queue_node_t *b)
+{
+    if (self->config.no_fair_share)
+        return a->seq < b->seq;
+    s_request_t *ra = LLMQ_QUEUE_ITEM(a, s_request_t, qnode),
+                *rb = LLMQ_QUEUE_ITEM(b, s_request_t, qnode);
+    int64_t lag_a = ra->fair ? a->seq - ra->fair->clock->stamp : a->seq,
+            lag_b = rb->fair ? b->seq - rb->fair->clock->stamp : b->seq;
+    if (lag_a != lag_b)
+        return lag_a < lag_b;
+    uint64_t served_a = ra->fair ? ra->fair->clock->served : 0,
+             served_b = rb->fair ? rb->fair->clock->served : 0;
+    if (served_a != served_b)
+        return served_a < served_b;
+    return ra->received_at < rb->received_at;
+}
+
 //  A worker has credit: serve its lanes, best waiting request first.
 static void s_dispatch_worker(s_broker_t *self, s_worker_t *w)
 {
@@ -1132,7 +1362,7 @@ static void s_dispatch_worker(s_broker_t *self, s_worker_t *w)
             llmq_queue_node_t *head = llmq_queue_peek(lane->queue);
             if (head && (!best_head || head->priority > best_head->priority ||
                          (head->priority == best_head->priority &&
-                          head->seq < best_head->seq))) {
+                          s_head_before(self, head, best_head)))) {
                 best = lane;
                 best_head = head;
             }
@@ -1551,7 +1781,7 @@ static void s_attach(s_broker_t *self, s_worker_t *w, s_request_t *r)
 {
     if (llmq_queue_node_queued(&r->qnode)) {
         llmq_queue_remove(r->lane->queue, &r->qnode);
-        self->queued--;
+        s_dequeued(self, r, false);
     }
     if (r->park) {
         zlistx_delete(self->parked, r->park);
@@ -1800,6 +2030,66 @@ static bool s_client_resend(s_broker_t *self, s_request_t *r, int64_t now)
     return false;
 }
 
+//  Refuse a client request past its tenant's caps or the byte budget
+//  (answered `overloaded`, retryable). True if it was refused (taken).
+static bool s_tenant_admit(s_broker_t *self, llmq_msg_t **msg_p)
+{
+    zframe_t *payload = llmq_msg_payload(*msg_p);
+    size_t bytes = payload ? zframe_size(payload) : 0;
+    char why[120];
+    if (!s_tenant_refuse(self, s_tenant_of(self, *msg_p), bytes, why,
+                         sizeof(why)))
+        return false;
+    self->counters.overloaded++;
+    const char *labels[] = {"reason", "tenant_cap", NULL};
+    llmq_metrics_add(self->metrics, "llmq_broker_dropped_total", labels, 1);
+    s_refuse(self, msg_p, LLMQ_ERR_OVERLOADED, why);
+    return true;
+}
+
+//  A client request belongs to the tenant of its message; its payload size
+//  is what it weighs in the byte caps.
+static void s_request_own(s_broker_t *self, s_request_t *r, llmq_msg_t *msg)
+{
+    r->bytes = r->payload ? zframe_size(r->payload) : 0;
+    r->owner = s_tenant_require(self, s_tenant_of(self, msg));
+    if (r->owner)
+        r->owner->held++;
+}
+
+//  A client is (tenant, routing id): a socket of another tenant that
+//  reuses a routing id is another client, and its cancels never reach the
+//  first one's requests (PROTOCOL.md 3.4). Appends "~" and a hash of the
+//  tenant to the routing id's hex key (the request key stays <= 600).
+static void s_key_tenant(s_broker_t *self, llmq_msg_t *msg, char *key,
+                         size_t size)
+{
+    const char *tenant = s_tenant_of(self, msg);
+    if (!*tenant)
+        return;
+    uint64_t h = 14695981039346656037ULL; //  FNV-1a 64
+    for (const char *c = tenant; *c; c++)
+        h = (h ^ (uint8_t)*c) * 1099511628211ULL;
+    size_t len = strlen(key);
+    snprintf(key + len, size - len, "~%016" PRIx64, h);
+}
+
+//  True if tenant is the configured admin (sees every batch).
+static bool s_tenant_is_admin(s_broker_t *self, const char *tenant)
+{
+    const char *admin =
+        self->auth ? self->config.admin_key : self->config.admin_tenant;
+    return admin && *admin && streq(admin, tenant);
+}
+
+//  A batch message goes to the module with its sender's tenant in
+//  `tenant`, the owner it checks; none for the admin, who sees every batch.
+static void s_batch_tenant(s_broker_t *self, llmq_msg_t *msg)
+{
+    const char *tenant = s_tenant_of(self, msg);
+    llmq_msg_set_tenant(msg, s_tenant_is_admin(self, tenant) ? NULL : tenant);
+}
+
 static void s_client_request(s_broker_t *self, const char *key,
                              llmq_msg_t **msg_p)
 {
@@ -1841,6 +2131,8 @@ static void s_client_request(s_broker_t *self, const char *key,
         s_refuse(self, msg_p, LLMQ_ERR_OVERLOADED, message);
         return;
     }
+    if (s_tenant_admit(self, msg_p))
+        return;
     s_lane_t *lane =
         s_lane_require(self, llmq_msg_model(msg), llmq_msg_pool(msg));
     if (!client)
@@ -1864,6 +2156,7 @@ static void s_client_request(s_broker_t *self, const char *key,
     }
     r->trace = s_strdup_or_null(llmq_msg_trace(msg));
     r->tenant = s_strdup_or_null(llmq_msg_tenant(msg));
+    s_request_own(self, r, msg);
     s_request_keys(self, r, key, msg, now);
     zhashx_insert(client->pending, r->id, r);
     self->counters.received++;
@@ -1939,12 +2232,19 @@ static void s_client_status(s_broker_t *self, zframe_t *rid)
         lanes = s_MAX_STATUS_QUEUES;
     s_counters_t *c = &self->counters;
     llmq_status_counter_t counters[] = {
-        {"received", c->received},       {"dispatched", c->dispatched},
-        {"answered_ok", c->answered_ok}, {"answered_error", c->answered_error},
-        {"requeued", c->requeued},       {"dropped", c->dropped},
-        {"expired", c->expired},         {"overloaded", c->overloaded},
-        {"not_found", c->not_found},     {"cancelled", c->cancelled},
-        {"queued", self->queued},        {"in_flight", self->inflight_count},
+        {"received", c->received},
+        {"dispatched", c->dispatched},
+        {"answered_ok", c->answered_ok},
+        {"answered_error", c->answered_error},
+        {"requeued", c->requeued},
+        {"dropped", c->dropped},
+        {"expired", c->expired},
+        {"overloaded", c->overloaded},
+        {"not_found", c->not_found},
+        {"cancelled", c->cancelled},
+        {"queued", self->queued},
+        {"in_flight", self->inflight_count},
+        {"tenants", self->tenants_waiting},
         {"bad_usage", c->bad_usage},
     };
     llmq_status_t st = {
@@ -1984,9 +2284,10 @@ static void s_client_status(s_broker_t *self, zframe_t *rid)
 
 static void s_handle_client(s_broker_t *self, llmq_msg_t *msg)
 {
-    char key[520];
+    char key[560];
     zframe_t *rid = llmq_msg_routing_id(msg);
     s_key(rid, key, sizeof(key));
+    s_key_tenant(self, msg, key, sizeof(key));
     if (self->config.verbose)
         llmq_msg_print(msg);
     switch (llmq_msg_type(msg)) {
@@ -2015,6 +2316,7 @@ static void s_handle_client(s_broker_t *self, llmq_msg_t *msg)
     case LLMQ_MSG_BATCH_CLOSE:
     case LLMQ_MSG_BATCH_GET:
     case LLMQ_MSG_BATCH_CANCEL:
+        s_batch_tenant(self, msg);
         if (self->config.module && self->config.module->client_msg)
             self->config.module->client_msg(self->module_state, &msg);
         else
@@ -2252,6 +2554,46 @@ static void s_timers(s_broker_t *self, int64_t now)
 //  --------------------------------------------------------------------------
 //  Metrics gauges, refreshed at each scrape.
 
+//  llmq_broker_tenant_queued{tenant}: the s_TENANT_LABELS tenants with most
+//  requests waiting, the rest summed as "other" (bounded label count).
+#define s_TENANT_LABELS 20
+static void s_collect_tenants(llmq_metrics_t *metrics, s_broker_t *self)
+{
+    llmq_metrics_reset(metrics, "llmq_broker_tenant_queued");
+    llmq_metrics_set(metrics, "llmq_broker_queued_bytes", NULL,
+                     (double)self->queued_bytes);
+    s_tenant_t *top[s_TENANT_LABELS];
+    size_t ntop = 0, other = 0;
+    s_tenant_t *t =
+        self->tenants ? (s_tenant_t *)zhashx_first(self->tenants) : NULL;
+    for (; t; t = (s_tenant_t *)zhashx_next(self->tenants)) {
+        if (!t->queued)
+            continue;
+        s_tenant_t *out = t;
+        if (ntop == s_TENANT_LABELS) {
+            size_t least = 0;
+            for (size_t i = 1; i < ntop; i++)
+                if (top[i]->queued < top[least]->queued)
+                    least = i;
+            if (top[least]->queued < t->queued) {
+                out = top[least];
+                top[least] = t;
+            }
+            other += out->queued;
+        } else
+            top[ntop++] = t;
+    }
+    for (size_t i = 0; i < ntop; i++) {
+        const char *labels[] = {"tenant", top[i]->name, NULL};
+        llmq_metrics_set(metrics, "llmq_broker_tenant_queued", labels,
+                         (double)top[i]->queued);
+    }
+    const char *labels[] = {"tenant", "other", NULL};
+    if (other)
+        llmq_metrics_set(metrics, "llmq_broker_tenant_queued", labels,
+                         (double)other);
+}
+
 static void s_collect(llmq_metrics_t *metrics, void *arg)
 {
     s_broker_t *self = (s_broker_t *)arg;
@@ -2286,6 +2628,7 @@ static void s_collect(llmq_metrics_t *metrics, void *arg)
                      (double)zhashx_size(self->clients));
     llmq_metrics_set(metrics, "llmq_broker_uptime_seconds", NULL,
                      (double)(zclock_mono() - self->started_at) / 1000.0);
+    s_collect_tenants(metrics, self);
 }
 
 static void s_metrics_define(llmq_metrics_t *m)
@@ -2318,6 +2661,12 @@ static void s_metrics_define(llmq_metrics_t *m)
                         "Requests waiting, by model and pool.", NULL, 0);
     llmq_metrics_define(m, "llmq_broker_queued", LLMQ_METRIC_GAUGE,
                         "Requests waiting in all queues.", NULL, 0);
+    llmq_metrics_define(m, "llmq_broker_queued_bytes", LLMQ_METRIC_GAUGE,
+                        "Payload bytes waiting in all queues.", NULL, 0);
+    llmq_metrics_define(m, "llmq_broker_tenant_queued", LLMQ_METRIC_GAUGE,
+                        "Requests waiting, by tenant (the 20 with most, "
+                        "the rest as other).",
+                        NULL, 0);
     llmq_metrics_define(m, "llmq_broker_in_flight", LLMQ_METRIC_GAUGE,
                         "Requests held by workers.", NULL, 0);
     llmq_metrics_define(m, "llmq_broker_workers", LLMQ_METRIC_GAUGE,
@@ -2427,7 +2776,9 @@ static zsock_t *s_bind(s_broker_t *self, const char *endpoint, bool frontend,
     //  Receives never block: the loop reads until EAGAIN, which spares a
     //  ZMQ_EVENTS query (and its poll syscall) per message.
     zsock_set_rcvtimeo(sock, 0);
-    if (frontend)
+    //  Under CURVE a routing id stays with the connection that has it: no
+    //  takeover by another key (PROTOCOL.md 3.4).
+    if (frontend && !self->auth)
         zsock_set_router_handover(sock, 1);
     if (self->auth &&
         llmq_auth_server_apply(self->auth, sock, self->cert,
@@ -2469,6 +2820,8 @@ static s_broker_t *s_broker_new(zsock_t *pipe,
     self->config.metrics = NULL;
     self->config.curve_cert = NULL;
     self->config.client_keys = NULL;
+    self->config.admin_key = s_strdup_or_null(config->admin_key);
+    self->config.admin_tenant = s_strdup_or_null(config->admin_tenant);
     self->config.worker_keys = NULL;
     self->config.name = self->name;
     self->started_at = zclock_mono();
@@ -2578,6 +2931,7 @@ static void s_broker_destroy(s_broker_t **self_p)
     zlistx_destroy(&self->parked);
     zhashx_destroy(&self->attach);
     zhashx_destroy(&self->clients);
+    zhashx_destroy(&self->tenants);
     zhashx_destroy(&self->groups);
     //  Workers and lanes point at each other only through borrowed lists.
     zhashx_destroy(&self->workers);
@@ -2597,6 +2951,8 @@ static void s_broker_destroy(s_broker_t **self_p)
     free(self->backend_ep);
     free(self->error);
     free(self->name);
+    free((char *)self->config.admin_key);
+    free((char *)self->config.admin_tenant);
     free(self);
 }
 
@@ -2736,6 +3092,9 @@ void llmq_broker_config_defaults(llmq_broker_config_t *config)
     config->inflight_grace_ms = 5000;
     config->default_deadline_ms = 600000;
     config->recovery_ms = -1;
+    config->max_queue_bytes = (size_t)2 << 30;
+    config->tenant_max_queue = 200000;
+    config->tenant_max_bytes = (size_t)1 << 30;
 }
 
 int llmq_broker_endpoints(zactor_t *broker, char **frontend, char **backend,

@@ -113,6 +113,14 @@ typedef struct {
     const char *curve_cert;  //  CURVE: the broker's secret cert, NULL = off
     const char *client_keys; //  Directory of allowed client public certs
     const char *worker_keys; //  Directory of allowed worker public certs
+    //  Tenants (PROTOCOL.md 3.4); 0 = no cap.
+    size_t max_queue_bytes;     //  Payload bytes waiting, all tenants
+    size_t tenant_max_queue;    //  Requests waiting, per tenant
+    size_t tenant_max_bytes;    //  Payload bytes waiting, per tenant
+    size_t tenant_max_inflight; //  Requests in the broker, per tenant
+    bool no_fair_share;         //  Plain arrival order within a priority
+    const char *admin_key;      //  CURVE key (Z85) that sees every batch
+    const char *admin_tenant;   //  Without CURVE: the declared admin name
 } llmq_broker_config_t;
 
 /*  Fill a config with the defaults above. */

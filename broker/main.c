@@ -47,6 +47,28 @@ static const char s_help[] =
     "  --max-queue N           queued requests in all queues before "
     "`overloaded`\n"
     "                          (default 1000000)\n"
+    "  --max-queue-bytes N     payload bytes queued in all queues before "
+    "`overloaded`\n"
+    "                          (default 2147483648; 0 = no cap)\n"
+    "  --tenant-max-queue N    requests one tenant may have queued "
+    "(default 200000;\n"
+    "                          0 = no cap; a tenant: the client's CURVE key, "
+    "else the\n"
+    "                          `tenant` it declares, PROTOCOL.md 3.4)\n"
+    "  --tenant-max-bytes N    payload bytes one tenant may have queued "
+    "(default\n"
+    "                          1073741824; 0 = no cap)\n"
+    "  --tenant-max-inflight N requests one tenant may have in the broker, "
+    "queued\n"
+    "                          or at workers (default 0 = no cap)\n"
+    "  --no-fair-share         serve each priority in arrival order, not "
+    "tenants in\n"
+    "                          turn\n"
+    "  --admin-key KEY         with CURVE: the client public key (Z85) that "
+    "sees and\n"
+    "                          cancels every batch\n"
+    "  --admin-tenant NAME     without CURVE: the declared tenant that does "
+    "(advisory)\n"
     "  --no-worker-wait-ms MS  how long a request for a model no "
     "worker serves\n"
     "                          waits for one to join before "
@@ -183,6 +205,13 @@ static const s_flag_t s_flags[] = {
     {"metrics", K_STR, 0, 0, B_(metrics)},
     {"name", K_STR, 0, 0, B_(name)},
     {"max-queue", K_SIZE, 1, 100000000, B_(max_queue)},
+    {"max-queue-bytes", K_SIZE, 0, 1LL << 50, B_(max_queue_bytes)},
+    {"tenant-max-queue", K_SIZE, 0, 100000000, B_(tenant_max_queue)},
+    {"tenant-max-bytes", K_SIZE, 0, 1LL << 50, B_(tenant_max_bytes)},
+    {"tenant-max-inflight", K_SIZE, 0, 100000000, B_(tenant_max_inflight)},
+    {"no-fair-share", K_TRUE, 0, 0, B_(no_fair_share)},
+    {"admin-key", K_STR, 0, 0, B_(admin_key)},
+    {"admin-tenant", K_STR, 0, 0, B_(admin_tenant)},
     {"no-worker-wait-ms", K_INT_MS, 0, 86400000, B_(no_worker_wait_ms)},
     {"drain-ms", K_INT_MS, 0, 86400000, B_(drain_ms)},
     {"heartbeat-ms", K_INT_MS, 10, 600000, B_(heartbeat_ms)},

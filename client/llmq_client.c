@@ -71,6 +71,7 @@ struct _llmq_client_t {
     int timeout_ms;            /* broker liveness */
     int heartbeat_ms;          /* ping interval while silent */
     int give_up_ms;            /* 0: never give up */
+    char *tenant;              /* declared tenant of every message, or NULL */
     bool verbose;              /* log reconnects and drops */
     llmq_result_fn *callback;  /* result callback, or NULL (poll mode) */
     void *callback_arg;        /* its argument */
@@ -182,6 +183,17 @@ llmq_client_t *llmq_client_new(const char *endpoint)
     return llmq_client_new_with(endpoint, NULL, NULL, 0);
 }
 
+//  The declared tenant of every message (PROTOCOL.md 3.4, advisory):
+//  options->tenant, else $LLMQ_TENANT, else none.
+static void s_tenant_default(llmq_client_t *self,
+                             const llmq_client_options_t *options)
+{
+    const char *tenant =
+        options && options->tenant ? options->tenant : getenv("LLMQ_TENANT");
+    if (tenant && *tenant)
+        self->tenant = strndup(tenant, 128);
+}
+
 //  Load the CURVE keys of options into self. Returns 0 or -1 (err set).
 static int s_curve_load(llmq_client_t *self,
                         const llmq_client_options_t *options, char *err,
@@ -245,6 +257,7 @@ llmq_client_t *llmq_client_new_with(const char *endpoint,
     if (give_up && *give_up && !llmq_duration_parse(give_up, &env_ms, NULL) &&
         env_ms <= INT32_MAX)
         self->give_up_ms = (int)env_ms;
+    s_tenant_default(self, options);
     self->sock = s_socket_new(self);
     if (!self->sock) {
         snprintf(err, err_size, "bad endpoint '%s'", self->endpoint);
@@ -274,6 +287,7 @@ void llmq_client_destroy(llmq_client_t **self_p)
         zlist_destroy(&self->batch_in);
         free(self->pong_version);
         free(self->endpoint);
+        free(self->tenant);
         zcert_destroy(&self->cert);
         free(self);
         *self_p = NULL;
@@ -351,8 +365,8 @@ static void s_send_request(llmq_client_t *self, s_request_t *req)
         llmq_msg_set_pool(msg, req->pool);
     if (req->trace)
         llmq_msg_set_trace(msg, req->trace);
-    if (req->tenant)
-        llmq_msg_set_tenant(msg, req->tenant);
+    if (req->tenant || self->tenant)
+        llmq_msg_set_tenant(msg, req->tenant ? req->tenant : self->tenant);
     if (req->deadline_ms > 0) {
         //  Relative deadline: what is left of it now.
         int64_t left = req->deadline_ms - (zclock_mono() - req->sent_at);
@@ -1118,6 +1132,8 @@ static int s_batch_call(llmq_client_t *self, llmq_msg_t *msg,
     self->batch_error[0] = '\0';
     if (!msg)
         return -1;
+    if (self->tenant && !llmq_msg_tenant(msg))
+        llmq_msg_set_tenant(msg, self->tenant);
     if (!self->batch_in && !(self->batch_in = zlist_new())) {
         llmq_msg_destroy(&msg);
         return -1;

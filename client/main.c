@@ -87,6 +87,7 @@ typedef struct {
     bool detach;            /* batch submit: print the id and leave */
     const char *curve_cert; /* CURVE: own secret certificate */
     const char *broker_key; /* CURVE: the broker's public key or cert */
+    const char *tenant;     /* declared tenant (advisory, without CURVE) */
 } s_opts_t;
 
 /*  The options, one table: what kind of value each takes and the field
@@ -138,6 +139,7 @@ static const s_option_t s_options[] = {
     {"detach", S_FLAG, S_AT(detach)},
     {"curve-cert", S_TEXT, S_AT(curve_cert)},
     {"broker-key", S_TEXT, S_AT(broker_key)},
+    {"tenant", S_TEXT, S_AT(tenant)},
     {"help", S_HELP, 0},
 };
 #define S_OPTIONS (sizeof s_options / sizeof s_options[0])
@@ -183,7 +185,9 @@ static const char *s_usage_main =
     "  --curve-cert PATH    CURVE: this client's secret certificate (env\n"    \
     "                       LLMQ_CURVE_CERT; made by `llmq keygen NAME`)\n"    \
     "  --broker-key KEY     CURVE: the broker's public key, Z85 text or its\n" \
-    "                       public certificate file (env LLMQ_BROKER_KEY)\n"
+    "                       public certificate file (env LLMQ_BROKER_KEY)\n"   \
+    "  --tenant NAME        the tenant this client declares without CURVE\n"   \
+    "                       (advisory; env LLMQ_TENANT; PROTOCOL.md 3.4)\n"
 
 static const char *s_usage_cluster =
     "Broker and embedded cluster:\n"
@@ -559,6 +563,7 @@ static llmq_client_t *s_client_new(const s_opts_t *opts, const char *endpoint,
                                    bool curve)
 {
     llmq_client_options_t copts = {0};
+    copts.tenant = opts->tenant;
     if (curve) {
         copts.curve_cert = opts->curve_cert;
         copts.broker_key = opts->broker_key;

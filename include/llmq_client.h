@@ -135,6 +135,9 @@ typedef struct {
                                `llmq keygen NAME`: NAME or NAME_secret) */
     const char *broker_key; /* the broker's public key: 40-char Z85 text or
                                the path of its public certificate file */
+    const char *tenant;     /* declared tenant of every request and batch
+                               call without CURVE (advisory; default
+                               $LLMQ_TENANT; PROTOCOL.md 3.4) */
 } llmq_client_options_t;
 
 /*  Like llmq_client_new, with options (NULL: none). CURVE needs both

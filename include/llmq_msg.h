@@ -146,6 +146,12 @@ void llmq_msg_set_payload_mem(llmq_msg_t *self, const void *data, size_t size);
     the broker forwards a payload to another peer without copying it. */
 zframe_t *llmq_msg_take_payload(llmq_msg_t *self);
 
+/*  The peer's authenticated identity of a message read from a ROUTER: the
+    User-Id its ZAP handler gave the connection (llmq-broker: the CURVE
+    public key, Z85). NULL without ZAP, or for a message built here. Not on
+    the wire and not copied by llmq_msg_dup. */
+const char *llmq_msg_user_id(const llmq_msg_t *self);
+
 /*  Routing id of the peer on a ROUTER socket (borrowed; NULL if none). */
 zframe_t *llmq_msg_routing_id(const llmq_msg_t *self);
 

@@ -107,6 +107,7 @@ struct _llmq_msg_t {
     zframe_t *routing_id;           /* ROUTER peer, or NULL */
     zframe_t *payload;              /* opaque payload frame, or NULL */
     char *reason;                   /* why the input was INVALID */
+    char *user_id;                  /* the peer's ZAP User-Id, or NULL */
     s_value_t values[LLMQ_F_COUNT]; /* one slot per field of the .def */
 };
 
@@ -152,6 +153,7 @@ void llmq_msg_destroy(llmq_msg_t **self_p)
     zframe_destroy(&self->routing_id);
     zframe_destroy(&self->payload);
     free(self->reason);
+    free(self->user_id);
     free(self);
     *self_p = NULL;
 }
@@ -428,6 +430,11 @@ zframe_t *llmq_msg_take_payload(llmq_msg_t *self)
     zframe_t *payload = self->payload;
     self->payload = NULL;
     return payload;
+}
+
+const char *llmq_msg_user_id(const llmq_msg_t *self)
+{
+    return self->user_id;
 }
 
 zframe_t *llmq_msg_routing_id(const llmq_msg_t *self)
@@ -1077,6 +1084,12 @@ static llmq_msg_t *s_from_frames(zframe_t **rid_p, zframe_t **header_p,
     } else
         s_decode(&d, data, size, *payload_p != NULL);
     if (d.msg) {
+        /*  Under CURVE, ZAP's User-Id (the peer's public key) rides on
+            every frame but the routing id, which the ROUTER makes. */
+        const char *user =
+            *rid_p && header ? zframe_meta(header, "User-Id") : NULL;
+        if (user && *user)
+            d.msg->user_id = strdup(user);
         d.msg->routing_id = *rid_p;
         *rid_p = NULL;
         if (d.msg->type == LLMQ_MSG_INVALID) {

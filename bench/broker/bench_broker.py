@@ -13,6 +13,8 @@ first, so that machine noise hits both):
   load        latency at fixed offered loads (1k and 5k req/s in total).
   real        (opt-in, with throughput) the broker again with real
               `llmq-worker --provider echo` processes instead of bench workers.
+  tenants     (opt-in) the broker alone, each client its own declared
+              tenant, fair share on beside --no-fair-share (PROTOCOL.md 3.4).
   memory      1,000,000 queued 1 KB requests (no worker for their model):
               broker RSS and ping round trips while the queue is full.
 
@@ -80,8 +82,11 @@ def run_system(a, system, requests, window, rate=0):
     """One run of `system` (broker or raw); returns a dict of numbers."""
     bench = os.path.join(a.bin, "llmq-bench-broker")
     if system.startswith("broker"):
+        # broker-fair / broker-fifo: each client its own tenant, fair share
+        # on / off (--no-fair-share); the tenants part compares the two.
         mid, ep = start([os.path.join(a.bin, "llmq-broker"), "--quiet",
-                         "--frontend", "tcp://127.0.0.1:*", "--backend", "tcp://127.0.0.1:*"])
+                         "--frontend", "tcp://127.0.0.1:*", "--backend", "tcp://127.0.0.1:*"]
+                        + (["--no-fair-share"] if system == "broker-fifo" else []))
         wmode = "llmq"
     else:
         mid, ep = start([bench, "proxy"])
@@ -112,9 +117,11 @@ def run_system(a, system, requests, window, rate=0):
             s.close()
         cpu0 = cpu_seconds(mid.pid)
         clients = []
-        for _ in range(a.clients):
+        for i in range(a.clients):
             argv = [bench, "client", "--connect", ep["frontend"], "--requests", str(requests),
                     "--window", str(window), "--size", str(a.size)]
+            if system in ("broker-fair", "broker-fifo"):
+                argv += ["--tenant", "tenant-%d" % i]
             if rate:
                 argv += ["--rate", str(rate)]
             c, _ = start(argv)
@@ -255,6 +262,18 @@ def main():
                     print("load %5d/s trial %d %-6s p50 %6.0f us p99 %6.0f us cpu %5.1f us/req"
                           % (total_rate, t, system, r["p50_us"], r["p99_us"], r["cpu_us_per_req"]),
                           file=sys.stderr)
+    if "tenants" in parts:
+        out["tenants"] = []
+        for t in range(a.trials):
+            for system in (["broker-fair", "broker-fifo"] if t % 2 == 0
+                           else ["broker-fifo", "broker-fair"]):
+                r = run_system(a, system, a.requests, a.window)
+                r["trial"] = t
+                out["tenants"].append(r)
+                print("tenants trial %d %-11s %8.0f req/s p50 %6.0f us p99 %6.0f us "
+                      "cpu %5.1f us/req errors %d" % (t, system, r["rps"], r["p50_us"],
+                                                      r["p99_us"], r["cpu_us_per_req"], r["errors"]),
+                      file=sys.stderr)
     if "memory" in parts and a.memory:
         out["memory"] = memory_part(a, a.memory)
         print("memory:", out["memory"], file=sys.stderr)
@@ -294,6 +313,21 @@ def main():
                       % (a.workers, fmt([x["rps"] for x in rw]), fmt([x["p50_us"] for x in rw]),
                          fmt([x["p99_us"] for x in rw]),
                          fmt([x["cpu_us_per_req"] for x in rw], "%.1f"), fmt(rw_ratios, "%.2f"))]
+    tn = out.get("tenants") or []
+    if tn:
+        fair = sorted([r for r in tn if r["system"] == "broker-fair"], key=lambda r: r["trial"])
+        fifo = sorted([r for r in tn if r["system"] == "broker-fifo"], key=lambda r: r["trial"])
+        lines += ["", "| %d clients = %d tenants x %d workers | fair share on | off "
+                  "(--no-fair-share) | on / off |" % (a.clients, a.clients, a.workers),
+                  "|---|---|---|---|",
+                  "| throughput, req/s | %s | %s | %s |"
+                  % (fmt([x["rps"] for x in fair]), fmt([x["rps"] for x in fifo]),
+                     fmt([x["rps"] / y["rps"] for x, y in zip(fair, fifo)], "%.2f")),
+                  "| broker CPU per request, us | %s | %s | %s |"
+                  % (fmt([x["cpu_us_per_req"] for x in fair], "%.1f"),
+                     fmt([x["cpu_us_per_req"] for x in fifo], "%.1f"),
+                     fmt([x["cpu_us_per_req"] / y["cpu_us_per_req"] if y["cpu_us_per_req"]
+                          else float("nan") for x, y in zip(fair, fifo)], "%.2f"))]
     for total_rate in (1000, 5000):
         ld = [r for r in out["load"] if r["offered"] == total_rate]
         if not ld:
@@ -315,7 +349,7 @@ def main():
     if a.json:
         with open(a.json, "w") as f:
             json.dump(out, f, indent=1)
-    errors = sum(r["errors"] for r in out["throughput"] + out["load"])
+    errors = sum(r["errors"] for r in out["throughput"] + out["load"] + tn)
     return 1 if errors else 0
 
 

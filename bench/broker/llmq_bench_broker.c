@@ -11,6 +11,7 @@
         same worker cost; llmq mode also says hello and grants credit.
     llmq-bench-broker client --connect EP [--requests N] [--window W]
                              [--size BYTES] [--rate PER_S] [--model M]
+                             [--tenant NAME]
         Sends `req`s with a BYTES payload, keeping W outstanding (or paced
         at PER_S), and prints one JSON line: count, seconds, rps, latency
         percentiles in microseconds.
@@ -28,6 +29,7 @@ typedef struct {
     const char *frontend, *backend, *connect;
     const char *worker_mode;
     const char *model;
+    const char *tenant; //  client: the declared tenant, or NULL
     long capacity, requests, window, size, rate;
 } s_args_t;
 
@@ -198,6 +200,8 @@ static int s_client(s_args_t *args)
             llmq_msg_set_id(req, id);
             llmq_msg_set_op(req, "chat");
             llmq_msg_set_model(req, args->model);
+            if (args->tenant)
+                llmq_msg_set_tenant(req, args->tenant);
             llmq_msg_set_payload_mem(req, body, size);
             sent_at[sent] = s_now_us();
             llmq_msg_send(&req, sock);
@@ -264,6 +268,7 @@ int main(int argc, char *argv[])
         {"connect", required_argument, NULL, 'c'},
         {"mode", required_argument, NULL, 'm'},
         {"model", required_argument, NULL, 'M'},
+        {"tenant", required_argument, NULL, 'T'},
         {"capacity", required_argument, NULL, 'C'},
         {"requests", required_argument, NULL, 'n'},
         {"window", required_argument, NULL, 'w'},
@@ -278,11 +283,9 @@ int main(int argc, char *argv[])
     }
     args.mode = argv[1];
     /*  Where each option's value goes (by its short code): text or number. */
-    const char **strs[128] = {['f'] = &args.frontend,
-                              ['b'] = &args.backend,
-                              ['c'] = &args.connect,
-                              ['m'] = &args.worker_mode,
-                              ['M'] = &args.model};
+    const char **strs[128] = {
+        ['f'] = &args.frontend,    ['b'] = &args.backend, ['c'] = &args.connect,
+        ['m'] = &args.worker_mode, ['M'] = &args.model,   ['T'] = &args.tenant};
     long *nums[128] = {['C'] = &args.capacity,
                        ['n'] = &args.requests,
                        ['w'] = &args.window,
@@ -300,7 +303,8 @@ int main(int argc, char *argv[])
                    "llmq-bench-broker worker --connect EP --mode raw|llmq "
                    "[--capacity N] [--model M]\n"
                    "llmq-bench-broker client --connect EP [--requests N] "
-                   "[--window W] [--size BYTES] [--rate PER_S] [--model M]\n");
+                   "[--window W] [--size BYTES] [--rate PER_S] [--model M]\n"
+                   "                         [--tenant NAME]\n");
             return 0;
         } else
             return 2;
