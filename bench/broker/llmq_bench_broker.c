@@ -77,28 +77,45 @@ static zsock_t *s_dealer(s_args_t *args, const char *role, char *identity,
     return sock;
 }
 
+//  Hello and every slot's credit: at the start, and again when the broker
+//  answers "hello first" (a machine so loaded that it took us for dead).
+static void s_worker_hello(zsock_t *sock, s_args_t *args, const char *identity)
+{
+    llmq_msg_t *hello = llmq_msg_new(LLMQ_MSG_HELLO);
+    llmq_msg_set_worker(hello, identity);
+    llmq_msg_set_pool(hello, "bench");
+    llmq_msg_set_provider(hello, "echo");
+    const char *models[] = {args->model};
+    llmq_msg_set_models(hello, models, 1);
+    llmq_msg_set_capacity(hello, args->capacity);
+    llmq_msg_set_version(hello, "bench");
+    llmq_msg_send(&hello, sock);
+    llmq_msg_t *credit = llmq_msg_new(LLMQ_MSG_CREDIT);
+    llmq_msg_set_n(credit, args->capacity);
+    llmq_msg_send(&credit, sock);
+}
+
+//  A heartbeat once a second.
+static void s_worker_beat(zsock_t *sock, int64_t *next_hb)
+{
+    if (zclock_mono() < *next_hb)
+        return;
+    llmq_msg_t *hb = llmq_msg_new(LLMQ_MSG_HB);
+    llmq_msg_send(&hb, sock);
+    *next_hb = zclock_mono() + 1000;
+}
+
 static int s_worker(s_args_t *args)
 {
     bool llmq = streq(args->worker_mode, "llmq");
     char identity[64];
     zsock_t *sock = s_dealer(args, "worker", identity, sizeof identity);
-    if (llmq) {
-        llmq_msg_t *hello = llmq_msg_new(LLMQ_MSG_HELLO);
-        llmq_msg_set_worker(hello, identity);
-        llmq_msg_set_pool(hello, "bench");
-        llmq_msg_set_provider(hello, "echo");
-        const char *models[] = {args->model};
-        llmq_msg_set_models(hello, models, 1);
-        llmq_msg_set_capacity(hello, args->capacity);
-        llmq_msg_set_version(hello, "bench");
-        llmq_msg_send(&hello, sock);
-        llmq_msg_t *credit = llmq_msg_new(LLMQ_MSG_CREDIT);
-        llmq_msg_set_n(credit, args->capacity);
-        llmq_msg_send(&credit, sock);
-    }
+    if (llmq)
+        s_worker_hello(sock, args, identity);
     printf("ready llmq-bench-broker worker=%s\n", identity);
     fflush(stdout);
     int64_t next_hb = zclock_mono() + 1000;
+    int64_t next_hello = 0;
     while (!zsys_interrupted) {
         zmq_pollitem_t item = {zsock_resolve(sock), 0, ZMQ_POLLIN, 0};
         if (zmq_poll(&item, 1, 500) == -1)
@@ -133,8 +150,17 @@ static int s_worker(s_args_t *args)
                 zframe_send(&out, sock, ZFRAME_MORE);
                 zframe_send(&payload, sock, 0);
                 answered++;
+            } else if (req && llmq_msg_type(req) == LLMQ_MSG_ERROR &&
+                       !llmq_msg_id(req) && llmq_msg_message(req) &&
+                       streq(llmq_msg_message(req), "hello first") &&
+                       zclock_mono() >= next_hello) {
+                s_worker_hello(sock, args, identity);
+                answered = 0; //  The hello granted every slot
+                next_hello = zclock_mono() + 1000;
             }
             llmq_msg_destroy(&req);
+            if (llmq) //  A long drain must not read as silence
+                s_worker_beat(sock, &next_hb);
             zframe_destroy(&rid);
             zframe_destroy(&payload);
         }
@@ -143,11 +169,8 @@ static int s_worker(s_args_t *args)
             llmq_msg_set_n(credit, answered);
             llmq_msg_send(&credit, sock);
         }
-        if (llmq && zclock_mono() >= next_hb) {
-            llmq_msg_t *hb = llmq_msg_new(LLMQ_MSG_HB);
-            llmq_msg_send(&hb, sock);
-            next_hb = zclock_mono() + 1000;
-        }
+        if (llmq)
+            s_worker_beat(sock, &next_hb);
     }
     zsock_destroy(&sock);
     return 0;
