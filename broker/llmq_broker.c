@@ -253,6 +253,8 @@ struct _llmq_broker_core_t {
     zhashx_t *tenants;      //  name -> s_tenant_t, tenants holding requests
     size_t queued_bytes;    //  Payload bytes waiting in all lanes
     size_t tenants_waiting; //  Tenants with requests waiting
+    zhashx_t *spend;        //  tenant -> s_spend_t, today (UTC) only
+    int64_t spend_day;      //  Days since the epoch that spend counts
 };
 
 //  A request key a worker reported in `held` before its client resent it.
@@ -413,8 +415,9 @@ static void s_count_answer(s_broker_t *self, const char *model,
 }
 
 //  Answer a request that never got queued (refused at the door). Takes msg.
-static void s_refuse(s_broker_t *self, llmq_msg_t **msg_p, llmq_err_t code,
-                     const char *message)
+//  As s_refuse, with retryable set as given (-1: the code's default).
+static void s_refuse_as(s_broker_t *self, llmq_msg_t **msg_p, llmq_err_t code,
+                        int retryable, const char *message)
 {
     llmq_msg_t *req = *msg_p;
     *msg_p = NULL;
@@ -422,6 +425,8 @@ static void s_refuse(s_broker_t *self, llmq_msg_t **msg_p, llmq_err_t code,
     if (res) {
         llmq_msg_set_id(res, llmq_msg_id(req));
         llmq_msg_set_failure(res, code, 0, message);
+        if (retryable >= 0)
+            llmq_msg_set_error_retryable(res, retryable != 0);
         llmq_msg_set_latency_ms(res, 0);
         llmq_msg_set_attempt(res, 0);
         size_t meta_size = 0;
@@ -433,6 +438,12 @@ static void s_refuse(s_broker_t *self, llmq_msg_t **msg_p, llmq_err_t code,
     }
     s_count_answer(self, llmq_msg_model(req), llmq_err_name(code), false, 0);
     llmq_msg_destroy(&req);
+}
+
+static void s_refuse(s_broker_t *self, llmq_msg_t **msg_p, llmq_err_t code,
+                     const char *message)
+{
+    s_refuse_as(self, msg_p, code, -1, message);
 }
 
 //  Remember to tell w that the result of dispatch bid reached its client,
@@ -1719,6 +1730,8 @@ static void s_worker_usage_check(s_broker_t *self, s_worker_t *w,
     }
 }
 
+static void s_spend_add(s_broker_t *self, s_request_t *r, double usd);
+
 static void s_worker_result(s_broker_t *self, s_worker_t *w, llmq_msg_t **msg_p)
 {
     llmq_msg_t *msg = *msg_p;
@@ -1753,6 +1766,7 @@ static void s_worker_result(s_broker_t *self, s_worker_t *w, llmq_msg_t **msg_p)
     if (r->rkey)
         s_ack_add(w, r->bid);
     s_worker_usage_check(self, w, msg);
+    s_spend_add(self, r, llmq_msg_usage_cost_usd(msg));
     s_complete(self, r, msg_p);
     if (w->leaving && w->in_flight == 0) {
         s_log(self, "info", "worker_gone", LLMQ_LOG_STR("worker", w->name),
@@ -2030,6 +2044,93 @@ static bool s_client_resend(s_broker_t *self, s_request_t *r, int64_t now)
     return false;
 }
 
+//  What each tenant spent today (UTC), from the cost its results carried
+//  (PROTOCOL.md 3.4). Bounded: past s_SPEND_TENANTS tenants a day, new ones
+//  are counted under "" (a hostile client declaring names cannot grow it).
+#define s_SPEND_TENANTS 10000
+typedef struct {
+    double usd;
+    char name[1]; //  Stored inline (the key in self->spend)
+} s_spend_t;
+
+//  The spend map, emptied when the UTC day turns; NULL if out of memory.
+static zhashx_t *s_spend_today(s_broker_t *self)
+{
+    int64_t day = (int64_t)(time(NULL) / 86400);
+    if (self->spend && day != self->spend_day)
+        zhashx_purge(self->spend);
+    self->spend_day = day;
+    if (!self->spend) {
+        self->spend = zhashx_new();
+        if (self->spend) {
+            zhashx_set_key_duplicator(self->spend, NULL);
+            zhashx_set_key_destructor(self->spend, NULL);
+            zhashx_set_destructor(self->spend, s_item_free);
+        }
+    }
+    return self->spend;
+}
+
+static double s_spend_of(s_broker_t *self, const char *tenant)
+{
+    zhashx_t *spend = s_spend_today(self);
+    s_spend_t *e = spend ? (s_spend_t *)zhashx_lookup(spend, tenant) : NULL;
+    return e ? e->usd : 0;
+}
+
+//  A result's cost (already checked: finite, 0..10,000) counts for its
+//  request's tenant.
+static void s_spend_add(s_broker_t *self, s_request_t *r, double usd)
+{
+    zhashx_t *spend = s_spend_today(self);
+    if (!spend || !(usd > 0) || !r->owner)
+        return;
+    const char *name = r->owner->name;
+    s_spend_t *e = (s_spend_t *)zhashx_lookup(spend, name);
+    if (!e && zhashx_size(spend) >= s_SPEND_TENANTS)
+        e = (s_spend_t *)zhashx_lookup(spend, name = "");
+    if (!e) {
+        size_t len = strlen(name);
+        e = (s_spend_t *)calloc(1, sizeof(*e) + len);
+        if (!e)
+            return;
+        memcpy(e->name, name, len + 1);
+        zhashx_insert(spend, e->name, e);
+    }
+    e->usd += usd;
+}
+
+//  Tenants at or past the daily cap now (a `status` counter).
+static int64_t s_spend_capped(s_broker_t *self)
+{
+    double cap = self->config.tenant_daily_usd;
+    zhashx_t *spend = cap > 0 ? s_spend_today(self) : NULL;
+    int64_t n = 0;
+    for (s_spend_t *e = spend ? (s_spend_t *)zhashx_first(spend) : NULL; e;
+         e = (s_spend_t *)zhashx_next(spend))
+        n += e->usd >= cap;
+    return n;
+}
+
+//  Refuse a request of a tenant that reached its daily cap: `rate_limited`,
+//  not retryable (retrying before 00:00 UTC cannot help). True if refused.
+static bool s_spend_admit(s_broker_t *self, llmq_msg_t **msg_p)
+{
+    double cap = self->config.tenant_daily_usd;
+    double spent = cap > 0 ? s_spend_of(self, s_tenant_of(self, *msg_p)) : 0;
+    if (!(cap > 0) || spent < cap)
+        return false;
+    char why[160];
+    snprintf(why, sizeof(why),
+             "tenant daily spend cap reached ($%.4f of $%.4f); it resets at "
+             "00:00 UTC",
+             spent, cap);
+    const char *labels[] = {"reason", "tenant_daily_cap", NULL};
+    llmq_metrics_add(self->metrics, "llmq_broker_dropped_total", labels, 1);
+    s_refuse_as(self, msg_p, LLMQ_ERR_RATE_LIMITED, 0, why);
+    return true;
+}
+
 //  Refuse a client request past its tenant's caps or the byte budget
 //  (answered `overloaded`, retryable). True if it was refused (taken).
 static bool s_tenant_admit(s_broker_t *self, llmq_msg_t **msg_p)
@@ -2131,7 +2232,7 @@ static void s_client_request(s_broker_t *self, const char *key,
         s_refuse(self, msg_p, LLMQ_ERR_OVERLOADED, message);
         return;
     }
-    if (s_tenant_admit(self, msg_p))
+    if (s_tenant_admit(self, msg_p) || s_spend_admit(self, msg_p))
         return;
     s_lane_t *lane =
         s_lane_require(self, llmq_msg_model(msg), llmq_msg_pool(msg));
@@ -2245,6 +2346,7 @@ static void s_client_status(s_broker_t *self, zframe_t *rid)
         {"queued", self->queued},
         {"in_flight", self->inflight_count},
         {"tenants", self->tenants_waiting},
+        {"tenants_at_daily_cap", s_spend_capped(self)},
         {"bad_usage", c->bad_usage},
     };
     llmq_status_t st = {
@@ -2594,6 +2696,43 @@ static void s_collect_tenants(llmq_metrics_t *metrics, s_broker_t *self)
                          (double)other);
 }
 
+//  llmq_broker_tenant_spend_usd{tenant}: today's (UTC) spend of the
+//  s_TENANT_LABELS tenants that spent most, the rest summed as "other".
+static void s_collect_spend(llmq_metrics_t *metrics, s_broker_t *self)
+{
+    llmq_metrics_reset(metrics, "llmq_broker_tenant_spend_usd");
+    zhashx_t *spend = s_spend_today(self);
+    s_spend_t *top[s_TENANT_LABELS];
+    size_t ntop = 0;
+    double other = 0;
+    s_spend_t *e = spend ? (s_spend_t *)zhashx_first(spend) : NULL;
+    for (; e; e = (s_spend_t *)zhashx_next(spend)) {
+        if (ntop < s_TENANT_LABELS) {
+            top[ntop++] = e;
+            continue;
+        }
+        size_t least = 0;
+        for (size_t i = 1; i < ntop; i++)
+            if (top[i]->usd < top[least]->usd)
+                least = i;
+        s_spend_t *out = e;
+        if (top[least]->usd < e->usd) {
+            out = top[least];
+            top[least] = e;
+        }
+        other += out->usd;
+    }
+    for (size_t i = 0; i < ntop; i++) {
+        const char *labels[] = {"tenant", top[i]->name, NULL};
+        llmq_metrics_set(metrics, "llmq_broker_tenant_spend_usd", labels,
+                         top[i]->usd);
+    }
+    const char *labels[] = {"tenant", "other", NULL};
+    if (other > 0)
+        llmq_metrics_set(metrics, "llmq_broker_tenant_spend_usd", labels,
+                         other);
+}
+
 static void s_collect(llmq_metrics_t *metrics, void *arg)
 {
     s_broker_t *self = (s_broker_t *)arg;
@@ -2629,6 +2768,7 @@ static void s_collect(llmq_metrics_t *metrics, void *arg)
     llmq_metrics_set(metrics, "llmq_broker_uptime_seconds", NULL,
                      (double)(zclock_mono() - self->started_at) / 1000.0);
     s_collect_tenants(metrics, self);
+    s_collect_spend(metrics, self);
 }
 
 static void s_metrics_define(llmq_metrics_t *m)
@@ -2666,6 +2806,10 @@ static void s_metrics_define(llmq_metrics_t *m)
     llmq_metrics_define(m, "llmq_broker_tenant_queued", LLMQ_METRIC_GAUGE,
                         "Requests waiting, by tenant (the 20 with most, "
                         "the rest as other).",
+                        NULL, 0);
+    llmq_metrics_define(m, "llmq_broker_tenant_spend_usd", LLMQ_METRIC_GAUGE,
+                        "Cost of the results each tenant got today (UTC), "
+                        "the 20 that spent most, the rest as other.",
                         NULL, 0);
     llmq_metrics_define(m, "llmq_broker_in_flight", LLMQ_METRIC_GAUGE,
                         "Requests held by workers.", NULL, 0);
@@ -2932,6 +3076,7 @@ static void s_broker_destroy(s_broker_t **self_p)
     zhashx_destroy(&self->attach);
     zhashx_destroy(&self->clients);
     zhashx_destroy(&self->tenants);
+    zhashx_destroy(&self->spend);
     zhashx_destroy(&self->groups);
     //  Workers and lanes point at each other only through borrowed lists.
     zhashx_destroy(&self->workers);

@@ -118,6 +118,7 @@ typedef struct {
     size_t tenant_max_queue;    //  Requests waiting, per tenant
     size_t tenant_max_bytes;    //  Payload bytes waiting, per tenant
     size_t tenant_max_inflight; //  Requests in the broker, per tenant
+    double tenant_daily_usd;    //  Cost per tenant per UTC day (0: no cap)
     bool no_fair_share;         //  Plain arrival order within a priority
     const char *admin_key;      //  CURVE key (Z85) that sees every batch
     const char *admin_tenant;   //  Without CURVE: the declared admin name

@@ -61,6 +61,11 @@ static const char s_help[] =
     "  --tenant-max-inflight N requests one tenant may have in the broker, "
     "queued\n"
     "                          or at workers (default 0 = no cap)\n"
+    "  --tenant-daily-cap USD  cost one tenant may spend per UTC day; past "
+    "it, its\n"
+    "                          requests get rate_limited until 00:00 UTC "
+    "(default 0\n"
+    "                          = no cap)\n"
     "  --no-fair-share         serve each priority in arrival order, not "
     "tenants in\n"
     "                          turn\n"
@@ -209,6 +214,7 @@ static const s_flag_t s_flags[] = {
     {"tenant-max-queue", K_SIZE, 0, 100000000, B_(tenant_max_queue)},
     {"tenant-max-bytes", K_SIZE, 0, 1LL << 50, B_(tenant_max_bytes)},
     {"tenant-max-inflight", K_SIZE, 0, 100000000, B_(tenant_max_inflight)},
+    {"tenant-daily-cap", K_PRICE, 0, 1000000000, B_(tenant_daily_usd)},
     {"no-fair-share", K_TRUE, 0, 0, B_(no_fair_share)},
     {"admin-key", K_STR, 0, 0, B_(admin_key)},
     {"admin-tenant", K_STR, 0, 0, B_(admin_tenant)},
@@ -265,10 +271,11 @@ static int s_apply_flag(s_args_t *args, const s_flag_t *f, const char *arg)
     case K_PRICE: {
         char *end = NULL;
         double price = strtod(arg, &end);
-        if (!*arg || *end || !(price >= 0 && price <= 100)) {
+        if (!*arg || *end ||
+            !(price >= (double)f->lo && price <= (double)f->hi)) {
             fprintf(stderr,
-                    "llmq-broker: %s wants a number in 0..100, got '%s'\n",
-                    flag, arg);
+                    "llmq-broker: %s wants a number in %lld..%lld, got '%s'\n",
+                    flag, f->lo, f->hi, arg);
             return 2;
         }
         *(double *)field = price;

@@ -320,7 +320,56 @@ def t_lanes():
     assert b.stop() == 0
 
 
-CASES = {"caps": t_caps, "lanes": t_lanes, "cancel": t_cancel, "batch": t_batch, "migrate": t_migrate, "curve": t_curve, "fair": t_fair, "bytes": t_bytes,
+def t_daily_cap():
+    """--tenant-daily-cap: a tenant whose results cost the cap today gets
+    `rate_limited`, not retryable, for its next request, before any worker
+    sees it; another tenant is still served; status counts the capped
+    tenant and the metrics show each tenant's spend."""
+    import urllib.request
+    b = bi.broker("--quiet", "--dead-ms", "600000", "--tenant-daily-cap", "0.05",
+                  "--metrics", "127.0.0.1:0")
+    c = bi.Client(b.ready["frontend"])
+    w = bi.RawWorker(b.ready["backend"], "one", capacity=1)
+
+    answers = []
+    w.send({"t": "credit", "n": 1})
+    for i in range(5):
+        c.req("a%d" % i, tenant="team-a")
+        # What reaches the worker is answered at $0.02; a refused request
+        # never reaches it and its answer comes from the broker.
+        while not c.s.poll(50):
+            try:
+                h, p = w.expect_req(timeout=0.05)
+            except TimeoutError:
+                continue
+            w.send({"t": "res", "id": h["id"], "ok": True,
+                    "usage": {"prompt_tokens": 1, "completion_tokens": 1,
+                              "total_tokens": 2, "cost_usd": 0.02}}, p)
+            w.send({"t": "credit", "n": 1})
+        h, _ = c.recv(timeout=10)
+        answers.append(h)
+    codes = [h["ok"] or h["error"]["code"] for h in answers]
+    print("team-a:", codes)
+    assert codes == [True, True, True, "rate_limited", "rate_limited"], codes
+    assert not answers[3]["error"]["retryable"], answers[3]
+    assert "daily spend cap" in answers[3]["error"]["message"], answers[3]
+    c.req("b0", tenant="team-b")
+    h, p = w.expect_req()
+    assert h.get("tenant") == "team-b", h
+    w.answer((h, p))
+    h, _ = c.recv(timeout=10)
+    assert h["id"] == "b0" and h["ok"], h
+    st = bi.status(c)
+    assert st["counters"]["tenants_at_daily_cap"] == 1, st["counters"]
+    text = urllib.request.urlopen(b.ready["metrics"] + "/metrics", timeout=5).read().decode()
+    line = [ln for ln in text.splitlines()
+            if ln.startswith('llmq_broker_tenant_spend_usd{tenant="team-a"}')]
+    assert line and abs(float(line[0].split()[-1]) - 0.06) < 1e-9, line
+    w.close()
+    assert b.stop() == 0
+
+
+CASES = {"daily_cap": t_daily_cap, "caps": t_caps, "lanes": t_lanes, "cancel": t_cancel, "batch": t_batch, "migrate": t_migrate, "curve": t_curve, "fair": t_fair, "bytes": t_bytes,
          "fair_off": lambda: t_fair(("--no-fair-share",))}
 
 if __name__ == "__main__":
