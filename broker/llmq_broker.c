@@ -75,6 +75,15 @@ typedef struct _s_lane_t s_lane_t;
 typedef struct _s_group_t s_group_t;
 typedef struct _s_request_t s_request_t;
 
+//  What the broker has handed ZeroMQ for one client and ZeroMQ has not yet
+//  written (PROTOCOL.md 3.4). Shared by the client and its messages in
+//  flight, which libzmq releases from its I/O thread: atomics.
+typedef struct {
+    atomic_int refs;     //  The client + messages in flight
+    atomic_size_t bytes; //  Payload bytes in flight
+    atomic_int msgs;     //  Messages in flight
+} s_outbox_t;
+
 //  A result passed on to its client, to be acked to its worker.
 typedef struct {
     uint64_t bid; //  Broker id of the dispatch
@@ -136,9 +145,13 @@ struct _s_request_t {
 };
 
 struct _s_client_t {
-    char *key;         //  Routing id in hex
-    zframe_t *rid;     //  Routing id
-    zhashx_t *pending; //  Client id (borrowed from request) -> request
+    char *key;          //  Routing id in hex
+    zframe_t *rid;      //  Routing id
+    zhashx_t *pending;  //  Client id (borrowed from request) -> request
+    int64_t last_seen;  //  Monotonic ms of its last message (3.4)
+    bool heartbeat;     //  Sent a heartbeat: the silence rule applies
+    bool slow;          //  In a client_slow episode (for logs)
+    s_outbox_t *outbox; //  Its replies not yet written by ZeroMQ
 };
 
 struct _s_lane_t {
@@ -195,6 +208,7 @@ typedef struct {
     uint64_t received, dispatched, answered_ok, answered_error, requeued,
         dropped, expired, overloaded, not_found, cancelled, duplicates,
         bad_messages, worker_deaths;
+    uint64_t client_gone; //  Requests dropped because their client left
 } s_counters_t;
 
 struct _llmq_broker_core_t {
@@ -255,6 +269,9 @@ typedef llmq_broker_core_t s_broker_t;
 static void s_dispatch_lane(s_broker_t *self, s_lane_t *lane);
 static void s_request_destroy(s_broker_t *self, s_request_t **r_p);
 static void s_bid_text(uint64_t bid, char out[24]);
+static void s_client_send(s_broker_t *self, s_client_t *client,
+                          llmq_msg_t **msg_p);
+static void s_outbox_release(void *data, void *hint);
 
 //  --------------------------------------------------------------------------
 //  Logging: one line per event through llmq_log (text or JSON, typed
@@ -520,7 +537,7 @@ static void s_complete(s_broker_t *self, s_request_t *r, llmq_msg_t **res_p)
         llmq_msg_set_routing_id(res, r->client->rid);
         if (self->config.verbose)
             llmq_msg_print(res);
-        llmq_msg_send(&res, self->frontend);
+        s_client_send(self, r->client, &res);
     } else if (r->from_module) {
         if (self->config.module->item_result)
             self->config.module->item_result(self->module_state, &res);
@@ -700,6 +717,8 @@ static void s_client_free(void **item)
     if (!client)
         return;
     zhashx_destroy(&client->pending);
+    if (client->outbox)
+        s_outbox_release(NULL, client->outbox);
     zframe_destroy(&client->rid);
     free(client->key);
     free(client);
@@ -718,7 +737,11 @@ static s_client_t *s_client_require(s_broker_t *self, const char *key,
     client->key = strdup(key);
     client->rid = zframe_dup(rid);
     client->pending = zhashx_new();
-    if (!client->key || !client->rid || !client->pending) {
+    client->last_seen = zclock_mono();
+    client->outbox = (s_outbox_t *)calloc(1, sizeof(s_outbox_t));
+    if (client->outbox)
+        atomic_init(&client->outbox->refs, 1);
+    if (!client->key || !client->rid || !client->pending || !client->outbox) {
         void *item = client;
         s_client_free(&item);
         return NULL;
@@ -1452,7 +1475,7 @@ static void s_worker_result(s_broker_t *self, s_worker_t *w, llmq_msg_t **msg_p)
         llmq_msg_clear(msg, LLMQ_F_ratelimit_remaining_requests);
         llmq_msg_clear(msg, LLMQ_F_ratelimit_remaining_tokens);
         llmq_msg_clear(msg, LLMQ_F_ratelimit_reset_ms);
-        llmq_msg_send(msg_p, self->frontend);
+        s_client_send(self, r->client, msg_p);
         return;
     }
     //  Only a result the worker sent is acked (not one the broker made up:
@@ -1881,6 +1904,7 @@ static void s_client_status(s_broker_t *self, zframe_t *rid)
         {"expired", c->expired},         {"overloaded", c->overloaded},
         {"not_found", c->not_found},     {"cancelled", c->cancelled},
         {"queued", self->queued},        {"in_flight", self->inflight_count},
+        {"client_gone", c->client_gone},
     };
     llmq_status_t st = {
         .broker = self->name,
@@ -1917,6 +1941,223 @@ static void s_client_status(s_broker_t *self, zframe_t *rid)
     llmq_msg_send(&msg, self->frontend);
 }
 
+//  --------------------------------------------------------------------------
+//  Work dies with its client (PROTOCOL.md 3.4): a heartbeating client that
+//  falls silent has gone, and what it asked for is dropped; replies to a
+//  client that does not read are bounded.
+
+//  A reply handed to libzmq, released when libzmq has written or dropped it.
+typedef struct {
+    s_outbox_t *box; //  Its client's outbox (one reference)
+    zframe_t *frame; //  The last frame, whose bytes libzmq sends
+    size_t size;     //  Bytes counted in box
+} s_sent_t;
+
+//  Drop one reference to an outbox (the client's, or a message's).
+static void s_outbox_release(void *data, void *hint)
+{
+    (void)data;
+    s_outbox_t *box = (s_outbox_t *)hint;
+    if (atomic_fetch_sub(&box->refs, 1) == 1)
+        free(box);
+}
+
+//  libzmq's free function for a reply's last frame (its I/O thread).
+static void s_sent_release(void *data, void *hint)
+{
+    (void)data;
+    s_sent_t *sent = (s_sent_t *)hint;
+    atomic_fetch_sub(&sent->box->bytes, sent->size);
+    atomic_fetch_sub(&sent->box->msgs, 1);
+    zframe_destroy(&sent->frame);
+    s_outbox_release(NULL, sent->box);
+    free(sent);
+}
+
+//  Replies a client may have queued at once (0 in the config: the old
+//  deep buffer).
+static int s_client_hwm(s_broker_t *self)
+{
+    size_t hwm = self->config.client_hwm;
+    return hwm > 0 && hwm <= 10000000 ? (int)hwm : 1000000;
+}
+
+//  Would one more reply of size bytes pass a client's bounds? One reply
+//  always passes an empty outbox, so no reply is too big to ever go.
+static bool s_outbox_full(s_broker_t *self, s_client_t *client, size_t size)
+{
+    size_t bytes = atomic_load(&client->outbox->bytes);
+    int msgs = atomic_load(&client->outbox->msgs);
+    size_t max = self->config.client_max_bytes;
+    if (client->slow && msgs < s_client_hwm(self) / 2 &&
+        (!max || bytes < max / 2)) {
+        client->slow = false;
+        s_log(self, "info", "client_slow_end",
+              LLMQ_LOG_STR("client", client->key), s_END);
+    }
+    return msgs > 0 &&
+           (msgs >= s_client_hwm(self) || (max && bytes + size > max));
+}
+
+//  A reply dropped because its client does not read: count, log once.
+static void s_client_slow(s_broker_t *self, s_client_t *client)
+{
+    self->counters.dropped++;
+    const char *labels[] = {"reason", "client_slow", NULL};
+    llmq_metrics_add(self->metrics, "llmq_broker_dropped_total", labels, 1);
+    if (client->slow)
+        return;
+    client->slow = true;
+    s_log(self, "warning", "client_slow", LLMQ_LOG_STR("client", client->key),
+          LLMQ_LOG_INT("queued_replies", atomic_load(&client->outbox->msgs)),
+          LLMQ_LOG_INT("queued_bytes", atomic_load(&client->outbox->bytes)),
+          s_END);
+}
+
+//  Send the last frame of a reply, counted in the outbox until libzmq is
+//  done with it. Takes the frame.
+static void s_outbox_send(s_broker_t *self, s_outbox_t *box, zframe_t *frame,
+                          size_t size)
+{
+    void *sock = zsock_resolve(self->frontend);
+    s_sent_t *sent = (s_sent_t *)malloc(sizeof(s_sent_t));
+    if (!sent || zframe_size(frame) == 0) {
+        free(sent);
+        zframe_send(&frame, sock, 0);
+        zframe_destroy(&frame);
+        return;
+    }
+    *sent = (s_sent_t){.box = box, .frame = frame, .size = size};
+    atomic_fetch_add(&box->refs, 1);
+    atomic_fetch_add(&box->bytes, size);
+    atomic_fetch_add(&box->msgs, 1);
+    zmq_msg_t msg;
+    if (zmq_msg_init_data(&msg, zframe_data(frame), zframe_size(frame),
+                          s_sent_release, sent)) {
+        s_sent_release(NULL, sent);
+        return;
+    }
+    if (zmq_msg_send(&msg, sock, 0) == -1)
+        zmq_msg_close(&msg); //  Calls s_sent_release
+}
+
+//  Send a `res` or `chunk` (routing id set) to its client, or drop it if the
+//  client's queued replies are past their bounds. Takes the message.
+static void s_client_send(s_broker_t *self, s_client_t *client,
+                          llmq_msg_t **msg_p)
+{
+    llmq_msg_t *msg = *msg_p;
+    *msg_p = NULL;
+    zframe_t *payload = llmq_msg_take_payload(msg);
+    char reason[160] = "";
+    zframe_t *header = llmq_msg_encode(msg, reason, sizeof(reason));
+    size_t size = (header ? zframe_size(header) : 0) +
+                  (payload ? zframe_size(payload) : 0);
+    if (!header)
+        s_log(self, "warning", "msg_send_failed",
+              LLMQ_LOG_STR("type", llmq_msg_type_name(llmq_msg_type(msg))),
+              LLMQ_LOG_STR("reason", reason), s_END);
+    else if (s_outbox_full(self, client, size))
+        s_client_slow(self, client);
+    else {
+        void *sock = zsock_resolve(self->frontend);
+        zframe_send(&client->rid, sock, ZFRAME_MORE | ZFRAME_REUSE);
+        if (payload) {
+            zframe_send(&header, sock, ZFRAME_MORE);
+            s_outbox_send(self, client->outbox, payload, size);
+            payload = NULL;
+        } else {
+            s_outbox_send(self, client->outbox, header, size);
+            header = NULL;
+        }
+    }
+    zframe_destroy(&header);
+    zframe_destroy(&payload);
+    llmq_msg_destroy(&msg);
+}
+
+//  Any message from a known client is a sign of life; a heartbeat ping
+//  puts it under the silence rule.
+static void s_client_seen(s_broker_t *self, const char *key,
+                          const llmq_msg_t *msg)
+{
+    s_client_t *client = (s_client_t *)zhashx_lookup(self->clients, key);
+    if (!client)
+        return;
+    client->last_seen = zclock_mono();
+    if (llmq_msg_type(msg) == LLMQ_MSG_PING && llmq_msg_heartbeat(msg))
+        client->heartbeat = true;
+}
+
+//  The client has gone: drop its queued requests and cancel its in-flight
+//  ones at their workers, answering none. Destroys the client (with its
+//  last request).
+static void s_client_gone(s_broker_t *self, s_client_t *client, int64_t now)
+{
+    size_t n = zhashx_size(client->pending), queued = 0, inflight = 0;
+    s_request_t **all = (s_request_t **)calloc(n + 1, sizeof(s_request_t *));
+    if (!all)
+        return; //  Tried again at the next tick
+    size_t i = 0;
+    s_request_t *r = (s_request_t *)zhashx_first(client->pending);
+    for (; r && i < n; r = (s_request_t *)zhashx_next(client->pending)) {
+        all[i++] = r;
+        if (r->worker)
+            inflight++;
+        else
+            queued++;
+    }
+    s_log(self, "warning", "client_gone", LLMQ_LOG_STR("client", client->key),
+          LLMQ_LOG_INT("silent_ms", now - client->last_seen),
+          LLMQ_LOG_INT("queued", queued), LLMQ_LOG_INT("in_flight", inflight),
+          s_END);
+    llmq_metrics_add(self->metrics, "llmq_broker_clients_gone_total", NULL, 1);
+    const char *labels[] = {"reason", "client_gone", NULL};
+    llmq_metrics_add(self->metrics, "llmq_broker_dropped_total", labels,
+                     (double)i);
+    self->counters.client_gone += i;
+    //  The client is freed with its last request: not touched below.
+    for (size_t k = 0; k < i; k++) {
+        if (all[k]->worker)
+            s_cancel_at_worker(self, all[k]);
+        s_request_destroy(self, &all[k]);
+    }
+    free(all);
+}
+
+//  Timer: find heartbeating clients silent past the client timeout.
+static void s_clients_check(s_broker_t *self, int64_t now)
+{
+    int64_t timeout = self->config.client_timeout_ms;
+    if (timeout <= 0 || zhashx_size(self->clients) == 0)
+        return;
+    zlistx_t *gone = NULL;
+    s_client_t *client = (s_client_t *)zhashx_first(self->clients);
+    for (; client; client = (s_client_t *)zhashx_next(self->clients))
+        if (client->heartbeat && now - client->last_seen > timeout) {
+            if (!gone)
+                gone = zlistx_new();
+            if (gone)
+                zlistx_add_end(gone, client);
+        }
+    if (!gone)
+        return;
+    client = (s_client_t *)zlistx_first(gone);
+    for (; client; client = (s_client_t *)zlistx_next(gone))
+        s_client_gone(self, client, now);
+    zlistx_destroy(&gone);
+}
+
+static void s_metrics_define_clients(llmq_metrics_t *m)
+{
+    llmq_metrics_define(m, "llmq_broker_clients_gone_total",
+                        LLMQ_METRIC_COUNTER,
+                        "Heartbeating clients silent past --client-timeout: "
+                        "their requests were dropped or cancelled.",
+                        NULL, 0);
+    llmq_metrics_add(m, "llmq_broker_clients_gone_total", NULL, 0);
+}
+
 static void s_handle_client(s_broker_t *self, llmq_msg_t *msg)
 {
     char key[520];
@@ -1924,6 +2165,7 @@ static void s_handle_client(s_broker_t *self, llmq_msg_t *msg)
     s_key(rid, key, sizeof(key));
     if (self->config.verbose)
         llmq_msg_print(msg);
+    s_client_seen(self, key, msg);
     switch (llmq_msg_type(msg)) {
     case LLMQ_MSG_REQ:
         s_client_request(self, key, &msg);
@@ -2115,6 +2357,7 @@ static void s_timers(s_broker_t *self, int64_t now)
         return;
     self->next_tick = now + s_TICK_MS;
     s_acks_flush(self, now);
+    s_clients_check(self, now);
     //  A worker silent for half the dead time is probably dead: sending it
     //  more would only lengthen the list of requests its death delays.
     for (s_worker_t *w = (s_worker_t *)zhashx_first(self->workers); w;
@@ -2265,6 +2508,7 @@ static void s_metrics_define(llmq_metrics_t *m)
     llmq_metrics_add(m, "llmq_broker_received_total", NULL, 0);
     llmq_metrics_add(m, "llmq_broker_requeues_total", NULL, 0);
     llmq_metrics_add(m, "llmq_broker_worker_deaths_total", NULL, 0);
+    s_metrics_define_clients(m);
     llmq_metrics_define(m, "llmq_broker_auth_denied_total", LLMQ_METRIC_COUNTER,
                         "Peers refused by CURVE (unknown key, no CURVE, "
                         "wrong broker key)",
@@ -2351,7 +2595,9 @@ static zsock_t *s_bind(s_broker_t *self, const char *endpoint, bool frontend,
     zsock_set_maxmsgsize(sock, (int)LLMQ_MAX_FRAME_SIZE);
     zsock_set_router_mandatory(sock, 0);
     //  Deep buffers: the broker's queue is the real bound, not the socket's.
-    zsock_set_sndhwm(sock, frontend ? 1000000 : 200000);
+    //  Clients: a little above our own bound (s_outbox_full), which counts
+    //  and logs what it drops, where ZeroMQ would drop silently.
+    zsock_set_sndhwm(sock, frontend ? s_client_hwm(self) + 100 : 200000);
     zsock_set_rcvhwm(sock, 200000);
     zsock_set_linger(sock, 2000);
     //  Receives never block: the loop reads until EAGAIN, which spares a
@@ -2666,6 +2912,9 @@ void llmq_broker_config_defaults(llmq_broker_config_t *config)
     config->inflight_grace_ms = 5000;
     config->default_deadline_ms = 600000;
     config->recovery_ms = -1;
+    config->client_timeout_ms = 10000;
+    config->client_hwm = 1000;
+    config->client_max_bytes = 64 << 20;
 }
 
 int llmq_broker_endpoints(zactor_t *broker, char **frontend, char **backend,

@@ -10,8 +10,11 @@
 
     Reliability is the lazy pirate pattern with heartbeats (ZeroMQ guide,
     chapter 4). Any message from the broker is a sign of life. While
-    requests are outstanding and the broker has been silent for
-    LLMQ_CLIENT_HEARTBEAT_MS, the client pings it; after `timeout` ms of
+    requests are outstanding the client pings it every
+    LLMQ_CLIENT_HEARTBEAT_MS, answers flowing or not: the ping is also its
+    own heartbeat, without which the broker would take it for gone and drop
+    its work (PROTOCOL.md 3.4; it goes out from every pump: poll, wait,
+    infer, process). After `timeout` ms of
     silence it replaces the socket (same routing id, so the broker sees the
     same client) and resends every outstanding request in submission order.
     Silence is not enough on its own: a broker restarted on the same port
@@ -69,7 +72,7 @@ struct _llmq_client_t {
     zlistx_t *ready;           /* finished llmq_result_t (owns) */
     size_t window;             /* max outstanding */
     int timeout_ms;            /* broker liveness */
-    int heartbeat_ms;          /* ping interval while silent */
+    int heartbeat_ms;          /* ping (heartbeat) interval while busy */
     int give_up_ms;            /* 0: never give up */
     bool verbose;              /* log reconnects and drops */
     llmq_result_fn *callback;  /* result callback, or NULL (poll mode) */
@@ -332,6 +335,10 @@ void llmq_client_stats(const llmq_client_t *self, llmq_client_stats_t *stats)
 static void s_send_ping(llmq_client_t *self)
 {
     llmq_msg_t *msg = llmq_msg_new(LLMQ_MSG_PING);
+    //  Every ping of this library is a heartbeat (PROTOCOL.md 3.4): it pings
+    //  while it has work outstanding, so the broker may judge it by silence.
+    if (msg)
+        llmq_msg_set_heartbeat(msg, true);
     llmq_msg_send(&msg, zsock_resolve(self->sock));
     self->last_ping = zclock_mono();
     self->stats.pings++;
@@ -633,8 +640,9 @@ static void s_timers(llmq_client_t *self)
         s_reconnect(self, "disconnected");
     else if (silent >= self->timeout_ms)
         s_reconnect(self, "silent");
-    else if (silent >= self->heartbeat_ms &&
-             now - self->last_ping >= self->heartbeat_ms)
+    else if (now - self->last_ping >= self->heartbeat_ms)
+        //  Whether or not answers flow: the broker must hear from us while
+        //  we wait for anything (PROTOCOL.md 3.4).
         s_send_ping(self);
 }
 
@@ -788,6 +796,9 @@ static int s_submit(llmq_client_t *self, llmq_op_t op, const char *model,
     zhashx_insert(self->pending, req->id, req);
     self->stats.sent++;
     s_send_request(self, req);
+    //  Work outstanding again: heartbeat from now on, starting at once.
+    if (zlistx_size(self->order) == 1)
+        s_send_ping(self);
     return 0;
 }
 

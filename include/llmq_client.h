@@ -56,7 +56,7 @@ extern "C" {
 /*  Defaults. */
 #define LLMQ_DEFAULT_ENDPOINT "tcp://127.0.0.1:5555"
 #define LLMQ_CLIENT_WINDOW 256        /* outstanding requests */
-#define LLMQ_CLIENT_HEARTBEAT_MS 1000 /* ping when silent this long */
+#define LLMQ_CLIENT_HEARTBEAT_MS 1000 /* heartbeat ping while busy */
 #define LLMQ_CLIENT_TIMEOUT_MS 3000   /* broker dead when silent this long */
 #define LLMQ_CLIENT_GIVE_UP_MS 60000  /* fail outstanding work after this */
 

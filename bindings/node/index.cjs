@@ -174,7 +174,7 @@ class Client {
       this.resent++;
       this._sendReq(req, true);
     }
-    this._send({ t: "ping" });
+    this._heartbeat(now);
   }
 
   // -- requests ----------------------------------------------------------
@@ -197,9 +197,11 @@ class Client {
       throw new E.InvalidRequest(`request body of ${payload.length} bytes is over the frame limit`);
     }
     const req = new Req(id, op, model, h, payload, stream, timeout);
-    if (this.pending.size === 0) this.lastRecv = this.lastHeard = req.sent;
+    const idle = this.pending.size === 0;
+    if (idle) this.lastRecv = this.lastHeard = req.sent;
     this.pending.set(id, req);
     this._sendReq(req);
+    if (idle) this._heartbeat(req.sent); // work outstanding: heartbeat from now on
     if (options.signal) {
       const abort = () => this.cancel(id);
       if (options.signal.aborted) abort();
@@ -336,10 +338,17 @@ class Client {
     const silent = now - this.lastRecv;
     if ((this.dropped && now - this.lastReconnect >= this.heartbeat) || silent >= this.liveness) {
       this._reconnect();
-    } else if (silent >= this.heartbeat && now - this.lastPing >= this.heartbeat) {
-      this._send({ t: "ping" });
-      this.lastPing = now;
+    } else if (now - this.lastPing >= this.heartbeat) {
+      // Answers flowing or not: the broker must hear from us while we wait,
+      // or it takes us for gone and drops our work (PROTOCOL.md 3.4).
+      this._heartbeat(now);
     }
+  }
+
+  /** A heartbeat: a ping that puts this client under the broker's silence rule. */
+  _heartbeat(now) {
+    this._send({ t: "ping", heartbeat: true });
+    this.lastPing = now;
   }
 
   /** One request (op: chat, completion or embedding); resolves to a Result, rejects with an LlmqError. */

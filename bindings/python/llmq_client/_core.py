@@ -258,10 +258,13 @@ class Core:
             raise InvalidRequest("request body of %d bytes is over the %d-byte frame limit"
                                  % (len(payload), MAX_BODY))
         req = Req(request_id, op, model, h, payload, stream, timeout)
-        if not self.pending:
+        idle = not self.pending
+        if idle:
             self.last_recv = self.last_heard = req.sent
         self.pending[request_id] = req
         self.send_req(req)
+        if idle:
+            self.ping(req.sent)   # work outstanding: heartbeat from now on
         return req
 
     def send_req(self, req: Req, resend: bool = False) -> None:
@@ -414,10 +417,16 @@ class Core:
             return True
         if silent >= self.liveness:
             return True
-        if silent >= self.heartbeat and now - self.last_ping >= self.heartbeat:
-            self.send({"t": "ping"})
-            self.last_ping = now
+        if now - self.last_ping >= self.heartbeat:
+            # answers flowing or not: the broker must hear from us while we
+            # wait, or it takes us for gone and drops our work (PROTOCOL.md 3.4)
+            self.ping(now)
         return False
+
+    def ping(self, now: float) -> None:
+        """A heartbeat: a ping that puts us under the broker's silence rule."""
+        self.send({"t": "ping", "heartbeat": True})
+        self.last_ping = now
 
     def fail_all(self, err: LlmqError) -> None:
         for req in list(self.pending.values()):
@@ -435,8 +444,7 @@ class Core:
             req.resends += 1
             self.resent += 1
             self.send_req(req, resend=True)
-        self.send({"t": "ping"})
-        self.last_ping = now
+        self.ping(now)
 
 
 class ConnectionInfo:

@@ -1,0 +1,265 @@
+#!/usr/bin/python3
+"""client_gone.py - work dies with its client (PROTOCOL.md 3.4), with real
+processes: llmq-sim (slow, so requests stay queued), llmq-broker,
+llmq-worker, and clients in their own processes (the Python binding, or
+`llmq run`: the C library and its runner).
+
+    client_gone.py CASE        run one case (see CASES)
+    client_gone.py client ...  a Python client process (for the tests)
+
+Cases:
+  gone_py, gone_c  a client queues 5,000 requests at a worker of capacity 4,
+                   then is killed (kill -9). Once the broker counts it gone
+                   (status counter `client_gone`), llmq-sim receives at most
+                   the worker's capacity more requests, and most of the
+                   5,000 never reach it.
+  slow_py, slow_c  a client whose answers take longer than the broker's
+                   client timeout (one at a time, 400 ms each, 10 of them,
+                   timeout 2.5 s) but which heartbeats gets every answer;
+                   nothing is dropped.
+  noread           a client sends 3,000 requests whose answers are about
+                   40 KB and never reads one: broker RSS stays under 60 MB
+                   (without a bound: about 115 MB of queued replies), and
+                   the drop is counted and logged (`client_slow`).
+Bounds are in requests and bytes, never in time.
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
+import llmqtest  # noqa: E402
+from llmqtest import Cluster, Proc, check, skip, wait_until  # noqa: E402
+
+CAPACITY = 4            # the worker's in-flight requests
+QUEUED = 5000           # what the gone client leaves behind
+CLIENT_TIMEOUT_MS = 1500
+SELF = os.path.abspath(__file__)
+
+
+def sim_received(sim):
+    """Chat requests llmq-sim received: answered (any status) + in flight."""
+    st = sim.stats()
+    answered = sum(st.get("requests", {}).get("/v1/chat/completions", {}).values())
+    return answered + st.get("in_flight", 0)
+
+
+def counter(cluster, name):
+    st = cluster.status()
+    return None if st is None else st.get("counters", {}).get(name)
+
+
+def need(*bins):
+    for b in bins:
+        if not llmqtest.have(b):
+            skip("%s not built" % b)
+
+
+def need_pyzmq():
+    try:
+        import zmq  # noqa: F401
+        import msgpack  # noqa: F401
+    except ImportError:
+        skip("pyzmq or msgpack missing")
+
+
+# ---------------------------------------------------------------- clients
+
+def client_main(argv):
+    """client ENDPOINT N: send N chats at once (the binding heartbeats
+    while it waits), print `ready`, wait for every answer, print `done`."""
+    endpoint, n = argv[0], int(argv[1])
+    llmq_client = llmqtest.client_module()
+    with llmq_client.Client(endpoint, timeout=None, broker_timeout=600) as c:
+        print("ready client pid=%d" % os.getpid(), flush=True)
+        out = c.infer_many("chat", llmqtest.MODEL,
+                           [{"messages": [{"role": "user", "content": "q%d" % i}],
+                             "max_tokens": 4} for i in range(n)],
+                           concurrency=n, return_exceptions=True)
+        bad = [r for r in out if isinstance(r, Exception)]
+        print("done ok=%d failed=%d" % (len(out) - len(bad), len(bad)), flush=True)
+        return 0 if not bad else 1
+
+
+def py_client(endpoint, n):
+    return Proc(["/usr/bin/python3", SELF, "client", endpoint, str(n)], name="py-client")
+
+
+def c_client(cluster, n, concurrency):
+    """`llmq run` over n prompts (the C library and the runner's step)."""
+    tmp = llmqtest.temp_dir("llmq-dies")
+    path = os.path.join(tmp, "in.jsonl")
+    with open(path, "w") as f:
+        for i in range(n):
+            f.write('{"custom_id": "c%d", "prompt": "q%d"}\n' % (i, i))
+    argv = [llmqtest.bin_path("llmq"), "run", path, "-o", os.path.join(tmp, "out.jsonl"),
+            "--broker", cluster.broker.frontend, "--model", llmqtest.MODEL,
+            "--concurrency", str(concurrency), "--quiet"]
+    return Proc(argv, name="llmq-run", ready=False), os.path.join(tmp, "out.jsonl")
+
+
+def cluster(latency_ms, *broker_flags):
+    return Cluster(workers=1, capacity=CAPACITY, latency_ms=str(latency_ms), ports="any",
+                   broker_flags=("--client-timeout", str(CLIENT_TIMEOUT_MS)) + broker_flags)
+
+
+# ---------------------------------------------------------------- cases
+
+def gone(kind):
+    need("llmq-broker", "llmq-worker", "llmq-sim", "llmq")
+    need_pyzmq()
+    cl = cluster(200)
+    try:
+        if kind == "py":
+            client = py_client(cl.broker.frontend, QUEUED)
+            queued = QUEUED - 2 * CAPACITY
+        else:
+            client, _ = c_client(cl, QUEUED, 3000)
+            queued = 3000 - 2 * CAPACITY
+        wait_until("the client's requests queued at the broker",
+                   lambda: (counter(cl, "queued") or 0) >= queued, timeout=60)
+        wait_until("llmq-sim working", lambda: sim_received(cl.sim) > 0, timeout=30)
+        at_kill = sim_received(cl.sim)
+        client.kill9()
+
+        def counted_gone():
+            n = counter(cl, "client_gone")
+            if n is None:
+                fail_extra = "(no client_gone counter: broker without the rule)"
+                llmqtest.fail("status has no client_gone counter %s; sim received %d "
+                              "at the kill, %d now" % (fail_extra, at_kill,
+                                                       sim_received(cl.sim)))
+            return n > 0
+        wait_until("the broker counts the killed client gone", counted_gone, timeout=30)
+        at_gone = sim_received(cl.sim)
+        wait_until("nothing left at the broker or llmq-sim",
+                   lambda: counter(cl, "queued") == 0 and counter(cl, "in_flight") == 0
+                   and cl.sim.stats().get("in_flight", 1) == 0, timeout=30)
+        # One more request proves the pipeline still works (and that any
+        # late dispatch of the gone client's work would have been seen).
+        c = llmqtest.client_module().Client(cl.broker.frontend, timeout=30)
+        try:
+            check(c.chat(llmqtest.MODEL, "still alive", max_tokens=4).text, "answer after gone")
+        finally:
+            c.close()
+        end = sim_received(cl.sim) - 1
+        dropped = counter(cl, "client_gone")
+        print("sim received %d at the kill, %d when counted gone, %d at the end; "
+              "broker dropped %d requests" % (at_kill, at_gone, end, dropped))
+        check(end - at_gone <= CAPACITY,
+              "llmq-sim received %d requests after the client was gone (bound %d)"
+              % (end - at_gone, CAPACITY))
+        check(dropped >= queued - end, "dropped %d, queued %d" % (dropped, queued))
+        check("client_gone" in cl.broker.stderr(), "client_gone logged")
+        check(cl.broker.stderr().count("client_gone") == 1, "client_gone logged once")
+    finally:
+        cl.close()
+
+
+def slow(kind):
+    need("llmq-broker", "llmq-worker", "llmq-sim", "llmq")
+    need_pyzmq()
+    # Capacity 1 at 400 ms: 10 answers take 4 s, more than the client
+    # timeout (2.5 heartbeats), and answers keep arriving (the old library
+    # pinged only when it heard nothing, so the broker heard nothing from it).
+    n = 10
+    cl = Cluster(workers=1, capacity=1, latency_ms="400", ports="any",
+                 broker_flags=("--client-timeout", "2500"))
+    try:
+        if kind == "py":
+            client = py_client(cl.broker.frontend, n)
+
+            def said_done():
+                return " ".join(x.decode(errors="replace") if isinstance(x, bytes) else x
+                                for x in client.stdout)
+            out = wait_until("the client's last line", lambda: "done" in said_done() and
+                             said_done(), timeout=60)
+            check("done ok=%d failed=0" % n in out, "every answer: %r" % out)
+        else:
+            client, out_path = c_client(cl, n, n)
+            rc = client.wait(timeout=60)
+            check(rc == 0, "llmq run exit %s\n%s" % (rc, client.tail()))
+            with open(out_path) as f:
+                lines = [ln for ln in f if ln.strip()]
+            check(len(lines) == n and all('"error": null' in ln or '"error":null' in ln
+                                          for ln in lines), "every line answered: %r" % lines[:2])
+        check(counter(cl, "client_gone") == 0, "nothing dropped: client_gone %s"
+              % counter(cl, "client_gone"))
+        check("client_gone" not in cl.broker.stderr(), "no client_gone log line")
+    finally:
+        cl.close()
+
+
+def rss_kb(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def noread():
+    need("llmq-broker", "llmq-worker", "llmq-sim")
+    need_pyzmq()
+    import msgpack
+    import zmq
+    n, dims = 3000, 4000      # an embedding of 4,000 numbers: ~40 KB per answer
+    bound_mb = 60
+    cl = Cluster(workers=1, capacity=64, latency_ms="0", ports="any",
+                 broker_flags=("--client-max-bytes", str(8 << 20)))
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    try:
+        sock.setsockopt(zmq.ROUTING_ID, b"noread-%d" % os.getpid())
+        sock.setsockopt(zmq.RCVHWM, 1)
+        sock.setsockopt(zmq.RCVBUF, 65536)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(cl.broker.frontend)
+        body = msgpack.packb({"input": "x", "dimensions": dims}, use_bin_type=True)
+        for i in range(n):
+            sock.send_multipart([msgpack.packb({"v": 1, "t": "req", "id": "n%d" % i,
+                                                "op": "embedding", "model": llmqtest.MODEL},
+                                               use_bin_type=True), body])
+        peak = [0]
+
+        def answered():
+            peak[0] = max(peak[0], rss_kb(cl.broker.p.pid))
+            st = cl.status()
+            c = st["counters"] if st else {}
+            return c.get("received", 0) >= n and c.get("queued", 1) == 0 \
+                and c.get("in_flight", 1) == 0
+        wait_until("every request answered or dropped", answered, timeout=120)
+        peak[0] = max(peak[0], rss_kb(cl.broker.p.pid))
+        log = cl.broker.stderr()
+        print("broker RSS peak %.1f MB (bound %d MB); client_slow logged %d time(s)"
+              % (peak[0] / 1024.0, bound_mb, log.count("client_slow ")
+                 + log.count('"client_slow"')))
+        check(peak[0] < bound_mb * 1024, "broker RSS %.1f MB over %d MB"
+              % (peak[0] / 1024.0, bound_mb))
+        check("client_slow" in log, "client_slow logged")
+    finally:
+        sock.close()
+        ctx.term()
+        cl.close()
+
+
+CASES = {
+    "gone_py": lambda: gone("py"),
+    "gone_c": lambda: gone("c"),
+    "slow_py": lambda: slow("py"),
+    "slow_c": lambda: slow("c"),
+    "noread": noread,
+}
+
+
+def main():
+    if len(sys.argv) > 1 and sys.argv[1] == "client":
+        return client_main(sys.argv[2:])
+    if len(sys.argv) != 2 or sys.argv[1] not in CASES:
+        print("usage: client_gone.py {%s}" % "|".join(CASES), file=sys.stderr)
+        return 2
+    llmqtest.main(CASES[sys.argv[1]])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
