@@ -2089,6 +2089,18 @@ static void s_client_seen(s_broker_t *self, const char *key,
         client->heartbeat = true;
 }
 
+//  The answer to a heartbeat says how many of the client's requests we
+//  hold, so a client whose requests were dropped resends them (3.4).
+static void s_pong_pending(s_broker_t *self, const char *key,
+                           const llmq_msg_t *ping, llmq_msg_t *pong)
+{
+    if (!llmq_msg_heartbeat(ping))
+        return;
+    s_client_t *client = (s_client_t *)zhashx_lookup(self->clients, key);
+    llmq_msg_set_pending(pong,
+                         client ? (int64_t)zhashx_size(client->pending) : 0);
+}
+
 //  The client has gone: drop its queued requests and cancel its in-flight
 //  ones at their workers, answering none. Destroys the client (with its
 //  last request).
@@ -2179,6 +2191,7 @@ static void s_handle_client(s_broker_t *self, llmq_msg_t *msg)
             llmq_msg_set_broker(pong, self->name);
             llmq_msg_set_version(pong, s_VERSION);
             llmq_msg_set_time_ms(pong, zclock_time());
+            s_pong_pending(self, key, msg, pong);
             llmq_msg_set_routing_id(pong, rid);
             llmq_msg_send(&pong, self->frontend);
         }

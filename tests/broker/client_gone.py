@@ -17,6 +17,9 @@ Cases:
                    client timeout (one at a time, 400 ms each, 10 of them,
                    timeout 2.5 s) but which heartbeats gets every answer;
                    nothing is dropped.
+  paused_py, paused_c  a client stopped (SIGSTOP) past the timeout is taken
+                   for gone; continued, it resends what was dropped (the
+                   heartbeat's `pending`) and gets every answer.
   noread           a client sends 3,000 requests whose answers are about
                    40 KB and never reads one: broker RSS stays under 60 MB
                    (without a bound: about 115 MB of queued replies), and
@@ -189,6 +192,47 @@ def slow(kind):
         cl.close()
 
 
+def paused(kind):
+    """A client stopped (SIGSTOP) past the client timeout is taken for gone;
+    continued, it learns from its next heartbeat's `pending` that its
+    requests were dropped, resends them, and gets every answer."""
+    need("llmq-broker", "llmq-worker", "llmq-sim", "llmq")
+    need_pyzmq()
+    import signal
+    n = 400        # 20 answers a second: the stop comes long before the end
+    cl = cluster(200)
+    try:
+        if kind == "py":
+            client = py_client(cl.broker.frontend, n)
+        else:
+            client, out_path = c_client(cl, n, n)
+        wait_until("the client's requests at the broker",
+                   lambda: (counter(cl, "queued") or 0) + (counter(cl, "in_flight") or 0)
+                   >= n - CAPACITY, timeout=60)
+        client.send_signal(signal.SIGSTOP)
+        wait_until("the broker takes the stopped client for gone",
+                   lambda: (counter(cl, "client_gone") or 0) > 0, timeout=30)
+        dropped = counter(cl, "client_gone")
+        client.send_signal(signal.SIGCONT)
+        if kind == "py":
+            def said():
+                return " ".join(x.decode(errors="replace") if isinstance(x, bytes) else x
+                                for x in client.stdout)
+            out = wait_until("the continued client's answers", lambda: "done" in said()
+                             and said(), timeout=60)
+            check("done ok=%d failed=0" % n in out, "every answer: %r" % out)
+        else:
+            rc = client.wait(timeout=60)
+            check(rc == 0, "llmq run exit %s (None: still waiting)\n%s" % (rc, client.tail()))
+            with open(out_path) as f:
+                lines = [ln for ln in f if ln.strip()]
+            check(len(lines) == n and all('"error": null' in ln or '"error":null' in ln
+                                          for ln in lines), "every line answered")
+        print("%d requests dropped while stopped, all %d answered after SIGCONT" % (dropped, n))
+    finally:
+        cl.close()
+
+
 def rss_kb(pid):
     with open("/proc/%d/status" % pid) as f:
         for line in f:
@@ -247,6 +291,8 @@ CASES = {
     "gone_c": lambda: gone("c"),
     "slow_py": lambda: slow("py"),
     "slow_c": lambda: slow("c"),
+    "paused_py": lambda: paused("py"),
+    "paused_c": lambda: paused("c"),
     "noread": noread,
 }
 
