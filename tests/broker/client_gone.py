@@ -1,23 +1,23 @@
 #!/usr/bin/python3
 """client_gone.py - work dies with its client (PROTOCOL.md 3.4), with real
 processes: llmq-sim (slow, so requests stay queued), llmq-broker,
-llmq-worker, and clients in their own processes (the Python binding, or
+llmq-worker, and clients in their own processes (the Python binding, the Node binding, or
 `llmq run`: the C library and its runner).
 
     client_gone.py CASE        run one case (see CASES)
     client_gone.py client ...  a Python client process (for the tests)
 
 Cases:
-  gone_py, gone_c  a client queues 5,000 requests at a worker of capacity 4,
+  gone_py, gone_c, gone_node  a client queues 5,000 requests at a worker of capacity 4,
                    then is killed (kill -9). Once the broker counts it gone
                    (status counter `client_gone`), llmq-sim receives at most
                    the worker's capacity more requests, and most of the
                    5,000 never reach it.
-  slow_py, slow_c  a client whose answers take longer than the broker's
+  slow_py, slow_c, slow_node  a client whose answers take longer than the broker's
                    client timeout (one at a time, 400 ms each, 10 of them,
                    timeout 2.5 s) but which heartbeats gets every answer;
                    nothing is dropped.
-  paused_py, paused_c  a client stopped (SIGSTOP) past the timeout is taken
+  paused_py, paused_c, paused_node  a client stopped (SIGSTOP) past the timeout is taken
                    for gone; continued, it resends what was dropped (the
                    heartbeat's `pending`) and gets every answer.
   noread           a client sends 3,000 requests whose answers are about
@@ -27,6 +27,7 @@ Cases:
 Bounds are in requests and bytes, never in time.
 """
 import os
+import shutil
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
@@ -87,6 +88,38 @@ def py_client(endpoint, n):
     return Proc(["/usr/bin/python3", SELF, "client", endpoint, str(n)], name="py-client")
 
 
+#  The same client in Node (bindings/node): n chats at once, then `done`.
+NODE_CLIENT = r"""
+const L = require(process.argv[1]);
+const [endpoint, n] = [process.argv[2], Number(process.argv[3])];
+const c = new L.Client(endpoint, { timeout: null, brokerTimeout: 600000 });
+console.log("ready client pid=" + process.pid);
+const calls = [];
+for (let i = 0; i < n; i++)
+  calls.push(c.chat("%s", "q" + i, { max_tokens: 4 }).then(() => true, () => false));
+Promise.all(calls).then((ok) => {
+  const good = ok.filter((x) => x).length;
+  console.log("done ok=" + good + " failed=" + (n - good));
+  c.close();
+});
+""" % llmqtest.MODEL
+
+
+def node_client(endpoint, n):
+    node = shutil.which("node")
+    index = os.path.join(llmqtest.SOURCE_DIR, "bindings", "node", "index.cjs")
+    if not node or not os.path.isdir(os.path.join(llmqtest.SOURCE_DIR, "bindings", "node",
+                                                   "node_modules", "zeromq")):
+        skip("node or the node binding's zeromq package missing")
+    return Proc([node, "-e", NODE_CLIENT, index, endpoint, str(n)], name="node-client")
+
+
+def said(client):
+    """What a client process printed so far."""
+    return " ".join(x.decode(errors="replace") if isinstance(x, bytes) else x
+                    for x in client.stdout)
+
+
 def c_client(cluster, n, concurrency):
     """`llmq run` over n prompts (the C library and the runner's step)."""
     tmp = llmqtest.temp_dir("llmq-dies")
@@ -112,8 +145,9 @@ def gone(kind):
     need_pyzmq()
     cl = cluster(200)
     try:
-        if kind == "py":
-            client = py_client(cl.broker.frontend, QUEUED)
+        if kind in ("py", "node"):
+            start = py_client if kind == "py" else node_client
+            client = start(cl.broker.frontend, QUEUED)
             queued = QUEUED - 2 * CAPACITY
         else:
             client, _ = c_client(cl, QUEUED, 3000)
@@ -169,14 +203,10 @@ def slow(kind):
     cl = Cluster(workers=1, capacity=1, latency_ms="400", ports="any",
                  broker_flags=("--client-timeout", "2500"))
     try:
-        if kind == "py":
-            client = py_client(cl.broker.frontend, n)
-
-            def said_done():
-                return " ".join(x.decode(errors="replace") if isinstance(x, bytes) else x
-                                for x in client.stdout)
-            out = wait_until("the client's last line", lambda: "done" in said_done() and
-                             said_done(), timeout=60)
+        if kind in ("py", "node"):
+            client = (py_client if kind == "py" else node_client)(cl.broker.frontend, n)
+            out = wait_until("the client's last line", lambda: "done" in said(client)
+                             and said(client), timeout=60)
             check("done ok=%d failed=0" % n in out, "every answer: %r" % out)
         else:
             client, out_path = c_client(cl, n, n)
@@ -203,8 +233,8 @@ def paused(kind):
     n = 400        # 20 answers a second: the stop comes long before the end
     cl = cluster(200)
     try:
-        if kind == "py":
-            client = py_client(cl.broker.frontend, n)
+        if kind in ("py", "node"):
+            client = (py_client if kind == "py" else node_client)(cl.broker.frontend, n)
         else:
             client, out_path = c_client(cl, n, n)
         wait_until("the client's requests at the broker",
@@ -215,12 +245,9 @@ def paused(kind):
                    lambda: (counter(cl, "client_gone") or 0) > 0, timeout=30)
         dropped = counter(cl, "client_gone")
         client.send_signal(signal.SIGCONT)
-        if kind == "py":
-            def said():
-                return " ".join(x.decode(errors="replace") if isinstance(x, bytes) else x
-                                for x in client.stdout)
-            out = wait_until("the continued client's answers", lambda: "done" in said()
-                             and said(), timeout=60)
+        if kind in ("py", "node"):
+            out = wait_until("the continued client's answers", lambda: "done" in said(client)
+                             and said(client), timeout=60)
             check("done ok=%d failed=0" % n in out, "every answer: %r" % out)
         else:
             rc = client.wait(timeout=60)
@@ -292,6 +319,9 @@ CASES = {
     "gone_c": lambda: gone("c"),
     "slow_py": lambda: slow("py"),
     "slow_c": lambda: slow("c"),
+    "gone_node": lambda: gone("node"),
+    "slow_node": lambda: slow("node"),
+    "paused_node": lambda: paused("node"),
     "paused_py": lambda: paused("py"),
     "paused_c": lambda: paused("c"),
     "noread": noread,
