@@ -20,6 +20,7 @@ Cases:
   paused_py, paused_c, paused_node  a client stopped (SIGSTOP) past the timeout is taken
                    for gone; continued, it resends what was dropped (the
                    heartbeat's `pending`) and gets every answer.
+  batch_kept       a killed client's durable batch still completes.
   noread           a client sends 3,000 requests whose answers are about
                    40 KB and never reads one: broker RSS stays under 60 MB
                    (without a bound: about 115 MB of queued replies), and
@@ -69,12 +70,18 @@ def need_pyzmq():
 # ---------------------------------------------------------------- clients
 
 def client_main(argv):
-    """client ENDPOINT N: send N chats at once (the binding heartbeats
-    while it waits), print `ready`, wait for every answer, print `done`."""
+    """client ENDPOINT N [BATCH_ITEMS]: (submit a realtime batch of
+    BATCH_ITEMS,) send N chats at once (the binding heartbeats while it
+    waits), print `ready`, wait for every answer, print `done`."""
     endpoint, n = argv[0], int(argv[1])
     llmq_client = llmqtest.client_module()
     with llmq_client.Client(endpoint, timeout=None, broker_timeout=600) as c:
-        print("ready client pid=%d" % os.getpid(), flush=True)
+        batch = ""
+        if len(argv) > 2:
+            items = [{"messages": [{"role": "user", "content": "b%d" % i}], "max_tokens": 4}
+                     for i in range(int(argv[2]))]
+            batch = c.batches.submit(llmqtest.MODEL, items, mode="realtime")
+        print("ready client pid=%d batch=%s" % (os.getpid(), batch), flush=True)
         out = c.infer_many("chat", llmqtest.MODEL,
                            [{"messages": [{"role": "user", "content": "q%d" % i}],
                              "max_tokens": 4} for i in range(n)],
@@ -84,8 +91,9 @@ def client_main(argv):
         return 0 if not bad else 1
 
 
-def py_client(endpoint, n):
-    return Proc(["/usr/bin/python3", SELF, "client", endpoint, str(n)], name="py-client")
+def py_client(endpoint, n, *extra):
+    return Proc(["/usr/bin/python3", SELF, "client", endpoint, str(n), *extra],
+                name="py-client")
 
 
 #  The same client in Node (bindings/node): n chats at once, then `done`.
@@ -261,6 +269,38 @@ def paused(kind):
         cl.close()
 
 
+def batch_kept():
+    """A killed client's durable batch is not its to lose: its requests are
+    dropped, its batch (whose items wait behind them: batches take only the
+    credit no request wants) completes."""
+    need("llmq-broker", "llmq-worker", "llmq-sim")
+    need_pyzmq()
+    items = 40
+    tmp = llmqtest.temp_dir("llmq-dies-batch")
+    cl = Cluster(workers=1, capacity=CAPACITY, latency_ms="200", ports="any", tmp=tmp,
+                 broker_flags=("--client-timeout", str(CLIENT_TIMEOUT_MS), "--batch-db",
+                               os.path.join(tmp, "batches.db")))
+    try:
+        client = py_client(cl.broker.frontend, 2000, str(items))
+        batch = client.ready["batch"]
+        wait_until("the client's requests queued at the broker",
+                   lambda: (counter(cl, "queued") or 0) >= 2000 - 2 * CAPACITY, timeout=60)
+        client.kill9()
+        wait_until("the broker counts the killed client gone",
+                   lambda: (counter(cl, "client_gone") or 0) > 0, timeout=60)
+        c = llmqtest.client_module().Client(cl.broker.frontend, timeout=30)
+        try:
+            st = c.batches.wait(batch, timeout=60)
+        finally:
+            c.close()
+        print("client's requests dropped: %d; its batch: %s, %d of %d done"
+              % (counter(cl, "client_gone"), st.state, st.counts.done, items))
+        check(st.state == "completed" and st.counts.done == items and st.counts.failed == 0,
+              "batch %s: %s %r" % (batch, st.state, st.counts))
+    finally:
+        cl.close()
+
+
 def rss_kb(pid):
     with open("/proc/%d/status" % pid) as f:
         for line in f:
@@ -324,6 +364,7 @@ CASES = {
     "paused_node": lambda: paused("node"),
     "paused_py": lambda: paused("py"),
     "paused_c": lambda: paused("c"),
+    "batch_kept": batch_kept,
     "noread": noread,
 }
 
