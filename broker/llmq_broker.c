@@ -75,13 +75,16 @@ typedef struct _s_lane_t s_lane_t;
 typedef struct _s_group_t s_group_t;
 typedef struct _s_request_t s_request_t;
 
-//  What the broker has handed ZeroMQ for one client and ZeroMQ has not yet
-//  written (PROTOCOL.md 3.4). Shared by the client and its messages in
-//  flight, which libzmq releases from its I/O thread: atomics.
+//  What the broker has handed ZeroMQ for one client (routing id) and
+//  ZeroMQ has not yet written (PROTOCOL.md 3.4). Kept in the broker's
+//  outboxes table while anything is unwritten, whether or not the client
+//  still has requests pending; shared with its messages in flight, which
+//  libzmq releases from its I/O thread: atomics.
 typedef struct {
-    atomic_int refs;     //  The client + messages in flight
-    atomic_size_t bytes; //  Payload bytes in flight
+    atomic_int refs;     //  The table + messages in flight
+    atomic_size_t bytes; //  Bytes in flight
     atomic_int msgs;     //  Messages in flight
+    bool slow;           //  In a client_slow episode (broker thread only)
 } s_outbox_t;
 
 //  A result passed on to its client, to be acked to its worker.
@@ -145,13 +148,11 @@ struct _s_request_t {
 };
 
 struct _s_client_t {
-    char *key;          //  Routing id in hex
-    zframe_t *rid;      //  Routing id
-    zhashx_t *pending;  //  Client id (borrowed from request) -> request
-    int64_t last_seen;  //  Monotonic ms of its last message (3.4)
-    bool heartbeat;     //  Sent a heartbeat: the silence rule applies
-    bool slow;          //  In a client_slow episode (for logs)
-    s_outbox_t *outbox; //  Its replies not yet written by ZeroMQ
+    char *key;         //  Routing id in hex
+    zframe_t *rid;     //  Routing id
+    zhashx_t *pending; //  Client id (borrowed from request) -> request
+    int64_t last_seen; //  Monotonic ms of its last message (3.4)
+    bool heartbeat;    //  Sent a heartbeat: the silence rule applies
 };
 
 struct _s_lane_t {
@@ -225,6 +226,7 @@ struct _llmq_broker_core_t {
     llmq_auth_t *auth;       //  CURVE gatekeeper, NULL without keys
     zcert_t *cert;           //  The broker's CURVE keypair, or NULL
     zhashx_t *clients;       //  key -> s_client_t
+    zhashx_t *outboxes;      //  client key -> s_outbox_t, lazily (3.4)
     zhashx_t *workers;       //  key -> s_worker_t
     zhashx_t *lanes;         //  key -> s_lane_t
     zhashx_t *groups;        //  name -> s_group_t
@@ -271,7 +273,6 @@ static void s_request_destroy(s_broker_t *self, s_request_t **r_p);
 static void s_bid_text(uint64_t bid, char out[24]);
 static void s_client_send(s_broker_t *self, s_client_t *client,
                           llmq_msg_t **msg_p);
-static void s_outbox_release(void *data, void *hint);
 
 //  --------------------------------------------------------------------------
 //  Logging: one line per event through llmq_log (text or JSON, typed
@@ -717,8 +718,6 @@ static void s_client_free(void **item)
     if (!client)
         return;
     zhashx_destroy(&client->pending);
-    if (client->outbox)
-        s_outbox_release(NULL, client->outbox);
     zframe_destroy(&client->rid);
     free(client->key);
     free(client);
@@ -738,10 +737,7 @@ static s_client_t *s_client_require(s_broker_t *self, const char *key,
     client->rid = zframe_dup(rid);
     client->pending = zhashx_new();
     client->last_seen = zclock_mono();
-    client->outbox = (s_outbox_t *)calloc(1, sizeof(s_outbox_t));
-    if (client->outbox)
-        atomic_init(&client->outbox->refs, 1);
-    if (!client->key || !client->rid || !client->pending || !client->outbox) {
+    if (!client->key || !client->rid || !client->pending) {
         void *item = client;
         s_client_free(&item);
         return NULL;
@@ -1953,13 +1949,64 @@ typedef struct {
     size_t size;     //  Bytes counted in box
 } s_sent_t;
 
-//  Drop one reference to an outbox (the client's, or a message's).
+//  Drop one reference to an outbox (the table's, or a message's).
 static void s_outbox_release(void *data, void *hint)
 {
     (void)data;
     s_outbox_t *box = (s_outbox_t *)hint;
     if (atomic_fetch_sub(&box->refs, 1) == 1)
         free(box);
+}
+
+static void s_outbox_free(void **item)
+{
+    if (*item)
+        s_outbox_release(NULL, *item);
+    *item = NULL;
+}
+
+//  The outbox of a client, made on first use. NULL if out of memory.
+static s_outbox_t *s_outbox_require(s_broker_t *self, const char *key)
+{
+    if (!self->outboxes) {
+        self->outboxes = zhashx_new();
+        if (!self->outboxes)
+            return NULL;
+        zhashx_set_destructor(self->outboxes, s_outbox_free);
+    }
+    s_outbox_t *box = (s_outbox_t *)zhashx_lookup(self->outboxes, key);
+    if (box)
+        return box;
+    box = (s_outbox_t *)calloc(1, sizeof(s_outbox_t));
+    if (!box)
+        return NULL;
+    atomic_init(&box->refs, 1);
+    zhashx_insert(self->outboxes, key, box);
+    return box;
+}
+
+//  Timer: forget outboxes with nothing left unwritten (only the table
+//  holds them).
+static void s_outboxes_sweep(s_broker_t *self)
+{
+    if (!self->outboxes)
+        return;
+    zlistx_t *empty = NULL; //  Copies of their keys
+    s_outbox_t *box = (s_outbox_t *)zhashx_first(self->outboxes);
+    for (; box; box = (s_outbox_t *)zhashx_next(self->outboxes)) {
+        if (atomic_load(&box->refs) != 1)
+            continue;
+        if (!empty && (empty = zlistx_new()) != NULL) {
+            zlistx_set_duplicator(empty, (zlistx_duplicator_fn *)strdup);
+            zlistx_set_destructor(empty, (zlistx_destructor_fn *)zstr_free);
+        }
+        if (empty)
+            zlistx_add_end(empty, (void *)zhashx_cursor(self->outboxes));
+    }
+    const char *key = empty ? (const char *)zlistx_first(empty) : NULL;
+    for (; key; key = (const char *)zlistx_next(empty))
+        zhashx_delete(self->outboxes, key);
+    zlistx_destroy(&empty);
 }
 
 //  libzmq's free function for a reply's last frame (its I/O thread).
@@ -1984,14 +2031,15 @@ static int s_client_hwm(s_broker_t *self)
 
 //  Would one more reply of size bytes pass a client's bounds? One reply
 //  always passes an empty outbox, so no reply is too big to ever go.
-static bool s_outbox_full(s_broker_t *self, s_client_t *client, size_t size)
+static bool s_outbox_full(s_broker_t *self, s_client_t *client, s_outbox_t *box,
+                          size_t size)
 {
-    size_t bytes = atomic_load(&client->outbox->bytes);
-    int msgs = atomic_load(&client->outbox->msgs);
+    size_t bytes = atomic_load(&box->bytes);
+    int msgs = atomic_load(&box->msgs);
     size_t max = self->config.client_max_bytes;
-    if (client->slow && msgs < s_client_hwm(self) / 2 &&
+    if (box->slow && msgs < s_client_hwm(self) / 2 &&
         (!max || bytes < max / 2)) {
-        client->slow = false;
+        box->slow = false;
         s_log(self, "info", "client_slow_end",
               LLMQ_LOG_STR("client", client->key), s_END);
     }
@@ -2000,18 +2048,17 @@ static bool s_outbox_full(s_broker_t *self, s_client_t *client, size_t size)
 }
 
 //  A reply dropped because its client does not read: count, log once.
-static void s_client_slow(s_broker_t *self, s_client_t *client)
+static void s_client_slow(s_broker_t *self, s_client_t *client, s_outbox_t *box)
 {
     self->counters.dropped++;
     const char *labels[] = {"reason", "client_slow", NULL};
     llmq_metrics_add(self->metrics, "llmq_broker_dropped_total", labels, 1);
-    if (client->slow)
+    if (box->slow)
         return;
-    client->slow = true;
+    box->slow = true;
     s_log(self, "warning", "client_slow", LLMQ_LOG_STR("client", client->key),
-          LLMQ_LOG_INT("queued_replies", atomic_load(&client->outbox->msgs)),
-          LLMQ_LOG_INT("queued_bytes", atomic_load(&client->outbox->bytes)),
-          s_END);
+          LLMQ_LOG_INT("queued_replies", atomic_load(&box->msgs)),
+          LLMQ_LOG_INT("queued_bytes", atomic_load(&box->bytes)), s_END);
 }
 
 //  Send the last frame of a reply, counted in the outbox until libzmq is
@@ -2049,6 +2096,7 @@ static void s_client_send(s_broker_t *self, s_client_t *client,
     llmq_msg_t *msg = *msg_p;
     *msg_p = NULL;
     zframe_t *payload = llmq_msg_take_payload(msg);
+    s_outbox_t *box = s_outbox_require(self, client->key);
     char reason[160] = "";
     zframe_t *header = llmq_msg_encode(msg, reason, sizeof(reason));
     size_t size = (header ? zframe_size(header) : 0) +
@@ -2057,17 +2105,20 @@ static void s_client_send(s_broker_t *self, s_client_t *client,
         s_log(self, "warning", "msg_send_failed",
               LLMQ_LOG_STR("type", llmq_msg_type_name(llmq_msg_type(msg))),
               LLMQ_LOG_STR("reason", reason), s_END);
-    else if (s_outbox_full(self, client, size))
-        s_client_slow(self, client);
+    else if (!box)
+        llmq_log(NULL, LLMQ_LOG_WARN, "msg_send_failed",
+                 LLMQ_LOG_STR("reason", "out of memory"), LLMQ_LOG_END);
+    else if (s_outbox_full(self, client, box, size))
+        s_client_slow(self, client, box);
     else {
         void *sock = zsock_resolve(self->frontend);
         zframe_send(&client->rid, sock, ZFRAME_MORE | ZFRAME_REUSE);
         if (payload) {
             zframe_send(&header, sock, ZFRAME_MORE);
-            s_outbox_send(self, client->outbox, payload, size);
+            s_outbox_send(self, box, payload, size);
             payload = NULL;
         } else {
-            s_outbox_send(self, client->outbox, header, size);
+            s_outbox_send(self, box, header, size);
             header = NULL;
         }
     }
@@ -2140,6 +2191,7 @@ static void s_client_gone(s_broker_t *self, s_client_t *client, int64_t now)
 //  Timer: find heartbeating clients silent past the client timeout.
 static void s_clients_check(s_broker_t *self, int64_t now)
 {
+    s_outboxes_sweep(self);
     int64_t timeout = self->config.client_timeout_ms;
     if (timeout <= 0 || zhashx_size(self->clients) == 0)
         return;
@@ -2767,6 +2819,7 @@ static void s_broker_destroy(s_broker_t **self_p)
     zlistx_destroy(&self->parked);
     zhashx_destroy(&self->attach);
     zhashx_destroy(&self->clients);
+    zhashx_destroy(&self->outboxes);
     zhashx_destroy(&self->groups);
     //  Workers and lanes point at each other only through borrowed lists.
     zhashx_destroy(&self->workers);
