@@ -2979,7 +2979,7 @@ void llmq_broker_config_defaults(llmq_broker_config_t *config)
     config->default_deadline_ms = 600000;
     config->recovery_ms = -1;
     config->client_timeout_ms = 10000;
-    config->client_hwm = 1000;
+    config->client_hwm = 10000;
     config->client_max_bytes = 64 << 20;
 }
 

@@ -71,7 +71,7 @@ static const char s_help[] =
     "                          10000; 0 = never)\n"
     "  --client-hwm N          replies queued for a client that does "
     "not read,\n"
-    "                          at most (default 1000); past it they are "
+    "                          at most (default 10000); past it they are "
     "dropped\n"
     "  --client-max-bytes N    reply bytes queued for one client, at "
     "most\n"

@@ -214,8 +214,10 @@ int llmq_client_cancel(llmq_client_t *self, const char *id);
     every llmq_client_process(). llmq_client_process() handles all input
     without waiting, runs the heartbeat timers and delivers results to the
     callback; call it when the fd is readable, after every submit or cancel,
-    and about every 250 ms. Returns 1 if input is still queued (call again
-    soon), 0 otherwise, -1 if interrupted. */
+    and about every 250 ms: it sends the heartbeat without which a broker
+    takes a client silent for its --client-timeout (10 s) for gone and drops
+    its requests (PROTOCOL.md 3.4). Returns 1 if input is still queued (call
+    again soon), 0 otherwise, -1 if interrupted. */
 int llmq_client_fd(const llmq_client_t *self);
 int llmq_client_process(llmq_client_t *self);
 

@@ -368,8 +368,9 @@ class Client {
    * holds (PROTOCOL.md 3.4).
    */
   _onPong(h) {
+    if (typeof h.pending !== "number") return; // not a heartbeat's pong, or an older broker
     this.pingsOut = Math.max(0, this.pingsOut - 1);
-    if (this.pingsOut > 0 || typeof h.pending !== "number") return;
+    if (this.pingsOut > 0) return; // a later heartbeat is still unanswered
     let waiting = 0;
     for (const req of this.pending.values()) if (req.mark <= this.pingMark) waiting++;
     if (waiting <= h.pending) return;

@@ -447,10 +447,12 @@ class Core:
         of those sent before that ping means the broker dropped some (it took
         us for gone, or we were slow to read): resend all outstanding, it
         ignores what it still holds (PROTOCOL.md 3.4)."""
-        self.pings_out = max(0, self.pings_out - 1)
         held = h.get("pending")
-        if self.pings_out or not isinstance(held, int) or isinstance(held, bool):
-            return
+        if not isinstance(held, int) or isinstance(held, bool):
+            return              # not a heartbeat's pong, or an older broker
+        self.pings_out = max(0, self.pings_out - 1)
+        if self.pings_out:
+            return              # a later heartbeat is still unanswered
         waiting = sum(1 for r in self.pending.values() if r.mark <= self.ping_mark)
         if waiting > held:
             for req in self.pending.values():
