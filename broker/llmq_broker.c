@@ -75,16 +75,19 @@ typedef struct _s_lane_t s_lane_t;
 typedef struct _s_group_t s_group_t;
 typedef struct _s_request_t s_request_t;
 
-//  What the broker has handed ZeroMQ for one client (routing id) and
-//  ZeroMQ has not yet written (PROTOCOL.md 3.4). Kept in the broker's
-//  outboxes table while anything is unwritten, whether or not the client
-//  still has requests pending; shared with its messages in flight, which
-//  libzmq releases from its I/O thread: atomics.
+//  What the broker knows of a client (routing id) beyond its pending
+//  requests (PROTOCOL.md 3.4): the replies handed to ZeroMQ and not yet
+//  written, and its last heartbeat. Kept in the broker's outboxes table
+//  while anything is unwritten or the heartbeat is recent, whether or not
+//  the client has requests pending (its s_client_t goes with its last
+//  one); shared with its messages in flight, which libzmq releases from
+//  its I/O thread: atomics.
 typedef struct {
-    atomic_int refs;     //  The table + messages in flight
-    atomic_size_t bytes; //  Bytes in flight
-    atomic_int msgs;     //  Messages in flight
-    bool slow;           //  In a client_slow episode (broker thread only)
+    atomic_int refs;      //  The table + messages in flight
+    atomic_size_t bytes;  //  Bytes in flight
+    atomic_int msgs;      //  Messages in flight
+    bool slow;            //  In a client_slow episode (broker thread only)
+    int64_t heartbeat_at; //  Its last heartbeat (monotonic ms), 0 = none
 } s_outbox_t;
 
 //  A result passed on to its client, to be acked to its worker.
@@ -273,6 +276,7 @@ static void s_request_destroy(s_broker_t *self, s_request_t **r_p);
 static void s_bid_text(uint64_t bid, char out[24]);
 static void s_client_send(s_broker_t *self, s_client_t *client,
                           llmq_msg_t **msg_p);
+static void s_client_heartbeat_restore(s_broker_t *self, s_client_t *client);
 
 //  --------------------------------------------------------------------------
 //  Logging: one line per event through llmq_log (text or JSON, typed
@@ -746,6 +750,7 @@ static s_client_t *s_client_require(s_broker_t *self, const char *key,
     zhashx_set_key_duplicator(client->pending, NULL);
     zhashx_set_key_destructor(client->pending, NULL);
     zhashx_insert(self->clients, key, client);
+    s_client_heartbeat_restore(self, client);
     return client;
 }
 
@@ -1986,15 +1991,17 @@ static s_outbox_t *s_outbox_require(s_broker_t *self, const char *key)
 }
 
 //  Timer: forget outboxes with nothing left unwritten (only the table
-//  holds them).
-static void s_outboxes_sweep(s_broker_t *self)
+//  holds them) and no recent heartbeat.
+static void s_outboxes_sweep(s_broker_t *self, int64_t now)
 {
     if (!self->outboxes)
         return;
     zlistx_t *empty = NULL; //  Copies of their keys
     s_outbox_t *box = (s_outbox_t *)zhashx_first(self->outboxes);
     for (; box; box = (s_outbox_t *)zhashx_next(self->outboxes)) {
-        if (atomic_load(&box->refs) != 1)
+        if (atomic_load(&box->refs) != 1 ||
+            (box->heartbeat_at &&
+             now - box->heartbeat_at <= self->config.client_timeout_ms))
             continue;
         if (!empty && (empty = zlistx_new()) != NULL) {
             zlistx_set_duplicator(empty, (zlistx_duplicator_fn *)strdup);
@@ -2133,10 +2140,30 @@ static void s_client_seen(s_broker_t *self, const char *key,
                           const llmq_msg_t *msg)
 {
     s_client_t *client = (s_client_t *)zhashx_lookup(self->clients, key);
-    if (!client)
-        return;
-    client->last_seen = zclock_mono();
-    if (llmq_msg_type(msg) == LLMQ_MSG_PING && llmq_msg_heartbeat(msg))
+    int64_t now = zclock_mono();
+    if (llmq_msg_type(msg) == LLMQ_MSG_PING && llmq_msg_heartbeat(msg)) {
+        //  Remembered apart from the client's requests: it may have none
+        //  pending right now, and its next ones fall under the rule at once.
+        s_outbox_t *box = s_outbox_require(self, key);
+        if (box)
+            box->heartbeat_at = now;
+        if (client)
+            client->heartbeat = true;
+    }
+    if (client)
+        client->last_seen = now;
+}
+
+//  A client entry made for a new request: under the silence rule at once
+//  if the client heartbeated within the client timeout.
+static void s_client_heartbeat_restore(s_broker_t *self, s_client_t *client)
+{
+    s_outbox_t *box =
+        self->outboxes
+            ? (s_outbox_t *)zhashx_lookup(self->outboxes, client->key)
+            : NULL;
+    if (box && box->heartbeat_at &&
+        client->last_seen - box->heartbeat_at <= self->config.client_timeout_ms)
         client->heartbeat = true;
 }
 
@@ -2191,7 +2218,7 @@ static void s_client_gone(s_broker_t *self, s_client_t *client, int64_t now)
 //  Timer: find heartbeating clients silent past the client timeout.
 static void s_clients_check(s_broker_t *self, int64_t now)
 {
-    s_outboxes_sweep(self);
+    s_outboxes_sweep(self, now);
     int64_t timeout = self->config.client_timeout_ms;
     if (timeout <= 0 || zhashx_size(self->clients) == 0)
         return;

@@ -21,6 +21,8 @@ Cases:
                    for gone; continued, it resends what was dropped (the
                    heartbeat's `pending`) and gets every answer.
   batch_kept       a killed client's durable batch still completes.
+  hb_first         a heartbeat sent with nothing pending covers the requests
+                   that follow it (the broker remembers it).
   noread           a client sends 3,000 requests whose answers are about
                    40 KB and never reads one: broker RSS stays under 60 MB
                    (without a bound: about 115 MB of queued replies), and
@@ -216,6 +218,7 @@ def slow(kind):
             out = wait_until("the client's last line", lambda: "done" in said(client)
                              and said(client), timeout=60)
             check("done ok=%d failed=0" % n in out, "every answer: %r" % out)
+            check(client.wait(timeout=60) == 0, "the client exits 0")
         else:
             client, out_path = c_client(cl, n, n)
             rc = client.wait(timeout=60)
@@ -257,6 +260,7 @@ def paused(kind):
             out = wait_until("the continued client's answers", lambda: "done" in said(client)
                              and said(client), timeout=60)
             check("done ok=%d failed=0" % n in out, "every answer: %r" % out)
+            check(client.wait(timeout=60) == 0, "the client exits 0")
         else:
             rc = client.wait(timeout=60)
             check(rc == 0, "llmq run exit %s (None: still waiting)\n%s" % (rc, client.tail()))
@@ -298,6 +302,46 @@ def batch_kept():
         check(st.state == "completed" and st.counts.done == items and st.counts.failed == 0,
               "batch %s: %s %r" % (batch, st.state, st.counts))
     finally:
+        cl.close()
+
+
+def hb_first():
+    """A heartbeat counts before the requests it covers: a raw client sends
+    one heartbeat ping with nothing pending, then 500 requests, then falls
+    silent (its socket closed). The broker remembers the heartbeat (its
+    client entry did not exist yet) and drops the work."""
+    need("llmq-broker", "llmq-worker", "llmq-sim")
+    need_pyzmq()
+    import msgpack
+    import zmq
+    cl = cluster(200)
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    try:
+        sock.setsockopt(zmq.ROUTING_ID, b"hb-first-%d" % os.getpid())
+        sock.setsockopt(zmq.LINGER, 2000)
+        sock.connect(cl.broker.frontend)
+        sock.send(msgpack.packb({"v": 1, "t": "ping", "heartbeat": True}))
+        check(sock.poll(10000), "pong")
+        pong = msgpack.unpackb(sock.recv())
+        check(pong.get("t") == "pong" and pong.get("pending") == 0, "pong %r" % pong)
+        body = msgpack.packb({"messages": [{"role": "user", "content": "x"}], "max_tokens": 4})
+        for i in range(500):
+            sock.send_multipart([msgpack.packb({"v": 1, "t": "req", "id": "h%d" % i,
+                                                "op": "chat", "model": llmqtest.MODEL}), body])
+        sock.close()        # lingers until sent, then silence
+        wait_until("the requests at the broker",
+                   lambda: (counter(cl, "received") or 0) >= 500, timeout=60)
+        at_sent = sim_received(cl.sim)
+        wait_until("the broker counts the silent client gone (or llmq-sim gets 200 more)",
+                   lambda: (counter(cl, "client_gone") or 0) > 0
+                   or sim_received(cl.sim) >= at_sent + 200, timeout=60)
+        print("sim received %d when the requests were in, %d when counted gone; dropped %s"
+              % (at_sent, sim_received(cl.sim), counter(cl, "client_gone")))
+        check((counter(cl, "client_gone") or 0) > 0,
+              "the broker still sends the silent client's work")
+    finally:
+        ctx.term()
         cl.close()
 
 
@@ -373,6 +417,7 @@ CASES = {
     "paused_py": lambda: paused("py"),
     "paused_c": lambda: paused("c"),
     "batch_kept": batch_kept,
+    "hb_first": hb_first,
     "noread": noread,
 }
 
