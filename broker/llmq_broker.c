@@ -77,6 +77,21 @@ typedef struct _s_request_t s_request_t;
 typedef struct _s_tenant_t s_tenant_t;
 typedef struct _s_fair_t s_fair_t;
 
+//  What the broker knows of a client (routing id) beyond its pending
+//  requests (PROTOCOL.md 3.5): the replies handed to ZeroMQ and not yet
+//  written, and its last heartbeat. Kept in the broker's outboxes table
+//  while anything is unwritten or the heartbeat is recent, whether or not
+//  the client has requests pending (its s_client_t goes with its last
+//  one); shared with its messages in flight, which libzmq releases from
+//  its I/O thread: atomics.
+typedef struct {
+    atomic_int refs;      //  The table + messages in flight
+    atomic_size_t bytes;  //  Bytes in flight
+    atomic_int msgs;      //  Messages in flight
+    bool slow;            //  In a client_slow episode (broker thread only)
+    int64_t heartbeat_at; //  Its last heartbeat (monotonic ms), 0 = none
+} s_outbox_t;
+
 //  A result passed on to its client, to be acked to its worker.
 typedef struct {
     uint64_t bid; //  Broker id of the dispatch
@@ -144,6 +159,8 @@ struct _s_client_t {
     char *key;         //  Routing id in hex
     zframe_t *rid;     //  Routing id
     zhashx_t *pending; //  Client id (borrowed from request) -> request
+    int64_t last_seen; //  Monotonic ms of its last message (3.5)
+    bool heartbeat;    //  Sent a heartbeat: the silence rule applies
 };
 
 struct _s_lane_t {
@@ -202,7 +219,8 @@ typedef struct {
     uint64_t received, dispatched, answered_ok, answered_error, requeued,
         dropped, expired, overloaded, not_found, cancelled, duplicates,
         bad_messages, worker_deaths;
-    uint64_t bad_usage; //  Results whose usage was nonsense (made 0)
+    uint64_t bad_usage;   //  Results whose usage was nonsense (made 0)
+    uint64_t client_gone; //  Requests dropped because their client left
 } s_counters_t;
 
 struct _llmq_broker_core_t {
@@ -219,6 +237,7 @@ struct _llmq_broker_core_t {
     llmq_auth_t *auth;       //  CURVE gatekeeper, NULL without keys
     zcert_t *cert;           //  The broker's CURVE keypair, or NULL
     zhashx_t *clients;       //  key -> s_client_t
+    zhashx_t *outboxes;      //  client key -> s_outbox_t, lazily (3.5)
     zhashx_t *workers;       //  key -> s_worker_t
     zhashx_t *lanes;         //  key -> s_lane_t
     zhashx_t *groups;        //  name -> s_group_t
@@ -268,6 +287,9 @@ typedef llmq_broker_core_t s_broker_t;
 static void s_dispatch_lane(s_broker_t *self, s_lane_t *lane);
 static void s_request_destroy(s_broker_t *self, s_request_t **r_p);
 static void s_bid_text(uint64_t bid, char out[24]);
+static void s_client_send(s_broker_t *self, s_client_t *client,
+                          llmq_msg_t **msg_p);
+static void s_client_heartbeat_restore(s_broker_t *self, s_client_t *client);
 
 //  --------------------------------------------------------------------------
 //  Logging: one line per event through llmq_log (text or JSON, typed
@@ -542,7 +564,7 @@ static void s_complete(s_broker_t *self, s_request_t *r, llmq_msg_t **res_p)
         llmq_msg_set_routing_id(res, r->client->rid);
         if (self->config.verbose)
             llmq_msg_print(res);
-        llmq_msg_send(&res, self->frontend);
+        s_client_send(self, r->client, &res);
     } else if (r->from_module) {
         if (self->config.module->item_result)
             self->config.module->item_result(self->module_state, &res);
@@ -937,6 +959,7 @@ static s_client_t *s_client_require(s_broker_t *self, const char *key,
     client->key = strdup(key);
     client->rid = zframe_dup(rid);
     client->pending = zhashx_new();
+    client->last_seen = zclock_mono();
     if (!client->key || !client->rid || !client->pending) {
         void *item = client;
         s_client_free(&item);
@@ -946,6 +969,7 @@ static s_client_t *s_client_require(s_broker_t *self, const char *key,
     zhashx_set_key_duplicator(client->pending, NULL);
     zhashx_set_key_destructor(client->pending, NULL);
     zhashx_insert(self->clients, key, client);
+    s_client_heartbeat_restore(self, client);
     return client;
 }
 
@@ -1758,7 +1782,7 @@ static void s_worker_result(s_broker_t *self, s_worker_t *w, llmq_msg_t **msg_p)
         llmq_msg_clear(msg, LLMQ_F_ratelimit_remaining_requests);
         llmq_msg_clear(msg, LLMQ_F_ratelimit_remaining_tokens);
         llmq_msg_clear(msg, LLMQ_F_ratelimit_reset_ms);
-        llmq_msg_send(msg_p, self->frontend);
+        s_client_send(self, r->client, msg_p);
         return;
     }
     //  Only a result the worker sent is acked (not one the broker made up:
@@ -2348,6 +2372,7 @@ static void s_client_status(s_broker_t *self, zframe_t *rid)
         {"tenants", self->tenants_waiting},
         {"tenants_at_daily_cap", s_spend_capped(self)},
         {"bad_usage", c->bad_usage},
+        {"client_gone", c->client_gone},
     };
     llmq_status_t st = {
         .broker = self->name,
@@ -2384,6 +2409,313 @@ static void s_client_status(s_broker_t *self, zframe_t *rid)
     llmq_msg_send(&msg, self->frontend);
 }
 
+//  --------------------------------------------------------------------------
+//  Work dies with its client (PROTOCOL.md 3.5): a heartbeating client that
+//  falls silent has gone, and what it asked for is dropped; replies to a
+//  client that does not read are bounded.
+
+//  A reply handed to libzmq, released when libzmq has written or dropped it.
+typedef struct {
+    s_outbox_t *box; //  Its client's outbox (one reference)
+    zframe_t *frame; //  The last frame, whose bytes libzmq sends
+    size_t size;     //  Bytes counted in box
+} s_sent_t;
+
+//  Drop one reference to an outbox (the table's, or a message's).
+static void s_outbox_release(void *data, void *hint)
+{
+    (void)data;
+    s_outbox_t *box = (s_outbox_t *)hint;
+    if (atomic_fetch_sub(&box->refs, 1) == 1)
+        free(box);
+}
+
+static void s_outbox_free(void **item)
+{
+    if (*item)
+        s_outbox_release(NULL, *item);
+    *item = NULL;
+}
+
+//  The outbox of a client, made on first use. NULL if out of memory.
+static s_outbox_t *s_outbox_require(s_broker_t *self, const char *key)
+{
+    if (!self->outboxes) {
+        self->outboxes = zhashx_new();
+        if (!self->outboxes)
+            return NULL;
+        zhashx_set_destructor(self->outboxes, s_outbox_free);
+    }
+    s_outbox_t *box = (s_outbox_t *)zhashx_lookup(self->outboxes, key);
+    if (box)
+        return box;
+    box = (s_outbox_t *)calloc(1, sizeof(s_outbox_t));
+    if (!box)
+        return NULL;
+    atomic_init(&box->refs, 1);
+    zhashx_insert(self->outboxes, key, box);
+    return box;
+}
+
+//  Timer: forget outboxes with nothing left unwritten (only the table
+//  holds them) and no recent heartbeat.
+static void s_outboxes_sweep(s_broker_t *self, int64_t now)
+{
+    if (!self->outboxes)
+        return;
+    zlistx_t *empty = NULL; //  Copies of their keys
+    s_outbox_t *box = (s_outbox_t *)zhashx_first(self->outboxes);
+    for (; box; box = (s_outbox_t *)zhashx_next(self->outboxes)) {
+        if (atomic_load(&box->refs) != 1 ||
+            (box->heartbeat_at &&
+             now - box->heartbeat_at <= self->config.client_timeout_ms))
+            continue;
+        if (!empty && (empty = zlistx_new()) != NULL) {
+            zlistx_set_duplicator(empty, (zlistx_duplicator_fn *)strdup);
+            zlistx_set_destructor(empty, (zlistx_destructor_fn *)zstr_free);
+        }
+        if (empty)
+            zlistx_add_end(empty, (void *)zhashx_cursor(self->outboxes));
+    }
+    const char *key = empty ? (const char *)zlistx_first(empty) : NULL;
+    for (; key; key = (const char *)zlistx_next(empty))
+        zhashx_delete(self->outboxes, key);
+    zlistx_destroy(&empty);
+}
+
+//  libzmq's free function for a reply's last frame (its I/O thread).
+static void s_sent_release(void *data, void *hint)
+{
+    (void)data;
+    s_sent_t *sent = (s_sent_t *)hint;
+    atomic_fetch_sub(&sent->box->bytes, sent->size);
+    atomic_fetch_sub(&sent->box->msgs, 1);
+    zframe_destroy(&sent->frame);
+    s_outbox_release(NULL, sent->box);
+    free(sent);
+}
+
+//  Replies a client may have queued at once (0 in the config: the old
+//  deep buffer).
+static int s_client_hwm(s_broker_t *self)
+{
+    size_t hwm = self->config.client_hwm;
+    return hwm > 0 && hwm <= 10000000 ? (int)hwm : 1000000;
+}
+
+//  Would one more reply of size bytes pass a client's bounds? One reply
+//  always passes an empty outbox, so no reply is too big to ever go.
+static bool s_outbox_full(s_broker_t *self, s_client_t *client, s_outbox_t *box,
+                          size_t size)
+{
+    size_t bytes = atomic_load(&box->bytes);
+    int msgs = atomic_load(&box->msgs);
+    size_t max = self->config.client_max_bytes;
+    if (box->slow && msgs < s_client_hwm(self) / 2 &&
+        (!max || bytes < max / 2)) {
+        box->slow = false;
+        s_log(self, "info", "client_slow_end",
+              LLMQ_LOG_STR("client", client->key), s_END);
+    }
+    return msgs > 0 &&
+           (msgs >= s_client_hwm(self) || (max && bytes + size > max));
+}
+
+//  A reply dropped because its client does not read: count, log once.
+static void s_client_slow(s_broker_t *self, s_client_t *client, s_outbox_t *box)
+{
+    self->counters.dropped++;
+    const char *labels[] = {"reason", "client_slow", NULL};
+    llmq_metrics_add(self->metrics, "llmq_broker_dropped_total", labels, 1);
+    if (box->slow)
+        return;
+    box->slow = true;
+    s_log(self, "warning", "client_slow", LLMQ_LOG_STR("client", client->key),
+          LLMQ_LOG_INT("queued_replies", atomic_load(&box->msgs)),
+          LLMQ_LOG_INT("queued_bytes", atomic_load(&box->bytes)), s_END);
+}
+
+//  Send the last frame of a reply, counted in the outbox until libzmq is
+//  done with it. Takes the frame.
+static void s_outbox_send(s_broker_t *self, s_outbox_t *box, zframe_t *frame,
+                          size_t size)
+{
+    void *sock = zsock_resolve(self->frontend);
+    s_sent_t *sent = (s_sent_t *)malloc(sizeof(s_sent_t));
+    if (!sent || zframe_size(frame) == 0) {
+        free(sent);
+        zframe_send(&frame, sock, 0);
+        zframe_destroy(&frame);
+        return;
+    }
+    *sent = (s_sent_t){.box = box, .frame = frame, .size = size};
+    atomic_fetch_add(&box->refs, 1);
+    atomic_fetch_add(&box->bytes, size);
+    atomic_fetch_add(&box->msgs, 1);
+    zmq_msg_t msg;
+    if (zmq_msg_init_data(&msg, zframe_data(frame), zframe_size(frame),
+                          s_sent_release, sent)) {
+        s_sent_release(NULL, sent);
+        return;
+    }
+    if (zmq_msg_send(&msg, sock, 0) == -1)
+        zmq_msg_close(&msg); //  Calls s_sent_release
+}
+
+//  Send a `res` or `chunk` (routing id set) to its client, or drop it if the
+//  client's queued replies are past their bounds. Takes the message.
+static void s_client_send(s_broker_t *self, s_client_t *client,
+                          llmq_msg_t **msg_p)
+{
+    llmq_msg_t *msg = *msg_p;
+    *msg_p = NULL;
+    zframe_t *payload = llmq_msg_take_payload(msg);
+    s_outbox_t *box = s_outbox_require(self, client->key);
+    char reason[160] = "";
+    zframe_t *header = llmq_msg_encode(msg, reason, sizeof(reason));
+    size_t size = (header ? zframe_size(header) : 0) +
+                  (payload ? zframe_size(payload) : 0);
+    if (!header)
+        s_log(self, "warning", "msg_send_failed",
+              LLMQ_LOG_STR("type", llmq_msg_type_name(llmq_msg_type(msg))),
+              LLMQ_LOG_STR("reason", reason), s_END);
+    else if (!box)
+        llmq_log(NULL, LLMQ_LOG_WARN, "msg_send_failed",
+                 LLMQ_LOG_STR("reason", "out of memory"), LLMQ_LOG_END);
+    else if (s_outbox_full(self, client, box, size))
+        s_client_slow(self, client, box);
+    else {
+        void *sock = zsock_resolve(self->frontend);
+        zframe_send(&client->rid, sock, ZFRAME_MORE | ZFRAME_REUSE);
+        if (payload) {
+            zframe_send(&header, sock, ZFRAME_MORE);
+            s_outbox_send(self, box, payload, size);
+            payload = NULL;
+        } else {
+            s_outbox_send(self, box, header, size);
+            header = NULL;
+        }
+    }
+    zframe_destroy(&header);
+    zframe_destroy(&payload);
+    llmq_msg_destroy(&msg);
+}
+
+//  Any message from a known client is a sign of life; a heartbeat ping
+//  puts it under the silence rule.
+static void s_client_seen(s_broker_t *self, const char *key,
+                          const llmq_msg_t *msg)
+{
+    s_client_t *client = (s_client_t *)zhashx_lookup(self->clients, key);
+    int64_t now = zclock_mono();
+    if (llmq_msg_type(msg) == LLMQ_MSG_PING && llmq_msg_heartbeat(msg)) {
+        //  Remembered apart from the client's requests: it may have none
+        //  pending right now, and its next ones fall under the rule at once.
+        s_outbox_t *box = s_outbox_require(self, key);
+        if (box)
+            box->heartbeat_at = now;
+        if (client)
+            client->heartbeat = true;
+    }
+    if (client)
+        client->last_seen = now;
+}
+
+//  A client entry made for a new request: under the silence rule at once
+//  if the client heartbeated within the client timeout.
+static void s_client_heartbeat_restore(s_broker_t *self, s_client_t *client)
+{
+    s_outbox_t *box =
+        self->outboxes
+            ? (s_outbox_t *)zhashx_lookup(self->outboxes, client->key)
+            : NULL;
+    if (box && box->heartbeat_at &&
+        client->last_seen - box->heartbeat_at <= self->config.client_timeout_ms)
+        client->heartbeat = true;
+}
+
+//  The answer to a heartbeat says how many of the client's requests we
+//  hold, so a client whose requests were dropped resends them (3.5).
+static void s_pong_pending(s_broker_t *self, const char *key,
+                           const llmq_msg_t *ping, llmq_msg_t *pong)
+{
+    if (!llmq_msg_heartbeat(ping))
+        return;
+    s_client_t *client = (s_client_t *)zhashx_lookup(self->clients, key);
+    llmq_msg_set_pending(pong,
+                         client ? (int64_t)zhashx_size(client->pending) : 0);
+}
+
+//  The client has gone: drop its queued requests and cancel its in-flight
+//  ones at their workers, answering none. Destroys the client (with its
+//  last request).
+static void s_client_gone(s_broker_t *self, s_client_t *client, int64_t now)
+{
+    size_t n = zhashx_size(client->pending), queued = 0, inflight = 0;
+    s_request_t **all = (s_request_t **)calloc(n + 1, sizeof(s_request_t *));
+    if (!all)
+        return; //  Tried again at the next tick
+    size_t i = 0;
+    s_request_t *r = (s_request_t *)zhashx_first(client->pending);
+    for (; r && i < n; r = (s_request_t *)zhashx_next(client->pending)) {
+        all[i++] = r;
+        if (r->worker)
+            inflight++;
+        else
+            queued++;
+    }
+    s_log(self, "warning", "client_gone", LLMQ_LOG_STR("client", client->key),
+          LLMQ_LOG_INT("silent_ms", now - client->last_seen),
+          LLMQ_LOG_INT("queued", queued), LLMQ_LOG_INT("in_flight", inflight),
+          s_END);
+    llmq_metrics_add(self->metrics, "llmq_broker_clients_gone_total", NULL, 1);
+    const char *labels[] = {"reason", "client_gone", NULL};
+    llmq_metrics_add(self->metrics, "llmq_broker_dropped_total", labels,
+                     (double)i);
+    self->counters.client_gone += i;
+    //  The client is freed with its last request: not touched below.
+    for (size_t k = 0; k < i; k++) {
+        if (all[k]->worker)
+            s_cancel_at_worker(self, all[k]);
+        s_request_destroy(self, &all[k]);
+    }
+    free(all);
+}
+
+//  Timer: find heartbeating clients silent past the client timeout.
+static void s_clients_check(s_broker_t *self, int64_t now)
+{
+    s_outboxes_sweep(self, now);
+    int64_t timeout = self->config.client_timeout_ms;
+    if (timeout <= 0 || zhashx_size(self->clients) == 0)
+        return;
+    zlistx_t *gone = NULL;
+    s_client_t *client = (s_client_t *)zhashx_first(self->clients);
+    for (; client; client = (s_client_t *)zhashx_next(self->clients))
+        if (client->heartbeat && now - client->last_seen > timeout) {
+            if (!gone)
+                gone = zlistx_new();
+            if (gone)
+                zlistx_add_end(gone, client);
+        }
+    if (!gone)
+        return;
+    client = (s_client_t *)zlistx_first(gone);
+    for (; client; client = (s_client_t *)zlistx_next(gone))
+        s_client_gone(self, client, now);
+    zlistx_destroy(&gone);
+}
+
+static void s_metrics_define_clients(llmq_metrics_t *m)
+{
+    llmq_metrics_define(m, "llmq_broker_clients_gone_total",
+                        LLMQ_METRIC_COUNTER,
+                        "Heartbeating clients silent past --client-timeout: "
+                        "their requests were dropped or cancelled.",
+                        NULL, 0);
+    llmq_metrics_add(m, "llmq_broker_clients_gone_total", NULL, 0);
+}
+
 static void s_handle_client(s_broker_t *self, llmq_msg_t *msg)
 {
     char key[560];
@@ -2392,6 +2724,7 @@ static void s_handle_client(s_broker_t *self, llmq_msg_t *msg)
     s_key_tenant(self, msg, key, sizeof(key));
     if (self->config.verbose)
         llmq_msg_print(msg);
+    s_client_seen(self, key, msg);
     switch (llmq_msg_type(msg)) {
     case LLMQ_MSG_REQ:
         s_client_request(self, key, &msg);
@@ -2405,6 +2738,7 @@ static void s_handle_client(s_broker_t *self, llmq_msg_t *msg)
             llmq_msg_set_broker(pong, self->name);
             llmq_msg_set_version(pong, s_VERSION);
             llmq_msg_set_time_ms(pong, zclock_time());
+            s_pong_pending(self, key, msg, pong);
             llmq_msg_set_routing_id(pong, rid);
             llmq_msg_send(&pong, self->frontend);
         }
@@ -2584,6 +2918,7 @@ static void s_timers(s_broker_t *self, int64_t now)
         return;
     self->next_tick = now + s_TICK_MS;
     s_acks_flush(self, now);
+    s_clients_check(self, now);
     //  A worker silent for half the dead time is probably dead: sending it
     //  more would only lengthen the list of requests its death delays.
     for (s_worker_t *w = (s_worker_t *)zhashx_first(self->workers); w;
@@ -2828,6 +3163,7 @@ static void s_metrics_define(llmq_metrics_t *m)
                         "infinite, negative or absurd, counted as 0.",
                         NULL, 0);
     llmq_metrics_add(m, "llmq_broker_bad_usage_total", NULL, 0);
+    s_metrics_define_clients(m);
     llmq_metrics_define(m, "llmq_broker_auth_denied_total", LLMQ_METRIC_COUNTER,
                         "Peers refused by CURVE (unknown key, no CURVE, "
                         "wrong broker key)",
@@ -2914,7 +3250,9 @@ static zsock_t *s_bind(s_broker_t *self, const char *endpoint, bool frontend,
     zsock_set_maxmsgsize(sock, (int)LLMQ_MAX_FRAME_SIZE);
     zsock_set_router_mandatory(sock, 0);
     //  Deep buffers: the broker's queue is the real bound, not the socket's.
-    zsock_set_sndhwm(sock, frontend ? 1000000 : 200000);
+    //  Clients: a little above our own bound (s_outbox_full), which counts
+    //  and logs what it drops, where ZeroMQ would drop silently.
+    zsock_set_sndhwm(sock, frontend ? s_client_hwm(self) + 100 : 200000);
     zsock_set_rcvhwm(sock, 200000);
     zsock_set_linger(sock, 2000);
     //  Receives never block: the loop reads until EAGAIN, which spares a
@@ -3077,6 +3415,7 @@ static void s_broker_destroy(s_broker_t **self_p)
     zhashx_destroy(&self->clients);
     zhashx_destroy(&self->tenants);
     zhashx_destroy(&self->spend);
+    zhashx_destroy(&self->outboxes);
     zhashx_destroy(&self->groups);
     //  Workers and lanes point at each other only through borrowed lists.
     zhashx_destroy(&self->workers);
@@ -3240,6 +3579,9 @@ void llmq_broker_config_defaults(llmq_broker_config_t *config)
     config->max_queue_bytes = (size_t)2 << 30;
     config->tenant_max_queue = 200000;
     config->tenant_max_bytes = (size_t)1 << 30;
+    config->client_timeout_ms = 10000;
+    config->client_hwm = 10000;
+    config->client_max_bytes = 64 << 20;
 }
 
 int llmq_broker_endpoints(zactor_t *broker, char **frontend, char **backend,

@@ -106,6 +106,12 @@ typedef struct {
                              //  (600000; 0 = none)
     int recovery_ms;         //  After start, resends wait this long for a
                              //  worker's `held` report (-1 = dead_ms)
+    int client_timeout_ms;   //  A heartbeating client silent this long has
+                             //  gone: its work is dropped (10000; 0 = off)
+    size_t client_hwm;       //  Replies queued per client, at most (10000;
+                             //  0 = 1,000,000, the old bound)
+    size_t client_max_bytes; //  Reply payload bytes queued per client, at
+                             //  most (64 MiB; 0 = unbounded)
     bool json_logs;          //  Log lines as JSON objects
     bool quiet;              //  No event logs at all (benchmarks)
     bool verbose;            //  Log every message (debugging)

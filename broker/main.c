@@ -91,6 +91,18 @@ static const char s_help[] =
     "long for a\n"
     "                          worker that holds them (default: "
     "--dead-ms)\n"
+    "  --client-timeout MS     a client that heartbeats and then is "
+    "silent this\n"
+    "                          long has gone: its requests are dropped "
+    "(default\n"
+    "                          10000; 0 = never)\n"
+    "  --client-hwm N          replies queued for a client that does "
+    "not read,\n"
+    "                          at most (default 10000); past it they are "
+    "dropped\n"
+    "  --client-max-bytes N    reply bytes queued for one client, at "
+    "most\n"
+    "                          (default 67108864; 0 = no bound)\n"
     "  --batch-db FILE         SQLite file of the durable batches "
     "(default\n"
     "                          ./llmq-batches.db; --batch-db none "
@@ -224,6 +236,9 @@ static const s_flag_t s_flags[] = {
     {"dead-ms", K_INT_MS, 30, 3600000, B_(dead_ms)},
     {"default-deadline", K_INT_MS, 0, 2000000000, B_(default_deadline_ms)},
     {"recovery-ms", K_INT_MS, 0, 3600000, B_(recovery_ms)},
+    {"client-timeout", K_INT_MS, 0, 86400000, B_(client_timeout_ms)},
+    {"client-hwm", K_SIZE, 1, 10000000, B_(client_hwm)},
+    {"client-max-bytes", K_SIZE, 0, (long long)1 << 40, B_(client_max_bytes)},
     {"batch-db", K_STR, 0, 0, offsetof(s_args_t, batch_db)},
     {"batch-threshold", K_I64, 1, 1000000000, M_(auto_threshold)},
     {"batch-poll-ms", K_I64_MS, 10, 86400000, M_(poll_interval_ms)},

@@ -10,8 +10,11 @@
 
     Reliability is the lazy pirate pattern with heartbeats (ZeroMQ guide,
     chapter 4). Any message from the broker is a sign of life. While
-    requests are outstanding and the broker has been silent for
-    LLMQ_CLIENT_HEARTBEAT_MS, the client pings it; after `timeout` ms of
+    requests are outstanding the client pings it every
+    LLMQ_CLIENT_HEARTBEAT_MS, answers flowing or not: the ping is also its
+    own heartbeat, without which the broker would take it for gone and drop
+    its work (PROTOCOL.md 3.5; it goes out from every pump: poll, wait,
+    infer, process). After `timeout` ms of
     silence it replaces the socket (same routing id, so the broker sees the
     same client) and resends every outstanding request in submission order.
     Silence is not enough on its own: a broker restarted on the same port
@@ -54,6 +57,7 @@ typedef struct {
     int64_t sent_at;         /* zclock_mono() at first send */
     int64_t last_seq;        /* highest chunk seq delivered, -1: none */
     int resends;             /* times resent after reconnects */
+    uint64_t seq;            /* submission number (next_id when sent) */
     bool orphan;             /* its caller gave up waiting: drop the result */
     void *handle;            /* our item in self->order */
 } s_request_t;
@@ -69,7 +73,7 @@ struct _llmq_client_t {
     zlistx_t *ready;           /* finished llmq_result_t (owns) */
     size_t window;             /* max outstanding */
     int timeout_ms;            /* broker liveness */
-    int heartbeat_ms;          /* ping interval while silent */
+    int heartbeat_ms;          /* ping (heartbeat) interval while busy */
     int give_up_ms;            /* 0: never give up */
     char *tenant;              /* declared tenant of every message, or NULL */
     bool verbose;              /* log reconnects and drops */
@@ -80,6 +84,8 @@ struct _llmq_client_t {
     int64_t last_recv;         /* last sign of life (reset on reconnect) */
     int64_t last_heard;        /* last real message, for give-up */
     int64_t last_ping;         /* last ping sent */
+    uint64_t ping_mark;        /* next_id when the last ping went out */
+    int pings_out;             /* pings sent and not yet ponged */
     int64_t last_reconnect;    /* last socket replacement */
     bool dropped;              /* connection dropped, reconnect pending */
     llmq_client_stats_t stats; /* counters */
@@ -346,7 +352,13 @@ void llmq_client_stats(const llmq_client_t *self, llmq_client_stats_t *stats)
 static void s_send_ping(llmq_client_t *self)
 {
     llmq_msg_t *msg = llmq_msg_new(LLMQ_MSG_PING);
+    //  Every ping of this library is a heartbeat (PROTOCOL.md 3.5): it pings
+    //  while it has work outstanding, so the broker may judge it by silence.
+    if (msg)
+        llmq_msg_set_heartbeat(msg, true);
     llmq_msg_send(&msg, zsock_resolve(self->sock));
+    self->ping_mark = self->next_id;
+    self->pings_out++;
     self->last_ping = zclock_mono();
     self->stats.pings++;
 }
@@ -421,7 +433,40 @@ static void s_reconnect(llmq_client_t *self, const char *why)
         req = (s_request_t *)zlistx_next(self->order);
     }
     self->last_recv = zclock_mono();
+    self->pings_out = 0; //  the old socket's pongs are lost
     s_send_ping(self);
+}
+
+/*  The pong to our latest heartbeat says how many of our requests the
+    broker holds. Answers it sent before the pong came before it, so if we
+    still wait for more of those sent before that ping, the broker dropped
+    some (it took us for gone, or dropped a reply we were slow to read):
+    resend everything outstanding; it ignores what it still holds
+    (PROTOCOL.md 3.5). */
+static void s_check_pending(llmq_client_t *self, llmq_msg_t *pong)
+{
+    if (self->pings_out > 0)
+        self->pings_out--;
+    if (self->pings_out > 0 || !llmq_msg_has(pong, LLMQ_F_pending))
+        return;
+    int64_t waiting = 0;
+    s_request_t *req = (s_request_t *)zlistx_first(self->order);
+    for (; req; req = (s_request_t *)zlistx_next(self->order))
+        if (req->seq <= self->ping_mark)
+            waiting++;
+    if (waiting <= llmq_msg_pending(pong))
+        return;
+    if (self->verbose)
+        llmq_log(NULL, LLMQ_LOG_WARN, "client_resend_dropped",
+                 LLMQ_LOG_INT("waiting", waiting),
+                 LLMQ_LOG_INT("broker_holds", llmq_msg_pending(pong)),
+                 LLMQ_LOG_END);
+    for (req = (s_request_t *)zlistx_first(self->order); req;
+         req = (s_request_t *)zlistx_next(self->order)) {
+        req->resends++;
+        self->stats.resent++;
+        s_send_request(self, req);
+    }
 }
 
 //  --------------------------------------------------------------------------
@@ -582,6 +627,7 @@ static void s_handle(llmq_client_t *self, llmq_msg_t *msg)
         break;
     case LLMQ_MSG_PONG: {
         self->got_pong = true;
+        s_check_pending(self, msg);
         free(self->pong_version);
         const char *broker = llmq_msg_broker(msg);
         const char *version = llmq_msg_version(msg);
@@ -647,8 +693,9 @@ static void s_timers(llmq_client_t *self)
         s_reconnect(self, "disconnected");
     else if (silent >= self->timeout_ms)
         s_reconnect(self, "silent");
-    else if (silent >= self->heartbeat_ms &&
-             now - self->last_ping >= self->heartbeat_ms)
+    else if (now - self->last_ping >= self->heartbeat_ms)
+        //  Whether or not answers flow: the broker must hear from us while
+        //  we wait for anything (PROTOCOL.md 3.5).
         s_send_ping(self);
 }
 
@@ -777,6 +824,7 @@ static int s_submit(llmq_client_t *self, llmq_op_t op, const char *model,
         return -1;
     }
     req->id = zsys_sprintf("r%" PRIu64, ++self->next_id);
+    req->seq = self->next_id;
     req->op = op;
     req->model = strdup(model);
     req->payload = payload;
@@ -802,6 +850,9 @@ static int s_submit(llmq_client_t *self, llmq_op_t op, const char *model,
     zhashx_insert(self->pending, req->id, req);
     self->stats.sent++;
     s_send_request(self, req);
+    //  Work outstanding again: heartbeat from now on, starting at once.
+    if (zlistx_size(self->order) == 1)
+        s_send_ping(self);
     return 0;
 }
 

@@ -56,7 +56,7 @@ extern "C" {
 /*  Defaults. */
 #define LLMQ_DEFAULT_ENDPOINT "tcp://127.0.0.1:5555"
 #define LLMQ_CLIENT_WINDOW 256        /* outstanding requests */
-#define LLMQ_CLIENT_HEARTBEAT_MS 1000 /* ping when silent this long */
+#define LLMQ_CLIENT_HEARTBEAT_MS 1000 /* heartbeat ping while busy */
 #define LLMQ_CLIENT_TIMEOUT_MS 3000   /* broker dead when silent this long */
 #define LLMQ_CLIENT_GIVE_UP_MS 60000  /* fail outstanding work after this */
 
@@ -217,8 +217,10 @@ int llmq_client_cancel(llmq_client_t *self, const char *id);
     every llmq_client_process(). llmq_client_process() handles all input
     without waiting, runs the heartbeat timers and delivers results to the
     callback; call it when the fd is readable, after every submit or cancel,
-    and about every 250 ms. Returns 1 if input is still queued (call again
-    soon), 0 otherwise, -1 if interrupted. */
+    and about every 250 ms: it sends the heartbeat without which a broker
+    takes a client silent for its --client-timeout (10 s) for gone and drops
+    its requests (PROTOCOL.md 3.5). Returns 1 if input is still queued (call
+    again soon), 0 otherwise, -1 if interrupted. */
 int llmq_client_fd(const llmq_client_t *self);
 int llmq_client_process(llmq_client_t *self);
 

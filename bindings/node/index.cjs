@@ -13,6 +13,7 @@ class Req {
     this.sent = Date.now();
     this.expires = timeoutMs == null ? null : this.sent + timeoutMs + U.GRACE_MS;
     this.resends = 0;
+    this.mark = 0; // submission number, for the pong's `pending`
     this.seq = -1;
     this.attempt = 0;
     this.yielded = false;
@@ -50,6 +51,9 @@ class Client {
     this.outbox = [];
     this.flushing = false;
     this.nextId = 0;
+    this.submitted = 0; // requests submitted so far
+    this.pingMark = 0; // submitted when the last ping went out
+    this.pingsOut = 0; // pings not yet answered
     this.sock = null;
     this.lastRecv = this.lastHeard = this.lastPing = this.lastReconnect = this.lastActive = 0;
     this.lastScan = 0;
@@ -169,12 +173,13 @@ class Client {
     const now = Date.now();
     this.lastReconnect = this.lastPing = this.lastRecv = now;
     this.reconnects++;
+    this.pingsOut = 0; // the old socket's pongs are lost
     for (const req of this.pending.values()) {
       req.resends++;
       this.resent++;
       this._sendReq(req, true);
     }
-    this._send({ t: "ping" });
+    this._heartbeat(now);
   }
 
   // -- requests ----------------------------------------------------------
@@ -197,9 +202,12 @@ class Client {
       throw new E.InvalidRequest(`request body of ${payload.length} bytes is over the frame limit`);
     }
     const req = new Req(id, op, model, h, payload, stream, timeout);
-    if (this.pending.size === 0) this.lastRecv = this.lastHeard = req.sent;
+    req.mark = ++this.submitted;
+    const idle = this.pending.size === 0;
+    if (idle) this.lastRecv = this.lastHeard = req.sent;
     this.pending.set(id, req);
     this._sendReq(req);
+    if (idle) this._heartbeat(req.sent); // work outstanding: heartbeat from now on
     if (options.signal) {
       const abort = () => this.cancel(id);
       if (options.signal.aborted) abort();
@@ -248,6 +256,7 @@ class Client {
     }
     if (!h || typeof h !== "object" || h.v !== U.PROTOCOL_VERSION) return;
     const payload = frames.length > 1 ? frames[1] : null;
+    if (h.t === "pong") this._onPong(h); // and to the inbox, for ping()
     if (h.t === "res") this._onRes(h, payload);
     else if (h.t === "chunk") this._onChunk(h, payload);
     else if (h.t === "error" && typeof h.id === "string" && this.pending.has(h.id)) {
@@ -336,9 +345,39 @@ class Client {
     const silent = now - this.lastRecv;
     if ((this.dropped && now - this.lastReconnect >= this.heartbeat) || silent >= this.liveness) {
       this._reconnect();
-    } else if (silent >= this.heartbeat && now - this.lastPing >= this.heartbeat) {
-      this._send({ t: "ping" });
-      this.lastPing = now;
+    } else if (now - this.lastPing >= this.heartbeat) {
+      // Answers flowing or not: the broker must hear from us while we wait,
+      // or it takes us for gone and drops our work (PROTOCOL.md 3.5).
+      this._heartbeat(now);
+    }
+  }
+
+  /** A heartbeat: a ping that puts this client under the broker's silence rule. */
+  _heartbeat(now) {
+    this._send({ t: "ping", heartbeat: true });
+    this.lastPing = now;
+    this.pingMark = this.submitted;
+    this.pingsOut++;
+  }
+
+  /**
+   * The pong to our latest heartbeat says how many of our requests the broker
+   * holds; answers it sent before come before it. Waiting for more of those
+   * sent before that ping means it dropped some (it took us for gone, or we
+   * were slow to read): resend all outstanding, it ignores what it still
+   * holds (PROTOCOL.md 3.5).
+   */
+  _onPong(h) {
+    if (typeof h.pending !== "number") return; // not a heartbeat's pong, or an older broker
+    this.pingsOut = Math.max(0, this.pingsOut - 1);
+    if (this.pingsOut > 0) return; // a later heartbeat is still unanswered
+    let waiting = 0;
+    for (const req of this.pending.values()) if (req.mark <= this.pingMark) waiting++;
+    if (waiting <= h.pending) return;
+    for (const req of this.pending.values()) {
+      req.resends++;
+      this.resent++;
+      this._sendReq(req, true);
     }
   }
 

@@ -113,7 +113,7 @@ class Req:
     """One outstanding request."""
     __slots__ = ("id", "op", "model", "header", "payload", "stream", "sent", "expires",
                  "resends", "seq", "attempt", "yielded", "pieces", "result", "error", "done",
-                 "notify")
+                 "notify", "mark")
 
     def __init__(self, rid: str, op: str, model: str, header: Header, payload: bytes,
                  stream: bool, timeout: Optional[float]) -> None:
@@ -134,6 +134,7 @@ class Req:
         self.error: Optional[LlmqError] = None
         self.done = False
         self.notify: Optional[Callable[[], None]] = None
+        self.mark = 0           # submission number, for the pong's `pending`
 
     def outcome(self) -> Result:
         if self.error is not None:
@@ -165,6 +166,9 @@ class Core:
         now = time.monotonic()
         self.last_recv = self.last_heard = now
         self.last_ping = 0.0
+        self.submitted = 0      # requests submitted so far
+        self.ping_mark = 0      # submitted when the last ping went out
+        self.pings_out = 0      # pings not yet answered
         self.last_reconnect = 0.0
         self.last_scan = 0.0
         self.dropped = False
@@ -258,10 +262,15 @@ class Core:
             raise InvalidRequest("request body of %d bytes is over the %d-byte frame limit"
                                  % (len(payload), MAX_BODY))
         req = Req(request_id, op, model, h, payload, stream, timeout)
-        if not self.pending:
+        self.submitted += 1
+        req.mark = self.submitted
+        idle = not self.pending
+        if idle:
             self.last_recv = self.last_heard = req.sent
         self.pending[request_id] = req
         self.send_req(req)
+        if idle:
+            self.ping(req.sent)   # work outstanding: heartbeat from now on
         return req
 
     def send_req(self, req: Req, resend: bool = False) -> None:
@@ -333,6 +342,11 @@ class Core:
             self._on_res(header, payload)
         elif t == "chunk":
             self._on_chunk(header, payload)
+        elif t == "pong":
+            self._on_pong(header)
+            self.inbox.append((header, payload))
+            if self.on_inbox is not None:
+                self.on_inbox()
         elif t == "error" and isinstance(header.get("id"), str) and header["id"] in self.pending:
             req = self.pending[header["id"]]
             self.finish(req, None, error_from(header, req.id))
@@ -414,10 +428,37 @@ class Core:
             return True
         if silent >= self.liveness:
             return True
-        if silent >= self.heartbeat and now - self.last_ping >= self.heartbeat:
-            self.send({"t": "ping"})
-            self.last_ping = now
+        if now - self.last_ping >= self.heartbeat:
+            # answers flowing or not: the broker must hear from us while we
+            # wait, or it takes us for gone and drops our work (PROTOCOL.md 3.5)
+            self.ping(now)
         return False
+
+    def ping(self, now: float) -> None:
+        """A heartbeat: a ping that puts us under the broker's silence rule."""
+        self.send({"t": "ping", "heartbeat": True})
+        self.last_ping = now
+        self.ping_mark = self.submitted
+        self.pings_out += 1
+
+    def _on_pong(self, h: Header) -> None:
+        """The pong to our latest heartbeat says how many of our requests the
+        broker holds; answers it sent before come before it. Waiting for more
+        of those sent before that ping means the broker dropped some (it took
+        us for gone, or we were slow to read): resend all outstanding, it
+        ignores what it still holds (PROTOCOL.md 3.5)."""
+        held = h.get("pending")
+        if not isinstance(held, int) or isinstance(held, bool):
+            return              # not a heartbeat's pong, or an older broker
+        self.pings_out = max(0, self.pings_out - 1)
+        if self.pings_out:
+            return              # a later heartbeat is still unanswered
+        waiting = sum(1 for r in self.pending.values() if r.mark <= self.ping_mark)
+        if waiting > held:
+            for req in self.pending.values():
+                req.resends += 1
+                self.resent += 1
+                self.send_req(req, resend=True)
 
     def fail_all(self, err: LlmqError) -> None:
         for req in list(self.pending.values()):
@@ -431,12 +472,12 @@ class Core:
         self.last_reconnect = self.last_recv = now
         self.reconnects += 1
         self.outbox.clear()
+        self.pings_out = 0      # the old socket's pongs are lost
         for req in self.pending.values():
             req.resends += 1
             self.resent += 1
             self.send_req(req, resend=True)
-        self.send({"t": "ping"})
-        self.last_ping = now
+        self.ping(now)
 
 
 class ConnectionInfo:
