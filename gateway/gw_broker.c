@@ -115,11 +115,10 @@ static void s_detach(gw_req_t *r)
 }
 
 /*  Time limit: answer 504 now, cancel at the broker, free on its result. */
-static void s_on_timeout(evutil_socket_t fd, short what, void *arg)
+//  The answer to a request past the gateway's time limit: 504, or the end
+//  of a stream already started.
+static void s_reply_time_limit(gw_req_t *r)
 {
-    (void)fd;
-    (void)what;
-    gw_req_t *r = (gw_req_t *)arg;
     if (r->req && !r->started)
         gw_reply_error(r->req, r->api, 504, r->rid, "server_error", "timeout",
                        NULL,
@@ -127,6 +126,14 @@ static void s_on_timeout(evutil_socket_t fd, short what, void *arg)
                        "time limit");
     else if (r->req)
         gw_sse_end(r);
+}
+
+static void s_on_timeout(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    gw_req_t *r = (gw_req_t *)arg;
+    s_reply_time_limit(r);
     s_detach(r);
     llmq_client_cancel_arg(r->gw->client, r);
     gw_kick(r->gw);
@@ -155,7 +162,12 @@ static void s_on_result(llmq_result_t *res, void *arg)
     gw_req_t *r = (gw_req_t *)res->arg;
     if (!r)
         return;
-    if (r->req) {
+    if (r->req && res->error_code &&
+        streq(res->error_code, "deadline_exceeded")) {
+        //  The broker's deadline is our own time limit (gw_submit): which
+        //  clock fires first must not change the client's answer.
+        s_reply_time_limit(r);
+    } else if (r->req) {
         if (r->api == GW_API_ANTHROPIC)
             gw_anthropic_on_result(r, res);
         else
