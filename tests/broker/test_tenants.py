@@ -87,7 +87,9 @@ def t_bytes():
     assert st["counters"]["queued"] == 3, st["counters"]   # 3 x 50 MB fit in 200 MB
     assert len(over) == 21 and all(h["error"]["retryable"] for h in over), answers
     bound_mb = 200 + 400
-    assert peak < bound_mb * 1024, "broker RSS %d MB >= %d MB" % (peak // 1024, bound_mb)
+    # (Under ASan freed memory stays in its quarantine: no RSS bound.)
+    assert peak < bound_mb * 1024 or llmqtest.sanitized(b.pid), \
+        "broker RSS %d MB >= %d MB" % (peak // 1024, bound_mb)
     w.close()
     assert b.stop() == 0
 

@@ -86,6 +86,16 @@ def wait_until(what, predicate, timeout=30.0, interval=0.05):
         select.select([], [], [], interval)
 
 
+def sanitized(pid):
+    """True if process pid runs with AddressSanitizer (its quarantine keeps
+    freed memory, so RSS bounds do not hold there)."""
+    try:
+        with open("/proc/%d/maps" % pid) as f:
+            return any("libasan" in line for line in f)
+    except OSError:
+        return False
+
+
 def sanitizer_report(text):
     """The first line of a sanitizer report in text, or None."""
     for line in text.splitlines():
