@@ -85,7 +85,7 @@ typedef struct _s_fair_t s_fair_t;
 //  one); shared with its messages in flight, which libzmq releases from
 //  its I/O thread: atomics.
 typedef struct {
-    atomic_int refs;      //  The table + messages in flight
+    atomic_int refs;      //  The table, its client entry, messages in flight
     atomic_size_t bytes;  //  Bytes in flight
     atomic_int msgs;      //  Messages in flight
     bool slow;            //  In a client_slow episode (broker thread only)
@@ -161,6 +161,7 @@ struct _s_client_t {
     zhashx_t *pending; //  Client id (borrowed from request) -> request
     int64_t last_seen; //  Monotonic ms of its last message (3.5)
     bool heartbeat;    //  Sent a heartbeat: the silence rule applies
+    s_outbox_t *box;   //  Its outbox (a reference), from its first reply
 };
 
 struct _s_lane_t {
@@ -935,11 +936,15 @@ static s_request_t *s_inflight_lookup(s_broker_t *self, const char *id)
 //  --------------------------------------------------------------------------
 //  Clients, lanes, groups.
 
+static void s_outbox_release(void *data, void *hint);
+
 static void s_client_free(void **item)
 {
     s_client_t *client = (s_client_t *)*item;
     if (!client)
         return;
+    if (client->box)
+        s_outbox_release(NULL, client->box);
     zhashx_destroy(&client->pending);
     zframe_destroy(&client->rid);
     free(client->key);
@@ -2570,7 +2575,11 @@ static void s_client_send(s_broker_t *self, s_client_t *client,
     llmq_msg_t *msg = *msg_p;
     *msg_p = NULL;
     zframe_t *payload = llmq_msg_take_payload(msg);
-    s_outbox_t *box = s_outbox_require(self, client->key);
+    //  The client keeps a reference: one table lookup per client, not per
+    //  reply (the outbox outlives the entry, so the lookup finds it again).
+    if (!client->box && (client->box = s_outbox_require(self, client->key)))
+        atomic_fetch_add(&client->box->refs, 1);
+    s_outbox_t *box = client->box;
     char reason[160] = "";
     zframe_t *header = llmq_msg_encode(msg, reason, sizeof(reason));
     size_t size = (header ? zframe_size(header) : 0) +
