@@ -167,9 +167,8 @@ static size_t s_base_len(const char *model)
 {
     size_t n = strlen(model);
     const char *end = model + n;
-    if (n > 11 && end[-11] == '-' && s_digits(end - 10, 4) &&
-        end[-6] == '-' && s_digits(end - 5, 2) && end[-3] == '-' &&
-        s_digits(end - 2, 2))
+    if (n > 11 && end[-11] == '-' && s_digits(end - 10, 4) && end[-6] == '-' &&
+        s_digits(end - 5, 2) && end[-3] == '-' && s_digits(end - 2, 2))
         return n - 11;
     if (n > 9 && end[-9] == '-' && s_digits(end - 8, 8))
         return n - 9;
@@ -235,8 +234,7 @@ static int64_t s_json_first(const cJSON *obj, const char *const *keys)
 {
     for (size_t i = 0; keys[i]; i++) {
         const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, keys[i]);
-        if (cJSON_IsNumber(v) && v->valuedouble >= 1 &&
-            v->valuedouble < 1e12)
+        if (cJSON_IsNumber(v) && v->valuedouble >= 1 && v->valuedouble < 1e12)
             return (int64_t)v->valuedouble;
     }
     return 0;
@@ -284,8 +282,8 @@ static const struct {
                    {"images", LLMQ_MODEL_IMAGES}};
 #define S_NFLAGS (sizeof s_flag_keys / sizeof s_flag_keys[0])
 
-static bool s_reported(const llmq_model_info_t *info,
-                       const char *const *models, size_t count)
+static bool s_reported(const llmq_model_info_t *info, const char *const *models,
+                       size_t count)
 {
     if (!info->learned)
         return false;
@@ -346,8 +344,8 @@ static int s_caps_one(llmq_models_t *self, const cJSON *e)
     const llmq_model_info_t *had =
         (const llmq_model_info_t *)zhashx_lookup(self->entries, e->string);
     bool had_learned = had && had->learned;
-    const char *ctx_keys[] = {"context", NULL}, *out_keys[] = {"max_output",
-                                                                NULL};
+    const char *ctx_keys[] = {"context", NULL},
+               *out_keys[] = {"max_output", NULL};
     int64_t context = s_json_first(e, ctx_keys);
     int64_t output = s_json_first(e, out_keys);
     if (had_learned && had->context > context)
@@ -580,8 +578,8 @@ int llmq_models_check(const llmq_models_t *self, const char *model,
     return s_check_size(m, model, embedding, &scan, why, whylen);
 }
 
-double llmq_models_cost(const llmq_model_info_t *info,
-                        const llmq_tokens_t *t, bool batch)
+double llmq_models_cost(const llmq_model_info_t *info, const llmq_tokens_t *t,
+                        bool batch)
 {
     if (!info || info->input < 0 || !t)
         return 0;
