@@ -38,6 +38,7 @@
 #include "llmq_curve.h"
 #include "llmq_log.h"
 #include "llmq_metrics.h"
+#include "llmq_models.h"
 #include "llmq_payload.h"
 #include "llmq_queue.h"
 #include "llmq_value.h"
@@ -247,6 +248,7 @@ struct _llmq_broker_core_t {
     size_t nslots;           //  Slots allocated
     size_t nfree;            //  Entries in free_slots
     zhashx_t *metric_models; //  Model names used as labels
+    llmq_models_t *models;   //  Known models: the fit check (3.8)
     llmq_queue_t *expiry;    //  All requests with an expiry time
     size_t queued;           //  Requests waiting in all lanes
     size_t inflight_count;   //  Requests held by workers
@@ -1673,6 +1675,10 @@ static void s_worker_hello(s_broker_t *self, const char *key, llmq_msg_t *msg)
                      LLMQ_ERR_BAD_MESSAGE, "capacity must be 1..1000000", NULL);
         return;
     }
+    size_t caps_size = 0; //  What it knows of its models (3.8)
+    const uint8_t *caps = llmq_msg_caps(msg, &caps_size);
+    if (caps)
+        llmq_models_caps_learn(self->models, caps, caps_size);
     s_worker_t *old = (s_worker_t *)zhashx_lookup(self->workers, key);
     if (old) {
         s_worker_refresh(self, old, msg, capacity);
@@ -1796,6 +1802,12 @@ static void s_worker_result(s_broker_t *self, s_worker_t *w, llmq_msg_t **msg_p)
         s_ack_add(w, r->bid);
     s_worker_usage_check(self, w, msg);
     s_spend_add(self, r, llmq_msg_usage_cost_usd(msg));
+    const char *answered = llmq_msg_model(msg); //  Tokens and cost (3.8)
+    llmq_metrics_usage(
+        self->metrics,
+        s_metric_model(self, answered ? answered : r->lane->model),
+        llmq_msg_usage_prompt_tokens(msg),
+        llmq_msg_usage_completion_tokens(msg), llmq_msg_usage_cost_usd(msg));
     s_complete(self, r, msg_p);
     if (w->leaving && w->in_flight == 0) {
         s_log(self, "info", "worker_gone", LLMQ_LOG_STR("worker", w->name),
@@ -2263,6 +2275,15 @@ static void s_client_request(s_broker_t *self, const char *key,
     }
     if (s_tenant_admit(self, msg_p) || s_spend_admit(self, msg_p))
         return;
+    //  A request its model cannot take (3.8); an unknown model: one lookup.
+    zframe_t *body = llmq_msg_payload(msg);
+    char why[400];
+    if (llmq_models_check(self->models, llmq_msg_model(msg), llmq_msg_op(msg),
+                          llmq_msg_stream(msg), body ? zframe_data(body) : NULL,
+                          body ? zframe_size(body) : 0, why, sizeof(why))) {
+        s_refuse(self, msg_p, LLMQ_ERR_INVALID_REQUEST, why);
+        return;
+    }
     s_lane_t *lane =
         s_lane_require(self, llmq_msg_model(msg), llmq_msg_pool(msg));
     if (!client)
@@ -3173,6 +3194,7 @@ static void s_metrics_define(llmq_metrics_t *m)
                         NULL, 0);
     llmq_metrics_add(m, "llmq_broker_bad_usage_total", NULL, 0);
     s_metrics_define_clients(m);
+    llmq_metrics_usage_define(m);
     llmq_metrics_define(m, "llmq_broker_auth_denied_total", LLMQ_METRIC_COUNTER,
                         "Peers refused by CURVE (unknown key, no CURVE, "
                         "wrong broker key)",
@@ -3321,6 +3343,7 @@ static s_broker_t *s_broker_new(zsock_t *pipe,
     self->lanes = zhashx_new();
     self->groups = zhashx_new();
     self->metric_models = zhashx_new();
+    self->models = llmq_models_new(); //  NULL: no checks
     self->expiry = llmq_queue_new();
     self->req_header = llmq_msg_new(LLMQ_MSG_REQ);
     self->metrics = llmq_metrics_new();
@@ -3432,6 +3455,7 @@ static void s_broker_destroy(s_broker_t **self_p)
     free(self->slots);
     free(self->free_slots);
     zhashx_destroy(&self->metric_models);
+    llmq_models_destroy(&self->models);
     llmq_queue_destroy(&self->expiry);
     llmq_msg_destroy(&self->req_header);
     llmq_metrics_destroy(&self->metrics);

@@ -571,6 +571,35 @@ void llmq_metrics_service(llmq_metrics_t *self, const zmq_pollitem_t *items,
 //  --------------------------------------------------------------------------
 //  Selftest: define, update, render, and scrape over real loopback HTTP.
 
+void llmq_metrics_usage_define(llmq_metrics_t *self)
+{
+    llmq_metrics_define(self, "llmq_broker_tokens_total", LLMQ_METRIC_COUNTER,
+                        "Tokens of the results, by model and kind (prompt, "
+                        "completion).",
+                        NULL, 0);
+    llmq_metrics_define(self, "llmq_broker_cost_usd_total", LLMQ_METRIC_COUNTER,
+                        "Cost of the results in USD as the workers priced "
+                        "them, by model.",
+                        NULL, 0);
+}
+
+void llmq_metrics_usage(llmq_metrics_t *self, const char *model,
+                        int64_t prompt_tokens, int64_t completion_tokens,
+                        double cost_usd)
+{
+    const char *prompt[] = {"model", model, "kind", "prompt", NULL};
+    const char *completion[] = {"model", model, "kind", "completion", NULL};
+    const char *cost[] = {"model", model, NULL};
+    if (prompt_tokens > 0)
+        llmq_metrics_add(self, "llmq_broker_tokens_total", prompt,
+                         (double)prompt_tokens);
+    if (completion_tokens > 0)
+        llmq_metrics_add(self, "llmq_broker_tokens_total", completion,
+                         (double)completion_tokens);
+    if (cost_usd > 0)
+        llmq_metrics_add(self, "llmq_broker_cost_usd_total", cost, cost_usd);
+}
+
 int llmq_metrics_test(bool verbose)
 {
     if (verbose)
@@ -619,6 +648,14 @@ int llmq_metrics_test(bool verbose)
         !strstr(text, "le=\"+Inf\"} 3\n") || !strstr(text, "t_depth 7\n"))
         goto done;
     zstr_free(&text);
+    llmq_metrics_usage_define(self);
+    llmq_metrics_usage(self, "gpt-4o", 10, 5, 0.25);
+    llmq_metrics_usage(self, "gpt-4o", 1, 0, 0);
+    const char *kp[] = {"model", "gpt-4o", "kind", "prompt", NULL};
+    const char *kc[] = {"model", "gpt-4o", NULL};
+    if (llmq_metrics_value(self, "llmq_broker_tokens_total", kp) != 11 ||
+        llmq_metrics_value(self, "llmq_broker_cost_usd_total", kc) != 0.25)
+        goto done;
     llmq_metrics_reset(self, "t_depth");
     if (llmq_metrics_value(self, "t_depth", NULL) != 0)
         goto done;

@@ -111,6 +111,14 @@ size_t llmq_metrics_poll_items(llmq_metrics_t *self, zmq_pollitem_t *items,
 void llmq_metrics_service(llmq_metrics_t *self, const zmq_pollitem_t *items,
                           size_t count, int64_t now_ms);
 
+/*  Tokens and cost by model (PROTOCOL.md 3.8): define the families
+    llmq_broker_tokens_total{model,kind} and llmq_broker_cost_usd_total
+    {model}; then count one result's usage under model (a bounded label). */
+void llmq_metrics_usage_define(llmq_metrics_t *self);
+void llmq_metrics_usage(llmq_metrics_t *self, const char *model,
+                        int64_t prompt_tokens, int64_t completion_tokens,
+                        double cost_usd);
+
 /*  Self test; returns 0 on success. */
 int llmq_metrics_test(bool verbose);
 

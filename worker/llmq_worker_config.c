@@ -40,6 +40,14 @@ typedef struct {
     int64_t default_max_tokens;
 } s_y_anthropic_t;
 
+/*  One entry of `capabilities`: what this worker knows of a model. */
+typedef struct {
+    char *model;
+    int64_t context, max_output;
+    char **features; /* chat, embeddings, streaming, tools, images */
+    unsigned features_count;
+} s_y_cap_t;
+
 typedef struct {
     char *broker, *name, *pool, *provider, *base_url, *api_key, *api_key_env;
     char *limit_group, *curve_cert, *broker_key, *metrics;
@@ -53,6 +61,8 @@ typedef struct {
     s_y_anthropic_t anthropic;
     llmq_price_t *pricing;
     unsigned pricing_count;
+    s_y_cap_t *capabilities;
+    unsigned capabilities_count;
 } s_yaml_t;
 
 static const cyaml_schema_value_t s_string_entry = {
@@ -92,10 +102,27 @@ static const cyaml_schema_field_t s_price_fields[] = {
     CYAML_FIELD_FLOAT("output", CYAML_FLAG_OPTIONAL, llmq_price_t, output),
     CYAML_FIELD_FLOAT("batch_discount", CYAML_FLAG_OPTIONAL, llmq_price_t,
                       batch_discount),
+    CYAML_FIELD_FLOAT("cached_input", CYAML_FLAG_OPTIONAL, llmq_price_t,
+                      cached_input),
+    CYAML_FIELD_FLOAT("reasoning", CYAML_FLAG_OPTIONAL, llmq_price_t,
+                      reasoning),
     CYAML_FIELD_END};
 
 static const cyaml_schema_value_t s_price_entry = {
     CYAML_VALUE_MAPPING(CYAML_FLAG_DEFAULT, llmq_price_t, s_price_fields),
+};
+
+static const cyaml_schema_field_t s_cap_fields[] = {
+    CYAML_FIELD_STRING_PTR("model", CYAML_FLAG_DEFAULT, s_y_cap_t, model, 1,
+                           256),
+    CYAML_FIELD_INT("context", CYAML_FLAG_OPTIONAL, s_y_cap_t, context),
+    CYAML_FIELD_INT("max_output", CYAML_FLAG_OPTIONAL, s_y_cap_t, max_output),
+    CYAML_FIELD_SEQUENCE("features", CYAML_FLAG_POINTER | CYAML_FLAG_OPTIONAL,
+                         s_y_cap_t, features, &s_string_entry, 0, 8),
+    CYAML_FIELD_END};
+
+static const cyaml_schema_value_t s_cap_entry = {
+    CYAML_VALUE_MAPPING(CYAML_FLAG_DEFAULT, s_y_cap_t, s_cap_fields),
 };
 
 static const cyaml_schema_field_t s_top_fields[] = {
@@ -141,6 +168,9 @@ static const cyaml_schema_field_t s_top_fields[] = {
                         s_anthropic_fields),
     CYAML_FIELD_SEQUENCE("pricing", CYAML_FLAG_POINTER | CYAML_FLAG_OPTIONAL,
                          s_yaml_t, pricing, &s_price_entry, 0, 4096),
+    CYAML_FIELD_SEQUENCE("capabilities",
+                         CYAML_FLAG_POINTER | CYAML_FLAG_OPTIONAL, s_yaml_t,
+                         capabilities, &s_cap_entry, 0, 4096),
     CYAML_FIELD_END};
 
 static const cyaml_schema_value_t s_top_schema = {
@@ -463,6 +493,73 @@ static void s_yaml_error(const char *path, cyaml_err_t rc, const char *logtext,
         snprintf(errbuf, errlen, "%s: %s", path, first);
 }
 
+/*  The file's pricing, checked. Returns 0 or -1 (errbuf). */
+static int s_load_pricing(llmq_worker_config_t *self, const s_yaml_t *y,
+                          const char *path, char *errbuf, size_t errlen)
+{
+    if (!y->pricing_count)
+        return 0;
+    self->pricing = calloc(y->pricing_count, sizeof(llmq_price_t));
+    if (!self->pricing)
+        return 0;
+    for (unsigned i = 0; i < y->pricing_count; i++) {
+        llmq_price_t *p = &self->pricing[i];
+        *p = y->pricing[i];
+        p->model = strdup(y->pricing[i].model);
+        self->pricing_count = i + 1;
+        if (p->input < 0 || p->output < 0 || p->cached_input < 0 ||
+            p->reasoning < 0 || p->batch_discount < 0 ||
+            p->batch_discount > 1) {
+            snprintf(errbuf, errlen,
+                     "%s: pricing for '%s': prices must be >= 0 and "
+                     "batch_discount within 0..1",
+                     path, y->pricing[i].model);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/*  The file's capabilities into the model table (reported in hello).
+    Returns 0 or -1 (errbuf). */
+static int s_load_caps(llmq_worker_config_t *self, const s_yaml_t *y,
+                       const char *path, char *errbuf, size_t errlen)
+{
+    static const char *names[] = {"chat", "embeddings", "streaming", "tools",
+                                  "images"};
+    static const unsigned bits[] = {LLMQ_MODEL_CHAT, LLMQ_MODEL_EMBEDDINGS,
+                                    LLMQ_MODEL_STREAMING, LLMQ_MODEL_TOOLS,
+                                    LLMQ_MODEL_IMAGES};
+    for (unsigned i = 0; i < y->capabilities_count; i++) {
+        const s_y_cap_t *c = &y->capabilities[i];
+        unsigned flags = 0;
+        for (unsigned k = 0; k < c->features_count; k++) {
+            unsigned bit = 0;
+            for (size_t n = 0; n < sizeof names / sizeof names[0]; n++)
+                if (strcmp(c->features[k], names[n]) == 0)
+                    bit = bits[n];
+            if (!bit) {
+                snprintf(errbuf, errlen,
+                         "%s: capabilities for '%s': unknown feature '%s' "
+                         "(chat, embeddings, streaming, tools, images)",
+                         path, c->model, c->features[k]);
+                return -1;
+            }
+            flags |= bit;
+        }
+        if (c->context < 0 || c->max_output < 0) {
+            snprintf(errbuf, errlen,
+                     "%s: capabilities for '%s': context and max_output must "
+                     "be >= 0",
+                     path, c->model);
+            return -1;
+        }
+        llmq_models_learn(self->known, c->model, c->context, c->max_output,
+                          c->features_count > 0, flags);
+    }
+    return 0;
+}
+
 static int s_load_file(llmq_worker_config_t *self, const char *path,
                        char *errbuf, size_t errlen)
 {
@@ -484,30 +581,11 @@ static int s_load_file(llmq_worker_config_t *self, const char *path,
     if (!y)
         return 0; /* empty document */
     s_apply_yaml(self, y);
-    if (y->pricing_count) {
-        self->pricing = calloc(y->pricing_count, sizeof(llmq_price_t));
-        if (self->pricing) {
-            for (unsigned i = 0; i < y->pricing_count; i++) {
-                self->pricing[i] = y->pricing[i];
-                self->pricing[i].model = strdup(y->pricing[i].model);
-                if (self->pricing[i].input < 0 || self->pricing[i].output < 0 ||
-                    self->pricing[i].batch_discount < 0 ||
-                    self->pricing[i].batch_discount > 1) {
-                    snprintf(errbuf, errlen,
-                             "%s: pricing for '%s': prices must be >= 0 and "
-                             "batch_discount "
-                             "within 0..1",
-                             path, y->pricing[i].model);
-                    self->pricing_count = i + 1;
-                    cyaml_free(&cc, &s_top_schema, y, 0);
-                    return -1;
-                }
-            }
-            self->pricing_count = y->pricing_count;
-        }
-    }
+    int result = s_load_pricing(self, y, path, errbuf, errlen);
+    if (result == 0)
+        result = s_load_caps(self, y, path, errbuf, errlen);
     cyaml_free(&cc, &s_top_schema, y, 0);
-    return 0;
+    return result;
 }
 
 /*  LLMQ_* variables over the file. */
@@ -602,11 +680,18 @@ void llmq_worker_config_usage(FILE *out)
         "provider; env LLMQ_POOL)\n"
         "  --provider KIND          openai | anthropic | echo | sim (default "
         "sim; env LLMQ_PROVIDER)\n"
-        "                           sim = openai at http://127.0.0.1:8089/v1 "
-        "with a dummy key\n"
+        "                           sim = openai at llmq-sim (--base-url, "
+        "else LLMQ_SIM_URL,\n"
+        "                           else http://127.0.0.1:8089) with a "
+        "dummy key\n"
         "  --base-url URL           provider base URL (env LLMQ_BASE_URL, "
         "OPENAI_BASE_URL,\n"
-        "                           ANTHROPIC_BASE_URL)\n"
+        "                           ANTHROPIC_BASE_URL, LLMQ_SIM_URL); "
+        "anthropic and sim\n"
+        "                           take it with or without /v1 (the "
+        "Anthropic SDK's form\n"
+        "                           is https://api.anthropic.com), "
+        "openai with /v1\n"
         "  --model NAME             a model this worker serves (repeatable; "
         "env LLMQ_MODELS=a,b)\n"
         "  --capacity N             most requests in flight (default 256; env "
@@ -655,6 +740,26 @@ void llmq_worker_config_usage(FILE *out)
         "(--check-only), 1 other failure.\n");
 }
 
+/*  A base URL in the Anthropic SDK's form (https://api.anthropic.com, the
+    SDK appends /v1/messages) or with /v1 (llmq's older form) ends in /v1:
+    the provider's routes (/messages) are relative to it. llmq-sim serves
+    /v1 only, so its URL (LLMQ_SIM_URL, the sim's `ready` line: no /v1)
+    gets the same. OpenAI's SDK form already includes /v1 and is kept. */
+static void s_url_v1(llmq_worker_config_t *self)
+{
+    size_t n = strlen(self->base_url);
+    while (n > 0 && self->base_url[n - 1] == '/')
+        self->base_url[--n] = 0;
+    if (n >= 3 && strcmp(self->base_url + n - 3, "/v1") == 0)
+        return;
+    char *url = malloc(n + 4);
+    if (!url)
+        return;
+    snprintf(url, n + 4, "%s/v1", self->base_url);
+    free(self->base_url);
+    self->base_url = url;
+}
+
 /*  The provider's default base URL and key. Returns 0 or -1 (errbuf). */
 static int s_finish_provider(llmq_worker_config_t *self, char *errbuf,
                              size_t errlen)
@@ -679,6 +784,8 @@ static int s_finish_provider(llmq_worker_config_t *self, char *errbuf,
                                           : NULL;
     if (!self->base_url && default_url)
         s_set(&self->base_url, default_url);
+    if (self->base_url && (anthropic || sim))
+        s_url_v1(self);
 
     /*  The key: named variable, file, LLMQ_API_KEY, SDK variable. */
     const char *key = NULL;
@@ -907,6 +1014,8 @@ static int s_load_layers(llmq_worker_config_t *self, int argc, char **argv,
         s_set(&self->base_url, getenv("OPENAI_BASE_URL"));
     if (prov && strcmp(prov, "anthropic") == 0 && !self->base_url)
         s_set(&self->base_url, getenv("ANTHROPIC_BASE_URL"));
+    if ((!prov || strcmp(prov, "sim") == 0) && !self->base_url)
+        s_set(&self->base_url, getenv("LLMQ_SIM_URL"));
     return s_load_env(self, errbuf, errlen);
 }
 
@@ -924,6 +1033,11 @@ int llmq_worker_config_load(llmq_worker_config_t **config_p, int argc,
         return LLMQ_CONFIG_ERROR;
     }
     s_defaults(self);
+    if (!(self->known = llmq_models_new())) {
+        free(self);
+        snprintf(errbuf, errlen, "out of memory");
+        return LLMQ_CONFIG_ERROR;
+    }
     rc = s_load_layers(self, argc, argv, config_file, errbuf, errlen);
 
     /*  Second pass: every flag, over everything. */
@@ -956,41 +1070,57 @@ void llmq_worker_config_destroy(llmq_worker_config_t **self_p)
     for (size_t i = 0; i < self->pricing_count; i++)
         free(self->pricing[i].model);
     free(self->pricing);
+    llmq_models_destroy(&self->known);
     free(self);
     *self_p = NULL;
 }
 
-double llmq_worker_config_cost(const llmq_worker_config_t *self,
-                               const char *model, int64_t prompt_tokens,
-                               int64_t completion_tokens, bool batch)
+/*  The file's price for model: exact name, else the longest "prefix*"
+    ("*" matches all); NULL if none. */
+static const llmq_price_t *s_price_of(const llmq_worker_config_t *self,
+                                      const char *model)
 {
-    if (!model)
-        return 0;
     const llmq_price_t *best = NULL;
     size_t best_len = 0;
     for (size_t i = 0; i < self->pricing_count; i++) {
         const llmq_price_t *p = &self->pricing[i];
         size_t n = strlen(p->model);
-        if (strcmp(p->model, model) == 0) {
-            best = p;
-            break;
-        }
-        /*  Longest matching "prefix*" wins; "*" matches all. */
+        if (strcmp(p->model, model) == 0)
+            return p;
         if (n > 0 && p->model[n - 1] == '*' &&
             strncmp(p->model, model, n - 1) == 0 && (!best || n > best_len)) {
             best = p;
             best_len = n;
         }
     }
-    if (!best)
+    return best;
+}
+
+double llmq_worker_config_price(const llmq_worker_config_t *self,
+                                const char *model, const llmq_tokens_t *tokens,
+                                bool batch)
+{
+    if (!model || !tokens)
         return 0;
-    double cost =
-        (double)(prompt_tokens > 0 ? prompt_tokens : 0) * best->input / 1e6 +
-        (double)(completion_tokens > 0 ? completion_tokens : 0) * best->output /
-            1e6;
-    if (batch)
-        cost *= 1.0 - best->batch_discount;
-    return cost;
+    const llmq_price_t *p = s_price_of(self, model);
+    if (!p) /* no configured price: the built-in one, if any */
+        return llmq_models_cost(llmq_models_lookup(self->known, model), tokens,
+                                batch);
+    llmq_model_info_t info = {.input = p->input,
+                              .cached_input =
+                                  p->cached_input > 0 ? p->cached_input : -1,
+                              .output = p->output,
+                              .reasoning = p->reasoning > 0 ? p->reasoning : -1,
+                              .batch_discount = p->batch_discount};
+    return llmq_models_cost(&info, tokens, batch);
+}
+
+double llmq_worker_config_cost(const llmq_worker_config_t *self,
+                               const char *model, int64_t prompt_tokens,
+                               int64_t completion_tokens, bool batch)
+{
+    llmq_tokens_t tokens = {prompt_tokens, 0, completion_tokens, 0};
+    return llmq_worker_config_price(self, model, &tokens, batch);
 }
 
 /*  --- selftest ------------------------------------------------------------ */
@@ -1025,7 +1155,8 @@ static void s_test_clean_env(void)
         "LLMQ_MODELS",       "LLMQ_CAPACITY",      "LLMQ_RPM",
         "LLMQ_TPM",          "LLMQ_JSON_LOGS",     "LLMQ_CONFIG",
         "LLMQ_API_KEY",      "OPENAI_API_KEY",     "OPENAI_BASE_URL",
-        "ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL", "LLMQ_TEST_KEY"};
+        "ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL", "LLMQ_TEST_KEY",
+        "LLMQ_SIM_URL"};
     for (size_t i = 0; i < sizeof vars / sizeof vars[0]; i++)
         unsetenv(vars[i]);
 }
@@ -1060,10 +1191,58 @@ static int s_test_defaults(s_test_fx_t *fx)
     return 0;
 }
 
-/*  The file's pricing: by model, by pattern, with the batch discount. */
+/*  Base URLs as the SDKs take them; --provider sim follows LLMQ_SIM_URL
+    and --base-url; built-in prices when the file has none. */
+static int s_test_urls(s_test_fx_t *fx)
+{
+    setenv("ANTHROPIC_API_KEY", "sk-ant", 1);
+    setenv("ANTHROPIC_BASE_URL", "https://api.anthropic.com", 1);
+    char *a1[] = {"llmq-worker", "--provider", "anthropic",
+                  "--model",     "claude-x",   NULL};
+    CHECK(llmq_worker_config_load(&fx->cfg, 5, a1, fx->err, sizeof fx->err) ==
+          0);
+    CHECK(strcmp(fx->cfg->base_url, "https://api.anthropic.com/v1") == 0);
+    llmq_worker_config_destroy(&fx->cfg);
+    setenv("ANTHROPIC_BASE_URL", "http://127.0.0.1:9/v1/", 1);
+    CHECK(llmq_worker_config_load(&fx->cfg, 5, a1, fx->err, sizeof fx->err) ==
+          0);
+    CHECK(strcmp(fx->cfg->base_url, "http://127.0.0.1:9/v1") == 0);
+    llmq_worker_config_destroy(&fx->cfg);
+    setenv("LLMQ_SIM_URL", "http://127.0.0.1:9999", 1);
+    char *a2[] = {"llmq-worker", NULL};
+    CHECK(llmq_worker_config_load(&fx->cfg, 1, a2, fx->err, sizeof fx->err) ==
+          0);
+    CHECK(strcmp(fx->cfg->base_url, "http://127.0.0.1:9999/v1") == 0);
+    /*  No pricing in the file: gpt-4o at its built-in price. */
+    double cost = llmq_worker_config_cost(fx->cfg, "gpt-4o-2024-08-06", 1000000,
+                                          1000000, false);
+    CHECK(cost > 12.4999 && cost < 12.5001);
+    CHECK(llmq_worker_config_cost(fx->cfg, "sim-model", 1000, 1000, false) ==
+          0);
+    llmq_worker_config_destroy(&fx->cfg);
+    char *a3[] = {"llmq-worker", "--provider",          "sim",
+                  "--base-url",  "http://127.0.0.1:7/", NULL};
+    CHECK(llmq_worker_config_load(&fx->cfg, 5, a3, fx->err, sizeof fx->err) ==
+          0);
+    CHECK(strcmp(fx->cfg->base_url, "http://127.0.0.1:7/v1") == 0);
+    llmq_worker_config_destroy(&fx->cfg);
+    unsetenv("LLMQ_SIM_URL");
+    unsetenv("ANTHROPIC_BASE_URL");
+    unsetenv("ANTHROPIC_API_KEY");
+    return 0;
+}
+
+/*  The file's pricing: by model, by pattern, with the batch discount;
+    cached tokens at the cached price; its capabilities in the table. */
 static int s_test_pricing(const llmq_worker_config_t *cfg)
 {
     CHECK(cfg->pricing_count == 2);
+    llmq_tokens_t t = {1000000, 500000, 0, 0};
+    double c = llmq_worker_config_price(cfg, "m1", &t, false);
+    CHECK(c > 0.5999 && c < 0.6001); /* 0.5 x 1.0 + 0.5 x 0.2 */
+    const llmq_model_info_t *m = llmq_models_lookup(cfg->known, "m1");
+    CHECK(m && m->context == 4096 && m->max_output == 512 && m->flags_known &&
+          m->flags == (LLMQ_MODEL_CHAT | LLMQ_MODEL_STREAMING));
     double cost = llmq_worker_config_cost(cfg, "m1", 1000000, 500000, false);
     CHECK(cost > 1.999 && cost < 2.001);
     cost = llmq_worker_config_cost(cfg, "m1", 1000000, 500000, true);
@@ -1093,8 +1272,12 @@ static int s_test_layers(s_test_fx_t *fx)
               "retry:\n  max_attempts: 7\n  base_ms: 10\n  cap_ms: 100\n"
               "breaker: {failures: 2, cooldown_ms: 500}\n"
               "pricing:\n"
-              "  - {model: m1, input: 1.0, output: 2.0, batch_discount: 0.5}\n"
-              "  - {model: \"m*\", input: 10, output: 10}\n") == 0);
+              "  - {model: m1, input: 1.0, output: 2.0, batch_discount: 0.5,\n"
+              "     cached_input: 0.2}\n"
+              "  - {model: \"m*\", input: 10, output: 10}\n"
+              "capabilities:\n"
+              "  - {model: m1, context: 4096, max_output: 512,\n"
+              "     features: [chat, streaming]}\n") == 0);
     setenv("LLMQ_TEST_KEY", "sk-named", 1);
     setenv("LLMQ_CAPACITY", "50", 1);
     char *a2[] = {"llmq-worker", "--config", fx->path, "--rpm",
@@ -1177,6 +1360,7 @@ int llmq_worker_config_test(bool verbose)
     s_test_clean_env();
     s_test_fx_t fx = {.verbose = verbose};
     CHECK(s_test_defaults(&fx) == 0);
+    CHECK(s_test_urls(&fx) == 0);
     CHECK(s_test_layers(&fx) == 0);
     CHECK(s_test_bad_files(&fx) == 0);
     CHECK(s_test_bad_flags(&fx) == 0);

@@ -19,6 +19,8 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "llmq_models.h"
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -29,6 +31,8 @@ typedef struct {
     double input;          /* per 1M prompt tokens */
     double output;         /* per 1M completion tokens */
     double batch_discount; /* fraction off through a Batch API (0.5) */
+    double cached_input;   /* per 1M cached prompt tokens; 0 = input */
+    double reasoning;      /* per 1M reasoning tokens; 0 = output */
 } llmq_price_t;
 
 typedef struct {
@@ -65,9 +69,11 @@ typedef struct {
     bool batch_api;              /* the pool can run provider batches */
     llmq_price_t *pricing;       /* price table */
     size_t pricing_count;
-    bool verbose;    /* debug logs */
-    bool json_logs;  /* JSON log lines */
-    bool check_only; /* health check, print, exit */
+    llmq_models_t *known; /* built-in models + the file's capabilities +
+                              what /models said (reported in hello) */
+    bool verbose;         /* debug logs */
+    bool json_logs;       /* JSON log lines */
+    bool check_only;      /* health check, print, exit */
 } llmq_worker_config_t;
 
 /*  Outcomes of llmq_worker_config_load besides 0. */
@@ -86,10 +92,18 @@ void llmq_worker_config_destroy(llmq_worker_config_t **self_p);
 /*  Print the flags. */
 void llmq_worker_config_usage(FILE *out);
 
-/*  Cost in USD of a request to model; 0 if the model has no price. */
+/*  Cost in USD of a request to model: the file's pricing (exact name,
+    longest "prefix*", "*"), else the built-in price of the model
+    (llmq_models.h); 0 if neither knows it. */
 double llmq_worker_config_cost(const llmq_worker_config_t *self,
                                const char *model, int64_t prompt_tokens,
                                int64_t completion_tokens, bool batch);
+
+/*  The same with cached prompt tokens and reasoning tokens priced apart
+    (cached is part of prompt, reasoning part of completion). */
+double llmq_worker_config_price(const llmq_worker_config_t *self,
+                                const char *model, const llmq_tokens_t *tokens,
+                                bool batch);
 
 int llmq_worker_config_test(bool verbose);
 
