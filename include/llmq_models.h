@@ -34,6 +34,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <cjson/cJSON.h>
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -121,6 +123,12 @@ int llmq_models_caps_learn(llmq_models_t *self, const uint8_t *caps,
 int llmq_models_check(const llmq_models_t *self, const char *model,
                       const char *op, bool stream, const void *payload,
                       size_t size, char *why, size_t whylen);
+
+/*  The cached and reasoning tokens of an OpenAI-shaped answer body:
+    usage.prompt_tokens_details.cached_tokens and
+    usage.completion_tokens_details.reasoning_tokens (left as they are
+    when absent). */
+void llmq_models_tokens_from_json(const cJSON *body, llmq_tokens_t *tokens);
 
 /*  Cost in USD of tokens at info's prices (batch: Batch API discount).
     0 for a NULL info or an unpriced entry. */

@@ -578,6 +578,22 @@ int llmq_models_check(const llmq_models_t *self, const char *model,
     return s_check_size(m, model, embedding, &scan, why, whylen);
 }
 
+void llmq_models_tokens_from_json(const cJSON *body, llmq_tokens_t *tokens)
+{
+    static const char *const cached[] = {"cached_tokens", NULL};
+    static const char *const reasoning[] = {"reasoning_tokens", NULL};
+    const cJSON *u = cJSON_GetObjectItemCaseSensitive(body, "usage");
+    int64_t n = s_json_first(
+        cJSON_GetObjectItemCaseSensitive(u, "prompt_tokens_details"), cached);
+    if (n)
+        tokens->cached = n;
+    n = s_json_first(
+        cJSON_GetObjectItemCaseSensitive(u, "completion_tokens_details"),
+        reasoning);
+    if (n)
+        tokens->reasoning = n;
+}
+
 double llmq_models_cost(const llmq_model_info_t *info, const llmq_tokens_t *t,
                         bool batch)
 {
@@ -765,6 +781,16 @@ static int s_t_cost(llmq_models_t *t)
     CHECK(llmq_models_cost(NULL, &tk, false) == 0);
     CHECK(llmq_models_cost(llmq_models_lookup(t, "small-ctx"), &tk, false) ==
           0);
+    cJSON *body = cJSON_Parse(
+        "{\"usage\":{\"prompt_tokens\":10,\"prompt_tokens_details\":{"
+        "\"cached_tokens\":4},\"completion_tokens_details\":{"
+        "\"reasoning_tokens\":3}}}");
+    llmq_tokens_t got = {10, 0, 5, 0};
+    llmq_models_tokens_from_json(body, &got);
+    cJSON_Delete(body);
+    CHECK(got.cached == 4 && got.reasoning == 3 && got.prompt == 10);
+    llmq_models_tokens_from_json(NULL, &got);
+    CHECK(got.cached == 4);
     m = llmq_models_lookup(t, "text-embedding-3-small");
     llmq_tokens_t e = {1000000, 0, 0, 0};
     c = llmq_models_cost(m, &e, false);

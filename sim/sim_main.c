@@ -63,8 +63,9 @@ typedef struct {
     int n_models;
     double p500, p503, p429, phang, pmalformed, preset;
     uint64_t seed;
-    int64_t hang_ms;  //  drop a hung connection after this (0 = never)
-    int64_t max_body; //  request body limit in bytes
+    int64_t hang_ms;       //  drop a hung connection after this (0 = never)
+    int64_t max_body;      //  request body limit in bytes
+    int64_t max_model_len; //  /v1/models reports it (vLLM's key); 0 = not
     sim_batch_cfg_t batch;
     bool quiet;
     bool exit_with_parent; //  SIGTERM ourselves when the parent dies
@@ -1135,8 +1136,12 @@ static void s_handle_models(sim_t *sim, struct evhttp_request *req,
             sim_json_str(out, names[i]);
             evbuffer_add_printf(out,
                                 ",\"object\":\"model\",\"created\":%ld,\"owned_"
-                                "by\":\"llmq-sim\"}",
+                                "by\":\"llmq-sim\"",
                                 created);
+            if (sim->cfg.max_model_len > 0) //  as vLLM reports its window
+                evbuffer_add_printf(out, ",\"max_model_len\":%lld",
+                                    (long long)sim->cfg.max_model_len);
+            evbuffer_add_printf(out, "}");
         }
     }
     if (anth) {
@@ -1346,6 +1351,8 @@ static const char s_help[] =
     "                          'ready llmq-sim url=http://HOST:PORT' once "
     "listening\n"
     "  --max-body BYTES        largest request body (default 268435456)\n"
+    "  --max-model-len N       GET /v1/models lists max_model_len N for each\n"
+    "                          model, as vLLM does (default 0: not listed)\n"
     "  --quiet                 no log lines on stderr\n"
     "  --exit-with-parent      stop when the process that started it dies\n"
     "                          (tests: no orphan left if the test aborts)\n"
@@ -1501,6 +1508,7 @@ static const s_flag_t s_flags[] = {
     {"batch-finalize-ms", K_MS, 0, 0, C_(batch.finalize_ms)},
     {"batch-expire-ms", K_MS, 1, 0, C_(batch.expire_ms)},
     {"max-body", K_I64, 1024, 1e12, C_(max_body)},
+    {"max-model-len", K_I64, 0, 1e12, C_(max_model_len)},
     {"max-file-store", K_I64, 0, 1e13, C_(batch.max_store)},
     {"quiet", K_TRUE, 0, 0, C_(quiet)},
     {"exit-with-parent", K_TRUE, 0, 0, C_(exit_with_parent)},

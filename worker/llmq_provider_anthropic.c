@@ -365,7 +365,12 @@ static cJSON *s_message(const llmq_call_t *call, const cJSON *in,
     const cJSON *u = cJSON_GetObjectItemCaseSensitive(in, "usage");
     const cJSON *it = cJSON_GetObjectItemCaseSensitive(u, "input_tokens");
     const cJSON *ot = cJSON_GetObjectItemCaseSensitive(u, "output_tokens");
-    usage->prompt_tokens = cJSON_IsNumber(it) ? (int64_t)it->valuedouble : 0;
+    /*  Anthropic counts cache reads and writes apart from input_tokens;
+        OpenAI's prompt_tokens holds them all, cached_tokens the reads. */
+    int64_t cache_read = llmq_json_int(u, "cache_read_input_tokens");
+    usage->prompt_tokens = (cJSON_IsNumber(it) ? (int64_t)it->valuedouble : 0) +
+                           cache_read +
+                           llmq_json_int(u, "cache_creation_input_tokens");
     usage->completion_tokens =
         cJSON_IsNumber(ot) ? (int64_t)ot->valuedouble : 0;
     usage->total_tokens = usage->prompt_tokens + usage->completion_tokens;
@@ -410,6 +415,11 @@ static cJSON *s_message(const llmq_call_t *call, const cJSON *in,
         cJSON_AddNullToObject(c, "finish_reason");
     cJSON_AddItemToArray(choices, c);
     llmq_usage_add_json(r, usage->prompt_tokens, usage->completion_tokens);
+    if (cache_read > 0)
+        cJSON_AddNumberToObject(
+            cJSON_AddObjectToObject(cJSON_GetObjectItem(r, "usage"),
+                                    "prompt_tokens_details"),
+            "cached_tokens", (double)cache_read);
     free(text);
     return r;
 }

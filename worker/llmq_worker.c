@@ -536,6 +536,13 @@ static void s_send_hello(s_worker_t *self)
     llmq_msg_set_version(m, LLMQ_VERSION_STRING);
     if (self->rejoin) //  What the old connection held may be lost (3.3)
         llmq_msg_set_resend(m, true);
+    size_t caps_size = 0; /* what we know of our models (3.8) */
+    uint8_t *caps = llmq_models_caps_pack(
+        self->cfg->known, (const char *const *)self->cfg->models,
+        self->cfg->models_count, 32768, &caps_size);
+    if (caps)
+        llmq_msg_set_caps(m, caps, caps_size);
+    free(caps);
     self->rejoin = false;
     s_send(self, &m);
     s_send_held(self);
@@ -593,8 +600,10 @@ static void s_answer(s_worker_t *self, s_job_t *job, cJSON *body,
             llmq_msg_set_usage_prompt_tokens(m, p);
             llmq_msg_set_usage_completion_tokens(m, c);
             llmq_msg_set_usage_total_tokens(m, t);
+            llmq_tokens_t tokens = {p, 0, c, 0};
+            llmq_models_tokens_from_json(body, &tokens);
             double cost =
-                llmq_worker_config_cost(self->cfg, job->model, p, c, false);
+                llmq_worker_config_price(self->cfg, job->model, &tokens, false);
             llmq_msg_set_usage_cost_usd(m, cost);
             llmq_wmetrics_answer(self->metrics, job->model, "ok", p, c, cost);
         } else
@@ -1138,6 +1147,8 @@ static void s_probe_done(s_worker_t *self, s_job_t *job, CURLcode rc)
     char text[600];
     int outcome = s_probe_outcome(self, job, rc, text, sizeof text);
     llmq_provider_scrub(self->provider, text, sizeof text, text);
+    if (outcome == 0 && job->status == 200 && job->buf) /* windows (3.8) */
+        llmq_models_learn_json(self->cfg->known, job->buf, job->len);
     s_job_free(&job);
 
     if (self->cfg->check_only) {
