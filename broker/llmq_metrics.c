@@ -63,7 +63,13 @@ struct _llmq_metrics_t {
     int listen_fd;                       //  Scrape listener, -1 if none
     char *url;                           //  Listener URL
     s_conn_t conns[s_MAX_CONNS]; //  Open scrape connections (fd -1 = free)
+    zhashx_t *usage; //  model -> s_usage_t: the tokens/cost series handles
 };
+
+//  One model's usage series, so a result costs one lookup, not three.
+typedef struct {
+    s_series_t *prompt, *completion, *cost;
+} s_usage_t;
 
 static void s_series_destroy(void **item)
 {
@@ -164,6 +170,7 @@ void llmq_metrics_destroy(llmq_metrics_t **self_p)
     if (!self_p || !*self_p)
         return;
     llmq_metrics_t *self = *self_p;
+    zhashx_destroy(&self->usage);
     for (size_t i = 0; i < self->nfamilies; i++) {
         free(self->families[i].name);
         free(self->families[i].help);
@@ -571,8 +578,16 @@ void llmq_metrics_service(llmq_metrics_t *self, const zmq_pollitem_t *items,
 //  --------------------------------------------------------------------------
 //  Selftest: define, update, render, and scrape over real loopback HTTP.
 
+static void s_usage_free(void **item)
+{
+    free(*item);
+    *item = NULL;
+}
+
 void llmq_metrics_usage_define(llmq_metrics_t *self)
 {
+    if (!self->usage && (self->usage = zhashx_new()))
+        zhashx_set_destructor(self->usage, s_usage_free);
     llmq_metrics_define(self, "llmq_broker_tokens_total", LLMQ_METRIC_COUNTER,
                         "Tokens of the results, by model and kind (prompt, "
                         "completion).",
@@ -587,17 +602,25 @@ void llmq_metrics_usage(llmq_metrics_t *self, const char *model,
                         int64_t prompt_tokens, int64_t completion_tokens,
                         double cost_usd)
 {
-    const char *prompt[] = {"model", model, "kind", "prompt", NULL};
-    const char *completion[] = {"model", model, "kind", "completion", NULL};
-    const char *cost[] = {"model", model, NULL};
-    if (prompt_tokens > 0)
-        llmq_metrics_add(self, "llmq_broker_tokens_total", prompt,
-                         (double)prompt_tokens);
-    if (completion_tokens > 0)
-        llmq_metrics_add(self, "llmq_broker_tokens_total", completion,
-                         (double)completion_tokens);
-    if (cost_usd > 0)
-        llmq_metrics_add(self, "llmq_broker_cost_usd_total", cost, cost_usd);
+    s_usage_t *u =
+        self->usage ? (s_usage_t *)zhashx_lookup(self->usage, model) : NULL;
+    if (!u && self->usage && (u = (s_usage_t *)calloc(1, sizeof(*u)))) {
+        const char *prompt[] = {"model", model, "kind", "prompt", NULL};
+        const char *completion[] = {"model", model, "kind", "completion", NULL};
+        const char *cost[] = {"model", model, NULL};
+        u->prompt = s_scalar(self, "llmq_broker_tokens_total", prompt);
+        u->completion = s_scalar(self, "llmq_broker_tokens_total", completion);
+        u->cost = s_scalar(self, "llmq_broker_cost_usd_total", cost);
+        zhashx_insert(self->usage, model, u);
+    }
+    if (!u)
+        return;
+    if (prompt_tokens > 0 && u->prompt)
+        u->prompt->value += (double)prompt_tokens;
+    if (completion_tokens > 0 && u->completion)
+        u->completion->value += (double)completion_tokens;
+    if (cost_usd > 0 && u->cost)
+        u->cost->value += cost_usd;
 }
 
 int llmq_metrics_test(bool verbose)

@@ -113,7 +113,9 @@ void llmq_metrics_service(llmq_metrics_t *self, const zmq_pollitem_t *items,
 
 /*  Tokens and cost by model (PROTOCOL.md 3.8): define the families
     llmq_broker_tokens_total{model,kind} and llmq_broker_cost_usd_total
-    {model}; then count one result's usage under model (a bounded label). */
+    {model}; then count one result's usage under model (a bounded label:
+    the caller caps the distinct models). The series handles are kept per
+    model (one lookup per result): never reset these two families. */
 void llmq_metrics_usage_define(llmq_metrics_t *self);
 void llmq_metrics_usage(llmq_metrics_t *self, const char *model,
                         int64_t prompt_tokens, int64_t completion_tokens,
