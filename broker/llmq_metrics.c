@@ -607,14 +607,16 @@ void llmq_metrics_usage(llmq_metrics_t *self, const char *model,
     if (!u && self->usage && (u = (s_usage_t *)calloc(1, sizeof(*u)))) {
         const char *prompt[] = {"model", model, "kind", "prompt", NULL};
         const char *completion[] = {"model", model, "kind", "completion", NULL};
-        const char *cost[] = {"model", model, NULL};
         u->prompt = s_scalar(self, "llmq_broker_tokens_total", prompt);
         u->completion = s_scalar(self, "llmq_broker_tokens_total", completion);
-        u->cost = s_scalar(self, "llmq_broker_cost_usd_total", cost);
         zhashx_insert(self->usage, model, u);
     }
     if (!u)
         return;
+    if (cost_usd > 0 && !u->cost) { //  no series for a model never priced
+        const char *cost[] = {"model", model, NULL};
+        u->cost = s_scalar(self, "llmq_broker_cost_usd_total", cost);
+    }
     if (prompt_tokens > 0 && u->prompt)
         u->prompt->value += (double)prompt_tokens;
     if (completion_tokens > 0 && u->completion)
