@@ -1217,6 +1217,9 @@ static int s_test_urls(s_test_fx_t *fx)
     double cost = llmq_worker_config_cost(fx->cfg, "gpt-4o-2024-08-06", 1000000,
                                           1000000, false);
     CHECK(cost > 12.4999 && cost < 12.5001);
+    cost = llmq_worker_config_cost(fx->cfg, "claude-haiku-4-5-20251001",
+                                   1000000, 1000000, true); /* Batch API */
+    CHECK(cost > 2.9999 && cost < 3.0001);
     CHECK(llmq_worker_config_cost(fx->cfg, "sim-model", 1000, 1000, false) ==
           0);
     llmq_worker_config_destroy(&fx->cfg);

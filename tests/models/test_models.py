@@ -152,6 +152,23 @@ def t_learned():
     res, _ = ask(b.frontend, "sim-large",
                  body={"messages": [{"role": "user", "content": "hello"}], "max_tokens": 50})
     lt.check(res.get("ok") is True, "within the learned window: %r" % res)
+    # The worker's YAML `capabilities` reach the broker too.
+    tmp = lt.temp_dir("llmq-models-test")
+    cfg = os.path.join(tmp, "worker.yaml")
+    with open(cfg, "w") as f:
+        f.write("capabilities:\n"
+                "  - {model: cfg-model, context: 1000, max_output: 100, features: [chat]}\n")
+    lt.Worker(b.backend, sim.url, 8, "cfg-model", "--config", cfg, name="llmq-worker cfg")
+    wait_worker(b, 2)
+    res, _ = ask(b.frontend, "cfg-model",
+                 body={"messages": [{"role": "user", "content": "hello"}], "max_tokens": 200})
+    refused(res, "cfg-model", "200", "(100 tokens)")
+    res, _ = ask(b.frontend, "cfg-model", stream=True)
+    refused(res, "cfg-model", "does not stream")
+    lt.check(generated(sim) == before + 1, "llmq-sim saw a refused request")
+    res, _ = ask(b.frontend, "cfg-model",
+                 body={"messages": [{"role": "user", "content": "hello"}], "max_tokens": 50})
+    lt.check(res.get("ok") is True, "within the configured limits: %r" % res)
     # A model the sim does not list stays unknown: not checked.
     res, _ = ask(b.frontend, "other-model",
                  body={"messages": [{"role": "user", "content": "hello"}], "max_tokens": 400})
