@@ -1147,8 +1147,10 @@ static void s_probe_done(s_worker_t *self, s_job_t *job, CURLcode rc)
     char text[600];
     int outcome = s_probe_outcome(self, job, rc, text, sizeof text);
     llmq_provider_scrub(self->provider, text, sizeof text, text);
-    if (outcome == 0 && job->status == 200 && job->buf) /* windows (3.8) */
-        llmq_models_learn_json(self->cfg->known, job->buf, job->len);
+    if (outcome == 0 && job->status == 200 && job->buf && /* windows, 3.8 */
+        llmq_models_learn_json(self->cfg->known, job->buf, job->len) > 0)
+        llmq_log(NULL, LLMQ_LOG_INFO, "models_learned",
+                 LLMQ_LOG_STR("from", "GET /models"), LLMQ_LOG_END);
     s_job_free(&job);
 
     if (self->cfg->check_only) {
