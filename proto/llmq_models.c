@@ -29,6 +29,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+/*  Entries at most (built-in ones included): what peers report is
+    bounded. */
+#define S_MAX_ENTRIES 20000
+
 struct _llmq_models_t {
     zhashx_t *entries; /* name -> llmq_model_info_t (owned) */
 };
@@ -206,7 +210,8 @@ int llmq_models_learn(llmq_models_t *self, const char *model, int64_t context,
         (llmq_model_info_t *)zhashx_lookup(self->entries, model);
     if (!info) {
         const llmq_model_info_t *base = llmq_models_lookup(self, model);
-        if (!(info = s_info_new(model)))
+        if (zhashx_size(self->entries) >= S_MAX_ENTRIES ||
+            !(info = s_info_new(model)))
             return -1;
         if (base) {
             char *name = info->name;
@@ -760,6 +765,13 @@ static int s_t_learn(llmq_models_t *t)
     CHECK(m && m->context == 64000 && m->max_output == 16384 &&
           m->input == 2.50 && m->flags_known);
     CHECK(llmq_models_lookup(b, "gpt-4o")->context == 128000);
+    char name[32];
+    int added = 0;
+    for (int i = 0; i < S_MAX_ENTRIES + 10; i++) {
+        snprintf(name, sizeof name, "m%d", i);
+        added += llmq_models_learn(b, name, 10, 0, false, 0) == 0;
+    }
+    CHECK(added < S_MAX_ENTRIES && llmq_models_lookup(b, "m0"));
     llmq_models_destroy(&b);
     llmq_models_destroy(&b);
     return 0;
