@@ -625,6 +625,29 @@ void llmq_metrics_usage(llmq_metrics_t *self, const char *model,
         u->cost->value += cost_usd;
 }
 
+//  Tokens and cost by model: counted through the kept handles.
+static int s_test_usage(llmq_metrics_t *self)
+{
+    llmq_metrics_usage_define(self);
+    llmq_metrics_usage(self, "gpt-4o", 10, 5, 0.25);
+    llmq_metrics_usage(self, "gpt-4o", 1, 0, 0);
+    llmq_metrics_usage(self, "free", 1, 0, 0);
+    const char *kp[] = {"model", "gpt-4o", "kind", "prompt", NULL};
+    const char *kc[] = {"model", "gpt-4o", NULL};
+    const char *kf[] = {"model", "free", NULL};
+    char *text = llmq_metrics_render(self);
+    bool no_cost = text && !strstr(text, "cost_usd_total{model=\"free\"}");
+    zstr_free(&text);
+    return llmq_metrics_value(self, "llmq_broker_tokens_total", kp) == 11 &&
+                   llmq_metrics_value(self, "llmq_broker_cost_usd_total", kc) ==
+                       0.25 &&
+                   llmq_metrics_value(self, "llmq_broker_cost_usd_total", kf) ==
+                       0 &&
+                   no_cost
+               ? 0
+               : -1;
+}
+
 int llmq_metrics_test(bool verbose)
 {
     if (verbose)
@@ -673,13 +696,7 @@ int llmq_metrics_test(bool verbose)
         !strstr(text, "le=\"+Inf\"} 3\n") || !strstr(text, "t_depth 7\n"))
         goto done;
     zstr_free(&text);
-    llmq_metrics_usage_define(self);
-    llmq_metrics_usage(self, "gpt-4o", 10, 5, 0.25);
-    llmq_metrics_usage(self, "gpt-4o", 1, 0, 0);
-    const char *kp[] = {"model", "gpt-4o", "kind", "prompt", NULL};
-    const char *kc[] = {"model", "gpt-4o", NULL};
-    if (llmq_metrics_value(self, "llmq_broker_tokens_total", kp) != 11 ||
-        llmq_metrics_value(self, "llmq_broker_cost_usd_total", kc) != 0.25)
+    if (s_test_usage(self))
         goto done;
     llmq_metrics_reset(self, "t_depth");
     if (llmq_metrics_value(self, "t_depth", NULL) != 0)

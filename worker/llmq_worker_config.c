@@ -652,6 +652,8 @@ static const struct option s_options[] = {
     {"help", no_argument, 0, F_HELP},
     {0, 0, 0, 0}};
 
+static void s_usage_tail(FILE *out);
+
 void llmq_worker_config_usage(FILE *out)
 {
     fprintf(
@@ -725,7 +727,15 @@ void llmq_worker_config_usage(FILE *out)
         "  --batch-api              announce that this pool can run provider "
         "Batch API jobs\n"
         "  --config FILE            YAML config (env LLMQ_CONFIG); see "
-        "examples/worker.yaml\n"
+        "examples/worker.yaml\n");
+    s_usage_tail(out);
+}
+
+/*  The second half of --help. */
+static void s_usage_tail(FILE *out)
+{
+    fprintf(
+        out,
         "  --check-only             check the provider (GET /models), print "
         "the result, exit\n"
         "                           (0 ok, 3 key rejected, 4 unreachable)\n"
