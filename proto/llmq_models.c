@@ -482,6 +482,8 @@ static int s_scan(const void *payload, size_t size, s_scan_t *scan)
             if (v.kind == LLMQ_MP_UINT)
                 scan->max_tokens =
                     v.u > (uint64_t)INT64_MAX ? INT64_MAX : (int64_t)v.u;
+            else if (v.kind == LLMQ_MP_FLOAT && v.d >= 1) /* 1e7, 2^64 */
+                scan->max_tokens = v.d >= 9.2e18 ? INT64_MAX : (int64_t)v.d;
             else if (v.kind == LLMQ_MP_ARRAY || v.kind == LLMQ_MP_MAP) {
                 r.p = at; /* not a number: skip it whole */
                 if (llmq_mp_skip(&r, 64))
@@ -547,13 +549,17 @@ static int s_check_size(const llmq_model_info_t *m, const char *model,
         return 1;
     }
     int64_t prompt = (int64_t)(scan->text_bytes / 4);
-    if (!embedding && m->context > 0 && prompt + out > m->context) {
+    if (!embedding && m->context > 0 &&
+        (prompt > m->context || out > m->context - prompt)) { /* no overflow */
+        char plus[48] = "";
+        if (out > 0)
+            snprintf(plus, sizeof plus, " plus max_tokens %lld",
+                     (long long)out);
         snprintf(why, whylen,
-                 "prompt (about %lld tokens: %llu bytes of text / 4) plus "
-                 "max_tokens %lld is over the context window of model '%s' "
-                 "(%lld tokens)",
-                 (long long)prompt, (unsigned long long)scan->text_bytes,
-                 (long long)out, model, (long long)m->context);
+                 "prompt (about %lld tokens: %llu bytes of text / 4)%s is "
+                 "over the context window of model '%s' (%lld tokens)",
+                 (long long)prompt, (unsigned long long)scan->text_bytes, plus,
+                 model, (long long)m->context);
         return 1;
     }
     if (m->flags_known && scan->tools && !(m->flags & LLMQ_MODEL_TOOLS)) {
@@ -721,7 +727,10 @@ static int s_t_window(llmq_models_t *t)
              0);
     CHECK(s_t_check(t, "small-ctx", "chat", false, body, why, sizeof why) == 1);
     CHECK(strstr(why, "small-ctx") && strstr(why, "(100 tokens)") &&
-          strstr(why, "about 90"));
+          strstr(why, "about 90") && strstr(why, "max_tokens 20"));
+    CHECK(s_t_check(t, "small-ctx", "chat", false,
+                    "{\"max_tokens\":18446744073709551615}", why,
+                    sizeof why) == 1);
     snprintf(body, sizeof body,
              "{\"max_tokens\":20,\"messages\":[{\"role\":\"user\","
              "\"content\":[{\"type\":\"image_url\",\"image_url\":{\"url\":"
