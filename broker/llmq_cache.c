@@ -23,6 +23,8 @@ struct _llmq_cache_flight_t {
     llmq_cache_key_t key;
     char hex[65];      //  Key in the flights table
     zlistx_t *waiters; //  Borrowed pointers, oldest first
+    void *leader;      //  Borrowed, NULL while orphaned
+    void *orphan;      //  Handle in orphans, or NULL
 };
 
 struct _llmq_cache_t {
@@ -35,6 +37,7 @@ struct _llmq_cache_t {
     bool write_failed;  //  Logged once
     llmq_cache_stats_t st;
     zhashx_t *flights; //  hex key -> llmq_cache_flight_t
+    zlistx_t *orphans; //  Flights without a leader (borrowed)
 };
 
 //  --------------------------------------------------------------------------
@@ -69,10 +72,10 @@ static void s_sha_block(s_sha_t *s, const uint8_t *p)
         w[i] = (uint32_t)p[4 * i] << 24 | (uint32_t)p[4 * i + 1] << 16 |
                (uint32_t)p[4 * i + 2] << 8 | p[4 * i + 3];
     for (int i = 16; i < 64; i++) {
-        uint32_t s0 = s_ROR(w[i - 15], 7) ^ s_ROR(w[i - 15], 18) ^
-                      (w[i - 15] >> 3);
-        uint32_t s1 = s_ROR(w[i - 2], 17) ^ s_ROR(w[i - 2], 19) ^
-                      (w[i - 2] >> 10);
+        uint32_t s0 =
+            s_ROR(w[i - 15], 7) ^ s_ROR(w[i - 15], 18) ^ (w[i - 15] >> 3);
+        uint32_t s1 =
+            s_ROR(w[i - 2], 17) ^ s_ROR(w[i - 2], 19) ^ (w[i - 2] >> 10);
         w[i] = w[i - 16] + s0 + w[i - 7] + s1;
     }
     memcpy(v, s->h, sizeof(v));
@@ -183,7 +186,8 @@ static int s_check_file(sqlite3 *db, char *err, size_t errlen)
     if (rc != SQLITE_ROW)
         snprintf(err, errlen, "%s", sqlite3_errmsg(db));
     else if (others > 0)
-        snprintf(err, errlen, "it holds other tables (someone else's database)");
+        snprintf(err, errlen,
+                 "it holds other tables (someone else's database)");
     sqlite3_finalize(st);
     return rc == SQLITE_ROW && others == 0 ? 0 : -1;
 }
@@ -263,8 +267,8 @@ static int s_open(llmq_cache_t *self, const char *path, char *err,
     return 0;
 }
 
-llmq_cache_t *llmq_cache_new(const char *path, size_t max_bytes,
-                             int64_t ttl_ms, char *err, size_t errlen)
+llmq_cache_t *llmq_cache_new(const char *path, size_t max_bytes, int64_t ttl_ms,
+                             char *err, size_t errlen)
 {
     char reason[200] = "out of memory";
     llmq_cache_t *self = (llmq_cache_t *)calloc(1, sizeof(*self));
@@ -272,8 +276,9 @@ llmq_cache_t *llmq_cache_new(const char *path, size_t max_bytes,
         self->max_bytes = max_bytes ? max_bytes : LLMQ_CACHE_MAX_BYTES_DEFAULT;
         self->ttl_ms = ttl_ms > 0 ? ttl_ms : LLMQ_CACHE_TTL_DEFAULT_MS;
         self->flights = zhashx_new();
+        self->orphans = zlistx_new();
     }
-    if (!self || !self->flights ||
+    if (!self || !self->flights || !self->orphans ||
         s_open(self, path, reason, sizeof(reason))) {
         snprintf(err, errlen, "cache file %s: %s (not an llmq cache?)", path,
                  reason);
@@ -291,8 +296,8 @@ void llmq_cache_destroy(llmq_cache_t **self_p)
     if (!self)
         return;
     *self_p = NULL;
-    sqlite3_stmt *all[] = {self->get,  self->touch, self->put,
-                           self->size_of, self->del, self->oldest};
+    sqlite3_stmt *all[] = {self->get,     self->touch, self->put,
+                           self->size_of, self->del,   self->oldest};
     for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++)
         sqlite3_finalize(all[i]);
     if (self->db)
@@ -306,6 +311,7 @@ void llmq_cache_destroy(llmq_cache_t **self_p)
         }
         zhashx_destroy(&self->flights);
     }
+    zlistx_destroy(&self->orphans);
     free(self);
 }
 
@@ -338,7 +344,8 @@ static void s_sweep(llmq_cache_t *self, int64_t now)
              now - self->ttl_ms);
     if (s_query2(self->db, sql, &n, &bytes) || n == 0)
         return;
-    snprintf(sql, sizeof(sql), "DELETE FROM llmq_cache WHERE created <= %" PRId64,
+    snprintf(sql, sizeof(sql),
+             "DELETE FROM llmq_cache WHERE created <= %" PRId64,
              now - self->ttl_ms);
     if (sqlite3_exec(self->db, sql, NULL, NULL, NULL) == SQLITE_OK) {
         self->st.entries -= n;
@@ -399,8 +406,8 @@ static int s_row(llmq_cache_t *self, int64_t now, void **body, size_t *size,
     return 0;
 }
 
-int llmq_cache_get(llmq_cache_t *self, const llmq_cache_key_t *key,
-                   void **body, size_t *size, llmq_cache_usage_t *usage)
+int llmq_cache_get(llmq_cache_t *self, const llmq_cache_key_t *key, void **body,
+                   size_t *size, llmq_cache_usage_t *usage)
 {
     *body = NULL;
     sqlite3_bind_blob(self->get, 1, key->bytes, 32, SQLITE_STATIC);
@@ -565,12 +572,14 @@ llmq_cache_flight_t *llmq_cache_flight_find(llmq_cache_t *self,
 }
 
 llmq_cache_flight_t *llmq_cache_flight_start(llmq_cache_t *self,
-                                             const llmq_cache_key_t *key)
+                                             const llmq_cache_key_t *key,
+                                             void *leader)
 {
     llmq_cache_flight_t *f = (llmq_cache_flight_t *)calloc(1, sizeof(*f));
     if (!f)
         return NULL;
     f->key = *key;
+    f->leader = leader;
     s_hex(key, f->hex);
     f->waiters = zlistx_new();
     if (!f->waiters || zhashx_insert(self->flights, f->hex, f)) {
@@ -584,6 +593,38 @@ llmq_cache_flight_t *llmq_cache_flight_start(llmq_cache_t *self,
 const llmq_cache_key_t *llmq_cache_flight_key(llmq_cache_flight_t *flight)
 {
     return &flight->key;
+}
+
+void *llmq_cache_flight_leader(llmq_cache_flight_t *flight)
+{
+    return flight->leader;
+}
+
+void llmq_cache_flight_lead(llmq_cache_flight_t *flight, void *leader)
+{
+    flight->leader = leader;
+}
+
+void llmq_cache_flight_orphan(llmq_cache_t *self, llmq_cache_flight_t *flight)
+{
+    flight->leader = NULL;
+    if (!flight->orphan)
+        flight->orphan = zlistx_add_end(self->orphans, flight);
+}
+
+llmq_cache_flight_t *llmq_cache_orphan(llmq_cache_t *self)
+{
+    llmq_cache_flight_t *f = (llmq_cache_flight_t *)zlistx_first(self->orphans);
+    if (f) {
+        zlistx_delete(self->orphans, f->orphan);
+        f->orphan = NULL;
+    }
+    return f;
+}
+
+llmq_cache_flight_t *llmq_cache_flight_first(llmq_cache_t *self)
+{
+    return (llmq_cache_flight_t *)zhashx_first(self->flights);
 }
 
 void *llmq_cache_flight_join(llmq_cache_flight_t *flight, void *waiter)
@@ -610,6 +651,8 @@ void llmq_cache_flight_end(llmq_cache_t *self, llmq_cache_flight_t **flight_p)
     if (!f)
         return;
     *flight_p = NULL;
+    if (f->orphan)
+        zlistx_delete(self->orphans, f->orphan);
     zhashx_delete(self->flights, f->hex);
     zlistx_destroy(&f->waiters);
     free(f);
@@ -755,17 +798,26 @@ static int s_t_flights(const char *path)
     llmq_cache_key_t key;
     s_t_key(&key, 1);
     S_CHECK(!llmq_cache_flight_find(c, &key));
-    llmq_cache_flight_t *f = llmq_cache_flight_start(c, &key);
+    int lead = 0;
+    llmq_cache_flight_t *f = llmq_cache_flight_start(c, &key, &lead);
     S_CHECK(f && llmq_cache_flight_find(c, &key) == f);
+    S_CHECK(llmq_cache_flight_leader(f) == &lead && !llmq_cache_orphan(c));
+    llmq_cache_flight_orphan(c, f);
+    llmq_cache_flight_orphan(c, f); //  once only
+    S_CHECK(!llmq_cache_flight_leader(f) && llmq_cache_orphan(c) == f);
+    S_CHECK(!llmq_cache_orphan(c));
     int a = 1, b = 2, d = 3;
     void *ha = llmq_cache_flight_join(f, &a);
-    S_CHECK(ha && llmq_cache_flight_join(f, &b) && llmq_cache_flight_join(f, &d));
+    S_CHECK(ha && llmq_cache_flight_join(f, &b) &&
+            llmq_cache_flight_join(f, &d));
     llmq_cache_flight_leave(f, ha);
     S_CHECK(llmq_cache_flight_pop(f) == &b);
     llmq_cache_flight_end(c, &f);
     S_CHECK(!f && !llmq_cache_flight_find(c, &key));
-    f = llmq_cache_flight_start(c, &key); //  left for destroy to free
+    f = llmq_cache_flight_start(c, &key, &lead); //  left for destroy
     S_CHECK(f && llmq_cache_flight_join(f, &a));
+    llmq_cache_flight_orphan(c, f);
+    S_CHECK(llmq_cache_flight_first(c) == f);
     llmq_cache_destroy(&c);
     return 0;
 }

@@ -43,8 +43,8 @@ typedef struct {
 /*  Open (or create) the cache file. max_bytes 0 and ttl_ms 0 take the
     defaults. NULL with a reason naming the file in err on failure: a file
     that is not an llmq cache is never changed. */
-llmq_cache_t *llmq_cache_new(const char *path, size_t max_bytes,
-                             int64_t ttl_ms, char *err, size_t errlen);
+llmq_cache_t *llmq_cache_new(const char *path, size_t max_bytes, int64_t ttl_ms,
+                             char *err, size_t errlen);
 void llmq_cache_destroy(llmq_cache_t **self_p);
 
 /*  The key of a request. tenant NULL or "" = shared by all tenants. */
@@ -55,8 +55,8 @@ void llmq_cache_key(llmq_cache_key_t *key, const char *op, const char *model,
 /*  A stored answer: 0 with *body (malloc'd, the caller frees), *size and
     *usage; -1 if none (or expired: then deleted). Counts a hit, not a
     miss (the broker counts a miss with llmq_cache_count). */
-int llmq_cache_get(llmq_cache_t *self, const llmq_cache_key_t *key,
-                   void **body, size_t *size, llmq_cache_usage_t *usage);
+int llmq_cache_get(llmq_cache_t *self, const llmq_cache_key_t *key, void **body,
+                   size_t *size, llmq_cache_usage_t *usage);
 
 /*  Store an answer (replacing one with the same key), then evict to the
     bounds. 0, or -1 if not stored (too big, or a write failed). */
@@ -81,16 +81,27 @@ void llmq_cache_metrics_collect(llmq_cache_t *self, llmq_metrics_t *metrics);
 /*  The flight of key, or NULL. */
 llmq_cache_flight_t *llmq_cache_flight_find(llmq_cache_t *self,
                                             const llmq_cache_key_t *key);
-/*  Start the flight of key (none must exist). NULL if out of memory. */
+/*  Start the flight of key (none must exist) led by leader. NULL if out of
+    memory. */
 llmq_cache_flight_t *llmq_cache_flight_start(llmq_cache_t *self,
-                                             const llmq_cache_key_t *key);
+                                             const llmq_cache_key_t *key,
+                                             void *leader);
 const llmq_cache_key_t *llmq_cache_flight_key(llmq_cache_flight_t *flight);
+void *llmq_cache_flight_leader(llmq_cache_flight_t *flight);
+void llmq_cache_flight_lead(llmq_cache_flight_t *flight, void *leader);
 /*  Add a waiter; returns its handle for llmq_cache_flight_leave, NULL if
     out of memory. */
 void *llmq_cache_flight_join(llmq_cache_flight_t *flight, void *waiter);
 void llmq_cache_flight_leave(llmq_cache_flight_t *flight, void *handle);
 /*  Take the oldest waiter off the flight, NULL if none. */
 void *llmq_cache_flight_pop(llmq_cache_flight_t *flight);
+/*  The leader went without an answer its waiters can share: the flight
+    has no leader until the broker takes it back with llmq_cache_orphan
+    (outside the call that destroyed the leader) and makes a waiter lead. */
+void llmq_cache_flight_orphan(llmq_cache_t *self, llmq_cache_flight_t *flight);
+llmq_cache_flight_t *llmq_cache_orphan(llmq_cache_t *self);
+/*  Any flight, NULL if none (to clear them all at the end). */
+llmq_cache_flight_t *llmq_cache_flight_first(llmq_cache_t *self);
 /*  End the flight (its waiters, if any, are forgotten: pop them first). */
 void llmq_cache_flight_end(llmq_cache_t *self, llmq_cache_flight_t **flight_p);
 
