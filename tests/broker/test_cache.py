@@ -15,7 +15,11 @@ answers it served: /_stats answered_ok), or a test-driven worker
                             waiter is dispatched in its place; cancelled ->
                             the same; invalid_request -> every waiter gets it
     test_cache.py foreign   --cache on a file that is not a cache: refused
+    test_cache.py cli       `llmq run --cache` twice: the second run asks
+                            no provider; without --cache (and temperature
+                            unset) lines are not cached
 """
+import json
 import os
 import sys
 import urllib.request
@@ -282,7 +286,34 @@ def t_foreign():
         assert f.read() == text, "the file was changed"
 
 
-CASES = {"flight": t_flight, "restart": t_restart, "ttl": t_ttl, "bytes": t_bytes,
+def t_cli():
+    s = Setup(llmqtest.temp_dir("llmq-cache-cli"))
+    inp = os.path.join(s.tmp, "in.jsonl")
+    with open(inp, "w") as f:
+        for i in range(20):
+            f.write(json.dumps({"custom_id": "c%d" % i,
+                                "body": {"messages": [{"role": "user", "content": "p%d" % i}]}})
+                    + "\n")
+
+    def run(name, *flags):
+        out = os.path.join(s.tmp, name)
+        rc, _, err = llmqtest.run_llmq(["run", inp, "-o", out, "--broker", s.broker.frontend,
+                                        "--model", MODEL, "--quiet", *flags])
+        assert rc == 0, err
+        with open(out) as f:
+            return [json.loads(line) for line in f]
+    before = s.served()
+    assert len(run("plain.jsonl")) == 20
+    assert s.served() - before == 20 and s.counters()["cache_entries"] == 0
+    assert len(run("first.jsonl", "--cache")) == 20
+    assert s.served() - before == 40
+    lines = run("second.jsonl", "--cache")
+    assert len(lines) == 20 and s.served() - before == 40, "the second run asked llmq-sim"
+    assert s.counters()["cache_hits"] == 20
+    s.close()
+
+
+CASES = {"cli": t_cli, "flight": t_flight, "restart": t_restart, "ttl": t_ttl, "bytes": t_bytes,
          "warm": t_warm, "fail": t_fail, "foreign": t_foreign}
 
 if __name__ == "__main__":
