@@ -2323,10 +2323,10 @@ static bool s_cache_admit(s_broker_t *self, s_request_t *r, llmq_msg_t *msg)
     if (!body || !s_cacheable(r, msg, body, size))
         return false;
     llmq_cache_key_t key;
-    llmq_cache_key(&key, s_ops[r->op], r->lane->model, r->lane->pool,
-                   self->config.cache_per_tenant ? s_tenant_of(self, msg)
-                                                 : NULL,
-                   body, size);
+    llmq_cache_key(
+        self->cache, &key, s_ops[r->op], r->lane->model, r->lane->pool,
+        self->config.cache_per_tenant ? s_tenant_of(self, msg) : NULL, body,
+        size);
     void *data = NULL;
     llmq_cache_usage_t u;
     if (llmq_cache_get(self->cache, &key, &data, &size, &u) == 0) {

@@ -19,12 +19,14 @@
 #include <string.h>
 #include <unistd.h>
 
+#define s_KEY ((int)sizeof(llmq_cache_key_t)) //  Key bytes
+
 struct _llmq_cache_flight_t {
     llmq_cache_key_t key;
-    char hex[65];      //  Key in the flights table
-    zlistx_t *waiters; //  Borrowed pointers, oldest first
-    void *leader;      //  Borrowed, NULL while orphaned
-    void *orphan;      //  Handle in orphans, or NULL
+    char hex[2 * 16 + 1]; //  Key in the flights table
+    zlistx_t *waiters;    //  Borrowed pointers, oldest first
+    void *leader;         //  Borrowed, NULL while orphaned
+    void *orphan;         //  Handle in orphans, or NULL
 };
 
 struct _llmq_cache_t {
@@ -36,123 +38,119 @@ struct _llmq_cache_t {
     int64_t next_sweep; //  Wall ms of the next TTL sweep
     bool write_failed;  //  Logged once
     llmq_cache_stats_t st;
-    zhashx_t *flights; //  hex key -> llmq_cache_flight_t
-    zlistx_t *orphans; //  Flights without a leader (borrowed)
+    zhashx_t *flights;  //  hex key -> llmq_cache_flight_t
+    zlistx_t *orphans;  //  Flights without a leader (borrowed)
+    uint8_t secret[16]; //  SipHash key of this file (llmq_cache_meta)
 };
 
 //  --------------------------------------------------------------------------
-//  SHA-256 (FIPS 180-4), enough for the key: no dependency for 60 lines.
+//  SipHash-2-4 with 128-bit output (Aumasson, Bernstein 2012), keyed with
+//  a random secret of the cache file: fast (a 1 KB body costs a few
+//  thousand instructions) and, without the secret, nobody can make two
+//  requests share a key (a shared cache must not be poisonable).
 
 typedef struct {
-    uint32_t h[8];
-    uint8_t buf[64];
+    uint64_t v[4];
+    uint8_t buf[8];
     size_t n;       //  Bytes in buf
     uint64_t total; //  Bytes hashed
-} s_sha_t;
+} s_sip_t;
 
-static const uint32_t s_k[64] = {
-    0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1,
-    0x923f82a4, 0xab1c5ed5, 0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3,
-    0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174, 0xe49b69c1, 0xefbe4786,
-    0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da,
-    0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147,
-    0x06ca6351, 0x14292967, 0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13,
-    0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85, 0xa2bfe8a1, 0xa81a664b,
-    0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070,
-    0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a,
-    0x5b9cca4f, 0x682e6ff3, 0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208,
-    0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2};
+#define s_ROTL(x, b) (uint64_t)(((x) << (b)) | ((x) >> (64 - (b))))
 
-#define s_ROR(x, n) (((x) >> (n)) | ((x) << (32 - (n))))
-
-static void s_sha_block(s_sha_t *s, const uint8_t *p)
+static void s_sip_rounds(uint64_t *v, int n)
 {
-    uint32_t w[64], v[8];
-    for (int i = 0; i < 16; i++)
-        w[i] = (uint32_t)p[4 * i] << 24 | (uint32_t)p[4 * i + 1] << 16 |
-               (uint32_t)p[4 * i + 2] << 8 | p[4 * i + 3];
-    for (int i = 16; i < 64; i++) {
-        uint32_t s0 =
-            s_ROR(w[i - 15], 7) ^ s_ROR(w[i - 15], 18) ^ (w[i - 15] >> 3);
-        uint32_t s1 =
-            s_ROR(w[i - 2], 17) ^ s_ROR(w[i - 2], 19) ^ (w[i - 2] >> 10);
-        w[i] = w[i - 16] + s0 + w[i - 7] + s1;
+    for (int i = 0; i < n; i++) {
+        v[0] += v[1];
+        v[1] = s_ROTL(v[1], 13) ^ v[0];
+        v[0] = s_ROTL(v[0], 32);
+        v[2] += v[3];
+        v[3] = s_ROTL(v[3], 16) ^ v[2];
+        v[0] += v[3];
+        v[3] = s_ROTL(v[3], 21) ^ v[0];
+        v[2] += v[1];
+        v[1] = s_ROTL(v[1], 17) ^ v[2];
+        v[2] = s_ROTL(v[2], 32);
     }
-    memcpy(v, s->h, sizeof(v));
-    for (int i = 0; i < 64; i++) {
-        uint32_t S1 = s_ROR(v[4], 6) ^ s_ROR(v[4], 11) ^ s_ROR(v[4], 25);
-        uint32_t ch = (v[4] & v[5]) ^ (~v[4] & v[6]);
-        uint32_t t1 = v[7] + S1 + ch + s_k[i] + w[i];
-        uint32_t S0 = s_ROR(v[0], 2) ^ s_ROR(v[0], 13) ^ s_ROR(v[0], 22);
-        uint32_t maj = (v[0] & v[1]) ^ (v[0] & v[2]) ^ (v[1] & v[2]);
-        memmove(v + 1, v, 7 * sizeof(uint32_t));
-        v[4] += t1;
-        v[0] = t1 + S0 + maj;
-    }
-    for (int i = 0; i < 8; i++)
-        s->h[i] += v[i];
 }
 
-static void s_sha_init(s_sha_t *s)
+static uint64_t s_le64(const uint8_t *p)
 {
-    static const uint32_t h0[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372,
-                                   0xa54ff53a, 0x510e527f, 0x9b05688c,
-                                   0x1f83d9ab, 0x5be0cd19};
-    memcpy(s->h, h0, sizeof(h0));
+    uint64_t x = 0;
+    for (int i = 7; i >= 0; i--)
+        x = x << 8 | p[i];
+    return x;
+}
+
+static void s_sip_init(s_sip_t *s, const uint8_t secret[16])
+{
+    uint64_t k0 = s_le64(secret), k1 = s_le64(secret + 8);
+    s->v[0] = 0x736f6d6570736575ULL ^ k0;
+    s->v[1] = 0x646f72616e646f6dULL ^ k1 ^ 0xee;
+    s->v[2] = 0x6c7967656e657261ULL ^ k0;
+    s->v[3] = 0x7465646279746573ULL ^ k1;
     s->n = 0;
     s->total = 0;
 }
 
-static void s_sha_add(s_sha_t *s, const void *data, size_t size)
+static void s_sip_word(s_sip_t *s, uint64_t m)
+{
+    s->v[3] ^= m;
+    s_sip_rounds(s->v, 2);
+    s->v[0] ^= m;
+}
+
+static void s_sip_add(s_sip_t *s, const void *data, size_t size)
 {
     const uint8_t *p = (const uint8_t *)data;
     s->total += size;
-    while (size) {
-        if (s->n == 0 && size >= 64) {
-            s_sha_block(s, p);
-            p += 64;
-            size -= 64;
-            continue;
-        }
-        size_t take = 64 - s->n < size ? 64 - s->n : size;
-        memcpy(s->buf + s->n, p, take);
-        s->n += take;
-        p += take;
-        size -= take;
-        if (s->n == 64) {
-            s_sha_block(s, s->buf);
+    while (size && s->n) {
+        s->buf[s->n++] = *p++;
+        size--;
+        if (s->n == 8) {
+            s_sip_word(s, s_le64(s->buf));
             s->n = 0;
         }
     }
+    if (s->n)
+        return; //  All of it went into buf
+    for (; size >= 8; p += 8, size -= 8)
+        s_sip_word(s, s_le64(p));
+    memcpy(s->buf, p, size);
+    s->n = size;
 }
 
-static void s_sha_end(s_sha_t *s, uint8_t out[32])
+static void s_sip_end(s_sip_t *s, uint8_t out[16])
 {
-    uint64_t bits = s->total * 8;
-    uint8_t pad[72] = {0x80};
-    size_t padlen = (s->n < 56 ? 56 : 120) - s->n;
-    for (int i = 0; i < 8; i++)
-        pad[padlen + i] = (uint8_t)(bits >> (56 - 8 * i));
-    s_sha_add(s, pad, padlen + 8);
-    for (int i = 0; i < 8; i++)
-        for (int b = 0; b < 4; b++)
-            out[4 * i + b] = (uint8_t)(s->h[i] >> (24 - 8 * b));
+    uint64_t b = (uint64_t)s->total << 56;
+    for (size_t i = 0; i < s->n; i++)
+        b |= (uint64_t)s->buf[i] << (8 * i);
+    s_sip_word(s, b);
+    s->v[2] ^= 0xee;
+    for (int half = 0; half < 2; half++) {
+        if (half)
+            s->v[1] ^= 0xdd;
+        s_sip_rounds(s->v, 4);
+        uint64_t h = s->v[0] ^ s->v[1] ^ s->v[2] ^ s->v[3];
+        for (int i = 0; i < 8; i++)
+            out[8 * half + i] = (uint8_t)(h >> (8 * i));
+    }
 }
 
-void llmq_cache_key(llmq_cache_key_t *key, const char *op, const char *model,
-                    const char *pool, const char *tenant, const void *body,
-                    size_t size)
+void llmq_cache_key(llmq_cache_t *self, llmq_cache_key_t *key, const char *op,
+                    const char *model, const char *pool, const char *tenant,
+                    const void *body, size_t size)
 {
     //  Each string with its NUL: no two field splits give the same bytes.
     const char *fields[] = {op ? op : "", model ? model : "", pool ? pool : "",
                             tenant ? tenant : ""};
-    s_sha_t s;
-    s_sha_init(&s);
+    s_sip_t s;
+    s_sip_init(&s, self->secret);
     for (size_t i = 0; i < 4; i++)
-        s_sha_add(&s, fields[i], strlen(fields[i]) + 1);
+        s_sip_add(&s, fields[i], strlen(fields[i]) + 1);
     if (size)
-        s_sha_add(&s, body, size);
-    s_sha_end(&s, key->bytes);
+        s_sip_add(&s, body, size);
+    s_sip_end(&s, key->bytes);
 }
 
 //  --------------------------------------------------------------------------
@@ -169,7 +167,8 @@ static const char *s_schema =
     " prompt INTEGER, completion INTEGER, total INTEGER, cost REAL,"
     " created INTEGER NOT NULL, used INTEGER NOT NULL);"
     "CREATE INDEX IF NOT EXISTS llmq_cache_used ON llmq_cache(used);"
-    "CREATE INDEX IF NOT EXISTS llmq_cache_created ON llmq_cache(created);";
+    "CREATE INDEX IF NOT EXISTS llmq_cache_created ON llmq_cache(created);"
+    "CREATE TABLE IF NOT EXISTS llmq_cache_meta(k TEXT PRIMARY KEY, v BLOB);";
 
 //  The file is an llmq cache, or new: no tables but ours. Returns 0, or -1
 //  with the reason (not SQLite, corrupt, someone else's database).
@@ -178,7 +177,8 @@ static int s_check_file(sqlite3 *db, char *err, size_t errlen)
     sqlite3_stmt *st = NULL;
     int rc = sqlite3_prepare_v2(db,
                                 "SELECT count(*) FROM sqlite_master WHERE "
-                                "type = 'table' AND name <> 'llmq_cache'",
+                                "type = 'table' AND name NOT IN "
+                                "('llmq_cache', 'llmq_cache_meta')",
                                 -1, &st, NULL);
     if (rc == SQLITE_OK)
         rc = sqlite3_step(st);
@@ -198,8 +198,8 @@ static int s_prepare(llmq_cache_t *self)
         sqlite3_stmt **st;
         const char *sql;
     } all[] = {
-        {&self->get, "SELECT body, prompt, completion, total, cost, created "
-                     "FROM llmq_cache WHERE key = ?"},
+        {&self->get, "SELECT body, prompt, completion, total, cost, created, "
+                     "used FROM llmq_cache WHERE key = ?"},
         {&self->touch, "UPDATE llmq_cache SET used = ? WHERE key = ?"},
         {&self->put,
          "INSERT OR REPLACE INTO llmq_cache(key, body, prompt, completion, "
@@ -230,6 +230,36 @@ static int s_query2(sqlite3 *db, const char *sql, int64_t *a, int64_t *b)
     return rc == SQLITE_OK ? 0 : -1;
 }
 
+//  The file's hash secret: read, or made (16 random bytes) and stored.
+static int s_secret(llmq_cache_t *self)
+{
+    sqlite3_stmt *st = NULL;
+    int rc = sqlite3_prepare_v2(
+        self->db, "SELECT v FROM llmq_cache_meta WHERE k = 'secret'", -1, &st,
+        NULL);
+    bool found = rc == SQLITE_OK && sqlite3_step(st) == SQLITE_ROW &&
+                 sqlite3_column_bytes(st, 0) == 16;
+    if (found)
+        memcpy(self->secret, sqlite3_column_blob(st, 0), 16);
+    sqlite3_finalize(st);
+    if (found)
+        return 0;
+    FILE *f = fopen("/dev/urandom", "rb");
+    size_t got = f ? fread(self->secret, 1, 16, f) : 0;
+    if (f)
+        fclose(f);
+    if (got != 16 ||
+        sqlite3_prepare_v2(self->db,
+                           "INSERT OR REPLACE INTO llmq_cache_meta(k, v) "
+                           "VALUES ('secret', ?)",
+                           -1, &st, NULL))
+        return -1;
+    sqlite3_bind_blob(st, 1, self->secret, 16, SQLITE_STATIC);
+    rc = sqlite3_step(st);
+    sqlite3_finalize(st);
+    return rc == SQLITE_DONE ? 0 : -1;
+}
+
 static void s_sweep(llmq_cache_t *self, int64_t now);
 static void s_evict(llmq_cache_t *self, size_t need);
 
@@ -254,7 +284,7 @@ static int s_open(llmq_cache_t *self, const char *path, char *err,
         sqlite3_free(msg);
         return -1;
     }
-    if (s_prepare(self) ||
+    if (s_secret(self) || s_prepare(self) ||
         s_query2(self->db,
                  "SELECT count(*), coalesce(sum(length(body)), 0) "
                  "FROM llmq_cache",
@@ -321,7 +351,7 @@ void llmq_cache_destroy(llmq_cache_t **self_p)
 //  Delete the row of key whose body has size bytes; counts it gone.
 static void s_delete(llmq_cache_t *self, const void *key, int64_t size)
 {
-    sqlite3_bind_blob(self->del, 1, key, 32, SQLITE_TRANSIENT);
+    sqlite3_bind_blob(self->del, 1, key, s_KEY, SQLITE_TRANSIENT);
     int rc = sqlite3_step(self->del);
     sqlite3_reset(self->del);
     if (rc == SQLITE_DONE && sqlite3_changes(self->db) > 0) {
@@ -359,13 +389,13 @@ static void s_evict(llmq_cache_t *self, size_t need)
 {
     while (self->st.entries > 0 &&
            (size_t)self->st.bytes + need > self->max_bytes) {
-        uint8_t keys[64][32];
+        uint8_t keys[64][s_KEY];
         int64_t sizes[64];
         int n = 0;
         while (n < 64 && sqlite3_step(self->oldest) == SQLITE_ROW) {
             const void *k = sqlite3_column_blob(self->oldest, 0);
-            if (k && sqlite3_column_bytes(self->oldest, 0) == 32) {
-                memcpy(keys[n], k, 32);
+            if (k && sqlite3_column_bytes(self->oldest, 0) == s_KEY) {
+                memcpy(keys[n], k, s_KEY);
                 sizes[n++] = sqlite3_column_int64(self->oldest, 1);
             }
         }
@@ -410,12 +440,13 @@ int llmq_cache_get(llmq_cache_t *self, const llmq_cache_key_t *key, void **body,
                    size_t *size, llmq_cache_usage_t *usage)
 {
     *body = NULL;
-    sqlite3_bind_blob(self->get, 1, key->bytes, 32, SQLITE_STATIC);
+    sqlite3_bind_blob(self->get, 1, key->bytes, s_KEY, SQLITE_STATIC);
     if (sqlite3_step(self->get) != SQLITE_ROW) {
         sqlite3_reset(self->get);
         return -1;
     }
     int64_t stored = sqlite3_column_bytes(self->get, 0);
+    int64_t used = sqlite3_column_int64(self->get, 6);
     int rc = s_row(self, s_now_ms(), body, size, usage);
     sqlite3_reset(self->get);
     if (rc == -1) {
@@ -424,11 +455,17 @@ int llmq_cache_get(llmq_cache_t *self, const llmq_cache_key_t *key, void **body,
     }
     if (rc)
         return -1;
+    self->st.hits++;
+    //  Approximate LRU: an entry already the most recently used, or among
+    //  the most recently used quarter, is not written again (a hot entry
+    //  costs a read, no write).
+    if (used == self->use_clock ||
+        self->use_clock - used < self->st.entries / 4)
+        return 0;
     sqlite3_bind_int64(self->touch, 1, ++self->use_clock);
-    sqlite3_bind_blob(self->touch, 2, key->bytes, 32, SQLITE_STATIC);
+    sqlite3_bind_blob(self->touch, 2, key->bytes, s_KEY, SQLITE_STATIC);
     sqlite3_step(self->touch);
     sqlite3_reset(self->touch);
-    self->st.hits++;
     return 0;
 }
 
@@ -438,7 +475,7 @@ static int s_insert(llmq_cache_t *self, const llmq_cache_key_t *key,
                     const llmq_cache_usage_t *usage, int64_t now)
 {
     sqlite3_stmt *st = self->put;
-    sqlite3_bind_blob(st, 1, key->bytes, 32, SQLITE_STATIC);
+    sqlite3_bind_blob(st, 1, key->bytes, s_KEY, SQLITE_STATIC);
     sqlite3_bind_blob64(st, 2, size ? body : "", size, SQLITE_STATIC);
     sqlite3_bind_int64(st, 3, usage->prompt_tokens);
     sqlite3_bind_int64(st, 4, usage->completion_tokens);
@@ -459,7 +496,7 @@ int llmq_cache_put(llmq_cache_t *self, const llmq_cache_key_t *key,
         return -1;
     int64_t now = s_now_ms();
     s_sweep(self, now);
-    sqlite3_bind_blob(self->size_of, 1, key->bytes, 32, SQLITE_STATIC);
+    sqlite3_bind_blob(self->size_of, 1, key->bytes, s_KEY, SQLITE_STATIC);
     if (sqlite3_step(self->size_of) == SQLITE_ROW) {
         self->st.entries--;
         self->st.bytes -= sqlite3_column_int64(self->size_of, 0);
@@ -553,20 +590,20 @@ void llmq_cache_metrics_collect(llmq_cache_t *self, llmq_metrics_t *m)
 //  --------------------------------------------------------------------------
 //  Single flight.
 
-static void s_hex(const llmq_cache_key_t *key, char out[65])
+static void s_hex(const llmq_cache_key_t *key, char out[2 * s_KEY + 1])
 {
     static const char hex[] = "0123456789abcdef";
-    for (int i = 0; i < 32; i++) {
+    for (int i = 0; i < s_KEY; i++) {
         out[2 * i] = hex[key->bytes[i] >> 4];
         out[2 * i + 1] = hex[key->bytes[i] & 15];
     }
-    out[64] = 0;
+    out[2 * s_KEY] = 0;
 }
 
 llmq_cache_flight_t *llmq_cache_flight_find(llmq_cache_t *self,
                                             const llmq_cache_key_t *key)
 {
-    char hex[65];
+    char hex[2 * s_KEY + 1];
     s_hex(key, hex);
     return (llmq_cache_flight_t *)zhashx_lookup(self->flights, hex);
 }
@@ -665,37 +702,59 @@ void llmq_cache_flight_end(llmq_cache_t *self, llmq_cache_flight_t **flight_p)
 
 static void s_t_key(llmq_cache_key_t *key, int i)
 {
-    char body[32];
-    snprintf(body, sizeof(body), "body %d", i);
-    llmq_cache_key(key, "chat", "m", NULL, NULL, body, strlen(body));
+    //  Any distinct 16 bytes will do here (llmq_cache_key: s_t_keys).
+    memset(key, 0, sizeof(*key));
+    key->bytes[0] = (uint8_t)i;
 }
 
-static int s_t_sha(void)
+static int s_t_sip(void)
 {
-    //  FIPS 180-2 vectors: "abc", and 1,000,000 x 'a' in pieces.
-    s_sha_t s;
-    uint8_t out[32];
-    char hex[65];
-    s_sha_init(&s);
-    s_sha_add(&s, "abc", 3);
-    s_sha_end(&s, out);
-    s_hex((const llmq_cache_key_t *)out, hex);
-    S_CHECK(streq(hex, "ba7816bf8f01cfea414140de5dae2223"
-                       "b00361a396177a9cb410ff61f20015ad"));
-    char a[1001];
-    memset(a, 'a', sizeof(a));
-    s_sha_init(&s);
-    for (int i = 0; i < 1000; i++)
-        s_sha_add(&s, a, i % 2 ? 999 : 1001);
-    s_sha_end(&s, out);
-    s_hex((const llmq_cache_key_t *)out, hex);
-    S_CHECK(streq(hex, "cdc76e5c9914fb9281a1c7e284d73e67"
-                       "f1809a48a497200e046d39ccc7112cd0"));
-    //  Fields are delimited: ("ab", "c") is not ("a", "bc").
-    llmq_cache_key_t k1, k2;
-    llmq_cache_key(&k1, "ab", "c", NULL, NULL, "", 0);
-    llmq_cache_key(&k2, "a", "bc", NULL, NULL, "", 0);
-    S_CHECK(memcmp(k1.bytes, k2.bytes, 32) != 0);
+    //  The reference vector (SipHash-2-4-128, key 00..0f, empty input),
+    //  then any split of the input gives the same hash.
+    uint8_t secret[16], out[16], again[16];
+    for (int i = 0; i < 16; i++)
+        secret[i] = (uint8_t)i;
+    static const uint8_t empty[16] = {0xa3, 0x81, 0x7f, 0x04, 0xba, 0x25,
+                                      0xa8, 0xe6, 0x6d, 0xf6, 0x72, 0x14,
+                                      0xc7, 0x55, 0x02, 0x93};
+    s_sip_t s;
+    s_sip_init(&s, secret);
+    s_sip_end(&s, out);
+    S_CHECK(memcmp(out, empty, 16) == 0);
+    uint8_t a[1001];
+    for (size_t i = 0; i < sizeof(a); i++)
+        a[i] = (uint8_t)(i * 7);
+    s_sip_init(&s, secret);
+    s_sip_add(&s, a, sizeof(a));
+    s_sip_end(&s, out);
+    s_sip_init(&s, secret);
+    for (size_t i = 0, step = 1; i < sizeof(a); i += step, step = step % 13 + 1)
+        s_sip_add(&s, a + i, i + step > sizeof(a) ? sizeof(a) - i : step);
+    s_sip_end(&s, again);
+    S_CHECK(memcmp(out, again, 16) == 0);
+    return 0;
+}
+
+//  Fields are delimited: ("ab", "c") is not ("a", "bc"); the secret counts.
+static int s_t_keys(const char *path, const char *other)
+{
+    char err[300];
+    llmq_cache_t *c = llmq_cache_new(path, 0, 0, err, sizeof(err));
+    llmq_cache_t *d = llmq_cache_new(other, 0, 0, err, sizeof(err));
+    S_CHECK(c && d);
+    llmq_cache_key_t k1, k2, k3;
+    llmq_cache_key(c, &k1, "ab", "c", NULL, NULL, "", 0);
+    llmq_cache_key(c, &k2, "a", "bc", NULL, NULL, "", 0);
+    llmq_cache_key(d, &k3, "ab", "c", NULL, NULL, "", 0);
+    S_CHECK(memcmp(k1.bytes, k2.bytes, s_KEY) != 0);
+    S_CHECK(memcmp(k1.bytes, k3.bytes, s_KEY) != 0);
+    llmq_cache_destroy(&c);
+    c = llmq_cache_new(path, 0, 0, err, sizeof(err)); //  same secret again
+    S_CHECK(c);
+    llmq_cache_key(c, &k2, "ab", "c", NULL, NULL, "", 0);
+    S_CHECK(memcmp(k1.bytes, k2.bytes, s_KEY) == 0);
+    llmq_cache_destroy(&c);
+    llmq_cache_destroy(&d);
     return 0;
 }
 
@@ -829,7 +888,12 @@ int llmq_cache_test(bool verbose)
     char dir[] = "/tmp/llmq-cache-test-XXXXXX", path[300];
     LLMQ_CHECK_RET(mkdtemp(dir));
     snprintf(path, sizeof(path), "%s/cache.db", dir);
-    int rc = s_t_sha() || s_t_store(path) || s_t_flights(path) ? -1 : 0;
+    char other[300];
+    snprintf(other, sizeof(other), "%s/other-secret.db", dir);
+    int rc = s_t_sip() || s_t_keys(path, other) || s_t_store(path) ||
+                     s_t_flights(path)
+                 ? -1
+                 : 0;
     if (!rc) {
         snprintf(path, sizeof(path), "%s/ttl.db", dir);
         rc = s_t_ttl(path) || s_t_foreign(dir) ? -1 : 0;

@@ -1,11 +1,11 @@
 /*  llmq_cache.h - the broker's response cache (PROTOCOL.md 3.7).
 
     Answers of deterministic requests, stored in a SQLite file by a
-    SHA-256 key over (op, model, pool, tenant or "", body bytes), bounded
-    in bytes (least recently used evicted first) and in age (TTL from when
-    an answer was stored, wall clock). Plus the single-flight table: the
-    identical requests waiting for the first one to answer (the broker's
-    requests, opaque here).
+    keyed 128-bit hash (SipHash-2-4, the file's random secret) over (op, model,
+   pool, tenant or "", body bytes), bounded in bytes (least recently used
+   evicted first) and in age (TTL from when an answer was stored, wall clock).
+   Plus the single-flight table: the identical requests waiting for the first
+   one to answer (the broker's requests, opaque here).
 
     The broker owns one (llmq_cache_new with --cache FILE); NULL = off.
     Not thread safe: the broker actor's thread only.
@@ -24,7 +24,7 @@ typedef struct _llmq_cache_t llmq_cache_t;
 typedef struct _llmq_cache_flight_t llmq_cache_flight_t;
 
 typedef struct {
-    uint8_t bytes[32]; //  SHA-256
+    uint8_t bytes[16]; //  SipHash-2-4-128, keyed with the file's secret
 } llmq_cache_key_t;
 
 typedef struct {
@@ -48,9 +48,9 @@ llmq_cache_t *llmq_cache_new(const char *path, size_t max_bytes, int64_t ttl_ms,
 void llmq_cache_destroy(llmq_cache_t **self_p);
 
 /*  The key of a request. tenant NULL or "" = shared by all tenants. */
-void llmq_cache_key(llmq_cache_key_t *key, const char *op, const char *model,
-                    const char *pool, const char *tenant, const void *body,
-                    size_t size);
+void llmq_cache_key(llmq_cache_t *self, llmq_cache_key_t *key, const char *op,
+                    const char *model, const char *pool, const char *tenant,
+                    const void *body, size_t size);
 
 /*  A stored answer: 0 with *body (malloc'd, the caller frees), *size and
     *usage; -1 if none (or expired: then deleted). Counts a hit, not a
