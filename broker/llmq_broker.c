@@ -297,6 +297,7 @@ static void s_client_send(s_broker_t *self, s_client_t *client,
 static void s_client_heartbeat_restore(s_broker_t *self, s_client_t *client);
 static void s_cache_result(s_broker_t *self, s_request_t *r, llmq_msg_t *res);
 static void s_cache_release(s_broker_t *self, s_request_t *r);
+static void s_cache_promote(s_broker_t *self);
 
 //  --------------------------------------------------------------------------
 //  Logging: one line per event through llmq_log (text or JSON, typed
@@ -3061,6 +3062,10 @@ static void s_expire(s_broker_t *self, int64_t now)
                 s_expiry_set(self, r, at);
         }
     }
+    //  Flights whose first request went unanswered (expired just now,
+    //  cancelled, its client gone): a waiter goes in its place (3.7).
+    if (self->cache)
+        s_cache_promote(self);
 }
 
 static void s_heartbeat(s_broker_t *self, int64_t now)
@@ -3157,8 +3162,6 @@ static void s_unpark(s_broker_t *self)
 static void s_timers(s_broker_t *self, int64_t now)
 {
     s_expire(self, now);
-    if (self->cache)
-        s_cache_promote(self);
     if (self->draining && !self->drained &&
         (self->queued + self->inflight_count == 0 ||
          now >= self->drain_deadline))
