@@ -15,6 +15,7 @@ answers it served: /_stats answered_ok), or a test-driven worker
                             waiter is dispatched in its place; cancelled ->
                             the same; invalid_request -> every waiter gets it
     test_cache.py foreign   --cache on a file that is not a cache: refused
+    test_cache.py tenant    tenants share answers; not with --cache-per-tenant
     test_cache.py cli       `llmq run --cache` twice: the second run asks
                             no provider; without --cache (and temperature
                             unset) lines are not cached
@@ -80,7 +81,8 @@ class Setup:
 
 
 def t_flight():
-    s = Setup(llmqtest.temp_dir("llmq-cache-flight"), latency_ms="300")
+    s = Setup(llmqtest.temp_dir("llmq-cache-flight"), "--metrics", "127.0.0.1:0",
+              latency_ms="300")
     before = s.served()
     b = body("the same question")
     for i in range(100):
@@ -114,6 +116,14 @@ def t_flight():
     # One more, later: a hit from the file, not from the flight.
     h, _ = s.ask("again", b, cache=True)
     assert h["ok"] and h.get("cached") and s.served() - before == 1, h
+    text = urllib.request.urlopen(s.broker.ready["metrics"] + "/metrics", timeout=5).read()
+    metrics = dict(line.rsplit(" ", 1) for line in text.decode().splitlines()
+                   if line.startswith("llmq_broker_cache"))
+    print(metrics)
+    assert float(metrics["llmq_broker_cache_hits_total"]) == 100, metrics
+    assert float(metrics["llmq_broker_cache_misses_total"]) == 1, metrics
+    assert float(metrics["llmq_broker_cache_waits_total"]) == 99, metrics
+    assert float(metrics["llmq_broker_cache_entries"]) == 1, metrics
     s.close()
 
 
@@ -313,7 +323,23 @@ def t_cli():
     s.close()
 
 
-CASES = {"cli": t_cli, "flight": t_flight, "restart": t_restart, "ttl": t_ttl, "bytes": t_bytes,
+def t_tenant():
+    """Shared by tenants by default; --cache-per-tenant keeps them apart."""
+    for flags, shared in (((), True), (("--cache-per-tenant",), False)):
+        s = Setup(llmqtest.temp_dir("llmq-cache-tenant"), *flags)
+        before = s.served()
+        b = body("tenant question", temperature=0)
+        h, _ = s.ask("a", b, tenant="team-a")
+        assert h["ok"] and not h.get("cached"), h
+        h, _ = s.ask("b", b, tenant="team-b")
+        assert h["ok"] and bool(h.get("cached")) == shared, (flags, h)
+        h, _ = s.ask("a2", b, tenant="team-a")
+        assert h.get("cached"), h
+        assert s.served() - before == (1 if shared else 2)
+        s.close()
+
+
+CASES = {"tenant": t_tenant, "cli": t_cli, "flight": t_flight, "restart": t_restart, "ttl": t_ttl, "bytes": t_bytes,
          "warm": t_warm, "fail": t_fail, "foreign": t_foreign}
 
 if __name__ == "__main__":
