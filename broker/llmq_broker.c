@@ -298,6 +298,7 @@ static void s_client_heartbeat_restore(s_broker_t *self, s_client_t *client);
 static void s_cache_result(s_broker_t *self, s_request_t *r, llmq_msg_t *res);
 static void s_cache_release(s_broker_t *self, s_request_t *r);
 static void s_cache_promote(s_broker_t *self);
+static bool s_cache_admit(s_broker_t *self, s_request_t *r, llmq_msg_t *msg);
 
 //  --------------------------------------------------------------------------
 //  Logging: one line per event through llmq_log (text or JSON, typed
@@ -2231,6 +2232,214 @@ static void s_batch_tenant(s_broker_t *self, llmq_msg_t *msg)
     llmq_msg_set_tenant(msg, s_tenant_is_admin(self, tenant) ? NULL : tenant);
 }
 
+static void s_client_request(s_broker_t *self, const char *key,
+                             llmq_msg_t **msg_p)
+{
+    llmq_msg_t *msg = *msg_p;
+    s_client_t *client = (s_client_t *)zhashx_lookup(self->clients, key);
+    const char *id = llmq_msg_id(msg);
+    if (client && zhashx_lookup(client->pending, id)) {
+        //  A resend of a request still pending: the first one will answer.
+        self->counters.duplicates++;
+        const char *labels[] = {"reason", "duplicate_request", NULL};
+        llmq_metrics_add(self->metrics, "llmq_broker_dropped_total", labels, 1);
+        llmq_msg_destroy(msg_p);
+        return;
+    }
+    if (self->draining) {
+        self->counters.overloaded++;
+        s_refuse(self, msg_p, LLMQ_ERR_OVERLOADED, "broker shutting down");
+        return;
+    }
+    int op = -1;
+    for (int i = 0; i < 3; i++)
+        if (streq(llmq_msg_op(msg), s_ops[i]))
+            op = i;
+    if (op < 0) {
+        s_refuse(self, msg_p, LLMQ_ERR_INVALID_REQUEST,
+                 "unknown op (expected chat, completion or embedding)");
+        return;
+    }
+    if (self->queued >= self->config.max_queue) {
+        self->counters.overloaded++;
+        if (!self->overloaded) {
+            self->overloaded = true;
+            s_log(self, "warning", "overload_start",
+                  LLMQ_LOG_INT("queued", self->queued), s_END);
+        }
+        char message[96];
+        snprintf(message, sizeof(message),
+                 "broker queue full (%zu requests waiting)", self->queued);
+        s_refuse(self, msg_p, LLMQ_ERR_OVERLOADED, message);
+        return;
+    }
+    if (s_tenant_admit(self, msg_p) || s_spend_admit(self, msg_p))
+        return;
+    s_lane_t *lane =
+        s_lane_require(self, llmq_msg_model(msg), llmq_msg_pool(msg));
+    if (!client)
+        client = s_client_require(self, key, llmq_msg_routing_id(msg));
+    s_request_t *r = s_request_new(id);
+    if (!lane || !client || !r) {
+        free(r);
+        s_refuse(self, msg_p, LLMQ_ERR_INTERNAL, "broker out of memory");
+        return;
+    }
+    int64_t now = zclock_mono();
+    r->client = client;
+    s_request_init(r, lane, op, msg, now);
+    r->stream = llmq_msg_stream(msg);
+    r->payload = llmq_msg_take_payload(msg);
+    size_t meta_size = 0;
+    const uint8_t *meta = llmq_msg_meta(msg, &meta_size);
+    if (meta && (r->meta = (uint8_t *)malloc(meta_size))) {
+        memcpy(r->meta, meta, meta_size);
+        r->meta_size = meta_size;
+    }
+    r->trace = s_strdup_or_null(llmq_msg_trace(msg));
+    r->tenant = s_strdup_or_null(llmq_msg_tenant(msg));
+    s_request_own(self, r, msg);
+    s_request_keys(self, r, key, msg, now);
+    zhashx_insert(client->pending, r->id, r);
+    self->counters.received++;
+    //  Only a request that must wait in a long queue pays for a copy of its
+    //  payload: in a short one the pinned receive buffers cost little.
+    if (self->queued >= s_COMPACT_ABOVE &&
+        (llmq_queue_size(lane->queue) || !s_best_worker(lane)))
+        s_payload_compact(r);
+    llmq_metrics_add(self->metrics, "llmq_broker_received_total", NULL, 1);
+    if (s_client_resend(self, r, now)) {
+        llmq_msg_destroy(msg_p);
+        return;
+    }
+    if (self->cache && s_cache_admit(self, r, msg)) {
+        llmq_msg_destroy(msg_p);
+        return;
+    }
+    if (s_enqueue(self, r, false)) {
+        s_fail(self, r, LLMQ_ERR_INTERNAL,
+               "broker could not queue the request");
+        llmq_msg_destroy(msg_p);
+        return;
+    }
+    llmq_msg_destroy(msg_p);
+    s_dispatch_lane(self, lane);
+}
+
+static void s_client_cancel(s_broker_t *self, const char *key, llmq_msg_t *msg)
+{
+    s_client_t *client = (s_client_t *)zhashx_lookup(self->clients, key);
+    s_request_t *r =
+        client ? (s_request_t *)zhashx_lookup(client->pending, llmq_msg_id(msg))
+               : NULL;
+    if (!r)
+        return; //  Unknown or already answered: ignored
+    if (r->worker)
+        s_cancel_at_worker(self, r);
+    self->counters.cancelled++;
+    s_fail(self, r, LLMQ_ERR_CANCELLED, "cancelled by the client");
+}
+
+//  The status payload (PROTOCOL.md 5.3) of a live worker and of a lane.
+static void s_status_worker(llmq_status_worker_t *out, s_worker_t *w)
+{
+    *out = (llmq_status_worker_t){
+        .name = w->name,
+        .pool = w->pool,
+        .provider = w->provider,
+        .models = (const char **)w->models,
+        .nmodels = w->nmodels,
+        .capacity = w->capacity,
+        .credit = w->credit,
+        .in_flight = w->in_flight,
+        .healthy = w->healthy && !w->leaving,
+        .limit_group = w->group ? w->group->name : NULL,
+        .answered = (int64_t)w->answered,
+        //  Its share of the limit group (0 = none sent, unlimited).
+        .limits_rpm = w->share_rpm,
+        .limits_tpm = w->share_tpm};
+}
+
+static void s_status_queue(llmq_status_queue_t *out, s_lane_t *lane)
+{
+    *out =
+        (llmq_status_queue_t){.model = lane->model,
+                              .pool = lane->pool,
+                              .depth = (int64_t)llmq_queue_size(lane->queue),
+                              .workers = (int64_t)zlistx_size(lane->workers)};
+}
+
+static void s_client_status(s_broker_t *self, zframe_t *rid)
+{
+    //  Clients choose model names: list at most s_MAX_STATUS_QUEUES lanes,
+    //  so the reply stays small whatever they send.
+    size_t lanes = zhashx_size(self->lanes);
+    if (lanes > s_MAX_STATUS_QUEUES)
+        lanes = s_MAX_STATUS_QUEUES;
+    s_counters_t *c = &self->counters;
+    llmq_cache_stats_t cs;
+    llmq_cache_stats(self->cache, &cs);
+    llmq_status_counter_t counters[] = {
+        {"received", c->received},
+        {"dispatched", c->dispatched},
+        {"answered_ok", c->answered_ok},
+        {"answered_error", c->answered_error},
+        {"requeued", c->requeued},
+        {"dropped", c->dropped},
+        {"expired", c->expired},
+        {"overloaded", c->overloaded},
+        {"not_found", c->not_found},
+        {"cancelled", c->cancelled},
+        {"queued", self->queued},
+        {"in_flight", self->inflight_count},
+        {"tenants", self->tenants_waiting},
+        {"tenants_at_daily_cap", s_spend_capped(self)},
+        {"bad_usage", c->bad_usage},
+        {"client_gone", c->client_gone},
+        {"cache_hits", cs.hits},
+        {"cache_misses", cs.misses},
+        {"cache_waits", cs.waits},
+        {"cache_stored", cs.stored},
+        {"cache_evictions", cs.evictions},
+        {"cache_expired", cs.expired},
+        {"cache_entries", cs.entries},
+        {"cache_bytes", cs.bytes},
+    };
+    llmq_status_t st = {
+        .broker = self->name,
+        .version = s_VERSION,
+        .uptime_ms = zclock_mono() - self->started_at,
+        .workers = (llmq_status_worker_t *)calloc(
+            zhashx_size(self->workers) + 1, sizeof(llmq_status_worker_t)),
+        .queues = (llmq_status_queue_t *)calloc(lanes + 1,
+                                                sizeof(llmq_status_queue_t)),
+        .counters = counters,
+        .ncounters = sizeof(counters) / sizeof(counters[0])};
+    zframe_t *payload = NULL;
+    if (st.workers && st.queues) {
+        s_worker_t *w = (s_worker_t *)zhashx_first(self->workers);
+        for (; w; w = (s_worker_t *)zhashx_next(self->workers))
+            s_status_worker(&st.workers[st.nworkers++], w);
+        s_lane_t *lane = (s_lane_t *)zhashx_first(self->lanes);
+        for (; lane && st.nqueues < lanes;
+             lane = (s_lane_t *)zhashx_next(self->lanes))
+            s_status_queue(&st.queues[st.nqueues++], lane);
+        payload = llmq_status_encode(&st);
+    }
+    free(st.workers);
+    free(st.queues);
+    if (!payload)
+        return;
+    llmq_msg_t *msg = llmq_msg_new(LLMQ_MSG_STATUS);
+    if (!msg) {
+        zframe_destroy(&payload);
+        return;
+    }
+    llmq_msg_set_payload(msg, &payload);
+    llmq_msg_set_routing_id(msg, rid);
+    llmq_msg_send(&msg, self->frontend);
+}
+
 //  --------------------------------------------------------------------------
 //  Response cache (PROTOCOL.md 3.7): the broker's side of llmq_cache.c. A
 //  cacheable request is answered from the cache, or waits for an identical
@@ -2443,214 +2652,6 @@ static void s_cache_promote(s_broker_t *self)
         }
         s_dispatch_lane(self, next->lane);
     }
-}
-
-static void s_client_request(s_broker_t *self, const char *key,
-                             llmq_msg_t **msg_p)
-{
-    llmq_msg_t *msg = *msg_p;
-    s_client_t *client = (s_client_t *)zhashx_lookup(self->clients, key);
-    const char *id = llmq_msg_id(msg);
-    if (client && zhashx_lookup(client->pending, id)) {
-        //  A resend of a request still pending: the first one will answer.
-        self->counters.duplicates++;
-        const char *labels[] = {"reason", "duplicate_request", NULL};
-        llmq_metrics_add(self->metrics, "llmq_broker_dropped_total", labels, 1);
-        llmq_msg_destroy(msg_p);
-        return;
-    }
-    if (self->draining) {
-        self->counters.overloaded++;
-        s_refuse(self, msg_p, LLMQ_ERR_OVERLOADED, "broker shutting down");
-        return;
-    }
-    int op = -1;
-    for (int i = 0; i < 3; i++)
-        if (streq(llmq_msg_op(msg), s_ops[i]))
-            op = i;
-    if (op < 0) {
-        s_refuse(self, msg_p, LLMQ_ERR_INVALID_REQUEST,
-                 "unknown op (expected chat, completion or embedding)");
-        return;
-    }
-    if (self->queued >= self->config.max_queue) {
-        self->counters.overloaded++;
-        if (!self->overloaded) {
-            self->overloaded = true;
-            s_log(self, "warning", "overload_start",
-                  LLMQ_LOG_INT("queued", self->queued), s_END);
-        }
-        char message[96];
-        snprintf(message, sizeof(message),
-                 "broker queue full (%zu requests waiting)", self->queued);
-        s_refuse(self, msg_p, LLMQ_ERR_OVERLOADED, message);
-        return;
-    }
-    if (s_tenant_admit(self, msg_p) || s_spend_admit(self, msg_p))
-        return;
-    s_lane_t *lane =
-        s_lane_require(self, llmq_msg_model(msg), llmq_msg_pool(msg));
-    if (!client)
-        client = s_client_require(self, key, llmq_msg_routing_id(msg));
-    s_request_t *r = s_request_new(id);
-    if (!lane || !client || !r) {
-        free(r);
-        s_refuse(self, msg_p, LLMQ_ERR_INTERNAL, "broker out of memory");
-        return;
-    }
-    int64_t now = zclock_mono();
-    r->client = client;
-    s_request_init(r, lane, op, msg, now);
-    r->stream = llmq_msg_stream(msg);
-    r->payload = llmq_msg_take_payload(msg);
-    size_t meta_size = 0;
-    const uint8_t *meta = llmq_msg_meta(msg, &meta_size);
-    if (meta && (r->meta = (uint8_t *)malloc(meta_size))) {
-        memcpy(r->meta, meta, meta_size);
-        r->meta_size = meta_size;
-    }
-    r->trace = s_strdup_or_null(llmq_msg_trace(msg));
-    r->tenant = s_strdup_or_null(llmq_msg_tenant(msg));
-    s_request_own(self, r, msg);
-    s_request_keys(self, r, key, msg, now);
-    zhashx_insert(client->pending, r->id, r);
-    self->counters.received++;
-    //  Only a request that must wait in a long queue pays for a copy of its
-    //  payload: in a short one the pinned receive buffers cost little.
-    if (self->queued >= s_COMPACT_ABOVE &&
-        (llmq_queue_size(lane->queue) || !s_best_worker(lane)))
-        s_payload_compact(r);
-    llmq_metrics_add(self->metrics, "llmq_broker_received_total", NULL, 1);
-    if (s_client_resend(self, r, now)) {
-        llmq_msg_destroy(msg_p);
-        return;
-    }
-    if (self->cache && s_cache_admit(self, r, msg)) {
-        llmq_msg_destroy(msg_p);
-        return;
-    }
-    if (s_enqueue(self, r, false)) {
-        s_fail(self, r, LLMQ_ERR_INTERNAL,
-               "broker could not queue the request");
-        llmq_msg_destroy(msg_p);
-        return;
-    }
-    llmq_msg_destroy(msg_p);
-    s_dispatch_lane(self, lane);
-}
-
-static void s_client_cancel(s_broker_t *self, const char *key, llmq_msg_t *msg)
-{
-    s_client_t *client = (s_client_t *)zhashx_lookup(self->clients, key);
-    s_request_t *r =
-        client ? (s_request_t *)zhashx_lookup(client->pending, llmq_msg_id(msg))
-               : NULL;
-    if (!r)
-        return; //  Unknown or already answered: ignored
-    if (r->worker)
-        s_cancel_at_worker(self, r);
-    self->counters.cancelled++;
-    s_fail(self, r, LLMQ_ERR_CANCELLED, "cancelled by the client");
-}
-
-//  The status payload (PROTOCOL.md 5.3) of a live worker and of a lane.
-static void s_status_worker(llmq_status_worker_t *out, s_worker_t *w)
-{
-    *out = (llmq_status_worker_t){
-        .name = w->name,
-        .pool = w->pool,
-        .provider = w->provider,
-        .models = (const char **)w->models,
-        .nmodels = w->nmodels,
-        .capacity = w->capacity,
-        .credit = w->credit,
-        .in_flight = w->in_flight,
-        .healthy = w->healthy && !w->leaving,
-        .limit_group = w->group ? w->group->name : NULL,
-        .answered = (int64_t)w->answered,
-        //  Its share of the limit group (0 = none sent, unlimited).
-        .limits_rpm = w->share_rpm,
-        .limits_tpm = w->share_tpm};
-}
-
-static void s_status_queue(llmq_status_queue_t *out, s_lane_t *lane)
-{
-    *out =
-        (llmq_status_queue_t){.model = lane->model,
-                              .pool = lane->pool,
-                              .depth = (int64_t)llmq_queue_size(lane->queue),
-                              .workers = (int64_t)zlistx_size(lane->workers)};
-}
-
-static void s_client_status(s_broker_t *self, zframe_t *rid)
-{
-    //  Clients choose model names: list at most s_MAX_STATUS_QUEUES lanes,
-    //  so the reply stays small whatever they send.
-    size_t lanes = zhashx_size(self->lanes);
-    if (lanes > s_MAX_STATUS_QUEUES)
-        lanes = s_MAX_STATUS_QUEUES;
-    s_counters_t *c = &self->counters;
-    llmq_cache_stats_t cs;
-    llmq_cache_stats(self->cache, &cs);
-    llmq_status_counter_t counters[] = {
-        {"received", c->received},
-        {"dispatched", c->dispatched},
-        {"answered_ok", c->answered_ok},
-        {"answered_error", c->answered_error},
-        {"requeued", c->requeued},
-        {"dropped", c->dropped},
-        {"expired", c->expired},
-        {"overloaded", c->overloaded},
-        {"not_found", c->not_found},
-        {"cancelled", c->cancelled},
-        {"queued", self->queued},
-        {"in_flight", self->inflight_count},
-        {"tenants", self->tenants_waiting},
-        {"tenants_at_daily_cap", s_spend_capped(self)},
-        {"bad_usage", c->bad_usage},
-        {"client_gone", c->client_gone},
-        {"cache_hits", cs.hits},
-        {"cache_misses", cs.misses},
-        {"cache_waits", cs.waits},
-        {"cache_stored", cs.stored},
-        {"cache_evictions", cs.evictions},
-        {"cache_expired", cs.expired},
-        {"cache_entries", cs.entries},
-        {"cache_bytes", cs.bytes},
-    };
-    llmq_status_t st = {
-        .broker = self->name,
-        .version = s_VERSION,
-        .uptime_ms = zclock_mono() - self->started_at,
-        .workers = (llmq_status_worker_t *)calloc(
-            zhashx_size(self->workers) + 1, sizeof(llmq_status_worker_t)),
-        .queues = (llmq_status_queue_t *)calloc(lanes + 1,
-                                                sizeof(llmq_status_queue_t)),
-        .counters = counters,
-        .ncounters = sizeof(counters) / sizeof(counters[0])};
-    zframe_t *payload = NULL;
-    if (st.workers && st.queues) {
-        s_worker_t *w = (s_worker_t *)zhashx_first(self->workers);
-        for (; w; w = (s_worker_t *)zhashx_next(self->workers))
-            s_status_worker(&st.workers[st.nworkers++], w);
-        s_lane_t *lane = (s_lane_t *)zhashx_first(self->lanes);
-        for (; lane && st.nqueues < lanes;
-             lane = (s_lane_t *)zhashx_next(self->lanes))
-            s_status_queue(&st.queues[st.nqueues++], lane);
-        payload = llmq_status_encode(&st);
-    }
-    free(st.workers);
-    free(st.queues);
-    if (!payload)
-        return;
-    llmq_msg_t *msg = llmq_msg_new(LLMQ_MSG_STATUS);
-    if (!msg) {
-        zframe_destroy(&payload);
-        return;
-    }
-    llmq_msg_set_payload(msg, &payload);
-    llmq_msg_set_routing_id(msg, rid);
-    llmq_msg_send(&msg, self->frontend);
 }
 
 //  --------------------------------------------------------------------------
