@@ -13,7 +13,8 @@ answers it served: /_stats answered_ok), or a test-driven worker
                             stream: never cached
     test_cache.py fail      the first of a flight fails: retryable -> a
                             waiter is dispatched in its place; cancelled ->
-                            the same; invalid_request -> every waiter gets it
+                            the same; invalid_request -> every waiter gets it;
+                            a waiter's deadline holds
     test_cache.py foreign   --cache on a file that is not a cache: refused
     test_cache.py tenant    tenants share answers; not with --cache-per-tenant
     test_cache.py cli       `llmq run --cache` twice: the second run asks
@@ -272,8 +273,18 @@ def t_fail():
     got = recv_res(wait, 3)
     assert all(h["error"]["code"] == "invalid_request" for h, _ in got.values()), got
     assert w.sync() == [], "a waiter of a shared error was dispatched"
+    # 4. A waiter's own deadline still holds; the first is not touched.
+    q = body("slow one")
+    lead.req("S", body=q, cache=True)
+    first = w.expect_req()
+    wait.req("d0", body=q, cache=True, deadline_ms=300)
+    h, _ = wait.recv()
+    assert h["id"] == "d0" and h["error"]["code"] == "deadline_exceeded", h
+    w.answer(first)
+    h, _ = lead.recv()
+    assert h["id"] == "S" and h["ok"] and not h.get("cached"), h
     c = bi.status(wait)["counters"]
-    assert c["cache_entries"] == 2 and c["cache_stored"] == 2, c
+    assert c["cache_entries"] == 3 and c["cache_stored"] == 3, c
     for x in (lead, wait, w):
         x.close()
     assert b.stop() == 0
