@@ -4,7 +4,7 @@
 
     bench_cache.py [--bin DIR] [--trials 3] [--requests 20000] [--window 64]
                    [--latency-requests 2000] [--smoke] [--json OUT]
-    bench_cache.py --callgrind [--bin DIR]
+    bench_cache.py --callgrind [--bin DIR] [--kinds off,normal,miss,hit]
 
 Each trial starts two llmq-brokers, one without and one with `--cache FILE`
 (a fresh temp file), each with 2 echo workers (`llmq-bench-broker worker
@@ -32,8 +32,10 @@ table (median of trials, min..max) and optionally writes raw numbers.
 --callgrind instead counts the broker's instructions per request of each
 kind (valgrind --tool=callgrind; repeatable on a loaded machine, unlike
 CPU time): the broker runs 1,000 then 3,000 requests of the kind (window
-64, one broker each), and the difference of the totals / 2,000 is the
-cost of one request, start-up and shutdown cancelled out.
+--window, one broker each), and the difference of the totals / 2,000 is the
+cost of one request, start-up and shutdown cancelled out. `--callgrind
+--kinds off --bin BASELINE` counts a broker built before the cache, to see
+what the cache costs when it is off.
 """
 import argparse
 import json
@@ -200,14 +202,14 @@ def trial_run(a, trial):
     return rows
 
 
-def window_only(st, kind, n, trial):
+def window_only(st, kind, n, trial, window=64):
     loads, cache = payloads(kind, n, trial)
     if kind == "hit":
         st.send(loads[0], True)
         st.recv()
     sent = done = 0
     while done < n:
-        while sent < n and sent - done < 64:
+        while sent < n and sent - done < window:
             st.send(loads[sent], cache)
             sent += 1
         st.recv()
@@ -219,14 +221,14 @@ def callgrind(a):
     tmp = tempfile.mkdtemp(prefix="llmq-bench-cache-cg-")
     out = {}
     try:
-        for kind in KINDS:
+        for kind in a.kinds:
             totals = []
             for n in (1000, 3000):
                 cg = os.path.join(tmp, "cg.%s.%d" % (kind, n))
                 st = Setup(a, None if kind == "off" else os.path.join(tmp, "c%s%d.db" % (kind, n)),
                            ["valgrind", "--tool=callgrind", "--callgrind-out-file=" + cg])
                 try:
-                    window_only(st, kind, n, n)
+                    window_only(st, kind, n, n, a.window)
                 finally:
                     st.close()
                 with open(cg) as f:
@@ -234,10 +236,10 @@ def callgrind(a):
             out[kind] = (totals[1] - totals[0]) / 2000.0
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    print("| kind (window 64, 1 KB chat) | broker instructions per request | / off |")
+    print("| kind (window %d, 1 KB chat) | broker instructions per request | / off |" % a.window)
     print("|---|---|---|")
-    for kind in KINDS:
-        print("| %s | %.0f | %.2f |" % (kind, out[kind], out[kind] / out["off"]))
+    for kind in a.kinds:
+        print("| %s | %.0f | %.2f |" % (kind, out[kind], out[kind] / out.get("off", out[kind])))
     return out
 
 
@@ -281,7 +283,9 @@ def main():
     ap.add_argument("--json", help="write raw numbers here")
     ap.add_argument("--callgrind", action="store_true",
                     help="instructions per request instead (valgrind)")
+    ap.add_argument("--kinds", default=",".join(KINDS), help="--callgrind: which kinds")
     a = ap.parse_args()
+    a.kinds = a.kinds.split(",")
     if a.callgrind:
         callgrind(a)
         return 0
