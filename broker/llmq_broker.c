@@ -2636,6 +2636,7 @@ static void s_cache_release(s_broker_t *self, s_request_t *r)
 
 static void s_cache_promote(s_broker_t *self)
 {
+    llmq_cache_flush(self->cache);
     llmq_cache_flight_t *f;
     while ((f = llmq_cache_orphan(self->cache))) {
         s_request_t *next = (s_request_t *)llmq_cache_flight_pop(f);
@@ -3064,7 +3065,8 @@ static void s_expire(s_broker_t *self, int64_t now)
         }
     }
     //  Flights whose first request went unanswered (expired just now,
-    //  cancelled, its client gone): a waiter goes in its place (3.7).
+    //  cancelled, its client gone): a waiter goes in its place; and the
+    //  cache's writes of this turn are committed (3.7).
     if (self->cache)
         s_cache_promote(self);
 }

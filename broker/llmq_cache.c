@@ -37,6 +37,7 @@ struct _llmq_cache_t {
     int64_t use_clock;  //  LRU counter, from MAX(used) at open
     int64_t next_sweep; //  Wall ms of the next TTL sweep
     bool write_failed;  //  Logged once
+    bool in_tx;         //  Writes since the last llmq_cache_flush
     llmq_cache_stats_t st;
     zhashx_t *flights;  //  hex key -> llmq_cache_flight_t
     zlistx_t *orphans;  //  Flights without a leader (borrowed)
@@ -326,6 +327,7 @@ void llmq_cache_destroy(llmq_cache_t **self_p)
     if (!self)
         return;
     *self_p = NULL;
+    llmq_cache_flush(self);
     sqlite3_stmt *all[] = {self->get,     self->touch, self->put,
                            self->size_of, self->del,   self->oldest};
     for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++)
@@ -348,9 +350,34 @@ void llmq_cache_destroy(llmq_cache_t **self_p)
 //  --------------------------------------------------------------------------
 //  Bounds.
 
+//  Writes go into one transaction until llmq_cache_flush (the broker calls
+//  it once per loop turn): a burst of misses shares its pages' writes.
+static void s_write(llmq_cache_t *self)
+{
+    if (!self->in_tx &&
+        sqlite3_exec(self->db, "BEGIN", NULL, NULL, NULL) == SQLITE_OK)
+        self->in_tx = true;
+}
+
+void llmq_cache_flush(llmq_cache_t *self)
+{
+    if (self && self->in_tx) {
+        self->in_tx = false;
+        if (sqlite3_exec(self->db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK) {
+            //  Disk full or the like: what was counted did not happen.
+            sqlite3_exec(self->db, "ROLLBACK", NULL, NULL, NULL);
+            s_query2(self->db,
+                     "SELECT count(*), coalesce(sum(length(body)), 0) "
+                     "FROM llmq_cache",
+                     &self->st.entries, &self->st.bytes);
+        }
+    }
+}
+
 //  Delete the row of key whose body has size bytes; counts it gone.
 static void s_delete(llmq_cache_t *self, const void *key, int64_t size)
 {
+    s_write(self);
     sqlite3_bind_blob(self->del, 1, key, s_KEY, SQLITE_TRANSIENT);
     int rc = sqlite3_step(self->del);
     sqlite3_reset(self->del);
@@ -377,6 +404,7 @@ static void s_sweep(llmq_cache_t *self, int64_t now)
     snprintf(sql, sizeof(sql),
              "DELETE FROM llmq_cache WHERE created <= %" PRId64,
              now - self->ttl_ms);
+    s_write(self);
     if (sqlite3_exec(self->db, sql, NULL, NULL, NULL) == SQLITE_OK) {
         self->st.entries -= n;
         self->st.bytes -= bytes;
@@ -462,6 +490,7 @@ int llmq_cache_get(llmq_cache_t *self, const llmq_cache_key_t *key, void **body,
     if (used == self->use_clock ||
         self->use_clock - used < self->st.entries / 4)
         return 0;
+    s_write(self);
     sqlite3_bind_int64(self->touch, 1, ++self->use_clock);
     sqlite3_bind_blob(self->touch, 2, key->bytes, s_KEY, SQLITE_STATIC);
     sqlite3_step(self->touch);
@@ -503,6 +532,7 @@ int llmq_cache_put(llmq_cache_t *self, const llmq_cache_key_t *key,
     }
     sqlite3_reset(self->size_of);
     s_evict(self, size);
+    s_write(self);
     if (s_insert(self, key, body, size, usage, now)) {
         //  The row, if one was there, may be gone or not: recount.
         s_query2(self->db,

@@ -64,6 +64,11 @@ int llmq_cache_put(llmq_cache_t *self, const llmq_cache_key_t *key,
                    const void *body, size_t size,
                    const llmq_cache_usage_t *usage);
 
+/*  Commit the writes made since the last flush (they are seen by this
+    cache's reads at once; the file has them after the flush). The broker
+    calls it once per loop turn; destroy flushes. self may be NULL. */
+void llmq_cache_flush(llmq_cache_t *self);
+
 /*  Count what the broker decides: "miss", "wait" or "hit" (a waiter
     answered from its flight). */
 void llmq_cache_count(llmq_cache_t *self, const char *what);

@@ -134,6 +134,9 @@ def t_restart():
     b = body("survive a restart", temperature=0)  # no flag: temperature 0
     h, p1 = s.ask("r1", b)
     assert h["ok"] and not h.get("cached") and s.served() - before == 1, h
+    # The broker commits its cache writes at the end of the loop turn that
+    # answered: any later answer (this status) comes after the commit.
+    assert s.counters()["cache_entries"] == 1
     s.client.close()
     s.broker.kill9()
     s.start()
