@@ -1,10 +1,14 @@
 /*  llmq_cache.c - the broker's response cache (PROTOCOL.md 3.7).
 
     Design: one SQLite connection (WAL, synchronous=OFF: a cache that loses
-    its last writes in a power cut only misses them), one table of answers
-    by key. LRU order is a use counter (`used`) bumped on every hit and
-    store and kept in memory from its maximum at open, so it runs across
-    restarts; bytes and entries are kept in memory too (summed at open).
+    its last writes in a power cut only misses them; the writes of one turn
+    of the broker's loop share a transaction, llmq_cache_flush), one table
+    of answers by key (llmq_cache) and the hash secret (llmq_cache_meta).
+    LRU order is a use counter (`used`) set on a store and on a hit of an
+    entry not already among the most recent quarter (approximate LRU, so a
+    hot entry costs no write), kept in memory from its maximum at open, so
+    it runs across restarts; bytes and entries are kept in memory too
+    (summed at open).
     The TTL counts from `created` (wall clock ms). Flights are in memory
     only: a restart forgets them, and the clients' resends (3.3) start
     them again.
