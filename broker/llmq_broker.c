@@ -34,6 +34,7 @@
       again.
 */
 #include "llmq_broker.h"
+#include "llmq_cache.h"
 #include "llmq_auth.h"
 #include "llmq_curve.h"
 #include "llmq_log.h"
@@ -154,6 +155,8 @@ struct _s_request_t {
     s_tenant_t *owner;    //  Its tenant (PROTOCOL.md 3.4), NULL: none
     s_fair_t *fair;       //  Its fair-share stamp while waiting, or NULL
     size_t bytes;         //  Payload bytes, as received
+    llmq_cache_flight_t *flight; //  Its single flight (3.7), or NULL
+    void *fwait;                 //  Handle there while it waits, or NULL
 };
 
 struct _s_client_t {
@@ -277,6 +280,7 @@ struct _llmq_broker_core_t {
     size_t tenants_waiting; //  Tenants with requests waiting
     zhashx_t *spend;        //  tenant -> s_spend_t, today (UTC) only
     int64_t spend_day;      //  Days since the epoch that spend counts
+    llmq_cache_t *cache;    //  Response cache (3.7), NULL: off
 };
 
 //  A request key a worker reported in `held` before its client resent it.
@@ -293,6 +297,10 @@ static void s_bid_text(uint64_t bid, char out[24]);
 static void s_client_send(s_broker_t *self, s_client_t *client,
                           llmq_msg_t **msg_p);
 static void s_client_heartbeat_restore(s_broker_t *self, s_client_t *client);
+static void s_cache_result(s_broker_t *self, s_request_t *r, llmq_msg_t *res);
+static void s_cache_release(s_broker_t *self, s_request_t *r);
+static void s_cache_promote(s_broker_t *self);
+static bool s_cache_admit(s_broker_t *self, s_request_t *r, llmq_msg_t *msg);
 
 //  --------------------------------------------------------------------------
 //  Logging: one line per event through llmq_log (text or JSON, typed
@@ -530,6 +538,8 @@ static void s_complete(s_broker_t *self, s_request_t *r, llmq_msg_t **res_p)
 {
     llmq_msg_t *res = *res_p;
     *res_p = NULL;
+    if (r->flight)
+        s_cache_result(self, r, res);
     int64_t latency = zclock_mono() - r->received_at;
     bool ok = llmq_msg_ok(res);
     const char *outcome = "ok";
@@ -868,6 +878,8 @@ static void s_request_destroy(s_broker_t *self, s_request_t **r_p)
         zlistx_delete(self->parked, r->park);
         r->park = NULL;
     }
+    if (r->flight)
+        s_cache_release(self, r);
     if (r->client) {
         s_client_t *client = r->client;
         zhashx_delete(client->pending, r->id);
@@ -2321,6 +2333,10 @@ static void s_client_request(s_broker_t *self, const char *key,
         llmq_msg_destroy(msg_p);
         return;
     }
+    if (self->cache && s_cache_admit(self, r, msg)) {
+        llmq_msg_destroy(msg_p);
+        return;
+    }
     if (s_enqueue(self, r, false)) {
         s_fail(self, r, LLMQ_ERR_INTERNAL,
                "broker could not queue the request");
@@ -2382,6 +2398,8 @@ static void s_client_status(s_broker_t *self, zframe_t *rid)
     if (lanes > s_MAX_STATUS_QUEUES)
         lanes = s_MAX_STATUS_QUEUES;
     s_counters_t *c = &self->counters;
+    llmq_cache_stats_t cs;
+    llmq_cache_stats(self->cache, &cs);
     llmq_status_counter_t counters[] = {
         {"received", c->received},
         {"dispatched", c->dispatched},
@@ -2399,6 +2417,14 @@ static void s_client_status(s_broker_t *self, zframe_t *rid)
         {"tenants_at_daily_cap", s_spend_capped(self)},
         {"bad_usage", c->bad_usage},
         {"client_gone", c->client_gone},
+        {"cache_hits", cs.hits},
+        {"cache_misses", cs.misses},
+        {"cache_waits", cs.waits},
+        {"cache_stored", cs.stored},
+        {"cache_evictions", cs.evictions},
+        {"cache_expired", cs.expired},
+        {"cache_entries", cs.entries},
+        {"cache_bytes", cs.bytes},
     };
     llmq_status_t st = {
         .broker = self->name,
@@ -2433,6 +2459,221 @@ static void s_client_status(s_broker_t *self, zframe_t *rid)
     llmq_msg_set_payload(msg, &payload);
     llmq_msg_set_routing_id(msg, rid);
     llmq_msg_send(&msg, self->frontend);
+}
+
+//  --------------------------------------------------------------------------
+//  Response cache (PROTOCOL.md 3.7): the broker's side of llmq_cache.c. A
+//  cacheable request is answered from the cache, or waits for an identical
+//  one in flight (a waiter: in its client's pending table and the expiry
+//  heap, neither queued nor at a worker), or leads a new flight.
+
+static void s_cache_open(s_broker_t *self, const llmq_broker_config_t *config)
+{
+    char err[512];
+    self->cache = llmq_cache_new(config->cache_path, config->cache_max_bytes,
+                                 config->cache_ttl_ms, err, sizeof(err));
+    if (!self->cache)
+        self->error = strdup(err);
+    else {
+        llmq_cache_stats_t st;
+        llmq_cache_stats(self->cache, &st);
+        s_log(self, "info", "cache_open",
+              LLMQ_LOG_STR("file", config->cache_path),
+              LLMQ_LOG_INT("entries", st.entries),
+              LLMQ_LOG_INT("bytes", st.bytes), s_END);
+    }
+}
+
+//  Before the requests are destroyed: waiters go, leaders forget their
+//  flights (no waiter is queued in a leader's place at the end).
+static void s_cache_close(s_broker_t *self)
+{
+    llmq_cache_flight_t *f;
+    while (self->cache && (f = llmq_cache_flight_first(self->cache))) {
+        s_request_t *r = (s_request_t *)llmq_cache_flight_leader(f);
+        if (r)
+            r->flight = NULL;
+        while ((r = (s_request_t *)llmq_cache_flight_pop(f))) {
+            r->flight = NULL;
+            r->fwait = NULL;
+            s_request_destroy(self, &r);
+        }
+        llmq_cache_flight_end(self->cache, &f);
+    }
+}
+
+//  The bytes of a request's payload, wherever they are now.
+static const void *s_payload_data(s_request_t *r, size_t *size)
+{
+    zframe_t *frame = r->payload  ? r->payload
+                      : r->shared ? r->shared->frame
+                                  : NULL;
+    if (frame) {
+        *size = zframe_size(frame);
+        return zframe_data(frame);
+    }
+    *size = r->shared ? r->shared->size : 0;
+    return r->shared ? r->shared->data : NULL;
+}
+
+//  Cacheable: not a stream, and `cache` true, or absent with temperature 0.
+static bool s_cacheable(s_request_t *r, const llmq_msg_t *msg, const void *body,
+                        size_t size)
+{
+    if (r->stream)
+        return false;
+    if (llmq_msg_has(msg, LLMQ_F_cache))
+        return llmq_msg_cache(msg);
+    double t = 1;
+    return llmq_body_temperature(body, size, &t) == 1 && t == 0;
+}
+
+//  The `res` of an answer no worker was asked for: cached, cost 0.
+static llmq_msg_t *s_cache_res(const void *body, size_t size,
+                               const llmq_cache_usage_t *u)
+{
+    llmq_msg_t *res = llmq_msg_new(LLMQ_MSG_RES);
+    if (!res)
+        return NULL;
+    llmq_msg_set_ok(res, true);
+    llmq_msg_set_payload_mem(res, body, size);
+    llmq_msg_set_usage_prompt_tokens(res, u->prompt_tokens);
+    llmq_msg_set_usage_completion_tokens(res, u->completion_tokens);
+    llmq_msg_set_usage_total_tokens(res, u->total_tokens);
+    llmq_msg_set_usage_cost_usd(res, 0);
+    llmq_msg_set_cached(res, true);
+    return res;
+}
+
+//  At admission: answer r from the cache, or make it wait for its flight
+//  (true: taken care of), or make it lead a new flight (false: queue it).
+static bool s_cache_admit(s_broker_t *self, s_request_t *r, llmq_msg_t *msg)
+{
+    size_t size = 0;
+    const void *body = s_payload_data(r, &size);
+    if (!body || !s_cacheable(r, msg, body, size))
+        return false;
+    llmq_cache_key_t key;
+    llmq_cache_key(
+        self->cache, &key, s_ops[r->op], r->lane->model, r->lane->pool,
+        self->config.cache_per_tenant ? s_tenant_of(self, msg) : NULL, body,
+        size);
+    void *data = NULL;
+    llmq_cache_usage_t u;
+    if (llmq_cache_get(self->cache, &key, &data, &size, &u) == 0) {
+        llmq_msg_t *res = s_cache_res(data, size, &u);
+        free(data);
+        if (res) {
+            r->attempt = 0;
+            s_complete(self, r, &res);
+            return true;
+        }
+    }
+    llmq_cache_flight_t *f = llmq_cache_flight_find(self->cache, &key);
+    if (f && (r->fwait = llmq_cache_flight_join(f, r))) {
+        r->flight = f;
+        llmq_cache_count(self->cache, "wait");
+        s_expiry_set(self, r, r->deadline);
+        return true;
+    }
+    if (!f)
+        r->flight = llmq_cache_flight_start(self->cache, &key, r);
+    llmq_cache_count(self->cache, "miss");
+    return false;
+}
+
+//  An error the same body would get again: its waiters share it.
+static bool s_cache_shared_error(llmq_msg_t *res)
+{
+    llmq_err_t code = llmq_err_from_name(llmq_msg_error_code(res));
+    return code == LLMQ_ERR_INVALID_REQUEST || code == LLMQ_ERR_AUTH ||
+           code == LLMQ_ERR_CONTEXT_LENGTH || code == LLMQ_ERR_CONTENT_FILTER ||
+           code == LLMQ_ERR_NOT_FOUND;
+}
+
+//  Store a worker's ok answer of r's flight.
+static void s_cache_store(s_broker_t *self, llmq_cache_flight_t *f,
+                          llmq_msg_t *res)
+{
+    zframe_t *payload = llmq_msg_payload(res);
+    llmq_cache_usage_t u = {.prompt_tokens = llmq_msg_usage_prompt_tokens(res),
+                            .completion_tokens =
+                                llmq_msg_usage_completion_tokens(res),
+                            .total_tokens = llmq_msg_usage_total_tokens(res),
+                            .cost_usd = llmq_msg_usage_cost_usd(res)};
+    llmq_cache_put(self->cache, llmq_cache_flight_key(f),
+                   payload ? zframe_data(payload) : NULL,
+                   payload ? zframe_size(payload) : 0, &u);
+}
+
+//  The leader of a flight has its answer (s_complete, before it is sent):
+//  store an ok one and answer every waiter with it; give them an error the
+//  same body would get again. Any other error leaves the flight to
+//  s_cache_release, which queues a waiter in the leader's place.
+static void s_cache_result(s_broker_t *self, s_request_t *r, llmq_msg_t *res)
+{
+    bool ok = llmq_msg_ok(res);
+    if (r->fwait || (!ok && !s_cache_shared_error(res)))
+        return;
+    llmq_cache_flight_t *f = r->flight;
+    r->flight = NULL;
+    if (ok && r->worker)
+        s_cache_store(self, f, res);
+    s_request_t *w;
+    while ((w = (s_request_t *)llmq_cache_flight_pop(f))) {
+        w->flight = NULL;
+        w->fwait = NULL;
+        w->attempt = 0;
+        llmq_msg_t *copy = llmq_msg_dup(res);
+        if (!copy) {
+            s_fail(self, w, LLMQ_ERR_INTERNAL, "broker out of memory");
+            continue;
+        }
+        llmq_msg_clear(copy, LLMQ_F_worker);
+        llmq_msg_clear(copy, LLMQ_F_attempts);
+        if (ok) {
+            llmq_msg_set_cached(copy, true);
+            llmq_msg_set_usage_cost_usd(copy, 0);
+            llmq_cache_count(self->cache, "hit");
+        }
+        s_complete(self, w, &copy);
+    }
+    llmq_cache_flight_end(self->cache, &f);
+}
+
+//  r is destroyed (s_request_destroy): a waiter leaves its flight; a leader
+//  without a shared answer leaves its flight orphaned, and s_cache_promote
+//  (from the timers, not from inside a destroy) queues a waiter instead.
+static void s_cache_release(s_broker_t *self, s_request_t *r)
+{
+    llmq_cache_flight_t *f = r->flight;
+    r->flight = NULL;
+    if (r->fwait) {
+        llmq_cache_flight_leave(f, r->fwait);
+        r->fwait = NULL;
+    } else
+        llmq_cache_flight_orphan(self->cache, f);
+}
+
+static void s_cache_promote(s_broker_t *self)
+{
+    llmq_cache_flush(self->cache);
+    llmq_cache_flight_t *f;
+    while ((f = llmq_cache_orphan(self->cache))) {
+        s_request_t *next = (s_request_t *)llmq_cache_flight_pop(f);
+        if (!next) {
+            llmq_cache_flight_end(self->cache, &f);
+            continue;
+        }
+        next->fwait = NULL;
+        llmq_cache_flight_lead(f, next);
+        if (s_enqueue(self, next, false)) {
+            s_fail(self, next, LLMQ_ERR_INTERNAL,
+                   "broker could not queue the request");
+            continue;
+        }
+        s_dispatch_lane(self, next->lane);
+    }
 }
 
 //  --------------------------------------------------------------------------
@@ -2844,6 +3085,11 @@ static void s_expire(s_broker_t *self, int64_t now)
                 s_expiry_set(self, r, at);
         }
     }
+    //  Flights whose first request went unanswered (expired just now,
+    //  cancelled, its client gone): a waiter goes in its place; and the
+    //  cache's writes of this turn are committed (3.7).
+    if (self->cache)
+        s_cache_promote(self);
 }
 
 static void s_heartbeat(s_broker_t *self, int64_t now)
@@ -3134,6 +3380,7 @@ static void s_collect(llmq_metrics_t *metrics, void *arg)
                      (double)(zclock_mono() - self->started_at) / 1000.0);
     s_collect_tenants(metrics, self);
     s_collect_spend(metrics, self);
+    llmq_cache_metrics_collect(self->cache, metrics);
 }
 
 static void s_metrics_define(llmq_metrics_t *m)
@@ -3195,6 +3442,7 @@ static void s_metrics_define(llmq_metrics_t *m)
     llmq_metrics_add(m, "llmq_broker_bad_usage_total", NULL, 0);
     s_metrics_define_clients(m);
     llmq_metrics_usage_define(m);
+    llmq_cache_metrics_define(m);
     llmq_metrics_define(m, "llmq_broker_auth_denied_total", LLMQ_METRIC_COUNTER,
                         "Peers refused by CURVE (unknown key, no CURVE, "
                         "wrong broker key)",
@@ -3388,6 +3636,8 @@ static s_broker_t *s_broker_new(zsock_t *pipe,
         llmq_metrics_listen(self->metrics, config->metrics) < 0)
         self->error = zsys_sprintf("cannot listen for metrics on %s: %s",
                                    config->metrics, strerror(errno));
+    if (!self->error && config->cache_path)
+        s_cache_open(self, config);
     if (!self->error && config->module && config->module->create) {
         self->module_state = config->module->create(self, config->module->arg);
         if (!self->module_state)
@@ -3413,6 +3663,7 @@ static void s_broker_destroy(s_broker_t **self_p)
     if (!self)
         return;
     *self_p = NULL;
+    s_cache_close(self);
     if (self->module_state && self->config.module &&
         self->config.module->destroy)
         self->config.module->destroy(&self->module_state);
@@ -3460,6 +3711,7 @@ static void s_broker_destroy(s_broker_t **self_p)
     llmq_msg_destroy(&self->req_header);
     llmq_metrics_destroy(&self->metrics);
     llmq_log_destroy(&self->log);
+    llmq_cache_destroy(&self->cache);
     zsock_destroy(&self->frontend);
     zsock_destroy(&self->backend);
     llmq_auth_destroy(&self->auth);

@@ -128,6 +128,11 @@ typedef struct {
     bool no_fair_share;         //  Plain arrival order within a priority
     const char *admin_key;      //  CURVE key (Z85) that sees every batch
     const char *admin_tenant;   //  Without CURVE: the declared admin name
+    //  Response cache (PROTOCOL.md 3.7); cache_path NULL = off; 0 = default.
+    const char *cache_path; //  SQLite file
+    size_t cache_max_bytes; //  Stored body bytes (256 MiB)
+    int64_t cache_ttl_ms;   //  Age of an entry (24 h)
+    bool cache_per_tenant;  //  The tenant is part of the key
 } llmq_broker_config_t;
 
 /*  Fill a config with the defaults above. */

@@ -103,6 +103,20 @@ static const char s_help[] =
     "  --client-max-bytes N    reply bytes queued for one client, at "
     "most\n"
     "                          (default 67108864; 0 = no bound)\n"
+    "  --cache FILE            response cache (PROTOCOL.md 3.7) in this "
+    "SQLite\n"
+    "                          file: deterministic requests (cache: true, "
+    "or\n"
+    "                          temperature 0) answered without a worker "
+    "(default: off)\n"
+    "  --cache-max-bytes N     answer bytes the cache keeps; least "
+    "recently used\n"
+    "                          evicted past it (default 268435456)\n"
+    "  --cache-ttl DURATION    an answer older than this is a miss "
+    "(default 24h)\n"
+    "  --cache-per-tenant      tenants do not share answers (the tenant is "
+    "part of\n"
+    "                          the key; default: one cache for all)\n"
     "  --batch-db FILE         SQLite file of the durable batches "
     "(default\n"
     "                          ./llmq-batches.db; --batch-db none "
@@ -239,6 +253,10 @@ static const s_flag_t s_flags[] = {
     {"client-timeout", K_INT_MS, 0, 86400000, B_(client_timeout_ms)},
     {"client-hwm", K_SIZE, 1, 10000000, B_(client_hwm)},
     {"client-max-bytes", K_SIZE, 0, (long long)1 << 40, B_(client_max_bytes)},
+    {"cache", K_STR, 0, 0, B_(cache_path)},
+    {"cache-max-bytes", K_SIZE, 1, 1LL << 50, B_(cache_max_bytes)},
+    {"cache-ttl", K_I64_MS, 1, 86400000LL * 3650, B_(cache_ttl_ms)},
+    {"cache-per-tenant", K_TRUE, 0, 0, B_(cache_per_tenant)},
     {"batch-db", K_STR, 0, 0, offsetof(s_args_t, batch_db)},
     {"batch-threshold", K_I64, 1, 1000000000, M_(auto_threshold)},
     {"batch-poll-ms", K_I64_MS, 10, 86400000, M_(poll_interval_ms)},

@@ -88,6 +88,7 @@ typedef struct {
     const char *curve_cert; /* CURVE: own secret certificate */
     const char *broker_key; /* CURVE: the broker's public key or cert */
     const char *tenant;     /* declared tenant (advisory, without CURVE) */
+    bool cache;             /* run: ask for the response cache (3.7) */
 } s_opts_t;
 
 /*  The options, one table: what kind of value each takes and the field
@@ -140,6 +141,7 @@ static const s_option_t s_options[] = {
     {"curve-cert", S_TEXT, S_AT(curve_cert)},
     {"broker-key", S_TEXT, S_AT(broker_key)},
     {"tenant", S_TEXT, S_AT(tenant)},
+    {"cache", S_FLAG, S_AT(cache)},
     {"help", S_HELP, 0},
 };
 #define S_OPTIONS (sizeof s_options / sizeof s_options[0])
@@ -245,6 +247,14 @@ static void s_help_run(void)
            "                       deprecated alias)\n"
            "  --deadline-ms D      per-request deadline\n"
            "  --retry-failed       on resume, run error lines of OUT again\n"
+           "  --cache              every line may be answered from the "
+           "broker's\n"
+           "                       response cache (`cache: true`; without it "
+           "only\n"
+           "                       temperature 0 lines are; PROTOCOL.md 3.7). "
+           "Needs a\n"
+           "                       broker run with --cache FILE (the embedded "
+           "one has none)\n"
            "  --mode M             run the file as one durable broker batch "
            "(auto,\n"
            "                       realtime, provider: see llmq batch --help) "
@@ -819,6 +829,7 @@ static int s_run_new(s_run_t *run, const char *input)
                                    .on_line_arg = run};
     config.request.max_attempts = opts->max_dispatches;
     config.request.deadline_ms = opts->deadline_ms;
+    config.request.cache = opts->cache;
     char err[4096] = "";
     run->runner = llmq_runner_new(&config, err, sizeof err);
     if (run->runner)

@@ -83,7 +83,7 @@ typedef struct {
     int attempt;          /* broker dispatch attempt (requeues) */
     int resends;          /* times this client resent it (reconnects) */
     char *worker;         /* worker that answered, or NULL */
-    bool cached;          /* from a cache: not implemented yet */
+    bool cached;          /* no worker asked: the broker's cache (3.7) */
     char *error_code;     /* protocol code ("rate_limited"), NULL if ok */
     char *error_message;  /* provider or broker message, never a secret */
     int error_status;     /* provider HTTP status, 0 if none */
@@ -105,7 +105,7 @@ typedef struct {
     int64_t deadline_ms;     /* relative deadline; 0: none */
     int64_t priority;        /* higher first */
     int max_attempts;        /* broker dispatch attempts; 0: broker default */
-    bool cache;              /* allow a cache: not implemented yet */
+    bool cache;              /* `cache: true`: deterministic (3.7) */
     const char *trace;       /* W3C traceparent */
     const char *tenant;      /* declared tenant (advisory, PROTOCOL.md) */
     llmq_chunk_fn *on_chunk; /* non-NULL: ask for a stream */

@@ -178,6 +178,14 @@ void llmq_status_destroy(llmq_status_t **self_p);
 int llmq_usage_clean(int64_t *prompt_tokens, int64_t *completion_tokens,
                      int64_t *total_tokens, double *cost_usd);
 
+/*  ---- request bodies (the broker's response cache, PROTOCOL.md 3.7) --- */
+
+/*  The number under the top-level key `temperature` of a request body (a
+    msgpack map), without decoding the rest. Returns 1 with *temperature
+    set, 0 if the body has no numeric top-level `temperature`, -1 if the
+    bytes are not a readable map. */
+int llmq_body_temperature(const void *data, size_t size, double *temperature);
+
 /*  Self test; returns 0 on success. */
 int llmq_payload_test(bool verbose);
 

@@ -981,6 +981,51 @@ static void s_test_usage(void)
     S_TEST(llmq_usage_clean(&p, NULL, NULL, &cost) == 0);
 }
 
+int llmq_body_temperature(const void *data, size_t size, double *temperature)
+{
+    llmq_mp_reader_t r;
+    llmq_mp_item_t it;
+    llmq_mp_init(&r, data, size);
+    if (llmq_mp_read(&r, &it) || it.kind != LLMQ_MP_MAP)
+        return -1;
+    for (uint32_t k = 0; k < it.len; k++) {
+        llmq_mp_item_t key, v;
+        if (llmq_mp_read(&r, &key))
+            return -1;
+        if (!s_is(&key, "temperature")) {
+            if (llmq_mp_skip(&r, 64))
+                return -1;
+            continue;
+        }
+        if (llmq_mp_read(&r, &v))
+            return -1;
+        if (v.kind != LLMQ_MP_UINT && v.kind != LLMQ_MP_INT &&
+            v.kind != LLMQ_MP_FLOAT)
+            return 0;
+        *temperature = s_dbl(&v);
+        return 1;
+    }
+    return 0;
+}
+
+static void s_test_temperature(void)
+{
+    //  {"messages": [], "temperature": 0}, then 0.7 (float 64), then none.
+    const uint8_t zero[] = {0x82, 0xa8, 'm',  'e',  's', 's', 'a', 'g',
+                            'e',  's',  0x90, 0xab, 't', 'e', 'm', 'p',
+                            'e',  'r',  'a',  't',  'u', 'r', 'e', 0x00};
+    const uint8_t warm[] = {0x81, 0xab, 't',  'e',  'm',  'p',  'e',  'r',
+                            'a',  't',  'u',  'r',  'e',  0xcb, 0x3f, 0xe6,
+                            0x66, 0x66, 0x66, 0x66, 0x66, 0x66};
+    const uint8_t none[] = {0x81, 0xa1, 'n', 0x01};
+    double t = -1;
+    LLMQ_CHECK(llmq_body_temperature(zero, sizeof(zero), &t) == 1 && t == 0);
+    LLMQ_CHECK(llmq_body_temperature(warm, sizeof(warm), &t) == 1 && t > 0.69);
+    LLMQ_CHECK(llmq_body_temperature(none, sizeof(none), &t) == 0);
+    LLMQ_CHECK(llmq_body_temperature(zero, 5, &t) == -1);
+    LLMQ_CHECK(llmq_body_temperature("\x90", 1, &t) == -1);
+}
+
 int llmq_payload_test(bool verbose)
 {
     if (verbose)
@@ -990,6 +1035,7 @@ int llmq_payload_test(bool verbose)
     s_test_items_keys();
     s_test_status();
     s_test_usage();
+    s_test_temperature();
     if (verbose)
         printf("OK\n");
     return 0;
