@@ -77,6 +77,7 @@ struct _llmq_client_t {
     int give_up_ms;            /* 0: never give up */
     char *tenant;              /* declared tenant of every message, or NULL */
     bool verbose;              /* log reconnects and drops */
+    bool raw_bodies;           /* results keep bodies as msgpack bytes */
     llmq_result_fn *callback;  /* result callback, or NULL (poll mode) */
     void *callback_arg;        /* its argument */
     int hold;                  /* >0: keep results in ready (infer running) */
@@ -324,6 +325,11 @@ void llmq_client_set_verbose(llmq_client_t *self, bool verbose)
     self->verbose = verbose;
 }
 
+void llmq_client_set_raw_bodies(llmq_client_t *self, bool raw)
+{
+    self->raw_bodies = raw;
+}
+
 void llmq_client_set_callback(llmq_client_t *self, llmq_result_fn *fn,
                               void *arg)
 {
@@ -481,6 +487,14 @@ static void s_finish(llmq_client_t *self, s_request_t *req,
     result->op = req->op;
     result->resends = req->resends;
     result->elapsed_ms = zclock_mono() - req->sent_at;
+    //  req goes: the result takes its trace, and the model asked when the
+    //  res did not name the one that answered.
+    result->trace = req->trace;
+    req->trace = NULL;
+    if (!result->model) {
+        result->model = req->model;
+        req->model = NULL;
+    }
     bool orphan = req->orphan;
     zhashx_delete(self->pending, req->id);
     zlistx_delete(self->order, req->handle); //  destroys req
@@ -502,6 +516,43 @@ static void s_set_error(llmq_result_t *result, const char *code,
     result->error_message = strdup(message ? message : "");
     result->error_status = status;
     result->error_retryable = retryable;
+}
+
+/*  A copy of size bytes, or NULL (also when size is 0). */
+static uint8_t *s_memdup(const void *data, size_t size)
+{
+    uint8_t *copy = data && size ? (uint8_t *)malloc(size) : NULL;
+    if (copy)
+        memcpy(copy, data, size);
+    return copy;
+}
+
+/*  The body of a res: kept as its msgpack bytes (raw bodies, no decode at
+    all: a bad body shows when it is written) or decoded into a tree; and
+    the provider's error body, as its bytes. */
+static void s_res_body(llmq_client_t *self, llmq_result_t *result,
+                       llmq_msg_t *msg)
+{
+    size_t size = 0;
+    const uint8_t *error_body = llmq_msg_error_body(msg, &size);
+    if ((result->error_body = s_memdup(error_body, size)))
+        result->error_body_size = size;
+    zframe_t *payload = llmq_msg_payload(msg);
+    if (!payload || zframe_size(payload) == 0)
+        return;
+    if (self->raw_bodies) {
+        result->body_msgpack =
+            s_memdup(zframe_data(payload), zframe_size(payload));
+        result->body_msgpack_size =
+            result->body_msgpack ? zframe_size(payload) : 0;
+        return;
+    }
+    char reason[128] = "";
+    result->body = llmq_value_to_json(
+        zframe_data(payload), zframe_size(payload), reason, sizeof(reason));
+    if (!result->body && result->ok)
+        s_set_error(result, "internal", "response body is not valid msgpack", 0,
+                    true);
 }
 
 static void s_handle_res(llmq_client_t *self, llmq_msg_t *msg)
@@ -530,15 +581,9 @@ static void s_handle_res(llmq_client_t *self, llmq_msg_t *msg)
     result->attempt = (int)llmq_msg_attempt(msg);
     result->worker = s_strdup_or_null(llmq_msg_worker(msg));
     result->cached = llmq_msg_cached(msg);
-    zframe_t *payload = llmq_msg_payload(msg);
-    if (payload && zframe_size(payload) > 0) {
-        char reason[128] = "";
-        result->body = llmq_value_to_json(
-            zframe_data(payload), zframe_size(payload), reason, sizeof(reason));
-        if (!result->body && result->ok)
-            s_set_error(result, "internal",
-                        "response body is not valid msgpack", 0, true);
-    }
+    result->request_id = s_strdup_or_null(llmq_msg_request_id(msg));
+    result->model = s_strdup_or_null(llmq_msg_model(msg));
+    s_res_body(self, result, msg);
     if (!llmq_msg_ok(msg)) {
         const char *code = llmq_msg_error_code(msg);
         s_set_error(result, code ? code : "internal",
@@ -1115,6 +1160,11 @@ void llmq_result_destroy(llmq_result_t **self_p)
         free(self->worker);
         free(self->error_code);
         free(self->error_message);
+        free(self->request_id);
+        free(self->model);
+        free(self->trace);
+        free(self->error_body);
+        free(self->body_msgpack);
         free(self);
         *self_p = NULL;
     }
