@@ -486,26 +486,47 @@ static int s_put_body(llmq_value_buf_t *buf, const s_line_t *line)
     return 0;
 }
 
+/*  A cost in USD to 12 decimals (a picodollar), trailing zeros dropped:
+    integer digits, no printf on every line. Not finite or negative: 0. */
+static void s_put_cost(llmq_value_buf_t *buf, double cost)
+{
+    if (!isfinite(cost) || cost <= 0 || cost >= 1e6) {
+        char number[32] = "0";
+        if (isfinite(cost) && cost > 0)
+            snprintf(number, sizeof number, "%.15g", cost);
+        s_put(buf, number);
+        return;
+    }
+    int64_t units = llround(cost * 1e12);
+    llmq_value_buf_int(buf, units / 1000000000000LL);
+    int64_t frac = units % 1000000000000LL;
+    if (!frac)
+        return;
+    char digits[14] = ".000000000000";
+    for (int i = 12; i > 0; i--, frac /= 10)
+        digits[i] = (char)('0' + frac % 10);
+    size_t len = 13;
+    while (digits[len - 1] == '0')
+        len--;
+    llmq_value_buf_add(buf, digits, len);
+}
+
 /*  The `llmq` object: cost, cache, trace, who answered. */
 static void s_put_extras(llmq_value_buf_t *buf, const s_line_t *line)
 {
     const llmq_result_t *r = line->result;
-    double cost = r ? r->cost_usd : 0;
-    if (!isfinite(cost) || cost < 0)
-        cost = 0;
-    char number[64];
-    snprintf(number, sizeof number, "{\"cost_usd\":%.15g,\"cached\":%s", cost,
-             r && r->cached ? "true" : "false");
-    s_put(buf, number);
+    s_put(buf, "{\"cost_usd\":");
+    s_put_cost(buf, r ? r->cost_usd : 0);
+    s_put(buf, r && r->cached ? ",\"cached\":true" : ",\"cached\":false");
     s_put(buf, ",\"traceparent\":");
     s_put_str(buf, r ? r->trace : NULL);
     s_put(buf, ",\"model\":");
     s_put_str(buf, r ? r->model : NULL);
     s_put(buf, ",\"worker\":");
     s_put_str(buf, r ? r->worker : NULL);
-    snprintf(number, sizeof number,
-             ",\"attempts\":%d,\"error_code\":", r ? r->attempts : 0);
-    s_put(buf, number);
+    s_put(buf, ",\"attempts\":");
+    llmq_value_buf_int(buf, r ? r->attempts : 0);
+    s_put(buf, ",\"error_code\":");
     s_put_str(buf, line->code);
     s_put(buf, "}");
 }
@@ -522,11 +543,9 @@ static char *s_line(const s_line_t *line)
     s_put(&buf, "\",\"custom_id\":");
     s_put_str(&buf, line->custom_id);
     if (line->status > 0) {
-        char status[64];
-        snprintf(
-            status, sizeof status,
-            ",\"response\":{\"status_code\":%d,\"request_id\":", line->status);
-        s_put(&buf, status);
+        s_put(&buf, ",\"response\":{\"status_code\":");
+        llmq_value_buf_int(&buf, line->status);
+        s_put(&buf, ",\"request_id\":");
         s_put_str(&buf, line->request_id ? line->request_id : "");
         s_put(&buf, ",\"body\":");
         if (s_put_body(&buf, line) != 0) {
@@ -1116,6 +1135,7 @@ static int s_test_result_lines(s_test_fx_t *fx)
     cJSON *json = s_check_line(line, &failures);
     CHECK(line && strstr(line, ok_body)); //  byte for byte
     CHECK(streq(s_str(json, "response.request_id"), "req_abc"));
+    CHECK(strstr(line, "\"cost_usd\":0.25,"));
     CHECK(s_num(json, "llmq.cost_usd") == 0.25 &&
           s_num(json, "llmq.attempts") == 2);
     CHECK(cJSON_IsTrue(
@@ -1171,6 +1191,29 @@ static int s_test_result_lines(s_test_fx_t *fx)
     CHECK(streq(s_str(json, "error.code"), "context_length"));
     cJSON_Delete(json);
     free(line);
+    return failures;
+}
+
+//  Costs print to the picodollar, from integers; nonsense prints 0.
+static int s_test_costs(s_test_fx_t *fx)
+{
+    (void)fx;
+    int failures = 0;
+    const double costs[] = {0.00125, 1e-7, 12.5, 3,        1234567.5,
+                            1e-13,   -1,   NAN,  INFINITY, 0.000123456789012};
+    const char *texts[] = {
+        "0.00125", "0.0000001", "12.5", "3", "1234567.5",
+        "0",       "0",         "0",    "0", "0.000123456789"};
+    for (size_t i = 0; i < sizeof costs / sizeof costs[0]; i++) {
+        llmq_result_t r = {.error_code = "timeout", .cost_usd = costs[i]};
+        char *line = llmq_jsonl_result_line("c", &r);
+        char want[64];
+        snprintf(want, sizeof want, "\"cost_usd\":%s,", texts[i]);
+        CHECK(line && strstr(line, want));
+        if (line && !strstr(line, want))
+            fprintf(stderr, "want %s in %s", want, line);
+        free(line);
+    }
     return failures;
 }
 
@@ -1346,9 +1389,9 @@ int llmq_jsonl_test(bool verbose)
     //  The steps, in order: each goes on from where the last one left.
     static int (*const steps[])(s_test_fx_t *) = {
         s_test_batch_lines,  s_test_prompt_lines, s_test_bad_lines,
-        s_test_output_lines, s_test_result_lines, s_test_traceparent,
-        s_test_resume,       s_test_ordered,      s_test_lazy_input,
-        s_test_missing};
+        s_test_output_lines, s_test_result_lines, s_test_costs,
+        s_test_traceparent,  s_test_resume,       s_test_ordered,
+        s_test_lazy_input,   s_test_missing};
     for (size_t i = 0; i < sizeof(steps) / sizeof(steps[0]); i++)
         failures += steps[i](&fx);
 
