@@ -348,7 +348,9 @@ void llmq_jsonl_new_id(char *id)
     static uint64_t counter;
     uint64_t n = __atomic_fetch_add(&counter, 1, __ATOMIC_RELAXED);
     memcpy(id, "batch_req_", 10);
-    s_hex64(id + 10, s_seed(0));
+    //  Each half alone differs from line to line (s_mix is a bijection);
+    //  the two seeds make a run's ids differ from another run's.
+    s_hex64(id + 10, s_mix(s_seed(0) ^ n));
     s_hex64(id + 26, s_mix(s_seed(1) + n));
     id[42] = 0;
 }
