@@ -415,7 +415,8 @@ const char *llmq_jsonl_traceparent(const char *line, size_t len,
     if (line && s_find_traceparent(line, len, out))
         return out;
     //  Stable for one line within a run (a retry keeps it), new per run.
-    uint64_t a = s_mix(s_seed(0) ^ line_no), b = s_mix(s_seed(1) + line_no);
+    uint64_t a = s_mix(s_mix(s_seed(0)) ^ line_no);
+    uint64_t b = s_mix(s_mix(s_seed(1)) + line_no);
     memcpy(out, "00-", 3);
     s_hex64(out + 3, a | 1); //  never all zero
     s_hex64(out + 19, b);

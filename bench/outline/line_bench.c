@@ -58,8 +58,8 @@ int main(int argc, char **argv)
                           "00f067aa0ba902b7-01");
 #else
         //  Before: the res payload decoded into a tree (s_handle_res).
-        r->body = llmq_value_to_json(zframe_data(frame), zframe_size(frame),
-                                     NULL, 0);
+        r->body =
+            llmq_value_to_json(zframe_data(frame), zframe_size(frame), NULL, 0);
 #endif
         char custom_id[32];
         snprintf(custom_id, sizeof custom_id, "req-%05ld", i);
