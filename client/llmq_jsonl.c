@@ -690,10 +690,11 @@ bool llmq_jsonl_json_failed(const cJSON *line)
 bool llmq_jsonl_line_failed(const char *line)
 {
     int status = s_status_of(line);
-    if (status == -1)
+    if (status == -1 || (status >= 0 && (status < 200 || status >= 300)))
         return true;
-    if (status >= 0)
-        return status < 200 || status >= 300;
+    //  A 2xx with its error null, as every line llmq and OpenAI write.
+    if (status >= 0 && strstr(line, "\"error\":null"))
+        return false;
     cJSON *json = cJSON_Parse(line);
     bool failed = llmq_jsonl_json_failed(json);
     cJSON_Delete(json);
@@ -1074,6 +1075,12 @@ static int s_test_output_lines(s_test_fx_t *fx)
     //  Same custom_id, same run: two ids.
     CHECK(!streq(s_str(json, "id"), s_str(twin, "id")));
     CHECK(!llmq_jsonl_line_failed(line) && !llmq_jsonl_json_failed(json));
+    CHECK(llmq_jsonl_line_failed(
+        "{\"custom_id\":\"f\",\"response\":{\"status_code\":200,\"body\":{}},"
+        "\"error\":{\"code\":\"x\",\"message\":\"\"}}\n"));
+    CHECK(!llmq_jsonl_line_failed(
+        "{\"error\": null, \"custom_id\": \"f\", \"response\": "
+        "{\"body\": {}, \"status_code\": 201}}\n"));
     cJSON_Delete(json);
     cJSON_Delete(twin);
     cJSON_Delete(body);
