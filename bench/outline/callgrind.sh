@@ -10,9 +10,10 @@
 #   1. line_bench.c against each library: decode one res body and write its
 #      OUT line, per line (the difference of 2N and N runs, so start-up
 #      cancels out);
-#   2. the whole `llmq run` client process on an embedded-free cluster
+#   2. the whole `llmq run` client process against a local cluster
 #      (llmq-sim at 0 ms, 1 worker, the NEW tree's broker/worker/sim), per
 #      line (difference of 2N and N lines), with each tree's `llmq`.
+# N (env, default 2000): lines of the smaller run. Needs valgrind.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
@@ -61,8 +62,8 @@ for _ in $(seq 100); do grep -q '^ready' "$tmp/broker.out" && break; sleep 0.1; 
 fe=$(sed -n 's/^ready.* frontend=\([^ ]*\).*/\1/p' "$tmp/broker.out")
 be=$(sed -n 's/^ready.* backend=\([^ ]*\).*/\1/p' "$tmp/broker.out")
 OPENAI_API_KEY=sk-test-key "$new/bin/llmq-worker" --broker "$be" --provider sim --base-url "$sim_url/v1" \
-  --model sim-model --capacity 64 > /dev/null 2>&1 &
-sleep 1
+  --model sim-model --capacity 64 > /dev/null 2> "$tmp/worker.err" &
+for _ in $(seq 100); do grep -q 'joined' "$tmp/worker.err" && break; sleep 0.1; done
 run_count() { # run_count LLMQ K
   rm -f "$tmp/out.jsonl"
   count "$1" run "$tmp/in$2.jsonl" -o "$tmp/out.jsonl" --broker "$fe" --model sim-model \
