@@ -1444,6 +1444,7 @@ int llmq_batch_cancel(llmq_client_t *self, const char *batch,
 typedef struct {
     llmq_result_t **results; /* room for every item of the page */
     size_t count;
+    bool raw; /* bodies kept as msgpack bytes (raw bodies) */
 } s_page_t;
 
 /*  One result item {custom_id, ok, body | error, usage} as a client
@@ -1456,7 +1457,10 @@ static int s_batch_result(const llmq_result_item_t *e, void *arg)
         return 0;
     r->id = strdup(e->custom_id ? e->custom_id : "");
     r->ok = e->ok;
-    if (e->body)
+    if (e->body && page->raw) {
+        if ((r->body_msgpack = s_memdup(e->body, e->body_size)))
+            r->body_msgpack_size = e->body_size;
+    } else if (e->body)
         r->body = llmq_value_to_json(e->body, e->body_size, NULL, 0);
     r->prompt_tokens = e->prompt_tokens;
     r->completion_tokens = e->completion_tokens;
@@ -1475,13 +1479,13 @@ static int s_batch_result(const llmq_result_item_t *e, void *arg)
 }
 
 /*  The results array of a batch.results message; NULL on failure. */
-static llmq_result_t **s_batch_results(llmq_msg_t *m, size_t *count_p)
+static llmq_result_t **s_batch_results(llmq_msg_t *m, bool raw, size_t *count_p)
 {
     zframe_t *payload = llmq_msg_payload(m);
     const void *data = payload ? zframe_data(payload) : NULL;
     size_t size = payload ? zframe_size(payload) : 0;
     long n = llmq_payload_each_result(data, size, NULL, NULL, NULL, 0);
-    s_page_t page = {NULL, 0};
+    s_page_t page = {NULL, 0, raw};
     page.results =
         (llmq_result_t **)calloc(n > 0 ? (size_t)n : 1, sizeof(*page.results));
     if (page.results && n > 0)
@@ -1509,7 +1513,7 @@ int llmq_batch_get(llmq_client_t *self, const char *batch, int64_t after,
         *final_p = llmq_msg_final(rs);
     if (rs && results_p) {
         size_t k = 0;
-        *results_p = s_batch_results(rs, &k);
+        *results_p = s_batch_results(rs, self->raw_bodies, &k);
         if (count_p)
             *count_p = k;
         if (!*results_p)
