@@ -292,14 +292,16 @@ def test_sim():
         {"custom_id": "traced", "prompt": "hi", "metadata": {"traceparent": GIVEN_TRACE}},
         {"custom_id": "ctx", "prompt": "long [[sim:context_length]]"},
         {"custom_id": "auth", "prompt": "key [[sim:fail=401]]"},
-        {"custom_id": "reset", "prompt": "gone [[sim:reset=1000]]"}])
-    cluster = Cluster(workers=1, capacity=8)
+        {"custom_id": "reset", "prompt": "gone [[sim:reset=1000]]"},
+        {"custom_id": "nomodel", "prompt": "x", "model": "no-such-model"}])
+    cluster = Cluster(workers=1, capacity=8, broker_flags=("--no-worker-wait-ms", "300"))
     try:
+        # No --model: each line's own (sim-model: the cluster's default).
         rc, _, stderr = run_llmq(["run", inp, "-o", out, "--broker", cluster.broker.frontend,
-                                  "--model", MODEL, "--quiet"], timeout=180)
+                                  "--quiet"], timeout=180)
         check(rc == 1, "exit code %d (1: failed lines); %s" % (rc, stderr))
         rows = read_jsonl(out)
-        check(len(rows) == 8, "%d lines" % len(rows))
+        check(len(rows) == 9, "%d lines" % len(rows))
         for r in rows:
             check_shape(r)
         check_ids(rows)
@@ -317,6 +319,10 @@ def test_sim():
                   isinstance(r["response"]["body"].get("error"), dict), "%s: %r" % (cid, r))
         r = rows_by["reset"]
         check(r["response"] is None and r["error"]["code"], "no HTTP answer: %r" % r)
+        r = rows_by["nomodel"]      # llmq's own refusal: no provider involved
+        check(r["response"] is None and r["error"]["code"] == "not_found" and
+              r["llmq"]["error_code"] == "not_found" and r["llmq"]["worker"] is None,
+              "no worker for the model: %r" % r)
         # What only a worker that passes them on can give: the provider's
         # x-request-id and its error body (res request_id, error.body).
         rids = [r["response"]["request_id"] for r in rows if r["response"]]
