@@ -55,15 +55,15 @@ for k in (n, 2 * n):
             f.write(json.dumps({"custom_id": "q%06d" % i, "prompt": "Question %d: what is %d times %d?" % (i, i, i + 1), "max_tokens": 16}) + "\n")
 PY
 "$new/bin/llmq-sim" --port 0 --latency-ms 0 > "$tmp/sim.out" 2>/dev/null &
-for _ in $(seq 100); do grep -q '^ready' "$tmp/sim.out" && break; sleep 0.1; done
+for _ in $(seq 100); do grep -qs '^ready' "$tmp/sim.out" && break; sleep 0.1; done
 sim_url=$(sed -n 's/^ready.* url=\([^ ]*\).*/\1/p' "$tmp/sim.out")
 "$new/bin/llmq-broker" --frontend 'tcp://127.0.0.1:*' --backend 'tcp://127.0.0.1:*' > "$tmp/broker.out" 2>/dev/null &
-for _ in $(seq 100); do grep -q '^ready' "$tmp/broker.out" && break; sleep 0.1; done
+for _ in $(seq 100); do grep -qs '^ready' "$tmp/broker.out" && break; sleep 0.1; done
 fe=$(sed -n 's/^ready.* frontend=\([^ ]*\).*/\1/p' "$tmp/broker.out")
 be=$(sed -n 's/^ready.* backend=\([^ ]*\).*/\1/p' "$tmp/broker.out")
 OPENAI_API_KEY=sk-test-key "$new/bin/llmq-worker" --broker "$be" --provider sim --base-url "$sim_url/v1" \
   --model sim-model --capacity 64 > /dev/null 2> "$tmp/worker.err" &
-for _ in $(seq 100); do grep -q 'joined' "$tmp/worker.err" && break; sleep 0.1; done
+for _ in $(seq 100); do grep -qs 'joined' "$tmp/worker.err" && break; sleep 0.1; done
 run_count() { # run_count LLMQ K
   rm -f "$tmp/out.jsonl"
   count "$1" run "$tmp/in$2.jsonl" -o "$tmp/out.jsonl" --broker "$fe" --model sim-model \
