@@ -77,6 +77,7 @@ struct _llmq_client_t {
     int give_up_ms;            /* 0: never give up */
     char *tenant;              /* declared tenant of every message, or NULL */
     bool verbose;              /* log reconnects and drops */
+    bool raw_bodies;           /* results keep bodies as msgpack bytes */
     llmq_result_fn *callback;  /* result callback, or NULL (poll mode) */
     void *callback_arg;        /* its argument */
     int hold;                  /* >0: keep results in ready (infer running) */
@@ -324,6 +325,11 @@ void llmq_client_set_verbose(llmq_client_t *self, bool verbose)
     self->verbose = verbose;
 }
 
+void llmq_client_set_raw_bodies(llmq_client_t *self, bool raw)
+{
+    self->raw_bodies = raw;
+}
+
 void llmq_client_set_callback(llmq_client_t *self, llmq_result_fn *fn,
                               void *arg)
 {
@@ -481,6 +487,14 @@ static void s_finish(llmq_client_t *self, s_request_t *req,
     result->op = req->op;
     result->resends = req->resends;
     result->elapsed_ms = zclock_mono() - req->sent_at;
+    //  req goes: the result takes its trace, and the model asked when the
+    //  res did not name the one that answered.
+    result->trace = req->trace;
+    req->trace = NULL;
+    if (!result->model) {
+        result->model = req->model;
+        req->model = NULL;
+    }
     bool orphan = req->orphan;
     zhashx_delete(self->pending, req->id);
     zlistx_delete(self->order, req->handle); //  destroys req
@@ -502,6 +516,43 @@ static void s_set_error(llmq_result_t *result, const char *code,
     result->error_message = strdup(message ? message : "");
     result->error_status = status;
     result->error_retryable = retryable;
+}
+
+/*  A copy of size bytes, or NULL (also when size is 0). */
+static uint8_t *s_memdup(const void *data, size_t size)
+{
+    uint8_t *copy = data && size ? (uint8_t *)malloc(size) : NULL;
+    if (copy)
+        memcpy(copy, data, size);
+    return copy;
+}
+
+/*  The body of a res: kept as its msgpack bytes (raw bodies, no decode at
+    all: a bad body shows when it is written) or decoded into a tree; and
+    the provider's error body, as its bytes. */
+static void s_res_body(llmq_client_t *self, llmq_result_t *result,
+                       llmq_msg_t *msg)
+{
+    size_t size = 0;
+    const uint8_t *error_body = llmq_msg_error_body(msg, &size);
+    if ((result->error_body = s_memdup(error_body, size)))
+        result->error_body_size = size;
+    zframe_t *payload = llmq_msg_payload(msg);
+    if (!payload || zframe_size(payload) == 0)
+        return;
+    if (self->raw_bodies) {
+        result->body_msgpack =
+            s_memdup(zframe_data(payload), zframe_size(payload));
+        result->body_msgpack_size =
+            result->body_msgpack ? zframe_size(payload) : 0;
+        return;
+    }
+    char reason[128] = "";
+    result->body = llmq_value_to_json(
+        zframe_data(payload), zframe_size(payload), reason, sizeof(reason));
+    if (!result->body && result->ok)
+        s_set_error(result, "internal", "response body is not valid msgpack", 0,
+                    true);
 }
 
 static void s_handle_res(llmq_client_t *self, llmq_msg_t *msg)
@@ -530,15 +581,9 @@ static void s_handle_res(llmq_client_t *self, llmq_msg_t *msg)
     result->attempt = (int)llmq_msg_attempt(msg);
     result->worker = s_strdup_or_null(llmq_msg_worker(msg));
     result->cached = llmq_msg_cached(msg);
-    zframe_t *payload = llmq_msg_payload(msg);
-    if (payload && zframe_size(payload) > 0) {
-        char reason[128] = "";
-        result->body = llmq_value_to_json(
-            zframe_data(payload), zframe_size(payload), reason, sizeof(reason));
-        if (!result->body && result->ok)
-            s_set_error(result, "internal",
-                        "response body is not valid msgpack", 0, true);
-    }
+    result->request_id = s_strdup_or_null(llmq_msg_request_id(msg));
+    result->model = s_strdup_or_null(llmq_msg_model(msg));
+    s_res_body(self, result, msg);
     if (!llmq_msg_ok(msg)) {
         const char *code = llmq_msg_error_code(msg);
         s_set_error(result, code ? code : "internal",
@@ -1115,6 +1160,11 @@ void llmq_result_destroy(llmq_result_t **self_p)
         free(self->worker);
         free(self->error_code);
         free(self->error_message);
+        free(self->request_id);
+        free(self->model);
+        free(self->trace);
+        free(self->error_body);
+        free(self->body_msgpack);
         free(self);
         *self_p = NULL;
     }
@@ -1394,6 +1444,7 @@ int llmq_batch_cancel(llmq_client_t *self, const char *batch,
 typedef struct {
     llmq_result_t **results; /* room for every item of the page */
     size_t count;
+    bool raw; /* bodies kept as msgpack bytes (raw bodies) */
 } s_page_t;
 
 /*  One result item {custom_id, ok, body | error, usage} as a client
@@ -1406,7 +1457,10 @@ static int s_batch_result(const llmq_result_item_t *e, void *arg)
         return 0;
     r->id = strdup(e->custom_id ? e->custom_id : "");
     r->ok = e->ok;
-    if (e->body)
+    if (e->body && page->raw) {
+        if ((r->body_msgpack = s_memdup(e->body, e->body_size)))
+            r->body_msgpack_size = e->body_size;
+    } else if (e->body)
         r->body = llmq_value_to_json(e->body, e->body_size, NULL, 0);
     r->prompt_tokens = e->prompt_tokens;
     r->completion_tokens = e->completion_tokens;
@@ -1425,13 +1479,13 @@ static int s_batch_result(const llmq_result_item_t *e, void *arg)
 }
 
 /*  The results array of a batch.results message; NULL on failure. */
-static llmq_result_t **s_batch_results(llmq_msg_t *m, size_t *count_p)
+static llmq_result_t **s_batch_results(llmq_msg_t *m, bool raw, size_t *count_p)
 {
     zframe_t *payload = llmq_msg_payload(m);
     const void *data = payload ? zframe_data(payload) : NULL;
     size_t size = payload ? zframe_size(payload) : 0;
     long n = llmq_payload_each_result(data, size, NULL, NULL, NULL, 0);
-    s_page_t page = {NULL, 0};
+    s_page_t page = {NULL, 0, raw};
     page.results =
         (llmq_result_t **)calloc(n > 0 ? (size_t)n : 1, sizeof(*page.results));
     if (page.results && n > 0)
@@ -1459,7 +1513,7 @@ int llmq_batch_get(llmq_client_t *self, const char *batch, int64_t after,
         *final_p = llmq_msg_final(rs);
     if (rs && results_p) {
         size_t k = 0;
-        *results_p = s_batch_results(rs, &k);
+        *results_p = s_batch_results(rs, self->raw_bodies, &k);
         if (count_p)
             *count_p = k;
         if (!*results_p)

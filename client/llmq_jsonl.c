@@ -9,10 +9,13 @@
     sees a half-written file.
 */
 #include "llmq_jsonl.h"
+#include "llmq_value.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <math.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -292,76 +295,410 @@ zlistx_t *llmq_jsonl_read_input(const char *path, bool keep_bodies, char *err,
 
 //  --------------------------------------------------------------------------
 //  Output lines
+//
+//  An OUT line is OpenAI's batch output line, field for field, plus one
+//  object of llmq's own (`llmq`), so the OpenAI fields hold only what
+//  OpenAI puts there:
+//    {"id": "batch_req_<32 hex>", "custom_id",
+//     "response": {"status_code", "request_id", "body"} | null,
+//     "error": {"code", "message"} | null,
+//     "llmq": {"cost_usd", "cached", "traceparent", "model", "worker",
+//              "attempts", "error_code"}}
+//  The provider answered (a body, or an HTTP error 4xx/5xx): `response` has
+//  its status, its request id and its body unchanged (an error body too),
+//  and `error` is null, as OpenAI writes it. No HTTP answer (a timeout, a
+//  dead connection, llmq's own refusals): `response` null, `error` set.
+//  Lines are written as text: a body travels from msgpack straight into the
+//  line (llmq_value_buf_json), never through a cJSON tree.
 
-static char *s_print_line(cJSON *json)
+//  Ids and traceparents: one random seed per process (so runs differ) mixed
+//  with a counter or a line number (so lines differ) through splitmix64, a
+//  bijection: distinct inputs give distinct outputs.
+static uint64_t s_mix(uint64_t x)
 {
-    char *text = cJSON_PrintUnformatted(json);
-    cJSON_Delete(json);
-    if (!text)
-        return NULL;
-    char *line = zsys_sprintf("%s\n", text);
-    free(text);
-    return line;
+    x += 0x9e3779b97f4a7c15ULL;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+    return x ^ (x >> 31);
 }
 
-static cJSON *s_line_new(const char *custom_id, const char *request_id)
+static uint64_t s_seed(int which)
 {
-    cJSON *json = cJSON_CreateObject();
-    char id[64];
-    snprintf(id, sizeof(id), "batch_req_%016" PRIx64,
-             llmq_jsonl_fnv1a(custom_id, strlen(custom_id)));
-    cJSON_AddStringToObject(json, "id", id);
-    cJSON_AddStringToObject(json, "custom_id", custom_id);
-    (void)request_id;
-    return json;
+    static uint64_t seeds[2];
+    static bool ready;
+    if (!ready) {
+        if (getrandom(seeds, sizeof seeds, 0) != (ssize_t)sizeof seeds) {
+            seeds[0] = s_mix((uint64_t)zclock_time() ^ (uint64_t)getpid());
+            seeds[1] = s_mix(seeds[0] ^ (uint64_t)zclock_usecs());
+        }
+        ready = true;
+    }
+    return seeds[which];
+}
+
+static void s_hex64(char *out, uint64_t value)
+{
+    static const char hex[] = "0123456789abcdef";
+    for (int i = 15; i >= 0; i--, value >>= 4)
+        out[i] = hex[value & 15];
+}
+
+void llmq_jsonl_new_id(char *id)
+{
+    static uint64_t counter;
+    uint64_t n = __atomic_fetch_add(&counter, 1, __ATOMIC_RELAXED);
+    memcpy(id, "batch_req_", 10);
+    //  Each half alone differs from line to line (s_mix is a bijection);
+    //  the two seeds make a run's ids differ from another run's.
+    s_hex64(id + 10, s_mix(s_seed(0) ^ n));
+    s_hex64(id + 26, s_mix(s_seed(1) + n));
+    id[42] = 0;
+}
+
+bool llmq_jsonl_traceparent_valid(const char *text, size_t len)
+{
+    if (len != 55)
+        return false;
+    bool trace_zero = true, span_zero = true;
+    for (size_t i = 0; i < len; i++) {
+        bool is_dash = i == 2 || i == 35 || i == 52;
+        char c = text[i];
+        if (is_dash != (c == '-'))
+            return false;
+        if (!is_dash && !((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f')))
+            return false;
+        if (i > 2 && i < 35 && c != '0')
+            trace_zero = false;
+        if (i > 35 && i < 52 && c != '0')
+            span_zero = false;
+    }
+    //  Version ff is forbidden; all-zero ids are invalid (W3C Trace Context).
+    return memcmp(text, "ff", 2) != 0 && !trace_zero && !span_zero;
+}
+
+/*  The value of a "traceparent" key in JSON text, if it is a valid
+    traceparent. A key inside a string value cannot match: there its quotes
+    are escaped. */
+static bool s_find_traceparent(const char *json, size_t len, char *out)
+{
+    static const char key[] = "\"traceparent\"";
+    const char *p = json, *end = json + len;
+    while (p && p < end) {
+        p = (const char *)memchr(p, '"', (size_t)(end - p));
+        if (!p || (size_t)(end - p) < sizeof key - 1)
+            break;
+        if (memcmp(p, key, sizeof key - 1) != 0) {
+            p++;
+            continue;
+        }
+        const char *q = p + sizeof key - 1;
+        p = q;
+        while (q < end && (*q == ' ' || *q == '\t'))
+            q++;
+        if (q >= end || *q++ != ':')
+            continue;
+        while (q < end && (*q == ' ' || *q == '\t'))
+            q++;
+        if (end - q >= 57 && *q == '"' && q[56] == '"' &&
+            llmq_jsonl_traceparent_valid(q + 1, 55)) {
+            memcpy(out, q + 1, 55);
+            out[55] = 0;
+            return true;
+        }
+    }
+    return false;
+}
+
+const char *llmq_jsonl_traceparent(const char *line, size_t len,
+                                   uint64_t line_no, char *out)
+{
+    if (line && s_find_traceparent(line, len, out))
+        return out;
+    //  Stable for one line within a run (a retry keeps it), new per run.
+    uint64_t a = s_mix(s_mix(s_seed(0)) ^ line_no);
+    uint64_t b = s_mix(s_mix(s_seed(1)) + line_no);
+    memcpy(out, "00-", 3);
+    s_hex64(out + 3, a | 1); //  never all zero
+    s_hex64(out + 19, b);
+    out[35] = '-';
+    s_hex64(out + 36, s_mix(a ^ b) | 1);
+    memcpy(out + 52, "-01", 4);
+    return out;
+}
+
+/*  What one OUT line says; NULL/0 fields are left out or null. */
+typedef struct {
+    const char *custom_id;
+    int status;                  /* response.status_code; 0: response null */
+    const char *request_id;      /* response.request_id */
+    const cJSON *body;           /* response.body as a tree, or */
+    const uint8_t *body_mp;      /* as msgpack (body_mp_size bytes), or */
+    size_t body_mp_size;         /* neither: an error body built from */
+    const char *code;            /* llmq's error code: error.code, or with a
+                                    response, llmq.error_code (NULL: ok) */
+    const char *message;         /* error.message, or the built body's */
+    const llmq_result_t *result; /* the llmq object's source, or NULL */
+} s_line_t;
+
+static void s_put(llmq_value_buf_t *buf, const char *text)
+{
+    llmq_value_buf_add(buf, text, strlen(text));
+}
+
+static void s_put_str(llmq_value_buf_t *buf, const char *text)
+{
+    if (text)
+        llmq_value_buf_str(buf, text, strlen(text));
+    else
+        s_put(buf, "null");
+}
+
+/*  OpenAI's error type for an HTTP status, for an error body llmq has to
+    build (a worker that did not pass the provider's own on). */
+static const char *s_error_type(int status)
+{
+    return status == 429   ? "requests"
+           : status >= 500 ? "server_error"
+                           : "invalid_request_error";
+}
+
+/*  The body of the response: as it came, else an OpenAI-shaped error
+    body. -1: a success body that is not valid msgpack. */
+static int s_put_body(llmq_value_buf_t *buf, const s_line_t *line)
+{
+    if (line->body_mp && llmq_value_buf_json(buf, line->body_mp,
+                                             line->body_mp_size, NULL, 0) == 0)
+        return 0;
+    if (line->body_mp && !line->code)
+        return -1;
+    char *text = line->body ? cJSON_PrintUnformatted(line->body) : NULL;
+    if (text) {
+        s_put(buf, text);
+        free(text);
+        return 0;
+    }
+    if (!line->code) {
+        s_put(buf, "{}");
+        return 0;
+    }
+    s_put(buf, "{\"error\":{\"message\":");
+    s_put_str(buf, line->message ? line->message : "");
+    s_put(buf, ",\"type\":");
+    s_put_str(buf, s_error_type(line->status));
+    s_put(buf, ",\"param\":null,\"code\":null}}");
+    return 0;
+}
+
+/*  A cost in USD to 12 decimals (a picodollar), trailing zeros dropped:
+    integer digits, no printf on every line. Not finite or negative: 0. */
+static void s_put_cost(llmq_value_buf_t *buf, double cost)
+{
+    if (!isfinite(cost) || cost <= 0 || cost >= 1e6) {
+        char number[32] = "0";
+        if (isfinite(cost) && cost > 0)
+            snprintf(number, sizeof number, "%.15g", cost);
+        s_put(buf, number);
+        return;
+    }
+    int64_t units = llround(cost * 1e12);
+    llmq_value_buf_int(buf, units / 1000000000000LL);
+    int64_t frac = units % 1000000000000LL;
+    if (!frac)
+        return;
+    char digits[14] = ".000000000000";
+    for (int i = 12; i > 0; i--, frac /= 10)
+        digits[i] = (char)('0' + frac % 10);
+    size_t len = 13;
+    while (digits[len - 1] == '0')
+        len--;
+    llmq_value_buf_add(buf, digits, len);
+}
+
+/*  The `llmq` object: cost, cache, trace, who answered. */
+static void s_put_extras(llmq_value_buf_t *buf, const s_line_t *line)
+{
+    const llmq_result_t *r = line->result;
+    s_put(buf, "{\"cost_usd\":");
+    s_put_cost(buf, r ? r->cost_usd : 0);
+    s_put(buf, r && r->cached ? ",\"cached\":true" : ",\"cached\":false");
+    s_put(buf, ",\"traceparent\":");
+    s_put_str(buf, r ? r->trace : NULL);
+    s_put(buf, ",\"model\":");
+    s_put_str(buf, r ? r->model : NULL);
+    s_put(buf, ",\"worker\":");
+    s_put_str(buf, r ? r->worker : NULL);
+    s_put(buf, ",\"attempts\":");
+    llmq_value_buf_int(buf, r ? r->attempts : 0);
+    s_put(buf, ",\"error_code\":");
+    s_put_str(buf, line->code);
+    s_put(buf, "}");
+}
+
+/*  The whole line, with its newline (caller frees), or NULL (out of
+    memory, or a success body that is not valid msgpack). */
+static char *s_line(const s_line_t *line)
+{
+    llmq_value_buf_t buf = {0};
+    char id[LLMQ_JSONL_LINE_ID_SIZE];
+    llmq_jsonl_new_id(id);
+    s_put(&buf, "{\"id\":\"");
+    s_put(&buf, id);
+    s_put(&buf, "\",\"custom_id\":");
+    s_put_str(&buf, line->custom_id);
+    if (line->status > 0) {
+        s_put(&buf, ",\"response\":{\"status_code\":");
+        llmq_value_buf_int(&buf, line->status);
+        s_put(&buf, ",\"request_id\":");
+        s_put_str(&buf, line->request_id ? line->request_id : "");
+        s_put(&buf, ",\"body\":");
+        if (s_put_body(&buf, line) != 0) {
+            free(buf.data);
+            return NULL;
+        }
+        s_put(&buf, "},\"error\":null");
+    } else {
+        s_put(&buf, ",\"response\":null,\"error\":{\"code\":");
+        s_put_str(&buf, line->code ? line->code : "internal");
+        s_put(&buf, ",\"message\":");
+        s_put_str(&buf, line->message ? line->message : "");
+        s_put(&buf, "}");
+    }
+    s_put(&buf, ",\"llmq\":");
+    s_put_extras(&buf, line);
+    s_put(&buf, "}\n");
+    if (buf.oom) {
+        free(buf.data);
+        return NULL;
+    }
+    return buf.data;
 }
 
 char *llmq_jsonl_ok_line(const char *custom_id, const char *request_id,
                          const cJSON *body)
 {
-    cJSON *json = s_line_new(custom_id, request_id);
-    cJSON *response = cJSON_AddObjectToObject(json, "response");
-    cJSON_AddNumberToObject(response, "status_code", 200);
     cJSON *body_id = cJSON_GetObjectItem(body, "id");
-    cJSON_AddStringToObject(response, "request_id",
-                            request_id                ? request_id
-                            : cJSON_IsString(body_id) ? body_id->valuestring
-                                                      : "");
-    cJSON_AddItemToObject(response, "body",
-                          body ? cJSON_Duplicate(body, true)
-                               : cJSON_CreateObject());
-    cJSON_AddNullToObject(json, "error");
-    return s_print_line(json);
+    s_line_t line = {.custom_id = custom_id, .status = 200, .body = body};
+    line.request_id = request_id                ? request_id
+                      : cJSON_IsString(body_id) ? body_id->valuestring
+                                                : NULL;
+    return s_line(&line);
 }
 
 char *llmq_jsonl_error_line(const char *custom_id, const char *request_id,
                             const char *code, const char *message, int status)
 {
-    cJSON *json = s_line_new(custom_id, request_id);
-    if (status > 0) {
-        //  The provider answered: keep its status, as OpenAI's output does.
-        cJSON *response = cJSON_AddObjectToObject(json, "response");
-        cJSON_AddNumberToObject(response, "status_code", status);
-        cJSON_AddStringToObject(response, "request_id",
-                                request_id ? request_id : "");
-        cJSON *body = cJSON_AddObjectToObject(response, "body");
-        cJSON *error = cJSON_AddObjectToObject(body, "error");
-        cJSON_AddStringToObject(error, "message", message ? message : "");
-        cJSON_AddStringToObject(error, "type", code ? code : "internal");
-    } else
-        cJSON_AddNullToObject(json, "response");
-    cJSON *error = cJSON_AddObjectToObject(json, "error");
-    cJSON_AddStringToObject(error, "code", code ? code : "internal");
-    cJSON_AddStringToObject(error, "message", message ? message : "");
-    return s_print_line(json);
+    s_line_t line = {.custom_id = custom_id,
+                     .request_id = request_id,
+                     .code = code ? code : "internal",
+                     .message = message};
+    //  An HTTP error answer is a response; anything else is an error.
+    line.status = status >= 400 && status <= 599 ? status : 0;
+    return s_line(&line);
+}
+
+/*  The "id" string a JSON object starts with ({"id":"...), the key
+    OpenAI's bodies put first: request_id for a worker that sent none. */
+static char *s_leading_id(const uint8_t *body, size_t size)
+{
+    llmq_value_buf_t buf = {0};
+    char *id = NULL;
+    if (llmq_value_buf_json(&buf, body, size, NULL, 0) == 0 &&
+        strncmp(buf.data, "{\"id\":\"", 7) == 0) {
+        size_t len = strcspn(buf.data + 7, "\"\\");
+        if (buf.data[7 + len] == '"')
+            id = strndup(buf.data + 7, len);
+    }
+    free(buf.data);
+    return id;
 }
 
 char *llmq_jsonl_result_line(const char *custom_id, const llmq_result_t *result)
 {
-    if (result->ok)
-        return llmq_jsonl_ok_line(custom_id, NULL, result->body);
-    return llmq_jsonl_error_line(custom_id, result->id, result->error_code,
-                                 result->error_message, result->error_status);
+    s_line_t line = {.custom_id = custom_id,
+                     .request_id = result->request_id,
+                     .result = result};
+    if (result->ok) {
+        line.status = 200;
+        line.body = result->body;
+        line.body_mp = result->body_msgpack;
+        line.body_mp_size = result->body_msgpack_size;
+        cJSON *body_id = cJSON_GetObjectItem(result->body, "id");
+        if (!line.request_id && cJSON_IsString(body_id))
+            line.request_id = body_id->valuestring;
+        char *leading = !line.request_id && line.body_mp
+                            ? s_leading_id(line.body_mp, line.body_mp_size)
+                            : NULL;
+        if (leading)
+            line.request_id = leading;
+        char *text = s_line(&line);
+        free(leading);
+        if (text || !line.body_mp)
+            return text;
+        //  A worker sent a body that is not msgpack: an error line.
+        line.status = 0;
+        line.code = "internal";
+        line.message = "response body is not valid msgpack";
+        return s_line(&line);
+    }
+    line.code = result->error_code ? result->error_code : "internal";
+    line.message = result->error_message;
+    int status = result->error_status;
+    if (status >= 400 && status <= 599) {
+        line.status = status;
+        line.body_mp = result->error_body;
+        line.body_mp_size = result->error_body_size;
+    }
+    return s_line(&line);
+}
+
+/*  A line's status_code, read from its text: the first "response" key is
+    the line's own (custom_id is a string: a key cannot hide in it, and
+    "id" and "custom_id" come first). -2: not in that form. */
+static int s_status_of(const char *line)
+{
+    const char *p = strstr(line, "\"response\":");
+    if (!p)
+        return -2;
+    p += 11;
+    while (*p == ' ')
+        p++;
+    if (strncmp(p, "null", 4) == 0)
+        return -1;
+    if (*p++ != '{')
+        return -2;
+    while (*p == ' ')
+        p++;
+    if (strncmp(p, "\"status_code\":", 14) != 0)
+        return -2;
+    p += 14;
+    while (*p == ' ')
+        p++;
+    char *end;
+    long status = strtol(p, &end, 10);
+    return end > p && status >= 0 && status < 1000 ? (int)status : -2;
+}
+
+bool llmq_jsonl_json_failed(const cJSON *line)
+{
+    const cJSON *response = cJSON_GetObjectItem(line, "response");
+    const cJSON *status = cJSON_GetObjectItem(response, "status_code");
+    const cJSON *error = cJSON_GetObjectItem(line, "error");
+    return !cJSON_IsNumber(status) || status->valuedouble < 200 ||
+           status->valuedouble >= 300 || (error && !cJSON_IsNull(error));
+}
+
+bool llmq_jsonl_line_failed(const char *line)
+{
+    int status = s_status_of(line);
+    if (status == -1 || (status >= 0 && (status < 200 || status >= 300)))
+        return true;
+    //  A 2xx with its error null, as every line llmq and OpenAI write.
+    if (status >= 0 && strstr(line, "\"error\":null"))
+        return false;
+    cJSON *json = cJSON_Parse(line);
+    bool failed = llmq_jsonl_json_failed(json);
+    cJSON_Delete(json);
+    return failed;
 }
 
 //  --------------------------------------------------------------------------
@@ -396,10 +733,9 @@ zhashx_t *llmq_jsonl_scan_output(const char *path, bool retry_failed,
         }
         cJSON *json = cJSON_ParseWithLength(line, (size_t)len);
         cJSON *custom_id = cJSON_GetObjectItem(json, "custom_id");
-        cJSON *error = cJSON_GetObjectItem(json, "error");
         if (!cJSON_IsObject(json) || !cJSON_IsString(custom_id) ||
             !cJSON_HasObjectItem(json, "response") ||
-            (retry_failed && error && !cJSON_IsNull(error))) {
+            (retry_failed && llmq_jsonl_json_failed(json))) {
             dropped++;
         } else if (zhashx_lookup(lines, custom_id->valuestring))
             dropped++;
@@ -661,42 +997,276 @@ static int s_test_bad_lines(s_test_fx_t *fx)
     return failures;
 }
 
-//  Output lines: ok, failed with and without a response.
+//  The key names of a JSON object, comma-separated, in order.
+static void s_keys(const cJSON *object, char *out, size_t size)
+{
+    out[0] = 0;
+    const cJSON *item = NULL;
+    cJSON_ArrayForEach(item, object)
+    {
+        if (out[0])
+            strncat(out, ",", size - strlen(out) - 1);
+        strncat(out, item->string, size - strlen(out) - 1);
+    }
+}
+
+//  Checks the OpenAI fields of a line (and the llmq object): key sets, the
+//  id form; returns the parsed line (caller deletes) or NULL.
+static cJSON *s_check_line(const char *line, int *failures_p)
+{
+    int failures = 0;
+    CHECK(line && line[strlen(line) - 1] == '\n' && !strchr(line, '\n')[1]);
+    cJSON *json = line ? cJSON_Parse(line) : NULL;
+    char keys[256];
+    s_keys(json, keys, sizeof keys);
+    CHECK(streq(keys, "id,custom_id,response,error,llmq"));
+    cJSON *id = cJSON_GetObjectItem(json, "id");
+    CHECK(cJSON_IsString(id) && strlen(id->valuestring) == 42 &&
+          strncmp(id->valuestring, "batch_req_", 10) == 0);
+    cJSON *response = cJSON_GetObjectItem(json, "response");
+    cJSON *error = cJSON_GetObjectItem(json, "error");
+    //  Exactly one of response and error, as OpenAI writes them.
+    CHECK(cJSON_IsNull(response) != cJSON_IsNull(error));
+    s_keys(response, keys, sizeof keys);
+    CHECK(cJSON_IsNull(response) || streq(keys, "status_code,request_id,body"));
+    s_keys(error, keys, sizeof keys);
+    CHECK(cJSON_IsNull(error) || streq(keys, "code,message"));
+    s_keys(cJSON_GetObjectItem(json, "llmq"), keys, sizeof keys);
+    CHECK(streq(keys, "cost_usd,cached,traceparent,model,worker,attempts,"
+                      "error_code"));
+    *failures_p += failures;
+    return json;
+}
+
+static const char *s_str(const cJSON *json, const char *path)
+{
+    char copy[128];
+    snprintf(copy, sizeof copy, "%s", path);
+    for (char *key = strtok(copy, "."); key && json; key = strtok(NULL, "."))
+        json = cJSON_GetObjectItem(json, key);
+    return cJSON_IsString(json) ? json->valuestring : NULL;
+}
+
+static double s_num(const cJSON *json, const char *path)
+{
+    char copy[128];
+    snprintf(copy, sizeof copy, "%s", path);
+    for (char *key = strtok(copy, "."); key && json; key = strtok(NULL, "."))
+        json = cJSON_GetObjectItem(json, key);
+    return cJSON_IsNumber(json) ? json->valuedouble : -1;
+}
+
+//  Output lines from trees (the batch path): ok, an HTTP error, no answer.
 static int s_test_output_lines(s_test_fx_t *fx)
 {
     (void)fx;
     int failures = 0;
     cJSON *body = cJSON_Parse("{\"id\":\"chatcmpl-1\",\"choices\":[]}");
-    char *line = llmq_jsonl_ok_line("a1", NULL, body);
-    cJSON *json = cJSON_Parse(line);
-    CHECK(line && line[strlen(line) - 1] == '\n' && !strchr(line, '\n')[1]);
-    CHECK(json && cJSON_IsNull(cJSON_GetObjectItem(json, "error")));
-    cJSON *response = cJSON_GetObjectItem(json, "response");
-    CHECK(cJSON_GetObjectItem(response, "status_code")->valueint == 200);
-    CHECK(streq(cJSON_GetObjectItem(response, "request_id")->valuestring,
-                "chatcmpl-1"));
-    CHECK(strncmp(cJSON_GetObjectItem(json, "id")->valuestring, "batch_req_",
-                  10) == 0);
+    char *line = llmq_jsonl_ok_line("a\"1\xc3\xa9", NULL, body);
+    char *again = llmq_jsonl_ok_line("a\"1\xc3\xa9", NULL, body);
+    cJSON *json = s_check_line(line, &failures);
+    cJSON *twin = s_check_line(again, &failures);
+    CHECK(streq(s_str(json, "custom_id"), "a\"1\xc3\xa9"));
+    CHECK(s_num(json, "response.status_code") == 200);
+    CHECK(streq(s_str(json, "response.request_id"), "chatcmpl-1"));
+    CHECK(cJSON_Compare(
+        cJSON_GetObjectItem(cJSON_GetObjectItem(json, "response"), "body"),
+        body, true));
+    //  Same custom_id, same run: two ids.
+    CHECK(!streq(s_str(json, "id"), s_str(twin, "id")));
+    CHECK(!llmq_jsonl_line_failed(line) && !llmq_jsonl_json_failed(json));
+    CHECK(llmq_jsonl_line_failed(
+        "{\"custom_id\":\"f\",\"response\":{\"status_code\":200,\"body\":{}},"
+        "\"error\":{\"code\":\"x\",\"message\":\"\"}}\n"));
+    CHECK(!llmq_jsonl_line_failed(
+        "{\"error\": null, \"custom_id\": \"f\", \"response\": "
+        "{\"body\": {}, \"status_code\": 201}}\n"));
     cJSON_Delete(json);
+    cJSON_Delete(twin);
     cJSON_Delete(body);
     free(line);
+    free(again);
     line = llmq_jsonl_error_line("b2", "r9", "invalid_request", "bad \"thing\"",
                                  400);
-    json = cJSON_Parse(line);
-    CHECK(json &&
-          streq(cJSON_GetObjectItem(cJSON_GetObjectItem(json, "error"), "code")
-                    ->valuestring,
-                "invalid_request"));
-    CHECK(cJSON_GetObjectItem(cJSON_GetObjectItem(json, "response"),
-                              "status_code")
-              ->valueint == 400);
+    json = s_check_line(line, &failures);
+    CHECK(cJSON_IsNull(cJSON_GetObjectItem(json, "error")));
+    CHECK(s_num(json, "response.status_code") == 400);
+    CHECK(streq(s_str(json, "response.request_id"), "r9"));
+    CHECK(streq(s_str(json, "response.body.error.message"), "bad \"thing\""));
+    CHECK(streq(s_str(json, "response.body.error.type"),
+                "invalid_request_error"));
+    CHECK(streq(s_str(json, "llmq.error_code"), "invalid_request"));
+    CHECK(llmq_jsonl_line_failed(line) && llmq_jsonl_json_failed(json));
     cJSON_Delete(json);
     free(line);
     line = llmq_jsonl_error_line("c3", NULL, "timeout", "gone", 0);
-    json = cJSON_Parse(line);
-    CHECK(json && cJSON_IsNull(cJSON_GetObjectItem(json, "response")));
+    json = s_check_line(line, &failures);
+    CHECK(cJSON_IsNull(cJSON_GetObjectItem(json, "response")));
+    CHECK(streq(s_str(json, "error.code"), "timeout") &&
+          streq(s_str(json, "error.message"), "gone"));
+    CHECK(llmq_jsonl_line_failed(line) && llmq_jsonl_json_failed(json));
     cJSON_Delete(json);
     free(line);
+    return failures;
+}
+
+//  A msgpack copy of JSON text (caller frees), size in *size_p.
+static uint8_t *s_msgpack(const char *text, size_t *size_p)
+{
+    zframe_t *frame = llmq_value_from_json_text(text, strlen(text), NULL, 0);
+    *size_p = frame ? zframe_size(frame) : 0;
+    uint8_t *copy = frame ? (uint8_t *)malloc(*size_p) : NULL;
+    if (copy)
+        memcpy(copy, zframe_data(frame), *size_p);
+    zframe_destroy(&frame);
+    return copy;
+}
+
+//  Output lines from client results with raw bodies: the body and the
+//  provider's error body written as they came, the llmq object filled.
+static int s_test_result_lines(s_test_fx_t *fx)
+{
+    (void)fx;
+    int failures = 0;
+    const char *ok_body =
+        "{\"id\":\"chatcmpl-9\",\"object\":\"chat.completion\","
+        "\"usage\":{\"prompt_tokens\":3},\"x\":[1.5,null]}";
+    llmq_result_t r = {.ok = true,
+                       .cost_usd = 0.25,
+                       .cached = true,
+                       .attempts = 2,
+                       .worker = "w1",
+                       .model = "m-real",
+                       .request_id = "req_abc",
+                       .trace = "00-0af7651916cd43dd8448eb211c80319c-"
+                                "b7ad6b7169203331-01"};
+    r.body_msgpack = s_msgpack(ok_body, &r.body_msgpack_size);
+    char *line = llmq_jsonl_result_line("k1", &r);
+    cJSON *json = s_check_line(line, &failures);
+    CHECK(line && strstr(line, ok_body)); //  byte for byte
+    CHECK(streq(s_str(json, "response.request_id"), "req_abc"));
+    CHECK(strstr(line, "\"cost_usd\":0.25,"));
+    CHECK(s_num(json, "llmq.cost_usd") == 0.25 &&
+          s_num(json, "llmq.attempts") == 2);
+    CHECK(cJSON_IsTrue(
+        cJSON_GetObjectItem(cJSON_GetObjectItem(json, "llmq"), "cached")));
+    CHECK(streq(s_str(json, "llmq.traceparent"), r.trace));
+    CHECK(streq(s_str(json, "llmq.model"), "m-real") &&
+          streq(s_str(json, "llmq.worker"), "w1"));
+    CHECK(!llmq_jsonl_line_failed(line));
+    cJSON_Delete(json);
+    free(line);
+    //  No request_id from the worker: the body's id, as before.
+    r.request_id = NULL;
+    line = llmq_jsonl_result_line("k1", &r);
+    json = s_check_line(line, &failures);
+    CHECK(streq(s_str(json, "response.request_id"), "chatcmpl-9"));
+    cJSON_Delete(json);
+    free(line);
+    //  A body that is not msgpack: an error line, not a broken one.
+    r.body_msgpack_size = 3;
+    line = llmq_jsonl_result_line("k1", &r);
+    json = s_check_line(line, &failures);
+    CHECK(streq(s_str(json, "error.code"), "internal"));
+    cJSON_Delete(json);
+    free(line);
+    free(r.body_msgpack);
+    //  An HTTP error: the provider's body unchanged, code and param kept.
+    const char *err_body = "{\"error\":{\"message\":\"too long\",\"type\":"
+                           "\"invalid_request_error\",\"param\":\"messages\","
+                           "\"code\":\"context_length_exceeded\"}}";
+    llmq_result_t e = {.error_code = "context_length",
+                       .error_message = "m",
+                       .error_status = 400,
+                       .request_id = "req_e"};
+    e.error_body = s_msgpack(err_body, &e.error_body_size);
+    line = llmq_jsonl_result_line("k2", &e);
+    json = s_check_line(line, &failures);
+    CHECK(line && strstr(line, err_body));
+    CHECK(cJSON_IsNull(cJSON_GetObjectItem(json, "error")));
+    CHECK(s_num(json, "response.status_code") == 400);
+    CHECK(streq(s_str(json, "response.request_id"), "req_e"));
+    CHECK(streq(s_str(json, "llmq.error_code"), "context_length"));
+    CHECK(llmq_jsonl_line_failed(line));
+    cJSON_Delete(json);
+    free(line);
+    free(e.error_body);
+    //  A status that is no HTTP error (none, or a 200 that did not parse):
+    //  no response.
+    e.error_body = NULL;
+    e.error_status = 200;
+    line = llmq_jsonl_result_line("k3", &e);
+    json = s_check_line(line, &failures);
+    CHECK(cJSON_IsNull(cJSON_GetObjectItem(json, "response")));
+    CHECK(streq(s_str(json, "error.code"), "context_length"));
+    cJSON_Delete(json);
+    free(line);
+    return failures;
+}
+
+//  Costs print to the picodollar, from integers; nonsense prints 0.
+static int s_test_costs(s_test_fx_t *fx)
+{
+    (void)fx;
+    int failures = 0;
+    const double costs[] = {0.00125, 1e-7, 12.5, 3,        1234567.5,
+                            1e-13,   -1,   NAN,  INFINITY, 0.000123456789012};
+    const char *texts[] = {
+        "0.00125", "0.0000001", "12.5", "3", "1234567.5",
+        "0",       "0",         "0",    "0", "0.000123456789"};
+    for (size_t i = 0; i < sizeof costs / sizeof costs[0]; i++) {
+        llmq_result_t r = {.error_code = "timeout", .cost_usd = costs[i]};
+        char *line = llmq_jsonl_result_line("c", &r);
+        char want[64];
+        snprintf(want, sizeof want, "\"cost_usd\":%s,", texts[i]);
+        CHECK(line && strstr(line, want));
+        if (line && !strstr(line, want))
+            fprintf(stderr, "want %s in %s", want, line);
+        free(line);
+    }
+    return failures;
+}
+
+//  Traceparents: taken from the line when valid, else made per line.
+static int s_test_traceparent(s_test_fx_t *fx)
+{
+    (void)fx;
+    int failures = 0;
+    const char *given =
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    char line[256], out[LLMQ_JSONL_TRACEPARENT_SIZE];
+    snprintf(line, sizeof line,
+             "{\"custom_id\":\"t\",\"metadata\": {\"traceparent\" : \"%s\"}}",
+             given);
+    CHECK(streq(llmq_jsonl_traceparent(line, strlen(line), 1, out), given));
+    //  In a string, or not valid: not taken.
+    const char *not_taken[] = {
+        "{\"prompt\":\"\\\"traceparent\\\":\\\"00-"
+        "4bf92f3577b34da6a3ce929d0e0e47"
+        "36-00f067aa0ba902b7-01\\\"\"}",
+        "{\"traceparent\":\"00-00000000000000000000000000000000-"
+        "00f067aa0ba902b7"
+        "-01\"}",
+        "{\"traceparent\":\"ff-4bf92f3577b34da6a3ce929d0e0e4736-"
+        "00f067aa0ba902b7"
+        "-01\"}",
+        "{\"traceparent\":\"00-4BF92F3577B34DA6A3CE929D0E0E4736-"
+        "00f067aa0ba902b7"
+        "-01\"}",
+        NULL};
+    for (int i = 0; not_taken[i]; i++) {
+        llmq_jsonl_traceparent(not_taken[i], strlen(not_taken[i]), 7, out);
+        CHECK(!strstr(not_taken[i], out + 3));
+        CHECK(llmq_jsonl_traceparent_valid(out, strlen(out)));
+    }
+    //  Made: valid, the same for the same line, another for another line.
+    char again[LLMQ_JSONL_TRACEPARENT_SIZE], other[LLMQ_JSONL_TRACEPARENT_SIZE];
+    llmq_jsonl_traceparent(NULL, 0, 7, again);
+    llmq_jsonl_traceparent("hello", 5, 8, other);
+    CHECK(streq(out, again) && !streq(out, other));
+    CHECK(strncmp(out, "00-", 3) == 0 && streq(out + 52, "-01"));
+    CHECK(strncmp(out + 3, other + 3, 32) != 0);
+    CHECK(strncmp(out + 36, other + 36, 16) != 0);
     return failures;
 }
 
@@ -829,7 +1399,8 @@ int llmq_jsonl_test(bool verbose)
     //  The steps, in order: each goes on from where the last one left.
     static int (*const steps[])(s_test_fx_t *) = {
         s_test_batch_lines,  s_test_prompt_lines, s_test_bad_lines,
-        s_test_output_lines, s_test_resume,       s_test_ordered,
+        s_test_output_lines, s_test_result_lines, s_test_costs,
+        s_test_traceparent,  s_test_resume,       s_test_ordered,
         s_test_lazy_input,   s_test_missing};
     for (size_t i = 0; i < sizeof(steps) / sizeof(steps[0]); i++)
         failures += steps[i](&fx);

@@ -13,11 +13,18 @@
     that cannot be understood still becomes an item, with `error` set, so
     that it is answered by an error line instead of aborting the run.
 
-    Output lines follow the OpenAI Batch output format:
-      {"id", "custom_id", "response": {"status_code", "request_id", "body"},
-       "error": null}
-    and for failures "response": null (or the provider's status and error
-    body) with "error": {"code", "message"}.
+    Output lines follow the OpenAI Batch output format field by field, plus
+    an object of llmq's own:
+      {"id": "batch_req_<32 hex>", "custom_id",
+       "response": {"status_code", "request_id", "body"} | null,
+       "error": {"code", "message"} | null,
+       "llmq": {"cost_usd", "cached", "traceparent", "model", "worker",
+                "attempts", "error_code"}}
+    A provider's answer (success, or an HTTP error 4xx/5xx) is a response
+    with its status, request id and body as the provider sent it (its error
+    body too) and "error": null, as OpenAI writes it; a line that got no
+    HTTP answer (timeout, connection, llmq's own refusals) has "response":
+    null and "error" set. "id" is unique per line and per run.
 
     Ownership: items, lines and tables returned belong to the caller.
 */
@@ -69,14 +76,44 @@ zlistx_t *llmq_jsonl_read_input(const char *path, bool keep_bodies, char *err,
     NULL for an item with an error. */
 cJSON *llmq_jsonl_item_body(llmq_jsonl_item_t *self);
 
-/*  Output lines, each ending with '\n'. request_id may be NULL. */
+/*  Output lines, each ending with '\n' (caller frees; NULL: out of
+    memory). request_id may be NULL (an ok line then takes the body's
+    "id"). An error line with an HTTP error status (400..599) is a response
+    whose body is an OpenAI error body built from code and message; any
+    other status: "response": null and "error": {code, message}. */
 char *llmq_jsonl_ok_line(const char *custom_id, const char *request_id,
                          const cJSON *body);
 char *llmq_jsonl_error_line(const char *custom_id, const char *request_id,
                             const char *code, const char *message, int status);
-/*  Output line for a client result. */
+/*  Output line for a client result: its body (msgpack with raw bodies, or
+    the tree), request_id, error body, and the `llmq` object from its cost,
+    cached, trace, model, worker and attempts. */
 char *llmq_jsonl_result_line(const char *custom_id,
                              const llmq_result_t *result);
+
+/*  True if an output line is a failed line: no response, a status_code
+    that is not 2xx, or an error set. json_failed takes the parsed line;
+    line_failed its text (read without parsing when it is in llmq's key
+    order). */
+bool llmq_jsonl_json_failed(const cJSON *line);
+bool llmq_jsonl_line_failed(const char *line);
+
+/*  A fresh line id "batch_req_<32 hex>" into id (LLMQ_JSONL_LINE_ID_SIZE
+    bytes): a random part per process and a counter, so ids are unique per
+    line and per run. */
+#define LLMQ_JSONL_LINE_ID_SIZE 43
+void llmq_jsonl_new_id(char *id);
+
+/*  W3C traceparent of a line into out (LLMQ_JSONL_TRACEPARENT_SIZE bytes):
+    the valid value of a "traceparent" key in the line's JSON text (len
+    bytes; e.g. {"metadata": {"traceparent": ...}}), else a fresh
+    "00-<32 hex>-<16 hex>-01" from the process's random seed and line_no
+    (the same for the same line within a run). Returns out. */
+#define LLMQ_JSONL_TRACEPARENT_SIZE 56
+const char *llmq_jsonl_traceparent(const char *line, size_t len,
+                                   uint64_t line_no, char *out);
+/*  True if text (len bytes) is a valid version-00-form traceparent. */
+bool llmq_jsonl_traceparent_valid(const char *text, size_t len);
 
 /*  Resume: read an output file ("-": nothing to resume) and keep its complete,
    valid lines (a partial last line, as a kill leaves, and unparsable lines are
@@ -104,7 +141,7 @@ int llmq_jsonl_writer_write(llmq_jsonl_writer_t *self, const char *line);
 /*  fsync if the last sync is older than interval_ms (0: now). */
 int llmq_jsonl_writer_sync(llmq_jsonl_writer_t *self, int interval_ms);
 
-/*  FNV-1a 64 of bytes (ids of output lines). */
+/*  FNV-1a 64 of bytes. */
 uint64_t llmq_jsonl_fnv1a(const void *data, size_t size);
 
 int llmq_jsonl_test(bool verbose);

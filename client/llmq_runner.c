@@ -174,7 +174,7 @@ static size_t s_count(zlistx_t *items, zhashx_t *lines, size_t *failed_p,
         if (line) {
             answered++;
             //  An error line kept by the resume is still a failed line.
-            if (!strstr(line, "\"error\":null"))
+            if (llmq_jsonl_line_failed(line))
                 (*failed_p)++;
         } else if (todo)
             todo[(*todo_count_p)++].item = item;
@@ -300,6 +300,8 @@ int llmq_runner_start(llmq_runner_t *self, llmq_client_t *client,
     free(self->default_model);
     self->default_model = default_model ? strdup(default_model) : NULL;
     llmq_client_set_window(client, (size_t)self->window);
+    //  Bodies go to OUT as they came: no tree per result.
+    llmq_client_set_raw_bodies(client, true);
     return 0;
 }
 
@@ -333,8 +335,14 @@ static int s_send(llmq_runner_t *self, size_t index)
         //  The body names the model the broker routes on.
         cJSON_DeleteItemFromObject(body, "model");
         cJSON_AddStringToObject(body, "model", model);
-        int rc = llmq_client_submit(self->client, item->op, model, body,
-                                    &self->request, &self->todo[index]);
+        //  One traceparent per line: the line's own, else a fresh one.
+        char trace[LLMQ_JSONL_TRACEPARENT_SIZE];
+        llmq_opts_t opts = self->request;
+        opts.trace = llmq_jsonl_traceparent(item->line,
+                                            item->line ? strlen(item->line) : 0,
+                                            item->line_no, trace);
+        int rc = llmq_client_submit(self->client, item->op, model, body, &opts,
+                                    &self->todo[index]);
         int saved = errno;
         //  The client keeps its own copy: free the tree now.
         cJSON_Delete(item->body);

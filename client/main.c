@@ -1375,6 +1375,8 @@ static int s_batch_write(llmq_client_t *client, const char *id,
                          const char *output, size_t *failed_p)
 {
     size_t count = 0;
+    //  Bodies go to OUT as they came: no tree per result.
+    llmq_client_set_raw_bodies(client, true);
     llmq_result_t **results = llmq_batch_results(client, id, &count);
     if (!results) {
         fprintf(stderr, "llmq batch: %s\n", llmq_batch_error(client));

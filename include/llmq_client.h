@@ -88,6 +88,20 @@ typedef struct {
     char *error_message;  /* provider or broker message, never a secret */
     int error_status;     /* provider HTTP status, 0 if none */
     bool error_retryable; /* the same request may succeed later */
+    char *request_id;     /* the provider's request id (`x-request-id`),
+                             or NULL when the worker sent none */
+    char *model;          /* the model that answered (the res `model`
+                             when an alias or a fallback changed it), else
+                             the model asked */
+    char *trace;          /* the W3C traceparent sent with the request, or
+                             NULL */
+    uint8_t *error_body;  /* the provider's HTTP error body as it sent it,
+                             as msgpack (llmq_value.h reads it), or NULL */
+    size_t error_body_size;
+    uint8_t *body_msgpack; /* with llmq_client_set_raw_bodies(): the
+                              response body as msgpack (owned; body is then
+                              NULL), else NULL */
+    size_t body_msgpack_size;
 } llmq_result_t;
 
 /*  Streaming: called for each chunk in order. chunk is one OpenAI
@@ -162,6 +176,13 @@ void llmq_client_set_timeout(llmq_client_t *self, int timeout_ms);
 void llmq_client_set_window(llmq_client_t *self, size_t window);
 void llmq_client_set_give_up(llmq_client_t *self, int give_up_ms);
 void llmq_client_set_verbose(llmq_client_t *self, bool verbose);
+
+/*  Raw bodies: results keep the response body as the msgpack bytes that
+    came (body_msgpack) instead of decoding it into a cJSON tree (body stays
+    NULL, llmq_result_text() gives NULL): for callers that write or forward
+    the body as is (`llmq run` writes it straight to JSON text). Default
+    false. */
+void llmq_client_set_raw_bodies(llmq_client_t *self, bool raw);
 
 /*  Deliver results to fn instead of the poll queue (NULL: back to polling). */
 void llmq_client_set_callback(llmq_client_t *self, llmq_result_fn *fn,

@@ -97,8 +97,12 @@ def check_results(path, ids, bad=(), cancelled_ok=False):
     errors = {}
     for i, r in enumerate(rows):
         if i in bad:
-            check(r["error"] is not None, "%s should have failed: %r" % (r["custom_id"], r))
-            errors[i] = r["error"]["code"]
+            # OpenAI's batch output: a provider's HTTP error is a response
+            # with its status and error null; llmq's code is llmq.error_code.
+            http_error = r["error"] is None and r["response"]["status_code"] >= 400
+            check(r["error"] is not None or http_error,
+                  "%s should have failed: %r" % (r["custom_id"], r))
+            errors[i] = r["error"]["code"] if r["error"] else r["llmq"]["error_code"]
         elif r["error"] is not None:
             if cancelled_ok and r["error"]["code"] == "cancelled":
                 errors[i] = "cancelled"

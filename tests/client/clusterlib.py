@@ -82,8 +82,12 @@ def verify_output(path, expect, ordered=True):
         kind, messages = expect[r["custom_id"]]
         counts[kind] += 1
         if kind == "fail":
-            check(r["error"] and r["error"]["code"] == "invalid_request",
-                  "%s should be an invalid_request error line: %r" % (r["custom_id"], r))
+            # The sim's HTTP 400: a response with its status and error body,
+            # error null (OpenAI's batch output), llmq's code in llmq.
+            check(r["error"] is None and r["response"]["status_code"] == 400
+                  and "error" in r["response"]["body"]
+                  and r["llmq"]["error_code"] == "invalid_request",
+                  "%s should be an HTTP 400 line: %r" % (r["custom_id"], r))
             continue
         check(r["error"] is None, "%s failed: %r" % (r["custom_id"], r["error"]))
         check(r["response"]["status_code"] == 200, "%s status" % r["custom_id"])

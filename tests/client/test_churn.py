@@ -267,10 +267,13 @@ def test_breaker():
         rc, _, stderr = run_llmq(["run", inp, "-o", out, "--broker", cluster.broker.frontend,
                                   "--model", MODEL, "--concurrency", "64"], timeout=120)
         rows = read_jsonl(out)
-        failed = [r for r in rows if r["error"]]
+        # The sim's 500s are HTTP answers: a response with status 500 and
+        # error null (OpenAI's batch output), llmq's code in llmq.error_code.
+        failed = [r for r in rows if r["llmq"]["error_code"]]
         check(sorted(r["custom_id"] for r in failed) == ["b%04d" % i for i in sorted(bad)],
-              "failed lines: %r" % [(r["custom_id"], r["error"]) for r in failed][:5])
-        check(all(r["error"]["code"] == "provider_error" for r in failed), "codes %r" % failed)
+              "failed lines: %r" % [(r["custom_id"], r["llmq"]) for r in failed][:5])
+        check(all(r["llmq"]["error_code"] == "provider_error" and r["error"] is None
+                  and r["response"]["status_code"] == 500 for r in failed), "codes %r" % failed)
         with open(log) as f:
             text = f.read()
         check("circuit_open" not in text, "the circuit opened:\n" + text[-2000:])

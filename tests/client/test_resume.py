@@ -29,7 +29,10 @@ def complete_lines(path):
     done = {}
     for line in lines:
         row = json.loads(line)
-        done[row["custom_id"]] = row["error"] is None
+        # OpenAI's batch output: an HTTP error is a response with its status
+        # and error null; ok means a 2xx response.
+        done[row["custom_id"]] = (row["error"] is None and
+                                  200 <= row["response"]["status_code"] < 300)
     return done
 
 
