@@ -108,8 +108,7 @@ static s_table_t *s_table_new(void)
 }
 
 //  A route of targets n (filled by the caller), NULL if out of memory.
-static s_route_t *s_route_new(const char *name, size_t ntargets,
-                              size_t nsteps)
+static s_route_t *s_route_new(const char *name, size_t ntargets, size_t nsteps)
 {
     s_route_t *route = (s_route_t *)calloc(1, sizeof(*route));
     if (!route)
@@ -314,8 +313,8 @@ static int s_fail(s_load_t *ld, const char *route, const char *fmt, ...)
         snprintf(ld->err, ld->errlen, "%s:%ld: route '%.64s': %s", ld->name,
                  line, route, what);
     else if (route)
-        snprintf(ld->err, ld->errlen, "%s: route '%.64s': %s", ld->name,
-                 route, what);
+        snprintf(ld->err, ld->errlen, "%s: route '%.64s': %s", ld->name, route,
+                 what);
     else
         snprintf(ld->err, ld->errlen, "%s: %s", ld->name, what);
     return -1;
@@ -423,8 +422,8 @@ static s_table_t *s_table_build(s_load_t *ld, const s_y_file_t *y)
     return t;
 }
 
-int llmq_route_load_text(llmq_route_t *self, const char *name,
-                         const char *text, char *err, size_t errlen)
+int llmq_route_load_text(llmq_route_t *self, const char *name, const char *text,
+                         char *err, size_t errlen)
 {
     s_log_t log = {{0}};
     cyaml_config_t cc = {.log_fn = s_cyaml_log,
@@ -462,8 +461,8 @@ int llmq_route_load(llmq_route_t *self, const char *path, char *err,
     bool bad = !text || ferror(file) || size > s_MAX_FILE;
     fclose(file);
     if (bad) {
-        snprintf(err, errlen, "%s: cannot read (or larger than %d bytes)",
-                 path, s_MAX_FILE);
+        snprintf(err, errlen, "%s: cannot read (or larger than %d bytes)", path,
+                 s_MAX_FILE);
         free(text);
         return -1;
     }
@@ -614,8 +613,7 @@ static int s_t_weights(llmq_route_t *rt, bool verbose)
             CHECK(azure == (i + 1) / 10 * 7); //  Exact in every 10
     }
     if (verbose)
-        printf(" weights: azure %d of 10000, longest run %d\n", azure,
-               longest);
+        printf(" weights: azure %d of 10000, longest run %d\n", azure, longest);
     CHECK(azure == 7000 && longest <= 3);
     //  A target that cannot answer gives its share to the others.
     s_t_down_t down = {{"gpt-4o azure"}};
@@ -649,8 +647,8 @@ static int s_t_chain(llmq_route_t *rt)
           1);
     CHECK(t.step == 0 && streq(t.model, "gpt-4o")); //  Waits at the first
     s_t_down_t up = {{NULL}};
-    CHECK(llmq_route_pick(rt, "gpt-4o", NULL, 1, s_t_usable, &up, false,
-                          &t) == 0);
+    CHECK(llmq_route_pick(rt, "gpt-4o", NULL, 1, s_t_usable, &up, false, &t) ==
+          0);
     CHECK(t.step == 1 && streq(t.model, "gpt-4o-mini")); //  Never back
     CHECK(llmq_route_pick(rt, "gpt-4o", NULL, 3, s_t_usable, &up, true, &t) ==
           -1);
@@ -682,8 +680,7 @@ static int s_t_pool(llmq_route_t *rt)
                           &t) == 0);
     CHECK(t.step == 1 && streq(t.model, "gpt-4o-mini") &&
           streq(t.pool, "other"));
-    CHECK(llmq_route_pick(rt, "gpt-4o", "", 0, s_t_usable, &up, true, &t) ==
-          0);
+    CHECK(llmq_route_pick(rt, "gpt-4o", "", 0, s_t_usable, &up, true, &t) == 0);
     CHECK(t.step == 0); //  "" is no pool
     return 0;
 }
@@ -694,7 +691,8 @@ static int s_t_errors(llmq_route_t *rt, bool verbose)
     static const char *cases[][2] = {
         {"routes:\n  - name: a\n    targets: [{model: b, weight: 0}]\n",
          "t.yaml:2: route 'a': target 1 (b): weight 0 is not in 1..1000000"},
-        {"routes:\n  - name: a\n    color: red\n", "t.yaml:3: Unexpected key: color"},
+        {"routes:\n  - name: a\n    color: red\n",
+         "t.yaml:3: Unexpected key: color"},
         {"routes:\n  - name: a\n    targets: [{pool: p}]\n", "model"},
         {"routes:\n  - name: a\n  - name: a\n", "route 'a': defined twice"},
         {"routes:\n  - name: a\n    fallback: [b, a]\n",
@@ -711,8 +709,8 @@ static int s_t_errors(llmq_route_t *rt, bool verbose)
     char err[512];
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         err[0] = 0;
-        int rc = llmq_route_load_text(rt, "t.yaml", cases[i][0], err,
-                                      sizeof(err));
+        int rc =
+            llmq_route_load_text(rt, "t.yaml", cases[i][0], err, sizeof(err));
         if (verbose)
             printf(" bad file %zu: %s\n", i, err);
         CHECK(rc == -1 && strstr(err, cases[i][1]));

@@ -68,8 +68,8 @@ int llmq_route_load(llmq_route_t *self, const char *path, char *err,
                     size_t errlen);
 
 /*  As llmq_route_load, from YAML text (name is used in errors). */
-int llmq_route_load_text(llmq_route_t *self, const char *name,
-                         const char *text, char *err, size_t errlen);
+int llmq_route_load_text(llmq_route_t *self, const char *name, const char *text,
+                         char *err, size_t errlen);
 
 /*  Routes in the table. */
 size_t llmq_route_count(const llmq_route_t *self);
