@@ -188,7 +188,7 @@ def case_breaker(tmp):
                            for w in status(b)["workers"]), 30)
     seen = chats(sim)
     print("the sim saw %d chat requests before" % seen)
-    after = c.run("m1", 40)
+    after = c.run("m1", 40, timeout=30)
     all_ok(after, "with the breaker open")
     check(by(after, "worker") == {"w2": 40}, "breaker open: %r" % by(after, "worker"))
     check(by(after, "model") == {"m2": 40}, "res model: %r" % by(after, "model"))
