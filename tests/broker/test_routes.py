@@ -119,6 +119,17 @@ class Client:
         self.s.close()
 
 
+def metric(b, series):
+    """The value of one series on the broker's /metrics (0 if absent)."""
+    import urllib.request
+    with urllib.request.urlopen(b.ready["metrics"], timeout=10) as r:
+        text = r.read().decode()
+    for line in text.splitlines():
+        if line.startswith(series + " "):
+            return float(line.split()[-1])
+    return 0
+
+
 def by(results, key):
     counts = {}
     for h in results:
@@ -136,7 +147,7 @@ def all_ok(results, what):
 def case_kill(tmp):
     routes = os.path.join(tmp, "routes.yaml")
     write(routes, "routes:\n  - name: m1\n    fallback: [m2]\n")
-    b = broker(routes)
+    b = broker(routes, "--metrics", "127.0.0.1:0")
     w1 = echo_worker(b.backend, "w1", "m1", "p1")
     echo_worker(b.backend, "w2", "m2", "p2")
     wait_workers(b, ["w1", "w2"])
@@ -153,6 +164,8 @@ def case_kill(tmp):
     s = status(b)
     check(s["counters"].get("routes") == 1, "status routes: %r" % s["counters"])
     check(s["counters"].get("fallbacks", 0) >= 50, "status fallbacks: %r" % s["counters"])
+    moved = metric(b, 'llmq_broker_fallbacks_total{route="m1",reason="no_worker"}')
+    check(moved >= 50, "llmq_broker_fallbacks_total: %r" % moved)
     c.close()
 
 
