@@ -16,7 +16,8 @@ Cases:
   weights   a 70/30 alias over two pools splits 10,000 requests within 3
             points (echo workers; counted by the res `worker`)
   reload    SIGHUP with new weights: they take effect; a bad file on SIGHUP
-            keeps the old table; a bad file at start is exit 2
+            keeps the old table; a bad file at start is exit 2;
+            examples/routes.yaml loads (LLMQ_ROUTES)
 
 llmq-broker, llmq-worker (echo and sim providers) and llmq-sim as they are
 built; a raw DEALER client (pyzmq + msgpack), so every res header field is
@@ -284,6 +285,13 @@ def case_reload(tmp):
     check(p.wait(20) is not None, "a bad routes file at start: still running")
     check("bad.yaml:2: route 'gpt-x'" in p.stderr(), "no file:line reason: %r" % p.stderr())
     p.check_exit(2)
+    # The documented example loads (through LLMQ_ROUTES).
+    example = os.path.join(llmqtest.SOURCE_DIR, "examples", "routes.yaml")
+    e = llmqtest.Broker("tcp://127.0.0.1:*", "tcp://127.0.0.1:*", "--batch-db", "none",
+                        name="example broker", env=dict(os.environ, LLMQ_ROUTES=example))
+    check(status(e)["counters"].get("routes") == 4, "examples/routes.yaml: %r"
+          % status(e)["counters"])
+    e.stop()
 
     write(routes, ROUTES_7030 % (70, 30))
     b = broker(routes)
