@@ -148,6 +148,7 @@ struct _s_request_t {
     bool stream;          //  Client wants chunks
     bool resend;          //  The client sent it before (3.3)
     uint8_t deaths;       //  Death count (PROTOCOL.md 3.3)
+    uint8_t route_step;   //  Its step in its route's chain (3.6)
     uint32_t chunks;      //  Chunks the client has (forwarded or resumed)
     char *rkey;           //  Request key "client:id", NULL for a module's
     void *park;           //  Handle in parked while waiting for `held`
@@ -155,8 +156,8 @@ struct _s_request_t {
     s_fair_t *fair;       //  Its fair-share stamp while waiting, or NULL
     size_t bytes;         //  Payload bytes, as received
     char *routed;         //  A route chose its lane (PROTOCOL.md 3.6): the
-                          //  model and, after its NUL, the pool it asked for
-    uint8_t route_step;   //  Its step in that route's chain
+                          //  model and, after its NUL, the pool it asked
+                          //  for; NULL if not routed
 };
 
 struct _s_client_t {
