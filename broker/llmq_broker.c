@@ -2289,6 +2289,15 @@ static s_lane_t *s_route_lane(s_broker_t *self, llmq_msg_t *msg, int *step)
     return s_lane_require(self, t.model, t.pool);
 }
 
+//  The lane of a client's request: its model and pool, or a route's pick.
+static inline s_lane_t *s_request_lane(s_broker_t *self, llmq_msg_t *msg,
+                                       int *step)
+{
+    if (self->route)
+        return s_route_lane(self, msg, step);
+    return s_lane_require(self, llmq_msg_model(msg), llmq_msg_pool(msg));
+}
+
 //  Remember what a routed request asked for: "model\0pool\0".
 static void s_route_keep(s_request_t *r, llmq_msg_t *msg, int step)
 {
@@ -2457,6 +2466,15 @@ static void s_route_reload(s_broker_t *self)
               s_END);
 }
 
+//  Every tick: moves along chains; a routes file that changed is read
+//  again (as on SIGHUP).
+static void s_route_tick(s_broker_t *self, int64_t now)
+{
+    s_route_sweep(self);
+    if (llmq_route_changed(self->route, self->config.routes, now))
+        s_route_reload(self);
+}
+
 static void s_client_request(s_broker_t *self, const char *key,
                              llmq_msg_t **msg_p)
 {
@@ -2501,9 +2519,7 @@ static void s_client_request(s_broker_t *self, const char *key,
     if (s_tenant_admit(self, msg_p) || s_spend_admit(self, msg_p))
         return;
     int step = -1; //  Its step in a route's chain (3.6), -1: not routed
-    s_lane_t *lane = self->route ? s_route_lane(self, msg, &step)
-                                 : s_lane_require(self, llmq_msg_model(msg),
-                                                  llmq_msg_pool(msg));
+    s_lane_t *lane = s_request_lane(self, msg, &step);
     if (!client)
         client = s_client_require(self, key, llmq_msg_routing_id(msg));
     s_request_t *r = s_request_new(id);
@@ -3172,7 +3188,7 @@ static void s_timers(s_broker_t *self, int64_t now)
     s_acks_flush(self, now);
     s_clients_check(self, now);
     if (self->route)
-        s_route_sweep(self);
+        s_route_tick(self, now);
     //  A worker silent for half the dead time is probably dead: sending it
     //  more would only lengthen the list of requests its death delays.
     for (s_worker_t *w = (s_worker_t *)zhashx_first(self->workers); w;

@@ -29,6 +29,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #define s_MAX_FILE (16 << 20) //  Bytes of a routes file
 #define s_MAX_ROUTES 10000    //  Routes in a file
@@ -60,9 +61,27 @@ typedef struct {
     zlistx_t *plain;  //  Plain-model fallback steps, s_route_t (owned)
 } s_table_t;
 
+//  A file as stat(2) saw it: a different one has changed.
+typedef struct {
+    bool exists;
+    dev_t dev;
+    ino_t ino;
+    off_t size;
+    int64_t mtime_ns;
+} s_stat_t;
+
 struct _llmq_route_t {
-    s_table_t *table; //  The current table, never NULL
+    s_table_t *table;   //  The current table, never NULL
+    s_stat_t seen;      //  The file as last read (good or bad)
+    int64_t checked_at; //  When llmq_route_changed last looked (ms)
 };
+
+static s_stat_t s_stat_of(const struct stat *st)
+{
+    return (s_stat_t){true, st->st_dev, st->st_ino, st->st_size,
+                      (int64_t)st->st_mtim.tv_sec * 1000000000 +
+                          st->st_mtim.tv_nsec};
+}
 
 static void s_route_free(void **item)
 {
@@ -454,8 +473,13 @@ int llmq_route_load(llmq_route_t *self, const char *path, char *err,
     FILE *file = fopen(path, "rb");
     if (!file) {
         snprintf(err, errlen, "%s: cannot open: %s", path, strerror(errno));
+        self->seen.exists = false;
         return -1;
     }
+    //  What we read, good or bad: llmq_route_changed compares with it.
+    struct stat st;
+    if (fstat(fileno(file), &st) == 0)
+        self->seen = s_stat_of(&st);
     char *text = (char *)malloc(s_MAX_FILE + 1);
     size_t size = text ? fread(text, 1, s_MAX_FILE + 1, file) : 0;
     bool bad = !text || ferror(file) || size > s_MAX_FILE;
@@ -470,6 +494,21 @@ int llmq_route_load(llmq_route_t *self, const char *path, char *err,
     int rc = llmq_route_load_text(self, path, text, err, errlen);
     free(text);
     return rc;
+}
+
+bool llmq_route_changed(llmq_route_t *self, const char *path, int64_t now_ms)
+{
+    if (now_ms - self->checked_at < 1000)
+        return false;
+    self->checked_at = now_ms;
+    struct stat st;
+    s_stat_t now = {false, 0, 0, 0, 0};
+    if (stat(path, &st) == 0)
+        now = s_stat_of(&st);
+    if (!now.exists || !self->seen.exists)
+        return now.exists != self->seen.exists;
+    return now.dev != self->seen.dev || now.ino != self->seen.ino ||
+           now.size != self->seen.size || now.mtime_ns != self->seen.mtime_ns;
 }
 
 size_t llmq_route_count(const llmq_route_t *self)
@@ -734,14 +773,23 @@ static int s_t_file(llmq_route_t *rt)
     fclose(f);
     char err[512] = "";
     int rc = llmq_route_load(rt, path, err, sizeof(err));
-    remove(path);
     CHECK(rc == 0 && llmq_route_count(rt) == 1);
+    //  Changes: looked at once a second; what was read last is the base.
+    CHECK(!llmq_route_changed(rt, path, 1000000));
+    CHECK((f = fopen(path, "a")) && fputs("# more\n", f) >= 0 && !fclose(f));
+    CHECK(!llmq_route_changed(rt, path, 1000500));
+    CHECK(llmq_route_changed(rt, path, 1001000));
+    CHECK(llmq_route_load(rt, path, err, sizeof(err)) == 0);
+    CHECK(!llmq_route_changed(rt, path, 1002000));
+    remove(path);
+    CHECK(llmq_route_changed(rt, path, 1003000));
     llmq_route_target_t t;
     CHECK(llmq_route_pick(rt, "x", NULL, 0, NULL, NULL, true, &t) == 0);
     CHECK(streq(t.model, "y") && streq(t.pool, "p"));
     CHECK(llmq_route_pick(rt, "gpt-4o", NULL, 0, NULL, NULL, true, &t) == -1);
     CHECK(llmq_route_load(rt, path, err, sizeof(err)) == -1);
     CHECK(strstr(err, "cannot open") && llmq_route_count(rt) == 1);
+    CHECK(!llmq_route_changed(rt, path, 1004000)); //  Still gone
     CHECK(llmq_route_load_text(rt, "empty", "", err, sizeof(err)) == 0);
     CHECK(llmq_route_count(rt) == 0);
     return 0;

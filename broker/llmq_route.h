@@ -34,6 +34,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -70,6 +71,11 @@ int llmq_route_load(llmq_route_t *self, const char *path, char *err,
 /*  As llmq_route_load, from YAML text (name is used in errors). */
 int llmq_route_load_text(llmq_route_t *self, const char *name, const char *text,
                          char *err, size_t errlen);
+
+/*  Has the file at path changed (another file, size or mtime, or it
+    appeared or went) since the last load read it? Looks at most once a
+    second (now_ms: a monotonic clock); false in between. */
+bool llmq_route_changed(llmq_route_t *self, const char *path, int64_t now_ms);
 
 /*  Routes in the table. */
 size_t llmq_route_count(const llmq_route_t *self);

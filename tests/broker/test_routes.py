@@ -15,8 +15,9 @@ Cases:
             request to the next model; a non-retryable one is the answer
   weights   a 70/30 alias over two pools splits 10,000 requests within 3
             points (echo workers; counted by the res `worker`)
-  reload    SIGHUP with new weights: they take effect; a bad file on SIGHUP
-            keeps the old table; a bad file at start is exit 2;
+  reload    SIGHUP with new weights: they take effect; a changed file is
+            read without a signal; a bad file keeps the old table (logged
+            once); a bad file at start is exit 2;
             examples/routes.yaml loads (LLMQ_ROUTES)
 
 llmq-broker, llmq-worker (echo and sim providers) and llmq-sim as they are
@@ -63,6 +64,16 @@ def write(path, text):
     with open(tmp, "w") as f:
         f.write(text)
     os.replace(tmp, path)
+
+
+def rewrite_unseen(path, text):
+    """Rewrite path in place with text of the same size and put its
+    modification time back: a file watcher cannot tell it changed."""
+    st = os.stat(path)
+    with open(path, "r+") as f:
+        check(len(text) == st.st_size, "rewrite_unseen: sizes differ")
+        f.write(text)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
 def status(b):
@@ -301,20 +312,33 @@ def case_reload(tmp):
     c = Client(b.frontend)
     share, counts = split(c, 1000)
     check(abs(share - 0.70) <= 0.03, "before the reload: %r" % counts)
+    # SIGHUP: the new weights are written in place with the same size and
+    # modification time, so only the signal can make the broker see them.
     loaded = b.stderr().count("routes_loaded")
-    write(routes, ROUTES_7030 % (10, 90))
+    rewrite_unseen(routes, ROUTES_7030 % (10, 90))
     b.send_signal(signal.SIGHUP)
     wait_log(b, "routes_loaded", loaded)
     share, counts = split(c, 1000)
-    check(abs(share - 0.10) <= 0.03, "after the reload, 10/90 expected: %r" % counts)
+    check(abs(share - 0.10) <= 0.03, "after SIGHUP, 10/90 expected: %r" % counts)
+    # A bad file (a changed file is read again without a signal) is
+    # refused once, and the table stays.
     write(routes, bad)
-    b.send_signal(signal.SIGHUP)
     wait_log(b, "routes_reload_failed", 0)
     check("routes.yaml:2: route 'gpt-x': target 1 (gpt-x): weight 0" in b.stderr(),
           "reload error without file:line: %s" % b.tail())
     share, counts = split(c, 1000)
     check(abs(share - 0.10) <= 0.03, "a bad file must keep 10/90: %r" % counts)
     check(status(b)["counters"].get("routes") == 1, "routes after a bad reload")
+    b.send_signal(signal.SIGHUP)   # and SIGHUP says so again
+    wait_log(b, "routes_reload_failed", 1)
+    # A good file written over it: read within a second, no signal.
+    loaded = b.stderr().count("routes_loaded")
+    write(routes, ROUTES_7030 % (50, 50))
+    wait_log(b, "routes_loaded", loaded)
+    share, counts = split(c, 1000)
+    check(abs(share - 0.50) <= 0.03, "after the file changed, 50/50 expected: %r" % counts)
+    check(b.stderr().count("routes_reload_failed") == 2,
+          "a bad file is reported once per reading: %s" % b.tail())
     c.close()
 
 
