@@ -478,15 +478,20 @@ int llmq_route_load(llmq_route_t *self, const char *path, char *err,
     }
     //  What we read, good or bad: llmq_route_changed compares with it.
     struct stat st;
-    if (fstat(fileno(file), &st) == 0)
+    bool bad = fstat(fileno(file), &st) != 0;
+    if (!bad)
         self->seen = s_stat_of(&st);
-    char *text = (char *)malloc(s_MAX_FILE + 1);
-    size_t size = text ? fread(text, 1, s_MAX_FILE + 1, file) : 0;
-    bool bad = !text || ferror(file) || size > s_MAX_FILE;
+    bad = bad || st.st_size > s_MAX_FILE;
+    //  One byte more than it says: a file that grew since is read whole
+    //  or refused, never cut.
+    size_t cap = bad ? 0 : (size_t)st.st_size + 1;
+    char *text = bad ? NULL : (char *)malloc(cap + 1);
+    size_t size = text ? fread(text, 1, cap, file) : 0;
+    bad = !text || ferror(file) || size == cap;
     fclose(file);
     if (bad) {
-        snprintf(err, errlen, "%s: cannot read (or larger than %d bytes)", path,
-                 s_MAX_FILE);
+        snprintf(err, errlen, "%s: cannot read it whole (at most %d bytes)",
+                 path, s_MAX_FILE);
         free(text);
         return -1;
     }
