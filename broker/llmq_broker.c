@@ -2284,7 +2284,7 @@ static s_lane_t *s_route_lane(s_broker_t *self, llmq_msg_t *msg, int *step)
                         s_route_usable, self, true, &t) < 0)
         return s_lane_require(self, model, llmq_msg_pool(msg));
     *step = t.step;
-    if (t.step > 0)
+    if (t.step > 0 && t.why) //  Not when step 0 only lacks the pool
         s_route_count(self, model, t.why);
     return s_lane_require(self, t.model, t.pool);
 }
