@@ -2413,13 +2413,16 @@ static void s_route_sweep_lane(s_broker_t *self, s_lane_t *lane, int why)
     free(move);
 }
 
-//  Every tick: the lanes with requests waiting that cannot answer.
+//  Every tick: the lanes with requests waiting that cannot answer (and
+//  where a routed request may wait: a plain model's backlog waiting for
+//  its workers is not walked).
 static void s_route_sweep(s_broker_t *self)
 {
     zlistx_t *lanes = NULL;
     s_lane_t *lane = (s_lane_t *)zhashx_first(self->lanes);
     for (; lane; lane = (s_lane_t *)zhashx_next(self->lanes))
         if (llmq_queue_size(lane->queue) && s_lane_state(lane) &&
+            llmq_route_targeted(self->route, lane->model) &&
             (lanes || (lanes = zlistx_new())))
             zlistx_add_end(lanes, lane);
     //  Apart from the walk: a move may add lanes to the table.

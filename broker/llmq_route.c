@@ -72,6 +72,9 @@ typedef struct {
 
 struct _llmq_route_t {
     s_table_t *table;   //  The current table, never NULL
+    zhashx_t *targeted; //  Models any table loaded so far sent requests to
+                        //  (a set: requests routed before a reload may
+                        //  still wait there)
     s_stat_t seen;      //  The file as last read (good or bad)
     int64_t checked_at; //  When llmq_route_changed last looked (ms)
 };
@@ -152,8 +155,9 @@ llmq_route_t *llmq_route_new(void)
     if (!self)
         return NULL;
     self->table = s_table_new();
-    if (!self->table) {
-        free(self);
+    self->targeted = zhashx_new();
+    if (!self->table || !self->targeted) {
+        llmq_route_destroy(&self);
         return NULL;
     }
     return self;
@@ -165,6 +169,7 @@ void llmq_route_destroy(llmq_route_t **self_p)
     if (!self)
         return;
     s_table_destroy(&self->table);
+    zhashx_destroy(&self->targeted);
     free(self);
     *self_p = NULL;
 }
@@ -441,6 +446,18 @@ static s_table_t *s_table_build(s_load_t *ld, const s_y_file_t *y)
     return t;
 }
 
+//  Add the current table's target models to the targeted set.
+static void s_targeted_add(llmq_route_t *self)
+{
+    s_route_t *route = (s_route_t *)zhashx_first(self->table->routes);
+    for (; route; route = (s_route_t *)zhashx_next(self->table->routes))
+        for (size_t i = 0; i < route->ntargets; i++)
+            zhashx_insert(self->targeted, route->targets[i].model, (void *)1);
+    route = (s_route_t *)zlistx_first(self->table->plain);
+    for (; route; route = (s_route_t *)zlistx_next(self->table->plain))
+        zhashx_insert(self->targeted, route->targets[0].model, (void *)1);
+}
+
 int llmq_route_load_text(llmq_route_t *self, const char *name, const char *text,
                          char *err, size_t errlen)
 {
@@ -464,6 +481,7 @@ int llmq_route_load_text(llmq_route_t *self, const char *name, const char *text,
         return -1;
     s_table_destroy(&self->table);
     self->table = table;
+    s_targeted_add(self);
     return 0;
 }
 
@@ -514,6 +532,11 @@ bool llmq_route_changed(llmq_route_t *self, const char *path, int64_t now_ms)
         return now.exists != self->seen.exists;
     return now.dev != self->seen.dev || now.ino != self->seen.ino ||
            now.size != self->seen.size || now.mtime_ns != self->seen.mtime_ns;
+}
+
+bool llmq_route_targeted(llmq_route_t *self, const char *model)
+{
+    return zhashx_lookup(self->targeted, model) != NULL;
 }
 
 size_t llmq_route_count(const llmq_route_t *self)
@@ -726,6 +749,10 @@ static int s_t_pool(llmq_route_t *rt)
           streq(t.pool, "other"));
     CHECK(llmq_route_pick(rt, "gpt-4o", "", 0, s_t_usable, &up, true, &t) == 0);
     CHECK(t.step == 0); //  "" is no pool
+    CHECK(llmq_route_targeted(rt, "gpt-4o-mini") &&
+          llmq_route_targeted(rt, "claude-haiku") &&
+          llmq_route_targeted(rt, "chain-only") &&
+          !llmq_route_targeted(rt, "fast"));
     return 0;
 }
 
@@ -797,6 +824,7 @@ static int s_t_file(llmq_route_t *rt)
     CHECK(!llmq_route_changed(rt, path, 1004000)); //  Still gone
     CHECK(llmq_route_load_text(rt, "empty", "", err, sizeof(err)) == 0);
     CHECK(llmq_route_count(rt) == 0);
+    CHECK(llmq_route_targeted(rt, "y")); //  Requests may still wait there
     return 0;
 }
 

@@ -77,6 +77,10 @@ int llmq_route_load_text(llmq_route_t *self, const char *name, const char *text,
     second (now_ms: a monotonic clock); false in between. */
 bool llmq_route_changed(llmq_route_t *self, const char *path, int64_t now_ms);
 
+/*  Could a routed request wait in a queue of model: is it a target (or a
+    fallback model) of a table loaded so far? */
+bool llmq_route_targeted(llmq_route_t *self, const char *model);
+
 /*  Routes in the table. */
 size_t llmq_route_count(const llmq_route_t *self);
 
