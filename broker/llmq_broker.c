@@ -42,6 +42,7 @@
 #include "llmq_models.h"
 #include "llmq_payload.h"
 #include "llmq_queue.h"
+#include "llmq_route.h"
 #include "llmq_value.h"
 #include "llmq_version.h"
 
@@ -149,6 +150,7 @@ struct _s_request_t {
     bool stream;          //  Client wants chunks
     bool resend;          //  The client sent it before (3.3)
     uint8_t deaths;       //  Death count (PROTOCOL.md 3.3)
+    uint8_t route_step;   //  Its step in its route's chain (3.6)
     uint32_t chunks;      //  Chunks the client has (forwarded or resumed)
     char *rkey;           //  Request key "client:id", NULL for a module's
     void *park;           //  Handle in parked while waiting for `held`
@@ -157,6 +159,9 @@ struct _s_request_t {
     size_t bytes;         //  Payload bytes, as received
     llmq_cache_flight_t *flight; //  Its single flight (3.7), or NULL
     void *fwait;                 //  Handle there while it waits, or NULL
+    char *routed; //  A route chose its lane (PROTOCOL.md 3.6): the
+                  //  model and, after its NUL, the pool it asked
+                  //  for; NULL if not routed
 };
 
 struct _s_client_t {
@@ -226,6 +231,7 @@ typedef struct {
         bad_messages, worker_deaths;
     uint64_t bad_usage;   //  Results whose usage was nonsense (made 0)
     uint64_t client_gone; //  Requests dropped because their client left
+    uint64_t fallbacks;   //  Requests moved along a route's chain (3.6)
 } s_counters_t;
 
 struct _llmq_broker_core_t {
@@ -281,6 +287,7 @@ struct _llmq_broker_core_t {
     zhashx_t *spend;        //  tenant -> s_spend_t, today (UTC) only
     int64_t spend_day;      //  Days since the epoch that spend counts
     llmq_cache_t *cache;    //  Response cache (3.7), NULL: off
+    llmq_route_t *route;    //  Routes (PROTOCOL.md 3.6), NULL: none
 };
 
 //  A request key a worker reported in `held` before its client resent it.
@@ -561,6 +568,8 @@ static void s_complete(s_broker_t *self, s_request_t *r, llmq_msg_t **res_p)
     llmq_msg_set_id(res, r->id);
     llmq_msg_set_latency_ms(res, latency);
     llmq_msg_set_attempt(res, r->attempt);
+    if (r->routed && !streq(r->routed, lane->model))
+        llmq_msg_set_model(res, lane->model); //  What answered (3.6)
     if (r->worker) {
         llmq_msg_set_worker(res, r->worker->name);
         r->worker->answered++;
@@ -895,6 +904,7 @@ static void s_request_destroy(s_broker_t *self, s_request_t **r_p)
     free(r->trace);
     free(r->tenant);
     free(r->rkey);
+    free(r->routed);
     free(r);
 }
 
@@ -1778,6 +1788,7 @@ static void s_worker_usage_check(s_broker_t *self, s_worker_t *w,
 }
 
 static void s_spend_add(s_broker_t *self, s_request_t *r, double usd);
+static bool s_route_retry(s_broker_t *self, s_request_t *r, llmq_msg_t **res);
 
 static void s_worker_result(s_broker_t *self, s_worker_t *w, llmq_msg_t **msg_p)
 {
@@ -1820,7 +1831,8 @@ static void s_worker_result(s_broker_t *self, s_worker_t *w, llmq_msg_t **msg_p)
         s_metric_model(self, answered ? answered : r->lane->model),
         llmq_msg_usage_prompt_tokens(msg),
         llmq_msg_usage_completion_tokens(msg), llmq_msg_usage_cost_usd(msg));
-    s_complete(self, r, msg_p);
+    if (!r->routed || !s_route_retry(self, r, msg_p))
+        s_complete(self, r, msg_p);
     if (w->leaving && w->in_flight == 0) {
         s_log(self, "info", "worker_gone", LLMQ_LOG_STR("worker", w->name),
               s_END);
@@ -2244,6 +2256,252 @@ static void s_batch_tenant(s_broker_t *self, llmq_msg_t *msg)
     llmq_msg_set_tenant(msg, s_tenant_is_admin(self, tenant) ? NULL : tenant);
 }
 
+//  --------------------------------------------------------------------------
+//  Routing (PROTOCOL.md 3.6): the table is llmq_route's; here, what it
+//  needs of the broker: which targets can answer, a request's lane, and
+//  moving a request along its chain. Nothing here runs without --routes.
+
+#define s_ROUTE_NO_WORKER 1 //  Why a target cannot answer (metric reason)
+#define s_ROUTE_UNHEALTHY 2
+#define s_ROUTE_ERROR 3 //  Its worker answered a retryable error
+
+//  Can the lane answer now? 0, or why not: no live worker (none, or all
+//  silent or leaving), or only unhealthy ones (their breaker is open).
+static int s_lane_state(s_lane_t *lane)
+{
+    int why = s_ROUTE_NO_WORKER;
+    s_worker_t *w = (s_worker_t *)zlistx_first(lane->workers);
+    for (; w; w = (s_worker_t *)zlistx_next(lane->workers)) {
+        if (w->leaving || w->silent)
+            continue;
+        if (w->healthy)
+            return 0;
+        why = s_ROUTE_UNHEALTHY;
+    }
+    return why;
+}
+
+static int s_route_usable(const char *model, const char *pool, void *arg)
+{
+    s_lane_t *lane = s_lane_require((s_broker_t *)arg, model, pool);
+    return lane ? s_lane_state(lane) : s_ROUTE_NO_WORKER;
+}
+
+//  Count a request moved along route's chain, for why.
+static void s_route_count(s_broker_t *self, const char *route, int why)
+{
+    static const char *reasons[] = {"no_worker", "no_worker", "unhealthy",
+                                    "error"};
+    self->counters.fallbacks++;
+    const char *labels[] = {"route", s_metric_model(self, route), "reason",
+                            reasons[why >= 0 && why <= 3 ? why : 0], NULL};
+    llmq_metrics_add(self->metrics, "llmq_broker_fallbacks_total", labels, 1);
+}
+
+//  The lane of a new request: its route's pick when its model is a route
+//  (*step: the chain step), else its own model and pool (*step -1).
+static s_lane_t *s_route_lane(s_broker_t *self, llmq_msg_t *msg, int *step)
+{
+    const char *model = llmq_msg_model(msg);
+    llmq_route_target_t t;
+    if (llmq_route_pick(self->route, model, llmq_msg_pool(msg), 0,
+                        s_route_usable, self, true, &t) < 0)
+        return s_lane_require(self, model, llmq_msg_pool(msg));
+    *step = t.step;
+    if (t.step > 0 && t.why) //  Not when step 0 only lacks the pool
+        s_route_count(self, model, t.why);
+    return s_lane_require(self, t.model, t.pool);
+}
+
+//  The lane of a client's request: its model and pool, or a route's pick.
+static inline s_lane_t *s_request_lane(s_broker_t *self, llmq_msg_t *msg,
+                                       int *step)
+{
+    if (self->route)
+        return s_route_lane(self, msg, step);
+    return s_lane_require(self, llmq_msg_model(msg), llmq_msg_pool(msg));
+}
+
+//  Remember what a routed request asked for: "model\0pool\0".
+static void s_route_keep(s_request_t *r, llmq_msg_t *msg, int step)
+{
+    const char *model = llmq_msg_model(msg);
+    const char *pool = llmq_msg_pool(msg) ? llmq_msg_pool(msg) : "";
+    size_t m = strlen(model) + 1, p = strlen(pool) + 1;
+    r->routed = (char *)malloc(m + p);
+    if (!r->routed)
+        return; //  Then it simply has no fallback
+    memcpy(r->routed, model, m);
+    memcpy(r->routed + m, pool, p);
+    r->route_step = (uint8_t)step;
+}
+
+static const char *s_routed_pool(s_request_t *r)
+{
+    return r->routed + strlen(r->routed) + 1;
+}
+
+//  The next step of r's chain that can answer, into *t: 0, or -1 if none.
+static int s_route_next(s_broker_t *self, s_request_t *r,
+                        llmq_route_target_t *t)
+{
+    return llmq_route_pick(self->route, r->routed, s_routed_pool(r),
+                           r->route_step + 1, s_route_usable, self, false,
+                           t) == 0
+               ? 0
+               : -1;
+}
+
+//  Move a routed request (waiting in its lane, or just taken back from its
+//  worker) to the front of target t's lane, and dispatch.
+static void s_route_move(s_broker_t *self, s_request_t *r,
+                         const llmq_route_target_t *t, int why)
+{
+    s_lane_t *to = s_lane_require(self, t->model, t->pool);
+    if (!to) {
+        s_fail(self, r, LLMQ_ERR_INTERNAL, "broker out of memory");
+        return;
+    }
+    if (llmq_queue_node_queued(&r->qnode)) {
+        llmq_queue_remove(r->lane->queue, &r->qnode);
+        s_dequeued(self, r, false);
+    }
+    s_route_count(self, r->routed, why);
+    if (self->config.verbose)
+        s_log(self, "info", "route_fallback", LLMQ_LOG_STR("id", r->id),
+              LLMQ_LOG_STR("from", r->lane->model),
+              LLMQ_LOG_STR("to", to->model), s_END);
+    if (--r->lane->refs == 0)
+        r->lane->idle_since = zclock_mono();
+    r->lane = to;
+    to->refs++;
+    r->route_step = (uint8_t)t->step;
+    r->resend = false; //  A fresh run of another model, nothing to attach
+    if (s_enqueue(self, r, true))
+        s_fail(self, r, LLMQ_ERR_INTERNAL,
+               "broker could not queue the request");
+    else
+        s_dispatch_lane(self, to);
+}
+
+//  A routed request's worker answered a retryable error (after its own
+//  retries): the next step of its chain that can answer gets it instead
+//  of the client getting the error. Returns true if it moved (the answer
+//  is destroyed). A stream the client saw chunks of is never moved.
+static bool s_route_retry(s_broker_t *self, s_request_t *r, llmq_msg_t **res)
+{
+    llmq_route_target_t t;
+    if (llmq_msg_ok(*res) || r->chunks || !r->client)
+        return false;
+    const char *code = llmq_msg_error_code(*res);
+    bool retryable = llmq_msg_has(*res, LLMQ_F_error_retryable)
+                         ? llmq_msg_error_retryable(*res)
+                         : llmq_err_retryable(llmq_err_from_name(code));
+    if (!retryable || s_route_next(self, r, &t))
+        return false;
+    s_request_unassign(self, r);
+    if (r->attempt < 255)
+        r->attempt++;
+    llmq_msg_destroy(res);
+    s_route_move(self, r, &t, s_ROUTE_ERROR);
+    return true;
+}
+
+//  Routed requests waiting in a lane that cannot answer move to the next
+//  step of their chain that can. Requests of one route and step mostly
+//  come together: one that found no step spares the same search to the
+//  next ones like it.
+static void s_route_sweep_lane(s_broker_t *self, s_lane_t *lane, int why)
+{
+    size_t n = llmq_queue_size(lane->queue), m = 0;
+    s_request_t **move = (s_request_t **)malloc(n * sizeof(*move));
+    for (size_t i = 0; move && i < n; i++) {
+        s_request_t *r =
+            LLMQ_QUEUE_ITEM(llmq_queue_at(lane->queue, i), s_request_t, qnode);
+        if (r->routed)
+            move[m++] = r;
+    }
+    s_request_t *stuck = NULL; //  Last one with nowhere to go
+    for (size_t i = 0; i < m; i++) {
+        s_request_t *r = move[i];
+        llmq_route_target_t t;
+        if (stuck && stuck->route_step == r->route_step &&
+            streq(stuck->routed, r->routed) &&
+            streq(s_routed_pool(stuck), s_routed_pool(r)))
+            continue;
+        if (s_route_next(self, r, &t))
+            stuck = r;
+        else
+            s_route_move(self, r, &t, why);
+    }
+    free(move);
+}
+
+//  Every tick: the lanes with requests waiting that cannot answer (and
+//  where a routed request may wait: a plain model's backlog waiting for
+//  its workers is not walked).
+static void s_route_sweep(s_broker_t *self)
+{
+    zlistx_t *lanes = NULL;
+    s_lane_t *lane = (s_lane_t *)zhashx_first(self->lanes);
+    for (; lane; lane = (s_lane_t *)zhashx_next(self->lanes))
+        if (llmq_queue_size(lane->queue) && s_lane_state(lane) &&
+            llmq_route_targeted(self->route, lane->model) &&
+            (lanes || (lanes = zlistx_new())))
+            zlistx_add_end(lanes, lane);
+    //  Apart from the walk: a move may add lanes to the table.
+    lane = lanes ? (s_lane_t *)zlistx_first(lanes) : NULL;
+    for (; lane; lane = (s_lane_t *)zlistx_next(lanes))
+        s_route_sweep_lane(self, lane, s_lane_state(lane));
+    zlistx_destroy(&lanes);
+}
+
+//  Read the routes file at start: a bad one stops the broker.
+static void s_route_start(s_broker_t *self)
+{
+    char err[600];
+    self->route = llmq_route_new();
+    if (!self->route)
+        self->error = strdup("out of memory");
+    else if (llmq_route_load(self->route, self->config.routes, err,
+                             sizeof(err)))
+        self->error = strdup(err);
+    else
+        s_log(self, "info", "routes_loaded",
+              LLMQ_LOG_STR("file", self->config.routes),
+              LLMQ_LOG_INT("routes", (int64_t)llmq_route_count(self->route)),
+              s_END);
+}
+
+//  SIGHUP (the pipe's ROUTES): read the file again; a bad one keeps the
+//  routes we have.
+static void s_route_reload(s_broker_t *self)
+{
+    char err[600];
+    if (!self->route) {
+        s_log(self, "warning", "routes_reload_failed",
+              LLMQ_LOG_STR("error", "no routes file (--routes)"), s_END);
+        return;
+    }
+    if (llmq_route_load(self->route, self->config.routes, err, sizeof(err)))
+        s_log(self, "error", "routes_reload_failed", LLMQ_LOG_STR("error", err),
+              LLMQ_LOG_STR("effect", "the routes loaded before stay"), s_END);
+    else
+        s_log(self, "info", "routes_loaded",
+              LLMQ_LOG_STR("file", self->config.routes),
+              LLMQ_LOG_INT("routes", (int64_t)llmq_route_count(self->route)),
+              s_END);
+}
+
+//  Every tick: moves along chains; a routes file that changed is read
+//  again (as on SIGHUP).
+static void s_route_tick(s_broker_t *self, int64_t now)
+{
+    s_route_sweep(self);
+    if (llmq_route_changed(self->route, self->config.routes, now))
+        s_route_reload(self);
+}
+
 static void s_client_request(s_broker_t *self, const char *key,
                              llmq_msg_t **msg_p)
 {
@@ -2287,17 +2545,19 @@ static void s_client_request(s_broker_t *self, const char *key,
     }
     if (s_tenant_admit(self, msg_p) || s_spend_admit(self, msg_p))
         return;
-    //  A request its model cannot take (3.8); an unknown model: one lookup.
+    int step = -1; //  Its step in a route's chain (3.6), -1: not routed
+    s_lane_t *lane = s_request_lane(self, msg, &step);
+    //  A request its model (after routing) cannot take (3.8); an unknown
+    //  model: one lookup.
     zframe_t *body = llmq_msg_payload(msg);
     char why[400];
-    if (llmq_models_check(self->models, llmq_msg_model(msg), llmq_msg_op(msg),
+    if (lane &&
+        llmq_models_check(self->models, lane->model, llmq_msg_op(msg),
                           llmq_msg_stream(msg), body ? zframe_data(body) : NULL,
                           body ? zframe_size(body) : 0, why, sizeof(why))) {
         s_refuse(self, msg_p, LLMQ_ERR_INVALID_REQUEST, why);
         return;
     }
-    s_lane_t *lane =
-        s_lane_require(self, llmq_msg_model(msg), llmq_msg_pool(msg));
     if (!client)
         client = s_client_require(self, key, llmq_msg_routing_id(msg));
     s_request_t *r = s_request_new(id);
@@ -2309,6 +2569,8 @@ static void s_client_request(s_broker_t *self, const char *key,
     int64_t now = zclock_mono();
     r->client = client;
     s_request_init(r, lane, op, msg, now);
+    if (step >= 0)
+        s_route_keep(r, msg, step);
     r->stream = llmq_msg_stream(msg);
     r->payload = llmq_msg_take_payload(msg);
     size_t meta_size = 0;
@@ -2425,6 +2687,8 @@ static void s_client_status(s_broker_t *self, zframe_t *rid)
         {"cache_expired", cs.expired},
         {"cache_entries", cs.entries},
         {"cache_bytes", cs.bytes},
+        {"routes", self->route ? llmq_route_count(self->route) : 0},
+        {"fallbacks", c->fallbacks},
     };
     llmq_status_t st = {
         .broker = self->name,
@@ -3195,6 +3459,8 @@ static void s_timers(s_broker_t *self, int64_t now)
     self->next_tick = now + s_TICK_MS;
     s_acks_flush(self, now);
     s_clients_check(self, now);
+    if (self->route)
+        s_route_tick(self, now);
     //  A worker silent for half the dead time is probably dead: sending it
     //  more would only lengthen the list of requests its death delays.
     for (s_worker_t *w = (s_worker_t *)zhashx_first(self->workers); w;
@@ -3443,6 +3709,10 @@ static void s_metrics_define(llmq_metrics_t *m)
     s_metrics_define_clients(m);
     llmq_metrics_usage_define(m);
     llmq_cache_metrics_define(m);
+    llmq_metrics_define(m, "llmq_broker_fallbacks_total", LLMQ_METRIC_COUNTER,
+                        "Requests moved along a route's fallback chain, by "
+                        "route and reason (PROTOCOL.md 3.6).",
+                        NULL, 0);
     llmq_metrics_define(m, "llmq_broker_auth_denied_total", LLMQ_METRIC_COUNTER,
                         "Peers refused by CURVE (unknown key, no CURVE, "
                         "wrong broker key)",
@@ -3583,6 +3853,7 @@ static s_broker_t *s_broker_new(zsock_t *pipe,
     self->config.client_keys = NULL;
     self->config.admin_key = s_strdup_or_null(config->admin_key);
     self->config.admin_tenant = s_strdup_or_null(config->admin_tenant);
+    self->config.routes = s_strdup_or_null(config->routes);
     self->config.worker_keys = NULL;
     self->config.name = self->name;
     self->started_at = zclock_mono();
@@ -3638,6 +3909,8 @@ static s_broker_t *s_broker_new(zsock_t *pipe,
                                    config->metrics, strerror(errno));
     if (!self->error && config->cache_path)
         s_cache_open(self, config);
+    if (!self->error && self->config.routes)
+        s_route_start(self);
     if (!self->error && config->module && config->module->create) {
         self->module_state = config->module->create(self, config->module->arg);
         if (!self->module_state)
@@ -3722,6 +3995,8 @@ static void s_broker_destroy(s_broker_t **self_p)
     free(self->name);
     free((char *)self->config.admin_key);
     free((char *)self->config.admin_tenant);
+    free((char *)self->config.routes);
+    llmq_route_destroy(&self->route);
     free(self);
 }
 
@@ -3753,7 +4028,9 @@ static void s_handle_pipe(s_broker_t *self)
         }
         if (self->error)
             zstr_send(self->pipe, "DRAINED");
-    } else if (streq(command, "COUNTERS")) {
+    } else if (streq(command, "ROUTES"))
+        s_route_reload(self);
+    else if (streq(command, "COUNTERS")) {
         s_counters_t *c = &self->counters;
         zstr_sendf(self->pipe,
                    "received=%" PRIu64 " dispatched=%" PRIu64 " ok=%" PRIu64

@@ -23,7 +23,9 @@
     frontend, backend, metrics URL or ""; or "ERROR", reason), "DRAIN"
     (refuse new requests with `overloaded`, await in-flight work for at most
     drain_ms, then answer what is left `overloaded` and send "DRAINED"),
-    "COUNTERS" (replies one string "received=.. dispatched=.. ..." for tests).
+    "COUNTERS" (replies one string "received=.. dispatched=.. ..." for tests),
+    "ROUTES" (read the routes file again: SIGHUP; a bad file is logged and
+    the old routes stay; no reply).
 
     Extension: a module (the batch manager, issue 8) plugs in through
     llmq_broker_module_t. It sees the client and worker messages the broker
@@ -133,6 +135,8 @@ typedef struct {
     size_t cache_max_bytes; //  Stored body bytes (256 MiB)
     int64_t cache_ttl_ms;   //  Age of an entry (24 h)
     bool cache_per_tenant;  //  The tenant is part of the key
+    const char *routes;     //  Routes file (PROTOCOL.md 3.6), NULL = none; a
+                            //  bad one fails the start (ENDPOINTS: ERROR)
 } llmq_broker_config_t;
 
 /*  Fill a config with the defaults above. */

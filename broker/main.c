@@ -3,19 +3,28 @@
     Thin on purpose: everything the broker does is in llmq_broker.c so that
     tests can run it in-process. Here: parse flags (bad flags: exit 2), start
     the actor, print the `ready` line once bound, and turn SIGTERM/SIGINT
-    into a bounded drain (exit 0). A second signal stops at once.
+    into a bounded drain (exit 0). A second signal stops at once. SIGHUP
+    reloads the routes file (PROTOCOL.md 3.6); a bad one at start: exit 2.
 */
 #include "llmq_broker.h"
 #include "llmq_batch_module.h"
 #include "llmq.h"
 #include "llmq_duration.h"
 #include "llmq_log.h"
+#include "llmq_route.h"
 
 #include <getopt.h>
 #include <stddef.h>
 #include <signal.h>
 
 static volatile sig_atomic_t s_signals = 0;
+static volatile sig_atomic_t s_hangups = 0; //  SIGHUPs not yet passed on
+
+static void s_on_hangup(int signum)
+{
+    (void)signum;
+    s_hangups = 1;
+}
 
 static void s_on_signal(int signum)
 {
@@ -153,6 +162,11 @@ static const char s_help[] =
     "(env\n"
     "                          LLMQ_WORKER_KEYS; re-read when it "
     "changes)\n"
+    "  --routes FILE           model aliases, weights and fallback chains "
+    "(YAML,\n"
+    "                          PROTOCOL.md 3.6; env LLMQ_ROUTES); read "
+    "again on\n"
+    "                          SIGHUP and when it changes\n"
     "  --json-logs             log events as JSON lines on stderr\n"
     "  --quiet                 no event logs\n"
     "  --verbose               log every message (debugging)\n"
@@ -268,6 +282,7 @@ static const s_flag_t s_flags[] = {
     {"curve-cert", K_STR, 0, 0, B_(curve_cert)},
     {"client-keys", K_STR, 0, 0, B_(client_keys)},
     {"worker-keys", K_STR, 0, 0, B_(worker_keys)},
+    {"routes", K_STR, 0, 0, B_(routes)},
     {"json-logs", K_TRUE, 0, 0, B_(json_logs)},
     {"quiet", K_TRUE, 0, 0, B_(quiet)},
     {"verbose", K_TRUE, 0, 0, B_(verbose)},
@@ -371,6 +386,22 @@ static int s_parse_flags(s_args_t *args, int argc, char *argv[])
     return -1;
 }
 
+//  A routes file that does not load is a usage error: say why, exit 2
+//  (the actor would only say that it could not start). Returns 0 or -1.
+static int s_routes_check(const char *path)
+{
+    if (!path || !*path)
+        return 0;
+    char err[600];
+    llmq_route_t *routes = llmq_route_new();
+    int rc = routes ? llmq_route_load(routes, path, err, sizeof(err)) : -1;
+    if (rc)
+        fprintf(stderr, "llmq-broker: --routes %s\n",
+                routes ? err : "out of memory");
+    llmq_route_destroy(&routes);
+    return rc;
+}
+
 //  Our own handlers: CZMQ's would make the actor's sockets fail with EINTR
 //  instead of letting us drain.
 static void s_catch_signals(void)
@@ -382,6 +413,8 @@ static void s_catch_signals(void)
     sigemptyset(&action.sa_mask);
     sigaction(SIGTERM, &action, NULL);
     sigaction(SIGINT, &action, NULL);
+    action.sa_handler = s_on_hangup;
+    sigaction(SIGHUP, &action, NULL);
     signal(SIGPIPE, SIG_IGN);
 }
 
@@ -421,6 +454,10 @@ static int s_run(zactor_t *broker, int drain_ms)
             if (done)
                 break;
         }
+        if (s_hangups) {
+            s_hangups = 0;
+            zstr_send(broker, "ROUTES");
+        }
         if (s_signals && !draining) {
             draining = true;
             give_up = zclock_mono() + drain_ms + 5000;
@@ -444,9 +481,14 @@ int main(int argc, char *argv[])
     args.broker.curve_cert = getenv("LLMQ_CURVE_CERT");
     args.broker.client_keys = getenv("LLMQ_CLIENT_KEYS");
     args.broker.worker_keys = getenv("LLMQ_WORKER_KEYS");
+    args.broker.routes = getenv("LLMQ_ROUTES");
     int code = s_parse_flags(&args, argc, argv);
     if (code >= 0)
         return code;
+    if (args.broker.routes && !*args.broker.routes)
+        args.broker.routes = NULL; //  LLMQ_ROUTES= (empty): none
+    if (s_routes_check(args.broker.routes))
+        return 2;
 
     //  Durable batches (docs/BATCHES.md): the batch manager as the broker's
     //  plug-in, with provider mode through the broker's batch_api workers.

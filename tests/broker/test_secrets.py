@@ -100,6 +100,21 @@ def keep(tmp, name, text):
     return path
 
 
+def failed(row):
+    """An OUT line that failed: no response (error set), or the provider's
+    HTTP error (response with a status that is not 2xx, error null)."""
+    resp = row.get("response")
+    return bool(row.get("error")) or not (resp and 200 <= resp["status_code"] < 300)
+
+
+def error_message(row):
+    """The error message of a failed OUT line, wherever it is."""
+    if row.get("error"):
+        return row["error"]["message"]
+    err = ((row.get("response") or {}).get("body") or {}).get("error") or {}
+    return str(err.get("message", ""))
+
+
 def run_paths(fe, tmp, offs, model, tag, batch_modes):
     """Every offset through `llmq run` and one batch per mode in
     batch_modes, for model. Returns (files written, rows with the marker)."""
@@ -115,9 +130,9 @@ def run_paths(fe, tmp, offs, model, tag, batch_modes):
         rc, stdout, stderr = kit.run_llmq(args + ["--broker", fe], timeout=180)
         check(rc == 1, "%s: every line fails (exit 1): rc %d: %s" % (name, rc, stderr[-2000:]))
         rows = [json.loads(line) for line in open(out)]
-        check(len(rows) == len(offs) and all(r["error"] for r in rows),
+        check(len(rows) == len(offs) and all(failed(r) for r in rows),
               "%s: %d error rows for %d inputs: %r" % (name, len(rows), len(offs), rows[:1]))
-        marked += sum("[redacted]" in r["error"]["message"] for r in rows)
+        marked += sum("[redacted]" in error_message(r) for r in rows)
         files += [out, keep(tmp, name + ".stdout", stdout), keep(tmp, name + ".stderr", stderr)]
     return files, marked
 
