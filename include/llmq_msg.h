@@ -187,6 +187,12 @@ int llmq_msg_send(llmq_msg_t **self_p, void *sock);
     receive was interrupted. */
 llmq_msg_t *llmq_msg_recv(void *sock);
 
+/*  As llmq_msg_recv, with flags: LLMQ_MSG_RECV_NO_USER_ID skips the lookup
+    of the peer's ZAP User-Id (llmq_msg_user_id then returns NULL), which
+    costs a metadata search per message on a socket without CURVE. */
+#define LLMQ_MSG_RECV_NO_USER_ID 1
+llmq_msg_t *llmq_msg_recv_ex(void *sock, int flags);
+
 /*  Wait up to timeout_ms for the next message of a type, skipping `hb` and
     `ack` (unless that is the type asked for); tick (may be NULL) runs
     before every wait of at most 50 ms, so a peer can keep beating. Returns
