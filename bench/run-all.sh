@@ -24,6 +24,9 @@
 # 2 cores; each part is bounded by `timeout` and one failing part does not
 # stop the others.
 #
+# $LLMQ_BASELINE_BIN=DIR: e2e also runs DIR's llmq, broker and workers in the
+# same rounds (before/after table, bench_e2e.py --baseline-bin).
+#
 # Binaries: --build DIR (a cmake build directory), else $LLMQ_BIN_DIR/.. when
 # set, else build-bench/ in the repository (configured Release and built
 # here). Results: --results DIR, else $LLMQ_BENCH_RESULTS, else
@@ -116,7 +119,8 @@ for p in "${parts[@]}"; do
       else run_part worker 900 bash "$here/worker/run.sh" "$build" 20 3; fi ;;
     e2e)
       if [ $smoke = 1 ]; then run_part e2e 120 $py "$here/e2e/bench_e2e.py" --smoke --json "$results/e2e.json"
-      else run_part e2e 900 $py "$here/e2e/bench_e2e.py" --json "$results/e2e.json"; fi ;;
+      else run_part e2e 900 $py "$here/e2e/bench_e2e.py" --json "$results/e2e.json" \
+             ${LLMQ_BASELINE_BIN:+--baseline-bin "$LLMQ_BASELINE_BIN"}; fi ;;
     bindings)
       if [ $smoke = 1 ]; then run_part bindings 120 $py "$here/bindings/bench_bindings.py" --smoke --bin "$build/bin" --json "$results/bindings.json"
       else run_part bindings 1500 $py "$here/bindings/bench_bindings.py" --bin "$build/bin" --json "$results/bindings.json"; fi ;;
