@@ -164,6 +164,12 @@ void llmq_msg_set_routing_id(llmq_msg_t *self, const zframe_t *routing_id);
     field is missing, a value exceeds its limit or the type is invalid. */
 zframe_t *llmq_msg_encode(const llmq_msg_t *self, char *errbuf, size_t errlen);
 
+/*  As llmq_msg_encode, into *out (initialised here on success: the caller
+    sends or closes it): no zframe for a hot path that sends with
+    zmq_msg_send. Returns 0, or -1 with a reason in errbuf. */
+int llmq_msg_encode_msg(const llmq_msg_t *self, zmq_msg_t *out, char *errbuf,
+                        size_t errlen);
+
 /*  Decode a header from bytes. Returns a new message, or NULL with a reason
     in errbuf (may be NULL). Never reads past size, never allocates more than
     a small multiple of size, never asserts on input. Enforces the type's

@@ -154,6 +154,7 @@ typedef struct {
 } s_value_t;
 
 #define S_WORDS ((LLMQ_F_COUNT + 63) / 64)
+#define S_ARENA 256 /* bytes of short strings kept in the message itself */
 
 /*  Which fields are set is a bit set, so that new, destroy, check and
     encode touch only the fields a message has (a few of the catalogue's
@@ -165,7 +166,9 @@ struct _llmq_msg_t {
     char *reason;                   /* why the input was INVALID */
     char *user_id;                  /* the peer's ZAP User-Id, or NULL */
     uint64_t bits[S_WORDS];         /* set fields */
+    size_t arena_used;              /* bytes of arena given out */
     s_value_t values[LLMQ_F_COUNT]; /* one slot per field of the .def */
+    char arena[S_ARENA];            /* short strings, no malloc each */
 };
 
 static inline bool s_is_set(const llmq_msg_t *self, int f)
@@ -194,11 +197,67 @@ static inline int s_next_set(const llmq_msg_t *self, int from)
 #define S_FOR_SET(self, f)                                                     \
     for (int f = s_next_set(self, 0); f >= 0; f = s_next_set(self, f + 1))
 
+/*  Spare messages of this thread, for the next llmq_msg_new: a message
+    is too large for malloc's fast bins, and a broker makes two per request.
+    Freed at thread exit (s_spares_free); off under AddressSanitizer, so a
+    use after destroy is still caught there. */
+#define S_SPARES 8
+typedef struct {
+    llmq_msg_t *items[S_SPARES];
+    int count;
+} s_spares_t;
+
+#if defined(__SANITIZE_ADDRESS__)
+#define S_SPARES_ON 0
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define S_SPARES_ON 0
+#endif
+#endif
+#ifndef S_SPARES_ON
+#define S_SPARES_ON 1
+#endif
+
+static __thread s_spares_t *s_spares;
+static pthread_key_t s_spares_key;
+static pthread_once_t s_spares_once = PTHREAD_ONCE_INIT;
+
+static void s_spares_free(void *arg)
+{
+    s_spares_t *spares = (s_spares_t *)arg;
+    for (int k = 0; k < spares->count; k++)
+        free(spares->items[k]);
+    free(spares);
+    s_spares = NULL;
+}
+
+static void s_spares_init(void)
+{
+    pthread_key_create(&s_spares_key, s_spares_free);
+}
+
+/*  This thread's spares, made on first use; NULL if that fails. */
+static s_spares_t *s_spares_get(void)
+{
+    if (!s_spares && S_SPARES_ON) {
+        pthread_once(&s_spares_once, s_spares_init);
+        s_spares_t *spares = (s_spares_t *)calloc(1, sizeof *spares);
+        if (spares && pthread_setspecific(s_spares_key, spares) == 0)
+            s_spares = spares;
+        else
+            free(spares);
+    }
+    return s_spares;
+}
+
 llmq_msg_t *llmq_msg_new(llmq_msg_type_t type)
 {
     if ((int)type < 0 || type >= LLMQ_MSG_COUNT)
         return NULL;
-    llmq_msg_t *self = (llmq_msg_t *)malloc(sizeof *self);
+    s_spares_t *spares = s_spares_get();
+    llmq_msg_t *self = spares && spares->count
+                           ? spares->items[--spares->count]
+                           : (llmq_msg_t *)malloc(sizeof *self);
     if (self) {
         memset(self, 0, offsetof(llmq_msg_t, values));
         self->type = type;
@@ -219,7 +278,8 @@ static void s_unset(llmq_msg_t *self, llmq_field_t f)
     if (!s_is_set(self, f))
         return;
     s_value_t *v = &self->values[f];
-    if (s_fields[f].kind == S_STR)
+    if (s_fields[f].kind == S_STR &&
+        (v->s < self->arena || v->s >= self->arena + S_ARENA))
         free(v->s);
     else if (s_fields[f].kind == S_RAW)
         free(v->raw.data);
@@ -239,7 +299,11 @@ void llmq_msg_destroy(llmq_msg_t **self_p)
     zframe_destroy(&self->payload);
     free(self->reason);
     free(self->user_id);
-    free(self);
+    s_spares_t *spares = s_spares_get();
+    if (spares && spares->count < S_SPARES)
+        spares->items[spares->count++] = self;
+    else
+        free(self);
     *self_p = NULL;
 }
 
@@ -255,8 +319,11 @@ static int s_set_strn(llmq_msg_t *self, llmq_field_t f, const char *s,
         self->values[f].s[len] = 0;
         return 0;
     }
-    char *copy = (char *)malloc(len + 1);
-    if (!copy)
+    char *copy;
+    if (S_ARENA - self->arena_used > len) {
+        copy = self->arena + self->arena_used;
+        self->arena_used += len + 1;
+    } else if (!(copy = (char *)malloc(len + 1)))
         return -1;
     memcpy(copy, s, len);
     copy[len] = 0;
@@ -804,32 +871,51 @@ static void s_pack_header(const llmq_msg_t *self, s_buf_t *b)
     }
 }
 
-zframe_t *llmq_msg_encode(const llmq_msg_t *self, char *errbuf, size_t errlen)
+/*  Encode into buf (its inline buffer or more); 0, or -1 with a reason. */
+static int s_encode_buf(const llmq_msg_t *self, s_buf_t *buf, char *errbuf,
+                        size_t errlen)
 {
-    if (!self || self->type == LLMQ_MSG_INVALID) {
-        s_errf(errbuf, errlen, "cannot encode an invalid message");
-        return NULL;
-    }
+    buf->data = buf->inline_data;
+    buf->size = 0;
+    buf->cap = sizeof buf->inline_data;
+    buf->failed = false;
+    if (!self || self->type == LLMQ_MSG_INVALID)
+        return s_errf(errbuf, errlen, "cannot encode an invalid message");
     s_tables();
     if (s_check(self, errbuf, errlen))
-        return NULL;
+        return -1;
+    s_pack_header(self, buf);
+    if (buf->failed)
+        return s_errf(errbuf, errlen, "out of memory");
+    if (buf->size > LLMQ_MAX_HEADER_SIZE)
+        return s_errf(errbuf, errlen, "header too large (%zu > %d bytes)",
+                      buf->size, LLMQ_MAX_HEADER_SIZE);
+    return 0;
+}
+
+zframe_t *llmq_msg_encode(const llmq_msg_t *self, char *errbuf, size_t errlen)
+{
     s_buf_t buf;
-    buf.data = buf.inline_data;
-    buf.size = 0;
-    buf.cap = sizeof buf.inline_data;
-    buf.failed = false;
-    s_pack_header(self, &buf);
     zframe_t *frame = NULL;
-    if (buf.failed)
-        s_errf(errbuf, errlen, "out of memory");
-    else if (buf.size > LLMQ_MAX_HEADER_SIZE)
-        s_errf(errbuf, errlen, "header too large (%zu > %d bytes)", buf.size,
-               LLMQ_MAX_HEADER_SIZE);
-    else
+    if (s_encode_buf(self, &buf, errbuf, errlen) == 0)
         frame = zframe_new(buf.data, buf.size);
     if (buf.data != buf.inline_data)
         free(buf.data);
     return frame;
+}
+
+int llmq_msg_encode_msg(const llmq_msg_t *self, zmq_msg_t *out, char *errbuf,
+                        size_t errlen)
+{
+    s_buf_t buf;
+    int rc = s_encode_buf(self, &buf, errbuf, errlen);
+    if (rc == 0 && zmq_msg_init_size(out, buf.size) == 0)
+        memcpy(zmq_msg_data(out), buf.data, buf.size);
+    else if (rc == 0)
+        rc = s_errf(errbuf, errlen, "out of memory");
+    if (buf.data != buf.inline_data)
+        free(buf.data);
+    return rc;
 }
 
 /*  ---- decode ----------------------------------------------------------- */
