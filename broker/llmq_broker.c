@@ -1277,7 +1277,8 @@ static void s_send_request(s_broker_t *self, s_worker_t *w, s_request_t *r)
     //  One `req` header object, reused: every field is set or cleared here,
     //  which is cheaper than a new message per dispatch.
     llmq_msg_t *msg = self->req_header;
-    zframe_t *header = NULL;
+    zmq_msg_t header;
+    int encoded = -1;
     char bid[24];
     s_bid_text(r->bid, bid);
     if (msg) {
@@ -1302,16 +1303,19 @@ static void s_send_request(s_broker_t *self, s_worker_t *w, s_request_t *r)
                 msg, r->deadline > now + 1 ? r->deadline - now : 1);
         else
             llmq_msg_clear(msg, LLMQ_F_deadline_ms);
-        header = llmq_msg_encode(msg, NULL, 0);
+        encoded = llmq_msg_encode_msg(msg, &header, NULL, 0);
     }
-    if (!header) {
+    if (encoded) {
         s_fail(self, r, LLMQ_ERR_INTERNAL,
                "broker could not encode the request");
         return;
     }
+    //  Straight to libzmq: the routing id copied into a small message,
+    //  the header as encoded, the payload shared (no zframe per frame).
     void *socket = zsock_resolve(self->backend);
-    zframe_send(&w->rid, self->backend, ZFRAME_MORE | ZFRAME_REUSE);
-    zframe_send(&header, self->backend, ZFRAME_MORE);
+    zmq_send(socket, zframe_data(w->rid), zframe_size(w->rid), ZMQ_SNDMORE);
+    if (zmq_msg_send(&header, socket, ZMQ_SNDMORE) == -1)
+        zmq_msg_close(&header);
     s_send_payload(r, socket);
 }
 
@@ -2607,10 +2611,12 @@ static void s_client_send(s_broker_t *self, s_client_t *client,
         atomic_fetch_add(&client->box->refs, 1);
     s_outbox_t *box = client->box;
     char reason[160] = "";
-    zframe_t *header = llmq_msg_encode(msg, reason, sizeof(reason));
-    size_t size = (header ? zframe_size(header) : 0) +
+    zmq_msg_t header;
+    bool encoded =
+        llmq_msg_encode_msg(msg, &header, reason, sizeof(reason)) == 0;
+    size_t size = (encoded ? zmq_msg_size(&header) : 0) +
                   (payload ? zframe_size(payload) : 0);
-    if (!header)
+    if (!encoded)
         s_log(self, "warning", "msg_send_failed",
               LLMQ_LOG_STR("type", llmq_msg_type_name(llmq_msg_type(msg))),
               LLMQ_LOG_STR("reason", reason), s_END);
@@ -2620,19 +2626,30 @@ static void s_client_send(s_broker_t *self, s_client_t *client,
     else if (s_outbox_full(self, client, box, size))
         s_client_slow(self, client, box);
     else {
-        //  The zsock_t, not its handle: CZMQ resolves a handle with a
-        //  getsockopt per call.
-        zframe_send(&client->rid, self->frontend, ZFRAME_MORE | ZFRAME_REUSE);
+        //  Straight to libzmq, as s_send_request; the last frame goes
+        //  through the outbox (a reply without payload: its header, as a
+        //  frame).
+        void *sock = zsock_resolve(self->frontend);
+        zmq_send(sock, zframe_data(client->rid), zframe_size(client->rid),
+                 ZMQ_SNDMORE);
         if (payload) {
-            zframe_send(&header, self->frontend, ZFRAME_MORE);
+            if (zmq_msg_send(&header, sock, ZMQ_SNDMORE) == -1)
+                zmq_msg_close(&header);
             s_outbox_send(self, box, payload, size);
             payload = NULL;
         } else {
-            s_outbox_send(self, box, header, size);
-            header = NULL;
+            zframe_t *last =
+                zframe_new(zmq_msg_data(&header), zmq_msg_size(&header));
+            zmq_msg_close(&header);
+            if (last)
+                s_outbox_send(self, box, last, size);
+            else
+                zmq_send(sock, "", 0, 0); //  End the message begun
         }
+        encoded = false; //  Sent or closed
     }
-    zframe_destroy(&header);
+    if (encoded)
+        zmq_msg_close(&header);
     zframe_destroy(&payload);
     llmq_msg_destroy(&msg);
 }
