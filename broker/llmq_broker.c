@@ -310,13 +310,14 @@ static void s_log(s_broker_t *self, const char *level, const char *event, ...)
     va_end(args);
 }
 
-//  Routing ids as hash keys: hex, since they are binary.
-static void s_key(zframe_t *rid, char *key, size_t size)
+//  Routing ids as hash keys: hex, since they are binary. From the bytes of
+//  the message's routing id (a frame of them is made only when a reply
+//  needs one).
+static void s_msg_key(llmq_msg_t *msg, char *key, size_t size)
 {
     static const char hex[] = "0123456789abcdef";
-    const uint8_t *data = rid ? zframe_data(rid) : NULL;
-    size_t n = rid ? zframe_size(rid) : 0;
-    size_t pos = 0;
+    size_t n = 0, pos = 0;
+    const uint8_t *data = llmq_msg_routing_id_data(msg, &n);
     for (size_t i = 0; i < n && pos + 2 < size; i++) {
         key[pos++] = hex[data[i] >> 4];
         key[pos++] = hex[data[i] & 15];
@@ -1914,8 +1915,7 @@ static void s_worker_held(s_broker_t *self, s_worker_t *w, llmq_msg_t *msg)
 static void s_handle_worker(s_broker_t *self, llmq_msg_t *msg)
 {
     char key[520];
-    zframe_t *rid = llmq_msg_routing_id(msg);
-    s_key(rid, key, sizeof(key));
+    s_msg_key(msg, key, sizeof(key));
     if (self->config.verbose)
         llmq_msg_print(msg);
     s_worker_t *w = (s_worker_t *)zhashx_lookup(self->workers, key);
@@ -1932,13 +1932,14 @@ static void s_handle_worker(s_broker_t *self, llmq_msg_t *msg)
         self->counters.bad_messages++;
         const char *labels[] = {"reason", "bad_message", NULL};
         llmq_metrics_add(self->metrics, "llmq_broker_dropped_total", labels, 1);
-        s_send_error(self, self->backend, rid, LLMQ_ERR_BAD_MESSAGE,
-                     llmq_msg_invalid_reason(msg), llmq_msg_id(msg));
+        s_send_error(self, self->backend, llmq_msg_routing_id(msg),
+                     LLMQ_ERR_BAD_MESSAGE, llmq_msg_invalid_reason(msg),
+                     llmq_msg_id(msg));
     } else if (type == LLMQ_MSG_HELLO)
         s_worker_hello(self, key, msg);
     else if (!w)
-        s_send_error(self, self->backend, rid, LLMQ_ERR_BAD_MESSAGE,
-                     "hello first", NULL);
+        s_send_error(self, self->backend, llmq_msg_routing_id(msg),
+                     LLMQ_ERR_BAD_MESSAGE, "hello first", NULL);
     else
         switch (type) {
         case LLMQ_MSG_CREDIT:
@@ -1994,11 +1995,13 @@ static void s_handle_worker(s_broker_t *self, llmq_msg_t *msg)
             if (self->config.module && self->config.module->worker_msg)
                 self->config.module->worker_msg(self->module_state, &msg);
             else
-                s_send_error(self, self->backend, rid, LLMQ_ERR_BAD_MESSAGE,
-                             "no batch jobs were sent", NULL);
+                s_send_error(self, self->backend, llmq_msg_routing_id(msg),
+                             LLMQ_ERR_BAD_MESSAGE, "no batch jobs were sent",
+                             NULL);
             break;
         default:
-            s_send_error(self, self->backend, rid, LLMQ_ERR_BAD_MESSAGE,
+            s_send_error(self, self->backend, llmq_msg_routing_id(msg),
+                         LLMQ_ERR_BAD_MESSAGE,
                          "unexpected message type from a worker",
                          llmq_msg_id(msg));
             break;
@@ -2772,8 +2775,7 @@ static void s_metrics_define_clients(llmq_metrics_t *m)
 static void s_handle_client(s_broker_t *self, llmq_msg_t *msg)
 {
     char key[560];
-    zframe_t *rid = llmq_msg_routing_id(msg);
-    s_key(rid, key, sizeof(key));
+    s_msg_key(msg, key, sizeof(key));
     s_key_tenant(self, msg, key, sizeof(key));
     if (self->config.verbose)
         llmq_msg_print(msg);
@@ -2792,13 +2794,13 @@ static void s_handle_client(s_broker_t *self, llmq_msg_t *msg)
             llmq_msg_set_version(pong, s_VERSION);
             llmq_msg_set_time_ms(pong, zclock_time());
             s_pong_pending(self, key, msg, pong);
-            llmq_msg_set_routing_id(pong, rid);
+            llmq_msg_set_routing_id(pong, llmq_msg_routing_id(msg));
             llmq_msg_send(&pong, self->frontend);
         }
         break;
     }
     case LLMQ_MSG_STATUS:
-        s_client_status(self, rid);
+        s_client_status(self, llmq_msg_routing_id(msg));
         break;
     case LLMQ_MSG_BATCH_OPEN:
     case LLMQ_MSG_BATCH_ADD:
@@ -2809,8 +2811,9 @@ static void s_handle_client(s_broker_t *self, llmq_msg_t *msg)
         if (self->config.module && self->config.module->client_msg)
             self->config.module->client_msg(self->module_state, &msg);
         else
-            s_send_error(self, self->frontend, rid, LLMQ_ERR_INVALID_REQUEST,
-                         "batches not supported yet", NULL);
+            s_send_error(self, self->frontend, llmq_msg_routing_id(msg),
+                         LLMQ_ERR_INVALID_REQUEST, "batches not supported yet",
+                         NULL);
         break;
     case LLMQ_MSG_INVALID:
         self->counters.bad_messages++;
@@ -2819,11 +2822,13 @@ static void s_handle_client(s_broker_t *self, llmq_msg_t *msg)
             llmq_metrics_add(self->metrics, "llmq_broker_dropped_total", labels,
                              1);
         }
-        s_send_error(self, self->frontend, rid, LLMQ_ERR_BAD_MESSAGE,
-                     llmq_msg_invalid_reason(msg), llmq_msg_id(msg));
+        s_send_error(self, self->frontend, llmq_msg_routing_id(msg),
+                     LLMQ_ERR_BAD_MESSAGE, llmq_msg_invalid_reason(msg),
+                     llmq_msg_id(msg));
         break;
     default:
-        s_send_error(self, self->frontend, rid, LLMQ_ERR_BAD_MESSAGE,
+        s_send_error(self, self->frontend, llmq_msg_routing_id(msg),
+                     LLMQ_ERR_BAD_MESSAGE,
                      "unexpected message type from a client", llmq_msg_id(msg));
         break;
     }

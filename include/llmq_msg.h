@@ -155,6 +155,10 @@ const char *llmq_msg_user_id(const llmq_msg_t *self);
 /*  Routing id of the peer on a ROUTER socket (borrowed; NULL if none). */
 zframe_t *llmq_msg_routing_id(const llmq_msg_t *self);
 
+/*  The routing id's bytes (borrowed; NULL and 0 if none), without making
+    a frame of a received one. */
+const uint8_t *llmq_msg_routing_id_data(const llmq_msg_t *self, size_t *size);
+
 /*  Set the routing id (copied). On send through a ROUTER it is the first
     frame. */
 void llmq_msg_set_routing_id(llmq_msg_t *self, const zframe_t *routing_id);

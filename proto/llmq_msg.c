@@ -162,6 +162,8 @@ typedef struct {
 struct _llmq_msg_t {
     llmq_msg_type_t type;           /* LLMQ_MSG_INVALID for bad input */
     zframe_t *routing_id;           /* ROUTER peer, or NULL */
+    bool rid_pending;               /* routing id in rid_data, no frame yet */
+    uint8_t rid_len;                /* its size */
     zframe_t *payload;              /* opaque payload frame, or NULL */
     char *reason;                   /* why the input was INVALID */
     char *user_id;                  /* the peer's ZAP User-Id, or NULL */
@@ -169,6 +171,7 @@ struct _llmq_msg_t {
     size_t arena_used;              /* bytes of arena given out */
     s_value_t values[LLMQ_F_COUNT]; /* one slot per field of the .def */
     char arena[S_ARENA];            /* short strings, no malloc each */
+    uint8_t rid_data[255];          /* a received routing id (<= 255) */
 };
 
 static inline bool s_is_set(const llmq_msg_t *self, int f)
@@ -479,7 +482,7 @@ llmq_msg_t *llmq_msg_dup(const llmq_msg_t *self)
             s_mark(copy, f);
         }
     }
-    if (self->routing_id)
+    if (llmq_msg_routing_id(self))
         copy->routing_id = zframe_dup(self->routing_id);
     if (self->payload)
         copy->payload = zframe_dup(self->payload);
@@ -599,9 +602,28 @@ const char *llmq_msg_user_id(const llmq_msg_t *self)
     return self->user_id;
 }
 
+/*  A received routing id stays bytes until a frame of it is asked for:
+    a broker hashes the bytes of every message, and needs the frame only
+    to answer (llmq_msg_routing_id_data). */
 zframe_t *llmq_msg_routing_id(const llmq_msg_t *self)
 {
+    if (self && self->rid_pending) {
+        llmq_msg_t *mut = (llmq_msg_t *)self; /* a cache, not a change */
+        mut->routing_id = zframe_new(self->rid_data, self->rid_len);
+        mut->rid_pending = false;
+    }
     return self ? self->routing_id : NULL;
+}
+
+const uint8_t *llmq_msg_routing_id_data(const llmq_msg_t *self, size_t *size)
+{
+    if (self && self->rid_pending) {
+        *size = self->rid_len;
+        return self->rid_data;
+    }
+    zframe_t *rid = self ? self->routing_id : NULL;
+    *size = rid ? zframe_size(rid) : 0;
+    return rid ? zframe_data(rid) : NULL;
 }
 
 void llmq_msg_set_routing_id(llmq_msg_t *self, const zframe_t *routing_id)
@@ -609,6 +631,7 @@ void llmq_msg_set_routing_id(llmq_msg_t *self, const zframe_t *routing_id)
     if (!self)
         return;
     zframe_destroy(&self->routing_id);
+    self->rid_pending = false;
     if (routing_id)
         self->routing_id = zframe_dup((zframe_t *)routing_id);
 }
@@ -1265,7 +1288,7 @@ static int s_send_frame(zframe_t **frame_p, void *handle, bool more)
 static int s_send_check(const llmq_msg_t *self, bool router, char *errbuf,
                         size_t errlen)
 {
-    if (router && !self->routing_id)
+    if (router && !llmq_msg_routing_id(self))
         return s_errf(errbuf, errlen, "no routing id for a ROUTER socket");
     s_payload_t rule = s_msgs[self->type].payload;
     if (self->payload && rule == S_PAYLOAD_NONE)
@@ -1337,9 +1360,22 @@ static void s_salvage_id(llmq_msg_t *msg, const void *data, size_t size)
     }
 }
 
-/*  Turn the received frames into a message; takes the frames but the
-    header (a zmq_msg_t of the caller's, NULL if none arrived). */
-static llmq_msg_t *s_from_frames(zframe_t **rid_p, zmq_msg_t *header,
+/*  The routing id of a received message: its bytes, made a frame only if
+    asked for (llmq_msg_routing_id). */
+static void s_take_rid(llmq_msg_t *msg, zmq_msg_t *rid)
+{
+    size_t size = zmq_msg_size(rid);
+    if (size <= sizeof msg->rid_data) {
+        memcpy(msg->rid_data, zmq_msg_data(rid), size);
+        msg->rid_len = (uint8_t)size;
+        msg->rid_pending = true;
+    } else
+        msg->routing_id = zframe_new(zmq_msg_data(rid), size);
+}
+
+/*  Turn the received frames into a message; takes the payload frame. rid
+    and header are the caller's (NULL: none arrived). */
+static llmq_msg_t *s_from_frames(zmq_msg_t *rid, zmq_msg_t *header,
                                  zframe_t **payload_p, int frames, int flags)
 {
     s_decoder_t d;
@@ -1355,14 +1391,13 @@ static llmq_msg_t *s_from_frames(zframe_t **rid_p, zmq_msg_t *header,
     if (d.msg) {
         /*  Under CURVE, ZAP's User-Id (the peer's public key) rides on
             every frame but the routing id, which the ROUTER makes. */
-        const char *user =
-            *rid_p && header && !(flags & LLMQ_MSG_RECV_NO_USER_ID)
-                ? zmq_msg_gets(header, "User-Id")
-                : NULL;
+        const char *user = rid && header && !(flags & LLMQ_MSG_RECV_NO_USER_ID)
+                               ? zmq_msg_gets(header, "User-Id")
+                               : NULL;
         if (user && *user)
             d.msg->user_id = strdup(user);
-        d.msg->routing_id = *rid_p;
-        *rid_p = NULL;
+        if (rid)
+            s_take_rid(d.msg, rid);
         if (d.msg->type == LLMQ_MSG_INVALID) {
             d.msg->reason = strdup(d.reason);
             s_salvage_id(d.msg, data, size);
@@ -1371,7 +1406,6 @@ static llmq_msg_t *s_from_frames(zframe_t **rid_p, zmq_msg_t *header,
             *payload_p = NULL;
         }
     }
-    zframe_destroy(rid_p);
     zframe_destroy(payload_p);
     return d.msg;
 }
@@ -1385,46 +1419,61 @@ static bool s_sock_is_router(void *sock, void *handle)
     return s_is_router(handle);
 }
 
-llmq_msg_t *llmq_msg_recv_ex(void *sock, int flags)
+/*  Receive every frame of one message: the routing id (a ROUTER's) and the
+    header in place, the payload as a frame (forwarded untouched), more
+    frames drained and counted so the next receive starts at a message
+    boundary. Returns the frames after the routing id, or -1 if nothing
+    came. */
+static int s_recv_frames(void *from, void *handle, zmq_msg_t *rid,
+                         zmq_msg_t *header, zframe_t **payload)
 {
-    void *handle = zsock_resolve(sock);
-    if (!handle)
-        return NULL;
-    /*  CZMQ calls take sock as given: resolving a raw handle costs them a
-        getsockopt each, a zsock_t does not. */
-    void *from = zsock_is(sock) ? sock : handle;
-    zframe_t *rid = NULL, *payload = NULL;
-    if (s_sock_is_router(sock, handle) && !(rid = zframe_recv(from)))
-        return NULL;
-    /*  Drain every frame of the message, even when there are too many, so
-        the next receive starts at a message boundary. The header is read
-        in place (decoding copies what it keeps); the payload stays a frame
-        to be forwarded untouched. */
-    zmq_msg_t header;
-    zmq_msg_init(&header);
+    bool more = true;
+    if (rid) {
+        if (zmq_msg_recv(rid, handle, 0) == -1)
+            return -1;
+        more = zmq_msg_more(rid);
+    }
     int frames = 0;
-    bool more = rid ? zframe_more(rid) : true;
     while (more) {
         if (frames == 0) {
-            if (zmq_msg_recv(&header, handle, 0) == -1)
+            if (zmq_msg_recv(header, handle, 0) == -1)
                 break;
-            more = zmq_msg_more(&header);
+            more = zmq_msg_more(header);
         } else {
+            /*  CZMQ takes from as given: resolving a raw handle costs it a
+                getsockopt, a zsock_t does not. */
             zframe_t *frame = zframe_recv(from);
             if (!frame)
                 break;
             more = zframe_more(frame);
             if (frames == 1)
-                payload = frame;
+                *payload = frame;
             else
                 zframe_destroy(&frame);
         }
         frames++;
     }
+    return frames == 0 && !rid ? -1 : frames;
+}
+
+llmq_msg_t *llmq_msg_recv_ex(void *sock, int flags)
+{
+    void *handle = zsock_resolve(sock);
+    if (!handle)
+        return NULL;
+    bool router = s_sock_is_router(sock, handle);
+    zmq_msg_t rid, header;
+    zmq_msg_init(&rid);
+    zmq_msg_init(&header);
+    zframe_t *payload = NULL;
+    int frames = s_recv_frames(zsock_is(sock) ? sock : handle, handle,
+                               router ? &rid : NULL, &header, &payload);
     llmq_msg_t *msg = NULL;
-    if (frames > 0 || rid)
-        msg = s_from_frames(&rid, frames ? &header : NULL, &payload, frames,
-                            flags);
+    if (frames >= 0)
+        msg = s_from_frames(router ? &rid : NULL, frames ? &header : NULL,
+                            &payload, frames, flags);
+    zframe_destroy(&payload);
+    zmq_msg_close(&rid);
     zmq_msg_close(&header);
     return msg;
 }
