@@ -168,6 +168,7 @@ struct _llmq_msg_t {
     char *reason;                   /* why the input was INVALID */
     char *user_id;                  /* the peer's ZAP User-Id, or NULL */
     uint64_t bits[S_WORDS];         /* set fields */
+    uint64_t checked[S_WORDS];      /* set fields decoded (checked then) */
     size_t arena_used;              /* bytes of arena given out */
     s_value_t values[LLMQ_F_COUNT]; /* one slot per field of the .def */
     char arena[S_ARENA];            /* short strings, no malloc each */
@@ -182,6 +183,13 @@ static inline bool s_is_set(const llmq_msg_t *self, int f)
 static inline void s_mark(llmq_msg_t *self, int f)
 {
     self->bits[f >> 6] |= 1ULL << (f & 63);
+}
+
+/*  A decoded value passed the checks encode would repeat (s_check_field):
+    a header forwarded with a few fields changed re-checks only those. */
+static inline void s_mark_checked(llmq_msg_t *self, int f)
+{
+    self->checked[f >> 6] |= 1ULL << (f & 63);
 }
 
 /*  The first set field >= from, or -1. */
@@ -289,6 +297,7 @@ static void s_unset(llmq_msg_t *self, llmq_field_t f)
     else if (s_fields[f].kind == S_STRS)
         s_free_strs(v->strs.items, v->strs.count);
     self->bits[f >> 6] &= ~(1ULL << (f & 63));
+    self->checked[f >> 6] &= ~(1ULL << (f & 63));
 }
 
 void llmq_msg_destroy(llmq_msg_t **self_p)
@@ -320,6 +329,7 @@ static int s_set_strn(llmq_msg_t *self, llmq_field_t f, const char *s,
             same length): no allocation. */
         memmove(self->values[f].s, s, len);
         self->values[f].s[len] = 0;
+        self->checked[f >> 6] &= ~(1ULL << (f & 63));
         return 0;
     }
     char *copy;
@@ -705,7 +715,8 @@ static int s_check(const llmq_msg_t *self, char *errbuf, size_t errlen)
             return s_errf(errbuf, errlen, "missing required '%s'",
                           s_field_label((llmq_field_t)*r, label, sizeof label));
     S_FOR_SET(self, f)
-    if (s_check_field(self, (llmq_field_t)f, errbuf, errlen))
+    if (!((self->checked[f >> 6] >> (f & 63)) & 1) &&
+        s_check_field(self, (llmq_field_t)f, errbuf, errlen))
         return -1;
     return 0;
 }
@@ -1015,6 +1026,7 @@ static int s_dec_str(s_decoder_t *d, llmq_field_t f, const llmq_mp_item_t *it)
         return s_fail(d, "'%s' invalid UTF-8", name);
     if (s_set_strn(d->msg, f, (const char *)it->ptr, it->len))
         return s_fail(d, "out of memory");
+    s_mark_checked(d->msg, f);
     return 0;
 }
 
@@ -1077,6 +1089,7 @@ static int s_dec_strs(s_decoder_t *d, llmq_field_t f, const llmq_mp_item_t *it)
     d->msg->values[f].strs.items = items;
     d->msg->values[f].strs.count = it->len;
     s_mark(d->msg, f);
+    s_mark_checked(d->msg, f);
     return 0;
 }
 
@@ -1094,6 +1107,7 @@ static int s_dec_raw(s_decoder_t *d, llmq_field_t f)
         return s_fail(d, "'%s' invalid msgpack value", s_fields[f].key);
     if (s_set_raw(d->msg, f, start, size))
         return s_fail(d, "out of memory");
+    s_mark_checked(d->msg, f);
     return 0;
 }
 
@@ -1741,6 +1755,31 @@ static void s_test_bytes(void)
     }
 }
 
+/*  A decoded field is not checked again on encode, but one set after the
+    decode is: an invalid value set in place of a decoded one (same length,
+    reusing its bytes) still fails to encode. */
+static void s_test_checked(void)
+{
+    llmq_msg_t *msg = llmq_msg_new(LLMQ_MSG_RES);
+    llmq_msg_set_id(msg, "abcd");
+    llmq_msg_set_ok(msg, true);
+    zframe_t *frame = llmq_msg_encode(msg, NULL, 0);
+    llmq_msg_destroy(&msg);
+    S_TEST(frame);
+    msg =
+        llmq_msg_decode(zframe_data(frame), zframe_size(frame), false, NULL, 0);
+    zframe_destroy(&frame);
+    S_TEST(msg && streq(llmq_msg_id(msg), "abcd"));
+    frame = llmq_msg_encode(msg, NULL, 0);
+    S_TEST(frame);
+    zframe_destroy(&frame);
+    llmq_msg_set_id(msg, "\xff\xfe");
+    char reason[160] = "";
+    S_TEST(!llmq_msg_encode(msg, reason, sizeof reason));
+    S_TEST(strstr(reason, "UTF-8"));
+    llmq_msg_destroy(&msg);
+}
+
 static void s_test_failure(void)
 {
     llmq_msg_t *res = llmq_msg_new(LLMQ_MSG_RES);
@@ -1849,6 +1888,7 @@ int llmq_msg_test(bool verbose)
     s_test_roundtrip(verbose);
     s_test_failure();
     s_test_bytes();
+    s_test_checked();
     s_test_decode_errors();
     s_test_sockets(verbose);
     if (verbose)
