@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """bench_broker.py - llmq-broker against a raw zmq_proxy, in the same run.
 
-    bench_broker.py [--bin DIR] [--trials 3] [--smoke] [--json OUT]
+    bench_broker.py [--bin DIR] [--baseline-bin DIR] [--trials 3] [--smoke] [--json OUT]
 
 Parts (each trial runs both systems back to back, alternating which goes
 first, so that machine noise hits both):
@@ -10,6 +10,8 @@ first, so that machine noise hits both):
               llmq-bench-broker's raw zmq_proxy ROUTER-DEALER with the same
               echo workers in raw mode. Reports req/s, p50/p99 latency,
               and the middle process's CPU per request (utime+stime).
+              With --baseline-bin DIR, DIR's llmq-broker runs in every
+              trial too (before/after of a change, same run).
   load        latency at fixed offered loads (1k and 5k req/s in total).
   real        (opt-in, with throughput) the broker again with real
               `llmq-worker --provider echo` processes instead of bench workers.
@@ -115,6 +117,8 @@ def callgrind_top(path, per, n=15):
 def run_system(a, system, requests, window, rate=0, bindir=None, callgrind=None):
     """One run of `system` (broker or raw); returns a dict of numbers.
     callgrind: a path prefix to run the middle under callgrind."""
+    if system == "broker-base":
+        bindir, system = a.baseline_bin, "broker"  # the same run, the baseline's broker
     bindir = bindir or a.bin
     bench = os.path.join(bindir, "llmq-bench-broker")
     wrap = (["valgrind", "--tool=callgrind", "--callgrind-out-file=" + callgrind]
@@ -292,8 +296,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bin", default=os.environ.get("LLMQ_BIN_DIR",
                                                     os.path.join(HERE, "../../build/bin")))
-    ap.add_argument("--baseline-bin", help="callgrind part: also the broker of this "
-                    "directory (before/after in one run)")
+    ap.add_argument("--baseline-bin", help="throughput and callgrind parts: also the "
+                    "broker of this directory (before/after in one run)")
     ap.add_argument("--callgrind-requests", type=int, default=2500,
                     help="callgrind part: requests per client")
     ap.add_argument("--trials", type=int, default=3)
@@ -317,11 +321,13 @@ def main():
     if "throughput" in parts:
         for t in range(a.trials):
             order = ["broker", "raw"] if t % 2 == 0 else ["raw", "broker"]
+            if a.baseline_bin:
+                order.insert(1, "broker-base")
             if real:
                 order.append("broker+llmq-worker")
             for system in order:
                 r = run_system(a, system, a.requests, a.window)
-                r["trial"] = t
+                r["trial"], r["system"] = t, system
                 out["throughput"].append(r)
                 print("throughput trial %d %-6s %8.0f req/s p50 %6.0f us p99 %6.0f us "
                       "cpu %5.1f us/req errors %d" % (t, system, r["rps"], r["p50_us"],
@@ -383,6 +389,15 @@ def main():
                   "| middle CPU per request, us | %s | %s | %s |"
                   % (fmt([x["cpu_us_per_req"] for x in b], "%.1f"),
                      fmt([x["cpu_us_per_req"] for x in r_], "%.1f"), fmt(cpu_ratios, "%.2f"))]
+        bb = sorted([r for r in th if r["system"] == "broker-base"], key=lambda r: r["trial"])
+        if bb:
+            rs = sorted(r_, key=lambda r: r["trial"])
+            lines += ["| baseline broker (--baseline-bin), same trials: req/s; CPU us/request "
+                      "| %s; %s | | %s; %s |"
+                      % (fmt([x["rps"] for x in bb]), fmt([x["cpu_us_per_req"] for x in bb], "%.1f"),
+                         fmt([x["rps"] / y["rps"] for x, y in zip(bb, rs)], "%.2f"),
+                         fmt([x["cpu_us_per_req"] / y["cpu_us_per_req"] if y["cpu_us_per_req"]
+                              else float("nan") for x, y in zip(bb, rs)], "%.2f"))]
         rw = sorted([r for r in th if r["system"] == "broker+llmq-worker"],
                     key=lambda r: r["trial"])
         if rw:
