@@ -24,6 +24,11 @@
 # 2 cores; each part is bounded by `timeout` and one failing part does not
 # stop the others.
 #
+# $LLMQ_BASELINE_BIN=DIR: before/after in the same run: e2e also runs DIR's
+# llmq, broker and workers in its rounds (bench_e2e.py --baseline-bin), broker
+# runs DIR's llmq-broker in every trial and under callgrind (bench_broker.py
+# --baseline-bin; the callgrind part runs when valgrind is installed).
+#
 # Binaries: --build DIR (a cmake build directory), else $LLMQ_BIN_DIR/.. when
 # set, else build-bench/ in the repository (configured Release and built
 # here). Results: --results DIR, else $LLMQ_BENCH_RESULTS, else
@@ -98,12 +103,22 @@ for p in "${parts[@]}"; do
       if [ $smoke = 1 ]; then
         run_part broker 120 $py "$here/broker/bench_broker.py" --smoke --parts throughput,load \
           --clients 1 --workers 2 --json "$results/broker.json"
+        if command -v valgrind >/dev/null; then
+          run_part broker-callgrind 120 $py "$here/broker/bench_broker.py" --smoke --parts callgrind \
+            --json "$results/broker-callgrind.json"
+        fi
       else
         # The matrix: 1 and 4 clients x 2 and 4 echo workers, one table each.
         for c in 1 4; do for w in 2 4; do
           run_part "broker-c${c}w${w}" 600 $py "$here/broker/bench_broker.py" --parts throughput,load \
-            --clients $c --workers $w --json "$results/broker-c${c}w${w}.json"
+            --clients $c --workers $w --json "$results/broker-c${c}w${w}.json" \
+            ${LLMQ_BASELINE_BIN:+--baseline-bin "$LLMQ_BASELINE_BIN"}
         done; done
+        # Instructions per request (issue 19): repeatable where CPU seconds are not.
+        if command -v valgrind >/dev/null; then
+          run_part broker-callgrind 600 $py "$here/broker/bench_broker.py" --parts callgrind \
+            --json "$results/broker-callgrind.json" ${LLMQ_BASELINE_BIN:+--baseline-bin "$LLMQ_BASELINE_BIN"}
+        fi
       fi ;;
     memory)
       if [ $smoke = 1 ]; then
@@ -116,7 +131,8 @@ for p in "${parts[@]}"; do
       else run_part worker 900 bash "$here/worker/run.sh" "$build" 20 3; fi ;;
     e2e)
       if [ $smoke = 1 ]; then run_part e2e 120 $py "$here/e2e/bench_e2e.py" --smoke --json "$results/e2e.json"
-      else run_part e2e 900 $py "$here/e2e/bench_e2e.py" --json "$results/e2e.json"; fi ;;
+      else run_part e2e 900 $py "$here/e2e/bench_e2e.py" --json "$results/e2e.json" \
+             ${LLMQ_BASELINE_BIN:+--baseline-bin "$LLMQ_BASELINE_BIN"}; fi ;;
     bindings)
       if [ $smoke = 1 ]; then run_part bindings 120 $py "$here/bindings/bench_bindings.py" --smoke --bin "$build/bin" --json "$results/bindings.json"
       else run_part bindings 1500 $py "$here/bindings/bench_bindings.py" --bin "$build/bin" --json "$results/bindings.json"; fi ;;

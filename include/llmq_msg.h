@@ -155,6 +155,10 @@ const char *llmq_msg_user_id(const llmq_msg_t *self);
 /*  Routing id of the peer on a ROUTER socket (borrowed; NULL if none). */
 zframe_t *llmq_msg_routing_id(const llmq_msg_t *self);
 
+/*  The routing id's bytes (borrowed; NULL and 0 if none), without making
+    a frame of a received one. */
+const uint8_t *llmq_msg_routing_id_data(const llmq_msg_t *self, size_t *size);
+
 /*  Set the routing id (copied). On send through a ROUTER it is the first
     frame. */
 void llmq_msg_set_routing_id(llmq_msg_t *self, const zframe_t *routing_id);
@@ -163,6 +167,12 @@ void llmq_msg_set_routing_id(llmq_msg_t *self, const zframe_t *routing_id);
     frame. Returns NULL, with a reason in errbuf (may be NULL), if a required
     field is missing, a value exceeds its limit or the type is invalid. */
 zframe_t *llmq_msg_encode(const llmq_msg_t *self, char *errbuf, size_t errlen);
+
+/*  As llmq_msg_encode, into *out (initialised here on success: the caller
+    sends or closes it): no zframe for a hot path that sends with
+    zmq_msg_send. Returns 0, or -1 with a reason in errbuf. */
+int llmq_msg_encode_msg(const llmq_msg_t *self, zmq_msg_t *out, char *errbuf,
+                        size_t errlen);
 
 /*  Decode a header from bytes. Returns a new message, or NULL with a reason
     in errbuf (may be NULL). Never reads past size, never allocates more than
@@ -186,6 +196,12 @@ int llmq_msg_send(llmq_msg_t **self_p, void *sock);
     field set if the header had a readable one. Returns NULL only if the
     receive was interrupted. */
 llmq_msg_t *llmq_msg_recv(void *sock);
+
+/*  As llmq_msg_recv, with flags: LLMQ_MSG_RECV_NO_USER_ID skips the lookup
+    of the peer's ZAP User-Id (llmq_msg_user_id then returns NULL), which
+    costs a metadata search per message on a socket without CURVE. */
+#define LLMQ_MSG_RECV_NO_USER_ID 1
+llmq_msg_t *llmq_msg_recv_ex(void *sock, int flags);
 
 /*  Wait up to timeout_ms for the next message of a type, skipping `hb` and
     `ack` (unless that is the type asked for); tick (may be NULL) runs

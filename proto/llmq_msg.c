@@ -9,7 +9,8 @@
     unpacker: it never allocates for a claimed count, never reads past the
     frame, and every failure has a short reason that goes back to the peer
     in an `error` {code: bad_message}. Strings are copied out, so a message
-    never points into socket memory. Encoding uses msgpack-c's packer.
+    never points into socket memory. Encoding writes the msgpack forms a
+    header needs straight into a stack buffer (s_put_*).
 
     On a socket a message is [routing id] header [payload]. The payload is
     kept as the zframe it arrived in, so it can be forwarded without a copy.
@@ -19,8 +20,9 @@
 #include "llmq_mpread.h"
 #include "llmq_value.h"
 
-#include <msgpack.h>
+#include <pthread.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -43,13 +45,63 @@ typedef struct {
     const char *key;   /* map key on the wire */
     s_kind_t kind;     /* value kind */
     size_t max;        /* STR bytes, STRS items, RAW encoded bytes */
+    uint32_t key_len;  /* strlen(key) */
 } s_field_t;
 
 static const s_field_t s_fields[LLMQ_F_COUNT] = {
 #define LLMQ_FIELD(name, group, key, kind, max)                                \
-    {#name, group, key, S_##kind, max},
+    {#name, group, key, S_##kind, max, sizeof(key) - 1},
 #include "llmq_proto.def"
 };
+
+/*  Lookup tables built once from s_fields (s_tables_init): the group of
+    each field as a small number (0: top level), the distinct group names,
+    and an open-addressing hash of (group, key) -> field, so decoding a key
+    costs one hash instead of a scan of the catalogue. */
+#define S_MAX_GROUPS 32
+#define S_HASH_SLOTS 512 /* power of two, well above 2 x LLMQ_F_COUNT */
+static uint8_t s_group_of[LLMQ_F_COUNT];
+static const char *s_group_name[S_MAX_GROUPS];
+static uint32_t s_group_len[S_MAX_GROUPS];
+static int s_ngroups = 1;
+static int16_t s_hash[S_HASH_SLOTS]; /* field + 1, 0 = empty */
+static pthread_once_t s_tables_once = PTHREAD_ONCE_INIT;
+
+static uint32_t s_hash_key(int group, const uint8_t *key, uint32_t len)
+{
+    uint32_t h = 2166136261u ^ (uint32_t)group;
+    for (uint32_t k = 0; k < len; k++)
+        h = (h ^ key[k]) * 16777619u;
+    return h;
+}
+
+static void s_tables_init(void)
+{
+    for (int f = 0; f < LLMQ_F_COUNT; f++) {
+        int g = 0;
+        if (s_fields[f].group) {
+            for (g = 1; g < s_ngroups; g++)
+                if (strcmp(s_group_name[g], s_fields[f].group) == 0)
+                    break;
+            if (g == s_ngroups && g < S_MAX_GROUPS) {
+                s_group_name[g] = s_fields[f].group;
+                s_group_len[g] = (uint32_t)strlen(s_fields[f].group);
+                s_ngroups++;
+            }
+        }
+        s_group_of[f] = (uint8_t)g;
+        uint32_t h = s_hash_key(g, (const uint8_t *)s_fields[f].key,
+                                s_fields[f].key_len);
+        while (s_hash[h & (S_HASH_SLOTS - 1)])
+            h++;
+        s_hash[h & (S_HASH_SLOTS - 1)] = (int16_t)(f + 1);
+    }
+}
+
+static inline void s_tables(void)
+{
+    pthread_once(&s_tables_once, s_tables_init);
+}
 
 /*  Required fields per message type, each list ending with -1. */
 #define LLMQ_REQ(field) LLMQ_F_##field,
@@ -85,7 +137,6 @@ static const s_errdef_t s_errs[LLMQ_ERR_COUNT] = {
 /*  ---- the message ----------------------------------------------------- */
 
 typedef struct {
-    bool set; /* field present */
     union {
         char *s;   /* STR */
         int64_t i; /* INT */
@@ -102,22 +153,126 @@ typedef struct {
     };
 } s_value_t;
 
+#define S_WORDS ((LLMQ_F_COUNT + 63) / 64)
+#define S_ARENA 256 /* bytes of short strings kept in the message itself */
+
+/*  Which fields are set is a bit set, so that new, destroy, check and
+    encode touch only the fields a message has (a few of the catalogue's
+    70+), and the value slots need no zeroing. */
 struct _llmq_msg_t {
     llmq_msg_type_t type;           /* LLMQ_MSG_INVALID for bad input */
     zframe_t *routing_id;           /* ROUTER peer, or NULL */
+    bool rid_pending;               /* routing id in rid_data, no frame yet */
+    uint8_t rid_len;                /* its size */
     zframe_t *payload;              /* opaque payload frame, or NULL */
     char *reason;                   /* why the input was INVALID */
     char *user_id;                  /* the peer's ZAP User-Id, or NULL */
+    uint64_t bits[S_WORDS];         /* set fields */
+    uint64_t checked[S_WORDS];      /* set fields decoded (checked then) */
+    size_t arena_used;              /* bytes of arena given out */
     s_value_t values[LLMQ_F_COUNT]; /* one slot per field of the .def */
+    char arena[S_ARENA];            /* short strings, no malloc each */
+    uint8_t rid_data[255];          /* a received routing id (<= 255) */
 };
+
+static inline bool s_is_set(const llmq_msg_t *self, int f)
+{
+    return (self->bits[f >> 6] >> (f & 63)) & 1;
+}
+
+static inline void s_mark(llmq_msg_t *self, int f)
+{
+    self->bits[f >> 6] |= 1ULL << (f & 63);
+}
+
+/*  A decoded value passed the checks encode would repeat (s_check_field):
+    a header forwarded with a few fields changed re-checks only those. */
+static inline void s_mark_checked(llmq_msg_t *self, int f)
+{
+    self->checked[f >> 6] |= 1ULL << (f & 63);
+}
+
+/*  The first set field >= from, or -1. */
+static inline int s_next_set(const llmq_msg_t *self, int from)
+{
+    for (int w = from >> 6; w < S_WORDS; w++) {
+        uint64_t bits = self->bits[w];
+        if (w == from >> 6)
+            bits &= ~0ULL << (from & 63);
+        if (bits)
+            return w * 64 + __builtin_ctzll(bits);
+    }
+    return -1;
+}
+
+#define S_FOR_SET(self, f)                                                     \
+    for (int f = s_next_set(self, 0); f >= 0; f = s_next_set(self, f + 1))
+
+/*  Spare messages of this thread, for the next llmq_msg_new: a message
+    is too large for malloc's fast bins, and a broker makes two per request.
+    Freed at thread exit (s_spares_free); off under AddressSanitizer, so a
+    use after destroy is still caught there. */
+#define S_SPARES 8
+typedef struct {
+    llmq_msg_t *items[S_SPARES];
+    int count;
+} s_spares_t;
+
+#if defined(__SANITIZE_ADDRESS__)
+#define S_SPARES_ON 0
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define S_SPARES_ON 0
+#endif
+#endif
+#ifndef S_SPARES_ON
+#define S_SPARES_ON 1
+#endif
+
+static __thread s_spares_t *s_spares;
+static pthread_key_t s_spares_key;
+static pthread_once_t s_spares_once = PTHREAD_ONCE_INIT;
+
+static void s_spares_free(void *arg)
+{
+    s_spares_t *spares = (s_spares_t *)arg;
+    for (int k = 0; k < spares->count; k++)
+        free(spares->items[k]);
+    free(spares);
+    s_spares = NULL;
+}
+
+static void s_spares_init(void)
+{
+    pthread_key_create(&s_spares_key, s_spares_free);
+}
+
+/*  This thread's spares, made on first use; NULL if that fails. */
+static s_spares_t *s_spares_get(void)
+{
+    if (!s_spares && S_SPARES_ON) {
+        pthread_once(&s_spares_once, s_spares_init);
+        s_spares_t *spares = (s_spares_t *)calloc(1, sizeof *spares);
+        if (spares && pthread_setspecific(s_spares_key, spares) == 0)
+            s_spares = spares;
+        else
+            free(spares);
+    }
+    return s_spares;
+}
 
 llmq_msg_t *llmq_msg_new(llmq_msg_type_t type)
 {
     if ((int)type < 0 || type >= LLMQ_MSG_COUNT)
         return NULL;
-    llmq_msg_t *self = (llmq_msg_t *)calloc(1, sizeof *self);
-    if (self)
+    s_spares_t *spares = s_spares_get();
+    llmq_msg_t *self = spares && spares->count
+                           ? spares->items[--spares->count]
+                           : (llmq_msg_t *)malloc(sizeof *self);
+    if (self) {
+        memset(self, 0, offsetof(llmq_msg_t, values));
         self->type = type;
+    }
     return self;
 }
 
@@ -131,16 +286,18 @@ static void s_free_strs(char **items, size_t count)
 /*  Release whatever the field owns and mark it absent. */
 static void s_unset(llmq_msg_t *self, llmq_field_t f)
 {
-    s_value_t *v = &self->values[f];
-    if (!v->set)
+    if (!s_is_set(self, f))
         return;
-    if (s_fields[f].kind == S_STR)
+    s_value_t *v = &self->values[f];
+    if (s_fields[f].kind == S_STR &&
+        (v->s < self->arena || v->s >= self->arena + S_ARENA))
         free(v->s);
     else if (s_fields[f].kind == S_RAW)
         free(v->raw.data);
     else if (s_fields[f].kind == S_STRS)
         s_free_strs(v->strs.items, v->strs.count);
-    memset(v, 0, sizeof *v);
+    self->bits[f >> 6] &= ~(1ULL << (f & 63));
+    self->checked[f >> 6] &= ~(1ULL << (f & 63));
 }
 
 void llmq_msg_destroy(llmq_msg_t **self_p)
@@ -148,13 +305,17 @@ void llmq_msg_destroy(llmq_msg_t **self_p)
     if (!self_p || !*self_p)
         return;
     llmq_msg_t *self = *self_p;
-    for (int f = 0; f < LLMQ_F_COUNT; f++)
-        s_unset(self, (llmq_field_t)f);
+    S_FOR_SET(self, f)
+    s_unset(self, (llmq_field_t)f);
     zframe_destroy(&self->routing_id);
     zframe_destroy(&self->payload);
     free(self->reason);
     free(self->user_id);
-    free(self);
+    s_spares_t *spares = s_spares_get();
+    if (spares && spares->count < S_SPARES)
+        spares->items[spares->count++] = self;
+    else
+        free(self);
     *self_p = NULL;
 }
 
@@ -163,14 +324,25 @@ void llmq_msg_destroy(llmq_msg_t **self_p)
 static int s_set_strn(llmq_msg_t *self, llmq_field_t f, const char *s,
                       size_t len)
 {
-    char *copy = (char *)malloc(len + 1);
-    if (!copy)
+    if (s_is_set(self, f) && len <= strlen(self->values[f].s)) {
+        /*  Fits in the string it replaces (a reused header, an id of the
+            same length): no allocation. */
+        memmove(self->values[f].s, s, len);
+        self->values[f].s[len] = 0;
+        self->checked[f >> 6] &= ~(1ULL << (f & 63));
+        return 0;
+    }
+    char *copy;
+    if (S_ARENA - self->arena_used > len) {
+        copy = self->arena + self->arena_used;
+        self->arena_used += len + 1;
+    } else if (!(copy = (char *)malloc(len + 1)))
         return -1;
     memcpy(copy, s, len);
     copy[len] = 0;
     s_unset(self, f);
     self->values[f].s = copy;
-    self->values[f].set = true;
+    s_mark(self, f);
     return 0;
 }
 
@@ -185,7 +357,7 @@ static int s_set_raw(llmq_msg_t *self, llmq_field_t f, const void *data,
     s_unset(self, f);
     self->values[f].raw.data = copy;
     self->values[f].raw.size = size;
-    self->values[f].set = true;
+    s_mark(self, f);
     return 0;
 }
 
@@ -205,20 +377,20 @@ static int s_set_strs(llmq_msg_t *self, llmq_field_t f,
     s_unset(self, f);
     self->values[f].strs.items = copy;
     self->values[f].strs.count = count;
-    self->values[f].set = true;
+    s_mark(self, f);
     return 0;
 }
 
 static void s_set_scalar(llmq_msg_t *self, llmq_field_t f, s_value_t v)
 {
     s_unset(self, f);
-    v.set = true;
+    s_mark(self, f);
     self->values[f] = v;
 }
 
 static const s_value_t *s_get(const llmq_msg_t *self, llmq_field_t f)
 {
-    return self && self->values[f].set ? &self->values[f] : NULL;
+    return self && s_is_set(self, f) ? &self->values[f] : NULL;
 }
 
 /*  ---- generated accessors --------------------------------------------- */
@@ -303,10 +475,11 @@ llmq_msg_t *llmq_msg_dup(const llmq_msg_t *self)
     if (!copy)
         return NULL;
     int rc = 0;
-    for (int f = 0; f < LLMQ_F_COUNT && rc == 0; f++) {
-        const s_value_t *v = s_get(self, (llmq_field_t)f);
-        if (!v)
-            continue;
+    S_FOR_SET(self, f)
+    {
+        if (rc)
+            break;
+        const s_value_t *v = &self->values[f];
         if (s_fields[f].kind == S_STR)
             rc = s_set_strn(copy, (llmq_field_t)f, v->s, strlen(v->s));
         else if (s_fields[f].kind == S_RAW)
@@ -314,10 +487,12 @@ llmq_msg_t *llmq_msg_dup(const llmq_msg_t *self)
         else if (s_fields[f].kind == S_STRS)
             rc = s_set_strs(copy, (llmq_field_t)f,
                             (const char *const *)v->strs.items, v->strs.count);
-        else
+        else {
             copy->values[f] = *v;
+            s_mark(copy, f);
+        }
     }
-    if (self->routing_id)
+    if (llmq_msg_routing_id(self))
         copy->routing_id = zframe_dup(self->routing_id);
     if (self->payload)
         copy->payload = zframe_dup(self->payload);
@@ -437,9 +612,28 @@ const char *llmq_msg_user_id(const llmq_msg_t *self)
     return self->user_id;
 }
 
+/*  A received routing id stays bytes until a frame of it is asked for:
+    a broker hashes the bytes of every message, and needs the frame only
+    to answer (llmq_msg_routing_id_data). */
 zframe_t *llmq_msg_routing_id(const llmq_msg_t *self)
 {
+    if (self && self->rid_pending) {
+        llmq_msg_t *mut = (llmq_msg_t *)self; /* a cache, not a change */
+        mut->routing_id = zframe_new(self->rid_data, self->rid_len);
+        mut->rid_pending = false;
+    }
     return self ? self->routing_id : NULL;
+}
+
+const uint8_t *llmq_msg_routing_id_data(const llmq_msg_t *self, size_t *size)
+{
+    if (self && self->rid_pending) {
+        *size = self->rid_len;
+        return self->rid_data;
+    }
+    zframe_t *rid = self ? self->routing_id : NULL;
+    *size = rid ? zframe_size(rid) : 0;
+    return rid ? zframe_data(rid) : NULL;
 }
 
 void llmq_msg_set_routing_id(llmq_msg_t *self, const zframe_t *routing_id)
@@ -447,6 +641,7 @@ void llmq_msg_set_routing_id(llmq_msg_t *self, const zframe_t *routing_id)
     if (!self)
         return;
     zframe_destroy(&self->routing_id);
+    self->rid_pending = false;
     if (routing_id)
         self->routing_id = zframe_dup((zframe_t *)routing_id);
 }
@@ -516,136 +711,245 @@ static int s_check(const llmq_msg_t *self, char *errbuf, size_t errlen)
 {
     char label[64];
     for (const int *r = s_msgs[self->type].required; *r >= 0; r++)
-        if (!self->values[*r].set)
+        if (!s_is_set(self, *r))
             return s_errf(errbuf, errlen, "missing required '%s'",
                           s_field_label((llmq_field_t)*r, label, sizeof label));
-    for (int f = 0; f < LLMQ_F_COUNT; f++)
-        if (self->values[f].set &&
-            s_check_field(self, (llmq_field_t)f, errbuf, errlen))
-            return -1;
+    S_FOR_SET(self, f)
+    if (!((self->checked[f >> 6] >> (f & 63)) & 1) &&
+        s_check_field(self, (llmq_field_t)f, errbuf, errlen))
+        return -1;
     return 0;
 }
 
-static void s_pack_str(msgpack_packer *pk, const char *s)
+/*  The encoder's output: a buffer on the stack, on the heap only for a
+    header larger than it, written by the few msgpack forms a header uses
+    (msgpack-c's packer and sbuffer cost a call and an allocation per
+    piece). The forms are msgpack-c's, so the bytes are the same. */
+typedef struct {
+    uint8_t *data;
+    size_t size;
+    size_t cap;
+    bool failed; /* out of memory: no frame */
+    uint8_t inline_data[1024];
+} s_buf_t;
+
+static bool s_buf_grow(s_buf_t *b, size_t len)
 {
-    size_t len = strlen(s);
-    msgpack_pack_str(pk, len);
-    msgpack_pack_str_body(pk, s, len);
+    size_t cap = b->cap * 2 > b->size + len ? b->cap * 2 : b->size + len;
+    uint8_t *grown =
+        (uint8_t *)(b->data == b->inline_data ? malloc(cap)
+                                              : realloc(b->data, cap));
+    if (!grown) {
+        b->failed = true;
+        return false;
+    }
+    if (b->data == b->inline_data)
+        memcpy(grown, b->data, b->size);
+    b->data = grown;
+    b->cap = cap;
+    return true;
 }
 
-static void s_pack_value(msgpack_packer *pk, msgpack_sbuffer *sbuf,
-                         const s_field_t *def, const s_value_t *v)
+static inline void s_put(s_buf_t *b, const void *data, size_t len)
 {
-    s_pack_str(pk, def->key);
+    if (b->size + len > b->cap && !s_buf_grow(b, len))
+        return;
+    memcpy(b->data + b->size, data, len);
+    b->size += len;
+}
+
+/*  A type byte and a big-endian number of width bytes (0, 1, 2, 4, 8). */
+static void s_put_tag(s_buf_t *b, uint8_t tag, uint64_t n, int width)
+{
+    uint8_t out[9];
+    out[0] = tag;
+    for (int k = 0; k < width; k++)
+        out[1 + k] = (uint8_t)(n >> (8 * (width - 1 - k)));
+    s_put(b, out, 1 + (size_t)width);
+}
+
+/*  A str, array or map header: fix form below fix_max, else 8/16/32. */
+static void s_put_len(s_buf_t *b, uint8_t fix, uint32_t fix_max, uint8_t tag8,
+                      uint8_t tag16, size_t n)
+{
+    if (n < fix_max)
+        s_put_tag(b, (uint8_t)(fix | n), 0, 0);
+    else if (tag8 && n < 256)
+        s_put_tag(b, tag8, n, 1);
+    else if (n < 65536)
+        s_put_tag(b, tag16, n, 2);
+    else
+        s_put_tag(b, (uint8_t)(tag16 + 1), n, 4);
+}
+
+static void s_put_int(s_buf_t *b, int64_t i)
+{
+    if (i >= 0) {
+        uint64_t u = (uint64_t)i;
+        if (u < 128)
+            s_put_tag(b, (uint8_t)u, 0, 0);
+        else
+            s_put_tag(b,
+                      u < 256             ? 0xcc
+                      : u < 65536         ? 0xcd
+                      : u < 4294967296ULL ? 0xce
+                                          : 0xcf,
+                      u,
+                      u < 256             ? 1
+                      : u < 65536         ? 2
+                      : u < 4294967296ULL ? 4
+                                          : 8);
+    } else if (i >= -32)
+        s_put_tag(b, (uint8_t)(int8_t)i, 0, 0);
+    else if (i >= -128)
+        s_put_tag(b, 0xd0, (uint64_t)i, 1);
+    else if (i >= -32768)
+        s_put_tag(b, 0xd1, (uint64_t)i, 2);
+    else if (i >= INT32_MIN)
+        s_put_tag(b, 0xd2, (uint64_t)i, 4);
+    else
+        s_put_tag(b, 0xd3, (uint64_t)i, 8);
+}
+
+static void s_pack_strn(s_buf_t *b, const char *s, size_t len)
+{
+    s_put_len(b, 0xa0, 32, 0xd9, 0xda, len);
+    s_put(b, s, len);
+}
+
+static void s_pack_str(s_buf_t *b, const char *s)
+{
+    s_pack_strn(b, s, strlen(s));
+}
+
+static void s_pack_value(s_buf_t *b, const s_field_t *def, const s_value_t *v)
+{
+    s_pack_strn(b, def->key, def->key_len);
     switch (def->kind) {
     case S_STR:
-        s_pack_str(pk, v->s);
+        s_pack_str(b, v->s);
         break;
     case S_INT:
-        msgpack_pack_int64(pk, v->i);
+        s_put_int(b, v->i);
         break;
     case S_BOOL:
-        if (v->b)
-            msgpack_pack_true(pk);
-        else
-            msgpack_pack_false(pk);
+        s_put_tag(b, v->b ? 0xc3 : 0xc2, 0, 0);
         break;
-    case S_DBL:
-        msgpack_pack_double(pk, v->d);
+    case S_DBL: {
+        uint64_t bits;
+        memcpy(&bits, &v->d, sizeof bits);
+        s_put_tag(b, 0xcb, bits, 8);
         break;
+    }
     case S_RAW:
-        msgpack_sbuffer_write(sbuf, (const char *)v->raw.data, v->raw.size);
+        s_put(b, v->raw.data, v->raw.size);
         break;
     case S_STRS:
-        msgpack_pack_array(pk, v->strs.count);
+        s_put_len(b, 0x90, 16, 0, 0xdc, v->strs.count);
         for (size_t k = 0; k < v->strs.count; k++)
-            s_pack_str(pk, v->strs.items[k]);
+            s_pack_str(b, v->strs.items[k]);
         break;
     }
 }
 
-/*  True if field f is the first set field of its group, so the group's
-    map is written when the encoder reaches it. */
-static bool s_group_first(const llmq_msg_t *self, int f)
+/*  A group's map, written when the encoder reaches its first set field f:
+    every set field of the group, in catalogue order. */
+static void s_pack_group(const llmq_msg_t *self, s_buf_t *b, int f)
 {
-    for (int g = 0; g < f; g++)
-        if (self->values[g].set && s_fields[g].group &&
-            strcmp(s_fields[g].group, s_fields[f].group) == 0)
-            return false;
-    return true;
-}
-
-static size_t s_group_count(const llmq_msg_t *self, int f)
-{
+    int group = s_group_of[f];
     size_t n = 0;
-    for (int g = f; g < LLMQ_F_COUNT; g++)
-        if (self->values[g].set && s_fields[g].group &&
-            strcmp(s_fields[g].group, s_fields[f].group) == 0)
-            n++;
-    return n;
-}
-
-static void s_pack_group(const llmq_msg_t *self, msgpack_packer *pk,
-                         msgpack_sbuffer *sbuf, int f)
-{
-    s_pack_str(pk, s_fields[f].group);
-    msgpack_pack_map(pk, s_group_count(self, f));
-    for (int g = f; g < LLMQ_F_COUNT; g++)
-        if (self->values[g].set && s_fields[g].group &&
-            strcmp(s_fields[g].group, s_fields[f].group) == 0)
-            s_pack_value(pk, sbuf, &s_fields[g], &self->values[g]);
+    for (int g = f; g >= 0; g = s_next_set(self, g + 1))
+        n += s_group_of[g] == group;
+    s_pack_strn(b, s_group_name[group], s_group_len[group]);
+    s_put_len(b, 0x80, 16, 0, 0xde, n);
+    for (int g = f; g >= 0; g = s_next_set(self, g + 1))
+        if (s_group_of[g] == group)
+            s_pack_value(b, &s_fields[g], &self->values[g]);
 }
 
 /*  Top-level entries: v, t, ungrouped fields, one per group in use. */
 static size_t s_top_count(const llmq_msg_t *self)
 {
     size_t n = 2;
-    for (int f = 0; f < LLMQ_F_COUNT; f++)
-        if (self->values[f].set &&
-            (!s_fields[f].group || s_group_first(self, f)))
+    uint64_t groups = 0;
+    S_FOR_SET(self, f)
+    {
+        int group = s_group_of[f];
+        if (!group)
             n++;
+        else if (!(groups & (1ULL << group))) {
+            groups |= 1ULL << group;
+            n++;
+        }
+    }
     return n;
 }
 
-static void s_pack_header(const llmq_msg_t *self, msgpack_packer *pk,
-                          msgpack_sbuffer *sbuf)
+static void s_pack_header(const llmq_msg_t *self, s_buf_t *b)
 {
-    msgpack_pack_map(pk, s_top_count(self));
-    s_pack_str(pk, "v");
-    msgpack_pack_int64(pk, LLMQ_PROTOCOL_VERSION);
-    s_pack_str(pk, "t");
-    s_pack_str(pk, s_msgs[self->type].name);
-    for (int f = 0; f < LLMQ_F_COUNT; f++) {
-        if (!self->values[f].set)
-            continue;
-        if (!s_fields[f].group)
-            s_pack_value(pk, sbuf, &s_fields[f], &self->values[f]);
-        else if (s_group_first(self, f))
-            s_pack_group(self, pk, sbuf, f);
+    s_put_len(b, 0x80, 16, 0, 0xde, s_top_count(self));
+    s_pack_strn(b, "v", 1);
+    s_put_int(b, LLMQ_PROTOCOL_VERSION);
+    s_pack_strn(b, "t", 1);
+    s_pack_str(b, s_msgs[self->type].name);
+    uint64_t groups = 0;
+    S_FOR_SET(self, f)
+    {
+        int group = s_group_of[f];
+        if (!group)
+            s_pack_value(b, &s_fields[f], &self->values[f]);
+        else if (!(groups & (1ULL << group))) {
+            groups |= 1ULL << group;
+            s_pack_group(self, b, f);
+        }
     }
+}
+
+/*  Encode into buf (its inline buffer or more); 0, or -1 with a reason. */
+static int s_encode_buf(const llmq_msg_t *self, s_buf_t *buf, char *errbuf,
+                        size_t errlen)
+{
+    buf->data = buf->inline_data;
+    buf->size = 0;
+    buf->cap = sizeof buf->inline_data;
+    buf->failed = false;
+    if (!self || self->type == LLMQ_MSG_INVALID)
+        return s_errf(errbuf, errlen, "cannot encode an invalid message");
+    s_tables();
+    if (s_check(self, errbuf, errlen))
+        return -1;
+    s_pack_header(self, buf);
+    if (buf->failed)
+        return s_errf(errbuf, errlen, "out of memory");
+    if (buf->size > LLMQ_MAX_HEADER_SIZE)
+        return s_errf(errbuf, errlen, "header too large (%zu > %d bytes)",
+                      buf->size, LLMQ_MAX_HEADER_SIZE);
+    return 0;
 }
 
 zframe_t *llmq_msg_encode(const llmq_msg_t *self, char *errbuf, size_t errlen)
 {
-    if (!self || self->type == LLMQ_MSG_INVALID) {
-        s_errf(errbuf, errlen, "cannot encode an invalid message");
-        return NULL;
-    }
-    if (s_check(self, errbuf, errlen))
-        return NULL;
-    msgpack_sbuffer sbuf;
-    msgpack_packer pk;
-    msgpack_sbuffer_init(&sbuf);
-    msgpack_packer_init(&pk, &sbuf, msgpack_sbuffer_write);
-    s_pack_header(self, &pk, &sbuf);
+    s_buf_t buf;
     zframe_t *frame = NULL;
-    if (sbuf.size > LLMQ_MAX_HEADER_SIZE)
-        s_errf(errbuf, errlen, "header too large (%zu > %d bytes)", sbuf.size,
-               LLMQ_MAX_HEADER_SIZE);
-    else
-        frame = zframe_new(sbuf.data, sbuf.size);
-    msgpack_sbuffer_destroy(&sbuf);
+    if (s_encode_buf(self, &buf, errbuf, errlen) == 0)
+        frame = zframe_new(buf.data, buf.size);
+    if (buf.data != buf.inline_data)
+        free(buf.data);
     return frame;
+}
+
+int llmq_msg_encode_msg(const llmq_msg_t *self, zmq_msg_t *out, char *errbuf,
+                        size_t errlen)
+{
+    s_buf_t buf;
+    int rc = s_encode_buf(self, &buf, errbuf, errlen);
+    if (rc == 0 && zmq_msg_init_size(out, buf.size) == 0)
+        memcpy(zmq_msg_data(out), buf.data, buf.size);
+    else if (rc == 0)
+        rc = s_errf(errbuf, errlen, "out of memory");
+    if (buf.data != buf.inline_data)
+        free(buf.data);
+    return rc;
 }
 
 /*  ---- decode ----------------------------------------------------------- */
@@ -677,29 +981,27 @@ static int s_fail_reader(s_decoder_t *d)
     return s_fail(d, "%s", d->r.err ? d->r.err : "malformed");
 }
 
-static int s_find_field(const char *group, const uint8_t *key, uint32_t len)
+/*  The field of key in group (0: top level), or -1: one hash probe. */
+static int s_find_field(int group, const uint8_t *key, uint32_t len)
 {
-    for (int f = 0; f < LLMQ_F_COUNT; f++) {
-        const s_field_t *def = &s_fields[f];
-        if ((group == NULL) != (def->group == NULL))
-            continue;
-        if (group && strcmp(group, def->group) != 0)
-            continue;
-        if (strlen(def->key) == len && memcmp(def->key, key, len) == 0)
+    uint32_t h = s_hash_key(group, key, len);
+    for (;; h++) {
+        int f = s_hash[h & (S_HASH_SLOTS - 1)] - 1;
+        if (f < 0)
+            return -1;
+        if (s_group_of[f] == group && s_fields[f].key_len == len &&
+            memcmp(s_fields[f].key, key, len) == 0)
             return f;
     }
-    return -1;
 }
 
-/*  The group name (static string) for a top-level key, or NULL. */
-static const char *s_find_group(const uint8_t *key, uint32_t len)
+/*  The group (> 0) whose name is a top-level key, or 0. */
+static int s_find_group(const uint8_t *key, uint32_t len)
 {
-    for (int f = 0; f < LLMQ_F_COUNT; f++) {
-        const char *g = s_fields[f].group;
-        if (g && strlen(g) == len && memcmp(g, key, len) == 0)
+    for (int g = 1; g < s_ngroups; g++)
+        if (s_group_len[g] == len && memcmp(s_group_name[g], key, len) == 0)
             return g;
-    }
-    return NULL;
+    return 0;
 }
 
 static int s_wrong_type(s_decoder_t *d, llmq_field_t f, const char *want)
@@ -724,6 +1026,7 @@ static int s_dec_str(s_decoder_t *d, llmq_field_t f, const llmq_mp_item_t *it)
         return s_fail(d, "'%s' invalid UTF-8", name);
     if (s_set_strn(d->msg, f, (const char *)it->ptr, it->len))
         return s_fail(d, "out of memory");
+    s_mark_checked(d->msg, f);
     return 0;
 }
 
@@ -785,7 +1088,8 @@ static int s_dec_strs(s_decoder_t *d, llmq_field_t f, const llmq_mp_item_t *it)
     s_unset(d->msg, f);
     d->msg->values[f].strs.items = items;
     d->msg->values[f].strs.count = it->len;
-    d->msg->values[f].set = true;
+    s_mark(d->msg, f);
+    s_mark_checked(d->msg, f);
     return 0;
 }
 
@@ -803,6 +1107,7 @@ static int s_dec_raw(s_decoder_t *d, llmq_field_t f)
         return s_fail(d, "'%s' invalid msgpack value", s_fields[f].key);
     if (s_set_raw(d->msg, f, start, size))
         return s_fail(d, "out of memory");
+    s_mark_checked(d->msg, f);
     return 0;
 }
 
@@ -841,7 +1146,7 @@ static int s_read_key(s_decoder_t *d, llmq_mp_item_t *key)
 }
 
 /*  A nested group map: known keys decode, unknown ones are skipped. */
-static int s_dec_group(s_decoder_t *d, const char *group)
+static int s_dec_group(s_decoder_t *d, int group)
 {
     llmq_mp_item_t it;
     if (llmq_mp_read(&d->r, &it))
@@ -849,7 +1154,7 @@ static int s_dec_group(s_decoder_t *d, const char *group)
     if (it.kind == LLMQ_MP_NIL)
         return 0;
     if (it.kind != LLMQ_MP_MAP)
-        return s_fail(d, "'%s' wrong type (want map)", group);
+        return s_fail(d, "'%s' wrong type (want map)", s_group_name[group]);
     for (uint32_t k = 0; k < it.len; k++) {
         llmq_mp_item_t key;
         if (s_read_key(d, &key))
@@ -890,10 +1195,10 @@ static int s_dec_entry(s_decoder_t *d)
         return -1;
     if (key.len == 1 && (key.ptr[0] == 'v' || key.ptr[0] == 't'))
         return s_dec_vt(d, &key);
-    int f = s_find_field(NULL, key.ptr, key.len);
+    int f = s_find_field(0, key.ptr, key.len);
     if (f >= 0)
         return s_dec_field(d, (llmq_field_t)f);
-    const char *group = s_find_group(key.ptr, key.len);
+    int group = s_find_group(key.ptr, key.len);
     if (group)
         return s_dec_group(d, group);
     if (llmq_mp_skip(&d->r, S_MAX_DEPTH - 1))
@@ -933,7 +1238,7 @@ static int s_dec_finish(s_decoder_t *d, bool has_payload)
             (const char *)d->t);
     char label[64];
     for (const int *r = s_msgs[type].required; *r >= 0; r++)
-        if (!d->msg->values[*r].set)
+        if (!s_is_set(d->msg, *r))
             return s_fail(d, "missing required '%s'",
                           s_field_label((llmq_field_t)*r, label, sizeof label));
     if (has_payload && s_msgs[type].payload == S_PAYLOAD_NONE)
@@ -950,6 +1255,7 @@ static int s_decode(s_decoder_t *d, const void *data, size_t size,
                     bool has_payload)
 {
     memset(d, 0, sizeof *d);
+    s_tables();
     d->msg = llmq_msg_new(LLMQ_MSG_INVALID);
     if (!d->msg)
         return s_fail(d, "out of memory");
@@ -996,7 +1302,7 @@ static int s_send_frame(zframe_t **frame_p, void *handle, bool more)
 static int s_send_check(const llmq_msg_t *self, bool router, char *errbuf,
                         size_t errlen)
 {
-    if (router && !self->routing_id)
+    if (router && !llmq_msg_routing_id(self))
         return s_errf(errbuf, errlen, "no routing id for a ROUTER socket");
     s_payload_t rule = s_msgs[self->type].payload;
     if (self->payload && rule == S_PAYLOAD_NONE)
@@ -1068,14 +1374,27 @@ static void s_salvage_id(llmq_msg_t *msg, const void *data, size_t size)
     }
 }
 
-/*  Turn the received frames into a message; takes the frames. */
-static llmq_msg_t *s_from_frames(zframe_t **rid_p, zframe_t **header_p,
-                                 zframe_t **payload_p, int frames)
+/*  The routing id of a received message: its bytes, made a frame only if
+    asked for (llmq_msg_routing_id). */
+static void s_take_rid(llmq_msg_t *msg, zmq_msg_t *rid)
+{
+    size_t size = zmq_msg_size(rid);
+    if (size <= sizeof msg->rid_data) {
+        memcpy(msg->rid_data, zmq_msg_data(rid), size);
+        msg->rid_len = (uint8_t)size;
+        msg->rid_pending = true;
+    } else
+        msg->routing_id = zframe_new(zmq_msg_data(rid), size);
+}
+
+/*  Turn the received frames into a message; takes the payload frame. rid
+    and header are the caller's (NULL: none arrived). */
+static llmq_msg_t *s_from_frames(zmq_msg_t *rid, zmq_msg_t *header,
+                                 zframe_t **payload_p, int frames, int flags)
 {
     s_decoder_t d;
-    zframe_t *header = *header_p;
-    const void *data = header ? zframe_data(header) : NULL;
-    size_t size = header ? zframe_size(header) : 0;
+    const void *data = header ? zmq_msg_data(header) : NULL;
+    size_t size = header ? zmq_msg_size(header) : 0;
     if (frames > 2) {
         memset(&d, 0, sizeof d);
         d.msg = llmq_msg_new(LLMQ_MSG_INVALID);
@@ -1086,12 +1405,13 @@ static llmq_msg_t *s_from_frames(zframe_t **rid_p, zframe_t **header_p,
     if (d.msg) {
         /*  Under CURVE, ZAP's User-Id (the peer's public key) rides on
             every frame but the routing id, which the ROUTER makes. */
-        const char *user =
-            *rid_p && header ? zframe_meta(header, "User-Id") : NULL;
+        const char *user = rid && header && !(flags & LLMQ_MSG_RECV_NO_USER_ID)
+                               ? zmq_msg_gets(header, "User-Id")
+                               : NULL;
         if (user && *user)
             d.msg->user_id = strdup(user);
-        d.msg->routing_id = *rid_p;
-        *rid_p = NULL;
+        if (rid)
+            s_take_rid(d.msg, rid);
         if (d.msg->type == LLMQ_MSG_INVALID) {
             d.msg->reason = strdup(d.reason);
             s_salvage_id(d.msg, data, size);
@@ -1100,40 +1420,81 @@ static llmq_msg_t *s_from_frames(zframe_t **rid_p, zframe_t **header_p,
             *payload_p = NULL;
         }
     }
-    zframe_destroy(rid_p);
-    zframe_destroy(header_p);
     zframe_destroy(payload_p);
     return d.msg;
 }
 
-llmq_msg_t *llmq_msg_recv(void *sock)
+/*  ROUTER or not: a zsock_t knows its type (zsock_type_str reads it), where
+    a getsockopt per message showed up in the broker's profile. */
+static bool s_sock_is_router(void *sock, void *handle)
+{
+    if (zsock_is(sock))
+        return strcmp(zsock_type_str((zsock_t *)sock), "ROUTER") == 0;
+    return s_is_router(handle);
+}
+
+/*  Receive every frame of one message: the routing id (a ROUTER's) and the
+    header in place, the payload as a frame (forwarded untouched), more
+    frames drained and counted so the next receive starts at a message
+    boundary. Returns the frames after the routing id, or -1 if nothing
+    came. */
+static int s_recv_frames(void *from, void *handle, zmq_msg_t *rid,
+                         zmq_msg_t *header, zframe_t **payload)
+{
+    bool more = true;
+    if (rid) {
+        if (zmq_msg_recv(rid, handle, 0) == -1)
+            return -1;
+        more = zmq_msg_more(rid);
+    }
+    int frames = 0;
+    while (more) {
+        if (frames == 0) {
+            if (zmq_msg_recv(header, handle, 0) == -1)
+                break;
+            more = zmq_msg_more(header);
+        } else {
+            /*  CZMQ takes from as given: resolving a raw handle costs it a
+                getsockopt, a zsock_t does not. */
+            zframe_t *frame = zframe_recv(from);
+            if (!frame)
+                break;
+            more = zframe_more(frame);
+            if (frames == 1)
+                *payload = frame;
+            else
+                zframe_destroy(&frame);
+        }
+        frames++;
+    }
+    return frames == 0 && !rid ? -1 : frames;
+}
+
+llmq_msg_t *llmq_msg_recv_ex(void *sock, int flags)
 {
     void *handle = zsock_resolve(sock);
     if (!handle)
         return NULL;
-    zframe_t *rid = NULL, *header = NULL, *payload = NULL;
-    if (s_is_router(handle) && !(rid = zframe_recv(handle)))
-        return NULL;
-    /*  Drain every frame of the message, even when there are too many, so
-        the next receive starts at a message boundary. */
-    int frames = 0;
-    bool more = rid ? zframe_more(rid) : true;
-    while (more) {
-        zframe_t *frame = zframe_recv(handle);
-        if (!frame)
-            break;
-        more = zframe_more(frame);
-        frames++;
-        if (frames == 1)
-            header = frame;
-        else if (frames == 2)
-            payload = frame;
-        else
-            zframe_destroy(&frame);
-    }
-    if (frames == 0 && !rid)
-        return NULL;
-    return s_from_frames(&rid, &header, &payload, frames);
+    bool router = s_sock_is_router(sock, handle);
+    zmq_msg_t rid, header;
+    zmq_msg_init(&rid);
+    zmq_msg_init(&header);
+    zframe_t *payload = NULL;
+    int frames = s_recv_frames(zsock_is(sock) ? sock : handle, handle,
+                               router ? &rid : NULL, &header, &payload);
+    llmq_msg_t *msg = NULL;
+    if (frames >= 0)
+        msg = s_from_frames(router ? &rid : NULL, frames ? &header : NULL,
+                            &payload, frames, flags);
+    zframe_destroy(&payload);
+    zmq_msg_close(&rid);
+    zmq_msg_close(&header);
+    return msg;
+}
+
+llmq_msg_t *llmq_msg_recv(void *sock)
+{
+    return llmq_msg_recv_ex(sock, 0);
 }
 
 llmq_msg_t *llmq_msg_expect(void *sock, llmq_msg_type_t type, int timeout_ms,
@@ -1272,9 +1633,8 @@ void llmq_msg_print(const llmq_msg_t *self)
     }
     fprintf(stderr, "llmq_msg: %s%s%s\n", llmq_msg_type_name(self->type),
             self->reason ? " reason=" : "", self->reason ? self->reason : "");
-    for (int f = 0; f < LLMQ_F_COUNT; f++)
-        if (self->values[f].set)
-            s_print_field(self, f);
+    S_FOR_SET(self, f)
+    s_print_field(self, f);
     if (self->payload)
         fprintf(stderr, "    (payload: %zu bytes)\n",
                 zframe_size(self->payload));
@@ -1284,6 +1644,7 @@ void llmq_msg_print(const llmq_msg_t *self)
 
 /*  Checks that stay on in release builds (NDEBUG removes assert). */
 #include "llmq_check.h"
+#include <msgpack.h>
 #define S_TEST(cond) LLMQ_CHECK(cond)
 
 /*  Encode, decode, compare the fields that matter. */
@@ -1335,6 +1696,87 @@ static void s_test_roundtrip(bool verbose)
     S_TEST(llmq_msg_encode(msg, err, sizeof err) == NULL);
     S_TEST(strstr(err, "missing required 'model'"));
     llmq_msg_destroy(&msg);
+    llmq_msg_destroy(&msg);
+}
+
+/*  The hand-written encoder writes what msgpack-c's packer wrote: every
+    width of int, a double, short and long strings, a group. */
+static void s_test_bytes(void)
+{
+    const int64_t ints[] = {0,         127,          128,      255,
+                            256,       65535,        65536,    4294967295LL,
+                            -1,        -32,          -33,      -128,
+                            -129,      -32768,       -32769,   INT32_MIN,
+                            INT64_MIN, 4294967296LL, INT64_MAX};
+    char text[300];
+    memset(text, 'x', sizeof text - 1);
+    text[sizeof text - 1] = 0;
+    for (size_t k = 0; k < sizeof ints / sizeof ints[0]; k++) {
+        llmq_msg_t *msg = llmq_msg_new(LLMQ_MSG_RES);
+        const char *message = k % 2 ? text + 260 : text;
+        llmq_msg_set_id(msg, "id");
+        llmq_msg_set_message(msg, message);
+        llmq_msg_set_ok(msg, k % 2);
+        llmq_msg_set_latency_ms(msg, ints[k]);
+        llmq_msg_set_usage_cost_usd(msg, 0.25 * (double)k);
+        llmq_msg_set_usage_total_tokens(msg, ints[k]);
+        zframe_t *frame = llmq_msg_encode(msg, NULL, 0);
+        msgpack_sbuffer sb;
+        msgpack_sbuffer_init(&sb);
+        msgpack_packer pk;
+        msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+        msgpack_pack_map(&pk, 7);
+        msgpack_pack_str_with_body(&pk, "v", 1);
+        msgpack_pack_int64(&pk, LLMQ_PROTOCOL_VERSION);
+        msgpack_pack_str_with_body(&pk, "t", 1);
+        msgpack_pack_str_with_body(&pk, "res", 3);
+        msgpack_pack_str_with_body(&pk, "id", 2);
+        msgpack_pack_str_with_body(&pk, "id", 2);
+        msgpack_pack_str_with_body(&pk, "ok", 2);
+        if (k % 2)
+            msgpack_pack_true(&pk);
+        else
+            msgpack_pack_false(&pk);
+        msgpack_pack_str_with_body(&pk, "usage", 5);
+        msgpack_pack_map(&pk, 2);
+        msgpack_pack_str_with_body(&pk, "total_tokens", 12);
+        msgpack_pack_int64(&pk, ints[k]);
+        msgpack_pack_str_with_body(&pk, "cost_usd", 8);
+        msgpack_pack_double(&pk, 0.25 * (double)k);
+        msgpack_pack_str_with_body(&pk, "latency_ms", 10);
+        msgpack_pack_int64(&pk, ints[k]);
+        msgpack_pack_str_with_body(&pk, "message", 7);
+        msgpack_pack_str_with_body(&pk, message, strlen(message));
+        S_TEST(frame && zframe_size(frame) == sb.size &&
+               memcmp(zframe_data(frame), sb.data, sb.size) == 0);
+        msgpack_sbuffer_destroy(&sb);
+        zframe_destroy(&frame);
+        llmq_msg_destroy(&msg);
+    }
+}
+
+/*  A decoded field is not checked again on encode, but one set after the
+    decode is: an invalid value set in place of a decoded one (same length,
+    reusing its bytes) still fails to encode. */
+static void s_test_checked(void)
+{
+    llmq_msg_t *msg = llmq_msg_new(LLMQ_MSG_RES);
+    llmq_msg_set_id(msg, "abcd");
+    llmq_msg_set_ok(msg, true);
+    zframe_t *frame = llmq_msg_encode(msg, NULL, 0);
+    llmq_msg_destroy(&msg);
+    S_TEST(frame);
+    msg =
+        llmq_msg_decode(zframe_data(frame), zframe_size(frame), false, NULL, 0);
+    zframe_destroy(&frame);
+    S_TEST(msg && streq(llmq_msg_id(msg), "abcd"));
+    frame = llmq_msg_encode(msg, NULL, 0);
+    S_TEST(frame);
+    zframe_destroy(&frame);
+    llmq_msg_set_id(msg, "\xff\xfe");
+    char reason[160] = "";
+    S_TEST(!llmq_msg_encode(msg, reason, sizeof reason));
+    S_TEST(strstr(reason, "UTF-8"));
     llmq_msg_destroy(&msg);
 }
 
@@ -1445,6 +1887,8 @@ int llmq_msg_test(bool verbose)
         printf(" * llmq_msg: ");
     s_test_roundtrip(verbose);
     s_test_failure();
+    s_test_bytes();
+    s_test_checked();
     s_test_decode_errors();
     s_test_sockets(verbose);
     if (verbose)

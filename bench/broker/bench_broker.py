@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """bench_broker.py - llmq-broker against a raw zmq_proxy, in the same run.
 
-    bench_broker.py [--bin DIR] [--trials 3] [--smoke] [--json OUT]
+    bench_broker.py [--bin DIR] [--baseline-bin DIR] [--trials 3] [--smoke] [--json OUT]
 
 Parts (each trial runs both systems back to back, alternating which goes
 first, so that machine noise hits both):
@@ -10,6 +10,8 @@ first, so that machine noise hits both):
               llmq-bench-broker's raw zmq_proxy ROUTER-DEALER with the same
               echo workers in raw mode. Reports req/s, p50/p99 latency,
               and the middle process's CPU per request (utime+stime).
+              With --baseline-bin DIR, DIR's llmq-broker runs in every
+              trial too (before/after of a change, same run).
   load        latency at fixed offered loads (1k and 5k req/s in total).
   real        (opt-in, with throughput) the broker again with real
               `llmq-worker --provider echo` processes instead of bench workers.
@@ -17,6 +19,14 @@ first, so that machine noise hits both):
               tenant, fair share on beside --no-fair-share (PROTOCOL.md 3.4).
   memory      1,000,000 queued 1 KB requests (no worker for their model):
               broker RSS and ping round trips while the queue is full.
+  callgrind   (opt-in) the middle process (broker, then raw proxy) under
+              `valgrind --tool=callgrind`, with the throughput part's clients
+              and workers but --callgrind-requests per client: instructions
+              per request (all threads, libzmq's I/O thread included;
+              counted from after the workers joined to the last answer) and
+              the top functions by self cost. Repeatable where CPU seconds
+              on a shared machine are not: the number to compare before and
+              after a change (--bin and --baseline-bin in one run).
 
 Prints a Markdown summary (median of the trials, min..max, ratios) and
 optionally writes all raw numbers as JSON.
@@ -78,18 +88,51 @@ def stop(procs):
             p.wait()
 
 
-def run_system(a, system, requests, window, rate=0):
-    """One run of `system` (broker or raw); returns a dict of numbers."""
-    bench = os.path.join(a.bin, "llmq-bench-broker")
+def callgrind_total(path):
+    """Total instructions (Ir) of a callgrind dump."""
+    with open(path) as f:
+        for line in f:
+            if line.startswith(("summary:", "totals:")):
+                return int(line.split()[1])
+    raise RuntimeError("no totals in %s" % path)
+
+
+def callgrind_top(path, per, n=15):
+    """The n functions of largest self cost: (Ir per request, name)."""
+    out = subprocess.run(["callgrind_annotate", "--threshold=100", "--inclusive=no", path],
+                         capture_output=True, text=True).stdout
+    top = []
+    for line in out.splitlines():
+        parts = line.strip().split(None, 1)
+        if len(parts) == 2 and parts[0].replace(",", "").isdigit() and ":" in parts[1]:
+            name = parts[1].split(" [")[0].split(")", 1)[-1].strip()
+            if "clone.S" in name or "pthread_create" in name or name.startswith("???:0x"):
+                continue  # thread entry points: their cost is everybody's
+            top.append((int(parts[0].replace(",", "")) / per, name))
+        if len(top) >= n:
+            break
+    return top
+
+
+def run_system(a, system, requests, window, rate=0, bindir=None, callgrind=None):
+    """One run of `system` (broker or raw); returns a dict of numbers.
+    callgrind: a path prefix to run the middle under callgrind."""
+    if system == "broker-base":
+        bindir, system = a.baseline_bin, "broker"  # the same run, the baseline's broker
+    bindir = bindir or a.bin
+    bench = os.path.join(bindir, "llmq-bench-broker")
+    wrap = (["valgrind", "--tool=callgrind", "--callgrind-out-file=" + callgrind]
+            if callgrind else [])
     if system.startswith("broker"):
         # broker-fair / broker-fifo: each client its own tenant, fair share
         # on / off (--no-fair-share); the tenants part compares the two.
-        mid, ep = start([os.path.join(a.bin, "llmq-broker"), "--quiet",
-                         "--frontend", "tcp://127.0.0.1:*", "--backend", "tcp://127.0.0.1:*"]
+        mid, ep = start(wrap + [os.path.join(bindir, "llmq-broker"), "--quiet",
+                                "--frontend", "tcp://127.0.0.1:*",
+                                "--backend", "tcp://127.0.0.1:*"]
                         + (["--no-fair-share"] if system == "broker-fifo" else []))
         wmode = "llmq"
     else:
-        mid, ep = start([bench, "proxy"])
+        mid, ep = start(wrap + [bench, "proxy"])
         wmode = "raw"
     procs = [mid]
     try:
@@ -115,6 +158,9 @@ def run_system(a, system, requests, window, rate=0):
                 if len(msgpack.unpackb(frames[1])["workers"]) == a.workers:
                     break
             s.close()
+        if callgrind:
+            subprocess.run(["callgrind_control", "-z", str(mid.pid)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
         cpu0 = cpu_seconds(mid.pid)
         clients = []
         for i in range(a.clients):
@@ -131,17 +177,48 @@ def run_system(a, system, requests, window, rate=0):
             out, _ = c.communicate(timeout=600)
             results.append(json.loads(out.strip().splitlines()[-1]))
         cpu1 = cpu_seconds(mid.pid)
+        if callgrind:
+            subprocess.run(["callgrind_control", "-d", str(mid.pid)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
     finally:
         stop(procs)
     total = sum(r["count"] for r in results)
     seconds = max(r["seconds"] for r in results)
-    return {
+    extra = {}
+    if callgrind:
+        dump = callgrind + ".1"
+        extra = {"ir_per_req": callgrind_total(dump) / max(1, total),
+                 "top": callgrind_top(dump, max(1, total))}
+    return dict(extra, **{
         "system": system, "requests": total, "errors": sum(r["errors"] for r in results),
         "seconds": seconds, "rps": total / seconds,
         "p50_us": statistics.median(r["p50_us"] for r in results),
         "p99_us": max(r["p99_us"] for r in results),
         "cpu_us_per_req": (cpu1 - cpu0) * 1e6 / max(1, total),
-    }
+    })
+
+
+def callgrind_part(a):
+    """Instructions per request of the middle, under callgrind: the broker
+    of --bin (and of --baseline-bin if given) and the raw proxy."""
+    import tempfile
+    tmp = tempfile.mkdtemp(prefix="llmq-bench-callgrind-")
+    runs = [("broker", a.bin, "broker")]
+    if a.baseline_bin:
+        runs.append(("broker", a.baseline_bin, "broker (baseline bin)"))
+    runs.append(("raw", a.bin, "raw"))
+    out = []
+    for system, bindir, label in runs:
+        path = os.path.join(tmp, "cg-%d" % len(out))
+        r = run_system(a, system, a.callgrind_requests, a.window, bindir=bindir,
+                       callgrind=path)
+        r["label"] = label
+        out.append(r)
+        print("callgrind %-22s %9.0f instructions/request (%d requests, errors %d)"
+              % (label, r["ir_per_req"], r["requests"], r["errors"]), file=sys.stderr)
+        for ir, name in r["top"]:
+            print("    %9.0f  %s" % (ir, name), file=sys.stderr)
+    return out
 
 
 def memory_part(a, count):
@@ -219,6 +296,10 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bin", default=os.environ.get("LLMQ_BIN_DIR",
                                                     os.path.join(HERE, "../../build/bin")))
+    ap.add_argument("--baseline-bin", help="throughput and callgrind parts: also the "
+                    "broker of this directory (before/after in one run)")
+    ap.add_argument("--callgrind-requests", type=int, default=2500,
+                    help="callgrind part: requests per client")
     ap.add_argument("--trials", type=int, default=3)
     ap.add_argument("--clients", type=int, default=4)
     ap.add_argument("--workers", type=int, default=4)
@@ -232,7 +313,7 @@ def main():
     ap.add_argument("--json", help="write raw numbers here")
     a = ap.parse_args()
     if a.smoke:
-        a.trials, a.requests, a.memory = 1, 2000, 20000
+        a.trials, a.requests, a.memory, a.callgrind_requests = 1, 2000, 20000, 200
     parts = a.parts.split(",")
     out = {"config": vars(a), "throughput": [], "load": [], "memory": None}
 
@@ -240,11 +321,13 @@ def main():
     if "throughput" in parts:
         for t in range(a.trials):
             order = ["broker", "raw"] if t % 2 == 0 else ["raw", "broker"]
+            if a.baseline_bin:
+                order.insert(1, "broker-base")
             if real:
                 order.append("broker+llmq-worker")
             for system in order:
                 r = run_system(a, system, a.requests, a.window)
-                r["trial"] = t
+                r["trial"], r["system"] = t, system
                 out["throughput"].append(r)
                 print("throughput trial %d %-6s %8.0f req/s p50 %6.0f us p99 %6.0f us "
                       "cpu %5.1f us/req errors %d" % (t, system, r["rps"], r["p50_us"],
@@ -274,6 +357,8 @@ def main():
                       "cpu %5.1f us/req errors %d" % (t, system, r["rps"], r["p50_us"],
                                                       r["p99_us"], r["cpu_us_per_req"], r["errors"]),
                       file=sys.stderr)
+    if "callgrind" in parts:
+        out["callgrind"] = callgrind_part(a)
     if "memory" in parts and a.memory:
         out["memory"] = memory_part(a, a.memory)
         print("memory:", out["memory"], file=sys.stderr)
@@ -304,6 +389,15 @@ def main():
                   "| middle CPU per request, us | %s | %s | %s |"
                   % (fmt([x["cpu_us_per_req"] for x in b], "%.1f"),
                      fmt([x["cpu_us_per_req"] for x in r_], "%.1f"), fmt(cpu_ratios, "%.2f"))]
+        bb = sorted([r for r in th if r["system"] == "broker-base"], key=lambda r: r["trial"])
+        if bb:
+            rs = sorted(r_, key=lambda r: r["trial"])
+            lines += ["| baseline broker (--baseline-bin), same trials: req/s; CPU us/request "
+                      "| %s; %s | | %s; %s |"
+                      % (fmt([x["rps"] for x in bb]), fmt([x["cpu_us_per_req"] for x in bb], "%.1f"),
+                         fmt([x["rps"] / y["rps"] for x, y in zip(bb, rs)], "%.2f"),
+                         fmt([x["cpu_us_per_req"] / y["cpu_us_per_req"] if y["cpu_us_per_req"]
+                              else float("nan") for x, y in zip(bb, rs)], "%.2f"))]
         rw = sorted([r for r in th if r["system"] == "broker+llmq-worker"],
                     key=lambda r: r["trial"])
         if rw:
@@ -337,6 +431,15 @@ def main():
         lines += ["| offered %d req/s: p50 / p99 latency, us | %s / %s | %s / %s | |"
                   % (total_rate, fmt([x["p50_us"] for x in b]), fmt([x["p99_us"] for x in b]),
                      fmt([x["p50_us"] for x in r_]), fmt([x["p99_us"] for x in r_]))]
+    cg = out.get("callgrind") or []
+    if cg:
+        raw = [r for r in cg if r["system"] == "raw"]
+        lines += ["", "| callgrind, %d clients x %d workers, %d requests each | instructions "
+                  "per request | vs raw |" % (a.clients, a.workers, a.callgrind_requests),
+                  "|---|---|---|"]
+        for r in cg:
+            lines.append("| %s | %.0f | %.2fx |" % (r["label"], r["ir_per_req"],
+                                                   r["ir_per_req"] / raw[0]["ir_per_req"]))
     if out["memory"]:
         m = out["memory"]
         lines += ["", "Memory: %d queued 1 KB requests: broker RSS %.0f MB (peak %.0f MB, idle "

@@ -3,6 +3,7 @@
 `llmq run` against the clients people write instead.
 
     bench/e2e/bench_e2e.py [--lines 10000] [--runs 3] [--smoke] [--bin DIR]
+                           [--baseline-bin DIR]
 
 One llmq-sim (--latency-ms 200, every prompt different so nothing is
 cached or double billed) serves every variant, one after the other, round
@@ -19,6 +20,9 @@ after round (so slow drift of the machine hits all of them alike):
   aiohttp  bench/e2e/aiohttp_client.py: asyncio + aiohttp, W*C at once.
   node     bench/e2e/node/client.mjs: the official `openai` npm SDK with
            p-limit(W*C) (npm ci is run once if node_modules is missing).
+  base     (with --baseline-bin DIR) as llmq, with DIR's llmq, llmq-broker
+           and llmq-workers (their own broker and workers, the same sim),
+           in the same rounds: before/after of a change in one run.
   seq      bench/e2e/seq_client.py: one request at a time over one keep-alive
            connection; only --seq-lines lines, extrapolated to --lines. The
            runs of this one go at the same time (each is 99% waiting).
@@ -26,7 +30,10 @@ after round (so slow drift of the machine hits all of them alike):
 For each: wall time, CPU seconds of everything but the sim (client; for
 llmq also broker and workers, read from /proc), the sim's own CPU
 separately (the same work for all), ratios against llmq in the same round.
-Prints a markdown table; --json FILE writes the raw numbers.
+For llmq (and base) a second table splits the CPU per request by process:
+the `llmq run` client (its rusage), the broker, each worker (/proc), the
+whole pipeline, and the sim apart.
+Prints markdown tables; --json FILE writes the raw numbers.
 """
 import argparse
 import json
@@ -69,19 +76,77 @@ def count_ok(path):
     return benchlib.count_results(path)[0]
 
 
+def start_llmq(bindir, procs, sim_url, workers, capacity, log, name):
+    """A broker and WORKERS llmq-workers of BINDIR against the sim at
+    SIM_URL (the baseline's cluster: the sim is shared). Returns (broker,
+    workers)."""
+    def go(cmd, env=None):
+        p = benchlib.start(cmd, env=env, stderr=log)
+        procs.append(p)
+        return p
+    broker = go([os.path.join(bindir, "llmq-broker"), "--quiet", "--frontend",
+                 "tcp://127.0.0.1:*", "--backend", "tcp://127.0.0.1:*"])
+    env = dict(os.environ, LLMQ_API_KEY="bench-key")
+    ws = [go([os.path.join(bindir, "llmq-worker"), "--broker", broker.ready["backend"],
+              "--provider", "openai", "--base-url", sim_url + "/v1", "--model", "sim-model",
+              "--capacity", str(capacity), "--name", "%s%d" % (name, i)], env)
+          for i in range(workers)]
+    return broker, ws
+
+
+def split_table(results, variants, names, lines, workers):
+    """CPU per request (us) by process, median (min..max) over the rounds."""
+    rows = [(v, rs) for v, rs in benchlib.measured(results, variants) if v in ("llmq", "base")]
+    if not rows:
+        return
+    us = lambda xs: benchlib.fmt_mmm([1e6 * x / lines for x in xs], 1)  # noqa: E731
+    print()
+    print("CPU per request by process, us (median of the rounds, min..max):")
+    print()
+    print("| client | `llmq run` | broker | " + " | ".join("worker %d" % i for i in range(workers))
+          + " | workers | pipeline | sim (apart) |")
+    print("|---|---|---|" + "---|" * workers + "---|---|---|")
+    for v, rs in rows:
+        cells = [us([r["client_cpu_s"] for r in rs]), us([r["broker_cpu_s"] for r in rs])]
+        cells += [us([r["worker_cpu_s"][i] for r in rs]) for i in range(workers)]
+        cells += [us([sum(r["worker_cpu_s"]) for r in rs]), us([r["cpu_s"] for r in rs]),
+                  us([r["sim_cpu_s"] for r in rs])]
+        print("| %s | %s |" % (names[v], " | ".join(cells)))
+    if results.get("base") and results.get("llmq"):
+        pairs = list(zip(results["llmq"], results["base"]))
+        def ratio(key):
+            xs = [a[key] / b[key] for a, b in pairs if b[key]]
+            return benchlib.fmt_mmm(xs, 2, "x") if xs else "n/a (no CPU tick measured)"
+        print()
+        print("llmq / baseline, per round: pipeline CPU %s (client %s, broker %s, workers %s); "
+              "wall %s." % (ratio("cpu_s"), ratio("client_cpu_s"), ratio("broker_cpu_s"),
+                            ratio("workers_cpu_s"), ratio("wall_s")))
+    if results.get("aiohttp") and results.get("llmq"):
+        pairs = list(zip(results["llmq"], results["aiohttp"]))
+        print("asyncio + aiohttp / llmq pipeline CPU, per round: %s (the issue's goal: 5x or more, "
+              "at no more wall time: wall %s)." % (
+                  benchlib.fmt_mmm([b["cpu_s"] / a["cpu_s"] for a, b in pairs if a["cpu_s"]]
+                                   or [float("nan")], 2, "x"),
+                  benchlib.fmt_mmm([b["wall_s"] / a["wall_s"] for a, b in pairs], 2, "x")))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     benchlib.add_common_args(ap, smoke_help="a few seconds: 300 lines, 1 run, 20 sequential")
     ap.add_argument("--lines", type=int, default=10000)
     ap.add_argument("--seq-lines", type=int, default=200)
     ap.add_argument("--capacity", type=int, default=256)
-    ap.add_argument("--variants", default="llmq,embedded,aiohttp,node,seq")
+    ap.add_argument("--variants", default="llmq,base,embedded,aiohttp,node,seq",
+                    help="base runs only with --baseline-bin")
+    ap.add_argument("--baseline-bin", default=None,
+                    help="also run `llmq run` + broker + workers from this directory "
+                         "(variant base), interleaved with llmq in the same rounds")
     ap.add_argument("--timeout", type=int, default=300, help="per client run, seconds")
     args = ap.parse_args()
     if args.smoke:
         args.lines, args.runs, args.seq_lines, args.latency_ms = 300, 1, 20, 50
         args.workers, args.capacity = 2, 64
-    variants = args.variants.split(",")
+    variants = [v for v in args.variants.split(",") if v != "base" or args.baseline_bin]
     conc = args.workers * args.capacity
     bindir = benchlib.bin_dir(args.bin)
     benchlib.raise_nofile()
@@ -103,14 +168,19 @@ def main():
             bindir, procs, args.workers, args.capacity, log=log,
             sim_flags=("--latency-ms", str(args.latency_ms)))
         sim_url = sim.ready["url"]
-        cluster = [broker.pid] + [w.pid for w in workers]
+        clusters = {"llmq": (bindir, broker, workers)}
+        if "base" in variants:
+            bb, bw = start_llmq(args.baseline_bin, procs, sim_url, args.workers, args.capacity,
+                                log, "bench-b")
+            clusters["base"] = (args.baseline_bin, bb, bw)
 
         def once(variant, rnd):
             dst = os.path.join(tmp, "out-%s-%d.jsonl" % (variant, rnd))
             http(sim_url + "/_reset", "POST")
-            if variant == "llmq":
-                cmd = [os.path.join(bindir, "llmq"), "run", src, "-o", dst, "--broker",
-                       broker.ready["frontend"], "--concurrency", str(conc), "--quiet"]
+            cbin, cbroker, cworkers = clusters.get(variant, (bindir, broker, []))
+            if variant in ("llmq", "base"):
+                cmd = [os.path.join(cbin, "llmq"), "run", src, "-o", dst, "--broker",
+                       cbroker.ready["frontend"], "--concurrency", str(conc), "--quiet"]
             elif variant == "embedded":
                 cmd = [os.path.join(bindir, "llmq"), "run", src, "-o", dst, "--provider", "openai",
                        "--base-url", sim_url + "/v1", "--workers", str(args.workers),
@@ -119,16 +189,19 @@ def main():
                 cmd = [PY, os.path.join(HERE, "aiohttp_client.py"), src, dst, sim_url + "/v1", str(conc)]
             elif variant == "node":
                 cmd = ["node", os.path.join(HERE, "node", "client.mjs"), src, dst, sim_url + "/v1", str(conc)]
-            sim0, cl0 = sim.cpu(), benchlib.cpu_seconds(cluster)
+            pids = [cbroker.pid] + [w.pid for w in cworkers]
+            sim0, cl0 = sim.cpu(), [benchlib.cpu_seconds([p]) for p in pids]
             # embedded: the key its workers send; no LLMQ_ENDPOINT, so it starts its own cluster
             venv = dict(os.environ, OPENAI_API_KEY="bench-key")
             venv.pop("LLMQ_ENDPOINT", None)
             wall, cpu, rc = benchlib.run_timed(cmd, timeout=args.timeout, stderr=log, env=venv)
-            sim1, cl1 = sim.cpu(), benchlib.cpu_seconds(cluster)
+            sim1, cl1 = sim.cpu(), [benchlib.cpu_seconds([p]) for p in pids]
+            own = [b - a for a, b in zip(cl0, cl1)] if variant in clusters else [0.0] * len(pids)
             st = http(sim_url + "/_stats")
             ok = count_ok(dst)
             r = {"round": rnd, "wall_s": wall, "client_cpu_s": cpu,
-                 "cluster_cpu_s": (cl1 - cl0) if variant == "llmq" else 0.0,
+                 "cluster_cpu_s": sum(own), "broker_cpu_s": own[0],
+                 "worker_cpu_s": own[1:], "workers_cpu_s": sum(own[1:]),
                  "sim_cpu_s": sim1 - sim0, "rc": rc, "ok": ok, "lines": args.lines,
                  "sim_ok": st.get("answered_ok"), "double_billed": st.get("double_billed"),
                  "peak_concurrent": st.get("peak_concurrent"), "load": benchlib.loadavg()}
@@ -187,6 +260,7 @@ def main():
     print("|---|---|---|---|---|---|---|---|---|")
     base = results.get("llmq") or []
     names = {"llmq": "`llmq run` (broker + %d workers)" % args.workers,
+             "base": "`llmq run` (broker + %d workers), baseline bin" % args.workers,
              "embedded": "`llmq run`, embedded cluster (%d workers, start-up included)" % args.workers,
              "aiohttp": "Python asyncio + aiohttp", "node": "`openai` npm SDK + p-limit",
              "seq": "sequential loop (%d lines, extrapolated)" % args.seq_lines}
@@ -219,6 +293,7 @@ def main():
         print()
         print("llmq CPU split: `llmq run` client %s s, broker + workers %s s." % (
             benchlib.fmt_mmm(cc), benchlib.fmt_mmm(cl)))
+    split_table(results, variants, names, args.lines, args.workers)
     shutil.rmtree(tmp, ignore_errors=True)
     return benchlib.report_end(failures, args.json, args, results)
 

@@ -9,10 +9,16 @@ Three series, each point the median of --runs runs (min and max kept too):
                      zmq_proxy baseline (llmq-bench-broker proxy) against the
                      number of echo workers (1, 2, 4, 8): 1 client, 1 KB
                      payloads, window 512 (bench/broker's load generator).
-  workers-sim.dat    req/s of `llmq run` (5,000 prompts, 2,048 outstanding)
+  workers-sim.dat    req/s of `llmq run` (--sim-waves x 256 x workers
+                     prompts: the same number of 200 ms windows at every
+                     point, so the ceiling is reachable; 2,048 outstanding)
                      against the number of llmq-workers (capacity 256 each)
                      serving llmq-sim at 200 ms latency: what adding a
-                     worker buys when the provider is slow.
+                     worker buys when the provider is slow. Also the CPU
+                     per request (us, median run) of each process: the
+                     `llmq run` client, the broker, the workers together,
+                     the sim; and the machine's busy share of the run (all
+                     cores), to tell which process limits it.
   latency-load.dat   p50 and p99 latency against offered load (open loop,
                      paced sends) through llmq-broker and the raw proxy, with
                      2 echo workers and 1 KB payloads.
@@ -101,21 +107,31 @@ def series_workers_echo(a, bindir, log):
               ["workers", "broker_med", "broker_min", "broker_max", "raw_med", "raw_min", "raw_max"], rows)
 
 
-def series_workers_sim(a, bindir, log):
-    tmp = tempfile.mkdtemp(prefix="llmq-bench-plot-")
-    src = os.path.join(tmp, "in.jsonl")
+def sim_input(tmp, lines):
+    src = os.path.join(tmp, "in-%d.jsonl" % lines)
     with open(src, "w") as f:
-        for i in range(a.sim_lines):
+        for i in range(lines):
             f.write(json.dumps({"custom_id": "p%d" % i, "method": "POST", "url": "/v1/chat/completions",
                                 "body": {"model": "sim-model", "max_tokens": 16,
                                          "messages": [{"role": "user", "content": "plot prompt %d" % i}]}}) + "\n")
+    return src
+
+
+def series_workers_sim(a, bindir, log):
+    """A fixed number of lines (the old 5,000) caps the ratio to the ceiling
+    by its last partial window: 5,000 lines through 2,048 slots take 3
+    windows of 200 ms, at best 81% of 8 x 1,280 req/s. With --sim-waves W,
+    n workers get W x 256 x n lines: W whole windows at every point."""
+    tmp = tempfile.mkdtemp(prefix="llmq-bench-plot-")
     sim = benchlib.start([os.path.join(bindir, "llmq-sim"), "--port", "0", "--quiet",
                           "--latency-ms", str(a.sim_latency)], stderr=log)
     env = dict(os.environ, LLMQ_API_KEY="bench-key")
     rows = []
     try:
         for n in a.sim_workers:
-            vals = []
+            lines = a.sim_waves * 256 * n if a.sim_waves else a.sim_lines
+            src = sim_input(tmp, lines)
+            vals, cpus = [], []
             for rnd in range(a.runs):
                 broker = benchlib.start([os.path.join(bindir, "llmq-broker"), "--quiet",
                                          "--frontend", "tcp://127.0.0.1:*", "--backend", "tcp://127.0.0.1:*"],
@@ -129,21 +145,40 @@ def series_workers_sim(a, bindir, log):
                              "--model", "sim-model", "--capacity", "256", "--name", "plot-w%d" % i],
                             env=env, stderr=log))
                     dst = os.path.join(tmp, "out-%d-%d.jsonl" % (n, rnd))
-                    wall, _, rc = benchlib.run_timed(
+                    pids = [broker.pid, sim.pid] + [p.pid for p in procs[1:]]
+                    cpu0, busy0 = [benchlib.cpu_seconds([p]) for p in pids], s_busy()
+                    wall, client, rc = benchlib.run_timed(
                         [os.path.join(bindir, "llmq"), "run", src, "-o", dst, "--broker",
                          broker.ready["frontend"], "--concurrency", "2048", "--quiet"], timeout=300)
+                    cpu1, busy1 = [benchlib.cpu_seconds([p]) for p in pids], s_busy()
                     if rc != 0:
                         raise RuntimeError("llmq run failed (%s) with %d workers" % (rc, n))
-                    vals.append(a.sim_lines / wall)
+                    vals.append(lines / wall)
+                    d = [(y - x) * 1e6 / lines for x, y in zip(cpu0, cpu1)]
+                    cpus.append((vals[-1], [client * 1e6 / lines, d[0], sum(d[2:]), d[1],
+                                            (busy1 - busy0) / (wall * os.cpu_count())]))
                 finally:
                     benchlib.stop_all(procs)
-            rows.append([n] + list(benchlib.stats(vals)) + [256 * n / (a.sim_latency / 1000.0)])
-            print("plot: sim %d workers: %.0f req/s" % (n, rows[-1][1]), file=sys.stderr)
+            per = sorted(cpus)[len(cpus) // 2][1]  # the median run's split
+            rows.append([n] + list(benchlib.stats(vals)) + [256 * n / (a.sim_latency / 1000.0)] + per
+                        + [lines])
+            print("plot: sim %d workers: %.0f req/s; CPU us/request client %.0f, broker %.0f, "
+                  "workers %.0f, sim %.0f; machine busy %.0f%%"
+                  % (n, rows[-1][1], per[0], per[1], per[2], per[3], 100 * per[4]), file=sys.stderr)
     finally:
         benchlib.stop_all([sim])
     write_dat(os.path.join(a.out, "workers-sim.dat"),
               benchlib.header("llmq run throughput against llmq-workers, llmq-sim %d ms" % a.sim_latency),
-              ["workers", "med", "min", "max", "ceiling"], rows)
+              ["workers", "med", "min", "max", "ceiling", "client_us", "broker_us", "workers_us",
+               "sim_us", "busy", "lines"], rows)
+
+
+def s_busy():
+    """CPU seconds the whole machine was busy so far (/proc/stat: all but
+    idle and iowait)."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    return (sum(v[:8]) - v[3] - v[4]) / benchlib.CLK_TCK
 
 
 def series_latency_load(a, bindir, log):
@@ -198,6 +233,10 @@ def main():
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--no-plot", action="store_true")
     ap.add_argument("--e2e-json", default=None, help="also plot bench_e2e.py's results from this file")
+    ap.add_argument("--sim-waves", type=int, default=10,
+                    help="workers-sim: lines = this x 256 x workers (0: 5,000 lines at every point)")
+    ap.add_argument("--sim-workers", dest="sim_workers_arg", default=None,
+                    help="workers-sim: worker counts, comma separated (default 1,2,4,8)")
     a = ap.parse_args()
     if a.series == "":
         a.series = "none"
@@ -207,7 +246,10 @@ def main():
     if a.smoke:
         a.runs, a.echo_workers, a.echo_requests = 1, [1, 2], 2000
         a.sim_workers, a.sim_lines, a.sim_latency = [1, 2], 300, 50
+        a.sim_waves = 0
         a.rates, a.seconds = [1000, 5000], 0.5
+    if a.sim_workers_arg:
+        a.sim_workers = [int(x) for x in a.sim_workers_arg.split(",")]
     bindir = benchlib.bin_dir(a.bin)
     benchlib.raise_nofile()
     os.makedirs(a.out, exist_ok=True)
@@ -223,7 +265,8 @@ def main():
             series_e2e(a)
     os.remove(os.path.join(a.out, "collect.log"))
     if not a.no_plot:
-        r = subprocess.run(["gnuplot", "-e", "dir='%s'; simlines=%d; simlat=%d" % (a.out, a.sim_lines, a.sim_latency),
+        r = subprocess.run(["gnuplot", "-e", "dir='%s'; simlines=%d; simwaves=%d; simlat=%d"
+                            % (a.out, a.sim_lines, a.sim_waves, a.sim_latency),
                             os.path.join(HERE, "plot.gp")])
         return r.returncode
     return 0

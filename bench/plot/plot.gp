@@ -24,7 +24,9 @@ set xrange [0.8:10]
 set yrange [0:*]
 plot dir."/workers-echo.dat" using 1:2:3:4 title "llmq-broker" lw 2 pt 7, \
      ""                      using 1:5:6:7 title "raw zmq_proxy (no queue, no credit)" lw 2 pt 5
-set title sprintf("llmq run: %d prompts, llmq-sim at %d ms, capacity 256/worker", simlines, simlat)
+if (!exists("simwaves")) simwaves = 0
+if (simwaves > 0) set title sprintf("llmq run: %d x 256 x workers prompts, llmq-sim at %d ms, capacity 256/worker", simwaves, simlat); \
+else set title sprintf("llmq run: %d prompts, llmq-sim at %d ms, capacity 256/worker", simlines, simlat)
 set xlabel "llmq-workers"
 plot dir."/workers-sim.dat" using 1:2:3:4 title "llmq run (broker + workers)" lw 2 pt 7, \
      ""                     using 1:5 with lines dt 2 lw 1 title sprintf("ceiling: workers x 256 / %g s", simlat / 1000.0)
