@@ -162,7 +162,8 @@ struct _s_worker_t {
     zlistx_t *queue;      /* s_job_t waiting to start, FIFO */
     /*  WAITING jobs, soonest due first. */
     llmq_queue_t *retries;
-    CURL **pool; /* idle easy handles */
+    CURL **pool;    /* idle easy handles, set up (s_easy_new) */
+    bool proxy_env; /* a proxy variable was set at start */
     size_t pool_len;
     size_t pool_cap;
     s_job_t *probe;        /* health probe in flight, or NULL */
@@ -222,14 +223,62 @@ static s_job_t *s_retry_first(s_worker_t *self)
     return node ? LLMQ_QUEUE_ITEM(node, s_job_t, retry) : NULL;
 }
 
+static size_t s_on_write(char *data, size_t size, size_t nmemb, void *arg);
+static size_t s_on_header(char *data, size_t size, size_t nmemb, void *arg);
+
 /*  --- easy handle pool ------------------------------------------------------
  */
+
+/*  Set once per handle: what every attempt shares. A handle goes back to
+    the pool as it is (no curl_easy_reset), so an attempt sets only what is
+    its own (s_start_transfer). Proxies: when no proxy variable is set at
+    start (s_proxy_env), "no proxy" is said once here, which spares libcurl
+    five getenv calls per transfer; otherwise libcurl reads them as usual. */
+static CURL *s_easy_new(s_worker_t *self)
+{
+    CURL *easy = curl_easy_init();
+    if (!easy)
+        return NULL;
+    curl_easy_setopt(easy, CURLOPT_WRITEFUNCTION, s_on_write);
+    curl_easy_setopt(easy, CURLOPT_HEADERFUNCTION, s_on_header);
+    curl_easy_setopt(easy, CURLOPT_CONNECTTIMEOUT_MS,
+                     (long)self->cfg->connect_timeout_ms);
+    curl_easy_setopt(easy, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(easy, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
+    curl_easy_setopt(easy, CURLOPT_PIPEWAIT, 1L);
+    curl_easy_setopt(easy, CURLOPT_TCP_KEEPALIVE, 1L);
+    curl_easy_setopt(easy, CURLOPT_TCP_NODELAY, 1L);
+    /*  Small receive buffer: answers are a few KB, and 10,000 transfers at
+        the default 16 KB each would be most of our memory. */
+    curl_easy_setopt(easy, CURLOPT_BUFFERSIZE, 8192L);
+    curl_easy_setopt(easy, CURLOPT_USERAGENT,
+                     "llmq-worker/" LLMQ_VERSION_STRING);
+    if (!self->proxy_env) {
+        curl_easy_setopt(easy, CURLOPT_PROXY, "");
+        curl_easy_setopt(easy, CURLOPT_NOPROXY, "");
+    }
+    return easy;
+}
+
+/*  Does the environment name a proxy (libcurl's variables)? */
+static bool s_proxy_env(void)
+{
+    static const char *names[] = {"http_proxy",  "HTTP_PROXY", "https_proxy",
+                                  "HTTPS_PROXY", "all_proxy",  "ALL_PROXY",
+                                  "no_proxy",    "NO_PROXY"};
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+        const char *v = getenv(names[i]);
+        if (v && *v)
+            return true;
+    }
+    return false;
+}
 
 static CURL *s_easy_get(s_worker_t *self)
 {
     if (self->pool_len > 0)
         return self->pool[--self->pool_len];
-    return curl_easy_init();
+    return s_easy_new(self);
 }
 
 static void s_easy_put(s_worker_t *self, CURL *easy)
@@ -251,7 +300,6 @@ static void s_easy_put(s_worker_t *self, CURL *easy)
         self->pool = np;
         self->pool_cap = cap;
     }
-    curl_easy_reset(easy);
     self->pool[self->pool_len++] = easy;
 }
 
@@ -802,25 +850,12 @@ static int s_start_transfer(s_worker_t *self, s_job_t *job, int64_t now)
         curl_easy_setopt(easy, CURLOPT_POSTFIELDSIZE_LARGE,
                          (curl_off_t)job->http.body_len);
         curl_easy_setopt(easy, CURLOPT_POSTFIELDS, job->http.body);
-    }
-    curl_easy_setopt(easy, CURLOPT_WRITEFUNCTION, s_on_write);
+    } else
+        curl_easy_setopt(easy, CURLOPT_HTTPGET, 1L);
     curl_easy_setopt(easy, CURLOPT_WRITEDATA, job);
-    curl_easy_setopt(easy, CURLOPT_HEADERFUNCTION, s_on_header);
     curl_easy_setopt(easy, CURLOPT_HEADERDATA, job);
     curl_easy_setopt(easy, CURLOPT_PRIVATE, job);
     curl_easy_setopt(easy, CURLOPT_TIMEOUT_MS, (long)timeout);
-    curl_easy_setopt(easy, CURLOPT_CONNECTTIMEOUT_MS,
-                     (long)self->cfg->connect_timeout_ms);
-    curl_easy_setopt(easy, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(easy, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
-    curl_easy_setopt(easy, CURLOPT_PIPEWAIT, 1L);
-    curl_easy_setopt(easy, CURLOPT_TCP_KEEPALIVE, 1L);
-    curl_easy_setopt(easy, CURLOPT_TCP_NODELAY, 1L);
-    /*  Small receive buffer: answers are a few KB, and 10,000 transfers at
-        the default 16 KB each would be most of our memory. */
-    curl_easy_setopt(easy, CURLOPT_BUFFERSIZE, 8192L);
-    curl_easy_setopt(easy, CURLOPT_USERAGENT,
-                     "llmq-worker/" LLMQ_VERSION_STRING);
     /*  The least busy shard. */
     s_shard_t *shard = &self->shards[0];
     for (size_t i = 1; i < self->nshards; i++)
@@ -1908,6 +1943,7 @@ static int s_curl_new(s_worker_t *self)
     int64_t capacity = self->cfg->capacity;
     self->epfd = epoll_create1(EPOLL_CLOEXEC);
     bool curl_ok = curl_global_init(CURL_GLOBAL_DEFAULT) == CURLE_OK;
+    self->proxy_env = s_proxy_env();
     self->nshards = (size_t)(capacity + S_SHARD_CONNS - 1) / S_SHARD_CONNS;
     self->shards = calloc(self->nshards, sizeof(s_shard_t));
     for (size_t i = 0; curl_ok && self->shards && i < self->nshards; i++) {
