@@ -89,6 +89,24 @@ zframe_t *llmq_packer_frame(llmq_packer_t *self);
 /*  Forget what was written. */
 void llmq_packer_reset(llmq_packer_t *self);
 
+/*  Append JSON text (len bytes, need not be NUL-terminated) as one msgpack
+    value, in one pass without a cJSON tree: the value
+    llmq_value_from_json_text() gives (integers past 2^53 stay exact).
+    Returns 0, or -1 with a reason in errbuf (then nothing was appended). */
+int llmq_packer_json_text(llmq_packer_t *self, const char *text, size_t len,
+                          char *errbuf, size_t errlen);
+
+/*  The member `key` of the msgpack map in data[0..size): its encoded value
+    in *value, *value_size (borrowed from data). Returns its kind: 'm' map,
+    'a' array, 's' string, 'n' number, 'b' bool, 'z' nil; 0 if data is not
+    a map, has no such key, or is malformed. */
+int llmq_value_find(const void *data, size_t size, const char *key,
+                    const uint8_t **value, size_t *value_size);
+
+/*  One msgpack number (int, uint or float) as a double; false if data is
+    not a number. */
+bool llmq_value_number(const void *data, size_t size, double *out);
+
 int llmq_value_test(bool verbose);
 
 #ifdef __cplusplus

@@ -516,6 +516,422 @@ zframe_t *llmq_value_from_json_text(const char *text, size_t len, char *errbuf,
     return frame;
 }
 
+/*  ---- JSON text -> msgpack, without a tree -------------------------- */
+
+/*  One pass over the text, writing msgpack as it goes: a container's
+    header is reserved (5 bytes) and rewritten to its smallest form once
+    its count is known. The values are those llmq_value_from_json_text
+    gives (numbers: integral and in int64 -> int, else float64; a string
+    ends at an escaped NUL, as cJSON's C strings do), but integers print
+    exactly past 2^53. */
+typedef struct {
+    const char *p;      /* next byte */
+    const char *end;    /* one past the last */
+    llmq_packer_t *pk;  /* writes here */
+    char *tmp;          /* unescaped string scratch */
+    size_t tmp_cap;     /* its allocation */
+    const char *reason; /* the first failure */
+} s_jr_t;
+
+static int s_jr_value(s_jr_t *j, int depth);
+
+static int s_jr_fail(s_jr_t *j, const char *reason)
+{
+    if (!j->reason)
+        j->reason = reason;
+    return -1;
+}
+
+static void s_jr_ws(s_jr_t *j)
+{
+    while (j->p < j->end &&
+           (*j->p == ' ' || *j->p == '\n' || *j->p == '\r' || *j->p == '\t'))
+        j->p++;
+}
+
+/*  Four hex digits at p, or -1. */
+static long s_jr_hex4(const char *p)
+{
+    long v = 0;
+    for (int k = 0; k < 4; k++) {
+        char c = p[k];
+        int d = c >= '0' && c <= '9'   ? c - '0'
+                : c >= 'a' && c <= 'f' ? c - 'a' + 10
+                : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                       : -1;
+        if (d < 0)
+            return -1;
+        v = v * 16 + d;
+    }
+    return v;
+}
+
+/*  A \u escape at j->p (after the backslash and 'u') as UTF-8 into out;
+    returns the bytes written, 0 for U+0000, -1 if malformed. */
+static int s_jr_unicode(s_jr_t *j, char *out)
+{
+    if (j->end - j->p < 4)
+        return -1;
+    long c = s_jr_hex4(j->p);
+    j->p += 4;
+    if (c >= 0xDC00 && c <= 0xDFFF)
+        return -1;
+    if (c >= 0xD800 && c <= 0xDBFF) {
+        if (j->end - j->p < 6 || j->p[0] != '\\' || j->p[1] != 'u')
+            return -1;
+        long lo = s_jr_hex4(j->p + 2);
+        if (lo < 0xDC00 || lo > 0xDFFF)
+            return -1;
+        j->p += 6;
+        c = 0x10000 + ((c - 0xD800) << 10) + (lo - 0xDC00);
+    }
+    if (c < 0)
+        return -1;
+    if (c < 0x80) {
+        out[0] = (char)c;
+        return c ? 1 : 0;
+    }
+    if (c < 0x800) {
+        out[0] = (char)(0xC0 | (c >> 6));
+        out[1] = (char)(0x80 | (c & 0x3F));
+        return 2;
+    }
+    if (c < 0x10000) {
+        out[0] = (char)(0xE0 | (c >> 12));
+        out[1] = (char)(0x80 | ((c >> 6) & 0x3F));
+        out[2] = (char)(0x80 | (c & 0x3F));
+        return 3;
+    }
+    out[0] = (char)(0xF0 | (c >> 18));
+    out[1] = (char)(0x80 | ((c >> 12) & 0x3F));
+    out[2] = (char)(0x80 | ((c >> 6) & 0x3F));
+    out[3] = (char)(0x80 | (c & 0x3F));
+    return 4;
+}
+
+/*  The rest of a string with escapes, from start (after the quote), into
+    the scratch buffer; *len its length. */
+static int s_jr_unescape(s_jr_t *j, const char *start, size_t *len)
+{
+    size_t need = (size_t)(j->end - start) + 4;
+    if (need > j->tmp_cap) {
+        char *t = realloc(j->tmp, need);
+        if (!t)
+            return s_jr_fail(j, "out of memory");
+        j->tmp = t;
+        j->tmp_cap = need;
+    }
+    size_t n = 0;
+    bool cut = false; /* an escaped NUL ends the string's text */
+    j->p = start;
+    while (j->p < j->end && *j->p != '"') {
+        char c = *j->p++;
+        if (c != '\\') {
+            if (!cut)
+                j->tmp[n++] = c;
+            continue;
+        }
+        if (j->p >= j->end)
+            return s_jr_fail(j, "unterminated string");
+        char e = *j->p++;
+        char u[4];
+        int k = 1;
+        switch (e) {
+        case '"':
+        case '\\':
+        case '/':
+            u[0] = e;
+            break;
+        case 'b':
+            u[0] = '\b';
+            break;
+        case 'f':
+            u[0] = '\f';
+            break;
+        case 'n':
+            u[0] = '\n';
+            break;
+        case 'r':
+            u[0] = '\r';
+            break;
+        case 't':
+            u[0] = '\t';
+            break;
+        case 'u':
+            k = s_jr_unicode(j, u);
+            if (k < 0)
+                return s_jr_fail(j, "bad \\u escape");
+            if (k == 0)
+                cut = true;
+            break;
+        default:
+            return s_jr_fail(j, "bad escape");
+        }
+        for (int i = 0; i < k && !cut; i++)
+            j->tmp[n++] = u[i];
+    }
+    if (j->p >= j->end)
+        return s_jr_fail(j, "unterminated string");
+    j->p++;
+    *len = n;
+    return 0;
+}
+
+/*  A string at j->p (the opening quote): packed as str. */
+static int s_jr_string(s_jr_t *j)
+{
+    const char *start = ++j->p;
+    const char *q = start;
+    while (q < j->end && *q != '"' && *q != '\\')
+        q++;
+    if (q >= j->end)
+        return s_jr_fail(j, "unterminated string");
+    if (*q == '"') { /* no escapes: the bytes as they are */
+        j->p = q + 1;
+        llmq_packer_strn(j->pk, start, (size_t)(q - start));
+        return 0;
+    }
+    size_t len = 0;
+    if (s_jr_unescape(j, start, &len))
+        return -1;
+    llmq_packer_strn(j->pk, j->tmp, len);
+    return 0;
+}
+
+/*  A number: the characters cJSON takes, as int when integral. */
+static int s_jr_number(s_jr_t *j)
+{
+    const char *start = j->p;
+    bool frac = false;
+    while (j->p < j->end &&
+           ((*j->p >= '0' && *j->p <= '9') || *j->p == '-' || *j->p == '+' ||
+            *j->p == '.' || *j->p == 'e' || *j->p == 'E')) {
+        frac |= *j->p == '.' || *j->p == 'e' || *j->p == 'E';
+        j->p++;
+    }
+    size_t n = (size_t)(j->p - start);
+    char text[64];
+    if (n == 0 || n >= sizeof text)
+        return s_jr_fail(j, "bad number");
+    memcpy(text, start, n);
+    text[n] = 0;
+    char *end = NULL;
+    errno = 0;
+    if (!frac) {
+        long long ll = strtoll(text, &end, 10);
+        if (end == text + n && errno == 0) {
+            llmq_packer_int(j->pk, ll);
+            return 0;
+        }
+    }
+    double d = strtod(text, &end);
+    if (end != text + n)
+        return s_jr_fail(j, "bad number");
+    s_pack_number(j->pk, d);
+    return 0;
+}
+
+/*  Reserve a container header at the end of the buffer; its offset. */
+static size_t s_jr_open(s_jr_t *j)
+{
+    size_t at = j->pk->sbuf.size;
+    msgpack_sbuffer_write(&j->pk->sbuf, "\0\0\0\0\0", 5);
+    return at;
+}
+
+/*  Write the header reserved at `at` for n items, in its smallest form. */
+static void s_jr_close(s_jr_t *j, size_t at, uint32_t n, bool map)
+{
+    uint8_t *h = (uint8_t *)j->pk->sbuf.data + at;
+    size_t body = j->pk->sbuf.size - at - 5, hl;
+    if (n < 16) {
+        h[0] = (uint8_t)((map ? 0x80 : 0x90) | n);
+        hl = 1;
+    } else if (n < 65536) {
+        h[0] = map ? 0xde : 0xdc;
+        h[1] = (uint8_t)(n >> 8);
+        h[2] = (uint8_t)n;
+        hl = 3;
+    } else {
+        h[0] = map ? 0xdf : 0xdd;
+        for (int k = 0; k < 4; k++)
+            h[1 + k] = (uint8_t)(n >> (24 - 8 * k));
+        hl = 5;
+    }
+    if (hl < 5) {
+        memmove(h + hl, h + 5, body);
+        j->pk->sbuf.size -= 5 - hl;
+    }
+}
+
+/*  An object or array at j->p (its opening bracket). */
+static int s_jr_container(s_jr_t *j, int depth, bool map)
+{
+    if (depth >= LLMQ_VALUE_MAX_DEPTH)
+        return s_jr_fail(j, "JSON nested too deeply");
+    j->p++;
+    size_t at = s_jr_open(j);
+    uint32_t n = 0;
+    char close = map ? '}' : ']';
+    s_jr_ws(j);
+    if (j->p < j->end && *j->p == close) {
+        j->p++;
+        s_jr_close(j, at, 0, map);
+        return 0;
+    }
+    while (true) {
+        s_jr_ws(j);
+        if (map) {
+            if (j->p >= j->end || *j->p != '"' || s_jr_string(j))
+                return s_jr_fail(j, "object key must be a string");
+            s_jr_ws(j);
+            if (j->p >= j->end || *j->p++ != ':')
+                return s_jr_fail(j, "':' expected");
+        }
+        if (s_jr_value(j, depth + 1))
+            return -1;
+        n++;
+        s_jr_ws(j);
+        if (j->p < j->end && *j->p == ',') {
+            j->p++;
+            continue;
+        }
+        if (j->p < j->end && *j->p == close)
+            break;
+        return s_jr_fail(j,
+                         map ? "',' or '}' expected" : "',' or ']' expected");
+    }
+    j->p++;
+    s_jr_close(j, at, n, map);
+    return 0;
+}
+
+/*  One literal word (true, false, null). */
+static bool s_jr_word(s_jr_t *j, const char *word)
+{
+    size_t n = strlen(word);
+    if ((size_t)(j->end - j->p) < n || memcmp(j->p, word, n) != 0)
+        return false;
+    j->p += n;
+    return true;
+}
+
+static int s_jr_value(s_jr_t *j, int depth)
+{
+    s_jr_ws(j);
+    if (j->p >= j->end)
+        return s_jr_fail(j, "unexpected end of JSON");
+    char c = *j->p;
+    if (c == '{' || c == '[')
+        return s_jr_container(j, depth, c == '{');
+    if (c == '"')
+        return s_jr_string(j);
+    if (c == '-' || (c >= '0' && c <= '9'))
+        return s_jr_number(j);
+    if (s_jr_word(j, "true"))
+        llmq_packer_bool(j->pk, true);
+    else if (s_jr_word(j, "false"))
+        llmq_packer_bool(j->pk, false);
+    else if (s_jr_word(j, "null"))
+        llmq_packer_nil(j->pk);
+    else
+        return s_jr_fail(j, "unexpected character");
+    return 0;
+}
+
+int llmq_packer_json_text(llmq_packer_t *self, const char *text, size_t len,
+                          char *errbuf, size_t errlen)
+{
+    s_jr_t j = {.p = text, .end = text + len, .pk = self};
+    size_t mark = self->sbuf.size;
+    if (len >= 3 && memcmp(text, "\xEF\xBB\xBF", 3) == 0)
+        j.p += 3; /* a UTF-8 byte order mark, as cJSON skips it */
+    int rc = text ? s_jr_value(&j, 0) : s_jr_fail(&j, "no text");
+    if (rc == 0) {
+        s_jr_ws(&j);
+        if (j.p < j.end)
+            rc = s_jr_fail(&j, "trailing characters after JSON value");
+    }
+    free(j.tmp);
+    if (rc) {
+        self->sbuf.size = mark;
+        char reason[96];
+        snprintf(reason, sizeof reason, "%s at byte %zu", j.reason,
+                 text ? (size_t)(j.p - text) : (size_t)0);
+        s_err(errbuf, errlen, reason);
+    }
+    return rc;
+}
+
+/*  ---- reading members without a tree ------------------------------------ */
+
+int llmq_value_find(const void *data, size_t size, const char *key,
+                    const uint8_t **value, size_t *value_size)
+{
+    llmq_mp_reader_t r;
+    llmq_mp_init(&r, data, size);
+    llmq_mp_item_t it;
+    if (llmq_mp_read(&r, &it) || it.kind != LLMQ_MP_MAP)
+        return 0;
+    size_t klen = strlen(key);
+    for (uint32_t i = 0; i < it.len; i++) {
+        llmq_mp_item_t k;
+        if (llmq_mp_read(&r, &k))
+            return 0;
+        bool hit = k.kind == LLMQ_MP_STR && k.len == klen &&
+                   memcmp(k.ptr, key, klen) == 0;
+        const uint8_t *start = r.p;
+        if (llmq_mp_skip(&r, LLMQ_VALUE_MAX_DEPTH))
+            return 0;
+        if (!hit)
+            continue;
+        if (value)
+            *value = start;
+        if (value_size)
+            *value_size = (size_t)(r.p - start);
+        llmq_mp_reader_t v;
+        llmq_mp_init(&v, start, (size_t)(r.p - start));
+        llmq_mp_item_t vi;
+        llmq_mp_read(&v, &vi);
+        switch (vi.kind) {
+        case LLMQ_MP_MAP:
+            return 'm';
+        case LLMQ_MP_ARRAY:
+            return 'a';
+        case LLMQ_MP_STR:
+        case LLMQ_MP_BIN:
+            return 's';
+        case LLMQ_MP_BOOL:
+            return 'b';
+        case LLMQ_MP_NIL:
+            return 'z';
+        case LLMQ_MP_EXT:
+            return 0;
+        default:
+            return 'n';
+        }
+    }
+    return 0;
+}
+
+bool llmq_value_number(const void *data, size_t size, double *out)
+{
+    llmq_mp_reader_t r;
+    llmq_mp_init(&r, data, size);
+    llmq_mp_item_t it;
+    if (llmq_mp_read(&r, &it))
+        return false;
+    if (it.kind == LLMQ_MP_UINT)
+        *out = (double)it.u;
+    else if (it.kind == LLMQ_MP_INT)
+        *out = (double)it.i;
+    else if (it.kind == LLMQ_MP_FLOAT)
+        *out = it.d;
+    else
+        return false;
+    return true;
+}
+
 /*  ---- selftest ---------------------------------------------------------- */
 
 /*  Checks that stay on in release builds (NDEBUG removes assert). */
@@ -633,11 +1049,71 @@ static void s_test_items(void)
     llmq_packer_destroy(&pk);
 }
 
+/*  llmq_packer_json_text gives the bytes llmq_value_from_json_text gives
+    (the cJSON path), on valid text; both refuse the same broken text. */
+static void s_test_json_text(void)
+{
+    const char *same[] = {
+        "{\"id\":\"c-1\",\"object\":\"chat.completion\",\"created\":1700000000,"
+        "\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\","
+        "\"content\":\"a \\\"q\\\" \\u00e9\\ud83d\\ude00\\n\\/\"},"
+        "\"finish_reason\":\"stop\",\"logprobs\":null}],\"usage\":{"
+        "\"prompt_tokens\":12,\"completion_tokens\":3,\"total_tokens\":15}}",
+        " [1.5, -2, 0, 1e3, 2.0, -0.0, 1.25e-7, true, false, null, \"\", [], "
+        "{}] ",
+        "[0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19]",
+        "{\"a\":{\"b\":{\"c\":[[[]]]}},\"k\":\"v\\u0000cut\"}",
+        "\"just a string\"",
+        "-9223372036854775808"};
+    llmq_packer_t *pk = llmq_packer_new();
+    char err[128];
+    for (size_t i = 0; i < sizeof same / sizeof same[0]; i++) {
+        zframe_t *want = llmq_value_from_json_text(same[i], strlen(same[i]),
+                                                   err, sizeof err);
+        S_TEST(want);
+        S_TEST(llmq_packer_json_text(pk, same[i], strlen(same[i]), err,
+                                     sizeof err) == 0);
+        size_t size = 0;
+        const uint8_t *got = llmq_packer_data(pk, &size);
+        S_TEST(want && size == zframe_size(want) &&
+               memcmp(got, zframe_data(want), size) == 0);
+        llmq_packer_reset(pk);
+        zframe_destroy(&want);
+    }
+    const char *bad[] = {"{\"a\":",     "1 2", "{1:2}",     "[1,]",  "\"\\x\"",
+                         "\"\\udc00\"", "tru", "{\"a\" 1}", "[1 2]", ""};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        S_TEST(llmq_packer_json_text(pk, bad[i], strlen(bad[i]), err,
+                                     sizeof err) == -1);
+        size_t size = 1;
+        llmq_packer_data(pk, &size);
+        S_TEST(size == 0);
+    }
+    /*  Exact past 2^53, and members found without a tree. */
+    const char *big = "{\"n\":9007199254740993,\"u\":{\"t\":7},\"s\":[1]}";
+    S_TEST(llmq_packer_json_text(pk, big, strlen(big), err, sizeof err) == 0);
+    size_t size = 0;
+    const uint8_t *data = llmq_packer_data(pk, &size);
+    const uint8_t *v = NULL;
+    size_t vs = 0;
+    double d = 0;
+    S_TEST(llmq_value_find(data, size, "u", &v, &vs) == 'm');
+    S_TEST(llmq_value_find(v, vs, "t", &v, &vs) == 'n');
+    S_TEST(llmq_value_number(v, vs, &d) && d == 7);
+    S_TEST(llmq_value_find(data, size, "s", NULL, NULL) == 'a');
+    S_TEST(llmq_value_find(data, size, "x", NULL, NULL) == 0);
+    char *text = llmq_value_to_json_text(data, size, NULL, 0);
+    S_TEST(text && strstr(text, "9007199254740993"));
+    free(text);
+    llmq_packer_destroy(&pk);
+}
+
 int llmq_value_test(bool verbose)
 {
     if (verbose)
         printf(" * llmq_value: ");
     s_test_json();
+    s_test_json_text();
     s_test_malformed();
     s_test_items();
     if (verbose)
