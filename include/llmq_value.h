@@ -98,8 +98,9 @@ int llmq_packer_json_text(llmq_packer_t *self, const char *text, size_t len,
 
 /*  The member `key` of the msgpack map in data[0..size): its encoded value
     in *value, *value_size (borrowed from data). Returns its kind: 'm' map,
-    'a' array, 's' string, 'n' number, 'b' bool, 'z' nil; 0 if data is not
-    a map, has no such key, or is malformed. */
+    'a' array, 's' string, 'n' number, 'b' bool, 'z' nil; 0 if the map has
+    no such key (or is malformed after the start); -1 if data is not a
+    map. */
 int llmq_value_find(const void *data, size_t size, const char *key,
                     const uint8_t **value, size_t *value_size);
 

@@ -872,7 +872,7 @@ int llmq_value_find(const void *data, size_t size, const char *key,
     llmq_mp_init(&r, data, size);
     llmq_mp_item_t it;
     if (llmq_mp_read(&r, &it) || it.kind != LLMQ_MP_MAP)
-        return 0;
+        return -1;
     size_t klen = strlen(key);
     for (uint32_t i = 0; i < it.len; i++) {
         llmq_mp_item_t k;
@@ -1102,6 +1102,7 @@ static void s_test_json_text(void)
     S_TEST(llmq_value_number(v, vs, &d) && d == 7);
     S_TEST(llmq_value_find(data, size, "s", NULL, NULL) == 'a');
     S_TEST(llmq_value_find(data, size, "x", NULL, NULL) == 0);
+    S_TEST(llmq_value_find(v, vs, "x", NULL, NULL) == -1);
     char *text = llmq_value_to_json_text(data, size, NULL, 0);
     S_TEST(text && strstr(text, "9007199254740993"));
     free(text);

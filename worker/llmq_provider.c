@@ -194,6 +194,80 @@ cJSON *llmq_provider_parse(const llmq_provider_t *self, const llmq_call_t *call,
     return self->ops->parse(self, call, body, size, usage, err);
 }
 
+zframe_t *llmq_provider_parse_frame(const llmq_provider_t *self,
+                                    const llmq_call_t *call, const char *body,
+                                    size_t size, llmq_packer_t *packer,
+                                    llmq_usage_t *usage, llmq_perr_t *err)
+{
+    llmq_usage_init(usage);
+    if (self->ops->pack && packer) {
+        llmq_packer_reset(packer);
+        if (self->ops->pack(self, call, body, size, packer, usage, err))
+            return NULL;
+        return llmq_packer_frame(packer);
+    }
+    cJSON *json = self->ops->parse(self, call, body, size, usage, err);
+    if (!json)
+        return NULL;
+    zframe_t *frame = llmq_value_from_json(json);
+    cJSON_Delete(json);
+    if (!frame)
+        llmq_perr_set(err, LLMQ_ERR_INTERNAL, 0, false,
+                      "cannot encode the answer");
+    return frame;
+}
+
+/*  Every string of a tree (keys too) through the scrubber, whole. */
+static int s_scrub_tree(const llmq_provider_t *self, cJSON *item, int depth)
+{
+    if (depth > LLMQ_VALUE_MAX_DEPTH)
+        return -1;
+    const char *key =
+        self->api_key && strlen(self->api_key) >= 4 ? self->api_key : NULL;
+    if (!key)
+        return 0;
+    if (item->string) {
+        char *clean =
+            llmq_scrub(item->string, strlen(item->string), &key, 1, NULL);
+        if (!clean)
+            return -1;
+        cJSON_free(item->string);
+        item->string = clean; /* cJSON frees it with free(), its default */
+    }
+    if (cJSON_IsString(item) && item->valuestring) {
+        char *clean = llmq_scrub(item->valuestring, strlen(item->valuestring),
+                                 &key, 1, NULL);
+        bool ok = clean && cJSON_SetValuestring(item, clean);
+        free(clean);
+        if (!ok)
+            return -1;
+    }
+    for (cJSON *c = item->child; c; c = c->next)
+        if (s_scrub_tree(self, c, depth + 1))
+            return -1;
+    return 0;
+}
+
+zframe_t *llmq_provider_error_body(const llmq_provider_t *self,
+                                   const char *body, size_t size, size_t max)
+{
+    if (!body || !size)
+        return NULL;
+    const char *end = NULL;
+    cJSON *json = cJSON_ParseWithLengthOpts(body, size, &end, false);
+    while (json && end && end < body + size && strchr(" \t\r\n", *end) && *end)
+        end++;
+    if (!json || (end && end < body + size) || s_scrub_tree(self, json, 0)) {
+        cJSON_Delete(json);
+        return NULL;
+    }
+    zframe_t *frame = llmq_value_from_json(json);
+    cJSON_Delete(json);
+    if (frame && zframe_size(frame) > max)
+        zframe_destroy(&frame);
+    return frame;
+}
+
 void llmq_provider_classify(const llmq_provider_t *self, int status,
                             const char *body, size_t size, llmq_perr_t *err)
 {
@@ -709,6 +783,29 @@ void llmq_usage_from_json(const cJSON *u, llmq_usage_t *usage)
     x = cJSON_GetObjectItemCaseSensitive(u, "total_tokens");
     if (cJSON_IsNumber(x))
         usage->total_tokens = (int64_t)x->valuedouble;
+    if (usage->total_tokens < 0 && usage->prompt_tokens >= 0)
+        usage->total_tokens =
+            usage->prompt_tokens +
+            (usage->completion_tokens > 0 ? usage->completion_tokens : 0);
+}
+
+static void s_usage_field(const uint8_t *data, size_t size, const char *key,
+                          int64_t *out)
+{
+    const uint8_t *v = NULL;
+    size_t vs = 0;
+    double d = 0;
+    if (llmq_value_find(data, size, key, &v, &vs) == 'n' &&
+        llmq_value_number(v, vs, &d))
+        *out = (int64_t)d;
+}
+
+void llmq_usage_from_msgpack(const uint8_t *data, size_t size,
+                             llmq_usage_t *usage)
+{
+    s_usage_field(data, size, "prompt_tokens", &usage->prompt_tokens);
+    s_usage_field(data, size, "completion_tokens", &usage->completion_tokens);
+    s_usage_field(data, size, "total_tokens", &usage->total_tokens);
     if (usage->total_tokens < 0 && usage->prompt_tokens >= 0)
         usage->total_tokens =
             usage->prompt_tokens +

@@ -38,6 +38,7 @@
 
 #include "llmq_limiter.h"
 #include "llmq_msg.h"
+#include "llmq_value.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -191,6 +192,13 @@ typedef struct {
     cJSON *(*answer)(const llmq_provider_t *self, const llmq_call_t *call,
                      llmq_usage_t *usage, llmq_perr_t *err);
     const llmq_batch_ops_t *batch; /* NULL: no Batch API */
+    /*  Optional, for answers passed through unchanged: the HTTP 200 body
+        (JSON text) appended to packer as msgpack in one pass, usage read
+        from it, no tree. Returns 0, or -1 (err set, packer as it was).
+        NULL: parse() builds a tree and the worker packs it. */
+    int (*pack)(const llmq_provider_t *self, const llmq_call_t *call,
+                const char *body, size_t size, llmq_packer_t *packer,
+                llmq_usage_t *usage, llmq_perr_t *err);
 } llmq_provider_ops_t;
 
 extern const llmq_provider_ops_t llmq_provider_openai_ops;
@@ -220,6 +228,18 @@ int llmq_provider_build(const llmq_provider_t *self, const llmq_call_t *call,
 cJSON *llmq_provider_parse(const llmq_provider_t *self, const llmq_call_t *call,
                            const char *body, size_t size, llmq_usage_t *usage,
                            llmq_perr_t *err);
+/*  An HTTP 200 body as the answer's payload (msgpack): through the
+    provider's pack() into packer (reused; reset on return) when it has one,
+    else parse() and the tree packed. NULL with err set on failure. */
+zframe_t *llmq_provider_parse_frame(const llmq_provider_t *self,
+                                    const llmq_call_t *call, const char *body,
+                                    size_t size, llmq_packer_t *packer,
+                                    llmq_usage_t *usage, llmq_perr_t *err);
+/*  The provider's HTTP error body as it sent it, as a msgpack value with
+    every string (keys too) scrubbed (llmq_provider_scrub's key); NULL when
+    the body is not JSON or its msgpack is over max bytes. */
+zframe_t *llmq_provider_error_body(const llmq_provider_t *self,
+                                   const char *body, size_t size, size_t max);
 void llmq_provider_classify(const llmq_provider_t *self, int status,
                             const char *body, size_t size, llmq_perr_t *err);
 int llmq_provider_health(const llmq_provider_t *self, llmq_http_t *http);
@@ -306,6 +326,9 @@ const char *llmq_json_str(const cJSON *obj, const char *key);
 /*  Read usage {prompt_tokens, completion_tokens, total_tokens} from an
     OpenAI body's "usage" member. */
 void llmq_usage_from_json(const cJSON *usage_obj, llmq_usage_t *usage);
+/*  The same from the msgpack of a "usage" map (llmq_value_find). */
+void llmq_usage_from_msgpack(const uint8_t *data, size_t size,
+                             llmq_usage_t *usage);
 
 /*  Internal to the providers: the chunk assembler used by both streaming
     implementations. */

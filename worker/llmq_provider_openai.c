@@ -105,6 +105,45 @@ static cJSON *s_parse(const llmq_provider_t *self, const llmq_call_t *call,
     return json;
 }
 
+/*  The answer passed through: JSON text to msgpack in one pass, then the
+    required array and the usage read from the msgpack (parse()'s checks
+    without a tree). */
+static int s_pack(const llmq_provider_t *self, const llmq_call_t *call,
+                  const char *body, size_t size, llmq_packer_t *packer,
+                  llmq_usage_t *usage, llmq_perr_t *err)
+{
+    (void)self;
+    size_t mark = 0;
+    llmq_packer_data(packer, &mark);
+    if (llmq_packer_json_text(packer, body, size, NULL, 0)) {
+        llmq_perr_set(err, LLMQ_ERR_PROVIDER_ERROR, 200, true,
+                      "provider answered with malformed JSON (%zu bytes)",
+                      size);
+        return -1;
+    }
+    size_t end = 0;
+    const uint8_t *data = llmq_packer_data(packer, &end);
+    data += mark;
+    const char *need = call->op == LLMQ_OP_EMBEDDING ? "data" : "choices";
+    int kind = llmq_value_find(data, end - mark, need, NULL, NULL);
+    if (kind != 'a') {
+        llmq_packer_reset(packer);
+        if (kind < 0)
+            llmq_perr_set(err, LLMQ_ERR_PROVIDER_ERROR, 200, true,
+                          "provider answered with malformed JSON (%zu bytes)",
+                          size);
+        else
+            llmq_perr_set(err, LLMQ_ERR_PROVIDER_ERROR, 200, true,
+                          "provider answer has no '%s' array", need);
+        return -1;
+    }
+    const uint8_t *u = NULL;
+    size_t us = 0;
+    if (llmq_value_find(data, end - mark, "usage", &u, &us) == 'm')
+        llmq_usage_from_msgpack(u, us, usage);
+    return 0;
+}
+
 static int s_stream_event(llmq_stream_t *st, const char *event,
                           const char *data, size_t size, llmq_chunk_fn *emit,
                           void *arg, llmq_perr_t *err)
@@ -281,4 +320,5 @@ const llmq_provider_ops_t llmq_provider_openai_ops = {
     .stream_event = s_stream_event,
     .auth = s_auth,
     .batch = &s_batch,
+    .pack = s_pack,
 };

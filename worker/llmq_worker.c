@@ -42,6 +42,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/epoll.h>
 #include <sys/resource.h>
 #include <unistd.h>
@@ -74,6 +75,8 @@
 #define S_HELD_MS (5 * 60 * 1000)
 /*  Request keys per `held` message. */
 #define S_HELD_PER_MSG 4096
+/*  A provider's error body is passed on up to this size (PROTOCOL 4.2). */
+#define S_ERROR_BODY_MAX 16384
 
 typedef enum { S_QUEUED, S_RUNNING, S_WAITING } s_state_t;
 
@@ -111,36 +114,38 @@ typedef struct {
 } s_shard_t;
 
 typedef struct {
-    s_worker_t *worker;  /* back pointer, for curl callbacks */
-    char *id;            /* broker's request id (key in jobs) */
-    char *rkey;          /* request key (3.3), or NULL */
-    zlistx_t *chunks;    /* chunk messages sent, kept for a resend (rkey) */
-    llmq_op_t op;        /* chat, completion, embedding */
-    char *model;         /* the req's model */
-    bool stream;         /* relay chunks */
-    bool probe;          /* a health probe, not a request */
-    int64_t received_ms; /* when the req arrived */
-    int64_t deadline_at; /* 0 = none */
-    int attempts;        /* HTTP attempts started */
-    int64_t estimate;    /* tokens, for the limiter */
-    s_state_t state;     /* where it is */
-    llmq_http_t http;    /* the request, built once */
-    CURL *easy;          /* while RUNNING */
-    s_shard_t *shard;    /* the multi it runs on, while RUNNING */
-    char *buf;           /* answer body (or error body) */
-    size_t len;          /* its length */
-    size_t cap;          /* its allocation */
-    long status;         /* HTTP status of this attempt */
-    bool deadline_cut;   /* this attempt's timeout is the deadline */
-    llmq_ratelimit_t rl; /* this attempt's rate-limit headers */
-    llmq_perr_t err;     /* last failure */
-    bool stream_failed;  /* stream parse failed (err set) */
-    llmq_sse_t *sse;     /* stream parser, per attempt */
-    llmq_stream_t *st;   /* stream state, per attempt */
-    int64_t seq;         /* next chunk seq */
-    void *queue_handle;  /* QUEUED: handle in the start queue */
-    int64_t queued_ms;   /* QUEUED: since when */
-    bool limiter_waited; /* counted in limiter_waits */
+    s_worker_t *worker;   /* back pointer, for curl callbacks */
+    char *id;             /* broker's request id (key in jobs) */
+    char *rkey;           /* request key (3.3), or NULL */
+    zlistx_t *chunks;     /* chunk messages sent, kept for a resend (rkey) */
+    llmq_op_t op;         /* chat, completion, embedding */
+    char *model;          /* the req's model */
+    bool stream;          /* relay chunks */
+    bool probe;           /* a health probe, not a request */
+    int64_t received_ms;  /* when the req arrived */
+    int64_t deadline_at;  /* 0 = none */
+    int attempts;         /* HTTP attempts started */
+    int64_t estimate;     /* tokens, for the limiter */
+    s_state_t state;      /* where it is */
+    llmq_http_t http;     /* the request, built once */
+    CURL *easy;           /* while RUNNING */
+    s_shard_t *shard;     /* the multi it runs on, while RUNNING */
+    char *buf;            /* answer body (or error body) */
+    size_t len;           /* its length */
+    size_t cap;           /* its allocation */
+    long status;          /* HTTP status of this attempt */
+    bool deadline_cut;    /* this attempt's timeout is the deadline */
+    llmq_ratelimit_t rl;  /* this attempt's rate-limit headers */
+    char request_id[129]; /* this attempt's x-request-id / request-id */
+    zframe_t *error_body; /* this attempt's HTTP error body (scrubbed) */
+    llmq_perr_t err;      /* last failure */
+    bool stream_failed;   /* stream parse failed (err set) */
+    llmq_sse_t *sse;      /* stream parser, per attempt */
+    llmq_stream_t *st;    /* stream state, per attempt */
+    int64_t seq;          /* next chunk seq */
+    void *queue_handle;   /* QUEUED: handle in the start queue */
+    int64_t queued_ms;    /* QUEUED: since when */
+    bool limiter_waited;  /* counted in limiter_waits */
     /*  WAITING: in the worker's retries, seq = when to try again. */
     llmq_queue_node_t retry;
 } s_job_t;
@@ -165,8 +170,9 @@ struct _s_worker_t {
     zlistx_t *queue;      /* s_job_t waiting to start, FIFO */
     /*  WAITING jobs, soonest due first. */
     llmq_queue_t *retries;
-    CURL **pool;    /* idle easy handles, set up (s_easy_new) */
-    bool proxy_env; /* a proxy variable was set at start */
+    llmq_packer_t *packer; /* answers are packed here (reused) */
+    CURL **pool;           /* idle easy handles, set up (s_easy_new) */
+    bool proxy_env;        /* a proxy variable was set at start */
     size_t pool_len;
     size_t pool_cap;
     s_job_t *probe;        /* health probe in flight, or NULL */
@@ -316,6 +322,8 @@ static void s_job_reset_attempt(s_job_t *job)
     job->deadline_cut = false;
     job->stream_failed = false;
     llmq_ratelimit_init(&job->rl);
+    job->request_id[0] = 0;
+    zframe_destroy(&job->error_body);
     llmq_sse_destroy(&job->sse);
     llmq_stream_destroy(&job->st);
 }
@@ -328,6 +336,7 @@ static void s_job_free(s_job_t **job_p)
     llmq_http_reset(&job->http);
     llmq_sse_destroy(&job->sse);
     llmq_stream_destroy(&job->st);
+    zframe_destroy(&job->error_body);
     free(job->buf);
     free(job->id);
     free(job->rkey);
@@ -623,9 +632,58 @@ static void s_set_ratelimit(llmq_msg_t *m, const llmq_ratelimit_t *rl)
         llmq_msg_set_ratelimit_reset_ms(m, reset);
 }
 
-/*  The one answer to a request: ok with body, or the failure in job->err.
-    Removes the job from the table and frees it. */
-static void s_answer(s_worker_t *self, s_job_t *job, cJSON *body,
+/*  An ok answer: usage, cost and the body (taken). */
+static void s_answer_ok(s_worker_t *self, s_job_t *job, llmq_msg_t *m,
+                        zframe_t **payload_p, const llmq_usage_t *usage)
+{
+    llmq_msg_set_ok(m, true);
+    if (usage) {
+        int64_t p = usage->prompt_tokens > 0 ? usage->prompt_tokens : 0;
+        int64_t c = usage->completion_tokens > 0 ? usage->completion_tokens : 0;
+        int64_t t = usage->total_tokens >= 0 ? usage->total_tokens : p + c;
+        llmq_msg_set_usage_prompt_tokens(m, p);
+        llmq_msg_set_usage_completion_tokens(m, c);
+        llmq_msg_set_usage_total_tokens(m, t);
+        double cost =
+            llmq_worker_config_cost(self->cfg, job->model, p, c, false);
+        llmq_msg_set_usage_cost_usd(m, cost);
+        llmq_wmetrics_answer(self->metrics, job->model, "ok", p, c, cost);
+    } else
+        llmq_wmetrics_answer(self->metrics, job->model, "ok", 0, 0, 0);
+    llmq_msg_set_payload(m, payload_p);
+    self->answered++;
+    llmq_log(NULL, LLMQ_LOG_DEBUG, "res", LLMQ_LOG_STR("id", job->id),
+             LLMQ_LOG_BOOL("ok", true), LLMQ_LOG_INT("attempts", job->attempts),
+             LLMQ_LOG_END);
+}
+
+/*  A failed answer: job->err, scrubbed, and the provider's error body. */
+static void s_answer_failed(s_worker_t *self, s_job_t *job, llmq_msg_t *m)
+{
+    llmq_err_t code = job->err.code ? job->err.code : LLMQ_ERR_INTERNAL;
+    llmq_provider_scrub(self->provider, job->err.message,
+                        sizeof job->err.message, job->err.message);
+    llmq_msg_set_ok(m, false);
+    llmq_msg_set_failure(m, code, job->err.status, job->err.message);
+    llmq_msg_set_error_retryable(m, job->err.retryable);
+    if (job->error_body)
+        llmq_msg_set_error_body(m, zframe_data(job->error_body),
+                                zframe_size(job->error_body));
+    llmq_wmetrics_answer(self->metrics, job->model, llmq_err_name(code), 0, 0,
+                         0);
+    self->failed++;
+    llmq_log(NULL, LLMQ_LOG_DEBUG, "res", LLMQ_LOG_STR("id", job->id),
+             LLMQ_LOG_BOOL("ok", false),
+             LLMQ_LOG_STR("code", llmq_err_name(code)),
+             LLMQ_LOG_INT("status", job->err.status),
+             LLMQ_LOG_INT("attempts", job->attempts),
+             LLMQ_LOG_STR("message", job->err.message), LLMQ_LOG_END);
+}
+
+/*  The one answer to a request: ok with the body (*payload_p, taken), or
+    the failure in job->err when payload_p is NULL. Removes the job from
+    the table and frees it. */
+static void s_answer(s_worker_t *self, s_job_t *job, zframe_t **payload_p,
                      const llmq_usage_t *usage)
 {
     llmq_msg_t *m = llmq_msg_new(LLMQ_MSG_RES);
@@ -634,52 +692,12 @@ static void s_answer(s_worker_t *self, s_job_t *job, cJSON *body,
     llmq_msg_set_attempts(m, job->attempts);
     llmq_msg_set_latency_ms(m, s_now() - job->received_ms);
     s_set_ratelimit(m, &job->rl);
-    if (body) {
-        llmq_msg_set_ok(m, true);
-        if (usage) {
-            int64_t p = usage->prompt_tokens > 0 ? usage->prompt_tokens : 0;
-            int64_t c =
-                usage->completion_tokens > 0 ? usage->completion_tokens : 0;
-            int64_t t = usage->total_tokens >= 0 ? usage->total_tokens : p + c;
-            llmq_msg_set_usage_prompt_tokens(m, p);
-            llmq_msg_set_usage_completion_tokens(m, c);
-            llmq_msg_set_usage_total_tokens(m, t);
-            double cost =
-                llmq_worker_config_cost(self->cfg, job->model, p, c, false);
-            llmq_msg_set_usage_cost_usd(m, cost);
-            llmq_wmetrics_answer(self->metrics, job->model, "ok", p, c, cost);
-        } else
-            llmq_wmetrics_answer(self->metrics, job->model, "ok", 0, 0, 0);
-        zframe_t *payload = llmq_value_from_json(body);
-        if (payload)
-            llmq_msg_set_payload(m, &payload);
-        else {
-            /*  Cannot happen for a parsed body short of memory: say so. */
-            llmq_msg_set_ok(m, false);
-            llmq_msg_set_failure(m, LLMQ_ERR_INTERNAL, 0,
-                                 "cannot encode the answer");
-        }
-        self->answered++;
-        llmq_log(NULL, LLMQ_LOG_DEBUG, "res", LLMQ_LOG_STR("id", job->id),
-                 LLMQ_LOG_BOOL("ok", true),
-                 LLMQ_LOG_INT("attempts", job->attempts), LLMQ_LOG_END);
-    } else {
-        llmq_err_t code = job->err.code ? job->err.code : LLMQ_ERR_INTERNAL;
-        llmq_provider_scrub(self->provider, job->err.message,
-                            sizeof job->err.message, job->err.message);
-        llmq_msg_set_ok(m, false);
-        llmq_msg_set_failure(m, code, job->err.status, job->err.message);
-        llmq_msg_set_error_retryable(m, job->err.retryable);
-        llmq_wmetrics_answer(self->metrics, job->model, llmq_err_name(code), 0,
-                             0, 0);
-        self->failed++;
-        llmq_log(NULL, LLMQ_LOG_DEBUG, "res", LLMQ_LOG_STR("id", job->id),
-                 LLMQ_LOG_BOOL("ok", false),
-                 LLMQ_LOG_STR("code", llmq_err_name(code)),
-                 LLMQ_LOG_INT("status", job->err.status),
-                 LLMQ_LOG_INT("attempts", job->attempts),
-                 LLMQ_LOG_STR("message", job->err.message), LLMQ_LOG_END);
-    }
+    if (job->request_id[0])
+        llmq_msg_set_request_id(m, job->request_id);
+    if (payload_p && *payload_p)
+        s_answer_ok(self, job, m, payload_p, usage);
+    else
+        s_answer_failed(self, job, m);
     if (job->rkey) {
         zhashx_delete(self->running, job->rkey);
         /*  Only what the provider was asked for is worth keeping: a
@@ -690,6 +708,18 @@ static void s_answer(s_worker_t *self, s_job_t *job, cJSON *body,
     s_send(self, &m);
     /*  The table's destructor frees the job. */
     zhashx_delete(self->jobs, job->id);
+}
+
+/*  s_answer for a body as a tree (echo, streams): packed here. */
+static void s_answer_json(s_worker_t *self, s_job_t *job, const cJSON *body,
+                          const llmq_usage_t *usage)
+{
+    zframe_t *payload = llmq_value_from_json(body);
+    if (!payload)
+        /*  Cannot happen for a parsed body short of memory: say so. */
+        llmq_perr_set(&job->err, LLMQ_ERR_INTERNAL, 0, false,
+                      "cannot encode the answer");
+    s_answer(self, job, payload ? &payload : NULL, usage);
 }
 
 static void s_fail(s_worker_t *self, s_job_t *job, llmq_err_t code, int status,
@@ -777,6 +807,34 @@ static size_t s_on_write(char *data, size_t size, size_t nmemb, void *arg)
     return n;
 }
 
+/*  x-request-id (OpenAI and compatible servers) or request-id
+    (Anthropic): the provider's id of this answer. */
+static bool s_request_id_header(const char *name, size_t len)
+{
+    return (len == 12 && strncasecmp(name, "x-request-id", 12) == 0) ||
+           (len == 10 && strncasecmp(name, "request-id", 10) == 0);
+}
+
+/*  Keep a request id: trimmed, printable ASCII only (anything else is not
+    an id, and must not reach a header), at most 128 bytes. */
+static void s_keep_request_id(s_job_t *job, const char *v, size_t len)
+{
+    while (len && (*v == ' ' || *v == '\t')) {
+        v++;
+        len--;
+    }
+    while (len && (v[len - 1] == '\r' || v[len - 1] == '\n' ||
+                   v[len - 1] == ' ' || v[len - 1] == '\t'))
+        len--;
+    if (len >= sizeof job->request_id)
+        len = sizeof job->request_id - 1;
+    for (size_t i = 0; i < len; i++)
+        if (v[i] < 0x21 || v[i] > 0x7e)
+            return;
+    memcpy(job->request_id, v, len);
+    job->request_id[len] = 0;
+}
+
 static size_t s_on_header(char *data, size_t size, size_t nmemb, void *arg)
 {
     s_job_t *job = arg;
@@ -784,13 +842,18 @@ static size_t s_on_header(char *data, size_t size, size_t nmemb, void *arg)
     if (n > 5 && memcmp(data, "HTTP/", 5) == 0) {
         /*  A new response (after 100 Continue or a redirect): start over. */
         llmq_ratelimit_init(&job->rl);
+        job->request_id[0] = 0;
         return n;
     }
     const char *colon = memchr(data, ':', n);
-    if (colon)
-        llmq_provider_header(job->worker->provider, &job->rl, data,
-                             (size_t)(colon - data), colon + 1,
-                             n - (size_t)(colon - data) - 1);
+    if (!colon)
+        return n;
+    size_t name_len = (size_t)(colon - data);
+    if (s_request_id_header(data, name_len))
+        s_keep_request_id(job, colon + 1, n - name_len - 1);
+    else
+        llmq_provider_header(job->worker->provider, &job->rl, data, name_len,
+                             colon + 1, n - name_len - 1);
     return n;
 }
 
@@ -980,6 +1043,38 @@ static bool s_is_provider_failure(const llmq_perr_t *err)
 static void s_probe_done(s_worker_t *self, s_job_t *job, CURLcode rc);
 static void s_attempt_failed(s_worker_t *self, s_job_t *job, int64_t now);
 
+/*  A 2xx attempt's answer as the payload (usage set), or NULL (job->err). */
+static zframe_t *s_transfer_body(s_worker_t *self, s_job_t *job,
+                                 llmq_usage_t *usage)
+{
+    llmq_call_t call = {job->op, job->model, job->stream, NULL};
+    if (!job->st)
+        return llmq_provider_parse_frame(self->provider, &call,
+                                         job->buf ? job->buf : "", job->len,
+                                         self->packer, usage, &job->err);
+    if (job->sse)
+        llmq_sse_finish(job->sse);
+    cJSON *body = llmq_stream_finish(job->st, usage, &job->err);
+    if (!body)
+        return NULL;
+    zframe_t *payload = llmq_value_from_json(body);
+    cJSON_Delete(body);
+    if (!payload)
+        llmq_perr_set(&job->err, LLMQ_ERR_INTERNAL, 0, false,
+                      "cannot encode the answer");
+    return payload;
+}
+
+/*  An HTTP error: classified, and its body kept for the answer (4.2). */
+static void s_transfer_http_error(s_worker_t *self, s_job_t *job)
+{
+    llmq_provider_classify(self->provider, (int)job->status, job->buf, job->len,
+                           &job->err);
+    zframe_destroy(&job->error_body);
+    job->error_body = llmq_provider_error_body(self->provider, job->buf,
+                                               job->len, S_ERROR_BODY_MAX);
+}
+
 /*  A transfer ended: answer, or retry, or fail. */
 static void s_transfer_done(s_worker_t *self, s_job_t *job, CURLcode rc,
                             const char *detail)
@@ -995,24 +1090,15 @@ static void s_transfer_done(s_worker_t *self, s_job_t *job, CURLcode rc,
     job->easy = NULL;
     llmq_limiter_observe(self->limiter, &job->rl, now);
 
-    cJSON *body = NULL;
+    zframe_t *payload = NULL;
     llmq_usage_t usage;
     llmq_usage_init(&usage);
     if (job->stream_failed) {
         /*  err already set by the stream parser */
-    } else if (rc == CURLE_OK && job->status >= 200 && job->status < 300) {
-        llmq_call_t call = {job->op, job->model, job->stream, NULL};
-        if (job->st) {
-            if (job->sse)
-                llmq_sse_finish(job->sse);
-            body = llmq_stream_finish(job->st, &usage, &job->err);
-        } else
-            body = llmq_provider_parse(self->provider, &call,
-                                       job->buf ? job->buf : "", job->len,
-                                       &usage, &job->err);
-    } else if (rc == CURLE_OK)
-        llmq_provider_classify(self->provider, (int)job->status, job->buf,
-                               job->len, &job->err);
+    } else if (rc == CURLE_OK && job->status >= 200 && job->status < 300)
+        payload = s_transfer_body(self, job, &usage);
+    else if (rc == CURLE_OK)
+        s_transfer_http_error(self, job);
     else if (rc == CURLE_OPERATION_TIMEDOUT && job->deadline_cut)
         llmq_perr_set(&job->err, LLMQ_ERR_DEADLINE_EXCEEDED, 0, false,
                       "deadline reached during attempt %d", job->attempts);
@@ -1021,18 +1107,18 @@ static void s_transfer_done(s_worker_t *self, s_job_t *job, CURLcode rc,
 
     if (job->status == 429)
         llmq_wmetrics_count(self->metrics, "http_429");
-    int64_t actual = body && usage.total_tokens >= 0 ? usage.total_tokens : -1;
+    int64_t actual =
+        payload && usage.total_tokens >= 0 ? usage.total_tokens : -1;
     llmq_limiter_release(self->limiter, job->estimate, actual, now);
 
-    if (body) {
+    if (payload) {
         if (llmq_breaker_success(self->breaker, now)) {
             llmq_log(NULL, LLMQ_LOG_INFO, "circuit_closed",
                      LLMQ_LOG_STR("reason", "provider answers again"),
                      LLMQ_LOG_END);
             s_send_hb(self);
         }
-        s_answer(self, job, body, &usage);
-        cJSON_Delete(body);
+        s_answer(self, job, &payload, &usage);
         return;
     }
     s_attempt_failed(self, job, now);
@@ -1308,7 +1394,7 @@ static void s_answer_now(s_worker_t *self, s_job_t *job, const cJSON *body)
         s_emit_chunk(chunk, job);
         cJSON_Delete(chunk);
     }
-    s_answer(self, job, answer, &usage);
+    s_answer_json(self, job, answer, &usage);
     cJSON_Delete(answer);
 }
 
@@ -1980,6 +2066,7 @@ static void s_curl_destroy(s_worker_t *self)
     for (size_t i = 0; i < self->pool_len; i++)
         curl_easy_cleanup(self->pool[i]);
     free(self->pool);
+    llmq_packer_destroy(&self->packer);
     for (size_t i = 0; self->shards && i < self->nshards; i++)
         if (self->shards[i].multi)
             curl_multi_cleanup(self->shards[i].multi);
@@ -2052,9 +2139,10 @@ static s_worker_t *s_worker_new(llmq_worker_config_t **config_p, zsock_t *pipe,
     self->poison = poison && *poison ? poison : NULL;
     self->queue = zlistx_new();
     self->retries = llmq_queue_new();
+    self->packer = llmq_packer_new();
     if (!self->provider || !self->limiter || !self->breaker || !self->jobs ||
         !self->running || s_held_new(self) != 0 || !self->queue ||
-        !self->retries || s_curl_new(self) != 0) {
+        !self->retries || !self->packer || s_curl_new(self) != 0) {
         if (errbuf && !*errbuf)
             snprintf(errbuf, errlen,
                      "cannot set up the worker (out of memory or fds)");
