@@ -82,13 +82,6 @@ void llmq_packer_bool(llmq_packer_t *self, bool value);
 void llmq_packer_nil(llmq_packer_t *self);
 void llmq_packer_raw(llmq_packer_t *self, const void *data, size_t size);
 void llmq_packer_json(llmq_packer_t *self, const cJSON *json);
-/*  Bytes written so far (borrowed) and their size. */
-const uint8_t *llmq_packer_data(const llmq_packer_t *self, size_t *size);
-/*  A new frame holding a copy of the bytes; the packer is reset. */
-zframe_t *llmq_packer_frame(llmq_packer_t *self);
-/*  Forget what was written. */
-void llmq_packer_reset(llmq_packer_t *self);
-
 /*  Append JSON text (len bytes, need not be NUL-terminated) as one msgpack
     value, in one pass without a cJSON tree: the value
     llmq_value_from_json_text() gives (integers past 2^53 stay exact).
@@ -107,6 +100,13 @@ int llmq_value_find(const void *data, size_t size, const char *key,
 /*  One msgpack number (int, uint or float) as a double; false if data is
     not a number. */
 bool llmq_value_number(const void *data, size_t size, double *out);
+
+/*  Bytes written so far (borrowed) and their size. */
+const uint8_t *llmq_packer_data(const llmq_packer_t *self, size_t *size);
+/*  A new frame holding a copy of the bytes; the packer is reset. */
+zframe_t *llmq_packer_frame(llmq_packer_t *self);
+/*  Forget what was written. */
+void llmq_packer_reset(llmq_packer_t *self);
 
 int llmq_value_test(bool verbose);
 

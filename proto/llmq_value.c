@@ -476,46 +476,6 @@ void llmq_packer_reset(llmq_packer_t *self)
     msgpack_sbuffer_clear(&self->sbuf);
 }
 
-zframe_t *llmq_value_from_json(const cJSON *json)
-{
-    llmq_packer_t *packer = llmq_packer_new();
-    if (!packer)
-        return NULL;
-    zframe_t *frame = NULL;
-    if (s_pack_json(packer, json, 0) == 0)
-        frame = llmq_packer_frame(packer);
-    llmq_packer_destroy(&packer);
-    return frame;
-}
-
-zframe_t *llmq_value_from_json_text(const char *text, size_t len, char *errbuf,
-                                    size_t errlen)
-{
-    const char *end = NULL;
-    cJSON *json =
-        text ? cJSON_ParseWithLengthOpts(text, len, &end, false) : NULL;
-    if (!json) {
-        char reason[96];
-        snprintf(reason, sizeof reason, "JSON syntax error at byte %zu",
-                 text && end ? (size_t)(end - text) : (size_t)0);
-        s_err(errbuf, errlen, reason);
-        return NULL;
-    }
-    const char *tail = end ? end : text + len;
-    while (tail < text + len && strchr(" \t\r\n", *tail) && *tail)
-        tail++;
-    if (tail < text + len) {
-        cJSON_Delete(json);
-        s_err(errbuf, errlen, "trailing characters after JSON value");
-        return NULL;
-    }
-    zframe_t *frame = llmq_value_from_json(json);
-    cJSON_Delete(json);
-    if (!frame)
-        s_err(errbuf, errlen, "JSON nested too deeply");
-    return frame;
-}
-
 /*  ---- JSON text -> msgpack, without a tree -------------------------- */
 
 /*  One pass over the text, writing msgpack as it goes: a container's
@@ -932,6 +892,46 @@ bool llmq_value_number(const void *data, size_t size, double *out)
     return true;
 }
 
+zframe_t *llmq_value_from_json(const cJSON *json)
+{
+    llmq_packer_t *packer = llmq_packer_new();
+    if (!packer)
+        return NULL;
+    zframe_t *frame = NULL;
+    if (s_pack_json(packer, json, 0) == 0)
+        frame = llmq_packer_frame(packer);
+    llmq_packer_destroy(&packer);
+    return frame;
+}
+
+zframe_t *llmq_value_from_json_text(const char *text, size_t len, char *errbuf,
+                                    size_t errlen)
+{
+    const char *end = NULL;
+    cJSON *json =
+        text ? cJSON_ParseWithLengthOpts(text, len, &end, false) : NULL;
+    if (!json) {
+        char reason[96];
+        snprintf(reason, sizeof reason, "JSON syntax error at byte %zu",
+                 text && end ? (size_t)(end - text) : (size_t)0);
+        s_err(errbuf, errlen, reason);
+        return NULL;
+    }
+    const char *tail = end ? end : text + len;
+    while (tail < text + len && strchr(" \t\r\n", *tail) && *tail)
+        tail++;
+    if (tail < text + len) {
+        cJSON_Delete(json);
+        s_err(errbuf, errlen, "trailing characters after JSON value");
+        return NULL;
+    }
+    zframe_t *frame = llmq_value_from_json(json);
+    cJSON_Delete(json);
+    if (!frame)
+        s_err(errbuf, errlen, "JSON nested too deeply");
+    return frame;
+}
+
 /*  ---- selftest ---------------------------------------------------------- */
 
 /*  Checks that stay on in release builds (NDEBUG removes assert). */
@@ -947,6 +947,66 @@ static int s_test_item(const char *custom_id, const void *body,
     free(json);
     (void)custom_id;
     return 0;
+}
+
+/*  llmq_packer_json_text gives the bytes llmq_value_from_json_text gives
+    (the cJSON path), on valid text; both refuse the same broken text. */
+static void s_test_json_text(void)
+{
+    const char *same[] = {
+        "{\"id\":\"c-1\",\"object\":\"chat.completion\",\"created\":1700000000,"
+        "\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\","
+        "\"content\":\"a \\\"q\\\" \\u00e9\\ud83d\\ude00\\n\\/\"},"
+        "\"finish_reason\":\"stop\",\"logprobs\":null}],\"usage\":{"
+        "\"prompt_tokens\":12,\"completion_tokens\":3,\"total_tokens\":15}}",
+        " [1.5, -2, 0, 1e3, 2.0, -0.0, 1.25e-7, true, false, null, \"\", [], "
+        "{}] ",
+        "[0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19]",
+        "{\"a\":{\"b\":{\"c\":[[[]]]}},\"k\":\"v\\u0000cut\"}",
+        "\"just a string\"",
+        "-9223372036854775808"};
+    llmq_packer_t *pk = llmq_packer_new();
+    char err[128];
+    for (size_t i = 0; i < sizeof same / sizeof same[0]; i++) {
+        zframe_t *want = llmq_value_from_json_text(same[i], strlen(same[i]),
+                                                   err, sizeof err);
+        S_TEST(want);
+        S_TEST(llmq_packer_json_text(pk, same[i], strlen(same[i]), err,
+                                     sizeof err) == 0);
+        size_t size = 0;
+        const uint8_t *got = llmq_packer_data(pk, &size);
+        S_TEST(want && size == zframe_size(want) &&
+               memcmp(got, zframe_data(want), size) == 0);
+        llmq_packer_reset(pk);
+        zframe_destroy(&want);
+    }
+    const char *bad[] = {"{\"a\":",     "1 2", "{1:2}",     "[1,]",  "\"\\x\"",
+                         "\"\\udc00\"", "tru", "{\"a\" 1}", "[1 2]", ""};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        S_TEST(llmq_packer_json_text(pk, bad[i], strlen(bad[i]), err,
+                                     sizeof err) == -1);
+        size_t size = 1;
+        llmq_packer_data(pk, &size);
+        S_TEST(size == 0);
+    }
+    /*  Exact past 2^53, and members found without a tree. */
+    const char *big = "{\"n\":9007199254740993,\"u\":{\"t\":7},\"s\":[1]}";
+    S_TEST(llmq_packer_json_text(pk, big, strlen(big), err, sizeof err) == 0);
+    size_t size = 0;
+    const uint8_t *data = llmq_packer_data(pk, &size);
+    const uint8_t *v = NULL;
+    size_t vs = 0;
+    double d = 0;
+    S_TEST(llmq_value_find(data, size, "u", &v, &vs) == 'm');
+    S_TEST(llmq_value_find(v, vs, "t", &v, &vs) == 'n');
+    S_TEST(llmq_value_number(v, vs, &d) && d == 7);
+    S_TEST(llmq_value_find(data, size, "s", NULL, NULL) == 'a');
+    S_TEST(llmq_value_find(data, size, "x", NULL, NULL) == 0);
+    S_TEST(llmq_value_find(v, vs, "x", NULL, NULL) == -1);
+    char *text = llmq_value_to_json_text(data, size, NULL, 0);
+    S_TEST(text && strstr(text, "9007199254740993"));
+    free(text);
+    llmq_packer_destroy(&pk);
 }
 
 static void s_test_json(void)
@@ -1046,66 +1106,6 @@ static void s_test_items(void)
     S_TEST(llmq_value_each_item(data, size, NULL, NULL, err, sizeof err) == -1);
     S_TEST(strstr(err, "custom_id"));
     llmq_packer_destroy(&pk);
-    llmq_packer_destroy(&pk);
-}
-
-/*  llmq_packer_json_text gives the bytes llmq_value_from_json_text gives
-    (the cJSON path), on valid text; both refuse the same broken text. */
-static void s_test_json_text(void)
-{
-    const char *same[] = {
-        "{\"id\":\"c-1\",\"object\":\"chat.completion\",\"created\":1700000000,"
-        "\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\","
-        "\"content\":\"a \\\"q\\\" \\u00e9\\ud83d\\ude00\\n\\/\"},"
-        "\"finish_reason\":\"stop\",\"logprobs\":null}],\"usage\":{"
-        "\"prompt_tokens\":12,\"completion_tokens\":3,\"total_tokens\":15}}",
-        " [1.5, -2, 0, 1e3, 2.0, -0.0, 1.25e-7, true, false, null, \"\", [], "
-        "{}] ",
-        "[0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19]",
-        "{\"a\":{\"b\":{\"c\":[[[]]]}},\"k\":\"v\\u0000cut\"}",
-        "\"just a string\"",
-        "-9223372036854775808"};
-    llmq_packer_t *pk = llmq_packer_new();
-    char err[128];
-    for (size_t i = 0; i < sizeof same / sizeof same[0]; i++) {
-        zframe_t *want = llmq_value_from_json_text(same[i], strlen(same[i]),
-                                                   err, sizeof err);
-        S_TEST(want);
-        S_TEST(llmq_packer_json_text(pk, same[i], strlen(same[i]), err,
-                                     sizeof err) == 0);
-        size_t size = 0;
-        const uint8_t *got = llmq_packer_data(pk, &size);
-        S_TEST(want && size == zframe_size(want) &&
-               memcmp(got, zframe_data(want), size) == 0);
-        llmq_packer_reset(pk);
-        zframe_destroy(&want);
-    }
-    const char *bad[] = {"{\"a\":",     "1 2", "{1:2}",     "[1,]",  "\"\\x\"",
-                         "\"\\udc00\"", "tru", "{\"a\" 1}", "[1 2]", ""};
-    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
-        S_TEST(llmq_packer_json_text(pk, bad[i], strlen(bad[i]), err,
-                                     sizeof err) == -1);
-        size_t size = 1;
-        llmq_packer_data(pk, &size);
-        S_TEST(size == 0);
-    }
-    /*  Exact past 2^53, and members found without a tree. */
-    const char *big = "{\"n\":9007199254740993,\"u\":{\"t\":7},\"s\":[1]}";
-    S_TEST(llmq_packer_json_text(pk, big, strlen(big), err, sizeof err) == 0);
-    size_t size = 0;
-    const uint8_t *data = llmq_packer_data(pk, &size);
-    const uint8_t *v = NULL;
-    size_t vs = 0;
-    double d = 0;
-    S_TEST(llmq_value_find(data, size, "u", &v, &vs) == 'm');
-    S_TEST(llmq_value_find(v, vs, "t", &v, &vs) == 'n');
-    S_TEST(llmq_value_number(v, vs, &d) && d == 7);
-    S_TEST(llmq_value_find(data, size, "s", NULL, NULL) == 'a');
-    S_TEST(llmq_value_find(data, size, "x", NULL, NULL) == 0);
-    S_TEST(llmq_value_find(v, vs, "x", NULL, NULL) == -1);
-    char *text = llmq_value_to_json_text(data, size, NULL, 0);
-    S_TEST(text && strstr(text, "9007199254740993"));
-    free(text);
     llmq_packer_destroy(&pk);
 }
 
