@@ -97,6 +97,16 @@ int llmq_packer_json_text(llmq_packer_t *self, const char *text, size_t len,
 int llmq_value_find(const void *data, size_t size, const char *key,
                     const uint8_t **value, size_t *value_size);
 
+/*  Several members in one walk: out[k] for keys[k] (data NULL, kind 0 when
+    absent). Returns 0, or -1 if data is not a map. */
+typedef struct {
+    const uint8_t *data; /* the member's encoded value (borrowed) */
+    size_t size;         /* its size */
+    int kind;            /* as llmq_value_find returns it */
+} llmq_value_ref_t;
+int llmq_value_find_many(const void *data, size_t size, const char *const *keys,
+                         size_t count, llmq_value_ref_t *out);
+
 /*  One msgpack number (int, uint or float) as a double; false if data is
     not a number. */
 bool llmq_value_number(const void *data, size_t size, double *out);

@@ -641,12 +641,11 @@ static int s_jr_unescape(s_jr_t *j, const char *start, size_t *len)
 static int s_jr_string(s_jr_t *j)
 {
     const char *start = ++j->p;
-    const char *q = start;
-    while (q < j->end && *q != '"' && *q != '\\')
-        q++;
-    if (q >= j->end)
+    const char *q = memchr(start, '"', (size_t)(j->end - start));
+    if (!q)
         return s_jr_fail(j, "unterminated string");
-    if (*q == '"') { /* no escapes: the bytes as they are */
+    if (!memchr(start, '\\', (size_t)(q - start))) {
+        /*  No escapes: the bytes as they are. */
         j->p = q + 1;
         llmq_packer_strn(j->pk, start, (size_t)(q - start));
         return 0;
@@ -825,53 +824,75 @@ int llmq_packer_json_text(llmq_packer_t *self, const char *text, size_t len,
 
 /*  ---- reading members without a tree ------------------------------------ */
 
-int llmq_value_find(const void *data, size_t size, const char *key,
-                    const uint8_t **value, size_t *value_size)
+/*  The kind letter of the value at data (llmq_value_find). */
+static int s_kind_of(const uint8_t *data, size_t size)
 {
+    llmq_mp_reader_t v;
+    llmq_mp_init(&v, data, size);
+    llmq_mp_item_t it;
+    if (llmq_mp_read(&v, &it))
+        return 0;
+    switch (it.kind) {
+    case LLMQ_MP_MAP:
+        return 'm';
+    case LLMQ_MP_ARRAY:
+        return 'a';
+    case LLMQ_MP_STR:
+    case LLMQ_MP_BIN:
+        return 's';
+    case LLMQ_MP_BOOL:
+        return 'b';
+    case LLMQ_MP_NIL:
+        return 'z';
+    case LLMQ_MP_EXT:
+        return 0;
+    default:
+        return 'n';
+    }
+}
+
+int llmq_value_find_many(const void *data, size_t size, const char *const *keys,
+                         size_t count, llmq_value_ref_t *out)
+{
+    for (size_t k = 0; k < count; k++)
+        out[k] = (llmq_value_ref_t){NULL, 0, 0};
     llmq_mp_reader_t r;
     llmq_mp_init(&r, data, size);
     llmq_mp_item_t it;
     if (llmq_mp_read(&r, &it) || it.kind != LLMQ_MP_MAP)
         return -1;
-    size_t klen = strlen(key);
-    for (uint32_t i = 0; i < it.len; i++) {
-        llmq_mp_item_t k;
-        if (llmq_mp_read(&r, &k))
+    size_t found = 0;
+    for (uint32_t i = 0; i < it.len && found < count; i++) {
+        llmq_mp_item_t key;
+        if (llmq_mp_read(&r, &key))
             return 0;
-        bool hit = k.kind == LLMQ_MP_STR && k.len == klen &&
-                   memcmp(k.ptr, key, klen) == 0;
         const uint8_t *start = r.p;
         if (llmq_mp_skip(&r, LLMQ_VALUE_MAX_DEPTH))
             return 0;
-        if (!hit)
-            continue;
-        if (value)
-            *value = start;
-        if (value_size)
-            *value_size = (size_t)(r.p - start);
-        llmq_mp_reader_t v;
-        llmq_mp_init(&v, start, (size_t)(r.p - start));
-        llmq_mp_item_t vi;
-        llmq_mp_read(&v, &vi);
-        switch (vi.kind) {
-        case LLMQ_MP_MAP:
-            return 'm';
-        case LLMQ_MP_ARRAY:
-            return 'a';
-        case LLMQ_MP_STR:
-        case LLMQ_MP_BIN:
-            return 's';
-        case LLMQ_MP_BOOL:
-            return 'b';
-        case LLMQ_MP_NIL:
-            return 'z';
-        case LLMQ_MP_EXT:
-            return 0;
-        default:
-            return 'n';
-        }
+        for (size_t k = 0; k < count; k++)
+            if (!out[k].kind && key.kind == LLMQ_MP_STR &&
+                key.len == strlen(keys[k]) &&
+                memcmp(key.ptr, keys[k], key.len) == 0) {
+                out[k].data = start;
+                out[k].size = (size_t)(r.p - start);
+                out[k].kind = s_kind_of(start, out[k].size);
+                found++;
+            }
     }
     return 0;
+}
+
+int llmq_value_find(const void *data, size_t size, const char *key,
+                    const uint8_t **value, size_t *value_size)
+{
+    llmq_value_ref_t ref;
+    if (llmq_value_find_many(data, size, &key, 1, &ref))
+        return -1;
+    if (value)
+        *value = ref.data;
+    if (value_size)
+        *value_size = ref.size;
+    return ref.kind;
 }
 
 bool llmq_value_number(const void *data, size_t size, double *out)

@@ -33,6 +33,14 @@ struct _llmq_provider_t {
     char *api_key;                  /* secret: never logged or sent */
     char *anthropic_version;        /* anthropic-version header */
     int64_t default_max_tokens;     /* when a request sets none */
+    /*  Built once, shared by every POST (llmq_http_post_text): the JSON
+        headers with the key ([1]: and Accept: text/event-stream), and the
+        URLs of the routes used so far. */
+    struct curl_slist *post_headers[2];
+    struct {
+        const char *route; /* the provider's literal */
+        char *url;         /* {base_url}{route} */
+    } urls[8];
 };
 
 llmq_op_t llmq_op_from_name(const char *name)
@@ -69,11 +77,24 @@ void llmq_perr_set(llmq_perr_t *err, llmq_err_t code, int status,
 
 void llmq_http_reset(llmq_http_t *http)
 {
-    free(http->url);
+    if (!http->shared) {
+        free(http->url);
+        if (http->headers)
+            curl_slist_free_all(http->headers);
+    }
     free(http->body);
-    if (http->headers)
-        curl_slist_free_all(http->headers);
     memset(http, 0, sizeof *http);
+}
+
+/*  Free a header list that may hold the key, wiping it first. */
+static void s_headers_wipe(struct curl_slist *list)
+{
+    for (struct curl_slist *h = list; h; h = h->next) {
+        volatile char *p = h->data;
+        while (p && *p)
+            *p++ = 0;
+    }
+    curl_slist_free_all(list);
 }
 
 static char *s_strdup0(const char *s)
@@ -132,6 +153,10 @@ void llmq_provider_destroy(llmq_provider_t **self_p)
                 *p++ = 0;
         }
         free(self->api_key);
+        s_headers_wipe(self->post_headers[0]);
+        s_headers_wipe(self->post_headers[1]);
+        for (size_t i = 0; i < sizeof self->urls / sizeof self->urls[0]; i++)
+            free(self->urls[i].url);
         free(self->kind);
         free(self->base_url);
         free(self->anthropic_version);
@@ -184,6 +209,15 @@ int llmq_provider_build(const llmq_provider_t *self, const llmq_call_t *call,
         return -1;
     }
     return self->ops->build(self, call, http, err);
+}
+
+int llmq_provider_build_own(const llmq_provider_t *self,
+                            const llmq_call_t *call, cJSON *own,
+                            llmq_http_t *http, llmq_perr_t *err)
+{
+    if (self->ops->build_own && own == call->body)
+        return self->ops->build_own(self, call, own, http, err);
+    return llmq_provider_build(self, call, http, err);
 }
 
 cJSON *llmq_provider_parse(const llmq_provider_t *self, const llmq_call_t *call,
@@ -332,23 +366,64 @@ void llmq_batch_answer_reset(llmq_batch_answer_t *result)
     memset(result, 0, sizeof *result);
 }
 
-int llmq_http_post_json(const llmq_provider_t *self, const char *route,
-                        cJSON *body, llmq_http_t *http, llmq_perr_t *err)
+/*  The shared POST headers (built on first use; the provider is used by
+    one thread). */
+static struct curl_slist *s_post_headers(const llmq_provider_t *cself,
+                                         bool stream)
 {
-    http->body = cJSON_PrintUnformatted(body);
-    cJSON_Delete(body);
-    http->url = llmq_provider_url(self, route);
-    if (!http->body || !http->url) {
+    llmq_provider_t *self = (llmq_provider_t *)cself;
+    struct curl_slist **list = &self->post_headers[stream ? 1 : 0];
+    if (!*list) {
+        struct curl_slist *h =
+            curl_slist_append(NULL, "Content-Type: application/json");
+        h = curl_slist_append(h, "Expect:");
+        h = llmq_provider_auth(self, h);
+        if (stream)
+            h = curl_slist_append(h, "Accept: text/event-stream");
+        *list = h;
+    }
+    return *list;
+}
+
+/*  {base}{route}, made once per route (NULL if out of room or memory). */
+static const char *s_shared_url(const llmq_provider_t *cself, const char *route)
+{
+    llmq_provider_t *self = (llmq_provider_t *)cself;
+    size_t n = sizeof self->urls / sizeof self->urls[0], i = 0;
+    for (; i < n && self->urls[i].url; i++)
+        if (self->urls[i].route == route || !strcmp(self->urls[i].route, route))
+            return self->urls[i].url;
+    if (i == n)
+        return NULL;
+    self->urls[i].url = llmq_provider_url(self, route);
+    self->urls[i].route = route;
+    return self->urls[i].url;
+}
+
+int llmq_http_post_text(const llmq_provider_t *self, const char *route,
+                        char *text, bool stream, llmq_http_t *http,
+                        llmq_perr_t *err)
+{
+    http->body = text;
+    http->shared = true;
+    http->url = (char *)s_shared_url(self, route);
+    http->headers = s_post_headers(self, stream);
+    if (!http->body || !http->url || !http->headers) {
         llmq_http_reset(http);
         llmq_perr_set(err, LLMQ_ERR_INTERNAL, 0, true, "out of memory");
         return -1;
     }
     http->body_len = strlen(http->body);
     http->post = true;
-    http->headers = curl_slist_append(NULL, "Content-Type: application/json");
-    http->headers = curl_slist_append(http->headers, "Expect:");
-    http->headers = llmq_provider_auth(self, http->headers);
     return 0;
+}
+
+int llmq_http_post_json(const llmq_provider_t *self, const char *route,
+                        cJSON *body, llmq_http_t *http, llmq_perr_t *err)
+{
+    char *text = cJSON_PrintUnformatted(body);
+    cJSON_Delete(body);
+    return llmq_http_post_text(self, route, text, false, http, err);
 }
 
 /*  Every HTTP provider answers GET {base}/models with its key. */
@@ -789,23 +864,21 @@ void llmq_usage_from_json(const cJSON *u, llmq_usage_t *usage)
             (usage->completion_tokens > 0 ? usage->completion_tokens : 0);
 }
 
-static void s_usage_field(const uint8_t *data, size_t size, const char *key,
-                          int64_t *out)
-{
-    const uint8_t *v = NULL;
-    size_t vs = 0;
-    double d = 0;
-    if (llmq_value_find(data, size, key, &v, &vs) == 'n' &&
-        llmq_value_number(v, vs, &d))
-        *out = (int64_t)d;
-}
-
 void llmq_usage_from_msgpack(const uint8_t *data, size_t size,
                              llmq_usage_t *usage)
 {
-    s_usage_field(data, size, "prompt_tokens", &usage->prompt_tokens);
-    s_usage_field(data, size, "completion_tokens", &usage->completion_tokens);
-    s_usage_field(data, size, "total_tokens", &usage->total_tokens);
+    static const char *const keys[3] = {"prompt_tokens", "completion_tokens",
+                                        "total_tokens"};
+    int64_t *outs[3] = {&usage->prompt_tokens, &usage->completion_tokens,
+                        &usage->total_tokens};
+    llmq_value_ref_t found[3];
+    llmq_value_find_many(data, size, keys, 3, found);
+    for (int k = 0; k < 3; k++) {
+        double d = 0;
+        if (found[k].kind == 'n' &&
+            llmq_value_number(found[k].data, found[k].size, &d))
+            *outs[k] = (int64_t)d;
+    }
     if (usage->total_tokens < 0 && usage->prompt_tokens >= 0)
         usage->total_tokens =
             usage->prompt_tokens +

@@ -82,6 +82,9 @@ typedef struct {
     struct curl_slist *headers; /* includes auth: never log it */
     char *body;                 /* JSON text (POST) */
     size_t body_len;            /* its length */
+    bool shared;                /* url and headers are the provider's, made
+                                   once (llmq_http_post_text): never free or
+                                   append to them */
 } llmq_http_t;
 
 /*  Free what an llmq_http_t holds and zero it. */
@@ -199,6 +202,11 @@ typedef struct {
     int (*pack)(const llmq_provider_t *self, const llmq_call_t *call,
                 const char *body, size_t size, llmq_packer_t *packer,
                 llmq_usage_t *usage, llmq_perr_t *err);
+    /*  Optional: build() when the caller lets the provider change the
+        body in place (own == call->body; the caller deletes it after), so
+        it need not copy it. NULL: build(). */
+    int (*build_own)(const llmq_provider_t *self, const llmq_call_t *call,
+                     cJSON *own, llmq_http_t *http, llmq_perr_t *err);
 } llmq_provider_ops_t;
 
 extern const llmq_provider_ops_t llmq_provider_openai_ops;
@@ -225,6 +233,10 @@ int64_t llmq_provider_default_max_tokens(const llmq_provider_t *self);
 bool llmq_provider_uses_http(const llmq_provider_t *self);
 int llmq_provider_build(const llmq_provider_t *self, const llmq_call_t *call,
                         llmq_http_t *http, llmq_perr_t *err);
+/*  build() of a body the provider may change (own == call->body). */
+int llmq_provider_build_own(const llmq_provider_t *self,
+                            const llmq_call_t *call, cJSON *own,
+                            llmq_http_t *http, llmq_perr_t *err);
 cJSON *llmq_provider_parse(const llmq_provider_t *self, const llmq_call_t *call,
                            const char *body, size_t size, llmq_usage_t *usage,
                            llmq_perr_t *err);
@@ -261,6 +273,12 @@ struct curl_slist *llmq_provider_key_header(const llmq_provider_t *self,
     set, http reset). */
 int llmq_http_post_json(const llmq_provider_t *self, const char *route,
                         cJSON *body, llmq_http_t *http, llmq_perr_t *err);
+/*  The same for JSON text (taken): the URL and the header list
+    (Content-Type, Expect:, auth, and Accept: text/event-stream when stream)
+    are made once per provider and shared (http->shared). */
+int llmq_http_post_text(const llmq_provider_t *self, const char *route,
+                        char *text, bool stream, llmq_http_t *http,
+                        llmq_perr_t *err);
 /*  The provider's Batch API, or NULL if it has none. */
 const llmq_batch_ops_t *llmq_provider_batch(const llmq_provider_t *self);
 cJSON *llmq_provider_answer(const llmq_provider_t *self,

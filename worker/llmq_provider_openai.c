@@ -34,9 +34,10 @@ static struct curl_slist *s_auth(const llmq_provider_t *self,
     return llmq_provider_key_header(self, headers, "Authorization: Bearer ");
 }
 
-/*  The request body: the call's model wins, stream as the worker relays.
-    Returns NULL (err set) on a bad call. */
-static cJSON *s_body(const llmq_call_t *call, llmq_perr_t *err)
+/*  The request body: the call's model wins, stream as the worker relays;
+    own (the call's body, ours to change) or a copy. Returns NULL (err set)
+    on a bad call. */
+static cJSON *s_body(const llmq_call_t *call, cJSON *own, llmq_perr_t *err)
 {
     if (!s_route(call->op)) {
         llmq_perr_set(err, LLMQ_ERR_INVALID_REQUEST, 0, false, "unknown op");
@@ -47,7 +48,9 @@ static cJSON *s_body(const llmq_call_t *call, llmq_perr_t *err)
                       "request payload must be a map (an OpenAI request body)");
         return NULL;
     }
-    cJSON *body = cJSON_Duplicate(call->body, true);
+    /*  The caller's tree when it lets us change it (the worker's, from
+        the msgpack payload): no copy. */
+    cJSON *body = own ? own : cJSON_Duplicate(call->body, true);
     if (!body) {
         llmq_perr_set(err, LLMQ_ERR_INTERNAL, 0, true, "out of memory");
         return NULL;
@@ -66,18 +69,23 @@ static cJSON *s_body(const llmq_call_t *call, llmq_perr_t *err)
     return body;
 }
 
+static int s_build_own(const llmq_provider_t *self, const llmq_call_t *call,
+                       cJSON *own, llmq_http_t *http, llmq_perr_t *err)
+{
+    cJSON *body = s_body(call, own, err);
+    if (!body)
+        return -1;
+    char *text = cJSON_PrintUnformatted(body);
+    if (body != own)
+        cJSON_Delete(body);
+    return llmq_http_post_text(self, s_route(call->op), text, call->stream,
+                               http, err);
+}
+
 static int s_build(const llmq_provider_t *self, const llmq_call_t *call,
                    llmq_http_t *http, llmq_perr_t *err)
 {
-    cJSON *body = s_body(call, err);
-    if (!body)
-        return -1;
-    if (llmq_http_post_json(self, s_route(call->op), body, http, err))
-        return -1;
-    if (call->stream)
-        http->headers =
-            curl_slist_append(http->headers, "Accept: text/event-stream");
-    return 0;
+    return s_build_own(self, call, NULL, http, err);
 }
 
 static cJSON *s_parse(const llmq_provider_t *self, const llmq_call_t *call,
@@ -124,23 +132,23 @@ static int s_pack(const llmq_provider_t *self, const llmq_call_t *call,
     size_t end = 0;
     const uint8_t *data = llmq_packer_data(packer, &end);
     data += mark;
-    const char *need = call->op == LLMQ_OP_EMBEDDING ? "data" : "choices";
-    int kind = llmq_value_find(data, end - mark, need, NULL, NULL);
-    if (kind != 'a') {
+    const char *keys[2] = {call->op == LLMQ_OP_EMBEDDING ? "data" : "choices",
+                           "usage"};
+    llmq_value_ref_t found[2];
+    int rc = llmq_value_find_many(data, end - mark, keys, 2, found);
+    if (rc < 0 || found[0].kind != 'a') {
         llmq_packer_reset(packer);
-        if (kind < 0)
+        if (rc < 0)
             llmq_perr_set(err, LLMQ_ERR_PROVIDER_ERROR, 200, true,
                           "provider answered with malformed JSON (%zu bytes)",
                           size);
         else
             llmq_perr_set(err, LLMQ_ERR_PROVIDER_ERROR, 200, true,
-                          "provider answer has no '%s' array", need);
+                          "provider answer has no '%s' array", keys[0]);
         return -1;
     }
-    const uint8_t *u = NULL;
-    size_t us = 0;
-    if (llmq_value_find(data, end - mark, "usage", &u, &us) == 'm')
-        llmq_usage_from_msgpack(u, us, usage);
+    if (found[1].kind == 'm')
+        llmq_usage_from_msgpack(found[1].data, found[1].size, usage);
     return 0;
 }
 
@@ -189,7 +197,7 @@ static cJSON *s_batch_line(const llmq_provider_t *self, const llmq_call_t *call,
     (void)self;
     llmq_call_t once = *call;
     once.stream = false;
-    cJSON *body = s_body(&once, err);
+    cJSON *body = s_body(&once, NULL, err);
     if (!body)
         return NULL;
     char url[64];
@@ -321,4 +329,5 @@ const llmq_provider_ops_t llmq_provider_openai_ops = {
     .auth = s_auth,
     .batch = &s_batch,
     .pack = s_pack,
+    .build_own = s_build_own,
 };

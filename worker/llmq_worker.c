@@ -137,15 +137,17 @@ typedef struct {
     bool deadline_cut;    /* this attempt's timeout is the deadline */
     llmq_ratelimit_t rl;  /* this attempt's rate-limit headers */
     char request_id[129]; /* this attempt's x-request-id / request-id */
-    zframe_t *error_body; /* this attempt's HTTP error body (scrubbed) */
-    llmq_perr_t err;      /* last failure */
-    bool stream_failed;   /* stream parse failed (err set) */
-    llmq_sse_t *sse;      /* stream parser, per attempt */
-    llmq_stream_t *st;    /* stream state, per attempt */
-    int64_t seq;          /* next chunk seq */
-    void *queue_handle;   /* QUEUED: handle in the start queue */
-    int64_t queued_ms;    /* QUEUED: since when */
-    bool limiter_waited;  /* counted in limiter_waits */
+    struct curl_slist trace_hdr; /* traceparent before shared headers */
+    char trace_line[80];         /* its text */
+    zframe_t *error_body;        /* this attempt's HTTP error body (scrubbed) */
+    llmq_perr_t err;             /* last failure */
+    bool stream_failed;          /* stream parse failed (err set) */
+    llmq_sse_t *sse;             /* stream parser, per attempt */
+    llmq_stream_t *st;           /* stream state, per attempt */
+    int64_t seq;                 /* next chunk seq */
+    void *queue_handle;          /* QUEUED: handle in the start queue */
+    int64_t queued_ms;           /* QUEUED: since when */
+    bool limiter_waited;         /* counted in limiter_waits */
     /*  WAITING: in the worker's retries, seq = when to try again. */
     llmq_queue_node_t retry;
 } s_job_t;
@@ -1409,9 +1411,15 @@ static void s_add_traceparent(s_job_t *job, const char *trace)
         if (!((*c >= '0' && *c <= '9') || (*c >= 'a' && *c <= 'f') ||
               *c == '-'))
             return;
-    char line[80];
-    snprintf(line, sizeof line, "traceparent: %s", trace);
-    job->http.headers = curl_slist_append(job->http.headers, line);
+    snprintf(job->trace_line, sizeof job->trace_line, "traceparent: %s", trace);
+    if (job->http.shared) {
+        /*  The provider's list stays as it is: our one line goes first. */
+        job->trace_hdr.data = job->trace_line;
+        job->trace_hdr.next = job->http.headers;
+        job->http.headers = &job->trace_hdr;
+    } else
+        job->http.headers =
+            curl_slist_append(job->http.headers, job->trace_line);
 }
 
 /*  Does data[0..size) contain the string needle? */
@@ -1524,7 +1532,8 @@ static void s_job_build(s_worker_t *self, s_job_t *job, llmq_msg_t *msg)
     job->estimate = llmq_estimate_tokens(body, self->cfg->default_max_tokens);
     self->avg_tokens = (self->avg_tokens * 15 + job->estimate) / 16;
     llmq_call_t call = {job->op, job->model, job->stream, body};
-    int rc = llmq_provider_build(self->provider, &call, &job->http, &job->err);
+    int rc = llmq_provider_build_own(self->provider, &call, body, &job->http,
+                                     &job->err);
     cJSON_Delete(body);
     if (rc != 0) {
         s_answer(self, job, NULL, NULL);

@@ -18,6 +18,7 @@ ulimit -n "$(ulimit -Hn)"
   cmake --build "$BUILD" --target llmq-worker llmq-sim bench_worker -j2 >/dev/null
 
 log=$OUT/sim.log
+: >"$log"
 "$BIN/llmq-sim" --port 0 --quiet --latency-ms 200 >"$log" &
 sim=$!
 trap 'kill $sim 2>/dev/null || true' EXIT
