@@ -118,6 +118,31 @@ zframe_t *llmq_packer_frame(llmq_packer_t *self);
 /*  Forget what was written. */
 void llmq_packer_reset(llmq_packer_t *self);
 
+/*  JSON text without a cJSON tree: a growing buffer, and msgpack written
+    straight into it (what `llmq run` does with every result body). */
+typedef struct {
+    char *data;  /* the text, NUL-terminated once anything was added (owned:
+                    free() it); NULL while empty */
+    size_t size; /* bytes of text */
+    size_t cap;  /* bytes allocated */
+    bool oom;    /* an allocation failed: the text is incomplete */
+} llmq_value_buf_t;
+
+/*  Append size bytes as they are. */
+void llmq_value_buf_add(llmq_value_buf_t *self, const char *data, size_t size);
+/*  Append len bytes of UTF-8 text as a quoted, escaped JSON string (the
+    escapes cJSON prints: \" \\ \b \f \n \r \t, \u00XX for other control
+    bytes; anything else as is). */
+void llmq_value_buf_str(llmq_value_buf_t *self, const char *text, size_t len);
+
+/*  Append one msgpack value (the whole buffer) as compact JSON text, the
+    text llmq_value_to_json_text() prints for it, but with no tree in
+    between; integers print exactly, a non-finite float prints null, a NUL
+    in a string prints \u0000. Returns 0, or -1 with a reason in errbuf on
+    malformed input (then the buffer is as it was before the call). */
+int llmq_value_buf_json(llmq_value_buf_t *self, const void *data, size_t size,
+                        char *errbuf, size_t errlen);
+
 int llmq_value_test(bool verbose);
 
 #ifdef __cplusplus

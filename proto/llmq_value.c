@@ -953,6 +953,208 @@ zframe_t *llmq_value_from_json_text(const char *text, size_t len, char *errbuf,
     return frame;
 }
 
+/*  ---- msgpack -> JSON text, no tree ------------------------------------ */
+
+/*  Room for need more bytes plus the NUL; false (and oom) if none. */
+static bool s_buf_room(llmq_value_buf_t *self, size_t need)
+{
+    if (self->oom)
+        return false;
+    if (self->cap - self->size > need)
+        return true;
+    size_t cap = self->cap ? self->cap : 256;
+    while (cap - self->size <= need) {
+        if (cap > SIZE_MAX / 2) {
+            self->oom = true;
+            return false;
+        }
+        cap *= 2;
+    }
+    char *data = (char *)realloc(self->data, cap);
+    if (!data) {
+        self->oom = true;
+        return false;
+    }
+    self->data = data;
+    self->cap = cap;
+    return true;
+}
+
+void llmq_value_buf_add(llmq_value_buf_t *self, const char *data, size_t size)
+{
+    if (!s_buf_room(self, size))
+        return;
+    memcpy(self->data + self->size, data, size);
+    self->size += size;
+    self->data[self->size] = 0;
+}
+
+/*  Bytes a JSON string can carry as they are: not a control byte, quote or
+    backslash. */
+static bool s_json_plain(uint8_t c)
+{
+    return c >= 0x20 && c != '"' && c != '\\';
+}
+
+void llmq_value_buf_str(llmq_value_buf_t *self, const char *text, size_t len)
+{
+    //  Worst case: every byte a \u00XX escape, plus the quotes.
+    if (len > (SIZE_MAX - 3) / 6 || !s_buf_room(self, len * 6 + 2))
+        return;
+    char *out = self->data + self->size;
+    const uint8_t *s = (const uint8_t *)text, *end = s + len;
+    *out++ = '"';
+    while (s < end) {
+        const uint8_t *run = s;
+        while (s < end && s_json_plain(*s))
+            s++;
+        memcpy(out, run, (size_t)(s - run));
+        out += s - run;
+        if (s == end)
+            break;
+        uint8_t c = *s++;
+        static const char short_esc[] = "btnvfr";
+        *out++ = '\\';
+        if (c == '"' || c == '\\')
+            *out++ = (char)c;
+        else if (c >= 8 && c <= 13 && c != 11)
+            *out++ = short_esc[c - 8];
+        else {
+            static const char hex[] = "0123456789abcdef";
+            memcpy(out, "u00", 3);
+            out[3] = hex[c >> 4];
+            out[4] = hex[c & 15];
+            out += 5;
+        }
+    }
+    *out++ = '"';
+    self->size = (size_t)(out - self->data);
+    self->data[self->size] = 0;
+}
+
+/*  An integer, exactly. */
+static void s_buf_int(llmq_value_buf_t *self, const llmq_mp_item_t *it)
+{
+    char digits[24];
+    char *p = digits + sizeof digits;
+    bool negative = it->kind == LLMQ_MP_INT;
+    //  -(i + 1) + 1 keeps INT64_MIN in range.
+    uint64_t u = negative ? (uint64_t)(-(it->i + 1)) + 1u : it->u;
+    do {
+        *--p = (char)('0' + u % 10);
+        u /= 10;
+    } while (u);
+    if (negative)
+        *--p = '-';
+    llmq_value_buf_add(self, p, (size_t)(digits + sizeof digits - p));
+}
+
+/*  A float as cJSON prints it: 15 significant digits, 17 when 15 do not
+    read back the same; null when not finite (JSON has no NaN). */
+static void s_buf_double(llmq_value_buf_t *self, double d)
+{
+    if (!isfinite(d)) {
+        llmq_value_buf_add(self, "null", 4);
+        return;
+    }
+    char text[32];
+    int n = snprintf(text, sizeof text, "%1.15g", d);
+    if (strtod(text, NULL) != d)
+        n = snprintf(text, sizeof text, "%1.17g", d);
+    llmq_value_buf_add(self, text, (size_t)n);
+}
+
+static int s_buf_value(llmq_value_buf_t *self, llmq_mp_reader_t *r, int depth);
+
+/*  A str or bin as a JSON string (UTF-8 checked). */
+static int s_buf_text(llmq_value_buf_t *self, llmq_mp_reader_t *r,
+                      const llmq_mp_item_t *it)
+{
+    if (!llmq_mp_utf8(it->ptr, it->len))
+        return llmq_mp_fail(r, "invalid UTF-8");
+    llmq_value_buf_str(self, (const char *)it->ptr, it->len);
+    return 0;
+}
+
+/*  The elements of an array or map whose header was it. */
+static int s_buf_children(llmq_value_buf_t *self, llmq_mp_reader_t *r,
+                          const llmq_mp_item_t *it, int depth)
+{
+    bool map = it->kind == LLMQ_MP_MAP;
+    llmq_value_buf_add(self, map ? "{" : "[", 1);
+    for (uint32_t k = 0; k < it->len; k++) {
+        if (k)
+            llmq_value_buf_add(self, ",", 1);
+        if (map) {
+            llmq_mp_item_t key;
+            if (llmq_mp_read(r, &key))
+                return -1;
+            if (key.kind != LLMQ_MP_STR && key.kind != LLMQ_MP_BIN)
+                return llmq_mp_fail(r, "map key is not a string");
+            if (s_buf_text(self, r, &key))
+                return -1;
+            llmq_value_buf_add(self, ":", 1);
+        }
+        if (s_buf_value(self, r, depth + 1))
+            return -1;
+    }
+    llmq_value_buf_add(self, map ? "}" : "]", 1);
+    return 0;
+}
+
+static int s_buf_value(llmq_value_buf_t *self, llmq_mp_reader_t *r, int depth)
+{
+    llmq_mp_item_t it;
+    if (llmq_mp_read(r, &it))
+        return -1;
+    switch (it.kind) {
+    case LLMQ_MP_NIL:
+        llmq_value_buf_add(self, "null", 4);
+        return 0;
+    case LLMQ_MP_BOOL:
+        llmq_value_buf_add(self, it.b ? "true" : "false", it.b ? 4 : 5);
+        return 0;
+    case LLMQ_MP_UINT:
+    case LLMQ_MP_INT:
+        s_buf_int(self, &it);
+        return 0;
+    case LLMQ_MP_FLOAT:
+        s_buf_double(self, it.d);
+        return 0;
+    case LLMQ_MP_STR:
+    case LLMQ_MP_BIN:
+        return s_buf_text(self, r, &it);
+    case LLMQ_MP_ARRAY:
+    case LLMQ_MP_MAP:
+        if (depth >= LLMQ_VALUE_MAX_DEPTH)
+            return llmq_mp_fail(r, "nesting too deep");
+        return s_buf_children(self, r, &it, depth);
+    default:
+        return llmq_mp_fail(r, "ext type not allowed");
+    }
+}
+
+int llmq_value_buf_json(llmq_value_buf_t *self, const void *data, size_t size,
+                        char *errbuf, size_t errlen)
+{
+    size_t start = self->size;
+    llmq_mp_reader_t r;
+    llmq_mp_init(&r, data, size);
+    if (!data && size)
+        llmq_mp_fail(&r, "no data");
+    else if (s_buf_value(self, &r, 0) == 0 && llmq_mp_left(&r))
+        llmq_mp_fail(&r, "trailing bytes");
+    else if (!r.err && self->oom)
+        llmq_mp_fail(&r, "out of memory");
+    if (!r.err)
+        return 0;
+    self->size = start;
+    if (self->data)
+        self->data[start] = 0;
+    s_err(errbuf, errlen, r.err);
+    return -1;
+}
+
 /*  ---- selftest ---------------------------------------------------------- */
 
 /*  Checks that stay on in release builds (NDEBUG removes assert). */
@@ -1130,6 +1332,89 @@ static void s_test_items(void)
     llmq_packer_destroy(&pk);
 }
 
+/*  The direct writer prints what the tree printer prints, byte for byte,
+    and fails where it fails. */
+static void s_test_buf_json(void)
+{
+    const char *texts[] = {
+        "{\"id\":\"chatcmpl-1\",\"n\":-42,\"big\":900719925474099,"
+        "\"neg\":-900719925474099,\"f\":0.25,\"t\":true,\"z\":null,"
+        "\"s\":\"tab\\t nl\\n cr\\r ff\\f bs\\b q\\\" bs\\\\ \\u0001 \\u00e9 "
+        "\\u2028\","
+        "\"a\":[[],{},[1,2.5e+30,\"x\"]],\"e\":\"\"}",
+        "[]",
+        "0",
+        "\"\"",
+        "1e-07",
+        "{\"k\":{\"k\":{\"k\":[false]}}}",
+        NULL};
+    char err[128];
+    for (int i = 0; texts[i]; i++) {
+        zframe_t *frame = llmq_value_from_json_text(texts[i], strlen(texts[i]),
+                                                    err, sizeof err);
+        S_TEST(frame);
+        char *tree = llmq_value_to_json_text(zframe_data(frame),
+                                             zframe_size(frame), NULL, 0);
+        llmq_value_buf_t buf = {0};
+        llmq_value_buf_add(&buf, "<", 1);
+        S_TEST(llmq_value_buf_json(&buf, zframe_data(frame), zframe_size(frame),
+                                   err, sizeof err) == 0);
+        S_TEST(tree && buf.data && buf.data[0] == '<' &&
+               streq(buf.data + 1, tree));
+        if (tree && buf.data && !streq(buf.data + 1, tree))
+            fprintf(stderr, "tree: %s\nbuf:  %s\n", tree, buf.data + 1);
+        /* every strict prefix fails and leaves the buffer as it was */
+        for (size_t n = 0; n < zframe_size(frame); n++) {
+            S_TEST(llmq_value_buf_json(&buf, zframe_data(frame), n, err,
+                                       sizeof err) == -1);
+            S_TEST(buf.size == 1 + strlen(tree) &&
+                   strlen(buf.data) == buf.size);
+        }
+        free(buf.data);
+        free(tree);
+        zframe_destroy(&frame);
+    }
+    /* a NUL prints escaped; a float exactly; ext, bad UTF-8 and an integer
+       key fail */
+    llmq_value_buf_t buf = {0};
+    const uint8_t nul[] = {0xa3, 'a', 0, 'b'};
+    S_TEST(llmq_value_buf_json(&buf, nul, sizeof nul, NULL, 0) == 0);
+    S_TEST(buf.data && streq(buf.data, "\"a\\u0000b\""));
+    const uint8_t f[] = {0xcb, 0x3f, 0xd3, 0x33, 0x33, 0x33, 0x33, 0x33, 0x34};
+    buf.size = 0;
+    S_TEST(llmq_value_buf_json(&buf, f, sizeof f, NULL, 0) == 0);
+    S_TEST(buf.data && streq(buf.data, "0.30000000000000004"));
+    llmq_packer_t *pk = llmq_packer_new();
+    llmq_packer_array(pk, 2);
+    llmq_packer_int(pk, INT64_MIN);
+    llmq_packer_raw(
+        pk,
+        (const uint8_t[]){0xcf, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff},
+        9);
+    size_t size;
+    const uint8_t *ints = llmq_packer_data(pk, &size);
+    buf.size = 0;
+    S_TEST(llmq_value_buf_json(&buf, ints, size, NULL, 0) == 0);
+    S_TEST(buf.data && streq(buf.data, "[-9223372036854775808,"
+                                       "18446744073709551615]"));
+    llmq_packer_destroy(&pk);
+    buf.size = 19;
+    const uint8_t ext[] = {0xd4, 0x01, 0x00};
+    const uint8_t badutf[] = {0xa2, 0xc3, 0x28};
+    const uint8_t intkey[] = {0x81, 0x01, 0x02};
+    S_TEST(llmq_value_buf_json(&buf, ext, sizeof ext, err, sizeof err) == -1);
+    S_TEST(llmq_value_buf_json(&buf, badutf, 3, err, sizeof err) == -1);
+    S_TEST(strstr(err, "UTF-8"));
+    S_TEST(llmq_value_buf_json(&buf, intkey, 3, err, sizeof err) == -1);
+    uint8_t deep[200];
+    memset(deep, 0x91, sizeof deep);
+    deep[sizeof deep - 1] = 0xc0;
+    S_TEST(llmq_value_buf_json(&buf, deep, sizeof deep, err, sizeof err) == -1);
+    S_TEST(strstr(err, "nesting too deep"));
+    S_TEST(buf.size == 19);
+    free(buf.data);
+}
+
 int llmq_value_test(bool verbose)
 {
     if (verbose)
@@ -1138,6 +1423,7 @@ int llmq_value_test(bool verbose)
     s_test_json_text();
     s_test_malformed();
     s_test_items();
+    s_test_buf_json();
     if (verbose)
         printf("OK\n");
     return 0;
