@@ -5,7 +5,8 @@
 # of four workers in the 10,000-prompt run), driven by bench_worker with a
 # fixed request count. It runs N and 2N requests and reports
 # (Ir(2N) - Ir(N)) / N, so start-up and shut-down cancel out, then the top
-# functions of the 2N run (inclusive and self).
+# functions of the 2N run (inclusive and self). The same for curl_floor (a
+# tuned libcurl client posting the same request, nothing else): the floor.
 # Usage: bench/worker/callgrind.sh [BUILD_DIR] [N] [OUT_DIR]
 set -euo pipefail
 BUILD=${1:-build}
@@ -15,7 +16,7 @@ BIN=$(cd "$BUILD/bin" && pwd)
 mkdir -p "$OUT"
 ulimit -n "$(ulimit -Hn)"
 [ "${LLMQ_BENCH_NO_BUILD:-0}" = 1 ] ||
-  cmake --build "$BUILD" --target llmq-worker llmq-sim bench_worker -j2 >/dev/null
+  cmake --build "$BUILD" --target llmq-worker llmq-sim bench_worker curl_floor -j2 >/dev/null
 
 log=$OUT/sim.log
 : >"$log"
@@ -41,6 +42,17 @@ run $((2 * N))
 a=$(ir_of "$OUT/cg-$N.out")
 b=$(ir_of "$OUT/cg-$((2 * N)).out")
 echo "requests=$N ir_n=$a ir_2n=$b ir_per_request=$(((b - a) / N))"
+floor() { # $1 = request count: curl_floor under callgrind
+  valgrind --tool=callgrind --callgrind-out-file="$OUT/floor-$1.out" \
+    "$BIN/curl_floor" "$url/v1" "$1" 256 >"$OUT/floor-$1.txt" 2>"$OUT/vg-floor-$1.log"
+}
+if [ "${LLMQ_BENCH_FLOOR:-1}" = 1 ]; then
+  floor "$N"
+  floor $((2 * N))
+  fa=$(ir_of "$OUT/floor-$N.out")
+  fb=$(ir_of "$OUT/floor-$((2 * N)).out")
+  echo "curl_floor requests=$N ir_n=$fa ir_2n=$fb ir_per_request=$(((fb - fa) / N))"
+fi
 cat "$OUT/bench-$N.txt" "$OUT/bench-$((2 * N)).txt"
 callgrind_annotate --inclusive=yes "$OUT/cg-$((2 * N)).out" 2>/dev/null | sed -n '1,60p' >"$OUT/inclusive.txt"
 callgrind_annotate "$OUT/cg-$((2 * N)).out" 2>/dev/null | sed -n '1,60p' >"$OUT/self.txt"
