@@ -135,6 +135,9 @@ void llmq_value_buf_add(llmq_value_buf_t *self, const char *data, size_t size);
     bytes; anything else as is). */
 void llmq_value_buf_str(llmq_value_buf_t *self, const char *text, size_t len);
 
+/*  Append an integer, in decimal. */
+void llmq_value_buf_int(llmq_value_buf_t *self, int64_t value);
+
 /*  Append one msgpack value (the whole buffer) as compact JSON text, the
     text llmq_value_to_json_text() prints for it, but with no tree in
     between; integers print exactly, a non-finite float prints null, a NUL

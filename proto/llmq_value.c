@@ -989,57 +989,99 @@ void llmq_value_buf_add(llmq_value_buf_t *self, const char *data, size_t size)
     self->data[self->size] = 0;
 }
 
-/*  Bytes a JSON string can carry as they are: not a control byte, quote or
-    backslash. */
-static bool s_json_plain(uint8_t c)
+/*  One byte, room known to be there (no NUL: the public calls end the
+    text). */
+static inline void s_buf_byte(llmq_value_buf_t *self, char c)
 {
-    return c >= 0x20 && c != '"' && c != '\\';
+    self->data[self->size++] = c;
+}
+
+/*  SWAR over 8 bytes: a high bit set in the byte of the result for each
+    byte below 0x20, a quote, a backslash, or non-ASCII. */
+static inline uint64_t s_special8(uint64_t w)
+{
+    const uint64_t ones = 0x0101010101010101ULL, highs = ones * 0x80;
+    uint64_t quote = w ^ (ones * '"'), bslash = w ^ (ones * '\\');
+    uint64_t any = ((w - ones * 0x20) & ~w) | ((quote - ones) & ~quote) |
+                   ((bslash - ones) & ~bslash) | w;
+    return any & highs;
+}
+
+/*  A byte that is not plain (control, quote, backslash), escaped. */
+static char *s_escape(char *out, uint8_t c)
+{
+    static const char short_esc[] = "btnvfr";
+    static const char hex[] = "0123456789abcdef";
+    *out++ = '\\';
+    if (c == '"' || c == '\\')
+        *out++ = (char)c;
+    else if (c >= 8 && c <= 13 && c != 11)
+        *out++ = short_esc[c - 8];
+    else {
+        memcpy(out, "u00", 3);
+        out[3] = hex[c >> 4];
+        out[4] = hex[c & 15];
+        out += 5;
+    }
+    return out;
+}
+
+/*  len bytes as a quoted JSON string: runs of plain ASCII are copied 8
+    bytes at a time. With utf8, each non-ASCII sequence is checked as it
+    passes (one pass for both); returns -1 (nothing kept) if one is
+    invalid. */
+static int s_buf_escaped(llmq_value_buf_t *self, const uint8_t *s, size_t len,
+                         bool utf8)
+{
+    //  Worst case: every byte a \u00XX escape, plus the quotes.
+    if (len > (SIZE_MAX - 3) / 6 || !s_buf_room(self, len * 6 + 2))
+        return 0;
+    char *out = self->data + self->size;
+    const uint8_t *end = s + len;
+    *out++ = '"';
+    while (s < end) {
+        uint64_t w;
+        if (end - s >= 8 && (memcpy(&w, s, 8), !s_special8(w))) {
+            memcpy(out, s, 8);
+            out += 8;
+            s += 8;
+            continue;
+        }
+        uint8_t c = *s;
+        if (c >= 0x20 && c != '"' && c != '\\' && c < 0x80) {
+            *out++ = (char)*s++;
+            continue;
+        }
+        if (c < 0x80) {
+            out = s_escape(out, c);
+            s++;
+            continue;
+        }
+        size_t n = c >= 0xf0 ? 4 : c >= 0xe0 ? 3 : 2;
+        if (utf8 && ((size_t)(end - s) < n || !llmq_mp_utf8(s, n)))
+            return -1;
+        n = n < (size_t)(end - s) ? n : (size_t)(end - s);
+        memcpy(out, s, n);
+        out += n;
+        s += n;
+    }
+    *out++ = '"';
+    self->size = (size_t)(out - self->data);
+    return 0;
 }
 
 void llmq_value_buf_str(llmq_value_buf_t *self, const char *text, size_t len)
 {
-    //  Worst case: every byte a \u00XX escape, plus the quotes.
-    if (len > (SIZE_MAX - 3) / 6 || !s_buf_room(self, len * 6 + 2))
-        return;
-    char *out = self->data + self->size;
-    const uint8_t *s = (const uint8_t *)text, *end = s + len;
-    *out++ = '"';
-    while (s < end) {
-        const uint8_t *run = s;
-        while (s < end && s_json_plain(*s))
-            s++;
-        memcpy(out, run, (size_t)(s - run));
-        out += s - run;
-        if (s == end)
-            break;
-        uint8_t c = *s++;
-        static const char short_esc[] = "btnvfr";
-        *out++ = '\\';
-        if (c == '"' || c == '\\')
-            *out++ = (char)c;
-        else if (c >= 8 && c <= 13 && c != 11)
-            *out++ = short_esc[c - 8];
-        else {
-            static const char hex[] = "0123456789abcdef";
-            memcpy(out, "u00", 3);
-            out[3] = hex[c >> 4];
-            out[4] = hex[c & 15];
-            out += 5;
-        }
-    }
-    *out++ = '"';
-    self->size = (size_t)(out - self->data);
-    self->data[self->size] = 0;
+    s_buf_escaped(self, (const uint8_t *)text, len, false);
+    if (self->data)
+        self->data[self->size] = 0;
 }
 
 /*  An integer, exactly. */
-static void s_buf_int(llmq_value_buf_t *self, const llmq_mp_item_t *it)
+static void s_buf_int(llmq_value_buf_t *self, bool negative, uint64_t u)
 {
     char digits[24];
     char *p = digits + sizeof digits;
-    bool negative = it->kind == LLMQ_MP_INT;
-    //  -(i + 1) + 1 keeps INT64_MIN in range.
-    uint64_t u = negative ? (uint64_t)(-(it->i + 1)) + 1u : it->u;
     do {
         *--p = (char)('0' + u % 10);
         u /= 10;
@@ -1047,6 +1089,13 @@ static void s_buf_int(llmq_value_buf_t *self, const llmq_mp_item_t *it)
     if (negative)
         *--p = '-';
     llmq_value_buf_add(self, p, (size_t)(digits + sizeof digits - p));
+}
+
+void llmq_value_buf_int(llmq_value_buf_t *self, int64_t value)
+{
+    //  -(i + 1) + 1 keeps INT64_MIN in range.
+    s_buf_int(self, value < 0,
+              value < 0 ? (uint64_t)(-(value + 1)) + 1u : (uint64_t)value);
 }
 
 /*  A float as cJSON prints it: 15 significant digits, 17 when 15 do not
@@ -1070,10 +1119,16 @@ static int s_buf_value(llmq_value_buf_t *self, llmq_mp_reader_t *r, int depth);
 static int s_buf_text(llmq_value_buf_t *self, llmq_mp_reader_t *r,
                       const llmq_mp_item_t *it)
 {
-    if (!llmq_mp_utf8(it->ptr, it->len))
+    if (s_buf_escaped(self, it->ptr, it->len, true))
         return llmq_mp_fail(r, "invalid UTF-8");
-    llmq_value_buf_str(self, (const char *)it->ptr, it->len);
     return 0;
+}
+
+/*  One punctuation byte. */
+static inline void s_buf_punct(llmq_value_buf_t *self, char c)
+{
+    if (s_buf_room(self, 1))
+        s_buf_byte(self, c);
 }
 
 /*  The elements of an array or map whose header was it. */
@@ -1081,10 +1136,10 @@ static int s_buf_children(llmq_value_buf_t *self, llmq_mp_reader_t *r,
                           const llmq_mp_item_t *it, int depth)
 {
     bool map = it->kind == LLMQ_MP_MAP;
-    llmq_value_buf_add(self, map ? "{" : "[", 1);
+    s_buf_punct(self, map ? '{' : '[');
     for (uint32_t k = 0; k < it->len; k++) {
         if (k)
-            llmq_value_buf_add(self, ",", 1);
+            s_buf_punct(self, ',');
         if (map) {
             llmq_mp_item_t key;
             if (llmq_mp_read(r, &key))
@@ -1093,12 +1148,12 @@ static int s_buf_children(llmq_value_buf_t *self, llmq_mp_reader_t *r,
                 return llmq_mp_fail(r, "map key is not a string");
             if (s_buf_text(self, r, &key))
                 return -1;
-            llmq_value_buf_add(self, ":", 1);
+            s_buf_punct(self, ':');
         }
         if (s_buf_value(self, r, depth + 1))
             return -1;
     }
-    llmq_value_buf_add(self, map ? "}" : "]", 1);
+    s_buf_punct(self, map ? '}' : ']');
     return 0;
 }
 
@@ -1115,8 +1170,10 @@ static int s_buf_value(llmq_value_buf_t *self, llmq_mp_reader_t *r, int depth)
         llmq_value_buf_add(self, it.b ? "true" : "false", it.b ? 4 : 5);
         return 0;
     case LLMQ_MP_UINT:
+        s_buf_int(self, false, it.u);
+        return 0;
     case LLMQ_MP_INT:
-        s_buf_int(self, &it);
+        llmq_value_buf_int(self, it.i);
         return 0;
     case LLMQ_MP_FLOAT:
         s_buf_double(self, it.d);
@@ -1146,8 +1203,11 @@ int llmq_value_buf_json(llmq_value_buf_t *self, const void *data, size_t size,
         llmq_mp_fail(&r, "trailing bytes");
     else if (!r.err && self->oom)
         llmq_mp_fail(&r, "out of memory");
-    if (!r.err)
+    if (!r.err) {
+        if (self->data)
+            self->data[self->size] = 0;
         return 0;
+    }
     self->size = start;
     if (self->data)
         self->data[start] = 0;
@@ -1332,6 +1392,36 @@ static void s_test_items(void)
     llmq_packer_destroy(&pk);
 }
 
+/*  Strings: each special byte or UTF-8 sequence at every position of an
+    8-byte word, as the tree printer prints them; bad UTF-8 anywhere fails. */
+static void s_test_buf_strings(void)
+{
+    const char *specials[] = {"\"",       "\\",           "\n",
+                              "\x01",     "\x1f",         "\x7f",
+                              "\xc3\xa9", "\xe2\x82\xac", "\xf0\x9f\x98\x80",
+                              NULL};
+    const char *bad[] = {"\xff",     "\xc3",         "\xe2\x82",
+                         "\xc0\x80", "\xed\xa0\x80", NULL};
+    for (int k = 0; k < 9 + 5; k++)
+        for (size_t pos = 0; pos < 20; pos++) {
+            bool is_bad = k >= 9;
+            const char *insert = is_bad ? bad[k - 9] : specials[k];
+            char text[40];
+            memset(text, 'a', 24);
+            size_t n = strlen(insert);
+            memcpy(text + pos, insert, n);
+            uint8_t mp[64] = {0xd9, 24};
+            memcpy(mp + 2, text, 24);
+            llmq_value_buf_t buf = {0};
+            int rc = llmq_value_buf_json(&buf, mp, 26, NULL, 0);
+            char *tree = llmq_value_to_json_text(mp, 26, NULL, 0);
+            S_TEST(is_bad ? rc == -1 && !tree
+                          : rc == 0 && tree && streq(buf.data, tree));
+            free(tree);
+            free(buf.data);
+        }
+}
+
 /*  The direct writer prints what the tree printer prints, byte for byte,
     and fails where it fails. */
 static void s_test_buf_json(void)
@@ -1424,6 +1514,7 @@ int llmq_value_test(bool verbose)
     s_test_malformed();
     s_test_items();
     s_test_buf_json();
+    s_test_buf_strings();
     if (verbose)
         printf("OK\n");
     return 0;
