@@ -107,6 +107,13 @@ typedef struct {
 int llmq_value_find_many(const void *data, size_t size, const char *const *keys,
                          size_t count, llmq_value_ref_t *out);
 
+/*  Bytes of the string values (not keys) in the value data[0..size),
+    leaving out members whose key is in skip[0..nskip) and strings deeper
+    than max_depth (the value itself is depth 0). 0 if malformed. */
+int64_t llmq_value_text_size(const void *data, size_t size,
+                             const char *const *skip, size_t nskip,
+                             int max_depth);
+
 /*  One msgpack number (int, uint or float) as a double; false if data is
     not a number. */
 bool llmq_value_number(const void *data, size_t size, double *out);
@@ -147,6 +154,16 @@ int llmq_value_buf_json(llmq_value_buf_t *self, const void *data, size_t size,
                         char *errbuf, size_t errlen);
 
 int llmq_value_test(bool verbose);
+
+/*  The msgpack map in data[0..size) as JSON text without its closing '}':
+    '{' and its members but those whose key is in skip[0..nskip), each
+    written as llmq_value_buf_json writes values, so the caller can append
+    members of its own and the '}'. Returns the members written, or -1 with
+    a reason in errbuf when data is not one well-formed map (the buffer is
+    then as it was). */
+int llmq_value_buf_json_except(llmq_value_buf_t *buf, const void *data,
+                               size_t size, const char *const *skip,
+                               size_t nskip, char *errbuf, size_t errlen);
 
 #ifdef __cplusplus
 }

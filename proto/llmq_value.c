@@ -895,6 +895,102 @@ int llmq_value_find(const void *data, size_t size, const char *key,
     return ref.kind;
 }
 
+/*  Back to mark (a failed append): -1. */
+static int s_buf_undo(llmq_value_buf_t *buf, size_t mark)
+{
+    buf->size = mark;
+    if (buf->data)
+        buf->data[mark] = 0;
+    return -1;
+}
+
+int llmq_value_buf_json_except(llmq_value_buf_t *buf, const void *data,
+                               size_t size, const char *const *skip,
+                               size_t nskip, char *errbuf, size_t errlen)
+{
+    llmq_mp_reader_t r;
+    llmq_mp_init(&r, data, size);
+    llmq_mp_item_t it;
+    size_t mark = buf->size;
+    int written = 0;
+    if (llmq_mp_read(&r, &it) || it.kind != LLMQ_MP_MAP) {
+        s_err(errbuf, errlen, r.err ? r.err : "not a map");
+        return -1;
+    }
+    llmq_value_buf_add(buf, "{", 1);
+    for (uint32_t i = 0; i < it.len; i++) {
+        llmq_mp_item_t key;
+        if (llmq_mp_read(&r, &key) ||
+            (key.kind != LLMQ_MP_STR && key.kind != LLMQ_MP_BIN) ||
+            !llmq_mp_utf8(key.ptr, key.len)) {
+            llmq_mp_fail(&r, "map key is not a UTF-8 string");
+            break;
+        }
+        const uint8_t *start = r.p;
+        if (llmq_mp_skip(&r, LLMQ_VALUE_MAX_DEPTH))
+            break;
+        bool drop = false;
+        for (size_t k = 0; k < nskip && !drop; k++)
+            drop = key.len == strlen(skip[k]) &&
+                   memcmp(key.ptr, skip[k], key.len) == 0;
+        if (drop)
+            continue;
+        if (written++)
+            llmq_value_buf_add(buf, ",", 1);
+        llmq_value_buf_str(buf, (const char *)key.ptr, key.len);
+        llmq_value_buf_add(buf, ":", 1);
+        if (llmq_value_buf_json(buf, start, (size_t)(r.p - start), errbuf,
+                                errlen))
+            return s_buf_undo(buf, mark);
+    }
+    if (!r.err && r.p != r.end)
+        llmq_mp_fail(&r, "trailing bytes after the value");
+    if (r.err) {
+        s_err(errbuf, errlen, r.err);
+        return s_buf_undo(buf, mark);
+    }
+    return written;
+}
+
+/*  Bytes of string values under one value (llmq_value_text_size). */
+static int64_t s_text_size(llmq_mp_reader_t *r, const char *const *skip,
+                           size_t nskip, int depth, int max_depth)
+{
+    llmq_mp_item_t it;
+    if (llmq_mp_read(r, &it))
+        return 0;
+    if (it.kind == LLMQ_MP_STR || it.kind == LLMQ_MP_BIN)
+        return depth > max_depth ? 0 : (int64_t)it.len;
+    if (it.kind != LLMQ_MP_ARRAY && it.kind != LLMQ_MP_MAP)
+        return 0;
+    int64_t n = 0;
+    for (uint32_t i = 0; i < it.len && !r->err; i++) {
+        bool drop = false;
+        if (it.kind == LLMQ_MP_MAP) {
+            llmq_mp_item_t key;
+            if (llmq_mp_read(r, &key))
+                return n;
+            for (size_t k = 0; k < nskip && !drop; k++)
+                drop = key.kind == LLMQ_MP_STR && key.len == strlen(skip[k]) &&
+                       memcmp(key.ptr, skip[k], key.len) == 0;
+        }
+        if (drop || depth >= LLMQ_VALUE_MAX_DEPTH)
+            llmq_mp_skip(r, LLMQ_VALUE_MAX_DEPTH);
+        else
+            n += s_text_size(r, skip, nskip, depth + 1, max_depth);
+    }
+    return n;
+}
+
+int64_t llmq_value_text_size(const void *data, size_t size,
+                             const char *const *skip, size_t nskip,
+                             int max_depth)
+{
+    llmq_mp_reader_t r;
+    llmq_mp_init(&r, data, size);
+    return s_text_size(&r, skip, nskip, 0, max_depth);
+}
+
 bool llmq_value_number(const void *data, size_t size, double *out)
 {
     llmq_mp_reader_t r;

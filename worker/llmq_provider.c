@@ -211,6 +211,15 @@ int llmq_provider_build(const llmq_provider_t *self, const llmq_call_t *call,
     return self->ops->build(self, call, http, err);
 }
 
+int llmq_provider_build_raw(const llmq_provider_t *self,
+                            const llmq_call_t *call, const void *payload,
+                            size_t size, llmq_http_t *http, llmq_perr_t *err)
+{
+    if (!self->ops->build_raw)
+        return 1;
+    return self->ops->build_raw(self, call, payload, size, http, err);
+}
+
 int llmq_provider_build_own(const llmq_provider_t *self,
                             const llmq_call_t *call, cJSON *own,
                             llmq_http_t *http, llmq_perr_t *err)
@@ -823,6 +832,30 @@ int64_t llmq_estimate_tokens(const cJSON *body, int64_t default_max_tokens)
     return (chars + 3) / 4 + out;
 }
 
+int64_t llmq_estimate_tokens_msgpack(const void *data, size_t size,
+                                     int64_t default_max_tokens)
+{
+    static const char *const fields[] = {"messages",   "prompt",
+                                         "input",      "system",
+                                         "max_tokens", "max_completion_tokens"};
+    static const char *const skip[] = {"role", "type", "name"};
+    llmq_value_ref_t f[6];
+    if (llmq_value_find_many(data, size, fields, 6, f))
+        return default_max_tokens;
+    int64_t chars = 0;
+    for (int k = 0; k < 4; k++)
+        if (f[k].data)
+            chars += llmq_value_text_size(f[k].data, f[k].size, skip, 3, 16);
+    int64_t out = default_max_tokens;
+    const llmq_value_ref_t *mt = f[4].kind == 'n' ? &f[4] : &f[5];
+    double d = 0;
+    if (mt->kind == 'n' && llmq_value_number(mt->data, mt->size, &d) && d >= 0)
+        out = (int64_t)d;
+    if (f[2].data)
+        out = 0; /* embeddings produce no tokens */
+    return (chars + 3) / 4 + out;
+}
+
 void llmq_usage_add_json(cJSON *body, int64_t prompt_tokens,
                          int64_t completion_tokens)
 {
@@ -1415,6 +1448,64 @@ static int s_test_openai_build(s_test_fx_t *fx)
     return 0;
 }
 
+/*  build_raw (from the msgpack payload) sends the bytes build (from the
+    tree) sends, and estimates the same tokens; pack() gives parse()'s body
+    and usage. fx->p is the openai provider. */
+static int s_test_openai_raw(s_test_fx_t *fx)
+{
+    static const char *bodies[] = {
+        "{\"model\":\"x\",\"messages\":[{\"role\":\"user\",\"content\":"
+        "\"h\\u00e9 \\\"q\\\"\\n\",\"name\":\"bob\"}],\"max_tokens\":7,"
+        "\"temperature\":0.7,\"stream\":false,\"seed\":12345678901234567,"
+        "\"stop\":null,\"top_p\":1e-3,\"logit_bias\":{\"50256\":-100}}",
+        "{\"stream\":true,\"stream_options\":{},\"prompt\":[\"a\",\"bc\"],"
+        "\"max_completion_tokens\":3}",
+        "{\"input\":[\"one\",\"two\"],\"system\":\"s\"}", "{}"};
+    for (size_t i = 0; i < 4 * 4; i++) {
+        const char *text = bodies[i % 4];
+        llmq_call_t call = {i < 8 ? LLMQ_OP_CHAT : LLMQ_OP_EMBEDDING,
+                            (i / 4) % 2 ? "" : "m-1", i % 3 == 0, NULL};
+        cJSON *tree = cJSON_Parse(text);
+        zframe_t *mp = llmq_value_from_json_text(text, strlen(text), NULL, 0);
+        CHECK(tree && mp);
+        call.body = tree;
+        llmq_http_t a = {0}, b = {0};
+        CHECK(llmq_provider_build(fx->p, &call, &a, &fx->err) == 0);
+        CHECK(llmq_provider_build_raw(fx->p, &call, zframe_data(mp),
+                                      zframe_size(mp), &b, &fx->err) == 0);
+        CHECK(strcmp(a.body, b.body) == 0 && a.headers == b.headers);
+        CHECK(
+            llmq_estimate_tokens(tree, 99) ==
+            llmq_estimate_tokens_msgpack(zframe_data(mp), zframe_size(mp), 99));
+        llmq_http_reset(&a);
+        llmq_http_reset(&b);
+        cJSON_Delete(tree);
+        zframe_destroy(&mp);
+    }
+    llmq_http_t h = {0};
+    uint8_t not_map[] = {0x91, 0x01};
+    CHECK(llmq_provider_build_raw(fx->p, &fx->call, not_map, sizeof not_map, &h,
+                                  &fx->err) == -1);
+    CHECK(fx->err.code == LLMQ_ERR_INVALID_REQUEST && !h.body);
+    llmq_packer_t *pk = llmq_packer_new();
+    llmq_usage_t u;
+    zframe_t *f = llmq_provider_parse_frame(
+        fx->p, &fx->call, s_test_ok, strlen(s_test_ok), pk, &u, &fx->err);
+    cJSON *back =
+        f ? llmq_value_to_json(zframe_data(f), zframe_size(f), NULL, 0) : NULL;
+    cJSON *want = cJSON_Parse(s_test_ok);
+    CHECK(back && cJSON_Compare(back, want, true));
+    CHECK(u.prompt_tokens == 5 && u.completion_tokens == 1 &&
+          u.total_tokens == 6);
+    CHECK(!llmq_provider_parse_frame(fx->p, &fx->call, "{}", 2, pk, &u,
+                                     &fx->err));
+    cJSON_Delete(back);
+    cJSON_Delete(want);
+    zframe_destroy(&f);
+    llmq_packer_destroy(&pk);
+    return 0;
+}
+
 /*  OpenAI stream -> chunks -> assembled body; a stream cut before [DONE]
     is a provider error; broken JSON too. Destroys fx->p. */
 static int s_test_openai_stream(s_test_fx_t *fx)
@@ -1619,12 +1710,17 @@ int llmq_provider_test(bool verbose)
     s_test_fx_t fx;
     memset(&fx, 0, sizeof fx);
     //  The steps, in order: each goes on from where the last one left.
-    static int (*const steps[])(s_test_fx_t *) = {
-        s_test_ratelimit,       s_test_openai_new,
-        s_test_classify,        s_test_body,
-        s_test_openai_build,    s_test_openai_stream,
-        s_test_anthropic_build, s_test_anthropic_stream,
-        s_test_bad_input,       s_test_echo};
+    static int (*const steps[])(s_test_fx_t *) = {s_test_ratelimit,
+                                                  s_test_openai_new,
+                                                  s_test_classify,
+                                                  s_test_body,
+                                                  s_test_openai_build,
+                                                  s_test_openai_raw,
+                                                  s_test_openai_stream,
+                                                  s_test_anthropic_build,
+                                                  s_test_anthropic_stream,
+                                                  s_test_bad_input,
+                                                  s_test_echo};
     for (size_t i = 0; i < sizeof steps / sizeof steps[0]; i++)
         CHECK(steps[i](&fx) == 0);
     cJSON_Delete(fx.body);

@@ -207,6 +207,12 @@ typedef struct {
         it need not copy it. NULL: build(). */
     int (*build_own)(const llmq_provider_t *self, const llmq_call_t *call,
                      cJSON *own, llmq_http_t *http, llmq_perr_t *err);
+    /*  Optional: build() straight from the request payload (msgpack,
+        call->body unused), no tree. An error in the payload is
+        LLMQ_ERR_INVALID_REQUEST. NULL: the worker makes a tree. */
+    int (*build_raw)(const llmq_provider_t *self, const llmq_call_t *call,
+                     const void *payload, size_t size, llmq_http_t *http,
+                     llmq_perr_t *err);
 } llmq_provider_ops_t;
 
 extern const llmq_provider_ops_t llmq_provider_openai_ops;
@@ -233,6 +239,11 @@ int64_t llmq_provider_default_max_tokens(const llmq_provider_t *self);
 bool llmq_provider_uses_http(const llmq_provider_t *self);
 int llmq_provider_build(const llmq_provider_t *self, const llmq_call_t *call,
                         llmq_http_t *http, llmq_perr_t *err);
+/*  build() from the msgpack payload: 1 when the provider has no
+    build_raw (then use a tree), else its 0 or -1. */
+int llmq_provider_build_raw(const llmq_provider_t *self,
+                            const llmq_call_t *call, const void *payload,
+                            size_t size, llmq_http_t *http, llmq_perr_t *err);
 /*  build() of a body the provider may change (own == call->body). */
 int llmq_provider_build_own(const llmq_provider_t *self,
                             const llmq_call_t *call, cJSON *own,
@@ -330,6 +341,9 @@ void llmq_provider_scrub(const llmq_provider_t *self, char *out, size_t size,
 /*  Estimated tokens of a request: prompt characters / 4 + max_tokens
     (default_max_tokens when the body sets none). */
 int64_t llmq_estimate_tokens(const cJSON *body, int64_t default_max_tokens);
+/*  The same estimate from the msgpack payload, no tree. */
+int64_t llmq_estimate_tokens_msgpack(const void *data, size_t size,
+                                     int64_t default_max_tokens);
 
 /*  Add "usage" {prompt_tokens, completion_tokens, total_tokens} to an
     OpenAI-shaped body. */

@@ -82,6 +82,52 @@ static int s_build_own(const llmq_provider_t *self, const llmq_call_t *call,
                                http, err);
 }
 
+/*  The request body straight from the payload: its members but model
+    (when the call names one), stream and stream_options, then those as
+    s_body sets them: the text s_body's tree prints, without the tree. */
+static int s_build_raw(const llmq_provider_t *self, const llmq_call_t *call,
+                       const void *payload, size_t size, llmq_http_t *http,
+                       llmq_perr_t *err)
+{
+    if (!s_route(call->op)) {
+        llmq_perr_set(err, LLMQ_ERR_INVALID_REQUEST, 0, false, "unknown op");
+        return -1;
+    }
+    static const char *const skip[] = {"stream", "stream_options", "model"};
+    bool model = call->model && *call->model;
+    llmq_value_buf_t b = {0};
+    char why[128] = "";
+    int n = llmq_value_buf_json_except(&b, payload, size, skip, model ? 3 : 2,
+                                       why, sizeof why);
+    if (n < 0) {
+        free(b.data);
+        llmq_perr_set(err, LLMQ_ERR_INVALID_REQUEST, 0, false,
+                      "request payload must be a msgpack map: %s", why);
+        return -1;
+    }
+    if (model) {
+        if (n++)
+            llmq_value_buf_add(&b, ",", 1);
+        llmq_value_buf_add(&b, "\"model\":", 8);
+        llmq_value_buf_str(&b, call->model, strlen(call->model));
+    }
+    static const char stream[] =
+        "\"stream\":true,\"stream_options\":{\"include_usage\":true}";
+    if (call->stream && call->op != LLMQ_OP_EMBEDDING) {
+        if (n++)
+            llmq_value_buf_add(&b, ",", 1);
+        llmq_value_buf_add(&b, stream, sizeof stream - 1);
+    }
+    llmq_value_buf_add(&b, "}", 1);
+    if (b.oom) {
+        free(b.data);
+        llmq_perr_set(err, LLMQ_ERR_INTERNAL, 0, true, "out of memory");
+        return -1;
+    }
+    return llmq_http_post_text(self, s_route(call->op), b.data, call->stream,
+                               http, err);
+}
+
 static int s_build(const llmq_provider_t *self, const llmq_call_t *call,
                    llmq_http_t *http, llmq_perr_t *err)
 {
@@ -330,4 +376,5 @@ const llmq_provider_ops_t llmq_provider_openai_ops = {
     .batch = &s_batch,
     .pack = s_pack,
     .build_own = s_build_own,
+    .build_raw = s_build_raw,
 };

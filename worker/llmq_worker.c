@@ -1498,6 +1498,39 @@ static void s_on_req(s_worker_t *self, llmq_msg_t *msg)
     s_job_build(self, job, msg);
 }
 
+/*  A built job waits for the limiter. */
+static void s_job_queue(s_worker_t *self, s_job_t *job, llmq_msg_t *msg)
+{
+    self->avg_tokens = (self->avg_tokens * 15 + job->estimate) / 16;
+    s_add_traceparent(job, llmq_msg_trace(msg));
+    s_enqueue(self, job, false);
+    s_pump(self, s_now());
+}
+
+/*  The provider builds the request from the payload itself (no tree):
+    true when it did (or refused the payload), false if it cannot. */
+static bool s_job_build_raw(s_worker_t *self, s_job_t *job, llmq_msg_t *msg)
+{
+    zframe_t *payload = llmq_msg_payload(msg);
+    if (!payload || !llmq_provider_uses_http(self->provider))
+        return false;
+    llmq_call_t call = {job->op, job->model, job->stream, NULL};
+    int rc =
+        llmq_provider_build_raw(self->provider, &call, zframe_data(payload),
+                                zframe_size(payload), &job->http, &job->err);
+    if (rc == 1)
+        return false;
+    if (rc != 0) {
+        s_answer(self, job, NULL, NULL);
+        return true;
+    }
+    job->estimate =
+        llmq_estimate_tokens_msgpack(zframe_data(payload), zframe_size(payload),
+                                     self->cfg->default_max_tokens);
+    s_job_queue(self, job, msg);
+    return true;
+}
+
 /*  A new job: its op and body checked, then answered at once (a provider
     without HTTP) or its HTTP request built and queued for the limiter. */
 static void s_job_build(s_worker_t *self, s_job_t *job, llmq_msg_t *msg)
@@ -1511,6 +1544,8 @@ static void s_job_build(s_worker_t *self, s_job_t *job, llmq_msg_t *msg)
         s_fail(self, job, LLMQ_ERR_INVALID_REQUEST, 0, false, text);
         return;
     }
+    if (s_job_build_raw(self, job, msg))
+        return;
     char why[128] = "";
     cJSON *body =
         payload ? llmq_value_to_json(zframe_data(payload), zframe_size(payload),
@@ -1530,7 +1565,6 @@ static void s_job_build(s_worker_t *self, s_job_t *job, llmq_msg_t *msg)
         return;
     }
     job->estimate = llmq_estimate_tokens(body, self->cfg->default_max_tokens);
-    self->avg_tokens = (self->avg_tokens * 15 + job->estimate) / 16;
     llmq_call_t call = {job->op, job->model, job->stream, body};
     int rc = llmq_provider_build_own(self->provider, &call, body, &job->http,
                                      &job->err);
@@ -1539,9 +1573,7 @@ static void s_job_build(s_worker_t *self, s_job_t *job, llmq_msg_t *msg)
         s_answer(self, job, NULL, NULL);
         return;
     }
-    s_add_traceparent(job, llmq_msg_trace(msg));
-    s_enqueue(self, job, false);
-    s_pump(self, s_now());
+    s_job_queue(self, job, msg);
 }
 
 static void s_on_cancel(s_worker_t *self, llmq_msg_t *msg)

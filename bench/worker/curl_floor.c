@@ -37,7 +37,7 @@ struct _s_floor_t {
     s_shard_t shards[S_MAX_SHARDS];
     int nshards;
     int epfd;
-    char body[256];  /* the request body */
+    char body[256]; /* the request body */
     struct curl_slist *headers;
     char url[512];
     long done, failed;
@@ -106,7 +106,8 @@ static CURL *s_easy(s_floor_t *f, s_answer_t *a)
     curl_easy_setopt(e, CURLOPT_URL, f->url);
     curl_easy_setopt(e, CURLOPT_HTTPHEADER, f->headers);
     curl_easy_setopt(e, CURLOPT_POSTFIELDS, f->body);
-    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)strlen(f->body));
+    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE,
+                     (curl_off_t)strlen(f->body));
     curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, s_on_write);
     curl_easy_setopt(e, CURLOPT_WRITEDATA, a);
     curl_easy_setopt(e, CURLOPT_PRIVATE, a);
@@ -159,7 +160,8 @@ int main(int argc, char **argv)
              "\"max_tokens\":16,\"model\":\"sim-small\"}");
     f.headers = curl_slist_append(NULL, "Content-Type: application/json");
     f.headers = curl_slist_append(f.headers, "Expect:");
-    f.headers = curl_slist_append(f.headers, "Authorization: Bearer sk-llmq-sim");
+    f.headers =
+        curl_slist_append(f.headers, "Authorization: Bearer sk-llmq-sim");
     f.nshards = (int)((width + S_SHARD - 1) / S_SHARD);
     if (f.nshards > S_MAX_SHARDS)
         f.nshards = S_MAX_SHARDS;
