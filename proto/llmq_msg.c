@@ -1477,8 +1477,8 @@ int llmq_msg_test(bool verbose)
         printf(" * llmq_msg: ");
     s_test_roundtrip(verbose);
     s_test_failure();
-    s_test_provider_answer();
     s_test_decode_errors();
+    s_test_provider_answer();
     s_test_sockets(verbose);
     if (verbose)
         printf("OK\n");

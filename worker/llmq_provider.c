@@ -61,6 +61,8 @@ void llmq_usage_init(llmq_usage_t *usage)
     usage->prompt_tokens = -1;
     usage->completion_tokens = -1;
     usage->total_tokens = -1;
+    usage->cached_tokens = -1;
+    usage->reasoning_tokens = -1;
 }
 
 void llmq_perr_set(llmq_perr_t *err, llmq_err_t code, int status,
@@ -252,6 +254,7 @@ zframe_t *llmq_provider_parse_frame(const llmq_provider_t *self,
     cJSON *json = self->ops->parse(self, call, body, size, usage, err);
     if (!json)
         return NULL;
+    llmq_usage_details_from_json(json, usage);
     zframe_t *frame = llmq_value_from_json(json);
     cJSON_Delete(json);
     if (!frame)
@@ -897,25 +900,55 @@ void llmq_usage_from_json(const cJSON *u, llmq_usage_t *usage)
             (usage->completion_tokens > 0 ? usage->completion_tokens : 0);
 }
 
+/*  A number member of a msgpack map into *out (left as is if absent). */
+static void s_mp_count(const llmq_value_ref_t *ref, int64_t *out)
+{
+    double d = 0;
+    if (ref->kind == 'n' && llmq_value_number(ref->data, ref->size, &d))
+        *out = (int64_t)d;
+}
+
 void llmq_usage_from_msgpack(const uint8_t *data, size_t size,
                              llmq_usage_t *usage)
 {
-    static const char *const keys[3] = {"prompt_tokens", "completion_tokens",
-                                        "total_tokens"};
+    static const char *const keys[5] = {"prompt_tokens", "completion_tokens",
+                                        "total_tokens", "prompt_tokens_details",
+                                        "completion_tokens_details"};
     int64_t *outs[3] = {&usage->prompt_tokens, &usage->completion_tokens,
                         &usage->total_tokens};
-    llmq_value_ref_t found[3];
-    llmq_value_find_many(data, size, keys, 3, found);
-    for (int k = 0; k < 3; k++) {
-        double d = 0;
-        if (found[k].kind == 'n' &&
-            llmq_value_number(found[k].data, found[k].size, &d))
-            *outs[k] = (int64_t)d;
-    }
+    llmq_value_ref_t found[5], detail;
+    llmq_value_find_many(data, size, keys, 5, found);
+    for (int k = 0; k < 3; k++)
+        s_mp_count(&found[k], outs[k]);
+    static const char *const cached = "cached_tokens";
+    static const char *const reasoning = "reasoning_tokens";
+    if (found[3].kind == 'm' &&
+        !llmq_value_find_many(found[3].data, found[3].size, &cached, 1,
+                              &detail))
+        s_mp_count(&detail, &usage->cached_tokens);
+    if (found[4].kind == 'm' &&
+        !llmq_value_find_many(found[4].data, found[4].size, &reasoning, 1,
+                              &detail))
+        s_mp_count(&detail, &usage->reasoning_tokens);
     if (usage->total_tokens < 0 && usage->prompt_tokens >= 0)
         usage->total_tokens =
             usage->prompt_tokens +
             (usage->completion_tokens > 0 ? usage->completion_tokens : 0);
+}
+
+void llmq_usage_details_from_json(const cJSON *body, llmq_usage_t *usage)
+{
+    const cJSON *u = cJSON_GetObjectItemCaseSensitive(body, "usage");
+    const cJSON *x = cJSON_GetObjectItemCaseSensitive(
+        cJSON_GetObjectItemCaseSensitive(u, "prompt_tokens_details"),
+        "cached_tokens");
+    if (cJSON_IsNumber(x))
+        usage->cached_tokens = (int64_t)x->valuedouble;
+    x = cJSON_GetObjectItemCaseSensitive(
+        cJSON_GetObjectItemCaseSensitive(u, "completion_tokens_details"),
+        "reasoning_tokens");
+    if (cJSON_IsNumber(x))
+        usage->reasoning_tokens = (int64_t)x->valuedouble;
 }
 
 /*  --- chunk assembler ----------------------------------------------------- */
@@ -1499,6 +1532,21 @@ static int s_test_openai_raw(s_test_fx_t *fx)
           u.total_tokens == 6);
     CHECK(!llmq_provider_parse_frame(fx->p, &fx->call, "{}", 2, pk, &u,
                                      &fx->err));
+    static const char details[] =
+        "{\"choices\":[],\"usage\":{\"prompt_tokens\":10,"
+        "\"prompt_tokens_details\":{\"cached_tokens\":4},"
+        "\"completion_tokens_details\":{\"reasoning_tokens\":3}}}";
+    zframe_t *g = llmq_provider_parse_frame(fx->p, &fx->call, details,
+                                            strlen(details), pk, &u, &fx->err);
+    CHECK(g && u.prompt_tokens == 10 && u.cached_tokens == 4 &&
+          u.reasoning_tokens == 3 && u.total_tokens == 10);
+    zframe_destroy(&g);
+    cJSON *dt = cJSON_Parse(details);
+    llmq_usage_t v;
+    llmq_usage_init(&v);
+    llmq_usage_details_from_json(dt, &v);
+    CHECK(v.cached_tokens == 4 && v.reasoning_tokens == 3);
+    cJSON_Delete(dt);
     cJSON_Delete(back);
     cJSON_Delete(want);
     zframe_destroy(&f);

@@ -59,6 +59,8 @@ typedef struct {
     int64_t prompt_tokens;
     int64_t completion_tokens;
     int64_t total_tokens;
+    int64_t cached_tokens;    /* prompt_tokens_details.cached_tokens */
+    int64_t reasoning_tokens; /* completion_tokens_details.reasoning_tokens */
 } llmq_usage_t;
 
 void llmq_usage_init(llmq_usage_t *usage);
@@ -358,7 +360,11 @@ const char *llmq_json_str(const cJSON *obj, const char *key);
 /*  Read usage {prompt_tokens, completion_tokens, total_tokens} from an
     OpenAI body's "usage" member. */
 void llmq_usage_from_json(const cJSON *usage_obj, llmq_usage_t *usage);
-/*  The same from the msgpack of a "usage" map (llmq_value_find). */
+/*  cached_tokens and reasoning_tokens from an OpenAI-shaped body's usage
+    details (the answer's tree, where there is one). */
+void llmq_usage_details_from_json(const cJSON *body, llmq_usage_t *usage);
+/*  The same as llmq_usage_from_json (details too) from the msgpack of a
+    "usage" map. */
 void llmq_usage_from_msgpack(const uint8_t *data, size_t size,
                              llmq_usage_t *usage);
 

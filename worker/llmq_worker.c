@@ -716,6 +716,9 @@ static void s_answer(s_worker_t *self, s_job_t *job, zframe_t **payload_p,
 static void s_answer_json(s_worker_t *self, s_job_t *job, const cJSON *body,
                           const llmq_usage_t *usage)
 {
+    llmq_usage_t details = *usage;
+    llmq_usage_details_from_json(body, &details);
+    usage = &details;
     zframe_t *payload = llmq_value_from_json(body);
     if (!payload)
         /*  Cannot happen for a parsed body short of memory: say so. */
@@ -1059,6 +1062,7 @@ static zframe_t *s_transfer_body(s_worker_t *self, s_job_t *job,
     cJSON *body = llmq_stream_finish(job->st, usage, &job->err);
     if (!body)
         return NULL;
+    llmq_usage_details_from_json(body, usage);
     zframe_t *payload = llmq_value_from_json(body);
     cJSON_Delete(body);
     if (!payload)
