@@ -173,8 +173,12 @@ struct _s_worker_t {
     /*  WAITING jobs, soonest due first. */
     llmq_queue_t *retries;
     llmq_packer_t *packer; /* answers are packed here (reused) */
-    CURL **pool;           /* idle easy handles, set up (s_easy_new) */
-    bool proxy_env;        /* a proxy variable was set at start */
+    struct {
+        const char *url; /* a provider's shared URL (borrowed) */
+        CURLU *parsed;   /* it, parsed once */
+    } curlu[8];
+    CURL **pool;    /* idle easy handles, set up (s_easy_new) */
+    bool proxy_env; /* a proxy variable was set at start */
     size_t pool_len;
     size_t pool_cap;
     s_job_t *probe;        /* health probe in flight, or NULL */
@@ -893,6 +897,27 @@ static int s_on_timer(CURLM *multi, long timeout_ms, void *userp)
     return 0;
 }
 
+/*  A shared URL (the provider's, stable for its life) parsed once: libcurl
+    then copies the parts instead of parsing the text per transfer. NULL if
+    it cannot (the text is used). */
+static CURLU *s_curlu(s_worker_t *self, const char *url)
+{
+    size_t n = sizeof self->curlu / sizeof self->curlu[0], i = 0;
+    for (; i < n && self->curlu[i].url; i++)
+        if (self->curlu[i].url == url)
+            return self->curlu[i].parsed;
+    if (i == n)
+        return NULL;
+    CURLU *parsed = curl_url();
+    if (!parsed || curl_url_set(parsed, CURLUPART_URL, url, 0) != CURLUE_OK) {
+        curl_url_cleanup(parsed);
+        return NULL;
+    }
+    self->curlu[i].url = url;
+    self->curlu[i].parsed = parsed;
+    return parsed;
+}
+
 /*  --- attempts
  * ------------------------------------------------------------------ */
 
@@ -915,7 +940,10 @@ static int s_start_transfer(s_worker_t *self, s_job_t *job, int64_t now)
         llmq_call_t call = {job->op, job->model, true, NULL};
         job->st = llmq_stream_new(self->provider, &call);
     }
-    curl_easy_setopt(easy, CURLOPT_URL, job->http.url);
+    CURLU *parsed = job->http.shared ? s_curlu(self, job->http.url) : NULL;
+    curl_easy_setopt(easy, CURLOPT_CURLU, parsed);
+    if (!parsed)
+        curl_easy_setopt(easy, CURLOPT_URL, job->http.url);
     curl_easy_setopt(easy, CURLOPT_HTTPHEADER, job->http.headers);
     if (job->http.post) {
         curl_easy_setopt(easy, CURLOPT_POSTFIELDSIZE_LARGE,
@@ -2111,6 +2139,8 @@ static void s_curl_destroy(s_worker_t *self)
     for (size_t i = 0; i < self->pool_len; i++)
         curl_easy_cleanup(self->pool[i]);
     free(self->pool);
+    for (size_t i = 0; i < sizeof self->curlu / sizeof self->curlu[0]; i++)
+        curl_url_cleanup(self->curlu[i].parsed);
     llmq_packer_destroy(&self->packer);
     for (size_t i = 0; self->shards && i < self->nshards; i++)
         if (self->shards[i].multi)
