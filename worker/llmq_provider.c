@@ -309,7 +309,10 @@ zframe_t *llmq_provider_error_body(const llmq_provider_t *self,
     }
     zframe_t *frame = llmq_value_from_json(json);
     cJSON_Delete(json);
-    if (frame && zframe_size(frame) > max)
+    /*  What the header would refuse (too large, invalid UTF-8 in a string)
+        is left out rather than losing the whole answer. */
+    if (frame && (zframe_size(frame) > max ||
+                  !llmq_value_is_valid(zframe_data(frame), zframe_size(frame))))
         zframe_destroy(&frame);
     return frame;
 }
@@ -1541,6 +1544,14 @@ static int s_test_openai_raw(s_test_fx_t *fx)
     CHECK(g && u.prompt_tokens == 10 && u.cached_tokens == 4 &&
           u.reasoning_tokens == 3 && u.total_tokens == 10);
     zframe_destroy(&g);
+    zframe_t *eb = llmq_provider_error_body(
+        fx->p, "{\"error\":{\"code\":\"x\xff\"}}", 23, 16384);
+    CHECK(eb == NULL); /* invalid UTF-8: the header would refuse it */
+    eb = llmq_provider_error_body(fx->p, "{\"error\":{\"code\":\"x\"}}", 22,
+                                  16384);
+    CHECK(eb != NULL);
+    zframe_destroy(&eb);
+    CHECK(!llmq_provider_error_body(fx->p, "<html>", 6, 16384));
     cJSON *dt = cJSON_Parse(details);
     llmq_usage_t v;
     llmq_usage_init(&v);
