@@ -417,6 +417,50 @@ def provider_answer():
         if h:
             h.close()
         sim.close()
+    provider_answer_broker()
+
+
+def provider_answer_broker():
+    """The same fields reach a client through the real broker."""
+    import time
+    import msgpack
+    import zmq
+    c = llmqtest.Cluster(workers=1, capacity=8, latency_ms="0")
+    d = None
+    try:
+        d = zmq.Context.instance().socket(zmq.DEALER)
+        d.linger = 0
+        d.connect(c.broker.frontend)
+
+        def ask(rid, text):
+            head = {"v": 1, "t": "req", "id": rid, "op": "chat", "model": llmqtest.MODEL}
+            body = {"messages": [{"role": "user", "content": text}], "max_tokens": 8}
+            d.send_multipart([msgpack.packb(head), msgpack.packb(body)])
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                if not d.poll(200):
+                    continue
+                frames = d.recv_multipart()
+                h = msgpack.unpackb(frames[0], raw=False)
+                if h.get("t") == "res" and h.get("id") == rid:
+                    p = msgpack.unpackb(frames[1], raw=False) if len(frames) > 1 else None
+                    return h, p
+            raise AssertionError("no res for %s" % rid)
+
+        h, body = ask("b1", "hello")
+        want = "req_sim" + body["id"][len("chatcmpl-sim"):]
+        check(h.get("request_id") == want, "request_id via the broker: %r" % (h,))
+        h, _ = ask("b2", "[[sim:context_length]] x")
+        e = (h.get("error", {}).get("body") or {}).get("error", {})
+        check(e.get("code") == "context_length_exceeded" and e.get("param") == "messages",
+              "error.body via the broker: %r" % (h,))
+        h, _ = ask("b3", "[[sim:fail=400,echo_key=3]] x")
+        e = (h.get("error", {}).get("body") or {}).get("error", {})
+        check(e.get("message", "").startswith("AAA[redacted]"), "scrubbed via the broker: %r" % (h,))
+    finally:
+        if d is not None:
+            d.close()
+        c.close()
 
 
 def t_drain(sim, h):
