@@ -82,12 +82,75 @@ void llmq_packer_bool(llmq_packer_t *self, bool value);
 void llmq_packer_nil(llmq_packer_t *self);
 void llmq_packer_raw(llmq_packer_t *self, const void *data, size_t size);
 void llmq_packer_json(llmq_packer_t *self, const cJSON *json);
+/*  The member `key` of the msgpack map in data[0..size): its encoded value
+    in *value, *value_size (borrowed from data). Returns its kind: 'm' map,
+    'a' array, 's' string, 'n' number, 'b' bool, 'z' nil; 0 if the map has
+    no such key (or is malformed after the start); -1 if data is not a
+    map. */
+int llmq_value_find(const void *data, size_t size, const char *key,
+                    const uint8_t **value, size_t *value_size);
+
+/*  Several members in one walk: out[k] for keys[k] (data NULL, kind 0 when
+    absent). Returns 0, or -1 if data is not a map. */
+typedef struct {
+    const uint8_t *data; /* the member's encoded value (borrowed) */
+    size_t size;         /* its size */
+    int kind;            /* as llmq_value_find returns it */
+} llmq_value_ref_t;
+int llmq_value_find_many(const void *data, size_t size, const char *const *keys,
+                         size_t count, llmq_value_ref_t *out);
+
+/*  Bytes of the string values (not keys) in the value data[0..size),
+    leaving out members whose key is in skip[0..nskip) and strings deeper
+    than max_depth (the value itself is depth 0). 0 if malformed. */
+int64_t llmq_value_text_size(const void *data, size_t size,
+                             const char *const *skip, size_t nskip,
+                             int max_depth);
+
+/*  One msgpack number (int, uint or float) as a double; false if data is
+    not a number. */
+bool llmq_value_number(const void *data, size_t size, double *out);
+
 /*  Bytes written so far (borrowed) and their size. */
 const uint8_t *llmq_packer_data(const llmq_packer_t *self, size_t *size);
 /*  A new frame holding a copy of the bytes; the packer is reset. */
 zframe_t *llmq_packer_frame(llmq_packer_t *self);
 /*  Forget what was written. */
 void llmq_packer_reset(llmq_packer_t *self);
+
+/*  Direct JSON text -> msgpack (no cJSON tree; the bytes are those of
+    llmq_value_from_json_text, except that an integer literal beyond 2^53
+    stays exact). Appends one value of text (len bytes, whitespace around
+    it allowed) to the packer; on an error the packer is left as it was and
+    -1 comes back with a reason in errbuf. */
+int llmq_packer_json_text(llmq_packer_t *self, const char *text, size_t len,
+                          char *errbuf, size_t errlen);
+
+/*  A JSON object's text (len bytes) as msgpack in a new frame, without the
+    top-level members named in drop (NULL-terminated, may be NULL), and
+    with key: value (a string) added last if key is not NULL. NULL with a
+    reason in errbuf if text is not one JSON object. */
+zframe_t *llmq_value_from_json_object(const char *text, size_t len,
+                                      const char *const *drop, const char *key,
+                                      const char *value, char *errbuf,
+                                      size_t errlen);
+
+/*  A piece of JSON text (borrowed). */
+typedef struct {
+    const char *data; /* NULL: absent */
+    size_t size;
+} llmq_value_span_t;
+
+/*  The raw text of top-level members of a JSON object (len bytes): for
+    each name of keys (NULL-terminated), spans gets the value of its first
+    member whose key matches ignoring case, as cJSON_GetObjectItem finds
+    it, or {NULL, 0}. The whole text is checked: returns 0, or -1 if it is
+    not one JSON object. */
+int llmq_value_json_members(const char *text, size_t len,
+                            const char *const *keys, llmq_value_span_t *spans);
+
+/*  A span holding a JSON string, decoded (caller frees), or NULL. */
+char *llmq_value_json_string(llmq_value_span_t span);
 
 /*  JSON text without a cJSON tree: a growing buffer, and msgpack written
     straight into it (what `llmq run` does with every result body). */
@@ -118,6 +181,16 @@ int llmq_value_buf_json(llmq_value_buf_t *self, const void *data, size_t size,
                         char *errbuf, size_t errlen);
 
 int llmq_value_test(bool verbose);
+
+/*  The msgpack map in data[0..size) as JSON text without its closing '}':
+    '{' and its members but those whose key is in skip[0..nskip), each
+    written as llmq_value_buf_json writes values, so the caller can append
+    members of its own and the '}'. Returns the members written, or -1 with
+    a reason in errbuf when data is not one well-formed map (the buffer is
+    then as it was). */
+int llmq_value_buf_json_except(llmq_value_buf_t *buf, const void *data,
+                               size_t size, const char *const *skip,
+                               size_t nskip, char *errbuf, size_t errlen);
 
 #ifdef __cplusplus
 }

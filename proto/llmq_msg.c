@@ -1881,6 +1881,38 @@ static void s_test_sockets(bool verbose)
     zsock_destroy(&router);
 }
 
+/*  res: the provider's request id and error body (4.2) round trip, and a
+    body over 16 KiB is refused. */
+static void s_test_provider_answer(void)
+{
+    llmq_msg_t *res = llmq_msg_new(LLMQ_MSG_RES);
+    llmq_msg_set_id(res, "x");
+    llmq_msg_set_failure(res, LLMQ_ERR_INVALID_REQUEST, 400, "bad");
+    llmq_msg_set_request_id(res, "req_123");
+    uint8_t body[] = {0x81, 0xa4, 'c', 'o', 'd', 'e', 0xa1, 'x'};
+    llmq_msg_set_error_body(res, body, sizeof body);
+    zframe_t *frame = llmq_msg_encode(res, NULL, 0);
+    llmq_msg_t *back =
+        llmq_msg_decode(zframe_data(frame), zframe_size(frame), false, NULL, 0);
+    S_TEST(back && streq(llmq_msg_request_id(back), "req_123"));
+    size_t size = 0;
+    const uint8_t *raw = back ? llmq_msg_error_body(back, &size) : NULL;
+    S_TEST(raw && size == sizeof body && !memcmp(raw, body, size));
+    S_TEST(llmq_msg_error_status(back) == 400);
+    llmq_msg_destroy(&back);
+    zframe_destroy(&frame);
+    size_t big = 16385;
+    uint8_t *huge = calloc(1, big);
+    huge[0] = 0xc6; /* bin32 of big - 5 bytes */
+    huge[1] = 0, huge[2] = 0, huge[3] = 0x3f, huge[4] = 0xfc;
+    llmq_msg_set_error_body(res, huge, big);
+    frame = llmq_msg_encode(res, NULL, 0);
+    S_TEST(frame == NULL);
+    zframe_destroy(&frame);
+    free(huge);
+    llmq_msg_destroy(&res);
+}
+
 int llmq_msg_test(bool verbose)
 {
     if (verbose)
@@ -1890,6 +1922,7 @@ int llmq_msg_test(bool verbose)
     s_test_bytes();
     s_test_checked();
     s_test_decode_errors();
+    s_test_provider_answer();
     s_test_sockets(verbose);
     if (verbose)
         printf("OK\n");

@@ -998,6 +998,12 @@ static void s_handle_gen(sim_t *sim, struct evhttp_request *req, int route,
     s_gen_t g = {.route = route, .anth = op == SIM_OP_MESSAGES};
     uint64_t keyhash = 0;
     sim_req_t r;
+    //  The id first, so every answer has its request id, failures of auth
+    //  and rate limits too (as OpenAI and Anthropic send theirs).
+    char rid[40];
+    s_make_id(sim, op, g.id, sizeof(g.id));
+    snprintf(rid, sizeof(rid), "req_sim%012" PRIx64, sim->net.next_id);
+    sim_header(req, g.anth ? "request-id" : "x-request-id", rid);
     if (sim_auth(&sim->net, req, route, g.anth, &keyhash) ||
         s_gen_request(sim, req, route, op, &r))
         return;
@@ -1006,10 +1012,6 @@ static void s_handle_gen(sim_t *sim, struct evhttp_request *req, int route,
         sim_req_free(&r);
         return;
     }
-    char rid[40];
-    s_make_id(sim, op, g.id, sizeof(g.id));
-    snprintf(rid, sizeof(rid), "req_sim%012" PRIx64, sim->net.next_id);
-    sim_header(req, g.anth ? "request-id" : "x-request-id", rid);
 
     int fail_code = 0;
     bool ctx = false;

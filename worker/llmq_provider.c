@@ -33,6 +33,14 @@ struct _llmq_provider_t {
     char *api_key;                  /* secret: never logged or sent */
     char *anthropic_version;        /* anthropic-version header */
     int64_t default_max_tokens;     /* when a request sets none */
+    /*  Built once, shared by every POST (llmq_http_post_text): the JSON
+        headers with the key ([1]: and Accept: text/event-stream), and the
+        URLs of the routes used so far. */
+    struct curl_slist *post_headers[2];
+    struct {
+        const char *route; /* the provider's literal */
+        char *url;         /* {base_url}{route} */
+    } urls[8];
 };
 
 llmq_op_t llmq_op_from_name(const char *name)
@@ -53,6 +61,8 @@ void llmq_usage_init(llmq_usage_t *usage)
     usage->prompt_tokens = -1;
     usage->completion_tokens = -1;
     usage->total_tokens = -1;
+    usage->cached_tokens = -1;
+    usage->reasoning_tokens = -1;
 }
 
 void llmq_perr_set(llmq_perr_t *err, llmq_err_t code, int status,
@@ -69,11 +79,24 @@ void llmq_perr_set(llmq_perr_t *err, llmq_err_t code, int status,
 
 void llmq_http_reset(llmq_http_t *http)
 {
-    free(http->url);
+    if (!http->shared) {
+        free(http->url);
+        if (http->headers)
+            curl_slist_free_all(http->headers);
+    }
     free(http->body);
-    if (http->headers)
-        curl_slist_free_all(http->headers);
     memset(http, 0, sizeof *http);
+}
+
+/*  Free a header list that may hold the key, wiping it first. */
+static void s_headers_wipe(struct curl_slist *list)
+{
+    for (struct curl_slist *h = list; h; h = h->next) {
+        volatile char *p = h->data;
+        while (p && *p)
+            *p++ = 0;
+    }
+    curl_slist_free_all(list);
 }
 
 static char *s_strdup0(const char *s)
@@ -132,6 +155,10 @@ void llmq_provider_destroy(llmq_provider_t **self_p)
                 *p++ = 0;
         }
         free(self->api_key);
+        s_headers_wipe(self->post_headers[0]);
+        s_headers_wipe(self->post_headers[1]);
+        for (size_t i = 0; i < sizeof self->urls / sizeof self->urls[0]; i++)
+            free(self->urls[i].url);
         free(self->kind);
         free(self->base_url);
         free(self->anthropic_version);
@@ -186,12 +213,108 @@ int llmq_provider_build(const llmq_provider_t *self, const llmq_call_t *call,
     return self->ops->build(self, call, http, err);
 }
 
+int llmq_provider_build_raw(const llmq_provider_t *self,
+                            const llmq_call_t *call, const void *payload,
+                            size_t size, llmq_http_t *http, llmq_perr_t *err)
+{
+    if (!self->ops->build_raw)
+        return 1;
+    return self->ops->build_raw(self, call, payload, size, http, err);
+}
+
+int llmq_provider_build_own(const llmq_provider_t *self,
+                            const llmq_call_t *call, cJSON *own,
+                            llmq_http_t *http, llmq_perr_t *err)
+{
+    if (self->ops->build_own && own == call->body)
+        return self->ops->build_own(self, call, own, http, err);
+    return llmq_provider_build(self, call, http, err);
+}
+
 cJSON *llmq_provider_parse(const llmq_provider_t *self, const llmq_call_t *call,
                            const char *body, size_t size, llmq_usage_t *usage,
                            llmq_perr_t *err)
 {
     llmq_usage_init(usage);
     return self->ops->parse(self, call, body, size, usage, err);
+}
+
+zframe_t *llmq_provider_parse_frame(const llmq_provider_t *self,
+                                    const llmq_call_t *call, const char *body,
+                                    size_t size, llmq_packer_t *packer,
+                                    llmq_usage_t *usage, llmq_perr_t *err)
+{
+    llmq_usage_init(usage);
+    if (self->ops->pack && packer) {
+        llmq_packer_reset(packer);
+        if (self->ops->pack(self, call, body, size, packer, usage, err))
+            return NULL;
+        return llmq_packer_frame(packer);
+    }
+    cJSON *json = self->ops->parse(self, call, body, size, usage, err);
+    if (!json)
+        return NULL;
+    llmq_usage_details_from_json(json, usage);
+    zframe_t *frame = llmq_value_from_json(json);
+    cJSON_Delete(json);
+    if (!frame)
+        llmq_perr_set(err, LLMQ_ERR_INTERNAL, 0, false,
+                      "cannot encode the answer");
+    return frame;
+}
+
+/*  Every string of a tree (keys too) through the scrubber, whole. */
+static int s_scrub_tree(const llmq_provider_t *self, cJSON *item, int depth)
+{
+    if (depth > LLMQ_VALUE_MAX_DEPTH)
+        return -1;
+    const char *key =
+        self->api_key && strlen(self->api_key) >= 4 ? self->api_key : NULL;
+    if (!key)
+        return 0;
+    if (item->string) {
+        char *clean =
+            llmq_scrub(item->string, strlen(item->string), &key, 1, NULL);
+        if (!clean)
+            return -1;
+        cJSON_free(item->string);
+        item->string = clean; /* cJSON frees it with free(), its default */
+    }
+    if (cJSON_IsString(item) && item->valuestring) {
+        char *clean = llmq_scrub(item->valuestring, strlen(item->valuestring),
+                                 &key, 1, NULL);
+        bool ok = clean && cJSON_SetValuestring(item, clean);
+        free(clean);
+        if (!ok)
+            return -1;
+    }
+    for (cJSON *c = item->child; c; c = c->next)
+        if (s_scrub_tree(self, c, depth + 1))
+            return -1;
+    return 0;
+}
+
+zframe_t *llmq_provider_error_body(const llmq_provider_t *self,
+                                   const char *body, size_t size, size_t max)
+{
+    if (!body || !size)
+        return NULL;
+    const char *end = NULL;
+    cJSON *json = cJSON_ParseWithLengthOpts(body, size, &end, false);
+    while (json && end && end < body + size && strchr(" \t\r\n", *end) && *end)
+        end++;
+    if (!json || (end && end < body + size) || s_scrub_tree(self, json, 0)) {
+        cJSON_Delete(json);
+        return NULL;
+    }
+    zframe_t *frame = llmq_value_from_json(json);
+    cJSON_Delete(json);
+    /*  What the header would refuse (too large, invalid UTF-8 in a string)
+        is left out rather than losing the whole answer. */
+    if (frame && (zframe_size(frame) > max ||
+                  !llmq_value_is_valid(zframe_data(frame), zframe_size(frame))))
+        zframe_destroy(&frame);
+    return frame;
 }
 
 void llmq_provider_classify(const llmq_provider_t *self, int status,
@@ -258,23 +381,64 @@ void llmq_batch_answer_reset(llmq_batch_answer_t *result)
     memset(result, 0, sizeof *result);
 }
 
-int llmq_http_post_json(const llmq_provider_t *self, const char *route,
-                        cJSON *body, llmq_http_t *http, llmq_perr_t *err)
+/*  The shared POST headers (built on first use; the provider is used by
+    one thread). */
+static struct curl_slist *s_post_headers(const llmq_provider_t *cself,
+                                         bool stream)
 {
-    http->body = cJSON_PrintUnformatted(body);
-    cJSON_Delete(body);
-    http->url = llmq_provider_url(self, route);
-    if (!http->body || !http->url) {
+    llmq_provider_t *self = (llmq_provider_t *)cself;
+    struct curl_slist **list = &self->post_headers[stream ? 1 : 0];
+    if (!*list) {
+        struct curl_slist *h =
+            curl_slist_append(NULL, "Content-Type: application/json");
+        h = curl_slist_append(h, "Expect:");
+        h = llmq_provider_auth(self, h);
+        if (stream)
+            h = curl_slist_append(h, "Accept: text/event-stream");
+        *list = h;
+    }
+    return *list;
+}
+
+/*  {base}{route}, made once per route (NULL if out of room or memory). */
+static const char *s_shared_url(const llmq_provider_t *cself, const char *route)
+{
+    llmq_provider_t *self = (llmq_provider_t *)cself;
+    size_t n = sizeof self->urls / sizeof self->urls[0], i = 0;
+    for (; i < n && self->urls[i].url; i++)
+        if (self->urls[i].route == route || !strcmp(self->urls[i].route, route))
+            return self->urls[i].url;
+    if (i == n)
+        return NULL;
+    self->urls[i].url = llmq_provider_url(self, route);
+    self->urls[i].route = route;
+    return self->urls[i].url;
+}
+
+int llmq_http_post_text(const llmq_provider_t *self, const char *route,
+                        char *text, bool stream, llmq_http_t *http,
+                        llmq_perr_t *err)
+{
+    http->body = text;
+    http->shared = true;
+    http->url = (char *)s_shared_url(self, route);
+    http->headers = s_post_headers(self, stream);
+    if (!http->body || !http->url || !http->headers) {
         llmq_http_reset(http);
         llmq_perr_set(err, LLMQ_ERR_INTERNAL, 0, true, "out of memory");
         return -1;
     }
     http->body_len = strlen(http->body);
     http->post = true;
-    http->headers = curl_slist_append(NULL, "Content-Type: application/json");
-    http->headers = curl_slist_append(http->headers, "Expect:");
-    http->headers = llmq_provider_auth(self, http->headers);
     return 0;
+}
+
+int llmq_http_post_json(const llmq_provider_t *self, const char *route,
+                        cJSON *body, llmq_http_t *http, llmq_perr_t *err)
+{
+    char *text = cJSON_PrintUnformatted(body);
+    cJSON_Delete(body);
+    return llmq_http_post_text(self, route, text, false, http, err);
 }
 
 /*  Every HTTP provider answers GET {base}/models with its key. */
@@ -674,6 +838,30 @@ int64_t llmq_estimate_tokens(const cJSON *body, int64_t default_max_tokens)
     return (chars + 3) / 4 + out;
 }
 
+int64_t llmq_estimate_tokens_msgpack(const void *data, size_t size,
+                                     int64_t default_max_tokens)
+{
+    static const char *const fields[] = {"messages",   "prompt",
+                                         "input",      "system",
+                                         "max_tokens", "max_completion_tokens"};
+    static const char *const skip[] = {"role", "type", "name"};
+    llmq_value_ref_t f[6];
+    if (llmq_value_find_many(data, size, fields, 6, f))
+        return default_max_tokens;
+    int64_t chars = 0;
+    for (int k = 0; k < 4; k++)
+        if (f[k].data)
+            chars += llmq_value_text_size(f[k].data, f[k].size, skip, 3, 16);
+    int64_t out = default_max_tokens;
+    const llmq_value_ref_t *mt = f[4].kind == 'n' ? &f[4] : &f[5];
+    double d = 0;
+    if (mt->kind == 'n' && llmq_value_number(mt->data, mt->size, &d) && d >= 0)
+        out = (int64_t)d;
+    if (f[2].data)
+        out = 0; /* embeddings produce no tokens */
+    return (chars + 3) / 4 + out;
+}
+
 void llmq_usage_add_json(cJSON *body, int64_t prompt_tokens,
                          int64_t completion_tokens)
 {
@@ -713,6 +901,57 @@ void llmq_usage_from_json(const cJSON *u, llmq_usage_t *usage)
         usage->total_tokens =
             usage->prompt_tokens +
             (usage->completion_tokens > 0 ? usage->completion_tokens : 0);
+}
+
+/*  A number member of a msgpack map into *out (left as is if absent). */
+static void s_mp_count(const llmq_value_ref_t *ref, int64_t *out)
+{
+    double d = 0;
+    if (ref->kind == 'n' && llmq_value_number(ref->data, ref->size, &d))
+        *out = (int64_t)d;
+}
+
+void llmq_usage_from_msgpack(const uint8_t *data, size_t size,
+                             llmq_usage_t *usage)
+{
+    static const char *const keys[5] = {"prompt_tokens", "completion_tokens",
+                                        "total_tokens", "prompt_tokens_details",
+                                        "completion_tokens_details"};
+    int64_t *outs[3] = {&usage->prompt_tokens, &usage->completion_tokens,
+                        &usage->total_tokens};
+    llmq_value_ref_t found[5], detail;
+    llmq_value_find_many(data, size, keys, 5, found);
+    for (int k = 0; k < 3; k++)
+        s_mp_count(&found[k], outs[k]);
+    static const char *const cached = "cached_tokens";
+    static const char *const reasoning = "reasoning_tokens";
+    if (found[3].kind == 'm' &&
+        !llmq_value_find_many(found[3].data, found[3].size, &cached, 1,
+                              &detail))
+        s_mp_count(&detail, &usage->cached_tokens);
+    if (found[4].kind == 'm' &&
+        !llmq_value_find_many(found[4].data, found[4].size, &reasoning, 1,
+                              &detail))
+        s_mp_count(&detail, &usage->reasoning_tokens);
+    if (usage->total_tokens < 0 && usage->prompt_tokens >= 0)
+        usage->total_tokens =
+            usage->prompt_tokens +
+            (usage->completion_tokens > 0 ? usage->completion_tokens : 0);
+}
+
+void llmq_usage_details_from_json(const cJSON *body, llmq_usage_t *usage)
+{
+    const cJSON *u = cJSON_GetObjectItemCaseSensitive(body, "usage");
+    const cJSON *x = cJSON_GetObjectItemCaseSensitive(
+        cJSON_GetObjectItemCaseSensitive(u, "prompt_tokens_details"),
+        "cached_tokens");
+    if (cJSON_IsNumber(x))
+        usage->cached_tokens = (int64_t)x->valuedouble;
+    x = cJSON_GetObjectItemCaseSensitive(
+        cJSON_GetObjectItemCaseSensitive(u, "completion_tokens_details"),
+        "reasoning_tokens");
+    if (cJSON_IsNumber(x))
+        usage->reasoning_tokens = (int64_t)x->valuedouble;
 }
 
 /*  --- chunk assembler ----------------------------------------------------- */
@@ -1245,6 +1484,87 @@ static int s_test_openai_build(s_test_fx_t *fx)
     return 0;
 }
 
+/*  build_raw (from the msgpack payload) sends the bytes build (from the
+    tree) sends, and estimates the same tokens; pack() gives parse()'s body
+    and usage. fx->p is the openai provider. */
+static int s_test_openai_raw(s_test_fx_t *fx)
+{
+    static const char *bodies[] = {
+        "{\"model\":\"x\",\"messages\":[{\"role\":\"user\",\"content\":"
+        "\"h\\u00e9 \\\"q\\\"\\n\",\"name\":\"bob\"}],\"max_tokens\":7,"
+        "\"temperature\":0.7,\"stream\":false,\"seed\":12345678901234567,"
+        "\"stop\":null,\"top_p\":1e-3,\"logit_bias\":{\"50256\":-100}}",
+        "{\"stream\":true,\"stream_options\":{},\"prompt\":[\"a\",\"bc\"],"
+        "\"max_completion_tokens\":3}",
+        "{\"input\":[\"one\",\"two\"],\"system\":\"s\"}", "{}"};
+    for (size_t i = 0; i < 4 * 4; i++) {
+        const char *text = bodies[i % 4];
+        llmq_call_t call = {i < 8 ? LLMQ_OP_CHAT : LLMQ_OP_EMBEDDING,
+                            (i / 4) % 2 ? "" : "m-1", i % 3 == 0, NULL};
+        cJSON *tree = cJSON_Parse(text);
+        zframe_t *mp = llmq_value_from_json_text(text, strlen(text), NULL, 0);
+        CHECK(tree && mp);
+        call.body = tree;
+        llmq_http_t a = {0}, b = {0};
+        CHECK(llmq_provider_build(fx->p, &call, &a, &fx->err) == 0);
+        CHECK(llmq_provider_build_raw(fx->p, &call, zframe_data(mp),
+                                      zframe_size(mp), &b, &fx->err) == 0);
+        CHECK(strcmp(a.body, b.body) == 0 && a.headers == b.headers);
+        CHECK(
+            llmq_estimate_tokens(tree, 99) ==
+            llmq_estimate_tokens_msgpack(zframe_data(mp), zframe_size(mp), 99));
+        llmq_http_reset(&a);
+        llmq_http_reset(&b);
+        cJSON_Delete(tree);
+        zframe_destroy(&mp);
+    }
+    llmq_http_t h = {0};
+    uint8_t not_map[] = {0x91, 0x01};
+    CHECK(llmq_provider_build_raw(fx->p, &fx->call, not_map, sizeof not_map, &h,
+                                  &fx->err) == -1);
+    CHECK(fx->err.code == LLMQ_ERR_INVALID_REQUEST && !h.body);
+    llmq_packer_t *pk = llmq_packer_new();
+    llmq_usage_t u;
+    zframe_t *f = llmq_provider_parse_frame(
+        fx->p, &fx->call, s_test_ok, strlen(s_test_ok), pk, &u, &fx->err);
+    cJSON *back =
+        f ? llmq_value_to_json(zframe_data(f), zframe_size(f), NULL, 0) : NULL;
+    cJSON *want = cJSON_Parse(s_test_ok);
+    CHECK(back && cJSON_Compare(back, want, true));
+    CHECK(u.prompt_tokens == 5 && u.completion_tokens == 1 &&
+          u.total_tokens == 6);
+    CHECK(!llmq_provider_parse_frame(fx->p, &fx->call, "{}", 2, pk, &u,
+                                     &fx->err));
+    static const char details[] =
+        "{\"choices\":[],\"usage\":{\"prompt_tokens\":10,"
+        "\"prompt_tokens_details\":{\"cached_tokens\":4},"
+        "\"completion_tokens_details\":{\"reasoning_tokens\":3}}}";
+    zframe_t *g = llmq_provider_parse_frame(fx->p, &fx->call, details,
+                                            strlen(details), pk, &u, &fx->err);
+    CHECK(g && u.prompt_tokens == 10 && u.cached_tokens == 4 &&
+          u.reasoning_tokens == 3 && u.total_tokens == 10);
+    zframe_destroy(&g);
+    zframe_t *eb = llmq_provider_error_body(
+        fx->p, "{\"error\":{\"code\":\"x\xff\"}}", 23, 16384);
+    CHECK(eb == NULL); /* invalid UTF-8: the header would refuse it */
+    eb = llmq_provider_error_body(fx->p, "{\"error\":{\"code\":\"x\"}}", 22,
+                                  16384);
+    CHECK(eb != NULL);
+    zframe_destroy(&eb);
+    CHECK(!llmq_provider_error_body(fx->p, "<html>", 6, 16384));
+    cJSON *dt = cJSON_Parse(details);
+    llmq_usage_t v;
+    llmq_usage_init(&v);
+    llmq_usage_details_from_json(dt, &v);
+    CHECK(v.cached_tokens == 4 && v.reasoning_tokens == 3);
+    cJSON_Delete(dt);
+    cJSON_Delete(back);
+    cJSON_Delete(want);
+    zframe_destroy(&f);
+    llmq_packer_destroy(&pk);
+    return 0;
+}
+
 /*  OpenAI stream -> chunks -> assembled body; a stream cut before [DONE]
     is a provider error; broken JSON too. Destroys fx->p. */
 static int s_test_openai_stream(s_test_fx_t *fx)
@@ -1449,12 +1769,17 @@ int llmq_provider_test(bool verbose)
     s_test_fx_t fx;
     memset(&fx, 0, sizeof fx);
     //  The steps, in order: each goes on from where the last one left.
-    static int (*const steps[])(s_test_fx_t *) = {
-        s_test_ratelimit,       s_test_openai_new,
-        s_test_classify,        s_test_body,
-        s_test_openai_build,    s_test_openai_stream,
-        s_test_anthropic_build, s_test_anthropic_stream,
-        s_test_bad_input,       s_test_echo};
+    static int (*const steps[])(s_test_fx_t *) = {s_test_ratelimit,
+                                                  s_test_openai_new,
+                                                  s_test_classify,
+                                                  s_test_body,
+                                                  s_test_openai_build,
+                                                  s_test_openai_raw,
+                                                  s_test_openai_stream,
+                                                  s_test_anthropic_build,
+                                                  s_test_anthropic_stream,
+                                                  s_test_bad_input,
+                                                  s_test_echo};
     for (size_t i = 0; i < sizeof steps / sizeof steps[0]; i++)
         CHECK(steps[i](&fx) == 0);
     cJSON_Delete(fx.body);

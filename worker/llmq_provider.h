@@ -38,6 +38,7 @@
 
 #include "llmq_limiter.h"
 #include "llmq_msg.h"
+#include "llmq_value.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -58,6 +59,8 @@ typedef struct {
     int64_t prompt_tokens;
     int64_t completion_tokens;
     int64_t total_tokens;
+    int64_t cached_tokens;    /* prompt_tokens_details.cached_tokens */
+    int64_t reasoning_tokens; /* completion_tokens_details.reasoning_tokens */
 } llmq_usage_t;
 
 void llmq_usage_init(llmq_usage_t *usage);
@@ -81,6 +84,9 @@ typedef struct {
     struct curl_slist *headers; /* includes auth: never log it */
     char *body;                 /* JSON text (POST) */
     size_t body_len;            /* its length */
+    bool shared;                /* url and headers are the provider's, made
+                                   once (llmq_http_post_text): never free or
+                                   append to them */
 } llmq_http_t;
 
 /*  Free what an llmq_http_t holds and zero it. */
@@ -191,6 +197,24 @@ typedef struct {
     cJSON *(*answer)(const llmq_provider_t *self, const llmq_call_t *call,
                      llmq_usage_t *usage, llmq_perr_t *err);
     const llmq_batch_ops_t *batch; /* NULL: no Batch API */
+    /*  Optional, for answers passed through unchanged: the HTTP 200 body
+        (JSON text) appended to packer as msgpack in one pass, usage read
+        from it, no tree. Returns 0, or -1 (err set, packer as it was).
+        NULL: parse() builds a tree and the worker packs it. */
+    int (*pack)(const llmq_provider_t *self, const llmq_call_t *call,
+                const char *body, size_t size, llmq_packer_t *packer,
+                llmq_usage_t *usage, llmq_perr_t *err);
+    /*  Optional: build() when the caller lets the provider change the
+        body in place (own == call->body; the caller deletes it after), so
+        it need not copy it. NULL: build(). */
+    int (*build_own)(const llmq_provider_t *self, const llmq_call_t *call,
+                     cJSON *own, llmq_http_t *http, llmq_perr_t *err);
+    /*  Optional: build() straight from the request payload (msgpack,
+        call->body unused), no tree. An error in the payload is
+        LLMQ_ERR_INVALID_REQUEST. NULL: the worker makes a tree. */
+    int (*build_raw)(const llmq_provider_t *self, const llmq_call_t *call,
+                     const void *payload, size_t size, llmq_http_t *http,
+                     llmq_perr_t *err);
 } llmq_provider_ops_t;
 
 extern const llmq_provider_ops_t llmq_provider_openai_ops;
@@ -217,9 +241,30 @@ int64_t llmq_provider_default_max_tokens(const llmq_provider_t *self);
 bool llmq_provider_uses_http(const llmq_provider_t *self);
 int llmq_provider_build(const llmq_provider_t *self, const llmq_call_t *call,
                         llmq_http_t *http, llmq_perr_t *err);
+/*  build() from the msgpack payload: 1 when the provider has no
+    build_raw (then use a tree), else its 0 or -1. */
+int llmq_provider_build_raw(const llmq_provider_t *self,
+                            const llmq_call_t *call, const void *payload,
+                            size_t size, llmq_http_t *http, llmq_perr_t *err);
+/*  build() of a body the provider may change (own == call->body). */
+int llmq_provider_build_own(const llmq_provider_t *self,
+                            const llmq_call_t *call, cJSON *own,
+                            llmq_http_t *http, llmq_perr_t *err);
 cJSON *llmq_provider_parse(const llmq_provider_t *self, const llmq_call_t *call,
                            const char *body, size_t size, llmq_usage_t *usage,
                            llmq_perr_t *err);
+/*  An HTTP 200 body as the answer's payload (msgpack): through the
+    provider's pack() into packer (reused; reset on return) when it has one,
+    else parse() and the tree packed. NULL with err set on failure. */
+zframe_t *llmq_provider_parse_frame(const llmq_provider_t *self,
+                                    const llmq_call_t *call, const char *body,
+                                    size_t size, llmq_packer_t *packer,
+                                    llmq_usage_t *usage, llmq_perr_t *err);
+/*  The provider's HTTP error body as it sent it, as a msgpack value with
+    every string (keys too) scrubbed (llmq_provider_scrub's key); NULL when
+    the body is not JSON or its msgpack is over max bytes. */
+zframe_t *llmq_provider_error_body(const llmq_provider_t *self,
+                                   const char *body, size_t size, size_t max);
 void llmq_provider_classify(const llmq_provider_t *self, int status,
                             const char *body, size_t size, llmq_perr_t *err);
 int llmq_provider_health(const llmq_provider_t *self, llmq_http_t *http);
@@ -241,6 +286,12 @@ struct curl_slist *llmq_provider_key_header(const llmq_provider_t *self,
     set, http reset). */
 int llmq_http_post_json(const llmq_provider_t *self, const char *route,
                         cJSON *body, llmq_http_t *http, llmq_perr_t *err);
+/*  The same for JSON text (taken): the URL and the header list
+    (Content-Type, Expect:, auth, and Accept: text/event-stream when stream)
+    are made once per provider and shared (http->shared). */
+int llmq_http_post_text(const llmq_provider_t *self, const char *route,
+                        char *text, bool stream, llmq_http_t *http,
+                        llmq_perr_t *err);
 /*  The provider's Batch API, or NULL if it has none. */
 const llmq_batch_ops_t *llmq_provider_batch(const llmq_provider_t *self);
 cJSON *llmq_provider_answer(const llmq_provider_t *self,
@@ -292,6 +343,9 @@ void llmq_provider_scrub(const llmq_provider_t *self, char *out, size_t size,
 /*  Estimated tokens of a request: prompt characters / 4 + max_tokens
     (default_max_tokens when the body sets none). */
 int64_t llmq_estimate_tokens(const cJSON *body, int64_t default_max_tokens);
+/*  The same estimate from the msgpack payload, no tree. */
+int64_t llmq_estimate_tokens_msgpack(const void *data, size_t size,
+                                     int64_t default_max_tokens);
 
 /*  Add "usage" {prompt_tokens, completion_tokens, total_tokens} to an
     OpenAI-shaped body. */
@@ -306,6 +360,13 @@ const char *llmq_json_str(const cJSON *obj, const char *key);
 /*  Read usage {prompt_tokens, completion_tokens, total_tokens} from an
     OpenAI body's "usage" member. */
 void llmq_usage_from_json(const cJSON *usage_obj, llmq_usage_t *usage);
+/*  cached_tokens and reasoning_tokens from an OpenAI-shaped body's usage
+    details (the answer's tree, where there is one). */
+void llmq_usage_details_from_json(const cJSON *body, llmq_usage_t *usage);
+/*  The same as llmq_usage_from_json (details too) from the msgpack of a
+    "usage" map. */
+void llmq_usage_from_msgpack(const uint8_t *data, size_t size,
+                             llmq_usage_t *usage);
 
 /*  Internal to the providers: the chunk assembler used by both streaming
     implementations. */

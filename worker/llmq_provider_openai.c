@@ -34,9 +34,10 @@ static struct curl_slist *s_auth(const llmq_provider_t *self,
     return llmq_provider_key_header(self, headers, "Authorization: Bearer ");
 }
 
-/*  The request body: the call's model wins, stream as the worker relays.
-    Returns NULL (err set) on a bad call. */
-static cJSON *s_body(const llmq_call_t *call, llmq_perr_t *err)
+/*  The request body: the call's model wins, stream as the worker relays;
+    own (the call's body, ours to change) or a copy. Returns NULL (err set)
+    on a bad call. */
+static cJSON *s_body(const llmq_call_t *call, cJSON *own, llmq_perr_t *err)
 {
     if (!s_route(call->op)) {
         llmq_perr_set(err, LLMQ_ERR_INVALID_REQUEST, 0, false, "unknown op");
@@ -47,7 +48,9 @@ static cJSON *s_body(const llmq_call_t *call, llmq_perr_t *err)
                       "request payload must be a map (an OpenAI request body)");
         return NULL;
     }
-    cJSON *body = cJSON_Duplicate(call->body, true);
+    /*  The caller's tree when it lets us change it (the worker's, from
+        the msgpack payload): no copy. */
+    cJSON *body = own ? own : cJSON_Duplicate(call->body, true);
     if (!body) {
         llmq_perr_set(err, LLMQ_ERR_INTERNAL, 0, true, "out of memory");
         return NULL;
@@ -66,18 +69,69 @@ static cJSON *s_body(const llmq_call_t *call, llmq_perr_t *err)
     return body;
 }
 
+static int s_build_own(const llmq_provider_t *self, const llmq_call_t *call,
+                       cJSON *own, llmq_http_t *http, llmq_perr_t *err)
+{
+    cJSON *body = s_body(call, own, err);
+    if (!body)
+        return -1;
+    char *text = cJSON_PrintUnformatted(body);
+    if (body != own)
+        cJSON_Delete(body);
+    return llmq_http_post_text(self, s_route(call->op), text, call->stream,
+                               http, err);
+}
+
+/*  The request body straight from the payload: its members but model
+    (when the call names one), stream and stream_options, then those as
+    s_body sets them: the text s_body's tree prints, without the tree. */
+static int s_build_raw(const llmq_provider_t *self, const llmq_call_t *call,
+                       const void *payload, size_t size, llmq_http_t *http,
+                       llmq_perr_t *err)
+{
+    if (!s_route(call->op)) {
+        llmq_perr_set(err, LLMQ_ERR_INVALID_REQUEST, 0, false, "unknown op");
+        return -1;
+    }
+    static const char *const skip[] = {"stream", "stream_options", "model"};
+    bool model = call->model && *call->model;
+    llmq_value_buf_t b = {0};
+    char why[128] = "";
+    int n = llmq_value_buf_json_except(&b, payload, size, skip, model ? 3 : 2,
+                                       why, sizeof why);
+    if (n < 0) {
+        free(b.data);
+        llmq_perr_set(err, LLMQ_ERR_INVALID_REQUEST, 0, false,
+                      "request payload must be a msgpack map: %s", why);
+        return -1;
+    }
+    if (model) {
+        if (n++)
+            llmq_value_buf_add(&b, ",", 1);
+        llmq_value_buf_add(&b, "\"model\":", 8);
+        llmq_value_buf_str(&b, call->model, strlen(call->model));
+    }
+    static const char stream[] =
+        "\"stream\":true,\"stream_options\":{\"include_usage\":true}";
+    if (call->stream && call->op != LLMQ_OP_EMBEDDING) {
+        if (n++)
+            llmq_value_buf_add(&b, ",", 1);
+        llmq_value_buf_add(&b, stream, sizeof stream - 1);
+    }
+    llmq_value_buf_add(&b, "}", 1);
+    if (b.oom) {
+        free(b.data);
+        llmq_perr_set(err, LLMQ_ERR_INTERNAL, 0, true, "out of memory");
+        return -1;
+    }
+    return llmq_http_post_text(self, s_route(call->op), b.data, call->stream,
+                               http, err);
+}
+
 static int s_build(const llmq_provider_t *self, const llmq_call_t *call,
                    llmq_http_t *http, llmq_perr_t *err)
 {
-    cJSON *body = s_body(call, err);
-    if (!body)
-        return -1;
-    if (llmq_http_post_json(self, s_route(call->op), body, http, err))
-        return -1;
-    if (call->stream)
-        http->headers =
-            curl_slist_append(http->headers, "Accept: text/event-stream");
-    return 0;
+    return s_build_own(self, call, NULL, http, err);
 }
 
 static cJSON *s_parse(const llmq_provider_t *self, const llmq_call_t *call,
@@ -103,6 +157,45 @@ static cJSON *s_parse(const llmq_provider_t *self, const llmq_call_t *call,
     llmq_usage_from_json(cJSON_GetObjectItemCaseSensitive(json, "usage"),
                          usage);
     return json;
+}
+
+/*  The answer passed through: JSON text to msgpack in one pass, then the
+    required array and the usage read from the msgpack (parse()'s checks
+    without a tree). */
+static int s_pack(const llmq_provider_t *self, const llmq_call_t *call,
+                  const char *body, size_t size, llmq_packer_t *packer,
+                  llmq_usage_t *usage, llmq_perr_t *err)
+{
+    (void)self;
+    size_t mark = 0;
+    llmq_packer_data(packer, &mark);
+    if (llmq_packer_json_text(packer, body, size, NULL, 0)) {
+        llmq_perr_set(err, LLMQ_ERR_PROVIDER_ERROR, 200, true,
+                      "provider answered with malformed JSON (%zu bytes)",
+                      size);
+        return -1;
+    }
+    size_t end = 0;
+    const uint8_t *data = llmq_packer_data(packer, &end);
+    data += mark;
+    const char *keys[2] = {call->op == LLMQ_OP_EMBEDDING ? "data" : "choices",
+                           "usage"};
+    llmq_value_ref_t found[2];
+    int rc = llmq_value_find_many(data, end - mark, keys, 2, found);
+    if (rc < 0 || found[0].kind != 'a') {
+        llmq_packer_reset(packer);
+        if (rc < 0)
+            llmq_perr_set(err, LLMQ_ERR_PROVIDER_ERROR, 200, true,
+                          "provider answered with malformed JSON (%zu bytes)",
+                          size);
+        else
+            llmq_perr_set(err, LLMQ_ERR_PROVIDER_ERROR, 200, true,
+                          "provider answer has no '%s' array", keys[0]);
+        return -1;
+    }
+    if (found[1].kind == 'm')
+        llmq_usage_from_msgpack(found[1].data, found[1].size, usage);
+    return 0;
 }
 
 static int s_stream_event(llmq_stream_t *st, const char *event,
@@ -150,7 +243,7 @@ static cJSON *s_batch_line(const llmq_provider_t *self, const llmq_call_t *call,
     (void)self;
     llmq_call_t once = *call;
     once.stream = false;
-    cJSON *body = s_body(&once, err);
+    cJSON *body = s_body(&once, NULL, err);
     if (!body)
         return NULL;
     char url[64];
@@ -281,4 +374,7 @@ const llmq_provider_ops_t llmq_provider_openai_ops = {
     .stream_event = s_stream_event,
     .auth = s_auth,
     .batch = &s_batch,
+    .pack = s_pack,
+    .build_own = s_build_own,
+    .build_raw = s_build_raw,
 };

@@ -8,6 +8,11 @@
     idle) / in-flight).
 
     usage: bench_worker WORKER_BIN SIM_BASE_URL|echo CAPACITY [SECONDS] [WARMUP]
+                        [REQUESTS]
+
+    REQUESTS > 0: a fixed count instead of a time window (no warm-up): send
+    exactly that many requests, at most CAPACITY at once, and stop when all
+    are answered (bench/worker/callgrind.sh counts instructions this way).
 */
 #include <czmq.h>
 #include <inttypes.h>
@@ -88,6 +93,9 @@ int main(int argc, char **argv)
     int capacity = atoi(argv[3]);
     int seconds = argc > 4 ? atoi(argv[4]) : 20;
     int warmup = argc > 5 ? atoi(argv[5]) : 5;
+    int64_t total = argc > 6 ? atoll(argv[6]) : 0;
+    if (total > 0)
+        warmup = 0;
 
     zsys_init();
     zsock_t *router = zsock_new(ZMQ_ROUTER);
@@ -133,7 +141,7 @@ int main(int argc, char **argv)
     zframe_t *rid = NULL;
     int64_t credit = 0, in_flight = 0, sent = 0, done = 0, failed = 0, seq = 0;
     int64_t start = zclock_mono(), measure_at = 0, end_at = 0;
-    int64_t cpu0 = 0, done0 = 0, rss_idle = 0, rss_peak = 0,
+    int64_t cpu0 = 0, done0 = 0, t0 = 0, rss_idle = 0, rss_peak = 0,
             inflight_at_peak = 0;
     int64_t max_in_flight = 0, lat_sum = 0;
     char body[160];
@@ -141,12 +149,14 @@ int main(int argc, char **argv)
         int64_t now = zclock_mono();
         if (end_at && now >= end_at)
             break;
+        if (total > 0 && done + failed >= total)
+            break;
         if (!rid && now - start > 30000) {
             fprintf(stderr, "no hello from the worker\n");
             break;
         }
         /*  Keep the worker full. */
-        while (rid && credit > 0) {
+        while (rid && credit > 0 && (total <= 0 || sent < total)) {
             llmq_msg_t *m = llmq_msg_new(LLMQ_MSG_REQ);
             char id[32];
             snprintf(id, sizeof id, "b%" PRId64, seq);
@@ -212,7 +222,12 @@ int main(int argc, char **argv)
         if (measure_at && !end_at && now >= measure_at) {
             cpu0 = s_cpu_ms(pid);
             done0 = done;
+            t0 = now;
             end_at = now + seconds * 1000;
+            if (total > 0) {
+                end_at = INT64_MAX; /* until every request is answered */
+                measure_at = 0;
+            }
         }
         if (end_at && in_flight >= capacity * 9 / 10) {
             int64_t rss = s_rss_kb(pid);
@@ -224,7 +239,8 @@ int main(int argc, char **argv)
     }
     int64_t cpu1 = s_cpu_ms(pid);
     int64_t completed = done - done0;
-    double rate = (double)completed / seconds;
+    double elapsed = t0 ? (double)(zclock_mono() - t0) / 1000.0 : seconds;
+    double rate = elapsed > 0 ? (double)completed / elapsed : 0;
     double cpu_us =
         completed ? (double)(cpu1 - cpu0) * 1000.0 / (double)completed : 0;
     double rss_per = inflight_at_peak ? (double)(rss_peak - rss_idle) /
@@ -237,8 +253,8 @@ int main(int argc, char **argv)
            " max_in_flight=%" PRId64
            " rss_kb_per_in_flight=%.1f worker_latency_ms=%.0f\n",
            capacity, seconds, completed, failed, rate, cpu_us,
-           (double)(cpu1 - cpu0) / (seconds * 10.0), rss_idle, rss_peak,
-           inflight_at_peak, max_in_flight, rss_per,
+           elapsed > 0 ? (double)(cpu1 - cpu0) / (elapsed * 10.0) : 0, rss_idle,
+           rss_peak, inflight_at_peak, max_in_flight, rss_per,
            done ? (double)lat_sum / done : 0.0);
     kill(pid, SIGTERM);
     kill(pid, SIGTERM);

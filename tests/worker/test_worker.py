@@ -340,6 +340,129 @@ def secrets():
         sim.close()
 
 
+def sim_post(sim, body, key, path="/chat/completions", anthropic=False):
+    """POST body to the sim directly: (status, headers, parsed body)."""
+    import json
+    import urllib.error
+    import urllib.request
+    headers = {"Content-Type": "application/json"}
+    if anthropic:
+        headers.update({"x-api-key": key, "anthropic-version": "2023-06-01"})
+    else:
+        headers["Authorization"] = "Bearer " + key
+    req = urllib.request.Request(sim.base + path, data=json.dumps(body).encode(),
+                                 headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, r.headers, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers, json.loads(e.read())
+
+
+def t_provider_answer(sim, h):
+    # ok: the sim's x-request-id (req_sim<n>, n also in the answer's id)
+    hd, body = h.chat("p1", "hello")
+    check(hd["ok"] and body["id"].startswith("chatcmpl-sim"), "ok: %r" % (hd,))
+    want = "req_sim" + body["id"][len("chatcmpl-sim"):]
+    check(hd.get("request_id") == want, "request_id %r, want %r" % (hd.get("request_id"), want))
+    # an HTTP error: the body exactly as the sim sends it (code, param kept)
+    text = "[[sim:context_length]] too long"
+    hd, _ = h.chat("p2", text)
+    st, hdrs, direct = sim_post(sim, {"model": "sim-small", "max_tokens": 16,
+                                      "messages": [{"role": "user", "content": text}]}, KEY)
+    check(st == 400 and direct["error"]["code"] == "context_length_exceeded" and
+          direct["error"]["param"] == "messages", "the sim's own error body: %r" % (direct,))
+    e = hd.get("error", {})
+    check(not hd["ok"] and e.get("status") == 400 and e.get("code") == "context_length",
+          "context_length answer: %r" % (hd,))
+    check(e.get("body") == direct, "error.body %r, want %r" % (e.get("body"), direct))
+    check(str(hd.get("request_id", "")).startswith("req_sim"), "request_id on an error: %r" % (hd,))
+    # a key echoed in the provider's error body is redacted there, and only there
+    hd, _ = h.chat("p3", "[[sim:fail=400,echo_key=5]] x")
+    b = hd.get("error", {}).get("body") or {}
+    msg = (b.get("error") or {}).get("message", "")
+    check(msg.startswith("AAAAA[redacted]") and b["error"].get("type") == "invalid_request_error"
+          and "param" in b["error"] and "code" in b["error"], "scrubbed body: %r" % (b,))
+    check(KEY not in repr(h.received) and KEY[8:20] not in repr(h.received), "key in a res")
+    # no HTTP answer: no body
+    hd, _ = h.chat("p4", "[[sim:reset=9]] x")
+    check(not hd["ok"] and "body" not in hd.get("error", {}), "no body without HTTP: %r" % (hd,))
+
+
+def t_provider_answer_anthropic(sim, h):
+    hd, body = h.chat("q1", "hello")
+    check(hd["ok"] and str(hd.get("request_id", "")).startswith("req_sim"),
+          "anthropic request-id: %r" % (hd,))
+    hd, _ = h.chat("q2", "[[sim:fail=400]] x")
+    b = hd.get("error", {}).get("body") or {}
+    check(b.get("type") == "error" and b.get("error", {}).get("type") == "invalid_request_error",
+          "anthropic error body as sent: %r" % (hd,))
+
+
+def provider_answer():
+    sim = Sim("--api-key", KEY, "--api-key", "sk-ant-test")
+    h = None
+    try:
+        h = Harness("--provider", "openai", "--base-url", sim.base, "--model", "sim-small",
+                    *FAST, "--max-attempts", "2", env={"OPENAI_API_KEY": KEY})
+        t_provider_answer(sim, h)
+        check(h.terminate() == 0, "exit 0")
+        check(KEY not in h.stdout + h.stderr(), "the API key leaked in logs")
+        h.close()
+        h = Harness("--provider", "anthropic", "--base-url", sim.base, "--model", "claude-x",
+                    *FAST, env={"ANTHROPIC_API_KEY": "sk-ant-test"})
+        t_provider_answer_anthropic(sim, h)
+        check(h.terminate() == 0, "exit 0")
+    finally:
+        if h:
+            h.close()
+        sim.close()
+    provider_answer_broker()
+
+
+def provider_answer_broker():
+    """The same fields reach a client through the real broker."""
+    import time
+    import msgpack
+    import zmq
+    c = llmqtest.Cluster(workers=1, capacity=8, latency_ms="0")
+    d = None
+    try:
+        d = zmq.Context.instance().socket(zmq.DEALER)
+        d.linger = 0
+        d.connect(c.broker.frontend)
+
+        def ask(rid, text):
+            head = {"v": 1, "t": "req", "id": rid, "op": "chat", "model": llmqtest.MODEL}
+            body = {"messages": [{"role": "user", "content": text}], "max_tokens": 8}
+            d.send_multipart([msgpack.packb(head), msgpack.packb(body)])
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                if not d.poll(200):
+                    continue
+                frames = d.recv_multipart()
+                h = msgpack.unpackb(frames[0], raw=False)
+                if h.get("t") == "res" and h.get("id") == rid:
+                    p = msgpack.unpackb(frames[1], raw=False) if len(frames) > 1 else None
+                    return h, p
+            raise AssertionError("no res for %s" % rid)
+
+        h, body = ask("b1", "hello")
+        want = "req_sim" + body["id"][len("chatcmpl-sim"):]
+        check(h.get("request_id") == want, "request_id via the broker: %r" % (h,))
+        h, _ = ask("b2", "[[sim:context_length]] x")
+        e = (h.get("error", {}).get("body") or {}).get("error", {})
+        check(e.get("code") == "context_length_exceeded" and e.get("param") == "messages",
+              "error.body via the broker: %r" % (h,))
+        h, _ = ask("b3", "[[sim:fail=400,echo_key=3]] x")
+        e = (h.get("error", {}).get("body") or {}).get("error", {})
+        check(e.get("message", "").startswith("AAA[redacted]"), "scrubbed via the broker: %r" % (h,))
+    finally:
+        if d is not None:
+            d.close()
+        c.close()
+
+
 def t_drain(sim, h):
     for i in range(5):
         h.req("d%d" % i, {"messages": [{"role": "user", "content": "[[sim:delay_ms=1500]] %d" % i}]})
@@ -668,7 +791,7 @@ def broker():
 
 GROUPS = {"broker": broker, "batchapi": batchapi, "load": load, "success": success, "stream": stream, "faults": faults, "rpm": rpm,
           "circuit": breaker, "capacity": capacity, "secrets": secrets, "drain": drain, "anthropic": anthropic,
-          "cli": cli, "reconnect": reconnect}
+          "cli": cli, "reconnect": reconnect, "provider_answer": provider_answer}
 
 if __name__ == "__main__":
     names = sys.argv[1:] or list(GROUPS)

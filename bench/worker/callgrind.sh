@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Worker instructions per request, counted by callgrind (repeatable, unlike
+# CPU time on a shared machine): one llmq-worker --provider sim under
+# valgrind --tool=callgrind against llmq-sim (200 ms, 256 in flight, as one
+# of four workers in the 10,000-prompt run), driven by bench_worker with a
+# fixed request count. It runs N and 2N requests and reports
+# (Ir(2N) - Ir(N)) / N, so start-up and shut-down cancel out, then the top
+# functions of the 2N run (inclusive and self). The same for curl_floor (a
+# tuned libcurl client posting the same request, nothing else): the floor.
+# Usage: bench/worker/callgrind.sh [BUILD_DIR] [N] [OUT_DIR]
+set -euo pipefail
+BUILD=${1:-build}
+N=${2:-2000}
+OUT=${3:-$(mktemp -d /tmp/llmq-wcg.XXXXXX)}
+BIN=$(cd "$BUILD/bin" && pwd)
+mkdir -p "$OUT"
+ulimit -n "$(ulimit -Hn)"
+[ "${LLMQ_BENCH_NO_BUILD:-0}" = 1 ] ||
+  cmake --build "$BUILD" --target llmq-worker llmq-sim bench_worker curl_floor -j2 >/dev/null
+
+log=$OUT/sim.log
+: >"$log"
+"$BIN/llmq-sim" --port 0 --quiet --latency-ms 200 >"$log" &
+sim=$!
+trap 'kill $sim 2>/dev/null || true' EXIT
+for _ in $(seq 100); do grep -q ready "$log" && break; sleep 0.1; done
+url=$(sed -n 's/^ready llmq-sim url=//p' "$log")
+
+ir_of() { # total Ir of a callgrind out file
+  sed -n 's/^summary: //p; s/^totals: //p' "$1" | head -1 | awk '{print $1}'
+}
+run() { # $1 = request count -> callgrind out file
+  local n=$1 wrap=$OUT/worker-$1.sh
+  printf '#!/bin/sh\nexec valgrind --tool=callgrind --callgrind-out-file=%s %s "$@" 2>%s\n' \
+    "$OUT/cg-$n.out" "$BIN/llmq-worker" "$OUT/vg-$n.log" >"$wrap"
+  chmod +x "$wrap"
+  "$BIN/bench_worker" "$wrap" "$url/v1" 256 600 0 "$n" >"$OUT/bench-$n.txt" 2>&1
+  for _ in $(seq 300); do [ -s "$OUT/cg-$n.out" ] && grep -q '^totals:\|^summary:' "$OUT/cg-$n.out" && break; sleep 0.1; done
+}
+run "$N"
+run $((2 * N))
+a=$(ir_of "$OUT/cg-$N.out")
+b=$(ir_of "$OUT/cg-$((2 * N)).out")
+echo "requests=$N ir_n=$a ir_2n=$b ir_per_request=$(((b - a) / N))"
+floor() { # $1 = request count: curl_floor under callgrind
+  valgrind --tool=callgrind --callgrind-out-file="$OUT/floor-$1.out" \
+    "$BIN/curl_floor" "$url/v1" "$1" 256 >"$OUT/floor-$1.txt" 2>"$OUT/vg-floor-$1.log"
+}
+if [ "${LLMQ_BENCH_FLOOR:-1}" = 1 ]; then
+  floor "$N"
+  floor $((2 * N))
+  fa=$(ir_of "$OUT/floor-$N.out")
+  fb=$(ir_of "$OUT/floor-$((2 * N)).out")
+  echo "curl_floor requests=$N ir_n=$fa ir_2n=$fb ir_per_request=$(((fb - fa) / N))"
+fi
+cat "$OUT/bench-$N.txt" "$OUT/bench-$((2 * N)).txt"
+callgrind_annotate --inclusive=yes "$OUT/cg-$((2 * N)).out" 2>/dev/null | sed -n '1,60p' >"$OUT/inclusive.txt"
+callgrind_annotate "$OUT/cg-$((2 * N)).out" 2>/dev/null | sed -n '1,60p' >"$OUT/self.txt"
+echo "profiles: $OUT/inclusive.txt $OUT/self.txt"
