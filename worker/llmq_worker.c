@@ -105,6 +105,9 @@ typedef struct {
     saves no more. */
 #define S_SHARD_CONNS 64
 
+/*  A spare job keeps an answer buffer up to this size. */
+#define S_SPARE_BUF_MAX 16384
+
 typedef struct {
     s_worker_t *worker; /* back pointer, for curl callbacks */
     CURLM *multi;       /* this shard's transfers and connections */
@@ -150,6 +153,7 @@ typedef struct {
     bool limiter_waited;         /* counted in limiter_waits */
     /*  WAITING: in the worker's retries, seq = when to try again. */
     llmq_queue_node_t retry;
+    void *spare_next; /* in the worker's spare jobs (s_job_put) */
 } s_job_t;
 
 struct _s_worker_t {
@@ -178,6 +182,9 @@ struct _s_worker_t {
         CURLU *parsed;   /* it, parsed once */
     } curlu[8];
     CURL **pool;    /* idle easy handles, set up (s_easy_new) */
+    s_job_t *spare; /* freed jobs kept for reuse, answer buffer kept */
+    size_t spare_len;
+    bool no_spare;  /* shutting down: jobs are freed */
     bool proxy_env; /* a proxy variable was set at start */
     size_t pool_len;
     size_t pool_cap;
@@ -334,22 +341,74 @@ static void s_job_reset_attempt(s_job_t *job)
     llmq_stream_destroy(&job->st);
 }
 
+/*  What a job holds, freed; the job itself and its answer buffer stay. */
+static void s_job_clear(s_job_t *job)
+{
+    llmq_http_reset(&job->http);
+    llmq_sse_destroy(&job->sse);
+    llmq_stream_destroy(&job->st);
+    zframe_destroy(&job->error_body);
+    free(job->id);
+    free(job->rkey);
+    zlistx_destroy(&job->chunks);
+    free(job->model);
+}
+
+/*  A job ended: kept for the next request (up to capacity, with its
+    answer buffer, so a steady load allocates neither), else freed. */
 static void s_job_free(s_job_t **job_p)
 {
     s_job_t *job = *job_p;
     if (!job)
         return;
-    llmq_http_reset(&job->http);
-    llmq_sse_destroy(&job->sse);
-    llmq_stream_destroy(&job->st);
-    zframe_destroy(&job->error_body);
-    free(job->buf);
-    free(job->id);
-    free(job->rkey);
-    zlistx_destroy(&job->chunks);
-    free(job->model);
-    free(job);
+    s_job_clear(job);
+    s_worker_t *self = job->worker;
+    if (job->cap > S_SPARE_BUF_MAX) { /* a rare big answer is not kept */
+        free(job->buf);
+        job->buf = NULL;
+        job->cap = 0;
+    }
+    if (self && !self->no_spare && !job->probe &&
+        self->spare_len <= (size_t)self->cfg->capacity) {
+        job->spare_next = self->spare;
+        self->spare = job;
+        self->spare_len++;
+    } else {
+        free(job->buf);
+        free(job);
+    }
     *job_p = NULL;
+}
+
+/*  A zeroed job, a spare one if any (its answer buffer kept, empty). */
+static s_job_t *s_job_get(s_worker_t *self)
+{
+    s_job_t *job = self->spare;
+    if (!job)
+        return calloc(1, sizeof(s_job_t));
+    self->spare = job->spare_next;
+    self->spare_len--;
+    char *buf = job->buf;
+    size_t cap = job->cap;
+    memset(job, 0, sizeof *job);
+    job->buf = buf;
+    job->cap = cap;
+    if (buf)
+        buf[0] = 0;
+    return job;
+}
+
+/*  Free the spare jobs (shutting down). */
+static void s_job_spares_free(s_worker_t *self)
+{
+    self->no_spare = true;
+    while (self->spare) {
+        s_job_t *job = self->spare;
+        self->spare = job->spare_next;
+        free(job->buf);
+        free(job);
+    }
+    self->spare_len = 0;
 }
 
 /*  Take a job out of whatever it is waiting in (queue, retries, curl). Does
@@ -1512,7 +1571,7 @@ static void s_on_req(s_worker_t *self, llmq_msg_t *msg)
     if (rkey && *rkey && llmq_msg_resend(msg) && s_attach(self, rkey, id))
         return;
     s_poison_check(self, llmq_msg_payload(msg));
-    s_job_t *job = calloc(1, sizeof *job);
+    s_job_t *job = s_job_get(self);
     if (!job)
         return;
     job->worker = self;
@@ -2251,6 +2310,7 @@ static void s_worker_destroy(s_worker_t **self_p)
     if (!self_p || !*self_p)
         return;
     s_worker_t *self = *self_p;
+    s_job_spares_free(self);
     /*  Jobs first: they hold curl handles, and running borrows them. */
     for (s_job_t *job = self->jobs ? zhashx_first(self->jobs) : NULL; job;
          job = zhashx_next(self->jobs))
