@@ -126,6 +126,17 @@ void llmq_packer_reset(llmq_packer_t *self);
 int llmq_packer_json_text(llmq_packer_t *self, const char *text, size_t len,
                           char *errbuf, size_t errlen);
 
+/*  llmq_packer_json_text for one JSON object that also finds its
+    top-level members named keys[0..count) on the way (no second walk):
+    out[k] as llmq_value_find_many would give it on the packed bytes (the
+    first member of that name; kind 0 = absent), pointing into the packer
+    (valid until it is written to again). -1 (packer as it was, a reason
+    in errbuf) if text is not one JSON object. */
+int llmq_packer_json_object_find(llmq_packer_t *self, const char *text,
+                                 size_t len, const char *const *keys,
+                                 size_t count, llmq_value_ref_t *out,
+                                 char *errbuf, size_t errlen);
+
 /*  A JSON object's text (len bytes) as msgpack in a new frame, without the
     top-level members named in drop (NULL-terminated, may be NULL), and
     with key: value (a string) added last if key is not NULL. NULL with a

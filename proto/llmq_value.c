@@ -1071,6 +1071,91 @@ int llmq_packer_json_text(llmq_packer_t *self, const char *text, size_t len,
     return rc;
 }
 
+/*  s_jp_members for llmq_packer_json_object_find: the first member of
+    each key in keys[0..count) is noted in out as [offset, end offset) of
+    its packed value (offsets into the packer: it may move while it grows),
+    kind 1 meaning found. *count_p: members written. */
+static int s_jp_members_find(s_jp_t *jp, const char *const *keys, size_t count,
+                             llmq_value_ref_t *out, size_t *count_p)
+{
+    s_jp_ws(jp);
+    if (jp->p < jp->end && *jp->p == '}')
+        return jp->p++, 0;
+    while (true) {
+        const char *key;
+        size_t size;
+        s_jp_ws(jp);
+        if (jp->p >= jp->end || *jp->p != '"' || s_jp_string(jp, &key, &size))
+            return s_jp_fail(jp, "JSON object key expected");
+        size_t hit = count;
+        for (size_t k = 0; k < count && hit == count; k++)
+            if (!out[k].kind && strlen(keys[k]) == size &&
+                !memcmp(keys[k], key, size))
+                hit = k;
+        llmq_packer_strn(jp->out, key, size);
+        s_jp_ws(jp);
+        if (jp->p >= jp->end || *jp->p++ != ':')
+            return s_jp_fail(jp, "':' expected in a JSON object");
+        size_t start = jp->out->sbuf.size;
+        if (s_jp_value(jp, 1))
+            return -1;
+        if (hit < count)
+            out[hit] = (llmq_value_ref_t){(const uint8_t *)(uintptr_t)start,
+                                          jp->out->sbuf.size, 1};
+        (*count_p)++;
+        s_jp_ws(jp);
+        char c = jp->p < jp->end ? *jp->p++ : 0;
+        if (c == '}')
+            return 0;
+        if (c != ',')
+            return s_jp_fail(jp, "',' or '}' expected in a JSON object");
+    }
+}
+
+int llmq_packer_json_object_find(llmq_packer_t *self, const char *text,
+                                 size_t len, const char *const *keys,
+                                 size_t count, llmq_value_ref_t *out,
+                                 char *errbuf, size_t errlen)
+{
+    for (size_t k = 0; k < count; k++)
+        out[k] = (llmq_value_ref_t){NULL, 0, 0};
+    s_jp_t jp = {text, text + len, self, NULL, NULL, 0};
+    size_t mark = self->sbuf.size, members = 0;
+    s_jp_ws(&jp);
+    int rc = text && jp.p < jp.end && *jp.p == '{'
+                 ? 0
+                 : s_jp_fail(&jp, "not a JSON object");
+    if (rc == 0) {
+        jp.p++;
+        s_jp_open(&jp, true);
+        rc = s_jp_members_find(&jp, keys, count, out, &members);
+    }
+    if (rc == 0)
+        rc = s_jp_end(&jp);
+    free(jp.scratch);
+    if (rc != 0) {
+        self->sbuf.size = mark;
+        for (size_t k = 0; k < count; k++)
+            out[k] = (llmq_value_ref_t){NULL, 0, 0};
+        s_err(errbuf, errlen, jp.err);
+        return -1;
+    }
+    size_t before = self->sbuf.size;
+    s_jp_close(&jp, mark, true, members);
+    size_t shift = before - self->sbuf.size;
+    const uint8_t *base = (const uint8_t *)self->sbuf.data;
+    for (size_t k = 0; k < count; k++) {
+        if (!out[k].kind)
+            continue;
+        size_t start = (size_t)(uintptr_t)out[k].data - shift;
+        size_t end = out[k].size - shift;
+        out[k].data = base + start;
+        out[k].size = end - start;
+        out[k].kind = s_kind_of(out[k].data, out[k].size);
+    }
+    return 0;
+}
+
 zframe_t *llmq_value_from_json_object(const char *text, size_t len,
                                       const char *const *drop, const char *key,
                                       const char *value, char *errbuf,
@@ -1729,6 +1814,57 @@ static void s_test_direct_object(void)
     S_TEST(llmq_value_json_members(" {} ", 4, keys, spans) == 0);
 }
 
+/*  llmq_packer_json_object_find: the bytes of llmq_packer_json_text and
+    the members llmq_value_find_many finds in them, after bytes already in
+    the packer, for small (fixmap) and 16+ member (map16) objects. */
+static void s_test_object_find(void)
+{
+    char big[600] = "{";
+    for (int i = 0; i < 20; i++)
+        snprintf(big + strlen(big), sizeof big - strlen(big), "\"k%d\":%d,", i,
+                 i);
+    strcat(big, "\"usage\":{\"a\":[1,2]},\"choices\":[{\"x\":\"\\u00e9\"}]}");
+    const char *texts[] = {" {\"choices\":[1],\"usage\":{\"p\":2},"
+                           "\"usage\":3} ",
+                           "{\"id\":\"a\"}", "{}", big, NULL};
+    const char *keys[2] = {"choices", "usage"};
+    for (int t = 0; texts[t]; t++) {
+        llmq_packer_t *a = llmq_packer_new(), *b = llmq_packer_new();
+        llmq_packer_str(a, "prefix");
+        llmq_packer_str(b, "prefix");
+        size_t mark = 0, n_a = 0, n_b = 0;
+        llmq_packer_data(a, &mark);
+        llmq_value_ref_t got[2], want[2];
+        size_t len = strlen(texts[t]);
+        S_TEST(llmq_packer_json_object_find(a, texts[t], len, keys, 2, got,
+                                            NULL, 0) == 0);
+        S_TEST(llmq_packer_json_text(b, texts[t], len, NULL, 0) == 0);
+        const uint8_t *da = llmq_packer_data(a, &n_a);
+        const uint8_t *db = llmq_packer_data(b, &n_b);
+        S_TEST(n_a == n_b && !memcmp(da, db, n_a));
+        S_TEST(llmq_value_find_many(db + mark, n_b - mark, keys, 2, want) == 0);
+        for (int k = 0; k < 2; k++) {
+            S_TEST(got[k].kind == want[k].kind && got[k].size == want[k].size);
+            S_TEST(!want[k].kind || got[k].data - da == want[k].data - db);
+        }
+        llmq_packer_destroy(&a);
+        llmq_packer_destroy(&b);
+    }
+    const char *bad[] = {"[1]", "{\"a\":1", "{} x", "", "{\"a\" 1}", NULL};
+    llmq_packer_t *p = llmq_packer_new();
+    for (int t = 0; bad[t]; t++) {
+        llmq_value_ref_t got[2];
+        char why[64] = "";
+        size_t n = 1;
+        S_TEST(llmq_packer_json_object_find(p, bad[t], strlen(bad[t]), keys, 2,
+                                            got, why, sizeof why) == -1);
+        S_TEST(*why && !got[0].kind && !got[1].kind);
+        llmq_packer_data(p, &n);
+        S_TEST(n == 0);
+    }
+    llmq_packer_destroy(&p);
+}
+
 /*  Strings: each special byte or UTF-8 sequence at every position of an
     8-byte word, as the tree printer prints them; bad UTF-8 anywhere fails. */
 static void s_test_buf_strings(void)
@@ -1852,6 +1988,7 @@ int llmq_value_test(bool verbose)
     s_test_items();
     s_test_direct();
     s_test_direct_object();
+    s_test_object_find();
     s_test_buf_json();
     s_test_buf_strings();
     if (verbose)

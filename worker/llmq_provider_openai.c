@@ -159,38 +159,28 @@ static cJSON *s_parse(const llmq_provider_t *self, const llmq_call_t *call,
     return json;
 }
 
-/*  The answer passed through: JSON text to msgpack in one pass, then the
-    required array and the usage read from the msgpack (parse()'s checks
-    without a tree). */
+/*  The answer passed through: JSON text to msgpack in one pass that also
+    notes where the required array and the usage are (parse()'s checks
+    without a tree or a second walk); the usage is read from its msgpack. */
 static int s_pack(const llmq_provider_t *self, const llmq_call_t *call,
                   const char *body, size_t size, llmq_packer_t *packer,
                   llmq_usage_t *usage, llmq_perr_t *err)
 {
     (void)self;
-    size_t mark = 0;
-    llmq_packer_data(packer, &mark);
-    if (llmq_packer_json_text(packer, body, size, NULL, 0)) {
+    const char *keys[2] = {call->op == LLMQ_OP_EMBEDDING ? "data" : "choices",
+                           "usage"};
+    llmq_value_ref_t found[2];
+    if (llmq_packer_json_object_find(packer, body, size, keys, 2, found, NULL,
+                                     0)) {
         llmq_perr_set(err, LLMQ_ERR_PROVIDER_ERROR, 200, true,
                       "provider answered with malformed JSON (%zu bytes)",
                       size);
         return -1;
     }
-    size_t end = 0;
-    const uint8_t *data = llmq_packer_data(packer, &end);
-    data += mark;
-    const char *keys[2] = {call->op == LLMQ_OP_EMBEDDING ? "data" : "choices",
-                           "usage"};
-    llmq_value_ref_t found[2];
-    int rc = llmq_value_find_many(data, end - mark, keys, 2, found);
-    if (rc < 0 || found[0].kind != 'a') {
+    if (found[0].kind != 'a') {
         llmq_packer_reset(packer);
-        if (rc < 0)
-            llmq_perr_set(err, LLMQ_ERR_PROVIDER_ERROR, 200, true,
-                          "provider answered with malformed JSON (%zu bytes)",
-                          size);
-        else
-            llmq_perr_set(err, LLMQ_ERR_PROVIDER_ERROR, 200, true,
-                          "provider answer has no '%s' array", keys[0]);
+        llmq_perr_set(err, LLMQ_ERR_PROVIDER_ERROR, 200, true,
+                      "provider answer has no '%s' array", keys[0]);
         return -1;
     }
     if (found[1].kind == 'm')
