@@ -332,10 +332,63 @@ void llmq_packer_str(llmq_packer_t *self, const char *value)
         msgpack_pack_nil(&self->pk);
 }
 
+/*  Room for n more bytes in sbuf, grown as msgpack_sbuffer_write grows
+    it; false if out of memory. */
+static bool s_sbuf_room(msgpack_sbuffer *sbuf, size_t n)
+{
+    if (sbuf->alloc - sbuf->size >= n)
+        return true;
+    size_t size = sbuf->alloc ? sbuf->alloc * 2 : MSGPACK_SBUFFER_INIT_SIZE;
+    while (size < sbuf->size + n) {
+        if (size * 2 <= size) {
+            size = sbuf->size + n;
+            break;
+        }
+        size *= 2;
+    }
+    char *grown = (char *)realloc(sbuf->data, size);
+    if (!grown)
+        return false;
+    sbuf->data = grown;
+    sbuf->alloc = size;
+    return true;
+}
+
+/*  The bytes msgpack_pack_str + msgpack_pack_str_body write, written
+    straight into the buffer: one room check and one copy, not two
+    appends through the packer's callback (a hot path: every string of
+    every answer). */
 void llmq_packer_strn(llmq_packer_t *self, const char *value, size_t len)
 {
-    msgpack_pack_str(&self->pk, len);
-    msgpack_pack_str_body(&self->pk, value, len);
+    if (len > UINT32_MAX || !s_sbuf_room(&self->sbuf, len + 5)) {
+        msgpack_pack_str(&self->pk, len);
+        msgpack_pack_str_body(&self->pk, value, len);
+        return;
+    }
+    uint8_t *at = (uint8_t *)self->sbuf.data + self->sbuf.size;
+    size_t head = 1;
+    if (len < 32)
+        at[0] = (uint8_t)(0xa0 | len);
+    else if (len < 256) {
+        at[0] = 0xd9;
+        at[1] = (uint8_t)len;
+        head = 2;
+    } else if (len < 65536) {
+        at[0] = 0xda;
+        at[1] = (uint8_t)(len >> 8);
+        at[2] = (uint8_t)len;
+        head = 3;
+    } else {
+        at[0] = 0xdb;
+        at[1] = (uint8_t)(len >> 24);
+        at[2] = (uint8_t)(len >> 16);
+        at[3] = (uint8_t)(len >> 8);
+        at[4] = (uint8_t)len;
+        head = 5;
+    }
+    if (len)
+        memcpy(at + head, value, len);
+    self->sbuf.size += head + len;
 }
 
 void llmq_packer_int(llmq_packer_t *self, int64_t value)
@@ -867,9 +920,34 @@ static int s_jp_string(s_jp_t *jp, const char **data_p, size_t *size_p)
     return 0;
 }
 
+/*  A plain integer literal (an optional '-', 1 to 18 digits, then no
+    '.', 'e' or 'E'): packed as s_jp_number packs it (strtoll's value),
+    without strtoll. Returns 1 if it was one, 0 if not (nothing read). */
+static int s_jp_int_fast(s_jp_t *jp)
+{
+    const char *p = jp->p;
+    bool neg = p < jp->end && *p == '-';
+    p += neg;
+    int64_t v = 0;
+    int digits = 0;
+    while (p < jp->end && *p >= '0' && *p <= '9' && digits < 19) {
+        v = v * 10 + (*p++ - '0');
+        digits++;
+    }
+    if (digits == 0 || digits > 18 ||
+        (p < jp->end && strchr("0123456789+-eE.", *p) && *p))
+        return 0;
+    jp->p = p;
+    if (jp->out)
+        llmq_packer_int(jp->out, neg ? -v : v);
+    return 1;
+}
+
 /*  A number: the bytes cJSON would take as one, packed as it would. */
 static int s_jp_number(s_jp_t *jp)
 {
+    if (s_jp_int_fast(jp))
+        return 0;
     char text[64];
     size_t n = 0;
     bool integral = true;
@@ -1865,6 +1943,70 @@ static void s_test_object_find(void)
     llmq_packer_destroy(&p);
 }
 
+/*  llmq_packer_strn writes msgpack-c's bytes at every header width; the
+    integer fast path of the JSON text reader gives strtoll's values. */
+static void s_test_strn_int(void)
+{
+    size_t lens[] = {0, 1, 31, 32, 255, 256, 65535, 65536};
+    char *text = (char *)malloc(65536);
+    memset(text, 'x', 65536);
+    for (size_t i = 0; i < sizeof lens / sizeof lens[0]; i++) {
+        llmq_packer_t *a = llmq_packer_new();
+        msgpack_sbuffer sb;
+        msgpack_sbuffer_init(&sb);
+        msgpack_packer pk;
+        msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+        for (int k = 0; k < 3; k++) { /* also past the first growth */
+            llmq_packer_strn(a, text, lens[i]);
+            msgpack_pack_str(&pk, lens[i]);
+            msgpack_pack_str_body(&pk, text, lens[i]);
+        }
+        size_t n = 0;
+        const uint8_t *d = llmq_packer_data(a, &n);
+        S_TEST(n == sb.size && !memcmp(d, sb.data, n));
+        msgpack_sbuffer_destroy(&sb);
+        llmq_packer_destroy(&a);
+    }
+    free(text);
+    const char *ints[] = {"0",
+                          "-0",
+                          "7",
+                          "-12",
+                          "123456789012345678",
+                          "-999999999999999999",
+                          "1234567890123456789",
+                          "-9223372036854775808",
+                          " 42 ",
+                          NULL};
+    const int64_t want[] = {0,
+                            0,
+                            7,
+                            -12,
+                            123456789012345678LL,
+                            -999999999999999999LL,
+                            1234567890123456789LL,
+                            INT64_MIN,
+                            42};
+    for (int i = 0; ints[i]; i++) {
+        llmq_packer_t *a = llmq_packer_new(), *b = llmq_packer_new();
+        S_TEST(llmq_packer_json_text(a, ints[i], strlen(ints[i]), NULL, 0) ==
+               0);
+        llmq_packer_int(b, want[i]);
+        size_t na = 0, nb = 0;
+        const uint8_t *da = llmq_packer_data(a, &na);
+        const uint8_t *db = llmq_packer_data(b, &nb);
+        S_TEST(na == nb && !memcmp(da, db, na));
+        llmq_packer_destroy(&a);
+        llmq_packer_destroy(&b);
+    }
+    const char *bad[] = {"1-2", "12+", "-", "--1", "1e", NULL};
+    for (int i = 0; bad[i]; i++) {
+        llmq_packer_t *a = llmq_packer_new();
+        S_TEST(llmq_packer_json_text(a, bad[i], strlen(bad[i]), NULL, 0) == -1);
+        llmq_packer_destroy(&a);
+    }
+}
+
 /*  Strings: each special byte or UTF-8 sequence at every position of an
     8-byte word, as the tree printer prints them; bad UTF-8 anywhere fails. */
 static void s_test_buf_strings(void)
@@ -1989,6 +2131,7 @@ int llmq_value_test(bool verbose)
     s_test_direct();
     s_test_direct_object();
     s_test_object_find();
+    s_test_strn_int();
     s_test_buf_json();
     s_test_buf_strings();
     if (verbose)
