@@ -603,6 +603,11 @@ void llmq_ratelimit_header(llmq_ratelimit_t *rl, const char *name,
 {
     if (name_len < 11)
         return;
+    /*  Most headers are none of these (retry-after*, x-ratelimit-*,
+        anthropic-ratelimit-*): one look at the first letter. */
+    char first = (char)(name[0] | 0x20);
+    if (first != 'r' && first != 'x' && first != 'a')
+        return;
     char v[128];
     while (value_len && isspace((unsigned char)value[value_len - 1]))
         value_len--;
