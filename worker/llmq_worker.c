@@ -153,7 +153,9 @@ typedef struct {
     bool limiter_waited;         /* counted in limiter_waits */
     /*  WAITING: in the worker's retries, seq = when to try again. */
     llmq_queue_node_t retry;
-    void *spare_next; /* in the worker's spare jobs (s_job_put) */
+    void *spare_next;   /* in the worker's spare jobs (s_job_free) */
+    char id_own[48];    /* id's bytes when short enough (no strdup) */
+    char model_own[48]; /* model's, likewise */
 } s_job_t;
 
 struct _s_worker_t {
@@ -348,10 +350,23 @@ static void s_job_clear(s_job_t *job)
     llmq_sse_destroy(&job->sse);
     llmq_stream_destroy(&job->st);
     zframe_destroy(&job->error_body);
-    free(job->id);
+    if (job->id != job->id_own)
+        free(job->id);
     free(job->rkey);
     zlistx_destroy(&job->chunks);
-    free(job->model);
+    if (job->model != job->model_own)
+        free(job->model);
+}
+
+/*  src copied into own (size bytes) if it fits, else duplicated; NULL if
+    out of memory. */
+static char *s_job_str(char *own, size_t size, const char *src)
+{
+    size_t n = strlen(src);
+    if (n >= size)
+        return strdup(src);
+    memcpy(own, src, n + 1);
+    return own;
 }
 
 /*  A job ended: kept for the next request (up to capacity, with its
@@ -587,7 +602,8 @@ static bool s_attach(s_worker_t *self, const char *rkey, const char *id)
             free(nid);
             return false;
         }
-        free(job->id);
+        if (job->id != job->id_own)
+            free(job->id);
         job->id = nid;
         s_replay_chunks(self, job->chunks, id);
         llmq_log(NULL, LLMQ_LOG_DEBUG, "req_attached", LLMQ_LOG_STR("id", id),
@@ -1575,8 +1591,10 @@ static void s_on_req(s_worker_t *self, llmq_msg_t *msg)
     if (!job)
         return;
     job->worker = self;
-    job->id = strdup(id);
-    job->model = strdup(llmq_msg_model(msg));
+    job->id = s_job_str(job->id_own, sizeof job->id_own, id);
+    const char *model = llmq_msg_model(msg);
+    job->model =
+        s_job_str(job->model_own, sizeof job->model_own, model ? model : "");
     job->op = llmq_op_from_name(llmq_msg_op(msg));
     job->stream = llmq_msg_stream(msg);
     job->received_ms = now;
@@ -2283,6 +2301,11 @@ static s_worker_t *s_worker_new(llmq_worker_config_t **config_p, zsock_t *pipe,
     self->breaker =
         llmq_breaker_new(cfg->breaker_failures, cfg->breaker_cooldown_ms);
     self->jobs = zhashx_new();
+    if (self->jobs) {
+        /*  Keys borrowed: a job's id lives as long as the job. */
+        zhashx_set_key_duplicator(self->jobs, NULL);
+        zhashx_set_key_destructor(self->jobs, NULL);
+    }
     self->running = zhashx_new();
     const char *poison = getenv("LLMQ_TEST_POISON");
     self->poison = poison && *poison ? poison : NULL;
