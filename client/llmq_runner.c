@@ -1,10 +1,21 @@
 /*  llmq_runner.c - the run engine of `llmq run` (see llmq_runner.h).
 
-    The input lines live in `items` (input order); `lines` maps custom_id
-    to OUT's line, kept by the resume and added as results arrive, so the
-    ordered rewrite at the end is one pass over items. `todo` lists the
-    items OUT does not answer yet; a request carries the address of its
-    todo slot as its arg, so a result finds its line without a lookup.
+    Memory is bounded by the window, not by the input. The load reads IN
+    once, as a stream: every line is parsed for its custom_id, op and
+    model; its record (fingerprint of the custom_id, line number, op,
+    usable or not: 24 bytes) goes to `ids`, an unlinked spill file next to
+    OUT, and its fingerprint to an array that finds duplicate custom_ids
+    (sorted, then freed). OUT is scanned into an index (llmq_jsonl.h: per
+    whole line, the custom_id's fingerprint and the line's offset, 16
+    bytes), which says what is done. The run reads IN and ids again, in
+    step: a line OUT does not answer becomes an s_line_t (its text, kept
+    until it is answered, for retries) when the window has room. Results
+    are appended to OUT as they arrive and their offsets added to the
+    index; the ordered rewrite at the end follows ids (input order) and
+    copies each line from OUT by its offset. IN "-" (stdin) is copied to a
+    second spill file by the load, so that the run can read it again. A
+    request carries its s_line_t as its arg, so a result finds its line
+    without a lookup.
 
     The window: cwnd (a double: grown by 1/cwnd per answer, halved by an
     `overloaded` answer at most every S_CUT_MS) bounds the requests in
@@ -24,6 +35,7 @@
 #include "llmq_jsonl.h"
 
 #include <errno.h>
+#include <libgen.h>
 #include <math.h>
 #include <poll.h>
 #include <unistd.h>
@@ -34,25 +46,46 @@
 /*  Longest wait on the socket: the client's timers (heartbeat, reconnect,
     give-up) run after each wait. */
 #define S_TIMERS_MS 250
+/*  Distinct model names kept for llmq_runner_models. */
+#define S_MODELS 1024
 
+/*  What the load learnt of an input line that is not blank: ids holds one
+    per such line, in input order. */
 typedef struct {
-    size_t index; /* position in todo */
-    int64_t due;  /* zclock_mono() time to send it again */
-} s_retry_t;
+    uint64_t fp;      /* llmq_jsonl_fnv1a of the custom_id */
+    uint64_t line_no; /* 1-based line number in IN */
+    int32_t op;       /* llmq_op_t */
+    int32_t usable;   /* 0: answered by an error line, never sent */
+} s_rec_t;
 
-/*  A line of this run: its input item and how often it was answered
-    `overloaded`. A request's arg is its s_line_t. */
+/*  A line of this run, from when the window takes it until it is
+    answered. A request's arg is its s_line_t. */
 typedef struct {
-    llmq_jsonl_item_t *item; /* the input line (the items list owns it) */
-    int tries;               /* overloaded answers so far */
+    s_rec_t rec;     /* from ids */
+    char *text;      /* the raw line (sent again after `overloaded`) */
+    size_t len;      /* its size */
+    char *custom_id; /* set when it is sent */
+    int tries;       /* overloaded answers so far */
+    void *handle;    /* in the runner's lines */
 } s_line_t;
 
-/*  The files of a run: IN's lines, OUT's lines and OUT's appender. */
+typedef struct {
+    s_line_t *line; /* waiting to be sent again */
+    int64_t due;    /* zclock_mono() time to send it again */
+} s_retry_t;
+
+/*  The files of a run: IN, the records of its lines, OUT's index and
+    OUT's appender. */
 typedef struct {
     char *input;                 /* IN path */
     char *output;                /* OUT path */
-    zlistx_t *items;             /* every input line, in input order */
-    zhashx_t *lines;             /* custom_id -> OUT line (kept and new) */
+    bool piped;                  /* OUT is "-": no index, no rewrite */
+    FILE *in;                    /* IN as the run reads it (stdin: a copy) */
+    FILE *ids;                   /* s_rec_t per line (unlinked spill file) */
+    uint64_t in_line_no;         /* lines of in read so far */
+    char *buffer;                /* getline() buffer of in */
+    size_t cap;                  /* its size */
+    llmq_jsonl_index_t *index;   /* OUT's lines, by custom_id */
     llmq_jsonl_writer_t *writer; /* appends to OUT as results arrive */
 } s_files_t;
 
@@ -68,12 +101,13 @@ struct _llmq_runner_t {
     double max_cost_usd;          /* cost cap; 0: none */
     llmq_runner_line_fn *on_line; /* finished-line callback, or NULL */
     void *on_line_arg;            /* its argument */
-    s_line_t *todo;               /* the lines OUT does not answer yet */
+    zlistx_t *models;             /* models the lines left name (strings) */
+    zlistx_t *lines;              /* s_line_t taken and not answered */
     zlistx_t *backoff;            /* s_retry_t: lines waiting to resend */
     llmq_client_t *client;        /* borrowed, from start */
     double cwnd;                  /* the window in use (AIMD) */
     int64_t last_cut;             /* zclock_mono() when cwnd was halved */
-    size_t next;                  /* next todo index never sent */
+    size_t taken;                 /* lines left that the window took */
     size_t in_flight;             /* our requests the client holds */
     llmq_runner_stats_t stats;    /* counts and flags */
 };
@@ -87,6 +121,36 @@ static void s_free_item(void **item)
 {
     free(*item);
     *item = NULL;
+}
+
+static void s_line_destroy(void **item)
+{
+    s_line_t *line = (s_line_t *)*item;
+    if (line) {
+        free(line->text);
+        free(line->custom_id);
+        free(line);
+    }
+    *item = NULL;
+}
+
+static void s_free_string(void **item)
+{
+    zstr_free((char **)item);
+}
+
+/*  The lists of a new runner; false if out of memory. */
+static bool s_lists_new(llmq_runner_t *self)
+{
+    self->backoff = zlistx_new();
+    self->lines = zlistx_new();
+    self->models = zlistx_new();
+    if (!self->backoff || !self->lines || !self->models)
+        return false;
+    zlistx_set_destructor(self->backoff, s_free_item);
+    zlistx_set_destructor(self->lines, s_line_destroy);
+    zlistx_set_destructor(self->models, s_free_string);
+    return true;
 }
 
 llmq_runner_t *llmq_runner_new(const llmq_runner_config_t *config, char *err,
@@ -108,6 +172,7 @@ llmq_runner_t *llmq_runner_new(const llmq_runner_config_t *config, char *err,
         return NULL;
     self->files.input = strdup(config->input);
     self->files.output = strdup(config->output);
+    self->files.piped = streq(config->output, "-");
     self->model = config->model ? strdup(config->model) : NULL;
     self->retry_failed = config->retry_failed;
     self->window = config->window > 0 ? config->window : LLMQ_RUNNER_WINDOW;
@@ -122,10 +187,7 @@ llmq_runner_t *llmq_runner_new(const llmq_runner_config_t *config, char *err,
     self->on_line = config->on_line;
     self->on_line_arg = config->on_line_arg;
     self->cwnd = self->window;
-    self->backoff = zlistx_new();
-    if (self->backoff)
-        zlistx_set_destructor(self->backoff, s_free_item);
-    if (!self->files.input || !self->files.output || !self->backoff ||
+    if (!self->files.input || !self->files.output || !s_lists_new(self) ||
         s_load(self, err, err_size) != 0) {
         int saved = errno;
         llmq_runner_destroy(&self);
@@ -137,8 +199,12 @@ llmq_runner_t *llmq_runner_new(const llmq_runner_config_t *config, char *err,
 static void s_files_close(s_files_t *files)
 {
     llmq_jsonl_writer_destroy(&files->writer);
-    zhashx_destroy(&files->lines);
-    zlistx_destroy(&files->items);
+    llmq_jsonl_index_destroy(&files->index);
+    if (files->in)
+        fclose(files->in);
+    if (files->ids)
+        fclose(files->ids);
+    free(files->buffer);
     free(files->output);
     free(files->input);
 }
@@ -150,7 +216,8 @@ void llmq_runner_destroy(llmq_runner_t **self_p)
         return;
     s_files_close(&self->files);
     zlistx_destroy(&self->backoff);
-    free(self->todo);
+    zlistx_destroy(&self->lines);
+    zlistx_destroy(&self->models);
     free(self->default_model);
     free(self->model);
     free(self);
@@ -158,28 +225,266 @@ void llmq_runner_destroy(llmq_runner_t **self_p)
 }
 
 //  --------------------------------------------------------------------------
-//  Loading: IN, OUT's lines, what is left to do
+//  Spill files and the records of IN's lines
 
-/*  Of items, count those that lines answers (*failed_p: error lines among
-    them); todo, if not NULL, receives the others (*todo_count_p). Returns
-    how many lines answers. */
-static size_t s_count(zlistx_t *items, zhashx_t *lines, size_t *failed_p,
-                      s_line_t *todo, size_t *todo_count_p)
+/*  A new empty file next to path (the temp directory for "-"), already
+    unlinked: it goes away with the process. NULL with errno. */
+static FILE *s_spill_new(const char *path)
 {
-    size_t answered = 0;
-    *failed_p = 0;
-    for (llmq_jsonl_item_t *item = (llmq_jsonl_item_t *)zlistx_first(items);
-         item; item = (llmq_jsonl_item_t *)zlistx_next(items)) {
-        const char *line = (const char *)zhashx_lookup(lines, item->custom_id);
-        if (line) {
-            answered++;
-            //  An error line kept by the resume is still a failed line.
-            if (!strstr(line, "\"error\":null"))
-                (*failed_p)++;
-        } else if (todo)
-            todo[(*todo_count_p)++].item = item;
+    char *copy = strdup(path);
+    const char *tmp = getenv("TMPDIR");
+    const char *dir = streq(path, "-") ? (tmp && *tmp ? tmp : "/tmp")
+                      : copy           ? dirname(copy)
+                                       : ".";
+    char *name = zsys_sprintf("%s/.llmq-run-XXXXXX", dir);
+    int fd = name ? mkstemp(name) : -1;
+    if (fd >= 0)
+        unlink(name);
+    FILE *file = fd >= 0 ? fdopen(fd, "w+") : NULL;
+    if (fd >= 0 && !file)
+        close(fd);
+    zstr_free(&name);
+    free(copy);
+    return file;
+}
+
+/*  Back to the first line: in and ids read again from the start. */
+static void s_rewind(s_files_t *files)
+{
+    if (files->in)
+        rewind(files->in);
+    if (files->ids)
+        rewind(files->ids);
+    files->in_line_no = 0;
+}
+
+/*  The next record of ids and its line of in (borrowed until the next
+    call). False at the end. */
+static bool s_next_rec(s_files_t *files, s_rec_t *rec, char **text_p,
+                       size_t *len_p)
+{
+    if (fread(rec, sizeof *rec, 1, files->ids) != 1)
+        return false;
+    ssize_t len = -1;
+    while (files->in_line_no < rec->line_no &&
+           (len = getline(&files->buffer, &files->cap, files->in)) >= 0)
+        files->in_line_no++;
+    if (len < 0)
+        return false; //  IN changed since the load
+    *text_p = files->buffer;
+    *len_p = (size_t)len;
+    return true;
+}
+
+/*  llmq_jsonl_next_fn over ids: the custom_ids in input order. */
+static bool s_next_fp(void *arg, uint64_t *fp_p)
+{
+    s_rec_t rec;
+    if (fread(&rec, sizeof rec, 1, ((s_files_t *)arg)->ids) != 1)
+        return false;
+    *fp_p = rec.fp;
+    return true;
+}
+
+/*  Rewrite OUT in input order from the index. Returns 0 or -1. */
+static int s_rewrite(s_files_t *files)
+{
+    if (files->piped)
+        return 0;
+    if (files->ids)
+        rewind(files->ids);
+    int rc =
+        llmq_jsonl_write_indexed(files->output, files->index, s_next_fp, files);
+    int saved = errno;
+    s_rewind(files);
+    errno = saved;
+    return rc;
+}
+
+/*  Parse an input line (len bytes as read, with its newline) as the run
+    does: a line the protocol cannot carry is answered by an error line,
+    never sent (a frame over the limit would only be dropped, and resent
+    after every reconnect). */
+static llmq_jsonl_item_t *s_item(const char *text, size_t len, size_t line_no)
+{
+    llmq_jsonl_item_t *item = llmq_jsonl_parse_line(text, len, line_no);
+    if (item && len > LLMQ_JSONL_MAX_LINE && !item->error) {
+        cJSON_Delete(item->body);
+        item->body = NULL;
+        item->error = zsys_sprintf(
+            "line too large: %zu bytes (the protocol's limit is %lld)", len,
+            (long long)LLMQ_JSONL_MAX_LINE);
     }
-    return answered;
+    return item;
+}
+
+static bool s_blank(const char *text, size_t len)
+{
+    for (size_t i = 0; i < len; i++)
+        if (!isspace((unsigned char)text[i]))
+            return false;
+    return true;
+}
+
+//  --------------------------------------------------------------------------
+//  Loading: IN's records, OUT's index, what is left to do
+
+/*  The load's scratch: fingerprints of every line (duplicates), models
+    named so far. */
+typedef struct {
+    uint64_t *fps;   /* one per line, input order until sorted */
+    size_t size;     /* used */
+    size_t cap;      /* allocated */
+    zhashx_t *named; /* models in self->models */
+} s_scan_t;
+
+static int s_push_fp(s_scan_t *scan, uint64_t fp)
+{
+    if (scan->size == scan->cap) {
+        size_t cap = scan->cap ? scan->cap * 2 : 4096;
+        uint64_t *grown = (uint64_t *)realloc(scan->fps, cap * sizeof(*grown));
+        if (!grown)
+            return -1;
+        scan->fps = grown;
+        scan->cap = cap;
+    }
+    scan->fps[scan->size++] = fp;
+    return 0;
+}
+
+/*  A model a line left to run names: one more the cluster serves. */
+static void s_note_model(llmq_runner_t *self, s_scan_t *scan, const char *model)
+{
+    if (self->model || !model || !scan->named ||
+        zlistx_size(self->models) >= S_MODELS ||
+        zhashx_lookup(scan->named, model))
+        return;
+    char *copy = strdup(model);
+    if (copy && zlistx_add_end(self->models, copy))
+        zhashx_insert(scan->named, copy, copy);
+    else
+        free(copy);
+}
+
+/*  One input line at load: its record to ids, its fingerprint to scan,
+    counted as answered by OUT or left to run. Returns 0 or -1. */
+static int s_load_line(llmq_runner_t *self, s_scan_t *scan, const char *text,
+                       size_t len, size_t line_no)
+{
+    llmq_jsonl_item_t *item = s_item(text, len, line_no);
+    if (!item)
+        return -1;
+    s_rec_t rec = {llmq_jsonl_fnv1a(item->custom_id, strlen(item->custom_id)),
+                   line_no, (int32_t)item->op, item->error == NULL};
+    llmq_runner_stats_t *stats = &self->stats;
+    bool failed = false;
+    stats->total++;
+    if (llmq_jsonl_index_has(self->files.index, rec.fp, &failed)) {
+        stats->resumed++;
+        //  An error line kept by the resume is still a failed line.
+        stats->resumed_failed += failed;
+    } else {
+        stats->todo++;
+        s_note_model(self, scan, item->model);
+    }
+    llmq_jsonl_item_destroy(&item);
+    if (fwrite(&rec, sizeof rec, 1, self->files.ids) != 1)
+        return -1;
+    return s_push_fp(scan, rec.fp);
+}
+
+/*  Read IN once (stdin: copied to a spill file), recording its lines.
+    Leaves files->in open for the run. Returns 0 or -1 with err. */
+static int s_load_input(llmq_runner_t *self, s_scan_t *scan, char *err,
+                        size_t err_size)
+{
+    s_files_t *files = &self->files;
+    bool is_stdin = streq(files->input, "-");
+    FILE *file = is_stdin ? stdin : fopen(files->input, "r");
+    if (!file) {
+        snprintf(err, err_size, "cannot open %s: %s", files->input,
+                 strerror(errno));
+        return -1;
+    }
+    if (is_stdin)
+        files->in = s_spill_new(files->output);
+    int rc = is_stdin && !files->in ? -1 : 0;
+    char *text = NULL;
+    size_t cap = 0, line_no = 0;
+    ssize_t len;
+    while (rc == 0 && (len = getline(&text, &cap, file)) >= 0) {
+        line_no++;
+        if (is_stdin && fwrite(text, 1, (size_t)len, files->in) != (size_t)len)
+            rc = -1;
+        else if (!s_blank(text, (size_t)len))
+            rc = s_load_line(self, scan, text, (size_t)len, line_no);
+    }
+    if (ferror(file) || rc != 0)
+        snprintf(err, err_size, "read error on %s", files->input);
+    rc = ferror(file) ? -1 : rc;
+    free(text);
+    if (!is_stdin) {
+        fclose(file);
+        files->in = rc == 0 ? fopen(files->input, "r") : NULL;
+    }
+    if (rc == 0 && (!files->in || fflush(files->in) || fflush(files->ids)))
+        return snprintf(err, err_size, "cannot read %s again", files->input),
+               -1;
+    return rc;
+}
+
+static int s_fp_cmp(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+static void s_item_destructor(void **item)
+{
+    llmq_jsonl_item_destroy((llmq_jsonl_item_t **)item);
+}
+
+/*  The input lines whose fingerprint is one of fps (sorted), as items. */
+static zlistx_t *s_dup_items(s_files_t *files, uint64_t *fps, size_t count)
+{
+    zlistx_t *items = zlistx_new();
+    if (items)
+        zlistx_set_destructor(items, s_item_destructor);
+    s_rewind(files);
+    s_rec_t rec;
+    char *text;
+    size_t len;
+    while (items && s_next_rec(files, &rec, &text, &len))
+        if (bsearch(&rec.fp, fps, count, sizeof *fps, s_fp_cmp)) {
+            llmq_jsonl_item_t *item = s_item(text, len, rec.line_no);
+            if (item)
+                zlistx_add_end(items, item);
+        }
+    return items;
+}
+
+/*  Refuse duplicate custom_ids: the fingerprints seen twice are looked at
+    again (their lines read once more) and llmq_runner_check_ids says
+    which lines. Returns 0 or -1 with err. */
+static int s_check_dups(llmq_runner_t *self, s_scan_t *scan, char *err,
+                        size_t err_size)
+{
+    if (scan->size > 1)
+        qsort(scan->fps, scan->size, sizeof *scan->fps, s_fp_cmp);
+    size_t count = 0;
+    for (size_t i = 1; i < scan->size; i++)
+        if (scan->fps[i] == scan->fps[i - 1] &&
+            (count == 0 || scan->fps[count - 1] != scan->fps[i]))
+            scan->fps[count++] = scan->fps[i];
+    if (count == 0)
+        return 0;
+    zlistx_t *items = s_dup_items(&self->files, scan->fps, count);
+    if (items && llmq_runner_check_ids(items, err, err_size) == 0)
+        snprintf(err, err_size,
+                 "two different custom_ids share a 64-bit fingerprint "
+                 "(FNV-1a): rename one; nothing was sent");
+    zlistx_destroy(&items);
+    return -1;
 }
 
 /*  Fail a load: the reason in err, errno code. Returns -1. */
@@ -192,37 +497,58 @@ static int s_fail(char *err, size_t err_size, int code, const char *what,
     return -1;
 }
 
-/*  Read IN, refuse duplicates, keep OUT's whole lines and list what is
+/*  Index OUT, read IN (records to ids), refuse duplicates. Returns 0 or
+    -1 with err. */
+static int s_load_files(llmq_runner_t *self, char *err, size_t err_size,
+                        size_t *dropped_p)
+{
+    s_files_t *files = &self->files;
+    errno = EINVAL;
+    files->index = llmq_jsonl_index_scan(files->output, self->retry_failed,
+                                         dropped_p, err, err_size);
+    if (!files->index)
+        return (errno = EINVAL), -1;
+    files->ids = s_spill_new(files->output);
+    if (!files->ids)
+        return s_fail(err, err_size, 0, "create a spill file next to",
+                      files->output);
+    s_scan_t scan = {0};
+    scan.named = zhashx_new();
+    int rc = s_load_input(self, &scan, err, err_size);
+    if (rc == 0)
+        rc = s_check_dups(self, &scan, err, err_size);
+    free(scan.fps);
+    zhashx_destroy(&scan.named);
+    if (rc != 0)
+        errno = EINVAL;
+    return rc;
+}
+
+/*  Read IN, refuse duplicates, index OUT's whole lines and count what is
     left; open OUT for appending if anything is. Returns 0 or -1. */
 static int s_load(llmq_runner_t *self, char *err, size_t err_size)
 {
     s_files_t *files = &self->files;
-    errno = EINVAL;
-    files->items = llmq_jsonl_read_input(files->input, false, err, err_size);
-    if (!files->items || llmq_runner_check_ids(files->items, err, err_size))
-        return (errno = EINVAL), -1;
-    size_t dropped = 0, total = zlistx_size(files->items);
-    files->lines = llmq_jsonl_scan_output(files->output, self->retry_failed,
-                                          &dropped, err, err_size);
-    self->todo = (s_line_t *)calloc(total + 1, sizeof(*self->todo));
-    if (!files->lines)
-        return (errno = EINVAL), -1;
-    if (!self->todo)
-        return (errno = ENOMEM), -1;
+    size_t dropped = 0;
+    if (s_load_files(self, err, err_size, &dropped) != 0)
+        return -1;
     llmq_runner_stats_t *stats = &self->stats;
-    stats->total = total;
-    stats->resumed = s_count(files->items, files->lines, &stats->resumed_failed,
-                             self->todo, &stats->todo);
     //  OUT already answers every line: a rerun of a finished run.
-    stats->complete =
-        total > 0 && stats->todo == 0 && !streq(files->output, "-");
+    stats->complete = stats->total > 0 && stats->todo == 0 && !files->piped;
+    s_rewind(files);
     if (stats->complete)
         return 0;
     //  A kill leaves a partial last line: rewrite OUT with the whole lines
-    //  before appending to it.
-    if (dropped > 0 && llmq_jsonl_write_ordered(files->output, files->items,
-                                                files->lines) != 0)
-        return s_fail(err, err_size, 0, "rewrite", files->output);
+    //  before appending to it, and index the rewritten file.
+    if (dropped > 0 && !files->piped) {
+        if (s_rewrite(files) != 0)
+            return s_fail(err, err_size, 0, "rewrite", files->output);
+        llmq_jsonl_index_destroy(&files->index);
+        files->index = llmq_jsonl_index_scan(files->output, self->retry_failed,
+                                             NULL, err, err_size);
+        if (!files->index)
+            return (errno = EIO), -1;
+    }
     if (stats->todo > 0 &&
         !(files->writer = llmq_jsonl_writer_new(files->output)))
         return s_fail(err, err_size, EINVAL, "write", files->output);
@@ -265,31 +591,36 @@ bool llmq_runner_complete(zlistx_t *items, const char *output,
     if (streq(output, "-") || zlistx_size(items) == 0)
         return false;
     char err[512] = "";
-    zhashx_t *lines =
-        llmq_jsonl_scan_output(output, retry_failed, NULL, err, sizeof err);
-    bool complete = lines && s_count(items, lines, failed_p, NULL, NULL) ==
-                                 zlistx_size(items);
-    zhashx_destroy(&lines);
-    return complete;
+    llmq_jsonl_index_t *index =
+        llmq_jsonl_index_scan(output, retry_failed, NULL, err, sizeof err);
+    size_t answered = 0;
+    for (llmq_jsonl_item_t *item = (llmq_jsonl_item_t *)zlistx_first(items);
+         item && index; item = (llmq_jsonl_item_t *)zlistx_next(items)) {
+        bool failed = false;
+        if (llmq_jsonl_index_has(
+                index,
+                llmq_jsonl_fnv1a(item->custom_id, strlen(item->custom_id)),
+                &failed)) {
+            answered++;
+            *failed_p += failed;
+        }
+    }
+    llmq_jsonl_index_destroy(&index);
+    return answered == zlistx_size(items);
 }
 
 size_t llmq_runner_models(llmq_runner_t *self, const char **names, size_t max)
 {
     size_t count = 0;
-    zhashx_t *named = self->model ? NULL : zhashx_new();
-    for (size_t i = 0; named && i < self->stats.todo && count < max; i++) {
-        const char *model = self->todo[i].item->model;
-        if (model && !zhashx_lookup(named, model)) {
-            zhashx_insert(named, model, (void *)model);
-            names[count++] = model;
-        }
-    }
-    zhashx_destroy(&named);
+    for (const char *model = (const char *)zlistx_first(self->models);
+         model && count < max && !self->model;
+         model = (const char *)zlistx_next(self->models))
+        names[count++] = model;
     return count;
 }
 
 //  --------------------------------------------------------------------------
-//  Running: send, back off, collect, wait
+//  Running: take lines, send, back off, collect, wait
 
 int llmq_runner_start(llmq_runner_t *self, llmq_client_t *client,
                       const char *default_model)
@@ -303,82 +634,132 @@ int llmq_runner_start(llmq_runner_t *self, llmq_client_t *client,
     return 0;
 }
 
-/*  A finished line: to OUT, to the table, to the caller. Takes line. */
-static void s_answered(llmq_runner_t *self, llmq_jsonl_item_t *item, char *line,
+/*  The next line left to run, in input order; NULL at the end (or out of
+    memory: the line is left for a rerun). */
+static s_line_t *s_take(llmq_runner_t *self)
+{
+    s_files_t *files = &self->files;
+    s_rec_t rec;
+    char *text;
+    size_t len;
+    while (self->taken < self->stats.todo &&
+           s_next_rec(files, &rec, &text, &len)) {
+        if (llmq_jsonl_index_has(files->index, rec.fp, NULL))
+            continue; //  OUT answers it
+        s_line_t *line = (s_line_t *)calloc(1, sizeof(*line));
+        char *copy = (char *)malloc(len + 1);
+        if (!line || !copy ||
+            !(line->handle = zlistx_add_end(self->lines, line))) {
+            free(line);
+            free(copy);
+            return NULL;
+        }
+        memcpy(copy, text, len);
+        copy[len] = 0;
+        line->rec = rec;
+        line->text = copy;
+        line->len = len;
+        self->taken++;
+        return line;
+    }
+    //  IN lost lines since the load: the run ends with those it has.
+    self->stats.todo = self->taken;
+    return NULL;
+}
+
+/*  A finished line: to OUT and its index, to the caller. Takes text;
+    the line is gone after. */
+static void s_answered(llmq_runner_t *self, s_line_t *line, char *text,
                        const llmq_result_t *result)
 {
-    if (line) {
-        llmq_jsonl_writer_write(self->files.writer, line);
-        zhashx_update(self->files.lines, item->custom_id, line);
+    s_files_t *files = &self->files;
+    if (text) {
+        uint64_t offset = llmq_jsonl_writer_offset(files->writer);
+        if (llmq_jsonl_writer_write(files->writer, text) == 0 && !files->piped)
+            llmq_jsonl_index_add(files->index, line->rec.fp, offset,
+                                 !result || !result->ok);
+        free(text);
     }
     self->stats.finished++;
     if (!result || !result->ok)
         self->stats.failed++;
     if (self->on_line)
-        self->on_line(item->custom_id, result, self->on_line_arg);
+        self->on_line(line->custom_id ? line->custom_id : "", result,
+                      self->on_line_arg);
+    zlistx_delete(self->lines, line->handle);
 }
 
-/*  Submit one todo line; a line that cannot be sent is answered at once
-    by an error line. Returns -1 if a signal cut the submit short (the
-    line is not sent). */
-static int s_send(llmq_runner_t *self, size_t index)
+/*  Submit item, the parsed form of line. Returns 0, or -1 with errno. */
+static int s_submit(llmq_runner_t *self, s_line_t *line,
+                    llmq_jsonl_item_t *item)
 {
-    llmq_jsonl_item_t *item = self->todo[index].item;
-    const char *reason = item->error ? item->error : "out of memory";
-    cJSON *body = item->error ? NULL : llmq_jsonl_item_body(item);
-    if (body) {
-        const char *model = self->model   ? self->model
-                            : item->model ? item->model
-                                          : self->default_model;
-        //  The body names the model the broker routes on.
-        cJSON_DeleteItemFromObject(body, "model");
-        cJSON_AddStringToObject(body, "model", model);
-        int rc = llmq_client_submit(self->client, item->op, model, body,
-                                    &self->request, &self->todo[index]);
+    cJSON *body = item->body;
+    const char *model = self->model   ? self->model
+                        : item->model ? item->model
+                                      : self->default_model;
+    //  The body names the model the broker routes on.
+    cJSON_DeleteItemFromObject(body, "model");
+    cJSON_AddStringToObject(body, "model", model);
+    return llmq_client_submit(self->client, (llmq_op_t)line->rec.op, model,
+                              body, &self->request, line);
+}
+
+/*  Submit a line; a line that cannot be sent is answered at once by an
+    error line. Returns -1 if a signal cut the submit short (the line is
+    not sent). */
+static int s_send(llmq_runner_t *self, s_line_t *line)
+{
+    llmq_jsonl_item_t *item = s_item(line->text, line->len, line->rec.line_no);
+    if (item && !line->custom_id)
+        line->custom_id = strdup(item->custom_id);
+    const char *reason = item && item->error ? item->error : "out of memory";
+    if (item && item->body && line->custom_id) {
+        int rc = s_submit(self, line, item);
         int saved = errno;
-        //  The client keeps its own copy: free the tree now.
-        cJSON_Delete(item->body);
-        item->body = NULL;
         if (rc == 0) {
             self->in_flight++;
+            llmq_jsonl_item_destroy(&item);
             return 0;
         }
-        if (saved == EINTR)
+        if (saved == EINTR) {
+            llmq_jsonl_item_destroy(&item);
             return -1;
+        }
         reason = saved == EMSGSIZE ? "request too large for the protocol's "
                                      "64 MiB frame limit"
                                    : "request body could not be encoded";
     }
-    s_answered(self, item,
-               llmq_jsonl_error_line(item->custom_id, NULL, "invalid_request",
-                                     reason, 0),
+    s_answered(self, line,
+               llmq_jsonl_error_line(line->custom_id ? line->custom_id : "",
+                                     NULL, "invalid_request", reason, 0),
                NULL);
+    llmq_jsonl_item_destroy(&item);
     return 0;
 }
 
-/*  Queue todo line index to be sent again at due. */
-static void s_retry_at(llmq_runner_t *self, size_t index, int64_t due)
+/*  Queue line to be sent again at due. */
+static void s_retry_at(llmq_runner_t *self, s_line_t *line, int64_t due)
 {
     s_retry_t *again = (s_retry_t *)calloc(1, sizeof(*again));
     if (!again)
         return;
-    again->index = index;
+    again->line = line;
     again->due = due;
     zlistx_add_end(self->backoff, again);
 }
 
-/*  Take the first backed-off line that is due; false if none is. */
-static bool s_take_due(llmq_runner_t *self, size_t *index_p)
+/*  Take the first backed-off line that is due; NULL if none is. */
+static s_line_t *s_take_due(llmq_runner_t *self)
 {
     int64_t now = zclock_mono();
     for (s_retry_t *retry = (s_retry_t *)zlistx_first(self->backoff); retry;
          retry = (s_retry_t *)zlistx_next(self->backoff))
         if (retry->due <= now) {
-            *index_p = retry->index;
+            s_line_t *line = retry->line;
             zlistx_delete(self->backoff, zlistx_cursor(self->backoff));
-            return true;
+            return line;
         }
-    return false;
+    return NULL;
 }
 
 /*  Fill the window: lines due for a retry first, then new ones; nothing
@@ -386,14 +767,11 @@ static bool s_take_due(llmq_runner_t *self, size_t *index_p)
 static void s_fill(llmq_runner_t *self)
 {
     while (!self->stats.capped && self->in_flight < (size_t)self->cwnd) {
-        size_t index;
-        if (!s_take_due(self, &index)) {
-            if (self->next >= self->stats.todo)
-                break;
-            index = self->next++;
-        }
-        if (s_send(self, index) != 0) {
-            s_retry_at(self, index, 0);
+        s_line_t *line = s_take_due(self);
+        if (!line && !(line = s_take(self)))
+            break;
+        if (s_send(self, line) != 0) {
+            s_retry_at(self, line, 0);
             break;
         }
     }
@@ -402,16 +780,16 @@ static void s_fill(llmq_runner_t *self)
 /*  A line answered `overloaded` (a full queue: a capacity problem, not the
     line's): fewer in flight, and send it again after a jittered doubling
     backoff, so retries do not come back as one herd. */
-static void s_back_off(llmq_runner_t *self, size_t index)
+static void s_back_off(llmq_runner_t *self, s_line_t *line)
 {
     int64_t now = zclock_mono();
     if (now - self->last_cut >= S_CUT_MS) {
         self->cwnd = self->cwnd / 2 < 1 ? 1 : self->cwnd / 2;
         self->last_cut = now;
     }
-    int64_t delay = (int64_t)self->backoff_ms << self->todo[index].tries;
-    s_retry_at(self, index, now + delay / 2 + randof((int)(delay / 2) + 1));
-    self->todo[index].tries++;
+    int64_t delay = (int64_t)self->backoff_ms << line->tries;
+    s_retry_at(self, line, now + delay / 2 + randof((int)(delay / 2) + 1));
+    line->tries++;
     self->stats.retried++;
 }
 
@@ -431,32 +809,26 @@ static void s_spend(llmq_runner_t *self, const llmq_result_t *result)
     out of OUT so that a rerun runs the line. */
 static void s_on_result(llmq_runner_t *self, llmq_result_t *result)
 {
-    if (!result->arg)
+    s_line_t *line = (s_line_t *)result->arg;
+    if (!line)
         return; //  not one of ours
-    size_t index = (size_t)((s_line_t *)result->arg - self->todo);
-    if (index >= self->stats.todo)
-        return;
     self->in_flight--;
     s_spend(self, result);
-    llmq_jsonl_item_t *item = self->todo[index].item;
     if (!result->ok && streq(result->error_code, "timeout") &&
         result->error_message &&
         streq(result->error_message, "broker unreachable"))
         self->stats.unreachable = true;
     else if (!result->ok && streq(result->error_code, "overloaded") &&
-             self->todo[index].tries < self->retries)
-        s_back_off(self, index);
+             line->tries < self->retries)
+        s_back_off(self, line);
     else {
-        s_answered(self, item, llmq_jsonl_result_line(item->custom_id, result),
+        s_answered(self, line, llmq_jsonl_result_line(line->custom_id, result),
                    result);
-        free(item->line);
-        item->line = NULL;
         //  Window back up by one per window of answers.
         if (self->cwnd < self->window)
             self->cwnd += 1.0 / self->cwnd;
     }
 }
-
 /*  Let the client handle what its socket holds and run its timers. */
 static void s_process(llmq_runner_t *self)
 {
@@ -527,7 +899,7 @@ int llmq_runner_finish(llmq_runner_t *self)
     llmq_jsonl_writer_destroy(&files->writer);
     if (self->stats.complete)
         return 0;
-    return llmq_jsonl_write_ordered(files->output, files->items, files->lines);
+    return s_rewrite(files);
 }
 
 void llmq_runner_stats(llmq_runner_t *self, llmq_runner_stats_t *stats)
