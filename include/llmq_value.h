@@ -89,6 +89,40 @@ zframe_t *llmq_packer_frame(llmq_packer_t *self);
 /*  Forget what was written. */
 void llmq_packer_reset(llmq_packer_t *self);
 
+/*  Direct JSON text -> msgpack (no cJSON tree; the bytes are those of
+    llmq_value_from_json_text, except that an integer literal beyond 2^53
+    stays exact). Appends one value of text (len bytes, whitespace around
+    it allowed) to the packer; on an error the packer is left as it was and
+    -1 comes back with a reason in errbuf. */
+int llmq_packer_json_text(llmq_packer_t *self, const char *text, size_t len,
+                          char *errbuf, size_t errlen);
+
+/*  A JSON object's text (len bytes) as msgpack in a new frame, without the
+    top-level members named in drop (NULL-terminated, may be NULL), and
+    with key: value (a string) added last if key is not NULL. NULL with a
+    reason in errbuf if text is not one JSON object. */
+zframe_t *llmq_value_from_json_object(const char *text, size_t len,
+                                      const char *const *drop, const char *key,
+                                      const char *value, char *errbuf,
+                                      size_t errlen);
+
+/*  A piece of JSON text (borrowed). */
+typedef struct {
+    const char *data; /* NULL: absent */
+    size_t size;
+} llmq_value_span_t;
+
+/*  The raw text of top-level members of a JSON object (len bytes): for
+    each name of keys (NULL-terminated), spans gets the value of its first
+    member whose key matches ignoring case, as cJSON_GetObjectItem finds
+    it, or {NULL, 0}. The whole text is checked: returns 0, or -1 if it is
+    not one JSON object. */
+int llmq_value_json_members(const char *text, size_t len,
+                            const char *const *keys, llmq_value_span_t *spans);
+
+/*  A span holding a JSON string, decoded (caller frees), or NULL. */
+char *llmq_value_json_string(llmq_value_span_t span);
+
 int llmq_value_test(bool verbose);
 
 #ifdef __cplusplus

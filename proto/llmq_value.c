@@ -10,12 +10,14 @@
 #include "llmq_value.h"
 #include "llmq_mpread.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <math.h>
 #include <msgpack.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 /*  cJSON stores numbers as doubles and prints them with 15 significant
     digits, so larger integers (ids, seeds) are kept as raw JSON number text
@@ -516,6 +518,466 @@ zframe_t *llmq_value_from_json_text(const char *text, size_t len, char *errbuf,
     return frame;
 }
 
+/*  ---- JSON text -> msgpack, direct ------------------------------------
+    One pass over the text, no cJSON tree: the request bodies of `llmq run`
+    go from its input lines to the wire this way. A container's header is
+    written as the 32-bit form with a zero count, then patched once its
+    members are counted and shrunk to the smallest form (the bytes after
+    it move back), so the bytes are the ones llmq_value_from_json_text
+    writes. Numbers: an integer literal that fits int64 is packed exactly
+    (cJSON would round it through a double above 2^53); any other number
+    as llmq_packer_json packs the double strtod reads. */
+
+typedef struct {
+    const char *p;       /* next byte */
+    const char *end;     /* end of the text */
+    llmq_packer_t *out;  /* NULL: validate only */
+    const char *err;     /* why the text was refused */
+    char *scratch;       /* decoded strings with escapes */
+    size_t scratch_size; /* allocated */
+} s_jp_t;
+
+static int s_jp_value(s_jp_t *jp, int depth);
+
+static int s_jp_fail(s_jp_t *jp, const char *reason)
+{
+    if (!jp->err)
+        jp->err = reason;
+    return -1;
+}
+
+static void s_jp_ws(s_jp_t *jp)
+{
+    while (jp->p < jp->end && (*jp->p == ' ' || *jp->p == '\t' ||
+                               *jp->p == '\n' || *jp->p == '\r'))
+        jp->p++;
+}
+
+/*  Four hex digits at p, or -1. */
+static long s_jp_hex4(const char *p, const char *end)
+{
+    if (end - p < 4)
+        return -1;
+    long value = 0;
+    for (int i = 0; i < 4; i++) {
+        int c = (unsigned char)p[i], digit;
+        if (c >= '0' && c <= '9')
+            digit = c - '0';
+        else if ((c | 32) >= 'a' && (c | 32) <= 'f')
+            digit = (c | 32) - 'a' + 10;
+        else
+            return -1;
+        value = value * 16 + digit;
+    }
+    return value;
+}
+
+/*  \uXXXX (a surrogate pair as one) at jp->p (after the 'u') as UTF-8
+    into out (4 bytes at most). Returns the bytes written, or -1. */
+static int s_jp_unicode(s_jp_t *jp, char *out)
+{
+    long cp = s_jp_hex4(jp->p, jp->end);
+    if (cp < 0 || (cp >= 0xDC00 && cp <= 0xDFFF))
+        return -1;
+    jp->p += 4;
+    if (cp >= 0xD800 && cp <= 0xDBFF) {
+        long low = jp->end - jp->p >= 6 && jp->p[0] == '\\' && jp->p[1] == 'u'
+                       ? s_jp_hex4(jp->p + 2, jp->end)
+                       : -1;
+        if (low < 0xDC00 || low > 0xDFFF)
+            return -1;
+        jp->p += 6;
+        cp = 0x10000 + ((cp - 0xD800) << 10) + (low - 0xDC00);
+    }
+    if (cp < 0x80)
+        return out[0] = (char)cp, 1;
+    if (cp < 0x800)
+        return out[0] = (char)(0xC0 | (cp >> 6)),
+               out[1] = (char)(0x80 | (cp & 0x3F)), 2;
+    if (cp < 0x10000)
+        return out[0] = (char)(0xE0 | (cp >> 12)),
+               out[1] = (char)(0x80 | ((cp >> 6) & 0x3F)),
+               out[2] = (char)(0x80 | (cp & 0x3F)), 3;
+    out[0] = (char)(0xF0 | (cp >> 18));
+    out[1] = (char)(0x80 | ((cp >> 12) & 0x3F));
+    out[2] = (char)(0x80 | ((cp >> 6) & 0x3F));
+    out[3] = (char)(0x80 | (cp & 0x3F));
+    return 4;
+}
+
+/*  The escapes of a string whose raw text (between the quotes) is
+    [start, jp->p), decoded into scratch. Returns the size, or -1. */
+static long s_jp_unescape(s_jp_t *jp, const char *start, const char *stop)
+{
+    size_t need = (size_t)(stop - start) + 1;
+    if (need > jp->scratch_size) {
+        char *grown = (char *)realloc(jp->scratch, need);
+        if (!grown)
+            return s_jp_fail(jp, "out of memory");
+        jp->scratch = grown;
+        jp->scratch_size = need;
+    }
+    const char *end = jp->end;
+    jp->end = stop;
+    jp->p = start;
+    size_t used = 0;
+    while (jp->p < stop) {
+        char c = *jp->p++;
+        if (c != '\\') {
+            jp->scratch[used++] = c;
+            continue;
+        }
+        c = jp->p < stop ? *jp->p++ : 0;
+        const char *from = "\"\\/bfnrt", *to = "\"\\/\b\f\n\r\t";
+        const char *hit = c ? strchr(from, c) : NULL;
+        int n = 1;
+        if (hit)
+            jp->scratch[used] = to[hit - from];
+        else if (c == 'u')
+            n = s_jp_unicode(jp, jp->scratch + used);
+        else
+            n = -1;
+        if (n < 0) {
+            jp->end = end;
+            return s_jp_fail(jp, "bad escape in a JSON string");
+        }
+        used += (size_t)n;
+    }
+    jp->end = end;
+    jp->p = stop + 1;
+    return (long)used;
+}
+
+/*  A string at jp->p (on its opening quote): its bytes, borrowed from the
+    text or from scratch. Returns 0 or -1. */
+static int s_jp_string(s_jp_t *jp, const char **data_p, size_t *size_p)
+{
+    const char *start = ++jp->p;
+    bool escaped = false;
+    const char *q = start;
+    while (q < jp->end && *q != '"') {
+        if (*q == '\\') {
+            escaped = true;
+            q++;
+        }
+        q++;
+    }
+    if (q >= jp->end)
+        return s_jp_fail(jp, "unterminated JSON string");
+    if (!escaped) {
+        *data_p = start;
+        *size_p = (size_t)(q - start);
+        jp->p = q + 1;
+        return 0;
+    }
+    long size = s_jp_unescape(jp, start, q);
+    if (size < 0)
+        return -1;
+    *data_p = jp->scratch;
+    *size_p = (size_t)size;
+    return 0;
+}
+
+/*  A number: the bytes cJSON would take as one, packed as it would. */
+static int s_jp_number(s_jp_t *jp)
+{
+    char text[64];
+    size_t n = 0;
+    bool integral = true;
+    while (jp->p < jp->end && strchr("0123456789+-eE.", *jp->p) && *jp->p) {
+        if (n + 1 >= sizeof text)
+            return s_jp_fail(jp, "JSON number too long");
+        integral = integral && (isdigit((unsigned char)*jp->p) ||
+                                (n == 0 && *jp->p == '-'));
+        text[n++] = *jp->p++;
+    }
+    text[n] = 0;
+    char *stop = NULL;
+    errno = 0;
+    long long ll = integral ? strtoll(text, &stop, 10) : 0;
+    if (integral && n && stop == text + n && errno == 0) {
+        if (jp->out)
+            llmq_packer_int(jp->out, ll);
+        return 0;
+    }
+    double d = strtod(text, &stop);
+    if (n == 0 || stop != text + n)
+        return s_jp_fail(jp, "bad JSON number");
+    if (jp->out)
+        s_pack_number(jp->out, d);
+    return 0;
+}
+
+static int s_jp_literal(s_jp_t *jp, const char *word)
+{
+    size_t n = strlen(word);
+    if ((size_t)(jp->end - jp->p) < n || memcmp(jp->p, word, n) != 0)
+        return s_jp_fail(jp, "JSON syntax error");
+    jp->p += n;
+    if (!jp->out)
+        return 0;
+    if (word[0] == 'n')
+        llmq_packer_nil(jp->out);
+    else
+        llmq_packer_bool(jp->out, word[0] == 't');
+    return 0;
+}
+
+/*  Write a container header placeholder; returns where it is. */
+static size_t s_jp_open(s_jp_t *jp, bool map)
+{
+    if (!jp->out)
+        return 0;
+    size_t mark = jp->out->sbuf.size;
+    const char header[5] = {(char)(map ? 0xdf : 0xdd), 0, 0, 0, 0};
+    llmq_packer_raw(jp->out, header, sizeof header);
+    return mark;
+}
+
+/*  Patch the header at mark with count, in its smallest form. */
+static void s_jp_close(s_jp_t *jp, size_t mark, bool map, size_t count)
+{
+    if (!jp->out)
+        return;
+    uint8_t *at = (uint8_t *)jp->out->sbuf.data + mark;
+    size_t keep = 5;
+    if (count < 16) {
+        at[0] = (uint8_t)((map ? 0x80 : 0x90) | count);
+        keep = 1;
+    } else if (count < 65536) {
+        at[0] = map ? 0xde : 0xdc;
+        at[1] = (uint8_t)(count >> 8);
+        at[2] = (uint8_t)count;
+        keep = 3;
+    } else {
+        at[1] = (uint8_t)(count >> 24);
+        at[2] = (uint8_t)(count >> 16);
+        at[3] = (uint8_t)(count >> 8);
+        at[4] = (uint8_t)count;
+    }
+    size_t body = jp->out->sbuf.size - mark - 5;
+    if (keep < 5) {
+        memmove(at + keep, at + 5, body);
+        jp->out->sbuf.size -= 5 - keep;
+    }
+}
+
+/*  Members of an object (jp->p after its '{'); with drop (top level
+    only), keys listed there are left out. *count_p: members written. */
+static int s_jp_members(s_jp_t *jp, int depth, const char *const *drop,
+                        size_t *count_p)
+{
+    s_jp_ws(jp);
+    if (jp->p < jp->end && *jp->p == '}')
+        return jp->p++, 0;
+    while (true) {
+        const char *key;
+        size_t size;
+        s_jp_ws(jp);
+        if (jp->p >= jp->end || *jp->p != '"' || s_jp_string(jp, &key, &size))
+            return s_jp_fail(jp, "JSON object key expected");
+        bool dropped = false;
+        for (size_t i = 0; drop && drop[i] && !dropped; i++)
+            dropped = strlen(drop[i]) == size && !memcmp(drop[i], key, size);
+        size_t mark = jp->out ? jp->out->sbuf.size : 0;
+        if (jp->out)
+            llmq_packer_strn(jp->out, key, size);
+        s_jp_ws(jp);
+        if (jp->p >= jp->end || *jp->p++ != ':')
+            return s_jp_fail(jp, "':' expected in a JSON object");
+        if (s_jp_value(jp, depth + 1))
+            return -1;
+        if (dropped && jp->out)
+            jp->out->sbuf.size = mark;
+        *count_p += !dropped;
+        s_jp_ws(jp);
+        char c = jp->p < jp->end ? *jp->p++ : 0;
+        if (c == '}')
+            return 0;
+        if (c != ',')
+            return s_jp_fail(jp, "',' or '}' expected in a JSON object");
+    }
+}
+
+static int s_jp_elements(s_jp_t *jp, int depth, size_t *count_p)
+{
+    s_jp_ws(jp);
+    if (jp->p < jp->end && *jp->p == ']')
+        return jp->p++, 0;
+    while (true) {
+        if (s_jp_value(jp, depth + 1))
+            return -1;
+        (*count_p)++;
+        s_jp_ws(jp);
+        char c = jp->p < jp->end ? *jp->p++ : 0;
+        if (c == ']')
+            return 0;
+        if (c != ',')
+            return s_jp_fail(jp, "',' or ']' expected in a JSON array");
+    }
+}
+
+static int s_jp_container(s_jp_t *jp, int depth)
+{
+    if (depth >= LLMQ_VALUE_MAX_DEPTH)
+        return s_jp_fail(jp, "JSON nested too deeply");
+    bool map = *jp->p++ == '{';
+    size_t mark = s_jp_open(jp, map), count = 0;
+    int rc = map ? s_jp_members(jp, depth, NULL, &count)
+                 : s_jp_elements(jp, depth, &count);
+    if (rc == 0)
+        s_jp_close(jp, mark, map, count);
+    return rc;
+}
+
+static int s_jp_value(s_jp_t *jp, int depth)
+{
+    s_jp_ws(jp);
+    if (jp->p >= jp->end)
+        return s_jp_fail(jp, "JSON value expected");
+    char c = *jp->p;
+    if (c == '{' || c == '[')
+        return s_jp_container(jp, depth);
+    if (c == '"') {
+        const char *data;
+        size_t size;
+        if (s_jp_string(jp, &data, &size))
+            return -1;
+        if (jp->out)
+            llmq_packer_strn(jp->out, data, size);
+        return 0;
+    }
+    if (c == 't')
+        return s_jp_literal(jp, "true");
+    if (c == 'f')
+        return s_jp_literal(jp, "false");
+    if (c == 'n')
+        return s_jp_literal(jp, "null");
+    return s_jp_number(jp);
+}
+
+/*  Only whitespace left. */
+static int s_jp_end(s_jp_t *jp)
+{
+    s_jp_ws(jp);
+    return jp->p < jp->end
+               ? s_jp_fail(jp, "trailing characters after JSON value")
+               : 0;
+}
+
+int llmq_packer_json_text(llmq_packer_t *self, const char *text, size_t len,
+                          char *errbuf, size_t errlen)
+{
+    s_jp_t jp = {text, text + len, self, NULL, NULL, 0};
+    size_t mark = self ? self->sbuf.size : 0;
+    int rc = text ? s_jp_value(&jp, 0) : s_jp_fail(&jp, "no JSON text");
+    if (rc == 0)
+        rc = s_jp_end(&jp);
+    if (rc != 0) {
+        if (self)
+            self->sbuf.size = mark;
+        s_err(errbuf, errlen, jp.err);
+    }
+    free(jp.scratch);
+    return rc;
+}
+
+zframe_t *llmq_value_from_json_object(const char *text, size_t len,
+                                      const char *const *drop, const char *key,
+                                      const char *value, char *errbuf,
+                                      size_t errlen)
+{
+    llmq_packer_t *packer = llmq_packer_new();
+    s_jp_t jp = {text, text + len, packer, NULL, NULL, 0};
+    int rc = packer && text ? 0 : s_jp_fail(&jp, "out of memory");
+    s_jp_ws(&jp);
+    if (rc == 0 && (jp.p >= jp.end || *jp.p != '{'))
+        rc = s_jp_fail(&jp, "not a JSON object");
+    size_t count = 0, mark = 0;
+    if (rc == 0) {
+        jp.p++;
+        mark = s_jp_open(&jp, true);
+        rc = s_jp_members(&jp, 0, drop, &count);
+    }
+    if (rc == 0)
+        rc = s_jp_end(&jp);
+    if (rc == 0 && key) {
+        llmq_packer_str(packer, key);
+        llmq_packer_str(packer, value ? value : "");
+        count++;
+    }
+    zframe_t *frame = NULL;
+    if (rc == 0) {
+        s_jp_close(&jp, mark, true, count);
+        frame = llmq_packer_frame(packer);
+    } else
+        s_err(errbuf, errlen, jp.err);
+    free(jp.scratch);
+    llmq_packer_destroy(&packer);
+    return frame;
+}
+
+int llmq_value_json_members(const char *text, size_t len,
+                            const char *const *keys, llmq_value_span_t *spans)
+{
+    s_jp_t jp = {text, text + len, NULL, NULL, NULL, 0};
+    size_t nkeys = 0;
+    while (keys && keys[nkeys])
+        spans[nkeys++] = (llmq_value_span_t){NULL, 0};
+    s_jp_ws(&jp);
+    int rc = text && jp.p < jp.end && *jp.p++ == '{' ? 0 : -1;
+    s_jp_ws(&jp);
+    bool empty = rc == 0 && jp.p < jp.end && *jp.p == '}';
+    if (empty)
+        jp.p++;
+    while (rc == 0 && !empty) {
+        const char *key;
+        size_t size;
+        s_jp_ws(&jp);
+        if (jp.p >= jp.end || *jp.p != '"' || s_jp_string(&jp, &key, &size))
+            rc = -1;
+        size_t hit = nkeys;
+        for (size_t i = 0; rc == 0 && i < nkeys && hit == nkeys; i++)
+            if (!spans[i].data && strlen(keys[i]) == size &&
+                strncasecmp(keys[i], key, size) == 0)
+                hit = i;
+        s_jp_ws(&jp);
+        if (rc == 0 && (jp.p >= jp.end || *jp.p++ != ':'))
+            rc = -1;
+        s_jp_ws(&jp);
+        const char *start = jp.p;
+        if (rc == 0 && (rc = s_jp_value(&jp, 1)) == 0 && hit < nkeys)
+            spans[hit] = (llmq_value_span_t){start, (size_t)(jp.p - start)};
+        s_jp_ws(&jp);
+        char c = rc == 0 && jp.p < jp.end ? *jp.p++ : 0;
+        if (c == '}')
+            break;
+        if (c != ',')
+            rc = -1;
+    }
+    if (rc == 0)
+        rc = s_jp_end(&jp);
+    free(jp.scratch);
+    return rc;
+}
+
+char *llmq_value_json_string(llmq_value_span_t span)
+{
+    if (!span.data || span.size < 2 || span.data[0] != '"')
+        return NULL;
+    s_jp_t jp = {span.data, span.data + span.size, NULL, NULL, NULL, 0};
+    const char *data;
+    size_t size;
+    char *copy = NULL;
+    if (s_jp_string(&jp, &data, &size) == 0 && jp.p == jp.end &&
+        (copy = (char *)malloc(size + 1))) {
+        memcpy(copy, data, size);
+        copy[size] = 0;
+    }
+    free(jp.scratch);
+    return copy;
+}
+
 /*  ---- selftest ---------------------------------------------------------- */
 
 /*  Checks that stay on in release builds (NDEBUG removes assert). */
@@ -633,6 +1095,127 @@ static void s_test_items(void)
     llmq_packer_destroy(&pk);
 }
 
+/*  The direct converter writes what the cJSON path writes. */
+static void s_test_direct_same(const char *text)
+{
+    zframe_t *want = llmq_value_from_json_text(text, strlen(text), NULL, 0);
+    llmq_packer_t *packer = llmq_packer_new();
+    int rc = llmq_packer_json_text(packer, text, strlen(text), NULL, 0);
+    size_t size = 0;
+    const uint8_t *data = llmq_packer_data(packer, &size);
+    S_TEST((want != NULL) == (rc == 0));
+    if (want && rc == 0) {
+        if (size != zframe_size(want) || memcmp(data, zframe_data(want), size))
+            fprintf(stderr, "direct JSON differs: %.80s\n", text);
+        S_TEST(size == zframe_size(want) &&
+               memcmp(data, zframe_data(want), size) == 0);
+    }
+    zframe_destroy(&want);
+    llmq_packer_destroy(&packer);
+}
+
+/*  A container of n members, as JSON text (caller frees). */
+static char *s_test_wide(size_t n, bool map)
+{
+    char *text = (char *)malloc(n * 16 + 8);
+    size_t used = 0;
+    text[used++] = map ? '{' : '[';
+    for (size_t i = 0; i < n; i++)
+        used += (size_t)(map ? sprintf(text + used, "%s\"k%zu\":%zu",
+                                       i ? "," : "", i, i)
+                             : sprintf(text + used, "%s%zu", i ? "," : "", i));
+    text[used++] = map ? '}' : ']';
+    text[used] = 0;
+    return text;
+}
+
+static void s_test_direct(void)
+{
+    const char *same[] = {
+        "{}",
+        "[]",
+        " {\"a\" : [1, -2, 3.5, 1e3, -0, 2.0, true, false, null]} ",
+        "{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]"
+        ","
+        "\"max_tokens\":16,\"temperature\":0.7}",
+        "\"esc \\\" \\\\ \\/ \\b \\f \\n \\r \\t \\u00e9 \\u20ac "
+        "\\ud83d\\ude00\"",
+        "{\"\\u00e9t\\u00e9\":{\"deep\":[[[{\"x\":[]}]]]}}",
+        "123456789012345",
+        "-9007199254740991",
+        "1.5e-7",
+        "[\"\",{},[],0]",
+        "\"caf\xc3\xa9\"",
+        "18446744073709551615",
+        "[1,]",
+        "{\"a\" 1}",
+        "[\"\\ud800\"]",
+        "\"\\ude00\"",
+        "tru",
+        "[1] x",
+        "01",
+        "\"abc",
+        "-",
+        "{\"a\":1,}",
+        NULL};
+    for (int i = 0; same[i]; i++)
+        s_test_direct_same(same[i]);
+    size_t widths[] = {15, 16, 65535, 65536};
+    for (size_t i = 0; i < 4; i++)
+        for (int map = 0; map < 2; map++) {
+            char *text = s_test_wide(widths[i], map);
+            s_test_direct_same(text);
+            free(text);
+        }
+    //  Past 2^53 an integer literal stays exact.
+    llmq_packer_t *packer = llmq_packer_new();
+    S_TEST(llmq_packer_json_text(packer, "9007199254740993", 16, NULL, 0) == 0);
+    size_t size = 0;
+    const uint8_t *data = llmq_packer_data(packer, &size);
+    S_TEST(size == 9 && data[0] == 0xcf && data[8] == 0x01);
+    llmq_packer_destroy(&packer);
+    //  Too deep: refused, as llmq_value_from_json is.
+    char deep[200] = "";
+    for (int i = 0; i < 70; i++)
+        strcat(deep, "[");
+    char err[96] = "";
+    packer = llmq_packer_new();
+    S_TEST(llmq_packer_json_text(packer, deep, strlen(deep), err, sizeof err));
+    S_TEST(strstr(err, "deeply"));
+    llmq_packer_destroy(&packer);
+}
+
+/*  An object with members left out and one added; members found. */
+static void s_test_direct_object(void)
+{
+    const char *body = "{\"model\":\"x\",\"messages\":[1],\"MODEL\":2}";
+    const char *drop[] = {"model", NULL};
+    zframe_t *frame = llmq_value_from_json_object(body, strlen(body), drop,
+                                                  "model", "m2", NULL, 0);
+    zframe_t *want = llmq_value_from_json_text(
+        "{\"messages\":[1],\"MODEL\":2,\"model\":\"m2\"}", 39, NULL, 0);
+    S_TEST(frame && want && zframe_eq(frame, want));
+    zframe_destroy(&frame);
+    zframe_destroy(&want);
+    S_TEST(!llmq_value_from_json_object("[1]", 3, NULL, NULL, NULL, NULL, 0));
+    S_TEST(
+        !llmq_value_from_json_object("{\"a\":}", 6, NULL, NULL, NULL, NULL, 0));
+    const char *line = "{\"Custom_Id\":\"a\\u0062\",\"body\":{\"model\":\"m\"},"
+                       "\"custom_id\":\"c\",\"n\":[1,{\"url\":2}]}";
+    const char *keys[] = {"custom_id", "body", "url", NULL};
+    llmq_value_span_t spans[3];
+    S_TEST(llmq_value_json_members(line, strlen(line), keys, spans) == 0);
+    char *id = llmq_value_json_string(spans[0]);
+    S_TEST(id && streq(id, "ab"));
+    free(id);
+    S_TEST(spans[1].size == 13 &&
+           !memcmp(spans[1].data, "{\"model\":\"m\"}", 13));
+    S_TEST(!spans[2].data && !llmq_value_json_string(spans[1]));
+    S_TEST(llmq_value_json_members("{\"a\":1", 6, keys, spans) == -1);
+    S_TEST(llmq_value_json_members("{} x", 4, keys, spans) == -1);
+    S_TEST(llmq_value_json_members(" {} ", 4, keys, spans) == 0);
+}
+
 int llmq_value_test(bool verbose)
 {
     if (verbose)
@@ -640,6 +1223,8 @@ int llmq_value_test(bool verbose)
     s_test_json();
     s_test_malformed();
     s_test_items();
+    s_test_direct();
+    s_test_direct_object();
     if (verbose)
         printf("OK\n");
     return 0;
