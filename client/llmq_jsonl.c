@@ -95,6 +95,11 @@ static int s_op_from_url(const char *url)
     return -1;
 }
 
+int llmq_jsonl_op_from_url(const char *url)
+{
+    return url ? s_op_from_url(url) : -1;
+}
+
 static void s_parse_object(llmq_jsonl_item_t *self, cJSON *json)
 {
     cJSON *custom_id = cJSON_GetObjectItem(json, "custom_id");

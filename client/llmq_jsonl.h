@@ -69,6 +69,10 @@ zlistx_t *llmq_jsonl_read_input(const char *path, bool keep_bodies, char *err,
     NULL for an item with an error. */
 cJSON *llmq_jsonl_item_body(llmq_jsonl_item_t *self);
 
+/*  The op of an OpenAI Batch url (query and a trailing slash ignored),
+    or -1 for a url llmq does not serve. */
+int llmq_jsonl_op_from_url(const char *url);
+
 /*  Output lines, each ending with '\n'. request_id may be NULL. */
 char *llmq_jsonl_ok_line(const char *custom_id, const char *request_id,
                          const cJSON *body);

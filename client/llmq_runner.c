@@ -33,6 +33,7 @@
 */
 #include "llmq_runner.h"
 #include "llmq_jsonl.h"
+#include "llmq_value.h"
 
 #include <errno.h>
 #include <libgen.h>
@@ -55,8 +56,14 @@ typedef struct {
     uint64_t fp;      /* llmq_jsonl_fnv1a of the custom_id */
     uint64_t line_no; /* 1-based line number in IN */
     int32_t op;       /* llmq_op_t */
-    int32_t usable;   /* 0: answered by an error line, never sent */
+    int32_t usable;   /* S_UNUSABLE, S_USABLE or S_FAST */
 } s_rec_t;
+
+/*  s_rec_t.usable: an unusable line is answered by an error line, never
+    sent; a fast one is an OpenAI Batch line sent without a cJSON tree. */
+#define S_UNUSABLE 0
+#define S_USABLE 1
+#define S_FAST 2
 
 /*  A line of this run, from when the window takes it until it is
     answered. A request's arg is its s_line_t. */
@@ -318,6 +325,77 @@ static llmq_jsonl_item_t *s_item(const char *text, size_t len, size_t line_no)
     return item;
 }
 
+/*  An OpenAI Batch input line read without a cJSON tree (the request
+    body goes from the line's text to msgpack directly, at send time). */
+typedef struct {
+    char *custom_id;        /* given, or "line-<n>" */
+    char *model;            /* body.model, or NULL */
+    llmq_value_span_t body; /* the body's text, in the line */
+    int op;                 /* from url, default chat */
+} s_fast_t;
+
+static void s_fast_clear(s_fast_t *fast)
+{
+    free(fast->custom_id);
+    free(fast->model);
+    memset(fast, 0, sizeof *fast);
+}
+
+/*  The line's custom_id (span) and model (body's span) as
+    llmq_jsonl_parse_line takes them; false if it would refuse them. */
+static bool s_fast_strings(s_fast_t *fast, llmq_value_span_t id,
+                           llmq_value_span_t model, size_t line_no)
+{
+    if (id.data && !(id.size == 4 && !memcmp(id.data, "null", 4))) {
+        fast->custom_id = llmq_value_json_string(id);
+        size_t size = fast->custom_id ? strlen(fast->custom_id) : 0;
+        if (size == 0 || size > LLMQ_JSONL_MAX_ID)
+            return false;
+    } else
+        fast->custom_id = zsys_sprintf("line-%zu", line_no);
+    if (model.data && !(model.size == 4 && !memcmp(model.data, "null", 4))) {
+        fast->model = llmq_value_json_string(model);
+        if (!fast->model || !*fast->model)
+            return false;
+    }
+    return fast->custom_id != NULL;
+}
+
+/*  True when the line (len bytes as read) is an OpenAI Batch line that
+    llmq_jsonl_parse_line would accept (a JSON object from its first byte,
+    a body object, method POST, a url llmq serves): fast is filled. Else
+    false (fast empty): llmq_jsonl_parse_line decides, and says what is
+    wrong. */
+static bool s_fast(const char *text, size_t len, size_t line_no, s_fast_t *fast)
+{
+    memset(fast, 0, sizeof *fast);
+    while (len > 0 && (text[len - 1] == '\n' || text[len - 1] == '\r'))
+        len--;
+    static const char *const keys[] = {"custom_id", "url", "body", "method",
+                                       NULL};
+    llmq_value_span_t span[4];
+    if (len == 0 || len > LLMQ_JSONL_MAX_LINE || text[0] != '{' ||
+        llmq_value_json_members(text, len, keys, span) != 0 || !span[2].data ||
+        span[2].data[0] != '{' ||
+        (span[3].data &&
+         !(span[3].size == 6 && !memcmp(span[3].data, "\"POST\"", 6))))
+        return false;
+    char *url = span[1].data ? llmq_value_json_string(span[1]) : NULL;
+    fast->op = span[1].data ? llmq_jsonl_op_from_url(url) : LLMQ_OP_CHAT;
+    free(url);
+    static const char *const body_keys[] = {"model", NULL};
+    llmq_value_span_t model;
+    fast->body = span[2];
+    if (fast->op < 0 ||
+        llmq_value_json_members(span[2].data, span[2].size, body_keys,
+                                &model) != 0 ||
+        !s_fast_strings(fast, span[0], model, line_no)) {
+        s_fast_clear(fast);
+        return false;
+    }
+    return true;
+}
+
 static bool s_blank(const char *text, size_t len)
 {
     for (size_t i = 0; i < len; i++)
@@ -371,11 +449,17 @@ static void s_note_model(llmq_runner_t *self, s_scan_t *scan, const char *model)
 static int s_load_line(llmq_runner_t *self, s_scan_t *scan, const char *text,
                        size_t len, size_t line_no)
 {
-    llmq_jsonl_item_t *item = s_item(text, len, line_no);
-    if (!item)
+    s_fast_t fast;
+    llmq_jsonl_item_t *item = NULL;
+    if (!s_fast(text, len, line_no, &fast) &&
+        !(item = s_item(text, len, line_no)))
         return -1;
-    s_rec_t rec = {llmq_jsonl_fnv1a(item->custom_id, strlen(item->custom_id)),
-                   line_no, (int32_t)item->op, item->error == NULL};
+    const char *custom_id = item ? item->custom_id : fast.custom_id;
+    s_rec_t rec = {llmq_jsonl_fnv1a(custom_id, strlen(custom_id)), line_no,
+                   item ? (int32_t)item->op : fast.op,
+                   !item         ? S_FAST
+                   : item->error ? S_UNUSABLE
+                                 : S_USABLE};
     llmq_runner_stats_t *stats = &self->stats;
     bool failed = false;
     stats->total++;
@@ -385,9 +469,10 @@ static int s_load_line(llmq_runner_t *self, s_scan_t *scan, const char *text,
         stats->resumed_failed += failed;
     } else {
         stats->todo++;
-        s_note_model(self, scan, item->model);
+        s_note_model(self, scan, item ? item->model : fast.model);
     }
     llmq_jsonl_item_destroy(&item);
+    s_fast_clear(&fast);
     if (fwrite(&rec, sizeof rec, 1, self->files.ids) != 1)
         return -1;
     return s_push_fp(scan, rec.fp);
@@ -704,11 +789,60 @@ static int s_submit(llmq_runner_t *self, s_line_t *line,
                               body, &self->request, line);
 }
 
+/*  Submit a fast line: its body from its text to msgpack, the model the
+    broker routes on set in it. Returns 0, or -1 with errno (EINVAL: the
+    line is not what the load found: IN changed). */
+static int s_submit_fast(llmq_runner_t *self, s_line_t *line)
+{
+    s_fast_t fast;
+    if (!s_fast(line->text, line->len, line->rec.line_no, &fast))
+        return (errno = EINVAL), -1;
+    if (!line->custom_id)
+        line->custom_id = strdup(fast.custom_id);
+    const char *model = self->model  ? self->model
+                        : fast.model ? fast.model
+                                     : self->default_model;
+    static const char *const drop[] = {"model", NULL};
+    zframe_t *payload = llmq_value_from_json_object(
+        fast.body.data, fast.body.size, drop, "model", model, NULL, 0);
+    int rc = payload && line->custom_id
+                 ? llmq_client_submit_msgpack(
+                       self->client, (llmq_op_t)line->rec.op, model,
+                       zframe_data(payload), zframe_size(payload),
+                       &self->request, line)
+                 : (errno = EINVAL, -1);
+    int saved = errno;
+    zframe_destroy(&payload);
+    s_fast_clear(&fast);
+    errno = saved;
+    return rc;
+}
+
 /*  Submit a line; a line that cannot be sent is answered at once by an
     error line. Returns -1 if a signal cut the submit short (the line is
     not sent). */
 static int s_send(llmq_runner_t *self, s_line_t *line)
 {
+    if (line->rec.usable == S_FAST) {
+        errno = 0;
+        if (s_submit_fast(self, line) == 0) {
+            self->in_flight++;
+            return 0;
+        }
+        if (errno == EINTR)
+            return -1;
+        if (errno == EMSGSIZE && line->custom_id) {
+            s_answered(self, line,
+                       llmq_jsonl_error_line(
+                           line->custom_id, NULL, "invalid_request",
+                           "request too large for the protocol's 64 MiB "
+                           "frame limit",
+                           0),
+                       NULL);
+            return 0;
+        }
+        //  Otherwise: the slow path says what is wrong.
+    }
     llmq_jsonl_item_t *item = s_item(line->text, line->len, line->rec.line_no);
     if (item && !line->custom_id)
         line->custom_id = strdup(item->custom_id);
@@ -1228,6 +1362,55 @@ static int s_test_cap(const char *in, const char *out, llmq_client_t *client)
     return failures;
 }
 
+/*  The fast path reads a batch line as llmq_jsonl_parse_line does, and
+    sends the bytes the cJSON path sends; other lines it leaves to it. */
+static int s_test_fast(void)
+{
+    int failures = 0;
+    const char *lines[] = {
+        "{\"custom_id\":\"a\\u00e9\",\"method\":\"POST\",\"url\":\"/v1/"
+        "embeddings/\",\"body\":{\"input\":\"x\",\"model\":\"m1\","
+        "\"n\":[1,2.5,-3e2,{\"k\":null}]}}\n",
+        "{\"body\":{\"messages\":[{\"role\":\"user\",\"content\":\"q\\n\"}]},"
+        "\"custom_id\":null}\r\n",
+        "{\"CUSTOM_ID\":\"up\",\"Body\":{\"model\":null,\"x\":true}}", NULL};
+    const char *slow[] = {"{\"custom_id\":\"\",\"body\":{}}",
+                          "{\"body\":{\"model\":7}}",
+                          "{\"method\":\"GET\",\"body\":{}}",
+                          "{\"url\":\"/v1/images\",\"body\":{}}",
+                          " {\"body\":{}}",
+                          "{\"prompt\":\"p\"}",
+                          "{\"body\":{}",
+                          "plain text",
+                          NULL};
+    for (int i = 0; lines[i]; i++) {
+        s_fast_t fast;
+        llmq_jsonl_item_t *item =
+            llmq_jsonl_parse_line(lines[i], strlen(lines[i]), 9);
+        CHECK(s_fast(lines[i], strlen(lines[i]), 9, &fast));
+        CHECK(item && !item->error && streq(item->custom_id, fast.custom_id));
+        CHECK((int)item->op == fast.op);
+        CHECK(!item->model == !fast.model &&
+              (!fast.model || streq(item->model, fast.model)));
+        cJSON_DeleteItemFromObject(item->body, "model");
+        cJSON_AddStringToObject(item->body, "model", "mm");
+        zframe_t *want = llmq_value_from_json(item->body);
+        const char *drop[] = {"model", NULL};
+        zframe_t *got = llmq_value_from_json_object(
+            fast.body.data, fast.body.size, drop, "model", "mm", NULL, 0);
+        CHECK(want && got && zframe_eq(want, got));
+        zframe_destroy(&want);
+        zframe_destroy(&got);
+        s_fast_clear(&fast);
+        llmq_jsonl_item_destroy(&item);
+    }
+    for (int i = 0; slow[i]; i++) {
+        s_fast_t fast;
+        CHECK(!s_fast(slow[i], strlen(slow[i]), 1, &fast) && !fast.custom_id);
+    }
+    return failures;
+}
+
 int llmq_runner_test(bool verbose)
 {
     int failures = 0;
@@ -1284,6 +1467,7 @@ int llmq_runner_test(bool verbose)
     failures += s_test_ordered(out, S_TEST_LINES, "\"kept\":1");
 
     failures += s_test_duplicates(dup);
+    failures += s_test_fast();
     failures += s_test_cap(cap_in, cap_out, client);
     config.output = lost;
     failures += s_test_unreachable(&config);

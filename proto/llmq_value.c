@@ -652,18 +652,20 @@ static long s_jp_unescape(s_jp_t *jp, const char *start, const char *stop)
     text or from scratch. Returns 0 or -1. */
 static int s_jp_string(s_jp_t *jp, const char **data_p, size_t *size_p)
 {
-    const char *start = ++jp->p;
-    bool escaped = false;
-    const char *q = start;
-    while (q < jp->end && *q != '"') {
-        if (*q == '\\') {
-            escaped = true;
-            q++;
-        }
+    const char *start = ++jp->p, *q = start;
+    //  The closing quote: the first one after an even run of backslashes.
+    while (true) {
+        q = (const char *)memchr(q, '"', (size_t)(jp->end - q));
+        if (!q)
+            return s_jp_fail(jp, "unterminated JSON string");
+        const char *b = q;
+        while (b > start && b[-1] == '\\')
+            b--;
+        if ((q - b) % 2 == 0)
+            break;
         q++;
     }
-    if (q >= jp->end)
-        return s_jp_fail(jp, "unterminated JSON string");
+    bool escaped = memchr(start, '\\', (size_t)(q - start)) != NULL;
     if (!escaped) {
         *data_p = start;
         *size_p = (size_t)(q - start);
