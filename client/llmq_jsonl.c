@@ -1,12 +1,14 @@
 /*  llmq_jsonl.c - input and output lines of `llmq run`, and resume.
 
-    Design. Input is read whole into items (a line that cannot be used is an
-    item with an error, answered by an error line). Output is appended one
-    whole line per write() as results arrive, so a crash or kill -9 leaves
-    a prefix of whole lines plus at most one partial line; resume keeps the
-    valid complete lines, drops the rest, and the finished run rewrites the
-    file in input order through a temp file and rename(), so a reader never
-    sees a half-written file.
+    Design. llmq_jsonl_read_input reads a file whole into items (the batch
+    path; `llmq run` streams IN: llmq_runner.c). A line that cannot be used
+    is an item with an error, answered by an error line. Output is appended
+    one whole line per write() as results arrive, so a crash or kill -9
+    leaves a prefix of whole lines plus at most one partial line; resume
+    keeps the valid complete lines (an index: custom_id fingerprint ->
+    offset), drops the rest, and the finished run rewrites the file in
+    input order through a temp file and rename(), copying each line from
+    its offset, so a reader never sees a half-written file.
 */
 #include "llmq_jsonl.h"
 
