@@ -721,8 +721,12 @@ static void s_copy_indexed(s_out_t *out, int fd, llmq_jsonl_index_t *index,
                            llmq_jsonl_next_fn *next, void *arg)
 {
     s_index_sort(index);
-    uint64_t fp;
-    while (out->rc == 0 && next && next(arg, &fp)) {
+    uint64_t fp, offset;
+    while (out->rc == 0 && next && next(arg, &fp, &offset)) {
+        if (offset != LLMQ_JSONL_NO_OFFSET) {
+            s_copy_line(out, fd, offset);
+            continue;
+        }
         s_entry_t *entry = s_index_find(index, fp);
         if (entry && !(entry->off & S_USED)) {
             s_copy_line(out, fd, entry->off & S_OFFSET);

@@ -122,14 +122,17 @@ int llmq_jsonl_index_add(llmq_jsonl_index_t *self, uint64_t fp, uint64_t offset,
 /*  Lines indexed. */
 size_t llmq_jsonl_index_size(llmq_jsonl_index_t *self);
 
-/*  Yields the fingerprint of the next input line's custom_id, in input
-    order; false at the end. */
-typedef bool(llmq_jsonl_next_fn)(void *arg, uint64_t *fp_p);
+/*  Yields the next input line, in input order: the fingerprint of its
+    custom_id and, if the caller knows it, the offset of its OUT line (else
+    LLMQ_JSONL_NO_OFFSET: the index is asked). False at the end. */
+#define LLMQ_JSONL_NO_OFFSET UINT64_MAX
+typedef bool(llmq_jsonl_next_fn)(void *arg, uint64_t *fp_p, uint64_t *offset_p);
 
 /*  Rewrite OUT (not "-": nothing to do) atomically (temp file, fsync,
-    rename) from the index: the line of every fingerprint next yields, in
-    that order, copied from OUT at its offset (pread), once; then the
-    index's other lines (kept so that nothing is lost). Returns 0 or -1. */
+    rename): for every line next yields, in that order, its OUT line (at
+    the offset given, else the index's line of that fingerprint, once),
+    copied from OUT (pread); then the index's other lines (kept so that
+    nothing is lost). Returns 0 or -1. */
 int llmq_jsonl_write_indexed(const char *path, llmq_jsonl_index_t *index,
                              llmq_jsonl_next_fn *next, void *arg);
 

@@ -81,6 +81,31 @@ typedef struct {
     int64_t due;    /* zclock_mono() time to send it again */
 } s_retry_t;
 
+/*  The external sort of spill files (see "External sort" below). */
+/*  Pairs sorted in memory at once (4 MiB). */
+#define S_RUN 262144
+/*  Pairs read at once from each run while merging. */
+#define S_CURSOR 256
+
+typedef struct {
+    uint64_t key;   /* sorted by key, then value */
+    uint64_t value; /* what goes with it */
+} s_pair_t;
+
+typedef struct {
+    uint64_t next;             /* first pair of the run not read yet */
+    uint64_t end;              /* end of the run (pair index) */
+    s_pair_t buffer[S_CURSOR]; /* pairs read */
+    size_t at;                 /* next pair in buffer */
+    size_t size;               /* pairs in buffer */
+} s_cursor_t;
+
+typedef struct {
+    int fd;           /* the spill file */
+    s_cursor_t *runs; /* one cursor per run */
+    size_t count;     /* runs */
+} s_merge_t;
+
 /*  The files of a run: IN, the records of its lines, OUT's index and
     OUT's appender. */
 typedef struct {
@@ -92,7 +117,12 @@ typedef struct {
     uint64_t in_line_no;         /* lines of in read so far */
     char *buffer;                /* getline() buffer of in */
     size_t cap;                  /* its size */
-    llmq_jsonl_index_t *index;   /* OUT's lines, by custom_id */
+    llmq_jsonl_index_t *index;   /* OUT's lines before this run */
+    FILE *done;                  /* pairs line_no -> offset in OUT of this
+                                    run's lines (spill file) */
+    s_merge_t merge;             /* done, sorted, while rewriting */
+    s_pair_t head;               /* its next pair */
+    bool has_head;               /* head holds one */
     llmq_jsonl_writer_t *writer; /* appends to OUT as results arrive */
 } s_files_t;
 
@@ -120,6 +150,7 @@ struct _llmq_runner_t {
 };
 
 static int s_load(llmq_runner_t *self, char *err, size_t err_size);
+static void s_merge_end(s_merge_t *merge);
 
 //  --------------------------------------------------------------------------
 //  Constructor and destructor
@@ -211,6 +242,9 @@ static void s_files_close(s_files_t *files)
         fclose(files->in);
     if (files->ids)
         fclose(files->ids);
+    if (files->done)
+        fclose(files->done);
+    s_merge_end(&files->merge);
     free(files->buffer);
     free(files->output);
     free(files->input);
@@ -229,6 +263,119 @@ void llmq_runner_destroy(llmq_runner_t **self_p)
     free(self->model);
     free(self);
     *self_p = NULL;
+}
+
+//  --------------------------------------------------------------------------
+//  External sort: pairs in a spill file, sorted a run of S_RUN pairs at a
+//  time in memory (written back in place), then merged, S_CURSOR pairs
+//  read at a time from each run. Memory: one run while sorting, one
+//  cursor per run while merging; never the file.
+
+static int s_pair_cmp(const void *a, const void *b)
+{
+    const s_pair_t *x = (const s_pair_t *)a, *y = (const s_pair_t *)b;
+    if (x->key != y->key)
+        return x->key < y->key ? -1 : 1;
+    return x->value < y->value ? -1 : x->value > y->value;
+}
+
+/*  pread/pwrite size bytes at offset, whole. Returns 0 or -1. */
+static int s_pio(int fd, void *data, size_t size, uint64_t offset, bool write)
+{
+    while (size > 0) {
+        ssize_t rc = write ? pwrite(fd, data, size, (off_t)offset)
+                           : pread(fd, data, size, (off_t)offset);
+        if (rc < 0 && errno == EINTR)
+            continue;
+        if (rc <= 0)
+            return -1;
+        data = (char *)data + rc;
+        size -= (size_t)rc;
+        offset += (uint64_t)rc;
+    }
+    return 0;
+}
+
+static void s_merge_end(s_merge_t *merge)
+{
+    free(merge->runs);
+    memset(merge, 0, sizeof *merge);
+}
+
+/*  Sort the pairs of file run by run (run pairs each) and start merging
+    them. Returns 0 or -1 (the merge is empty then). */
+static int s_merge_runs(s_merge_t *merge, FILE *file, uint64_t run)
+{
+    memset(merge, 0, sizeof *merge);
+    off_t size =
+        file && fflush(file) == 0 ? lseek(fileno(file), 0, SEEK_END) : -1;
+    if (size <= 0)
+        return size == 0 ? 0 : -1;
+    uint64_t total = (uint64_t)size / sizeof(s_pair_t);
+    size_t count = (size_t)((total + run - 1) / run);
+    s_pair_t *chunk = (s_pair_t *)malloc((size_t)(total < run ? total : run) *
+                                         sizeof(s_pair_t));
+    merge->runs = (s_cursor_t *)calloc(count, sizeof(s_cursor_t));
+    merge->fd = fileno(file);
+    int rc = chunk && merge->runs ? 0 : -1;
+    for (size_t i = 0; rc == 0 && i < count; i++) {
+        uint64_t first = (uint64_t)i * run;
+        size_t n = (size_t)(total - first < run ? total - first : run);
+        uint64_t at = first * sizeof(s_pair_t);
+        rc = s_pio(merge->fd, chunk, n * sizeof(s_pair_t), at, false);
+        if (rc == 0) {
+            qsort(chunk, n, sizeof(s_pair_t), s_pair_cmp);
+            rc = s_pio(merge->fd, chunk, n * sizeof(s_pair_t), at, true);
+        }
+        merge->runs[i].next = first;
+        merge->runs[i].end = first + n;
+    }
+    free(chunk);
+    merge->count = count;
+    if (rc != 0)
+        s_merge_end(merge);
+    return rc;
+}
+
+static int s_merge_start(s_merge_t *merge, FILE *file)
+{
+    return s_merge_runs(merge, file, S_RUN);
+}
+
+/*  The next pair of a run (borrowed), or NULL at its end. */
+static s_pair_t *s_cursor_peek(int fd, s_cursor_t *run)
+{
+    if (run->at == run->size) {
+        size_t n =
+            (size_t)(run->end - run->next < S_CURSOR ? run->end - run->next
+                                                     : S_CURSOR);
+        if (n == 0 || s_pio(fd, run->buffer, n * sizeof(s_pair_t),
+                            run->next * sizeof(s_pair_t), false) != 0)
+            return NULL;
+        run->next += n;
+        run->at = 0;
+        run->size = n;
+    }
+    return &run->buffer[run->at];
+}
+
+/*  The smallest pair left; false at the end. */
+static bool s_merge_next(s_merge_t *merge, s_pair_t *pair)
+{
+    s_cursor_t *best = NULL;
+    s_pair_t *lowest = NULL;
+    for (size_t i = 0; i < merge->count; i++) {
+        s_pair_t *head = s_cursor_peek(merge->fd, &merge->runs[i]);
+        if (head && (!lowest || s_pair_cmp(head, lowest) < 0)) {
+            best = &merge->runs[i];
+            lowest = head;
+        }
+    }
+    if (!best)
+        return false;
+    *pair = *lowest;
+    best->at++;
+    return true;
 }
 
 //  --------------------------------------------------------------------------
@@ -283,26 +430,41 @@ static bool s_next_rec(s_files_t *files, s_rec_t *rec, char **text_p,
     return true;
 }
 
-/*  llmq_jsonl_next_fn over ids: the custom_ids in input order. */
-static bool s_next_fp(void *arg, uint64_t *fp_p)
+/*  llmq_jsonl_next_fn over ids: the custom_ids in input order, with the
+    offset of the OUT line of each line this run answered (done). */
+static bool s_next_out(void *arg, uint64_t *fp_p, uint64_t *offset_p)
 {
+    s_files_t *files = (s_files_t *)arg;
     s_rec_t rec;
-    if (fread(&rec, sizeof rec, 1, ((s_files_t *)arg)->ids) != 1)
+    if (fread(&rec, sizeof rec, 1, files->ids) != 1)
         return false;
     *fp_p = rec.fp;
+    *offset_p = LLMQ_JSONL_NO_OFFSET;
+    while (files->has_head && files->head.key < rec.line_no)
+        files->has_head = s_merge_next(&files->merge, &files->head);
+    if (files->has_head && files->head.key == rec.line_no) {
+        *offset_p = files->head.value;
+        files->has_head = s_merge_next(&files->merge, &files->head);
+    }
     return true;
 }
 
-/*  Rewrite OUT in input order from the index. Returns 0 or -1. */
+/*  Rewrite OUT in input order: the lines of the index (before this run)
+    and of done (this run's). Returns 0 or -1. */
 static int s_rewrite(s_files_t *files)
 {
     if (files->piped)
         return 0;
     if (files->ids)
         rewind(files->ids);
-    int rc =
-        llmq_jsonl_write_indexed(files->output, files->index, s_next_fp, files);
+    int rc = files->done ? s_merge_start(&files->merge, files->done) : 0;
+    files->has_head = rc == 0 && s_merge_next(&files->merge, &files->head);
+    if (rc == 0)
+        rc = llmq_jsonl_write_indexed(files->output, files->index, s_next_out,
+                                      files);
     int saved = errno;
+    s_merge_end(&files->merge);
+    files->has_head = false;
     s_rewind(files);
     errno = saved;
     return rc;
@@ -407,27 +569,17 @@ static bool s_blank(const char *text, size_t len)
 //  --------------------------------------------------------------------------
 //  Loading: IN's records, OUT's index, what is left to do
 
-/*  The load's scratch: fingerprints of every line (duplicates), models
-    named so far. */
+/*  The load's scratch: the fingerprint of every line (duplicates), the
+    models named so far. */
 typedef struct {
-    uint64_t *fps;   /* one per line, input order until sorted */
-    size_t size;     /* used */
-    size_t cap;      /* allocated */
+    FILE *fps;       /* pairs fingerprint, line_no (spill file) */
     zhashx_t *named; /* models in self->models */
 } s_scan_t;
 
-static int s_push_fp(s_scan_t *scan, uint64_t fp)
+static int s_push_fp(s_scan_t *scan, uint64_t fp, uint64_t line_no)
 {
-    if (scan->size == scan->cap) {
-        size_t cap = scan->cap ? scan->cap * 2 : 4096;
-        uint64_t *grown = (uint64_t *)realloc(scan->fps, cap * sizeof(*grown));
-        if (!grown)
-            return -1;
-        scan->fps = grown;
-        scan->cap = cap;
-    }
-    scan->fps[scan->size++] = fp;
-    return 0;
+    s_pair_t pair = {fp, line_no};
+    return fwrite(&pair, sizeof pair, 1, scan->fps) == 1 ? 0 : -1;
 }
 
 /*  A model a line left to run names: one more the cluster serves. */
@@ -475,7 +627,7 @@ static int s_load_line(llmq_runner_t *self, s_scan_t *scan, const char *text,
     s_fast_clear(&fast);
     if (fwrite(&rec, sizeof rec, 1, self->files.ids) != 1)
         return -1;
-    return s_push_fp(scan, rec.fp);
+    return s_push_fp(scan, rec.fp, rec.line_no);
 }
 
 /*  Read IN once (stdin: copied to a spill file), recording its lines.
@@ -548,27 +700,58 @@ static zlistx_t *s_dup_items(s_files_t *files, uint64_t *fps, size_t count)
     return items;
 }
 
+/*  The fingerprints that more than one line has (sorted, each once;
+    caller frees), from the sorted fps; -1 if they cannot be sorted. */
+static long s_dup_fps(s_scan_t *scan, uint64_t **dups_p)
+{
+    s_merge_t merge;
+    if (s_merge_start(&merge, scan->fps) != 0)
+        return -1;
+    uint64_t *dups = NULL;
+    size_t count = 0, cap = 0;
+    s_pair_t pair, prev = {0, 0};
+    bool first = true;
+    while (s_merge_next(&merge, &pair)) {
+        if (!first && pair.key == prev.key &&
+            (count == 0 || dups[count - 1] != pair.key)) {
+            if (count == cap) {
+                cap = cap ? cap * 2 : 16;
+                uint64_t *grown = (uint64_t *)realloc(dups, cap * 8);
+                if (!grown)
+                    break;
+                dups = grown;
+            }
+            dups[count++] = pair.key;
+        }
+        prev = pair;
+        first = false;
+    }
+    s_merge_end(&merge);
+    *dups_p = dups;
+    return (long)count;
+}
+
 /*  Refuse duplicate custom_ids: the fingerprints seen twice are looked at
     again (their lines read once more) and llmq_runner_check_ids says
     which lines. Returns 0 or -1 with err. */
 static int s_check_dups(llmq_runner_t *self, s_scan_t *scan, char *err,
                         size_t err_size)
 {
-    if (scan->size > 1)
-        qsort(scan->fps, scan->size, sizeof *scan->fps, s_fp_cmp);
-    size_t count = 0;
-    for (size_t i = 1; i < scan->size; i++)
-        if (scan->fps[i] == scan->fps[i - 1] &&
-            (count == 0 || scan->fps[count - 1] != scan->fps[i]))
-            scan->fps[count++] = scan->fps[i];
-    if (count == 0)
-        return 0;
-    zlistx_t *items = s_dup_items(&self->files, scan->fps, count);
+    uint64_t *dups = NULL;
+    long count = s_dup_fps(scan, &dups);
+    if (count <= 0) {
+        if (count < 0)
+            snprintf(err, err_size, "cannot sort the custom_ids of %s",
+                     self->files.input);
+        return (int)count;
+    }
+    zlistx_t *items = s_dup_items(&self->files, dups, (size_t)count);
     if (items && llmq_runner_check_ids(items, err, err_size) == 0)
         snprintf(err, err_size,
                  "two different custom_ids share a 64-bit fingerprint "
                  "(FNV-1a): rename one; nothing was sent");
     zlistx_destroy(&items);
+    free(dups);
     return -1;
 }
 
@@ -597,12 +780,18 @@ static int s_load_files(llmq_runner_t *self, char *err, size_t err_size,
     if (!files->ids)
         return s_fail(err, err_size, 0, "create a spill file next to",
                       files->output);
-    s_scan_t scan = {0};
+    if (!files->piped && !(files->done = s_spill_new(files->output)))
+        return s_fail(err, err_size, 0, "create a spill file next to",
+                      files->output);
+    s_scan_t scan = {s_spill_new(files->output), NULL};
+    if (!scan.fps)
+        return s_fail(err, err_size, 0, "create a spill file next to",
+                      files->output);
     scan.named = zhashx_new();
     int rc = s_load_input(self, &scan, err, err_size);
     if (rc == 0)
         rc = s_check_dups(self, &scan, err, err_size);
-    free(scan.fps);
+    fclose(scan.fps);
     zhashx_destroy(&scan.named);
     if (rc != 0)
         errno = EINVAL;
@@ -759,10 +948,10 @@ static void s_answered(llmq_runner_t *self, s_line_t *line, char *text,
 {
     s_files_t *files = &self->files;
     if (text) {
-        uint64_t offset = llmq_jsonl_writer_offset(files->writer);
-        if (llmq_jsonl_writer_write(files->writer, text) == 0 && !files->piped)
-            llmq_jsonl_index_add(files->index, line->rec.fp, offset,
-                                 !result || !result->ok);
+        s_pair_t done = {line->rec.line_no,
+                         llmq_jsonl_writer_offset(files->writer)};
+        if (llmq_jsonl_writer_write(files->writer, text) == 0 && files->done)
+            fwrite(&done, sizeof done, 1, files->done);
         free(text);
     }
     self->stats.finished++;
@@ -1411,6 +1600,36 @@ static int s_test_fast(void)
     return failures;
 }
 
+/*  The external sort over many runs: every pair once, in order. */
+static int s_test_merge(void)
+{
+    int failures = 0;
+    FILE *file = s_spill_new("-");
+    CHECK(file);
+    if (!file)
+        return failures;
+    uint64_t sum = 0;
+    for (uint64_t i = 0; i < 1000; i++) {
+        s_pair_t pair = {(i * 7919) % 1000 / 2, i};
+        sum += pair.value;
+        fwrite(&pair, sizeof pair, 1, file);
+    }
+    s_merge_t merge;
+    CHECK(s_merge_runs(&merge, file, 64) == 0 && merge.count == 16);
+    s_pair_t pair, prev = {0, 0};
+    size_t n = 0;
+    while (s_merge_next(&merge, &pair)) {
+        CHECK(n == 0 || s_pair_cmp(&prev, &pair) < 0);
+        sum -= pair.value;
+        prev = pair;
+        n++;
+    }
+    CHECK(n == 1000 && sum == 0);
+    s_merge_end(&merge);
+    fclose(file);
+    return failures;
+}
+
 int llmq_runner_test(bool verbose)
 {
     int failures = 0;
@@ -1468,6 +1687,7 @@ int llmq_runner_test(bool verbose)
 
     failures += s_test_duplicates(dup);
     failures += s_test_fast();
+    failures += s_test_merge();
     failures += s_test_cap(cap_in, cap_out, client);
     config.output = lost;
     failures += s_test_unreachable(&config);
