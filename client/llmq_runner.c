@@ -2,20 +2,23 @@
 
     Memory is bounded by the window, not by the input. The load reads IN
     once, as a stream: every line is parsed for its custom_id, op and
-    model; its record (fingerprint of the custom_id, line number, op,
-    usable or not: 24 bytes) goes to `ids`, an unlinked spill file next to
-    OUT, and its fingerprint to an array that finds duplicate custom_ids
-    (sorted, then freed). OUT is scanned into an index (llmq_jsonl.h: per
-    whole line, the custom_id's fingerprint and the line's offset, 16
-    bytes), which says what is done. The run reads IN and ids again, in
-    step: a line OUT does not answer becomes an s_line_t (its text, kept
-    until it is answered, for retries) when the window has room. Results
-    are appended to OUT as they arrive and their offsets added to the
-    index; the ordered rewrite at the end follows ids (input order) and
-    copies each line from OUT by its offset. IN "-" (stdin) is copied to a
-    second spill file by the load, so that the run can read it again. A
-    request carries its s_line_t as its arg, so a result finds its line
-    without a lookup.
+    model (an OpenAI Batch line without a cJSON tree: s_fast); its record
+    (fingerprint of the custom_id, line number, op, usable or not: 24
+    bytes) goes to `ids`, an unlinked spill file next to OUT, and the pair
+    (fingerprint, line number) to another, which an external sort (runs of
+    4 MiB, merged) turns into the list of duplicate custom_ids. OUT is
+    scanned into an index (llmq_jsonl.h: per whole line, the custom_id's
+    fingerprint and the line's offset, 16 bytes), which says what is done.
+    The run reads IN and ids again, in step: a line OUT does not answer
+    becomes an s_line_t (its text, kept until it is answered, for retries)
+    when the window has room. Results are appended to OUT as they arrive,
+    and the pair (line number, offset) of each goes to `done`, a third
+    spill file; the ordered rewrite at the end follows ids (input order),
+    merged with done sorted by line number (and the index for lines of an
+    earlier run), and copies each line from OUT by its offset. IN "-"
+    (stdin) is copied to a spill file by the load, so that the run can read
+    it again. A request carries its s_line_t as its arg, so a result finds
+    its line without a lookup.
 
     The window: cwnd (a double: grown by 1/cwnd per answer, halved by an
     `overloaded` answer at most every S_CUT_MS) bounds the requests in

@@ -5,11 +5,13 @@
     indexes the whole lines of an existing OUT (resume: only lines OUT does
     not answer yet are sent), appends each result to OUT as it arrives (one
     write per line, so a kill leaves a valid prefix) and at the end rewrites
-    OUT in input order (temp file + rename) from its index. Its memory is
-    the window plus 16 bytes per OUT line (the index), never the lines; the
-    record of each input line (24 bytes) is kept in an unlinked spill file
-    next to OUT. It keeps up to `window` requests in flight and
-    adapts that window (AIMD): a line answered `overloaded` halves the
+    OUT in input order (temp file + rename), copying each line from its
+    offset. Its memory is the window, plus 16 bytes per line of a resumed
+    OUT (the index of what is done), never the lines: what grows with the
+    input goes to unlinked spill files next to OUT.
+
+    It keeps up to `window` requests in flight and adapts that window
+    (AIMD): a line answered `overloaded` halves the
     window (at most every 250 ms) and is sent again after a jittered,
     doubling backoff; every answered line grows the window back by 1/window.
 
