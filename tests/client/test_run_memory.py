@@ -2,8 +2,8 @@
 """client.run_memory: `llmq run` on a file much larger than its window holds
 the window, not the file (issue 19), and keeps its guarantees.
 
-5,000 lines of about 16 KB each (about 50 MB: half the lines; every line carries a padding field
-the run does not send), window 64, against a real cluster:
+5,000 lines, two in three of them padded to about 16 KB with a field the
+run does not send (about 50 MB in all), window 64, against a real cluster:
   1. a run killed (SIGKILL) midway leaves whole lines; the sim billed
      nothing twice;
   2. the rerun finishes: OUT has every custom_id exactly once, in input
@@ -21,7 +21,7 @@ import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from clusterlib import (Cluster, bin_path, check, job_files, run_llmq,  # noqa
+from clusterlib import (Cluster, bin_path, check, job_files,  # noqa
                         verify_output, wait_until)
 from llmqtest import die_with_parent, sanitized  # noqa
 
