@@ -659,8 +659,12 @@ static int s_load_input(llmq_runner_t *self, s_scan_t *scan, char *err,
         else if (!s_blank(text, (size_t)len))
             rc = s_load_line(self, scan, text, (size_t)len, line_no);
     }
-    if (ferror(file) || rc != 0)
+    int saved = errno;
+    if (ferror(file))
         snprintf(err, err_size, "read error on %s", files->input);
+    else if (rc != 0) //  a spill file: disk full, or out of memory
+        snprintf(err, err_size, "cannot write a spill file next to %s: %s",
+                 files->output, strerror(saved));
     rc = ferror(file) ? -1 : rc;
     free(text);
     if (!is_stdin) {
