@@ -16,6 +16,10 @@
 #   bindings   10,000 requests through the Python and Node packages vs a
 #              hand-written aiohttp client (bench/bindings/bench_bindings.py)
 #   ratelimit  share of llmq-sim's --rpm used, 429s (bench/ratelimit/bench_ratelimit.py)
+#   run-memory peak RSS of `llmq run` on 200,000, 1,000,000 and 2,000,000 lines
+#              (embedded cluster, llmq-sim at 0 ms), and of the baseline
+#              binaries in $LLMQ_BASELINE_BIN (if set) on 200,000
+#              (bench/run/bench_run_memory.py)
 #   plot       data and PNGs of BENCHMARKS.md (bench/plot/collect.py)
 #
 # --smoke: each part in a few seconds (tiny sizes, one run): checks that the
@@ -53,7 +57,7 @@ while [ $# -gt 0 ]; do
   esac
   shift
 done
-all=(sim broker memory worker e2e bindings ratelimit plot)
+all=(sim broker memory worker e2e bindings ratelimit run-memory plot)
 [ ${#parts[@]} -gt 0 ] || parts=("${all[@]}")
 for p in "${parts[@]}"; do
   case " ${all[*]} " in *" $p "*) ;; *) echo "run-all: unknown part $p (${all[*]})" >&2; exit 2 ;; esac
@@ -139,6 +143,13 @@ for p in "${parts[@]}"; do
     ratelimit)
       if [ $smoke = 1 ]; then run_part ratelimit 120 $py "$here/ratelimit/bench_ratelimit.py" --smoke --json "$results/ratelimit.json"
       else run_part ratelimit 400 $py "$here/ratelimit/bench_ratelimit.py" --json "$results/ratelimit.json"; fi ;;
+    run-memory)
+      base=()
+      [ -n "${LLMQ_BASELINE_BIN:-}" ] && base=(--baseline-bin "$LLMQ_BASELINE_BIN")
+      if [ $smoke = 1 ]; then run_part run-memory 120 $py "$here/run/bench_run_memory.py" --smoke \
+                                --bin "$bin" "${base[@]}" --json "$results/run-memory.json"
+      else run_part run-memory 7200 $py "$here/run/bench_run_memory.py" --bin "$bin" "${base[@]}" \
+                                --json "$results/run-memory.json"; fi ;;
     plot)
       # Smoke draws into results/ so the committed PNGs stay those of the full run.
       # With e2e's JSON from this run (or an earlier one) it also draws e2e.png.

@@ -920,6 +920,16 @@ int llmq_client_submit_text(llmq_client_t *self, llmq_op_t op,
     return s_submit(self, op, model, &payload, opts, arg);
 }
 
+int llmq_client_submit_msgpack(llmq_client_t *self, llmq_op_t op,
+                               const char *model, const void *msgpack,
+                               size_t size, const llmq_opts_t *opts, void *arg)
+{
+    if (!msgpack || !size)
+        return -1;
+    zframe_t *payload = zframe_new(msgpack, size);
+    return s_submit(self, op, model, &payload, opts, arg);
+}
+
 //  --------------------------------------------------------------------------
 //  Poll, wait, cancel
 

@@ -1,12 +1,14 @@
 /*  llmq_jsonl.c - input and output lines of `llmq run`, and resume.
 
-    Design. Input is read whole into items (a line that cannot be used is an
-    item with an error, answered by an error line). Output is appended one
-    whole line per write() as results arrive, so a crash or kill -9 leaves
-    a prefix of whole lines plus at most one partial line; resume keeps the
-    valid complete lines, drops the rest, and the finished run rewrites the
-    file in input order through a temp file and rename(), so a reader never
-    sees a half-written file.
+    Design. llmq_jsonl_read_input reads a file whole into items (the batch
+    path; `llmq run` streams IN: llmq_runner.c). A line that cannot be used
+    is an item with an error, answered by an error line. Output is appended
+    one whole line per write() as results arrive, so a crash or kill -9
+    leaves a prefix of whole lines plus at most one partial line; resume
+    keeps the valid complete lines (an index: custom_id fingerprint ->
+    offset), drops the rest, and the finished run rewrites the file in
+    input order through a temp file and rename(), copying each line from
+    its offset, so a reader never sees a half-written file.
 */
 #include "llmq_jsonl.h"
 #include "llmq_value.h"
@@ -24,6 +26,7 @@ struct _llmq_jsonl_writer_t {
     int64_t last_sync; /* zclock_mono() of the last fsync */
     bool dirty;        /* written since the last fsync */
     bool is_stdout;    /* "-": a dup of stdout, never fsynced */
+    uint64_t offset;   /* where the next line goes */
 };
 
 uint64_t llmq_jsonl_fnv1a(const void *data, size_t size)
@@ -95,6 +98,11 @@ static int s_op_from_url(const char *url)
     if (streq(path, "/v1/embeddings") || streq(path, "/embeddings"))
         return LLMQ_OP_EMBEDDING;
     return -1;
+}
+
+int llmq_jsonl_op_from_url(const char *url)
+{
+    return url ? s_op_from_url(url) : -1;
 }
 
 static void s_parse_object(llmq_jsonl_item_t *self, cJSON *json)
@@ -835,6 +843,271 @@ int llmq_jsonl_write_ordered(const char *path, zlistx_t *items, zhashx_t *lines)
 }
 
 //  --------------------------------------------------------------------------
+//  Index of OUT: custom_id fingerprint -> offset of its line
+
+/*  off holds the offset in its low bits, and two flags. */
+#define S_FAILED ((uint64_t)1 << 62) /* an error line */
+#define S_USED ((uint64_t)1 << 63)   /* written by the ordered rewrite */
+#define S_OFFSET (S_FAILED - 1)
+
+typedef struct {
+    uint64_t fp;  /* llmq_jsonl_fnv1a of the custom_id */
+    uint64_t off; /* offset of the line in OUT, and flags */
+} s_entry_t;
+
+struct _llmq_jsonl_index_t {
+    s_entry_t *entries; /* [0, sorted): by (fp, offset); then as added */
+    size_t size;        /* entries used */
+    size_t cap;         /* entries allocated */
+    size_t sorted;      /* entries of the scan, sorted */
+};
+
+static int s_entry_cmp(const void *a, const void *b)
+{
+    const s_entry_t *x = (const s_entry_t *)a, *y = (const s_entry_t *)b;
+    if (x->fp != y->fp)
+        return x->fp < y->fp ? -1 : 1;
+    uint64_t xo = x->off & S_OFFSET, yo = y->off & S_OFFSET;
+    return xo < yo ? -1 : xo > yo;
+}
+
+int llmq_jsonl_index_add(llmq_jsonl_index_t *self, uint64_t fp, uint64_t offset,
+                         bool failed)
+{
+    if (self->size == self->cap) {
+        size_t cap = self->cap ? self->cap * 2 : 1024;
+        s_entry_t *grown =
+            (s_entry_t *)realloc(self->entries, cap * sizeof(*grown));
+        if (!grown)
+            return -1;
+        self->entries = grown;
+        self->cap = cap;
+    }
+    self->entries[self->size].fp = fp;
+    self->entries[self->size++].off =
+        (offset & S_OFFSET) | (failed ? S_FAILED : 0);
+    return 0;
+}
+
+/*  Sort every entry; a later line of a fingerprint is dropped (the first
+    wins). Returns how many were dropped. */
+static size_t s_index_sort(llmq_jsonl_index_t *self)
+{
+    if (self->size > 1)
+        qsort(self->entries, self->size, sizeof(s_entry_t), s_entry_cmp);
+    size_t kept = 0;
+    for (size_t i = 0; i < self->size; i++)
+        if (kept == 0 || self->entries[kept - 1].fp != self->entries[i].fp)
+            self->entries[kept++] = self->entries[i];
+    size_t dropped = self->size - kept;
+    self->size = self->sorted = kept;
+    return dropped;
+}
+
+static s_entry_t *s_index_find(llmq_jsonl_index_t *self, uint64_t fp)
+{
+    s_entry_t key = {fp, 0};
+    size_t lo = 0, hi = self->sorted;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (s_entry_cmp(&self->entries[mid], &key) < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo < self->sorted && self->entries[lo].fp == fp ? &self->entries[lo]
+                                                           : NULL;
+}
+
+bool llmq_jsonl_index_has(llmq_jsonl_index_t *self, uint64_t fp, bool *failed_p)
+{
+    s_entry_t *entry = s_index_find(self, fp);
+    if (failed_p)
+        *failed_p = entry && (entry->off & S_FAILED);
+    return entry != NULL;
+}
+
+size_t llmq_jsonl_index_size(llmq_jsonl_index_t *self)
+{
+    return self->size;
+}
+
+void llmq_jsonl_index_destroy(llmq_jsonl_index_t **self_p)
+{
+    if (self_p && *self_p) {
+        free((*self_p)->entries);
+        free(*self_p);
+        *self_p = NULL;
+    }
+}
+
+/*  One line of OUT (len bytes at offset): indexed, or counted in
+ *dropped_p. */
+static void s_index_line(llmq_jsonl_index_t *self, const char *line,
+                         ssize_t len, uint64_t offset, bool retry_failed,
+                         size_t *dropped_p)
+{
+    //  A line without its newline is what a kill leaves behind.
+    if (len == 0 || line[len - 1] != '\n') {
+        (*dropped_p)++;
+        return;
+    }
+    cJSON *json = cJSON_ParseWithLength(line, (size_t)len);
+    cJSON *custom_id = cJSON_GetObjectItem(json, "custom_id");
+    //  Failed: no response, or the provider's HTTP error (error null).
+    bool failed = json && llmq_jsonl_json_failed(json);
+    if (!cJSON_IsObject(json) || !cJSON_IsString(custom_id) ||
+        !cJSON_HasObjectItem(json, "response") || (retry_failed && failed))
+        (*dropped_p)++;
+    else if (llmq_jsonl_index_add(
+                 self,
+                 llmq_jsonl_fnv1a(custom_id->valuestring,
+                                  strlen(custom_id->valuestring)),
+                 offset, failed) != 0)
+        (*dropped_p)++;
+    cJSON_Delete(json);
+}
+
+llmq_jsonl_index_t *llmq_jsonl_index_scan(const char *path, bool retry_failed,
+                                          size_t *dropped_p, char *err,
+                                          size_t errlen)
+{
+    size_t dropped = 0;
+    if (dropped_p)
+        *dropped_p = 0;
+    llmq_jsonl_index_t *self =
+        (llmq_jsonl_index_t *)calloc(1, sizeof(llmq_jsonl_index_t));
+    FILE *file = streq(path, "-") || !self ? NULL : fopen(path, "r");
+    if (!file) {
+        if (self && !streq(path, "-") && errno != ENOENT) {
+            snprintf(err, errlen, "cannot read %s: %s", path, strerror(errno));
+            llmq_jsonl_index_destroy(&self);
+        }
+        return self;
+    }
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t len;
+    uint64_t offset = 0;
+    while ((len = getline(&line, &cap, file)) >= 0) {
+        s_index_line(self, line, len, offset, retry_failed, &dropped);
+        offset += (uint64_t)len;
+    }
+    bool failed = ferror(file);
+    free(line);
+    fclose(file);
+    dropped += s_index_sort(self);
+    if (failed) {
+        snprintf(err, errlen, "read error on %s", path);
+        llmq_jsonl_index_destroy(&self);
+    }
+    if (dropped_p)
+        *dropped_p = dropped;
+    return self;
+}
+
+/*  Buffered output of the ordered rewrite: a large file in one pass, not
+    one syscall a line. */
+typedef struct {
+    int fd;       /* the temp file */
+    char *buffer; /* S_OUT_SIZE bytes */
+    size_t used;  /* bytes in buffer */
+    int rc;       /* 0, or -1 after a failed write */
+} s_out_t;
+
+#define S_OUT_SIZE ((size_t)1 << 20)
+
+static void s_out_put(s_out_t *out, const char *data, size_t size)
+{
+    if (out->rc == 0 && out->used + size > S_OUT_SIZE) {
+        out->rc = s_write_all(out->fd, out->buffer, out->used);
+        out->used = 0;
+    }
+    if (out->rc == 0 && size > S_OUT_SIZE)
+        out->rc = s_write_all(out->fd, data, size);
+    else if (out->rc == 0) {
+        memcpy(out->buffer + out->used, data, size);
+        out->used += size;
+    }
+}
+
+/*  Copy the line of OUT (fd) at offset, through its newline. */
+static void s_copy_line(s_out_t *out, int fd, uint64_t offset)
+{
+    char chunk[16384];
+    while (out->rc == 0) {
+        ssize_t got = pread(fd, chunk, sizeof chunk, (off_t)offset);
+        if (got < 0 && errno == EINTR)
+            continue;
+        if (got <= 0) {
+            out->rc = -1; //  the index points past the end: OUT changed
+            return;
+        }
+        char *eol = (char *)memchr(chunk, '\n', (size_t)got);
+        size_t size = eol ? (size_t)(eol - chunk) + 1 : (size_t)got;
+        s_out_put(out, chunk, size);
+        if (eol)
+            return;
+        offset += size;
+    }
+}
+
+/*  The ordered lines, then the others, from OUT (fd) to out. */
+static void s_copy_indexed(s_out_t *out, int fd, llmq_jsonl_index_t *index,
+                           llmq_jsonl_next_fn *next, void *arg)
+{
+    s_index_sort(index);
+    uint64_t fp, offset;
+    while (out->rc == 0 && next && next(arg, &fp, &offset)) {
+        if (offset != LLMQ_JSONL_NO_OFFSET) {
+            s_copy_line(out, fd, offset);
+            continue;
+        }
+        s_entry_t *entry = s_index_find(index, fp);
+        if (entry && !(entry->off & S_USED)) {
+            s_copy_line(out, fd, entry->off & S_OFFSET);
+            entry->off |= S_USED;
+        }
+    }
+    for (size_t i = 0; out->rc == 0 && i < index->size; i++)
+        if (!(index->entries[i].off & S_USED))
+            s_copy_line(out, fd, index->entries[i].off & S_OFFSET);
+    for (size_t i = 0; i < index->size; i++)
+        index->entries[i].off &= ~S_USED;
+}
+
+int llmq_jsonl_write_indexed(const char *path, llmq_jsonl_index_t *index,
+                             llmq_jsonl_next_fn *next, void *arg)
+{
+    if (streq(path, "-"))
+        return 0; //  stdout had every line as it came
+    int in = open(path, O_RDONLY);
+    if (in < 0 && (errno != ENOENT || (index && index->size)))
+        return -1;
+    char *temp = zsys_sprintf("%s.tmp.%d", path, (int)getpid());
+    s_out_t out = {-1, (char *)malloc(S_OUT_SIZE), 0, 0};
+    out.fd = temp ? open(temp, O_WRONLY | O_CREAT | O_TRUNC, 0644) : -1;
+    out.rc = out.fd >= 0 && out.buffer ? 0 : -1;
+    if (out.rc == 0 && index)
+        s_copy_indexed(&out, in, index, next, arg);
+    if (out.rc == 0 && out.used)
+        out.rc = s_write_all(out.fd, out.buffer, out.used);
+    if (out.rc == 0)
+        out.rc = fsync(out.fd);
+    if (out.fd >= 0 && close(out.fd) != 0)
+        out.rc = -1;
+    if (out.rc == 0)
+        out.rc = rename(temp, path);
+    if (out.rc != 0 && temp)
+        unlink(temp);
+    if (in >= 0)
+        close(in);
+    free(out.buffer);
+    free(temp);
+    return out.rc;
+}
+
+//  --------------------------------------------------------------------------
 //  Appender
 
 llmq_jsonl_writer_t *llmq_jsonl_writer_new(const char *path)
@@ -852,6 +1125,8 @@ llmq_jsonl_writer_t *llmq_jsonl_writer_new(const char *path)
     self->fd = fd;
     self->is_stdout = is_stdout;
     self->last_sync = zclock_mono();
+    off_t end = is_stdout ? 0 : lseek(fd, 0, SEEK_END);
+    self->offset = end > 0 ? (uint64_t)end : 0;
     return self;
 }
 
@@ -870,7 +1145,16 @@ void llmq_jsonl_writer_destroy(llmq_jsonl_writer_t **self_p)
 int llmq_jsonl_writer_write(llmq_jsonl_writer_t *self, const char *line)
 {
     self->dirty = true;
-    return s_write_all(self->fd, line, strlen(line));
+    size_t size = strlen(line);
+    int rc = s_write_all(self->fd, line, size);
+    if (rc == 0)
+        self->offset += size;
+    return rc;
+}
+
+uint64_t llmq_jsonl_writer_offset(llmq_jsonl_writer_t *self)
+{
+    return self->offset;
 }
 
 int llmq_jsonl_writer_sync(llmq_jsonl_writer_t *self, int interval_ms)

@@ -76,6 +76,10 @@ zlistx_t *llmq_jsonl_read_input(const char *path, bool keep_bodies, char *err,
     NULL for an item with an error. */
 cJSON *llmq_jsonl_item_body(llmq_jsonl_item_t *self);
 
+/*  The op of an OpenAI Batch url (query and a trailing slash ignored),
+    or -1 for a url llmq does not serve. */
+int llmq_jsonl_op_from_url(const char *url);
+
 /*  Output lines, each ending with '\n' (caller frees; NULL: out of
     memory). request_id may be NULL (an ok line then takes the body's
     "id"). An error line with an HTTP error status (400..599) is a response
@@ -131,6 +135,44 @@ zhashx_t *llmq_jsonl_scan_output(const char *path, bool retry_failed,
 int llmq_jsonl_write_ordered(const char *path, zlistx_t *items,
                              zhashx_t *lines);
 
+/*  Streaming resume and ordered output: `llmq run` holds its window, not
+    its input. An index keeps, for every whole valid line of OUT, the
+    FNV-1a 64 fingerprint of its custom_id and the line's byte offset in
+    OUT (16 bytes a line, never the line itself). */
+typedef struct _llmq_jsonl_index_t llmq_jsonl_index_t;
+
+/*  Scan OUT ("-" or a missing file: an empty index) keeping and dropping
+    the lines llmq_jsonl_scan_output keeps and drops (first line of a
+    custom_id wins), one line in memory at a time. NULL with err on a read
+    error. dropped_p receives how many lines were dropped. */
+llmq_jsonl_index_t *llmq_jsonl_index_scan(const char *path, bool retry_failed,
+                                          size_t *dropped_p, char *err,
+                                          size_t errlen);
+void llmq_jsonl_index_destroy(llmq_jsonl_index_t **self_p);
+/*  Whether a line of the scan (not one added since) answers the custom_id
+    of fingerprint fp; *failed_p (may be NULL): it is an error line. */
+bool llmq_jsonl_index_has(llmq_jsonl_index_t *self, uint64_t fp,
+                          bool *failed_p);
+/*  A line appended to OUT at offset. Returns 0 or -1 (out of memory). */
+int llmq_jsonl_index_add(llmq_jsonl_index_t *self, uint64_t fp, uint64_t offset,
+                         bool failed);
+/*  Lines indexed. */
+size_t llmq_jsonl_index_size(llmq_jsonl_index_t *self);
+
+/*  Yields the next input line, in input order: the fingerprint of its
+    custom_id and, if the caller knows it, the offset of its OUT line (else
+    LLMQ_JSONL_NO_OFFSET: the index is asked). False at the end. */
+#define LLMQ_JSONL_NO_OFFSET UINT64_MAX
+typedef bool(llmq_jsonl_next_fn)(void *arg, uint64_t *fp_p, uint64_t *offset_p);
+
+/*  Rewrite OUT (not "-": nothing to do) atomically (temp file, fsync,
+    rename): for every line next yields, in that order, its OUT line (at
+    the offset given, else the index's line of that fingerprint, once),
+    copied from OUT (pread); then the index's other lines (kept so that
+    nothing is lost). Returns 0 or -1. */
+int llmq_jsonl_write_indexed(const char *path, llmq_jsonl_index_t *index,
+                             llmq_jsonl_next_fn *next, void *arg);
+
 /*  Appender: every line goes out in one write() on an O_APPEND fd, so a
     kill leaves whole lines plus at most one partial line. Path "-" writes
     to stdout, as lines finish. */
@@ -138,6 +180,8 @@ typedef struct _llmq_jsonl_writer_t llmq_jsonl_writer_t;
 llmq_jsonl_writer_t *llmq_jsonl_writer_new(const char *path);
 void llmq_jsonl_writer_destroy(llmq_jsonl_writer_t **self_p);
 int llmq_jsonl_writer_write(llmq_jsonl_writer_t *self, const char *line);
+/*  The offset in the file where the next line goes. */
+uint64_t llmq_jsonl_writer_offset(llmq_jsonl_writer_t *self);
 /*  fsync if the last sync is older than interval_ms (0: now). */
 int llmq_jsonl_writer_sync(llmq_jsonl_writer_t *self, int interval_ms);
 

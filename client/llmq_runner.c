@@ -1,10 +1,24 @@
 /*  llmq_runner.c - the run engine of `llmq run` (see llmq_runner.h).
 
-    The input lines live in `items` (input order); `lines` maps custom_id
-    to OUT's line, kept by the resume and added as results arrive, so the
-    ordered rewrite at the end is one pass over items. `todo` lists the
-    items OUT does not answer yet; a request carries the address of its
-    todo slot as its arg, so a result finds its line without a lookup.
+    Memory is bounded by the window, not by the input. The load reads IN
+    once, as a stream: every line is parsed for its custom_id, op and
+    model (an OpenAI Batch line without a cJSON tree: s_fast); its record
+    (fingerprint of the custom_id, line number, op, usable or not: 24
+    bytes) goes to `ids`, an unlinked spill file next to OUT, and the pair
+    (fingerprint, line number) to another, which an external sort (runs of
+    4 MiB, merged) turns into the list of duplicate custom_ids. OUT is
+    scanned into an index (llmq_jsonl.h: per whole line, the custom_id's
+    fingerprint and the line's offset, 16 bytes), which says what is done.
+    The run reads IN and ids again, in step: a line OUT does not answer
+    becomes an s_line_t (its text, kept until it is answered, for retries)
+    when the window has room. Results are appended to OUT as they arrive,
+    and the pair (line number, offset) of each goes to `done`, a third
+    spill file; the ordered rewrite at the end follows ids (input order),
+    merged with done sorted by line number (and the index for lines of an
+    earlier run), and copies each line from OUT by its offset. IN "-"
+    (stdin) is copied to a spill file by the load, so that the run can read
+    it again. A request carries its s_line_t as its arg, so a result finds
+    its line without a lookup.
 
     The window: cwnd (a double: grown by 1/cwnd per answer, halved by an
     `overloaded` answer at most every S_CUT_MS) bounds the requests in
@@ -22,8 +36,10 @@
 */
 #include "llmq_runner.h"
 #include "llmq_jsonl.h"
+#include "llmq_value.h"
 
 #include <errno.h>
+#include <libgen.h>
 #include <math.h>
 #include <poll.h>
 #include <unistd.h>
@@ -34,25 +50,82 @@
 /*  Longest wait on the socket: the client's timers (heartbeat, reconnect,
     give-up) run after each wait. */
 #define S_TIMERS_MS 250
+/*  Distinct model names kept for llmq_runner_models. */
+#define S_MODELS 1024
 
+/*  What the load learnt of an input line that is not blank: ids holds one
+    per such line, in input order. */
 typedef struct {
-    size_t index; /* position in todo */
-    int64_t due;  /* zclock_mono() time to send it again */
-} s_retry_t;
+    uint64_t fp;      /* llmq_jsonl_fnv1a of the custom_id */
+    uint64_t line_no; /* 1-based line number in IN */
+    int32_t op;       /* llmq_op_t */
+    int32_t usable;   /* S_UNUSABLE, S_USABLE or S_FAST */
+} s_rec_t;
 
-/*  A line of this run: its input item and how often it was answered
-    `overloaded`. A request's arg is its s_line_t. */
+/*  s_rec_t.usable: an unusable line is answered by an error line, never
+    sent; a fast one is an OpenAI Batch line sent without a cJSON tree. */
+#define S_UNUSABLE 0
+#define S_USABLE 1
+#define S_FAST 2
+
+/*  A line of this run, from when the window takes it until it is
+    answered. A request's arg is its s_line_t. */
 typedef struct {
-    llmq_jsonl_item_t *item; /* the input line (the items list owns it) */
-    int tries;               /* overloaded answers so far */
+    s_rec_t rec;     /* from ids */
+    char *text;      /* the raw line (sent again after `overloaded`) */
+    size_t len;      /* its size */
+    char *custom_id; /* set when it is sent */
+    int tries;       /* overloaded answers so far */
+    void *handle;    /* in the runner's lines */
 } s_line_t;
 
-/*  The files of a run: IN's lines, OUT's lines and OUT's appender. */
+typedef struct {
+    s_line_t *line; /* waiting to be sent again */
+    int64_t due;    /* zclock_mono() time to send it again */
+} s_retry_t;
+
+/*  The external sort of spill files (see "External sort" below). */
+/*  Pairs sorted in memory at once (4 MiB). */
+#define S_RUN 262144
+/*  Pairs read at once from each run while merging. */
+#define S_CURSOR 256
+
+typedef struct {
+    uint64_t key;   /* sorted by key, then value */
+    uint64_t value; /* what goes with it */
+} s_pair_t;
+
+typedef struct {
+    uint64_t next;             /* first pair of the run not read yet */
+    uint64_t end;              /* end of the run (pair index) */
+    s_pair_t buffer[S_CURSOR]; /* pairs read */
+    size_t at;                 /* next pair in buffer */
+    size_t size;               /* pairs in buffer */
+} s_cursor_t;
+
+typedef struct {
+    int fd;           /* the spill file */
+    s_cursor_t *runs; /* one cursor per run */
+    size_t count;     /* runs */
+} s_merge_t;
+
+/*  The files of a run: IN, the records of its lines, OUT's index and
+    OUT's appender. */
 typedef struct {
     char *input;                 /* IN path */
     char *output;                /* OUT path */
-    zlistx_t *items;             /* every input line, in input order */
-    zhashx_t *lines;             /* custom_id -> OUT line (kept and new) */
+    bool piped;                  /* OUT is "-": no index, no rewrite */
+    FILE *in;                    /* IN as the run reads it (stdin: a copy) */
+    FILE *ids;                   /* s_rec_t per line (unlinked spill file) */
+    uint64_t in_line_no;         /* lines of in read so far */
+    char *buffer;                /* getline() buffer of in */
+    size_t cap;                  /* its size */
+    llmq_jsonl_index_t *index;   /* OUT's lines before this run */
+    FILE *done;                  /* pairs line_no -> offset in OUT of this
+                                    run's lines (spill file) */
+    s_merge_t merge;             /* done, sorted, while rewriting */
+    s_pair_t head;               /* its next pair */
+    bool has_head;               /* head holds one */
     llmq_jsonl_writer_t *writer; /* appends to OUT as results arrive */
 } s_files_t;
 
@@ -68,17 +141,19 @@ struct _llmq_runner_t {
     double max_cost_usd;          /* cost cap; 0: none */
     llmq_runner_line_fn *on_line; /* finished-line callback, or NULL */
     void *on_line_arg;            /* its argument */
-    s_line_t *todo;               /* the lines OUT does not answer yet */
+    zlistx_t *models;             /* models the lines left name (strings) */
+    zlistx_t *lines;              /* s_line_t taken and not answered */
     zlistx_t *backoff;            /* s_retry_t: lines waiting to resend */
     llmq_client_t *client;        /* borrowed, from start */
     double cwnd;                  /* the window in use (AIMD) */
     int64_t last_cut;             /* zclock_mono() when cwnd was halved */
-    size_t next;                  /* next todo index never sent */
+    size_t taken;                 /* lines left that the window took */
     size_t in_flight;             /* our requests the client holds */
     llmq_runner_stats_t stats;    /* counts and flags */
 };
 
 static int s_load(llmq_runner_t *self, char *err, size_t err_size);
+static void s_merge_end(s_merge_t *merge);
 
 //  --------------------------------------------------------------------------
 //  Constructor and destructor
@@ -87,6 +162,36 @@ static void s_free_item(void **item)
 {
     free(*item);
     *item = NULL;
+}
+
+static void s_line_destroy(void **item)
+{
+    s_line_t *line = (s_line_t *)*item;
+    if (line) {
+        free(line->text);
+        free(line->custom_id);
+        free(line);
+    }
+    *item = NULL;
+}
+
+static void s_free_string(void **item)
+{
+    zstr_free((char **)item);
+}
+
+/*  The lists of a new runner; false if out of memory. */
+static bool s_lists_new(llmq_runner_t *self)
+{
+    self->backoff = zlistx_new();
+    self->lines = zlistx_new();
+    self->models = zlistx_new();
+    if (!self->backoff || !self->lines || !self->models)
+        return false;
+    zlistx_set_destructor(self->backoff, s_free_item);
+    zlistx_set_destructor(self->lines, s_line_destroy);
+    zlistx_set_destructor(self->models, s_free_string);
+    return true;
 }
 
 llmq_runner_t *llmq_runner_new(const llmq_runner_config_t *config, char *err,
@@ -108,6 +213,7 @@ llmq_runner_t *llmq_runner_new(const llmq_runner_config_t *config, char *err,
         return NULL;
     self->files.input = strdup(config->input);
     self->files.output = strdup(config->output);
+    self->files.piped = streq(config->output, "-");
     self->model = config->model ? strdup(config->model) : NULL;
     self->retry_failed = config->retry_failed;
     self->window = config->window > 0 ? config->window : LLMQ_RUNNER_WINDOW;
@@ -122,10 +228,7 @@ llmq_runner_t *llmq_runner_new(const llmq_runner_config_t *config, char *err,
     self->on_line = config->on_line;
     self->on_line_arg = config->on_line_arg;
     self->cwnd = self->window;
-    self->backoff = zlistx_new();
-    if (self->backoff)
-        zlistx_set_destructor(self->backoff, s_free_item);
-    if (!self->files.input || !self->files.output || !self->backoff ||
+    if (!self->files.input || !self->files.output || !s_lists_new(self) ||
         s_load(self, err, err_size) != 0) {
         int saved = errno;
         llmq_runner_destroy(&self);
@@ -137,8 +240,15 @@ llmq_runner_t *llmq_runner_new(const llmq_runner_config_t *config, char *err,
 static void s_files_close(s_files_t *files)
 {
     llmq_jsonl_writer_destroy(&files->writer);
-    zhashx_destroy(&files->lines);
-    zlistx_destroy(&files->items);
+    llmq_jsonl_index_destroy(&files->index);
+    if (files->in)
+        fclose(files->in);
+    if (files->ids)
+        fclose(files->ids);
+    if (files->done)
+        fclose(files->done);
+    s_merge_end(&files->merge);
+    free(files->buffer);
     free(files->output);
     free(files->input);
 }
@@ -150,7 +260,8 @@ void llmq_runner_destroy(llmq_runner_t **self_p)
         return;
     s_files_close(&self->files);
     zlistx_destroy(&self->backoff);
-    free(self->todo);
+    zlistx_destroy(&self->lines);
+    zlistx_destroy(&self->models);
     free(self->default_model);
     free(self->model);
     free(self);
@@ -158,28 +269,497 @@ void llmq_runner_destroy(llmq_runner_t **self_p)
 }
 
 //  --------------------------------------------------------------------------
-//  Loading: IN, OUT's lines, what is left to do
+//  External sort: pairs in a spill file, sorted a run of S_RUN pairs at a
+//  time in memory (written back in place), then merged, S_CURSOR pairs
+//  read at a time from each run. Memory: one run while sorting, one
+//  cursor per run while merging; never the file.
 
-/*  Of items, count those that lines answers (*failed_p: error lines among
-    them); todo, if not NULL, receives the others (*todo_count_p). Returns
-    how many lines answers. */
-static size_t s_count(zlistx_t *items, zhashx_t *lines, size_t *failed_p,
-                      s_line_t *todo, size_t *todo_count_p)
+static int s_pair_cmp(const void *a, const void *b)
 {
-    size_t answered = 0;
-    *failed_p = 0;
-    for (llmq_jsonl_item_t *item = (llmq_jsonl_item_t *)zlistx_first(items);
-         item; item = (llmq_jsonl_item_t *)zlistx_next(items)) {
-        const char *line = (const char *)zhashx_lookup(lines, item->custom_id);
-        if (line) {
-            answered++;
-            //  An error line kept by the resume is still a failed line.
-            if (llmq_jsonl_line_failed(line))
-                (*failed_p)++;
-        } else if (todo)
-            todo[(*todo_count_p)++].item = item;
+    const s_pair_t *x = (const s_pair_t *)a, *y = (const s_pair_t *)b;
+    if (x->key != y->key)
+        return x->key < y->key ? -1 : 1;
+    return x->value < y->value ? -1 : x->value > y->value;
+}
+
+/*  pread/pwrite size bytes at offset, whole. Returns 0 or -1. */
+static int s_pio(int fd, void *data, size_t size, uint64_t offset, bool write)
+{
+    while (size > 0) {
+        ssize_t rc = write ? pwrite(fd, data, size, (off_t)offset)
+                           : pread(fd, data, size, (off_t)offset);
+        if (rc < 0 && errno == EINTR)
+            continue;
+        if (rc <= 0)
+            return -1;
+        data = (char *)data + rc;
+        size -= (size_t)rc;
+        offset += (uint64_t)rc;
     }
-    return answered;
+    return 0;
+}
+
+static void s_merge_end(s_merge_t *merge)
+{
+    free(merge->runs);
+    memset(merge, 0, sizeof *merge);
+}
+
+/*  Sort the pairs of file run by run (run pairs each) and start merging
+    them. Returns 0 or -1 (the merge is empty then). */
+static int s_merge_runs(s_merge_t *merge, FILE *file, uint64_t run)
+{
+    memset(merge, 0, sizeof *merge);
+    off_t size =
+        file && fflush(file) == 0 ? lseek(fileno(file), 0, SEEK_END) : -1;
+    if (size <= 0)
+        return size == 0 ? 0 : -1;
+    uint64_t total = (uint64_t)size / sizeof(s_pair_t);
+    size_t count = (size_t)((total + run - 1) / run);
+    s_pair_t *chunk = (s_pair_t *)malloc((size_t)(total < run ? total : run) *
+                                         sizeof(s_pair_t));
+    merge->runs = (s_cursor_t *)calloc(count, sizeof(s_cursor_t));
+    merge->fd = fileno(file);
+    int rc = chunk && merge->runs ? 0 : -1;
+    for (size_t i = 0; rc == 0 && i < count; i++) {
+        uint64_t first = (uint64_t)i * run;
+        size_t n = (size_t)(total - first < run ? total - first : run);
+        uint64_t at = first * sizeof(s_pair_t);
+        rc = s_pio(merge->fd, chunk, n * sizeof(s_pair_t), at, false);
+        if (rc == 0) {
+            qsort(chunk, n, sizeof(s_pair_t), s_pair_cmp);
+            rc = s_pio(merge->fd, chunk, n * sizeof(s_pair_t), at, true);
+        }
+        merge->runs[i].next = first;
+        merge->runs[i].end = first + n;
+    }
+    free(chunk);
+    merge->count = count;
+    if (rc != 0)
+        s_merge_end(merge);
+    return rc;
+}
+
+static int s_merge_start(s_merge_t *merge, FILE *file)
+{
+    return s_merge_runs(merge, file, S_RUN);
+}
+
+/*  The next pair of a run (borrowed), or NULL at its end. */
+static s_pair_t *s_cursor_peek(int fd, s_cursor_t *run)
+{
+    if (run->at == run->size) {
+        size_t n =
+            (size_t)(run->end - run->next < S_CURSOR ? run->end - run->next
+                                                     : S_CURSOR);
+        if (n == 0 || s_pio(fd, run->buffer, n * sizeof(s_pair_t),
+                            run->next * sizeof(s_pair_t), false) != 0)
+            return NULL;
+        run->next += n;
+        run->at = 0;
+        run->size = n;
+    }
+    return &run->buffer[run->at];
+}
+
+/*  The smallest pair left; false at the end. */
+static bool s_merge_next(s_merge_t *merge, s_pair_t *pair)
+{
+    s_cursor_t *best = NULL;
+    s_pair_t *lowest = NULL;
+    for (size_t i = 0; i < merge->count; i++) {
+        s_pair_t *head = s_cursor_peek(merge->fd, &merge->runs[i]);
+        if (head && (!lowest || s_pair_cmp(head, lowest) < 0)) {
+            best = &merge->runs[i];
+            lowest = head;
+        }
+    }
+    if (!best)
+        return false;
+    *pair = *lowest;
+    best->at++;
+    return true;
+}
+
+//  --------------------------------------------------------------------------
+//  Spill files and the records of IN's lines
+
+/*  A new empty file next to path (the temp directory for "-"), already
+    unlinked: it goes away with the process. NULL with errno. */
+static FILE *s_spill_new(const char *path)
+{
+    char *copy = strdup(path);
+    const char *tmp = getenv("TMPDIR");
+    const char *dir = streq(path, "-") ? (tmp && *tmp ? tmp : "/tmp")
+                      : copy           ? dirname(copy)
+                                       : ".";
+    char *name = zsys_sprintf("%s/.llmq-run-XXXXXX", dir);
+    int fd = name ? mkstemp(name) : -1;
+    if (fd >= 0)
+        unlink(name);
+    FILE *file = fd >= 0 ? fdopen(fd, "w+") : NULL;
+    if (fd >= 0 && !file)
+        close(fd);
+    zstr_free(&name);
+    free(copy);
+    return file;
+}
+
+/*  Back to the first line: in and ids read again from the start. */
+static void s_rewind(s_files_t *files)
+{
+    if (files->in)
+        rewind(files->in);
+    if (files->ids)
+        rewind(files->ids);
+    files->in_line_no = 0;
+}
+
+/*  The next record of ids and its line of in (borrowed until the next
+    call). False at the end. */
+static bool s_next_rec(s_files_t *files, s_rec_t *rec, char **text_p,
+                       size_t *len_p)
+{
+    if (fread(rec, sizeof *rec, 1, files->ids) != 1)
+        return false;
+    ssize_t len = -1;
+    while (files->in_line_no < rec->line_no &&
+           (len = getline(&files->buffer, &files->cap, files->in)) >= 0)
+        files->in_line_no++;
+    if (len < 0)
+        return false; //  IN changed since the load
+    *text_p = files->buffer;
+    *len_p = (size_t)len;
+    return true;
+}
+
+/*  llmq_jsonl_next_fn over ids: the custom_ids in input order, with the
+    offset of the OUT line of each line this run answered (done). */
+static bool s_next_out(void *arg, uint64_t *fp_p, uint64_t *offset_p)
+{
+    s_files_t *files = (s_files_t *)arg;
+    s_rec_t rec;
+    if (fread(&rec, sizeof rec, 1, files->ids) != 1)
+        return false;
+    *fp_p = rec.fp;
+    *offset_p = LLMQ_JSONL_NO_OFFSET;
+    while (files->has_head && files->head.key < rec.line_no)
+        files->has_head = s_merge_next(&files->merge, &files->head);
+    if (files->has_head && files->head.key == rec.line_no) {
+        *offset_p = files->head.value;
+        files->has_head = s_merge_next(&files->merge, &files->head);
+    }
+    return true;
+}
+
+/*  Rewrite OUT in input order: the lines of the index (before this run)
+    and of done (this run's). Returns 0 or -1. */
+static int s_rewrite(s_files_t *files)
+{
+    if (files->piped)
+        return 0;
+    if (files->ids)
+        rewind(files->ids);
+    int rc = files->done ? s_merge_start(&files->merge, files->done) : 0;
+    files->has_head = rc == 0 && s_merge_next(&files->merge, &files->head);
+    if (rc == 0)
+        rc = llmq_jsonl_write_indexed(files->output, files->index, s_next_out,
+                                      files);
+    int saved = errno;
+    s_merge_end(&files->merge);
+    files->has_head = false;
+    s_rewind(files);
+    errno = saved;
+    return rc;
+}
+
+/*  Parse an input line (len bytes as read, with its newline) as the run
+    does: a line the protocol cannot carry is answered by an error line,
+    never sent (a frame over the limit would only be dropped, and resent
+    after every reconnect). */
+static llmq_jsonl_item_t *s_item(const char *text, size_t len, size_t line_no)
+{
+    llmq_jsonl_item_t *item = llmq_jsonl_parse_line(text, len, line_no);
+    if (item && len > LLMQ_JSONL_MAX_LINE && !item->error) {
+        cJSON_Delete(item->body);
+        item->body = NULL;
+        item->error = zsys_sprintf(
+            "line too large: %zu bytes (the protocol's limit is %lld)", len,
+            (long long)LLMQ_JSONL_MAX_LINE);
+    }
+    return item;
+}
+
+/*  An OpenAI Batch input line read without a cJSON tree (the request
+    body goes from the line's text to msgpack directly, at send time). */
+typedef struct {
+    char *custom_id;        /* given, or "line-<n>" */
+    char *model;            /* body.model, or NULL */
+    llmq_value_span_t body; /* the body's text, in the line */
+    int op;                 /* from url, default chat */
+} s_fast_t;
+
+static void s_fast_clear(s_fast_t *fast)
+{
+    free(fast->custom_id);
+    free(fast->model);
+    memset(fast, 0, sizeof *fast);
+}
+
+/*  The line's custom_id (span) and model (body's span) as
+    llmq_jsonl_parse_line takes them; false if it would refuse them. */
+static bool s_fast_strings(s_fast_t *fast, llmq_value_span_t id,
+                           llmq_value_span_t model, size_t line_no)
+{
+    if (id.data && !(id.size == 4 && !memcmp(id.data, "null", 4))) {
+        fast->custom_id = llmq_value_json_string(id);
+        size_t size = fast->custom_id ? strlen(fast->custom_id) : 0;
+        if (size == 0 || size > LLMQ_JSONL_MAX_ID)
+            return false;
+    } else
+        fast->custom_id = zsys_sprintf("line-%zu", line_no);
+    if (model.data && !(model.size == 4 && !memcmp(model.data, "null", 4))) {
+        fast->model = llmq_value_json_string(model);
+        if (!fast->model || !*fast->model)
+            return false;
+    }
+    return fast->custom_id != NULL;
+}
+
+/*  True when the line (len bytes as read) is an OpenAI Batch line that
+    llmq_jsonl_parse_line would accept (a JSON object from its first byte,
+    a body object, method POST, a url llmq serves): fast is filled. Else
+    false (fast empty): llmq_jsonl_parse_line decides, and says what is
+    wrong. */
+static bool s_fast(const char *text, size_t len, size_t line_no, s_fast_t *fast)
+{
+    memset(fast, 0, sizeof *fast);
+    while (len > 0 && (text[len - 1] == '\n' || text[len - 1] == '\r'))
+        len--;
+    static const char *const keys[] = {"custom_id", "url", "body", "method",
+                                       NULL};
+    llmq_value_span_t span[4];
+    if (len == 0 || len > LLMQ_JSONL_MAX_LINE || text[0] != '{' ||
+        llmq_value_json_members(text, len, keys, span) != 0 || !span[2].data ||
+        span[2].data[0] != '{' ||
+        (span[3].data &&
+         !(span[3].size == 6 && !memcmp(span[3].data, "\"POST\"", 6))))
+        return false;
+    char *url = span[1].data ? llmq_value_json_string(span[1]) : NULL;
+    fast->op = span[1].data ? llmq_jsonl_op_from_url(url) : LLMQ_OP_CHAT;
+    free(url);
+    static const char *const body_keys[] = {"model", NULL};
+    llmq_value_span_t model;
+    fast->body = span[2];
+    if (fast->op < 0 ||
+        llmq_value_json_members(span[2].data, span[2].size, body_keys,
+                                &model) != 0 ||
+        !s_fast_strings(fast, span[0], model, line_no)) {
+        s_fast_clear(fast);
+        return false;
+    }
+    return true;
+}
+
+static bool s_blank(const char *text, size_t len)
+{
+    for (size_t i = 0; i < len; i++)
+        if (!isspace((unsigned char)text[i]))
+            return false;
+    return true;
+}
+
+//  --------------------------------------------------------------------------
+//  Loading: IN's records, OUT's index, what is left to do
+
+/*  The load's scratch: the fingerprint of every line (duplicates), the
+    models named so far. */
+typedef struct {
+    FILE *fps;       /* pairs fingerprint, line_no (spill file) */
+    zhashx_t *named; /* models in self->models */
+} s_scan_t;
+
+static int s_push_fp(s_scan_t *scan, uint64_t fp, uint64_t line_no)
+{
+    s_pair_t pair = {fp, line_no};
+    return fwrite(&pair, sizeof pair, 1, scan->fps) == 1 ? 0 : -1;
+}
+
+/*  A model a line left to run names: one more the cluster serves. */
+static void s_note_model(llmq_runner_t *self, s_scan_t *scan, const char *model)
+{
+    if (self->model || !model || !scan->named ||
+        zlistx_size(self->models) >= S_MODELS ||
+        zhashx_lookup(scan->named, model))
+        return;
+    char *copy = strdup(model);
+    if (copy && zlistx_add_end(self->models, copy))
+        zhashx_insert(scan->named, copy, copy);
+    else
+        free(copy);
+}
+
+/*  One input line at load: its record to ids, its fingerprint to scan,
+    counted as answered by OUT or left to run. Returns 0 or -1. */
+static int s_load_line(llmq_runner_t *self, s_scan_t *scan, const char *text,
+                       size_t len, size_t line_no)
+{
+    s_fast_t fast;
+    llmq_jsonl_item_t *item = NULL;
+    if (!s_fast(text, len, line_no, &fast) &&
+        !(item = s_item(text, len, line_no)))
+        return -1;
+    const char *custom_id = item ? item->custom_id : fast.custom_id;
+    s_rec_t rec = {llmq_jsonl_fnv1a(custom_id, strlen(custom_id)), line_no,
+                   item ? (int32_t)item->op : fast.op,
+                   !item         ? S_FAST
+                   : item->error ? S_UNUSABLE
+                                 : S_USABLE};
+    llmq_runner_stats_t *stats = &self->stats;
+    bool failed = false;
+    stats->total++;
+    if (llmq_jsonl_index_has(self->files.index, rec.fp, &failed)) {
+        stats->resumed++;
+        //  An error line kept by the resume is still a failed line.
+        stats->resumed_failed += failed;
+    } else {
+        stats->todo++;
+        s_note_model(self, scan, item ? item->model : fast.model);
+    }
+    llmq_jsonl_item_destroy(&item);
+    s_fast_clear(&fast);
+    if (fwrite(&rec, sizeof rec, 1, self->files.ids) != 1)
+        return -1;
+    return s_push_fp(scan, rec.fp, rec.line_no);
+}
+
+/*  Read IN once (stdin: copied to a spill file), recording its lines.
+    Leaves files->in open for the run. Returns 0 or -1 with err. */
+static int s_load_input(llmq_runner_t *self, s_scan_t *scan, char *err,
+                        size_t err_size)
+{
+    s_files_t *files = &self->files;
+    bool is_stdin = streq(files->input, "-");
+    FILE *file = is_stdin ? stdin : fopen(files->input, "r");
+    if (!file) {
+        snprintf(err, err_size, "cannot open %s: %s", files->input,
+                 strerror(errno));
+        return -1;
+    }
+    if (is_stdin)
+        files->in = s_spill_new(files->output);
+    int rc = is_stdin && !files->in ? -1 : 0;
+    char *text = NULL;
+    size_t cap = 0, line_no = 0;
+    ssize_t len;
+    while (rc == 0 && (len = getline(&text, &cap, file)) >= 0) {
+        line_no++;
+        if (is_stdin && fwrite(text, 1, (size_t)len, files->in) != (size_t)len)
+            rc = -1;
+        else if (!s_blank(text, (size_t)len))
+            rc = s_load_line(self, scan, text, (size_t)len, line_no);
+    }
+    int saved = errno;
+    if (ferror(file))
+        snprintf(err, err_size, "read error on %s", files->input);
+    else if (rc != 0) //  a spill file: disk full, or out of memory
+        snprintf(err, err_size, "cannot write a spill file next to %s: %s",
+                 files->output, strerror(saved));
+    rc = ferror(file) ? -1 : rc;
+    free(text);
+    if (!is_stdin) {
+        fclose(file);
+        files->in = rc == 0 ? fopen(files->input, "r") : NULL;
+    }
+    if (rc == 0 && (!files->in || fflush(files->in) || fflush(files->ids)))
+        return snprintf(err, err_size, "cannot read %s again", files->input),
+               -1;
+    return rc;
+}
+
+static int s_fp_cmp(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+static void s_item_destructor(void **item)
+{
+    llmq_jsonl_item_destroy((llmq_jsonl_item_t **)item);
+}
+
+/*  The input lines whose fingerprint is one of fps (sorted), as items. */
+static zlistx_t *s_dup_items(s_files_t *files, uint64_t *fps, size_t count)
+{
+    zlistx_t *items = zlistx_new();
+    if (items)
+        zlistx_set_destructor(items, s_item_destructor);
+    s_rewind(files);
+    s_rec_t rec;
+    char *text;
+    size_t len;
+    while (items && s_next_rec(files, &rec, &text, &len))
+        if (bsearch(&rec.fp, fps, count, sizeof *fps, s_fp_cmp)) {
+            llmq_jsonl_item_t *item = s_item(text, len, rec.line_no);
+            if (item)
+                zlistx_add_end(items, item);
+        }
+    return items;
+}
+
+/*  The fingerprints that more than one line has (sorted, each once;
+    caller frees), from the sorted fps; -1 if they cannot be sorted. */
+static long s_dup_fps(s_scan_t *scan, uint64_t **dups_p)
+{
+    s_merge_t merge;
+    if (s_merge_start(&merge, scan->fps) != 0)
+        return -1;
+    uint64_t *dups = NULL;
+    size_t count = 0, cap = 0;
+    s_pair_t pair, prev = {0, 0};
+    bool first = true;
+    while (s_merge_next(&merge, &pair)) {
+        if (!first && pair.key == prev.key &&
+            (count == 0 || dups[count - 1] != pair.key)) {
+            if (count == cap) {
+                cap = cap ? cap * 2 : 16;
+                uint64_t *grown = (uint64_t *)realloc(dups, cap * 8);
+                if (!grown)
+                    break;
+                dups = grown;
+            }
+            dups[count++] = pair.key;
+        }
+        prev = pair;
+        first = false;
+    }
+    s_merge_end(&merge);
+    *dups_p = dups;
+    return (long)count;
+}
+
+/*  Refuse duplicate custom_ids: the fingerprints seen twice are looked at
+    again (their lines read once more) and llmq_runner_check_ids says
+    which lines. Returns 0 or -1 with err. */
+static int s_check_dups(llmq_runner_t *self, s_scan_t *scan, char *err,
+                        size_t err_size)
+{
+    uint64_t *dups = NULL;
+    long count = s_dup_fps(scan, &dups);
+    if (count <= 0) {
+        if (count < 0)
+            snprintf(err, err_size, "cannot sort the custom_ids of %s",
+                     self->files.input);
+        return (int)count;
+    }
+    zlistx_t *items = s_dup_items(&self->files, dups, (size_t)count);
+    if (items && llmq_runner_check_ids(items, err, err_size) == 0)
+        snprintf(err, err_size,
+                 "two different custom_ids share a 64-bit fingerprint "
+                 "(FNV-1a): rename one; nothing was sent");
+    zlistx_destroy(&items);
+    free(dups);
+    return -1;
 }
 
 /*  Fail a load: the reason in err, errno code. Returns -1. */
@@ -192,37 +772,64 @@ static int s_fail(char *err, size_t err_size, int code, const char *what,
     return -1;
 }
 
-/*  Read IN, refuse duplicates, keep OUT's whole lines and list what is
+/*  Index OUT, read IN (records to ids), refuse duplicates. Returns 0 or
+    -1 with err. */
+static int s_load_files(llmq_runner_t *self, char *err, size_t err_size,
+                        size_t *dropped_p)
+{
+    s_files_t *files = &self->files;
+    errno = EINVAL;
+    files->index = llmq_jsonl_index_scan(files->output, self->retry_failed,
+                                         dropped_p, err, err_size);
+    if (!files->index)
+        return (errno = EINVAL), -1;
+    files->ids = s_spill_new(files->output);
+    if (!files->ids)
+        return s_fail(err, err_size, 0, "create a spill file next to",
+                      files->output);
+    if (!files->piped && !(files->done = s_spill_new(files->output)))
+        return s_fail(err, err_size, 0, "create a spill file next to",
+                      files->output);
+    s_scan_t scan = {s_spill_new(files->output), NULL};
+    if (!scan.fps)
+        return s_fail(err, err_size, 0, "create a spill file next to",
+                      files->output);
+    scan.named = zhashx_new();
+    int rc = s_load_input(self, &scan, err, err_size);
+    if (rc == 0)
+        rc = s_check_dups(self, &scan, err, err_size);
+    fclose(scan.fps);
+    zhashx_destroy(&scan.named);
+    if (rc != 0)
+        errno = EINVAL;
+    return rc;
+}
+
+/*  Read IN, refuse duplicates, index OUT's whole lines and count what is
     left; open OUT for appending if anything is. Returns 0 or -1. */
 static int s_load(llmq_runner_t *self, char *err, size_t err_size)
 {
     s_files_t *files = &self->files;
-    errno = EINVAL;
-    files->items = llmq_jsonl_read_input(files->input, false, err, err_size);
-    if (!files->items || llmq_runner_check_ids(files->items, err, err_size))
-        return (errno = EINVAL), -1;
-    size_t dropped = 0, total = zlistx_size(files->items);
-    files->lines = llmq_jsonl_scan_output(files->output, self->retry_failed,
-                                          &dropped, err, err_size);
-    self->todo = (s_line_t *)calloc(total + 1, sizeof(*self->todo));
-    if (!files->lines)
-        return (errno = EINVAL), -1;
-    if (!self->todo)
-        return (errno = ENOMEM), -1;
+    size_t dropped = 0;
+    if (s_load_files(self, err, err_size, &dropped) != 0)
+        return -1;
     llmq_runner_stats_t *stats = &self->stats;
-    stats->total = total;
-    stats->resumed = s_count(files->items, files->lines, &stats->resumed_failed,
-                             self->todo, &stats->todo);
     //  OUT already answers every line: a rerun of a finished run.
-    stats->complete =
-        total > 0 && stats->todo == 0 && !streq(files->output, "-");
+    stats->complete = stats->total > 0 && stats->todo == 0 && !files->piped;
+    s_rewind(files);
     if (stats->complete)
         return 0;
     //  A kill leaves a partial last line: rewrite OUT with the whole lines
-    //  before appending to it.
-    if (dropped > 0 && llmq_jsonl_write_ordered(files->output, files->items,
-                                                files->lines) != 0)
-        return s_fail(err, err_size, 0, "rewrite", files->output);
+    //  before appending to it, and index the rewritten file.
+    if (dropped > 0 && !files->piped) {
+        if (s_rewrite(files) != 0)
+            return s_fail(err, err_size, 0, "rewrite", files->output);
+        llmq_jsonl_index_destroy(&files->index);
+        files->index = llmq_jsonl_index_scan(files->output, self->retry_failed,
+                                             NULL, err, err_size);
+        if (!files->index)
+            return (errno = EIO), -1;
+    }
     if (stats->todo > 0 &&
         !(files->writer = llmq_jsonl_writer_new(files->output)))
         return s_fail(err, err_size, EINVAL, "write", files->output);
@@ -265,31 +872,36 @@ bool llmq_runner_complete(zlistx_t *items, const char *output,
     if (streq(output, "-") || zlistx_size(items) == 0)
         return false;
     char err[512] = "";
-    zhashx_t *lines =
-        llmq_jsonl_scan_output(output, retry_failed, NULL, err, sizeof err);
-    bool complete = lines && s_count(items, lines, failed_p, NULL, NULL) ==
-                                 zlistx_size(items);
-    zhashx_destroy(&lines);
-    return complete;
+    llmq_jsonl_index_t *index =
+        llmq_jsonl_index_scan(output, retry_failed, NULL, err, sizeof err);
+    size_t answered = 0;
+    for (llmq_jsonl_item_t *item = (llmq_jsonl_item_t *)zlistx_first(items);
+         item && index; item = (llmq_jsonl_item_t *)zlistx_next(items)) {
+        bool failed = false;
+        if (llmq_jsonl_index_has(
+                index,
+                llmq_jsonl_fnv1a(item->custom_id, strlen(item->custom_id)),
+                &failed)) {
+            answered++;
+            *failed_p += failed;
+        }
+    }
+    llmq_jsonl_index_destroy(&index);
+    return answered == zlistx_size(items);
 }
 
 size_t llmq_runner_models(llmq_runner_t *self, const char **names, size_t max)
 {
     size_t count = 0;
-    zhashx_t *named = self->model ? NULL : zhashx_new();
-    for (size_t i = 0; named && i < self->stats.todo && count < max; i++) {
-        const char *model = self->todo[i].item->model;
-        if (model && !zhashx_lookup(named, model)) {
-            zhashx_insert(named, model, (void *)model);
-            names[count++] = model;
-        }
-    }
-    zhashx_destroy(&named);
+    for (const char *model = (const char *)zlistx_first(self->models);
+         model && count < max && !self->model;
+         model = (const char *)zlistx_next(self->models))
+        names[count++] = model;
     return count;
 }
 
 //  --------------------------------------------------------------------------
-//  Running: send, back off, collect, wait
+//  Running: take lines, send, back off, collect, wait
 
 int llmq_runner_start(llmq_runner_t *self, llmq_client_t *client,
                       const char *default_model)
@@ -305,88 +917,195 @@ int llmq_runner_start(llmq_runner_t *self, llmq_client_t *client,
     return 0;
 }
 
-/*  A finished line: to OUT, to the table, to the caller. Takes line. */
-static void s_answered(llmq_runner_t *self, llmq_jsonl_item_t *item, char *line,
+/*  The next line left to run, in input order; NULL at the end (or out of
+    memory: the line is left for a rerun). */
+static s_line_t *s_take(llmq_runner_t *self)
+{
+    s_files_t *files = &self->files;
+    s_rec_t rec;
+    char *text;
+    size_t len;
+    while (self->taken < self->stats.todo &&
+           s_next_rec(files, &rec, &text, &len)) {
+        if (llmq_jsonl_index_has(files->index, rec.fp, NULL))
+            continue; //  OUT answers it
+        s_line_t *line = (s_line_t *)calloc(1, sizeof(*line));
+        char *copy = (char *)malloc(len + 1);
+        if (!line || !copy ||
+            !(line->handle = zlistx_add_end(self->lines, line))) {
+            free(line);
+            free(copy);
+            return NULL;
+        }
+        memcpy(copy, text, len);
+        copy[len] = 0;
+        line->rec = rec;
+        line->text = copy;
+        line->len = len;
+        self->taken++;
+        return line;
+    }
+    //  IN lost lines since the load: the run ends with those it has.
+    self->stats.todo = self->taken;
+    return NULL;
+}
+
+/*  A finished line: to OUT and its index, to the caller. Takes text;
+    the line is gone after. */
+static void s_answered(llmq_runner_t *self, s_line_t *line, char *text,
                        const llmq_result_t *result)
 {
-    if (line) {
-        llmq_jsonl_writer_write(self->files.writer, line);
-        zhashx_update(self->files.lines, item->custom_id, line);
+    s_files_t *files = &self->files;
+    if (text) {
+        s_pair_t done = {line->rec.line_no,
+                         llmq_jsonl_writer_offset(files->writer)};
+        if (llmq_jsonl_writer_write(files->writer, text) == 0 && files->done)
+            fwrite(&done, sizeof done, 1, files->done);
+        free(text);
     }
     self->stats.finished++;
     if (!result || !result->ok)
         self->stats.failed++;
     if (self->on_line)
-        self->on_line(item->custom_id, result, self->on_line_arg);
+        self->on_line(line->custom_id ? line->custom_id : "", result,
+                      self->on_line_arg);
+    zlistx_delete(self->lines, line->handle);
 }
 
-/*  Submit one todo line; a line that cannot be sent is answered at once
-    by an error line. Returns -1 if a signal cut the submit short (the
-    line is not sent). */
-static int s_send(llmq_runner_t *self, size_t index)
+/*  The request options of line: one traceparent per line, the line's own
+    (a "traceparent" key in it) else a fresh one, kept in trace. */
+static llmq_opts_t s_line_opts(llmq_runner_t *self, const s_line_t *line,
+                               char *trace)
 {
-    llmq_jsonl_item_t *item = self->todo[index].item;
-    const char *reason = item->error ? item->error : "out of memory";
-    cJSON *body = item->error ? NULL : llmq_jsonl_item_body(item);
-    if (body) {
-        const char *model = self->model   ? self->model
-                            : item->model ? item->model
-                                          : self->default_model;
-        //  The body names the model the broker routes on.
-        cJSON_DeleteItemFromObject(body, "model");
-        cJSON_AddStringToObject(body, "model", model);
-        //  One traceparent per line: the line's own, else a fresh one.
-        char trace[LLMQ_JSONL_TRACEPARENT_SIZE];
-        llmq_opts_t opts = self->request;
-        opts.trace = llmq_jsonl_traceparent(item->line,
-                                            item->line ? strlen(item->line) : 0,
-                                            item->line_no, trace);
-        int rc = llmq_client_submit(self->client, item->op, model, body, &opts,
-                                    &self->todo[index]);
-        int saved = errno;
-        //  The client keeps its own copy: free the tree now.
-        cJSON_Delete(item->body);
-        item->body = NULL;
-        if (rc == 0) {
+    llmq_opts_t opts = self->request;
+    opts.trace =
+        llmq_jsonl_traceparent(line->text, line->len, line->rec.line_no, trace);
+    return opts;
+}
+
+/*  Submit item, the parsed form of line. Returns 0, or -1 with errno. */
+static int s_submit(llmq_runner_t *self, s_line_t *line,
+                    llmq_jsonl_item_t *item)
+{
+    cJSON *body = item->body;
+    const char *model = self->model   ? self->model
+                        : item->model ? item->model
+                                      : self->default_model;
+    //  The body names the model the broker routes on.
+    cJSON_DeleteItemFromObject(body, "model");
+    cJSON_AddStringToObject(body, "model", model);
+    char trace[LLMQ_JSONL_TRACEPARENT_SIZE];
+    llmq_opts_t opts = s_line_opts(self, line, trace);
+    return llmq_client_submit(self->client, (llmq_op_t)line->rec.op, model,
+                              body, &opts, line);
+}
+
+/*  Submit a fast line: its body from its text to msgpack, the model the
+    broker routes on set in it. Returns 0, or -1 with errno (EINVAL: the
+    line is not what the load found: IN changed). */
+static int s_submit_fast(llmq_runner_t *self, s_line_t *line)
+{
+    s_fast_t fast;
+    if (!s_fast(line->text, line->len, line->rec.line_no, &fast))
+        return (errno = EINVAL), -1;
+    if (!line->custom_id)
+        line->custom_id = strdup(fast.custom_id);
+    const char *model = self->model  ? self->model
+                        : fast.model ? fast.model
+                                     : self->default_model;
+    static const char *const drop[] = {"model", NULL};
+    char trace[LLMQ_JSONL_TRACEPARENT_SIZE];
+    llmq_opts_t opts = s_line_opts(self, line, trace);
+    zframe_t *payload = llmq_value_from_json_object(
+        fast.body.data, fast.body.size, drop, "model", model, NULL, 0);
+    int rc = payload && line->custom_id
+                 ? llmq_client_submit_msgpack(
+                       self->client, (llmq_op_t)line->rec.op, model,
+                       zframe_data(payload), zframe_size(payload), &opts, line)
+                 : (errno = EINVAL, -1);
+    int saved = errno;
+    zframe_destroy(&payload);
+    s_fast_clear(&fast);
+    errno = saved;
+    return rc;
+}
+
+/*  Submit a line; a line that cannot be sent is answered at once by an
+    error line. Returns -1 if a signal cut the submit short (the line is
+    not sent). */
+static int s_send(llmq_runner_t *self, s_line_t *line)
+{
+    if (line->rec.usable == S_FAST) {
+        errno = 0;
+        if (s_submit_fast(self, line) == 0) {
             self->in_flight++;
             return 0;
         }
-        if (saved == EINTR)
+        if (errno == EINTR)
             return -1;
+        if (errno == EMSGSIZE && line->custom_id) {
+            s_answered(self, line,
+                       llmq_jsonl_error_line(
+                           line->custom_id, NULL, "invalid_request",
+                           "request too large for the protocol's 64 MiB "
+                           "frame limit",
+                           0),
+                       NULL);
+            return 0;
+        }
+        //  Otherwise: the slow path says what is wrong.
+    }
+    llmq_jsonl_item_t *item = s_item(line->text, line->len, line->rec.line_no);
+    if (item && !line->custom_id)
+        line->custom_id = strdup(item->custom_id);
+    const char *reason = item && item->error ? item->error : "out of memory";
+    if (item && item->body && line->custom_id) {
+        int rc = s_submit(self, line, item);
+        int saved = errno;
+        if (rc == 0) {
+            self->in_flight++;
+            llmq_jsonl_item_destroy(&item);
+            return 0;
+        }
+        if (saved == EINTR) {
+            llmq_jsonl_item_destroy(&item);
+            return -1;
+        }
         reason = saved == EMSGSIZE ? "request too large for the protocol's "
                                      "64 MiB frame limit"
                                    : "request body could not be encoded";
     }
-    s_answered(self, item,
-               llmq_jsonl_error_line(item->custom_id, NULL, "invalid_request",
-                                     reason, 0),
+    s_answered(self, line,
+               llmq_jsonl_error_line(line->custom_id ? line->custom_id : "",
+                                     NULL, "invalid_request", reason, 0),
                NULL);
+    llmq_jsonl_item_destroy(&item);
     return 0;
 }
 
-/*  Queue todo line index to be sent again at due. */
-static void s_retry_at(llmq_runner_t *self, size_t index, int64_t due)
+/*  Queue line to be sent again at due. */
+static void s_retry_at(llmq_runner_t *self, s_line_t *line, int64_t due)
 {
     s_retry_t *again = (s_retry_t *)calloc(1, sizeof(*again));
     if (!again)
         return;
-    again->index = index;
+    again->line = line;
     again->due = due;
     zlistx_add_end(self->backoff, again);
 }
 
-/*  Take the first backed-off line that is due; false if none is. */
-static bool s_take_due(llmq_runner_t *self, size_t *index_p)
+/*  Take the first backed-off line that is due; NULL if none is. */
+static s_line_t *s_take_due(llmq_runner_t *self)
 {
     int64_t now = zclock_mono();
     for (s_retry_t *retry = (s_retry_t *)zlistx_first(self->backoff); retry;
          retry = (s_retry_t *)zlistx_next(self->backoff))
         if (retry->due <= now) {
-            *index_p = retry->index;
+            s_line_t *line = retry->line;
             zlistx_delete(self->backoff, zlistx_cursor(self->backoff));
-            return true;
+            return line;
         }
-    return false;
+    return NULL;
 }
 
 /*  Fill the window: lines due for a retry first, then new ones; nothing
@@ -394,14 +1113,11 @@ static bool s_take_due(llmq_runner_t *self, size_t *index_p)
 static void s_fill(llmq_runner_t *self)
 {
     while (!self->stats.capped && self->in_flight < (size_t)self->cwnd) {
-        size_t index;
-        if (!s_take_due(self, &index)) {
-            if (self->next >= self->stats.todo)
-                break;
-            index = self->next++;
-        }
-        if (s_send(self, index) != 0) {
-            s_retry_at(self, index, 0);
+        s_line_t *line = s_take_due(self);
+        if (!line && !(line = s_take(self)))
+            break;
+        if (s_send(self, line) != 0) {
+            s_retry_at(self, line, 0);
             break;
         }
     }
@@ -410,16 +1126,16 @@ static void s_fill(llmq_runner_t *self)
 /*  A line answered `overloaded` (a full queue: a capacity problem, not the
     line's): fewer in flight, and send it again after a jittered doubling
     backoff, so retries do not come back as one herd. */
-static void s_back_off(llmq_runner_t *self, size_t index)
+static void s_back_off(llmq_runner_t *self, s_line_t *line)
 {
     int64_t now = zclock_mono();
     if (now - self->last_cut >= S_CUT_MS) {
         self->cwnd = self->cwnd / 2 < 1 ? 1 : self->cwnd / 2;
         self->last_cut = now;
     }
-    int64_t delay = (int64_t)self->backoff_ms << self->todo[index].tries;
-    s_retry_at(self, index, now + delay / 2 + randof((int)(delay / 2) + 1));
-    self->todo[index].tries++;
+    int64_t delay = (int64_t)self->backoff_ms << line->tries;
+    s_retry_at(self, line, now + delay / 2 + randof((int)(delay / 2) + 1));
+    line->tries++;
     self->stats.retried++;
 }
 
@@ -439,32 +1155,26 @@ static void s_spend(llmq_runner_t *self, const llmq_result_t *result)
     out of OUT so that a rerun runs the line. */
 static void s_on_result(llmq_runner_t *self, llmq_result_t *result)
 {
-    if (!result->arg)
+    s_line_t *line = (s_line_t *)result->arg;
+    if (!line)
         return; //  not one of ours
-    size_t index = (size_t)((s_line_t *)result->arg - self->todo);
-    if (index >= self->stats.todo)
-        return;
     self->in_flight--;
     s_spend(self, result);
-    llmq_jsonl_item_t *item = self->todo[index].item;
     if (!result->ok && streq(result->error_code, "timeout") &&
         result->error_message &&
         streq(result->error_message, "broker unreachable"))
         self->stats.unreachable = true;
     else if (!result->ok && streq(result->error_code, "overloaded") &&
-             self->todo[index].tries < self->retries)
-        s_back_off(self, index);
+             line->tries < self->retries)
+        s_back_off(self, line);
     else {
-        s_answered(self, item, llmq_jsonl_result_line(item->custom_id, result),
+        s_answered(self, line, llmq_jsonl_result_line(line->custom_id, result),
                    result);
-        free(item->line);
-        item->line = NULL;
         //  Window back up by one per window of answers.
         if (self->cwnd < self->window)
             self->cwnd += 1.0 / self->cwnd;
     }
 }
-
 /*  Let the client handle what its socket holds and run its timers. */
 static void s_process(llmq_runner_t *self)
 {
@@ -535,7 +1245,7 @@ int llmq_runner_finish(llmq_runner_t *self)
     llmq_jsonl_writer_destroy(&files->writer);
     if (self->stats.complete)
         return 0;
-    return llmq_jsonl_write_ordered(files->output, files->items, files->lines);
+    return s_rewrite(files);
 }
 
 void llmq_runner_stats(llmq_runner_t *self, llmq_runner_stats_t *stats)
@@ -864,6 +1574,85 @@ static int s_test_cap(const char *in, const char *out, llmq_client_t *client)
     return failures;
 }
 
+/*  The fast path reads a batch line as llmq_jsonl_parse_line does, and
+    sends the bytes the cJSON path sends; other lines it leaves to it. */
+static int s_test_fast(void)
+{
+    int failures = 0;
+    const char *lines[] = {
+        "{\"custom_id\":\"a\\u00e9\",\"method\":\"POST\",\"url\":\"/v1/"
+        "embeddings/\",\"body\":{\"input\":\"x\",\"model\":\"m1\","
+        "\"n\":[1,2.5,-3e2,{\"k\":null}]}}\n",
+        "{\"body\":{\"messages\":[{\"role\":\"user\",\"content\":\"q\\n\"}]},"
+        "\"custom_id\":null}\r\n",
+        "{\"CUSTOM_ID\":\"up\",\"Body\":{\"model\":null,\"x\":true}}", NULL};
+    const char *slow[] = {"{\"custom_id\":\"\",\"body\":{}}",
+                          "{\"body\":{\"model\":7}}",
+                          "{\"method\":\"GET\",\"body\":{}}",
+                          "{\"url\":\"/v1/images\",\"body\":{}}",
+                          " {\"body\":{}}",
+                          "{\"prompt\":\"p\"}",
+                          "{\"body\":{}",
+                          "plain text",
+                          NULL};
+    for (int i = 0; lines[i]; i++) {
+        s_fast_t fast;
+        llmq_jsonl_item_t *item =
+            llmq_jsonl_parse_line(lines[i], strlen(lines[i]), 9);
+        CHECK(s_fast(lines[i], strlen(lines[i]), 9, &fast));
+        CHECK(item && !item->error && streq(item->custom_id, fast.custom_id));
+        CHECK((int)item->op == fast.op);
+        CHECK(!item->model == !fast.model &&
+              (!fast.model || streq(item->model, fast.model)));
+        cJSON_DeleteItemFromObject(item->body, "model");
+        cJSON_AddStringToObject(item->body, "model", "mm");
+        zframe_t *want = llmq_value_from_json(item->body);
+        const char *drop[] = {"model", NULL};
+        zframe_t *got = llmq_value_from_json_object(
+            fast.body.data, fast.body.size, drop, "model", "mm", NULL, 0);
+        CHECK(want && got && zframe_eq(want, got));
+        zframe_destroy(&want);
+        zframe_destroy(&got);
+        s_fast_clear(&fast);
+        llmq_jsonl_item_destroy(&item);
+    }
+    for (int i = 0; slow[i]; i++) {
+        s_fast_t fast;
+        CHECK(!s_fast(slow[i], strlen(slow[i]), 1, &fast) && !fast.custom_id);
+    }
+    return failures;
+}
+
+/*  The external sort over many runs: every pair once, in order. */
+static int s_test_merge(void)
+{
+    int failures = 0;
+    FILE *file = s_spill_new("-");
+    CHECK(file);
+    if (!file)
+        return failures;
+    uint64_t sum = 0;
+    for (uint64_t i = 0; i < 1000; i++) {
+        s_pair_t pair = {(i * 7919) % 1000 / 2, i};
+        sum += pair.value;
+        fwrite(&pair, sizeof pair, 1, file);
+    }
+    s_merge_t merge;
+    CHECK(s_merge_runs(&merge, file, 64) == 0 && merge.count == 16);
+    s_pair_t pair, prev = {0, 0};
+    size_t n = 0;
+    while (s_merge_next(&merge, &pair)) {
+        CHECK(n == 0 || s_pair_cmp(&prev, &pair) < 0);
+        sum -= pair.value;
+        prev = pair;
+        n++;
+    }
+    CHECK(n == 1000 && sum == 0);
+    s_merge_end(&merge);
+    fclose(file);
+    return failures;
+}
+
 int llmq_runner_test(bool verbose)
 {
     int failures = 0;
@@ -920,6 +1709,8 @@ int llmq_runner_test(bool verbose)
     failures += s_test_ordered(out, S_TEST_LINES, "\"kept\":1");
 
     failures += s_test_duplicates(dup);
+    failures += s_test_fast();
+    failures += s_test_merge();
     failures += s_test_cap(cap_in, cap_out, client);
     config.output = lost;
     failures += s_test_unreachable(&config);

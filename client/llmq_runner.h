@@ -1,12 +1,17 @@
 /*  llmq_runner.h - the run engine: every line of a JSONL file through the
     broker, results to an output file.
 
-    A runner reads IN (one request per line, llmq_jsonl.h), keeps the whole
-    lines of an existing OUT (resume: only lines OUT does not answer yet are
-    sent), appends each result to OUT as it arrives (one write per line, so
-    a kill leaves a valid prefix) and at the end rewrites OUT in input order
-    (temp file + rename). It keeps up to `window` requests in flight and
-    adapts that window (AIMD): a line answered `overloaded` halves the
+    A runner reads IN (one request per line, llmq_jsonl.h) as a stream,
+    indexes the whole lines of an existing OUT (resume: only lines OUT does
+    not answer yet are sent), appends each result to OUT as it arrives (one
+    write per line, so a kill leaves a valid prefix) and at the end rewrites
+    OUT in input order (temp file + rename), copying each line from its
+    offset. Its memory is the window, plus 16 bytes per line of a resumed
+    OUT (the index of what is done), never the lines: what grows with the
+    input goes to unlinked spill files next to OUT.
+
+    It keeps up to `window` requests in flight and adapts that window
+    (AIMD): a line answered `overloaded` halves the
     window (at most every 250 ms) and is sent again after a jittered,
     doubling backoff; every answered line grows the window back by 1/window.
 
@@ -89,7 +94,7 @@ typedef struct {
     bool unreachable;      /* stopped: no broker answered (give-up) */
 } llmq_runner_stats_t;
 
-/*  Read IN, refuse duplicate custom_ids, keep OUT's whole lines (a partial
+/*  Read IN, refuse duplicate custom_ids, index OUT's whole lines (a partial
     last line, as a kill leaves, is cut off: OUT is rewritten) and open OUT
     for appending if any line is left to run. Nothing is sent yet. When
     OUT already answers every line, stats.complete is set and OUT is left

@@ -214,6 +214,12 @@ int llmq_client_submit_text(llmq_client_t *self, llmq_op_t op,
                             const char *model, const char *json, size_t len,
                             const llmq_opts_t *opts, void *arg);
 
+/*  Same with the body already msgpack (one value of size bytes, copied;
+    llmq_value.h builds it from JSON text without a cJSON tree). */
+int llmq_client_submit_msgpack(llmq_client_t *self, llmq_op_t op,
+                               const char *model, const void *msgpack,
+                               size_t size, const llmq_opts_t *opts, void *arg);
+
 /*  Next finished result (caller owns), waiting up to timeout_ms (-1: until
     one is ready). Returns NULL on timeout, on interrupt, or at once when
     nothing is outstanding and nothing is ready. */

@@ -31,6 +31,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import clusterlib as cl  # noqa: E402
 from clusterlib import check, wait_until  # noqa: E402
+from llmqtest import out_line_ok  # noqa: E402
 
 N = 2000
 
@@ -68,7 +69,7 @@ def check_out(path, ids):
     check([r["custom_id"] for r in rows] == ids,
           "%s: %d rows for %d ids, or not in input order" % (path, len(rows), len(ids)))
     for r in rows:
-        check(r["error"] is None, "%s failed: %r" % (r["custom_id"], r["error"]))
+        check(out_line_ok(r), "%s failed: %r" % (r["custom_id"], r))
         check(r["response"]["body"]["choices"][0]["message"]["content"].startswith("sim-"),
               "%s: not a sim answer" % r["custom_id"])
 

@@ -13,27 +13,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from clusterlib import (Cluster, bin_path, check, job_files, read_jsonl, run_llmq,  # noqa
                         verify_output, wait_until)
 import json  # noqa
-from llmqtest import die_with_parent  # noqa
+from llmqtest import complete_lines, die_with_parent  # noqa
 
 N = 1500
-
-
-def complete_lines(path):
-    """custom_ids and ok-ness of the whole lines in path."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
-        return {}
-    lines = data.split(b"\n")[:-1]     # the part after the last \n is partial
-    done = {}
-    for line in lines:
-        row = json.loads(line)
-        # OpenAI's batch output: an HTTP error is a response with its status
-        # and error null; ok means a 2xx response.
-        done[row["custom_id"]] = (row["error"] is None and
-                                  200 <= row["response"]["status_code"] < 300)
-    return done
 
 
 def main():

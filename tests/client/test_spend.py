@@ -17,7 +17,7 @@ import re
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
-from llmqtest import Cluster, check, main, run_llmq, temp_dir  # noqa: E402
+from llmqtest import Cluster, check, main, out_line_ok, run_llmq, temp_dir  # noqa: E402
 
 N = 200            # input lines
 WINDOW = 8         # --concurrency
@@ -57,7 +57,7 @@ def capped_run(cluster, args, inp, out, ids):
           % (rc, stdout, stderr[-2000:]))
     rows = read_out(out)
     check_order(rows, ids)
-    check(all(r["error"] is None for r in rows), "an error line in OUT: %r"
+    check(all(out_line_ok(r) for r in rows), "an error line in OUT: %r"
           % [r for r in rows if r["error"] is not None][:2])
     costs = [cost(r) for r in rows]
     spent = sum(costs)
@@ -108,7 +108,7 @@ def scenario():
         rows = read_out(out)
         check([r["custom_id"] for r in rows] == ids, "rerun: OUT is not every line once, "
               "in order (%d lines)" % len(rows))
-        check(all(r["error"] is None for r in rows), "rerun: an error line in OUT")
+        check(all(out_line_ok(r) for r in rows), "rerun: an error line in OUT")
         cluster.wait_idle()
         stats = cluster.sim.stats()
         check(stats["answered_ok"] == N and stats["double_billed"] == 0,
@@ -119,7 +119,7 @@ def scenario():
         rc, stdout, stderr = run_llmq(args[:3] + ["-"] + args[4:] +
                                       ["--max-cost", str(CAP), "--quiet"])
         rows = [json.loads(line) for line in stdout.splitlines()]
-        check(rc == 4 and 0 < len(rows) < N and all(r["error"] is None for r in rows),
+        check(rc == 4 and 0 < len(rows) < N and all(out_line_ok(r) for r in rows),
               "-o - --quiet: exit %d, %d lines\n%s" % (rc, len(rows), stderr[-2000:]))
         check(re.search(r"llmq run: --max-cost reached: .* %d lines not run\n" % (N - len(rows)),
                         stderr), "-o - --quiet: stderr %r" % stderr[-2000:])

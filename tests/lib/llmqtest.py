@@ -349,6 +349,26 @@ MODEL = "sim-model"     # the model the test workers serve
 SIM_KEY = "sk-test-key"  # the provider key the test workers send to llmq-sim
 
 
+def out_line_ok(row):
+    """An `llmq run` OUT line answered ok: OpenAI's batch output, where an
+    HTTP error is a response with its status and `error` null, so ok means
+    no error and a 2xx response."""
+    resp = row.get("response")
+    return row.get("error") is None and bool(resp) and 200 <= resp["status_code"] < 300
+
+
+def complete_lines(path):
+    """custom_id -> ok of the whole lines of an OUT file (the part after the
+    last newline is what a kill leaves: not a line)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        return {}
+    return {row["custom_id"]: out_line_ok(row)
+            for row in (json.loads(line) for line in data.split(b"\n")[:-1])}
+
+
 def fnv1a64(data):
     h = 0xcbf29ce484222325
     for b in data:
