@@ -156,6 +156,20 @@ typedef struct {
 #define S_WORDS ((LLMQ_F_COUNT + 63) / 64)
 #define S_ARENA 256 /* bytes of short strings kept in the message itself */
 
+/*  A top-level entry of a received header (its bytes in raw), so that a
+    forwarded header is written by copying the entries nothing changed
+    (s_splice). id: a field (>= 0), S_SPAN_COPY (`v`, `t`), S_SPAN_DROP (a
+    key the codec does not know: a full encode drops it too) or
+    S_SPAN_GROUP(g), a group's map. */
+#define S_MAX_SPANS 24
+#define S_SPAN_COPY (-1)
+#define S_SPAN_DROP (-2)
+#define S_SPAN_GROUP(g) (-3 - (g))
+typedef struct {
+    uint32_t off, len;
+    int16_t id;
+} s_span_t;
+
 /*  Which fields are set is a bit set, so that new, destroy, check and
     encode touch only the fields a message has (a few of the catalogue's
     70+), and the value slots need no zeroing. */
@@ -169,7 +183,12 @@ struct _llmq_msg_t {
     char *user_id;                  /* the peer's ZAP User-Id, or NULL */
     uint64_t bits[S_WORDS];         /* set fields */
     uint64_t checked[S_WORDS];      /* set fields decoded (checked then) */
+    uint64_t dirty[S_WORDS];        /* fields set or cleared since decode */
+    bool has_raw;                   /* raw holds the received header */
+    uint8_t nspans;                 /* its top-level entries, in spans */
     size_t arena_used;              /* bytes of arena given out */
+    zmq_msg_t raw;                  /* the header of a received res/chunk */
+    s_span_t spans[S_MAX_SPANS];    /* (not zeroed by new) */
     s_value_t values[LLMQ_F_COUNT]; /* one slot per field of the .def */
     char arena[S_ARENA];            /* short strings, no malloc each */
     uint8_t rid_data[255];          /* a received routing id (<= 255) */
@@ -183,6 +202,12 @@ static inline bool s_is_set(const llmq_msg_t *self, int f)
 static inline void s_mark(llmq_msg_t *self, int f)
 {
     self->bits[f >> 6] |= 1ULL << (f & 63);
+    self->dirty[f >> 6] |= 1ULL << (f & 63);
+}
+
+static inline bool s_is_dirty(const llmq_msg_t *self, int f)
+{
+    return (self->dirty[f >> 6] >> (f & 63)) & 1;
 }
 
 /*  A decoded value passed the checks encode would repeat (s_check_field):
@@ -270,7 +295,7 @@ llmq_msg_t *llmq_msg_new(llmq_msg_type_t type)
                            ? spares->items[--spares->count]
                            : (llmq_msg_t *)malloc(sizeof *self);
     if (self) {
-        memset(self, 0, offsetof(llmq_msg_t, values));
+        memset(self, 0, offsetof(llmq_msg_t, raw));
         self->type = type;
     }
     return self;
@@ -298,6 +323,7 @@ static void s_unset(llmq_msg_t *self, llmq_field_t f)
         s_free_strs(v->strs.items, v->strs.count);
     self->bits[f >> 6] &= ~(1ULL << (f & 63));
     self->checked[f >> 6] &= ~(1ULL << (f & 63));
+    self->dirty[f >> 6] |= 1ULL << (f & 63);
 }
 
 void llmq_msg_destroy(llmq_msg_t **self_p)
@@ -311,6 +337,8 @@ void llmq_msg_destroy(llmq_msg_t **self_p)
     zframe_destroy(&self->payload);
     free(self->reason);
     free(self->user_id);
+    if (self->has_raw)
+        zmq_msg_close(&self->raw);
     s_spares_t *spares = s_spares_get();
     if (spares && spares->count < S_SPARES)
         spares->items[spares->count++] = self;
@@ -330,6 +358,7 @@ static int s_set_strn(llmq_msg_t *self, llmq_field_t f, const char *s,
         memmove(self->values[f].s, s, len);
         self->values[f].s[len] = 0;
         self->checked[f >> 6] &= ~(1ULL << (f & 63));
+        self->dirty[f >> 6] |= 1ULL << (f & 63);
         return 0;
     }
     char *copy;
@@ -905,6 +934,72 @@ static void s_pack_header(const llmq_msg_t *self, s_buf_t *b)
     }
 }
 
+/*  The first set field of group, or -1. */
+static int s_group_first(const llmq_msg_t *self, int group)
+{
+    S_FOR_SET(self, f)
+    if (s_group_of[f] == group)
+        return f;
+    return -1;
+}
+
+/*  Whether a field of group was set or cleared since the decode. */
+static bool s_group_dirty(const llmq_msg_t *self, int group)
+{
+    for (int w = 0; w < S_WORDS; w++)
+        for (uint64_t bits = self->dirty[w]; bits; bits &= bits - 1)
+            if (s_group_of[w * 64 + __builtin_ctzll(bits)] == group)
+                return true;
+    return false;
+}
+
+/*  A received header written again (s_keep_raw): its entries copied but
+    for the fields changed since the decode, written after them from the
+    values, as are changed groups. The same map as s_pack_header's, in
+    another order. The map header goes in front once the count is known. */
+static void s_splice(const llmq_msg_t *self, s_buf_t *b)
+{
+    const uint8_t *raw = (const uint8_t *)zmq_msg_data((zmq_msg_t *)&self->raw);
+    uint64_t groups = 0; /* written or dropped */
+    size_t n = 0;
+    s_put(b, "\xde\0\0", 3);
+    for (int k = 0; k < self->nspans; k++) {
+        const s_span_t *sp = &self->spans[k];
+        int group = sp->id <= S_SPAN_GROUP(1) ? S_SPAN_GROUP(0) - sp->id : 0;
+        if (sp->id == S_SPAN_DROP || (sp->id >= 0 && s_is_dirty(self, sp->id)))
+            continue;
+        if (group && s_group_dirty(self, group))
+            continue;
+        s_put(b, raw + sp->off, sp->len);
+        n++;
+        groups |= group ? 1ULL << group : 0;
+    }
+    for (int w = 0; w < S_WORDS; w++)
+        for (uint64_t bits = self->dirty[w]; bits; bits &= bits - 1) {
+            int f = w * 64 + __builtin_ctzll(bits), group = s_group_of[f];
+            if (!group && s_is_set(self, f)) {
+                s_pack_value(b, &s_fields[f], &self->values[f]);
+                n++;
+            } else if (group && !(groups & (1ULL << group))) {
+                groups |= 1ULL << group;
+                int first = s_group_first(self, group);
+                if (first >= 0) {
+                    s_pack_group(self, b, first);
+                    n++;
+                }
+            }
+        }
+    if (b->failed)
+        return;
+    b->data[1] = (uint8_t)(n >> 8);
+    b->data[2] = (uint8_t)n;
+    if (n < 16) { /* msgpack-c's form: a fixmap */
+        b->data[2] = (uint8_t)(0x80 | n);
+        memmove(b->data, b->data + 2, b->size - 2);
+        b->size -= 2;
+    }
+}
+
 /*  Encode into buf (its inline buffer or more); 0, or -1 with a reason. */
 static int s_encode_buf(const llmq_msg_t *self, s_buf_t *buf, char *errbuf,
                         size_t errlen)
@@ -918,7 +1013,10 @@ static int s_encode_buf(const llmq_msg_t *self, s_buf_t *buf, char *errbuf,
     s_tables();
     if (s_check(self, errbuf, errlen))
         return -1;
-    s_pack_header(self, buf);
+    if (self->has_raw)
+        s_splice(self, buf);
+    else
+        s_pack_header(self, buf);
     if (buf->failed)
         return s_errf(errbuf, errlen, "out of memory");
     if (buf->size > LLMQ_MAX_HEADER_SIZE)
@@ -955,13 +1053,16 @@ int llmq_msg_encode_msg(const llmq_msg_t *self, zmq_msg_t *out, char *errbuf,
 /*  ---- decode ----------------------------------------------------------- */
 
 typedef struct {
-    llmq_mp_reader_t r; /* over the header bytes */
-    llmq_msg_t *msg;    /* fields land here; type is set at the end */
-    char reason[160];   /* first failure, formatted */
-    bool has_v;         /* `v` seen */
-    int64_t v;          /* its value */
-    const uint8_t *t;   /* `t` bytes, borrowed from the input */
-    uint32_t t_len;     /* their length */
+    llmq_mp_reader_t r;  /* over the header bytes */
+    llmq_msg_t *msg;     /* fields land here; type is set at the end */
+    char reason[160];    /* first failure, formatted */
+    bool has_v;          /* `v` seen */
+    int64_t v;           /* its value */
+    const uint8_t *t;    /* `t` bytes, borrowed from the input */
+    uint32_t t_len;      /* their length */
+    int16_t entry;       /* what the last top-level entry was (s_span_t) */
+    bool spans_over;     /* more entries than msg->spans holds */
+    const uint8_t *base; /* the header's first byte */
 } s_decoder_t;
 
 static int s_fail(s_decoder_t *d, const char *fmt, ...)
@@ -1193,12 +1294,15 @@ static int s_dec_entry(s_decoder_t *d)
     llmq_mp_item_t key;
     if (s_read_key(d, &key))
         return -1;
+    d->entry = S_SPAN_COPY;
     if (key.len == 1 && (key.ptr[0] == 'v' || key.ptr[0] == 't'))
         return s_dec_vt(d, &key);
     int f = s_find_field(0, key.ptr, key.len);
+    d->entry = (int16_t)f;
     if (f >= 0)
         return s_dec_field(d, (llmq_field_t)f);
     int group = s_find_group(key.ptr, key.len);
+    d->entry = (int16_t)(group ? S_SPAN_GROUP(group) : S_SPAN_DROP);
     if (group)
         return s_dec_group(d, group);
     if (llmq_mp_skip(&d->r, S_MAX_DEPTH - 1))
@@ -1213,9 +1317,19 @@ static int s_dec_map(s_decoder_t *d)
         return s_fail_reader(d);
     if (it.kind != LLMQ_MP_MAP)
         return s_fail(d, "header is not a map");
-    for (uint32_t k = 0; k < it.len; k++)
+    llmq_msg_t *msg = d->msg;
+    for (uint32_t k = 0; k < it.len; k++) {
+        const uint8_t *start = d->r.p;
         if (s_dec_entry(d))
             return -1;
+        if (msg->nspans < S_MAX_SPANS)
+            msg->spans[msg->nspans++] =
+                (s_span_t){.off = (uint32_t)(start - d->base),
+                           .len = (uint32_t)(d->r.p - start),
+                           .id = d->entry};
+        else
+            d->spans_over = true;
+    }
     if (llmq_mp_left(&d->r))
         return s_fail(d, "trailing bytes after header");
     return 0;
@@ -1265,6 +1379,7 @@ static int s_decode(s_decoder_t *d, const void *data, size_t size,
         return s_fail(d, "header too large (%zu > %d bytes)", size,
                       LLMQ_MAX_HEADER_SIZE);
     llmq_mp_init(&d->r, data, size);
+    d->base = (const uint8_t *)data;
     if (s_dec_map(d) || s_dec_finish(d, has_payload))
         return -1;
     return 0;
@@ -1387,6 +1502,23 @@ static void s_take_rid(llmq_msg_t *msg, zmq_msg_t *rid)
         msg->routing_id = zframe_new(zmq_msg_data(rid), size);
 }
 
+/*  A res or chunk is forwarded with a few keys changed: keep its header
+    (moved, not copied) so that encode copies what did not change. */
+static void s_keep_raw(s_decoder_t *d, zmq_msg_t *header)
+{
+    llmq_msg_t *msg = d->msg;
+    if (d->spans_over ||
+        (msg->type != LLMQ_MSG_RES && msg->type != LLMQ_MSG_CHUNK) ||
+        zmq_msg_init(&msg->raw))
+        return;
+    if (zmq_msg_move(&msg->raw, header)) {
+        zmq_msg_close(&msg->raw);
+        return;
+    }
+    msg->has_raw = true;
+    memset(msg->dirty, 0, sizeof msg->dirty);
+}
+
 /*  Turn the received frames into a message; takes the payload frame. rid
     and header are the caller's (NULL: none arrived). */
 static llmq_msg_t *s_from_frames(zmq_msg_t *rid, zmq_msg_t *header,
@@ -1416,6 +1548,7 @@ static llmq_msg_t *s_from_frames(zmq_msg_t *rid, zmq_msg_t *header,
             d.msg->reason = strdup(d.reason);
             s_salvage_id(d.msg, data, size);
         } else {
+            s_keep_raw(&d, header);
             d.msg->payload = *payload_p;
             *payload_p = NULL;
         }
@@ -1913,6 +2046,76 @@ static void s_test_provider_answer(void)
     llmq_msg_destroy(&res);
 }
 
+/*  The bytes of a full encode of msg's fields (no splice: a dup). */
+static zframe_t *s_test_full(const llmq_msg_t *msg)
+{
+    llmq_msg_t *copy = llmq_msg_dup(msg);
+    zframe_t *frame = llmq_msg_encode(copy, NULL, 0);
+    llmq_msg_destroy(&copy);
+    return frame;
+}
+
+static bool s_test_has(zframe_t *frame, const char *text)
+{
+    size_t len = strlen(text);
+    for (size_t k = 0; k + len <= zframe_size(frame); k++)
+        if (!memcmp(zframe_data(frame) + k, text, len))
+            return true;
+    return false;
+}
+
+/*  A received res forwarded with keys changed, added, cleared (a whole
+    group, part of one) is spliced (s_splice) into the same fields as a
+    full encode gives; an unknown top-level key is dropped, as there. */
+static void s_test_splice(void)
+{
+    zsock_t *in = zsock_new_pair("@inproc://llmq-msg-splice-test");
+    zsock_t *out = zsock_new_pair(">inproc://llmq-msg-splice-test");
+    S_TEST(in && out);
+    llmq_msg_t *res = llmq_msg_new(LLMQ_MSG_RES);
+    llmq_msg_set_id(res, "w-1");
+    llmq_msg_set_ok(res, true);
+    llmq_msg_set_usage_prompt_tokens(res, 7);
+    llmq_msg_set_usage_cost_usd(res, 0.5);
+    llmq_msg_set_ratelimit_remaining_requests(res, 99);
+    llmq_msg_set_request_id(res, "req_1");
+    llmq_msg_set_model(res, "m");
+    zframe_t *frame = llmq_msg_encode(res, NULL, 0);
+    S_TEST(frame && (zframe_data(frame)[0] & 0xf0) == 0x80);
+    zframe_t *more = zframe_new(NULL, zframe_size(frame) + 6);
+    memcpy(zframe_data(more), zframe_data(frame), zframe_size(frame));
+    zframe_data(more)[0]++; /* one more entry: "zz": [1, 2] */
+    memcpy(zframe_data(more) + zframe_size(frame), "\xa2zz\x92\x01\x02", 6);
+    zframe_destroy(&frame);
+    S_TEST(zframe_send(&more, out, 0) == 0);
+    llmq_msg_t *got = llmq_msg_recv(in);
+    S_TEST(got && llmq_msg_type(got) == LLMQ_MSG_RES && got->has_raw);
+    llmq_msg_set_id(got, "client-request-id-longer");
+    llmq_msg_set_latency_ms(got, 12);
+    llmq_msg_set_usage_total_tokens(got, 9);
+    llmq_msg_clear(got, LLMQ_F_ratelimit_remaining_requests);
+    llmq_msg_clear(got, LLMQ_F_request_id);
+    llmq_msg_clear(got, LLMQ_F_ratelimit_reset_ms); /* absent: no change */
+    zframe_t *spliced = llmq_msg_encode(got, NULL, 0);
+    zframe_t *full = s_test_full(got);
+    S_TEST(spliced && full && zframe_size(spliced) == zframe_size(full));
+    S_TEST(!s_test_has(spliced, "zz") && !s_test_has(spliced, "ratelimit"));
+    llmq_msg_t *back = llmq_msg_decode(zframe_data(spliced),
+                                       zframe_size(spliced), false, NULL, 0);
+    zframe_t *again = back ? s_test_full(back) : NULL;
+    S_TEST(again && zframe_eq(again, full));
+    S_TEST(streq(llmq_msg_model(back), "m"));
+    S_TEST(llmq_msg_usage_prompt_tokens(back) == 7);
+    llmq_msg_destroy(&back);
+    zframe_destroy(&again);
+    zframe_destroy(&spliced);
+    zframe_destroy(&full);
+    llmq_msg_destroy(&got);
+    llmq_msg_destroy(&res);
+    zsock_destroy(&out);
+    zsock_destroy(&in);
+}
+
 int llmq_msg_test(bool verbose)
 {
     if (verbose)
@@ -1924,6 +2127,7 @@ int llmq_msg_test(bool verbose)
     s_test_decode_errors();
     s_test_provider_answer();
     s_test_sockets(verbose);
+    s_test_splice();
     if (verbose)
         printf("OK\n");
     return 0;
