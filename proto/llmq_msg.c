@@ -308,11 +308,9 @@ static void s_free_strs(char **items, size_t count)
     free(items);
 }
 
-/*  Release whatever the field owns and mark it absent. */
-static void s_unset(llmq_msg_t *self, llmq_field_t f)
+/*  Release whatever the (set) field owns. */
+static inline void s_release(llmq_msg_t *self, int f)
 {
-    if (!s_is_set(self, f))
-        return;
     s_value_t *v = &self->values[f];
     if (s_fields[f].kind == S_STR &&
         (v->s < self->arena || v->s >= self->arena + S_ARENA))
@@ -321,6 +319,14 @@ static void s_unset(llmq_msg_t *self, llmq_field_t f)
         free(v->raw.data);
     else if (s_fields[f].kind == S_STRS)
         s_free_strs(v->strs.items, v->strs.count);
+}
+
+/*  Release whatever the field owns and mark it absent. */
+static void s_unset(llmq_msg_t *self, llmq_field_t f)
+{
+    if (!s_is_set(self, f))
+        return;
+    s_release(self, f);
     self->bits[f >> 6] &= ~(1ULL << (f & 63));
     self->checked[f >> 6] &= ~(1ULL << (f & 63));
     self->dirty[f >> 6] |= 1ULL << (f & 63);
@@ -331,8 +337,10 @@ void llmq_msg_destroy(llmq_msg_t **self_p)
     if (!self_p || !*self_p)
         return;
     llmq_msg_t *self = *self_p;
-    S_FOR_SET(self, f)
-    s_unset(self, (llmq_field_t)f);
+    /*  The bits need no clearing: llmq_msg_new zeroes them. */
+    for (int w = 0; w < S_WORDS; w++)
+        for (uint64_t bits = self->bits[w]; bits; bits &= bits - 1)
+            s_release(self, w * 64 + __builtin_ctzll(bits));
     zframe_destroy(&self->routing_id);
     zframe_destroy(&self->payload);
     free(self->reason);
