@@ -1120,19 +1120,41 @@ static int s_wrong_type(s_decoder_t *d, llmq_field_t f, const char *want)
                   s_field_label(f, label, sizeof label), want);
 }
 
+/*  True if the bytes are ASCII without NUL, 8 at a time: most header
+    strings, which then need no NUL scan or UTF-8 walk. */
+static inline bool s_plain_ascii(const uint8_t *p, size_t len)
+{
+    const uint64_t high = 0x8080808080808080ULL;
+    size_t k = 0;
+    for (; k + 8 <= len; k += 8) {
+        uint64_t w;
+        memcpy(&w, p + k, 8);
+        if ((w & high) || ((w - 0x0101010101010101ULL) & ~w & high))
+            return false;
+    }
+    for (; k < len; k++)
+        if (p[k] == 0 || p[k] >= 0x80)
+            return false;
+    return true;
+}
+
 static int s_dec_str(s_decoder_t *d, llmq_field_t f, const llmq_mp_item_t *it)
 {
     char label[64];
-    const char *name = s_field_label(f, label, sizeof label);
     if (it->kind != LLMQ_MP_STR && it->kind != LLMQ_MP_BIN)
         return s_wrong_type(d, f, "string");
     if (it->len > s_fields[f].max)
-        return s_fail(d, "'%s' too long (%u > %zu bytes)", name, it->len,
+        return s_fail(d, "'%s' too long (%u > %zu bytes)",
+                      s_field_label(f, label, sizeof label), it->len,
                       s_fields[f].max);
-    if (memchr(it->ptr, 0, it->len))
-        return s_fail(d, "'%s' contains NUL", name);
-    if (!llmq_mp_utf8(it->ptr, it->len))
-        return s_fail(d, "'%s' invalid UTF-8", name);
+    if (!s_plain_ascii(it->ptr, it->len)) {
+        if (memchr(it->ptr, 0, it->len))
+            return s_fail(d, "'%s' contains NUL",
+                          s_field_label(f, label, sizeof label));
+        if (!llmq_mp_utf8(it->ptr, it->len))
+            return s_fail(d, "'%s' invalid UTF-8",
+                          s_field_label(f, label, sizeof label));
+    }
     if (s_set_strn(d->msg, f, (const char *)it->ptr, it->len))
         return s_fail(d, "out of memory");
     s_mark_checked(d->msg, f);
