@@ -184,7 +184,8 @@ struct _s_lane_t {
     int64_t idle_since;         //  When refs dropped to 0, for collection
     llmq_metric_series_t *m_ok; //  requests_total{model, outcome="ok"}
     llmq_metric_series_t *m_latency; //  latency histogram {model}
-    zhashx_t *fair; //  Fair-share stamps, s_fair_t (NULL until needed)
+    const char *m_model; //  Its model's metric label (s_metric_model), once
+    zhashx_t *fair;      //  Fair-share stamps, s_fair_t (NULL until needed)
 };
 
 struct _s_group_t {
@@ -1861,9 +1862,12 @@ static void s_worker_result(s_broker_t *self, s_worker_t *w, llmq_msg_t **msg_p)
     s_worker_usage_check(self, w, msg);
     s_spend_add(self, r, llmq_msg_usage_cost_usd(msg));
     const char *answered = llmq_msg_model(msg); //  Tokens and cost (3.8)
+    s_lane_t *lane = r->lane;
+    if (!answered && !lane->m_model) //  (model labels are never dropped)
+        lane->m_model = s_metric_model(self, lane->model);
     llmq_metrics_usage(
         self->metrics,
-        s_metric_model(self, answered ? answered : r->lane->model),
+        answered ? s_metric_model(self, answered) : lane->m_model,
         llmq_msg_usage_prompt_tokens(msg),
         llmq_msg_usage_completion_tokens(msg), llmq_msg_usage_cost_usd(msg));
     if (!r->routed || !s_route_retry(self, r, msg_p))
