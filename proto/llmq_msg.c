@@ -705,6 +705,24 @@ static const char *s_field_label(llmq_field_t f, char *buf, size_t len)
     return buf;
 }
 
+/*  True if the bytes are ASCII without NUL, 8 at a time: most header
+    strings, which then need no NUL scan or UTF-8 walk. */
+static inline bool s_plain_ascii(const uint8_t *p, size_t len)
+{
+    const uint64_t high = 0x8080808080808080ULL;
+    size_t k = 0;
+    for (; k + 8 <= len; k += 8) {
+        uint64_t w;
+        memcpy(&w, p + k, 8);
+        if ((w & high) || ((w - 0x0101010101010101ULL) & ~w & high))
+            return false;
+    }
+    for (; k < len; k++)
+        if (p[k] == 0 || p[k] >= 0x80)
+            return false;
+    return true;
+}
+
 /*  A STR value must be UTF-8 within its limit (a C string has no NUL). */
 static int s_check_field(const llmq_msg_t *self, llmq_field_t f, char *errbuf,
                          size_t errlen)
@@ -716,15 +734,21 @@ static int s_check_field(const llmq_msg_t *self, llmq_field_t f, char *errbuf,
     if (def->kind != S_STR && def->kind != S_RAW && def->kind != S_STRS)
         return 0;
     char label[64];
-    const char *name = s_field_label(f, label, sizeof label);
     if (def->kind == S_STR) {
+        /*  The label is formatted only for an error (a grouped field's
+            costs an snprintf); plain ASCII needs no UTF-8 walk. */
         size_t len = strlen(v->s);
         if (len > def->max)
             return s_errf(errbuf, errlen, "'%s' too long (%zu > %zu bytes)",
-                          name, len, def->max);
-        if (!llmq_mp_utf8((const uint8_t *)v->s, len))
-            return s_errf(errbuf, errlen, "'%s' invalid UTF-8", name);
-    } else if (def->kind == S_RAW) {
+                          s_field_label(f, label, sizeof label), len, def->max);
+        if (!s_plain_ascii((const uint8_t *)v->s, len) &&
+            !llmq_mp_utf8((const uint8_t *)v->s, len))
+            return s_errf(errbuf, errlen, "'%s' invalid UTF-8",
+                          s_field_label(f, label, sizeof label));
+        return 0;
+    }
+    const char *name = s_field_label(f, label, sizeof label);
+    if (def->kind == S_RAW) {
         if (v->raw.size > def->max)
             return s_errf(errbuf, errlen, "'%s' too large (%zu > %zu bytes)",
                           name, v->raw.size, def->max);
@@ -1118,24 +1142,6 @@ static int s_wrong_type(s_decoder_t *d, llmq_field_t f, const char *want)
     char label[64];
     return s_fail(d, "'%s' wrong type (want %s)",
                   s_field_label(f, label, sizeof label), want);
-}
-
-/*  True if the bytes are ASCII without NUL, 8 at a time: most header
-    strings, which then need no NUL scan or UTF-8 walk. */
-static inline bool s_plain_ascii(const uint8_t *p, size_t len)
-{
-    const uint64_t high = 0x8080808080808080ULL;
-    size_t k = 0;
-    for (; k + 8 <= len; k += 8) {
-        uint64_t w;
-        memcpy(&w, p + k, 8);
-        if ((w & high) || ((w - 0x0101010101010101ULL) & ~w & high))
-            return false;
-    }
-    for (; k < len; k++)
-        if (p[k] == 0 || p[k] >= 0x80)
-            return false;
-    return true;
 }
 
 static int s_dec_str(s_decoder_t *d, llmq_field_t f, const llmq_mp_item_t *it)
