@@ -554,8 +554,9 @@ const char *llmq_msg_type_name(llmq_msg_type_t type)
 
 static llmq_msg_type_t s_type_from_namen(const char *name, size_t len)
 {
-    for (int t = 1; t < LLMQ_MSG_COUNT; t++)
-        if (strlen(s_msgs[t].name) == len &&
+    /*  The first byte first: a strlen per type showed in the profile. */
+    for (int t = 1; len && t < LLMQ_MSG_COUNT; t++)
+        if (s_msgs[t].name[0] == name[0] && strlen(s_msgs[t].name) == len &&
             memcmp(s_msgs[t].name, name, len) == 0)
             return (llmq_msg_type_t)t;
     return LLMQ_MSG_INVALID;
