@@ -165,7 +165,12 @@ void llmq_msg_set_routing_id(llmq_msg_t *self, const zframe_t *routing_id);
 
 /*  Encode the header map (not the payload, not the routing id) into a new
     frame. Returns NULL, with a reason in errbuf (may be NULL), if a required
-    field is missing, a value exceeds its limit or the type is invalid. */
+    field is missing, a value exceeds its limit or the type is invalid.
+    A `res` or `chunk` that llmq_msg_recv returned is written by splicing:
+    the received bytes of the top-level keys not set or cleared since are
+    copied, the changed ones written after them (the same map, in another
+    key order; unknown top-level keys dropped as by a full encode, unknown
+    keys inside a group kept as received unless the group changed). */
 zframe_t *llmq_msg_encode(const llmq_msg_t *self, char *errbuf, size_t errlen);
 
 /*  As llmq_msg_encode, into *out (initialised here on success: the caller
