@@ -1978,20 +1978,21 @@ static s_worker_t *s_result_worker(s_broker_t *self, llmq_msg_t *msg)
                : NULL;
 }
 
-static void s_handle_worker(s_broker_t *self, llmq_msg_t *msg)
+//  The known worker a message comes from (NULL: none), alive again. key
+//  gets the sender's key when it was needed to find it ("" otherwise: a
+//  result's worker is found through its request).
+static s_worker_t *s_worker_sender(s_broker_t *self, llmq_msg_t *msg, char *key,
+                                   size_t size)
 {
-    char key[520];
     llmq_msg_type_t type = llmq_msg_type(msg);
     s_worker_t *w = type == LLMQ_MSG_RES || type == LLMQ_MSG_CHUNK
                         ? s_result_worker(self, msg)
                         : NULL;
     key[0] = 0;
     if (!w) {
-        s_msg_key(msg, key, sizeof(key));
+        s_msg_key(msg, key, size);
         w = (s_worker_t *)zhashx_lookup(self->workers, key);
     }
-    if (self->config.verbose)
-        llmq_msg_print(msg);
     if (w) {
         w->last_seen = zclock_mono(); //  Any message is a sign of life
         if (w->silent) {
@@ -1999,7 +2000,32 @@ static void s_handle_worker(s_broker_t *self, llmq_msg_t *msg)
             s_dispatch_worker(self, w);
         }
     }
+    return w;
+}
 
+//  A worker's credit: never more outstanding than the worker's own
+//  capacity: credit + in flight (sent, not answered) <= capacity. After a
+//  repeated hello the worker re-grants its free slots while requests we
+//  sent against the old credit may still be on the way to it; they are in
+//  in_flight, so this cap keeps the total within what the worker accepts.
+static void s_worker_credit(s_broker_t *self, s_worker_t *w, llmq_msg_t *msg)
+{
+    if (w->leaving || llmq_msg_n(msg) <= 0)
+        return;
+    int64_t room = w->capacity - w->in_flight;
+    int64_t n = llmq_msg_n(msg);
+    int64_t credit = n > room - w->credit ? room : w->credit + n;
+    w->credit = credit > 0 ? credit : 0;
+    s_dispatch_worker(self, w);
+}
+
+static void s_handle_worker(s_broker_t *self, llmq_msg_t *msg)
+{
+    char key[520];
+    llmq_msg_type_t type = llmq_msg_type(msg);
+    if (self->config.verbose)
+        llmq_msg_print(msg);
+    s_worker_t *w = s_worker_sender(self, msg, key, sizeof(key));
     if (type == LLMQ_MSG_INVALID) {
         self->counters.bad_messages++;
         const char *labels[] = {"reason", "bad_message", NULL};
@@ -2015,19 +2041,7 @@ static void s_handle_worker(s_broker_t *self, llmq_msg_t *msg)
     else
         switch (type) {
         case LLMQ_MSG_CREDIT:
-            if (!w->leaving && llmq_msg_n(msg) > 0) {
-                //  Never more outstanding than the worker's own capacity:
-                //  credit + in flight (sent, not answered) <= capacity. After
-                //  a repeated hello the worker re-grants its free slots while
-                //  requests we sent against the old credit may still be on
-                //  the way to it; they are in in_flight, so this cap keeps
-                //  the total within what the worker accepts.
-                int64_t room = w->capacity - w->in_flight;
-                int64_t n = llmq_msg_n(msg);
-                int64_t credit = n > room - w->credit ? room : w->credit + n;
-                w->credit = credit > 0 ? credit : 0;
-                s_dispatch_worker(self, w);
-            }
+            s_worker_credit(self, w, msg);
             break;
         case LLMQ_MSG_HB: {
             bool was_healthy = w->healthy;
@@ -4138,6 +4152,8 @@ static void s_drain_socket(s_broker_t *self, zsock_t *socket, bool clients)
 {
     //  The peer's User-Id matters only under CURVE (s_tenant_of).
     int flags = self->auth ? 0 : LLMQ_MSG_RECV_NO_USER_ID;
+    if (!clients) //  Results are forwarded: spliced, not re-encoded whole
+        flags |= LLMQ_MSG_RECV_SPLICE;
     for (int i = 0; i < s_MAX_BATCH; i++) {
         llmq_msg_t *msg = llmq_msg_recv_ex(socket, flags);
         if (!msg)

@@ -1585,7 +1585,8 @@ static llmq_msg_t *s_from_frames(zmq_msg_t *rid, zmq_msg_t *header,
             d.msg->reason = strdup(d.reason);
             s_salvage_id(d.msg, data, size);
         } else {
-            s_keep_raw(&d, header);
+            if (flags & LLMQ_MSG_RECV_SPLICE)
+                s_keep_raw(&d, header);
             d.msg->payload = *payload_p;
             *payload_p = NULL;
         }
@@ -2125,7 +2126,7 @@ static void s_test_splice(void)
     memcpy(zframe_data(more) + zframe_size(frame), "\xa2zz\x92\x01\x02", 6);
     zframe_destroy(&frame);
     S_TEST(zframe_send(&more, out, 0) == 0);
-    llmq_msg_t *got = llmq_msg_recv(in);
+    llmq_msg_t *got = llmq_msg_recv_ex(in, LLMQ_MSG_RECV_SPLICE);
     S_TEST(got && llmq_msg_type(got) == LLMQ_MSG_RES && got->has_raw);
     llmq_msg_set_id(got, "client-request-id-longer");
     llmq_msg_set_latency_ms(got, 12);
