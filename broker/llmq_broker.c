@@ -184,7 +184,8 @@ struct _s_lane_t {
     int64_t idle_since;         //  When refs dropped to 0, for collection
     llmq_metric_series_t *m_ok; //  requests_total{model, outcome="ok"}
     llmq_metric_series_t *m_latency; //  latency histogram {model}
-    zhashx_t *fair; //  Fair-share stamps, s_fair_t (NULL until needed)
+    const char *m_model; //  Its model's metric label (s_metric_model), once
+    zhashx_t *fair;      //  Fair-share stamps, s_fair_t (NULL until needed)
 };
 
 struct _s_group_t {
@@ -967,9 +968,19 @@ static s_request_t *s_inflight_lookup(s_broker_t *self, const char *id)
 {
     if (!id || id[0] != 'r' || !id[1])
         return NULL;
-    char *end = NULL;
-    uint64_t bid = strtoull(id + 1, &end, 16);
-    if (*end || bid == 0)
+    //  By hand: strtoull cost 400 instructions a result. The ids the
+    //  broker makes (s_bid_text): lower-case hex, at most 16 digits.
+    uint64_t bid = 0;
+    int n = 0;
+    for (const char *c = id + 1; *c; c++, n++) {
+        int d = *c >= '0' && *c <= '9'   ? *c - '0'
+                : *c >= 'a' && *c <= 'f' ? *c - 'a' + 10
+                                         : -1;
+        if (d < 0 || n == 16)
+            return NULL;
+        bid = bid << 4 | (uint64_t)d;
+    }
+    if (bid == 0)
         return NULL;
     //  A slot number plus the dispatch that used it: O(1), no hashing, and a
     //  stale id (an earlier dispatch of the same slot) never matches.
@@ -1851,9 +1862,12 @@ static void s_worker_result(s_broker_t *self, s_worker_t *w, llmq_msg_t **msg_p)
     s_worker_usage_check(self, w, msg);
     s_spend_add(self, r, llmq_msg_usage_cost_usd(msg));
     const char *answered = llmq_msg_model(msg); //  Tokens and cost (3.8)
+    s_lane_t *lane = r->lane;
+    if (!answered && !lane->m_model) //  (model labels are never dropped)
+        lane->m_model = s_metric_model(self, lane->model);
     llmq_metrics_usage(
         self->metrics,
-        s_metric_model(self, answered ? answered : r->lane->model),
+        answered ? s_metric_model(self, answered) : lane->m_model,
         llmq_msg_usage_prompt_tokens(msg),
         llmq_msg_usage_completion_tokens(msg), llmq_msg_usage_cost_usd(msg));
     if (!r->routed || !s_route_retry(self, r, msg_p))
@@ -1948,14 +1962,37 @@ static void s_worker_held(s_broker_t *self, s_worker_t *w, llmq_msg_t *msg)
                               s_held_key, &h, NULL, 0);
 }
 
-static void s_handle_worker(s_broker_t *self, llmq_msg_t *msg)
+//  The worker a result comes from, without its key or a table lookup: the
+//  request's worker if the routing ids match (else NULL: the caller looks
+//  the sender up by key).
+static s_worker_t *s_result_worker(s_broker_t *self, llmq_msg_t *msg)
 {
-    char key[520];
-    s_msg_key(msg, key, sizeof(key));
-    if (self->config.verbose)
-        llmq_msg_print(msg);
-    s_worker_t *w = (s_worker_t *)zhashx_lookup(self->workers, key);
+    s_request_t *r = s_inflight_lookup(self, llmq_msg_id(msg));
+    if (!r || !r->worker)
+        return NULL;
+    size_t n = 0;
+    const uint8_t *rid = llmq_msg_routing_id_data(msg, &n);
+    zframe_t *wrid = r->worker->rid;
+    return rid && n == zframe_size(wrid) && !memcmp(rid, zframe_data(wrid), n)
+               ? r->worker
+               : NULL;
+}
+
+//  The known worker a message comes from (NULL: none), alive again. key
+//  gets the sender's key when it was needed to find it ("" otherwise: a
+//  result's worker is found through its request).
+static s_worker_t *s_worker_sender(s_broker_t *self, llmq_msg_t *msg, char *key,
+                                   size_t size)
+{
     llmq_msg_type_t type = llmq_msg_type(msg);
+    s_worker_t *w = type == LLMQ_MSG_RES || type == LLMQ_MSG_CHUNK
+                        ? s_result_worker(self, msg)
+                        : NULL;
+    key[0] = 0;
+    if (!w) {
+        s_msg_key(msg, key, size);
+        w = (s_worker_t *)zhashx_lookup(self->workers, key);
+    }
     if (w) {
         w->last_seen = zclock_mono(); //  Any message is a sign of life
         if (w->silent) {
@@ -1963,7 +2000,32 @@ static void s_handle_worker(s_broker_t *self, llmq_msg_t *msg)
             s_dispatch_worker(self, w);
         }
     }
+    return w;
+}
 
+//  A worker's credit: never more outstanding than the worker's own
+//  capacity: credit + in flight (sent, not answered) <= capacity. After a
+//  repeated hello the worker re-grants its free slots while requests we
+//  sent against the old credit may still be on the way to it; they are in
+//  in_flight, so this cap keeps the total within what the worker accepts.
+static void s_worker_credit(s_broker_t *self, s_worker_t *w, llmq_msg_t *msg)
+{
+    if (w->leaving || llmq_msg_n(msg) <= 0)
+        return;
+    int64_t room = w->capacity - w->in_flight;
+    int64_t n = llmq_msg_n(msg);
+    int64_t credit = n > room - w->credit ? room : w->credit + n;
+    w->credit = credit > 0 ? credit : 0;
+    s_dispatch_worker(self, w);
+}
+
+static void s_handle_worker(s_broker_t *self, llmq_msg_t *msg)
+{
+    char key[520];
+    llmq_msg_type_t type = llmq_msg_type(msg);
+    if (self->config.verbose)
+        llmq_msg_print(msg);
+    s_worker_t *w = s_worker_sender(self, msg, key, sizeof(key));
     if (type == LLMQ_MSG_INVALID) {
         self->counters.bad_messages++;
         const char *labels[] = {"reason", "bad_message", NULL};
@@ -1979,19 +2041,7 @@ static void s_handle_worker(s_broker_t *self, llmq_msg_t *msg)
     else
         switch (type) {
         case LLMQ_MSG_CREDIT:
-            if (!w->leaving && llmq_msg_n(msg) > 0) {
-                //  Never more outstanding than the worker's own capacity:
-                //  credit + in flight (sent, not answered) <= capacity. After
-                //  a repeated hello the worker re-grants its free slots while
-                //  requests we sent against the old credit may still be on
-                //  the way to it; they are in in_flight, so this cap keeps
-                //  the total within what the worker accepts.
-                int64_t room = w->capacity - w->in_flight;
-                int64_t n = llmq_msg_n(msg);
-                int64_t credit = n > room - w->credit ? room : w->credit + n;
-                w->credit = credit > 0 ? credit : 0;
-                s_dispatch_worker(self, w);
-            }
+            s_worker_credit(self, w, msg);
             break;
         case LLMQ_MSG_HB: {
             bool was_healthy = w->healthy;
@@ -2535,11 +2585,11 @@ static void s_route_tick(s_broker_t *self, int64_t now)
         s_route_reload(self);
 }
 
+//  client: the entry of key (s_client_seen looked it up), or NULL.
 static void s_client_request(s_broker_t *self, const char *key,
-                             llmq_msg_t **msg_p)
+                             s_client_t *client, llmq_msg_t **msg_p)
 {
     llmq_msg_t *msg = *msg_p;
-    s_client_t *client = (s_client_t *)zhashx_lookup(self->clients, key);
     const char *id = llmq_msg_id(msg);
     if (client && zhashx_lookup(client->pending, id)) {
         //  A resend of a request still pending: the first one will answer.
@@ -3185,8 +3235,8 @@ static void s_client_send(s_broker_t *self, s_client_t *client,
 
 //  Any message from a known client is a sign of life; a heartbeat ping
 //  puts it under the silence rule.
-static void s_client_seen(s_broker_t *self, const char *key,
-                          const llmq_msg_t *msg)
+static s_client_t *s_client_seen(s_broker_t *self, const char *key,
+                                 const llmq_msg_t *msg)
 {
     s_client_t *client = (s_client_t *)zhashx_lookup(self->clients, key);
     int64_t now = zclock_mono();
@@ -3201,6 +3251,7 @@ static void s_client_seen(s_broker_t *self, const char *key,
     }
     if (client)
         client->last_seen = now;
+    return client;
 }
 
 //  A client entry made for a new request: under the silence rule at once
@@ -3305,10 +3356,10 @@ static void s_handle_client(s_broker_t *self, llmq_msg_t *msg)
     s_key_tenant(self, msg, key, sizeof(key));
     if (self->config.verbose)
         llmq_msg_print(msg);
-    s_client_seen(self, key, msg);
+    s_client_t *client = s_client_seen(self, key, msg);
     switch (llmq_msg_type(msg)) {
     case LLMQ_MSG_REQ:
-        s_client_request(self, key, &msg);
+        s_client_request(self, key, client, &msg);
         break;
     case LLMQ_MSG_CANCEL:
         s_client_cancel(self, key, msg);
@@ -4101,6 +4152,8 @@ static void s_drain_socket(s_broker_t *self, zsock_t *socket, bool clients)
 {
     //  The peer's User-Id matters only under CURVE (s_tenant_of).
     int flags = self->auth ? 0 : LLMQ_MSG_RECV_NO_USER_ID;
+    if (!clients) //  Results are forwarded: spliced, not re-encoded whole
+        flags |= LLMQ_MSG_RECV_SPLICE;
     for (int i = 0; i < s_MAX_BATCH; i++) {
         llmq_msg_t *msg = llmq_msg_recv_ex(socket, flags);
         if (!msg)

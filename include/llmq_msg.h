@@ -165,7 +165,12 @@ void llmq_msg_set_routing_id(llmq_msg_t *self, const zframe_t *routing_id);
 
 /*  Encode the header map (not the payload, not the routing id) into a new
     frame. Returns NULL, with a reason in errbuf (may be NULL), if a required
-    field is missing, a value exceeds its limit or the type is invalid. */
+    field is missing, a value exceeds its limit or the type is invalid.
+    A `res` or `chunk` received with LLMQ_MSG_RECV_SPLICE is spliced:
+    the received bytes of the top-level keys not set or cleared since are
+    copied, the changed ones written after them (the same map, in another
+    key order; unknown top-level keys dropped as by a full encode, unknown
+    keys inside a group kept as received unless the group changed). */
 zframe_t *llmq_msg_encode(const llmq_msg_t *self, char *errbuf, size_t errlen);
 
 /*  As llmq_msg_encode, into *out (initialised here on success: the caller
@@ -201,6 +206,10 @@ llmq_msg_t *llmq_msg_recv(void *sock);
     of the peer's ZAP User-Id (llmq_msg_user_id then returns NULL), which
     costs a metadata search per message on a socket without CURVE. */
 #define LLMQ_MSG_RECV_NO_USER_ID 1
+/*  LLMQ_MSG_RECV_SPLICE: a `res` or `chunk` keeps its received header until
+    destroyed, so that encoding it again splices (llmq_msg_encode): for a
+    process that forwards them (the broker). */
+#define LLMQ_MSG_RECV_SPLICE 2
 llmq_msg_t *llmq_msg_recv_ex(void *sock, int flags);
 
 /*  Wait up to timeout_ms for the next message of a type, skipping `hb` and

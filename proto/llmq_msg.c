@@ -156,6 +156,20 @@ typedef struct {
 #define S_WORDS ((LLMQ_F_COUNT + 63) / 64)
 #define S_ARENA 256 /* bytes of short strings kept in the message itself */
 
+/*  A top-level entry of a received header (its bytes in raw), so that a
+    forwarded header is written by copying the entries nothing changed
+    (s_splice). id: a field (>= 0), S_SPAN_COPY (`v`, `t`), S_SPAN_DROP (a
+    key the codec does not know: a full encode drops it too) or
+    S_SPAN_GROUP(g), a group's map. */
+#define S_MAX_SPANS 24
+#define S_SPAN_COPY (-1)
+#define S_SPAN_DROP (-2)
+#define S_SPAN_GROUP(g) (-3 - (g))
+typedef struct {
+    uint32_t off, len;
+    int16_t id;
+} s_span_t;
+
 /*  Which fields are set is a bit set, so that new, destroy, check and
     encode touch only the fields a message has (a few of the catalogue's
     70+), and the value slots need no zeroing. */
@@ -169,7 +183,12 @@ struct _llmq_msg_t {
     char *user_id;                  /* the peer's ZAP User-Id, or NULL */
     uint64_t bits[S_WORDS];         /* set fields */
     uint64_t checked[S_WORDS];      /* set fields decoded (checked then) */
+    uint64_t dirty[S_WORDS];        /* fields set or cleared since decode */
+    bool has_raw;                   /* raw holds the received header */
+    uint8_t nspans;                 /* its top-level entries, in spans */
     size_t arena_used;              /* bytes of arena given out */
+    zmq_msg_t raw;                  /* the header of a received res/chunk */
+    s_span_t spans[S_MAX_SPANS];    /* (not zeroed by new) */
     s_value_t values[LLMQ_F_COUNT]; /* one slot per field of the .def */
     char arena[S_ARENA];            /* short strings, no malloc each */
     uint8_t rid_data[255];          /* a received routing id (<= 255) */
@@ -183,6 +202,12 @@ static inline bool s_is_set(const llmq_msg_t *self, int f)
 static inline void s_mark(llmq_msg_t *self, int f)
 {
     self->bits[f >> 6] |= 1ULL << (f & 63);
+    self->dirty[f >> 6] |= 1ULL << (f & 63);
+}
+
+static inline bool s_is_dirty(const llmq_msg_t *self, int f)
+{
+    return (self->dirty[f >> 6] >> (f & 63)) & 1;
 }
 
 /*  A decoded value passed the checks encode would repeat (s_check_field):
@@ -270,7 +295,7 @@ llmq_msg_t *llmq_msg_new(llmq_msg_type_t type)
                            ? spares->items[--spares->count]
                            : (llmq_msg_t *)malloc(sizeof *self);
     if (self) {
-        memset(self, 0, offsetof(llmq_msg_t, values));
+        memset(self, 0, offsetof(llmq_msg_t, raw));
         self->type = type;
     }
     return self;
@@ -283,11 +308,9 @@ static void s_free_strs(char **items, size_t count)
     free(items);
 }
 
-/*  Release whatever the field owns and mark it absent. */
-static void s_unset(llmq_msg_t *self, llmq_field_t f)
+/*  Release whatever the (set) field owns. */
+static inline void s_release(llmq_msg_t *self, int f)
 {
-    if (!s_is_set(self, f))
-        return;
     s_value_t *v = &self->values[f];
     if (s_fields[f].kind == S_STR &&
         (v->s < self->arena || v->s >= self->arena + S_ARENA))
@@ -296,8 +319,17 @@ static void s_unset(llmq_msg_t *self, llmq_field_t f)
         free(v->raw.data);
     else if (s_fields[f].kind == S_STRS)
         s_free_strs(v->strs.items, v->strs.count);
+}
+
+/*  Release whatever the field owns and mark it absent. */
+static void s_unset(llmq_msg_t *self, llmq_field_t f)
+{
+    if (!s_is_set(self, f))
+        return;
+    s_release(self, f);
     self->bits[f >> 6] &= ~(1ULL << (f & 63));
     self->checked[f >> 6] &= ~(1ULL << (f & 63));
+    self->dirty[f >> 6] |= 1ULL << (f & 63);
 }
 
 void llmq_msg_destroy(llmq_msg_t **self_p)
@@ -305,12 +337,16 @@ void llmq_msg_destroy(llmq_msg_t **self_p)
     if (!self_p || !*self_p)
         return;
     llmq_msg_t *self = *self_p;
-    S_FOR_SET(self, f)
-    s_unset(self, (llmq_field_t)f);
+    /*  The bits need no clearing: llmq_msg_new zeroes them. */
+    for (int w = 0; w < S_WORDS; w++)
+        for (uint64_t bits = self->bits[w]; bits; bits &= bits - 1)
+            s_release(self, w * 64 + __builtin_ctzll(bits));
     zframe_destroy(&self->routing_id);
     zframe_destroy(&self->payload);
     free(self->reason);
     free(self->user_id);
+    if (self->has_raw)
+        zmq_msg_close(&self->raw);
     s_spares_t *spares = s_spares_get();
     if (spares && spares->count < S_SPARES)
         spares->items[spares->count++] = self;
@@ -330,6 +366,7 @@ static int s_set_strn(llmq_msg_t *self, llmq_field_t f, const char *s,
         memmove(self->values[f].s, s, len);
         self->values[f].s[len] = 0;
         self->checked[f >> 6] &= ~(1ULL << (f & 63));
+        self->dirty[f >> 6] |= 1ULL << (f & 63);
         return 0;
     }
     char *copy;
@@ -517,8 +554,9 @@ const char *llmq_msg_type_name(llmq_msg_type_t type)
 
 static llmq_msg_type_t s_type_from_namen(const char *name, size_t len)
 {
-    for (int t = 1; t < LLMQ_MSG_COUNT; t++)
-        if (strlen(s_msgs[t].name) == len &&
+    /*  The first byte first: a strlen per type showed in the profile. */
+    for (int t = 1; len && t < LLMQ_MSG_COUNT; t++)
+        if (s_msgs[t].name[0] == name[0] && strlen(s_msgs[t].name) == len &&
             memcmp(s_msgs[t].name, name, len) == 0)
             return (llmq_msg_type_t)t;
     return LLMQ_MSG_INVALID;
@@ -668,6 +706,24 @@ static const char *s_field_label(llmq_field_t f, char *buf, size_t len)
     return buf;
 }
 
+/*  True if the bytes are ASCII without NUL, 8 at a time: most header
+    strings, which then need no NUL scan or UTF-8 walk. */
+static inline bool s_plain_ascii(const uint8_t *p, size_t len)
+{
+    const uint64_t high = 0x8080808080808080ULL;
+    size_t k = 0;
+    for (; k + 8 <= len; k += 8) {
+        uint64_t w;
+        memcpy(&w, p + k, 8);
+        if ((w & high) || ((w - 0x0101010101010101ULL) & ~w & high))
+            return false;
+    }
+    for (; k < len; k++)
+        if (p[k] == 0 || p[k] >= 0x80)
+            return false;
+    return true;
+}
+
 /*  A STR value must be UTF-8 within its limit (a C string has no NUL). */
 static int s_check_field(const llmq_msg_t *self, llmq_field_t f, char *errbuf,
                          size_t errlen)
@@ -679,15 +735,21 @@ static int s_check_field(const llmq_msg_t *self, llmq_field_t f, char *errbuf,
     if (def->kind != S_STR && def->kind != S_RAW && def->kind != S_STRS)
         return 0;
     char label[64];
-    const char *name = s_field_label(f, label, sizeof label);
     if (def->kind == S_STR) {
+        /*  The label is formatted only for an error (a grouped field's
+            costs an snprintf); plain ASCII needs no UTF-8 walk. */
         size_t len = strlen(v->s);
         if (len > def->max)
             return s_errf(errbuf, errlen, "'%s' too long (%zu > %zu bytes)",
-                          name, len, def->max);
-        if (!llmq_mp_utf8((const uint8_t *)v->s, len))
-            return s_errf(errbuf, errlen, "'%s' invalid UTF-8", name);
-    } else if (def->kind == S_RAW) {
+                          s_field_label(f, label, sizeof label), len, def->max);
+        if (!s_plain_ascii((const uint8_t *)v->s, len) &&
+            !llmq_mp_utf8((const uint8_t *)v->s, len))
+            return s_errf(errbuf, errlen, "'%s' invalid UTF-8",
+                          s_field_label(f, label, sizeof label));
+        return 0;
+    }
+    const char *name = s_field_label(f, label, sizeof label);
+    if (def->kind == S_RAW) {
         if (v->raw.size > def->max)
             return s_errf(errbuf, errlen, "'%s' too large (%zu > %zu bytes)",
                           name, v->raw.size, def->max);
@@ -905,6 +967,72 @@ static void s_pack_header(const llmq_msg_t *self, s_buf_t *b)
     }
 }
 
+/*  The first set field of group, or -1. */
+static int s_group_first(const llmq_msg_t *self, int group)
+{
+    S_FOR_SET(self, f)
+    if (s_group_of[f] == group)
+        return f;
+    return -1;
+}
+
+/*  Whether a field of group was set or cleared since the decode. */
+static bool s_group_dirty(const llmq_msg_t *self, int group)
+{
+    for (int w = 0; w < S_WORDS; w++)
+        for (uint64_t bits = self->dirty[w]; bits; bits &= bits - 1)
+            if (s_group_of[w * 64 + __builtin_ctzll(bits)] == group)
+                return true;
+    return false;
+}
+
+/*  A received header written again (s_keep_raw): its entries copied but
+    for the fields changed since the decode, written after them from the
+    values, as are changed groups. The same map as s_pack_header's, in
+    another order. The map header goes in front once the count is known. */
+static void s_splice(const llmq_msg_t *self, s_buf_t *b)
+{
+    const uint8_t *raw = (const uint8_t *)zmq_msg_data((zmq_msg_t *)&self->raw);
+    uint64_t groups = 0; /* written or dropped */
+    size_t n = 0;
+    s_put(b, "\xde\0\0", 3);
+    for (int k = 0; k < self->nspans; k++) {
+        const s_span_t *sp = &self->spans[k];
+        int group = sp->id <= S_SPAN_GROUP(1) ? S_SPAN_GROUP(0) - sp->id : 0;
+        if (sp->id == S_SPAN_DROP || (sp->id >= 0 && s_is_dirty(self, sp->id)))
+            continue;
+        if (group && s_group_dirty(self, group))
+            continue;
+        s_put(b, raw + sp->off, sp->len);
+        n++;
+        groups |= group ? 1ULL << group : 0;
+    }
+    for (int w = 0; w < S_WORDS; w++)
+        for (uint64_t bits = self->dirty[w]; bits; bits &= bits - 1) {
+            int f = w * 64 + __builtin_ctzll(bits), group = s_group_of[f];
+            if (!group && s_is_set(self, f)) {
+                s_pack_value(b, &s_fields[f], &self->values[f]);
+                n++;
+            } else if (group && !(groups & (1ULL << group))) {
+                groups |= 1ULL << group;
+                int first = s_group_first(self, group);
+                if (first >= 0) {
+                    s_pack_group(self, b, first);
+                    n++;
+                }
+            }
+        }
+    if (b->failed)
+        return;
+    b->data[1] = (uint8_t)(n >> 8);
+    b->data[2] = (uint8_t)n;
+    if (n < 16) { /* msgpack-c's form: a fixmap */
+        b->data[2] = (uint8_t)(0x80 | n);
+        memmove(b->data, b->data + 2, b->size - 2);
+        b->size -= 2;
+    }
+}
+
 /*  Encode into buf (its inline buffer or more); 0, or -1 with a reason. */
 static int s_encode_buf(const llmq_msg_t *self, s_buf_t *buf, char *errbuf,
                         size_t errlen)
@@ -918,7 +1046,10 @@ static int s_encode_buf(const llmq_msg_t *self, s_buf_t *buf, char *errbuf,
     s_tables();
     if (s_check(self, errbuf, errlen))
         return -1;
-    s_pack_header(self, buf);
+    if (self->has_raw)
+        s_splice(self, buf);
+    else
+        s_pack_header(self, buf);
     if (buf->failed)
         return s_errf(errbuf, errlen, "out of memory");
     if (buf->size > LLMQ_MAX_HEADER_SIZE)
@@ -955,13 +1086,16 @@ int llmq_msg_encode_msg(const llmq_msg_t *self, zmq_msg_t *out, char *errbuf,
 /*  ---- decode ----------------------------------------------------------- */
 
 typedef struct {
-    llmq_mp_reader_t r; /* over the header bytes */
-    llmq_msg_t *msg;    /* fields land here; type is set at the end */
-    char reason[160];   /* first failure, formatted */
-    bool has_v;         /* `v` seen */
-    int64_t v;          /* its value */
-    const uint8_t *t;   /* `t` bytes, borrowed from the input */
-    uint32_t t_len;     /* their length */
+    llmq_mp_reader_t r;  /* over the header bytes */
+    llmq_msg_t *msg;     /* fields land here; type is set at the end */
+    char reason[160];    /* first failure, formatted */
+    bool has_v;          /* `v` seen */
+    int64_t v;           /* its value */
+    const uint8_t *t;    /* `t` bytes, borrowed from the input */
+    uint32_t t_len;      /* their length */
+    int16_t entry;       /* what the last top-level entry was (s_span_t) */
+    bool spans_over;     /* more entries than msg->spans holds */
+    const uint8_t *base; /* the header's first byte */
 } s_decoder_t;
 
 static int s_fail(s_decoder_t *d, const char *fmt, ...)
@@ -1014,16 +1148,20 @@ static int s_wrong_type(s_decoder_t *d, llmq_field_t f, const char *want)
 static int s_dec_str(s_decoder_t *d, llmq_field_t f, const llmq_mp_item_t *it)
 {
     char label[64];
-    const char *name = s_field_label(f, label, sizeof label);
     if (it->kind != LLMQ_MP_STR && it->kind != LLMQ_MP_BIN)
         return s_wrong_type(d, f, "string");
     if (it->len > s_fields[f].max)
-        return s_fail(d, "'%s' too long (%u > %zu bytes)", name, it->len,
+        return s_fail(d, "'%s' too long (%u > %zu bytes)",
+                      s_field_label(f, label, sizeof label), it->len,
                       s_fields[f].max);
-    if (memchr(it->ptr, 0, it->len))
-        return s_fail(d, "'%s' contains NUL", name);
-    if (!llmq_mp_utf8(it->ptr, it->len))
-        return s_fail(d, "'%s' invalid UTF-8", name);
+    if (!s_plain_ascii(it->ptr, it->len)) {
+        if (memchr(it->ptr, 0, it->len))
+            return s_fail(d, "'%s' contains NUL",
+                          s_field_label(f, label, sizeof label));
+        if (!llmq_mp_utf8(it->ptr, it->len))
+            return s_fail(d, "'%s' invalid UTF-8",
+                          s_field_label(f, label, sizeof label));
+    }
     if (s_set_strn(d->msg, f, (const char *)it->ptr, it->len))
         return s_fail(d, "out of memory");
     s_mark_checked(d->msg, f);
@@ -1193,12 +1331,15 @@ static int s_dec_entry(s_decoder_t *d)
     llmq_mp_item_t key;
     if (s_read_key(d, &key))
         return -1;
+    d->entry = S_SPAN_COPY;
     if (key.len == 1 && (key.ptr[0] == 'v' || key.ptr[0] == 't'))
         return s_dec_vt(d, &key);
     int f = s_find_field(0, key.ptr, key.len);
+    d->entry = (int16_t)f;
     if (f >= 0)
         return s_dec_field(d, (llmq_field_t)f);
     int group = s_find_group(key.ptr, key.len);
+    d->entry = (int16_t)(group ? S_SPAN_GROUP(group) : S_SPAN_DROP);
     if (group)
         return s_dec_group(d, group);
     if (llmq_mp_skip(&d->r, S_MAX_DEPTH - 1))
@@ -1213,9 +1354,19 @@ static int s_dec_map(s_decoder_t *d)
         return s_fail_reader(d);
     if (it.kind != LLMQ_MP_MAP)
         return s_fail(d, "header is not a map");
-    for (uint32_t k = 0; k < it.len; k++)
+    llmq_msg_t *msg = d->msg;
+    for (uint32_t k = 0; k < it.len; k++) {
+        const uint8_t *start = d->r.p;
         if (s_dec_entry(d))
             return -1;
+        if (msg->nspans < S_MAX_SPANS)
+            msg->spans[msg->nspans++] =
+                (s_span_t){.off = (uint32_t)(start - d->base),
+                           .len = (uint32_t)(d->r.p - start),
+                           .id = d->entry};
+        else
+            d->spans_over = true;
+    }
     if (llmq_mp_left(&d->r))
         return s_fail(d, "trailing bytes after header");
     return 0;
@@ -1265,6 +1416,7 @@ static int s_decode(s_decoder_t *d, const void *data, size_t size,
         return s_fail(d, "header too large (%zu > %d bytes)", size,
                       LLMQ_MAX_HEADER_SIZE);
     llmq_mp_init(&d->r, data, size);
+    d->base = (const uint8_t *)data;
     if (s_dec_map(d) || s_dec_finish(d, has_payload))
         return -1;
     return 0;
@@ -1387,6 +1539,23 @@ static void s_take_rid(llmq_msg_t *msg, zmq_msg_t *rid)
         msg->routing_id = zframe_new(zmq_msg_data(rid), size);
 }
 
+/*  A res or chunk is forwarded with a few keys changed: keep its header
+    (moved, not copied) so that encode copies what did not change. */
+static void s_keep_raw(s_decoder_t *d, zmq_msg_t *header)
+{
+    llmq_msg_t *msg = d->msg;
+    if (d->spans_over ||
+        (msg->type != LLMQ_MSG_RES && msg->type != LLMQ_MSG_CHUNK) ||
+        zmq_msg_init(&msg->raw))
+        return;
+    if (zmq_msg_move(&msg->raw, header)) {
+        zmq_msg_close(&msg->raw);
+        return;
+    }
+    msg->has_raw = true;
+    memset(msg->dirty, 0, sizeof msg->dirty);
+}
+
 /*  Turn the received frames into a message; takes the payload frame. rid
     and header are the caller's (NULL: none arrived). */
 static llmq_msg_t *s_from_frames(zmq_msg_t *rid, zmq_msg_t *header,
@@ -1416,6 +1585,8 @@ static llmq_msg_t *s_from_frames(zmq_msg_t *rid, zmq_msg_t *header,
             d.msg->reason = strdup(d.reason);
             s_salvage_id(d.msg, data, size);
         } else {
+            if (flags & LLMQ_MSG_RECV_SPLICE)
+                s_keep_raw(&d, header);
             d.msg->payload = *payload_p;
             *payload_p = NULL;
         }
@@ -1913,6 +2084,76 @@ static void s_test_provider_answer(void)
     llmq_msg_destroy(&res);
 }
 
+/*  The bytes of a full encode of msg's fields (no splice: a dup). */
+static zframe_t *s_test_full(const llmq_msg_t *msg)
+{
+    llmq_msg_t *copy = llmq_msg_dup(msg);
+    zframe_t *frame = llmq_msg_encode(copy, NULL, 0);
+    llmq_msg_destroy(&copy);
+    return frame;
+}
+
+static bool s_test_has(zframe_t *frame, const char *text)
+{
+    size_t len = strlen(text);
+    for (size_t k = 0; k + len <= zframe_size(frame); k++)
+        if (!memcmp(zframe_data(frame) + k, text, len))
+            return true;
+    return false;
+}
+
+/*  A received res forwarded with keys changed, added, cleared (a whole
+    group, part of one) is spliced (s_splice) into the same fields as a
+    full encode gives; an unknown top-level key is dropped, as there. */
+static void s_test_splice(void)
+{
+    zsock_t *in = zsock_new_pair("@inproc://llmq-msg-splice-test");
+    zsock_t *out = zsock_new_pair(">inproc://llmq-msg-splice-test");
+    S_TEST(in && out);
+    llmq_msg_t *res = llmq_msg_new(LLMQ_MSG_RES);
+    llmq_msg_set_id(res, "w-1");
+    llmq_msg_set_ok(res, true);
+    llmq_msg_set_usage_prompt_tokens(res, 7);
+    llmq_msg_set_usage_cost_usd(res, 0.5);
+    llmq_msg_set_ratelimit_remaining_requests(res, 99);
+    llmq_msg_set_request_id(res, "req_1");
+    llmq_msg_set_model(res, "m");
+    zframe_t *frame = llmq_msg_encode(res, NULL, 0);
+    S_TEST(frame && (zframe_data(frame)[0] & 0xf0) == 0x80);
+    zframe_t *more = zframe_new(NULL, zframe_size(frame) + 6);
+    memcpy(zframe_data(more), zframe_data(frame), zframe_size(frame));
+    zframe_data(more)[0]++; /* one more entry: "zz": [1, 2] */
+    memcpy(zframe_data(more) + zframe_size(frame), "\xa2zz\x92\x01\x02", 6);
+    zframe_destroy(&frame);
+    S_TEST(zframe_send(&more, out, 0) == 0);
+    llmq_msg_t *got = llmq_msg_recv_ex(in, LLMQ_MSG_RECV_SPLICE);
+    S_TEST(got && llmq_msg_type(got) == LLMQ_MSG_RES && got->has_raw);
+    llmq_msg_set_id(got, "client-request-id-longer");
+    llmq_msg_set_latency_ms(got, 12);
+    llmq_msg_set_usage_total_tokens(got, 9);
+    llmq_msg_clear(got, LLMQ_F_ratelimit_remaining_requests);
+    llmq_msg_clear(got, LLMQ_F_request_id);
+    llmq_msg_clear(got, LLMQ_F_ratelimit_reset_ms); /* absent: no change */
+    zframe_t *spliced = llmq_msg_encode(got, NULL, 0);
+    zframe_t *full = s_test_full(got);
+    S_TEST(spliced && full && zframe_size(spliced) == zframe_size(full));
+    S_TEST(!s_test_has(spliced, "zz") && !s_test_has(spliced, "ratelimit"));
+    llmq_msg_t *back = llmq_msg_decode(zframe_data(spliced),
+                                       zframe_size(spliced), false, NULL, 0);
+    zframe_t *again = back ? s_test_full(back) : NULL;
+    S_TEST(again && zframe_eq(again, full));
+    S_TEST(streq(llmq_msg_model(back), "m"));
+    S_TEST(llmq_msg_usage_prompt_tokens(back) == 7);
+    llmq_msg_destroy(&back);
+    zframe_destroy(&again);
+    zframe_destroy(&spliced);
+    zframe_destroy(&full);
+    llmq_msg_destroy(&got);
+    llmq_msg_destroy(&res);
+    zsock_destroy(&out);
+    zsock_destroy(&in);
+}
+
 int llmq_msg_test(bool verbose)
 {
     if (verbose)
@@ -1924,6 +2165,7 @@ int llmq_msg_test(bool verbose)
     s_test_decode_errors();
     s_test_provider_answer();
     s_test_sockets(verbose);
+    s_test_splice();
     if (verbose)
         printf("OK\n");
     return 0;
