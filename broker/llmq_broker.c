@@ -2586,6 +2586,53 @@ static void s_route_tick(s_broker_t *self, int64_t now)
 }
 
 //  client: the entry of key (s_client_seen looked it up), or NULL.
+//  The op of a client's request (an index of s_ops), or -1 after refusing
+//  it as invalid.
+static int s_request_op(s_broker_t *self, llmq_msg_t **msg_p)
+{
+    for (int i = 0; i < 3; i++)
+        if (streq(llmq_msg_op(*msg_p), s_ops[i]))
+            return i;
+    s_refuse(self, msg_p, LLMQ_ERR_INVALID_REQUEST,
+             "unknown op (expected chat, completion or embedding)");
+    return -1;
+}
+
+//  True (the request refused as overloaded) when the queues are full.
+static bool s_queue_full(s_broker_t *self, llmq_msg_t **msg_p)
+{
+    if (self->queued < self->config.max_queue)
+        return false;
+    self->counters.overloaded++;
+    if (!self->overloaded) {
+        self->overloaded = true;
+        s_log(self, "warning", "overload_start",
+              LLMQ_LOG_INT("queued", self->queued), s_END);
+    }
+    char message[96];
+    snprintf(message, sizeof(message),
+             "broker queue full (%zu requests waiting)", self->queued);
+    s_refuse(self, msg_p, LLMQ_ERR_OVERLOADED, message);
+    return true;
+}
+
+//  True (the request refused as invalid) when its model, after routing,
+//  cannot take it (3.8); an unknown model costs one lookup.
+static bool s_model_refuses(s_broker_t *self, s_lane_t *lane,
+                            llmq_msg_t **msg_p)
+{
+    llmq_msg_t *msg = *msg_p;
+    zframe_t *body = llmq_msg_payload(msg);
+    char why[400];
+    if (!llmq_models_check(self->models, lane->model, llmq_msg_op(msg),
+                           llmq_msg_stream(msg),
+                           body ? zframe_data(body) : NULL,
+                           body ? zframe_size(body) : 0, why, sizeof(why)))
+        return false;
+    s_refuse(self, msg_p, LLMQ_ERR_INVALID_REQUEST, why);
+    return true;
+}
+
 static void s_client_request(s_broker_t *self, const char *key,
                              s_client_t *client, llmq_msg_t **msg_p)
 {
@@ -2604,43 +2651,14 @@ static void s_client_request(s_broker_t *self, const char *key,
         s_refuse(self, msg_p, LLMQ_ERR_OVERLOADED, "broker shutting down");
         return;
     }
-    int op = -1;
-    for (int i = 0; i < 3; i++)
-        if (streq(llmq_msg_op(msg), s_ops[i]))
-            op = i;
-    if (op < 0) {
-        s_refuse(self, msg_p, LLMQ_ERR_INVALID_REQUEST,
-                 "unknown op (expected chat, completion or embedding)");
-        return;
-    }
-    if (self->queued >= self->config.max_queue) {
-        self->counters.overloaded++;
-        if (!self->overloaded) {
-            self->overloaded = true;
-            s_log(self, "warning", "overload_start",
-                  LLMQ_LOG_INT("queued", self->queued), s_END);
-        }
-        char message[96];
-        snprintf(message, sizeof(message),
-                 "broker queue full (%zu requests waiting)", self->queued);
-        s_refuse(self, msg_p, LLMQ_ERR_OVERLOADED, message);
-        return;
-    }
-    if (s_tenant_admit(self, msg_p) || s_spend_admit(self, msg_p))
+    int op = s_request_op(self, msg_p);
+    if (op < 0 || s_queue_full(self, msg_p) || s_tenant_admit(self, msg_p) ||
+        s_spend_admit(self, msg_p))
         return;
     int step = -1; //  Its step in a route's chain (3.6), -1: not routed
     s_lane_t *lane = s_request_lane(self, msg, &step);
-    //  A request its model (after routing) cannot take (3.8); an unknown
-    //  model: one lookup.
-    zframe_t *body = llmq_msg_payload(msg);
-    char why[400];
-    if (lane &&
-        llmq_models_check(self->models, lane->model, llmq_msg_op(msg),
-                          llmq_msg_stream(msg), body ? zframe_data(body) : NULL,
-                          body ? zframe_size(body) : 0, why, sizeof(why))) {
-        s_refuse(self, msg_p, LLMQ_ERR_INVALID_REQUEST, why);
+    if (lane && s_model_refuses(self, lane, msg_p))
         return;
-    }
     if (!client)
         client = s_client_require(self, key, llmq_msg_routing_id(msg));
     s_request_t *r = s_request_new(id);
