@@ -98,6 +98,12 @@ run_part() {
   echo
 }
 
+# Callgrind needs valgrind and binaries without a sanitizer (valgrind cannot
+# run an ASan build: the CI's sanitizer pass runs these smoke parts too).
+can_callgrind() {
+  command -v valgrind >/dev/null && ! grep -qa -e __asan_init -e __tsan_init "$bin/llmq-broker"
+}
+
 for p in "${parts[@]}"; do
   case "$p" in
     sim)
@@ -107,7 +113,7 @@ for p in "${parts[@]}"; do
       if [ $smoke = 1 ]; then
         run_part broker 120 $py "$here/broker/bench_broker.py" --smoke --parts throughput,load \
           --clients 1 --workers 2 --json "$results/broker.json"
-        if command -v valgrind >/dev/null; then
+        if can_callgrind; then
           run_part broker-callgrind 120 $py "$here/broker/bench_broker.py" --smoke --parts callgrind \
             --json "$results/broker-callgrind.json"
         fi
@@ -119,7 +125,7 @@ for p in "${parts[@]}"; do
             ${LLMQ_BASELINE_BIN:+--baseline-bin "$LLMQ_BASELINE_BIN"}
         done; done
         # Instructions per request (issue 19): repeatable where CPU seconds are not.
-        if command -v valgrind >/dev/null; then
+        if can_callgrind; then
           run_part broker-callgrind 600 $py "$here/broker/bench_broker.py" --parts callgrind \
             --json "$results/broker-callgrind.json" ${LLMQ_BASELINE_BIN:+--baseline-bin "$LLMQ_BASELINE_BIN"}
         fi
