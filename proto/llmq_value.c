@@ -930,11 +930,12 @@ static int s_jp_int_fast(s_jp_t *jp)
     p += neg;
     int64_t v = 0;
     int digits = 0;
-    while (p < jp->end && *p >= '0' && *p <= '9' && digits < 19) {
+    //  18 digits cannot overflow; a 19th digit means the slow path.
+    while (p < jp->end && *p >= '0' && *p <= '9' && digits < 18) {
         v = v * 10 + (*p++ - '0');
         digits++;
     }
-    if (digits == 0 || digits > 18 ||
+    if (digits == 0 ||
         (p < jp->end && strchr("0123456789+-eE.", *p) && *p))
         return 0;
     jp->p = p;
