@@ -935,8 +935,7 @@ static int s_jp_int_fast(s_jp_t *jp)
         v = v * 10 + (*p++ - '0');
         digits++;
     }
-    if (digits == 0 ||
-        (p < jp->end && strchr("0123456789+-eE.", *p) && *p))
+    if (digits == 0 || (p < jp->end && strchr("0123456789+-eE.", *p) && *p))
         return 0;
     jp->p = p;
     if (jp->out)
