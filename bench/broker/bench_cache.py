@@ -40,10 +40,8 @@ what the cache costs when it is off.
 import argparse
 import json
 import os
-import select
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -52,41 +50,11 @@ import msgpack
 import zmq
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-TICK = os.sysconf("SC_CLK_TCK")
 KINDS = ["off", "normal", "miss", "hit"]
 
-
-def start(argv):
-    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    deadline = time.time() + 20
-    while time.time() < deadline:
-        r, _, _ = select.select([p.stdout], [], [], 0.2)
-        if r:
-            line = p.stdout.readline()
-            if line.startswith("ready "):
-                return p, dict(x.split("=", 1) for x in line.split()[2:] if "=" in x)
-            if not line:
-                break
-    p.kill()
-    raise RuntimeError("no ready line from %s" % argv[0])
-
-
-def cpu_seconds(pid):
-    with open("/proc/%d/stat" % pid) as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
-
-
-def stop(procs):
-    for p in procs:
-        if p.poll() is None:
-            p.terminate()
-    for p in procs:
-        try:
-            p.wait(10)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
+# One home for process helpers: bench_broker.py, beside this file.
+sys.path.insert(0, HERE)
+from bench_broker import cpu_seconds, start, stop  # noqa: E402
 
 
 def body(text):
