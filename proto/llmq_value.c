@@ -1615,14 +1615,17 @@ static int s_test_item(const char *custom_id, const void *body,
     keeps it.) */
 static void s_test_json_text(void)
 {
+    //  Long literals in parentheses: one element each (clang's
+    //  -Wstring-concatenation).
     const char *same[] = {
-        "{\"id\":\"c-1\",\"object\":\"chat.completion\",\"created\":1700000000,"
-        "\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\","
-        "\"content\":\"a \\\"q\\\" \\u00e9\\ud83d\\ude00\\n\\/\"},"
-        "\"finish_reason\":\"stop\",\"logprobs\":null}],\"usage\":{"
-        "\"prompt_tokens\":12,\"completion_tokens\":3,\"total_tokens\":15}}",
-        " [1.5, -2, 0, 1e3, 2.0, -0.0, 1.25e-7, true, false, null, \"\", [], "
-        "{}] ",
+        ("{\"id\":\"c-1\",\"object\":\"chat.completion\",\"created\":"
+         "1700000000,"
+         "\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\","
+         "\"content\":\"a \\\"q\\\" \\u00e9\\ud83d\\ude00\\n\\/\"},"
+         "\"finish_reason\":\"stop\",\"logprobs\":null}],\"usage\":{"
+         "\"prompt_tokens\":12,\"completion_tokens\":3,\"total_tokens\":15}}"),
+        (" [1.5, -2, 0, 1e3, 2.0, -0.0, 1.25e-7, true, false, null, \"\", [], "
+         "{}] "),
         "[0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19]",
         "{\"a\":{\"b\":{\"c\":[[[]]]}},\"k\":\"v\\u00e9cut\"}",
         "\"just a string\"",
