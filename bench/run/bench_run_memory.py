@@ -20,7 +20,6 @@ checked: N lines, every custom_id once, in input order.
 Prints a markdown table; --json FILE writes the raw numbers.
 """
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -31,18 +30,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "lib"))
 import benchlib  # noqa: E402
 
-
-def write_input(path, n):
-    """n chat requests, OpenAI Batch API input format, about 330 B each."""
-    with open(path, "w") as f:
-        for i in range(n):
-            body = {"model": "sim-model", "max_tokens": 16,
-                    "messages": [{"role": "user",
-                                  "content": "Prompt %d: summarise in one sentence why a message "
-                                             "broker in front of a rate-limited LLM API helps "
-                                             "an evaluation run finish sooner. (%d)" % (i, i * 7919)}]}
-            f.write(json.dumps({"custom_id": "req-%d" % i, "method": "POST",
-                                "url": "/v1/chat/completions", "body": body}) + "\n")
+# The input: the end-to-end bench's (one home for the 10,000-prompt file).
+sys.path.insert(0, os.path.join(HERE, "..", "e2e"))
+from bench_e2e import write_input  # noqa: E402,F401
 
 
 def vm_hwm_kb(pid):
