@@ -45,6 +45,7 @@
 #include <strings.h>
 #include <sys/epoll.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "llmq_batch_api.h"
@@ -108,6 +109,18 @@ typedef struct {
 /*  A spare job keeps an answer buffer up to this size. */
 #define S_SPARE_BUF_MAX 16384
 
+/*  A curl socket as the epoll set holds it (s_on_socket), by fd. */
+typedef struct {
+    uint32_t events; /* EPOLLIN / EPOLLOUT registered, while in_set */
+    uint32_t shard;  /* the shard tagged into its epoll data */
+    bool in_set;     /* registered in the epoll set */
+    bool watched;    /* curl wants events on it (between its first
+                        callback and CURL_POLL_REMOVE) */
+    bool ours;       /* opened through s_open_socket: its close comes
+                        through s_close_socket, so it may stay in the set
+                        while idle */
+} s_fd_t;
+
 typedef struct {
     s_worker_t *worker; /* back pointer, for curl callbacks */
     CURLM *multi;       /* this shard's transfers and connections */
@@ -168,6 +181,8 @@ struct _s_worker_t {
     llmq_batch_api_t *batch;   /* provider Batch API tasks, or NULL */
     size_t nshards;
     int epfd;             /* every curl socket of every shard */
+    s_fd_t *fds;          /* by fd: what epfd holds for it */
+    size_t fds_len;       /* entries in fds */
     zhashx_t *jobs;       /* id -> s_job_t, every request held */
     zhashx_t *running;    /* rkey -> s_job_t (borrowed), jobs with a key */
     zhashx_t *held;       /* rkey -> s_held_t (owns) */
@@ -249,6 +264,9 @@ static s_job_t *s_retry_first(s_worker_t *self)
 
 static size_t s_on_write(char *data, size_t size, size_t nmemb, void *arg);
 static size_t s_on_header(char *data, size_t size, size_t nmemb, void *arg);
+static curl_socket_t s_open_socket(void *arg, curlsocktype purpose,
+                                   struct curl_sockaddr *address);
+static int s_close_socket(void *arg, curl_socket_t fd);
 
 /*  --- easy handle pool ------------------------------------------------------
  */
@@ -265,6 +283,10 @@ static CURL *s_easy_new(s_worker_t *self)
         return NULL;
     curl_easy_setopt(easy, CURLOPT_WRITEFUNCTION, s_on_write);
     curl_easy_setopt(easy, CURLOPT_HEADERFUNCTION, s_on_header);
+    curl_easy_setopt(easy, CURLOPT_OPENSOCKETFUNCTION, s_open_socket);
+    curl_easy_setopt(easy, CURLOPT_OPENSOCKETDATA, self);
+    curl_easy_setopt(easy, CURLOPT_CLOSESOCKETFUNCTION, s_close_socket);
+    curl_easy_setopt(easy, CURLOPT_CLOSESOCKETDATA, self);
     curl_easy_setopt(easy, CURLOPT_CONNECTTIMEOUT_MS,
                      (long)self->cfg->connect_timeout_ms);
     curl_easy_setopt(easy, CURLOPT_NOSIGNAL, 1L);
@@ -952,6 +974,55 @@ static size_t s_on_header(char *data, size_t size, size_t nmemb, void *arg)
     return n;
 }
 
+/*  The state of fd, the table grown to hold it; NULL if out of memory. */
+static s_fd_t *s_fd(s_worker_t *self, curl_socket_t fd)
+{
+    if (fd < 0)
+        return NULL;
+    if ((size_t)fd >= self->fds_len) {
+        size_t len = self->fds_len ? self->fds_len : 256;
+        while (len <= (size_t)fd)
+            len *= 2;
+        s_fd_t *grown = realloc(self->fds, len * sizeof *grown);
+        if (!grown)
+            return NULL;
+        memset(grown + self->fds_len, 0, (len - self->fds_len) * sizeof *grown);
+        self->fds = grown;
+        self->fds_len = len;
+    }
+    return &self->fds[fd];
+}
+
+/*  A connection's socket, opened as libcurl would, and known to be ours:
+    libcurl closes it through s_close_socket. */
+static curl_socket_t s_open_socket(void *arg, curlsocktype purpose,
+                                   struct curl_sockaddr *address)
+{
+    (void)purpose;
+    curl_socket_t fd =
+        socket(address->family, address->socktype, address->protocol);
+    s_fd_t *st = fd >= 0 ? s_fd((s_worker_t *)arg, fd) : NULL;
+    if (st)
+        *st = (s_fd_t){.ours = true};
+    return fd;
+}
+
+/*  Closing a socket takes it out of the epoll set (the kernel does), so
+    its state is forgotten before the fd number can be reused. */
+static int s_close_socket(void *arg, curl_socket_t fd)
+{
+    s_worker_t *self = arg;
+    if (fd >= 0 && (size_t)fd < self->fds_len)
+        self->fds[fd] = (s_fd_t){0};
+    return close(fd);
+}
+
+/*  curl's wishes for a socket, kept in the epoll set. A kept-alive
+    connection is used by one transfer after another, and libcurl asks to
+    add it, watch it, and remove it for each: a socket of ours stays in the
+    set while idle (a wake-up for it then takes it out: s_curl_events), so
+    the next transfer on it costs no epoll_ctl when it wants the same
+    events. Others are added and removed as asked. */
 static int s_on_socket(CURL *easy, curl_socket_t fd, int what, void *userp,
                        void *socketp)
 {
@@ -959,19 +1030,35 @@ static int s_on_socket(CURL *easy, curl_socket_t fd, int what, void *userp,
     (void)socketp;
     s_shard_t *shard = userp;
     s_worker_t *self = shard->worker;
+    s_fd_t *st = s_fd(self, fd), spare = {0};
+    if (!st)
+        st = &spare; /* out of memory: no state, every change a call */
     if (what == CURL_POLL_REMOVE) {
+        st->watched = false;
+        if (st->in_set && st->ours && !(st->events & EPOLLOUT))
+            return 0;
         epoll_ctl(self->epfd, EPOLL_CTL_DEL, fd, NULL);
+        st->in_set = false;
         return 0;
     }
+    uint32_t events = (what & CURL_POLL_IN ? EPOLLIN : 0) |
+                      (what & CURL_POLL_OUT ? EPOLLOUT : 0);
+    st->watched = true;
+    if (st->in_set && st->events == events && st->shard == shard->index)
+        return 0;
     struct epoll_event ev;
     memset(&ev, 0, sizeof ev);
     ev.data.u64 = ((uint64_t)shard->index << 32) | (uint32_t)fd;
-    if (what & CURL_POLL_IN)
-        ev.events |= EPOLLIN;
-    if (what & CURL_POLL_OUT)
-        ev.events |= EPOLLOUT;
-    if (epoll_ctl(self->epfd, EPOLL_CTL_MOD, fd, &ev) != 0 && errno == ENOENT)
-        epoll_ctl(self->epfd, EPOLL_CTL_ADD, fd, &ev);
+    ev.events = events;
+    int op = st->in_set ? EPOLL_CTL_MOD : EPOLL_CTL_ADD;
+    int rc = epoll_ctl(self->epfd, op, fd, &ev);
+    if (rc != 0 && errno == ENOENT)
+        rc = epoll_ctl(self->epfd, EPOLL_CTL_ADD, fd, &ev);
+    else if (rc != 0 && errno == EEXIST)
+        rc = epoll_ctl(self->epfd, EPOLL_CTL_MOD, fd, &ev);
+    st->in_set = rc == 0;
+    st->events = events;
+    st->shard = shard->index;
     return 0;
 }
 
@@ -1446,6 +1533,10 @@ static int s_connect(s_worker_t *self)
     zsock_set_sndhwm(self->dealer, 1000000);
     zsock_set_rcvhwm(self->dealer, 1000000);
     zsock_set_sndtimeo(self->dealer, 0);
+    /*  Receives never block: s_read_broker reads until there is nothing,
+        instead of asking ZMQ_EVENTS before each message (each ask costs
+        libzmq a getpid and a poll on its mailbox). */
+    zsock_set_rcvtimeo(self->dealer, 0);
     zsock_set_maxmsgsize(self->dealer, LLMQ_MAX_FRAME_SIZE);
     zsock_set_identity(self->dealer, self->cfg->identity);
     zsock_set_reconnect_ivl(self->dealer, 100);
@@ -1927,6 +2018,15 @@ static void s_curl_events(s_worker_t *self)
                 mask |= CURL_CSELECT_ERR;
             uint32_t ix = (uint32_t)(evs[i].data.u64 >> 32);
             curl_socket_t fd = (curl_socket_t)(evs[i].data.u64 & 0xffffffffu);
+            if ((size_t)fd < self->fds_len && self->fds[fd].in_set &&
+                !self->fds[fd].watched) {
+                /*  An idle connection left in the set (s_on_socket): the
+                    server closed it, most likely. libcurl finds out when
+                    it next looks at it; we stop watching it. */
+                epoll_ctl(self->epfd, EPOLL_CTL_DEL, fd, NULL);
+                self->fds[fd].in_set = false;
+                continue;
+            }
             if (ix < self->nshards)
                 curl_multi_socket_action(self->shards[ix].multi, fd, mask,
                                          &running);
@@ -1987,12 +2087,12 @@ static void s_curl_timers(s_worker_t *self, int64_t now)
     }
 }
 
-/*  The broker: everything waiting, in bounded batches. */
+/*  The broker: everything waiting, in bounded batches. The DEALER's
+    receive timeout is 0 (s_connect): a receive with nothing waiting
+    returns NULL at once. */
 static void s_read_broker(s_worker_t *self)
 {
-    for (int i = 0; self->dealer && i < S_ZMQ_BATCH &&
-                    (zsock_events(self->dealer) & ZMQ_POLLIN);
-         i++) {
+    for (int i = 0; self->dealer && i < S_ZMQ_BATCH; i++) {
         llmq_msg_t *msg = llmq_msg_recv(self->dealer);
         if (!msg)
             break;
@@ -2238,6 +2338,7 @@ static void s_curl_destroy(s_worker_t *self)
         if (self->shards[i].multi)
             curl_multi_cleanup(self->shards[i].multi);
     free(self->shards);
+    free(self->fds);
     if (self->epfd >= 0)
         close(self->epfd);
 }
