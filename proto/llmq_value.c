@@ -560,6 +560,9 @@ static int s_kind_of(const uint8_t *data, size_t size)
     }
 }
 
+/*  Key lengths measured once per call, for up to this many keys. */
+#define S_FIND_LENS 16
+
 int llmq_value_find_many(const void *data, size_t size, const char *const *keys,
                          size_t count, llmq_value_ref_t *out)
 {
@@ -570,7 +573,9 @@ int llmq_value_find_many(const void *data, size_t size, const char *const *keys,
     llmq_mp_item_t it;
     if (llmq_mp_read(&r, &it) || it.kind != LLMQ_MP_MAP)
         return -1;
-    size_t found = 0;
+    size_t found = 0, lens[S_FIND_LENS];
+    for (size_t k = 0; k < count && k < S_FIND_LENS; k++)
+        lens[k] = strlen(keys[k]);
     for (uint32_t i = 0; i < it.len && found < count; i++) {
         llmq_mp_item_t key;
         if (llmq_mp_read(&r, &key))
@@ -578,9 +583,9 @@ int llmq_value_find_many(const void *data, size_t size, const char *const *keys,
         const uint8_t *start = r.p;
         if (llmq_mp_skip(&r, LLMQ_VALUE_MAX_DEPTH))
             return 0;
-        for (size_t k = 0; k < count; k++)
-            if (!out[k].kind && key.kind == LLMQ_MP_STR &&
-                key.len == strlen(keys[k]) &&
+        for (size_t k = 0; k < count && key.kind == LLMQ_MP_STR; k++)
+            if (!out[k].kind &&
+                key.len == (k < S_FIND_LENS ? lens[k] : strlen(keys[k])) &&
                 memcmp(key.ptr, keys[k], key.len) == 0) {
                 out[k].data = start;
                 out[k].size = (size_t)(r.p - start);
@@ -1156,6 +1161,9 @@ int llmq_packer_json_text(llmq_packer_t *self, const char *text, size_t len,
 static int s_jp_members_find(s_jp_t *jp, const char *const *keys, size_t count,
                              llmq_value_ref_t *out, size_t *count_p)
 {
+    size_t lens[S_FIND_LENS];
+    for (size_t k = 0; k < count && k < S_FIND_LENS; k++)
+        lens[k] = strlen(keys[k]);
     s_jp_ws(jp);
     if (jp->p < jp->end && *jp->p == '}')
         return jp->p++, 0;
@@ -1167,7 +1175,8 @@ static int s_jp_members_find(s_jp_t *jp, const char *const *keys, size_t count,
             return s_jp_fail(jp, "JSON object key expected");
         size_t hit = count;
         for (size_t k = 0; k < count && hit == count; k++)
-            if (!out[k].kind && strlen(keys[k]) == size &&
+            if (!out[k].kind &&
+                (k < S_FIND_LENS ? lens[k] : strlen(keys[k])) == size &&
                 !memcmp(keys[k], key, size))
                 hit = k;
         llmq_packer_strn(jp->out, key, size);
