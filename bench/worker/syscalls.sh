@@ -32,6 +32,9 @@ run() { # $1 = name, $2... = tracer attached by pid (-p PID appended)
 #!/bin/sh
 "$BIN/llmq-worker" "\$@" &
 w=\$!
+# Attach once its threads (main, worker actor, libzmq's two) exist:
+# perf stat -p counts only the threads there at attach time.
+for _ in \$(seq 100); do [ "\$(ls /proc/\$w/task 2>/dev/null | wc -l)" -ge 4 ] && break; sleep 0.02; done
 $* -p \$w &
 t=\$!
 trap 'kill -TERM \$w' TERM INT
