@@ -106,6 +106,11 @@ typedef struct {
     saves no more. */
 #define S_SHARD_CONNS 64
 
+/*  Epoll data tags (the shard index's place) of the actor's pipe and the
+    DEALER, whose ZMQ_FDs share the set with curl's sockets (s_wait). */
+#define S_TAG_PIPE 0xffffffffu
+#define S_TAG_DEALER 0xfffffffeu
+
 /*  A spare job keeps an answer buffer up to this size. */
 #define S_SPARE_BUF_MAX 16384
 
@@ -1523,8 +1528,26 @@ static void s_probe_done(s_worker_t *self, s_job_t *job, CURLcode rc)
 /*  --- the broker connection
  * ------------------------------------------------------- */
 
+/*  A ZeroMQ socket's ZMQ_FD into the epoll set, tagged: it wakes the
+    loop when the socket may have input (s_wait). The socket's close takes
+    the fd out of the set. */
+static void s_epoll_zmq(s_worker_t *self, zsock_t *sock, uint32_t tag)
+{
+    int fd = zsock_fd(sock);
+    struct epoll_event ev;
+    memset(&ev, 0, sizeof ev);
+    ev.events = EPOLLIN;
+    ev.data.u64 = ((uint64_t)tag << 32) | (uint32_t)fd;
+    if (fd >= 0 && epoll_ctl(self->epfd, EPOLL_CTL_ADD, fd, &ev) != 0 &&
+        errno == EEXIST)
+        epoll_ctl(self->epfd, EPOLL_CTL_MOD, fd, &ev);
+}
+
 static int s_connect(s_worker_t *self)
 {
+    /*  Out of the epoll set first: libzmq closes the socket's fd later. */
+    if (self->dealer)
+        epoll_ctl(self->epfd, EPOLL_CTL_DEL, zsock_fd(self->dealer), NULL);
     zsock_destroy(&self->dealer);
     self->dealer = zsock_new(ZMQ_DEALER);
     if (!self->dealer)
@@ -1552,6 +1575,7 @@ static int s_connect(s_worker_t *self)
         zsock_destroy(&self->dealer);
         return -1;
     }
+    s_epoll_zmq(self, self->dealer, S_TAG_DEALER);
     self->broker_seen = s_now();
     s_send_hello(self);
     return 0;
@@ -2018,6 +2042,8 @@ static void s_curl_events(s_worker_t *self)
                 mask |= CURL_CSELECT_ERR;
             uint32_t ix = (uint32_t)(evs[i].data.u64 >> 32);
             curl_socket_t fd = (curl_socket_t)(evs[i].data.u64 & 0xffffffffu);
+            if (ix >= self->nshards)
+                continue; /* the pipe or the DEALER: s_wait asks them */
             if ((size_t)fd < self->fds_len && self->fds[fd].in_set &&
                 !self->fds[fd].watched) {
                 /*  An idle connection left in the set (s_on_socket): the
@@ -2040,12 +2066,46 @@ static void s_curl_events(s_worker_t *self)
 
 static void s_handle_pipe(s_worker_t *self);
 
+/*  s_wait without metrics scrapers: one epoll_wait over curl's sockets
+    and the ZMQ_FDs of the pipe and the DEALER (s_epoll_zmq), instead of
+    zmq_poll (which polls twice and asks each socket for ZMQ_EVENTS
+    before and after). A ZMQ_FD only says "ask ZMQ_EVENTS": input can
+    wait with the fd quiet (a send may have taken its signal), so both
+    sockets are asked before sleeping, and the loop does not sleep when
+    either has input. */
+static int s_wait_epoll(s_worker_t *self, int64_t now, bool *curl_ready)
+{
+    bool pipe_in = (zsock_events(self->pipe) & ZMQ_POLLIN) != 0;
+    bool broker_in =
+        self->dealer && (zsock_events(self->dealer) & ZMQ_POLLIN) != 0;
+    int64_t wait = pipe_in || broker_in ? 0 : s_next_wake(self, now);
+    struct epoll_event evs[64];
+    int n = epoll_wait(self->epfd, evs, 64, (int)wait);
+    if (n < 0 && errno != EINTR) {
+        llmq_log(NULL, LLMQ_LOG_ERROR, "poll_failed",
+                 LLMQ_LOG_STR("error", strerror(errno)), LLMQ_LOG_END);
+        return -1;
+    }
+    for (int i = 0; i < n; i++) {
+        uint32_t tag = (uint32_t)(evs[i].data.u64 >> 32);
+        if (tag == S_TAG_PIPE && !pipe_in)
+            pipe_in = (zsock_events(self->pipe) & ZMQ_POLLIN) != 0;
+        else if (tag < self->nshards)
+            *curl_ready = true;
+    }
+    if (pipe_in)
+        s_handle_pipe(self);
+    return 0;
+}
+
 /*  Wait for the next event: curl's sockets, the actor's pipe, the broker,
     metrics scrapers; the timeout is the nearest timer. Handles a pipe
     command and serves scrapes. Returns -1 if polling failed, else 0 with
     *curl_ready set when curl's sockets are readable. */
 static int s_wait(s_worker_t *self, int64_t now, bool *curl_ready)
 {
+    if (!self->metrics)
+        return s_wait_epoll(self, now, curl_ready);
     zmq_pollitem_t items[3 + S_METRIC_ITEMS];
     int n = 0;
     items[n++] = (zmq_pollitem_t){NULL, self->epfd, ZMQ_POLLIN, 0};
@@ -2423,6 +2483,7 @@ static s_worker_t *s_worker_new(llmq_worker_config_t **config_p, zsock_t *pipe,
         return NULL;
     }
     zhashx_set_destructor(self->jobs, s_job_destructor);
+    s_epoll_zmq(self, self->pipe, S_TAG_PIPE);
     s_raise_nofile(cfg->capacity);
     if (cfg->batch_api)
         s_batch_new(self);
