@@ -1034,10 +1034,39 @@ static void s_jp_close(s_jp_t *jp, size_t mark, bool map, size_t count)
     }
 }
 
+/*  Keys whose first member s_jp_members notes as it packs
+    (llmq_packer_json_object_find): out[k] becomes [offset, end offset) of
+    the packed value of keys[k] (offsets into the packer: it may move while
+    it grows), kind 1 meaning found. */
+typedef struct {
+    const char *const *keys;  /* keys[0..count) */
+    size_t count;             /* how many */
+    llmq_value_ref_t *out;    /* one per key, zeroed by the caller */
+    size_t lens[S_FIND_LENS]; /* strlen of the first S_FIND_LENS keys */
+} s_jp_find_t;
+
+/*  Index of the key in find that key (size bytes) is, not yet found;
+    find->count if none. */
+static size_t s_jp_find_hit(const s_jp_find_t *find, const char *key,
+                            size_t size)
+{
+    size_t count = find->count;
+    for (size_t k = 0; k < count; k++)
+        if (!find->out[k].kind &&
+            (k < S_FIND_LENS ? find->lens[k] : strlen(find->keys[k])) == size &&
+            !memcmp(find->keys[k], key, size))
+            return k;
+    return count;
+}
+
 /*  Members of an object (jp->p after its '{'); with drop (top level
-    only), keys listed there are left out. *count_p: members written. */
-static int s_jp_members(s_jp_t *jp, int depth, const char *const *drop,
-                        size_t *count_p)
+    only), keys listed there are left out; with find (top level only),
+    the keys it lists are noted (s_jp_find_t). *count_p: members
+    written. Inlined into s_jp_members and llmq_packer_json_object_find,
+    so that the nested objects' path carries no find. */
+static inline __attribute__((always_inline)) int
+s_jp_members_with(s_jp_t *jp, int depth, const char *const *drop,
+                  s_jp_find_t *find, size_t *count_p)
 {
     s_jp_ws(jp);
     if (jp->p < jp->end && *jp->p == '}')
@@ -1051,14 +1080,19 @@ static int s_jp_members(s_jp_t *jp, int depth, const char *const *drop,
         bool dropped = false;
         for (size_t i = 0; drop && drop[i] && !dropped; i++)
             dropped = strlen(drop[i]) == size && !memcmp(drop[i], key, size);
+        size_t hit = find ? s_jp_find_hit(find, key, size) : 0;
         size_t mark = jp->out ? jp->out->sbuf.size : 0;
         if (jp->out)
             llmq_packer_strn(jp->out, key, size);
         s_jp_ws(jp);
         if (jp->p >= jp->end || *jp->p++ != ':')
             return s_jp_fail(jp, "':' expected in a JSON object");
+        size_t start = jp->out ? jp->out->sbuf.size : 0;
         if (s_jp_value(jp, depth + 1))
             return -1;
+        if (find && hit < find->count)
+            find->out[hit] = (llmq_value_ref_t){
+                (const uint8_t *)(uintptr_t)start, jp->out->sbuf.size, 1};
         if (dropped && jp->out)
             jp->out->sbuf.size = mark;
         *count_p += !dropped;
@@ -1069,6 +1103,12 @@ static int s_jp_members(s_jp_t *jp, int depth, const char *const *drop,
         if (c != ',')
             return s_jp_fail(jp, "',' or '}' expected in a JSON object");
     }
+}
+
+static int s_jp_members(s_jp_t *jp, int depth, const char *const *drop,
+                        size_t *count_p)
+{
+    return s_jp_members_with(jp, depth, drop, NULL, count_p);
 }
 
 static int s_jp_elements(s_jp_t *jp, int depth, size_t *count_p)
@@ -1154,51 +1194,6 @@ int llmq_packer_json_text(llmq_packer_t *self, const char *text, size_t len,
     return rc;
 }
 
-/*  s_jp_members for llmq_packer_json_object_find: the first member of
-    each key in keys[0..count) is noted in out as [offset, end offset) of
-    its packed value (offsets into the packer: it may move while it grows),
-    kind 1 meaning found. *count_p: members written. */
-static int s_jp_members_find(s_jp_t *jp, const char *const *keys, size_t count,
-                             llmq_value_ref_t *out, size_t *count_p)
-{
-    size_t lens[S_FIND_LENS];
-    for (size_t k = 0; k < count && k < S_FIND_LENS; k++)
-        lens[k] = strlen(keys[k]);
-    s_jp_ws(jp);
-    if (jp->p < jp->end && *jp->p == '}')
-        return jp->p++, 0;
-    while (true) {
-        const char *key;
-        size_t size;
-        s_jp_ws(jp);
-        if (jp->p >= jp->end || *jp->p != '"' || s_jp_string(jp, &key, &size))
-            return s_jp_fail(jp, "JSON object key expected");
-        size_t hit = count;
-        for (size_t k = 0; k < count && hit == count; k++)
-            if (!out[k].kind &&
-                (k < S_FIND_LENS ? lens[k] : strlen(keys[k])) == size &&
-                !memcmp(keys[k], key, size))
-                hit = k;
-        llmq_packer_strn(jp->out, key, size);
-        s_jp_ws(jp);
-        if (jp->p >= jp->end || *jp->p++ != ':')
-            return s_jp_fail(jp, "':' expected in a JSON object");
-        size_t start = jp->out->sbuf.size;
-        if (s_jp_value(jp, 1))
-            return -1;
-        if (hit < count)
-            out[hit] = (llmq_value_ref_t){(const uint8_t *)(uintptr_t)start,
-                                          jp->out->sbuf.size, 1};
-        (*count_p)++;
-        s_jp_ws(jp);
-        char c = jp->p < jp->end ? *jp->p++ : 0;
-        if (c == '}')
-            return 0;
-        if (c != ',')
-            return s_jp_fail(jp, "',' or '}' expected in a JSON object");
-    }
-}
-
 int llmq_packer_json_object_find(llmq_packer_t *self, const char *text,
                                  size_t len, const char *const *keys,
                                  size_t count, llmq_value_ref_t *out,
@@ -1215,7 +1210,10 @@ int llmq_packer_json_object_find(llmq_packer_t *self, const char *text,
     if (rc == 0) {
         jp.p++;
         s_jp_open(&jp, true);
-        rc = s_jp_members_find(&jp, keys, count, out, &members);
+        s_jp_find_t find = {keys, count, out, {0}};
+        for (size_t k = 0; k < count && k < S_FIND_LENS; k++)
+            find.lens[k] = strlen(keys[k]);
+        rc = s_jp_members_with(&jp, 0, NULL, &find, &members);
     }
     if (rc == 0)
         rc = s_jp_end(&jp);
