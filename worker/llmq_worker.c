@@ -222,6 +222,9 @@ struct _s_worker_t {
     int64_t limiter_at;    /* next limiter retry for the queue, 0 none */
     int64_t avg_tokens;    /* running mean of estimates (credit) */
     zsock_t *pipe;         /* the actor's pipe (borrowed) */
+    bool pipe_check;       /* ask the pipe for ZMQ_EVENTS before sleeping:
+                              used since it last said "no input" */
+    bool broker_check;     /* the DEALER has or may have input this turn */
     bool drain_asked;      /* DRAIN came over the pipe */
     bool draining;         /* DRAIN taken, bye sent */
     int64_t drain_at;      /* drain deadline */
@@ -1600,6 +1603,7 @@ static void s_join(s_worker_t *self)
              LLMQ_LOG_INT("capacity", self->cfg->capacity), LLMQ_LOG_END);
     const char *url = llmq_wmetrics_url(self->metrics);
     zstr_sendx(self->pipe, "READY", self->cfg->name, url ? url : "", NULL);
+    self->pipe_check = true;
     s_grant_credit(self, s_now());
 }
 
@@ -2075,7 +2079,11 @@ static void s_handle_pipe(s_worker_t *self);
     either has input. */
 static int s_wait_epoll(s_worker_t *self, int64_t now, bool *curl_ready)
 {
-    bool pipe_in = (zsock_events(self->pipe) & ZMQ_POLLIN) != 0;
+    /*  The pipe is only asked when used since it last said "no input"
+        (pipe_check): otherwise its fd wakes us for what comes. */
+    bool pipe_in =
+        self->pipe_check && (zsock_events(self->pipe) & ZMQ_POLLIN) != 0;
+    self->pipe_check = false;
     bool broker_in =
         self->dealer && (zsock_events(self->dealer) & ZMQ_POLLIN) != 0;
     int64_t wait = pipe_in || broker_in ? 0 : s_next_wake(self, now);
@@ -2090,9 +2098,15 @@ static int s_wait_epoll(s_worker_t *self, int64_t now, bool *curl_ready)
         uint32_t tag = (uint32_t)(evs[i].data.u64 >> 32);
         if (tag == S_TAG_PIPE && !pipe_in)
             pipe_in = (zsock_events(self->pipe) & ZMQ_POLLIN) != 0;
+        else if (tag == S_TAG_DEALER)
+            broker_in = true;
         else if (tag < self->nshards)
             *curl_ready = true;
     }
+    /*  No input before the sleep and no wake-up for the DEALER: nothing to
+        read this turn (what comes later wakes us, or the next turn's ask
+        above finds it). */
+    self->broker_check = broker_in;
     if (pipe_in)
         s_handle_pipe(self);
     return 0;
@@ -2106,6 +2120,7 @@ static int s_wait(s_worker_t *self, int64_t now, bool *curl_ready)
 {
     if (!self->metrics)
         return s_wait_epoll(self, now, curl_ready);
+    self->broker_check = true;
     zmq_pollitem_t items[3 + S_METRIC_ITEMS];
     int n = 0;
     items[n++] = (zmq_pollitem_t){NULL, self->epfd, ZMQ_POLLIN, 0};
@@ -2196,6 +2211,7 @@ static void s_on_drain(s_worker_t *self)
 /*  A command from the actor's pipe (llmq_worker.h). */
 static void s_handle_pipe(s_worker_t *self)
 {
+    self->pipe_check = true; /* more may wait; a reply may take a signal */
     zmsg_t *msg = zmsg_recv(self->pipe);
     char *command = msg ? zmsg_popstr(msg) : NULL;
     if (!command || streq(command, "$TERM"))
@@ -2248,7 +2264,8 @@ static void s_turn(s_worker_t *self)
     if (curl_ready)
         s_curl_events(self);
     s_curl_timers(self, s_now());
-    s_read_broker(self);
+    if (self->broker_check)
+        s_read_broker(self);
     int64_t now = s_now();
     s_timers(self, now);
     s_pump(self, now);
@@ -2441,6 +2458,7 @@ static s_worker_t *s_worker_new(llmq_worker_config_t **config_p, zsock_t *pipe,
     }
     self->cfg = cfg;
     self->pipe = pipe;
+    self->pipe_check = true;
     self->epfd = -1;
     self->exit_code = LLMQ_WORKER_EXIT_OK;
     uint64_t seed = (uint64_t)zclock_time() ^ ((uint64_t)getpid() << 32);
