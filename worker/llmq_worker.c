@@ -2,10 +2,12 @@
 
     Design. One thread runs one loop:
 
-        wait   zmq_poll over the DEALER, an epoll fd holding every curl
-               socket, and the actor's pipe (DRAIN, $TERM); the timeout is
-               the nearest of: heartbeat, curl's timer, a retry coming due,
-               the limiter's next start, a health probe, the drain deadline
+        wait   epoll_wait over one set holding every curl socket and the
+               ZMQ_FDs of the DEALER and the actor's pipe (DRAIN, $TERM)
+               (zmq_poll over those and the epoll fd when metrics
+               scrapers are served); the timeout is the nearest of:
+               heartbeat, curl's timer, a retry coming due, the limiter's
+               next start, a health probe, the drain deadline
         curl   epoll events -> curl_multi_socket_action; finished transfers
                -> s_transfer_done (parse, classify, retry or answer)
         zmq    drain the DEALER: req, cancel, limits, hb, error
