@@ -138,7 +138,10 @@ static const s_errdef_t s_errs[LLMQ_ERR_COUNT] = {
 
 typedef struct {
     union {
-        char *s;   /* STR */
+        struct {
+            char *s;     /* STR, NUL-terminated */
+            size_t slen; /* its length (no strlen per use) */
+        };
         int64_t i; /* INT */
         bool b;    /* BOOL */
         double d;  /* DBL */
@@ -360,11 +363,13 @@ void llmq_msg_destroy(llmq_msg_t **self_p)
 static int s_set_strn(llmq_msg_t *self, llmq_field_t f, const char *s,
                       size_t len)
 {
-    if (s_is_set(self, f) && len <= strlen(self->values[f].s)) {
+    s_value_t *v = &self->values[f];
+    if (s_is_set(self, f) && len <= v->slen) {
         /*  Fits in the string it replaces (a reused header, an id of the
             same length): no allocation. */
-        memmove(self->values[f].s, s, len);
-        self->values[f].s[len] = 0;
+        memmove(v->s, s, len);
+        v->s[len] = 0;
+        v->slen = len;
         self->checked[f >> 6] &= ~(1ULL << (f & 63));
         self->dirty[f >> 6] |= 1ULL << (f & 63);
         return 0;
@@ -378,7 +383,8 @@ static int s_set_strn(llmq_msg_t *self, llmq_field_t f, const char *s,
     memcpy(copy, s, len);
     copy[len] = 0;
     s_unset(self, f);
-    self->values[f].s = copy;
+    v->s = copy;
+    v->slen = len;
     s_mark(self, f);
     return 0;
 }
@@ -518,7 +524,7 @@ llmq_msg_t *llmq_msg_dup(const llmq_msg_t *self)
             break;
         const s_value_t *v = &self->values[f];
         if (s_fields[f].kind == S_STR)
-            rc = s_set_strn(copy, (llmq_field_t)f, v->s, strlen(v->s));
+            rc = s_set_strn(copy, (llmq_field_t)f, v->s, v->slen);
         else if (s_fields[f].kind == S_RAW)
             rc = s_set_raw(copy, (llmq_field_t)f, v->raw.data, v->raw.size);
         else if (s_fields[f].kind == S_STRS)
@@ -738,7 +744,7 @@ static int s_check_field(const llmq_msg_t *self, llmq_field_t f, char *errbuf,
     if (def->kind == S_STR) {
         /*  The label is formatted only for an error (a grouped field's
             costs an snprintf); plain ASCII needs no UTF-8 walk. */
-        size_t len = strlen(v->s);
+        size_t len = v->slen;
         if (len > def->max)
             return s_errf(errbuf, errlen, "'%s' too long (%zu > %zu bytes)",
                           s_field_label(f, label, sizeof label), len, def->max);
@@ -776,22 +782,29 @@ static int s_check(const llmq_msg_t *self, char *errbuf, size_t errlen)
         if (!s_is_set(self, *r))
             return s_errf(errbuf, errlen, "missing required '%s'",
                           s_field_label((llmq_field_t)*r, label, sizeof label));
-    S_FOR_SET(self, f)
-    if (!((self->checked[f >> 6] >> (f & 63)) & 1) &&
-        s_check_field(self, (llmq_field_t)f, errbuf, errlen))
-        return -1;
+    for (int w = 0; w < S_WORDS; w++)
+        for (uint64_t bits = self->bits[w] & ~self->checked[w]; bits;
+             bits &= bits - 1)
+            if (s_check_field(self,
+                              (llmq_field_t)(w * 64 + __builtin_ctzll(bits)),
+                              errbuf, errlen))
+                return -1;
     return 0;
 }
 
 /*  The encoder's output: a buffer on the stack, on the heap only for a
     header larger than it, written by the few msgpack forms a header uses
     (msgpack-c's packer and sbuffer cost a call and an allocation per
-    piece). The forms are msgpack-c's, so the bytes are the same. */
+    piece). The forms are msgpack-c's, so the bytes are the same. Each
+    entry reserves its room once (s_room) and is written through a
+    pointer. The map's count is known only at the end: three bytes are
+    kept in front for it, and a fixmap uses the last of them (start). */
 typedef struct {
     uint8_t *data;
     size_t size;
     size_t cap;
-    bool failed; /* out of memory: no frame */
+    size_t start; /* first byte of the header in data */
+    bool failed;  /* out of memory: no frame */
     uint8_t inline_data[1024];
 } s_buf_t;
 
@@ -812,106 +825,138 @@ static bool s_buf_grow(s_buf_t *b, size_t len)
     return true;
 }
 
-static inline void s_put(s_buf_t *b, const void *data, size_t len)
+/*  Room for len more bytes at the end, or NULL (failed) without memory. */
+static inline uint8_t *s_room(s_buf_t *b, size_t len)
 {
     if (b->size + len > b->cap && !s_buf_grow(b, len))
-        return;
-    memcpy(b->data + b->size, data, len);
-    b->size += len;
+        return NULL;
+    return b->data + b->size;
 }
 
-/*  A type byte and a big-endian number of width bytes (0, 1, 2, 4, 8). */
-static void s_put_tag(s_buf_t *b, uint8_t tag, uint64_t n, int width)
+/*  A big-endian number of width bytes (1, 2, 4, 8) after a type byte. */
+static inline uint8_t *s_w_tag(uint8_t *p, uint8_t tag, uint64_t n, int width)
 {
-    uint8_t out[9];
-    out[0] = tag;
-    for (int k = 0; k < width; k++)
-        out[1 + k] = (uint8_t)(n >> (8 * (width - 1 - k)));
-    s_put(b, out, 1 + (size_t)width);
+    *p++ = tag;
+    for (int k = width - 1; k >= 0; k--)
+        *p++ = (uint8_t)(n >> (8 * k));
+    return p;
 }
 
-/*  A str, array or map header: fix form below fix_max, else 8/16/32. */
-static void s_put_len(s_buf_t *b, uint8_t fix, uint32_t fix_max, uint8_t tag8,
-                      uint8_t tag16, size_t n)
+/*  A str, array or map header: fix form below fix_max, else 8/16/32
+    (tag8 0: no 8-bit form). At most 5 bytes. */
+static inline uint8_t *s_w_len(uint8_t *p, uint8_t fix, uint32_t fix_max,
+                               uint8_t tag8, uint8_t tag16, size_t n)
 {
-    if (n < fix_max)
-        s_put_tag(b, (uint8_t)(fix | n), 0, 0);
-    else if (tag8 && n < 256)
-        s_put_tag(b, tag8, n, 1);
-    else if (n < 65536)
-        s_put_tag(b, tag16, n, 2);
-    else
-        s_put_tag(b, (uint8_t)(tag16 + 1), n, 4);
+    if (n < fix_max) {
+        *p++ = (uint8_t)(fix | n);
+        return p;
+    }
+    if (tag8 && n < 256)
+        return s_w_tag(p, tag8, n, 1);
+    if (n < 65536)
+        return s_w_tag(p, tag16, n, 2);
+    return s_w_tag(p, (uint8_t)(tag16 + 1), n, 4);
 }
 
-static void s_put_int(s_buf_t *b, int64_t i)
+static inline uint8_t *s_w_str(uint8_t *p, const char *s, size_t len)
+{
+    p = s_w_len(p, 0xa0, 32, 0xd9, 0xda, len);
+    memcpy(p, s, len);
+    return p + len;
+}
+
+/*  An integer in its smallest form. At most 9 bytes. */
+static uint8_t *s_w_int(uint8_t *p, int64_t i)
 {
     if (i >= 0) {
         uint64_t u = (uint64_t)i;
-        if (u < 128)
-            s_put_tag(b, (uint8_t)u, 0, 0);
-        else
-            s_put_tag(b,
-                      u < 256             ? 0xcc
-                      : u < 65536         ? 0xcd
-                      : u < 4294967296ULL ? 0xce
-                                          : 0xcf,
-                      u,
-                      u < 256             ? 1
-                      : u < 65536         ? 2
-                      : u < 4294967296ULL ? 4
-                                          : 8);
-    } else if (i >= -32)
-        s_put_tag(b, (uint8_t)(int8_t)i, 0, 0);
-    else if (i >= -128)
-        s_put_tag(b, 0xd0, (uint64_t)i, 1);
-    else if (i >= -32768)
-        s_put_tag(b, 0xd1, (uint64_t)i, 2);
-    else if (i >= INT32_MIN)
-        s_put_tag(b, 0xd2, (uint64_t)i, 4);
-    else
-        s_put_tag(b, 0xd3, (uint64_t)i, 8);
+        if (u < 128) {
+            *p++ = (uint8_t)u;
+            return p;
+        }
+        if (u < 256)
+            return s_w_tag(p, 0xcc, u, 1);
+        if (u < 65536)
+            return s_w_tag(p, 0xcd, u, 2);
+        if (u < 4294967296ULL)
+            return s_w_tag(p, 0xce, u, 4);
+        return s_w_tag(p, 0xcf, u, 8);
+    }
+    if (i >= -32) {
+        *p++ = (uint8_t)(int8_t)i;
+        return p;
+    }
+    if (i >= -128)
+        return s_w_tag(p, 0xd0, (uint64_t)i, 1);
+    if (i >= -32768)
+        return s_w_tag(p, 0xd1, (uint64_t)i, 2);
+    if (i >= INT32_MIN)
+        return s_w_tag(p, 0xd2, (uint64_t)i, 4);
+    return s_w_tag(p, 0xd3, (uint64_t)i, 8);
 }
 
+/*  A string (a key, a group's name) on its own. */
 static void s_pack_strn(s_buf_t *b, const char *s, size_t len)
 {
-    s_put_len(b, 0xa0, 32, 0xd9, 0xda, len);
-    s_put(b, s, len);
+    uint8_t *p = s_room(b, 5 + len);
+    if (p)
+        b->size = (size_t)(s_w_str(p, s, len) - b->data);
 }
 
-static void s_pack_str(s_buf_t *b, const char *s)
+/*  A map's header on its own (a group's). */
+static void s_pack_map(s_buf_t *b, size_t n)
 {
-    s_pack_strn(b, s, strlen(s));
+    uint8_t *p = s_room(b, 5);
+    if (p)
+        b->size = (size_t)(s_w_len(p, 0x80, 16, 0, 0xde, n) - b->data);
 }
 
+static void s_pack_strs(s_buf_t *b, const s_value_t *v)
+{
+    uint8_t *p = s_room(b, 5);
+    if (!p)
+        return;
+    b->size = (size_t)(s_w_len(p, 0x90, 16, 0, 0xdc, v->strs.count) - b->data);
+    for (size_t k = 0; k < v->strs.count; k++)
+        s_pack_strn(b, v->strs.items[k], strlen(v->strs.items[k]));
+}
+
+/*  One entry: the field's key and its value. */
 static void s_pack_value(s_buf_t *b, const s_field_t *def, const s_value_t *v)
 {
-    s_pack_strn(b, def->key, def->key_len);
+    size_t body = def->kind == S_STR   ? v->slen
+                  : def->kind == S_RAW ? v->raw.size
+                                       : 0;
+    uint8_t *p = s_room(b, 5 + def->key_len + 9 + body);
+    if (!p)
+        return;
+    p = s_w_str(p, def->key, def->key_len);
     switch (def->kind) {
     case S_STR:
-        s_pack_str(b, v->s);
+        p = s_w_str(p, v->s, v->slen);
         break;
     case S_INT:
-        s_put_int(b, v->i);
+        p = s_w_int(p, v->i);
         break;
     case S_BOOL:
-        s_put_tag(b, v->b ? 0xc3 : 0xc2, 0, 0);
+        *p++ = v->b ? 0xc3 : 0xc2;
         break;
     case S_DBL: {
         uint64_t bits;
         memcpy(&bits, &v->d, sizeof bits);
-        s_put_tag(b, 0xcb, bits, 8);
+        p = s_w_tag(p, 0xcb, bits, 8);
         break;
     }
     case S_RAW:
-        s_put(b, v->raw.data, v->raw.size);
+        memcpy(p, v->raw.data, v->raw.size);
+        p += v->raw.size;
         break;
     case S_STRS:
-        s_put_len(b, 0x90, 16, 0, 0xdc, v->strs.count);
-        for (size_t k = 0; k < v->strs.count; k++)
-            s_pack_str(b, v->strs.items[k]);
-        break;
+        b->size = (size_t)(p - b->data);
+        s_pack_strs(b, v);
+        return;
     }
+    b->size = (size_t)(p - b->data);
 }
 
 /*  A group's map, written when the encoder reaches its first set field f:
@@ -923,48 +968,39 @@ static void s_pack_group(const llmq_msg_t *self, s_buf_t *b, int f)
     for (int g = f; g >= 0; g = s_next_set(self, g + 1))
         n += s_group_of[g] == group;
     s_pack_strn(b, s_group_name[group], s_group_len[group]);
-    s_put_len(b, 0x80, 16, 0, 0xde, n);
+    s_pack_map(b, n);
     for (int g = f; g >= 0; g = s_next_set(self, g + 1))
         if (s_group_of[g] == group)
             s_pack_value(b, &s_fields[g], &self->values[g]);
 }
 
-/*  Top-level entries: v, t, ungrouped fields, one per group in use. */
-static size_t s_top_count(const llmq_msg_t *self)
+/*  The whole map but its header: v, t, ungrouped fields, one entry per
+    group in use. Returns the number of entries. */
+static size_t s_pack_header(const llmq_msg_t *self, s_buf_t *b)
 {
-    size_t n = 2;
+    const char *type = s_msgs[self->type].name;
+    size_t type_len = strlen(type), n = 2;
+    uint8_t *p = s_room(b, 4 + 5 + type_len);
+    if (!p)
+        return 0;
+    _Static_assert(LLMQ_PROTOCOL_VERSION < 128, "v is a positive fixint");
+    memcpy(p, "\xa1v\x00\xa1t", 5);
+    p[2] = LLMQ_PROTOCOL_VERSION;
+    b->size = (size_t)(s_w_str(p + 5, type, type_len) - b->data);
     uint64_t groups = 0;
     S_FOR_SET(self, f)
     {
         int group = s_group_of[f];
-        if (!group)
+        if (!group) {
+            s_pack_value(b, &s_fields[f], &self->values[f]);
             n++;
-        else if (!(groups & (1ULL << group))) {
+        } else if (!(groups & (1ULL << group))) {
             groups |= 1ULL << group;
+            s_pack_group(self, b, f);
             n++;
         }
     }
     return n;
-}
-
-static void s_pack_header(const llmq_msg_t *self, s_buf_t *b)
-{
-    s_put_len(b, 0x80, 16, 0, 0xde, s_top_count(self));
-    s_pack_strn(b, "v", 1);
-    s_put_int(b, LLMQ_PROTOCOL_VERSION);
-    s_pack_strn(b, "t", 1);
-    s_pack_str(b, s_msgs[self->type].name);
-    uint64_t groups = 0;
-    S_FOR_SET(self, f)
-    {
-        int group = s_group_of[f];
-        if (!group)
-            s_pack_value(b, &s_fields[f], &self->values[f]);
-        else if (!(groups & (1ULL << group))) {
-            groups |= 1ULL << group;
-            s_pack_group(self, b, f);
-        }
-    }
 }
 
 /*  The first set field of group, or -1. */
@@ -989,13 +1025,12 @@ static bool s_group_dirty(const llmq_msg_t *self, int group)
 /*  A received header written again (s_keep_raw): its entries copied but
     for the fields changed since the decode, written after them from the
     values, as are changed groups. The same map as s_pack_header's, in
-    another order. The map header goes in front once the count is known. */
-static void s_splice(const llmq_msg_t *self, s_buf_t *b)
+    another order. Returns the number of entries. */
+static size_t s_splice(const llmq_msg_t *self, s_buf_t *b)
 {
     const uint8_t *raw = (const uint8_t *)zmq_msg_data((zmq_msg_t *)&self->raw);
     uint64_t groups = 0; /* written or dropped */
     size_t n = 0;
-    s_put(b, "\xde\0\0", 3);
     for (int k = 0; k < self->nspans; k++) {
         const s_span_t *sp = &self->spans[k];
         int group = sp->id <= S_SPAN_GROUP(1) ? S_SPAN_GROUP(0) - sp->id : 0;
@@ -1003,7 +1038,11 @@ static void s_splice(const llmq_msg_t *self, s_buf_t *b)
             continue;
         if (group && s_group_dirty(self, group))
             continue;
-        s_put(b, raw + sp->off, sp->len);
+        uint8_t *p = s_room(b, sp->len);
+        if (!p)
+            return 0;
+        memcpy(p, raw + sp->off, sp->len);
+        b->size += sp->len;
         n++;
         groups |= group ? 1ULL << group : 0;
     }
@@ -1022,23 +1061,17 @@ static void s_splice(const llmq_msg_t *self, s_buf_t *b)
                 }
             }
         }
-    if (b->failed)
-        return;
-    b->data[1] = (uint8_t)(n >> 8);
-    b->data[2] = (uint8_t)n;
-    if (n < 16) { /* msgpack-c's form: a fixmap */
-        b->data[2] = (uint8_t)(0x80 | n);
-        memmove(b->data, b->data + 2, b->size - 2);
-        b->size -= 2;
-    }
+    return n;
 }
 
-/*  Encode into buf (its inline buffer or more); 0, or -1 with a reason. */
+/*  Encode into buf (its inline buffer or more): the header is the bytes
+    from buf->start to buf->size. 0, or -1 with a reason. */
 static int s_encode_buf(const llmq_msg_t *self, s_buf_t *buf, char *errbuf,
                         size_t errlen)
 {
     buf->data = buf->inline_data;
-    buf->size = 0;
+    buf->size = 3; /* room for the map's header */
+    buf->start = 0;
     buf->cap = sizeof buf->inline_data;
     buf->failed = false;
     if (!self || self->type == LLMQ_MSG_INVALID)
@@ -1046,15 +1079,17 @@ static int s_encode_buf(const llmq_msg_t *self, s_buf_t *buf, char *errbuf,
     s_tables();
     if (s_check(self, errbuf, errlen))
         return -1;
-    if (self->has_raw)
-        s_splice(self, buf);
-    else
-        s_pack_header(self, buf);
+    size_t n = self->has_raw ? s_splice(self, buf) : s_pack_header(self, buf);
     if (buf->failed)
         return s_errf(errbuf, errlen, "out of memory");
-    if (buf->size > LLMQ_MAX_HEADER_SIZE)
+    if (n < 16) { /* msgpack-c's form: a fixmap */
+        buf->data[2] = (uint8_t)(0x80 | n);
+        buf->start = 2;
+    } else
+        s_w_tag(buf->data, 0xde, n, 2);
+    if (buf->size - buf->start > LLMQ_MAX_HEADER_SIZE)
         return s_errf(errbuf, errlen, "header too large (%zu > %d bytes)",
-                      buf->size, LLMQ_MAX_HEADER_SIZE);
+                      buf->size - buf->start, LLMQ_MAX_HEADER_SIZE);
     return 0;
 }
 
@@ -1063,7 +1098,7 @@ zframe_t *llmq_msg_encode(const llmq_msg_t *self, char *errbuf, size_t errlen)
     s_buf_t buf;
     zframe_t *frame = NULL;
     if (s_encode_buf(self, &buf, errbuf, errlen) == 0)
-        frame = zframe_new(buf.data, buf.size);
+        frame = zframe_new(buf.data + buf.start, buf.size - buf.start);
     if (buf.data != buf.inline_data)
         free(buf.data);
     return frame;
@@ -1074,8 +1109,9 @@ int llmq_msg_encode_msg(const llmq_msg_t *self, zmq_msg_t *out, char *errbuf,
 {
     s_buf_t buf;
     int rc = s_encode_buf(self, &buf, errbuf, errlen);
-    if (rc == 0 && zmq_msg_init_size(out, buf.size) == 0)
-        memcpy(zmq_msg_data(out), buf.data, buf.size);
+    size_t size = buf.size - buf.start;
+    if (rc == 0 && zmq_msg_init_size(out, size) == 0)
+        memcpy(zmq_msg_data(out), buf.data + buf.start, size);
     else if (rc == 0)
         rc = s_errf(errbuf, errlen, "out of memory");
     if (buf.data != buf.inline_data)
