@@ -65,18 +65,27 @@ static const char *s_group_name[S_MAX_GROUPS];
 static uint32_t s_group_len[S_MAX_GROUPS];
 static int s_ngroups = 1;
 static int16_t s_hash[S_HASH_SLOTS]; /* field + 1, 0 = empty */
+static uint8_t s_type_len[64];       /* strlen of each type's `t` */
+_Static_assert(LLMQ_MSG_COUNT <= 64, "s_type_len holds every type");
 static pthread_once_t s_tables_once = PTHREAD_ONCE_INIT;
 
-static uint32_t s_hash_key(int group, const uint8_t *key, uint32_t len)
+/*  The group, the length and three of the key's bytes: no loop over the
+    key (the catalogue's keys differ there; a collision costs a probe). */
+static inline uint32_t s_hash_key(int group, const uint8_t *key, uint32_t len)
 {
-    uint32_t h = 2166136261u ^ (uint32_t)group;
-    for (uint32_t k = 0; k < len; k++)
-        h = (h ^ key[k]) * 16777619u;
-    return h;
+    uint32_t h = (uint32_t)group * 0x9e3779b1u ^ len * 0x85ebca6bu;
+    if (len)
+        h ^= key[0] * 0xc2b2ae35u ^ key[len - 1] * 0x27d4eb2fu ^
+             key[len / 2] * 0x165667b1u;
+    return h ^ (h >> 15) ^ (h >> 23);
 }
+
+static const char *s_type_name(int type);
 
 static void s_tables_init(void)
 {
+    for (int t = 0; t < LLMQ_MSG_COUNT; t++)
+        s_type_len[t] = (uint8_t)strlen(s_type_name(t));
     for (int f = 0; f < LLMQ_F_COUNT; f++) {
         int g = 0;
         if (s_fields[f].group) {
@@ -558,11 +567,18 @@ const char *llmq_msg_type_name(llmq_msg_type_t type)
     return s_msgs[type].name;
 }
 
+static const char *s_type_name(int type)
+{
+    return s_msgs[type].name;
+}
+
 static llmq_msg_type_t s_type_from_namen(const char *name, size_t len)
 {
-    /*  The first byte first: a strlen per type showed in the profile. */
+    /*  The length and first byte first: a strlen per type showed in the
+        profile. */
+    s_tables();
     for (int t = 1; len && t < LLMQ_MSG_COUNT; t++)
-        if (s_msgs[t].name[0] == name[0] && strlen(s_msgs[t].name) == len &&
+        if (s_type_len[t] == len && s_msgs[t].name[0] == name[0] &&
             memcmp(s_msgs[t].name, name, len) == 0)
             return (llmq_msg_type_t)t;
     return LLMQ_MSG_INVALID;
@@ -979,7 +995,7 @@ static void s_pack_group(const llmq_msg_t *self, s_buf_t *b, int f)
 static size_t s_pack_header(const llmq_msg_t *self, s_buf_t *b)
 {
     const char *type = s_msgs[self->type].name;
-    size_t type_len = strlen(type), n = 2;
+    size_t type_len = s_type_len[self->type], n = 2;
     uint8_t *p = s_room(b, 4 + 5 + type_len);
     if (!p)
         return 0;
@@ -1124,7 +1140,6 @@ int llmq_msg_encode_msg(const llmq_msg_t *self, zmq_msg_t *out, char *errbuf,
 typedef struct {
     llmq_mp_reader_t r;  /* over the header bytes */
     llmq_msg_t *msg;     /* fields land here; type is set at the end */
-    char reason[160];    /* first failure, formatted */
     bool has_v;          /* `v` seen */
     int64_t v;           /* its value */
     const uint8_t *t;    /* `t` bytes, borrowed from the input */
@@ -1132,6 +1147,7 @@ typedef struct {
     int16_t entry;       /* what the last top-level entry was (s_span_t) */
     bool spans_over;     /* more entries than msg->spans holds */
     const uint8_t *base; /* the header's first byte */
+    char reason[160];    /* first failure, formatted (last: not zeroed) */
 } s_decoder_t;
 
 static int s_fail(s_decoder_t *d, const char *fmt, ...)
@@ -1198,9 +1214,19 @@ static int s_dec_str(s_decoder_t *d, llmq_field_t f, const llmq_mp_item_t *it)
             return s_fail(d, "'%s' invalid UTF-8",
                           s_field_label(f, label, sizeof label));
     }
-    if (s_set_strn(d->msg, f, (const char *)it->ptr, it->len))
+    llmq_msg_t *msg = d->msg;
+    if (!s_is_set(msg, f) && S_ARENA - msg->arena_used > it->len) {
+        /*  The common case inline: a first value that fits the arena. */
+        char *copy = msg->arena + msg->arena_used;
+        msg->arena_used += it->len + 1;
+        memcpy(copy, it->ptr, it->len);
+        copy[it->len] = 0;
+        msg->values[f].s = copy;
+        msg->values[f].slen = it->len;
+        s_mark(msg, f);
+    } else if (s_set_strn(msg, f, (const char *)it->ptr, it->len))
         return s_fail(d, "out of memory");
-    s_mark_checked(d->msg, f);
+    s_mark_checked(msg, f);
     return 0;
 }
 
@@ -1296,7 +1322,7 @@ static int s_dec_field(s_decoder_t *d, llmq_field_t f)
     if (s_fields[f].kind == S_RAW)
         return s_dec_raw(d, f);
     llmq_mp_item_t it;
-    if (llmq_mp_read(&d->r, &it))
+    if (llmq_mp_read_fast(&d->r, &it))
         return s_fail_reader(d);
     switch (s_fields[f].kind) {
     case S_STR:
@@ -1312,7 +1338,7 @@ static int s_dec_field(s_decoder_t *d, llmq_field_t f)
 
 static int s_read_key(s_decoder_t *d, llmq_mp_item_t *key)
 {
-    if (llmq_mp_read(&d->r, key))
+    if (llmq_mp_read_fast(&d->r, key))
         return s_fail_reader(d);
     if (key->kind != LLMQ_MP_STR && key->kind != LLMQ_MP_BIN)
         return s_fail(d, "map key is not a string");
@@ -1346,7 +1372,7 @@ static int s_dec_group(s_decoder_t *d, int group)
 static int s_dec_vt(s_decoder_t *d, const llmq_mp_item_t *key)
 {
     llmq_mp_item_t it;
-    if (llmq_mp_read(&d->r, &it))
+    if (llmq_mp_read_fast(&d->r, &it))
         return s_fail_reader(d);
     if (key->ptr[0] == 'v') {
         if (it.kind != LLMQ_MP_UINT && it.kind != LLMQ_MP_INT)
@@ -1441,7 +1467,8 @@ static int s_dec_finish(s_decoder_t *d, bool has_payload)
 static int s_decode(s_decoder_t *d, const void *data, size_t size,
                     bool has_payload)
 {
-    memset(d, 0, sizeof *d);
+    memset(d, 0, offsetof(s_decoder_t, reason));
+    d->reason[0] = 0;
     s_tables();
     d->msg = llmq_msg_new(LLMQ_MSG_INVALID);
     if (!d->msg)
