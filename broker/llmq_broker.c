@@ -1310,37 +1310,30 @@ static void s_send_request(s_broker_t *self, s_worker_t *w, s_request_t *r)
                      ? s_NO_EXPIRY
                      : r->deadline + self->config.inflight_grace_ms);
 
-    //  One `req` header object, reused: every field is set or cleared here,
-    //  which is cheaper than a new message per dispatch.
-    llmq_msg_t *msg = self->req_header;
-    zmq_msg_t header;
-    int encoded = -1;
+    //  The `req` header written straight from the request (no message
+    //  object): the fields in catalogue order, absent ones NULL.
     char bid[24];
     s_bid_text(r->bid, bid);
-    if (msg) {
-        llmq_msg_set_id(msg, bid);
-        llmq_msg_set_op(msg, s_ops[r->op]);
-        llmq_msg_set_model(msg, r->lane->model);
-        llmq_msg_set_pool(msg, r->lane->pool); //  NULL clears
-        llmq_msg_set_attempt(msg, r->attempt);
-        if (r->stream)
-            llmq_msg_set_stream(msg, true);
-        else
-            llmq_msg_clear(msg, LLMQ_F_stream);
-        llmq_msg_set_trace(msg, r->trace);   //  NULL clears
-        llmq_msg_set_tenant(msg, r->tenant); //  NULL clears
-        llmq_msg_set_rkey(msg, r->rkey);     //  NULL clears
-        if (r->resend)
-            llmq_msg_set_resend(msg, true);
-        else
-            llmq_msg_clear(msg, LLMQ_F_resend);
-        if (r->deadline != s_NO_EXPIRY)
-            llmq_msg_set_deadline_ms(
-                msg, r->deadline > now + 1 ? r->deadline - now : 1);
-        else
-            llmq_msg_clear(msg, LLMQ_F_deadline_ms);
-        encoded = llmq_msg_encode_msg(msg, &header, NULL, 0);
-    }
+    int64_t deadline_ms = r->deadline > now + 1 ? r->deadline - now : 1;
+    llmq_msg_entry_t fields[11];
+    size_t n = 0;
+    fields[n++] = (llmq_msg_entry_t){LLMQ_F_id, bid, 0};
+    fields[n++] = (llmq_msg_entry_t){LLMQ_F_op, s_ops[r->op], 0};
+    fields[n++] = (llmq_msg_entry_t){LLMQ_F_model, r->lane->model, 0};
+    fields[n++] = (llmq_msg_entry_t){LLMQ_F_pool, r->lane->pool, 0};
+    if (r->stream)
+        fields[n++] = (llmq_msg_entry_t){LLMQ_F_stream, NULL, 1};
+    if (r->deadline != s_NO_EXPIRY)
+        fields[n++] = (llmq_msg_entry_t){LLMQ_F_deadline_ms, NULL, deadline_ms};
+    fields[n++] = (llmq_msg_entry_t){LLMQ_F_attempt, NULL, r->attempt};
+    fields[n++] = (llmq_msg_entry_t){LLMQ_F_trace, r->trace, 0};
+    fields[n++] = (llmq_msg_entry_t){LLMQ_F_rkey, r->rkey, 0};
+    if (r->resend)
+        fields[n++] = (llmq_msg_entry_t){LLMQ_F_resend, NULL, 1};
+    fields[n++] = (llmq_msg_entry_t){LLMQ_F_tenant, r->tenant, 0};
+    zmq_msg_t header;
+    int encoded =
+        llmq_msg_encode_entries(LLMQ_MSG_REQ, fields, n, &header, NULL, 0);
     if (encoded) {
         s_fail(self, r, LLMQ_ERR_INTERNAL,
                "broker could not encode the request");

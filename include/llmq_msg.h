@@ -179,6 +179,25 @@ zframe_t *llmq_msg_encode(const llmq_msg_t *self, char *errbuf, size_t errlen);
 int llmq_msg_encode_msg(const llmq_msg_t *self, zmq_msg_t *out, char *errbuf,
                         size_t errlen);
 
+/*  One top-level STR, INT or BOOL field of a header written without a
+    message (llmq_msg_encode_entries). */
+typedef struct {
+    llmq_field_t field; /* LLMQ_F_<name> */
+    const char *str;    /* STR: the value; NULL: absent, not written */
+    int64_t num;        /* INT: the value; BOOL: 0 false, else true */
+} llmq_msg_entry_t;
+
+/*  As llmq_msg_encode_msg for a message of type holding just these
+    fields, without making one: for a hot path that writes the same type
+    again and again (the broker's `req` to a worker). Entries come in
+    catalogue order (llmq_proto.def), each field once; the bytes are those
+    llmq_msg_encode writes, and the checks the same (required fields,
+    limits, UTF-8). Strings are borrowed for the call. Returns 0, or -1
+    with a reason in errbuf (may be NULL). */
+int llmq_msg_encode_entries(llmq_msg_type_t type,
+                            const llmq_msg_entry_t *entries, size_t count,
+                            zmq_msg_t *out, char *errbuf, size_t errlen);
+
 /*  Decode a header from bytes. Returns a new message, or NULL with a reason
     in errbuf (may be NULL). Never reads past size, never allocates more than
     a small multiple of size, never asserts on input. Enforces the type's

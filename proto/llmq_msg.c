@@ -746,7 +746,24 @@ static inline bool s_plain_ascii(const uint8_t *p, size_t len)
     return true;
 }
 
-/*  A STR value must be UTF-8 within its limit (a C string has no NUL). */
+/*  A STR value must be UTF-8 within its limit (a C string has no NUL).
+    The label is formatted only for an error (a grouped field's costs an
+    snprintf); plain ASCII needs no UTF-8 walk. */
+static int s_check_str(llmq_field_t f, const char *s, size_t len, char *errbuf,
+                       size_t errlen)
+{
+    char label[64];
+    if (len > s_fields[f].max)
+        return s_errf(errbuf, errlen, "'%s' too long (%zu > %zu bytes)",
+                      s_field_label(f, label, sizeof label), len,
+                      s_fields[f].max);
+    if (!s_plain_ascii((const uint8_t *)s, len) &&
+        !llmq_mp_utf8((const uint8_t *)s, len))
+        return s_errf(errbuf, errlen, "'%s' invalid UTF-8",
+                      s_field_label(f, label, sizeof label));
+    return 0;
+}
+
 static int s_check_field(const llmq_msg_t *self, llmq_field_t f, char *errbuf,
                          size_t errlen)
 {
@@ -756,20 +773,9 @@ static int s_check_field(const llmq_msg_t *self, llmq_field_t f, char *errbuf,
         showed up in the broker's per-message profile. */
     if (def->kind != S_STR && def->kind != S_RAW && def->kind != S_STRS)
         return 0;
+    if (def->kind == S_STR)
+        return s_check_str(f, v->s, v->slen, errbuf, errlen);
     char label[64];
-    if (def->kind == S_STR) {
-        /*  The label is formatted only for an error (a grouped field's
-            costs an snprintf); plain ASCII needs no UTF-8 walk. */
-        size_t len = v->slen;
-        if (len > def->max)
-            return s_errf(errbuf, errlen, "'%s' too long (%zu > %zu bytes)",
-                          s_field_label(f, label, sizeof label), len, def->max);
-        if (!s_plain_ascii((const uint8_t *)v->s, len) &&
-            !llmq_mp_utf8((const uint8_t *)v->s, len))
-            return s_errf(errbuf, errlen, "'%s' invalid UTF-8",
-                          s_field_label(f, label, sizeof label));
-        return 0;
-    }
     const char *name = s_field_label(f, label, sizeof label);
     if (def->kind == S_RAW) {
         if (v->raw.size > def->max)
@@ -992,17 +998,23 @@ static void s_pack_group(const llmq_msg_t *self, s_buf_t *b, int f)
 
 /*  The whole map but its header: v, t, ungrouped fields, one entry per
     group in use. Returns the number of entries. */
-static size_t s_pack_header(const llmq_msg_t *self, s_buf_t *b)
+/*  The first two entries: v and t. */
+static void s_pack_vt(s_buf_t *b, llmq_msg_type_t type)
 {
-    const char *type = s_msgs[self->type].name;
-    size_t type_len = s_type_len[self->type], n = 2;
-    uint8_t *p = s_room(b, 4 + 5 + type_len);
+    uint8_t *p = s_room(b, 5 + 5 + s_type_len[type]);
     if (!p)
-        return 0;
+        return;
     _Static_assert(LLMQ_PROTOCOL_VERSION < 128, "v is a positive fixint");
     memcpy(p, "\xa1v\x00\xa1t", 5);
     p[2] = LLMQ_PROTOCOL_VERSION;
-    b->size = (size_t)(s_w_str(p + 5, type, type_len) - b->data);
+    p = s_w_str(p + 5, s_msgs[type].name, s_type_len[type]);
+    b->size = (size_t)(p - b->data);
+}
+
+static size_t s_pack_header(const llmq_msg_t *self, s_buf_t *b)
+{
+    size_t n = 2;
+    s_pack_vt(b, self->type);
     uint64_t groups = 0;
     S_FOR_SET(self, f)
     {
@@ -1082,20 +1094,18 @@ static size_t s_splice(const llmq_msg_t *self, s_buf_t *b)
 
 /*  Encode into buf (its inline buffer or more): the header is the bytes
     from buf->start to buf->size. 0, or -1 with a reason. */
-static int s_encode_buf(const llmq_msg_t *self, s_buf_t *buf, char *errbuf,
-                        size_t errlen)
+static void s_buf_init(s_buf_t *buf)
 {
     buf->data = buf->inline_data;
     buf->size = 3; /* room for the map's header */
     buf->start = 0;
     buf->cap = sizeof buf->inline_data;
     buf->failed = false;
-    if (!self || self->type == LLMQ_MSG_INVALID)
-        return s_errf(errbuf, errlen, "cannot encode an invalid message");
-    s_tables();
-    if (s_check(self, errbuf, errlen))
-        return -1;
-    size_t n = self->has_raw ? s_splice(self, buf) : s_pack_header(self, buf);
+}
+
+/*  The map's header in front of its n entries; the size checked. */
+static int s_buf_finish(s_buf_t *buf, size_t n, char *errbuf, size_t errlen)
+{
     if (buf->failed)
         return s_errf(errbuf, errlen, "out of memory");
     if (n < 16) { /* msgpack-c's form: a fixmap */
@@ -1107,6 +1117,33 @@ static int s_encode_buf(const llmq_msg_t *self, s_buf_t *buf, char *errbuf,
         return s_errf(errbuf, errlen, "header too large (%zu > %d bytes)",
                       buf->size - buf->start, LLMQ_MAX_HEADER_SIZE);
     return 0;
+}
+
+static int s_encode_buf(const llmq_msg_t *self, s_buf_t *buf, char *errbuf,
+                        size_t errlen)
+{
+    s_buf_init(buf);
+    if (!self || self->type == LLMQ_MSG_INVALID)
+        return s_errf(errbuf, errlen, "cannot encode an invalid message");
+    s_tables();
+    if (s_check(self, errbuf, errlen))
+        return -1;
+    size_t n = self->has_raw ? s_splice(self, buf) : s_pack_header(self, buf);
+    return s_buf_finish(buf, n, errbuf, errlen);
+}
+
+/*  The encoded header into a new zmq_msg_t; frees buf's heap part. */
+static int s_buf_to_msg(s_buf_t *buf, int rc, zmq_msg_t *out, char *errbuf,
+                        size_t errlen)
+{
+    size_t size = buf->size - buf->start;
+    if (rc == 0 && zmq_msg_init_size(out, size) == 0)
+        memcpy(zmq_msg_data(out), buf->data + buf->start, size);
+    else if (rc == 0)
+        rc = s_errf(errbuf, errlen, "out of memory");
+    if (buf->data != buf->inline_data)
+        free(buf->data);
+    return rc;
 }
 
 zframe_t *llmq_msg_encode(const llmq_msg_t *self, char *errbuf, size_t errlen)
@@ -1125,14 +1162,71 @@ int llmq_msg_encode_msg(const llmq_msg_t *self, zmq_msg_t *out, char *errbuf,
 {
     s_buf_t buf;
     int rc = s_encode_buf(self, &buf, errbuf, errlen);
-    size_t size = buf.size - buf.start;
-    if (rc == 0 && zmq_msg_init_size(out, size) == 0)
-        memcpy(zmq_msg_data(out), buf.data + buf.start, size);
-    else if (rc == 0)
-        rc = s_errf(errbuf, errlen, "out of memory");
-    if (buf.data != buf.inline_data)
-        free(buf.data);
-    return rc;
+    return s_buf_to_msg(&buf, rc, out, errbuf, errlen);
+}
+
+/*  Entries in catalogue order, top-level STR, INT or BOOL fields; their
+    set in set (STR NULL: absent). */
+static int s_entries_check(const llmq_msg_entry_t *entries, size_t count,
+                           uint64_t *set, char *errbuf, size_t errlen)
+{
+    int last = -1;
+    for (size_t k = 0; k < count; k++) {
+        int f = (int)entries[k].field;
+        if (f <= last || f >= LLMQ_F_COUNT || s_group_of[f] ||
+            (s_fields[f].kind != S_STR && s_fields[f].kind != S_INT &&
+             s_fields[f].kind != S_BOOL))
+            return s_errf(errbuf, errlen,
+                          "entry %zu: not a top-level string, integer or "
+                          "boolean field in catalogue order",
+                          k);
+        last = f;
+        if (s_fields[f].kind != S_STR || entries[k].str)
+            set[f >> 6] |= 1ULL << (f & 63);
+    }
+    return 0;
+}
+
+int llmq_msg_encode_entries(llmq_msg_type_t type,
+                            const llmq_msg_entry_t *entries, size_t count,
+                            zmq_msg_t *out, char *errbuf, size_t errlen)
+{
+    s_buf_t buf;
+    s_buf_init(&buf);
+    if ((int)type <= LLMQ_MSG_INVALID || type >= LLMQ_MSG_COUNT)
+        return s_errf(errbuf, errlen, "cannot encode an invalid message");
+    s_tables();
+    uint64_t set[S_WORDS] = {0};
+    char label[64];
+    if (s_entries_check(entries, count, set, errbuf, errlen))
+        return -1;
+    for (const int *r = s_msgs[type].required; *r >= 0; r++)
+        if (!((set[*r >> 6] >> (*r & 63)) & 1))
+            return s_errf(errbuf, errlen, "missing required '%s'",
+                          s_field_label((llmq_field_t)*r, label, sizeof label));
+    /*  As s_pack_header: v, t, then the fields in catalogue order. */
+    s_pack_vt(&buf, type);
+    size_t n = 2;
+    int rc = 0;
+    for (size_t k = 0; k < count && rc == 0; k++) {
+        llmq_field_t f = entries[k].field;
+        s_value_t v;
+        if (s_fields[f].kind == S_STR) {
+            if (!entries[k].str)
+                continue;
+            v.s = (char *)entries[k].str;
+            v.slen = strlen(v.s);
+            rc = s_check_str(f, v.s, v.slen, errbuf, errlen);
+        } else if (s_fields[f].kind == S_INT)
+            v.i = entries[k].num;
+        else
+            v.b = entries[k].num != 0;
+        s_pack_value(&buf, &s_fields[f], &v);
+        n++;
+    }
+    if (rc == 0)
+        rc = s_buf_finish(&buf, n, errbuf, errlen);
+    return s_buf_to_msg(&buf, rc, out, errbuf, errlen);
 }
 
 /*  ---- decode ----------------------------------------------------------- */
@@ -2217,6 +2311,89 @@ static void s_test_splice(void)
     zsock_destroy(&in);
 }
 
+/*  Entries and a message with the same fields: the same bytes. */
+static bool s_test_entries_same(const llmq_msg_entry_t *entries, size_t n)
+{
+    llmq_msg_t *msg = llmq_msg_new(LLMQ_MSG_REQ);
+    for (size_t k = 0; k < n; k++) {
+        llmq_field_t f = entries[k].field;
+        if (s_fields[f].kind == S_STR)
+            s_set_strn(msg, f, entries[k].str ? entries[k].str : "",
+                       entries[k].str ? strlen(entries[k].str) : 0);
+        else
+            s_set_scalar(msg, f,
+                         s_fields[f].kind == S_INT
+                             ? (s_value_t){.i = entries[k].num}
+                             : (s_value_t){.b = entries[k].num != 0});
+        if (!entries[k].str && s_fields[f].kind == S_STR)
+            s_unset(msg, f);
+    }
+    zframe_t *full = llmq_msg_encode(msg, NULL, 0);
+    zmq_msg_t out;
+    bool same = full && llmq_msg_encode_entries(LLMQ_MSG_REQ, entries, n, &out,
+                                                NULL, 0) == 0;
+    if (same) {
+        same = zmq_msg_size(&out) == zframe_size(full) &&
+               memcmp(zmq_msg_data(&out), zframe_data(full),
+                      zframe_size(full)) == 0;
+        zmq_msg_close(&out);
+    }
+    zframe_destroy(&full);
+    llmq_msg_destroy(&msg);
+    return same;
+}
+
+/*  llmq_msg_encode_entries writes what llmq_msg_encode writes, and
+    refuses what it refuses (and entries out of order). */
+static void s_test_entries(void)
+{
+    char rkey[601];
+    memset(rkey, 'k', 600);
+    rkey[600] = 0;
+    llmq_msg_entry_t all[] = {
+        {LLMQ_F_id, "1234567890123", 0},  {LLMQ_F_op, "chat", 0},
+        {LLMQ_F_model, "gpt-4o-mini", 0}, {LLMQ_F_pool, "pool-é", 0},
+        {LLMQ_F_stream, NULL, 1},         {LLMQ_F_deadline_ms, NULL, 70000},
+        {LLMQ_F_priority, NULL, -40},     {LLMQ_F_attempt, NULL, 3},
+        {LLMQ_F_trace, "t", 0},           {LLMQ_F_rkey, rkey, 0},
+        {LLMQ_F_resend, NULL, 0},         {LLMQ_F_tenant, "acme", 0}};
+    size_t n = sizeof all / sizeof all[0];
+    S_TEST(s_test_entries_same(all, n));
+    S_TEST(s_test_entries_same(all, 3));
+    all[3].str = NULL; /* absent */
+    all[8].str = NULL;
+    S_TEST(s_test_entries_same(all, n));
+    char err[160];
+    zmq_msg_t out;
+    S_TEST(llmq_msg_encode_entries(LLMQ_MSG_REQ, all + 1, n - 1, &out, err,
+                                   sizeof err) == -1 &&
+           strstr(err, "missing required 'id'"));
+    llmq_msg_entry_t swapped[] = {all[1], all[0], all[2]};
+    S_TEST(llmq_msg_encode_entries(LLMQ_MSG_REQ, swapped, 3, &out, err,
+                                   sizeof err) == -1 &&
+           strstr(err, "catalogue order"));
+    llmq_msg_entry_t twice[] = {all[0], all[0], all[1], all[2]};
+    S_TEST(llmq_msg_encode_entries(LLMQ_MSG_REQ, twice, 4, &out, err,
+                                   sizeof err) == -1);
+    llmq_msg_entry_t grouped[] = {
+        all[0], all[1], all[2], {LLMQ_F_usage_prompt_tokens, NULL, 1}};
+    S_TEST(llmq_msg_encode_entries(LLMQ_MSG_REQ, grouped, 4, &out, err,
+                                   sizeof err) == -1);
+    char long_rkey[602];
+    memset(long_rkey, 'k', 601);
+    long_rkey[601] = 0;
+    all[9].str = long_rkey;
+    S_TEST(llmq_msg_encode_entries(LLMQ_MSG_REQ, all, n, &out, err,
+                                   sizeof err) == -1 &&
+           strstr(err, "'rkey' too long"));
+    all[9].str = "\xff";
+    S_TEST(llmq_msg_encode_entries(LLMQ_MSG_REQ, all, n, &out, err,
+                                   sizeof err) == -1 &&
+           strstr(err, "'rkey' invalid UTF-8"));
+    S_TEST(llmq_msg_encode_entries(LLMQ_MSG_INVALID, all, 3, &out, err,
+                                   sizeof err) == -1);
+}
+
 int llmq_msg_test(bool verbose)
 {
     if (verbose)
@@ -2229,6 +2406,7 @@ int llmq_msg_test(bool verbose)
     s_test_provider_answer();
     s_test_sockets(verbose);
     s_test_splice();
+    s_test_entries();
     if (verbose)
         printf("OK\n");
     return 0;
