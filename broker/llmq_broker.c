@@ -3042,7 +3042,7 @@ static void s_cache_promote(s_broker_t *self)
 //  A reply handed to libzmq, released when libzmq has written or dropped it.
 typedef struct {
     s_outbox_t *box; //  Its client's outbox (one reference)
-    zframe_t *frame; //  The last frame, whose bytes libzmq sends
+    zmq_msg_t last;  //  The last frame, whose bytes libzmq sends
     size_t size;     //  Bytes counted in box
 } s_sent_t;
 
@@ -3115,7 +3115,7 @@ static void s_sent_release(void *data, void *hint)
     s_sent_t *sent = (s_sent_t *)hint;
     atomic_fetch_sub(&sent->box->bytes, sent->size);
     atomic_fetch_sub(&sent->box->msgs, 1);
-    zframe_destroy(&sent->frame);
+    zmq_msg_close(&sent->last);
     s_outbox_release(NULL, sent->box);
     free(sent);
 }
@@ -3161,25 +3161,28 @@ static void s_client_slow(s_broker_t *self, s_client_t *client, s_outbox_t *box)
 }
 
 //  Send the last frame of a reply, counted in the outbox until libzmq is
-//  done with it. Takes the frame.
-static void s_outbox_send(s_broker_t *self, s_outbox_t *box, zframe_t *frame,
+//  done with it. Takes the frame (moved, not copied).
+static void s_outbox_send(s_broker_t *self, s_outbox_t *box, zmq_msg_t *last,
                           size_t size)
 {
     void *sock = zsock_resolve(self->frontend);
-    s_sent_t *sent = (s_sent_t *)malloc(sizeof(s_sent_t));
-    if (!sent || zframe_size(frame) == 0) {
-        free(sent);
-        zframe_send(&frame, self->frontend, 0);
-        zframe_destroy(&frame);
+    s_sent_t *sent =
+        zmq_msg_size(last) ? (s_sent_t *)malloc(sizeof(s_sent_t)) : NULL;
+    if (!sent) {
+        if (zmq_msg_send(last, sock, 0) == -1)
+            zmq_msg_close(last);
         return;
     }
-    *sent = (s_sent_t){.box = box, .frame = frame, .size = size};
+    *sent = (s_sent_t){.box = box, .size = size};
+    //  Moved first: a small message keeps its bytes inside the zmq_msg_t.
+    zmq_msg_init(&sent->last);
+    zmq_msg_move(&sent->last, last);
     atomic_fetch_add(&box->refs, 1);
     atomic_fetch_add(&box->bytes, size);
     atomic_fetch_add(&box->msgs, 1);
     zmq_msg_t msg;
-    if (zmq_msg_init_data(&msg, zframe_data(frame), zframe_size(frame),
-                          s_sent_release, sent)) {
+    if (zmq_msg_init_data(&msg, zmq_msg_data(&sent->last),
+                          zmq_msg_size(&sent->last), s_sent_release, sent)) {
         s_sent_release(NULL, sent);
         return;
     }
@@ -3194,7 +3197,8 @@ static void s_client_send(s_broker_t *self, s_client_t *client,
 {
     llmq_msg_t *msg = *msg_p;
     *msg_p = NULL;
-    zframe_t *payload = llmq_msg_take_payload(msg);
+    zmq_msg_t payload;
+    bool has_payload = llmq_msg_take_payload_msg(msg, &payload) == 0;
     //  The client keeps a reference: one table lookup per client, not per
     //  reply (the outbox outlives the entry, so the lookup finds it again).
     if (!client->box && (client->box = s_outbox_require(self, client->key)))
@@ -3205,7 +3209,7 @@ static void s_client_send(s_broker_t *self, s_client_t *client,
     bool encoded =
         llmq_msg_encode_msg(msg, &header, reason, sizeof(reason)) == 0;
     size_t size = (encoded ? zmq_msg_size(&header) : 0) +
-                  (payload ? zframe_size(payload) : 0);
+                  (has_payload ? zmq_msg_size(&payload) : 0);
     if (!encoded)
         s_log(self, "warning", "msg_send_failed",
               LLMQ_LOG_STR("type", llmq_msg_type_name(llmq_msg_type(msg))),
@@ -3217,30 +3221,22 @@ static void s_client_send(s_broker_t *self, s_client_t *client,
         s_client_slow(self, client, box);
     else {
         //  Straight to libzmq, as s_send_request; the last frame goes
-        //  through the outbox (a reply without payload: its header, as a
-        //  frame).
+        //  through the outbox (a reply without payload: its header).
         void *sock = zsock_resolve(self->frontend);
         zmq_send(sock, zframe_data(client->rid), zframe_size(client->rid),
                  ZMQ_SNDMORE);
-        if (payload) {
+        if (has_payload) {
             if (zmq_msg_send(&header, sock, ZMQ_SNDMORE) == -1)
                 zmq_msg_close(&header);
-            s_outbox_send(self, box, payload, size);
-            payload = NULL;
-        } else {
-            zframe_t *last =
-                zframe_new(zmq_msg_data(&header), zmq_msg_size(&header));
-            zmq_msg_close(&header);
-            if (last)
-                s_outbox_send(self, box, last, size);
-            else
-                zmq_send(sock, "", 0, 0); //  End the message begun
-        }
-        encoded = false; //  Sent or closed
+            s_outbox_send(self, box, &payload, size);
+        } else
+            s_outbox_send(self, box, &header, size);
+        encoded = has_payload = false; //  Sent or closed
     }
     if (encoded)
         zmq_msg_close(&header);
-    zframe_destroy(&payload);
+    if (has_payload)
+        zmq_msg_close(&payload);
     llmq_msg_destroy(&msg);
 }
 
@@ -4163,8 +4159,10 @@ static void s_drain_socket(s_broker_t *self, zsock_t *socket, bool clients)
 {
     //  The peer's User-Id matters only under CURVE (s_tenant_of).
     int flags = self->auth ? 0 : LLMQ_MSG_RECV_NO_USER_ID;
-    if (!clients) //  Results are forwarded: spliced, not re-encoded whole
-        flags |= LLMQ_MSG_RECV_SPLICE;
+    //  Results are forwarded: spliced, not re-encoded whole, and their
+    //  payloads kept as libzmq's messages (s_client_send moves them on).
+    if (!clients)
+        flags |= LLMQ_MSG_RECV_SPLICE | LLMQ_MSG_RECV_PAYLOAD_MSG;
     for (int i = 0; i < s_MAX_BATCH; i++) {
         llmq_msg_t *msg = llmq_msg_recv_ex(socket, flags);
         if (!msg)

@@ -146,6 +146,12 @@ void llmq_msg_set_payload_mem(llmq_msg_t *self, const void *data, size_t size);
     the broker forwards a payload to another peer without copying it. */
 zframe_t *llmq_msg_take_payload(llmq_msg_t *self);
 
+/*  Move the payload into *out (initialised here; the caller sends or
+    closes it): without a copy if it was received with
+    LLMQ_MSG_RECV_PAYLOAD_MSG. Returns 0, or -1 (out untouched) if there
+    is none. */
+int llmq_msg_take_payload_msg(llmq_msg_t *self, zmq_msg_t *out);
+
 /*  The peer's authenticated identity of a message read from a ROUTER: the
     User-Id its ZAP handler gave the connection (llmq-broker: the CURVE
     public key, Z85). NULL without ZAP, or for a message built here. Not on
@@ -229,6 +235,11 @@ llmq_msg_t *llmq_msg_recv(void *sock);
     destroyed, so that encoding it again splices (llmq_msg_encode): for a
     process that forwards them (the broker). */
 #define LLMQ_MSG_RECV_SPLICE 2
+/*  LLMQ_MSG_RECV_PAYLOAD_MSG: keep the payload as the zmq_msg_t libzmq
+    gave, for llmq_msg_take_payload_msg (no zframe; llmq_msg_payload
+    still works, making a frame of a copy): for a process that forwards
+    payloads (the broker's results). */
+#define LLMQ_MSG_RECV_PAYLOAD_MSG 4
 llmq_msg_t *llmq_msg_recv_ex(void *sock, int flags);
 
 /*  Wait up to timeout_ms for the next message of a type, skipping `hb` and

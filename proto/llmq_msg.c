@@ -191,6 +191,7 @@ struct _llmq_msg_t {
     bool rid_pending;               /* routing id in rid_data, no frame yet */
     uint8_t rid_len;                /* its size */
     zframe_t *payload;              /* opaque payload frame, or NULL */
+    bool has_pmsg;                  /* the payload is in pmsg instead */
     char *reason;                   /* why the input was INVALID */
     char *user_id;                  /* the peer's ZAP User-Id, or NULL */
     uint64_t bits[S_WORDS];         /* set fields */
@@ -200,6 +201,7 @@ struct _llmq_msg_t {
     uint8_t nspans;                 /* its top-level entries, in spans */
     size_t arena_used;              /* bytes of arena given out */
     zmq_msg_t raw;                  /* the header of a received res/chunk */
+    zmq_msg_t pmsg;                 /* a payload as received (has_pmsg) */
     s_span_t spans[S_MAX_SPANS];    /* (not zeroed by new) */
     s_value_t values[LLMQ_F_COUNT]; /* one slot per field of the .def */
     char arena[S_ARENA];            /* short strings, no malloc each */
@@ -355,6 +357,8 @@ void llmq_msg_destroy(llmq_msg_t **self_p)
             s_release(self, w * 64 + __builtin_ctzll(bits));
     zframe_destroy(&self->routing_id);
     zframe_destroy(&self->payload);
+    if (self->has_pmsg)
+        zmq_msg_close(&self->pmsg);
     free(self->reason);
     free(self->user_id);
     if (self->has_raw)
@@ -546,7 +550,7 @@ llmq_msg_t *llmq_msg_dup(const llmq_msg_t *self)
     }
     if (llmq_msg_routing_id(self))
         copy->routing_id = zframe_dup(self->routing_id);
-    if (self->payload)
+    if (llmq_msg_payload(self))
         copy->payload = zframe_dup(self->payload);
     if (self->reason)
         copy->reason = strdup(self->reason);
@@ -634,8 +638,17 @@ const char *llmq_msg_field_group(llmq_field_t field)
 
 /*  ---- payload and routing id ------------------------------------------ */
 
+/*  A payload received as a message (LLMQ_MSG_RECV_PAYLOAD_MSG) becomes a
+    frame only when one is asked for: a copy, for the paths that read it. */
 zframe_t *llmq_msg_payload(const llmq_msg_t *self)
 {
+    if (self && self->has_pmsg) {
+        llmq_msg_t *mut = (llmq_msg_t *)self; /* a cache, not a change */
+        mut->payload =
+            zframe_new(zmq_msg_data(&mut->pmsg), zmq_msg_size(&mut->pmsg));
+        zmq_msg_close(&mut->pmsg);
+        mut->has_pmsg = false;
+    }
     return self ? self->payload : NULL;
 }
 
@@ -649,6 +662,9 @@ void llmq_msg_set_payload(llmq_msg_t *self, zframe_t **payload_p)
         return;
     }
     zframe_destroy(&self->payload);
+    if (self->has_pmsg)
+        zmq_msg_close(&self->pmsg);
+    self->has_pmsg = false;
     self->payload = payload;
 }
 
@@ -660,11 +676,27 @@ void llmq_msg_set_payload_mem(llmq_msg_t *self, const void *data, size_t size)
 
 zframe_t *llmq_msg_take_payload(llmq_msg_t *self)
 {
-    if (!self)
-        return NULL;
-    zframe_t *payload = self->payload;
-    self->payload = NULL;
+    zframe_t *payload = llmq_msg_payload(self);
+    if (self)
+        self->payload = NULL;
     return payload;
+}
+
+int llmq_msg_take_payload_msg(llmq_msg_t *self, zmq_msg_t *out)
+{
+    if (self && self->has_pmsg) {
+        /*  A move leaves pmsg empty: nothing to close. */
+        zmq_msg_init(out);
+        zmq_msg_move(out, &self->pmsg);
+        self->has_pmsg = false;
+        return 0;
+    }
+    zframe_t *frame = self ? self->payload : NULL;
+    if (!frame || zmq_msg_init_size(out, zframe_size(frame)))
+        return -1;
+    memcpy(zmq_msg_data(out), zframe_data(frame), zframe_size(frame));
+    zframe_destroy(&self->payload);
+    return 0;
 }
 
 const char *llmq_msg_user_id(const llmq_msg_t *self)
@@ -1627,6 +1659,7 @@ int llmq_msg_send(llmq_msg_t **self_p, void *sock)
         return -1;
     llmq_msg_t *self = *self_p;
     *self_p = NULL;
+    llmq_msg_payload(self); /* a received message payload as a frame */
     void *handle = zsock_resolve(sock);
     bool router = s_is_router(handle);
     char reason[160] = "";
@@ -1713,10 +1746,20 @@ static void s_keep_raw(s_decoder_t *d, zmq_msg_t *header)
     memset(msg->dirty, 0, sizeof msg->dirty);
 }
 
-/*  Turn the received frames into a message; takes the payload frame. rid
-    and header are the caller's (NULL: none arrived). */
+/*  The payload frame of a message being received: a zframe, or with
+    LLMQ_MSG_RECV_PAYLOAD_MSG the zmq_msg_t libzmq gave (no zframe, no
+    RCVMORE query per frame). */
+typedef struct {
+    bool want_msg;   /* receive it into msg */
+    bool has_msg;    /* msg holds it */
+    zframe_t *frame; /* or here */
+    zmq_msg_t msg;   /* initialised by llmq_msg_recv_ex */
+} s_payload_in_t;
+
+/*  Turn the received frames into a message; takes the payload. rid and
+    header are the caller's (NULL: none arrived). */
 static llmq_msg_t *s_from_frames(zmq_msg_t *rid, zmq_msg_t *header,
-                                 zframe_t **payload_p, int frames, int flags)
+                                 s_payload_in_t *pl, int frames, int flags)
 {
     s_decoder_t d;
     const void *data = header ? zmq_msg_data(header) : NULL;
@@ -1727,7 +1770,7 @@ static llmq_msg_t *s_from_frames(zmq_msg_t *rid, zmq_msg_t *header,
         if (d.msg)
             s_fail(&d, "too many frames (%d)", frames);
     } else
-        s_decode(&d, data, size, *payload_p != NULL);
+        s_decode(&d, data, size, pl->frame || pl->has_msg);
     if (d.msg) {
         /*  Under CURVE, ZAP's User-Id (the peer's public key) rides on
             every frame but the routing id, which the ROUTER makes. */
@@ -1744,11 +1787,14 @@ static llmq_msg_t *s_from_frames(zmq_msg_t *rid, zmq_msg_t *header,
         } else {
             if (flags & LLMQ_MSG_RECV_SPLICE)
                 s_keep_raw(&d, header);
-            d.msg->payload = *payload_p;
-            *payload_p = NULL;
+            d.msg->payload = pl->frame;
+            pl->frame = NULL;
+            if (pl->has_msg && zmq_msg_init(&d.msg->pmsg) == 0) {
+                zmq_msg_move(&d.msg->pmsg, &pl->msg);
+                d.msg->has_pmsg = true;
+            }
         }
     }
-    zframe_destroy(payload_p);
     return d.msg;
 }
 
@@ -1757,7 +1803,7 @@ static llmq_msg_t *s_from_frames(zmq_msg_t *rid, zmq_msg_t *header,
 static bool s_sock_is_router(void *sock, void *handle)
 {
     if (zsock_is(sock))
-        return strcmp(zsock_type_str((zsock_t *)sock), "ROUTER") == 0;
+        return memcmp(zsock_type_str((zsock_t *)sock), "ROUTER", 7) == 0;
     return s_is_router(handle);
 }
 
@@ -1767,7 +1813,7 @@ static bool s_sock_is_router(void *sock, void *handle)
     boundary. Returns the frames after the routing id, or -1 if nothing
     came. */
 static int s_recv_frames(void *from, void *handle, zmq_msg_t *rid,
-                         zmq_msg_t *header, zframe_t **payload)
+                         zmq_msg_t *header, s_payload_in_t *pl)
 {
     bool more = true;
     if (rid) {
@@ -1781,6 +1827,13 @@ static int s_recv_frames(void *from, void *handle, zmq_msg_t *rid,
             if (zmq_msg_recv(header, handle, 0) == -1)
                 break;
             more = zmq_msg_more(header);
+        } else if (pl->want_msg) {
+            /*  Later frames land in msg too: each receive releases what
+                it held before (they are only counted). */
+            if (zmq_msg_recv(&pl->msg, handle, 0) == -1)
+                break;
+            more = zmq_msg_more(&pl->msg);
+            pl->has_msg = true;
         } else {
             /*  CZMQ takes from as given: resolving a raw handle costs it a
                 getsockopt, a zsock_t does not. */
@@ -1789,7 +1842,7 @@ static int s_recv_frames(void *from, void *handle, zmq_msg_t *rid,
                 break;
             more = zframe_more(frame);
             if (frames == 1)
-                *payload = frame;
+                pl->frame = frame;
             else
                 zframe_destroy(&frame);
         }
@@ -1807,14 +1860,16 @@ llmq_msg_t *llmq_msg_recv_ex(void *sock, int flags)
     zmq_msg_t rid, header;
     zmq_msg_init(&rid);
     zmq_msg_init(&header);
-    zframe_t *payload = NULL;
+    s_payload_in_t pl = {.want_msg = (flags & LLMQ_MSG_RECV_PAYLOAD_MSG) != 0};
+    zmq_msg_init(&pl.msg);
     int frames = s_recv_frames(zsock_is(sock) ? sock : handle, handle,
-                               router ? &rid : NULL, &header, &payload);
+                               router ? &rid : NULL, &header, &pl);
     llmq_msg_t *msg = NULL;
     if (frames >= 0)
-        msg = s_from_frames(router ? &rid : NULL, frames ? &header : NULL,
-                            &payload, frames, flags);
-    zframe_destroy(&payload);
+        msg = s_from_frames(router ? &rid : NULL, frames ? &header : NULL, &pl,
+                            frames, flags);
+    zframe_destroy(&pl.frame);
+    zmq_msg_close(&pl.msg);
     zmq_msg_close(&rid);
     zmq_msg_close(&header);
     return msg;
@@ -1963,7 +2018,7 @@ void llmq_msg_print(const llmq_msg_t *self)
             self->reason ? " reason=" : "", self->reason ? self->reason : "");
     S_FOR_SET(self, f)
     s_print_field(self, f);
-    if (self->payload)
+    if (llmq_msg_payload(self))
         fprintf(stderr, "    (payload: %zu bytes)\n",
                 zframe_size(self->payload));
 }
@@ -2311,6 +2366,52 @@ static void s_test_splice(void)
     zsock_destroy(&in);
 }
 
+/*  Payloads received with LLMQ_MSG_RECV_PAYLOAD_MSG: moved out as the
+    message libzmq gave, or made a frame when one is asked for; the frame
+    rules unchanged (a third frame is still bad_message). */
+static void s_test_payload_msg(void)
+{
+    zsock_t *in = zsock_new_pair("@inproc://llmq-msg-pmsg-test");
+    zsock_t *out = zsock_new_pair(">inproc://llmq-msg-pmsg-test");
+    S_TEST(in && out);
+    const char *body = "a body longer than a small message's 33 bytes";
+    for (int round = 0; round < 3; round++) {
+        llmq_msg_t *res = llmq_msg_new(LLMQ_MSG_RES);
+        llmq_msg_set_id(res, "p-1");
+        llmq_msg_set_ok(res, true);
+        llmq_msg_set_payload_mem(res, body, strlen(body));
+        S_TEST(llmq_msg_send(&res, out) == 0);
+        llmq_msg_t *got = llmq_msg_recv_ex(in, LLMQ_MSG_RECV_PAYLOAD_MSG);
+        S_TEST(got && llmq_msg_type(got) == LLMQ_MSG_RES && got->has_pmsg);
+        zmq_msg_t payload;
+        if (round == 0) {
+            S_TEST(llmq_msg_take_payload_msg(got, &payload) == 0);
+            S_TEST(zmq_msg_size(&payload) == strlen(body) &&
+                   !memcmp(zmq_msg_data(&payload), body, strlen(body)));
+            zmq_msg_close(&payload);
+            S_TEST(llmq_msg_take_payload_msg(got, &payload) == -1);
+        } else if (round == 1) {
+            llmq_msg_t *copy = llmq_msg_dup(got);
+            S_TEST(copy && llmq_msg_payload(copy) &&
+                   zframe_streq(llmq_msg_payload(copy), body));
+            S_TEST(zframe_streq(llmq_msg_payload(got), body));
+            S_TEST(llmq_msg_take_payload_msg(got, &payload) == 0);
+            zmq_msg_close(&payload);
+            llmq_msg_destroy(&copy);
+        }
+        llmq_msg_destroy(&got); /* round 2: destroyed with its payload */
+    }
+    zframe_t *header = zframe_new("\x82\xa1v\x01\xa1t\xa2hb", 9);
+    S_TEST(zframe_send(&header, out, ZFRAME_MORE) == 0);
+    S_TEST(zstr_sendm(out, "one") == 0 && zstr_send(out, "two") == 0);
+    llmq_msg_t *bad = llmq_msg_recv_ex(in, LLMQ_MSG_RECV_PAYLOAD_MSG);
+    S_TEST(bad && llmq_msg_type(bad) == LLMQ_MSG_INVALID &&
+           strstr(llmq_msg_invalid_reason(bad), "too many frames"));
+    llmq_msg_destroy(&bad);
+    zsock_destroy(&out);
+    zsock_destroy(&in);
+}
+
 /*  Entries and a message with the same fields: the same bytes. */
 static bool s_test_entries_same(const llmq_msg_entry_t *entries, size_t n)
 {
@@ -2407,6 +2508,7 @@ int llmq_msg_test(bool verbose)
     s_test_sockets(verbose);
     s_test_splice();
     s_test_entries();
+    s_test_payload_msg();
     if (verbose)
         printf("OK\n");
     return 0;
