@@ -67,6 +67,8 @@ static int s_ngroups = 1;
 static int16_t s_hash[S_HASH_SLOTS]; /* field + 1, 0 = empty */
 static uint8_t s_type_len[64];       /* strlen of each type's `t` */
 _Static_assert(LLMQ_MSG_COUNT <= 64, "s_type_len holds every type");
+#define S_TYPE_SLOTS 128                 /* power of two, above 2 x types */
+static int8_t s_type_hash[S_TYPE_SLOTS]; /* `t` -> type, 0 = empty */
 static pthread_once_t s_tables_once = PTHREAD_ONCE_INIT;
 
 /*  The group, the length and three of the key's bytes: no loop over the
@@ -84,8 +86,15 @@ static const char *s_type_name(int type);
 
 static void s_tables_init(void)
 {
-    for (int t = 0; t < LLMQ_MSG_COUNT; t++)
+    for (int t = 0; t < LLMQ_MSG_COUNT; t++) {
         s_type_len[t] = (uint8_t)strlen(s_type_name(t));
+        uint32_t h =
+            s_hash_key(0, (const uint8_t *)s_type_name(t), s_type_len[t]);
+        while (t && s_type_hash[h & (S_TYPE_SLOTS - 1)])
+            h++;
+        if (t)
+            s_type_hash[h & (S_TYPE_SLOTS - 1)] = (int8_t)t;
+    }
     for (int f = 0; f < LLMQ_F_COUNT; f++) {
         int g = 0;
         if (s_fields[f].group) {
@@ -576,16 +585,32 @@ static const char *s_type_name(int type)
     return s_msgs[type].name;
 }
 
+/*  Whether len bytes are equal: a loop, for the short keys and names of
+    a header (a memcmp call costs more there). */
+static inline bool s_same(const char *a, const uint8_t *b, size_t len)
+{
+    for (size_t k = 0; k < len; k++)
+        if ((uint8_t)a[k] != b[k])
+            return false;
+    return true;
+}
+
+/*  One probe of a hash table (a strlen and memcmp per type showed in the
+    profile). */
 static llmq_msg_type_t s_type_from_namen(const char *name, size_t len)
 {
-    /*  The length and first byte first: a strlen per type showed in the
-        profile. */
     s_tables();
-    for (int t = 1; len && t < LLMQ_MSG_COUNT; t++)
-        if (s_type_len[t] == len && s_msgs[t].name[0] == name[0] &&
-            memcmp(s_msgs[t].name, name, len) == 0)
+    if (len == 0 || len > 255)
+        return LLMQ_MSG_INVALID;
+    uint32_t h = s_hash_key(0, (const uint8_t *)name, (uint32_t)len);
+    for (;; h++) {
+        int t = s_type_hash[h & (S_TYPE_SLOTS - 1)];
+        if (!t)
+            return LLMQ_MSG_INVALID;
+        if (s_type_len[t] == len &&
+            s_same(s_msgs[t].name, (const uint8_t *)name, len))
             return (llmq_msg_type_t)t;
-    return LLMQ_MSG_INVALID;
+    }
 }
 
 llmq_msg_type_t llmq_msg_type_from_name(const char *name)
@@ -1302,7 +1327,7 @@ static int s_find_field(int group, const uint8_t *key, uint32_t len)
         if (f < 0)
             return -1;
         if (s_group_of[f] == group && s_fields[f].key_len == len &&
-            memcmp(s_fields[f].key, key, len) == 0)
+            s_same(s_fields[f].key, key, len))
             return f;
     }
 }
