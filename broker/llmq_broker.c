@@ -934,16 +934,12 @@ static void s_request_destroy(s_broker_t *self, s_request_t **r_p)
 static void s_bid_text(uint64_t bid, char out[24])
 {
     static const char hex[] = "0123456789abcdef";
-    char digits[17];
-    int n = 0;
-    do {
-        digits[n++] = hex[bid & 15];
-        bid >>= 4;
-    } while (bid);
+    //  The digits counted first, then written last to first in place.
+    int n = (64 - __builtin_clzll(bid | 1) + 3) / 4;
     out[0] = 'r';
-    for (int i = 0; i < n; i++)
-        out[1 + i] = digits[n - 1 - i];
     out[1 + n] = 0;
+    for (int i = n; i > 0; i--, bid >>= 4)
+        out[i] = hex[bid & 15];
 }
 
 //  A zeroed request with its id stored inline (one allocation), NULL id

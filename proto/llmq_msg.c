@@ -69,6 +69,10 @@ static uint8_t s_type_len[64];       /* strlen of each type's `t` */
 _Static_assert(LLMQ_MSG_COUNT <= 64, "s_type_len holds every type");
 #define S_TYPE_SLOTS 128                 /* power of two, above 2 x types */
 static int8_t s_type_hash[S_TYPE_SLOTS]; /* `t` -> type, 0 = empty */
+/*  Each key as msgpack (fixstr byte, bytes, zeros): the encoder copies
+    the whole width, a few moves, in place of a length-sized memcpy. */
+#define S_KEYENC 24
+static uint8_t s_keyenc[LLMQ_F_COUNT][S_KEYENC];
 static pthread_once_t s_tables_once = PTHREAD_ONCE_INIT;
 
 /*  The group, the length and three of the key's bytes: no loop over the
@@ -108,6 +112,10 @@ static void s_tables_init(void)
             }
         }
         s_group_of[f] = (uint8_t)g;
+        if (s_fields[f].key_len < S_KEYENC) {
+            s_keyenc[f][0] = (uint8_t)(0xa0 | s_fields[f].key_len);
+            memcpy(s_keyenc[f] + 1, s_fields[f].key, s_fields[f].key_len);
+        }
         uint32_t h = s_hash_key(g, (const uint8_t *)s_fields[f].key,
                                 s_fields[f].key_len);
         while (s_hash[h & (S_HASH_SLOTS - 1)])
@@ -1006,10 +1014,14 @@ static void s_pack_value(s_buf_t *b, const s_field_t *def, const s_value_t *v)
     size_t body = def->kind == S_STR   ? v->slen
                   : def->kind == S_RAW ? v->raw.size
                                        : 0;
-    uint8_t *p = s_room(b, 5 + def->key_len + 9 + body);
+    uint8_t *p = s_room(b, S_KEYENC + def->key_len + 9 + body);
     if (!p)
         return;
-    p = s_w_str(p, def->key, def->key_len);
+    if (def->key_len < S_KEYENC) {
+        memcpy(p, s_keyenc[def - s_fields], S_KEYENC);
+        p += 1 + def->key_len;
+    } else
+        p = s_w_str(p, def->key, def->key_len);
     switch (def->kind) {
     case S_STR:
         p = s_w_str(p, v->s, v->slen);
