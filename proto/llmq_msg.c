@@ -352,15 +352,21 @@ static inline void s_release(llmq_msg_t *self, int f)
         s_free_strs(v->strs.items, v->strs.count);
 }
 
-/*  Release whatever the field owns and mark it absent. */
-static void s_unset(llmq_msg_t *self, llmq_field_t f)
+/*  Release whatever the (set) field owns and mark it absent. */
+static void s_unset_set(llmq_msg_t *self, llmq_field_t f)
 {
-    if (!s_is_set(self, f))
-        return;
     s_release(self, f);
     self->bits[f >> 6] &= ~(1ULL << (f & 63));
     self->checked[f >> 6] &= ~(1ULL << (f & 63));
     self->dirty[f >> 6] |= 1ULL << (f & 63);
+}
+
+/*  Release whatever the field owns and mark it absent; the common case,
+    a field not set, without a call. */
+static inline void s_unset(llmq_msg_t *self, llmq_field_t f)
+{
+    if (s_is_set(self, f))
+        s_unset_set(self, f);
 }
 
 void llmq_msg_destroy(llmq_msg_t **self_p)
@@ -372,12 +378,17 @@ void llmq_msg_destroy(llmq_msg_t **self_p)
     for (int w = 0; w < S_WORDS; w++)
         for (uint64_t bits = self->bits[w]; bits; bits &= bits - 1)
             s_release(self, w * 64 + __builtin_ctzll(bits));
-    zframe_destroy(&self->routing_id);
-    zframe_destroy(&self->payload);
+    /*  Calls only for what is there: most messages hold few of these. */
+    if (self->routing_id)
+        zframe_destroy(&self->routing_id);
+    if (self->payload)
+        zframe_destroy(&self->payload);
     if (self->has_pmsg)
         zmq_msg_close(&self->pmsg);
-    free(self->reason);
-    free(self->user_id);
+    if (self->reason)
+        free(self->reason);
+    if (self->user_id)
+        free(self->user_id);
     if (self->has_raw)
         zmq_msg_close(&self->raw);
     s_spares_t *spares = s_spares_get();
@@ -601,6 +612,25 @@ static inline bool s_same(const char *a, const uint8_t *b, size_t len)
         if ((uint8_t)a[k] != b[k])
             return false;
     return true;
+}
+
+/*  Whether key (len bytes, len the field's key_len) is field f's key: 8
+    bytes at a time against the padded table (the last word overlaps). */
+static inline bool s_key_is(int f, const uint8_t *key, uint32_t len)
+{
+    const uint8_t *want = s_keyenc[f] + 1;
+    if (len < 8 || len >= S_KEYENC)
+        return s_same(s_fields[f].key, key, len);
+    uint64_t a, b;
+    for (uint32_t k = 0; k + 8 <= len; k += 8) {
+        memcpy(&a, want + k, 8);
+        memcpy(&b, key + k, 8);
+        if (a != b)
+            return false;
+    }
+    memcpy(&a, want + len - 8, 8);
+    memcpy(&b, key + len - 8, 8);
+    return a == b;
 }
 
 /*  One probe of a hash table (a strlen and memcmp per type showed in the
@@ -1308,6 +1338,7 @@ typedef struct {
     const uint8_t *t;    /* `t` bytes, borrowed from the input */
     uint32_t t_len;      /* their length */
     int16_t entry;       /* what the last top-level entry was (s_span_t) */
+    bool spans;          /* record the entries (LLMQ_MSG_RECV_SPLICE) */
     bool spans_over;     /* more entries than msg->spans holds */
     const uint8_t *base; /* the header's first byte */
     char reason[160];    /* first failure, formatted (last: not zeroed) */
@@ -1331,7 +1362,7 @@ static int s_fail_reader(s_decoder_t *d)
 }
 
 /*  The field of key in group (0: top level), or -1: one hash probe. */
-static int s_find_field(int group, const uint8_t *key, uint32_t len)
+static inline int s_find_field(int group, const uint8_t *key, uint32_t len)
 {
     uint32_t h = s_hash_key(group, key, len);
     for (;; h++) {
@@ -1339,7 +1370,7 @@ static int s_find_field(int group, const uint8_t *key, uint32_t len)
         if (f < 0)
             return -1;
         if (s_group_of[f] == group && s_fields[f].key_len == len &&
-            s_same(s_fields[f].key, key, len))
+            s_key_is(f, key, len))
             return f;
     }
 }
@@ -1475,7 +1506,7 @@ static int s_dec_raw(s_decoder_t *d, llmq_field_t f)
 }
 
 /*  One known field's value. A nil value means "absent". */
-static int s_dec_field(s_decoder_t *d, llmq_field_t f)
+static inline int s_dec_field(s_decoder_t *d, llmq_field_t f)
 {
     if (d->r.p < d->r.end && *d->r.p == 0xc0) {
         d->r.p++;
@@ -1512,7 +1543,7 @@ static int s_read_key(s_decoder_t *d, llmq_mp_item_t *key)
 static int s_dec_group(s_decoder_t *d, int group)
 {
     llmq_mp_item_t it;
-    if (llmq_mp_read(&d->r, &it))
+    if (llmq_mp_read_fast(&d->r, &it))
         return s_fail_reader(d);
     if (it.kind == LLMQ_MP_NIL)
         return 0;
@@ -1575,7 +1606,7 @@ static int s_dec_entry(s_decoder_t *d)
 static int s_dec_map(s_decoder_t *d)
 {
     llmq_mp_item_t it;
-    if (llmq_mp_read(&d->r, &it))
+    if (llmq_mp_read_fast(&d->r, &it))
         return s_fail_reader(d);
     if (it.kind != LLMQ_MP_MAP)
         return s_fail(d, "header is not a map");
@@ -1584,6 +1615,8 @@ static int s_dec_map(s_decoder_t *d)
         const uint8_t *start = d->r.p;
         if (s_dec_entry(d))
             return -1;
+        if (!d->spans)
+            continue;
         if (msg->nspans < S_MAX_SPANS)
             msg->spans[msg->nspans++] =
                 (s_span_t){.off = (uint32_t)(start - d->base),
@@ -1628,7 +1661,7 @@ static int s_dec_finish(s_decoder_t *d, bool has_payload)
 /*  Decode into d->msg; on failure the message keeps what was read so far
     (llmq_msg_recv uses its `id`) and d->reason says why. */
 static int s_decode(s_decoder_t *d, const void *data, size_t size,
-                    bool has_payload)
+                    bool has_payload, bool spans)
 {
     memset(d, 0, offsetof(s_decoder_t, reason));
     d->reason[0] = 0;
@@ -1643,6 +1676,7 @@ static int s_decode(s_decoder_t *d, const void *data, size_t size,
                       LLMQ_MAX_HEADER_SIZE);
     llmq_mp_init(&d->r, data, size);
     d->base = (const uint8_t *)data;
+    d->spans = spans;
     if (s_dec_map(d) || s_dec_finish(d, has_payload))
         return -1;
     return 0;
@@ -1652,7 +1686,7 @@ llmq_msg_t *llmq_msg_decode(const void *data, size_t size, bool has_payload,
                             char *errbuf, size_t errlen)
 {
     s_decoder_t d;
-    if (s_decode(&d, data, size, has_payload) == 0)
+    if (s_decode(&d, data, size, has_payload, false) == 0)
         return d.msg;
     s_errf(errbuf, errlen, "%s", d.reason);
     llmq_msg_destroy(&d.msg);
@@ -1807,7 +1841,8 @@ static llmq_msg_t *s_from_frames(zmq_msg_t *rid, zmq_msg_t *header,
         if (d.msg)
             s_fail(&d, "too many frames (%d)", frames);
     } else
-        s_decode(&d, data, size, pl->frame || pl->has_msg);
+        s_decode(&d, data, size, pl->frame || pl->has_msg,
+                 (flags & LLMQ_MSG_RECV_SPLICE) != 0);
     if (d.msg) {
         /*  Under CURVE, ZAP's User-Id (the peer's public key) rides on
             every frame but the routing id, which the ROUTER makes. */
