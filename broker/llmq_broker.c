@@ -276,7 +276,6 @@ struct _llmq_broker_core_t {
     bool drained;    //  DRAINED sent
     bool terminated; //  $TERM received
     s_counters_t counters;
-    llmq_msg_t *req_header; //  Reused header of every `req` to a worker
     void *module_state;     //  Plug-in state
     uint64_t job_rr;        //  Round robin of batch job tasks
     zhashx_t *attach;       //  rkey -> s_attach_t: `held` keys not yet resent
@@ -3967,7 +3966,6 @@ static s_broker_t *s_broker_new(zsock_t *pipe,
     self->metric_models = zhashx_new();
     self->models = llmq_models_new(); //  NULL: no checks
     self->expiry = llmq_queue_new();
-    self->req_header = llmq_msg_new(LLMQ_MSG_REQ);
     self->metrics = llmq_metrics_new();
     self->log = llmq_log_new("llmq-broker");
     if (self->log)
@@ -3983,8 +3981,8 @@ static s_broker_t *s_broker_new(zsock_t *pipe,
                                                  ? self->config.recovery_ms
                                                  : self->config.dead_ms);
     if (!self->name || !self->clients || !self->workers || !self->lanes ||
-        !self->groups || !self->metric_models || !self->req_header ||
-        !self->expiry || !self->metrics || !self->attach || !self->parked) {
+        !self->groups || !self->metric_models || !self->expiry ||
+        !self->metrics || !self->attach || !self->parked) {
         self->error = strdup("out of memory");
         return self;
     }
@@ -4084,7 +4082,6 @@ static void s_broker_destroy(s_broker_t **self_p)
     zhashx_destroy(&self->metric_models);
     llmq_models_destroy(&self->models);
     llmq_queue_destroy(&self->expiry);
-    llmq_msg_destroy(&self->req_header);
     llmq_metrics_destroy(&self->metrics);
     llmq_log_destroy(&self->log);
     llmq_cache_destroy(&self->cache);
