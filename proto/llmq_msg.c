@@ -209,6 +209,7 @@ struct _llmq_msg_t {
     uint8_t rid_len;                /* its size */
     zframe_t *payload;              /* opaque payload frame, or NULL */
     bool has_pmsg;                  /* the payload is in pmsg instead */
+    bool heap;                      /* a value was ever malloc'd */
     char *reason;                   /* why the input was INVALID */
     char *user_id;                  /* the peer's ZAP User-Id, or NULL */
     uint64_t bits[S_WORDS];         /* set fields */
@@ -374,8 +375,10 @@ void llmq_msg_destroy(llmq_msg_t **self_p)
     if (!self_p || !*self_p)
         return;
     llmq_msg_t *self = *self_p;
-    /*  The bits need no clearing: llmq_msg_new zeroes them. */
-    for (int w = 0; w < S_WORDS; w++)
+    /*  The bits need no clearing: llmq_msg_new zeroes them. Values in
+        the arena or in their slot own nothing: no walk unless one was
+        ever allocated. */
+    for (int w = 0; self->heap && w < S_WORDS; w++)
         for (uint64_t bits = self->bits[w]; bits; bits &= bits - 1)
             s_release(self, w * 64 + __builtin_ctzll(bits));
     /*  Calls only for what is there: most messages hold few of these. */
@@ -421,6 +424,8 @@ static int s_set_strn(llmq_msg_t *self, llmq_field_t f, const char *s,
         self->arena_used += len + 1;
     } else if (!(copy = (char *)malloc(len + 1)))
         return -1;
+    else
+        self->heap = true;
     memcpy(copy, s, len);
     copy[len] = 0;
     s_unset(self, f);
@@ -439,6 +444,7 @@ static int s_set_raw(llmq_msg_t *self, llmq_field_t f, const void *data,
     if (size)
         memcpy(copy, data, size);
     s_unset(self, f);
+    self->heap = true;
     self->values[f].raw.data = copy;
     self->values[f].raw.size = size;
     s_mark(self, f);
@@ -459,6 +465,7 @@ static int s_set_strs(llmq_msg_t *self, llmq_field_t f,
         }
     }
     s_unset(self, f);
+    self->heap = true;
     self->values[f].strs.items = copy;
     self->values[f].strs.count = count;
     s_mark(self, f);
@@ -1480,6 +1487,7 @@ static int s_dec_strs(s_decoder_t *d, llmq_field_t f, const llmq_mp_item_t *it)
         }
     }
     s_unset(d->msg, f);
+    d->msg->heap = true;
     d->msg->values[f].strs.items = items;
     d->msg->values[f].strs.count = it->len;
     s_mark(d->msg, f);
@@ -1933,17 +1941,22 @@ llmq_msg_t *llmq_msg_recv_ex(void *sock, int flags)
     zmq_msg_init(&rid);
     zmq_msg_init(&header);
     s_payload_in_t pl = {.want_msg = (flags & LLMQ_MSG_RECV_PAYLOAD_MSG) != 0};
-    zmq_msg_init(&pl.msg);
+    if (pl.want_msg)
+        zmq_msg_init(&pl.msg);
     int frames = s_recv_frames(zsock_is(sock) ? sock : handle, handle,
                                router ? &rid : NULL, &header, &pl);
     llmq_msg_t *msg = NULL;
     if (frames >= 0)
         msg = s_from_frames(router ? &rid : NULL, frames ? &header : NULL, &pl,
                             frames, flags);
-    zframe_destroy(&pl.frame);
-    zmq_msg_close(&pl.msg);
+    /*  What the message took was moved out (left empty): no close. */
+    if (pl.frame)
+        zframe_destroy(&pl.frame);
+    if (pl.want_msg && !(msg && msg->has_pmsg))
+        zmq_msg_close(&pl.msg);
+    if (!(msg && msg->has_raw))
+        zmq_msg_close(&header);
     zmq_msg_close(&rid);
-    zmq_msg_close(&header);
     return msg;
 }
 
