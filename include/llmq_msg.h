@@ -6,7 +6,8 @@
 
     The codec copies every decoded string out of the frame, so a message never
     points into socket memory. The payload is kept as the zframe it arrived in
-    and can be moved to another message without a copy (zero-copy forwarding).
+    (or, with LLMQ_MSG_RECV_PAYLOAD_MSG, the zmq_msg_t) and can be moved to
+    another message or socket without a copy (zero-copy forwarding).
     No msgpack type appears in this header: only proto/ knows the wire layout.
 
     Ownership: llmq_msg_new and llmq_msg_recv return objects the caller owns;
