@@ -652,7 +652,6 @@ static inline bool s_key_is(int f, const uint8_t *key, uint32_t len)
     profile). */
 static llmq_msg_type_t s_type_from_namen(const char *name, size_t len)
 {
-    s_tables();
     if (len == 0 || len > 255)
         return LLMQ_MSG_INVALID;
     uint32_t h = s_hash_key(0, (const uint8_t *)name, (uint32_t)len);
@@ -668,6 +667,7 @@ static llmq_msg_type_t s_type_from_namen(const char *name, size_t len)
 
 llmq_msg_type_t llmq_msg_type_from_name(const char *name)
 {
+    s_tables();
     return name ? s_type_from_namen(name, strlen(name)) : LLMQ_MSG_INVALID;
 }
 
@@ -840,17 +840,24 @@ static const char *s_field_label(llmq_field_t f, char *buf, size_t len)
 
 /*  True if the bytes are ASCII without NUL, 8 at a time: most header
     strings, which then need no NUL scan or UTF-8 walk. */
-static inline bool s_plain_ascii(const uint8_t *p, size_t len)
+static inline bool s_ascii_word(const uint8_t *p)
 {
     const uint64_t high = 0x8080808080808080ULL;
-    size_t k = 0;
-    for (; k + 8 <= len; k += 8) {
-        uint64_t w;
-        memcpy(&w, p + k, 8);
-        if ((w & high) || ((w - 0x0101010101010101ULL) & ~w & high))
-            return false;
+    uint64_t w;
+    memcpy(&w, p, 8);
+    return !(w & high) && !((w - 0x0101010101010101ULL) & ~w & high);
+}
+
+static inline bool s_plain_ascii(const uint8_t *p, size_t len)
+{
+    if (len >= 8) {
+        /*  Whole words; the last one overlaps the one before. */
+        for (size_t k = 0; k + 8 <= len; k += 8)
+            if (!s_ascii_word(p + k))
+                return false;
+        return s_ascii_word(p + len - 8);
     }
-    for (; k < len; k++)
+    for (size_t k = 0; k < len; k++)
         if (p[k] == 0 || p[k] >= 0x80)
             return false;
     return true;
