@@ -480,7 +480,7 @@ static int s_set_strs(llmq_msg_t *self, llmq_field_t f,
     return 0;
 }
 
-static void s_set_scalar(llmq_msg_t *self, llmq_field_t f, s_value_t v)
+static inline void s_set_scalar(llmq_msg_t *self, llmq_field_t f, s_value_t v)
 {
     s_unset(self, f);
     s_mark(self, f);
@@ -1413,7 +1413,8 @@ static int s_wrong_type(s_decoder_t *d, llmq_field_t f, const char *want)
                   s_field_label(f, label, sizeof label), want);
 }
 
-static int s_dec_str(s_decoder_t *d, llmq_field_t f, const llmq_mp_item_t *it)
+static inline int s_dec_str(s_decoder_t *d, llmq_field_t f,
+                            const llmq_mp_item_t *it)
 {
     char label[64];
     if (it->kind != LLMQ_MP_STR && it->kind != LLMQ_MP_BIN)
@@ -1446,7 +1447,8 @@ static int s_dec_str(s_decoder_t *d, llmq_field_t f, const llmq_mp_item_t *it)
     return 0;
 }
 
-static int s_dec_int(s_decoder_t *d, llmq_field_t f, const llmq_mp_item_t *it)
+static inline int s_dec_int(s_decoder_t *d, llmq_field_t f,
+                            const llmq_mp_item_t *it)
 {
     s_value_t v = {.i = it->i};
     if (it->kind == LLMQ_MP_UINT) {
@@ -1459,8 +1461,8 @@ static int s_dec_int(s_decoder_t *d, llmq_field_t f, const llmq_mp_item_t *it)
     return 0;
 }
 
-static int s_dec_scalar(s_decoder_t *d, llmq_field_t f,
-                        const llmq_mp_item_t *it)
+static inline int s_dec_scalar(s_decoder_t *d, llmq_field_t f,
+                               const llmq_mp_item_t *it)
 {
     s_value_t v = {.i = 0};
     if (s_fields[f].kind == S_BOOL) {
