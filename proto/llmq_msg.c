@@ -1061,7 +1061,8 @@ static void s_pack_strs(s_buf_t *b, const s_value_t *v)
 }
 
 /*  One entry: the field's key and its value. */
-static void s_pack_value(s_buf_t *b, const s_field_t *def, const s_value_t *v)
+static inline __attribute__((always_inline)) void
+s_pack_value(s_buf_t *b, const s_field_t *def, const s_value_t *v)
 {
     size_t body = def->kind == S_STR   ? v->slen
                   : def->kind == S_RAW ? v->raw.size
@@ -1332,6 +1333,7 @@ int llmq_msg_encode_entries(llmq_msg_type_t type,
     for (size_t k = 0; k < count && rc == 0; k++) {
         llmq_field_t f = entries[k].field;
         s_value_t v;
+        memset(&v, 0, sizeof v);
         if (s_fields[f].kind == S_STR) {
             if (!entries[k].str)
                 continue;
