@@ -276,7 +276,6 @@ struct _llmq_broker_core_t {
     bool drained;    //  DRAINED sent
     bool terminated; //  $TERM received
     s_counters_t counters;
-    llmq_msg_t *req_header; //  Reused header of every `req` to a worker
     void *module_state;     //  Plug-in state
     uint64_t job_rr;        //  Round robin of batch job tasks
     zhashx_t *attach;       //  rkey -> s_attach_t: `held` keys not yet resent
@@ -934,16 +933,12 @@ static void s_request_destroy(s_broker_t *self, s_request_t **r_p)
 static void s_bid_text(uint64_t bid, char out[24])
 {
     static const char hex[] = "0123456789abcdef";
-    char digits[17];
-    int n = 0;
-    do {
-        digits[n++] = hex[bid & 15];
-        bid >>= 4;
-    } while (bid);
+    //  The digits counted first, then written last to first in place.
+    int n = (64 - __builtin_clzll(bid | 1) + 3) / 4;
     out[0] = 'r';
-    for (int i = 0; i < n; i++)
-        out[1 + i] = digits[n - 1 - i];
     out[1 + n] = 0;
+    for (int i = n; i > 0; i--, bid >>= 4)
+        out[i] = hex[bid & 15];
 }
 
 //  A zeroed request with its id stored inline (one allocation), NULL id
@@ -1310,37 +1305,30 @@ static void s_send_request(s_broker_t *self, s_worker_t *w, s_request_t *r)
                      ? s_NO_EXPIRY
                      : r->deadline + self->config.inflight_grace_ms);
 
-    //  One `req` header object, reused: every field is set or cleared here,
-    //  which is cheaper than a new message per dispatch.
-    llmq_msg_t *msg = self->req_header;
-    zmq_msg_t header;
-    int encoded = -1;
+    //  The `req` header written straight from the request (no message
+    //  object): the fields in catalogue order, absent ones NULL.
     char bid[24];
     s_bid_text(r->bid, bid);
-    if (msg) {
-        llmq_msg_set_id(msg, bid);
-        llmq_msg_set_op(msg, s_ops[r->op]);
-        llmq_msg_set_model(msg, r->lane->model);
-        llmq_msg_set_pool(msg, r->lane->pool); //  NULL clears
-        llmq_msg_set_attempt(msg, r->attempt);
-        if (r->stream)
-            llmq_msg_set_stream(msg, true);
-        else
-            llmq_msg_clear(msg, LLMQ_F_stream);
-        llmq_msg_set_trace(msg, r->trace);   //  NULL clears
-        llmq_msg_set_tenant(msg, r->tenant); //  NULL clears
-        llmq_msg_set_rkey(msg, r->rkey);     //  NULL clears
-        if (r->resend)
-            llmq_msg_set_resend(msg, true);
-        else
-            llmq_msg_clear(msg, LLMQ_F_resend);
-        if (r->deadline != s_NO_EXPIRY)
-            llmq_msg_set_deadline_ms(
-                msg, r->deadline > now + 1 ? r->deadline - now : 1);
-        else
-            llmq_msg_clear(msg, LLMQ_F_deadline_ms);
-        encoded = llmq_msg_encode_msg(msg, &header, NULL, 0);
-    }
+    int64_t deadline_ms = r->deadline > now + 1 ? r->deadline - now : 1;
+    llmq_msg_entry_t fields[11];
+    size_t n = 0;
+    fields[n++] = (llmq_msg_entry_t){LLMQ_F_id, bid, 0};
+    fields[n++] = (llmq_msg_entry_t){LLMQ_F_op, s_ops[r->op], 0};
+    fields[n++] = (llmq_msg_entry_t){LLMQ_F_model, r->lane->model, 0};
+    fields[n++] = (llmq_msg_entry_t){LLMQ_F_pool, r->lane->pool, 0};
+    if (r->stream)
+        fields[n++] = (llmq_msg_entry_t){LLMQ_F_stream, NULL, 1};
+    if (r->deadline != s_NO_EXPIRY)
+        fields[n++] = (llmq_msg_entry_t){LLMQ_F_deadline_ms, NULL, deadline_ms};
+    fields[n++] = (llmq_msg_entry_t){LLMQ_F_attempt, NULL, r->attempt};
+    fields[n++] = (llmq_msg_entry_t){LLMQ_F_trace, r->trace, 0};
+    fields[n++] = (llmq_msg_entry_t){LLMQ_F_rkey, r->rkey, 0};
+    if (r->resend)
+        fields[n++] = (llmq_msg_entry_t){LLMQ_F_resend, NULL, 1};
+    fields[n++] = (llmq_msg_entry_t){LLMQ_F_tenant, r->tenant, 0};
+    zmq_msg_t header;
+    int encoded =
+        llmq_msg_encode_entries(LLMQ_MSG_REQ, fields, n, &header, NULL, 0);
     if (encoded) {
         s_fail(self, r, LLMQ_ERR_INTERNAL,
                "broker could not encode the request");
@@ -3049,7 +3037,7 @@ static void s_cache_promote(s_broker_t *self)
 //  A reply handed to libzmq, released when libzmq has written or dropped it.
 typedef struct {
     s_outbox_t *box; //  Its client's outbox (one reference)
-    zframe_t *frame; //  The last frame, whose bytes libzmq sends
+    zmq_msg_t last;  //  The last frame, whose bytes libzmq sends
     size_t size;     //  Bytes counted in box
 } s_sent_t;
 
@@ -3122,7 +3110,7 @@ static void s_sent_release(void *data, void *hint)
     s_sent_t *sent = (s_sent_t *)hint;
     atomic_fetch_sub(&sent->box->bytes, sent->size);
     atomic_fetch_sub(&sent->box->msgs, 1);
-    zframe_destroy(&sent->frame);
+    zmq_msg_close(&sent->last);
     s_outbox_release(NULL, sent->box);
     free(sent);
 }
@@ -3168,25 +3156,28 @@ static void s_client_slow(s_broker_t *self, s_client_t *client, s_outbox_t *box)
 }
 
 //  Send the last frame of a reply, counted in the outbox until libzmq is
-//  done with it. Takes the frame.
-static void s_outbox_send(s_broker_t *self, s_outbox_t *box, zframe_t *frame,
+//  done with it. Takes the frame (moved, not copied).
+static void s_outbox_send(s_broker_t *self, s_outbox_t *box, zmq_msg_t *last,
                           size_t size)
 {
     void *sock = zsock_resolve(self->frontend);
-    s_sent_t *sent = (s_sent_t *)malloc(sizeof(s_sent_t));
-    if (!sent || zframe_size(frame) == 0) {
-        free(sent);
-        zframe_send(&frame, self->frontend, 0);
-        zframe_destroy(&frame);
+    s_sent_t *sent =
+        zmq_msg_size(last) ? (s_sent_t *)malloc(sizeof(s_sent_t)) : NULL;
+    if (!sent) {
+        if (zmq_msg_send(last, sock, 0) == -1)
+            zmq_msg_close(last);
         return;
     }
-    *sent = (s_sent_t){.box = box, .frame = frame, .size = size};
+    *sent = (s_sent_t){.box = box, .size = size};
+    //  Moved first: a small message keeps its bytes inside the zmq_msg_t.
+    zmq_msg_init(&sent->last);
+    zmq_msg_move(&sent->last, last);
     atomic_fetch_add(&box->refs, 1);
     atomic_fetch_add(&box->bytes, size);
     atomic_fetch_add(&box->msgs, 1);
     zmq_msg_t msg;
-    if (zmq_msg_init_data(&msg, zframe_data(frame), zframe_size(frame),
-                          s_sent_release, sent)) {
+    if (zmq_msg_init_data(&msg, zmq_msg_data(&sent->last),
+                          zmq_msg_size(&sent->last), s_sent_release, sent)) {
         s_sent_release(NULL, sent);
         return;
     }
@@ -3201,7 +3192,8 @@ static void s_client_send(s_broker_t *self, s_client_t *client,
 {
     llmq_msg_t *msg = *msg_p;
     *msg_p = NULL;
-    zframe_t *payload = llmq_msg_take_payload(msg);
+    zmq_msg_t payload;
+    bool has_payload = llmq_msg_take_payload_msg(msg, &payload) == 0;
     //  The client keeps a reference: one table lookup per client, not per
     //  reply (the outbox outlives the entry, so the lookup finds it again).
     if (!client->box && (client->box = s_outbox_require(self, client->key)))
@@ -3212,7 +3204,7 @@ static void s_client_send(s_broker_t *self, s_client_t *client,
     bool encoded =
         llmq_msg_encode_msg(msg, &header, reason, sizeof(reason)) == 0;
     size_t size = (encoded ? zmq_msg_size(&header) : 0) +
-                  (payload ? zframe_size(payload) : 0);
+                  (has_payload ? zmq_msg_size(&payload) : 0);
     if (!encoded)
         s_log(self, "warning", "msg_send_failed",
               LLMQ_LOG_STR("type", llmq_msg_type_name(llmq_msg_type(msg))),
@@ -3224,30 +3216,22 @@ static void s_client_send(s_broker_t *self, s_client_t *client,
         s_client_slow(self, client, box);
     else {
         //  Straight to libzmq, as s_send_request; the last frame goes
-        //  through the outbox (a reply without payload: its header, as a
-        //  frame).
+        //  through the outbox (a reply without payload: its header).
         void *sock = zsock_resolve(self->frontend);
         zmq_send(sock, zframe_data(client->rid), zframe_size(client->rid),
                  ZMQ_SNDMORE);
-        if (payload) {
+        if (has_payload) {
             if (zmq_msg_send(&header, sock, ZMQ_SNDMORE) == -1)
                 zmq_msg_close(&header);
-            s_outbox_send(self, box, payload, size);
-            payload = NULL;
-        } else {
-            zframe_t *last =
-                zframe_new(zmq_msg_data(&header), zmq_msg_size(&header));
-            zmq_msg_close(&header);
-            if (last)
-                s_outbox_send(self, box, last, size);
-            else
-                zmq_send(sock, "", 0, 0); //  End the message begun
-        }
-        encoded = false; //  Sent or closed
+            s_outbox_send(self, box, &payload, size);
+        } else
+            s_outbox_send(self, box, &header, size);
+        encoded = has_payload = false; //  Sent or closed
     }
     if (encoded)
         zmq_msg_close(&header);
-    zframe_destroy(&payload);
+    if (has_payload)
+        zmq_msg_close(&payload);
     llmq_msg_destroy(&msg);
 }
 
@@ -3982,7 +3966,6 @@ static s_broker_t *s_broker_new(zsock_t *pipe,
     self->metric_models = zhashx_new();
     self->models = llmq_models_new(); //  NULL: no checks
     self->expiry = llmq_queue_new();
-    self->req_header = llmq_msg_new(LLMQ_MSG_REQ);
     self->metrics = llmq_metrics_new();
     self->log = llmq_log_new("llmq-broker");
     if (self->log)
@@ -3998,8 +3981,8 @@ static s_broker_t *s_broker_new(zsock_t *pipe,
                                                  ? self->config.recovery_ms
                                                  : self->config.dead_ms);
     if (!self->name || !self->clients || !self->workers || !self->lanes ||
-        !self->groups || !self->metric_models || !self->req_header ||
-        !self->expiry || !self->metrics || !self->attach || !self->parked) {
+        !self->groups || !self->metric_models || !self->expiry ||
+        !self->metrics || !self->attach || !self->parked) {
         self->error = strdup("out of memory");
         return self;
     }
@@ -4099,7 +4082,6 @@ static void s_broker_destroy(s_broker_t **self_p)
     zhashx_destroy(&self->metric_models);
     llmq_models_destroy(&self->models);
     llmq_queue_destroy(&self->expiry);
-    llmq_msg_destroy(&self->req_header);
     llmq_metrics_destroy(&self->metrics);
     llmq_log_destroy(&self->log);
     llmq_cache_destroy(&self->cache);
@@ -4170,8 +4152,10 @@ static void s_drain_socket(s_broker_t *self, zsock_t *socket, bool clients)
 {
     //  The peer's User-Id matters only under CURVE (s_tenant_of).
     int flags = self->auth ? 0 : LLMQ_MSG_RECV_NO_USER_ID;
-    if (!clients) //  Results are forwarded: spliced, not re-encoded whole
-        flags |= LLMQ_MSG_RECV_SPLICE;
+    //  Results are forwarded: spliced, not re-encoded whole, and their
+    //  payloads kept as libzmq's messages (s_client_send moves them on).
+    if (!clients)
+        flags |= LLMQ_MSG_RECV_SPLICE | LLMQ_MSG_RECV_PAYLOAD_MSG;
     for (int i = 0; i < s_MAX_BATCH; i++) {
         llmq_msg_t *msg = llmq_msg_recv_ex(socket, flags);
         if (!msg)

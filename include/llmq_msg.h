@@ -6,7 +6,8 @@
 
     The codec copies every decoded string out of the frame, so a message never
     points into socket memory. The payload is kept as the zframe it arrived in
-    and can be moved to another message without a copy (zero-copy forwarding).
+    (or, with LLMQ_MSG_RECV_PAYLOAD_MSG, the zmq_msg_t) and can be moved to
+    another message or socket without a copy (zero-copy forwarding).
     No msgpack type appears in this header: only proto/ knows the wire layout.
 
     Ownership: llmq_msg_new and llmq_msg_recv return objects the caller owns;
@@ -146,6 +147,12 @@ void llmq_msg_set_payload_mem(llmq_msg_t *self, const void *data, size_t size);
     the broker forwards a payload to another peer without copying it. */
 zframe_t *llmq_msg_take_payload(llmq_msg_t *self);
 
+/*  Move the payload into *out (initialised here; the caller sends or
+    closes it): without a copy if it was received with
+    LLMQ_MSG_RECV_PAYLOAD_MSG. Returns 0, or -1 (out untouched) if there
+    is none. */
+int llmq_msg_take_payload_msg(llmq_msg_t *self, zmq_msg_t *out);
+
 /*  The peer's authenticated identity of a message read from a ROUTER: the
     User-Id its ZAP handler gave the connection (llmq-broker: the CURVE
     public key, Z85). NULL without ZAP, or for a message built here. Not on
@@ -179,6 +186,25 @@ zframe_t *llmq_msg_encode(const llmq_msg_t *self, char *errbuf, size_t errlen);
 int llmq_msg_encode_msg(const llmq_msg_t *self, zmq_msg_t *out, char *errbuf,
                         size_t errlen);
 
+/*  One top-level STR, INT or BOOL field of a header written without a
+    message (llmq_msg_encode_entries). */
+typedef struct {
+    llmq_field_t field; /* LLMQ_F_<name> */
+    const char *str;    /* STR: the value; NULL: absent, not written */
+    int64_t num;        /* INT: the value; BOOL: 0 false, else true */
+} llmq_msg_entry_t;
+
+/*  As llmq_msg_encode_msg for a message of type holding just these
+    fields, without making one: for a hot path that writes the same type
+    again and again (the broker's `req` to a worker). Entries come in
+    catalogue order (llmq_proto.def), each field once; the bytes are those
+    llmq_msg_encode writes, and the checks the same (required fields,
+    limits, UTF-8). Strings are borrowed for the call. Returns 0, or -1
+    with a reason in errbuf (may be NULL). */
+int llmq_msg_encode_entries(llmq_msg_type_t type,
+                            const llmq_msg_entry_t *entries, size_t count,
+                            zmq_msg_t *out, char *errbuf, size_t errlen);
+
 /*  Decode a header from bytes. Returns a new message, or NULL with a reason
     in errbuf (may be NULL). Never reads past size, never allocates more than
     a small multiple of size, never asserts on input. Enforces the type's
@@ -210,6 +236,11 @@ llmq_msg_t *llmq_msg_recv(void *sock);
     destroyed, so that encoding it again splices (llmq_msg_encode): for a
     process that forwards them (the broker). */
 #define LLMQ_MSG_RECV_SPLICE 2
+/*  LLMQ_MSG_RECV_PAYLOAD_MSG: keep the payload as the zmq_msg_t libzmq
+    gave, for llmq_msg_take_payload_msg (no zframe; llmq_msg_payload
+    still works, making a frame of a copy): for a process that forwards
+    payloads (the broker's results). */
+#define LLMQ_MSG_RECV_PAYLOAD_MSG 4
 llmq_msg_t *llmq_msg_recv_ex(void *sock, int flags);
 
 /*  Wait up to timeout_ms for the next message of a type, skipping `hb` and

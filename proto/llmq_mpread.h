@@ -245,6 +245,43 @@ static inline int llmq_mp_read(llmq_mp_reader_t *r, llmq_mp_item_t *it)
     }
 }
 
+/*  llmq_mp_read with the forms a header is mostly made of inline: a
+    fixstr, a positive fixint and a fixmap; anything else, and every
+    failure, goes through llmq_mp_read, so both accept and refuse the same
+    input. */
+static inline int llmq_mp_read_fast(llmq_mp_reader_t *r, llmq_mp_item_t *it)
+{
+    if (!r->err && r->p < r->end) {
+        uint8_t b = *r->p;
+        if ((b & 0xe0) == 0xa0 && (size_t)(b & 0x1f) < llmq_mp_left(r)) {
+            it->kind = LLMQ_MP_STR;
+            it->u = 0;
+            it->ptr = r->p + 1;
+            it->len = b & 0x1f;
+            r->p += 1 + it->len;
+            return 0;
+        }
+        if (b <= 0x7f) {
+            it->kind = LLMQ_MP_UINT;
+            it->u = b;
+            it->ptr = NULL;
+            it->len = 0;
+            r->p++;
+            return 0;
+        }
+        /*  A map's pairs take at least two bytes each (llmq_mp_count). */
+        if ((b & 0xf0) == 0x80 && (size_t)(b & 0x0f) * 2 < llmq_mp_left(r)) {
+            it->kind = LLMQ_MP_MAP;
+            it->u = 0;
+            it->ptr = NULL;
+            it->len = b & 0x0f;
+            r->p++;
+            return 0;
+        }
+    }
+    return llmq_mp_read(r, it);
+}
+
 /*  Skip one complete value of any kind, ext included, nested at most
     max_depth levels. */
 static inline int llmq_mp_skip(llmq_mp_reader_t *r, int max_depth)

@@ -13,7 +13,15 @@
     header needs straight into a stack buffer (s_put_*).
 
     On a socket a message is [routing id] header [payload]. The payload is
-    kept as the zframe it arrived in, so it can be forwarded without a copy.
+    kept as the zframe it arrived in (or the zmq_msg_t, for a forwarder that
+    asks: LLMQ_MSG_RECV_PAYLOAD_MSG), so it can be forwarded without a copy.
+
+    The broker's hot path shaped the rest: strings keep their length and
+    short ones live in the message's arena (no malloc, nothing to free),
+    the reader takes the common msgpack forms inline (llmq_mp_read_fast),
+    keys are found by one hash probe, a forwarded header is spliced from
+    the received bytes, and a header the broker writes again and again is
+    written from entries without a message (llmq_msg_encode_entries).
 */
 #include "llmq_msg.h"
 #include "llmq_log.h"
@@ -65,18 +73,40 @@ static const char *s_group_name[S_MAX_GROUPS];
 static uint32_t s_group_len[S_MAX_GROUPS];
 static int s_ngroups = 1;
 static int16_t s_hash[S_HASH_SLOTS]; /* field + 1, 0 = empty */
+static uint8_t s_type_len[64];       /* strlen of each type's `t` */
+_Static_assert(LLMQ_MSG_COUNT <= 64, "s_type_len holds every type");
+#define S_TYPE_SLOTS 128                 /* power of two, above 2 x types */
+static int8_t s_type_hash[S_TYPE_SLOTS]; /* `t` -> type, 0 = empty */
+/*  Each key as msgpack (fixstr byte, bytes, zeros): the encoder copies
+    the whole width, a few moves, in place of a length-sized memcpy. */
+#define S_KEYENC 24
+static uint8_t s_keyenc[LLMQ_F_COUNT][S_KEYENC];
 static pthread_once_t s_tables_once = PTHREAD_ONCE_INIT;
 
-static uint32_t s_hash_key(int group, const uint8_t *key, uint32_t len)
+/*  The group, the length and three of the key's bytes: no loop over the
+    key (the catalogue's keys differ there; a collision costs a probe). */
+static inline uint32_t s_hash_key(int group, const uint8_t *key, uint32_t len)
 {
-    uint32_t h = 2166136261u ^ (uint32_t)group;
-    for (uint32_t k = 0; k < len; k++)
-        h = (h ^ key[k]) * 16777619u;
-    return h;
+    uint32_t h = (uint32_t)group * 0x9e3779b1u ^ len * 0x85ebca6bu;
+    if (len)
+        h ^= key[0] * 0xc2b2ae35u ^ key[len - 1] * 0x27d4eb2fu ^
+             key[len / 2] * 0x165667b1u;
+    return h ^ (h >> 15) ^ (h >> 23);
 }
+
+static const char *s_type_name(int type);
 
 static void s_tables_init(void)
 {
+    for (int t = 0; t < LLMQ_MSG_COUNT; t++) {
+        s_type_len[t] = (uint8_t)strlen(s_type_name(t));
+        uint32_t h =
+            s_hash_key(0, (const uint8_t *)s_type_name(t), s_type_len[t]);
+        while (t && s_type_hash[h & (S_TYPE_SLOTS - 1)])
+            h++;
+        if (t)
+            s_type_hash[h & (S_TYPE_SLOTS - 1)] = (int8_t)t;
+    }
     for (int f = 0; f < LLMQ_F_COUNT; f++) {
         int g = 0;
         if (s_fields[f].group) {
@@ -90,6 +120,10 @@ static void s_tables_init(void)
             }
         }
         s_group_of[f] = (uint8_t)g;
+        if (s_fields[f].key_len < S_KEYENC) {
+            s_keyenc[f][0] = (uint8_t)(0xa0 | s_fields[f].key_len);
+            memcpy(s_keyenc[f] + 1, s_fields[f].key, s_fields[f].key_len);
+        }
         uint32_t h = s_hash_key(g, (const uint8_t *)s_fields[f].key,
                                 s_fields[f].key_len);
         while (s_hash[h & (S_HASH_SLOTS - 1)])
@@ -138,7 +172,10 @@ static const s_errdef_t s_errs[LLMQ_ERR_COUNT] = {
 
 typedef struct {
     union {
-        char *s;   /* STR */
+        struct {
+            char *s;     /* STR, NUL-terminated */
+            size_t slen; /* its length (no strlen per use) */
+        };
         int64_t i; /* INT */
         bool b;    /* BOOL */
         double d;  /* DBL */
@@ -179,6 +216,8 @@ struct _llmq_msg_t {
     bool rid_pending;               /* routing id in rid_data, no frame yet */
     uint8_t rid_len;                /* its size */
     zframe_t *payload;              /* opaque payload frame, or NULL */
+    bool has_pmsg;                  /* the payload is in pmsg instead */
+    bool heap;                      /* a value was ever malloc'd */
     char *reason;                   /* why the input was INVALID */
     char *user_id;                  /* the peer's ZAP User-Id, or NULL */
     uint64_t bits[S_WORDS];         /* set fields */
@@ -188,6 +227,7 @@ struct _llmq_msg_t {
     uint8_t nspans;                 /* its top-level entries, in spans */
     size_t arena_used;              /* bytes of arena given out */
     zmq_msg_t raw;                  /* the header of a received res/chunk */
+    zmq_msg_t pmsg;                 /* a payload as received (has_pmsg) */
     s_span_t spans[S_MAX_SPANS];    /* (not zeroed by new) */
     s_value_t values[LLMQ_F_COUNT]; /* one slot per field of the .def */
     char arena[S_ARENA];            /* short strings, no malloc each */
@@ -321,15 +361,21 @@ static inline void s_release(llmq_msg_t *self, int f)
         s_free_strs(v->strs.items, v->strs.count);
 }
 
-/*  Release whatever the field owns and mark it absent. */
-static void s_unset(llmq_msg_t *self, llmq_field_t f)
+/*  Release whatever the (set) field owns and mark it absent. */
+static void s_unset_set(llmq_msg_t *self, llmq_field_t f)
 {
-    if (!s_is_set(self, f))
-        return;
     s_release(self, f);
     self->bits[f >> 6] &= ~(1ULL << (f & 63));
     self->checked[f >> 6] &= ~(1ULL << (f & 63));
     self->dirty[f >> 6] |= 1ULL << (f & 63);
+}
+
+/*  Release whatever the field owns and mark it absent; the common case,
+    a field not set, without a call. */
+static inline void s_unset(llmq_msg_t *self, llmq_field_t f)
+{
+    if (s_is_set(self, f))
+        s_unset_set(self, f);
 }
 
 void llmq_msg_destroy(llmq_msg_t **self_p)
@@ -337,14 +383,23 @@ void llmq_msg_destroy(llmq_msg_t **self_p)
     if (!self_p || !*self_p)
         return;
     llmq_msg_t *self = *self_p;
-    /*  The bits need no clearing: llmq_msg_new zeroes them. */
-    for (int w = 0; w < S_WORDS; w++)
+    /*  The bits need no clearing: llmq_msg_new zeroes them. Values in
+        the arena or in their slot own nothing: no walk unless one was
+        ever allocated. */
+    for (int w = 0; self->heap && w < S_WORDS; w++)
         for (uint64_t bits = self->bits[w]; bits; bits &= bits - 1)
             s_release(self, w * 64 + __builtin_ctzll(bits));
-    zframe_destroy(&self->routing_id);
-    zframe_destroy(&self->payload);
-    free(self->reason);
-    free(self->user_id);
+    /*  Calls only for what is there: most messages hold few of these. */
+    if (self->routing_id)
+        zframe_destroy(&self->routing_id);
+    if (self->payload)
+        zframe_destroy(&self->payload);
+    if (self->has_pmsg)
+        zmq_msg_close(&self->pmsg);
+    if (self->reason)
+        free(self->reason);
+    if (self->user_id)
+        free(self->user_id);
     if (self->has_raw)
         zmq_msg_close(&self->raw);
     s_spares_t *spares = s_spares_get();
@@ -360,11 +415,13 @@ void llmq_msg_destroy(llmq_msg_t **self_p)
 static int s_set_strn(llmq_msg_t *self, llmq_field_t f, const char *s,
                       size_t len)
 {
-    if (s_is_set(self, f) && len <= strlen(self->values[f].s)) {
+    s_value_t *v = &self->values[f];
+    if (s_is_set(self, f) && len <= v->slen) {
         /*  Fits in the string it replaces (a reused header, an id of the
             same length): no allocation. */
-        memmove(self->values[f].s, s, len);
-        self->values[f].s[len] = 0;
+        memmove(v->s, s, len);
+        v->s[len] = 0;
+        v->slen = len;
         self->checked[f >> 6] &= ~(1ULL << (f & 63));
         self->dirty[f >> 6] |= 1ULL << (f & 63);
         return 0;
@@ -375,10 +432,13 @@ static int s_set_strn(llmq_msg_t *self, llmq_field_t f, const char *s,
         self->arena_used += len + 1;
     } else if (!(copy = (char *)malloc(len + 1)))
         return -1;
+    else
+        self->heap = true;
     memcpy(copy, s, len);
     copy[len] = 0;
     s_unset(self, f);
-    self->values[f].s = copy;
+    v->s = copy;
+    v->slen = len;
     s_mark(self, f);
     return 0;
 }
@@ -392,6 +452,7 @@ static int s_set_raw(llmq_msg_t *self, llmq_field_t f, const void *data,
     if (size)
         memcpy(copy, data, size);
     s_unset(self, f);
+    self->heap = true;
     self->values[f].raw.data = copy;
     self->values[f].raw.size = size;
     s_mark(self, f);
@@ -412,13 +473,14 @@ static int s_set_strs(llmq_msg_t *self, llmq_field_t f,
         }
     }
     s_unset(self, f);
+    self->heap = true;
     self->values[f].strs.items = copy;
     self->values[f].strs.count = count;
     s_mark(self, f);
     return 0;
 }
 
-static void s_set_scalar(llmq_msg_t *self, llmq_field_t f, s_value_t v)
+static inline void s_set_scalar(llmq_msg_t *self, llmq_field_t f, s_value_t v)
 {
     s_unset(self, f);
     s_mark(self, f);
@@ -518,7 +580,7 @@ llmq_msg_t *llmq_msg_dup(const llmq_msg_t *self)
             break;
         const s_value_t *v = &self->values[f];
         if (s_fields[f].kind == S_STR)
-            rc = s_set_strn(copy, (llmq_field_t)f, v->s, strlen(v->s));
+            rc = s_set_strn(copy, (llmq_field_t)f, v->s, v->slen);
         else if (s_fields[f].kind == S_RAW)
             rc = s_set_raw(copy, (llmq_field_t)f, v->raw.data, v->raw.size);
         else if (s_fields[f].kind == S_STRS)
@@ -531,7 +593,7 @@ llmq_msg_t *llmq_msg_dup(const llmq_msg_t *self)
     }
     if (llmq_msg_routing_id(self))
         copy->routing_id = zframe_dup(self->routing_id);
-    if (self->payload)
+    if (llmq_msg_payload(self))
         copy->payload = zframe_dup(self->payload);
     if (self->reason)
         copy->reason = strdup(self->reason);
@@ -552,18 +614,60 @@ const char *llmq_msg_type_name(llmq_msg_type_t type)
     return s_msgs[type].name;
 }
 
+static const char *s_type_name(int type)
+{
+    return s_msgs[type].name;
+}
+
+/*  Whether len bytes are equal: a loop, for the short keys and names of
+    a header (a memcmp call costs more there). */
+static inline bool s_same(const char *a, const uint8_t *b, size_t len)
+{
+    for (size_t k = 0; k < len; k++)
+        if ((uint8_t)a[k] != b[k])
+            return false;
+    return true;
+}
+
+/*  Whether key (len bytes, len the field's key_len) is field f's key: 8
+    bytes at a time against the padded table (the last word overlaps). */
+static inline bool s_key_is(int f, const uint8_t *key, uint32_t len)
+{
+    const uint8_t *want = s_keyenc[f] + 1;
+    if (len < 8 || len >= S_KEYENC)
+        return s_same(s_fields[f].key, key, len);
+    uint64_t a, b;
+    for (uint32_t k = 0; k + 8 <= len; k += 8) {
+        memcpy(&a, want + k, 8);
+        memcpy(&b, key + k, 8);
+        if (a != b)
+            return false;
+    }
+    memcpy(&a, want + len - 8, 8);
+    memcpy(&b, key + len - 8, 8);
+    return a == b;
+}
+
+/*  One probe of a hash table (a strlen and memcmp per type showed in the
+    profile). */
 static llmq_msg_type_t s_type_from_namen(const char *name, size_t len)
 {
-    /*  The first byte first: a strlen per type showed in the profile. */
-    for (int t = 1; len && t < LLMQ_MSG_COUNT; t++)
-        if (s_msgs[t].name[0] == name[0] && strlen(s_msgs[t].name) == len &&
-            memcmp(s_msgs[t].name, name, len) == 0)
+    if (len == 0 || len > 255)
+        return LLMQ_MSG_INVALID;
+    uint32_t h = s_hash_key(0, (const uint8_t *)name, (uint32_t)len);
+    for (;; h++) {
+        int t = s_type_hash[h & (S_TYPE_SLOTS - 1)];
+        if (!t)
+            return LLMQ_MSG_INVALID;
+        if (s_type_len[t] == len &&
+            s_same(s_msgs[t].name, (const uint8_t *)name, len))
             return (llmq_msg_type_t)t;
-    return LLMQ_MSG_INVALID;
+    }
 }
 
 llmq_msg_type_t llmq_msg_type_from_name(const char *name)
 {
+    s_tables();
     return name ? s_type_from_namen(name, strlen(name)) : LLMQ_MSG_INVALID;
 }
 
@@ -612,8 +716,17 @@ const char *llmq_msg_field_group(llmq_field_t field)
 
 /*  ---- payload and routing id ------------------------------------------ */
 
+/*  A payload received as a message (LLMQ_MSG_RECV_PAYLOAD_MSG) becomes a
+    frame only when one is asked for: a copy, for the paths that read it. */
 zframe_t *llmq_msg_payload(const llmq_msg_t *self)
 {
+    if (self && self->has_pmsg) {
+        llmq_msg_t *mut = (llmq_msg_t *)self; /* a cache, not a change */
+        mut->payload =
+            zframe_new(zmq_msg_data(&mut->pmsg), zmq_msg_size(&mut->pmsg));
+        zmq_msg_close(&mut->pmsg);
+        mut->has_pmsg = false;
+    }
     return self ? self->payload : NULL;
 }
 
@@ -627,6 +740,9 @@ void llmq_msg_set_payload(llmq_msg_t *self, zframe_t **payload_p)
         return;
     }
     zframe_destroy(&self->payload);
+    if (self->has_pmsg)
+        zmq_msg_close(&self->pmsg);
+    self->has_pmsg = false;
     self->payload = payload;
 }
 
@@ -638,11 +754,27 @@ void llmq_msg_set_payload_mem(llmq_msg_t *self, const void *data, size_t size)
 
 zframe_t *llmq_msg_take_payload(llmq_msg_t *self)
 {
-    if (!self)
-        return NULL;
-    zframe_t *payload = self->payload;
-    self->payload = NULL;
+    zframe_t *payload = llmq_msg_payload(self);
+    if (self)
+        self->payload = NULL;
     return payload;
+}
+
+int llmq_msg_take_payload_msg(llmq_msg_t *self, zmq_msg_t *out)
+{
+    if (self && self->has_pmsg) {
+        /*  A move leaves pmsg empty: nothing to close. */
+        zmq_msg_init(out);
+        zmq_msg_move(out, &self->pmsg);
+        self->has_pmsg = false;
+        return 0;
+    }
+    zframe_t *frame = self ? self->payload : NULL;
+    if (!frame || zmq_msg_init_size(out, zframe_size(frame)))
+        return -1;
+    memcpy(zmq_msg_data(out), zframe_data(frame), zframe_size(frame));
+    zframe_destroy(&self->payload);
+    return 0;
 }
 
 const char *llmq_msg_user_id(const llmq_msg_t *self)
@@ -708,23 +840,47 @@ static const char *s_field_label(llmq_field_t f, char *buf, size_t len)
 
 /*  True if the bytes are ASCII without NUL, 8 at a time: most header
     strings, which then need no NUL scan or UTF-8 walk. */
-static inline bool s_plain_ascii(const uint8_t *p, size_t len)
+static inline bool s_ascii_word(const uint8_t *p)
 {
     const uint64_t high = 0x8080808080808080ULL;
-    size_t k = 0;
-    for (; k + 8 <= len; k += 8) {
-        uint64_t w;
-        memcpy(&w, p + k, 8);
-        if ((w & high) || ((w - 0x0101010101010101ULL) & ~w & high))
-            return false;
+    uint64_t w;
+    memcpy(&w, p, 8);
+    return !(w & high) && !((w - 0x0101010101010101ULL) & ~w & high);
+}
+
+static inline bool s_plain_ascii(const uint8_t *p, size_t len)
+{
+    if (len >= 8) {
+        /*  Whole words; the last one overlaps the one before. */
+        for (size_t k = 0; k + 8 <= len; k += 8)
+            if (!s_ascii_word(p + k))
+                return false;
+        return s_ascii_word(p + len - 8);
     }
-    for (; k < len; k++)
+    for (size_t k = 0; k < len; k++)
         if (p[k] == 0 || p[k] >= 0x80)
             return false;
     return true;
 }
 
-/*  A STR value must be UTF-8 within its limit (a C string has no NUL). */
+/*  A STR value must be UTF-8 within its limit (a C string has no NUL).
+    The label is formatted only for an error (a grouped field's costs an
+    snprintf); plain ASCII needs no UTF-8 walk. */
+static int s_check_str(llmq_field_t f, const char *s, size_t len, char *errbuf,
+                       size_t errlen)
+{
+    char label[64];
+    if (len > s_fields[f].max)
+        return s_errf(errbuf, errlen, "'%s' too long (%zu > %zu bytes)",
+                      s_field_label(f, label, sizeof label), len,
+                      s_fields[f].max);
+    if (!s_plain_ascii((const uint8_t *)s, len) &&
+        !llmq_mp_utf8((const uint8_t *)s, len))
+        return s_errf(errbuf, errlen, "'%s' invalid UTF-8",
+                      s_field_label(f, label, sizeof label));
+    return 0;
+}
+
 static int s_check_field(const llmq_msg_t *self, llmq_field_t f, char *errbuf,
                          size_t errlen)
 {
@@ -734,20 +890,9 @@ static int s_check_field(const llmq_msg_t *self, llmq_field_t f, char *errbuf,
         showed up in the broker's per-message profile. */
     if (def->kind != S_STR && def->kind != S_RAW && def->kind != S_STRS)
         return 0;
+    if (def->kind == S_STR)
+        return s_check_str(f, v->s, v->slen, errbuf, errlen);
     char label[64];
-    if (def->kind == S_STR) {
-        /*  The label is formatted only for an error (a grouped field's
-            costs an snprintf); plain ASCII needs no UTF-8 walk. */
-        size_t len = strlen(v->s);
-        if (len > def->max)
-            return s_errf(errbuf, errlen, "'%s' too long (%zu > %zu bytes)",
-                          s_field_label(f, label, sizeof label), len, def->max);
-        if (!s_plain_ascii((const uint8_t *)v->s, len) &&
-            !llmq_mp_utf8((const uint8_t *)v->s, len))
-            return s_errf(errbuf, errlen, "'%s' invalid UTF-8",
-                          s_field_label(f, label, sizeof label));
-        return 0;
-    }
     const char *name = s_field_label(f, label, sizeof label);
     if (def->kind == S_RAW) {
         if (v->raw.size > def->max)
@@ -776,22 +921,29 @@ static int s_check(const llmq_msg_t *self, char *errbuf, size_t errlen)
         if (!s_is_set(self, *r))
             return s_errf(errbuf, errlen, "missing required '%s'",
                           s_field_label((llmq_field_t)*r, label, sizeof label));
-    S_FOR_SET(self, f)
-    if (!((self->checked[f >> 6] >> (f & 63)) & 1) &&
-        s_check_field(self, (llmq_field_t)f, errbuf, errlen))
-        return -1;
+    for (int w = 0; w < S_WORDS; w++)
+        for (uint64_t bits = self->bits[w] & ~self->checked[w]; bits;
+             bits &= bits - 1)
+            if (s_check_field(self,
+                              (llmq_field_t)(w * 64 + __builtin_ctzll(bits)),
+                              errbuf, errlen))
+                return -1;
     return 0;
 }
 
 /*  The encoder's output: a buffer on the stack, on the heap only for a
     header larger than it, written by the few msgpack forms a header uses
     (msgpack-c's packer and sbuffer cost a call and an allocation per
-    piece). The forms are msgpack-c's, so the bytes are the same. */
+    piece). The forms are msgpack-c's, so the bytes are the same. Each
+    entry reserves its room once (s_room) and is written through a
+    pointer. The map's count is known only at the end: three bytes are
+    kept in front for it, and a fixmap uses the last of them (start). */
 typedef struct {
     uint8_t *data;
     size_t size;
     size_t cap;
-    bool failed; /* out of memory: no frame */
+    size_t start; /* first byte of the header in data */
+    bool failed;  /* out of memory: no frame */
     uint8_t inline_data[1024];
 } s_buf_t;
 
@@ -812,106 +964,143 @@ static bool s_buf_grow(s_buf_t *b, size_t len)
     return true;
 }
 
-static inline void s_put(s_buf_t *b, const void *data, size_t len)
+/*  Room for len more bytes at the end, or NULL (failed) without memory. */
+static inline uint8_t *s_room(s_buf_t *b, size_t len)
 {
     if (b->size + len > b->cap && !s_buf_grow(b, len))
-        return;
-    memcpy(b->data + b->size, data, len);
-    b->size += len;
+        return NULL;
+    return b->data + b->size;
 }
 
-/*  A type byte and a big-endian number of width bytes (0, 1, 2, 4, 8). */
-static void s_put_tag(s_buf_t *b, uint8_t tag, uint64_t n, int width)
+/*  A big-endian number of width bytes (1, 2, 4, 8) after a type byte. */
+static inline uint8_t *s_w_tag(uint8_t *p, uint8_t tag, uint64_t n, int width)
 {
-    uint8_t out[9];
-    out[0] = tag;
-    for (int k = 0; k < width; k++)
-        out[1 + k] = (uint8_t)(n >> (8 * (width - 1 - k)));
-    s_put(b, out, 1 + (size_t)width);
+    *p++ = tag;
+    for (int k = width - 1; k >= 0; k--)
+        *p++ = (uint8_t)(n >> (8 * k));
+    return p;
 }
 
-/*  A str, array or map header: fix form below fix_max, else 8/16/32. */
-static void s_put_len(s_buf_t *b, uint8_t fix, uint32_t fix_max, uint8_t tag8,
-                      uint8_t tag16, size_t n)
+/*  A str, array or map header: fix form below fix_max, else 8/16/32
+    (tag8 0: no 8-bit form). At most 5 bytes. */
+static inline uint8_t *s_w_len(uint8_t *p, uint8_t fix, uint32_t fix_max,
+                               uint8_t tag8, uint8_t tag16, size_t n)
 {
-    if (n < fix_max)
-        s_put_tag(b, (uint8_t)(fix | n), 0, 0);
-    else if (tag8 && n < 256)
-        s_put_tag(b, tag8, n, 1);
-    else if (n < 65536)
-        s_put_tag(b, tag16, n, 2);
-    else
-        s_put_tag(b, (uint8_t)(tag16 + 1), n, 4);
+    if (n < fix_max) {
+        *p++ = (uint8_t)(fix | n);
+        return p;
+    }
+    if (tag8 && n < 256)
+        return s_w_tag(p, tag8, n, 1);
+    if (n < 65536)
+        return s_w_tag(p, tag16, n, 2);
+    return s_w_tag(p, (uint8_t)(tag16 + 1), n, 4);
 }
 
-static void s_put_int(s_buf_t *b, int64_t i)
+static inline uint8_t *s_w_str(uint8_t *p, const char *s, size_t len)
+{
+    p = s_w_len(p, 0xa0, 32, 0xd9, 0xda, len);
+    memcpy(p, s, len);
+    return p + len;
+}
+
+/*  An integer in its smallest form. At most 9 bytes. */
+static uint8_t *s_w_int(uint8_t *p, int64_t i)
 {
     if (i >= 0) {
         uint64_t u = (uint64_t)i;
-        if (u < 128)
-            s_put_tag(b, (uint8_t)u, 0, 0);
-        else
-            s_put_tag(b,
-                      u < 256             ? 0xcc
-                      : u < 65536         ? 0xcd
-                      : u < 4294967296ULL ? 0xce
-                                          : 0xcf,
-                      u,
-                      u < 256             ? 1
-                      : u < 65536         ? 2
-                      : u < 4294967296ULL ? 4
-                                          : 8);
-    } else if (i >= -32)
-        s_put_tag(b, (uint8_t)(int8_t)i, 0, 0);
-    else if (i >= -128)
-        s_put_tag(b, 0xd0, (uint64_t)i, 1);
-    else if (i >= -32768)
-        s_put_tag(b, 0xd1, (uint64_t)i, 2);
-    else if (i >= INT32_MIN)
-        s_put_tag(b, 0xd2, (uint64_t)i, 4);
-    else
-        s_put_tag(b, 0xd3, (uint64_t)i, 8);
+        if (u < 128) {
+            *p++ = (uint8_t)u;
+            return p;
+        }
+        if (u < 256)
+            return s_w_tag(p, 0xcc, u, 1);
+        if (u < 65536)
+            return s_w_tag(p, 0xcd, u, 2);
+        if (u < 4294967296ULL)
+            return s_w_tag(p, 0xce, u, 4);
+        return s_w_tag(p, 0xcf, u, 8);
+    }
+    if (i >= -32) {
+        *p++ = (uint8_t)(int8_t)i;
+        return p;
+    }
+    if (i >= -128)
+        return s_w_tag(p, 0xd0, (uint64_t)i, 1);
+    if (i >= -32768)
+        return s_w_tag(p, 0xd1, (uint64_t)i, 2);
+    if (i >= INT32_MIN)
+        return s_w_tag(p, 0xd2, (uint64_t)i, 4);
+    return s_w_tag(p, 0xd3, (uint64_t)i, 8);
 }
 
+/*  A string (a key, a group's name) on its own. */
 static void s_pack_strn(s_buf_t *b, const char *s, size_t len)
 {
-    s_put_len(b, 0xa0, 32, 0xd9, 0xda, len);
-    s_put(b, s, len);
+    uint8_t *p = s_room(b, 5 + len);
+    if (p)
+        b->size = (size_t)(s_w_str(p, s, len) - b->data);
 }
 
-static void s_pack_str(s_buf_t *b, const char *s)
+/*  A map's header on its own (a group's). */
+static void s_pack_map(s_buf_t *b, size_t n)
 {
-    s_pack_strn(b, s, strlen(s));
+    uint8_t *p = s_room(b, 5);
+    if (p)
+        b->size = (size_t)(s_w_len(p, 0x80, 16, 0, 0xde, n) - b->data);
 }
 
-static void s_pack_value(s_buf_t *b, const s_field_t *def, const s_value_t *v)
+static void s_pack_strs(s_buf_t *b, const s_value_t *v)
 {
-    s_pack_strn(b, def->key, def->key_len);
+    uint8_t *p = s_room(b, 5);
+    if (!p)
+        return;
+    b->size = (size_t)(s_w_len(p, 0x90, 16, 0, 0xdc, v->strs.count) - b->data);
+    for (size_t k = 0; k < v->strs.count; k++)
+        s_pack_strn(b, v->strs.items[k], strlen(v->strs.items[k]));
+}
+
+/*  One entry: the field's key and its value. */
+static inline __attribute__((always_inline)) void
+s_pack_value(s_buf_t *b, const s_field_t *def, const s_value_t *v)
+{
+    size_t body = def->kind == S_STR   ? v->slen
+                  : def->kind == S_RAW ? v->raw.size
+                                       : 0;
+    uint8_t *p = s_room(b, S_KEYENC + def->key_len + 9 + body);
+    if (!p)
+        return;
+    if (def->key_len < S_KEYENC) {
+        memcpy(p, s_keyenc[def - s_fields], S_KEYENC);
+        p += 1 + def->key_len;
+    } else
+        p = s_w_str(p, def->key, def->key_len);
     switch (def->kind) {
     case S_STR:
-        s_pack_str(b, v->s);
+        p = s_w_str(p, v->s, v->slen);
         break;
     case S_INT:
-        s_put_int(b, v->i);
+        p = s_w_int(p, v->i);
         break;
     case S_BOOL:
-        s_put_tag(b, v->b ? 0xc3 : 0xc2, 0, 0);
+        *p++ = v->b ? 0xc3 : 0xc2;
         break;
     case S_DBL: {
         uint64_t bits;
         memcpy(&bits, &v->d, sizeof bits);
-        s_put_tag(b, 0xcb, bits, 8);
+        p = s_w_tag(p, 0xcb, bits, 8);
         break;
     }
     case S_RAW:
-        s_put(b, v->raw.data, v->raw.size);
+        memcpy(p, v->raw.data, v->raw.size);
+        p += v->raw.size;
         break;
     case S_STRS:
-        s_put_len(b, 0x90, 16, 0, 0xdc, v->strs.count);
-        for (size_t k = 0; k < v->strs.count; k++)
-            s_pack_str(b, v->strs.items[k]);
-        break;
+        b->size = (size_t)(p - b->data);
+        s_pack_strs(b, v);
+        return;
     }
+    b->size = (size_t)(p - b->data);
 }
 
 /*  A group's map, written when the encoder reaches its first set field f:
@@ -923,48 +1112,45 @@ static void s_pack_group(const llmq_msg_t *self, s_buf_t *b, int f)
     for (int g = f; g >= 0; g = s_next_set(self, g + 1))
         n += s_group_of[g] == group;
     s_pack_strn(b, s_group_name[group], s_group_len[group]);
-    s_put_len(b, 0x80, 16, 0, 0xde, n);
+    s_pack_map(b, n);
     for (int g = f; g >= 0; g = s_next_set(self, g + 1))
         if (s_group_of[g] == group)
             s_pack_value(b, &s_fields[g], &self->values[g]);
 }
 
-/*  Top-level entries: v, t, ungrouped fields, one per group in use. */
-static size_t s_top_count(const llmq_msg_t *self)
+/*  The whole map but its header: v, t, ungrouped fields, one entry per
+    group in use. Returns the number of entries. */
+/*  The first two entries: v and t. */
+static void s_pack_vt(s_buf_t *b, llmq_msg_type_t type)
+{
+    uint8_t *p = s_room(b, 5 + 5 + s_type_len[type]);
+    if (!p)
+        return;
+    _Static_assert(LLMQ_PROTOCOL_VERSION < 128, "v is a positive fixint");
+    memcpy(p, "\xa1v\x00\xa1t", 5);
+    p[2] = LLMQ_PROTOCOL_VERSION;
+    p = s_w_str(p + 5, s_msgs[type].name, s_type_len[type]);
+    b->size = (size_t)(p - b->data);
+}
+
+static size_t s_pack_header(const llmq_msg_t *self, s_buf_t *b)
 {
     size_t n = 2;
+    s_pack_vt(b, self->type);
     uint64_t groups = 0;
     S_FOR_SET(self, f)
     {
         int group = s_group_of[f];
-        if (!group)
+        if (!group) {
+            s_pack_value(b, &s_fields[f], &self->values[f]);
             n++;
-        else if (!(groups & (1ULL << group))) {
+        } else if (!(groups & (1ULL << group))) {
             groups |= 1ULL << group;
+            s_pack_group(self, b, f);
             n++;
         }
     }
     return n;
-}
-
-static void s_pack_header(const llmq_msg_t *self, s_buf_t *b)
-{
-    s_put_len(b, 0x80, 16, 0, 0xde, s_top_count(self));
-    s_pack_strn(b, "v", 1);
-    s_put_int(b, LLMQ_PROTOCOL_VERSION);
-    s_pack_strn(b, "t", 1);
-    s_pack_str(b, s_msgs[self->type].name);
-    uint64_t groups = 0;
-    S_FOR_SET(self, f)
-    {
-        int group = s_group_of[f];
-        if (!group)
-            s_pack_value(b, &s_fields[f], &self->values[f]);
-        else if (!(groups & (1ULL << group))) {
-            groups |= 1ULL << group;
-            s_pack_group(self, b, f);
-        }
-    }
 }
 
 /*  The first set field of group, or -1. */
@@ -989,13 +1175,12 @@ static bool s_group_dirty(const llmq_msg_t *self, int group)
 /*  A received header written again (s_keep_raw): its entries copied but
     for the fields changed since the decode, written after them from the
     values, as are changed groups. The same map as s_pack_header's, in
-    another order. The map header goes in front once the count is known. */
-static void s_splice(const llmq_msg_t *self, s_buf_t *b)
+    another order. Returns the number of entries. */
+static size_t s_splice(const llmq_msg_t *self, s_buf_t *b)
 {
     const uint8_t *raw = (const uint8_t *)zmq_msg_data((zmq_msg_t *)&self->raw);
     uint64_t groups = 0; /* written or dropped */
     size_t n = 0;
-    s_put(b, "\xde\0\0", 3);
     for (int k = 0; k < self->nspans; k++) {
         const s_span_t *sp = &self->spans[k];
         int group = sp->id <= S_SPAN_GROUP(1) ? S_SPAN_GROUP(0) - sp->id : 0;
@@ -1003,7 +1188,11 @@ static void s_splice(const llmq_msg_t *self, s_buf_t *b)
             continue;
         if (group && s_group_dirty(self, group))
             continue;
-        s_put(b, raw + sp->off, sp->len);
+        uint8_t *p = s_room(b, sp->len);
+        if (!p)
+            return 0;
+        memcpy(p, raw + sp->off, sp->len);
+        b->size += sp->len;
         n++;
         groups |= group ? 1ULL << group : 0;
     }
@@ -1022,40 +1211,61 @@ static void s_splice(const llmq_msg_t *self, s_buf_t *b)
                 }
             }
         }
-    if (b->failed)
-        return;
-    b->data[1] = (uint8_t)(n >> 8);
-    b->data[2] = (uint8_t)n;
-    if (n < 16) { /* msgpack-c's form: a fixmap */
-        b->data[2] = (uint8_t)(0x80 | n);
-        memmove(b->data, b->data + 2, b->size - 2);
-        b->size -= 2;
-    }
+    return n;
 }
 
-/*  Encode into buf (its inline buffer or more); 0, or -1 with a reason. */
+/*  Encode into buf (its inline buffer or more): the header is the bytes
+    from buf->start to buf->size. 0, or -1 with a reason. */
+static void s_buf_init(s_buf_t *buf)
+{
+    buf->data = buf->inline_data;
+    buf->size = 3; /* room for the map's header */
+    buf->start = 0;
+    buf->cap = sizeof buf->inline_data;
+    buf->failed = false;
+}
+
+/*  The map's header in front of its n entries; the size checked. */
+static int s_buf_finish(s_buf_t *buf, size_t n, char *errbuf, size_t errlen)
+{
+    if (buf->failed)
+        return s_errf(errbuf, errlen, "out of memory");
+    if (n < 16) { /* msgpack-c's form: a fixmap */
+        buf->data[2] = (uint8_t)(0x80 | n);
+        buf->start = 2;
+    } else
+        s_w_tag(buf->data, 0xde, n, 2);
+    if (buf->size - buf->start > LLMQ_MAX_HEADER_SIZE)
+        return s_errf(errbuf, errlen, "header too large (%zu > %d bytes)",
+                      buf->size - buf->start, LLMQ_MAX_HEADER_SIZE);
+    return 0;
+}
+
 static int s_encode_buf(const llmq_msg_t *self, s_buf_t *buf, char *errbuf,
                         size_t errlen)
 {
-    buf->data = buf->inline_data;
-    buf->size = 0;
-    buf->cap = sizeof buf->inline_data;
-    buf->failed = false;
+    s_buf_init(buf);
     if (!self || self->type == LLMQ_MSG_INVALID)
         return s_errf(errbuf, errlen, "cannot encode an invalid message");
     s_tables();
     if (s_check(self, errbuf, errlen))
         return -1;
-    if (self->has_raw)
-        s_splice(self, buf);
-    else
-        s_pack_header(self, buf);
-    if (buf->failed)
-        return s_errf(errbuf, errlen, "out of memory");
-    if (buf->size > LLMQ_MAX_HEADER_SIZE)
-        return s_errf(errbuf, errlen, "header too large (%zu > %d bytes)",
-                      buf->size, LLMQ_MAX_HEADER_SIZE);
-    return 0;
+    size_t n = self->has_raw ? s_splice(self, buf) : s_pack_header(self, buf);
+    return s_buf_finish(buf, n, errbuf, errlen);
+}
+
+/*  The encoded header into a new zmq_msg_t; frees buf's heap part. */
+static int s_buf_to_msg(s_buf_t *buf, int rc, zmq_msg_t *out, char *errbuf,
+                        size_t errlen)
+{
+    size_t size = buf->size - buf->start;
+    if (rc == 0 && zmq_msg_init_size(out, size) == 0)
+        memcpy(zmq_msg_data(out), buf->data + buf->start, size);
+    else if (rc == 0)
+        rc = s_errf(errbuf, errlen, "out of memory");
+    if (buf->data != buf->inline_data)
+        free(buf->data);
+    return rc;
 }
 
 zframe_t *llmq_msg_encode(const llmq_msg_t *self, char *errbuf, size_t errlen)
@@ -1063,7 +1273,7 @@ zframe_t *llmq_msg_encode(const llmq_msg_t *self, char *errbuf, size_t errlen)
     s_buf_t buf;
     zframe_t *frame = NULL;
     if (s_encode_buf(self, &buf, errbuf, errlen) == 0)
-        frame = zframe_new(buf.data, buf.size);
+        frame = zframe_new(buf.data + buf.start, buf.size - buf.start);
     if (buf.data != buf.inline_data)
         free(buf.data);
     return frame;
@@ -1074,13 +1284,72 @@ int llmq_msg_encode_msg(const llmq_msg_t *self, zmq_msg_t *out, char *errbuf,
 {
     s_buf_t buf;
     int rc = s_encode_buf(self, &buf, errbuf, errlen);
-    if (rc == 0 && zmq_msg_init_size(out, buf.size) == 0)
-        memcpy(zmq_msg_data(out), buf.data, buf.size);
-    else if (rc == 0)
-        rc = s_errf(errbuf, errlen, "out of memory");
-    if (buf.data != buf.inline_data)
-        free(buf.data);
-    return rc;
+    return s_buf_to_msg(&buf, rc, out, errbuf, errlen);
+}
+
+/*  Entries in catalogue order, top-level STR, INT or BOOL fields; their
+    set in set (STR NULL: absent). */
+static int s_entries_check(const llmq_msg_entry_t *entries, size_t count,
+                           uint64_t *set, char *errbuf, size_t errlen)
+{
+    int last = -1;
+    for (size_t k = 0; k < count; k++) {
+        int f = (int)entries[k].field;
+        if (f <= last || f >= LLMQ_F_COUNT || s_group_of[f] ||
+            (s_fields[f].kind != S_STR && s_fields[f].kind != S_INT &&
+             s_fields[f].kind != S_BOOL))
+            return s_errf(errbuf, errlen,
+                          "entry %zu: not a top-level string, integer or "
+                          "boolean field in catalogue order",
+                          k);
+        last = f;
+        if (s_fields[f].kind != S_STR || entries[k].str)
+            set[f >> 6] |= 1ULL << (f & 63);
+    }
+    return 0;
+}
+
+int llmq_msg_encode_entries(llmq_msg_type_t type,
+                            const llmq_msg_entry_t *entries, size_t count,
+                            zmq_msg_t *out, char *errbuf, size_t errlen)
+{
+    s_buf_t buf;
+    s_buf_init(&buf);
+    if ((int)type <= LLMQ_MSG_INVALID || type >= LLMQ_MSG_COUNT)
+        return s_errf(errbuf, errlen, "cannot encode an invalid message");
+    s_tables();
+    uint64_t set[S_WORDS] = {0};
+    char label[64];
+    if (s_entries_check(entries, count, set, errbuf, errlen))
+        return -1;
+    for (const int *r = s_msgs[type].required; *r >= 0; r++)
+        if (!((set[*r >> 6] >> (*r & 63)) & 1))
+            return s_errf(errbuf, errlen, "missing required '%s'",
+                          s_field_label((llmq_field_t)*r, label, sizeof label));
+    /*  As s_pack_header: v, t, then the fields in catalogue order. */
+    s_pack_vt(&buf, type);
+    size_t n = 2;
+    int rc = 0;
+    for (size_t k = 0; k < count && rc == 0; k++) {
+        llmq_field_t f = entries[k].field;
+        s_value_t v;
+        memset(&v, 0, sizeof v);
+        if (s_fields[f].kind == S_STR) {
+            if (!entries[k].str)
+                continue;
+            v.s = (char *)entries[k].str;
+            v.slen = strlen(v.s);
+            rc = s_check_str(f, v.s, v.slen, errbuf, errlen);
+        } else if (s_fields[f].kind == S_INT)
+            v.i = entries[k].num;
+        else
+            v.b = entries[k].num != 0;
+        s_pack_value(&buf, &s_fields[f], &v);
+        n++;
+    }
+    if (rc == 0)
+        rc = s_buf_finish(&buf, n, errbuf, errlen);
+    return s_buf_to_msg(&buf, rc, out, errbuf, errlen);
 }
 
 /*  ---- decode ----------------------------------------------------------- */
@@ -1088,14 +1357,15 @@ int llmq_msg_encode_msg(const llmq_msg_t *self, zmq_msg_t *out, char *errbuf,
 typedef struct {
     llmq_mp_reader_t r;  /* over the header bytes */
     llmq_msg_t *msg;     /* fields land here; type is set at the end */
-    char reason[160];    /* first failure, formatted */
     bool has_v;          /* `v` seen */
     int64_t v;           /* its value */
     const uint8_t *t;    /* `t` bytes, borrowed from the input */
     uint32_t t_len;      /* their length */
     int16_t entry;       /* what the last top-level entry was (s_span_t) */
+    bool spans;          /* record the entries (LLMQ_MSG_RECV_SPLICE) */
     bool spans_over;     /* more entries than msg->spans holds */
     const uint8_t *base; /* the header's first byte */
+    char reason[160];    /* first failure, formatted (last: not zeroed) */
 } s_decoder_t;
 
 static int s_fail(s_decoder_t *d, const char *fmt, ...)
@@ -1116,7 +1386,7 @@ static int s_fail_reader(s_decoder_t *d)
 }
 
 /*  The field of key in group (0: top level), or -1: one hash probe. */
-static int s_find_field(int group, const uint8_t *key, uint32_t len)
+static inline int s_find_field(int group, const uint8_t *key, uint32_t len)
 {
     uint32_t h = s_hash_key(group, key, len);
     for (;; h++) {
@@ -1124,7 +1394,7 @@ static int s_find_field(int group, const uint8_t *key, uint32_t len)
         if (f < 0)
             return -1;
         if (s_group_of[f] == group && s_fields[f].key_len == len &&
-            memcmp(s_fields[f].key, key, len) == 0)
+            s_key_is(f, key, len))
             return f;
     }
 }
@@ -1145,7 +1415,8 @@ static int s_wrong_type(s_decoder_t *d, llmq_field_t f, const char *want)
                   s_field_label(f, label, sizeof label), want);
 }
 
-static int s_dec_str(s_decoder_t *d, llmq_field_t f, const llmq_mp_item_t *it)
+static inline int s_dec_str(s_decoder_t *d, llmq_field_t f,
+                            const llmq_mp_item_t *it)
 {
     char label[64];
     if (it->kind != LLMQ_MP_STR && it->kind != LLMQ_MP_BIN)
@@ -1162,13 +1433,24 @@ static int s_dec_str(s_decoder_t *d, llmq_field_t f, const llmq_mp_item_t *it)
             return s_fail(d, "'%s' invalid UTF-8",
                           s_field_label(f, label, sizeof label));
     }
-    if (s_set_strn(d->msg, f, (const char *)it->ptr, it->len))
+    llmq_msg_t *msg = d->msg;
+    if (!s_is_set(msg, f) && S_ARENA - msg->arena_used > it->len) {
+        /*  The common case inline: a first value that fits the arena. */
+        char *copy = msg->arena + msg->arena_used;
+        msg->arena_used += it->len + 1;
+        memcpy(copy, it->ptr, it->len);
+        copy[it->len] = 0;
+        msg->values[f].s = copy;
+        msg->values[f].slen = it->len;
+        s_mark(msg, f);
+    } else if (s_set_strn(msg, f, (const char *)it->ptr, it->len))
         return s_fail(d, "out of memory");
-    s_mark_checked(d->msg, f);
+    s_mark_checked(msg, f);
     return 0;
 }
 
-static int s_dec_int(s_decoder_t *d, llmq_field_t f, const llmq_mp_item_t *it)
+static inline int s_dec_int(s_decoder_t *d, llmq_field_t f,
+                            const llmq_mp_item_t *it)
 {
     s_value_t v = {.i = it->i};
     if (it->kind == LLMQ_MP_UINT) {
@@ -1181,8 +1463,8 @@ static int s_dec_int(s_decoder_t *d, llmq_field_t f, const llmq_mp_item_t *it)
     return 0;
 }
 
-static int s_dec_scalar(s_decoder_t *d, llmq_field_t f,
-                        const llmq_mp_item_t *it)
+static inline int s_dec_scalar(s_decoder_t *d, llmq_field_t f,
+                               const llmq_mp_item_t *it)
 {
     s_value_t v = {.i = 0};
     if (s_fields[f].kind == S_BOOL) {
@@ -1224,6 +1506,7 @@ static int s_dec_strs(s_decoder_t *d, llmq_field_t f, const llmq_mp_item_t *it)
         }
     }
     s_unset(d->msg, f);
+    d->msg->heap = true;
     d->msg->values[f].strs.items = items;
     d->msg->values[f].strs.count = it->len;
     s_mark(d->msg, f);
@@ -1250,7 +1533,7 @@ static int s_dec_raw(s_decoder_t *d, llmq_field_t f)
 }
 
 /*  One known field's value. A nil value means "absent". */
-static int s_dec_field(s_decoder_t *d, llmq_field_t f)
+static inline int s_dec_field(s_decoder_t *d, llmq_field_t f)
 {
     if (d->r.p < d->r.end && *d->r.p == 0xc0) {
         d->r.p++;
@@ -1260,7 +1543,7 @@ static int s_dec_field(s_decoder_t *d, llmq_field_t f)
     if (s_fields[f].kind == S_RAW)
         return s_dec_raw(d, f);
     llmq_mp_item_t it;
-    if (llmq_mp_read(&d->r, &it))
+    if (llmq_mp_read_fast(&d->r, &it))
         return s_fail_reader(d);
     switch (s_fields[f].kind) {
     case S_STR:
@@ -1276,7 +1559,7 @@ static int s_dec_field(s_decoder_t *d, llmq_field_t f)
 
 static int s_read_key(s_decoder_t *d, llmq_mp_item_t *key)
 {
-    if (llmq_mp_read(&d->r, key))
+    if (llmq_mp_read_fast(&d->r, key))
         return s_fail_reader(d);
     if (key->kind != LLMQ_MP_STR && key->kind != LLMQ_MP_BIN)
         return s_fail(d, "map key is not a string");
@@ -1287,7 +1570,7 @@ static int s_read_key(s_decoder_t *d, llmq_mp_item_t *key)
 static int s_dec_group(s_decoder_t *d, int group)
 {
     llmq_mp_item_t it;
-    if (llmq_mp_read(&d->r, &it))
+    if (llmq_mp_read_fast(&d->r, &it))
         return s_fail_reader(d);
     if (it.kind == LLMQ_MP_NIL)
         return 0;
@@ -1310,7 +1593,7 @@ static int s_dec_group(s_decoder_t *d, int group)
 static int s_dec_vt(s_decoder_t *d, const llmq_mp_item_t *key)
 {
     llmq_mp_item_t it;
-    if (llmq_mp_read(&d->r, &it))
+    if (llmq_mp_read_fast(&d->r, &it))
         return s_fail_reader(d);
     if (key->ptr[0] == 'v') {
         if (it.kind != LLMQ_MP_UINT && it.kind != LLMQ_MP_INT)
@@ -1350,7 +1633,7 @@ static int s_dec_entry(s_decoder_t *d)
 static int s_dec_map(s_decoder_t *d)
 {
     llmq_mp_item_t it;
-    if (llmq_mp_read(&d->r, &it))
+    if (llmq_mp_read_fast(&d->r, &it))
         return s_fail_reader(d);
     if (it.kind != LLMQ_MP_MAP)
         return s_fail(d, "header is not a map");
@@ -1359,6 +1642,8 @@ static int s_dec_map(s_decoder_t *d)
         const uint8_t *start = d->r.p;
         if (s_dec_entry(d))
             return -1;
+        if (!d->spans)
+            continue;
         if (msg->nspans < S_MAX_SPANS)
             msg->spans[msg->nspans++] =
                 (s_span_t){.off = (uint32_t)(start - d->base),
@@ -1403,9 +1688,10 @@ static int s_dec_finish(s_decoder_t *d, bool has_payload)
 /*  Decode into d->msg; on failure the message keeps what was read so far
     (llmq_msg_recv uses its `id`) and d->reason says why. */
 static int s_decode(s_decoder_t *d, const void *data, size_t size,
-                    bool has_payload)
+                    bool has_payload, bool spans)
 {
-    memset(d, 0, sizeof *d);
+    memset(d, 0, offsetof(s_decoder_t, reason));
+    d->reason[0] = 0;
     s_tables();
     d->msg = llmq_msg_new(LLMQ_MSG_INVALID);
     if (!d->msg)
@@ -1417,6 +1703,7 @@ static int s_decode(s_decoder_t *d, const void *data, size_t size,
                       LLMQ_MAX_HEADER_SIZE);
     llmq_mp_init(&d->r, data, size);
     d->base = (const uint8_t *)data;
+    d->spans = spans;
     if (s_dec_map(d) || s_dec_finish(d, has_payload))
         return -1;
     return 0;
@@ -1426,7 +1713,7 @@ llmq_msg_t *llmq_msg_decode(const void *data, size_t size, bool has_payload,
                             char *errbuf, size_t errlen)
 {
     s_decoder_t d;
-    if (s_decode(&d, data, size, has_payload) == 0)
+    if (s_decode(&d, data, size, has_payload, false) == 0)
         return d.msg;
     s_errf(errbuf, errlen, "%s", d.reason);
     llmq_msg_destroy(&d.msg);
@@ -1470,6 +1757,7 @@ int llmq_msg_send(llmq_msg_t **self_p, void *sock)
         return -1;
     llmq_msg_t *self = *self_p;
     *self_p = NULL;
+    llmq_msg_payload(self); /* a received message payload as a frame */
     void *handle = zsock_resolve(sock);
     bool router = s_is_router(handle);
     char reason[160] = "";
@@ -1556,10 +1844,20 @@ static void s_keep_raw(s_decoder_t *d, zmq_msg_t *header)
     memset(msg->dirty, 0, sizeof msg->dirty);
 }
 
-/*  Turn the received frames into a message; takes the payload frame. rid
-    and header are the caller's (NULL: none arrived). */
+/*  The payload frame of a message being received: a zframe, or with
+    LLMQ_MSG_RECV_PAYLOAD_MSG the zmq_msg_t libzmq gave (no zframe, no
+    RCVMORE query per frame). */
+typedef struct {
+    bool want_msg;   /* receive it into msg */
+    bool has_msg;    /* msg holds it */
+    zframe_t *frame; /* or here */
+    zmq_msg_t msg;   /* initialised by llmq_msg_recv_ex */
+} s_payload_in_t;
+
+/*  Turn the received frames into a message; takes the payload. rid and
+    header are the caller's (NULL: none arrived). */
 static llmq_msg_t *s_from_frames(zmq_msg_t *rid, zmq_msg_t *header,
-                                 zframe_t **payload_p, int frames, int flags)
+                                 s_payload_in_t *pl, int frames, int flags)
 {
     s_decoder_t d;
     const void *data = header ? zmq_msg_data(header) : NULL;
@@ -1570,7 +1868,8 @@ static llmq_msg_t *s_from_frames(zmq_msg_t *rid, zmq_msg_t *header,
         if (d.msg)
             s_fail(&d, "too many frames (%d)", frames);
     } else
-        s_decode(&d, data, size, *payload_p != NULL);
+        s_decode(&d, data, size, pl->frame || pl->has_msg,
+                 (flags & LLMQ_MSG_RECV_SPLICE) != 0);
     if (d.msg) {
         /*  Under CURVE, ZAP's User-Id (the peer's public key) rides on
             every frame but the routing id, which the ROUTER makes. */
@@ -1587,11 +1886,14 @@ static llmq_msg_t *s_from_frames(zmq_msg_t *rid, zmq_msg_t *header,
         } else {
             if (flags & LLMQ_MSG_RECV_SPLICE)
                 s_keep_raw(&d, header);
-            d.msg->payload = *payload_p;
-            *payload_p = NULL;
+            d.msg->payload = pl->frame;
+            pl->frame = NULL;
+            if (pl->has_msg && zmq_msg_init(&d.msg->pmsg) == 0) {
+                zmq_msg_move(&d.msg->pmsg, &pl->msg);
+                d.msg->has_pmsg = true;
+            }
         }
     }
-    zframe_destroy(payload_p);
     return d.msg;
 }
 
@@ -1600,7 +1902,7 @@ static llmq_msg_t *s_from_frames(zmq_msg_t *rid, zmq_msg_t *header,
 static bool s_sock_is_router(void *sock, void *handle)
 {
     if (zsock_is(sock))
-        return strcmp(zsock_type_str((zsock_t *)sock), "ROUTER") == 0;
+        return memcmp(zsock_type_str((zsock_t *)sock), "ROUTER", 7) == 0;
     return s_is_router(handle);
 }
 
@@ -1610,7 +1912,7 @@ static bool s_sock_is_router(void *sock, void *handle)
     boundary. Returns the frames after the routing id, or -1 if nothing
     came. */
 static int s_recv_frames(void *from, void *handle, zmq_msg_t *rid,
-                         zmq_msg_t *header, zframe_t **payload)
+                         zmq_msg_t *header, s_payload_in_t *pl)
 {
     bool more = true;
     if (rid) {
@@ -1624,6 +1926,13 @@ static int s_recv_frames(void *from, void *handle, zmq_msg_t *rid,
             if (zmq_msg_recv(header, handle, 0) == -1)
                 break;
             more = zmq_msg_more(header);
+        } else if (pl->want_msg) {
+            /*  Later frames land in msg too: each receive releases what
+                it held before (they are only counted). */
+            if (zmq_msg_recv(&pl->msg, handle, 0) == -1)
+                break;
+            more = zmq_msg_more(&pl->msg);
+            pl->has_msg = true;
         } else {
             /*  CZMQ takes from as given: resolving a raw handle costs it a
                 getsockopt, a zsock_t does not. */
@@ -1632,7 +1941,7 @@ static int s_recv_frames(void *from, void *handle, zmq_msg_t *rid,
                 break;
             more = zframe_more(frame);
             if (frames == 1)
-                *payload = frame;
+                pl->frame = frame;
             else
                 zframe_destroy(&frame);
         }
@@ -1650,16 +1959,23 @@ llmq_msg_t *llmq_msg_recv_ex(void *sock, int flags)
     zmq_msg_t rid, header;
     zmq_msg_init(&rid);
     zmq_msg_init(&header);
-    zframe_t *payload = NULL;
+    s_payload_in_t pl = {.want_msg = (flags & LLMQ_MSG_RECV_PAYLOAD_MSG) != 0};
+    if (pl.want_msg)
+        zmq_msg_init(&pl.msg);
     int frames = s_recv_frames(zsock_is(sock) ? sock : handle, handle,
-                               router ? &rid : NULL, &header, &payload);
+                               router ? &rid : NULL, &header, &pl);
     llmq_msg_t *msg = NULL;
     if (frames >= 0)
-        msg = s_from_frames(router ? &rid : NULL, frames ? &header : NULL,
-                            &payload, frames, flags);
-    zframe_destroy(&payload);
+        msg = s_from_frames(router ? &rid : NULL, frames ? &header : NULL, &pl,
+                            frames, flags);
+    /*  What the message took was moved out (left empty): no close. */
+    if (pl.frame)
+        zframe_destroy(&pl.frame);
+    if (pl.want_msg && !(msg && msg->has_pmsg))
+        zmq_msg_close(&pl.msg);
+    if (!(msg && msg->has_raw))
+        zmq_msg_close(&header);
     zmq_msg_close(&rid);
-    zmq_msg_close(&header);
     return msg;
 }
 
@@ -1806,7 +2122,7 @@ void llmq_msg_print(const llmq_msg_t *self)
             self->reason ? " reason=" : "", self->reason ? self->reason : "");
     S_FOR_SET(self, f)
     s_print_field(self, f);
-    if (self->payload)
+    if (llmq_msg_payload(self))
         fprintf(stderr, "    (payload: %zu bytes)\n",
                 zframe_size(self->payload));
 }
@@ -2154,6 +2470,146 @@ static void s_test_splice(void)
     zsock_destroy(&in);
 }
 
+/*  Payloads received with LLMQ_MSG_RECV_PAYLOAD_MSG: moved out as the
+    message libzmq gave, or made a frame when one is asked for; the frame
+    rules unchanged (a third frame is still bad_message). */
+static void s_test_payload_msg(void)
+{
+    zsock_t *in = zsock_new_pair("@inproc://llmq-msg-pmsg-test");
+    zsock_t *out = zsock_new_pair(">inproc://llmq-msg-pmsg-test");
+    S_TEST(in && out);
+    const char *body = "a body longer than a small message's 33 bytes";
+    for (int round = 0; round < 3; round++) {
+        llmq_msg_t *res = llmq_msg_new(LLMQ_MSG_RES);
+        llmq_msg_set_id(res, "p-1");
+        llmq_msg_set_ok(res, true);
+        llmq_msg_set_payload_mem(res, body, strlen(body));
+        S_TEST(llmq_msg_send(&res, out) == 0);
+        int flags =
+            LLMQ_MSG_RECV_PAYLOAD_MSG | (round == 2 ? LLMQ_MSG_RECV_SPLICE : 0);
+        llmq_msg_t *got = llmq_msg_recv_ex(in, flags);
+        S_TEST(got && llmq_msg_type(got) == LLMQ_MSG_RES && got->has_pmsg);
+        zmq_msg_t payload;
+        if (round == 0) {
+            S_TEST(llmq_msg_take_payload_msg(got, &payload) == 0);
+            S_TEST(zmq_msg_size(&payload) == strlen(body) &&
+                   !memcmp(zmq_msg_data(&payload), body, strlen(body)));
+            zmq_msg_close(&payload);
+            S_TEST(llmq_msg_take_payload_msg(got, &payload) == -1);
+        } else if (round == 1) {
+            llmq_msg_t *copy = llmq_msg_dup(got);
+            S_TEST(copy && llmq_msg_payload(copy) &&
+                   zframe_streq(llmq_msg_payload(copy), body));
+            S_TEST(zframe_streq(llmq_msg_payload(got), body));
+            S_TEST(llmq_msg_take_payload_msg(got, &payload) == 0);
+            zmq_msg_close(&payload);
+            llmq_msg_destroy(&copy);
+        } else {
+            /*  Forwarded as a whole: spliced header, payload sent. */
+            llmq_msg_set_id(got, "client-7");
+            S_TEST(llmq_msg_send(&got, out) == 0);
+            llmq_msg_t *back = llmq_msg_recv(in);
+            S_TEST(back && streq(llmq_msg_id(back), "client-7") &&
+                   llmq_msg_ok(back) &&
+                   zframe_streq(llmq_msg_payload(back), body));
+            llmq_msg_destroy(&back);
+        }
+        llmq_msg_destroy(&got);
+    }
+    zframe_t *header = zframe_new("\x82\xa1v\x01\xa1t\xa2hb", 9);
+    S_TEST(zframe_send(&header, out, ZFRAME_MORE) == 0);
+    S_TEST(zstr_sendm(out, "one") == 0 && zstr_send(out, "two") == 0);
+    llmq_msg_t *bad = llmq_msg_recv_ex(in, LLMQ_MSG_RECV_PAYLOAD_MSG);
+    S_TEST(bad && llmq_msg_type(bad) == LLMQ_MSG_INVALID &&
+           strstr(llmq_msg_invalid_reason(bad), "too many frames"));
+    llmq_msg_destroy(&bad);
+    zsock_destroy(&out);
+    zsock_destroy(&in);
+}
+
+/*  Entries and a message with the same fields: the same bytes. */
+static bool s_test_entries_same(const llmq_msg_entry_t *entries, size_t n)
+{
+    llmq_msg_t *msg = llmq_msg_new(LLMQ_MSG_REQ);
+    for (size_t k = 0; k < n; k++) {
+        llmq_field_t f = entries[k].field;
+        if (s_fields[f].kind == S_STR)
+            s_set_strn(msg, f, entries[k].str ? entries[k].str : "",
+                       entries[k].str ? strlen(entries[k].str) : 0);
+        else
+            s_set_scalar(msg, f,
+                         s_fields[f].kind == S_INT
+                             ? (s_value_t){.i = entries[k].num}
+                             : (s_value_t){.b = entries[k].num != 0});
+        if (!entries[k].str && s_fields[f].kind == S_STR)
+            s_unset(msg, f);
+    }
+    zframe_t *full = llmq_msg_encode(msg, NULL, 0);
+    zmq_msg_t out;
+    bool same = full && llmq_msg_encode_entries(LLMQ_MSG_REQ, entries, n, &out,
+                                                NULL, 0) == 0;
+    if (same) {
+        same = zmq_msg_size(&out) == zframe_size(full) &&
+               memcmp(zmq_msg_data(&out), zframe_data(full),
+                      zframe_size(full)) == 0;
+        zmq_msg_close(&out);
+    }
+    zframe_destroy(&full);
+    llmq_msg_destroy(&msg);
+    return same;
+}
+
+/*  llmq_msg_encode_entries writes what llmq_msg_encode writes, and
+    refuses what it refuses (and entries out of order). */
+static void s_test_entries(void)
+{
+    char rkey[601];
+    memset(rkey, 'k', 600);
+    rkey[600] = 0;
+    llmq_msg_entry_t all[] = {
+        {LLMQ_F_id, "1234567890123", 0},  {LLMQ_F_op, "chat", 0},
+        {LLMQ_F_model, "gpt-4o-mini", 0}, {LLMQ_F_pool, "pool-é", 0},
+        {LLMQ_F_stream, NULL, 1},         {LLMQ_F_deadline_ms, NULL, 70000},
+        {LLMQ_F_priority, NULL, -40},     {LLMQ_F_attempt, NULL, 3},
+        {LLMQ_F_trace, "t", 0},           {LLMQ_F_rkey, rkey, 0},
+        {LLMQ_F_resend, NULL, 0},         {LLMQ_F_tenant, "acme", 0}};
+    size_t n = sizeof all / sizeof all[0];
+    S_TEST(s_test_entries_same(all, n));
+    S_TEST(s_test_entries_same(all, 3));
+    all[3].str = NULL; /* absent */
+    all[8].str = NULL;
+    S_TEST(s_test_entries_same(all, n));
+    char err[160];
+    zmq_msg_t out;
+    S_TEST(llmq_msg_encode_entries(LLMQ_MSG_REQ, all + 1, n - 1, &out, err,
+                                   sizeof err) == -1 &&
+           strstr(err, "missing required 'id'"));
+    llmq_msg_entry_t swapped[] = {all[1], all[0], all[2]};
+    S_TEST(llmq_msg_encode_entries(LLMQ_MSG_REQ, swapped, 3, &out, err,
+                                   sizeof err) == -1 &&
+           strstr(err, "catalogue order"));
+    llmq_msg_entry_t twice[] = {all[0], all[0], all[1], all[2]};
+    S_TEST(llmq_msg_encode_entries(LLMQ_MSG_REQ, twice, 4, &out, err,
+                                   sizeof err) == -1);
+    llmq_msg_entry_t grouped[] = {
+        all[0], all[1], all[2], {LLMQ_F_usage_prompt_tokens, NULL, 1}};
+    S_TEST(llmq_msg_encode_entries(LLMQ_MSG_REQ, grouped, 4, &out, err,
+                                   sizeof err) == -1);
+    char long_rkey[602];
+    memset(long_rkey, 'k', 601);
+    long_rkey[601] = 0;
+    all[9].str = long_rkey;
+    S_TEST(llmq_msg_encode_entries(LLMQ_MSG_REQ, all, n, &out, err,
+                                   sizeof err) == -1 &&
+           strstr(err, "'rkey' too long"));
+    all[9].str = "\xff";
+    S_TEST(llmq_msg_encode_entries(LLMQ_MSG_REQ, all, n, &out, err,
+                                   sizeof err) == -1 &&
+           strstr(err, "'rkey' invalid UTF-8"));
+    S_TEST(llmq_msg_encode_entries(LLMQ_MSG_INVALID, all, 3, &out, err,
+                                   sizeof err) == -1);
+}
+
 int llmq_msg_test(bool verbose)
 {
     if (verbose)
@@ -2166,6 +2622,8 @@ int llmq_msg_test(bool verbose)
     s_test_provider_answer();
     s_test_sockets(verbose);
     s_test_splice();
+    s_test_entries();
+    s_test_payload_msg();
     if (verbose)
         printf("OK\n");
     return 0;
