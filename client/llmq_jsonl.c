@@ -3,7 +3,8 @@
     Design. llmq_jsonl_read_input reads a file whole into items (the batch
     path; `llmq run` streams IN: llmq_runner.c). A line that cannot be used
     is an item with an error, answered by an error line. Output is appended
-    one whole line per write() as results arrive, so a crash or kill -9
+    as results arrive, whole lines in one write() per burst (the writer
+    holds a burst's lines until the caller flushes), so a crash or kill -9
     leaves a prefix of whole lines plus at most one partial line; resume
     keeps the valid complete lines (an index: custom_id fingerprint ->
     offset), drops the rest, and the finished run rewrites the file in
@@ -22,11 +23,12 @@
 #include <unistd.h>
 
 struct _llmq_jsonl_writer_t {
-    int fd;            /* O_APPEND file descriptor */
-    int64_t last_sync; /* zclock_mono() of the last fsync */
-    bool dirty;        /* written since the last fsync */
-    bool is_stdout;    /* "-": a dup of stdout, never fsynced */
-    uint64_t offset;   /* where the next line goes */
+    int fd;                   /* O_APPEND file descriptor */
+    int64_t last_sync;        /* zclock_mono() of the last fsync */
+    bool dirty;               /* written since the last fsync */
+    bool is_stdout;           /* "-": a dup of stdout, never fsynced */
+    uint64_t offset;          /* where the next line goes */
+    llmq_value_buf_t pending; /* whole lines not written yet */
 };
 
 uint64_t llmq_jsonl_fnv1a(const void *data, size_t size)
@@ -542,43 +544,57 @@ static void s_put_extras(llmq_value_buf_t *buf, const s_line_t *line)
     s_put(buf, "}");
 }
 
+/*  Append the whole line, with its newline, to buf. Returns 0, or -1 (out
+    of memory, or a success body that is not valid msgpack: buf as it was,
+    its oom flag cleared). */
+static int s_line_into(llmq_value_buf_t *buf, const s_line_t *line)
+{
+    size_t mark = buf->size;
+    char id[LLMQ_JSONL_LINE_ID_SIZE];
+    llmq_jsonl_new_id(id);
+    s_put(buf, "{\"id\":\"");
+    llmq_value_buf_add(buf, id, LLMQ_JSONL_LINE_ID_SIZE - 1);
+    s_put(buf, "\",\"custom_id\":");
+    s_put_str(buf, line->custom_id);
+    int rc = 0;
+    if (line->status > 0) {
+        s_put(buf, ",\"response\":{\"status_code\":");
+        llmq_value_buf_int(buf, line->status);
+        s_put(buf, ",\"request_id\":");
+        s_put_str(buf, line->request_id ? line->request_id : "");
+        s_put(buf, ",\"body\":");
+        rc = s_put_body(buf, line);
+        s_put(buf, "},\"error\":null");
+    } else {
+        s_put(buf, ",\"response\":null,\"error\":{\"code\":");
+        s_put_str(buf, line->code ? line->code : "internal");
+        s_put(buf, ",\"message\":");
+        s_put_str(buf, line->message ? line->message : "");
+        s_put(buf, "}");
+    }
+    if (rc == 0) {
+        s_put(buf, ",\"llmq\":");
+        s_put_extras(buf, line);
+        s_put(buf, "}\n");
+    }
+    if (rc == 0 && !buf->oom)
+        return 0;
+    buf->oom = false;
+    buf->size = mark;
+    if (buf->data)
+        buf->data[mark] = 0;
+    return -1;
+}
+
 /*  The whole line, with its newline (caller frees), or NULL (out of
     memory, or a success body that is not valid msgpack). */
 static char *s_line(const s_line_t *line)
 {
     llmq_value_buf_t buf = {0};
-    char id[LLMQ_JSONL_LINE_ID_SIZE];
-    llmq_jsonl_new_id(id);
-    s_put(&buf, "{\"id\":\"");
-    s_put(&buf, id);
-    s_put(&buf, "\",\"custom_id\":");
-    s_put_str(&buf, line->custom_id);
-    if (line->status > 0) {
-        s_put(&buf, ",\"response\":{\"status_code\":");
-        llmq_value_buf_int(&buf, line->status);
-        s_put(&buf, ",\"request_id\":");
-        s_put_str(&buf, line->request_id ? line->request_id : "");
-        s_put(&buf, ",\"body\":");
-        if (s_put_body(&buf, line) != 0) {
-            free(buf.data);
-            return NULL;
-        }
-        s_put(&buf, "},\"error\":null");
-    } else {
-        s_put(&buf, ",\"response\":null,\"error\":{\"code\":");
-        s_put_str(&buf, line->code ? line->code : "internal");
-        s_put(&buf, ",\"message\":");
-        s_put_str(&buf, line->message ? line->message : "");
-        s_put(&buf, "}");
-    }
-    s_put(&buf, ",\"llmq\":");
-    s_put_extras(&buf, line);
-    s_put(&buf, "}\n");
-    if (buf.oom) {
-        free(buf.data);
-        return NULL;
-    }
-    return buf.data;
+    if (s_line_into(&buf, line) == 0)
+        return buf.data;
+    free(buf.data);
+    return NULL;
 }
 
 char *llmq_jsonl_ok_line(const char *custom_id, const char *request_id,
@@ -620,7 +636,10 @@ static char *s_leading_id(const uint8_t *body, size_t size)
     return id;
 }
 
-char *llmq_jsonl_result_line(const char *custom_id, const llmq_result_t *result)
+/*  Append the output line of a result to buf. Returns 0, or -1 (out of
+    memory: buf as it was). */
+static int s_result_into(llmq_value_buf_t *buf, const char *custom_id,
+                         const llmq_result_t *result)
 {
     s_line_t line = {.custom_id = custom_id,
                      .request_id = result->request_id,
@@ -638,15 +657,15 @@ char *llmq_jsonl_result_line(const char *custom_id, const llmq_result_t *result)
                             : NULL;
         if (leading)
             line.request_id = leading;
-        char *text = s_line(&line);
+        int rc = s_line_into(buf, &line);
         free(leading);
-        if (text || !line.body_mp)
-            return text;
+        if (rc == 0 || !line.body_mp)
+            return rc;
         //  A worker sent a body that is not msgpack: an error line.
         line.status = 0;
         line.code = "internal";
         line.message = "response body is not valid msgpack";
-        return s_line(&line);
+        return s_line_into(buf, &line);
     }
     line.code = result->error_code ? result->error_code : "internal";
     line.message = result->error_message;
@@ -656,7 +675,16 @@ char *llmq_jsonl_result_line(const char *custom_id, const llmq_result_t *result)
         line.body_mp = result->error_body;
         line.body_mp_size = result->error_body_size;
     }
-    return s_line(&line);
+    return s_line_into(buf, &line);
+}
+
+char *llmq_jsonl_result_line(const char *custom_id, const llmq_result_t *result)
+{
+    llmq_value_buf_t buf = {0};
+    if (s_result_into(&buf, custom_id, result) == 0)
+        return buf.data;
+    free(buf.data);
+    return NULL;
 }
 
 /*  A line's status_code, read from its text: the first "response" key is
@@ -1031,20 +1059,58 @@ static void s_out_put(s_out_t *out, const char *data, size_t size)
     }
 }
 
-/*  Copy the line of OUT (fd) at offset, through its newline. */
-static void s_copy_line(s_out_t *out, int fd, uint64_t offset)
+/*  OUT as the ordered rewrite reads it: blocks of S_BLOCK bytes in
+    S_SLOTS slots (a block in the slot of its number modulo S_SLOTS). The
+    lines of a run are in OUT in the order they finished, which is near
+    input order, so a line is mostly in a block already read: one pread a
+    block, not one a line. */
+#define S_BLOCK ((size_t)1 << 18)
+#define S_SLOTS 8
+
+typedef struct {
+    int fd;                  /* OUT */
+    char *data;              /* S_SLOTS blocks of S_BLOCK bytes */
+    uint64_t block[S_SLOTS]; /* block number in the slot, UINT64_MAX: none */
+    size_t size[S_SLOTS];    /* bytes read in the slot (less at the end) */
+} s_in_t;
+
+/*  The bytes of OUT from offset to the end of its block (*size_p of
+    them), or NULL at the end of the file or on a read error. */
+static const char *s_in_at(s_in_t *in, uint64_t offset, size_t *size_p)
 {
-    char chunk[16384];
+    uint64_t block = offset / S_BLOCK;
+    size_t slot = (size_t)(block % S_SLOTS);
+    char *data = in->data + slot * S_BLOCK;
+    if (in->block[slot] != block) {
+        in->block[slot] = UINT64_MAX;
+        ssize_t got;
+        do
+            got = pread(in->fd, data, S_BLOCK, (off_t)(block * S_BLOCK));
+        while (got < 0 && errno == EINTR);
+        if (got <= 0)
+            return NULL;
+        in->block[slot] = block;
+        in->size[slot] = (size_t)got;
+    }
+    size_t at = (size_t)(offset - block * S_BLOCK);
+    if (at >= in->size[slot])
+        return NULL;
+    *size_p = in->size[slot] - at;
+    return data + at;
+}
+
+/*  Copy the line of OUT at offset, through its newline. */
+static void s_copy_line(s_out_t *out, s_in_t *in, uint64_t offset)
+{
     while (out->rc == 0) {
-        ssize_t got = pread(fd, chunk, sizeof chunk, (off_t)offset);
-        if (got < 0 && errno == EINTR)
-            continue;
-        if (got <= 0) {
+        size_t got;
+        const char *chunk = s_in_at(in, offset, &got);
+        if (!chunk) {
             out->rc = -1; //  the index points past the end: OUT changed
             return;
         }
-        char *eol = (char *)memchr(chunk, '\n', (size_t)got);
-        size_t size = eol ? (size_t)(eol - chunk) + 1 : (size_t)got;
+        const char *eol = (const char *)memchr(chunk, '\n', got);
+        size_t size = eol ? (size_t)(eol - chunk) + 1 : got;
         s_out_put(out, chunk, size);
         if (eol)
             return;
@@ -1052,26 +1118,26 @@ static void s_copy_line(s_out_t *out, int fd, uint64_t offset)
     }
 }
 
-/*  The ordered lines, then the others, from OUT (fd) to out. */
-static void s_copy_indexed(s_out_t *out, int fd, llmq_jsonl_index_t *index,
+/*  The ordered lines, then the others, from OUT (in) to out. */
+static void s_copy_indexed(s_out_t *out, s_in_t *in, llmq_jsonl_index_t *index,
                            llmq_jsonl_next_fn *next, void *arg)
 {
     s_index_sort(index);
     uint64_t fp, offset;
     while (out->rc == 0 && next && next(arg, &fp, &offset)) {
         if (offset != LLMQ_JSONL_NO_OFFSET) {
-            s_copy_line(out, fd, offset);
+            s_copy_line(out, in, offset);
             continue;
         }
         s_entry_t *entry = s_index_find(index, fp);
         if (entry && !(entry->off & S_USED)) {
-            s_copy_line(out, fd, entry->off & S_OFFSET);
+            s_copy_line(out, in, entry->off & S_OFFSET);
             entry->off |= S_USED;
         }
     }
     for (size_t i = 0; out->rc == 0 && i < index->size; i++)
         if (!(index->entries[i].off & S_USED))
-            s_copy_line(out, fd, index->entries[i].off & S_OFFSET);
+            s_copy_line(out, in, index->entries[i].off & S_OFFSET);
     for (size_t i = 0; i < index->size; i++)
         index->entries[i].off &= ~S_USED;
 }
@@ -1081,15 +1147,18 @@ int llmq_jsonl_write_indexed(const char *path, llmq_jsonl_index_t *index,
 {
     if (streq(path, "-"))
         return 0; //  stdout had every line as it came
-    int in = open(path, O_RDONLY);
-    if (in < 0 && (errno != ENOENT || (index && index->size)))
+    s_in_t in = {.fd = open(path, O_RDONLY)};
+    if (in.fd < 0 && (errno != ENOENT || (index && index->size)))
         return -1;
+    for (size_t i = 0; i < S_SLOTS; i++)
+        in.block[i] = UINT64_MAX;
     char *temp = zsys_sprintf("%s.tmp.%d", path, (int)getpid());
     s_out_t out = {-1, (char *)malloc(S_OUT_SIZE), 0, 0};
+    in.data = in.fd >= 0 ? (char *)malloc(S_SLOTS * S_BLOCK) : NULL;
     out.fd = temp ? open(temp, O_WRONLY | O_CREAT | O_TRUNC, 0644) : -1;
-    out.rc = out.fd >= 0 && out.buffer ? 0 : -1;
+    out.rc = out.fd >= 0 && out.buffer && (in.fd < 0 || in.data) ? 0 : -1;
     if (out.rc == 0 && index)
-        s_copy_indexed(&out, in, index, next, arg);
+        s_copy_indexed(&out, &in, index, next, arg);
     if (out.rc == 0 && out.used)
         out.rc = s_write_all(out.fd, out.buffer, out.used);
     if (out.rc == 0)
@@ -1100,8 +1169,9 @@ int llmq_jsonl_write_indexed(const char *path, llmq_jsonl_index_t *index,
         out.rc = rename(temp, path);
     if (out.rc != 0 && temp)
         unlink(temp);
-    if (in >= 0)
-        close(in);
+    if (in.fd >= 0)
+        close(in.fd);
+    free(in.data);
     free(out.buffer);
     free(temp);
     return out.rc;
@@ -1109,6 +1179,9 @@ int llmq_jsonl_write_indexed(const char *path, llmq_jsonl_index_t *index,
 
 //  --------------------------------------------------------------------------
 //  Appender
+
+/*  A flushed pending buffer larger than this is freed, not kept. */
+#define S_PENDING_KEEP ((size_t)1 << 20)
 
 llmq_jsonl_writer_t *llmq_jsonl_writer_new(const char *path)
 {
@@ -1134,9 +1207,11 @@ void llmq_jsonl_writer_destroy(llmq_jsonl_writer_t **self_p)
 {
     if (self_p && *self_p) {
         llmq_jsonl_writer_t *self = *self_p;
+        llmq_jsonl_writer_flush(self);
         if (self->dirty && !self->is_stdout)
             fsync(self->fd);
         close(self->fd);
+        free(self->pending.data);
         free(self);
         *self_p = NULL;
     }
@@ -1144,17 +1219,46 @@ void llmq_jsonl_writer_destroy(llmq_jsonl_writer_t **self_p)
 
 int llmq_jsonl_writer_write(llmq_jsonl_writer_t *self, const char *line)
 {
+    llmq_value_buf_add(&self->pending, line, strlen(line));
+    if (!self->pending.oom)
+        return 0;
+    //  Out of memory: the lines held are lost with it.
+    free(self->pending.data);
+    memset(&self->pending, 0, sizeof self->pending);
+    return -1;
+}
+
+int llmq_jsonl_writer_result(llmq_jsonl_writer_t *self, const char *custom_id,
+                             const llmq_result_t *result)
+{
+    return s_result_into(&self->pending, custom_id, result);
+}
+
+size_t llmq_jsonl_writer_pending(llmq_jsonl_writer_t *self)
+{
+    return self->pending.size;
+}
+
+int llmq_jsonl_writer_flush(llmq_jsonl_writer_t *self)
+{
+    if (self->pending.size == 0)
+        return 0;
     self->dirty = true;
-    size_t size = strlen(line);
-    int rc = s_write_all(self->fd, line, size);
+    int rc = s_write_all(self->fd, self->pending.data, self->pending.size);
     if (rc == 0)
-        self->offset += size;
+        self->offset += self->pending.size;
+    self->pending.size = 0;
+    //  A run of large lines does not keep its largest buffer.
+    if (self->pending.cap > S_PENDING_KEEP) {
+        free(self->pending.data);
+        memset(&self->pending, 0, sizeof self->pending);
+    }
     return rc;
 }
 
 uint64_t llmq_jsonl_writer_offset(llmq_jsonl_writer_t *self)
 {
-    return self->offset;
+    return self->offset + self->pending.size;
 }
 
 int llmq_jsonl_writer_sync(llmq_jsonl_writer_t *self, int interval_ms)

@@ -50,6 +50,9 @@
 /*  Longest wait on the socket: the client's timers (heartbeat, reconnect,
     give-up) run after each wait. */
 #define S_TIMERS_MS 250
+/*  The writer holds a step's lines up to this many bytes before it
+    writes them (one write per step, not one per line). */
+#define S_FLUSH_SIZE ((size_t)1 << 20)
 /*  Distinct model names kept for llmq_runner_models. */
 #define S_MODELS 1024
 
@@ -123,6 +126,9 @@ typedef struct {
     llmq_jsonl_index_t *index;   /* OUT's lines before this run */
     FILE *done;                  /* pairs line_no -> offset in OUT of this
                                     run's lines (spill file) */
+    s_pair_t *held;              /* done pairs of lines the writer holds */
+    size_t nheld;                /* pairs in held */
+    size_t held_cap;             /* its size */
     s_merge_t merge;             /* done, sorted, while rewriting */
     s_pair_t head;               /* its next pair */
     bool has_head;               /* head holds one */
@@ -154,6 +160,7 @@ struct _llmq_runner_t {
 
 static int s_load(llmq_runner_t *self, char *err, size_t err_size);
 static void s_merge_end(s_merge_t *merge);
+static bool s_flush(s_files_t *files);
 
 //  --------------------------------------------------------------------------
 //  Constructor and destructor
@@ -239,6 +246,8 @@ llmq_runner_t *llmq_runner_new(const llmq_runner_config_t *config, char *err,
 
 static void s_files_close(s_files_t *files)
 {
+    if (files->writer)
+        s_flush(files);
     llmq_jsonl_writer_destroy(&files->writer);
     llmq_jsonl_index_destroy(&files->index);
     if (files->in)
@@ -248,6 +257,7 @@ static void s_files_close(s_files_t *files)
     if (files->done)
         fclose(files->done);
     s_merge_end(&files->merge);
+    free(files->held);
     free(files->buffer);
     free(files->output);
     free(files->input);
@@ -950,19 +960,56 @@ static s_line_t *s_take(llmq_runner_t *self)
     return NULL;
 }
 
-/*  A finished line: to OUT and its index, to the caller. Takes text;
+/*  Write the lines the writer holds, then their done pairs (a line that
+    did not reach OUT has none: the rewrite leaves it out, a rerun runs
+    it). */
+static bool s_flush(s_files_t *files)
+{
+    bool ok = llmq_jsonl_writer_flush(files->writer) == 0;
+    if (ok && files->done && files->nheld)
+        fwrite(files->held, sizeof(s_pair_t), files->nheld, files->done);
+    files->nheld = 0;
+    return ok;
+}
+
+/*  The line of line_no is held by the writer at offset: its done pair
+    waits with it. False if out of memory. */
+static bool s_hold(s_files_t *files, uint64_t line_no, uint64_t offset)
+{
+    if (files->nheld == files->held_cap) {
+        size_t cap = files->held_cap ? files->held_cap * 2 : 64;
+        s_pair_t *held = (s_pair_t *)realloc(files->held, cap * sizeof *held);
+        if (!held)
+            return false;
+        files->held = held;
+        files->held_cap = cap;
+    }
+    files->held[files->nheld++] = (s_pair_t){line_no, offset};
+    return true;
+}
+
+/*  A finished line: to OUT (its text, or with no text the line of its
+    result; held until s_flush) and its index, to the caller. Takes text;
     the line is gone after. */
 static void s_answered(llmq_runner_t *self, s_line_t *line, char *text,
                        const llmq_result_t *result)
 {
     s_files_t *files = &self->files;
-    if (text) {
-        s_pair_t done = {line->rec.line_no,
-                         llmq_jsonl_writer_offset(files->writer)};
-        if (llmq_jsonl_writer_write(files->writer, text) == 0 && files->done)
+    uint64_t offset = llmq_jsonl_writer_offset(files->writer);
+    int rc = text     ? llmq_jsonl_writer_write(files->writer, text)
+             : result ? llmq_jsonl_writer_result(files->writer, line->custom_id,
+                                                 result)
+                      : -1;
+    free(text);
+    //  No memory to hold the pair: the lines held go now, this one's
+    //  pair with theirs.
+    if (rc == 0 && !s_hold(files, line->rec.line_no, offset)) {
+        s_pair_t done = {line->rec.line_no, offset};
+        if (s_flush(files) && files->done)
             fwrite(&done, sizeof done, 1, files->done);
-        free(text);
     }
+    if (llmq_jsonl_writer_pending(files->writer) >= S_FLUSH_SIZE)
+        s_flush(files);
     self->stats.finished++;
     if (!result || !result->ok)
         self->stats.failed++;
@@ -1168,8 +1215,7 @@ static void s_on_result(llmq_runner_t *self, llmq_result_t *result)
              line->tries < self->retries)
         s_back_off(self, line);
     else {
-        s_answered(self, line, llmq_jsonl_result_line(line->custom_id, result),
-                   result);
+        s_answered(self, line, NULL, result);
         //  Window back up by one per window of answers.
         if (self->cwnd < self->window)
             self->cwnd += 1.0 / self->cwnd;
@@ -1233,6 +1279,8 @@ int llmq_runner_step(llmq_runner_t *self, int timeout_ms)
         s_on_result(self, result);
         llmq_result_destroy(&result);
     }
+    //  This step's lines in one write, before the next wait.
+    s_flush(&self->files);
     llmq_jsonl_writer_sync(self->files.writer, 1000);
     if (self->stats.unreachable)
         return -1;
@@ -1242,6 +1290,8 @@ int llmq_runner_step(llmq_runner_t *self, int timeout_ms)
 int llmq_runner_finish(llmq_runner_t *self)
 {
     s_files_t *files = &self->files;
+    if (files->writer)
+        s_flush(files);
     llmq_jsonl_writer_destroy(&files->writer);
     if (self->stats.complete)
         return 0;
