@@ -86,7 +86,9 @@ static cJSON *s_chat_body(const char *prompt, const char *system)
 static int s_op_from_url(const char *url)
 {
     char path[128];
-    snprintf(path, sizeof(path), "%s", url);
+    size_t size = strnlen(url, sizeof path - 1); //  as snprintf cut it
+    memcpy(path, url, size);
+    path[size] = 0;
     char *query = strchr(path, '?');
     if (query)
         *query = 0;

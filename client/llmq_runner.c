@@ -61,10 +61,17 @@
 /*  What the load learnt of an input line that is not blank: ids holds one
     per such line, in input order. */
 typedef struct {
-    uint64_t fp;      /* llmq_jsonl_fnv1a of the custom_id */
-    uint64_t line_no; /* 1-based line number in IN */
-    int32_t op;       /* llmq_op_t */
-    int32_t usable;   /* S_UNUSABLE, S_USABLE or S_FAST */
+    uint64_t fp;         /* llmq_jsonl_fnv1a of the custom_id */
+    uint64_t line_no;    /* 1-based line number in IN */
+    int32_t op;          /* llmq_op_t */
+    int32_t usable;      /* S_UNUSABLE, S_USABLE or S_FAST */
+    uint32_t id_at;      /* a fast line: its custom_id's JSON value, at */
+    uint32_t id_size;    /* this offset in the line, of this size (0: none
+                            or null: "line-<n>") */
+    uint32_t model_at;   /* its body.model's JSON value (size 0: none or */
+    uint32_t model_size; /* null) */
+    uint32_t body_at;    /* its body object */
+    uint32_t body_size;  /* (0: not a fast line) */
 } s_rec_t;
 
 /*  s_rec_t.usable: an unusable line is answered by an error line, never
@@ -518,10 +525,13 @@ static llmq_jsonl_item_t *s_item(const char *text, size_t len, size_t line_no)
 /*  An OpenAI Batch input line read without a cJSON tree (the request
     body goes from the line's text to msgpack directly, at send time). */
 typedef struct {
-    char *custom_id;        /* given, or "line-<n>" */
-    char *model;            /* body.model, or NULL */
-    llmq_value_span_t body; /* the body's text, in the line */
-    int op;                 /* from url, default chat */
+    char *custom_id;              /* given, or "line-<n>" */
+    char *model;                  /* body.model, or NULL */
+    llmq_value_span_t body;       /* the body's text, in the line */
+    llmq_value_span_t id;         /* the custom_id's JSON value (NULL: none or
+                                     null) */
+    llmq_value_span_t model_json; /* body.model's (NULL: none or null) */
+    int op;                       /* from url, default chat */
 } s_fast_t;
 
 static void s_fast_clear(s_fast_t *fast)
@@ -537,6 +547,7 @@ static bool s_fast_strings(s_fast_t *fast, llmq_value_span_t id,
                            llmq_value_span_t model, size_t line_no)
 {
     if (id.data && !(id.size == 4 && !memcmp(id.data, "null", 4))) {
+        fast->id = id;
         fast->custom_id = llmq_value_json_string(id);
         size_t size = fast->custom_id ? strlen(fast->custom_id) : 0;
         if (size == 0 || size > LLMQ_JSONL_MAX_ID)
@@ -544,6 +555,7 @@ static bool s_fast_strings(s_fast_t *fast, llmq_value_span_t id,
     } else
         fast->custom_id = zsys_sprintf("line-%zu", line_no);
     if (model.data && !(model.size == 4 && !memcmp(model.data, "null", 4))) {
+        fast->model_json = model;
         fast->model = llmq_value_json_string(model);
         if (!fast->model || !*fast->model)
             return false;
@@ -584,6 +596,59 @@ static bool s_fast(const char *text, size_t len, size_t line_no, s_fast_t *fast)
         return false;
     }
     return true;
+}
+
+/*  The offset and size of span in text (0, 0 for none). */
+static void s_span_at(const char *text, llmq_value_span_t span, uint32_t *at,
+                      uint32_t *size)
+{
+    *at = span.data ? (uint32_t)(span.data - text) : 0;
+    *size = span.data ? (uint32_t)span.size : 0;
+}
+
+/*  Whether span names text[at, at + size) of a line of len bytes, a
+    value that starts with first; fills span. */
+static bool s_span_in(const char *text, size_t len, uint32_t at, uint32_t size,
+                      char first, llmq_value_span_t *span)
+{
+    if (size == 0 || (size_t)at + size > len || text[at] != first)
+        return false;
+    *span = (llmq_value_span_t){text + at, size};
+    return true;
+}
+
+/*  s_fast at send time, from what the load found (the record's spans):
+    the line is not parsed a second time; its body is when it is packed
+    (llmq_value_from_json_object), and its custom_id must still have the
+    record's fingerprint. model: body.model is wanted. False (fast
+    empty) if the line is not what the load found: s_fast decides. */
+static bool s_fast_again(const s_line_t *line, bool model, s_fast_t *fast)
+{
+    const s_rec_t *rec = &line->rec;
+    memset(fast, 0, sizeof *fast);
+    fast->op = rec->op;
+    if (rec->usable != S_FAST || !s_span_in(line->text, line->len, rec->body_at,
+                                            rec->body_size, '{', &fast->body))
+        return false;
+    bool ok = true;
+    if (rec->id_size) {
+        ok = s_span_in(line->text, line->len, rec->id_at, rec->id_size, '"',
+                       &fast->id) &&
+             (fast->custom_id = llmq_value_json_string(fast->id));
+        size_t size = ok ? strlen(fast->custom_id) : 0;
+        ok = size > 0 && size <= LLMQ_JSONL_MAX_ID;
+    } else
+        ok = (fast->custom_id = zsys_sprintf("line-%zu", (size_t)rec->line_no));
+    ok = ok &&
+         llmq_jsonl_fnv1a(fast->custom_id, strlen(fast->custom_id)) == rec->fp;
+    if (ok && model && rec->model_size)
+        ok = s_span_in(line->text, line->len, rec->model_at, rec->model_size,
+                       '"', &fast->model_json) &&
+             (fast->model = llmq_value_json_string(fast->model_json)) &&
+             *fast->model;
+    if (!ok)
+        s_fast_clear(fast);
+    return ok;
 }
 
 static bool s_blank(const char *text, size_t len)
@@ -635,11 +700,17 @@ static int s_load_line(llmq_runner_t *self, s_scan_t *scan, const char *text,
         !(item = s_item(text, len, line_no)))
         return -1;
     const char *custom_id = item ? item->custom_id : fast.custom_id;
-    s_rec_t rec = {llmq_jsonl_fnv1a(custom_id, strlen(custom_id)), line_no,
-                   item ? (int32_t)item->op : fast.op,
-                   !item         ? S_FAST
-                   : item->error ? S_UNUSABLE
-                                 : S_USABLE};
+    s_rec_t rec = {.fp = llmq_jsonl_fnv1a(custom_id, strlen(custom_id)),
+                   .line_no = line_no,
+                   .op = item ? (int32_t)item->op : fast.op,
+                   .usable = !item         ? S_FAST
+                             : item->error ? S_UNUSABLE
+                                           : S_USABLE};
+    if (!item) {
+        s_span_at(text, fast.id, &rec.id_at, &rec.id_size);
+        s_span_at(text, fast.model_json, &rec.model_at, &rec.model_size);
+        s_span_at(text, fast.body, &rec.body_at, &rec.body_size);
+    }
     llmq_runner_stats_t *stats = &self->stats;
     bool failed = false;
     stats->total++;
@@ -1073,10 +1144,13 @@ static int s_submit(llmq_runner_t *self, s_line_t *line,
 static int s_submit_fast(llmq_runner_t *self, s_line_t *line)
 {
     s_fast_t fast;
-    if (!s_fast(line->text, line->len, line->rec.line_no, &fast))
+    if (!s_fast_again(line, !self->model, &fast) &&
+        !s_fast(line->text, line->len, line->rec.line_no, &fast))
         return (errno = EINVAL), -1;
-    if (!line->custom_id)
-        line->custom_id = strdup(fast.custom_id);
+    if (!line->custom_id) {
+        line->custom_id = fast.custom_id; //  the line takes it
+        fast.custom_id = NULL;
+    }
     const char *model = self->model  ? self->model
                         : fast.model ? fast.model
                                      : self->default_model;
