@@ -259,6 +259,10 @@ llmq_client_t *llmq_client_new_with(const char *endpoint,
         return NULL;
     }
     zlistx_set_destructor(self->order, s_request_destructor);
+    //  pending's keys are its requests' ids, borrowed: an entry leaves
+    //  before its request (s_finish), so no copy per request.
+    zhashx_set_key_duplicator(self->pending, NULL);
+    zhashx_set_key_destructor(self->pending, NULL);
     zlistx_set_destructor(self->ready, s_result_destructor);
     self->window = LLMQ_CLIENT_WINDOW;
     self->timeout_ms = LLMQ_CLIENT_TIMEOUT_MS;
@@ -487,13 +491,12 @@ static void s_check_pending(llmq_client_t *self, llmq_msg_t *pong)
 static void s_finish(llmq_client_t *self, s_request_t *req,
                      llmq_result_t *result)
 {
-    result->id = strdup(req->id);
     result->arg = req->arg;
     result->op = req->op;
     result->resends = req->resends;
     result->elapsed_ms = zclock_mono() - req->sent_at;
-    //  req goes: the result takes its trace, and the model asked when the
-    //  res did not name the one that answered.
+    //  req goes: the result takes its id and trace, and the model asked
+    //  when the res did not name the one that answered.
     result->trace = req->trace;
     req->trace = NULL;
     if (!result->model) {
@@ -502,6 +505,8 @@ static void s_finish(llmq_client_t *self, s_request_t *req,
     }
     bool orphan = req->orphan;
     zhashx_delete(self->pending, req->id);
+    result->id = req->id;
+    req->id = NULL;
     zlistx_delete(self->order, req->handle); //  destroys req
     if (orphan) {
         llmq_result_destroy(&result);
@@ -875,6 +880,19 @@ cJSON *llmq_client_status(llmq_client_t *self, int timeout_ms)
 //  --------------------------------------------------------------------------
 //  Submit
 
+/*  "r<n>" (caller frees), or NULL: the id of the n-th request. */
+static char *s_request_id(uint64_t n)
+{
+    char text[24];
+    char *p = text + sizeof text;
+    *--p = 0;
+    do
+        *--p = (char)('0' + n % 10);
+    while (n /= 10);
+    *--p = 'r';
+    return strdup(p);
+}
+
 /*  Take payload; queue and send the request. */
 static int s_submit(llmq_client_t *self, llmq_op_t op, const char *model,
                     zframe_t **payload_p, const llmq_opts_t *opts, void *arg)
@@ -904,11 +922,15 @@ static int s_submit(llmq_client_t *self, llmq_op_t op, const char *model,
         zframe_destroy(&payload);
         return -1;
     }
-    req->id = zsys_sprintf("r%" PRIu64, ++self->next_id);
+    req->id = s_request_id(++self->next_id);
     req->seq = self->next_id;
     req->op = op;
     req->model = strdup(model);
     req->payload = payload;
+    if (!req->id || !req->model) {
+        s_request_destroy(&req);
+        return -1;
+    }
     req->last_seq = -1;
     req->arg = arg;
     if (opts) {
