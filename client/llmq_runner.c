@@ -86,7 +86,8 @@ typedef struct {
     answered. A request's arg is its s_line_t. */
 typedef struct {
     s_rec_t rec;     /* from ids */
-    char *text;      /* the raw line (sent again after `overloaded`) */
+    char *text;      /* the raw line (sent again after `overloaded`): in
+                        the same allocation, after the struct */
     size_t len;      /* its size */
     char *custom_id; /* set when it is sent */
     int tries;       /* overloaded answers so far */
@@ -187,7 +188,6 @@ static void s_line_destroy(void **item)
 {
     s_line_t *line = (s_line_t *)*item;
     if (line) {
-        free(line->text);
         free(line->custom_id);
         free(line);
     }
@@ -565,6 +565,24 @@ static bool s_fast_strings(s_fast_t *fast, llmq_value_span_t id,
     return fast->custom_id != NULL;
 }
 
+/*  The op of a url value (a JSON string the members scan found valid):
+    one without escapes is read in place, not copied to the heap. */
+static int s_fast_op(llmq_value_span_t url)
+{
+    char path[128];
+    size_t size = url.size - 2;
+    if (url.size >= 2 && size < sizeof path &&
+        !memchr(url.data + 1, '\\', size)) {
+        memcpy(path, url.data + 1, size);
+        path[size] = 0;
+        return llmq_jsonl_op_from_url(path);
+    }
+    char *text = llmq_value_json_string(url);
+    int op = llmq_jsonl_op_from_url(text);
+    free(text);
+    return op;
+}
+
 /*  True when the line (len bytes as read) is an OpenAI Batch line that
     llmq_jsonl_parse_line would accept (a JSON object from its first byte,
     a body object, method POST, a url llmq serves): fast is filled. Else
@@ -584,9 +602,7 @@ static bool s_fast(const char *text, size_t len, size_t line_no, s_fast_t *fast)
         (span[3].data &&
          !(span[3].size == 6 && !memcmp(span[3].data, "\"POST\"", 6))))
         return false;
-    char *url = span[1].data ? llmq_value_json_string(span[1]) : NULL;
-    fast->op = span[1].data ? llmq_jsonl_op_from_url(url) : LLMQ_OP_CHAT;
-    free(url);
+    fast->op = span[1].data ? s_fast_op(span[1]) : LLMQ_OP_CHAT;
     static const char *const body_keys[] = {"model", NULL};
     llmq_value_span_t model;
     fast->body = span[2];
@@ -1032,14 +1048,16 @@ static s_line_t *s_take(llmq_runner_t *self)
            s_next_rec(files, &rec, &text, &len)) {
         if (llmq_jsonl_index_has(files->index, rec.fp, NULL))
             continue; //  OUT answers it
-        s_line_t *line = (s_line_t *)calloc(1, sizeof(*line));
-        char *copy = (char *)malloc(len + 1);
-        if (!line || !copy ||
-            !(line->handle = zlistx_add_end(self->lines, line))) {
+        //  One allocation: the line and its text.
+        s_line_t *line = (s_line_t *)malloc(sizeof(*line) + len + 1);
+        if (!line)
+            return NULL;
+        memset(line, 0, sizeof(*line));
+        if (!(line->handle = zlistx_add_end(self->lines, line))) {
             free(line);
-            free(copy);
             return NULL;
         }
+        char *copy = (char *)(line + 1);
         memcpy(copy, text, len);
         copy[len] = 0;
         line->rec = rec;
