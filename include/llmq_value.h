@@ -190,6 +190,11 @@ void llmq_value_buf_int(llmq_value_buf_t *self, int64_t value);
     malformed input (then the buffer is as it was before the call). */
 int llmq_value_buf_json(llmq_value_buf_t *self, const void *data, size_t size,
                         char *errbuf, size_t errlen);
+/*  As llmq_value_buf_json (the same text, the same refusals and reasons),
+    faster: the room for the whole value is made at once and plain strings
+    are copied 8 bytes at a time. */
+int llmq_value_buf_json_fast(llmq_value_buf_t *self, const void *data,
+                             size_t size, char *errbuf, size_t errlen);
 
 int llmq_value_test(bool verbose);
 

@@ -1592,6 +1592,152 @@ int llmq_value_buf_json(llmq_value_buf_t *self, const void *data, size_t size,
     return -1;
 }
 
+/*  ---- msgpack -> JSON text, the fast way ---------------------------------
+
+    llmq_value_buf_json_fast writes what llmq_value_buf_json writes and
+    refuses what it refuses (the same reader, the same checks, the same
+    reasons), for less: room for the whole value is made once (each msgpack
+    byte becomes at most 6 bytes of JSON), so bytes are stored without a
+    check each; a string with nothing to escape is copied 8 bytes at a
+    time, its last bytes too (an 8-byte read that stays in the input, an
+    8-byte store into the room made); any other string, and every scalar,
+    goes through llmq_value_buf_json's own helpers. Values larger than
+    S_FAST_MAX take llmq_value_buf_json itself: the room would be too
+    large. */
+
+#define S_FAST_MAX ((size_t)1 << 16)
+#define S_FAST_SLACK 32
+
+static int s_fast_value(llmq_value_buf_t *self, llmq_mp_reader_t *r, int depth);
+
+/*  A str or bin as a JSON string, room made: plain ASCII without a byte
+    to escape copied as it is, else s_buf_text (escapes, UTF-8 check). */
+static int s_fast_text(llmq_value_buf_t *self, llmq_mp_reader_t *r,
+                       const llmq_mp_item_t *it)
+{
+    const uint8_t *s = it->ptr;
+    size_t len = it->len, i = 0;
+    char *out = self->data + self->size + 1;
+    uint64_t w;
+    for (; i + 8 <= len; i += 8) {
+        memcpy(&w, s + i, 8);
+        if (s_special8(w))
+            return s_buf_text(self, r, it);
+        memcpy(out + i, &w, 8);
+    }
+    if (i < len) {
+        size_t n = len - i;
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+        if (s + i + 8 <= r->end)
+            memcpy(&w, s + i, 8);
+        else {
+            w = 0;
+            memcpy(&w, s + i, n);
+        }
+        //  Byte k of the read is bits 8k..8k+7: look at the n first only.
+        if (s_special8(w) & (((uint64_t)1 << (8 * n)) - 1))
+            return s_buf_text(self, r, it);
+        memcpy(out + i, &w, 8);
+#else
+        for (size_t k = i; k < len; k++) {
+            if (s[k] < 0x20 || s[k] == '"' || s[k] == '\\' || s[k] >= 0x80)
+                return s_buf_text(self, r, it);
+            out[k] = (char)s[k];
+        }
+#endif
+    }
+    self->data[self->size] = '"';
+    out[len] = '"';
+    self->size += len + 2;
+    return 0;
+}
+
+/*  The elements of an array or map whose header was it, room made. */
+static int s_fast_children(llmq_value_buf_t *self, llmq_mp_reader_t *r,
+                           const llmq_mp_item_t *it, int depth)
+{
+    bool map = it->kind == LLMQ_MP_MAP;
+    self->data[self->size++] = map ? '{' : '[';
+    for (uint32_t k = 0; k < it->len; k++) {
+        if (k)
+            self->data[self->size++] = ',';
+        if (map) {
+            llmq_mp_item_t key;
+            if (llmq_mp_read(r, &key))
+                return -1;
+            if (key.kind != LLMQ_MP_STR && key.kind != LLMQ_MP_BIN)
+                return llmq_mp_fail(r, "map key is not a string");
+            if (s_fast_text(self, r, &key))
+                return -1;
+            self->data[self->size++] = ':';
+        }
+        if (s_fast_value(self, r, depth + 1))
+            return -1;
+    }
+    self->data[self->size++] = map ? '}' : ']';
+    return 0;
+}
+
+static int s_fast_value(llmq_value_buf_t *self, llmq_mp_reader_t *r, int depth)
+{
+    llmq_mp_item_t it;
+    if (llmq_mp_read(r, &it))
+        return -1;
+    switch (it.kind) {
+    case LLMQ_MP_NIL:
+        llmq_value_buf_add(self, "null", 4);
+        return 0;
+    case LLMQ_MP_BOOL:
+        llmq_value_buf_add(self, it.b ? "true" : "false", it.b ? 4 : 5);
+        return 0;
+    case LLMQ_MP_UINT:
+        s_buf_int(self, false, it.u);
+        return 0;
+    case LLMQ_MP_INT:
+        llmq_value_buf_int(self, it.i);
+        return 0;
+    case LLMQ_MP_FLOAT:
+        s_buf_double(self, it.d);
+        return 0;
+    case LLMQ_MP_STR:
+    case LLMQ_MP_BIN:
+        return s_fast_text(self, r, &it);
+    case LLMQ_MP_ARRAY:
+    case LLMQ_MP_MAP:
+        if (depth >= LLMQ_VALUE_MAX_DEPTH)
+            return llmq_mp_fail(r, "nesting too deep");
+        return s_fast_children(self, r, &it, depth);
+    default:
+        return llmq_mp_fail(r, "ext type not allowed");
+    }
+}
+
+int llmq_value_buf_json_fast(llmq_value_buf_t *self, const void *data,
+                             size_t size, char *errbuf, size_t errlen)
+{
+    bool oom = self->oom;
+    if (!data || size > S_FAST_MAX ||
+        !s_buf_room(self, size * 6 + S_FAST_SLACK)) {
+        self->oom = oom; //  the slow path meets it, or not, itself
+        return llmq_value_buf_json(self, data, size, errbuf, errlen);
+    }
+    size_t start = self->size;
+    llmq_mp_reader_t r;
+    llmq_mp_init(&r, data, size);
+    if (s_fast_value(self, &r, 0) == 0 && llmq_mp_left(&r))
+        llmq_mp_fail(&r, "trailing bytes");
+    else if (!r.err && self->oom)
+        llmq_mp_fail(&r, "out of memory");
+    if (!r.err) {
+        self->data[self->size] = 0;
+        return 0;
+    }
+    self->size = start;
+    self->data[start] = 0;
+    s_err(errbuf, errlen, r.err);
+    return -1;
+}
+
 /*  ---- selftest ---------------------------------------------------------- */
 
 /*  Checks that stay on in release builds (NDEBUG removes assert). */
