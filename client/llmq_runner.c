@@ -164,6 +164,7 @@ struct _llmq_runner_t {
     zlistx_t *lines;              /* s_line_t taken and not answered */
     zlistx_t *backoff;            /* s_retry_t: lines waiting to resend */
     llmq_client_t *client;        /* borrowed, from start */
+    llmq_packer_t *packer;        /* a fast line's body as msgpack */
     double cwnd;                  /* the window in use (AIMD) */
     int64_t last_cut;             /* zclock_mono() when cwnd was halved */
     size_t taken;                 /* lines left that the window took */
@@ -247,8 +248,9 @@ llmq_runner_t *llmq_runner_new(const llmq_runner_config_t *config, char *err,
     self->on_line = config->on_line;
     self->on_line_arg = config->on_line_arg;
     self->cwnd = self->window;
-    if (!self->files.input || !self->files.output || !s_lists_new(self) ||
-        s_load(self, err, err_size) != 0) {
+    self->packer = llmq_packer_new();
+    if (!self->files.input || !self->files.output || !self->packer ||
+        !s_lists_new(self) || s_load(self, err, err_size) != 0) {
         int saved = errno;
         llmq_runner_destroy(&self);
         errno = saved;
@@ -285,6 +287,7 @@ void llmq_runner_destroy(llmq_runner_t **self_p)
     zlistx_destroy(&self->backoff);
     zlistx_destroy(&self->lines);
     zlistx_destroy(&self->models);
+    llmq_packer_destroy(&self->packer);
     free(self->default_model);
     free(self->model);
     free(self);
@@ -1177,15 +1180,20 @@ static int s_submit_fast(llmq_runner_t *self, s_line_t *line)
     static const char *const drop[] = {"model", NULL};
     char trace[LLMQ_JSONL_TRACEPARENT_SIZE];
     llmq_opts_t opts = s_line_opts(self, line, trace);
-    zframe_t *payload = llmq_value_from_json_object(
-        fast.body.data, fast.body.size, drop, "model", model, NULL, 0);
-    int rc = payload && line->custom_id
-                 ? llmq_client_submit_msgpack(
-                       self->client, (llmq_op_t)line->rec.op, model,
-                       zframe_data(payload), zframe_size(payload), &opts, line)
-                 : (errno = EINVAL, -1);
+    //  The runner's packer keeps its buffer from line to line.
+    llmq_packer_reset(self->packer);
+    size_t size = 0;
+    const uint8_t *payload = llmq_packer_json_object_set(
+                                 self->packer, fast.body.data, fast.body.size,
+                                 drop, "model", model, NULL, 0) == 0
+                                 ? llmq_packer_data(self->packer, &size)
+                                 : NULL;
+    int rc =
+        payload && line->custom_id
+            ? llmq_client_submit_msgpack(self->client, (llmq_op_t)line->rec.op,
+                                         model, payload, size, &opts, line)
+            : (errno = EINVAL, -1);
     int saved = errno;
-    zframe_destroy(&payload);
     s_fast_clear(&fast);
     errno = saved;
     return rc;
@@ -1740,6 +1748,34 @@ static int s_test_cap(const char *in, const char *out, llmq_client_t *client)
 
 /*  The fast path reads a batch line as llmq_jsonl_parse_line does, and
     sends the bytes the cJSON path sends; other lines it leaves to it. */
+/*  s_fast_again on text, with the record the load makes from fast (the
+    line's s_fast): the same custom_id, model and body; and refused once
+    the custom_id changed (a line with another fingerprint). */
+static int s_test_again(const char *text, const s_fast_t *fast)
+{
+    int failures = 0;
+    s_line_t line = {.text = (char *)text, .len = strlen(text)};
+    line.rec = (s_rec_t){
+        .fp = llmq_jsonl_fnv1a(fast->custom_id, strlen(fast->custom_id)),
+        .line_no = 9,
+        .op = fast->op,
+        .usable = S_FAST};
+    s_span_at(text, fast->id, &line.rec.id_at, &line.rec.id_size);
+    s_span_at(text, fast->model_json, &line.rec.model_at, &line.rec.model_size);
+    s_span_at(text, fast->body, &line.rec.body_at, &line.rec.body_size);
+    s_fast_t again;
+    CHECK(s_fast_again(&line, true, &again));
+    CHECK(again.custom_id && streq(again.custom_id, fast->custom_id));
+    CHECK(!again.model == !fast->model &&
+          (!again.model || streq(again.model, fast->model)));
+    CHECK(again.body.data == fast->body.data &&
+          again.body.size == fast->body.size && again.op == fast->op);
+    s_fast_clear(&again);
+    line.rec.fp ^= 1;
+    CHECK(!s_fast_again(&line, true, &again) && !again.custom_id);
+    return failures;
+}
+
 static int s_test_fast(void)
 {
     int failures = 0;
@@ -1775,6 +1811,21 @@ static int s_test_fast(void)
         zframe_t *got = llmq_value_from_json_object(
             fast.body.data, fast.body.size, drop, "model", "mm", NULL, 0);
         CHECK(want && got && zframe_eq(want, got));
+        //  The same bytes appended to a packer; a refusal leaves it as it
+        //  was.
+        llmq_packer_t *packer = llmq_packer_new();
+        llmq_packer_nil(packer);
+        size_t size;
+        CHECK(llmq_packer_json_object_set(packer, "{\"a\":", 5, drop, "model",
+                                          "mm", NULL, 0) == -1);
+        CHECK(llmq_packer_json_object_set(packer, fast.body.data,
+                                          fast.body.size, drop, "model", "mm",
+                                          NULL, 0) == 0);
+        const uint8_t *data = llmq_packer_data(packer, &size);
+        CHECK(want && size == zframe_size(want) + 1 && data[0] == 0xc0 &&
+              !memcmp(data + 1, zframe_data(want), size - 1));
+        llmq_packer_destroy(&packer);
+        failures += s_test_again(lines[i], &fast);
         zframe_destroy(&want);
         zframe_destroy(&got);
         s_fast_clear(&fast);

@@ -137,6 +137,15 @@ int llmq_packer_json_object_find(llmq_packer_t *self, const char *text,
                                  size_t count, llmq_value_ref_t *out,
                                  char *errbuf, size_t errlen);
 
+/*  llmq_value_from_json_object's bytes appended to a packer (one reused
+    from call to call keeps its buffer: no allocation per call). Returns 0,
+    or -1 (the packer as it was, a reason in errbuf) if text is not one
+    JSON object. */
+int llmq_packer_json_object_set(llmq_packer_t *self, const char *text,
+                                size_t len, const char *const *drop,
+                                const char *key, const char *value,
+                                char *errbuf, size_t errlen);
+
 /*  A JSON object's text (len bytes) as msgpack in a new frame, without the
     top-level members named in drop (NULL-terminated, may be NULL), and
     with key: value (a string) added last if key is not NULL. NULL with a

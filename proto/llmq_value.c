@@ -1269,6 +1269,40 @@ zframe_t *llmq_value_from_json_object(const char *text, size_t len,
     return frame;
 }
 
+int llmq_packer_json_object_set(llmq_packer_t *self, const char *text,
+                                size_t len, const char *const *drop,
+                                const char *key, const char *value,
+                                char *errbuf, size_t errlen)
+{
+    size_t start = self->sbuf.size;
+    s_jp_t jp = {text, text + len, self, NULL, NULL, 0};
+    int rc = text ? 0 : s_jp_fail(&jp, "not a JSON object");
+    s_jp_ws(&jp);
+    if (rc == 0 && (jp.p >= jp.end || *jp.p != '{'))
+        rc = s_jp_fail(&jp, "not a JSON object");
+    size_t count = 0, mark = 0;
+    if (rc == 0) {
+        jp.p++;
+        mark = s_jp_open(&jp, true);
+        rc = s_jp_members(&jp, 0, drop, &count);
+    }
+    if (rc == 0)
+        rc = s_jp_end(&jp);
+    if (rc == 0 && key) {
+        llmq_packer_str(self, key);
+        llmq_packer_str(self, value ? value : "");
+        count++;
+    }
+    if (rc == 0)
+        s_jp_close(&jp, mark, true, count);
+    else {
+        self->sbuf.size = start;
+        s_err(errbuf, errlen, jp.err);
+    }
+    free(jp.scratch);
+    return rc;
+}
+
 int llmq_value_json_members(const char *text, size_t len,
                             const char *const *keys, llmq_value_span_t *spans)
 {
