@@ -598,21 +598,19 @@ static bool s_fast(const char *text, size_t len, size_t line_no, s_fast_t *fast)
         len--;
     static const char *const keys[] = {"custom_id", "url", "body", "method",
                                        NULL};
-    llmq_value_span_t span[4];
+    static const char *const body_keys[] = {"model", NULL};
+    llmq_value_span_t span[4], model;
+    //  The body's model is found in the same pass (key 2: body).
     if (len == 0 || len > LLMQ_JSONL_MAX_LINE || text[0] != '{' ||
-        llmq_value_json_members(text, len, keys, span) != 0 || !span[2].data ||
-        span[2].data[0] != '{' ||
+        llmq_value_json_members_nested(text, len, keys, span, 2, body_keys,
+                                       &model) != 0 ||
+        !span[2].data || span[2].data[0] != '{' ||
         (span[3].data &&
          !(span[3].size == 6 && !memcmp(span[3].data, "\"POST\"", 6))))
         return false;
     fast->op = span[1].data ? s_fast_op(span[1]) : LLMQ_OP_CHAT;
-    static const char *const body_keys[] = {"model", NULL};
-    llmq_value_span_t model;
     fast->body = span[2];
-    if (fast->op < 0 ||
-        llmq_value_json_members(span[2].data, span[2].size, body_keys,
-                                &model) != 0 ||
-        !s_fast_strings(fast, span[0], model, line_no)) {
+    if (fast->op < 0 || !s_fast_strings(fast, span[0], model, line_no)) {
         s_fast_clear(fast);
         return false;
     }
@@ -1776,6 +1774,32 @@ static int s_test_again(const char *text, const s_fast_t *fast)
     return failures;
 }
 
+/*  llmq_value_json_members_nested finds what two llmq_value_json_members
+    calls (the line's, then its body's) find, and refuses what the first
+    refuses. */
+static int s_test_nested(const char *text)
+{
+    int failures = 0;
+    static const char *const keys[] = {"custom_id", "url", "body", "method",
+                                       NULL};
+    static const char *const inner[] = {"model", "max_tokens", NULL};
+    llmq_value_span_t want[4], got[4], want_in[2] = {{NULL, 0}, {NULL, 0}},
+                                       got_in[2];
+    size_t len = strlen(text);
+    int rc = llmq_value_json_members(text, len, keys, want);
+    if (rc == 0 && want[2].data && want[2].data[0] == '{')
+        CHECK(llmq_value_json_members(want[2].data, want[2].size, inner,
+                                      want_in) == 0);
+    CHECK(llmq_value_json_members_nested(text, len, keys, got, 2, inner,
+                                         got_in) == rc);
+    for (int i = 0; rc == 0 && i < 4; i++)
+        CHECK(got[i].data == want[i].data && got[i].size == want[i].size);
+    for (int i = 0; rc == 0 && i < 2; i++)
+        CHECK(got_in[i].data == want_in[i].data &&
+              got_in[i].size == want_in[i].size);
+    return failures;
+}
+
 static int s_test_fast(void)
 {
     int failures = 0;
@@ -1835,6 +1859,26 @@ static int s_test_fast(void)
         s_fast_t fast;
         CHECK(!s_fast(slow[i], strlen(slow[i]), 1, &fast) && !fast.custom_id);
     }
+    const char *nested[] = {
+        " { \"BODY\" : { \"Model\" : \"m\" , \"model\":\"n\", "
+        "\"max_tokens\":[{}]} , \"body\":{\"model\":\"x\"}}",
+        "{\"body\":7,\"url\":\"u\"}",
+        "{\"body\":{}}",
+        "{\"body\":{\"model\":}}",
+        "{\"body\":{\"a\":[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[["
+        "[[[[[[[[[[[[[[]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]"
+        "]"
+        "]]]]]]]]]]}}",
+        "{\"body\":{\"model\":\"m\"},}",
+        "{}",
+        "[]",
+        NULL};
+    for (int i = 0; lines[i]; i++)
+        failures += s_test_nested(lines[i]);
+    for (int i = 0; slow[i]; i++)
+        failures += s_test_nested(slow[i]);
+    for (int i = 0; nested[i]; i++)
+        failures += s_test_nested(nested[i]);
     return failures;
 }
 

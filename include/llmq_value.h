@@ -168,6 +168,17 @@ typedef struct {
     not one JSON object. */
 int llmq_value_json_members(const char *text, size_t len,
                             const char *const *keys, llmq_value_span_t *spans);
+/*  llmq_value_json_members(text, len, keys, spans) and, in the same pass,
+    llmq_value_json_members of the value of keys[at] (its first member of
+    that name) for inner_keys (NULL-terminated) into inner_spans, when
+    that value is an object (else inner_spans are all NULL): a member
+    object is not read twice. Returns 0, or -1 as llmq_value_json_members
+    (text is not one valid JSON object). */
+int llmq_value_json_members_nested(const char *text, size_t len,
+                                   const char *const *keys,
+                                   llmq_value_span_t *spans, size_t at,
+                                   const char *const *inner_keys,
+                                   llmq_value_span_t *inner_spans);
 
 /*  A span holding a JSON string, decoded (caller frees), or NULL. */
 char *llmq_value_json_string(llmq_value_span_t span);

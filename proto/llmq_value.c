@@ -1347,6 +1347,83 @@ int llmq_value_json_members(const char *text, size_t len,
     return rc;
 }
 
+/*  llmq_value_json_members_nested's walk: the members of an object
+    (jp->p after its '{'), values checked at depth; the first member of
+    each name in keys (ASCII case ignored) in spans; the first member
+    keys[at] (at < nkeys), when an object, walked the same way for
+    inner_keys into inner_spans instead of being skipped whole. */
+static int s_span_members(s_jp_t *jp, int depth, const char *const *keys,
+                          llmq_value_span_t *spans, size_t nkeys, size_t at,
+                          const char *const *inner_keys,
+                          llmq_value_span_t *inner_spans)
+{
+    s_jp_ws(jp);
+    if (jp->p < jp->end && *jp->p == '}')
+        return jp->p++, 0;
+    while (true) {
+        const char *key;
+        size_t size;
+        s_jp_ws(jp);
+        if (jp->p >= jp->end || *jp->p != '"' || s_jp_string(jp, &key, &size))
+            return -1;
+        size_t hit = nkeys;
+        for (size_t i = 0; i < nkeys && hit == nkeys; i++)
+            if (!spans[i].data && strlen(keys[i]) == size &&
+                strncasecmp(keys[i], key, size) == 0)
+                hit = i;
+        s_jp_ws(jp);
+        if (jp->p >= jp->end || *jp->p++ != ':')
+            return -1;
+        s_jp_ws(jp);
+        const char *start = jp->p;
+        if (hit == at && jp->p < jp->end && *jp->p == '{') {
+            //  As s_jp_value would: the depth check, then the members.
+            size_t ninner = 0;
+            while (inner_keys && inner_keys[ninner])
+                ninner++;
+            if (depth >= LLMQ_VALUE_MAX_DEPTH)
+                return -1;
+            jp->p++;
+            if (s_span_members(jp, depth + 1, inner_keys, inner_spans, ninner,
+                               SIZE_MAX, NULL, NULL))
+                return -1;
+        } else if (s_jp_value(jp, depth))
+            return -1;
+        if (hit < nkeys)
+            spans[hit] = (llmq_value_span_t){start, (size_t)(jp->p - start)};
+        s_jp_ws(jp);
+        char c = jp->p < jp->end ? *jp->p++ : 0;
+        if (c == '}')
+            return 0;
+        if (c != ',')
+            return -1;
+    }
+}
+
+int llmq_value_json_members_nested(const char *text, size_t len,
+                                   const char *const *keys,
+                                   llmq_value_span_t *spans, size_t at,
+                                   const char *const *inner_keys,
+                                   llmq_value_span_t *inner_spans)
+{
+    s_jp_t jp = {text, text + len, NULL, NULL, NULL, 0};
+    size_t nkeys = 0, ninner = 0;
+    while (keys && keys[nkeys])
+        spans[nkeys++] = (llmq_value_span_t){NULL, 0};
+    while (inner_keys && inner_keys[ninner])
+        inner_spans[ninner++] = (llmq_value_span_t){NULL, 0};
+    s_jp_ws(&jp);
+    int rc = text && jp.p < jp.end && *jp.p++ == '{' ? 0 : -1;
+    if (rc == 0)
+        rc =
+            s_span_members(&jp, 1, keys, spans, nkeys,
+                           at < nkeys ? at : SIZE_MAX, inner_keys, inner_spans);
+    if (rc == 0)
+        rc = s_jp_end(&jp);
+    free(jp.scratch);
+    return rc;
+}
+
 char *llmq_value_json_string(llmq_value_span_t span)
 {
     if (!span.data || span.size < 2 || span.data[0] != '"')
