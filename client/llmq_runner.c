@@ -84,14 +84,14 @@ typedef struct {
 
 /*  A line of this run, from when the window takes it until it is
     answered. A request's arg is its s_line_t. */
-typedef struct {
+typedef struct s_line_s {
     s_rec_t rec;     /* from ids */
     char *text;      /* the raw line (sent again after `overloaded`): in
                         the same allocation, after the struct */
     size_t len;      /* its size */
     char *custom_id; /* set when it is sent */
     int tries;       /* overloaded answers so far */
-    void *handle;    /* in the runner's lines */
+    struct s_line_s *prev, *next; /* the runner's lines */
 } s_line_t;
 
 typedef struct {
@@ -161,7 +161,7 @@ struct _llmq_runner_t {
     llmq_runner_line_fn *on_line; /* finished-line callback, or NULL */
     void *on_line_arg;            /* its argument */
     zlistx_t *models;             /* models the lines left name (strings) */
-    zlistx_t *lines;              /* s_line_t taken and not answered */
+    s_line_t *lines;              /* taken and not answered (owns) */
     zlistx_t *backoff;            /* s_retry_t: lines waiting to resend */
     llmq_client_t *client;        /* borrowed, from start */
     llmq_packer_t *packer;        /* a fast line's body as msgpack */
@@ -185,14 +185,17 @@ static void s_free_item(void **item)
     *item = NULL;
 }
 
-static void s_line_destroy(void **item)
+/*  Take line off the runner's lines and free it. */
+static void s_line_drop(llmq_runner_t *self, s_line_t *line)
 {
-    s_line_t *line = (s_line_t *)*item;
-    if (line) {
-        free(line->custom_id);
-        free(line);
-    }
-    *item = NULL;
+    if (line->prev)
+        line->prev->next = line->next;
+    else
+        self->lines = line->next;
+    if (line->next)
+        line->next->prev = line->prev;
+    free(line->custom_id);
+    free(line);
 }
 
 static void s_free_string(void **item)
@@ -204,12 +207,10 @@ static void s_free_string(void **item)
 static bool s_lists_new(llmq_runner_t *self)
 {
     self->backoff = zlistx_new();
-    self->lines = zlistx_new();
     self->models = zlistx_new();
-    if (!self->backoff || !self->lines || !self->models)
+    if (!self->backoff || !self->models)
         return false;
     zlistx_set_destructor(self->backoff, s_free_item);
-    zlistx_set_destructor(self->lines, s_line_destroy);
     zlistx_set_destructor(self->models, s_free_string);
     return true;
 }
@@ -285,7 +286,8 @@ void llmq_runner_destroy(llmq_runner_t **self_p)
         return;
     s_files_close(&self->files);
     zlistx_destroy(&self->backoff);
-    zlistx_destroy(&self->lines);
+    while (self->lines)
+        s_line_drop(self, self->lines);
     zlistx_destroy(&self->models);
     llmq_packer_destroy(&self->packer);
     free(self->default_model);
@@ -1054,10 +1056,10 @@ static s_line_t *s_take(llmq_runner_t *self)
         if (!line)
             return NULL;
         memset(line, 0, sizeof(*line));
-        if (!(line->handle = zlistx_add_end(self->lines, line))) {
-            free(line);
-            return NULL;
-        }
+        line->next = self->lines;
+        if (self->lines)
+            self->lines->prev = line;
+        self->lines = line;
         char *copy = (char *)(line + 1);
         memcpy(copy, text, len);
         copy[len] = 0;
@@ -1128,7 +1130,7 @@ static void s_answered(llmq_runner_t *self, s_line_t *line, char *text,
     if (self->on_line)
         self->on_line(line->custom_id ? line->custom_id : "", result,
                       self->on_line_arg);
-    zlistx_delete(self->lines, line->handle);
+    s_line_drop(self, line);
 }
 
 /*  The request options of line: one traceparent per line, the line's own
