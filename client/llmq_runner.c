@@ -2,7 +2,8 @@
 
     Memory is bounded by the window, not by the input. The load reads IN
     once, as a stream: every line is parsed for its custom_id, op and
-    model (an OpenAI Batch line without a cJSON tree: s_fast); its record
+    model (an OpenAI Batch or a prompt line without a cJSON tree: s_fast);
+    its record
     (fingerprint of the custom_id, line number, op, usable or not, and
     where the custom_id, model and body are in the line, so that sending
     does not parse it again: 48 bytes) goes to `ids`, an unlinked spill
@@ -165,6 +166,7 @@ struct _llmq_runner_t {
     zlistx_t *backoff;            /* s_retry_t: lines waiting to resend */
     llmq_client_t *client;        /* borrowed, from start */
     llmq_packer_t *packer;        /* a fast line's body as msgpack */
+    llmq_value_buf_t text;        /* a prompt line's body as JSON text */
     double cwnd;                  /* the window in use (AIMD) */
     int64_t last_cut;             /* zclock_mono() when cwnd was halved */
     size_t taken;                 /* lines left that the window took */
@@ -290,6 +292,7 @@ void llmq_runner_destroy(llmq_runner_t **self_p)
         s_line_drop(self, self->lines);
     zlistx_destroy(&self->models);
     llmq_packer_destroy(&self->packer);
+    free(self->text.data);
     free(self->default_model);
     free(self->model);
     free(self);
@@ -529,16 +532,28 @@ static llmq_jsonl_item_t *s_item(const char *text, size_t len, size_t line_no)
     return item;
 }
 
-/*  An OpenAI Batch input line read without a cJSON tree (the request
-    body goes from the line's text to msgpack directly, at send time). */
+/*  The sampling fields a prompt line carries over to its body, in the
+    order llmq_jsonl_parse_line adds them (its "model" is set last). */
+static const char *const s_extras[] = {"max_tokens", "temperature", "top_p",
+                                       "seed",       "stop",        NULL};
+#define S_EXTRAS 5
+
+/*  An OpenAI Batch input line, or a prompt line, read without a cJSON tree
+    (the request body goes from the line's text to msgpack directly, at
+    send time). */
 typedef struct {
     char *custom_id;              /* given, or "line-<n>" */
-    char *model;                  /* body.model, or NULL */
-    llmq_value_span_t body;       /* the body's text, in the line */
+    char *model;                  /* body.model (a prompt line's model), or
+                                     NULL */
+    llmq_value_span_t body;       /* the body's text, in the line (NULL: a
+                                     prompt line) */
     llmq_value_span_t id;         /* the custom_id's JSON value (NULL: none or
                                      null) */
     llmq_value_span_t model_json; /* body.model's (NULL: none or null) */
-    int op;                       /* from url, default chat */
+    llmq_value_span_t prompt;     /* a prompt line's prompt (a string) */
+    llmq_value_span_t system;     /* its system, if a string */
+    llmq_value_span_t extras[S_EXTRAS]; /* its s_extras fields */
+    int op;                             /* from url, default chat */
 } s_fast_t;
 
 static void s_fast_clear(s_fast_t *fast)
@@ -588,9 +603,53 @@ static int s_fast_op(llmq_value_span_t url)
     return op;
 }
 
+/*  Whether a JSON string's text may hold a NUL (a \u0000 escape): the
+    tree's C string would end there, so such a line takes the slow path. */
+static bool s_maybe_nul(llmq_value_span_t span)
+{
+    const char *p = span.data, *end = span.data + span.size;
+    //  Every backslash starts an escape of two bytes or more: skip it.
+    while (p < end && (p = (const char *)memchr(p, '\\', (size_t)(end - p)))) {
+        if (end - p >= 6 && !memcmp(p, "\\u0000", 6))
+            return true;
+        p += 2;
+    }
+    return false;
+}
+
+/*  s_fast for a line of the prompt form ({"prompt": ..., "system"?,
+    "model"?, sampling fields..., "custom_id"?}: no url, no body), text
+    valid JSON (len bytes, no newline). */
+static bool s_fast_prompt(const char *text, size_t len, size_t line_no,
+                          s_fast_t *fast)
+{
+    static const char *const keys[] = {
+        "custom_id",   "prompt", "system", "model", "max_tokens",
+        "temperature", "top_p",  "seed",   "stop",  NULL};
+    llmq_value_span_t span[9];
+    if (llmq_value_json_members(text, len, keys, span) != 0 ||
+        span[1].data[0] != '"' || s_maybe_nul(span[1]))
+        return false;
+    fast->op = LLMQ_OP_CHAT;
+    fast->prompt = span[1];
+    if (span[2].data && span[2].data[0] == '"') {
+        if (s_maybe_nul(span[2]))
+            return false;
+        fast->system = span[2];
+    }
+    for (int i = 0; i < S_EXTRAS; i++)
+        fast->extras[i] = span[4 + i];
+    if (!s_fast_strings(fast, span[0], span[3], line_no)) {
+        s_fast_clear(fast);
+        return false;
+    }
+    return true;
+}
+
 /*  True when the line (len bytes as read) is an OpenAI Batch line that
     llmq_jsonl_parse_line would accept (a JSON object from its first byte,
-    a body object, method POST, a url llmq serves): fast is filled. Else
+    a body object, method POST, a url llmq serves), or a prompt line it
+    would accept (s_fast_prompt): fast is filled. Else
     false (fast empty): llmq_jsonl_parse_line decides, and says what is
     wrong. */
 static bool s_fast(const char *text, size_t len, size_t line_no, s_fast_t *fast)
@@ -598,15 +657,18 @@ static bool s_fast(const char *text, size_t len, size_t line_no, s_fast_t *fast)
     memset(fast, 0, sizeof *fast);
     while (len > 0 && (text[len - 1] == '\n' || text[len - 1] == '\r'))
         len--;
-    static const char *const keys[] = {"custom_id", "url", "body", "method",
-                                       NULL};
+    static const char *const keys[] = {"custom_id", "url",    "body",
+                                       "method",    "prompt", NULL};
     static const char *const body_keys[] = {"model", NULL};
-    llmq_value_span_t span[4], model;
+    llmq_value_span_t span[5], model;
     //  The body's model is found in the same pass (key 2: body).
     if (len == 0 || len > LLMQ_JSONL_MAX_LINE || text[0] != '{' ||
         llmq_value_json_members_nested(text, len, keys, span, 2, body_keys,
-                                       &model) != 0 ||
-        !span[2].data || span[2].data[0] != '{' ||
+                                       &model) != 0)
+        return false;
+    if (!span[1].data && !span[2].data && span[4].data)
+        return s_fast_prompt(text, len, line_no, fast);
+    if (!span[2].data || span[2].data[0] != '{' ||
         (span[3].data &&
          !(span[3].size == 6 && !memcmp(span[3].data, "\"POST\"", 6))))
         return false;
@@ -1161,6 +1223,47 @@ static int s_submit(llmq_runner_t *self, s_line_t *line,
                               body, &opts, line);
 }
 
+/*  Append a string literal. */
+#define S_ADD(buf, literal)                                                    \
+    llmq_value_buf_add(buf, literal, sizeof(literal) - 1)
+
+/*  A prompt line's body into the runner's packer: the chat body
+    llmq_jsonl_parse_line builds ({"messages": [system?, user], its
+    sampling fields}) with model set last, as JSON text from the line's
+    own values, then packed. Returns 0 or -1. */
+static int s_pack_prompt(llmq_runner_t *self, const s_fast_t *fast,
+                         const char *model)
+{
+    llmq_value_buf_t *text = &self->text;
+    text->size = 0;
+    S_ADD(text, "{\"messages\":[");
+    if (fast->system.data) {
+        S_ADD(text, "{\"role\":\"system\",\"content\":");
+        llmq_value_buf_add(text, fast->system.data, fast->system.size);
+        S_ADD(text, "},");
+    }
+    S_ADD(text, "{\"role\":\"user\",\"content\":");
+    llmq_value_buf_add(text, fast->prompt.data, fast->prompt.size);
+    S_ADD(text, "}]");
+    for (int i = 0; i < S_EXTRAS; i++)
+        if (fast->extras[i].data) {
+            S_ADD(text, ",");
+            llmq_value_buf_str(text, s_extras[i], strlen(s_extras[i]));
+            S_ADD(text, ":");
+            llmq_value_buf_add(text, fast->extras[i].data,
+                               fast->extras[i].size);
+        }
+    S_ADD(text, ",\"model\":");
+    llmq_value_buf_str(text, model, strlen(model));
+    S_ADD(text, "}");
+    if (text->oom) {
+        free(text->data);
+        memset(text, 0, sizeof *text);
+        return -1;
+    }
+    return llmq_packer_json_text(self->packer, text->data, text->size, NULL, 0);
+}
+
 /*  Submit a fast line: its body from its text to msgpack, the model the
     broker routes on set in it. Returns 0, or -1 with errno (EINVAL: the
     line is not what the load found: IN changed). */
@@ -1183,11 +1286,13 @@ static int s_submit_fast(llmq_runner_t *self, s_line_t *line)
     //  The runner's packer keeps its buffer from line to line.
     llmq_packer_reset(self->packer);
     size_t size = 0;
-    const uint8_t *payload = llmq_packer_json_object_set(
-                                 self->packer, fast.body.data, fast.body.size,
-                                 drop, "model", model, NULL, 0) == 0
-                                 ? llmq_packer_data(self->packer, &size)
-                                 : NULL;
+    int packed = fast.body.data
+                     ? llmq_packer_json_object_set(self->packer, fast.body.data,
+                                                   fast.body.size, drop,
+                                                   "model", model, NULL, 0)
+                     : s_pack_prompt(self, &fast, model);
+    const uint8_t *payload =
+        packed == 0 ? llmq_packer_data(self->packer, &size) : NULL;
     int rc =
         payload && line->custom_id
             ? llmq_client_submit_msgpack(self->client, (llmq_op_t)line->rec.op,
@@ -1817,7 +1922,6 @@ static int s_test_fast(void)
                           "{\"method\":\"GET\",\"body\":{}}",
                           "{\"url\":\"/v1/images\",\"body\":{}}",
                           " {\"body\":{}}",
-                          "{\"prompt\":\"p\"}",
                           "{\"body\":{}",
                           "plain text",
                           NULL};
@@ -1881,6 +1985,63 @@ static int s_test_fast(void)
         failures += s_test_nested(slow[i]);
     for (int i = 0; nested[i]; i++)
         failures += s_test_nested(nested[i]);
+    return failures;
+}
+
+/*  Prompt lines: s_fast takes the ones llmq_jsonl_parse_line takes, and
+    s_pack_prompt packs the body its tree gives, byte for byte; the others
+    are left to the slow path. */
+static int s_test_prompt(void)
+{
+    int failures = 0;
+    const char *lines[] = {
+        "{\"prompt\":\"hi\"}",
+        "{\"custom_id\":\"p\\u00e91\",\"PROMPT\":\"q \\\"x\\\" "
+        "\\n\\ud83d\\ude00\","
+        "\"system\":\"be \\t terse\",\"Model\":\"m9\",\"stop\":[\"a\",\"b\"],"
+        "\"seed\":7,\"top_p\":0.5,\"temperature\":0,\"max_tokens\":16,"
+        "\"extra\":{\"k\":1},\"messages\":[1]}\n",
+        "{\"prompt\":\"p\",\"system\":5,\"model\":null,\"max_tokens\":1.5e3,"
+        "\"temperature\":1.0,\"max_tokens\":99,\"custom_id\":null}",
+        "{\"prompt\":\"\\\\u0000 is text\",\"stop\":null}", NULL};
+    const char *slow[] = {"{\"prompt\":null}",
+                          "{\"prompt\":7}",
+                          "{\"prompt\":\"a\\u0000b\"}",
+                          "{\"prompt\":\"a\",\"system\":\"\\u0000\"}",
+                          "{\"prompt\":\"a\",\"model\":7}",
+                          "{\"prompt\":\"a\",\"model\":\"\"}",
+                          "{\"prompt\":\"a\",\"custom_id\":\"\"}",
+                          "{\"prompt\":\"a\",\"url\":null}",
+                          NULL};
+    llmq_runner_t runner = {.packer = llmq_packer_new()};
+    for (int i = 0; lines[i]; i++) {
+        s_fast_t fast;
+        llmq_jsonl_item_t *item =
+            llmq_jsonl_parse_line(lines[i], strlen(lines[i]), 3);
+        CHECK(s_fast(lines[i], strlen(lines[i]), 3, &fast));
+        CHECK(!fast.body.data && fast.op == LLMQ_OP_CHAT);
+        CHECK(item && !item->error && streq(item->custom_id, fast.custom_id));
+        CHECK(!item->model == !fast.model &&
+              (!fast.model || streq(item->model, fast.model)));
+        cJSON_DeleteItemFromObject(item->body, "model");
+        cJSON_AddStringToObject(item->body, "model", "m\"m");
+        zframe_t *want = llmq_value_from_json(item->body);
+        llmq_packer_reset(runner.packer);
+        CHECK(s_pack_prompt(&runner, &fast, "m\"m") == 0);
+        size_t size;
+        const uint8_t *got = llmq_packer_data(runner.packer, &size);
+        CHECK(want && size == zframe_size(want) &&
+              !memcmp(got, zframe_data(want), size));
+        zframe_destroy(&want);
+        s_fast_clear(&fast);
+        llmq_jsonl_item_destroy(&item);
+    }
+    for (int i = 0; slow[i]; i++) {
+        s_fast_t fast;
+        CHECK(!s_fast(slow[i], strlen(slow[i]), 1, &fast) && !fast.custom_id);
+    }
+    llmq_packer_destroy(&runner.packer);
+    free(runner.text.data);
     return failures;
 }
 
@@ -1971,6 +2132,7 @@ int llmq_runner_test(bool verbose)
 
     failures += s_test_duplicates(dup);
     failures += s_test_fast();
+    failures += s_test_prompt();
     failures += s_test_merge();
     failures += s_test_cap(cap_in, cap_out, client);
     config.output = lost;
