@@ -3,13 +3,12 @@
     Memory is bounded by the window, not by the input. The load reads IN
     once, as a stream: every line is parsed for its custom_id, op and
     model (an OpenAI Batch or a prompt line without a cJSON tree: s_fast);
-    its record
-    (fingerprint of the custom_id, line number, op, usable or not, and
-    where the custom_id, model and body are in the line, so that sending
-    does not parse it again: 48 bytes) goes to `ids`, an unlinked spill
-    file next to OUT, and the pair
-    (fingerprint, line number) to another, which an external sort (runs of
-    4 MiB, merged) turns into the list of duplicate custom_ids. OUT is
+    its record (fingerprint of the custom_id, line number, op, usable or
+    not, and where the custom_id, model and body are in the line, so that
+    sending does not parse it again: 48 bytes) goes to `ids`, an unlinked
+    spill file next to OUT, and the pair (fingerprint, line number) to
+    another, which an external sort (runs of 4 MiB, merged) turns into the
+    list of duplicate custom_ids. OUT is
     scanned into an index (llmq_jsonl.h: per whole line, the custom_id's
     fingerprint and the line's offset, 16 bytes), which says what is done.
     The run reads IN and ids again, in step: a line OUT does not answer
