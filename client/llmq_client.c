@@ -68,6 +68,7 @@ struct _llmq_client_t {
     zsock_t *sock;             /* DEALER to the broker */
     zsock_t *monitor;          /* PAIR receiving sock's connection events */
     unsigned monitor_seq;      /* makes monitor endpoints unique */
+    int64_t monitor_at;        /* zclock_mono() the monitor was last read */
     zlistx_t *order;           /* s_request_t, submission order (owns) */
     zhashx_t *pending;         /* id -> s_request_t (borrowed from order) */
     zlistx_t *ready;           /* finished llmq_result_t (owns) */
@@ -100,6 +101,8 @@ struct _llmq_client_t {
 };
 
 static int s_pump(llmq_client_t *self, int timeout_ms);
+/*  A busy socket's monitor is read at least this often (ms). */
+#define S_MONITOR_MS 10
 static void s_drain_to_callback(llmq_client_t *self);
 
 static void s_request_destroy(s_request_t **self_p)
@@ -147,6 +150,8 @@ static zsock_t *s_socket_new(llmq_client_t *self)
     zsock_set_sndhwm(sock, 100000);
     zsock_set_rcvhwm(sock, 100000);
     zsock_set_sndtimeo(sock, 1000);
+    //  Receives never block: s_drain reads until EAGAIN, s_pump waits.
+    zsock_set_rcvtimeo(sock, 0);
     if (self->cert)
         llmq_curve_client_apply(sock, self->cert, self->server_key);
     if (zsock_connect(sock, "%s", self->endpoint) != 0) {
@@ -254,6 +259,10 @@ llmq_client_t *llmq_client_new_with(const char *endpoint,
         return NULL;
     }
     zlistx_set_destructor(self->order, s_request_destructor);
+    //  pending's keys are its requests' ids, borrowed: an entry leaves
+    //  before its request (s_finish), so no copy per request.
+    zhashx_set_key_duplicator(self->pending, NULL);
+    zhashx_set_key_destructor(self->pending, NULL);
     zlistx_set_destructor(self->ready, s_result_destructor);
     self->window = LLMQ_CLIENT_WINDOW;
     self->timeout_ms = LLMQ_CLIENT_TIMEOUT_MS;
@@ -482,13 +491,12 @@ static void s_check_pending(llmq_client_t *self, llmq_msg_t *pong)
 static void s_finish(llmq_client_t *self, s_request_t *req,
                      llmq_result_t *result)
 {
-    result->id = strdup(req->id);
     result->arg = req->arg;
     result->op = req->op;
     result->resends = req->resends;
     result->elapsed_ms = zclock_mono() - req->sent_at;
-    //  req goes: the result takes its trace, and the model asked when the
-    //  res did not name the one that answered.
+    //  req goes: the result takes its id and trace, and the model asked
+    //  when the res did not name the one that answered.
     result->trace = req->trace;
     req->trace = NULL;
     if (!result->model) {
@@ -497,6 +505,8 @@ static void s_finish(llmq_client_t *self, s_request_t *req,
     }
     bool orphan = req->orphan;
     zhashx_delete(self->pending, req->id);
+    result->id = req->id;
+    req->id = NULL;
     zlistx_delete(self->order, req->handle); //  destroys req
     if (orphan) {
         llmq_result_destroy(&result);
@@ -744,50 +754,81 @@ static void s_timers(llmq_client_t *self)
         s_send_ping(self);
 }
 
-/*  Wait up to timeout_ms (-1: the heartbeat period) for input, handle all
-    that is there, then run the timers. Returns 0, or -1 if interrupted. */
-static int s_pump(llmq_client_t *self, int timeout_ms)
+/*  The monitor said the connection dropped (broker crashed or restarted):
+    whatever it held for us may be gone. Only outstanding work needs a
+    resend. Returns 0, or -1 if interrupted. */
+static int s_read_monitor(llmq_client_t *self)
 {
-    int wait = self->heartbeat_ms / 4 > 0 ? self->heartbeat_ms / 4 : 1;
-    if (timeout_ms >= 0 && timeout_ms < wait)
-        wait = timeout_ms;
-    zmq_pollitem_t items[2] = {
-        {zsock_resolve(self->sock), 0, ZMQ_POLLIN, 0},
-        {self->monitor ? zsock_resolve(self->monitor) : NULL, 0, ZMQ_POLLIN,
-         0}};
-    int rc = zmq_poll(items, self->monitor ? 2 : 1, wait);
-    if (rc == -1 && errno == EINTR)
-        return -1;
-    if (rc > 0 && self->monitor && (items[1].revents & ZMQ_POLLIN)) {
-        //  Connection dropped (broker crashed or restarted): whatever it
-        //  held for us may be gone. Only outstanding work needs a resend.
-        bool dropped = false;
-        while (zsock_events(self->monitor) & ZMQ_POLLIN) {
-            zmsg_t *event = zmsg_recv(self->monitor);
-            if (!event)
-                return -1;
-            zmsg_destroy(&event);
-            dropped = true;
-        }
-        //  Reconnect at once, but not more than once per heartbeat (a
-        //  peer that is not a broker could drop us in a tight loop).
-        if (dropped && zlistx_size(self->order) > 0)
-            self->dropped = true;
-    }
-    //  Read everything queued, without blocking, before timers run: a busy
-    //  socket is a live broker.
-    int budget = 10000;
-    while (rc > 0 && budget-- > 0 && (zsock_events(self->sock) & ZMQ_POLLIN)) {
-        llmq_msg_t *msg = llmq_msg_recv(zsock_resolve(self->sock));
-        if (!msg)
+    bool dropped = false;
+    while (zsock_events(self->monitor) & ZMQ_POLLIN) {
+        zmsg_t *event = zmsg_recv(self->monitor);
+        if (!event)
             return -1;
+        zmsg_destroy(&event);
+        dropped = true;
+    }
+    //  Reconnect at once, but not more than once per heartbeat (a peer that
+    //  is not a broker could drop us in a tight loop).
+    if (dropped && zlistx_size(self->order) > 0)
+        self->dropped = true;
+    return 0;
+}
+
+/*  Handle every message queued on the socket, without waiting: receive
+    until EAGAIN (the socket's receive timeout is 0). A message that is
+    there costs no system call; asking ZMQ_EVENTS before each one cost two
+    (a getpid and a poll in libzmq). Returns 1 if the budget ran out (input
+    may be left), 0 when drained, -1 if interrupted. */
+static int s_drain(llmq_client_t *self)
+{
+    for (int budget = 10000; budget > 0; budget--) {
+        llmq_msg_t *msg = llmq_msg_recv(self->sock);
+        if (!msg)
+            return errno == EAGAIN ? 0 : -1;
         self->last_recv = self->last_heard = zclock_mono();
         s_handle(self, msg);
         llmq_msg_destroy(&msg);
     }
+    return 1;
+}
+
+/*  Handle what is queued; if nothing was and timeout_ms allows (-1: the
+    heartbeat period), wait for input and handle it; then run the timers.
+    The monitor is looked at when we wait, and at least every
+    S_MONITOR_MS of a busy socket. Returns 1 if input may be left (the
+    drain's budget ran out), 0, or -1 if interrupted. */
+static int s_pump(llmq_client_t *self, int timeout_ms)
+{
+    int rc = s_drain(self);
+    if (rc < 0)
+        return -1;
+    bool polled = false;
+    if (rc == 0 && timeout_ms != 0) {
+        int wait = self->heartbeat_ms / 4 > 0 ? self->heartbeat_ms / 4 : 1;
+        if (timeout_ms > 0 && timeout_ms < wait)
+            wait = timeout_ms;
+        zmq_pollitem_t items[2] = {
+            {zsock_resolve(self->sock), 0, ZMQ_POLLIN, 0},
+            {self->monitor ? zsock_resolve(self->monitor) : NULL, 0, ZMQ_POLLIN,
+             0}};
+        int ready = zmq_poll(items, self->monitor ? 2 : 1, wait);
+        if (ready == -1 && errno == EINTR)
+            return -1;
+        polled = true;
+        if (ready > 0 && (items[0].revents & ZMQ_POLLIN))
+            rc = s_drain(self);
+        if (rc < 0)
+            return -1;
+    }
+    int64_t now = zclock_mono();
+    if (self->monitor && (polled || now - self->monitor_at >= S_MONITOR_MS)) {
+        self->monitor_at = now;
+        if (s_read_monitor(self) != 0)
+            return -1;
+    }
     s_timers(self);
     s_drain_to_callback(self);
-    return 0;
+    return rc;
 }
 
 static void s_drain_to_callback(llmq_client_t *self)
@@ -811,7 +852,7 @@ int llmq_client_ping(llmq_client_t *self, int timeout_ms, char **version_p)
     s_send_ping(self);
     while (!self->got_pong) {
         int64_t left = timeout_ms - (zclock_mono() - start);
-        if (left <= 0 || s_pump(self, (int)left) != 0)
+        if (left <= 0 || s_pump(self, (int)left) < 0)
             return -1;
     }
     if (version_p)
@@ -828,7 +869,7 @@ cJSON *llmq_client_status(llmq_client_t *self, int timeout_ms)
     int64_t start = zclock_mono();
     while (!self->status) {
         int64_t left = timeout_ms - (zclock_mono() - start);
-        if (left <= 0 || s_pump(self, (int)left) != 0)
+        if (left <= 0 || s_pump(self, (int)left) < 0)
             return NULL;
     }
     cJSON *status = self->status;
@@ -838,6 +879,19 @@ cJSON *llmq_client_status(llmq_client_t *self, int timeout_ms)
 
 //  --------------------------------------------------------------------------
 //  Submit
+
+/*  "r<n>" (caller frees), or NULL: the id of the n-th request. */
+static char *s_request_id(uint64_t n)
+{
+    char text[24];
+    char *p = text + sizeof text;
+    *--p = 0;
+    do
+        *--p = (char)('0' + n % 10);
+    while (n /= 10);
+    *--p = 'r';
+    return strdup(p);
+}
 
 /*  Take payload; queue and send the request. */
 static int s_submit(llmq_client_t *self, llmq_op_t op, const char *model,
@@ -859,7 +913,7 @@ static int s_submit(llmq_client_t *self, llmq_op_t op, const char *model,
     }
     //  Window full: pump until a slot frees up.
     while (zlistx_size(self->order) >= self->window)
-        if (s_pump(self, -1) != 0) {
+        if (s_pump(self, -1) < 0) {
             zframe_destroy(&payload);
             return -1;
         }
@@ -868,11 +922,15 @@ static int s_submit(llmq_client_t *self, llmq_op_t op, const char *model,
         zframe_destroy(&payload);
         return -1;
     }
-    req->id = zsys_sprintf("r%" PRIu64, ++self->next_id);
+    req->id = s_request_id(++self->next_id);
     req->seq = self->next_id;
     req->op = op;
     req->model = strdup(model);
     req->payload = payload;
+    if (!req->id || !req->model) {
+        s_request_destroy(&req);
+        return -1;
+    }
     req->last_seq = -1;
     req->arg = arg;
     if (opts) {
@@ -945,7 +1003,7 @@ llmq_result_t *llmq_client_poll(llmq_client_t *self, int timeout_ms)
             if (left < 0)
                 return NULL;
         }
-        if (s_pump(self, left) != 0)
+        if (s_pump(self, left) < 0)
             return NULL;
         if (timeout_ms == 0)
             break;
@@ -963,7 +1021,7 @@ size_t llmq_client_wait(llmq_client_t *self, int timeout_ms)
             if (left < 0)
                 break;
         }
-        if (s_pump(self, left) != 0)
+        if (s_pump(self, left) < 0)
             break;
     }
     s_drain_to_callback(self);
@@ -999,9 +1057,7 @@ int llmq_client_fd(const llmq_client_t *self)
 
 int llmq_client_process(llmq_client_t *self)
 {
-    if (s_pump(self, 0) != 0)
-        return -1;
-    return (zsock_events(self->sock) & ZMQ_POLLIN) ? 1 : 0;
+    return s_pump(self, 0);
 }
 
 int llmq_client_cancel_arg(llmq_client_t *self, const void *arg)
@@ -1060,7 +1116,7 @@ static llmq_result_t *s_infer(llmq_client_t *self, llmq_op_t op,
     llmq_result_t *result = NULL;
     if (s_submit(self, op, model, payload_p, opts, &token) == 0) {
         while (!(result = s_take_ready(self, &token, &token + 1)))
-            if (s_pump(self, -1) != 0) {
+            if (s_pump(self, -1) < 0) {
                 //  Interrupted: the token dies with this call.
                 result = s_take_ready(self, &token, &token + 1);
                 if (!result)
@@ -1142,7 +1198,7 @@ llmq_result_t **llmq_infer_many(llmq_client_t *self, llmq_op_t op,
             results[index] = result;
             done++;
         }
-        if (done < count && s_pump(self, -1) != 0)
+        if (done < count && s_pump(self, -1) < 0)
             interrupted = true;
     }
     if (interrupted)
@@ -1278,7 +1334,7 @@ static int s_batch_call(llmq_client_t *self, llmq_msg_t *msg,
             }
             if (now - attempt_start >= self->timeout_ms)
                 break; //  silent: resend on a new socket
-            if (s_pump(self, (int)(self->timeout_ms - (now - attempt_start))) !=
+            if (s_pump(self, (int)(self->timeout_ms - (now - attempt_start))) <
                 0) {
                 snprintf(self->batch_error, sizeof self->batch_error,
                          "interrupted: batch call interrupted");

@@ -3,13 +3,15 @@
     Design. llmq_jsonl_read_input reads a file whole into items (the batch
     path; `llmq run` streams IN: llmq_runner.c). A line that cannot be used
     is an item with an error, answered by an error line. Output is appended
-    one whole line per write() as results arrive, so a crash or kill -9
+    as results arrive, whole lines in one write() per burst (the writer
+    holds a burst's lines until the caller flushes), so a crash or kill -9
     leaves a prefix of whole lines plus at most one partial line; resume
     keeps the valid complete lines (an index: custom_id fingerprint ->
     offset), drops the rest, and the finished run rewrites the file in
     input order through a temp file and rename(), copying each line from
     its offset, so a reader never sees a half-written file.
 */
+#define _GNU_SOURCE /* memmem */
 #include "llmq_jsonl.h"
 #include "llmq_value.h"
 
@@ -22,11 +24,12 @@
 #include <unistd.h>
 
 struct _llmq_jsonl_writer_t {
-    int fd;            /* O_APPEND file descriptor */
-    int64_t last_sync; /* zclock_mono() of the last fsync */
-    bool dirty;        /* written since the last fsync */
-    bool is_stdout;    /* "-": a dup of stdout, never fsynced */
-    uint64_t offset;   /* where the next line goes */
+    int fd;                   /* O_APPEND file descriptor */
+    int64_t last_sync;        /* zclock_mono() of the last fsync */
+    bool dirty;               /* written since the last fsync */
+    bool is_stdout;           /* "-": a dup of stdout, never fsynced */
+    uint64_t offset;          /* where the next line goes */
+    llmq_value_buf_t pending; /* whole lines not written yet */
 };
 
 uint64_t llmq_jsonl_fnv1a(const void *data, size_t size)
@@ -84,7 +87,9 @@ static cJSON *s_chat_body(const char *prompt, const char *system)
 static int s_op_from_url(const char *url)
 {
     char path[128];
-    snprintf(path, sizeof(path), "%s", url);
+    size_t size = strnlen(url, sizeof path - 1); //  as snprintf cut it
+    memcpy(path, url, size);
+    path[size] = 0;
     char *query = strchr(path, '?');
     if (query)
         *query = 0;
@@ -390,7 +395,9 @@ bool llmq_jsonl_traceparent_valid(const char *text, size_t len)
 static bool s_find_traceparent(const char *json, size_t len, char *out)
 {
     static const char key[] = "\"traceparent\"";
-    const char *p = json, *end = json + len;
+    //  Most lines have none: one memmem says so, not a memchr per quote.
+    const char *p = (const char *)memmem(json, len, key, sizeof key - 1);
+    const char *end = json + len;
     while (p && p < end) {
         p = (const char *)memchr(p, '"', (size_t)(end - p));
         if (!p || (size_t)(end - p) < sizeof key - 1)
@@ -474,8 +481,9 @@ static const char *s_error_type(int status)
     body. -1: a success body that is not valid msgpack. */
 static int s_put_body(llmq_value_buf_t *buf, const s_line_t *line)
 {
-    if (line->body_mp && llmq_value_buf_json(buf, line->body_mp,
-                                             line->body_mp_size, NULL, 0) == 0)
+    if (line->body_mp &&
+        llmq_value_buf_json_fast(buf, line->body_mp, line->body_mp_size, NULL,
+                                 0) == 0)
         return 0;
     if (line->body_mp && !line->code)
         return -1;
@@ -542,43 +550,57 @@ static void s_put_extras(llmq_value_buf_t *buf, const s_line_t *line)
     s_put(buf, "}");
 }
 
+/*  Append the whole line, with its newline, to buf. Returns 0, or -1 (out
+    of memory, or a success body that is not valid msgpack: buf as it was,
+    its oom flag cleared). */
+static int s_line_into(llmq_value_buf_t *buf, const s_line_t *line)
+{
+    size_t mark = buf->size;
+    char id[LLMQ_JSONL_LINE_ID_SIZE];
+    llmq_jsonl_new_id(id);
+    s_put(buf, "{\"id\":\"");
+    llmq_value_buf_add(buf, id, LLMQ_JSONL_LINE_ID_SIZE - 1);
+    s_put(buf, "\",\"custom_id\":");
+    s_put_str(buf, line->custom_id);
+    int rc = 0;
+    if (line->status > 0) {
+        s_put(buf, ",\"response\":{\"status_code\":");
+        llmq_value_buf_int(buf, line->status);
+        s_put(buf, ",\"request_id\":");
+        s_put_str(buf, line->request_id ? line->request_id : "");
+        s_put(buf, ",\"body\":");
+        rc = s_put_body(buf, line);
+        s_put(buf, "},\"error\":null");
+    } else {
+        s_put(buf, ",\"response\":null,\"error\":{\"code\":");
+        s_put_str(buf, line->code ? line->code : "internal");
+        s_put(buf, ",\"message\":");
+        s_put_str(buf, line->message ? line->message : "");
+        s_put(buf, "}");
+    }
+    if (rc == 0) {
+        s_put(buf, ",\"llmq\":");
+        s_put_extras(buf, line);
+        s_put(buf, "}\n");
+    }
+    if (rc == 0 && !buf->oom)
+        return 0;
+    buf->oom = false;
+    buf->size = mark;
+    if (buf->data)
+        buf->data[mark] = 0;
+    return -1;
+}
+
 /*  The whole line, with its newline (caller frees), or NULL (out of
     memory, or a success body that is not valid msgpack). */
 static char *s_line(const s_line_t *line)
 {
     llmq_value_buf_t buf = {0};
-    char id[LLMQ_JSONL_LINE_ID_SIZE];
-    llmq_jsonl_new_id(id);
-    s_put(&buf, "{\"id\":\"");
-    s_put(&buf, id);
-    s_put(&buf, "\",\"custom_id\":");
-    s_put_str(&buf, line->custom_id);
-    if (line->status > 0) {
-        s_put(&buf, ",\"response\":{\"status_code\":");
-        llmq_value_buf_int(&buf, line->status);
-        s_put(&buf, ",\"request_id\":");
-        s_put_str(&buf, line->request_id ? line->request_id : "");
-        s_put(&buf, ",\"body\":");
-        if (s_put_body(&buf, line) != 0) {
-            free(buf.data);
-            return NULL;
-        }
-        s_put(&buf, "},\"error\":null");
-    } else {
-        s_put(&buf, ",\"response\":null,\"error\":{\"code\":");
-        s_put_str(&buf, line->code ? line->code : "internal");
-        s_put(&buf, ",\"message\":");
-        s_put_str(&buf, line->message ? line->message : "");
-        s_put(&buf, "}");
-    }
-    s_put(&buf, ",\"llmq\":");
-    s_put_extras(&buf, line);
-    s_put(&buf, "}\n");
-    if (buf.oom) {
-        free(buf.data);
-        return NULL;
-    }
-    return buf.data;
+    if (s_line_into(&buf, line) == 0)
+        return buf.data;
+    free(buf.data);
+    return NULL;
 }
 
 char *llmq_jsonl_ok_line(const char *custom_id, const char *request_id,
@@ -620,7 +642,10 @@ static char *s_leading_id(const uint8_t *body, size_t size)
     return id;
 }
 
-char *llmq_jsonl_result_line(const char *custom_id, const llmq_result_t *result)
+/*  Append the output line of a result to buf. Returns 0, or -1 (out of
+    memory: buf as it was). */
+static int s_result_into(llmq_value_buf_t *buf, const char *custom_id,
+                         const llmq_result_t *result)
 {
     s_line_t line = {.custom_id = custom_id,
                      .request_id = result->request_id,
@@ -638,15 +663,15 @@ char *llmq_jsonl_result_line(const char *custom_id, const llmq_result_t *result)
                             : NULL;
         if (leading)
             line.request_id = leading;
-        char *text = s_line(&line);
+        int rc = s_line_into(buf, &line);
         free(leading);
-        if (text || !line.body_mp)
-            return text;
+        if (rc == 0 || !line.body_mp)
+            return rc;
         //  A worker sent a body that is not msgpack: an error line.
         line.status = 0;
         line.code = "internal";
         line.message = "response body is not valid msgpack";
-        return s_line(&line);
+        return s_line_into(buf, &line);
     }
     line.code = result->error_code ? result->error_code : "internal";
     line.message = result->error_message;
@@ -656,7 +681,16 @@ char *llmq_jsonl_result_line(const char *custom_id, const llmq_result_t *result)
         line.body_mp = result->error_body;
         line.body_mp_size = result->error_body_size;
     }
-    return s_line(&line);
+    return s_line_into(buf, &line);
+}
+
+char *llmq_jsonl_result_line(const char *custom_id, const llmq_result_t *result)
+{
+    llmq_value_buf_t buf = {0};
+    if (s_result_into(&buf, custom_id, result) == 0)
+        return buf.data;
+    free(buf.data);
+    return NULL;
 }
 
 /*  A line's status_code, read from its text: the first "response" key is
@@ -1031,20 +1065,58 @@ static void s_out_put(s_out_t *out, const char *data, size_t size)
     }
 }
 
-/*  Copy the line of OUT (fd) at offset, through its newline. */
-static void s_copy_line(s_out_t *out, int fd, uint64_t offset)
+/*  OUT as the ordered rewrite reads it: blocks of S_BLOCK bytes in
+    S_SLOTS slots (a block in the slot of its number modulo S_SLOTS). The
+    lines of a run are in OUT in the order they finished, which is near
+    input order, so a line is mostly in a block already read: one pread a
+    block, not one a line. */
+#define S_BLOCK ((size_t)1 << 18)
+#define S_SLOTS 8
+
+typedef struct {
+    int fd;                  /* OUT */
+    char *data;              /* S_SLOTS blocks of S_BLOCK bytes */
+    uint64_t block[S_SLOTS]; /* block number in the slot, UINT64_MAX: none */
+    size_t size[S_SLOTS];    /* bytes read in the slot (less at the end) */
+} s_in_t;
+
+/*  The bytes of OUT from offset to the end of its block (*size_p of
+    them), or NULL at the end of the file or on a read error. */
+static const char *s_in_at(s_in_t *in, uint64_t offset, size_t *size_p)
 {
-    char chunk[16384];
+    uint64_t block = offset / S_BLOCK;
+    size_t slot = (size_t)(block % S_SLOTS);
+    char *data = in->data + slot * S_BLOCK;
+    if (in->block[slot] != block) {
+        in->block[slot] = UINT64_MAX;
+        ssize_t got;
+        do
+            got = pread(in->fd, data, S_BLOCK, (off_t)(block * S_BLOCK));
+        while (got < 0 && errno == EINTR);
+        if (got <= 0)
+            return NULL;
+        in->block[slot] = block;
+        in->size[slot] = (size_t)got;
+    }
+    size_t at = (size_t)(offset - block * S_BLOCK);
+    if (at >= in->size[slot])
+        return NULL;
+    *size_p = in->size[slot] - at;
+    return data + at;
+}
+
+/*  Copy the line of OUT at offset, through its newline. */
+static void s_copy_line(s_out_t *out, s_in_t *in, uint64_t offset)
+{
     while (out->rc == 0) {
-        ssize_t got = pread(fd, chunk, sizeof chunk, (off_t)offset);
-        if (got < 0 && errno == EINTR)
-            continue;
-        if (got <= 0) {
+        size_t got;
+        const char *chunk = s_in_at(in, offset, &got);
+        if (!chunk) {
             out->rc = -1; //  the index points past the end: OUT changed
             return;
         }
-        char *eol = (char *)memchr(chunk, '\n', (size_t)got);
-        size_t size = eol ? (size_t)(eol - chunk) + 1 : (size_t)got;
+        const char *eol = (const char *)memchr(chunk, '\n', got);
+        size_t size = eol ? (size_t)(eol - chunk) + 1 : got;
         s_out_put(out, chunk, size);
         if (eol)
             return;
@@ -1052,26 +1124,26 @@ static void s_copy_line(s_out_t *out, int fd, uint64_t offset)
     }
 }
 
-/*  The ordered lines, then the others, from OUT (fd) to out. */
-static void s_copy_indexed(s_out_t *out, int fd, llmq_jsonl_index_t *index,
+/*  The ordered lines, then the others, from OUT (in) to out. */
+static void s_copy_indexed(s_out_t *out, s_in_t *in, llmq_jsonl_index_t *index,
                            llmq_jsonl_next_fn *next, void *arg)
 {
     s_index_sort(index);
     uint64_t fp, offset;
     while (out->rc == 0 && next && next(arg, &fp, &offset)) {
         if (offset != LLMQ_JSONL_NO_OFFSET) {
-            s_copy_line(out, fd, offset);
+            s_copy_line(out, in, offset);
             continue;
         }
         s_entry_t *entry = s_index_find(index, fp);
         if (entry && !(entry->off & S_USED)) {
-            s_copy_line(out, fd, entry->off & S_OFFSET);
+            s_copy_line(out, in, entry->off & S_OFFSET);
             entry->off |= S_USED;
         }
     }
     for (size_t i = 0; out->rc == 0 && i < index->size; i++)
         if (!(index->entries[i].off & S_USED))
-            s_copy_line(out, fd, index->entries[i].off & S_OFFSET);
+            s_copy_line(out, in, index->entries[i].off & S_OFFSET);
     for (size_t i = 0; i < index->size; i++)
         index->entries[i].off &= ~S_USED;
 }
@@ -1081,15 +1153,18 @@ int llmq_jsonl_write_indexed(const char *path, llmq_jsonl_index_t *index,
 {
     if (streq(path, "-"))
         return 0; //  stdout had every line as it came
-    int in = open(path, O_RDONLY);
-    if (in < 0 && (errno != ENOENT || (index && index->size)))
+    s_in_t in = {.fd = open(path, O_RDONLY)};
+    if (in.fd < 0 && (errno != ENOENT || (index && index->size)))
         return -1;
+    for (size_t i = 0; i < S_SLOTS; i++)
+        in.block[i] = UINT64_MAX;
     char *temp = zsys_sprintf("%s.tmp.%d", path, (int)getpid());
     s_out_t out = {-1, (char *)malloc(S_OUT_SIZE), 0, 0};
+    in.data = in.fd >= 0 ? (char *)malloc(S_SLOTS * S_BLOCK) : NULL;
     out.fd = temp ? open(temp, O_WRONLY | O_CREAT | O_TRUNC, 0644) : -1;
-    out.rc = out.fd >= 0 && out.buffer ? 0 : -1;
+    out.rc = out.fd >= 0 && out.buffer && (in.fd < 0 || in.data) ? 0 : -1;
     if (out.rc == 0 && index)
-        s_copy_indexed(&out, in, index, next, arg);
+        s_copy_indexed(&out, &in, index, next, arg);
     if (out.rc == 0 && out.used)
         out.rc = s_write_all(out.fd, out.buffer, out.used);
     if (out.rc == 0)
@@ -1100,8 +1175,9 @@ int llmq_jsonl_write_indexed(const char *path, llmq_jsonl_index_t *index,
         out.rc = rename(temp, path);
     if (out.rc != 0 && temp)
         unlink(temp);
-    if (in >= 0)
-        close(in);
+    if (in.fd >= 0)
+        close(in.fd);
+    free(in.data);
     free(out.buffer);
     free(temp);
     return out.rc;
@@ -1109,6 +1185,9 @@ int llmq_jsonl_write_indexed(const char *path, llmq_jsonl_index_t *index,
 
 //  --------------------------------------------------------------------------
 //  Appender
+
+/*  A flushed pending buffer larger than this is freed, not kept. */
+#define S_PENDING_KEEP ((size_t)1 << 20)
 
 llmq_jsonl_writer_t *llmq_jsonl_writer_new(const char *path)
 {
@@ -1134,9 +1213,11 @@ void llmq_jsonl_writer_destroy(llmq_jsonl_writer_t **self_p)
 {
     if (self_p && *self_p) {
         llmq_jsonl_writer_t *self = *self_p;
+        llmq_jsonl_writer_flush(self);
         if (self->dirty && !self->is_stdout)
             fsync(self->fd);
         close(self->fd);
+        free(self->pending.data);
         free(self);
         *self_p = NULL;
     }
@@ -1144,17 +1225,46 @@ void llmq_jsonl_writer_destroy(llmq_jsonl_writer_t **self_p)
 
 int llmq_jsonl_writer_write(llmq_jsonl_writer_t *self, const char *line)
 {
+    llmq_value_buf_add(&self->pending, line, strlen(line));
+    if (!self->pending.oom)
+        return 0;
+    //  Out of memory: the lines held are lost with it.
+    free(self->pending.data);
+    memset(&self->pending, 0, sizeof self->pending);
+    return -1;
+}
+
+int llmq_jsonl_writer_result(llmq_jsonl_writer_t *self, const char *custom_id,
+                             const llmq_result_t *result)
+{
+    return s_result_into(&self->pending, custom_id, result);
+}
+
+size_t llmq_jsonl_writer_pending(llmq_jsonl_writer_t *self)
+{
+    return self->pending.size;
+}
+
+int llmq_jsonl_writer_flush(llmq_jsonl_writer_t *self)
+{
+    if (self->pending.size == 0)
+        return 0;
     self->dirty = true;
-    size_t size = strlen(line);
-    int rc = s_write_all(self->fd, line, size);
+    int rc = s_write_all(self->fd, self->pending.data, self->pending.size);
     if (rc == 0)
-        self->offset += size;
+        self->offset += self->pending.size;
+    self->pending.size = 0;
+    //  A run of large lines does not keep its largest buffer.
+    if (self->pending.cap > S_PENDING_KEEP) {
+        free(self->pending.data);
+        memset(&self->pending, 0, sizeof self->pending);
+    }
     return rc;
 }
 
 uint64_t llmq_jsonl_writer_offset(llmq_jsonl_writer_t *self)
 {
-    return self->offset;
+    return self->offset + self->pending.size;
 }
 
 int llmq_jsonl_writer_sync(llmq_jsonl_writer_t *self, int interval_ms)
@@ -1404,6 +1514,101 @@ static uint8_t *s_msgpack(const char *text, size_t *size_p)
         memcpy(copy, zframe_data(frame), *size_p);
     zframe_destroy(&frame);
     return copy;
+}
+
+/*  Both writers on data (size bytes, alone in its allocation so a read
+    past it shows under ASan/valgrind), after a prefix: the same result,
+    text and reason. Returns the failures. */
+static int s_test_same_json(const uint8_t *data, size_t size)
+{
+    int failures = 0;
+    uint8_t *copy = (uint8_t *)malloc(size ? size : 1);
+    if (size)
+        memcpy(copy, data, size);
+    llmq_value_buf_t slow = {0}, fast = {0};
+    llmq_value_buf_add(&slow, "x", 1);
+    llmq_value_buf_add(&fast, "x", 1);
+    char slow_err[128] = "", fast_err[128] = "";
+    int rc = llmq_value_buf_json(&slow, copy, size, slow_err, sizeof slow_err);
+    CHECK(llmq_value_buf_json_fast(&fast, copy, size, fast_err,
+                                   sizeof fast_err) == rc);
+    CHECK(slow.size == fast.size && !memcmp(slow.data, fast.data, slow.size) &&
+          fast.data[fast.size] == 0 && streq(slow_err, fast_err));
+    free(slow.data);
+    free(fast.data);
+    free(copy);
+    return failures;
+}
+
+//  llmq_value_buf_json_fast writes and refuses what llmq_value_buf_json
+//  does: bodies of every shape, each of their prefixes, and each with one
+//  byte changed.
+static int s_test_fast_json(s_test_fx_t *fx)
+{
+    (void)fx;
+    int failures = 0;
+    static const char *const texts[] = {
+        "{\"id\":\"chatcmpl-sim000000000001\",\"object\":\"chat.completion\","
+        "\"created\":1796216543,\"model\":\"sim-model\",\"choices\":[{\"index\""
+        ":0,\"message\":{\"role\":\"assistant\",\"content\":\"sim tango kilo "
+        "india\",\"refusal\":null},\"logprobs\":null,\"finish_reason\":"
+        "\"length\"}],\"usage\":{\"prompt_tokens\":34,\"total_tokens\":50}}",
+        "{\"s\":\"tab\\t nl\\n q\\\" bs\\\\ \\u0001 \\u00e9 \\u2028 "
+        "\\ud83d\\ude00"
+        "\",\"f\":0.1,\"g\":-2.5e-300,\"n\":-9223372036854775807,\"e\":\"\"}",
+        "[\"a\",\"ab\",\"abcdefg\",\"abcdefgh\",\"abcdefghi\","
+        "\"abcdefghijklmnop"
+        "q\",\"\\u00e9t\\u00e9\",true,false,null,[],{},[[[1]]]]",
+        "\"plain\"",
+        "\"\"",
+        "7",
+        "{}",
+        NULL};
+    for (int i = 0; texts[i]; i++) {
+        size_t size = 0;
+        uint8_t *mp = s_msgpack(texts[i], &size);
+        CHECK(mp != NULL);
+        for (size_t n = 0; mp && n <= size; n++)
+            failures += s_test_same_json(mp, n);
+        for (size_t k = 0; mp && k < size; k++) {
+            static const uint8_t flips[] = {0x01, 0x20, 0x80, 0xff};
+            for (size_t f = 0; f < sizeof flips; f++) {
+                mp[k] ^= flips[f];
+                failures += s_test_same_json(mp, size);
+                mp[k] ^= flips[f];
+            }
+        }
+        free(mp);
+    }
+    //  A float32, an ext, an integer key, a long string with a control
+    //  byte at the end, a string of bad UTF-8, too deep, a large value.
+    static const uint8_t f32[] = {0xca, 0x3e, 0x20, 0x00, 0x00};
+    static const uint8_t ext[] = {0xd4, 0x01, 0x00};
+    static const uint8_t intkey[] = {0x81, 0x01, 0x02};
+    static const uint8_t ctrl[] = {0xaa, 'a', 'b', 'c', 'd', 'e',
+                                   'f',  'g', 'h', 'i', 0x1f};
+    static const uint8_t bad[] = {0xa9, 'a', 'b', 'c',  'd',
+                                  'e',  'f', 'g', 0xc3, 0x28};
+    failures += s_test_same_json(f32, sizeof f32);
+    failures += s_test_same_json(ext, sizeof ext);
+    failures += s_test_same_json(intkey, sizeof intkey);
+    failures += s_test_same_json(ctrl, sizeof ctrl);
+    failures += s_test_same_json(bad, sizeof bad);
+    uint8_t deep[100];
+    memset(deep, 0x91, sizeof deep);
+    deep[sizeof deep - 1] = 0xc0;
+    failures += s_test_same_json(deep, sizeof deep);
+    size_t big = 70000;
+    uint8_t *large = (uint8_t *)malloc(big + 5);
+    large[0] = 0xdb;
+    large[1] = 0;
+    large[2] = (uint8_t)(big >> 16);
+    large[3] = (uint8_t)(big >> 8);
+    large[4] = (uint8_t)big;
+    memset(large + 5, 'z', big);
+    failures += s_test_same_json(large, big + 5);
+    free(large);
+    return failures;
 }
 
 //  Output lines from client results with raw bodies: the body and the
@@ -1685,7 +1890,7 @@ int llmq_jsonl_test(bool verbose)
         s_test_batch_lines,  s_test_prompt_lines, s_test_bad_lines,
         s_test_output_lines, s_test_result_lines, s_test_costs,
         s_test_traceparent,  s_test_resume,       s_test_ordered,
-        s_test_lazy_input,   s_test_missing};
+        s_test_lazy_input,   s_test_missing,      s_test_fast_json};
     for (size_t i = 0; i < sizeof(steps) / sizeof(steps[0]); i++)
         failures += steps[i](&fx);
 

@@ -173,16 +173,29 @@ typedef bool(llmq_jsonl_next_fn)(void *arg, uint64_t *fp_p, uint64_t *offset_p);
 int llmq_jsonl_write_indexed(const char *path, llmq_jsonl_index_t *index,
                              llmq_jsonl_next_fn *next, void *arg);
 
-/*  Appender: every line goes out in one write() on an O_APPEND fd, so a
-    kill leaves whole lines plus at most one partial line. Path "-" writes
-    to stdout, as lines finish. */
+/*  Appender: lines are held until llmq_jsonl_writer_flush, which writes
+    them all in one write() on an O_APPEND fd, so a kill leaves whole lines
+    plus at most one partial line; the caller flushes before it waits (a
+    burst of results is one system call, not one per line). Path "-"
+    writes to stdout. write and result return 0, or -1 (out of memory, or
+    for result a line that cannot be built: nothing added). flush returns
+    0, or -1 if the write failed (the lines held are dropped, the offset
+    stays). destroy flushes. */
 typedef struct _llmq_jsonl_writer_t llmq_jsonl_writer_t;
 llmq_jsonl_writer_t *llmq_jsonl_writer_new(const char *path);
 void llmq_jsonl_writer_destroy(llmq_jsonl_writer_t **self_p);
 int llmq_jsonl_writer_write(llmq_jsonl_writer_t *self, const char *line);
-/*  The offset in the file where the next line goes. */
+/*  Hold the output line of a result (llmq_jsonl_result_line's text, built
+    in the writer's buffer: no line of its own to allocate and free). */
+int llmq_jsonl_writer_result(llmq_jsonl_writer_t *self, const char *custom_id,
+                             const llmq_result_t *result);
+/*  Bytes held, not written yet. */
+size_t llmq_jsonl_writer_pending(llmq_jsonl_writer_t *self);
+int llmq_jsonl_writer_flush(llmq_jsonl_writer_t *self);
+/*  The offset in the file where the next line goes (after those held). */
 uint64_t llmq_jsonl_writer_offset(llmq_jsonl_writer_t *self);
-/*  fsync if the last sync is older than interval_ms (0: now). */
+/*  fsync if the last sync is older than interval_ms (0: now). Does not
+    flush. */
 int llmq_jsonl_writer_sync(llmq_jsonl_writer_t *self, int interval_ms);
 
 /*  FNV-1a 64 of bytes. */

@@ -2,11 +2,13 @@
 
     Memory is bounded by the window, not by the input. The load reads IN
     once, as a stream: every line is parsed for its custom_id, op and
-    model (an OpenAI Batch line without a cJSON tree: s_fast); its record
-    (fingerprint of the custom_id, line number, op, usable or not: 24
-    bytes) goes to `ids`, an unlinked spill file next to OUT, and the pair
-    (fingerprint, line number) to another, which an external sort (runs of
-    4 MiB, merged) turns into the list of duplicate custom_ids. OUT is
+    model (an OpenAI Batch or a prompt line without a cJSON tree: s_fast);
+    its record (fingerprint of the custom_id, line number, op, usable or
+    not, and where the custom_id, model and body are in the line, so that
+    sending does not parse it again: 48 bytes) goes to `ids`, an unlinked
+    spill file next to OUT, and the pair (fingerprint, line number) to
+    another, which an external sort (runs of 4 MiB, merged) turns into the
+    list of duplicate custom_ids. OUT is
     scanned into an index (llmq_jsonl.h: per whole line, the custom_id's
     fingerprint and the line's offset, 16 bytes), which says what is done.
     The run reads IN and ids again, in step: a line OUT does not answer
@@ -50,16 +52,28 @@
 /*  Longest wait on the socket: the client's timers (heartbeat, reconnect,
     give-up) run after each wait. */
 #define S_TIMERS_MS 250
+/*  The writer holds a step's lines up to this many bytes before it
+    writes them (one write per step, not one per line). */
+#define S_FLUSH_SIZE ((size_t)1 << 20)
+/*  stdio buffer of IN and the spill files. */
+#define S_STDIO_BUFFER ((size_t)1 << 16)
 /*  Distinct model names kept for llmq_runner_models. */
 #define S_MODELS 1024
 
 /*  What the load learnt of an input line that is not blank: ids holds one
     per such line, in input order. */
 typedef struct {
-    uint64_t fp;      /* llmq_jsonl_fnv1a of the custom_id */
-    uint64_t line_no; /* 1-based line number in IN */
-    int32_t op;       /* llmq_op_t */
-    int32_t usable;   /* S_UNUSABLE, S_USABLE or S_FAST */
+    uint64_t fp;         /* llmq_jsonl_fnv1a of the custom_id */
+    uint64_t line_no;    /* 1-based line number in IN */
+    int32_t op;          /* llmq_op_t */
+    int32_t usable;      /* S_UNUSABLE, S_USABLE or S_FAST */
+    uint32_t id_at;      /* a fast line: its custom_id's JSON value, at */
+    uint32_t id_size;    /* this offset in the line, of this size (0: none
+                            or null: "line-<n>") */
+    uint32_t model_at;   /* its body.model's JSON value (size 0: none or */
+    uint32_t model_size; /* null) */
+    uint32_t body_at;    /* its body object */
+    uint32_t body_size;  /* (0: not a fast line) */
 } s_rec_t;
 
 /*  s_rec_t.usable: an unusable line is answered by an error line, never
@@ -70,13 +84,14 @@ typedef struct {
 
 /*  A line of this run, from when the window takes it until it is
     answered. A request's arg is its s_line_t. */
-typedef struct {
+typedef struct s_line_s {
     s_rec_t rec;     /* from ids */
-    char *text;      /* the raw line (sent again after `overloaded`) */
+    char *text;      /* the raw line (sent again after `overloaded`): in
+                        the same allocation, after the struct */
     size_t len;      /* its size */
     char *custom_id; /* set when it is sent */
     int tries;       /* overloaded answers so far */
-    void *handle;    /* in the runner's lines */
+    struct s_line_s *prev, *next; /* the runner's lines */
 } s_line_t;
 
 typedef struct {
@@ -116,6 +131,7 @@ typedef struct {
     char *output;                /* OUT path */
     bool piped;                  /* OUT is "-": no index, no rewrite */
     FILE *in;                    /* IN as the run reads it (stdin: a copy) */
+    char *in_buffer;             /* in's stdio buffer, or NULL */
     FILE *ids;                   /* s_rec_t per line (unlinked spill file) */
     uint64_t in_line_no;         /* lines of in read so far */
     char *buffer;                /* getline() buffer of in */
@@ -123,6 +139,9 @@ typedef struct {
     llmq_jsonl_index_t *index;   /* OUT's lines before this run */
     FILE *done;                  /* pairs line_no -> offset in OUT of this
                                     run's lines (spill file) */
+    s_pair_t *held;              /* done pairs of lines the writer holds */
+    size_t nheld;                /* pairs in held */
+    size_t held_cap;             /* its size */
     s_merge_t merge;             /* done, sorted, while rewriting */
     s_pair_t head;               /* its next pair */
     bool has_head;               /* head holds one */
@@ -142,9 +161,11 @@ struct _llmq_runner_t {
     llmq_runner_line_fn *on_line; /* finished-line callback, or NULL */
     void *on_line_arg;            /* its argument */
     zlistx_t *models;             /* models the lines left name (strings) */
-    zlistx_t *lines;              /* s_line_t taken and not answered */
+    s_line_t *lines;              /* taken and not answered (owns) */
     zlistx_t *backoff;            /* s_retry_t: lines waiting to resend */
     llmq_client_t *client;        /* borrowed, from start */
+    llmq_packer_t *packer;        /* a fast line's body as msgpack */
+    llmq_value_buf_t text;        /* a prompt line's body as JSON text */
     double cwnd;                  /* the window in use (AIMD) */
     int64_t last_cut;             /* zclock_mono() when cwnd was halved */
     size_t taken;                 /* lines left that the window took */
@@ -154,6 +175,7 @@ struct _llmq_runner_t {
 
 static int s_load(llmq_runner_t *self, char *err, size_t err_size);
 static void s_merge_end(s_merge_t *merge);
+static bool s_flush(s_files_t *files);
 
 //  --------------------------------------------------------------------------
 //  Constructor and destructor
@@ -164,15 +186,17 @@ static void s_free_item(void **item)
     *item = NULL;
 }
 
-static void s_line_destroy(void **item)
+/*  Take line off the runner's lines and free it. */
+static void s_line_drop(llmq_runner_t *self, s_line_t *line)
 {
-    s_line_t *line = (s_line_t *)*item;
-    if (line) {
-        free(line->text);
-        free(line->custom_id);
-        free(line);
-    }
-    *item = NULL;
+    if (line->prev)
+        line->prev->next = line->next;
+    else
+        self->lines = line->next;
+    if (line->next)
+        line->next->prev = line->prev;
+    free(line->custom_id);
+    free(line);
 }
 
 static void s_free_string(void **item)
@@ -184,12 +208,10 @@ static void s_free_string(void **item)
 static bool s_lists_new(llmq_runner_t *self)
 {
     self->backoff = zlistx_new();
-    self->lines = zlistx_new();
     self->models = zlistx_new();
-    if (!self->backoff || !self->lines || !self->models)
+    if (!self->backoff || !self->models)
         return false;
     zlistx_set_destructor(self->backoff, s_free_item);
-    zlistx_set_destructor(self->lines, s_line_destroy);
     zlistx_set_destructor(self->models, s_free_string);
     return true;
 }
@@ -228,8 +250,9 @@ llmq_runner_t *llmq_runner_new(const llmq_runner_config_t *config, char *err,
     self->on_line = config->on_line;
     self->on_line_arg = config->on_line_arg;
     self->cwnd = self->window;
-    if (!self->files.input || !self->files.output || !s_lists_new(self) ||
-        s_load(self, err, err_size) != 0) {
+    self->packer = llmq_packer_new();
+    if (!self->files.input || !self->files.output || !self->packer ||
+        !s_lists_new(self) || s_load(self, err, err_size) != 0) {
         int saved = errno;
         llmq_runner_destroy(&self);
         errno = saved;
@@ -239,15 +262,19 @@ llmq_runner_t *llmq_runner_new(const llmq_runner_config_t *config, char *err,
 
 static void s_files_close(s_files_t *files)
 {
+    if (files->writer)
+        s_flush(files);
     llmq_jsonl_writer_destroy(&files->writer);
     llmq_jsonl_index_destroy(&files->index);
     if (files->in)
         fclose(files->in);
+    free(files->in_buffer);
     if (files->ids)
         fclose(files->ids);
     if (files->done)
         fclose(files->done);
     s_merge_end(&files->merge);
+    free(files->held);
     free(files->buffer);
     free(files->output);
     free(files->input);
@@ -260,8 +287,11 @@ void llmq_runner_destroy(llmq_runner_t **self_p)
         return;
     s_files_close(&self->files);
     zlistx_destroy(&self->backoff);
-    zlistx_destroy(&self->lines);
+    while (self->lines)
+        s_line_drop(self, self->lines);
     zlistx_destroy(&self->models);
+    llmq_packer_destroy(&self->packer);
+    free(self->text.data);
     free(self->default_model);
     free(self->model);
     free(self);
@@ -384,6 +414,17 @@ static bool s_merge_next(s_merge_t *merge, s_pair_t *pair)
 //  --------------------------------------------------------------------------
 //  Spill files and the records of IN's lines
 
+/*  file (may be NULL) read through a buffer of S_STDIO_BUFFER bytes, put
+    in *buffer_p (the caller frees it after fclose): IN is read twice, and
+    stdio's 4 KiB meant a system call every dozen lines. Returns file. */
+static FILE *s_buffered(FILE *file, char **buffer_p)
+{
+    *buffer_p = file ? (char *)malloc(S_STDIO_BUFFER) : NULL;
+    if (*buffer_p)
+        setvbuf(file, *buffer_p, _IOFBF, S_STDIO_BUFFER);
+    return file;
+}
+
 /*  A new empty file next to path (the temp directory for "-"), already
     unlinked: it goes away with the process. NULL with errno. */
 static FILE *s_spill_new(const char *path)
@@ -490,13 +531,28 @@ static llmq_jsonl_item_t *s_item(const char *text, size_t len, size_t line_no)
     return item;
 }
 
-/*  An OpenAI Batch input line read without a cJSON tree (the request
-    body goes from the line's text to msgpack directly, at send time). */
+/*  The sampling fields a prompt line carries over to its body, in the
+    order llmq_jsonl_parse_line adds them (its "model" is set last). */
+static const char *const s_extras[] = {"max_tokens", "temperature", "top_p",
+                                       "seed",       "stop",        NULL};
+#define S_EXTRAS 5
+
+/*  An OpenAI Batch input line, or a prompt line, read without a cJSON tree
+    (the request body goes from the line's text to msgpack directly, at
+    send time). */
 typedef struct {
-    char *custom_id;        /* given, or "line-<n>" */
-    char *model;            /* body.model, or NULL */
-    llmq_value_span_t body; /* the body's text, in the line */
-    int op;                 /* from url, default chat */
+    char *custom_id;              /* given, or "line-<n>" */
+    char *model;                  /* body.model (a prompt line's model), or
+                                     NULL */
+    llmq_value_span_t body;       /* the body's text, in the line (NULL: a
+                                     prompt line) */
+    llmq_value_span_t id;         /* the custom_id's JSON value (NULL: none or
+                                     null) */
+    llmq_value_span_t model_json; /* body.model's (NULL: none or null) */
+    llmq_value_span_t prompt;     /* a prompt line's prompt (a string) */
+    llmq_value_span_t system;     /* its system, if a string */
+    llmq_value_span_t extras[S_EXTRAS]; /* its s_extras fields */
+    int op;                             /* from url, default chat */
 } s_fast_t;
 
 static void s_fast_clear(s_fast_t *fast)
@@ -512,6 +568,7 @@ static bool s_fast_strings(s_fast_t *fast, llmq_value_span_t id,
                            llmq_value_span_t model, size_t line_no)
 {
     if (id.data && !(id.size == 4 && !memcmp(id.data, "null", 4))) {
+        fast->id = id;
         fast->custom_id = llmq_value_json_string(id);
         size_t size = fast->custom_id ? strlen(fast->custom_id) : 0;
         if (size == 0 || size > LLMQ_JSONL_MAX_ID)
@@ -519,6 +576,7 @@ static bool s_fast_strings(s_fast_t *fast, llmq_value_span_t id,
     } else
         fast->custom_id = zsys_sprintf("line-%zu", line_no);
     if (model.data && !(model.size == 4 && !memcmp(model.data, "null", 4))) {
+        fast->model_json = model;
         fast->model = llmq_value_json_string(model);
         if (!fast->model || !*fast->model)
             return false;
@@ -526,9 +584,71 @@ static bool s_fast_strings(s_fast_t *fast, llmq_value_span_t id,
     return fast->custom_id != NULL;
 }
 
+/*  The op of a url value (a JSON string the members scan found valid):
+    one without escapes is read in place, not copied to the heap. */
+static int s_fast_op(llmq_value_span_t url)
+{
+    char path[128];
+    size_t size = url.size - 2;
+    if (url.size >= 2 && size < sizeof path &&
+        !memchr(url.data + 1, '\\', size)) {
+        memcpy(path, url.data + 1, size);
+        path[size] = 0;
+        return llmq_jsonl_op_from_url(path);
+    }
+    char *text = llmq_value_json_string(url);
+    int op = llmq_jsonl_op_from_url(text);
+    free(text);
+    return op;
+}
+
+/*  Whether a JSON string's text may hold a NUL (a \u0000 escape): the
+    tree's C string would end there, so such a line takes the slow path. */
+static bool s_maybe_nul(llmq_value_span_t span)
+{
+    const char *p = span.data, *end = span.data + span.size;
+    //  Every backslash starts an escape of two bytes or more: skip it.
+    while (p < end && (p = (const char *)memchr(p, '\\', (size_t)(end - p)))) {
+        if (end - p >= 6 && !memcmp(p, "\\u0000", 6))
+            return true;
+        p += 2;
+    }
+    return false;
+}
+
+/*  s_fast for a line of the prompt form ({"prompt": ..., "system"?,
+    "model"?, sampling fields..., "custom_id"?}: no url, no body), text
+    valid JSON (len bytes, no newline). */
+static bool s_fast_prompt(const char *text, size_t len, size_t line_no,
+                          s_fast_t *fast)
+{
+    static const char *const keys[] = {
+        "custom_id",   "prompt", "system", "model", "max_tokens",
+        "temperature", "top_p",  "seed",   "stop",  NULL};
+    llmq_value_span_t span[9];
+    if (llmq_value_json_members(text, len, keys, span) != 0 ||
+        span[1].data[0] != '"' || s_maybe_nul(span[1]))
+        return false;
+    fast->op = LLMQ_OP_CHAT;
+    fast->prompt = span[1];
+    if (span[2].data && span[2].data[0] == '"') {
+        if (s_maybe_nul(span[2]))
+            return false;
+        fast->system = span[2];
+    }
+    for (int i = 0; i < S_EXTRAS; i++)
+        fast->extras[i] = span[4 + i];
+    if (!s_fast_strings(fast, span[0], span[3], line_no)) {
+        s_fast_clear(fast);
+        return false;
+    }
+    return true;
+}
+
 /*  True when the line (len bytes as read) is an OpenAI Batch line that
     llmq_jsonl_parse_line would accept (a JSON object from its first byte,
-    a body object, method POST, a url llmq serves): fast is filled. Else
+    a body object, method POST, a url llmq serves), or a prompt line it
+    would accept (s_fast_prompt): fast is filled. Else
     false (fast empty): llmq_jsonl_parse_line decides, and says what is
     wrong. */
 static bool s_fast(const char *text, size_t len, size_t line_no, s_fast_t *fast)
@@ -536,29 +656,81 @@ static bool s_fast(const char *text, size_t len, size_t line_no, s_fast_t *fast)
     memset(fast, 0, sizeof *fast);
     while (len > 0 && (text[len - 1] == '\n' || text[len - 1] == '\r'))
         len--;
-    static const char *const keys[] = {"custom_id", "url", "body", "method",
-                                       NULL};
-    llmq_value_span_t span[4];
+    static const char *const keys[] = {"custom_id", "url",    "body",
+                                       "method",    "prompt", NULL};
+    static const char *const body_keys[] = {"model", NULL};
+    llmq_value_span_t span[5], model;
+    //  The body's model is found in the same pass (key 2: body).
     if (len == 0 || len > LLMQ_JSONL_MAX_LINE || text[0] != '{' ||
-        llmq_value_json_members(text, len, keys, span) != 0 || !span[2].data ||
-        span[2].data[0] != '{' ||
+        llmq_value_json_members_nested(text, len, keys, span, 2, body_keys,
+                                       &model) != 0)
+        return false;
+    if (!span[1].data && !span[2].data && span[4].data)
+        return s_fast_prompt(text, len, line_no, fast);
+    if (!span[2].data || span[2].data[0] != '{' ||
         (span[3].data &&
          !(span[3].size == 6 && !memcmp(span[3].data, "\"POST\"", 6))))
         return false;
-    char *url = span[1].data ? llmq_value_json_string(span[1]) : NULL;
-    fast->op = span[1].data ? llmq_jsonl_op_from_url(url) : LLMQ_OP_CHAT;
-    free(url);
-    static const char *const body_keys[] = {"model", NULL};
-    llmq_value_span_t model;
+    fast->op = span[1].data ? s_fast_op(span[1]) : LLMQ_OP_CHAT;
     fast->body = span[2];
-    if (fast->op < 0 ||
-        llmq_value_json_members(span[2].data, span[2].size, body_keys,
-                                &model) != 0 ||
-        !s_fast_strings(fast, span[0], model, line_no)) {
+    if (fast->op < 0 || !s_fast_strings(fast, span[0], model, line_no)) {
         s_fast_clear(fast);
         return false;
     }
     return true;
+}
+
+/*  The offset and size of span in text (0, 0 for none). */
+static void s_span_at(const char *text, llmq_value_span_t span, uint32_t *at,
+                      uint32_t *size)
+{
+    *at = span.data ? (uint32_t)(span.data - text) : 0;
+    *size = span.data ? (uint32_t)span.size : 0;
+}
+
+/*  Whether span names text[at, at + size) of a line of len bytes, a
+    value that starts with first; fills span. */
+static bool s_span_in(const char *text, size_t len, uint32_t at, uint32_t size,
+                      char first, llmq_value_span_t *span)
+{
+    if (size == 0 || (size_t)at + size > len || text[at] != first)
+        return false;
+    *span = (llmq_value_span_t){text + at, size};
+    return true;
+}
+
+/*  s_fast at send time, from what the load found (the record's spans):
+    the line is not parsed a second time; its body is when it is packed
+    (llmq_value_from_json_object), and its custom_id must still have the
+    record's fingerprint. model: body.model is wanted. False (fast
+    empty) if the line is not what the load found: s_fast decides. */
+static bool s_fast_again(const s_line_t *line, bool model, s_fast_t *fast)
+{
+    const s_rec_t *rec = &line->rec;
+    memset(fast, 0, sizeof *fast);
+    fast->op = rec->op;
+    if (rec->usable != S_FAST || !s_span_in(line->text, line->len, rec->body_at,
+                                            rec->body_size, '{', &fast->body))
+        return false;
+    bool ok = true;
+    if (rec->id_size) {
+        ok = s_span_in(line->text, line->len, rec->id_at, rec->id_size, '"',
+                       &fast->id) &&
+             (fast->custom_id = llmq_value_json_string(fast->id));
+        size_t size = ok ? strlen(fast->custom_id) : 0;
+        ok = size > 0 && size <= LLMQ_JSONL_MAX_ID;
+    } else
+        ok = (fast->custom_id = zsys_sprintf("line-%zu", (size_t)rec->line_no));
+    ok = ok &&
+         llmq_jsonl_fnv1a(fast->custom_id, strlen(fast->custom_id)) == rec->fp;
+    if (ok && model && rec->model_size)
+        ok = s_span_in(line->text, line->len, rec->model_at, rec->model_size,
+                       '"', &fast->model_json) &&
+             (fast->model = llmq_value_json_string(fast->model_json)) &&
+             *fast->model;
+    if (!ok)
+        s_fast_clear(fast);
+    return ok;
 }
 
 static bool s_blank(const char *text, size_t len)
@@ -610,11 +782,17 @@ static int s_load_line(llmq_runner_t *self, s_scan_t *scan, const char *text,
         !(item = s_item(text, len, line_no)))
         return -1;
     const char *custom_id = item ? item->custom_id : fast.custom_id;
-    s_rec_t rec = {llmq_jsonl_fnv1a(custom_id, strlen(custom_id)), line_no,
-                   item ? (int32_t)item->op : fast.op,
-                   !item         ? S_FAST
-                   : item->error ? S_UNUSABLE
-                                 : S_USABLE};
+    s_rec_t rec = {.fp = llmq_jsonl_fnv1a(custom_id, strlen(custom_id)),
+                   .line_no = line_no,
+                   .op = item ? (int32_t)item->op : fast.op,
+                   .usable = !item         ? S_FAST
+                             : item->error ? S_UNUSABLE
+                                           : S_USABLE};
+    if (!item) {
+        s_span_at(text, fast.id, &rec.id_at, &rec.id_size);
+        s_span_at(text, fast.model_json, &rec.model_at, &rec.model_size);
+        s_span_at(text, fast.body, &rec.body_at, &rec.body_size);
+    }
     llmq_runner_stats_t *stats = &self->stats;
     bool failed = false;
     stats->total++;
@@ -640,7 +818,9 @@ static int s_load_input(llmq_runner_t *self, s_scan_t *scan, char *err,
 {
     s_files_t *files = &self->files;
     bool is_stdin = streq(files->input, "-");
-    FILE *file = is_stdin ? stdin : fopen(files->input, "r");
+    char *buffer = NULL;
+    FILE *file =
+        is_stdin ? stdin : s_buffered(fopen(files->input, "r"), &buffer);
     if (!file) {
         snprintf(err, err_size, "cannot open %s: %s", files->input,
                  strerror(errno));
@@ -669,7 +849,10 @@ static int s_load_input(llmq_runner_t *self, s_scan_t *scan, char *err,
     free(text);
     if (!is_stdin) {
         fclose(file);
-        files->in = rc == 0 ? fopen(files->input, "r") : NULL;
+        free(buffer);
+        files->in =
+            rc == 0 ? s_buffered(fopen(files->input, "r"), &files->in_buffer)
+                    : NULL;
     }
     if (rc == 0 && (!files->in || fflush(files->in) || fflush(files->ids)))
         return snprintf(err, err_size, "cannot read %s again", files->input),
@@ -929,14 +1112,16 @@ static s_line_t *s_take(llmq_runner_t *self)
            s_next_rec(files, &rec, &text, &len)) {
         if (llmq_jsonl_index_has(files->index, rec.fp, NULL))
             continue; //  OUT answers it
-        s_line_t *line = (s_line_t *)calloc(1, sizeof(*line));
-        char *copy = (char *)malloc(len + 1);
-        if (!line || !copy ||
-            !(line->handle = zlistx_add_end(self->lines, line))) {
-            free(line);
-            free(copy);
+        //  One allocation: the line and its text.
+        s_line_t *line = (s_line_t *)malloc(sizeof(*line) + len + 1);
+        if (!line)
             return NULL;
-        }
+        memset(line, 0, sizeof(*line));
+        line->next = self->lines;
+        if (self->lines)
+            self->lines->prev = line;
+        self->lines = line;
+        char *copy = (char *)(line + 1);
         memcpy(copy, text, len);
         copy[len] = 0;
         line->rec = rec;
@@ -950,26 +1135,63 @@ static s_line_t *s_take(llmq_runner_t *self)
     return NULL;
 }
 
-/*  A finished line: to OUT and its index, to the caller. Takes text;
+/*  Write the lines the writer holds, then their done pairs (a line that
+    did not reach OUT has none: the rewrite leaves it out, a rerun runs
+    it). */
+static bool s_flush(s_files_t *files)
+{
+    bool ok = llmq_jsonl_writer_flush(files->writer) == 0;
+    if (ok && files->done && files->nheld)
+        fwrite(files->held, sizeof(s_pair_t), files->nheld, files->done);
+    files->nheld = 0;
+    return ok;
+}
+
+/*  The line of line_no is held by the writer at offset: its done pair
+    waits with it. False if out of memory. */
+static bool s_hold(s_files_t *files, uint64_t line_no, uint64_t offset)
+{
+    if (files->nheld == files->held_cap) {
+        size_t cap = files->held_cap ? files->held_cap * 2 : 64;
+        s_pair_t *held = (s_pair_t *)realloc(files->held, cap * sizeof *held);
+        if (!held)
+            return false;
+        files->held = held;
+        files->held_cap = cap;
+    }
+    files->held[files->nheld++] = (s_pair_t){line_no, offset};
+    return true;
+}
+
+/*  A finished line: to OUT (its text, or with no text the line of its
+    result; held until s_flush) and its index, to the caller. Takes text;
     the line is gone after. */
 static void s_answered(llmq_runner_t *self, s_line_t *line, char *text,
                        const llmq_result_t *result)
 {
     s_files_t *files = &self->files;
-    if (text) {
-        s_pair_t done = {line->rec.line_no,
-                         llmq_jsonl_writer_offset(files->writer)};
-        if (llmq_jsonl_writer_write(files->writer, text) == 0 && files->done)
+    uint64_t offset = llmq_jsonl_writer_offset(files->writer);
+    int rc = text     ? llmq_jsonl_writer_write(files->writer, text)
+             : result ? llmq_jsonl_writer_result(files->writer, line->custom_id,
+                                                 result)
+                      : -1;
+    free(text);
+    //  No memory to hold the pair: the lines held go now, this one's
+    //  pair with theirs.
+    if (rc == 0 && !s_hold(files, line->rec.line_no, offset)) {
+        s_pair_t done = {line->rec.line_no, offset};
+        if (s_flush(files) && files->done)
             fwrite(&done, sizeof done, 1, files->done);
-        free(text);
     }
+    if (llmq_jsonl_writer_pending(files->writer) >= S_FLUSH_SIZE)
+        s_flush(files);
     self->stats.finished++;
     if (!result || !result->ok)
         self->stats.failed++;
     if (self->on_line)
         self->on_line(line->custom_id ? line->custom_id : "", result,
                       self->on_line_arg);
-    zlistx_delete(self->lines, line->handle);
+    s_line_drop(self, line);
 }
 
 /*  The request options of line: one traceparent per line, the line's own
@@ -1000,31 +1222,82 @@ static int s_submit(llmq_runner_t *self, s_line_t *line,
                               body, &opts, line);
 }
 
+/*  Append a string literal. */
+#define S_ADD(buf, literal)                                                    \
+    llmq_value_buf_add(buf, literal, sizeof(literal) - 1)
+
+/*  A prompt line's body into the runner's packer: the chat body
+    llmq_jsonl_parse_line builds ({"messages": [system?, user], its
+    sampling fields}) with model set last, as JSON text from the line's
+    own values, then packed. Returns 0 or -1. */
+static int s_pack_prompt(llmq_runner_t *self, const s_fast_t *fast,
+                         const char *model)
+{
+    llmq_value_buf_t *text = &self->text;
+    text->size = 0;
+    S_ADD(text, "{\"messages\":[");
+    if (fast->system.data) {
+        S_ADD(text, "{\"role\":\"system\",\"content\":");
+        llmq_value_buf_add(text, fast->system.data, fast->system.size);
+        S_ADD(text, "},");
+    }
+    S_ADD(text, "{\"role\":\"user\",\"content\":");
+    llmq_value_buf_add(text, fast->prompt.data, fast->prompt.size);
+    S_ADD(text, "}]");
+    for (int i = 0; i < S_EXTRAS; i++)
+        if (fast->extras[i].data) {
+            S_ADD(text, ",");
+            llmq_value_buf_str(text, s_extras[i], strlen(s_extras[i]));
+            S_ADD(text, ":");
+            llmq_value_buf_add(text, fast->extras[i].data,
+                               fast->extras[i].size);
+        }
+    S_ADD(text, ",\"model\":");
+    llmq_value_buf_str(text, model, strlen(model));
+    S_ADD(text, "}");
+    if (text->oom) {
+        free(text->data);
+        memset(text, 0, sizeof *text);
+        return -1;
+    }
+    return llmq_packer_json_text(self->packer, text->data, text->size, NULL, 0);
+}
+
 /*  Submit a fast line: its body from its text to msgpack, the model the
     broker routes on set in it. Returns 0, or -1 with errno (EINVAL: the
     line is not what the load found: IN changed). */
 static int s_submit_fast(llmq_runner_t *self, s_line_t *line)
 {
     s_fast_t fast;
-    if (!s_fast(line->text, line->len, line->rec.line_no, &fast))
+    if (!s_fast_again(line, !self->model, &fast) &&
+        !s_fast(line->text, line->len, line->rec.line_no, &fast))
         return (errno = EINVAL), -1;
-    if (!line->custom_id)
-        line->custom_id = strdup(fast.custom_id);
+    if (!line->custom_id) {
+        line->custom_id = fast.custom_id; //  the line takes it
+        fast.custom_id = NULL;
+    }
     const char *model = self->model  ? self->model
                         : fast.model ? fast.model
                                      : self->default_model;
     static const char *const drop[] = {"model", NULL};
     char trace[LLMQ_JSONL_TRACEPARENT_SIZE];
     llmq_opts_t opts = s_line_opts(self, line, trace);
-    zframe_t *payload = llmq_value_from_json_object(
-        fast.body.data, fast.body.size, drop, "model", model, NULL, 0);
-    int rc = payload && line->custom_id
-                 ? llmq_client_submit_msgpack(
-                       self->client, (llmq_op_t)line->rec.op, model,
-                       zframe_data(payload), zframe_size(payload), &opts, line)
-                 : (errno = EINVAL, -1);
+    //  The runner's packer keeps its buffer from line to line.
+    llmq_packer_reset(self->packer);
+    size_t size = 0;
+    int packed = fast.body.data
+                     ? llmq_packer_json_object_set(self->packer, fast.body.data,
+                                                   fast.body.size, drop,
+                                                   "model", model, NULL, 0)
+                     : s_pack_prompt(self, &fast, model);
+    const uint8_t *payload =
+        packed == 0 ? llmq_packer_data(self->packer, &size) : NULL;
+    int rc =
+        payload && line->custom_id
+            ? llmq_client_submit_msgpack(self->client, (llmq_op_t)line->rec.op,
+                                         model, payload, size, &opts, line)
+            : (errno = EINVAL, -1);
     int saved = errno;
-    zframe_destroy(&payload);
     s_fast_clear(&fast);
     errno = saved;
     return rc;
@@ -1168,8 +1441,7 @@ static void s_on_result(llmq_runner_t *self, llmq_result_t *result)
              line->tries < self->retries)
         s_back_off(self, line);
     else {
-        s_answered(self, line, llmq_jsonl_result_line(line->custom_id, result),
-                   result);
+        s_answered(self, line, NULL, result);
         //  Window back up by one per window of answers.
         if (self->cwnd < self->window)
             self->cwnd += 1.0 / self->cwnd;
@@ -1233,6 +1505,8 @@ int llmq_runner_step(llmq_runner_t *self, int timeout_ms)
         s_on_result(self, result);
         llmq_result_destroy(&result);
     }
+    //  This step's lines in one write, before the next wait.
+    s_flush(&self->files);
     llmq_jsonl_writer_sync(self->files.writer, 1000);
     if (self->stats.unreachable)
         return -1;
@@ -1242,6 +1516,8 @@ int llmq_runner_step(llmq_runner_t *self, int timeout_ms)
 int llmq_runner_finish(llmq_runner_t *self)
 {
     s_files_t *files = &self->files;
+    if (files->writer)
+        s_flush(files);
     llmq_jsonl_writer_destroy(&files->writer);
     if (self->stats.complete)
         return 0;
@@ -1576,6 +1852,60 @@ static int s_test_cap(const char *in, const char *out, llmq_client_t *client)
 
 /*  The fast path reads a batch line as llmq_jsonl_parse_line does, and
     sends the bytes the cJSON path sends; other lines it leaves to it. */
+/*  s_fast_again on text, with the record the load makes from fast (the
+    line's s_fast): the same custom_id, model and body; and refused once
+    the custom_id changed (a line with another fingerprint). */
+static int s_test_again(const char *text, const s_fast_t *fast)
+{
+    int failures = 0;
+    s_line_t line = {.text = (char *)text, .len = strlen(text)};
+    line.rec = (s_rec_t){
+        .fp = llmq_jsonl_fnv1a(fast->custom_id, strlen(fast->custom_id)),
+        .line_no = 9,
+        .op = fast->op,
+        .usable = S_FAST};
+    s_span_at(text, fast->id, &line.rec.id_at, &line.rec.id_size);
+    s_span_at(text, fast->model_json, &line.rec.model_at, &line.rec.model_size);
+    s_span_at(text, fast->body, &line.rec.body_at, &line.rec.body_size);
+    s_fast_t again;
+    CHECK(s_fast_again(&line, true, &again));
+    CHECK(again.custom_id && streq(again.custom_id, fast->custom_id));
+    CHECK(!again.model == !fast->model &&
+          (!again.model || streq(again.model, fast->model)));
+    CHECK(again.body.data == fast->body.data &&
+          again.body.size == fast->body.size && again.op == fast->op);
+    s_fast_clear(&again);
+    line.rec.fp ^= 1;
+    CHECK(!s_fast_again(&line, true, &again) && !again.custom_id);
+    return failures;
+}
+
+/*  llmq_value_json_members_nested finds what two llmq_value_json_members
+    calls (the line's, then its body's) find, and refuses what the first
+    refuses. */
+static int s_test_nested(const char *text)
+{
+    int failures = 0;
+    static const char *const keys[] = {"custom_id", "url", "body", "method",
+                                       NULL};
+    static const char *const inner[] = {"model", "max_tokens", NULL};
+    llmq_value_span_t want[4], got[4], want_in[2] = {{NULL, 0}, {NULL, 0}},
+                                       got_in[2];
+    size_t len = strlen(text);
+    int rc = llmq_value_json_members(text, len, keys, want);
+    if (rc == 0 && want[2].data && want[2].data[0] == '{')
+        CHECK(llmq_value_json_members(want[2].data, want[2].size, inner,
+                                      want_in) == 0);
+    CHECK(llmq_value_json_members_nested(text, len, keys, got, 2, inner,
+                                         got_in) == rc);
+    for (int i = 0; rc == 0 && i < 4; i++)
+        CHECK(got[i].data == want[i].data && got[i].size == want[i].size);
+    for (int i = 0; rc == 0 && i < 2; i++)
+        CHECK(got_in[i].data == want_in[i].data &&
+              got_in[i].size == want_in[i].size);
+    return failures;
+}
+
 static int s_test_fast(void)
 {
     int failures = 0;
@@ -1591,7 +1921,6 @@ static int s_test_fast(void)
                           "{\"method\":\"GET\",\"body\":{}}",
                           "{\"url\":\"/v1/images\",\"body\":{}}",
                           " {\"body\":{}}",
-                          "{\"prompt\":\"p\"}",
                           "{\"body\":{}",
                           "plain text",
                           NULL};
@@ -1611,6 +1940,21 @@ static int s_test_fast(void)
         zframe_t *got = llmq_value_from_json_object(
             fast.body.data, fast.body.size, drop, "model", "mm", NULL, 0);
         CHECK(want && got && zframe_eq(want, got));
+        //  The same bytes appended to a packer; a refusal leaves it as it
+        //  was.
+        llmq_packer_t *packer = llmq_packer_new();
+        llmq_packer_nil(packer);
+        size_t size;
+        CHECK(llmq_packer_json_object_set(packer, "{\"a\":", 5, drop, "model",
+                                          "mm", NULL, 0) == -1);
+        CHECK(llmq_packer_json_object_set(packer, fast.body.data,
+                                          fast.body.size, drop, "model", "mm",
+                                          NULL, 0) == 0);
+        const uint8_t *data = llmq_packer_data(packer, &size);
+        CHECK(want && size == zframe_size(want) + 1 && data[0] == 0xc0 &&
+              !memcmp(data + 1, zframe_data(want), size - 1));
+        llmq_packer_destroy(&packer);
+        failures += s_test_again(lines[i], &fast);
         zframe_destroy(&want);
         zframe_destroy(&got);
         s_fast_clear(&fast);
@@ -1620,6 +1964,83 @@ static int s_test_fast(void)
         s_fast_t fast;
         CHECK(!s_fast(slow[i], strlen(slow[i]), 1, &fast) && !fast.custom_id);
     }
+    const char *nested[] = {
+        " { \"BODY\" : { \"Model\" : \"m\" , \"model\":\"n\", "
+        "\"max_tokens\":[{}]} , \"body\":{\"model\":\"x\"}}",
+        "{\"body\":7,\"url\":\"u\"}",
+        "{\"body\":{}}",
+        "{\"body\":{\"model\":}}",
+        "{\"body\":{\"a\":[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[["
+        "[[[[[[[[[[[[[[]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]"
+        "]"
+        "]]]]]]]]]]}}",
+        "{\"body\":{\"model\":\"m\"},}",
+        "{}",
+        "[]",
+        NULL};
+    for (int i = 0; lines[i]; i++)
+        failures += s_test_nested(lines[i]);
+    for (int i = 0; slow[i]; i++)
+        failures += s_test_nested(slow[i]);
+    for (int i = 0; nested[i]; i++)
+        failures += s_test_nested(nested[i]);
+    return failures;
+}
+
+/*  Prompt lines: s_fast takes the ones llmq_jsonl_parse_line takes, and
+    s_pack_prompt packs the body its tree gives, byte for byte; the others
+    are left to the slow path. */
+static int s_test_prompt(void)
+{
+    int failures = 0;
+    const char *lines[] = {
+        "{\"prompt\":\"hi\"}",
+        "{\"custom_id\":\"p\\u00e91\",\"PROMPT\":\"q \\\"x\\\" "
+        "\\n\\ud83d\\ude00\","
+        "\"system\":\"be \\t terse\",\"Model\":\"m9\",\"stop\":[\"a\",\"b\"],"
+        "\"seed\":7,\"top_p\":0.5,\"temperature\":0,\"max_tokens\":16,"
+        "\"extra\":{\"k\":1},\"messages\":[1]}\n",
+        "{\"prompt\":\"p\",\"system\":5,\"model\":null,\"max_tokens\":1.5e3,"
+        "\"temperature\":1.0,\"max_tokens\":99,\"custom_id\":null}",
+        "{\"prompt\":\"\\\\u0000 is text\",\"stop\":null}", NULL};
+    const char *slow[] = {"{\"prompt\":null}",
+                          "{\"prompt\":7}",
+                          "{\"prompt\":\"a\\u0000b\"}",
+                          "{\"prompt\":\"a\",\"system\":\"\\u0000\"}",
+                          "{\"prompt\":\"a\",\"model\":7}",
+                          "{\"prompt\":\"a\",\"model\":\"\"}",
+                          "{\"prompt\":\"a\",\"custom_id\":\"\"}",
+                          "{\"prompt\":\"a\",\"url\":null}",
+                          NULL};
+    llmq_runner_t runner = {.packer = llmq_packer_new()};
+    for (int i = 0; lines[i]; i++) {
+        s_fast_t fast;
+        llmq_jsonl_item_t *item =
+            llmq_jsonl_parse_line(lines[i], strlen(lines[i]), 3);
+        CHECK(s_fast(lines[i], strlen(lines[i]), 3, &fast));
+        CHECK(!fast.body.data && fast.op == LLMQ_OP_CHAT);
+        CHECK(item && !item->error && streq(item->custom_id, fast.custom_id));
+        CHECK(!item->model == !fast.model &&
+              (!fast.model || streq(item->model, fast.model)));
+        cJSON_DeleteItemFromObject(item->body, "model");
+        cJSON_AddStringToObject(item->body, "model", "m\"m");
+        zframe_t *want = llmq_value_from_json(item->body);
+        llmq_packer_reset(runner.packer);
+        CHECK(s_pack_prompt(&runner, &fast, "m\"m") == 0);
+        size_t size;
+        const uint8_t *got = llmq_packer_data(runner.packer, &size);
+        CHECK(want && size == zframe_size(want) &&
+              !memcmp(got, zframe_data(want), size));
+        zframe_destroy(&want);
+        s_fast_clear(&fast);
+        llmq_jsonl_item_destroy(&item);
+    }
+    for (int i = 0; slow[i]; i++) {
+        s_fast_t fast;
+        CHECK(!s_fast(slow[i], strlen(slow[i]), 1, &fast) && !fast.custom_id);
+    }
+    llmq_packer_destroy(&runner.packer);
+    free(runner.text.data);
     return failures;
 }
 
@@ -1710,6 +2131,7 @@ int llmq_runner_test(bool verbose)
 
     failures += s_test_duplicates(dup);
     failures += s_test_fast();
+    failures += s_test_prompt();
     failures += s_test_merge();
     failures += s_test_cap(cap_in, cap_out, client);
     config.output = lost;

@@ -137,6 +137,15 @@ int llmq_packer_json_object_find(llmq_packer_t *self, const char *text,
                                  size_t count, llmq_value_ref_t *out,
                                  char *errbuf, size_t errlen);
 
+/*  llmq_value_from_json_object's bytes appended to a packer (one reused
+    from call to call keeps its buffer: no allocation per call). Returns 0,
+    or -1 (the packer as it was, a reason in errbuf) if text is not one
+    JSON object. */
+int llmq_packer_json_object_set(llmq_packer_t *self, const char *text,
+                                size_t len, const char *const *drop,
+                                const char *key, const char *value,
+                                char *errbuf, size_t errlen);
+
 /*  A JSON object's text (len bytes) as msgpack in a new frame, without the
     top-level members named in drop (NULL-terminated, may be NULL), and
     with key: value (a string) added last if key is not NULL. NULL with a
@@ -159,6 +168,17 @@ typedef struct {
     not one JSON object. */
 int llmq_value_json_members(const char *text, size_t len,
                             const char *const *keys, llmq_value_span_t *spans);
+/*  llmq_value_json_members(text, len, keys, spans) and, in the same pass,
+    llmq_value_json_members of the value of keys[at] (its first member of
+    that name) for inner_keys (NULL-terminated) into inner_spans, when
+    that value is an object (else inner_spans are all NULL): a member
+    object is not read twice. Returns 0, or -1 as llmq_value_json_members
+    (text is not one valid JSON object). */
+int llmq_value_json_members_nested(const char *text, size_t len,
+                                   const char *const *keys,
+                                   llmq_value_span_t *spans, size_t at,
+                                   const char *const *inner_keys,
+                                   llmq_value_span_t *inner_spans);
 
 /*  A span holding a JSON string, decoded (caller frees), or NULL. */
 char *llmq_value_json_string(llmq_value_span_t span);
@@ -190,6 +210,11 @@ void llmq_value_buf_int(llmq_value_buf_t *self, int64_t value);
     malformed input (then the buffer is as it was before the call). */
 int llmq_value_buf_json(llmq_value_buf_t *self, const void *data, size_t size,
                         char *errbuf, size_t errlen);
+/*  As llmq_value_buf_json (the same text, the same refusals and reasons),
+    faster: the room for the whole value is made at once and plain strings
+    are copied 8 bytes at a time. */
+int llmq_value_buf_json_fast(llmq_value_buf_t *self, const void *data,
+                             size_t size, char *errbuf, size_t errlen);
 
 int llmq_value_test(bool verbose);
 

@@ -1276,6 +1276,40 @@ zframe_t *llmq_value_from_json_object(const char *text, size_t len,
     return frame;
 }
 
+int llmq_packer_json_object_set(llmq_packer_t *self, const char *text,
+                                size_t len, const char *const *drop,
+                                const char *key, const char *value,
+                                char *errbuf, size_t errlen)
+{
+    size_t start = self->sbuf.size;
+    s_jp_t jp = {text, text + len, self, NULL, NULL, 0};
+    int rc = text ? 0 : s_jp_fail(&jp, "not a JSON object");
+    s_jp_ws(&jp);
+    if (rc == 0 && (jp.p >= jp.end || *jp.p != '{'))
+        rc = s_jp_fail(&jp, "not a JSON object");
+    size_t count = 0, mark = 0;
+    if (rc == 0) {
+        jp.p++;
+        mark = s_jp_open(&jp, true);
+        rc = s_jp_members(&jp, 0, drop, &count);
+    }
+    if (rc == 0)
+        rc = s_jp_end(&jp);
+    if (rc == 0 && key) {
+        llmq_packer_str(self, key);
+        llmq_packer_str(self, value ? value : "");
+        count++;
+    }
+    if (rc == 0)
+        s_jp_close(&jp, mark, true, count);
+    else {
+        self->sbuf.size = start;
+        s_err(errbuf, errlen, jp.err);
+    }
+    free(jp.scratch);
+    return rc;
+}
+
 int llmq_value_json_members(const char *text, size_t len,
                             const char *const *keys, llmq_value_span_t *spans)
 {
@@ -1314,6 +1348,83 @@ int llmq_value_json_members(const char *text, size_t len,
         if (c != ',')
             rc = -1;
     }
+    if (rc == 0)
+        rc = s_jp_end(&jp);
+    free(jp.scratch);
+    return rc;
+}
+
+/*  llmq_value_json_members_nested's walk: the members of an object
+    (jp->p after its '{'), values checked at depth; the first member of
+    each name in keys (ASCII case ignored) in spans; the first member
+    keys[at] (at < nkeys), when an object, walked the same way for
+    inner_keys into inner_spans instead of being skipped whole. */
+static int s_span_members(s_jp_t *jp, int depth, const char *const *keys,
+                          llmq_value_span_t *spans, size_t nkeys, size_t at,
+                          const char *const *inner_keys,
+                          llmq_value_span_t *inner_spans)
+{
+    s_jp_ws(jp);
+    if (jp->p < jp->end && *jp->p == '}')
+        return jp->p++, 0;
+    while (true) {
+        const char *key;
+        size_t size;
+        s_jp_ws(jp);
+        if (jp->p >= jp->end || *jp->p != '"' || s_jp_string(jp, &key, &size))
+            return -1;
+        size_t hit = nkeys;
+        for (size_t i = 0; i < nkeys && hit == nkeys; i++)
+            if (!spans[i].data && strlen(keys[i]) == size &&
+                strncasecmp(keys[i], key, size) == 0)
+                hit = i;
+        s_jp_ws(jp);
+        if (jp->p >= jp->end || *jp->p++ != ':')
+            return -1;
+        s_jp_ws(jp);
+        const char *start = jp->p;
+        if (hit == at && jp->p < jp->end && *jp->p == '{') {
+            //  As s_jp_value would: the depth check, then the members.
+            size_t ninner = 0;
+            while (inner_keys && inner_keys[ninner])
+                ninner++;
+            if (depth >= LLMQ_VALUE_MAX_DEPTH)
+                return -1;
+            jp->p++;
+            if (s_span_members(jp, depth + 1, inner_keys, inner_spans, ninner,
+                               SIZE_MAX, NULL, NULL))
+                return -1;
+        } else if (s_jp_value(jp, depth))
+            return -1;
+        if (hit < nkeys)
+            spans[hit] = (llmq_value_span_t){start, (size_t)(jp->p - start)};
+        s_jp_ws(jp);
+        char c = jp->p < jp->end ? *jp->p++ : 0;
+        if (c == '}')
+            return 0;
+        if (c != ',')
+            return -1;
+    }
+}
+
+int llmq_value_json_members_nested(const char *text, size_t len,
+                                   const char *const *keys,
+                                   llmq_value_span_t *spans, size_t at,
+                                   const char *const *inner_keys,
+                                   llmq_value_span_t *inner_spans)
+{
+    s_jp_t jp = {text, text + len, NULL, NULL, NULL, 0};
+    size_t nkeys = 0, ninner = 0;
+    while (keys && keys[nkeys])
+        spans[nkeys++] = (llmq_value_span_t){NULL, 0};
+    while (inner_keys && inner_keys[ninner])
+        inner_spans[ninner++] = (llmq_value_span_t){NULL, 0};
+    s_jp_ws(&jp);
+    int rc = text && jp.p < jp.end && *jp.p++ == '{' ? 0 : -1;
+    if (rc == 0)
+        rc =
+            s_span_members(&jp, 1, keys, spans, nkeys,
+                           at < nkeys ? at : SIZE_MAX, inner_keys, inner_spans);
     if (rc == 0)
         rc = s_jp_end(&jp);
     free(jp.scratch);
@@ -1595,6 +1706,152 @@ int llmq_value_buf_json(llmq_value_buf_t *self, const void *data, size_t size,
     self->size = start;
     if (self->data)
         self->data[start] = 0;
+    s_err(errbuf, errlen, r.err);
+    return -1;
+}
+
+/*  ---- msgpack -> JSON text, the fast way ---------------------------------
+
+    llmq_value_buf_json_fast writes what llmq_value_buf_json writes and
+    refuses what it refuses (the same reader, the same checks, the same
+    reasons), for less: room for the whole value is made once (each msgpack
+    byte becomes at most 6 bytes of JSON), so bytes are stored without a
+    check each; a string with nothing to escape is copied 8 bytes at a
+    time, its last bytes too (an 8-byte read that stays in the input, an
+    8-byte store into the room made); any other string, and every scalar,
+    goes through llmq_value_buf_json's own helpers. Values larger than
+    S_FAST_MAX take llmq_value_buf_json itself: the room would be too
+    large. */
+
+#define S_FAST_MAX ((size_t)1 << 16)
+#define S_FAST_SLACK 32
+
+static int s_fast_value(llmq_value_buf_t *self, llmq_mp_reader_t *r, int depth);
+
+/*  A str or bin as a JSON string, room made: plain ASCII without a byte
+    to escape copied as it is, else s_buf_text (escapes, UTF-8 check). */
+static int s_fast_text(llmq_value_buf_t *self, llmq_mp_reader_t *r,
+                       const llmq_mp_item_t *it)
+{
+    const uint8_t *s = it->ptr;
+    size_t len = it->len, i = 0;
+    char *out = self->data + self->size + 1;
+    uint64_t w;
+    for (; i + 8 <= len; i += 8) {
+        memcpy(&w, s + i, 8);
+        if (s_special8(w))
+            return s_buf_text(self, r, it);
+        memcpy(out + i, &w, 8);
+    }
+    if (i < len) {
+        size_t n = len - i;
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+        if (s + i + 8 <= r->end)
+            memcpy(&w, s + i, 8);
+        else {
+            w = 0;
+            memcpy(&w, s + i, n);
+        }
+        //  Byte k of the read is bits 8k..8k+7: look at the n first only.
+        if (s_special8(w) & (((uint64_t)1 << (8 * n)) - 1))
+            return s_buf_text(self, r, it);
+        memcpy(out + i, &w, 8);
+#else
+        for (size_t k = i; k < len; k++) {
+            if (s[k] < 0x20 || s[k] == '"' || s[k] == '\\' || s[k] >= 0x80)
+                return s_buf_text(self, r, it);
+            out[k] = (char)s[k];
+        }
+#endif
+    }
+    self->data[self->size] = '"';
+    out[len] = '"';
+    self->size += len + 2;
+    return 0;
+}
+
+/*  The elements of an array or map whose header was it, room made. */
+static int s_fast_children(llmq_value_buf_t *self, llmq_mp_reader_t *r,
+                           const llmq_mp_item_t *it, int depth)
+{
+    bool map = it->kind == LLMQ_MP_MAP;
+    self->data[self->size++] = map ? '{' : '[';
+    for (uint32_t k = 0; k < it->len; k++) {
+        if (k)
+            self->data[self->size++] = ',';
+        if (map) {
+            llmq_mp_item_t key;
+            if (llmq_mp_read(r, &key))
+                return -1;
+            if (key.kind != LLMQ_MP_STR && key.kind != LLMQ_MP_BIN)
+                return llmq_mp_fail(r, "map key is not a string");
+            if (s_fast_text(self, r, &key))
+                return -1;
+            self->data[self->size++] = ':';
+        }
+        if (s_fast_value(self, r, depth + 1))
+            return -1;
+    }
+    self->data[self->size++] = map ? '}' : ']';
+    return 0;
+}
+
+static int s_fast_value(llmq_value_buf_t *self, llmq_mp_reader_t *r, int depth)
+{
+    llmq_mp_item_t it;
+    if (llmq_mp_read(r, &it))
+        return -1;
+    switch (it.kind) {
+    case LLMQ_MP_NIL:
+        llmq_value_buf_add(self, "null", 4);
+        return 0;
+    case LLMQ_MP_BOOL:
+        llmq_value_buf_add(self, it.b ? "true" : "false", it.b ? 4 : 5);
+        return 0;
+    case LLMQ_MP_UINT:
+        s_buf_int(self, false, it.u);
+        return 0;
+    case LLMQ_MP_INT:
+        llmq_value_buf_int(self, it.i);
+        return 0;
+    case LLMQ_MP_FLOAT:
+        s_buf_double(self, it.d);
+        return 0;
+    case LLMQ_MP_STR:
+    case LLMQ_MP_BIN:
+        return s_fast_text(self, r, &it);
+    case LLMQ_MP_ARRAY:
+    case LLMQ_MP_MAP:
+        if (depth >= LLMQ_VALUE_MAX_DEPTH)
+            return llmq_mp_fail(r, "nesting too deep");
+        return s_fast_children(self, r, &it, depth);
+    default:
+        return llmq_mp_fail(r, "ext type not allowed");
+    }
+}
+
+int llmq_value_buf_json_fast(llmq_value_buf_t *self, const void *data,
+                             size_t size, char *errbuf, size_t errlen)
+{
+    bool oom = self->oom;
+    if (!data || size > S_FAST_MAX ||
+        !s_buf_room(self, size * 6 + S_FAST_SLACK)) {
+        self->oom = oom; //  the slow path meets it, or not, itself
+        return llmq_value_buf_json(self, data, size, errbuf, errlen);
+    }
+    size_t start = self->size;
+    llmq_mp_reader_t r;
+    llmq_mp_init(&r, data, size);
+    if (s_fast_value(self, &r, 0) == 0 && llmq_mp_left(&r))
+        llmq_mp_fail(&r, "trailing bytes");
+    else if (!r.err && self->oom)
+        llmq_mp_fail(&r, "out of memory");
+    if (!r.err) {
+        self->data[self->size] = 0;
+        return 0;
+    }
+    self->size = start;
+    self->data[start] = 0;
     s_err(errbuf, errlen, r.err);
     return -1;
 }
