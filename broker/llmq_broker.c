@@ -289,6 +289,8 @@ struct _llmq_broker_core_t {
     int64_t spend_day;      //  Days since the epoch that spend counts
     llmq_cache_t *cache;    //  Response cache (3.7), NULL: off
     llmq_route_t *route;    //  Routes (PROTOCOL.md 3.6), NULL: none
+    llmq_metric_series_t *m_received; //  llmq_broker_received_total
+    s_lane_t *last_lane; //  The lane s_lane_require last gave (a cache)
 };
 
 //  A request key a worker reported in `held` before its client resent it.
@@ -690,8 +692,12 @@ static const char *s_tenant_refuse(s_broker_t *self, const char *name,
                                    size_t bytes, char *why, size_t size)
 {
     const llmq_broker_config_t *c = &self->config;
+    //  The tenant's books matter only to its own caps: no lookup without.
     s_tenant_t *t =
-        self->tenants ? (s_tenant_t *)zhashx_lookup(self->tenants, name) : 0;
+        self->tenants && (c->tenant_max_queue || c->tenant_max_bytes ||
+                          c->tenant_max_inflight)
+            ? (s_tenant_t *)zhashx_lookup(self->tenants, name)
+            : NULL;
     if (c->max_queue_bytes && self->queued_bytes + bytes > c->max_queue_bytes)
         snprintf(why, size, "broker queue full (%zu bytes waiting)",
                  self->queued_bytes);
@@ -969,16 +975,18 @@ static s_request_t *s_inflight_lookup(s_broker_t *self, const char *id)
     if (!id || id[0] != 'r' || !id[1])
         return NULL;
     //  By hand: strtoull cost 400 instructions a result. The ids the
-    //  broker makes (s_bid_text): lower-case hex, at most 16 digits.
+    //  broker makes (s_bid_text): lower-case hex, at most 16 digits, read
+    //  through a table (digit value + 1, 0: not a digit).
+    static const uint8_t digit[256] = {
+        ['0'] = 1,  ['1'] = 2,  ['2'] = 3,  ['3'] = 4,  ['4'] = 5,  ['5'] = 6,
+        ['6'] = 7,  ['7'] = 8,  ['8'] = 9,  ['9'] = 10, ['a'] = 11, ['b'] = 12,
+        ['c'] = 13, ['d'] = 14, ['e'] = 15, ['f'] = 16};
     uint64_t bid = 0;
     int n = 0;
-    for (const char *c = id + 1; *c; c++, n++) {
-        int d = *c >= '0' && *c <= '9'   ? *c - '0'
-                : *c >= 'a' && *c <= 'f' ? *c - 'a' + 10
-                                         : -1;
-        if (d < 0 || n == 16)
+    for (const uint8_t *c = (const uint8_t *)id + 1; *c; c++, n++) {
+        if (!digit[*c] || n == 16)
             return NULL;
-        bid = bid << 4 | (uint64_t)d;
+        bid = bid << 4 | (uint64_t)(digit[*c] - 1);
     }
     if (bid == 0)
         return NULL;
@@ -1071,6 +1079,11 @@ static s_lane_t *s_lane_require(s_broker_t *self, const char *model,
 {
     if (pool && !*pool)
         pool = NULL;
+    //  Most requests go to the lane of the one before: no key, no lookup.
+    s_lane_t *last = self->last_lane;
+    if (last && streq(last->model, model) &&
+        (pool ? last->pool && streq(last->pool, pool) : !last->pool))
+        return last;
     //  On the hot path: the key is built on the stack (model <= 256 bytes,
     //  pool <= 128 by the protocol's limits).
     char key[512];
@@ -1083,7 +1096,7 @@ static s_lane_t *s_lane_require(s_broker_t *self, const char *model,
     key[model_len + 1 + pool_len] = 0;
     s_lane_t *lane = (s_lane_t *)zhashx_lookup(self->lanes, key);
     if (lane)
-        return lane;
+        return self->last_lane = lane;
     lane = (s_lane_t *)calloc(1, sizeof(*lane));
     if (!lane)
         return NULL;
@@ -1117,7 +1130,7 @@ static s_lane_t *s_lane_require(s_broker_t *self, const char *model,
         }
         w = (s_worker_t *)zhashx_next(self->workers);
     }
-    return lane;
+    return self->last_lane = lane;
 }
 
 //  Detach a worker from a lane; a lane left without workers starts its
@@ -1826,10 +1839,14 @@ static void s_worker_usage_check(s_broker_t *self, s_worker_t *w,
 static void s_spend_add(s_broker_t *self, s_request_t *r, double usd);
 static bool s_route_retry(s_broker_t *self, s_request_t *r, llmq_msg_t **res);
 
-static void s_worker_result(s_broker_t *self, s_worker_t *w, llmq_msg_t **msg_p)
+//  A worker's `res` or `chunk`; r: its request if s_worker_sender found it
+//  (NULL: looked up here).
+static void s_worker_result(s_broker_t *self, s_worker_t *w, s_request_t *r,
+                            llmq_msg_t **msg_p)
 {
     llmq_msg_t *msg = *msg_p;
-    s_request_t *r = s_inflight_lookup(self, llmq_msg_id(msg));
+    if (!r)
+        r = s_inflight_lookup(self, llmq_msg_id(msg));
     if (!r || r->worker != w) {
         //  Already answered, cancelled, expired or requeued elsewhere.
         if (llmq_msg_type(msg) == LLMQ_MSG_RES) {
@@ -1964,8 +1981,9 @@ static void s_worker_held(s_broker_t *self, s_worker_t *w, llmq_msg_t *msg)
 
 //  The worker a result comes from, without its key or a table lookup: the
 //  request's worker if the routing ids match (else NULL: the caller looks
-//  the sender up by key).
-static s_worker_t *s_result_worker(s_broker_t *self, llmq_msg_t *msg)
+//  the sender up by key). *r_p: the request, then, for s_worker_result.
+static s_worker_t *s_result_worker(s_broker_t *self, llmq_msg_t *msg,
+                                   s_request_t **r_p)
 {
     s_request_t *r = s_inflight_lookup(self, llmq_msg_id(msg));
     if (!r || !r->worker)
@@ -1973,20 +1991,22 @@ static s_worker_t *s_result_worker(s_broker_t *self, llmq_msg_t *msg)
     size_t n = 0;
     const uint8_t *rid = llmq_msg_routing_id_data(msg, &n);
     zframe_t *wrid = r->worker->rid;
-    return rid && n == zframe_size(wrid) && !memcmp(rid, zframe_data(wrid), n)
-               ? r->worker
-               : NULL;
+    if (!rid || n != zframe_size(wrid) || memcmp(rid, zframe_data(wrid), n))
+        return NULL;
+    *r_p = r;
+    return r->worker;
 }
 
 //  The known worker a message comes from (NULL: none), alive again. key
 //  gets the sender's key when it was needed to find it ("" otherwise: a
-//  result's worker is found through its request).
+//  result's worker is found through its request, into *r_p; else NULL).
 static s_worker_t *s_worker_sender(s_broker_t *self, llmq_msg_t *msg, char *key,
-                                   size_t size)
+                                   size_t size, s_request_t **r_p)
 {
     llmq_msg_type_t type = llmq_msg_type(msg);
+    *r_p = NULL;
     s_worker_t *w = type == LLMQ_MSG_RES || type == LLMQ_MSG_CHUNK
-                        ? s_result_worker(self, msg)
+                        ? s_result_worker(self, msg, r_p)
                         : NULL;
     key[0] = 0;
     if (!w) {
@@ -1997,6 +2017,7 @@ static s_worker_t *s_worker_sender(s_broker_t *self, llmq_msg_t *msg, char *key,
         w->last_seen = zclock_mono(); //  Any message is a sign of life
         if (w->silent) {
             w->silent = false;
+            *r_p = NULL; //  Dispatching may change the books: look again
             s_dispatch_worker(self, w);
         }
     }
@@ -2025,7 +2046,8 @@ static void s_handle_worker(s_broker_t *self, llmq_msg_t *msg)
     llmq_msg_type_t type = llmq_msg_type(msg);
     if (self->config.verbose)
         llmq_msg_print(msg);
-    s_worker_t *w = s_worker_sender(self, msg, key, sizeof(key));
+    s_request_t *r = NULL; //  A result's request, when found on the way
+    s_worker_t *w = s_worker_sender(self, msg, key, sizeof(key), &r);
     if (type == LLMQ_MSG_INVALID) {
         self->counters.bad_messages++;
         const char *labels[] = {"reason", "bad_message", NULL};
@@ -2059,7 +2081,7 @@ static void s_handle_worker(s_broker_t *self, llmq_msg_t *msg)
         }
         case LLMQ_MSG_RES:
         case LLMQ_MSG_CHUNK:
-            s_worker_result(self, w, &msg);
+            s_worker_result(self, w, r, &msg);
             break;
         case LLMQ_MSG_HELD:
             s_worker_held(self, w, msg);
@@ -2691,7 +2713,7 @@ static void s_client_request(s_broker_t *self, const char *key,
     if (self->queued >= s_COMPACT_ABOVE &&
         (llmq_queue_size(lane->queue) || !s_best_worker(lane)))
         s_payload_compact(r);
-    llmq_metrics_add(self->metrics, "llmq_broker_received_total", NULL, 1);
+    llmq_metrics_series_add(self->m_received, 1);
     if (s_client_resend(self, r, now)) {
         llmq_msg_destroy(msg_p);
         return;
@@ -3622,6 +3644,8 @@ static void s_timers(s_broker_t *self, int64_t now)
                 zlistx_delete(w->lanes, handle);
             w = (s_worker_t *)zlistx_next(lane->workers);
         }
+        if (lane == self->last_lane)
+            self->last_lane = NULL;
         zhashx_delete(self->lanes, lane->key);
         lane = (s_lane_t *)zlistx_next(idle);
     }
@@ -4009,6 +4033,8 @@ static s_broker_t *s_broker_new(zsock_t *pipe,
     zhashx_set_destructor(self->groups, s_group_free);
     zhashx_set_destructor(self->attach, s_attach_free);
     s_metrics_define(self->metrics);
+    self->m_received =
+        llmq_metrics_series(self->metrics, "llmq_broker_received_total", NULL);
     llmq_metrics_set_collect(self->metrics, s_collect, self);
 
     s_auth_start(self, config);
