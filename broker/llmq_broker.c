@@ -71,6 +71,8 @@
 #define s_ACKS_PER_MSG 2048 //  Broker ids per `ack` (the `ids` limit)
 #define s_ACK_DELAY_MS 2000 //  Ack a result this long after passing it on
 #define s_ATTACH_TTL 600000 //  Forget a `held` key nobody resent after this
+#define s_REQUEST_SIZE 512  //  Bytes of a pooled request (with its keys)
+#define s_POOL_MAX 4096     //  Freed requests kept for reuse
 
 typedef struct _s_client_t s_client_t;
 typedef struct _s_worker_t s_worker_t;
@@ -79,6 +81,20 @@ typedef struct _s_group_t s_group_t;
 typedef struct _s_request_t s_request_t;
 typedef struct _s_tenant_t s_tenant_t;
 typedef struct _s_fair_t s_fair_t;
+
+//  An open-addressing hash table (linear probing, backward-shift
+//  deletion) of borrowed items that know their own hash: no allocation
+//  per entry and no string hashing of CZMQ's. The caller matches keys.
+typedef struct {
+    uint64_t hash; //  The item's hash
+    void *item;    //  NULL: free
+} s_slot_t;
+
+typedef struct {
+    s_slot_t *slots; //  A power of two of them, or NULL
+    size_t mask;     //  Slots - 1
+    size_t count;    //  Items
+} s_table_t;
 
 //  What the broker knows of a client (routing id) beyond its pending
 //  requests (PROTOCOL.md 3.5): the replies handed to ZeroMQ and not yet
@@ -123,7 +139,8 @@ struct _s_request_t {
     llmq_queue_node_t dnode; //  Slot in the expiry heap
     s_client_t *client;      //  Who asked; NULL for a module's request
     char *id;                //  The client's id (a module's tag), stored
-                             //  right after the struct (s_request_new)
+                             //  right after the struct (s_request_new),
+                             //  the tail of rkey if it has one
     s_lane_t *lane;          //  Model/pool lane it belongs to
     s_worker_t *worker;      //  Worker holding it, NULL unless dispatched
     s_request_t *wprev;      //  Worker's in-flight list
@@ -152,25 +169,34 @@ struct _s_request_t {
     uint8_t deaths;       //  Death count (PROTOCOL.md 3.3)
     uint8_t route_step;   //  Its step in its route's chain (3.6)
     uint32_t chunks;      //  Chunks the client has (forwarded or resumed)
-    char *rkey;           //  Request key "client:id", NULL for a module's
+    char *rkey;           //  Request key "client:id", NULL for a module's;
+                          //  stored after the struct (s_request_new)
+    bool pooled;          //  Of s_REQUEST_SIZE bytes: goes back to the pool
     void *park;           //  Handle in parked while waiting for `held`
     s_tenant_t *owner;    //  Its tenant (PROTOCOL.md 3.4), NULL: none
     s_fair_t *fair;       //  Its fair-share stamp while waiting, or NULL
     size_t bytes;         //  Payload bytes, as received
     llmq_cache_flight_t *flight; //  Its single flight (3.7), or NULL
     void *fwait;                 //  Handle there while it waits, or NULL
-    char *routed; //  A route chose its lane (PROTOCOL.md 3.6): the
-                  //  model and, after its NUL, the pool it asked
-                  //  for; NULL if not routed
+    char *routed;       //  A route chose its lane (PROTOCOL.md 3.6): the
+                        //  model and, after its NUL, the pool it asked
+                        //  for; NULL if not routed
+    uint64_t hash;      //  Its key (client, id) in the pending table
+    s_request_t *cprev; //  Its client's list of pending requests
+    s_request_t *cnext;
 };
 
 struct _s_client_t {
-    char *key;         //  Routing id in hex
-    zframe_t *rid;     //  Routing id
-    zhashx_t *pending; //  Client id (borrowed from request) -> request
-    int64_t last_seen; //  Monotonic ms of its last message (3.5)
-    bool heartbeat;    //  Sent a heartbeat: the silence rule applies
-    s_outbox_t *box;   //  Its outbox (a reference), from its first reply
+    char *key;             //  Routing id in hex (and tenant, s_key_tenant)
+    zframe_t *rid;         //  Routing id
+    uint64_t hash;         //  Its key in the client index (s_client_hash)
+    uint64_t tenant;       //  FNV-1a of its tenant, 0 for none
+    bool tenanted;         //  It has a tenant (its key has the suffix)
+    s_request_t *requests; //  Its pending requests (in the pending table)
+    size_t npending;       //  How many
+    int64_t last_seen;     //  Monotonic ms of its last message (3.5)
+    bool heartbeat;        //  Sent a heartbeat: the silence rule applies
+    s_outbox_t *box;       //  Its outbox (a reference), from its first reply
 };
 
 struct _s_lane_t {
@@ -253,6 +279,11 @@ struct _llmq_broker_core_t {
     zhashx_t *workers;       //  key -> s_worker_t
     zhashx_t *lanes;         //  key -> s_lane_t
     zhashx_t *groups;        //  name -> s_group_t
+    s_table_t client_index;  //  Clients by routing id and tenant (borrowed)
+    s_table_t pending;       //  Pending client requests by (client, id)
+    s_request_t *pool;       //  Freed requests for reuse (linked by cnext)
+    size_t npool;            //  How many
+    uint64_t seed;           //  Of both tables' hashes
     s_request_t **slots;     //  In-flight requests by slot (low half of bid)
     uint32_t *free_slots;    //  Stack of free slot numbers
     size_t nslots;           //  Slots allocated
@@ -312,6 +343,8 @@ static void s_cache_release(s_broker_t *self, s_request_t *r);
 static void s_cache_promote(s_broker_t *self);
 static bool s_cache_admit(s_broker_t *self, s_request_t *r, llmq_msg_t *msg);
 static s_worker_t *s_best_worker(s_lane_t *lane);
+static size_t s_pending_remove(s_broker_t *self, s_request_t *r);
+static void s_request_free(s_broker_t *self, s_request_t *r);
 
 //  --------------------------------------------------------------------------
 //  Logging: one line per event through llmq_log (text or JSON, typed
@@ -348,6 +381,102 @@ static void s_msg_key(llmq_msg_t *msg, char *key, size_t size)
 static char *s_strdup_or_null(const char *text)
 {
     return text ? strdup(text) : NULL;
+}
+
+//  --------------------------------------------------------------------------
+//  Tables (s_table_t): the hot lookups, by a hash of raw bytes.
+
+//  A 64-bit hash of bytes, eight at a time, keyed by a per-broker seed.
+static uint64_t s_hash_bytes(const void *data, size_t size, uint64_t seed)
+{
+    const uint8_t *p = (const uint8_t *)data, *end = p + size;
+    uint64_t h = seed ^ (size * 0x9e3779b97f4a7c15ULL), v = 0;
+    if (size >= 8) {
+        for (; end - p > 8; p += 8) {
+            memcpy(&v, p, 8);
+            h = (h ^ v) * 0xff51afd7ed558ccdULL;
+            h ^= h >> 32;
+        }
+        memcpy(&v, end - 8, 8); //  The last 8, overlapping
+    } else
+        for (size_t i = 0; i < size; i++)
+            v |= (uint64_t)p[i] << (8 * i);
+    h = (h ^ v) * 0xc4ceb9fe1a85ec53ULL;
+    return h ^ (h >> 29);
+}
+
+//  Rebuild the table with size slots (a power of two). -1 if out of memory.
+static int s_table_resize(s_table_t *t, size_t size)
+{
+    s_slot_t *slots = (s_slot_t *)calloc(size, sizeof(s_slot_t));
+    if (!slots)
+        return -1;
+    for (size_t i = 0; t->slots && i <= t->mask; i++) {
+        if (!t->slots[i].item)
+            continue;
+        size_t j = t->slots[i].hash & (size - 1);
+        while (slots[j].item)
+            j = (j + 1) & (size - 1);
+        slots[j] = t->slots[i];
+    }
+    free(t->slots);
+    t->slots = slots;
+    t->mask = size - 1;
+    return 0;
+}
+
+static int s_table_insert(s_table_t *t, uint64_t hash, void *item)
+{
+    if ((t->count + 1) * 2 > (t->slots ? t->mask + 1 : 0) &&
+        s_table_resize(t, t->slots ? (t->mask + 1) * 2 : 64))
+        return -1;
+    size_t i = hash & t->mask;
+    while (t->slots[i].item)
+        i = (i + 1) & t->mask;
+    t->slots[i] = (s_slot_t){hash, item};
+    t->count++;
+    return 0;
+}
+
+//  The slots holding hash, in turn: start with *i = hash & mask, then
+//  s_table_next until it returns NULL.
+static inline void *s_table_next(const s_table_t *t, uint64_t hash, size_t *i)
+{
+    if (!t->slots)
+        return NULL;
+    for (; t->slots[*i].item; *i = (*i + 1) & t->mask)
+        if (t->slots[*i].hash == hash) {
+            void *item = t->slots[*i].item;
+            *i = (*i + 1) & t->mask;
+            return item;
+        }
+    return NULL;
+}
+
+//  Take an item out (found by its hash and address); shrinks a sparse table.
+static void s_table_remove(s_table_t *t, uint64_t hash, void *item)
+{
+    if (!t->slots)
+        return;
+    size_t i = hash & t->mask;
+    while (t->slots[i].item && t->slots[i].item != item)
+        i = (i + 1) & t->mask;
+    if (!t->slots[i].item)
+        return;
+    //  Backward shift: pull later items of the run into the hole unless
+    //  their home slot lies cyclically in (hole, their slot].
+    for (size_t j = (i + 1) & t->mask; t->slots[j].item;
+         j = (j + 1) & t->mask) {
+        size_t home = t->slots[j].hash & t->mask;
+        if (((j - home) & t->mask) >= ((j - i) & t->mask)) {
+            t->slots[i] = t->slots[j];
+            i = j;
+        }
+    }
+    t->slots[i].item = NULL;
+    t->count--;
+    if (t->mask + 1 > 64 && t->count * 8 < t->mask + 1)
+        s_table_resize(t, (t->mask + 1) / 2); //  Failure is harmless
 }
 
 //  The model label for metrics: bounded cardinality, since clients pick it.
@@ -649,6 +778,15 @@ static const char *s_tenant_of(s_broker_t *self, llmq_msg_t *msg)
     return declared ? declared : "";
 }
 
+//  FNV-1a 64 of a tenant: the suffix of its clients' keys (s_key_tenant).
+static uint64_t s_tenant_fnv(const char *tenant)
+{
+    uint64_t h = 14695981039346656037ULL;
+    for (const char *c = tenant; *c; c++)
+        h = (h ^ (uint8_t)*c) * 1099511628211ULL;
+    return h;
+}
+
 static void s_item_free(void **item)
 {
     free(*item);
@@ -917,11 +1055,10 @@ static void s_request_destroy(s_broker_t *self, s_request_t **r_p)
     }
     if (r->flight)
         s_cache_release(self, r);
-    if (r->client) {
+    if (r->client && s_pending_remove(self, r) == 0) {
         s_client_t *client = r->client;
-        zhashx_delete(client->pending, r->id);
-        if (zhashx_size(client->pending) == 0)
-            zhashx_delete(self->clients, client->key);
+        s_table_remove(&self->client_index, client->hash, client);
+        zhashx_delete(self->clients, client->key);
     }
     if (--r->lane->refs == 0)
         r->lane->idle_since = zclock_mono();
@@ -931,9 +1068,8 @@ static void s_request_destroy(s_broker_t *self, s_request_t **r_p)
     free(r->meta);
     free(r->trace);
     free(r->tenant);
-    free(r->rkey);
     free(r->routed);
-    free(r);
+    s_request_free(self, r);
 }
 
 //  Format a broker id "r<hex>" (snprintf is measurable on this path).
@@ -952,21 +1088,51 @@ static void s_bid_text(uint64_t bid, char out[24])
     out[1 + n] = 0;
 }
 
-//  A zeroed request with its id stored inline (one allocation), NULL id
-//  allowed. Returns NULL if out of memory.
-static s_request_t *s_request_new(const char *id)
+//  A zeroed request with its id, and for a client's request (key: the
+//  client's key) its request key "key:id", stored inline: one allocation,
+//  from the pool of freed ones if they fit. NULL id allowed. Returns NULL
+//  if out of memory.
+static s_request_t *s_request_new(s_broker_t *self, const char *key,
+                                  const char *id)
 {
-    size_t len = id ? strlen(id) + 1 : 0;
-    s_request_t *r = (s_request_t *)calloc(1, sizeof(s_request_t) + len);
-    if (!r)
+    size_t klen = key && id ? strlen(key) + 1 : 0,
+           ilen = id ? strlen(id) + 1 : 0;
+    size_t size = sizeof(s_request_t) + klen + ilen;
+    s_request_t *r;
+    if (size <= s_REQUEST_SIZE && self->pool) {
+        r = self->pool;
+        self->pool = r->cnext;
+        self->npool--;
+    } else if (!(r = (s_request_t *)malloc(
+                     size <= s_REQUEST_SIZE ? s_REQUEST_SIZE : size)))
         return NULL;
+    memset(r, 0, sizeof(*r));
+    r->pooled = size <= s_REQUEST_SIZE;
+    char *text = (char *)(r + 1);
+    if (klen) {
+        r->rkey = text;
+        memcpy(text, key, klen - 1);
+        text[klen - 1] = ':';
+        text += klen;
+    }
     if (id) {
-        r->id = (char *)(r + 1);
-        memcpy(r->id, id, len);
+        r->id = text;
+        memcpy(r->id, id, ilen);
     }
     llmq_queue_node_init(&r->qnode);
     llmq_queue_node_init(&r->dnode);
     return r;
+}
+
+//  Free a request's memory (NULL allowed): back to the pool if it fits.
+static void s_request_free(s_broker_t *self, s_request_t *r)
+{
+    if (r && r->pooled && self->npool < s_POOL_MAX) {
+        r->cnext = self->pool;
+        self->pool = r;
+        self->npool++;
+    } else
+        free(r);
 }
 
 //  In-flight lookup by broker id "r<hex>".
@@ -1009,37 +1175,124 @@ static void s_client_free(void **item)
         return;
     if (client->box)
         s_outbox_release(NULL, client->box);
-    zhashx_destroy(&client->pending);
     zframe_destroy(&client->rid);
     free(client->key);
     free(client);
     *item = NULL;
 }
 
+//  Who sent a client message, as the client index knows it: the hash of
+//  its routing id and tenant, which together are what its key says.
+typedef struct {
+    uint64_t hash;   //  Its slot in the client index
+    uint64_t tenant; //  FNV-1a of its tenant (s_key_tenant), 0 for none
+    bool tenanted;   //  It has a tenant
+} s_client_id_t;
+
+//  The client entry of a message's sender (NULL: none yet), by its routing
+//  id's bytes: no hex key, no string hashing. Fills *cid for
+//  s_client_require.
+static s_client_t *s_client_find(s_broker_t *self, llmq_msg_t *msg,
+                                 s_client_id_t *cid)
+{
+    const char *tenant = s_tenant_of(self, msg);
+    cid->tenanted = *tenant != 0;
+    cid->tenant = cid->tenanted ? s_tenant_fnv(tenant) : 0;
+    size_t n = 0;
+    const uint8_t *rid = llmq_msg_routing_id_data(msg, &n);
+    if (!rid)
+        n = 0;
+    cid->hash = s_hash_bytes(rid, n, self->seed ^ cid->tenant);
+    size_t i = cid->hash & self->client_index.mask;
+    s_client_t *c;
+    while ((c = (s_client_t *)s_table_next(&self->client_index, cid->hash, &i)))
+        if (c->tenant == cid->tenant && c->tenanted == cid->tenanted &&
+            zframe_size(c->rid) == n && !memcmp(zframe_data(c->rid), rid, n))
+            return c;
+    return NULL;
+}
+
+//  The client entry of key (the sender of a message, *cid as s_client_find
+//  made it), made if new. NULL if out of memory.
 static s_client_t *s_client_require(s_broker_t *self, const char *key,
-                                    zframe_t *rid)
+                                    zframe_t *rid, const s_client_id_t *cid)
 {
     s_client_t *client = (s_client_t *)zhashx_lookup(self->clients, key);
-    if (client)
+    if (client) { //  Known but not indexed: out of memory before
+        s_table_insert(&self->client_index, client->hash, client);
         return client;
+    }
     client = (s_client_t *)calloc(1, sizeof(*client));
     if (!client)
         return NULL;
     client->key = strdup(key);
     client->rid = zframe_dup(rid);
-    client->pending = zhashx_new();
     client->last_seen = zclock_mono();
-    if (!client->key || !client->rid || !client->pending) {
+    client->hash = cid->hash;
+    client->tenant = cid->tenant;
+    client->tenanted = cid->tenanted;
+    if (!client->key || !client->rid) {
         void *item = client;
         s_client_free(&item);
         return NULL;
     }
-    //  Keys are the requests' own id strings: no copy per request.
-    zhashx_set_key_duplicator(client->pending, NULL);
-    zhashx_set_key_destructor(client->pending, NULL);
     zhashx_insert(self->clients, key, client);
+    s_table_insert(&self->client_index, client->hash, client);
     s_client_heartbeat_restore(self, client);
     return client;
+}
+
+//  The pending table's hash of a client's request id.
+static uint64_t s_pending_hash(s_broker_t *self, s_client_t *client,
+                               const char *id)
+{
+    return s_hash_bytes(id, strlen(id),
+                        self->seed ^ (uint64_t)(uintptr_t)client);
+}
+
+//  The pending request of a client with the client's id, or NULL.
+static s_request_t *s_pending_find(s_broker_t *self, s_client_t *client,
+                                   const char *id)
+{
+    if (!client || !id)
+        return NULL;
+    uint64_t hash = s_pending_hash(self, client, id);
+    size_t i = hash & self->pending.mask;
+    s_request_t *r;
+    while ((r = (s_request_t *)s_table_next(&self->pending, hash, &i)))
+        if (r->client == client && streq(r->id, id))
+            return r;
+    return NULL;
+}
+
+//  A client's request is pending: findable by its id, listed with its
+//  client. Out of memory it is only listed (then no dedupe or cancel).
+static void s_pending_add(s_broker_t *self, s_request_t *r)
+{
+    s_client_t *client = r->client;
+    r->hash = s_pending_hash(self, client, r->id);
+    s_table_insert(&self->pending, r->hash, r);
+    r->cprev = NULL;
+    r->cnext = client->requests;
+    if (client->requests)
+        client->requests->cprev = r;
+    client->requests = r;
+    client->npending++;
+}
+
+//  The request is no longer pending. Returns how many of its client's are.
+static size_t s_pending_remove(s_broker_t *self, s_request_t *r)
+{
+    s_client_t *client = r->client;
+    s_table_remove(&self->pending, r->hash, r);
+    if (r->cprev)
+        r->cprev->cnext = r->cnext;
+    else
+        client->requests = r->cnext;
+    if (r->cnext)
+        r->cnext->cprev = r->cprev;
+    r->cprev = r->cnext = NULL;
+    return --client->npending;
 }
 
 //  A worker serves a model it names, or any model if it names "*" (sim and
@@ -1414,13 +1667,13 @@ static void s_dispatch_module(s_broker_t *self, s_worker_t *w)
                                  s_serves(model, llmq_msg_pool(msg), w)
                              ? s_lane_require(self, model, llmq_msg_pool(msg))
                              : NULL;
-        s_request_t *r = lane ? s_request_new(llmq_msg_id(msg)) : NULL;
+        s_request_t *r =
+            lane ? s_request_new(self, NULL, llmq_msg_id(msg)) : NULL;
         if (!r) {
             //  A module bug, not the worker's: give the item back, stop asking.
             if (self->config.module->item_returned && llmq_msg_id(msg))
                 self->config.module->item_returned(self->module_state,
                                                    llmq_msg_id(msg));
-            free(r);
             llmq_msg_destroy(&msg);
             break;
         }
@@ -1906,8 +2159,7 @@ static s_request_t *s_pending_by_rkey(s_broker_t *self, const char *rkey)
     memcpy(key, rkey, (size_t)(colon - rkey));
     key[colon - rkey] = 0;
     s_client_t *client = (s_client_t *)zhashx_lookup(self->clients, key);
-    return client ? (s_request_t *)zhashx_lookup(client->pending, colon + 1)
-                  : NULL;
+    return s_pending_find(self, client, colon + 1);
 }
 
 //  Send a waiting (queued or parked) request to the worker that holds its
@@ -2160,9 +2412,9 @@ static void s_cancel_at_worker(llmq_broker_core_t *self, s_request_t *r)
 }
 
 //  What a client request carries for delivery under churn (3.3): the
-//  default deadline, its request key, the resend flag and the chunks the
-//  client already has of a resent stream.
-static void s_request_keys(s_broker_t *self, s_request_t *r, const char *key,
+//  default deadline, the resend flag and the chunks the client already has
+//  of a resent stream (its request key came with it, s_request_new).
+static void s_request_keys(s_broker_t *self, s_request_t *r,
                            const llmq_msg_t *msg, int64_t now)
 {
     if (r->deadline == s_NO_EXPIRY && self->config.default_deadline_ms > 0)
@@ -2171,13 +2423,6 @@ static void s_request_keys(s_broker_t *self, s_request_t *r, const char *key,
     if (r->stream && r->resend && llmq_msg_has(msg, LLMQ_F_seq) &&
         llmq_msg_seq(msg) >= 0)
         r->chunks = (uint32_t)(llmq_msg_seq(msg) + 1);
-    size_t klen = strlen(key), ilen = strlen(r->id);
-    r->rkey = (char *)malloc(klen + ilen + 2);
-    if (r->rkey) {
-        memcpy(r->rkey, key, klen);
-        r->rkey[klen] = ':';
-        memcpy(r->rkey + klen + 1, r->id, ilen + 1);
-    }
 }
 
 //  A resent stream the client has chunks of, with no worker to attach it
@@ -2338,11 +2583,8 @@ static void s_key_tenant(s_broker_t *self, llmq_msg_t *msg, char *key,
     const char *tenant = s_tenant_of(self, msg);
     if (!*tenant)
         return;
-    uint64_t h = 14695981039346656037ULL; //  FNV-1a 64
-    for (const char *c = tenant; *c; c++)
-        h = (h ^ (uint8_t)*c) * 1099511628211ULL;
     size_t len = strlen(key);
-    snprintf(key + len, size - len, "~%016" PRIx64, h);
+    snprintf(key + len, size - len, "~%016" PRIx64, s_tenant_fnv(tenant));
 }
 
 //  True if tenant is the configured admin (sees every batch).
@@ -2656,11 +2898,12 @@ static bool s_model_refuses(s_broker_t *self, s_lane_t *lane,
 }
 
 static void s_client_request(s_broker_t *self, const char *key,
-                             s_client_t *client, llmq_msg_t **msg_p)
+                             const s_client_id_t *cid, s_client_t *client,
+                             llmq_msg_t **msg_p)
 {
     llmq_msg_t *msg = *msg_p;
     const char *id = llmq_msg_id(msg);
-    if (client && zhashx_lookup(client->pending, id)) {
+    if (s_pending_find(self, client, id)) {
         //  A resend of a request still pending: the first one will answer.
         self->counters.duplicates++;
         const char *labels[] = {"reason", "duplicate_request", NULL};
@@ -2682,10 +2925,10 @@ static void s_client_request(s_broker_t *self, const char *key,
     if (lane && s_model_refuses(self, lane, msg_p))
         return;
     if (!client)
-        client = s_client_require(self, key, llmq_msg_routing_id(msg));
-    s_request_t *r = s_request_new(id);
+        client = s_client_require(self, key, llmq_msg_routing_id(msg), cid);
+    s_request_t *r = client ? s_request_new(self, client->key, id) : NULL;
     if (!lane || !client || !r) {
-        free(r);
+        s_request_free(self, r);
         s_refuse(self, msg_p, LLMQ_ERR_INTERNAL, "broker out of memory");
         return;
     }
@@ -2705,8 +2948,8 @@ static void s_client_request(s_broker_t *self, const char *key,
     r->trace = s_strdup_or_null(llmq_msg_trace(msg));
     r->tenant = s_strdup_or_null(llmq_msg_tenant(msg));
     s_request_own(self, r, msg);
-    s_request_keys(self, r, key, msg, now);
-    zhashx_insert(client->pending, r->id, r);
+    s_request_keys(self, r, msg, now);
+    s_pending_add(self, r);
     self->counters.received++;
     //  Only a request that must wait in a long queue pays for a copy of its
     //  payload: in a short one the pinned receive buffers cost little.
@@ -2732,12 +2975,10 @@ static void s_client_request(s_broker_t *self, const char *key,
     s_dispatch_lane(self, lane);
 }
 
-static void s_client_cancel(s_broker_t *self, const char *key, llmq_msg_t *msg)
+static void s_client_cancel(s_broker_t *self, s_client_t *client,
+                            llmq_msg_t *msg)
 {
-    s_client_t *client = (s_client_t *)zhashx_lookup(self->clients, key);
-    s_request_t *r =
-        client ? (s_request_t *)zhashx_lookup(client->pending, llmq_msg_id(msg))
-               : NULL;
+    s_request_t *r = s_pending_find(self, client, llmq_msg_id(msg));
     if (!r)
         return; //  Unknown or already answered: ignored
     if (r->worker)
@@ -3273,12 +3514,11 @@ static void s_client_send(s_broker_t *self, s_client_t *client,
     llmq_msg_destroy(&msg);
 }
 
-//  Any message from a known client is a sign of life; a heartbeat ping
-//  puts it under the silence rule.
-static s_client_t *s_client_seen(s_broker_t *self, const char *key,
-                                 const llmq_msg_t *msg)
+//  Any message from a known client (client, NULL if none) is a sign of
+//  life; a heartbeat ping puts it under the silence rule.
+static void s_client_seen(s_broker_t *self, const char *key, s_client_t *client,
+                          const llmq_msg_t *msg)
 {
-    s_client_t *client = (s_client_t *)zhashx_lookup(self->clients, key);
     int64_t now = zclock_mono();
     if (llmq_msg_type(msg) == LLMQ_MSG_PING && llmq_msg_heartbeat(msg)) {
         //  Remembered apart from the client's requests: it may have none
@@ -3291,7 +3531,6 @@ static s_client_t *s_client_seen(s_broker_t *self, const char *key,
     }
     if (client)
         client->last_seen = now;
-    return client;
 }
 
 //  A client entry made for a new request: under the silence rule at once
@@ -3309,14 +3548,12 @@ static void s_client_heartbeat_restore(s_broker_t *self, s_client_t *client)
 
 //  The answer to a heartbeat says how many of the client's requests we
 //  hold, so a client whose requests were dropped resends them (3.5).
-static void s_pong_pending(s_broker_t *self, const char *key,
-                           const llmq_msg_t *ping, llmq_msg_t *pong)
+static void s_pong_pending(s_client_t *client, const llmq_msg_t *ping,
+                           llmq_msg_t *pong)
 {
     if (!llmq_msg_heartbeat(ping))
         return;
-    s_client_t *client = (s_client_t *)zhashx_lookup(self->clients, key);
-    llmq_msg_set_pending(pong,
-                         client ? (int64_t)zhashx_size(client->pending) : 0);
+    llmq_msg_set_pending(pong, client ? (int64_t)client->npending : 0);
 }
 
 //  The client has gone: drop its queued requests and cancel its in-flight
@@ -3324,13 +3561,13 @@ static void s_pong_pending(s_broker_t *self, const char *key,
 //  last request).
 static void s_client_gone(s_broker_t *self, s_client_t *client, int64_t now)
 {
-    size_t n = zhashx_size(client->pending), queued = 0, inflight = 0;
+    size_t n = client->npending, queued = 0, inflight = 0;
     s_request_t **all = (s_request_t **)calloc(n + 1, sizeof(s_request_t *));
     if (!all)
         return; //  Tried again at the next tick
     size_t i = 0;
-    s_request_t *r = (s_request_t *)zhashx_first(client->pending);
-    for (; r && i < n; r = (s_request_t *)zhashx_next(client->pending)) {
+    s_request_t *r = client->requests;
+    for (; r && i < n; r = r->cnext) {
         all[i++] = r;
         if (r->worker)
             inflight++;
@@ -3391,18 +3628,25 @@ static void s_metrics_define_clients(llmq_metrics_t *m)
 
 static void s_handle_client(s_broker_t *self, llmq_msg_t *msg)
 {
-    char key[560];
-    s_msg_key(msg, key, sizeof(key));
-    s_key_tenant(self, msg, key, sizeof(key));
+    //  A known client is found by its routing id's bytes; the hex key is
+    //  made only for a new one.
+    s_client_id_t cid;
+    s_client_t *client = s_client_find(self, msg, &cid);
+    char made[560];
+    const char *key = client ? client->key : made;
+    if (!client) {
+        s_msg_key(msg, made, sizeof(made));
+        s_key_tenant(self, msg, made, sizeof(made));
+    }
     if (self->config.verbose)
         llmq_msg_print(msg);
-    s_client_t *client = s_client_seen(self, key, msg);
+    s_client_seen(self, key, client, msg);
     switch (llmq_msg_type(msg)) {
     case LLMQ_MSG_REQ:
-        s_client_request(self, key, client, &msg);
+        s_client_request(self, key, &cid, client, &msg);
         break;
     case LLMQ_MSG_CANCEL:
-        s_client_cancel(self, key, msg);
+        s_client_cancel(self, client, msg);
         break;
     case LLMQ_MSG_PING: {
         llmq_msg_t *pong = llmq_msg_new(LLMQ_MSG_PONG);
@@ -3410,7 +3654,7 @@ static void s_handle_client(s_broker_t *self, llmq_msg_t *msg)
             llmq_msg_set_broker(pong, self->name);
             llmq_msg_set_version(pong, s_VERSION);
             llmq_msg_set_time_ms(pong, zclock_time());
-            s_pong_pending(self, key, msg, pong);
+            s_pong_pending(client, msg, pong);
             llmq_msg_set_routing_id(pong, llmq_msg_routing_id(msg));
             llmq_msg_send(&pong, self->frontend);
         }
@@ -4018,6 +4262,9 @@ static s_broker_t *s_broker_new(zsock_t *pipe,
     self->next_bid =
         ((uint64_t)zclock_time() * 2654435761u ^ (uint64_t)getpid() * 40503u) &
         0x7fffffff;
+    //  Table hashes a client cannot predict (ids and routing ids are theirs).
+    self->seed = s_hash_bytes(&self, sizeof(self),
+                              (uint64_t)zclock_usecs() ^ self->next_bid);
     self->recovery_end = self->started_at + (self->config.recovery_ms >= 0
                                                  ? self->config.recovery_ms
                                                  : self->config.dead_ms);
@@ -4121,6 +4368,13 @@ static void s_broker_destroy(s_broker_t **self_p)
     zhashx_destroy(&self->workers);
     zhashx_destroy(&self->lanes);
     free(self->slots);
+    free(self->client_index.slots);
+    free(self->pending.slots);
+    while (self->pool) {
+        s_request_t *r = self->pool;
+        self->pool = r->cnext;
+        free(r);
+    }
     free(self->free_slots);
     zhashx_destroy(&self->metric_models);
     llmq_models_destroy(&self->models);
@@ -4327,9 +4581,9 @@ int llmq_broker_submit(llmq_broker_core_t *self, llmq_msg_t **req_p,
         (msg && op >= 0 && llmq_msg_model(msg) && llmq_msg_payload(msg))
             ? s_lane_require(self, llmq_msg_model(msg), llmq_msg_pool(msg))
             : NULL;
-    s_request_t *r = lane ? s_request_new(llmq_msg_id(msg)) : NULL;
+    s_request_t *r = lane ? s_request_new(self, NULL, llmq_msg_id(msg)) : NULL;
     if (!r || self->queued >= self->config.max_queue) {
-        free(r);
+        s_request_free(self, r);
         llmq_msg_destroy(&msg);
         return -1;
     }
@@ -5059,6 +5313,54 @@ static int s_t_module(s_t_fx_t *fx)
     return 0;
 }
 
+//  s_table_t against a model: items whose hashes collide in runs (few
+//  distinct low bits), removed in random order through growth and
+//  shrinking; every item present is found, no removed one is.
+static int s_t_table(void)
+{
+    enum { N = 3000 };
+    int rc = -1;
+    s_table_t t = {NULL, 0, 0};
+    static uint64_t hashes[N];
+    static bool present[N];
+    srand(7);
+    for (int i = 0; i < N; i++) {
+        hashes[i] = (uint64_t)(rand() % 50) << 40 | (uint64_t)(rand() % 9);
+        present[i] = false;
+    }
+    for (int round = 0; round < 3; round++) {
+        for (int i = 0; i < N; i++)
+            if (!present[i] && rand() % 3) {
+                T_CHECK(s_table_insert(&t, hashes[i], &hashes[i]) == 0);
+                present[i] = true;
+            }
+        for (int i = 0; i < N; i++)
+            if (present[i] && rand() % 4 == 0) {
+                s_table_remove(&t, hashes[i], &hashes[i]);
+                present[i] = false;
+            }
+        size_t count = 0;
+        for (int i = 0; i < N; i++) {
+            size_t at = hashes[i] & t.mask;
+            void *item;
+            bool found = false;
+            while ((item = s_table_next(&t, hashes[i], &at)))
+                found = found || item == &hashes[i];
+            T_CHECK(found == present[i]);
+            count += present[i];
+        }
+        T_CHECK(count == t.count);
+    }
+    for (int i = 0; i < N; i++)
+        if (present[i])
+            s_table_remove(&t, hashes[i], &hashes[i]);
+    T_CHECK(t.count == 0 && t.mask + 1 == 64);
+    rc = 0;
+done:
+    free(t.slots);
+    return rc;
+}
+
 int llmq_broker_test(bool verbose)
 {
     if (verbose)
@@ -5091,6 +5393,7 @@ int llmq_broker_test(bool verbose)
     for (size_t i = 0; i < sizeof(steps) / sizeof(steps[0]); i++)
         T_CHECK(steps[i](&fx) == 0);
     T_CHECK(s_t_attach() == 0);
+    T_CHECK(s_t_table() == 0);
     rc = 0;
 done:
     s_t_fx_fini(&fx);
