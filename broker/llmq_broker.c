@@ -210,8 +210,13 @@ struct _s_lane_t {
     int64_t idle_since;         //  When refs dropped to 0, for collection
     llmq_metric_series_t *m_ok; //  requests_total{model, outcome="ok"}
     llmq_metric_series_t *m_latency; //  latency histogram {model}
-    const char *m_model; //  Its model's metric label (s_metric_model), once
-    zhashx_t *fair;      //  Fair-share stamps, s_fair_t (NULL until needed)
+    const char *m_model;   //  Its model's metric label (s_metric_model), once
+    zhashx_t *fair;        //  Fair-share stamps, s_fair_t (NULL until needed)
+    uint64_t models_gen;   //  self->models_gen when unknown_model was found
+    bool unknown_model;    //  Not in self->models: no fit check (3.8)
+    s_fair_t *fair_last;   //  The (priority, tenant) entry last stamped
+    int64_t fair_priority; //  from, while it lives (a tenant's requests
+    const char *fair_name; //  come in runs); its tenant, in its key
 };
 
 struct _s_group_t {
@@ -222,6 +227,7 @@ struct _s_group_t {
 struct _s_worker_t {
     char *key;     //  Routing id in hex
     zframe_t *rid; //  Routing id
+    uint64_t hash; //  Its slot in the worker index (of rid's bytes)
     char *name;    //  From hello
     char *pool;
     char *provider;
@@ -280,6 +286,7 @@ struct _llmq_broker_core_t {
     zhashx_t *lanes;         //  key -> s_lane_t
     zhashx_t *groups;        //  name -> s_group_t
     s_table_t client_index;  //  Clients by routing id and tenant (borrowed)
+    s_table_t worker_index;  //  Workers by routing id (borrowed)
     s_table_t pending;       //  Pending client requests by (client, id)
     s_request_t *pool;       //  Freed requests for reuse (linked by cnext)
     size_t npool;            //  How many
@@ -290,6 +297,7 @@ struct _llmq_broker_core_t {
     size_t nfree;            //  Entries in free_slots
     zhashx_t *metric_models; //  Model names used as labels
     llmq_models_t *models;   //  Known models: the fit check (3.8)
+    uint64_t models_gen;     //  Counts what models learned (lanes cache it)
     llmq_queue_t *expiry;    //  All requests with an expiry time
     size_t queued;           //  Requests waiting in all lanes
     size_t inflight_count;   //  Requests held by workers
@@ -321,7 +329,8 @@ struct _llmq_broker_core_t {
     llmq_cache_t *cache;    //  Response cache (3.7), NULL: off
     llmq_route_t *route;    //  Routes (PROTOCOL.md 3.6), NULL: none
     llmq_metric_series_t *m_received; //  llmq_broker_received_total
-    s_lane_t *last_lane; //  The lane s_lane_require last gave (a cache)
+    s_lane_t *last_lane;     //  The lane s_lane_require last gave (a cache)
+    s_tenant_t *last_tenant; //  The tenant s_tenant_find last gave (a cache)
 };
 
 //  A request key a worker reported in `held` before its client resent it.
@@ -793,6 +802,19 @@ static void s_item_free(void **item)
     *item = NULL;
 }
 
+//  A tenant holding requests, or NULL. The last one found is kept: most
+//  requests come from the tenant of the one before.
+static s_tenant_t *s_tenant_find(s_broker_t *self, const char *name)
+{
+    s_tenant_t *t = self->last_tenant;
+    if (t && streq(t->name, name))
+        return t;
+    t = self->tenants ? (s_tenant_t *)zhashx_lookup(self->tenants, name) : NULL;
+    if (t)
+        self->last_tenant = t;
+    return t;
+}
+
 static s_tenant_t *s_tenant_require(s_broker_t *self, const char *name)
 {
     if (!self->tenants) {
@@ -803,7 +825,7 @@ static s_tenant_t *s_tenant_require(s_broker_t *self, const char *name)
         zhashx_set_key_destructor(self->tenants, NULL);
         zhashx_set_destructor(self->tenants, s_item_free);
     }
-    s_tenant_t *t = (s_tenant_t *)zhashx_lookup(self->tenants, name);
+    s_tenant_t *t = s_tenant_find(self, name);
     if (t)
         return t;
     size_t len = strlen(name);
@@ -820,8 +842,11 @@ static void s_tenant_release(s_broker_t *self, s_request_t *r)
 {
     s_tenant_t *t = r->owner;
     r->owner = NULL;
-    if (t && --t->held == 0)
+    if (t && --t->held == 0) {
+        if (t == self->last_tenant)
+            self->last_tenant = NULL;
         zhashx_delete(self->tenants, t->name);
+    }
 }
 
 //  Why a request of `bytes` from tenant `name` must be refused (its caps,
@@ -834,7 +859,7 @@ static const char *s_tenant_refuse(s_broker_t *self, const char *name,
     s_tenant_t *t =
         self->tenants && (c->tenant_max_queue || c->tenant_max_bytes ||
                           c->tenant_max_inflight)
-            ? (s_tenant_t *)zhashx_lookup(self->tenants, name)
+            ? s_tenant_find(self, name)
             : NULL;
     if (c->max_queue_bytes && self->queued_bytes + bytes > c->max_queue_bytes)
         snprintf(why, size, "broker queue full (%zu bytes waiting)",
@@ -905,14 +930,23 @@ static int64_t s_fair_stamp(s_broker_t *self, s_request_t *r)
         (!r->lane->fair || !zhashx_size(r->lane->fair)) &&
         s_best_worker(r->lane))
         return 1;
-    s_fair_t *clock = s_fair_require(r->lane, r->priority, NULL);
-    s_fair_t *mine = clock ? s_fair_require(r->lane, r->priority,
-                                            r->owner ? r->owner->name : "")
-                           : NULL;
-    if (!mine) {
-        if (clock && !clock->count)
-            zhashx_delete(r->lane->fair, clock->key);
-        return INT64_MAX / 2; //  Out of memory: the back of the class
+    s_lane_t *lane = r->lane;
+    const char *name = r->owner ? r->owner->name : "";
+    s_fair_t *clock, *mine = lane->fair_last;
+    if (mine && lane->fair_priority == r->priority &&
+        streq(lane->fair_name, name))
+        clock = mine->clock;
+    else {
+        clock = s_fair_require(lane, r->priority, NULL);
+        mine = clock ? s_fair_require(lane, r->priority, name) : NULL;
+        if (!mine) {
+            if (clock && !clock->count)
+                zhashx_delete(lane->fair, clock->key);
+            return INT64_MAX / 2; //  Out of memory: the back of the class
+        }
+        lane->fair_last = mine;
+        lane->fair_priority = r->priority;
+        lane->fair_name = strchr(mine->key, '\x1f') + 1;
     }
     mine->stamp = (mine->stamp > clock->stamp ? mine->stamp : clock->stamp) + 1;
     mine->count++;
@@ -935,8 +969,11 @@ static void s_fair_leave(s_request_t *r, uint64_t served)
         clock->stamp = r->qnode.seq;
     if (served)
         clock->served = served;
-    if (--mine->count == 0)
+    if (--mine->count == 0) {
+        if (mine == r->lane->fair_last)
+            r->lane->fair_last = NULL;
         zhashx_delete(r->lane->fair, mine->key);
+    }
     if (--clock->count == 0)
         zhashx_delete(r->lane->fair, clock->key);
 }
@@ -1147,12 +1184,15 @@ static s_request_t *s_inflight_lookup(s_broker_t *self, const char *id)
         ['0'] = 1,  ['1'] = 2,  ['2'] = 3,  ['3'] = 4,  ['4'] = 5,  ['5'] = 6,
         ['6'] = 7,  ['7'] = 8,  ['8'] = 9,  ['9'] = 10, ['a'] = 11, ['b'] = 12,
         ['c'] = 13, ['d'] = 14, ['e'] = 15, ['f'] = 16};
+    const uint8_t *c = (const uint8_t *)id + 1;
+    size_t n = strnlen((const char *)c, 17);
+    if (n > 16)
+        return NULL;
     uint64_t bid = 0;
-    int n = 0;
-    for (const uint8_t *c = (const uint8_t *)id + 1; *c; c++, n++) {
-        if (!digit[*c] || n == 16)
+    for (size_t i = 0; i < n; i++) {
+        if (!digit[c[i]])
             return NULL;
-        bid = bid << 4 | (uint64_t)(digit[*c] - 1);
+        bid = bid << 4 | (uint64_t)(digit[c[i]] - 1);
     }
     if (bid == 0)
         return NULL;
@@ -1863,6 +1903,7 @@ static void s_worker_remove(s_broker_t *self, s_worker_t *w, const char *why)
         }
         s_request_orphaned(self, r, w->name, why, weight);
     }
+    s_table_remove(&self->worker_index, w->hash, w);
     zhashx_delete(self->workers, w->key);
     //  Requeued requests may have other workers waiting for them.
     s_lane_t *lane = (s_lane_t *)zhashx_first(self->lanes);
@@ -2001,8 +2042,10 @@ static void s_worker_hello(s_broker_t *self, const char *key, llmq_msg_t *msg)
     }
     size_t caps_size = 0; //  What it knows of its models (3.8)
     const uint8_t *caps = llmq_msg_caps(msg, &caps_size);
-    if (caps)
+    if (caps) {
         llmq_models_caps_learn(self->models, caps, caps_size);
+        self->models_gen++; //  A lane's unknown model may be known now
+    }
     s_worker_t *old = (s_worker_t *)zhashx_lookup(self->workers, key);
     if (old) {
         s_worker_refresh(self, old, msg, capacity);
@@ -2037,7 +2080,10 @@ static void s_worker_hello(s_broker_t *self, const char *key, llmq_msg_t *msg)
     w->batch_api = llmq_msg_batch_api(msg);
     w->healthy = true;
     w->last_seen = zclock_mono();
+    w->hash =
+        s_hash_bytes(zframe_data(w->rid), zframe_size(w->rid), self->seed);
     zhashx_insert(self->workers, key, w);
+    s_table_insert(&self->worker_index, w->hash, w);
     s_lane_t *lane = (s_lane_t *)zhashx_first(self->lanes);
     while (lane) {
         if (s_worker_serves(w, lane)) {
@@ -2249,9 +2295,26 @@ static s_worker_t *s_result_worker(s_broker_t *self, llmq_msg_t *msg,
     return r->worker;
 }
 
+//  A known worker by the bytes of a message's routing id, or NULL.
+static s_worker_t *s_worker_find(s_broker_t *self, llmq_msg_t *msg)
+{
+    size_t n = 0;
+    const uint8_t *rid = llmq_msg_routing_id_data(msg, &n);
+    if (!rid)
+        n = 0;
+    uint64_t hash = s_hash_bytes(rid, n, self->seed);
+    size_t i = hash & self->worker_index.mask;
+    s_worker_t *w;
+    while ((w = (s_worker_t *)s_table_next(&self->worker_index, hash, &i)))
+        if (zframe_size(w->rid) == n && !memcmp(zframe_data(w->rid), rid, n))
+            return w;
+    return NULL;
+}
+
 //  The known worker a message comes from (NULL: none), alive again. key
-//  gets the sender's key when it was needed to find it ("" otherwise: a
-//  result's worker is found through its request, into *r_p; else NULL).
+//  gets the sender's key for a hello or an unknown sender ("" otherwise:
+//  a worker is found by its routing id's bytes, a result's through its
+//  request, into *r_p; else NULL).
 static s_worker_t *s_worker_sender(s_broker_t *self, llmq_msg_t *msg, char *key,
                                    size_t size, s_request_t **r_p)
 {
@@ -2261,9 +2324,12 @@ static s_worker_t *s_worker_sender(s_broker_t *self, llmq_msg_t *msg, char *key,
                         ? s_result_worker(self, msg, r_p)
                         : NULL;
     key[0] = 0;
-    if (!w) {
+    if (!w)
+        w = s_worker_find(self, msg);
+    if (!w || type == LLMQ_MSG_HELLO) {
         s_msg_key(msg, key, size);
-        w = (s_worker_t *)zhashx_lookup(self->workers, key);
+        if (!w)
+            w = (s_worker_t *)zhashx_lookup(self->workers, key);
     }
     if (w) {
         w->last_seen = zclock_mono(); //  Any message is a sign of life
@@ -2885,6 +2951,14 @@ static bool s_queue_full(s_broker_t *self, llmq_msg_t **msg_p)
 static bool s_model_refuses(s_broker_t *self, s_lane_t *lane,
                             llmq_msg_t **msg_p)
 {
+    //  An unknown model passes the check: one lookup per lane, not per
+    //  request, until the models learn something.
+    if (lane->models_gen != self->models_gen) {
+        lane->models_gen = self->models_gen;
+        lane->unknown_model = !llmq_models_lookup(self->models, lane->model);
+    }
+    if (lane->unknown_model)
+        return false;
     llmq_msg_t *msg = *msg_p;
     zframe_t *body = llmq_msg_payload(msg);
     char why[400];
@@ -4249,6 +4323,7 @@ static s_broker_t *s_broker_new(zsock_t *pipe,
     self->groups = zhashx_new();
     self->metric_models = zhashx_new();
     self->models = llmq_models_new(); //  NULL: no checks
+    self->models_gen = 1;             //  Lanes start at 0: not looked up
     self->expiry = llmq_queue_new();
     self->req_header = llmq_msg_new(LLMQ_MSG_REQ);
     self->metrics = llmq_metrics_new();
@@ -4369,6 +4444,7 @@ static void s_broker_destroy(s_broker_t **self_p)
     zhashx_destroy(&self->lanes);
     free(self->slots);
     free(self->client_index.slots);
+    free(self->worker_index.slots);
     free(self->pending.slots);
     while (self->pool) {
         s_request_t *r = self->pool;
