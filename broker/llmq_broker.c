@@ -159,7 +159,8 @@ struct _s_request_t {
     int64_t received_at;  //  Monotonic ms
     int64_t sent_at;      //  Monotonic ms of the current dispatch
     int64_t deadline;     //  Monotonic ms, s_NO_EXPIRY if none
-    int64_t expire_at;    //  Key in the expiry heap
+    int64_t expire_at;    //  When to look at it again (s_expiry_set): its
+                          //  key in the expiry heap, or later
     bool from_module;     //  Came from the module's next_item
     uint8_t op;           //  Index in s_ops
     uint8_t attempt;      //  Dispatch attempt, from 1
@@ -1008,13 +1009,16 @@ static void s_dequeued(s_broker_t *self, s_request_t *r, bool dispatched)
 //  --------------------------------------------------------------------------
 //  Requests: expiry, queueing, unlinking.
 
+//  Lazily for a later time: a request already in the heap keeps its
+//  earlier key and s_expire moves it on when that comes (so a dispatch,
+//  which only ever moves it later, costs no heap update).
 static void s_expiry_set(s_broker_t *self, s_request_t *r, int64_t at)
 {
     r->expire_at = at;
     if (at == s_NO_EXPIRY) {
         if (llmq_queue_node_queued(&r->dnode))
             llmq_queue_remove(self->expiry, &r->dnode);
-    } else
+    } else if (!llmq_queue_node_queued(&r->dnode) || at < -r->dnode.priority)
         llmq_queue_update(self->expiry, &r->dnode, -at, 0);
 }
 
@@ -3779,6 +3783,10 @@ static void s_expire(s_broker_t *self, int64_t now)
     while ((node = llmq_queue_peek(self->expiry)) && -node->priority <= now) {
         llmq_queue_pop(self->expiry);
         s_request_t *r = LLMQ_QUEUE_ITEM(node, s_request_t, dnode);
+        if (r->expire_at > now) { //  Moved later since (s_expiry_set)
+            llmq_queue_push(self->expiry, &r->dnode, -r->expire_at, 0);
+            continue;
+        }
         char message[200];
         if (r->worker) {
             //  Far past its deadline at a worker: answer, and free the slot.
