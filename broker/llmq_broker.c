@@ -136,14 +136,18 @@ typedef struct {
 
 struct _s_request_t {
     llmq_queue_node_t qnode; //  Slot in its lane while waiting
-    llmq_queue_node_t dnode; //  Slot in the expiry heap
-    s_client_t *client;      //  Who asked; NULL for a module's request
-    char *id;                //  The client's id (a module's tag), stored
-                             //  right after the struct (s_request_new),
-                             //  the tail of rkey if it has one
-    s_lane_t *lane;          //  Model/pool lane it belongs to
-    s_worker_t *worker;      //  Worker holding it, NULL unless dispatched
-    s_request_t *wprev;      //  Worker's in-flight list
+    llmq_queue_node_t dnode; //  Slot in the expiry heap, or:
+    s_request_t *eprev;      //  Its place in the expiry list
+    s_request_t *enext;
+    int64_t ekey;       //  Its key there
+    bool in_elist;      //  It is in the expiry list
+    s_client_t *client; //  Who asked; NULL for a module's request
+    char *id;           //  The client's id (a module's tag), stored
+                        //  right after the struct (s_request_new),
+                        //  the tail of rkey if it has one
+    s_lane_t *lane;     //  Model/pool lane it belongs to
+    s_worker_t *worker; //  Worker holding it, NULL unless dispatched
+    s_request_t *wprev; //  Worker's in-flight list
     s_request_t *wnext;
     zframe_t *payload;  //  Payload until first dispatch
     s_shared_t *shared; //  Payload once dispatched
@@ -299,7 +303,9 @@ struct _llmq_broker_core_t {
     zhashx_t *metric_models; //  Model names used as labels
     llmq_models_t *models;   //  Known models: the fit check (3.8)
     uint64_t models_gen;     //  Counts what models learned (lanes cache it)
-    llmq_queue_t *expiry;    //  All requests with an expiry time
+    llmq_queue_t *expiry;    //  Requests with an expiry time, or in:
+    s_request_t *elist_head; //  The expiry list: those whose key came in
+    s_request_t *elist_tail; //  order (the default deadline), O(1) each
     size_t queued;           //  Requests waiting in all lanes
     size_t inflight_count;   //  Requests held by workers
     uint64_t next_bid;       //  Broker id counter
@@ -1009,17 +1015,78 @@ static void s_dequeued(s_broker_t *self, s_request_t *r, bool dispatched)
 //  --------------------------------------------------------------------------
 //  Requests: expiry, queueing, unlinking.
 
-//  Lazily for a later time: a request already in the heap keeps its
-//  earlier key and s_expire moves it on when that comes (so a dispatch,
-//  which only ever moves it later, costs no heap update).
+//  Expiry keeps each request with an expiry time under a key no later
+//  than that time, in one of two places: the expiry list when its key is
+//  no earlier than the list's last one (keys made from the default
+//  deadline come in order: O(1) in and out), else the expiry heap.
+
+//  The key a request sits under, s_NO_EXPIRY if it sits nowhere.
+static int64_t s_expiry_key(s_request_t *r)
+{
+    if (r->in_elist)
+        return r->ekey;
+    return llmq_queue_node_queued(&r->dnode) ? -r->dnode.priority : s_NO_EXPIRY;
+}
+
+static void s_expiry_unlink(s_broker_t *self, s_request_t *r)
+{
+    if (llmq_queue_node_queued(&r->dnode))
+        llmq_queue_remove(self->expiry, &r->dnode);
+    if (!r->in_elist)
+        return;
+    if (r->eprev)
+        r->eprev->enext = r->enext;
+    else
+        self->elist_head = r->enext;
+    if (r->enext)
+        r->enext->eprev = r->eprev;
+    else
+        self->elist_tail = r->eprev;
+    r->eprev = r->enext = NULL;
+    r->in_elist = false;
+}
+
+static void s_expiry_link(s_broker_t *self, s_request_t *r, int64_t at)
+{
+    if (self->elist_tail && at < self->elist_tail->ekey) {
+        llmq_queue_push(self->expiry, &r->dnode, -at, 0);
+        return;
+    }
+    r->ekey = at;
+    r->in_elist = true;
+    r->enext = NULL;
+    r->eprev = self->elist_tail;
+    if (self->elist_tail)
+        self->elist_tail->enext = r;
+    else
+        self->elist_head = r;
+    self->elist_tail = r;
+}
+
+//  The request with the earliest key, or NULL.
+static s_request_t *s_expiry_first(s_broker_t *self)
+{
+    llmq_queue_node_t *node = llmq_queue_peek(self->expiry);
+    s_request_t *listed = self->elist_head;
+    if (!node)
+        return listed;
+    if (listed && listed->ekey <= -node->priority)
+        return listed;
+    return LLMQ_QUEUE_ITEM(node, s_request_t, dnode);
+}
+
+//  Lazily for a later time: a request keeps its earlier key and s_expire
+//  moves it on when that comes (so a dispatch, which only ever moves it
+//  later, costs no update).
 static void s_expiry_set(s_broker_t *self, s_request_t *r, int64_t at)
 {
     r->expire_at = at;
-    if (at == s_NO_EXPIRY) {
-        if (llmq_queue_node_queued(&r->dnode))
-            llmq_queue_remove(self->expiry, &r->dnode);
-    } else if (!llmq_queue_node_queued(&r->dnode) || at < -r->dnode.priority)
-        llmq_queue_update(self->expiry, &r->dnode, -at, 0);
+    if (at == s_NO_EXPIRY)
+        s_expiry_unlink(self, r);
+    else if (at < s_expiry_key(r)) {
+        s_expiry_unlink(self, r);
+        s_expiry_link(self, r, at);
+    }
 }
 
 //  When a waiting request must be looked at again: its deadline, or the end
@@ -1086,8 +1153,7 @@ static void s_request_destroy(s_broker_t *self, s_request_t **r_p)
         llmq_queue_remove(r->lane->queue, &r->qnode);
         s_dequeued(self, r, false);
     }
-    if (llmq_queue_node_queued(&r->dnode))
-        llmq_queue_remove(self->expiry, &r->dnode);
+    s_expiry_unlink(self, r);
     s_request_unassign(self, r);
     s_tenant_release(self, r);
     if (r->park) {
@@ -3779,12 +3845,11 @@ static void s_handle_client(s_broker_t *self, llmq_msg_t *msg)
 
 static void s_expire(s_broker_t *self, int64_t now)
 {
-    llmq_queue_node_t *node;
-    while ((node = llmq_queue_peek(self->expiry)) && -node->priority <= now) {
-        llmq_queue_pop(self->expiry);
-        s_request_t *r = LLMQ_QUEUE_ITEM(node, s_request_t, dnode);
+    s_request_t *r;
+    while ((r = s_expiry_first(self)) && s_expiry_key(r) <= now) {
+        s_expiry_unlink(self, r);
         if (r->expire_at > now) { //  Moved later since (s_expiry_set)
-            llmq_queue_push(self->expiry, &r->dnode, -r->expire_at, 0);
+            s_expiry_link(self, r, r->expire_at);
             continue;
         }
         char message[200];
@@ -4582,9 +4647,9 @@ void llmq_broker(zsock_t *pipe, void *args)
 
         int64_t now = zclock_mono();
         int64_t wake = self->next_tick;
-        llmq_queue_node_t *head = llmq_queue_peek(self->expiry);
-        if (head && -head->priority < wake)
-            wake = -head->priority;
+        s_request_t *first = s_expiry_first(self);
+        if (first && s_expiry_key(first) < wake)
+            wake = s_expiry_key(first);
         long timeout = wake > now ? (long)(wake - now) : 0;
         if (zmq_poll(items, (int)n, timeout) == -1 && zmq_errno() != EINTR)
             break; //  Context terminated
