@@ -210,6 +210,9 @@ struct _s_lane_t {
     char *pool;                 //  Pool name, NULL for any pool
     llmq_queue_t *queue;        //  Waiting requests
     zlistx_t *workers;          //  Live workers that serve it (borrowed)
+    s_worker_t **warr;          //  The same in an array, for s_best_worker,
+    size_t nwarr;               //  rebuilt when not warr_fresh (every
+    bool warr_fresh;            //  change of workers clears it)
     size_t refs;                //  Requests that point here (queued or not)
     int64_t no_worker_since;    //  When it last lost (or never had) a worker
     int64_t idle_since;         //  When refs dropped to 0, for collection
@@ -414,9 +417,13 @@ static uint64_t s_hash_bytes(const void *data, size_t size, uint64_t seed)
             h ^= h >> 32;
         }
         memcpy(&v, end - 8, 8); //  The last 8, overlapping
-    } else
-        for (size_t i = 0; i < size; i++)
-            v |= (uint64_t)p[i] << (8 * i);
+    } else if (size >= 4) {     //  Two 4-byte reads, overlapping
+        uint32_t lo, hi;
+        memcpy(&lo, p, 4);
+        memcpy(&hi, end - 4, 4);
+        v = (uint64_t)hi << 32 | lo;
+    } else if (size) //  First, middle and last byte
+        v = (uint64_t)p[0] << 16 | (uint64_t)p[size / 2] << 8 | end[-1];
     h = (h ^ v) * 0xc4ceb9fe1a85ec53ULL;
     return h ^ (h >> 29);
 }
@@ -649,7 +656,7 @@ static void s_ack_add(s_worker_t *w, uint64_t bid)
         w->acks_cap = cap;
     }
     w->acks[w->nacks].bid = bid;
-    w->acks[w->nacks++].at = zclock_mono();
+    w->acks[w->nacks++].at = w->last_seen; //  Now: it just sent the result
 }
 
 //  Send every worker the acks of results passed on at least
@@ -1172,10 +1179,12 @@ static void s_request_destroy(s_broker_t *self, s_request_t **r_p)
     zframe_destroy(&r->payload);
     if (r->shared)
         s_shared_release(NULL, r->shared);
-    free(r->meta);
-    free(r->trace);
-    free(r->tenant);
-    free(r->routed);
+    if (r->meta || r->trace || r->tenant || r->routed) { //  Mostly none
+        free(r->meta);
+        free(r->trace);
+        free(r->tenant);
+        free(r->routed);
+    }
     s_request_free(self, r);
 }
 
@@ -1430,6 +1439,7 @@ static void s_lane_free(void **item)
     llmq_queue_destroy(&lane->queue);
     zhashx_destroy(&lane->fair);
     zlistx_destroy(&lane->workers);
+    free(lane->warr);
     free(lane->key);
     free(lane->model);
     free(lane->pool);
@@ -1489,6 +1499,7 @@ static s_lane_t *s_lane_require(s_broker_t *self, const char *model,
     while (w) {
         if (s_worker_serves(w, lane)) {
             zlistx_add_end(lane->workers, w);
+            lane->warr_fresh = false;
             zlistx_add_end(w->lanes, lane);
         }
         w = (s_worker_t *)zhashx_next(self->workers);
@@ -1503,6 +1514,7 @@ static void s_lane_drop_worker(s_broker_t *self, s_lane_t *lane, s_worker_t *w)
     void *handle = zlistx_find(lane->workers, w);
     if (handle)
         zlistx_delete(lane->workers, handle);
+    lane->warr_fresh = false;
     if (zlistx_size(lane->workers) == 0) {
         int64_t now = zclock_mono();
         lane->no_worker_since = now;
@@ -1615,17 +1627,47 @@ static void s_group_leave(s_broker_t *self, s_worker_t *w)
 //  The worker with the most credit among the healthy ones serving the lane
 //  (ties: least recently used), or NULL. An unhealthy worker keeps its
 //  credit but gets nothing new until a heartbeat says it is healthy again.
+//  The lane's workers as an array (rebuilt when not fresh); NULL if out of
+//  memory.
+static s_worker_t **s_lane_workers(s_lane_t *lane)
+{
+    if (lane->warr_fresh)
+        return lane->warr;
+    size_t n = zlistx_size(lane->workers);
+    s_worker_t **warr =
+        (s_worker_t **)realloc(lane->warr, (n ? n : 1) * sizeof(*warr));
+    if (!warr)
+        return NULL;
+    lane->warr = warr;
+    lane->nwarr = 0;
+    s_worker_t *w = (s_worker_t *)zlistx_first(lane->workers);
+    for (; w && lane->nwarr < n; w = (s_worker_t *)zlistx_next(lane->workers))
+        warr[lane->nwarr++] = w;
+    lane->warr_fresh = true;
+    return warr;
+}
+
+static bool s_better_worker(s_worker_t *w, s_worker_t *best)
+{
+    return w->credit > 0 && w->healthy && !w->silent &&
+           (!best || w->credit > best->credit ||
+            (w->credit == best->credit && w->last_used < best->last_used));
+}
+
 static s_worker_t *s_best_worker(s_lane_t *lane)
 {
     s_worker_t *best = NULL;
-    s_worker_t *w = (s_worker_t *)zlistx_first(lane->workers);
-    while (w) {
-        if (w->credit > 0 && w->healthy && !w->silent &&
-            (!best || w->credit > best->credit ||
-             (w->credit == best->credit && w->last_used < best->last_used)))
-            best = w;
-        w = (s_worker_t *)zlistx_next(lane->workers);
+    s_worker_t **warr = s_lane_workers(lane);
+    if (!warr) { //  Out of memory: the list itself
+        s_worker_t *w = (s_worker_t *)zlistx_first(lane->workers);
+        for (; w; w = (s_worker_t *)zlistx_next(lane->workers))
+            if (s_better_worker(w, best))
+                best = w;
+        return best;
     }
+    for (size_t i = 0; i < lane->nwarr; i++)
+        if (s_better_worker(warr[i], best))
+            best = warr[i];
     return best;
 }
 
@@ -2052,6 +2094,7 @@ static void s_worker_refresh(s_broker_t *self, s_worker_t *w, llmq_msg_t *msg,
     while (lane) {
         if (s_worker_serves(w, lane) && !zlistx_find(w->lanes, lane)) {
             zlistx_add_end(lane->workers, w);
+            lane->warr_fresh = false;
             zlistx_add_end(w->lanes, lane);
         }
         lane = (s_lane_t *)zhashx_next(self->lanes);
@@ -2158,6 +2201,7 @@ static void s_worker_hello(s_broker_t *self, const char *key, llmq_msg_t *msg)
     while (lane) {
         if (s_worker_serves(w, lane)) {
             zlistx_add_end(lane->workers, w);
+            lane->warr_fresh = false;
             zlistx_add_end(w->lanes, lane);
         }
         lane = (s_lane_t *)zhashx_next(self->lanes);
@@ -3043,7 +3087,7 @@ static bool s_model_refuses(s_broker_t *self, s_lane_t *lane,
 
 static void s_client_request(s_broker_t *self, const char *key,
                              const s_client_id_t *cid, s_client_t *client,
-                             llmq_msg_t **msg_p)
+                             llmq_msg_t **msg_p, int64_t now)
 {
     llmq_msg_t *msg = *msg_p;
     const char *id = llmq_msg_id(msg);
@@ -3076,7 +3120,6 @@ static void s_client_request(s_broker_t *self, const char *key,
         s_refuse(self, msg_p, LLMQ_ERR_INTERNAL, "broker out of memory");
         return;
     }
-    int64_t now = zclock_mono();
     r->client = client;
     s_request_init(r, lane, op, msg, now);
     if (step >= 0)
@@ -3660,8 +3703,8 @@ static void s_client_send(s_broker_t *self, s_client_t *client,
 
 //  Any message from a known client (client, NULL if none) is a sign of
 //  life; a heartbeat ping puts it under the silence rule.
-static void s_client_seen(s_broker_t *self, const char *key, s_client_t *client,
-                          const llmq_msg_t *msg)
+static int64_t s_client_seen(s_broker_t *self, const char *key,
+                             s_client_t *client, const llmq_msg_t *msg)
 {
     int64_t now = zclock_mono();
     if (llmq_msg_type(msg) == LLMQ_MSG_PING && llmq_msg_heartbeat(msg)) {
@@ -3675,6 +3718,7 @@ static void s_client_seen(s_broker_t *self, const char *key, s_client_t *client,
     }
     if (client)
         client->last_seen = now;
+    return now;
 }
 
 //  A client entry made for a new request: under the silence rule at once
@@ -3784,10 +3828,10 @@ static void s_handle_client(s_broker_t *self, llmq_msg_t *msg)
     }
     if (self->config.verbose)
         llmq_msg_print(msg);
-    s_client_seen(self, key, client, msg);
+    int64_t now = s_client_seen(self, key, client, msg);
     switch (llmq_msg_type(msg)) {
     case LLMQ_MSG_REQ:
-        s_client_request(self, key, &cid, client, &msg);
+        s_client_request(self, key, &cid, client, &msg, now);
         break;
     case LLMQ_MSG_CANCEL:
         s_client_cancel(self, client, msg);
