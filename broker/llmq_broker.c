@@ -192,8 +192,10 @@ struct _s_request_t {
 };
 
 struct _s_client_t {
-    char *key;             //  Routing id in hex (and tenant, s_key_tenant)
-    zframe_t *rid;         //  Routing id
+    char *key;               //  Routing id in hex (and tenant, s_key_tenant)
+    zframe_t *rid;           //  Routing id
+    const uint8_t *rid_data; //  Its bytes (in rid)
+    size_t rid_size;
     uint64_t hash;         //  Its key in the client index (s_client_hash)
     uint64_t tenant;       //  FNV-1a of its tenant, 0 for none
     bool tenanted;         //  It has a tenant (its key has the suffix)
@@ -233,8 +235,10 @@ struct _s_group_t {
 };
 
 struct _s_worker_t {
-    char *key;     //  Routing id in hex
-    zframe_t *rid; //  Routing id
+    char *key;               //  Routing id in hex
+    zframe_t *rid;           //  Routing id
+    const uint8_t *rid_data; //  Its bytes (in rid)
+    size_t rid_size;
     uint64_t hash; //  Its slot in the worker index (of rid's bytes)
     char *name;    //  From hello
     char *pool;
@@ -1326,7 +1330,7 @@ static s_client_t *s_client_find(s_broker_t *self, llmq_msg_t *msg,
     s_client_t *c;
     while ((c = (s_client_t *)s_table_next(&self->client_index, cid->hash, &i)))
         if (c->tenant == cid->tenant && c->tenanted == cid->tenanted &&
-            zframe_size(c->rid) == n && !memcmp(zframe_data(c->rid), rid, n))
+            c->rid_size == n && !memcmp(c->rid_data, rid, n))
             return c;
     return NULL;
 }
@@ -1355,6 +1359,8 @@ static s_client_t *s_client_require(s_broker_t *self, const char *key,
         s_client_free(&item);
         return NULL;
     }
+    client->rid_data = zframe_data(client->rid);
+    client->rid_size = zframe_size(client->rid);
     zhashx_insert(self->clients, key, client);
     s_table_insert(&self->client_index, client->hash, client);
     s_client_heartbeat_restore(self, client);
@@ -2193,8 +2199,9 @@ static void s_worker_hello(s_broker_t *self, const char *key, llmq_msg_t *msg)
     w->batch_api = llmq_msg_batch_api(msg);
     w->healthy = true;
     w->last_seen = zclock_mono();
-    w->hash =
-        s_hash_bytes(zframe_data(w->rid), zframe_size(w->rid), self->seed);
+    w->rid_data = zframe_data(w->rid);
+    w->rid_size = zframe_size(w->rid);
+    w->hash = s_hash_bytes(w->rid_data, w->rid_size, self->seed);
     zhashx_insert(self->workers, key, w);
     s_table_insert(&self->worker_index, w->hash, w);
     s_lane_t *lane = (s_lane_t *)zhashx_first(self->lanes);
@@ -2402,8 +2409,8 @@ static s_worker_t *s_result_worker(s_broker_t *self, llmq_msg_t *msg,
         return NULL;
     size_t n = 0;
     const uint8_t *rid = llmq_msg_routing_id_data(msg, &n);
-    zframe_t *wrid = r->worker->rid;
-    if (!rid || n != zframe_size(wrid) || memcmp(rid, zframe_data(wrid), n))
+    s_worker_t *w = r->worker;
+    if (!rid || n != w->rid_size || memcmp(rid, w->rid_data, n))
         return NULL;
     *r_p = r;
     return r->worker;
@@ -2420,7 +2427,7 @@ static s_worker_t *s_worker_find(s_broker_t *self, llmq_msg_t *msg)
     size_t i = hash & self->worker_index.mask;
     s_worker_t *w;
     while ((w = (s_worker_t *)s_table_next(&self->worker_index, hash, &i)))
-        if (zframe_size(w->rid) == n && !memcmp(zframe_data(w->rid), rid, n))
+        if (w->rid_size == n && !memcmp(w->rid_data, rid, n))
             return w;
     return NULL;
 }
