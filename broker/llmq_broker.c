@@ -73,6 +73,11 @@
 #define s_ATTACH_TTL 600000 //  Forget a `held` key nobody resent after this
 #define s_REQUEST_SIZE 512  //  Bytes of a pooled request (with its keys)
 #define s_POOL_MAX 4096     //  Freed requests kept for reuse
+#if defined(__SANITIZE_ADDRESS__)
+#define s_POOLED false //  No reuse: AddressSanitizer sees every use after free
+#else
+#define s_POOLED true
+#endif
 
 typedef struct _s_client_t s_client_t;
 typedef struct _s_worker_t s_worker_t;
@@ -1227,7 +1232,7 @@ static s_request_t *s_request_new(s_broker_t *self, const char *key,
                      size <= s_REQUEST_SIZE ? s_REQUEST_SIZE : size)))
         return NULL;
     memset(r, 0, sizeof(*r));
-    r->pooled = size <= s_REQUEST_SIZE;
+    r->pooled = s_POOLED && size <= s_REQUEST_SIZE;
     char *text = (char *)(r + 1);
     if (klen) {
         r->rkey = text;
@@ -1453,6 +1458,14 @@ static void s_lane_free(void **item)
     *item = NULL;
 }
 
+//  A worker serves the lane (both lists; the lane's array goes stale).
+static void s_lane_link(s_lane_t *lane, s_worker_t *w)
+{
+    zlistx_add_end(lane->workers, w);
+    lane->warr_fresh = false;
+    zlistx_add_end(w->lanes, lane);
+}
+
 static s_lane_t *s_lane_require(s_broker_t *self, const char *model,
                                 const char *pool)
 {
@@ -1504,9 +1517,7 @@ static s_lane_t *s_lane_require(s_broker_t *self, const char *model,
     s_worker_t *w = (s_worker_t *)zhashx_first(self->workers);
     while (w) {
         if (s_worker_serves(w, lane)) {
-            zlistx_add_end(lane->workers, w);
-            lane->warr_fresh = false;
-            zlistx_add_end(w->lanes, lane);
+            s_lane_link(lane, w);
         }
         w = (s_worker_t *)zhashx_next(self->workers);
     }
@@ -2099,9 +2110,7 @@ static void s_worker_refresh(s_broker_t *self, s_worker_t *w, llmq_msg_t *msg,
     lane = (s_lane_t *)zhashx_first(self->lanes);
     while (lane) {
         if (s_worker_serves(w, lane) && !zlistx_find(w->lanes, lane)) {
-            zlistx_add_end(lane->workers, w);
-            lane->warr_fresh = false;
-            zlistx_add_end(w->lanes, lane);
+            s_lane_link(lane, w);
         }
         lane = (s_lane_t *)zhashx_next(self->lanes);
     }
@@ -2207,9 +2216,7 @@ static void s_worker_hello(s_broker_t *self, const char *key, llmq_msg_t *msg)
     s_lane_t *lane = (s_lane_t *)zhashx_first(self->lanes);
     while (lane) {
         if (s_worker_serves(w, lane)) {
-            zlistx_add_end(lane->workers, w);
-            lane->warr_fresh = false;
-            zlistx_add_end(w->lanes, lane);
+            s_lane_link(lane, w);
         }
         lane = (s_lane_t *)zhashx_next(self->lanes);
     }
@@ -4029,6 +4036,34 @@ static void s_unpark(s_broker_t *self)
     }
 }
 
+//  Timer: forget lanes nobody used for a minute (clients choose model
+//  names).
+static void s_lanes_collect(s_broker_t *self, int64_t now)
+{
+    zlistx_t *idle = zlistx_new();
+    s_lane_t *lane = (s_lane_t *)zhashx_first(self->lanes);
+    while (lane && idle) {
+        if (lane->refs == 0 && now - lane->idle_since > 60000)
+            zlistx_add_end(idle, lane);
+        lane = (s_lane_t *)zhashx_next(self->lanes);
+    }
+    lane = idle ? (s_lane_t *)zlistx_first(idle) : NULL;
+    while (lane) {
+        s_worker_t *w = (s_worker_t *)zlistx_first(lane->workers);
+        while (w) {
+            void *handle = zlistx_find(w->lanes, lane);
+            if (handle)
+                zlistx_delete(w->lanes, handle);
+            w = (s_worker_t *)zlistx_next(lane->workers);
+        }
+        if (lane == self->last_lane)
+            self->last_lane = NULL;
+        zhashx_delete(self->lanes, lane->key);
+        lane = (s_lane_t *)zlistx_next(idle);
+    }
+    zlistx_destroy(&idle);
+}
+
 static void s_timers(s_broker_t *self, int64_t now)
 {
     s_expire(self, now);
@@ -4069,29 +4104,7 @@ static void s_timers(s_broker_t *self, int64_t now)
         s_log(self, "info", "overload_end",
               LLMQ_LOG_INT("queued", self->queued), s_END);
     }
-    //  Forget lanes nobody used for a minute (clients choose model names).
-    zlistx_t *idle = zlistx_new();
-    s_lane_t *lane = (s_lane_t *)zhashx_first(self->lanes);
-    while (lane && idle) {
-        if (lane->refs == 0 && now - lane->idle_since > 60000)
-            zlistx_add_end(idle, lane);
-        lane = (s_lane_t *)zhashx_next(self->lanes);
-    }
-    lane = idle ? (s_lane_t *)zlistx_first(idle) : NULL;
-    while (lane) {
-        s_worker_t *w = (s_worker_t *)zlistx_first(lane->workers);
-        while (w) {
-            void *handle = zlistx_find(w->lanes, lane);
-            if (handle)
-                zlistx_delete(w->lanes, handle);
-            w = (s_worker_t *)zlistx_next(lane->workers);
-        }
-        if (lane == self->last_lane)
-            self->last_lane = NULL;
-        zhashx_delete(self->lanes, lane->key);
-        lane = (s_lane_t *)zlistx_next(idle);
-    }
-    zlistx_destroy(&idle);
+    s_lanes_collect(self, now);
     //  A burst that backs up in libzmq's pipes leaves freed receive buffers
     //  scattered between long-lived requests, and glibc keeps such pages.
     //  While a large queue exists, hand them back now and then.
