@@ -71,6 +71,13 @@
 #define s_ACKS_PER_MSG 2048 //  Broker ids per `ack` (the `ids` limit)
 #define s_ACK_DELAY_MS 2000 //  Ack a result this long after passing it on
 #define s_ATTACH_TTL 600000 //  Forget a `held` key nobody resent after this
+#define s_REQUEST_SIZE 512  //  Bytes of a pooled request (with its keys)
+#define s_POOL_MAX 4096     //  Freed requests kept for reuse
+#if defined(__SANITIZE_ADDRESS__)
+#define s_POOLED false //  No reuse: AddressSanitizer sees every use after free
+#else
+#define s_POOLED true
+#endif
 
 typedef struct _s_client_t s_client_t;
 typedef struct _s_worker_t s_worker_t;
@@ -79,6 +86,20 @@ typedef struct _s_group_t s_group_t;
 typedef struct _s_request_t s_request_t;
 typedef struct _s_tenant_t s_tenant_t;
 typedef struct _s_fair_t s_fair_t;
+
+//  An open-addressing hash table (linear probing, backward-shift
+//  deletion) of borrowed items that know their own hash: no allocation
+//  per entry and no string hashing of CZMQ's. The caller matches keys.
+typedef struct {
+    uint64_t hash; //  The item's hash
+    void *item;    //  NULL: free
+} s_slot_t;
+
+typedef struct {
+    s_slot_t *slots; //  A power of two of them, or NULL
+    size_t mask;     //  Slots - 1
+    size_t count;    //  Items
+} s_table_t;
 
 //  What the broker knows of a client (routing id) beyond its pending
 //  requests (PROTOCOL.md 3.5): the replies handed to ZeroMQ and not yet
@@ -120,13 +141,18 @@ typedef struct {
 
 struct _s_request_t {
     llmq_queue_node_t qnode; //  Slot in its lane while waiting
-    llmq_queue_node_t dnode; //  Slot in the expiry heap
-    s_client_t *client;      //  Who asked; NULL for a module's request
-    char *id;                //  The client's id (a module's tag), stored
-                             //  right after the struct (s_request_new)
-    s_lane_t *lane;          //  Model/pool lane it belongs to
-    s_worker_t *worker;      //  Worker holding it, NULL unless dispatched
-    s_request_t *wprev;      //  Worker's in-flight list
+    llmq_queue_node_t dnode; //  Slot in the expiry heap, or:
+    s_request_t *eprev;      //  Its place in the expiry list
+    s_request_t *enext;
+    int64_t ekey;       //  Its key there
+    bool in_elist;      //  It is in the expiry list
+    s_client_t *client; //  Who asked; NULL for a module's request
+    char *id;           //  The client's id (a module's tag), stored
+                        //  right after the struct (s_request_new),
+                        //  the tail of rkey if it has one
+    s_lane_t *lane;     //  Model/pool lane it belongs to
+    s_worker_t *worker; //  Worker holding it, NULL unless dispatched
+    s_request_t *wprev; //  Worker's in-flight list
     s_request_t *wnext;
     zframe_t *payload;  //  Payload until first dispatch
     s_shared_t *shared; //  Payload once dispatched
@@ -142,7 +168,8 @@ struct _s_request_t {
     int64_t received_at;  //  Monotonic ms
     int64_t sent_at;      //  Monotonic ms of the current dispatch
     int64_t deadline;     //  Monotonic ms, s_NO_EXPIRY if none
-    int64_t expire_at;    //  Key in the expiry heap
+    int64_t expire_at;    //  When to look at it again (s_expiry_set): its
+                          //  key in the expiry heap, or later
     bool from_module;     //  Came from the module's next_item
     uint8_t op;           //  Index in s_ops
     uint8_t attempt;      //  Dispatch attempt, from 1
@@ -152,25 +179,36 @@ struct _s_request_t {
     uint8_t deaths;       //  Death count (PROTOCOL.md 3.3)
     uint8_t route_step;   //  Its step in its route's chain (3.6)
     uint32_t chunks;      //  Chunks the client has (forwarded or resumed)
-    char *rkey;           //  Request key "client:id", NULL for a module's
+    char *rkey;           //  Request key "client:id", NULL for a module's;
+                          //  stored after the struct (s_request_new)
+    bool pooled;          //  Of s_REQUEST_SIZE bytes: goes back to the pool
     void *park;           //  Handle in parked while waiting for `held`
     s_tenant_t *owner;    //  Its tenant (PROTOCOL.md 3.4), NULL: none
     s_fair_t *fair;       //  Its fair-share stamp while waiting, or NULL
     size_t bytes;         //  Payload bytes, as received
     llmq_cache_flight_t *flight; //  Its single flight (3.7), or NULL
     void *fwait;                 //  Handle there while it waits, or NULL
-    char *routed; //  A route chose its lane (PROTOCOL.md 3.6): the
-                  //  model and, after its NUL, the pool it asked
-                  //  for; NULL if not routed
+    char *routed;       //  A route chose its lane (PROTOCOL.md 3.6): the
+                        //  model and, after its NUL, the pool it asked
+                        //  for; NULL if not routed
+    uint64_t hash;      //  Its key (client, id) in the pending table
+    s_request_t *cprev; //  Its client's list of pending requests
+    s_request_t *cnext;
 };
 
 struct _s_client_t {
-    char *key;         //  Routing id in hex
-    zframe_t *rid;     //  Routing id
-    zhashx_t *pending; //  Client id (borrowed from request) -> request
-    int64_t last_seen; //  Monotonic ms of its last message (3.5)
-    bool heartbeat;    //  Sent a heartbeat: the silence rule applies
-    s_outbox_t *box;   //  Its outbox (a reference), from its first reply
+    char *key;               //  Routing id in hex (and tenant, s_key_tenant)
+    zframe_t *rid;           //  Routing id
+    const uint8_t *rid_data; //  Its bytes (in rid)
+    size_t rid_size;
+    uint64_t hash;         //  Its key in the client index (s_client_hash)
+    uint64_t tenant;       //  FNV-1a of its tenant, 0 for none
+    bool tenanted;         //  It has a tenant (its key has the suffix)
+    s_request_t *requests; //  Its pending requests (in the pending table)
+    size_t npending;       //  How many
+    int64_t last_seen;     //  Monotonic ms of its last message (3.5)
+    bool heartbeat;        //  Sent a heartbeat: the silence rule applies
+    s_outbox_t *box;       //  Its outbox (a reference), from its first reply
 };
 
 struct _s_lane_t {
@@ -179,13 +217,21 @@ struct _s_lane_t {
     char *pool;                 //  Pool name, NULL for any pool
     llmq_queue_t *queue;        //  Waiting requests
     zlistx_t *workers;          //  Live workers that serve it (borrowed)
+    s_worker_t **warr;          //  The same in an array, for s_best_worker,
+    size_t nwarr;               //  rebuilt when not warr_fresh (every
+    bool warr_fresh;            //  change of workers clears it)
     size_t refs;                //  Requests that point here (queued or not)
     int64_t no_worker_since;    //  When it last lost (or never had) a worker
     int64_t idle_since;         //  When refs dropped to 0, for collection
     llmq_metric_series_t *m_ok; //  requests_total{model, outcome="ok"}
     llmq_metric_series_t *m_latency; //  latency histogram {model}
-    const char *m_model; //  Its model's metric label (s_metric_model), once
-    zhashx_t *fair;      //  Fair-share stamps, s_fair_t (NULL until needed)
+    const char *m_model;   //  Its model's metric label (s_metric_model), once
+    zhashx_t *fair;        //  Fair-share stamps, s_fair_t (NULL until needed)
+    uint64_t models_gen;   //  self->models_gen when unknown_model was found
+    bool unknown_model;    //  Not in self->models: no fit check (3.8)
+    s_fair_t *fair_last;   //  The (priority, tenant) entry last stamped
+    int64_t fair_priority; //  from, while it lives (a tenant's requests
+    const char *fair_name; //  come in runs); its tenant, in its key
 };
 
 struct _s_group_t {
@@ -194,8 +240,11 @@ struct _s_group_t {
 };
 
 struct _s_worker_t {
-    char *key;     //  Routing id in hex
-    zframe_t *rid; //  Routing id
+    char *key;               //  Routing id in hex
+    zframe_t *rid;           //  Routing id
+    const uint8_t *rid_data; //  Its bytes (in rid)
+    size_t rid_size;
+    uint64_t hash; //  Its slot in the worker index (of rid's bytes)
     char *name;    //  From hello
     char *pool;
     char *provider;
@@ -253,13 +302,22 @@ struct _llmq_broker_core_t {
     zhashx_t *workers;       //  key -> s_worker_t
     zhashx_t *lanes;         //  key -> s_lane_t
     zhashx_t *groups;        //  name -> s_group_t
+    s_table_t client_index;  //  Clients by routing id and tenant (borrowed)
+    s_table_t worker_index;  //  Workers by routing id (borrowed)
+    s_table_t pending;       //  Pending client requests by (client, id)
+    s_request_t *pool;       //  Freed requests for reuse (linked by cnext)
+    size_t npool;            //  How many
+    uint64_t seed;           //  Of both tables' hashes
     s_request_t **slots;     //  In-flight requests by slot (low half of bid)
     uint32_t *free_slots;    //  Stack of free slot numbers
     size_t nslots;           //  Slots allocated
     size_t nfree;            //  Entries in free_slots
     zhashx_t *metric_models; //  Model names used as labels
     llmq_models_t *models;   //  Known models: the fit check (3.8)
-    llmq_queue_t *expiry;    //  All requests with an expiry time
+    uint64_t models_gen;     //  Counts what models learned (lanes cache it)
+    llmq_queue_t *expiry;    //  Requests with an expiry time, or in:
+    s_request_t *elist_head; //  The expiry list: those whose key came in
+    s_request_t *elist_tail; //  order (the default deadline), O(1) each
     size_t queued;           //  Requests waiting in all lanes
     size_t inflight_count;   //  Requests held by workers
     uint64_t next_bid;       //  Broker id counter
@@ -288,6 +346,9 @@ struct _llmq_broker_core_t {
     int64_t spend_day;      //  Days since the epoch that spend counts
     llmq_cache_t *cache;    //  Response cache (3.7), NULL: off
     llmq_route_t *route;    //  Routes (PROTOCOL.md 3.6), NULL: none
+    llmq_metric_series_t *m_received; //  llmq_broker_received_total
+    s_lane_t *last_lane;     //  The lane s_lane_require last gave (a cache)
+    s_tenant_t *last_tenant; //  The tenant s_tenant_find last gave (a cache)
 };
 
 //  A request key a worker reported in `held` before its client resent it.
@@ -309,6 +370,8 @@ static void s_cache_release(s_broker_t *self, s_request_t *r);
 static void s_cache_promote(s_broker_t *self);
 static bool s_cache_admit(s_broker_t *self, s_request_t *r, llmq_msg_t *msg);
 static s_worker_t *s_best_worker(s_lane_t *lane);
+static size_t s_pending_remove(s_broker_t *self, s_request_t *r);
+static void s_request_free(s_broker_t *self, s_request_t *r);
 
 //  --------------------------------------------------------------------------
 //  Logging: one line per event through llmq_log (text or JSON, typed
@@ -345,6 +408,106 @@ static void s_msg_key(llmq_msg_t *msg, char *key, size_t size)
 static char *s_strdup_or_null(const char *text)
 {
     return text ? strdup(text) : NULL;
+}
+
+//  --------------------------------------------------------------------------
+//  Tables (s_table_t): the hot lookups, by a hash of raw bytes.
+
+//  A 64-bit hash of bytes, eight at a time, keyed by a per-broker seed.
+static uint64_t s_hash_bytes(const void *data, size_t size, uint64_t seed)
+{
+    const uint8_t *p = (const uint8_t *)data, *end = p + size;
+    uint64_t h = seed ^ (size * 0x9e3779b97f4a7c15ULL), v = 0;
+    if (size >= 8) {
+        for (; end - p > 8; p += 8) {
+            memcpy(&v, p, 8);
+            h = (h ^ v) * 0xff51afd7ed558ccdULL;
+            h ^= h >> 32;
+        }
+        memcpy(&v, end - 8, 8); //  The last 8, overlapping
+    } else if (size >= 4) {     //  Two 4-byte reads, overlapping
+        uint32_t lo, hi;
+        memcpy(&lo, p, 4);
+        memcpy(&hi, end - 4, 4);
+        v = (uint64_t)hi << 32 | lo;
+    } else if (size) //  First, middle and last byte
+        v = (uint64_t)p[0] << 16 | (uint64_t)p[size / 2] << 8 | end[-1];
+    h = (h ^ v) * 0xc4ceb9fe1a85ec53ULL;
+    return h ^ (h >> 29);
+}
+
+//  Rebuild the table with size slots (a power of two). -1 if out of memory.
+static int s_table_resize(s_table_t *t, size_t size)
+{
+    s_slot_t *slots = (s_slot_t *)calloc(size, sizeof(s_slot_t));
+    if (!slots)
+        return -1;
+    for (size_t i = 0; t->slots && i <= t->mask; i++) {
+        if (!t->slots[i].item)
+            continue;
+        size_t j = t->slots[i].hash & (size - 1);
+        while (slots[j].item)
+            j = (j + 1) & (size - 1);
+        slots[j] = t->slots[i];
+    }
+    free(t->slots);
+    t->slots = slots;
+    t->mask = size - 1;
+    return 0;
+}
+
+static int s_table_insert(s_table_t *t, uint64_t hash, void *item)
+{
+    if ((t->count + 1) * 2 > (t->slots ? t->mask + 1 : 0) &&
+        s_table_resize(t, t->slots ? (t->mask + 1) * 2 : 64))
+        return -1;
+    size_t i = hash & t->mask;
+    while (t->slots[i].item)
+        i = (i + 1) & t->mask;
+    t->slots[i] = (s_slot_t){hash, item};
+    t->count++;
+    return 0;
+}
+
+//  The slots holding hash, in turn: start with *i = hash & mask, then
+//  s_table_next until it returns NULL.
+static inline void *s_table_next(const s_table_t *t, uint64_t hash, size_t *i)
+{
+    if (!t->slots)
+        return NULL;
+    for (; t->slots[*i].item; *i = (*i + 1) & t->mask)
+        if (t->slots[*i].hash == hash) {
+            void *item = t->slots[*i].item;
+            *i = (*i + 1) & t->mask;
+            return item;
+        }
+    return NULL;
+}
+
+//  Take an item out (found by its hash and address); shrinks a sparse table.
+static void s_table_remove(s_table_t *t, uint64_t hash, void *item)
+{
+    if (!t->slots)
+        return;
+    size_t i = hash & t->mask;
+    while (t->slots[i].item && t->slots[i].item != item)
+        i = (i + 1) & t->mask;
+    if (!t->slots[i].item)
+        return;
+    //  Backward shift: pull later items of the run into the hole unless
+    //  their home slot lies cyclically in (hole, their slot].
+    for (size_t j = (i + 1) & t->mask; t->slots[j].item;
+         j = (j + 1) & t->mask) {
+        size_t home = t->slots[j].hash & t->mask;
+        if (((j - home) & t->mask) >= ((j - i) & t->mask)) {
+            t->slots[i] = t->slots[j];
+            i = j;
+        }
+    }
+    t->slots[i].item = NULL;
+    t->count--;
+    if (t->mask + 1 > 64 && t->count * 8 < t->mask + 1)
+        s_table_resize(t, (t->mask + 1) / 2); //  Failure is harmless
 }
 
 //  The model label for metrics: bounded cardinality, since clients pick it.
@@ -501,7 +664,7 @@ static void s_ack_add(s_worker_t *w, uint64_t bid)
         w->acks_cap = cap;
     }
     w->acks[w->nacks].bid = bid;
-    w->acks[w->nacks++].at = zclock_mono();
+    w->acks[w->nacks++].at = w->last_seen; //  Now: it just sent the result
 }
 
 //  Send every worker the acks of results passed on at least
@@ -646,10 +809,32 @@ static const char *s_tenant_of(s_broker_t *self, llmq_msg_t *msg)
     return declared ? declared : "";
 }
 
+//  FNV-1a 64 of a tenant: the suffix of its clients' keys (s_key_tenant).
+static uint64_t s_tenant_fnv(const char *tenant)
+{
+    uint64_t h = 14695981039346656037ULL;
+    for (const char *c = tenant; *c; c++)
+        h = (h ^ (uint8_t)*c) * 1099511628211ULL;
+    return h;
+}
+
 static void s_item_free(void **item)
 {
     free(*item);
     *item = NULL;
+}
+
+//  A tenant holding requests, or NULL. The last one found is kept: most
+//  requests come from the tenant of the one before.
+static s_tenant_t *s_tenant_find(s_broker_t *self, const char *name)
+{
+    s_tenant_t *t = self->last_tenant;
+    if (t && streq(t->name, name))
+        return t;
+    t = self->tenants ? (s_tenant_t *)zhashx_lookup(self->tenants, name) : NULL;
+    if (t)
+        self->last_tenant = t;
+    return t;
 }
 
 static s_tenant_t *s_tenant_require(s_broker_t *self, const char *name)
@@ -662,7 +847,7 @@ static s_tenant_t *s_tenant_require(s_broker_t *self, const char *name)
         zhashx_set_key_destructor(self->tenants, NULL);
         zhashx_set_destructor(self->tenants, s_item_free);
     }
-    s_tenant_t *t = (s_tenant_t *)zhashx_lookup(self->tenants, name);
+    s_tenant_t *t = s_tenant_find(self, name);
     if (t)
         return t;
     size_t len = strlen(name);
@@ -679,8 +864,11 @@ static void s_tenant_release(s_broker_t *self, s_request_t *r)
 {
     s_tenant_t *t = r->owner;
     r->owner = NULL;
-    if (t && --t->held == 0)
+    if (t && --t->held == 0) {
+        if (t == self->last_tenant)
+            self->last_tenant = NULL;
         zhashx_delete(self->tenants, t->name);
+    }
 }
 
 //  Why a request of `bytes` from tenant `name` must be refused (its caps,
@@ -689,8 +877,12 @@ static const char *s_tenant_refuse(s_broker_t *self, const char *name,
                                    size_t bytes, char *why, size_t size)
 {
     const llmq_broker_config_t *c = &self->config;
+    //  The tenant's books matter only to its own caps: no lookup without.
     s_tenant_t *t =
-        self->tenants ? (s_tenant_t *)zhashx_lookup(self->tenants, name) : 0;
+        self->tenants && (c->tenant_max_queue || c->tenant_max_bytes ||
+                          c->tenant_max_inflight)
+            ? s_tenant_find(self, name)
+            : NULL;
     if (c->max_queue_bytes && self->queued_bytes + bytes > c->max_queue_bytes)
         snprintf(why, size, "broker queue full (%zu bytes waiting)",
                  self->queued_bytes);
@@ -760,14 +952,23 @@ static int64_t s_fair_stamp(s_broker_t *self, s_request_t *r)
         (!r->lane->fair || !zhashx_size(r->lane->fair)) &&
         s_best_worker(r->lane))
         return 1;
-    s_fair_t *clock = s_fair_require(r->lane, r->priority, NULL);
-    s_fair_t *mine = clock ? s_fair_require(r->lane, r->priority,
-                                            r->owner ? r->owner->name : "")
-                           : NULL;
-    if (!mine) {
-        if (clock && !clock->count)
-            zhashx_delete(r->lane->fair, clock->key);
-        return INT64_MAX / 2; //  Out of memory: the back of the class
+    s_lane_t *lane = r->lane;
+    const char *name = r->owner ? r->owner->name : "";
+    s_fair_t *clock, *mine = lane->fair_last;
+    if (mine && lane->fair_priority == r->priority &&
+        streq(lane->fair_name, name))
+        clock = mine->clock;
+    else {
+        clock = s_fair_require(lane, r->priority, NULL);
+        mine = clock ? s_fair_require(lane, r->priority, name) : NULL;
+        if (!mine) {
+            if (clock && !clock->count)
+                zhashx_delete(lane->fair, clock->key);
+            return INT64_MAX / 2; //  Out of memory: the back of the class
+        }
+        lane->fair_last = mine;
+        lane->fair_priority = r->priority;
+        lane->fair_name = strchr(mine->key, '\x1f') + 1;
     }
     mine->stamp = (mine->stamp > clock->stamp ? mine->stamp : clock->stamp) + 1;
     mine->count++;
@@ -790,8 +991,11 @@ static void s_fair_leave(s_request_t *r, uint64_t served)
         clock->stamp = r->qnode.seq;
     if (served)
         clock->served = served;
-    if (--mine->count == 0)
+    if (--mine->count == 0) {
+        if (mine == r->lane->fair_last)
+            r->lane->fair_last = NULL;
         zhashx_delete(r->lane->fair, mine->key);
+    }
     if (--clock->count == 0)
         zhashx_delete(r->lane->fair, clock->key);
 }
@@ -826,14 +1030,78 @@ static void s_dequeued(s_broker_t *self, s_request_t *r, bool dispatched)
 //  --------------------------------------------------------------------------
 //  Requests: expiry, queueing, unlinking.
 
+//  Expiry keeps each request with an expiry time under a key no later
+//  than that time, in one of two places: the expiry list when its key is
+//  no earlier than the list's last one (keys made from the default
+//  deadline come in order: O(1) in and out), else the expiry heap.
+
+//  The key a request sits under, s_NO_EXPIRY if it sits nowhere.
+static int64_t s_expiry_key(s_request_t *r)
+{
+    if (r->in_elist)
+        return r->ekey;
+    return llmq_queue_node_queued(&r->dnode) ? -r->dnode.priority : s_NO_EXPIRY;
+}
+
+static void s_expiry_unlink(s_broker_t *self, s_request_t *r)
+{
+    if (llmq_queue_node_queued(&r->dnode))
+        llmq_queue_remove(self->expiry, &r->dnode);
+    if (!r->in_elist)
+        return;
+    if (r->eprev)
+        r->eprev->enext = r->enext;
+    else
+        self->elist_head = r->enext;
+    if (r->enext)
+        r->enext->eprev = r->eprev;
+    else
+        self->elist_tail = r->eprev;
+    r->eprev = r->enext = NULL;
+    r->in_elist = false;
+}
+
+static void s_expiry_link(s_broker_t *self, s_request_t *r, int64_t at)
+{
+    if (self->elist_tail && at < self->elist_tail->ekey) {
+        llmq_queue_push(self->expiry, &r->dnode, -at, 0);
+        return;
+    }
+    r->ekey = at;
+    r->in_elist = true;
+    r->enext = NULL;
+    r->eprev = self->elist_tail;
+    if (self->elist_tail)
+        self->elist_tail->enext = r;
+    else
+        self->elist_head = r;
+    self->elist_tail = r;
+}
+
+//  The request with the earliest key, or NULL.
+static s_request_t *s_expiry_first(s_broker_t *self)
+{
+    llmq_queue_node_t *node = llmq_queue_peek(self->expiry);
+    s_request_t *listed = self->elist_head;
+    if (!node)
+        return listed;
+    if (listed && listed->ekey <= -node->priority)
+        return listed;
+    return LLMQ_QUEUE_ITEM(node, s_request_t, dnode);
+}
+
+//  Lazily for a later time: a request keeps its earlier key and s_expire
+//  moves it on when that comes (so a dispatch, which only ever moves it
+//  later, costs no update).
 static void s_expiry_set(s_broker_t *self, s_request_t *r, int64_t at)
 {
     r->expire_at = at;
-    if (at == s_NO_EXPIRY) {
-        if (llmq_queue_node_queued(&r->dnode))
-            llmq_queue_remove(self->expiry, &r->dnode);
-    } else
-        llmq_queue_update(self->expiry, &r->dnode, -at, 0);
+    if (at == s_NO_EXPIRY)
+        s_expiry_unlink(self, r);
+    else if (at < s_expiry_key(r)) {
+        s_expiry_unlink(self, r);
+        s_expiry_link(self, r, at);
+    }
 }
 
 //  When a waiting request must be looked at again: its deadline, or the end
@@ -900,8 +1168,7 @@ static void s_request_destroy(s_broker_t *self, s_request_t **r_p)
         llmq_queue_remove(r->lane->queue, &r->qnode);
         s_dequeued(self, r, false);
     }
-    if (llmq_queue_node_queued(&r->dnode))
-        llmq_queue_remove(self->expiry, &r->dnode);
+    s_expiry_unlink(self, r);
     s_request_unassign(self, r);
     s_tenant_release(self, r);
     if (r->park) {
@@ -910,23 +1177,23 @@ static void s_request_destroy(s_broker_t *self, s_request_t **r_p)
     }
     if (r->flight)
         s_cache_release(self, r);
-    if (r->client) {
+    if (r->client && s_pending_remove(self, r) == 0) {
         s_client_t *client = r->client;
-        zhashx_delete(client->pending, r->id);
-        if (zhashx_size(client->pending) == 0)
-            zhashx_delete(self->clients, client->key);
+        s_table_remove(&self->client_index, client->hash, client);
+        zhashx_delete(self->clients, client->key);
     }
     if (--r->lane->refs == 0)
         r->lane->idle_since = zclock_mono();
     zframe_destroy(&r->payload);
     if (r->shared)
         s_shared_release(NULL, r->shared);
-    free(r->meta);
-    free(r->trace);
-    free(r->tenant);
-    free(r->rkey);
-    free(r->routed);
-    free(r);
+    if (r->meta || r->trace || r->tenant || r->routed) { //  Mostly none
+        free(r->meta);
+        free(r->trace);
+        free(r->tenant);
+        free(r->routed);
+    }
+    s_request_free(self, r);
 }
 
 //  Format a broker id "r<hex>" (snprintf is measurable on this path).
@@ -941,21 +1208,51 @@ static void s_bid_text(uint64_t bid, char out[24])
         out[i] = hex[bid & 15];
 }
 
-//  A zeroed request with its id stored inline (one allocation), NULL id
-//  allowed. Returns NULL if out of memory.
-static s_request_t *s_request_new(const char *id)
+//  A zeroed request with its id, and for a client's request (key: the
+//  client's key) its request key "key:id", stored inline: one allocation,
+//  from the pool of freed ones if they fit. NULL id allowed. Returns NULL
+//  if out of memory.
+static s_request_t *s_request_new(s_broker_t *self, const char *key,
+                                  const char *id)
 {
-    size_t len = id ? strlen(id) + 1 : 0;
-    s_request_t *r = (s_request_t *)calloc(1, sizeof(s_request_t) + len);
-    if (!r)
+    size_t klen = key && id ? strlen(key) + 1 : 0,
+           ilen = id ? strlen(id) + 1 : 0;
+    size_t size = sizeof(s_request_t) + klen + ilen;
+    s_request_t *r;
+    if (size <= s_REQUEST_SIZE && self->pool) {
+        r = self->pool;
+        self->pool = r->cnext;
+        self->npool--;
+    } else if (!(r = (s_request_t *)malloc(
+                     size <= s_REQUEST_SIZE ? s_REQUEST_SIZE : size)))
         return NULL;
+    memset(r, 0, sizeof(*r));
+    r->pooled = s_POOLED && size <= s_REQUEST_SIZE;
+    char *text = (char *)(r + 1);
+    if (klen) {
+        r->rkey = text;
+        memcpy(text, key, klen - 1);
+        text[klen - 1] = ':';
+        text += klen;
+    }
     if (id) {
-        r->id = (char *)(r + 1);
-        memcpy(r->id, id, len);
+        r->id = text;
+        memcpy(r->id, id, ilen);
     }
     llmq_queue_node_init(&r->qnode);
     llmq_queue_node_init(&r->dnode);
     return r;
+}
+
+//  Free a request's memory (NULL allowed): back to the pool if it fits.
+static void s_request_free(s_broker_t *self, s_request_t *r)
+{
+    if (r && r->pooled && self->npool < s_POOL_MAX) {
+        r->cnext = self->pool;
+        self->pool = r;
+        self->npool++;
+    } else
+        free(r);
 }
 
 //  In-flight lookup by broker id "r<hex>".
@@ -964,16 +1261,21 @@ static s_request_t *s_inflight_lookup(s_broker_t *self, const char *id)
     if (!id || id[0] != 'r' || !id[1])
         return NULL;
     //  By hand: strtoull cost 400 instructions a result. The ids the
-    //  broker makes (s_bid_text): lower-case hex, at most 16 digits.
+    //  broker makes (s_bid_text): lower-case hex, at most 16 digits, read
+    //  through a table (digit value + 1, 0: not a digit).
+    static const uint8_t digit[256] = {
+        ['0'] = 1,  ['1'] = 2,  ['2'] = 3,  ['3'] = 4,  ['4'] = 5,  ['5'] = 6,
+        ['6'] = 7,  ['7'] = 8,  ['8'] = 9,  ['9'] = 10, ['a'] = 11, ['b'] = 12,
+        ['c'] = 13, ['d'] = 14, ['e'] = 15, ['f'] = 16};
+    const uint8_t *c = (const uint8_t *)id + 1;
+    size_t n = strnlen((const char *)c, 17);
+    if (n > 16)
+        return NULL;
     uint64_t bid = 0;
-    int n = 0;
-    for (const char *c = id + 1; *c; c++, n++) {
-        int d = *c >= '0' && *c <= '9'   ? *c - '0'
-                : *c >= 'a' && *c <= 'f' ? *c - 'a' + 10
-                                         : -1;
-        if (d < 0 || n == 16)
+    for (size_t i = 0; i < n; i++) {
+        if (!digit[c[i]])
             return NULL;
-        bid = bid << 4 | (uint64_t)d;
+        bid = bid << 4 | (uint64_t)(digit[c[i]] - 1);
     }
     if (bid == 0)
         return NULL;
@@ -996,37 +1298,126 @@ static void s_client_free(void **item)
         return;
     if (client->box)
         s_outbox_release(NULL, client->box);
-    zhashx_destroy(&client->pending);
     zframe_destroy(&client->rid);
     free(client->key);
     free(client);
     *item = NULL;
 }
 
+//  Who sent a client message, as the client index knows it: the hash of
+//  its routing id and tenant, which together are what its key says.
+typedef struct {
+    uint64_t hash;   //  Its slot in the client index
+    uint64_t tenant; //  FNV-1a of its tenant (s_key_tenant), 0 for none
+    bool tenanted;   //  It has a tenant
+} s_client_id_t;
+
+//  The client entry of a message's sender (NULL: none yet), by its routing
+//  id's bytes: no hex key, no string hashing. Fills *cid for
+//  s_client_require.
+static s_client_t *s_client_find(s_broker_t *self, llmq_msg_t *msg,
+                                 s_client_id_t *cid)
+{
+    const char *tenant = s_tenant_of(self, msg);
+    cid->tenanted = *tenant != 0;
+    cid->tenant = cid->tenanted ? s_tenant_fnv(tenant) : 0;
+    size_t n = 0;
+    const uint8_t *rid = llmq_msg_routing_id_data(msg, &n);
+    if (!rid)
+        n = 0;
+    cid->hash = s_hash_bytes(rid, n, self->seed ^ cid->tenant);
+    size_t i = cid->hash & self->client_index.mask;
+    s_client_t *c;
+    while ((c = (s_client_t *)s_table_next(&self->client_index, cid->hash, &i)))
+        if (c->tenant == cid->tenant && c->tenanted == cid->tenanted &&
+            c->rid_size == n && !memcmp(c->rid_data, rid, n))
+            return c;
+    return NULL;
+}
+
+//  The client entry of key (the sender of a message, *cid as s_client_find
+//  made it), made if new. NULL if out of memory.
 static s_client_t *s_client_require(s_broker_t *self, const char *key,
-                                    zframe_t *rid)
+                                    zframe_t *rid, const s_client_id_t *cid)
 {
     s_client_t *client = (s_client_t *)zhashx_lookup(self->clients, key);
-    if (client)
+    if (client) { //  Known but not indexed: out of memory before
+        s_table_insert(&self->client_index, client->hash, client);
         return client;
+    }
     client = (s_client_t *)calloc(1, sizeof(*client));
     if (!client)
         return NULL;
     client->key = strdup(key);
     client->rid = zframe_dup(rid);
-    client->pending = zhashx_new();
     client->last_seen = zclock_mono();
-    if (!client->key || !client->rid || !client->pending) {
+    client->hash = cid->hash;
+    client->tenant = cid->tenant;
+    client->tenanted = cid->tenanted;
+    if (!client->key || !client->rid) {
         void *item = client;
         s_client_free(&item);
         return NULL;
     }
-    //  Keys are the requests' own id strings: no copy per request.
-    zhashx_set_key_duplicator(client->pending, NULL);
-    zhashx_set_key_destructor(client->pending, NULL);
+    client->rid_data = zframe_data(client->rid);
+    client->rid_size = zframe_size(client->rid);
     zhashx_insert(self->clients, key, client);
+    s_table_insert(&self->client_index, client->hash, client);
     s_client_heartbeat_restore(self, client);
     return client;
+}
+
+//  The pending table's hash of a client's request id.
+static uint64_t s_pending_hash(s_broker_t *self, s_client_t *client,
+                               const char *id)
+{
+    return s_hash_bytes(id, strlen(id),
+                        self->seed ^ (uint64_t)(uintptr_t)client);
+}
+
+//  The pending request of a client with the client's id, or NULL.
+static s_request_t *s_pending_find(s_broker_t *self, s_client_t *client,
+                                   const char *id)
+{
+    if (!client || !id)
+        return NULL;
+    uint64_t hash = s_pending_hash(self, client, id);
+    size_t i = hash & self->pending.mask;
+    s_request_t *r;
+    while ((r = (s_request_t *)s_table_next(&self->pending, hash, &i)))
+        if (r->client == client && streq(r->id, id))
+            return r;
+    return NULL;
+}
+
+//  A client's request is pending: findable by its id, listed with its
+//  client. Out of memory it is only listed (then no dedupe or cancel).
+static void s_pending_add(s_broker_t *self, s_request_t *r)
+{
+    s_client_t *client = r->client;
+    r->hash = s_pending_hash(self, client, r->id);
+    s_table_insert(&self->pending, r->hash, r);
+    r->cprev = NULL;
+    r->cnext = client->requests;
+    if (client->requests)
+        client->requests->cprev = r;
+    client->requests = r;
+    client->npending++;
+}
+
+//  The request is no longer pending. Returns how many of its client's are.
+static size_t s_pending_remove(s_broker_t *self, s_request_t *r)
+{
+    s_client_t *client = r->client;
+    s_table_remove(&self->pending, r->hash, r);
+    if (r->cprev)
+        r->cprev->cnext = r->cnext;
+    else
+        client->requests = r->cnext;
+    if (r->cnext)
+        r->cnext->cprev = r->cprev;
+    r->cprev = r->cnext = NULL;
+    return --client->npending;
 }
 
 //  A worker serves a model it names, or any model if it names "*" (sim and
@@ -1054,6 +1445,7 @@ static void s_lane_free(void **item)
     llmq_queue_destroy(&lane->queue);
     zhashx_destroy(&lane->fair);
     zlistx_destroy(&lane->workers);
+    free(lane->warr);
     free(lane->key);
     free(lane->model);
     free(lane->pool);
@@ -1061,11 +1453,24 @@ static void s_lane_free(void **item)
     *item = NULL;
 }
 
+//  A worker serves the lane (both lists; the lane's array goes stale).
+static void s_lane_link(s_lane_t *lane, s_worker_t *w)
+{
+    zlistx_add_end(lane->workers, w);
+    lane->warr_fresh = false;
+    zlistx_add_end(w->lanes, lane);
+}
+
 static s_lane_t *s_lane_require(s_broker_t *self, const char *model,
                                 const char *pool)
 {
     if (pool && !*pool)
         pool = NULL;
+    //  Most requests go to the lane of the one before: no key, no lookup.
+    s_lane_t *last = self->last_lane;
+    if (last && streq(last->model, model) &&
+        (pool ? last->pool && streq(last->pool, pool) : !last->pool))
+        return last;
     //  On the hot path: the key is built on the stack (model <= 256 bytes,
     //  pool <= 128 by the protocol's limits).
     char key[512];
@@ -1078,7 +1483,7 @@ static s_lane_t *s_lane_require(s_broker_t *self, const char *model,
     key[model_len + 1 + pool_len] = 0;
     s_lane_t *lane = (s_lane_t *)zhashx_lookup(self->lanes, key);
     if (lane)
-        return lane;
+        return self->last_lane = lane;
     lane = (s_lane_t *)calloc(1, sizeof(*lane));
     if (!lane)
         return NULL;
@@ -1107,12 +1512,11 @@ static s_lane_t *s_lane_require(s_broker_t *self, const char *model,
     s_worker_t *w = (s_worker_t *)zhashx_first(self->workers);
     while (w) {
         if (s_worker_serves(w, lane)) {
-            zlistx_add_end(lane->workers, w);
-            zlistx_add_end(w->lanes, lane);
+            s_lane_link(lane, w);
         }
         w = (s_worker_t *)zhashx_next(self->workers);
     }
-    return lane;
+    return self->last_lane = lane;
 }
 
 //  Detach a worker from a lane; a lane left without workers starts its
@@ -1122,6 +1526,7 @@ static void s_lane_drop_worker(s_broker_t *self, s_lane_t *lane, s_worker_t *w)
     void *handle = zlistx_find(lane->workers, w);
     if (handle)
         zlistx_delete(lane->workers, handle);
+    lane->warr_fresh = false;
     if (zlistx_size(lane->workers) == 0) {
         int64_t now = zclock_mono();
         lane->no_worker_since = now;
@@ -1234,17 +1639,47 @@ static void s_group_leave(s_broker_t *self, s_worker_t *w)
 //  The worker with the most credit among the healthy ones serving the lane
 //  (ties: least recently used), or NULL. An unhealthy worker keeps its
 //  credit but gets nothing new until a heartbeat says it is healthy again.
+//  The lane's workers as an array (rebuilt when not fresh); NULL if out of
+//  memory.
+static s_worker_t **s_lane_workers(s_lane_t *lane)
+{
+    if (lane->warr_fresh)
+        return lane->warr;
+    size_t n = zlistx_size(lane->workers);
+    s_worker_t **warr =
+        (s_worker_t **)realloc(lane->warr, (n ? n : 1) * sizeof(*warr));
+    if (!warr)
+        return NULL;
+    lane->warr = warr;
+    lane->nwarr = 0;
+    s_worker_t *w = (s_worker_t *)zlistx_first(lane->workers);
+    for (; w && lane->nwarr < n; w = (s_worker_t *)zlistx_next(lane->workers))
+        warr[lane->nwarr++] = w;
+    lane->warr_fresh = true;
+    return warr;
+}
+
+static bool s_better_worker(s_worker_t *w, s_worker_t *best)
+{
+    return w->credit > 0 && w->healthy && !w->silent &&
+           (!best || w->credit > best->credit ||
+            (w->credit == best->credit && w->last_used < best->last_used));
+}
+
 static s_worker_t *s_best_worker(s_lane_t *lane)
 {
     s_worker_t *best = NULL;
-    s_worker_t *w = (s_worker_t *)zlistx_first(lane->workers);
-    while (w) {
-        if (w->credit > 0 && w->healthy && !w->silent &&
-            (!best || w->credit > best->credit ||
-             (w->credit == best->credit && w->last_used < best->last_used)))
-            best = w;
-        w = (s_worker_t *)zlistx_next(lane->workers);
+    s_worker_t **warr = s_lane_workers(lane);
+    if (!warr) { //  Out of memory: the list itself
+        s_worker_t *w = (s_worker_t *)zlistx_first(lane->workers);
+        for (; w; w = (s_worker_t *)zlistx_next(lane->workers))
+            if (s_better_worker(w, best))
+                best = w;
+        return best;
     }
+    for (size_t i = 0; i < lane->nwarr; i++)
+        if (s_better_worker(warr[i], best))
+            best = warr[i];
     return best;
 }
 
@@ -1389,13 +1824,13 @@ static void s_dispatch_module(s_broker_t *self, s_worker_t *w)
                                  s_serves(model, llmq_msg_pool(msg), w)
                              ? s_lane_require(self, model, llmq_msg_pool(msg))
                              : NULL;
-        s_request_t *r = lane ? s_request_new(llmq_msg_id(msg)) : NULL;
+        s_request_t *r =
+            lane ? s_request_new(self, NULL, llmq_msg_id(msg)) : NULL;
         if (!r) {
             //  A module bug, not the worker's: give the item back, stop asking.
             if (self->config.module->item_returned && llmq_msg_id(msg))
                 self->config.module->item_returned(self->module_state,
                                                    llmq_msg_id(msg));
-            free(r);
             llmq_msg_destroy(&msg);
             break;
         }
@@ -1585,6 +2020,7 @@ static void s_worker_remove(s_broker_t *self, s_worker_t *w, const char *why)
         }
         s_request_orphaned(self, r, w->name, why, weight);
     }
+    s_table_remove(&self->worker_index, w->hash, w);
     zhashx_delete(self->workers, w->key);
     //  Requeued requests may have other workers waiting for them.
     s_lane_t *lane = (s_lane_t *)zhashx_first(self->lanes);
@@ -1662,8 +2098,7 @@ static void s_worker_refresh(s_broker_t *self, s_worker_t *w, llmq_msg_t *msg,
     lane = (s_lane_t *)zhashx_first(self->lanes);
     while (lane) {
         if (s_worker_serves(w, lane) && !zlistx_find(w->lanes, lane)) {
-            zlistx_add_end(lane->workers, w);
-            zlistx_add_end(w->lanes, lane);
+            s_lane_link(lane, w);
         }
         lane = (s_lane_t *)zhashx_next(self->lanes);
     }
@@ -1723,8 +2158,10 @@ static void s_worker_hello(s_broker_t *self, const char *key, llmq_msg_t *msg)
     }
     size_t caps_size = 0; //  What it knows of its models (3.8)
     const uint8_t *caps = llmq_msg_caps(msg, &caps_size);
-    if (caps)
+    if (caps) {
         llmq_models_caps_learn(self->models, caps, caps_size);
+        self->models_gen++; //  A lane's unknown model may be known now
+    }
     s_worker_t *old = (s_worker_t *)zhashx_lookup(self->workers, key);
     if (old) {
         s_worker_refresh(self, old, msg, capacity);
@@ -1759,12 +2196,15 @@ static void s_worker_hello(s_broker_t *self, const char *key, llmq_msg_t *msg)
     w->batch_api = llmq_msg_batch_api(msg);
     w->healthy = true;
     w->last_seen = zclock_mono();
+    w->rid_data = zframe_data(w->rid);
+    w->rid_size = zframe_size(w->rid);
+    w->hash = s_hash_bytes(w->rid_data, w->rid_size, self->seed);
     zhashx_insert(self->workers, key, w);
+    s_table_insert(&self->worker_index, w->hash, w);
     s_lane_t *lane = (s_lane_t *)zhashx_first(self->lanes);
     while (lane) {
         if (s_worker_serves(w, lane)) {
-            zlistx_add_end(lane->workers, w);
-            zlistx_add_end(w->lanes, lane);
+            s_lane_link(lane, w);
         }
         lane = (s_lane_t *)zhashx_next(self->lanes);
     }
@@ -1814,10 +2254,14 @@ static void s_worker_usage_check(s_broker_t *self, s_worker_t *w,
 static void s_spend_add(s_broker_t *self, s_request_t *r, double usd);
 static bool s_route_retry(s_broker_t *self, s_request_t *r, llmq_msg_t **res);
 
-static void s_worker_result(s_broker_t *self, s_worker_t *w, llmq_msg_t **msg_p)
+//  A worker's `res` or `chunk`; r: its request if s_worker_sender found it
+//  (NULL: looked up here).
+static void s_worker_result(s_broker_t *self, s_worker_t *w, s_request_t *r,
+                            llmq_msg_t **msg_p)
 {
     llmq_msg_t *msg = *msg_p;
-    s_request_t *r = s_inflight_lookup(self, llmq_msg_id(msg));
+    if (!r)
+        r = s_inflight_lookup(self, llmq_msg_id(msg));
     if (!r || r->worker != w) {
         //  Already answered, cancelled, expired or requeued elsewhere.
         if (llmq_msg_type(msg) == LLMQ_MSG_RES) {
@@ -1877,8 +2321,7 @@ static s_request_t *s_pending_by_rkey(s_broker_t *self, const char *rkey)
     memcpy(key, rkey, (size_t)(colon - rkey));
     key[colon - rkey] = 0;
     s_client_t *client = (s_client_t *)zhashx_lookup(self->clients, key);
-    return client ? (s_request_t *)zhashx_lookup(client->pending, colon + 1)
-                  : NULL;
+    return s_pending_find(self, client, colon + 1);
 }
 
 //  Send a waiting (queued or parked) request to the worker that holds its
@@ -1952,39 +2395,63 @@ static void s_worker_held(s_broker_t *self, s_worker_t *w, llmq_msg_t *msg)
 
 //  The worker a result comes from, without its key or a table lookup: the
 //  request's worker if the routing ids match (else NULL: the caller looks
-//  the sender up by key).
-static s_worker_t *s_result_worker(s_broker_t *self, llmq_msg_t *msg)
+//  the sender up by key). *r_p: the request, then, for s_worker_result.
+static s_worker_t *s_result_worker(s_broker_t *self, llmq_msg_t *msg,
+                                   s_request_t **r_p)
 {
     s_request_t *r = s_inflight_lookup(self, llmq_msg_id(msg));
     if (!r || !r->worker)
         return NULL;
     size_t n = 0;
     const uint8_t *rid = llmq_msg_routing_id_data(msg, &n);
-    zframe_t *wrid = r->worker->rid;
-    return rid && n == zframe_size(wrid) && !memcmp(rid, zframe_data(wrid), n)
-               ? r->worker
-               : NULL;
+    s_worker_t *w = r->worker;
+    if (!rid || n != w->rid_size || memcmp(rid, w->rid_data, n))
+        return NULL;
+    *r_p = r;
+    return r->worker;
+}
+
+//  A known worker by the bytes of a message's routing id, or NULL.
+static s_worker_t *s_worker_find(s_broker_t *self, llmq_msg_t *msg)
+{
+    size_t n = 0;
+    const uint8_t *rid = llmq_msg_routing_id_data(msg, &n);
+    if (!rid)
+        n = 0;
+    uint64_t hash = s_hash_bytes(rid, n, self->seed);
+    size_t i = hash & self->worker_index.mask;
+    s_worker_t *w;
+    while ((w = (s_worker_t *)s_table_next(&self->worker_index, hash, &i)))
+        if (w->rid_size == n && !memcmp(w->rid_data, rid, n))
+            return w;
+    return NULL;
 }
 
 //  The known worker a message comes from (NULL: none), alive again. key
-//  gets the sender's key when it was needed to find it ("" otherwise: a
-//  result's worker is found through its request).
+//  gets the sender's key for a hello or an unknown sender ("" otherwise:
+//  a worker is found by its routing id's bytes, a result's through its
+//  request, into *r_p; else NULL).
 static s_worker_t *s_worker_sender(s_broker_t *self, llmq_msg_t *msg, char *key,
-                                   size_t size)
+                                   size_t size, s_request_t **r_p)
 {
     llmq_msg_type_t type = llmq_msg_type(msg);
+    *r_p = NULL;
     s_worker_t *w = type == LLMQ_MSG_RES || type == LLMQ_MSG_CHUNK
-                        ? s_result_worker(self, msg)
+                        ? s_result_worker(self, msg, r_p)
                         : NULL;
     key[0] = 0;
-    if (!w) {
+    if (!w)
+        w = s_worker_find(self, msg);
+    if (!w || type == LLMQ_MSG_HELLO) {
         s_msg_key(msg, key, size);
-        w = (s_worker_t *)zhashx_lookup(self->workers, key);
+        if (!w)
+            w = (s_worker_t *)zhashx_lookup(self->workers, key);
     }
     if (w) {
         w->last_seen = zclock_mono(); //  Any message is a sign of life
         if (w->silent) {
             w->silent = false;
+            *r_p = NULL; //  Dispatching may change the books: look again
             s_dispatch_worker(self, w);
         }
     }
@@ -2013,7 +2480,8 @@ static void s_handle_worker(s_broker_t *self, llmq_msg_t *msg)
     llmq_msg_type_t type = llmq_msg_type(msg);
     if (self->config.verbose)
         llmq_msg_print(msg);
-    s_worker_t *w = s_worker_sender(self, msg, key, sizeof(key));
+    s_request_t *r = NULL; //  A result's request, when found on the way
+    s_worker_t *w = s_worker_sender(self, msg, key, sizeof(key), &r);
     if (type == LLMQ_MSG_INVALID) {
         self->counters.bad_messages++;
         const char *labels[] = {"reason", "bad_message", NULL};
@@ -2047,7 +2515,7 @@ static void s_handle_worker(s_broker_t *self, llmq_msg_t *msg)
         }
         case LLMQ_MSG_RES:
         case LLMQ_MSG_CHUNK:
-            s_worker_result(self, w, &msg);
+            s_worker_result(self, w, r, &msg);
             break;
         case LLMQ_MSG_HELD:
             s_worker_held(self, w, msg);
@@ -2126,9 +2594,9 @@ static void s_cancel_at_worker(llmq_broker_core_t *self, s_request_t *r)
 }
 
 //  What a client request carries for delivery under churn (3.3): the
-//  default deadline, its request key, the resend flag and the chunks the
-//  client already has of a resent stream.
-static void s_request_keys(s_broker_t *self, s_request_t *r, const char *key,
+//  default deadline, the resend flag and the chunks the client already has
+//  of a resent stream (its request key came with it, s_request_new).
+static void s_request_keys(s_broker_t *self, s_request_t *r,
                            const llmq_msg_t *msg, int64_t now)
 {
     if (r->deadline == s_NO_EXPIRY && self->config.default_deadline_ms > 0)
@@ -2137,13 +2605,6 @@ static void s_request_keys(s_broker_t *self, s_request_t *r, const char *key,
     if (r->stream && r->resend && llmq_msg_has(msg, LLMQ_F_seq) &&
         llmq_msg_seq(msg) >= 0)
         r->chunks = (uint32_t)(llmq_msg_seq(msg) + 1);
-    size_t klen = strlen(key), ilen = strlen(r->id);
-    r->rkey = (char *)malloc(klen + ilen + 2);
-    if (r->rkey) {
-        memcpy(r->rkey, key, klen);
-        r->rkey[klen] = ':';
-        memcpy(r->rkey + klen + 1, r->id, ilen + 1);
-    }
 }
 
 //  A resent stream the client has chunks of, with no worker to attach it
@@ -2304,11 +2765,8 @@ static void s_key_tenant(s_broker_t *self, llmq_msg_t *msg, char *key,
     const char *tenant = s_tenant_of(self, msg);
     if (!*tenant)
         return;
-    uint64_t h = 14695981039346656037ULL; //  FNV-1a 64
-    for (const char *c = tenant; *c; c++)
-        h = (h ^ (uint8_t)*c) * 1099511628211ULL;
     size_t len = strlen(key);
-    snprintf(key + len, size - len, "~%016" PRIx64, h);
+    snprintf(key + len, size - len, "~%016" PRIx64, s_tenant_fnv(tenant));
 }
 
 //  True if tenant is the configured admin (sees every batch).
@@ -2609,6 +3067,14 @@ static bool s_queue_full(s_broker_t *self, llmq_msg_t **msg_p)
 static bool s_model_refuses(s_broker_t *self, s_lane_t *lane,
                             llmq_msg_t **msg_p)
 {
+    //  An unknown model passes the check: one lookup per lane, not per
+    //  request, until the models learn something.
+    if (lane->models_gen != self->models_gen) {
+        lane->models_gen = self->models_gen;
+        lane->unknown_model = !llmq_models_lookup(self->models, lane->model);
+    }
+    if (lane->unknown_model)
+        return false;
     llmq_msg_t *msg = *msg_p;
     zframe_t *body = llmq_msg_payload(msg);
     char why[400];
@@ -2622,11 +3088,12 @@ static bool s_model_refuses(s_broker_t *self, s_lane_t *lane,
 }
 
 static void s_client_request(s_broker_t *self, const char *key,
-                             s_client_t *client, llmq_msg_t **msg_p)
+                             const s_client_id_t *cid, s_client_t *client,
+                             llmq_msg_t **msg_p, int64_t now)
 {
     llmq_msg_t *msg = *msg_p;
     const char *id = llmq_msg_id(msg);
-    if (client && zhashx_lookup(client->pending, id)) {
+    if (s_pending_find(self, client, id)) {
         //  A resend of a request still pending: the first one will answer.
         self->counters.duplicates++;
         const char *labels[] = {"reason", "duplicate_request", NULL};
@@ -2648,14 +3115,13 @@ static void s_client_request(s_broker_t *self, const char *key,
     if (lane && s_model_refuses(self, lane, msg_p))
         return;
     if (!client)
-        client = s_client_require(self, key, llmq_msg_routing_id(msg));
-    s_request_t *r = s_request_new(id);
+        client = s_client_require(self, key, llmq_msg_routing_id(msg), cid);
+    s_request_t *r = client ? s_request_new(self, client->key, id) : NULL;
     if (!lane || !client || !r) {
-        free(r);
+        s_request_free(self, r);
         s_refuse(self, msg_p, LLMQ_ERR_INTERNAL, "broker out of memory");
         return;
     }
-    int64_t now = zclock_mono();
     r->client = client;
     s_request_init(r, lane, op, msg, now);
     if (step >= 0)
@@ -2671,15 +3137,15 @@ static void s_client_request(s_broker_t *self, const char *key,
     r->trace = s_strdup_or_null(llmq_msg_trace(msg));
     r->tenant = s_strdup_or_null(llmq_msg_tenant(msg));
     s_request_own(self, r, msg);
-    s_request_keys(self, r, key, msg, now);
-    zhashx_insert(client->pending, r->id, r);
+    s_request_keys(self, r, msg, now);
+    s_pending_add(self, r);
     self->counters.received++;
     //  Only a request that must wait in a long queue pays for a copy of its
     //  payload: in a short one the pinned receive buffers cost little.
     if (self->queued >= s_COMPACT_ABOVE &&
         (llmq_queue_size(lane->queue) || !s_best_worker(lane)))
         s_payload_compact(r);
-    llmq_metrics_add(self->metrics, "llmq_broker_received_total", NULL, 1);
+    llmq_metrics_series_add(self->m_received, 1);
     if (s_client_resend(self, r, now)) {
         llmq_msg_destroy(msg_p);
         return;
@@ -2698,12 +3164,10 @@ static void s_client_request(s_broker_t *self, const char *key,
     s_dispatch_lane(self, lane);
 }
 
-static void s_client_cancel(s_broker_t *self, const char *key, llmq_msg_t *msg)
+static void s_client_cancel(s_broker_t *self, s_client_t *client,
+                            llmq_msg_t *msg)
 {
-    s_client_t *client = (s_client_t *)zhashx_lookup(self->clients, key);
-    s_request_t *r =
-        client ? (s_request_t *)zhashx_lookup(client->pending, llmq_msg_id(msg))
-               : NULL;
+    s_request_t *r = s_pending_find(self, client, llmq_msg_id(msg));
     if (!r)
         return; //  Unknown or already answered: ignored
     if (r->worker)
@@ -3235,12 +3699,11 @@ static void s_client_send(s_broker_t *self, s_client_t *client,
     llmq_msg_destroy(&msg);
 }
 
-//  Any message from a known client is a sign of life; a heartbeat ping
-//  puts it under the silence rule.
-static s_client_t *s_client_seen(s_broker_t *self, const char *key,
-                                 const llmq_msg_t *msg)
+//  Any message from a known client (client, NULL if none) is a sign of
+//  life; a heartbeat ping puts it under the silence rule.
+static int64_t s_client_seen(s_broker_t *self, const char *key,
+                             s_client_t *client, const llmq_msg_t *msg)
 {
-    s_client_t *client = (s_client_t *)zhashx_lookup(self->clients, key);
     int64_t now = zclock_mono();
     if (llmq_msg_type(msg) == LLMQ_MSG_PING && llmq_msg_heartbeat(msg)) {
         //  Remembered apart from the client's requests: it may have none
@@ -3253,7 +3716,7 @@ static s_client_t *s_client_seen(s_broker_t *self, const char *key,
     }
     if (client)
         client->last_seen = now;
-    return client;
+    return now;
 }
 
 //  A client entry made for a new request: under the silence rule at once
@@ -3271,14 +3734,12 @@ static void s_client_heartbeat_restore(s_broker_t *self, s_client_t *client)
 
 //  The answer to a heartbeat says how many of the client's requests we
 //  hold, so a client whose requests were dropped resends them (3.5).
-static void s_pong_pending(s_broker_t *self, const char *key,
-                           const llmq_msg_t *ping, llmq_msg_t *pong)
+static void s_pong_pending(s_client_t *client, const llmq_msg_t *ping,
+                           llmq_msg_t *pong)
 {
     if (!llmq_msg_heartbeat(ping))
         return;
-    s_client_t *client = (s_client_t *)zhashx_lookup(self->clients, key);
-    llmq_msg_set_pending(pong,
-                         client ? (int64_t)zhashx_size(client->pending) : 0);
+    llmq_msg_set_pending(pong, client ? (int64_t)client->npending : 0);
 }
 
 //  The client has gone: drop its queued requests and cancel its in-flight
@@ -3286,13 +3747,13 @@ static void s_pong_pending(s_broker_t *self, const char *key,
 //  last request).
 static void s_client_gone(s_broker_t *self, s_client_t *client, int64_t now)
 {
-    size_t n = zhashx_size(client->pending), queued = 0, inflight = 0;
+    size_t n = client->npending, queued = 0, inflight = 0;
     s_request_t **all = (s_request_t **)calloc(n + 1, sizeof(s_request_t *));
     if (!all)
         return; //  Tried again at the next tick
     size_t i = 0;
-    s_request_t *r = (s_request_t *)zhashx_first(client->pending);
-    for (; r && i < n; r = (s_request_t *)zhashx_next(client->pending)) {
+    s_request_t *r = client->requests;
+    for (; r && i < n; r = r->cnext) {
         all[i++] = r;
         if (r->worker)
             inflight++;
@@ -3353,18 +3814,25 @@ static void s_metrics_define_clients(llmq_metrics_t *m)
 
 static void s_handle_client(s_broker_t *self, llmq_msg_t *msg)
 {
-    char key[560];
-    s_msg_key(msg, key, sizeof(key));
-    s_key_tenant(self, msg, key, sizeof(key));
+    //  A known client is found by its routing id's bytes; the hex key is
+    //  made only for a new one.
+    s_client_id_t cid;
+    s_client_t *client = s_client_find(self, msg, &cid);
+    char made[560];
+    const char *key = client ? client->key : made;
+    if (!client) {
+        s_msg_key(msg, made, sizeof(made));
+        s_key_tenant(self, msg, made, sizeof(made));
+    }
     if (self->config.verbose)
         llmq_msg_print(msg);
-    s_client_t *client = s_client_seen(self, key, msg);
+    int64_t now = s_client_seen(self, key, client, msg);
     switch (llmq_msg_type(msg)) {
     case LLMQ_MSG_REQ:
-        s_client_request(self, key, client, &msg);
+        s_client_request(self, key, &cid, client, &msg, now);
         break;
     case LLMQ_MSG_CANCEL:
-        s_client_cancel(self, key, msg);
+        s_client_cancel(self, client, msg);
         break;
     case LLMQ_MSG_PING: {
         llmq_msg_t *pong = llmq_msg_new(LLMQ_MSG_PONG);
@@ -3372,7 +3840,7 @@ static void s_handle_client(s_broker_t *self, llmq_msg_t *msg)
             llmq_msg_set_broker(pong, self->name);
             llmq_msg_set_version(pong, s_VERSION);
             llmq_msg_set_time_ms(pong, zclock_time());
-            s_pong_pending(self, key, msg, pong);
+            s_pong_pending(client, msg, pong);
             llmq_msg_set_routing_id(pong, llmq_msg_routing_id(msg));
             llmq_msg_send(&pong, self->frontend);
         }
@@ -3419,10 +3887,13 @@ static void s_handle_client(s_broker_t *self, llmq_msg_t *msg)
 
 static void s_expire(s_broker_t *self, int64_t now)
 {
-    llmq_queue_node_t *node;
-    while ((node = llmq_queue_peek(self->expiry)) && -node->priority <= now) {
-        llmq_queue_pop(self->expiry);
-        s_request_t *r = LLMQ_QUEUE_ITEM(node, s_request_t, dnode);
+    s_request_t *r;
+    while ((r = s_expiry_first(self)) && s_expiry_key(r) <= now) {
+        s_expiry_unlink(self, r);
+        if (r->expire_at > now) { //  Moved later since (s_expiry_set)
+            s_expiry_link(self, r, r->expire_at);
+            continue;
+        }
         char message[200];
         if (r->worker) {
             //  Far past its deadline at a worker: answer, and free the slot.
@@ -3549,6 +4020,34 @@ static void s_unpark(s_broker_t *self)
     }
 }
 
+//  Timer: forget lanes nobody used for a minute (clients choose model
+//  names).
+static void s_lanes_collect(s_broker_t *self, int64_t now)
+{
+    zlistx_t *idle = zlistx_new();
+    s_lane_t *lane = (s_lane_t *)zhashx_first(self->lanes);
+    while (lane && idle) {
+        if (lane->refs == 0 && now - lane->idle_since > 60000)
+            zlistx_add_end(idle, lane);
+        lane = (s_lane_t *)zhashx_next(self->lanes);
+    }
+    lane = idle ? (s_lane_t *)zlistx_first(idle) : NULL;
+    while (lane) {
+        s_worker_t *w = (s_worker_t *)zlistx_first(lane->workers);
+        while (w) {
+            void *handle = zlistx_find(w->lanes, lane);
+            if (handle)
+                zlistx_delete(w->lanes, handle);
+            w = (s_worker_t *)zlistx_next(lane->workers);
+        }
+        if (lane == self->last_lane)
+            self->last_lane = NULL;
+        zhashx_delete(self->lanes, lane->key);
+        lane = (s_lane_t *)zlistx_next(idle);
+    }
+    zlistx_destroy(&idle);
+}
+
 static void s_timers(s_broker_t *self, int64_t now)
 {
     s_expire(self, now);
@@ -3589,27 +4088,7 @@ static void s_timers(s_broker_t *self, int64_t now)
         s_log(self, "info", "overload_end",
               LLMQ_LOG_INT("queued", self->queued), s_END);
     }
-    //  Forget lanes nobody used for a minute (clients choose model names).
-    zlistx_t *idle = zlistx_new();
-    s_lane_t *lane = (s_lane_t *)zhashx_first(self->lanes);
-    while (lane && idle) {
-        if (lane->refs == 0 && now - lane->idle_since > 60000)
-            zlistx_add_end(idle, lane);
-        lane = (s_lane_t *)zhashx_next(self->lanes);
-    }
-    lane = idle ? (s_lane_t *)zlistx_first(idle) : NULL;
-    while (lane) {
-        s_worker_t *w = (s_worker_t *)zlistx_first(lane->workers);
-        while (w) {
-            void *handle = zlistx_find(w->lanes, lane);
-            if (handle)
-                zlistx_delete(w->lanes, handle);
-            w = (s_worker_t *)zlistx_next(lane->workers);
-        }
-        zhashx_delete(self->lanes, lane->key);
-        lane = (s_lane_t *)zlistx_next(idle);
-    }
-    zlistx_destroy(&idle);
+    s_lanes_collect(self, now);
     //  A burst that backs up in libzmq's pipes leaves freed receive buffers
     //  scattered between long-lived requests, and glibc keeps such pages.
     //  While a large queue exists, hand them back now and then.
@@ -3965,6 +4444,7 @@ static s_broker_t *s_broker_new(zsock_t *pipe,
     self->groups = zhashx_new();
     self->metric_models = zhashx_new();
     self->models = llmq_models_new(); //  NULL: no checks
+    self->models_gen = 1;             //  Lanes start at 0: not looked up
     self->expiry = llmq_queue_new();
     self->metrics = llmq_metrics_new();
     self->log = llmq_log_new("llmq-broker");
@@ -3977,6 +4457,9 @@ static s_broker_t *s_broker_new(zsock_t *pipe,
     self->next_bid =
         ((uint64_t)zclock_time() * 2654435761u ^ (uint64_t)getpid() * 40503u) &
         0x7fffffff;
+    //  Table hashes a client cannot predict (ids and routing ids are theirs).
+    self->seed = s_hash_bytes(&self, sizeof(self),
+                              (uint64_t)zclock_usecs() ^ self->next_bid);
     self->recovery_end = self->started_at + (self->config.recovery_ms >= 0
                                                  ? self->config.recovery_ms
                                                  : self->config.dead_ms);
@@ -3992,6 +4475,8 @@ static s_broker_t *s_broker_new(zsock_t *pipe,
     zhashx_set_destructor(self->groups, s_group_free);
     zhashx_set_destructor(self->attach, s_attach_free);
     s_metrics_define(self->metrics);
+    self->m_received =
+        llmq_metrics_series(self->metrics, "llmq_broker_received_total", NULL);
     llmq_metrics_set_collect(self->metrics, s_collect, self);
 
     s_auth_start(self, config);
@@ -4078,6 +4563,14 @@ static void s_broker_destroy(s_broker_t **self_p)
     zhashx_destroy(&self->workers);
     zhashx_destroy(&self->lanes);
     free(self->slots);
+    free(self->client_index.slots);
+    free(self->worker_index.slots);
+    free(self->pending.slots);
+    while (self->pool) {
+        s_request_t *r = self->pool;
+        self->pool = r->cnext;
+        free(r);
+    }
     free(self->free_slots);
     zhashx_destroy(&self->metric_models);
     llmq_models_destroy(&self->models);
@@ -4202,9 +4695,9 @@ void llmq_broker(zsock_t *pipe, void *args)
 
         int64_t now = zclock_mono();
         int64_t wake = self->next_tick;
-        llmq_queue_node_t *head = llmq_queue_peek(self->expiry);
-        if (head && -head->priority < wake)
-            wake = -head->priority;
+        s_request_t *first = s_expiry_first(self);
+        if (first && s_expiry_key(first) < wake)
+            wake = s_expiry_key(first);
         long timeout = wake > now ? (long)(wake - now) : 0;
         if (zmq_poll(items, (int)n, timeout) == -1 && zmq_errno() != EINTR)
             break; //  Context terminated
@@ -4285,9 +4778,9 @@ int llmq_broker_submit(llmq_broker_core_t *self, llmq_msg_t **req_p,
         (msg && op >= 0 && llmq_msg_model(msg) && llmq_msg_payload(msg))
             ? s_lane_require(self, llmq_msg_model(msg), llmq_msg_pool(msg))
             : NULL;
-    s_request_t *r = lane ? s_request_new(llmq_msg_id(msg)) : NULL;
+    s_request_t *r = lane ? s_request_new(self, NULL, llmq_msg_id(msg)) : NULL;
     if (!r || self->queued >= self->config.max_queue) {
-        free(r);
+        s_request_free(self, r);
         llmq_msg_destroy(&msg);
         return -1;
     }
@@ -5017,6 +5510,54 @@ static int s_t_module(s_t_fx_t *fx)
     return 0;
 }
 
+//  s_table_t against a model: items whose hashes collide in runs (few
+//  distinct low bits), removed in random order through growth and
+//  shrinking; every item present is found, no removed one is.
+static int s_t_table(void)
+{
+    enum { N = 3000 };
+    int rc = -1;
+    s_table_t t = {NULL, 0, 0};
+    static uint64_t hashes[N];
+    static bool present[N];
+    srand(7);
+    for (int i = 0; i < N; i++) {
+        hashes[i] = (uint64_t)(rand() % 50) << 40 | (uint64_t)(rand() % 9);
+        present[i] = false;
+    }
+    for (int round = 0; round < 3; round++) {
+        for (int i = 0; i < N; i++)
+            if (!present[i] && rand() % 3) {
+                T_CHECK(s_table_insert(&t, hashes[i], &hashes[i]) == 0);
+                present[i] = true;
+            }
+        for (int i = 0; i < N; i++)
+            if (present[i] && rand() % 4 == 0) {
+                s_table_remove(&t, hashes[i], &hashes[i]);
+                present[i] = false;
+            }
+        size_t count = 0;
+        for (int i = 0; i < N; i++) {
+            size_t at = hashes[i] & t.mask;
+            void *item;
+            bool found = false;
+            while ((item = s_table_next(&t, hashes[i], &at)))
+                found = found || item == &hashes[i];
+            T_CHECK(found == present[i]);
+            count += present[i];
+        }
+        T_CHECK(count == t.count);
+    }
+    for (int i = 0; i < N; i++)
+        if (present[i])
+            s_table_remove(&t, hashes[i], &hashes[i]);
+    T_CHECK(t.count == 0 && t.mask + 1 == 64);
+    rc = 0;
+done:
+    free(t.slots);
+    return rc;
+}
+
 int llmq_broker_test(bool verbose)
 {
     if (verbose)
@@ -5049,6 +5590,7 @@ int llmq_broker_test(bool verbose)
     for (size_t i = 0; i < sizeof(steps) / sizeof(steps[0]); i++)
         T_CHECK(steps[i](&fx) == 0);
     T_CHECK(s_t_attach() == 0);
+    T_CHECK(s_t_table() == 0);
     rc = 0;
 done:
     s_t_fx_fini(&fx);

@@ -63,12 +63,14 @@ struct _llmq_metrics_t {
     int listen_fd;                       //  Scrape listener, -1 if none
     char *url;                           //  Listener URL
     s_conn_t conns[s_MAX_CONNS]; //  Open scrape connections (fd -1 = free)
-    zhashx_t *usage; //  model -> s_usage_t: the tokens/cost series handles
+    zhashx_t *usage;  //  model -> s_usage_t: the tokens/cost series handles
+    void *usage_last; //  The s_usage_t last used (freed with the table)
 };
 
 //  One model's usage series, so a result costs one lookup, not three.
 typedef struct {
     s_series_t *prompt, *completion, *cost;
+    char model[1]; //  Its model, stored inline
 } s_usage_t;
 
 static void s_series_destroy(void **item)
@@ -602,9 +604,13 @@ void llmq_metrics_usage(llmq_metrics_t *self, const char *model,
                         int64_t prompt_tokens, int64_t completion_tokens,
                         double cost_usd)
 {
-    s_usage_t *u =
-        self->usage ? (s_usage_t *)zhashx_lookup(self->usage, model) : NULL;
-    if (!u && self->usage && (u = (s_usage_t *)calloc(1, sizeof(*u)))) {
+    //  Results come in runs of one model: the last entry, without a lookup.
+    s_usage_t *u = (s_usage_t *)self->usage_last;
+    if (!u || !streq(u->model, model))
+        u = self->usage ? (s_usage_t *)zhashx_lookup(self->usage, model) : NULL;
+    size_t len = u ? 0 : strlen(model);
+    if (!u && self->usage && (u = (s_usage_t *)calloc(1, sizeof(*u) + len))) {
+        memcpy(u->model, model, len + 1);
         const char *prompt[] = {"model", model, "kind", "prompt", NULL};
         const char *completion[] = {"model", model, "kind", "completion", NULL};
         u->prompt = s_scalar(self, "llmq_broker_tokens_total", prompt);
@@ -613,6 +619,7 @@ void llmq_metrics_usage(llmq_metrics_t *self, const char *model,
     }
     if (!u)
         return;
+    self->usage_last = u;
     if (cost_usd > 0 && !u->cost) { //  no series for a model never priced
         const char *cost[] = {"model", model, NULL};
         u->cost = s_scalar(self, "llmq_broker_cost_usd_total", cost);
