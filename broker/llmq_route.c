@@ -20,8 +20,9 @@
 #include "llmq_route.h"
 #include "llmq_check.h"
 
+#include "llmq_yaml.h"
+
 #include <czmq.h>
-#include <cyaml/cyaml.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <stdarg.h>
@@ -234,67 +235,6 @@ static const cyaml_schema_value_t s_file_schema = {
     CYAML_VALUE_MAPPING(CYAML_FLAG_POINTER, s_y_file_t, s_file_fields),
 };
 
-//  libcyaml's error lines, collected for one clean message.
-typedef struct {
-    char text[1024];
-} s_log_t;
-
-static void s_cyaml_log(cyaml_log_t level, void *ctx, const char *fmt,
-                        va_list args)
-{
-    if (level < CYAML_LOG_ERROR)
-        return;
-    s_log_t *log = (s_log_t *)ctx;
-    size_t n = strlen(log->text);
-    if (n < sizeof(log->text) - 1)
-        vsnprintf(log->text + n, sizeof(log->text) - n, fmt, args);
-}
-
-//  The first line of text where key (followed by ':') starts a key, 0 if
-//  none: libcyaml names the mapping's line for an unknown key, not its own.
-static long s_key_line(const char *text, const char *key)
-{
-    size_t len = strcspn(key, "\n");
-    long line = 1;
-    bool start = true; //  Only blanks, '-' or '{' / ',' since the line began
-    for (const char *p = text; *p; p++) {
-        if (start && strncmp(p, key, len) == 0 && p[len] == ':')
-            return line;
-        if (*p == '\n')
-            line++;
-        start = *p == '\n' || *p == ' ' || *p == '-' || *p == '{' ||
-                *p == ',' || (start && *p == '\t');
-    }
-    return 0;
-}
-
-//  "name:line: reason" from libcyaml's log (its backtrace names the line).
-static void s_yaml_error(const char *name, const char *text, cyaml_err_t rc,
-                         const char *log, char *err, size_t errlen)
-{
-    long line = 0;
-    const char *at = strstr(log, "line: ");
-    if (at)
-        line = strtol(at + 6, NULL, 10);
-    else if ((at = strstr(log, "line ")))
-        line = strtol(at + 5, NULL, 10);
-    if (strncmp(log, "Load: ", 6) == 0)
-        log += 6;
-    int n = (int)strcspn(log, "\n");
-    if (n == 0) {
-        log = cyaml_strerror(rc);
-        n = (int)strlen(log);
-    }
-    if (strncmp(log, "Unexpected key: ", 16) == 0) {
-        long at_key = s_key_line(text, log + 16);
-        line = at_key > 0 ? at_key : line;
-    }
-    if (line > 0)
-        snprintf(err, errlen, "%s:%ld: %.*s", name, line, n, log);
-    else
-        snprintf(err, errlen, "%s: %.*s", name, n, log);
-}
-
 //  The line of route name's `name:` key in text, 0 if not found.
 static long s_route_line(const char *text, const char *name)
 {
@@ -461,22 +401,13 @@ static void s_targeted_add(llmq_route_t *self)
 int llmq_route_load_text(llmq_route_t *self, const char *name, const char *text,
                          char *err, size_t errlen)
 {
-    s_log_t log = {{0}};
-    cyaml_config_t cc = {.log_fn = s_cyaml_log,
-                         .log_ctx = &log,
-                         .mem_fn = cyaml_mem,
-                         .log_level = CYAML_LOG_ERROR,
-                         .flags = CYAML_CFG_DEFAULT};
     s_y_file_t *y = NULL;
-    cyaml_err_t rc = cyaml_load_data((const uint8_t *)text, strlen(text), &cc,
-                                     &s_file_schema, (cyaml_data_t **)&y, NULL);
-    if (rc != CYAML_OK) {
-        s_yaml_error(name, text, rc, log.text, err, errlen);
+    if (llmq_yaml_load(name, text, strlen(text), &s_file_schema, (void **)&y,
+                       err, errlen))
         return -1;
-    }
     s_load_t ld = {name, text, err, errlen};
     s_table_t *table = s_table_build(&ld, y);
-    cyaml_free(&cc, &s_file_schema, y, 0);
+    llmq_yaml_free(&s_file_schema, y);
     if (!table)
         return -1;
     s_table_destroy(&self->table);

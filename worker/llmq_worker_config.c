@@ -4,13 +4,14 @@
     the file (s_yaml_t), whose zero values mean "not set"; the layers are
     then applied in order onto llmq_worker_config_t. libcyaml reports
     errors through its log callback with a backtrace that names the line;
-    we collect those lines and print one "file:line: message".
+    llmq_yaml (shared with the broker's routes file) turns them into one
+    "file:line: message".
 */
 #include "llmq_worker_config.h"
 #include "llmq_duration.h"
 #include "llmq_curve.h"
+#include "llmq_yaml.h"
 
-#include <cyaml/cyaml.h>
 #include <errno.h>
 #include <getopt.h>
 #include <stddef.h>
@@ -20,6 +21,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+
+#define s_MAX_CONFIG_BYTES (1 << 20) //  A worker config file, at most
 
 /*  --- the YAML file's shape ---------------------------------------------- */
 
@@ -177,22 +180,6 @@ static const cyaml_schema_value_t s_top_schema = {
     CYAML_VALUE_MAPPING(CYAML_FLAG_POINTER, s_yaml_t, s_top_fields),
 };
 
-/*  libcyaml's messages, collected so that we print one clean line. */
-typedef struct {
-    char text[1024];
-} s_log_t;
-
-static void s_cyaml_log(cyaml_log_t level, void *ctx, const char *fmt,
-                        va_list args)
-{
-    if (level < CYAML_LOG_ERROR)
-        return;
-    s_log_t *log = ctx;
-    size_t n = strlen(log->text);
-    if (n < sizeof log->text - 1)
-        vsnprintf(log->text + n, sizeof log->text - n, fmt, args);
-}
-
 /*  --- helpers --------------------------------------------------------------
  */
 
@@ -303,27 +290,6 @@ static void s_defaults(llmq_worker_config_t *self)
     self->heartbeat_ms = 1000;
     self->default_max_tokens = 1024;
     s_set(&self->anthropic_version, "2023-06-01");
-}
-
-/*  Line (1-based) of the first "key:" in the file, 0 if none. */
-static long s_key_line(const char *path, const char *key)
-{
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return 0;
-    char buf[1024];
-    long line = 0, found = 0;
-    size_t klen = strlen(key);
-    while (!found && fgets(buf, sizeof buf, f)) {
-        line++;
-        char *p = buf;
-        while (*p == ' ' || *p == '\t' || *p == '-')
-            p++;
-        if (strncmp(p, key, klen) == 0 && p[klen] == ':')
-            found = line;
-    }
-    fclose(f);
-    return found;
 }
 
 enum {
@@ -455,44 +421,6 @@ static void s_apply_yaml(llmq_worker_config_t *self, s_yaml_t *y)
     s_set(&self->anthropic_version, y->anthropic.version);
 }
 
-/*  A YAML load failure as "file:line: what" in errbuf. */
-static void s_yaml_error(const char *path, cyaml_err_t rc, const char *logtext,
-                         char *errbuf, size_t errlen)
-{
-    /*  Find "line: N" (libcyaml backtrace) or "line N" (libyaml). */
-    long line = 0;
-    const char *at = strstr(logtext, "line: ");
-    if (at)
-        line = strtol(at + 6, NULL, 10);
-    else if ((at = strstr(logtext, "line ")))
-        line = strtol(at + 5, NULL, 10);
-    /*  First line of the log, without "Load: ". */
-    char first[400] = "";
-    const char *m = logtext;
-    if (strncmp(m, "Load: ", 6) == 0)
-        m += 6;
-    size_t n = strcspn(m, "\n");
-    if (n >= sizeof first)
-        n = sizeof first - 1;
-    memcpy(first, m, n);
-    first[n] = 0;
-    if (!*first)
-        snprintf(first, sizeof first, "%s", cyaml_strerror(rc));
-    /*  For an unknown key libcyaml names the mapping's line, not the
-        key's: look the key up in the file. */
-    if (strncmp(first, "Unexpected key: ", 16) == 0) {
-        long at_line = s_key_line(path, first + 16);
-        if (at_line > 0)
-            line = at_line;
-    }
-    if (rc == CYAML_ERR_FILE_OPEN)
-        snprintf(errbuf, errlen, "%s: cannot open: %s", path, strerror(errno));
-    else if (line > 0)
-        snprintf(errbuf, errlen, "%s:%ld: %s", path, line, first);
-    else
-        snprintf(errbuf, errlen, "%s: %s", path, first);
-}
-
 /*  The file's pricing, checked. Returns 0 or -1 (errbuf). */
 static int s_load_pricing(llmq_worker_config_t *self, const s_yaml_t *y,
                           const char *path, char *errbuf, size_t errlen)
@@ -563,28 +491,17 @@ static int s_load_caps(llmq_worker_config_t *self, const s_yaml_t *y,
 static int s_load_file(llmq_worker_config_t *self, const char *path,
                        char *errbuf, size_t errlen)
 {
-    s_log_t log = {{0}};
-    cyaml_config_t cc = {
-        .log_fn = s_cyaml_log,
-        .log_ctx = &log,
-        .mem_fn = cyaml_mem,
-        .log_level = CYAML_LOG_ERROR,
-        .flags = CYAML_CFG_DEFAULT,
-    };
     s_yaml_t *y = NULL;
-    cyaml_err_t rc =
-        cyaml_load_file(path, &cc, &s_top_schema, (cyaml_data_t **)&y, NULL);
-    if (rc != CYAML_OK) {
-        s_yaml_error(path, rc, log.text, errbuf, errlen);
+    if (llmq_yaml_load_file(path, s_MAX_CONFIG_BYTES, &s_top_schema,
+                            (void **)&y, errbuf, errlen))
         return -1;
-    }
     if (!y)
         return 0; /* empty document */
     s_apply_yaml(self, y);
     int result = s_load_pricing(self, y, path, errbuf, errlen);
     if (result == 0)
         result = s_load_caps(self, y, path, errbuf, errlen);
-    cyaml_free(&cc, &s_top_schema, y, 0);
+    llmq_yaml_free(&s_top_schema, y);
     return result;
 }
 
