@@ -203,6 +203,17 @@ int llmq_value_buf_json_except(llmq_value_buf_t *buf, const void *data,
                                size_t size, const char *const *skip,
                                size_t nskip, char *errbuf, size_t errlen);
 
+/*  llmq_value_buf_json_except that also finds the map's members named
+    keys[0..count) on the same walk: out[k] as llmq_value_find_many gives
+    it (the first member of that name, skipped or not; kind 0 = absent),
+    pointing into data. At most 16 skip names and 16 keys. Returns what
+    llmq_value_buf_json_except returns, with the same text. */
+int llmq_value_buf_json_except_find(llmq_value_buf_t *buf, const void *data,
+                                    size_t size, const char *const *skip,
+                                    size_t nskip, const char *const *keys,
+                                    size_t count, llmq_value_ref_t *out,
+                                    char *errbuf, size_t errlen);
+
 #ifdef __cplusplus
 }
 #endif

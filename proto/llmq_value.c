@@ -666,6 +666,78 @@ int llmq_value_buf_json_except(llmq_value_buf_t *buf, const void *data,
     return written;
 }
 
+/*  The member's index in names[0..n) (lengths lens), or n. */
+static size_t s_name_index(const llmq_mp_item_t *key, const char *const *names,
+                           const size_t *lens, size_t n)
+{
+    for (size_t k = 0; k < n; k++)
+        if (key->len == lens[k] && memcmp(key->ptr, names[k], key->len) == 0)
+            return k;
+    return n;
+}
+
+int llmq_value_buf_json_except_find(llmq_value_buf_t *buf, const void *data,
+                                    size_t size, const char *const *skip,
+                                    size_t nskip, const char *const *keys,
+                                    size_t count, llmq_value_ref_t *out,
+                                    char *errbuf, size_t errlen)
+{
+    size_t mark = buf->size, skip_lens[S_FIND_LENS], key_lens[S_FIND_LENS];
+    for (size_t k = 0; k < count; k++)
+        out[k] = (llmq_value_ref_t){NULL, 0, 0};
+    if (nskip > S_FIND_LENS || count > S_FIND_LENS) {
+        s_err(errbuf, errlen, "too many names");
+        return -1;
+    }
+    for (size_t k = 0; k < nskip; k++)
+        skip_lens[k] = strlen(skip[k]);
+    for (size_t k = 0; k < count; k++)
+        key_lens[k] = strlen(keys[k]);
+    llmq_mp_reader_t r;
+    llmq_mp_init(&r, data, size);
+    llmq_mp_item_t it;
+    int written = 0;
+    if (llmq_mp_read(&r, &it) || it.kind != LLMQ_MP_MAP) {
+        s_err(errbuf, errlen, r.err ? r.err : "not a map");
+        return -1;
+    }
+    llmq_value_buf_add(buf, "{", 1);
+    for (uint32_t i = 0; i < it.len; i++) {
+        llmq_mp_item_t key;
+        if (llmq_mp_read(&r, &key) ||
+            (key.kind != LLMQ_MP_STR && key.kind != LLMQ_MP_BIN) ||
+            !llmq_mp_utf8(key.ptr, key.len)) {
+            llmq_mp_fail(&r, "map key is not a UTF-8 string");
+            break;
+        }
+        const uint8_t *start = r.p;
+        if (llmq_mp_skip(&r, LLMQ_VALUE_MAX_DEPTH))
+            break;
+        size_t size_k = (size_t)(r.p - start);
+        size_t k = key.kind == LLMQ_MP_STR
+                       ? s_name_index(&key, keys, key_lens, count)
+                       : count;
+        if (k < count && !out[k].kind)
+            out[k] =
+                (llmq_value_ref_t){start, size_k, s_kind_of(start, size_k)};
+        if (s_name_index(&key, skip, skip_lens, nskip) < nskip)
+            continue;
+        if (written++)
+            llmq_value_buf_add(buf, ",", 1);
+        llmq_value_buf_str(buf, (const char *)key.ptr, key.len);
+        llmq_value_buf_add(buf, ":", 1);
+        if (llmq_value_buf_json(buf, start, size_k, errbuf, errlen))
+            return s_buf_undo(buf, mark);
+    }
+    if (!r.err && r.p != r.end)
+        llmq_mp_fail(&r, "trailing bytes after the value");
+    if (r.err) {
+        s_err(errbuf, errlen, r.err);
+        return s_buf_undo(buf, mark);
+    }
+    return written;
+}
+
 /*  Bytes of string values under one value (llmq_value_text_size). */
 static int64_t s_text_size(llmq_mp_reader_t *r, const char *const *skip,
                            size_t nskip, int depth, int max_depth)
@@ -2130,6 +2202,46 @@ static void s_test_buf_json(void)
     free(buf.data);
 }
 
+/*  llmq_value_buf_json_except_find writes what llmq_value_buf_json_except
+    writes and finds what llmq_value_find_many finds, on every prefix. */
+static void s_test_buf_json_except_find(void)
+{
+    const char *text = "{\"model\":\"m\",\"messages\":[{\"role\":\"user\","
+                       "\"content\":\"hi\"}],\"stream\":true,\"max_tokens\":7,"
+                       "\"model\":\"again\",\"n\":1}";
+    zframe_t *frame = llmq_value_from_json_text(text, strlen(text), NULL, 0);
+    S_TEST(frame);
+    const uint8_t *data = zframe_data(frame);
+    const char *const skip[] = {"stream", "model"};
+    const char *const keys[] = {"messages", "max_tokens", "model", "none"};
+    for (size_t n = 0; n <= zframe_size(frame); n++) {
+        llmq_value_buf_t a = {0}, b = {0};
+        char ea[128] = "", eb[128] = "";
+        int ra =
+            llmq_value_buf_json_except(&a, data, n, skip, 2, ea, sizeof ea);
+        llmq_value_ref_t want[4], got[4];
+        int rb = llmq_value_buf_json_except_find(&b, data, n, skip, 2, keys, 4,
+                                                 got, eb, sizeof eb);
+        S_TEST(ra == rb && a.size == b.size && streq(ea, eb));
+        S_TEST(!a.size || memcmp(a.data, b.data, a.size) == 0);
+        if (n == zframe_size(frame)) {
+            S_TEST(rb == 3 && b.data &&
+                   streq(b.data, "{\"messages\":[{\"role\":\"user\","
+                                 "\"content\":\"hi\"}],\"max_tokens\":7,"
+                                 "\"n\":1"));
+            S_TEST(llmq_value_find_many(data, n, keys, 4, want) == 0);
+            for (int k = 0; k < 4; k++)
+                S_TEST(got[k].kind == want[k].kind &&
+                       got[k].data == want[k].data &&
+                       got[k].size == want[k].size);
+            S_TEST(got[2].kind == 's' && got[3].kind == 0);
+        }
+        free(a.data);
+        free(b.data);
+    }
+    zframe_destroy(&frame);
+}
+
 int llmq_value_test(bool verbose)
 {
     if (verbose)
@@ -2144,6 +2256,7 @@ int llmq_value_test(bool verbose)
     s_test_strn_int();
     s_test_buf_json();
     s_test_buf_strings();
+    s_test_buf_json_except_find();
     if (verbose)
         printf("OK\n");
     return 0;

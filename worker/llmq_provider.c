@@ -843,20 +843,21 @@ int64_t llmq_estimate_tokens(const cJSON *body, int64_t default_max_tokens)
     return (chars + 3) / 4 + out;
 }
 
-int64_t llmq_estimate_tokens_msgpack(const void *data, size_t size,
-                                     int64_t default_max_tokens)
+/*  The payload's members the estimate reads, and their skipped keys. */
+static const char *const s_est_fields[] = {
+    "messages", "prompt",     "input",
+    "system",   "max_tokens", "max_completion_tokens"};
+static const char *const s_est_skip[] = {"role", "type", "name"};
+
+/*  The estimate from the members s_est_fields found (f[0..6)). */
+static int64_t s_estimate_refs(const llmq_value_ref_t *f,
+                               int64_t default_max_tokens)
 {
-    static const char *const fields[] = {"messages",   "prompt",
-                                         "input",      "system",
-                                         "max_tokens", "max_completion_tokens"};
-    static const char *const skip[] = {"role", "type", "name"};
-    llmq_value_ref_t f[6];
-    if (llmq_value_find_many(data, size, fields, 6, f))
-        return default_max_tokens;
     int64_t chars = 0;
     for (int k = 0; k < 4; k++)
         if (f[k].data)
-            chars += llmq_value_text_size(f[k].data, f[k].size, skip, 3, 16);
+            chars +=
+                llmq_value_text_size(f[k].data, f[k].size, s_est_skip, 3, 16);
     int64_t out = default_max_tokens;
     const llmq_value_ref_t *mt = f[4].kind == 'n' ? &f[4] : &f[5];
     double d = 0;
@@ -865,6 +866,31 @@ int64_t llmq_estimate_tokens_msgpack(const void *data, size_t size,
     if (f[2].data)
         out = 0; /* embeddings produce no tokens */
     return (chars + 3) / 4 + out;
+}
+
+int64_t llmq_estimate_tokens_msgpack(const void *data, size_t size,
+                                     int64_t default_max_tokens)
+{
+    llmq_value_ref_t f[6];
+    if (llmq_value_find_many(data, size, s_est_fields, 6, f))
+        return default_max_tokens;
+    return s_estimate_refs(f, default_max_tokens);
+}
+
+int llmq_provider_json_except(llmq_value_buf_t *buf, const void *payload,
+                              size_t size, const char *const *skip,
+                              size_t nskip, int64_t *estimate, char *errbuf,
+                              size_t errlen)
+{
+    if (!estimate)
+        return llmq_value_buf_json_except(buf, payload, size, skip, nskip,
+                                          errbuf, errlen);
+    llmq_value_ref_t f[6];
+    int n = llmq_value_buf_json_except_find(buf, payload, size, skip, nskip,
+                                            s_est_fields, 6, f, errbuf, errlen);
+    if (n >= 0)
+        *estimate = s_estimate_refs(f, *estimate);
+    return n;
 }
 
 void llmq_usage_add_json(cJSON *body, int64_t prompt_tokens,
@@ -1518,6 +1544,8 @@ static int s_test_openai_raw(s_test_fx_t *fx)
         CHECK(
             llmq_estimate_tokens(tree, 99) ==
             llmq_estimate_tokens_msgpack(zframe_data(mp), zframe_size(mp), 99));
+        CHECK(b.estimate == llmq_estimate_tokens(
+                                tree, llmq_provider_default_max_tokens(fx->p)));
         llmq_http_reset(&a);
         llmq_http_reset(&b);
         cJSON_Delete(tree);

@@ -1770,8 +1770,8 @@ static bool s_job_build_raw(s_worker_t *self, s_job_t *job, llmq_msg_t *msg)
         return true;
     }
     job->estimate =
-        llmq_estimate_tokens_msgpack(zframe_data(payload), zframe_size(payload),
-                                     self->cfg->default_max_tokens);
+        job->http.estimate; /* the provider's default max_tokens
+                               is the worker's (--default-max-tokens) */
     s_job_queue(self, job, msg);
     return true;
 }
