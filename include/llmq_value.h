@@ -100,6 +100,13 @@ typedef struct {
 int llmq_value_find_many(const void *data, size_t size, const char *const *keys,
                          size_t count, llmq_value_ref_t *out);
 
+/*  llmq_value_find_many (at most 16 keys) that also gives each member
+    found that is a number its value in numbers[k] (0 otherwise), read on
+    the same walk. */
+int llmq_value_find_numbers(const void *data, size_t size,
+                            const char *const *keys, size_t count,
+                            llmq_value_ref_t *out, double *numbers);
+
 /*  Bytes of the string values (not keys) in the value data[0..size),
     leaving out members whose key is in skip[0..nskip) and strings deeper
     than max_depth (the value itself is depth 0). 0 if malformed. */

@@ -560,6 +560,16 @@ static int s_kind_of(const uint8_t *data, size_t size)
     }
 }
 
+/*  The member's index in names[0..n) (lengths lens), or n. */
+static size_t s_name_index(const llmq_mp_item_t *key, const char *const *names,
+                           const size_t *lens, size_t n)
+{
+    for (size_t k = 0; k < n; k++)
+        if (key->len == lens[k] && memcmp(key->ptr, names[k], key->len) == 0)
+            return k;
+    return n;
+}
+
 /*  Key lengths measured once per call, for up to this many keys. */
 #define S_FIND_LENS 16
 
@@ -592,6 +602,54 @@ int llmq_value_find_many(const void *data, size_t size, const char *const *keys,
                 out[k].kind = s_kind_of(start, out[k].size);
                 found++;
             }
+    }
+    return 0;
+}
+
+int llmq_value_find_numbers(const void *data, size_t size,
+                            const char *const *keys, size_t count,
+                            llmq_value_ref_t *out, double *numbers)
+{
+    for (size_t k = 0; k < count; k++) {
+        out[k] = (llmq_value_ref_t){NULL, 0, 0};
+        numbers[k] = 0;
+    }
+    llmq_mp_reader_t r;
+    llmq_mp_init(&r, data, size);
+    llmq_mp_item_t it;
+    if (count > S_FIND_LENS || llmq_mp_read(&r, &it) || it.kind != LLMQ_MP_MAP)
+        return -1;
+    size_t lens[S_FIND_LENS], found = 0;
+    for (size_t k = 0; k < count; k++)
+        lens[k] = strlen(keys[k]);
+    for (uint32_t i = 0; i < it.len && found < count; i++) {
+        llmq_mp_item_t key, v;
+        if (llmq_mp_read(&r, &key))
+            return 0;
+        const uint8_t *start = r.p;
+        if (llmq_mp_read(&r, &v))
+            return 0;
+        /*  A container's elements, skipped as llmq_mp_skip skips them. */
+        uint64_t n = v.kind == LLMQ_MP_MAP     ? (uint64_t)v.len * 2
+                     : v.kind == LLMQ_MP_ARRAY ? v.len
+                                               : 0;
+        for (uint64_t e = 0; e < n; e++)
+            if (llmq_mp_skip(&r, LLMQ_VALUE_MAX_DEPTH - 1))
+                return 0;
+        size_t k = key.kind == LLMQ_MP_STR
+                       ? s_name_index(&key, keys, lens, count)
+                       : count;
+        if (k == count || out[k].kind)
+            continue;
+        out[k] = (llmq_value_ref_t){start, (size_t)(r.p - start),
+                                    s_kind_of(start, (size_t)(r.p - start))};
+        found++;
+        if (v.kind == LLMQ_MP_UINT)
+            numbers[k] = (double)v.u;
+        else if (v.kind == LLMQ_MP_INT)
+            numbers[k] = (double)v.i;
+        else if (v.kind == LLMQ_MP_FLOAT)
+            numbers[k] = v.d;
     }
     return 0;
 }
@@ -664,16 +722,6 @@ int llmq_value_buf_json_except(llmq_value_buf_t *buf, const void *data,
         return s_buf_undo(buf, mark);
     }
     return written;
-}
-
-/*  The member's index in names[0..n) (lengths lens), or n. */
-static size_t s_name_index(const llmq_mp_item_t *key, const char *const *names,
-                           const size_t *lens, size_t n)
-{
-    for (size_t k = 0; k < n; k++)
-        if (key->len == lens[k] && memcmp(key->ptr, names[k], key->len) == 0)
-            return k;
-    return n;
 }
 
 int llmq_value_buf_json_except_find(llmq_value_buf_t *buf, const void *data,
@@ -2242,6 +2290,36 @@ static void s_test_buf_json_except_find(void)
     zframe_destroy(&frame);
 }
 
+/*  llmq_value_find_numbers finds what llmq_value_find_many finds, on every
+    prefix, and reads the numbers. */
+static void s_test_find_numbers(void)
+{
+    const char *text = "{\"a\":{\"x\":[1,2]},\"p\":12,\"f\":-0.5,\"s\":\"7\","
+                       "\"p\":13,\"q\":-3,\"big\":18446744073709551615}";
+    zframe_t *frame = llmq_value_from_json_text(text, strlen(text), NULL, 0);
+    S_TEST(frame);
+    const uint8_t *data = zframe_data(frame);
+    const char *const keys[] = {"p", "f", "s", "a", "q", "none", "big"};
+    for (size_t n = 0; n <= zframe_size(frame); n++) {
+        llmq_value_ref_t want[7], got[7];
+        double d[7];
+        int ra = llmq_value_find_many(data, n, keys, 7, want);
+        S_TEST(llmq_value_find_numbers(data, n, keys, 7, got, d) == ra);
+        for (int k = 0; k < 7; k++) {
+            double w = 0;
+            S_TEST(got[k].kind == want[k].kind && got[k].data == want[k].data &&
+                   got[k].size == want[k].size);
+            if (want[k].kind == 'n')
+                S_TEST(llmq_value_number(want[k].data, want[k].size, &w));
+            S_TEST(d[k] == w);
+        }
+        if (n == zframe_size(frame))
+            S_TEST(d[0] == 12 && d[1] == -0.5 && d[2] == 0 && d[4] == -3 &&
+                   got[3].kind == 'm' && got[5].kind == 0 && d[6] > 1e19);
+    }
+    zframe_destroy(&frame);
+}
+
 int llmq_value_test(bool verbose)
 {
     if (verbose)
@@ -2257,6 +2335,7 @@ int llmq_value_test(bool verbose)
     s_test_buf_json();
     s_test_buf_strings();
     s_test_buf_json_except_find();
+    s_test_find_numbers();
     if (verbose)
         printf("OK\n");
     return 0;

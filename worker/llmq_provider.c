@@ -935,10 +935,10 @@ void llmq_usage_from_json(const cJSON *u, llmq_usage_t *usage)
 }
 
 /*  A number member of a msgpack map into *out (left as is if absent). */
-static void s_mp_count(const llmq_value_ref_t *ref, int64_t *out)
+/*  The number a member's value held, if it was one (kind 'n'). */
+static void s_mp_count(int kind, double d, int64_t *out)
 {
-    double d = 0;
-    if (ref->kind == 'n' && llmq_value_number(ref->data, ref->size, &d))
+    if (kind == 'n')
         *out = (int64_t)d;
 }
 
@@ -951,19 +951,20 @@ void llmq_usage_from_msgpack(const uint8_t *data, size_t size,
     int64_t *outs[3] = {&usage->prompt_tokens, &usage->completion_tokens,
                         &usage->total_tokens};
     llmq_value_ref_t found[5], detail;
-    llmq_value_find_many(data, size, keys, 5, found);
+    double n[5], d;
+    llmq_value_find_numbers(data, size, keys, 5, found, n);
     for (int k = 0; k < 3; k++)
-        s_mp_count(&found[k], outs[k]);
+        s_mp_count(found[k].kind, n[k], outs[k]);
     static const char *const cached = "cached_tokens";
     static const char *const reasoning = "reasoning_tokens";
     if (found[3].kind == 'm' &&
-        !llmq_value_find_many(found[3].data, found[3].size, &cached, 1,
-                              &detail))
-        s_mp_count(&detail, &usage->cached_tokens);
+        !llmq_value_find_numbers(found[3].data, found[3].size, &cached, 1,
+                                 &detail, &d))
+        s_mp_count(detail.kind, d, &usage->cached_tokens);
     if (found[4].kind == 'm' &&
-        !llmq_value_find_many(found[4].data, found[4].size, &reasoning, 1,
-                              &detail))
-        s_mp_count(&detail, &usage->reasoning_tokens);
+        !llmq_value_find_numbers(found[4].data, found[4].size, &reasoning, 1,
+                                 &detail, &d))
+        s_mp_count(detail.kind, d, &usage->reasoning_tokens);
     if (usage->total_tokens < 0 && usage->prompt_tokens >= 0)
         usage->total_tokens =
             usage->prompt_tokens +
