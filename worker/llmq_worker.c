@@ -136,7 +136,8 @@ typedef struct {
     size_t running;     /* transfers on it */
 } s_shard_t;
 
-typedef struct {
+typedef struct _s_job_t s_job_t;
+struct _s_job_t {
     s_worker_t *worker;   /* back pointer, for curl callbacks */
     char *id;             /* broker's request id (key in jobs) */
     char *rkey;           /* request key (3.3), or NULL */
@@ -168,7 +169,8 @@ typedef struct {
     llmq_sse_t *sse;             /* stream parser, per attempt */
     llmq_stream_t *st;           /* stream state, per attempt */
     int64_t seq;                 /* next chunk seq */
-    void *queue_handle;          /* QUEUED: handle in the start queue */
+    bool in_queue;               /* QUEUED: in the start queue */
+    s_job_t *q_prev, *q_next;    /* QUEUED: its neighbours there */
     int64_t queued_ms;           /* QUEUED: since when */
     bool limiter_waited;         /* counted in limiter_waits */
     /*  WAITING: in the worker's retries, seq = when to try again. */
@@ -176,7 +178,7 @@ typedef struct {
     void *spare_next;   /* in the worker's spare jobs (s_job_free) */
     char id_own[48];    /* id's bytes when short enough (no strdup) */
     char model_own[48]; /* model's, likewise */
-} s_job_t;
+};
 
 struct _s_worker_t {
     llmq_worker_config_t *cfg; /* owned */
@@ -197,7 +199,10 @@ struct _s_worker_t {
     zlistx_t *held_order; /* s_held_t oldest first (borrowed) */
     size_t held_bytes;    /* sum of their bytes */
     const char *poison;   /* LLMQ_TEST_POISON: abort on a body with it */
-    zlistx_t *queue;      /* s_job_t waiting to start, FIFO */
+    /*  s_job_t waiting to start, FIFO: a list through the jobs (no
+        allocation per request). */
+    s_job_t *q_head, *q_tail;
+    size_t q_len;
     /*  WAITING jobs, soonest due first. */
     llmq_queue_t *retries;
     llmq_packer_t *packer; /* answers are packed here (reused) */
@@ -458,14 +463,28 @@ static void s_job_spares_free(s_worker_t *self)
     self->spare_len = 0;
 }
 
+/*  A queued job out of the start queue. */
+static void s_queue_remove(s_worker_t *self, s_job_t *job)
+{
+    if (job->q_prev)
+        job->q_prev->q_next = job->q_next;
+    else
+        self->q_head = job->q_next;
+    if (job->q_next)
+        job->q_next->q_prev = job->q_prev;
+    else
+        self->q_tail = job->q_prev;
+    job->q_prev = job->q_next = NULL;
+    job->in_queue = false;
+    self->q_len--;
+}
+
 /*  Take a job out of whatever it is waiting in (queue, retries, curl). Does
     not free it or remove it from the jobs table. */
 static void s_job_detach(s_worker_t *self, s_job_t *job, bool release_tokens)
 {
-    if (job->queue_handle) {
-        zlistx_delete(self->queue, job->queue_handle);
-        job->queue_handle = NULL;
-    }
+    if (job->in_queue)
+        s_queue_remove(self, job);
     llmq_queue_remove(self->retries, &job->retry);
     if (job->easy) {
         curl_multi_remove_handle(job->shard->multi, job->easy);
@@ -1163,12 +1182,11 @@ static int s_start_transfer(s_worker_t *self, s_job_t *job, int64_t now)
    retryable, so the broker can send it elsewhere. */
 static void s_expire_held(s_worker_t *self, int64_t now)
 {
-    s_job_t *job = zlistx_first(self->queue);
+    s_job_t *job = self->q_head;
     while (job) {
-        s_job_t *next = zlistx_next(self->queue);
+        s_job_t *next = job->q_next;
         if (now - job->queued_ms >= 2 * self->cfg->breaker_cooldown_ms) {
-            zlistx_delete(self->queue, job->queue_handle);
-            job->queue_handle = NULL;
+            s_queue_remove(self, job);
             if (!job->attempts)
                 llmq_perr_set(&job->err, LLMQ_ERR_PROVIDER_ERROR, 0, true,
                               "circuit open: the provider is failing");
@@ -1184,10 +1202,9 @@ static void s_pump(s_worker_t *self, int64_t now)
 {
     self->limiter_at = 0;
     s_job_t *job;
-    while ((job = zlistx_first(self->queue))) {
+    while ((job = self->q_head)) {
         if (job->deadline_at > 0 && now >= job->deadline_at) {
-            zlistx_delete(self->queue, job->queue_handle);
-            job->queue_handle = NULL;
+            s_queue_remove(self, job);
             char text[600];
             if (job->attempts)
                 snprintf(text, sizeof text,
@@ -1216,8 +1233,7 @@ static void s_pump(s_worker_t *self, int64_t now)
                 self->limiter_at = now + wait;
             return;
         }
-        zlistx_delete(self->queue, job->queue_handle);
-        job->queue_handle = NULL;
+        s_queue_remove(self, job);
         if (s_start_transfer(self, job, now) != 0) {
             llmq_limiter_release(self->limiter, job->estimate, 0, now);
             s_fail(self, job, LLMQ_ERR_INTERNAL, 0, true,
@@ -1230,8 +1246,18 @@ static void s_enqueue(s_worker_t *self, s_job_t *job, bool front)
 {
     job->state = S_QUEUED;
     job->queued_ms = s_now();
-    job->queue_handle = front ? zlistx_add_start(self->queue, job)
-                              : zlistx_add_end(self->queue, job);
+    job->in_queue = true;
+    job->q_prev = front ? NULL : self->q_tail;
+    job->q_next = front ? self->q_head : NULL;
+    if (job->q_prev)
+        job->q_prev->q_next = job;
+    else
+        self->q_head = job;
+    if (job->q_next)
+        job->q_next->q_prev = job;
+    else
+        self->q_tail = job;
+    self->q_len++;
 }
 
 /*  Backoff before attempt n+1: full jitter over base * 2^(n-1), capped. */
@@ -1916,7 +1942,7 @@ static void s_grant_credit(s_worker_t *self, int64_t now)
     int64_t slots = self->cfg->capacity - held - self->outstanding;
     if (slots <= 0)
         return;
-    int64_t queued = (int64_t)zlistx_size(self->queue);
+    int64_t queued = (int64_t)self->q_len;
     int64_t avail = llmq_limiter_available(self->limiter, self->avg_tokens,
                                            1000, self->cfg->capacity, now);
     int64_t allowance = llmq_breaker_allowance(
@@ -2017,7 +2043,7 @@ static int64_t s_next_wake(s_worker_t *self, int64_t now)
                                                            : now);
     if (s_retry_first(self))
         due = s_min_due(due, s_retry_first(self)->retry.seq);
-    if (self->limiter_at && zlistx_size(self->queue))
+    if (self->limiter_at && self->q_len)
         due = s_min_due(due, self->limiter_at);
     if (!self->dealer && self->probe_at)
         due = s_min_due(due, self->probe_at);
@@ -2226,7 +2252,7 @@ static void s_handle_pipe(s_worker_t *self)
                    "held=%zu",
                    (unsigned long long)self->answered,
                    (unsigned long long)self->failed, zhashx_size(self->jobs),
-                   zlistx_size(self->queue), zhashx_size(self->held));
+                   self->q_len, zhashx_size(self->held));
     free(command);
     zmsg_destroy(&msg);
 }
@@ -2346,7 +2372,7 @@ static void s_metrics_state(llmq_wmetrics_state_t *st, void *arg)
 {
     s_worker_t *self = (s_worker_t *)arg;
     st->in_flight = zhashx_size(self->jobs);
-    st->queued = zlistx_size(self->queue);
+    st->queued = self->q_len;
     llmq_breaker_state_t b = llmq_breaker_state(self->breaker);
     st->breaker = b == LLMQ_BREAKER_OPEN        ? "open"
                   : b == LLMQ_BREAKER_HALF_OPEN ? "half_open"
@@ -2490,12 +2516,11 @@ static s_worker_t *s_worker_new(llmq_worker_config_t **config_p, zsock_t *pipe,
     self->running = zhashx_new();
     const char *poison = getenv("LLMQ_TEST_POISON");
     self->poison = poison && *poison ? poison : NULL;
-    self->queue = zlistx_new();
     self->retries = llmq_queue_new();
     self->packer = llmq_packer_new();
     if (!self->provider || !self->limiter || !self->breaker || !self->jobs ||
-        !self->running || s_held_new(self) != 0 || !self->queue ||
-        !self->retries || !self->packer || s_curl_new(self) != 0) {
+        !self->running || s_held_new(self) != 0 || !self->retries ||
+        !self->packer || s_curl_new(self) != 0) {
         if (errbuf && !*errbuf)
             snprintf(errbuf, errlen,
                      "cannot set up the worker (out of memory or fds)");
@@ -2528,7 +2553,6 @@ static void s_worker_destroy(s_worker_t **self_p)
         s_job_detach(self, self->probe, false);
         s_job_free(&self->probe);
     }
-    zlistx_destroy(&self->queue);
     llmq_queue_destroy(&self->retries);
     s_curl_destroy(self);
     zsock_destroy(&self->dealer);
