@@ -171,6 +171,9 @@ struct _s_job_t {
     int64_t seq;                 /* next chunk seq */
     bool in_queue;               /* QUEUED: in the start queue */
     s_job_t *q_prev, *q_next;    /* QUEUED: its neighbours there */
+    bool timed;                  /* RUNNING: its timeout is ours (timeouts) */
+    int64_t timeout_at;          /* RUNNING, timed: when the attempt fails */
+    s_job_t *t_prev, *t_next;    /* RUNNING, timed: neighbours in timeouts */
     int64_t queued_ms;           /* QUEUED: since when */
     bool limiter_waited;         /* counted in limiter_waits */
     /*  WAITING: in the worker's retries, seq = when to try again. */
@@ -203,6 +206,12 @@ struct _s_worker_t {
         allocation per request). */
     s_job_t *q_head, *q_tail;
     size_t q_len;
+    /*  Running attempts whose timeout the loop keeps (s_timeout_add):
+        soonest first. libcurl's own (CURLOPT_TIMEOUT_MS) costs it about
+        1,400 instructions per transfer in timer bookkeeping; ours is a
+        list, as every attempt but a probe or a deadline-cut one has the
+        same timeout and starts later than the one before. */
+    s_job_t *t_head, *t_tail;
     /*  WAITING jobs, soonest due first. */
     llmq_queue_t *retries;
     llmq_packer_t *packer; /* answers are packed here (reused) */
@@ -408,11 +417,51 @@ static char *s_job_str(char *own, size_t size, const char *src)
 
 /*  A job ended: kept for the next request (up to capacity, with its
     answer buffer, so a steady load allocates neither), else freed. */
+/*  A running attempt's timeout kept by the loop, in order (usually at the
+    tail: a later start, the same timeout). */
+static void s_timeout_add(s_worker_t *self, s_job_t *job, int64_t at)
+{
+    s_job_t *prev = self->t_tail;
+    while (prev && prev->timeout_at > at)
+        prev = prev->t_prev;
+    job->timed = true;
+    job->timeout_at = at;
+    job->t_prev = prev;
+    job->t_next = prev ? prev->t_next : self->t_head;
+    if (job->t_next)
+        job->t_next->t_prev = job;
+    else
+        self->t_tail = job;
+    if (prev)
+        prev->t_next = job;
+    else
+        self->t_head = job;
+}
+
+/*  The attempt ended (or was taken away): its timeout goes. */
+static void s_timeout_remove(s_worker_t *self, s_job_t *job)
+{
+    if (!job->timed)
+        return;
+    if (job->t_prev)
+        job->t_prev->t_next = job->t_next;
+    else
+        self->t_head = job->t_next;
+    if (job->t_next)
+        job->t_next->t_prev = job->t_prev;
+    else
+        self->t_tail = job->t_prev;
+    job->t_prev = job->t_next = NULL;
+    job->timed = false;
+}
+
 static void s_job_free(s_job_t **job_p)
 {
     s_job_t *job = *job_p;
     if (!job)
         return;
+    if (job->worker)
+        s_timeout_remove(job->worker, job);
     s_job_clear(job);
     s_worker_t *self = job->worker;
     if (job->cap > S_SPARE_BUF_MAX) { /* a rare big answer is not kept */
@@ -486,6 +535,7 @@ static void s_job_detach(s_worker_t *self, s_job_t *job, bool release_tokens)
     if (job->in_queue)
         s_queue_remove(self, job);
     llmq_queue_remove(self->retries, &job->retry);
+    s_timeout_remove(self, job);
     if (job->easy) {
         curl_multi_remove_handle(job->shard->multi, job->easy);
         job->shard->running--;
@@ -1156,7 +1206,10 @@ static int s_start_transfer(s_worker_t *self, s_job_t *job, int64_t now)
     curl_easy_setopt(easy, CURLOPT_WRITEDATA, job);
     curl_easy_setopt(easy, CURLOPT_HEADERDATA, job);
     curl_easy_setopt(easy, CURLOPT_PRIVATE, job);
-    curl_easy_setopt(easy, CURLOPT_TIMEOUT_MS, (long)timeout);
+    /*  A probe's or a deadline's timeout is libcurl's; the usual one is
+        the loop's (timeouts), libcurl's left off. */
+    bool ours = !job->probe && !job->deadline_cut;
+    curl_easy_setopt(easy, CURLOPT_TIMEOUT_MS, ours ? 0L : (long)timeout);
     /*  The least busy shard. */
     s_shard_t *shard = &self->shards[0];
     for (size_t i = 1; i < self->nshards; i++)
@@ -1172,6 +1225,8 @@ static int s_start_transfer(s_worker_t *self, s_job_t *job, int64_t now)
         return -1;
     }
     shard->running++;
+    if (ours)
+        s_timeout_add(self, job, now + timeout);
     return 0;
 }
 
@@ -1327,6 +1382,7 @@ static void s_transfer_done(s_worker_t *self, s_job_t *job, CURLcode rc,
         s_probe_done(self, job, rc);
         return;
     }
+    s_timeout_remove(self, job);
     curl_multi_remove_handle(job->shard->multi, job->easy);
     job->shard->running--;
     s_easy_put(self, job->easy);
@@ -2043,6 +2099,8 @@ static int64_t s_next_wake(s_worker_t *self, int64_t now)
                                                            : now);
     if (s_retry_first(self))
         due = s_min_due(due, s_retry_first(self)->retry.seq);
+    if (self->t_head)
+        due = s_min_due(due, self->t_head->timeout_at);
     if (self->limiter_at && self->q_len)
         due = s_min_due(due, self->limiter_at);
     if (!self->dealer && self->probe_at)
@@ -2190,6 +2248,14 @@ static void s_curl_timers(s_worker_t *self, int64_t now)
     }
 }
 
+/*  Attempts whose timeout (ours: s_timeout_add) came: ended as libcurl
+    ends a transfer that ran out of time. */
+static void s_timeouts(s_worker_t *self, int64_t now)
+{
+    while (self->t_head && self->t_head->timeout_at <= now)
+        s_transfer_done(self, self->t_head, CURLE_OPERATION_TIMEDOUT, NULL);
+}
+
 /*  The broker: everything waiting, in bounded batches. The DEALER's
     receive timeout is 0 (s_connect): a receive with nothing waiting
     returns NULL at once. */
@@ -2292,6 +2358,7 @@ static void s_turn(s_worker_t *self)
     if (curl_ready)
         s_curl_events(self);
     s_curl_timers(self, s_now());
+    s_timeouts(self, s_now());
     if (self->broker_check)
         s_read_broker(self);
     int64_t now = s_now();
