@@ -137,6 +137,22 @@ typedef struct {
 } s_shard_t;
 
 typedef struct _s_job_t s_job_t;
+
+/*  A job's place in one of the worker's lists (the start queue, the
+    timeouts, the connecting): through the jobs, so joining or leaving one
+    allocates nothing. */
+typedef struct {
+    s_job_t *prev, *next; /* neighbours in the list */
+    int64_t at;           /* timed lists: when the job is due */
+    bool in;              /* in the list */
+} s_link_t;
+
+/*  A list of jobs through one of their links. */
+typedef struct {
+    s_job_t *head, *tail;
+    size_t len;
+    size_t off; /* offsetof(s_job_t, the link) */
+} s_list_t;
 struct _s_job_t {
     s_worker_t *worker;   /* back pointer, for curl callbacks */
     char *id;             /* broker's request id (key in jobs) */
@@ -169,11 +185,9 @@ struct _s_job_t {
     llmq_sse_t *sse;             /* stream parser, per attempt */
     llmq_stream_t *st;           /* stream state, per attempt */
     int64_t seq;                 /* next chunk seq */
-    bool in_queue;               /* QUEUED: in the start queue */
-    s_job_t *q_prev, *q_next;    /* QUEUED: its neighbours there */
-    bool timed;                  /* RUNNING: its timeout is ours (timeouts) */
-    int64_t timeout_at;          /* RUNNING, timed: when the attempt fails */
-    s_job_t *t_prev, *t_next;    /* RUNNING, timed: neighbours in timeouts */
+    s_link_t queue_link;         /* QUEUED: in the start queue */
+    s_link_t timeout_link;       /* RUNNING: in timeouts (when ours) */
+    s_link_t connect_link;       /* RUNNING: in connecting (when ours) */
     int64_t queued_ms;           /* QUEUED: since when */
     bool limiter_waited;         /* counted in limiter_waits */
     /*  WAITING: in the worker's retries, seq = when to try again. */
@@ -202,16 +216,16 @@ struct _s_worker_t {
     zlistx_t *held_order; /* s_held_t oldest first (borrowed) */
     size_t held_bytes;    /* sum of their bytes */
     const char *poison;   /* LLMQ_TEST_POISON: abort on a body with it */
-    /*  s_job_t waiting to start, FIFO: a list through the jobs (no
-        allocation per request). */
-    s_job_t *q_head, *q_tail;
-    size_t q_len;
-    /*  Running attempts whose timeout the loop keeps (s_timeout_add):
-        soonest first. libcurl's own (CURLOPT_TIMEOUT_MS) costs it about
-        1,400 instructions per transfer in timer bookkeeping; ours is a
-        list, as every attempt but a probe or a deadline-cut one has the
-        same timeout and starts later than the one before. */
-    s_job_t *t_head, *t_tail;
+    s_list_t queue;       /* s_job_t waiting to start, FIFO */
+    /*  Running attempts whose timeout the loop keeps (s_start_transfer):
+        soonest first; and those of them not yet connected, with their
+        connect timeout. libcurl's own (CURLOPT_TIMEOUT_MS and
+        CURLOPT_CONNECTTIMEOUT_MS) cost it about 1,400 instructions per
+        transfer in timer bookkeeping; ours are lists, as every attempt
+        but a probe or a deadline-cut one has the same timeouts and starts
+        later than the one before. */
+    s_list_t timeouts;
+    s_list_t connecting;
     /*  WAITING jobs, soonest due first. */
     llmq_queue_t *retries;
     llmq_packer_t *packer; /* answers are packed here (reused) */
@@ -288,6 +302,13 @@ static s_job_t *s_retry_first(s_worker_t *self)
 
 static size_t s_on_write(char *data, size_t size, size_t nmemb, void *arg);
 static size_t s_on_header(char *data, size_t size, size_t nmemb, void *arg);
+/*  libcurl with CURLOPT_PREREQFUNCTION (7.80): the loop keeps the connect
+    timeout too (s_on_prereq ends it); older: libcurl does. */
+#ifdef CURL_PREREQFUNC_OK
+#define S_OUR_CONNECT_TIMEOUT 1
+static int s_on_prereq(void *arg, char *ip, char *local_ip, int port,
+                       int local_port);
+#endif
 static curl_socket_t s_open_socket(void *arg, curlsocktype purpose,
                                    struct curl_sockaddr *address);
 static int s_close_socket(void *arg, curl_socket_t fd);
@@ -311,8 +332,12 @@ static CURL *s_easy_new(s_worker_t *self)
     curl_easy_setopt(easy, CURLOPT_OPENSOCKETDATA, self);
     curl_easy_setopt(easy, CURLOPT_CLOSESOCKETFUNCTION, s_close_socket);
     curl_easy_setopt(easy, CURLOPT_CLOSESOCKETDATA, self);
+#ifdef S_OUR_CONNECT_TIMEOUT
+    curl_easy_setopt(easy, CURLOPT_PREREQFUNCTION, s_on_prereq);
+#else
     curl_easy_setopt(easy, CURLOPT_CONNECTTIMEOUT_MS,
                      (long)self->cfg->connect_timeout_ms);
+#endif
     curl_easy_setopt(easy, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(easy, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
     curl_easy_setopt(easy, CURLOPT_PIPEWAIT, 1L);
@@ -417,42 +442,69 @@ static char *s_job_str(char *own, size_t size, const char *src)
 
 /*  A job ended: kept for the next request (up to capacity, with its
     answer buffer, so a steady load allocates neither), else freed. */
-/*  A running attempt's timeout kept by the loop, in order (usually at the
-    tail: a later start, the same timeout). */
-static void s_timeout_add(s_worker_t *self, s_job_t *job, int64_t at)
+static s_link_t *s_link(const s_list_t *list, s_job_t *job)
 {
-    s_job_t *prev = self->t_tail;
-    while (prev && prev->timeout_at > at)
-        prev = prev->t_prev;
-    job->timed = true;
-    job->timeout_at = at;
-    job->t_prev = prev;
-    job->t_next = prev ? prev->t_next : self->t_head;
-    if (job->t_next)
-        job->t_next->t_prev = job;
-    else
-        self->t_tail = job;
-    if (prev)
-        prev->t_next = job;
-    else
-        self->t_head = job;
+    return (s_link_t *)((char *)job + list->off);
 }
 
-/*  The attempt ended (or was taken away): its timeout goes. */
-static void s_timeout_remove(s_worker_t *self, s_job_t *job)
+/*  job into list after prev (at the head if prev is NULL). */
+static void s_list_insert(s_list_t *list, s_job_t *prev, s_job_t *job)
 {
-    if (!job->timed)
+    s_link_t *link = s_link(list, job);
+    link->prev = prev;
+    link->next = prev ? s_link(list, prev)->next : list->head;
+    if (link->next)
+        s_link(list, link->next)->prev = job;
+    else
+        list->tail = job;
+    if (prev)
+        s_link(list, prev)->next = job;
+    else
+        list->head = job;
+    link->in = true;
+    list->len++;
+}
+
+/*  job out of list, if it is there. */
+static void s_list_remove(s_list_t *list, s_job_t *job)
+{
+    s_link_t *link = s_link(list, job);
+    if (!link->in)
         return;
-    if (job->t_prev)
-        job->t_prev->t_next = job->t_next;
+    if (link->prev)
+        s_link(list, link->prev)->next = link->next;
     else
-        self->t_head = job->t_next;
-    if (job->t_next)
-        job->t_next->t_prev = job->t_prev;
+        list->head = link->next;
+    if (link->next)
+        s_link(list, link->next)->prev = link->prev;
     else
-        self->t_tail = job->t_prev;
-    job->t_prev = job->t_next = NULL;
-    job->timed = false;
+        list->tail = link->prev;
+    *link = (s_link_t){NULL, NULL, 0, false};
+    list->len--;
+}
+
+/*  job into a timed list, due at: in order, usually at the tail (a later
+    start, the same timeout). */
+static void s_list_add_at(s_list_t *list, s_job_t *job, int64_t at)
+{
+    s_job_t *prev = list->tail;
+    while (prev && s_link(list, prev)->at > at)
+        prev = s_link(list, prev)->prev;
+    s_list_insert(list, prev, job);
+    s_link(list, job)->at = at;
+}
+
+/*  When the head of a timed list is due; -1 if the list is empty. */
+static int64_t s_list_due(const s_list_t *list)
+{
+    return list->head ? s_link(list, list->head)->at : -1;
+}
+
+/*  The attempt ended (or was taken away): its timeouts go. */
+static void s_attempt_untimed(s_worker_t *self, s_job_t *job)
+{
+    s_list_remove(&self->timeouts, job);
+    s_list_remove(&self->connecting, job);
 }
 
 static void s_job_free(s_job_t **job_p)
@@ -461,7 +513,7 @@ static void s_job_free(s_job_t **job_p)
     if (!job)
         return;
     if (job->worker)
-        s_timeout_remove(job->worker, job);
+        s_attempt_untimed(job->worker, job);
     s_job_clear(job);
     s_worker_t *self = job->worker;
     if (job->cap > S_SPARE_BUF_MAX) { /* a rare big answer is not kept */
@@ -512,30 +564,13 @@ static void s_job_spares_free(s_worker_t *self)
     self->spare_len = 0;
 }
 
-/*  A queued job out of the start queue. */
-static void s_queue_remove(s_worker_t *self, s_job_t *job)
-{
-    if (job->q_prev)
-        job->q_prev->q_next = job->q_next;
-    else
-        self->q_head = job->q_next;
-    if (job->q_next)
-        job->q_next->q_prev = job->q_prev;
-    else
-        self->q_tail = job->q_prev;
-    job->q_prev = job->q_next = NULL;
-    job->in_queue = false;
-    self->q_len--;
-}
-
 /*  Take a job out of whatever it is waiting in (queue, retries, curl). Does
     not free it or remove it from the jobs table. */
 static void s_job_detach(s_worker_t *self, s_job_t *job, bool release_tokens)
 {
-    if (job->in_queue)
-        s_queue_remove(self, job);
+    s_list_remove(&self->queue, job);
     llmq_queue_remove(self->retries, &job->retry);
-    s_timeout_remove(self, job);
+    s_attempt_untimed(self, job);
     if (job->easy) {
         curl_multi_remove_handle(job->shard->multi, job->easy);
         job->shard->running--;
@@ -1053,6 +1088,22 @@ static size_t s_on_header(char *data, size_t size, size_t nmemb, void *arg)
     return n;
 }
 
+#ifdef S_OUR_CONNECT_TIMEOUT
+/*  The attempt's connection is up (new or reused): its connect timeout
+    is over. */
+static int s_on_prereq(void *arg, char *ip, char *local_ip, int port,
+                       int local_port)
+{
+    (void)ip;
+    (void)local_ip;
+    (void)port;
+    (void)local_port;
+    s_job_t *job = arg;
+    s_list_remove(&job->worker->connecting, job);
+    return CURL_PREREQFUNC_OK;
+}
+#endif
+
 /*  The state of fd, the table grown to hold it; NULL if out of memory. */
 static s_fd_t *s_fd(s_worker_t *self, curl_socket_t fd)
 {
@@ -1206,10 +1257,15 @@ static int s_start_transfer(s_worker_t *self, s_job_t *job, int64_t now)
     curl_easy_setopt(easy, CURLOPT_WRITEDATA, job);
     curl_easy_setopt(easy, CURLOPT_HEADERDATA, job);
     curl_easy_setopt(easy, CURLOPT_PRIVATE, job);
-    /*  A probe's or a deadline's timeout is libcurl's; the usual one is
-        the loop's (timeouts), libcurl's left off. */
+    /*  A probe's or a deadline's timeouts are libcurl's; the usual ones
+        are the loop's (timeouts, connecting), libcurl's left off. */
     bool ours = !job->probe && !job->deadline_cut;
     curl_easy_setopt(easy, CURLOPT_TIMEOUT_MS, ours ? 0L : (long)timeout);
+#ifdef S_OUR_CONNECT_TIMEOUT
+    curl_easy_setopt(easy, CURLOPT_CONNECTTIMEOUT_MS,
+                     ours ? 0L : (long)self->cfg->connect_timeout_ms);
+    curl_easy_setopt(easy, CURLOPT_PREREQDATA, job);
+#endif
     /*  The least busy shard. */
     s_shard_t *shard = &self->shards[0];
     for (size_t i = 1; i < self->nshards; i++)
@@ -1225,8 +1281,13 @@ static int s_start_transfer(s_worker_t *self, s_job_t *job, int64_t now)
         return -1;
     }
     shard->running++;
-    if (ours)
-        s_timeout_add(self, job, now + timeout);
+    if (ours) {
+        s_list_add_at(&self->timeouts, job, now + timeout);
+#ifdef S_OUR_CONNECT_TIMEOUT
+        s_list_add_at(&self->connecting, job,
+                      now + self->cfg->connect_timeout_ms);
+#endif
+    }
     return 0;
 }
 
@@ -1237,11 +1298,11 @@ static int s_start_transfer(s_worker_t *self, s_job_t *job, int64_t now)
    retryable, so the broker can send it elsewhere. */
 static void s_expire_held(s_worker_t *self, int64_t now)
 {
-    s_job_t *job = self->q_head;
+    s_job_t *job = self->queue.head;
     while (job) {
-        s_job_t *next = job->q_next;
+        s_job_t *next = job->queue_link.next;
         if (now - job->queued_ms >= 2 * self->cfg->breaker_cooldown_ms) {
-            s_queue_remove(self, job);
+            s_list_remove(&self->queue, job);
             if (!job->attempts)
                 llmq_perr_set(&job->err, LLMQ_ERR_PROVIDER_ERROR, 0, true,
                               "circuit open: the provider is failing");
@@ -1257,9 +1318,9 @@ static void s_pump(s_worker_t *self, int64_t now)
 {
     self->limiter_at = 0;
     s_job_t *job;
-    while ((job = self->q_head)) {
+    while ((job = self->queue.head)) {
         if (job->deadline_at > 0 && now >= job->deadline_at) {
-            s_queue_remove(self, job);
+            s_list_remove(&self->queue, job);
             char text[600];
             if (job->attempts)
                 snprintf(text, sizeof text,
@@ -1288,7 +1349,7 @@ static void s_pump(s_worker_t *self, int64_t now)
                 self->limiter_at = now + wait;
             return;
         }
-        s_queue_remove(self, job);
+        s_list_remove(&self->queue, job);
         if (s_start_transfer(self, job, now) != 0) {
             llmq_limiter_release(self->limiter, job->estimate, 0, now);
             s_fail(self, job, LLMQ_ERR_INTERNAL, 0, true,
@@ -1301,18 +1362,7 @@ static void s_enqueue(s_worker_t *self, s_job_t *job, bool front)
 {
     job->state = S_QUEUED;
     job->queued_ms = s_now();
-    job->in_queue = true;
-    job->q_prev = front ? NULL : self->q_tail;
-    job->q_next = front ? self->q_head : NULL;
-    if (job->q_prev)
-        job->q_prev->q_next = job;
-    else
-        self->q_head = job;
-    if (job->q_next)
-        job->q_next->q_prev = job;
-    else
-        self->q_tail = job;
-    self->q_len++;
+    s_list_insert(&self->queue, front ? NULL : self->queue.tail, job);
 }
 
 /*  Backoff before attempt n+1: full jitter over base * 2^(n-1), capped. */
@@ -1382,7 +1432,7 @@ static void s_transfer_done(s_worker_t *self, s_job_t *job, CURLcode rc,
         s_probe_done(self, job, rc);
         return;
     }
-    s_timeout_remove(self, job);
+    s_attempt_untimed(self, job);
     curl_multi_remove_handle(job->shard->multi, job->easy);
     job->shard->running--;
     s_easy_put(self, job->easy);
@@ -1998,7 +2048,7 @@ static void s_grant_credit(s_worker_t *self, int64_t now)
     int64_t slots = self->cfg->capacity - held - self->outstanding;
     if (slots <= 0)
         return;
-    int64_t queued = (int64_t)self->q_len;
+    int64_t queued = (int64_t)self->queue.len;
     int64_t avail = llmq_limiter_available(self->limiter, self->avg_tokens,
                                            1000, self->cfg->capacity, now);
     int64_t allowance = llmq_breaker_allowance(
@@ -2099,9 +2149,11 @@ static int64_t s_next_wake(s_worker_t *self, int64_t now)
                                                            : now);
     if (s_retry_first(self))
         due = s_min_due(due, s_retry_first(self)->retry.seq);
-    if (self->t_head)
-        due = s_min_due(due, self->t_head->timeout_at);
-    if (self->limiter_at && self->q_len)
+    if (self->timeouts.head)
+        due = s_min_due(due, s_list_due(&self->timeouts));
+    if (self->connecting.head)
+        due = s_min_due(due, s_list_due(&self->connecting));
+    if (self->limiter_at && self->queue.len)
         due = s_min_due(due, self->limiter_at);
     if (!self->dealer && self->probe_at)
         due = s_min_due(due, self->probe_at);
@@ -2248,12 +2300,16 @@ static void s_curl_timers(s_worker_t *self, int64_t now)
     }
 }
 
-/*  Attempts whose timeout (ours: s_timeout_add) came: ended as libcurl
-    ends a transfer that ran out of time. */
+/*  Attempts whose timeout or connect timeout (ours: s_start_transfer)
+    came: ended as libcurl ends a transfer that ran out of time. */
 static void s_timeouts(s_worker_t *self, int64_t now)
 {
-    while (self->t_head && self->t_head->timeout_at <= now)
-        s_transfer_done(self, self->t_head, CURLE_OPERATION_TIMEDOUT, NULL);
+    while (self->timeouts.head && s_list_due(&self->timeouts) <= now)
+        s_transfer_done(self, self->timeouts.head, CURLE_OPERATION_TIMEDOUT,
+                        NULL);
+    while (self->connecting.head && s_list_due(&self->connecting) <= now)
+        s_transfer_done(self, self->connecting.head, CURLE_OPERATION_TIMEDOUT,
+                        NULL);
 }
 
 /*  The broker: everything waiting, in bounded batches. The DEALER's
@@ -2318,7 +2374,7 @@ static void s_handle_pipe(s_worker_t *self)
                    "held=%zu",
                    (unsigned long long)self->answered,
                    (unsigned long long)self->failed, zhashx_size(self->jobs),
-                   self->q_len, zhashx_size(self->held));
+                   self->queue.len, zhashx_size(self->held));
     free(command);
     zmsg_destroy(&msg);
 }
@@ -2439,7 +2495,7 @@ static void s_metrics_state(llmq_wmetrics_state_t *st, void *arg)
 {
     s_worker_t *self = (s_worker_t *)arg;
     st->in_flight = zhashx_size(self->jobs);
-    st->queued = self->q_len;
+    st->queued = self->queue.len;
     llmq_breaker_state_t b = llmq_breaker_state(self->breaker);
     st->breaker = b == LLMQ_BREAKER_OPEN        ? "open"
                   : b == LLMQ_BREAKER_HALF_OPEN ? "half_open"
@@ -2561,6 +2617,9 @@ static s_worker_t *s_worker_new(llmq_worker_config_t **config_p, zsock_t *pipe,
         self->rng[i] = (unsigned short)(seed >> (16 * i));
     self->avg_tokens = cfg->default_max_tokens / 4;
     self->probe_backoff = 1000;
+    self->queue.off = offsetof(s_job_t, queue_link);
+    self->timeouts.off = offsetof(s_job_t, timeout_link);
+    self->connecting.off = offsetof(s_job_t, connect_link);
     llmq_provider_config_t pc = {cfg->provider, cfg->base_url, cfg->api_key,
                                  cfg->anthropic_version,
                                  cfg->default_max_tokens};
