@@ -100,6 +100,13 @@ typedef struct {
 int llmq_value_find_many(const void *data, size_t size, const char *const *keys,
                          size_t count, llmq_value_ref_t *out);
 
+/*  llmq_value_find_many (at most 16 keys) that also gives each member
+    found that is a number its value in numbers[k] (0 otherwise), read on
+    the same walk. */
+int llmq_value_find_numbers(const void *data, size_t size,
+                            const char *const *keys, size_t count,
+                            llmq_value_ref_t *out, double *numbers);
+
 /*  Bytes of the string values (not keys) in the value data[0..size),
     leaving out members whose key is in skip[0..nskip) and strings deeper
     than max_depth (the value itself is depth 0). 0 if malformed. */
@@ -227,6 +234,17 @@ int llmq_value_test(bool verbose);
 int llmq_value_buf_json_except(llmq_value_buf_t *buf, const void *data,
                                size_t size, const char *const *skip,
                                size_t nskip, char *errbuf, size_t errlen);
+
+/*  llmq_value_buf_json_except that also finds the map's members named
+    keys[0..count) on the same walk: out[k] as llmq_value_find_many gives
+    it (the first member of that name, skipped or not; kind 0 = absent),
+    pointing into data. At most 16 skip names and 16 keys. Returns what
+    llmq_value_buf_json_except returns, with the same text. */
+int llmq_value_buf_json_except_find(llmq_value_buf_t *buf, const void *data,
+                                    size_t size, const char *const *skip,
+                                    size_t nskip, const char *const *keys,
+                                    size_t count, llmq_value_ref_t *out,
+                                    char *errbuf, size_t errlen);
 
 #ifdef __cplusplus
 }

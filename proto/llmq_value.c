@@ -560,6 +560,16 @@ static int s_kind_of(const uint8_t *data, size_t size)
     }
 }
 
+/*  The member's index in names[0..n) (lengths lens), or n. */
+static size_t s_name_index(const llmq_mp_item_t *key, const char *const *names,
+                           const size_t *lens, size_t n)
+{
+    for (size_t k = 0; k < n; k++)
+        if (key->len == lens[k] && memcmp(key->ptr, names[k], key->len) == 0)
+            return k;
+    return n;
+}
+
 /*  Key lengths measured once per call, for up to this many keys. */
 #define S_FIND_LENS 16
 
@@ -592,6 +602,54 @@ int llmq_value_find_many(const void *data, size_t size, const char *const *keys,
                 out[k].kind = s_kind_of(start, out[k].size);
                 found++;
             }
+    }
+    return 0;
+}
+
+int llmq_value_find_numbers(const void *data, size_t size,
+                            const char *const *keys, size_t count,
+                            llmq_value_ref_t *out, double *numbers)
+{
+    for (size_t k = 0; k < count; k++) {
+        out[k] = (llmq_value_ref_t){NULL, 0, 0};
+        numbers[k] = 0;
+    }
+    llmq_mp_reader_t r;
+    llmq_mp_init(&r, data, size);
+    llmq_mp_item_t it;
+    if (count > S_FIND_LENS || llmq_mp_read(&r, &it) || it.kind != LLMQ_MP_MAP)
+        return -1;
+    size_t lens[S_FIND_LENS], found = 0;
+    for (size_t k = 0; k < count; k++)
+        lens[k] = strlen(keys[k]);
+    for (uint32_t i = 0; i < it.len && found < count; i++) {
+        llmq_mp_item_t key, v;
+        if (llmq_mp_read(&r, &key))
+            return 0;
+        const uint8_t *start = r.p;
+        if (llmq_mp_read(&r, &v))
+            return 0;
+        /*  A container's elements, skipped as llmq_mp_skip skips them. */
+        uint64_t n = v.kind == LLMQ_MP_MAP     ? (uint64_t)v.len * 2
+                     : v.kind == LLMQ_MP_ARRAY ? v.len
+                                               : 0;
+        for (uint64_t e = 0; e < n; e++)
+            if (llmq_mp_skip(&r, LLMQ_VALUE_MAX_DEPTH - 1))
+                return 0;
+        size_t k = key.kind == LLMQ_MP_STR
+                       ? s_name_index(&key, keys, lens, count)
+                       : count;
+        if (k == count || out[k].kind)
+            continue;
+        out[k] = (llmq_value_ref_t){start, (size_t)(r.p - start),
+                                    s_kind_of(start, (size_t)(r.p - start))};
+        found++;
+        if (v.kind == LLMQ_MP_UINT)
+            numbers[k] = (double)v.u;
+        else if (v.kind == LLMQ_MP_INT)
+            numbers[k] = (double)v.i;
+        else if (v.kind == LLMQ_MP_FLOAT)
+            numbers[k] = v.d;
     }
     return 0;
 }
@@ -655,6 +713,68 @@ int llmq_value_buf_json_except(llmq_value_buf_t *buf, const void *data,
         llmq_value_buf_add(buf, ":", 1);
         if (llmq_value_buf_json(buf, start, (size_t)(r.p - start), errbuf,
                                 errlen))
+            return s_buf_undo(buf, mark);
+    }
+    if (!r.err && r.p != r.end)
+        llmq_mp_fail(&r, "trailing bytes after the value");
+    if (r.err) {
+        s_err(errbuf, errlen, r.err);
+        return s_buf_undo(buf, mark);
+    }
+    return written;
+}
+
+int llmq_value_buf_json_except_find(llmq_value_buf_t *buf, const void *data,
+                                    size_t size, const char *const *skip,
+                                    size_t nskip, const char *const *keys,
+                                    size_t count, llmq_value_ref_t *out,
+                                    char *errbuf, size_t errlen)
+{
+    size_t mark = buf->size, skip_lens[S_FIND_LENS], key_lens[S_FIND_LENS];
+    for (size_t k = 0; k < count; k++)
+        out[k] = (llmq_value_ref_t){NULL, 0, 0};
+    if (nskip > S_FIND_LENS || count > S_FIND_LENS) {
+        s_err(errbuf, errlen, "too many names");
+        return -1;
+    }
+    for (size_t k = 0; k < nskip; k++)
+        skip_lens[k] = strlen(skip[k]);
+    for (size_t k = 0; k < count; k++)
+        key_lens[k] = strlen(keys[k]);
+    llmq_mp_reader_t r;
+    llmq_mp_init(&r, data, size);
+    llmq_mp_item_t it;
+    int written = 0;
+    if (llmq_mp_read(&r, &it) || it.kind != LLMQ_MP_MAP) {
+        s_err(errbuf, errlen, r.err ? r.err : "not a map");
+        return -1;
+    }
+    llmq_value_buf_add(buf, "{", 1);
+    for (uint32_t i = 0; i < it.len; i++) {
+        llmq_mp_item_t key;
+        if (llmq_mp_read(&r, &key) ||
+            (key.kind != LLMQ_MP_STR && key.kind != LLMQ_MP_BIN) ||
+            !llmq_mp_utf8(key.ptr, key.len)) {
+            llmq_mp_fail(&r, "map key is not a UTF-8 string");
+            break;
+        }
+        const uint8_t *start = r.p;
+        if (llmq_mp_skip(&r, LLMQ_VALUE_MAX_DEPTH))
+            break;
+        size_t size_k = (size_t)(r.p - start);
+        size_t k = key.kind == LLMQ_MP_STR
+                       ? s_name_index(&key, keys, key_lens, count)
+                       : count;
+        if (k < count && !out[k].kind)
+            out[k] =
+                (llmq_value_ref_t){start, size_k, s_kind_of(start, size_k)};
+        if (s_name_index(&key, skip, skip_lens, nskip) < nskip)
+            continue;
+        if (written++)
+            llmq_value_buf_add(buf, ",", 1);
+        llmq_value_buf_str(buf, (const char *)key.ptr, key.len);
+        llmq_value_buf_add(buf, ":", 1);
+        if (llmq_value_buf_json(buf, start, size_k, errbuf, errlen))
             return s_buf_undo(buf, mark);
     }
     if (!r.err && r.p != r.end)
@@ -2387,6 +2507,76 @@ static void s_test_buf_json(void)
     free(buf.data);
 }
 
+/*  llmq_value_buf_json_except_find writes what llmq_value_buf_json_except
+    writes and finds what llmq_value_find_many finds, on every prefix. */
+static void s_test_buf_json_except_find(void)
+{
+    const char *text = "{\"model\":\"m\",\"messages\":[{\"role\":\"user\","
+                       "\"content\":\"hi\"}],\"stream\":true,\"max_tokens\":7,"
+                       "\"model\":\"again\",\"n\":1}";
+    zframe_t *frame = llmq_value_from_json_text(text, strlen(text), NULL, 0);
+    S_TEST(frame);
+    const uint8_t *data = zframe_data(frame);
+    const char *const skip[] = {"stream", "model"};
+    const char *const keys[] = {"messages", "max_tokens", "model", "none"};
+    for (size_t n = 0; n <= zframe_size(frame); n++) {
+        llmq_value_buf_t a = {0}, b = {0};
+        char ea[128] = "", eb[128] = "";
+        int ra =
+            llmq_value_buf_json_except(&a, data, n, skip, 2, ea, sizeof ea);
+        llmq_value_ref_t want[4], got[4];
+        int rb = llmq_value_buf_json_except_find(&b, data, n, skip, 2, keys, 4,
+                                                 got, eb, sizeof eb);
+        S_TEST(ra == rb && a.size == b.size && streq(ea, eb));
+        S_TEST(!a.size || memcmp(a.data, b.data, a.size) == 0);
+        if (n == zframe_size(frame)) {
+            S_TEST(rb == 3 && b.data &&
+                   streq(b.data, "{\"messages\":[{\"role\":\"user\","
+                                 "\"content\":\"hi\"}],\"max_tokens\":7,"
+                                 "\"n\":1"));
+            S_TEST(llmq_value_find_many(data, n, keys, 4, want) == 0);
+            for (int k = 0; k < 4; k++)
+                S_TEST(got[k].kind == want[k].kind &&
+                       got[k].data == want[k].data &&
+                       got[k].size == want[k].size);
+            S_TEST(got[2].kind == 's' && got[3].kind == 0);
+        }
+        free(a.data);
+        free(b.data);
+    }
+    zframe_destroy(&frame);
+}
+
+/*  llmq_value_find_numbers finds what llmq_value_find_many finds, on every
+    prefix, and reads the numbers. */
+static void s_test_find_numbers(void)
+{
+    const char *text = "{\"a\":{\"x\":[1,2]},\"p\":12,\"f\":-0.5,\"s\":\"7\","
+                       "\"p\":13,\"q\":-3,\"big\":18446744073709551615}";
+    zframe_t *frame = llmq_value_from_json_text(text, strlen(text), NULL, 0);
+    S_TEST(frame);
+    const uint8_t *data = zframe_data(frame);
+    const char *const keys[] = {"p", "f", "s", "a", "q", "none", "big"};
+    for (size_t n = 0; n <= zframe_size(frame); n++) {
+        llmq_value_ref_t want[7], got[7];
+        double d[7];
+        int ra = llmq_value_find_many(data, n, keys, 7, want);
+        S_TEST(llmq_value_find_numbers(data, n, keys, 7, got, d) == ra);
+        for (int k = 0; k < 7; k++) {
+            double w = 0;
+            S_TEST(got[k].kind == want[k].kind && got[k].data == want[k].data &&
+                   got[k].size == want[k].size);
+            if (want[k].kind == 'n')
+                S_TEST(llmq_value_number(want[k].data, want[k].size, &w));
+            S_TEST(d[k] == w);
+        }
+        if (n == zframe_size(frame))
+            S_TEST(d[0] == 12 && d[1] == -0.5 && d[2] == 0 && d[4] == -3 &&
+                   got[3].kind == 'm' && got[5].kind == 0 && d[6] > 1e19);
+    }
+    zframe_destroy(&frame);
+}
+
 int llmq_value_test(bool verbose)
 {
     if (verbose)
@@ -2401,6 +2591,8 @@ int llmq_value_test(bool verbose)
     s_test_strn_int();
     s_test_buf_json();
     s_test_buf_strings();
+    s_test_buf_json_except_find();
+    s_test_find_numbers();
     if (verbose)
         printf("OK\n");
     return 0;

@@ -843,20 +843,21 @@ int64_t llmq_estimate_tokens(const cJSON *body, int64_t default_max_tokens)
     return (chars + 3) / 4 + out;
 }
 
-int64_t llmq_estimate_tokens_msgpack(const void *data, size_t size,
-                                     int64_t default_max_tokens)
+/*  The payload's members the estimate reads, and their skipped keys. */
+static const char *const s_est_fields[] = {
+    "messages", "prompt",     "input",
+    "system",   "max_tokens", "max_completion_tokens"};
+static const char *const s_est_skip[] = {"role", "type", "name"};
+
+/*  The estimate from the members s_est_fields found (f[0..6)). */
+static int64_t s_estimate_refs(const llmq_value_ref_t *f,
+                               int64_t default_max_tokens)
 {
-    static const char *const fields[] = {"messages",   "prompt",
-                                         "input",      "system",
-                                         "max_tokens", "max_completion_tokens"};
-    static const char *const skip[] = {"role", "type", "name"};
-    llmq_value_ref_t f[6];
-    if (llmq_value_find_many(data, size, fields, 6, f))
-        return default_max_tokens;
     int64_t chars = 0;
     for (int k = 0; k < 4; k++)
         if (f[k].data)
-            chars += llmq_value_text_size(f[k].data, f[k].size, skip, 3, 16);
+            chars +=
+                llmq_value_text_size(f[k].data, f[k].size, s_est_skip, 3, 16);
     int64_t out = default_max_tokens;
     const llmq_value_ref_t *mt = f[4].kind == 'n' ? &f[4] : &f[5];
     double d = 0;
@@ -865,6 +866,31 @@ int64_t llmq_estimate_tokens_msgpack(const void *data, size_t size,
     if (f[2].data)
         out = 0; /* embeddings produce no tokens */
     return (chars + 3) / 4 + out;
+}
+
+int64_t llmq_estimate_tokens_msgpack(const void *data, size_t size,
+                                     int64_t default_max_tokens)
+{
+    llmq_value_ref_t f[6];
+    if (llmq_value_find_many(data, size, s_est_fields, 6, f))
+        return default_max_tokens;
+    return s_estimate_refs(f, default_max_tokens);
+}
+
+int llmq_provider_json_except(llmq_value_buf_t *buf, const void *payload,
+                              size_t size, const char *const *skip,
+                              size_t nskip, int64_t *estimate, char *errbuf,
+                              size_t errlen)
+{
+    if (!estimate)
+        return llmq_value_buf_json_except(buf, payload, size, skip, nskip,
+                                          errbuf, errlen);
+    llmq_value_ref_t f[6];
+    int n = llmq_value_buf_json_except_find(buf, payload, size, skip, nskip,
+                                            s_est_fields, 6, f, errbuf, errlen);
+    if (n >= 0)
+        *estimate = s_estimate_refs(f, *estimate);
+    return n;
 }
 
 void llmq_usage_add_json(cJSON *body, int64_t prompt_tokens,
@@ -909,10 +935,10 @@ void llmq_usage_from_json(const cJSON *u, llmq_usage_t *usage)
 }
 
 /*  A number member of a msgpack map into *out (left as is if absent). */
-static void s_mp_count(const llmq_value_ref_t *ref, int64_t *out)
+/*  The number a member's value held, if it was one (kind 'n'). */
+static void s_mp_count(int kind, double d, int64_t *out)
 {
-    double d = 0;
-    if (ref->kind == 'n' && llmq_value_number(ref->data, ref->size, &d))
+    if (kind == 'n')
         *out = (int64_t)d;
 }
 
@@ -925,19 +951,20 @@ void llmq_usage_from_msgpack(const uint8_t *data, size_t size,
     int64_t *outs[3] = {&usage->prompt_tokens, &usage->completion_tokens,
                         &usage->total_tokens};
     llmq_value_ref_t found[5], detail;
-    llmq_value_find_many(data, size, keys, 5, found);
+    double n[5], d;
+    llmq_value_find_numbers(data, size, keys, 5, found, n);
     for (int k = 0; k < 3; k++)
-        s_mp_count(&found[k], outs[k]);
+        s_mp_count(found[k].kind, n[k], outs[k]);
     static const char *const cached = "cached_tokens";
     static const char *const reasoning = "reasoning_tokens";
     if (found[3].kind == 'm' &&
-        !llmq_value_find_many(found[3].data, found[3].size, &cached, 1,
-                              &detail))
-        s_mp_count(&detail, &usage->cached_tokens);
+        !llmq_value_find_numbers(found[3].data, found[3].size, &cached, 1,
+                                 &detail, &d))
+        s_mp_count(detail.kind, d, &usage->cached_tokens);
     if (found[4].kind == 'm' &&
-        !llmq_value_find_many(found[4].data, found[4].size, &reasoning, 1,
-                              &detail))
-        s_mp_count(&detail, &usage->reasoning_tokens);
+        !llmq_value_find_numbers(found[4].data, found[4].size, &reasoning, 1,
+                                 &detail, &d))
+        s_mp_count(detail.kind, d, &usage->reasoning_tokens);
     if (usage->total_tokens < 0 && usage->prompt_tokens >= 0)
         usage->total_tokens =
             usage->prompt_tokens +
@@ -1518,6 +1545,8 @@ static int s_test_openai_raw(s_test_fx_t *fx)
         CHECK(
             llmq_estimate_tokens(tree, 99) ==
             llmq_estimate_tokens_msgpack(zframe_data(mp), zframe_size(mp), 99));
+        CHECK(b.estimate == llmq_estimate_tokens(
+                                tree, llmq_provider_default_max_tokens(fx->p)));
         llmq_http_reset(&a);
         llmq_http_reset(&b);
         cJSON_Delete(tree);

@@ -87,6 +87,10 @@ typedef struct {
     bool shared;                /* url and headers are the provider's, made
                                    once (llmq_http_post_text): never free or
                                    append to them */
+    int64_t estimate;           /* build_raw: the payload's tokens as
+                                   llmq_estimate_tokens_msgpack counts them
+                                   with the provider's default max_tokens,
+                                   taken on the build's walk */
 } llmq_http_t;
 
 /*  Free what an llmq_http_t holds and zero it. */
@@ -346,6 +350,14 @@ int64_t llmq_estimate_tokens(const cJSON *body, int64_t default_max_tokens);
 /*  The same estimate from the msgpack payload, no tree. */
 int64_t llmq_estimate_tokens_msgpack(const void *data, size_t size,
                                      int64_t default_max_tokens);
+/*  llmq_value_buf_json_except (the request payload as JSON text without
+    the skip members) that, when estimate is not NULL, also replaces
+    *estimate (the default max_tokens on the way in) with
+    llmq_estimate_tokens_msgpack's estimate, taken on the same walk. */
+int llmq_provider_json_except(llmq_value_buf_t *buf, const void *payload,
+                              size_t size, const char *const *skip,
+                              size_t nskip, int64_t *estimate, char *errbuf,
+                              size_t errlen);
 
 /*  Add "usage" {prompt_tokens, completion_tokens, total_tokens} to an
     OpenAI-shaped body. */

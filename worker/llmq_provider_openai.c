@@ -97,8 +97,9 @@ static int s_build_raw(const llmq_provider_t *self, const llmq_call_t *call,
     bool model = call->model && *call->model;
     llmq_value_buf_t b = {0};
     char why[128] = "";
-    int n = llmq_value_buf_json_except(&b, payload, size, skip, model ? 3 : 2,
-                                       why, sizeof why);
+    int64_t estimate = llmq_provider_default_max_tokens(self);
+    int n = llmq_provider_json_except(&b, payload, size, skip, model ? 3 : 2,
+                                      &estimate, why, sizeof why);
     if (n < 0) {
         free(b.data);
         llmq_perr_set(err, LLMQ_ERR_INVALID_REQUEST, 0, false,
@@ -124,8 +125,11 @@ static int s_build_raw(const llmq_provider_t *self, const llmq_call_t *call,
         llmq_perr_set(err, LLMQ_ERR_INTERNAL, 0, true, "out of memory");
         return -1;
     }
-    return llmq_http_post_text(self, s_route(call->op), b.data, call->stream,
-                               http, err);
+    if (llmq_http_post_text(self, s_route(call->op), b.data, call->stream, http,
+                            err))
+        return -1;
+    http->estimate = estimate;
+    return 0;
 }
 
 static int s_build(const llmq_provider_t *self, const llmq_call_t *call,

@@ -136,7 +136,24 @@ typedef struct {
     size_t running;     /* transfers on it */
 } s_shard_t;
 
+typedef struct _s_job_t s_job_t;
+
+/*  A job's place in one of the worker's lists (the start queue, the
+    timeouts, the connecting): through the jobs, so joining or leaving one
+    allocates nothing. */
 typedef struct {
+    s_job_t *prev, *next; /* neighbours in the list */
+    int64_t at;           /* timed lists: when the job is due */
+    bool in;              /* in the list */
+} s_link_t;
+
+/*  A list of jobs through one of their links. */
+typedef struct {
+    s_job_t *head, *tail;
+    size_t len;
+    size_t off; /* offsetof(s_job_t, the link) */
+} s_list_t;
+struct _s_job_t {
     s_worker_t *worker;   /* back pointer, for curl callbacks */
     char *id;             /* broker's request id (key in jobs) */
     char *rkey;           /* request key (3.3), or NULL */
@@ -168,7 +185,9 @@ typedef struct {
     llmq_sse_t *sse;             /* stream parser, per attempt */
     llmq_stream_t *st;           /* stream state, per attempt */
     int64_t seq;                 /* next chunk seq */
-    void *queue_handle;          /* QUEUED: handle in the start queue */
+    s_link_t queue_link;         /* QUEUED: in the start queue */
+    s_link_t timeout_link;       /* RUNNING: in timeouts (when ours) */
+    s_link_t connect_link;       /* RUNNING: in connecting (when ours) */
     int64_t queued_ms;           /* QUEUED: since when */
     bool limiter_waited;         /* counted in limiter_waits */
     /*  WAITING: in the worker's retries, seq = when to try again. */
@@ -176,7 +195,7 @@ typedef struct {
     void *spare_next;   /* in the worker's spare jobs (s_job_free) */
     char id_own[48];    /* id's bytes when short enough (no strdup) */
     char model_own[48]; /* model's, likewise */
-} s_job_t;
+};
 
 struct _s_worker_t {
     llmq_worker_config_t *cfg; /* owned */
@@ -197,7 +216,16 @@ struct _s_worker_t {
     zlistx_t *held_order; /* s_held_t oldest first (borrowed) */
     size_t held_bytes;    /* sum of their bytes */
     const char *poison;   /* LLMQ_TEST_POISON: abort on a body with it */
-    zlistx_t *queue;      /* s_job_t waiting to start, FIFO */
+    s_list_t queue;       /* s_job_t waiting to start, FIFO */
+    /*  Running attempts whose timeout the loop keeps (s_start_transfer):
+        soonest first; and those of them not yet connected, with their
+        connect timeout. libcurl's own (CURLOPT_TIMEOUT_MS and
+        CURLOPT_CONNECTTIMEOUT_MS) cost it about 1,400 instructions per
+        transfer in timer bookkeeping; ours are lists, as every attempt
+        but a probe or a deadline-cut one has the same timeouts and starts
+        later than the one before. */
+    s_list_t timeouts;
+    s_list_t connecting;
     /*  WAITING jobs, soonest due first. */
     llmq_queue_t *retries;
     llmq_packer_t *packer; /* answers are packed here (reused) */
@@ -274,6 +302,13 @@ static s_job_t *s_retry_first(s_worker_t *self)
 
 static size_t s_on_write(char *data, size_t size, size_t nmemb, void *arg);
 static size_t s_on_header(char *data, size_t size, size_t nmemb, void *arg);
+/*  libcurl with CURLOPT_PREREQFUNCTION (7.80): the loop keeps the connect
+    timeout too (s_on_prereq ends it); older: libcurl does. */
+#ifdef CURL_PREREQFUNC_OK
+#define S_OUR_CONNECT_TIMEOUT 1
+static int s_on_prereq(void *arg, char *ip, char *local_ip, int port,
+                       int local_port);
+#endif
 static curl_socket_t s_open_socket(void *arg, curlsocktype purpose,
                                    struct curl_sockaddr *address);
 static int s_close_socket(void *arg, curl_socket_t fd);
@@ -297,8 +332,12 @@ static CURL *s_easy_new(s_worker_t *self)
     curl_easy_setopt(easy, CURLOPT_OPENSOCKETDATA, self);
     curl_easy_setopt(easy, CURLOPT_CLOSESOCKETFUNCTION, s_close_socket);
     curl_easy_setopt(easy, CURLOPT_CLOSESOCKETDATA, self);
+#ifdef S_OUR_CONNECT_TIMEOUT
+    curl_easy_setopt(easy, CURLOPT_PREREQFUNCTION, s_on_prereq);
+#else
     curl_easy_setopt(easy, CURLOPT_CONNECTTIMEOUT_MS,
                      (long)self->cfg->connect_timeout_ms);
+#endif
     curl_easy_setopt(easy, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(easy, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
     curl_easy_setopt(easy, CURLOPT_PIPEWAIT, 1L);
@@ -403,11 +442,78 @@ static char *s_job_str(char *own, size_t size, const char *src)
 
 /*  A job ended: kept for the next request (up to capacity, with its
     answer buffer, so a steady load allocates neither), else freed. */
+static s_link_t *s_link(const s_list_t *list, s_job_t *job)
+{
+    return (s_link_t *)((char *)job + list->off);
+}
+
+/*  job into list after prev (at the head if prev is NULL). */
+static void s_list_insert(s_list_t *list, s_job_t *prev, s_job_t *job)
+{
+    s_link_t *link = s_link(list, job);
+    link->prev = prev;
+    link->next = prev ? s_link(list, prev)->next : list->head;
+    if (link->next)
+        s_link(list, link->next)->prev = job;
+    else
+        list->tail = job;
+    if (prev)
+        s_link(list, prev)->next = job;
+    else
+        list->head = job;
+    link->in = true;
+    list->len++;
+}
+
+/*  job out of list, if it is there. */
+static void s_list_remove(s_list_t *list, s_job_t *job)
+{
+    s_link_t *link = s_link(list, job);
+    if (!link->in)
+        return;
+    if (link->prev)
+        s_link(list, link->prev)->next = link->next;
+    else
+        list->head = link->next;
+    if (link->next)
+        s_link(list, link->next)->prev = link->prev;
+    else
+        list->tail = link->prev;
+    *link = (s_link_t){NULL, NULL, 0, false};
+    list->len--;
+}
+
+/*  job into a timed list, due at: in order, usually at the tail (a later
+    start, the same timeout). */
+static void s_list_add_at(s_list_t *list, s_job_t *job, int64_t at)
+{
+    s_job_t *prev = list->tail;
+    while (prev && s_link(list, prev)->at > at)
+        prev = s_link(list, prev)->prev;
+    s_list_insert(list, prev, job);
+    s_link(list, job)->at = at;
+}
+
+/*  When the head of a timed list is due; -1 if the list is empty. */
+static int64_t s_list_due(const s_list_t *list)
+{
+    return list->head ? s_link(list, list->head)->at : -1;
+}
+
+/*  The attempt ended (or was taken away): its timeouts go. */
+static void s_attempt_untimed(s_worker_t *self, s_job_t *job)
+{
+    s_list_remove(&self->timeouts, job);
+    s_list_remove(&self->connecting, job);
+}
+
 static void s_job_free(s_job_t **job_p)
 {
     s_job_t *job = *job_p;
     if (!job)
         return;
+    if (job->worker)
+        s_attempt_untimed(job->worker, job);
     s_job_clear(job);
     s_worker_t *self = job->worker;
     if (job->cap > S_SPARE_BUF_MAX) { /* a rare big answer is not kept */
@@ -462,11 +568,9 @@ static void s_job_spares_free(s_worker_t *self)
     not free it or remove it from the jobs table. */
 static void s_job_detach(s_worker_t *self, s_job_t *job, bool release_tokens)
 {
-    if (job->queue_handle) {
-        zlistx_delete(self->queue, job->queue_handle);
-        job->queue_handle = NULL;
-    }
+    s_list_remove(&self->queue, job);
     llmq_queue_remove(self->retries, &job->retry);
+    s_attempt_untimed(self, job);
     if (job->easy) {
         curl_multi_remove_handle(job->shard->multi, job->easy);
         job->shard->running--;
@@ -984,6 +1088,22 @@ static size_t s_on_header(char *data, size_t size, size_t nmemb, void *arg)
     return n;
 }
 
+#ifdef S_OUR_CONNECT_TIMEOUT
+/*  The attempt's connection is up (new or reused): its connect timeout
+    is over. */
+static int s_on_prereq(void *arg, char *ip, char *local_ip, int port,
+                       int local_port)
+{
+    (void)ip;
+    (void)local_ip;
+    (void)port;
+    (void)local_port;
+    s_job_t *job = arg;
+    s_list_remove(&job->worker->connecting, job);
+    return CURL_PREREQFUNC_OK;
+}
+#endif
+
 /*  The state of fd, the table grown to hold it; NULL if out of memory. */
 static s_fd_t *s_fd(s_worker_t *self, curl_socket_t fd)
 {
@@ -1137,7 +1257,15 @@ static int s_start_transfer(s_worker_t *self, s_job_t *job, int64_t now)
     curl_easy_setopt(easy, CURLOPT_WRITEDATA, job);
     curl_easy_setopt(easy, CURLOPT_HEADERDATA, job);
     curl_easy_setopt(easy, CURLOPT_PRIVATE, job);
-    curl_easy_setopt(easy, CURLOPT_TIMEOUT_MS, (long)timeout);
+    /*  A probe's or a deadline's timeouts are libcurl's; the usual ones
+        are the loop's (timeouts, connecting), libcurl's left off. */
+    bool ours = !job->probe && !job->deadline_cut;
+    curl_easy_setopt(easy, CURLOPT_TIMEOUT_MS, ours ? 0L : (long)timeout);
+#ifdef S_OUR_CONNECT_TIMEOUT
+    curl_easy_setopt(easy, CURLOPT_CONNECTTIMEOUT_MS,
+                     ours ? 0L : (long)self->cfg->connect_timeout_ms);
+    curl_easy_setopt(easy, CURLOPT_PREREQDATA, job);
+#endif
     /*  The least busy shard. */
     s_shard_t *shard = &self->shards[0];
     for (size_t i = 1; i < self->nshards; i++)
@@ -1153,6 +1281,13 @@ static int s_start_transfer(s_worker_t *self, s_job_t *job, int64_t now)
         return -1;
     }
     shard->running++;
+    if (ours) {
+        s_list_add_at(&self->timeouts, job, now + timeout);
+#ifdef S_OUR_CONNECT_TIMEOUT
+        s_list_add_at(&self->connecting, job,
+                      now + self->cfg->connect_timeout_ms);
+#endif
+    }
     return 0;
 }
 
@@ -1163,12 +1298,11 @@ static int s_start_transfer(s_worker_t *self, s_job_t *job, int64_t now)
    retryable, so the broker can send it elsewhere. */
 static void s_expire_held(s_worker_t *self, int64_t now)
 {
-    s_job_t *job = zlistx_first(self->queue);
+    s_job_t *job = self->queue.head;
     while (job) {
-        s_job_t *next = zlistx_next(self->queue);
+        s_job_t *next = job->queue_link.next;
         if (now - job->queued_ms >= 2 * self->cfg->breaker_cooldown_ms) {
-            zlistx_delete(self->queue, job->queue_handle);
-            job->queue_handle = NULL;
+            s_list_remove(&self->queue, job);
             if (!job->attempts)
                 llmq_perr_set(&job->err, LLMQ_ERR_PROVIDER_ERROR, 0, true,
                               "circuit open: the provider is failing");
@@ -1184,10 +1318,9 @@ static void s_pump(s_worker_t *self, int64_t now)
 {
     self->limiter_at = 0;
     s_job_t *job;
-    while ((job = zlistx_first(self->queue))) {
+    while ((job = self->queue.head)) {
         if (job->deadline_at > 0 && now >= job->deadline_at) {
-            zlistx_delete(self->queue, job->queue_handle);
-            job->queue_handle = NULL;
+            s_list_remove(&self->queue, job);
             char text[600];
             if (job->attempts)
                 snprintf(text, sizeof text,
@@ -1216,8 +1349,7 @@ static void s_pump(s_worker_t *self, int64_t now)
                 self->limiter_at = now + wait;
             return;
         }
-        zlistx_delete(self->queue, job->queue_handle);
-        job->queue_handle = NULL;
+        s_list_remove(&self->queue, job);
         if (s_start_transfer(self, job, now) != 0) {
             llmq_limiter_release(self->limiter, job->estimate, 0, now);
             s_fail(self, job, LLMQ_ERR_INTERNAL, 0, true,
@@ -1230,8 +1362,7 @@ static void s_enqueue(s_worker_t *self, s_job_t *job, bool front)
 {
     job->state = S_QUEUED;
     job->queued_ms = s_now();
-    job->queue_handle = front ? zlistx_add_start(self->queue, job)
-                              : zlistx_add_end(self->queue, job);
+    s_list_insert(&self->queue, front ? NULL : self->queue.tail, job);
 }
 
 /*  Backoff before attempt n+1: full jitter over base * 2^(n-1), capped. */
@@ -1301,6 +1432,7 @@ static void s_transfer_done(s_worker_t *self, s_job_t *job, CURLcode rc,
         s_probe_done(self, job, rc);
         return;
     }
+    s_attempt_untimed(self, job);
     curl_multi_remove_handle(job->shard->multi, job->easy);
     job->shard->running--;
     s_easy_put(self, job->easy);
@@ -1770,8 +1902,8 @@ static bool s_job_build_raw(s_worker_t *self, s_job_t *job, llmq_msg_t *msg)
         return true;
     }
     job->estimate =
-        llmq_estimate_tokens_msgpack(zframe_data(payload), zframe_size(payload),
-                                     self->cfg->default_max_tokens);
+        job->http.estimate; /* the provider's default max_tokens
+                               is the worker's (--default-max-tokens) */
     s_job_queue(self, job, msg);
     return true;
 }
@@ -1916,7 +2048,7 @@ static void s_grant_credit(s_worker_t *self, int64_t now)
     int64_t slots = self->cfg->capacity - held - self->outstanding;
     if (slots <= 0)
         return;
-    int64_t queued = (int64_t)zlistx_size(self->queue);
+    int64_t queued = (int64_t)self->queue.len;
     int64_t avail = llmq_limiter_available(self->limiter, self->avg_tokens,
                                            1000, self->cfg->capacity, now);
     int64_t allowance = llmq_breaker_allowance(
@@ -2017,7 +2149,11 @@ static int64_t s_next_wake(s_worker_t *self, int64_t now)
                                                            : now);
     if (s_retry_first(self))
         due = s_min_due(due, s_retry_first(self)->retry.seq);
-    if (self->limiter_at && zlistx_size(self->queue))
+    if (self->timeouts.head)
+        due = s_min_due(due, s_list_due(&self->timeouts));
+    if (self->connecting.head)
+        due = s_min_due(due, s_list_due(&self->connecting));
+    if (self->limiter_at && self->queue.len)
         due = s_min_due(due, self->limiter_at);
     if (!self->dealer && self->probe_at)
         due = s_min_due(due, self->probe_at);
@@ -2164,6 +2300,18 @@ static void s_curl_timers(s_worker_t *self, int64_t now)
     }
 }
 
+/*  Attempts whose timeout or connect timeout (ours: s_start_transfer)
+    came: ended as libcurl ends a transfer that ran out of time. */
+static void s_timeouts(s_worker_t *self, int64_t now)
+{
+    while (self->timeouts.head && s_list_due(&self->timeouts) <= now)
+        s_transfer_done(self, self->timeouts.head, CURLE_OPERATION_TIMEDOUT,
+                        NULL);
+    while (self->connecting.head && s_list_due(&self->connecting) <= now)
+        s_transfer_done(self, self->connecting.head, CURLE_OPERATION_TIMEDOUT,
+                        NULL);
+}
+
 /*  The broker: everything waiting, in bounded batches. The DEALER's
     receive timeout is 0 (s_connect): a receive with nothing waiting
     returns NULL at once. */
@@ -2226,7 +2374,7 @@ static void s_handle_pipe(s_worker_t *self)
                    "held=%zu",
                    (unsigned long long)self->answered,
                    (unsigned long long)self->failed, zhashx_size(self->jobs),
-                   zlistx_size(self->queue), zhashx_size(self->held));
+                   self->queue.len, zhashx_size(self->held));
     free(command);
     zmsg_destroy(&msg);
 }
@@ -2266,6 +2414,7 @@ static void s_turn(s_worker_t *self)
     if (curl_ready)
         s_curl_events(self);
     s_curl_timers(self, s_now());
+    s_timeouts(self, s_now());
     if (self->broker_check)
         s_read_broker(self);
     int64_t now = s_now();
@@ -2346,7 +2495,7 @@ static void s_metrics_state(llmq_wmetrics_state_t *st, void *arg)
 {
     s_worker_t *self = (s_worker_t *)arg;
     st->in_flight = zhashx_size(self->jobs);
-    st->queued = zlistx_size(self->queue);
+    st->queued = self->queue.len;
     llmq_breaker_state_t b = llmq_breaker_state(self->breaker);
     st->breaker = b == LLMQ_BREAKER_OPEN        ? "open"
                   : b == LLMQ_BREAKER_HALF_OPEN ? "half_open"
@@ -2468,6 +2617,9 @@ static s_worker_t *s_worker_new(llmq_worker_config_t **config_p, zsock_t *pipe,
         self->rng[i] = (unsigned short)(seed >> (16 * i));
     self->avg_tokens = cfg->default_max_tokens / 4;
     self->probe_backoff = 1000;
+    self->queue.off = offsetof(s_job_t, queue_link);
+    self->timeouts.off = offsetof(s_job_t, timeout_link);
+    self->connecting.off = offsetof(s_job_t, connect_link);
     llmq_provider_config_t pc = {cfg->provider, cfg->base_url, cfg->api_key,
                                  cfg->anthropic_version,
                                  cfg->default_max_tokens};
@@ -2490,12 +2642,11 @@ static s_worker_t *s_worker_new(llmq_worker_config_t **config_p, zsock_t *pipe,
     self->running = zhashx_new();
     const char *poison = getenv("LLMQ_TEST_POISON");
     self->poison = poison && *poison ? poison : NULL;
-    self->queue = zlistx_new();
     self->retries = llmq_queue_new();
     self->packer = llmq_packer_new();
     if (!self->provider || !self->limiter || !self->breaker || !self->jobs ||
-        !self->running || s_held_new(self) != 0 || !self->queue ||
-        !self->retries || !self->packer || s_curl_new(self) != 0) {
+        !self->running || s_held_new(self) != 0 || !self->retries ||
+        !self->packer || s_curl_new(self) != 0) {
         if (errbuf && !*errbuf)
             snprintf(errbuf, errlen,
                      "cannot set up the worker (out of memory or fds)");
@@ -2528,7 +2679,6 @@ static void s_worker_destroy(s_worker_t **self_p)
         s_job_detach(self, self->probe, false);
         s_job_free(&self->probe);
     }
-    zlistx_destroy(&self->queue);
     llmq_queue_destroy(&self->retries);
     s_curl_destroy(self);
     zsock_destroy(&self->dealer);

@@ -6,7 +6,9 @@
 # fixed request count. It runs N and 2N requests and reports
 # (Ir(2N) - Ir(N)) / N, so start-up and shut-down cancel out, then the top
 # functions of the 2N run (inclusive and self). The same for curl_floor (a
-# tuned libcurl client posting the same request, nothing else): the floor.
+# tuned libcurl client posting the same request, nothing else): the floor,
+# and once more with the libcurl options the worker sets (curl_floor.c,
+# LLMQ_FLOOR_WORKER_OPTS). LLMQ_BENCH_FLOOR=0 skips both.
 # Usage: bench/worker/callgrind.sh [BUILD_DIR] [N] [OUT_DIR]
 set -euo pipefail
 BUILD=${1:-build}
@@ -42,16 +44,22 @@ run $((2 * N))
 a=$(ir_of "$OUT/cg-$N.out")
 b=$(ir_of "$OUT/cg-$((2 * N)).out")
 echo "requests=$N ir_n=$a ir_2n=$b ir_per_request=$(((b - a) / N))"
-floor() { # $1 = request count: curl_floor under callgrind
-  valgrind --tool=callgrind --callgrind-out-file="$OUT/floor-$1.out" \
-    "$BIN/curl_floor" "$url/v1" "$1" 256 >"$OUT/floor-$1.txt" 2>"$OUT/vg-floor-$1.log"
+floor() { # $1 = request count, $2 = out name: curl_floor under callgrind
+  valgrind --tool=callgrind --callgrind-out-file="$OUT/$2-$1.out" \
+    "$BIN/curl_floor" "$url/v1" "$1" 256 >"$OUT/$2-$1.txt" 2>"$OUT/vg-$2-$1.log"
+}
+floor_pair() { # $1 = out name, $2 = label
+  floor "$N" "$1"
+  floor $((2 * N)) "$1"
+  fa=$(ir_of "$OUT/$1-$N.out")
+  fb=$(ir_of "$OUT/$1-$((2 * N)).out")
+  echo "$2 requests=$N ir_n=$fa ir_2n=$fb ir_per_request=$(((fb - fa) / N))"
 }
 if [ "${LLMQ_BENCH_FLOOR:-1}" = 1 ]; then
-  floor "$N"
-  floor $((2 * N))
-  fa=$(ir_of "$OUT/floor-$N.out")
-  fb=$(ir_of "$OUT/floor-$((2 * N)).out")
-  echo "curl_floor requests=$N ir_n=$fa ir_2n=$fb ir_per_request=$(((fb - fa) / N))"
+  floor_pair floor curl_floor
+  # The same client with the libcurl options the worker needs (timeouts,
+  # header callback, ...): the part of the gap those options cost libcurl.
+  LLMQ_FLOOR_WORKER_OPTS=1 floor_pair floor-opts curl_floor_worker_opts
 fi
 cat "$OUT/bench-$N.txt" "$OUT/bench-$((2 * N)).txt"
 callgrind_annotate --inclusive=yes "$OUT/cg-$((2 * N)).out" 2>/dev/null | sed -n '1,60p' >"$OUT/inclusive.txt"

@@ -11,6 +11,9 @@
     connections, the URL parsed once (CURLOPT_CURLU), and the answer
     appended to a reused buffer and dropped. No
     JSON, no messages, no limiter: libcurl's own cost per request.
+    LLMQ_FLOOR_WORKER_OPTS=1 adds the libcurl options llmq-worker sets
+    (header callback, connect and transfer timeouts, HTTP/2 over TLS,
+    pipewait, keep-alive probes, 8 KB buffer): what those cost libcurl.
 
     usage: curl_floor BASE_URL REQUESTS [IN_FLIGHT]
 */
@@ -94,6 +97,14 @@ static long s_now(void)
     return (long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+/*  Headers, looked at and dropped (LLMQ_FLOOR_WORKER_OPTS). */
+static size_t s_on_header(char *data, size_t size, size_t nmemb, void *arg)
+{
+    (void)data;
+    (void)arg;
+    return size * nmemb;
+}
+
 static int s_on_timer(CURLM *multi, long timeout_ms, void *userp)
 {
     (void)multi;
@@ -118,6 +129,18 @@ static CURL *s_easy(s_floor_t *f, s_answer_t *a)
     curl_easy_setopt(e, CURLOPT_USERAGENT, "llmq-worker/0.0.0");
     curl_easy_setopt(e, CURLOPT_PROXY, "");
     curl_easy_setopt(e, CURLOPT_NOPROXY, "");
+    if (getenv("LLMQ_FLOOR_WORKER_OPTS")) {
+        /*  The options llmq-worker needs on top (s_easy_new and
+            s_start_transfer): what they cost libcurl itself. */
+        curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, s_on_header);
+        curl_easy_setopt(e, CURLOPT_HEADERDATA, a);
+        curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, 10000L);
+        curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, 60000L);
+        curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
+        curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
+        curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
+        curl_easy_setopt(e, CURLOPT_BUFFERSIZE, 8192L);
+    }
     return e;
 }
 
