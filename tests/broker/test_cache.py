@@ -357,13 +357,4 @@ CASES = {"tenant": t_tenant, "cli": t_cli, "flight": t_flight, "restart": t_rest
          "warm": t_warm, "fail": t_fail, "foreign": t_foreign}
 
 if __name__ == "__main__":
-    os.setpgrp()
-    ok = False
-    try:
-        CASES[sys.argv[1]]()
-        llmqtest.finish()
-        ok = True
-    finally:
-        if not ok:
-            llmqtest._stop_all_quietly()
-    print("PASS", sys.argv[1])
+    llmqtest.main_cases(CASES)

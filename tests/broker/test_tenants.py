@@ -375,13 +375,4 @@ CASES = {"daily_cap": t_daily_cap, "caps": t_caps, "lanes": t_lanes, "cancel": t
          "fair_off": lambda: t_fair(("--no-fair-share",))}
 
 if __name__ == "__main__":
-    os.setpgrp()
-    ok = False
-    try:
-        CASES[sys.argv[1]]()
-        llmqtest.finish()
-        ok = True
-    finally:
-        if not ok:
-            llmqtest._stop_all_quietly()
-    print("PASS", sys.argv[1])
+    llmqtest.main_cases(CASES)

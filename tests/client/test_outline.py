@@ -27,7 +27,7 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from clusterlib import (Broker, Cluster, MODEL, check, fail, read_jsonl,  # noqa: E402
+from clusterlib import (Broker, Cluster, MODEL, check, read_jsonl,  # noqa: E402
                         run_llmq, temp_dir)
 import llmqtest  # noqa: E402
 
@@ -342,7 +342,4 @@ def test_sim():
 
 
 if __name__ == "__main__":
-    cases = {"fake": test_fake, "sim": test_sim}
-    if len(sys.argv) != 2 or sys.argv[1] not in cases:
-        fail("usage: test_outline.py %s" % "|".join(cases))
-    llmqtest.main(cases[sys.argv[1]])
+    llmqtest.main_cases({"fake": test_fake, "sim": test_sim})

@@ -343,6 +343,20 @@ def main(fn):
     finish()
 
 
+def main_cases(cases, argv=None):
+    """A test file of named cases: `prog CASE` runs cases[CASE] as main()
+    does, in its own process group (its children die with it), and prints
+    PASS CASE; an unknown or missing name is a usage error (exit 2), never
+    a silent pass."""
+    argv = sys.argv if argv is None else argv
+    if len(argv) != 2 or argv[1] not in cases:
+        print("usage: %s %s" % (os.path.basename(argv[0]), "|".join(cases)), file=sys.stderr)
+        sys.exit(2)
+    os.setpgrp()
+    main(cases[argv[1]])
+    print("PASS", argv[1])
+
+
 #  ---------------------------------------------------------------- launchers
 
 MODEL = "sim-model"     # the model the test workers serve
