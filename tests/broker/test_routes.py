@@ -44,6 +44,16 @@ def broker(routes, *flags):
                            "--batch-db", "none", *flags)
 
 
+M1_TO_M2 = "routes:\n  - name: m1\n    fallback: [m2]\n"
+
+
+def routed_broker(tmp, text, *flags):
+    """A broker whose routes file (tmp/routes.yaml) holds text."""
+    routes = os.path.join(tmp, "routes.yaml")
+    write(routes, text)
+    return broker(routes, *flags)
+
+
 def echo_worker(backend, name, model, pool, capacity=64):
     argv = [llmqtest.bin_path("llmq-worker"), "--broker", backend, "--provider", "echo",
             "--name", name, "--pool", pool, "--capacity", str(capacity)]
@@ -157,9 +167,7 @@ def all_ok(results, what):
 # ---------------------------------------------------------------- cases
 
 def case_kill(tmp):
-    routes = os.path.join(tmp, "routes.yaml")
-    write(routes, "routes:\n  - name: m1\n    fallback: [m2]\n")
-    b = broker(routes, "--metrics", "127.0.0.1:0")
+    b = routed_broker(tmp, M1_TO_M2, "--metrics", "127.0.0.1:0")
     w1 = echo_worker(b.backend, "w1", "m1", "p1")
     echo_worker(b.backend, "w2", "m2", "p2")
     wait_workers(b, ["w1", "w2"])
@@ -188,9 +196,7 @@ def chats(sim):
 
 def case_breaker(tmp):
     sim = llmqtest.Sim("--p500", "1")   # every generation request: 500
-    routes = os.path.join(tmp, "routes.yaml")
-    write(routes, "routes:\n  - name: m1\n    fallback: [m2]\n")
-    b = broker(routes)
+    b = routed_broker(tmp, M1_TO_M2)
     sim_worker(b.backend, sim, "w1", "m1", "--max-attempts", "1", "--breaker-failures", "3",
                "--breaker-cooldown-ms", "600000")
     echo_worker(b.backend, "w2", "m2", "p2")
@@ -226,9 +232,7 @@ def case_breaker(tmp):
 
 def case_error(tmp):
     sim = llmqtest.Sim()
-    routes = os.path.join(tmp, "routes.yaml")
-    write(routes, "routes:\n  - name: m1\n    fallback: [m2]\n")
-    b = broker(routes)
+    b = routed_broker(tmp, M1_TO_M2)
     sim_worker(b.backend, sim, "w1", "m1", "--max-attempts", "2", "--retry-base-ms", "10",
                "--breaker-failures", "1000")
     echo_worker(b.backend, "w2", "m2", "p2")
@@ -267,9 +271,7 @@ def split(c, n):
 
 
 def case_weights(tmp):
-    routes = os.path.join(tmp, "routes.yaml")
-    write(routes, ROUTES_7030 % (70, 30))
-    b = broker(routes)
+    b = routed_broker(tmp, ROUTES_7030 % (70, 30))
     echo_worker(b.backend, "wa", None, "pa", capacity=256)
     echo_worker(b.backend, "wb", None, "pb", capacity=256)
     wait_workers(b, ["wa", "wb"])
