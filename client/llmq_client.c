@@ -547,16 +547,21 @@ static void s_res_body(llmq_client_t *self, llmq_result_t *result,
     const uint8_t *error_body = llmq_msg_error_body(msg, &size);
     if ((result->error_body = s_memdup(error_body, size)))
         result->error_body_size = size;
+    if (self->raw_bodies) {
+        //  Received as libzmq's message (s_drain): its bytes copied once,
+        //  no frame made.
+        zmq_msg_t body;
+        if (llmq_msg_take_payload_msg(msg, &body) != 0)
+            return;
+        size_t n = zmq_msg_size(&body);
+        if ((result->body_msgpack = s_memdup(zmq_msg_data(&body), n)))
+            result->body_msgpack_size = n;
+        zmq_msg_close(&body);
+        return;
+    }
     zframe_t *payload = llmq_msg_payload(msg);
     if (!payload || zframe_size(payload) == 0)
         return;
-    if (self->raw_bodies) {
-        result->body_msgpack =
-            s_memdup(zframe_data(payload), zframe_size(payload));
-        result->body_msgpack_size =
-            result->body_msgpack ? zframe_size(payload) : 0;
-        return;
-    }
     char reason[128] = "";
     result->body = llmq_value_to_json(
         zframe_data(payload), zframe_size(payload), reason, sizeof(reason));
@@ -782,7 +787,10 @@ static int s_read_monitor(llmq_client_t *self)
 static int s_drain(llmq_client_t *self)
 {
     for (int budget = 10000; budget > 0; budget--) {
-        llmq_msg_t *msg = llmq_msg_recv(self->sock);
+        //  The payload as libzmq's message: no zframe for a res body
+        //  (s_res_body); the other paths make one when they ask.
+        llmq_msg_t *msg =
+            llmq_msg_recv_ex(self->sock, LLMQ_MSG_RECV_PAYLOAD_MSG);
         if (!msg)
             return errno == EAGAIN ? 0 : -1;
         self->last_recv = self->last_heard = zclock_mono();
