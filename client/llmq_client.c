@@ -615,7 +615,11 @@ static void s_handle_res(llmq_client_t *self, llmq_msg_t *msg)
     result->worker = s_strdup_or_null(llmq_msg_worker(msg));
     result->cached = llmq_msg_cached(msg);
     result->request_id = s_strdup_or_null(llmq_msg_request_id(msg));
-    result->model = s_strdup_or_null(llmq_msg_model(msg));
+    //  The model that answered: most often the one asked, which s_finish
+    //  then moves over from the request (no copy).
+    const char *model = llmq_msg_model(msg);
+    if (model && (!req->model || strcmp(model, req->model) != 0))
+        result->model = strdup(model);
     s_res_body(self, result, msg);
     if (!llmq_msg_ok(msg)) {
         const char *code = llmq_msg_error_code(msg);
