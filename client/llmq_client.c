@@ -43,7 +43,8 @@ typedef struct {
     char *id;                /* client id, unique among outstanding */
     llmq_op_t op;            /* operation */
     char *model;             /* model name */
-    zframe_t *payload;       /* msgpack body, kept for resends */
+    zmq_msg_t payload;       /* msgpack body, kept for resends (each send
+                                shares it: zmq_msg_copy) */
     char *pool;              /* optional pool, or NULL */
     char *trace;             /* optional traceparent, or NULL */
     char *tenant;            /* declared tenant, or NULL */
@@ -114,7 +115,7 @@ static void s_request_destroy(s_request_t **self_p)
         free(self->pool);
         free(self->trace);
         free(self->tenant);
-        zframe_destroy(&self->payload);
+        zmq_msg_close(&self->payload);
         free(self);
         *self_p = NULL;
     }
@@ -379,44 +380,61 @@ static void s_send_ping(llmq_client_t *self)
 }
 
 /*  Send (or resend) one request. A failed send is not fatal: the request
-    stays outstanding and the next reconnect resends it. */
+    stays outstanding and the next reconnect resends it. The header is
+    written straight from the request (no message object: the fields in
+    catalogue order, absent ones NULL), the payload shared with the
+    request's copy (no frame, no copy of the body). */
 static void s_send_request(llmq_client_t *self, s_request_t *req)
 {
-    llmq_msg_t *msg = llmq_msg_new(LLMQ_MSG_REQ);
-    if (!msg)
-        return;
-    llmq_msg_set_id(msg, req->id);
-    llmq_msg_set_op(msg, llmq_op_name(req->op));
-    llmq_msg_set_model(msg, req->model);
-    if (req->pool)
-        llmq_msg_set_pool(msg, req->pool);
-    if (req->trace)
-        llmq_msg_set_trace(msg, req->trace);
-    if (req->tenant || self->tenant)
-        llmq_msg_set_tenant(msg, req->tenant ? req->tenant : self->tenant);
+    llmq_msg_entry_t fields[13];
+    size_t n = 0;
+    const char *tenant = req->tenant ? req->tenant : self->tenant;
+    fields[n++] = (llmq_msg_entry_t){LLMQ_F_id, req->id, 0};
+    fields[n++] = (llmq_msg_entry_t){LLMQ_F_op, llmq_op_name(req->op), 0};
+    fields[n++] = (llmq_msg_entry_t){LLMQ_F_model, req->model, 0};
+    fields[n++] = (llmq_msg_entry_t){LLMQ_F_pool, req->pool, 0};
+    if (req->on_chunk)
+        fields[n++] = (llmq_msg_entry_t){LLMQ_F_stream, NULL, 1};
     if (req->deadline_ms > 0) {
         //  Relative deadline: what is left of it now.
         int64_t left = req->deadline_ms - (zclock_mono() - req->sent_at);
-        llmq_msg_set_deadline_ms(msg, left > 1 ? left : 1);
+        fields[n++] =
+            (llmq_msg_entry_t){LLMQ_F_deadline_ms, NULL, left > 1 ? left : 1};
     }
     if (req->priority)
-        llmq_msg_set_priority(msg, req->priority);
-    if (req->max_attempts > 0)
-        llmq_msg_set_max_attempts(msg, req->max_attempts);
+        fields[n++] = (llmq_msg_entry_t){LLMQ_F_priority, NULL, req->priority};
     if (req->cache)
-        llmq_msg_set_cache(msg, true);
-    if (req->on_chunk)
-        llmq_msg_set_stream(msg, true);
+        fields[n++] = (llmq_msg_entry_t){LLMQ_F_cache, NULL, 1};
+    if (req->max_attempts > 0)
+        fields[n++] =
+            (llmq_msg_entry_t){LLMQ_F_max_attempts, NULL, req->max_attempts};
+    fields[n++] = (llmq_msg_entry_t){LLMQ_F_trace, req->trace, 0};
     //  A resend says so (the broker attaches it to a worker that holds it,
     //  PROTOCOL.md 3.3), and a stream says which chunks we already have.
-    if (req->resends > 0) {
-        llmq_msg_set_resend(msg, true);
-        if (req->on_chunk && req->last_seq >= 0)
-            llmq_msg_set_seq(msg, req->last_seq);
+    if (req->resends > 0 && req->on_chunk && req->last_seq >= 0)
+        fields[n++] = (llmq_msg_entry_t){LLMQ_F_seq, NULL, req->last_seq};
+    if (req->resends > 0)
+        fields[n++] = (llmq_msg_entry_t){LLMQ_F_resend, NULL, 1};
+    fields[n++] = (llmq_msg_entry_t){LLMQ_F_tenant, tenant, 0};
+    char reason[160] = "";
+    zmq_msg_t header, payload;
+    void *sock = zsock_resolve(self->sock);
+    int rc = llmq_msg_encode_entries(LLMQ_MSG_REQ, fields, n, &header, reason,
+                                     sizeof reason);
+    if (rc != 0)
+        llmq_log(NULL, LLMQ_LOG_WARN, "msg_send_failed",
+                 LLMQ_LOG_STR("type", "req"), LLMQ_LOG_STR("reason", reason),
+                 LLMQ_LOG_END);
+    else if (zmq_msg_send(&header, sock, ZMQ_SNDMORE) == -1) {
+        zmq_msg_close(&header);
+        rc = -1;
+    } else {
+        zmq_msg_init(&payload);
+        zmq_msg_copy(&payload, &req->payload);
+        if ((rc = zmq_msg_send(&payload, sock, 0) == -1 ? -1 : 0) != 0)
+            zmq_msg_close(&payload);
     }
-    zframe_t *payload = zframe_dup(req->payload);
-    llmq_msg_set_payload(msg, &payload);
-    if (llmq_msg_send(&msg, zsock_resolve(self->sock)) != 0 && self->verbose)
+    if (rc != 0 && self->verbose)
         llmq_log(NULL, LLMQ_LOG_WARN, "client_send_failed",
                  LLMQ_LOG_STR("id", req->id), LLMQ_LOG_END);
 }
@@ -547,16 +565,21 @@ static void s_res_body(llmq_client_t *self, llmq_result_t *result,
     const uint8_t *error_body = llmq_msg_error_body(msg, &size);
     if ((result->error_body = s_memdup(error_body, size)))
         result->error_body_size = size;
+    if (self->raw_bodies) {
+        //  Received as libzmq's message (s_drain): its bytes copied once,
+        //  no frame made.
+        zmq_msg_t body;
+        if (llmq_msg_take_payload_msg(msg, &body) != 0)
+            return;
+        size_t n = zmq_msg_size(&body);
+        if ((result->body_msgpack = s_memdup(zmq_msg_data(&body), n)))
+            result->body_msgpack_size = n;
+        zmq_msg_close(&body);
+        return;
+    }
     zframe_t *payload = llmq_msg_payload(msg);
     if (!payload || zframe_size(payload) == 0)
         return;
-    if (self->raw_bodies) {
-        result->body_msgpack =
-            s_memdup(zframe_data(payload), zframe_size(payload));
-        result->body_msgpack_size =
-            result->body_msgpack ? zframe_size(payload) : 0;
-        return;
-    }
     char reason[128] = "";
     result->body = llmq_value_to_json(
         zframe_data(payload), zframe_size(payload), reason, sizeof(reason));
@@ -592,7 +615,11 @@ static void s_handle_res(llmq_client_t *self, llmq_msg_t *msg)
     result->worker = s_strdup_or_null(llmq_msg_worker(msg));
     result->cached = llmq_msg_cached(msg);
     result->request_id = s_strdup_or_null(llmq_msg_request_id(msg));
-    result->model = s_strdup_or_null(llmq_msg_model(msg));
+    //  The model that answered: most often the one asked, which s_finish
+    //  then moves over from the request (no copy).
+    const char *model = llmq_msg_model(msg);
+    if (model && (!req->model || strcmp(model, req->model) != 0))
+        result->model = strdup(model);
     s_res_body(self, result, msg);
     if (!llmq_msg_ok(msg)) {
         const char *code = llmq_msg_error_code(msg);
@@ -782,7 +809,10 @@ static int s_read_monitor(llmq_client_t *self)
 static int s_drain(llmq_client_t *self)
 {
     for (int budget = 10000; budget > 0; budget--) {
-        llmq_msg_t *msg = llmq_msg_recv(self->sock);
+        //  The payload as libzmq's message: no zframe for a res body
+        //  (s_res_body); the other paths make one when they ask.
+        llmq_msg_t *msg =
+            llmq_msg_recv_ex(self->sock, LLMQ_MSG_RECV_PAYLOAD_MSG);
         if (!msg)
             return errno == EAGAIN ? 0 : -1;
         self->last_recv = self->last_heard = zclock_mono();
@@ -893,40 +923,41 @@ static char *s_request_id(uint64_t n)
     return strdup(p);
 }
 
-/*  Take payload; queue and send the request. */
-static int s_submit(llmq_client_t *self, llmq_op_t op, const char *model,
-                    zframe_t **payload_p, const llmq_opts_t *opts, void *arg)
+/*  Take payload (NULL: none; else moved into the request, or closed);
+    queue and send the request. */
+static int s_submit_msg(llmq_client_t *self, llmq_op_t op, const char *model,
+                        zmq_msg_t *payload, const llmq_opts_t *opts, void *arg)
 {
-    zframe_t *payload = *payload_p;
-    *payload_p = NULL;
-    if (!payload || !model || !*model || (int)op < 0 ||
-        op > LLMQ_OP_EMBEDDING) {
-        zframe_destroy(&payload);
+    if (!payload)
+        return -1;
+    if (!model || !*model || (int)op < 0 || op > LLMQ_OP_EMBEDDING) {
+        zmq_msg_close(payload);
         return -1;
     }
     //  A frame over the protocol's limit would be dropped by the broker
     //  (and resent after every reconnect, forever): refuse it here.
-    if (zframe_size(payload) > (size_t)LLMQ_MAX_FRAME_SIZE - 4096) {
-        zframe_destroy(&payload);
+    if (zmq_msg_size(payload) > (size_t)LLMQ_MAX_FRAME_SIZE - 4096) {
+        zmq_msg_close(payload);
         errno = EMSGSIZE;
         return -1;
     }
     //  Window full: pump until a slot frees up.
     while (zlistx_size(self->order) >= self->window)
         if (s_pump(self, -1) < 0) {
-            zframe_destroy(&payload);
+            zmq_msg_close(payload);
             return -1;
         }
     s_request_t *req = (s_request_t *)calloc(1, sizeof(*req));
     if (!req) {
-        zframe_destroy(&payload);
+        zmq_msg_close(payload);
         return -1;
     }
+    zmq_msg_init(&req->payload);
+    zmq_msg_move(&req->payload, payload);
     req->id = s_request_id(++self->next_id);
     req->seq = self->next_id;
     req->op = op;
     req->model = strdup(model);
-    req->payload = payload;
     if (!req->id || !req->model) {
         s_request_destroy(&req);
         return -1;
@@ -959,6 +990,21 @@ static int s_submit(llmq_client_t *self, llmq_op_t op, const char *model,
     return 0;
 }
 
+/*  s_submit_msg with the payload as a frame (taken; NULL: none). */
+static int s_submit(llmq_client_t *self, llmq_op_t op, const char *model,
+                    zframe_t **payload_p, const llmq_opts_t *opts, void *arg)
+{
+    zframe_t *frame = *payload_p;
+    *payload_p = NULL;
+    zmq_msg_t payload;
+    int rc =
+        frame && zmq_msg_init_size(&payload, zframe_size(frame)) == 0 ? 0 : -1;
+    if (rc == 0)
+        memcpy(zmq_msg_data(&payload), zframe_data(frame), zframe_size(frame));
+    zframe_destroy(&frame);
+    return rc == 0 ? s_submit_msg(self, op, model, &payload, opts, arg) : -1;
+}
+
 int llmq_client_submit(llmq_client_t *self, llmq_op_t op, const char *model,
                        const cJSON *body, const llmq_opts_t *opts, void *arg)
 {
@@ -984,8 +1030,12 @@ int llmq_client_submit_msgpack(llmq_client_t *self, llmq_op_t op,
 {
     if (!msgpack || !size)
         return -1;
-    zframe_t *payload = zframe_new(msgpack, size);
-    return s_submit(self, op, model, &payload, opts, arg);
+    //  The bytes copied once, into the message every send shares.
+    zmq_msg_t payload;
+    if (zmq_msg_init_size(&payload, size) != 0)
+        return -1;
+    memcpy(zmq_msg_data(&payload), msgpack, size);
+    return s_submit_msg(self, op, model, &payload, opts, arg);
 }
 
 //  --------------------------------------------------------------------------

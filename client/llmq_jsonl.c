@@ -481,9 +481,8 @@ static const char *s_error_type(int status)
     body. -1: a success body that is not valid msgpack. */
 static int s_put_body(llmq_value_buf_t *buf, const s_line_t *line)
 {
-    if (line->body_mp &&
-        llmq_value_buf_json_fast(buf, line->body_mp, line->body_mp_size, NULL,
-                                 0) == 0)
+    if (line->body_mp && llmq_value_buf_json(buf, line->body_mp,
+                                             line->body_mp_size, NULL, 0) == 0)
         return 0;
     if (line->body_mp && !line->code)
         return -1;
@@ -1516,101 +1515,6 @@ static uint8_t *s_msgpack(const char *text, size_t *size_p)
     return copy;
 }
 
-/*  Both writers on data (size bytes, alone in its allocation so a read
-    past it shows under ASan/valgrind), after a prefix: the same result,
-    text and reason. Returns the failures. */
-static int s_test_same_json(const uint8_t *data, size_t size)
-{
-    int failures = 0;
-    uint8_t *copy = (uint8_t *)malloc(size ? size : 1);
-    if (size)
-        memcpy(copy, data, size);
-    llmq_value_buf_t slow = {0}, fast = {0};
-    llmq_value_buf_add(&slow, "x", 1);
-    llmq_value_buf_add(&fast, "x", 1);
-    char slow_err[128] = "", fast_err[128] = "";
-    int rc = llmq_value_buf_json(&slow, copy, size, slow_err, sizeof slow_err);
-    CHECK(llmq_value_buf_json_fast(&fast, copy, size, fast_err,
-                                   sizeof fast_err) == rc);
-    CHECK(slow.size == fast.size && !memcmp(slow.data, fast.data, slow.size) &&
-          fast.data[fast.size] == 0 && streq(slow_err, fast_err));
-    free(slow.data);
-    free(fast.data);
-    free(copy);
-    return failures;
-}
-
-//  llmq_value_buf_json_fast writes and refuses what llmq_value_buf_json
-//  does: bodies of every shape, each of their prefixes, and each with one
-//  byte changed.
-static int s_test_fast_json(s_test_fx_t *fx)
-{
-    (void)fx;
-    int failures = 0;
-    static const char *const texts[] = {
-        "{\"id\":\"chatcmpl-sim000000000001\",\"object\":\"chat.completion\","
-        "\"created\":1796216543,\"model\":\"sim-model\",\"choices\":[{\"index\""
-        ":0,\"message\":{\"role\":\"assistant\",\"content\":\"sim tango kilo "
-        "india\",\"refusal\":null},\"logprobs\":null,\"finish_reason\":"
-        "\"length\"}],\"usage\":{\"prompt_tokens\":34,\"total_tokens\":50}}",
-        "{\"s\":\"tab\\t nl\\n q\\\" bs\\\\ \\u0001 \\u00e9 \\u2028 "
-        "\\ud83d\\ude00"
-        "\",\"f\":0.1,\"g\":-2.5e-300,\"n\":-9223372036854775807,\"e\":\"\"}",
-        "[\"a\",\"ab\",\"abcdefg\",\"abcdefgh\",\"abcdefghi\","
-        "\"abcdefghijklmnop"
-        "q\",\"\\u00e9t\\u00e9\",true,false,null,[],{},[[[1]]]]",
-        "\"plain\"",
-        "\"\"",
-        "7",
-        "{}",
-        NULL};
-    for (int i = 0; texts[i]; i++) {
-        size_t size = 0;
-        uint8_t *mp = s_msgpack(texts[i], &size);
-        CHECK(mp != NULL);
-        for (size_t n = 0; mp && n <= size; n++)
-            failures += s_test_same_json(mp, n);
-        for (size_t k = 0; mp && k < size; k++) {
-            static const uint8_t flips[] = {0x01, 0x20, 0x80, 0xff};
-            for (size_t f = 0; f < sizeof flips; f++) {
-                mp[k] ^= flips[f];
-                failures += s_test_same_json(mp, size);
-                mp[k] ^= flips[f];
-            }
-        }
-        free(mp);
-    }
-    //  A float32, an ext, an integer key, a long string with a control
-    //  byte at the end, a string of bad UTF-8, too deep, a large value.
-    static const uint8_t f32[] = {0xca, 0x3e, 0x20, 0x00, 0x00};
-    static const uint8_t ext[] = {0xd4, 0x01, 0x00};
-    static const uint8_t intkey[] = {0x81, 0x01, 0x02};
-    static const uint8_t ctrl[] = {0xaa, 'a', 'b', 'c', 'd', 'e',
-                                   'f',  'g', 'h', 'i', 0x1f};
-    static const uint8_t bad[] = {0xa9, 'a', 'b', 'c',  'd',
-                                  'e',  'f', 'g', 0xc3, 0x28};
-    failures += s_test_same_json(f32, sizeof f32);
-    failures += s_test_same_json(ext, sizeof ext);
-    failures += s_test_same_json(intkey, sizeof intkey);
-    failures += s_test_same_json(ctrl, sizeof ctrl);
-    failures += s_test_same_json(bad, sizeof bad);
-    uint8_t deep[100];
-    memset(deep, 0x91, sizeof deep);
-    deep[sizeof deep - 1] = 0xc0;
-    failures += s_test_same_json(deep, sizeof deep);
-    size_t big = 70000;
-    uint8_t *large = (uint8_t *)malloc(big + 5);
-    large[0] = 0xdb;
-    large[1] = 0;
-    large[2] = (uint8_t)(big >> 16);
-    large[3] = (uint8_t)(big >> 8);
-    large[4] = (uint8_t)big;
-    memset(large + 5, 'z', big);
-    failures += s_test_same_json(large, big + 5);
-    free(large);
-    return failures;
-}
-
 //  Output lines from client results with raw bodies: the body and the
 //  provider's error body written as they came, the llmq object filled.
 static int s_test_result_lines(s_test_fx_t *fx)
@@ -1890,7 +1794,7 @@ int llmq_jsonl_test(bool verbose)
         s_test_batch_lines,  s_test_prompt_lines, s_test_bad_lines,
         s_test_output_lines, s_test_result_lines, s_test_costs,
         s_test_traceparent,  s_test_resume,       s_test_ordered,
-        s_test_lazy_input,   s_test_missing,      s_test_fast_json};
+        s_test_lazy_input,   s_test_missing};
     for (size_t i = 0; i < sizeof(steps) / sizeof(steps[0]); i++)
         failures += steps[i](&fx);
 

@@ -144,19 +144,19 @@ int llmq_packer_json_object_find(llmq_packer_t *self, const char *text,
                                  size_t count, llmq_value_ref_t *out,
                                  char *errbuf, size_t errlen);
 
-/*  llmq_value_from_json_object's bytes appended to a packer (one reused
-    from call to call keeps its buffer: no allocation per call). Returns 0,
-    or -1 (the packer as it was, a reason in errbuf) if text is not one
-    JSON object. */
+/*  A JSON object's text (len bytes) appended to a packer as msgpack,
+    without the top-level members named in drop (NULL-terminated, may be
+    NULL), and with key: value (a string) added last if key is not NULL.
+    A packer reused from call to call keeps its buffer: no allocation per
+    call. Returns 0, or -1 (the packer as it was, a reason in errbuf) if
+    text is not one JSON object. */
 int llmq_packer_json_object_set(llmq_packer_t *self, const char *text,
                                 size_t len, const char *const *drop,
                                 const char *key, const char *value,
                                 char *errbuf, size_t errlen);
 
-/*  A JSON object's text (len bytes) as msgpack in a new frame, without the
-    top-level members named in drop (NULL-terminated, may be NULL), and
-    with key: value (a string) added last if key is not NULL. NULL with a
-    reason in errbuf if text is not one JSON object. */
+/*  llmq_packer_json_object_set's bytes in a new frame; NULL with a reason
+    in errbuf if text is not one JSON object. */
 zframe_t *llmq_value_from_json_object(const char *text, size_t len,
                                       const char *const *drop, const char *key,
                                       const char *value, char *errbuf,
@@ -213,15 +213,12 @@ void llmq_value_buf_int(llmq_value_buf_t *self, int64_t value);
 /*  Append one msgpack value (the whole buffer) as compact JSON text, the
     text llmq_value_to_json_text() prints for it, but with no tree in
     between; integers print exactly, a non-finite float prints null, a NUL
-    in a string prints \u0000. Returns 0, or -1 with a reason in errbuf on
-    malformed input (then the buffer is as it was before the call). */
+    in a string prints \u0000. Strings with nothing to escape are copied 8
+    bytes at a time. Returns 0, or -1 with a reason in errbuf on malformed
+    input or "out of memory" (then the buffer is as it was before the
+    call). */
 int llmq_value_buf_json(llmq_value_buf_t *self, const void *data, size_t size,
                         char *errbuf, size_t errlen);
-/*  As llmq_value_buf_json (the same text, the same refusals and reasons),
-    faster: the room for the whole value is made at once and plain strings
-    are copied 8 bytes at a time. */
-int llmq_value_buf_json_fast(llmq_value_buf_t *self, const void *data,
-                             size_t size, char *errbuf, size_t errlen);
 
 int llmq_value_test(bool verbose);
 

@@ -1367,31 +1367,12 @@ zframe_t *llmq_value_from_json_object(const char *text, size_t len,
                                       size_t errlen)
 {
     llmq_packer_t *packer = llmq_packer_new();
-    s_jp_t jp = {text, text + len, packer, NULL, NULL, 0};
-    int rc = packer && text ? 0 : s_jp_fail(&jp, "out of memory");
-    s_jp_ws(&jp);
-    if (rc == 0 && (jp.p >= jp.end || *jp.p != '{'))
-        rc = s_jp_fail(&jp, "not a JSON object");
-    size_t count = 0, mark = 0;
-    if (rc == 0) {
-        jp.p++;
-        mark = s_jp_open(&jp, true);
-        rc = s_jp_members(&jp, 0, drop, &count);
-    }
-    if (rc == 0)
-        rc = s_jp_end(&jp);
-    if (rc == 0 && key) {
-        llmq_packer_str(packer, key);
-        llmq_packer_str(packer, value ? value : "");
-        count++;
-    }
     zframe_t *frame = NULL;
-    if (rc == 0) {
-        s_jp_close(&jp, mark, true, count);
+    if (!packer)
+        s_err(errbuf, errlen, "out of memory");
+    else if (llmq_packer_json_object_set(packer, text, len, drop, key, value,
+                                         errbuf, errlen) == 0)
         frame = llmq_packer_frame(packer);
-    } else
-        s_err(errbuf, errlen, jp.err);
-    free(jp.scratch);
     llmq_packer_destroy(&packer);
     return frame;
 }
@@ -1433,45 +1414,8 @@ int llmq_packer_json_object_set(llmq_packer_t *self, const char *text,
 int llmq_value_json_members(const char *text, size_t len,
                             const char *const *keys, llmq_value_span_t *spans)
 {
-    s_jp_t jp = {text, text + len, NULL, NULL, NULL, 0};
-    size_t nkeys = 0;
-    while (keys && keys[nkeys])
-        spans[nkeys++] = (llmq_value_span_t){NULL, 0};
-    s_jp_ws(&jp);
-    int rc = text && jp.p < jp.end && *jp.p++ == '{' ? 0 : -1;
-    s_jp_ws(&jp);
-    bool empty = rc == 0 && jp.p < jp.end && *jp.p == '}';
-    if (empty)
-        jp.p++;
-    while (rc == 0 && !empty) {
-        const char *key;
-        size_t size;
-        s_jp_ws(&jp);
-        if (jp.p >= jp.end || *jp.p != '"' || s_jp_string(&jp, &key, &size))
-            rc = -1;
-        size_t hit = nkeys;
-        for (size_t i = 0; rc == 0 && i < nkeys && hit == nkeys; i++)
-            if (!spans[i].data && strlen(keys[i]) == size &&
-                strncasecmp(keys[i], key, size) == 0)
-                hit = i;
-        s_jp_ws(&jp);
-        if (rc == 0 && (jp.p >= jp.end || *jp.p++ != ':'))
-            rc = -1;
-        s_jp_ws(&jp);
-        const char *start = jp.p;
-        if (rc == 0 && (rc = s_jp_value(&jp, 1)) == 0 && hit < nkeys)
-            spans[hit] = (llmq_value_span_t){start, (size_t)(jp.p - start)};
-        s_jp_ws(&jp);
-        char c = rc == 0 && jp.p < jp.end ? *jp.p++ : 0;
-        if (c == '}')
-            break;
-        if (c != ',')
-            rc = -1;
-    }
-    if (rc == 0)
-        rc = s_jp_end(&jp);
-    free(jp.scratch);
-    return rc;
+    return llmq_value_json_members_nested(text, len, keys, spans, SIZE_MAX,
+                                          NULL, NULL);
 }
 
 /*  llmq_value_json_members_nested's walk: the members of an object
@@ -1570,13 +1514,11 @@ char *llmq_value_json_string(llmq_value_span_t span)
 
 /*  ---- msgpack -> JSON text, no tree ------------------------------------ */
 
-/*  Room for need more bytes plus the NUL; false (and oom) if none. */
-static bool s_buf_room(llmq_value_buf_t *self, size_t need)
+/*  s_buf_room when the room is short: grows the buffer. */
+static bool s_buf_grow(llmq_value_buf_t *self, size_t need)
 {
     if (self->oom)
         return false;
-    if (self->cap - self->size > need)
-        return true;
     size_t cap = self->cap ? self->cap : 256;
     while (cap - self->size <= need) {
         if (cap > SIZE_MAX / 2) {
@@ -1593,6 +1535,15 @@ static bool s_buf_room(llmq_value_buf_t *self, size_t need)
     self->data = data;
     self->cap = cap;
     return true;
+}
+
+/*  Room for need more bytes plus the NUL; false (and oom) if none. Inline:
+    the writer asks for each value. */
+static inline bool s_buf_room(llmq_value_buf_t *self, size_t need)
+{
+    if (!self->oom && self->cap - self->size > need)
+        return true;
+    return s_buf_grow(self, need);
 }
 
 void llmq_value_buf_add(llmq_value_buf_t *self, const char *data, size_t size)
@@ -1730,11 +1681,55 @@ static void s_buf_double(llmq_value_buf_t *self, double d)
 
 static int s_buf_value(llmq_value_buf_t *self, llmq_mp_reader_t *r, int depth);
 
-/*  A str or bin as a JSON string (UTF-8 checked). */
+/*  A str or bin as a JSON string (UTF-8 checked). One with nothing to
+    escape (plain ASCII, most keys and texts) is copied 8 bytes at a time,
+    its last bytes too: an 8-byte read that stays in the input (r->end),
+    an 8-byte store into the room made for it; any other goes through
+    s_buf_escaped (escapes, UTF-8 check). Out of memory: nothing written,
+    oom noted for the caller to report. */
 static int s_buf_text(llmq_value_buf_t *self, llmq_mp_reader_t *r,
                       const llmq_mp_item_t *it)
 {
-    if (s_buf_escaped(self, it->ptr, it->len, true))
+    const uint8_t *s = it->ptr;
+    size_t len = it->len, i = 0;
+    //  The quotes, the tail store's 7 bytes past the end, and one spare.
+    if (!s_buf_room(self, len + 16))
+        return 0;
+    char *out = self->data + self->size + 1;
+    uint64_t w;
+    for (; i + 8 <= len; i += 8) {
+        memcpy(&w, s + i, 8);
+        if (s_special8(w))
+            goto escaped;
+        memcpy(out + i, &w, 8);
+    }
+    if (i < len) {
+        size_t n = len - i;
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+        if (s + i + 8 <= r->end)
+            memcpy(&w, s + i, 8);
+        else {
+            w = 0;
+            memcpy(&w, s + i, n);
+        }
+        //  Byte k of the read is bits 8k..8k+7: look at the n first only.
+        if (s_special8(w) & (((uint64_t)1 << (8 * n)) - 1))
+            goto escaped;
+        memcpy(out + i, &w, 8);
+#else
+        for (size_t k = i; k < len; k++) {
+            if (s[k] < 0x20 || s[k] == '"' || s[k] == '\\' || s[k] >= 0x80)
+                goto escaped;
+            out[k] = (char)s[k];
+        }
+#endif
+    }
+    self->data[self->size] = '"';
+    out[len] = '"';
+    self->size += len + 2;
+    return 0;
+escaped:
+    if (s_buf_escaped(self, s, len, true))
         return llmq_mp_fail(r, "invalid UTF-8");
     return 0;
 }
@@ -1757,7 +1752,7 @@ static int s_buf_children(llmq_value_buf_t *self, llmq_mp_reader_t *r,
             s_buf_punct(self, ',');
         if (map) {
             llmq_mp_item_t key;
-            if (llmq_mp_read(r, &key))
+            if (llmq_mp_read_fast(r, &key))
                 return -1;
             if (key.kind != LLMQ_MP_STR && key.kind != LLMQ_MP_BIN)
                 return llmq_mp_fail(r, "map key is not a string");
@@ -1775,7 +1770,7 @@ static int s_buf_children(llmq_value_buf_t *self, llmq_mp_reader_t *r,
 static int s_buf_value(llmq_value_buf_t *self, llmq_mp_reader_t *r, int depth)
 {
     llmq_mp_item_t it;
-    if (llmq_mp_read(r, &it))
+    if (llmq_mp_read_fast(r, &it))
         return -1;
     switch (it.kind) {
     case LLMQ_MP_NIL:
@@ -1826,152 +1821,6 @@ int llmq_value_buf_json(llmq_value_buf_t *self, const void *data, size_t size,
     self->size = start;
     if (self->data)
         self->data[start] = 0;
-    s_err(errbuf, errlen, r.err);
-    return -1;
-}
-
-/*  ---- msgpack -> JSON text, the fast way ---------------------------------
-
-    llmq_value_buf_json_fast writes what llmq_value_buf_json writes and
-    refuses what it refuses (the same reader, the same checks, the same
-    reasons), for less: room for the whole value is made once (each msgpack
-    byte becomes at most 6 bytes of JSON), so bytes are stored without a
-    check each; a string with nothing to escape is copied 8 bytes at a
-    time, its last bytes too (an 8-byte read that stays in the input, an
-    8-byte store into the room made); any other string, and every scalar,
-    goes through llmq_value_buf_json's own helpers. Values larger than
-    S_FAST_MAX take llmq_value_buf_json itself: the room would be too
-    large. */
-
-#define S_FAST_MAX ((size_t)1 << 16)
-#define S_FAST_SLACK 32
-
-static int s_fast_value(llmq_value_buf_t *self, llmq_mp_reader_t *r, int depth);
-
-/*  A str or bin as a JSON string, room made: plain ASCII without a byte
-    to escape copied as it is, else s_buf_text (escapes, UTF-8 check). */
-static int s_fast_text(llmq_value_buf_t *self, llmq_mp_reader_t *r,
-                       const llmq_mp_item_t *it)
-{
-    const uint8_t *s = it->ptr;
-    size_t len = it->len, i = 0;
-    char *out = self->data + self->size + 1;
-    uint64_t w;
-    for (; i + 8 <= len; i += 8) {
-        memcpy(&w, s + i, 8);
-        if (s_special8(w))
-            return s_buf_text(self, r, it);
-        memcpy(out + i, &w, 8);
-    }
-    if (i < len) {
-        size_t n = len - i;
-#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-        if (s + i + 8 <= r->end)
-            memcpy(&w, s + i, 8);
-        else {
-            w = 0;
-            memcpy(&w, s + i, n);
-        }
-        //  Byte k of the read is bits 8k..8k+7: look at the n first only.
-        if (s_special8(w) & (((uint64_t)1 << (8 * n)) - 1))
-            return s_buf_text(self, r, it);
-        memcpy(out + i, &w, 8);
-#else
-        for (size_t k = i; k < len; k++) {
-            if (s[k] < 0x20 || s[k] == '"' || s[k] == '\\' || s[k] >= 0x80)
-                return s_buf_text(self, r, it);
-            out[k] = (char)s[k];
-        }
-#endif
-    }
-    self->data[self->size] = '"';
-    out[len] = '"';
-    self->size += len + 2;
-    return 0;
-}
-
-/*  The elements of an array or map whose header was it, room made. */
-static int s_fast_children(llmq_value_buf_t *self, llmq_mp_reader_t *r,
-                           const llmq_mp_item_t *it, int depth)
-{
-    bool map = it->kind == LLMQ_MP_MAP;
-    self->data[self->size++] = map ? '{' : '[';
-    for (uint32_t k = 0; k < it->len; k++) {
-        if (k)
-            self->data[self->size++] = ',';
-        if (map) {
-            llmq_mp_item_t key;
-            if (llmq_mp_read(r, &key))
-                return -1;
-            if (key.kind != LLMQ_MP_STR && key.kind != LLMQ_MP_BIN)
-                return llmq_mp_fail(r, "map key is not a string");
-            if (s_fast_text(self, r, &key))
-                return -1;
-            self->data[self->size++] = ':';
-        }
-        if (s_fast_value(self, r, depth + 1))
-            return -1;
-    }
-    self->data[self->size++] = map ? '}' : ']';
-    return 0;
-}
-
-static int s_fast_value(llmq_value_buf_t *self, llmq_mp_reader_t *r, int depth)
-{
-    llmq_mp_item_t it;
-    if (llmq_mp_read(r, &it))
-        return -1;
-    switch (it.kind) {
-    case LLMQ_MP_NIL:
-        llmq_value_buf_add(self, "null", 4);
-        return 0;
-    case LLMQ_MP_BOOL:
-        llmq_value_buf_add(self, it.b ? "true" : "false", it.b ? 4 : 5);
-        return 0;
-    case LLMQ_MP_UINT:
-        s_buf_int(self, false, it.u);
-        return 0;
-    case LLMQ_MP_INT:
-        llmq_value_buf_int(self, it.i);
-        return 0;
-    case LLMQ_MP_FLOAT:
-        s_buf_double(self, it.d);
-        return 0;
-    case LLMQ_MP_STR:
-    case LLMQ_MP_BIN:
-        return s_fast_text(self, r, &it);
-    case LLMQ_MP_ARRAY:
-    case LLMQ_MP_MAP:
-        if (depth >= LLMQ_VALUE_MAX_DEPTH)
-            return llmq_mp_fail(r, "nesting too deep");
-        return s_fast_children(self, r, &it, depth);
-    default:
-        return llmq_mp_fail(r, "ext type not allowed");
-    }
-}
-
-int llmq_value_buf_json_fast(llmq_value_buf_t *self, const void *data,
-                             size_t size, char *errbuf, size_t errlen)
-{
-    bool oom = self->oom;
-    if (!data || size > S_FAST_MAX ||
-        !s_buf_room(self, size * 6 + S_FAST_SLACK)) {
-        self->oom = oom; //  the slow path meets it, or not, itself
-        return llmq_value_buf_json(self, data, size, errbuf, errlen);
-    }
-    size_t start = self->size;
-    llmq_mp_reader_t r;
-    llmq_mp_init(&r, data, size);
-    if (s_fast_value(self, &r, 0) == 0 && llmq_mp_left(&r))
-        llmq_mp_fail(&r, "trailing bytes");
-    else if (!r.err && self->oom)
-        llmq_mp_fail(&r, "out of memory");
-    if (!r.err) {
-        self->data[self->size] = 0;
-        return 0;
-    }
-    self->size = start;
-    self->data[start] = 0;
     s_err(errbuf, errlen, r.err);
     return -1;
 }
@@ -2277,6 +2126,262 @@ static void s_test_direct_object(void)
     S_TEST(llmq_value_json_members("{\"a\":1", 6, keys, spans) == -1);
     S_TEST(llmq_value_json_members("{} x", 4, keys, spans) == -1);
     S_TEST(llmq_value_json_members(" {} ", 4, keys, spans) == 0);
+}
+
+/*  llmq_value_buf_json on data (size bytes, alone in its allocation so a
+    read past it shows under ASan/valgrind) after a prefix: want is the
+    text it must append (NULL: it must refuse, leaving the prefix, with
+    reason why). Without want (a byte changed somewhere) the text, when
+    accepted, must be one JSON value cJSON reads as the tree printer's
+    text. */
+static void s_test_buf_case(const uint8_t *data, size_t size, bool any,
+                            const char *want, const char *why)
+{
+    uint8_t *copy = (uint8_t *)malloc(size ? size : 1);
+    S_TEST(copy);
+    if (size)
+        memcpy(copy, data, size);
+    llmq_value_buf_t buf = {0};
+    llmq_value_buf_add(&buf, "x", 1);
+    char err[128] = "";
+    int rc = llmq_value_buf_json(&buf, copy, size, err, sizeof err);
+    S_TEST(buf.data && buf.data[0] == 'x' && buf.data[buf.size] == 0);
+    if (rc == -1)
+        S_TEST(buf.size == 1 && *err && (any || !want) &&
+               (!why || streq(err, why)));
+    else if (!any)
+        S_TEST(want && buf.size == 1 + strlen(want) &&
+               !memcmp(buf.data + 1, want, buf.size - 1));
+    else {
+        cJSON *got = cJSON_ParseWithLength(buf.data + 1, buf.size - 1);
+        char *text = llmq_value_to_json_text(copy, size, NULL, 0);
+        cJSON *tree = text ? cJSON_Parse(text) : NULL;
+        //  The tree printer refuses a NUL (C strings); numbers past 2^53
+        //  it prints as doubles, which cJSON reads back alike; duplicate
+        //  keys cJSON_Compare does not take, but the texts are the same.
+        S_TEST(text ? got && tree &&
+                          (cJSON_Compare(got, tree, true) ||
+                           streq(buf.data + 1, text))
+                    : strstr(buf.data, "\\u0000") != NULL);
+        cJSON_Delete(got);
+        cJSON_Delete(tree);
+        free(text);
+    }
+    free(buf.data);
+    free(copy);
+}
+
+/*  llmq_value_buf_json's fixed texts: bodies of every shape (plain
+    strings of every length around 8, escapes, UTF-8), each of their
+    strict prefixes refused, and each with one byte changed (no read past
+    the value; what it accepts reads as the tree printer's). */
+static void s_test_buf_fixed(void)
+{
+    static const char *const cases[][2] = {
+        {("{\"id\":\"chatcmpl-sim000000000001\",\"object\":\"chat.completion\","
+          "\"created\":1796216543,\"model\":\"sim-model\",\"choices\":[{"
+          "\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":\"sim "
+          "tango kilo india\",\"refusal\":null},\"logprobs\":null,"
+          "\"finish_reason\":\"length\"}],\"usage\":{\"prompt_tokens\":34,"
+          "\"total_tokens\":50}}"),
+         NULL},
+        {("{\"s\":\"tab\\t nl\\n q\\\" bs\\\\ \\u0001 \\u00e9 \\u2028 "
+          "\\ud83d\\ude00\",\"f\":0.1,\"g\":-2.5e-300,\"n\":-"
+          "9223372036854775807,\"e\":\"\"}"),
+         ("{\"s\":\"tab\\t nl\\n q\\\" bs\\\\ \\u0001 \xc3\xa9 \xe2\x80\xa8 "
+          "\xf0\x9f\x98\x80\",\"f\":0.1,\"g\":-2.5e-300,\"n\":-"
+          "9223372036854775808,\"e\":\"\"}")},
+        {("[\"a\",\"ab\",\"abcdefg\",\"abcdefgh\",\"abcdefghi\","
+          "\"abcdefghijklmnopq\",\"\\u00e9t\\u00e9\",true,false,null,[],{},"
+          "[[[1]]]]"),
+         ("[\"a\",\"ab\",\"abcdefg\",\"abcdefgh\",\"abcdefghi\","
+          "\"abcdefghijklmnopq\",\"\xc3\xa9t\xc3\xa9\",true,false,null,[],{},"
+          "[[[1]]]]")},
+        {"\"plain\"", NULL},
+        {"\"\"", NULL},
+        {"7", NULL},
+        {"{}", NULL}};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        const char *text = cases[i][0];
+        const char *want = cases[i][1] ? cases[i][1] : text;
+        zframe_t *frame =
+            llmq_value_from_json_text(text, strlen(text), NULL, 0);
+        S_TEST(frame);
+        uint8_t *mp = zframe_data(frame);
+        size_t size = zframe_size(frame);
+        s_test_buf_case(mp, size, false, want, NULL);
+        for (size_t n = 0; n < size; n++)
+            s_test_buf_case(mp, n, false, NULL, NULL);
+        for (size_t k = 0; k < size; k++) {
+            static const uint8_t flips[] = {0x01, 0x20, 0x80, 0xff};
+            for (size_t f = 0; f < sizeof flips; f++) {
+                mp[k] ^= flips[f];
+                s_test_buf_case(mp, size, true, NULL, NULL);
+                mp[k] ^= flips[f];
+            }
+        }
+        zframe_destroy(&frame);
+    }
+    //  A float32, an ext, an integer key, a string with a control byte at
+    //  the end, a string of bad UTF-8, too deep, a long plain string.
+    static const uint8_t f32[] = {0xca, 0x3e, 0x20, 0x00, 0x00};
+    static const uint8_t ext[] = {0xd4, 0x01, 0x00};
+    static const uint8_t intkey[] = {0x81, 0x01, 0x02};
+    static const uint8_t ctrl[] = {0xaa, 'a', 'b', 'c', 'd', 'e',
+                                   'f',  'g', 'h', 'i', 0x1f};
+    static const uint8_t bad[] = {0xa9, 'a', 'b', 'c',  'd',
+                                  'e',  'f', 'g', 0xc3, 0x28};
+    s_test_buf_case(f32, sizeof f32, false, "0.15625", NULL);
+    s_test_buf_case(ext, sizeof ext, false, NULL, "ext type not allowed");
+    s_test_buf_case(intkey, sizeof intkey, false, NULL,
+                    "map key is not a string");
+    s_test_buf_case(ctrl, sizeof ctrl, false, "\"abcdefghi\\u001f\"", NULL);
+    s_test_buf_case(bad, sizeof bad, false, NULL, "invalid UTF-8");
+    uint8_t deep[100];
+    memset(deep, 0x91, sizeof deep);
+    deep[sizeof deep - 1] = 0xc0;
+    s_test_buf_case(deep, sizeof deep, false, NULL, "nesting too deep");
+    size_t big = 70000;
+    uint8_t *large = (uint8_t *)malloc(big + 5);
+    char *want = (char *)malloc(big + 3);
+    S_TEST(large && want);
+    memcpy(large,
+           (const uint8_t[]){0xdb, 0, (uint8_t)(big >> 16), (uint8_t)(big >> 8),
+                             (uint8_t)big},
+           5);
+    memset(large + 5, 'z', big);
+    want[0] = want[big + 1] = '"';
+    memset(want + 1, 'z', big);
+    want[big + 2] = 0;
+    s_test_buf_case(large, big + 5, false, want, NULL);
+    free(want);
+    free(large);
+}
+
+/*  llmq_value_json_members_nested (and llmq_value_json_members, its
+    outer walk alone) on lines of `llmq run`: the spans of the line's keys
+    and of its body's, or the refusal. */
+static void s_test_members_fixed(void)
+{
+    static const struct {
+        const char *text;
+        int rc;
+        const char *outer[4]; /* custom_id, url, body, method */
+        const char *inner[2]; /* the body's model, max_tokens */
+    } cases[] = {
+        {("{\"custom_id\":\"a\\u00e9\",\"method\":\"POST\",\"url\":\"/v1/"
+          "embeddings/\",\"body\":{\"input\":\"x\",\"model\":\"m1\",\"n\":[1,"
+          "2.5,-3e2,{\"k\":null}]}}\n"),
+         0,
+         {"\"a\\u00e9\"", "\"/v1/embeddings/\"",
+          "{\"input\":\"x\",\"model\":\"m1\",\"n\":[1,2.5,-3e2,{\"k\":null}]}",
+          "\"POST\""},
+         {"\"m1\"", NULL}},
+        {("{\"body\":{\"messages\":[{\"role\":\"user\",\"content\":\"q\\n\"}]},"
+          "\"custom_id\":null}\r\n"),
+         0,
+         {"null", NULL,
+          "{\"messages\":[{\"role\":\"user\",\"content\":\"q\\n\"}]}", NULL},
+         {NULL, NULL}},
+        {"{\"CUSTOM_ID\":\"up\",\"Body\":{\"model\":null,\"x\":true}}",
+         0,
+         {"\"up\"", NULL, "{\"model\":null,\"x\":true}", NULL},
+         {"null", NULL}},
+        {("{\"url\":\"/v1/images\",\"method\":\"GET\",\"custom_id\":\"\","
+          "\"body\":{\"model\":7}}"),
+         0,
+         {"\"\"", "\"/v1/images\"", "{\"model\":7}", "\"GET\""},
+         {"7", NULL}},
+        {(" { \"BODY\" : { \"Model\" : \"m\" , \"model\":\"n\", "
+          "\"max_tokens\":[{}]} , \"body\":{\"model\":\"x\"}} "),
+         0,
+         {NULL, NULL,
+          "{ \"Model\" : \"m\" , \"model\":\"n\", "
+          "\"max_tokens\":[{}]}",
+          NULL},
+         {"\"m\"", "[{}]"}},
+        {"{\"body\":7,\"url\":\"u\"}", 0, {NULL, "\"u\"", "7", NULL}, {0}},
+        {"{\"body\":{}}", 0, {NULL, NULL, "{}", NULL}, {0}},
+        {"{}", 0, {0}, {0}},
+        {"{\"body\":{}", -1, {0}, {0}},
+        {"{\"body\":{\"model\":}}", -1, {0}, {0}},
+        {"{\"body\":{\"model\":\"m\"},}", -1, {0}, {0}},
+        {"plain text", -1, {0}, {0}},
+        {"[]", -1, {0}, {0}},
+        {"{} x", -1, {0}, {0}}};
+    static const char *const keys[] = {"custom_id", "url", "body", "method",
+                                       NULL};
+    static const char *const inner[] = {"model", "max_tokens", NULL};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        const char *text = cases[i].text;
+        size_t len = strlen(text);
+        llmq_value_span_t got[4], got_in[2], alone[4];
+        S_TEST(llmq_value_json_members_nested(text, len, keys, got, 2, inner,
+                                              got_in) == cases[i].rc);
+        S_TEST(llmq_value_json_members(text, len, keys, alone) == cases[i].rc);
+        for (int k = 0; cases[i].rc == 0 && k < 6; k++) {
+            const char *want =
+                k < 4 ? cases[i].outer[k] : cases[i].inner[k - 4];
+            llmq_value_span_t span = k < 4 ? got[k] : got_in[k - 4];
+            S_TEST(!want == !span.data);
+            S_TEST(!want || (span.size == strlen(want) && span.data > text &&
+                             span.data < text + len &&
+                             !memcmp(span.data, want, span.size)));
+            S_TEST(k >= 4 ||
+                   (alone[k].data == span.data && alone[k].size == span.size));
+        }
+    }
+    //  Too deep inside the body: refused as the outer walk refuses it.
+    char deep[200] = "{\"body\":{\"a\":";
+    for (int i = 0; i < 70; i++)
+        strcat(deep, "[");
+    for (int i = 0; i < 70; i++)
+        strcat(deep, "]");
+    strcat(deep, "}}");
+    llmq_value_span_t got[4], got_in[2];
+    S_TEST(llmq_value_json_members_nested(deep, strlen(deep), keys, got, 2,
+                                          inner, got_in) == -1);
+    S_TEST(llmq_value_json_members(deep, strlen(deep), keys, got) == -1);
+}
+
+/*  llmq_packer_json_object_set appends after bytes already there, keeps
+    the packer as it was on a refusal, and gives llmq_value_from_json_object
+    its bytes. */
+static void s_test_object_set(void)
+{
+    const char *body = "{\"input\":\"x\",\"model\":\"m1\",\"n\":[1,2.5,-3e2,"
+                       "{\"k\":null}],\"Model\":3}";
+    const char *want_text = "{\"input\":\"x\",\"n\":[1,2.5,-300,{\"k\":null}],"
+                            "\"Model\":3,\"model\":\"mm\"}";
+    const char *drop[] = {"model", NULL};
+    zframe_t *want =
+        llmq_value_from_json_text(want_text, strlen(want_text), NULL, 0);
+    llmq_packer_t *packer = llmq_packer_new();
+    S_TEST(want && packer);
+    llmq_packer_nil(packer);
+    char err[96] = "";
+    const char *bad[] = {"{\"a\":", "[1]", "{} x", "", NULL};
+    for (int i = 0; bad[i]; i++) {
+        *err = 0;
+        S_TEST(llmq_packer_json_object_set(packer, bad[i], strlen(bad[i]), drop,
+                                           "model", "mm", err,
+                                           sizeof err) == -1);
+        S_TEST(*err);
+        S_TEST(!llmq_value_from_json_object(bad[i], strlen(bad[i]), drop,
+                                            "model", "mm", NULL, 0));
+    }
+    S_TEST(llmq_packer_json_object_set(packer, body, strlen(body), drop,
+                                       "model", "mm", NULL, 0) == 0);
+    size_t size = 0;
+    const uint8_t *data = llmq_packer_data(packer, &size);
+    S_TEST(size == zframe_size(want) + 1 && data[0] == 0xc0 &&
+           !memcmp(data + 1, zframe_data(want), size - 1));
+    zframe_t *frame = llmq_value_from_json_object(body, strlen(body), drop,
+                                                  "model", "mm", NULL, 0);
+    S_TEST(frame && zframe_eq(frame, want));
+    zframe_destroy(&frame);
+    zframe_destroy(&want);
+    llmq_packer_destroy(&packer);
 }
 
 /*  llmq_packer_json_object_find: the bytes of llmq_packer_json_text and
@@ -2587,6 +2692,9 @@ int llmq_value_test(bool verbose)
     s_test_items();
     s_test_direct();
     s_test_direct_object();
+    s_test_buf_fixed();
+    s_test_members_fixed();
+    s_test_object_set();
     s_test_object_find();
     s_test_strn_int();
     s_test_buf_json();

@@ -15,6 +15,7 @@ per BIN_DIR, and the ratio of each to the first.
 """
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -72,6 +73,7 @@ def main():
                      per_line / base))
     finally:
         cluster.close()
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":
