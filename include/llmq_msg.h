@@ -137,6 +137,11 @@ const char *llmq_msg_field_group(llmq_field_t field);
 /*  Payload frame (borrowed; NULL if none). */
 zframe_t *llmq_msg_payload(const llmq_msg_t *self);
 
+/*  The payload's bytes (borrowed, until the payload changes) and size,
+    whichever way it was received, without making a frame of it. NULL
+    (size 0) if there is none. */
+const void *llmq_msg_payload_data(const llmq_msg_t *self, size_t *size);
+
 /*  Set the payload, taking the frame (NULL removes it). */
 void llmq_msg_set_payload(llmq_msg_t *self, zframe_t **payload_p);
 
