@@ -4649,8 +4649,9 @@ static void s_drain_socket(s_broker_t *self, zsock_t *socket, bool clients)
     //  The peer's User-Id matters only under CURVE (s_tenant_of).
     //  Payloads stay libzmq's messages: requests keep theirs (sent with
     //  zmq_msg_copy), results move theirs on (s_client_send).
-    int flags =
-        (self->auth ? 0 : LLMQ_MSG_RECV_NO_USER_ID) | LLMQ_MSG_RECV_PAYLOAD_MSG;
+    int flags = (self->auth ? 0 : LLMQ_MSG_RECV_NO_USER_ID) |
+                LLMQ_MSG_RECV_PAYLOAD_MSG |
+                LLMQ_MSG_RECV_ROUTER; //  Both are ROUTERs
     //  Results are forwarded: spliced, not re-encoded whole.
     if (!clients)
         flags |= LLMQ_MSG_RECV_SPLICE;

@@ -246,6 +246,9 @@ llmq_msg_t *llmq_msg_recv(void *sock);
     still works, making a frame of a copy): for a process that forwards
     payloads (the broker's results). */
 #define LLMQ_MSG_RECV_PAYLOAD_MSG 4
+/*  LLMQ_MSG_RECV_ROUTER: the caller knows sock is a ROUTER (its routing id
+    comes first), so the socket's type is not looked up per message. */
+#define LLMQ_MSG_RECV_ROUTER 8
 llmq_msg_t *llmq_msg_recv_ex(void *sock, int flags);
 
 /*  Wait up to timeout_ms for the next message of a type, skipping `hb` and

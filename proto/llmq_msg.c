@@ -1967,7 +1967,8 @@ llmq_msg_t *llmq_msg_recv_ex(void *sock, int flags)
     void *handle = zsock_resolve(sock);
     if (!handle)
         return NULL;
-    bool router = s_sock_is_router(sock, handle);
+    bool router =
+        (flags & LLMQ_MSG_RECV_ROUTER) || s_sock_is_router(sock, handle);
     zmq_msg_t rid, header;
     zmq_msg_init(&rid);
     zmq_msg_init(&header);
