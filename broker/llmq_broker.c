@@ -108,12 +108,19 @@ typedef struct {
 //  the client has requests pending (its s_client_t goes with its last
 //  one); shared with its messages in flight, which libzmq releases from
 //  its I/O thread: atomics.
+//  Its records of messages in flight (s_sent_t) are reused, not freed:
+//  libzmq's I/O thread pushes a released one on `returned` (a lock-free
+//  stack), and the broker thread takes the whole stack at once (no ABA:
+//  it never pops single records) into `spare`, its own list.
+typedef struct s_sent_s s_sent_t;
 typedef struct {
     atomic_int refs;      //  The table, its client entry, messages in flight
     atomic_size_t bytes;  //  Bytes in flight
     atomic_int msgs;      //  Messages in flight
     bool slow;            //  In a client_slow episode (broker thread only)
     int64_t heartbeat_at; //  Its last heartbeat (monotonic ms), 0 = none
+    _Atomic(s_sent_t *) returned; //  Records libzmq is done with
+    s_sent_t *spare;              //  Records to reuse (broker thread only)
 } s_outbox_t;
 
 //  A result passed on to its client, to be acked to its worker.
@@ -3502,19 +3509,57 @@ static void s_cache_promote(s_broker_t *self)
 //  client that does not read are bounded.
 
 //  A reply handed to libzmq, released when libzmq has written or dropped it.
-typedef struct {
+struct s_sent_s {
     s_outbox_t *box; //  Its client's outbox (one reference)
     zmq_msg_t last;  //  The last frame, whose bytes libzmq sends
     size_t size;     //  Bytes counted in box
-} s_sent_t;
+    s_sent_t *next;  //  In its outbox's returned or spare list
+};
+
+#define s_SENT_SPARE 64 //  Records an outbox keeps for reuse, at most
+
+static void s_sent_list_free(s_sent_t *sent)
+{
+    while (sent) {
+        s_sent_t *next = sent->next;
+        free(sent);
+        sent = next;
+    }
+}
 
 //  Drop one reference to an outbox (the table's, or a message's).
 static void s_outbox_release(void *data, void *hint)
 {
     (void)data;
     s_outbox_t *box = (s_outbox_t *)hint;
-    if (atomic_fetch_sub(&box->refs, 1) == 1)
+    if (atomic_fetch_sub(&box->refs, 1) == 1) {
+        s_sent_list_free(atomic_load(&box->returned));
+        s_sent_list_free(box->spare);
         free(box);
+    }
+}
+
+//  A record for a reply to this outbox: a spare one, or the ones libzmq
+//  gave back (beyond s_SENT_SPARE freed), or a new one. NULL if out of
+//  memory. Broker thread only.
+static s_sent_t *s_sent_new(s_outbox_t *box)
+{
+    if (!box->spare) {
+        s_sent_t *list = atomic_exchange(&box->returned, NULL);
+        for (int kept = 0; list && kept < s_SENT_SPARE; kept++) {
+            s_sent_t *next = list->next;
+            list->next = box->spare;
+            box->spare = list;
+            list = next;
+        }
+        s_sent_list_free(list);
+    }
+    s_sent_t *sent = box->spare;
+    if (sent)
+        box->spare = sent->next;
+    else
+        sent = (s_sent_t *)malloc(sizeof(s_sent_t));
+    return sent;
 }
 
 static void s_outbox_free(void **item)
@@ -3540,6 +3585,7 @@ static s_outbox_t *s_outbox_require(s_broker_t *self, const char *key)
     if (!box)
         return NULL;
     atomic_init(&box->refs, 1);
+    atomic_init(&box->returned, NULL);
     zhashx_insert(self->outboxes, key, box);
     return box;
 }
@@ -3575,11 +3621,17 @@ static void s_sent_release(void *data, void *hint)
 {
     (void)data;
     s_sent_t *sent = (s_sent_t *)hint;
-    atomic_fetch_sub(&sent->box->bytes, sent->size);
-    atomic_fetch_sub(&sent->box->msgs, 1);
+    s_outbox_t *box = sent->box;
+    atomic_fetch_sub(&box->bytes, sent->size);
+    atomic_fetch_sub(&box->msgs, 1);
     zmq_msg_close(&sent->last);
-    s_outbox_release(NULL, sent->box);
-    free(sent);
+    //  Given back before the reference goes: the last one frees the lists.
+    sent->next = atomic_load_explicit(&box->returned, memory_order_relaxed);
+    while (!atomic_compare_exchange_weak_explicit(&box->returned, &sent->next,
+                                                  sent, memory_order_release,
+                                                  memory_order_relaxed))
+        ;
+    s_outbox_release(NULL, box);
 }
 
 //  Replies a client may have queued at once (0 in the config: the old
@@ -3628,8 +3680,7 @@ static void s_outbox_send(s_broker_t *self, s_outbox_t *box, zmq_msg_t *last,
                           size_t size)
 {
     void *sock = zsock_resolve(self->frontend);
-    s_sent_t *sent =
-        zmq_msg_size(last) ? (s_sent_t *)malloc(sizeof(s_sent_t)) : NULL;
+    s_sent_t *sent = zmq_msg_size(last) ? s_sent_new(box) : NULL;
     if (!sent) {
         if (zmq_msg_send(last, sock, 0) == -1)
             zmq_msg_close(last);
