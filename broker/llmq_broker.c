@@ -108,12 +108,19 @@ typedef struct {
 //  the client has requests pending (its s_client_t goes with its last
 //  one); shared with its messages in flight, which libzmq releases from
 //  its I/O thread: atomics.
+//  Its records of messages in flight (s_sent_t) are reused, not freed:
+//  libzmq's I/O thread pushes a released one on `returned` (a lock-free
+//  stack), and the broker thread takes the whole stack at once (no ABA:
+//  it never pops single records) into `spare`, its own list.
+typedef struct s_sent_s s_sent_t;
 typedef struct {
     atomic_int refs;      //  The table, its client entry, messages in flight
     atomic_size_t bytes;  //  Bytes in flight
     atomic_int msgs;      //  Messages in flight
     bool slow;            //  In a client_slow episode (broker thread only)
     int64_t heartbeat_at; //  Its last heartbeat (monotonic ms), 0 = none
+    _Atomic(s_sent_t *) returned; //  Records libzmq is done with
+    s_sent_t *spare;              //  Records to reuse (broker thread only)
 } s_outbox_t;
 
 //  A result passed on to its client, to be acked to its worker.
@@ -124,19 +131,19 @@ typedef struct {
 
 static const char *s_ops[] = {"chat", "completion", "embedding"};
 
-//  A payload shared between the request (kept for a requeue) and the zmq
-//  messages that carry it to workers. libzmq releases its reference from
-//  its I/O thread, hence the atomic count. It holds either the frame as
-//  received (no copy: the fast path, dispatched at once) or a compact copy
-//  of the bytes: a request that has to wait gets one, because a received
-//  frame pins libzmq's whole shared receive buffer (about 18 KB for every
-//  7 KB of messages), which would more than double the memory of a long
-//  queue.
+//  A request keeps its payload (for a requeue) as the zmq_msg_t it was
+//  received in: each dispatch sends a zmq_msg_copy of it, which libzmq
+//  refcounts (no copy of the bytes, no allocation). A request that has to
+//  wait in a long queue gets a compact copy instead, because a received
+//  message pins libzmq's whole shared receive buffer (about 18 KB for
+//  every 7 KB of messages), which would more than double the memory of a
+//  long queue. The copy is shared with the zmq messages that carry it to
+//  workers; libzmq releases its reference from its I/O thread, hence the
+//  atomic count.
 typedef struct {
     atomic_int refs; //  Holders: the request + messages in flight
-    zframe_t *frame; //  The frame as received, or NULL
-    size_t size;     //  Size of data when frame is NULL
-    uint8_t data[];  //  Compact copy when frame is NULL
+    size_t size;     //  Size of data
+    uint8_t data[];  //  Compact copy
 } s_shared_t;
 
 struct _s_request_t {
@@ -154,9 +161,10 @@ struct _s_request_t {
     s_worker_t *worker; //  Worker holding it, NULL unless dispatched
     s_request_t *wprev; //  Worker's in-flight list
     s_request_t *wnext;
-    zframe_t *payload;  //  Payload until first dispatch
-    s_shared_t *shared; //  Payload once dispatched
-    uint8_t *meta;      //  meta as encoded msgpack, echoed back
+    zmq_msg_t pmsg;     //  Payload as received (has_pmsg), or:
+    s_shared_t *shared; //  its compact copy (see s_shared_t)
+    bool has_pmsg;
+    uint8_t *meta; //  meta as encoded msgpack, echoed back
     size_t meta_size;
     char *trace;               //  W3C traceparent, passed to the worker
     char *tenant;              //  Declared tenant (advisory), to the worker
@@ -528,45 +536,50 @@ static void s_shared_release(void *data, void *hint)
 {
     (void)data;
     s_shared_t *shared = (s_shared_t *)hint;
-    if (atomic_fetch_sub(&shared->refs, 1) == 1) {
-        zframe_destroy(&shared->frame);
+    if (atomic_fetch_sub(&shared->refs, 1) == 1)
         free(shared);
-    }
+}
+
+//  Take a message's payload into the request: the zmq_msg_t received with
+//  LLMQ_MSG_RECV_PAYLOAD_MSG as it is, a frame's bytes copied.
+static void s_payload_take(s_request_t *r, llmq_msg_t *msg)
+{
+    r->has_pmsg = llmq_msg_take_payload_msg(msg, &r->pmsg) == 0;
 }
 
 //  Give a waiting request a compact copy of its payload (see s_shared_t).
 static void s_payload_compact(s_request_t *r)
 {
-    if (!r->payload || r->shared)
+    if (!r->has_pmsg)
         return;
-    size_t size = zframe_size(r->payload);
+    size_t size = zmq_msg_size(&r->pmsg);
     s_shared_t *shared = (s_shared_t *)malloc(sizeof(s_shared_t) + size);
     if (!shared)
-        return; //  Keep the frame: costs memory, still works
+        return; //  Keep the message: costs memory, still works
     atomic_init(&shared->refs, 1);
-    shared->frame = NULL;
     shared->size = size;
-    memcpy(shared->data, zframe_data(r->payload), size);
-    zframe_destroy(&r->payload);
+    memcpy(shared->data, zmq_msg_data(&r->pmsg), size);
+    zmq_msg_close(&r->pmsg);
+    r->has_pmsg = false;
     r->shared = shared;
 }
 
 //  Send the request's payload as the last frame, sharing its bytes.
 static void s_send_payload(s_request_t *r, void *socket)
 {
-    if (!r->shared) {
-        r->shared = (s_shared_t *)malloc(sizeof(s_shared_t));
-        if (!r->shared)
-            return;
-        atomic_init(&r->shared->refs, 1);
-        r->shared->frame = r->payload;
-        r->shared->size = 0;
-        r->payload = NULL;
-    }
-    zframe_t *frame = r->shared->frame;
-    size_t size = frame ? zframe_size(frame) : r->shared->size;
-    void *data = frame ? zframe_data(frame) : r->shared->data;
     zmq_msg_t msg;
+    if (r->has_pmsg) {
+        //  libzmq shares a large message's bytes (a refcount), copies a
+        //  small one.
+        zmq_msg_init(&msg);
+        if (zmq_msg_copy(&msg, &r->pmsg))
+            zmq_msg_init(&msg);
+        if (zmq_msg_send(&msg, socket, 0) == -1)
+            zmq_msg_close(&msg);
+        return;
+    }
+    size_t size = r->shared ? r->shared->size : 0;
+    void *data = r->shared ? r->shared->data : NULL;
     if (size < 64) {
         //  Small: a copy is cheaper than the bookkeeping.
         zmq_msg_init_size(&msg, size);
@@ -1184,7 +1197,8 @@ static void s_request_destroy(s_broker_t *self, s_request_t **r_p)
     }
     if (--r->lane->refs == 0)
         r->lane->idle_since = zclock_mono();
-    zframe_destroy(&r->payload);
+    if (r->has_pmsg)
+        zmq_msg_close(&r->pmsg);
     if (r->shared)
         s_shared_release(NULL, r->shared);
     if (r->meta || r->trace || r->tenant || r->routed) { //  Mostly none
@@ -1845,7 +1859,7 @@ static void s_dispatch_module(s_broker_t *self, s_worker_t *w)
         r->deadline = s_NO_EXPIRY;
         r->attempt = 1;
         r->max_attempts = 1;
-        r->payload = llmq_msg_take_payload(msg);
+        s_payload_take(r, msg);
         llmq_msg_destroy(&msg);
         self->counters.received++;
         s_send_request(self, w, r);
@@ -2732,8 +2746,8 @@ static bool s_spend_admit(s_broker_t *self, llmq_msg_t **msg_p)
 //  (answered `overloaded`, retryable). True if it was refused (taken).
 static bool s_tenant_admit(s_broker_t *self, llmq_msg_t **msg_p)
 {
-    zframe_t *payload = llmq_msg_payload(*msg_p);
-    size_t bytes = payload ? zframe_size(payload) : 0;
+    size_t bytes = 0;
+    llmq_msg_payload_data(*msg_p, &bytes);
     char why[120];
     if (!s_tenant_refuse(self, s_tenant_of(self, *msg_p), bytes, why,
                          sizeof(why)))
@@ -2749,7 +2763,7 @@ static bool s_tenant_admit(s_broker_t *self, llmq_msg_t **msg_p)
 //  is what it weighs in the byte caps.
 static void s_request_own(s_broker_t *self, s_request_t *r, llmq_msg_t *msg)
 {
-    r->bytes = r->payload ? zframe_size(r->payload) : 0;
+    r->bytes = r->has_pmsg ? zmq_msg_size(&r->pmsg) : 0;
     r->owner = s_tenant_require(self, s_tenant_of(self, msg));
     if (r->owner)
         r->owner->held++;
@@ -3076,12 +3090,11 @@ static bool s_model_refuses(s_broker_t *self, s_lane_t *lane,
     if (lane->unknown_model)
         return false;
     llmq_msg_t *msg = *msg_p;
-    zframe_t *body = llmq_msg_payload(msg);
+    size_t size = 0;
+    const void *body = llmq_msg_payload_data(msg, &size);
     char why[400];
     if (!llmq_models_check(self->models, lane->model, llmq_msg_op(msg),
-                           llmq_msg_stream(msg),
-                           body ? zframe_data(body) : NULL,
-                           body ? zframe_size(body) : 0, why, sizeof(why)))
+                           llmq_msg_stream(msg), body, size, why, sizeof(why)))
         return false;
     s_refuse(self, msg_p, LLMQ_ERR_INVALID_REQUEST, why);
     return true;
@@ -3127,7 +3140,7 @@ static void s_client_request(s_broker_t *self, const char *key,
     if (step >= 0)
         s_route_keep(r, msg, step);
     r->stream = llmq_msg_stream(msg);
-    r->payload = llmq_msg_take_payload(msg);
+    s_payload_take(r, msg);
     size_t meta_size = 0;
     const uint8_t *meta = llmq_msg_meta(msg, &meta_size);
     if (meta && (r->meta = (uint8_t *)malloc(meta_size))) {
@@ -3322,12 +3335,9 @@ static void s_cache_close(s_broker_t *self)
 //  The bytes of a request's payload, wherever they are now.
 static const void *s_payload_data(s_request_t *r, size_t *size)
 {
-    zframe_t *frame = r->payload  ? r->payload
-                      : r->shared ? r->shared->frame
-                                  : NULL;
-    if (frame) {
-        *size = zframe_size(frame);
-        return zframe_data(frame);
+    if (r->has_pmsg) {
+        *size = zmq_msg_size(&r->pmsg);
+        return zmq_msg_data(&r->pmsg);
     }
     *size = r->shared ? r->shared->size : 0;
     return r->shared ? r->shared->data : NULL;
@@ -3499,19 +3509,57 @@ static void s_cache_promote(s_broker_t *self)
 //  client that does not read are bounded.
 
 //  A reply handed to libzmq, released when libzmq has written or dropped it.
-typedef struct {
+struct s_sent_s {
     s_outbox_t *box; //  Its client's outbox (one reference)
     zmq_msg_t last;  //  The last frame, whose bytes libzmq sends
     size_t size;     //  Bytes counted in box
-} s_sent_t;
+    s_sent_t *next;  //  In its outbox's returned or spare list
+};
+
+#define s_SENT_SPARE 64 //  Records an outbox keeps for reuse, at most
+
+static void s_sent_list_free(s_sent_t *sent)
+{
+    while (sent) {
+        s_sent_t *next = sent->next;
+        free(sent);
+        sent = next;
+    }
+}
 
 //  Drop one reference to an outbox (the table's, or a message's).
 static void s_outbox_release(void *data, void *hint)
 {
     (void)data;
     s_outbox_t *box = (s_outbox_t *)hint;
-    if (atomic_fetch_sub(&box->refs, 1) == 1)
+    if (atomic_fetch_sub(&box->refs, 1) == 1) {
+        s_sent_list_free(atomic_load(&box->returned));
+        s_sent_list_free(box->spare);
         free(box);
+    }
+}
+
+//  A record for a reply to this outbox: a spare one, or the ones libzmq
+//  gave back (beyond s_SENT_SPARE freed), or a new one. NULL if out of
+//  memory. Broker thread only.
+static s_sent_t *s_sent_new(s_outbox_t *box)
+{
+    if (!box->spare) {
+        s_sent_t *list = atomic_exchange(&box->returned, NULL);
+        for (int kept = 0; list && kept < s_SENT_SPARE; kept++) {
+            s_sent_t *next = list->next;
+            list->next = box->spare;
+            box->spare = list;
+            list = next;
+        }
+        s_sent_list_free(list);
+    }
+    s_sent_t *sent = box->spare;
+    if (sent)
+        box->spare = sent->next;
+    else
+        sent = (s_sent_t *)malloc(sizeof(s_sent_t));
+    return sent;
 }
 
 static void s_outbox_free(void **item)
@@ -3537,6 +3585,7 @@ static s_outbox_t *s_outbox_require(s_broker_t *self, const char *key)
     if (!box)
         return NULL;
     atomic_init(&box->refs, 1);
+    atomic_init(&box->returned, NULL);
     zhashx_insert(self->outboxes, key, box);
     return box;
 }
@@ -3572,11 +3621,17 @@ static void s_sent_release(void *data, void *hint)
 {
     (void)data;
     s_sent_t *sent = (s_sent_t *)hint;
-    atomic_fetch_sub(&sent->box->bytes, sent->size);
-    atomic_fetch_sub(&sent->box->msgs, 1);
+    s_outbox_t *box = sent->box;
+    atomic_fetch_sub(&box->bytes, sent->size);
+    atomic_fetch_sub(&box->msgs, 1);
     zmq_msg_close(&sent->last);
-    s_outbox_release(NULL, sent->box);
-    free(sent);
+    //  Given back before the reference goes: the last one frees the lists.
+    sent->next = atomic_load_explicit(&box->returned, memory_order_relaxed);
+    while (!atomic_compare_exchange_weak_explicit(&box->returned, &sent->next,
+                                                  sent, memory_order_release,
+                                                  memory_order_relaxed))
+        ;
+    s_outbox_release(NULL, box);
 }
 
 //  Replies a client may have queued at once (0 in the config: the old
@@ -3625,8 +3680,7 @@ static void s_outbox_send(s_broker_t *self, s_outbox_t *box, zmq_msg_t *last,
                           size_t size)
 {
     void *sock = zsock_resolve(self->frontend);
-    s_sent_t *sent =
-        zmq_msg_size(last) ? (s_sent_t *)malloc(sizeof(s_sent_t)) : NULL;
+    s_sent_t *sent = zmq_msg_size(last) ? s_sent_new(box) : NULL;
     if (!sent) {
         if (zmq_msg_send(last, sock, 0) == -1)
             zmq_msg_close(last);
@@ -4644,11 +4698,14 @@ static void s_handle_pipe(s_broker_t *self)
 static void s_drain_socket(s_broker_t *self, zsock_t *socket, bool clients)
 {
     //  The peer's User-Id matters only under CURVE (s_tenant_of).
-    int flags = self->auth ? 0 : LLMQ_MSG_RECV_NO_USER_ID;
-    //  Results are forwarded: spliced, not re-encoded whole, and their
-    //  payloads kept as libzmq's messages (s_client_send moves them on).
+    //  Payloads stay libzmq's messages: requests keep theirs (sent with
+    //  zmq_msg_copy), results move theirs on (s_client_send).
+    int flags = (self->auth ? 0 : LLMQ_MSG_RECV_NO_USER_ID) |
+                LLMQ_MSG_RECV_PAYLOAD_MSG |
+                LLMQ_MSG_RECV_ROUTER; //  Both are ROUTERs
+    //  Results are forwarded: spliced, not re-encoded whole.
     if (!clients)
-        flags |= LLMQ_MSG_RECV_SPLICE | LLMQ_MSG_RECV_PAYLOAD_MSG;
+        flags |= LLMQ_MSG_RECV_SPLICE;
     for (int i = 0; i < s_MAX_BATCH; i++) {
         llmq_msg_t *msg = llmq_msg_recv_ex(socket, flags);
         if (!msg)
@@ -4788,7 +4845,7 @@ int llmq_broker_submit(llmq_broker_core_t *self, llmq_msg_t **req_p,
     r->fn = fn;
     r->fn_arg = arg;
     s_request_init(r, lane, op, msg, now);
-    r->payload = llmq_msg_take_payload(msg);
+    s_payload_take(r, msg);
     llmq_msg_destroy(&msg);
     self->counters.received++;
     if (self->queued >= s_COMPACT_ABOVE &&

@@ -137,6 +137,11 @@ const char *llmq_msg_field_group(llmq_field_t field);
 /*  Payload frame (borrowed; NULL if none). */
 zframe_t *llmq_msg_payload(const llmq_msg_t *self);
 
+/*  The payload's bytes (borrowed, until the payload changes) and size,
+    whichever way it was received, without making a frame of it. NULL
+    (size 0) if there is none. */
+const void *llmq_msg_payload_data(const llmq_msg_t *self, size_t *size);
+
 /*  Set the payload, taking the frame (NULL removes it). */
 void llmq_msg_set_payload(llmq_msg_t *self, zframe_t **payload_p);
 
@@ -241,6 +246,9 @@ llmq_msg_t *llmq_msg_recv(void *sock);
     still works, making a frame of a copy): for a process that forwards
     payloads (the broker's results). */
 #define LLMQ_MSG_RECV_PAYLOAD_MSG 4
+/*  LLMQ_MSG_RECV_ROUTER: the caller knows sock is a ROUTER (its routing id
+    comes first), so the socket's type is not looked up per message. */
+#define LLMQ_MSG_RECV_ROUTER 8
 llmq_msg_t *llmq_msg_recv_ex(void *sock, int flags);
 
 /*  Wait up to timeout_ms for the next message of a type, skipping `hb` and

@@ -730,6 +730,18 @@ zframe_t *llmq_msg_payload(const llmq_msg_t *self)
     return self ? self->payload : NULL;
 }
 
+const void *llmq_msg_payload_data(const llmq_msg_t *self, size_t *size)
+{
+    if (self && self->has_pmsg) {
+        zmq_msg_t *pmsg = (zmq_msg_t *)&self->pmsg; /* data() is not const */
+        *size = zmq_msg_size(pmsg);
+        return zmq_msg_data(pmsg);
+    }
+    zframe_t *frame = self ? self->payload : NULL;
+    *size = frame ? zframe_size(frame) : 0;
+    return frame ? zframe_data(frame) : NULL;
+}
+
 void llmq_msg_set_payload(llmq_msg_t *self, zframe_t **payload_p)
 {
     zframe_t *payload = payload_p ? *payload_p : NULL;
@@ -1955,7 +1967,8 @@ llmq_msg_t *llmq_msg_recv_ex(void *sock, int flags)
     void *handle = zsock_resolve(sock);
     if (!handle)
         return NULL;
-    bool router = s_sock_is_router(sock, handle);
+    bool router =
+        (flags & LLMQ_MSG_RECV_ROUTER) || s_sock_is_router(sock, handle);
     zmq_msg_t rid, header;
     zmq_msg_init(&rid);
     zmq_msg_init(&header);
@@ -2490,17 +2503,24 @@ static void s_test_payload_msg(void)
         llmq_msg_t *got = llmq_msg_recv_ex(in, flags);
         S_TEST(got && llmq_msg_type(got) == LLMQ_MSG_RES && got->has_pmsg);
         zmq_msg_t payload;
+        size_t psize = 0;
+        const void *pdata = llmq_msg_payload_data(got, &psize);
+        S_TEST(pdata && psize == strlen(body) && !memcmp(pdata, body, psize));
+        S_TEST(got->has_pmsg); /*  Read without making a frame */
         if (round == 0) {
             S_TEST(llmq_msg_take_payload_msg(got, &payload) == 0);
             S_TEST(zmq_msg_size(&payload) == strlen(body) &&
                    !memcmp(zmq_msg_data(&payload), body, strlen(body)));
             zmq_msg_close(&payload);
             S_TEST(llmq_msg_take_payload_msg(got, &payload) == -1);
+            S_TEST(!llmq_msg_payload_data(got, &psize) && psize == 0);
         } else if (round == 1) {
             llmq_msg_t *copy = llmq_msg_dup(got);
             S_TEST(copy && llmq_msg_payload(copy) &&
                    zframe_streq(llmq_msg_payload(copy), body));
             S_TEST(zframe_streq(llmq_msg_payload(got), body));
+            pdata = llmq_msg_payload_data(got, &psize);
+            S_TEST(psize == strlen(body) && !memcmp(pdata, body, psize));
             S_TEST(llmq_msg_take_payload_msg(got, &payload) == 0);
             zmq_msg_close(&payload);
             llmq_msg_destroy(&copy);
