@@ -100,9 +100,9 @@ typedef struct {
 int llmq_value_find_many(const void *data, size_t size, const char *const *keys,
                          size_t count, llmq_value_ref_t *out);
 
-/*  llmq_value_find_many (at most 16 keys) that also gives each member
-    found that is a number its value in numbers[k] (0 otherwise), read on
-    the same walk. */
+/*  llmq_value_find_many that also gives each member found that is a
+    number its value in numbers[k] (0 otherwise; numbers may be NULL), read
+    on the same walk. Both take at most 16 keys (-1 beyond). */
 int llmq_value_find_numbers(const void *data, size_t size,
                             const char *const *keys, size_t count,
                             llmq_value_ref_t *out, double *numbers);

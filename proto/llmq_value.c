@@ -576,34 +576,7 @@ static size_t s_name_index(const llmq_mp_item_t *key, const char *const *names,
 int llmq_value_find_many(const void *data, size_t size, const char *const *keys,
                          size_t count, llmq_value_ref_t *out)
 {
-    for (size_t k = 0; k < count; k++)
-        out[k] = (llmq_value_ref_t){NULL, 0, 0};
-    llmq_mp_reader_t r;
-    llmq_mp_init(&r, data, size);
-    llmq_mp_item_t it;
-    if (llmq_mp_read(&r, &it) || it.kind != LLMQ_MP_MAP)
-        return -1;
-    size_t found = 0, lens[S_FIND_LENS];
-    for (size_t k = 0; k < count && k < S_FIND_LENS; k++)
-        lens[k] = strlen(keys[k]);
-    for (uint32_t i = 0; i < it.len && found < count; i++) {
-        llmq_mp_item_t key;
-        if (llmq_mp_read(&r, &key))
-            return 0;
-        const uint8_t *start = r.p;
-        if (llmq_mp_skip(&r, LLMQ_VALUE_MAX_DEPTH))
-            return 0;
-        for (size_t k = 0; k < count && key.kind == LLMQ_MP_STR; k++)
-            if (!out[k].kind &&
-                key.len == (k < S_FIND_LENS ? lens[k] : strlen(keys[k])) &&
-                memcmp(key.ptr, keys[k], key.len) == 0) {
-                out[k].data = start;
-                out[k].size = (size_t)(r.p - start);
-                out[k].kind = s_kind_of(start, out[k].size);
-                found++;
-            }
-    }
-    return 0;
+    return llmq_value_find_numbers(data, size, keys, count, out, NULL);
 }
 
 int llmq_value_find_numbers(const void *data, size_t size,
@@ -612,7 +585,8 @@ int llmq_value_find_numbers(const void *data, size_t size,
 {
     for (size_t k = 0; k < count; k++) {
         out[k] = (llmq_value_ref_t){NULL, 0, 0};
-        numbers[k] = 0;
+        if (numbers)
+            numbers[k] = 0;
     }
     llmq_mp_reader_t r;
     llmq_mp_init(&r, data, size);
@@ -644,6 +618,8 @@ int llmq_value_find_numbers(const void *data, size_t size,
         out[k] = (llmq_value_ref_t){start, (size_t)(r.p - start),
                                     s_kind_of(start, (size_t)(r.p - start))};
         found++;
+        if (!numbers)
+            continue;
         if (v.kind == LLMQ_MP_UINT)
             numbers[k] = (double)v.u;
         else if (v.kind == LLMQ_MP_INT)
@@ -680,48 +656,8 @@ int llmq_value_buf_json_except(llmq_value_buf_t *buf, const void *data,
                                size_t size, const char *const *skip,
                                size_t nskip, char *errbuf, size_t errlen)
 {
-    llmq_mp_reader_t r;
-    llmq_mp_init(&r, data, size);
-    llmq_mp_item_t it;
-    size_t mark = buf->size;
-    int written = 0;
-    if (llmq_mp_read(&r, &it) || it.kind != LLMQ_MP_MAP) {
-        s_err(errbuf, errlen, r.err ? r.err : "not a map");
-        return -1;
-    }
-    llmq_value_buf_add(buf, "{", 1);
-    for (uint32_t i = 0; i < it.len; i++) {
-        llmq_mp_item_t key;
-        if (llmq_mp_read(&r, &key) ||
-            (key.kind != LLMQ_MP_STR && key.kind != LLMQ_MP_BIN) ||
-            !llmq_mp_utf8(key.ptr, key.len)) {
-            llmq_mp_fail(&r, "map key is not a UTF-8 string");
-            break;
-        }
-        const uint8_t *start = r.p;
-        if (llmq_mp_skip(&r, LLMQ_VALUE_MAX_DEPTH))
-            break;
-        bool drop = false;
-        for (size_t k = 0; k < nskip && !drop; k++)
-            drop = key.len == strlen(skip[k]) &&
-                   memcmp(key.ptr, skip[k], key.len) == 0;
-        if (drop)
-            continue;
-        if (written++)
-            llmq_value_buf_add(buf, ",", 1);
-        llmq_value_buf_str(buf, (const char *)key.ptr, key.len);
-        llmq_value_buf_add(buf, ":", 1);
-        if (llmq_value_buf_json(buf, start, (size_t)(r.p - start), errbuf,
-                                errlen))
-            return s_buf_undo(buf, mark);
-    }
-    if (!r.err && r.p != r.end)
-        llmq_mp_fail(&r, "trailing bytes after the value");
-    if (r.err) {
-        s_err(errbuf, errlen, r.err);
-        return s_buf_undo(buf, mark);
-    }
-    return written;
+    return llmq_value_buf_json_except_find(buf, data, size, skip, nskip, NULL,
+                                           0, NULL, errbuf, errlen);
 }
 
 int llmq_value_buf_json_except_find(llmq_value_buf_t *buf, const void *data,
