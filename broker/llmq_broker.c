@@ -48,8 +48,11 @@
 
 #include <cjson/cJSON.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <stdatomic.h>
+#include <sys/epoll.h>
 #include <time.h>
+#include <unistd.h>
 #ifdef __GLIBC__
 #include <malloc.h>
 #endif
@@ -4717,6 +4720,110 @@ static void s_drain_socket(s_broker_t *self, zsock_t *socket, bool clients)
     }
 }
 
+/*  The loop's wait without CURVE or metrics scrapes (s_epoll_fits): one
+    epoll_wait over the ZMQ_FDs of the pipe, backend and frontend (and the
+    metrics listener), instead of zmq_poll, which asks every socket for
+    ZMQ_FD and ZMQ_EVENTS before and after its poll. A ZMQ_FD only says
+    "ask ZMQ_EVENTS": input can wait with the fd quiet (a send on the
+    socket may have taken its signal), so every socket is asked before
+    sleeping, and the loop does not sleep while one has input. */
+
+//  Epoll data of the loop's wake-ups: the index of the poll item.
+enum { S_EV_PIPE, S_EV_BACKEND, S_EV_FRONTEND, S_EV_METRICS, S_EV_COUNT };
+
+//  1 if sock has a message waiting, 0 if not, -1 if the context is gone.
+static int s_readable(void *sock)
+{
+    int events = 0;
+    size_t size = sizeof events;
+    if (zmq_getsockopt(sock, ZMQ_EVENTS, &events, &size) != 0)
+        return zmq_errno() == ETERM ? -1 : 0;
+    return (events & ZMQ_POLLIN) != 0;
+}
+
+//  fd into epfd with the tag of its poll item; -1 if that failed.
+static int s_epoll_add(int epfd, int fd, uint32_t tag)
+{
+    struct epoll_event ev;
+    memset(&ev, 0, sizeof ev);
+    ev.events = EPOLLIN;
+    ev.data.u32 = tag;
+    return fd >= 0 ? epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev) : -1;
+}
+
+//  The epoll set of the loop's sockets and *metrics_fd, the metrics
+//  listener it holds (or -1). Returns -1 if the broker cannot use one:
+//  its loop then always polls with zmq_poll. The caller closes it.
+static int s_epoll_new(s_broker_t *self, int *metrics_fd)
+{
+    *metrics_fd = -1;
+    if (self->error)
+        return -1;
+    int epfd = epoll_create1(EPOLL_CLOEXEC);
+    if (epfd < 0)
+        return -1;
+    if (s_epoll_add(epfd, zsock_fd(self->pipe), S_EV_PIPE) ||
+        s_epoll_add(epfd, zsock_fd(self->backend), S_EV_BACKEND) ||
+        s_epoll_add(epfd, zsock_fd(self->frontend), S_EV_FRONTEND)) {
+        close(epfd);
+        return -1;
+    }
+    //  Before any scrape the listener is the metrics' only item; it is
+    //  opened once, in s_broker_new.
+    zmq_pollitem_t item = {NULL, -1, 0, 0};
+    if (llmq_metrics_poll_items(self->metrics, &item, 1) == 1 &&
+        s_epoll_add(epfd, item.fd, S_EV_METRICS) == 0)
+        *metrics_fd = item.fd;
+    return epfd;
+}
+
+//  Whether the loop's poll items are those in the epoll set: pipe,
+//  backend, frontend and at most the metrics listener (no CURVE handler,
+//  no scrape connection).
+static bool s_epoll_fits(const zmq_pollitem_t *items, size_t n, int metrics_fd)
+{
+    //  A CURVE handler's item is a socket: its fd field means nothing.
+    return n == 3 ||
+           (n == 4 && metrics_fd >= 0 && !items[3].socket &&
+            items[3].fd == metrics_fd && items[3].events == ZMQ_POLLIN);
+}
+
+//  What zmq_poll over items (s_epoll_fits) does, with epfd: sets their
+//  revents. Returns -1 if the context is gone or epoll failed, else 0.
+static int s_wait_epoll(int epfd, zmq_pollitem_t *items, size_t n, long timeout)
+{
+    bool ready = false;
+    for (size_t i = 0; i < S_EV_METRICS; i++) {
+        int r = s_readable(items[i].socket);
+        if (r < 0)
+            return -1;
+        items[i].revents = r ? ZMQ_POLLIN : 0;
+        ready = ready || r;
+    }
+    if (n > S_EV_METRICS)
+        items[S_EV_METRICS].revents = 0;
+    if (timeout > INT_MAX)
+        timeout = INT_MAX;
+    struct epoll_event evs[S_EV_COUNT];
+    int got = epoll_wait(epfd, evs, S_EV_COUNT, ready ? 0 : (int)timeout);
+    if (got < 0)
+        return errno == EINTR ? 0 : -1;
+    for (int i = 0; i < got; i++) {
+        uint32_t tag = evs[i].data.u32;
+        if (tag >= n || items[tag].revents)
+            continue;
+        if (tag == S_EV_METRICS)
+            items[tag].revents = ZMQ_POLLIN; //  A plain fd, level-triggered
+        else {
+            int r = s_readable(items[tag].socket);
+            if (r < 0)
+                return -1;
+            items[tag].revents = r ? ZMQ_POLLIN : 0;
+        }
+    }
+    return 0;
+}
+
 void llmq_broker(zsock_t *pipe, void *args)
 {
     llmq_broker_config_t defaults;
@@ -4733,6 +4840,8 @@ void llmq_broker(zsock_t *pipe, void *args)
 
     enum { MAX_ITEMS = 48 };
     zmq_pollitem_t items[MAX_ITEMS];
+    int metrics_fd;
+    int epfd = s_epoll_new(self, &metrics_fd);
     while (!self->terminated) {
         size_t n = 0;
         items[n++] = (zmq_pollitem_t){zsock_resolve(pipe), 0, ZMQ_POLLIN, 0};
@@ -4756,7 +4865,11 @@ void llmq_broker(zsock_t *pipe, void *args)
         if (first && s_expiry_key(first) < wake)
             wake = s_expiry_key(first);
         long timeout = wake > now ? (long)(wake - now) : 0;
-        if (zmq_poll(items, (int)n, timeout) == -1 && zmq_errno() != EINTR)
+        if (epfd >= 0 && s_epoll_fits(items, n, metrics_fd)) {
+            if (s_wait_epoll(epfd, items, n, timeout))
+                break; //  Context terminated
+        } else if (zmq_poll(items, (int)n, timeout) == -1 &&
+                   zmq_errno() != EINTR)
             break; //  Context terminated
 
         if (items[0].revents & ZMQ_POLLIN)
@@ -4776,6 +4889,8 @@ void llmq_broker(zsock_t *pipe, void *args)
             s_timers(self, now);
         }
     }
+    if (epfd >= 0)
+        close(epfd);
     s_broker_destroy(&self);
 }
 
