@@ -16,13 +16,8 @@ ulimit -n "$(ulimit -Hn)"
 [ "${LLMQ_BENCH_NO_BUILD:-0}" = 1 ] ||
   cmake --build "$BUILD" --target llmq-worker llmq-sim bench_worker -j2 >/dev/null
 
-log=$OUT/sim.log
-: >"$log"
-"$BIN/llmq-sim" --port 0 --quiet --latency-ms 200 >"$log" &
-sim=$!
-trap 'kill $sim 2>/dev/null || true' EXIT
-for _ in $(seq 100); do grep -q ready "$log" && break; sleep 0.1; done
-url=$(sed -n 's/^ready llmq-sim url=//p' "$log")
+. "$(dirname "$0")/sim.sh"
+start_sim
 
 run() { # $1 = name, $2... = tracer attached by pid (-p PID appended)
   local name=$1 wrap=$OUT/worker-$1.sh
